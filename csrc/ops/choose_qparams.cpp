@@ -1,0 +1,141 @@
+// choose_qparams: scale / zero point from the min/max of a tensor. The computation is a short
+// chain of ATen ops (aminmax, elementwise), so one device-generic implementation with SymInt
+// shapes serves as the CPU, CUDA and Meta kernel; only the NaN/Inf value check is CPU-only (it
+// reads data, which on CUDA would cost a host sync).
+#define FMT_HEADER_ONLY
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/zeros.h>
+#include <c10/core/GradMode.h>
+#include <fmt/format.h>
+#include <torch/library.h>
+
+#include <cfloat>
+#include <vector>
+
+#include "qatkit/ops.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  m.def(
+      "choose_qparams(Tensor input, int quant_min, int quant_max, bool symmetric, int? axis=None, "
+      "int? group_size=None) -> (Tensor scale, Tensor zero_point)");
+}
+
+namespace qatkit {
+namespace {
+
+using OptInt = std::optional<std::int64_t>;
+constexpr const char* kOp = "choose_qparams";
+
+void check_args(const at::Tensor& input, std::int64_t quant_min, std::int64_t quant_max, OptInt axis,
+                OptInt group_size) {
+  const auto t = input.scalar_type();
+  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+                   fmt::format("{}: input must be float32, float64, float16 or bfloat16, got {}", kOp,
+                               c10::toString(t)));
+  TORCH_CHECK_VALUE(quant_min < quant_max,
+                    fmt::format("{}: quant_min must be less than quant_max, got quant_min={} quant_max={}", kOp,
+                                quant_min, quant_max));
+  TORCH_CHECK_VALUE(quant_max - quant_min <= 65535,
+                    fmt::format("{}: quant_max - quant_min must be at most 65535 (16 bits), got {}", kOp,
+                                quant_max - quant_min));
+  TORCH_CHECK_VALUE(quant_min >= -(1LL << 24) && quant_max <= (1LL << 24),
+                    fmt::format("{}: quant_min and quant_max must lie in [-2^24, 2^24], got [{}, {}]", kOp, quant_min,
+                                quant_max));
+  TORCH_CHECK_VALUE(!(axis.has_value() && group_size.has_value()),
+                    fmt::format("{}: give axis (per-channel) or group_size (per-group), not both; got axis={} "
+                                "group_size={}",
+                                kOp, *axis, *group_size));
+  const std::int64_t dim = input.dim();
+  if (axis.has_value()) {
+    TORCH_CHECK_VALUE(dim > 0 && *axis >= -dim && *axis < dim,
+                      fmt::format("{}: axis must be in [{}, {}) for a {}-d input, got {}", kOp, -dim, dim, dim, *axis));
+  }
+  if (group_size.has_value()) {
+    TORCH_CHECK_VALUE(*group_size > 0, fmt::format("{}: group_size must be positive, got {}", kOp, *group_size));
+    TORCH_CHECK_VALUE(dim > 0, fmt::format("{}: group_size needs an input with at least 1 dim, got a 0-d input", kOp));
+    const c10::SymInt last = input.sym_size(dim - 1);
+    TORCH_CHECK_VALUE(last % *group_size == 0,
+                      fmt::format("{}: group_size must divide the last dim of input ({}), got {}", kOp,
+                                  last.guard_int(__FILE__, __LINE__), *group_size));
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> choose_qparams_kernel(const at::Tensor& input, std::int64_t quant_min,
+                                                         std::int64_t quant_max, bool symmetric, OptInt axis,
+                                                         OptInt group_size) {
+  check_args(input, quant_min, quant_max, axis, group_size);
+  // rows: one row per (channel | group | tensor); out_shape: the shape scale is returned in.
+  at::Tensor rows;
+  std::vector<c10::SymInt> out_shape;
+  if (axis.has_value()) {
+    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
+    out_shape = {input.sym_size(ax)};
+    rows = input.movedim(ax, 0).reshape_symint({input.sym_size(ax), -1});
+  } else if (group_size.has_value()) {
+    out_shape.assign(input.sym_sizes().begin(), input.sym_sizes().end());
+    out_shape.back() = out_shape.back() / *group_size;
+    rows = input.reshape_symint({input.sym_numel() / *group_size, *group_size});
+  } else {
+    out_shape = {1};
+    rows = input.reshape_symint({1, input.sym_numel()});
+  }
+  at::Tensor mn, mx;
+  if (rows.sym_size(1) == 0) {  // no elements per row: the range is {0}
+    mn = at::zeros_symint({rows.sym_size(0)}, input.options().dtype(at::kFloat));
+    mx = mn.clone();
+  } else {
+    std::tie(mn, mx) = at::aminmax(rows, /*dim=*/1);
+    mn = mn.to(at::kFloat);
+    mx = mx.to(at::kFloat);
+  }
+  if (input.device().is_cpu()) {
+    TORCH_CHECK_VALUE(at::isfinite(mn).all().item<bool>() && at::isfinite(mx).all().item<bool>(),
+                      fmt::format("{}: input must be finite, found NaN or Inf", kOp));
+  }
+  // Same float32 arithmetic as torch.ao's MinMaxObserver._calculate_qparams.
+  const at::Tensor min_neg = mn.clamp_max(0);
+  const at::Tensor max_pos = mx.clamp_min(0);
+  at::Tensor scale, zero_point;
+  if (symmetric) {
+    const at::Tensor amax = min_neg.neg().maximum(max_pos);
+    scale = amax.div(static_cast<float>(quant_max - quant_min) / 2.0f).clamp_min(FLT_EPSILON);
+    const std::int64_t mid = quant_min < 0 ? 0 : (quant_min + quant_max + 1) / 2;
+    zero_point = at::full_symint({rows.sym_size(0)}, mid, input.options().dtype(at::kInt));
+  } else {
+    scale = max_pos.sub(min_neg).div(static_cast<float>(quant_max - quant_min)).clamp_min(FLT_EPSILON);
+    zero_point = min_neg.div(scale).round().neg().add(quant_min).clamp(quant_min, quant_max).to(at::kInt);
+  }
+  return {scale.reshape_symint(out_shape).contiguous(), zero_point.reshape_symint(out_shape).contiguous()};
+}
+
+/// qparams are statistics of the data, not functions to differentiate: outputs never require grad.
+std::tuple<at::Tensor, at::Tensor> choose_qparams_autograd(const at::Tensor& input, std::int64_t quant_min,
+                                                           std::int64_t quant_max, bool symmetric, OptInt axis,
+                                                           OptInt group_size) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  at::NoGradGuard no_grad;
+  return choose_qparams(input, quant_min, quant_max, symmetric, axis, group_size);
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& input, std::int64_t quant_min,
+                                                  std::int64_t quant_max, bool symmetric, OptInt axis,
+                                                  OptInt group_size) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::choose_qparams", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, std::int64_t, std::int64_t,
+                                                                 bool, OptInt, OptInt)>();
+  return op.call(input, quant_min, quant_max, symmetric, axis, group_size);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("choose_qparams", &choose_qparams_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("choose_qparams", &choose_qparams_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("choose_qparams", &choose_qparams_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, Autograd, m) { m.impl("choose_qparams", &choose_qparams_autograd); }
+
+}  // namespace qatkit

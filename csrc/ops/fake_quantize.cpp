@@ -1,0 +1,45 @@
+// The fake-quantize op family: schemas (the contract shared by C++, Python and docs) and the
+// dispatcher-calling C++ API. Kernels live in ops/{cpu,cuda,meta,autograd}/.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "qatkit/ops.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  m.def(
+      "fake_quantize(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
+      "int? axis=None, int? group_size=None) -> Tensor");
+  m.def(
+      "fake_quantize.out(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
+      "int? axis=None, int? group_size=None, *, Tensor(a!) out) -> Tensor(a!)");
+  // Forward that also returns the STE bit mask (bit i of byte i/8), saved for the backward.
+  m.def(
+      "_fake_quantize_with_mask(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
+      "int? axis=None, int? group_size=None) -> (Tensor, Tensor)");
+  m.def("_fake_quantize_backward(Tensor grad, Tensor mask) -> Tensor");
+}
+
+namespace qatkit {
+
+at::Tensor fake_quantize(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+                         std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
+                         std::optional<std::int64_t> group_size) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::fake_quantize", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
+                                         std::int64_t, std::optional<std::int64_t>, std::optional<std::int64_t>)>();
+  return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size);
+}
+
+at::Tensor& fake_quantize_out(at::Tensor& out, const at::Tensor& input, const at::Tensor& scale,
+                              const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
+                              std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("qatkit::fake_quantize", "out")
+          .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t, std::int64_t,
+                             std::optional<std::int64_t>, std::optional<std::int64_t>, at::Tensor&)>();
+  return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size, out);
+}
+
+}  // namespace qatkit

@@ -1,0 +1,197 @@
+// Argument checks and launch preparation for the fake-quantize family (see the header).
+#define FMT_HEADER_ONLY
+#include "fake_quantize_common.h"
+
+#include <ATen/MemoryOverlap.h>
+#include <ATen/core/TensorBody.h>
+#include <ATen/native/Resize.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <cfloat>
+#include <cmath>
+#include <vector>
+
+namespace qatkit::ops {
+namespace {
+
+constexpr std::int64_t kMaxRange = 65535;      // 16-bit codes
+constexpr std::int64_t kMaxAbsQ = 1LL << 24;   // exactly representable in float32
+
+bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+std::string shape_str(c10::SymIntArrayRef s) {
+  std::vector<std::string> parts;
+  for (const auto& v : s) parts.push_back(fmt::format("{}", v.guard_int(__FILE__, __LINE__)));
+  return fmt::format("[{}]", fmt::join(parts, ", "));
+}
+
+}  // namespace
+
+void check_fake_quantize_args(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                              const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
+                              std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
+  TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()),
+                   fmt::format("{}: input must be float32, float64, float16 or bfloat16, got {}", op,
+                               c10::toString(input.scalar_type())));
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat,
+                   fmt::format("{}: scale must be float32, got {}", op, c10::toString(scale.scalar_type())));
+  const auto zt = zero_point.scalar_type();
+  TORCH_CHECK_TYPE((at::isIntegralType(zt, /*includeBool=*/false) || at::isFloatingType(zt)),
+                   fmt::format("{}: zero_point must be an integer or integer-valued float tensor, got {}", op,
+                               c10::toString(zt)));
+  TORCH_CHECK_VALUE(scale.device() == input.device(),
+                    fmt::format("{}: scale must be on input's device {}, got {}", op, input.device().str(),
+                                scale.device().str()));
+  TORCH_CHECK_VALUE(zero_point.device() == input.device(),
+                    fmt::format("{}: zero_point must be on input's device {}, got {}", op, input.device().str(),
+                                zero_point.device().str()));
+  TORCH_CHECK_VALUE(quant_min < quant_max,
+                    fmt::format("{}: quant_min must be less than quant_max, got quant_min={} quant_max={}", op,
+                                quant_min, quant_max));
+  TORCH_CHECK_VALUE(quant_max - quant_min <= kMaxRange,
+                    fmt::format("{}: quant_max - quant_min must be at most {} (16 bits), got {} "
+                                "(quant_min={}, quant_max={})",
+                                op, kMaxRange, quant_max - quant_min, quant_min, quant_max));
+  TORCH_CHECK_VALUE(quant_min >= -kMaxAbsQ && quant_max <= kMaxAbsQ,
+                    fmt::format("{}: quant_min and quant_max must lie in [-2^24, 2^24], got [{}, {}]", op,
+                                quant_min, quant_max));
+  TORCH_CHECK_VALUE(!(axis.has_value() && group_size.has_value()),
+                    fmt::format("{}: give axis (per-channel) or group_size (per-group), not both; got axis={} "
+                                "group_size={}",
+                                op, *axis, *group_size));
+  const std::int64_t dim = input.dim();
+  const c10::SymInt scale_numel = scale.sym_numel();
+  if (axis.has_value()) {
+    TORCH_CHECK_VALUE(dim > 0 && *axis >= -dim && *axis < dim,
+                      fmt::format("{}: axis must be in [{}, {}) for a {}-d input, got {}", op, -dim, dim, dim, *axis));
+    const std::int64_t ax = *axis < 0 ? *axis + dim : *axis;
+    const c10::SymInt channels = input.sym_size(ax);
+    TORCH_CHECK_VALUE(scale_numel == channels,
+                      fmt::format("{}: scale must have {} elements (size of dim {} of input), got {}", op,
+                                  channels.guard_int(__FILE__, __LINE__), ax,
+                                  scale_numel.guard_int(__FILE__, __LINE__)));
+  } else if (group_size.has_value()) {
+    const std::int64_t gs = *group_size;
+    TORCH_CHECK_VALUE(gs > 0, fmt::format("{}: group_size must be positive, got {}", op, gs));
+    TORCH_CHECK_VALUE(dim > 0, fmt::format("{}: group_size needs an input with at least 1 dim, got a 0-d input", op));
+    const c10::SymInt last = input.sym_size(dim - 1);
+    TORCH_CHECK_VALUE(last % gs == 0,
+                      fmt::format("{}: group_size must divide the last dim of input ({}), got {}", op,
+                                  last.guard_int(__FILE__, __LINE__), gs));
+    std::vector<c10::SymInt> expected(input.sym_sizes().begin(), input.sym_sizes().end());
+    expected.back() = last / gs;
+    TORCH_CHECK_VALUE(scale.sym_sizes() == c10::SymIntArrayRef(expected),
+                      fmt::format("{}: scale must have shape {} (input.shape[:-1] + [last_dim / group_size]), got {}",
+                                  op, shape_str(expected), shape_str(scale.sym_sizes())));
+  } else {
+    TORCH_CHECK_VALUE(scale_numel == 1,
+                      fmt::format("{}: per-tensor scale must have 1 element, got {} (pass axis= or group_size= for "
+                                  "per-channel or per-group)",
+                                  op, scale_numel.guard_int(__FILE__, __LINE__)));
+  }
+  TORCH_CHECK_VALUE(zero_point.sym_numel() == scale_numel,
+                    fmt::format("{}: zero_point must have as many elements as scale ({}), got {}", op,
+                                scale_numel.guard_int(__FILE__, __LINE__),
+                                zero_point.sym_numel().guard_int(__FILE__, __LINE__)));
+}
+
+void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::Tensor& zero_point_f32,
+                         std::int64_t quant_min, std::int64_t quant_max) {
+  const float* s = scale_f32.const_data_ptr<float>();
+  const float* z = zero_point_f32.const_data_ptr<float>();
+  const std::int64_t n = scale_f32.numel();
+  for (std::int64_t c = 0; c < n; ++c) {
+    // A subnormal scale has an infinite float32 reciprocal, so x = 0 would give NaN: rejected.
+    TORCH_CHECK_VALUE(std::isfinite(s[c]) && s[c] >= FLT_MIN,
+                      fmt::format("{}: scale must be positive, finite and at least {} (float32 normal), got {} "
+                                  "at index {}",
+                                  op, FLT_MIN, s[c], c));
+    TORCH_CHECK_VALUE(std::nearbyint(z[c]) == z[c] && z[c] >= static_cast<float>(quant_min) &&
+                          z[c] <= static_cast<float>(quant_max),
+                      fmt::format("{}: zero_point must be an integer in [quant_min, quant_max] = [{}, {}], got {} at "
+                                  "index {}",
+                                  op, quant_min, quant_max, z[c], c));
+  }
+}
+
+PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                                        const at::Tensor& zero_point, std::int64_t quant_min,
+                                        std::int64_t quant_max, std::optional<std::int64_t> axis,
+                                        std::optional<std::int64_t> group_size) {
+  check_fake_quantize_args(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+  PreparedFakeQuant p;
+  p.input = input.contiguous();
+  p.scale = scale.contiguous();
+  p.zero_point = zero_point.to(at::kFloat).contiguous();
+  kernels::FakeQuantArgs& a = p.args;
+  a.numel = input.numel();
+  a.quant_min = static_cast<float>(quant_min);
+  a.quant_max = static_cast<float>(quant_max);
+  a.dtype = kernel_dtype(input);
+  if (axis.has_value()) {
+    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
+    a.channels = input.size(ax);
+    a.inner = 1;
+    for (std::int64_t d = ax + 1; d < input.dim(); ++d) a.inner *= input.size(d);
+  } else if (group_size.has_value()) {
+    a.inner = *group_size;
+    a.channels = a.numel / *group_size;
+  } else {
+    a.inner = a.numel;
+    a.channels = 1;
+  }
+  // Degenerate layouts only arise with numel == 0, where nothing is launched; keep them valid.
+  if (a.inner < 1) a.inner = 1;
+  if (a.channels < 1) a.channels = 1;
+  return p;
+}
+
+kernels::DType kernel_dtype(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return kernels::DType::kFloat32;
+    case at::kDouble:
+      return kernels::DType::kFloat64;
+    case at::kHalf:
+      return kernels::DType::kFloat16;
+    case at::kBFloat16:
+      return kernels::DType::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, fmt::format("qatkit: unsupported dtype {}", c10::toString(t.scalar_type())));
+  }
+}
+
+void check_and_resize_out(const char* op, const at::Tensor& input, const at::Tensor& out) {
+  TORCH_CHECK_TYPE(out.scalar_type() == input.scalar_type(),
+                   fmt::format("{}: out must have input's dtype {}, got {}", op, c10::toString(input.scalar_type()),
+                               c10::toString(out.scalar_type())));
+  TORCH_CHECK_VALUE(out.device() == input.device(),
+                    fmt::format("{}: out must be on input's device {}, got {}", op, input.device().str(),
+                                out.device().str()));
+  at::native::resize_output_symint(out, input.sym_sizes());
+  at::assert_no_internal_overlap(out);
+  at::assert_no_overlap(out, input);
+}
+
+void check_backward_args(const at::Tensor& grad, const at::Tensor& mask) {
+  constexpr const char* op = "_fake_quantize_backward";
+  TORCH_CHECK_TYPE(is_supported_float(grad.scalar_type()),
+                   fmt::format("{}: grad must be float32, float64, float16 or bfloat16, got {}", op,
+                               c10::toString(grad.scalar_type())));
+  TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte,
+                   fmt::format("{}: mask must be uint8 (a bit mask), got {}", op, c10::toString(mask.scalar_type())));
+  TORCH_CHECK_VALUE(mask.device() == grad.device(),
+                    fmt::format("{}: mask must be on grad's device {}, got {}", op, grad.device().str(),
+                                mask.device().str()));
+  const c10::SymInt need = (grad.sym_numel() + 7) / 8;
+  TORCH_CHECK_VALUE(mask.dim() == 1 && mask.sym_numel() == need,
+                    fmt::format("{}: mask must be 1-d with {} bytes (ceil(grad.numel() / 8)), got shape {}", op,
+                                need.guard_int(__FILE__, __LINE__), shape_str(mask.sym_sizes())));
+}
+
+}  // namespace qatkit::ops

@@ -1,0 +1,48 @@
+// Argument checks and launch preparation shared by the CPU, CUDA and Meta fake-quantize kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "../../kernels/common/fake_quant_args.h"
+
+namespace qatkit::ops {
+
+/// Checks dtypes, devices, shapes and the integer arguments (never tensor values), using
+/// symbolic sizes so Meta/fake tensors see the same errors as real ones. `op` prefixes messages.
+void check_fake_quantize_args(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                              const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
+                              std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size);
+
+/// Checks qparam values (needs the data, so CPU only): scale finite, normal and positive;
+/// zero_point integer-valued inside [quant_min, quant_max]. Inputs are the prepared float32 copies.
+void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::Tensor& zero_point_f32,
+                         std::int64_t quant_min, std::int64_t quant_max);
+
+/// Contiguous input and float32 qparams plus the launch description (pointers left for the caller).
+struct PreparedFakeQuant {
+  at::Tensor input;
+  at::Tensor scale;
+  at::Tensor zero_point;
+  kernels::FakeQuantArgs args;
+};
+
+/// Runs check_fake_quantize_args and builds the contiguous operands and channel layout.
+PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                                        const at::Tensor& zero_point, std::int64_t quant_min,
+                                        std::int64_t quant_max, std::optional<std::int64_t> axis,
+                                        std::optional<std::int64_t> group_size);
+
+/// Kernel dtype of a floating tensor (after the checks above have accepted it).
+kernels::DType kernel_dtype(const at::Tensor& t);
+
+/// Checks the out= tensor as ATen's out= ops do (dtype, device, overlap) and resizes it.
+void check_and_resize_out(const char* op, const at::Tensor& input, const at::Tensor& out);
+
+/// Checks `_fake_quantize_backward` arguments (grad floating, mask uint8 of ceil(numel/8) bytes).
+void check_backward_args(const at::Tensor& grad, const at::Tensor& mask);
+
+}  // namespace qatkit::ops

@@ -1,0 +1,53 @@
+// qatkit's C++ op API: thin calls into the dispatcher, so LibTorch callers get CPU, CUDA,
+// Meta and autograd exactly as Python's torch.ops.qatkit does.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <tuple>
+
+#include "macros.h"
+
+namespace qatkit {
+
+/// Fake-quantizes `input` (float32/float64/float16/bfloat16, any shape) with an affine quantizer:
+///   y = (clamp(nearbyint(x * (1.0f / s)) + z, quant_min, quant_max) - z) * s
+/// bit for bit as ATen's fake_quantize_per_{tensor,channel}_affine (math in float32 for the half
+/// types, float64 for float64). Granularity follows the arguments:
+///   - neither axis nor group_size: per-tensor, scale/zero_point hold one element;
+///   - axis: per-channel along `axis` (negative allowed), scale/zero_point hold size(axis) elements;
+///   - group_size: per-group along the last dim, scale shape input.shape[:-1] + [last / group_size]
+///     (per-token: group_size = last dim, scale shape [..., 1]).
+/// scale: float32, positive, normal. zero_point: int32 (any integer dtype) or an integer-valued
+/// float tensor inside [quant_min, quant_max]. 1 <= quant_max - quant_min <= 65535.
+/// NaN inputs give NaN, +-Inf saturate to the range ends. Output: contiguous, input's dtype.
+/// Gradient: clipped straight-through estimator w.r.t. input (grad where the unclamped q lies in
+/// [quant_min, quant_max], else 0); scale and zero_point receive no gradient.
+/// Errors (c10::ValueError / c10::TypeError) name the argument, the expectation and the value.
+QATKIT_API at::Tensor fake_quantize(const at::Tensor& input, const at::Tensor& scale,
+                                    const at::Tensor& zero_point, std::int64_t quant_min,
+                                    std::int64_t quant_max, std::optional<std::int64_t> axis = std::nullopt,
+                                    std::optional<std::int64_t> group_size = std::nullopt);
+
+/// fake_quantize into `out` (resized like ATen's out= ops; must have input's dtype and device and
+/// must not overlap input). Not differentiable.
+QATKIT_API at::Tensor& fake_quantize_out(at::Tensor& out, const at::Tensor& input, const at::Tensor& scale,
+                                         const at::Tensor& zero_point, std::int64_t quant_min,
+                                         std::int64_t quant_max, std::optional<std::int64_t> axis = std::nullopt,
+                                         std::optional<std::int64_t> group_size = std::nullopt);
+
+/// Scale (float32) and zero point (int32) from the min/max of `input`, with 0 inside the range:
+///   symmetric:  scale = max(|min|, |max|) / ((quant_max - quant_min) / 2), zero_point 0 for a
+///               signed range (quant_min < 0), else the mid-point (quant_min + quant_max + 1) / 2;
+///   asymmetric: scale = (max - min) / (quant_max - quant_min),
+///               zero_point = clamp(quant_min - round(min / scale), quant_min, quant_max).
+/// scale is never below float32 eps. Shapes: [1] per-tensor, [size(axis)] per-channel,
+/// input.shape[:-1] + [last / group_size] per-group. Not differentiable.
+QATKIT_API std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& input, std::int64_t quant_min,
+                                                             std::int64_t quant_max, bool symmetric,
+                                                             std::optional<std::int64_t> axis = std::nullopt,
+                                                             std::optional<std::int64_t> group_size = std::nullopt);
+
+}  // namespace qatkit

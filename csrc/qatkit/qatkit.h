@@ -1,0 +1,5 @@
+// The one include for LibTorch programs using qatkit.
+#pragma once
+
+#include "build_info.h"
+#include "ops.h"

@@ -1,0 +1,44 @@
+// Plain-data description of one fake-quantize launch, shared by the CPU and CUDA tiers.
+#pragma once
+
+#include <cstdint>
+
+#include "macros.h"
+
+namespace qatkit::kernels {
+
+/// Element types the kernels accept. Half types are computed in float32, float64 in float64.
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+/// Forward arguments. Tensors are contiguous; element i uses the qparams of channel
+/// `(i / inner) % channels`, which covers per-tensor (inner = numel, channels = 1),
+/// per-channel along an axis (inner = product of the trailing sizes) and per-group along the
+/// last dim (inner = group_size, channels = numel / group_size).
+struct FakeQuantArgs {
+  const void* input = nullptr;
+  void* output = nullptr;
+  /// Optional bit mask (bit i of byte i/8 = "unclamped q of element i inside [qmin, qmax]").
+  std::uint8_t* mask = nullptr;
+  const float* scale = nullptr;       ///< `channels` positive, normal float32 scales
+  const float* zero_point = nullptr;  ///< `channels` integer-valued zero points
+  std::int64_t numel = 0;
+  std::int64_t inner = 1;
+  std::int64_t channels = 1;
+  float quant_min = 0.f;
+  float quant_max = 0.f;
+  DType dtype = DType::kFloat32;
+};
+
+/// Backward arguments: grad_input[i] = bit i of mask ? grad_output[i] : 0.
+struct FakeQuantBackwardArgs {
+  const void* grad_output = nullptr;
+  const std::uint8_t* mask = nullptr;
+  void* grad_input = nullptr;
+  std::int64_t numel = 0;
+  DType dtype = DType::kFloat32;
+};
+
+/// Bytes of a bit mask covering n elements.
+QATKIT_HD constexpr std::int64_t mask_bytes(std::int64_t n) { return (n + 7) / 8; }
+
+}  // namespace qatkit::kernels

@@ -1,0 +1,113 @@
+// The one scalar definition of fake quantization, used by every CPU path and by CUDA.
+//
+// Numerics (kept identical to ATen's fake_quantize_per_{tensor,channel}_affine):
+//   inv_s = 1.0f / s           (float32 reciprocal, correctly rounded, computed once per channel)
+//   q     = rint(x * inv_s) + z (round half to even in the default rounding mode)
+//   y     = (clamp(q, qmin, qmax) - z) * s
+//   mask  = qmin <= q <= qmax  (on the unclamped q: the clipped straight-through estimator)
+// Half types are computed in float32, float64 in float64 (with inv_s still the float32
+// reciprocal, widened), exactly as ATen does. No fused multiply-add may be formed here:
+// callers compile with -ffp-contract=off / --fmad=false so CPU and CUDA agree bit for bit.
+// NaN and infinities (ATen leaves them undefined): the clamp is written so a NaN q stays NaN
+// (NaN compares false), +-Inf saturates to the range ends, and the mask is false for all three.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "macros.h"
+
+namespace qatkit::kernels {
+
+template <typename C>
+QATKIT_HD C round_half_even(C v) {
+#if defined(__CUDA_ARCH__)
+  return rint(v);
+#else
+  return std::nearbyint(v);
+#endif
+}
+
+/// Fake-quantizes one value. `in_range` receives the STE mask bit.
+template <typename C>
+QATKIT_HD C fake_quant_value(C x, C inv_s, C s, C z, C qmin, C qmax, std::uint32_t& in_range) {
+  const C q = round_half_even(x * inv_s) + z;
+  in_range = static_cast<std::uint32_t>((q >= qmin) & (q <= qmax));
+  C qc = q < qmin ? qmin : q;  // NaN falls through both comparisons and stays NaN
+  qc = qc > qmax ? qmax : qc;
+  return (qc - z) * s;
+}
+
+// ---- bfloat16 / float16 storage conversions (bit exact with c10's, round half to even) ----
+
+QATKIT_HD float bf16_to_float(std::uint16_t h) {
+  const std::uint32_t u = static_cast<std::uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+QATKIT_HD std::uint16_t float_to_bf16(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if (f != f) return 0x7FC0;  // canonical quiet NaN, as c10::BFloat16
+  const std::uint32_t lsb = (u >> 16) & 1u;
+  return static_cast<std::uint16_t>((u + 0x7FFFu + lsb) >> 16);
+}
+
+QATKIT_HD float fp16_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::uint32_t exp = (h >> 10) & 0x1Fu;
+  std::uint32_t man = h & 0x3FFu;
+  std::uint32_t u;
+  if (exp == 0x1Fu) {
+    u = sign | 0x7F800000u | (man << 13);  // Inf / NaN
+  } else if (exp == 0) {
+    if (man == 0) {
+      u = sign;
+    } else {  // subnormal: normalise
+      int e = -1;
+      do {
+        ++e;
+        man <<= 1;
+      } while ((man & 0x400u) == 0);
+      u = sign | (static_cast<std::uint32_t>(127 - 15 - e) << 23) | ((man & 0x3FFu) << 13);
+    }
+  } else {
+    u = sign | ((exp + 112u) << 23) | (man << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+QATKIT_HD std::uint16_t float_to_fp16(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
+  const std::uint32_t abs = u & 0x7FFFFFFFu;
+  if (abs >= 0x7F800000u) {  // Inf or NaN
+    // NaN keeps its top payload bits and is quieted, as the F16C instruction does.
+    return abs > 0x7F800000u ? static_cast<std::uint16_t>(sign | 0x7E00u | ((abs >> 13) & 0x3FFu))
+                             : static_cast<std::uint16_t>(sign | 0x7C00u);
+  }
+  if (abs >= 0x477FF000u) return sign | 0x7C00u;  // rounds to >= 65520: overflow to Inf
+  if (abs < 0x38800000u) {                         // result is subnormal or zero
+    if (abs < 0x33000000u) return sign;            // below half the smallest subnormal
+    const std::uint32_t e = abs >> 23;
+    const std::uint32_t m = (abs & 0x7FFFFFu) | 0x800000u;
+    const std::uint32_t shift = 126u - e;  // 14..24
+    std::uint32_t r = m >> shift;
+    const std::uint32_t rem = m & ((1u << shift) - 1u);
+    const std::uint32_t half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (r & 1u))) ++r;
+    return sign | static_cast<std::uint16_t>(r);
+  }
+  // normal: rebias exponent, round mantissa half to even (carry may bump the exponent)
+  std::uint32_t r = abs - 0x38000000u;
+  r += 0xFFFu + ((r >> 13) & 1u);
+  return sign | static_cast<std::uint16_t>(r >> 13);
+}
+
+}  // namespace qatkit::kernels

@@ -1,0 +1,109 @@
+// AVX2 + FMA + F16C fake-quantize chunk functions (this file alone is compiled with -mavx2 -mfma
+// -mf16c; the run-time dispatcher only selects it on CPUs that support all three). FMA is never
+// contracted here (-ffp-contract=off): results equal the baseline bit for bit.
+#include "fake_quant_cpu.h"
+
+#if defined(__AVX2__) && defined(__F16C__)
+#include <immintrin.h>
+
+#include <type_traits>
+
+#include "fake_quant_loops.h"
+
+namespace qatkit::kernels::cpu {
+namespace {
+
+using detail::BFloat16;
+using detail::Half;
+
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m256 load8(const BFloat16* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+inline void store8(Half* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+inline void store8(BFloat16* p, __m256 v) {
+  // Round half to even to the upper 16 bits; NaN becomes the canonical 0x7FC0 (as c10 does).
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+
+struct Avx2Vec {
+  template <typename S>
+  static std::uint32_t fwd8(const S* x, S* y, const float* s, const float* z, std::int64_t qstride, float qmin,
+                            float qmax) {
+    if constexpr (std::is_same_v<S, double>) {
+      return detail::scalar8<S>(x, y, s, z, qstride, qmin, qmax);
+    } else {
+      __m256 vs, vz, inv;
+      if (qstride == 0) {
+        vs = _mm256_set1_ps(*s);
+        vz = _mm256_set1_ps(*z);
+        inv = _mm256_set1_ps(1.0f / *s);
+      } else {
+        vs = _mm256_loadu_ps(s);
+        vz = _mm256_loadu_ps(z);
+        inv = _mm256_div_ps(_mm256_set1_ps(1.0f), vs);  // IEEE division: equals 1.0f / s exactly
+      }
+      const __m256 vqmin = _mm256_set1_ps(qmin), vqmax = _mm256_set1_ps(qmax);
+      const __m256 q = _mm256_add_ps(
+          _mm256_round_ps(_mm256_mul_ps(load8(x), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
+      const __m256 in = _mm256_and_ps(_mm256_cmp_ps(q, vqmin, _CMP_GE_OQ), _mm256_cmp_ps(q, vqmax, _CMP_LE_OQ));
+      // max/min return their second operand when either is NaN, so a NaN q passes through.
+      const __m256 qc = _mm256_min_ps(vqmax, _mm256_max_ps(vqmin, q));
+      store8(y, _mm256_mul_ps(_mm256_sub_ps(qc, vz), vs));
+      return static_cast<std::uint32_t>(_mm256_movemask_ps(in));
+    }
+  }
+
+  template <typename S>
+  static void bwd8(const S* g, std::uint8_t bits, S* dx) {
+    if constexpr (std::is_same_v<S, float>) {
+      const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+      const __m256i m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits), sel), sel);
+      _mm256_storeu_ps(dx, _mm256_and_ps(_mm256_castsi256_ps(m), _mm256_loadu_ps(g)));
+    } else if constexpr (std::is_same_v<S, double>) {
+      const __m256i lo = _mm256_setr_epi64x(1, 2, 4, 8), hi = _mm256_setr_epi64x(16, 32, 64, 128);
+      const __m256i b = _mm256_set1_epi64x(bits);
+      const __m256i mlo = _mm256_cmpeq_epi64(_mm256_and_si256(b, lo), lo);
+      const __m256i mhi = _mm256_cmpeq_epi64(_mm256_and_si256(b, hi), hi);
+      _mm256_storeu_pd(dx, _mm256_and_pd(_mm256_castsi256_pd(mlo), _mm256_loadu_pd(g)));
+      _mm256_storeu_pd(dx + 4, _mm256_and_pd(_mm256_castsi256_pd(mhi), _mm256_loadu_pd(g + 4)));
+    } else {
+      const __m128i sel = _mm_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128);
+      const __m128i m = _mm_cmpeq_epi16(_mm_and_si128(_mm_set1_epi16(bits), sel), sel);
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dx), _mm_and_si128(m, v));
+    }
+  }
+};
+
+}  // namespace
+
+const FakeQuantKernels* avx2_kernels() {
+  static const FakeQuantKernels k{"avx2", &detail::forward_dispatch<Avx2Vec>, &detail::backward_dispatch<Avx2Vec>};
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                                __builtin_cpu_supports("f16c");
+  return supported ? &k : nullptr;
+}
+
+}  // namespace qatkit::kernels::cpu
+
+#else  // compiler without AVX2 support for this file: the baseline is the only path
+
+namespace qatkit::kernels::cpu {
+const FakeQuantKernels* avx2_kernels() { return nullptr; }
+}  // namespace qatkit::kernels::cpu
+
+#endif

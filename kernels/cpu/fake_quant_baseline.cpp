@@ -1,0 +1,28 @@
+// Portable fake-quantize chunk functions: the scalar bodies, left to the compiler's vectorizer.
+#include "fake_quant_cpu.h"
+#include "fake_quant_loops.h"
+
+namespace qatkit::kernels::cpu {
+namespace {
+
+struct ScalarVec {
+  template <typename S>
+  static std::uint32_t fwd8(const S* x, S* y, const float* s, const float* z, std::int64_t qstride, float qmin,
+                            float qmax) {
+    return detail::scalar8<S>(x, y, s, z, qstride, qmin, qmax);
+  }
+  template <typename S>
+  static void bwd8(const S* g, std::uint8_t bits, S* dx) {
+    for (int k = 0; k < 8; ++k) dx[k] = ((bits >> k) & 1u) ? g[k] : S{};
+  }
+};
+
+}  // namespace
+
+const FakeQuantKernels& baseline_kernels() {
+  static const FakeQuantKernels k{"baseline", &detail::forward_dispatch<ScalarVec>,
+                                  &detail::backward_dispatch<ScalarVec>};
+  return k;
+}
+
+}  // namespace qatkit::kernels::cpu

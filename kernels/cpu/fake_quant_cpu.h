@@ -1,0 +1,31 @@
+// Torch-free CPU fake-quantize kernels: single-thread chunk functions behind a run-time ISA choice.
+#pragma once
+
+#include <cstdint>
+
+#include "../common/fake_quant_args.h"
+
+namespace qatkit::kernels::cpu {
+
+/// One instruction-set implementation. Each function processes elements [begin, end) of a
+/// launch on the calling thread; `begin` must be a multiple of 8 (mask bytes are then owned by
+/// exactly one chunk, so chunks can run on different threads), `end` a multiple of 8 or numel.
+struct FakeQuantKernels {
+  const char* isa;
+  void (*forward)(const FakeQuantArgs& args, std::int64_t begin, std::int64_t end);
+  void (*backward)(const FakeQuantBackwardArgs& args, std::int64_t begin, std::int64_t end);
+};
+
+/// Portable C++ implementation (always available).
+const FakeQuantKernels& baseline_kernels();
+/// AVX2 + FMA + F16C implementation, or nullptr when not compiled in or not supported by this CPU.
+const FakeQuantKernels* avx2_kernels();
+
+/// The implementation in use: the best one this CPU supports, unless overridden by
+/// set_isa() or the QATKIT_CPU_ISA environment variable ("baseline" or "avx2").
+const FakeQuantKernels& active_kernels();
+/// Selects an implementation by name; returns false (and changes nothing) for an unknown or
+/// unsupported name.
+bool set_isa(const char* name);
+
+}  // namespace qatkit::kernels::cpu

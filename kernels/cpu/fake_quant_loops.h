@@ -1,0 +1,180 @@
+// Chunk loops shared by every CPU instruction set. Included once per ISA translation unit, each
+// with its own `Vec` policy that supplies 8-element bodies; the scalar head/tail and the
+// channel bookkeeping live here once.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../common/fake_quant_args.h"
+#include "../common/fake_quant_scalar.h"
+
+namespace qatkit::kernels::cpu::detail {
+
+/// Storage traits: how an element is widened to its compute type and narrowed back.
+template <typename S>
+struct Elem;
+template <>
+struct Elem<float> {
+  using C = float;
+  static C load(float v) { return v; }
+  static float store(C v) { return v; }
+};
+template <>
+struct Elem<double> {
+  using C = double;
+  static C load(double v) { return v; }
+  static double store(C v) { return v; }
+};
+struct Half {
+  std::uint16_t bits;
+};
+struct BFloat16 {
+  std::uint16_t bits;
+};
+template <>
+struct Elem<Half> {
+  using C = float;
+  static C load(Half v) { return fp16_to_float(v.bits); }
+  static Half store(C v) { return Half{float_to_fp16(v)}; }
+};
+template <>
+struct Elem<BFloat16> {
+  using C = float;
+  static C load(BFloat16 v) { return bf16_to_float(v.bits); }
+  static BFloat16 store(C v) { return BFloat16{float_to_bf16(v)}; }
+};
+
+/// Appends mask bits in element order; a chunk starts on a byte boundary.
+struct BitWriter {
+  std::uint8_t* out;
+  std::uint32_t acc = 0;
+  int count = 0;
+  void push1(std::uint32_t bit) {
+    acc |= bit << count;
+    if (++count == 8) {
+      *out++ = static_cast<std::uint8_t>(acc);
+      acc = 0;
+      count = 0;
+    }
+  }
+  void push8(std::uint32_t bits) {
+    acc |= bits << count;
+    *out++ = static_cast<std::uint8_t>(acc);
+    acc >>= 8;
+  }
+  void flush() {
+    if (count > 0) *out = static_cast<std::uint8_t>(acc);
+  }
+};
+
+/// Scalar reference body for 8 elements with per-element qparams at stride `qstride` (0 or 1).
+template <typename S>
+inline std::uint32_t scalar8(const S* x, S* y, const float* s, const float* z, std::int64_t qstride,
+                             float qmin, float qmax) {
+  using E = Elem<S>;
+  using C = typename E::C;
+  std::uint32_t bits = 0;
+  for (int k = 0; k < 8; ++k) {
+    const float sk = s[k * qstride];
+    std::uint32_t in;
+    y[k] = E::store(fake_quant_value<C>(E::load(x[k]), static_cast<C>(1.0f / sk), static_cast<C>(sk),
+                                        static_cast<C>(z[k * qstride]), static_cast<C>(qmin),
+                                        static_cast<C>(qmax), in));
+    bits |= in << k;
+  }
+  return bits;
+}
+
+template <typename S, bool kMask>
+inline void scalar1(const S* x, S* y, float s, float z, float qmin, float qmax, BitWriter& bw) {
+  using E = Elem<S>;
+  using C = typename E::C;
+  std::uint32_t in;
+  *y = E::store(fake_quant_value<C>(E::load(*x), static_cast<C>(1.0f / s), static_cast<C>(s),
+                                    static_cast<C>(z), static_cast<C>(qmin), static_cast<C>(qmax), in));
+  if constexpr (kMask) bw.push1(in);
+}
+
+/// Forward over [begin, end). Vec::fwd8<S>(x, y, s, z, qstride, qmin, qmax) returns 8 mask bits.
+template <class Vec, typename S, bool kMask>
+void forward_chunk(const FakeQuantArgs& a, std::int64_t begin, std::int64_t end) {
+  const S* x = static_cast<const S*>(a.input);
+  S* y = static_cast<S*>(a.output);
+  BitWriter bw{kMask ? a.mask + begin / 8 : nullptr};
+  const float qmin = a.quant_min, qmax = a.quant_max;
+  std::int64_t i = begin;
+  if (a.inner == 1 && a.channels > 1) {
+    // qparams change every element (per-channel along the innermost dim): walk rows.
+    while (i < end) {
+      std::int64_t c = i % a.channels;
+      const std::int64_t row_end = std::min(end, i + (a.channels - c));
+      for (; i + 8 <= row_end; i += 8, c += 8) {
+        const std::uint32_t bits = Vec::template fwd8<S>(x + i, y + i, a.scale + c, a.zero_point + c, 1, qmin, qmax);
+        if constexpr (kMask) bw.push8(bits);
+      }
+      for (; i < row_end; ++i, ++c) scalar1<S, kMask>(x + i, y + i, a.scale[c], a.zero_point[c], qmin, qmax, bw);
+    }
+  } else {
+    // qparams constant over runs of `inner` elements.
+    while (i < end) {
+      const std::int64_t block = i / a.inner;
+      const std::int64_t c = block % a.channels;
+      const std::int64_t run_end = std::min(end, (block + 1) * a.inner);
+      const float* s = a.scale + c;
+      const float* z = a.zero_point + c;
+      for (; i + 8 <= run_end; i += 8) {
+        const std::uint32_t bits = Vec::template fwd8<S>(x + i, y + i, s, z, 0, qmin, qmax);
+        if constexpr (kMask) bw.push8(bits);
+      }
+      for (; i < run_end; ++i) scalar1<S, kMask>(x + i, y + i, *s, *z, qmin, qmax, bw);
+    }
+  }
+  if constexpr (kMask) bw.flush();
+}
+
+/// Backward over [begin, end); begin is a multiple of 8. Vec::bwd8<S>(g, bits, dx).
+template <class Vec, typename S>
+void backward_chunk(const FakeQuantBackwardArgs& a, std::int64_t begin, std::int64_t end) {
+  const S* g = static_cast<const S*>(a.grad_output);
+  S* dx = static_cast<S*>(a.grad_input);
+  const std::uint8_t* m = a.mask;
+  std::int64_t i = begin;
+  for (; i + 8 <= end; i += 8) Vec::template bwd8<S>(g + i, m[i >> 3], dx + i);
+  for (; i < end; ++i) {
+    const bool keep = (m[i >> 3] >> (i & 7)) & 1u;
+    dx[i] = keep ? g[i] : S{};
+  }
+}
+
+template <class Vec>
+void forward_dispatch(const FakeQuantArgs& a, std::int64_t begin, std::int64_t end) {
+  const bool m = a.mask != nullptr;
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return m ? forward_chunk<Vec, float, true>(a, begin, end) : forward_chunk<Vec, float, false>(a, begin, end);
+    case DType::kFloat64:
+      return m ? forward_chunk<Vec, double, true>(a, begin, end) : forward_chunk<Vec, double, false>(a, begin, end);
+    case DType::kFloat16:
+      return m ? forward_chunk<Vec, Half, true>(a, begin, end) : forward_chunk<Vec, Half, false>(a, begin, end);
+    case DType::kBFloat16:
+      return m ? forward_chunk<Vec, BFloat16, true>(a, begin, end)
+               : forward_chunk<Vec, BFloat16, false>(a, begin, end);
+  }
+}
+
+template <class Vec>
+void backward_dispatch(const FakeQuantBackwardArgs& a, std::int64_t begin, std::int64_t end) {
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return backward_chunk<Vec, float>(a, begin, end);
+    case DType::kFloat64:
+      return backward_chunk<Vec, double>(a, begin, end);
+    case DType::kFloat16:
+      return backward_chunk<Vec, Half>(a, begin, end);
+    case DType::kBFloat16:
+      return backward_chunk<Vec, BFloat16>(a, begin, end);
+  }
+}
+
+}  // namespace qatkit::kernels::cpu::detail

@@ -1,0 +1,19 @@
+// Torch-free CUDA fake-quantize launchers (raw pointers, the caller's stream, no host sync).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "../common/fake_quant_args.h"
+
+namespace qatkit::kernels::cuda {
+
+/// Launches the forward kernel on `stream`. Returns the launch error (cudaSuccess if none).
+/// Each thread owns 8 consecutive elements, i.e. one mask byte; 16-byte vector loads are used
+/// when the pointers allow. Bad qparam values are not checked here (that would need a host
+/// sync): a zero or negative scale gives Inf/NaN outputs, as the scalar formula implies.
+cudaError_t launch_fake_quant_forward(const FakeQuantArgs& args, cudaStream_t stream);
+
+/// Launches the backward kernel (grad_input = mask ? grad_output : 0) on `stream`.
+cudaError_t launch_fake_quant_backward(const FakeQuantBackwardArgs& args, cudaStream_t stream);
+
+}  // namespace qatkit::kernels::cuda

@@ -1,0 +1,54 @@
+"""qatkit: quantization toolkit for PyTorch.
+
+Importing qatkit loads its native library, which registers the ``torch.ops.qatkit.*`` ops
+(C++/CUDA kernels, Meta kernels and C++ autograd). Typed wrappers live in :mod:`qatkit.ops`.
+
+Example:
+    >>> import torch, qatkit
+    >>> w = torch.randn(64, 128)
+    >>> scale, zp = qatkit.ops.choose_qparams(w, -8, 7, symmetric=True, axis=0)
+    >>> w4 = qatkit.ops.fake_quantize(w, scale, zp, -8, 7, axis=0)
+"""
+
+import os as _os
+
+import torch as _torch
+
+_HERE = _os.path.dirname(_os.path.abspath(__file__))
+_LIB = _os.path.join(_HERE, "lib", "libqatkit.so")
+if not _os.path.exists(_LIB):
+    raise ImportError(
+        f"qatkit's native library is missing ({_LIB}); build it with "
+        "`pip install --no-build-isolation -e .` (or run scripts/setup.sh)"
+    )
+_torch.ops.load_library(_LIB)
+
+from . import _C  # noqa: E402  (after the library, which _C links against)
+from . import ops  # noqa: E402
+
+__version__ = _C.version()
+
+#: Directory to add to CMAKE_PREFIX_PATH so a LibTorch program can ``find_package(qatkit)``.
+cmake_prefix_path = _os.path.join(_HERE, "share", "cmake")
+
+
+def build_info() -> dict:
+    """What this build contains.
+
+    Returns:
+        dict with ``version``, ``torch_version`` (compiled against), ``torch_runtime_version``,
+        ``cuda`` (CUDA kernels compiled in), ``cpu_isa`` (CPU kernel implementation in use),
+        ``library`` (path of libqatkit.so) and ``cmake_prefix_path``.
+    """
+    return {
+        "version": _C.version(),
+        "torch_version": _C.torch_version(),
+        "torch_runtime_version": _torch.__version__,
+        "cuda": _C.cuda_enabled(),
+        "cpu_isa": _C.cpu_isa(),
+        "library": _LIB,
+        "cmake_prefix_path": cmake_prefix_path,
+    }
+
+
+__all__ = ["ops", "build_info", "cmake_prefix_path", "__version__"]

@@ -1,0 +1,123 @@
+"""Typed, documented wrappers over ``torch.ops.qatkit``.
+
+The ops themselves (schemas, kernels, argument checks, autograd) are in C++; these wrappers add
+Python-side conveniences and the qparam value checks that CUDA kernels cannot do without a host
+sync. They are safe under ``torch.compile(fullgraph=True)`` and ``torch.export``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["fake_quantize", "choose_qparams", "validate_qparams"]
+
+
+def fake_quantize(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    axis: Optional[int] = None,
+    group_size: Optional[int] = None,
+    *,
+    out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Fake-quantize ``input`` with an affine quantizer (quantize, then dequantize).
+
+    ``y = (clamp(nearbyint(x * (1.0f / scale)) + zero_point, quant_min, quant_max) - zero_point) * scale``,
+    bit for bit as ``torch.fake_quantize_per_{tensor,channel}_affine`` (half types are computed in
+    float32, float64 in float64). NaN stays NaN; +-Inf saturate to the range ends.
+
+    Args:
+        input: float32, float64, float16 or bfloat16 tensor of any shape (any strides).
+        scale: float32. One element (per-tensor), ``input.size(axis)`` elements (per-channel) or shape
+            ``input.shape[:-1] + (input.shape[-1] // group_size,)`` (per-group).
+        zero_point: int32 (any integer dtype) or integer-valued float tensor shaped like ``scale``.
+        quant_min, quant_max: integer range, ``1 <= quant_max - quant_min <= 65535``.
+        axis: per-channel along this dim (negative allowed).
+        group_size: per-group blocks along the last dim (per-token: ``group_size = input.shape[-1]``).
+        out: optional output tensor (resized like ATen's ``out=``; not differentiable).
+
+    Returns:
+        A contiguous tensor of ``input``'s dtype. Its gradient w.r.t. ``input`` is the clipped
+        straight-through estimator: the incoming gradient where the unclamped code lies in
+        ``[quant_min, quant_max]``, zero elsewhere. ``scale``/``zero_point`` get no gradient.
+
+    Raises:
+        TypeError: unsupported dtypes. ValueError: shapes, devices, ranges, axis/group_size, and
+        (CPU) non-positive/non-finite scales or zero points outside the range.
+
+    Example:
+        >>> x = torch.randn(8, 16)
+        >>> s, z = choose_qparams(x, -128, 127, symmetric=True)
+        >>> y = fake_quantize(x, s, z, -128, 127)
+    """
+    if out is not None:
+        return torch.ops.qatkit.fake_quantize.out(
+            input, scale, zero_point, quant_min, quant_max, axis, group_size, out=out
+        )
+    return torch.ops.qatkit.fake_quantize(input, scale, zero_point, quant_min, quant_max, axis, group_size)
+
+
+def choose_qparams(
+    input: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    symmetric: bool,
+    axis: Optional[int] = None,
+    group_size: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point from the min/max of ``input`` (0 always inside the range).
+
+    Symmetric: ``scale = max(|min|, |max|) / ((quant_max - quant_min) / 2)``, zero point 0 for a
+    signed range, else ``(quant_min + quant_max + 1) // 2``. Asymmetric:
+    ``scale = (max - min) / (quant_max - quant_min)``, ``zero_point = quant_min - round(min / scale)``
+    clamped to the range, so real 0 is exactly representable. ``scale >= float32 eps``. The same
+    float32 arithmetic as ``torch.ao.quantization.MinMaxObserver``.
+
+    Args:
+        input: floating tensor. On CPU it must be finite (NaN/Inf raise ValueError).
+        quant_min, quant_max: integer range of the codes.
+        symmetric: symmetric (zero point fixed) or asymmetric (affine) range.
+        axis: per-channel along this dim. group_size: per-group along the last dim.
+
+    Returns:
+        ``(scale, zero_point)``: float32 and int32, shaped ``[1]`` (per-tensor), ``[size(axis)]``
+        (per-channel) or ``input.shape[:-1] + (last // group_size,)`` (per-group). Not differentiable.
+
+    Example:
+        >>> s, z = choose_qparams(torch.randn(4, 64), -8, 7, symmetric=True, group_size=32)
+        >>> s.shape
+        torch.Size([4, 2])
+    """
+    return torch.ops.qatkit.choose_qparams(input, quant_min, quant_max, symmetric, axis, group_size)
+
+
+def validate_qparams(scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int) -> None:
+    """Check qparam values on any device (one host sync), as the CPU kernels do on every call.
+
+    CUDA kernels skip this check to stay sync-free; call it where qparams are created.
+
+    Raises:
+        ValueError: a scale that is not finite, positive and normal, or a zero point that is not an
+            integer in ``[quant_min, quant_max]``.
+    """
+    s = scale.detach().float()
+    z = zero_point.detach().float()
+    bad_s = ~(torch.isfinite(s) & (s >= torch.finfo(torch.float32).tiny))
+    if bool(bad_s.any()):
+        i = int(bad_s.flatten().nonzero()[0])
+        raise ValueError(
+            f"scale must be positive, finite and at least {torch.finfo(torch.float32).tiny} "
+            f"(float32 normal), got {s.flatten()[i].item()} at index {i}"
+        )
+    bad_z = (z != z.round()) | (z < quant_min) | (z > quant_max)
+    if bool(bad_z.any()):
+        i = int(bad_z.flatten().nonzero()[0])
+        raise ValueError(
+            f"zero_point must be an integer in [quant_min, quant_max] = [{quant_min}, {quant_max}], "
+            f"got {z.flatten()[i].item()} at index {i}"
+        )

@@ -1,0 +1,74 @@
+// Catch2 tests of the LibTorch C++ API: values against ATen's fake quant, gradients through the
+// dispatcher (C++ autograd), choose_qparams, and error messages.
+#include <catch2/catch.hpp>
+#include <torch/torch.h>
+
+#include <qatkit/qatkit.h>
+
+CATCH_TEST_CASE("per-tensor fake_quantize equals ATen, with the STE gradient", "[api]") {
+  torch::manual_seed(0);
+  auto x = (torch::randn({33, 17}) * 4).requires_grad_();
+  auto scale = torch::tensor({0.037f});
+  auto zp = torch::tensor({3}, torch::kInt);
+  auto y = qatkit::fake_quantize(x, scale, zp, -128, 127);
+  auto ref = torch::fake_quantize_per_tensor_affine(x.detach(), 0.037, 3, -128, 127);
+  CATCH_CHECK(torch::equal(y.detach(), ref));
+  y.backward(torch::ones_like(y));
+  auto q = torch::round(x.detach() * (1.0f / 0.037f)) + 3;
+  auto mask = ((q >= -128) & (q <= 127)).to(torch::kFloat);
+  CATCH_CHECK(torch::equal(x.grad(), mask));
+  CATCH_CHECK(mask.sum().item<float>() < x.numel());  // the test saw clipped elements
+}
+
+CATCH_TEST_CASE("per-channel fake_quantize equals ATen, negative axis", "[api]") {
+  torch::manual_seed(1);
+  auto x = torch::randn({4, 6, 5});
+  auto scale = torch::rand({6}) * 0.1 + 0.01;
+  auto zp = torch::randint(-3, 3, {6}, torch::kInt);
+  auto y = qatkit::fake_quantize(x, scale, zp, -8, 7, -2);
+  auto ref = torch::fake_quantize_per_channel_affine(x, scale, zp, 1, -8, 7);
+  CATCH_CHECK(torch::equal(y, ref));
+}
+
+CATCH_TEST_CASE("per-group gradient flows through the C++ API", "[api]") {
+  auto x = torch::linspace(-2, 2, 64).reshape({4, 16}).requires_grad_();
+  auto [scale, zp] = qatkit::choose_qparams(x.detach(), -8, 7, true, std::nullopt, 8);
+  CATCH_CHECK(scale.sizes() == torch::IntArrayRef({4, 2}));
+  CATCH_CHECK(zp.scalar_type() == torch::kInt);
+  auto y = qatkit::fake_quantize(x, scale, zp, -8, 7, std::nullopt, 8);
+  y.pow(2).sum().backward();
+  // 2*y where the unclamped q is in range; symmetric scale clips the group maximum (7.5 -> 8).
+  auto q = torch::round(x.detach() / scale.repeat_interleave(8, 1));
+  auto in = (q >= -8) & (q <= 7);
+  CATCH_CHECK(torch::equal(x.grad(), torch::where(in, 2 * y.detach(), torch::zeros_like(y))));
+}
+
+CATCH_TEST_CASE("choose_qparams matches the min/max formulas", "[api]") {
+  auto x = torch::tensor({-1.0f, 0.5f, 3.0f});
+  auto [s, z] = qatkit::choose_qparams(x, 0, 255, false);
+  CATCH_CHECK(s.item<float>() == 4.0f / 255.0f);
+  CATCH_CHECK(z.item<int>() == static_cast<int>(0 - std::nearbyint(-1.0f / (4.0f / 255.0f))));
+  auto [s2, z2] = qatkit::choose_qparams(x, -128, 127, true);
+  CATCH_CHECK(s2.item<float>() == 3.0f / 127.5f);
+  CATCH_CHECK(z2.item<int>() == 0);
+}
+
+CATCH_TEST_CASE("bad input raises errors that name the argument", "[api]") {
+  auto x = torch::randn({8, 4});
+  auto zp = torch::zeros({3}, torch::kInt);
+  CATCH_CHECK_THROWS_WITH(qatkit::fake_quantize(x, torch::ones({3}), zp, -8, 7, 0),
+                          Catch::Contains("scale must have 8 elements (size of dim 0 of input), got 3"));
+  CATCH_CHECK_THROWS_AS(qatkit::fake_quantize(x, torch::ones({1}), torch::zeros({1}), 7, 7), c10::ValueError);
+  CATCH_CHECK_THROWS_WITH(qatkit::fake_quantize(x, torch::ones({1}), torch::zeros({1}), 7, 7),
+                          Catch::Contains("quant_min must be less than quant_max"));
+  CATCH_CHECK_THROWS_WITH(qatkit::fake_quantize(x, -torch::ones({1}), torch::zeros({1}), 0, 7),
+                          Catch::Contains("scale must be positive"));
+  CATCH_CHECK_THROWS_AS(qatkit::fake_quantize(x.to(torch::kInt), torch::ones({1}), torch::zeros({1}), 0, 7),
+                        c10::TypeError);
+}
+
+CATCH_TEST_CASE("build info", "[api]") {
+  const auto info = qatkit::build_info();
+  CATCH_CHECK_FALSE(info.version.empty());
+  CATCH_CHECK((info.cpu_isa == "avx2" || info.cpu_isa == "baseline"));
+}

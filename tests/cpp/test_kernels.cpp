@@ -1,0 +1,241 @@
+// Catch2 tests of the torch-free kernel tier: rounding, saturation, special values, edge bit
+// widths, storage conversions, and baseline == AVX2 bit for bit on every dtype and layout.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "common/fake_quant_scalar.h"
+#include "cpu/fake_quant_cpu.h"
+
+using qatkit::kernels::DType;
+using qatkit::kernels::FakeQuantArgs;
+using qatkit::kernels::FakeQuantBackwardArgs;
+using qatkit::kernels::mask_bytes;
+namespace cpu = qatkit::kernels::cpu;
+
+namespace {
+
+struct Result {
+  std::vector<float> y;
+  std::vector<std::uint8_t> mask;
+};
+
+// Runs a float32 launch through `k` in chunks of `chunk` elements (a multiple of 8).
+Result run_f32(const cpu::FakeQuantKernels& k, const std::vector<float>& x, std::vector<float> scale,
+               std::vector<float> zp, std::int64_t inner, float qmin, float qmax, std::int64_t chunk = 64) {
+  Result r;
+  r.y.assign(x.size(), -7.f);
+  r.mask.assign(mask_bytes(static_cast<std::int64_t>(x.size())), 0xAB);
+  FakeQuantArgs a;
+  a.input = x.data();
+  a.output = r.y.data();
+  a.mask = r.mask.data();
+  a.scale = scale.data();
+  a.zero_point = zp.data();
+  a.numel = static_cast<std::int64_t>(x.size());
+  a.inner = inner;
+  a.channels = static_cast<std::int64_t>(scale.size());
+  a.quant_min = qmin;
+  a.quant_max = qmax;
+  for (std::int64_t b = 0; b < a.numel; b += chunk) k.forward(a, b, std::min(a.numel, b + chunk));
+  return r;
+}
+
+bool bit(const std::vector<std::uint8_t>& m, std::size_t i) { return (m[i / 8] >> (i % 8)) & 1u; }
+
+std::vector<const cpu::FakeQuantKernels*> all_isas() {
+  std::vector<const cpu::FakeQuantKernels*> v{&cpu::baseline_kernels()};
+  if (cpu::avx2_kernels()) v.push_back(cpu::avx2_kernels());
+  return v;
+}
+
+}  // namespace
+
+CATCH_TEST_CASE("round half to even on ties, both ISAs", "[kernels]") {
+  for (const auto* k : all_isas()) {
+    CATCH_INFO(k->isa);
+    // 16 elements so the vector body runs; scale 1, zero point 0, int8 range.
+    std::vector<float> x{0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.5f, 126.5f,
+                         0.49999997f, -0.49999997f, 127.5f, -128.5f, 4.5f, 5.5f, -3.5f, 0.f};
+    const Result r = run_f32(*k, x, {1.f}, {0.f}, static_cast<std::int64_t>(x.size()), -128.f, 127.f);
+    const std::vector<float> want{0, 2, 2, 0, -2, -2, 4, 126, 0, 0, 127, -128, 4, 6, -4, 0};
+    for (std::size_t i = 0; i < x.size(); ++i) CATCH_CHECK(r.y[i] == want[i]);
+    // 127.5 rounds to 128 (outside), -128.5 to -128 (inside): the mask is on the unclamped value.
+    CATCH_CHECK_FALSE(bit(r.mask, 10));
+    CATCH_CHECK(bit(r.mask, 11));
+    CATCH_CHECK(bit(r.mask, 7));
+  }
+}
+
+CATCH_TEST_CASE("saturation, NaN and infinities", "[kernels]") {
+  const float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const auto* k : all_isas()) {
+    CATCH_INFO(k->isa);
+    std::vector<float> x{1e9f, -1e9f, inf, -inf, nan, 0.25f, 3.f, -3.f, 1e9f, -inf, nan, 2.f};
+    // scale 0.5, zero point 10, uint8 range: representable [-5, 122.5]
+    const Result r = run_f32(*k, x, {0.5f}, {10.f}, static_cast<std::int64_t>(x.size()), 0.f, 255.f);
+    CATCH_CHECK(r.y[0] == 122.5f);
+    CATCH_CHECK(r.y[1] == -5.f);
+    CATCH_CHECK(r.y[2] == 122.5f);
+    CATCH_CHECK(r.y[3] == -5.f);
+    CATCH_CHECK(std::isnan(r.y[4]));
+    CATCH_CHECK(std::isnan(r.y[10]));
+    CATCH_CHECK(r.y[5] == 0.f);  // 0.25 / 0.5 = 0.5 -> ties to 0
+    for (std::size_t i : {0, 1, 2, 3, 4, 8, 9, 10}) CATCH_CHECK_FALSE(bit(r.mask, i));
+    for (std::size_t i : {5, 6, 7, 11}) CATCH_CHECK(bit(r.mask, i));
+    // bits past numel in the last byte are zero
+    CATCH_CHECK((r.mask[1] >> 4) == 0);
+  }
+}
+
+CATCH_TEST_CASE("edge bit widths: 1-step range and 16-bit range", "[kernels]") {
+  for (const auto* k : all_isas()) {
+    CATCH_INFO(k->isa);
+    std::vector<float> x(24);
+    for (int i = 0; i < 24; ++i) x[i] = -3.f + 0.25f * static_cast<float>(i);
+    const Result one = run_f32(*k, x, {1.f}, {0.f}, 24, 0.f, 1.f);
+    for (int i = 0; i < 24; ++i) {
+      const float q = std::nearbyint(x[i]);
+      CATCH_CHECK(one.y[i] == std::fmin(std::fmax(q, 0.f), 1.f));
+      CATCH_CHECK(bit(one.mask, i) == (q >= 0.f && q <= 1.f));
+    }
+    const Result wide = run_f32(*k, x, {1.f / 4096.f}, {32768.f}, 24, 0.f, 65535.f);
+    for (int i = 0; i < 24; ++i) CATCH_CHECK(wide.y[i] == std::fmin(std::fmax(x[i], -8.f), 65535.f / 4096.f - 8.f));
+  }
+}
+
+CATCH_TEST_CASE("bfloat16 and float16 conversions round half to even", "[kernels]") {
+  using namespace qatkit::kernels;
+  CATCH_CHECK(float_to_bf16(1.0f) == 0x3F80);
+  // 1 + 2^-8 is exactly between two bf16 values: ties to even (1.0)
+  CATCH_CHECK(float_to_bf16(1.00390625f) == 0x3F80);
+  CATCH_CHECK(float_to_bf16(1.01171875f) == 0x3F82);  // 1 + 3*2^-8: ties up to even
+  CATCH_CHECK(float_to_bf16(std::numeric_limits<float>::quiet_NaN()) == 0x7FC0);
+  CATCH_CHECK(bf16_to_float(0x4049) == 3.140625f);
+  CATCH_CHECK(float_to_fp16(1.0f) == 0x3C00);
+  CATCH_CHECK(float_to_fp16(65504.f) == 0x7BFF);
+  CATCH_CHECK(float_to_fp16(65520.f) == 0x7C00);           // rounds to Inf
+  CATCH_CHECK(float_to_fp16(std::ldexp(1.f, -24)) == 0x0001);  // smallest subnormal
+  CATCH_CHECK(float_to_fp16(std::ldexp(1.f, -25)) == 0x0000);  // tie to even (0)
+  CATCH_CHECK(float_to_fp16(1.0f + std::ldexp(1.f, -11)) == 0x3C00);  // tie to even
+  // every fp16 bit pattern survives a round trip (NaNs stay NaN)
+  for (std::uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = fp16_to_float(static_cast<std::uint16_t>(h));
+    if (std::isnan(f)) {
+      CATCH_CHECK(std::isnan(fp16_to_float(float_to_fp16(f))));
+    } else if (float_to_fp16(f) != h) {
+      CATCH_FAIL("fp16 round trip failed for " << h);
+    }
+  }
+}
+
+namespace {
+
+template <typename T>
+std::vector<T> random_storage(std::size_t n, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> dist(0.f, 3.f);
+  std::vector<T> v(n);
+  for (auto& e : v) {
+    const float f = dist(gen);
+    if constexpr (std::is_same_v<T, std::uint16_t>) {
+      e = qatkit::kernels::float_to_bf16(f);
+    } else {
+      e = static_cast<T>(f);
+    }
+  }
+  return v;
+}
+
+// Runs `k` over one layout in storage type T (float/double, or uint16 patterns for half types).
+template <typename T>
+std::pair<std::vector<std::uint8_t>, std::vector<std::uint8_t>> run_any(const cpu::FakeQuantKernels& k, DType dt,
+                                                             const std::vector<T>& x, std::int64_t inner,
+                                                             std::int64_t channels) {
+  std::vector<float> scale(channels), zp(channels);
+  for (std::int64_t c = 0; c < channels; ++c) {
+    scale[c] = 0.05f + 0.01f * static_cast<float>(c % 7);
+    zp[c] = static_cast<float>(c % 5) - 2.f;
+  }
+  std::vector<T> y(x.size());
+  std::vector<std::uint8_t> mask(mask_bytes(static_cast<std::int64_t>(x.size())));
+  FakeQuantArgs a;
+  a.input = x.data();
+  a.output = y.data();
+  a.mask = mask.data();
+  a.scale = scale.data();
+  a.zero_point = zp.data();
+  a.numel = static_cast<std::int64_t>(x.size());
+  a.inner = inner;
+  a.channels = channels;
+  a.quant_min = -8.f;
+  a.quant_max = 7.f;
+  a.dtype = dt;
+  for (std::int64_t b = 0; b < a.numel; b += 40) k.forward(a, b, std::min(a.numel, b + 40));
+  // Compare raw bytes (NaN != NaN as values, but must match bit for bit between ISAs).
+  std::vector<std::uint8_t> bytes(y.size() * sizeof(T));
+  std::memcpy(bytes.data(), y.data(), bytes.size());
+  return {bytes, mask};
+}
+
+}  // namespace
+
+CATCH_TEST_CASE("baseline and AVX2 give identical bits for every dtype and layout", "[kernels]") {
+  const cpu::FakeQuantKernels* avx2 = cpu::avx2_kernels();
+  if (!avx2) {
+    CATCH_WARN("AVX2 path not available on this CPU: only the baseline is exercised");
+    return;
+  }
+  const cpu::FakeQuantKernels& base = cpu::baseline_kernels();
+  // (inner, channels): per-tensor, per-channel along dim 0, innermost per-channel, odd groups.
+  const std::vector<std::pair<std::int64_t, std::int64_t>> layouts{{1003, 1}, {59, 17}, {1, 59}, {3, 334}, {8, 125}};
+  for (auto [inner, channels] : layouts) {
+    const std::size_t n = static_cast<std::size_t>(inner * channels);
+    CATCH_INFO("inner=" << inner << " channels=" << channels);
+    {
+      auto x = random_storage<float>(n, 1);
+      x[3] = std::numeric_limits<float>::quiet_NaN();
+      x[5] = -std::numeric_limits<float>::infinity();
+      CATCH_CHECK(run_any(base, DType::kFloat32, x, inner, channels) == run_any(*avx2, DType::kFloat32, x, inner, channels));
+    }
+    {
+      auto x = random_storage<double>(n, 2);
+      CATCH_CHECK(run_any(base, DType::kFloat64, x, inner, channels) == run_any(*avx2, DType::kFloat64, x, inner, channels));
+    }
+    {
+      auto x = random_storage<std::uint16_t>(n, 3);  // bf16 patterns
+      CATCH_CHECK(run_any(base, DType::kBFloat16, x, inner, channels) ==
+                  run_any(*avx2, DType::kBFloat16, x, inner, channels));
+      std::vector<std::uint16_t> h(n);
+      for (std::size_t i = 0; i < n; ++i) h[i] = qatkit::kernels::float_to_fp16(qatkit::kernels::bf16_to_float(x[i]));
+      CATCH_CHECK(run_any(base, DType::kFloat16, h, inner, channels) == run_any(*avx2, DType::kFloat16, h, inner, channels));
+    }
+  }
+}
+
+CATCH_TEST_CASE("backward keeps the gradient exactly where the mask bit is set", "[kernels]") {
+  for (const auto* k : all_isas()) {
+    CATCH_INFO(k->isa);
+    const std::int64_t n = 29;
+    std::vector<float> g(n), dx(n, -1.f);
+    for (std::int64_t i = 0; i < n; ++i) g[i] = static_cast<float>(i) + 0.5f;
+    std::vector<std::uint8_t> mask{0b10110001, 0xFF, 0x00, 0b00011010};
+    FakeQuantBackwardArgs a;
+    a.grad_output = g.data();
+    a.mask = mask.data();
+    a.grad_input = dx.data();
+    a.numel = n;
+    k->backward(a, 0, 16);
+    k->backward(a, 16, n);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const bool keep = (mask[i / 8] >> (i % 8)) & 1u;
+      CATCH_CHECK(dx[i] == (keep ? g[i] : 0.f));
+    }
+  }
+}
