@@ -21,7 +21,8 @@
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "choose_qparams(Tensor input, int quant_min, int quant_max, bool symmetric, int? axis=None, "
-      "int? group_size=None) -> (Tensor scale, Tensor zero_point)");
+      "int? group_size=None) -> (Tensor scale, Tensor zero_point)",
+      {at::Tag::pt2_compliant_tag});
 }
 
 namespace qatkit {

@@ -5,18 +5,29 @@
 
 #include "qatkit/ops.h"
 
+namespace {
+
+// Every op is safe for torch.compile / torch.export (the out= overload through its
+// Functionalize kernel in ops/functionalize/).
+const std::vector<at::Tag> kTags{at::Tag::pt2_compliant_tag};
+
+}  // namespace
+
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "fake_quantize(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
-      "int? axis=None, int? group_size=None) -> Tensor");
+      "int? axis=None, int? group_size=None) -> Tensor",
+      kTags);
   m.def(
       "fake_quantize.out(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
-      "int? axis=None, int? group_size=None, *, Tensor(a!) out) -> Tensor(a!)");
+      "int? axis=None, int? group_size=None, *, Tensor(a!) out) -> Tensor(a!)",
+      kTags);
   // Forward that also returns the STE bit mask (bit i of byte i/8), saved for the backward.
   m.def(
       "_fake_quantize_with_mask(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
-      "int? axis=None, int? group_size=None) -> (Tensor, Tensor)");
-  m.def("_fake_quantize_backward(Tensor grad, Tensor mask) -> Tensor");
+      "int? axis=None, int? group_size=None) -> (Tensor, Tensor)",
+      kTags);
+  m.def("_fake_quantize_backward(Tensor grad, Tensor mask) -> Tensor", kTags);
 }
 
 namespace qatkit {
