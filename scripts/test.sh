@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets qatkit up from nothing and runs every test: Catch2 (kernels, C++ API, example) via ctest,
+# then the pytest suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+bash scripts/setup.sh
+echo "== C++ tests (ctest) =="
+ctest --test-dir build/py --output-on-failure
+echo "== Python tests (pytest) =="
+"$PY" -m pytest tests/python -q -p no:cacheprovider
