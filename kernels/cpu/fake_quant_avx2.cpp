@@ -28,42 +28,78 @@ inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 inline void store8(Half* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
 }
+inline __m256i bf16_bits(__m256 v);
 inline void store8(BFloat16* p, __m256 v) {
-  // Round half to even to the upper 16 bits; NaN becomes the canonical 0x7FC0 (as c10 does).
+  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(bf16_bits(v), bf16_bits(v)), 0x08);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+}
+
+/// The fake-quant formula on 8 float lanes; returns the 8 mask bits (lane order).
+inline std::uint32_t fq8(__m256 x, __m256 vs, __m256 inv, __m256 vz, __m256 vqmin, __m256 vqmax, __m256& y) {
+  const __m256 q =
+      _mm256_add_ps(_mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
+  const __m256 in = _mm256_and_ps(_mm256_cmp_ps(q, vqmin, _CMP_GE_OQ), _mm256_cmp_ps(q, vqmax, _CMP_LE_OQ));
+  // max/min return their second operand when either is NaN, so a NaN q passes through.
+  const __m256 qc = _mm256_min_ps(vqmax, _mm256_max_ps(vqmin, q));
+  y = _mm256_mul_ps(_mm256_sub_ps(qc, vz), vs);
+  return static_cast<std::uint32_t>(_mm256_movemask_ps(in));
+}
+
+/// Round-half-to-even bfloat16 bits of 8 floats, one per 32-bit lane (NaN -> 0x7FC0, as c10).
+inline __m256i bf16_bits(__m256 v) {
   const __m256i u = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
-  const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
 }
 
 struct Avx2Vec {
   template <typename S>
-  static std::uint32_t fwd8(const S* x, S* y, const float* s, const float* z, std::int64_t qstride, float qmin,
-                            float qmax) {
+  static std::uint32_t fwd8_const(const S* x, S* y, float s, float inv, float z, float qmin, float qmax) {
     if constexpr (std::is_same_v<S, double>) {
-      return detail::scalar8<S>(x, y, s, z, qstride, qmin, qmax);
+      return detail::scalar8_const<S>(x, y, s, inv, z, qmin, qmax);
     } else {
-      __m256 vs, vz, inv;
-      if (qstride == 0) {
-        vs = _mm256_set1_ps(*s);
-        vz = _mm256_set1_ps(*z);
-        inv = _mm256_set1_ps(1.0f / *s);
-      } else {
-        vs = _mm256_loadu_ps(s);
-        vz = _mm256_loadu_ps(z);
-        inv = _mm256_div_ps(_mm256_set1_ps(1.0f), vs);  // IEEE division: equals 1.0f / s exactly
-      }
+      __m256 out;
+      const std::uint32_t bits = fq8(load8(x), _mm256_set1_ps(s), _mm256_set1_ps(inv), _mm256_set1_ps(z),
+                                     _mm256_set1_ps(qmin), _mm256_set1_ps(qmax), out);
+      store8(y, out);
+      return bits;
+    }
+  }
+
+  template <typename S>
+  static std::uint32_t fwd16_const(const S* x, S* y, float s, float inv, float z, float qmin, float qmax) {
+    if constexpr (std::is_same_v<S, BFloat16>) {
+      // 16 bf16 in one 256-bit load; unpacking against zero puts elements 0-3,8-11 in `lo` and
+      // 4-7,12-15 in `hi`, and packus restores the order, so no cross-lane shuffles are needed.
+      const __m256 vs = _mm256_set1_ps(s), vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
       const __m256 vqmin = _mm256_set1_ps(qmin), vqmax = _mm256_set1_ps(qmax);
-      const __m256 q = _mm256_add_ps(
-          _mm256_round_ps(_mm256_mul_ps(load8(x), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
-      const __m256 in = _mm256_and_ps(_mm256_cmp_ps(q, vqmin, _CMP_GE_OQ), _mm256_cmp_ps(q, vqmax, _CMP_LE_OQ));
-      // max/min return their second operand when either is NaN, so a NaN q passes through.
-      const __m256 qc = _mm256_min_ps(vqmax, _mm256_max_ps(vqmin, q));
-      store8(y, _mm256_mul_ps(_mm256_sub_ps(qc, vz), vs));
-      return static_cast<std::uint32_t>(_mm256_movemask_ps(in));
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+      const __m256i zero = _mm256_setzero_si256();
+      __m256 ylo, yhi;
+      const std::uint32_t mlo =
+          fq8(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw)), vs, vinv, vz, vqmin, vqmax, ylo);
+      const std::uint32_t mhi =
+          fq8(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw)), vs, vinv, vz, vqmin, vqmax, yhi);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), _mm256_packus_epi32(bf16_bits(ylo), bf16_bits(yhi)));
+      return (mlo & 0xFu) | ((mhi & 0xFu) << 4) | ((mlo & 0xF0u) << 4) | ((mhi & 0xF0u) << 8);
+    } else {
+      return fwd8_const<S>(x, y, s, inv, z, qmin, qmax) | (fwd8_const<S>(x + 8, y + 8, s, inv, z, qmin, qmax) << 8);
+    }
+  }
+
+  template <typename S>
+  static std::uint32_t fwd8_vary(const S* x, S* y, const float* s, const float* z, float qmin, float qmax) {
+    if constexpr (std::is_same_v<S, double>) {
+      return detail::scalar8_vary<S>(x, y, s, z, qmin, qmax);
+    } else {
+      const __m256 vs = _mm256_loadu_ps(s);
+      const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), vs);  // IEEE division: equals 1.0f / s exactly
+      __m256 out;
+      const std::uint32_t bits =
+          fq8(load8(x), vs, inv, _mm256_loadu_ps(z), _mm256_set1_ps(qmin), _mm256_set1_ps(qmax), out);
+      store8(y, out);
+      return bits;
     }
   }
 

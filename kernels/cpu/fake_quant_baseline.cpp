@@ -7,9 +7,17 @@ namespace {
 
 struct ScalarVec {
   template <typename S>
-  static std::uint32_t fwd8(const S* x, S* y, const float* s, const float* z, std::int64_t qstride, float qmin,
-                            float qmax) {
-    return detail::scalar8<S>(x, y, s, z, qstride, qmin, qmax);
+  static std::uint32_t fwd8_const(const S* x, S* y, float s, float inv, float z, float qmin, float qmax) {
+    return detail::scalar8_const<S>(x, y, s, inv, z, qmin, qmax);
+  }
+  template <typename S>
+  static std::uint32_t fwd16_const(const S* x, S* y, float s, float inv, float z, float qmin, float qmax) {
+    return detail::scalar8_const<S>(x, y, s, inv, z, qmin, qmax) |
+           (detail::scalar8_const<S>(x + 8, y + 8, s, inv, z, qmin, qmax) << 8);
+  }
+  template <typename S>
+  static std::uint32_t fwd8_vary(const S* x, S* y, const float* s, const float* z, float qmin, float qmax) {
+    return detail::scalar8_vary<S>(x, y, s, z, qmin, qmax);
   }
   template <typename S>
   static void bwd8(const S* g, std::uint8_t bits, S* dx) {

@@ -45,6 +45,17 @@ struct Elem<BFloat16> {
   static BFloat16 store(C v) { return BFloat16{float_to_bf16(v)}; }
 };
 
+/// Fake-quantizes one element; returns its mask bit.
+template <typename S>
+inline std::uint32_t scalar8_const_one(const S* x, S* y, float s, float z, float qmin, float qmax) {
+  using E = Elem<S>;
+  using C = typename E::C;
+  std::uint32_t in;
+  *y = E::store(fake_quant_value<C>(E::load(*x), static_cast<C>(1.0f / s), static_cast<C>(s), static_cast<C>(z),
+                                    static_cast<C>(qmin), static_cast<C>(qmax), in));
+  return in;
+}
+
 /// Appends mask bits in element order; a chunk starts on a byte boundary.
 struct BitWriter {
   std::uint8_t* out;
@@ -63,40 +74,48 @@ struct BitWriter {
     *out++ = static_cast<std::uint8_t>(acc);
     acc >>= 8;
   }
+  void push16(std::uint32_t bits) {
+    push8(bits & 0xFFu);
+    push8(bits >> 8);
+  }
   void flush() {
     if (count > 0) *out = static_cast<std::uint8_t>(acc);
   }
 };
 
-/// Scalar reference body for 8 elements with per-element qparams at stride `qstride` (0 or 1).
+/// Scalar reference body: 8 elements sharing one (s, inv_s, z).
 template <typename S>
-inline std::uint32_t scalar8(const S* x, S* y, const float* s, const float* z, std::int64_t qstride,
-                             float qmin, float qmax) {
+inline std::uint32_t scalar8_const(const S* x, S* y, float s, float inv, float z, float qmin, float qmax) {
   using E = Elem<S>;
   using C = typename E::C;
   std::uint32_t bits = 0;
   for (int k = 0; k < 8; ++k) {
-    const float sk = s[k * qstride];
     std::uint32_t in;
-    y[k] = E::store(fake_quant_value<C>(E::load(x[k]), static_cast<C>(1.0f / sk), static_cast<C>(sk),
-                                        static_cast<C>(z[k * qstride]), static_cast<C>(qmin),
-                                        static_cast<C>(qmax), in));
+    y[k] = E::store(fake_quant_value<C>(E::load(x[k]), static_cast<C>(inv), static_cast<C>(s), static_cast<C>(z),
+                                        static_cast<C>(qmin), static_cast<C>(qmax), in));
     bits |= in << k;
   }
   return bits;
 }
 
+/// Scalar reference body: 8 elements with their own qparams s[k], z[k].
+template <typename S>
+inline std::uint32_t scalar8_vary(const S* x, S* y, const float* s, const float* z, float qmin, float qmax) {
+  std::uint32_t bits = 0;
+  for (int k = 0; k < 8; ++k) bits |= scalar8_const_one(x + k, y + k, s[k], z[k], qmin, qmax) << k;
+  return bits;
+}
+
 template <typename S, bool kMask>
 inline void scalar1(const S* x, S* y, float s, float z, float qmin, float qmax, BitWriter& bw) {
-  using E = Elem<S>;
-  using C = typename E::C;
-  std::uint32_t in;
-  *y = E::store(fake_quant_value<C>(E::load(*x), static_cast<C>(1.0f / s), static_cast<C>(s),
-                                    static_cast<C>(z), static_cast<C>(qmin), static_cast<C>(qmax), in));
+  const std::uint32_t in = scalar8_const_one(x, y, s, z, qmin, qmax);
   if constexpr (kMask) bw.push1(in);
 }
 
-/// Forward over [begin, end). Vec::fwd8<S>(x, y, s, z, qstride, qmin, qmax) returns 8 mask bits.
+/// Forward over [begin, end). The Vec policy supplies the bodies, each returning mask bits:
+///   fwd16_const<S>(x, y, s, inv_s, z, qmin, qmax) / fwd8_const: qparams shared by the elements
+///   (passed by value so they stay in registers across the loop);
+///   fwd8_vary<S>(x, y, s_ptr, z_ptr, qmin, qmax): element k uses s_ptr[k], z_ptr[k].
 template <class Vec, typename S, bool kMask>
 void forward_chunk(const FakeQuantArgs& a, std::int64_t begin, std::int64_t end) {
   const S* x = static_cast<const S*>(a.input);
@@ -110,7 +129,7 @@ void forward_chunk(const FakeQuantArgs& a, std::int64_t begin, std::int64_t end)
       std::int64_t c = i % a.channels;
       const std::int64_t row_end = std::min(end, i + (a.channels - c));
       for (; i + 8 <= row_end; i += 8, c += 8) {
-        const std::uint32_t bits = Vec::template fwd8<S>(x + i, y + i, a.scale + c, a.zero_point + c, 1, qmin, qmax);
+        const std::uint32_t bits = Vec::template fwd8_vary<S>(x + i, y + i, a.scale + c, a.zero_point + c, qmin, qmax);
         if constexpr (kMask) bw.push8(bits);
       }
       for (; i < row_end; ++i, ++c) scalar1<S, kMask>(x + i, y + i, a.scale[c], a.zero_point[c], qmin, qmax, bw);
@@ -121,13 +140,18 @@ void forward_chunk(const FakeQuantArgs& a, std::int64_t begin, std::int64_t end)
       const std::int64_t block = i / a.inner;
       const std::int64_t c = block % a.channels;
       const std::int64_t run_end = std::min(end, (block + 1) * a.inner);
-      const float* s = a.scale + c;
-      const float* z = a.zero_point + c;
+      const float s = a.scale[c];
+      const float inv = 1.0f / s;
+      const float z = a.zero_point[c];
+      for (; i + 16 <= run_end; i += 16) {
+        const std::uint32_t bits = Vec::template fwd16_const<S>(x + i, y + i, s, inv, z, qmin, qmax);
+        if constexpr (kMask) bw.push16(bits);
+      }
       for (; i + 8 <= run_end; i += 8) {
-        const std::uint32_t bits = Vec::template fwd8<S>(x + i, y + i, s, z, 0, qmin, qmax);
+        const std::uint32_t bits = Vec::template fwd8_const<S>(x + i, y + i, s, inv, z, qmin, qmax);
         if constexpr (kMask) bw.push8(bits);
       }
-      for (; i < run_end; ++i) scalar1<S, kMask>(x + i, y + i, *s, *z, qmin, qmax, bw);
+      for (; i < run_end; ++i) scalar1<S, kMask>(x + i, y + i, s, z, qmin, qmax, bw);
     }
   }
   if constexpr (kMask) bw.flush();

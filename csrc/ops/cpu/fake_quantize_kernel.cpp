@@ -9,6 +9,7 @@
 
 #include "../../../kernels/cpu/fake_quant_cpu.h"
 #include "../fake_quantize_common.h"
+#include "huge_pages.h"
 
 namespace qatkit::ops {
 namespace {
@@ -37,7 +38,7 @@ void run_forward(const char* op, const at::Tensor& input, const at::Tensor& scal
 at::Tensor fake_quantize_cpu(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                              std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
                              std::optional<std::int64_t> group_size) {
-  at::Tensor out = at::empty(input.sizes(), input.options());
+  at::Tensor out = empty_cpu_output(input.sizes(), input.options());
   run_forward("fake_quantize", input, scale, zero_point, quant_min, quant_max, axis, group_size, out, nullptr);
   return out;
 }
@@ -50,7 +51,7 @@ at::Tensor& fake_quantize_out_cpu(const at::Tensor& input, const at::Tensor& sca
   if (out.is_contiguous()) {
     run_forward("fake_quantize.out", input, scale, zero_point, quant_min, quant_max, axis, group_size, out, nullptr);
   } else {
-    at::Tensor tmp = at::empty(input.sizes(), input.options());
+    at::Tensor tmp = empty_cpu_output(input.sizes(), input.options());
     run_forward("fake_quantize.out", input, scale, zero_point, quant_min, quant_max, axis, group_size, tmp, nullptr);
     out.copy_(tmp);
   }
@@ -62,7 +63,7 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_with_mask_cpu(const at::Tensor&
                                                                std::int64_t quant_max,
                                                                std::optional<std::int64_t> axis,
                                                                std::optional<std::int64_t> group_size) {
-  at::Tensor out = at::empty(input.sizes(), input.options());
+  at::Tensor out = empty_cpu_output(input.sizes(), input.options());
   at::Tensor mask = at::empty({kernels::mask_bytes(input.numel())}, input.options().dtype(at::kByte));
   run_forward("fake_quantize", input, scale, zero_point, quant_min, quant_max, axis, group_size, out,
               mask.mutable_data_ptr<std::uint8_t>());
@@ -73,7 +74,7 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   check_backward_args(grad, mask);
   const at::Tensor g = grad.contiguous();
   const at::Tensor m = mask.contiguous();
-  at::Tensor dx = at::empty(grad.sizes(), grad.options());
+  at::Tensor dx = empty_cpu_output(grad.sizes(), grad.options());
   if (g.numel() == 0) return dx;
   kernels::FakeQuantBackwardArgs a;
   a.grad_output = g.const_data_ptr();

@@ -1,0 +1,176 @@
+"""Benchmark qatkit's fake-quantize ops against torch's, in one process, interleaved, after warm-up.
+
+    python scripts/bench_ops.py [--rows 2048 --cols 4096 --threads 2 --rounds 30 --json]
+
+Each row times a baseline and qatkit alternately (A, B, A, B, ...), reports the median time of
+each and the ratio baseline / qatkit (> 1 means qatkit is faster), and checks the goal of the row.
+Rows that compare against memory bandwidth use preallocated outputs: a fresh 32 MiB allocation
+is an mmap whose page faults can cost more than the kernel itself.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import qatkit
+from qatkit import ops
+
+
+def interleaved(fn_a, fn_b, rounds: int, warmup: int = 3):
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    ta, tb = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn_a()
+        t1 = time.perf_counter()
+        fn_b()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", type=int, default=2048)
+    p.add_argument("--cols", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    R, C = a.rows, a.cols
+    x = torch.randn(R, C)
+    g = torch.randn(R, C)
+    s_t, z_t = torch.tensor([0.02]), torch.tensor([3], dtype=torch.int32)
+    s_c = torch.rand(R) * 0.02 + 0.01
+    z_c = torch.randint(-5, 5, (R,), dtype=torch.int32)
+    s_f, z_f = float(s_t), int(z_t)
+    out = torch.empty_like(x)
+    dst = torch.empty_like(x)
+    xb, outb = x.bfloat16(), torch.empty(R, C, dtype=torch.bfloat16)
+    has_torch_fq = hasattr(torch, "fake_quantize_per_channel_affine")
+
+    def fwd_bwd(fn):
+        def run():
+            xi = x.detach().requires_grad_()
+            fn(xi).backward(g)
+        return run
+
+    rows = []
+
+    def add(name, base_name, fa, fb, goal_desc, goal_ok):
+        ta, tb = interleaved(fa, fb, a.rounds)
+        ratio = ta / tb
+        rows.append(
+            {
+                "case": name,
+                "baseline": base_name,
+                "baseline_ms": round(ta * 1e3, 3),
+                "qatkit_ms": round(tb * 1e3, 3),
+                "ratio": round(ratio, 3),
+                "goal": goal_desc,
+                "met": bool(goal_ok(ratio)),
+            }
+        )
+
+    if has_torch_fq:
+        add(
+            "per-channel fwd+bwd (end to end)",
+            "torch.fake_quantize_per_channel_affine",
+            fwd_bwd(lambda xi: torch.fake_quantize_per_channel_affine(xi, s_c, z_c, 0, -128, 127)),
+            fwd_bwd(lambda xi: ops.fake_quantize(xi, s_c, z_c, -128, 127, axis=0)),
+            ">= 2.0x",
+            lambda r: r >= 2.0,
+        )
+        add(
+            "per-tensor fwd+bwd (end to end)",
+            "torch.fake_quantize_per_tensor_affine",
+            fwd_bwd(lambda xi: torch.fake_quantize_per_tensor_affine(xi, s_f, z_f, -128, 127)),
+            fwd_bwd(lambda xi: ops.fake_quantize(xi, s_t, z_t, -128, 127)),
+            ">= 1.5x",
+            lambda r: r >= 1.5,
+        )
+        add(
+            "per-channel fwd (allocating)",
+            "torch.fake_quantize_per_channel_affine",
+            lambda: torch.fake_quantize_per_channel_affine(x, s_c, z_c, 0, -128, 127),
+            lambda: ops.fake_quantize(x, s_c, z_c, -128, 127, axis=0),
+            "(info)",
+            lambda r: True,
+        )
+    else:
+        print("torch ships no fake_quantize_per_*_affine: compare against an eager reference of torch primitives")
+        add(
+            "per-channel fwd+bwd (end to end)",
+            "eager torch primitives",
+            fwd_bwd(lambda xi: xi + ((torch.clamp(torch.round(xi / s_c[:, None]) + z_c[:, None], -128, 127) - z_c[:, None]) * s_c[:, None] - xi).detach()),
+            fwd_bwd(lambda xi: ops.fake_quantize(xi, s_c, z_c, -128, 127, axis=0)),
+            ">= 2.0x",
+            lambda r: r >= 2.0,
+        )
+    add(
+        "per-channel fwd into preallocated out",
+        "dst.copy_(x)",
+        lambda: dst.copy_(x),
+        lambda: ops.fake_quantize(x, s_c, z_c, -128, 127, axis=0, out=out),
+        "qatkit <= 1.3x copy time (ratio >= 0.77)",
+        lambda r: r >= 1 / 1.3,
+    )
+    add(
+        "per-group(128) fwd into preallocated out",
+        "dst.copy_(x)",
+        lambda: dst.copy_(x),
+        lambda: ops.fake_quantize(x, s_g, z_g, -8, 7, group_size=128, out=out),
+        "(info)",
+        lambda r: True,
+    ) if (s_g := torch.rand(R, C // 128) * 0.1 + 0.01) is not None and (z_g := torch.zeros(R, C // 128, dtype=torch.int32)) is not None else None
+    add(
+        "bf16 vs fp32 per-channel fwd, preallocated",
+        "qatkit float32",
+        lambda: ops.fake_quantize(x, s_c, z_c, -128, 127, axis=0, out=out),
+        lambda: ops.fake_quantize(xb, s_c, z_c, -128, 127, axis=0, out=outb),
+        "bf16 <= 0.65x fp32 time (ratio >= 1.54)",
+        lambda r: r >= 1 / 0.65,
+    )
+    mask = torch.ops.qatkit._fake_quantize_with_mask(x, s_c, z_c, -128, 127, 0, None)[1]
+    add(
+        "STE backward (bit mask) vs dY*mask (byte mask)",
+        "g * byte_mask",
+        (lambda bm: lambda: torch.mul(g, bm, out=dst))((torch.rand(R, C) > 0.1).float()),
+        lambda: torch.ops.qatkit._fake_quantize_backward(g, mask),
+        "(info)",
+        lambda r: True,
+    )
+
+    info = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "qatkit": qatkit.build_info(),
+        "shape": [R, C],
+        "rounds": a.rounds,
+    }
+    if a.json:
+        print(json.dumps({"info": info, "rows": rows}, indent=2))
+        return
+    print(f"qatkit {info['qatkit']['version']} (cpu isa {info['qatkit']['cpu_isa']}) vs torch {info['torch']}, "
+          f"{R}x{C} float32, {torch.get_num_threads()} threads, median of {a.rounds} interleaved rounds\n")
+    hdr = f"| {'case':<46} | {'baseline':<38} | {'base ms':>8} | {'qatkit ms':>9} | {'ratio':>6} | goal"
+    print(hdr)
+    print("|" + "-" * 48 + "|" + "-" * 40 + "|" + "-" * 10 + "|" + "-" * 11 + "|" + "-" * 8 + "|------")
+    for r in rows:
+        mark = "" if r["goal"] == "(info)" else (" MET" if r["met"] else " MISSED")
+        print(f"| {r['case']:<46} | {r['baseline']:<38} | {r['baseline_ms']:>8.3f} | {r['qatkit_ms']:>9.3f} | "
+              f"{r['ratio']:>6.2f} | {r['goal']}{mark}")
+
+
+if __name__ == "__main__":
+    main()
