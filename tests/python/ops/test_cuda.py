@@ -1,0 +1,90 @@
+"""CUDA kernels: results equal the CPU kernels bit for bit (values and STE masks) for every
+sample, no host synchronisation on the op path, opcheck on CUDA samples. Run by
+scripts/gpu_check.sh on the GPU machine; skipped where torch has no CUDA device."""
+
+import pytest
+import torch
+
+import qatkit
+from qatkit import ops
+from samples import DTYPES, sample_inputs
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and qatkit.build_info()["cuda"]),
+    reason="needs a CUDA device and qatkit built with CUDA (scripts/gpu_check.sh on the GPU machine)",
+)
+
+SAMPLES = list(sample_inputs()) if torch.cuda.is_available() else []
+
+
+def _bits_equal(a: torch.Tensor, b: torch.Tensor):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
+    assert torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=repr)
+def test_cuda_equals_cpu(sample):
+    cpu = torch.ops.qatkit._fake_quantize_with_mask(*sample.args())
+    dev = [a.cuda() if isinstance(a, torch.Tensor) else a for a in sample.args()]
+    gpu = torch.ops.qatkit._fake_quantize_with_mask(*dev)
+    _bits_equal(gpu[0].cpu(), cpu[0])
+    # mask bytes equal (padding bits past numel are zero on both)
+    assert torch.equal(gpu[1].cpu(), cpu[1])
+    g = torch.randn(sample.input.shape).to(sample.input.dtype)
+    _bits_equal(
+        torch.ops.qatkit._fake_quantize_backward(g.cuda(), gpu[1]).cpu(),
+        torch.ops.qatkit._fake_quantize_backward(g, cpu[1]),
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_special_values_and_unaligned_pointers(dtype):
+    x = torch.randn(1001) * 5
+    x[3], x[10], x[20] = float("nan"), float("inf"), -float("inf")
+    x = x.to(dtype)
+    s, z = torch.tensor([0.05]), torch.tensor([2], dtype=torch.int32)
+    for offset in (0, 1, 3):  # storage offsets that break 16-byte alignment
+        xc = x[offset:]
+        _bits_equal(ops.fake_quantize(xc.cuda(), s.cuda(), z.cuda(), -8, 7).cpu(), ops.fake_quantize(xc, s, z, -8, 7))
+
+
+def test_no_host_sync_on_the_op_path():
+    x = torch.randn(4096, 256, device="cuda", requires_grad=True)
+    s = torch.rand(4096, device="cuda") * 0.02 + 0.01
+    z = torch.zeros(4096, device="cuda", dtype=torch.int32)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y = ops.fake_quantize(x, s, z, -128, 127, axis=0)
+        y.backward(torch.ones_like(y))
+        ops.fake_quantize(x.detach(), s, z, -128, 127, axis=0, out=torch.empty_like(x))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+def test_cuda_runs_on_the_current_stream():
+    x = torch.randn(1 << 20, device="cuda")
+    s, z = torch.tensor([0.01], device="cuda"), torch.tensor([0], device="cuda", dtype=torch.int32)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        y = ops.fake_quantize(x, s, z, -128, 127)
+    stream.synchronize()
+    assert torch.equal(y.cpu(), ops.fake_quantize(x.cpu(), s.cpu(), z.cpu(), -128, 127))
+
+
+@pytest.mark.parametrize("sample", SAMPLES[::8][:20], ids=repr)
+def test_opcheck_cuda(sample):
+    dev = [a.cuda() if isinstance(a, torch.Tensor) else a for a in sample.args()]
+    dev[0] = dev[0].detach().requires_grad_(sample.input.numel() % 2 == 1)
+    torch.library.opcheck(torch.ops.qatkit.fake_quantize.default, tuple(dev))
+
+
+def test_choose_qparams_cuda_equals_cpu():
+    x = torch.randn(64, 128)
+    for kw in ({}, {"axis": 0}, {"group_size": 32}):
+        for sym in (True, False):
+            sc, zc = ops.choose_qparams(x, -8, 7, sym, **kw)
+            sg, zg = ops.choose_qparams(x.cuda(), -8, 7, sym, **kw)
+            assert torch.equal(sg.cpu(), sc) and torch.equal(zg.cpu(), zc)
