@@ -43,9 +43,9 @@ void check_args(const at::Tensor& input, std::int64_t quant_min, std::int64_t qu
   TORCH_CHECK_VALUE(quant_max - quant_min <= 65535,
                     fmt::format("{}: quant_max - quant_min must be at most 65535 (16 bits), got {}", kOp,
                                 quant_max - quant_min));
-  TORCH_CHECK_VALUE(quant_min >= -(1LL << 24) && quant_max <= (1LL << 24),
-                    fmt::format("{}: quant_min and quant_max must lie in [-2^24, 2^24], got [{}, {}]", kOp, quant_min,
-                                quant_max));
+  TORCH_CHECK_VALUE(quant_min > -(1LL << 24) && quant_max < (1LL << 24),
+                    fmt::format("{}: quant_min and quant_max must lie in [-(2^24 - 1), 2^24 - 1], got [{}, {}]", kOp,
+                                quant_min, quant_max));
   TORCH_CHECK_VALUE(!(axis.has_value() && group_size.has_value()),
                     fmt::format("{}: give axis (per-channel) or group_size (per-group), not both; got axis={} "
                                 "group_size={}",

@@ -18,7 +18,7 @@ namespace qatkit::ops {
 namespace {
 
 constexpr std::int64_t kMaxRange = 65535;      // 16-bit codes
-constexpr std::int64_t kMaxAbsQ = 1LL << 24;   // exactly representable in float32
+constexpr std::int64_t kMaxAbsQ = (1LL << 24) - 1;  // |q| < 2^24: exact float32 integers (see kernels)
 
 bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -58,7 +58,7 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
                                 "(quant_min={}, quant_max={})",
                                 op, kMaxRange, quant_max - quant_min, quant_min, quant_max));
   TORCH_CHECK_VALUE(quant_min >= -kMaxAbsQ && quant_max <= kMaxAbsQ,
-                    fmt::format("{}: quant_min and quant_max must lie in [-2^24, 2^24], got [{}, {}]", op,
+                    fmt::format("{}: quant_min and quant_max must lie in [-(2^24 - 1), 2^24 - 1], got [{}, {}]", op,
                                 quant_min, quant_max));
   TORCH_CHECK_VALUE(!(axis.has_value() && group_size.has_value()),
                     fmt::format("{}: give axis (per-channel) or group_size (per-group), not both; got axis={} "

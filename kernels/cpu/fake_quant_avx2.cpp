@@ -34,14 +34,12 @@ inline void store8(BFloat16* p, __m256 v) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
 }
 
-/// The fake-quant formula on 8 float lanes; returns the 8 mask bits (lane order).
-inline std::uint32_t fq8(__m256 x, __m256 vs, __m256 inv, __m256 vz, __m256 vqmin, __m256 vqmax, __m256& y) {
-  const __m256 q =
-      _mm256_add_ps(_mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz);
-  const __m256 in = _mm256_and_ps(_mm256_cmp_ps(q, vqmin, _CMP_GE_OQ), _mm256_cmp_ps(q, vqmax, _CMP_LE_OQ));
-  // max/min return their second operand when either is NaN, so a NaN q passes through.
-  const __m256 qc = _mm256_min_ps(vqmax, _mm256_max_ps(vqmin, q));
-  y = _mm256_mul_ps(_mm256_sub_ps(qc, vz), vs);
+/// The fake-quant formula on 8 float lanes (lo = qmin - z, hi = qmax - z); returns the mask bits.
+inline std::uint32_t fq8(__m256 x, __m256 vs, __m256 inv, __m256 lo, __m256 hi, __m256& y) {
+  const __m256 r = _mm256_round_ps(_mm256_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 in = _mm256_and_ps(_mm256_cmp_ps(r, lo, _CMP_GE_OQ), _mm256_cmp_ps(r, hi, _CMP_LE_OQ));
+  // max/min return their second operand when either is NaN, so a NaN r passes through.
+  y = _mm256_mul_ps(_mm256_min_ps(hi, _mm256_max_ps(lo, r)), vs);
   return static_cast<std::uint32_t>(_mm256_movemask_ps(in));
 }
 
@@ -60,8 +58,8 @@ struct Avx2Vec {
       return detail::scalar8_const<S>(x, y, s, inv, z, qmin, qmax);
     } else {
       __m256 out;
-      const std::uint32_t bits = fq8(load8(x), _mm256_set1_ps(s), _mm256_set1_ps(inv), _mm256_set1_ps(z),
-                                     _mm256_set1_ps(qmin), _mm256_set1_ps(qmax), out);
+      const std::uint32_t bits = fq8(load8(x), _mm256_set1_ps(s), _mm256_set1_ps(inv), _mm256_set1_ps(qmin - z),
+                                     _mm256_set1_ps(qmax - z), out);
       store8(y, out);
       return bits;
     }
@@ -72,15 +70,15 @@ struct Avx2Vec {
     if constexpr (std::is_same_v<S, BFloat16>) {
       // 16 bf16 in one 256-bit load; unpacking against zero puts elements 0-3,8-11 in `lo` and
       // 4-7,12-15 in `hi`, and packus restores the order, so no cross-lane shuffles are needed.
-      const __m256 vs = _mm256_set1_ps(s), vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
-      const __m256 vqmin = _mm256_set1_ps(qmin), vqmax = _mm256_set1_ps(qmax);
+      const __m256 vs = _mm256_set1_ps(s), vinv = _mm256_set1_ps(inv);
+      const __m256 lo = _mm256_set1_ps(qmin - z), hi = _mm256_set1_ps(qmax - z);
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
       const __m256i zero = _mm256_setzero_si256();
       __m256 ylo, yhi;
       const std::uint32_t mlo =
-          fq8(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw)), vs, vinv, vz, vqmin, vqmax, ylo);
+          fq8(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw)), vs, vinv, lo, hi, ylo);
       const std::uint32_t mhi =
-          fq8(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw)), vs, vinv, vz, vqmin, vqmax, yhi);
+          fq8(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw)), vs, vinv, lo, hi, yhi);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), _mm256_packus_epi32(bf16_bits(ylo), bf16_bits(yhi)));
       return (mlo & 0xFu) | ((mhi & 0xFu) << 4) | ((mlo & 0xF0u) << 4) | ((mhi & 0xF0u) << 8);
     } else {
@@ -95,9 +93,10 @@ struct Avx2Vec {
     } else {
       const __m256 vs = _mm256_loadu_ps(s);
       const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), vs);  // IEEE division: equals 1.0f / s exactly
+      const __m256 vz = _mm256_loadu_ps(z);
       __m256 out;
-      const std::uint32_t bits =
-          fq8(load8(x), vs, inv, _mm256_loadu_ps(z), _mm256_set1_ps(qmin), _mm256_set1_ps(qmax), out);
+      const std::uint32_t bits = fq8(load8(x), vs, inv, _mm256_sub_ps(_mm256_set1_ps(qmin), vz),
+                                     _mm256_sub_ps(_mm256_set1_ps(qmax), vz), out);
       store8(y, out);
       return bits;
     }

@@ -51,8 +51,8 @@ inline std::uint32_t scalar8_const_one(const S* x, S* y, float s, float z, float
   using E = Elem<S>;
   using C = typename E::C;
   std::uint32_t in;
-  *y = E::store(fake_quant_value<C>(E::load(*x), static_cast<C>(1.0f / s), static_cast<C>(s), static_cast<C>(z),
-                                    static_cast<C>(qmin), static_cast<C>(qmax), in));
+  *y = E::store(fake_quant_value<C>(E::load(*x), static_cast<C>(1.0f / s), static_cast<C>(s), static_cast<C>(qmin - z),
+                                    static_cast<C>(qmax - z), in));
   return in;
 }
 
@@ -91,8 +91,8 @@ inline std::uint32_t scalar8_const(const S* x, S* y, float s, float inv, float z
   std::uint32_t bits = 0;
   for (int k = 0; k < 8; ++k) {
     std::uint32_t in;
-    y[k] = E::store(fake_quant_value<C>(E::load(x[k]), static_cast<C>(inv), static_cast<C>(s), static_cast<C>(z),
-                                        static_cast<C>(qmin), static_cast<C>(qmax), in));
+    y[k] = E::store(fake_quant_value<C>(E::load(x[k]), static_cast<C>(inv), static_cast<C>(s),
+                                        static_cast<C>(qmin - z), static_cast<C>(qmax - z), in));
     bits |= in << k;
   }
   return bits;

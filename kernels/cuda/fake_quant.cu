@@ -57,7 +57,6 @@ __global__ void forward_kernel(FakeQuantArgs a) {
   const S* __restrict__ x = static_cast<const S*>(a.input);
   S* __restrict__ y = static_cast<S*>(a.output);
   const std::int64_t nbytes = mask_bytes(a.numel);
-  const C qmin = static_cast<C>(a.quant_min), qmax = static_cast<C>(a.quant_max);
   for (std::int64_t b = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; b < nbytes;
        b += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     const std::int64_t i0 = b * 8;
@@ -81,9 +80,10 @@ __global__ void forward_kernel(FakeQuantArgs a) {
       if (k < count) {
         const std::int64_t c = uniform ? c0 : ((i0 + k) / a.inner) % a.channels;
         const float s = a.scale[c];
+        const float z = a.zero_point[c];
         std::uint32_t in;
         ys[k] = E::store(fake_quant_value<C>(E::load(xs[k]), static_cast<C>(1.0f / s), static_cast<C>(s),
-                                             static_cast<C>(a.zero_point[c]), qmin, qmax, in));
+                                             static_cast<C>(a.quant_min - z), static_cast<C>(a.quant_max - z), in));
         bits |= in << k;
       }
     }

@@ -24,7 +24,7 @@ CASES = [
     # integer arguments
     (FQ, (X, S1, Z1, 7, 7), {}, ValueError, "quant_min must be less than quant_max, got quant_min=7 quant_max=7"),
     (FQ, (X, S1, Z1, 0, 65536), {}, ValueError, "quant_max - quant_min must be at most 65535 (16 bits), got 65536"),
-    (FQ, (X, S1, Z1, -(2**25), -(2**25) + 10), {}, ValueError, "must lie in [-2^24, 2^24]"),
+    (FQ, (X, S1, Z1, -(2**25), -(2**25) + 10), {}, ValueError, "must lie in [-(2^24 - 1), 2^24 - 1]"),
     (FQ, (X, S8, Z8, -8, 7, 0, 2), {}, ValueError, "give axis (per-channel) or group_size (per-group), not both"),
     (FQ, (X, S8, Z8, -8, 7, 2), {}, ValueError, "axis must be in [-2, 2) for a 2-d input, got 2"),
     (FQ, (X, S8, Z8, -8, 7, -3), {}, ValueError, "axis must be in [-2, 2) for a 2-d input, got -3"),
