@@ -30,6 +30,54 @@ def cuda_time(fn, iters=20, warmup=3):
     return start.elapsed_time(end) / iters / 1e3  # seconds
 
 
+def bench_dtype(dtype: torch.dtype, n: int) -> list:
+    """Rows for one dtype: qatkit forward/backward (and torch's forward for float32) vs copy."""
+    es = torch.tensor([], dtype=dtype).element_size()
+    x = torch.randn(n, device="cuda").to(dtype)
+    rows = 1 << 14
+    xc = x.view(rows, -1)
+    s = torch.rand(rows, device="cuda") * 0.02 + 0.01
+    z = torch.zeros(rows, device="cuda", dtype=torch.int32)
+    out = torch.empty_like(xc)
+    dst = torch.empty_like(x)
+    g = torch.randn_like(xc)
+    mask = torch.ops.qatkit._fake_quantize_with_mask(xc, s, z, -128, 127, 0, None)[1]
+    t_copy = cuda_time(lambda: dst.copy_(x))
+    bw_copy = 2 * n * es / t_copy
+    cases = [
+        ("fwd per-channel, out=", lambda: ops.fake_quantize(xc, s, z, -128, 127, axis=0, out=out), 2 * es),
+        (
+            "fwd per-channel + bit mask",
+            lambda: torch.ops.qatkit._fake_quantize_with_mask(xc, s, z, -128, 127, 0, None),
+            2 * es + 0.125,
+        ),
+        ("bwd STE from bit mask", lambda: torch.ops.qatkit._fake_quantize_backward(g, mask), 2 * es + 0.125),
+    ]
+    if dtype == torch.float32:
+        cases.append(
+            (
+                "torch per-channel fwd (cachemask)",
+                lambda: torch.fake_quantize_per_channel_affine(xc, s, z, 0, -128, 127),
+                2 * es,
+            )
+        )
+    result = []
+    for name, fn, bytes_per in cases:
+        t = cuda_time(fn)
+        bw = n * bytes_per / t
+        result.append(
+            {
+                "dtype": str(dtype).split(".")[1],
+                "case": name,
+                "ms": round(t * 1e3, 4),
+                "GBps": round(bw / 1e9, 1),
+                "copy_GBps": round(bw_copy / 1e9, 1),
+                "pct_of_copy": round(100 * bw / bw_copy, 1),
+            }
+        )
+    return result
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", type=int, default=28, help="log2 of the element count")
@@ -38,38 +86,18 @@ def main():
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device")
     n = 1 << a.log
-    rows_out = []
     props = torch.cuda.get_device_properties(0)
+    rows_out = []
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        es = torch.tensor([], dtype=dtype).element_size()
-        x = torch.randn(n, device="cuda").to(dtype)
-        rows = 1 << 14
-        xc = x.view(rows, -1)
-        s = torch.rand(rows, device="cuda") * 0.02 + 0.01
-        z = torch.zeros(rows, device="cuda", dtype=torch.int32)
-        out = torch.empty_like(xc)
-        dst = torch.empty_like(x)
-        g = torch.randn_like(xc)
-        mask = torch.ops.qatkit._fake_quantize_with_mask(xc, s, z, -128, 127, 0, None)[1]
-        t_copy = cuda_time(lambda: dst.copy_(x))
-        bw_copy = 2 * n * es / t_copy
-        cases = [
-            ("fwd per-channel, out=", lambda: ops.fake_quantize(xc, s, z, -128, 127, axis=0, out=out), 2 * es),
-            ("fwd per-channel + bit mask", lambda: torch.ops.qatkit._fake_quantize_with_mask(xc, s, z, -128, 127, 0, None), 2 * es + 0.125),
-            ("bwd STE from bit mask", lambda: torch.ops.qatkit._fake_quantize_backward(g, mask), 2 * es + 0.125),
-        ]
-        if dtype == torch.float32:
-            cases.append(("torch per-channel fwd (cachemask)", lambda: torch.fake_quantize_per_channel_affine(xc, s, z, 0, -128, 127), 2 * es))
-        for name, fn, bytes_per in cases:
-            t = cuda_time(fn)
-            bw = n * bytes_per / t
-            rows_out.append({"dtype": str(dtype).split(".")[1], "case": name, "ms": round(t * 1e3, 4),
-                             "GBps": round(bw / 1e9, 1), "copy_GBps": round(bw_copy / 1e9, 1),
-                             "pct_of_copy": round(100 * bw / bw_copy, 1)})
-        del x, xc, out, dst, g
+        rows_out += bench_dtype(dtype, n)
         torch.cuda.empty_cache()
-    info = {"device": props.name, "memory_GiB": round(props.total_memory / 2**30, 1), "torch": torch.__version__,
-            "qatkit": qatkit.build_info(), "elements": n}
+    info = {
+        "device": props.name,
+        "memory_GiB": round(props.total_memory / 2**30, 1),
+        "torch": torch.__version__,
+        "qatkit": qatkit.build_info(),
+        "elements": n,
+    }
     if a.json:
         print(json.dumps({"info": info, "rows": rows_out}, indent=2))
         return
@@ -77,8 +105,10 @@ def main():
     print(f"| {'dtype':<8} | {'case':<34} | {'ms':>8} | {'GB/s':>7} | {'copy GB/s':>9} | {'% of copy':>9} |")
     print("|" + "-" * 10 + "|" + "-" * 36 + "|" + "-" * 10 + "|" + "-" * 9 + "|" + "-" * 11 + "|" + "-" * 11 + "|")
     for r in rows_out:
-        print(f"| {r['dtype']:<8} | {r['case']:<34} | {r['ms']:>8.3f} | {r['GBps']:>7.1f} | {r['copy_GBps']:>9.1f} | "
-              f"{r['pct_of_copy']:>9.1f} |")
+        print(
+            f"| {r['dtype']:<8} | {r['case']:<34} | {r['ms']:>8.3f} | {r['GBps']:>7.1f} | {r['copy_GBps']:>9.1f} | "
+            f"{r['pct_of_copy']:>9.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def main():
         def run():
             xi = x.detach().requires_grad_()
             fn(xi).backward(g)
+
         return run
 
     rows = []
@@ -111,7 +112,16 @@ def main():
         add(
             "per-channel fwd+bwd (end to end)",
             "eager torch primitives",
-            fwd_bwd(lambda xi: xi + ((torch.clamp(torch.round(xi / s_c[:, None]) + z_c[:, None], -128, 127) - z_c[:, None]) * s_c[:, None] - xi).detach()),
+            fwd_bwd(
+                lambda xi: (
+                    xi
+                    + (
+                        (torch.clamp(torch.round(xi / s_c[:, None]) + z_c[:, None], -128, 127) - z_c[:, None])
+                        * s_c[:, None]
+                        - xi
+                    ).detach()
+                )
+            ),
             fwd_bwd(lambda xi: ops.fake_quantize(xi, s_c, z_c, -128, 127, axis=0)),
             ">= 2.0x",
             lambda r: r >= 2.0,
@@ -124,6 +134,8 @@ def main():
         "qatkit <= 1.3x copy time (ratio >= 0.77)",
         lambda r: r >= 1 / 1.3,
     )
+    s_g = torch.rand(R, C // 128) * 0.1 + 0.01
+    z_g = torch.zeros(R, C // 128, dtype=torch.int32)
     add(
         "per-group(128) fwd into preallocated out",
         "dst.copy_(x)",
@@ -131,7 +143,7 @@ def main():
         lambda: ops.fake_quantize(x, s_g, z_g, -8, 7, group_size=128, out=out),
         "(info)",
         lambda r: True,
-    ) if (s_g := torch.rand(R, C // 128) * 0.1 + 0.01) is not None and (z_g := torch.zeros(R, C // 128, dtype=torch.int32)) is not None else None
+    )
     add(
         "bf16 vs fp32 per-channel fwd, preallocated",
         "qatkit float32",
@@ -141,10 +153,11 @@ def main():
         lambda r: r >= 1 / 0.65,
     )
     mask = torch.ops.qatkit._fake_quantize_with_mask(x, s_c, z_c, -128, 127, 0, None)[1]
+    byte_mask = (torch.rand(R, C) > 0.1).float()
     add(
         "STE backward (bit mask) vs dY*mask (byte mask)",
         "g * byte_mask",
-        (lambda bm: lambda: torch.mul(g, bm, out=dst))((torch.rand(R, C) > 0.1).float()),
+        lambda: torch.mul(g, byte_mask, out=dst),
         lambda: torch.ops.qatkit._fake_quantize_backward(g, mask),
         "(info)",
         lambda r: True,
@@ -161,15 +174,19 @@ def main():
     if a.json:
         print(json.dumps({"info": info, "rows": rows}, indent=2))
         return
-    print(f"qatkit {info['qatkit']['version']} (cpu isa {info['qatkit']['cpu_isa']}) vs torch {info['torch']}, "
-          f"{R}x{C} float32, {torch.get_num_threads()} threads, median of {a.rounds} interleaved rounds\n")
+    print(
+        f"qatkit {info['qatkit']['version']} (cpu isa {info['qatkit']['cpu_isa']}) vs torch {info['torch']}, "
+        f"{R}x{C} float32, {torch.get_num_threads()} threads, median of {a.rounds} interleaved rounds\n"
+    )
     hdr = f"| {'case':<46} | {'baseline':<38} | {'base ms':>8} | {'qatkit ms':>9} | {'ratio':>6} | goal"
     print(hdr)
     print("|" + "-" * 48 + "|" + "-" * 40 + "|" + "-" * 10 + "|" + "-" * 11 + "|" + "-" * 8 + "|------")
     for r in rows:
         mark = "" if r["goal"] == "(info)" else (" MET" if r["met"] else " MISSED")
-        print(f"| {r['case']:<46} | {r['baseline']:<38} | {r['baseline_ms']:>8.3f} | {r['qatkit_ms']:>9.3f} | "
-              f"{r['ratio']:>6.2f} | {r['goal']}{mark}")
+        print(
+            f"| {r['case']:<46} | {r['baseline']:<38} | {r['baseline_ms']:>8.3f} | {r['qatkit_ms']:>9.3f} | "
+            f"{r['ratio']:>6.2f} | {r['goal']}{mark}"
+        )
 
 
 if __name__ == "__main__":

@@ -107,8 +107,10 @@ def main():
             f"{r['output_sqnr_db']:>14.2f} {r['top1_agreement_pct']:>13.2f}"
         )
     best = {b: max((r for r in rows if r["bits"] == b), key=lambda r: r["output_sqnr_db"]) for b in (8, 4, 2)}
-    print(f"\n{len(rows)} settings in {elapsed:.2f} s. Best granularity per width: "
-          + ", ".join(f"{b}-bit {r['granularity']} ({r['output_sqnr_db']:.1f} dB)" for b, r in best.items()))
+    print(
+        f"\n{len(rows)} settings in {elapsed:.2f} s. Best granularity per width: "
+        + ", ".join(f"{b}-bit {r['granularity']} ({r['output_sqnr_db']:.1f} dB)" for b, r in best.items())
+    )
     print("Each bit adds about 6 dB; per-channel and per-group scales follow channels whose ranges differ.")
 
 

@@ -34,15 +34,15 @@ constexpr const char* kOp = "choose_qparams";
 void check_args(const at::Tensor& input, std::int64_t quant_min, std::int64_t quant_max, OptInt axis,
                 OptInt group_size) {
   const auto t = input.scalar_type();
-  TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-                   fmt::format("{}: input must be float32, float64, float16 or bfloat16, got {}", kOp,
-                               c10::toString(t)));
+  TORCH_CHECK_TYPE(
+      t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+      fmt::format("{}: input must be float32, float64, float16 or bfloat16, got {}", kOp, c10::toString(t)));
   TORCH_CHECK_VALUE(quant_min < quant_max,
                     fmt::format("{}: quant_min must be less than quant_max, got quant_min={} quant_max={}", kOp,
                                 quant_min, quant_max));
-  TORCH_CHECK_VALUE(quant_max - quant_min <= 65535,
-                    fmt::format("{}: quant_max - quant_min must be at most 65535 (16 bits), got {}", kOp,
-                                quant_max - quant_min));
+  TORCH_CHECK_VALUE(
+      quant_max - quant_min <= 65535,
+      fmt::format("{}: quant_max - quant_min must be at most 65535 (16 bits), got {}", kOp, quant_max - quant_min));
   TORCH_CHECK_VALUE(quant_min > -(1LL << 24) && quant_max < (1LL << 24),
                     fmt::format("{}: quant_min and quant_max must lie in [-(2^24 - 1), 2^24 - 1], got [{}, {}]", kOp,
                                 quant_min, quant_max));
@@ -129,8 +129,8 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& input, std::
                                                   OptInt group_size) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("qatkit::choose_qparams", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, std::int64_t, std::int64_t,
-                                                                 bool, OptInt, OptInt)>();
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, std::int64_t, std::int64_t, bool,
+                                                                 OptInt, OptInt)>();
   return op.call(input, quant_min, quant_max, symmetric, axis, group_size);
 }
 

@@ -17,7 +17,7 @@
 namespace qatkit::ops {
 namespace {
 
-constexpr std::int64_t kMaxRange = 65535;      // 16-bit codes
+constexpr std::int64_t kMaxRange = 65535;           // 16-bit codes
 constexpr std::int64_t kMaxAbsQ = (1LL << 24) - 1;  // |q| < 2^24: exact float32 integers (see kernels)
 
 bool is_supported_float(at::ScalarType t) {
@@ -41,12 +41,11 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat,
                    fmt::format("{}: scale must be float32, got {}", op, c10::toString(scale.scalar_type())));
   const auto zt = zero_point.scalar_type();
-  TORCH_CHECK_TYPE((at::isIntegralType(zt, /*includeBool=*/false) || at::isFloatingType(zt)),
-                   fmt::format("{}: zero_point must be an integer or integer-valued float tensor, got {}", op,
-                               c10::toString(zt)));
-  TORCH_CHECK_VALUE(scale.device() == input.device(),
-                    fmt::format("{}: scale must be on input's device {}, got {}", op, input.device().str(),
-                                scale.device().str()));
+  TORCH_CHECK_TYPE(
+      (at::isIntegralType(zt, /*includeBool=*/false) || at::isFloatingType(zt)),
+      fmt::format("{}: zero_point must be an integer or integer-valued float tensor, got {}", op, c10::toString(zt)));
+  TORCH_CHECK_VALUE(scale.device() == input.device(), fmt::format("{}: scale must be on input's device {}, got {}", op,
+                                                                  input.device().str(), scale.device().str()));
   TORCH_CHECK_VALUE(zero_point.device() == input.device(),
                     fmt::format("{}: zero_point must be on input's device {}, got {}", op, input.device().str(),
                                 zero_point.device().str()));
@@ -71,18 +70,17 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
                       fmt::format("{}: axis must be in [{}, {}) for a {}-d input, got {}", op, -dim, dim, dim, *axis));
     const std::int64_t ax = *axis < 0 ? *axis + dim : *axis;
     const c10::SymInt channels = input.sym_size(ax);
-    TORCH_CHECK_VALUE(scale_numel == channels,
-                      fmt::format("{}: scale must have {} elements (size of dim {} of input), got {}", op,
-                                  channels.guard_int(__FILE__, __LINE__), ax,
-                                  scale_numel.guard_int(__FILE__, __LINE__)));
+    TORCH_CHECK_VALUE(
+        scale_numel == channels,
+        fmt::format("{}: scale must have {} elements (size of dim {} of input), got {}", op,
+                    channels.guard_int(__FILE__, __LINE__), ax, scale_numel.guard_int(__FILE__, __LINE__)));
   } else if (group_size.has_value()) {
     const std::int64_t gs = *group_size;
     TORCH_CHECK_VALUE(gs > 0, fmt::format("{}: group_size must be positive, got {}", op, gs));
     TORCH_CHECK_VALUE(dim > 0, fmt::format("{}: group_size needs an input with at least 1 dim, got a 0-d input", op));
     const c10::SymInt last = input.sym_size(dim - 1);
-    TORCH_CHECK_VALUE(last % gs == 0,
-                      fmt::format("{}: group_size must divide the last dim of input ({}), got {}", op,
-                                  last.guard_int(__FILE__, __LINE__), gs));
+    TORCH_CHECK_VALUE(last % gs == 0, fmt::format("{}: group_size must divide the last dim of input ({}), got {}", op,
+                                                  last.guard_int(__FILE__, __LINE__), gs));
     std::vector<c10::SymInt> expected(input.sym_sizes().begin(), input.sym_sizes().end());
     expected.back() = last / gs;
     TORCH_CHECK_VALUE(scale.sym_sizes() == c10::SymIntArrayRef(expected),
@@ -94,10 +92,10 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
                                   "per-channel or per-group)",
                                   op, scale_numel.guard_int(__FILE__, __LINE__)));
   }
-  TORCH_CHECK_VALUE(zero_point.sym_numel() == scale_numel,
-                    fmt::format("{}: zero_point must have as many elements as scale ({}), got {}", op,
-                                scale_numel.guard_int(__FILE__, __LINE__),
-                                zero_point.sym_numel().guard_int(__FILE__, __LINE__)));
+  TORCH_CHECK_VALUE(
+      zero_point.sym_numel() == scale_numel,
+      fmt::format("{}: zero_point must have as many elements as scale ({}), got {}", op,
+                  scale_numel.guard_int(__FILE__, __LINE__), zero_point.sym_numel().guard_int(__FILE__, __LINE__)));
 }
 
 void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::Tensor& zero_point_f32,
@@ -111,18 +109,17 @@ void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::
                       fmt::format("{}: scale must be positive, finite and at least {} (float32 normal), got {} "
                                   "at index {}",
                                   op, FLT_MIN, s[c], c));
-    TORCH_CHECK_VALUE(std::nearbyint(z[c]) == z[c] && z[c] >= static_cast<float>(quant_min) &&
-                          z[c] <= static_cast<float>(quant_max),
-                      fmt::format("{}: zero_point must be an integer in [quant_min, quant_max] = [{}, {}], got {} at "
-                                  "index {}",
-                                  op, quant_min, quant_max, z[c], c));
+    TORCH_CHECK_VALUE(
+        std::nearbyint(z[c]) == z[c] && z[c] >= static_cast<float>(quant_min) && z[c] <= static_cast<float>(quant_max),
+        fmt::format("{}: zero_point must be an integer in [quant_min, quant_max] = [{}, {}], got {} at "
+                    "index {}",
+                    op, quant_min, quant_max, z[c], c));
   }
 }
 
 PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
-                                        const at::Tensor& zero_point, std::int64_t quant_min,
-                                        std::int64_t quant_max, std::optional<std::int64_t> axis,
-                                        std::optional<std::int64_t> group_size) {
+                                        const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
+                                        std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
   check_fake_quantize_args(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
   PreparedFakeQuant p;
   p.input = input.contiguous();
@@ -170,9 +167,8 @@ void check_and_resize_out(const char* op, const at::Tensor& input, const at::Ten
   TORCH_CHECK_TYPE(out.scalar_type() == input.scalar_type(),
                    fmt::format("{}: out must have input's dtype {}, got {}", op, c10::toString(input.scalar_type()),
                                c10::toString(out.scalar_type())));
-  TORCH_CHECK_VALUE(out.device() == input.device(),
-                    fmt::format("{}: out must be on input's device {}, got {}", op, input.device().str(),
-                                out.device().str()));
+  TORCH_CHECK_VALUE(out.device() == input.device(), fmt::format("{}: out must be on input's device {}, got {}", op,
+                                                                input.device().str(), out.device().str()));
   at::native::resize_output_symint(out, input.sym_sizes());
   if (!out.is_meta()) {  // meta/fake tensors have no memory to overlap (and may have symbolic sizes)
     at::assert_no_internal_overlap(out);
@@ -187,9 +183,8 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& mask) {
                                c10::toString(grad.scalar_type())));
   TORCH_CHECK_TYPE(mask.scalar_type() == at::kByte,
                    fmt::format("{}: mask must be uint8 (a bit mask), got {}", op, c10::toString(mask.scalar_type())));
-  TORCH_CHECK_VALUE(mask.device() == grad.device(),
-                    fmt::format("{}: mask must be on grad's device {}, got {}", op, grad.device().str(),
-                                mask.device().str()));
+  TORCH_CHECK_VALUE(mask.device() == grad.device(), fmt::format("{}: mask must be on grad's device {}, got {}", op,
+                                                                grad.device().str(), mask.device().str()));
   const c10::SymInt need = (grad.sym_numel() + 7) / 8;
   TORCH_CHECK_VALUE(mask.dim() == 1 && mask.sym_numel() == need,
                     fmt::format("{}: mask must be 1-d with {} bytes (ceil(grad.numel() / 8)), got shape {}", op,

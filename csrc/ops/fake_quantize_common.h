@@ -32,9 +32,8 @@ struct PreparedFakeQuant {
 
 /// Runs check_fake_quantize_args and builds the contiguous operands and channel layout.
 PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
-                                        const at::Tensor& zero_point, std::int64_t quant_min,
-                                        std::int64_t quant_max, std::optional<std::int64_t> axis,
-                                        std::optional<std::int64_t> group_size);
+                                        const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
+                                        std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size);
 
 /// Kernel dtype of a floating tensor (after the checks above have accepted it).
 kernels::DType kernel_dtype(const at::Tensor& t);

@@ -26,16 +26,16 @@ namespace qatkit {
 /// Gradient: clipped straight-through estimator w.r.t. input (grad where the unclamped q lies in
 /// [quant_min, quant_max], else 0); scale and zero_point receive no gradient.
 /// Errors (c10::ValueError / c10::TypeError) name the argument, the expectation and the value.
-QATKIT_API at::Tensor fake_quantize(const at::Tensor& input, const at::Tensor& scale,
-                                    const at::Tensor& zero_point, std::int64_t quant_min,
-                                    std::int64_t quant_max, std::optional<std::int64_t> axis = std::nullopt,
+QATKIT_API at::Tensor fake_quantize(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+                                    std::int64_t quant_min, std::int64_t quant_max,
+                                    std::optional<std::int64_t> axis = std::nullopt,
                                     std::optional<std::int64_t> group_size = std::nullopt);
 
 /// fake_quantize into `out` (resized like ATen's out= ops; must have input's dtype and device and
 /// must not overlap input). Not differentiable.
 QATKIT_API at::Tensor& fake_quantize_out(at::Tensor& out, const at::Tensor& input, const at::Tensor& scale,
-                                         const at::Tensor& zero_point, std::int64_t quant_min,
-                                         std::int64_t quant_max, std::optional<std::int64_t> axis = std::nullopt,
+                                         const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
+                                         std::optional<std::int64_t> axis = std::nullopt,
                                          std::optional<std::int64_t> group_size = std::nullopt);
 
 /// Scale (float32) and zero point (int32) from the min/max of `input`, with 0 inside the range:

@@ -97,8 +97,8 @@ QATKIT_HD std::uint16_t float_to_fp16(float f) {
                              : static_cast<std::uint16_t>(sign | 0x7C00u);
   }
   if (abs >= 0x477FF000u) return sign | 0x7C00u;  // rounds to >= 65520: overflow to Inf
-  if (abs < 0x38800000u) {                         // result is subnormal or zero
-    if (abs < 0x33000000u) return sign;            // below half the smallest subnormal
+  if (abs < 0x38800000u) {                        // result is subnormal or zero
+    if (abs < 0x33000000u) return sign;           // below half the smallest subnormal
     const std::uint32_t e = abs >> 23;
     const std::uint32_t m = (abs & 0x7FFFFFu) | 0x800000u;
     const std::uint32_t shift = 126u - e;  // 14..24

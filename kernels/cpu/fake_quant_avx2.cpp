@@ -17,9 +17,7 @@ using detail::BFloat16;
 using detail::Half;
 
 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const Half* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
+inline __m256 load8(const Half* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 inline __m256 load8(const BFloat16* p) {
   const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
@@ -75,10 +73,8 @@ struct Avx2Vec {
       const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
       const __m256i zero = _mm256_setzero_si256();
       __m256 ylo, yhi;
-      const std::uint32_t mlo =
-          fq8(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw)), vs, vinv, lo, hi, ylo);
-      const std::uint32_t mhi =
-          fq8(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw)), vs, vinv, lo, hi, yhi);
+      const std::uint32_t mlo = fq8(_mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, raw)), vs, vinv, lo, hi, ylo);
+      const std::uint32_t mhi = fq8(_mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, raw)), vs, vinv, lo, hi, yhi);
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(y), _mm256_packus_epi32(bf16_bits(ylo), bf16_bits(yhi)));
       return (mlo & 0xFu) | ((mhi & 0xFu) << 4) | ((mlo & 0xF0u) << 4) | ((mhi & 0xF0u) << 8);
     } else {
@@ -95,8 +91,8 @@ struct Avx2Vec {
       const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), vs);  // IEEE division: equals 1.0f / s exactly
       const __m256 vz = _mm256_loadu_ps(z);
       __m256 out;
-      const std::uint32_t bits = fq8(load8(x), vs, inv, _mm256_sub_ps(_mm256_set1_ps(qmin), vz),
-                                     _mm256_sub_ps(_mm256_set1_ps(qmax), vz), out);
+      const std::uint32_t bits =
+          fq8(load8(x), vs, inv, _mm256_sub_ps(_mm256_set1_ps(qmin), vz), _mm256_sub_ps(_mm256_set1_ps(qmax), vz), out);
       store8(y, out);
       return bits;
     }
@@ -128,8 +124,8 @@ struct Avx2Vec {
 
 const FakeQuantKernels* avx2_kernels() {
   static const FakeQuantKernels k{"avx2", &detail::forward_dispatch<Avx2Vec>, &detail::backward_dispatch<Avx2Vec>};
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                                __builtin_cpu_supports("f16c");
+  static const bool supported =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &k : nullptr;
 }
 

@@ -91,8 +91,8 @@ inline std::uint32_t scalar8_const(const S* x, S* y, float s, float inv, float z
   std::uint32_t bits = 0;
   for (int k = 0; k < 8; ++k) {
     std::uint32_t in;
-    y[k] = E::store(fake_quant_value<C>(E::load(x[k]), static_cast<C>(inv), static_cast<C>(s),
-                                        static_cast<C>(qmin - z), static_cast<C>(qmax - z), in));
+    y[k] = E::store(fake_quant_value<C>(E::load(x[k]), static_cast<C>(inv), static_cast<C>(s), static_cast<C>(qmin - z),
+                                        static_cast<C>(qmax - z), in));
     bits |= in << k;
   }
   return bits;
@@ -182,8 +182,7 @@ void forward_dispatch(const FakeQuantArgs& a, std::int64_t begin, std::int64_t e
     case DType::kFloat16:
       return m ? forward_chunk<Vec, Half, true>(a, begin, end) : forward_chunk<Vec, Half, false>(a, begin, end);
     case DType::kBFloat16:
-      return m ? forward_chunk<Vec, BFloat16, true>(a, begin, end)
-               : forward_chunk<Vec, BFloat16, false>(a, begin, end);
+      return m ? forward_chunk<Vec, BFloat16, true>(a, begin, end) : forward_chunk<Vec, BFloat16, false>(a, begin, end);
   }
 }
 

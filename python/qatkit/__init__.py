@@ -23,8 +23,10 @@ if not _os.path.exists(_LIB):
     )
 _torch.ops.load_library(_LIB)
 
-from . import _C  # noqa: E402  (after the library, which _C links against)
-from . import ops  # noqa: E402
+from . import (
+    _C,  # after the library, which _C links against
+    ops,
+)
 
 __version__ = _C.version()
 

@@ -60,8 +60,8 @@ CATCH_TEST_CASE("round half to even on ties, both ISAs", "[kernels]") {
   for (const auto* k : all_isas()) {
     CATCH_INFO(k->isa);
     // 16 elements so the vector body runs; scale 1, zero point 0, int8 range.
-    std::vector<float> x{0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.5f, 126.5f,
-                         0.49999997f, -0.49999997f, 127.5f, -128.5f, 4.5f, 5.5f, -3.5f, 0.f};
+    std::vector<float> x{0.5f,        1.5f,         2.5f,   -0.5f,   -1.5f, -2.5f, 3.5f,  126.5f,
+                         0.49999997f, -0.49999997f, 127.5f, -128.5f, 4.5f,  5.5f,  -3.5f, 0.f};
     const Result r = run_f32(*k, x, {1.f}, {0.f}, static_cast<std::int64_t>(x.size()), -128.f, 127.f);
     const std::vector<float> want{0, 2, 2, 0, -2, -2, 4, 126, 0, 0, 127, -128, 4, 6, -4, 0};
     for (std::size_t i = 0; i < x.size(); ++i) CATCH_CHECK(r.y[i] == want[i]);
@@ -120,9 +120,9 @@ CATCH_TEST_CASE("bfloat16 and float16 conversions round half to even", "[kernels
   CATCH_CHECK(bf16_to_float(0x4049) == 3.140625f);
   CATCH_CHECK(float_to_fp16(1.0f) == 0x3C00);
   CATCH_CHECK(float_to_fp16(65504.f) == 0x7BFF);
-  CATCH_CHECK(float_to_fp16(65520.f) == 0x7C00);           // rounds to Inf
-  CATCH_CHECK(float_to_fp16(std::ldexp(1.f, -24)) == 0x0001);  // smallest subnormal
-  CATCH_CHECK(float_to_fp16(std::ldexp(1.f, -25)) == 0x0000);  // tie to even (0)
+  CATCH_CHECK(float_to_fp16(65520.f) == 0x7C00);                      // rounds to Inf
+  CATCH_CHECK(float_to_fp16(std::ldexp(1.f, -24)) == 0x0001);         // smallest subnormal
+  CATCH_CHECK(float_to_fp16(std::ldexp(1.f, -25)) == 0x0000);         // tie to even (0)
   CATCH_CHECK(float_to_fp16(1.0f + std::ldexp(1.f, -11)) == 0x3C00);  // tie to even
   // every fp16 bit pattern survives a round trip (NaNs stay NaN)
   for (std::uint32_t h = 0; h < 0x10000; ++h) {
@@ -156,8 +156,8 @@ std::vector<T> random_storage(std::size_t n, std::uint32_t seed) {
 // Runs `k` over one layout in storage type T (float/double, or uint16 patterns for half types).
 template <typename T>
 std::pair<std::vector<std::uint8_t>, std::vector<std::uint8_t>> run_any(const cpu::FakeQuantKernels& k, DType dt,
-                                                             const std::vector<T>& x, std::int64_t inner,
-                                                             std::int64_t channels) {
+                                                                        const std::vector<T>& x, std::int64_t inner,
+                                                                        std::int64_t channels) {
   std::vector<float> scale(channels), zp(channels);
   for (std::int64_t c = 0; c < channels; ++c) {
     scale[c] = 0.05f + 0.01f * static_cast<float>(c % 7);
@@ -202,11 +202,13 @@ CATCH_TEST_CASE("baseline and AVX2 give identical bits for every dtype and layou
       auto x = random_storage<float>(n, 1);
       x[3] = std::numeric_limits<float>::quiet_NaN();
       x[5] = -std::numeric_limits<float>::infinity();
-      CATCH_CHECK(run_any(base, DType::kFloat32, x, inner, channels) == run_any(*avx2, DType::kFloat32, x, inner, channels));
+      CATCH_CHECK(run_any(base, DType::kFloat32, x, inner, channels) ==
+                  run_any(*avx2, DType::kFloat32, x, inner, channels));
     }
     {
       auto x = random_storage<double>(n, 2);
-      CATCH_CHECK(run_any(base, DType::kFloat64, x, inner, channels) == run_any(*avx2, DType::kFloat64, x, inner, channels));
+      CATCH_CHECK(run_any(base, DType::kFloat64, x, inner, channels) ==
+                  run_any(*avx2, DType::kFloat64, x, inner, channels));
     }
     {
       auto x = random_storage<std::uint16_t>(n, 3);  // bf16 patterns
@@ -214,7 +216,8 @@ CATCH_TEST_CASE("baseline and AVX2 give identical bits for every dtype and layou
                   run_any(*avx2, DType::kBFloat16, x, inner, channels));
       std::vector<std::uint16_t> h(n);
       for (std::size_t i = 0; i < n; ++i) h[i] = qatkit::kernels::float_to_fp16(qatkit::kernels::bf16_to_float(x[i]));
-      CATCH_CHECK(run_any(base, DType::kFloat16, h, inner, channels) == run_any(*avx2, DType::kFloat16, h, inner, channels));
+      CATCH_CHECK(run_any(base, DType::kFloat16, h, inner, channels) ==
+                  run_any(*avx2, DType::kFloat16, h, inner, channels));
     }
   }
 }

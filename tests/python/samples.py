@@ -27,7 +27,8 @@ class Sample:
 
     def __repr__(self):
         return (
-            f"Sample(shape={tuple(self.input.shape)}, dtype={self.input.dtype}, contiguous={self.input.is_contiguous()}, "
+            f"Sample(shape={tuple(self.input.shape)}, dtype={self.input.dtype}, "
+            f"contiguous={self.input.is_contiguous()}, "
             f"range=[{self.quant_min},{self.quant_max}], axis={self.axis}, group_size={self.group_size})"
         )
 

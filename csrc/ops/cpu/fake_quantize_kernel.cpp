@@ -25,8 +25,7 @@ struct CpuBackend {
   static void run(const char* op, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                   std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
                   std::optional<std::int64_t> group_size, at::Tensor& out, std::uint8_t* mask) {
-    PreparedFakeQuant p =
-        prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+    PreparedFakeQuant p = prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
     check_qparam_values(op, p.scale, p.zero_point, quant_min, quant_max);
     if (p.args.numel == 0) return;
     kernels::FakeQuantArgs a = p.args;
@@ -36,9 +35,8 @@ struct CpuBackend {
     a.scale = p.scale.const_data_ptr<float>();
     a.zero_point = p.zero_point.const_data_ptr<float>();
     const auto& k = kernels::cpu::active_kernels();
-    at::parallel_for(0, kernels::mask_bytes(a.numel), kGrainBytes, [&](std::int64_t b0, std::int64_t b1) {
-      k.forward(a, b0 * 8, std::min(b1 * 8, a.numel));
-    });
+    at::parallel_for(0, kernels::mask_bytes(a.numel), kGrainBytes,
+                     [&](std::int64_t b0, std::int64_t b1) { k.forward(a, b0 * 8, std::min(b1 * 8, a.numel)); });
   }
 };
 
@@ -55,9 +53,8 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   a.numel = g.numel();
   a.dtype = kernel_dtype(g);
   const auto& k = kernels::cpu::active_kernels();
-  at::parallel_for(0, kernels::mask_bytes(a.numel), kGrainBytes, [&](std::int64_t b0, std::int64_t b1) {
-    k.backward(a, b0 * 8, std::min(b1 * 8, a.numel));
-  });
+  at::parallel_for(0, kernels::mask_bytes(a.numel), kGrainBytes,
+                   [&](std::int64_t b0, std::int64_t b1) { k.backward(a, b0 * 8, std::min(b1 * 8, a.numel)); });
   return dx;
 }
 

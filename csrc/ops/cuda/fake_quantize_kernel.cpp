@@ -18,16 +18,13 @@ namespace qatkit::ops {
 namespace {
 
 struct CudaBackend {
-  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-    return at::empty(sizes, options);
-  }
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
 
   static void run(const char* op, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                   std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
                   std::optional<std::int64_t> group_size, at::Tensor& out, std::uint8_t* mask) {
     const c10::cuda::CUDAGuard guard(input.device());
-    PreparedFakeQuant p =
-        prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+    PreparedFakeQuant p = prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
     if (p.args.numel == 0) return;
     kernels::FakeQuantArgs a = p.args;
     a.input = p.input.const_data_ptr();

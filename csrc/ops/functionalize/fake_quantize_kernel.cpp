@@ -28,11 +28,10 @@ at::Tensor& fake_quantize_out_functionalize(const at::Tensor& input, const at::T
                        .findSchemaOrThrow("qatkit::fake_quantize", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
                                          std::int64_t, OptInt, OptInt)>();
-  static auto out_op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("qatkit::fake_quantize", "out")
-          .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t, std::int64_t,
-                             OptInt, OptInt, at::Tensor&)>();
+  static auto out_op = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("qatkit::fake_quantize", "out")
+                           .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
+                                              std::int64_t, OptInt, OptInt, at::Tensor&)>();
   const at::Tensor input_ = unwrap(input), scale_ = unwrap(scale), zero_point_ = unwrap(zero_point);
   if (!fimpl::isFunctionalTensor(out)) {
     // Nothing to functionalize: a plain out tensor is written in place.
@@ -47,9 +46,8 @@ at::Tensor& fake_quantize_out_functionalize(const at::Tensor& input, const at::T
     c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::Functionalize);
     // Check out's dtype/device like the real out= kernels (on the unwrapped tensor).
     at::Tensor out_ = fimpl::from_functional_tensor(out);
-    TORCH_CHECK_TYPE(out_.scalar_type() == input_.scalar_type(),
-                     "fake_quantize.out: out must have input's dtype ", input_.scalar_type(), ", got ",
-                     out_.scalar_type());
+    TORCH_CHECK_TYPE(out_.scalar_type() == input_.scalar_type(), "fake_quantize.out: out must have input's dtype ",
+                     input_.scalar_type(), ", got ", out_.scalar_type());
     result = op.call(input_, scale_, zero_point_, quant_min, quant_max, axis, group_size);
   }
   fimpl::replace_(out, result);

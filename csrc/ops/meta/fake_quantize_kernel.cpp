@@ -25,8 +25,8 @@ at::Tensor& fake_quantize_out_meta(const at::Tensor& input, const at::Tensor& sc
 }
 
 std::tuple<at::Tensor, at::Tensor> fake_quantize_with_mask_meta(const at::Tensor& input, const at::Tensor& scale,
-                                                                const at::Tensor& zero_point,
-                                                                std::int64_t quant_min, std::int64_t quant_max,
+                                                                const at::Tensor& zero_point, std::int64_t quant_min,
+                                                                std::int64_t quant_max,
                                                                 std::optional<std::int64_t> axis,
                                                                 std::optional<std::int64_t> group_size) {
   check_fake_quantize_args("fake_quantize", input, scale, zero_point, quant_min, quant_max, axis, group_size);

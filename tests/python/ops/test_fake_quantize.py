@@ -4,7 +4,6 @@ special values, out=, threads/ISA determinism, opcheck, torch.compile and torch.
 import itertools
 import json
 import os
-import warnings
 
 import pytest
 import torch
@@ -106,7 +105,9 @@ def test_other_dtypes_equal_torch(dtype):
         # torch's per-tensor CPU op rounds (q - z) * s to float32 for float64 inputs while its
         # per-channel op keeps float64; qatkit computes float64 inputs in float64 throughout,
         # so the per-channel op (one channel per row, same scale) is the matching reference.
-        ref = torch.fake_quantize_per_channel_affine(x, s.expand(64).contiguous(), z.expand(64).contiguous(), 0, -128, 127)
+        ref = torch.fake_quantize_per_channel_affine(
+            x, s.expand(64).contiguous(), z.expand(64).contiguous(), 0, -128, 127
+        )
     else:
         ref = torch.fake_quantize_per_tensor_affine(x, 0.05, 3, -128, 127)
     assert torch.equal(ops.fake_quantize(x, s, z, -128, 127), ref)
@@ -214,6 +215,7 @@ def test_hypothesis_shape_sweep(shape, bits, signed, granularity, dtype, seed):
 
 # ---------------------------------------------------------------------------- opcheck
 
+
 def _known_failures():
     with open(FAILURES_FILE) as f:
         return json.load(f)
@@ -244,6 +246,7 @@ def test_opcheck_out_and_backward(sample: Sample):
 
 
 # ---------------------------------------------------------------------------- compile / export
+
 
 class FakeQuantLinear(torch.nn.Module):
     def __init__(self):
