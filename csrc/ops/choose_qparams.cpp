@@ -16,6 +16,7 @@
 #include <cfloat>
 #include <vector>
 
+#include "fake_quantize_common.h"
 #include "qatkit/ops.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
@@ -31,44 +32,10 @@ namespace {
 using OptInt = std::optional<std::int64_t>;
 constexpr const char* kOp = "choose_qparams";
 
-void check_args(const at::Tensor& input, std::int64_t quant_min, std::int64_t quant_max, OptInt axis,
-                OptInt group_size) {
-  const auto t = input.scalar_type();
-  TORCH_CHECK_TYPE(
-      t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
-      fmt::format("{}: input must be float32, float64, float16 or bfloat16, got {}", kOp, c10::toString(t)));
-  TORCH_CHECK_VALUE(quant_min < quant_max,
-                    fmt::format("{}: quant_min must be less than quant_max, got quant_min={} quant_max={}", kOp,
-                                quant_min, quant_max));
-  TORCH_CHECK_VALUE(
-      quant_max - quant_min <= 65535,
-      fmt::format("{}: quant_max - quant_min must be at most 65535 (16 bits), got {}", kOp, quant_max - quant_min));
-  TORCH_CHECK_VALUE(quant_min > -(1LL << 24) && quant_max < (1LL << 24),
-                    fmt::format("{}: quant_min and quant_max must lie in [-(2^24 - 1), 2^24 - 1], got [{}, {}]", kOp,
-                                quant_min, quant_max));
-  TORCH_CHECK_VALUE(!(axis.has_value() && group_size.has_value()),
-                    fmt::format("{}: give axis (per-channel) or group_size (per-group), not both; got axis={} "
-                                "group_size={}",
-                                kOp, *axis, *group_size));
-  const std::int64_t dim = input.dim();
-  if (axis.has_value()) {
-    TORCH_CHECK_VALUE(dim > 0 && *axis >= -dim && *axis < dim,
-                      fmt::format("{}: axis must be in [{}, {}) for a {}-d input, got {}", kOp, -dim, dim, dim, *axis));
-  }
-  if (group_size.has_value()) {
-    TORCH_CHECK_VALUE(*group_size > 0, fmt::format("{}: group_size must be positive, got {}", kOp, *group_size));
-    TORCH_CHECK_VALUE(dim > 0, fmt::format("{}: group_size needs an input with at least 1 dim, got a 0-d input", kOp));
-    const c10::SymInt last = input.sym_size(dim - 1);
-    TORCH_CHECK_VALUE(last % *group_size == 0,
-                      fmt::format("{}: group_size must divide the last dim of input ({}), got {}", kOp,
-                                  last.guard_int(__FILE__, __LINE__), *group_size));
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor> choose_qparams_kernel(const at::Tensor& input, std::int64_t quant_min,
                                                          std::int64_t quant_max, bool symmetric, OptInt axis,
                                                          OptInt group_size) {
-  check_args(input, quant_min, quant_max, axis, group_size);
+  ops::check_input_and_range(kOp, input, quant_min, quant_max, axis, group_size);
   // rows: one row per (channel | group | tensor); out_shape: the shape scale is returned in.
   at::Tensor rows;
   std::vector<c10::SymInt> out_shape;

@@ -32,23 +32,11 @@ std::string shape_str(c10::SymIntArrayRef s) {
 
 }  // namespace
 
-void check_fake_quantize_args(const char* op, const at::Tensor& input, const at::Tensor& scale,
-                              const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
-                              std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
+void check_input_and_range(const char* op, const at::Tensor& input, std::int64_t quant_min, std::int64_t quant_max,
+                           std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
   TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()),
                    fmt::format("{}: input must be float32, float64, float16 or bfloat16, got {}", op,
                                c10::toString(input.scalar_type())));
-  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat,
-                   fmt::format("{}: scale must be float32, got {}", op, c10::toString(scale.scalar_type())));
-  const auto zt = zero_point.scalar_type();
-  TORCH_CHECK_TYPE(
-      (at::isIntegralType(zt, /*includeBool=*/false) || at::isFloatingType(zt)),
-      fmt::format("{}: zero_point must be an integer or integer-valued float tensor, got {}", op, c10::toString(zt)));
-  TORCH_CHECK_VALUE(scale.device() == input.device(), fmt::format("{}: scale must be on input's device {}, got {}", op,
-                                                                  input.device().str(), scale.device().str()));
-  TORCH_CHECK_VALUE(zero_point.device() == input.device(),
-                    fmt::format("{}: zero_point must be on input's device {}, got {}", op, input.device().str(),
-                                zero_point.device().str()));
   TORCH_CHECK_VALUE(quant_min < quant_max,
                     fmt::format("{}: quant_min must be less than quant_max, got quant_min={} quant_max={}", op,
                                 quant_min, quant_max));
@@ -64,16 +52,9 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
                                 "group_size={}",
                                 op, *axis, *group_size));
   const std::int64_t dim = input.dim();
-  const c10::SymInt scale_numel = scale.sym_numel();
   if (axis.has_value()) {
     TORCH_CHECK_VALUE(dim > 0 && *axis >= -dim && *axis < dim,
                       fmt::format("{}: axis must be in [{}, {}) for a {}-d input, got {}", op, -dim, dim, dim, *axis));
-    const std::int64_t ax = *axis < 0 ? *axis + dim : *axis;
-    const c10::SymInt channels = input.sym_size(ax);
-    TORCH_CHECK_VALUE(
-        scale_numel == channels,
-        fmt::format("{}: scale must have {} elements (size of dim {} of input), got {}", op,
-                    channels.guard_int(__FILE__, __LINE__), ax, scale_numel.guard_int(__FILE__, __LINE__)));
   } else if (group_size.has_value()) {
     const std::int64_t gs = *group_size;
     TORCH_CHECK_VALUE(gs > 0, fmt::format("{}: group_size must be positive, got {}", op, gs));
@@ -81,8 +62,36 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
     const c10::SymInt last = input.sym_size(dim - 1);
     TORCH_CHECK_VALUE(last % gs == 0, fmt::format("{}: group_size must divide the last dim of input ({}), got {}", op,
                                                   last.guard_int(__FILE__, __LINE__), gs));
+  }
+}
+
+void check_fake_quantize_args(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                              const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
+                              std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
+  check_input_and_range(op, input, quant_min, quant_max, axis, group_size);
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat,
+                   fmt::format("{}: scale must be float32, got {}", op, c10::toString(scale.scalar_type())));
+  const auto zt = zero_point.scalar_type();
+  TORCH_CHECK_TYPE(
+      (at::isIntegralType(zt, /*includeBool=*/false) || at::isFloatingType(zt)),
+      fmt::format("{}: zero_point must be an integer or integer-valued float tensor, got {}", op, c10::toString(zt)));
+  TORCH_CHECK_VALUE(scale.device() == input.device(), fmt::format("{}: scale must be on input's device {}, got {}", op,
+                                                                  input.device().str(), scale.device().str()));
+  TORCH_CHECK_VALUE(zero_point.device() == input.device(),
+                    fmt::format("{}: zero_point must be on input's device {}, got {}", op, input.device().str(),
+                                zero_point.device().str()));
+  const std::int64_t dim = input.dim();
+  const c10::SymInt scale_numel = scale.sym_numel();
+  if (axis.has_value()) {
+    const std::int64_t ax = *axis < 0 ? *axis + dim : *axis;
+    const c10::SymInt channels = input.sym_size(ax);
+    TORCH_CHECK_VALUE(
+        scale_numel == channels,
+        fmt::format("{}: scale must have {} elements (size of dim {} of input), got {}", op,
+                    channels.guard_int(__FILE__, __LINE__), ax, scale_numel.guard_int(__FILE__, __LINE__)));
+  } else if (group_size.has_value()) {
     std::vector<c10::SymInt> expected(input.sym_sizes().begin(), input.sym_sizes().end());
-    expected.back() = last / gs;
+    expected.back() = expected.back() / *group_size;
     TORCH_CHECK_VALUE(scale.sym_sizes() == c10::SymIntArrayRef(expected),
                       fmt::format("{}: scale must have shape {} (input.shape[:-1] + [last_dim / group_size]), got {}",
                                   op, shape_str(expected), shape_str(scale.sym_sizes())));
@@ -119,7 +128,8 @@ void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::
 
 PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
                                         const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
-                                        std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
+                                        std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size,
+                                        at::Tensor& out, std::uint8_t* mask) {
   check_fake_quantize_args(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
   PreparedFakeQuant p;
   p.input = input.contiguous();
@@ -145,6 +155,11 @@ PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input,
   // Degenerate layouts only arise with numel == 0, where nothing is launched; keep them valid.
   if (a.inner < 1) a.inner = 1;
   if (a.channels < 1) a.channels = 1;
+  a.input = p.input.const_data_ptr();
+  a.output = out.mutable_data_ptr();
+  a.mask = mask;
+  a.scale = p.scale.const_data_ptr<float>();
+  a.zero_point = p.zero_point.const_data_ptr<float>();
   return p;
 }
 
@@ -174,6 +189,16 @@ void check_and_resize_out(const char* op, const at::Tensor& input, const at::Ten
     at::assert_no_internal_overlap(out);
     at::assert_no_overlap(out, input);
   }
+}
+
+kernels::FakeQuantBackwardArgs backward_args(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& grad_input) {
+  kernels::FakeQuantBackwardArgs a;
+  a.grad_output = grad.const_data_ptr();
+  a.mask = mask.const_data_ptr<std::uint8_t>();
+  a.grad_input = grad_input.mutable_data_ptr();
+  a.numel = grad.numel();
+  a.dtype = kernel_dtype(grad);
+  return a;
 }
 
 void check_backward_args(const at::Tensor& grad, const at::Tensor& mask) {

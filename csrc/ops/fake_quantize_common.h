@@ -11,6 +11,11 @@
 
 namespace qatkit::ops {
 
+/// Checks the input dtype, the integer range and axis/group_size against input's rank and last
+/// dim: what every quantizer op with these arguments needs (fake_quantize, choose_qparams).
+void check_input_and_range(const char* op, const at::Tensor& input, std::int64_t quant_min, std::int64_t quant_max,
+                           std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size);
+
 /// Checks dtypes, devices, shapes and the integer arguments (never tensor values), using
 /// symbolic sizes so Meta/fake tensors see the same errors as real ones. `op` prefixes messages.
 void check_fake_quantize_args(const char* op, const at::Tensor& input, const at::Tensor& scale,
@@ -22,7 +27,7 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
 void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::Tensor& zero_point_f32,
                          std::int64_t quant_min, std::int64_t quant_max);
 
-/// Contiguous input and float32 qparams plus the launch description (pointers left for the caller).
+/// Contiguous input and float32 qparams plus the complete launch description.
 struct PreparedFakeQuant {
   at::Tensor input;
   at::Tensor scale;
@@ -30,16 +35,21 @@ struct PreparedFakeQuant {
   kernels::FakeQuantArgs args;
 };
 
-/// Runs check_fake_quantize_args and builds the contiguous operands and channel layout.
+/// Runs check_fake_quantize_args and builds the contiguous operands, the channel layout and the
+/// pointers of a launch that writes `out` (contiguous, input's shape) and optionally `mask`.
 PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
                                         const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
-                                        std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size);
+                                        std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size,
+                                        at::Tensor& out, std::uint8_t* mask);
 
 /// Kernel dtype of a floating tensor (after the checks above have accepted it).
 kernels::DType kernel_dtype(const at::Tensor& t);
 
 /// Checks the out= tensor as ATen's out= ops do (dtype, device, overlap) and resizes it.
 void check_and_resize_out(const char* op, const at::Tensor& input, const at::Tensor& out);
+
+/// Launch description of the backward for contiguous grad and mask, writing grad_input.
+kernels::FakeQuantBackwardArgs backward_args(const at::Tensor& grad, const at::Tensor& mask, at::Tensor& grad_input);
 
 /// Checks `_fake_quantize_backward` arguments (grad floating, mask uint8 of ceil(numel/8) bytes).
 void check_backward_args(const at::Tensor& grad, const at::Tensor& mask);

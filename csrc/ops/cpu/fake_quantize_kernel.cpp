@@ -25,15 +25,11 @@ struct CpuBackend {
   static void run(const char* op, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                   std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
                   std::optional<std::int64_t> group_size, at::Tensor& out, std::uint8_t* mask) {
-    PreparedFakeQuant p = prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+    const PreparedFakeQuant p =
+        prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size, out, mask);
     check_qparam_values(op, p.scale, p.zero_point, quant_min, quant_max);
     if (p.args.numel == 0) return;
-    kernels::FakeQuantArgs a = p.args;
-    a.input = p.input.const_data_ptr();
-    a.output = out.mutable_data_ptr();
-    a.mask = mask;
-    a.scale = p.scale.const_data_ptr<float>();
-    a.zero_point = p.zero_point.const_data_ptr<float>();
+    const kernels::FakeQuantArgs& a = p.args;
     const auto& k = kernels::cpu::active_kernels();
     at::parallel_for(0, kernels::mask_bytes(a.numel), kGrainBytes,
                      [&](std::int64_t b0, std::int64_t b1) { k.forward(a, b0 * 8, std::min(b1 * 8, a.numel)); });
@@ -46,12 +42,7 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   const at::Tensor m = mask.contiguous();
   at::Tensor dx = empty_cpu_output(grad.sizes(), grad.options());
   if (g.numel() == 0) return dx;
-  kernels::FakeQuantBackwardArgs a;
-  a.grad_output = g.const_data_ptr();
-  a.mask = m.const_data_ptr<std::uint8_t>();
-  a.grad_input = dx.mutable_data_ptr();
-  a.numel = g.numel();
-  a.dtype = kernel_dtype(g);
+  const kernels::FakeQuantBackwardArgs a = backward_args(g, m, dx);
   const auto& k = kernels::cpu::active_kernels();
   at::parallel_for(0, kernels::mask_bytes(a.numel), kGrainBytes,
                    [&](std::int64_t b0, std::int64_t b1) { k.backward(a, b0 * 8, std::min(b1 * 8, a.numel)); });

@@ -24,14 +24,10 @@ struct CudaBackend {
                   std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
                   std::optional<std::int64_t> group_size, at::Tensor& out, std::uint8_t* mask) {
     const c10::cuda::CUDAGuard guard(input.device());
-    PreparedFakeQuant p = prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+    const PreparedFakeQuant p =
+        prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size, out, mask);
     if (p.args.numel == 0) return;
-    kernels::FakeQuantArgs a = p.args;
-    a.input = p.input.const_data_ptr();
-    a.output = out.mutable_data_ptr();
-    a.mask = mask;
-    a.scale = p.scale.const_data_ptr<float>();
-    a.zero_point = p.zero_point.const_data_ptr<float>();
+    const kernels::FakeQuantArgs& a = p.args;
     C10_CUDA_CHECK(kernels::cuda::launch_fake_quant_forward(a, c10::cuda::getCurrentCUDAStream()));
   }
 };
@@ -43,12 +39,7 @@ at::Tensor fake_quantize_backward_cuda(const at::Tensor& grad, const at::Tensor&
   const at::Tensor m = mask.contiguous();
   at::Tensor dx = at::empty(grad.sizes(), grad.options());
   if (g.numel() == 0) return dx;
-  kernels::FakeQuantBackwardArgs a;
-  a.grad_output = g.const_data_ptr();
-  a.mask = m.const_data_ptr<std::uint8_t>();
-  a.grad_input = dx.mutable_data_ptr();
-  a.numel = g.numel();
-  a.dtype = kernel_dtype(g);
+  const kernels::FakeQuantBackwardArgs a = backward_args(g, m, dx);
   C10_CUDA_CHECK(kernels::cuda::launch_fake_quant_backward(a, c10::cuda::getCurrentCUDAStream()));
   return dx;
 }
