@@ -2,6 +2,8 @@
 #define FMT_HEADER_ONLY
 #include "fake_quantize_common.h"
 
+#include "../../kernels/cpu/fake_quant_cpu.h"
+
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/TensorBody.h>
 #include <ATen/native/Resize.h>
@@ -10,6 +12,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <ATen/Parallel.h>
+
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <vector>
@@ -112,17 +117,25 @@ void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::
   const float* s = scale_f32.const_data_ptr<float>();
   const float* z = zero_point_f32.const_data_ptr<float>();
   const std::int64_t n = scale_f32.numel();
+  const float qmin = static_cast<float>(quant_min), qmax = static_cast<float>(quant_max);
+  // A subnormal scale has an infinite float32 reciprocal (x = 0 would give NaN), so scales must
+  // be normal. One vectorized, threaded pass (qparams can be as large as the input for small
+  // groups), then a scalar pass only to name the first bad element.
+  std::atomic<bool> ok{true};
+  const auto& k = kernels::cpu::active_kernels();
+  at::parallel_for(0, n, 1 << 16, [&](std::int64_t begin, std::int64_t end) {
+    if (!k.qparams_valid(s + begin, z + begin, end - begin, qmin, qmax)) ok.store(false, std::memory_order_relaxed);
+  });
+  if (ok.load()) return;
   for (std::int64_t c = 0; c < n; ++c) {
-    // A subnormal scale has an infinite float32 reciprocal, so x = 0 would give NaN: rejected.
     TORCH_CHECK_VALUE(std::isfinite(s[c]) && s[c] >= FLT_MIN,
                       fmt::format("{}: scale must be positive, finite and at least {} (float32 normal), got {} "
                                   "at index {}",
                                   op, FLT_MIN, s[c], c));
-    TORCH_CHECK_VALUE(
-        std::nearbyint(z[c]) == z[c] && z[c] >= static_cast<float>(quant_min) && z[c] <= static_cast<float>(quant_max),
-        fmt::format("{}: zero_point must be an integer in [quant_min, quant_max] = [{}, {}], got {} at "
-                    "index {}",
-                    op, quant_min, quant_max, z[c], c));
+    TORCH_CHECK_VALUE(std::nearbyint(z[c]) == z[c] && z[c] >= qmin && z[c] <= qmax,
+                      fmt::format("{}: zero_point must be an integer in [quant_min, quant_max] = [{}, {}], got {} at "
+                                  "index {}",
+                                  op, quant_min, quant_max, z[c], c));
   }
 }
 

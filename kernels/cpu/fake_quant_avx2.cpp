@@ -120,10 +120,27 @@ struct Avx2Vec {
   }
 };
 
+bool qparams_valid_avx2(const float* s, const float* z, std::int64_t n, float qmin, float qmax) {
+  const __m256 smin = _mm256_set1_ps(1.17549435e-38f), smax = _mm256_set1_ps(3.40282347e+38f);
+  const __m256 zmin = _mm256_set1_ps(qmin), zmax = _mm256_set1_ps(qmax);
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  std::int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m256 vs = _mm256_loadu_ps(s + c), vz = _mm256_loadu_ps(z + c);
+    const __m256 s_ok = _mm256_and_ps(_mm256_cmp_ps(vs, smin, _CMP_GE_OQ), _mm256_cmp_ps(vs, smax, _CMP_LE_OQ));
+    const __m256 z_in = _mm256_and_ps(_mm256_cmp_ps(vz, zmin, _CMP_GE_OQ), _mm256_cmp_ps(vz, zmax, _CMP_LE_OQ));
+    const __m256 z_int =
+        _mm256_cmp_ps(_mm256_round_ps(vz, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), vz, _CMP_EQ_OQ);
+    ok = _mm256_and_ps(ok, _mm256_and_ps(s_ok, _mm256_and_ps(z_in, z_int)));
+  }
+  return _mm256_movemask_ps(ok) == 0xFF && detail::qparams_valid_scalar(s + c, z + c, n - c, qmin, qmax);
+}
+
 }  // namespace
 
 const FakeQuantKernels* avx2_kernels() {
-  static const FakeQuantKernels k{"avx2", &detail::forward_dispatch<Avx2Vec>, &detail::backward_dispatch<Avx2Vec>};
+  static const FakeQuantKernels k{"avx2", &detail::forward_dispatch<Avx2Vec>, &detail::backward_dispatch<Avx2Vec>,
+                                  &qparams_valid_avx2};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &k : nullptr;

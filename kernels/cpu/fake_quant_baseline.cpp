@@ -29,7 +29,7 @@ struct ScalarVec {
 
 const FakeQuantKernels& baseline_kernels() {
   static const FakeQuantKernels k{"baseline", &detail::forward_dispatch<ScalarVec>,
-                                  &detail::backward_dispatch<ScalarVec>};
+                                  &detail::backward_dispatch<ScalarVec>, &detail::qparams_valid_scalar};
   return k;
 }
 

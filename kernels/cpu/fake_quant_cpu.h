@@ -14,6 +14,10 @@ struct FakeQuantKernels {
   const char* isa;
   void (*forward)(const FakeQuantArgs& args, std::int64_t begin, std::int64_t end);
   void (*backward)(const FakeQuantBackwardArgs& args, std::int64_t begin, std::int64_t end);
+  /// True if scale[0..n) are positive, finite, normal floats and zero_point[0..n) integers in
+  /// [qmin, qmax] (NaN fails). qparams can be as large as the input (group_size 1), so this is
+  /// vectorized like the kernels.
+  bool (*qparams_valid)(const float* scale, const float* zero_point, std::int64_t n, float qmin, float qmax);
 };
 
 /// Portable C++ implementation (always available).

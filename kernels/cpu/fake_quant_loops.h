@@ -186,6 +186,16 @@ void forward_dispatch(const FakeQuantArgs& a, std::int64_t begin, std::int64_t e
   }
 }
 
+/// Scalar qparam validity test (see FakeQuantKernels::qparams_valid).
+inline bool qparams_valid_scalar(const float* s, const float* z, std::int64_t n, float qmin, float qmax) {
+  for (std::int64_t c = 0; c < n; ++c) {
+    const bool s_ok = s[c] >= 1.17549435e-38f && s[c] <= 3.40282347e+38f;  // FLT_MIN, FLT_MAX; NaN fails
+    const bool z_ok = z[c] >= qmin && z[c] <= qmax && std::nearbyint(z[c]) == z[c];
+    if (!(s_ok && z_ok)) return false;
+  }
+  return true;
+}
+
 template <class Vec>
 void backward_dispatch(const FakeQuantBackwardArgs& a, std::int64_t begin, std::int64_t end) {
   switch (a.dtype) {

@@ -242,3 +242,27 @@ CATCH_TEST_CASE("backward keeps the gradient exactly where the mask bit is set",
     }
   }
 }
+
+CATCH_TEST_CASE("qparams_valid flags every bad scale and zero point, both ISAs", "[kernels]") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const auto* k : all_isas()) {
+    CATCH_INFO(k->isa);
+    std::vector<float> s(37, 0.1f), z(37, 3.f);
+    CATCH_CHECK(k->qparams_valid(s.data(), z.data(), 37, -8.f, 7.f));
+    CATCH_CHECK(k->qparams_valid(s.data(), z.data(), 0, -8.f, 7.f));
+    // each bad value, placed in the vector body (index 5) and in the scalar tail (index 35)
+    for (std::size_t at : {5u, 35u}) {
+      for (float bad_s : {0.f, -0.1f, nan, inf, 1e-39f}) {
+        auto s2 = s;
+        s2[at] = bad_s;
+        CATCH_CHECK_FALSE(k->qparams_valid(s2.data(), z.data(), 37, -8.f, 7.f));
+      }
+      for (float bad_z : {7.5f, 8.f, -9.f, nan, inf}) {
+        auto z2 = z;
+        z2[at] = bad_z;
+        CATCH_CHECK_FALSE(k->qparams_valid(s.data(), z2.data(), 37, -8.f, 7.f));
+      }
+    }
+  }
+}
