@@ -2,7 +2,6 @@
 // chain of ATen ops (aminmax, elementwise), so one device-generic implementation with SymInt
 // shapes serves as the CPU, CUDA and Meta kernel; only the NaN/Inf value check is CPU-only (it
 // reads data, which on CUDA would cost a host sync).
-#define FMT_HEADER_ONLY
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/aminmax.h>

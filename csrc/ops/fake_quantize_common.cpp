@@ -1,5 +1,4 @@
 // Argument checks and launch preparation for the fake-quantize family (see the header).
-#define FMT_HEADER_ONLY
 #include "fake_quantize_common.h"
 
 #include "../../kernels/cpu/fake_quant_cpu.h"
