@@ -175,6 +175,26 @@ PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input,
   return p;
 }
 
+void check_learnable_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                                   const at::Tensor& scale, const at::Tensor& zero_point, std::int64_t quant_min,
+                                   std::int64_t quant_max, std::optional<std::int64_t> axis,
+                                   std::optional<std::int64_t> group_size) {
+  check_fake_quantize_args(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+  TORCH_CHECK_TYPE(grad.scalar_type() == input.scalar_type(),
+                   fmt::format("{}: grad must have input's dtype {}, got {}", op, c10::toString(input.scalar_type()),
+                               c10::toString(grad.scalar_type())));
+  TORCH_CHECK_VALUE(grad.sym_sizes() == input.sym_sizes(),
+                    fmt::format("{}: grad must have input's shape {}, got {}", op, shape_str(input.sym_sizes()),
+                                shape_str(grad.sym_sizes())));
+  TORCH_CHECK_VALUE(grad.device() == input.device(), fmt::format("{}: grad must be on input's device {}, got {}", op,
+                                                                 input.device().str(), grad.device().str()));
+}
+
+std::pair<at::Tensor, at::Tensor> effective_learned_qparams(const at::Tensor& scale, const at::Tensor& zero_point,
+                                                            std::int64_t quant_min, std::int64_t quant_max) {
+  return {scale.clamp_min(FLT_EPSILON), zero_point.to(at::kFloat).round().clamp(quant_min, quant_max)};
+}
+
 kernels::DType kernel_dtype(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat:

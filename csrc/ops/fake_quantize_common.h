@@ -42,6 +42,19 @@ PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input,
                                         std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size,
                                         at::Tensor& out, std::uint8_t* mask);
 
+/// Checks `_fake_quantize_learnable_backward` arguments: those of the forward, plus grad shaped
+/// and typed like input.
+void check_learnable_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                                   const at::Tensor& scale, const at::Tensor& zero_point, std::int64_t quant_min,
+                                   std::int64_t quant_max, std::optional<std::int64_t> axis,
+                                   std::optional<std::int64_t> group_size);
+
+/// Effective qparams of a learned quantizer: float32 scale clamped to at least float32 eps, zero
+/// point (float32) rounded half to even and clamped into [quant_min, quant_max]. ATen ops on the
+/// qparam tensors' device: no host sync.
+std::pair<at::Tensor, at::Tensor> effective_learned_qparams(const at::Tensor& scale, const at::Tensor& zero_point,
+                                                            std::int64_t quant_min, std::int64_t quant_max);
+
 /// Kernel dtype of a floating tensor (after the checks above have accepted it).
 kernels::DType kernel_dtype(const at::Tensor& t);
 

@@ -38,6 +38,20 @@ QATKIT_API at::Tensor& fake_quantize_out(at::Tensor& out, const at::Tensor& inpu
                                          std::optional<std::int64_t> axis = std::nullopt,
                                          std::optional<std::int64_t> group_size = std::nullopt);
 
+/// Fake quantization with a learned step size (LSQ, papers.md §6.1) and optionally a learned
+/// zero point (LSQ+, §6.2). Forward: fake_quantize(input, max(scale, eps), clamp(round(zp))).
+/// Gradients (r = nearbyint(x / s), window [qmin - z, qmax - z]):
+///   input: clipped STE;  scale: (r - x / s) inside, qmin - z / qmax - z below / above;
+///   zero_point (float tensors only): 0 inside, -s outside;
+/// scale and zero-point gradients are multiplied by grad_factor (LSQ's g = 1 / sqrt(N * Qp), or 1)
+/// and reduced to the qparams' shapes inside the backward kernel. The eps clamp passes the
+/// gradient straight through. Granularity arguments as for fake_quantize.
+QATKIT_API at::Tensor fake_quantize_learnable(const at::Tensor& input, const at::Tensor& scale,
+                                              const at::Tensor& zero_point, std::int64_t quant_min,
+                                              std::int64_t quant_max, std::optional<std::int64_t> axis = std::nullopt,
+                                              std::optional<std::int64_t> group_size = std::nullopt,
+                                              double grad_factor = 1.0);
+
 /// Scale (float32) and zero point (int32) from the min/max of `input`, with 0 inside the range:
 ///   symmetric:  scale = max(|min|, |max|) / ((quant_max - quant_min) / 2), zero_point 0 for a
 ///               signed range (quant_min < 0), else the mid-point (quant_min + quant_max + 1) / 2;

@@ -38,6 +38,23 @@ struct FakeQuantBackwardArgs {
   DType dtype = DType::kFloat32;
 };
 
+/// Learned-step-size (LSQ) backward over contiguous tensors, same channel layout as the forward.
+/// scale / zero_point are the effective qparams the forward used (scale clamped to >= eps, zero
+/// point rounded and clamped into the range).
+struct LsqBackwardArgs {
+  const void* input = nullptr;
+  const void* grad_output = nullptr;
+  void* grad_input = nullptr;
+  const float* scale = nullptr;
+  const float* zero_point = nullptr;
+  std::int64_t numel = 0;
+  std::int64_t inner = 1;
+  std::int64_t channels = 1;
+  float quant_min = 0.f;
+  float quant_max = 0.f;
+  DType dtype = DType::kFloat32;
+};
+
 /// Bytes of a bit mask covering n elements.
 QATKIT_HD constexpr std::int64_t mask_bytes(std::int64_t n) { return (n + 7) / 8; }
 

@@ -43,6 +43,21 @@ QATKIT_HD C fake_quant_value(C x, C inv_s, C s, C lo, C hi, std::uint32_t& in_ra
   return rc * s;
 }
 
+/// LSQ gradients of one element (papers.md §6.1, with torch's zero-point convention; LSQ+ §6.2
+/// learns the zero point the same way). r = rint(x * inv_s); inside the window [lo, hi]
+/// (lo = qmin - z, hi = qmax - z): dx = dy, ds = dy * (r - x * inv_s), dz = 0; below / above it:
+/// dx = 0, ds = dy * lo / dy * hi, dz = -dy * s. A NaN x contributes nothing to ds and dz.
+template <typename C>
+QATKIT_HD void lsq_grads(C x, C dy, C inv_s, C s, C lo, C hi, C& dx, C& ds, C& dz) {
+  const C xs = x * inv_s;
+  const C r = round_half_even(xs);
+  const bool below = r<lo, above = r> hi;
+  const bool in = (r >= lo) & (r <= hi);
+  dx = in ? dy : C(0);
+  ds = dy * (in ? r - xs : (below ? lo : (above ? hi : C(0))));
+  dz = (below | above) ? -(dy * s) : C(0);
+}
+
 // ---- bfloat16 / float16 storage conversions (bit exact with c10's, round half to even) ----
 
 QATKIT_HD float bf16_to_float(std::uint16_t h) {

@@ -98,6 +98,33 @@ struct Avx2Vec {
     }
   }
 
+  /// LSQ gradients of 8 elements; the float terms are widened to float64 and added to the lanes.
+  template <typename S>
+  static void lsq8(const S* x, const S* dy, S* dx, float s, float inv, float lo, float hi, double* ds, double* dz) {
+    if constexpr (std::is_same_v<S, double>) {
+      detail::lsq8_scalar<S>(x, dy, dx, s, inv, lo, hi, ds, dz);
+    } else {
+      const __m256 vx = load8(x), vdy = load8(dy);
+      const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), sign = _mm256_set1_ps(-0.0f);
+      const __m256 xs = _mm256_mul_ps(vx, _mm256_set1_ps(inv));
+      const __m256 r = _mm256_round_ps(xs, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m256 below = _mm256_cmp_ps(r, vlo, _CMP_LT_OQ), above = _mm256_cmp_ps(r, vhi, _CMP_GT_OQ);
+      const __m256 in = _mm256_and_ps(_mm256_cmp_ps(r, vlo, _CMP_GE_OQ), _mm256_cmp_ps(r, vhi, _CMP_LE_OQ));
+      store8(dx, _mm256_and_ps(in, vdy));
+      // factor = in ? r - xs : below ? lo : above ? hi : 0 (NaN: 0)
+      __m256 factor = _mm256_and_ps(in, _mm256_sub_ps(r, xs));
+      factor = _mm256_or_ps(factor, _mm256_and_ps(below, vlo));
+      factor = _mm256_or_ps(factor, _mm256_and_ps(above, vhi));
+      const __m256 gs = _mm256_mul_ps(vdy, factor);
+      const __m256 gz =
+          _mm256_and_ps(_mm256_or_ps(below, above), _mm256_xor_ps(sign, _mm256_mul_ps(vdy, _mm256_set1_ps(s))));
+      _mm256_store_pd(ds, _mm256_add_pd(_mm256_load_pd(ds), _mm256_cvtps_pd(_mm256_castps256_ps128(gs))));
+      _mm256_store_pd(ds + 4, _mm256_add_pd(_mm256_load_pd(ds + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(gs, 1))));
+      _mm256_store_pd(dz, _mm256_add_pd(_mm256_load_pd(dz), _mm256_cvtps_pd(_mm256_castps256_ps128(gz))));
+      _mm256_store_pd(dz + 4, _mm256_add_pd(_mm256_load_pd(dz + 4), _mm256_cvtps_pd(_mm256_extractf128_ps(gz, 1))));
+    }
+  }
+
   template <typename S>
   static void bwd8(const S* g, std::uint8_t bits, S* dx) {
     if constexpr (std::is_same_v<S, float>) {
@@ -139,8 +166,12 @@ bool qparams_valid_avx2(const float* s, const float* z, std::int64_t n, float qm
 }  // namespace
 
 const FakeQuantKernels* avx2_kernels() {
-  static const FakeQuantKernels k{"avx2", &detail::forward_dispatch<Avx2Vec>, &detail::backward_dispatch<Avx2Vec>,
-                                  &qparams_valid_avx2};
+  static const FakeQuantKernels k{"avx2",
+                                  &detail::forward_dispatch<Avx2Vec>,
+                                  &detail::backward_dispatch<Avx2Vec>,
+                                  &qparams_valid_avx2,
+                                  &detail::lsq_run_dispatch<Avx2Vec>,
+                                  &detail::lsq_row_dispatch};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &k : nullptr;

@@ -20,6 +20,10 @@ struct ScalarVec {
     return detail::scalar8_vary<S>(x, y, s, z, qmin, qmax);
   }
   template <typename S>
+  static void lsq8(const S* x, const S* dy, S* dx, float s, float inv, float lo, float hi, double* ds, double* dz) {
+    detail::lsq8_scalar<S>(x, dy, dx, s, inv, lo, hi, ds, dz);
+  }
+  template <typename S>
   static void bwd8(const S* g, std::uint8_t bits, S* dx) {
     for (int k = 0; k < 8; ++k) dx[k] = ((bits >> k) & 1u) ? g[k] : S{};
   }
@@ -28,8 +32,12 @@ struct ScalarVec {
 }  // namespace
 
 const FakeQuantKernels& baseline_kernels() {
-  static const FakeQuantKernels k{"baseline", &detail::forward_dispatch<ScalarVec>,
-                                  &detail::backward_dispatch<ScalarVec>, &detail::qparams_valid_scalar};
+  static const FakeQuantKernels k{"baseline",
+                                  &detail::forward_dispatch<ScalarVec>,
+                                  &detail::backward_dispatch<ScalarVec>,
+                                  &detail::qparams_valid_scalar,
+                                  &detail::lsq_run_dispatch<ScalarVec>,
+                                  &detail::lsq_row_dispatch};
   return k;
 }
 

@@ -18,6 +18,16 @@ struct FakeQuantKernels {
   /// [qmin, qmax] (NaN fails). qparams can be as large as the input (group_size 1), so this is
   /// vectorized like the kernels.
   bool (*qparams_valid)(const float* scale, const float* zero_point, std::int64_t n, float qmin, float qmax);
+  /// LSQ backward over a run [begin, end) whose elements all use channel c: writes grad_input and
+  /// returns the sums of the per-element scale and zero-point gradients (before grad_factor).
+  /// Terms are accumulated in float64 in 8 lanes (element j of the run into lane j % 8) and the
+  /// lanes combined in a fixed order, so every ISA returns the same bits.
+  void (*lsq_backward_run)(const LsqBackwardArgs& args, std::int64_t begin, std::int64_t end, std::int64_t c,
+                           double* dscale_sum, double* dzero_point_sum);
+  /// LSQ backward when qparams change every element (inner == 1): elements [begin, end) of one row,
+  /// element i uses channel i % channels, whose terms are added to dscale_acc[c], dzero_point_acc[c].
+  void (*lsq_backward_row)(const LsqBackwardArgs& args, std::int64_t begin, std::int64_t end, double* dscale_acc,
+                           double* dzero_point_acc);
 };
 
 /// Portable C++ implementation (always available).

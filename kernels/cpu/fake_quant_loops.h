@@ -186,6 +186,92 @@ void forward_dispatch(const FakeQuantArgs& a, std::int64_t begin, std::int64_t e
   }
 }
 
+/// LSQ gradients of one element in storage type S; adds its terms to the given accumulators.
+template <typename S>
+inline void lsq_one(const S* x, const S* dy, S* dx, float s, float inv, float lo, float hi, double& ds_acc,
+                    double& dz_acc) {
+  using E = Elem<S>;
+  using C = typename E::C;
+  C gx, gs, gz;
+  lsq_grads<C>(E::load(*x), E::load(*dy), static_cast<C>(inv), static_cast<C>(s), static_cast<C>(lo),
+               static_cast<C>(hi), gx, gs, gz);
+  *dx = E::store(gx);
+  ds_acc += static_cast<double>(gs);
+  dz_acc += static_cast<double>(gz);
+}
+
+/// Combines the 8 lane accumulators in a fixed order.
+inline double lane_sum(const double* v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
+
+/// LSQ backward of a constant-qparam run. Vec::lsq8<S>(x, dy, dx, s, inv, lo, hi, ds[8], dz[8])
+/// adds element k's terms to lane k.
+template <class Vec, typename S>
+void lsq_run(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, std::int64_t c, double* ds_sum,
+             double* dz_sum) {
+  const S* x = static_cast<const S*>(a.input);
+  const S* dy = static_cast<const S*>(a.grad_output);
+  S* dx = static_cast<S*>(a.grad_input);
+  const float s = a.scale[c], inv = 1.0f / s;
+  const float lo = a.quant_min - a.zero_point[c], hi = a.quant_max - a.zero_point[c];
+  alignas(32) double ds[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  alignas(32) double dz[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::int64_t i = begin;
+  for (; i + 8 <= end; i += 8) Vec::template lsq8<S>(x + i, dy + i, dx + i, s, inv, lo, hi, ds, dz);
+  for (int k = 0; i < end; ++i, ++k) lsq_one<S>(x + i, dy + i, dx + i, s, inv, lo, hi, ds[k], dz[k]);
+  *ds_sum = lane_sum(ds);
+  *dz_sum = lane_sum(dz);
+}
+
+/// LSQ backward with per-element qparams (inner == 1), one row segment [begin, end).
+template <typename S>
+void lsq_row(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, double* ds_acc, double* dz_acc) {
+  const S* x = static_cast<const S*>(a.input);
+  const S* dy = static_cast<const S*>(a.grad_output);
+  S* dx = static_cast<S*>(a.grad_input);
+  std::int64_t c = begin % a.channels;
+  for (std::int64_t i = begin; i < end; ++i, ++c) {
+    if (c == a.channels) c = 0;
+    const float s = a.scale[c];
+    lsq_one<S>(x + i, dy + i, dx + i, s, 1.0f / s, a.quant_min - a.zero_point[c], a.quant_max - a.zero_point[c],
+               ds_acc[c], dz_acc[c]);
+  }
+}
+
+template <class Vec>
+void lsq_run_dispatch(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, std::int64_t c, double* ds,
+                      double* dz) {
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return lsq_run<Vec, float>(a, begin, end, c, ds, dz);
+    case DType::kFloat64:
+      return lsq_run<Vec, double>(a, begin, end, c, ds, dz);
+    case DType::kFloat16:
+      return lsq_run<Vec, Half>(a, begin, end, c, ds, dz);
+    case DType::kBFloat16:
+      return lsq_run<Vec, BFloat16>(a, begin, end, c, ds, dz);
+  }
+}
+
+inline void lsq_row_dispatch(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, double* ds, double* dz) {
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return lsq_row<float>(a, begin, end, ds, dz);
+    case DType::kFloat64:
+      return lsq_row<double>(a, begin, end, ds, dz);
+    case DType::kFloat16:
+      return lsq_row<Half>(a, begin, end, ds, dz);
+    case DType::kBFloat16:
+      return lsq_row<BFloat16>(a, begin, end, ds, dz);
+  }
+}
+
+/// Scalar LSQ body for 8 elements (element k into lane k).
+template <typename S>
+inline void lsq8_scalar(const S* x, const S* dy, S* dx, float s, float inv, float lo, float hi, double* ds,
+                        double* dz) {
+  for (int k = 0; k < 8; ++k) lsq_one<S>(x + k, dy + k, dx + k, s, inv, lo, hi, ds[k], dz[k]);
+}
+
 /// Scalar qparam validity test (see FakeQuantKernels::qparams_valid).
 inline bool qparams_valid_scalar(const float* s, const float* z, std::int64_t n, float qmin, float qmax) {
   for (std::int64_t c = 0; c < n; ++c) {

@@ -7,11 +7,12 @@ sync. They are safe under ``torch.compile(fullgraph=True)`` and ``torch.export``
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["fake_quantize", "choose_qparams", "validate_qparams"]
+__all__ = ["fake_quantize", "fake_quantize_learnable", "lsq_grad_factor", "choose_qparams", "validate_qparams"]
 
 
 def fake_quantize(
@@ -60,6 +61,65 @@ def fake_quantize(
             input, scale, zero_point, quant_min, quant_max, axis, group_size, out=out
         )
     return torch.ops.qatkit.fake_quantize(input, scale, zero_point, quant_min, quant_max, axis, group_size)
+
+
+def fake_quantize_learnable(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    axis: Optional[int] = None,
+    group_size: Optional[int] = None,
+    grad_factor: float = 1.0,
+) -> torch.Tensor:
+    """Fake quantization with a learned step size (LSQ) and optionally a learned zero point (LSQ+).
+
+    Forward: ``fake_quantize(input, max(scale, eps), clamp(round(zero_point), quant_min, quant_max))``.
+    With ``r = nearbyint(x / s)`` and the window ``[quant_min - z, quant_max - z]``, the gradients are
+    (papers.md §6.1-6.2, torch's zero-point convention):
+
+    - input: the clipped straight-through estimator;
+    - scale: ``r - x / s`` inside the window, ``quant_min - z`` below it, ``quant_max - z`` above it;
+    - zero_point (only when it is a floating tensor): 0 inside, ``-s`` outside.
+
+    The scale and zero-point gradients are summed to the qparams' shapes inside the backward kernel
+    (no input-sized temporaries, no host sync) and multiplied by ``grad_factor``.
+
+    Args:
+        input, quant_min, quant_max, axis, group_size: as for :func:`fake_quantize`.
+        scale: float32 learned step size(s), shaped by the granularity.
+        zero_point: float tensor to learn it (LSQ+), or an integer tensor to keep it fixed.
+        grad_factor: LSQ's gradient scale, ``lsq_grad_factor(...)`` or 1.0.
+
+    Returns:
+        The fake-quantized tensor (contiguous, input's dtype).
+
+    Example:
+        >>> w = torch.randn(64, 128, requires_grad=True)
+        >>> s = torch.full((64,), 0.05, requires_grad=True)
+        >>> y = fake_quantize_learnable(w, s, torch.zeros(64), -8, 7, axis=0,
+        ...                             grad_factor=lsq_grad_factor(128, 7))
+        >>> y.square().sum().backward()   # w.grad, s.grad
+    """
+    return torch.ops.qatkit.fake_quantize_learnable(
+        input, scale, zero_point, quant_min, quant_max, axis, group_size, grad_factor
+    )
+
+
+def lsq_grad_factor(elements_per_scale: int, quant_max: int) -> float:
+    """LSQ's step-size gradient scale ``g = 1 / sqrt(N * Q_P)`` (papers.md §6.1).
+
+    Args:
+        elements_per_scale: N, the number of elements sharing one scale (weights: elements per
+            channel or group; activations: elements per batch sharing the scale).
+        quant_max: Q_P, the largest code.
+    """
+    if elements_per_scale <= 0 or quant_max <= 0:
+        raise ValueError(
+            f"lsq_grad_factor: elements_per_scale and quant_max must be positive, got {elements_per_scale}, {quant_max}"
+        )
+    return 1.0 / math.sqrt(elements_per_scale * quant_max)
 
 
 def choose_qparams(

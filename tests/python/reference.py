@@ -15,8 +15,12 @@ _HALF = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def expand_qparam(p: torch.Tensor, x: torch.Tensor, axis: Optional[int], group_size: Optional[int]) -> torch.Tensor:
-    """Broadcast per-tensor/channel/group qparams to x's shape (float64)."""
-    p = p.detach().to(torch.float64)
+    """Broadcast per-tensor/channel/group qparams to x's shape (float64, detached)."""
+    return _expand(p.detach().to(torch.float64), x, axis, group_size)
+
+
+def _expand(p: torch.Tensor, x: torch.Tensor, axis: Optional[int], group_size: Optional[int]) -> torch.Tensor:
+    """Broadcast qparams to x's shape, keeping p's autograd history."""
     if axis is not None:
         ax = axis % x.dim()
         shape = [1] * x.dim()
@@ -70,3 +74,37 @@ def choose_qparams_ref(
         scale = ((mx - mn) / (quant_max - quant_min)).clamp(min=eps)
         zp = (quant_min - torch.round(mn / scale)).clamp(quant_min, quant_max).to(torch.int32)
     return scale, zp
+
+
+def lsq_ref(
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    axis: Optional[int] = None,
+    group_size: Optional[int] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 LSQ / LSQ+ with the detach trick; returns (y, scale_leaf, zero_point_leaf).
+
+    round() is replaced by v + (round(v) - v).detach(), so autograd yields exactly the LSQ
+    gradients (papers.md §6.1-6.2): input clipped STE, scale (r - x/s) inside the window and
+    qmin - z / qmax - z outside, zero point 0 inside and -s outside. The rounded value r comes from
+    the float32 product x * (1.0f / s), as in the kernels; the gradient flows through x / s.
+    """
+    s_leaf = scale.detach().to(torch.float64).clamp(min=torch.finfo(torch.float32).eps).requires_grad_()
+    z_leaf = zero_point.detach().to(torch.float64).requires_grad_()
+    s = _expand(s_leaf, x, axis, group_size)
+    z = _expand(z_leaf, x, axis, group_size)
+    x64 = x.detach().to(torch.float64)
+    inv32 = 1.0 / s.detach().to(torch.float32)
+    prod = x64 * inv32.to(torch.float64)
+    if x.dtype != torch.float64:
+        prod = prod.to(torch.float32).to(torch.float64)
+    r = torch.round(prod)
+    xs = x64 / s
+    r_ste = xs + (r - xs).detach()
+    z_round = torch.round(z.detach()).clamp(quant_min, quant_max)
+    z_ste = z + (z_round - z).detach()
+    y = (torch.clamp(r_ste + z_ste, quant_min, quant_max) - z_ste) * s
+    return y, s_leaf, z_leaf

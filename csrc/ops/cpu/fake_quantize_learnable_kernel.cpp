@@ -1,0 +1,108 @@
+// CPU backward of the learned-step-size fake quantizer: one pass over x and dY writes dX and
+// reduces the scale / zero-point gradients to the qparams' shapes in float64, with no
+// input-sized temporaries. The reduction order is fixed (independent of the thread count):
+//   per-tensor: blocks of kBlock elements, block sums added in order;
+//   channels with inner > 1: one task per channel, runs added in order;
+//   inner == 1 (per-channel along the innermost dim): tasks own disjoint channel ranges.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../fake_quantize_common.h"
+#include "huge_pages.h"
+
+namespace qatkit::ops {
+namespace {
+
+constexpr std::int64_t kBlock = 1 << 15;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_cpu(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+    std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
+    std::optional<std::int64_t> group_size, double grad_factor) {
+  constexpr const char* op = "_fake_quantize_learnable_backward";
+  check_learnable_backward_args(op, grad, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+  const auto [s_eff, z_eff] = effective_learned_qparams(scale, zero_point, quant_min, quant_max);
+  at::Tensor dx = empty_cpu_output(input.sizes(), input.options());
+  const PreparedFakeQuant p =
+      prepare_fake_quantize(op, input, s_eff, z_eff, quant_min, quant_max, axis, group_size, dx, nullptr);
+  check_qparam_values(op, p.scale, p.zero_point, quant_min, quant_max);
+  const at::Tensor g = grad.contiguous();
+
+  kernels::LsqBackwardArgs a;
+  a.input = p.args.input;
+  a.grad_output = g.const_data_ptr();
+  a.grad_input = dx.mutable_data_ptr();
+  a.scale = p.args.scale;
+  a.zero_point = p.args.zero_point;
+  a.numel = p.args.numel;
+  a.inner = p.args.inner;
+  a.channels = p.args.channels;
+  a.quant_min = p.args.quant_min;
+  a.quant_max = p.args.quant_max;
+  a.dtype = p.args.dtype;
+
+  const std::int64_t channels = scale.numel();
+  std::vector<double> ds(channels, 0.0), dz(channels, 0.0);
+  const auto& k = kernels::cpu::active_kernels();
+  if (a.numel > 0) {
+    if (channels == 1) {
+      const std::int64_t blocks = (a.numel + kBlock - 1) / kBlock;
+      std::vector<double> ps(blocks), pz(blocks);
+      at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+        for (std::int64_t b = b0; b < b1; ++b) {
+          k.lsq_backward_run(a, b * kBlock, std::min(a.numel, (b + 1) * kBlock), 0, &ps[b], &pz[b]);
+        }
+      });
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        ds[0] += ps[b];
+        dz[0] += pz[b];
+      }
+    } else if (a.inner > 1) {
+      const std::int64_t outer = a.numel / (a.inner * a.channels);
+      const std::int64_t grain = std::max<std::int64_t>(1, kBlock / (a.inner * outer));
+      at::parallel_for(0, a.channels, grain, [&](std::int64_t c0, std::int64_t c1) {
+        for (std::int64_t c = c0; c < c1; ++c) {
+          for (std::int64_t o = 0; o < outer; ++o) {
+            const std::int64_t begin = (o * a.channels + c) * a.inner;
+            double s1, z1;
+            k.lsq_backward_run(a, begin, begin + a.inner, c, &s1, &z1);
+            ds[c] += s1;
+            dz[c] += z1;
+          }
+        }
+      });
+    } else {
+      const std::int64_t outer = a.numel / a.channels;
+      const std::int64_t grain = std::max<std::int64_t>(64, kBlock / outer);
+      at::parallel_for(0, a.channels, grain, [&](std::int64_t c0, std::int64_t c1) {
+        for (std::int64_t o = 0; o < outer; ++o) {
+          k.lsq_backward_row(a, o * a.channels + c0, o * a.channels + c1, ds.data(), dz.data());
+        }
+      });
+    }
+  }
+  at::Tensor dscale = at::empty(scale.sizes(), scale.options().dtype(at::kFloat));
+  at::Tensor dzero = at::empty(zero_point.sizes(), zero_point.options().dtype(at::kFloat));
+  float* dsp = dscale.mutable_data_ptr<float>();
+  float* dzp = dzero.mutable_data_ptr<float>();
+  for (std::int64_t c = 0; c < channels; ++c) {
+    dsp[c] = static_cast<float>(ds[c] * grad_factor);
+    dzp[c] = static_cast<float>(dz[c] * grad_factor);
+  }
+  return {dx, dscale, dzero};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("_fake_quantize_learnable_backward", &fake_quantize_learnable_backward_cpu);
+}
+
+}  // namespace qatkit::ops

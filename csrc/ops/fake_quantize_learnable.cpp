@@ -1,0 +1,57 @@
+// The learned-step-size fake-quantize family (LSQ / LSQ+, papers.md §6.1-6.2): schemas, the
+// device-generic forward (effective qparams, then the fake_quantize op) and the C++ API.
+// The backward kernels live in ops/{cpu,meta}/fake_quantize_learnable_kernel.cpp.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include "fake_quantize_common.h"
+#include "qatkit/ops.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  m.def(
+      "fake_quantize_learnable(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
+      "int? axis=None, int? group_size=None, float grad_factor=1.0) -> Tensor",
+      tags);
+  // (grad_input, grad_scale, grad_zero_point); the qparam gradients are reduced to their shapes.
+  m.def(
+      "_fake_quantize_learnable_backward(Tensor grad, Tensor input, Tensor scale, Tensor zero_point, "
+      "int quant_min, int quant_max, int? axis, int? group_size, float grad_factor) -> (Tensor, Tensor, Tensor)",
+      tags);
+}
+
+namespace qatkit {
+namespace {
+
+using OptInt = std::optional<std::int64_t>;
+
+/// Forward on any device: y = fake_quantize(x, max(scale, eps), clamp(round(zero_point))). The
+/// qparam transforms are ATen ops on scale-sized tensors (no host sync).
+at::Tensor fake_quantize_learnable_kernel(const at::Tensor& input, const at::Tensor& scale,
+                                          const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
+                                          OptInt axis, OptInt group_size, double grad_factor) {
+  (void)grad_factor;  // only scales the backward
+  ops::check_fake_quantize_args("fake_quantize_learnable", input, scale, zero_point, quant_min, quant_max, axis,
+                                group_size);
+  const auto [s, z] = ops::effective_learned_qparams(scale, zero_point, quant_min, quant_max);
+  return fake_quantize(input, s, z, quant_min, quant_max, axis, group_size);
+}
+
+}  // namespace
+
+at::Tensor fake_quantize_learnable(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+                                   std::int64_t quant_min, std::int64_t quant_max, OptInt axis, OptInt group_size,
+                                   double grad_factor) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::fake_quantize_learnable", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
+                                         std::int64_t, OptInt, OptInt, double)>();
+  return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size, grad_factor);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("fake_quantize_learnable", &fake_quantize_learnable_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("fake_quantize_learnable", &fake_quantize_learnable_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("fake_quantize_learnable", &fake_quantize_learnable_kernel); }
+
+}  // namespace qatkit
