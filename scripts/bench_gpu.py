@@ -53,6 +53,22 @@ def bench_dtype(dtype: torch.dtype, n: int) -> list:
         ),
         ("bwd STE from bit mask", lambda: torch.ops.qatkit._fake_quantize_backward(g, mask), 2 * es + 0.125),
     ]
+    s1 = torch.full((1,), 0.02, device="cuda")
+    z1 = torch.zeros(1, device="cuda")
+    cases.append(
+        (
+            "LSQ bwd per-tensor (dX + reduced dS, dZ)",
+            lambda: torch.ops.qatkit._fake_quantize_learnable_backward(g, xc, s1, z1, -128, 127, None, None, 1.0),
+            3 * es,
+        )
+    )
+    cases.append(
+        (
+            "LSQ bwd per-channel (dX + reduced dS, dZ)",
+            lambda: torch.ops.qatkit._fake_quantize_learnable_backward(g, xc, s, z.float(), -128, 127, 0, None, 1.0),
+            3 * es,
+        )
+    )
     if dtype == torch.float32:
         cases.append(
             (

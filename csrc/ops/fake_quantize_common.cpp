@@ -195,6 +195,22 @@ std::pair<at::Tensor, at::Tensor> effective_learned_qparams(const at::Tensor& sc
   return {scale.clamp_min(FLT_EPSILON), zero_point.to(at::kFloat).round().clamp(quant_min, quant_max)};
 }
 
+kernels::LsqBackwardArgs lsq_backward_args(const PreparedFakeQuant& p, const at::Tensor& grad, at::Tensor& grad_input) {
+  kernels::LsqBackwardArgs a;
+  a.input = p.args.input;
+  a.grad_output = grad.const_data_ptr();
+  a.grad_input = grad_input.mutable_data_ptr();
+  a.scale = p.args.scale;
+  a.zero_point = p.args.zero_point;
+  a.numel = p.args.numel;
+  a.inner = p.args.inner;
+  a.channels = p.args.channels;
+  a.quant_min = p.args.quant_min;
+  a.quant_max = p.args.quant_max;
+  a.dtype = p.args.dtype;
+  return a;
+}
+
 kernels::DType kernel_dtype(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat:

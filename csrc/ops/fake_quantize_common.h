@@ -55,6 +55,10 @@ void check_learnable_backward_args(const char* op, const at::Tensor& grad, const
 std::pair<at::Tensor, at::Tensor> effective_learned_qparams(const at::Tensor& scale, const at::Tensor& zero_point,
                                                             std::int64_t quant_min, std::int64_t quant_max);
 
+/// LSQ backward launch description from a prepared forward (input, effective qparams, layout),
+/// the contiguous incoming gradient and the grad_input buffer.
+kernels::LsqBackwardArgs lsq_backward_args(const PreparedFakeQuant& p, const at::Tensor& grad, at::Tensor& grad_input);
+
 /// Kernel dtype of a floating tensor (after the checks above have accepted it).
 kernels::DType kernel_dtype(const at::Tensor& t);
 

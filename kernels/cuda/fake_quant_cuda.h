@@ -16,4 +16,14 @@ cudaError_t launch_fake_quant_forward(const FakeQuantArgs& args, cudaStream_t st
 /// Launches the backward kernel (grad_input = mask ? grad_output : 0) on `stream`.
 cudaError_t launch_fake_quant_backward(const FakeQuantBackwardArgs& args, cudaStream_t stream);
 
+/// Launches the LSQ backward: writes grad_input and reduces the scale / zero-point gradients
+/// into dscale[channels] / dzero_point[channels] (float32, multiplied by grad_factor) on
+/// `stream`, with float64 accumulation in a fixed order (deterministic for a given device).
+/// `workspace` must hold lsq_workspace_doubles(args) doubles (device memory).
+cudaError_t launch_lsq_backward(const LsqBackwardArgs& args, double grad_factor, float* dscale, float* dzero_point,
+                                double* workspace, cudaStream_t stream);
+
+/// Doubles of device workspace launch_lsq_backward needs (per-block partial sums).
+std::int64_t lsq_workspace_doubles(const LsqBackwardArgs& args);
+
 }  // namespace qatkit::kernels::cuda

@@ -72,3 +72,22 @@ CATCH_TEST_CASE("build info", "[api]") {
   CATCH_CHECK_FALSE(info.version.empty());
   CATCH_CHECK((info.cpu_isa == "avx2" || info.cpu_isa == "baseline"));
 }
+
+CATCH_TEST_CASE("fake_quantize_learnable: LSQ gradients from C++", "[api]") {
+  torch::manual_seed(3);
+  auto x = (torch::randn({8, 16}) * 2).requires_grad_();
+  auto scale = torch::full({8}, 0.1).requires_grad_();
+  auto zp = torch::zeros({8}).requires_grad_();
+  auto y = qatkit::fake_quantize_learnable(x, scale, zp, -8, 7, 0, std::nullopt, 0.5);
+  CATCH_CHECK(torch::equal(y.detach(), qatkit::fake_quantize(x.detach(), scale.detach(), zp.detach(), -8, 7, 0)));
+  y.sum().backward();
+  // scale gradient by the formula: sum over the row of (r - x/s) inside, qmin/qmax outside, times 0.5
+  auto xs = x.detach() * (1.0f / 0.1f);
+  auto r = torch::round(xs);
+  auto in = (r >= -8) & (r <= 7);
+  auto per_elem = torch::where(in, r - xs, torch::where(r < -8, torch::full_like(r, -8), torch::full_like(r, 7)));
+  CATCH_CHECK(torch::allclose(scale.grad(), per_elem.sum(1) * 0.5, 1e-5, 1e-5));
+  CATCH_CHECK(torch::allclose(
+      zp.grad(), torch::where(in, torch::zeros_like(r), -0.1 * torch::ones_like(r)).sum(1) * 0.5, 1e-5, 1e-5));
+  CATCH_CHECK(torch::equal(x.grad(), in.to(torch::kFloat)));
+}

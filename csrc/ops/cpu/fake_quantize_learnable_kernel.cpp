@@ -35,18 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
   check_qparam_values(op, p.scale, p.zero_point, quant_min, quant_max);
   const at::Tensor g = grad.contiguous();
 
-  kernels::LsqBackwardArgs a;
-  a.input = p.args.input;
-  a.grad_output = g.const_data_ptr();
-  a.grad_input = dx.mutable_data_ptr();
-  a.scale = p.args.scale;
-  a.zero_point = p.args.zero_point;
-  a.numel = p.args.numel;
-  a.inner = p.args.inner;
-  a.channels = p.args.channels;
-  a.quant_min = p.args.quant_min;
-  a.quant_max = p.args.quant_max;
-  a.dtype = p.args.dtype;
+  const kernels::LsqBackwardArgs a = lsq_backward_args(p, g, dx);
 
   const std::int64_t channels = scale.numel();
   std::vector<double> ds(channels, 0.0), dz(channels, 0.0);

@@ -88,3 +88,37 @@ def test_choose_qparams_cuda_equals_cpu():
             sc, zc = ops.choose_qparams(x, -8, 7, sym, **kw)
             sg, zg = ops.choose_qparams(x.cuda(), -8, 7, sym, **kw)
             assert torch.equal(sg.cpu(), sc) and torch.equal(zg.cpu(), zc)
+
+
+@pytest.mark.parametrize("sample", SAMPLES[::4], ids=repr)
+def test_learnable_backward_cuda_matches_cpu(sample):
+    z = sample.zero_point.float() + 0.3
+    g = torch.randn(sample.input.shape).to(sample.input.dtype)
+    args = (sample.quant_min, sample.quant_max, sample.axis, sample.group_size, 0.5)
+    dx_c, ds_c, dz_c = torch.ops.qatkit._fake_quantize_learnable_backward(g, sample.input, sample.scale, z, *args)
+    dx_g, ds_g, dz_g = torch.ops.qatkit._fake_quantize_learnable_backward(
+        g.cuda(), sample.input.cuda(), sample.scale.cuda(), z.cuda(), *args
+    )
+    _bits_equal(dx_g.cpu(), dx_c)  # elementwise: identical
+    # reductions: float64 accumulation in a different order
+    torch.testing.assert_close(ds_g.cpu(), ds_c, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dz_g.cpu(), dz_c, rtol=1e-5, atol=1e-4)
+
+
+def test_learnable_no_host_sync_and_deterministic():
+    x = torch.randn(4096, 512, device="cuda", requires_grad=True)
+    s = torch.full((1,), 0.02, device="cuda", requires_grad=True)
+    z = torch.zeros(1, device="cuda", requires_grad=True)
+    g = torch.randn(4096, 512, device="cuda")
+    grads = []
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(2):
+            x.grad = s.grad = z.grad = None
+            ops.fake_quantize_learnable(x, s, z, -128, 127).backward(g)
+            grads.append((x.grad.clone(), s.grad.clone(), z.grad.clone()))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for a, b in zip(grads[0], grads[1], strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,178 @@
+// CUDA backward of the learned-step-size fake quantizer (papers.md §6.1-6.2): one pass writes
+// dX and reduces the scale / zero-point gradient terms (kernels/common lsq_grads) per channel in
+// float64. Per-tensor: fixed-size grid of block partials, then one block sums them in order.
+// Several channels: one warp per channel (a grid-stride loop over channels), so each channel's
+// sum has a fixed order. No atomics, no host synchronisation.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "../common/fake_quant_scalar.h"
+#include "fake_quant_cuda.h"
+
+namespace qatkit::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kPartialBlocks = 1024;  // per-tensor: fixed, so the summation order never changes
+
+template <typename S>
+struct Io;
+template <>
+struct Io<float> {
+  using C = float;
+  __device__ static C load(float v) { return v; }
+  __device__ static float store(C v) { return v; }
+};
+template <>
+struct Io<double> {
+  using C = double;
+  __device__ static C load(double v) { return v; }
+  __device__ static double store(C v) { return v; }
+};
+template <>
+struct Io<__half> {
+  using C = float;
+  __device__ static C load(__half v) { return __half2float(v); }
+  __device__ static __half store(C v) { return __float2half_rn(v); }
+};
+template <>
+struct Io<__nv_bfloat16> {
+  using C = float;
+  __device__ static C load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __device__ static __nv_bfloat16 store(C v) {
+    const std::uint16_t b = float_to_bf16(v);
+    return *reinterpret_cast<const __nv_bfloat16*>(&b);
+  }
+};
+
+/// Gradients of element i (channel c); adds its terms to (ds, dz).
+template <typename S>
+__device__ __forceinline__ void lsq_element(const LsqBackwardArgs& a, std::int64_t i, std::int64_t c, double& ds,
+                                            double& dz) {
+  using E = Io<S>;
+  using C = typename E::C;
+  const float s = a.scale[c];
+  const float z = a.zero_point[c];
+  C gx, gs, gz;
+  lsq_grads<C>(E::load(static_cast<const S*>(a.input)[i]), E::load(static_cast<const S*>(a.grad_output)[i]),
+               static_cast<C>(1.0f / s), static_cast<C>(s), static_cast<C>(a.quant_min - z),
+               static_cast<C>(a.quant_max - z), gx, gs, gz);
+  static_cast<S*>(a.grad_input)[i] = E::store(gx);
+  ds += static_cast<double>(gs);
+  dz += static_cast<double>(gz);
+}
+
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
+  return v;
+}
+
+/// Block-wide sum of (ds, dz) in a fixed order; the result is valid in thread 0.
+__device__ void block_sum(double& ds, double& dz) {
+  __shared__ double sh_s[kThreads / 32], sh_z[kThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  ds = warp_sum(ds);
+  dz = warp_sum(dz);
+  if (lane == 0) {
+    sh_s[warp] = ds;
+    sh_z[warp] = dz;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    ds = lane < kThreads / 32 ? sh_s[lane] : 0.0;
+    dz = lane < kThreads / 32 ? sh_z[lane] : 0.0;
+    ds = warp_sum(ds);
+    dz = warp_sum(dz);
+  }
+}
+
+template <typename S>
+__global__ void lsq_per_tensor_partials(LsqBackwardArgs a, double* partials) {
+  double ds = 0.0, dz = 0.0;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < a.numel;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    lsq_element<S>(a, i, 0, ds, dz);
+  }
+  block_sum(ds, dz);
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = ds;
+    partials[gridDim.x + blockIdx.x] = dz;
+  }
+}
+
+__global__ void lsq_finish_per_tensor(const double* partials, int blocks, double grad_factor, float* dscale,
+                                      float* dzero) {
+  double ds = 0.0, dz = 0.0;
+  for (int b = threadIdx.x; b < blocks; b += blockDim.x) {
+    ds += partials[b];
+    dz += partials[blocks + b];
+  }
+  block_sum(ds, dz);
+  if (threadIdx.x == 0) {
+    dscale[0] = static_cast<float>(ds * grad_factor);
+    dzero[0] = static_cast<float>(dz * grad_factor);
+  }
+}
+
+template <typename S>
+__global__ void lsq_per_channel(LsqBackwardArgs a, double grad_factor, float* dscale, float* dzero) {
+  const int lane = threadIdx.x & 31;
+  const std::int64_t warps_total = static_cast<std::int64_t>(gridDim.x) * (blockDim.x >> 5);
+  const std::int64_t outer = a.numel / (a.inner * a.channels);
+  for (std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5); c < a.channels;
+       c += warps_total) {
+    double ds = 0.0, dz = 0.0;
+    for (std::int64_t o = 0; o < outer; ++o) {
+      const std::int64_t base = (o * a.channels + c) * a.inner;
+      for (std::int64_t j = lane; j < a.inner; j += 32) lsq_element<S>(a, base + j, c, ds, dz);
+    }
+    ds = warp_sum(ds);
+    dz = warp_sum(dz);
+    if (lane == 0) {
+      dscale[c] = static_cast<float>(ds * grad_factor);
+      dzero[c] = static_cast<float>(dz * grad_factor);
+    }
+  }
+}
+
+template <typename S>
+cudaError_t launch_typed(const LsqBackwardArgs& a, double grad_factor, float* dscale, float* dzero, double* ws,
+                         cudaStream_t stream) {
+  if (a.channels == 1) {
+    lsq_per_tensor_partials<S><<<kPartialBlocks, kThreads, 0, stream>>>(a, ws);
+    lsq_finish_per_tensor<<<1, kThreads, 0, stream>>>(ws, kPartialBlocks, grad_factor, dscale, dzero);
+  } else {
+    const std::int64_t warps_per_block = kThreads / 32;
+    std::int64_t blocks = (a.channels + warps_per_block - 1) / warps_per_block;
+    if (blocks > 65535LL * 8) blocks = 65535LL * 8;
+    lsq_per_channel<S><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, grad_factor, dscale, dzero);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+std::int64_t lsq_workspace_doubles(const LsqBackwardArgs& args) { return args.channels == 1 ? 2 * kPartialBlocks : 0; }
+
+cudaError_t launch_lsq_backward(const LsqBackwardArgs& a, double grad_factor, float* dscale, float* dzero,
+                                double* workspace, cudaStream_t stream) {
+  if (a.numel == 0) {  // empty input: the gradients are sums over nothing
+    const cudaError_t e = cudaMemsetAsync(dscale, 0, sizeof(float) * a.channels, stream);
+    return e != cudaSuccess ? e : cudaMemsetAsync(dzero, 0, sizeof(float) * a.channels, stream);
+  }
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return launch_typed<float>(a, grad_factor, dscale, dzero, workspace, stream);
+    case DType::kFloat64:
+      return launch_typed<double>(a, grad_factor, dscale, dzero, workspace, stream);
+    case DType::kFloat16:
+      return launch_typed<__half>(a, grad_factor, dscale, dzero, workspace, stream);
+    case DType::kBFloat16:
+      return launch_typed<__nv_bfloat16>(a, grad_factor, dscale, dzero, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace qatkit::kernels::cuda
