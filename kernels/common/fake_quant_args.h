@@ -55,6 +55,16 @@ struct LsqBackwardArgs {
   DType dtype = DType::kFloat32;
 };
 
+/// PACT backward (papers.md §6.3) over contiguous tensors with one clipping level alpha.
+struct PactBackwardArgs {
+  const void* input = nullptr;
+  const void* grad_output = nullptr;
+  void* grad_input = nullptr;
+  float alpha = 1.f;
+  std::int64_t numel = 0;
+  DType dtype = DType::kFloat32;
+};
+
 /// Bytes of a bit mask covering n elements.
 QATKIT_HD constexpr std::int64_t mask_bytes(std::int64_t n) { return (n + 7) / 8; }
 

@@ -23,6 +23,11 @@
 #include "macros.h"
 
 namespace qatkit::kernels {
+// Internal linkage on purpose: this header is compiled into translation units with different
+// instruction sets (baseline, -mavx2, nvcc). With external linkage the linker would keep one copy
+// of each inline function, possibly the AVX2-compiled one, and the baseline path would then
+// execute AVX2 instructions on a CPU without them.
+namespace {
 
 template <typename C>
 QATKIT_HD C round_half_even(C v) {
@@ -56,6 +61,17 @@ QATKIT_HD void lsq_grads(C x, C dy, C inv_s, C s, C lo, C hi, C& dx, C& ds, C& d
   dx = in ? dy : C(0);
   ds = dy * (in ? r - xs : (below ? lo : (above ? hi : C(0))));
   dz = (below | above) ? -(dy * s) : C(0);
+}
+
+/// PACT gradients of one element (papers.md §6.3, STE through the rounding): the input gradient
+/// passes where the clip is inactive (0 <= x < alpha), the alpha gradient where x is clipped at
+/// alpha (x >= alpha). Below 0 (and for NaN) neither gets a gradient.
+template <typename C>
+QATKIT_HD void pact_grads(C x, C dy, C alpha, C& dx, C& dalpha) {
+  const bool inside = (x >= C(0)) & (x < alpha);
+  const bool clipped = x >= alpha;
+  dx = inside ? dy : C(0);
+  dalpha = clipped ? dy : C(0);
 }
 
 // ---- bfloat16 / float16 storage conversions (bit exact with c10's, round half to even) ----
@@ -129,4 +145,5 @@ QATKIT_HD std::uint16_t float_to_fp16(float f) {
   return sign | static_cast<std::uint16_t>(r >> 13);
 }
 
+}  // namespace
 }  // namespace qatkit::kernels

@@ -28,6 +28,9 @@ struct FakeQuantKernels {
   /// element i uses channel i % channels, whose terms are added to dscale_acc[c], dzero_point_acc[c].
   void (*lsq_backward_row)(const LsqBackwardArgs& args, std::int64_t begin, std::int64_t end, double* dscale_acc,
                            double* dzero_point_acc);
+  /// PACT backward over [begin, end): writes grad_input, returns the alpha-gradient sum of the
+  /// range (float64, 8 lanes combined in a fixed order, like lsq_backward_run).
+  double (*pact_backward_run)(const PactBackwardArgs& args, std::int64_t begin, std::int64_t end);
 };
 
 /// Portable C++ implementation (always available).

@@ -9,7 +9,10 @@
 #include "../common/fake_quant_args.h"
 #include "../common/fake_quant_scalar.h"
 
-namespace qatkit::kernels::cpu::detail {
+namespace qatkit::kernels::cpu {
+// Internal linkage: each ISA translation unit gets its own copy (see fake_quant_scalar.h).
+namespace {
+namespace detail {
 
 /// Storage traits: how an element is widened to its compute type and narrowed back.
 template <typename S>
@@ -272,6 +275,41 @@ inline void lsq8_scalar(const S* x, const S* dy, S* dx, float s, float inv, floa
   for (int k = 0; k < 8; ++k) lsq_one<S>(x + k, dy + k, dx + k, s, inv, lo, hi, ds[k], dz[k]);
 }
 
+/// PACT backward of [begin, end) with 8 float64 lanes (element j of the range into lane j % 8).
+/// One portable implementation shared by every ISA table: the loop is a select and a sum, which
+/// the compiler vectorizes well enough for a memory-bound pass.
+template <typename S>
+double pact_run(const PactBackwardArgs& a, std::int64_t begin, std::int64_t end) {
+  using E = Elem<S>;
+  using C = typename E::C;
+  const S* x = static_cast<const S*>(a.input);
+  const S* dy = static_cast<const S*>(a.grad_output);
+  S* dx = static_cast<S*>(a.grad_input);
+  const C alpha = static_cast<C>(a.alpha);
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (std::int64_t i = begin; i < end; ++i) {
+    C gx, ga;
+    pact_grads<C>(E::load(x[i]), E::load(dy[i]), alpha, gx, ga);
+    dx[i] = E::store(gx);
+    lanes[(i - begin) & 7] += static_cast<double>(ga);
+  }
+  return lane_sum(lanes);
+}
+
+inline double pact_run_dispatch(const PactBackwardArgs& a, std::int64_t begin, std::int64_t end) {
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return pact_run<float>(a, begin, end);
+    case DType::kFloat64:
+      return pact_run<double>(a, begin, end);
+    case DType::kFloat16:
+      return pact_run<Half>(a, begin, end);
+    case DType::kBFloat16:
+      return pact_run<BFloat16>(a, begin, end);
+  }
+  return 0.0;
+}
+
 /// Scalar qparam validity test (see FakeQuantKernels::qparams_valid).
 inline bool qparams_valid_scalar(const float* s, const float* z, std::int64_t n, float qmin, float qmax) {
   for (std::int64_t c = 0; c < n; ++c) {
@@ -296,4 +334,6 @@ void backward_dispatch(const FakeQuantBackwardArgs& a, std::int64_t begin, std::
   }
 }
 
-}  // namespace qatkit::kernels::cpu::detail
+}  // namespace detail
+}  // namespace
+}  // namespace qatkit::kernels::cpu
