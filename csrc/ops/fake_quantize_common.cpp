@@ -190,6 +190,37 @@ void check_learnable_backward_args(const char* op, const at::Tensor& grad, const
                                                                  input.device().str(), grad.device().str()));
 }
 
+void check_pact_args(const char* op, const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max) {
+  TORCH_CHECK_TYPE(is_supported_float(input.scalar_type()),
+                   fmt::format("{}: input must be float32, float64, float16 or bfloat16, got {}", op,
+                               c10::toString(input.scalar_type())));
+  TORCH_CHECK_TYPE(alpha.scalar_type() == at::kFloat,
+                   fmt::format("{}: alpha must be float32, got {}", op, c10::toString(alpha.scalar_type())));
+  TORCH_CHECK_VALUE(alpha.sym_numel() == 1, fmt::format("{}: alpha must have 1 element (one clipping level per "
+                                                        "tensor), got {}",
+                                                        op, alpha.sym_numel().guard_int(__FILE__, __LINE__)));
+  TORCH_CHECK_VALUE(alpha.device() == input.device(), fmt::format("{}: alpha must be on input's device {}, got {}", op,
+                                                                  input.device().str(), alpha.device().str()));
+  TORCH_CHECK_VALUE(quant_max >= 1 && quant_max <= kMaxRange,
+                    fmt::format("{}: quant_max must be in [1, {}], got {}", op, kMaxRange, quant_max));
+}
+
+void check_pact_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                              const at::Tensor& alpha) {
+  check_pact_args(op, input, alpha, 1);
+  TORCH_CHECK_TYPE(grad.scalar_type() == input.scalar_type(),
+                   fmt::format("{}: grad must have input's dtype {}, got {}", op, c10::toString(input.scalar_type()),
+                               c10::toString(grad.scalar_type())));
+  TORCH_CHECK_VALUE(grad.sym_sizes() == input.sym_sizes(),
+                    fmt::format("{}: grad must have input's shape {}, got {}", op, shape_str(input.sym_sizes()),
+                                shape_str(grad.sym_sizes())));
+}
+
+void check_pact_alpha_value(const char* op, float alpha) {
+  TORCH_CHECK_VALUE(std::isfinite(alpha) && alpha > 0.f,
+                    fmt::format("{}: alpha must be positive and finite, got {}", op, alpha));
+}
+
 std::pair<at::Tensor, at::Tensor> effective_learned_qparams(const at::Tensor& scale, const at::Tensor& zero_point,
                                                             std::int64_t quant_min, std::int64_t quant_max) {
   return {scale.clamp_min(FLT_EPSILON), zero_point.to(at::kFloat).round().clamp(quant_min, quant_max)};

@@ -49,6 +49,16 @@ void check_learnable_backward_args(const char* op, const at::Tensor& grad, const
                                    std::int64_t quant_max, std::optional<std::int64_t> axis,
                                    std::optional<std::int64_t> group_size);
 
+/// Checks PACT arguments: floating input, alpha a float32 tensor with one element on input's
+/// device, 1 <= quant_max <= 65535.
+void check_pact_args(const char* op, const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max);
+
+/// Checks the PACT backward arguments (grad shaped and typed like input, alpha as above).
+void check_pact_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& input, const at::Tensor& alpha);
+
+/// CPU value check of alpha: finite and positive.
+void check_pact_alpha_value(const char* op, float alpha);
+
 /// Effective qparams of a learned quantizer: float32 scale clamped to at least float32 eps, zero
 /// point (float32) rounded half to even and clamped into [quant_min, quant_max]. ATen ops on the
 /// qparam tensors' device: no host sync.

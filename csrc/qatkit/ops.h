@@ -52,6 +52,11 @@ QATKIT_API at::Tensor fake_quantize_learnable(const at::Tensor& input, const at:
                                               std::optional<std::int64_t> group_size = std::nullopt,
                                               double grad_factor = 1.0);
 
+/// PACT (papers.md §6.3): clip(input, 0, alpha) quantized unsigned with scale alpha / quant_max.
+/// alpha: float32 tensor with one element (positive; checked on CPU). Gradients: input where
+/// 0 <= x < alpha; alpha the sum of the incoming gradient where x >= alpha.
+QATKIT_API at::Tensor pact_quantize(const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max);
+
 /// Scale (float32) and zero point (int32) from the min/max of `input`, with 0 inside the range:
 ///   symmetric:  scale = max(|min|, |max|) / ((quant_max - quant_min) / 2), zero_point 0 for a
 ///               signed range (quant_min < 0), else the mid-point (quant_min + quant_max + 1) / 2;

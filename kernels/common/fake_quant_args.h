@@ -60,7 +60,7 @@ struct PactBackwardArgs {
   const void* input = nullptr;
   const void* grad_output = nullptr;
   void* grad_input = nullptr;
-  float alpha = 1.f;
+  const float* alpha = nullptr;  ///< one float32, in the same memory as the tensors (no host sync)
   std::int64_t numel = 0;
   DType dtype = DType::kFloat32;
 };

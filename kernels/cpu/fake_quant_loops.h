@@ -285,7 +285,7 @@ double pact_run(const PactBackwardArgs& a, std::int64_t begin, std::int64_t end)
   const S* x = static_cast<const S*>(a.input);
   const S* dy = static_cast<const S*>(a.grad_output);
   S* dx = static_cast<S*>(a.grad_input);
-  const C alpha = static_cast<C>(a.alpha);
+  const C alpha = static_cast<C>(*a.alpha);
   double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   for (std::int64_t i = begin; i < end; ++i) {
     C gx, ga;

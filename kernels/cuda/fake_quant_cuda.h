@@ -26,4 +26,11 @@ cudaError_t launch_lsq_backward(const LsqBackwardArgs& args, double grad_factor,
 /// Doubles of device workspace launch_lsq_backward needs (per-block partial sums).
 std::int64_t lsq_workspace_doubles(const LsqBackwardArgs& args);
 
+/// Launches the PACT backward: writes grad_input and the alpha gradient (float32, one element)
+/// on `stream`; `workspace` must hold pact_workspace_doubles() doubles (device memory).
+cudaError_t launch_pact_backward(const PactBackwardArgs& args, float* dalpha, double* workspace, cudaStream_t stream);
+
+/// Doubles of device workspace launch_pact_backward needs.
+std::int64_t pact_workspace_doubles();
+
 }  // namespace qatkit::kernels::cuda

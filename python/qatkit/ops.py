@@ -12,7 +12,14 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["fake_quantize", "fake_quantize_learnable", "lsq_grad_factor", "choose_qparams", "validate_qparams"]
+__all__ = [
+    "fake_quantize",
+    "fake_quantize_learnable",
+    "lsq_grad_factor",
+    "pact_quantize",
+    "choose_qparams",
+    "validate_qparams",
+]
 
 
 def fake_quantize(
@@ -120,6 +127,27 @@ def lsq_grad_factor(elements_per_scale: int, quant_max: int) -> float:
             f"lsq_grad_factor: elements_per_scale and quant_max must be positive, got {elements_per_scale}, {quant_max}"
         )
     return 1.0 / math.sqrt(elements_per_scale * quant_max)
+
+
+def pact_quantize(input: torch.Tensor, alpha: torch.Tensor, quant_max: int) -> torch.Tensor:
+    """PACT activation quantization (papers.md §6.3): clip to ``[0, alpha]``, quantize unsigned.
+
+    ``y = nearbyint(clip(x, 0, alpha) / s) * s`` with ``s = alpha / quant_max`` (computed as
+    ``fake_quantize(x, alpha / quant_max, 0, 0, quant_max)``, bit for bit).
+
+    Gradients (straight through the rounding): ``input`` where ``0 <= x < alpha``; ``alpha`` the
+    sum of the incoming gradient over the clipped elements ``x >= alpha``.
+
+    Args:
+        input: floating tensor (typically a ReLU-style activation).
+        alpha: float32 tensor with one element, the learned clipping level (> 0; checked on CPU).
+        quant_max: largest code, ``2**bits - 1``.
+
+    Example:
+        >>> alpha = torch.tensor([6.0], requires_grad=True)
+        >>> y = pact_quantize(torch.randn(8, 32), alpha, 15)   # 4-bit
+    """
+    return torch.ops.qatkit.pact_quantize(input, alpha, quant_max)
 
 
 def choose_qparams(

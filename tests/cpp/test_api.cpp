@@ -91,3 +91,16 @@ CATCH_TEST_CASE("fake_quantize_learnable: LSQ gradients from C++", "[api]") {
       zp.grad(), torch::where(in, torch::zeros_like(r), -0.1 * torch::ones_like(r)).sum(1) * 0.5, 1e-5, 1e-5));
   CATCH_CHECK(torch::equal(x.grad(), in.to(torch::kFloat)));
 }
+
+CATCH_TEST_CASE("pact_quantize: clip-then-quantize and its gradients from C++", "[api]") {
+  auto x = torch::linspace(-2, 5, 57).requires_grad_();
+  auto alpha = torch::full({1}, 3.0f).requires_grad_();
+  auto y = qatkit::pact_quantize(x, alpha, 15);
+  const auto s = 3.0f / 15.0f;
+  auto ref = torch::round(x.detach().clamp(0, 3) * (1.0f / s)) * s;
+  CATCH_CHECK(torch::allclose(y.detach(), ref));
+  y.sum().backward();
+  auto xd = x.detach();
+  CATCH_CHECK(torch::equal(x.grad(), ((xd >= 0) & (xd < 3)).to(torch::kFloat)));
+  CATCH_CHECK(alpha.grad().item<float>() == (xd >= 3).sum().item<float>());
+}

@@ -122,3 +122,14 @@ def test_learnable_no_host_sync_and_deterministic():
         torch.cuda.set_sync_debug_mode("default")
     for a, b in zip(grads[0], grads[1], strict=True):
         assert torch.equal(a, b)
+
+
+def test_pact_backward_cuda_matches_cpu():
+    x = torch.randn(3000) * 3
+    g = torch.randn(3000)
+    alpha = torch.tensor([1.5])
+    dx_c, da_c = torch.ops.qatkit._pact_quantize_backward(g, x, alpha)
+    dx_g, da_g = torch.ops.qatkit._pact_quantize_backward(g.cuda(), x.cuda(), alpha.cuda())
+    assert torch.equal(dx_g.cpu(), dx_c)
+    torch.testing.assert_close(da_g.cpu(), da_c, rtol=1e-6, atol=1e-5)
+    assert torch.equal(ops.pact_quantize(x.cuda(), alpha.cuda(), 15).cpu(), ops.pact_quantize(x, alpha, 15))

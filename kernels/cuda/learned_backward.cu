@@ -1,8 +1,8 @@
-// CUDA backward of the learned-step-size fake quantizer (papers.md §6.1-6.2): one pass writes
-// dX and reduces the scale / zero-point gradient terms (kernels/common lsq_grads) per channel in
-// float64. Per-tensor: fixed-size grid of block partials, then one block sums them in order.
-// Several channels: one warp per channel (a grid-stride loop over channels), so each channel's
-// sum has a fixed order. No atomics, no host synchronisation.
+// CUDA backward kernels of the learned quantizers, which reduce qparam gradients: LSQ / LSQ+
+// (papers.md §6.1-6.2) and PACT (§6.3). One pass writes dX and reduces the qparam gradient terms
+// (kernels/common lsq_grads / pact_grads) in float64. Per-tensor: fixed-size grid of block partials, then one block
+// sums them in order. Several channels: one warp per channel (a grid-stride loop over channels), so each channel's sum
+// has a fixed order. No atomics, no host synchronisation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -152,7 +152,58 @@ cudaError_t launch_typed(const LsqBackwardArgs& a, double grad_factor, float* ds
   return cudaGetLastError();
 }
 
+template <typename S>
+__global__ void pact_partials(PactBackwardArgs a, double* partials) {
+  using E = Io<S>;
+  using C = typename E::C;
+  const S* x = static_cast<const S*>(a.input);
+  const S* dy = static_cast<const S*>(a.grad_output);
+  S* dx = static_cast<S*>(a.grad_input);
+  const C alpha = static_cast<C>(*a.alpha);
+  double da = 0.0, unused = 0.0;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < a.numel;
+       i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
+    C gx, ga;
+    pact_grads<C>(E::load(x[i]), E::load(dy[i]), alpha, gx, ga);
+    dx[i] = E::store(gx);
+    da += static_cast<double>(ga);
+  }
+  block_sum(da, unused);
+  if (threadIdx.x == 0) partials[blockIdx.x] = da;
+}
+
+__global__ void pact_finish(const double* partials, int blocks, float* dalpha) {
+  double da = 0.0, unused = 0.0;
+  for (int b = threadIdx.x; b < blocks; b += blockDim.x) da += partials[b];
+  block_sum(da, unused);
+  if (threadIdx.x == 0) *dalpha = static_cast<float>(da);
+}
+
+template <typename S>
+cudaError_t pact_typed(const PactBackwardArgs& a, float* dalpha, double* ws, cudaStream_t stream) {
+  pact_partials<S><<<kPartialBlocks, kThreads, 0, stream>>>(a, ws);
+  pact_finish<<<1, kThreads, 0, stream>>>(ws, kPartialBlocks, dalpha);
+  return cudaGetLastError();
+}
+
 }  // namespace
+
+std::int64_t pact_workspace_doubles() { return kPartialBlocks; }
+
+cudaError_t launch_pact_backward(const PactBackwardArgs& a, float* dalpha, double* workspace, cudaStream_t stream) {
+  if (a.numel == 0) return cudaMemsetAsync(dalpha, 0, sizeof(float), stream);
+  switch (a.dtype) {
+    case DType::kFloat32:
+      return pact_typed<float>(a, dalpha, workspace, stream);
+    case DType::kFloat64:
+      return pact_typed<double>(a, dalpha, workspace, stream);
+    case DType::kFloat16:
+      return pact_typed<__half>(a, dalpha, workspace, stream);
+    case DType::kBFloat16:
+      return pact_typed<__nv_bfloat16>(a, dalpha, workspace, stream);
+  }
+  return cudaErrorInvalidValue;
+}
 
 std::int64_t lsq_workspace_doubles(const LsqBackwardArgs& args) { return args.channels == 1 ? 2 * kPartialBlocks : 0; }
 

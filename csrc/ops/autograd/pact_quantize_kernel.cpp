@@ -1,0 +1,43 @@
+// Autograd of PACT (papers.md §6.3): STE through the rounding; the input gradient passes where
+// 0 <= x < alpha, alpha collects the gradient of the elements clipped at alpha (x >= alpha).
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "qatkit/ops.h"
+
+namespace qatkit::ops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class PactQuantizeFunction : public torch::autograd::Function<PactQuantizeFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& alpha,
+                            std::int64_t quant_max) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({input, alpha});
+    return pact_quantize(input, alpha, quant_max);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow("qatkit::_pact_quantize_backward", "")
+            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+    const auto saved = ctx->get_saved_variables();
+    auto [dx, dalpha] = op.call(grads[0], saved[0], saved[1]);
+    return {dx, dalpha, at::Tensor()};
+  }
+};
+
+at::Tensor pact_quantize_autograd(const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max) {
+  return PactQuantizeFunction::apply(input, alpha, quant_max);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qatkit, Autograd, m) { m.impl("pact_quantize", &pact_quantize_autograd); }
+
+}  // namespace qatkit::ops
