@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "macros.h"
@@ -56,6 +57,21 @@ QATKIT_API at::Tensor fake_quantize_learnable(const at::Tensor& input, const at:
 /// alpha: float32 tensor with one element (positive; checked on CPU). Gradients: input where
 /// 0 <= x < alpha; alpha the sum of the incoming gradient where x >= alpha.
 QATKIT_API at::Tensor pact_quantize(const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max);
+
+/// BitNet b1.58 activation quantizer (papers.md §7.2), per token: s = max(max|x| over the last dim,
+/// 1e-5) / quant_max, y = clamp(nearbyint(x / s), -quant_max - 1, quant_max) * s. Gradient: the
+/// straight-through estimator with a constant scale (identity). CPU: NaN/Inf input raises.
+QATKIT_API at::Tensor quantize_per_token(const at::Tensor& input, std::int64_t quant_max = 127);
+
+/// The same with one scale for the whole tensor.
+QATKIT_API at::Tensor quantize_per_tensor_dynamic(const at::Tensor& input, std::int64_t quant_max = 127);
+
+/// Ternary weights, per tensor or per channel along `axis`: method "absmean" (BitNet b1.58:
+/// clamp(nearbyint(W / gamma), -1, 1) * gamma, gamma = max(mean|W|, 1e-5)) or "twn" (TWN:
+/// delta = 0.7 mean|W|, a = mean |W| over |W| > delta, y = sign(W) a where |W| > delta).
+/// Gradient: straight-through (identity) with constant scales.
+QATKIT_API at::Tensor ternarize(const at::Tensor& input, const std::string& method = "absmean",
+                                std::optional<std::int64_t> axis = std::nullopt);
 
 /// Scale (float32) and zero point (int32) from the min/max of `input`, with 0 inside the range:
 ///   symmetric:  scale = max(|min|, |max|) / ((quant_max - quant_min) / 2), zero_point 0 for a

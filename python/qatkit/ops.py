@@ -17,6 +17,9 @@ __all__ = [
     "fake_quantize_learnable",
     "lsq_grad_factor",
     "pact_quantize",
+    "quantize_per_token",
+    "quantize_per_tensor_dynamic",
+    "ternarize",
     "choose_qparams",
     "validate_qparams",
 ]
@@ -148,6 +151,43 @@ def pact_quantize(input: torch.Tensor, alpha: torch.Tensor, quant_max: int) -> t
         >>> y = pact_quantize(torch.randn(8, 32), alpha, 15)   # 4-bit
     """
     return torch.ops.qatkit.pact_quantize(input, alpha, quant_max)
+
+
+def quantize_per_token(input: torch.Tensor, quant_max: int = 127) -> torch.Tensor:
+    """BitNet b1.58 per-token activation quantization (papers.md §7.2).
+
+    ``s = max(max|x| over the last dim, 1e-5) / quant_max``,
+    ``y = clamp(nearbyint(x / s), -quant_max - 1, quant_max) * s`` (computed as a per-group
+    :func:`fake_quantize` with the whole last dim as the group). Gradient: the straight-through
+    estimator with a constant scale (the incoming gradient, unchanged).
+
+    Raises:
+        ValueError: 0-d input, ``quant_max`` outside ``[1, 32767]``, or (CPU) NaN/Inf in the input.
+    """
+    return torch.ops.qatkit.quantize_per_token(input, quant_max)
+
+
+def quantize_per_tensor_dynamic(input: torch.Tensor, quant_max: int = 127) -> torch.Tensor:
+    """:func:`quantize_per_token` with one absmax scale for the whole tensor."""
+    return torch.ops.qatkit.quantize_per_tensor_dynamic(input, quant_max)
+
+
+def ternarize(input: torch.Tensor, method: str = "absmean", axis: Optional[int] = None) -> torch.Tensor:
+    """Ternary weights ``{-a, 0, +a}``, per tensor or per channel along ``axis``.
+
+    - ``"absmean"`` (BitNet b1.58, papers.md §7.2): ``gamma = max(mean|W|, 1e-5)``,
+      ``y = clamp(nearbyint(W / gamma), -1, 1) * gamma``.
+    - ``"twn"`` (TWN, papers.md §5): ``delta = 0.7 * mean|W|``; ``a = mean(|W| over |W| > delta)``;
+      ``y = sign(W) * a`` where ``|W| > delta``, else 0.
+
+    Gradient: straight-through (identity) with the scales held constant, as in the papers'
+    training code.
+
+    Raises:
+        ValueError: an unknown ``method`` (the message lists the valid ones), ``axis`` out of range,
+            or (CPU, absmean) NaN/Inf weights.
+    """
+    return torch.ops.qatkit.ternarize(input, method, axis)
 
 
 def choose_qparams(

@@ -1,0 +1,100 @@
+// Dynamic (data-derived scale) symmetric activation quantizers, BitNet b1.58 recipe
+// (papers.md §7.2): per token (over the last dim) and per tensor. gamma = max(|x|, 1e-5),
+// s = gamma / quant_max, y = fake_quantize(x, s, 0, -quant_max - 1, quant_max). The statistic
+// is one aminmax pass (no |x| temporary) and the quantization one fake_quantize pass, on any
+// device; the straight-through (identity) gradient is in ops/autograd/identity_ste_kernel.cpp.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/aminmax.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/zeros.h>
+#include <fmt/format.h>
+#include <torch/library.h>
+
+#include "fake_quantize_common.h"
+#include "qatkit/ops.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  m.def("quantize_per_token(Tensor input, int quant_max=127) -> Tensor", tags);
+  m.def("quantize_per_tensor_dynamic(Tensor input, int quant_max=127) -> Tensor", tags);
+}
+
+namespace qatkit {
+namespace {
+
+constexpr float kMinAbsMax = 1e-5f;  // BitNet's clamp of the statistic
+
+void check_dynamic_args(const char* op, const at::Tensor& input, std::int64_t quant_max, bool per_token) {
+  ops::check_input_and_range(op, input, -quant_max - 1, quant_max, std::nullopt, std::nullopt);
+  TORCH_CHECK_VALUE(
+      quant_max >= 1 && quant_max <= 32767,
+      fmt::format("{}: quant_max must be in [1, 32767] (codes in [-quant_max - 1, quant_max]), got {}", op, quant_max));
+  TORCH_CHECK_VALUE(!per_token || input.dim() >= 1,
+                    fmt::format("{}: input needs at least 1 dim (tokens along the last), got a 0-d tensor", op));
+}
+
+/// s = max(max|x|, 1e-5) / quant_max over `rows` (one row per scale), shaped `shape`.
+at::Tensor absmax_scale(const char* op, const at::Tensor& rows, std::int64_t quant_max) {
+  auto [mn, mx] = at::aminmax(rows, /*dim=*/1);
+  at::Tensor amax = mn.to(at::kFloat).neg().maximum(mx.to(at::kFloat));
+  if (rows.device().is_cpu()) {
+    TORCH_CHECK_VALUE(at::isfinite(amax).all().item<bool>(),
+                      fmt::format("{}: input must be finite, found NaN or Inf", op));
+  }
+  return amax.clamp_min(kMinAbsMax).div(static_cast<double>(quant_max));
+}
+
+at::Tensor quantize_per_token_kernel(const at::Tensor& input, std::int64_t quant_max) {
+  constexpr const char* op = "quantize_per_token";
+  check_dynamic_args(op, input, quant_max, true);
+  const c10::SymInt last = input.sym_size(-1);
+  if (input.sym_numel() == 0) return at::empty_symint(input.sym_sizes(), input.options());
+  const at::Tensor rows = input.reshape_symint({-1, last});
+  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
+  shape.back() = 1;
+  const at::Tensor s = absmax_scale(op, rows, quant_max).reshape_symint(shape);
+  const at::Tensor z = at::zeros_symint(shape, s.options().dtype(at::kInt));
+  return fake_quantize(input, s, z, -quant_max - 1, quant_max, std::nullopt, last.guard_int(__FILE__, __LINE__));
+}
+
+at::Tensor quantize_per_tensor_dynamic_kernel(const at::Tensor& input, std::int64_t quant_max) {
+  constexpr const char* op = "quantize_per_tensor_dynamic";
+  check_dynamic_args(op, input, quant_max, false);
+  if (input.sym_numel() == 0) return at::empty_symint(input.sym_sizes(), input.options());
+  const at::Tensor s = absmax_scale(op, input.reshape({1, -1}), quant_max);
+  const at::Tensor z = at::zeros({1}, s.options().dtype(at::kInt));
+  return fake_quantize(input, s, z, -quant_max - 1, quant_max);
+}
+
+}  // namespace
+
+at::Tensor quantize_per_token(const at::Tensor& input, std::int64_t quant_max) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::quantize_per_token", "")
+                       .typed<at::Tensor(const at::Tensor&, std::int64_t)>();
+  return op.call(input, quant_max);
+}
+
+at::Tensor quantize_per_tensor_dynamic(const at::Tensor& input, std::int64_t quant_max) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::quantize_per_tensor_dynamic", "")
+                       .typed<at::Tensor(const at::Tensor&, std::int64_t)>();
+  return op.call(input, quant_max);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("quantize_per_token", &quantize_per_token_kernel);
+  m.impl("quantize_per_tensor_dynamic", &quantize_per_tensor_dynamic_kernel);
+}
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
+  m.impl("quantize_per_token", &quantize_per_token_kernel);
+  m.impl("quantize_per_tensor_dynamic", &quantize_per_tensor_dynamic_kernel);
+}
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
+  m.impl("quantize_per_token", &quantize_per_token_kernel);
+  m.impl("quantize_per_tensor_dynamic", &quantize_per_tensor_dynamic_kernel);
+}
+
+}  // namespace qatkit

@@ -1,0 +1,89 @@
+// Ternary weight quantizers (papers.md §7.2 BitNet b1.58 "absmean", §5 TWN), per tensor or per
+// channel along `axis`; outputs in {-a, 0, +a} with a per-tensor/channel magnitude a. The
+// straight-through (identity) gradient with constant scales is in
+// ops/autograd/identity_ste_kernel.cpp.
+//   absmean: gamma = max(mean|W|, 1e-5); y = clamp(nearbyint(W / gamma), -1, 1) * gamma, computed as
+//            fake_quantize(W, gamma, 0, -1, 1): one L1-norm pass and one quantize pass.
+//   twn:     delta = 0.7 * mean|W|; a = mean of |W| over |W| > delta (0 if none); y = sign(W) * a
+//            where |W| > delta, else 0.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <fmt/format.h>
+#include <torch/library.h>
+
+#include <numeric>
+#include <vector>
+
+#include "fake_quantize_common.h"
+#include "qatkit/ops.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  m.def("ternarize(Tensor input, str method=\"absmean\", int? axis=None) -> Tensor", {at::Tag::pt2_compliant_tag});
+}
+
+namespace qatkit {
+namespace {
+
+constexpr float kMinGamma = 1e-5f;
+
+/// Dims to reduce over: all (per tensor) or all but `axis` (per channel).
+std::vector<std::int64_t> reduce_dims(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  std::vector<std::int64_t> dims(input.dim());
+  std::iota(dims.begin(), dims.end(), 0);
+  if (axis.has_value()) dims.erase(dims.begin() + (*axis < 0 ? *axis + input.dim() : *axis));
+  return dims;
+}
+
+at::Tensor ternarize_kernel(const at::Tensor& input, c10::string_view method, std::optional<std::int64_t> axis) {
+  constexpr const char* op = "ternarize";
+  ops::check_input_and_range(op, input, -1, 1, axis, std::nullopt);
+  TORCH_CHECK_VALUE(method == "absmean" || method == "twn",
+                    fmt::format("{}: method must be one of 'absmean', 'twn', got '{}'", op, std::string(method)));
+  if (input.sym_numel() == 0) return input.clone(at::MemoryFormat::Contiguous);
+  const std::vector<std::int64_t> dims = reduce_dims(input, axis);
+  const bool keep = true;
+  // (weights have static shapes: guarding on their sizes costs no recompilation)
+  const std::int64_t numel = input.sym_numel().guard_int(__FILE__, __LINE__);
+  const std::int64_t channels = axis.has_value() ? input.sym_size(*axis).guard_int(__FILE__, __LINE__) : 1;
+  const double count = static_cast<double>(numel) / static_cast<double>(channels);
+  // mean |W| without an |W| temporary: the L1 norm reduces in one pass (float32, float64 inputs
+  // in float64)
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor mean_abs = at::linalg_vector_norm(input, 1, dims, keep, acc).div(count).to(at::kFloat);
+  if (method == "absmean") {
+    if (input.device().is_cpu()) {
+      TORCH_CHECK_VALUE(at::isfinite(mean_abs).all().item<bool>(),
+                        fmt::format("{}: input must be finite, found NaN or Inf", op));
+    }
+    const at::Tensor gamma = mean_abs.clamp_min(kMinGamma).reshape(-1);
+    const at::Tensor z = at::zeros_like(gamma, gamma.options().dtype(at::kInt));
+    return fake_quantize(input, gamma, z, -1, 1, axis.has_value() ? axis : std::nullopt);
+  }
+  const at::Tensor absw = input.abs();
+  const at::Tensor delta = mean_abs.mul(0.7).to(input.scalar_type());
+  const at::Tensor keep_mask = absw.gt(delta);
+  const at::Tensor kept = keep_mask.sum(dims, keep, at::kFloat);
+  const at::Tensor a =
+      at::where(keep_mask, absw, at::zeros({}, absw.options())).sum(dims, keep, at::kFloat).div(kept.clamp_min(1.0));
+  return at::where(keep_mask, input.sign().mul(a.to(input.scalar_type())), at::zeros({}, input.options())).contiguous();
+}
+
+}  // namespace
+
+at::Tensor ternarize(const at::Tensor& input, const std::string& method, std::optional<std::int64_t> axis) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::ternarize", "")
+                       .typed<at::Tensor(const at::Tensor&, c10::string_view, std::optional<std::int64_t>)>();
+  return op.call(input, method, axis);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("ternarize", &ternarize_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("ternarize", &ternarize_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("ternarize", &ternarize_kernel); }
+
+}  // namespace qatkit

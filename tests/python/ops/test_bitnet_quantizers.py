@@ -1,0 +1,154 @@
+"""quantize_per_token, quantize_per_tensor_dynamic and ternarize (BitNet b1.58 absmean, TWN):
+forward against the papers' formulas in float64, identity STE gradients, opcheck, compile and
+export, bad input."""
+
+import pytest
+import torch
+
+from qatkit import ops
+from samples import DTYPES
+
+SHAPES = [(5,), (3, 16), (2, 4, 33)]
+
+
+def _x(shape, dtype, seed=0):
+    return (torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * 2).to(dtype)
+
+
+def per_token_ref(x, qmax, per_tensor=False):
+    """BitNet recipe in float64 with the kernels' float32 scale s = max(|x|, 1e-5) / qmax."""
+    amax = x.abs().amax() if per_tensor else x.abs().amax(-1, keepdim=True)
+    s = (amax.float().clamp(min=1e-5) / qmax).double()
+    inv = (1.0 / s.float()).double()
+    prod = x.double() * inv
+    if x.dtype != torch.float64:
+        prod = prod.float().double()
+    q = torch.round(prod).clamp(-qmax - 1, qmax)
+    y = q * s
+    return (y.float() if x.dtype != torch.float64 else y).to(x.dtype), q
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("qmax", [127, 7])
+def test_per_token_matches_formula(dtype, shape, qmax):
+    x = _x(shape, dtype)
+    y = ops.quantize_per_token(x, qmax)
+    ref, q = per_token_ref(x, qmax)
+    assert torch.equal(y, ref)
+    # each token uses the full code range: its max |x| maps to quant_max
+    assert torch.equal(q.abs().amax(-1), torch.full(q.shape[:-1], float(qmax), dtype=q.dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_per_tensor_dynamic_matches_formula(dtype):
+    x = _x((6, 10), dtype, seed=3)
+    assert torch.equal(ops.quantize_per_tensor_dynamic(x), per_token_ref(x, 127, per_tensor=True)[0])
+
+
+def test_bitnet_snippet_agrees_to_one_ulp():
+    """The public BitNet snippet divides by 127/amax; qatkit multiplies by amax/127 (1 ulp)."""
+    x = _x((8, 64), torch.float32)
+    s = 127.0 / x.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+    snippet = (x * s).round().clamp(-128, 127) / s
+    torch.testing.assert_close(ops.quantize_per_token(x), snippet, rtol=2e-7, atol=0)
+
+
+@pytest.mark.parametrize("fn", [ops.quantize_per_token, ops.quantize_per_tensor_dynamic])
+def test_identity_ste(fn):
+    x = _x((4, 9), torch.float32).requires_grad_()
+    g = torch.randn(4, 9)
+    fn(x).backward(g)
+    assert torch.equal(x.grad, g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, -1])
+def test_ternarize_absmean_matches_formula(dtype, axis):
+    w = _x((12, 20), dtype, seed=5)
+    y = ops.ternarize(w, "absmean", axis)
+    dims = None if axis is None else (1 if axis % 2 == 0 else 0)
+    mean = w.double().abs().mean() if dims is None else w.double().abs().mean(dims, keepdim=True)
+    gamma = mean.clamp(min=1e-5)
+    # gamma is a float32 L1 norm inside the op: compare magnitudes to 1e-6, codes exactly
+    q = torch.round(w.double() / gamma).clamp(-1, 1)
+    tol = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
+    torch.testing.assert_close(y.double(), q * gamma, rtol=tol, atol=0)
+    assert set(torch.unique(torch.sign(y)).tolist()) <= {-1.0, 0.0, 1.0}
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_ternarize_twn_matches_formula(axis):
+    w = _x((10, 24), torch.float32, seed=7)
+    y = ops.ternarize(w, "twn", axis)
+    dims = (0, 1) if axis is None else (1 - axis,)
+    absw = w.double().abs()
+    delta = 0.7 * absw.mean(dims, keepdim=True)
+    keep = absw > delta
+    a = (absw * keep).sum(dims, keepdim=True) / keep.sum(dims, keepdim=True)
+    ref = torch.where(keep, w.double().sign() * a, torch.zeros(()))
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-7)
+    # TWN keeps roughly the largest half of the weights of a Gaussian (|w| > 0.7 E|w|)
+    assert 0.4 < (y != 0).float().mean().item() < 0.7
+
+
+@pytest.mark.parametrize("method", ["absmean", "twn"])
+def test_ternarize_identity_ste(method):
+    w = _x((6, 8), torch.float32).requires_grad_()
+    g = torch.randn(6, 8)
+    ops.ternarize(w, method, 0).backward(g)
+    assert torch.equal(w.grad, g)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 16), (2, 0)])
+def test_opcheck(shape):
+    x = _x(shape, torch.float32).requires_grad_()
+    torch.library.opcheck(torch.ops.qatkit.quantize_per_token.default, (x, 127))
+    torch.library.opcheck(torch.ops.qatkit.quantize_per_tensor_dynamic.default, (x, 127))
+    for method in ("absmean", "twn"):
+        torch.library.opcheck(torch.ops.qatkit.ternarize.default, (x, method, None))
+        if len(shape) > 1:
+            torch.library.opcheck(torch.ops.qatkit.ternarize.default, (x, method, 0))
+
+
+class BitLinearLike(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(8, 16) * 0.1)
+
+    def forward(self, x):
+        return torch.nn.functional.linear(ops.quantize_per_token(x), ops.ternarize(self.weight))
+
+
+def test_compile_and_export():
+    m = BitLinearLike()
+    x = torch.randn(4, 16)
+    torch._dynamo.reset()
+    c = torch.compile(m, backend="aot_eager", fullgraph=True)
+    y = c(x)
+    y.sum().backward()
+    g = m.weight.grad.clone()
+    m.weight.grad = None
+    m(x).sum().backward()
+    assert torch.equal(y, m(x)) and torch.equal(g, m.weight.grad)
+    ep = torch.export.export(m, (x,))
+    assert torch.equal(ep.module()(x), m(x))
+
+
+@pytest.mark.parametrize(
+    "fn,args,exc,fragment",
+    [
+        (ops.ternarize, (torch.randn(4), "bitnet"), ValueError, "method must be one of 'absmean', 'twn', got 'bitnet'"),
+        (ops.ternarize, (torch.randn(4, 4), "absmean", 2), ValueError, "axis must be in [-2, 2)"),
+        (ops.ternarize, (torch.randn(4).int(),), TypeError, "input must be float32"),
+        (ops.quantize_per_token, (torch.tensor(1.0),), ValueError, "needs at least 1 dim"),
+        (ops.quantize_per_token, (torch.randn(3), 0), ValueError, "quant_max must be in [1, 32767]"),
+        (ops.quantize_per_token, (torch.tensor([1.0, float("nan")]),), ValueError, "input must be finite"),
+        (ops.quantize_per_tensor_dynamic, (torch.tensor([float("inf")]),), ValueError, "input must be finite"),
+        (ops.ternarize, (torch.tensor([1.0, float("nan")]),), ValueError, "input must be finite"),
+    ],
+)
+def test_bad_input(fn, args, exc, fragment):
+    with pytest.raises(exc) as info:
+        fn(*args)
+    assert fragment in str(info.value)
