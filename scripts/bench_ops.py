@@ -193,6 +193,12 @@ def main():
         ("quantize_per_token fwd (allocating)", lambda: ops.quantize_per_token(x), 12),
         ("ternarize absmean fwd (allocating)", lambda: ops.ternarize(x, "absmean"), 12),
         ("ternarize twn fwd (allocating)", lambda: ops.ternarize(x, "twn"), 16),
+        ("binarize mean_abs fwd (allocating)", lambda: ops.binarize(x, "mean_abs"), 12),
+        (
+            "binarize bwd approx_sign (allocating)",
+            lambda: torch.ops.qatkit._binarize_backward(g, x, None, None, "approx_sign", 1.0),
+            12,
+        ),
     ):
         add(
             f"{name}, eff. BW share = ratio x {nbytes}/8",

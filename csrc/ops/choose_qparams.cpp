@@ -56,8 +56,8 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_kernel(const at::Tensor& input
     mx = mn.clone();
   } else {
     std::tie(mn, mx) = at::aminmax(rows, /*dim=*/1);
-    mn = mn.to(at::kFloat);
-    mx = mx.to(at::kFloat);
+    mn = ops::as_float(mn);
+    mx = ops::as_float(mx);
   }
   if (input.device().is_cpu()) {
     TORCH_CHECK_VALUE(at::isfinite(mn).all().item<bool>() && at::isfinite(mx).all().item<bool>(),

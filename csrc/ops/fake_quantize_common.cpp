@@ -146,7 +146,7 @@ PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input,
   PreparedFakeQuant p;
   p.input = input.contiguous();
   p.scale = scale.contiguous();
-  p.zero_point = zero_point.to(at::kFloat).contiguous();
+  p.zero_point = as_float(zero_point).contiguous();
   kernels::FakeQuantArgs& a = p.args;
   a.numel = input.numel();
   a.quant_min = static_cast<float>(quant_min);
@@ -223,7 +223,7 @@ void check_pact_alpha_value(const char* op, float alpha) {
 
 std::pair<at::Tensor, at::Tensor> effective_learned_qparams(const at::Tensor& scale, const at::Tensor& zero_point,
                                                             std::int64_t quant_min, std::int64_t quant_max) {
-  return {scale.clamp_min(FLT_EPSILON), zero_point.to(at::kFloat).round().clamp(quant_min, quant_max)};
+  return {scale.clamp_min(FLT_EPSILON), as_float(zero_point).round().clamp(quant_min, quant_max)};
 }
 
 kernels::LsqBackwardArgs lsq_backward_args(const PreparedFakeQuant& p, const at::Tensor& grad, at::Tensor& grad_input) {

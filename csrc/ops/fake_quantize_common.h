@@ -69,6 +69,10 @@ std::pair<at::Tensor, at::Tensor> effective_learned_qparams(const at::Tensor& sc
 /// the contiguous incoming gradient and the grad_input buffer.
 kernels::LsqBackwardArgs lsq_backward_args(const PreparedFakeQuant& p, const at::Tensor& grad, at::Tensor& grad_input);
 
+/// `t` as float32 without dispatching a no-op conversion (an aten::to that returns its input
+/// is flagged by torch's schema checks inside our kernels).
+inline at::Tensor as_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
+
 /// Kernel dtype of a floating tensor (after the checks above have accepted it).
 kernels::DType kernel_dtype(const at::Tensor& t);
 

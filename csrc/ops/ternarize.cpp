@@ -54,7 +54,7 @@ at::Tensor ternarize_kernel(const at::Tensor& input, c10::string_view method, st
   // mean |W| without an |W| temporary: the L1 norm reduces in one pass (float32, float64 inputs
   // in float64)
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor mean_abs = at::linalg_vector_norm(input, 1, dims, keep, acc).div(count).to(at::kFloat);
+  const at::Tensor mean_abs = ops::as_float(at::linalg_vector_norm(input, 1, dims, keep, acc).div(count));
   if (method == "absmean") {
     if (input.device().is_cpu()) {
       TORCH_CHECK_VALUE(at::isfinite(mean_abs).all().item<bool>(),

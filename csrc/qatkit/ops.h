@@ -73,6 +73,23 @@ QATKIT_API at::Tensor quantize_per_tensor_dynamic(const at::Tensor& input, std::
 QATKIT_API at::Tensor ternarize(const at::Tensor& input, const std::string& method = "absmean",
                                 std::optional<std::int64_t> axis = std::nullopt);
 
+/// Binary quantizer: y = sign(x - center) * alpha. scaling "none" (alpha 1, center 0), "mean_abs"
+/// (XNOR-Net alpha = mean|W|), "bitnet" (Sign(W - mean W) * mean|W|, Sign(0) = -1), per tensor or
+/// per channel along `axis`; elsewhere sign(0) = +1. With an int64 `seed` tensor: stochastic
+/// BinaryConnect, +1 with probability hard_sigmoid(x - center), Philox-keyed by the seed and the
+/// element index (same bits on CPU and CUDA). Gradient to the latent input (scales constant) by
+/// `estimator`: "identity", "clipped_ste" (|v| <= 1), "approx_sign" (Bi-Real), "swish_sign"
+/// (SignSwish with `beta`).
+QATKIT_API at::Tensor binarize(const at::Tensor& input, const std::string& scaling = "none",
+                               std::optional<std::int64_t> axis = std::nullopt,
+                               const std::string& estimator = "clipped_ste", double beta = 1.0,
+                               const std::optional<at::Tensor>& seed = std::nullopt);
+
+/// Lower-level binarization with given per-channel center / alpha (float32, or empty).
+QATKIT_API at::Tensor binarize_apply(const at::Tensor& input, const std::optional<at::Tensor>& center,
+                                     const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
+                                     bool zero_negative, const std::optional<at::Tensor>& seed);
+
 /// Scale (float32) and zero point (int32) from the min/max of `input`, with 0 inside the range:
 ///   symmetric:  scale = max(|min|, |max|) / ((quant_max - quant_min) / 2), zero_point 0 for a
 ///               signed range (quant_min < 0), else the mid-point (quant_min + quant_max + 1) / 2;

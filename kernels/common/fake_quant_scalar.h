@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fake_quant_args.h"
 #include "macros.h"
 
 namespace qatkit::kernels {
@@ -72,6 +73,41 @@ QATKIT_HD void pact_grads(C x, C dy, C alpha, C& dx, C& dalpha) {
   const bool clipped = x >= alpha;
   dx = inside ? dy : C(0);
   dalpha = clipped ? dy : C(0);
+}
+
+/// sign() of the binarizers: +1 / -1 (0 maps to +1, or -1 when zero_negative); NaN stays NaN.
+template <typename C>
+QATKIT_HD C binary_sign(C v, bool zero_negative) {
+  if (v > C(0)) return C(1);
+  if (v < C(0)) return C(-1);
+  if (v == C(0)) return zero_negative ? C(-1) : C(1);
+  return v;  // NaN
+}
+
+/// Derivative used for sign() by each estimator, at v:
+///   identity 1; clipped STE 1[|v| <= 1] (hardtanh, papers.md §5); ApproxSign (Bi-Real Net)
+///   2 - 2|v| for |v| < 1 else 0; SignSwish (BNN+) beta (2 - beta v tanh(beta v / 2)) / (1 + cosh(beta v)).
+template <typename C>
+QATKIT_HD C sign_estimator_grad(C v, SignEstimator est, C beta) {
+  const C a = v < C(0) ? -v : v;
+  switch (est) {
+    case SignEstimator::kIdentity:
+      return C(1);
+    case SignEstimator::kClippedSte:
+      return a <= C(1) ? C(1) : C(0);
+    case SignEstimator::kApproxSign:
+      return a < C(1) ? C(2) - C(2) * a : C(0);
+    case SignEstimator::kSwishSign: {
+      // Transcendentals differ in the last ulp between libm and CUDA: CPU == CUDA to rounding here.
+      const C bv = beta * v;
+#if defined(__CUDA_ARCH__)
+      return beta * (C(2) - bv * tanh(bv / C(2))) / (C(1) + cosh(bv));
+#else
+      return beta * (C(2) - bv * std::tanh(bv / C(2))) / (C(1) + std::cosh(bv));
+#endif
+    }
+  }
+  return C(0);
 }
 
 // ---- bfloat16 / float16 storage conversions (bit exact with c10's, round half to even) ----

@@ -171,7 +171,8 @@ const FakeQuantKernels* avx2_kernels() {
                                   &detail::backward_dispatch<Avx2Vec>,
                                   &qparams_valid_avx2,
                                   &detail::lsq_run_dispatch<Avx2Vec>,
-                                  &detail::lsq_row_dispatch, &detail::pact_run_dispatch};
+                                  &detail::lsq_row_dispatch,
+                                  &detail::pact_run_dispatch};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &k : nullptr;

@@ -37,7 +37,8 @@ const FakeQuantKernels& baseline_kernels() {
                                   &detail::backward_dispatch<ScalarVec>,
                                   &detail::qparams_valid_scalar,
                                   &detail::lsq_run_dispatch<ScalarVec>,
-                                  &detail::lsq_row_dispatch, &detail::pact_run_dispatch};
+                                  &detail::lsq_row_dispatch,
+                                  &detail::pact_run_dispatch};
   return k;
 }
 

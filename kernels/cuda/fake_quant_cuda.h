@@ -33,4 +33,8 @@ cudaError_t launch_pact_backward(const PactBackwardArgs& args, float* dalpha, do
 /// Doubles of device workspace launch_pact_backward needs.
 std::int64_t pact_workspace_doubles();
 
+/// Launches binarize (apply) / its estimator backward on `stream` (see BinarizeArgs).
+cudaError_t launch_binarize_forward(const BinarizeArgs& args, cudaStream_t stream);
+cudaError_t launch_binarize_backward(const BinarizeBackwardArgs& args, cudaStream_t stream);
+
 }  // namespace qatkit::kernels::cuda

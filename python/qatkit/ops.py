@@ -20,6 +20,7 @@ __all__ = [
     "quantize_per_token",
     "quantize_per_tensor_dynamic",
     "ternarize",
+    "binarize",
     "choose_qparams",
     "validate_qparams",
 ]
@@ -188,6 +189,35 @@ def ternarize(input: torch.Tensor, method: str = "absmean", axis: Optional[int] 
             or (CPU, absmean) NaN/Inf weights.
     """
     return torch.ops.qatkit.ternarize(input, method, axis)
+
+
+def binarize(
+    input: torch.Tensor,
+    scaling: str = "none",
+    axis: Optional[int] = None,
+    estimator: str = "clipped_ste",
+    beta: float = 1.0,
+    seed: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Binary quantizer ``y = sign(x - center) * alpha`` with a choice of scaling and estimator.
+
+    scaling:
+        ``"none"`` (+-1), ``"mean_abs"`` (XNOR-Net: alpha = mean|W|, papers.md §5), ``"bitnet"``
+        (BitNet: ``Sign(W - mean W) * mean|W|`` with Sign(0) = -1, §7.1); per tensor, or per
+        channel along ``axis``. Elsewhere sign(0) = +1.
+    estimator (gradient to the latent input; the scales are constants, as in the papers' code):
+        ``"identity"`` (STE), ``"clipped_ste"`` (1 where ``|v| <= 1``), ``"approx_sign"``
+        (Bi-Real Net: ``2 - 2|v|`` on ``|v| < 1``), ``"swish_sign"`` (BNN+'s SignSwish with ``beta``).
+    seed:
+        an int64 tensor with one element: stochastic BinaryConnect (§4), +1 with probability
+        ``clamp((v + 1) / 2, 0, 1)``, drawn by Philox from (seed, element index) — reproducible,
+        compile-safe and the same on CPU and CUDA.
+
+    Raises:
+        ValueError: an unknown scaling or estimator (the message lists the valid ones), a bad axis,
+            beta, or seed shape. TypeError: integer input or a non-int64 seed.
+    """
+    return torch.ops.qatkit.binarize(input, scaling, axis, estimator, beta, seed)
 
 
 def choose_qparams(

@@ -104,3 +104,20 @@ CATCH_TEST_CASE("pact_quantize: clip-then-quantize and its gradients from C++", 
   CATCH_CHECK(torch::equal(x.grad(), ((xd >= 0) & (xd < 3)).to(torch::kFloat)));
   CATCH_CHECK(alpha.grad().item<float>() == (xd >= 3).sum().item<float>());
 }
+
+CATCH_TEST_CASE("binarize, ternarize and per-token quantize from C++", "[api]") {
+  auto w = torch::tensor({0.5f, -2.0f, 0.0f, 1.5f}).requires_grad_();
+  auto y = qatkit::binarize(w, "mean_abs", std::nullopt, "clipped_ste");
+  CATCH_CHECK(torch::allclose(y, torch::tensor({1.0f, -1.0f, 1.0f, 1.0f}) * 1.0f));
+  y.sum().backward();
+  CATCH_CHECK(torch::equal(w.grad(), torch::tensor({1.0f, 0.0f, 1.0f, 0.0f})));  // hardtanh window
+  auto t = qatkit::ternarize(torch::tensor({0.1f, -3.0f, 1.0f, 0.0f}));
+  CATCH_CHECK(torch::allclose(t, torch::tensor({0.0f, -1.025f, 1.025f, 0.0f})));  // gamma = mean|W|
+  auto q = qatkit::quantize_per_token(torch::tensor({{1.0f, -0.5f}, {0.25f, 0.0f}}));
+  CATCH_CHECK(torch::allclose(q, torch::tensor({{1.0f, -0.5f}, {0.25f, 0.0f}}), 0, 1e-2));
+  auto s =
+      qatkit::binarize(torch::zeros({1000}), "none", std::nullopt, "identity", 1.0, torch::tensor({5}, torch::kLong));
+  CATCH_CHECK(torch::equal(s, qatkit::binarize(torch::zeros({1000}), "none", std::nullopt, "identity", 1.0,
+                                               torch::tensor({5}, torch::kLong))));
+  CATCH_CHECK_THROWS_WITH(qatkit::binarize(w, "xnor"), Catch::Contains("scaling must be one of"));
+}

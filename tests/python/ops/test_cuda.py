@@ -133,3 +133,23 @@ def test_pact_backward_cuda_matches_cpu():
     assert torch.equal(dx_g.cpu(), dx_c)
     torch.testing.assert_close(da_g.cpu(), da_c, rtol=1e-6, atol=1e-5)
     assert torch.equal(ops.pact_quantize(x.cuda(), alpha.cuda(), 15).cpu(), ops.pact_quantize(x, alpha, 15))
+
+
+@pytest.mark.parametrize("scaling", ["none", "mean_abs", "bitnet"])
+@pytest.mark.parametrize("estimator", ["identity", "clipped_ste", "approx_sign", "swish_sign"])
+def test_binarize_cuda_matches_cpu(scaling, estimator):
+    x = torch.randn(64, 48)
+    g = torch.randn(64, 48)
+    xc, xg = x.clone().requires_grad_(), x.cuda().requires_grad_()
+    yc = ops.binarize(xc, scaling, 0, estimator, 1.5)
+    yg = ops.binarize(xg, scaling, 0, estimator, 1.5)
+    torch.testing.assert_close(yg.cpu(), yc, rtol=1e-6, atol=0)  # scales: reductions in another order
+    yc.backward(g)
+    yg.backward(g.cuda())
+    torch.testing.assert_close(xg.grad.cpu(), xc.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_stochastic_binarize_same_bits_on_cuda():
+    x = torch.randn(100_000) * 0.5
+    seed = torch.tensor([77])
+    assert torch.equal(ops.binarize(x.cuda(), seed=seed.cuda()).cpu(), ops.binarize(x, seed=seed))

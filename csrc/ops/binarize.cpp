@@ -1,0 +1,180 @@
+// The binarize family (papers.md §4 BinaryConnect, §5 XNOR-Net / STE, §7.1 BitNet; Bi-Real's
+// ApproxSign and BNN+'s SignSwish estimators): schemas, checks, statistics, the device-generic
+// public kernel and the C++ API. Elementwise kernels: ops/{cpu,cuda,meta}/binarize_kernel.*;
+// autograd: ops/autograd/binarize_kernel.cpp.
+#include "binarize_common.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/mean.h>
+#include <fmt/format.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "fake_quantize_common.h"
+#include "qatkit/ops.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  m.def(
+      "binarize(Tensor input, str scaling=\"none\", int? axis=None, str estimator=\"clipped_ste\", "
+      "float beta=1.0, Tensor? seed=None) -> Tensor",
+      tags);
+  // y = sign(x - center) * alpha (stochastic with a seed); center / alpha per channel or None.
+  m.def(
+      "_binarize_apply(Tensor input, Tensor? center, Tensor? alpha, int? axis, bool zero_negative, "
+      "Tensor? seed) -> Tensor",
+      tags);
+  m.def("_binarize_backward(Tensor grad, Tensor input, Tensor? center, int? axis, str estimator, float beta) -> Tensor",
+        tags);
+}
+
+namespace qatkit {
+namespace ops {
+
+BinaryScaling parse_scaling(const char* op, c10::string_view scaling) {
+  if (scaling == "none") return BinaryScaling::kNone;
+  if (scaling == "mean_abs") return BinaryScaling::kMeanAbs;
+  if (scaling == "bitnet") return BinaryScaling::kBitNet;
+  TORCH_CHECK_VALUE(false, fmt::format("{}: scaling must be one of 'none', 'mean_abs', 'bitnet', got '{}'", op,
+                                       std::string(scaling)));
+}
+
+kernels::SignEstimator parse_estimator(const char* op, c10::string_view estimator) {
+  if (estimator == "identity") return kernels::SignEstimator::kIdentity;
+  if (estimator == "clipped_ste") return kernels::SignEstimator::kClippedSte;
+  if (estimator == "approx_sign") return kernels::SignEstimator::kApproxSign;
+  if (estimator == "swish_sign") return kernels::SignEstimator::kSwishSign;
+  TORCH_CHECK_VALUE(false, fmt::format("{}: estimator must be one of 'identity', 'clipped_ste', 'approx_sign', "
+                                       "'swish_sign', got '{}'",
+                                       op, std::string(estimator)));
+}
+
+void check_binarize_args(const char* op, const at::Tensor& input, std::optional<std::int64_t> axis, double beta,
+                         const std::optional<at::Tensor>& seed) {
+  check_input_and_range(op, input, -1, 1, axis, std::nullopt);
+  TORCH_CHECK_VALUE(std::isfinite(beta) && beta > 0.0,
+                    fmt::format("{}: beta must be positive and finite, got {}", op, beta));
+  if (seed.has_value() && seed->defined()) {
+    TORCH_CHECK_TYPE(seed->scalar_type() == at::kLong,
+                     fmt::format("{}: seed must be an int64 tensor, got {}", op, c10::toString(seed->scalar_type())));
+    TORCH_CHECK_VALUE(seed->sym_numel() == 1, fmt::format("{}: seed must have 1 element, got {}", op,
+                                                          seed->sym_numel().guard_int(__FILE__, __LINE__)));
+    TORCH_CHECK_VALUE(seed->device() == input.device(), fmt::format("{}: seed must be on input's device {}, got {}", op,
+                                                                    input.device().str(), seed->device().str()));
+  }
+}
+
+void check_binary_stats_shape(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& center,
+                              const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis) {
+  const c10::SymInt channels =
+      axis.has_value() ? input.sym_size(*axis < 0 ? *axis + input.dim() : *axis) : c10::SymInt(1);
+  for (const auto* t : {&center, &alpha}) {
+    if (!t->has_value() || !(*t)->defined()) continue;
+    const at::Tensor& v = **t;
+    const char* name = t == &center ? "center" : "alpha";
+    TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat,
+                     fmt::format("{}: {} must be float32, got {}", op, name, c10::toString(v.scalar_type())));
+    TORCH_CHECK_VALUE(v.device() == input.device(), fmt::format("{}: {} must be on input's device {}, got {}", op, name,
+                                                                input.device().str(), v.device().str()));
+    TORCH_CHECK_VALUE(input.sym_numel() == 0 || v.sym_numel() == channels,
+                      fmt::format("{}: {} must have {} elements (one per channel), got {}", op, name,
+                                  channels.guard_int(__FILE__, __LINE__), v.sym_numel().guard_int(__FILE__, __LINE__)));
+  }
+}
+
+void check_binarize_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                                  const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                  double beta) {
+  check_binarize_args(op, input, axis, beta, std::nullopt);
+  check_binary_stats_shape(op, input, center, std::nullopt, axis);
+  TORCH_CHECK_TYPE(grad.scalar_type() == input.scalar_type(),
+                   fmt::format("{}: grad must have input's dtype {}, got {}", op, c10::toString(input.scalar_type()),
+                               c10::toString(grad.scalar_type())));
+  TORCH_CHECK_VALUE(grad.sym_sizes() == input.sym_sizes(), fmt::format("{}: grad must have input's shape", op));
+}
+
+BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::optional<std::int64_t> axis) {
+  BinaryStats st;
+  if (scaling == BinaryScaling::kNone || input.sym_numel() == 0) return st;
+  std::vector<std::int64_t> dims(input.dim());
+  std::iota(dims.begin(), dims.end(), 0);
+  std::int64_t channels = 1;
+  if (axis.has_value()) {
+    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
+    dims.erase(dims.begin() + ax);
+    channels = input.sym_size(ax).guard_int(__FILE__, __LINE__);
+  }
+  const double count =
+      static_cast<double>(input.sym_numel().guard_int(__FILE__, __LINE__)) / static_cast<double>(channels);
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  // mean |W| as an L1 norm (one pass, no |W| temporary)
+  st.alpha = as_float(at::linalg_vector_norm(input, 1, dims, false, acc).div(count)).reshape(-1);
+  if (scaling == BinaryScaling::kBitNet) {
+    st.center = as_float(at::mean(input, dims, false, acc)).reshape(-1);
+  }
+  return st;
+}
+
+const float* optional_float_ptr(const std::optional<at::Tensor>& t, at::Tensor& keep) {
+  if (!t.has_value() || !t->defined()) return nullptr;
+  keep = as_float(*t).contiguous();
+  return keep.const_data_ptr<float>();
+}
+
+std::pair<std::int64_t, std::int64_t> binary_layout(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  std::int64_t inner = 1, channels = 1;
+  if (axis.has_value()) {
+    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
+    channels = input.size(ax);
+    for (std::int64_t d = ax + 1; d < input.dim(); ++d) inner *= input.size(d);
+  } else {
+    inner = input.numel();
+  }
+  return {std::max<std::int64_t>(inner, 1), std::max<std::int64_t>(channels, 1)};
+}
+
+}  // namespace ops
+
+namespace {
+
+at::Tensor binarize_kernel(const at::Tensor& input, c10::string_view scaling, std::optional<std::int64_t> axis,
+                           c10::string_view estimator, double beta, const std::optional<at::Tensor>& seed) {
+  constexpr const char* op = "binarize";
+  ops::check_binarize_args(op, input, axis, beta, seed);
+  const ops::BinaryScaling sc = ops::parse_scaling(op, scaling);
+  (void)ops::parse_estimator(op, estimator);  // validated here too; used by the backward
+  const ops::BinaryStats st = ops::binary_stats(input, sc, axis);
+  return binarize_apply(input, st.center, st.alpha, axis, sc == ops::BinaryScaling::kBitNet, seed);
+}
+
+}  // namespace
+
+at::Tensor binarize(const at::Tensor& input, const std::string& scaling, std::optional<std::int64_t> axis,
+                    const std::string& estimator, double beta, const std::optional<at::Tensor>& seed) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::binarize", "")
+                       .typed<at::Tensor(const at::Tensor&, c10::string_view, std::optional<std::int64_t>,
+                                         c10::string_view, double, const std::optional<at::Tensor>&)>();
+  return op.call(input, scaling, axis, estimator, beta, seed);
+}
+
+at::Tensor binarize_apply(const at::Tensor& input, const std::optional<at::Tensor>& center,
+                          const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis, bool zero_negative,
+                          const std::optional<at::Tensor>& seed) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("qatkit::_binarize_apply", "")
+          .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                            std::optional<std::int64_t>, bool, const std::optional<at::Tensor>&)>();
+  return op.call(input, center, alpha, axis, zero_negative, seed);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("binarize", &binarize_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("binarize", &binarize_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("binarize", &binarize_kernel); }
+
+}  // namespace qatkit
