@@ -36,12 +36,18 @@ void forward_typed(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) 
         y[i] = E::store(s * alpha);
       }
     } else {
-      for (; i < run_end; ++i) y[i] = E::store(binary_sign<C>(E::load(x[i]) - center, a.zero_negative) * alpha);
+      const C at_zero = a.zero_negative ? -alpha : alpha;
+      for (; i < run_end; ++i) {
+        // selects rather than branches, so the loop vectorizes; NaN falls through to v * alpha
+        const C v = E::load(x[i]) - center;
+        const C pos_neg = v > C(0) ? alpha : -alpha;
+        y[i] = E::store(v != C(0) && v == v ? pos_neg : (v == C(0) ? at_zero : v * alpha));
+      }
     }
   }
 }
 
-template <typename S>
+template <typename S, SignEstimator kEst>
 void backward_typed(const BinarizeBackwardArgs& a, std::int64_t begin, std::int64_t end) {
   using E = Elem<S>;
   using C = typename E::C;
@@ -55,9 +61,24 @@ void backward_typed(const BinarizeBackwardArgs& a, std::int64_t begin, std::int6
     const std::int64_t c = block % a.channels;
     const std::int64_t run_end = std::min(end, (block + 1) * a.inner);
     const C center = a.center ? static_cast<C>(a.center[c]) : C(0);
+    // the estimator is a template argument: the inner loop has no switch and vectorizes
     for (; i < run_end; ++i) {
-      dx[i] = E::store(E::load(dy[i]) * sign_estimator_grad<C>(E::load(x[i]) - center, a.estimator, beta));
+      dx[i] = E::store(E::load(dy[i]) * sign_estimator_grad<C>(E::load(x[i]) - center, kEst, beta));
     }
+  }
+}
+
+template <typename S>
+void backward_dispatch_estimator(const BinarizeBackwardArgs& a, std::int64_t begin, std::int64_t end) {
+  switch (a.estimator) {
+    case SignEstimator::kIdentity:
+      return backward_typed<S, SignEstimator::kIdentity>(a, begin, end);
+    case SignEstimator::kClippedSte:
+      return backward_typed<S, SignEstimator::kClippedSte>(a, begin, end);
+    case SignEstimator::kApproxSign:
+      return backward_typed<S, SignEstimator::kApproxSign>(a, begin, end);
+    case SignEstimator::kSwishSign:
+      return backward_typed<S, SignEstimator::kSwishSign>(a, begin, end);
   }
 }
 
@@ -79,13 +100,13 @@ void binarize_forward(const BinarizeArgs& a, std::int64_t begin, std::int64_t en
 void binarize_backward(const BinarizeBackwardArgs& a, std::int64_t begin, std::int64_t end) {
   switch (a.dtype) {
     case DType::kFloat32:
-      return backward_typed<float>(a, begin, end);
+      return backward_dispatch_estimator<float>(a, begin, end);
     case DType::kFloat64:
-      return backward_typed<double>(a, begin, end);
+      return backward_dispatch_estimator<double>(a, begin, end);
     case DType::kFloat16:
-      return backward_typed<detail::Half>(a, begin, end);
+      return backward_dispatch_estimator<detail::Half>(a, begin, end);
     case DType::kBFloat16:
-      return backward_typed<detail::BFloat16>(a, begin, end);
+      return backward_dispatch_estimator<detail::BFloat16>(a, begin, end);
   }
 }
 
