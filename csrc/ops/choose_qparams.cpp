@@ -6,6 +6,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/aminmax.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/full_like.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/zeros.h>
 #include <c10/core/GradMode.h>
@@ -17,6 +18,7 @@
 
 #include "fake_quantize_common.h"
 #include "qatkit/ops.h"
+#include "qparams_math.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
@@ -26,6 +28,34 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
 }
 
 namespace qatkit {
+namespace ops {
+
+std::pair<at::Tensor, at::Tensor> row_min_max(const at::Tensor& rows) {
+  if (rows.sym_size(1) == 0) {  // no elements per row: the range is {0}
+    at::Tensor z = at::zeros_symint({rows.sym_size(0)}, rows.options().dtype(at::kFloat));
+    return {z, z.clone()};
+  }
+  // amin + amax: ATen's fused aminmax over a dim is several times slower on the CPU
+  return {as_float(rows.amin(1)), as_float(rows.amax(1))};
+}
+
+std::pair<at::Tensor, at::Tensor> qparams_from_min_max(const at::Tensor& mn, const at::Tensor& mx,
+                                                       std::int64_t quant_min, std::int64_t quant_max, bool symmetric) {
+  // Same float32 arithmetic as torch.ao's MinMaxObserver._calculate_qparams.
+  const at::Tensor min_neg = mn.clamp_max(0);
+  const at::Tensor max_pos = mx.clamp_min(0);
+  if (symmetric) {
+    const at::Tensor amax = min_neg.neg().maximum(max_pos);
+    const at::Tensor scale = amax.div(static_cast<float>(quant_max - quant_min) / 2.0f).clamp_min(FLT_EPSILON);
+    const std::int64_t mid = quant_min < 0 ? 0 : (quant_min + quant_max + 1) / 2;
+    return {scale, at::full_like(scale, mid, scale.options().dtype(at::kInt))};
+  }
+  const at::Tensor scale = max_pos.sub(min_neg).div(static_cast<float>(quant_max - quant_min)).clamp_min(FLT_EPSILON);
+  return {scale, min_neg.div(scale).round().neg().add(quant_min).clamp(quant_min, quant_max).to(at::kInt)};
+}
+
+}  // namespace ops
+
 namespace {
 
 using OptInt = std::optional<std::int64_t>;
@@ -50,32 +80,12 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_kernel(const at::Tensor& input
     out_shape = {1};
     rows = input.reshape_symint({1, input.sym_numel()});
   }
-  at::Tensor mn, mx;
-  if (rows.sym_size(1) == 0) {  // no elements per row: the range is {0}
-    mn = at::zeros_symint({rows.sym_size(0)}, input.options().dtype(at::kFloat));
-    mx = mn.clone();
-  } else {
-    std::tie(mn, mx) = at::aminmax(rows, /*dim=*/1);
-    mn = ops::as_float(mn);
-    mx = ops::as_float(mx);
-  }
+  auto [mn, mx] = ops::row_min_max(rows);
   if (input.device().is_cpu()) {
     TORCH_CHECK_VALUE(at::isfinite(mn).all().item<bool>() && at::isfinite(mx).all().item<bool>(),
                       fmt::format("{}: input must be finite, found NaN or Inf", kOp));
   }
-  // Same float32 arithmetic as torch.ao's MinMaxObserver._calculate_qparams.
-  const at::Tensor min_neg = mn.clamp_max(0);
-  const at::Tensor max_pos = mx.clamp_min(0);
-  at::Tensor scale, zero_point;
-  if (symmetric) {
-    const at::Tensor amax = min_neg.neg().maximum(max_pos);
-    scale = amax.div(static_cast<float>(quant_max - quant_min) / 2.0f).clamp_min(FLT_EPSILON);
-    const std::int64_t mid = quant_min < 0 ? 0 : (quant_min + quant_max + 1) / 2;
-    zero_point = at::full_symint({rows.sym_size(0)}, mid, input.options().dtype(at::kInt));
-  } else {
-    scale = max_pos.sub(min_neg).div(static_cast<float>(quant_max - quant_min)).clamp_min(FLT_EPSILON);
-    zero_point = min_neg.div(scale).round().neg().add(quant_min).clamp(quant_min, quant_max).to(at::kInt);
-  }
+  auto [scale, zero_point] = ops::qparams_from_min_max(mn, mx, quant_min, quant_max, symmetric);
   return {scale.reshape_symint(out_shape).contiguous(), zero_point.reshape_symint(out_shape).contiguous()};
 }
 

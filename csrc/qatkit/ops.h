@@ -90,6 +90,21 @@ QATKIT_API at::Tensor binarize_apply(const at::Tensor& input, const std::optiona
                                      const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
                                      bool zero_negative, const std::optional<at::Tensor>& seed);
 
+/// Fused observer + fake quantize: when observer_on, update running_min / running_max in place
+/// (moving average with `momentum`, an empty +-inf buffer taking the first value, or plain
+/// min/max), recompute scale / zero_point into their buffers (choose_qparams' formulas); then
+/// fake-quantize when fake_quant_on, else pass the input through. Flags are 1-element tensors read
+/// on the device (no sync, no recompilation when toggled). Buffers: float32 (zero_point int32)
+/// with one element per channel (axis) or one per tensor. Gradient: clipped STE when fake
+/// quantizing, identity otherwise.
+QATKIT_API at::Tensor fused_observe_fake_quantize(const at::Tensor& input, at::Tensor& running_min,
+                                                  at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point,
+                                                  const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+                                                  double momentum = 0.01, bool moving_average = true,
+                                                  std::int64_t quant_min = -128, std::int64_t quant_max = 127,
+                                                  bool symmetric = false,
+                                                  std::optional<std::int64_t> axis = std::nullopt);
+
 /// Scale (float32) and zero point (int32) from the min/max of `input`, with 0 inside the range:
 ///   symmetric:  scale = max(|min|, |max|) / ((quant_max - quant_min) / 2), zero_point 0 for a
 ///               signed range (quant_min < 0), else the mid-point (quant_min + quant_max + 1) / 2;

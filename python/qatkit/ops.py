@@ -21,6 +21,7 @@ __all__ = [
     "quantize_per_tensor_dynamic",
     "ternarize",
     "binarize",
+    "fused_observe_fake_quantize",
     "choose_qparams",
     "validate_qparams",
 ]
@@ -218,6 +219,57 @@ def binarize(
             beta, or seed shape. TypeError: integer input or a non-int64 seed.
     """
     return torch.ops.qatkit.binarize(input, scaling, axis, estimator, beta, seed)
+
+
+def fused_observe_fake_quantize(
+    input: torch.Tensor,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    observer_on: torch.Tensor,
+    fake_quant_on: torch.Tensor,
+    momentum: float = 0.01,
+    moving_average: bool = True,
+    quant_min: int = -128,
+    quant_max: int = 127,
+    symmetric: bool = False,
+    axis: Optional[int] = None,
+) -> torch.Tensor:
+    """Observe, recompute qparams and fake-quantize in one op (the QAT activation quantizer).
+
+    When ``observer_on`` is set, ``running_min`` / ``running_max`` are updated in place — by a
+    moving average with ``momentum`` (a buffer still at +-inf takes the first observation) or, with
+    ``moving_average=False``, by plain min/max — and ``scale`` / ``zero_point`` are recomputed in
+    place with :func:`choose_qparams`' formulas. Then the input is fake-quantized when
+    ``fake_quant_on`` is set, else returned unchanged (as a new tensor). The flags are one-element
+    tensors read on the device: toggling them neither syncs nor recompiles a compiled model.
+
+    Args:
+        running_min, running_max, scale: float32 buffers, one element per channel (``axis``) or one.
+        zero_point: int32 buffer of the same size.
+        observer_on, fake_quant_on: bool or integer tensors with one element.
+        momentum: moving-average weight of the new observation, in ``[0, 1]``.
+
+    Returns:
+        The fake-quantized (or passed-through) input. Gradient: clipped STE when fake quantizing,
+        identity otherwise.
+    """
+    return torch.ops.qatkit.fused_observe_fake_quantize(
+        input,
+        running_min,
+        running_max,
+        scale,
+        zero_point,
+        observer_on,
+        fake_quant_on,
+        momentum,
+        moving_average,
+        quant_min,
+        quant_max,
+        symmetric,
+        axis,
+    )
 
 
 def choose_qparams(

@@ -1,0 +1,154 @@
+// Fused observer + fake quantize (the FusedMovingAvgObsFakeQuantize pattern of Jacob et al.'s QAT
+// recipe, papers.md §2-3): update running min/max in place (moving average with `momentum`, or
+// plain min/max), recompute scale / zero point into their buffers, fake-quantize. The on/off
+// switches are tensors read on the device, so toggling them neither syncs nor recompiles.
+//   _observer_update: the mutable, non-differentiable half (CPU/CUDA/Meta: ATen ops on
+//                     statistic-sized tensors after one amin + amax pass over the input);
+//   fused_observe_fake_quantize: CompositeImplicitAutograd = _observer_update, then
+//                     where(fake_quant_on, fake_quantize(x, scale, zero_point), x), so the
+//                     gradient is the clipped STE when on and the identity when off.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/where.h>
+#include <fmt/format.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "fake_quantize_common.h"
+#include "qatkit/ops.h"
+#include "qparams_math.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
+  m.def(
+      "_observer_update(Tensor input, Tensor(a!) running_min, Tensor(b!) running_max, Tensor(c!) scale, "
+      "Tensor(d!) zero_point, Tensor observer_on, float momentum, bool moving_average, int quant_min, "
+      "int quant_max, bool symmetric, int? axis=None) -> ()",
+      tags);
+  m.def(
+      "fused_observe_fake_quantize(Tensor input, Tensor(a!) running_min, Tensor(b!) running_max, "
+      "Tensor(c!) scale, Tensor(d!) zero_point, Tensor observer_on, Tensor fake_quant_on, float momentum=0.01, "
+      "bool moving_average=True, int quant_min=-128, int quant_max=127, bool symmetric=False, int? axis=None) "
+      "-> Tensor",
+      tags);
+}
+
+namespace qatkit {
+namespace {
+
+using OptInt = std::optional<std::int64_t>;
+
+void check_buffer(const char* op, const char* name, const at::Tensor& t, at::ScalarType dtype,
+                  const c10::SymInt& channels, const at::Tensor& input) {
+  TORCH_CHECK_TYPE(t.scalar_type() == dtype, fmt::format("{}: {} must be {}, got {}", op, name, c10::toString(dtype),
+                                                         c10::toString(t.scalar_type())));
+  TORCH_CHECK_VALUE(t.sym_numel() == channels,
+                    fmt::format("{}: {} must have {} elements (one per channel), got {}", op, name,
+                                channels.guard_int(__FILE__, __LINE__), t.sym_numel().guard_int(__FILE__, __LINE__)));
+  TORCH_CHECK_VALUE(t.device() == input.device(), fmt::format("{}: {} must be on input's device {}, got {}", op, name,
+                                                              input.device().str(), t.device().str()));
+}
+
+void check_flag(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input) {
+  TORCH_CHECK_TYPE(
+      t.scalar_type() == at::kBool || at::isIntegralType(t.scalar_type(), false),
+      fmt::format("{}: {} must be a bool or integer tensor, got {}", op, name, c10::toString(t.scalar_type())));
+  TORCH_CHECK_VALUE(t.sym_numel() == 1, fmt::format("{}: {} must have 1 element, got {}", op, name,
+                                                    t.sym_numel().guard_int(__FILE__, __LINE__)));
+  TORCH_CHECK_VALUE(t.device() == input.device(), fmt::format("{}: {} must be on input's device {}, got {}", op, name,
+                                                              input.device().str(), t.device().str()));
+}
+
+void check_observer_args(const char* op, const at::Tensor& input, const at::Tensor& running_min,
+                         const at::Tensor& running_max, const at::Tensor& scale, const at::Tensor& zero_point,
+                         const at::Tensor& observer_on, double momentum, std::int64_t quant_min, std::int64_t quant_max,
+                         OptInt axis) {
+  ops::check_input_and_range(op, input, quant_min, quant_max, axis, std::nullopt);
+  TORCH_CHECK_VALUE(momentum >= 0.0 && momentum <= 1.0,
+                    fmt::format("{}: momentum must be in [0, 1], got {}", op, momentum));
+  const c10::SymInt channels = axis.has_value() ? input.sym_size(*axis) : c10::SymInt(1);
+  check_buffer(op, "running_min", running_min, at::kFloat, channels, input);
+  check_buffer(op, "running_max", running_max, at::kFloat, channels, input);
+  check_buffer(op, "scale", scale, at::kFloat, channels, input);
+  check_buffer(op, "zero_point", zero_point, at::kInt, channels, input);
+  check_flag(op, "observer_on", observer_on, input);
+}
+
+void observer_update_kernel(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max,
+                            at::Tensor& scale, at::Tensor& zero_point, const at::Tensor& observer_on, double momentum,
+                            bool moving_average, std::int64_t quant_min, std::int64_t quant_max, bool symmetric,
+                            OptInt axis) {
+  constexpr const char* op = "_observer_update";
+  // Statistics are not differentiable: never record the buffer updates in an autograd graph
+  // (the buffers would otherwise chain every training step's graph together).
+  const at::NoGradGuard no_grad;
+  check_observer_args(op, input, running_min, running_max, scale, zero_point, observer_on, momentum, quant_min,
+                      quant_max, axis);
+  if (input.sym_numel() == 0) return;  // nothing observed
+  const at::Tensor rows =
+      axis.has_value() ? input.movedim(*axis, 0).reshape_symint({input.sym_size(*axis), -1}) : input.reshape({1, -1});
+  auto [cur_min, cur_max] = ops::row_min_max(rows);
+  const at::Tensor rmin = running_min.reshape(-1), rmax = running_max.reshape(-1);
+  at::Tensor upd_min, upd_max;
+  if (moving_average) {  // an empty (+-inf) running value starts at the first observation
+    upd_min = at::where(at::isinf(rmin), cur_min, rmin.add(cur_min.sub(rmin).mul(momentum)));
+    upd_max = at::where(at::isinf(rmax), cur_max, rmax.add(cur_max.sub(rmax).mul(momentum)));
+  } else {
+    upd_min = rmin.minimum(cur_min);
+    upd_max = rmax.maximum(cur_max);
+  }
+  const at::Tensor on = observer_on.reshape({}).to(at::kBool);
+  const at::Tensor new_min = at::where(on, upd_min, rmin), new_max = at::where(on, upd_max, rmax);
+  auto [s, z] = ops::qparams_from_min_max(new_min, new_max, quant_min, quant_max, symmetric);
+  const at::Tensor valid = at::isfinite(new_min).logical_and(at::isfinite(new_max));
+  const at::Tensor new_scale = at::where(valid, s, scale.reshape(-1));
+  const at::Tensor new_zero = at::where(valid, z, zero_point.reshape(-1));
+  running_min.copy_(new_min.reshape(running_min.sizes()));
+  running_max.copy_(new_max.reshape(running_max.sizes()));
+  scale.copy_(new_scale.reshape(scale.sizes()));
+  zero_point.copy_(new_zero.reshape(zero_point.sizes()));
+}
+
+at::Tensor fused_observe_fake_quantize_composite(const at::Tensor& input, at::Tensor& running_min,
+                                                 at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point,
+                                                 const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+                                                 double momentum, bool moving_average, std::int64_t quant_min,
+                                                 std::int64_t quant_max, bool symmetric, OptInt axis) {
+  check_flag("fused_observe_fake_quantize", "fake_quant_on", fake_quant_on, input);
+  static auto update = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("qatkit::_observer_update", "")
+                           .typed<void(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&,
+                                       const at::Tensor&, double, bool, std::int64_t, std::int64_t, bool, OptInt)>();
+  update.call(input, running_min, running_max, scale, zero_point, observer_on, momentum, moving_average, quant_min,
+              quant_max, symmetric, axis);
+  const at::Tensor fq = fake_quantize(input, scale.reshape(-1), zero_point.reshape(-1), quant_min, quant_max, axis);
+  return at::where(fake_quant_on.reshape({}).to(at::kBool), fq, input);
+}
+
+}  // namespace
+
+at::Tensor fused_observe_fake_quantize(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max,
+                                       at::Tensor& scale, at::Tensor& zero_point, const at::Tensor& observer_on,
+                                       const at::Tensor& fake_quant_on, double momentum, bool moving_average,
+                                       std::int64_t quant_min, std::int64_t quant_max, bool symmetric, OptInt axis) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("qatkit::fused_observe_fake_quantize", "")
+          .typed<at::Tensor(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, double, bool, std::int64_t, std::int64_t, bool, OptInt)>();
+  return op.call(input, running_min, running_max, scale, zero_point, observer_on, fake_quant_on, momentum,
+                 moving_average, quant_min, quant_max, symmetric, axis);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("_observer_update", &observer_update_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("_observer_update", &observer_update_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("_observer_update", &observer_update_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CompositeImplicitAutograd, m) {
+  m.impl("fused_observe_fake_quantize", &fused_observe_fake_quantize_composite);
+}
+
+}  // namespace qatkit
