@@ -22,10 +22,11 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "fake_quantize.out(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
       "int? axis=None, int? group_size=None, *, Tensor(a!) out) -> Tensor(a!)",
       kTags);
-  // Forward that also returns the STE bit mask (bit i of byte i/8), saved for the backward.
+  // Forward that also returns the STE bit mask (bit i of byte i/8), saved for the backward. An
+  // `enabled` tensor holding 0 (read on the device) makes it an identity with an all-ones mask.
   m.def(
       "_fake_quantize_with_mask(Tensor input, Tensor scale, Tensor zero_point, int quant_min, int quant_max, "
-      "int? axis=None, int? group_size=None) -> (Tensor, Tensor)",
+      "int? axis=None, int? group_size=None, Tensor? enabled=None) -> (Tensor, Tensor)",
       kTags);
   m.def("_fake_quantize_backward(Tensor grad, Tensor mask) -> Tensor", kTags);
 }

@@ -141,7 +141,7 @@ void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::
 PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
                                         const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
                                         std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size,
-                                        at::Tensor& out, std::uint8_t* mask) {
+                                        at::Tensor& out, std::uint8_t* mask, const std::optional<at::Tensor>& enabled) {
   check_fake_quantize_args(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
   PreparedFakeQuant p;
   p.input = input.contiguous();
@@ -172,6 +172,11 @@ PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input,
   a.mask = mask;
   a.scale = p.scale.const_data_ptr<float>();
   a.zero_point = p.zero_point.const_data_ptr<float>();
+  if (enabled.has_value() && enabled->defined()) {
+    check_enabled_flag(op, input, enabled);
+    p.enabled = enabled->reshape({1}).to(at::kByte).contiguous();  // device op: no host sync
+    a.enabled = p.enabled.const_data_ptr<std::uint8_t>();
+  }
   return p;
 }
 
@@ -240,6 +245,18 @@ kernels::LsqBackwardArgs lsq_backward_args(const PreparedFakeQuant& p, const at:
   a.quant_max = p.args.quant_max;
   a.dtype = p.args.dtype;
   return a;
+}
+
+void check_enabled_flag(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& enabled) {
+  if (!enabled.has_value() || !enabled->defined()) return;
+  const at::Tensor& t = *enabled;
+  TORCH_CHECK_TYPE(
+      t.scalar_type() == at::kBool || at::isIntegralType(t.scalar_type(), false),
+      fmt::format("{}: enabled must be a bool or integer tensor, got {}", op, c10::toString(t.scalar_type())));
+  TORCH_CHECK_VALUE(t.sym_numel() == 1, fmt::format("{}: enabled must have 1 element, got {}", op,
+                                                    t.sym_numel().guard_int(__FILE__, __LINE__)));
+  TORCH_CHECK_VALUE(t.device() == input.device(), fmt::format("{}: enabled must be on input's device {}, got {}", op,
+                                                              input.device().str(), t.device().str()));
 }
 
 kernels::DType kernel_dtype(const at::Tensor& t) {

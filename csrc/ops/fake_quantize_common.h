@@ -32,6 +32,7 @@ struct PreparedFakeQuant {
   at::Tensor input;
   at::Tensor scale;
   at::Tensor zero_point;
+  at::Tensor enabled;  ///< uint8 copy of the optional on/off switch (undefined if none)
   kernels::FakeQuantArgs args;
 };
 
@@ -40,7 +41,11 @@ struct PreparedFakeQuant {
 PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
                                         const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
                                         std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size,
-                                        at::Tensor& out, std::uint8_t* mask);
+                                        at::Tensor& out, std::uint8_t* mask,
+                                        const std::optional<at::Tensor>& enabled = std::nullopt);
+
+/// Checks an optional on/off switch tensor: one element, bool or integer, on input's device.
+void check_enabled_flag(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& enabled);
 
 /// Checks `_fake_quantize_learnable_backward` arguments: those of the forward, plus grad shaped
 /// and typed like input.

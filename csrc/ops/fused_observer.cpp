@@ -4,16 +4,18 @@
 // switches are tensors read on the device, so toggling them neither syncs nor recompiles.
 //   _observer_update: the mutable, non-differentiable half (CPU/CUDA/Meta: ATen ops on
 //                     statistic-sized tensors after one amin + amax pass over the input);
-//   fused_observe_fake_quantize: CompositeImplicitAutograd = _observer_update, then
-//                     where(fake_quant_on, fake_quantize(x, scale, zero_point), x), so the
-//                     gradient is the clipped STE when on and the identity when off.
+//   fused_observe_fake_quantize: _observer_update, then _fake_quantize_with_mask with the
+//                     fake_quant_on switch (an identity with an all-ones mask when off, read on
+//                     the device), one pass; C++ autograd saves the 1-bit mask, so the gradient is
+//                     the clipped STE when on and the identity when off.
 #include <ATen/core/Tensor.h>
-#include <ATen/core/grad_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/isinf.h>
 #include <ATen/ops/where.h>
 #include <fmt/format.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -113,20 +115,74 @@ void observer_update_kernel(const at::Tensor& input, at::Tensor& running_min, at
   zero_point.copy_(new_zero.reshape(zero_point.sizes()));
 }
 
-at::Tensor fused_observe_fake_quantize_composite(const at::Tensor& input, at::Tensor& running_min,
-                                                 at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point,
-                                                 const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
-                                                 double momentum, bool moving_average, std::int64_t quant_min,
-                                                 std::int64_t quant_max, bool symmetric, OptInt axis) {
+/// Observer update, then the switchable fake quantization; returns (output, STE mask).
+std::tuple<at::Tensor, at::Tensor> observe_and_quantize(const at::Tensor& input, at::Tensor& running_min,
+                                                        at::Tensor& running_max, at::Tensor& scale,
+                                                        at::Tensor& zero_point, const at::Tensor& observer_on,
+                                                        const at::Tensor& fake_quant_on, double momentum,
+                                                        bool moving_average, std::int64_t quant_min,
+                                                        std::int64_t quant_max, bool symmetric, OptInt axis) {
   check_flag("fused_observe_fake_quantize", "fake_quant_on", fake_quant_on, input);
   static auto update = c10::Dispatcher::singleton()
                            .findSchemaOrThrow("qatkit::_observer_update", "")
                            .typed<void(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&,
                                        const at::Tensor&, double, bool, std::int64_t, std::int64_t, bool, OptInt)>();
+  static auto fq = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::_fake_quantize_with_mask", "")
+                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, std::int64_t, std::int64_t, OptInt,
+                                                                 OptInt, const std::optional<at::Tensor>&)>();
   update.call(input, running_min, running_max, scale, zero_point, observer_on, momentum, moving_average, quant_min,
               quant_max, symmetric, axis);
-  const at::Tensor fq = fake_quantize(input, scale.reshape(-1), zero_point.reshape(-1), quant_min, quant_max, axis);
-  return at::where(fake_quant_on.reshape({}).to(at::kBool), fq, input);
+  return fq.call(input, scale.reshape(-1), zero_point.reshape(-1), quant_min, quant_max, axis, std::nullopt,
+                 fake_quant_on);
+}
+
+at::Tensor fused_observe_fake_quantize_kernel(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max,
+                                              at::Tensor& scale, at::Tensor& zero_point, const at::Tensor& observer_on,
+                                              const at::Tensor& fake_quant_on, double momentum, bool moving_average,
+                                              std::int64_t quant_min, std::int64_t quant_max, bool symmetric,
+                                              OptInt axis) {
+  return std::get<0>(observe_and_quantize(input, running_min, running_max, scale, zero_point, observer_on,
+                                          fake_quant_on, momentum, moving_average, quant_min, quant_max, symmetric,
+                                          axis));
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class FusedObserveFakeQuantizeFunction : public torch::autograd::Function<FusedObserveFakeQuantizeFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, at::Tensor running_min,
+                            at::Tensor running_max, at::Tensor scale, at::Tensor zero_point,
+                            const at::Tensor& observer_on, const at::Tensor& fake_quant_on, double momentum,
+                            bool moving_average, std::int64_t quant_min, std::int64_t quant_max, bool symmetric,
+                            OptInt axis) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, mask] =
+        observe_and_quantize(input, running_min, running_max, scale, zero_point, observer_on, fake_quant_on, momentum,
+                             moving_average, quant_min, quant_max, symmetric, axis);
+    ctx->save_for_backward({mask});
+    return out;
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("qatkit::_fake_quantize_backward", "")
+                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+    variable_list out(13);
+    out[0] = op.call(grads[0], ctx->get_saved_variables()[0]);
+    return out;
+  }
+};
+
+at::Tensor fused_observe_fake_quantize_autograd(const at::Tensor& input, at::Tensor& running_min,
+                                                at::Tensor& running_max, at::Tensor& scale, at::Tensor& zero_point,
+                                                const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
+                                                double momentum, bool moving_average, std::int64_t quant_min,
+                                                std::int64_t quant_max, bool symmetric, OptInt axis) {
+  return FusedObserveFakeQuantizeFunction::apply(input, running_min, running_max, scale, zero_point, observer_on,
+                                                 fake_quant_on, momentum, moving_average, quant_min, quant_max,
+                                                 symmetric, axis);
 }
 
 }  // namespace
@@ -147,8 +203,11 @@ at::Tensor fused_observe_fake_quantize(const at::Tensor& input, at::Tensor& runn
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("_observer_update", &observer_update_kernel); }
 TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("_observer_update", &observer_update_kernel); }
 TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("_observer_update", &observer_update_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, CompositeImplicitAutograd, m) {
-  m.impl("fused_observe_fake_quantize", &fused_observe_fake_quantize_composite);
+TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
+  m.impl("fused_observe_fake_quantize", &fused_observe_fake_quantize_kernel);
+}
+TORCH_LIBRARY_IMPL(qatkit, Autograd, m) {
+  m.impl("fused_observe_fake_quantize", &fused_observe_fake_quantize_autograd);
 }
 
 }  // namespace qatkit

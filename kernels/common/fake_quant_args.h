@@ -21,6 +21,9 @@ struct FakeQuantArgs {
   std::uint8_t* mask = nullptr;
   const float* scale = nullptr;       ///< `channels` positive, normal float32 scales
   const float* zero_point = nullptr;  ///< `channels` integer-valued zero points
+  /// Optional on/off switch read where the data lives (no host sync): when it points to 0 the
+  /// launch copies input to output and sets every mask bit (identity gradient).
+  const std::uint8_t* enabled = nullptr;
   std::int64_t numel = 0;
   std::int64_t inner = 1;
   std::int64_t channels = 1;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "../common/fake_quant_args.h"
 #include "../common/fake_quant_scalar.h"
@@ -119,8 +120,22 @@ inline void scalar1(const S* x, S* y, float s, float z, float qmin, float qmax, 
 ///   fwd16_const<S>(x, y, s, inv_s, z, qmin, qmax) / fwd8_const: qparams shared by the elements
 ///   (passed by value so they stay in registers across the loop);
 ///   fwd8_vary<S>(x, y, s_ptr, z_ptr, qmin, qmax): element k uses s_ptr[k], z_ptr[k].
+/// Disabled launch: y = x and every mask bit set (bits past numel stay 0).
+template <typename S, bool kMask>
+void passthrough_chunk(const FakeQuantArgs& a, std::int64_t begin, std::int64_t end) {
+  std::memcpy(static_cast<S*>(a.output) + begin, static_cast<const S*>(a.input) + begin,
+              static_cast<std::size_t>(end - begin) * sizeof(S));
+  if constexpr (kMask) {
+    for (std::int64_t b = begin / 8; b * 8 < end; ++b) {
+      const std::int64_t n = std::min<std::int64_t>(8, end - b * 8);
+      a.mask[b] = static_cast<std::uint8_t>((1u << n) - 1u);
+    }
+  }
+}
+
 template <class Vec, typename S, bool kMask>
 void forward_chunk(const FakeQuantArgs& a, std::int64_t begin, std::int64_t end) {
+  if (a.enabled != nullptr && *a.enabled == 0) return passthrough_chunk<S, kMask>(a, begin, end);
   const S* x = static_cast<const S*>(a.input);
   S* y = static_cast<S*>(a.output);
   BitWriter bw{kMask ? a.mask + begin / 8 : nullptr};

@@ -41,13 +41,13 @@ class FakeQuantizeFunction : public torch::autograd::Function<FakeQuantizeFuncti
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& scale,
                             const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max, OptInt axis,
                             OptInt group_size) {
-    static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("qatkit::_fake_quantize_with_mask", "")
-            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                      std::int64_t, std::int64_t, OptInt, OptInt)>();
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("qatkit::_fake_quantize_with_mask", "")
+                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                   const at::Tensor&, std::int64_t, std::int64_t,
+                                                                   OptInt, OptInt, const std::optional<at::Tensor>&)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, mask] = op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size);
+    auto [out, mask] = op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size, std::nullopt);
     ctx->save_for_backward({mask});
     return out;
   }

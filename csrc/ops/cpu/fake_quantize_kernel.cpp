@@ -24,10 +24,14 @@ struct CpuBackend {
 
   static void run(const char* op, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                   std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
-                  std::optional<std::int64_t> group_size, at::Tensor& out, std::uint8_t* mask) {
+                  std::optional<std::int64_t> group_size, at::Tensor& out, std::uint8_t* mask,
+                  const std::optional<at::Tensor>& enabled) {
     const PreparedFakeQuant p =
-        prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size, out, mask);
-    check_qparam_values(op, p.scale, p.zero_point, quant_min, quant_max);
+        prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size, out, mask, enabled);
+    // a disabled launch never reads the qparams (they may not be initialized yet)
+    if (p.args.enabled == nullptr || *p.args.enabled != 0) {
+      check_qparam_values(op, p.scale, p.zero_point, quant_min, quant_max);
+    }
     if (p.args.numel == 0) return;
     const kernels::FakeQuantArgs& a = p.args;
     const auto& k = kernels::cpu::active_kernels();

@@ -22,10 +22,11 @@ struct CudaBackend {
 
   static void run(const char* op, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                   std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
-                  std::optional<std::int64_t> group_size, at::Tensor& out, std::uint8_t* mask) {
+                  std::optional<std::int64_t> group_size, at::Tensor& out, std::uint8_t* mask,
+                  const std::optional<at::Tensor>& enabled) {
     const c10::cuda::CUDAGuard guard(input.device());
     const PreparedFakeQuant p =
-        prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size, out, mask);
+        prepare_fake_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size, out, mask, enabled);
     if (p.args.numel == 0) return;
     const kernels::FakeQuantArgs& a = p.args;
     C10_CUDA_CHECK(kernels::cuda::launch_fake_quant_forward(a, c10::cuda::getCurrentCUDAStream()));

@@ -28,8 +28,10 @@ std::tuple<at::Tensor, at::Tensor> fake_quantize_with_mask_meta(const at::Tensor
                                                                 const at::Tensor& zero_point, std::int64_t quant_min,
                                                                 std::int64_t quant_max,
                                                                 std::optional<std::int64_t> axis,
-                                                                std::optional<std::int64_t> group_size) {
+                                                                std::optional<std::int64_t> group_size,
+                                                                const std::optional<at::Tensor>& enabled) {
   check_fake_quantize_args("fake_quantize", input, scale, zero_point, quant_min, quant_max, axis, group_size);
+  check_enabled_flag("fake_quantize", input, enabled);
   at::Tensor out = at::empty_symint(input.sym_sizes(), input.options());
   c10::SymInt bytes = (input.sym_numel() + 7) / 8;
   at::Tensor mask = at::empty_symint({bytes}, input.options().dtype(at::kByte));

@@ -153,3 +153,25 @@ def test_stochastic_binarize_same_bits_on_cuda():
     x = torch.randn(100_000) * 0.5
     seed = torch.tensor([77])
     assert torch.equal(ops.binarize(x.cuda(), seed=seed.cuda()).cpu(), ops.binarize(x, seed=seed))
+
+
+def test_fused_observer_cuda_matches_cpu_without_sync():
+    x = torch.randn(256, 64)
+    bufs_c = [
+        torch.tensor([float("inf")]),
+        torch.tensor([float("-inf")]),
+        torch.ones(1),
+        torch.zeros(1, dtype=torch.int32),
+    ]
+    bufs_g = [b.cuda() for b in bufs_c]
+    on = torch.tensor([1])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yg = ops.fused_observe_fake_quantize(x.cuda(), *bufs_g, on.cuda(), on.cuda(), 0.01, True, 0, 255)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    yc = ops.fused_observe_fake_quantize(x, *bufs_c, on, on, 0.01, True, 0, 255)
+    for a, b in zip(bufs_g, bufs_c, strict=True):
+        assert torch.equal(a.cpu(), b)
+    assert torch.equal(yg.cpu(), yc)

@@ -171,3 +171,21 @@ def test_bad_input(change, exc, fragment):
     with pytest.raises(exc) as info:
         ops.fused_observe_fake_quantize(**kw)
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("n", [0, 5, 8, 37])
+def test_disabled_fake_quant_is_identity_with_full_mask(n):
+    x = torch.randn(n) * 100
+    bad_scale = torch.tensor([-1.0])  # never read when disabled (not initialized yet is fine)
+    y, mask = torch.ops.qatkit._fake_quantize_with_mask(
+        x, bad_scale, torch.zeros(1, dtype=torch.int32), 0, 255, None, None, OFF
+    )
+    assert torch.equal(y, x)
+    bits = torch.stack([(mask >> k) & 1 for k in range(8)], dim=1).flatten()[:n] if n else torch.zeros(0)
+    assert bool((bits == 1).all())
+    if n % 8:
+        assert int(mask[-1]) == (1 << (n % 8)) - 1  # no bits past the end
+    y_on, _ = torch.ops.qatkit._fake_quantize_with_mask(
+        x, torch.tensor([0.5]), torch.zeros(1, dtype=torch.int32), 0, 255, None, None, ON
+    )
+    assert torch.equal(y_on, ops.fake_quantize(x, torch.tensor([0.5]), torch.zeros(1, dtype=torch.int32), 0, 255))
