@@ -1,8 +1,10 @@
 // Dynamic (data-derived scale) symmetric activation quantizers, BitNet b1.58 recipe
 // (papers.md §7.2): per token (over the last dim) and per tensor. gamma = max(|x|, 1e-5),
 // s = gamma / quant_max, y = fake_quantize(x, s, 0, -quant_max - 1, quant_max). The statistic
-// is one aminmax pass (no |x| temporary) and the quantization one fake_quantize pass, on any
-// device; the straight-through (identity) gradient is in ops/autograd/identity_ste_kernel.cpp.
+// is one amin + amax pass and the quantization one fake_quantize pass (the CUDA and Meta kernel
+// here); the CPU kernel (ops/cpu/dynamic_quantize_kernel.cpp) fuses both per row, so each token
+// is read from memory once. The straight-through (identity) gradient is in
+// ops/autograd/identity_ste_kernel.cpp.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
@@ -21,11 +23,9 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
 }
 
 namespace qatkit {
-namespace {
+namespace ops {
 
-constexpr float kMinAbsMax = 1e-5f;  // BitNet's clamp of the statistic
-
-void check_dynamic_args(const char* op, const at::Tensor& input, std::int64_t quant_max, bool per_token) {
+void check_dynamic_quantize_args(const char* op, const at::Tensor& input, std::int64_t quant_max, bool per_token) {
   ops::check_input_and_range(op, input, -quant_max - 1, quant_max, std::nullopt, std::nullopt);
   TORCH_CHECK_VALUE(
       quant_max >= 1 && quant_max <= 32767,
@@ -33,6 +33,12 @@ void check_dynamic_args(const char* op, const at::Tensor& input, std::int64_t qu
   TORCH_CHECK_VALUE(!per_token || input.dim() >= 1,
                     fmt::format("{}: input needs at least 1 dim (tokens along the last), got a 0-d tensor", op));
 }
+
+}  // namespace ops
+
+namespace {
+
+constexpr float kMinAbsMax = 1e-5f;  // BitNet's clamp of the statistic
 
 /// s = max(max|x|, 1e-5) / quant_max over `rows` (one row per scale), shaped `shape`.
 at::Tensor absmax_scale(const char* op, const at::Tensor& rows, std::int64_t quant_max) {
@@ -48,7 +54,7 @@ at::Tensor absmax_scale(const char* op, const at::Tensor& rows, std::int64_t qua
 
 at::Tensor quantize_per_token_kernel(const at::Tensor& input, std::int64_t quant_max) {
   constexpr const char* op = "quantize_per_token";
-  check_dynamic_args(op, input, quant_max, true);
+  ops::check_dynamic_quantize_args(op, input, quant_max, true);
   const c10::SymInt last = input.sym_size(-1);
   if (input.sym_numel() == 0) return at::empty_symint(input.sym_sizes(), input.options());
   const at::Tensor rows = input.reshape_symint({-1, last});
@@ -61,7 +67,7 @@ at::Tensor quantize_per_token_kernel(const at::Tensor& input, std::int64_t quant
 
 at::Tensor quantize_per_tensor_dynamic_kernel(const at::Tensor& input, std::int64_t quant_max) {
   constexpr const char* op = "quantize_per_tensor_dynamic";
-  check_dynamic_args(op, input, quant_max, false);
+  ops::check_dynamic_quantize_args(op, input, quant_max, false);
   if (input.sym_numel() == 0) return at::empty_symint(input.sym_sizes(), input.options());
   const at::Tensor s = absmax_scale(op, input.reshape({1, -1}), quant_max);
   const at::Tensor z = at::zeros({1}, s.options().dtype(at::kInt));
@@ -84,10 +90,6 @@ at::Tensor quantize_per_tensor_dynamic(const at::Tensor& input, std::int64_t qua
   return op.call(input, quant_max);
 }
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
-  m.impl("quantize_per_token", &quantize_per_token_kernel);
-  m.impl("quantize_per_tensor_dynamic", &quantize_per_tensor_dynamic_kernel);
-}
 TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
   m.impl("quantize_per_token", &quantize_per_token_kernel);
   m.impl("quantize_per_tensor_dynamic", &quantize_per_tensor_dynamic_kernel);

@@ -64,6 +64,10 @@ void check_pact_backward_args(const char* op, const at::Tensor& grad, const at::
 /// CPU value check of alpha: finite and positive.
 void check_pact_alpha_value(const char* op, float alpha);
 
+/// Checks the dynamic absmax quantizers' arguments (floating input, 1 <= quant_max <= 32767,
+/// per token: at least 1 dim).
+void check_dynamic_quantize_args(const char* op, const at::Tensor& input, std::int64_t quant_max, bool per_token);
+
 /// Effective qparams of a learned quantizer: float32 scale clamped to at least float32 eps, zero
 /// point (float32) rounded half to even and clamped into [quant_min, quant_max]. ATen ops on the
 /// qparam tensors' device: no host sync.

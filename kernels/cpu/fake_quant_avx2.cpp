@@ -163,6 +163,41 @@ bool qparams_valid_avx2(const float* s, const float* z, std::int64_t n, float qm
   return _mm256_movemask_ps(ok) == 0xFF && detail::qparams_valid_scalar(s + c, z + c, n - c, qmin, qmax);
 }
 
+template <typename S>
+float absmax_avx2_typed(const S* x, std::int64_t n, bool* finite) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.40282347e+38f);
+  __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps();
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  std::int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 a0 = _mm256_andnot_ps(sign, load8(x + i)), a1 = _mm256_andnot_ps(sign, load8(x + i + 8));
+    ok = _mm256_and_ps(ok, _mm256_and_ps(_mm256_cmp_ps(a0, big, _CMP_LE_OQ), _mm256_cmp_ps(a1, big, _CMP_LE_OQ)));
+    m0 = _mm256_max_ps(a0, m0);  // NaN in the first operand returns m0: NaN never wins
+    m1 = _mm256_max_ps(a1, m1);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, _mm256_max_ps(m0, m1));
+  float m = 0.f;
+  for (float v : lanes) m = v > m ? v : m;
+  if (_mm256_movemask_ps(ok) != 0xFF) *finite = false;
+  const float tail = detail::absmax_scalar_typed(x + i, n - i, finite);
+  return tail > m ? tail : m;
+}
+
+float absmax_avx2(const void* x, DType dt, std::int64_t n, bool* finite) {
+  switch (dt) {
+    case DType::kFloat32:
+      return absmax_avx2_typed(static_cast<const float*>(x), n, finite);
+    case DType::kFloat16:
+      return absmax_avx2_typed(static_cast<const Half*>(x), n, finite);
+    case DType::kBFloat16:
+      return absmax_avx2_typed(static_cast<const BFloat16*>(x), n, finite);
+    case DType::kFloat64:
+      break;
+  }
+  return detail::absmax_scalar(x, dt, n, finite);
+}
+
 }  // namespace
 
 const FakeQuantKernels* avx2_kernels() {
@@ -172,7 +207,8 @@ const FakeQuantKernels* avx2_kernels() {
                                   &qparams_valid_avx2,
                                   &detail::lsq_run_dispatch<Avx2Vec>,
                                   &detail::lsq_row_dispatch,
-                                  &detail::pact_run_dispatch};
+                                  &detail::pact_run_dispatch,
+                                  &absmax_avx2};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &k : nullptr;

@@ -38,7 +38,8 @@ const FakeQuantKernels& baseline_kernels() {
                                   &detail::qparams_valid_scalar,
                                   &detail::lsq_run_dispatch<ScalarVec>,
                                   &detail::lsq_row_dispatch,
-                                  &detail::pact_run_dispatch};
+                                  &detail::pact_run_dispatch,
+                                  &detail::absmax_scalar};
   return k;
 }
 

@@ -31,6 +31,9 @@ struct FakeQuantKernels {
   /// PACT backward over [begin, end): writes grad_input, returns the alpha-gradient sum of the
   /// range (float64, 8 lanes combined in a fixed order, like lsq_backward_run).
   double (*pact_backward_run)(const PactBackwardArgs& args, std::int64_t begin, std::int64_t end);
+  /// max |x| over n elements of `dtype` (float32 result); *finite is cleared if any element is
+  /// NaN or +-Inf. The statistic of the per-token / dynamic absmax quantizers.
+  float (*absmax)(const void* x, DType dtype, std::int64_t n, bool* finite);
 };
 
 /// Portable C++ implementation (always available).

@@ -325,6 +325,36 @@ inline double pact_run_dispatch(const PactBackwardArgs& a, std::int64_t begin, s
   return 0.0;
 }
 
+/// Scalar max |x| (see FakeQuantKernels::absmax); NaN never wins a comparison, Inf does.
+template <typename S>
+float absmax_scalar_typed(const S* x, std::int64_t n, bool* finite) {
+  using E = Elem<S>;
+  float m = 0.f;
+  bool ok = true;
+  for (std::int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(E::load(x[i]));
+    const float a = v < 0.f ? -v : v;
+    ok &= a <= 3.40282347e+38f;  // false for NaN and Inf
+    m = a > m ? a : m;
+  }
+  if (!ok) *finite = false;
+  return m;
+}
+
+inline float absmax_scalar(const void* x, DType dt, std::int64_t n, bool* finite) {
+  switch (dt) {
+    case DType::kFloat32:
+      return absmax_scalar_typed(static_cast<const float*>(x), n, finite);
+    case DType::kFloat64:
+      return absmax_scalar_typed(static_cast<const double*>(x), n, finite);
+    case DType::kFloat16:
+      return absmax_scalar_typed(static_cast<const Half*>(x), n, finite);
+    case DType::kBFloat16:
+      return absmax_scalar_typed(static_cast<const BFloat16*>(x), n, finite);
+  }
+  return 0.f;
+}
+
 /// Scalar qparam validity test (see FakeQuantKernels::qparams_valid).
 inline bool qparams_valid_scalar(const float* s, const float* z, std::int64_t n, float qmin, float qmax) {
   for (std::int64_t c = 0; c < n; ++c) {

@@ -309,3 +309,29 @@ CATCH_TEST_CASE("LSQ backward: formula per element, identical sums on every ISA"
     CATCH_CHECK(dxs[i] == dxs[0]);
   }
 }
+
+CATCH_TEST_CASE("absmax: max |x| and the finite flag, every ISA and dtype", "[kernels]") {
+  const std::int64_t n = 1001;
+  auto x = random_storage<float>(n, 11);
+  x[417] = -9.5f;  // the largest magnitude is negative
+  for (const auto* k : all_isas()) {
+    CATCH_INFO(k->isa);
+    bool ok = true;
+    CATCH_CHECK(k->absmax(x.data(), DType::kFloat32, n, &ok) == 9.5f);
+    CATCH_CHECK(ok);
+    std::vector<double> xd(x.begin(), x.end());
+    CATCH_CHECK(k->absmax(xd.data(), DType::kFloat64, n, &ok) == 9.5f);
+    std::vector<std::uint16_t> xb(n);
+    for (std::int64_t i = 0; i < n; ++i) xb[i] = qatkit::kernels::float_to_bf16(x[i]);
+    CATCH_CHECK(k->absmax(xb.data(), DType::kBFloat16, n, &ok) == 9.5f);
+    for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      for (std::int64_t at : {std::int64_t{3}, n - 2}) {  // vector body and tail
+        auto y = x;
+        y[at] = bad;
+        bool flag = true;
+        k->absmax(y.data(), DType::kFloat32, n, &flag);
+        CATCH_CHECK_FALSE(flag);
+      }
+    }
+  }
+}
