@@ -125,6 +125,50 @@ const float* optional_float_ptr(const std::optional<at::Tensor>& t, at::Tensor& 
   return keep.const_data_ptr<float>();
 }
 
+BinarizeLaunch prepare_binarize(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& center,
+                                const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
+                                bool zero_negative, const std::optional<at::Tensor>& seed, at::Tensor& out) {
+  check_binarize_args(op, input, axis, 1.0, seed);
+  check_binary_stats_shape(op, input, center, alpha, axis);
+  BinarizeLaunch l;
+  l.input = input.contiguous();
+  kernels::BinarizeArgs& a = l.args;
+  a.input = l.input.const_data_ptr();
+  a.output = out.mutable_data_ptr();
+  a.center = optional_float_ptr(center, l.center);
+  a.alpha = optional_float_ptr(alpha, l.alpha);
+  if (seed.has_value() && seed->defined()) {
+    l.seed = seed->contiguous();
+    a.seed = l.seed.const_data_ptr<std::int64_t>();
+  }
+  a.numel = l.input.numel();
+  std::tie(a.inner, a.channels) = binary_layout(l.input, axis);
+  a.zero_negative = zero_negative;
+  a.dtype = kernel_dtype(l.input);
+  return l;
+}
+
+BinarizeBackwardLaunch prepare_binarize_backward(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                                                 const std::optional<at::Tensor>& center,
+                                                 std::optional<std::int64_t> axis, c10::string_view estimator,
+                                                 double beta, at::Tensor& grad_input) {
+  check_binarize_backward_args(op, grad, input, center, axis, beta);
+  BinarizeBackwardLaunch l;
+  l.input = input.contiguous();
+  l.grad = grad.contiguous();
+  kernels::BinarizeBackwardArgs& a = l.args;
+  a.input = l.input.const_data_ptr();
+  a.grad_output = l.grad.const_data_ptr();
+  a.grad_input = grad_input.mutable_data_ptr();
+  a.center = optional_float_ptr(center, l.center);
+  a.numel = l.input.numel();
+  std::tie(a.inner, a.channels) = binary_layout(l.input, axis);
+  a.estimator = parse_estimator(op, estimator);
+  a.beta = static_cast<float>(beta);
+  a.dtype = kernel_dtype(l.input);
+  return l;
+}
+
 std::pair<std::int64_t, std::int64_t> binary_layout(const at::Tensor& input, std::optional<std::int64_t> axis) {
   std::int64_t inner = 1, channels = 1;
   if (axis.has_value()) {

@@ -45,6 +45,26 @@ BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::op
 /// nullptr when absent.
 const float* optional_float_ptr(const std::optional<at::Tensor>& t, at::Tensor& keep);
 
+/// Contiguous operands kept alive for a launch, with the kernel description filled in.
+struct BinarizeLaunch {
+  at::Tensor input, center, alpha, seed;
+  kernels::BinarizeArgs args;
+};
+/// Checks _binarize_apply's arguments and describes a launch writing `out` (contiguous).
+BinarizeLaunch prepare_binarize(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& center,
+                                const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
+                                bool zero_negative, const std::optional<at::Tensor>& seed, at::Tensor& out);
+
+struct BinarizeBackwardLaunch {
+  at::Tensor input, grad, center;
+  kernels::BinarizeBackwardArgs args;
+};
+/// Checks _binarize_backward's arguments and describes a launch writing `grad_input`.
+BinarizeBackwardLaunch prepare_binarize_backward(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                                                 const std::optional<at::Tensor>& center,
+                                                 std::optional<std::int64_t> axis, c10::string_view estimator,
+                                                 double beta, at::Tensor& grad_input);
+
 /// (inner, channels) of a contiguous input for per-tensor (axis empty) or per-channel layouts.
 std::pair<std::int64_t, std::int64_t> binary_layout(const at::Tensor& input, std::optional<std::int64_t> axis);
 

@@ -8,6 +8,7 @@
 
 #include "../common/fake_quant_scalar.h"
 #include "../common/philox.h"
+#include "elem_io.cuh"
 #include "fake_quant_cuda.h"
 
 namespace qatkit::kernels::cuda {
@@ -16,38 +17,8 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename S>
-struct Io;
-template <>
-struct Io<float> {
-  using C = float;
-  __device__ static C load(float v) { return v; }
-  __device__ static float store(C v) { return v; }
-};
-template <>
-struct Io<double> {
-  using C = double;
-  __device__ static C load(double v) { return v; }
-  __device__ static double store(C v) { return v; }
-};
-template <>
-struct Io<__half> {
-  using C = float;
-  __device__ static C load(__half v) { return __half2float(v); }
-  __device__ static __half store(C v) { return __float2half_rn(v); }
-};
-template <>
-struct Io<__nv_bfloat16> {
-  using C = float;
-  __device__ static C load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static __nv_bfloat16 store(C v) {
-    const std::uint16_t b = float_to_bf16(v);
-    return *reinterpret_cast<const __nv_bfloat16*>(&b);
-  }
-};
-
-template <typename S>
 __global__ void binarize_forward_kernel(BinarizeArgs a) {
-  using E = Io<S>;
+  using E = Elem<S>;
   using C = typename E::C;
   const S* x = static_cast<const S*>(a.input);
   S* y = static_cast<S*>(a.output);
@@ -72,7 +43,7 @@ __global__ void binarize_forward_kernel(BinarizeArgs a) {
 
 template <typename S>
 __global__ void binarize_backward_kernel(BinarizeBackwardArgs a) {
-  using E = Io<S>;
+  using E = Elem<S>;
   using C = typename E::C;
   const S* x = static_cast<const S*>(a.input);
   const S* dy = static_cast<const S*>(a.grad_output);

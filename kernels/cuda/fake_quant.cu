@@ -6,43 +6,13 @@
 #include <cstdint>
 
 #include "../common/fake_quant_scalar.h"
+#include "elem_io.cuh"
 #include "fake_quant_cuda.h"
 
 namespace qatkit::kernels::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename S>
-struct Elem;
-template <>
-struct Elem<float> {
-  using C = float;
-  __device__ static C load(float v) { return v; }
-  __device__ static float store(C v) { return v; }
-};
-template <>
-struct Elem<double> {
-  using C = double;
-  __device__ static C load(double v) { return v; }
-  __device__ static double store(C v) { return v; }
-};
-template <>
-struct Elem<__half> {
-  using C = float;
-  __device__ static C load(__half v) { return __half2float(v); }
-  __device__ static __half store(C v) { return __float2half_rn(v); }
-};
-template <>
-struct Elem<__nv_bfloat16> {
-  using C = float;
-  __device__ static C load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  // Same rounding as c10 (half to even, canonical NaN) so CUDA equals CPU bit for bit.
-  __device__ static __nv_bfloat16 store(C v) {
-    const std::uint16_t b = float_to_bf16(v);
-    return *reinterpret_cast<const __nv_bfloat16*>(&b);
-  }
-};
 
 /// 8 elements of S as one aligned vector for 16-byte (or 2x16-byte) loads and stores.
 template <typename S>

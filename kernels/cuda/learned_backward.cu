@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "../common/fake_quant_scalar.h"
+#include "elem_io.cuh"
 #include "fake_quant_cuda.h"
 
 namespace qatkit::kernels::cuda {
@@ -17,41 +18,11 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kPartialBlocks = 1024;  // per-tensor: fixed, so the summation order never changes
 
-template <typename S>
-struct Io;
-template <>
-struct Io<float> {
-  using C = float;
-  __device__ static C load(float v) { return v; }
-  __device__ static float store(C v) { return v; }
-};
-template <>
-struct Io<double> {
-  using C = double;
-  __device__ static C load(double v) { return v; }
-  __device__ static double store(C v) { return v; }
-};
-template <>
-struct Io<__half> {
-  using C = float;
-  __device__ static C load(__half v) { return __half2float(v); }
-  __device__ static __half store(C v) { return __float2half_rn(v); }
-};
-template <>
-struct Io<__nv_bfloat16> {
-  using C = float;
-  __device__ static C load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static __nv_bfloat16 store(C v) {
-    const std::uint16_t b = float_to_bf16(v);
-    return *reinterpret_cast<const __nv_bfloat16*>(&b);
-  }
-};
-
 /// Gradients of element i (channel c); adds its terms to (ds, dz).
 template <typename S>
 __device__ __forceinline__ void lsq_element(const LsqBackwardArgs& a, std::int64_t i, std::int64_t c, double& ds,
                                             double& dz) {
-  using E = Io<S>;
+  using E = Elem<S>;
   using C = typename E::C;
   const float s = a.scale[c];
   const float z = a.zero_point[c];
@@ -154,7 +125,7 @@ cudaError_t launch_typed(const LsqBackwardArgs& a, double grad_factor, float* ds
 
 template <typename S>
 __global__ void pact_partials(PactBackwardArgs a, double* partials) {
-  using E = Io<S>;
+  using E = Elem<S>;
   using C = typename E::C;
   const S* x = static_cast<const S*>(a.input);
   const S* dy = static_cast<const S*>(a.grad_output);
