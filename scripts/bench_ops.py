@@ -209,6 +209,7 @@ def main():
     # copy's bandwidth. Per-token and absmean read x twice (statistic, quantize) and write once
     # (12 B/element); TWN needs two statistic passes (16 B/element).
     for name, fn, nbytes in (
+        ("quantize_per_token fwd into preallocated out", lambda: ops.quantize_per_token(x, out=out), 12),
         ("quantize_per_token fwd (allocating)", lambda: ops.quantize_per_token(x), 12),
         ("ternarize absmean fwd (allocating)", lambda: ops.ternarize(x, "absmean"), 12),
         ("ternarize twn fwd (allocating)", lambda: ops.ternarize(x, "twn"), 16),

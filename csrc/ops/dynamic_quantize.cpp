@@ -19,6 +19,7 @@
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
   m.def("quantize_per_token(Tensor input, int quant_max=127) -> Tensor", tags);
+  m.def("quantize_per_token.out(Tensor input, int quant_max=127, *, Tensor(a!) out) -> Tensor(a!)", tags);
   m.def("quantize_per_tensor_dynamic(Tensor input, int quant_max=127) -> Tensor", tags);
 }
 
@@ -65,6 +66,14 @@ at::Tensor quantize_per_token_kernel(const at::Tensor& input, std::int64_t quant
   return fake_quantize(input, s, z, -quant_max - 1, quant_max, std::nullopt, last.guard_int(__FILE__, __LINE__));
 }
 
+/// out= on CUDA (and the shape/dtype contract on Meta): the functional kernel, then a copy.
+at::Tensor& quantize_per_token_out_kernel(const at::Tensor& input, std::int64_t quant_max, at::Tensor& out) {
+  ops::check_dynamic_quantize_args("quantize_per_token.out", input, quant_max, true);
+  ops::check_and_resize_out("quantize_per_token.out", input, out);
+  if (!out.is_meta()) out.copy_(quantize_per_token_kernel(input, quant_max));
+  return out;
+}
+
 at::Tensor quantize_per_tensor_dynamic_kernel(const at::Tensor& input, std::int64_t quant_max) {
   constexpr const char* op = "quantize_per_tensor_dynamic";
   ops::check_dynamic_quantize_args(op, input, quant_max, false);
@@ -83,6 +92,13 @@ at::Tensor quantize_per_token(const at::Tensor& input, std::int64_t quant_max) {
   return op.call(input, quant_max);
 }
 
+at::Tensor& quantize_per_token_out(at::Tensor& out, const at::Tensor& input, std::int64_t quant_max) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::quantize_per_token", "out")
+                       .typed<at::Tensor&(const at::Tensor&, std::int64_t, at::Tensor&)>();
+  return op.call(input, quant_max, out);
+}
+
 at::Tensor quantize_per_tensor_dynamic(const at::Tensor& input, std::int64_t quant_max) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("qatkit::quantize_per_tensor_dynamic", "")
@@ -92,10 +108,12 @@ at::Tensor quantize_per_tensor_dynamic(const at::Tensor& input, std::int64_t qua
 
 TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
   m.impl("quantize_per_token", &quantize_per_token_kernel);
+  m.impl("quantize_per_token.out", &quantize_per_token_out_kernel);
   m.impl("quantize_per_tensor_dynamic", &quantize_per_tensor_dynamic_kernel);
 }
 TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
   m.impl("quantize_per_token", &quantize_per_token_kernel);
+  m.impl("quantize_per_token.out", &quantize_per_token_out_kernel);
   m.impl("quantize_per_tensor_dynamic", &quantize_per_tensor_dynamic_kernel);
 }
 

@@ -63,6 +63,10 @@ QATKIT_API at::Tensor pact_quantize(const at::Tensor& input, const at::Tensor& a
 /// straight-through estimator with a constant scale (identity). CPU: NaN/Inf input raises.
 QATKIT_API at::Tensor quantize_per_token(const at::Tensor& input, std::int64_t quant_max = 127);
 
+/// quantize_per_token into `out` (resized like ATen's out= ops; input's dtype and device; must
+/// not overlap input). Not differentiable.
+QATKIT_API at::Tensor& quantize_per_token_out(at::Tensor& out, const at::Tensor& input, std::int64_t quant_max = 127);
+
 /// The same with one scale for the whole tensor.
 QATKIT_API at::Tensor quantize_per_tensor_dynamic(const at::Tensor& input, std::int64_t quant_max = 127);
 

@@ -155,17 +155,22 @@ def pact_quantize(input: torch.Tensor, alpha: torch.Tensor, quant_max: int) -> t
     return torch.ops.qatkit.pact_quantize(input, alpha, quant_max)
 
 
-def quantize_per_token(input: torch.Tensor, quant_max: int = 127) -> torch.Tensor:
+def quantize_per_token(
+    input: torch.Tensor, quant_max: int = 127, *, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """BitNet b1.58 per-token activation quantization (papers.md §7.2).
 
     ``s = max(max|x| over the last dim, 1e-5) / quant_max``,
     ``y = clamp(nearbyint(x / s), -quant_max - 1, quant_max) * s`` (computed as a per-group
     :func:`fake_quantize` with the whole last dim as the group). Gradient: the straight-through
-    estimator with a constant scale (the incoming gradient, unchanged).
+    estimator with a constant scale (the incoming gradient, unchanged). ``out``: write into a
+    preallocated tensor (resized like ATen's out= ops; not differentiable).
 
     Raises:
         ValueError: 0-d input, ``quant_max`` outside ``[1, 32767]``, or (CPU) NaN/Inf in the input.
     """
+    if out is not None:
+        return torch.ops.qatkit.quantize_per_token.out(input, quant_max, out=out)
     return torch.ops.qatkit.quantize_per_token(input, quant_max)
 
 

@@ -44,12 +44,9 @@ float absmax_scale(float amax, std::int64_t quant_max) {
   return std::max(amax, kMinAbsMax) / static_cast<float>(quant_max);
 }
 
-at::Tensor quantize_per_token_cpu(const at::Tensor& input, std::int64_t quant_max) {
-  constexpr const char* op = "quantize_per_token";
-  check_dynamic_quantize_args(op, input, quant_max, true);
-  const at::Tensor x = input.contiguous();
-  at::Tensor y = empty_cpu_output(input.sizes(), input.options());
-  if (x.numel() == 0) return y;
+/// Writes the per-token quantization of contiguous `x` into contiguous `y`.
+void per_token_into(const char* op, const at::Tensor& x, at::Tensor& y, std::int64_t quant_max) {
+  if (x.numel() == 0) return;
   const std::int64_t n = x.size(-1), rows = x.numel() / n;
   const auto es = static_cast<std::int64_t>(x.element_size());
   const char* xp = static_cast<const char*>(x.const_data_ptr());
@@ -65,8 +62,28 @@ at::Tensor quantize_per_token_cpu(const at::Tensor& input, std::int64_t quant_ma
       quantize_block(k, xp + r * n * es, yp + r * n * es, n, absmax_scale(amax, quant_max), quant_max, dt);
     }
   });
-  TORCH_CHECK_VALUE(finite.load(), "quantize_per_token: input must be finite, found NaN or Inf");
+  TORCH_CHECK_VALUE(finite.load(), op, ": input must be finite, found NaN or Inf");
+}
+
+at::Tensor quantize_per_token_cpu(const at::Tensor& input, std::int64_t quant_max) {
+  check_dynamic_quantize_args("quantize_per_token", input, quant_max, true);
+  at::Tensor y = empty_cpu_output(input.sizes(), input.options());
+  per_token_into("quantize_per_token", input.contiguous(), y, quant_max);
   return y;
+}
+
+at::Tensor& quantize_per_token_out_cpu(const at::Tensor& input, std::int64_t quant_max, at::Tensor& out) {
+  constexpr const char* op = "quantize_per_token.out";
+  check_dynamic_quantize_args(op, input, quant_max, true);
+  check_and_resize_out(op, input, out);
+  if (out.is_contiguous()) {
+    per_token_into(op, input.contiguous(), out, quant_max);
+  } else {
+    at::Tensor tmp = empty_cpu_output(input.sizes(), input.options());
+    per_token_into(op, input.contiguous(), tmp, quant_max);
+    out.copy_(tmp);
+  }
+  return out;
 }
 
 at::Tensor quantize_per_tensor_dynamic_cpu(const at::Tensor& input, std::int64_t quant_max) {
@@ -106,6 +123,7 @@ at::Tensor quantize_per_tensor_dynamic_cpu(const at::Tensor& input, std::int64_t
 
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
   m.impl("quantize_per_token", &quantize_per_token_cpu);
+  m.impl("quantize_per_token.out", &quantize_per_token_out_cpu);
   m.impl("quantize_per_tensor_dynamic", &quantize_per_tensor_dynamic_cpu);
 }
 

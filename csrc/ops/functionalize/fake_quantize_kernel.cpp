@@ -1,5 +1,5 @@
-// Functionalization of fake_quantize.out, so torch.compile / torch.export can trace code that
-// calls the out= overload: run the functional op below functionalization, then replace the
+// Functionalization of the out= overloads (fake_quantize.out, quantize_per_token.out), so torch.compile / torch.export
+// can trace code that calls the out= overload: run the functional op below functionalization, then replace the
 // (functional) `out` with the result, as ATen's generated kernels do for its own out= ops.
 // The overload is deliberately not tagged `out`: torch 2.13's Inductor lowers functional custom
 // ops to a tagged out overload and then passes defaulted arguments twice.
@@ -8,6 +8,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
+
+#include <vector>
+
+#include "qatkit/ops.h"
 
 namespace qatkit::ops {
 namespace {
@@ -21,43 +25,60 @@ at::Tensor unwrap(const at::Tensor& t) {
   return fimpl::from_functional_tensor(t);
 }
 
-at::Tensor& fake_quantize_out_functionalize(const at::Tensor& input, const at::Tensor& scale,
-                                            const at::Tensor& zero_point, std::int64_t quant_min,
-                                            std::int64_t quant_max, OptInt axis, OptInt group_size, at::Tensor& out) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::fake_quantize", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
-                                         std::int64_t, OptInt, OptInt)>();
-  static auto out_op = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("qatkit::fake_quantize", "out")
-                           .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
-                                              std::int64_t, OptInt, OptInt, at::Tensor&)>();
-  const at::Tensor input_ = unwrap(input), scale_ = unwrap(scale), zero_point_ = unwrap(zero_point);
+/// Functionalizes an out= overload: run `functional` (below functionalization) on the unwrapped
+/// inputs and replace the functional `out` with its result; a plain (non-functional) `out` is
+/// written in place by `out_call` instead.
+template <class Functional, class OutCall>
+at::Tensor& functionalize_out(const char* op, at::Tensor& out, const std::vector<at::Tensor>& inputs,
+                              Functional functional, OutCall out_call) {
+  std::vector<at::Tensor> unwrapped;
+  bool any_functional = false;
+  for (const at::Tensor& t : inputs) {
+    any_functional |= fimpl::isFunctionalTensor(t);
+    unwrapped.push_back(unwrap(t));
+  }
+  c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::Functionalize);
   if (!fimpl::isFunctionalTensor(out)) {
-    // Nothing to functionalize: a plain out tensor is written in place.
-    TORCH_CHECK(!fimpl::isFunctionalTensor(input) && !fimpl::isFunctionalTensor(scale) &&
-                    !fimpl::isFunctionalTensor(zero_point),
-                "fake_quantize.out: out must be a functional tensor when the inputs are");
-    c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::Functionalize);
-    return out_op.call(input_, scale_, zero_point_, quant_min, quant_max, axis, group_size, out);
+    TORCH_CHECK(!any_functional, op, ": out must be a functional tensor when the inputs are");
+    return out_call(unwrapped, out);
   }
-  at::Tensor result;
-  {
-    c10::impl::ExcludeDispatchKeyGuard guard(c10::DispatchKey::Functionalize);
-    // Check out's dtype/device like the real out= kernels (on the unwrapped tensor).
-    at::Tensor out_ = fimpl::from_functional_tensor(out);
-    TORCH_CHECK_TYPE(out_.scalar_type() == input_.scalar_type(), "fake_quantize.out: out must have input's dtype ",
-                     input_.scalar_type(), ", got ", out_.scalar_type());
-    result = op.call(input_, scale_, zero_point_, quant_min, quant_max, axis, group_size);
-  }
+  const at::Tensor out_ = fimpl::from_functional_tensor(out);
+  TORCH_CHECK_TYPE(out_.scalar_type() == unwrapped[0].scalar_type(), op, ": out must have input's dtype ",
+                   unwrapped[0].scalar_type(), ", got ", out_.scalar_type());
+  const at::Tensor result = functional(unwrapped);
   fimpl::replace_(out, result);
   fimpl::commit_update(out);
   fimpl::sync(out);
   return out;
 }
 
+at::Tensor& fake_quantize_out_functionalize(const at::Tensor& input, const at::Tensor& scale,
+                                            const at::Tensor& zero_point, std::int64_t quant_min,
+                                            std::int64_t quant_max, OptInt axis, OptInt group_size, at::Tensor& out) {
+  return functionalize_out(
+      "fake_quantize.out", out, {input, scale, zero_point},
+      [&](const std::vector<at::Tensor>& u) {
+        return fake_quantize(u[0], u[1], u[2], quant_min, quant_max, axis, group_size);
+      },
+      [&](const std::vector<at::Tensor>& u, at::Tensor& o) -> at::Tensor& {
+        return fake_quantize_out(o, u[0], u[1], u[2], quant_min, quant_max, axis, group_size);
+      });
+}
+
+at::Tensor& quantize_per_token_out_functionalize(const at::Tensor& input, std::int64_t quant_max, at::Tensor& out) {
+  return functionalize_out(
+      "quantize_per_token.out", out, {input},
+      [&](const std::vector<at::Tensor>& u) { return quantize_per_token(u[0], quant_max); },
+      [&](const std::vector<at::Tensor>& u, at::Tensor& o) -> at::Tensor& {
+        return quantize_per_token_out(o, u[0], quant_max);
+      });
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qatkit, Functionalize, m) { m.impl("fake_quantize.out", &fake_quantize_out_functionalize); }
+TORCH_LIBRARY_IMPL(qatkit, Functionalize, m) {
+  m.impl("fake_quantize.out", &fake_quantize_out_functionalize);
+  m.impl("quantize_per_token.out", &quantize_per_token_out_functionalize);
+}
 
 }  // namespace qatkit::ops

@@ -152,3 +152,34 @@ def test_bad_input(fn, args, exc, fragment):
     with pytest.raises(exc) as info:
         fn(*args)
     assert fragment in str(info.value)
+
+
+def test_per_token_out_variant():
+    x = _x((6, 40), torch.float32)
+    expected = ops.quantize_per_token(x)
+    out = torch.empty(6, 40)
+    assert ops.quantize_per_token(x, out=out) is out and torch.equal(out, expected)
+    strided = torch.empty(40, 6).t()
+    ops.quantize_per_token(x, out=strided)
+    assert torch.equal(strided, expected)
+    resized = torch.empty(0)
+    ops.quantize_per_token(x, out=resized)
+    assert torch.equal(resized, expected)
+    with pytest.raises(TypeError, match="out must have input's dtype"):
+        ops.quantize_per_token(x, out=torch.empty(6, 40, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="unsupported operation"):
+        ops.quantize_per_token(x, out=x)
+
+
+def test_per_token_out_opcheck_and_compile():
+    x = _x((3, 16), torch.float32)
+    torch.library.opcheck(torch.ops.qatkit.quantize_per_token.out, (x, 127), {"out": torch.empty(3, 16)})
+
+    def f(x, buf):
+        ops.quantize_per_token(x, out=buf)
+        return buf * 2
+
+    torch._dynamo.reset()
+    buf = torch.empty(3, 16)
+    y = torch.compile(f, backend="aot_eager", fullgraph=True)(x, buf)
+    assert torch.equal(y, ops.quantize_per_token(x) * 2) and torch.equal(buf, ops.quantize_per_token(x))
