@@ -14,6 +14,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cpu/mean_abs.h"
 #include "fake_quantize_common.h"
 #include "qatkit/ops.h"
 
@@ -100,20 +101,12 @@ void check_binarize_backward_args(const char* op, const at::Tensor& grad, const 
 BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::optional<std::int64_t> axis) {
   BinaryStats st;
   if (scaling == BinaryScaling::kNone || input.sym_numel() == 0) return st;
-  std::vector<std::int64_t> dims(input.dim());
-  std::iota(dims.begin(), dims.end(), 0);
-  std::int64_t channels = 1;
-  if (axis.has_value()) {
-    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
-    dims.erase(dims.begin() + ax);
-    channels = input.sym_size(ax).guard_int(__FILE__, __LINE__);
-  }
-  const double count =
-      static_cast<double>(input.sym_numel().guard_int(__FILE__, __LINE__)) / static_cast<double>(channels);
-  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  // mean |W| as an L1 norm (one pass, no |W| temporary)
-  st.alpha = as_float(at::linalg_vector_norm(input, 1, dims, false, acc).div(count)).reshape(-1);
+  st.alpha = mean_abs(input, axis);  // one pass, no |W| temporary (see _mean_abs)
   if (scaling == BinaryScaling::kBitNet) {
+    std::vector<std::int64_t> dims(input.dim());
+    std::iota(dims.begin(), dims.end(), 0);
+    if (axis.has_value()) dims.erase(dims.begin() + (*axis < 0 ? *axis + input.dim() : *axis));
+    const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     st.center = as_float(at::mean(input, dims, false, acc)).reshape(-1);
   }
   return st;

@@ -19,6 +19,7 @@
 #include <numeric>
 #include <vector>
 
+#include "cpu/mean_abs.h"
 #include "fake_quantize_common.h"
 #include "qatkit/ops.h"
 
@@ -48,13 +49,11 @@ at::Tensor ternarize_kernel(const at::Tensor& input, c10::string_view method, st
   const std::vector<std::int64_t> dims = reduce_dims(input, axis);
   const bool keep = true;
   // (weights have static shapes: guarding on their sizes costs no recompilation)
-  const std::int64_t numel = input.sym_numel().guard_int(__FILE__, __LINE__);
   const std::int64_t channels = axis.has_value() ? input.sym_size(*axis).guard_int(__FILE__, __LINE__) : 1;
-  const double count = static_cast<double>(numel) / static_cast<double>(channels);
-  // mean |W| without an |W| temporary: the L1 norm reduces in one pass (float32, float64 inputs
-  // in float64)
-  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor mean_abs = ops::as_float(at::linalg_vector_norm(input, 1, dims, keep, acc).div(count));
+  // mean |W| per tensor / channel, shaped to broadcast (see _mean_abs)
+  std::vector<std::int64_t> shape(input.dim(), 1);
+  if (axis.has_value()) shape[*axis < 0 ? *axis + input.dim() : *axis] = channels;
+  const at::Tensor mean_abs = ops::mean_abs(input, axis).reshape(shape);
   if (method == "absmean") {
     if (input.device().is_cpu()) {
       TORCH_CHECK_VALUE(at::isfinite(mean_abs).all().item<bool>(),

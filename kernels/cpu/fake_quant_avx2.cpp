@@ -198,6 +198,42 @@ float absmax_avx2(const void* x, DType dt, std::int64_t n, bool* finite) {
   return detail::absmax_scalar(x, dt, n, finite);
 }
 
+/// sum |x|: lanes 0-3 and 4-7 of each 8-element step in two float64 accumulators, the same lane
+/// assignment (and so the same bits) as the portable loop.
+template <typename S>
+double abssum_avx2_typed(const S* x, std::int64_t n) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_andnot_ps(sign, load8(x + i));
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(a)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(a, 1)));
+  }
+  alignas(32) double lanes[8];
+  _mm256_store_pd(lanes, lo);
+  _mm256_store_pd(lanes + 4, hi);
+  for (int k = 0; i < n; ++i, ++k) {
+    const double v = static_cast<double>(detail::Elem<S>::load(x[i]));
+    lanes[k] += v < 0 ? -v : v;
+  }
+  return detail::lane_sum(lanes);
+}
+
+double abssum_avx2(const void* x, DType dt, std::int64_t n) {
+  switch (dt) {
+    case DType::kFloat32:
+      return abssum_avx2_typed(static_cast<const float*>(x), n);
+    case DType::kFloat16:
+      return abssum_avx2_typed(static_cast<const Half*>(x), n);
+    case DType::kBFloat16:
+      return abssum_avx2_typed(static_cast<const BFloat16*>(x), n);
+    case DType::kFloat64:
+      break;
+  }
+  return detail::abssum_scalar(x, dt, n);
+}
+
 }  // namespace
 
 const FakeQuantKernels* avx2_kernels() {
@@ -208,7 +244,8 @@ const FakeQuantKernels* avx2_kernels() {
                                   &detail::lsq_run_dispatch<Avx2Vec>,
                                   &detail::lsq_row_dispatch,
                                   &detail::pact_run_dispatch,
-                                  &absmax_avx2};
+                                  &absmax_avx2,
+                                  &abssum_avx2};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &k : nullptr;

@@ -39,7 +39,8 @@ const FakeQuantKernels& baseline_kernels() {
                                   &detail::lsq_run_dispatch<ScalarVec>,
                                   &detail::lsq_row_dispatch,
                                   &detail::pact_run_dispatch,
-                                  &detail::absmax_scalar};
+                                  &detail::absmax_scalar,
+                                  &detail::abssum_scalar};
   return k;
 }
 

@@ -34,6 +34,9 @@ struct FakeQuantKernels {
   /// max |x| over n elements of `dtype` (float32 result); *finite is cleared if any element is
   /// NaN or +-Inf. The statistic of the per-token / dynamic absmax quantizers.
   float (*absmax)(const void* x, DType dtype, std::int64_t n, bool* finite);
+  /// sum |x| over n elements in float64: element j into lane j % 8, lanes combined in a fixed
+  /// order, so every ISA returns the same bits (mean |W| of the binary / ternary scalings).
+  double (*abssum)(const void* x, DType dtype, std::int64_t n);
 };
 
 /// Portable C++ implementation (always available).

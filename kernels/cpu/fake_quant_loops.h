@@ -355,6 +355,32 @@ inline float absmax_scalar(const void* x, DType dt, std::int64_t n, bool* finite
   return 0.f;
 }
 
+/// Portable sum |x| with 8 float64 lanes (see FakeQuantKernels::abssum).
+template <typename S>
+double abssum_scalar_typed(const S* x, std::int64_t n) {
+  using E = Elem<S>;
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (std::int64_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(E::load(x[i]));
+    lanes[i & 7] += v < 0 ? -v : v;
+  }
+  return lane_sum(lanes);
+}
+
+inline double abssum_scalar(const void* x, DType dt, std::int64_t n) {
+  switch (dt) {
+    case DType::kFloat32:
+      return abssum_scalar_typed(static_cast<const float*>(x), n);
+    case DType::kFloat64:
+      return abssum_scalar_typed(static_cast<const double*>(x), n);
+    case DType::kFloat16:
+      return abssum_scalar_typed(static_cast<const Half*>(x), n);
+    case DType::kBFloat16:
+      return abssum_scalar_typed(static_cast<const BFloat16*>(x), n);
+  }
+  return 0.0;
+}
+
 /// Scalar qparam validity test (see FakeQuantKernels::qparams_valid).
 inline bool qparams_valid_scalar(const float* s, const float* z, std::int64_t n, float qmin, float qmax) {
   for (std::int64_t c = 0; c < n; ++c) {

@@ -310,7 +310,7 @@ CATCH_TEST_CASE("LSQ backward: formula per element, identical sums on every ISA"
   }
 }
 
-CATCH_TEST_CASE("absmax: max |x| and the finite flag, every ISA and dtype", "[kernels]") {
+CATCH_TEST_CASE("absmax and abssum: every ISA and dtype, identical sums", "[kernels]") {
   const std::int64_t n = 1001;
   auto x = random_storage<float>(n, 11);
   x[417] = -9.5f;  // the largest magnitude is negative
@@ -324,6 +324,13 @@ CATCH_TEST_CASE("absmax: max |x| and the finite flag, every ISA and dtype", "[ke
     std::vector<std::uint16_t> xb(n);
     for (std::int64_t i = 0; i < n; ++i) xb[i] = qatkit::kernels::float_to_bf16(x[i]);
     CATCH_CHECK(k->absmax(xb.data(), DType::kBFloat16, n, &ok) == 9.5f);
+    double ref = 0;
+    for (float v : x) ref += std::fabs(static_cast<double>(v));
+    CATCH_CHECK(k->abssum(x.data(), DType::kFloat32, n) == Approx(ref).epsilon(1e-12));
+    CATCH_CHECK(k->abssum(x.data(), DType::kFloat32, n) ==
+                cpu::baseline_kernels().abssum(x.data(), DType::kFloat32, n));
+    CATCH_CHECK(k->abssum(xb.data(), DType::kBFloat16, n) ==
+                cpu::baseline_kernels().abssum(xb.data(), DType::kBFloat16, n));
     for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
       for (std::int64_t at : {std::int64_t{3}, n - 2}) {  // vector body and tail
         auto y = x;

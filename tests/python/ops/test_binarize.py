@@ -195,3 +195,13 @@ def test_bad_input(kwargs, exc, fragment):
 def test_integer_input_rejected():
     with pytest.raises(TypeError, match="input must be float32"):
         ops.binarize(torch.ones(3, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("shape,axis", [((7,), None), ((6, 33), 0), ((6, 33), 1), ((2, 3, 4), None), ((0, 5), None)])
+def test_mean_abs_statistic(shape, axis):
+    x = _x(shape)
+    got = torch.ops.qatkit._mean_abs(x, axis)
+    if x.numel():
+        dims = tuple(range(x.dim())) if axis is None else tuple(d for d in range(x.dim()) if d != axis)
+        torch.testing.assert_close(got.double(), x.double().abs().mean(dims).reshape(-1), rtol=1e-6, atol=1e-7)
+        torch.library.opcheck(torch.ops.qatkit._mean_abs.default, (x, axis))

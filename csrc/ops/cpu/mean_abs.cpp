@@ -1,0 +1,51 @@
+// See mean_abs.h.
+#include "mean_abs.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../fake_quantize_common.h"
+
+namespace qatkit::ops {
+
+at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  constexpr std::int64_t kBlock = 1 << 15;
+  const bool per_tensor = !axis.has_value();
+  if (!per_tensor && (*axis < 0 ? *axis + input.dim() : *axis) != 0) return {};
+  const at::Tensor x = input.contiguous();
+  const std::int64_t n = x.numel();
+  const std::int64_t channels = per_tensor ? 1 : x.size(0);
+  if (n == 0 || channels == 0) return {};
+  const std::int64_t row = n / channels;
+  const auto es = static_cast<std::int64_t>(x.element_size());
+  const char* xp = static_cast<const char*>(x.const_data_ptr());
+  const kernels::DType dt = kernel_dtype(x);
+  const auto& k = kernels::cpu::active_kernels();
+  at::Tensor out = at::empty({channels}, x.options().dtype(at::kFloat));
+  float* o = out.mutable_data_ptr<float>();
+  if (per_tensor) {
+    const std::int64_t blocks = (n + kBlock - 1) / kBlock;
+    std::vector<double> partial(blocks);
+    at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b)
+        partial[b] = k.abssum(xp + b * kBlock * es, dt, std::min(kBlock, n - b * kBlock));
+    });
+    double sum = 0.0;
+    for (double p : partial) sum += p;
+    o[0] = static_cast<float>(sum / static_cast<double>(n));
+  } else {
+    at::parallel_for(0, channels, std::max<std::int64_t>(1, kBlock / std::max<std::int64_t>(row, 1)),
+                     [&](std::int64_t c0, std::int64_t c1) {
+                       for (std::int64_t c = c0; c < c1; ++c) {
+                         o[c] = static_cast<float>(k.abssum(xp + c * row * es, dt, row) / static_cast<double>(row));
+                       }
+                     });
+  }
+  return out;
+}
+
+}  // namespace qatkit::ops

@@ -1,0 +1,19 @@
+// mean |x| per tensor or per leading-dim channel on the CPU, from the kernel tier's float64
+// abs-sum (one pass, fixed summation order: the same bits for any thread count or ISA).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+
+namespace qatkit::ops {
+
+/// The _mean_abs op through the dispatcher (float32, one element per channel).
+at::Tensor mean_abs(const at::Tensor& input, std::optional<std::int64_t> axis);
+
+/// float32 vector of mean |x| (one element per tensor, or per channel of axis 0). Returns an
+/// undefined tensor for layouts it does not cover (other axes), for the caller's fallback.
+at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axis);
+
+}  // namespace qatkit::ops

@@ -1,0 +1,58 @@
+// _mean_abs: mean |x| per tensor or per channel (float32, one element per channel), the
+// statistic of the binary / ternary scalings. An op of its own so eager and compiled graphs run
+// the same kernel: on the CPU the kernel tier's float64 abs-sum (fixed order, one pass) for the
+// layouts it covers; elsewhere (CUDA, Meta, other axes) an L1 norm.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <torch/library.h>
+
+#include <numeric>
+#include <vector>
+
+#include "cpu/mean_abs.h"
+#include "fake_quantize_common.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  m.def("_mean_abs(Tensor input, int? axis=None) -> Tensor", {at::Tag::pt2_compliant_tag});
+}
+
+namespace qatkit::ops {
+namespace {
+
+at::Tensor mean_abs_generic(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  check_input_and_range("_mean_abs", input, -1, 1, axis, std::nullopt);
+  std::vector<std::int64_t> dims(input.dim());
+  std::iota(dims.begin(), dims.end(), 0);
+  c10::SymInt channels = 1;
+  if (axis.has_value()) {
+    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
+    dims.erase(dims.begin() + ax);
+    channels = input.sym_size(ax);
+  }
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const double count = static_cast<double>(input.sym_numel().guard_int(__FILE__, __LINE__)) /
+                       static_cast<double>(std::max<std::int64_t>(1, channels.guard_int(__FILE__, __LINE__)));
+  return as_float(at::linalg_vector_norm(input, 1, dims, false, acc).div(count)).reshape_symint({channels});
+}
+
+at::Tensor mean_abs_cpu_kernel(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  check_input_and_range("_mean_abs", input, -1, 1, axis, std::nullopt);
+  at::Tensor fast = mean_abs_cpu(input, axis);
+  return fast.defined() ? fast : mean_abs_generic(input, axis);
+}
+
+}  // namespace
+
+at::Tensor mean_abs(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::_mean_abs", "")
+                       .typed<at::Tensor(const at::Tensor&, std::optional<std::int64_t>)>();
+  return op.call(input, axis);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("_mean_abs", &mean_abs_cpu_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("_mean_abs", &mean_abs_generic); }
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("_mean_abs", &mean_abs_generic); }
+
+}  // namespace qatkit::ops
