@@ -211,6 +211,7 @@ def main():
     for name, fn, nbytes in (
         ("quantize_per_token fwd into preallocated out", lambda: ops.quantize_per_token(x, out=out), 12),
         ("quantize_per_token fwd (allocating)", lambda: ops.quantize_per_token(x), 12),
+        ("ternarize absmean fwd into preallocated out", lambda: ops.ternarize(x, "absmean", out=out), 12),
         ("ternarize absmean fwd (allocating)", lambda: ops.ternarize(x, "absmean"), 12),
         ("ternarize twn fwd (allocating)", lambda: ops.ternarize(x, "twn"), 16),
         ("binarize mean_abs fwd (allocating)", lambda: ops.binarize(x, "mean_abs"), 12),

@@ -25,6 +25,8 @@
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def("ternarize(Tensor input, str method=\"absmean\", int? axis=None) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("ternarize.out(Tensor input, str method=\"absmean\", int? axis=None, *, Tensor(a!) out) -> Tensor(a!)",
+        {at::Tag::pt2_compliant_tag});
 }
 
 namespace qatkit {
@@ -40,12 +42,15 @@ std::vector<std::int64_t> reduce_dims(const at::Tensor& input, std::optional<std
   return dims;
 }
 
-at::Tensor ternarize_kernel(const at::Tensor& input, c10::string_view method, std::optional<std::int64_t> axis) {
-  constexpr const char* op = "ternarize";
+/// Writes ternarize(input) into `out` (contiguous, input's shape) or returns a new tensor when
+/// `out` is null: absmean is one fake_quantize pass into the destination.
+at::Tensor ternarize_impl(const char* op, const at::Tensor& input, c10::string_view method,
+                          std::optional<std::int64_t> axis, at::Tensor* out) {
   ops::check_input_and_range(op, input, -1, 1, axis, std::nullopt);
   TORCH_CHECK_VALUE(method == "absmean" || method == "twn",
                     fmt::format("{}: method must be one of 'absmean', 'twn', got '{}'", op, std::string(method)));
-  if (input.sym_numel() == 0) return input.clone(at::MemoryFormat::Contiguous);
+  if (out != nullptr) ops::check_and_resize_out(op, input, *out);
+  if (input.sym_numel() == 0) return out ? *out : input.clone(at::MemoryFormat::Contiguous);
   const std::vector<std::int64_t> dims = reduce_dims(input, axis);
   const bool keep = true;
   // (weights have static shapes: guarding on their sizes costs no recompilation)
@@ -61,7 +66,8 @@ at::Tensor ternarize_kernel(const at::Tensor& input, c10::string_view method, st
     }
     const at::Tensor gamma = mean_abs.clamp_min(kMinGamma).reshape(-1);
     const at::Tensor z = at::zeros_like(gamma, gamma.options().dtype(at::kInt));
-    return fake_quantize(input, gamma, z, -1, 1, axis.has_value() ? axis : std::nullopt);
+    if (out != nullptr) return fake_quantize_out(*out, input, gamma, z, -1, 1, axis);
+    return fake_quantize(input, gamma, z, -1, 1, axis);
   }
   const at::Tensor absw = input.abs();
   const at::Tensor delta = mean_abs.mul(0.7).to(input.scalar_type());
@@ -69,7 +75,21 @@ at::Tensor ternarize_kernel(const at::Tensor& input, c10::string_view method, st
   const at::Tensor kept = keep_mask.sum(dims, keep, at::kFloat);
   const at::Tensor a =
       at::where(keep_mask, absw, at::zeros({}, absw.options())).sum(dims, keep, at::kFloat).div(kept.clamp_min(1.0));
-  return at::where(keep_mask, input.sign().mul(a.to(input.scalar_type())), at::zeros({}, input.options())).contiguous();
+  at::Tensor y =
+      at::where(keep_mask, input.sign().mul(a.to(input.scalar_type())), at::zeros({}, input.options())).contiguous();
+  if (out == nullptr) return y;
+  if (!out->is_meta()) out->copy_(y);
+  return *out;
+}
+
+at::Tensor ternarize_kernel(const at::Tensor& input, c10::string_view method, std::optional<std::int64_t> axis) {
+  return ternarize_impl("ternarize", input, method, axis, nullptr);
+}
+
+at::Tensor& ternarize_out_kernel(const at::Tensor& input, c10::string_view method, std::optional<std::int64_t> axis,
+                                 at::Tensor& out) {
+  ternarize_impl("ternarize.out", input, method, axis, &out);
+  return out;
 }
 
 }  // namespace
@@ -81,8 +101,26 @@ at::Tensor ternarize(const at::Tensor& input, const std::string& method, std::op
   return op.call(input, method, axis);
 }
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("ternarize", &ternarize_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("ternarize", &ternarize_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("ternarize", &ternarize_kernel); }
+at::Tensor& ternarize_out(at::Tensor& out, const at::Tensor& input, const std::string& method,
+                          std::optional<std::int64_t> axis) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("qatkit::ternarize", "out")
+          .typed<at::Tensor&(const at::Tensor&, c10::string_view, std::optional<std::int64_t>, at::Tensor&)>();
+  return op.call(input, method, axis, out);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("ternarize", &ternarize_kernel);
+  m.impl("ternarize.out", &ternarize_out_kernel);
+}
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
+  m.impl("ternarize", &ternarize_kernel);
+  m.impl("ternarize.out", &ternarize_out_kernel);
+}
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
+  m.impl("ternarize", &ternarize_kernel);
+  m.impl("ternarize.out", &ternarize_out_kernel);
+}
 
 }  // namespace qatkit

@@ -109,6 +109,10 @@ QATKIT_API at::Tensor fused_observe_fake_quantize(const at::Tensor& input, at::T
                                                   bool symmetric = false,
                                                   std::optional<std::int64_t> axis = std::nullopt);
 
+/// ternarize into `out` (resized like ATen's out= ops; not differentiable).
+QATKIT_API at::Tensor& ternarize_out(at::Tensor& out, const at::Tensor& input, const std::string& method = "absmean",
+                                     std::optional<std::int64_t> axis = std::nullopt);
+
 /// Scale (float32) and zero point (int32) from the min/max of `input`, with 0 inside the range:
 ///   symmetric:  scale = max(|min|, |max|) / ((quant_max - quant_min) / 2), zero_point 0 for a
 ///               signed range (quant_min < 0), else the mid-point (quant_min + quant_max + 1) / 2;

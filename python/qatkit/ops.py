@@ -179,7 +179,9 @@ def quantize_per_tensor_dynamic(input: torch.Tensor, quant_max: int = 127) -> to
     return torch.ops.qatkit.quantize_per_tensor_dynamic(input, quant_max)
 
 
-def ternarize(input: torch.Tensor, method: str = "absmean", axis: Optional[int] = None) -> torch.Tensor:
+def ternarize(
+    input: torch.Tensor, method: str = "absmean", axis: Optional[int] = None, *, out: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Ternary weights ``{-a, 0, +a}``, per tensor or per channel along ``axis``.
 
     - ``"absmean"`` (BitNet b1.58, papers.md §7.2): ``gamma = max(mean|W|, 1e-5)``,
@@ -188,12 +190,14 @@ def ternarize(input: torch.Tensor, method: str = "absmean", axis: Optional[int] 
       ``y = sign(W) * a`` where ``|W| > delta``, else 0.
 
     Gradient: straight-through (identity) with the scales held constant, as in the papers'
-    training code.
+    training code. ``out``: write into a preallocated tensor (not differentiable).
 
     Raises:
         ValueError: an unknown ``method`` (the message lists the valid ones), ``axis`` out of range,
             or (CPU, absmean) NaN/Inf weights.
     """
+    if out is not None:
+        return torch.ops.qatkit.ternarize.out(input, method, axis, out=out)
     return torch.ops.qatkit.ternarize(input, method, axis)
 
 

@@ -1,8 +1,8 @@
-// Functionalization of the out= overloads (fake_quantize.out, quantize_per_token.out), so torch.compile / torch.export
-// can trace code that calls the out= overload: run the functional op below functionalization, then replace the
-// (functional) `out` with the result, as ATen's generated kernels do for its own out= ops.
-// The overload is deliberately not tagged `out`: torch 2.13's Inductor lowers functional custom
-// ops to a tagged out overload and then passes defaulted arguments twice.
+// Functionalization of the out= overloads (fake_quantize, quantize_per_token, ternarize), so torch.compile /
+// torch.export can trace code that calls the out= overload: run the functional op below functionalization, then replace
+// the (functional) `out` with the result, as ATen's generated kernels do for its own out= ops. The overload is
+// deliberately not tagged `out`: torch 2.13's Inductor lowers functional custom ops to a tagged out overload and then
+// passes defaulted arguments twice.
 #include <ATen/FunctionalTensorWrapper.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -74,9 +74,18 @@ at::Tensor& quantize_per_token_out_functionalize(const at::Tensor& input, std::i
       });
 }
 
+at::Tensor& ternarize_out_functionalize(const at::Tensor& input, c10::string_view method,
+                                        std::optional<std::int64_t> axis, at::Tensor& out) {
+  const std::string m(method);
+  return functionalize_out(
+      "ternarize.out", out, {input}, [&](const std::vector<at::Tensor>& u) { return ternarize(u[0], m, axis); },
+      [&](const std::vector<at::Tensor>& u, at::Tensor& o) -> at::Tensor& { return ternarize_out(o, u[0], m, axis); });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, Functionalize, m) {
+  m.impl("ternarize.out", &ternarize_out_functionalize);
   m.impl("fake_quantize.out", &fake_quantize_out_functionalize);
   m.impl("quantize_per_token.out", &quantize_per_token_out_functionalize);
 }

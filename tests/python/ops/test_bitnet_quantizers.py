@@ -183,3 +183,18 @@ def test_per_token_out_opcheck_and_compile():
     buf = torch.empty(3, 16)
     y = torch.compile(f, backend="aot_eager", fullgraph=True)(x, buf)
     assert torch.equal(y, ops.quantize_per_token(x) * 2) and torch.equal(buf, ops.quantize_per_token(x))
+
+
+@pytest.mark.parametrize("method", ["absmean", "twn"])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_ternarize_out_variant(method, axis):
+    w = _x((8, 24), torch.float32, seed=9)
+    expected = ops.ternarize(w, method, axis)
+    out = torch.empty(8, 24)
+    assert ops.ternarize(w, method, axis, out=out) is out and torch.equal(out, expected)
+    strided = torch.empty(24, 8).t()
+    ops.ternarize(w, method, axis, out=strided)
+    assert torch.equal(strided, expected)
+    torch.library.opcheck(torch.ops.qatkit.ternarize.out, (w, method, axis), {"out": torch.empty(8, 24)})
+    with pytest.raises(TypeError, match="out must have input's dtype"):
+        ops.ternarize(w, method, axis, out=torch.empty(8, 24, dtype=torch.float64))
