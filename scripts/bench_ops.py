@@ -214,6 +214,7 @@ def main():
         ("ternarize absmean fwd into preallocated out", lambda: ops.ternarize(x, "absmean", out=out), 12),
         ("ternarize absmean fwd (allocating)", lambda: ops.ternarize(x, "absmean"), 12),
         ("ternarize twn fwd (allocating)", lambda: ops.ternarize(x, "twn"), 16),
+        ("binarize mean_abs fwd into preallocated out", lambda: ops.binarize(x, "mean_abs", out=out), 12),
         ("binarize mean_abs fwd (allocating)", lambda: ops.binarize(x, "mean_abs"), 12),
         (
             "binarize bwd approx_sign (allocating)",

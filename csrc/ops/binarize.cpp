@@ -24,6 +24,10 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "binarize(Tensor input, str scaling=\"none\", int? axis=None, str estimator=\"clipped_ste\", "
       "float beta=1.0, Tensor? seed=None) -> Tensor",
       tags);
+  m.def(
+      "binarize.out(Tensor input, str scaling=\"none\", int? axis=None, str estimator=\"clipped_ste\", "
+      "float beta=1.0, Tensor? seed=None, *, Tensor(a!) out) -> Tensor(a!)",
+      tags);
   // y = sign(x - center) * alpha (stochastic with a seed); center / alpha per channel or None.
   m.def(
       "_binarize_apply(Tensor input, Tensor? center, Tensor? alpha, int? axis, bool zero_negative, "
@@ -188,7 +192,27 @@ at::Tensor binarize_kernel(const at::Tensor& input, c10::string_view scaling, st
   return binarize_apply(input, st.center, st.alpha, axis, sc == ops::BinaryScaling::kBitNet, seed);
 }
 
+/// out= on CUDA (and the shape/dtype contract on Meta): the functional kernel, then a copy.
+at::Tensor& binarize_out_generic(const at::Tensor& input, c10::string_view scaling, std::optional<std::int64_t> axis,
+                                 c10::string_view estimator, double beta, const std::optional<at::Tensor>& seed,
+                                 at::Tensor& out) {
+  ops::check_binarize_args("binarize.out", input, axis, beta, seed);
+  ops::check_and_resize_out("binarize.out", input, out);
+  if (!out.is_meta()) out.copy_(binarize_kernel(input, scaling, axis, estimator, beta, seed));
+  return out;
+}
+
 }  // namespace
+
+at::Tensor& binarize_out(at::Tensor& out, const at::Tensor& input, const std::string& scaling,
+                         std::optional<std::int64_t> axis, const std::string& estimator, double beta,
+                         const std::optional<at::Tensor>& seed) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::binarize", "out")
+                       .typed<at::Tensor&(const at::Tensor&, c10::string_view, std::optional<std::int64_t>,
+                                          c10::string_view, double, const std::optional<at::Tensor>&, at::Tensor&)>();
+  return op.call(input, scaling, axis, estimator, beta, seed, out);
+}
 
 at::Tensor binarize(const at::Tensor& input, const std::string& scaling, std::optional<std::int64_t> axis,
                     const std::string& estimator, double beta, const std::optional<at::Tensor>& seed) {
@@ -211,7 +235,13 @@ at::Tensor binarize_apply(const at::Tensor& input, const std::optional<at::Tenso
 }
 
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("binarize", &binarize_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("binarize", &binarize_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("binarize", &binarize_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
+  m.impl("binarize", &binarize_kernel);
+  m.impl("binarize.out", &binarize_out_generic);
+}
+TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
+  m.impl("binarize", &binarize_kernel);
+  m.impl("binarize.out", &binarize_out_generic);
+}
 
 }  // namespace qatkit

@@ -89,6 +89,12 @@ QATKIT_API at::Tensor binarize(const at::Tensor& input, const std::string& scali
                                const std::string& estimator = "clipped_ste", double beta = 1.0,
                                const std::optional<at::Tensor>& seed = std::nullopt);
 
+/// binarize into `out` (resized like ATen's out= ops; not differentiable).
+QATKIT_API at::Tensor& binarize_out(at::Tensor& out, const at::Tensor& input, const std::string& scaling = "none",
+                                    std::optional<std::int64_t> axis = std::nullopt,
+                                    const std::string& estimator = "clipped_ste", double beta = 1.0,
+                                    const std::optional<at::Tensor>& seed = std::nullopt);
+
 /// Lower-level binarization with given per-channel center / alpha (float32, or empty).
 QATKIT_API at::Tensor binarize_apply(const at::Tensor& input, const std::optional<at::Tensor>& center,
                                      const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,

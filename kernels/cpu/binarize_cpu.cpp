@@ -36,12 +36,14 @@ void forward_typed(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) 
         y[i] = E::store(s * alpha);
       }
     } else {
-      const C at_zero = a.zero_negative ? -alpha : alpha;
+      const C at_zero = a.zero_negative ? -alpha : alpha, neg = -alpha;
       for (; i < run_end; ++i) {
-        // selects rather than branches, so the loop vectorizes; NaN falls through to v * alpha
+        // three selects and no short-circuit, so the loop vectorizes: sign, the zero
+        // convention, then NaN (which compares false everywhere) passes through as NaN
         const C v = E::load(x[i]) - center;
-        const C pos_neg = v > C(0) ? alpha : -alpha;
-        y[i] = E::store(v != C(0) && v == v ? pos_neg : (v == C(0) ? at_zero : v * alpha));
+        const C sgn = v > C(0) ? alpha : neg;
+        const C fixed = v == C(0) ? at_zero : sgn;
+        y[i] = E::store(v == v ? fixed : v);
       }
     }
   }

@@ -208,6 +208,8 @@ def binarize(
     estimator: str = "clipped_ste",
     beta: float = 1.0,
     seed: Optional[torch.Tensor] = None,
+    *,
+    out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Binary quantizer ``y = sign(x - center) * alpha`` with a choice of scaling and estimator.
 
@@ -222,11 +224,15 @@ def binarize(
         an int64 tensor with one element: stochastic BinaryConnect (§4), +1 with probability
         ``clamp((v + 1) / 2, 0, 1)``, drawn by Philox from (seed, element index) — reproducible,
         compile-safe and the same on CPU and CUDA.
+    out:
+        write into a preallocated tensor (resized like ATen's out= ops; not differentiable).
 
     Raises:
         ValueError: an unknown scaling or estimator (the message lists the valid ones), a bad axis,
             beta, or seed shape. TypeError: integer input or a non-int64 seed.
     """
+    if out is not None:
+        return torch.ops.qatkit.binarize.out(input, scaling, axis, estimator, beta, seed, out=out)
     return torch.ops.qatkit.binarize(input, scaling, axis, estimator, beta, seed)
 
 

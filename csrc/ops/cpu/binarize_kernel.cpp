@@ -6,6 +6,7 @@
 
 #include "../../../kernels/cpu/binarize_cpu.h"
 #include "../binarize_common.h"
+#include "../fake_quantize_common.h"
 #include "huge_pages.h"
 
 namespace qatkit::ops {
@@ -34,9 +35,29 @@ at::Tensor binarize_backward_cpu(const at::Tensor& grad, const at::Tensor& input
   return dx;
 }
 
+/// binarize into `out`: statistics, then one elementwise pass straight into the destination.
+at::Tensor& binarize_out_cpu(const at::Tensor& input, c10::string_view scaling, std::optional<std::int64_t> axis,
+                             c10::string_view estimator, double beta, const std::optional<at::Tensor>& seed,
+                             at::Tensor& out) {
+  constexpr const char* op = "binarize.out";
+  check_binarize_args(op, input, axis, beta, seed);
+  const BinaryScaling sc = parse_scaling(op, scaling);
+  (void)parse_estimator(op, estimator);
+  check_and_resize_out(op, input, out);
+  const BinaryStats st = binary_stats(input, sc, axis);
+  at::Tensor dst = out.is_contiguous() ? out : empty_cpu_output(input.sizes(), input.options());
+  const BinarizeLaunch l =
+      prepare_binarize(op, input, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed, dst);
+  at::parallel_for(0, l.args.numel, kGrain,
+                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_forward(l.args, b, e); });
+  if (!out.is_contiguous()) out.copy_(dst);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("binarize.out", &binarize_out_cpu);
   m.impl("_binarize_apply", &binarize_apply_cpu);
   m.impl("_binarize_backward", &binarize_backward_cpu);
 }

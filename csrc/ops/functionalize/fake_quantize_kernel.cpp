@@ -82,9 +82,27 @@ at::Tensor& ternarize_out_functionalize(const at::Tensor& input, c10::string_vie
       [&](const std::vector<at::Tensor>& u, at::Tensor& o) -> at::Tensor& { return ternarize_out(o, u[0], m, axis); });
 }
 
+at::Tensor& binarize_out_functionalize(const at::Tensor& input, c10::string_view scaling, OptInt axis,
+                                       c10::string_view estimator, double beta, const std::optional<at::Tensor>& seed,
+                                       at::Tensor& out) {
+  const std::string sc(scaling), est(estimator);
+  std::vector<at::Tensor> inputs{input};
+  if (seed.has_value() && seed->defined()) inputs.push_back(*seed);
+  return functionalize_out(
+      "binarize.out", out, inputs,
+      [&](const std::vector<at::Tensor>& u) {
+        return binarize(u[0], sc, axis, est, beta, u.size() > 1 ? std::optional<at::Tensor>(u[1]) : std::nullopt);
+      },
+      [&](const std::vector<at::Tensor>& u, at::Tensor& o) -> at::Tensor& {
+        return binarize_out(o, u[0], sc, axis, est, beta,
+                            u.size() > 1 ? std::optional<at::Tensor>(u[1]) : std::nullopt);
+      });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, Functionalize, m) {
+  m.impl("binarize.out", &binarize_out_functionalize);
   m.impl("ternarize.out", &ternarize_out_functionalize);
   m.impl("fake_quantize.out", &fake_quantize_out_functionalize);
   m.impl("quantize_per_token.out", &quantize_per_token_out_functionalize);

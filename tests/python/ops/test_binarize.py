@@ -205,3 +205,20 @@ def test_mean_abs_statistic(shape, axis):
         dims = tuple(range(x.dim())) if axis is None else tuple(d for d in range(x.dim()) if d != axis)
         torch.testing.assert_close(got.double(), x.double().abs().mean(dims).reshape(-1), rtol=1e-6, atol=1e-7)
         torch.library.opcheck(torch.ops.qatkit._mean_abs.default, (x, axis))
+
+
+@pytest.mark.parametrize("scaling", ["none", "mean_abs", "bitnet"])
+def test_out_variant(scaling):
+    x = _x((6, 20), seed=4)
+    for seed in (None, torch.tensor([7])):
+        expected = ops.binarize(x, scaling, 0, seed=seed)
+        out = torch.empty(6, 20)
+        assert ops.binarize(x, scaling, 0, seed=seed, out=out) is out and torch.equal(out, expected)
+        strided = torch.empty(20, 6).t()
+        ops.binarize(x, scaling, 0, seed=seed, out=strided)
+        assert torch.equal(strided, expected)
+    torch.library.opcheck(
+        torch.ops.qatkit.binarize.out, (x, scaling, 0, "clipped_ste", 1.0, None), {"out": torch.empty(6, 20)}
+    )
+    with pytest.raises(TypeError, match="out must have input's dtype"):
+        ops.binarize(x, scaling, out=torch.empty(6, 20, dtype=torch.float16))
