@@ -35,6 +35,10 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       tags);
   m.def("_binarize_backward(Tensor grad, Tensor input, Tensor? center, int? axis, str estimator, float beta) -> Tensor",
         tags);
+  m.def(
+      "_binarize_backward.out(Tensor grad, Tensor input, Tensor? center, int? axis, str estimator, float beta, *, "
+      "Tensor(a!) grad_input) -> Tensor(a!)",
+      tags);
 }
 
 namespace qatkit {
@@ -202,7 +206,40 @@ at::Tensor& binarize_out_generic(const at::Tensor& input, c10::string_view scali
   return out;
 }
 
+/// _binarize_backward.out on CUDA (and the shape/dtype contract on Meta): the functional kernel, then a copy.
+at::Tensor& binarize_backward_out_generic(const at::Tensor& grad, const at::Tensor& input,
+                                          const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                          c10::string_view estimator, double beta, at::Tensor& grad_input) {
+  constexpr const char* op = "_binarize_backward.out";
+  ops::check_binarize_backward_args(op, grad, input, center, axis, beta);
+  (void)ops::parse_estimator(op, estimator);
+  ops::check_and_resize_out(op, input, grad_input);
+  if (!grad_input.is_meta()) {
+    grad_input.copy_(binarize_backward(grad, input, center, axis, std::string(estimator), beta));
+  }
+  return grad_input;
+}
+
 }  // namespace
+
+at::Tensor binarize_backward(const at::Tensor& grad, const at::Tensor& input, const std::optional<at::Tensor>& center,
+                             std::optional<std::int64_t> axis, const std::string& estimator, double beta) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::_binarize_backward", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                         std::optional<std::int64_t>, c10::string_view, double)>();
+  return op.call(grad, input, center, axis, estimator, beta);
+}
+
+at::Tensor& binarize_backward_out(at::Tensor& grad_input, const at::Tensor& grad, const at::Tensor& input,
+                                  const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                  const std::string& estimator, double beta) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("qatkit::_binarize_backward", "out")
+                       .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                          std::optional<std::int64_t>, c10::string_view, double, at::Tensor&)>();
+  return op.call(grad, input, center, axis, estimator, beta, grad_input);
+}
 
 at::Tensor& binarize_out(at::Tensor& out, const at::Tensor& input, const std::string& scaling,
                          std::optional<std::int64_t> axis, const std::string& estimator, double beta,
@@ -238,10 +275,12 @@ TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("binarize", &binarize_kernel); }
 TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
   m.impl("binarize", &binarize_kernel);
   m.impl("binarize.out", &binarize_out_generic);
+  m.impl("_binarize_backward.out", &binarize_backward_out_generic);
 }
 TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
   m.impl("binarize", &binarize_kernel);
   m.impl("binarize.out", &binarize_out_generic);
+  m.impl("_binarize_backward.out", &binarize_backward_out_generic);
 }
 
 }  // namespace qatkit

@@ -5,7 +5,8 @@
 //   absmean: gamma = max(mean|W|, 1e-5); y = clamp(nearbyint(W / gamma), -1, 1) * gamma, computed as
 //            fake_quantize(W, gamma, 0, -1, 1): one L1-norm pass and one quantize pass.
 //   twn:     delta = 0.7 * mean|W|; a = mean of |W| over |W| > delta (0 if none); y = sign(W) * a
-//            where |W| > delta, else 0.
+//            where |W| > delta, else 0. On the CPU: one fused statistic pass and one ternary pass
+//            (ops/cpu/ternarize_kernel.cpp). Non-finite input raises on the CPU.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/isfinite.h>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "cpu/mean_abs.h"
+#include "cpu/ternarize_kernel.h"
 #include "fake_quantize_common.h"
 #include "qatkit/ops.h"
 
@@ -59,16 +61,22 @@ at::Tensor ternarize_impl(const char* op, const at::Tensor& input, c10::string_v
   std::vector<std::int64_t> shape(input.dim(), 1);
   if (axis.has_value()) shape[*axis < 0 ? *axis + input.dim() : *axis] = channels;
   const at::Tensor mean_abs = ops::mean_abs(input, axis).reshape(shape);
+  if (input.device().is_cpu()) {
+    // (a NaN or Inf anywhere makes its channel's mean non-finite; CUDA avoids the host sync)
+    TORCH_CHECK_VALUE(at::isfinite(mean_abs).all().item<bool>(),
+                      fmt::format("{}: input must be finite, found NaN or Inf", op));
+  }
   if (method == "absmean") {
-    if (input.device().is_cpu()) {
-      TORCH_CHECK_VALUE(at::isfinite(mean_abs).all().item<bool>(),
-                        fmt::format("{}: input must be finite, found NaN or Inf", op));
-    }
     const at::Tensor gamma = mean_abs.clamp_min(kMinGamma).reshape(-1);
     const at::Tensor z = at::zeros_like(gamma, gamma.options().dtype(at::kInt));
     if (out != nullptr) return fake_quantize_out(*out, input, gamma, z, -1, 1, axis);
     return fake_quantize(input, gamma, z, -1, 1, axis);
   }
+  if (input.device().is_cpu()) {
+    at::Tensor y = ops::twn_cpu(input, mean_abs, axis, out);
+    if (y.defined()) return y;
+  }
+  // the composite form (CUDA, Meta, CPU along axes other than 0)
   const at::Tensor absw = input.abs();
   const at::Tensor delta = mean_abs.mul(0.7).to(input.scalar_type());
   const at::Tensor keep_mask = absw.gt(delta);

@@ -100,6 +100,15 @@ QATKIT_API at::Tensor binarize_apply(const at::Tensor& input, const std::optiona
                                      const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
                                      bool zero_negative, const std::optional<at::Tensor>& seed);
 
+/// The estimator backward of binarize: grad * estimator'(input - center) (the scales are constants),
+/// and its out= form writing into `grad_input` (resized like ATen's out= ops).
+QATKIT_API at::Tensor binarize_backward(const at::Tensor& grad, const at::Tensor& input,
+                                        const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                        const std::string& estimator, double beta);
+QATKIT_API at::Tensor& binarize_backward_out(at::Tensor& grad_input, const at::Tensor& grad, const at::Tensor& input,
+                                             const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                             const std::string& estimator, double beta);
+
 /// Fused observer + fake quantize: when observer_on, update running_min / running_max in place
 /// (moving average with `momentum`, an empty +-inf buffer taking the first value, or plain
 /// min/max), recompute scale / zero_point into their buffers (choose_qparams' formulas); then

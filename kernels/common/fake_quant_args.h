@@ -75,11 +75,14 @@ enum class SignEstimator : int { kIdentity = 0, kClippedSte = 1, kApproxSign = 2
 /// y = sign(v) * alpha[c] with sign(0) = +1 (or -1 when zero_negative, BitNet's Sign);
 /// stochastic (seed != nullptr, BinaryConnect): +1 with probability clamp((v + 1) / 2, 0, 1),
 /// drawn by Philox keyed by *seed at the element index. NaN stays NaN.
+/// Ternary (threshold != nullptr, TWN): y = |v| > threshold[c] ? sign(v) * alpha[c] : 0 (the
+/// threshold and alpha already rounded to the input's dtype by the caller).
 struct BinarizeArgs {
   const void* input = nullptr;
   void* output = nullptr;
-  const float* center = nullptr;  ///< per-channel shift, or nullptr for 0
-  const float* alpha = nullptr;   ///< per-channel magnitude, or nullptr for 1
+  const float* center = nullptr;     ///< per-channel shift, or nullptr for 0
+  const float* alpha = nullptr;      ///< per-channel magnitude, or nullptr for 1
+  const float* threshold = nullptr;  ///< per-channel ternary dead zone, or nullptr (binary)
   const std::int64_t* seed = nullptr;
   std::int64_t numel = 0;
   std::int64_t inner = 1;

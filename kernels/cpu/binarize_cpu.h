@@ -1,5 +1,5 @@
-// Torch-free CPU binarize kernels (one portable implementation: the bodies are selects and
-// one multiply, which the compiler vectorizes; the stochastic path is Philox-bound).
+// Torch-free CPU binarize kernels: entry points over the active ISA's loops (binarize_loops.h,
+// built into each table of fake_quant_cpu.h; the stochastic path is Philox-bound).
 #pragma once
 
 #include <cstdint>

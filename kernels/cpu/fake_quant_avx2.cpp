@@ -8,6 +8,7 @@
 
 #include <type_traits>
 
+#include "binarize_loops.h"
 #include "fake_quant_loops.h"
 
 namespace qatkit::kernels::cpu {
@@ -234,6 +235,54 @@ double abssum_avx2(const void* x, DType dt, std::int64_t n) {
   return detail::abssum_scalar(x, dt, n);
 }
 
+/// TWN statistic (see FakeQuantKernels::twn_stats): |x| > delta selects by mask, then the same
+/// lane split and fixed combination as the portable loop (so the same bits).
+template <typename S>
+void twn_stats_avx2_typed(const S* x, std::int64_t n, float delta, double* sum, std::int64_t* count) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), d = _mm256_set1_ps(delta);
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  __m256i hits = _mm256_setzero_si256();  // 8 x int32 counts per call chunk (n < 2^31 per lane)
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_andnot_ps(sign, load8(x + i));
+    const __m256 m = _mm256_cmp_ps(a, d, _CMP_GT_OQ);
+    const __m256 kept = _mm256_and_ps(a, m);
+    lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(kept)));
+    hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(kept, 1)));
+    hits = _mm256_sub_epi32(hits, _mm256_castps_si256(m));  // a true lane is -1
+  }
+  alignas(32) double lanes[8];
+  alignas(32) std::int32_t h[8];
+  _mm256_store_pd(lanes, lo);
+  _mm256_store_pd(lanes + 4, hi);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(h), hits);
+  std::int64_t counts[8];
+  for (int k = 0; k < 8; ++k) counts[k] = h[k];
+  for (int k = 0; i < n; ++i, ++k) {
+    const float v = detail::Elem<S>::load(x[i]);
+    const float av = v < 0.f ? -v : v;
+    const int hit = av > delta;
+    lanes[k] += static_cast<double>(av) * static_cast<double>(hit);
+    counts[k] += hit;
+  }
+  *sum = detail::lane_sum(lanes);
+  *count = counts[0] + counts[1] + counts[2] + counts[3] + counts[4] + counts[5] + counts[6] + counts[7];
+}
+
+void twn_stats_avx2(const void* x, DType dt, std::int64_t n, float delta, double* sum, std::int64_t* count) {
+  switch (dt) {
+    case DType::kFloat32:
+      return twn_stats_avx2_typed(static_cast<const float*>(x), n, delta, sum, count);
+    case DType::kFloat16:
+      return twn_stats_avx2_typed(static_cast<const Half*>(x), n, delta, sum, count);
+    case DType::kBFloat16:
+      return twn_stats_avx2_typed(static_cast<const BFloat16*>(x), n, delta, sum, count);
+    case DType::kFloat64:
+      break;
+  }
+  twn_stats_portable(x, dt, n, delta, sum, count);
+}
+
 }  // namespace
 
 const FakeQuantKernels* avx2_kernels() {
@@ -245,7 +294,10 @@ const FakeQuantKernels* avx2_kernels() {
                                   &detail::lsq_row_dispatch,
                                   &detail::pact_run_dispatch,
                                   &absmax_avx2,
-                                  &abssum_avx2};
+                                  &abssum_avx2,
+                                  &binarize_forward_impl,
+                                  &binarize_backward_impl,
+                                  &twn_stats_avx2};
   static const bool supported =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported ? &k : nullptr;

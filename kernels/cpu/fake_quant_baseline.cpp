@@ -1,4 +1,5 @@
 // Portable fake-quantize chunk functions: the scalar bodies, left to the compiler's vectorizer.
+#include "binarize_loops.h"
 #include "fake_quant_cpu.h"
 #include "fake_quant_loops.h"
 
@@ -40,7 +41,10 @@ const FakeQuantKernels& baseline_kernels() {
                                   &detail::lsq_row_dispatch,
                                   &detail::pact_run_dispatch,
                                   &detail::absmax_scalar,
-                                  &detail::abssum_scalar};
+                                  &detail::abssum_scalar,
+                                  &binarize_forward_impl,
+                                  &binarize_backward_impl,
+                                  &twn_stats_portable};
   return k;
 }
 

@@ -37,6 +37,13 @@ struct FakeQuantKernels {
   /// sum |x| over n elements in float64: element j into lane j % 8, lanes combined in a fixed
   /// order, so every ISA returns the same bits (mean |W| of the binary / ternary scalings).
   double (*abssum)(const void* x, DType dtype, std::int64_t n);
+  /// Binarize forward / estimator backward over elements [begin, end) (any split; see
+  /// binarize_cpu.h). Selects and one multiply: every ISA returns the same bits.
+  void (*binarize_forward)(const BinarizeArgs& args, std::int64_t begin, std::int64_t end);
+  void (*binarize_backward)(const BinarizeBackwardArgs& args, std::int64_t begin, std::int64_t end);
+  /// TWN statistic over n elements of `dtype`: *sum = sum of |x| over |x| > delta (float64, 8
+  /// lanes combined in a fixed order: the same bits on every ISA), *count = how many.
+  void (*twn_stats)(const void* x, DType dtype, std::int64_t n, float delta, double* sum, std::int64_t* count);
 };
 
 /// Portable C++ implementation (always available).

@@ -342,3 +342,88 @@ CATCH_TEST_CASE("absmax and abssum: every ISA and dtype, identical sums", "[kern
     }
   }
 }
+
+CATCH_TEST_CASE("binarize, ternary and TWN statistic: formula, identical bits on every ISA", "[kernels]") {
+  using qatkit::kernels::BinarizeArgs;
+  using qatkit::kernels::BinarizeBackwardArgs;
+  using qatkit::kernels::SignEstimator;
+  const std::int64_t n = 1003;  // vector body and a tail
+  auto x = random_storage<float>(n, 21);
+  x[5] = 0.f;
+  x[6] = -0.f;
+  x[7] = std::numeric_limits<float>::quiet_NaN();
+  const float alpha[2] = {0.75f, 1.5f}, center[2] = {0.f, 0.25f}, threshold[2] = {0.5f, 0.3f};
+  auto binarize = [&](const cpu::FakeQuantKernels& k, const float* thr) {
+    std::vector<float> y(n, -7.f);
+    BinarizeArgs a;
+    a.input = x.data();
+    a.output = y.data();
+    a.alpha = alpha;
+    a.center = center;
+    a.threshold = thr;
+    a.numel = n;
+    a.inner = 500;  // channel 0: [0, 500), 1: [500, 1000), 0 again: [1000, 1003)
+    a.channels = 2;
+    for (std::int64_t b = 0; b < n; b += 97) k.binarize_forward(a, b, std::min(n, b + 97));
+    return y;
+  };
+  const auto& base = cpu::baseline_kernels();
+  const std::vector<float> yb = binarize(base, nullptr), yt = binarize(base, threshold);
+  for (std::int64_t i = 0; i < n; ++i) {
+    const int c = static_cast<int>((i / 500) % 2);
+    const float v = x[i] - center[c];
+    CATCH_INFO(i);
+    if (std::isnan(v)) {
+      CATCH_CHECK(std::isnan(yb[i]));
+      CATCH_CHECK(yt[i] == 0.f);
+      continue;
+    }
+    CATCH_CHECK(yb[i] == (v >= 0.f ? alpha[c] : -alpha[c]));  // sign(0) = +1
+    CATCH_CHECK(yt[i] == (std::fabs(v) > threshold[c] ? (v > 0.f ? alpha[c] : -alpha[c]) : 0.f));
+  }
+  std::vector<float> g = random_storage<float>(n, 22);
+  for (const auto* k : all_isas()) {
+    CATCH_INFO(k->isa);
+    const auto b2 = binarize(*k, nullptr), t2 = binarize(*k, threshold);
+    CATCH_CHECK(std::memcmp(b2.data(), yb.data(), n * sizeof(float)) == 0);
+    CATCH_CHECK(std::memcmp(t2.data(), yt.data(), n * sizeof(float)) == 0);
+    for (auto est : {SignEstimator::kIdentity, SignEstimator::kClippedSte, SignEstimator::kApproxSign,
+                     SignEstimator::kSwishSign}) {
+      std::vector<float> dx(n), dx_base(n);
+      BinarizeBackwardArgs a;
+      a.input = x.data();
+      a.grad_output = g.data();
+      a.center = center;
+      a.numel = n;
+      a.inner = 500;
+      a.channels = 2;
+      a.estimator = est;
+      a.grad_input = dx.data();
+      k->binarize_backward(a, 0, n);
+      a.grad_input = dx_base.data();
+      base.binarize_backward(a, 0, n);
+      CATCH_CHECK(std::memcmp(dx.data(), dx_base.data(), n * sizeof(float)) == 0);
+    }
+    auto finite = x;
+    finite[7] = 2.f;
+    double ref = 0;
+    std::int64_t ref_count = 0;
+    for (float v : finite) {
+      if (std::fabs(v) > 0.6f) ref += std::fabs(static_cast<double>(v)), ++ref_count;
+    }
+    double sum = -1, sum_base = -2;
+    std::int64_t count = -1, count_base = -2;
+    k->twn_stats(finite.data(), DType::kFloat32, n, 0.6f, &sum, &count);
+    base.twn_stats(finite.data(), DType::kFloat32, n, 0.6f, &sum_base, &count_base);
+    CATCH_CHECK(count == ref_count);
+    CATCH_CHECK(sum == Approx(ref).epsilon(1e-12));
+    CATCH_CHECK(sum == sum_base);  // the same bits on every ISA
+    CATCH_CHECK(count == count_base);
+    std::vector<std::uint16_t> xb(n);
+    for (std::int64_t i = 0; i < n; ++i) xb[i] = qatkit::kernels::float_to_bf16(finite[i]);
+    k->twn_stats(xb.data(), DType::kBFloat16, n, 0.6f, &sum, &count);
+    base.twn_stats(xb.data(), DType::kBFloat16, n, 0.6f, &sum_base, &count_base);
+    CATCH_CHECK(sum == sum_base);
+    CATCH_CHECK(count == count_base);
+  }
+}

@@ -35,6 +35,21 @@ at::Tensor binarize_backward_cpu(const at::Tensor& grad, const at::Tensor& input
   return dx;
 }
 
+/// The estimator backward straight into `grad_input` (a temporary only when it is not contiguous).
+at::Tensor& binarize_backward_out_cpu(const at::Tensor& grad, const at::Tensor& input,
+                                      const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                      c10::string_view estimator, double beta, at::Tensor& grad_input) {
+  constexpr const char* op = "_binarize_backward.out";
+  check_binarize_backward_args(op, grad, input, center, axis, beta);
+  check_and_resize_out(op, input, grad_input);
+  at::Tensor dst = grad_input.is_contiguous() ? grad_input : empty_cpu_output(input.sizes(), input.options());
+  const BinarizeBackwardLaunch l = prepare_binarize_backward(op, grad, input, center, axis, estimator, beta, dst);
+  at::parallel_for(0, l.args.numel, kGrain,
+                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_backward(l.args, b, e); });
+  if (!grad_input.is_contiguous()) grad_input.copy_(dst);
+  return grad_input;
+}
+
 /// binarize into `out`: statistics, then one elementwise pass straight into the destination.
 at::Tensor& binarize_out_cpu(const at::Tensor& input, c10::string_view scaling, std::optional<std::int64_t> axis,
                              c10::string_view estimator, double beta, const std::optional<at::Tensor>& seed,
@@ -60,6 +75,7 @@ TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
   m.impl("binarize.out", &binarize_out_cpu);
   m.impl("_binarize_apply", &binarize_apply_cpu);
   m.impl("_binarize_backward", &binarize_backward_cpu);
+  m.impl("_binarize_backward.out", &binarize_backward_out_cpu);
 }
 
 }  // namespace qatkit::ops

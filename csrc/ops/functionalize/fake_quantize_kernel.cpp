@@ -1,8 +1,8 @@
-// Functionalization of the out= overloads (fake_quantize, quantize_per_token, ternarize), so torch.compile /
-// torch.export can trace code that calls the out= overload: run the functional op below functionalization, then replace
-// the (functional) `out` with the result, as ATen's generated kernels do for its own out= ops. The overload is
-// deliberately not tagged `out`: torch 2.13's Inductor lowers functional custom ops to a tagged out overload and then
-// passes defaulted arguments twice.
+// Functionalization of the out= overloads (fake_quantize, quantize_per_token, ternarize, binarize and its backward), so
+// torch.compile / torch.export can trace code that calls the out= overload: run the functional op below
+// functionalization, then replace the (functional) `out` with the result, as ATen's generated kernels do for its own
+// out= ops. The overload is deliberately not tagged `out`: torch 2.13's Inductor lowers functional custom ops to a
+// tagged out overload and then passes defaulted arguments twice.
 #include <ATen/FunctionalTensorWrapper.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -99,9 +99,27 @@ at::Tensor& binarize_out_functionalize(const at::Tensor& input, c10::string_view
       });
 }
 
+at::Tensor& binarize_backward_out_functionalize(const at::Tensor& grad, const at::Tensor& input,
+                                                const std::optional<at::Tensor>& center, OptInt axis,
+                                                c10::string_view estimator, double beta, at::Tensor& grad_input) {
+  const std::string est(estimator);
+  std::vector<at::Tensor> inputs{grad, input};
+  if (center.has_value() && center->defined()) inputs.push_back(*center);
+  const auto opt_center = [](const std::vector<at::Tensor>& u) {
+    return u.size() > 2 ? std::optional<at::Tensor>(u[2]) : std::nullopt;
+  };
+  return functionalize_out(
+      "_binarize_backward.out", grad_input, inputs,
+      [&](const std::vector<at::Tensor>& u) { return binarize_backward(u[0], u[1], opt_center(u), axis, est, beta); },
+      [&](const std::vector<at::Tensor>& u, at::Tensor& o) -> at::Tensor& {
+        return binarize_backward_out(o, u[0], u[1], opt_center(u), axis, est, beta);
+      });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, Functionalize, m) {
+  m.impl("_binarize_backward.out", &binarize_backward_out_functionalize);
   m.impl("binarize.out", &binarize_out_functionalize);
   m.impl("ternarize.out", &ternarize_out_functionalize);
   m.impl("fake_quantize.out", &fake_quantize_out_functionalize);

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import qatkit
 from qatkit import ops
 from samples import DTYPES
 
@@ -222,3 +223,48 @@ def test_out_variant(scaling):
     )
     with pytest.raises(TypeError, match="out must have input's dtype"):
         ops.binarize(x, scaling, out=torch.empty(6, 20, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("axis", [None, 0])
+def test_backward_out_variant(estimator, axis):
+    """_binarize_backward.out writes the estimator gradient (the formula) into a given buffer."""
+    x, g = _x((6, 20), seed=5), _x((6, 20), seed=6)
+    center = x.mean(1) if axis == 0 else None
+    bwd = torch.ops.qatkit._binarize_backward
+    expected = bwd(g, x, center, axis, estimator, 1.5)
+    v = x.double() - (center.double()[:, None] if center is not None else 0)
+    torch.testing.assert_close(expected.double(), g.double() * estimator_grad(v, estimator, 1.5), rtol=1e-5, atol=1e-6)
+    out = torch.empty(6, 20)
+    assert bwd.out(g, x, center, axis, estimator, 1.5, grad_input=out) is out and torch.equal(out, expected)
+    strided = torch.empty(20, 6).t()
+    bwd.out(g, x, center, axis, estimator, 1.5, grad_input=strided)
+    assert torch.equal(strided, expected)
+    resized = torch.empty(0)
+    bwd.out(g, x, center, axis, estimator, 1.5, grad_input=resized)
+    assert resized.shape == (6, 20) and torch.equal(resized, expected)
+    torch.library.opcheck(bwd.out, (g, x, center, axis, estimator, 1.5), {"grad_input": torch.empty(6, 20)})
+    with pytest.raises(TypeError, match="out must have input's dtype"):
+        bwd.out(g, x, center, axis, estimator, 1.5, grad_input=torch.empty(6, 20, dtype=torch.float64))
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        bwd.out(g, x, center, axis, "sign", 1.5, grad_input=out)
+
+
+def test_both_isas_give_identical_bits():
+    """The binarize loops are built per ISA (baseline SSE2 / AVX2 blends): same bits from both."""
+    x, g = _x((33, 70), seed=8), _x((33, 70), seed=9)
+    old = qatkit.build_info()["cpu_isa"]
+    isas = ["baseline"] + (["avx2"] if qatkit._C.set_cpu_isa("avx2") else [])
+    try:
+        results = []
+        for isa in isas:
+            assert qatkit._C.set_cpu_isa(isa)
+            results.append(
+                [ops.binarize(x, s, 0) for s in ("none", "mean_abs", "bitnet")]
+                + [torch.ops.qatkit._binarize_backward(g, x, None, None, e, 1.0) for e in ESTIMATORS]
+                + [ops.ternarize(x, "twn", a) for a in (None, 0)]
+            )
+    finally:
+        qatkit._C.set_cpu_isa(old)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))

@@ -198,3 +198,46 @@ def test_ternarize_out_variant(method, axis):
     torch.library.opcheck(torch.ops.qatkit.ternarize.out, (w, method, axis), {"out": torch.empty(8, 24)})
     with pytest.raises(TypeError, match="out must have input's dtype"):
         ops.ternarize(w, method, axis, out=torch.empty(8, 24, dtype=torch.float64))
+
+
+def twn_ref(w, axis):
+    """TWN in float64 (papers.md §5) with the op's float32 threshold rounded to w's dtype."""
+    dims = tuple(range(w.dim())) if axis is None else tuple(d for d in range(w.dim()) if d != axis % w.dim())
+    absw = w.double().abs()
+    delta = (absw.mean(dims, keepdim=True).float() * 0.7).to(w.dtype).double()
+    keep = absw > delta
+    a = (absw * keep).sum(dims, keepdim=True) / keep.sum(dims, keepdim=True).clamp(min=1)
+    return torch.where(keep, w.double().sign() * a, torch.zeros(())), keep
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+def test_ternarize_twn_dtypes_and_layouts(dtype, axis):
+    """The fused CPU kernels (per tensor, axis 0) and the composite form (other axes) both follow
+    the formula; codes exactly, magnitudes to the dtype's rounding."""
+    w = _x((16, 40), dtype, seed=11)
+    y = ops.ternarize(w, "twn", axis)
+    ref, keep = twn_ref(w, axis)
+    assert y.dtype == dtype
+    assert torch.equal(y != 0, keep)
+    # the magnitude is a float32 statistic for every dtype (as the per-channel alpha of binarize)
+    tol = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=0)
+
+
+def test_ternarize_twn_fused_equals_composite():
+    """axis 0 (fused kernels) and axis 1 of the transpose (composite ATen form) agree."""
+    w = _x((24, 300), torch.float32, seed=12)
+    fused = ops.ternarize(w, "twn", 0)
+    composite = ops.ternarize(w.t().contiguous(), "twn", 1).t()
+    assert torch.equal(fused != 0, composite != 0)
+    torch.testing.assert_close(fused, composite, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("method", ["absmean", "twn"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_ternarize_rejects_non_finite(method, bad):
+    w = _x((4, 8), torch.float32)
+    w[1, 3] = bad
+    with pytest.raises(ValueError, match="input must be finite"):
+        ops.ternarize(w, method, 0)

@@ -175,3 +175,23 @@ def test_fused_observer_cuda_matches_cpu_without_sync():
     for a, b in zip(bufs_g, bufs_c, strict=True):
         assert torch.equal(a.cpu(), b)
     assert torch.equal(yg.cpu(), yc)
+
+
+@pytest.mark.parametrize("method", ["absmean", "twn"])
+@pytest.mark.parametrize("axis", [None, 0])
+def test_ternarize_cuda_matches_cpu(method, axis):
+    """CUDA runs the composite TWN form, the CPU the fused kernels: same codes, magnitudes to
+    float32 rounding (statistics reduced in another order)."""
+    w = torch.randn(96, 200)
+    yc = ops.ternarize(w, method, axis)
+    yg = ops.ternarize(w.cuda(), method, axis).cpu()
+    assert torch.equal(yg != 0, yc != 0)
+    torch.testing.assert_close(yg, yc, rtol=1e-6, atol=0)
+
+
+def test_binarize_backward_out_cuda_matches_cpu():
+    x, g = torch.randn(64, 48), torch.randn(64, 48)
+    bwd = torch.ops.qatkit._binarize_backward
+    out = torch.empty(64, 48, device="cuda")
+    bwd.out(g.cuda(), x.cuda(), None, None, "approx_sign", 1.0, grad_input=out)
+    torch.testing.assert_close(out.cpu(), bwd(g, x, None, None, "approx_sign", 1.0), rtol=1e-6, atol=0)

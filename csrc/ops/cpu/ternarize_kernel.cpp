@@ -1,0 +1,78 @@
+// See ternarize_kernel.h.
+#include "ternarize_kernel.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../../../kernels/cpu/binarize_cpu.h"
+#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../binarize_common.h"
+#include "../fake_quantize_common.h"
+#include "huge_pages.h"
+
+namespace qatkit::ops {
+
+at::Tensor twn_cpu(const at::Tensor& input, const at::Tensor& mean_abs, std::optional<std::int64_t> axis,
+                   at::Tensor* out) {
+  constexpr std::int64_t kBlock = 1 << 15;
+  if (axis.has_value() && (*axis < 0 ? *axis + input.dim() : *axis) != 0) return {};
+  const at::Tensor x = input.contiguous();
+  const std::int64_t n = x.numel();
+  const std::int64_t channels = mean_abs.numel();
+  const std::int64_t row = n / channels;
+  // delta = 0.7 * mean|W| in float32, then in the input's dtype (tiny per-channel tensors)
+  const at::Tensor delta = as_float(mean_abs.reshape(-1).mul(0.7).to(x.scalar_type())).contiguous();
+  const float* d = delta.const_data_ptr<float>();
+  const auto es = static_cast<std::int64_t>(x.element_size());
+  const char* xp = static_cast<const char*>(x.const_data_ptr());
+  const kernels::DType dt = kernel_dtype(x);
+  const auto& k = kernels::cpu::active_kernels();
+  at::Tensor alpha = at::empty({channels}, x.options().dtype(at::kDouble));
+  double* a = alpha.mutable_data_ptr<double>();
+  if (!axis.has_value()) {
+    const std::int64_t blocks = (n + kBlock - 1) / kBlock;
+    std::vector<double> sums(blocks);
+    std::vector<std::int64_t> counts(blocks);
+    at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
+      for (std::int64_t b = b0; b < b1; ++b)
+        k.twn_stats(xp + b * kBlock * es, dt, std::min(kBlock, n - b * kBlock), d[0], &sums[b], &counts[b]);
+    });
+    double sum = 0.0;
+    std::int64_t count = 0;
+    for (std::int64_t b = 0; b < blocks; ++b) sum += sums[b], count += counts[b];
+    a[0] = sum / static_cast<double>(std::max<std::int64_t>(count, 1));
+  } else {
+    at::parallel_for(0, channels, std::max<std::int64_t>(1, kBlock / std::max<std::int64_t>(row, 1)),
+                     [&](std::int64_t c0, std::int64_t c1) {
+                       for (std::int64_t c = c0; c < c1; ++c) {
+                         double sum = 0.0;
+                         std::int64_t count = 0;
+                         k.twn_stats(xp + c * row * es, dt, row, d[c], &sum, &count);
+                         a[c] = sum / static_cast<double>(std::max<std::int64_t>(count, 1));
+                       }
+                     });
+  }
+  // alpha in the input's dtype (no channel keeps 0 elements' worth of garbage: count 0 gives 0)
+  const at::Tensor alpha_f = as_float(alpha.to(x.scalar_type())).contiguous();
+  const bool direct = out != nullptr && out->is_contiguous();
+  at::Tensor y = direct ? *out : empty_cpu_output(x.sizes(), x.options());
+  kernels::BinarizeArgs args;
+  args.input = x.const_data_ptr();
+  args.output = y.mutable_data_ptr();
+  args.alpha = alpha_f.const_data_ptr<float>();
+  args.threshold = d;
+  args.numel = n;
+  std::tie(args.inner, args.channels) = binary_layout(x, axis);
+  args.dtype = dt;
+  at::parallel_for(0, n, kBlock, [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_forward(args, b, e); });
+  if (out != nullptr && !direct) {
+    out->copy_(y);
+    return *out;
+  }
+  return y;
+}
+
+}  // namespace qatkit::ops
