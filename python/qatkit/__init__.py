@@ -26,7 +26,45 @@ _torch.ops.load_library(_LIB)
 from . import (
     _C,  # after the library, which _C links against
     ops,
+    qat,
 )
+from .qat import (
+    LayerSpec,
+    QATConfig,
+    QuantSpec,
+    binary_w1a8,
+    binaryconnect,
+    bitnet_b158,
+    convert,
+    prepare_qat,
+    preset,
+    ternary_twn,
+    w4a4_lsq,
+    w4a8,
+    w8a8,
+    xnor_w1a1,
+)
+
+__all__ = [
+    "ops",
+    "qat",
+    "QATConfig",
+    "QuantSpec",
+    "LayerSpec",
+    "binary_w1a8",
+    "binaryconnect",
+    "bitnet_b158",
+    "convert",
+    "preset",
+    "prepare_qat",
+    "ternary_twn",
+    "w4a4_lsq",
+    "w4a8",
+    "w8a8",
+    "xnor_w1a1",
+    "build_info",
+    "cmake_prefix_path",
+]
 
 __version__ = _C.version()
 

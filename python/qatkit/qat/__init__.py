@@ -1,0 +1,76 @@
+"""Quantization-aware training: configs and presets, QAT modules, ``prepare_qat`` / ``convert``
+and the whole-model switches of the QAT recipe.
+
+Example:
+    >>> import qatkit
+    >>> qmodel = qatkit.prepare_qat(model, qatkit.w8a8())
+    >>> ...  # train qmodel as usual
+    >>> int_model = qatkit.convert(qmodel)
+"""
+
+from .config import (
+    PRESETS,
+    LayerSpec,
+    QATConfig,
+    QuantSpec,
+    binary_w1a8,
+    binaryconnect,
+    bitnet_b158,
+    preset,
+    ternary_twn,
+    w4a4_lsq,
+    w4a8,
+    w8a8,
+    xnor_w1a1,
+)
+from .convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, convert, weight_codes
+from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
+from .prepare import (
+    calibrate,
+    clip_latent_weights,
+    disable_fake_quant,
+    disable_observer,
+    enable_fake_quant,
+    enable_observer,
+    freeze_bn,
+    prepare_qat,
+)
+from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+
+__all__ = [
+    "PRESETS",
+    "LayerSpec",
+    "QATConfig",
+    "QuantSpec",
+    "binary_w1a8",
+    "binaryconnect",
+    "bitnet_b158",
+    "preset",
+    "ternary_twn",
+    "w4a4_lsq",
+    "w4a8",
+    "w8a8",
+    "xnor_w1a1",
+    "QuantizedConv1d",
+    "QuantizedConv2d",
+    "QuantizedEmbedding",
+    "QuantizedLinear",
+    "convert",
+    "weight_codes",
+    "BitLinear",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConvBn2d",
+    "QuantEmbedding",
+    "QuantLinear",
+    "calibrate",
+    "clip_latent_weights",
+    "disable_fake_quant",
+    "disable_observer",
+    "enable_fake_quant",
+    "enable_observer",
+    "freeze_bn",
+    "prepare_qat",
+    "ActFakeQuantizer",
+    "WeightFakeQuantizer",
+]

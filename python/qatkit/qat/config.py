@@ -1,0 +1,377 @@
+"""QAT configuration: frozen dataclasses validated on construction, and the named presets.
+
+A :class:`QuantSpec` says how one tensor (a layer's weight or its input activation) is quantized;
+a :class:`QATConfig` maps a model's layers to a weight spec and an activation spec, with name
+patterns for overrides and for layers to keep in float. Presets (``w8a8()``, ``bitnet_b158()``…)
+are plain functions returning a config, so they can be inspected, copied with
+``dataclasses.replace`` and compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+__all__ = [
+    "QuantSpec",
+    "LayerSpec",
+    "QATConfig",
+    "PRESETS",
+    "preset",
+    "w8a8",
+    "w4a8",
+    "w4a4_lsq",
+    "ternary_twn",
+    "bitnet_b158",
+    "binary_w1a8",
+    "xnor_w1a1",
+    "binaryconnect",
+]
+
+KINDS = ("int", "ternary", "binary")
+GRANULARITIES = ("per_tensor", "per_channel", "per_group", "per_token")
+SCALES = ("static", "dynamic", "learned")
+OBSERVERS = ("moving_average", "minmax")
+INT_ESTIMATORS = ("clipped_ste",)
+BINARY_ESTIMATORS = ("identity", "clipped_ste", "approx_sign", "swish_sign")
+TERNARY_METHODS = ("absmean", "twn")
+BINARY_METHODS = ("none", "mean_abs", "bitnet")
+
+
+def _choice(cls: str, name: str, value, choices) -> None:
+    if value not in choices:
+        valid = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{cls}.{name} must be one of {valid}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is fake-quantized during QAT.
+
+    Args:
+        kind: ``"int"`` (affine integer codes), ``"ternary"`` ({-a, 0, +a}) or ``"binary"`` ({-a, +a}).
+        bits: code width, 2..16 for ``"int"`` (1 for binary and 2 for ternary are implied).
+        signed: signed codes ``[-2^(b-1), 2^(b-1)-1]`` or unsigned ``[0, 2^b - 1]``.
+        symmetric: zero point fixed at 0 (signed) / mid-range (unsigned), or an affine range.
+        narrow_range: drop the most negative code (``[-127, 127]`` for 8 bits), as SIMD kernels want.
+        granularity: ``"per_tensor"``, ``"per_channel"`` (along ``axis``), ``"per_group"`` (blocks of
+            ``group_size`` along the flattened input dimension of a weight, the last dim of an
+            activation) or ``"per_token"`` (activations: one scale per row of the last dim).
+        axis: channel axis for per-channel (weights: 0, the output channel).
+        group_size: block size for per-group.
+        scale: ``"static"`` (weights: min/max of the current weight every step; activations: an
+            observer's running min/max, in buffers), ``"dynamic"`` (from the tensor itself at every
+            call, activations) or ``"learned"`` (LSQ: a trainable step size, and a trainable offset
+            when asymmetric — LSQ+).
+        observer: ``"moving_average"`` (EMA of batch min/max, Jacob et al.) or ``"minmax"``.
+        momentum: EMA weight of a new batch.
+        estimator: gradient of sign() for binary tensors (``"identity"``, ``"clipped_ste"``,
+            ``"approx_sign"``, ``"swish_sign"``); integer and ternary tensors use the STE.
+        method: ternary ``"absmean"`` (BitNet b1.58) or ``"twn"``; binary scaling ``"none"``,
+            ``"mean_abs"`` (XNOR) or ``"bitnet"`` (Sign(W - mean W) · mean|W|).
+        stochastic: BinaryConnect's stochastic binarization in training (deterministic at eval).
+        latent_clip: clip the float shadow weight to ``[-c, c]`` after each optimizer step
+            (:func:`qatkit.qat.clip_latent_weights`; BinaryConnect uses 1).
+        lsq_grad_scale: scale LSQ step-size gradients by ``1/sqrt(N * Q_P)`` (the LSQ paper).
+
+    Raises:
+        ValueError: a field outside its valid choices, naming the field and the choices.
+    """
+
+    kind: str = "int"
+    bits: int = 8
+    signed: bool = True
+    symmetric: bool = True
+    narrow_range: bool = False
+    granularity: str = "per_tensor"
+    axis: int = 0
+    group_size: Optional[int] = None
+    scale: str = "static"
+    observer: str = "moving_average"
+    momentum: float = 0.01
+    estimator: str = "clipped_ste"
+    method: Optional[str] = None
+    stochastic: bool = False
+    latent_clip: Optional[float] = None
+    lsq_grad_scale: bool = True
+
+    def __post_init__(self):
+        c = "QuantSpec"
+        _choice(c, "kind", self.kind, KINDS)
+        _choice(c, "granularity", self.granularity, GRANULARITIES)
+        _choice(c, "scale", self.scale, SCALES)
+        _choice(c, "observer", self.observer, OBSERVERS)
+        if not isinstance(self.bits, int) or isinstance(self.bits, bool):
+            raise TypeError(f"{c}.bits must be an int, got {type(self.bits).__name__}")
+        if self.kind == "int":
+            if not 2 <= self.bits <= 16:
+                raise ValueError(f"{c}.bits must be in [2, 16] for kind 'int', got {self.bits}")
+            _choice(c, "estimator", self.estimator, INT_ESTIMATORS)
+            if self.method is not None:
+                raise ValueError(f"{c}.method is for ternary/binary specs, got {self.method!r} with kind 'int'")
+            if self.narrow_range and not (self.signed and self.symmetric):
+                raise ValueError(f"{c}.narrow_range needs signed=True and symmetric=True")
+        else:
+            expected_bits = 2 if self.kind == "ternary" else 1
+            if self.bits not in (expected_bits, 8):  # 8 is the dataclass default: accept it
+                raise ValueError(f"{c}.bits must be {expected_bits} for kind {self.kind!r}, got {self.bits}")
+            object.__setattr__(self, "bits", expected_bits)
+            methods = TERNARY_METHODS if self.kind == "ternary" else BINARY_METHODS
+            object.__setattr__(self, "method", self.method if self.method is not None else methods[0])
+            _choice(c, "method", self.method, methods)
+            _choice(c, "estimator", self.estimator, BINARY_ESTIMATORS if self.kind == "binary" else INT_ESTIMATORS)
+            if self.scale == "learned":
+                raise ValueError(f"{c}.scale 'learned' is for kind 'int' (LSQ), got kind {self.kind!r}")
+            if self.granularity in ("per_group", "per_token"):
+                raise ValueError(
+                    f"{c}.granularity must be 'per_tensor' or 'per_channel' for kind {self.kind!r}, "
+                    f"got {self.granularity!r}"
+                )
+        if self.stochastic and self.kind != "binary":
+            raise ValueError(f"{c}.stochastic is BinaryConnect's binary sampling: needs kind 'binary'")
+        if self.granularity == "per_group":
+            if not isinstance(self.group_size, int) or self.group_size < 1:
+                raise ValueError(f"{c}.group_size must be a positive int for 'per_group', got {self.group_size!r}")
+        elif self.group_size is not None:
+            raise ValueError(f"{c}.group_size is only for granularity 'per_group', got {self.granularity!r}")
+        if self.granularity == "per_token" and self.scale != "dynamic":
+            raise ValueError(f"{c}.granularity 'per_token' needs scale='dynamic', got {self.scale!r}")
+        if self.scale == "dynamic" and self.kind == "int" and not self.symmetric:
+            raise ValueError(f"{c}.scale 'dynamic' is absmax-symmetric: needs symmetric=True")
+        if self.scale == "dynamic" and self.kind == "int" and not self.signed:
+            raise ValueError(f"{c}.scale 'dynamic' uses signed codes: needs signed=True")
+        if self.scale == "learned" and self.granularity in ("per_group", "per_token"):
+            raise ValueError(f"{c}.scale 'learned' supports 'per_tensor' and 'per_channel', got {self.granularity!r}")
+        if not 0.0 <= float(self.momentum) <= 1.0:
+            raise ValueError(f"{c}.momentum must be in [0, 1], got {self.momentum}")
+        if self.latent_clip is not None and not float(self.latent_clip) > 0:
+            raise ValueError(f"{c}.latent_clip must be positive or None, got {self.latent_clip}")
+
+    @property
+    def quant_min(self) -> int:
+        """Smallest integer code."""
+        if self.kind != "int":
+            return -1
+        if not self.signed:
+            return 0
+        return -(2 ** (self.bits - 1)) + (1 if self.narrow_range else 0)
+
+    @property
+    def quant_max(self) -> int:
+        """Largest integer code."""
+        if self.kind != "int":
+            return 1
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    def describe(self) -> str:
+        """Short human-readable form, e.g. ``int8 sym per_channel static``."""
+        if self.kind == "int":
+            g = self.granularity + (f"({self.group_size})" if self.group_size else "")
+            return f"int{self.bits} {'sym' if self.symmetric else 'asym'} {g} {self.scale}"
+        return f"{self.kind} {self.method} {self.granularity}" + (" stochastic" if self.stochastic else "")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What one layer gets: a weight spec and an input-activation spec (``None`` = keep float)."""
+
+    weight: Optional[QuantSpec] = None
+    activation: Optional[QuantSpec] = None
+
+    def __post_init__(self):
+        for name in ("weight", "activation"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, QuantSpec):
+                raise TypeError(f"LayerSpec.{name} must be a QuantSpec or None, got {type(v).__name__}")
+        if self.activation is not None and self.activation.kind == "ternary":
+            raise ValueError("LayerSpec.activation cannot be ternary (use 'int' or 'binary')")
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """How :func:`qatkit.prepare_qat` treats a model.
+
+    Args:
+        default: the spec of every supported layer not matched by ``overrides`` or ``skip``.
+        overrides: ``(pattern, LayerSpec)`` pairs; the first fnmatch pattern that matches a layer's
+            qualified name wins (``"features.0"``, ``"*.proj"``).
+        skip: fnmatch patterns of layers to keep in float.
+        first_last: ``"float"`` keeps the first and last supported layers in float, ``"int8"``
+            gives them W8A8 (per-channel weights), ``None`` treats them like the rest.
+        bitlinear: replace ``nn.Linear`` by :class:`qatkit.qat.BitLinear` (BitNet b1.58) instead of
+            :class:`QuantLinear`.
+        fold_bn: fuse ``Conv2d`` + ``BatchNorm2d`` pairs inside ``nn.Sequential`` containers into
+            :class:`QuantConvBn2d` (Krishnamoorthi's folding with correction).
+        name: a label for tables and checkpoints.
+    """
+
+    default: LayerSpec = field(default_factory=LayerSpec)
+    overrides: Tuple[Tuple[str, LayerSpec], ...] = ()
+    skip: Tuple[str, ...] = ()
+    first_last: Optional[str] = None
+    bitlinear: bool = False
+    fold_bn: bool = True
+    name: str = "custom"
+
+    def __post_init__(self):
+        if not isinstance(self.default, LayerSpec):
+            raise TypeError(f"QATConfig.default must be a LayerSpec, got {type(self.default).__name__}")
+        object.__setattr__(self, "overrides", tuple(tuple(o) for o in self.overrides))
+        object.__setattr__(self, "skip", tuple(self.skip))
+        for o in self.overrides:
+            if len(o) != 2 or not isinstance(o[0], str) or not isinstance(o[1], LayerSpec):
+                raise TypeError(f"QATConfig.overrides entries must be (str pattern, LayerSpec), got {o!r}")
+        for s in self.skip:
+            if not isinstance(s, str):
+                raise TypeError(f"QATConfig.skip entries must be str patterns, got {s!r}")
+        _choice("QATConfig", "first_last", self.first_last, (None, "float", "int8"))
+
+    def to_dict(self) -> dict:
+        """Plain-data form (for checkpoints, JSON and the C++ side)."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- presets
+
+
+def _int_weight(bits: int, granularity: str = "per_channel", group_size: Optional[int] = None, **kw) -> QuantSpec:
+    return QuantSpec(
+        kind="int",
+        bits=bits,
+        symmetric=True,
+        narrow_range=bits == 8,
+        granularity=granularity,
+        group_size=group_size,
+        **kw,
+    )
+
+
+def _int_act(bits: int = 8, **kw) -> QuantSpec:
+    return QuantSpec(kind="int", bits=bits, symmetric=False, granularity="per_tensor", **kw)
+
+
+def w8a8() -> QATConfig:
+    """int8 symmetric per-channel weights (narrow range), int8 asymmetric per-tensor activations
+    with an EMA observer — Krishnamoorthi's recommended baseline."""
+    return QATConfig(default=LayerSpec(_int_weight(8), _int_act(8)), name="w8a8")
+
+
+def w4a8(group_size: int = 32) -> QATConfig:
+    """int4 symmetric per-group weights (groups along the flattened input dim; layers that do not
+    divide fall back to per-channel), int8 activations; first/last layers W8A8."""
+    return QATConfig(
+        default=LayerSpec(_int_weight(4, "per_group", group_size), _int_act(8)),
+        first_last="int8",
+        name=f"w4a8_g{group_size}",
+    )
+
+
+def w4a4_lsq() -> QATConfig:
+    """4-bit weights and activations with learned step sizes (LSQ weights per channel, LSQ+
+    asymmetric activations); first/last layers W8A8."""
+    return QATConfig(
+        default=LayerSpec(
+            _int_weight(4, scale="learned"),
+            QuantSpec(kind="int", bits=4, symmetric=False, scale="learned"),
+        ),
+        first_last="int8",
+        name="w4a4_lsq",
+    )
+
+
+def ternary_twn() -> QATConfig:
+    """Ternary weights (TWN: Delta = 0.7 mean|W|, per output channel), int8 activations; first/last
+    layers W8A8."""
+    return QATConfig(
+        default=LayerSpec(QuantSpec(kind="ternary", method="twn", granularity="per_channel"), _int_act(8)),
+        first_last="int8",
+        name="ternary_twn",
+    )
+
+
+def bitnet_b158() -> QATConfig:
+    """BitNet b1.58: every Linear becomes a BitLinear (RMSNorm, per-token int8 activations, absmean
+    ternary weights per tensor); the first and last layers stay float, as BitNet keeps embeddings and
+    the output head in high precision."""
+    return QATConfig(
+        default=LayerSpec(
+            QuantSpec(kind="ternary", method="absmean"),
+            QuantSpec(kind="int", bits=8, granularity="per_token", scale="dynamic"),
+        ),
+        first_last="float",
+        bitlinear=True,
+        name="bitnet_b158",
+    )
+
+
+def binary_w1a8() -> QATConfig:
+    """Binary weights with a per-output-channel alpha = mean|W| (XNOR-Net's weight scaling, clipped
+    STE), int8 activations; first/last layers W8A8."""
+    return QATConfig(
+        default=LayerSpec(
+            QuantSpec(kind="binary", method="mean_abs", granularity="per_channel", estimator="clipped_ste"),
+            _int_act(8),
+        ),
+        first_last="int8",
+        name="binary_w1a8",
+    )
+
+
+def xnor_w1a1() -> QATConfig:
+    """XNOR-Net: binary weights (per-channel alpha) and binary activations with clipped STE;
+    first/last layers W8A8. Each sample's activations are binarized around their own mean and
+    scaled by their mean |x| (``method="bitnet"`` along the batch axis): XNOR-Net binarizes
+    BatchNorm outputs, which are centred, while a float model's layer inputs usually follow a ReLU,
+    where a plain sign() would be +1 everywhere."""
+    return QATConfig(
+        default=LayerSpec(
+            QuantSpec(kind="binary", method="mean_abs", granularity="per_channel", estimator="clipped_ste"),
+            QuantSpec(kind="binary", method="bitnet", granularity="per_channel", axis=0, estimator="clipped_ste"),
+        ),
+        first_last="int8",
+        name="xnor_w1a1",
+    )
+
+
+def binaryconnect(stochastic: bool = False) -> QATConfig:
+    """BinaryConnect: binary weights with a per-channel alpha, latent weights clipped to [-1, 1],
+    float activations; deterministic or stochastic (hard-sigmoid sampling in training)."""
+    return QATConfig(
+        default=LayerSpec(
+            QuantSpec(
+                kind="binary",
+                method="mean_abs",
+                granularity="per_channel",
+                estimator="clipped_ste",
+                stochastic=stochastic,
+                latent_clip=1.0,
+            ),
+            None,
+        ),
+        first_last="int8",
+        name="binaryconnect" + ("_stoch" if stochastic else ""),
+    )
+
+
+PRESETS: Dict[str, object] = {
+    "w8a8": w8a8,
+    "w4a8": w4a8,
+    "w4a4_lsq": w4a4_lsq,
+    "ternary_twn": ternary_twn,
+    "bitnet_b158": bitnet_b158,
+    "binary_w1a8": binary_w1a8,
+    "xnor_w1a1": xnor_w1a1,
+    "binaryconnect": binaryconnect,
+}
+
+
+def preset(name: str, **kwargs) -> QATConfig:
+    """The preset called ``name`` (see :data:`PRESETS`).
+
+    Raises:
+        ValueError: unknown name, listing the valid ones.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name](**kwargs)

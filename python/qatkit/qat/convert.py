@@ -1,0 +1,238 @@
+"""``convert``: freeze a QAT model into modules that hold integer weight codes and their scales.
+
+A converted layer stores ``weight_int`` (int8 codes: integer, ternary or binary), ``weight_scale``
+and ``weight_zero_point`` (float32 / int32, per tensor, channel or group), and keeps its input
+quantizer with frozen qparams (observers off). Its forward dequantizes ``(codes - zp) * scale`` —
+one float32 multiply per element, the same rounding as the fake-quant kernels — so it computes
+exactly what the QAT model computed in eval mode (bit for bit; tested). The packed integer modules
+that run integer kernels come with the export issue.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
+from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+
+__all__ = ["convert", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "weight_codes"]
+
+
+@torch.no_grad()
+def weight_codes(wfq: WeightFakeQuantizer, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer codes, scale and zero point of ``wfq(w)`` such that ``(codes - zp) * scale``
+    reproduces it exactly.
+
+    Integer kinds recover codes from the fake-quantized values and the quantizer's qparams
+    (``round(y / s) + z``: y is ``(q - z) * s`` rounded once, so the division lands within an ulp
+    of the integer); ternary and binary codes are the signs, their scale the per-channel (or
+    tensor) magnitude.
+    """
+    spec = wfq.spec
+    was = wfq.training
+    wfq.eval()  # deterministic binarization (BinaryConnect samples only in training)
+    y = wfq(w).detach().float()
+    wfq.train(was)
+    out = w.shape[0]
+    if spec.kind in ("ternary", "binary"):
+        per_channel = wfq.axis is not None
+        mag = y.abs().reshape(out, -1).amax(1) if per_channel else y.abs().amax().reshape(1)
+        scale = torch.where(mag > 0, mag, torch.ones_like(mag))
+        s_b = scale.reshape(-1, *([1] * (y.dim() - 1))) if per_channel else scale
+        codes = torch.round(y / s_b).to(torch.int8)
+        return codes, scale.float(), torch.zeros_like(scale, dtype=torch.int32)
+    s, z = wfq.qparams(w)
+    s, z = s.float(), torch.round(z.float())
+    if wfq.granularity == "per_group":
+        y2 = y.reshape(out, -1, wfq.group_size)
+        codes = torch.round(y2 / s.unsqueeze(-1)) + z.unsqueeze(-1)
+        codes = codes.reshape(y.shape)
+    elif wfq.axis is not None:
+        shape = (-1,) + (1,) * (y.dim() - 1)
+        codes = torch.round(y / s.reshape(shape)) + z.reshape(shape)
+    else:
+        codes = torch.round(y / s) + z
+    dtype = torch.int8 if spec.quant_min >= -128 and spec.quant_max <= 127 else torch.int32
+    return codes.to(dtype), s, z.to(torch.int32)
+
+
+def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, group_size) -> torch.Tensor:
+    c = codes.float()
+    if group_size is not None:
+        out = c.shape[0]
+        c3 = c.reshape(out, -1, group_size)
+        return ((c3 - zp.float().unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(codes.shape)
+    if scale.numel() == 1:
+        return (c - zp.float()) * scale
+    shape = (-1,) + (1,) * (c.dim() - 1)
+    return (c - zp.float().reshape(shape)) * scale.reshape(shape)
+
+
+class _Quantized(nn.Module):
+    """Integer weight codes + scales, a frozen input quantizer, and the float bias."""
+
+    def _set_weight(self, qmod, w: torch.Tensor, bias) -> None:
+        wfq = qmod.weight_fake_quant
+        if wfq is None:
+            codes, scale, zp = w.detach().clone(), torch.ones(1), torch.zeros(1, dtype=torch.int32)
+            self.group_size = None
+            self.float_weight = True
+        else:
+            codes, scale, zp = weight_codes(wfq, w)
+            self.group_size = wfq.group_size if wfq.granularity == "per_group" else None
+            self.float_weight = False
+        self.register_buffer("weight_int", codes)
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("weight_zero_point", zp)
+        self.weight_spec = None if wfq is None else wfq.spec
+        if bias is not None:
+            self.register_buffer("bias", bias.detach().clone())
+        else:
+            self.bias = None
+        aq = getattr(qmod, "input_fake_quant", None)
+        if aq is not None:
+            aq = copy.deepcopy(aq)
+            aq.enable_observer(False)
+            aq.eval()
+        self.input_fake_quant = aq
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight the layer computes with: ``(codes - zero_point) * scale``."""
+        if self.float_weight:
+            return self.weight_int
+        return _dequantize(self.weight_int, self.weight_scale, self.weight_zero_point, self.group_size)
+
+    def quantize_input(self, x):
+        return self.input_fake_quant(x) if self.input_fake_quant is not None else x
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.input_fake_quant is not None:
+            self.input_fake_quant.eval()  # frozen qparams: never observe again
+        return self
+
+    def extra_repr(self) -> str:
+        spec = "float" if self.weight_spec is None else self.weight_spec.describe()
+        return f"weight={spec}, codes={tuple(self.weight_int.shape)} {self.weight_int.dtype}"
+
+
+class QuantizedLinear(_Quantized):
+    """Converted :class:`QuantLinear` / :class:`BitLinear`."""
+
+    def __init__(self, qmod: QuantLinear):
+        super().__init__()
+        self.in_features, self.out_features = qmod.in_features, qmod.out_features
+        self.rms_norm = isinstance(qmod, BitLinear)
+        self.eps = getattr(qmod, "eps", 1e-6)
+        self._set_weight(qmod, qmod.weight, qmod.bias)
+
+    def forward(self, x):
+        if self.rms_norm:
+            x = F.rms_norm(x, (self.in_features,), eps=self.eps)
+        return F.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
+
+
+class _QuantizedConv(_Quantized):
+    def __init__(self, qmod, w=None, bias=None):
+        super().__init__()
+        for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
+            setattr(self, k, getattr(qmod, k))
+        self.padding_mode = qmod.padding_mode
+        self._rpt = getattr(qmod, "_reversed_padding_repeated_twice", None)
+        self._set_weight(qmod, qmod.weight if w is None else w, qmod.bias if w is None else bias)
+
+
+class QuantizedConv1d(_QuantizedConv):
+    """Converted :class:`QuantConv1d`."""
+
+    def forward(self, x):
+        x = self.quantize_input(x)
+        w = self.dequantized_weight()
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._rpt, mode=self.padding_mode)
+            return F.conv1d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv1d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class QuantizedConv2d(_QuantizedConv):
+    """Converted :class:`QuantConv2d` / :class:`QuantConvBn2d` (BN folded into weight and bias)."""
+
+    def forward(self, x):
+        x = self.quantize_input(x)
+        w = self.dequantized_weight()
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._rpt, mode=self.padding_mode)
+            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class QuantizedEmbedding(_Quantized):
+    """Converted :class:`QuantEmbedding`."""
+
+    def __init__(self, qmod: QuantEmbedding):
+        super().__init__()
+        self.padding_idx, self.max_norm = qmod.padding_idx, qmod.max_norm
+        self.norm_type, self.scale_grad_by_freq, self.sparse = qmod.norm_type, qmod.scale_grad_by_freq, qmod.sparse
+        self._set_weight(qmod, qmod.weight, None)
+
+    def forward(self, idx):
+        return F.embedding(idx, self.dequantized_weight(), self.padding_idx, None, self.norm_type)
+
+
+def _convert_one(qmod: nn.Module) -> nn.Module:
+    if isinstance(qmod, QuantConvBn2d):
+        with torch.no_grad():
+            _, w, bias = qmod.folded()
+        return QuantizedConv2d(qmod, w, bias)
+    if isinstance(qmod, (QuantLinear, BitLinear)):
+        return QuantizedLinear(qmod)
+    if isinstance(qmod, QuantConv2d):
+        return QuantizedConv2d(qmod)
+    if isinstance(qmod, QuantConv1d):
+        return QuantizedConv1d(qmod)
+    if isinstance(qmod, QuantEmbedding):
+        return QuantizedEmbedding(qmod)
+    raise TypeError(f"convert: no converted form for {type(qmod).__name__}")
+
+
+QAT_TYPES = (QuantLinear, BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding)
+
+
+def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Freeze a QAT model (from :func:`qatkit.prepare_qat`) into integer-weight modules.
+
+    Args:
+        model: a prepared (and trained or calibrated) model.
+        inplace: modify ``model`` instead of a deep copy.
+
+    Returns:
+        The model with every QAT layer replaced by a ``Quantized*`` module (integer codes + scales,
+        frozen input qparams), in eval mode. Its outputs equal the QAT model's eval-mode outputs.
+
+    Raises:
+        ValueError: the model has no QAT layers, or an activation observer has not seen any data
+            (convert before calibration/training), naming the layer.
+    """
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_TYPES)]
+    if not layers:
+        raise ValueError("convert: the model has no QAT layers; call qatkit.prepare_qat(model, config) first")
+    for name, m in layers:
+        aq = getattr(m, "input_fake_quant", None)
+        if isinstance(aq, ActFakeQuantizer) and not aq.has_observed:
+            raise ValueError(
+                f"convert: the input quantizer of layer '{name}' has not observed any data yet (its range is "
+                "empty), so its qparams are meaningless; run training or a few calibration batches in train mode "
+                "with observers enabled (qatkit.qat.enable_observer(model)) before convert"
+            )
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_TYPES)]:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, _convert_one(m))
+    return model.eval()

@@ -1,0 +1,303 @@
+"""QAT module replacements: subclasses of the float modules that keep the FP32 shadow weight and
+fake-quantize the weight and the input in the forward pass (gradients through the ops' STEs).
+
+Each has ``from_float(mod, layer_spec)`` (sharing the float module's parameters) and
+``to_float()``. :class:`QuantConvBn2d` folds a BatchNorm into the conv weight during QAT with
+Krishnamoorthi's correction (papers.md §3); :class:`BitLinear` is BitNet b1.58's layer (§7.2).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LayerSpec
+from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+
+__all__ = [
+    "QuantLinear",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConvBn2d",
+    "QuantEmbedding",
+    "BitLinear",
+    "QAT_MODULES",
+]
+
+
+class _QuantMixin:
+    """Quantizer submodules shared by every QAT layer."""
+
+    layer_spec: LayerSpec
+
+    def _attach_quantizers(self, spec: LayerSpec, weight: torch.Tensor, act_channels: int = 1) -> None:
+        if not isinstance(spec, LayerSpec):
+            raise TypeError(f"layer_spec must be a LayerSpec, got {type(spec).__name__}")
+        self.layer_spec = spec
+        self.weight_fake_quant = WeightFakeQuantizer(spec.weight, weight) if spec.weight is not None else None
+        self.input_fake_quant = ActFakeQuantizer(spec.activation, act_channels) if spec.activation is not None else None
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_fake_quant(x) if self.input_fake_quant is not None else x
+
+    def quantized_weight(self, w: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The weight the forward pass uses (fake-quantized shadow weight)."""
+        w = self.weight if w is None else w
+        return self.weight_fake_quant(w) if self.weight_fake_quant is not None else w
+
+
+def _share_params(dst: nn.Module, src: nn.Module, names=("weight", "bias")) -> None:
+    for n in names:
+        if hasattr(src, n):
+            setattr(dst, n, getattr(src, n))
+
+
+class QuantLinear(_QuantMixin, nn.Linear):
+    """``nn.Linear`` with fake-quantized weight and input.
+
+    Example:
+        >>> q = QuantLinear.from_float(nn.Linear(16, 8), w8a8().default)
+        >>> y = q(torch.randn(4, 16))
+    """
+
+    def __init__(self, in_features, out_features, bias=True, layer_spec: Optional[LayerSpec] = None, **kw):
+        super().__init__(in_features, out_features, bias, **kw)
+        self._attach_quantizers(layer_spec or LayerSpec(), self.weight, in_features)
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, layer_spec: LayerSpec) -> "QuantLinear":
+        q = cls.__new__(cls)
+        nn.Linear.__init__(q, mod.in_features, mod.out_features, mod.bias is not None, device="meta")
+        _share_params(q, mod)
+        q._attach_quantizers(layer_spec, mod.weight, mod.in_features)
+        q.train(mod.training)
+        return q
+
+    def to_float(self) -> nn.Linear:
+        m = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
+        _share_params(m, self)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+
+
+def _conv_from_float(cls, base, mod, layer_spec):
+    q = cls.__new__(cls)
+    base.__init__(
+        q,
+        mod.in_channels,
+        mod.out_channels,
+        mod.kernel_size,
+        stride=mod.stride,
+        padding=mod.padding,
+        dilation=mod.dilation,
+        groups=mod.groups,
+        bias=mod.bias is not None,
+        padding_mode=mod.padding_mode,
+        device="meta",
+    )
+    _share_params(q, mod)
+    q._attach_quantizers(layer_spec, mod.weight, mod.in_channels)
+    q.train(mod.training)
+    return q
+
+
+def _conv_to_float(base, self):
+    m = base(
+        self.in_channels,
+        self.out_channels,
+        self.kernel_size,
+        stride=self.stride,
+        padding=self.padding,
+        dilation=self.dilation,
+        groups=self.groups,
+        bias=self.bias is not None,
+        padding_mode=self.padding_mode,
+        device="meta",
+    )
+    _share_params(m, self)
+    return m
+
+
+class QuantConv1d(_QuantMixin, nn.Conv1d):
+    """``nn.Conv1d`` with fake-quantized weight (per output channel / per group along
+    ``in_channels / groups * k``) and input."""
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv1d, layer_spec: LayerSpec) -> "QuantConv1d":
+        return _conv_from_float(cls, nn.Conv1d, mod, layer_spec)
+
+    def to_float(self) -> nn.Conv1d:
+        return _conv_to_float(nn.Conv1d, self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantConv2d(_QuantMixin, nn.Conv2d):
+    """``nn.Conv2d`` (grouped and depthwise included) with fake-quantized weight and input."""
+
+    @classmethod
+    def from_float(cls, mod: nn.Conv2d, layer_spec: LayerSpec) -> "QuantConv2d":
+        return _conv_from_float(cls, nn.Conv2d, mod, layer_spec)
+
+    def to_float(self) -> nn.Conv2d:
+        return _conv_to_float(nn.Conv2d, self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
+
+
+class QuantConvBn2d(_QuantMixin, nn.Conv2d):
+    """Conv2d + BatchNorm2d folded for QAT (Krishnamoorthi 2018, §3.2.2).
+
+    The quantized weight is always the BN-folded weight with the long-term statistics,
+    ``wq = Q(W * gamma / sigma)``, so it does not jitter from batch to batch. Before
+    :meth:`freeze_bn` (training mode), the conv output is divided by ``gamma / sigma`` again and
+    batch-normalized with the batch statistics (which also updates the running statistics); this
+    equals ordinary batch norm on the quantized weights. After freezing (and in eval mode) the
+    layer is ``conv(x, wq) + beta - gamma * mu / sigma``: the inference form, exactly what
+    :func:`qatkit.convert` exports.
+    """
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, layer_spec: LayerSpec) -> "QuantConvBn2d":
+        if bn.num_features != conv.out_channels:
+            raise ValueError(
+                f"QuantConvBn2d: bn.num_features ({bn.num_features}) must equal conv.out_channels ({conv.out_channels})"
+            )
+        if not (bn.affine and bn.track_running_stats):
+            raise ValueError("QuantConvBn2d: the BatchNorm2d must be affine and track running statistics")
+        q = _conv_from_float(cls, nn.Conv2d, conv, layer_spec)
+        q.bn = bn
+        q.register_buffer("bn_frozen", torch.zeros(1, dtype=torch.uint8))
+        q._bn_frozen = False
+        return q
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._bn_frozen = bool(self.bn_frozen.item())
+
+    def freeze_bn(self, on: bool = True) -> None:
+        """Switch to the running statistics (and stop updating them)."""
+        self.bn_frozen.fill_(1 if on else 0)
+        self._bn_frozen = bool(on)
+
+    def folded(self):
+        """(scale factor gamma / sigma, folded float weight, folded bias) from the running statistics."""
+        bn = self.bn
+        std = torch.sqrt(bn.running_var + bn.eps)
+        factor = bn.weight / std
+        w = self.weight * factor.reshape(-1, 1, 1, 1)
+        b = self.bias if self.bias is not None else torch.zeros_like(bn.running_mean)
+        bias = bn.bias + (b - bn.running_mean) * factor
+        return factor, w, bias
+
+    def to_float(self) -> nn.Sequential:
+        return nn.Sequential(_conv_to_float(nn.Conv2d, self), self.bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.quantize_input(x)
+        factor, w, bias = self.folded()
+        wq = self.quantized_weight(w)
+        if self._bn_frozen or not self.training:
+            return self._conv_forward(x, wq, bias)
+        y = self._conv_forward(x, wq, None) / factor.reshape(1, -1, 1, 1)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        bn = self.bn
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, momentum, bn.eps)
+
+
+class QuantEmbedding(_QuantMixin, nn.Embedding):
+    """``nn.Embedding`` with a fake-quantized table (one scale per row, i.e. per token embedding,
+    for per-channel specs); the input is indices, so no activation quantizer."""
+
+    @classmethod
+    def from_float(cls, mod: nn.Embedding, layer_spec: LayerSpec) -> "QuantEmbedding":
+        q = cls.__new__(cls)
+        nn.Embedding.__init__(
+            q,
+            mod.num_embeddings,
+            mod.embedding_dim,
+            padding_idx=mod.padding_idx,
+            max_norm=mod.max_norm,
+            norm_type=mod.norm_type,
+            scale_grad_by_freq=mod.scale_grad_by_freq,
+            sparse=mod.sparse,
+            device="meta",
+        )
+        _share_params(q, mod, ("weight",))
+        q._attach_quantizers(LayerSpec(layer_spec.weight, None), mod.weight)
+        q.train(mod.training)
+        return q
+
+    def to_float(self) -> nn.Embedding:
+        m = nn.Embedding(
+            self.num_embeddings,
+            self.embedding_dim,
+            padding_idx=self.padding_idx,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            scale_grad_by_freq=self.scale_grad_by_freq,
+            sparse=self.sparse,
+            device="meta",
+        )
+        _share_params(m, self, ("weight",))
+        return m
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(
+            idx,
+            self.quantized_weight(),
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
+
+
+class BitLinear(_QuantMixin, nn.Linear):
+    """BitNet b1.58's BitLinear (papers.md §7.2): ``y = linear(Q_a(RMSNorm(x)), Q_w(W), b)``
+    with a parameter-free RMSNorm, per-token absmax int8 activations and absmean ternary weights
+    (per tensor), both through the STE. Other specs (e.g. binary weights, BitNet W1A8) can be
+    given through ``layer_spec``."""
+
+    eps: float = 1e-6
+
+    @classmethod
+    def from_float(cls, mod: nn.Linear, layer_spec: LayerSpec) -> "BitLinear":
+        q = cls.__new__(cls)
+        nn.Linear.__init__(q, mod.in_features, mod.out_features, mod.bias is not None, device="meta")
+        _share_params(q, mod)
+        q._attach_quantizers(layer_spec, mod.weight, mod.in_features)
+        q.train(mod.training)
+        return q
+
+    def to_float(self) -> nn.Linear:
+        m = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
+        _share_params(m, self)
+        return m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xn = F.rms_norm(x, (self.in_features,), eps=self.eps)
+        return F.linear(self.quantize_input(xn), self.quantized_weight(), self.bias)
+
+
+#: float module type -> QAT replacement
+QAT_MODULES = {
+    nn.Linear: QuantLinear,
+    nn.Conv1d: QuantConv1d,
+    nn.Conv2d: QuantConv2d,
+    nn.Embedding: QuantEmbedding,
+}

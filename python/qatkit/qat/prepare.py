@@ -1,0 +1,243 @@
+"""``prepare_qat`` and the whole-model switches of the QAT recipe (observers, fake quant, BN).
+
+``prepare_qat(model, config)`` swaps every supported layer (Linear, Conv1d, Conv2d, Embedding;
+Conv2d + BatchNorm2d pairs inside ``nn.Sequential`` become :class:`QuantConvBn2d`) for its QAT
+replacement, following the config's skip patterns, overrides and first/last rule, and records
+what it did in ``model.qat_report``.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import warnings
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .config import LayerSpec, QATConfig, QuantSpec
+from .modules import QAT_MODULES, BitLinear, QuantConvBn2d
+from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+
+__all__ = [
+    "prepare_qat",
+    "enable_observer",
+    "disable_observer",
+    "enable_fake_quant",
+    "disable_fake_quant",
+    "freeze_bn",
+    "clip_latent_weights",
+    "calibrate",
+]
+
+_INT8_LAYER = LayerSpec(
+    QuantSpec(kind="int", bits=8, symmetric=True, narrow_range=True, granularity="per_channel"),
+    QuantSpec(kind="int", bits=8, symmetric=False),
+)
+
+
+def _candidates(model: nn.Module, fold_bn: bool) -> List[dict]:
+    """Supported layers in definition order; conv+bn pairs of a Sequential become one entry."""
+    out, bn_of = [], {}
+    if fold_bn:
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.Sequential):
+                kids = list(mod.named_children())
+                for (n1, m1), (n2, m2) in zip(kids, kids[1:], strict=False):
+                    if type(m1) is nn.Conv2d and type(m2) is nn.BatchNorm2d and m2.num_features == m1.out_channels:
+                        prefix = f"{name}." if name else ""
+                        bn_of[prefix + n1] = (prefix + n2, m2)
+    for name, mod in model.named_modules():
+        if type(mod) in QAT_MODULES:
+            out.append({"name": name, "module": mod, "bn": bn_of.get(name)})
+    return out
+
+
+def _spec_for(name: str, index: int, count: int, config: QATConfig, used: Dict[str, int]) -> Optional[LayerSpec]:
+    for pat in config.skip:
+        if fnmatch.fnmatchcase(name, pat):
+            used[pat] += 1
+            return None
+    for pat, spec in config.overrides:
+        if fnmatch.fnmatchcase(name, pat):
+            used[pat] += 1
+            return spec
+    if config.first_last is not None and (index == 0 or index == count - 1):
+        return None if config.first_last == "float" else _INT8_LAYER
+    return config.default
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> nn.Module:
+    """Swap a float model's supported layers for QAT layers.
+
+    Args:
+        model: a float ``nn.Module``.
+        config: a :class:`QATConfig` (e.g. ``qatkit.w8a8()``).
+        inplace: modify ``model`` instead of a deep copy (the float parameters are shared with the
+            QAT layers either way, so an optimizer built afterwards trains them).
+
+    Returns:
+        The QAT model. ``model.qat_report`` lists each layer with its weight/activation spec and any
+        per-group fallback.
+
+    Raises:
+        TypeError: ``config`` is not a QATConfig. ValueError: nothing to quantize (no supported layer,
+            or all skipped). Warns (UserWarning) when a skip/override pattern matches no layer and when
+            per-group weights fall back to per-channel.
+
+    Example:
+        >>> qmodel = qatkit.prepare_qat(model, qatkit.w8a8())
+    """
+    if not isinstance(config, QATConfig):
+        raise TypeError(f"prepare_qat: config must be a QATConfig (e.g. qatkit.w8a8()), got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    cands = _candidates(model, config.fold_bn)
+    if not cands:
+        raise ValueError(
+            "prepare_qat: the model has nothing to quantize: no nn.Linear, nn.Conv1d, nn.Conv2d or nn.Embedding "
+            "layers (already prepared models hold Quant* layers)"
+        )
+    used = {p: 0 for p in list(config.skip) + [p for p, _ in config.overrides]}
+    report, replaced = [], 0
+    for i, c in enumerate(cands):
+        name, mod = c["name"], c["module"]
+        spec = _spec_for(name, i, len(cands), config, used)
+        if spec is None or (spec.weight is None and spec.activation is None):
+            report.append({"name": name, "type": type(mod).__name__, "qat": None, "weight": "float", "act": "float"})
+            continue
+        if c["bn"] is not None:
+            bn_name, bn = c["bn"]
+            new = QuantConvBn2d.from_float(mod, bn, spec)
+            _set(model, bn_name, nn.Identity())
+        elif config.bitlinear and type(mod) is nn.Linear:
+            new = BitLinear.from_float(mod, spec)
+        else:
+            new = QAT_MODULES[type(mod)].from_float(mod, spec)
+        _set(model, name, new)
+        replaced += 1
+        wfq = new.weight_fake_quant
+        fell_back = bool(wfq is not None and wfq.fell_back)
+        if fell_back:
+            warnings.warn(
+                f"prepare_qat: layer '{name}': flattened input dim {tuple(mod.weight.shape[1:])} is not a multiple "
+                f"of group_size {spec.weight.group_size}; its weight falls back to per-channel",
+                UserWarning,
+                stacklevel=2,
+            )
+        report.append(
+            {
+                "name": name,
+                "type": type(mod).__name__,
+                "qat": type(new).__name__,
+                "weight": "float" if wfq is None else wfq.spec.describe() + (" -> per_channel" if fell_back else ""),
+                "act": "float" if new.input_fake_quant is None else new.input_fake_quant.spec.describe(),
+                "fell_back": fell_back,
+            }
+        )
+    for pat, n in used.items():
+        if n == 0:
+            names = ", ".join(c["name"] for c in cands)
+            warnings.warn(
+                f"prepare_qat: pattern {pat!r} matches no supported layer (layers: {names})", UserWarning, stacklevel=2
+            )
+    if replaced == 0:
+        raise ValueError("prepare_qat: every supported layer was skipped by the config; nothing to quantize")
+    model.qat_report = report
+    model.qat_config = config
+    return model
+
+
+def _act_quantizers(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, ActFakeQuantizer)]
+
+
+def enable_observer(model: nn.Module, on: bool = True) -> nn.Module:
+    """Turn every activation observer on (or off). Weight ranges follow the weights and need none."""
+    for m in _act_quantizers(model):
+        m.enable_observer(on)
+    return model
+
+
+def disable_observer(model: nn.Module) -> nn.Module:
+    """Freeze every activation observer's range (qparams stay as they are)."""
+    return enable_observer(model, False)
+
+
+def enable_fake_quant(model: nn.Module, on: bool = True, which: str = "all") -> nn.Module:
+    """Turn fake quantization on or off for ``which`` in ``"all"``, ``"weights"``, ``"activations"``.
+
+    Jacob et al.'s recipe starts with activation quantization off (observers still collecting
+    ranges): ``enable_fake_quant(model, False, "activations")`` for the first steps.
+    """
+    if which not in ("all", "weights", "activations"):
+        raise ValueError(f"enable_fake_quant: which must be 'all', 'weights' or 'activations', got {which!r}")
+    for m in model.modules():
+        if isinstance(m, WeightFakeQuantizer) and which in ("all", "weights"):
+            m.enable_fake_quant(on)
+        if isinstance(m, ActFakeQuantizer) and which in ("all", "activations"):
+            m.enable_fake_quant(on)
+    return model
+
+
+def disable_fake_quant(model: nn.Module, which: str = "all") -> nn.Module:
+    """Pass tensors through unquantized (see :func:`enable_fake_quant`)."""
+    return enable_fake_quant(model, False, which)
+
+
+def freeze_bn(model: nn.Module, on: bool = True) -> nn.Module:
+    """Switch every :class:`QuantConvBn2d` to its running statistics (Krishnamoorthi's freeze)."""
+    for m in model.modules():
+        if isinstance(m, QuantConvBn2d):
+            m.freeze_bn(on)
+    return model
+
+
+@torch.no_grad()
+def clip_latent_weights(model: nn.Module) -> nn.Module:
+    """Clip shadow weights to ``[-c, c]`` where their spec sets ``latent_clip`` (BinaryConnect);
+    call after each optimizer step."""
+    for m in model.modules():
+        wfq = getattr(m, "weight_fake_quant", None)
+        if isinstance(wfq, WeightFakeQuantizer) and wfq.spec.latent_clip is not None:
+            m.weight.clamp_(-wfq.spec.latent_clip, wfq.spec.latent_clip)
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
+    """Run ``batches`` through ``model`` with only the activation observers in training mode (the
+    rest, BatchNorm included, in eval mode), so the observers collect ranges and nothing else
+    changes — post-training calibration of a prepared model, or a warm start before QAT.
+
+    Args:
+        model: a prepared model.
+        batches: an iterable of inputs (tensors or tuples whose first element is the input).
+        forward: optional ``forward(model, batch)`` for models that take other arguments.
+
+    Returns:
+        ``model``, back in the training mode it had.
+    """
+    was = model.training
+    model.eval()
+    acts = _act_quantizers(model)
+    if not acts:
+        raise ValueError("calibrate: the model has no activation quantizers; call qatkit.prepare_qat first")
+    for m in acts:
+        m.train()
+    for b in batches:
+        if forward is not None:
+            forward(model, b)
+        else:
+            model(b[0] if isinstance(b, (tuple, list)) else b)
+    model.train(was)
+    return model
