@@ -311,7 +311,7 @@ class ActFakeQuantizer(_SpecModule):
         # the observer runs in training mode only; its on/off switch is the tensor flag, read
         # inside the op (toggling it does not recompile a compiled model)
         flag = self.observer_on if self.training else self._off
-        if self.training and self._obs_enabled and self.sync_distributed and _dist_world() > 1:
+        if self.training and self.sync_distributed and _dist_world() > 1 and self._obs_enabled:
             self._observe_distributed(x)
             flag = self._off
         return ops.fused_observe_fake_quantize(
