@@ -1,0 +1,85 @@
+"""The C++ QAT layers (qatkit/nn.h) and the Python ones give identical outputs and weight gradients
+for the same weights and inputs: three training-mode forwards (observers updating), the first
+one's weight gradient, one eval forward. The C++ side runs in tests/cpp/nn_crosscheck.cpp, built
+with the test build (QATKIT_BUILD_TESTS=1, which scripts/setup.sh sets)."""
+
+import os
+import subprocess
+
+import pytest
+import torch
+import torch.jit._pickle
+from torch import nn
+
+import qatkit
+from qatkit.qat import BitLinear, QuantConv2d, QuantLinear
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+EXE = os.path.join(ROOT, "build", "py", "qatkit_nn_crosscheck")
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(EXE), reason="qatkit_nn_crosscheck is built only by the test build (scripts/setup.sh)"
+)
+
+CASES = [
+    ("linear", "w8a8"),
+    ("linear", "w4a8"),
+    ("linear", "w4a4_lsq"),
+    ("linear", "ternary_twn"),
+    ("linear", "binary_w1a8"),
+    ("linear", "xnor_w1a1"),
+    ("bitlinear", "bitnet_b158"),
+    ("conv2d", "w8a8"),
+    ("conv2d", "ternary_twn"),
+    ("conv2d_dw", "w8a8"),
+]
+
+
+def python_layer(layer, preset, w, b):
+    spec = qatkit.preset(preset).default
+    if layer in ("linear", "bitlinear"):
+        lin = nn.Linear(w.shape[1], w.shape[0])
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            lin.bias.copy_(b)
+        return (BitLinear if layer == "bitlinear" else QuantLinear).from_float(lin, spec), lin.weight
+    groups = w.shape[0] if layer == "conv2d_dw" else 1
+    conv = nn.Conv2d(w.shape[1] * groups, w.shape[0], tuple(w.shape[2:]), padding=1, groups=groups)
+    with torch.no_grad():
+        conv.weight.copy_(w)
+        conv.bias.copy_(b)
+    return QuantConv2d.from_float(conv, spec), conv.weight
+
+
+@pytest.mark.parametrize("layer,preset", CASES)
+def test_cpp_and_python_layers_agree(tmp_path, layer, preset):
+    g = torch.Generator().manual_seed(hash((layer, preset)) % 1000)
+    if layer in ("linear", "bitlinear"):
+        w, b = torch.randn(24, 64, generator=g) * 0.1, torch.randn(24, generator=g) * 0.1
+        xs = [torch.randn(5, 64, generator=g) * (1 + i) for i in range(3)]
+    else:
+        cin = 1 if layer == "conv2d_dw" else 6
+        w, b = torch.randn(8, cin, 3, 3, generator=g) * 0.2, torch.randn(8, generator=g) * 0.1
+        xs = [torch.randn(2, 6 if cin == 6 else 8, 7, 7, generator=g) * (1 + i) for i in range(3)]
+    torch.save({"weight": w, "bias": b, "x": xs}, tmp_path / "in.pt")
+    r = subprocess.run(
+        [EXE, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), layer, preset], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    # torch::pickle_save tags the list's element type with a helper torch.load allows explicitly
+    with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag]):
+        cpp = torch.load(tmp_path / "out.pt")
+    q, weight = python_layer(layer, preset, w, b)
+    q.train()
+    py = []
+    for i, x in enumerate(xs):
+        y = q(x)
+        if i == 0:
+            y.sum().backward()
+            py.append(weight.grad.clone())
+        py.append(y.detach())
+    q.eval()
+    py.append(q(xs[0]).detach())
+    assert len(cpp) == len(py)
+    for k, (a, c) in enumerate(zip(py, cpp, strict=True)):
+        assert torch.equal(a, c), f"result {k} differs (max {(a - c).abs().max().item()})"
