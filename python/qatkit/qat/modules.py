@@ -157,8 +157,9 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
 
     The quantized weight is always the BN-folded weight with the long-term statistics,
     ``wq = Q(W * gamma / sigma)``, so it does not jitter from batch to batch. Before
-    :meth:`freeze_bn` (training mode), the conv output is divided by ``gamma / sigma`` again and
-    batch-normalized with the batch statistics (which also updates the running statistics); this
+    :meth:`freeze_bn` (training mode), the conv output is divided by ``gamma / sigma`` again (as
+    ``conv(x, wq / (gamma / sigma))``: the division moves to the weight) and batch-normalized with
+    the batch statistics (which also updates the running statistics); this
     equals ordinary batch norm on the quantized weights. After freezing (and in eval mode) the
     layer is ``conv(x, wq) + beta - gamma * mu / sigma``: the inference form, exactly what
     :func:`qatkit.convert` exports.
@@ -176,7 +177,24 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
         q.bn = bn
         q.register_buffer("bn_frozen", torch.zeros(1, dtype=torch.uint8))
         q._bn_frozen = False
+        q._fold_invariant = q._is_fold_invariant()
         return q
+
+    def _is_fold_invariant(self) -> bool:
+        """True when scaling output channel c of the weight by f_c and back commutes with the
+        weight quantizer, Q(W f) / f == Q(W): per-channel and per-group ranges (each channel's or
+        group's scale follows f_c) of symmetric quantizers (odd functions, so a negative gamma flips
+        nothing). Then the training path quantizes W directly; the frozen / eval path (what convert
+        exports) still quantizes the folded weight W * gamma / sigma."""
+        wfq = self.weight_fake_quant
+        if wfq is None:
+            return True
+        s = wfq.spec
+        if wfq.granularity not in ("per_channel", "per_group") or s.scale == "learned":
+            return False
+        if s.kind == "int":
+            return s.symmetric and s.signed and (s.narrow_range or s.quant_min == -s.quant_max)
+        return s.kind == "ternary" or s.method in ("none", "mean_abs")
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -202,11 +220,18 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.quantize_input(x)
-        factor, w, bias = self.folded()
-        wq = self.quantized_weight(w)
         if self._bn_frozen or not self.training:
-            return self._conv_forward(x, wq, bias)
-        y = self._conv_forward(x, wq, None) / factor.reshape(1, -1, 1, 1)
+            _, w, bias = self.folded()
+            return self._conv_forward(x, self.quantized_weight(w), bias)
+        if self._fold_invariant:
+            # Q(W * f) / f == Q(W) in exact arithmetic for these quantizers (see _fold_invariant):
+            # the fold and unfold passes over the weight, and their backward passes, are skipped
+            wq_unfolded = self.quantized_weight(self.weight)
+        else:
+            factor, w, _ = self.folded()
+            # conv(x, Q(W f)) / f, with the division on the (small) weight: the conv is linear
+            wq_unfolded = self.quantized_weight(w) / factor.reshape(-1, 1, 1, 1)
+        y = self._conv_forward(x, wq_unfolded, None)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         bn = self.bn

@@ -247,3 +247,24 @@ def test_learned_scales_train():
     assert wq.scale.grad is not None and wq.scale.grad.shape == s0.shape
     assert model[0].input_fake_quant.scale.grad is not None
     assert model[0].input_fake_quant.zero_point.grad is not None  # LSQ+ offset
+
+
+@pytest.mark.parametrize("granularity", ["per_channel", "per_tensor"])
+def test_conv_bn_training_path_quantizes_the_folded_weight(granularity):
+    """Before the freeze the layer computes conv(x, Q(W f) / f) then batch norm. Per-channel symmetric
+    quantizers commute with the per-channel fold (Q(W f) / f == Q(W) in exact arithmetic), so that
+    path quantizes W directly; per-tensor ones take the explicit fold. Both match the formula."""
+    torch.manual_seed(8)
+    conv, bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_var.uniform_(0.2, 5)
+        bn.weight.uniform_(-2, 2)  # negative gammas too
+    spec = LayerSpec(QuantSpec(bits=4, narrow_range=True, granularity=granularity), None)
+    q = QuantConvBn2d.from_float(conv, bn, spec).train()
+    assert q._fold_invariant == (granularity == "per_channel")
+    x = torch.randn(4, 3, 6, 6)
+    bn_ref = copy.deepcopy(bn)
+    factor, w, _ = q.folded()
+    wq = q.weight_fake_quant(w.detach()) / factor.detach().reshape(-1, 1, 1, 1)
+    ref = bn_ref(F.conv2d(x, wq, conv.bias, padding=1))
+    torch.testing.assert_close(q(x), ref, rtol=1e-4, atol=1e-4)
