@@ -22,6 +22,7 @@ single-process run on the same global batches (models without BatchNorm; CPU has
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -242,33 +243,43 @@ def print_table(args, fp_accs, results, presets):
 
 
 def plot(path, fp_accs, results, presets):
+    """Accuracy vs weight bits: PTQ and QAT bars per preset (ordered by bits, error bars = std over
+    folds) against the FP32 line; the right panel zooms into the top 6 points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    order = sorted(presets, key=lambda p: -PRESET_BITS[p])
     fp = statistics.mean(fp_accs)
-    ax.axhline(fp, color="k", ls="--", label=f"FP32 {fp:.1f}%")
-    for kind, marker in (("qat", "o"), ("ptq", "x")):
-        xs = [PRESET_BITS[p] for p in presets]
-        ys = [statistics.mean(results[p][kind]) for p in presets]
-        ax.scatter(xs, ys, marker=marker, label=kind.upper())
-        for p, a, b in zip(presets, xs, ys, strict=True):
-            if kind == "qat":
-                ax.annotate(p, (a, b), fontsize=7, xytext=(3, -10), textcoords="offset points")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("weight bits (quantized layers)")
-    ax.set_ylabel("accuracy % (5-fold CV)")
-    ax.set_title("digits: accuracy vs weight bits")
-    ax.legend(loc="lower right")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, zoom in zip(axes, (False, True), strict=True):
+        for j, (kind, color) in enumerate((("ptq", "tab:orange"), ("qat", "tab:blue"))):
+            xs = [i + (j - 0.5) * 0.38 for i in range(len(order))]
+            ys = [statistics.mean(results[p][kind]) for p in order]
+            err = [statistics.stdev(results[p][kind]) if len(results[p][kind]) > 1 else 0 for p in order]
+            ax.bar(xs, ys, 0.38, yerr=err, color=color, label=kind.upper(), capsize=2)
+        ax.axhline(fp, color="k", ls="--", lw=1, label=f"FP32 {fp:.2f}%")
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels([f"{p} ({PRESET_BITS[p]:.2g} b)" for p in order], fontsize=7, rotation=25, ha="right")
+        ax.set_ylabel("accuracy % (k-fold CV)")
+        if zoom:
+            ax.set_ylim(fp - 6, min(100.5, fp + 2))
+            ax.set_title("zoom: within 6 points of FP32")
+        else:
+            ax.set_ylim(0, 101)
+            ax.set_title("digits: accuracy vs weight bits (PTQ = no training)")
+            ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run_lm(args, presets, rank):
+    """E5 (papers.md): FP32 vs QAT from scratch (BitLinear layers; embeddings and head stay float)
+    vs ternary PTQ of the FP32 model (absmean ternary weights and per-token int8 activations on its
+    own layers, no training), bits per character on held-out text."""
     ds = CharDataset(stdlib_corpus(args.corpus_chars))
-    torch.manual_seed(args.seed)
 
     def train(model, steps, lr, tag):
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -282,35 +293,51 @@ def run_lm(args, presets, rank):
             loss.backward()
             opt.step()
             sched.step()
+        return model
 
-    fp = TinyLM()
+    def fresh():
+        torch.manual_seed(args.seed)
+        return TinyLM()
+
+    rows = []
     t0 = time.perf_counter()
-    train(fp, args.lm_steps, 3e-3, "fp32")
-    rows = [("fp32", "float", bits_per_char(fp, ds), time.perf_counter() - t0)]
-    for p in presets:
-        q = qatkit.prepare_qat(fp, qatkit.preset(p))
-        rows.append((f"{p} PTQ", "no training", bits_per_char(q, ds), 0.0))
+    fp = train(fresh(), args.lm_steps, args.lm_lr, "fp32")
+    rows.append(("fp32", f"{args.lm_steps} steps", bits_per_char(fp, ds), time.perf_counter() - t0))
+    b158 = qatkit.bitnet_b158()
+    ptq_cfg = dataclasses.replace(b158, bitlinear=False, name="ternary_ptq")
+    rows.append(
+        ("ternary PTQ of fp32 (absmean, A8 per token)", "none", bits_per_char(qatkit.prepare_qat(fp, ptq_cfg), ds), 0.0)
+    )
+    variants = {p: qatkit.preset(p) for p in presets}
+    if "bitnet_b158" in presets:
+        w1 = qatkit.QuantSpec(kind="binary", method="bitnet")
+        variants["bitnet_w1a8 (binary)"] = dataclasses.replace(
+            b158, default=qatkit.LayerSpec(w1, b158.default.activation), name="bitnet_w1a8"
+        )
+    for name, cfg in variants.items():
         t0 = time.perf_counter()
-        train(q, args.lm_qat_steps, args.qat_lr or 3e-3, p)
+        q = train(qatkit.prepare_qat(fresh(), cfg), args.lm_steps, args.qat_lr or args.lm_lr, name)
         rows.append(
             (
-                f"{p} QAT",
-                f"{args.lm_qat_steps} steps from FP32",
+                f"{name} QAT",
+                f"{args.lm_steps} steps from scratch",
                 bits_per_char(qatkit.convert(q), ds),
                 time.perf_counter() - t0,
             )
         )
-    unigram = torch.bincount(ds.val, minlength=128).float()
-    p_ = unigram[unigram > 0] / unigram.sum()
+    counts = torch.bincount(ds.val, minlength=128).float()
+    p_ = counts[counts > 0] / counts.sum()
     h = -(p_ * p_.log2()).sum().item()
     print(
         f"\nTiny LM (2 layers, d 128, 4 heads, context 64), corpus {len(ds.train) + len(ds.val)} chars of "
-        f"stdlib docstrings, FP32 {args.lm_steps} steps; unigram entropy {h:.3f} bits/char\n"
+        f"stdlib docstrings (90/10 split), batch 32, AdamW one-cycle lr {args.lm_lr}; unigram entropy of the "
+        f"held-out text {h:.3f} bits/char\n"
     )
     print("| model | training | held-out bits/char | time s |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]:.3f} | {r[3]:.1f} |")
-    return {"rows": [dict(zip(("model", "training", "bpc", "time_s"), r, strict=True)) for r in rows], "unigram_bpc": h}
+    keys = ("model", "training", "bpc", "time_s")
+    return {"rows": [dict(zip(keys, r, strict=True)) for r in rows], "unigram_bpc": h}
 
 
 def main():
@@ -333,7 +360,7 @@ def main():
     ap.add_argument("--save-final", default="", help="save the last QAT model's state_dict (tests)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--lm-steps", type=int, default=1500)
-    ap.add_argument("--lm-qat-steps", type=int, default=1000)
+    ap.add_argument("--lm-lr", type=float, default=3e-3)
     ap.add_argument("--corpus-chars", type=int, default=1_000_000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

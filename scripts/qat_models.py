@@ -132,8 +132,8 @@ def stdlib_corpus(max_chars: int = 1_000_000) -> str:
         objs = [mod] + [getattr(mod, a) for a in sorted(dir(mod)) if not a.startswith("_")]
         for o in objs:
             doc = inspect.getdoc(o) if (inspect.ismodule(o) or inspect.isclass(o) or inspect.isroutine(o)) else None
-            if doc and id(doc) not in seen and len(doc) > 40:
-                seen.add(id(doc))
+            if doc and doc not in seen and len(doc) > 40:
+                seen.add(doc)
                 parts.append(doc.encode("ascii", "ignore").decode())
     return "\n\n".join(parts)[:max_chars]
 
