@@ -51,6 +51,7 @@ def main():
         resume=False,
         save_final="",
         no_progress=a.json,
+        stop_after=0,
     )
     info = qatkit.build_info()
     if not a.json:

@@ -108,6 +108,14 @@ def train_epochs(model, opt, x, y, epochs, start, args, fold, tag, rank, world, 
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if ckpt is not None:
             ckpt(ep + 1)
+        _EPOCHS_RUN[0] += 1
+        if args.stop_after and _EPOCHS_RUN[0] >= args.stop_after:
+            raise SystemExit(
+                f"--stop-after {args.stop_after}: stopping as an interruption would (resume with --resume)"
+            )
+
+
+_EPOCHS_RUN = [0]
 
 
 def save_ckpt(path, rank, **state):
@@ -359,6 +367,7 @@ def main():
     ap.add_argument("--json", default="", help="write the results as JSON")
     ap.add_argument("--save-final", default="", help="save the last QAT model's state_dict (tests)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--stop-after", type=int, default=0, help="exit after N epochs in total (tests of --resume)")
     ap.add_argument("--lm-steps", type=int, default=1500)
     ap.add_argument("--lm-lr", type=float, default=3e-3)
     ap.add_argument("--corpus-chars", type=int, default=1_000_000)
