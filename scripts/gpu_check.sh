@@ -28,7 +28,7 @@ cat "$LOG/gpu.csv" "$LOG/env.txt"
 step build env QATKIT_BUILD_DIR=build/gpu QATKIT_BUILD_TESTS=0 CMAKE_CUDA_ARCHITECTURES=90 TORCH_CUDA_ARCH_LIST=9.0 \
   MAX_JOBS=$(nproc) "$PY" -m pip install --no-deps --no-build-isolation -e .
 step build_info "$PY" -c "import qatkit, json; i = qatkit.build_info(); print(json.dumps(i)); assert i['cuda'], 'built without CUDA'"
-step test_cuda "$PY" -m pytest tests/python/ops/test_cuda.py -q -p no:cacheprovider
+step test_cuda "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider
 step test_cpu_ops "$PY" -m pytest tests/python/ops -q -p no:cacheprovider -x --deselect tests/python/ops/test_fake_quantize.py::test_large_tensor_over_2_31_elements
 step bench_gpu "$PY" scripts/bench_gpu.py
 "$PY" scripts/bench_gpu.py --json >"$LOG/bench_gpu.json" 2>/dev/null || true
