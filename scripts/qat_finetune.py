@@ -10,7 +10,7 @@ is a test image once; mean +- std over folds). Per fold: train FP32, evaluate; t
 prepare_qat a copy, evaluate it without training (PTQ: observers calibrated on the training fold),
 QAT fine-tune it, convert it and evaluate the converted model. The QAT recipe follows Jacob et al. /
 Krishnamoorthi: observers on from the start, BatchNorm frozen at half of the QAT epochs, observers
-frozen at three quarters.
+frozen at three quarters; Adam with a cosine-decayed learning rate.
 
 Checkpoints (--ckpt-dir) are written after every epoch; --resume continues where a run stopped,
 bit-identically (shuffling is seeded per fold and epoch; quantizer state lives in buffers).
@@ -184,9 +184,14 @@ def run_digits(args, presets, rank, world):
                 qstart = st["epoch"]
             E = args.qat_epochs
 
-            def hook(ep, q=q, E=E):
+            base_lr = qopt.param_groups[0]["lr"]
+
+            def hook(ep, q=q, E=E, qopt=qopt, base_lr=base_lr):
                 qatkit.qat.freeze_bn(q, ep >= E // 2)
                 qatkit.qat.enable_observer(q, ep < (3 * E) // 4)
+                # cosine decay over the QAT epochs (a function of the epoch: resumes exactly)
+                for g in qopt.param_groups:
+                    g["lr"] = base_lr * 0.5 * (1 + math.cos(math.pi * min(ep, E) / E))
 
             t0 = time.perf_counter()
             train_epochs(
