@@ -3,6 +3,9 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include <thread>
+#include <vector>
+
 #include <qatkit/qatkit.h>
 
 CATCH_TEST_CASE("per-tensor fake_quantize equals ATen, with the STE gradient", "[api]") {
@@ -120,4 +123,41 @@ CATCH_TEST_CASE("binarize, ternarize and per-token quantize from C++", "[api]") 
   CATCH_CHECK(torch::equal(s, qatkit::binarize(torch::zeros({1000}), "none", std::nullopt, "identity", 1.0,
                                                torch::tensor({5}, torch::kLong))));
   CATCH_CHECK_THROWS_WITH(qatkit::binarize(w, "xnor"), Catch::Contains("scaling must be one of"));
+}
+
+CATCH_TEST_CASE("ops called from concurrent std::threads give the serial bits", "[api][threads]") {
+  torch::manual_seed(3);
+  const torch::Tensor x = torch::randn({53, 211}) * 2;
+  const torch::Tensor s = torch::rand({53}) * 0.05 + 0.01;
+  const torch::Tensor z = torch::randint(-4, 4, {53}, torch::kInt);
+  const auto run = [&] {
+    std::vector<torch::Tensor> out;
+    const torch::Tensor xs = x.clone().requires_grad_();
+    const torch::Tensor y = qatkit::fake_quantize(xs, s, z, -128, 127, 0);
+    y.backward(torch::ones_like(y));
+    out.push_back(y.detach());
+    out.push_back(xs.grad());
+    const torch::Tensor sl = s.clone().requires_grad_();
+    const torch::Tensor yl = qatkit::fake_quantize_learnable(x, sl, z.to(torch::kFloat), -8, 7, 0);
+    yl.sum().backward();
+    out.push_back(yl.detach());
+    out.push_back(sl.grad());
+    out.push_back(qatkit::binarize(x, "bitnet", 0, "approx_sign"));
+    out.push_back(qatkit::ternarize(x, "twn", 0));
+    out.push_back(qatkit::quantize_per_token(x));
+    return out;
+  };
+  const std::vector<torch::Tensor> expected = run();
+  std::vector<std::vector<torch::Tensor>> results(6);
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < results.size(); ++t) {
+    threads.emplace_back([&, t] {
+      for (int k = 0; k < 5; ++k) results[t] = run();
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (const auto& r : results) {
+    CATCH_REQUIRE(r.size() == expected.size());
+    for (std::size_t i = 0; i < r.size(); ++i) CATCH_CHECK(torch::equal(r[i], expected[i]));
+  }
 }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# AddressSanitizer + UndefinedBehaviorSanitizer run: builds qatkit (kernels, library, _C, Catch2
+# tests) with -fsanitize=address,undefined in build/asan, runs the Catch2 suite (leak detection on:
+# it is our code only), then the Python op and QAT tests against that build with the ASan runtime
+# preloaded into python (leak detection off there: CPython and torch keep their allocations until
+# exit by design, and their reports would drown ours). Any sanitizer report fails the run.
+#   bash scripts/sanitize.sh [LOG_DIR] [extra pytest args]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LOG="${1:-$ROOT/build/asan/logs}"
+shift || true
+mkdir -p "$LOG"
+cd "$ROOT"
+PY=python3
+BUILD="$ROOT/build/asan"
+TORCH_PREFIX="$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+JOBS="$(nproc)"
+
+echo "sanitize: configure + build (build/asan)"
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
+  -DQATKIT_SANITIZE="address;undefined" -DQATKIT_CUDA=OFF -DQATKIT_BUILD_TESTS=ON -DQATKIT_BUILD_PYTHON=ON \
+  -DPython_EXECUTABLE="$(command -v $PY)" >"$LOG/configure.log"
+cmake --build "$BUILD" --parallel "$JOBS" >"$LOG/build.log"
+
+# a package tree: the Python sources plus the sanitized library and _C
+PKG="$BUILD/pkg"
+rm -rf "$PKG" && mkdir -p "$PKG"
+cp -r python/qatkit "$PKG/qatkit"
+rm -rf "$PKG/qatkit/lib" "$PKG/qatkit/_C"*.so "$PKG/qatkit/include" "$PKG/qatkit/share"
+cmake --install "$BUILD" --prefix "$PKG/qatkit" >"$LOG/install.log"
+
+LOADED="$(PYTHONPATH="$PKG" $PY -c 'import qatkit; print(qatkit.__file__)' 2>/dev/null || true)"
+case "$LOADED" in "$PKG"/*) ;; *) echo "sanitize: python imports qatkit from '$LOADED', not $PKG"; exit 1 ;; esac
+
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+echo "sanitize: Catch2 suite (ASan with leak detection, UBSan)"
+ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" ctest --test-dir "$BUILD" --output-on-failure >"$LOG/ctest.log" 2>&1 \
+  || { tail -50 "$LOG/ctest.log"; exit 1; }
+tail -3 "$LOG/ctest.log"
+
+echo "sanitize: Python op + QAT tests under the sanitized build"
+ASAN_RT="$(gcc -print-file-name=libasan.so)"
+UBSAN_RT="$(gcc -print-file-name=libubsan.so)"
+# torch.compile's Inductor would compile and load fresh C++ without the runtime: the compile tests
+# that use it are deselected (the aot_eager ones still run)
+LD_PRELOAD="$ASAN_RT:$UBSAN_RT" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" PYTHONPATH="$PKG" \
+  QATKIT_SANITIZED=1 $PY -m pytest tests/python/ops tests/python/qat -q -p no:cacheprovider -x \
+  -k "not inductor and not large_tensor and not ddp and not finetune_script and not cpp_nn" "$@" \
+  >"$LOG/pytest.log" 2>&1 || { tail -60 "$LOG/pytest.log"; exit 1; }
+tail -2 "$LOG/pytest.log"
+if grep -E "ERROR: AddressSanitizer|runtime error:" "$LOG"/*.log; then
+  echo "sanitize: reports found"; exit 1
+fi
+echo "sanitize: clean (logs in $LOG)"
