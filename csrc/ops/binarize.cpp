@@ -115,7 +115,10 @@ BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::op
     std::iota(dims.begin(), dims.end(), 0);
     if (axis.has_value()) dims.erase(dims.begin() + (*axis < 0 ? *axis + input.dim() : *axis));
     const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    st.center = as_float(at::mean(input, dims, false, acc)).reshape(-1);
+    // no dims left (per channel along a tensor's only axis): each element is its own channel; an
+    // empty dim list would make ATen reduce over everything
+    st.center = dims.empty() ? as_float(input).contiguous().reshape(-1)
+                             : as_float(at::mean(input, dims, false, acc)).reshape(-1);
   }
   return st;
 }

@@ -30,6 +30,8 @@ at::Tensor mean_abs_generic(const at::Tensor& input, std::optional<std::int64_t>
     dims.erase(dims.begin() + ax);
     channels = input.sym_size(ax);
   }
+  // no dims left (per channel along the only axis): |x| itself (an empty dim list reduces everything)
+  if (dims.empty()) return as_float(input.abs()).reshape_symint({channels});
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const double count = static_cast<double>(input.sym_numel().guard_int(__FILE__, __LINE__)) /
                        static_cast<double>(std::max<std::int64_t>(1, channels.guard_int(__FILE__, __LINE__)));

@@ -80,9 +80,12 @@ at::Tensor ternarize_impl(const char* op, const at::Tensor& input, c10::string_v
   const at::Tensor absw = input.abs();
   const at::Tensor delta = mean_abs.mul(0.7).to(input.scalar_type());
   const at::Tensor keep_mask = absw.gt(delta);
-  const at::Tensor kept = keep_mask.sum(dims, keep, at::kFloat);
-  const at::Tensor a =
-      at::where(keep_mask, absw, at::zeros({}, absw.options())).sum(dims, keep, at::kFloat).div(kept.clamp_min(1.0));
+  const at::Tensor kept_abs = at::where(keep_mask, absw, at::zeros({}, absw.options()));
+  // (an empty dim list would make ATen reduce over everything: per channel along a tensor's only
+  // axis, every element is its own channel)
+  const at::Tensor kept = dims.empty() ? keep_mask.to(at::kFloat) : keep_mask.sum(dims, keep, at::kFloat);
+  const at::Tensor sums = dims.empty() ? kept_abs.to(at::kFloat) : kept_abs.sum(dims, keep, at::kFloat);
+  const at::Tensor a = sums.div(kept.clamp_min(1.0));
   at::Tensor y =
       at::where(keep_mask, input.sign().mul(a.to(input.scalar_type())), at::zeros({}, input.options())).contiguous();
   if (out == nullptr) return y;

@@ -268,3 +268,11 @@ def test_both_isas_give_identical_bits():
         qatkit._C.set_cpu_isa(old)
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+def test_bitnet_per_channel_along_the_only_axis():
+    """Regression (found by the fuzzer): the per-channel center of a 1-d tensor along its only axis is
+    the element itself, so BitNet's Sign(0) = -1 gives -|x|; it used to fail on a 1-element center."""
+    x = _x((8,), seed=11)
+    assert torch.equal(ops.binarize(x, "bitnet", 0), -x.abs())
+    assert torch.equal(ops.binarize(x, "mean_abs", 0), torch.where(x >= 0, x.abs(), -x.abs()))

@@ -241,3 +241,12 @@ def test_ternarize_rejects_non_finite(method, bad):
     w[1, 3] = bad
     with pytest.raises(ValueError, match="input must be finite"):
         ops.ternarize(w, method, 0)
+
+
+@pytest.mark.parametrize("method", ["absmean", "twn"])
+def test_ternarize_per_channel_along_the_only_axis(method):
+    """Regression (found by the fuzzer): per channel along a 1-d tensor's only axis, every element is
+    its own channel; the composite path reduced over everything (an empty dim list)."""
+    w = _x((9,), torch.float32, seed=13)
+    y = ops.ternarize(w, method, 0)
+    torch.testing.assert_close(y, w, rtol=1e-6, atol=0)  # |w| > 0.7 |w| and a = |w|; absmean: round(1) = 1
