@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One script from a bare checkout to GPU results: build qatkit with CUDA (sm_90), run the CUDA
-# tests (CUDA == CPU bit for bit) and the GPU benchmark, and write every log under LOG_DIR.
+# tests (CUDA == CPU bit for bit, CUDA QAT layers), the GPU benchmark and the CUDA tests under
+# compute-sanitizer (memcheck, racecheck, initcheck), and write every log under LOG_DIR.
 #   scripts/gpu_check.sh LOG_DIR
 # Target: an H100 with torch 2.11 + CUDA 13, no network, no Catch2 (the C++ tests are skipped).
 set -uo pipefail
@@ -31,6 +32,14 @@ step build_info "$PY" -c "import qatkit, json; i = qatkit.build_info(); print(js
 step test_cuda "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider
 step test_cpu_ops "$PY" -m pytest tests/python/ops -q -p no:cacheprovider -x --deselect tests/python/ops/test_fake_quantize.py::test_large_tensor_over_2_31_elements
 step bench_gpu "$PY" scripts/bench_gpu.py
+# compute-sanitizer over the CUDA op tests (memcheck: out-of-bounds and misaligned accesses;
+# racecheck: shared-memory races; initcheck: reads of uninitialized device memory). Last, so a slow
+# sanitizer run cannot cost the results above; each run fails the step on any report.
+CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+for tool in memcheck racecheck initcheck; do
+  step "sanitizer_$tool" timeout 240 "$CS" --tool "$tool" --error-exitcode 1 --target-processes all \
+    "$PY" -m pytest tests/python/ops/test_cuda.py -q -p no:cacheprovider -x -k "not large"
+done
 "$PY" scripts/bench_gpu.py --json >"$LOG/bench_gpu.json" 2>/dev/null || true
 echo "gpu_check: overall status $status (logs in $LOG)" | tee -a "$LOG/summary.txt"
 exit $status

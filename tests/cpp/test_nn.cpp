@@ -1,7 +1,10 @@
 // Catch2 tests of the C++ QAT modules (qatkit/nn.h): configs reject bad fields, prepare_qat swaps
 // the right layers, QAT training from C++ lowers the loss, and the numerics follow the ops.
 #include <torch/torch.h>
+
 #include <catch2/catch.hpp>
+#include <functional>
+#include <vector>
 
 #include "qatkit/nn.h"
 #include "qatkit/ops.h"
@@ -113,4 +116,73 @@ CATCH_TEST_CASE("QuantLinear forward is fake_quantize on weight and observed inp
   qnn::enable_fake_quant(*q, false);  // activations pass through
   q->eval();
   CATCH_CHECK(torch::equal(q(x), torch::nn::functional::linear(x, wq, lin->bias)));
+}
+
+CATCH_TEST_CASE("bad input to the C++ QAT API: a table of calls and message fragments", "[nn][bad_input]") {
+  struct Case {
+    const char* name;
+    std::function<void()> call;
+    const char* fragment;
+  };
+  const auto spec_with = [](auto edit) {
+    qnn::QuantSpec s;
+    edit(s);
+    return s;
+  };
+  const std::vector<Case> cases = {
+      {"kind", [&] { spec_with([](auto& s) { s.kind = "float"; }).validated(); },
+       "QuantSpec.kind must be one of 'int', 'ternary', 'binary', got 'float'"},
+      {"bits", [&] { spec_with([](auto& s) { s.bits = 17; }).validated(); }, "QuantSpec.bits must be in [2, 16]"},
+      {"granularity", [&] { spec_with([](auto& s) { s.granularity = "rows"; }).validated(); },
+       "QuantSpec.granularity must be one of"},
+      {"group_size", [&] { spec_with([](auto& s) { s.granularity = "per_group"; }).validated(); },
+       "QuantSpec.group_size must be a positive int"},
+      {"stray group_size", [&] { spec_with([](auto& s) { s.group_size = 8; }).validated(); },
+       "group_size is only for granularity 'per_group'"},
+      {"scale", [&] { spec_with([](auto& s) { s.scale = "minmax"; }).validated(); }, "QuantSpec.scale must be one of"},
+      {"observer", [&] { spec_with([](auto& s) { s.observer = "ema"; }).validated(); },
+       "QuantSpec.observer must be one of"},
+      {"momentum", [&] { spec_with([](auto& s) { s.momentum = 2.0; }).validated(); },
+       "QuantSpec.momentum must be in [0, 1], got 2"},
+      {"ternary method", [&] { spec_with([](auto& s) { s.kind = "ternary", s.method = "sign"; }).validated(); },
+       "QuantSpec.method must be one of 'absmean', 'twn', got 'sign'"},
+      {"binary estimator", [&] { spec_with([](auto& s) { s.kind = "binary", s.estimator = "tanh"; }).validated(); },
+       "QuantSpec.estimator must be one of 'identity', 'clipped_ste'"},
+      {"learned binary", [&] { spec_with([](auto& s) { s.kind = "binary", s.scale = "learned"; }).validated(); },
+       "'learned' is for kind 'int'"},
+      {"per_token static", [&] { spec_with([](auto& s) { s.granularity = "per_token"; }).validated(); },
+       "'per_token' needs scale='dynamic'"},
+      {"unknown preset", [] { qnn::QATConfig::preset("w3a3"); }, "unknown preset 'w3a3'; valid presets:"},
+      {"dynamic weight",
+       [&] {
+         qnn::WeightFakeQuantizer(spec_with([](auto& s) { s.scale = "dynamic"; }), torch::randn({4, 4}));
+       },
+       "'dynamic' is for activations"},
+      {"nothing to quantize",
+       [] { qnn::prepare_qat(torch::nn::Sequential(torch::nn::ReLU()), qnn::QATConfig::w8a8()); },
+       "nothing to quantize"},
+      {"all skipped",
+       [] {
+         auto c = qnn::QATConfig::w8a8();
+         c.skip = {"0"};
+         qnn::prepare_qat(torch::nn::Sequential(torch::nn::Linear(2, 2)), c);
+       },
+       "every supported layer was skipped"},
+      {"integer input",
+       [] {
+         qnn::QuantLinear q(torch::nn::Linear(4, 2), qnn::QATConfig::w8a8().default_spec);
+         q(torch::ones({2, 4}, torch::kLong));
+       },
+       "input must be float32, float64, float16 or bfloat16, got Long"},
+      {"wrong width",
+       [] {
+         qnn::QuantLinear q(torch::nn::Linear(4, 2), qnn::QATConfig::w8a8().default_spec);
+         q(torch::ones({2, 5}));
+       },
+       "mat1 and mat2 shapes cannot be multiplied"},
+  };
+  for (const auto& c : cases) {
+    CATCH_INFO(c.name);
+    CATCH_CHECK_THROWS_WITH(c.call(), Catch::Contains(c.fragment));
+  }
 }
