@@ -29,9 +29,6 @@ cp -r python/qatkit "$PKG/qatkit"
 rm -rf "$PKG/qatkit/lib" "$PKG/qatkit/_C"*.so "$PKG/qatkit/include" "$PKG/qatkit/share"
 cmake --install "$BUILD" --prefix "$PKG/qatkit" >"$LOG/install.log"
 
-LOADED="$(PYTHONPATH="$PKG" $PY -c 'import qatkit; print(qatkit.__file__)' 2>/dev/null || true)"
-case "$LOADED" in "$PKG"/*) ;; *) echo "sanitize: python imports qatkit from '$LOADED', not $PKG"; exit 1 ;; esac
-
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 echo "sanitize: Catch2 suite (ASan with leak detection, UBSan)"
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" ctest --test-dir "$BUILD" --output-on-failure >"$LOG/ctest.log" 2>&1 \
@@ -41,6 +38,9 @@ tail -3 "$LOG/ctest.log"
 echo "sanitize: Python op + QAT tests under the sanitized build"
 ASAN_RT="$(gcc -print-file-name=libasan.so)"
 UBSAN_RT="$(gcc -print-file-name=libubsan.so)"
+LOADED="$(LD_PRELOAD="$ASAN_RT:$UBSAN_RT" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$PKG" \
+  $PY -c 'import qatkit; print(qatkit.__file__)' 2>"$LOG/import.log" || true)"
+case "$LOADED" in "$PKG"/*) ;; *) echo "sanitize: python imports qatkit from '$LOADED', not $PKG"; cat "$LOG/import.log"; exit 1 ;; esac
 # torch.compile's Inductor would compile and load fresh C++ without the runtime: the compile tests
 # that use it are deselected (the aot_eager ones still run)
 LD_PRELOAD="$ASAN_RT:$UBSAN_RT" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" PYTHONPATH="$PKG" \

@@ -46,8 +46,10 @@ std::vector<std::int64_t> reduce_dims(const at::Tensor& input, std::optional<std
 
 /// Writes ternarize(input) into `out` (contiguous, input's shape) or returns a new tensor when
 /// `out` is null: absmean is one fake_quantize pass into the destination.
-at::Tensor ternarize_impl(const char* op, const at::Tensor& input, c10::string_view method,
+at::Tensor ternarize_impl(const char* op, const at::Tensor& in, c10::string_view method,
                           std::optional<std::int64_t> axis, at::Tensor* out) {
+  // one layout for the statistics: reductions then sum in the same order for any strides
+  const at::Tensor input = in.contiguous();
   ops::check_input_and_range(op, input, -1, 1, axis, std::nullopt);
   TORCH_CHECK_VALUE(method == "absmean" || method == "twn",
                     fmt::format("{}: method must be one of 'absmean', 'twn', got '{}'", op, std::string(method)));

@@ -208,9 +208,14 @@ def check_binarize(r: random.Random) -> int:
             center = _mean(x64, dims)
             ref = _sign(x64 - center, zero_negative=True) * alpha
     tol = 1e-6 if dtype in (torch.float32, torch.float64) else 1e-2
-    # codes exactly (away from a center tie), magnitudes to the dtype's rounding
-    torch.testing.assert_close(y.double(), ref.to(dtype).double(), rtol=tol, atol=0)
-    return 1
+    # codes exactly, magnitudes to the dtype's rounding — except where x sits within the float32
+    # rounding of BitNet's center (a sign at a near-tie is decided by the op's float32 mean)
+    ok = torch.ones_like(x64, dtype=torch.bool)
+    if scaling == "bitnet":
+        ok = (x64 - center).abs() > 1e-5 * (center.abs() + x64.abs())
+    torch.testing.assert_close(y.double()[ok], ref.to(dtype).double()[ok], rtol=tol, atol=0)
+    assert torch.equal(ops.binarize(x.contiguous(), scaling, axis, est), y)  # layout-independent
+    return 2
 
 
 def check_ternarize(r: random.Random) -> int:
@@ -238,7 +243,8 @@ def check_ternarize(r: random.Random) -> int:
     tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
     assert torch.equal(y != 0, ref != 0) or method == "absmean"
     torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * float(m.max()))
-    return 1
+    assert torch.equal(ops.ternarize(x.contiguous(), method, axis), y)  # layout-independent
+    return 2
 
 
 def check_quantize_per_token(r: random.Random) -> int:
