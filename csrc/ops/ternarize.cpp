@@ -78,7 +78,7 @@ at::Tensor ternarize_impl(const char* op, const at::Tensor& in, c10::string_view
     at::Tensor y = ops::twn_cpu(input, mean_abs, axis, out);
     if (y.defined()) return y;
   }
-  // the composite form (CUDA, Meta, CPU along axes other than 0)
+  // the composite form (CUDA, Meta)
   const at::Tensor absw = input.abs();
   const at::Tensor delta = mean_abs.mul(0.7).to(input.scalar_type());
   const at::Tensor keep_mask = absw.gt(delta);

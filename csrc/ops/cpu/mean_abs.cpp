@@ -15,8 +15,10 @@ namespace qatkit::ops {
 at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axis) {
   constexpr std::int64_t kBlock = 1 << 15;
   const bool per_tensor = !axis.has_value();
-  if (!per_tensor && (*axis < 0 ? *axis + input.dim() : *axis) != 0) return {};
-  const at::Tensor x = input.contiguous();
+  // other axes: move the channel axis to the front (a copy) so every channel is one contiguous
+  // run; the statistic is then the same float64, fixed-order sum for any axis
+  const std::int64_t ax = per_tensor ? 0 : (*axis < 0 ? *axis + input.dim() : *axis);
+  const at::Tensor x = (ax == 0 ? input : input.movedim(ax, 0)).contiguous();
   const std::int64_t n = x.numel();
   const std::int64_t channels = per_tensor ? 1 : x.size(0);
   if (n == 0 || channels == 0) return {};

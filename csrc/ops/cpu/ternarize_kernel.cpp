@@ -18,8 +18,10 @@ namespace qatkit::ops {
 at::Tensor twn_cpu(const at::Tensor& input, const at::Tensor& mean_abs, std::optional<std::int64_t> axis,
                    at::Tensor* out) {
   constexpr std::int64_t kBlock = 1 << 15;
-  if (axis.has_value() && (*axis < 0 ? *axis + input.dim() : *axis) != 0) return {};
   const at::Tensor x = input.contiguous();
+  // statistics read channels as contiguous runs: another channel axis moves to the front (a copy)
+  const std::int64_t ax = axis.has_value() ? (*axis < 0 ? *axis + input.dim() : *axis) : 0;
+  const at::Tensor xs = ax == 0 ? x : x.movedim(ax, 0).contiguous();
   const std::int64_t n = x.numel();
   const std::int64_t channels = mean_abs.numel();
   const std::int64_t row = n / channels;
@@ -27,7 +29,7 @@ at::Tensor twn_cpu(const at::Tensor& input, const at::Tensor& mean_abs, std::opt
   const at::Tensor delta = as_float(mean_abs.reshape(-1).mul(0.7).to(x.scalar_type())).contiguous();
   const float* d = delta.const_data_ptr<float>();
   const auto es = static_cast<std::int64_t>(x.element_size());
-  const char* xp = static_cast<const char*>(x.const_data_ptr());
+  const char* xp = static_cast<const char*>(xs.const_data_ptr());
   const kernels::DType dt = kernel_dtype(x);
   const auto& k = kernels::cpu::active_kernels();
   at::Tensor alpha = at::empty({channels}, x.options().dtype(at::kDouble));

@@ -12,8 +12,8 @@ namespace qatkit::ops {
 
 /// TWN of `input` (checked by the caller) given its float32 mean |W| per tensor / channel:
 /// written into `out` when it is non-null and contiguous, else into a new tensor, which is
-/// returned. Covers per tensor and axis 0; returns an undefined tensor for other axes (the caller
-/// falls back to the composite implementation).
+/// returned. Per tensor or per channel along any axis (a channel axis other than 0 is moved to the
+/// front for the statistic pass, a copy).
 at::Tensor twn_cpu(const at::Tensor& input, const at::Tensor& mean_abs, std::optional<std::int64_t> axis,
                    at::Tensor* out);
 
