@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -159,5 +160,72 @@ CATCH_TEST_CASE("ops called from concurrent std::threads give the serial bits", 
   for (const auto& r : results) {
     CATCH_REQUIRE(r.size() == expected.size());
     for (std::size_t i = 0; i < r.size(); ++i) CATCH_CHECK(torch::equal(r[i], expected[i]));
+  }
+}
+
+CATCH_TEST_CASE("bad input to every C++ op function: a table of calls and message fragments", "[api][bad_input]") {
+  struct Case {
+    const char* name;
+    std::function<void()> call;
+    const char* fragment;
+  };
+  const torch::Tensor x = torch::randn({4, 6});
+  const torch::Tensor s1 = torch::ones({1}) * 0.1, z1 = torch::zeros({1}, torch::kInt);
+  torch::Tensor out = torch::empty({4, 6});
+  torch::Tensor out64 = torch::empty({4, 6}, torch::kDouble);
+  torch::Tensor rmin = torch::full({1}, INFINITY), rmax = torch::full({1}, -INFINITY), sc = torch::ones({1});
+  torch::Tensor zp = torch::zeros({1}, torch::kInt);
+  const torch::Tensor on = torch::ones({1}, torch::kLong);
+  const std::vector<Case> cases = {
+      {"fake_quantize scale size", [&] { qatkit::fake_quantize(x, torch::ones({3}), z1, -8, 7, 0); },
+       "scale must have 4 elements"},
+      {"fake_quantize range", [&] { qatkit::fake_quantize(x, s1, z1, 7, 7); }, "quant_min"},
+      {"fake_quantize integer input", [&] { qatkit::fake_quantize(x.to(torch::kInt), s1, z1, -8, 7); },
+       "input must be float32, float64, float16 or bfloat16"},
+      {"fake_quantize_out dtype", [&] { qatkit::fake_quantize_out(out64, x, s1, z1, -8, 7); },
+       "out must have input's dtype"},
+      {"fake_quantize_learnable axis", [&] { qatkit::fake_quantize_learnable(x, s1, z1.to(torch::kFloat), -8, 7, 5); },
+       "axis"},
+      {"pact_quantize alpha", [&] { qatkit::pact_quantize(x, torch::ones({2}), 15); }, "alpha"},
+      {"pact_quantize quant_max", [&] { qatkit::pact_quantize(x, torch::ones({1}), 0); }, "quant_max"},
+      {"quantize_per_token quant_max", [&] { qatkit::quantize_per_token(x, 0); }, "quant_max"},
+      {"quantize_per_token_out dtype", [&] { qatkit::quantize_per_token_out(out64, x); },
+       "out must have input's dtype"},
+      {"quantize_per_tensor_dynamic input", [&] { qatkit::quantize_per_tensor_dynamic(x.to(torch::kLong)); },
+       "input must be float32"},
+      {"ternarize method", [&] { qatkit::ternarize(x, "sign"); }, "method must be one of 'absmean', 'twn', got 'sign'"},
+      {"ternarize_out dtype", [&] { qatkit::ternarize_out(out64, x); }, "out must have input's dtype"},
+      {"binarize scaling", [&] { qatkit::binarize(x, "xnor"); }, "scaling must be one of"},
+      {"binarize estimator", [&] { qatkit::binarize(x, "none", std::nullopt, "tanh"); }, "estimator must be one of"},
+      {"binarize beta", [&] { qatkit::binarize(x, "none", std::nullopt, "swish_sign", -1.0); },
+       "beta must be positive and finite"},
+      {"binarize seed dtype", [&] { qatkit::binarize(x, "none", std::nullopt, "clipped_ste", 1.0, torch::ones({1})); },
+       "seed must be an int64 tensor"},
+      {"binarize_out dtype", [&] { qatkit::binarize_out(out64, x); }, "out must have input's dtype"},
+      {"binarize_apply alpha size",
+       [&] { qatkit::binarize_apply(x, std::nullopt, torch::ones({3}), 0, false, std::nullopt); },
+       "alpha must have 4 elements"},
+      {"binarize_backward grad shape",
+       [&] {
+         qatkit::binarize_backward(torch::ones({2, 2}), x, std::nullopt, std::nullopt, "clipped_ste", 1.0);
+       },
+       "grad must have input's shape"},
+      {"binarize_backward_out dtype",
+       [&] { qatkit::binarize_backward_out(out64, x, x, std::nullopt, std::nullopt, "clipped_ste", 1.0); },
+       "out must have input's dtype"},
+      {"fused observer buffer dtype",
+       [&] {
+         torch::Tensor zf = torch::zeros({1});
+         qatkit::fused_observe_fake_quantize(x, rmin, rmax, sc, zf, on, on);
+       },
+       "zero_point must be Int"},
+      {"fused observer momentum", [&] { qatkit::fused_observe_fake_quantize(x, rmin, rmax, sc, zp, on, on, 2.0); },
+       "momentum"},
+      {"choose_qparams group_size", [&] { qatkit::choose_qparams(x, -8, 7, true, std::nullopt, 4); }, "group_size"},
+      {"choose_qparams non-finite", [&] { qatkit::choose_qparams(torch::full({3}, NAN), -8, 7, true); }, "finite"},
+  };
+  for (const auto& c : cases) {
+    CATCH_INFO(c.name);
+    CATCH_CHECK_THROWS_WITH(c.call(), Catch::Contains(c.fragment));
   }
 }
