@@ -232,7 +232,10 @@ def check_ternarize(r: random.Random) -> int:
     m = _mean(x64.abs(), dims)
     if method == "absmean":
         gamma = m.float().clamp(min=1e-5).double()
-        q = torch.round(x64 * (1.0 / gamma.float()).double()).clamp(-1, 1)
+        prod = x64 * (1.0 / gamma.float()).double()
+        if dtype != torch.float64:
+            prod = prod.float().double()  # the op's float32 product: ties round as the kernel's do
+        q = torch.round(prod).clamp(-1, 1)
         ref = q * gamma
     else:
         delta = (m.float() * 0.7).to(dtype).double()
