@@ -175,7 +175,8 @@ def run_digits(args, presets, rank, world):
             qatkit.qat.calibrate(q, [x[tr][i : i + 256] for i in range(0, len(tr), 256)])
             ptq_acc = evaluate(q, x[te], y[te])
             qatkit.qat.enable_observer(q)
-            qopt = torch.optim.Adam(q.parameters(), lr=args.qat_lr or QAT_LR.get(p, 1e-4))
+            base_lr = args.qat_lr or QAT_LR.get(p, 1e-4)
+            qopt = torch.optim.Adam(q.parameters(), lr=base_lr)
             qstart = 0
             st = load_ckpt(ckpt_path(args, f, p)) if args.resume else None
             if st is not None:
@@ -183,8 +184,6 @@ def run_digits(args, presets, rank, world):
                 qopt.load_state_dict(st["opt"])
                 qstart = st["epoch"]
             E = args.qat_epochs
-
-            base_lr = qopt.param_groups[0]["lr"]
 
             def hook(ep, q=q, E=E, qopt=qopt, base_lr=base_lr):
                 qatkit.qat.freeze_bn(q, ep >= E // 2)

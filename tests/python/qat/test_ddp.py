@@ -2,7 +2,8 @@
 CPU) equals the single-process run on the same global batches — a model without BatchNorm (the CPU
 has no SyncBatchNorm). Each rank takes half of every global batch, DDP averages the gradients and the
 activation observers all-reduce their batch min/max, so the observer state must match exactly and
-the weights up to float reduction order (stated tolerance: 1e-4 absolute; seen: <= 2e-5)."""
+the weights (and learned LSQ scales) up to float reduction order (stated tolerance: 1e-4
+absolute; seen: <= 2e-5)."""
 
 import os
 import socket
@@ -37,7 +38,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
             vb = b[part][k]
             if not isinstance(va, torch.Tensor):
                 continue
-            if "running_m" in k or k.endswith("input_fake_quant.scale") and va.dtype == torch.float32:
+            if "running_m" in k:  # observer ranges: all-reduced, so equal up to the EMA's rounding
                 observers += 1
                 torch.testing.assert_close(va, vb, rtol=1e-5, atol=0, msg=k)
             elif va.is_floating_point():
