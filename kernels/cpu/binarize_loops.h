@@ -5,6 +5,9 @@
 // fake_quant_loops.h: runs of `inner` elements share their channel's center and alpha.
 #pragma once
 
+#include <cstring>
+#include <type_traits>
+
 #include <algorithm>
 
 #include "../common/fake_quant_args.h"
@@ -119,6 +122,22 @@ void backward_dispatch_estimator(const BinarizeBackwardArgs& a, std::int64_t beg
 /// TWN statistic over n elements: sum of |x| over |x| > delta and how many, in float64 over
 /// 8 lanes (element j into lane j % 8) combined in a fixed order, so every ISA and thread split of
 /// whole runs gives the same bits.
+/// |v| and the kept value (|v| where |v| > delta, else +0) by bit masks: no data-dependent branch and
+/// no float select, which GCC -O3 turned into a loop 10x slower than this one on SSE2.
+template <typename C>
+inline void masked_abs(C v, C delta, C& kept, int& hit) {
+  using U = std::conditional_t<sizeof(C) == 4, std::uint32_t, std::uint64_t>;
+  U bits;
+  std::memcpy(&bits, &v, sizeof(C));
+  bits &= ~(U{1} << (8 * sizeof(C) - 1));
+  C av;
+  std::memcpy(&av, &bits, sizeof(C));
+  const U mask = av > delta ? ~U{0} : U{0};
+  hit = static_cast<int>(mask & U{1});
+  bits &= mask;
+  std::memcpy(&kept, &bits, sizeof(C));
+}
+
 template <typename S>
 void twn_stats_typed(const S* __restrict x, std::int64_t n, float delta, double* sum, std::int64_t* count) {
   using E = Elem<S>;
@@ -126,29 +145,21 @@ void twn_stats_typed(const S* __restrict x, std::int64_t n, float delta, double*
   const C d = static_cast<C>(delta);
   double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::int64_t counts[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  // multiplying by 0 / 1 instead of a select keeps the loop free of data-dependent branches
-  // (finite input: the op rejects NaN and Inf first); whole 8-element steps keep the lanes in
-  // registers
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     C kept[8];
-    std::int32_t hit[8];
-    for (int j = 0; j < 8; ++j) {
-      const C v = E::load(x[i + j]);
-      const C av = v < C(0) ? -v : v;
-      hit[j] = av > d;
-      kept[j] = av * static_cast<C>(hit[j]);
-    }
+    int hit[8];
+    for (int j = 0; j < 8; ++j) masked_abs(E::load(x[i + j]), d, kept[j], hit[j]);
     for (int j = 0; j < 8; ++j) {
       lanes[j] += static_cast<double>(kept[j]);
       counts[j] += hit[j];
     }
   }
   for (int j = 0; i < n; ++i, ++j) {
-    const C v = E::load(x[i]);
-    const C av = v < C(0) ? -v : v;
-    const int hit = av > d;
-    lanes[j] += static_cast<double>(av) * static_cast<double>(hit);
+    C kept;
+    int hit;
+    masked_abs(E::load(x[i]), d, kept, hit);
+    lanes[j] += static_cast<double>(kept);
     counts[j] += hit;
   }
   *sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
