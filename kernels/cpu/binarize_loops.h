@@ -5,10 +5,9 @@
 // fake_quant_loops.h: runs of `inner` elements share their channel's center and alpha.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
-
-#include <algorithm>
 
 #include "../common/fake_quant_args.h"
 #include "../common/fake_quant_scalar.h"

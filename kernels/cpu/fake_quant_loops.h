@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../common/fake_quant_args.h"
 #include "../common/fake_quant_scalar.h"
@@ -325,20 +326,42 @@ inline double pact_run_dispatch(const PactBackwardArgs& a, std::int64_t begin, s
   return 0.0;
 }
 
+/// |v| by clearing the sign bit (no select: GCC -O3 made the select form ~30x slower on SSE2).
+template <typename C>
+inline C abs_bits(C v) {
+  using U = std::conditional_t<sizeof(C) == 4, std::uint32_t, std::uint64_t>;
+  U bits;
+  std::memcpy(&bits, &v, sizeof(C));
+  bits &= ~(U{1} << (8 * sizeof(C) - 1));
+  std::memcpy(&v, &bits, sizeof(C));
+  return v;
+}
+
 /// Scalar max |x| (see FakeQuantKernels::absmax); NaN never wins a comparison, Inf does.
 template <typename S>
 float absmax_scalar_typed(const S* x, std::int64_t n, bool* finite) {
   using E = Elem<S>;
-  float m = 0.f;
-  bool ok = true;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const float v = static_cast<float>(E::load(x[i]));
-    const float a = v < 0.f ? -v : v;
-    ok &= a <= 3.40282347e+38f;  // false for NaN and Inf
-    m = a > m ? a : m;
+  // 8 running maxima and finiteness flags (whole steps vectorize; max is order-independent)
+  float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int ok[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const float a = abs_bits(static_cast<float>(E::load(x[i + j])));
+      ok[j] &= a <= 3.40282347e+38f;  // false for NaN and Inf
+      m[j] = a > m[j] ? a : m[j];
+    }
   }
-  if (!ok) *finite = false;
-  return m;
+  for (int j = 0; i < n; ++i, ++j) {
+    const float a = abs_bits(static_cast<float>(E::load(x[i])));
+    ok[j] &= a <= 3.40282347e+38f;
+    m[j] = a > m[j] ? a : m[j];
+  }
+  float r = 0.f;
+  int all = 1;
+  for (int j = 0; j < 8; ++j) r = m[j] > r ? m[j] : r, all &= ok[j];
+  if (!all) *finite = false;
+  return r;
 }
 
 inline float absmax_scalar(const void* x, DType dt, std::int64_t n, bool* finite) {
@@ -360,10 +383,11 @@ template <typename S>
 double abssum_scalar_typed(const S* x, std::int64_t n) {
   using E = Elem<S>;
   double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (std::int64_t i = 0; i < n; ++i) {
-    const double v = static_cast<double>(E::load(x[i]));
-    lanes[i & 7] += v < 0 ? -v : v;
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) lanes[j] += static_cast<double>(abs_bits(E::load(x[i + j])));
   }
+  for (int j = 0; i < n; ++i, ++j) lanes[j] += static_cast<double>(abs_bits(E::load(x[i])));
   return lane_sum(lanes);
 }
 
