@@ -189,7 +189,7 @@ def _convert_one(qmod: nn.Module) -> nn.Module:
         with torch.no_grad():
             _, w, bias = qmod.folded()
         return QuantizedConv2d(qmod, w, bias)
-    if isinstance(qmod, (QuantLinear, BitLinear)):
+    if isinstance(qmod, QuantLinear):  # BitLinear included
         return QuantizedLinear(qmod)
     if isinstance(qmod, QuantConv2d):
         return QuantizedConv2d(qmod)
@@ -200,7 +200,7 @@ def _convert_one(qmod: nn.Module) -> nn.Module:
     raise TypeError(f"convert: no converted form for {type(qmod).__name__}")
 
 
-QAT_TYPES = (QuantLinear, BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding)
+QAT_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding)
 
 
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:

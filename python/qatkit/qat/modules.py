@@ -292,27 +292,13 @@ class QuantEmbedding(_QuantMixin, nn.Embedding):
         )
 
 
-class BitLinear(_QuantMixin, nn.Linear):
+class BitLinear(QuantLinear):
     """BitNet b1.58's BitLinear (papers.md §7.2): ``y = linear(Q_a(RMSNorm(x)), Q_w(W), b)``
     with a parameter-free RMSNorm, per-token absmax int8 activations and absmean ternary weights
     (per tensor), both through the STE. Other specs (e.g. binary weights, BitNet W1A8) can be
-    given through ``layer_spec``."""
+    given through ``layer_spec``. ``from_float`` / ``to_float`` are QuantLinear's."""
 
     eps: float = 1e-6
-
-    @classmethod
-    def from_float(cls, mod: nn.Linear, layer_spec: LayerSpec) -> "BitLinear":
-        q = cls.__new__(cls)
-        nn.Linear.__init__(q, mod.in_features, mod.out_features, mod.bias is not None, device="meta")
-        _share_params(q, mod)
-        q._attach_quantizers(layer_spec, mod.weight, mod.in_features)
-        q.train(mod.training)
-        return q
-
-    def to_float(self) -> nn.Linear:
-        m = nn.Linear(self.in_features, self.out_features, self.bias is not None, device="meta")
-        _share_params(m, self)
-        return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xn = F.rms_norm(x, (self.in_features,), eps=self.eps)
