@@ -11,7 +11,6 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <numeric>
 #include <vector>
 
 #include "cpu/mean_abs.h"
@@ -106,18 +105,13 @@ void check_binarize_backward_args(const char* op, const at::Tensor& grad, const 
   TORCH_CHECK_VALUE(grad.sym_sizes() == input.sym_sizes(), fmt::format("{}: grad must have input's shape", op));
 }
 
-BinaryStats binary_stats(const at::Tensor& in, BinaryScaling scaling, std::optional<std::int64_t> axis) {
+BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::optional<std::int64_t> axis) {
+  TORCH_INTERNAL_ASSERT(input.is_contiguous(), "binary_stats: callers pass the contiguous input");
   BinaryStats st;
-  if (scaling == BinaryScaling::kNone || in.sym_numel() == 0) return st;
-  // statistics of the contiguous tensor (the kernels read it anyway): the reductions then sum in
-  // the same order for any input layout, so a sign at a near-tie with the center cannot depend on
-  // the strides (the fuzzer found an expanded input flipping signs against its contiguous copy)
-  const at::Tensor input = in.contiguous();
+  if (scaling == BinaryScaling::kNone || input.sym_numel() == 0) return st;
   st.alpha = mean_abs(input, axis);  // one pass, no |W| temporary (see _mean_abs)
   if (scaling == BinaryScaling::kBitNet) {
-    std::vector<std::int64_t> dims(input.dim());
-    std::iota(dims.begin(), dims.end(), 0);
-    if (axis.has_value()) dims.erase(dims.begin() + (*axis < 0 ? *axis + input.dim() : *axis));
+    const std::vector<std::int64_t> dims = reduction_dims(input, axis);
     const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     // no dims left (per channel along a tensor's only axis): each element is its own channel; an
     // empty dim list would make ATen reduce over everything
@@ -199,8 +193,9 @@ at::Tensor binarize_kernel(const at::Tensor& input, c10::string_view scaling, st
   ops::check_binarize_args(op, input, axis, beta, seed);
   const ops::BinaryScaling sc = ops::parse_scaling(op, scaling);
   (void)ops::parse_estimator(op, estimator);  // validated here too; used by the backward
-  const ops::BinaryStats st = ops::binary_stats(input, sc, axis);
-  return binarize_apply(input, st.center, st.alpha, axis, sc == ops::BinaryScaling::kBitNet, seed);
+  const at::Tensor x = input.contiguous();    // once, for the statistics and the kernel
+  const ops::BinaryStats st = ops::binary_stats(x, sc, axis);
+  return binarize_apply(x, st.center, st.alpha, axis, sc == ops::BinaryScaling::kBitNet, seed);
 }
 
 /// out= on CUDA (and the shape/dtype contract on Meta): the functional kernel, then a copy.

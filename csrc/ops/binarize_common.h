@@ -39,6 +39,9 @@ struct BinaryStats {
   at::Tensor center;
   at::Tensor alpha;
 };
+/// Statistics of the scaling. `input` must be contiguous (callers make it so once, for the kernel
+/// too): the reductions then sum in the same order for any caller layout, so a sign at a near-tie
+/// with the center cannot depend on the strides.
 BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::optional<std::int64_t> axis);
 
 /// Data pointer of an optional per-channel float32 vector (contiguous copy kept in `keep`), or

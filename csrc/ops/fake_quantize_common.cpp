@@ -259,6 +259,15 @@ void check_enabled_flag(const char* op, const at::Tensor& input, const std::opti
                                                               input.device().str(), t.device().str()));
 }
 
+std::vector<std::int64_t> reduction_dims(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  std::vector<std::int64_t> dims;
+  const std::int64_t ax = axis.has_value() ? (*axis < 0 ? *axis + input.dim() : *axis) : -1;
+  for (std::int64_t d = 0; d < input.dim(); ++d) {
+    if (d != ax) dims.push_back(d);
+  }
+  return dims;
+}
+
 kernels::DType kernel_dtype(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat:

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "../../kernels/common/fake_quant_args.h"
 
@@ -81,6 +82,11 @@ kernels::LsqBackwardArgs lsq_backward_args(const PreparedFakeQuant& p, const at:
 /// `t` as float32 without dispatching a no-op conversion (an aten::to that returns its input
 /// is flagged by torch's schema checks inside our kernels).
 inline at::Tensor as_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
+
+/// Dims a per-tensor (all) or per-channel (all but `axis`, negative allowed) statistic reduces
+/// over. Empty for per channel along a tensor's only axis: callers must not hand that to an ATen
+/// reduction, which reads an empty dim list as "every dim".
+std::vector<std::int64_t> reduction_dims(const at::Tensor& input, std::optional<std::int64_t> axis);
 
 /// Kernel dtype of a floating tensor (after the checks above have accepted it).
 kernels::DType kernel_dtype(const at::Tensor& t);

@@ -7,7 +7,6 @@
 #include <ATen/ops/linalg_vector_norm.h>
 #include <torch/library.h>
 
-#include <numeric>
 #include <vector>
 
 #include "cpu/mean_abs.h"
@@ -22,14 +21,8 @@ namespace {
 
 at::Tensor mean_abs_generic(const at::Tensor& input, std::optional<std::int64_t> axis) {
   check_input_and_range("_mean_abs", input, -1, 1, axis, std::nullopt);
-  std::vector<std::int64_t> dims(input.dim());
-  std::iota(dims.begin(), dims.end(), 0);
-  c10::SymInt channels = 1;
-  if (axis.has_value()) {
-    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
-    dims.erase(dims.begin() + ax);
-    channels = input.sym_size(ax);
-  }
+  const std::vector<std::int64_t> dims = reduction_dims(input, axis);
+  const c10::SymInt channels = axis.has_value() ? input.sym_size(*axis < 0 ? *axis + input.dim() : *axis) : 1;
   // no dims left (per channel along the only axis): |x| itself (an empty dim list reduces everything)
   if (dims.empty()) return as_float(input.abs()).reshape_symint({channels});
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

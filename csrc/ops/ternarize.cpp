@@ -17,7 +17,6 @@
 #include <fmt/format.h>
 #include <torch/library.h>
 
-#include <numeric>
 #include <vector>
 
 #include "cpu/mean_abs.h"
@@ -36,14 +35,6 @@ namespace {
 
 constexpr float kMinGamma = 1e-5f;
 
-/// Dims to reduce over: all (per tensor) or all but `axis` (per channel).
-std::vector<std::int64_t> reduce_dims(const at::Tensor& input, std::optional<std::int64_t> axis) {
-  std::vector<std::int64_t> dims(input.dim());
-  std::iota(dims.begin(), dims.end(), 0);
-  if (axis.has_value()) dims.erase(dims.begin() + (*axis < 0 ? *axis + input.dim() : *axis));
-  return dims;
-}
-
 /// Writes ternarize(input) into `out` (contiguous, input's shape) or returns a new tensor when
 /// `out` is null: absmean is one fake_quantize pass into the destination.
 at::Tensor ternarize_impl(const char* op, const at::Tensor& in, c10::string_view method,
@@ -55,7 +46,7 @@ at::Tensor ternarize_impl(const char* op, const at::Tensor& in, c10::string_view
                     fmt::format("{}: method must be one of 'absmean', 'twn', got '{}'", op, std::string(method)));
   if (out != nullptr) ops::check_and_resize_out(op, input, *out);
   if (input.sym_numel() == 0) return out ? *out : input.clone(at::MemoryFormat::Contiguous);
-  const std::vector<std::int64_t> dims = reduce_dims(input, axis);
+  const std::vector<std::int64_t> dims = ops::reduction_dims(input, axis);
   const bool keep = true;
   // (weights have static shapes: guarding on their sizes costs no recompilation)
   const std::int64_t channels = axis.has_value() ? input.sym_size(*axis).guard_int(__FILE__, __LINE__) : 1;

@@ -24,12 +24,13 @@ class BinarizeFunction : public torch::autograd::Function<BinarizeFunction> {
     check_binarize_args(op, input, axis, beta, seed);
     const BinaryScaling sc = parse_scaling(op, scaling);
     (void)parse_estimator(op, estimator);
-    const BinaryStats st = binary_stats(input, sc, axis);
-    ctx->save_for_backward({input, st.center});
+    const at::Tensor x = input.contiguous();  // once, for the statistics, the kernel and the backward
+    const BinaryStats st = binary_stats(x, sc, axis);
+    ctx->save_for_backward({x, st.center});
     ctx->saved_data["axis"] = axis;
     ctx->saved_data["estimator"] = std::string(estimator);
     ctx->saved_data["beta"] = beta;
-    return binarize_apply(input, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed);
+    return binarize_apply(x, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

@@ -59,10 +59,10 @@ at::Tensor& binarize_out_cpu(const at::Tensor& input, c10::string_view scaling, 
   const BinaryScaling sc = parse_scaling(op, scaling);
   (void)parse_estimator(op, estimator);
   check_and_resize_out(op, input, out);
-  const BinaryStats st = binary_stats(input, sc, axis);
+  const at::Tensor x = input.contiguous();  // once, for the statistics and the kernel
+  const BinaryStats st = binary_stats(x, sc, axis);
   at::Tensor dst = out.is_contiguous() ? out : empty_cpu_output(input.sizes(), input.options());
-  const BinarizeLaunch l =
-      prepare_binarize(op, input, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed, dst);
+  const BinarizeLaunch l = prepare_binarize(op, x, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed, dst);
   at::parallel_for(0, l.args.numel, kGrain,
                    [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_forward(l.args, b, e); });
   if (!out.is_contiguous()) out.copy_(dst);
