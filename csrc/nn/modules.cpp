@@ -126,20 +126,29 @@ void ActFakeQuantizerImpl::enable_observer(bool on) {
   if (observer_on_.defined()) observer_on_.fill_(on ? 1 : 0);
 }
 
-void ActFakeQuantizerImpl::enable_fake_quant(bool on) { fake_quant_on_.fill_(on ? 1 : 0); }
+void ActFakeQuantizerImpl::enable_fake_quant(bool on) {
+  fake_quant_on_.fill_(on ? 1 : 0);
+  fq_enabled_ = on;
+}
+
+void ActFakeQuantizerImpl::load(torch::serialize::InputArchive& archive) {
+  torch::nn::Module::load(archive);
+  fq_enabled_ = fake_quant_on_.item<int>() != 0;
+  initialized_flag_ = initialized_.defined() && initialized_.item<int>() != 0;
+}
 
 torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
   const QuantSpec& s = spec_;
   const bool static_int = s.kind == "int" && s.scale == "static";
-  // static observers read the flag inside the op; the other kinds branch here (CPU flag, no sync cost)
-  if (!static_int && fake_quant_on_.item<int>() == 0) return x;
+  // static observers read the flag inside the op; the other kinds branch on its host copy
+  if (!static_int && !fq_enabled_) return x;
   if (s.kind == "binary") return qatkit::binarize(x, s.method, axis_, s.estimator);
   if (s.scale == "dynamic") {
     return s.granularity == "per_token" ? qatkit::quantize_per_token(x, s.quant_max())
                                         : qatkit::quantize_per_tensor_dynamic(x, s.quant_max());
   }
   if (s.scale == "learned") {
-    if (initialized_.item<int>() == 0) {
+    if (!initialized_flag_) {
       torch::NoGradGuard ng;
       const torch::Tensor xf = x.detach().to(torch::kFloat);
       std::vector<std::int64_t> dims;
@@ -160,6 +169,7 @@ torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
       scale_.copy_(scale.clamp_min(1e-6).expand_as(scale_));
       zero_point_.copy_(zp.expand_as(zero_point_));
       initialized_.fill_(1);
+      initialized_flag_ = true;
     }
     const double g = s.lsq_grad_scale ? lsq_grad_factor(x.numel() / scale_.numel(), s.quant_max()) : 1.0;
     return qatkit::fake_quantize_learnable(x, scale_, zero_point_, s.quant_min(), s.quant_max(), axis_, std::nullopt,

@@ -17,6 +17,7 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
+#include <torch/serialize/input-archive.h>
 
 #include <cstdint>
 #include <optional>
@@ -104,11 +105,16 @@ class QATKIT_API ActFakeQuantizerImpl : public torch::nn::Cloneable<ActFakeQuant
   torch::Tensor forward(const torch::Tensor& x);
   void enable_observer(bool on);
   void enable_fake_quant(bool on);
+  /// Loads the buffers, then refreshes the host-side copies of the flags.
+  void load(torch::serialize::InputArchive& archive) override;
   const QuantSpec& spec() const { return spec_; }
 
  private:
   QuantSpec spec_;
   std::int64_t channels_;
+  // host copies of the fake_quant_on / initialized buffers, so the forward of the kinds that branch
+  // on them never reads a (device) tensor
+  bool fq_enabled_ = true, initialized_flag_ = false;
   std::optional<std::int64_t> axis_;
   torch::Tensor running_min_, running_max_, scale_, zero_point_, observer_on_, fake_quant_on_, off_, initialized_;
 };

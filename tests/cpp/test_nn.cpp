@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <functional>
+#include <sstream>
 #include <vector>
 
 #include "qatkit/nn.h"
@@ -185,4 +186,22 @@ CATCH_TEST_CASE("bad input to the C++ QAT API: a table of calls and message frag
     CATCH_INFO(c.name);
     CATCH_CHECK_THROWS_WITH(c.call(), Catch::Contains(c.fragment));
   }
+}
+
+CATCH_TEST_CASE("torch::save / torch::load restore the quantizer state and its host-side flags", "[nn]") {
+  torch::manual_seed(4);
+  torch::nn::Linear lin(8, 4);
+  qnn::QuantLinear a(lin, qnn::QATConfig::w4a4_lsq().default_spec);
+  const torch::Tensor x = torch::randn({3, 8});
+  a(x);  // initializes the learned activation scale from this batch
+  std::stringstream buf;
+  torch::save(a, buf);
+  qnn::QuantLinear b(torch::nn::Linear(8, 4), qnn::QATConfig::w4a4_lsq().default_spec);
+  torch::load(b, buf);
+  CATCH_CHECK(torch::equal(b(x * 10), a(x * 10)));  // b does not re-initialize from the new batch
+  qnn::enable_fake_quant(*a, false);
+  std::stringstream buf2;
+  torch::save(a, buf2);
+  torch::load(b, buf2);
+  CATCH_CHECK(torch::equal(b(x), a(x)));  // pass-through activations after the load too
 }
