@@ -3,7 +3,7 @@
 
 #include <torch/version.h>
 
-#include "../kernels/cpu/fake_quant_cpu.h"
+#include "../kernels/cpu/isa.h"
 
 #ifndef QATKIT_VERSION
 #define QATKIT_VERSION "0.0.0"
@@ -18,7 +18,7 @@ BuildInfo build_info() {
 #ifdef QATKIT_WITH_CUDA
   info.cuda = true;
 #endif
-  info.cpu_isa = kernels::cpu::active_kernels().isa;
+  info.cpu_isa = kernels::cpu::isa_name(kernels::cpu::active_isa());
   return info;
 }
 

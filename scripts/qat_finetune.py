@@ -288,7 +288,7 @@ def plot(path, fp_accs, results, presets):
 
 
 def run_lm(args, presets, rank):
-    """E5 (papers.md): FP32 vs QAT from scratch (BitLinear layers; embeddings and head stay float)
+    """E5 (docs/papers.md): FP32 vs QAT from scratch (BitLinear layers; embeddings and head stay float)
     vs ternary PTQ of the FP32 model (absmean ternary weights and per-token int8 activations on its
     own layers, no training), bits per character on held-out text."""
     ds = CharDataset(stdlib_corpus(args.corpus_chars))

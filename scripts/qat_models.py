@@ -1,7 +1,7 @@
 """The model zoo and datasets of qatkit's QAT scripts (offline, deterministic).
 
 - digits: scikit-learn's 1797 8x8 images, pixels scaled to [0, 1];
-- MLP (papers.md E3: 64-256-256-10 with BatchNorm, or without for the DDP check), CNN,
+- MLP (docs/papers.md E3: 64-256-256-10 with BatchNorm, or without for the DDP check), CNN,
   depthwise-separable CNN (E1's DS-CNN);
 - a tiny BitNet-style decoder (E5: 2 layers, d_model 128, 4 heads, context 64) on a character
   corpus built from the docstrings of a fixed list of standard-library modules.

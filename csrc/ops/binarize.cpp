@@ -1,4 +1,4 @@
-// The binarize family (papers.md §4 BinaryConnect, §5 XNOR-Net / STE, §7.1 BitNet; Bi-Real's
+// The binarize family (docs/papers.md §4 BinaryConnect, §5 XNOR-Net / STE, §7.1 BitNet; Bi-Real's
 // ApproxSign and BNN+'s SignSwish estimators): schemas, checks, statistics, the device-generic
 // public kernel and the C++ API. Elementwise kernels: ops/{cpu,cuda,meta}/binarize_kernel.*;
 // autograd: ops/autograd/binarize_kernel.cpp.
@@ -195,7 +195,7 @@ at::Tensor binarize_kernel(const at::Tensor& input, c10::string_view scaling, st
   (void)ops::parse_estimator(op, estimator);  // validated here too; used by the backward
   const at::Tensor x = input.contiguous();    // once, for the statistics and the kernel
   const ops::BinaryStats st = ops::binary_stats(x, sc, axis);
-  return binarize_apply(x, st.center, st.alpha, axis, sc == ops::BinaryScaling::kBitNet, seed);
+  return detail::binarize_apply(x, st.center, st.alpha, axis, sc == ops::BinaryScaling::kBitNet, seed);
 }
 
 /// out= on CUDA (and the shape/dtype contract on Meta): the functional kernel, then a copy.
@@ -217,12 +217,14 @@ at::Tensor& binarize_backward_out_generic(const at::Tensor& grad, const at::Tens
   (void)ops::parse_estimator(op, estimator);
   ops::check_and_resize_out(op, input, grad_input);
   if (!grad_input.is_meta()) {
-    grad_input.copy_(binarize_backward(grad, input, center, axis, std::string(estimator), beta));
+    grad_input.copy_(detail::binarize_backward(grad, input, center, axis, std::string(estimator), beta));
   }
   return grad_input;
 }
 
 }  // namespace
+
+namespace detail {
 
 at::Tensor binarize_backward(const at::Tensor& grad, const at::Tensor& input, const std::optional<at::Tensor>& center,
                              std::optional<std::int64_t> axis, const std::string& estimator, double beta) {
@@ -243,6 +245,8 @@ at::Tensor& binarize_backward_out(at::Tensor& grad_input, const at::Tensor& grad
   return op.call(grad, input, center, axis, estimator, beta, grad_input);
 }
 
+}  // namespace detail
+
 at::Tensor& binarize_out(at::Tensor& out, const at::Tensor& input, const std::string& scaling,
                          std::optional<std::int64_t> axis, const std::string& estimator, double beta,
                          const std::optional<at::Tensor>& seed) {
@@ -262,8 +266,8 @@ at::Tensor binarize(const at::Tensor& input, const std::string& scaling, std::op
   return op.call(input, scaling, axis, estimator, beta, seed);
 }
 
-at::Tensor binarize_apply(const at::Tensor& input, const std::optional<at::Tensor>& center,
-                          const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis, bool zero_negative,
+at::Tensor detail::binarize_apply(const at::Tensor& input, const std::optional<at::Tensor>& center,
+                                  const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis, bool zero_negative,
                           const std::optional<at::Tensor>& seed) {
   static auto op =
       c10::Dispatcher::singleton()

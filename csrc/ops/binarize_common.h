@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "../../kernels/common/fake_quant_args.h"
+#include "../../kernels/common/sign_args.h"
 
 namespace qatkit::ops {
 

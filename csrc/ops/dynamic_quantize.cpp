@@ -1,5 +1,5 @@
 // Dynamic (data-derived scale) symmetric activation quantizers, BitNet b1.58 recipe
-// (papers.md §7.2): per token (over the last dim) and per tensor. gamma = max(|x|, 1e-5),
+// (docs/papers.md §7.2): per token (over the last dim) and per tensor. gamma = max(|x|, 1e-5),
 // s = gamma / quant_max, y = fake_quantize(x, s, 0, -quant_max - 1, quant_max). The statistic
 // is one amin + amax pass and the quantization one fake_quantize pass (the CUDA and Meta kernel
 // here); the CPU kernel (ops/cpu/dynamic_quantize_kernel.cpp) fuses both per row, so each token

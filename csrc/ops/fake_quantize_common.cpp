@@ -1,7 +1,7 @@
 // Argument checks and launch preparation for the fake-quantize family (see the header).
 #include "fake_quantize_common.h"
 
-#include "../../kernels/cpu/fake_quant_cpu.h"
+#include "../../kernels/cpu/fake_quant/fake_quant_cpu.h"
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/TensorBody.h>
@@ -13,6 +13,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
@@ -51,6 +52,11 @@ void check_input_and_range(const char* op, const at::Tensor& input, std::int64_t
   TORCH_CHECK_VALUE(quant_min >= -kMaxAbsQ && quant_max <= kMaxAbsQ,
                     fmt::format("{}: quant_min and quant_max must lie in [-(2^24 - 1), 2^24 - 1], got [{}, {}]", op,
                                 quant_min, quant_max));
+  check_granularity(op, input, axis, group_size);
+}
+
+void check_granularity(const char* op, const at::Tensor& input, std::optional<std::int64_t> axis,
+                       std::optional<std::int64_t> group_size) {
   TORCH_CHECK_VALUE(!(axis.has_value() && group_size.has_value()),
                     fmt::format("{}: give axis (per-channel) or group_size (per-group), not both; got axis={} "
                                 "group_size={}",
@@ -73,6 +79,12 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
                               const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
                               std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
   check_input_and_range(op, input, quant_min, quant_max, axis, group_size);
+  check_qparams_layout(op, input, scale, zero_point, axis, group_size);
+}
+
+void check_qparams_layout(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                          const at::Tensor& zero_point, std::optional<std::int64_t> axis,
+                          std::optional<std::int64_t> group_size) {
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat,
                    fmt::format("{}: scale must be float32, got {}", op, c10::toString(scale.scalar_type())));
   const auto zt = zero_point.scalar_type();
@@ -121,7 +133,7 @@ void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::
   // be normal. One vectorized, threaded pass (qparams can be as large as the input for small
   // groups), then a scalar pass only to name the first bad element.
   std::atomic<bool> ok{true};
-  const auto& k = kernels::cpu::active_kernels();
+  const auto& k = kernels::cpu::fake_quant_kernels();
   at::parallel_for(0, n, 1 << 16, [&](std::int64_t begin, std::int64_t end) {
     if (!k.qparams_valid(s + begin, z + begin, end - begin, qmin, qmax)) ok.store(false, std::memory_order_relaxed);
   });
@@ -138,6 +150,23 @@ void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::
   }
 }
 
+std::pair<std::int64_t, std::int64_t> affine_layout(const at::Tensor& input, std::optional<std::int64_t> axis,
+                                                    std::optional<std::int64_t> group_size) {
+  const std::int64_t numel = input.numel();
+  std::int64_t inner = numel, channels = 1;
+  if (axis.has_value()) {
+    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
+    channels = input.size(ax);
+    inner = 1;
+    for (std::int64_t d = ax + 1; d < input.dim(); ++d) inner *= input.size(d);
+  } else if (group_size.has_value()) {
+    inner = *group_size;
+    channels = numel / *group_size;
+  }
+  // Degenerate layouts only arise with numel == 0, where nothing is launched; keep them valid.
+  return {std::max<std::int64_t>(inner, 1), std::max<std::int64_t>(channels, 1)};
+}
+
 PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input, const at::Tensor& scale,
                                         const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
                                         std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size,
@@ -152,21 +181,7 @@ PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input,
   a.quant_min = static_cast<float>(quant_min);
   a.quant_max = static_cast<float>(quant_max);
   a.dtype = kernel_dtype(input);
-  if (axis.has_value()) {
-    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
-    a.channels = input.size(ax);
-    a.inner = 1;
-    for (std::int64_t d = ax + 1; d < input.dim(); ++d) a.inner *= input.size(d);
-  } else if (group_size.has_value()) {
-    a.inner = *group_size;
-    a.channels = a.numel / *group_size;
-  } else {
-    a.inner = a.numel;
-    a.channels = 1;
-  }
-  // Degenerate layouts only arise with numel == 0, where nothing is launched; keep them valid.
-  if (a.inner < 1) a.inner = 1;
-  if (a.channels < 1) a.channels = 1;
+  std::tie(a.inner, a.channels) = affine_layout(input, axis, group_size);
   a.input = p.input.const_data_ptr();
   a.output = out.mutable_data_ptr();
   a.mask = mask;
@@ -233,17 +248,9 @@ std::pair<at::Tensor, at::Tensor> effective_learned_qparams(const at::Tensor& sc
 
 kernels::LsqBackwardArgs lsq_backward_args(const PreparedFakeQuant& p, const at::Tensor& grad, at::Tensor& grad_input) {
   kernels::LsqBackwardArgs a;
-  a.input = p.args.input;
+  a.fq = p.args;
   a.grad_output = grad.const_data_ptr();
   a.grad_input = grad_input.mutable_data_ptr();
-  a.scale = p.args.scale;
-  a.zero_point = p.args.zero_point;
-  a.numel = p.args.numel;
-  a.inner = p.args.inner;
-  a.channels = p.args.channels;
-  a.quant_min = p.args.quant_min;
-  a.quant_max = p.args.quant_max;
-  a.dtype = p.args.dtype;
   return a;
 }
 

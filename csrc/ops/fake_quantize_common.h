@@ -17,6 +17,17 @@ namespace qatkit::ops {
 void check_input_and_range(const char* op, const at::Tensor& input, std::int64_t quant_min, std::int64_t quant_max,
                            std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size);
 
+/// Checks axis (in range) / group_size (positive, divides the last dim), not both.
+void check_granularity(const char* op, const at::Tensor& input, std::optional<std::int64_t> axis,
+                       std::optional<std::int64_t> group_size);
+
+/// Checks scale (float32) and zero_point (integer or float) dtypes, devices (input's) and shapes
+/// against input's granularity (per tensor: 1 element; axis: size(axis); group: input.shape[:-1] +
+/// [last / group_size]).
+void check_qparams_layout(const char* op, const at::Tensor& input, const at::Tensor& scale,
+                          const at::Tensor& zero_point, std::optional<std::int64_t> axis,
+                          std::optional<std::int64_t> group_size);
+
 /// Checks dtypes, devices, shapes and the integer arguments (never tensor values), using
 /// symbolic sizes so Meta/fake tensors see the same errors as real ones. `op` prefixes messages.
 void check_fake_quantize_args(const char* op, const at::Tensor& input, const at::Tensor& scale,
@@ -27,6 +38,12 @@ void check_fake_quantize_args(const char* op, const at::Tensor& input, const at:
 /// zero_point integer-valued inside [quant_min, quant_max]. Inputs are the prepared float32 copies.
 void check_qparam_values(const char* op, const at::Tensor& scale_f32, const at::Tensor& zero_point_f32,
                          std::int64_t quant_min, std::int64_t quant_max);
+
+/// (inner, channels) of a contiguous input under the affine granularities: per tensor
+/// (numel, 1), per channel along `axis` (product of the trailing sizes, size(axis)), per group
+/// along the last dim (group_size, numel / group_size). Never below 1 (empty inputs).
+std::pair<std::int64_t, std::int64_t> affine_layout(const at::Tensor& input, std::optional<std::int64_t> axis,
+                                                    std::optional<std::int64_t> group_size);
 
 /// Contiguous input and float32 qparams plus the complete launch description.
 struct PreparedFakeQuant {

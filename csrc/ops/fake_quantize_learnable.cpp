@@ -1,4 +1,4 @@
-// The learned-step-size fake-quantize family (LSQ / LSQ+, papers.md §6.1-6.2): schemas, the
+// The learned-step-size fake-quantize family (LSQ / LSQ+, docs/papers.md §6.1-6.2): schemas, the
 // device-generic forward (effective qparams, then the fake_quantize op) and the C++ API.
 // The backward kernels live in ops/{cpu,meta}/fake_quantize_learnable_kernel.cpp.
 #include <ATen/core/Tensor.h>

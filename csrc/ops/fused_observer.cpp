@@ -1,5 +1,5 @@
 // Fused observer + fake quantize (the FusedMovingAvgObsFakeQuantize pattern of Jacob et al.'s QAT
-// recipe, papers.md §2-3): update running min/max in place (moving average with `momentum`, or
+// recipe, docs/papers.md §2-3): update running min/max in place (moving average with `momentum`, or
 // plain min/max), recompute scale / zero point into their buffers, fake-quantize. The on/off
 // switches are tensors read on the device, so toggling them neither syncs nor recompiles.
 //   _observer_update: the mutable, non-differentiable half (CPU/CUDA/Meta: ATen ops on

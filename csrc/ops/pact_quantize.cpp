@@ -1,4 +1,4 @@
-// PACT (papers.md §6.3): clip activations to a learned [0, alpha], then quantize unsigned with
+// PACT (docs/papers.md §6.3): clip activations to a learned [0, alpha], then quantize unsigned with
 // scale alpha / quant_max. Schemas, the device-generic forward and the C++ API; the backward
 // kernels live in ops/{cpu,cuda,meta}/pact_quantize_kernel.cpp, autograd in ops/autograd/.
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-// Ternary weight quantizers (papers.md §7.2 BitNet b1.58 "absmean", §5 TWN), per tensor or per
+// Ternary weight quantizers (docs/papers.md §7.2 BitNet b1.58 "absmean", §5 TWN), per tensor or per
 // channel along `axis`; outputs in {-a, 0, +a} with a per-tensor/channel magnitude a. The
 // straight-through (identity) gradient with constant scales is in
 // ops/autograd/identity_ste_kernel.cpp.

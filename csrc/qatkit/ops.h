@@ -39,7 +39,7 @@ QATKIT_API at::Tensor& fake_quantize_out(at::Tensor& out, const at::Tensor& inpu
                                          std::optional<std::int64_t> axis = std::nullopt,
                                          std::optional<std::int64_t> group_size = std::nullopt);
 
-/// Fake quantization with a learned step size (LSQ, papers.md §6.1) and optionally a learned
+/// Fake quantization with a learned step size (LSQ, docs/papers.md §6.1) and optionally a learned
 /// zero point (LSQ+, §6.2). Forward: fake_quantize(input, max(scale, eps), clamp(round(zp))).
 /// Gradients (r = nearbyint(x / s), window [qmin - z, qmax - z]):
 ///   input: clipped STE;  scale: (r - x / s) inside, qmin - z / qmax - z below / above;
@@ -53,12 +53,12 @@ QATKIT_API at::Tensor fake_quantize_learnable(const at::Tensor& input, const at:
                                               std::optional<std::int64_t> group_size = std::nullopt,
                                               double grad_factor = 1.0);
 
-/// PACT (papers.md §6.3): clip(input, 0, alpha) quantized unsigned with scale alpha / quant_max.
+/// PACT (docs/papers.md §6.3): clip(input, 0, alpha) quantized unsigned with scale alpha / quant_max.
 /// alpha: float32 tensor with one element (positive; checked on CPU). Gradients: input where
 /// 0 <= x < alpha; alpha the sum of the incoming gradient where x >= alpha.
 QATKIT_API at::Tensor pact_quantize(const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max);
 
-/// BitNet b1.58 activation quantizer (papers.md §7.2), per token: s = max(max|x| over the last dim,
+/// BitNet b1.58 activation quantizer (docs/papers.md §7.2), per token: s = max(max|x| over the last dim,
 /// 1e-5) / quant_max, y = clamp(nearbyint(x / s), -quant_max - 1, quant_max) * s. Gradient: the
 /// straight-through estimator with a constant scale (identity). CPU: NaN/Inf input raises.
 QATKIT_API at::Tensor quantize_per_token(const at::Tensor& input, std::int64_t quant_max = 127);
@@ -95,19 +95,38 @@ QATKIT_API at::Tensor& binarize_out(at::Tensor& out, const at::Tensor& input, co
                                     const std::string& estimator = "clipped_ste", double beta = 1.0,
                                     const std::optional<at::Tensor>& seed = std::nullopt);
 
-/// Lower-level binarization with given per-channel center / alpha (float32, or empty).
-QATKIT_API at::Tensor binarize_apply(const at::Tensor& input, const std::optional<at::Tensor>& center,
-                                     const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
-                                     bool zero_negative, const std::optional<at::Tensor>& seed);
+/// Integer codes of the affine quantizer: clamp(nearbyint(x * (1.0f / s)) + z, quant_min, quant_max)
+/// in `dtype` (int8 default; uint8, int16, int32), with fake_quantize's arguments, checks and
+/// rounding, so dequantize_affine(quantize_affine(x, ...), ...) == fake_quantize(x, ...) bit for bit
+/// (output dtype = input dtype). NaN codes as the zero point; +-Inf saturate. [quant_min,
+/// quant_max] must fit `dtype`. Not differentiable (no autograd kernel). Output contiguous.
+QATKIT_API at::Tensor quantize_affine(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+                                      std::int64_t quant_min, std::int64_t quant_max,
+                                      std::optional<std::int64_t> axis = std::nullopt,
+                                      std::optional<std::int64_t> group_size = std::nullopt,
+                                      std::optional<at::ScalarType> dtype = std::nullopt);
 
-/// The estimator backward of binarize: grad * estimator'(input - center) (the scales are constants),
-/// and its out= form writing into `grad_input` (resized like ATen's out= ops).
-QATKIT_API at::Tensor binarize_backward(const at::Tensor& grad, const at::Tensor& input,
-                                        const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
-                                        const std::string& estimator, double beta);
-QATKIT_API at::Tensor& binarize_backward_out(at::Tensor& grad_input, const at::Tensor& grad, const at::Tensor& input,
-                                             const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
-                                             const std::string& estimator, double beta);
+/// Floats from integer codes: y = (codes - z) * s, in float32 (float64 for a float64
+/// `output_dtype`), rounded to `output_dtype` (float32 default). codes: int8 / uint8 / int16 /
+/// int32; qparams laid out as for fake_quantize over the codes' shape. Not differentiable.
+QATKIT_API at::Tensor dequantize_affine(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero_point,
+                                        std::optional<std::int64_t> axis = std::nullopt,
+                                        std::optional<std::int64_t> group_size = std::nullopt,
+                                        std::optional<at::ScalarType> output_dtype = std::nullopt);
+
+/// Ternary codes: (int8 codes in {-1, 0, 1}, float32 scale with one element per channel or one)
+/// such that codes * scale (broadcast along `axis`, in the input's dtype) == ternarize(input,
+/// method, axis) bit for bit. NaN input codes as 0. Not differentiable.
+QATKIT_API std::tuple<at::Tensor, at::Tensor> ternary_codes(const at::Tensor& input,
+                                                            const std::string& method = "absmean",
+                                                            std::optional<std::int64_t> axis = std::nullopt);
+
+/// Binary codes: (int8 codes in {-1, 1}, float32 scale) such that codes * scale == binarize(input,
+/// scaling, axis) (deterministic) bit for bit; scaling "none" gives scale 1. NaN input codes as 0.
+/// Not differentiable.
+QATKIT_API std::tuple<at::Tensor, at::Tensor> binary_codes(const at::Tensor& input,
+                                                           const std::string& scaling = "mean_abs",
+                                                           std::optional<std::int64_t> axis = std::nullopt);
 
 /// Fused observer + fake quantize: when observer_on, update running_min / running_max in place
 /// (moving average with `momentum`, an empty +-inf buffer taking the first value, or plain
@@ -139,5 +158,42 @@ QATKIT_API std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& i
                                                              std::int64_t quant_max, bool symmetric,
                                                              std::optional<std::int64_t> axis = std::nullopt,
                                                              std::optional<std::int64_t> group_size = std::nullopt);
+
+/// The private ops (`torch.ops.qatkit._*`): building blocks of the public ops and their C++
+/// autograd, callable from C++ for tests and custom kernels. Not a stable API.
+namespace detail {
+
+/// Lower-level binarization with given per-channel center / alpha (float32, or empty).
+QATKIT_API at::Tensor binarize_apply(const at::Tensor& input, const std::optional<at::Tensor>& center,
+                                     const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
+                                     bool zero_negative, const std::optional<at::Tensor>& seed);
+
+/// The estimator backward of binarize: grad * estimator'(input - center) (the scales are constants),
+/// and its out= form writing into `grad_input` (resized like ATen's out= ops).
+QATKIT_API at::Tensor binarize_backward(const at::Tensor& grad, const at::Tensor& input,
+                                        const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                        const std::string& estimator, double beta);
+QATKIT_API at::Tensor& binarize_backward_out(at::Tensor& grad_input, const at::Tensor& grad, const at::Tensor& input,
+                                             const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                             const std::string& estimator, double beta);
+
+}  // namespace detail
+
+// Deprecated aliases (one release): these names moved to qatkit::detail in 0.2.
+[[deprecated("use qatkit::detail::binarize_apply")]] inline at::Tensor binarize_apply(
+    const at::Tensor& input, const std::optional<at::Tensor>& center, const std::optional<at::Tensor>& alpha,
+    std::optional<std::int64_t> axis, bool zero_negative, const std::optional<at::Tensor>& seed) {
+  return detail::binarize_apply(input, center, alpha, axis, zero_negative, seed);
+}
+[[deprecated("use qatkit::detail::binarize_backward")]] inline at::Tensor binarize_backward(
+    const at::Tensor& grad, const at::Tensor& input, const std::optional<at::Tensor>& center,
+    std::optional<std::int64_t> axis, const std::string& estimator, double beta) {
+  return detail::binarize_backward(grad, input, center, axis, estimator, beta);
+}
+[[deprecated("use qatkit::detail::binarize_backward_out")]] inline at::Tensor& binarize_backward_out(
+    at::Tensor& grad_input, const at::Tensor& grad, const at::Tensor& input, const std::optional<at::Tensor>& center,
+    std::optional<std::int64_t> axis, const std::string& estimator, double beta) {
+  return detail::binarize_backward_out(grad_input, grad, input, center, axis, estimator, beta);
+}
 
 }  // namespace qatkit

@@ -1,14 +1,13 @@
-// Plain-data description of one fake-quantize launch, shared by the CPU and CUDA tiers.
+// Plain-data launch descriptions of the fake-quant family (fake quantize and its backward, LSQ,
+// PACT), shared by the CPU and CUDA tiers.
 #pragma once
 
 #include <cstdint>
 
+#include "dtype.h"
 #include "macros.h"
 
 namespace qatkit::kernels {
-
-/// Element types the kernels accept. Half types are computed in float32, float64 in float64.
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 /// Forward arguments. Tensors are contiguous; element i uses the qparams of channel
 /// `(i / inner) % channels`, which covers per-tensor (inner = numel, channels = 1),
@@ -41,67 +40,22 @@ struct FakeQuantBackwardArgs {
   DType dtype = DType::kFloat32;
 };
 
-/// Learned-step-size (LSQ) backward over contiguous tensors, same channel layout as the forward.
-/// scale / zero_point are the effective qparams the forward used (scale clamped to >= eps, zero
-/// point rounded and clamped into the range).
+/// Learned-step-size (LSQ) backward: the forward's launch (`fq`: input, layout, range, dtype; its
+/// scale / zero_point are the effective qparams the forward used: scale clamped to >= eps, zero
+/// point rounded and clamped into the range; output, mask and enabled unused) plus the gradients.
 struct LsqBackwardArgs {
-  const void* input = nullptr;
+  FakeQuantArgs fq;
   const void* grad_output = nullptr;
   void* grad_input = nullptr;
-  const float* scale = nullptr;
-  const float* zero_point = nullptr;
-  std::int64_t numel = 0;
-  std::int64_t inner = 1;
-  std::int64_t channels = 1;
-  float quant_min = 0.f;
-  float quant_max = 0.f;
-  DType dtype = DType::kFloat32;
 };
 
-/// PACT backward (papers.md §6.3) over contiguous tensors with one clipping level alpha.
+/// PACT backward (docs/papers.md §6.3) over contiguous tensors with one clipping level alpha.
 struct PactBackwardArgs {
   const void* input = nullptr;
   const void* grad_output = nullptr;
   void* grad_input = nullptr;
   const float* alpha = nullptr;  ///< one float32, in the same memory as the tensors (no host sync)
   std::int64_t numel = 0;
-  DType dtype = DType::kFloat32;
-};
-
-/// Straight-through estimators of sign() (papers.md §4-5; Bi-Real's ApproxSign; BNN+'s SignSwish).
-enum class SignEstimator : int { kIdentity = 0, kClippedSte = 1, kApproxSign = 2, kSwishSign = 3 };
-
-/// Binarization, same channel layout as FakeQuantArgs. v = x - center[c]; deterministic:
-/// y = sign(v) * alpha[c] with sign(0) = +1 (or -1 when zero_negative, BitNet's Sign);
-/// stochastic (seed != nullptr, BinaryConnect): +1 with probability clamp((v + 1) / 2, 0, 1),
-/// drawn by Philox keyed by *seed at the element index. NaN stays NaN.
-/// Ternary (threshold != nullptr, TWN): y = |v| > threshold[c] ? sign(v) * alpha[c] : 0 (the
-/// threshold and alpha already rounded to the input's dtype by the caller).
-struct BinarizeArgs {
-  const void* input = nullptr;
-  void* output = nullptr;
-  const float* center = nullptr;     ///< per-channel shift, or nullptr for 0
-  const float* alpha = nullptr;      ///< per-channel magnitude, or nullptr for 1
-  const float* threshold = nullptr;  ///< per-channel ternary dead zone, or nullptr (binary)
-  const std::int64_t* seed = nullptr;
-  std::int64_t numel = 0;
-  std::int64_t inner = 1;
-  std::int64_t channels = 1;
-  bool zero_negative = false;
-  DType dtype = DType::kFloat32;
-};
-
-/// Binarize backward: grad_input = grad * estimator'(v), v = x - center[c] (scales constant).
-struct BinarizeBackwardArgs {
-  const void* input = nullptr;
-  const void* grad_output = nullptr;
-  void* grad_input = nullptr;
-  const float* center = nullptr;
-  std::int64_t numel = 0;
-  std::int64_t inner = 1;
-  std::int64_t channels = 1;
-  SignEstimator estimator = SignEstimator::kClippedSte;
-  float beta = 1.f;
   DType dtype = DType::kFloat32;
 };
 

@@ -20,7 +20,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "fake_quant_args.h"
+#include "sign_args.h"
 #include "macros.h"
 
 namespace qatkit::kernels {
@@ -46,10 +46,23 @@ QATKIT_HD C fake_quant_value(C x, C inv_s, C s, C lo, C hi, std::uint32_t& in_ra
   in_range = static_cast<std::uint32_t>((r >= lo) & (r <= hi));
   C rc = r < lo ? lo : r;  // NaN falls through both comparisons and stays NaN
   rc = rc > hi ? hi : rc;
-  return rc * s;
+  // + 0 turns a -0 code (x in (-s/2, 0)) into +0, as ATen's (q - z) * s does: y is then +0 too,
+  // and equals dequantize((quantize(x)) bit for bit
+  return (rc + C(0)) * s;
 }
 
-/// LSQ gradients of one element (papers.md §6.1, with torch's zero-point convention; LSQ+ §6.2
+/// Integer code of one value (as a float of the compute type): clamp(rint(x * inv_s), lo, hi) + z
+/// with lo = qmin - z, hi = qmax - z, i.e. exactly the clamped value fake_quant_value multiplies
+/// by s, shifted by z. NaN codes as z (dequantizes to 0: integers have no NaN); +-Inf saturate.
+template <typename C>
+QATKIT_HD C quantize_code(C x, C inv_s, C lo, C hi, C z) {
+  const C r = round_half_even(x * inv_s);
+  C rc = r < lo ? lo : r;
+  rc = rc > hi ? hi : rc;
+  return rc == rc ? rc + z : z;
+}
+
+/// LSQ gradients of one element (docs/papers.md §6.1, with torch's zero-point convention; LSQ+ §6.2
 /// learns the zero point the same way). r = rint(x * inv_s); inside the window [lo, hi]
 /// (lo = qmin - z, hi = qmax - z): dx = dy, ds = dy * (r - x * inv_s), dz = 0; below / above it:
 /// dx = 0, ds = dy * lo / dy * hi, dz = -dy * s. A NaN x contributes nothing to ds and dz.
@@ -64,7 +77,7 @@ QATKIT_HD void lsq_grads(C x, C dy, C inv_s, C s, C lo, C hi, C& dx, C& ds, C& d
   dz = (below | above) ? -(dy * s) : C(0);
 }
 
-/// PACT gradients of one element (papers.md §6.3, STE through the rounding): the input gradient
+/// PACT gradients of one element (docs/papers.md §6.3, STE through the rounding): the input gradient
 /// passes where the clip is inactive (0 <= x < alpha), the alpha gradient where x is clipped at
 /// alpha (x >= alpha). Below 0 (and for NaN) neither gets a gradient.
 template <typename C>
@@ -85,7 +98,7 @@ QATKIT_HD C binary_sign(C v, bool zero_negative) {
 }
 
 /// Derivative used for sign() by each estimator, at v:
-///   identity 1; clipped STE 1[|v| <= 1] (hardtanh, papers.md §5); ApproxSign (Bi-Real Net)
+///   identity 1; clipped STE 1[|v| <= 1] (hardtanh, docs/papers.md §5); ApproxSign (Bi-Real Net)
 ///   2 - 2|v| for |v| < 1 else 0; SignSwish (BNN+) beta (2 - beta v tanh(beta v / 2)) / (1 + cosh(beta v)).
 template <typename C>
 QATKIT_HD C sign_estimator_grad(C v, SignEstimator est, C beta) {

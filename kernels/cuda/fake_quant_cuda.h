@@ -1,4 +1,4 @@
-// Torch-free CUDA fake-quantize launchers (raw pointers, the caller's stream, no host sync).
+// Torch-free CUDA fake-quant family launchers (fake quantize, LSQ and PACT backward) (raw pointers, the caller's stream, no host sync).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -32,9 +32,5 @@ cudaError_t launch_pact_backward(const PactBackwardArgs& args, float* dalpha, do
 
 /// Doubles of device workspace launch_pact_backward needs.
 std::int64_t pact_workspace_doubles();
-
-/// Launches binarize (apply) / its estimator backward on `stream` (see BinarizeArgs).
-cudaError_t launch_binarize_forward(const BinarizeArgs& args, cudaStream_t stream);
-cudaError_t launch_binarize_backward(const BinarizeBackwardArgs& args, cudaStream_t stream);
 
 }  // namespace qatkit::kernels::cuda

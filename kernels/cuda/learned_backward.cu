@@ -1,5 +1,5 @@
 // CUDA backward kernels of the learned quantizers, which reduce qparam gradients: LSQ / LSQ+
-// (papers.md §6.1-6.2) and PACT (§6.3). One pass writes dX and reduces the qparam gradient terms
+// (docs/papers.md §6.1-6.2) and PACT (§6.3). One pass writes dX and reduces the qparam gradient terms
 // (kernels/common lsq_grads / pact_grads) in float64. Per-tensor: fixed-size grid of block partials, then one block
 // sums them in order. Several channels: one warp per channel (a grid-stride loop over channels), so each channel's sum
 // has a fixed order. No atomics, no host synchronisation.
@@ -24,12 +24,12 @@ __device__ __forceinline__ void lsq_element(const LsqBackwardArgs& a, std::int64
                                             double& dz) {
   using E = Elem<S>;
   using C = typename E::C;
-  const float s = a.scale[c];
-  const float z = a.zero_point[c];
+  const float s = a.fq.scale[c];
+  const float z = a.fq.zero_point[c];
   C gx, gs, gz;
-  lsq_grads<C>(E::load(static_cast<const S*>(a.input)[i]), E::load(static_cast<const S*>(a.grad_output)[i]),
-               static_cast<C>(1.0f / s), static_cast<C>(s), static_cast<C>(a.quant_min - z),
-               static_cast<C>(a.quant_max - z), gx, gs, gz);
+  lsq_grads<C>(E::load(static_cast<const S*>(a.fq.input)[i]), E::load(static_cast<const S*>(a.grad_output)[i]),
+               static_cast<C>(1.0f / s), static_cast<C>(s), static_cast<C>(a.fq.quant_min - z),
+               static_cast<C>(a.fq.quant_max - z), gx, gs, gz);
   static_cast<S*>(a.grad_input)[i] = E::store(gx);
   ds += static_cast<double>(gs);
   dz += static_cast<double>(gz);
@@ -62,7 +62,7 @@ __device__ void block_sum(double& ds, double& dz) {
 template <typename S>
 __global__ void lsq_per_tensor_partials(LsqBackwardArgs a, double* partials) {
   double ds = 0.0, dz = 0.0;
-  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < a.numel;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < a.fq.numel;
        i += static_cast<std::int64_t>(gridDim.x) * blockDim.x) {
     lsq_element<S>(a, i, 0, ds, dz);
   }
@@ -91,13 +91,13 @@ template <typename S>
 __global__ void lsq_per_channel(LsqBackwardArgs a, double grad_factor, float* dscale, float* dzero) {
   const int lane = threadIdx.x & 31;
   const std::int64_t warps_total = static_cast<std::int64_t>(gridDim.x) * (blockDim.x >> 5);
-  const std::int64_t outer = a.numel / (a.inner * a.channels);
-  for (std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5); c < a.channels;
+  const std::int64_t outer = a.fq.numel / (a.fq.inner * a.fq.channels);
+  for (std::int64_t c = blockIdx.x * static_cast<std::int64_t>(blockDim.x >> 5) + (threadIdx.x >> 5); c < a.fq.channels;
        c += warps_total) {
     double ds = 0.0, dz = 0.0;
     for (std::int64_t o = 0; o < outer; ++o) {
-      const std::int64_t base = (o * a.channels + c) * a.inner;
-      for (std::int64_t j = lane; j < a.inner; j += 32) lsq_element<S>(a, base + j, c, ds, dz);
+      const std::int64_t base = (o * a.fq.channels + c) * a.fq.inner;
+      for (std::int64_t j = lane; j < a.fq.inner; j += 32) lsq_element<S>(a, base + j, c, ds, dz);
     }
     ds = warp_sum(ds);
     dz = warp_sum(dz);
@@ -111,12 +111,12 @@ __global__ void lsq_per_channel(LsqBackwardArgs a, double grad_factor, float* ds
 template <typename S>
 cudaError_t launch_typed(const LsqBackwardArgs& a, double grad_factor, float* dscale, float* dzero, double* ws,
                          cudaStream_t stream) {
-  if (a.channels == 1) {
+  if (a.fq.channels == 1) {
     lsq_per_tensor_partials<S><<<kPartialBlocks, kThreads, 0, stream>>>(a, ws);
     lsq_finish_per_tensor<<<1, kThreads, 0, stream>>>(ws, kPartialBlocks, grad_factor, dscale, dzero);
   } else {
     const std::int64_t warps_per_block = kThreads / 32;
-    std::int64_t blocks = (a.channels + warps_per_block - 1) / warps_per_block;
+    std::int64_t blocks = (a.fq.channels + warps_per_block - 1) / warps_per_block;
     if (blocks > 65535LL * 8) blocks = 65535LL * 8;
     lsq_per_channel<S><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, grad_factor, dscale, dzero);
   }
@@ -176,15 +176,15 @@ cudaError_t launch_pact_backward(const PactBackwardArgs& a, float* dalpha, doubl
   return cudaErrorInvalidValue;
 }
 
-std::int64_t lsq_workspace_doubles(const LsqBackwardArgs& args) { return args.channels == 1 ? 2 * kPartialBlocks : 0; }
+std::int64_t lsq_workspace_doubles(const LsqBackwardArgs& args) { return args.fq.channels == 1 ? 2 * kPartialBlocks : 0; }
 
 cudaError_t launch_lsq_backward(const LsqBackwardArgs& a, double grad_factor, float* dscale, float* dzero,
                                 double* workspace, cudaStream_t stream) {
-  if (a.numel == 0) {  // empty input: the gradients are sums over nothing
-    const cudaError_t e = cudaMemsetAsync(dscale, 0, sizeof(float) * a.channels, stream);
-    return e != cudaSuccess ? e : cudaMemsetAsync(dzero, 0, sizeof(float) * a.channels, stream);
+  if (a.fq.numel == 0) {  // empty input: the gradients are sums over nothing
+    const cudaError_t e = cudaMemsetAsync(dscale, 0, sizeof(float) * a.fq.channels, stream);
+    return e != cudaSuccess ? e : cudaMemsetAsync(dzero, 0, sizeof(float) * a.fq.channels, stream);
   }
-  switch (a.dtype) {
+  switch (a.fq.dtype) {
     case DType::kFloat32:
       return launch_typed<float>(a, grad_factor, dscale, dzero, workspace, stream);
     case DType::kFloat64:

@@ -64,6 +64,7 @@ __all__ = [
     "xnor_w1a1",
     "build_info",
     "cmake_prefix_path",
+    "__version__",
 ]
 
 __version__ = _C.version()
@@ -90,5 +91,3 @@ def build_info() -> dict:
         "cmake_prefix_path": cmake_prefix_path,
     }
 
-
-__all__ = ["ops", "build_info", "cmake_prefix_path", "__version__"]

@@ -24,6 +24,11 @@ __all__ = [
     "fused_observe_fake_quantize",
     "choose_qparams",
     "validate_qparams",
+    "quantize_affine",
+    "dequantize_affine",
+    "ternary_codes",
+    "binary_codes",
+    "observer_update",
 ]
 
 
@@ -89,7 +94,7 @@ def fake_quantize_learnable(
 
     Forward: ``fake_quantize(input, max(scale, eps), clamp(round(zero_point), quant_min, quant_max))``.
     With ``r = nearbyint(x / s)`` and the window ``[quant_min - z, quant_max - z]``, the gradients are
-    (papers.md §6.1-6.2, torch's zero-point convention):
+    (docs/papers.md §6.1-6.2, torch's zero-point convention):
 
     - input: the clipped straight-through estimator;
     - scale: ``r - x / s`` inside the window, ``quant_min - z`` below it, ``quant_max - z`` above it;
@@ -120,7 +125,7 @@ def fake_quantize_learnable(
 
 
 def lsq_grad_factor(elements_per_scale: int, quant_max: int) -> float:
-    """LSQ's step-size gradient scale ``g = 1 / sqrt(N * Q_P)`` (papers.md §6.1).
+    """LSQ's step-size gradient scale ``g = 1 / sqrt(N * Q_P)`` (docs/papers.md §6.1).
 
     Args:
         elements_per_scale: N, the number of elements sharing one scale (weights: elements per
@@ -135,7 +140,7 @@ def lsq_grad_factor(elements_per_scale: int, quant_max: int) -> float:
 
 
 def pact_quantize(input: torch.Tensor, alpha: torch.Tensor, quant_max: int) -> torch.Tensor:
-    """PACT activation quantization (papers.md §6.3): clip to ``[0, alpha]``, quantize unsigned.
+    """PACT activation quantization (docs/papers.md §6.3): clip to ``[0, alpha]``, quantize unsigned.
 
     ``y = nearbyint(clip(x, 0, alpha) / s) * s`` with ``s = alpha / quant_max`` (computed as
     ``fake_quantize(x, alpha / quant_max, 0, 0, quant_max)``, bit for bit).
@@ -158,7 +163,7 @@ def pact_quantize(input: torch.Tensor, alpha: torch.Tensor, quant_max: int) -> t
 def quantize_per_token(
     input: torch.Tensor, quant_max: int = 127, *, out: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """BitNet b1.58 per-token activation quantization (papers.md §7.2).
+    """BitNet b1.58 per-token activation quantization (docs/papers.md §7.2).
 
     ``s = max(max|x| over the last dim, 1e-5) / quant_max``,
     ``y = clamp(nearbyint(x / s), -quant_max - 1, quant_max) * s`` (computed as a per-group
@@ -184,9 +189,9 @@ def ternarize(
 ) -> torch.Tensor:
     """Ternary weights ``{-a, 0, +a}``, per tensor or per channel along ``axis``.
 
-    - ``"absmean"`` (BitNet b1.58, papers.md §7.2): ``gamma = max(mean|W|, 1e-5)``,
+    - ``"absmean"`` (BitNet b1.58, docs/papers.md §7.2): ``gamma = max(mean|W|, 1e-5)``,
       ``y = clamp(nearbyint(W / gamma), -1, 1) * gamma``.
-    - ``"twn"`` (TWN, papers.md §5): ``delta = 0.7 * mean|W|``; ``a = mean(|W| over |W| > delta)``;
+    - ``"twn"`` (TWN, docs/papers.md §5): ``delta = 0.7 * mean|W|``; ``a = mean(|W| over |W| > delta)``;
       ``y = sign(W) * a`` where ``|W| > delta``, else 0.
 
     Gradient: straight-through (identity) with the scales held constant, as in the papers'
@@ -214,7 +219,7 @@ def binarize(
     """Binary quantizer ``y = sign(x - center) * alpha`` with a choice of scaling and estimator.
 
     scaling:
-        ``"none"`` (+-1), ``"mean_abs"`` (XNOR-Net: alpha = mean|W|, papers.md §5), ``"bitnet"``
+        ``"none"`` (+-1), ``"mean_abs"`` (XNOR-Net: alpha = mean|W|, docs/papers.md §5), ``"bitnet"``
         (BitNet: ``Sign(W - mean W) * mean|W|`` with Sign(0) = -1, §7.1); per tensor, or per
         channel along ``axis``. Elsewhere sign(0) = +1.
     estimator (gradient to the latent input; the scales are constants, as in the papers' code):
@@ -346,3 +351,88 @@ def validate_qparams(scale: torch.Tensor, zero_point: torch.Tensor, quant_min: i
             f"zero_point must be an integer in [quant_min, quant_max] = [{quant_min}, {quant_max}], "
             f"got {z.flatten()[i].item()} at index {i}"
         )
+
+
+def quantize_affine(
+    input: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    quant_min: int,
+    quant_max: int,
+    axis: Optional[int] = None,
+    group_size: Optional[int] = None,
+    dtype: torch.dtype = torch.int8,
+) -> torch.Tensor:
+    """Integer codes ``clamp(nearbyint(x * (1 / s)) + z, quant_min, quant_max)`` in ``dtype``.
+
+    Arguments, granularity and rounding are :func:`fake_quantize`'s, so
+    ``dequantize_affine(quantize_affine(x, s, z, ...), s, z, ..., output_dtype=x.dtype)`` equals
+    ``fake_quantize(x, s, z, ...)`` bit for bit. NaN codes as the zero point (integers have no NaN);
+    +-Inf saturate. Not differentiable.
+
+    Args:
+        dtype: ``torch.int8`` (default), ``torch.uint8``, ``torch.int16`` or ``torch.int32``;
+            ``[quant_min, quant_max]`` must fit it.
+
+    Raises:
+        TypeError / ValueError: as :func:`fake_quantize`, plus a range that does not fit ``dtype``.
+
+    Example:
+        >>> s, z = choose_qparams(w, -8, 7, symmetric=True, axis=0)
+        >>> codes = quantize_affine(w, s, z, -8, 7, axis=0)          # int8 in [-8, 7]
+    """
+    return torch.ops.qatkit.quantize_affine(input, scale, zero_point, quant_min, quant_max, axis, group_size, dtype)
+
+
+def dequantize_affine(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    axis: Optional[int] = None,
+    group_size: Optional[int] = None,
+    output_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Floats ``(codes - z) * s`` from integer codes (float32 math; float64 for a float64 output).
+
+    ``scale`` / ``zero_point`` are laid out over ``codes`` as :func:`fake_quantize` lays them over
+    its input. Not differentiable.
+    """
+    return torch.ops.qatkit.dequantize_affine(codes, scale, zero_point, axis, group_size, output_dtype)
+
+
+def ternary_codes(input: torch.Tensor, method: str = "absmean", axis: Optional[int] = None):
+    """``(codes, scale)``: int8 codes in ``{-1, 0, 1}`` and float32 scales (one per channel along
+    ``axis``, or one) with ``codes * scale == ternarize(input, method, axis)`` bit for bit (in the
+    input's dtype). NaN codes as 0. Not differentiable."""
+    return torch.ops.qatkit.ternary_codes(input, method, axis)
+
+
+def binary_codes(input: torch.Tensor, scaling: str = "mean_abs", axis: Optional[int] = None):
+    """``(codes, scale)``: int8 codes in ``{-1, 1}`` and float32 scales (1 for ``scaling="none"``)
+    with ``codes * scale == binarize(input, scaling, axis)`` (deterministic) bit for bit. NaN codes
+    as 0. Not differentiable."""
+    return torch.ops.qatkit.binary_codes(input, scaling, axis)
+
+
+def observer_update(
+    input: torch.Tensor,
+    running_min: torch.Tensor,
+    running_max: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor,
+    observer_on: torch.Tensor,
+    momentum: float = 0.01,
+    moving_average: bool = True,
+    quant_min: int = -128,
+    quant_max: int = 127,
+    symmetric: bool = False,
+    axis: Optional[int] = None,
+) -> None:
+    """The observer half of :func:`fused_observe_fake_quantize` alone: when ``observer_on``, update
+    ``running_min`` / ``running_max`` from ``input`` in place and recompute ``scale`` /
+    ``zero_point`` into their buffers (no fake quantization, no gradient). Used by the QAT
+    activation quantizers to feed globally all-reduced statistics under DDP."""
+    torch.ops.qatkit._observer_update(
+        input, running_min, running_max, scale, zero_point, observer_on, momentum, moving_average, quant_min,
+        quant_max, symmetric, axis,
+    )

@@ -203,15 +203,15 @@ CATCH_TEST_CASE("bad input to every C++ op function: a table of calls and messag
        "seed must be an int64 tensor"},
       {"binarize_out dtype", [&] { qatkit::binarize_out(out64, x); }, "out must have input's dtype"},
       {"binarize_apply alpha size",
-       [&] { qatkit::binarize_apply(x, std::nullopt, torch::ones({3}), 0, false, std::nullopt); },
+       [&] { qatkit::detail::binarize_apply(x, std::nullopt, torch::ones({3}), 0, false, std::nullopt); },
        "alpha must have 4 elements"},
       {"binarize_backward grad shape",
        [&] {
-         qatkit::binarize_backward(torch::ones({2, 2}), x, std::nullopt, std::nullopt, "clipped_ste", 1.0);
+         qatkit::detail::binarize_backward(torch::ones({2, 2}), x, std::nullopt, std::nullopt, "clipped_ste", 1.0);
        },
        "grad must have input's shape"},
       {"binarize_backward_out dtype",
-       [&] { qatkit::binarize_backward_out(out64, x, x, std::nullopt, std::nullopt, "clipped_ste", 1.0); },
+       [&] { qatkit::detail::binarize_backward_out(out64, x, x, std::nullopt, std::nullopt, "clipped_ste", 1.0); },
        "out must have input's dtype"},
       {"fused observer buffer dtype",
        [&] {

@@ -10,7 +10,10 @@
 #include <vector>
 
 #include "common/fake_quant_scalar.h"
-#include "cpu/fake_quant_cpu.h"
+#include "cpu/fake_quant/fake_quant_cpu.h"
+#include "cpu/quantize/quantize_cpu.h"
+#include "cpu/reduce/reduce_cpu.h"
+#include "cpu/sign/sign_cpu.h"
 
 using qatkit::kernels::DType;
 using qatkit::kernels::FakeQuantArgs;
@@ -48,17 +51,39 @@ Result run_f32(const cpu::FakeQuantKernels& k, const std::vector<float>& x, std:
 
 bool bit(const std::vector<std::uint8_t>& m, std::size_t i) { return (m[i / 8] >> (i % 8)) & 1u; }
 
-std::vector<const cpu::FakeQuantKernels*> all_isas() {
-  std::vector<const cpu::FakeQuantKernels*> v{&cpu::baseline_kernels()};
-  if (cpu::avx2_kernels()) v.push_back(cpu::avx2_kernels());
+/// A family's tables for every ISA this machine runs (baseline first), named; each ISA it cannot
+/// run is reported, so a log says what was not compared.
+template <class T, class F>
+std::vector<std::pair<const char*, const T*>> isa_tables(const char* family, F table) {
+  std::vector<std::pair<const char*, const T*>> v;
+  for (int i = 0; i < cpu::kIsaCount; ++i) {
+    const auto isa = static_cast<cpu::Isa>(i);
+    if (const T* t = table(isa)) {
+      v.emplace_back(cpu::isa_name(isa), t);
+    } else {
+      CATCH_WARN(family << ": ISA " << cpu::isa_name(isa) << " not run (this CPU or build lacks it)");
+    }
+  }
   return v;
+}
+auto fake_quant_isas() {
+  return isa_tables<cpu::FakeQuantKernels>("fake_quant", [](cpu::Isa i) { return cpu::fake_quant_kernels(i); });
+}
+auto reduce_isas() {
+  return isa_tables<cpu::ReduceKernels>("reduce", [](cpu::Isa i) { return cpu::reduce_kernels(i); });
+}
+auto sign_isas() {
+  return isa_tables<cpu::SignKernels>("sign", [](cpu::Isa i) { return cpu::sign_kernels(i); });
+}
+auto quantize_isas() {
+  return isa_tables<cpu::QuantizeKernels>("quantize", [](cpu::Isa i) { return cpu::quantize_kernels(i); });
 }
 
 }  // namespace
 
 CATCH_TEST_CASE("round half to even on ties, both ISAs", "[kernels]") {
-  for (const auto* k : all_isas()) {
-    CATCH_INFO(k->isa);
+  for (auto [isa, k] : fake_quant_isas()) {
+    CATCH_INFO(isa);
     // 16 elements so the vector body runs; scale 1, zero point 0, int8 range.
     std::vector<float> x{0.5f,        1.5f,         2.5f,   -0.5f,   -1.5f, -2.5f, 3.5f,  126.5f,
                          0.49999997f, -0.49999997f, 127.5f, -128.5f, 4.5f,  5.5f,  -3.5f, 0.f};
@@ -75,8 +100,8 @@ CATCH_TEST_CASE("round half to even on ties, both ISAs", "[kernels]") {
 CATCH_TEST_CASE("saturation, NaN and infinities", "[kernels]") {
   const float inf = std::numeric_limits<float>::infinity();
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  for (const auto* k : all_isas()) {
-    CATCH_INFO(k->isa);
+  for (auto [isa, k] : fake_quant_isas()) {
+    CATCH_INFO(isa);
     std::vector<float> x{1e9f, -1e9f, inf, -inf, nan, 0.25f, 3.f, -3.f, 1e9f, -inf, nan, 2.f};
     // scale 0.5, zero point 10, uint8 range: representable [-5, 122.5]
     const Result r = run_f32(*k, x, {0.5f}, {10.f}, static_cast<std::int64_t>(x.size()), 0.f, 255.f);
@@ -95,8 +120,8 @@ CATCH_TEST_CASE("saturation, NaN and infinities", "[kernels]") {
 }
 
 CATCH_TEST_CASE("edge bit widths: 1-step range and 16-bit range", "[kernels]") {
-  for (const auto* k : all_isas()) {
-    CATCH_INFO(k->isa);
+  for (auto [isa, k] : fake_quant_isas()) {
+    CATCH_INFO(isa);
     std::vector<float> x(24);
     for (int i = 0; i < 24; ++i) x[i] = -3.f + 0.25f * static_cast<float>(i);
     const Result one = run_f32(*k, x, {1.f}, {0.f}, 24, 0.f, 1.f);
@@ -187,12 +212,12 @@ std::pair<std::vector<std::uint8_t>, std::vector<std::uint8_t>> run_any(const cp
 }  // namespace
 
 CATCH_TEST_CASE("baseline and AVX2 give identical bits for every dtype and layout", "[kernels]") {
-  const cpu::FakeQuantKernels* avx2 = cpu::avx2_kernels();
+  const cpu::FakeQuantKernels* avx2 = cpu::fake_quant_kernels(cpu::Isa::kAvx2);
   if (!avx2) {
-    CATCH_WARN("AVX2 path not available on this CPU: only the baseline is exercised");
+    CATCH_WARN("fake_quant: ISA avx2 not run (this CPU or build lacks it): only the baseline is exercised");
     return;
   }
-  const cpu::FakeQuantKernels& base = cpu::baseline_kernels();
+  const cpu::FakeQuantKernels& base = cpu::fake_quant_baseline();
   // (inner, channels): per-tensor, per-channel along dim 0, innermost per-channel, odd groups.
   const std::vector<std::pair<std::int64_t, std::int64_t>> layouts{{1003, 1}, {59, 17}, {1, 59}, {3, 334}, {8, 125}};
   for (auto [inner, channels] : layouts) {
@@ -223,8 +248,8 @@ CATCH_TEST_CASE("baseline and AVX2 give identical bits for every dtype and layou
 }
 
 CATCH_TEST_CASE("backward keeps the gradient exactly where the mask bit is set", "[kernels]") {
-  for (const auto* k : all_isas()) {
-    CATCH_INFO(k->isa);
+  for (auto [isa, k] : fake_quant_isas()) {
+    CATCH_INFO(isa);
     const std::int64_t n = 29;
     std::vector<float> g(n), dx(n, -1.f);
     for (std::int64_t i = 0; i < n; ++i) g[i] = static_cast<float>(i) + 0.5f;
@@ -246,8 +271,8 @@ CATCH_TEST_CASE("backward keeps the gradient exactly where the mask bit is set",
 CATCH_TEST_CASE("qparams_valid flags every bad scale and zero point, both ISAs", "[kernels]") {
   const float nan = std::numeric_limits<float>::quiet_NaN();
   const float inf = std::numeric_limits<float>::infinity();
-  for (const auto* k : all_isas()) {
-    CATCH_INFO(k->isa);
+  for (auto [isa, k] : fake_quant_isas()) {
+    CATCH_INFO(isa);
     std::vector<float> s(37, 0.1f), z(37, 3.f);
     CATCH_CHECK(k->qparams_valid(s.data(), z.data(), 37, -8.f, 7.f));
     CATCH_CHECK(k->qparams_valid(s.data(), z.data(), 0, -8.f, 7.f));
@@ -274,21 +299,21 @@ CATCH_TEST_CASE("LSQ backward: formula per element, identical sums on every ISA"
   float scale = 0.4f, zp = 2.f;
   std::vector<std::pair<double, double>> sums;
   std::vector<std::vector<float>> dxs;
-  for (const auto* k : all_isas()) {
+  for (auto [isa, k] : fake_quant_isas()) {
     std::vector<float> dx(n, -1.f);
     LsqBackwardArgs a;
-    a.input = x.data();
+    a.fq.input = x.data();
     a.grad_output = dy.data();
     a.grad_input = dx.data();
-    a.scale = &scale;
-    a.zero_point = &zp;
-    a.numel = n;
-    a.inner = n;
-    a.quant_min = -8.f;
-    a.quant_max = 7.f;
+    a.fq.scale = &scale;
+    a.fq.zero_point = &zp;
+    a.fq.numel = n;
+    a.fq.inner = n;
+    a.fq.quant_min = -8.f;
+    a.fq.quant_max = 7.f;
     double ds = 0, dz = 0;
     k->lsq_backward_run(a, 0, n, 0, &ds, &dz);
-    // independent check in float64 of the formula (papers.md §6.1), element by element
+    // independent check in float64 of the formula (docs/papers.md §6.1), element by element
     double ref_s = 0, ref_z = 0;
     for (std::int64_t i = 0; i < n; ++i) {
       const float xs = x[i] * (1.0f / scale);
@@ -314,8 +339,8 @@ CATCH_TEST_CASE("absmax and abssum: every ISA and dtype, identical sums", "[kern
   const std::int64_t n = 1001;
   auto x = random_storage<float>(n, 11);
   x[417] = -9.5f;  // the largest magnitude is negative
-  for (const auto* k : all_isas()) {
-    CATCH_INFO(k->isa);
+  for (auto [isa, k] : reduce_isas()) {
+    CATCH_INFO(isa);
     bool ok = true;
     CATCH_CHECK(k->absmax(x.data(), DType::kFloat32, n, &ok) == 9.5f);
     CATCH_CHECK(ok);
@@ -328,9 +353,9 @@ CATCH_TEST_CASE("absmax and abssum: every ISA and dtype, identical sums", "[kern
     for (float v : x) ref += std::fabs(static_cast<double>(v));
     CATCH_CHECK(k->abssum(x.data(), DType::kFloat32, n) == Approx(ref).epsilon(1e-12));
     CATCH_CHECK(k->abssum(x.data(), DType::kFloat32, n) ==
-                cpu::baseline_kernels().abssum(x.data(), DType::kFloat32, n));
+                cpu::reduce_baseline().abssum(x.data(), DType::kFloat32, n));
     CATCH_CHECK(k->abssum(xb.data(), DType::kBFloat16, n) ==
-                cpu::baseline_kernels().abssum(xb.data(), DType::kBFloat16, n));
+                cpu::reduce_baseline().abssum(xb.data(), DType::kBFloat16, n));
     for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
       for (std::int64_t at : {std::int64_t{3}, n - 2}) {  // vector body and tail
         auto y = x;
@@ -353,22 +378,35 @@ CATCH_TEST_CASE("binarize, ternary and TWN statistic: formula, identical bits on
   x[6] = -0.f;
   x[7] = std::numeric_limits<float>::quiet_NaN();
   const float alpha[2] = {0.75f, 1.5f}, center[2] = {0.f, 0.25f}, threshold[2] = {0.5f, 0.3f};
-  auto binarize = [&](const cpu::FakeQuantKernels& k, const float* thr) {
+  auto binarize = [&](const cpu::SignKernels& k) {
     std::vector<float> y(n, -7.f);
     BinarizeArgs a;
     a.input = x.data();
     a.output = y.data();
     a.alpha = alpha;
     a.center = center;
-    a.threshold = thr;
     a.numel = n;
     a.inner = 500;  // channel 0: [0, 500), 1: [500, 1000), 0 again: [1000, 1003)
     a.channels = 2;
     for (std::int64_t b = 0; b < n; b += 97) k.binarize_forward(a, b, std::min(n, b + 97));
     return y;
   };
-  const auto& base = cpu::baseline_kernels();
-  const std::vector<float> yb = binarize(base, nullptr), yt = binarize(base, threshold);
+  auto ternary = [&](const cpu::SignKernels& k) {
+    std::vector<float> y(n, -7.f);
+    qatkit::kernels::TernaryArgs a;
+    a.input = x.data();
+    a.output = y.data();
+    a.alpha = alpha;
+    a.threshold = threshold;
+    a.numel = n;
+    a.inner = 500;
+    a.channels = 2;
+    for (std::int64_t b = 0; b < n; b += 97) k.ternary_forward(a, b, std::min(n, b + 97));
+    return y;
+  };
+  const auto& base = cpu::sign_baseline();
+  const auto& rbase = cpu::reduce_baseline();
+  const std::vector<float> yb = binarize(base), yt = ternary(base);
   for (std::int64_t i = 0; i < n; ++i) {
     const int c = static_cast<int>((i / 500) % 2);
     const float v = x[i] - center[c];
@@ -379,14 +417,17 @@ CATCH_TEST_CASE("binarize, ternary and TWN statistic: formula, identical bits on
       continue;
     }
     CATCH_CHECK(yb[i] == (v >= 0.f ? alpha[c] : -alpha[c]));  // sign(0) = +1
-    CATCH_CHECK(yt[i] == (std::fabs(v) > threshold[c] ? (v > 0.f ? alpha[c] : -alpha[c]) : 0.f));
+    CATCH_CHECK(yt[i] == (std::fabs(x[i]) > threshold[c] ? (x[i] > 0.f ? alpha[c] : -alpha[c]) : 0.f));
   }
   std::vector<float> g = random_storage<float>(n, 22);
-  for (const auto* k : all_isas()) {
-    CATCH_INFO(k->isa);
-    const auto b2 = binarize(*k, nullptr), t2 = binarize(*k, threshold);
+  for (auto [isa, k] : sign_isas()) {
+    CATCH_INFO(isa);
+    const auto b2 = binarize(*k), t2 = ternary(*k);
     CATCH_CHECK(std::memcmp(b2.data(), yb.data(), n * sizeof(float)) == 0);
     CATCH_CHECK(std::memcmp(t2.data(), yt.data(), n * sizeof(float)) == 0);
+  }
+  for (auto [isa, k] : sign_isas()) {
+    CATCH_INFO(isa);
     for (auto est : {SignEstimator::kIdentity, SignEstimator::kClippedSte, SignEstimator::kApproxSign,
                      SignEstimator::kSwishSign}) {
       std::vector<float> dx(n), dx_base(n);
@@ -404,6 +445,9 @@ CATCH_TEST_CASE("binarize, ternary and TWN statistic: formula, identical bits on
       base.binarize_backward(a, 0, n);
       CATCH_CHECK(std::memcmp(dx.data(), dx_base.data(), n * sizeof(float)) == 0);
     }
+  }
+  for (auto [isa, k] : reduce_isas()) {
+    CATCH_INFO(isa);
     auto finite = x;
     finite[7] = 2.f;
     double ref = 0;
@@ -414,7 +458,7 @@ CATCH_TEST_CASE("binarize, ternary and TWN statistic: formula, identical bits on
     double sum = -1, sum_base = -2;
     std::int64_t count = -1, count_base = -2;
     k->twn_stats(finite.data(), DType::kFloat32, n, 0.6f, &sum, &count);
-    base.twn_stats(finite.data(), DType::kFloat32, n, 0.6f, &sum_base, &count_base);
+    rbase.twn_stats(finite.data(), DType::kFloat32, n, 0.6f, &sum_base, &count_base);
     CATCH_CHECK(count == ref_count);
     CATCH_CHECK(sum == Approx(ref).epsilon(1e-12));
     CATCH_CHECK(sum == sum_base);  // the same bits on every ISA
@@ -422,8 +466,75 @@ CATCH_TEST_CASE("binarize, ternary and TWN statistic: formula, identical bits on
     std::vector<std::uint16_t> xb(n);
     for (std::int64_t i = 0; i < n; ++i) xb[i] = qatkit::kernels::float_to_bf16(finite[i]);
     k->twn_stats(xb.data(), DType::kBFloat16, n, 0.6f, &sum, &count);
-    base.twn_stats(xb.data(), DType::kBFloat16, n, 0.6f, &sum_base, &count_base);
+    rbase.twn_stats(xb.data(), DType::kBFloat16, n, 0.6f, &sum_base, &count_base);
     CATCH_CHECK(sum == sum_base);
     CATCH_CHECK(count == count_base);
+  }
+}
+
+CATCH_TEST_CASE("quantize codes: dequantize(quantize(x)) equals the fake-quant forward, identical on every ISA",
+                "[kernels]") {
+  using qatkit::kernels::CodeType;
+  using qatkit::kernels::DequantizeArgs;
+  using qatkit::kernels::QuantizeArgs;
+  const std::int64_t n = 1003;
+  auto x = random_storage<float>(n, 31);
+  x[3] = std::numeric_limits<float>::infinity();
+  x[4] = -std::numeric_limits<float>::infinity();
+  x[5] = -0.01f;  // rounds to -0: the fake-quant output and the dequantized code are +0
+  const float scale[2] = {0.05f, 0.3f}, zp[2] = {3.f, -2.f};
+  std::vector<float> fq(n);
+  {
+    qatkit::kernels::FakeQuantArgs a;
+    a.input = x.data();
+    a.output = fq.data();
+    a.scale = scale;
+    a.zero_point = zp;
+    a.numel = n;
+    a.inner = 500;
+    a.channels = 2;
+    a.quant_min = -8.f;
+    a.quant_max = 7.f;
+    cpu::fake_quant_baseline().forward(a, 0, n);
+  }
+  std::vector<std::int8_t> base_codes;
+  for (auto [isa, k] : quantize_isas()) {
+    CATCH_INFO(isa);
+    std::vector<std::int8_t> codes(n, 99);
+    QuantizeArgs q;
+    q.input = x.data();
+    q.codes = codes.data();
+    q.scale = scale;
+    q.zero_point = zp;
+    q.numel = n;
+    q.inner = 500;
+    q.channels = 2;
+    q.quant_min = -8.f;
+    q.quant_max = 7.f;
+    q.code_type = CodeType::kInt8;
+    for (std::int64_t b = 0; b < n; b += 97) k->quantize(q, b, std::min(n, b + 97));
+    std::vector<float> y(n, -7.f);
+    DequantizeArgs d;
+    d.codes = codes.data();
+    d.output = y.data();
+    d.scale = scale;
+    d.zero_point = zp;
+    d.numel = n;
+    d.inner = 500;
+    d.channels = 2;
+    d.code_type = CodeType::kInt8;
+    k->dequantize(d, 0, n);
+    for (std::int64_t i = 0; i < n; ++i) {
+      const int c = static_cast<int>((i / 500) % 2);
+      CATCH_INFO(i);
+      CATCH_CHECK(codes[i] >= -8);
+      CATCH_CHECK(codes[i] <= 7);
+      // an independent float64 reference of the code: round half to even, then clamp
+      const double r = std::nearbyint(static_cast<double>(x[i] * (1.0f / scale[c]))) + zp[c];
+      CATCH_CHECK(codes[i] == static_cast<int>(std::min(7.0, std::max(-8.0, r))));
+    }
+    CATCH_CHECK(std::memcmp(y.data(), fq.data(), n * sizeof(float)) == 0);  // bit for bit, incl. the sign of 0
+    if (base_codes.empty()) base_codes = codes;
+    CATCH_CHECK(codes == base_codes);
   }
 }

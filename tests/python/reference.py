@@ -88,7 +88,7 @@ def lsq_ref(
     """float64 LSQ / LSQ+ with the detach trick; returns (y, scale_leaf, zero_point_leaf).
 
     round() is replaced by v + (round(v) - v).detach(), so autograd yields exactly the LSQ
-    gradients (papers.md §6.1-6.2): input clipped STE, scale (r - x/s) inside the window and
+    gradients (docs/papers.md §6.1-6.2): input clipped STE, scale (r - x/s) inside the window and
     qmin - z / qmax - z outside, zero point 0 inside and -s outside. The rounded value r comes from
     the float32 product x * (1.0f / s), as in the kernels; the gradient flows through x / s.
     """

@@ -30,7 +30,7 @@ class BinarizeFunction : public torch::autograd::Function<BinarizeFunction> {
     ctx->saved_data["axis"] = axis;
     ctx->saved_data["estimator"] = std::string(estimator);
     ctx->saved_data["beta"] = beta;
-    return binarize_apply(x, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed);
+    return qatkit::detail::binarize_apply(x, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

@@ -34,7 +34,7 @@ class FakeQuantizeBackwardFunction : public torch::autograd::Function<FakeQuanti
   }
 };
 
-/// Clipped straight-through estimator (papers.md §0): d out / d input = 1 where the unclamped q
+/// Clipped straight-through estimator (docs/papers.md §0): d out / d input = 1 where the unclamped q
 /// is inside [quant_min, quant_max], 0 elsewhere. scale and zero_point are constants here.
 class FakeQuantizeFunction : public torch::autograd::Function<FakeQuantizeFunction> {
  public:

@@ -1,4 +1,4 @@
-// Autograd of the learned-step-size fake quantizer (LSQ / LSQ+, papers.md §6.1-6.2): saves the
+// Autograd of the learned-step-size fake quantizer (LSQ / LSQ+, docs/papers.md §6.1-6.2): saves the
 // input and qparams, and calls the `_fake_quantize_learnable_backward` op, which returns the
 // clipped-STE input gradient and the reduced scale / zero-point gradients.
 #include <ATen/core/dispatch/Dispatcher.h>

@@ -1,4 +1,4 @@
-// Straight-through estimator with constant scales (papers.md §0, §7.2): the BitNet recipe
+// Straight-through estimator with constant scales (docs/papers.md §0, §7.2): the BitNet recipe
 // x + stopgrad(q(x) - x), i.e. the incoming gradient passes unchanged. Shared by the dynamic
 // activation quantizers and ternarize, whose data-derived scales are constants in the backward.
 #include <ATen/core/dispatch/Dispatcher.h>

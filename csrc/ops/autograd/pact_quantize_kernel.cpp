@@ -1,4 +1,4 @@
-// Autograd of PACT (papers.md §6.3): STE through the rounding; the input gradient passes where
+// Autograd of PACT (docs/papers.md §6.3): STE through the rounding; the input gradient passes where
 // 0 <= x < alpha, alpha collects the gradient of the elements clipped at alpha (x >= alpha).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>

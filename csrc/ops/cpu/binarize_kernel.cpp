@@ -1,10 +1,10 @@
 // CPU kernels of the binarize family: the elementwise apply and the estimator backward, threaded
-// with at::parallel_for over the torch-free functions of kernels/cpu/binarize_cpu.h.
+// with at::parallel_for over the torch-free functions of kernels/cpu/sign/sign_cpu.h.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include "../../../kernels/cpu/binarize_cpu.h"
+#include "../../../kernels/cpu/sign/sign_cpu.h"
 #include "../binarize_common.h"
 #include "../fake_quantize_common.h"
 #include "huge_pages.h"
@@ -20,7 +20,7 @@ at::Tensor binarize_apply_cpu(const at::Tensor& input, const std::optional<at::T
   at::Tensor y = empty_cpu_output(input.sizes(), input.options());
   const BinarizeLaunch l = prepare_binarize("_binarize_apply", input, center, alpha, axis, zero_negative, seed, y);
   at::parallel_for(0, l.args.numel, kGrain,
-                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_forward(l.args, b, e); });
+                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binarize_forward(l.args, b, e); });
   return y;
 }
 
@@ -31,7 +31,7 @@ at::Tensor binarize_backward_cpu(const at::Tensor& grad, const at::Tensor& input
   const BinarizeBackwardLaunch l =
       prepare_binarize_backward("_binarize_backward", grad, input, center, axis, estimator, beta, dx);
   at::parallel_for(0, l.args.numel, kGrain,
-                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_backward(l.args, b, e); });
+                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binarize_backward(l.args, b, e); });
   return dx;
 }
 
@@ -45,7 +45,7 @@ at::Tensor& binarize_backward_out_cpu(const at::Tensor& grad, const at::Tensor& 
   at::Tensor dst = grad_input.is_contiguous() ? grad_input : empty_cpu_output(input.sizes(), input.options());
   const BinarizeBackwardLaunch l = prepare_binarize_backward(op, grad, input, center, axis, estimator, beta, dst);
   at::parallel_for(0, l.args.numel, kGrain,
-                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_backward(l.args, b, e); });
+                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binarize_backward(l.args, b, e); });
   if (!grad_input.is_contiguous()) grad_input.copy_(dst);
   return grad_input;
 }
@@ -64,7 +64,7 @@ at::Tensor& binarize_out_cpu(const at::Tensor& input, c10::string_view scaling, 
   at::Tensor dst = out.is_contiguous() ? out : empty_cpu_output(input.sizes(), input.options());
   const BinarizeLaunch l = prepare_binarize(op, x, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed, dst);
   at::parallel_for(0, l.args.numel, kGrain,
-                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_forward(l.args, b, e); });
+                   [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binarize_forward(l.args, b, e); });
   if (!out.is_contiguous()) out.copy_(dst);
   return out;
 }

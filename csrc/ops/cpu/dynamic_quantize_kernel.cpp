@@ -1,4 +1,4 @@
-// CPU kernels of the dynamic absmax quantizers (BitNet b1.58, papers.md §7.2). Per token: each
+// CPU kernels of the dynamic absmax quantizers (BitNet b1.58, docs/papers.md §7.2). Per token: each
 // task takes whole rows, computes max |x| and fake-quantizes the row while it is still in cache,
 // so the input is read from memory once. Per tensor: a threaded max |x| (maxima combine in any
 // order), then one fake-quant pass. Same numerics as the composite CUDA/Meta kernel:
@@ -12,7 +12,8 @@
 #include <atomic>
 #include <vector>
 
-#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
+#include "../../../kernels/cpu/reduce/reduce_cpu.h"
 #include "../fake_quantize_common.h"
 #include "huge_pages.h"
 
@@ -52,12 +53,13 @@ void per_token_into(const char* op, const at::Tensor& x, at::Tensor& y, std::int
   const char* xp = static_cast<const char*>(x.const_data_ptr());
   char* yp = static_cast<char*>(y.mutable_data_ptr());
   const kernels::DType dt = kernel_dtype(x);
-  const auto& k = kernels::cpu::active_kernels();
+  const auto& k = kernels::cpu::fake_quant_kernels();
+  const auto& red = kernels::cpu::reduce_kernels();
   std::atomic<bool> finite{true};
   at::parallel_for(0, rows, std::max<std::int64_t>(1, kGrain / n), [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r) {
       bool ok = true;
-      const float amax = k.absmax(xp + r * n * es, dt, n, &ok);
+      const float amax = red.absmax(xp + r * n * es, dt, n, &ok);
       if (!ok) finite.store(false, std::memory_order_relaxed);
       quantize_block(k, xp + r * n * es, yp + r * n * es, n, absmax_scale(amax, quant_max), quant_max, dt);
     }
@@ -96,14 +98,14 @@ at::Tensor quantize_per_tensor_dynamic_cpu(const at::Tensor& input, std::int64_t
   const auto es = static_cast<std::int64_t>(x.element_size());
   const char* xp = static_cast<const char*>(x.const_data_ptr());
   const kernels::DType dt = kernel_dtype(x);
-  const auto& k = kernels::cpu::active_kernels();
+  const auto& red = kernels::cpu::reduce_kernels();
   const std::int64_t blocks = (n + kGrain - 1) / kGrain;
   std::vector<float> maxima(blocks, 0.f);
   std::atomic<bool> finite{true};
   at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
     for (std::int64_t b = b0; b < b1; ++b) {
       bool ok = true;
-      maxima[b] = k.absmax(xp + b * kGrain * es, dt, std::min(kGrain, n - b * kGrain), &ok);
+      maxima[b] = red.absmax(xp + b * kGrain * es, dt, std::min(kGrain, n - b * kGrain), &ok);
       if (!ok) finite.store(false, std::memory_order_relaxed);
     }
   });
@@ -113,7 +115,7 @@ at::Tensor quantize_per_tensor_dynamic_cpu(const at::Tensor& input, std::int64_t
   at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
     for (std::int64_t b = b0; b < b1; ++b) {
       const std::int64_t off = b * kGrain;
-      quantize_block(k, xp + off * es, yp + off * es, std::min(kGrain, n - off), s, quant_max, dt);
+      quantize_block(kernels::cpu::fake_quant_kernels(), xp + off * es, yp + off * es, std::min(kGrain, n - off), s, quant_max, dt);
     }
   });
   return y;

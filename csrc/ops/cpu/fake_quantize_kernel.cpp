@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
 #include "../fake_quantize_common.h"
 #include "../fake_quantize_glue.h"
 #include "huge_pages.h"
@@ -34,7 +34,7 @@ struct CpuBackend {
     }
     if (p.args.numel == 0) return;
     const kernels::FakeQuantArgs& a = p.args;
-    const auto& k = kernels::cpu::active_kernels();
+    const auto& k = kernels::cpu::fake_quant_kernels();
     at::parallel_for(0, kernels::mask_bytes(a.numel), kGrainBytes,
                      [&](std::int64_t b0, std::int64_t b1) { k.forward(a, b0 * 8, std::min(b1 * 8, a.numel)); });
   }
@@ -47,7 +47,7 @@ at::Tensor fake_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& 
   at::Tensor dx = empty_cpu_output(grad.sizes(), grad.options());
   if (g.numel() == 0) return dx;
   const kernels::FakeQuantBackwardArgs a = backward_args(g, m, dx);
-  const auto& k = kernels::cpu::active_kernels();
+  const auto& k = kernels::cpu::fake_quant_kernels();
   at::parallel_for(0, kernels::mask_bytes(a.numel), kGrainBytes,
                    [&](std::int64_t b0, std::int64_t b1) { k.backward(a, b0 * 8, std::min(b1 * 8, a.numel)); });
   return dx;

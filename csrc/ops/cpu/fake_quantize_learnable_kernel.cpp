@@ -13,7 +13,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
 #include "../fake_quantize_common.h"
 #include "huge_pages.h"
 
@@ -39,40 +39,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
 
   const std::int64_t channels = scale.numel();
   std::vector<double> ds(channels, 0.0), dz(channels, 0.0);
-  const auto& k = kernels::cpu::active_kernels();
-  if (a.numel > 0) {
+  const auto& k = kernels::cpu::fake_quant_kernels();
+  if (a.fq.numel > 0) {
     if (channels == 1) {
-      const std::int64_t blocks = (a.numel + kBlock - 1) / kBlock;
+      const std::int64_t blocks = (a.fq.numel + kBlock - 1) / kBlock;
       std::vector<double> ps(blocks), pz(blocks);
       at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
         for (std::int64_t b = b0; b < b1; ++b) {
-          k.lsq_backward_run(a, b * kBlock, std::min(a.numel, (b + 1) * kBlock), 0, &ps[b], &pz[b]);
+          k.lsq_backward_run(a, b * kBlock, std::min(a.fq.numel, (b + 1) * kBlock), 0, &ps[b], &pz[b]);
         }
       });
       for (std::int64_t b = 0; b < blocks; ++b) {
         ds[0] += ps[b];
         dz[0] += pz[b];
       }
-    } else if (a.inner > 1) {
-      const std::int64_t outer = a.numel / (a.inner * a.channels);
-      const std::int64_t grain = std::max<std::int64_t>(1, kBlock / (a.inner * outer));
-      at::parallel_for(0, a.channels, grain, [&](std::int64_t c0, std::int64_t c1) {
+    } else if (a.fq.inner > 1) {
+      const std::int64_t outer = a.fq.numel / (a.fq.inner * a.fq.channels);
+      const std::int64_t grain = std::max<std::int64_t>(1, kBlock / (a.fq.inner * outer));
+      at::parallel_for(0, a.fq.channels, grain, [&](std::int64_t c0, std::int64_t c1) {
         for (std::int64_t c = c0; c < c1; ++c) {
           for (std::int64_t o = 0; o < outer; ++o) {
-            const std::int64_t begin = (o * a.channels + c) * a.inner;
+            const std::int64_t begin = (o * a.fq.channels + c) * a.fq.inner;
             double s1, z1;
-            k.lsq_backward_run(a, begin, begin + a.inner, c, &s1, &z1);
+            k.lsq_backward_run(a, begin, begin + a.fq.inner, c, &s1, &z1);
             ds[c] += s1;
             dz[c] += z1;
           }
         }
       });
     } else {
-      const std::int64_t outer = a.numel / a.channels;
+      const std::int64_t outer = a.fq.numel / a.fq.channels;
       const std::int64_t grain = std::max<std::int64_t>(64, kBlock / outer);
-      at::parallel_for(0, a.channels, grain, [&](std::int64_t c0, std::int64_t c1) {
+      at::parallel_for(0, a.fq.channels, grain, [&](std::int64_t c0, std::int64_t c1) {
         for (std::int64_t o = 0; o < outer; ++o) {
-          k.lsq_backward_row(a, o * a.channels + c0, o * a.channels + c1, ds.data(), dz.data());
+          k.lsq_backward_row(a, o * a.fq.channels + c0, o * a.fq.channels + c1, ds.data(), dz.data());
         }
       });
     }

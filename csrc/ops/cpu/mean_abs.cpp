@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../../../kernels/cpu/reduce/reduce_cpu.h"
 #include "../fake_quantize_common.h"
 
 namespace qatkit::ops {
@@ -26,7 +26,7 @@ at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axi
   const auto es = static_cast<std::int64_t>(x.element_size());
   const char* xp = static_cast<const char*>(x.const_data_ptr());
   const kernels::DType dt = kernel_dtype(x);
-  const auto& k = kernels::cpu::active_kernels();
+  const auto& k = kernels::cpu::reduce_kernels();
   at::Tensor out = at::empty({channels}, x.options().dtype(at::kFloat));
   float* o = out.mutable_data_ptr<float>();
   if (per_tensor) {

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
 #include "../fake_quantize_common.h"
 #include "huge_pages.h"
 
@@ -33,7 +33,7 @@ std::tuple<at::Tensor, at::Tensor> pact_quantize_backward_cpu(const at::Tensor& 
   a.dtype = kernel_dtype(x);
   const std::int64_t blocks = (a.numel + kBlock - 1) / kBlock;
   std::vector<double> partial(blocks, 0.0);
-  const auto& k = kernels::cpu::active_kernels();
+  const auto& k = kernels::cpu::fake_quant_kernels();
   at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
     for (std::int64_t b = b0; b < b1; ++b)
       partial[b] = k.pact_backward_run(a, b * kBlock, std::min(a.numel, (b + 1) * kBlock));

@@ -7,8 +7,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "../../../kernels/cpu/binarize_cpu.h"
-#include "../../../kernels/cpu/fake_quant_cpu.h"
+#include "../../../kernels/cpu/reduce/reduce_cpu.h"
+#include "../../../kernels/cpu/sign/sign_cpu.h"
 #include "../binarize_common.h"
 #include "../fake_quantize_common.h"
 #include "huge_pages.h"
@@ -31,7 +31,7 @@ at::Tensor twn_cpu(const at::Tensor& input, const at::Tensor& mean_abs, std::opt
   const auto es = static_cast<std::int64_t>(x.element_size());
   const char* xp = static_cast<const char*>(xs.const_data_ptr());
   const kernels::DType dt = kernel_dtype(x);
-  const auto& k = kernels::cpu::active_kernels();
+  const auto& k = kernels::cpu::reduce_kernels();
   at::Tensor alpha = at::empty({channels}, x.options().dtype(at::kDouble));
   double* a = alpha.mutable_data_ptr<double>();
   if (!axis.has_value()) {
@@ -61,7 +61,7 @@ at::Tensor twn_cpu(const at::Tensor& input, const at::Tensor& mean_abs, std::opt
   const at::Tensor alpha_f = as_float(alpha.to(x.scalar_type())).contiguous();
   const bool direct = out != nullptr && out->is_contiguous();
   at::Tensor y = direct ? *out : empty_cpu_output(x.sizes(), x.options());
-  kernels::BinarizeArgs args;
+  kernels::TernaryArgs args;
   args.input = x.const_data_ptr();
   args.output = y.mutable_data_ptr();
   args.alpha = alpha_f.const_data_ptr<float>();
@@ -69,7 +69,7 @@ at::Tensor twn_cpu(const at::Tensor& input, const at::Tensor& mean_abs, std::opt
   args.numel = n;
   std::tie(args.inner, args.channels) = binary_layout(x, axis);
   args.dtype = dt;
-  at::parallel_for(0, n, kBlock, [&](std::int64_t b, std::int64_t e) { kernels::cpu::binarize_forward(args, b, e); });
+  at::parallel_for(0, n, kBlock, [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().ternary_forward(args, b, e); });
   if (out != nullptr && !direct) {
     out->copy_(y);
     return *out;

@@ -1,4 +1,4 @@
-// TWN on the CPU in two passes over the weights (papers.md §5): one fused statistic pass (sum and
+// TWN on the CPU in two passes over the weights (docs/papers.md §5): one fused statistic pass (sum and
 // count of |W| above the threshold) and one ternary pass into the destination — no |W|, mask or
 // where() temporaries the size of the input.
 #pragma once

@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../../../kernels/cuda/fake_quant_cuda.h"
+#include "../../../kernels/cuda/sign_cuda.h"
 #include "../binarize_common.h"
 
 namespace qatkit::ops {

@@ -110,9 +110,9 @@ at::Tensor& binarize_backward_out_functionalize(const at::Tensor& grad, const at
   };
   return functionalize_out(
       "_binarize_backward.out", grad_input, inputs,
-      [&](const std::vector<at::Tensor>& u) { return binarize_backward(u[0], u[1], opt_center(u), axis, est, beta); },
+      [&](const std::vector<at::Tensor>& u) { return qatkit::detail::binarize_backward(u[0], u[1], opt_center(u), axis, est, beta); },
       [&](const std::vector<at::Tensor>& u, at::Tensor& o) -> at::Tensor& {
-        return binarize_backward_out(o, u[0], u[1], opt_center(u), axis, est, beta);
+        return qatkit::detail::binarize_backward_out(o, u[0], u[1], opt_center(u), axis, est, beta);
       });
 }
 

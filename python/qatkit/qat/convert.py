@@ -4,8 +4,9 @@ A converted layer stores ``weight_int`` (int8 codes: integer, ternary or binary)
 and ``weight_zero_point`` (float32 / int32, per tensor, channel or group), and keeps its input
 quantizer with frozen qparams (observers off). Its forward dequantizes ``(codes - zp) * scale`` —
 one float32 multiply per element, the same rounding as the fake-quant kernels — so it computes
-exactly what the QAT model computed in eval mode (bit for bit; tested). The packed integer modules
-that run integer kernels come with the export issue.
+exactly what the QAT model computed in eval mode (bit for bit; tested). The codes come from the
+quantize-family ops (``ops.quantize_affine``, ``ops.ternary_codes``, ``ops.binary_codes``), which
+return what the fake-quant kernels computed instead of recovering it from their float output.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
+from .. import ops
 from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
 
 __all__ = ["convert", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "weight_codes"]
@@ -28,37 +30,31 @@ def weight_codes(wfq: WeightFakeQuantizer, w: torch.Tensor) -> Tuple[torch.Tenso
     """Integer codes, scale and zero point of ``wfq(w)`` such that ``(codes - zp) * scale``
     reproduces it exactly.
 
-    Integer kinds recover codes from the fake-quantized values and the quantizer's qparams
-    (``round(y / s) + z``: y is ``(q - z) * s`` rounded once, so the division lands within an ulp
-    of the integer); ternary and binary codes are the signs, their scale the per-channel (or
-    tensor) magnitude.
+    The codes come from the op family that computed the fake-quantized weight: ``quantize_affine``
+    with the quantizer's effective qparams (integer kinds; the same rounding as ``fake_quantize``),
+    ``ternary_codes`` / ``binary_codes`` (their scale is the per-channel or per-tensor magnitude;
+    a channel whose codes are all 0 gets scale 1).
     """
     spec = wfq.spec
-    was = wfq.training
-    wfq.eval()  # deterministic binarization (BinaryConnect samples only in training)
-    y = wfq(w).detach().float()
-    wfq.train(was)
-    out = w.shape[0]
+    axis = wfq.axis
     if spec.kind in ("ternary", "binary"):
-        per_channel = wfq.axis is not None
-        mag = y.abs().reshape(out, -1).amax(1) if per_channel else y.abs().amax().reshape(1)
-        scale = torch.where(mag > 0, mag, torch.ones_like(mag))
-        s_b = scale.reshape(-1, *([1] * (y.dim() - 1))) if per_channel else scale
-        codes = torch.round(y / s_b).to(torch.int8)
-        return codes, scale.float(), torch.zeros_like(scale, dtype=torch.int32)
+        if spec.kind == "ternary":
+            codes, scale = ops.ternary_codes(w.detach(), spec.method, axis)
+        else:  # deterministic, as the quantizer in eval mode (BinaryConnect samples only in training)
+            codes, scale = ops.binary_codes(w.detach(), spec.method, axis)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return codes, scale, torch.zeros_like(scale, dtype=torch.int32)
     s, z = wfq.qparams(w)
-    s, z = s.float(), torch.round(z.float())
-    if wfq.granularity == "per_group":
-        y2 = y.reshape(out, -1, wfq.group_size)
-        codes = torch.round(y2 / s.unsqueeze(-1)) + z.unsqueeze(-1)
-        codes = codes.reshape(y.shape)
-    elif wfq.axis is not None:
-        shape = (-1,) + (1,) * (y.dim() - 1)
-        codes = torch.round(y / s.reshape(shape)) + z.reshape(shape)
-    else:
-        codes = torch.round(y / s) + z
+    # the effective qparams of the kernels: learned zero points are rounded and clamped into range
+    s, z = s.float(), torch.round(z.float()).clamp(spec.quant_min, spec.quant_max)
     dtype = torch.int8 if spec.quant_min >= -128 and spec.quant_max <= 127 else torch.int32
-    return codes.to(dtype), s, z.to(torch.int32)
+    if wfq.granularity == "per_group":
+        w2 = w.detach().reshape(w.shape[0], -1)
+        codes = ops.quantize_affine(w2, s, z, spec.quant_min, spec.quant_max, group_size=wfq.group_size, dtype=dtype)
+        codes = codes.reshape(w.shape)
+    else:
+        codes = ops.quantize_affine(w.detach(), s, z, spec.quant_min, spec.quant_max, axis, dtype=dtype)
+    return codes, s, z.to(torch.int32)
 
 
 def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, group_size) -> torch.Tensor:

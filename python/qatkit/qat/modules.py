@@ -3,7 +3,7 @@ fake-quantize the weight and the input in the forward pass (gradients through th
 
 Each has ``from_float(mod, layer_spec)`` (sharing the float module's parameters) and
 ``to_float()``. :class:`QuantConvBn2d` folds a BatchNorm into the conv weight during QAT with
-Krishnamoorthi's correction (papers.md §3); :class:`BitLinear` is BitNet b1.58's layer (§7.2).
+Krishnamoorthi's correction (docs/papers.md §3); :class:`BitLinear` is BitNet b1.58's layer (§7.2).
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ class QuantEmbedding(_QuantMixin, nn.Embedding):
 
 
 class BitLinear(QuantLinear):
-    """BitNet b1.58's BitLinear (papers.md §7.2): ``y = linear(Q_a(RMSNorm(x)), Q_w(W), b)``
+    """BitNet b1.58's BitLinear (docs/papers.md §7.2): ``y = linear(Q_a(RMSNorm(x)), Q_w(W), b)``
     with a parameter-free RMSNorm, per-token absmax int8 activations and absmean ternary weights
     (per tensor), both through the STE. Other specs (e.g. binary weights, BitNet W1A8) can be
     given through ``layer_spec``. ``from_float`` / ``to_float`` are QuantLinear's."""

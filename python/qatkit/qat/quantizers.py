@@ -269,7 +269,7 @@ class ActFakeQuantizer(_SpecModule):
             # a 2-column tensor whose min/max per row are the global min/max: the observer's own
             # update then gives exactly the single-process result on the global batch
             stats = torch.stack([lo, hi], dim=-1)
-            torch.ops.qatkit._observer_update(
+            ops.observer_update(
                 stats,
                 self.running_min,
                 self.running_max,

@@ -201,7 +201,7 @@ def test_ternarize_out_variant(method, axis):
 
 
 def twn_ref(w, axis):
-    """TWN in float64 (papers.md §5) with the op's float32 threshold rounded to w's dtype."""
+    """TWN in float64 (docs/papers.md §5) with the op's float32 threshold rounded to w's dtype."""
     dims = tuple(range(w.dim())) if axis is None else tuple(d for d in range(w.dim()) if d != axis % w.dim())
     absw = w.double().abs()
     delta = (absw.mean(dims, keepdim=True).float() * 0.7).to(w.dtype).double()

@@ -1,4 +1,4 @@
-"""pact_quantize (PACT, papers.md §6.3): forward against the clip-then-quantize formula, the STE
+"""pact_quantize (PACT, docs/papers.md §6.3): forward against the clip-then-quantize formula, the STE
 gradients against their formulas and a detach-trick float64 reference, a finite-difference check
 of alpha's gradient where it is a true derivative, opcheck, compile/export and bad input."""
 

@@ -155,7 +155,7 @@ def test_bitlinear_is_the_b158_recipe():
     lin = nn.Linear(32, 16, bias=False)
     q = BitLinear.from_float(lin, qatkit.bitnet_b158().default)
     x = torch.randn(3, 5, 32)
-    # the authors' recipe in float64 (papers.md §7.2): RMSNorm, per-token absmax int8, absmean ternary
+    # the authors' recipe in float64 (docs/papers.md §7.2): RMSNorm, per-token absmax int8, absmean ternary
     x64 = x.double()
     xn = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6)
     sx = 127 / xn.abs().amax(-1, keepdim=True).clamp(min=1e-5)

@@ -1,7 +1,6 @@
-// Portable fake-quantize chunk functions: the scalar bodies, left to the compiler's vectorizer.
-#include "binarize_loops.h"
+// Portable fake-quant chunk functions: the scalar bodies, left to the compiler's vectorizer.
 #include "fake_quant_cpu.h"
-#include "fake_quant_loops.h"
+#include "loops.h"
 
 namespace qatkit::kernels::cpu {
 namespace {
@@ -32,19 +31,10 @@ struct ScalarVec {
 
 }  // namespace
 
-const FakeQuantKernels& baseline_kernels() {
-  static const FakeQuantKernels k{"baseline",
-                                  &detail::forward_dispatch<ScalarVec>,
-                                  &detail::backward_dispatch<ScalarVec>,
-                                  &detail::qparams_valid_scalar,
-                                  &detail::lsq_run_dispatch<ScalarVec>,
-                                  &detail::lsq_row_dispatch,
-                                  &detail::pact_run_dispatch,
-                                  &detail::absmax_scalar,
-                                  &detail::abssum_scalar,
-                                  &binarize_forward_impl,
-                                  &binarize_backward_impl,
-                                  &twn_stats_portable};
+const FakeQuantKernels& fake_quant_baseline() {
+  static const FakeQuantKernels k{&detail::forward_dispatch<ScalarVec>,     &detail::backward_dispatch<ScalarVec>,
+                                  &detail::qparams_valid_scalar,           &detail::lsq_run_dispatch<ScalarVec>,
+                                  &detail::lsq_row_dispatch,               &detail::pact_run_dispatch};
   return k;
 }
 

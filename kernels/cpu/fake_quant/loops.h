@@ -1,54 +1,20 @@
-// Chunk loops shared by every CPU instruction set. Included once per ISA translation unit, each
-// with its own `Vec` policy that supplies 8-element bodies; the scalar head/tail and the
-// channel bookkeeping live here once.
+// Fake-quant chunk loops (forward, mask backward, LSQ and PACT backward, qparam validity), shared
+// by every instruction set: included once per ISA translation unit, each with its own `Vec` policy
+// that supplies 8-element bodies; the scalar head/tail and the channel bookkeeping live here once.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
-#include "../common/fake_quant_args.h"
-#include "../common/fake_quant_scalar.h"
+#include "../../common/fake_quant_args.h"
+#include "../elem.h"
 
 namespace qatkit::kernels::cpu {
-// Internal linkage: each ISA translation unit gets its own copy (see fake_quant_scalar.h).
+// Internal linkage: each ISA translation unit gets its own copy (see elem.h).
 namespace {
 namespace detail {
-
-/// Storage traits: how an element is widened to its compute type and narrowed back.
-template <typename S>
-struct Elem;
-template <>
-struct Elem<float> {
-  using C = float;
-  static C load(float v) { return v; }
-  static float store(C v) { return v; }
-};
-template <>
-struct Elem<double> {
-  using C = double;
-  static C load(double v) { return v; }
-  static double store(C v) { return v; }
-};
-struct Half {
-  std::uint16_t bits;
-};
-struct BFloat16 {
-  std::uint16_t bits;
-};
-template <>
-struct Elem<Half> {
-  using C = float;
-  static C load(Half v) { return fp16_to_float(v.bits); }
-  static Half store(C v) { return Half{float_to_fp16(v)}; }
-};
-template <>
-struct Elem<BFloat16> {
-  using C = float;
-  static C load(BFloat16 v) { return bf16_to_float(v.bits); }
-  static BFloat16 store(C v) { return BFloat16{float_to_bf16(v)}; }
-};
 
 /// Fake-quantizes one element; returns its mask bit.
 template <typename S>
@@ -219,19 +185,17 @@ inline void lsq_one(const S* x, const S* dy, S* dx, float s, float inv, float lo
   dz_acc += static_cast<double>(gz);
 }
 
-/// Combines the 8 lane accumulators in a fixed order.
-inline double lane_sum(const double* v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
 
 /// LSQ backward of a constant-qparam run. Vec::lsq8<S>(x, dy, dx, s, inv, lo, hi, ds[8], dz[8])
 /// adds element k's terms to lane k.
 template <class Vec, typename S>
 void lsq_run(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, std::int64_t c, double* ds_sum,
              double* dz_sum) {
-  const S* x = static_cast<const S*>(a.input);
+  const S* x = static_cast<const S*>(a.fq.input);
   const S* dy = static_cast<const S*>(a.grad_output);
   S* dx = static_cast<S*>(a.grad_input);
-  const float s = a.scale[c], inv = 1.0f / s;
-  const float lo = a.quant_min - a.zero_point[c], hi = a.quant_max - a.zero_point[c];
+  const float s = a.fq.scale[c], inv = 1.0f / s;
+  const float lo = a.fq.quant_min - a.fq.zero_point[c], hi = a.fq.quant_max - a.fq.zero_point[c];
   alignas(32) double ds[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   alignas(32) double dz[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::int64_t i = begin;
@@ -244,14 +208,14 @@ void lsq_run(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, std
 /// LSQ backward with per-element qparams (inner == 1), one row segment [begin, end).
 template <typename S>
 void lsq_row(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, double* ds_acc, double* dz_acc) {
-  const S* x = static_cast<const S*>(a.input);
+  const S* x = static_cast<const S*>(a.fq.input);
   const S* dy = static_cast<const S*>(a.grad_output);
   S* dx = static_cast<S*>(a.grad_input);
-  std::int64_t c = begin % a.channels;
+  std::int64_t c = begin % a.fq.channels;
   for (std::int64_t i = begin; i < end; ++i, ++c) {
-    if (c == a.channels) c = 0;
-    const float s = a.scale[c];
-    lsq_one<S>(x + i, dy + i, dx + i, s, 1.0f / s, a.quant_min - a.zero_point[c], a.quant_max - a.zero_point[c],
+    if (c == a.fq.channels) c = 0;
+    const float s = a.fq.scale[c];
+    lsq_one<S>(x + i, dy + i, dx + i, s, 1.0f / s, a.fq.quant_min - a.fq.zero_point[c], a.fq.quant_max - a.fq.zero_point[c],
                ds_acc[c], dz_acc[c]);
   }
 }
@@ -259,7 +223,7 @@ void lsq_row(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, dou
 template <class Vec>
 void lsq_run_dispatch(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, std::int64_t c, double* ds,
                       double* dz) {
-  switch (a.dtype) {
+  switch (a.fq.dtype) {
     case DType::kFloat32:
       return lsq_run<Vec, float>(a, begin, end, c, ds, dz);
     case DType::kFloat64:
@@ -272,7 +236,7 @@ void lsq_run_dispatch(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t
 }
 
 inline void lsq_row_dispatch(const LsqBackwardArgs& a, std::int64_t begin, std::int64_t end, double* ds, double* dz) {
-  switch (a.dtype) {
+  switch (a.fq.dtype) {
     case DType::kFloat32:
       return lsq_row<float>(a, begin, end, ds, dz);
     case DType::kFloat64:
@@ -322,85 +286,6 @@ inline double pact_run_dispatch(const PactBackwardArgs& a, std::int64_t begin, s
       return pact_run<Half>(a, begin, end);
     case DType::kBFloat16:
       return pact_run<BFloat16>(a, begin, end);
-  }
-  return 0.0;
-}
-
-/// |v| by clearing the sign bit (no select: GCC -O3 made the select form ~30x slower on SSE2).
-template <typename C>
-inline C abs_bits(C v) {
-  using U = std::conditional_t<sizeof(C) == 4, std::uint32_t, std::uint64_t>;
-  U bits;
-  std::memcpy(&bits, &v, sizeof(C));
-  bits &= ~(U{1} << (8 * sizeof(C) - 1));
-  std::memcpy(&v, &bits, sizeof(C));
-  return v;
-}
-
-/// Scalar max |x| (see FakeQuantKernels::absmax); NaN never wins a comparison, Inf does.
-template <typename S>
-float absmax_scalar_typed(const S* x, std::int64_t n, bool* finite) {
-  using E = Elem<S>;
-  // 8 running maxima and finiteness flags (whole steps vectorize; max is order-independent)
-  float m[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int ok[8] = {1, 1, 1, 1, 1, 1, 1, 1};
-  std::int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const float a = abs_bits(static_cast<float>(E::load(x[i + j])));
-      ok[j] &= a <= 3.40282347e+38f;  // false for NaN and Inf
-      m[j] = a > m[j] ? a : m[j];
-    }
-  }
-  for (int j = 0; i < n; ++i, ++j) {
-    const float a = abs_bits(static_cast<float>(E::load(x[i])));
-    ok[j] &= a <= 3.40282347e+38f;
-    m[j] = a > m[j] ? a : m[j];
-  }
-  float r = 0.f;
-  int all = 1;
-  for (int j = 0; j < 8; ++j) r = m[j] > r ? m[j] : r, all &= ok[j];
-  if (!all) *finite = false;
-  return r;
-}
-
-inline float absmax_scalar(const void* x, DType dt, std::int64_t n, bool* finite) {
-  switch (dt) {
-    case DType::kFloat32:
-      return absmax_scalar_typed(static_cast<const float*>(x), n, finite);
-    case DType::kFloat64:
-      return absmax_scalar_typed(static_cast<const double*>(x), n, finite);
-    case DType::kFloat16:
-      return absmax_scalar_typed(static_cast<const Half*>(x), n, finite);
-    case DType::kBFloat16:
-      return absmax_scalar_typed(static_cast<const BFloat16*>(x), n, finite);
-  }
-  return 0.f;
-}
-
-/// Portable sum |x| with 8 float64 lanes (see FakeQuantKernels::abssum).
-template <typename S>
-double abssum_scalar_typed(const S* x, std::int64_t n) {
-  using E = Elem<S>;
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  std::int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) lanes[j] += static_cast<double>(abs_bits(E::load(x[i + j])));
-  }
-  for (int j = 0; i < n; ++i, ++j) lanes[j] += static_cast<double>(abs_bits(E::load(x[i])));
-  return lane_sum(lanes);
-}
-
-inline double abssum_scalar(const void* x, DType dt, std::int64_t n) {
-  switch (dt) {
-    case DType::kFloat32:
-      return abssum_scalar_typed(static_cast<const float*>(x), n);
-    case DType::kFloat64:
-      return abssum_scalar_typed(static_cast<const double*>(x), n);
-    case DType::kFloat16:
-      return abssum_scalar_typed(static_cast<const Half*>(x), n);
-    case DType::kBFloat16:
-      return abssum_scalar_typed(static_cast<const BFloat16*>(x), n);
   }
   return 0.0;
 }

@@ -9,7 +9,7 @@
 #include "../common/fake_quant_scalar.h"
 #include "../common/philox.h"
 #include "elem_io.cuh"
-#include "fake_quant_cuda.h"
+#include "sign_cuda.h"
 
 namespace qatkit::kernels::cuda {
 namespace {

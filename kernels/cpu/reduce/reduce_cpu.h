@@ -1,0 +1,30 @@
+// Torch-free CPU reductions behind the dynamic, binary and ternary quantizers' statistics:
+// max |x|, sum |x| and the TWN statistic. Single-thread functions, one table per ISA (isa.h).
+#pragma once
+
+#include <cstdint>
+
+#include "../../common/dtype.h"
+#include "../isa.h"
+
+namespace qatkit::kernels::cpu {
+
+struct ReduceKernels {
+  /// max |x| over n elements of `dtype` (float32 result); *finite is cleared if any element is
+  /// NaN or +-Inf. The statistic of the per-token / dynamic absmax quantizers.
+  float (*absmax)(const void* x, DType dtype, std::int64_t n, bool* finite);
+  /// sum |x| over n elements in float64: element j into lane j % 8, lanes combined in a fixed
+  /// order, so every ISA returns the same bits (mean |W| of the binary / ternary scalings).
+  double (*abssum)(const void* x, DType dtype, std::int64_t n);
+  /// TWN statistic over n elements of `dtype`: *sum = sum of |x| over |x| > delta (float64, 8
+  /// lanes combined in a fixed order: the same bits on every ISA), *count = how many.
+  void (*twn_stats)(const void* x, DType dtype, std::int64_t n, float delta, double* sum, std::int64_t* count);
+};
+
+const ReduceKernels& reduce_baseline();
+const ReduceKernels* reduce_avx2();
+
+inline const ReduceKernels* reduce_kernels(Isa isa) { return table_for(isa, reduce_baseline(), reduce_avx2()); }
+inline const ReduceKernels& reduce_kernels() { return active_table(reduce_baseline(), reduce_avx2()); }
+
+}  // namespace qatkit::kernels::cpu

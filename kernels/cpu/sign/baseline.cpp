@@ -1,0 +1,13 @@
+// Portable sign-family loops (SSE2 vectorized by the compiler).
+#include "loops.h"
+#include "sign_cpu.h"
+
+namespace qatkit::kernels::cpu {
+
+const SignKernels& sign_baseline() {
+  static const SignKernels k{&detail::binarize_forward_impl, &detail::ternary_forward_impl,
+                             &detail::binarize_backward_impl};
+  return k;
+}
+
+}  // namespace qatkit::kernels::cpu

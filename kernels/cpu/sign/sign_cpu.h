@@ -1,0 +1,25 @@
+// Torch-free CPU sign family: binarize forward, ternary forward and the sign estimators'
+// backward. Single-thread chunk functions over any split [begin, end) (elements are
+// independent), one table per ISA (isa.h). Selects and one multiply: every ISA gives the same bits.
+#pragma once
+
+#include <cstdint>
+
+#include "../../common/sign_args.h"
+#include "../isa.h"
+
+namespace qatkit::kernels::cpu {
+
+struct SignKernels {
+  void (*binarize_forward)(const BinarizeArgs& args, std::int64_t begin, std::int64_t end);
+  void (*ternary_forward)(const TernaryArgs& args, std::int64_t begin, std::int64_t end);
+  void (*binarize_backward)(const BinarizeBackwardArgs& args, std::int64_t begin, std::int64_t end);
+};
+
+const SignKernels& sign_baseline();
+const SignKernels* sign_avx2();
+
+inline const SignKernels* sign_kernels(Isa isa) { return table_for(isa, sign_baseline(), sign_avx2()); }
+inline const SignKernels& sign_kernels() { return active_table(sign_baseline(), sign_avx2()); }
+
+}  // namespace qatkit::kernels::cpu
