@@ -1,21 +1,18 @@
 // The binarize family (docs/papers.md §4 BinaryConnect, §5 XNOR-Net / STE, §7.1 BitNet; Bi-Real's
-// ApproxSign and BNN+'s SignSwish estimators): schemas, checks, statistics, the device-generic
-// public kernel and the C++ API. Elementwise kernels: ops/{cpu,cuda,meta}/binarize_kernel.*;
-// autograd: ops/autograd/binarize_kernel.cpp.
-#include "binarize_common.h"
+// ApproxSign and BNN+'s SignSwish estimators): schemas, the device-generic kernels (registered
+// once at CompositeExplicitAutograd) and the C++ API. Checks and statistics: binarize_checks.*;
+// elementwise kernels: ops/{cpu,cuda,meta}/binarize_kernel.*; autograd: ops/autograd/.
+#include "binarize_checks.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/ops/linalg_vector_norm.h>
-#include <ATen/ops/mean.h>
 #include <fmt/format.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <vector>
 
-#include "cpu/mean_abs.h"
-#include "fake_quantize_common.h"
 #include "qatkit/ops.h"
+#include "op_handle.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
@@ -41,149 +38,6 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
 }
 
 namespace qatkit {
-namespace ops {
-
-BinaryScaling parse_scaling(const char* op, c10::string_view scaling) {
-  if (scaling == "none") return BinaryScaling::kNone;
-  if (scaling == "mean_abs") return BinaryScaling::kMeanAbs;
-  if (scaling == "bitnet") return BinaryScaling::kBitNet;
-  TORCH_CHECK_VALUE(false, fmt::format("{}: scaling must be one of 'none', 'mean_abs', 'bitnet', got '{}'", op,
-                                       std::string(scaling)));
-}
-
-kernels::SignEstimator parse_estimator(const char* op, c10::string_view estimator) {
-  if (estimator == "identity") return kernels::SignEstimator::kIdentity;
-  if (estimator == "clipped_ste") return kernels::SignEstimator::kClippedSte;
-  if (estimator == "approx_sign") return kernels::SignEstimator::kApproxSign;
-  if (estimator == "swish_sign") return kernels::SignEstimator::kSwishSign;
-  TORCH_CHECK_VALUE(false, fmt::format("{}: estimator must be one of 'identity', 'clipped_ste', 'approx_sign', "
-                                       "'swish_sign', got '{}'",
-                                       op, std::string(estimator)));
-}
-
-void check_binarize_args(const char* op, const at::Tensor& input, std::optional<std::int64_t> axis, double beta,
-                         const std::optional<at::Tensor>& seed) {
-  check_input_and_range(op, input, -1, 1, axis, std::nullopt);
-  TORCH_CHECK_VALUE(std::isfinite(beta) && beta > 0.0,
-                    fmt::format("{}: beta must be positive and finite, got {}", op, beta));
-  if (seed.has_value() && seed->defined()) {
-    TORCH_CHECK_TYPE(seed->scalar_type() == at::kLong,
-                     fmt::format("{}: seed must be an int64 tensor, got {}", op, c10::toString(seed->scalar_type())));
-    TORCH_CHECK_VALUE(seed->sym_numel() == 1, fmt::format("{}: seed must have 1 element, got {}", op,
-                                                          seed->sym_numel().guard_int(__FILE__, __LINE__)));
-    TORCH_CHECK_VALUE(seed->device() == input.device(), fmt::format("{}: seed must be on input's device {}, got {}", op,
-                                                                    input.device().str(), seed->device().str()));
-  }
-}
-
-void check_binary_stats_shape(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& center,
-                              const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis) {
-  const c10::SymInt channels =
-      axis.has_value() ? input.sym_size(*axis < 0 ? *axis + input.dim() : *axis) : c10::SymInt(1);
-  for (const auto* t : {&center, &alpha}) {
-    if (!t->has_value() || !(*t)->defined()) continue;
-    const at::Tensor& v = **t;
-    const char* name = t == &center ? "center" : "alpha";
-    TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat,
-                     fmt::format("{}: {} must be float32, got {}", op, name, c10::toString(v.scalar_type())));
-    TORCH_CHECK_VALUE(v.device() == input.device(), fmt::format("{}: {} must be on input's device {}, got {}", op, name,
-                                                                input.device().str(), v.device().str()));
-    TORCH_CHECK_VALUE(input.sym_numel() == 0 || v.sym_numel() == channels,
-                      fmt::format("{}: {} must have {} elements (one per channel), got {}", op, name,
-                                  channels.guard_int(__FILE__, __LINE__), v.sym_numel().guard_int(__FILE__, __LINE__)));
-  }
-}
-
-void check_binarize_backward_args(const char* op, const at::Tensor& grad, const at::Tensor& input,
-                                  const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
-                                  double beta) {
-  check_binarize_args(op, input, axis, beta, std::nullopt);
-  check_binary_stats_shape(op, input, center, std::nullopt, axis);
-  TORCH_CHECK_TYPE(grad.scalar_type() == input.scalar_type(),
-                   fmt::format("{}: grad must have input's dtype {}, got {}", op, c10::toString(input.scalar_type()),
-                               c10::toString(grad.scalar_type())));
-  TORCH_CHECK_VALUE(grad.sym_sizes() == input.sym_sizes(), fmt::format("{}: grad must have input's shape", op));
-}
-
-BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::optional<std::int64_t> axis) {
-  TORCH_INTERNAL_ASSERT(input.is_contiguous(), "binary_stats: callers pass the contiguous input");
-  BinaryStats st;
-  if (scaling == BinaryScaling::kNone || input.sym_numel() == 0) return st;
-  st.alpha = mean_abs(input, axis);  // one pass, no |W| temporary (see _mean_abs)
-  if (scaling == BinaryScaling::kBitNet) {
-    const std::vector<std::int64_t> dims = reduction_dims(input, axis);
-    const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    // no dims left (per channel along a tensor's only axis): each element is its own channel; an
-    // empty dim list would make ATen reduce over everything
-    st.center = dims.empty() ? as_float(input).contiguous().reshape(-1)
-                             : as_float(at::mean(input, dims, false, acc)).reshape(-1);
-  }
-  return st;
-}
-
-const float* optional_float_ptr(const std::optional<at::Tensor>& t, at::Tensor& keep) {
-  if (!t.has_value() || !t->defined()) return nullptr;
-  keep = as_float(*t).contiguous();
-  return keep.const_data_ptr<float>();
-}
-
-BinarizeLaunch prepare_binarize(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& center,
-                                const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
-                                bool zero_negative, const std::optional<at::Tensor>& seed, at::Tensor& out) {
-  check_binarize_args(op, input, axis, 1.0, seed);
-  check_binary_stats_shape(op, input, center, alpha, axis);
-  BinarizeLaunch l;
-  l.input = input.contiguous();
-  kernels::BinarizeArgs& a = l.args;
-  a.input = l.input.const_data_ptr();
-  a.output = out.mutable_data_ptr();
-  a.center = optional_float_ptr(center, l.center);
-  a.alpha = optional_float_ptr(alpha, l.alpha);
-  if (seed.has_value() && seed->defined()) {
-    l.seed = seed->contiguous();
-    a.seed = l.seed.const_data_ptr<std::int64_t>();
-  }
-  a.numel = l.input.numel();
-  std::tie(a.inner, a.channels) = binary_layout(l.input, axis);
-  a.zero_negative = zero_negative;
-  a.dtype = kernel_dtype(l.input);
-  return l;
-}
-
-BinarizeBackwardLaunch prepare_binarize_backward(const char* op, const at::Tensor& grad, const at::Tensor& input,
-                                                 const std::optional<at::Tensor>& center,
-                                                 std::optional<std::int64_t> axis, c10::string_view estimator,
-                                                 double beta, at::Tensor& grad_input) {
-  check_binarize_backward_args(op, grad, input, center, axis, beta);
-  BinarizeBackwardLaunch l;
-  l.input = input.contiguous();
-  l.grad = grad.contiguous();
-  kernels::BinarizeBackwardArgs& a = l.args;
-  a.input = l.input.const_data_ptr();
-  a.grad_output = l.grad.const_data_ptr();
-  a.grad_input = grad_input.mutable_data_ptr();
-  a.center = optional_float_ptr(center, l.center);
-  a.numel = l.input.numel();
-  std::tie(a.inner, a.channels) = binary_layout(l.input, axis);
-  a.estimator = parse_estimator(op, estimator);
-  a.beta = static_cast<float>(beta);
-  a.dtype = kernel_dtype(l.input);
-  return l;
-}
-
-std::pair<std::int64_t, std::int64_t> binary_layout(const at::Tensor& input, std::optional<std::int64_t> axis) {
-  std::int64_t inner = 1, channels = 1;
-  if (axis.has_value()) {
-    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
-    channels = input.size(ax);
-    for (std::int64_t d = ax + 1; d < input.dim(); ++d) inner *= input.size(d);
-  } else {
-    inner = input.numel();
-  }
-  return {std::max<std::int64_t>(inner, 1), std::max<std::int64_t>(channels, 1)};
-}
-
-}  // namespace ops
 
 namespace {
 
@@ -198,7 +52,7 @@ at::Tensor binarize_kernel(const at::Tensor& input, c10::string_view scaling, st
   return detail::binarize_apply(x, st.center, st.alpha, axis, sc == ops::BinaryScaling::kBitNet, seed);
 }
 
-/// out= on CUDA (and the shape/dtype contract on Meta): the functional kernel, then a copy.
+/// out= off the CPU (and the shape/dtype contract on Meta): the functional kernel, then a copy.
 at::Tensor& binarize_out_generic(const at::Tensor& input, c10::string_view scaling, std::optional<std::int64_t> axis,
                                  c10::string_view estimator, double beta, const std::optional<at::Tensor>& seed,
                                  at::Tensor& out) {
@@ -208,7 +62,7 @@ at::Tensor& binarize_out_generic(const at::Tensor& input, c10::string_view scali
   return out;
 }
 
-/// _binarize_backward.out on CUDA (and the shape/dtype contract on Meta): the functional kernel, then a copy.
+/// _binarize_backward.out off the CPU (and the shape/dtype contract on Meta): the functional kernel, then a copy.
 at::Tensor& binarize_backward_out_generic(const at::Tensor& grad, const at::Tensor& input,
                                           const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
                                           c10::string_view estimator, double beta, at::Tensor& grad_input) {
@@ -228,20 +82,14 @@ namespace detail {
 
 at::Tensor binarize_backward(const at::Tensor& grad, const at::Tensor& input, const std::optional<at::Tensor>& center,
                              std::optional<std::int64_t> axis, const std::string& estimator, double beta) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::_binarize_backward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                         std::optional<std::int64_t>, c10::string_view, double)>();
+  static auto op = ops::op_handle<ops::sig::BinarizeBackward>("qatkit::_binarize_backward");
   return op.call(grad, input, center, axis, estimator, beta);
 }
 
 at::Tensor& binarize_backward_out(at::Tensor& grad_input, const at::Tensor& grad, const at::Tensor& input,
                                   const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
                                   const std::string& estimator, double beta) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::_binarize_backward", "out")
-                       .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                          std::optional<std::int64_t>, c10::string_view, double, at::Tensor&)>();
+  static auto op = ops::op_handle<ops::sig::BinarizeBackwardOut>("qatkit::_binarize_backward", "out");
   return op.call(grad, input, center, axis, estimator, beta, grad_input);
 }
 
@@ -250,19 +98,13 @@ at::Tensor& binarize_backward_out(at::Tensor& grad_input, const at::Tensor& grad
 at::Tensor& binarize_out(at::Tensor& out, const at::Tensor& input, const std::string& scaling,
                          std::optional<std::int64_t> axis, const std::string& estimator, double beta,
                          const std::optional<at::Tensor>& seed) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::binarize", "out")
-                       .typed<at::Tensor&(const at::Tensor&, c10::string_view, std::optional<std::int64_t>,
-                                          c10::string_view, double, const std::optional<at::Tensor>&, at::Tensor&)>();
+  static auto op = ops::op_handle<ops::sig::BinarizeOut>("qatkit::binarize", "out");
   return op.call(input, scaling, axis, estimator, beta, seed, out);
 }
 
 at::Tensor binarize(const at::Tensor& input, const std::string& scaling, std::optional<std::int64_t> axis,
                     const std::string& estimator, double beta, const std::optional<at::Tensor>& seed) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::binarize", "")
-                       .typed<at::Tensor(const at::Tensor&, c10::string_view, std::optional<std::int64_t>,
-                                         c10::string_view, double, const std::optional<at::Tensor>&)>();
+  static auto op = ops::op_handle<ops::sig::Binarize>("qatkit::binarize");
   return op.call(input, scaling, axis, estimator, beta, seed);
 }
 
@@ -270,20 +112,11 @@ at::Tensor detail::binarize_apply(const at::Tensor& input, const std::optional<a
                                   const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis, bool zero_negative,
                           const std::optional<at::Tensor>& seed) {
   static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("qatkit::_binarize_apply", "")
-          .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                            std::optional<std::int64_t>, bool, const std::optional<at::Tensor>&)>();
+      ops::op_handle<ops::sig::BinarizeApply>("qatkit::_binarize_apply");
   return op.call(input, center, alpha, axis, zero_negative, seed);
 }
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("binarize", &binarize_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
-  m.impl("binarize", &binarize_kernel);
-  m.impl("binarize.out", &binarize_out_generic);
-  m.impl("_binarize_backward.out", &binarize_backward_out_generic);
-}
-TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
+TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
   m.impl("binarize", &binarize_kernel);
   m.impl("binarize.out", &binarize_out_generic);
   m.impl("_binarize_backward.out", &binarize_backward_out_generic);

@@ -1,7 +1,8 @@
 // choose_qparams: scale / zero point from the min/max of a tensor. The computation is a short
 // chain of ATen ops (aminmax, elementwise), so one device-generic implementation with SymInt
-// shapes serves as the CPU, CUDA and Meta kernel; only the NaN/Inf value check is CPU-only (it
-// reads data, which on CUDA would cost a host sync).
+// shapes, registered once at CompositeExplicitAutograd, serves CUDA, Meta and other backends; the
+// CPU kernel (cpu/choose_qparams_kernel.cpp) runs the same with the NaN/Inf value check, which
+// reads data (on an accelerator that would cost a host sync).
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/aminmax.h>
@@ -16,7 +17,8 @@
 #include <cfloat>
 #include <vector>
 
-#include "fake_quantize_common.h"
+#include "fake_quantize_checks.h"
+#include "op_handle.h"
 #include "qatkit/ops.h"
 #include "qparams_math.h"
 
@@ -54,17 +56,12 @@ std::pair<at::Tensor, at::Tensor> qparams_from_min_max(const at::Tensor& mn, con
   return {scale, min_neg.div(scale).round().neg().add(quant_min).clamp(quant_min, quant_max).to(at::kInt)};
 }
 
-}  // namespace ops
-
-namespace {
-
-using OptInt = std::optional<std::int64_t>;
-constexpr const char* kOp = "choose_qparams";
-
-std::tuple<at::Tensor, at::Tensor> choose_qparams_kernel(const at::Tensor& input, std::int64_t quant_min,
-                                                         std::int64_t quant_max, bool symmetric, OptInt axis,
-                                                         OptInt group_size) {
-  ops::check_input_and_range(kOp, input, quant_min, quant_max, axis, group_size);
+std::tuple<at::Tensor, at::Tensor> choose_qparams_impl(const at::Tensor& input, std::int64_t quant_min,
+                                                       std::int64_t quant_max, bool symmetric,
+                                                       std::optional<std::int64_t> axis,
+                                                       std::optional<std::int64_t> group_size, bool check_finite) {
+  constexpr const char* kOp = "choose_qparams";
+  check_input_and_range(kOp, input, quant_min, quant_max, axis, group_size);
   // rows: one row per (channel | group | tensor); out_shape: the shape scale is returned in.
   at::Tensor rows;
   std::vector<c10::SymInt> out_shape;
@@ -80,13 +77,25 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_kernel(const at::Tensor& input
     out_shape = {1};
     rows = input.reshape_symint({1, input.sym_numel()});
   }
-  auto [mn, mx] = ops::row_min_max(rows);
-  if (input.device().is_cpu()) {
+  auto [mn, mx] = row_min_max(rows);
+  if (check_finite) {
     TORCH_CHECK_VALUE(at::isfinite(mn).all().item<bool>() && at::isfinite(mx).all().item<bool>(),
                       fmt::format("{}: input must be finite, found NaN or Inf", kOp));
   }
-  auto [scale, zero_point] = ops::qparams_from_min_max(mn, mx, quant_min, quant_max, symmetric);
+  auto [scale, zero_point] = qparams_from_min_max(mn, mx, quant_min, quant_max, symmetric);
   return {scale.reshape_symint(out_shape).contiguous(), zero_point.reshape_symint(out_shape).contiguous()};
+}
+
+}  // namespace ops
+
+namespace {
+
+using OptInt = std::optional<std::int64_t>;
+
+std::tuple<at::Tensor, at::Tensor> choose_qparams_composite(const at::Tensor& input, std::int64_t quant_min,
+                                                            std::int64_t quant_max, bool symmetric, OptInt axis,
+                                                            OptInt group_size) {
+  return ops::choose_qparams_impl(input, quant_min, quant_max, symmetric, axis, group_size, /*check_finite=*/false);
 }
 
 /// qparams are statistics of the data, not functions to differentiate: outputs never require grad.
@@ -103,16 +112,11 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_autograd(const at::Tensor& inp
 std::tuple<at::Tensor, at::Tensor> choose_qparams(const at::Tensor& input, std::int64_t quant_min,
                                                   std::int64_t quant_max, bool symmetric, OptInt axis,
                                                   OptInt group_size) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::choose_qparams", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, std::int64_t, std::int64_t, bool,
-                                                                 OptInt, OptInt)>();
+  static auto op = ops::op_handle<decltype(choose_qparams_composite)>("qatkit::choose_qparams");
   return op.call(input, quant_min, quant_max, symmetric, axis, group_size);
 }
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("choose_qparams", &choose_qparams_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("choose_qparams", &choose_qparams_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("choose_qparams", &choose_qparams_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) { m.impl("choose_qparams", &choose_qparams_composite); }
 TORCH_LIBRARY_IMPL(qatkit, Autograd, m) { m.impl("choose_qparams", &choose_qparams_autograd); }
 
 }  // namespace qatkit

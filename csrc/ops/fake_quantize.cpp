@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "qatkit/ops.h"
+#include "op_handle.h"
 
 namespace {
 
@@ -36,10 +37,7 @@ namespace qatkit {
 at::Tensor fake_quantize(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                          std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
                          std::optional<std::int64_t> group_size) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::fake_quantize", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
-                                         std::int64_t, std::optional<std::int64_t>, std::optional<std::int64_t>)>();
+  static auto op = ops::op_handle<ops::sig::FakeQuantize>("qatkit::fake_quantize");
   return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size);
 }
 
@@ -47,10 +45,7 @@ at::Tensor& fake_quantize_out(at::Tensor& out, const at::Tensor& input, const at
                               const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
                               std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size) {
   static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("qatkit::fake_quantize", "out")
-          .typed<at::Tensor&(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t, std::int64_t,
-                             std::optional<std::int64_t>, std::optional<std::int64_t>, at::Tensor&)>();
+      ops::op_handle<ops::sig::FakeQuantizeOut>("qatkit::fake_quantize", "out");
   return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size, out);
 }
 

@@ -9,7 +9,7 @@
 #include <tuple>
 
 #include "../../kernels/common/fake_quant_args.h"
-#include "fake_quantize_common.h"
+#include "fake_quantize_checks.h"
 
 namespace qatkit::ops {
 

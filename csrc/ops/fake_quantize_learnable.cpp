@@ -1,11 +1,13 @@
 // The learned-step-size fake-quantize family (LSQ / LSQ+, docs/papers.md §6.1-6.2): schemas, the
-// device-generic forward (effective qparams, then the fake_quantize op) and the C++ API.
+// device-generic forward (effective qparams, then the fake_quantize op; registered once at
+// CompositeExplicitAutograd) and the C++ API.
 // The backward kernels live in ops/{cpu,meta}/fake_quantize_learnable_kernel.cpp.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include "fake_quantize_common.h"
+#include "fake_quantize_learnable_checks.h"
+#include "op_handle.h"
 #include "qatkit/ops.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
@@ -43,15 +45,12 @@ at::Tensor fake_quantize_learnable_kernel(const at::Tensor& input, const at::Ten
 at::Tensor fake_quantize_learnable(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                                    std::int64_t quant_min, std::int64_t quant_max, OptInt axis, OptInt group_size,
                                    double grad_factor) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::fake_quantize_learnable", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
-                                         std::int64_t, OptInt, OptInt, double)>();
+  static auto op = ops::op_handle<decltype(fake_quantize_learnable_kernel)>("qatkit::fake_quantize_learnable");
   return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size, grad_factor);
 }
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("fake_quantize_learnable", &fake_quantize_learnable_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("fake_quantize_learnable", &fake_quantize_learnable_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("fake_quantize_learnable", &fake_quantize_learnable_kernel); }
+TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
+  m.impl("fake_quantize_learnable", &fake_quantize_learnable_kernel);
+}
 
 }  // namespace qatkit

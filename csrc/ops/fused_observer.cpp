@@ -20,9 +20,10 @@
 
 #include <cmath>
 
-#include "fake_quantize_common.h"
+#include "fake_quantize_checks.h"
 #include "qatkit/ops.h"
 #include "qparams_math.h"
+#include "op_handle.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
@@ -123,15 +124,8 @@ std::tuple<at::Tensor, at::Tensor> observe_and_quantize(const at::Tensor& input,
                                                         bool moving_average, std::int64_t quant_min,
                                                         std::int64_t quant_max, bool symmetric, OptInt axis) {
   check_flag("fused_observe_fake_quantize", "fake_quant_on", fake_quant_on, input);
-  static auto update = c10::Dispatcher::singleton()
-                           .findSchemaOrThrow("qatkit::_observer_update", "")
-                           .typed<void(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&,
-                                       const at::Tensor&, double, bool, std::int64_t, std::int64_t, bool, OptInt)>();
-  static auto fq = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::_fake_quantize_with_mask", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                 const at::Tensor&, std::int64_t, std::int64_t, OptInt,
-                                                                 OptInt, const std::optional<at::Tensor>&)>();
+  static auto update = ops::op_handle<ops::sig::ObserverUpdate>("qatkit::_observer_update");
+  static auto fq = ops::op_handle<ops::sig::FakeQuantizeWithMask>("qatkit::_fake_quantize_with_mask");
   update.call(input, running_min, running_max, scale, zero_point, observer_on, momentum, moving_average, quant_min,
               quant_max, symmetric, axis);
   return fq.call(input, scale.reshape(-1), zero_point.reshape(-1), quant_min, quant_max, axis, std::nullopt,
@@ -166,9 +160,7 @@ class FusedObserveFakeQuantizeFunction : public torch::autograd::Function<FusedO
     return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("qatkit::_fake_quantize_backward", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+    static auto op = ops::op_handle<ops::sig::FakeQuantizeBackward>("qatkit::_fake_quantize_backward");
     variable_list out(13);
     out[0] = op.call(grads[0], ctx->get_saved_variables()[0]);
     return out;
@@ -192,18 +184,13 @@ at::Tensor fused_observe_fake_quantize(const at::Tensor& input, at::Tensor& runn
                                        const at::Tensor& fake_quant_on, double momentum, bool moving_average,
                                        std::int64_t quant_min, std::int64_t quant_max, bool symmetric, OptInt axis) {
   static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("qatkit::fused_observe_fake_quantize", "")
-          .typed<at::Tensor(const at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, const at::Tensor&,
-                            const at::Tensor&, double, bool, std::int64_t, std::int64_t, bool, OptInt)>();
+      ops::op_handle<ops::sig::FusedObserveFakeQuantize>("qatkit::fused_observe_fake_quantize");
   return op.call(input, running_min, running_max, scale, zero_point, observer_on, fake_quant_on, momentum,
                  moving_average, quant_min, quant_max, symmetric, axis);
 }
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("_observer_update", &observer_update_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("_observer_update", &observer_update_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("_observer_update", &observer_update_kernel); }
 TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
+  m.impl("_observer_update", &observer_update_kernel);
   m.impl("fused_observe_fake_quantize", &fused_observe_fake_quantize_kernel);
 }
 TORCH_LIBRARY_IMPL(qatkit, Autograd, m) {

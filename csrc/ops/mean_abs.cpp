@@ -1,7 +1,8 @@
 // _mean_abs: mean |x| per tensor or per channel (float32, one element per channel), the
 // statistic of the binary / ternary scalings. An op of its own so eager and compiled graphs run
 // the same kernel: on the CPU the kernel tier's float64 abs-sum (fixed order, one pass) for the
-// layouts it covers; elsewhere (CUDA, Meta, other axes) an L1 norm.
+// layouts it covers (cpu/mean_abs.cpp); elsewhere (CUDA, Meta, other axes) the L1 norm here,
+// registered once at CompositeExplicitAutograd.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/linalg_vector_norm.h>
@@ -9,17 +10,17 @@
 
 #include <vector>
 
-#include "cpu/mean_abs.h"
-#include "fake_quantize_common.h"
+#include "fake_quantize_checks.h"
+#include "mean_abs.h"
+#include "op_handle.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def("_mean_abs(Tensor input, int? axis=None) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 
 namespace qatkit::ops {
-namespace {
 
-at::Tensor mean_abs_generic(const at::Tensor& input, std::optional<std::int64_t> axis) {
+at::Tensor mean_abs_composite(const at::Tensor& input, std::optional<std::int64_t> axis) {
   check_input_and_range("_mean_abs", input, -1, 1, axis, std::nullopt);
   const std::vector<std::int64_t> dims = reduction_dims(input, axis);
   const c10::SymInt channels = axis.has_value() ? input.sym_size(*axis < 0 ? *axis + input.dim() : *axis) : 1;
@@ -31,23 +32,11 @@ at::Tensor mean_abs_generic(const at::Tensor& input, std::optional<std::int64_t>
   return as_float(at::linalg_vector_norm(input, 1, dims, false, acc).div(count)).reshape_symint({channels});
 }
 
-at::Tensor mean_abs_cpu_kernel(const at::Tensor& input, std::optional<std::int64_t> axis) {
-  check_input_and_range("_mean_abs", input, -1, 1, axis, std::nullopt);
-  at::Tensor fast = mean_abs_cpu(input, axis);
-  return fast.defined() ? fast : mean_abs_generic(input, axis);
-}
-
-}  // namespace
-
 at::Tensor mean_abs(const at::Tensor& input, std::optional<std::int64_t> axis) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::_mean_abs", "")
-                       .typed<at::Tensor(const at::Tensor&, std::optional<std::int64_t>)>();
+  static auto op = op_handle<decltype(mean_abs_composite)>("qatkit::_mean_abs");
   return op.call(input, axis);
 }
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("_mean_abs", &mean_abs_cpu_kernel); }
-TORCH_LIBRARY_IMPL(qatkit, CUDA, m) { m.impl("_mean_abs", &mean_abs_generic); }
-TORCH_LIBRARY_IMPL(qatkit, Meta, m) { m.impl("_mean_abs", &mean_abs_generic); }
+TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) { m.impl("_mean_abs", &mean_abs_composite); }
 
 }  // namespace qatkit::ops

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
+#include <tuple>
 #include <utility>
 
 namespace qatkit::ops {
@@ -16,5 +18,12 @@ std::pair<at::Tensor, at::Tensor> row_min_max(const at::Tensor& rows);
 /// formulas: torch.ao MinMaxObserver arithmetic, scale >= float32 eps).
 std::pair<at::Tensor, at::Tensor> qparams_from_min_max(const at::Tensor& mn, const at::Tensor& mx,
                                                        std::int64_t quant_min, std::int64_t quant_max, bool symmetric);
+
+/// choose_qparams on any device (ATen ops, SymInt shapes); `check_finite` reads the min/max on
+/// the host to reject NaN / Inf input (the CPU kernel asks for it, the composite does not).
+std::tuple<at::Tensor, at::Tensor> choose_qparams_impl(const at::Tensor& input, std::int64_t quant_min,
+                                                       std::int64_t quant_max, bool symmetric,
+                                                       std::optional<std::int64_t> axis,
+                                                       std::optional<std::int64_t> group_size, bool check_finite);
 
 }  // namespace qatkit::ops

@@ -19,11 +19,12 @@
 
 #include <limits>
 
-#include "binarize_common.h"
-#include "cpu/mean_abs.h"
-#include "fake_quantize_common.h"
+#include "binarize_checks.h"
+#include "mean_abs.h"
+#include "fake_quantize_checks.h"
 #include "qatkit/ops.h"
 #include "quantize_checks.h"
+#include "op_handle.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
@@ -200,36 +201,26 @@ std::tuple<at::Tensor, at::Tensor> binary_codes_composite(const at::Tensor& inpu
 at::Tensor quantize_affine(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                            std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
                            std::optional<std::int64_t> group_size, std::optional<at::ScalarType> dtype) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::quantize_affine", "")
-                       .typed<decltype(quantize_affine)>();
+  static auto op = ops::op_handle<decltype(quantize_affine)>("qatkit::quantize_affine");
   return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size, dtype);
 }
 
 at::Tensor dequantize_affine(const at::Tensor& codes, const at::Tensor& scale, const at::Tensor& zero_point,
                              std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size,
                              std::optional<at::ScalarType> output_dtype) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::dequantize_affine", "")
-                       .typed<decltype(dequantize_affine)>();
+  static auto op = ops::op_handle<decltype(dequantize_affine)>("qatkit::dequantize_affine");
   return op.call(codes, scale, zero_point, axis, group_size, output_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor> ternary_codes(const at::Tensor& input, const std::string& method,
                                                  std::optional<std::int64_t> axis) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::ternary_codes", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view,
-                                                                 std::optional<std::int64_t>)>();
+  static auto op = ops::op_handle<ops::sig::TernaryCodes>("qatkit::ternary_codes");
   return op.call(input, method, axis);
 }
 
 std::tuple<at::Tensor, at::Tensor> binary_codes(const at::Tensor& input, const std::string& scaling,
                                                 std::optional<std::int64_t> axis) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::binary_codes", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view,
-                                                                 std::optional<std::int64_t>)>();
+  static auto op = ops::op_handle<ops::sig::BinaryCodes>("qatkit::binary_codes");
   return op.call(input, scaling, axis);
 }
 

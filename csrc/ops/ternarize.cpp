@@ -7,6 +7,8 @@
 //   twn:     delta = 0.7 * mean|W|; a = mean of |W| over |W| > delta (0 if none); y = sign(W) * a
 //            where |W| > delta, else 0. On the CPU: one fused statistic pass and one ternary pass
 //            (ops/cpu/ternarize_kernel.cpp). Non-finite input raises on the CPU.
+// The composite here is registered once at CompositeExplicitAutograd (CUDA, Meta, other
+// backends); the CPU kernel (ops/cpu/ternarize_kernel.cpp) reuses it with its backend hooks.
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/isfinite.h>
@@ -19,10 +21,11 @@
 
 #include <vector>
 
-#include "cpu/mean_abs.h"
-#include "cpu/ternarize_kernel.h"
-#include "fake_quantize_common.h"
+#include "fake_quantize_checks.h"
+#include "mean_abs.h"
+#include "op_handle.h"
 #include "qatkit/ops.h"
+#include "ternarize_common.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def("ternarize(Tensor input, str method=\"absmean\", int? axis=None) -> Tensor", {at::Tag::pt2_compliant_tag});
@@ -31,42 +34,44 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
 }
 
 namespace qatkit {
+namespace ops {
 namespace {
 
 constexpr float kMinGamma = 1e-5f;
 
-/// Writes ternarize(input) into `out` (contiguous, input's shape) or returns a new tensor when
-/// `out` is null: absmean is one fake_quantize pass into the destination.
+}  // namespace
+
+/// absmean is one fake_quantize pass into the destination.
 at::Tensor ternarize_impl(const char* op, const at::Tensor& in, c10::string_view method,
-                          std::optional<std::int64_t> axis, at::Tensor* out) {
+                          std::optional<std::int64_t> axis, at::Tensor* out, const TernarizeBackend& backend) {
   // one layout for the statistics: reductions then sum in the same order for any strides
   const at::Tensor input = in.contiguous();
-  ops::check_input_and_range(op, input, -1, 1, axis, std::nullopt);
+  check_input_and_range(op, input, -1, 1, axis, std::nullopt);
   TORCH_CHECK_VALUE(method == "absmean" || method == "twn",
                     fmt::format("{}: method must be one of 'absmean', 'twn', got '{}'", op, std::string(method)));
-  if (out != nullptr) ops::check_and_resize_out(op, input, *out);
+  if (out != nullptr) check_and_resize_out(op, input, *out);
   if (input.sym_numel() == 0) return out ? *out : input.clone(at::MemoryFormat::Contiguous);
-  const std::vector<std::int64_t> dims = ops::reduction_dims(input, axis);
+  const std::vector<std::int64_t> dims = reduction_dims(input, axis);
   const bool keep = true;
   // (weights have static shapes: guarding on their sizes costs no recompilation)
   const std::int64_t channels = axis.has_value() ? input.sym_size(*axis).guard_int(__FILE__, __LINE__) : 1;
   // mean |W| per tensor / channel, shaped to broadcast (see _mean_abs)
   std::vector<std::int64_t> shape(input.dim(), 1);
   if (axis.has_value()) shape[*axis < 0 ? *axis + input.dim() : *axis] = channels;
-  const at::Tensor mean_abs = ops::mean_abs(input, axis).reshape(shape);
-  if (input.device().is_cpu()) {
-    // (a NaN or Inf anywhere makes its channel's mean non-finite; CUDA avoids the host sync)
+  const at::Tensor mean_abs = qatkit::ops::mean_abs(input, axis).reshape(shape);
+  if (backend.check_finite) {
+    // (a NaN or Inf anywhere makes its channel's mean non-finite; accelerators avoid the host sync)
     TORCH_CHECK_VALUE(at::isfinite(mean_abs).all().item<bool>(),
                       fmt::format("{}: input must be finite, found NaN or Inf", op));
   }
   if (method == "absmean") {
     const at::Tensor gamma = mean_abs.clamp_min(kMinGamma).reshape(-1);
     const at::Tensor z = at::zeros_like(gamma, gamma.options().dtype(at::kInt));
-    if (out != nullptr) return fake_quantize_out(*out, input, gamma, z, -1, 1, axis);
-    return fake_quantize(input, gamma, z, -1, 1, axis);
+    if (out != nullptr) return qatkit::fake_quantize_out(*out, input, gamma, z, -1, 1, axis);
+    return qatkit::fake_quantize(input, gamma, z, -1, 1, axis);
   }
-  if (input.device().is_cpu()) {
-    at::Tensor y = ops::twn_cpu(input, mean_abs, axis, out);
+  if (backend.twn != nullptr) {
+    at::Tensor y = backend.twn(input, mean_abs, axis, out);
     if (y.defined()) return y;
   }
   // the composite form (CUDA, Meta)
@@ -86,43 +91,34 @@ at::Tensor ternarize_impl(const char* op, const at::Tensor& in, c10::string_view
   return *out;
 }
 
+}  // namespace ops
+
+namespace {
+
 at::Tensor ternarize_kernel(const at::Tensor& input, c10::string_view method, std::optional<std::int64_t> axis) {
-  return ternarize_impl("ternarize", input, method, axis, nullptr);
+  return ops::ternarize_impl("ternarize", input, method, axis, nullptr, {});
 }
 
 at::Tensor& ternarize_out_kernel(const at::Tensor& input, c10::string_view method, std::optional<std::int64_t> axis,
                                  at::Tensor& out) {
-  ternarize_impl("ternarize.out", input, method, axis, &out);
+  ops::ternarize_impl("ternarize.out", input, method, axis, &out, {});
   return out;
 }
 
 }  // namespace
 
 at::Tensor ternarize(const at::Tensor& input, const std::string& method, std::optional<std::int64_t> axis) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::ternarize", "")
-                       .typed<at::Tensor(const at::Tensor&, c10::string_view, std::optional<std::int64_t>)>();
+  static auto op = ops::op_handle<decltype(ternarize_kernel)>("qatkit::ternarize");
   return op.call(input, method, axis);
 }
 
 at::Tensor& ternarize_out(at::Tensor& out, const at::Tensor& input, const std::string& method,
                           std::optional<std::int64_t> axis) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("qatkit::ternarize", "out")
-          .typed<at::Tensor&(const at::Tensor&, c10::string_view, std::optional<std::int64_t>, at::Tensor&)>();
+  static auto op = ops::op_handle<decltype(ternarize_out_kernel)>("qatkit::ternarize", "out");
   return op.call(input, method, axis, out);
 }
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
-  m.impl("ternarize", &ternarize_kernel);
-  m.impl("ternarize.out", &ternarize_out_kernel);
-}
-TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
-  m.impl("ternarize", &ternarize_kernel);
-  m.impl("ternarize.out", &ternarize_out_kernel);
-}
-TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
+TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
   m.impl("ternarize", &ternarize_kernel);
   m.impl("ternarize.out", &ternarize_out_kernel);
 }

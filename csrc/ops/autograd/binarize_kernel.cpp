@@ -5,8 +5,9 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include "../binarize_common.h"
+#include "../binarize_checks.h"
 #include "qatkit/ops.h"
+#include "../op_handle.h"
 
 namespace qatkit::ops {
 namespace {
@@ -34,10 +35,7 @@ class BinarizeFunction : public torch::autograd::Function<BinarizeFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("qatkit::_binarize_backward", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
-                                           std::optional<std::int64_t>, c10::string_view, double)>();
+    static auto op = op_handle<sig::BinarizeBackward>("qatkit::_binarize_backward");
     const auto saved = ctx->get_saved_variables();
     const std::optional<at::Tensor> center = saved[1].defined() ? std::optional<at::Tensor>(saved[1]) : std::nullopt;
     const std::string estimator = ctx->saved_data["estimator"].toStringRef();

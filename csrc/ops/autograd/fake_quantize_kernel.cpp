@@ -5,6 +5,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+#include "../op_handle.h"
 
 namespace qatkit::ops {
 namespace {
@@ -14,9 +15,7 @@ using torch::autograd::variable_list;
 using OptInt = std::optional<std::int64_t>;
 
 at::Tensor call_backward(const at::Tensor& grad, const at::Tensor& mask) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("qatkit::_fake_quantize_backward", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  static auto op = ops::op_handle<ops::sig::FakeQuantizeBackward>("qatkit::_fake_quantize_backward");
   return op.call(grad, mask);
 }
 
@@ -41,11 +40,7 @@ class FakeQuantizeFunction : public torch::autograd::Function<FakeQuantizeFuncti
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& input, const at::Tensor& scale,
                             const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max, OptInt axis,
                             OptInt group_size) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("qatkit::_fake_quantize_with_mask", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                   const at::Tensor&, std::int64_t, std::int64_t,
-                                                                   OptInt, OptInt, const std::optional<at::Tensor>&)>();
+    static auto op = ops::op_handle<ops::sig::FakeQuantizeWithMask>("qatkit::_fake_quantize_with_mask");
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, mask] = op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size, std::nullopt);
     ctx->save_for_backward({mask});
@@ -62,10 +57,7 @@ at::Tensor fake_quantize_autograd(const at::Tensor& input, const at::Tensor& sca
                                   std::int64_t quant_min, std::int64_t quant_max, OptInt axis, OptInt group_size) {
   if (!(at::GradMode::is_enabled() && input.requires_grad())) {
     // No gradient needed: skip the mask (8 instead of 8.125 bytes per fp32 element).
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("qatkit::fake_quantize", "")
-                         .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
-                                           std::int64_t, OptInt, OptInt)>();
+    static auto op = ops::op_handle<ops::sig::FakeQuantize>("qatkit::fake_quantize");
     at::AutoDispatchBelowADInplaceOrView guard;
     return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size);
   }

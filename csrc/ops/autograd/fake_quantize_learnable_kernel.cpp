@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "qatkit/ops.h"
+#include "../op_handle.h"
 
 namespace qatkit::ops {
 namespace {
@@ -30,11 +31,7 @@ class FakeQuantizeLearnableFunction : public torch::autograd::Function<FakeQuant
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = c10::Dispatcher::singleton()
-                         .findSchemaOrThrow("qatkit::_fake_quantize_learnable_backward", "")
-                         .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                             const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, std::int64_t,
-                             std::int64_t, OptInt, OptInt, double)>();
+    static auto op = op_handle<sig::FakeQuantizeLearnableBackward>("qatkit::_fake_quantize_learnable_backward");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& zero_point = saved[2];
     auto [dx, dscale, dzero] =

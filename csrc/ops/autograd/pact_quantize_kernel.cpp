@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "qatkit/ops.h"
+#include "../op_handle.h"
 
 namespace qatkit::ops {
 namespace {
@@ -23,9 +24,7 @@ class PactQuantizeFunction : public torch::autograd::Function<PactQuantizeFuncti
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("qatkit::_pact_quantize_backward", "")
-            .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+        op_handle<sig::PactQuantizeBackward>("qatkit::_pact_quantize_backward");
     const auto saved = ctx->get_saved_variables();
     auto [dx, dalpha] = op.call(grads[0], saved[0], saved[1]);
     return {dx, dalpha, at::Tensor()};

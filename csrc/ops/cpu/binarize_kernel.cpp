@@ -5,8 +5,8 @@
 #include <torch/library.h>
 
 #include "../../../kernels/cpu/sign/sign_cpu.h"
-#include "../binarize_common.h"
-#include "../fake_quantize_common.h"
+#include "../binarize_checks.h"
+#include "../fake_quantize_checks.h"
 #include "huge_pages.h"
 
 namespace qatkit::ops {

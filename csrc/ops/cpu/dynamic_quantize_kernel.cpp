@@ -14,7 +14,8 @@
 
 #include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
 #include "../../../kernels/cpu/reduce/reduce_cpu.h"
-#include "../fake_quantize_common.h"
+#include "../dynamic_quantize_checks.h"
+#include "../fake_quantize_checks.h"
 #include "huge_pages.h"
 
 namespace qatkit::ops {

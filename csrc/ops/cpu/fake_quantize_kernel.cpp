@@ -7,7 +7,7 @@
 #include <algorithm>
 
 #include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
-#include "../fake_quantize_common.h"
+#include "../fake_quantize_checks.h"
 #include "../fake_quantize_glue.h"
 #include "huge_pages.h"
 

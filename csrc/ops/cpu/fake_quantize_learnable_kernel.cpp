@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
-#include "../fake_quantize_common.h"
+#include "../fake_quantize_learnable_checks.h"
 #include "huge_pages.h"
 
 namespace qatkit::ops {

@@ -3,12 +3,14 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "../../../kernels/cpu/reduce/reduce_cpu.h"
-#include "../fake_quantize_common.h"
+#include "../fake_quantize_checks.h"
+#include "../mean_abs.h"
 
 namespace qatkit::ops {
 
@@ -49,5 +51,18 @@ at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axi
   }
   return out;
 }
+
+namespace {
+
+/// The CPU kernel: the float64 abs-sum for the layouts it covers, else the composite L1 norm.
+at::Tensor mean_abs_cpu_kernel(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  check_input_and_range("_mean_abs", input, -1, 1, axis, std::nullopt);
+  at::Tensor fast = mean_abs_cpu(input, axis);
+  return fast.defined() ? fast : mean_abs_composite(input, axis);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("_mean_abs", &mean_abs_cpu_kernel); }
 
 }  // namespace qatkit::ops

@@ -9,9 +9,6 @@
 
 namespace qatkit::ops {
 
-/// The _mean_abs op through the dispatcher (float32, one element per channel).
-at::Tensor mean_abs(const at::Tensor& input, std::optional<std::int64_t> axis);
-
 /// float32 vector of mean |x| (one element per tensor, or per channel of `axis`; other axes than 0
 /// are moved to the front first). Returns an undefined tensor for empty inputs.
 at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axis);

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
-#include "../fake_quantize_common.h"
+#include "../pact_checks.h"
 #include "huge_pages.h"
 
 namespace qatkit::ops {
@@ -45,8 +45,18 @@ std::tuple<at::Tensor, at::Tensor> pact_quantize_backward_cpu(const at::Tensor& 
   return {dx, dalpha};
 }
 
+/// The composite forward after the value check of alpha (a host read, free on the CPU).
+at::Tensor pact_quantize_cpu(const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max) {
+  check_pact_args("pact_quantize", input, alpha, quant_max);
+  check_pact_alpha_value("pact_quantize", alpha.item<float>());
+  return pact_quantize_composite(input, alpha, quant_max);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qatkit, CPU, m) { m.impl("_pact_quantize_backward", &pact_quantize_backward_cpu); }
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("pact_quantize", &pact_quantize_cpu);
+  m.impl("_pact_quantize_backward", &pact_quantize_backward_cpu);
+}
 
 }  // namespace qatkit::ops

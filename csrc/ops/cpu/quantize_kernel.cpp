@@ -5,7 +5,7 @@
 #include <torch/library.h>
 
 #include "../../../kernels/cpu/quantize/quantize_cpu.h"
-#include "../fake_quantize_common.h"
+#include "../fake_quantize_checks.h"
 #include "../quantize_checks.h"
 #include "huge_pages.h"
 

@@ -3,14 +3,15 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "../../../kernels/cpu/reduce/reduce_cpu.h"
 #include "../../../kernels/cpu/sign/sign_cpu.h"
-#include "../binarize_common.h"
-#include "../fake_quantize_common.h"
+#include "../binarize_checks.h"
+#include "../ternarize_common.h"
 #include "huge_pages.h"
 
 namespace qatkit::ops {
@@ -75,6 +76,27 @@ at::Tensor twn_cpu(const at::Tensor& input, const at::Tensor& mean_abs, std::opt
     return *out;
   }
   return y;
+}
+
+namespace {
+
+constexpr TernarizeBackend kCpuBackend{/*check_finite=*/true, /*twn=*/&twn_cpu};
+
+at::Tensor ternarize_cpu(const at::Tensor& input, c10::string_view method, std::optional<std::int64_t> axis) {
+  return ternarize_impl("ternarize", input, method, axis, nullptr, kCpuBackend);
+}
+
+at::Tensor& ternarize_out_cpu(const at::Tensor& input, c10::string_view method, std::optional<std::int64_t> axis,
+                              at::Tensor& out) {
+  ternarize_impl("ternarize.out", input, method, axis, &out, kCpuBackend);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("ternarize", &ternarize_cpu);
+  m.impl("ternarize.out", &ternarize_out_cpu);
 }
 
 }  // namespace qatkit::ops

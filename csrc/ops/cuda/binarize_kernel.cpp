@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "../../../kernels/cuda/sign_cuda.h"
-#include "../binarize_common.h"
+#include "../binarize_checks.h"
 
 namespace qatkit::ops {
 namespace {

@@ -11,7 +11,7 @@
 #include <torch/library.h>
 
 #include "../../../kernels/cuda/fake_quant_cuda.h"
-#include "../fake_quantize_common.h"
+#include "../fake_quantize_checks.h"
 #include "../fake_quantize_glue.h"
 
 namespace qatkit::ops {

@@ -8,7 +8,7 @@
 #include <torch/library.h>
 
 #include "../../../kernels/cuda/fake_quant_cuda.h"
-#include "../fake_quantize_common.h"
+#include "../pact_checks.h"
 
 namespace qatkit::ops {
 namespace {

@@ -3,7 +3,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../binarize_common.h"
+#include "../binarize_checks.h"
 
 namespace qatkit::ops {
 namespace {

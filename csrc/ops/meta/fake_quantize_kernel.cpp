@@ -4,7 +4,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../fake_quantize_common.h"
+#include "../fake_quantize_checks.h"
 
 namespace qatkit::ops {
 namespace {

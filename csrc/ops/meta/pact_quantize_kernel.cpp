@@ -3,7 +3,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
-#include "../fake_quantize_common.h"
+#include "../pact_checks.h"
 
 namespace qatkit::ops {
 namespace {

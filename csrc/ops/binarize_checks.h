@@ -1,5 +1,6 @@
-// Shared pieces of the binarize family: argument checks, name -> enum parsing, the per-channel
-// statistics (device-generic ATen reductions) and the channel layout.
+// Checks and launch preparation of the binarize family (sign ops: binarize, _binarize_apply,
+// _binarize_backward, binary_codes): argument checks, name -> enum parsing, the per-channel
+// statistics (device-generic ATen reductions) and the channel layout. Defined in binarize_checks.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -9,6 +10,7 @@
 #include <string>
 
 #include "../../kernels/common/sign_args.h"
+#include "checks.h"
 
 namespace qatkit::ops {
 

@@ -1,0 +1,71 @@
+"""Where each qatkit op's kernels are registered (docs/architecture.md, "Dispatch keys").
+
+Every op must run on CPU and Meta (torch.compile / torch.export trace with fake tensors) and, in a
+CUDA build, on CUDA: either through a kernel at that key or through the one device-generic
+composite at CompositeExplicitAutograd. Family files never ask which device they run on: the
+dispatcher already chose, and CPU-only work is registered from csrc/ops/cpu/.
+"""
+
+import pathlib
+import re
+
+import pytest
+import torch
+
+import qatkit  # noqa: F401  (loads the op library)
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def _qatkit_overloads():
+    return sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("qatkit::"))
+
+
+OVERLOADS = _qatkit_overloads()
+
+
+def test_the_op_list_is_not_empty():
+    assert len(OVERLOADS) >= 20, OVERLOADS
+
+
+@pytest.mark.parametrize("name", OVERLOADS)
+@pytest.mark.parametrize("key", ["CPU", "Meta"] + (["CUDA"] if qatkit.build_info()["cuda"] else []))
+def test_every_op_has_a_kernel_for_key(name, key):
+    assert torch._C._dispatch_has_computed_kernel_for_dispatch_key(name, key), f"{name} has no {key} kernel"
+
+
+@pytest.mark.parametrize("name", OVERLOADS)
+def test_no_op_is_registered_at_every_backend_key_separately(name):
+    """A kernel registered identically at CPU, CUDA and Meta belongs at CompositeExplicitAutograd.
+
+    (A CUDA-less build has no CUDA registrations, so this checks CPU + Meta there: an op with its
+    own CPU and Meta kernels must not also carry a composite, which would be dead code.)
+    """
+    has = lambda k: torch._C._dispatch_has_kernel_for_dispatch_key(name, k)  # noqa: E731
+    if has("CompositeExplicitAutograd"):
+        assert not has("Meta"), f"{name}: a Meta kernel next to the composite is never the one that runs"
+
+
+def test_family_files_never_ask_their_device():
+    """Sources outside csrc/ops/{cpu,cuda}/ must not branch on the device the dispatcher chose."""
+    offenders = []
+    for path in sorted((ROOT / "csrc" / "ops").rglob("*.cpp")) + sorted((ROOT / "csrc" / "ops").rglob("*.h")):
+        rel = path.relative_to(ROOT / "csrc" / "ops")
+        if rel.parts[0] in ("cpu", "cuda"):
+            continue
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\.(is_cpu|is_cuda)\(\)|device\(\)\.type\(\)", line):
+                offenders.append(f"{rel}:{lineno}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_registrations_live_in_the_key_folders():
+    """TORCH_LIBRARY_IMPL for a backend key (CPU, CUDA, Meta) only under csrc/ops/<key>/."""
+    folders = {"CPU": "cpu", "CUDA": "cuda", "Meta": "meta"}
+    offenders = []
+    for path in sorted((ROOT / "csrc").rglob("*.cpp")):
+        rel = path.relative_to(ROOT / "csrc")
+        for key in re.findall(r"TORCH_LIBRARY_IMPL\(qatkit,\s*(\w+)", path.read_text()):
+            if key in folders and rel.parts[:2] != ("ops", folders[key]):
+                offenders.append(f"{rel}: {key}")
+    assert not offenders, offenders
