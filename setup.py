@@ -69,6 +69,8 @@ setup(
     description="Quantization toolkit for PyTorch: fake-quant ops in C++/CUDA, QAT, PTQ, export",
     packages=find_packages("python"),
     package_dir={"": "python"},
+    # the one preset table (Python reads it; libqatkit compiles it in)
+    package_data={"qatkit.qat": ["presets.json"]},
     ext_modules=[CMakeExtension("qatkit._C")],
     cmdclass={"build_ext": CMakeBuild},
     # torch is pinned by scripts/setup.sh, not here: the code also builds against other releases.

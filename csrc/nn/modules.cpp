@@ -9,12 +9,15 @@
 #include <fmt/format.h>
 #include <torch/nn/functional/conv.h>
 #include <torch/nn/functional/padding.h>
+#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 
 #include <cmath>
+#include <map>
 #include <numeric>
 
+#include "json.h"
 #include "qatkit/nn.h"
 #include "qatkit/ops.h"
 
@@ -22,6 +25,34 @@ namespace qatkit::nn {
 namespace {
 
 torch::Tensor flag(bool on) { return torch::tensor({on ? 1 : 0}, torch::kUInt8); }
+
+void save_spec(torch::serialize::OutputArchive& archive, const QuantSpec& spec) {
+  archive.write("spec", c10::IValue(spec.to_json()));
+}
+
+/// Python's _SpecModule._load_from_state_dict check: the recorded spec must equal the module's.
+void check_spec(torch::serialize::InputArchive& archive, const QuantSpec& mine, const std::string& name) {
+  c10::IValue saved;
+  if (!archive.try_read("spec", saved)) return;  // a checkpoint written before specs were recorded
+  const std::string key = name.empty() ? "spec" : name + ".spec";
+  TORCH_CHECK_VALUE(saved.isString(), fmt::format("load: key '{}' must hold a spec (JSON text)", key));
+  const std::string mine_json = mine.to_json();
+  if (saved.toStringRef() == mine_json) return;
+  const json::Value a = json::parse(saved.toStringRef(), fmt::format("load: key '{}'", key));
+  const json::Value b = json::parse(mine_json, "QuantSpec");
+  std::string fields, was, now;
+  for (const auto& [field, v] : b.object) {
+    const json::Value* old = a.find(field);
+    const std::string old_text = old ? json::dump(*old) : "missing";
+    if (old_text == json::dump(v)) continue;
+    fields += (fields.empty() ? "" : ", ") + field;
+    was += fmt::format("{}{}={}", was.empty() ? "" : ", ", field, old_text);
+    now += fmt::format("{}{}={}", now.empty() ? "" : ", ", field, json::dump(v));
+  }
+  TORCH_CHECK_VALUE(false, fmt::format("load: key '{}' holds a quantizer saved with another spec (fields [{}] differ: "
+                                       "saved {}, model {}); prepare the model with the checkpoint's config",
+                                       key, fields, was, now));
+}
 
 double lsq_grad_factor(std::int64_t per_scale, std::int64_t qmax) {
   return 1.0 / std::sqrt(static_cast<double>(std::max<std::int64_t>(per_scale, 1)) * static_cast<double>(qmax));
@@ -53,6 +84,8 @@ WeightFakeQuantizerImpl::WeightFakeQuantizerImpl(QuantSpec spec, const torch::Te
 
 void WeightFakeQuantizerImpl::reset() {
   fake_quant_on_ = register_buffer("fake_quant_on", flag(true));
+  // BinaryConnect's sampling seed: a step counter, so a resumed run draws the same bits
+  if (spec_.stochastic) step_ = register_buffer("step", torch::zeros({1}, torch::kLong));
   if (spec_.scale != "learned") return;
   const double qp = static_cast<double>(spec_.quant_max());
   torch::Tensor init;
@@ -78,7 +111,15 @@ void WeightFakeQuantizerImpl::reset() {
 torch::Tensor WeightFakeQuantizerImpl::forward(const torch::Tensor& w) {
   const QuantSpec& s = spec_;
   if (s.kind == "ternary") return qatkit::ternarize(w, s.method, axis_);
-  if (s.kind == "binary") return qatkit::binarize(w, s.method, axis_, s.estimator);
+  if (s.kind == "binary") {
+    std::optional<torch::Tensor> seed;
+    if (s.stochastic && is_training()) {
+      torch::NoGradGuard ng;
+      step_.add_(1);
+      seed = step_;
+    }
+    return qatkit::binarize(w, s.method, axis_, s.estimator, 1.0, seed);
+  }
   if (s.scale == "learned") {
     return qatkit::fake_quantize_learnable(w, scale_, zero_point_, s.quant_min(), s.quant_max(), axis_, std::nullopt,
                                            grad_factor_);
@@ -131,7 +172,23 @@ void ActFakeQuantizerImpl::enable_fake_quant(bool on) {
   fq_enabled_ = on;
 }
 
+void WeightFakeQuantizerImpl::save(torch::serialize::OutputArchive& archive) const {
+  torch::nn::Module::save(archive);
+  save_spec(archive, spec_);
+}
+
+void WeightFakeQuantizerImpl::load(torch::serialize::InputArchive& archive) {
+  check_spec(archive, spec_, qualified_name);
+  torch::nn::Module::load(archive);
+}
+
+void ActFakeQuantizerImpl::save(torch::serialize::OutputArchive& archive) const {
+  torch::nn::Module::save(archive);
+  save_spec(archive, spec_);
+}
+
 void ActFakeQuantizerImpl::load(torch::serialize::InputArchive& archive) {
+  check_spec(archive, spec_, qualified_name);
   torch::nn::Module::load(archive);
   fq_enabled_ = fake_quant_on_.item<int>() != 0;
   initialized_flag_ = initialized_.defined() && initialized_.item<int>() != 0;
@@ -317,12 +374,75 @@ std::vector<std::string> collect(const torch::nn::Sequential& seq) {
   return out;
 }
 
+/// Python's fnmatch.fnmatchcase: '*' any run (dots included), '?' one character, '[seq]' / '[!seq]'
+/// a set with ranges.
+bool fnmatch_case(const std::string& name, const std::string& pat) {
+  std::size_t n = 0, p = 0, star_p = std::string::npos, star_n = 0;
+  auto class_match = [&](std::size_t& pp, char c, bool& ok) {  // pp at '['; false if not a class
+    std::size_t q = pp + 1;
+    bool negate = false;
+    if (q < pat.size() && pat[q] == '!') negate = true, ++q;
+    const std::size_t first = q;
+    bool hit = false;
+    while (q < pat.size() && (pat[q] != ']' || q == first)) {
+      if (q + 2 < pat.size() && pat[q + 1] == '-' && pat[q + 2] != ']') {
+        hit |= pat[q] <= c && c <= pat[q + 2];
+        q += 3;
+      } else {
+        hit |= pat[q] == c;
+        ++q;
+      }
+    }
+    if (q >= pat.size()) return false;  // no closing ']': a literal '['
+    ok = hit != negate;
+    pp = q + 1;
+    return true;
+  };
+  while (n < name.size()) {
+    bool advanced = false;
+    if (p < pat.size()) {
+      if (pat[p] == '*') {
+        star_p = p++;
+        star_n = n;
+        continue;
+      }
+      if (pat[p] == '[') {
+        std::size_t pp = p;
+        bool ok = false;
+        if (class_match(pp, name[n], ok)) {
+          if (ok) p = pp, ++n, advanced = true;
+        } else if (name[n] == '[') {
+          ++p, ++n, advanced = true;
+        }
+      } else if (pat[p] == '?' || pat[p] == name[n]) {
+        ++p, ++n, advanced = true;
+      }
+    }
+    if (advanced) continue;
+    if (star_p == std::string::npos) return false;
+    p = star_p + 1;
+    n = ++star_n;
+  }
+  while (p < pat.size() && pat[p] == '*') ++p;
+  return p == pat.size();
+}
+
 std::optional<LayerSpec> spec_for(const std::string& name, std::size_t index, std::size_t count,
-                                  const QATConfig& config) {
-  if (std::find(config.skip.begin(), config.skip.end(), name) != config.skip.end()) return std::nullopt;
+                                  const QATConfig& config, std::map<std::string, int>& used) {
+  for (const auto& pat : config.skip) {
+    if (fnmatch_case(name, pat)) {
+      ++used[pat];
+      return std::nullopt;
+    }
+  }
+  for (const auto& [pat, spec] : config.overrides) {
+    if (fnmatch_case(name, pat)) {
+      ++used[pat];
+      return spec;
+    }
+  }
   if (!config.first_last.empty() && (index == 0 || index + 1 == count)) {
-    if (config.first_last == "float") return std::nullopt;
-    return QATConfig::w8a8().default_spec;
+    return QATConfig::first_last_spec(config.first_last);
   }
   return config.default_spec;
 }
@@ -334,41 +454,85 @@ void for_act_quantizers(torch::nn::Module& model, F f) {
   }
 }
 
+template <class Layer>
+void name_quantizers(Layer& layer, const std::string& name) {
+  if (layer->weight_fake_quant) layer->weight_fake_quant->qualified_name = name + ".weight_fake_quant";
+  if (layer->input_fake_quant) layer->input_fake_quant->qualified_name = name + ".input_fake_quant";
+}
+
 }  // namespace
 
 torch::nn::Sequential prepare_qat(const torch::nn::Sequential& model, const QATConfig& config) {
   const std::vector<std::string> names = collect(model);
   TORCH_CHECK_VALUE(!names.empty(),
                     "prepare_qat: the model has nothing to quantize: no torch::nn::Linear or torch::nn::Conv2d layers");
+  if (!config.first_last.empty()) (void)QATConfig::first_last_spec(config.first_last);  // a rule of the table
+  std::map<std::string, int> used;
+  for (const auto& p : config.skip) used[p] = 0;
+  for (const auto& o : config.overrides) used[o.first] = 0;
   torch::nn::Sequential out;
   std::size_t replaced = 0, i = 0;
   for (const torch::nn::AnyModule& any : *model) {
     const std::string name = std::to_string(i++);
     const auto it = std::find(names.begin(), names.end(), name);
     std::optional<LayerSpec> spec;
-    if (it != names.end()) spec = spec_for(name, static_cast<std::size_t>(it - names.begin()), names.size(), config);
+    if (it != names.end()) {
+      spec = spec_for(name, static_cast<std::size_t>(it - names.begin()), names.size(), config, used);
+    }
     const auto m = any.ptr();
+    if (config.fold_bn && i < model->size() && std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m) &&
+        std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(model->ptr(i))) {
+      TORCH_WARN("prepare_qat: Conv2d '", name, "' + BatchNorm2d '", i,
+                 "' are not folded: the C++ layers have no QuantConvBn2d yet (Python folds them); the conv is "
+                 "quantized before the BatchNorm. Set QATConfig::fold_bn = false to silence this.");
+    }
     if (spec && (spec->weight || spec->activation)) {
       if (auto lin = std::dynamic_pointer_cast<torch::nn::LinearImpl>(m)) {
         if (config.bitlinear) {
-          out->push_back(BitLinear(torch::nn::Linear(lin), *spec));
+          BitLinear q(torch::nn::Linear(lin), *spec);
+          name_quantizers(q, name);
+          out->push_back(q);
         } else {
-          out->push_back(QuantLinear(torch::nn::Linear(lin), *spec));
+          QuantLinear q(torch::nn::Linear(lin), *spec);
+          name_quantizers(q, name);
+          out->push_back(q);
         }
         ++replaced;
         continue;
       }
       if (auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m)) {
-        out->push_back(QuantConv2d(torch::nn::Conv2d(conv), *spec));
+        QuantConv2d q(torch::nn::Conv2d(conv), *spec);
+        name_quantizers(q, name);
+        out->push_back(q);
         ++replaced;
         continue;
       }
     }
     out->push_back(any);
   }
+  for (const auto& [pat, count] : used) {
+    if (count == 0) TORCH_WARN("prepare_qat: pattern '", pat, "' matched no layer");
+  }
   TORCH_CHECK_VALUE(replaced > 0, "prepare_qat: every supported layer was skipped by the config; nothing to quantize");
   out->train(model->is_training());
   return out;
+}
+
+std::int64_t clip_latent_weights(torch::nn::Module& model) {
+  torch::NoGradGuard ng;
+  std::int64_t clipped = 0;
+  auto clip = [&](auto& layer) {
+    if (!layer.weight_fake_quant) return;
+    const auto& c = layer.weight_fake_quant->spec().latent_clip;
+    if (!c) return;
+    layer.weight.clamp_(-*c, *c);
+    ++clipped;
+  };
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (auto l = std::dynamic_pointer_cast<QuantLinearImpl>(m)) clip(*l);
+    if (auto c = std::dynamic_pointer_cast<QuantConv2dImpl>(m)) clip(*c);
+  }
+  return clipped;
 }
 
 void enable_observer(torch::nn::Module& model, bool on) {

@@ -3,12 +3,28 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <c10/util/Exception.h>
+
 #include "qatkit/build_info.h"
+#include "qatkit/nn.h"
 
 namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "qatkit native utilities (the ops themselves are torch.ops.qatkit.*)";
+  // c10's typed errors become the Python exceptions torch raises for them (message without the
+  // C++ backtrace).
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const c10::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    } catch (const c10::TypeError& e) {
+      PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
+    } catch (const c10::Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    }
+  });
   m.def(
       "version", [] { return qatkit::build_info().version; }, "qatkit version string.");
   m.def(
@@ -20,4 +36,33 @@ PYBIND11_MODULE(_C, m) {
       "cpu_isa", [] { return qatkit::build_info().cpu_isa; }, "CPU kernel implementation in use.");
   m.def("set_cpu_isa", &qatkit::set_cpu_isa, py::arg("name"),
         "Select the CPU kernel implementation ('avx2' or 'baseline'); False if unsupported.");
+  // The C++ side of the one preset table, so tests can prove Python and C++ build the same configs.
+  m.def(
+      "nn_preset_names", [] { return qatkit::nn::QATConfig::preset_names(); },
+      "Preset names of the table compiled into libqatkit.");
+  m.def(
+      "nn_preset_json",
+      [](const std::string& name, const std::string& params) {
+        return qatkit::nn::QATConfig::preset(name, params).to_json();
+      },
+      py::arg("name"), py::arg("params") = "{}", "The C++ QATConfig of a preset, as JSON (Python's to_dict names).");
+  m.def(
+      "nn_first_last_json",
+      [](const std::string& rule) -> std::string {
+        const auto spec = qatkit::nn::QATConfig::first_last_spec(rule);
+        if (!spec) return "null";
+        qatkit::nn::QATConfig c;
+        c.default_spec = *spec;
+        return c.to_json();
+      },
+      py::arg("rule"), "The C++ LayerSpec of a first/last rule, inside a config's JSON ('null' for float).");
+  m.def(
+      "nn_spec_json", [](const std::string& text) { return qatkit::nn::QuantSpec::from_json(text).to_json(); },
+      py::arg("spec_json"), "A QuantSpec validated by C++ (ValueError as in Python), back as JSON.");
+  m.def(
+      "nn_default_spec_json", [] { return qatkit::nn::QuantSpec{}.to_json(); },
+      "A default-constructed C++ QuantSpec as JSON.");
+  m.def(
+      "nn_preset_table", [] { return qatkit::nn::QATConfig::table_json(); },
+      "The preset table text compiled into libqatkit.");
 }

@@ -18,10 +18,12 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 #include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "qatkit/macros.h"
@@ -43,13 +45,19 @@ struct QATKIT_API QuantSpec {
   double momentum = 0.01;
   std::string estimator = "clipped_ste";
   std::string method;  ///< ternary: absmean / twn; binary: none / mean_abs / bitnet ("" = default)
+  bool stochastic = false;            ///< BinaryConnect's stochastic binarization in training
+  std::optional<double> latent_clip;  ///< clip the shadow weight to [-c, c] (clip_latent_weights)
   bool lsq_grad_scale = true;
 
   /// Checks every field (ValueError naming the field and the valid choices) and fills defaults;
-  /// returns the normalized spec.
+  /// returns the normalized spec. The choices come from the preset table Python reads too.
   QuantSpec validated() const;
   std::int64_t quant_min() const;
   std::int64_t quant_max() const;
+  /// JSON object with Python's field names (dataclasses.asdict of qatkit.qat.QuantSpec).
+  std::string to_json() const;
+  /// The spec of a to_json() text (validated; unknown fields raise ValueError).
+  static QuantSpec from_json(const std::string& text);
 };
 
 /// A layer's weight and input-activation specs (std::nullopt = keep float).
@@ -58,13 +66,19 @@ struct QATKIT_API LayerSpec {
   std::optional<QuantSpec> activation;
 };
 
-/// What prepare_qat does (Python's QATConfig, without name patterns: `skip` lists qualified
-/// names such as "0" or "2.1").
+/// What prepare_qat does (Python's QATConfig). Presets come from the one preset table
+/// (python/qatkit/qat/presets.json, compiled into libqatkit), so they equal Python's field for field.
 struct QATKIT_API QATConfig {
   LayerSpec default_spec;
-  std::string first_last;  ///< "", "float" or "int8"
+  /// (fnmatch pattern, spec) pairs; the first pattern matching a layer's qualified name wins.
+  std::vector<std::pair<std::string, LayerSpec>> overrides;
+  std::vector<std::string> skip;  ///< fnmatch patterns of layers kept in float ("0", "2.*")
+  std::string first_last;         ///< "", "float" or "int8" (the table's first/last rule)
   bool bitlinear = false;
-  std::vector<std::string> skip;
+  /// Fold Conv2d + BatchNorm2d pairs. The C++ layers have no QuantConvBn2d yet: prepare_qat warns
+  /// for each pair it leaves unfolded while this is true.
+  bool fold_bn = true;
+  std::string name = "custom";
 
   static QATConfig w8a8();
   static QATConfig w4a8(std::int64_t group_size = 32);
@@ -73,8 +87,18 @@ struct QATKIT_API QATConfig {
   static QATConfig bitnet_b158();
   static QATConfig binary_w1a8();
   static QATConfig xnor_w1a1();
-  /// The preset called `name` (ValueError listing the valid names).
-  static QATConfig preset(const std::string& name);
+  static QATConfig binaryconnect(bool stochastic = false);
+  /// The preset called `name` with optional parameters as a JSON object (e.g. w4a8's
+  /// `{"group_size": 64}`); ValueError listing the valid names / naming an unknown parameter.
+  static QATConfig preset(const std::string& name, const std::string& params_json = "{}");
+  /// Names of the table's presets, sorted.
+  static std::vector<std::string> preset_names();
+  /// The LayerSpec the table's first/last rule gives ("int8"), or nullopt ("float").
+  static std::optional<LayerSpec> first_last_spec(const std::string& rule);
+  /// The preset table's JSON text as compiled into the library.
+  static const std::string& table_json();
+  /// JSON object with Python's field names (QATConfig.to_dict()).
+  std::string to_json() const;
 };
 
 /// Fake-quantizes a weight (output channel = dim 0); learned (LSQ) scales are parameters.
@@ -84,15 +108,21 @@ class QATKIT_API WeightFakeQuantizerImpl : public torch::nn::Cloneable<WeightFak
   void reset() override;
   torch::Tensor forward(const torch::Tensor& w);
   const QuantSpec& spec() const { return spec_; }
+  /// Writes the spec (key "spec", its JSON) next to the buffers, so a checkpoint records its config.
+  void save(torch::serialize::OutputArchive& archive) const override;
+  /// Loads the buffers after checking the recorded spec: one saved with another spec raises
+  /// ValueError naming the key and the fields that differ.
+  void load(torch::serialize::InputArchive& archive) override;
   std::string granularity;  ///< effective (per-group falls back to per-channel when it does not divide)
   std::optional<std::int64_t> group_size;
+  std::string qualified_name;  ///< set by prepare_qat ("0.weight_fake_quant"), for messages
 
  private:
   QuantSpec spec_;
   std::vector<std::int64_t> weight_shape_;
   torch::Tensor weight_init_;
   std::optional<std::int64_t> axis_;
-  torch::Tensor scale_, zero_point_, fake_quant_on_;
+  torch::Tensor scale_, zero_point_, fake_quant_on_, step_;
   double grad_factor_ = 1.0;
 };
 TORCH_MODULE(WeightFakeQuantizer);
@@ -105,9 +135,13 @@ class QATKIT_API ActFakeQuantizerImpl : public torch::nn::Cloneable<ActFakeQuant
   torch::Tensor forward(const torch::Tensor& x);
   void enable_observer(bool on);
   void enable_fake_quant(bool on);
-  /// Loads the buffers, then refreshes the host-side copies of the flags.
+  /// Writes the spec (key "spec", its JSON) next to the buffers, so a checkpoint records its config.
+  void save(torch::serialize::OutputArchive& archive) const override;
+  /// Checks the recorded spec (ValueError naming the key on a mismatch), loads the buffers, then
+  /// refreshes the host-side copies of the flags.
   void load(torch::serialize::InputArchive& archive) override;
   const QuantSpec& spec() const { return spec_; }
+  std::string qualified_name;  ///< set by prepare_qat ("0.input_fake_quant"), for messages
 
  private:
   QuantSpec spec_;
@@ -178,6 +212,10 @@ TORCH_MODULE(QuantConv2d);
 /// rebind a typed submodule member in place, so a new container is the API. Raises ValueError when
 /// nothing is quantized.
 QATKIT_API torch::nn::Sequential prepare_qat(const torch::nn::Sequential& model, const QATConfig& config);
+
+/// Clips shadow weights to [-c, c] where their weight spec sets latent_clip (BinaryConnect); call
+/// after each optimizer step. Returns the number of weights clipped.
+QATKIT_API std::int64_t clip_latent_weights(torch::nn::Module& model);
 
 /// Turn every activation observer / fake quantizer of `model` on or off.
 QATKIT_API void enable_observer(torch::nn::Module& model, bool on = true);

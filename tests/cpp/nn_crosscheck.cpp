@@ -13,8 +13,8 @@
 #include "qatkit/nn.h"
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::cerr << "usage: qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw} PRESET\n";
+  if (argc != 5 && argc != 6) {
+    std::cerr << "usage: qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw} PRESET [PARAMS_JSON]\n";
     return 2;
   }
   try {
@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
     std::vector<torch::Tensor> xs;
     for (const c10::IValue& v : d.at("x").toListRef()) xs.push_back(v.toTensor());
     const std::string layer = argv[3];
-    const qatkit::nn::LayerSpec spec = qatkit::nn::QATConfig::preset(argv[4]).default_spec;
+    const qatkit::nn::LayerSpec spec = qatkit::nn::QATConfig::preset(argv[4], argc == 6 ? argv[5] : "{}").default_spec;
     std::shared_ptr<torch::nn::Module> m;
     std::function<torch::Tensor(const torch::Tensor&)> fwd;
     torch::Tensor weight;

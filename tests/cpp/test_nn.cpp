@@ -205,3 +205,96 @@ CATCH_TEST_CASE("torch::save / torch::load restore the quantizer state and its h
   torch::load(b, buf2);
   CATCH_CHECK(torch::equal(b(x), a(x)));  // pass-through activations after the load too
 }
+
+CATCH_TEST_CASE("a C++ checkpoint records each quantizer's spec; loading another preset's fails naming the key",
+                "[nn]") {
+  torch::manual_seed(5);
+  auto w8 = qnn::prepare_qat(mlp(), qnn::QATConfig::w8a8());
+  std::stringstream buf;
+  torch::save(w8, buf);
+  auto same = qnn::prepare_qat(mlp(), qnn::QATConfig::w8a8());
+  torch::load(same, buf);  // same config: loads
+  const torch::Tensor x = torch::randn({2, 16});
+  same->eval();
+  w8->eval();
+  CATCH_CHECK(torch::equal(same->forward(x), w8->forward(x)));
+  auto other = qnn::prepare_qat(mlp(), qnn::QATConfig::ternary_twn());  // first/last int8, middle ternary
+  std::stringstream buf2;
+  torch::save(w8, buf2);
+  CATCH_CHECK_THROWS_AS(torch::load(other, buf2), c10::ValueError);
+  std::stringstream buf3;
+  torch::save(w8, buf3);
+  CATCH_CHECK_THROWS_WITH(torch::load(other, buf3),
+                          Catch::Contains("load: key '2.weight_fake_quant.spec' holds a quantizer saved with another "
+                                          "spec (fields [kind, bits, narrow_range, method] differ: saved kind=\"int\", bits=8"));
+}
+
+CATCH_TEST_CASE("presets and rules come from the table: binaryconnect, parameters, names", "[nn]") {
+  const auto bc = qnn::QATConfig::binaryconnect();
+  CATCH_CHECK(bc.name == "binaryconnect");
+  CATCH_CHECK(bc.default_spec.weight->latent_clip.value() == 1.0);
+  CATCH_CHECK(!bc.default_spec.activation.has_value());
+  CATCH_CHECK(qnn::QATConfig::binaryconnect(true).name == "binaryconnect_stoch");
+  CATCH_CHECK(qnn::QATConfig::binaryconnect(true).default_spec.weight->stochastic);
+  CATCH_CHECK(qnn::QATConfig::w4a8(64).default_spec.weight->group_size.value() == 64);
+  CATCH_CHECK(qnn::QATConfig::w4a8(64).name == "w4a8_g64");
+  CATCH_CHECK(qnn::QATConfig::first_last_spec("int8")->weight->narrow_range);
+  CATCH_CHECK(!qnn::QATConfig::first_last_spec("float").has_value());
+  CATCH_CHECK_THROWS_WITH(qnn::QATConfig::first_last_spec("int4"), Catch::Contains("QATConfig.first_last must be"));
+  CATCH_CHECK_THROWS_WITH(qnn::QATConfig::preset("w8a8", "{\"group_size\": 8}"),
+                          Catch::Contains("preset 'w8a8' has no parameter 'group_size'"));
+  CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json("{\"bits\": 4,"), Catch::Contains("malformed JSON at byte"));
+  CATCH_CHECK(qnn::QuantSpec::from_json(bc.default_spec.weight->to_json()).to_json() ==
+              bc.default_spec.weight->to_json());
+}
+
+CATCH_TEST_CASE("stochastic binary weights draw from a step counter; clip_latent_weights clips", "[nn]") {
+  torch::manual_seed(6);
+  torch::nn::Linear lin(32, 8);
+  qnn::QuantLinear q(lin, qnn::QATConfig::binaryconnect(true).default_spec);
+  q->train();
+  const torch::Tensor w1 = q->quantized_weight().detach().clone();
+  const torch::Tensor w2 = q->quantized_weight().detach().clone();
+  CATCH_CHECK(q->weight_fake_quant->named_buffers()["step"].item<std::int64_t>() == 2);
+  CATCH_CHECK(!torch::equal(w1, w2));  // a new draw per step (256 signs)
+  q->eval();
+  const torch::Tensor e = q->quantized_weight();
+  CATCH_CHECK(torch::equal(e, q->quantized_weight()));  // deterministic at eval
+  CATCH_CHECK(torch::equal(e, qatkit::binarize(q->weight.detach(), "mean_abs", 0, "clipped_ste")));
+  {
+    torch::NoGradGuard ng;
+    q->weight.mul_(10);
+  }
+  CATCH_CHECK(qnn::clip_latent_weights(*q) == 1);
+  CATCH_CHECK(q->weight.abs().max().item<float>() <= 1.0f);
+  qnn::QuantLinear plain(torch::nn::Linear(4, 4), qnn::QATConfig::w8a8().default_spec);
+  CATCH_CHECK(qnn::clip_latent_weights(*plain) == 0);  // no latent_clip in its spec
+}
+
+CATCH_TEST_CASE("prepare_qat: fnmatch skip patterns, overrides, unfolded Conv+BN and unused patterns warn", "[nn]") {
+  auto c = qnn::QATConfig::w8a8();
+  c.skip = {"[02]"};  // layers 0 and 2 stay float
+  c.overrides = {{"4", qnn::QATConfig::ternary_twn().default_spec}};
+  auto q = qnn::prepare_qat(mlp(), c);
+  CATCH_CHECK(q->ptr(0)->as<torch::nn::Linear>() != nullptr);
+  CATCH_CHECK(q->ptr(2)->as<torch::nn::Linear>() != nullptr);
+  CATCH_CHECK(q->ptr(4)->as<qnn::QuantLinear>()->weight_fake_quant->spec().kind == "ternary");
+  std::vector<std::string> warnings;
+  {
+    struct Capture : c10::WarningHandler {
+      std::vector<std::string>* out;
+      void process(const c10::Warning& w) override { out->push_back(w.msg()); }
+    } capture;
+    capture.out = &warnings;
+    c10::WarningUtils::WarningHandlerGuard guard(&capture);
+    auto c2 = qnn::QATConfig::w8a8();
+    c2.skip = {"9*"};
+    qnn::prepare_qat(torch::nn::Sequential(torch::nn::Conv2d(3, 4, 3), torch::nn::BatchNorm2d(4), torch::nn::ReLU(),
+                                           torch::nn::Conv2d(4, 4, 3)),
+                     c2);
+  }
+  std::string all;
+  for (const auto& w : warnings) all += w + "\n";
+  CATCH_CHECK_THAT(all, Catch::Contains("Conv2d '0' + BatchNorm2d '1' are not folded"));
+  CATCH_CHECK_THAT(all, Catch::Contains("pattern '9*' matched no layer"));
+}

@@ -10,7 +10,10 @@ are plain functions returning a config, so they can be inspected, copied with
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Dict, Optional, Tuple
 
 __all__ = [
@@ -27,16 +30,24 @@ __all__ = [
     "binary_w1a8",
     "xnor_w1a1",
     "binaryconnect",
+    "PRESET_TABLE",
+    "first_last_spec",
+    "spec_from_table",
 ]
 
-KINDS = ("int", "ternary", "binary")
-GRANULARITIES = ("per_tensor", "per_channel", "per_group", "per_token")
-SCALES = ("static", "dynamic", "learned")
-OBSERVERS = ("moving_average", "minmax")
-INT_ESTIMATORS = ("clipped_ste",)
-BINARY_ESTIMATORS = ("identity", "clipped_ste", "approx_sign", "swish_sign")
-TERNARY_METHODS = ("absmean", "twn")
-BINARY_METHODS = ("none", "mean_abs", "bitnet")
+#: The one preset table (``presets.json``), shared with the C++ library.
+PRESET_TABLE: dict = json.loads(resources.files(__package__).joinpath("presets.json").read_text(encoding="utf-8"))
+_CHOICES = PRESET_TABLE["choices"]
+KINDS = tuple(_CHOICES["kind"])
+GRANULARITIES = tuple(_CHOICES["granularity"])
+SCALES = tuple(_CHOICES["scale"])
+OBSERVERS = tuple(_CHOICES["observer"])
+INT_ESTIMATORS = tuple(_CHOICES["estimator"]["int"])
+TERNARY_ESTIMATORS = tuple(_CHOICES["estimator"]["ternary"])
+BINARY_ESTIMATORS = tuple(_CHOICES["estimator"]["binary"])
+TERNARY_METHODS = tuple(_CHOICES["method"]["ternary"])
+BINARY_METHODS = tuple(_CHOICES["method"]["binary"])
+FIRST_LAST = tuple(_CHOICES["first_last"])
 
 
 def _choice(cls: str, name: str, value, choices) -> None:
@@ -120,7 +131,7 @@ class QuantSpec:
             methods = TERNARY_METHODS if self.kind == "ternary" else BINARY_METHODS
             object.__setattr__(self, "method", self.method if self.method is not None else methods[0])
             _choice(c, "method", self.method, methods)
-            _choice(c, "estimator", self.estimator, BINARY_ESTIMATORS if self.kind == "binary" else INT_ESTIMATORS)
+            _choice(c, "estimator", self.estimator, BINARY_ESTIMATORS if self.kind == "binary" else TERNARY_ESTIMATORS)
             if self.scale == "learned":
                 raise ValueError(f"{c}.scale 'learned' is for kind 'int' (LSQ), got kind {self.kind!r}")
             if self.granularity in ("per_group", "per_token"):
@@ -145,7 +156,7 @@ class QuantSpec:
             raise ValueError(f"{c}.scale 'learned' supports 'per_tensor' and 'per_channel', got {self.granularity!r}")
         if not 0.0 <= float(self.momentum) <= 1.0:
             raise ValueError(f"{c}.momentum must be in [0, 1], got {self.momentum}")
-        if self.latent_clip is not None and not float(self.latent_clip) > 0:
+        if self.latent_clip is not None and not (math.isfinite(float(self.latent_clip)) and float(self.latent_clip) > 0):
             raise ValueError(f"{c}.latent_clip must be positive or None, got {self.latent_clip}")
 
     @property
@@ -225,133 +236,115 @@ class QATConfig:
         for s in self.skip:
             if not isinstance(s, str):
                 raise TypeError(f"QATConfig.skip entries must be str patterns, got {s!r}")
-        _choice("QATConfig", "first_last", self.first_last, (None, "float", "int8"))
+        _choice("QATConfig", "first_last", self.first_last, (None,) + FIRST_LAST)
 
     def to_dict(self) -> dict:
         """Plain-data form (for checkpoints, JSON and the C++ side)."""
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------- presets
+# ---------------------------------------------------------------- presets (from the table)
 
 
-def _int_weight(bits: int, granularity: str = "per_channel", group_size: Optional[int] = None, **kw) -> QuantSpec:
-    return QuantSpec(
-        kind="int",
-        bits=bits,
-        symmetric=True,
-        narrow_range=bits == 8,
-        granularity=granularity,
-        group_size=group_size,
-        **kw,
+def _resolve(value, params: dict, where: str):
+    if isinstance(value, str) and value.startswith("$"):
+        if value[1:] not in params:
+            raise ValueError(f"{where}: no preset parameter {value[1:]!r}")
+        return params[value[1:]]
+    return value
+
+
+def spec_from_table(ref, params: Optional[dict] = None, where: str = "preset table") -> Optional[QuantSpec]:
+    """The :class:`QuantSpec` of a table reference: a name in the table's ``specs``, an object of
+    QuantSpec fields (``"$name"`` values take ``params[name]``), or ``None``."""
+    if ref is None:
+        return None
+    if isinstance(ref, str):
+        if ref not in PRESET_TABLE["specs"]:
+            raise ValueError(f"{where}: unknown spec {ref!r}; the table has {', '.join(sorted(PRESET_TABLE['specs']))}")
+        where, ref = f"preset table specs.{ref}", PRESET_TABLE["specs"][ref]
+    return QuantSpec(**{k: _resolve(v, params or {}, f"{where}.{k}") for k, v in ref.items()})
+
+
+def first_last_spec(rule: str) -> Optional[LayerSpec]:
+    """The :class:`LayerSpec` the table's first/last rule gives (``"int8"``), or ``None`` (``"float"``)."""
+    rules = PRESET_TABLE["rules"]["first_last"]
+    _choice("QATConfig", "first_last", rule, tuple(rules))
+    r = rules[rule]
+    if r is None:
+        return None
+    where = f"preset table rules.first_last.{rule}"
+    return LayerSpec(spec_from_table(r.get("weight"), where=where), spec_from_table(r.get("activation"), where=where))
+
+
+def _preset(name: str, **params) -> QATConfig:
+    entry = PRESET_TABLE["presets"][name]
+    p = dict(entry.get("params", {}))
+    for k, v in params.items():
+        if k not in p:
+            raise TypeError(f"preset {name!r} has no parameter {k!r}; it takes {sorted(p) or 'none'}")
+        p[k] = v
+    where = f"preset table presets.{name}"
+    label = entry.get("name", name).format(**{k: json.dumps(v) if not isinstance(v, str) else v for k, v in p.items()})
+    label += "".join(suffix for k, suffix in entry.get("name_suffix", {}).items() if p[k])
+    return QATConfig(
+        default=LayerSpec(
+            spec_from_table(entry.get("weight"), p, f"{where}.weight"),
+            spec_from_table(entry.get("activation"), p, f"{where}.activation"),
+        ),
+        first_last=entry.get("first_last"),
+        bitlinear=entry.get("bitlinear", False),
+        fold_bn=entry.get("fold_bn", True),
+        name=label,
     )
 
 
-def _int_act(bits: int = 8, **kw) -> QuantSpec:
-    return QuantSpec(kind="int", bits=bits, symmetric=False, granularity="per_tensor", **kw)
+def _documented(name: str):
+    def wrap(fn):
+        fn.__doc__ = PRESET_TABLE["presets"][name]["doc"]
+        return fn
+
+    return wrap
 
 
+@_documented("w8a8")
 def w8a8() -> QATConfig:
-    """int8 symmetric per-channel weights (narrow range), int8 asymmetric per-tensor activations
-    with an EMA observer — Krishnamoorthi's recommended baseline."""
-    return QATConfig(default=LayerSpec(_int_weight(8), _int_act(8)), name="w8a8")
+    return _preset("w8a8")
 
 
+@_documented("w4a8")
 def w4a8(group_size: int = 32) -> QATConfig:
-    """int4 symmetric per-group weights (groups along the flattened input dim; layers that do not
-    divide fall back to per-channel), int8 activations; first/last layers W8A8."""
-    return QATConfig(
-        default=LayerSpec(_int_weight(4, "per_group", group_size), _int_act(8)),
-        first_last="int8",
-        name=f"w4a8_g{group_size}",
-    )
+    return _preset("w4a8", group_size=group_size)
 
 
+@_documented("w4a4_lsq")
 def w4a4_lsq() -> QATConfig:
-    """4-bit weights and activations with learned step sizes (LSQ weights per channel, LSQ+
-    asymmetric activations); first/last layers W8A8."""
-    return QATConfig(
-        default=LayerSpec(
-            _int_weight(4, scale="learned"),
-            QuantSpec(kind="int", bits=4, symmetric=False, scale="learned"),
-        ),
-        first_last="int8",
-        name="w4a4_lsq",
-    )
+    return _preset("w4a4_lsq")
 
 
+@_documented("ternary_twn")
 def ternary_twn() -> QATConfig:
-    """Ternary weights (TWN: Delta = 0.7 mean|W|, per output channel), int8 activations; first/last
-    layers W8A8."""
-    return QATConfig(
-        default=LayerSpec(QuantSpec(kind="ternary", method="twn", granularity="per_channel"), _int_act(8)),
-        first_last="int8",
-        name="ternary_twn",
-    )
+    return _preset("ternary_twn")
 
 
+@_documented("bitnet_b158")
 def bitnet_b158() -> QATConfig:
-    """BitNet b1.58: every Linear becomes a BitLinear (RMSNorm, per-token int8 activations, absmean
-    ternary weights per tensor); the first and last layers stay float, as BitNet keeps embeddings and
-    the output head in high precision."""
-    return QATConfig(
-        default=LayerSpec(
-            QuantSpec(kind="ternary", method="absmean"),
-            QuantSpec(kind="int", bits=8, granularity="per_token", scale="dynamic"),
-        ),
-        first_last="float",
-        bitlinear=True,
-        name="bitnet_b158",
-    )
+    return _preset("bitnet_b158")
 
 
+@_documented("binary_w1a8")
 def binary_w1a8() -> QATConfig:
-    """Binary weights with a per-output-channel alpha = mean|W| (XNOR-Net's weight scaling, clipped
-    STE), int8 activations; first/last layers W8A8."""
-    return QATConfig(
-        default=LayerSpec(
-            QuantSpec(kind="binary", method="mean_abs", granularity="per_channel", estimator="clipped_ste"),
-            _int_act(8),
-        ),
-        first_last="int8",
-        name="binary_w1a8",
-    )
+    return _preset("binary_w1a8")
 
 
+@_documented("xnor_w1a1")
 def xnor_w1a1() -> QATConfig:
-    """XNOR-Net: binary weights (per-channel alpha) and binary activations with clipped STE;
-    first/last layers W8A8. Each sample's activations are binarized around their own mean and
-    scaled by their mean |x| (``method="bitnet"`` along the batch axis): XNOR-Net binarizes
-    BatchNorm outputs, which are centred, while a float model's layer inputs usually follow a ReLU,
-    where a plain sign() would be +1 everywhere."""
-    return QATConfig(
-        default=LayerSpec(
-            QuantSpec(kind="binary", method="mean_abs", granularity="per_channel", estimator="clipped_ste"),
-            QuantSpec(kind="binary", method="bitnet", granularity="per_channel", axis=0, estimator="clipped_ste"),
-        ),
-        first_last="int8",
-        name="xnor_w1a1",
-    )
+    return _preset("xnor_w1a1")
 
 
+@_documented("binaryconnect")
 def binaryconnect(stochastic: bool = False) -> QATConfig:
-    """BinaryConnect: binary weights with a per-channel alpha, latent weights clipped to [-1, 1],
-    float activations; deterministic or stochastic (hard-sigmoid sampling in training)."""
-    return QATConfig(
-        default=LayerSpec(
-            QuantSpec(
-                kind="binary",
-                method="mean_abs",
-                granularity="per_channel",
-                estimator="clipped_ste",
-                stochastic=stochastic,
-                latent_clip=1.0,
-            ),
-            None,
-        ),
-        first_last="int8",
-        name="binaryconnect" + ("_stoch" if stochastic else ""),
-    )
+    return _preset("binaryconnect", stochastic=stochastic)
 
 
 PRESETS: Dict[str, object] = {
@@ -364,6 +357,8 @@ PRESETS: Dict[str, object] = {
     "xnor_w1a1": xnor_w1a1,
     "binaryconnect": binaryconnect,
 }
+if set(PRESETS) != set(PRESET_TABLE["presets"]):  # a table entry without its function, or the reverse
+    raise ImportError(f"qatkit: presets.json and config.PRESETS differ: {sorted(set(PRESETS) ^ set(PRESET_TABLE['presets']))}")
 
 
 def preset(name: str, **kwargs) -> QATConfig:

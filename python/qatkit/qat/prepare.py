@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
-from .config import LayerSpec, QATConfig, QuantSpec
+from .config import LayerSpec, QATConfig, first_last_spec
 from .modules import QAT_MODULES, BitLinear, QuantConvBn2d
 from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
 
@@ -31,10 +31,6 @@ __all__ = [
     "calibrate",
 ]
 
-_INT8_LAYER = LayerSpec(
-    QuantSpec(kind="int", bits=8, symmetric=True, narrow_range=True, granularity="per_channel"),
-    QuantSpec(kind="int", bits=8, symmetric=False),
-)
 
 
 def _candidates(model: nn.Module, fold_bn: bool) -> List[dict]:
@@ -64,7 +60,7 @@ def _spec_for(name: str, index: int, count: int, config: QATConfig, used: Dict[s
             used[pat] += 1
             return spec
     if config.first_last is not None and (index == 0 or index == count - 1):
-        return None if config.first_last == "float" else _INT8_LAYER
+        return first_last_spec(config.first_last)
     return config.default
 
 

@@ -3,8 +3,10 @@ for the same weights and inputs: three training-mode forwards (observers updatin
 one's weight gradient, one eval forward. The C++ side runs in tests/cpp/nn_crosscheck.cpp, built
 with the test build (QATKIT_BUILD_TESTS=1, which scripts/setup.sh sets)."""
 
+import json
 import os
 import subprocess
+import zlib
 
 import pytest
 import torch
@@ -32,11 +34,14 @@ CASES = [
     ("conv2d", "w8a8"),
     ("conv2d", "ternary_twn"),
     ("conv2d_dw", "w8a8"),
+    ("linear", "binaryconnect"),
+    ("linear", "binaryconnect", {"stochastic": True}),  # same seeds (the step buffer) on both sides
+    ("conv2d", "w4a8", {"group_size": 18}),
 ]
 
 
-def python_layer(layer, preset, w, b):
-    spec = qatkit.preset(preset).default
+def python_layer(layer, preset, w, b, params):
+    spec = qatkit.preset(preset, **params).default
     if layer in ("linear", "bitlinear"):
         lin = nn.Linear(w.shape[1], w.shape[0])
         with torch.no_grad():
@@ -51,9 +56,11 @@ def python_layer(layer, preset, w, b):
     return QuantConv2d.from_float(conv, spec), conv.weight
 
 
-@pytest.mark.parametrize("layer,preset", CASES)
-def test_cpp_and_python_layers_agree(tmp_path, layer, preset):
-    g = torch.Generator().manual_seed(hash((layer, preset)) % 1000)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(x) for x in c))
+def test_cpp_and_python_layers_agree(tmp_path, case):
+    layer, preset = case[:2]
+    params = case[2] if len(case) > 2 else {}
+    g = torch.Generator().manual_seed(zlib.crc32(f"{layer}-{preset}-{params}".encode()) % 1000)
     if layer in ("linear", "bitlinear"):
         w, b = torch.randn(24, 64, generator=g) * 0.1, torch.randn(24, generator=g) * 0.1
         xs = [torch.randn(5, 64, generator=g) * (1 + i) for i in range(3)]
@@ -63,13 +70,15 @@ def test_cpp_and_python_layers_agree(tmp_path, layer, preset):
         xs = [torch.randn(2, 6 if cin == 6 else 8, 7, 7, generator=g) * (1 + i) for i in range(3)]
     torch.save({"weight": w, "bias": b, "x": xs}, tmp_path / "in.pt")
     r = subprocess.run(
-        [EXE, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), layer, preset], capture_output=True, text=True
+        [EXE, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), layer, preset, json.dumps(params)],
+        capture_output=True,
+        text=True,
     )
     assert r.returncode == 0, r.stderr
     # torch::pickle_save tags the list's element type with a helper torch.load allows explicitly
     with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag]):
         cpp = torch.load(tmp_path / "out.pt")
-    q, weight = python_layer(layer, preset, w, b)
+    q, weight = python_layer(layer, preset, w, b, params)
     q.train()
     py = []
     for i, x in enumerate(xs):

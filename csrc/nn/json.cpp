@@ -1,0 +1,342 @@
+// See json.h.
+#include "json.h"
+
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+
+namespace qatkit::nn::json {
+namespace {
+
+const char* type_name(Value::Type t) {
+  switch (t) {
+    case Value::Type::kNull:
+      return "null";
+    case Value::Type::kBool:
+      return "a bool";
+    case Value::Type::kNumber:
+      return "a number";
+    case Value::Type::kString:
+      return "a string";
+    case Value::Type::kArray:
+      return "an array";
+    case Value::Type::kObject:
+      return "an object";
+  }
+  return "?";
+}
+
+class Parser {
+ public:
+  Parser(std::string_view text, std::string_view source) : s_(text), source_(source) {}
+
+  Value document() {
+    Value v = value(0);
+    skip_ws();
+    if (pos_ != s_.size()) fail("trailing characters after the JSON value");
+    return v;
+  }
+
+ private:
+  [[noreturn]] void fail(std::string_view what) const {
+    TORCH_CHECK_VALUE(false, fmt::format("{}: malformed JSON at byte {}: {}", source_, pos_, what));
+  }
+  void skip_ws() {
+    while (pos_ < s_.size() && (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' || s_[pos_] == '\r')) ++pos_;
+  }
+  char peek() {
+    skip_ws();
+    if (pos_ >= s_.size()) fail("unexpected end of input");
+    return s_[pos_];
+  }
+  void expect(char c) {
+    if (peek() != c) fail(fmt::format("expected '{}'", c));
+    ++pos_;
+  }
+  bool literal(std::string_view word) {
+    if (s_.substr(pos_, word.size()) != word) return false;
+    pos_ += word.size();
+    return true;
+  }
+
+  Value value(int depth) {
+    if (depth > 64) fail("nesting deeper than 64 levels");
+    const char c = peek();
+    Value v;
+    if (c == '{') {
+      v.type = Value::Type::kObject;
+      ++pos_;
+      if (peek() == '}') {
+        ++pos_;
+        return v;
+      }
+      while (true) {
+        if (peek() != '"') fail("expected a string key");
+        std::string key = string();
+        expect(':');
+        if (v.find(key) != nullptr) fail(fmt::format("duplicate key '{}'", key));
+        v.object.emplace_back(std::move(key), value(depth + 1));
+        if (peek() == ',') {
+          ++pos_;
+          continue;
+        }
+        expect('}');
+        return v;
+      }
+    }
+    if (c == '[') {
+      v.type = Value::Type::kArray;
+      ++pos_;
+      if (peek() == ']') {
+        ++pos_;
+        return v;
+      }
+      while (true) {
+        v.array.push_back(value(depth + 1));
+        if (peek() == ',') {
+          ++pos_;
+          continue;
+        }
+        expect(']');
+        return v;
+      }
+    }
+    if (c == '"') {
+      v.type = Value::Type::kString;
+      v.string = string();
+      return v;
+    }
+    if (literal("true")) return Value::of(true);
+    if (literal("false")) return Value::of(false);
+    if (literal("null")) return v;
+    return number();
+  }
+
+  std::string string() {
+    ++pos_;  // opening quote
+    std::string out;
+    while (true) {
+      if (pos_ >= s_.size()) fail("unterminated string");
+      const char c = s_[pos_++];
+      if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) fail("control character in a string");
+      if (c != '\\') {
+        out.push_back(c);
+        continue;
+      }
+      if (pos_ >= s_.size()) fail("unterminated escape");
+      const char e = s_[pos_++];
+      switch (e) {
+        case '"':
+        case '\\':
+        case '/':
+          out.push_back(e);
+          break;
+        case 'n':
+          out.push_back('\n');
+          break;
+        case 't':
+          out.push_back('\t');
+          break;
+        case 'r':
+          out.push_back('\r');
+          break;
+        case 'b':
+          out.push_back('\b');
+          break;
+        case 'f':
+          out.push_back('\f');
+          break;
+        case 'u': {
+          if (pos_ + 4 > s_.size()) fail("short \\u escape");
+          const std::string hex(s_.substr(pos_, 4));
+          char* end = nullptr;
+          const long code = std::strtol(hex.c_str(), &end, 16);
+          if (end != hex.c_str() + 4 || code > 0x7f) fail("only ASCII \\u escapes are supported");
+          out.push_back(static_cast<char>(code));
+          pos_ += 4;
+          break;
+        }
+        default:
+          fail(fmt::format("unknown escape '\\{}'", e));
+      }
+    }
+  }
+
+  Value number() {
+    const std::size_t start = pos_;
+    if (pos_ < s_.size() && (s_[pos_] == '-' || s_[pos_] == '+')) ++pos_;
+    while (pos_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '.' ||
+                                s_[pos_] == 'e' || s_[pos_] == 'E' || s_[pos_] == '-' || s_[pos_] == '+')) {
+      ++pos_;
+    }
+    const std::string text(s_.substr(start, pos_ - start));
+    char* end = nullptr;
+    const double d = text.empty() ? 0.0 : std::strtod(text.c_str(), &end);
+    if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(d)) {
+      pos_ = start;
+      fail("expected a value");
+    }
+    return Value::of(d);
+  }
+
+  std::string_view s_;
+  std::string_view source_;
+  std::size_t pos_ = 0;
+};
+
+void dump_string(const std::string& s, std::string& out) {
+  out.push_back('"');
+  for (const char c : s) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += fmt::format("\\u{:04x}", static_cast<int>(c));
+        } else {
+          out.push_back(c);
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+void dump_into(const Value& v, std::string& out) {
+  switch (v.type) {
+    case Value::Type::kNull:
+      out += "null";
+      return;
+    case Value::Type::kBool:
+      out += v.boolean ? "true" : "false";
+      return;
+    case Value::Type::kNumber:
+      if (std::nearbyint(v.number) == v.number && std::fabs(v.number) < 9.0e15) {
+        out += fmt::format("{}", static_cast<std::int64_t>(v.number));
+      } else {
+        out += fmt::format("{}", v.number);  // shortest round-trip form
+      }
+      return;
+    case Value::Type::kString:
+      dump_string(v.string, out);
+      return;
+    case Value::Type::kArray:
+      out.push_back('[');
+      for (std::size_t i = 0; i < v.array.size(); ++i) {
+        if (i) out.push_back(',');
+        dump_into(v.array[i], out);
+      }
+      out.push_back(']');
+      return;
+    case Value::Type::kObject:
+      out.push_back('{');
+      for (std::size_t i = 0; i < v.object.size(); ++i) {
+        if (i) out.push_back(',');
+        dump_string(v.object[i].first, out);
+        out.push_back(':');
+        dump_into(v.object[i].second, out);
+      }
+      out.push_back('}');
+      return;
+  }
+}
+
+}  // namespace
+
+const Value* Value::find(std::string_view key) const {
+  if (type != Type::kObject) return nullptr;
+  for (const auto& [k, v] : object) {
+    if (k == key) return &v;
+  }
+  return nullptr;
+}
+
+const Value& Value::at(std::string_view key, std::string_view where) const {
+  const Value* v = find(key);
+  TORCH_CHECK_VALUE(v != nullptr, fmt::format("{}: missing key '{}'", where, key));
+  return *v;
+}
+
+const std::string& Value::as_string(std::string_view where) const {
+  TORCH_CHECK_VALUE(type == Type::kString, fmt::format("{} must be a string, got {}", where, type_name(type)));
+  return string;
+}
+
+double Value::as_number(std::string_view where) const {
+  TORCH_CHECK_VALUE(type == Type::kNumber, fmt::format("{} must be a number, got {}", where, type_name(type)));
+  return number;
+}
+
+std::int64_t Value::as_int(std::string_view where) const {
+  const double d = as_number(where);
+  TORCH_CHECK_VALUE(std::nearbyint(d) == d && std::fabs(d) < 9.0e15,
+                    fmt::format("{} must be an integer, got {}", where, d));
+  return static_cast<std::int64_t>(d);
+}
+
+bool Value::as_bool(std::string_view where) const {
+  TORCH_CHECK_VALUE(type == Type::kBool, fmt::format("{} must be a bool, got {}", where, type_name(type)));
+  return boolean;
+}
+
+Value Value::of(bool b) {
+  Value v;
+  v.type = Type::kBool;
+  v.boolean = b;
+  return v;
+}
+
+Value Value::of(double d) {
+  Value v;
+  v.type = Type::kNumber;
+  v.number = d;
+  return v;
+}
+
+Value Value::of(std::int64_t i) { return of(static_cast<double>(i)); }
+
+Value Value::of(std::string s) {
+  Value v;
+  v.type = Type::kString;
+  v.string = std::move(s);
+  return v;
+}
+
+Value& Value::set(const std::string& key, Value v) {
+  if (type == Type::kNull) type = Type::kObject;
+  TORCH_CHECK(type == Type::kObject, "json::Value::set on a non-object");
+  for (auto& [k, old] : object) {
+    if (k == key) {
+      old = std::move(v);
+      return *this;
+    }
+  }
+  object.emplace_back(key, std::move(v));
+  return *this;
+}
+
+Value parse(std::string_view text, std::string_view source) { return Parser(text, source).document(); }
+
+std::string dump(const Value& v) {
+  std::string out;
+  dump_into(v, out);
+  return out;
+}
+
+}  // namespace qatkit::nn::json

@@ -1,0 +1,50 @@
+// A small JSON reader / writer for qatkit's own tables and records (the preset table compiled into
+// libqatkit, the spec a C++ checkpoint records). Not a general-purpose library: UTF-8 passes
+// through as bytes, \u escapes outside ASCII are rejected, numbers are doubles.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace qatkit::nn::json {
+
+struct Value {
+  enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
+  Type type = Type::kNull;
+  bool boolean = false;
+  double number = 0.0;
+  std::string string;
+  std::vector<Value> array;
+  std::vector<std::pair<std::string, Value>> object;  ///< in file order
+
+  bool is_null() const { return type == Type::kNull; }
+  /// The member `key` of an object, or nullptr (also for non-objects).
+  const Value* find(std::string_view key) const;
+  /// The member `key`; ValueError naming `where` and the key when it is missing.
+  const Value& at(std::string_view key, std::string_view where) const;
+  /// Typed reads; ValueError naming `where` and the expected type on a mismatch.
+  const std::string& as_string(std::string_view where) const;
+  double as_number(std::string_view where) const;
+  std::int64_t as_int(std::string_view where) const;
+  bool as_bool(std::string_view where) const;
+
+  static Value null() { return {}; }
+  static Value of(bool b);
+  static Value of(double d);
+  static Value of(std::int64_t i);
+  static Value of(std::string s);
+  static Value of(const char* s) { return of(std::string(s)); }
+  /// Sets (or replaces) member `key` of an object value.
+  Value& set(const std::string& key, Value v);
+};
+
+/// Parses `text`; ValueError naming `source` and the byte offset on malformed input.
+Value parse(std::string_view text, std::string_view source);
+
+/// Compact JSON with members in insertion order; integral numbers print without a fraction.
+std::string dump(const Value& v);
+
+}  // namespace qatkit::nn::json
