@@ -1,4 +1,4 @@
-"""Long fuzz run of every qatkit op (the checks of tests/python/fuzz_cases.py): random layouts,
+"""Long fuzz run of every qatkit op (the checks of qatkit.testing.fuzz): random layouts,
 dtypes and edge qparams against float64 references, until --calls op calls have run.
 
     python scripts/fuzz_ops.py [--calls 100000] [--seed 0] [--json]
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -21,9 +20,7 @@ import warnings
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
-
-from fuzz_cases import CHECKS  # noqa: E402
+from qatkit.testing.fuzz import CHECKS
 
 
 def main():

@@ -1,10 +1,5 @@
-"""pytest setup: make tests/python importable (reference.py, samples.py) and pin thread counts."""
+"""pytest setup: a fixed seed. (References and sample generators live in qatkit.testing.)"""
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import torch  # noqa: E402
+import torch
 
 torch.manual_seed(0)

@@ -35,7 +35,17 @@ from .prepare import (
     freeze_bn,
     prepare_qat,
 )
-from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+from .config import PerAxis, PerGroup, PerTensor, PerToken
+from .quantizers import (
+    OBSERVERS,
+    ActFakeQuantizer,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    Observer,
+    WeightFakeQuantizer,
+    register_observer,
+)
+from .swap import replace_module
 
 __all__ = [
     "PRESETS",
@@ -73,4 +83,14 @@ __all__ = [
     "prepare_qat",
     "ActFakeQuantizer",
     "WeightFakeQuantizer",
+    "Observer",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "OBSERVERS",
+    "register_observer",
+    "PerTensor",
+    "PerAxis",
+    "PerGroup",
+    "PerToken",
+    "replace_module",
 ]

@@ -33,6 +33,11 @@ __all__ = [
     "PRESET_TABLE",
     "first_last_spec",
     "spec_from_table",
+    "Granularity",
+    "PerTensor",
+    "PerAxis",
+    "PerGroup",
+    "PerToken",
 ]
 
 #: The one preset table (``presets.json``), shared with the C++ library.
@@ -54,6 +59,46 @@ def _choice(cls: str, name: str, value, choices) -> None:
     if value not in choices:
         valid = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{cls}.{name} must be one of {valid}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PerTensor:
+    """One scale for the whole tensor."""
+
+    def op_args(self) -> dict:
+        """The ``axis`` / ``group_size`` arguments of the qatkit ops."""
+        return {"axis": None, "group_size": None}
+
+
+@dataclass(frozen=True)
+class PerAxis:
+    """One scale per index of dim ``axis`` (per channel)."""
+
+    axis: int
+
+    def op_args(self) -> dict:
+        return {"axis": self.axis, "group_size": None}
+
+
+@dataclass(frozen=True)
+class PerGroup:
+    """One scale per block of ``group_size`` consecutive elements of the last dim."""
+
+    group_size: int
+
+    def op_args(self) -> dict:
+        return {"axis": None, "group_size": self.group_size}
+
+
+@dataclass(frozen=True)
+class PerToken:
+    """One scale per row of the last dim, computed from the tensor at every call (activations)."""
+
+    def op_args(self) -> dict:
+        raise ValueError("per-token scales come from quantize_per_token, not from axis / group_size")
+
+
+Granularity = (PerTensor, PerAxis, PerGroup, PerToken)
 
 
 @dataclass(frozen=True)
@@ -158,6 +203,27 @@ class QuantSpec:
             raise ValueError(f"{c}.momentum must be in [0, 1], got {self.momentum}")
         if self.latent_clip is not None and not (math.isfinite(float(self.latent_clip)) and float(self.latent_clip) > 0):
             raise ValueError(f"{c}.latent_clip must be positive or None, got {self.latent_clip}")
+
+    @property
+    def layout(self):
+        """The granularity as a typed value: :class:`PerTensor`, :class:`PerAxis` (``axis``),
+        :class:`PerGroup` (``group_size``) or :class:`PerToken`."""
+        if self.granularity == "per_channel":
+            return PerAxis(self.axis)
+        if self.granularity == "per_group":
+            return PerGroup(self.group_size)
+        if self.granularity == "per_token":
+            return PerToken()
+        return PerTensor()
+
+    @property
+    def quantizer_kind(self) -> str:
+        """Which quantizer family implements this spec: ``"affine_static"``, ``"affine_learned"``,
+        ``"affine_dynamic"``, ``"ternary"`` or ``"binary"`` (the registry key of
+        :mod:`qatkit.qat.quantizers`)."""
+        if self.kind != "int":
+            return self.kind
+        return "affine_" + self.scale
 
     @property
     def quant_min(self) -> int:

@@ -21,6 +21,7 @@ from torch import nn
 from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
 from .. import ops
 from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+from .swap import replace_module
 
 __all__ = ["convert", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "weight_codes"]
 
@@ -47,6 +48,8 @@ def weight_codes(wfq: WeightFakeQuantizer, w: torch.Tensor) -> Tuple[torch.Tenso
     s, z = wfq.qparams(w)
     # the effective qparams of the kernels: learned zero points are rounded and clamped into range
     s, z = s.float(), torch.round(z.float()).clamp(spec.quant_min, spec.quant_max)
+    # qparams leave QAT here: check their values once (the CUDA kernels do not, to stay sync-free)
+    ops.validate_qparams(s, z, spec.quant_min, spec.quant_max)
     dtype = torch.int8 if spec.quant_min >= -128 and spec.quant_max <= 127 else torch.int32
     if wfq.granularity == "per_group":
         w2 = w.detach().reshape(w.shape[0], -1)
@@ -228,7 +231,5 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_TYPES)]:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, _convert_one(m))
+        replace_module(model, name, _convert_one(m))
     return model.eval()

@@ -19,6 +19,7 @@ from torch import nn
 from .config import LayerSpec, QATConfig, first_last_spec
 from .modules import QAT_MODULES, BitLinear, QuantConvBn2d
 from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+from .swap import replace_module
 
 __all__ = [
     "prepare_qat",
@@ -62,12 +63,6 @@ def _spec_for(name: str, index: int, count: int, config: QATConfig, used: Dict[s
     if config.first_last is not None and (index == 0 or index == count - 1):
         return first_last_spec(config.first_last)
     return config.default
-
-
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> nn.Module:
@@ -114,12 +109,12 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
         if c["bn"] is not None:
             bn_name, bn = c["bn"]
             new = QuantConvBn2d.from_float(mod, bn, spec)
-            _set(model, bn_name, nn.Identity())
+            replace_module(model, bn_name, nn.Identity())
         elif config.bitlinear and type(mod) is nn.Linear:
             new = BitLinear.from_float(mod, spec)
         else:
             new = QAT_MODULES[type(mod)].from_float(mod, spec)
-        _set(model, name, new)
+        replace_module(model, name, new)
         replaced += 1
         wfq = new.weight_fake_quant
         fell_back = bool(wfq is not None and wfq.fell_back)

@@ -1,36 +1,58 @@
-"""Fake quantizers for QAT: one module per quantized tensor, built from a :class:`QuantSpec`.
+"""Fake quantizers for QAT: one module per quantized tensor, chosen from its :class:`QuantSpec`.
 
-:class:`WeightFakeQuantizer` quantizes a layer's FP32 shadow weight at every forward (min/max
-ranges of the current weight, LSQ step sizes, ternary or binary codes); :class:`ActFakeQuantizer`
-quantizes a layer's input (an EMA/min-max observer whose state lives in buffers, dynamic absmax
-per tensor or per token, LSQ/LSQ+, or sign). Both call the ``torch.ops.qatkit`` ops, so gradients
-are the ops' straight-through estimators computed in C++.
+The class comes from a registry keyed by :attr:`QuantSpec.quantizer_kind` (affine static, affine
+learned, affine dynamic, ternary, binary); ``WeightFakeQuantizer(spec, weight)`` and
+``ActFakeQuantizer(spec, channels)`` (or their ``from_spec``) return the registered subclass, so
+``isinstance(m, ActFakeQuantizer)`` holds for every activation quantizer. Each subclass handles
+one kind, with the granularity as a typed value (:class:`~qatkit.qat.config.PerTensor`,
+``PerAxis(n)``, ``PerGroup(g)``, ``PerToken``). Ranges of static activations come from an
+:class:`Observer` submodule (min/max or moving-average min/max; PTQ adds more behind the same
+interface). All numerics are the ``torch.ops.qatkit`` ops, so gradients are their straight-through
+estimators computed in C++.
 
 State and switches:
 - buffers hold everything a resumed run needs (observer ranges, qparams, on/off flags, the
   stochastic-binarization step), so ``state_dict`` save/load resumes bit-identically;
-- the spec is saved as ``_extra_state``; loading a checkpoint made with another spec raises
-  ``ValueError`` naming the key;
+- the spec is saved as ``_extra_state`` (with stored weight qparams, when a weight quantizer holds
+  them); loading a checkpoint made with another spec raises ``ValueError`` naming the key;
 - observer / fake-quant switches are one-element tensors read inside the fused op (no recompile
   when toggled) plus a Python mirror for the paths that branch in Python.
 
-Distributed: when ``torch.distributed`` is initialized with more than one rank, a static
-activation observer all-reduces the batch min/max (MIN/MAX) before its update, so every rank holds
-the qparams a single process would compute on the global batch.
+Distributed: when ``torch.distributed`` is initialized with more than one rank, an observer
+all-reduces the batch min/max (MIN/MAX) before its update, so every rank holds the qparams a single
+process would compute on the global batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
 from torch import nn
 
 from .. import ops
-from .config import QuantSpec
+from .config import PerAxis, PerGroup, PerTensor, QuantSpec
 
-__all__ = ["WeightFakeQuantizer", "ActFakeQuantizer", "weight_layout"]
+__all__ = [
+    "WeightFakeQuantizer",
+    "ActFakeQuantizer",
+    "weight_layout",
+    "Observer",
+    "MinMaxObserver",
+    "MovingAverageMinMaxObserver",
+    "OBSERVERS",
+    "register_observer",
+    "AffineStaticWeightQuantizer",
+    "AffineLearnedWeightQuantizer",
+    "TernaryWeightQuantizer",
+    "BinaryWeightQuantizer",
+    "AffineStaticActQuantizer",
+    "AffineLearnedActQuantizer",
+    "AffineDynamicActQuantizer",
+    "BinaryActQuantizer",
+]
 
 
 def weight_layout(spec: QuantSpec, weight_shape) -> tuple:
@@ -52,14 +74,228 @@ def _flag(on: bool) -> torch.Tensor:
     return torch.tensor([1 if on else 0], dtype=torch.uint8)
 
 
+def _dist_world() -> int:
+    d = torch.distributed
+    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+
+
+def _check_spec(spec) -> QuantSpec:
+    if not isinstance(spec, QuantSpec):
+        raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
+    return spec
+
+
+# ---------------------------------------------------------------- observers
+
+
+class Observer(nn.Module):
+    """Observes tensors into buffers and produces the qparams of an affine spec.
+
+    Subclasses keep every statistic in buffers (so it checkpoints) and combine ranks in
+    :meth:`observe` when ``torch.distributed`` runs more than one process (``sync_distributed``).
+
+    Args:
+        spec: the tensor's affine :class:`QuantSpec` (its bits, symmetry and momentum).
+        channels: number of channels for per-axis observation (1 otherwise).
+        axis: the channel axis of the observed tensors, or ``None`` for per tensor.
+    """
+
+    def __init__(self, spec: QuantSpec, channels: int = 1, axis: Optional[int] = None):
+        super().__init__()
+        self.spec = _check_spec(spec)
+        self.axis = axis
+        n = channels if axis is not None else 1
+        self.register_buffer("scale", torch.ones(n))
+        self.register_buffer("zero_point", torch.zeros(n, dtype=torch.int32))
+        self.sync_distributed = True
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Fold ``x`` into the statistics and refresh :attr:`scale` / :attr:`zero_point`."""
+        raise NotImplementedError
+
+    def calculate_qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scale float32, zero_point int32) for the spec from the statistics so far."""
+        return self.scale.detach().clone(), self.zero_point.detach().clone()
+
+    @property
+    def has_observed(self) -> bool:
+        """False until the observer has seen data (its qparams are meaningless before)."""
+        raise NotImplementedError
+
+    def fake_quantize(self, x: torch.Tensor, observe_flag: torch.Tensor, fake_quant_on: torch.Tensor) -> torch.Tensor:
+        """Observe ``x`` (when ``observe_flag`` holds 1) and fake-quantize it with the refreshed
+        qparams (when ``fake_quant_on`` holds 1). The generic form; subclasses may fuse it."""
+        if bool(observe_flag.item()):
+            with torch.no_grad():
+                self.observe(x)
+        if not bool(fake_quant_on.item()):
+            return x
+        s = self.spec
+        return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Observe ``x`` and return it unchanged (calibration)."""
+        with torch.no_grad():
+            self.observe(x)
+        return x
+
+
+class MinMaxObserver(Observer):
+    """Running min / max of the observed tensors (torch.ao's MinMaxObserver arithmetic for the
+    qparams). Per tensor or per channel along ``axis``."""
+
+    moving_average = False
+
+    def __init__(self, spec: QuantSpec, channels: int = 1, axis: Optional[int] = None):
+        super().__init__(spec, channels, axis)
+        n = self.scale.numel()
+        self.register_buffer("running_min", torch.full((n,), float("inf")))
+        self.register_buffer("running_max", torch.full((n,), float("-inf")))
+        self.register_buffer("_on", _flag(True), persistent=False)
+
+    @property
+    def has_observed(self) -> bool:
+        return bool(torch.isfinite(self.running_min).all())
+
+    def _update(self, stats: torch.Tensor, axis: Optional[int], flag: torch.Tensor) -> None:
+        s = self.spec
+        ops.observer_update(
+            stats,
+            self.running_min,
+            self.running_max,
+            self.scale,
+            self.zero_point,
+            flag,
+            s.momentum,
+            self.moving_average,
+            s.quant_min,
+            s.quant_max,
+            s.symmetric,
+            axis,
+        )
+
+    def _observe_global(self, x: torch.Tensor, flag: torch.Tensor) -> None:
+        """All-reduce this batch's min/max over ranks, then update from them."""
+        xd = x.detach()
+        if self.axis is None:
+            lo, hi = xd.amin().reshape(1), xd.amax().reshape(1)
+        else:
+            ax = self.axis % x.dim()
+            dims = [d for d in range(x.dim()) if d != ax]
+            lo, hi = xd.amin(dim=dims), xd.amax(dim=dims)
+        lo, hi = lo.float().contiguous(), hi.float().contiguous()
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        # a 2-column tensor whose min/max per row are the global min/max: the observer's own
+        # update then gives exactly the single-process result on the global batch
+        self._update(torch.stack([lo, hi], dim=-1), None if self.axis is None else 0, flag)
+
+    def _distributed(self) -> bool:
+        return self.sync_distributed and _dist_world() > 1
+
+    def observe(self, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            if self._distributed():
+                self._observe_global(x, self._on)
+            else:
+                self._update(x.detach(), self.axis, self._on)
+
+    def fake_quantize(self, x: torch.Tensor, observe_flag: torch.Tensor, fake_quant_on: torch.Tensor) -> torch.Tensor:
+        # one fused op (observe + fake quantize, flags read inside: no recompile when toggled);
+        # across ranks the batch statistics are all-reduced first
+        if self._distributed() and bool(observe_flag.item()):
+            with torch.no_grad():
+                self._observe_global(x, observe_flag)
+            observe_flag = torch.zeros_like(observe_flag)
+        s = self.spec
+        return ops.fused_observe_fake_quantize(
+            x,
+            self.running_min,
+            self.running_max,
+            self.scale,
+            self.zero_point,
+            observe_flag,
+            fake_quant_on,
+            s.momentum,
+            self.moving_average,
+            s.quant_min,
+            s.quant_max,
+            s.symmetric,
+            self.axis,
+        )
+
+
+class MovingAverageMinMaxObserver(MinMaxObserver):
+    """Exponential moving average of the batch min / max (``momentum`` = weight of a new batch;
+    Jacob et al.); the first batch sets the range."""
+
+    moving_average = True
+
+
+#: Observer classes by :attr:`QuantSpec.observer` name.
+OBSERVERS: Dict[str, Type[Observer]] = {
+    "minmax": MinMaxObserver,
+    "moving_average": MovingAverageMinMaxObserver,
+}
+
+
+def register_observer(name: str) -> Callable[[Type[Observer]], Type[Observer]]:
+    """Class decorator adding an :class:`Observer` subclass under ``name``."""
+
+    def deco(cls: Type[Observer]) -> Type[Observer]:
+        if not (isinstance(cls, type) and issubclass(cls, Observer)):
+            raise TypeError(f"register_observer: {cls!r} is not an Observer subclass")
+        OBSERVERS[name] = cls
+        return cls
+
+    return deco
+
+
+# ---------------------------------------------------------------- the registry
+
+
 class _SpecModule(nn.Module):
-    """Shared spec bookkeeping: extra state, checkpoint compatibility, Python mirrors of flags."""
+    """Spec bookkeeping shared by every quantizer: the registry, extra state, checkpoint
+    compatibility, the fake-quant switch and its Python mirror."""
+
+    _registry: Dict[str, type]  # set per family (weights, activations)
+    _family = "quantizer"
+
+    def __new__(cls, spec=None, *args, **kwargs):
+        if "_registry" in cls.__dict__ and spec is not None:  # the family's base: choose the subclass
+            cls = cls._registry_class(_check_spec(spec))
+        return super().__new__(cls)
+
+    @classmethod
+    def _check_family(cls, spec: QuantSpec) -> None:
+        """Raises ValueError for specs this family cannot take (before the registry lookup)."""
+
+    @classmethod
+    def _registry_class(cls, spec: QuantSpec) -> type:
+        cls._check_family(spec)
+        key = spec.quantizer_kind
+        if key not in cls._registry:
+            raise ValueError(
+                f"{cls.__name__}: no {cls._family} quantizer for {spec.describe()!r} (kind {key!r}); "
+                f"registered: {', '.join(sorted(cls._registry))}"
+            )
+        return cls._registry[key]
+
+    @classmethod
+    def register(cls, key: str):
+        """Class decorator registering a subclass for specs whose ``quantizer_kind`` is ``key``."""
+
+        def deco(sub):
+            if not issubclass(sub, cls):
+                raise TypeError(f"{cls.__name__}.register: {sub.__name__} must subclass {cls.__name__}")
+            cls._registry[key] = sub
+            return sub
+
+        return deco
 
     def __init__(self, spec: QuantSpec):
         super().__init__()
-        if not isinstance(spec, QuantSpec):
-            raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
-        self.spec = spec
+        self.spec = _check_spec(spec)
         self.register_buffer("fake_quant_on", _flag(True))
         self._fq_enabled = True
 
@@ -96,137 +332,344 @@ class _SpecModule(nn.Module):
         return self.spec.describe()
 
 
+# ---------------------------------------------------------------- weight quantizers
+
+
 class WeightFakeQuantizer(_SpecModule):
     """Fake-quantizes a layer's weight (output channel = dim 0).
 
+    ``WeightFakeQuantizer(spec, weight)`` returns the subclass registered for
+    ``spec.quantizer_kind`` (:class:`AffineStaticWeightQuantizer`,
+    :class:`AffineLearnedWeightQuantizer`, :class:`TernaryWeightQuantizer`,
+    :class:`BinaryWeightQuantizer`).
+
     Args:
         spec: the weight's :class:`QuantSpec`.
-        weight: the float weight (its shape fixes the layout; LSQ step sizes start from it:
-            ``s = 2 mean|w| / sqrt(Q_P)`` per channel, the LSQ paper's initialization).
+        weight: the float weight (its shape fixes the layout; LSQ step sizes start from it).
     """
 
-    def __init__(self, spec: QuantSpec, weight: torch.Tensor):
-        super().__init__(spec)
+    _registry: Dict[str, type] = {}
+    _family = "weight"
+
+    @classmethod
+    def from_spec(cls, spec: QuantSpec, weight: torch.Tensor) -> "WeightFakeQuantizer":
+        return WeightFakeQuantizer(spec, weight)
+
+    @classmethod
+    def _check_family(cls, spec: QuantSpec) -> None:
         if spec.scale == "dynamic":
             raise ValueError("QuantSpec.scale 'dynamic' is for activations; weights use 'static' or 'learned'")
         if spec.granularity == "per_token":
             raise ValueError("QuantSpec.granularity 'per_token' is for activations")
+
+    def __init__(self, spec: QuantSpec, weight: torch.Tensor):
+        super().__init__(spec)
+        self._check_family(spec)
         self.weight_shape = tuple(weight.shape)
         self.granularity, self.group_size = weight_layout(spec, self.weight_shape)
         #: True when per-group fell back to per-channel (reported by prepare_qat)
         self.fell_back = spec.granularity == "per_group" and self.granularity != "per_group"
         self.axis = 0 if self.granularity == "per_channel" else None
-        if spec.stochastic:
-            self.register_buffer("step", torch.zeros(1, dtype=torch.int64))
-        if spec.scale == "learned":
-            w = weight.detach().float()
-            qp = spec.quant_max
-            if self.axis is None:
-                init = 2 * w.abs().mean().reshape(1) / math.sqrt(qp)
-            else:
-                init = 2 * w.abs().reshape(w.shape[0], -1).mean(1) / math.sqrt(qp)
-            self.scale = nn.Parameter(init.clamp(min=1e-6))
-            zp = torch.zeros_like(init)
-            if spec.symmetric:
-                self.register_buffer("zero_point", zp)
-            else:
-                self.zero_point = nn.Parameter(zp)
-            per_scale = w.numel() // init.numel()
-            self.grad_factor = ops.lsq_grad_factor(per_scale, qp) if spec.lsq_grad_scale else 1.0
-
-    def qparams(self, w: torch.Tensor):
-        """(scale, zero_point) the forward uses for weight ``w`` (int kinds)."""
-        s = self.spec
-        if s.scale == "learned":
-            return self.scale.detach().clamp(min=torch.finfo(torch.float32).eps), self.zero_point.detach()
-        w2 = w.detach().reshape(w.shape[0], -1) if self.granularity == "per_group" else w.detach()
-        return ops.choose_qparams(w2, s.quant_min, s.quant_max, s.symmetric, self.axis, self.group_size)
+        #: the effective granularity as a typed value
+        self.layout = (
+            PerGroup(self.group_size)
+            if self.granularity == "per_group"
+            else (PerAxis(0) if self.axis is not None else PerTensor())
+        )
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self._fq_enabled:
             return w
-        s = self.spec
-        if s.kind == "ternary":
-            return ops.ternarize(w, s.method, self.axis)
-        if s.kind == "binary":
-            seed = None
-            if s.stochastic and self.training:
-                self.step.add_(1)
-                seed = self.step
-            return ops.binarize(w, s.method, self.axis, s.estimator, seed=seed)
-        if s.scale == "learned":
-            return ops.fake_quantize_learnable(
-                w, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis, grad_factor=self.grad_factor
-            )
-        if self.granularity == "per_group":
-            w2 = w.reshape(w.shape[0], -1)
-            sc, zp = ops.choose_qparams(w2.detach(), s.quant_min, s.quant_max, s.symmetric, None, self.group_size)
-            y = ops.fake_quantize(w2, sc, zp, s.quant_min, s.quant_max, group_size=self.group_size)
-            return y.reshape(w.shape)
-        sc, zp = ops.choose_qparams(w.detach(), s.quant_min, s.quant_max, s.symmetric, self.axis)
-        return ops.fake_quantize(w, sc, zp, s.quant_min, s.quant_max, self.axis)
+        return self.quantize(w)
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        """The fake-quantized weight (the switch aside)."""
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         fb = " (per-group fell back to per-channel)" if self.fell_back else ""
         return super().extra_repr() + fb
 
 
-def _dist_world() -> int:
-    d = torch.distributed
-    return d.get_world_size() if d.is_available() and d.is_initialized() else 1
+@WeightFakeQuantizer.register("affine_static")
+class AffineStaticWeightQuantizer(WeightFakeQuantizer):
+    """Affine integer weights with qparams from the weight's min/max: recomputed from the current
+    weight at every forward (QAT), or stored (:meth:`store_qparams`: buffers kept through
+    ``convert`` and checkpoints, e.g. for PTQ's learned rounding and clipping)."""
+
+    def __init__(self, spec: QuantSpec, weight: torch.Tensor):
+        super().__init__(spec, weight)
+        self.stored_scale: Optional[torch.Tensor] = None
+        self.stored_zero_point: Optional[torch.Tensor] = None
+
+    def _rows(self, w: torch.Tensor) -> torch.Tensor:
+        # per-group groups run along the flattened input dim
+        return w.reshape(w.shape[0], -1) if isinstance(self.layout, PerGroup) else w
+
+    def computed_qparams(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero_point) from the min/max of weight ``w``."""
+        s = self.spec
+        return ops.choose_qparams(self._rows(w.detach()), s.quant_min, s.quant_max, s.symmetric, **self.layout.op_args())
+
+    @property
+    def has_stored_qparams(self) -> bool:
+        return self.stored_scale is not None
+
+    @torch.no_grad()
+    def store_qparams(
+        self,
+        weight: Optional[torch.Tensor] = None,
+        scale: Optional[torch.Tensor] = None,
+        zero_point: Optional[torch.Tensor] = None,
+    ) -> None:
+        """Fix the qparams: given ``scale`` / ``zero_point`` (validated), or those of ``weight``.
+
+        Raises:
+            ValueError: neither a weight nor both qparams given; qparams of the wrong shape or
+                values (non-finite or non-positive scale, zero point outside the code range).
+        """
+        if scale is None and zero_point is None:
+            if weight is None:
+                raise ValueError("store_qparams: give the weight, or both scale and zero_point")
+            scale, zero_point = self.computed_qparams(weight)
+        elif scale is None or zero_point is None:
+            raise ValueError("store_qparams: give both scale and zero_point, or neither")
+        s = self.spec
+        ref_shape = self.weight_shape if weight is None else tuple(weight.shape)
+        probe = torch.empty(ref_shape, device="meta")
+        expected = ops.choose_qparams(self._rows(probe), s.quant_min, s.quant_max, s.symmetric, **self.layout.op_args())[0]
+        scale = torch.as_tensor(scale, dtype=torch.float32).detach().clone()
+        zero_point = torch.as_tensor(zero_point).detach().clone()
+        if tuple(scale.shape) != tuple(expected.shape) or tuple(zero_point.shape) != tuple(expected.shape):
+            raise ValueError(
+                f"store_qparams: scale and zero_point must have shape {tuple(expected.shape)} for this weight's "
+                f"layout {self.layout}, got {tuple(scale.shape)} and {tuple(zero_point.shape)}"
+            )
+        ops.validate_qparams(scale, zero_point, s.quant_min, s.quant_max)
+        self.stored_scale, self.stored_zero_point = scale, zero_point.to(torch.int32)
+
+    def recompute_qparams(self) -> None:
+        """Back to qparams from the current weight at every forward."""
+        self.stored_scale = self.stored_zero_point = None
+
+    def qparams(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero_point) the forward uses for weight ``w``."""
+        if self.stored_scale is not None:
+            return self.stored_scale.to(w.device), self.stored_zero_point.to(w.device)
+        return self.computed_qparams(w)
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        sc, zp = self.qparams(w)
+        w2 = self._rows(w)
+        return ops.fake_quantize(w2, sc, zp, s.quant_min, s.quant_max, **self.layout.op_args()).reshape(w.shape)
+
+    def get_extra_state(self):
+        state = super().get_extra_state()
+        if self.stored_scale is not None:
+            state["qparams"] = {"scale": self.stored_scale, "zero_point": self.stored_zero_point}
+        return state
+
+    def set_extra_state(self, state):
+        q = state.get("qparams") if isinstance(state, dict) else None
+        if q is None:
+            self.recompute_qparams()
+        else:
+            self.store_qparams(scale=q["scale"], zero_point=q["zero_point"])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (" (stored qparams)" if self.stored_scale is not None else "")
+
+
+@WeightFakeQuantizer.register("affine_learned")
+class AffineLearnedWeightQuantizer(WeightFakeQuantizer):
+    """LSQ weights (LSQ+ offsets when asymmetric): trainable step sizes per tensor or channel,
+    initialized ``s = 2 mean|w| / sqrt(Q_P)`` (the LSQ paper)."""
+
+    def __init__(self, spec: QuantSpec, weight: torch.Tensor):
+        super().__init__(spec, weight)
+        w = weight.detach().float()
+        qp = spec.quant_max
+        if self.axis is None:
+            init = 2 * w.abs().mean().reshape(1) / math.sqrt(qp)
+        else:
+            init = 2 * w.abs().reshape(w.shape[0], -1).mean(1) / math.sqrt(qp)
+        self.scale = nn.Parameter(init.clamp(min=1e-6))
+        zp = torch.zeros_like(init)
+        if spec.symmetric:
+            self.register_buffer("zero_point", zp)
+        else:
+            self.zero_point = nn.Parameter(zp)
+        per_scale = w.numel() // init.numel()
+        self.grad_factor = ops.lsq_grad_factor(per_scale, qp) if spec.lsq_grad_scale else 1.0
+
+    def qparams(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero_point) the forward uses (the learned ones, scale at least float32 eps)."""
+        return self.scale.detach().clamp(min=torch.finfo(torch.float32).eps), self.zero_point.detach()
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        return ops.fake_quantize_learnable(
+            w, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis, grad_factor=self.grad_factor
+        )
+
+
+@WeightFakeQuantizer.register("ternary")
+class TernaryWeightQuantizer(WeightFakeQuantizer):
+    """Ternary weights {-a, 0, +a} (``absmean`` / ``twn``), per tensor or channel."""
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        return ops.ternarize(w, self.spec.method, self.axis)
+
+
+@WeightFakeQuantizer.register("binary")
+class BinaryWeightQuantizer(WeightFakeQuantizer):
+    """Binary weights {-a, +a}; stochastic (BinaryConnect) in training when the spec says so, with
+    a step-counter seed buffer so a resumed run draws the same bits."""
+
+    def __init__(self, spec: QuantSpec, weight: torch.Tensor):
+        super().__init__(spec, weight)
+        if spec.stochastic:
+            self.register_buffer("step", torch.zeros(1, dtype=torch.int64))
+
+    def quantize(self, w: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        seed = None
+        if s.stochastic and self.training:
+            self.step.add_(1)
+            seed = self.step
+        return ops.binarize(w, s.method, self.axis, s.estimator, seed=seed)
+
+
+# ---------------------------------------------------------------- activation quantizers
 
 
 class ActFakeQuantizer(_SpecModule):
     """Fake-quantizes a layer's input activation.
 
+    ``ActFakeQuantizer(spec, channels)`` returns the subclass registered for
+    ``spec.quantizer_kind`` (:class:`AffineStaticActQuantizer`, :class:`AffineLearnedActQuantizer`,
+    :class:`AffineDynamicActQuantizer`, :class:`BinaryActQuantizer`).
+
     Args:
         spec: the activation's :class:`QuantSpec` (per-channel uses ``spec.axis``, e.g. 1 for NCHW).
-        channels: number of channels for per-channel observers.
+        channels: number of channels for per-channel quantizers.
     """
+
+    _registry: Dict[str, type] = {}
+    _family = "activation"
+
+    @classmethod
+    def from_spec(cls, spec: QuantSpec, channels: int = 1) -> "ActFakeQuantizer":
+        return ActFakeQuantizer(spec, channels)
 
     def __init__(self, spec: QuantSpec, channels: int = 1):
         super().__init__(spec)
+        self.layout = spec.layout
         self.axis = spec.axis if spec.granularity == "per_channel" else None
-        n = channels if self.axis is not None else 1
-        if spec.kind == "int" and spec.scale == "static":
-            self.register_buffer("running_min", torch.full((n,), float("inf")))
-            self.register_buffer("running_max", torch.full((n,), float("-inf")))
-            self.register_buffer("scale", torch.ones(n))
-            self.register_buffer("zero_point", torch.zeros(n, dtype=torch.int32))
-            self.register_buffer("observer_on", _flag(True))
-            self.register_buffer("_off", _flag(False), persistent=False)
-            self._obs_enabled = True
-        elif spec.kind == "int" and spec.scale == "learned":
-            self.scale = nn.Parameter(torch.ones(n))
-            if spec.symmetric:
-                self.register_buffer("zero_point", torch.zeros(n))
-            else:
-                self.zero_point = nn.Parameter(torch.zeros(n))
-            self.register_buffer("initialized", _flag(False))
-            self._initialized = False
+        self.channels = channels if self.axis is not None else 1
         self.sync_distributed = True
-
-    def _sync_mirrors(self):
-        super()._sync_mirrors()
-        if hasattr(self, "observer_on"):
-            self._obs_enabled = bool(self.observer_on.item())
-        if hasattr(self, "initialized"):
-            self._initialized = bool(self.initialized.item())
-
-    def enable_observer(self, on: bool = True) -> None:
-        """Turn the range observer on or off (static int activations; a no-op otherwise)."""
-        if hasattr(self, "observer_on"):
-            self.observer_on.fill_(1 if on else 0)
-            self._obs_enabled = bool(on)
 
     @property
     def has_observed(self) -> bool:
-        """False for a static observer that has not seen data yet (its qparams are meaningless)."""
-        if hasattr(self, "running_min"):
-            return bool(torch.isfinite(self.running_min).all())
-        if hasattr(self, "initialized"):
-            return self._initialized
+        """False for a quantizer whose qparams come from data it has not seen yet."""
         return True
+
+    def enable_observer(self, on: bool = True) -> None:
+        """Turn the range observer on or off (static int activations; a no-op otherwise)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fq_enabled:
+            return x
+        return self.quantize(x)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@ActFakeQuantizer.register("affine_static")
+class AffineStaticActQuantizer(ActFakeQuantizer):
+    """Affine integer activations with qparams from an :class:`Observer` (``spec.observer``;
+    observed in training mode only). The observer's buffers are its state
+    (``<prefix>.observer.running_min`` …); checkpoints written before observers were submodules
+    (``<prefix>.running_min``) load too."""
+
+    def __init__(self, spec: QuantSpec, channels: int = 1):
+        super().__init__(spec, channels)
+        if spec.observer not in OBSERVERS:
+            raise ValueError(f"QuantSpec.observer {spec.observer!r} is not registered; known: {sorted(OBSERVERS)}")
+        self.observer = OBSERVERS[spec.observer](spec, channels, self.axis)
+        self.register_buffer("observer_on", _flag(True))
+        self.register_buffer("_off", _flag(False), persistent=False)
+        self._obs_enabled = True
+
+    # the observer's state under the names the quantizer always had
+    running_min = property(lambda self: self.observer.running_min)
+    running_max = property(lambda self: self.observer.running_max)
+    scale = property(lambda self: self.observer.scale)
+    zero_point = property(lambda self: self.observer.zero_point)
+
+    @property
+    def sync_distributed(self) -> bool:
+        return self.observer.sync_distributed
+
+    @sync_distributed.setter
+    def sync_distributed(self, on: bool) -> None:
+        if "observer" in self._modules:
+            self.observer.sync_distributed = bool(on)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("running_min", "running_max", "scale", "zero_point"):
+            old, new = prefix + name, prefix + "observer." + name
+            if old in state_dict and new not in state_dict:
+                state_dict[new] = state_dict.pop(old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _sync_mirrors(self):
+        super()._sync_mirrors()
+        self._obs_enabled = bool(self.observer_on.item())
+
+    def enable_observer(self, on: bool = True) -> None:
+        self.observer_on.fill_(1 if on else 0)
+        self._obs_enabled = bool(on)
+
+    @property
+    def has_observed(self) -> bool:
+        return self.observer.has_observed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the observer runs in training mode only; its on/off switch and the fake-quant switch are
+        # tensor flags read inside the op (toggling them does not recompile a compiled model)
+        return self.observer.fake_quantize(x, self.observer_on if self.training else self._off, self.fake_quant_on)
+
+    def frozen_qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero_point) a converted model uses for this input."""
+        return self.observer.calculate_qparams()
+
+
+@ActFakeQuantizer.register("affine_learned")
+class AffineLearnedActQuantizer(ActFakeQuantizer):
+    """LSQ / LSQ+ activations: trainable step size (and offset when asymmetric), initialized from
+    the first batch's range (all-reduced across ranks)."""
+
+    def __init__(self, spec: QuantSpec, channels: int = 1):
+        super().__init__(spec, channels)
+        n = self.channels
+        self.scale = nn.Parameter(torch.ones(n))
+        if spec.symmetric:
+            self.register_buffer("zero_point", torch.zeros(n))
+        else:
+            self.zero_point = nn.Parameter(torch.zeros(n))
+        self.register_buffer("initialized", _flag(False))
+        self._initialized = False
+
+    def _sync_mirrors(self):
+        super()._sync_mirrors()
+        self._initialized = bool(self.initialized.item())
+
+    @property
+    def has_observed(self) -> bool:
+        return self._initialized
 
     @torch.no_grad()
     def _init_learned(self, x: torch.Tensor) -> None:
@@ -252,87 +695,39 @@ class ActFakeQuantizer(_SpecModule):
         self.initialized.fill_(1)
         self._initialized = True
 
-    def _observe_distributed(self, x: torch.Tensor) -> None:
-        """All-reduce this batch's min/max over ranks, then run the observer update on them."""
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
-        with torch.no_grad():
-            xd = x.detach()
-            if self.axis is None:
-                lo, hi = xd.amin().reshape(1), xd.amax().reshape(1)
-            else:
-                ax = self.axis % x.dim()
-                dims = [d for d in range(x.dim()) if d != ax]
-                lo, hi = xd.amin(dim=dims), xd.amax(dim=dims)
-            lo, hi = lo.float().contiguous(), hi.float().contiguous()
-            torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-            torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-            # a 2-column tensor whose min/max per row are the global min/max: the observer's own
-            # update then gives exactly the single-process result on the global batch
-            stats = torch.stack([lo, hi], dim=-1)
-            ops.observer_update(
-                stats,
-                self.running_min,
-                self.running_max,
-                self.scale,
-                self.zero_point,
-                self.observer_on,
-                s.momentum,
-                s.observer == "moving_average",
-                s.quant_min,
-                s.quant_max,
-                s.symmetric,
-                None if self.axis is None else 0,
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.spec
-        if s.kind == "binary":
-            if not self._fq_enabled:
-                return x
-            return ops.binarize(x, s.method, self.axis, s.estimator)
-        if s.scale == "dynamic":
-            if not self._fq_enabled:
-                return x
-            if s.granularity == "per_token":
-                return ops.quantize_per_token(x, s.quant_max)
-            return ops.quantize_per_tensor_dynamic(x, s.quant_max)
-        if s.scale == "learned":
-            if not self._fq_enabled:
-                return x
-            if not self._initialized:
-                self._init_learned(x)
-            grad_factor = 1.0
-            if s.lsq_grad_scale:
-                per_scale = x.numel() // self.scale.numel()
-                grad_factor = ops.lsq_grad_factor(max(per_scale, 1), s.quant_max)
-            return ops.fake_quantize_learnable(
-                x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis, grad_factor=grad_factor
-            )
-        # the observer runs in training mode only; its on/off switch is the tensor flag, read
-        # inside the op (toggling it does not recompile a compiled model)
-        flag = self.observer_on if self.training else self._off
-        if self.training and self.sync_distributed and _dist_world() > 1 and self._obs_enabled:
-            self._observe_distributed(x)
-            flag = self._off
-        return ops.fused_observe_fake_quantize(
-            x,
-            self.running_min,
-            self.running_max,
-            self.scale,
-            self.zero_point,
-            flag,
-            self.fake_quant_on,
-            s.momentum,
-            s.observer == "moving_average",
-            s.quant_min,
-            s.quant_max,
-            s.symmetric,
-            self.axis,
+        if not self._initialized:
+            self._init_learned(x)
+        grad_factor = 1.0
+        if s.lsq_grad_scale:
+            per_scale = x.numel() // self.scale.numel()
+            grad_factor = ops.lsq_grad_factor(max(per_scale, 1), s.quant_max)
+        return ops.fake_quantize_learnable(
+            x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis, grad_factor=grad_factor
         )
 
-    def frozen_qparams(self):
-        """(scale, zero_point) a converted model uses for this input (static and learned int)."""
-        if hasattr(self, "running_min"):
-            return self.scale.detach().clone(), self.zero_point.detach().clone()
+    def frozen_qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(scale, zero_point) a converted model uses for this input."""
         s = self.scale.detach().clamp(min=torch.finfo(torch.float32).eps).clone()
         return s, self.zero_point.detach().clone()
+
+
+@ActFakeQuantizer.register("affine_dynamic")
+class AffineDynamicActQuantizer(ActFakeQuantizer):
+    """Absmax-symmetric activations with the scale taken from the tensor at every call: per token
+    (one scale per row of the last dim) or per tensor (BitNet b1.58's activations)."""
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.spec.granularity == "per_token":
+            return ops.quantize_per_token(x, self.spec.quant_max)
+        return ops.quantize_per_tensor_dynamic(x, self.spec.quant_max)
+
+
+@ActFakeQuantizer.register("binary")
+class BinaryActQuantizer(ActFakeQuantizer):
+    """Binary activations sign(x - center) * alpha (``method``), per tensor or per channel."""
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        return ops.binarize(x, s.method, self.axis, s.estimator)

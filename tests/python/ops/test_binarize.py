@@ -10,7 +10,7 @@ import torch
 
 import qatkit
 from qatkit import ops
-from samples import DTYPES
+from qatkit.testing.samples import DTYPES
 
 SHAPES = [(), (7,), (6, 10), (3, 4, 5)]
 ESTIMATORS = ["identity", "clipped_ste", "approx_sign", "swish_sign"]

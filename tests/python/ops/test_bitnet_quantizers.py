@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from qatkit import ops
-from samples import DTYPES
+from qatkit.testing.samples import DTYPES
 
 SHAPES = [(5,), (3, 16), (2, 4, 33)]
 

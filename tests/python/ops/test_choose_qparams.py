@@ -6,7 +6,7 @@ import torch
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
 from qatkit import ops
-from reference import choose_qparams_ref
+from qatkit.testing.reference import choose_qparams_ref
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import torch
 
 import qatkit
 from qatkit import ops
-from samples import DTYPES, sample_inputs
+from qatkit.testing.samples import DTYPES, sample_inputs
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and qatkit.build_info()["cuda"]),

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import qatkit
 from qatkit import ops
-from reference import fake_quantize_ref
-from samples import DTYPES, Sample, make_qparams, qrange, sample_inputs
+from qatkit.testing.reference import fake_quantize_ref
+from qatkit.testing.samples import DTYPES, Sample, make_qparams, qrange, sample_inputs
 
 ALL_SAMPLES = list(sample_inputs())
 FAILURES_FILE = os.path.join(os.path.dirname(__file__), "opcheck_failures.json")

@@ -8,8 +8,8 @@ import torch
 
 import qatkit
 from qatkit import ops
-from reference import lsq_ref
-from samples import DTYPES, Sample, qrange, sample_inputs
+from qatkit.testing.reference import lsq_ref
+from qatkit.testing.samples import DTYPES, Sample, qrange, sample_inputs
 
 torch.manual_seed(0)
 
@@ -64,7 +64,7 @@ def test_gradients_match_float64_detach_trick_reference(sample):
 
 
 def _mask_ref(sample):
-    from reference import fake_quantize_ref
+    from qatkit.testing.reference import fake_quantize_ref
 
     s, z = effective(sample)
     return fake_quantize_ref(sample.input, s, z, sample.quant_min, sample.quant_max, sample.axis, sample.group_size)

@@ -5,7 +5,7 @@ float64 references, gradients against their formulas, invalid qparams refused.""
 import random
 
 import pytest
-from fuzz_cases import CHECKS
+from qatkit.testing.fuzz import CHECKS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

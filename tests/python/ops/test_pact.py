@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from qatkit import ops
-from reference import fake_quantize_ref
-from samples import DTYPES
+from qatkit.testing.reference import fake_quantize_ref
+from qatkit.testing.samples import DTYPES
 
 SHAPES = [(), (0,), (7,), (33, 17), (2, 3, 40)]
 

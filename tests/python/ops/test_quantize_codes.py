@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qatkit import ops
-from samples import Sample, make_qparams, sample_inputs
+from qatkit.testing.samples import Sample, make_qparams, sample_inputs
 
 # every dtype, granularity, odd/empty/non-contiguous shape of the fake-quant sample factory
 SAMPLES = [s for s in sample_inputs() if s.quant_max - s.quant_min <= 255][::3]

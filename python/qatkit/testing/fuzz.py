@@ -1,5 +1,5 @@
 """Property-based fuzz checks of every qatkit op, shared by tests/python/ops/test_fuzz.py (hypothesis,
-bounded) and scripts/fuzz_ops.py (long runs).
+bounded) and scripts/fuzz_ops.py (long runs): both import them from here (qatkit.testing.fuzz).
 
 Each check draws an input in an odd layout (0-size, 1-element, rank 0..5, transposed, sliced with a
 step, broadcast-expanded with stride 0), a dtype, and qparams at their edges, calls the op, and
@@ -16,7 +16,7 @@ import random
 import torch
 
 from qatkit import ops
-from reference import fake_quantize_ref
+from .reference import fake_quantize_ref
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 LAYOUTS = ["contiguous", "transposed", "sliced", "expanded"]
@@ -134,7 +134,7 @@ def check_fake_quantize(r: random.Random) -> int:
 
 
 def check_fake_quantize_learnable(r: random.Random) -> int:
-    from reference import lsq_ref
+    from .reference import lsq_ref
 
     shape = draw_shape(r, 1, 4)
     dtype = r.choice([torch.float32, torch.float64])
@@ -160,7 +160,7 @@ def check_fake_quantize_learnable(r: random.Random) -> int:
 
 
 def check_choose_qparams(r: random.Random) -> int:
-    from reference import choose_qparams_ref
+    from .reference import choose_qparams_ref
 
     shape = draw_shape(r, 1, 4)
     shape[0] = max(shape[0], 1)
