@@ -69,3 +69,26 @@ def test_registrations_live_in_the_key_folders():
             if key in folders and rel.parts[:2] != ("ops", folders[key]):
                 offenders.append(f"{rel}: {key}")
     assert not offenders, offenders
+
+
+def test_python_qat_reaches_ops_only_through_the_wrappers():
+    """qatkit.qat calls qatkit.ops wrappers, never torch.ops.qatkit directly (private ops least)."""
+    offenders = []
+    for path in sorted((ROOT / "python" / "qatkit" / "qat").rglob("*.py")):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"torch\.ops\.qatkit\.\w", line):
+                offenders.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_public_header_exports_private_ops_only_in_detail():
+    """Every private op (a schema name starting with '_') is declared in qatkit::detail, if at all;
+    the qatkit:: names outside detail are deprecated aliases only."""
+    header = (ROOT / "csrc" / "qatkit" / "ops.h").read_text()
+    detail = re.search(r"namespace detail \{(.*?)\}  // namespace detail", header, re.S)
+    outside = header.replace(detail.group(0), "") if detail else header
+    private = {n.split("::")[1].split(".")[0].lstrip("_") for n in OVERLOADS if n.split("::")[1].startswith("_")}
+    for name in sorted(private):
+        for m in re.finditer(rf"(?<!detail::)\b{name}\(", outside):
+            before = outside[max(0, m.start() - 120) : m.start()]
+            assert "[[deprecated" in before, f"private op '{name}' is exported outside qatkit::detail"
