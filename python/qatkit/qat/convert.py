@@ -60,16 +60,13 @@ def weight_codes(wfq: WeightFakeQuantizer, w: torch.Tensor) -> Tuple[torch.Tenso
     return codes, s, z.to(torch.int32)
 
 
-def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, group_size) -> torch.Tensor:
-    c = codes.float()
-    if group_size is not None:
-        out = c.shape[0]
-        c3 = c.reshape(out, -1, group_size)
-        return ((c3 - zp.float().unsqueeze(-1)) * scale.unsqueeze(-1)).reshape(codes.shape)
-    if scale.numel() == 1:
-        return (c - zp.float()) * scale
-    shape = (-1,) + (1,) * (c.dim() - 1)
-    return (c - zp.float().reshape(shape)) * scale.reshape(shape)
+def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis, group_size, dtype) -> torch.Tensor:
+    """``(codes - zp) * scale`` in the weight's dtype through ``dequantize_affine``: bit for bit the
+    fake-quantized weight the QAT layer computed with (any float dtype)."""
+    if group_size is not None:  # groups run along the flattened input dim
+        c2 = codes.reshape(codes.shape[0], -1)
+        return ops.dequantize_affine(c2, scale, zp, group_size=group_size, output_dtype=dtype).reshape(codes.shape)
+    return ops.dequantize_affine(codes, scale, zp, axis=axis, output_dtype=dtype)
 
 
 class _Quantized(nn.Module):
@@ -85,6 +82,9 @@ class _Quantized(nn.Module):
             codes, scale, zp = weight_codes(wfq, w)
             self.group_size = wfq.group_size if wfq.granularity == "per_group" else None
             self.float_weight = False
+        #: the dtype the QAT layer computed in (float64 / float16 / bfloat16 models stay so)
+        self.weight_dtype = w.dtype
+        self.weight_axis = None if wfq is None else wfq.axis
         self.register_buffer("weight_int", codes)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", zp)
@@ -104,7 +104,10 @@ class _Quantized(nn.Module):
         """The float weight the layer computes with: ``(codes - zero_point) * scale``."""
         if self.float_weight:
             return self.weight_int
-        return _dequantize(self.weight_int, self.weight_scale, self.weight_zero_point, self.group_size)
+        return _dequantize(
+            self.weight_int, self.weight_scale, self.weight_zero_point, self.weight_axis, self.group_size,
+            self.weight_dtype,
+        )
 
     def quantize_input(self, x):
         return self.input_fake_quant(x) if self.input_fake_quant is not None else x

@@ -200,3 +200,21 @@ def test_every_preset_compiles_fullgraph(name):
     y.sum().backward()
     y_ref.sum().backward()
     torch.testing.assert_close(q[7].weight.grad, ref[7].weight.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "binary_w1a8"])
+def test_convert_keeps_the_model_dtype_bit_for_bit(name, dtype):
+    """A QAT model built in float64 / bfloat16 / float16 converts into modules that compute in the
+    same dtype, equal to the QAT model's eval output (the dequantized weight is dequantize_affine's,
+    bit for bit fake_quantize's in that dtype)."""
+    cfg = QATConfig(default=qatkit.preset(name).default)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).to(dtype)
+    q = _trained(model, cfg, lambda: torch.rand(4, 16, dtype=dtype))
+    q.eval()
+    c = qatkit.convert(q)
+    x = torch.rand(5, 16, dtype=dtype)
+    out = c(x)
+    assert out.dtype == dtype
+    assert c[0].dequantized_weight().dtype == dtype
+    assert torch.equal(out, q(x))
