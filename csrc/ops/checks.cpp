@@ -111,7 +111,17 @@ kernels::DType kernel_dtype(const at::Tensor& t) {
   }
 }
 
-void check_and_resize_out(const char* op, const at::Tensor& input, const at::Tensor& out) {
+void check_and_resize_out(const char* op, const at::Tensor& input, const at::Tensor& out,
+                          std::initializer_list<std::pair<const char*, const at::Tensor*>> others) {
+  if (!out.is_meta()) {
+    for (const auto& [name, t] : others) {
+      if (t == nullptr || !t->defined() || t->is_meta()) continue;
+      const auto status = at::get_overlap_status(out, *t);
+      TORCH_CHECK_VALUE(status != at::MemOverlapStatus::Full && status != at::MemOverlapStatus::Partial,
+                        fmt::format("{}: out must not share memory with {} (pass a separate output tensor)", op,
+                                    name));
+    }
+  }
   TORCH_CHECK_TYPE(out.scalar_type() == input.scalar_type(),
                    fmt::format("{}: out must have input's dtype {}, got {}", op, c10::toString(input.scalar_type()),
                                c10::toString(out.scalar_type())));

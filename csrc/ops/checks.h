@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <utility>
@@ -53,7 +54,10 @@ std::vector<std::int64_t> reduction_dims(const at::Tensor& input, std::optional<
 /// Kernel dtype of a floating tensor (after the checks above have accepted it).
 kernels::DType kernel_dtype(const at::Tensor& t);
 
-/// Checks the out= tensor as ATen's out= ops do (dtype, device, overlap) and resizes it.
-void check_and_resize_out(const char* op, const at::Tensor& input, const at::Tensor& out);
+/// Checks the out= tensor as ATen's out= ops do (dtype, device, overlap) and resizes it. `others`
+/// names further operands (scale, zero_point, ...) out must not share memory with: checked before
+/// the resize, so a bad out= never reshapes the caller's qparams.
+void check_and_resize_out(const char* op, const at::Tensor& input, const at::Tensor& out,
+                          std::initializer_list<std::pair<const char*, const at::Tensor*>> others = {});
 
 }  // namespace qatkit::ops

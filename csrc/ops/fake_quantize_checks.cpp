@@ -134,7 +134,8 @@ PreparedFakeQuant prepare_fake_quantize(const char* op, const at::Tensor& input,
   a.zero_point = p.zero_point.const_data_ptr<float>();
   if (enabled.has_value() && enabled->defined()) {
     check_enabled_flag(op, input, enabled);
-    p.enabled = enabled->reshape({1}).to(at::kByte).contiguous();  // device op: no host sync
+    // any non-zero value means on (a uint8 cast would wrap 256 to 0); device ops: no host sync
+    p.enabled = enabled->reshape({1}).ne(0).to(at::kByte).contiguous();
     a.enabled = p.enabled.const_data_ptr<std::uint8_t>();
   }
   return p;

@@ -30,7 +30,7 @@ struct FakeQuantizeGlue {
                                  at::Tensor& out) {
     constexpr const char* op = "fake_quantize.out";
     check_fake_quantize_args(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
-    check_and_resize_out(op, input, out);
+    check_and_resize_out(op, input, out, {{"scale", &scale}, {"zero_point", &zero_point}});
     if (out.is_contiguous()) {
       Backend::run(op, input, scale, zero_point, quant_min, quant_max, axis, group_size, out, nullptr, std::nullopt);
     } else {  // the kernels write contiguous memory: go through a temporary

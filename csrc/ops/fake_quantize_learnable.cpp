@@ -24,33 +24,35 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
 }
 
 namespace qatkit {
-namespace {
+namespace ops {
 
 using OptInt = std::optional<std::int64_t>;
 
 /// Forward on any device: y = fake_quantize(x, max(scale, eps), clamp(round(zero_point))). The
 /// qparam transforms are ATen ops on scale-sized tensors (no host sync).
-at::Tensor fake_quantize_learnable_kernel(const at::Tensor& input, const at::Tensor& scale,
+at::Tensor fake_quantize_learnable_composite(const at::Tensor& input, const at::Tensor& scale,
                                           const at::Tensor& zero_point, std::int64_t quant_min, std::int64_t quant_max,
                                           OptInt axis, OptInt group_size, double grad_factor) {
-  (void)grad_factor;  // only scales the backward
-  ops::check_fake_quantize_args("fake_quantize_learnable", input, scale, zero_point, quant_min, quant_max, axis,
+  check_fake_quantize_args("fake_quantize_learnable", input, scale, zero_point, quant_min, quant_max, axis,
                                 group_size);
-  const auto [s, z] = ops::effective_learned_qparams(scale, zero_point, quant_min, quant_max);
-  return fake_quantize(input, s, z, quant_min, quant_max, axis, group_size);
+  check_grad_factor("fake_quantize_learnable", grad_factor);  // only scales the backward, checked here too
+  const auto [s, z] = effective_learned_qparams(scale, zero_point, quant_min, quant_max);
+  return qatkit::fake_quantize(input, s, z, quant_min, quant_max, axis, group_size);
 }
 
-}  // namespace
+}  // namespace ops
+
+using OptInt = std::optional<std::int64_t>;
 
 at::Tensor fake_quantize_learnable(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                                    std::int64_t quant_min, std::int64_t quant_max, OptInt axis, OptInt group_size,
                                    double grad_factor) {
-  static auto op = ops::op_handle<decltype(fake_quantize_learnable_kernel)>("qatkit::fake_quantize_learnable");
+  static auto op = ops::op_handle<decltype(ops::fake_quantize_learnable_composite)>("qatkit::fake_quantize_learnable");
   return op.call(input, scale, zero_point, quant_min, quant_max, axis, group_size, grad_factor);
 }
 
 TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
-  m.impl("fake_quantize_learnable", &fake_quantize_learnable_kernel);
+  m.impl("fake_quantize_learnable", &ops::fake_quantize_learnable_composite);
 }
 
 }  // namespace qatkit

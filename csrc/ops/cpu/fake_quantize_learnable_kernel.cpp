@@ -27,7 +27,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
     std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
     std::optional<std::int64_t> group_size, double grad_factor) {
   constexpr const char* op = "_fake_quantize_learnable_backward";
-  check_learnable_backward_args(op, grad, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+  check_learnable_backward_args(op, grad, input, scale, zero_point, quant_min, quant_max, axis, group_size,
+                                grad_factor);
   const auto [s_eff, z_eff] = effective_learned_qparams(scale, zero_point, quant_min, quant_max);
   at::Tensor dx = empty_cpu_output(input.sizes(), input.options());
   const PreparedFakeQuant p =
@@ -88,9 +89,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
   return {dx, dscale, dzero};
 }
 
+/// The composite forward after the value checks of the caller's scale and zero point (host reads,
+/// free on the CPU), so a NaN names `scale` as passed, not the effective qparams.
+at::Tensor fake_quantize_learnable_cpu(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+                                       std::int64_t quant_min, std::int64_t quant_max,
+                                       std::optional<std::int64_t> axis, std::optional<std::int64_t> group_size,
+                                       double grad_factor) {
+  constexpr const char* op = "fake_quantize_learnable";
+  check_fake_quantize_args(op, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+  check_learned_qparam_values(op, scale, zero_point);
+  return fake_quantize_learnable_composite(input, scale, zero_point, quant_min, quant_max, axis, group_size,
+                                           grad_factor);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("fake_quantize_learnable", &fake_quantize_learnable_cpu);
   m.impl("_fake_quantize_learnable_backward", &fake_quantize_learnable_backward_cpu);
 }
 

@@ -5,7 +5,11 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <cfloat>
 #include <vector>
 
 #include "../../../kernels/cpu/fake_quant/fake_quant_cpu.h"
@@ -48,7 +52,13 @@ std::tuple<at::Tensor, at::Tensor> pact_quantize_backward_cpu(const at::Tensor& 
 /// The composite forward after the value check of alpha (a host read, free on the CPU).
 at::Tensor pact_quantize_cpu(const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max) {
   check_pact_args("pact_quantize", input, alpha, quant_max);
-  check_pact_alpha_value("pact_quantize", alpha.item<float>());
+  const float a = alpha.item<float>();
+  check_pact_alpha_value("pact_quantize", a);
+  // the step alpha / quant_max must be a float32 normal, as every scale (else Inf / NaN outputs)
+  TORCH_CHECK_VALUE(a / static_cast<float>(quant_max) >= FLT_MIN,
+                    fmt::format("pact_quantize: alpha / quant_max must be at least {} (float32 normal), got alpha={} "
+                                "quant_max={}",
+                                FLT_MIN, a, quant_max));
   return pact_quantize_composite(input, alpha, quant_max);
 }
 

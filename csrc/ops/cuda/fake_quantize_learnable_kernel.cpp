@@ -19,7 +19,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
     std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
     std::optional<std::int64_t> group_size, double grad_factor) {
   constexpr const char* op = "_fake_quantize_learnable_backward";
-  check_learnable_backward_args(op, grad, input, scale, zero_point, quant_min, quant_max, axis, group_size);
+  check_learnable_backward_args(op, grad, input, scale, zero_point, quant_min, quant_max, axis, group_size,
+                                grad_factor);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto [s_eff, z_eff] = effective_learned_qparams(scale, zero_point, quant_min, quant_max);
   at::Tensor dx = at::empty(input.sizes(), input.options());

@@ -11,9 +11,9 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_meta(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
     std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
-    std::optional<std::int64_t> group_size, double /*grad_factor*/) {
+    std::optional<std::int64_t> group_size, double grad_factor) {
   check_learnable_backward_args("_fake_quantize_learnable_backward", grad, input, scale, zero_point, quant_min,
-                                quant_max, axis, group_size);
+                                quant_max, axis, group_size, grad_factor);
   return {at::empty_symint(input.sym_sizes(), input.options()),
           at::empty_symint(scale.sym_sizes(), scale.options().dtype(at::kFloat)),
           at::empty_symint(zero_point.sym_sizes(), zero_point.options().dtype(at::kFloat))};

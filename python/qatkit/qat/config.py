@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Dict, Optional, Tuple
@@ -59,6 +60,47 @@ def _choice(cls: str, name: str, value, choices) -> None:
     if value not in choices:
         valid = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{cls}.{name} must be one of {valid}, got {value!r}")
+
+
+_BOOL_FIELDS = ("signed", "symmetric", "narrow_range", "stochastic", "lsq_grad_scale")
+_INT_FIELDS = ("bits", "axis")
+_STR_FIELDS = ("kind", "granularity", "scale", "observer", "estimator")
+
+
+def _check_types(spec) -> None:
+    """TypeError naming the field for a value of the wrong type ("no" for a bool, "1" for an int,
+    True for an int, "0.1" for a float): such values would otherwise be read by truthiness."""
+
+    def bad(name, expected):
+        v = getattr(spec, name)
+        raise TypeError(f"QuantSpec.{name} must be {expected}, got {type(v).__name__} {v!r}")
+
+    for name in _BOOL_FIELDS:
+        if not isinstance(getattr(spec, name), bool):
+            bad(name, "a bool")
+    for name in _INT_FIELDS:
+        v = getattr(spec, name)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            bad(name, "an int")
+    for name in _STR_FIELDS:
+        if not isinstance(getattr(spec, name), str):
+            bad(name, "a str")
+    if spec.method is not None and not isinstance(spec.method, str):
+        bad("method", "a str or None")
+    gs = spec.group_size
+    if gs is not None and (isinstance(gs, bool) or not isinstance(gs, numbers.Integral)):
+        bad("group_size", "an int or None")
+    for name, optional in (("momentum", False), ("latent_clip", True)):
+        v = getattr(spec, name)
+        if (v is None and not optional) or (v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real))):
+            bad(name, "a float" + (" or None" if optional else ""))
+    # numpy scalars and the like become plain Python numbers (checkpoints, JSON, the C++ side)
+    for name in _INT_FIELDS + ("group_size",):
+        if getattr(spec, name) is not None:
+            object.__setattr__(spec, name, int(getattr(spec, name)))
+    for name in ("momentum", "latent_clip"):
+        if getattr(spec, name) is not None:
+            object.__setattr__(spec, name, float(getattr(spec, name)))
 
 
 @dataclass(frozen=True)
@@ -154,12 +196,11 @@ class QuantSpec:
 
     def __post_init__(self):
         c = "QuantSpec"
+        _check_types(self)
         _choice(c, "kind", self.kind, KINDS)
         _choice(c, "granularity", self.granularity, GRANULARITIES)
         _choice(c, "scale", self.scale, SCALES)
         _choice(c, "observer", self.observer, OBSERVERS)
-        if not isinstance(self.bits, int) or isinstance(self.bits, bool):
-            raise TypeError(f"{c}.bits must be an int, got {type(self.bits).__name__}")
         if self.kind == "int":
             if not 2 <= self.bits <= 16:
                 raise ValueError(f"{c}.bits must be in [2, 16] for kind 'int', got {self.bits}")

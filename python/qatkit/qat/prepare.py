@@ -11,14 +11,19 @@ from __future__ import annotations
 import copy
 import fnmatch
 import warnings
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .config import LayerSpec, QATConfig, first_last_spec
 from .modules import QAT_MODULES, BitLinear, QuantConvBn2d
-from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+from .quantizers import (
+    ActFakeQuantizer,
+    AffineLearnedActQuantizer,
+    AffineStaticActQuantizer,
+    WeightFakeQuantizer,
+)
 from .swap import replace_module
 
 __all__ = [
@@ -51,18 +56,22 @@ def _candidates(model: nn.Module, fold_bn: bool) -> List[dict]:
     return out
 
 
-def _spec_for(name: str, index: int, count: int, config: QATConfig, used: Dict[str, int]) -> Optional[LayerSpec]:
+def _spec_for(
+    name: str, index: int, count: int, config: QATConfig, used: Dict[str, int]
+) -> Tuple[Optional[LayerSpec], str]:
+    """The layer's spec and the rule that chose it ("skip 'pat'", "override 'pat'", "first_last",
+    "default")."""
     for pat in config.skip:
         if fnmatch.fnmatchcase(name, pat):
             used[pat] += 1
-            return None
+            return None, f"skip {pat!r}"
     for pat, spec in config.overrides:
         if fnmatch.fnmatchcase(name, pat):
             used[pat] += 1
-            return spec
+            return spec, f"override {pat!r}"
     if config.first_last is not None and (index == 0 or index == count - 1):
-        return first_last_spec(config.first_last)
-    return config.default
+        return first_last_spec(config.first_last), "first_last"
+    return config.default, "default"
 
 
 def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> nn.Module:
@@ -99,32 +108,26 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
             "layers (already prepared models hold Quant* layers)"
         )
     used = {p: 0 for p in list(config.skip) + [p for p, _ in config.overrides]}
-    report, replaced = [], 0
+    # first decide and build every replacement (nothing in `model` changes yet, so a failure leaves
+    # an inplace model as it was), then swap
+    plan, report, rules = [], [], {}
     for i, c in enumerate(cands):
         name, mod = c["name"], c["module"]
-        spec = _spec_for(name, i, len(cands), config, used)
+        spec, rule = _spec_for(name, i, len(cands), config, used)
         if spec is None or (spec.weight is None and spec.activation is None):
+            rules.setdefault(rule, []).append(name)
             report.append({"name": name, "type": type(mod).__name__, "qat": None, "weight": "float", "act": "float"})
             continue
+        rules.setdefault(rule + " (quantized)", []).append(name)
         if c["bn"] is not None:
-            bn_name, bn = c["bn"]
-            new = QuantConvBn2d.from_float(mod, bn, spec)
-            replace_module(model, bn_name, nn.Identity())
+            new = QuantConvBn2d.from_float(mod, c["bn"][1], spec)
         elif config.bitlinear and type(mod) is nn.Linear:
             new = BitLinear.from_float(mod, spec)
         else:
             new = QAT_MODULES[type(mod)].from_float(mod, spec)
-        replace_module(model, name, new)
-        replaced += 1
+        plan.append((c, new))
         wfq = new.weight_fake_quant
         fell_back = bool(wfq is not None and wfq.fell_back)
-        if fell_back:
-            warnings.warn(
-                f"prepare_qat: layer '{name}': flattened input dim {tuple(mod.weight.shape[1:])} is not a multiple "
-                f"of group_size {spec.weight.group_size}; its weight falls back to per-channel",
-                UserWarning,
-                stacklevel=2,
-            )
         report.append(
             {
                 "name": name,
@@ -133,16 +136,46 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
                 "weight": "float" if wfq is None else wfq.spec.describe() + (" -> per_channel" if fell_back else ""),
                 "act": "float" if new.input_fake_quant is None else new.input_fake_quant.spec.describe(),
                 "fell_back": fell_back,
+                "rule": rule,
             }
         )
+    if not plan:
+        why = "; ".join(f"{rule}: {', '.join(names)}" for rule, names in rules.items())
+        hint = (
+            f" (first_last={config.first_last!r} keeps the first and last supported layers in float; with "
+            f"{len(cands)} supported layer(s) that is all of them: use dataclasses.replace(config, first_last=None))"
+            if "first_last" in rules
+            else ""
+        )
+        raise ValueError(f"prepare_qat: every supported layer was skipped by the config ({why}){hint}; nothing to quantize")
+    for c, new in plan:
+        name, mod = c["name"], c["module"]
+        if c["bn"] is not None:
+            replace_module(model, c["bn"][0], nn.Identity())
+        replace_module(model, name, new)
+        if new.weight_fake_quant is not None and new.weight_fake_quant.fell_back:
+            warnings.warn(
+                f"prepare_qat: layer '{name}': flattened input dim {tuple(mod.weight.shape[1:])} is not a multiple "
+                f"of group_size {new.weight_fake_quant.spec.group_size}; its weight falls back to per-channel",
+                UserWarning,
+                stacklevel=2,
+            )
     for pat, n in used.items():
         if n == 0:
             names = ", ".join(c["name"] for c in cands)
             warnings.warn(
                 f"prepare_qat: pattern {pat!r} matches no supported layer (layers: {names})", UserWarning, stacklevel=2
             )
-    if replaced == 0:
-        raise ValueError("prepare_qat: every supported layer was skipped by the config; nothing to quantize")
+    if config.first_last == "int8" and "default (quantized)" not in rules and "first_last (quantized)" in rules:
+        warnings.warn(
+            f"prepare_qat: the first_last='int8' rule gives every quantized layer "
+            f"({', '.join(rules['first_last (quantized)'])}) W8A8, so no layer gets the config's default "
+            f"({config.default.weight.describe() if config.default.weight else 'float'} weights); the model has only "
+            f"{len(cands)} supported layer(s). Use dataclasses.replace(config, first_last=None) to quantize them all "
+            "with the default",
+            UserWarning,
+            stacklevel=2,
+        )
     model.qat_report = report
     model.qat_config = config
     return model
@@ -204,6 +237,10 @@ def clip_latent_weights(model: nn.Module) -> nn.Module:
     return model
 
 
+#: activation quantizers whose ranges come from observed data (calibrate checks they saw some)
+_DATA_RANGE_QUANTIZERS = (AffineStaticActQuantizer, AffineLearnedActQuantizer)
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
     """Run ``batches`` through ``model`` with only the activation observers in training mode (the
@@ -216,19 +253,45 @@ def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
         forward: optional ``forward(model, batch)`` for models that take other arguments.
 
     Returns:
-        ``model``, back in the training mode it had.
+        ``model``, with every module back in the training mode it had (also when this raises).
+
+    Raises:
+        ValueError: the model has no activation quantizers; or a quantizer whose ranges come from
+            data (static observers, learned ranges) observed nothing during the run, naming the
+            layers (a ``forward`` that switches the model to eval mode, such as
+            sentence-transformers' ``encode()``, or one that never reaches them).
     """
-    was = model.training
-    model.eval()
     acts = _act_quantizers(model)
     if not acts:
         raise ValueError("calibrate: the model has no activation quantizers; call qatkit.prepare_qat first")
-    for m in acts:
-        m.train()
-    for b in batches:
-        if forward is not None:
-            forward(model, b)
-        else:
-            model(b[0] if isinstance(b, (tuple, list)) else b)
-    model.train(was)
+    modes = [(m, m.training) for m in model.modules()]
+    counts = {id(m): 0 for m in acts}
+
+    def count(mod, args):
+        if mod.training:
+            counts[id(mod)] += 1
+
+    hooks = [m.register_forward_pre_hook(count) for m in acts]
+    try:
+        model.eval()
+        for m in acts:
+            m.train()
+        for b in batches:
+            if forward is not None:
+                forward(model, b)
+            else:
+                model(b[0] if isinstance(b, (tuple, list)) else b)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, was in modes:
+            m.training = was
+    names = {id(m): n for n, m in model.named_modules()}
+    idle = [names[id(m)] for m in acts if counts[id(m)] == 0 and isinstance(m, _DATA_RANGE_QUANTIZERS)]
+    if idle:
+        raise ValueError(
+            f"calibrate: {len(idle)} activation quantizer(s) observed nothing: {', '.join(idle)}; the batches "
+            "never reached them in training mode (does `forward` switch the model to eval mode, as "
+            "sentence-transformers' encode() does? call the model's forward instead)"
+        )
     return model

@@ -219,7 +219,7 @@ def test_bad_input():
     x = torch.randn(4, 5)
     with pytest.raises(ValueError, match="fake_quantize_learnable: scale must have 4 elements"):
         ops.fake_quantize_learnable(x, torch.ones(3), torch.zeros(3), -8, 7, axis=0)
-    with pytest.raises(ValueError, match="scale must be positive, finite"):
+    with pytest.raises(ValueError, match="fake_quantize_learnable: scale must be finite, got nan"):
         ops.fake_quantize_learnable(x, torch.tensor([float("nan")]), torch.zeros(1), -8, 7)
     with pytest.raises(ValueError, match="grad must have input's shape"):
         torch.ops.qatkit._fake_quantize_learnable_backward(

@@ -1,0 +1,154 @@
+"""Hardening (issue 10): classes of silent or confusing behaviour, one test per class."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import qatkit
+from qatkit import ops
+from qatkit.qat.config import QATConfig, QuantSpec
+
+
+# ---------------------------------------------------------------- typed spec fields
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"signed": "no"}, "QuantSpec.signed must be a bool, got str 'no'"),
+        ({"symmetric": 1}, "QuantSpec.symmetric must be a bool, got int 1"),
+        ({"stochastic": None}, "QuantSpec.stochastic must be a bool"),
+        ({"momentum": "0.1"}, "QuantSpec.momentum must be a float, got str '0.1'"),
+        ({"momentum": True}, "QuantSpec.momentum must be a float, got bool True"),
+        ({"axis": "1"}, "QuantSpec.axis must be an int, got str '1'"),
+        ({"axis": 1.0}, "QuantSpec.axis must be an int, got float 1.0"),
+        ({"granularity": "per_group", "group_size": True}, "QuantSpec.group_size must be an int or None, got bool"),
+        ({"bits": True}, "QuantSpec.bits must be an int, got bool True"),
+        ({"latent_clip": "1"}, "QuantSpec.latent_clip must be a float or None, got str"),
+        ({"kind": 3}, "QuantSpec.kind must be a str, got int 3"),
+        ({"kind": "binary", "method": 1}, "QuantSpec.method must be a str or None, got int 1"),
+    ],
+)
+def test_spec_fields_of_the_wrong_type_raise_naming_the_field(fields, message):
+    with pytest.raises(TypeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        QuantSpec(**fields)
+
+
+def test_numpy_numbers_are_accepted_and_normalized():
+    s = QuantSpec(bits=np.int64(4), momentum=np.float32(0.25), granularity="per_group", group_size=np.int32(8))
+    assert (type(s.bits), type(s.momentum), type(s.group_size)) == (int, float, int)
+    assert s == QuantSpec(bits=4, momentum=0.25, granularity="per_group", group_size=8)
+
+
+# ---------------------------------------------------------------- flags mean non-zero
+
+
+@pytest.mark.parametrize("value", [1, 2, 255, 256, -1, 1 << 40])
+def test_flags_mean_non_zero(value):
+    x = torch.linspace(-3, 3, 101) * 10
+    rmin, rmax = torch.full((1,), float("inf")), torch.full((1,), float("-inf"))
+    s, z = torch.ones(1), torch.zeros(1, dtype=torch.int32)
+    flag = torch.tensor([value])
+    y = ops.fused_observe_fake_quantize(x, rmin, rmax, s, z, flag, flag, 0.01, True, -128, 127, False)
+    assert torch.isfinite(rmin).all()  # observed
+    assert torch.equal(y, ops.fake_quantize(x, s, z, -128, 127))  # and fake-quantized with the new qparams
+    off = torch.tensor([0])
+    y0 = ops.fused_observe_fake_quantize(x, rmin, rmax, s, z, off, off, 0.01, True, -128, 127, False)
+    assert torch.equal(y0, x)
+
+
+# ---------------------------------------------------------------- errors name the caller's argument
+
+
+def test_learned_ops_name_the_argument_the_caller_passed():
+    x = torch.randn(16)
+    with pytest.raises(ValueError, match="fake_quantize_learnable: scale must be finite, got nan at index 1"):
+        ops.fake_quantize_learnable(x.reshape(2, 8), torch.tensor([0.1, float("nan")]), torch.zeros(2), -8, 7, axis=0)
+    with pytest.raises(ValueError, match="fake_quantize_learnable: zero_point must be finite, got inf at index 0"):
+        ops.fake_quantize_learnable(x, torch.tensor([0.1]), torch.tensor([float("inf")]), -8, 7)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="fake_quantize_learnable: grad_factor must be finite"):
+            ops.fake_quantize_learnable(x, torch.tensor([0.1]), torch.zeros(1), -8, 7, grad_factor=bad)
+    with pytest.raises(ValueError, match=r"pact_quantize: alpha / quant_max must be at least .* got alpha=1e-40"):
+        ops.pact_quantize(x, torch.tensor([1e-40]), 15)
+    with pytest.raises(ValueError, match="pact_quantize: alpha must be positive and finite"):
+        ops.pact_quantize(x, torch.tensor([float("nan")]), 15)
+
+
+# ---------------------------------------------------------------- prepare_qat / calibrate hygiene
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+
+def test_prepare_inplace_leaves_the_model_untouched_when_it_raises():
+    from qatkit.qat.config import LayerSpec
+
+    model = _mlp()
+    before = [type(m) for m in model]
+    bad = LayerSpec(weight=QuantSpec(scale="dynamic"))  # weights cannot take dynamic scales
+    cfg = QATConfig(default=qatkit.w8a8().default, overrides=(("4", bad),))
+    with pytest.raises(ValueError, match="'dynamic' is for activations"):
+        qatkit.prepare_qat(model, cfg, inplace=True)
+    assert [type(m) for m in model] == before  # layers 0 and 2 were not swapped before the failure
+
+
+def test_a_rule_that_skips_every_layer_is_named_with_the_way_out():
+    two = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"skipped by the config \(first_last: 0, 2\).*first_last=None"):
+        qatkit.prepare_qat(two, qatkit.bitnet_b158())
+    with pytest.raises(ValueError, match=r"\(skip '\*': 0, 2\); nothing to quantize"):
+        qatkit.prepare_qat(two, QATConfig(default=qatkit.w8a8().default, skip=("*",)))
+
+
+def test_first_last_int8_on_every_layer_warns():
+    two = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match=r"first_last='int8' rule gives every quantized layer \(0, 2\) W8A8"):
+        q = qatkit.prepare_qat(two, qatkit.binary_w1a8())
+    assert [r["rule"] for r in q.qat_report] == ["first_last", "first_last"]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qatkit.prepare_qat(_mlp(), qatkit.binary_w1a8())  # 3 layers: the middle one is binary, no warning
+
+
+def test_calibrate_restores_every_module_mode_also_when_it_raises():
+    q = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
+    q.train()
+    q[2].eval()  # a mixed state (e.g. a frozen block) must come back as it was
+    modes = [m.training for m in q.modules()]
+    qatkit.qat.calibrate(q, [torch.randn(4, 8)])
+    assert [m.training for m in q.modules()] == modes
+
+    def boom(model, batch):
+        raise RuntimeError("data loader failed")
+
+    with pytest.raises(RuntimeError, match="data loader failed"):
+        qatkit.qat.calibrate(q, [torch.randn(4, 8)], forward=boom)
+    assert [m.training for m in q.modules()] == modes
+
+
+def test_calibrate_raises_naming_layers_that_observed_nothing():
+    q = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
+
+    def encode(model, batch):  # what sentence-transformers' encode() does: eval mode, then forward
+        model.eval()
+        return model(batch)
+
+    with pytest.raises(ValueError, match=r"3 activation quantizer\(s\) observed nothing: 0.input_fake_quant, 2.input"):
+        qatkit.qat.calibrate(q, [torch.randn(4, 8)], forward=encode)
+    with pytest.raises(ValueError, match="observed nothing"):
+        qatkit.qat.calibrate(q, [])  # no batches at all
+
+
+def test_out_aliasing_a_qparam_is_refused_before_anything_is_resized():
+    x = torch.randn(4, 8)
+    for name in ("scale", "zero_point"):
+        s, z = torch.tensor([0.1]), torch.zeros(1)
+        alias = s if name == "scale" else z
+        with pytest.raises(ValueError, match=f"fake_quantize.out: out must not share memory with {name}"):
+            torch.ops.qatkit.fake_quantize.out(x, s, z, -8, 7, out=alias)
+        assert s.shape == (1,) and z.shape == (1,) and s.item() == pytest.approx(0.1) and z.item() == 0
