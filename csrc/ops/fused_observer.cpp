@@ -15,15 +15,16 @@
 #include <ATen/ops/isinf.h>
 #include <ATen/ops/where.h>
 #include <fmt/format.h>
+#include <ATen/ops/nonzero.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <cmath>
 
 #include "fake_quantize_checks.h"
+#include "op_handle.h"
 #include "qatkit/ops.h"
 #include "qparams_math.h"
-#include "op_handle.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
@@ -81,10 +82,14 @@ void check_observer_args(const char* op, const at::Tensor& input, const at::Tens
   check_flag(op, "observer_on", observer_on, input);
 }
 
-void observer_update_kernel(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max,
-                            at::Tensor& scale, at::Tensor& zero_point, const at::Tensor& observer_on, double momentum,
-                            bool moving_average, std::int64_t quant_min, std::int64_t quant_max, bool symmetric,
-                            OptInt axis) {
+}  // namespace
+
+namespace ops {
+
+void observer_update_impl(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
+                          at::Tensor& zero_point, const at::Tensor& observer_on, double momentum, bool moving_average,
+                          std::int64_t quant_min, std::int64_t quant_max, bool symmetric, OptInt axis,
+                          bool check_finite) {
   constexpr const char* op = "_observer_update";
   // Statistics are not differentiable: never record the buffer updates in an autograd graph
   // (the buffers would otherwise chain every training step's graph together).
@@ -95,6 +100,22 @@ void observer_update_kernel(const at::Tensor& input, at::Tensor& running_min, at
   const at::Tensor rows =
       axis.has_value() ? input.movedim(*axis, 0).reshape_symint({input.sym_size(*axis), -1}) : input.reshape({1, -1});
   auto [cur_min, cur_max] = ops::row_min_max(rows);
+  // A batch with NaN / Inf, or a range wider than float32 (max - min = inf), must not reach the
+  // state: it would freeze the scale for good. Rows that observed such data keep their state; the
+  // CPU kernel raises instead (a host read, free there), naming the row.
+  const at::Tensor batch_ok =
+      at::isfinite(cur_min).logical_and(at::isfinite(cur_max)).logical_and(at::isfinite(cur_max.sub(cur_min)));
+  const at::Tensor on = observer_on.reshape({}).ne(0);
+  if (check_finite) {
+    const at::Tensor bad = batch_ok.logical_not().logical_and(on);
+    if (bad.any().item<bool>()) {
+      const std::int64_t i = bad.nonzero().reshape(-1)[0].item<std::int64_t>();
+      TORCH_CHECK_VALUE(false, fmt::format("{}: the observed batch holds NaN or Inf, or a range wider than float32 "
+                                           "({}min={}, max={}); the observer state is unchanged",
+                                           op, axis.has_value() ? fmt::format("channel {}: ", i) : std::string(),
+                                           cur_min[i].item<float>(), cur_max[i].item<float>()));
+    }
+  }
   const at::Tensor rmin = running_min.reshape(-1), rmax = running_max.reshape(-1);
   at::Tensor upd_min, upd_max;
   if (moving_average) {  // an empty (+-inf) running value starts at the first observation
@@ -104,16 +125,28 @@ void observer_update_kernel(const at::Tensor& input, at::Tensor& running_min, at
     upd_min = rmin.minimum(cur_min);
     upd_max = rmax.maximum(cur_max);
   }
-  const at::Tensor on = observer_on.reshape({}).to(at::kBool);
-  const at::Tensor new_min = at::where(on, upd_min, rmin), new_max = at::where(on, upd_max, rmax);
+  const at::Tensor take = batch_ok.logical_and(on);
+  const at::Tensor new_min = at::where(take, upd_min, rmin), new_max = at::where(take, upd_max, rmax);
   auto [s, z] = ops::qparams_from_min_max(new_min, new_max, quant_min, quant_max, symmetric);
-  const at::Tensor valid = at::isfinite(new_min).logical_and(at::isfinite(new_max));
+  const at::Tensor valid = at::isfinite(new_min).logical_and(at::isfinite(new_max)).logical_and(at::isfinite(s));
   const at::Tensor new_scale = at::where(valid, s, scale.reshape(-1));
   const at::Tensor new_zero = at::where(valid, z, zero_point.reshape(-1));
   running_min.copy_(new_min.reshape(running_min.sizes()));
   running_max.copy_(new_max.reshape(running_max.sizes()));
   scale.copy_(new_scale.reshape(scale.sizes()));
   zero_point.copy_(new_zero.reshape(zero_point.sizes()));
+}
+
+}  // namespace ops
+
+namespace {
+
+void observer_update_kernel(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max,
+                            at::Tensor& scale, at::Tensor& zero_point, const at::Tensor& observer_on, double momentum,
+                            bool moving_average, std::int64_t quant_min, std::int64_t quant_max, bool symmetric,
+                            OptInt axis) {
+  ops::observer_update_impl(input, running_min, running_max, scale, zero_point, observer_on, momentum,
+                            moving_average, quant_min, quant_max, symmetric, axis, /*check_finite=*/false);
 }
 
 /// Observer update, then the switchable fake quantization; returns (output, STE mask).

@@ -26,4 +26,13 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_impl(const at::Tensor& input, 
                                                        std::optional<std::int64_t> axis,
                                                        std::optional<std::int64_t> group_size, bool check_finite);
 
+/// _observer_update on any device: fold the batch min/max of `input` into the running range
+/// (moving average or min/max) and refresh scale / zero_point, rows whose batch is non-finite (or
+/// wider than float32) keeping their state; `check_finite` raises ValueError for such a batch
+/// instead (a host read: the CPU kernel asks for it, the composite does not).
+void observer_update_impl(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
+                          at::Tensor& zero_point, const at::Tensor& observer_on, double momentum, bool moving_average,
+                          std::int64_t quant_min, std::int64_t quant_max, bool symmetric,
+                          std::optional<std::int64_t> axis, bool check_finite);
+
 }  // namespace qatkit::ops

@@ -150,6 +150,9 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
         raise ValueError(f"prepare_qat: every supported layer was skipped by the config ({why}){hint}; nothing to quantize")
     for c, new in plan:
         name, mod = c["name"], c["module"]
+        for part in ("weight_fake_quant", "input_fake_quant"):
+            if getattr(new, part, None) is not None:
+                getattr(new, part).qualified_name = f"{name}.{part}"
         if c["bn"] is not None:
             replace_module(model, c["bn"][0], nn.Identity())
         replace_module(model, name, new)

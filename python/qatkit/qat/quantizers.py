@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from typing import Callable, Dict, Optional, Tuple, Type
 
 import torch
@@ -298,6 +299,11 @@ class _SpecModule(nn.Module):
         self.spec = _check_spec(spec)
         self.register_buffer("fake_quant_on", _flag(True))
         self._fq_enabled = True
+        #: where the quantizer sits ("features.3.input_fake_quant"; set by prepare_qat), for messages
+        self.qualified_name = ""
+
+    def _where(self) -> str:
+        return f"'{self.qualified_name}'" if self.qualified_name else f"this {type(self).__name__}"
 
     def get_extra_state(self):
         return {"spec": dataclasses.asdict(self.spec)}
@@ -602,6 +608,8 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
         self.register_buffer("observer_on", _flag(True))
         self.register_buffer("_off", _flag(False), persistent=False)
         self._obs_enabled = True
+        self._observed = False  # Python mirror of observer.has_observed (refreshed on load)
+        self._warned_unobserved = False
 
     # the observer's state under the names the quantizer always had
     running_min = property(lambda self: self.observer.running_min)
@@ -628,6 +636,7 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
     def _sync_mirrors(self):
         super()._sync_mirrors()
         self._obs_enabled = bool(self.observer_on.item())
+        self._observed = None  # unknown until the observer's own buffers are loaded (after this)
 
     def enable_observer(self, on: bool = True) -> None:
         self.observer_on.fill_(1 if on else 0)
@@ -640,7 +649,32 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the observer runs in training mode only; its on/off switch and the fake-quant switch are
         # tensor flags read inside the op (toggling them does not recompile a compiled model)
-        return self.observer.fake_quantize(x, self.observer_on if self.training else self._off, self.fake_quant_on)
+        flag = self.observer_on if self.training else self._off
+        if torch.compiler.is_compiling():
+            # compiled graphs read only the tensor flags (no Python mirror: toggling never recompiles)
+            return self.observer.fake_quantize(x, flag, self.fake_quant_on)
+        observing = self.training and self._obs_enabled
+        if self._observed is None:
+            self._observed = self.observer.has_observed
+        if not observing and not self._observed and self._fq_enabled:
+            self._warn_unobserved()
+        try:
+            y = self.observer.fake_quantize(x, flag, self.fake_quant_on)
+        except ValueError as e:  # name the layer (the op cannot know it)
+            raise ValueError(f"{self._where()}: {e}") from e
+        if observing:
+            self._observed = True
+        return y
+
+    def _warn_unobserved(self) -> None:
+        if not self._warned_unobserved:
+            self._warned_unobserved = True
+            warnings.warn(
+                f"activation quantizer {self._where()} runs before observing any data: its qparams are the "
+                "initial scale 1 / zero point 0, not a calibrated range; run training or qatkit.qat.calibrate first",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def frozen_qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero_point) a converted model uses for this input."""
@@ -682,6 +716,12 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
         if _dist_world() > 1 and self.sync_distributed:
             torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
             torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        if not bool((torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(hi - lo)).all()):
+            raise ValueError(
+                f"activation quantizer {self._where()}: the first batch, which initializes the learned step size, "
+                f"holds NaN or Inf or a range wider than float32 (min={lo.min().item()}, max={hi.max().item()}); "
+                "nothing was initialized"
+            )
         lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
         if s.symmetric:
             scale = torch.maximum(-lo, hi) / s.quant_max

@@ -195,3 +195,18 @@ def test_binarize_backward_out_cuda_matches_cpu():
     out = torch.empty(64, 48, device="cuda")
     bwd.out(g.cuda(), x.cuda(), None, None, "approx_sign", 1.0, grad_input=out)
     torch.testing.assert_close(out.cpu(), bwd(g, x, None, None, "approx_sign", 1.0), rtol=1e-6, atol=0)
+
+
+def test_cuda_observer_ignores_a_non_finite_batch_without_a_host_sync():
+    """The device-generic observer update keeps the state of rows whose batch is NaN / Inf or wider
+    than float32 (the CPU kernel raises instead; a CUDA raise would need a host sync)."""
+    rmin, rmax = torch.full((2,), float("inf"), device="cuda"), torch.full((2,), float("-inf"), device="cuda")
+    s, z, on = torch.ones(2, device="cuda"), torch.zeros(2, dtype=torch.int32, device="cuda"), torch.ones(1, device="cuda")
+    x = torch.randn(4, 2, device="cuda")
+    ops.observer_update(x, rmin, rmax, s, z, on, 0.01, True, -128, 127, False, 1)
+    state = [t.clone() for t in (rmin, rmax, s, z)]
+    bad = torch.randn(4, 2, device="cuda")
+    bad[1, 0] = float("nan")
+    ops.observer_update(bad, rmin, rmax, s, z, on, 0.01, True, -128, 127, False, 1)
+    assert torch.equal(rmin[0], state[0][0]) and torch.equal(s[0], state[2][0])  # channel 0 untouched
+    assert not torch.equal(rmin[1:], state[0][1:]) or not torch.equal(rmax[1:], state[1][1:])  # channel 1 observed

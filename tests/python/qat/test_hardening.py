@@ -152,3 +152,77 @@ def test_out_aliasing_a_qparam_is_refused_before_anything_is_resized():
         with pytest.raises(ValueError, match=f"fake_quantize.out: out must not share memory with {name}"):
             torch.ops.qatkit.fake_quantize.out(x, s, z, -8, 7, out=alias)
         assert s.shape == (1,) and z.shape == (1,) and s.item() == pytest.approx(0.1) and z.item() == 0
+
+
+# ---------------------------------------------------------------- observers and non-finite data
+
+
+@pytest.mark.parametrize(
+    "batch,detail",
+    [
+        (torch.tensor([[1.0, float("nan")], [0.5, 0.25]]), "min=nan"),
+        (torch.tensor([[1.0, float("inf")], [0.5, 0.25]]), "max=inf"),
+        (torch.tensor([[3e38, -3e38], [0.5, 0.25]]), "a range wider than float32"),
+    ],
+)
+@pytest.mark.parametrize("observer", ["moving_average", "minmax"])
+def test_a_non_finite_batch_raises_naming_the_layer_and_leaves_the_observer_unchanged(batch, detail, observer):
+    from qatkit.qat.config import LayerSpec
+
+    spec = LayerSpec(qatkit.w8a8().default.weight, QuantSpec(bits=8, symmetric=False, observer=observer))
+    q = qatkit.prepare_qat(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)), QATConfig(default=spec))
+    q.train()
+    q(torch.randn(8, 2))
+    obs = q[0].input_fake_quant
+    state = {k: v.clone() for k, v in obs.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match=rf"'0.input_fake_quant': _observer_update: .*{detail}.*state is unchanged"):
+        q(batch)
+    for k, v in obs.state_dict().items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, state[k]), k
+    q(torch.randn(8, 2))  # later finite batches observe as before
+    assert torch.isfinite(obs.scale).all()
+
+
+def test_per_channel_observers_name_the_channel():
+    rmin, rmax = torch.full((3,), float("inf")), torch.full((3,), float("-inf"))
+    s, z, on = torch.ones(3), torch.zeros(3, dtype=torch.int32), torch.tensor([1])
+    x = torch.randn(4, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="channel 1: min=nan"):
+        ops.observer_update(x, rmin, rmax, s, z, on, 0.01, True, -128, 127, False, 1)
+    assert torch.isinf(rmin).all()
+    ops.observer_update(x, rmin, rmax, s, z, torch.tensor([0]), 0.01, True, -128, 127, False, 1)  # off: no check
+
+
+def test_learned_ranges_refuse_a_non_finite_first_batch():
+    q = qatkit.prepare_qat(_mlp(), qatkit.w4a4_lsq())
+    q.train()
+    bad = torch.randn(4, 8)
+    bad[0, 0] = float("nan")
+    aq = q[2].input_fake_quant
+    before = aq.scale.detach().clone()
+    with pytest.raises(ValueError, match="'2.input_fake_quant': the first batch, which initializes the learned step"):
+        aq(bad.repeat(1, 2))
+    assert not aq.has_observed and torch.equal(aq.scale.detach(), before)
+
+
+def test_an_eval_forward_before_any_observation_warns_once_naming_the_layer():
+    q = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
+    q.eval()
+    with pytest.warns(UserWarning, match=r"'0.input_fake_quant' runs before observing any data"):
+        q(torch.randn(2, 8))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q(torch.randn(2, 8))  # once per quantizer
+        q2 = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
+        q2.train()
+        q2(torch.randn(2, 8))
+        q2.eval()
+        q2(torch.randn(2, 8))  # observed: no warning
+        q3 = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
+        q3.load_state_dict(q2.state_dict())
+        q3.eval()
+        q3(torch.randn(2, 8))  # a loaded, observed state: no warning
