@@ -68,7 +68,12 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_impl(const at::Tensor& input, 
   if (axis.has_value()) {
     const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
     out_shape = {input.sym_size(ax)};
-    rows = input.movedim(ax, 0).reshape_symint({input.sym_size(ax), -1});
+    // the row length spelled out: a -1 is ambiguous when a dim is 0 (a Linear(16, 0) weight)
+    c10::SymInt inner = 1;
+    for (std::int64_t d = 0; d < input.dim(); ++d) {
+      if (d != ax) inner = inner * input.sym_size(d);
+    }
+    rows = input.movedim(ax, 0).reshape_symint({input.sym_size(ax), inner});
   } else if (group_size.has_value()) {
     out_shape.assign(input.sym_sizes().begin(), input.sym_sizes().end());
     out_shape.back() = out_shape.back() / *group_size;

@@ -20,7 +20,7 @@ from torch import nn
 
 from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
 from .. import ops
-from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, keep_float32
 from .swap import replace_module
 
 __all__ = ["convert", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "weight_codes"]
@@ -99,6 +99,14 @@ class _Quantized(nn.Module):
             aq.enable_observer(False)
             aq.eval()
         self.input_fake_quant = aq
+
+    def _apply(self, fn, recurse=True):
+        # .double() / .half() / .to(dtype) change the dtype the layer computes in; the scales stay
+        # float32 (the ops' qparam dtype) and the codes integer
+        self.weight_dtype = fn(torch.zeros(0, dtype=self.weight_dtype)).dtype
+        scale = self.weight_scale
+        keep = keep_float32(fn)
+        return super()._apply(lambda t: keep(t) if t is scale else fn(t), recurse)
 
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight the layer computes with: ``(codes - zero_point) * scale``."""
@@ -231,8 +239,20 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
                 "empty), so its qparams are meaningless; run training or a few calibration batches in train mode "
                 "with observers enabled (qatkit.qat.enable_observer(model)) before convert"
             )
+    if isinstance(model, QAT_TYPES):  # a bare QAT layer: its converted form is the model
+        if inplace:
+            raise ValueError(
+                f"convert: the model is a bare {type(model).__name__}, which cannot be replaced in place; "
+                "use the returned module (inplace=False)"
+            )
+        return _convert_one(copy.deepcopy(model)).eval()
     if not inplace:
         model = copy.deepcopy(model)
+    names_of = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(m), []).append(n)
     for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_TYPES)]:
-        replace_module(model, name, _convert_one(m))
+        new = _convert_one(m)
+        for alias in names_of[id(m)]:  # every name the layer is registered under gets the same module
+            replace_module(model, alias, new)
     return model.eval()

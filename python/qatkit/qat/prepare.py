@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import LayerSpec, QATConfig, first_last_spec
-from .modules import QAT_MODULES, BitLinear, QuantConvBn2d
+from .modules import QAT_MODULES, BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
 from .quantizers import (
     ActFakeQuantizer,
     AffineLearnedActQuantizer,
@@ -39,9 +39,41 @@ __all__ = [
 
 
 
-def _candidates(model: nn.Module, fold_bn: bool) -> List[dict]:
-    """Supported layers in definition order; conv+bn pairs of a Sequential become one entry."""
-    out, bn_of = [], {}
+_SUPPORTED_BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+_HOST_WARNINGS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+_QAT_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding)
+
+
+def _unswappable_reason(mod: nn.Module) -> Optional[str]:
+    """Why a module that is a supported layer kind cannot be swapped (None if it can, or is none)."""
+    if isinstance(mod, nn.MultiheadAttention):
+        return (
+            "nn.MultiheadAttention's F.multi_head_attention_forward reads in_proj_weight and out_proj.weight "
+            "directly, so its projections stay float in every mode (qatkit has no QAT MultiheadAttention yet)"
+        )
+    if isinstance(mod, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
+        return (
+            "in eval mode without gradients PyTorch runs transformer layers on a fused fast path that reads the "
+            "weights directly and bypasses the QAT layers; call torch.backends.mha.set_fastpath_enabled(False) "
+            "when evaluating the QAT model (its Linear layers are quantized otherwise)"
+        )
+    if type(mod) in QAT_MODULES or not isinstance(mod, _SUPPORTED_BASES) or isinstance(mod, _QAT_TYPES):
+        return None
+    if isinstance(mod, nn.modules.lazy.LazyModuleMixin):
+        return "a Lazy layer whose shape is not known yet (run one batch through the model before prepare_qat)"
+    if nn.utils.parametrize.is_parametrized(mod):
+        return (
+            "a parametrized layer (weight_norm / spectral_norm / custom parametrizations compute the weight at "
+            "every call; remove the parametrization, e.g. torch.nn.utils.parametrize.remove_parametrizations)"
+        )
+    return f"a subclass of {type(mod).__mro__[1].__name__} ({type(mod).__name__}) whose forward qatkit cannot know"
+
+
+def _candidates(model: nn.Module, fold_bn: bool) -> Tuple[List[dict], List[dict]]:
+    """Supported layers in definition order (conv+bn pairs of a Sequential become one entry, each
+    with every name it is registered under), and the layers of a supported kind that cannot be
+    swapped, with the reason."""
+    out, skipped, bn_of, unfolded = [], [], {}, []
     if fold_bn:
         for name, mod in model.named_modules():
             if isinstance(mod, nn.Sequential):
@@ -49,11 +81,32 @@ def _candidates(model: nn.Module, fold_bn: bool) -> List[dict]:
                 for (n1, m1), (n2, m2) in zip(kids, kids[1:], strict=False):
                     if type(m1) is nn.Conv2d and type(m2) is nn.BatchNorm2d and m2.num_features == m1.out_channels:
                         prefix = f"{name}." if name else ""
-                        bn_of[prefix + n1] = (prefix + n2, m2)
+                        if m2.affine and m2.track_running_stats:
+                            bn_of[prefix + n1] = (prefix + n2, m2)
+                        else:
+                            unfolded.append((prefix + n1, prefix + n2))
+    names_of: Dict[int, List[str]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(mod), []).append(name)
     for name, mod in model.named_modules():
         if type(mod) in QAT_MODULES:
-            out.append({"name": name, "module": mod, "bn": bn_of.get(name)})
-    return out
+            out.append({"name": name, "module": mod, "bn": bn_of.get(name), "aliases": names_of[id(mod)][1:]})
+        else:
+            reason = _unswappable_reason(mod)
+            if reason is not None and not isinstance(mod, _HOST_WARNINGS):
+                skipped.append({"name": name, "type": type(mod).__name__, "reason": reason})
+            elif reason is not None:  # a container with a caveat: warn, its Linear layers are still swapped
+                warnings.warn(f"prepare_qat: '{name or type(mod).__name__}': {reason}", UserWarning, stacklevel=3)
+    for conv, bn in unfolded:
+        skipped.append(
+            {
+                "name": bn,
+                "type": "BatchNorm2d",
+                "reason": f"not folded into conv '{conv}': a BatchNorm2d without affine parameters or running "
+                "statistics (the conv is quantized on its own, the BatchNorm stays float)",
+            }
+        )
+    return out, skipped
 
 
 def _spec_for(
@@ -101,7 +154,12 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
         raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    cands = _candidates(model, config.fold_bn)
+    if type(model) in QAT_MODULES and inplace:
+        raise ValueError(
+            f"prepare_qat: the model is a bare {type(model).__name__}, which cannot be swapped in place; "
+            "use the returned module (inplace=False)"
+        )
+    cands, unswappable = _candidates(model, config.fold_bn)
     if not cands:
         raise ValueError(
             "prepare_qat: the model has nothing to quantize: no nn.Linear, nn.Conv1d, nn.Conv2d or nn.Embedding "
@@ -152,10 +210,14 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
         name, mod = c["name"], c["module"]
         for part in ("weight_fake_quant", "input_fake_quant"):
             if getattr(new, part, None) is not None:
-                getattr(new, part).qualified_name = f"{name}.{part}"
+                getattr(new, part).qualified_name = f"{name or type(mod).__name__}.{part}"
         if c["bn"] is not None:
             replace_module(model, c["bn"][0], nn.Identity())
-        replace_module(model, name, new)
+        if name == "":  # a bare layer: the QAT layer is the model
+            model = new
+            continue
+        for alias in [name] + c["aliases"]:  # every name the layer is registered under
+            replace_module(model, alias, new)
         if new.weight_fake_quant is not None and new.weight_fake_quant.fell_back:
             warnings.warn(
                 f"prepare_qat: layer '{name}': flattened input dim {tuple(mod.weight.shape[1:])} is not a multiple "
@@ -179,6 +241,10 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
             UserWarning,
             stacklevel=2,
         )
+    for u in unswappable:
+        warnings.warn(f"prepare_qat: layer '{u['name']}' stays float: {u['reason']}", UserWarning, stacklevel=2)
+        report.append({"name": u["name"], "type": u["type"], "qat": None, "weight": "float", "act": "float",
+                       "reason": u["reason"]})
     model.qat_report = report
     model.qat_config = config
     return model

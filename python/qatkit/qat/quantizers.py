@@ -80,6 +80,20 @@ def _dist_world() -> int:
     return d.get_world_size() if d.is_available() and d.is_initialized() else 1
 
 
+def keep_float32(fn):
+    """``fn`` of ``Module._apply`` (``.double()``, ``.half()``, ``.to(...)``) that moves float32
+    tensors between devices but keeps them float32: quantizer state (ranges, scales, learned step
+    sizes) stays float32 whatever dtype the model computes in, as the ops require."""
+
+    def apply(t):
+        out = fn(t)
+        if t.dtype == torch.float32 and out.is_floating_point() and out.dtype != torch.float32:
+            out = out.float()
+        return out
+
+    return apply
+
+
 def _check_spec(spec) -> QuantSpec:
     if not isinstance(spec, QuantSpec):
         raise TypeError(f"spec must be a QuantSpec, got {type(spec).__name__}")
@@ -109,6 +123,9 @@ class Observer(nn.Module):
         self.register_buffer("scale", torch.ones(n))
         self.register_buffer("zero_point", torch.zeros(n, dtype=torch.int32))
         self.sync_distributed = True
+
+    def _apply(self, fn, recurse=True):
+        return super()._apply(keep_float32(fn), recurse)
 
     def observe(self, x: torch.Tensor) -> None:
         """Fold ``x`` into the statistics and refresh :attr:`scale` / :attr:`zero_point`."""
@@ -305,6 +322,10 @@ class _SpecModule(nn.Module):
     def _where(self) -> str:
         return f"'{self.qualified_name}'" if self.qualified_name else f"this {type(self).__name__}"
 
+    def _apply(self, fn, recurse=True):
+        # the model may move to float64 / float16 / bfloat16; quantizer state stays float32
+        return super()._apply(keep_float32(fn), recurse)
+
     def get_extra_state(self):
         return {"spec": dataclasses.asdict(self.spec)}
 
@@ -499,14 +520,16 @@ class AffineLearnedWeightQuantizer(WeightFakeQuantizer):
         if self.axis is None:
             init = 2 * w.abs().mean().reshape(1) / math.sqrt(qp)
         else:
-            init = 2 * w.abs().reshape(w.shape[0], -1).mean(1) / math.sqrt(qp)
+            init = 2 * w.abs().flatten(1).mean(1) / math.sqrt(qp)
+        # an empty weight (Linear(0, n)) has no mean: start such step sizes at 1
+        init = torch.where(torch.isfinite(init), init, torch.ones_like(init))
         self.scale = nn.Parameter(init.clamp(min=1e-6))
         zp = torch.zeros_like(init)
         if spec.symmetric:
             self.register_buffer("zero_point", zp)
         else:
             self.zero_point = nn.Parameter(zp)
-        per_scale = w.numel() // init.numel()
+        per_scale = max(w.numel() // max(init.numel(), 1), 1)  # (empty weights: any factor works)
         self.grad_factor = ops.lsq_grad_factor(per_scale, qp) if spec.lsq_grad_scale else 1.0
 
     def qparams(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -738,6 +761,8 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
         if not self._initialized:
+            if x.numel() == 0:  # an empty batch holds no range: initialize from the next one
+                return x.clone()
             self._init_learned(x)
         grad_factor = 1.0
         if s.lsq_grad_scale:

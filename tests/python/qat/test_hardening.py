@@ -226,3 +226,134 @@ def test_an_eval_forward_before_any_observation_warns_once_naming_the_layer():
         q3.load_state_dict(q2.state_dict())
         q3.eval()
         q3(torch.randn(2, 8))  # a loaded, observed state: no warning
+
+
+# ---------------------------------------------------------------- odd module trees
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        shared = nn.Linear(8, 8)
+        self.enc, self.alias = shared, shared  # one layer, two names; forward uses the alias
+        self.mid = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.mid(self.alias(x)))
+
+
+def test_a_layer_registered_under_two_names_is_swapped_under_both():
+    q = qatkit.prepare_qat(_Tied(), qatkit.w8a8())
+    assert isinstance(q.alias, qatkit.qat.QuantLinear) and q.alias is q.enc
+    q.train()
+    q(torch.randn(16, 8))
+    assert q.alias.input_fake_quant.has_observed  # the alias the forward uses is the quantized one
+    c = qatkit.convert(q)
+    assert isinstance(c.alias, qatkit.qat.QuantizedLinear) and c.alias is c.enc
+    q.eval()
+    x = torch.randn(3, 8)
+    assert torch.equal(c(x), q(x))
+
+
+def test_a_bare_layer_as_the_model_is_returned_swapped():
+    q = qatkit.prepare_qat(nn.Linear(8, 4), qatkit.w8a8())
+    assert isinstance(q, qatkit.qat.QuantLinear) and q.input_fake_quant.qualified_name == "Linear.input_fake_quant"
+    assert dict(q.named_children()).keys() == {"weight_fake_quant", "input_fake_quant"}
+    q.train()
+    q(torch.randn(16, 8))
+    c = qatkit.convert(q)
+    assert isinstance(c, qatkit.qat.QuantizedLinear)
+    q.eval()
+    x = torch.randn(2, 8)
+    assert torch.equal(c(x), q(x))
+    with pytest.raises(ValueError, match="bare Linear, which cannot be swapped in place"):
+        qatkit.prepare_qat(nn.Linear(8, 4), qatkit.w8a8(), inplace=True)
+    with pytest.raises(ValueError, match="bare QuantLinear, which cannot be replaced in place"):
+        qatkit.convert(q, inplace=True)
+
+
+def test_layers_that_cannot_be_swapped_are_reported_with_a_warning():
+    model = nn.Sequential(
+        nn.Linear(4, 4),
+        nn.utils.parametrizations.weight_norm(nn.Linear(4, 4)),
+        nn.LazyLinear(3),
+        nn.Linear(3, 3),
+        nn.Conv2d(3, 3, 1),
+        nn.BatchNorm2d(3, affine=False),
+    )
+    with pytest.warns(UserWarning) as rec:
+        q = qatkit.prepare_qat(model, qatkit.w8a8())
+    text = "\n".join(str(w.message) for w in rec)
+    assert "layer '1' stays float: a parametrized layer" in text
+    assert "layer '2' stays float: a Lazy layer" in text
+    assert "layer '5' stays float: not folded into conv '4'" in text
+    reasons = {r["name"]: r.get("reason", "") for r in q.qat_report}
+    assert "parametrized" in reasons["1"] and "Lazy" in reasons["2"] and "not folded" in reasons["5"]
+    assert isinstance(q[4], qatkit.qat.QuantConv2d) and isinstance(q[5], nn.BatchNorm2d)
+
+
+def test_attention_and_the_transformer_fast_path_are_reported():
+    layer = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    with pytest.warns(UserWarning) as rec:
+        q = qatkit.prepare_qat(layer, qatkit.w8a8())
+    text = "\n".join(str(w.message) for w in rec)
+    assert "fused fast path" in text and "set_fastpath_enabled(False)" in text
+    assert "layer 'self_attn' stays float: nn.MultiheadAttention" in text
+    assert isinstance(q.linear1, qatkit.qat.QuantLinear) and isinstance(q.linear2, qatkit.qat.QuantLinear)
+
+
+# ---------------------------------------------------------------- dtype moves
+
+
+@pytest.mark.parametrize("move", ["double", "half", "bfloat16", "to"])
+@pytest.mark.parametrize("name", ["w8a8", "w4a4_lsq", "w4a8", "ternary_twn", "xnor_w1a1"])
+def test_a_prepared_model_moved_to_another_dtype_trains_and_converts(name, move):
+    dtype = {"double": torch.float64, "half": torch.float16, "bfloat16": torch.bfloat16, "to": torch.float64}[move]
+    q = qatkit.prepare_qat(_mlp(), qatkit.preset(name))
+    q.train()
+    q(torch.randn(8, 8))  # observe / initialize in float32 first
+    q = q.to(dtype) if move == "to" else getattr(q, move)()
+    for m in q.modules():  # quantizer state stays float32, layers move
+        if isinstance(m, (qatkit.qat.ActFakeQuantizer, qatkit.qat.WeightFakeQuantizer, qatkit.qat.Observer)):
+            for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
+                assert not t.is_floating_point() or t.dtype == torch.float32
+    assert q[0].weight.dtype == dtype
+    y = q(torch.randn(8, 8, dtype=dtype))
+    assert y.dtype == dtype
+    y.float().sum().backward()
+    assert q[0].weight.grad.dtype == dtype
+    q.eval()
+    c = qatkit.convert(q)
+    x = torch.randn(3, 8, dtype=dtype)
+    assert torch.equal(c(x), q(x))
+    c64 = c.double()  # and a converted model moves too
+    assert c64(x.double()).dtype == torch.float64 and c64[0].weight_scale.dtype == torch.float32
+
+
+# ---------------------------------------------------------------- empty inputs
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w4a4_lsq", "ternary_twn", "binary_w1a8", "w4a8", "xnor_w1a1"])
+def test_an_empty_first_batch_is_harmless(name):
+    q = qatkit.prepare_qat(_mlp(), qatkit.preset(name))
+    q.train()
+    y = q(torch.randn(0, 8))
+    assert y.shape == (0, 4)
+    y.sum().backward()
+    q(torch.randn(6, 8))  # the first real batch observes / initializes
+    q.eval()
+    x = torch.randn(3, 8)
+    assert torch.equal(qatkit.convert(q)(x), q(x))
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w4a4_lsq", "ternary_twn", "binary_w1a8"])
+def test_zero_width_layers_train_and_explain_why_they_cannot_convert(name):
+    q = qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 0), nn.Linear(0, 4), nn.Linear(4, 4)), qatkit.preset(name))
+    q.train()
+    y = q(torch.randn(2, 16))
+    y.sum().backward()
+    assert q[0].weight.grad.shape == (0, 16) and torch.isfinite(q[1].weight.grad).all()
+    q.eval()
+    with pytest.raises(ValueError, match="input quantizer of layer '1' has not observed any data"):
+        qatkit.convert(q)  # its inputs are always empty: nothing to calibrate from
