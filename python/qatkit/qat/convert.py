@@ -191,7 +191,9 @@ class QuantizedEmbedding(_Quantized):
         self._set_weight(qmod, qmod.weight, None)
 
     def forward(self, idx):
-        return F.embedding(idx, self.dequantized_weight(), self.padding_idx, None, self.norm_type)
+        # max_norm renormalizes rows of the (temporary) dequantized weight, as the QAT layer does with
+        # its fake-quantized weight
+        return F.embedding(idx, self.dequantized_weight(), self.padding_idx, self.max_norm, self.norm_type)
 
 
 def _convert_one(qmod: nn.Module) -> nn.Module:

@@ -8,6 +8,7 @@ Krishnamoorthi's correction (docs/papers.md §3); :class:`BitLinear` is BitNet b
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -33,9 +34,19 @@ class _QuantMixin:
 
     layer_spec: LayerSpec
 
-    def _attach_quantizers(self, spec: LayerSpec, weight: torch.Tensor, act_channels: int = 1) -> None:
+    def _attach_quantizers(
+        self, spec: LayerSpec, weight: torch.Tensor, act_channels: int = 1, channel_axes: tuple = (-1,)
+    ) -> None:
         if not isinstance(spec, LayerSpec):
             raise TypeError(f"layer_spec must be a LayerSpec, got {type(spec).__name__}")
+        a = spec.activation
+        if a is not None and a.kind == "int" and a.granularity == "per_channel" and a.axis not in channel_axes:
+            # per-channel ranges need the input's channel dim; another axis (0 = the batch) would
+            # observe per sample and only "work" when the batch size happens to equal the channels
+            raise ValueError(
+                f"{type(self).__name__}: a per-channel activation spec needs axis in {channel_axes} (the input's "
+                f"channel dim, {act_channels} channels), got axis={a.axis}"
+            )
         self.layer_spec = spec
         self.weight_fake_quant = WeightFakeQuantizer(spec.weight, weight) if spec.weight is not None else None
         self.input_fake_quant = ActFakeQuantizer(spec.activation, act_channels) if spec.activation is not None else None
@@ -101,7 +112,7 @@ def _conv_from_float(cls, base, mod, layer_spec):
         device="meta",
     )
     _share_params(q, mod)
-    q._attach_quantizers(layer_spec, mod.weight, mod.in_channels)
+    q._attach_quantizers(layer_spec, mod.weight, mod.in_channels, (1, -(mod.weight.dim() - 1)))
     q.train(mod.training)
     return q
 
@@ -261,6 +272,13 @@ class QuantEmbedding(_QuantMixin, nn.Embedding):
             sparse=mod.sparse,
             device="meta",
         )
+        if mod.sparse and layer_spec.weight is not None:
+            warnings.warn(
+                "QuantEmbedding: sparse=True gradients cannot flow through the weight's fake quantization; the QAT "
+                "layer produces dense gradients (use a dense optimizer such as Adam for it, not SparseAdam)",
+                UserWarning,
+                stacklevel=3,
+            )
         _share_params(q, mod, ("weight",))
         q._attach_quantizers(LayerSpec(layer_spec.weight, None), mod.weight)
         q.train(mod.training)
@@ -288,7 +306,7 @@ class QuantEmbedding(_QuantMixin, nn.Embedding):
             self.max_norm,
             self.norm_type,
             self.scale_grad_by_freq,
-            self.sparse,
+            self.sparse and self.weight_fake_quant is None,  # dense through fake quantization
         )
 
 

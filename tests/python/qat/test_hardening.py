@@ -357,3 +357,49 @@ def test_zero_width_layers_train_and_explain_why_they_cannot_convert(name):
     q.eval()
     with pytest.raises(ValueError, match="input quantizer of layer '1' has not observed any data"):
         qatkit.convert(q)  # its inputs are always empty: nothing to calibrate from
+
+
+# ---------------------------------------------------------------- module options
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_norm": 1.0}, {"max_norm": 0.5, "norm_type": 1.0}, {"padding_idx": 3}, {"scale_grad_by_freq": True}],
+    ids=str,
+)
+def test_convert_keeps_embedding_options_bit_for_bit(kwargs):
+    from qatkit.qat.config import LayerSpec
+
+    torch.manual_seed(0)
+    emb = nn.Embedding(20, 8, **kwargs)
+    with torch.no_grad():
+        emb.weight.mul_(3)
+    q = qatkit.prepare_qat(nn.Sequential(emb), QATConfig(default=LayerSpec(QuantSpec(bits=4, granularity="per_channel"))))
+    idx = torch.randint(0, 20, (4, 6))
+    q.train()
+    q(idx).sum().backward()
+    q.eval()
+    c = qatkit.convert(q)
+    assert torch.equal(c(idx), q(idx))
+
+
+def test_sparse_embeddings_train_densely_with_a_warning():
+    from qatkit.qat.config import LayerSpec
+
+    cfg = QATConfig(default=LayerSpec(QuantSpec(bits=8, granularity="per_channel")))
+    with pytest.warns(UserWarning, match="sparse=True gradients cannot flow through"):
+        q = qatkit.prepare_qat(nn.Sequential(nn.Embedding(10, 4, sparse=True)), cfg)
+    q(torch.tensor([[1, 2]])).sum().backward()
+    assert not q[0].weight.grad.is_sparse
+
+
+@pytest.mark.parametrize("layer,axis", [(nn.Linear(8, 4), 0), (nn.Conv2d(3, 4, 1), 0), (nn.Conv2d(3, 4, 1), -1)])
+def test_per_channel_activation_axes_are_checked_against_the_layer(layer, axis):
+    from qatkit.qat.config import LayerSpec
+
+    spec = LayerSpec(QuantSpec(), QuantSpec(symmetric=False, granularity="per_channel", axis=axis))
+    with pytest.raises(ValueError, match=rf"per-channel activation spec needs axis in .* got axis={axis}"):
+        qatkit.prepare_qat(nn.Sequential(layer), QATConfig(default=spec))
+    good = 1 if isinstance(layer, nn.Conv2d) else -1
+    ok = LayerSpec(QuantSpec(), QuantSpec(symmetric=False, granularity="per_channel", axis=good))
+    qatkit.prepare_qat(nn.Sequential(layer), QATConfig(default=ok))
