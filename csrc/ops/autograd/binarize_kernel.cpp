@@ -8,6 +8,7 @@
 #include "../binarize_checks.h"
 #include "qatkit/ops.h"
 #include "../op_handle.h"
+#include "unsupported.h"
 
 namespace qatkit::ops {
 namespace {
@@ -47,11 +48,24 @@ class BinarizeFunction : public torch::autograd::Function<BinarizeFunction> {
 
 at::Tensor binarize_autograd(const at::Tensor& input, c10::string_view scaling, std::optional<std::int64_t> axis,
                              c10::string_view estimator, double beta, const std::optional<at::Tensor>& seed) {
+  check_no_forward_ad("binarize", {&input});
   return BinarizeFunction::apply(input, scaling, axis, estimator, beta, seed);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qatkit, Autograd, m) { m.impl("binarize", &binarize_autograd); }
+at::Tensor binarize_backward_autograd(const at::Tensor& grad, const at::Tensor& input,
+                                     const std::optional<at::Tensor>& center, std::optional<std::int64_t> axis,
+                                     c10::string_view estimator, double beta) {
+  check_no_double_backward("_binarize_backward", {&grad, &input, center ? &*center : nullptr});
+  static auto op = op_handle<sig::BinarizeBackward>("qatkit::_binarize_backward");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(grad, input, center, axis, estimator, beta);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, Autograd, m) {
+  m.impl("binarize", &binarize_autograd);
+  m.impl("_binarize_backward", &binarize_backward_autograd);
+}
 
 }  // namespace qatkit::ops

@@ -6,6 +6,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 #include "../op_handle.h"
+#include "unsupported.h"
 
 namespace qatkit::ops {
 namespace {
@@ -55,6 +56,7 @@ class FakeQuantizeFunction : public torch::autograd::Function<FakeQuantizeFuncti
 
 at::Tensor fake_quantize_autograd(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                                   std::int64_t quant_min, std::int64_t quant_max, OptInt axis, OptInt group_size) {
+  check_no_forward_ad("fake_quantize", {&input, &scale, &zero_point});
   if (!(at::GradMode::is_enabled() && input.requires_grad())) {
     // No gradient needed: skip the mask (8 instead of 8.125 bytes per fp32 element).
     static auto op = ops::op_handle<ops::sig::FakeQuantize>("qatkit::fake_quantize");

@@ -7,6 +7,7 @@
 
 #include "qatkit/ops.h"
 #include "../op_handle.h"
+#include "unsupported.h"
 
 namespace qatkit::ops {
 namespace {
@@ -48,12 +49,25 @@ at::Tensor fake_quantize_learnable_autograd(const at::Tensor& input, const at::T
                                             const at::Tensor& zero_point, std::int64_t quant_min,
                                             std::int64_t quant_max, OptInt axis, OptInt group_size,
                                             double grad_factor) {
+  check_no_forward_ad("fake_quantize_learnable", {&input, &scale, &zero_point});
   return FakeQuantizeLearnableFunction::apply(input, scale, zero_point, quant_min, quant_max, axis, group_size,
                                               grad_factor);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qatkit, Autograd, m) { m.impl("fake_quantize_learnable", &fake_quantize_learnable_autograd); }
+std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_autograd(
+    const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
+    std::int64_t quant_min, std::int64_t quant_max, OptInt axis, OptInt group_size, double grad_factor) {
+  check_no_double_backward("_fake_quantize_learnable_backward", {&grad, &input, &scale, &zero_point});
+  static auto op = op_handle<sig::FakeQuantizeLearnableBackward>("qatkit::_fake_quantize_learnable_backward");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(grad, input, scale, zero_point, quant_min, quant_max, axis, group_size, grad_factor);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, Autograd, m) {
+  m.impl("fake_quantize_learnable", &fake_quantize_learnable_autograd);
+  m.impl("_fake_quantize_learnable_backward", &fake_quantize_learnable_backward_autograd);
+}
 
 }  // namespace qatkit::ops

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "qatkit/ops.h"
+#include "unsupported.h"
 
 namespace qatkit::ops {
 namespace {
@@ -44,11 +45,16 @@ struct Ternarize {
   }
 };
 
-at::Tensor per_token_autograd(const at::Tensor& x, std::int64_t qmax) { return IdentitySte<PerToken>::apply(x, qmax); }
+at::Tensor per_token_autograd(const at::Tensor& x, std::int64_t qmax) {
+  check_no_forward_ad("quantize_per_token", {&x});
+  return IdentitySte<PerToken>::apply(x, qmax);
+}
 at::Tensor per_tensor_dynamic_autograd(const at::Tensor& x, std::int64_t qmax) {
+  check_no_forward_ad("quantize_per_tensor_dynamic", {&x});
   return IdentitySte<PerTensorDynamic>::apply(x, qmax);
 }
 at::Tensor ternarize_autograd(const at::Tensor& x, c10::string_view method, std::optional<std::int64_t> axis) {
+  check_no_forward_ad("ternarize", {&x});
   return IdentitySte<Ternarize>::apply(x, std::string(method), axis);
 }
 

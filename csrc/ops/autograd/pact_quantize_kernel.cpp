@@ -6,6 +6,7 @@
 
 #include "qatkit/ops.h"
 #include "../op_handle.h"
+#include "unsupported.h"
 
 namespace qatkit::ops {
 namespace {
@@ -32,11 +33,23 @@ class PactQuantizeFunction : public torch::autograd::Function<PactQuantizeFuncti
 };
 
 at::Tensor pact_quantize_autograd(const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max) {
+  check_no_forward_ad("pact_quantize", {&input, &alpha});
   return PactQuantizeFunction::apply(input, alpha, quant_max);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qatkit, Autograd, m) { m.impl("pact_quantize", &pact_quantize_autograd); }
+std::tuple<at::Tensor, at::Tensor> pact_quantize_backward_autograd(const at::Tensor& grad, const at::Tensor& input,
+                                                                   const at::Tensor& alpha) {
+  check_no_double_backward("_pact_quantize_backward", {&grad, &input, &alpha});
+  static auto op = op_handle<sig::PactQuantizeBackward>("qatkit::_pact_quantize_backward");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(grad, input, alpha);
+}
+
+TORCH_LIBRARY_IMPL(qatkit, Autograd, m) {
+  m.impl("pact_quantize", &pact_quantize_autograd);
+  m.impl("_pact_quantize_backward", &pact_quantize_backward_autograd);
+}
 
 }  // namespace qatkit::ops

@@ -403,3 +403,59 @@ def test_per_channel_activation_axes_are_checked_against_the_layer(layer, axis):
     good = 1 if isinstance(layer, nn.Conv2d) else -1
     ok = LayerSpec(QuantSpec(), QuantSpec(symmetric=False, granularity="per_channel", axis=good))
     qatkit.prepare_qat(nn.Sequential(layer), QATConfig(default=ok))
+
+
+# ---------------------------------------------------------------- higher-order derivatives
+
+_S, _Z = torch.tensor([0.1]), torch.zeros(1, dtype=torch.int32)
+FORWARD_OPS = {
+    "fake_quantize": lambda t: ops.fake_quantize(t, _S, _Z, -8, 7),
+    "fake_quantize_learnable": lambda t: ops.fake_quantize_learnable(t, _S, _Z.float(), -8, 7),
+    "pact_quantize": lambda t: ops.pact_quantize(t, torch.tensor([1.0]), 15),
+    "binarize": lambda t: ops.binarize(t, "mean_abs"),
+    "ternarize": lambda t: ops.ternarize(t),
+    "quantize_per_token": lambda t: ops.quantize_per_token(t.reshape(2, 4)),
+    "quantize_per_tensor_dynamic": lambda t: ops.quantize_per_tensor_dynamic(t),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_OPS))
+def test_forward_mode_ad_raises_instead_of_a_zero_tangent(name):
+    import torch.autograd.forward_ad as fwAD
+
+    x = torch.randn(8)
+    with pytest.raises(NotImplementedError, match=f"qatkit::{name}: forward-mode AD"):
+        torch.func.jvp(FORWARD_OPS[name], (x,), (torch.ones(8),))
+    with fwAD.dual_level():
+        with pytest.raises(NotImplementedError, match=f"qatkit::{name}: forward-mode AD"):
+            FORWARD_OPS[name](fwAD.make_dual(x, torch.ones(8)))
+
+
+def _double_backward(fn, *xs):
+    xs = [t.clone().requires_grad_() for t in xs]
+    g = torch.autograd.grad(fn(*xs).pow(2).sum(), xs, create_graph=True)
+    return torch.autograd.grad(sum(gi.sum() for gi in g), xs, allow_unused=True)
+
+
+@pytest.mark.parametrize(
+    "name,fn,args",
+    [
+        ("_fake_quantize_learnable_backward", lambda t, s: ops.fake_quantize_learnable(t, s, _Z.float(), -8, 7), 2),
+        ("_binarize_backward", lambda t: ops.binarize(t, "none", None, "approx_sign"), 1),
+        ("_pact_quantize_backward", lambda t, a: ops.pact_quantize(t, a, 15), 2),
+    ],
+)
+def test_double_backward_raises_where_it_is_not_implemented(name, fn, args):
+    xs = [torch.randn(8), torch.tensor([0.5])][:args]
+    with pytest.raises(NotImplementedError, match=f"qatkit::{name}: double backward"):
+        _double_backward(fn, *xs)
+
+
+def test_double_backward_where_implemented_follows_the_ste():
+    x = torch.randn(64) * 0.5
+    (d2,) = _double_backward(FORWARD_OPS["fake_quantize"], x)
+    mask = ((x / 0.1).round() >= -8) & ((x / 0.1).round() <= 7)  # the clipped STE's pass-through set
+    assert torch.equal(d2, 2 * mask.float())  # d/dx sum(2 y mask) = 2 mask^2
+    for name in ("ternarize", "quantize_per_tensor_dynamic"):  # identity STE: d/dx sum(2 y) = 2
+        (d2,) = _double_backward(FORWARD_OPS[name], x)
+        assert torch.equal(d2, torch.full_like(x, 2.0)), name
