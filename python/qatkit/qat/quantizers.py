@@ -26,6 +26,7 @@ process would compute on the global batch.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 from typing import Callable, Dict, Optional, Tuple, Type
@@ -92,6 +93,27 @@ def keep_float32(fn):
         return out
 
     return apply
+
+
+def _encode_extra(extra: dict) -> torch.Tensor:
+    return torch.tensor(list(json.dumps(extra, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
+
+
+def _decode_extra(state, key: str) -> dict:
+    """The recorded extra state: a uint8 JSON tensor, or the dict older checkpoints held."""
+    if isinstance(state, dict):
+        return state
+    if isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1:
+        try:
+            out = json.loads(bytes(state.tolist()).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"load_state_dict: key '{key}' is not a qatkit quantizer record ({e})") from e
+        if isinstance(out, dict):
+            return out
+    raise ValueError(
+        f"load_state_dict: key '{key}' must hold a qatkit quantizer record (a uint8 JSON tensor), got "
+        f"{type(state).__name__}"
+    )
 
 
 def _check_spec(spec) -> QuantSpec:
@@ -326,8 +348,13 @@ class _SpecModule(nn.Module):
         # the model may move to float64 / float16 / bfloat16; quantizer state stays float32
         return super()._apply(keep_float32(fn), recurse)
 
-    def get_extra_state(self):
+    def _extra(self) -> dict:
+        """What the quantizer records next to its buffers (the spec; subclasses add to it)."""
         return {"spec": dataclasses.asdict(self.spec)}
+
+    def get_extra_state(self) -> torch.Tensor:
+        # a uint8 tensor of JSON, so a state_dict holds tensors only (safetensors, save_pretrained)
+        return _encode_extra(self._extra())
 
     def set_extra_state(self, state):
         pass  # compared in _load_from_state_dict, where the key is known
@@ -335,7 +362,9 @@ class _SpecModule(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs):
         key = prefix + "_extra_state"
         if key in state_dict:
-            saved = state_dict[key].get("spec") if isinstance(state_dict[key], dict) else None
+            extra = _decode_extra(state_dict[key], key)
+            state_dict[key] = extra
+            saved = extra.get("spec")
             mine = dataclasses.asdict(self.spec)
             if saved != mine:
                 diff = sorted(k for k in mine if saved is None or saved.get(k) != mine.get(k))
@@ -491,18 +520,29 @@ class AffineStaticWeightQuantizer(WeightFakeQuantizer):
         w2 = self._rows(w)
         return ops.fake_quantize(w2, sc, zp, s.quant_min, s.quant_max, **self.layout.op_args()).reshape(w.shape)
 
-    def get_extra_state(self):
-        state = super().get_extra_state()
+    def _extra(self) -> dict:
+        state = super()._extra()
         if self.stored_scale is not None:
-            state["qparams"] = {"scale": self.stored_scale, "zero_point": self.stored_zero_point}
+            # float32 -> Python float -> JSON -> float32 round-trips exactly
+            state["qparams"] = {
+                "shape": list(self.stored_scale.shape),
+                "scale": self.stored_scale.reshape(-1).tolist(),
+                "zero_point": self.stored_zero_point.reshape(-1).tolist(),
+            }
         return state
 
     def set_extra_state(self, state):
         q = state.get("qparams") if isinstance(state, dict) else None
         if q is None:
             self.recompute_qparams()
-        else:
+        elif isinstance(q.get("scale"), torch.Tensor):  # the dict form of older checkpoints
             self.store_qparams(scale=q["scale"], zero_point=q["zero_point"])
+        else:
+            shape = tuple(q["shape"])
+            self.store_qparams(
+                scale=torch.tensor(q["scale"], dtype=torch.float32).reshape(shape),
+                zero_point=torch.tensor(q["zero_point"], dtype=torch.int32).reshape(shape),
+            )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (" (stored qparams)" if self.stored_scale is not None else "")

@@ -459,3 +459,65 @@ def test_double_backward_where_implemented_follows_the_ste():
     for name in ("ternarize", "quantize_per_tensor_dynamic"):  # identity STE: d/dx sum(2 y) = 2
         (d2,) = _double_backward(FORWARD_OPS[name], x)
         assert torch.equal(d2, torch.full_like(x, 2.0)), name
+
+
+# ---------------------------------------------------------------- save / load formats
+
+
+def _trained_model(name):
+    q = qatkit.prepare_qat(_mlp(), qatkit.preset(name))
+    q.train()
+    for _ in range(2):
+        q(torch.randn(16, 8)).sum().backward()
+    return q
+
+
+@pytest.mark.parametrize("name", ["w8a8", "w4a4_lsq", "w4a8", "binaryconnect"])
+def test_the_state_dict_holds_tensors_only_and_round_trips_through_safetensors(name, tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch", reason="safetensors is in scripts/requirements.txt")
+    q = _trained_model(name)
+    if name == "w8a8":
+        q[2].weight_fake_quant.store_qparams(q[2].weight)  # stored qparams travel too
+    sd = q.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in sd.values())
+    path = tmp_path / "m.safetensors"
+    safetensors.save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    fresh = qatkit.prepare_qat(_mlp(), qatkit.preset(name))
+    fresh.load_state_dict(safetensors.load_file(str(path)), strict=True)
+    q.eval()
+    fresh.eval()
+    x = torch.randn(5, 8)
+    assert torch.equal(fresh(x), q(x))
+    if name == "w8a8":
+        assert fresh[2].weight_fake_quant.has_stored_qparams
+        assert torch.equal(fresh[2].weight_fake_quant.stored_scale, q[2].weight_fake_quant.stored_scale)
+    torch.save(sd, tmp_path / "m.pt")  # and through torch.save with weights_only loading
+    again = qatkit.prepare_qat(_mlp(), qatkit.preset(name))
+    again.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True), strict=True)
+    again.eval()
+    assert torch.equal(again(x), q(x))
+
+
+def test_a_checkpoint_of_another_preset_or_a_corrupt_record_fails_loudly():
+    sd = _trained_model("w8a8").state_dict()
+    other = qatkit.prepare_qat(_mlp(), qatkit.w4a8(8))
+    with pytest.raises(ValueError, match=r"key '2.weight_fake_quant._extra_state' holds a quantizer saved with another"):
+        other.load_state_dict(sd)
+    bad = dict(sd)
+    bad["0.input_fake_quant._extra_state"] = torch.tensor([1, 2, 255], dtype=torch.uint8)
+    with pytest.raises(ValueError, match="key '0.input_fake_quant._extra_state' is not a qatkit quantizer record"):
+        qatkit.prepare_qat(_mlp(), qatkit.w8a8()).load_state_dict(bad)
+    bad["0.input_fake_quant._extra_state"] = torch.zeros(3)
+    with pytest.raises(ValueError, match="must hold a qatkit quantizer record"):
+        qatkit.prepare_qat(_mlp(), qatkit.w8a8()).load_state_dict(bad)
+
+
+def test_checkpoints_with_the_older_dict_records_still_load():
+    import dataclasses
+
+    q = _trained_model("w8a8")
+    sd = q.state_dict()
+    old = {k: ({"spec": dataclasses.asdict(q.get_submodule(k.rsplit(".", 1)[0]).spec)} if k.endswith("_extra_state")
+               else v) for k, v in sd.items()}
+    fresh = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
+    fresh.load_state_dict(old, strict=True)
