@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "fake_quantize_checks.h"
+#include "autograd/unsupported.h"
 #include "op_handle.h"
 #include "qatkit/ops.h"
 #include "qparams_math.h"
@@ -107,6 +108,7 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_composite(const at::Tensor& in
 std::tuple<at::Tensor, at::Tensor> choose_qparams_autograd(const at::Tensor& input, std::int64_t quant_min,
                                                            std::int64_t quant_max, bool symmetric, OptInt axis,
                                                            OptInt group_size) {
+  ops::check_no_forward_ad("choose_qparams", {&input});  // (nested / sparse inputs)
   at::AutoDispatchBelowADInplaceOrView guard;
   at::NoGradGuard no_grad;
   return choose_qparams(input, quant_min, quant_max, symmetric, axis, group_size);

@@ -22,6 +22,7 @@
 #include <cmath>
 
 #include "fake_quantize_checks.h"
+#include "autograd/unsupported.h"
 #include "op_handle.h"
 #include "qatkit/ops.h"
 #include "qparams_math.h"
@@ -205,6 +206,7 @@ at::Tensor fused_observe_fake_quantize_autograd(const at::Tensor& input, at::Ten
                                                 const at::Tensor& observer_on, const at::Tensor& fake_quant_on,
                                                 double momentum, bool moving_average, std::int64_t quant_min,
                                                 std::int64_t quant_max, bool symmetric, OptInt axis) {
+  ops::check_no_forward_ad("fused_observe_fake_quantize", {&input});
   return FusedObserveFakeQuantizeFunction::apply(input, running_min, running_max, scale, zero_point, observer_on,
                                                  fake_quant_on, momentum, moving_average, quant_min, quant_max,
                                                  symmetric, axis);

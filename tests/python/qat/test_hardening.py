@@ -521,3 +521,18 @@ def test_checkpoints_with_the_older_dict_records_still_load():
                else v) for k, v in sd.items()}
     fresh = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
     fresh.load_state_dict(old, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(FORWARD_OPS) + ["choose_qparams", "fused_observe_fake_quantize"])
+def test_nested_and_sparse_inputs_get_a_clear_error(name):
+    calls = dict(FORWARD_OPS)
+    calls["choose_qparams"] = lambda t: ops.choose_qparams(t, -8, 7, True)
+    calls["quantize_per_token"] = lambda t: ops.quantize_per_token(t)
+    calls["fused_observe_fake_quantize"] = lambda t: ops.fused_observe_fake_quantize(
+        t, torch.full((1,), float("inf")), torch.full((1,), float("-inf")), torch.ones(1),
+        torch.zeros(1, dtype=torch.int32), torch.ones(1), torch.ones(1), 0.01, True, -128, 127, False)
+    nested = torch.nested.nested_tensor([torch.randn(3), torch.randn(5)])
+    with pytest.raises(NotImplementedError, match=f"qatkit::{name}: nested tensors are not supported"):
+        calls[name](nested)
+    with pytest.raises(NotImplementedError, match=f"qatkit::{name}: Sparse.* tensors are not supported"):
+        calls[name](torch.randn(8).to_sparse())
