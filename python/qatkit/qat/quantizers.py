@@ -712,15 +712,15 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the observer runs in training mode only; its on/off switch and the fake-quant switch are
         # tensor flags read inside the op (toggling them does not recompile a compiled model)
-        flag = self.observer_on if self.training else self._off
+        if not self.training:
+            return self._eval_forward(x)
+        flag = self.observer_on
         if torch.compiler.is_compiling():
             # compiled graphs read only the tensor flags (no Python mirror: toggling never recompiles)
             return self.observer.fake_quantize(x, flag, self.fake_quant_on)
-        observing = self.training and self._obs_enabled
+        observing = self._obs_enabled
         if self._observed is None:
             self._observed = self.observer.has_observed
-        if not observing and not self._observed and self._fq_enabled:
-            self._warn_unobserved()
         try:
             y = self.observer.fake_quantize(x, flag, self.fake_quant_on)
         except ValueError as e:  # name the layer (the op cannot know it)
@@ -728,6 +728,19 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
         if observing:
             self._observed = True
         return y
+
+    def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval mode never observes: a plain fake_quantize with the current qparams, so eval and
+        exported graphs hold no buffer mutation (the fused op's outputs are mutable buffers)."""
+        if not torch.compiler.is_compiling():
+            if self._observed is None:
+                self._observed = self.observer.has_observed
+            if not self._observed and self._fq_enabled:
+                self._warn_unobserved()
+        if not self._fq_enabled:
+            return x
+        s = self.spec
+        return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis)
 
     def _warn_unobserved(self) -> None:
         if not self._warned_unobserved:

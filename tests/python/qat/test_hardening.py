@@ -536,3 +536,23 @@ def test_nested_and_sparse_inputs_get_a_clear_error(name):
         calls[name](nested)
     with pytest.raises(NotImplementedError, match=f"qatkit::{name}: Sparse.* tensors are not supported"):
         calls[name](torch.randn(8).to_sparse())
+
+
+def test_eval_and_converted_graphs_hold_no_observer_update():
+    q = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
+    q.train()
+    q(torch.randn(32, 8))
+    observer_ops = ("fused_observe_fake_quantize", "_observer_update")
+
+    def targets(model):
+        ep = torch.export.export(model, (torch.randn(2, 8),))
+        return {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+
+    assert any(o in t for t in targets(q) for o in observer_ops)  # training graphs observe
+    q.eval()
+    before = {k: v.clone() for k, v in q.state_dict().items() if isinstance(v, torch.Tensor)}
+    assert not any(o in t for t in targets(q) for o in observer_ops)
+    assert not any(o in t for t in targets(qatkit.convert(q)) for o in observer_ops)
+    q(torch.randn(4, 8) * 100)
+    for k, v in q.state_dict().items():
+        assert torch.equal(v, before[k]), k  # an eval forward changes no state
