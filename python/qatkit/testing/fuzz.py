@@ -153,8 +153,19 @@ def check_fake_quantize_learnable(r: random.Random) -> int:
         g = torch.randn(x.shape, dtype=dtype)
         y.backward(g)
         ref.backward(g.double())
-        torch.testing.assert_close(sg.grad.double(), s_leaf.grad, rtol=1e-4, atol=1e-4 * max(1.0, amax))
-        torch.testing.assert_close(zg.grad.double(), z_leaf.grad, rtol=1e-4, atol=1e-4 * max(1.0, amax))
+        # The qparam gradients are sums of g * (per-element term) over each channel; the kernel forms
+        # the terms in the input's precision. Where the terms cancel, a relative bound on the sum
+        # means nothing (it missed by 2e-4 relative at rare draws, on one CPU and not another), so
+        # each sum is also allowed the rounding of its terms: 16 eps * sum |g| (|x| / s + |q|max + 1).
+        view = [-1 if d == axis else 1 for d in range(x.dim())] if axis is not None else [1] * x.dim()
+        terms = g.double().abs() * (x.detach().double().abs() / s.double().reshape(view) + max(abs(qmin), abs(qmax)) + 1)
+        dims = [d for d in range(x.dim()) if d != axis]
+        cond = (terms.sum(dims) if dims else terms).reshape(-1)
+        bound = 16 * torch.finfo(dtype).eps * cond
+        for got, want in ((sg.grad.double(), s_leaf.grad), (zg.grad.double(), z_leaf.grad)):
+            err = (got - want).abs().reshape(-1)
+            loose = 1e-4 * want.abs().reshape(-1) + 1e-4 * max(1.0, amax)
+            assert bool((err <= torch.maximum(loose, bound)).all()), (got, want, bound)
         return 2
     return 1
 
