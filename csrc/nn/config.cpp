@@ -250,6 +250,7 @@ std::string QATConfig::to_json() const {
   v.set("first_last", first_last.empty() ? json::Value::null() : json::Value::of(first_last));
   v.set("bitlinear", json::Value::of(bitlinear));
   v.set("fold_bn", json::Value::of(fold_bn));
+  v.set("embeddings", json::Value::of(embeddings));
   v.set("name", json::Value::of(name));
   return json::dump(v);
 }
@@ -301,6 +302,7 @@ QATConfig QATConfig::preset(const std::string& name, const std::string& params_j
   }
   if (const json::Value* b = entry->find("bitlinear")) c.bitlinear = b->as_bool(where + ".bitlinear");
   if (const json::Value* f = entry->find("fold_bn")) c.fold_bn = f->as_bool(where + ".fold_bn");
+  if (const json::Value* e = entry->find("embeddings")) c.embeddings = e->as_bool(where + ".embeddings");
   // the label: "name" with {param} replaced, then the suffix of each true boolean parameter
   std::string label = name;
   if (const json::Value* n = entry->find("name")) label = n->as_string(where + ".name");

@@ -78,6 +78,9 @@ struct QATKIT_API QATConfig {
   /// Fold Conv2d + BatchNorm2d pairs. The C++ layers have no QuantConvBn2d yet: prepare_qat warns
   /// for each pair it leaves unfolded while this is true.
   bool fold_bn = true;
+  /// Quantize embedding tables with the default spec (Python's QATConfig.embeddings; the C++
+  /// layers have no QuantEmbedding yet, so prepare_qat leaves embeddings float either way).
+  bool embeddings = false;
   std::string name = "custom";
 
   static QATConfig w8a8();

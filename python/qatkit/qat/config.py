@@ -321,6 +321,10 @@ class QATConfig:
             :class:`QuantLinear`.
         fold_bn: fuse ``Conv2d`` + ``BatchNorm2d`` pairs inside ``nn.Sequential`` containers into
             :class:`QuantConvBn2d` (Krishnamoorthi's folding with correction).
+        embeddings: quantize ``nn.Embedding`` tables with the default spec. Off by default: an
+            embedding is a lookup table, not a compute layer, and quantizing a transformer's word
+            embedding is a separate choice (an override pattern naming an embedding quantizes it
+            either way). ``first_last`` counts compute layers (Linear, Conv) only.
         name: a label for tables and checkpoints.
     """
 
@@ -330,6 +334,7 @@ class QATConfig:
     first_last: Optional[str] = None
     bitlinear: bool = False
     fold_bn: bool = True
+    embeddings: bool = False
     name: str = "custom"
 
     def __post_init__(self):
@@ -344,6 +349,10 @@ class QATConfig:
             if not isinstance(s, str):
                 raise TypeError(f"QATConfig.skip entries must be str patterns, got {s!r}")
         _choice("QATConfig", "first_last", self.first_last, (None,) + FIRST_LAST)
+        for flag in ("bitlinear", "fold_bn", "embeddings"):
+            if not isinstance(getattr(self, flag), bool):
+                v = getattr(self, flag)
+                raise TypeError(f"QATConfig.{flag} must be a bool, got {type(v).__name__} {v!r}")
 
     def to_dict(self) -> dict:
         """Plain-data form (for checkpoints, JSON and the C++ side)."""
@@ -402,6 +411,7 @@ def _preset(name: str, **params) -> QATConfig:
         first_last=entry.get("first_last"),
         bitlinear=entry.get("bitlinear", False),
         fold_bn=entry.get("fold_bn", True),
+        embeddings=entry.get("embeddings", False),
         name=label,
     )
 

@@ -110,10 +110,10 @@ def _candidates(model: nn.Module, fold_bn: bool) -> Tuple[List[dict], List[dict]
 
 
 def _spec_for(
-    name: str, index: int, count: int, config: QATConfig, used: Dict[str, int]
+    name: str, index: int, count: int, config: QATConfig, used: Dict[str, int], is_embedding: bool = False
 ) -> Tuple[Optional[LayerSpec], str]:
-    """The layer's spec and the rule that chose it ("skip 'pat'", "override 'pat'", "first_last",
-    "default")."""
+    """The layer's spec and the rule that chose it ("skip 'pat'", "override 'pat'", "embeddings",
+    "first_last", "default"). ``index`` / ``count`` count compute layers (not embeddings)."""
     for pat in config.skip:
         if fnmatch.fnmatchcase(name, pat):
             used[pat] += 1
@@ -122,6 +122,8 @@ def _spec_for(
         if fnmatch.fnmatchcase(name, pat):
             used[pat] += 1
             return spec, f"override {pat!r}"
+    if is_embedding:
+        return (config.default, "embeddings") if config.embeddings else (None, "embeddings=False")
     if config.first_last is not None and (index == 0 or index == count - 1):
         return first_last_spec(config.first_last), "first_last"
     return config.default, "default"
@@ -169,9 +171,12 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
     # first decide and build every replacement (nothing in `model` changes yet, so a failure leaves
     # an inplace model as it was), then swap
     plan, report, rules = [], [], {}
-    for i, c in enumerate(cands):
+    compute = [c for c in cands if type(c["module"]) is not nn.Embedding]  # first/last count these
+    position = {id(c["module"]): i for i, c in enumerate(compute)}
+    for c in cands:
         name, mod = c["name"], c["module"]
-        spec, rule = _spec_for(name, i, len(cands), config, used)
+        is_emb = type(mod) is nn.Embedding
+        spec, rule = _spec_for(name, position.get(id(mod), -1), len(compute), config, used, is_emb)
         if spec is None or (spec.weight is None and spec.activation is None):
             rules.setdefault(rule, []).append(name)
             report.append({"name": name, "type": type(mod).__name__, "qat": None, "weight": "float", "act": "float"})
@@ -205,6 +210,8 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
             if "first_last" in rules
             else ""
         )
+        if "embeddings=False" in rules:
+            hint += " (embeddings=False keeps nn.Embedding tables float: use dataclasses.replace(config, embeddings=True))"
         raise ValueError(f"prepare_qat: every supported layer was skipped by the config ({why}){hint}; nothing to quantize")
     for c, new in plan:
         name, mod = c["name"], c["module"]

@@ -374,7 +374,8 @@ def test_convert_keeps_embedding_options_bit_for_bit(kwargs):
     emb = nn.Embedding(20, 8, **kwargs)
     with torch.no_grad():
         emb.weight.mul_(3)
-    q = qatkit.prepare_qat(nn.Sequential(emb), QATConfig(default=LayerSpec(QuantSpec(bits=4, granularity="per_channel"))))
+    cfg = QATConfig(default=LayerSpec(QuantSpec(bits=4, granularity="per_channel")), embeddings=True)
+    q = qatkit.prepare_qat(nn.Sequential(emb), cfg)
     idx = torch.randint(0, 20, (4, 6))
     q.train()
     q(idx).sum().backward()
@@ -386,7 +387,7 @@ def test_convert_keeps_embedding_options_bit_for_bit(kwargs):
 def test_sparse_embeddings_train_densely_with_a_warning():
     from qatkit.qat.config import LayerSpec
 
-    cfg = QATConfig(default=LayerSpec(QuantSpec(bits=8, granularity="per_channel")))
+    cfg = QATConfig(default=LayerSpec(QuantSpec(bits=8, granularity="per_channel")), embeddings=True)
     with pytest.warns(UserWarning, match="sparse=True gradients cannot flow through"):
         q = qatkit.prepare_qat(nn.Sequential(nn.Embedding(10, 4, sparse=True)), cfg)
     q(torch.tensor([[1, 2]])).sum().backward()
@@ -556,3 +557,33 @@ def test_eval_and_converted_graphs_hold_no_observer_update():
     q(torch.randn(4, 8) * 100)
     for k, v in q.state_dict().items():
         assert torch.equal(v, before[k]), k  # an eval forward changes no state
+
+
+class _TinyLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Embedding(50, 16)
+        self.l1, self.l2, self.l3 = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 50)
+
+    def forward(self, idx):
+        return self.l3(torch.relu(self.l2(torch.relu(self.l1(self.tok(idx))))))
+
+
+def test_first_last_counts_compute_layers_and_embeddings_are_an_explicit_choice():
+    q = qatkit.prepare_qat(_TinyLM(), qatkit.binary_w1a8())
+    rules = {r["name"]: r.get("rule") for r in q.qat_report}
+    assert isinstance(q.tok, nn.Embedding)  # not quantized by a preset
+    assert rules["l1"] == "first_last" and rules["l3"] == "first_last" and rules["l2"] == "default"
+    assert q.l2.weight_fake_quant.spec.kind == "binary"  # the word embedding is not "the first layer"
+    import dataclasses
+
+    q2 = qatkit.prepare_qat(_TinyLM(), dataclasses.replace(qatkit.binary_w1a8(), embeddings=True))
+    assert q2.tok.weight_fake_quant.spec.kind == "binary"
+    from qatkit.qat.config import LayerSpec
+
+    pinned = dataclasses.replace(qatkit.w8a8(), overrides=(("tok", LayerSpec(QuantSpec(bits=4, granularity="per_channel"))),))
+    assert qatkit.prepare_qat(_TinyLM(), pinned).tok.weight_fake_quant.spec.bits == 4  # an override names it
+    with pytest.raises(ValueError, match=r"embeddings=False keeps nn.Embedding tables float"):
+        qatkit.prepare_qat(nn.Sequential(nn.Embedding(5, 4)), qatkit.w8a8())
+    with pytest.raises(TypeError, match="QATConfig.embeddings must be a bool"):
+        QATConfig(embeddings="yes")

@@ -120,7 +120,10 @@ def test_convert_equals_qat_eval_bit_for_bit(name):
 
 
 def test_convert_embedding_conv1d_model():
-    cfg = QATConfig(default=LayerSpec(QuantSpec(bits=4, granularity="per_channel"), QuantSpec(bits=8, symmetric=False)))
+    cfg = QATConfig(
+        default=LayerSpec(QuantSpec(bits=4, granularity="per_channel"), QuantSpec(bits=8, symmetric=False)),
+        embeddings=True,
+    )
     q = _trained(WithEmbedding(), cfg, lambda: torch.randint(0, 30, (4, 7)))
     q.eval()
     c = qatkit.convert(q)
