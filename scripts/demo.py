@@ -2,6 +2,7 @@
 (int8, int4, ternary, binary), convert each to integer weight codes, and print a table.
 
     python scripts/demo.py [--model mlp|cnn|dscnn] [--folds 5] [--plot FILE] [--json]
+                           [--max-folds N --epochs E --qat-epochs Q]  (quick checks)
 
 Every number comes from 5-fold cross-validation over all 1797 images (mean +- std over folds):
 the FP32 model of each fold, the same model with the preset applied but no training (PTQ), and
@@ -34,15 +35,18 @@ def main():
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--plot", default="qat_demo_acc_vs_bits.png")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--max-folds", type=int, default=0, help="run only the first N folds (quick checks)")
+    ap.add_argument("--epochs", type=int, default=40, help="FP32 epochs")
+    ap.add_argument("--qat-epochs", type=int, default=20, help="QAT epochs")
     a = ap.parse_args()
     torch.set_num_threads(2)
     # the experiment script's defaults: 40 FP32 epochs, 20 QAT epochs, Adam, batch 64
     args = argparse.Namespace(
         model=a.model,
         folds=a.folds,
-        max_folds=0,
-        epochs=40,
-        qat_epochs=20,
+        max_folds=a.max_folds,
+        epochs=a.epochs,
+        qat_epochs=a.qat_epochs,
         lr=1e-3,
         qat_lr=0.0,
         batch=64,
@@ -50,6 +54,7 @@ def main():
         ckpt_dir="",
         resume=False,
         save_final="",
+        dtype="float32",
         no_progress=a.json,
         stop_after=0,
     )

@@ -141,14 +141,15 @@ def ckpt_path(args, fold, tag):
 
 def run_digits(args, presets, rank, world):
     x, y = load_digits()
-    x = x.to(DTYPES[args.dtype])
+    dtype = DTYPES[getattr(args, "dtype", "float32")]
+    x = x.to(dtype)
     folds = stratified_folds(y, args.folds, args.seed)[: args.max_folds or args.folds]
     results = {p: {"fp": [], "ptq": [], "qat": [], "time": 0.0} for p in presets}
     fp_accs = []
     finals = {}
     for f, (tr, te) in enumerate(folds):
         torch.manual_seed(args.seed + f)
-        fp = DIGITS_MODELS[args.model]().to(DTYPES[args.dtype])
+        fp = DIGITS_MODELS[args.model]().to(dtype)
         opt = torch.optim.Adam(fp.parameters(), lr=args.lr)
         start = 0
         st = load_ckpt(ckpt_path(args, f, "fp")) if args.resume else None

@@ -43,3 +43,20 @@ def test_interrupted_run_resumes_bit_identically(tmp_path):
         for k, v in a[part].items():
             if isinstance(v, torch.Tensor):
                 assert torch.equal(v, b[part][k]), (part, k)
+
+
+def test_the_readme_demo_runs_end_to_end_on_a_small_budget(tmp_path):
+    """scripts/demo.py (the README's first command) with one fold and one epoch: every preset
+    trains, converts and lands in the table and the plot (it broke once when run_digits grew an
+    argument the demo did not pass)."""
+    demo = os.path.join(os.path.dirname(SCRIPT), "demo.py")
+    plot = tmp_path / "demo.png"
+    r = subprocess.run(
+        [sys.executable, demo, "--folds", "2", "--max-folds", "1", "--epochs", "1", "--qat-epochs", "1",
+         "--plot", str(plot)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    for preset in ("w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8", "xnor_w1a1", "binaryconnect"):
+        assert f"| {preset} |" in r.stdout, preset
+    assert plot.exists() and plot.stat().st_size > 0
