@@ -3,6 +3,7 @@
 // own copy with its own flags, so the linker can never fold AVX2 code into the baseline path.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -60,6 +61,20 @@ inline C abs_bits(C v) {
   bits &= ~(U{1} << (8 * sizeof(C) - 1));
   std::memcpy(&v, &bits, sizeof(C));
   return v;
+}
+
+/// Walks [begin, end) of a contiguous tensor laid out as blocks of `inner` elements cycling
+/// through `channels` (the per-channel / per-group / per-tensor layouts), calling
+/// run(run_begin, run_end, channel) for each run of one channel (inner >= 1).
+template <class Run>
+void for_each_run(std::int64_t begin, std::int64_t end, std::int64_t inner, std::int64_t channels, Run&& run) {
+  std::int64_t i = begin;
+  while (i < end) {
+    const std::int64_t block = i / inner;
+    const std::int64_t run_end = std::min(end, (block + 1) * inner);
+    run(i, run_end, block % channels);
+    i = run_end;
+  }
 }
 
 /// Calls f(S{}) with the storage type S of dtype `dt`.

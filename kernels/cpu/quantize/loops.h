@@ -48,18 +48,6 @@ void dequantize_run(const T* __restrict q, S* __restrict y, std::int64_t n, floa
   for (std::int64_t k = 0; k < n; ++k) y[k] = E::store((static_cast<C>(q[k]) - zc) * sc);
 }
 
-/// Walks [begin, end) in runs of constant qparams (inner >= 1; inner == 1 gives runs of one).
-template <class Run>
-void for_each_run(std::int64_t begin, std::int64_t end, std::int64_t inner, std::int64_t channels, Run&& run) {
-  std::int64_t i = begin;
-  while (i < end) {
-    const std::int64_t block = i / inner;
-    const std::int64_t run_end = std::min(end, (block + 1) * inner);
-    run(i, run_end, block % channels);
-    i = run_end;
-  }
-}
-
 inline void quantize_impl(const QuantizeArgs& a, std::int64_t begin, std::int64_t end) {
   with_storage(a.dtype, [&](auto s0) {
     using S = decltype(s0);

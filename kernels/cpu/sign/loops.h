@@ -55,15 +55,11 @@ void forward_typed(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) 
   const S* x = static_cast<const S*>(a.input);
   S* y = static_cast<S*>(a.output);
   const std::uint64_t key = a.seed ? static_cast<std::uint64_t>(*a.seed) : 0;
-  std::int64_t i = begin;
-  while (i < end) {
-    const std::int64_t block = i / a.inner;
-    const std::int64_t c = block % a.channels;
-    const std::int64_t run_end = std::min(end, (block + 1) * a.inner);
+  for_each_run(begin, end, a.inner, a.channels, [&](std::int64_t b, std::int64_t e, std::int64_t c) {
     const C center = a.center ? static_cast<C>(a.center[c]) : C(0);
     const C alpha = a.alpha ? static_cast<C>(a.alpha[c]) : C(1);
     if (a.seed) {
-      for (; i < run_end; ++i) {
+      for (std::int64_t i = b; i < e; ++i) {
         const C v = E::load(x[i]) - center;
         const C p = std::min(std::max((v + C(1)) / C(2), C(0)), C(1));
         const C s =
@@ -71,10 +67,9 @@ void forward_typed(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) 
         y[i] = E::store(s * alpha);
       }
     } else {
-      sign_run<S>(x + i, y + i, run_end - i, center, alpha, a.zero_negative);
-      i = run_end;
+      sign_run<S>(x + b, y + b, e - b, center, alpha, a.zero_negative);
     }
-  }
+  });
 }
 
 /// Ternary forward over [begin, end): TWN's map per channel run.
@@ -84,14 +79,9 @@ void ternary_typed(const TernaryArgs& a, std::int64_t begin, std::int64_t end) {
   using C = typename E::C;
   const S* x = static_cast<const S*>(a.input);
   S* y = static_cast<S*>(a.output);
-  std::int64_t i = begin;
-  while (i < end) {
-    const std::int64_t block = i / a.inner;
-    const std::int64_t c = block % a.channels;
-    const std::int64_t run_end = std::min(end, (block + 1) * a.inner);
-    ternary_run<S>(x + i, y + i, run_end - i, static_cast<C>(a.alpha[c]), static_cast<C>(a.threshold[c]));
-    i = run_end;
-  }
+  for_each_run(begin, end, a.inner, a.channels, [&](std::int64_t b, std::int64_t e, std::int64_t c) {
+    ternary_run<S>(x + b, y + b, e - b, static_cast<C>(a.alpha[c]), static_cast<C>(a.threshold[c]));
+  });
 }
 
 template <typename S, SignEstimator kEst>
@@ -102,17 +92,13 @@ void backward_typed(const BinarizeBackwardArgs& a, std::int64_t begin, std::int6
   const S* dy = static_cast<const S*>(a.grad_output);
   S* dx = static_cast<S*>(a.grad_input);
   const C beta = static_cast<C>(a.beta);
-  std::int64_t i = begin;
-  while (i < end) {
-    const std::int64_t block = i / a.inner;
-    const std::int64_t c = block % a.channels;
-    const std::int64_t run_end = std::min(end, (block + 1) * a.inner);
+  for_each_run(begin, end, a.inner, a.channels, [&](std::int64_t b, std::int64_t e, std::int64_t c) {
     const C center = a.center ? static_cast<C>(a.center[c]) : C(0);
     // the estimator is a template argument: the inner loop has no switch and vectorizes
-    for (; i < run_end; ++i) {
+    for (std::int64_t i = b; i < e; ++i) {
       dx[i] = E::store(E::load(dy[i]) * sign_estimator_grad<C>(E::load(x[i]) - center, kEst, beta));
     }
-  }
+  });
 }
 
 template <typename S>
