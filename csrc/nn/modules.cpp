@@ -1,6 +1,7 @@
 // C++ QAT modules (see qatkit/nn.h): the numerics of python/qatkit/qat/{quantizers,modules}.py,
 // call for call, so C++ and Python layers give identical outputs for the same weights (tested).
 #include <ATen/ops/amax.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/amin.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/maximum.h>
@@ -205,6 +206,7 @@ torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
                                         : qatkit::quantize_per_tensor_dynamic(x, s.quant_max());
   }
   if (s.scale == "learned") {
+    if (!initialized_flag_ && x.numel() == 0) return x.clone();  // no range yet: the next batch initializes
     if (!initialized_flag_) {
       torch::NoGradGuard ng;
       const torch::Tensor xf = x.detach().to(torch::kFloat);
@@ -213,6 +215,13 @@ torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
         if (!axis_ || d != ((*axis_ % x.dim()) + x.dim()) % x.dim()) dims.push_back(d);
       }
       torch::Tensor lo = dims.empty() ? xf : at::amin(xf, dims), hi = dims.empty() ? xf : at::amax(xf, dims);
+      // Python's rule: a first batch with NaN / Inf (or a range wider than float32) initializes
+      // nothing and raises, naming the quantizer
+      TORCH_CHECK_VALUE(at::isfinite(lo).all().item<bool>() && at::isfinite(hi).all().item<bool>() &&
+                            at::isfinite(hi - lo).all().item<bool>(),
+                        fmt::format("activation quantizer '{}': the first batch, which initializes the learned step "
+                                    "size, holds NaN or Inf or a range wider than float32; nothing was initialized",
+                                    qualified_name.empty() ? std::string("ActFakeQuantizer") : qualified_name));
       lo = at::minimum(lo.reshape(-1), torch::zeros_like(lo.reshape(-1)));
       hi = at::maximum(hi.reshape(-1), torch::zeros_like(hi.reshape(-1)));
       torch::Tensor scale, zp;

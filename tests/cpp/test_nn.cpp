@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 #include <functional>
+#include <limits>
 #include <sstream>
 #include <vector>
 
@@ -297,4 +298,21 @@ CATCH_TEST_CASE("prepare_qat: fnmatch skip patterns, overrides, unfolded Conv+BN
   for (const auto& w : warnings) all += w + "\n";
   CATCH_CHECK_THAT(all, Catch::Contains("Conv2d '0' + BatchNorm2d '1' are not folded"));
   CATCH_CHECK_THAT(all, Catch::Contains("pattern '9*' matched no layer"));
+}
+
+CATCH_TEST_CASE("learned activation ranges refuse a non-finite first batch and skip empty ones", "[nn]") {
+  torch::manual_seed(7);
+  auto q = qnn::prepare_qat(mlp(), qnn::QATConfig::w4a4_lsq());
+  q->train();
+  auto* mid = q->ptr(2)->as<qnn::QuantLinear>();
+  auto bad = torch::randn({4, 64});
+  bad[0][0] = std::numeric_limits<float>::quiet_NaN();
+  CATCH_CHECK_THROWS_AS(mid->input_fake_quant->forward(bad), c10::ValueError);
+  CATCH_CHECK_THROWS_WITH(mid->input_fake_quant->forward(bad),
+                          Catch::Contains("activation quantizer '2.input_fake_quant': the first batch"));
+  CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 0);
+  CATCH_CHECK(mid->input_fake_quant->forward(torch::randn({0, 64})).numel() == 0);  // empty: nothing to learn
+  CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 0);
+  mid->input_fake_quant->forward(torch::randn({4, 64}));
+  CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 1);
 }
