@@ -24,7 +24,15 @@ from .config import (
     xnor_w1a1,
 )
 from .convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, convert, weight_codes
-from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
+from .modules import (
+    BitLinear,
+    QuantConv1d,
+    QuantConv2d,
+    QuantConvBn2d,
+    QuantEmbedding,
+    QuantLinear,
+    QuantMultiheadAttention,
+)
 from .prepare import (
     calibrate,
     clip_latent_weights,
@@ -73,6 +81,7 @@ __all__ = [
     "QuantConvBn2d",
     "QuantEmbedding",
     "QuantLinear",
+    "QuantMultiheadAttention",
     "calibrate",
     "clip_latent_weights",
     "disable_fake_quant",

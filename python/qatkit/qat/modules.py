@@ -8,6 +8,7 @@ Krishnamoorthi's correction (docs/papers.md §3); :class:`BitLinear` is BitNet b
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional
 
@@ -25,6 +26,7 @@ __all__ = [
     "QuantConvBn2d",
     "QuantEmbedding",
     "BitLinear",
+    "QuantMultiheadAttention",
     "QAT_MODULES",
 ]
 
@@ -323,10 +325,233 @@ class BitLinear(QuantLinear):
         return F.linear(self.quantize_input(xn), self.quantized_weight(), self.bias)
 
 
+def _attention(
+    mod: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor],
+    need_weights: bool,
+    attn_mask: Optional[torch.Tensor],
+    average_attn_weights: bool,
+    is_causal: bool,
+):
+    """Multi-head attention with the four projections as modules (``mod.q_proj`` ... ``mod.out_proj``:
+    QAT or converted linears), following ``F.multi_head_attention_forward`` step for step (masks,
+    ``bias_k``/``bias_v``, ``add_zero_attn``, dropout, unbatched inputs, ``batch_first``), so a
+    QuantMultiheadAttention with quantization off computes what ``nn.MultiheadAttention`` does."""
+    is_batched = query.dim() == 3
+    if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+        raise ValueError(
+            f"{type(mod).__name__}: query, key and value must all be 2-D (unbatched) or 3-D (batched), got "
+            f"{query.dim()}-D, {key.dim()}-D and {value.dim()}-D"
+        )
+    if mod.batch_first and is_batched:
+        query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+    if not is_batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    tgt_len, bsz, embed_dim = query.shape
+    if embed_dim != mod.embed_dim:
+        raise ValueError(f"{type(mod).__name__}: query has {embed_dim} features, expected embed_dim={mod.embed_dim}")
+    key_padding_mask = F._canonical_mask(
+        mask=key_padding_mask,
+        mask_name="key_padding_mask",
+        other_type=F._none_or_dtype(attn_mask),
+        other_name="attn_mask",
+        target_type=query.dtype,
+    )
+    if is_causal and attn_mask is None:
+        raise RuntimeError(
+            f"{type(mod).__name__}: is_causal=True is a hint and needs attn_mask (as nn.MultiheadAttention does)"
+        )
+    if is_causal and key_padding_mask is None and not need_weights:
+        attn_mask = None  # scaled_dot_product_attention builds the causal mask itself
+    else:
+        attn_mask = F._canonical_mask(
+            mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="", target_type=query.dtype,
+            check_other=False,
+        )
+        if key_padding_mask is not None:
+            is_causal = False
+    num_heads, head_dim = mod.num_heads, mod.head_dim
+    q, k, v = mod.q_proj(query), mod.k_proj(key), mod.v_proj(value)
+    src_len = k.shape[0]
+    if attn_mask is not None:
+        if attn_mask.dim() == 2:
+            if tuple(attn_mask.shape) != (tgt_len, src_len):
+                raise ValueError(f"attn_mask: expected shape {(tgt_len, src_len)}, got {tuple(attn_mask.shape)}")
+            attn_mask = attn_mask.unsqueeze(0)
+        elif attn_mask.dim() == 3:
+            if tuple(attn_mask.shape) != (bsz * num_heads, tgt_len, src_len):
+                raise ValueError(
+                    f"attn_mask: expected shape {(bsz * num_heads, tgt_len, src_len)}, got {tuple(attn_mask.shape)}"
+                )
+        else:
+            raise ValueError(f"attn_mask: expected a 2-D or 3-D mask, got {attn_mask.dim()}-D")
+    if mod.bias_k is not None:
+        k = torch.cat([k, mod.bias_k.repeat(1, bsz, 1)])
+        v = torch.cat([v, mod.bias_v.repeat(1, bsz, 1)])
+        attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+        key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+    q = q.view(tgt_len, bsz * num_heads, head_dim).transpose(0, 1)
+    k = k.view(k.shape[0], bsz * num_heads, head_dim).transpose(0, 1)
+    v = v.view(v.shape[0], bsz * num_heads, head_dim).transpose(0, 1)
+    if mod.add_zero_attn:
+        zeros = torch.zeros((bsz * num_heads, 1, head_dim), dtype=k.dtype, device=k.device)
+        k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)
+        attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+        key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+    src_len = k.shape[1]
+    if key_padding_mask is not None:
+        if tuple(key_padding_mask.shape) != (bsz, src_len):
+            raise ValueError(
+                f"key_padding_mask: expected shape {(bsz, src_len)}, got {tuple(key_padding_mask.shape)}"
+            )
+        kpm = key_padding_mask.view(bsz, 1, 1, src_len).expand(-1, num_heads, -1, -1).reshape(bsz * num_heads, 1, src_len)
+        attn_mask = kpm if attn_mask is None else attn_mask + kpm
+    dropout_p = mod.dropout if mod.training else 0.0
+    if need_weights:
+        q_scaled = q * math.sqrt(1.0 / float(head_dim))
+        if attn_mask is not None:
+            weights = torch.baddbmm(attn_mask, q_scaled, k.transpose(-2, -1))
+        else:
+            weights = torch.bmm(q_scaled, k.transpose(-2, -1))
+        weights = F.softmax(weights, dim=-1)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, p=dropout_p)
+        out = torch.bmm(weights, v).transpose(0, 1).contiguous().view(tgt_len * bsz, embed_dim)
+        out = mod.out_proj(out).view(tgt_len, bsz, -1)
+        weights = weights.view(bsz, num_heads, tgt_len, src_len)
+        if average_attn_weights:
+            weights = weights.mean(dim=1)
+        if not is_batched:
+            out, weights = out.squeeze(1), weights.squeeze(0)
+    else:
+        if attn_mask is not None:
+            if attn_mask.size(0) == 1 and attn_mask.dim() == 3:
+                attn_mask = attn_mask.unsqueeze(0)
+            else:
+                attn_mask = attn_mask.view(bsz, num_heads, -1, src_len)
+        q = q.view(bsz, num_heads, tgt_len, head_dim)
+        k = k.view(bsz, num_heads, src_len, head_dim)
+        v = v.view(bsz, num_heads, src_len, head_dim)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
+        out = out.permute(2, 0, 1, 3).contiguous().view(bsz * tgt_len, embed_dim)
+        out = mod.out_proj(out).view(tgt_len, bsz, -1)
+        weights = None
+        if not is_batched:
+            out = out.squeeze(1)
+    if mod.batch_first and is_batched:
+        out = out.transpose(0, 1)
+    return out, weights
+
+
+class QuantMultiheadAttention(nn.Module):
+    """``nn.MultiheadAttention`` with all four projections quantized: ``q_proj``, ``k_proj``,
+    ``v_proj`` (the rows of ``in_proj_weight`` / ``in_proj_bias``, or ``q/k/v_proj_weight`` when
+    ``kdim``/``vdim`` differ) and ``out_proj`` are :class:`QuantLinear` layers with the layer spec's
+    weight and input quantizers (the query, key, value and attention output are the inputs they
+    observe). The attention itself is ``F.multi_head_attention_forward``'s, written out so the
+    projections are modules; every argument of ``nn.MultiheadAttention.forward`` is supported.
+
+    PyTorch's fused fast paths (``nn.MultiheadAttention`` in eval mode, ``nn.TransformerEncoderLayer``
+    under ``no_grad``) read the float weights directly and would bypass the quantizers; this module
+    has no ``in_proj_weight`` / ``in_proj_bias`` (both ``None``), which keeps the transformer layers
+    on their slow path, so quantization holds in train, eval, ``no_grad`` and ``inference_mode``.
+    :func:`qatkit.convert` turns the projections into ``QuantizedLinear`` layers (integer codes);
+    the module around them stays. Its parameters are new (the float packed ``in_proj_weight`` is
+    split into three), so build the optimizer after ``prepare_qat``.
+    """
+
+    in_proj_weight = None
+    in_proj_bias = None
+
+    @classmethod
+    def from_float(
+        cls, mod: nn.MultiheadAttention, layer_spec: LayerSpec, linear: type = None
+    ) -> "QuantMultiheadAttention":
+        """``linear``: the projections' class (:class:`QuantLinear`, or :class:`BitLinear` under a
+        ``bitlinear`` config)."""
+        linear = QuantLinear if linear is None else linear
+        if not (isinstance(linear, type) and issubclass(linear, QuantLinear)):
+            raise TypeError(f"QuantMultiheadAttention.from_float: linear must be QuantLinear or a subclass, got {linear!r}")
+        q = cls()
+        e = mod.embed_dim
+        q.embed_dim, q.kdim, q.vdim, q.num_heads = mod.embed_dim, mod.kdim, mod.vdim, mod.num_heads
+        q.head_dim, q.dropout, q.batch_first = mod.head_dim, mod.dropout, mod.batch_first
+        q._qkv_same_embed_dim, q.add_zero_attn = mod._qkv_same_embed_dim, mod.add_zero_attn
+        has_bias = mod.in_proj_bias is not None
+        with torch.no_grad():
+            if mod._qkv_same_embed_dim:
+                ws = mod.in_proj_weight.chunk(3)
+            else:
+                ws = (mod.q_proj_weight, mod.k_proj_weight, mod.v_proj_weight)
+            bs = mod.in_proj_bias.chunk(3) if has_bias else (None, None, None)
+            for name, w, b in zip(("q_proj", "k_proj", "v_proj"), ws, bs):
+                lin = nn.Linear(w.shape[1], e, has_bias, device=w.device, dtype=w.dtype)
+                lin.weight.copy_(w)
+                if has_bias:
+                    lin.bias.copy_(b)
+                lin.train(mod.training)
+                setattr(q, name, linear.from_float(lin, layer_spec))
+        q.out_proj = linear.from_float(mod.out_proj, layer_spec)
+        q.bias_k, q.bias_v = mod.bias_k, mod.bias_v
+        q.train(mod.training)
+        return q
+
+    def projections(self):
+        """``(name, QuantLinear)`` for ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``."""
+        return [(n, getattr(self, n)) for n in ("q_proj", "k_proj", "v_proj", "out_proj")]
+
+    def to_float(self) -> nn.MultiheadAttention:
+        """The float ``nn.MultiheadAttention`` with this module's (unquantized) weights."""
+        p = self.q_proj
+        m = nn.MultiheadAttention(
+            self.embed_dim, self.num_heads, dropout=self.dropout, bias=p.bias is not None,
+            add_bias_kv=self.bias_k is not None, add_zero_attn=self.add_zero_attn, kdim=self.kdim, vdim=self.vdim,
+            batch_first=self.batch_first, device=p.weight.device, dtype=p.weight.dtype,
+        )
+        with torch.no_grad():
+            ws = [getattr(self, n).weight for n in ("q_proj", "k_proj", "v_proj")]
+            if m._qkv_same_embed_dim:
+                m.in_proj_weight.copy_(torch.cat(ws))
+            else:
+                m.q_proj_weight.copy_(ws[0]), m.k_proj_weight.copy_(ws[1]), m.v_proj_weight.copy_(ws[2])
+            if m.in_proj_bias is not None:
+                m.in_proj_bias.copy_(torch.cat([getattr(self, n).bias for n in ("q_proj", "k_proj", "v_proj")]))
+            m.out_proj.weight.copy_(self.out_proj.weight)
+            if m.out_proj.bias is not None:
+                m.out_proj.bias.copy_(self.out_proj.bias)
+            if self.bias_k is not None:
+                m.bias_k.copy_(self.bias_k), m.bias_v.copy_(self.bias_v)
+        return m.train(self.training)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        need_weights: bool = True,
+        attn_mask: Optional[torch.Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ):
+        return _attention(
+            self, query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+        )
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, batch_first={self.batch_first}"
+
+
 #: float module type -> QAT replacement
 QAT_MODULES = {
     nn.Linear: QuantLinear,
     nn.Conv1d: QuantConv1d,
     nn.Conv2d: QuantConv2d,
     nn.Embedding: QuantEmbedding,
+    nn.MultiheadAttention: QuantMultiheadAttention,
 }

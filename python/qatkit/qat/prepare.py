@@ -17,7 +17,16 @@ import torch
 from torch import nn
 
 from .config import LayerSpec, QATConfig, first_last_spec
-from .modules import QAT_MODULES, BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
+from .modules import (
+    QAT_MODULES,
+    BitLinear,
+    QuantConv1d,
+    QuantConv2d,
+    QuantConvBn2d,
+    QuantEmbedding,
+    QuantLinear,
+    QuantMultiheadAttention,
+)
 from .quantizers import (
     ActFakeQuantizer,
     AffineLearnedActQuantizer,
@@ -39,24 +48,12 @@ __all__ = [
 
 
 
-_SUPPORTED_BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
-_HOST_WARNINGS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-_QAT_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding)
+_SUPPORTED_BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.MultiheadAttention)
+_QAT_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantMultiheadAttention)
 
 
 def _unswappable_reason(mod: nn.Module) -> Optional[str]:
     """Why a module that is a supported layer kind cannot be swapped (None if it can, or is none)."""
-    if isinstance(mod, nn.MultiheadAttention):
-        return (
-            "nn.MultiheadAttention's F.multi_head_attention_forward reads in_proj_weight and out_proj.weight "
-            "directly, so its projections stay float in every mode (qatkit has no QAT MultiheadAttention yet)"
-        )
-    if isinstance(mod, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)):
-        return (
-            "in eval mode without gradients PyTorch runs transformer layers on a fused fast path that reads the "
-            "weights directly and bypasses the QAT layers; call torch.backends.mha.set_fastpath_enabled(False) "
-            "when evaluating the QAT model (its Linear layers are quantized otherwise)"
-        )
     if type(mod) in QAT_MODULES or not isinstance(mod, _SUPPORTED_BASES) or isinstance(mod, _QAT_TYPES):
         return None
     if isinstance(mod, nn.modules.lazy.LazyModuleMixin):
@@ -88,15 +85,18 @@ def _candidates(model: nn.Module, fold_bn: bool) -> Tuple[List[dict], List[dict]
     names_of: Dict[int, List[str]] = {}
     for name, mod in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(mod), []).append(name)
+    inside = []  # prefixes of swapped containers (an attention's out_proj is part of it)
     for name, mod in model.named_modules():
+        if any(name.startswith(p) for p in inside):
+            continue
         if type(mod) in QAT_MODULES:
             out.append({"name": name, "module": mod, "bn": bn_of.get(name), "aliases": names_of[id(mod)][1:]})
+            if type(mod) is nn.MultiheadAttention:
+                inside.append(f"{name}." if name else "")
         else:
             reason = _unswappable_reason(mod)
-            if reason is not None and not isinstance(mod, _HOST_WARNINGS):
+            if reason is not None:
                 skipped.append({"name": name, "type": type(mod).__name__, "reason": reason})
-            elif reason is not None:  # a container with a caveat: warn, its Linear layers are still swapped
-                warnings.warn(f"prepare_qat: '{name or type(mod).__name__}': {reason}", UserWarning, stacklevel=3)
     for conv, bn in unfolded:
         skipped.append(
             {
@@ -186,10 +186,13 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
             new = QuantConvBn2d.from_float(mod, c["bn"][1], spec)
         elif config.bitlinear and type(mod) is nn.Linear:
             new = BitLinear.from_float(mod, spec)
+        elif type(mod) is nn.MultiheadAttention:
+            new = QuantMultiheadAttention.from_float(mod, spec, BitLinear if config.bitlinear else QuantLinear)
         else:
             new = QAT_MODULES[type(mod)].from_float(mod, spec)
         plan.append((c, new))
-        wfq = new.weight_fake_quant
+        wfq = new.q_proj.weight_fake_quant if isinstance(new, QuantMultiheadAttention) else new.weight_fake_quant
+        aq = new.q_proj.input_fake_quant if isinstance(new, QuantMultiheadAttention) else new.input_fake_quant
         fell_back = bool(wfq is not None and wfq.fell_back)
         report.append(
             {
@@ -197,7 +200,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
                 "type": type(mod).__name__,
                 "qat": type(new).__name__,
                 "weight": "float" if wfq is None else wfq.spec.describe() + (" -> per_channel" if fell_back else ""),
-                "act": "float" if new.input_fake_quant is None else new.input_fake_quant.spec.describe(),
+                "act": "float" if aq is None else aq.spec.describe(),
                 "fell_back": fell_back,
                 "rule": rule,
             }
@@ -215,9 +218,12 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
         raise ValueError(f"prepare_qat: every supported layer was skipped by the config ({why}){hint}; nothing to quantize")
     for c, new in plan:
         name, mod = c["name"], c["module"]
-        for part in ("weight_fake_quant", "input_fake_quant"):
-            if getattr(new, part, None) is not None:
-                getattr(new, part).qualified_name = f"{name or type(mod).__name__}.{part}"
+        base = name or type(mod).__name__
+        parts = new.projections() if isinstance(new, QuantMultiheadAttention) else [("", new)]
+        for sub, layer in parts:
+            for part in ("weight_fake_quant", "input_fake_quant"):
+                if getattr(layer, part, None) is not None:
+                    getattr(layer, part).qualified_name = ".".join(x for x in (base, sub, part) if x)
         if c["bn"] is not None:
             replace_module(model, c["bn"][0], nn.Identity())
         if name == "":  # a bare layer: the QAT layer is the model
@@ -225,6 +231,8 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
             continue
         for alias in [name] + c["aliases"]:  # every name the layer is registered under
             replace_module(model, alias, new)
+        if isinstance(new, QuantMultiheadAttention):
+            continue
         if new.weight_fake_quant is not None and new.weight_fake_quant.fell_back:
             warnings.warn(
                 f"prepare_qat: layer '{name}': flattened input dim {tuple(mod.weight.shape[1:])} is not a multiple "
@@ -248,6 +256,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
             UserWarning,
             stacklevel=2,
         )
+    _transformer_fast_paths(model)
     for u in unswappable:
         warnings.warn(f"prepare_qat: layer '{u['name']}' stays float: {u['reason']}", UserWarning, stacklevel=2)
         report.append({"name": u["name"], "type": u["type"], "qat": None, "weight": "float", "act": "float",
@@ -255,6 +264,32 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
     model.qat_report = report
     model.qat_config = config
     return model
+
+
+def _transformer_fast_paths(model: nn.Module) -> None:
+    """Keep PyTorch's fused transformer paths from bypassing the QAT layers.
+
+    ``nn.TransformerEncoderLayer`` in eval mode without gradients runs a fused kernel on the float
+    weights of its attention and feed-forward layers unless ``self_attn`` lacks ``in_proj_bias``:
+    a :class:`QuantMultiheadAttention` (which has none) keeps it on the slow path. A layer whose
+    attention stays float (skipped by the config) keeps the fast path, so its quantized feed-forward
+    layers would be bypassed: warn. ``nn.TransformerEncoder`` converts padded inputs to nested
+    tensors on the same path (decided at construction); turn that off where anything inside was
+    swapped, as its constructor does when a layer does not qualify.
+    """
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.TransformerEncoder) and any(isinstance(m, _QAT_TYPES) for m in mod.modules()):
+            mod.use_nested_tensor = False
+        if isinstance(mod, nn.TransformerEncoderLayer) and not isinstance(mod.self_attn, QuantMultiheadAttention):
+            if any(isinstance(m, _QAT_TYPES) for m in mod.modules()):
+                warnings.warn(
+                    f"prepare_qat: '{name or type(mod).__name__}': its self_attn stays float, so in eval mode "
+                    "without gradients PyTorch runs this layer on a fused fast path that reads the float weights "
+                    "and bypasses its QAT layers; quantize the attention too, or call "
+                    "torch.backends.mha.set_fastpath_enabled(False) when evaluating",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
 
 def _act_quantizers(model: nn.Module):
