@@ -319,8 +319,11 @@ class QATConfig:
             gives them W8A8 (per-channel weights), ``None`` treats them like the rest.
         bitlinear: replace ``nn.Linear`` by :class:`qatkit.qat.BitLinear` (BitNet b1.58) instead of
             :class:`QuantLinear`.
-        fold_bn: fuse ``Conv2d`` + ``BatchNorm2d`` pairs inside ``nn.Sequential`` containers into
-            :class:`QuantConvBn2d` (Krishnamoorthi's folding with correction).
+        fold_bn: fuse every ``Conv2d`` -> ``BatchNorm2d`` pair whose intermediate has no other
+            consumer into :class:`QuantConvBn2d` (Krishnamoorthi's folding with correction); pairs
+            are found from the model's dataflow (:mod:`qatkit.qat.graph`: one traced batch given
+            as ``prepare_qat(..., example_inputs=)``, else torch.fx, else ``nn.Sequential``
+            neighbours) and every BatchNorm left unfolded is reported with the reason.
         embeddings: quantize ``nn.Embedding`` tables with the default spec. Off by default: an
             embedding is a lookup table, not a compute layer, and quantizing a transformer's word
             embedding is a separate choice (an override pattern naming an embedding quantizes it

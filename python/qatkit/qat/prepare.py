@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from . import graph
 from .config import LayerSpec, QATConfig, first_last_spec
 from .modules import (
     QAT_MODULES,
@@ -66,22 +67,61 @@ def _unswappable_reason(mod: nn.Module) -> Optional[str]:
     return f"a subclass of {type(mod).__mro__[1].__name__} ({type(mod).__name__}) whose forward qatkit cannot know"
 
 
-def _candidates(model: nn.Module, fold_bn: bool) -> Tuple[List[dict], List[dict]]:
-    """Supported layers in definition order (conv+bn pairs of a Sequential become one entry, each
-    with every name it is registered under), and the layers of a supported kind that cannot be
-    swapped, with the reason."""
-    out, skipped, bn_of, unfolded = [], [], {}, []
-    if fold_bn:
-        for name, mod in model.named_modules():
-            if isinstance(mod, nn.Sequential):
-                kids = list(mod.named_children())
-                for (n1, m1), (n2, m2) in zip(kids, kids[1:], strict=False):
-                    if type(m1) is nn.Conv2d and type(m2) is nn.BatchNorm2d and m2.num_features == m1.out_channels:
-                        prefix = f"{name}." if name else ""
-                        if m2.affine and m2.track_running_stats:
-                            bn_of[prefix + n1] = (prefix + n2, m2)
-                        else:
-                            unfolded.append((prefix + n1, prefix + n2))
+def _sequential_pairs(model: nn.Module) -> List[Tuple[str, str]]:
+    """Conv2d -> BatchNorm2d neighbours inside ``nn.Sequential`` containers (no tracing needed)."""
+    pairs = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Sequential):
+            kids = list(mod.named_children())
+            for (n1, m1), (n2, m2) in zip(kids, kids[1:], strict=False):
+                if type(m1) is nn.Conv2d and type(m2) is nn.BatchNorm2d:
+                    prefix = f"{name}." if name else ""
+                    pairs.append((prefix + n1, prefix + n2))
+    return pairs
+
+
+def _bn_folds(model: nn.Module, example_inputs, forward) -> Tuple[Dict[str, Tuple[str, nn.Module]], Dict[str, str]]:
+    """``({conv_name: (bn_name, bn)}, {bn_name: why it stays unfolded})`` from the model's
+    dataflow: a traced batch when ``example_inputs`` is given, else a torch.fx trace, else (fx
+    failed) neighbours in ``nn.Sequential`` only, every other BatchNorm reported with the reason."""
+    if not any(isinstance(m, graph.BN_TYPES) for m in model.modules()):
+        return {}, {}
+    if example_inputs is not None:
+        flow = graph.trace_dataflow(model, example_inputs, forward)
+        pairs, unfolded = graph.find_conv_bn_pairs(model, flow)
+    else:
+        try:
+            flow = graph.fx_dataflow(model)
+            pairs, unfolded = graph.find_conv_bn_pairs(model, flow)
+        except Exception as e:  # fx refuses data-dependent control flow and many other things
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            pairs, unfolded = [], {}
+            for conv, bn in _sequential_pairs(model):
+                m_bn, m_conv = model.get_submodule(bn), model.get_submodule(conv)
+                if m_bn.affine and m_bn.track_running_stats and m_bn.num_features == m_conv.out_channels:
+                    pairs.append((conv, bn))
+                else:
+                    unfolded[bn] = (
+                        f"not folded into conv '{conv}': a BatchNorm2d without affine parameters or running "
+                        "statistics (the conv is quantized on its own, the BatchNorm stays float)"
+                    )
+            paired = {bn for _, bn in pairs} | set(unfolded)
+            for n, m in model.named_modules():
+                if isinstance(m, graph.BN_TYPES) and n not in paired:
+                    unfolded[n] = (
+                        "without example_inputs qatkit finds Conv2d -> BatchNorm2d pairs with torch.fx or inside "
+                        f"nn.Sequential, and torch.fx could not trace the model ({type(e).__name__}: {first}); pass "
+                        "prepare_qat(model, config, example_inputs=batch) to find the pairs from one real batch"
+                    )
+    return {conv: (bn, model.get_submodule(bn)) for conv, bn in pairs}, unfolded
+
+
+def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=None) -> Tuple[List[dict], List[dict]]:
+    """Supported layers in definition order (each Conv2d that feeds a foldable BatchNorm2d carries
+    it; each entry lists every name its module is registered under), and the layers of a supported
+    kind that cannot be swapped or BatchNorms that cannot be folded, with the reason."""
+    out, skipped = [], []
+    bn_of, unfolded = _bn_folds(model, example_inputs, forward) if fold_bn else ({}, {})
     names_of: Dict[int, List[str]] = {}
     for name, mod in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(mod), []).append(name)
@@ -90,22 +130,17 @@ def _candidates(model: nn.Module, fold_bn: bool) -> Tuple[List[dict], List[dict]
         if any(name.startswith(p) for p in inside):
             continue
         if type(mod) in QAT_MODULES:
-            out.append({"name": name, "module": mod, "bn": bn_of.get(name), "aliases": names_of[id(mod)][1:]})
+            bn = bn_of.get(name)  # (every name of the BatchNorm, the module)
+            bn = None if bn is None else (names_of[id(bn[1])], bn[1])
+            out.append({"name": name, "module": mod, "bn": bn, "aliases": names_of[id(mod)][1:]})
             if type(mod) is nn.MultiheadAttention:
                 inside.append(f"{name}." if name else "")
         else:
             reason = _unswappable_reason(mod)
             if reason is not None:
                 skipped.append({"name": name, "type": type(mod).__name__, "reason": reason})
-    for conv, bn in unfolded:
-        skipped.append(
-            {
-                "name": bn,
-                "type": "BatchNorm2d",
-                "reason": f"not folded into conv '{conv}': a BatchNorm2d without affine parameters or running "
-                "statistics (the conv is quantized on its own, the BatchNorm stays float)",
-            }
-        )
+    for bn, reason in unfolded.items():
+        skipped.append({"name": bn, "type": type(model.get_submodule(bn)).__name__, "reason": reason, "bn": True})
     return out, skipped
 
 
@@ -129,7 +164,9 @@ def _spec_for(
     return config.default, "default"
 
 
-def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> nn.Module:
+def prepare_qat(
+    model: nn.Module, config: QATConfig, inplace: bool = False, example_inputs=None, forward=None
+) -> nn.Module:
     """Swap a float model's supported layers for QAT layers.
 
     Args:
@@ -137,6 +174,12 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
         config: a :class:`QATConfig` (e.g. ``qatkit.w8a8()``).
         inplace: modify ``model`` instead of a deep copy (the float parameters are shared with the
             QAT layers either way, so an optimizer built afterwards trains them).
+        example_inputs: one real batch (a tensor or a tuple of arguments) to find Conv2d ->
+            BatchNorm2d pairs from the model's execution (:mod:`qatkit.qat.graph`; run in eval
+            mode, no gradients). Without it the pairs come from a torch.fx trace, and where fx
+            fails, from ``nn.Sequential`` neighbours only; every BatchNorm left unfolded is warned
+            about and listed in the report with the reason.
+        forward: ``forward(model, example_inputs)`` for models called another way.
 
     Returns:
         The QAT model. ``model.qat_report`` lists each layer with its weight/activation spec and any
@@ -161,7 +204,7 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
             f"prepare_qat: the model is a bare {type(model).__name__}, which cannot be swapped in place; "
             "use the returned module (inplace=False)"
         )
-    cands, unswappable = _candidates(model, config.fold_bn)
+    cands, unswappable = _candidates(model, config.fold_bn, example_inputs, forward)
     if not cands:
         raise ValueError(
             "prepare_qat: the model has nothing to quantize: no nn.Linear, nn.Conv1d, nn.Conv2d or nn.Embedding "
@@ -225,7 +268,9 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
                 if getattr(layer, part, None) is not None:
                     getattr(layer, part).qualified_name = ".".join(x for x in (base, sub, part) if x)
         if c["bn"] is not None:
-            replace_module(model, c["bn"][0], nn.Identity())
+            ident = nn.Identity()
+            for bn_name in c["bn"][0]:
+                replace_module(model, bn_name, ident)
         if name == "":  # a bare layer: the QAT layer is the model
             model = new
             continue
@@ -257,10 +302,20 @@ def prepare_qat(model: nn.Module, config: QATConfig, inplace: bool = False) -> n
             stacklevel=2,
         )
     _transformer_fast_paths(model)
+    bns = [u for u in unswappable if u.get("bn")]
+    if bns:
+        listing = "; ".join(f"'{u['name']}': {u['reason']}" for u in bns)
+        warnings.warn(
+            f"prepare_qat: {len(bns)} BatchNorm layer(s) stay unfolded (float, running on the quantized convs' "
+            f"outputs): {listing}",
+            UserWarning,
+            stacklevel=2,
+        )
     for u in unswappable:
-        warnings.warn(f"prepare_qat: layer '{u['name']}' stays float: {u['reason']}", UserWarning, stacklevel=2)
+        if not u.get("bn"):
+            warnings.warn(f"prepare_qat: layer '{u['name']}' stays float: {u['reason']}", UserWarning, stacklevel=2)
         report.append({"name": u["name"], "type": u["type"], "qat": None, "weight": "float", "act": "float",
-                       "reason": u["reason"]})
+                       "reason": ("not folded: " if u.get("bn") else "") + u["reason"]})
     model.qat_report = report
     model.qat_config = config
     return model

@@ -1,0 +1,238 @@
+"""What a model computes, discovered from its execution: which module or op produced each tensor a
+layer consumed, and who else consumed it.
+
+``prepare_qat`` uses it to find every Conv2d -> BatchNorm2d pair it can fold (not only neighbours
+in an ``nn.Sequential``: ResNet's ``BasicBlock`` calls ``self.bn1(self.conv1(x))`` from Python);
+the PTQ passes (cross-layer equalization, bias correction) reuse the same dataflow.
+
+Two sources, one result (:class:`Dataflow`):
+
+* :func:`trace_dataflow` runs one real batch through the model with forward hooks on every leaf
+  module and a ``TorchFunctionMode`` that sees every torch function called outside the leaves (the
+  residual ``+=``, ``flatten``, ``F.relu`` in a ``forward``). Works on any model that runs.
+* :func:`fx_dataflow` reads a ``torch.fx.symbolic_trace`` graph (no data needed; fails on
+  data-dependent control flow, and then the caller says so).
+
+A tensor produced by one call and consumed by exactly one other call (and not returned by the
+model) is an intermediate that a fold may remove.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils import _pytree as pytree
+
+__all__ = ["Call", "Dataflow", "trace_dataflow", "fx_dataflow", "find_conv_bn_pairs"]
+
+#: producer index of a tensor that no traced call produced (a model input, a parameter, a constant)
+EXTERNAL = -1
+
+
+@dataclass
+class Call:
+    """One call in execution order: a leaf module (``kind="module"``), a torch function outside
+    any leaf (``kind="op"``), or the model's return (``kind="output"``). ``inputs`` holds, per
+    tensor argument, the index of the call that produced it (``EXTERNAL`` if none did)."""
+
+    index: int
+    kind: str
+    name: str
+    module: Optional[nn.Module] = None
+    inputs: List[int] = field(default_factory=list)
+
+    def describe(self) -> str:
+        if self.kind == "module":
+            return f"module '{self.name}' ({type(self.module).__name__})"
+        if self.kind == "output":
+            return "the model's output"
+        return f"op '{self.name}'"
+
+
+@dataclass
+class Dataflow:
+    """Calls in execution order, who consumed each call's outputs, and how often each module ran."""
+
+    calls: List[Call]
+    source: str  # "trace" or "fx"
+
+    def __post_init__(self):
+        self.consumers: Dict[int, List[int]] = {c.index: [] for c in self.calls}
+        self.calls_of: Dict[int, List[int]] = {}
+        for c in self.calls:
+            for p in set(c.inputs):
+                if p != EXTERNAL:
+                    self.consumers[p].append(c.index)
+            if c.module is not None:
+                self.calls_of.setdefault(id(c.module), []).append(c.index)
+
+    def producer(self, call: Call) -> Optional[Call]:
+        """The single call that produced ``call``'s tensor inputs (None: several, or external)."""
+        ps = {p for p in call.inputs}
+        if len(ps) != 1 or EXTERNAL in ps:
+            return None
+        return self.calls[ps.pop()]
+
+
+def _op_name(func) -> str:
+    name = getattr(func, "__name__", None) or repr(func)
+    return name.replace("__", "") if name.startswith("__") else name
+
+
+def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable] = None) -> Dataflow:
+    """Run ``example_inputs`` through ``model`` once (eval mode, no gradients; every module's
+    training flag restored after) and record its dataflow.
+
+    Args:
+        example_inputs: a tensor, a tuple of positional arguments, or (with ``forward``) any batch.
+        forward: ``forward(model, example_inputs)`` for models called another way.
+
+    Queries that return no tensor (``x.size(0)``, ``x.dim()``) are not consumers: they read
+    metadata, not values.
+    """
+    names = {}
+    for n, m in model.named_modules():
+        names.setdefault(id(m), n)
+    calls: List[Call] = []
+    producer: Dict[int, int] = {}
+    keep: List[torch.Tensor] = []  # holds every seen tensor so ids are not reused during the trace
+    depth = [0]
+
+    def tensors(tree) -> List[torch.Tensor]:
+        return [t for t in pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+    def record(kind, name, module, ins, outs):
+        c = Call(len(calls), kind, name, module, [producer.get(id(t), EXTERNAL) for t in ins])
+        calls.append(c)
+        for t in outs:
+            producer[id(t)] = c.index
+        keep.extend(ins)
+        keep.extend(outs)
+
+    class _Ops(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if depth[0] == 0:
+                outs = tensors(out)
+                if outs:
+                    record("op", _op_name(func), None, tensors((args, kwargs)), outs)
+            return out
+
+    def pre(mod, args, kwargs):
+        depth[0] += 1
+
+    def post(mod, args, kwargs, out):
+        depth[0] -= 1
+        if depth[0] == 0:
+            record("module", names.get(id(mod), type(mod).__name__), mod, tensors((args, kwargs)), tensors(out))
+
+    leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
+    hooks = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in leaves]
+    hooks += [m.register_forward_hook(post, with_kwargs=True) for m in leaves]
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        with torch.no_grad(), _Ops():
+            if forward is not None:
+                out = forward(model, example_inputs)
+            elif isinstance(example_inputs, tuple):
+                out = model(*example_inputs)
+            else:
+                out = model(example_inputs)
+        record("output", "output", None, tensors(out), [])
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, was in modes:
+            m.training = was
+    return Dataflow(calls, "trace")
+
+
+def fx_dataflow(model: nn.Module) -> Dataflow:
+    """The dataflow of ``torch.fx.symbolic_trace(model)`` (raises what fx raises for models it
+    cannot trace)."""
+    import torch.fx
+
+    gm = torch.fx.symbolic_trace(model)
+    index: Dict[torch.fx.Node, int] = {}
+    calls: List[Call] = []
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            continue
+        ins = [index.get(a, EXTERNAL) for a in node.all_input_nodes]
+        if node.op == "call_module":
+            c = Call(len(calls), "module", node.target, model.get_submodule(node.target), ins)
+        elif node.op == "output":
+            c = Call(len(calls), "output", "output", None, ins)
+        else:
+            c = Call(len(calls), "op", _op_name(node.target), None, ins)
+        index[node] = c.index
+        calls.append(c)
+    return Dataflow(calls, "fx")
+
+
+#: the BatchNorm kinds whose folding is decided (and reported)
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def find_conv_bn_pairs(model: nn.Module, flow: Dataflow) -> Tuple[List[Tuple[str, str]], Dict[str, str]]:
+    """Conv2d -> BatchNorm2d pairs ``flow`` shows can be folded, and why every other BatchNorm
+    cannot.
+
+    A pair folds when the BatchNorm's only input is the conv's output, nothing else consumes that
+    output (another op, the model's return), each module runs exactly once, and the BatchNorm is
+    affine with running statistics and matches the conv's channels.
+
+    Returns:
+        ``(pairs, unfolded)``: ``[(conv_name, bn_name)]`` and ``{bn_name: reason}`` for every other
+        BatchNorm in the model (names are the first name each module is registered under).
+    """
+    names = {}
+    for n, m in model.named_modules():
+        names.setdefault(id(m), n)
+    pairs, unfolded = [], {}
+    for n, bn in model.named_modules():
+        if not isinstance(bn, BN_TYPES):
+            continue
+        runs = flow.calls_of.get(id(bn), [])
+        if not runs:
+            unfolded[n] = f"it never ran in the {'traced batch' if flow.source == 'trace' else 'fx graph'}"
+            continue
+        if len(runs) > 1:
+            unfolded[n] = f"it runs {len(runs)} times per forward (a shared module cannot be folded into one conv)"
+            continue
+        call = flow.calls[runs[0]]
+        src = flow.producer(call)
+        if src is None:
+            unfolded[n] = "its input is not produced by a single layer (a model input or several tensors)"
+            continue
+        if src.kind != "module" or not isinstance(src.module, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear):
+            unfolded[n] = f"its input comes from {src.describe()}, not a conv"
+            continue
+        conv = src.module
+        if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+            unfolded[n] = (
+                f"qatkit folds Conv2d + BatchNorm2d only, this is {type(conv).__name__} '{src.name}' + "
+                f"{type(bn).__name__} (the conv is quantized on its own, the BatchNorm stays float)"
+            )
+            continue
+        others = [flow.calls[i] for i in flow.consumers[src.index] if i != call.index]
+        if others:
+            used = ", ".join(o.describe() for o in others)
+            unfolded[n] = f"the output of conv '{src.name}' is also used by {used}, so it cannot be replaced"
+            continue
+        if len(flow.calls_of.get(id(conv), [])) > 1:
+            unfolded[n] = f"conv '{src.name}' runs {len(flow.calls_of[id(conv)])} times per forward"
+            continue
+        if not (bn.affine and bn.track_running_stats) or bn.num_features != conv.out_channels:
+            unfolded[n] = (
+                f"not folded into conv '{src.name}': a BatchNorm2d without affine parameters or running "
+                "statistics (the conv is quantized on its own, the BatchNorm stays float)"
+            )
+            continue
+        pairs.append((names[id(conv)], n))
+    return pairs, unfolded

@@ -1,0 +1,130 @@
+"""BatchNorm folding found from the model's dataflow (issue 10 §6): every Conv2d -> BatchNorm2d
+pair whose intermediate has no other consumer folds, wherever the modules sit in the tree; every
+BatchNorm left unfolded is warned about and reported with the reason."""
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import qatkit
+from qatkit.qat import graph
+from qatkit.testing.models import mobilenet_v2, resnet18
+
+
+def _prepare(model, x=None, **kw):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        q = qatkit.prepare_qat(model, qatkit.w8a8(), example_inputs=x, **kw)
+    return q, "\n".join(str(w.message) for w in rec)
+
+
+def _float_bns(model):
+    inside = {id(m.bn) for m in model.modules() if isinstance(m, qatkit.qat.QuantConvBn2d)}
+    return [n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d) and id(m) not in inside]
+
+
+@pytest.mark.parametrize("source", ["trace", "fx"])
+@pytest.mark.parametrize("arch,bns", [(resnet18, 20), (mobilenet_v2, 52)])
+def test_every_conv_bn_pair_of_a_torchvision_layout_cnn_folds(arch, bns, source):
+    torch.manual_seed(0)
+    m = arch(10, 0.25, small_input=True).eval()
+    x = torch.randn(2, 3, 32, 32)
+    q, text = _prepare(m, x if source == "trace" else None)
+    folded = [mod for mod in q.modules() if isinstance(mod, qatkit.qat.QuantConvBn2d)]
+    assert len(folded) == bns and _float_bns(q) == [] and "BatchNorm" not in text
+    # the folded model computes the float model (quantization off, eval: folded weights)
+    qatkit.qat.disable_fake_quant(q)
+    q.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+def test_resnet_basic_block_pairs_are_found_outside_sequentials():
+    m = resnet18(10, 0.25, small_input=True)
+    pairs, unfolded = graph.find_conv_bn_pairs(m, graph.trace_dataflow(m, torch.randn(1, 3, 32, 32)))
+    assert ("layer1.0.conv1", "layer1.0.bn1") in pairs and ("layer2.0.downsample.0", "layer2.0.downsample.1") in pairs
+    assert len(pairs) == 20 and unfolded == {}
+
+
+class _Shared(nn.Module):
+    """Conv outputs with second consumers, BNs fed by other ops, a shared and an idle BN."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)  # c1's output also added
+        self.c2, self.b2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)  # b2's input is an add
+        self.c3, self.b3 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)  # b3 runs twice
+        self.c4, self.b4 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)  # folds
+        self.c5, self.b5 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)  # c5's output is returned too
+        self.idle = nn.BatchNorm2d(4)
+        self.fc, self.b6 = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        y = self.c1(x)
+        y = self.b1(y) + y
+        y = self.b2(self.c2(y) + 1)
+        y = self.b3(self.b3(self.c3(y)))
+        y = self.b4(self.c4(y))
+        z = self.c5(y)
+        w = self.b5(z)
+        v = self.b6(self.fc(F.adaptive_avg_pool2d(w, 1).flatten(1)))
+        return v, z
+
+
+@pytest.mark.parametrize("source", ["trace", "fx"])
+def test_every_bn_left_unfolded_is_reported_with_its_reason(source):
+    m = _Shared().eval()
+    q, text = _prepare(m, torch.randn(2, 3, 8, 8) if source == "trace" else None)
+    reasons = {r["name"]: r.get("reason", "") for r in q.qat_report}
+    assert isinstance(q.c4, qatkit.qat.QuantConvBn2d) and isinstance(q.b4, nn.Identity)
+    assert "also used by op 'add'" in reasons["b1"]
+    assert "comes from op 'add'" in reasons["b2"]
+    assert "runs 2 times" in reasons["b3"]
+    assert "also used by the model's output" in reasons["b5"]
+    assert "never ran" in reasons["idle"]
+    assert "Conv2d + BatchNorm2d only" in reasons["b6"] and "Linear 'fc'" in reasons["b6"]
+    assert "6 BatchNorm layer(s) stay unfolded" in text
+    for n in ("b1", "b2", "b3", "b5", "idle"):
+        assert isinstance(getattr(q, n), nn.BatchNorm2d) and f"'{n}':" in text
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.head = nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if y.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace this
+            y = y + 0
+        return self.head(y)
+
+
+def test_without_example_inputs_an_untraceable_model_folds_sequentials_and_says_how_to_fold_the_rest():
+    q, text = _prepare(_DataDependent())
+    assert isinstance(q.head[0], qatkit.qat.QuantConvBn2d)  # nn.Sequential neighbours still fold
+    assert isinstance(q.bn, nn.BatchNorm2d) and "example_inputs" in text and "torch.fx could not trace" in text
+    q2, text2 = _prepare(_DataDependent(), torch.randn(1, 3, 8, 8))
+    assert isinstance(q2.conv, qatkit.qat.QuantConvBn2d) and isinstance(q2.bn, nn.Identity) and "BatchNorm" not in text2
+
+
+def test_tracing_leaves_the_model_as_it_was():
+    m = resnet18(10, 0.25, small_input=True).train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    graph.trace_dataflow(m, torch.randn(2, 3, 32, 32))
+    assert m.training and all(mod.training for mod in m.modules())
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # running stats untouched
+
+
+def test_a_custom_forward_drives_the_trace():
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    wrapper = nn.ModuleDict({"body": m})
+    q = qatkit.prepare_qat(
+        wrapper, qatkit.w8a8(), example_inputs={"img": torch.randn(1, 3, 8, 8)},
+        forward=lambda mod, b: mod["body"](b["img"]),
+    )
+    assert isinstance(q["body"][0], qatkit.qat.QuantConvBn2d)
