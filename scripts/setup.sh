@@ -24,7 +24,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] 
   echo "setup: installing torch==$TORCH_VERSION"
   "$PY" -m pip install -q "torch==$TORCH_VERSION"
 fi
-"$PY" -m pip install -q -r scripts/requirements.txt
+"$PY" -m pip install -q -r scripts/requirements.txt "torch==$TORCH_VERSION"  # torch pinned beside them: never upgraded
 
 echo "setup: building qatkit (incremental, build/py)"
 QATKIT_BUILD_TESTS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \

@@ -53,6 +53,7 @@ from .quantizers import (
     WeightFakeQuantizer,
     register_observer,
 )
+from .pretrained import load_pretrained
 from .swap import replace_module
 
 __all__ = [
@@ -102,4 +103,5 @@ __all__ = [
     "PerGroup",
     "PerToken",
     "replace_module",
+    "load_pretrained",
 ]

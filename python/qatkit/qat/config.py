@@ -361,6 +361,37 @@ class QATConfig:
         """Plain-data form (for checkpoints, JSON and the C++ side)."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "QATConfig":
+        """The config :meth:`to_dict` wrote (also after a JSON round trip: lists for tuples).
+
+        Raises:
+            TypeError / ValueError: ``d`` is not such a dict, naming the field.
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"QATConfig.from_dict: expected a dict, got {type(d).__name__}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f"QATConfig.from_dict: unknown field(s) {unknown}; fields are {sorted(fields)}")
+
+        def spec(x):
+            return None if x is None else QuantSpec(**x)
+
+        def layer(x, where):
+            if not isinstance(x, dict):
+                raise TypeError(f"QATConfig.from_dict: {where} must be a dict of weight/activation specs, got {x!r}")
+            return LayerSpec(spec(x.get("weight")), spec(x.get("activation")))
+
+        kw = dict(d)
+        if "default" in kw:
+            kw["default"] = layer(kw["default"], "default")
+        if "overrides" in kw:
+            kw["overrides"] = tuple((p, layer(s, f"overrides[{p!r}]")) for p, s in kw["overrides"])
+        if "skip" in kw:
+            kw["skip"] = tuple(kw["skip"])
+        return cls(**kw)
+
 
 # ---------------------------------------------------------------- presets (from the table)
 

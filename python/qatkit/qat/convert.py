@@ -12,6 +12,7 @@ return what the fake-quant kernels computed instead of recovering it from their 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Tuple
 
 import torch
@@ -21,6 +22,8 @@ from torch import nn
 from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
 from .. import ops
 from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, keep_float32
+from .config import QATConfig
+from .pretrained import tag_pretrained_configs
 from .swap import replace_module
 
 __all__ = ["convert", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "weight_codes"]
@@ -215,12 +218,14 @@ def _convert_one(qmod: nn.Module) -> nn.Module:
 QAT_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding)
 
 
-def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
+def convert(model: nn.Module, inplace: bool = False, require_observed: bool = True) -> nn.Module:
     """Freeze a QAT model (from :func:`qatkit.prepare_qat`) into integer-weight modules.
 
     Args:
         model: a prepared (and trained or calibrated) model.
         inplace: modify ``model`` instead of a deep copy.
+        require_observed: refuse activation quantizers that observed nothing. Pass False only when
+            the qparams are loaded right afterwards (:func:`qatkit.qat.load_pretrained` does).
 
     Returns:
         The model with every QAT layer replaced by a ``Quantized*`` module (integer codes + scales,
@@ -235,7 +240,7 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         raise ValueError("convert: the model has no QAT layers; call qatkit.prepare_qat(model, config) first")
     for name, m in layers:
         aq = getattr(m, "input_fake_quant", None)
-        if isinstance(aq, ActFakeQuantizer) and not aq.has_observed:
+        if require_observed and isinstance(aq, ActFakeQuantizer) and not aq.has_observed:
             raise ValueError(
                 f"convert: the input quantizer of layer '{name}' has not observed any data yet (its range is "
                 "empty), so its qparams are meaningless; run training or a few calibration batches in train mode "
@@ -248,6 +253,14 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
                 "use the returned module (inplace=False)"
             )
         return _convert_one(copy.deepcopy(model)).eval()
+    if not require_observed:
+        with warnings.catch_warnings():  # eval-before-observation warnings: the qparams are loaded next
+            warnings.simplefilter("ignore")
+            return _convert_tree(model, inplace)
+    return _convert_tree(model, inplace)
+
+
+def _convert_tree(model: nn.Module, inplace: bool) -> nn.Module:
     if not inplace:
         model = copy.deepcopy(model)
     names_of = {}
@@ -257,4 +270,6 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         new = _convert_one(m)
         for alias in names_of[id(m)]:  # every name the layer is registered under gets the same module
             replace_module(model, alias, new)
+    if isinstance(getattr(model, "qat_config", None), QATConfig):
+        tag_pretrained_configs(model, "converted", model.qat_config)
     return model.eval()

@@ -34,6 +34,7 @@ from .quantizers import (
     AffineStaticActQuantizer,
     WeightFakeQuantizer,
 )
+from .pretrained import tag_pretrained_configs
 from .swap import replace_module
 
 __all__ = [
@@ -318,6 +319,7 @@ def prepare_qat(
                        "reason": ("not folded: " if u.get("bn") else "") + u["reason"]})
     model.qat_report = report
     model.qat_config = config
+    tag_pretrained_configs(model, "qat", config)  # Hugging Face configs: float loaders refuse the checkpoint
     return model
 
 
