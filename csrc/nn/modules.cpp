@@ -1,8 +1,11 @@
 // C++ QAT modules (see qatkit/nn.h): the numerics of python/qatkit/qat/{quantizers,modules}.py,
 // call for call, so C++ and Python layers give identical outputs for the same weights (tested).
 #include <ATen/ops/amax.h>
-#include <ATen/ops/isfinite.h>
 #include <ATen/ops/amin.h>
+#include <ATen/ops/batch_norm.h>
+#include <ATen/ops/embedding.h>
+#include <ATen/ops/embedding_renorm.h>
+#include <ATen/ops/isfinite.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/maximum.h>
 #include <ATen/ops/minimum.h>
@@ -15,6 +18,7 @@
 #include <torch/nn/modules/linear.h>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 
@@ -59,7 +63,104 @@ double lsq_grad_factor(std::int64_t per_scale, std::int64_t qmax) {
   return 1.0 / std::sqrt(static_cast<double>(std::max<std::int64_t>(per_scale, 1)) * static_cast<double>(qmax));
 }
 
+/// Access to torch::nn::Module's protected parameter table, to drop a converted layer's float
+/// weight (LibTorch has no unregister_parameter).
+struct ModuleAccess : torch::nn::Module {
+  static void erase_parameter(torch::nn::Module& m, const std::string& name) {
+    auto table = &ModuleAccess::parameters_;
+    if ((m.*table).contains(name)) (m.*table).erase(name);
+  }
+};
+
+/// Freeze `self` (a QAT layer) in place: its weight becomes integer codes + qparams buffers
+/// (Python's weight_codes), the float weight parameter and the weight quantizer go away, a bias
+/// becomes a buffer, the input quantizer stops observing for good.
+void convert_weight(torch::nn::Module& self, ConvertedWeight& frozen, WeightFakeQuantizer& wfq,
+                    ActFakeQuantizer& aq, torch::Tensor& weight, torch::Tensor* bias, const torch::Tensor& w) {
+  TORCH_CHECK_VALUE(!frozen.converted, "convert: the layer is already converted");
+  torch::NoGradGuard ng;
+  frozen.dtype = w.scalar_type();
+  if (wfq) {
+    std::tie(frozen.codes, frozen.scale, frozen.zero_point) = wfq->codes(w);
+    frozen.axis = wfq->axis();
+    frozen.group_size = wfq->group_size;
+  } else {
+    frozen.float_weight = true;
+    frozen.codes = w.detach().clone();
+    frozen.scale = torch::ones({1});
+    frozen.zero_point = torch::zeros({1}, torch::kInt);
+  }
+  ModuleAccess::erase_parameter(self, "weight");
+  if (wfq) {
+    self.unregister_module("weight_fake_quant");
+    wfq = nullptr;
+  }
+  weight = torch::Tensor();
+  frozen.codes = self.register_buffer("weight_int", frozen.codes);
+  frozen.scale = self.register_buffer("weight_scale", frozen.scale);
+  frozen.zero_point = self.register_buffer("weight_zero_point", frozen.zero_point);
+  if (bias && bias->defined()) {
+    const torch::Tensor b = bias->detach().clone();
+    ModuleAccess::erase_parameter(self, "bias");
+    *bias = self.register_buffer("bias", b);
+  }
+  if (aq) aq->freeze();
+  frozen.converted = true;
+  self.eval();
+}
+
+template <std::size_t D>
+struct ConvFn;
+template <>
+struct ConvFn<1> {
+  using Options = torch::nn::functional::Conv1dFuncOptions;
+  static torch::Tensor run(const torch::Tensor& x, const torch::Tensor& w, const Options& o) {
+    return torch::nn::functional::conv1d(x, w, o);
+  }
+};
+template <>
+struct ConvFn<2> {
+  using Options = torch::nn::functional::Conv2dFuncOptions;
+  static torch::Tensor run(const torch::Tensor& x, const torch::Tensor& w, const Options& o) {
+    return torch::nn::functional::conv2d(x, w, o);
+  }
+};
+
+/// The float conv of nn.ConvNd.forward (padding modes included) with the given weight and bias.
+template <std::size_t D>
+torch::Tensor conv_nd(const torch::Tensor& h, const torch::Tensor& w, const torch::Tensor& bias,
+                      const torch::nn::detail::ConvNdOptions<D>& options) {
+  namespace F = torch::nn::functional;
+  typename ConvFn<D>::Options conv;
+  conv.stride(options.stride()).dilation(options.dilation()).groups(options.groups());
+  if (bias.defined()) conv.bias(bias);
+  if (!std::holds_alternative<torch::enumtype::kZeros>(options.padding_mode())) {
+    const auto p = std::get<torch::ExpandingArray<D>>(options.padding());
+    std::vector<std::int64_t> pad;
+    for (std::size_t d = D; d-- > 0;) pad.insert(pad.end(), {p->at(d), p->at(d)});
+    F::PadFuncOptions::mode_t mode;
+    if (std::holds_alternative<torch::enumtype::kReflect>(options.padding_mode())) {
+      mode = torch::kReflect;
+    } else if (std::holds_alternative<torch::enumtype::kReplicate>(options.padding_mode())) {
+      mode = torch::kReplicate;
+    } else {
+      mode = torch::kCircular;
+    }
+    return ConvFn<D>::run(F::pad(h, F::PadFuncOptions(pad).mode(mode)), w, conv.padding(0));
+  }
+  return ConvFn<D>::run(h, w, conv.padding(options.padding()));
+}
+
 }  // namespace
+
+torch::Tensor ConvertedWeight::dequantized(const std::vector<std::int64_t>& shape) const {
+  if (float_weight) return codes;
+  if (group_size) {
+    const torch::Tensor c2 = codes.reshape({codes.size(0), -1});
+    return qatkit::dequantize_affine(c2, scale, zero_point, std::nullopt, group_size, dtype).reshape(shape);
+  }
+  return qatkit::dequantize_affine(codes, scale, zero_point, axis, std::nullopt, dtype);
+}
 
 // ---------------------------------------------------------------- weight quantizer
 
@@ -135,6 +236,45 @@ torch::Tensor WeightFakeQuantizerImpl::forward(const torch::Tensor& w) {
   return qatkit::fake_quantize(w, sc, zp, s.quant_min(), s.quant_max(), axis_);
 }
 
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> WeightFakeQuantizerImpl::codes(const torch::Tensor& w) {
+  torch::NoGradGuard ng;
+  const QuantSpec& s = spec_;
+  const torch::Tensor wd = w.detach();
+  if (s.kind == "ternary" || s.kind == "binary") {
+    auto [c, scale] = s.kind == "ternary" ? qatkit::ternary_codes(wd, s.method, axis_)
+                                          : qatkit::binary_codes(wd, s.method, axis_);
+    scale = torch::where(scale > 0, scale, torch::ones_like(scale));  // an all-zero channel: scale 1
+    return {c, scale, torch::zeros(scale.sizes(), torch::kInt)};
+  }
+  torch::Tensor sc, zp;
+  if (s.scale == "learned") {
+    sc = scale_.detach().clamp_min(std::numeric_limits<float>::epsilon());
+    zp = zero_point_.detach();
+  } else if (group_size) {
+    std::tie(sc, zp) = qatkit::choose_qparams(wd.reshape({wd.size(0), -1}), s.quant_min(), s.quant_max(), s.symmetric,
+                                              std::nullopt, group_size);
+  } else {
+    std::tie(sc, zp) = qatkit::choose_qparams(wd, s.quant_min(), s.quant_max(), s.symmetric, axis_);
+  }
+  // the kernels' effective qparams: learned zero points are rounded and clamped into range
+  sc = sc.to(torch::kFloat);
+  zp = zp.to(torch::kFloat).round().clamp(static_cast<double>(s.quant_min()), static_cast<double>(s.quant_max()));
+  // qparams leave QAT here: check their values once on any device (the CUDA kernels do not)
+  TORCH_CHECK_VALUE((at::isfinite(sc) & (sc >= std::numeric_limits<float>::min())).all().item<bool>(),
+                    fmt::format("convert: weight quantizer '{}' has a scale that is not positive, finite and normal",
+                                qualified_name));
+  const auto dtype = s.quant_min() >= -128 && s.quant_max() <= 127 ? torch::kChar : torch::kInt;
+  torch::Tensor c;
+  if (group_size) {
+    c = qatkit::quantize_affine(wd.reshape({wd.size(0), -1}), sc, zp, s.quant_min(), s.quant_max(), std::nullopt,
+                                group_size, dtype)
+            .reshape(wd.sizes());
+  } else {
+    c = qatkit::quantize_affine(wd, sc, zp, s.quant_min(), s.quant_max(), axis_, std::nullopt, dtype);
+  }
+  return {c, sc, zp.to(torch::kInt)};
+}
+
 // ---------------------------------------------------------------- activation quantizer
 
 ActFakeQuantizerImpl::ActFakeQuantizerImpl(QuantSpec spec, std::int64_t channels)
@@ -162,6 +302,17 @@ void ActFakeQuantizerImpl::reset() {
     }
     initialized_ = register_buffer("initialized", flag(false));
   }
+}
+
+bool ActFakeQuantizerImpl::has_observed() const {
+  if (running_min_.defined()) return (running_min_ <= running_max_).all().item<bool>();
+  if (initialized_.defined()) return initialized_flag_;
+  return true;  // dynamic / binary: nothing to observe
+}
+
+void ActFakeQuantizerImpl::freeze() {
+  enable_observer(false);
+  frozen_ = true;
 }
 
 void ActFakeQuantizerImpl::enable_observer(bool on) {
@@ -197,6 +348,8 @@ void ActFakeQuantizerImpl::load(torch::serialize::InputArchive& archive) {
 
 torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
   const QuantSpec& s = spec_;
+  const bool training = is_training() && !frozen_;
+  if (training) ++observations;
   const bool static_int = s.kind == "int" && s.scale == "static";
   // static observers read the flag inside the op; the other kinds branch on its host copy
   if (!static_int && !fq_enabled_) return x;
@@ -242,7 +395,7 @@ torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
                                            g);
   }
   return qatkit::fused_observe_fake_quantize(
-      x, running_min_, running_max_, scale_, zero_point_, is_training() ? observer_on_ : off_, fake_quant_on_,
+      x, running_min_, running_max_, scale_, zero_point_, training ? observer_on_ : off_, fake_quant_on_,
       s.momentum, s.observer == "moving_average", s.quant_min(), s.quant_max(), s.symmetric, axis_);
 }
 
@@ -280,7 +433,14 @@ void QuantLinearImpl::attach() {
   }
 }
 
-torch::Tensor QuantLinearImpl::quantized_weight() { return weight_fake_quant ? weight_fake_quant(weight) : weight; }
+torch::Tensor QuantLinearImpl::quantized_weight() {
+  if (frozen.converted) return frozen.dequantized({options.out_features(), options.in_features()});
+  return weight_fake_quant ? weight_fake_quant(weight) : weight;
+}
+
+void QuantLinearImpl::convert() {
+  convert_weight(*this, frozen, weight_fake_quant, input_fake_quant, weight, &bias, weight);
+}
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
@@ -298,258 +458,267 @@ BitLinearImpl::BitLinearImpl(const torch::nn::Linear& linear, LayerSpec spec)
   rms_norm_ = true;
 }
 
-// ---------------------------------------------------------------- QuantConv2d
+// ---------------------------------------------------------------- QuantConv1d / QuantConv2d
 
 namespace {
 
-torch::nn::detail::ConvNdOptions<2> nd_options(const torch::nn::Conv2dOptions& o) {
-  torch::nn::detail::ConvNdOptions<2> nd(o.in_channels(), o.out_channels(), o.kernel_size());
+template <std::size_t D, class Options>
+torch::nn::detail::ConvNdOptions<D> nd_options(const Options& o) {
+  torch::nn::detail::ConvNdOptions<D> nd(o.in_channels(), o.out_channels(), o.kernel_size());
   nd.stride(o.stride()).padding(o.padding()).dilation(o.dilation()).groups(o.groups()).bias(o.bias());
   nd.padding_mode(o.padding_mode());
   return nd;
 }
 
+template <std::size_t D>
+std::vector<std::int64_t> conv_weight_shape(const torch::nn::detail::ConvNdOptions<D>& o) {
+  std::vector<std::int64_t> shape{o.out_channels(), o.in_channels() / o.groups()};
+  for (std::size_t d = 0; d < D; ++d) shape.push_back(o.kernel_size()->at(d));
+  return shape;
+}
+
+/// The quantizers of a conv layer: per-channel activations along dim 1 (or the last dim counted
+/// from the end, as Python allows).
+template <class Layer>
+void attach_conv(Layer& self) {
+  if (self.layer_spec.weight) {
+    self.weight_fake_quant =
+        self.register_module("weight_fake_quant", WeightFakeQuantizer(*self.layer_spec.weight, self.weight));
+  }
+  if (self.layer_spec.activation) {
+    self.input_fake_quant = self.register_module(
+        "input_fake_quant", ActFakeQuantizer(*self.layer_spec.activation, self.options.in_channels()));
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// The members QuantConv1d and QuantConv2d share, written once for both.
+
+template <std::size_t D, class Layer, class Conv>
+void conv_init(Layer& self, const Conv& init) {  // the float module's initialization
+  self.reset();
+  self.weight.data().copy_(init->weight);
+  if (self.bias.defined()) self.bias.data().copy_(init->bias);
+}
+
+template <class Layer, class Conv>
+void conv_share(Layer& self, const Conv& conv) {  // share the float module's parameters
+  self.weight = self.register_parameter("weight", conv->weight);
+  if (self.options.bias()) self.bias = self.register_parameter("bias", conv->bias);
+  attach_conv(self);
+}
+
+template <std::size_t D, class Layer>
+void conv_reset(Layer& self) {
+  self.weight = self.register_parameter("weight", torch::empty(conv_weight_shape<D>(self.options)));
+  if (self.options.bias()) self.bias = self.register_parameter("bias", torch::zeros({self.options.out_channels()}));
+  attach_conv(self);
+}
+
+template <std::size_t D, class Layer>
+torch::Tensor conv_quantized_weight(Layer& self) {
+  if (self.frozen.converted) return self.frozen.dequantized(conv_weight_shape<D>(self.options));
+  return self.weight_fake_quant ? self.weight_fake_quant(self.weight) : self.weight;
+}
+
+template <std::size_t D, class Layer>
+torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
+  const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;
+  return conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);
+}
+
 }  // namespace
 
 QuantConv2dImpl::QuantConv2dImpl(torch::nn::Conv2dOptions opts, LayerSpec spec)
-    : options(nd_options(opts)), layer_spec(std::move(spec)) {
-  reset();
-  torch::nn::Conv2d init(opts);
-  weight.data().copy_(init->weight);
-  if (bias.defined()) bias.data().copy_(init->bias);
+    : options(nd_options<2>(opts)), layer_spec(std::move(spec)) {
+  conv_init<2>(*this, torch::nn::Conv2d(opts));
 }
 
 QuantConv2dImpl::QuantConv2dImpl(const torch::nn::Conv2d& conv, LayerSpec spec)
     : options(conv->options), layer_spec(std::move(spec)) {
+  conv_share(*this, conv);
+}
+
+void QuantConv2dImpl::reset() { conv_reset<2>(*this); }
+void QuantConv2dImpl::attach() { attach_conv(*this); }
+torch::Tensor QuantConv2dImpl::quantized_weight() { return conv_quantized_weight<2>(*this); }
+torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& x) { return conv_forward<2>(*this, x); }
+void QuantConv2dImpl::convert() {
+  convert_weight(*this, frozen, weight_fake_quant, input_fake_quant, weight, &bias, weight);
+}
+
+QuantConv1dImpl::QuantConv1dImpl(torch::nn::Conv1dOptions opts, LayerSpec spec)
+    : options(nd_options<1>(opts)), layer_spec(std::move(spec)) {
+  conv_init<1>(*this, torch::nn::Conv1d(opts));
+}
+
+QuantConv1dImpl::QuantConv1dImpl(const torch::nn::Conv1d& conv, LayerSpec spec)
+    : options(conv->options), layer_spec(std::move(spec)) {
+  conv_share(*this, conv);
+}
+
+void QuantConv1dImpl::reset() { conv_reset<1>(*this); }
+void QuantConv1dImpl::attach() { attach_conv(*this); }
+torch::Tensor QuantConv1dImpl::quantized_weight() { return conv_quantized_weight<1>(*this); }
+torch::Tensor QuantConv1dImpl::forward(const torch::Tensor& x) { return conv_forward<1>(*this, x); }
+void QuantConv1dImpl::convert() {
+  convert_weight(*this, frozen, weight_fake_quant, input_fake_quant, weight, &bias, weight);
+}
+
+// ---------------------------------------------------------------- QuantConvBn2d
+
+QuantConvBn2dImpl::QuantConvBn2dImpl(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& norm, LayerSpec spec)
+    : options(conv->options), layer_spec(std::move(spec)), bn(norm) {
+  const auto& bo = bn->options;
+  TORCH_CHECK_VALUE(bo.num_features() == options.out_channels(),
+                    fmt::format("QuantConvBn2d: bn.num_features ({}) must equal conv.out_channels ({})",
+                                bo.num_features(), options.out_channels()));
+  TORCH_CHECK_VALUE(bo.affine() && bo.track_running_stats(),
+                    "QuantConvBn2d: the BatchNorm2d must be affine and track running statistics");
   weight = register_parameter("weight", conv->weight);
   if (options.bias()) bias = register_parameter("bias", conv->bias);
+  bn = register_module("bn", bn);
   attach();
 }
 
-void QuantConv2dImpl::reset() {
-  const auto k = options.kernel_size();
-  weight = register_parameter(
-      "weight", torch::empty({options.out_channels(), options.in_channels() / options.groups(), k->at(0), k->at(1)}));
+void QuantConvBn2dImpl::reset() {
+  // Cloneable::clone re-runs reset() on the copy: rebuild the parameters and quantizers from the
+  // (copied) options, as the other layers do; clone() then copies the values over
+  weight = register_parameter("weight", torch::empty(conv_weight_shape<2>(options)));
   if (options.bias()) bias = register_parameter("bias", torch::zeros({options.out_channels()}));
+  bn = register_module("bn", torch::nn::BatchNorm2d(bn ? bn->options : torch::nn::BatchNorm2dOptions(options.out_channels())));
   attach();
 }
 
-void QuantConv2dImpl::attach() {
+void QuantConvBn2dImpl::attach() {
+  attach_conv(*this);
+  bn_frozen_ = register_buffer("bn_frozen", torch::zeros({1}, torch::kUInt8));
+}
+
+void QuantConvBn2dImpl::load(torch::serialize::InputArchive& archive) {
+  torch::nn::Module::load(archive);
+  bn_frozen_flag_ = bn_frozen_.item<int>() != 0;
+}
+
+void QuantConvBn2dImpl::freeze_bn(bool on) {
+  bn_frozen_.fill_(on ? 1 : 0);
+  bn_frozen_flag_ = on;
+}
+
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> QuantConvBn2dImpl::folded() {
+  const torch::Tensor std = torch::sqrt(bn->running_var + bn->options.eps());
+  const torch::Tensor factor = bn->weight / std;
+  const torch::Tensor w = weight * factor.reshape({-1, 1, 1, 1});
+  const torch::Tensor b = bias.defined() ? bias : torch::zeros_like(bn->running_mean);
+  return {factor, w, bn->bias + (b - bn->running_mean) * factor};
+}
+
+bool QuantConvBn2dImpl::fold_invariant() const {
+  // Python's QuantConvBn2d._is_fold_invariant: Q(W f) / f == Q(W) for per-channel / per-group
+  // symmetric quantizers (and sign quantizers with per-channel magnitudes)
+  if (!weight_fake_quant) return true;
+  const QuantSpec& s = weight_fake_quant->spec();
+  const std::string& g = weight_fake_quant->granularity;
+  if ((g != "per_channel" && g != "per_group") || s.scale == "learned") return false;
+  if (s.kind == "int") return s.symmetric && s.is_signed && (s.narrow_range || s.quant_min() == -s.quant_max());
+  return s.kind == "ternary" || s.method == "none" || s.method == "mean_abs";
+}
+
+torch::Tensor QuantConvBn2dImpl::forward(const torch::Tensor& x) {
+  const torch::Tensor h = input_fake_quant ? input_fake_quant(x) : x;
+  if (frozen.converted) return conv_nd<2>(h, frozen.dequantized(conv_weight_shape<2>(options)), bias, options);
+  auto q = [this](const torch::Tensor& w) { return weight_fake_quant ? weight_fake_quant(w) : w; };
+  if (bn_frozen_flag_ || !is_training()) {
+    auto [factor, w, b] = folded();
+    return conv_nd<2>(h, q(w), b, options);
+  }
+  torch::Tensor wq_unfolded;
+  if (fold_invariant()) {
+    wq_unfolded = q(weight);
+  } else {
+    auto [factor, w, b] = folded();
+    wq_unfolded = q(w) / factor.reshape({-1, 1, 1, 1});
+  }
+  torch::Tensor y = conv_nd<2>(h, wq_unfolded, torch::Tensor(), options);
+  if (bias.defined()) y = y + bias.reshape({1, -1, 1, 1});
+  const auto& bo = bn->options;
+  double momentum = bo.momentum().has_value() ? *bo.momentum() : 0.0;
+  if (bn->num_batches_tracked.defined()) {
+    torch::NoGradGuard ng;
+    bn->num_batches_tracked.add_(1);
+    if (!bo.momentum().has_value()) momentum = 1.0 / bn->num_batches_tracked.item<double>();
+  }
+  return at::batch_norm(y, bn->weight, bn->bias, bn->running_mean, bn->running_var, true, momentum, bo.eps(), true);
+}
+
+void QuantConvBn2dImpl::convert() {
+  torch::Tensor w, b;
+  {
+    torch::NoGradGuard ng;
+    std::tie(std::ignore, w, b) = folded();
+  }
+  // the converted layer is a conv with the folded weight and bias (Python: QuantizedConv2d)
+  if (!bias.defined()) bias = register_parameter("bias", b.detach().clone());
+  else bias.data().copy_(b);
+  options.bias(true);
+  convert_weight(*this, frozen, weight_fake_quant, input_fake_quant, weight, &bias, w);
+  unregister_module("bn");
+  bn = nullptr;
+}
+
+// ---------------------------------------------------------------- QuantEmbedding
+
+QuantEmbeddingImpl::QuantEmbeddingImpl(torch::nn::EmbeddingOptions opts, LayerSpec spec)
+    : options(std::move(opts)), layer_spec(std::move(spec)) {
+  reset();
+  torch::nn::Embedding init(options);
+  weight.data().copy_(init->weight);
+}
+
+QuantEmbeddingImpl::QuantEmbeddingImpl(const torch::nn::Embedding& emb, LayerSpec spec)
+    : options(emb->options), layer_spec(std::move(spec)) {
+  weight = register_parameter("weight", emb->weight);
+  attach();
+}
+
+void QuantEmbeddingImpl::reset() {
+  weight = register_parameter("weight", torch::empty({options.num_embeddings(), options.embedding_dim()}));
+  attach();
+}
+
+void QuantEmbeddingImpl::attach() {
+  layer_spec.activation.reset();  // the input is indices
   if (layer_spec.weight) {
     weight_fake_quant = register_module("weight_fake_quant", WeightFakeQuantizer(*layer_spec.weight, weight));
-  }
-  if (layer_spec.activation) {
-    input_fake_quant =
-        register_module("input_fake_quant", ActFakeQuantizer(*layer_spec.activation, options.in_channels()));
-  }
-}
-
-torch::Tensor QuantConv2dImpl::quantized_weight() { return weight_fake_quant ? weight_fake_quant(weight) : weight; }
-
-torch::Tensor QuantConv2dImpl::forward(const torch::Tensor& x) {
-  namespace F = torch::nn::functional;
-  torch::Tensor h = input_fake_quant ? input_fake_quant(x) : x;
-  const torch::Tensor w = quantized_weight();
-  auto conv = F::Conv2dFuncOptions().stride(options.stride()).dilation(options.dilation()).groups(options.groups());
-  if (bias.defined()) conv.bias(bias);
-  if (!std::holds_alternative<torch::enumtype::kZeros>(options.padding_mode())) {
-    const auto p = std::get<torch::ExpandingArray<2>>(options.padding());
-    std::vector<std::int64_t> pad{p->at(1), p->at(1), p->at(0), p->at(0)};
-    F::PadFuncOptions::mode_t mode;
-    if (std::holds_alternative<torch::enumtype::kReflect>(options.padding_mode())) {
-      mode = torch::kReflect;
-    } else if (std::holds_alternative<torch::enumtype::kReplicate>(options.padding_mode())) {
-      mode = torch::kReplicate;
-    } else {
-      mode = torch::kCircular;
-    }
-    return F::conv2d(F::pad(h, F::PadFuncOptions(pad).mode(mode)), w, conv.padding(0));
-  }
-  return F::conv2d(h, w, conv.padding(options.padding()));
-}
-
-// ---------------------------------------------------------------- prepare_qat
-
-namespace {
-
-std::vector<std::string> collect(const torch::nn::Sequential& seq) {
-  std::vector<std::string> out;
-  for (std::size_t i = 0; i < seq->size(); ++i) {
-    const auto& m = seq->ptr(i);
-    if (std::dynamic_pointer_cast<torch::nn::LinearImpl>(m) || std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m)) {
-      out.push_back(std::to_string(i));
+    if (options.sparse()) {
+      TORCH_WARN("QuantEmbedding: sparse=True gradients cannot flow through the weight's fake quantization; the QAT "
+                 "layer produces dense gradients (use a dense optimizer such as Adam for it)");
     }
   }
-  return out;
 }
 
-/// Python's fnmatch.fnmatchcase: '*' any run (dots included), '?' one character, '[seq]' / '[!seq]'
-/// a set with ranges.
-bool fnmatch_case(const std::string& name, const std::string& pat) {
-  std::size_t n = 0, p = 0, star_p = std::string::npos, star_n = 0;
-  auto class_match = [&](std::size_t& pp, char c, bool& ok) {  // pp at '['; false if not a class
-    std::size_t q = pp + 1;
-    bool negate = false;
-    if (q < pat.size() && pat[q] == '!') negate = true, ++q;
-    const std::size_t first = q;
-    bool hit = false;
-    while (q < pat.size() && (pat[q] != ']' || q == first)) {
-      if (q + 2 < pat.size() && pat[q + 1] == '-' && pat[q + 2] != ']') {
-        hit |= pat[q] <= c && c <= pat[q + 2];
-        q += 3;
-      } else {
-        hit |= pat[q] == c;
-        ++q;
-      }
-    }
-    if (q >= pat.size()) return false;  // no closing ']': a literal '['
-    ok = hit != negate;
-    pp = q + 1;
-    return true;
-  };
-  while (n < name.size()) {
-    bool advanced = false;
-    if (p < pat.size()) {
-      if (pat[p] == '*') {
-        star_p = p++;
-        star_n = n;
-        continue;
-      }
-      if (pat[p] == '[') {
-        std::size_t pp = p;
-        bool ok = false;
-        if (class_match(pp, name[n], ok)) {
-          if (ok) p = pp, ++n, advanced = true;
-        } else if (name[n] == '[') {
-          ++p, ++n, advanced = true;
-        }
-      } else if (pat[p] == '?' || pat[p] == name[n]) {
-        ++p, ++n, advanced = true;
-      }
-    }
-    if (advanced) continue;
-    if (star_p == std::string::npos) return false;
-    p = star_p + 1;
-    n = ++star_n;
-  }
-  while (p < pat.size() && pat[p] == '*') ++p;
-  return p == pat.size();
+torch::Tensor QuantEmbeddingImpl::quantized_weight() {
+  if (frozen.converted) return frozen.dequantized({options.num_embeddings(), options.embedding_dim()});
+  return weight_fake_quant ? weight_fake_quant(weight) : weight;
 }
 
-std::optional<LayerSpec> spec_for(const std::string& name, std::size_t index, std::size_t count,
-                                  const QATConfig& config, std::map<std::string, int>& used) {
-  for (const auto& pat : config.skip) {
-    if (fnmatch_case(name, pat)) {
-      ++used[pat];
-      return std::nullopt;
-    }
-  }
-  for (const auto& [pat, spec] : config.overrides) {
-    if (fnmatch_case(name, pat)) {
-      ++used[pat];
-      return spec;
-    }
-  }
-  if (!config.first_last.empty() && (index == 0 || index + 1 == count)) {
-    return QATConfig::first_last_spec(config.first_last);
-  }
-  return config.default_spec;
+void QuantEmbeddingImpl::convert() {
+  convert_weight(*this, frozen, weight_fake_quant, input_fake_quant, weight, nullptr, weight);
 }
 
-template <class F>
-void for_act_quantizers(torch::nn::Module& model, F f) {
-  for (const auto& m : model.modules(/*include_self=*/true)) {
-    if (auto a = std::dynamic_pointer_cast<ActFakeQuantizerImpl>(m)) f(*a);
+torch::Tensor QuantEmbeddingImpl::forward(const torch::Tensor& indices) {
+  // F.embedding: max_norm renormalizes the rows it looks up in place, here in the (temporary)
+  // quantized table, as the Python layer does
+  torch::Tensor w = quantized_weight();
+  if (options.max_norm()) {
+    torch::NoGradGuard ng;
+    at::embedding_renorm_(w, indices.contiguous(), *options.max_norm(), options.norm_type());
   }
-}
-
-template <class Layer>
-void name_quantizers(Layer& layer, const std::string& name) {
-  if (layer->weight_fake_quant) layer->weight_fake_quant->qualified_name = name + ".weight_fake_quant";
-  if (layer->input_fake_quant) layer->input_fake_quant->qualified_name = name + ".input_fake_quant";
-}
-
-}  // namespace
-
-torch::nn::Sequential prepare_qat(const torch::nn::Sequential& model, const QATConfig& config) {
-  const std::vector<std::string> names = collect(model);
-  TORCH_CHECK_VALUE(!names.empty(),
-                    "prepare_qat: the model has nothing to quantize: no torch::nn::Linear or torch::nn::Conv2d layers");
-  if (!config.first_last.empty()) (void)QATConfig::first_last_spec(config.first_last);  // a rule of the table
-  std::map<std::string, int> used;
-  for (const auto& p : config.skip) used[p] = 0;
-  for (const auto& o : config.overrides) used[o.first] = 0;
-  torch::nn::Sequential out;
-  std::size_t replaced = 0, i = 0;
-  for (const torch::nn::AnyModule& any : *model) {
-    const std::string name = std::to_string(i++);
-    const auto it = std::find(names.begin(), names.end(), name);
-    std::optional<LayerSpec> spec;
-    if (it != names.end()) {
-      spec = spec_for(name, static_cast<std::size_t>(it - names.begin()), names.size(), config, used);
-    }
-    const auto m = any.ptr();
-    if (config.fold_bn && i < model->size() && std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m) &&
-        std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(model->ptr(i))) {
-      TORCH_WARN("prepare_qat: Conv2d '", name, "' + BatchNorm2d '", i,
-                 "' are not folded: the C++ layers have no QuantConvBn2d yet (Python folds them); the conv is "
-                 "quantized before the BatchNorm. Set QATConfig::fold_bn = false to silence this.");
-    }
-    if (spec && (spec->weight || spec->activation)) {
-      if (auto lin = std::dynamic_pointer_cast<torch::nn::LinearImpl>(m)) {
-        if (config.bitlinear) {
-          BitLinear q(torch::nn::Linear(lin), *spec);
-          name_quantizers(q, name);
-          out->push_back(q);
-        } else {
-          QuantLinear q(torch::nn::Linear(lin), *spec);
-          name_quantizers(q, name);
-          out->push_back(q);
-        }
-        ++replaced;
-        continue;
-      }
-      if (auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(m)) {
-        QuantConv2d q(torch::nn::Conv2d(conv), *spec);
-        name_quantizers(q, name);
-        out->push_back(q);
-        ++replaced;
-        continue;
-      }
-    }
-    out->push_back(any);
-  }
-  for (const auto& [pat, count] : used) {
-    if (count == 0) TORCH_WARN("prepare_qat: pattern '", pat, "' matched no layer");
-  }
-  TORCH_CHECK_VALUE(replaced > 0, "prepare_qat: every supported layer was skipped by the config; nothing to quantize");
-  out->train(model->is_training());
-  return out;
-}
-
-std::int64_t clip_latent_weights(torch::nn::Module& model) {
-  torch::NoGradGuard ng;
-  std::int64_t clipped = 0;
-  auto clip = [&](auto& layer) {
-    if (!layer.weight_fake_quant) return;
-    const auto& c = layer.weight_fake_quant->spec().latent_clip;
-    if (!c) return;
-    layer.weight.clamp_(-*c, *c);
-    ++clipped;
-  };
-  for (const auto& m : model.modules(/*include_self=*/true)) {
-    if (auto l = std::dynamic_pointer_cast<QuantLinearImpl>(m)) clip(*l);
-    if (auto c = std::dynamic_pointer_cast<QuantConv2dImpl>(m)) clip(*c);
-  }
-  return clipped;
-}
-
-void enable_observer(torch::nn::Module& model, bool on) {
-  for_act_quantizers(model, [on](ActFakeQuantizerImpl& a) { a.enable_observer(on); });
-}
-
-void enable_fake_quant(torch::nn::Module& model, bool on) {
-  for_act_quantizers(model, [on](ActFakeQuantizerImpl& a) { a.enable_fake_quant(on); });
+  return at::embedding(w, indices, options.padding_idx().value_or(-1), options.scale_grad_by_freq(),
+                       options.sparse() && !weight_fake_quant && !frozen.converted);
 }
 
 }  // namespace qatkit::nn

@@ -1,27 +1,47 @@
 // qatkit C++ QAT modules: torch::nn modules with the options and numerics of the Python ones
-// (python/qatkit/qat): QuantLinear, QuantConv2d and BitLinear keep an FP32 shadow weight and
-// fake-quantize weight and input in the forward pass through the qatkit ops (so LibTorch
-// training gets the same straight-through gradients), and prepare_qat swaps the layers of a
-// torch::nn::Sequential.
+// (python/qatkit/qat): QuantLinear, BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d and
+// QuantEmbedding keep an FP32 shadow weight and fake-quantize weight and input in the forward pass
+// through the qatkit ops (so LibTorch training gets the same straight-through gradients);
+// prepare_qat swaps the layers of a module tree, calibrate runs observers, convert freezes every
+// QAT layer in place into integer codes + scales (equal to Python's convert bit for bit).
 //
 // Example:
 //   auto model = torch::nn::Sequential(torch::nn::Linear(64, 256), torch::nn::ReLU(),
 //                                      torch::nn::Linear(256, 10));
 //   auto qmodel = qatkit::nn::prepare_qat(model, qatkit::nn::QATConfig::w8a8());
 //   ... train qmodel with any torch::optim optimizer ...
+//   qatkit::nn::convert(*qmodel);   // integer weights, frozen input qparams
+//
+// Custom modules: LibTorch modules call their submodules through typed members
+// (`torch::nn::Linear fc{nullptr};`), which no library can rebind, so prepare_qat swaps layers
+// inside Sequential / ModuleList / ModuleDict containers (anywhere in the tree) and warns, naming
+// the layer, for a Linear / Conv registered directly in a custom module. Write such modules with
+// qatkit layers as members instead (README, "C++ custom modules"):
+//   struct Net : torch::nn::Module {
+//     Net(const qatkit::nn::LayerSpec& s)
+//         : fc1(register_module("fc1", qatkit::nn::QuantLinear(torch::nn::LinearOptions(64, 32), s))) {}
+//     torch::Tensor forward(torch::Tensor x) { return fc1(x); }
+//     qatkit::nn::QuantLinear fc1;
+//   };
+// calibrate / convert / freeze_bn work on them in place (convert changes each layer's state, not
+// its identity).
 #pragma once
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/sequential.h>
+#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <tuple>
 #include <string>
 #include <utility>
 #include <vector>
@@ -75,11 +95,11 @@ struct QATKIT_API QATConfig {
   std::vector<std::string> skip;  ///< fnmatch patterns of layers kept in float ("0", "2.*")
   std::string first_last;         ///< "", "float" or "int8" (the table's first/last rule)
   bool bitlinear = false;
-  /// Fold Conv2d + BatchNorm2d pairs. The C++ layers have no QuantConvBn2d yet: prepare_qat warns
-  /// for each pair it leaves unfolded while this is true.
+  /// Fold Conv2d + BatchNorm2d neighbours of a Sequential into QuantConvBn2d (C++ cannot trace a
+  /// custom module's forward: every other BatchNorm2d is reported unfolded, with a warning).
   bool fold_bn = true;
-  /// Quantize embedding tables with the default spec (Python's QATConfig.embeddings; the C++
-  /// layers have no QuantEmbedding yet, so prepare_qat leaves embeddings float either way).
+  /// Quantize embedding tables with the default spec (Python's QATConfig.embeddings); first_last
+  /// counts compute layers (Linear, Conv) only.
   bool embeddings = false;
   std::string name = "custom";
 
@@ -111,6 +131,12 @@ class QATKIT_API WeightFakeQuantizerImpl : public torch::nn::Cloneable<WeightFak
   void reset() override;
   torch::Tensor forward(const torch::Tensor& w);
   const QuantSpec& spec() const { return spec_; }
+  /// (integer codes, float32 scale, int32 zero point) with (codes - zero_point) * scale ==
+  /// forward(w) bit for bit (Python's qatkit.qat.weight_codes): quantize_affine with the
+  /// quantizer's effective qparams, or ternary_codes / binary_codes.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> codes(const torch::Tensor& w);
+  /// The per-channel axis (0) or nullopt (per tensor / per group).
+  std::optional<std::int64_t> axis() const { return axis_; }
   /// Writes the spec (key "spec", its JSON) next to the buffers, so a checkpoint records its config.
   void save(torch::serialize::OutputArchive& archive) const override;
   /// Loads the buffers after checking the recorded spec: one saved with another spec raises
@@ -144,11 +170,20 @@ class QATKIT_API ActFakeQuantizerImpl : public torch::nn::Cloneable<ActFakeQuant
   /// refreshes the host-side copies of the flags.
   void load(torch::serialize::InputArchive& archive) override;
   const QuantSpec& spec() const { return spec_; }
+  /// Whether the range comes from observed data (static observers, learned LSQ ranges).
+  bool observes_data() const { return spec_.kind == "int" && spec_.scale != "dynamic"; }
+  /// Whether it has seen data (a finite observed range / an initialized step size).
+  bool has_observed() const;
+  /// Freeze for inference (convert): never observe again, whatever the training mode.
+  void freeze();
   std::string qualified_name;  ///< set by prepare_qat ("0.input_fake_quant"), for messages
+  /// Forwards run in training mode (calibrate checks every data-range quantizer saw some).
+  std::int64_t observations = 0;
 
  private:
   QuantSpec spec_;
   std::int64_t channels_;
+  bool frozen_ = false;
   // host copies of the fake_quant_on / initialized buffers, so the forward of the kinds that branch
   // on them never reads a (device) tensor
   bool fq_enabled_ = true, initialized_flag_ = false;
@@ -156,6 +191,21 @@ class QATKIT_API ActFakeQuantizerImpl : public torch::nn::Cloneable<ActFakeQuant
   torch::Tensor running_min_, running_max_, scale_, zero_point_, observer_on_, fake_quant_on_, off_, initialized_;
 };
 TORCH_MODULE(ActFakeQuantizer);
+
+/// A converted layer's weight: after convert() the module holds buffers `weight_int` (int8 codes,
+/// int32 above 8 bits), `weight_scale` (float32) and `weight_zero_point` (int32) instead of the
+/// `weight` parameter and its quantizer; `bias` becomes a buffer; the input quantizer is frozen.
+/// The forward dequantizes `(codes - zero_point) * scale` with dequantize_affine, in the weight's
+/// dtype: the QAT layer's eval-mode output bit for bit (Python's Quantized* layers).
+struct QATKIT_API ConvertedWeight {
+  bool converted = false;
+  bool float_weight = false;  ///< no weight quantizer: weight_int holds the float weight
+  std::optional<std::int64_t> axis, group_size;
+  at::ScalarType dtype = at::kFloat;
+  torch::Tensor codes, scale, zero_point;
+  /// The float weight the converted layer computes with.
+  torch::Tensor dequantized(const std::vector<std::int64_t>& shape) const;
+};
 
 /// nn.Linear with fake-quantized weight and input (Python: qatkit.qat.QuantLinear).
 class QATKIT_API QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
@@ -165,14 +215,19 @@ class QATKIT_API QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> 
   QuantLinearImpl(const torch::nn::Linear& linear, LayerSpec spec);
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
-  /// The weight the forward pass uses.
+  /// The weight the forward pass uses (after convert: the dequantized codes).
   torch::Tensor quantized_weight();
+  /// Freeze in place into integer codes (see ConvertedWeight); the module keeps its identity, so
+  /// typed members of custom modules convert too.
+  void convert();
+  bool converted() const { return frozen.converted; }
 
   torch::nn::LinearOptions options;
   LayerSpec layer_spec;
   torch::Tensor weight, bias;
   WeightFakeQuantizer weight_fake_quant{nullptr};
   ActFakeQuantizer input_fake_quant{nullptr};
+  ConvertedWeight frozen;
 
  protected:
   void attach();
@@ -198,23 +253,155 @@ class QATKIT_API QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> 
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
   torch::Tensor quantized_weight();
+  void convert();
+  bool converted() const { return frozen.converted; }
 
   torch::nn::detail::ConvNdOptions<2> options;
   LayerSpec layer_spec;
   torch::Tensor weight, bias;
   WeightFakeQuantizer weight_fake_quant{nullptr};
   ActFakeQuantizer input_fake_quant{nullptr};
+  ConvertedWeight frozen;
 
  private:
   void attach();
 };
 TORCH_MODULE(QuantConv2d);
 
-/// A new Sequential whose Linear / Conv2d layers are replaced by
-/// QAT layers sharing their parameters; other modules are shared as they are. LibTorch cannot
-/// rebind a typed submodule member in place, so a new container is the API. Raises ValueError when
-/// nothing is quantized.
-QATKIT_API torch::nn::Sequential prepare_qat(const torch::nn::Sequential& model, const QATConfig& config);
+/// nn.Conv1d with fake-quantized weight and input (Python: QuantConv1d).
+class QATKIT_API QuantConv1dImpl : public torch::nn::Cloneable<QuantConv1dImpl> {
+ public:
+  QuantConv1dImpl(torch::nn::Conv1dOptions options, LayerSpec spec);
+  /// Shares `conv`'s weight and bias.
+  QuantConv1dImpl(const torch::nn::Conv1d& conv, LayerSpec spec);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor quantized_weight();
+  void convert();
+  bool converted() const { return frozen.converted; }
+
+  torch::nn::detail::ConvNdOptions<1> options;
+  LayerSpec layer_spec;
+  torch::Tensor weight, bias;
+  WeightFakeQuantizer weight_fake_quant{nullptr};
+  ActFakeQuantizer input_fake_quant{nullptr};
+  ConvertedWeight frozen;
+
+ private:
+  void attach();
+};
+TORCH_MODULE(QuantConv1d);
+
+/// Conv2d + BatchNorm2d folded for QAT with Krishnamoorthi's correction (Python: QuantConvBn2d):
+/// the quantized weight is Q(W * gamma / sigma) from the running statistics; in training (before
+/// freeze_bn) the output is batch-normalized with the batch statistics, after freeze_bn / in eval
+/// it is conv(x, Q(W_fold)) + b_fold, what convert exports (as a conv with the folded bias).
+class QATKIT_API QuantConvBn2dImpl : public torch::nn::Cloneable<QuantConvBn2dImpl> {
+ public:
+  /// Shares `conv`'s and `bn`'s parameters and buffers. bn must be affine with running statistics
+  /// and match conv's out_channels (ValueError otherwise).
+  QuantConvBn2dImpl(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn, LayerSpec spec);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& x);
+  /// Switch to the running statistics (and stop updating them).
+  void freeze_bn(bool on = true);
+  /// (gamma / sigma, folded weight, folded bias) from the running statistics.
+  std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> folded();
+  void convert();
+  bool converted() const { return frozen.converted; }
+  void load(torch::serialize::InputArchive& archive) override;
+
+  torch::nn::detail::ConvNdOptions<2> options;
+  LayerSpec layer_spec;
+  torch::Tensor weight, bias;
+  torch::nn::BatchNorm2d bn{nullptr};
+  WeightFakeQuantizer weight_fake_quant{nullptr};
+  ActFakeQuantizer input_fake_quant{nullptr};
+  ConvertedWeight frozen;
+
+ private:
+  void attach();
+  bool fold_invariant() const;
+  torch::Tensor bn_frozen_;
+  bool bn_frozen_flag_ = false;
+};
+TORCH_MODULE(QuantConvBn2d);
+
+/// nn.Embedding with a fake-quantized table (one scale per row for per-channel specs); the input
+/// is indices, so no activation quantizer (Python: QuantEmbedding). max_norm / sparse are refused.
+class QATKIT_API QuantEmbeddingImpl : public torch::nn::Cloneable<QuantEmbeddingImpl> {
+ public:
+  QuantEmbeddingImpl(torch::nn::EmbeddingOptions options, LayerSpec spec);
+  /// Shares `emb`'s weight.
+  QuantEmbeddingImpl(const torch::nn::Embedding& emb, LayerSpec spec);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor& indices);
+  torch::Tensor quantized_weight();
+  void convert();
+  bool converted() const { return frozen.converted; }
+
+  torch::nn::EmbeddingOptions options;
+  LayerSpec layer_spec;
+  torch::Tensor weight;
+  WeightFakeQuantizer weight_fake_quant{nullptr};
+  ActFakeQuantizer input_fake_quant{nullptr};  ///< always null (indices)
+  ConvertedWeight frozen;
+
+ private:
+  void attach();
+};
+TORCH_MODULE(QuantEmbedding);
+
+/// One row of prepare_qat's report (Python's model.qat_report).
+struct QATKIT_API LayerReport {
+  std::string name;    ///< qualified name ("features.0")
+  std::string type;    ///< the float module ("Linear", "Conv2d", "BatchNorm2d", ...)
+  std::string qat;     ///< the QAT module ("QuantLinear", ...) or "" (stays float)
+  std::string weight;  ///< the weight spec ("int8 per_channel ...") or "float"
+  std::string act;     ///< the input spec or "float"
+  std::string rule;    ///< which rule chose the spec ("default", "first_last", "skip '0'", ...)
+  std::string reason;  ///< why a layer stays float / a BatchNorm is not folded ("" if swapped)
+};
+
+/// What prepare_qat did, layer by layer.
+struct QATKIT_API QATReport {
+  std::vector<LayerReport> layers;
+  /// The row of `name` (nullptr if none).
+  const LayerReport* find(const std::string& name) const;
+  /// A table, one line per layer.
+  std::string to_string() const;
+};
+
+/// Swap the supported layers (Linear, Conv1d, Conv2d, Embedding when config.embeddings; Conv2d +
+/// BatchNorm2d neighbours folded into QuantConvBn2d) of `model`'s tree in place for QAT layers
+/// sharing their parameters, inside Sequential / ModuleList / ModuleDict containers at any depth
+/// (custom modules are walked into). A supported layer registered directly in a custom module is
+/// left float with a warning naming it (its typed member cannot be rebound), as is every
+/// BatchNorm2d that is not folded. Layers already quantized (qatkit layers built by the user) are
+/// kept and named in the report. Returns the report. Raises ValueError when nothing is quantized
+/// (nothing changed then), and warns when first_last="int8" leaves no layer at the default spec.
+QATKIT_API QATReport prepare_qat_inplace(torch::nn::Module& model, const QATConfig& config);
+
+/// A new Sequential holding `model`'s modules (nested containers are shared and changed in place),
+/// prepared with prepare_qat_inplace; the report goes to `report` when given.
+QATKIT_API torch::nn::Sequential prepare_qat(const torch::nn::Sequential& model, const QATConfig& config,
+                                             QATReport* report = nullptr);
+
+/// Run `forward` on each batch with only the activation quantizers in training mode (BatchNorm
+/// and the rest in eval), so observers collect ranges and nothing else changes; every module's
+/// training flag is restored (also when this throws). Raises ValueError when the model has no
+/// activation quantizer, or naming every data-range quantizer that observed nothing.
+QATKIT_API void calibrate(torch::nn::Module& model, const std::vector<torch::Tensor>& batches,
+                          const std::function<void(const torch::Tensor&)>& forward);
+
+/// Freeze every QAT layer of `model` in place into integer codes + scales (convert() of each
+/// layer; equal to Python's qatkit.convert bit for bit) and put the model in eval mode. Raises
+/// ValueError when there is no QAT layer, or naming an input quantizer that observed nothing.
+/// Returns the number of layers converted.
+QATKIT_API std::int64_t convert(torch::nn::Module& model);
+
+/// Switch every QuantConvBn2d to its running statistics (Krishnamoorthi's freeze).
+QATKIT_API void freeze_bn(torch::nn::Module& model, bool on = true);
 
 /// Clips shadow weights to [-c, c] where their weight spec sets latent_clip (BinaryConnect); call
 /// after each optimizer step. Returns the number of weights clipped.

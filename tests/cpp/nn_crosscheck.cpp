@@ -1,8 +1,9 @@
 // Cross-language check helper (driven by tests/python/qat/test_cpp_nn.py): builds a C++ QAT layer
 // from a preset, loads the weights and inputs a Python test saved with torch.save, runs it as the
 // Python test runs the Python layer (three training-mode forwards, the first one's weight
-// gradient, one eval forward) and saves the results with torch::pickle_save for comparison.
-//   qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw} PRESET
+// gradient, one eval forward), then converts it (integer codes, scale, zero point, the converted
+// eval forward) and saves the results with torch::pickle_save for comparison.
+//   qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw|conv1d|convbn} PRESET
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -12,9 +13,20 @@
 
 #include "qatkit/nn.h"
 
+namespace {
+
+/// Convert `layer` in place; its codes, scale and zero point.
+template <class Layer>
+std::vector<torch::Tensor> frozen(Layer& layer, const qatkit::nn::ConvertedWeight& w) {
+  layer.convert();
+  return {w.codes, w.scale, w.zero_point};
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   if (argc != 5 && argc != 6) {
-    std::cerr << "usage: qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw} PRESET [PARAMS_JSON]\n";
+    std::cerr << "usage: qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw|conv1d|convbn} PRESET [PARAMS_JSON]\n";
     return 2;
   }
   try {
@@ -28,6 +40,7 @@ int main(int argc, char** argv) {
     const qatkit::nn::LayerSpec spec = qatkit::nn::QATConfig::preset(argv[4], argc == 6 ? argv[5] : "{}").default_spec;
     std::shared_ptr<torch::nn::Module> m;
     std::function<torch::Tensor(const torch::Tensor&)> fwd;
+    std::function<std::vector<torch::Tensor>()> convert;  // converts, returns codes / scale / zero point
     torch::Tensor weight;
     if (layer == "linear" || layer == "bitlinear") {
       torch::nn::Linear lin(torch::nn::LinearOptions(w.size(1), w.size(0)));
@@ -38,12 +51,37 @@ int main(int argc, char** argv) {
         qatkit::nn::QuantLinear q(lin, spec);
         m = q.ptr();
         fwd = [q](const torch::Tensor& x) mutable { return q(x); };
+        convert = [q]() mutable { return frozen(*q, q->frozen); };
       } else {
         qatkit::nn::BitLinear q(lin, spec);
         m = q.ptr();
         fwd = [q](const torch::Tensor& x) mutable { return q(x); };
+        convert = [q]() mutable { return frozen(*q, q->frozen); };
       }
       weight = lin->weight;
+    } else if (layer == "conv1d") {
+      torch::nn::Conv1d conv(torch::nn::Conv1dOptions(w.size(1), w.size(0), w.size(2)).padding(1));
+      torch::NoGradGuard ng;
+      conv->weight.copy_(w);
+      conv->bias.copy_(b);
+      qatkit::nn::QuantConv1d q(conv, spec);
+      m = q.ptr();
+      fwd = [q](const torch::Tensor& x) mutable { return q(x); };
+      convert = [q]() mutable { return frozen(*q, q->frozen); };
+      weight = conv->weight;
+    } else if (layer == "convbn") {
+      torch::nn::Conv2d conv(torch::nn::Conv2dOptions(w.size(1), w.size(0), {w.size(2), w.size(3)}).padding(1));
+      torch::nn::BatchNorm2d bn(w.size(0));
+      torch::NoGradGuard ng;
+      conv->weight.copy_(w);
+      conv->bias.copy_(b);
+      bn->weight.copy_(d.at("bn_weight").toTensor());
+      bn->bias.copy_(d.at("bn_bias").toTensor());
+      qatkit::nn::QuantConvBn2d q(conv, bn, spec);
+      m = q.ptr();
+      fwd = [q](const torch::Tensor& x) mutable { return q(x); };
+      convert = [q]() mutable { return frozen(*q, q->frozen); };
+      weight = conv->weight;
     } else {
       const std::int64_t groups = layer == "conv2d_dw" ? w.size(0) : 1;
       torch::nn::Conv2d conv(
@@ -54,6 +92,7 @@ int main(int argc, char** argv) {
       qatkit::nn::QuantConv2d q(conv, spec);
       m = q.ptr();
       fwd = [q](const torch::Tensor& x) mutable { return q(x); };
+      convert = [q]() mutable { return frozen(*q, q->frozen); };
       weight = conv->weight;
     }
     m->train();
@@ -67,6 +106,8 @@ int main(int argc, char** argv) {
       outs.push_back(y.detach());
     }
     m->eval();
+    outs.push_back(fwd(xs[0]).detach());
+    for (const auto& t : convert()) outs.push_back(t);
     outs.push_back(fwd(xs[0]).detach());
     c10::impl::GenericList list(c10::AnyType::get());  // a plain list: torch.load(weights_only=True) reads it
     for (const auto& t : outs) list.push_back(t);

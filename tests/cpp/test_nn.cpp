@@ -272,7 +272,7 @@ CATCH_TEST_CASE("stochastic binary weights draw from a step counter; clip_latent
   CATCH_CHECK(qnn::clip_latent_weights(*plain) == 0);  // no latent_clip in its spec
 }
 
-CATCH_TEST_CASE("prepare_qat: fnmatch skip patterns, overrides, unfolded Conv+BN and unused patterns warn", "[nn]") {
+CATCH_TEST_CASE("prepare_qat: fnmatch skip patterns, overrides, Conv+BN folding and unused patterns warn", "[nn]") {
   auto c = qnn::QATConfig::w8a8();
   c.skip = {"[02]"};  // layers 0 and 2 stay float
   c.overrides = {{"4", qnn::QATConfig::ternary_twn().default_spec}};
@@ -290,14 +290,15 @@ CATCH_TEST_CASE("prepare_qat: fnmatch skip patterns, overrides, unfolded Conv+BN
     c10::WarningUtils::WarningHandlerGuard guard(&capture);
     auto c2 = qnn::QATConfig::w8a8();
     c2.skip = {"9*"};
-    qnn::prepare_qat(torch::nn::Sequential(torch::nn::Conv2d(3, 4, 3), torch::nn::BatchNorm2d(4), torch::nn::ReLU(),
-                                           torch::nn::Conv2d(4, 4, 3)),
-                     c2);
+    auto folded = qnn::prepare_qat(torch::nn::Sequential(torch::nn::Conv2d(3, 4, 3), torch::nn::BatchNorm2d(4),
+                                                         torch::nn::ReLU(), torch::nn::Conv2d(4, 4, 3)),
+                                   c2);
+    CATCH_CHECK(folded->ptr(0)->as<qnn::QuantConvBn2d>() != nullptr);
+    CATCH_CHECK(folded->ptr(1)->as<torch::nn::Identity>() != nullptr);
   }
   std::string all;
   for (const auto& w : warnings) all += w + "\n";
-  CATCH_CHECK_THAT(all, Catch::Contains("Conv2d '0' + BatchNorm2d '1' are not folded"));
-  CATCH_CHECK_THAT(all, Catch::Contains("pattern '9*' matched no layer"));
+  CATCH_CHECK_THAT(all, Catch::Contains("pattern '9*' matched no supported layer"));
 }
 
 CATCH_TEST_CASE("learned activation ranges refuse a non-finite first batch and skip empty ones", "[nn]") {
@@ -315,4 +316,250 @@ CATCH_TEST_CASE("learned activation ranges refuse a non-finite first batch and s
   CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 0);
   mid->input_fake_quant->forward(torch::randn({4, 64}));
   CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 1);
+}
+
+namespace {
+
+std::string captured(const std::function<void()>& f) {
+  struct Capture : c10::WarningHandler {
+    std::string out;
+    void process(const c10::Warning& w) override { out += w.msg() + "\n"; }
+  } capture;
+  c10::WarningUtils::WarningHandlerGuard guard(&capture);
+  f();
+  return capture.out;
+}
+
+// A custom module as LibTorch users write them: typed members, containers inside, a custom
+// submodule holding its own Sequential.
+struct Block : torch::nn::Module {
+  Block() : body(register_module("body", torch::nn::Sequential(torch::nn::Conv2d(8, 8, 1), torch::nn::ReLU()))) {}
+  torch::Tensor forward(const torch::Tensor& x) { return body->forward(x); }
+  torch::nn::Sequential body;
+};
+
+struct Net : torch::nn::Module {
+  Net()
+      : features(register_module("features", torch::nn::Sequential(
+                                                 torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 8, 3).padding(1)),
+                                                 torch::nn::BatchNorm2d(8), torch::nn::ReLU()))),
+        block(register_module("block", std::make_shared<Block>())),
+        blocks(register_module("blocks", torch::nn::ModuleList(torch::nn::Sequential(torch::nn::Linear(8, 8)),
+                                                                torch::nn::Sequential(torch::nn::Linear(8, 8))))),
+        heads(register_module("heads", torch::nn::ModuleDict(torch::OrderedDict<std::string, std::shared_ptr<Module>>{
+                                           {"cls", torch::nn::Sequential(torch::nn::Linear(8, 4)).ptr()}}))),
+        direct(register_module("direct", torch::nn::Linear(8, 8))),
+        seq1d(register_module("seq1d", torch::nn::Sequential(torch::nn::Conv1d(8, 8, 1)))) {}
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    torch::Tensor h = block->forward(features->forward(x)).mean({2, 3});          // [N, 8]
+    h = seq1d->forward(h.unsqueeze(-1)).squeeze(-1);                               // Conv1d
+    for (const auto& b : *blocks) h = b->as<torch::nn::Sequential>()->forward(h);  // ModuleList
+    h = direct(h);
+    return heads["cls"]->as<torch::nn::Sequential>()->forward(h);
+  }
+
+  torch::nn::Sequential features;
+  std::shared_ptr<Block> block;
+  torch::nn::ModuleList blocks;
+  torch::nn::ModuleDict heads;
+  torch::nn::Linear direct;
+  torch::nn::Sequential seq1d;
+};
+
+}  // namespace
+
+CATCH_TEST_CASE("prepare_qat walks a module tree: containers at any depth, typed members warned", "[nn]") {
+  torch::manual_seed(0);
+  auto net = std::make_shared<Net>();
+  qnn::QATReport report;
+  const std::string warned = captured([&] { report = qnn::prepare_qat_inplace(*net, qnn::QATConfig::w8a8()); });
+  // swapped in place inside every container, at any depth; the BatchNorm neighbour is folded
+  CATCH_CHECK(net->features->ptr(0)->as<qnn::QuantConvBn2d>() != nullptr);
+  CATCH_CHECK(net->features->ptr(1)->as<torch::nn::Identity>() != nullptr);
+  CATCH_CHECK(net->block->body->ptr(0)->as<qnn::QuantConv2d>() != nullptr);
+  CATCH_CHECK(net->blocks->ptr(1)->as<torch::nn::Sequential>()->ptr(0)->as<qnn::QuantLinear>() != nullptr);
+  CATCH_CHECK(net->heads["cls"]->as<torch::nn::Sequential>()->ptr(0)->as<qnn::QuantLinear>() != nullptr);
+  CATCH_CHECK(net->seq1d->ptr(0)->as<qnn::QuantConv1d>() != nullptr);
+  // the typed member stays float, with a warning and a report row naming it
+  CATCH_CHECK_THAT(warned, Catch::Contains("'direct' stays float: a typed member of the custom module"));
+  const qnn::LayerReport* row = report.find("direct");
+  CATCH_REQUIRE(row != nullptr);
+  CATCH_CHECK(row->qat.empty());
+  CATCH_CHECK_THAT(row->reason, Catch::Contains("qatkit::nn::QuantLinear"));
+  CATCH_CHECK(report.find("features.0")->qat == "QuantConvBn2d");
+  CATCH_CHECK(report.find("blocks.0.0")->rule == "default");
+  CATCH_CHECK_THAT(report.to_string(), Catch::Contains("block.body.0"));
+  // it trains and evaluates
+  net->train();
+  const torch::Tensor y = net->forward(torch::randn({2, 3, 6, 6}));
+  y.sum().backward();
+  CATCH_CHECK(y.sizes() == torch::IntArrayRef({2, 4}));
+}
+
+CATCH_TEST_CASE("nothing to quantize leaves the model untouched and says why", "[nn]") {
+  auto net = std::make_shared<torch::nn::Module>();
+  net->register_module("fc", torch::nn::Linear(4, 4));
+  std::string msg;
+  captured([&] {
+    try {
+      qnn::prepare_qat_inplace(*net, qnn::QATConfig::w8a8());
+    } catch (const c10::ValueError& e) {
+      msg = e.what();
+    }
+  });
+  CATCH_CHECK_THAT(msg, Catch::Contains("nothing to quantize"));
+  CATCH_CHECK_THAT(msg, Catch::Contains("typed member"));
+  auto seq = torch::nn::Sequential(torch::nn::Linear(4, 4), torch::nn::Linear(4, 4));
+  auto c = qnn::QATConfig::w8a8();
+  c.skip = {"*"};
+  CATCH_CHECK_THROWS_WITH(qnn::prepare_qat(seq, c), Catch::Contains("every supported layer was skipped by the config (skip '*': 0, 1)"));
+  CATCH_CHECK(seq->ptr(0)->as<torch::nn::Linear>() != nullptr);
+}
+
+CATCH_TEST_CASE("first_last int8 on a two-layer model warns that no layer gets the preset", "[nn]") {
+  auto two = torch::nn::Sequential(torch::nn::Linear(8, 8), torch::nn::Linear(8, 2));
+  qnn::QATReport report;
+  const std::string warned = captured([&] { qnn::prepare_qat(two, qnn::QATConfig::xnor_w1a1(), &report); });
+  CATCH_CHECK_THAT(warned, Catch::Contains("first_last='int8' rule gives every quantized layer (0, 1) W8A8"));
+  CATCH_CHECK(report.find("0")->rule == "first_last");
+}
+
+CATCH_TEST_CASE("Conv1d and Embedding layers; embeddings only when asked, first_last over compute layers", "[nn]") {
+  auto model = torch::nn::Sequential(torch::nn::Embedding(50, 8), torch::nn::Linear(8, 8), torch::nn::Linear(8, 8),
+                                     torch::nn::Linear(8, 2));
+  auto c = qnn::QATConfig::w4a8();  // first_last int8
+  qnn::QATReport report;
+  auto q = qnn::prepare_qat(model, c, &report);
+  CATCH_CHECK(q->ptr(0)->as<torch::nn::Embedding>() != nullptr);
+  CATCH_CHECK(report.find("0")->rule == "embeddings=false");
+  CATCH_CHECK(report.find("1")->rule == "first_last");  // the first compute layer, not the embedding
+  CATCH_CHECK(report.find("2")->rule == "default");
+  c.embeddings = true;
+  auto q2 = qnn::prepare_qat(model, c);
+  auto* emb = q2->ptr(0)->as<qnn::QuantEmbedding>();
+  CATCH_REQUIRE(emb != nullptr);
+  const torch::Tensor idx = torch::tensor({{1, 2, 3}, {4, 5, 49}});
+  const torch::Tensor table = emb->quantized_weight();
+  CATCH_CHECK(torch::equal(q2->ptr(0)->as<qnn::QuantEmbedding>()->forward(idx), table.index({idx})));
+  CATCH_CHECK(!torch::equal(table, emb->weight));  // quantized (4-bit groups)
+}
+
+CATCH_TEST_CASE("QuantConvBn2d: eval equals the float conv+bn with quantization off; freeze_bn; batch stats", "[nn]") {
+  torch::manual_seed(3);
+  auto model = torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 6, 3).padding(1)),
+                                     torch::nn::BatchNorm2d(6));
+  model->train();
+  for (int i = 0; i < 3; ++i) model->forward(torch::randn({4, 3, 5, 5}) * 2 + 1);  // non-trivial running stats
+  model->eval();
+  const torch::Tensor x = torch::randn({2, 3, 5, 5});
+  const torch::Tensor ref = model->forward(x);
+  // 16-bit per-channel weights, float inputs: the folded layer in eval is the float conv + bn to
+  // within the 16-bit step
+  auto c = qnn::QATConfig::w8a8();
+  c.default_spec.weight->bits = 16;
+  c.default_spec.weight->granularity = "per_channel";
+  c.default_spec.activation.reset();
+  auto q = qnn::prepare_qat(model, c);
+  auto* cb = q->ptr(0)->as<qnn::QuantConvBn2d>();
+  CATCH_REQUIRE(cb != nullptr);
+  CATCH_CHECK(torch::equal(cb->bn->running_mean, model->ptr(1)->as<torch::nn::BatchNorm2d>()->running_mean));
+  q->eval();
+  CATCH_CHECK(torch::allclose(q->forward(x), ref, 1e-3, 1e-3));
+  c.default_spec.weight->bits = 2;  // and a coarse quantizer really changes it
+  auto coarse = qnn::prepare_qat(model, c);
+  coarse->eval();
+  CATCH_CHECK(!torch::allclose(coarse->forward(x), ref, 1e-2, 1e-2));
+  // training uses batch statistics and updates the running ones; after freeze_bn it does not
+  q->train();
+  const torch::Tensor before = cb->bn->running_mean.clone();
+  q->forward(x);
+  CATCH_CHECK(!torch::equal(before, cb->bn->running_mean));
+  qnn::freeze_bn(*q);
+  const torch::Tensor frozen = cb->bn->running_mean.clone();
+  const torch::Tensor y_frozen = q->forward(x);
+  CATCH_CHECK(torch::equal(frozen, cb->bn->running_mean));
+  q->eval();
+  CATCH_CHECK(torch::equal(y_frozen, q->forward(x)));  // frozen training = the inference form
+}
+
+CATCH_TEST_CASE("calibrate observes with only the quantizers in training mode and names idle ones", "[nn]") {
+  torch::manual_seed(5);
+  auto model = torch::nn::Sequential(torch::nn::Conv2d(3, 4, 3), torch::nn::BatchNorm2d(4), torch::nn::ReLU(),
+                                     torch::nn::Flatten(), torch::nn::Linear(4 * 4 * 4, 2));
+  auto q = qnn::prepare_qat(model, qnn::QATConfig::w8a8());
+  q->train();
+  auto* cb = q->ptr(0)->as<qnn::QuantConvBn2d>();
+  const torch::Tensor stats = cb->bn->running_mean.clone();
+  qnn::calibrate(*q, {torch::randn({2, 3, 6, 6}), torch::randn({2, 3, 6, 6})},
+                 [&](const torch::Tensor& b) { q->forward(b); });
+  CATCH_CHECK(q->is_training());                               // modes restored
+  CATCH_CHECK(torch::equal(stats, cb->bn->running_mean));      // BatchNorm stayed in eval
+  CATCH_CHECK(cb->input_fake_quant->has_observed());
+  auto fresh = qnn::prepare_qat(model, qnn::QATConfig::w8a8());
+  CATCH_CHECK_THROWS_WITH(
+      qnn::calibrate(*fresh, {torch::randn({2, 3, 6, 6})}, [&](const torch::Tensor& b) { fresh->ptr(0)->as<qnn::QuantConvBn2d>()->forward(b); }),
+      Catch::Contains("1 activation quantizer(s) observed nothing: 4.input_fake_quant"));
+  CATCH_CHECK_THROWS_WITH(qnn::convert(*fresh), Catch::Contains("input quantizer of layer '4' has not observed any data"));
+}
+
+CATCH_TEST_CASE("convert freezes QAT layers in place into integer codes equal to the QAT eval output", "[nn]") {
+  for (const std::string preset : {"w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "xnor_w1a1", "bitnet_b158"}) {
+    CATCH_INFO(preset);
+    torch::manual_seed(11);
+    auto c = qnn::QATConfig::preset(preset);
+    c.first_last = "";
+    auto model = torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 8, 3).padding(1)),
+                                       torch::nn::BatchNorm2d(8), torch::nn::ReLU(), torch::nn::Flatten(),
+                                       torch::nn::Linear(8 * 6 * 6, 32), torch::nn::ReLU(), torch::nn::Linear(32, 4));
+    auto q = qnn::prepare_qat(model, c);
+    double first = 0;
+    q->train();
+    for (int i = 0; i < 3; ++i) {
+      const torch::Tensor loss = q->forward(torch::randn({8, 3, 6, 6})).square().mean();
+      loss.backward();
+      first += loss.item<double>();
+    }
+    q->eval();
+    const torch::Tensor x = torch::randn({4, 3, 6, 6});
+    torch::Tensor want;
+    {
+      torch::NoGradGuard ng;
+      want = q->forward(x);
+    }
+    CATCH_CHECK(qnn::convert(*q) == 3);
+    CATCH_CHECK(torch::equal(q->forward(x), want));
+    auto* lin = q->ptr(4)->as<qnn::QuantLinear>();
+    CATCH_CHECK(lin->converted());
+    CATCH_CHECK(lin->named_parameters().find("weight") == nullptr);
+    CATCH_CHECK(lin->named_buffers()["weight_int"].scalar_type() == torch::kChar);
+    CATCH_CHECK(q->ptr(0)->as<qnn::QuantConvBn2d>()->named_children().size() <= 1);  // bn folded away
+    q->train();
+    CATCH_CHECK(torch::equal(q->forward(x), want));  // frozen: training mode changes nothing
+    CATCH_CHECK(qnn::convert(*q) == 0);               // already converted
+  }
+}
+
+namespace {
+
+struct UserNet : torch::nn::Module {
+  explicit UserNet(const qnn::LayerSpec& s)
+      : fc1(register_module("fc1", qnn::QuantLinear(torch::nn::LinearOptions(16, 32), s))),
+        fc2(register_module("fc2", qnn::QuantLinear(torch::nn::LinearOptions(32, 4), s))) {}
+  torch::Tensor forward(const torch::Tensor& x) { return fc2(torch::relu(fc1(x))); }
+  qnn::QuantLinear fc1, fc2;
+};
+
+}  // namespace
+
+CATCH_TEST_CASE("a custom module written with QuantLinear members calibrates and converts in place", "[nn]") {
+  torch::manual_seed(2);
+  auto net = std::make_shared<UserNet>(qnn::QATConfig::w8a8().default_spec);
+  qnn::calibrate(*net, {torch::randn({8, 16})}, [&](const torch::Tensor& b) { net->forward(b); });
+  const torch::Tensor x = torch::randn({3, 16});
+  net->eval();
+  const torch::Tensor want = net->forward(x).detach();
+  CATCH_CHECK(qnn::convert(*net) == 2);
+  CATCH_CHECK(net->fc1->converted());  // the typed member itself changed state
+  CATCH_CHECK(torch::equal(net->forward(x), want));
 }

@@ -1,6 +1,7 @@
 """The C++ QAT layers (qatkit/nn.h) and the Python ones give identical outputs and weight gradients
 for the same weights and inputs: three training-mode forwards (observers updating), the first
-one's weight gradient, one eval forward. The C++ side runs in tests/cpp/nn_crosscheck.cpp, built
+one's weight gradient, one eval forward; then convert on both sides gives the same integer codes,
+scales and zero points and the same converted output, bit for bit. The C++ side runs in tests/cpp/nn_crosscheck.cpp, built
 with the test build (QATKIT_BUILD_TESTS=1, which scripts/setup.sh sets)."""
 
 import json
@@ -14,7 +15,7 @@ import torch.jit._pickle
 from torch import nn
 
 import qatkit
-from qatkit.qat import BitLinear, QuantConv2d, QuantLinear
+from qatkit.qat import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantLinear
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 EXE = os.path.join(ROOT, "build", "py", "qatkit_nn_crosscheck")
@@ -37,11 +38,32 @@ CASES = [
     ("linear", "binaryconnect"),
     ("linear", "binaryconnect", {"stochastic": True}),  # same seeds (the step buffer) on both sides
     ("conv2d", "w4a8", {"group_size": 18}),
+    ("conv1d", "w8a8"),
+    ("conv1d", "w4a4_lsq"),
+    ("convbn", "w8a8"),
+    ("convbn", "w4a8", {"group_size": 18}),
+    ("convbn", "ternary_twn"),
+    ("convbn", "xnor_w1a1"),
 ]
 
 
-def python_layer(layer, preset, w, b, params):
+def python_layer(layer, preset, w, b, params, bn_affine=None):
     spec = qatkit.preset(preset, **params).default
+    if layer == "conv1d":
+        conv = nn.Conv1d(w.shape[1], w.shape[0], w.shape[2], padding=1)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(b)
+        return QuantConv1d.from_float(conv, spec), conv.weight
+    if layer == "convbn":
+        conv = nn.Conv2d(w.shape[1], w.shape[0], tuple(w.shape[2:]), padding=1)
+        bn = nn.BatchNorm2d(w.shape[0])
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(b)
+            bn.weight.copy_(bn_affine[0])
+            bn.bias.copy_(bn_affine[1])
+        return QuantConvBn2d.from_float(conv, bn, spec), conv.weight
     if layer in ("linear", "bitlinear"):
         lin = nn.Linear(w.shape[1], w.shape[0])
         with torch.no_grad():
@@ -61,14 +83,20 @@ def test_cpp_and_python_layers_agree(tmp_path, case):
     layer, preset = case[:2]
     params = case[2] if len(case) > 2 else {}
     g = torch.Generator().manual_seed(zlib.crc32(f"{layer}-{preset}-{params}".encode()) % 1000)
+    extra = {}
     if layer in ("linear", "bitlinear"):
         w, b = torch.randn(24, 64, generator=g) * 0.1, torch.randn(24, generator=g) * 0.1
         xs = [torch.randn(5, 64, generator=g) * (1 + i) for i in range(3)]
+    elif layer == "conv1d":
+        w, b = torch.randn(8, 6, 3, generator=g) * 0.2, torch.randn(8, generator=g) * 0.1
+        xs = [torch.randn(2, 6, 9, generator=g) * (1 + i) for i in range(3)]
     else:
         cin = 1 if layer == "conv2d_dw" else 6
         w, b = torch.randn(8, cin, 3, 3, generator=g) * 0.2, torch.randn(8, generator=g) * 0.1
         xs = [torch.randn(2, 6 if cin == 6 else 8, 7, 7, generator=g) * (1 + i) for i in range(3)]
-    torch.save({"weight": w, "bias": b, "x": xs}, tmp_path / "in.pt")
+    if layer == "convbn":  # gamma of both signs: the fold's factor flips some channels
+        extra = {"bn_weight": torch.randn(8, generator=g), "bn_bias": torch.randn(8, generator=g) * 0.1}
+    torch.save({"weight": w, "bias": b, "x": xs, **extra}, tmp_path / "in.pt")
     r = subprocess.run(
         [EXE, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), layer, preset, json.dumps(params)],
         capture_output=True,
@@ -78,7 +106,7 @@ def test_cpp_and_python_layers_agree(tmp_path, case):
     # torch::pickle_save tags the list's element type with a helper torch.load allows explicitly
     with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag]):
         cpp = torch.load(tmp_path / "out.pt")
-    q, weight = python_layer(layer, preset, w, b, params)
+    q, weight = python_layer(layer, preset, w, b, params, (extra.get("bn_weight"), extra.get("bn_bias")))
     q.train()
     py = []
     for i, x in enumerate(xs):
@@ -89,6 +117,8 @@ def test_cpp_and_python_layers_agree(tmp_path, case):
         py.append(y.detach())
     q.eval()
     py.append(q(xs[0]).detach())
+    c = qatkit.convert(q)
+    py += [c.weight_int, c.weight_scale, c.weight_zero_point, c(xs[0]).detach()]
     assert len(cpp) == len(py)
     for k, (a, c) in enumerate(zip(py, cpp, strict=True)):
         assert torch.equal(a, c), f"result {k} differs (max {(a - c).abs().max().item()})"
