@@ -182,6 +182,45 @@ CATCH_TEST_CASE("bad input to the C++ QAT API: a table of calls and message frag
          q(torch::ones({2, 5}));
        },
        "mat1 and mat2 shapes cannot be multiplied"},
+      {"conv+bn channels",
+       [] {
+         qnn::QuantConvBn2d(torch::nn::Conv2d(3, 4, 3), torch::nn::BatchNorm2d(5), qnn::QATConfig::w8a8().default_spec);
+       },
+       "bn.num_features (5) must equal conv.out_channels (4)"},
+      {"conv+bn without affine",
+       [] {
+         qnn::QuantConvBn2d(torch::nn::Conv2d(3, 4, 3), torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(4).affine(false)),
+                            qnn::QATConfig::w8a8().default_spec);
+       },
+       "must be affine and track running statistics"},
+      {"bare layer in place",
+       [] { qnn::prepare_qat_inplace(*torch::nn::Linear(2, 2), qnn::QATConfig::w8a8()); },
+       "the model is a bare layer"},
+      {"calibrate without quantizers",
+       [] {
+         auto seq = torch::nn::Sequential(torch::nn::Linear(2, 2));
+         qnn::calibrate(*seq, {torch::ones({1, 2})}, [](const torch::Tensor&) {});
+       },
+       "the model has no activation quantizers"},
+      {"calibrate without forward",
+       [] {
+         auto q = qnn::prepare_qat(torch::nn::Sequential(torch::nn::Linear(2, 2)), qnn::QATConfig::w8a8());
+         qnn::calibrate(*q, {torch::ones({1, 2})}, nullptr);
+       },
+       "forward must be a callable"},
+      {"convert without QAT layers",
+       [] {
+         auto seq = torch::nn::Sequential(torch::nn::Linear(2, 2));
+         qnn::convert(*seq);
+       },
+       "the model has no QAT layers"},
+      {"convert twice",
+       [] {
+         qnn::QuantLinear q(torch::nn::Linear(4, 2), qnn::LayerSpec{qnn::QATConfig::w8a8().default_spec.weight, {}});
+         q->convert();
+         q->convert();
+       },
+       "the layer is already converted"},
   };
   for (const auto& c : cases) {
     CATCH_INFO(c.name);
