@@ -128,3 +128,21 @@ def test_a_custom_forward_drives_the_trace():
         forward=lambda mod, b: mod["body"](b["img"]),
     )
     assert isinstance(q["body"][0], qatkit.qat.QuantConvBn2d)
+
+
+def test_exported_mobilenet_v2_eval_and_converted_graphs_mutate_no_buffers():
+    """The issue's MobileNetV2 case (212 buffer mutations in an eval-mode export): eval and
+    converted graphs hold no observer or BatchNorm statistics update."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    q = qatkit.prepare_qat(mobilenet_v2(10, 0.25, small_input=True), qatkit.w8a8(), example_inputs=x)
+    qatkit.qat.calibrate(q, [x])
+
+    def mutated(model):  # the functionalized graph lists every buffer the forward writes
+        return dict(torch.export.export(model, (x,)).run_decompositions().graph_signature.buffers_to_mutate)
+
+    # (a training-mode export of this model lists 368 buffer writes; test_hardening.py checks the
+    # detector on a small model, this one is too slow to export twice more)
+    q.eval()
+    assert mutated(q) == {}
+    assert mutated(qatkit.convert(q)) == {}
