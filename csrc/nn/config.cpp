@@ -334,5 +334,12 @@ QATConfig QATConfig::xnor_w1a1() { return preset("xnor_w1a1"); }
 QATConfig QATConfig::binaryconnect(bool stochastic) {
   return preset("binaryconnect", stochastic ? "{\"stochastic\": true}" : "{\"stochastic\": false}");
 }
+QATConfig QATConfig::int8_weight_only() { return preset("int8_weight_only"); }
+QATConfig QATConfig::int4_weight_only(std::int64_t group_size, bool symmetric) {
+  return preset("int4_weight_only",
+                fmt::format("{{\"group_size\": {}, \"symmetric\": {}}}", group_size, symmetric ? "true" : "false"));
+}
+QATConfig QATConfig::ternary_weight_only() { return preset("ternary_weight_only"); }
+QATConfig QATConfig::binary_weight_only() { return preset("binary_weight_only"); }
 
 }  // namespace qatkit::nn

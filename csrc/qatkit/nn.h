@@ -111,6 +111,11 @@ struct QATKIT_API QATConfig {
   static QATConfig binary_w1a8();
   static QATConfig xnor_w1a1();
   static QATConfig binaryconnect(bool stochastic = false);
+  /// Weight-only presets (float activations, no first/last rule): the PTQ starting points.
+  static QATConfig int8_weight_only();
+  static QATConfig int4_weight_only(std::int64_t group_size = 32, bool symmetric = true);
+  static QATConfig ternary_weight_only();
+  static QATConfig binary_weight_only();
   /// The preset called `name` with optional parameters as a JSON object (e.g. w4a8's
   /// `{"group_size": 64}`); ValueError listing the valid names / naming an unknown parameter.
   static QATConfig preset(const std::string& name, const std::string& params_json = "{}");

@@ -276,6 +276,13 @@ CATCH_TEST_CASE("presets and rules come from the table: binaryconnect, parameter
   CATCH_CHECK(!bc.default_spec.activation.has_value());
   CATCH_CHECK(qnn::QATConfig::binaryconnect(true).name == "binaryconnect_stoch");
   CATCH_CHECK(qnn::QATConfig::binaryconnect(true).default_spec.weight->stochastic);
+  const auto wo = qnn::QATConfig::int4_weight_only(128, false);
+  CATCH_CHECK(wo.name == "int4_weight_only_g128");
+  CATCH_CHECK(!wo.default_spec.activation);
+  CATCH_CHECK(!wo.default_spec.weight->symmetric);
+  CATCH_CHECK(*wo.default_spec.weight->group_size == 128);
+  CATCH_CHECK(qnn::QATConfig::int4_weight_only().name == "int4_weight_only_g32_sym");
+  CATCH_CHECK(qnn::QATConfig::binary_weight_only().default_spec.weight->kind == "binary");
   CATCH_CHECK(qnn::QATConfig::w4a8(64).default_spec.weight->group_size.value() == 64);
   CATCH_CHECK(qnn::QATConfig::w4a8(64).name == "w4a8_g64");
   CATCH_CHECK(qnn::QATConfig::first_last_spec("int8")->weight->narrow_range);

@@ -31,6 +31,10 @@ __all__ = [
     "binary_w1a8",
     "xnor_w1a1",
     "binaryconnect",
+    "int8_weight_only",
+    "int4_weight_only",
+    "ternary_weight_only",
+    "binary_weight_only",
     "PRESET_TABLE",
     "first_last_spec",
     "spec_from_table",
@@ -498,6 +502,26 @@ def binaryconnect(stochastic: bool = False) -> QATConfig:
     return _preset("binaryconnect", stochastic=stochastic)
 
 
+@_documented("int8_weight_only")
+def int8_weight_only() -> QATConfig:
+    return _preset("int8_weight_only")
+
+
+@_documented("int4_weight_only")
+def int4_weight_only(group_size: int = 32, symmetric: bool = True) -> QATConfig:
+    return _preset("int4_weight_only", group_size=group_size, symmetric=symmetric)
+
+
+@_documented("ternary_weight_only")
+def ternary_weight_only() -> QATConfig:
+    return _preset("ternary_weight_only")
+
+
+@_documented("binary_weight_only")
+def binary_weight_only() -> QATConfig:
+    return _preset("binary_weight_only")
+
+
 PRESETS: Dict[str, object] = {
     "w8a8": w8a8,
     "w4a8": w4a8,
@@ -507,6 +531,10 @@ PRESETS: Dict[str, object] = {
     "binary_w1a8": binary_w1a8,
     "xnor_w1a1": xnor_w1a1,
     "binaryconnect": binaryconnect,
+    "int8_weight_only": int8_weight_only,
+    "int4_weight_only": int4_weight_only,
+    "ternary_weight_only": ternary_weight_only,
+    "binary_weight_only": binary_weight_only,
 }
 if set(PRESETS) != set(PRESET_TABLE["presets"]):  # a table entry without its function, or the reverse
     raise ImportError(f"qatkit: presets.json and config.PRESETS differ: {sorted(set(PRESETS) ^ set(PRESET_TABLE['presets']))}")

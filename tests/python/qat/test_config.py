@@ -71,7 +71,7 @@ def test_presets(name):
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown preset 'w2a2'; valid presets: binary_w1a8, binaryconnect"):
+    with pytest.raises(ValueError, match="unknown preset 'w2a2'; valid presets: binary_w1a8, binary_weight_only, binaryconnect"):
         qatkit.preset("w2a2")
 
 

@@ -21,6 +21,8 @@ PRESET_CASES = [(name, {}) for name in sorted(cfg.PRESET_TABLE["presets"])] + [
     ("w4a8", {"group_size": 64}),
     ("w4a8", {"group_size": 128}),
     ("binaryconnect", {"stochastic": True}),
+    ("int4_weight_only", {"group_size": 128}),
+    ("int4_weight_only", {"group_size": 128, "symmetric": False}),
 ]
 
 
@@ -68,7 +70,7 @@ def test_spec_defaults_agree_everywhere():
 @pytest.mark.parametrize("name", sorted(cfg.PRESET_TABLE["specs"]))
 def test_every_named_spec_validates_alike(name):
     fields = cfg.PRESET_TABLE["specs"][name]
-    params = {"group_size": 16, "stochastic": True}
+    params = {"group_size": 16, "stochastic": True, "symmetric": False}
     resolved = {k: params[v[1:]] if isinstance(v, str) and v.startswith("$") else v for k, v in fields.items()}
     py = as_json(dataclasses.asdict(cfg.spec_from_table(name, params)))
     assert json.loads(_C.nn_spec_json(json.dumps(resolved))) == py
