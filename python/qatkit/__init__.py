@@ -28,6 +28,8 @@ from . import (
     ops,
     qat,
 )
+from . import ptq as _ptq_module  # noqa: E402
+from .ptq import ptq
 from .qat import (
     LayerSpec,
     QATConfig,
@@ -52,6 +54,7 @@ from .qat import (
 __all__ = [
     "ops",
     "qat",
+    "ptq",
     "QATConfig",
     "QuantSpec",
     "LayerSpec",

@@ -1,0 +1,474 @@
+"""``qatkit.ptq``: one call from a float model to a quantized one without training (docs/ptq.md).
+
+Pipeline, each step reported in ``model.ptq_report`` and a printed table:
+
+1. trace one batch (or torch.fx without data) into a dataflow graph (:mod:`qatkit.qat.graph`);
+2. fold BatchNorms into the layers before them (exact in eval mode), keeping their statistics;
+3. cross-layer equalization over every provably safe pair (ReLU6 -> ReLU where a pair needs it),
+   then high-bias absorption (calibration minima, or BatchNorm statistics without data);
+4. ``prepare_qat`` with the config; activation ranges from the calibration data (min/max observers
+   by default) or, without data, from BatchNorm statistics ``beta +- n gamma`` clipped by the ReLU;
+5. weight qparams computed once and **stored** in the quantizers (so ``convert``, state dicts and
+   export see the decisions PTQ made);
+6. bias correction, layer by layer from the input side: empirical (mean output shift on the
+   calibration data, weight and input quantization included) or analytic (from the BatchNorm
+   statistics through the ReLU's clipped-normal mean).
+
+The caller's model is never changed unless ``inplace=True`` (and then only when everything
+succeeded: the work happens on a copy that replaces the model's contents at the end).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..qat import graph
+from ..qat.config import LayerSpec, QATConfig, w8a8
+from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear
+from ..qat.prepare import calibrate, enable_observer, prepare_qat
+from ..qat.quantizers import ActFakeQuantizer, AffineStaticActQuantizer, AffineStaticWeightQuantizer
+from . import transforms as T
+
+__all__ = ["ptq"]
+
+_ROUNDINGS = ("nearest",)
+_NOT_YET = {"adaround", "gptq"}
+_BIAS_CORRECTIONS = ("empirical", "analytic", None)
+
+
+def _progress(it, total: Optional[int], desc: str, on: bool):
+    if not on:
+        return it
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a test/script dependency; ptq works without it
+        return it
+    return tqdm(it, total=total, desc=desc, leave=False)
+
+
+def _batches(data) -> Optional[List]:
+    """The calibration batches as a list (a DataLoader or any iterable is read once), ``[data]``
+    for a single tensor, ``None`` for no data or a callable."""
+    if data is None or callable(data) and not isinstance(data, (torch.Tensor, nn.Module)):
+        return None
+    if isinstance(data, torch.Tensor):
+        return [data]
+    if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
+        raise TypeError(
+            f"ptq: data must be a DataLoader or iterable of batches, a tensor, a callable data(model) or None, got "
+            f"{type(data).__name__}"
+        )
+    out = list(data)
+    if not out:
+        raise ValueError("ptq: data holds no batches (an empty or exhausted iterable); pass calibration batches or "
+                         "data=None for data-free PTQ")
+    return out
+
+
+def _runner(batches, data, forward) -> Optional[Callable[[nn.Module], None]]:
+    if batches is None and data is None:
+        return None
+    if batches is None:  # a callable that runs the model itself
+        return lambda m: data(m)
+
+    def run(m, progress=False, desc="calibrate"):
+        for i, b in enumerate(_progress(batches, len(batches), desc, progress)):
+            try:
+                if forward is not None:
+                    forward(m, b)
+                else:
+                    m(b[0] if isinstance(b, (tuple, list)) else b)
+            except (ValueError, TypeError, RuntimeError) as e:
+                raise type(e)(f"ptq: calibration batch {i}: {e}") from e
+
+    return run
+
+
+def _first_input(batches):
+    if not batches:
+        return None
+    b = batches[0]
+    return b[0] if isinstance(b, (tuple, list)) else b
+
+
+def _flow(model: nn.Module, forward, batches) -> Tuple[Optional[graph.Dataflow], str]:
+    if batches is not None:
+        try:
+            if forward is not None:
+                return graph.trace_dataflow(model, batches[0], forward), "traced one calibration batch"
+            return graph.trace_dataflow(model, _first_input(batches)), "traced one calibration batch"
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise type(e)(f"ptq: calibration batch 0: {e}") from e
+    try:
+        return graph.fx_dataflow(model), "torch.fx graph"
+    except Exception as e:  # data-free and untraceable: no graph transforms, said in the report
+        return None, f"no dataflow graph (no data, and torch.fx failed: {type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
+def _with_observer(config: QATConfig, observer: Optional[str]) -> QATConfig:
+    """The config with ``observer`` for every static activation spec (PTQ sees each batch once:
+    min/max by default, not QAT's moving average)."""
+    if observer is None:
+        return config
+    import dataclasses
+
+    def fix(ls: LayerSpec) -> LayerSpec:
+        a = ls.activation
+        if a is not None and a.kind == "int" and a.scale == "static":
+            a = dataclasses.replace(a, observer=observer)
+        return LayerSpec(ls.weight, a)
+
+    return dataclasses.replace(
+        config, default=fix(config.default), overrides=tuple((p, fix(s)) for p, s in config.overrides)
+    )
+
+
+def _pre_activation_minima(model, names: List[str], run) -> Dict[str, torch.Tensor]:
+    """Per-channel minimum of each named layer's output over the calibration data."""
+    mins: Dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def hook(name, linear):
+        def f(mod, args, out):
+            o = out.detach()
+            dims = [d for d in range(o.dim()) if d != (o.dim() - 1 if linear else 1)]
+            m = o.amin(dim=dims) if dims else o
+            mins[name] = m if name not in mins else torch.minimum(mins[name], m)
+
+        return f
+
+    for n in names:
+        mod = model.get_submodule(n)
+        hooks.append(mod.register_forward_hook(hook(n, isinstance(mod, nn.Linear))))
+    try:
+        with torch.no_grad():
+            run(model)
+    finally:
+        for h in hooks:
+            h.remove()
+    return mins
+
+
+_QAT_WEIGHTED = (QuantLinear, QuantConv1d, QuantConv2d)
+
+
+def _float_op(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The layer's float computation with ``weight`` (no quantizer)."""
+    if isinstance(layer, QuantLinear):
+        return nn.functional.linear(x, weight, layer.bias)
+    return layer._conv_forward(x, weight, layer.bias)
+
+
+def _channel_mean(y: torch.Tensor, linear: bool) -> torch.Tensor:
+    if linear:
+        return y.reshape(-1, y.shape[-1]).mean(dim=0)
+    return y.transpose(0, 1).reshape(y.shape[1], -1).mean(dim=1)
+
+
+@torch.no_grad()
+def _empirical_bias_correction(model: nn.Module, layers: List[str], run, progress: bool) -> Dict[str, float]:
+    """For each layer from the input side: the mean per-channel shift of its quantized output
+    against the float weight on the same (already corrected) inputs, subtracted from its bias."""
+    out = {}
+    for name in _progress(layers, len(layers), "bias correction", progress):
+        layer = model.get_submodule(name)
+        if layer.weight_fake_quant is None or isinstance(layer, BitLinear):  # BitLinear: RMSNorm first, skipped
+            continue
+        acc = {"sum": None, "n": 0}
+        linear = isinstance(layer, QuantLinear)
+
+        def hook(mod, args):
+            x = args[0]
+            yq = mod.forward(x)  # forward, not __call__: no hook recursion
+            yf = _float_op(mod, x, mod.weight)
+            d = _channel_mean(yq - yf, linear).double()
+            acc["sum"] = d if acc["sum"] is None else acc["sum"] + d
+            acc["n"] += 1
+
+        h = layer.register_forward_pre_hook(hook)
+        try:
+            run(model)
+        finally:
+            h.remove()
+        if acc["n"] == 0:
+            continue
+        shift = (acc["sum"] / acc["n"]).to(layer.weight.dtype)
+        T.add_to_bias(layer, -shift)
+        out[name] = float(shift.norm())
+    return out
+
+
+@torch.no_grad()
+def _analytic_bias_correction(model: nn.Module, inputs_of: Dict[str, T.BNStats]) -> Dict[str, float]:
+    """``b -= eps E[x]`` with E[x] the clipped-normal mean of the ReLU input statistics."""
+    out = {}
+    for name, st in inputs_of.items():
+        layer = model.get_submodule(name)
+        wfq = getattr(layer, "weight_fake_quant", None)
+        if wfq is None:
+            continue
+        ex = T.clipped_relu_mean(st.beta, st.gamma).to(layer.weight.dtype)
+        eps = layer.quantized_weight() - layer.weight
+        shift = T.weight_times_input(layer, eps, ex)
+        T.add_to_bias(layer, -shift)
+        out[name] = float(shift.norm())
+    return out
+
+
+#: modules and ops between a ReLU and the next layer that cannot widen the ReLU's range
+_RANGE_KEEPING_MODULES = (
+    nn.Identity, nn.Flatten, nn.Dropout, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveMaxPool2d,
+)
+_RANGE_KEEPING_OPS = {"flatten", "reshape", "view", "mean", "adaptive_avg_pool2d", "avg_pool2d", "max_pool2d", "contiguous"}
+
+
+def _relu_inputs(model: nn.Module, flow: Optional[graph.Dataflow], stats: Dict[str, T.BNStats]) -> Dict[str, T.BNStats]:
+    """Layers whose input is ReLU(a folded layer's output), possibly through pooling / flatten
+    (which keep the values inside the ReLU's range): {layer: that layer's BN statistics}."""
+    if flow is None:
+        return {}
+    names = {}
+    for n, m in model.named_modules():
+        names.setdefault(id(m), n)
+
+    def back(c):
+        while c is not None and (
+            (c.kind == "module" and isinstance(c.module, _RANGE_KEEPING_MODULES))
+            or (c.kind == "op" and c.name in _RANGE_KEEPING_OPS)
+        ):
+            c = flow.producer(c)
+        return c
+
+    out = {}
+    for call in flow.calls:
+        if call.kind != "module" or not isinstance(call.module, T._WEIGHTED):
+            continue
+        src = back(flow.producer(call))
+        if src is None or src.kind != "module" or not isinstance(src.module, (nn.ReLU, nn.ReLU6)):
+            continue
+        pre = back(flow.producer(src))
+        if pre is not None and pre.kind == "module" and names.get(id(pre.module)) in stats:
+            out[names[id(call.module)]] = stats[names[id(pre.module)]]
+    return out
+
+
+def _data_free_ranges(
+    model: nn.Module, relu_inputs: Dict[str, T.BNStats], n_sigma: float, model_inputs: List[str], input_range
+) -> List[str]:
+    """Set each static input quantizer's range from beta +- n gamma (clipped at 0 by the ReLU),
+    or ``input_range`` for layers reading the model input; returns the layers left without one."""
+    missing = []
+    for name, m in model.named_modules():
+        aq = getattr(m, "input_fake_quant", None)
+        if not isinstance(aq, AffineStaticActQuantizer):
+            continue
+        st = relu_inputs.get(name)
+        if st is not None:
+            lo = (st.beta - n_sigma * st.gamma).clamp(min=0)
+            hi = (st.beta + n_sigma * st.gamma).clamp(min=0)
+        elif name in model_inputs and input_range is not None:
+            lo, hi = torch.tensor([float(input_range[0])]), torch.tensor([float(input_range[1])])
+        else:
+            missing.append(name)
+            continue
+        if aq.axis is None:
+            lo, hi = lo.min().reshape(1), hi.max().reshape(1)
+        stats = torch.stack([lo.float(), hi.float()], dim=-1)
+        aq.observer._update(stats, None if aq.axis is None else 0, torch.ones(1, dtype=torch.uint8))
+        aq._observed = True
+    return missing
+
+
+def _report_table(report: dict) -> str:
+    rows = [("layer", "weights", "activations", "notes")]
+    for r in report["layers"]:
+        rows.append((r["name"], r["weight"], r["act"], r.get("notes", "")))
+    w = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    lines = [" | ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) for r in rows]
+    lines.insert(1, "-+-".join("-" * x for x in w))
+    head = [f"qatkit.ptq ({report['config']}): " + ", ".join(report["steps"])]
+    for k in ("skipped_pairs", "unfolded_bns", "model_changes"):
+        for item in report.get(k, []):
+            head.append(f"  {k.replace('_', ' ')}: {item}")
+    return "\n".join(head + lines)
+
+
+def ptq(
+    model: nn.Module,
+    data=None,
+    config: Optional[QATConfig] = None,
+    *,
+    forward: Optional[Callable] = None,
+    equalize: bool = True,
+    absorb_bias: bool = True,
+    correct_bias: Optional[str] = "empirical",
+    rounding: str = "nearest",
+    scaling: Optional[str] = None,
+    observer: Optional[str] = "minmax",
+    n_sigma: float = 6.0,
+    input_range: Optional[Tuple[float, float]] = None,
+    inplace: bool = False,
+    progress: bool = True,
+    verbose: bool = True,
+) -> nn.Module:
+    """Post-training quantization: a float model to a quantized one, no training.
+
+    Args:
+        model: a float ``nn.Module`` (any: the pairs come from its execution, no tracer needed).
+        data: calibration data — a DataLoader / iterable of batches (read once), a tensor, a
+            callable ``data(model)`` that runs the model, or ``None`` (data-free: weight-only
+            presets, or activation ranges from BatchNorm statistics).
+        config: a :class:`QATConfig` (default ``w8a8()``; weight-only presets need no data).
+        forward: ``forward(model, batch)`` for batches that are not a plain input.
+        equalize: cross-layer equalization of every safe layer pair (ReLU6 -> ReLU where needed).
+        absorb_bias: high-bias absorption after equalization.
+        correct_bias: ``"empirical"`` (needs data), ``"analytic"`` (BatchNorm statistics) or None.
+        rounding: ``"nearest"`` (AdaRound / GPTQ are not in this release: they raise).
+        scaling: None (AWQ / SmoothQuant are not in this release: they raise).
+        observer: the observer for static activation ranges (``"minmax"``; ``None`` keeps the
+            config's).
+        n_sigma: data-free activation ranges are ``beta +- n_sigma * gamma`` (DFQ uses 6).
+        input_range: data-free range ``(lo, hi)`` of the model input, for the layers reading it
+            (e.g. ``(0, 1)`` for normalized pixels).
+        inplace: transform ``model`` itself (only once everything succeeded).
+        progress: tqdm bars over data passes. verbose: print the summary table.
+
+    Returns:
+        The model with QAT layers holding stored weight and activation qparams, observers off, in
+        eval mode; ``convert`` turns it into integer weights with exactly these codes.
+        ``model.ptq_report`` records every step, pair, skipped pair and model change.
+
+    Raises:
+        TypeError / ValueError: bad arguments, empty data, a model with nothing to quantize,
+        non-finite activations (naming the layer and the batch), activation ranges that neither
+        data nor BatchNorm statistics give (naming the layers). NotImplementedError: rounding or
+        scaling methods not in this release.
+    """
+    config = w8a8() if config is None else config
+    if not isinstance(config, QATConfig):
+        raise TypeError(f"ptq: config must be a QATConfig (e.g. qatkit.w8a8()), got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"ptq: model must be an nn.Module, got {type(model).__name__}")
+    if rounding in _NOT_YET:
+        raise NotImplementedError(f"ptq: rounding={rounding!r} is not in this release; use 'nearest'")
+    if rounding not in _ROUNDINGS:
+        raise ValueError(f"ptq: rounding must be one of 'nearest', 'adaround', 'gptq', got {rounding!r}")
+    if scaling is not None:
+        raise NotImplementedError(f"ptq: scaling={scaling!r} (AWQ / SmoothQuant) is not in this release; use None")
+    if correct_bias not in _BIAS_CORRECTIONS:
+        raise ValueError(f"ptq: correct_bias must be 'empirical', 'analytic' or None, got {correct_bias!r}")
+    if not (isinstance(n_sigma, (int, float)) and math.isfinite(n_sigma) and n_sigma > 0):
+        raise ValueError(f"ptq: n_sigma must be a positive finite number, got {n_sigma!r}")
+    if input_range is not None and not (
+        isinstance(input_range, (tuple, list)) and len(input_range) == 2
+        and all(isinstance(v, (int, float)) and math.isfinite(v) for v in input_range) and input_range[0] < input_range[1]
+    ):
+        raise ValueError(f"ptq: input_range must be (lo, hi) with finite lo < hi, got {input_range!r}")
+    batches = _batches(data)
+    run = _runner(batches, data, forward)
+    if correct_bias == "empirical" and run is None:
+        correct_bias = "analytic"  # no data: the data-free form (reported)
+    work = copy.deepcopy(model).eval()
+    report = {"config": config.name, "steps": [], "skipped_pairs": [], "unfolded_bns": [], "model_changes": []}
+
+    flow, how = _flow(work, forward, batches) if batches is not None or run is None else (None, "data is a callable: no traced graph")
+    report["graph"] = how
+    stats: Dict[str, T.BNStats] = {}
+    if config.fold_bn and flow is not None:
+        stats, folded, unfolded = T.fold_batchnorms(work, flow)
+        report["steps"].append(f"folded {len(folded)} BatchNorm(s)")
+        report["unfolded_bns"] = [f"{n}: {r}" for n, r in unfolded.items()]
+        if folded:
+            flow, _ = _flow(work, forward, batches)
+    elif flow is None and any(isinstance(m, graph.BN_TYPES) for m in work.modules()):
+        report["unfolded_bns"] = [f"all: {how}"]
+    pairs: List[T.Pair] = []
+    if flow is not None and (equalize or absorb_bias):
+        pairs, skipped = T.find_equalization_pairs(work, flow)
+        report["skipped_pairs"] = [f"{n}: {r}" for n, r in skipped]
+    if equalize and pairs:
+        eq = T.equalize(work, pairs, stats)
+        report["steps"].append(f"equalized {len(pairs)} pair(s) in {eq['sweeps']} sweep(s)")
+        report["model_changes"] += [f"{n}: ReLU6 -> ReLU (cross-layer equalization)" for n in eq["relu6_replaced"]]
+        report["pairs"] = [(p.first, p.second) for p in pairs]
+    if absorb_bias and pairs:
+        pre = _pre_activation_minima(work, [p.first for p in pairs], run) if run is not None else None
+        absorbed = T.absorb_high_bias(work, pairs, stats, pre)
+        report["steps"].append(f"absorbed high biases of {len(absorbed)} layer(s)")
+    relu_inputs = _relu_inputs(work, flow, stats)
+
+    qcfg = _with_observer(config, observer)
+    work = prepare_qat(work, qcfg, inplace=True)
+    acts = [m for m in work.modules() if isinstance(m, ActFakeQuantizer)]
+    data_range = [m for m in acts if isinstance(m, AffineStaticActQuantizer)]
+    if data_range:
+        if run is not None:
+            if batches is not None:
+                calibrate(work, [None], forward=lambda m, _: run(m, progress, "calibrate"))
+            else:
+                calibrate(work, [None], forward=lambda m, _: run(m))
+            report["steps"].append(f"calibrated {len(data_range)} activation range(s) ({observer or 'config'} observer)")
+        else:
+            missing = _data_free_ranges(work, relu_inputs, n_sigma, _reading_model_input(flow), input_range)
+            if missing:
+                raise ValueError(
+                    f"ptq: no data, and no BatchNorm statistics give the input ranges of {', '.join(missing)}; pass "
+                    "calibration data, input_range=(lo, hi) for layers that read the model input, or use a "
+                    "weight-only preset (qatkit.int8_weight_only(), ...)"
+                )
+            report["steps"].append(f"data-free activation ranges (beta +- {n_sigma:g} gamma)")
+    elif acts and run is not None:
+        pass  # dynamic / binary activations: nothing to calibrate
+    for m in work.modules():
+        if isinstance(m, _QAT_WEIGHTED) and isinstance(m.weight_fake_quant, AffineStaticWeightQuantizer):
+            m.weight_fake_quant.store_qparams(m.weight)
+    report["steps"].append("stored weight qparams (round to nearest)")
+    layers = [n for n, m in work.named_modules() if isinstance(m, _QAT_WEIGHTED)]
+    if correct_bias == "empirical":
+        enable_observer(work, False)
+        work.eval()
+        shifts = _empirical_bias_correction(work, _execution_order(work, layers, flow), run, progress)
+        report["steps"].append(f"empirical bias correction of {len(shifts)} layer(s)")
+        report["bias_shift"] = shifts
+    elif correct_bias == "analytic":
+        shifts = _analytic_bias_correction(work, relu_inputs)
+        report["steps"].append(f"analytic bias correction of {len(shifts)} layer(s)")
+        report["bias_shift"] = shifts
+    enable_observer(work, False)
+    work.eval()
+    report["layers"] = [
+        {"name": r["name"], "weight": r["weight"], "act": r["act"], "notes": r.get("reason", r.get("rule", ""))}
+        for r in work.qat_report
+    ]
+    work.ptq_report = report
+    if verbose:
+        print(_report_table(report))
+    if inplace:
+        model.__dict__ = work.__dict__
+        return model
+    return work
+
+
+def _reading_model_input(flow: Optional[graph.Dataflow]) -> List[str]:
+    """Weighted layers whose input is a model input (nothing traced produced it)."""
+    if flow is None:
+        return []
+    return [c.name for c in flow.calls if c.kind == "module" and isinstance(c.module, T._WEIGHTED)
+            and c.inputs and all(i == graph.EXTERNAL for i in c.inputs)]
+
+
+def _execution_order(model: nn.Module, layers: List[str], flow: Optional[graph.Dataflow]) -> List[str]:
+    """``layers`` in the order the traced batch ran them (definition order without a graph)."""
+    if flow is None:
+        return layers
+    order = {}
+    for c in flow.calls:
+        if c.kind == "module" and c.name not in order:
+            order[c.name] = c.index
+    return sorted(layers, key=lambda n: order.get(n, math.inf))
