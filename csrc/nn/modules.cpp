@@ -279,6 +279,13 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> WeightFakeQuantizerImpl:
 
 ActFakeQuantizerImpl::ActFakeQuantizerImpl(QuantSpec spec, std::int64_t channels)
     : spec_(spec.validated()), channels_(channels) {
+  // the histogram observers (percentile, kl, mse) are Python-only: refuse them rather than observe
+  // with another rule
+  TORCH_CHECK_VALUE(spec_.kind != "int" || spec_.scale != "static" || spec_.observer == "minmax" ||
+                        spec_.observer == "moving_average",
+                    fmt::format("QuantSpec.observer '{}' is a Python histogram observer; the C++ layers support "
+                                "'minmax' and 'moving_average'",
+                                spec_.observer));
   if (spec_.granularity == "per_channel") axis_ = spec_.axis;
   reset();
 }

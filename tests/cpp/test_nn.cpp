@@ -182,6 +182,9 @@ CATCH_TEST_CASE("bad input to the C++ QAT API: a table of calls and message frag
          q(torch::ones({2, 5}));
        },
        "mat1 and mat2 shapes cannot be multiplied"},
+      {"histogram observer",
+       [&] { qnn::ActFakeQuantizer(spec_with([](auto& s) { s.symmetric = false, s.observer = "kl"; })); },
+       "QuantSpec.observer 'kl' is a Python histogram observer"},
       {"conv+bn channels",
        [] {
          qnn::QuantConvBn2d(torch::nn::Conv2d(3, 4, 3), torch::nn::BatchNorm2d(5), qnn::QATConfig::w8a8().default_spec);

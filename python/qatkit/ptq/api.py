@@ -67,6 +67,10 @@ def _batches(data) -> Optional[List]:
     if not out:
         raise ValueError("ptq: data holds no batches (an empty or exhausted iterable); pass calibration batches or "
                          "data=None for data-free PTQ")
+    for i, b in enumerate(out):
+        first = b[0] if isinstance(b, (tuple, list)) and b else b
+        if isinstance(first, torch.Tensor) and first.numel() == 0:
+            raise ValueError(f"ptq: calibration batch {i} is empty (shape {tuple(first.shape)})")
     return out
 
 
@@ -83,7 +87,7 @@ def _runner(batches, data, forward) -> Optional[Callable[[nn.Module], None]]:
                     forward(m, b)
                 else:
                     m(b[0] if isinstance(b, (tuple, list)) else b)
-            except (ValueError, TypeError, RuntimeError) as e:
+            except (ValueError, TypeError, RuntimeError, IndexError) as e:
                 raise type(e)(f"ptq: calibration batch {i}: {e}") from e
 
     return run
@@ -102,7 +106,7 @@ def _flow(model: nn.Module, forward, batches) -> Tuple[Optional[graph.Dataflow],
             if forward is not None:
                 return graph.trace_dataflow(model, batches[0], forward), "traced one calibration batch"
             return graph.trace_dataflow(model, _first_input(batches)), "traced one calibration batch"
-        except (ValueError, TypeError, RuntimeError) as e:
+        except (ValueError, TypeError, RuntimeError, IndexError) as e:
             raise type(e)(f"ptq: calibration batch 0: {e}") from e
     try:
         return graph.fx_dataflow(model), "torch.fx graph"
@@ -280,6 +284,11 @@ def _data_free_ranges(
         if aq.axis is None:
             lo, hi = lo.min().reshape(1), hi.max().reshape(1)
         stats = torch.stack([lo.float(), hi.float()], dim=-1)
+        if not hasattr(aq.observer, "_update"):
+            raise ValueError(
+                f"ptq: data-free ranges need a min/max observer, layer '{name}' has {type(aq.observer).__name__} "
+                "(a histogram needs data); pass data or observer='minmax'"
+            )
         aq.observer._update(stats, None if aq.axis is None else 0, torch.ones(1, dtype=torch.uint8))
         aq._observed = True
     return missing

@@ -57,6 +57,7 @@ from .quantizers import (
     WeightFakeQuantizer,
     register_observer,
 )
+from . import histogram  # noqa: F401  (registers the percentile / kl / mse observers)
 from .pretrained import load_pretrained
 from .swap import replace_module
 

@@ -13,6 +13,7 @@ import qatkit
 from qatkit.ptq import transforms as T
 from qatkit.qat import graph
 from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
+from qatkit.testing.imbalance import inject_imbalance
 
 
 def dscnn(relu=nn.ReLU):
@@ -59,20 +60,9 @@ def sqnr(a, b):
     return float(10 * torch.log10(b.pow(2).mean() / (a - b).pow(2).mean()))
 
 
-@torch.no_grad()
 def inject(model: nn.Module, seed=0):
-    """E1's injected imbalance on the folded model: for each CLE pair, W1 <- diag(s) W1,
-    b1 <- s b1, W2 <- W2 diag(1/s) with s = 10^U(-2.5, 2.5) (the float function is unchanged)."""
-    g = torch.Generator().manual_seed(seed)
-    flow = graph.trace_dataflow(model, torch.rand(2, 1, 8, 8))
-    pairs, _ = T.find_equalization_pairs(model, flow)
-    for p in pairs:
-        a, b = model.get_submodule(p.first), model.get_submodule(p.second)
-        s = 10 ** (torch.rand(a.weight.shape[0], generator=g) * 5 - 2.5)
-        a.weight.mul_(s.reshape(-1, *[1] * (a.weight.dim() - 1)))
-        a.bias.mul_(s)
-        T._scale_in(b, 1 / s)
-    return model
+    """E1's injected imbalance (qatkit.testing.imbalance): the float function is unchanged."""
+    return inject_imbalance(model, torch.rand(2, 1, 8, 8), seed=seed)
 
 
 def folded_float(seed=0):
@@ -239,6 +229,7 @@ def test_bad_input_is_refused_and_the_model_is_left_as_it_was(data):
     before = copy.deepcopy(m.state_dict())
     cases = [
         (dict(data=[]), ValueError, "data holds no batches"),
+        (dict(data=[torch.rand(4, 1, 8, 8), torch.rand(0, 1, 8, 8)]), ValueError, "calibration batch 1 is empty"),
         (dict(data="images"), TypeError, "data must be a DataLoader or iterable"),
         (dict(data=data[0], config="w8a8"), TypeError, "config must be a QATConfig"),
         (dict(data=data[0], rounding="adaround"), NotImplementedError, "rounding='adaround' is not in this release"),

@@ -1,0 +1,201 @@
+"""Post-training quantization tables (issue 11): the DFQ Table 1 analogue (docs/papers.md E1) on
+the digits DS-CNN, natural and with injected per-channel imbalance, qatkit.ptq rows next to
+torch.ao's eager PTQ (its _equalize cross-layer equalization) in the same run.
+
+Protocol: 5-fold stratified CV over all 1797 digits images (seed 0); per fold the DS-CNN trains
+with Adam (lr 3e-3, batch 64) for --epochs epochs; PTQ calibrates on 256 training images; accuracy
+on the fold's test images. The injected condition rescales every equalization pair of the folded
+model by s = 10^U(-2.5, 2.5) (W1 <- diag(s) W1, b1 <- s b1, W2 <- W2 diag(1/s)): the float
+function is unchanged (checked), per-tensor weight ranges are not.
+
+    python3 scripts/ptq.py [--folds 5] [--epochs 40] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import qat_models  # noqa: E402
+
+import qatkit  # noqa: E402
+from qatkit.ptq import transforms as T  # noqa: E402
+from qatkit.qat import graph  # noqa: E402
+from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec  # noqa: E402
+from qatkit.testing.imbalance import inject_imbalance  # noqa: E402
+
+
+def per_tensor_w8a8() -> QATConfig:
+    w = QuantSpec(bits=8, symmetric=True, narrow_range=True, granularity="per_tensor")
+    return QATConfig(default=LayerSpec(w, QuantSpec(bits=8, symmetric=False)), name="w8a8 per-tensor")
+
+
+def per_channel_w8a8() -> QATConfig:
+    return qatkit.w8a8()
+
+
+class Img(nn.Module):
+    """[N, 64] digits rows -> [N, 1, 8, 8] images (outside the model, so every model input is an image)."""
+
+    def forward(self, x):
+        return x.reshape(-1, 1, 8, 8)
+
+
+class DSCNN(nn.Module):
+    """E1's DS-CNN as a flat Sequential on images (qat_models.DSCNN's layers)."""
+
+    def __init__(self):
+        super().__init__()
+        m = qat_models.DSCNN()
+        self.net = nn.Sequential(*m.features, nn.Flatten(), m.head)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def train(model, x, y, epochs, seed):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    n = x.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n)
+        for i in range(0, n, 64):
+            idx = perm[i : i + 64]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def acc(model, x, y) -> float:
+    model.eval()
+    return float((model(x).argmax(1) == y).float().mean() * 100)
+
+
+def inject(model, seed):
+    return inject_imbalance(model, torch.zeros(2, 1, 8, 8), seed=seed)
+
+
+def folded(model, x):
+    m = copy.deepcopy(model)
+    T.fold_batchnorms(m, graph.trace_dataflow(m, x[:2]))
+    return m
+
+
+# ---------------------------------------------------------------- torch.ao peer
+
+
+def torch_ao_ptq(model, calib, per_channel: bool, equalize: bool):
+    """torch.ao eager-mode static PTQ (x86 backend, real int8 kernels): fuse conv+relu, optional
+    torch.ao.quantization._equalize.equalize over the conv->conv pairs, MinMax observers (per-tensor
+    or per-channel weights), calibrate, convert."""
+    import torch.ao.quantization as tq
+    from torch.ao.quantization import _equalize
+
+    m = copy.deepcopy(model).eval()
+    m.net = nn.Sequential(*[l for l in m.net if not isinstance(l, nn.Identity)])  # folded BatchNorms
+    net = m.net
+    convs = [i for i, l in enumerate(net) if isinstance(l, nn.Conv2d)]
+    if equalize:
+        # torch.ao's cross_layer_equalization requires weight.size(1) of the second layer to equal
+        # the first's output channels: pairs into a depthwise conv are refused, so only the
+        # depthwise -> pointwise pairs are equalized (2 of the 4)
+        pairs = [[f"net.{a}", f"net.{b}"] for a, b in zip(convs, convs[1:], strict=False) if net[b].groups == 1]
+        _equalize.equalize(m, pairs, threshold=1e-4, inplace=True)
+    groups = [[f"net.{i}", f"net.{i + 1}"] for i in convs if isinstance(net[i + 1], nn.ReLU)]
+    m = tq.fuse_modules(m, groups)
+    wrapped = nn.Sequential(tq.QuantStub(), m, tq.DeQuantStub())
+    if per_channel:
+        wq = tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
+    else:
+        wq = tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+    wrapped.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=True), weight=wq)
+    torch.backends.quantized.engine = "x86"
+    tq.prepare(wrapped, inplace=True)
+    with torch.no_grad():
+        wrapped(calib)
+    return tq.convert(wrapped)
+
+
+def ms(v):
+    return f"{statistics.mean(v):.2f} ± {statistics.pstdev(v):.2f}" if v else "n/a"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--json", default=None, help="write the per-fold numbers here")
+    a = ap.parse_args()
+    if a.folds < 2:
+        ap.error("--folds must be at least 2 (each fold trains on the others)")
+    torch.set_num_threads(2)
+    warnings.simplefilter("ignore")
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    x, y = qat_models.load_digits()
+    x = x.reshape(-1, 1, 8, 8)
+    folds = qat_models.stratified_folds(y, a.folds)
+    rows = {}
+    t0 = time.time()
+    it = range(a.folds) if tqdm is None else tqdm(range(a.folds), desc="folds")
+    for f in it:
+        tr, te = folds[f]
+        base = train(DSCNN(), x[tr], y[tr], a.epochs, seed=f)
+        g = torch.Generator().manual_seed(100 + f)
+        calib = x[tr][torch.randperm(len(tr), generator=g)[: a.calib]]
+        batches = list(calib.split(64))
+        xt, yt = x[te], y[te]
+        natural = folded(base, x)
+        injected = inject(folded(base, x), seed=f)
+        assert (injected(xt) - natural(xt)).abs().max() < 1e-3, "injection changed the float function"
+
+        def add(name, value):
+            rows.setdefault(name, []).append(value)
+
+        def q(model, cfg, **kw):
+            return qatkit.ptq(model, batches, cfg, verbose=False, progress=False, **kw)
+
+        off = dict(equalize=False, absorb_bias=False, correct_bias=None)
+        for cond, m in (("natural", natural), ("injected", injected)):
+            add(f"{cond}: FP32", acc(m, xt, yt))
+            add(f"{cond}: qatkit W8A8 per-tensor", acc(q(m, per_tensor_w8a8(), **off), xt, yt))
+            add(f"{cond}: qatkit W8A8 per-channel", acc(q(m, per_channel_w8a8(), **off), xt, yt))
+            add(f"{cond}: qatkit +CLE (per-tensor)", acc(q(m, per_tensor_w8a8(), absorb_bias=False, correct_bias=None), xt, yt))
+            add(f"{cond}: qatkit +CLE+BA", acc(q(m, per_tensor_w8a8(), correct_bias=None), xt, yt))
+            add(f"{cond}: qatkit +BC only", acc(q(m, per_tensor_w8a8(), equalize=False, absorb_bias=False), xt, yt))
+            add(f"{cond}: qatkit CLE+BA+BC (full)", acc(q(m, per_tensor_w8a8()), xt, yt))
+            add(f"{cond}: torch.ao W8A8 per-tensor", acc(torch_ao_ptq(m, calib, False, False), xt, yt))
+            add(f"{cond}: torch.ao W8A8 per-channel", acc(torch_ao_ptq(m, calib, True, False), xt, yt))
+            add(f"{cond}: torch.ao +CLE (per-tensor)", acc(torch_ao_ptq(m, calib, False, True), xt, yt))
+        add("natural, data-free: qatkit full (BN statistics, input_range (0,1))",
+            acc(qatkit.ptq(base, None, per_tensor_w8a8(), input_range=(0, 1), verbose=False, progress=False), xt, yt))
+    print(f"\nPTQ on digits DS-CNN, {a.folds}-fold CV (1797 images), {a.epochs} epochs, calibration {a.calib} "
+          f"images, {time.time() - t0:.0f} s; top-1 % mean ± std over folds")
+    print("| row | top-1 % |\n|---|---|")
+    for k, v in rows.items():
+        print(f"| {k} | {ms(v)} |")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
