@@ -36,8 +36,7 @@ from . import transforms as T
 
 __all__ = ["ptq"]
 
-_ROUNDINGS = ("nearest",)
-_NOT_YET = {"adaround", "gptq"}
+_ROUNDINGS = ("nearest", "adaround", "gptq")
 _BIAS_CORRECTIONS = ("empirical", "analytic", None)
 
 
@@ -175,7 +174,9 @@ def _channel_mean(y: torch.Tensor, linear: bool) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _empirical_bias_correction(model: nn.Module, layers: List[str], run, progress: bool) -> Dict[str, float]:
+def _empirical_bias_correction(
+    model: nn.Module, layers: List[str], run, progress: bool, float_weights: Dict[str, torch.Tensor]
+) -> Dict[str, float]:
     """For each layer from the input side: the mean per-channel shift of its quantized output
     against the float weight on the same (already corrected) inputs, subtracted from its bias."""
     out = {}
@@ -186,10 +187,12 @@ def _empirical_bias_correction(model: nn.Module, layers: List[str], run, progres
         acc = {"sum": None, "n": 0}
         linear = isinstance(layer, QuantLinear)
 
+        w_float = float_weights.get(name, layer.weight)
+
         def hook(mod, args):
             x = args[0]
             yq = mod.forward(x)  # forward, not __call__: no hook recursion
-            yf = _float_op(mod, x, mod.weight)
+            yf = _float_op(mod, x, w_float)
             d = _channel_mean(yq - yf, linear).double()
             acc["sum"] = d if acc["sum"] is None else acc["sum"] + d
             acc["n"] += 1
@@ -208,7 +211,9 @@ def _empirical_bias_correction(model: nn.Module, layers: List[str], run, progres
 
 
 @torch.no_grad()
-def _analytic_bias_correction(model: nn.Module, inputs_of: Dict[str, T.BNStats]) -> Dict[str, float]:
+def _analytic_bias_correction(
+    model: nn.Module, inputs_of: Dict[str, T.BNStats], float_weights: Dict[str, torch.Tensor]
+) -> Dict[str, float]:
     """``b -= eps E[x]`` with E[x] the clipped-normal mean of the ReLU input statistics."""
     out = {}
     for name, st in inputs_of.items():
@@ -217,7 +222,7 @@ def _analytic_bias_correction(model: nn.Module, inputs_of: Dict[str, T.BNStats])
         if wfq is None:
             continue
         ex = T.clipped_relu_mean(st.beta, st.gamma).to(layer.weight.dtype)
-        eps = layer.quantized_weight() - layer.weight
+        eps = layer.quantized_weight() - float_weights.get(name, layer.weight)
         shift = T.weight_times_input(layer, eps, ex)
         T.add_to_bias(layer, -shift)
         out[name] = float(shift.norm())
@@ -320,6 +325,8 @@ def ptq(
     rounding: str = "nearest",
     scaling: Optional[str] = None,
     observer: Optional[str] = "minmax",
+    gptq: Optional[dict] = None,
+    adaround_iters: int = 1000,
     n_sigma: float = 6.0,
     input_range: Optional[Tuple[float, float]] = None,
     inplace: bool = False,
@@ -338,7 +345,12 @@ def ptq(
         equalize: cross-layer equalization of every safe layer pair (ReLU6 -> ReLU where needed).
         absorb_bias: high-bias absorption after equalization.
         correct_bias: ``"empirical"`` (needs data), ``"analytic"`` (BatchNorm statistics) or None.
-        rounding: ``"nearest"`` (AdaRound / GPTQ are not in this release: they raise).
+        rounding: ``"nearest"``, ``"gptq"`` (Hessian from the calibration inputs, act-order,
+            static groups, 1 % damping) or ``"adaround"`` (learned rounding per layer); both need
+            data and apply to static integer weights of Linear / ungrouped Conv layers (others keep
+            round-to-nearest, listed in the report).
+        gptq: GPTQ options (``act_order``, ``damp``, ``block``). adaround_iters: AdaRound steps
+            per layer.
         scaling: None (AWQ / SmoothQuant are not in this release: they raise).
         observer: the observer for static activation ranges (``"minmax"``; ``None`` keeps the
             config's).
@@ -356,16 +368,14 @@ def ptq(
     Raises:
         TypeError / ValueError: bad arguments, empty data, a model with nothing to quantize,
         non-finite activations (naming the layer and the batch), activation ranges that neither
-        data nor BatchNorm statistics give (naming the layers). NotImplementedError: rounding or
-        scaling methods not in this release.
+        data nor BatchNorm statistics give (naming the layers), data-aware rounding without data.
+        NotImplementedError: scaling methods not in this release (AWQ, SmoothQuant).
     """
     config = w8a8() if config is None else config
     if not isinstance(config, QATConfig):
         raise TypeError(f"ptq: config must be a QATConfig (e.g. qatkit.w8a8()), got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"ptq: model must be an nn.Module, got {type(model).__name__}")
-    if rounding in _NOT_YET:
-        raise NotImplementedError(f"ptq: rounding={rounding!r} is not in this release; use 'nearest'")
     if rounding not in _ROUNDINGS:
         raise ValueError(f"ptq: rounding must be one of 'nearest', 'adaround', 'gptq', got {rounding!r}")
     if scaling is not None:
@@ -437,16 +447,29 @@ def ptq(
     for m in work.modules():
         if isinstance(m, _QAT_WEIGHTED) and isinstance(m.weight_fake_quant, AffineStaticWeightQuantizer):
             m.weight_fake_quant.store_qparams(m.weight)
-    report["steps"].append("stored weight qparams (round to nearest)")
+    report["steps"].append("stored weight qparams")
     layers = [n for n, m in work.named_modules() if isinstance(m, _QAT_WEIGHTED)]
+    float_weights = {n: work.get_submodule(n).weight.detach().clone() for n in layers}
+    if rounding != "nearest":
+        if run is None:
+            raise ValueError(f"ptq: rounding={rounding!r} needs calibration data")
+        enable_observer(work, False)
+        work.eval()
+        done, kept = _data_aware_rounding(
+            work, _execution_order(work, layers, flow), run, rounding, gptq or {}, adaround_iters, progress
+        )
+        report["steps"].append(f"{rounding} rounding of {len(done)} layer(s)")
+        report["rounding_skipped"] = kept
+    else:
+        report["steps"][-1] += " (round to nearest)"
     if correct_bias == "empirical":
         enable_observer(work, False)
         work.eval()
-        shifts = _empirical_bias_correction(work, _execution_order(work, layers, flow), run, progress)
+        shifts = _empirical_bias_correction(work, _execution_order(work, layers, flow), run, progress, float_weights)
         report["steps"].append(f"empirical bias correction of {len(shifts)} layer(s)")
         report["bias_shift"] = shifts
     elif correct_bias == "analytic":
-        shifts = _analytic_bias_correction(work, relu_inputs)
+        shifts = _analytic_bias_correction(work, relu_inputs, float_weights)
         report["steps"].append(f"analytic bias correction of {len(shifts)} layer(s)")
         report["bias_shift"] = shifts
     enable_observer(work, False)
@@ -462,6 +485,66 @@ def ptq(
         model.__dict__ = work.__dict__
         return model
     return work
+
+
+@torch.no_grad()
+def _layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
+    """The inputs the layer's weight multiplies (after its input quantizer) over the calibration data."""
+    layer = model.get_submodule(name)
+    xs: List[torch.Tensor] = []
+    h = layer.register_forward_pre_hook(lambda mod, args: xs.append(mod.quantize_input(args[0]).detach()))
+    try:
+        run(model)
+    finally:
+        h.remove()
+    return xs
+
+
+def _data_aware_rounding(model, layers, run, method, gptq_opts, adaround_iters, progress):
+    """GPTQ / AdaRound, layer by layer from the input side (each sees inputs through the layers
+    already rounded). Returns (rounded layers, [(layer, why it kept round-to-nearest)])."""
+    from . import rounding as R
+
+    done, kept = [], []
+    for name in _progress(layers, len(layers), method, progress):
+        layer = model.get_submodule(name)
+        wfq = layer.weight_fake_quant
+        if not isinstance(wfq, AffineStaticWeightQuantizer):
+            kept.append((name, "not a static integer weight quantizer (learned, ternary, binary or none)"))
+            continue
+        if isinstance(layer, BitLinear) or getattr(layer, "groups", 1) != 1:
+            kept.append((name, "grouped conv or BitLinear: round to nearest"))
+            continue
+        s = wfq.spec
+        xs = _layer_inputs(model, name, run)
+        if not xs:
+            kept.append((name, "it never ran on the calibration data"))
+            continue
+        shape = layer.weight.shape
+        if method == "gptq":
+            H = R.hessian(layer, xs)
+            group = wfq.group_size if wfq.granularity == "per_group" else None
+            wq, sc, zp = R.gptq_quantize(
+                R.weight_rows(layer), H, s.quant_min, s.quant_max, s.symmetric, group_size=group,
+                per_tensor=wfq.granularity == "per_tensor", **gptq_opts,
+            )
+            if wfq.granularity == "per_tensor":
+                sc, zp = sc.reshape(1), zp.reshape(1)
+            with torch.no_grad():
+                layer.weight.copy_(wq.reshape(shape))
+            wfq.store_qparams(scale=sc, zero_point=zp)
+        else:
+            X = torch.cat([R.layer_matrix_input(layer, x) for x in xs])
+            if X.shape[0] > 8192:
+                X = X[torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))[:8192]]
+            sc, zp = wfq.stored_scale, wfq.stored_zero_point
+            if wfq.granularity == "per_group":
+                sc, zp = sc.repeat_interleave(wfq.group_size, dim=1), zp.repeat_interleave(wfq.group_size, dim=1)
+            wq = R.adaround_quantize(layer, X, sc, zp, s.quant_min, s.quant_max, iters=adaround_iters)
+            with torch.no_grad():
+                layer.weight.copy_(wq)
+        done.append(name)
+    return done, kept
 
 
 def _reading_model_input(flow: Optional[graph.Dataflow]) -> List[str]:
