@@ -29,7 +29,7 @@ from . import (
     qat,
 )
 from . import ptq as _ptq_module  # noqa: E402
-from .ptq import ptq
+from .ptq import choose_bits, ptq, sensitivity
 from .qat import (
     LayerSpec,
     QATConfig,
@@ -55,6 +55,8 @@ __all__ = [
     "ops",
     "qat",
     "ptq",
+    "sensitivity",
+    "choose_bits",
     "QATConfig",
     "QuantSpec",
     "LayerSpec",

@@ -4,5 +4,6 @@ See docs/ptq.md for the formulas and the order of the steps."""
 
 from . import transforms
 from .api import ptq
+from .sensitivity import SensitivityReport, bits_per_weight, choose_bits, sensitivity
 
-__all__ = ["ptq", "transforms"]
+__all__ = ["ptq", "transforms", "sensitivity", "SensitivityReport", "choose_bits", "bits_per_weight"]

@@ -1,0 +1,268 @@
+"""Which layer breaks accuracy, and which bit width each layer can afford (issue 11).
+
+:func:`sensitivity` quantizes the model once (prepare + calibrate) and then switches fake
+quantization per layer: for each layer the model output (and the layer's own output) with only
+that layer quantized, and the model output with only that layer left float, each against the float
+model: SQNR (dB), MSE and cosine. :func:`choose_bits` measures every candidate format per layer the
+same way and picks per-layer formats under a bits-per-weight (or quality) budget, returning a
+:class:`QATConfig` whose overrides name each layer.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ..qat.config import QATConfig, QuantSpec, w8a8
+from ..qat.prepare import calibrate, prepare_qat
+from ..qat.quantizers import ActFakeQuantizer, WeightFakeQuantizer
+from .api import _batches, _progress
+
+__all__ = ["sensitivity", "SensitivityReport", "choose_bits", "bits_per_weight"]
+
+
+def _metrics(y: torch.Tensor, ref: torch.Tensor) -> Dict[str, float]:
+    y, ref = y.detach().double().reshape(-1), ref.detach().double().reshape(-1)
+    err = (y - ref).pow(2).sum()
+    sig = ref.pow(2).sum()
+    return {
+        "sqnr_db": float(10 * torch.log10(sig / err)) if err > 0 else math.inf,
+        "mse": float(err / y.numel()),
+        "cosine": float(torch.nn.functional.cosine_similarity(y, ref, dim=0)),
+    }
+
+
+def _outputs(model, batches, forward) -> torch.Tensor:
+    outs = []
+    with torch.no_grad():
+        for b in batches:
+            if forward is not None:
+                o = forward(model, b)
+            else:
+                o = model(b[0] if isinstance(b, (tuple, list)) else b)
+            o = o[0] if isinstance(o, (tuple, list)) else o
+            if isinstance(o, dict):
+                o = next(iter(o.values()))
+            if not isinstance(o, torch.Tensor):
+                raise TypeError(
+                    f"sensitivity: the model output must be a tensor (or a tuple / dict whose first entry is one), "
+                    f"got {type(o).__name__}; pass forward=... returning a tensor"
+                )
+            outs.append(o.reshape(-1))
+    return torch.cat(outs)
+
+
+def _quantizers(layer: nn.Module):
+    return [m for m in layer.modules() if isinstance(m, (WeightFakeQuantizer, ActFakeQuantizer))]
+
+
+def _set_all(model: nn.Module, on: bool, except_layer: Optional[nn.Module] = None) -> None:
+    skip = {id(m) for m in _quantizers(except_layer)} if except_layer is not None else set()
+    for m in model.modules():
+        if isinstance(m, (WeightFakeQuantizer, ActFakeQuantizer)):
+            m.enable_fake_quant(not on if id(m) in skip else on)
+
+
+def _prepared(model, config, batches, forward):
+    q = prepare_qat(model, config)
+    if any(isinstance(m, ActFakeQuantizer) for m in q.modules()):
+        calibrate(q, batches, forward)
+    q.eval()
+    return q
+
+
+@dataclasses.dataclass
+class SensitivityReport:
+    """Per-layer rows (``name``, ``type``, ``weights``, ``params``, ``only_quantized``,
+    ``only_float``, ``layer_output``: metric dicts) and the whole-model row ``all_quantized``."""
+
+    config: str
+    rows: List[dict]
+    all_quantized: Dict[str, float]
+
+    def table(self) -> str:
+        head = "| layer | type | weights | params | SQNR only this quantized (dB) | cosine | SQNR all but this (dB) | layer output SQNR (dB) |"
+        lines = [head, "|" + "---|" * 8]
+        for r in sorted(self.rows, key=lambda r: r["only_quantized"]["sqnr_db"]):
+            lines.append(
+                f"| {r['name']} | {r['type']} | {r['weights']} | {r['params']} | {r['only_quantized']['sqnr_db']:.2f} | "
+                f"{r['only_quantized']['cosine']:.5f} | {r['only_float']['sqnr_db']:.2f} | {r['layer_output']['sqnr_db']:.2f} |"
+            )
+        lines.append(f"| (all quantized) | | {self.config} | | {self.all_quantized['sqnr_db']:.2f} | "
+                     f"{self.all_quantized['cosine']:.5f} | | |")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, default=str)
+
+    def plot(self, path: str) -> str:
+        """A bar chart of the per-layer SQNR (only this layer quantized / all but this one)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = [r["name"] for r in self.rows]
+        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
+        xs = range(len(names))
+        ax.bar([i - 0.2 for i in xs], [r["only_quantized"]["sqnr_db"] for r in self.rows], 0.4, label="only this layer quantized")
+        ax.bar([i + 0.2 for i in xs], [r["only_float"]["sqnr_db"] for r in self.rows], 0.4, label="all but this layer")
+        ax.axhline(self.all_quantized["sqnr_db"], color="k", lw=0.8, ls="--", label="all quantized")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_ylabel("model output SQNR (dB)")
+        ax.set_title(f"qatkit.sensitivity ({self.config})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def sensitivity(
+    model: nn.Module, data, config: Optional[QATConfig] = None, *, forward: Optional[Callable] = None, progress: bool = True
+) -> SensitivityReport:
+    """Per-layer sensitivity of ``model`` to ``config`` (default ``w8a8()``) on ``data``.
+
+    Raises:
+        ValueError: no data (sensitivity is measured); TypeError: outputs that are not tensors.
+    """
+    config = w8a8() if config is None else config
+    batches = _batches(data)
+    if batches is None:
+        raise ValueError("sensitivity: data is required (a tensor, a list of batches or a DataLoader)")
+    model = copy.deepcopy(model).eval()
+    ref = _outputs(model, batches, forward)
+    q = _prepared(model, config, batches, forward)
+    rows_in = [r for r in q.qat_report if r.get("qat")]
+    all_q = _metrics(_outputs(q, batches, forward), ref)
+    rows = []
+    for r in _progress(rows_in, len(rows_in), "sensitivity", progress):
+        layer = q.get_submodule(r["name"]) if r["name"] else q
+        float_layer = model.get_submodule(r["name"]) if r["name"] else model
+        _set_all(q, False, except_layer=layer)  # only this one on
+        got, want = {}, {}
+        h1 = layer.register_forward_hook(lambda m, a, o: got.setdefault("y", []).append(o.detach().reshape(-1)))
+        h2 = float_layer.register_forward_hook(lambda m, a, o: want.setdefault("y", []).append(o.detach().reshape(-1)))
+        try:
+            only_q = _metrics(_outputs(q, batches, forward), ref)
+            _outputs(model, batches, forward)
+        finally:
+            h1.remove()
+            h2.remove()
+        layer_out = _metrics(torch.cat(got["y"]), torch.cat(want["y"])) if got and want else {"sqnr_db": math.nan}
+        _set_all(q, True, except_layer=layer)  # all but this one
+        only_f = _metrics(_outputs(q, batches, forward), ref)
+        _set_all(q, True)
+        params = sum(p.numel() for n, p in float_layer.named_parameters() if n.endswith("weight"))
+        rows.append({"name": r["name"], "type": r["type"], "weights": r["weight"], "params": params,
+                     "only_quantized": only_q, "only_float": only_f, "layer_output": layer_out})
+    return SensitivityReport(config.name, rows, all_q)
+
+
+def bits_per_weight(spec: Optional[QuantSpec]) -> float:
+    """Storage bits per weight of a spec's codes (scales not counted): its bits, log2(3) for
+    ternary, 1 for binary, 32 for float."""
+    if spec is None:
+        return 32.0
+    if spec.kind == "ternary":
+        return math.log2(3)
+    if spec.kind == "binary":
+        return 1.0
+    return float(spec.bits)
+
+
+def choose_bits(
+    model: nn.Module,
+    data,
+    candidates: Sequence[QATConfig] = (),
+    *,
+    budget: Optional[float] = None,
+    min_sqnr_db: Optional[float] = None,
+    forward: Optional[Callable] = None,
+    progress: bool = True,
+) -> QATConfig:
+    """Pick a format per layer among ``candidates`` (their default specs; default W8A8, W4A8,
+    ternary TWN, binary W1A8) under a budget: ``budget`` bits per weight on average (weighted by
+    each layer's weight count; the least damaging downgrades first), or ``min_sqnr_db``, the
+    fewest bits whose predicted model-output SQNR stays above it. The per-layer damage is each
+    candidate's "only this layer quantized" output noise (:func:`sensitivity`), added as noise
+    powers to predict the whole model.
+
+    Returns:
+        A :class:`QATConfig` (the first candidate's, ``first_last=None``) with one override per
+        layer; ``.name`` carries the predicted bits per weight and SQNR.
+
+    Raises:
+        ValueError: neither or both budgets, a budget below the cheapest assignment, no candidates.
+    """
+    from ..qat.config import binary_w1a8, ternary_twn, w4a8
+
+    if (budget is None) == (min_sqnr_db is None):
+        raise ValueError("choose_bits: give exactly one of budget (bits per weight) or min_sqnr_db")
+    cands = list(candidates) or [w8a8(), w4a8(), ternary_twn(), binary_w1a8()]
+    if not all(isinstance(c, QATConfig) for c in cands):
+        raise TypeError("choose_bits: candidates must be QATConfig objects")
+    cands = [dataclasses.replace(c, first_last=None) for c in cands]
+    reports = [sensitivity(model, data, c, forward=forward, progress=progress) for c in cands]
+    names = [r["name"] for r in reports[0].rows]
+    params = {r["name"]: r["params"] for r in reports[0].rows}
+    noise = {}  # (layer, candidate) -> relative output noise power
+    for ci, rep in enumerate(reports):
+        for r in rep.rows:
+            noise[(r["name"], ci)] = 10 ** (-r["only_quantized"]["sqnr_db"] / 10) if math.isfinite(r["only_quantized"]["sqnr_db"]) else 0.0
+    bpw = [bits_per_weight(c.default.weight) for c in cands]
+    total = sum(params.values()) or 1
+    order = sorted(range(len(cands)), key=lambda i: -bpw[i])  # most bits first
+    choice = {n: order[0] for n in names}
+
+    def avg_bits():
+        return sum(params[n] * bpw[choice[n]] for n in names) / total
+
+    def pred_sqnr():
+        s = sum(noise[(n, choice[n])] for n in names)
+        return math.inf if s == 0 else -10 * math.log10(s)
+
+    lowest = sum(params[n] * bpw[order[-1]] for n in names) / total
+    if budget is not None and budget < lowest - 1e-9:
+        raise ValueError(f"choose_bits: budget {budget} bits/weight is below the cheapest assignment ({lowest:.3f})")
+    while True:
+        if budget is not None and avg_bits() <= budget + 1e-9:
+            break
+        best = None
+        for n in names:
+            k = order.index(choice[n])
+            if k + 1 >= len(order):
+                continue
+            nxt = order[k + 1]
+            saved = params[n] * (bpw[choice[n]] - bpw[nxt])
+            cost = noise[(n, nxt)] - noise[(n, choice[n])]
+            if min_sqnr_db is not None:
+                s = sum(noise[(m, choice[m])] for m in names) + cost
+                if s > 0 and -10 * math.log10(s) < min_sqnr_db:
+                    continue
+            key = cost / max(saved, 1e-12)
+            if best is None or key < best[0]:
+                best = (key, n, nxt)
+        if best is None:
+            break
+        choice[best[1]] = best[2]
+    base = cands[order[0]]
+    overrides = tuple((_escape(n), cands[choice[n]].default) for n in names)
+    return dataclasses.replace(
+        base,
+        overrides=overrides,
+        name=f"mixed ({avg_bits():.2f} bits/weight, predicted output SQNR {pred_sqnr():.1f} dB)",
+    )
+
+
+def _escape(name: str) -> str:
+    """An fnmatch pattern matching exactly ``name``."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
