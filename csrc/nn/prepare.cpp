@@ -16,6 +16,7 @@
 #include <memory>
 #include <sstream>
 
+#include "module_access.h"
 #include "qatkit/nn.h"
 
 namespace qatkit::nn {
@@ -492,6 +493,85 @@ std::int64_t convert(torch::nn::Module& model) {
   }
   model.eval();
   return n;
+}
+
+namespace {
+
+/// Fold every Conv2d -> BatchNorm2d neighbour of the Sequentials in `model` (float, exact in eval
+/// mode: W * gamma / sigma, beta + (b - mu) * gamma / sigma, Python's fold_batchnorms arithmetic)
+/// and put an Identity where the BatchNorm was. Returns the number folded.
+std::int64_t fold_sequential_batchnorms(torch::nn::Module& model) {
+  torch::NoGradGuard ng;
+  std::int64_t folded = 0;
+  std::vector<torch::nn::SequentialImpl*> seqs;
+  if (auto* s = dynamic_cast<torch::nn::SequentialImpl*>(&model)) seqs.push_back(s);
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    if (auto s = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(m)) seqs.push_back(s.get());
+  }
+  for (auto* seq : seqs) {
+    for (std::size_t i = 0; i + 1 < seq->size(); ++i) {
+      auto conv = std::dynamic_pointer_cast<torch::nn::Conv2dImpl>(seq->ptr(i));
+      auto bn = std::dynamic_pointer_cast<torch::nn::BatchNorm2dImpl>(seq->ptr(i + 1));
+      if (!conv || !bn || bn->options.num_features() != conv->options.out_channels() ||
+          !bn->options.track_running_stats()) {
+        continue;
+      }
+      const torch::Tensor std = torch::sqrt(bn->running_var + bn->options.eps());
+      const torch::Tensor gamma = bn->options.affine() ? bn->weight : torch::ones_like(std);
+      const torch::Tensor beta = bn->options.affine() ? bn->bias : torch::zeros_like(std);
+      const torch::Tensor factor = gamma / std;
+      const torch::Tensor b = conv->bias.defined() ? conv->bias : torch::zeros_like(bn->running_mean);
+      conv->weight.copy_(conv->weight * factor.reshape({-1, 1, 1, 1}));
+      const torch::Tensor new_bias = beta + (b - bn->running_mean) * factor;
+      if (conv->bias.defined()) {
+        conv->bias.copy_(new_bias);
+      } else {  // a bias=false conv registers an undefined "bias": replace it
+        detail::ModuleAccess::erase_parameter(*conv, "bias");
+        conv->bias = conv->register_parameter("bias", new_bias.clone());
+        conv->options.bias(true);
+      }
+      torch::nn::Identity ident;
+      *(seq->begin() + static_cast<std::ptrdiff_t>(i + 1)) = torch::nn::AnyModule(ident);
+      seq->replace_module(std::to_string(i + 1), ident.ptr());
+      ++folded;
+    }
+  }
+  return folded;
+}
+
+LayerSpec with_observer(LayerSpec ls, const std::string& observer) {
+  if (ls.activation && ls.activation->kind == "int" && ls.activation->scale == "static") ls.activation->observer = observer;
+  return ls;
+}
+
+}  // namespace
+
+QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tensor>& batches,
+              const std::function<void(const torch::Tensor&)>& forward, const QATConfig& config,
+              const PTQOptions& options) {
+  TORCH_CHECK_VALUE(!batches.empty(), "ptq: batches holds no calibration batch");
+  for (std::size_t i = 0; i < batches.size(); ++i) {
+    TORCH_CHECK_VALUE(batches[i].defined() && batches[i].numel() > 0,
+                      fmt::format("ptq: calibration batch {} is empty", i));
+  }
+  TORCH_CHECK_VALUE(static_cast<bool>(forward), "ptq: forward must be a callable, got an empty std::function");
+  QATConfig cfg = config;
+  if (!options.observer.empty()) {
+    cfg.default_spec = with_observer(cfg.default_spec, options.observer);
+    for (auto& o : cfg.overrides) o.second = with_observer(o.second, options.observer);
+  }
+  model.eval();
+  const std::int64_t folded = options.fold_bn ? fold_sequential_batchnorms(model) : 0;
+  QATReport report = prepare_qat_inplace(model, cfg);
+  bool has_acts = false;
+  for_act_quantizers(model, [&](ActFakeQuantizerImpl&) { has_acts = true; });
+  if (has_acts) calibrate(model, batches, forward);  // weight-only configs: nothing to observe
+  enable_observer(model, false);
+  model.eval();
+  if (folded > 0) {
+    report.layers.push_back({"", "", "", "", "", fmt::format("ptq: folded {} BatchNorm2d(s) in float", folded), ""});
+  }
+  return report;
 }
 
 void freeze_bn(torch::nn::Module& model, bool on) {

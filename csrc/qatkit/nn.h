@@ -408,6 +408,24 @@ QATKIT_API std::int64_t convert(torch::nn::Module& model);
 /// Switch every QuantConvBn2d to its running statistics (Krishnamoorthi's freeze).
 QATKIT_API void freeze_bn(torch::nn::Module& model, bool on = true);
 
+/// Options of the C++ post-training quantization.
+struct QATKIT_API PTQOptions {
+  bool fold_bn = true;              ///< fold Conv2d -> BatchNorm2d neighbours of Sequentials in float (exact)
+  std::string observer = "minmax";  ///< observer of static activation ranges ("" keeps the config's)
+};
+
+/// Post-training quantization of `model` in place, the C++ part of Python's qatkit.ptq: fold
+/// BatchNorms into the convs before them (float, exact), prepare_qat_inplace with `config`
+/// (static activation observers set to options.observer), calibrate on `batches` through
+/// `forward`, then freeze the observers and switch to eval. Round-to-nearest weights; equal to
+/// Python's `qatkit.ptq(model, batches, config, equalize=False, absorb_bias=False,
+/// correct_bias=None)` bit for bit (tested). The data-aware steps — cross-layer equalization,
+/// bias absorption and correction, GPTQ / AdaRound, histogram observers — are Python-only.
+/// Raises ValueError for empty batch lists or empty batches, and what prepare_qat / calibrate raise.
+QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tensor>& batches,
+                         const std::function<void(const torch::Tensor&)>& forward, const QATConfig& config,
+                         const PTQOptions& options = PTQOptions());
+
 /// Clips shadow weights to [-c, c] where their weight spec sets latent_clip (BinaryConnect); call
 /// after each optimizer step. Returns the number of weights clipped.
 QATKIT_API std::int64_t clip_latent_weights(torch::nn::Module& model);

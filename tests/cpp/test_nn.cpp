@@ -217,6 +217,18 @@ CATCH_TEST_CASE("bad input to the C++ QAT API: a table of calls and message frag
          qnn::convert(*seq);
        },
        "the model has no QAT layers"},
+      {"ptq without batches",
+       [] {
+         auto seq = torch::nn::Sequential(torch::nn::Linear(2, 2));
+         qnn::ptq(*seq, {}, [](const torch::Tensor&) {}, qnn::QATConfig::w8a8());
+       },
+       "ptq: batches holds no calibration batch"},
+      {"ptq with an empty batch",
+       [] {
+         auto seq = torch::nn::Sequential(torch::nn::Linear(2, 2));
+         qnn::ptq(*seq, {torch::ones({1, 2}), torch::ones({0, 2})}, [](const torch::Tensor&) {}, qnn::QATConfig::w8a8());
+       },
+       "ptq: calibration batch 1 is empty"},
       {"convert twice",
        [] {
          qnn::QuantLinear q(torch::nn::Linear(4, 2), qnn::LayerSpec{qnn::QATConfig::w8a8().default_spec.weight, {}});
