@@ -68,7 +68,11 @@ void check_flag(const char* op, const char* name, const at::Tensor& t, const at:
                                                               input.device().str(), t.device().str()));
 }
 
-void check_observer_args(const char* op, const at::Tensor& input, const at::Tensor& running_min,
+}  // namespace
+
+namespace ops {
+
+void check_observer_update_args(const char* op, const at::Tensor& input, const at::Tensor& running_min,
                          const at::Tensor& running_max, const at::Tensor& scale, const at::Tensor& zero_point,
                          const at::Tensor& observer_on, double momentum, std::int64_t quant_min, std::int64_t quant_max,
                          OptInt axis) {
@@ -83,10 +87,6 @@ void check_observer_args(const char* op, const at::Tensor& input, const at::Tens
   check_flag(op, "observer_on", observer_on, input);
 }
 
-}  // namespace
-
-namespace ops {
-
 void observer_update_impl(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
                           at::Tensor& zero_point, const at::Tensor& observer_on, double momentum, bool moving_average,
                           std::int64_t quant_min, std::int64_t quant_max, bool symmetric, OptInt axis,
@@ -95,8 +95,8 @@ void observer_update_impl(const at::Tensor& input, at::Tensor& running_min, at::
   // Statistics are not differentiable: never record the buffer updates in an autograd graph
   // (the buffers would otherwise chain every training step's graph together).
   const at::NoGradGuard no_grad;
-  check_observer_args(op, input, running_min, running_max, scale, zero_point, observer_on, momentum, quant_min,
-                      quant_max, axis);
+  check_observer_update_args(op, input, running_min, running_max, scale, zero_point, observer_on, momentum,
+                             quant_min, quant_max, axis);
   if (input.sym_numel() == 0) return;  // nothing observed
   const at::Tensor rows =
       axis.has_value() ? input.movedim(*axis, 0).reshape_symint({input.sym_size(*axis), -1}) : input.reshape({1, -1});

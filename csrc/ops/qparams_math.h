@@ -26,6 +26,13 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_impl(const at::Tensor& input, 
                                                        std::optional<std::int64_t> axis,
                                                        std::optional<std::int64_t> group_size, bool check_finite);
 
+/// The argument checks of _observer_update (shapes, dtypes, devices, range, momentum, flag), raising
+/// ValueError / TypeError naming `op` and the argument.
+void check_observer_update_args(const char* op, const at::Tensor& input, const at::Tensor& running_min,
+                                const at::Tensor& running_max, const at::Tensor& scale, const at::Tensor& zero_point,
+                                const at::Tensor& observer_on, double momentum, std::int64_t quant_min,
+                                std::int64_t quant_max, std::optional<std::int64_t> axis);
+
 /// _observer_update on any device: fold the batch min/max of `input` into the running range
 /// (moving average or min/max) and refresh scale / zero_point, rows whose batch is non-finite (or
 /// wider than float32) keeping their state; `check_finite` raises ValueError for such a batch

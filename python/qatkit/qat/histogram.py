@@ -72,9 +72,19 @@ class HistogramObserver(Observer):
         self.min_val.fill_(new_lo)
         self.max_val.fill_(new_hi)
         self.histogram.add_(torch.histc(x, self.bins, new_lo, new_hi).double())
-        self._refresh()
+        self.dirty = True
+        if not self._refreshed:  # the first batch gives qparams at once; later ones on demand
+            self.refresh()
 
-    def _refresh(self) -> None:
+    #: True when the histogram changed since the qparams were computed (they are refreshed on the
+    #: first batch, at the end of calibrate, and by an eval forward that finds them stale)
+    dirty = False
+    _refreshed = False
+
+    def refresh(self) -> None:
+        """Compute the qparams from the histogram now (the clip search runs once per call)."""
+        self.dirty = False
+        self._refreshed = True
         lo, hi = self.clip_range()
         s = self.spec
         sc, zp = ops.choose_qparams(torch.tensor([lo, hi], dtype=torch.float32), s.quant_min, s.quant_max, s.symmetric)
@@ -88,7 +98,14 @@ class HistogramObserver(Observer):
     def clip_range(self) -> Tuple[float, float]:
         return float(self.min_val), float(self.max_val)
 
+    def calculate_qparams(self):
+        if self.dirty:
+            self.refresh()
+        return super().calculate_qparams()
+
     def fake_quantize(self, x: torch.Tensor, observe_flag: torch.Tensor, fake_quant_on: torch.Tensor) -> torch.Tensor:
+        # during calibration the batch is quantized with the qparams of the data so far (refreshed
+        # at the end: one clip search per layer, not per batch)
         if bool(observe_flag.item()):
             self.observe(x)
         if not bool(fake_quant_on.item()):

@@ -440,10 +440,13 @@ def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
             counts[id(mod)] += 1
 
     hooks = [m.register_forward_pre_hook(count) for m in acts]
+    weights = [m for m in model.modules() if isinstance(m, WeightFakeQuantizer)]
     try:
         model.eval()
         for m in acts:
             m.train()
+        for m in weights:  # weights do not change during calibration: fake-quantize each once
+            m._calibration_cache = {}
         for b in batches:
             if forward is not None:
                 forward(model, b)
@@ -452,8 +455,14 @@ def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
     finally:
         for h in hooks:
             h.remove()
+        for m in weights:
+            m._calibration_cache = None
         for m, was in modes:
             m.training = was
+        for m in acts:  # histogram observers compute their final qparams once, here
+            obs = getattr(m, "observer", None)
+            if getattr(obs, "dirty", False):
+                obs.refresh()
     names = {id(m): n for n, m in model.named_modules()}
     idle = [names[id(m)] for m in acts if counts[id(m)] == 0 and isinstance(m, _DATA_RANGE_QUANTIZERS)]
     if idle:

@@ -433,9 +433,20 @@ class WeightFakeQuantizer(_SpecModule):
             else (PerAxis(0) if self.axis is not None else PerTensor())
         )
 
+    #: set by :func:`qatkit.qat.calibrate` while it runs (weights cannot change then): the
+    #: fake-quantized weight is computed once per weight tensor and reused for every batch
+    _calibration_cache: Optional[dict] = None
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if not self._fq_enabled:
             return w
+        cache = self._calibration_cache
+        if cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            key = (id(w), w._version)
+            hit = cache.get(key)
+            if hit is None:
+                hit = cache[key] = self.quantize(w)
+            return hit
         return self.quantize(w)
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
@@ -739,6 +750,8 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
                 self._warn_unobserved()
         if not self._fq_enabled:
             return x
+        if getattr(self.observer, "dirty", False):  # histogram observers refresh their qparams lazily
+            self.observer.refresh()
         s = self.spec
         return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis)
 

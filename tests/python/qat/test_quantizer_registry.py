@@ -24,6 +24,10 @@ EXPECTED = {
     "binary_w1a8": (qz.BinaryWeightQuantizer, qz.AffineStaticActQuantizer),
     "xnor_w1a1": (qz.BinaryWeightQuantizer, qz.BinaryActQuantizer),
     "binaryconnect": (qz.BinaryWeightQuantizer, None),
+    "int8_weight_only": (qz.AffineStaticWeightQuantizer, None),
+    "int4_weight_only": (qz.AffineStaticWeightQuantizer, None),
+    "ternary_weight_only": (qz.TernaryWeightQuantizer, None),
+    "binary_weight_only": (qz.BinaryWeightQuantizer, None),
 }
 
 
