@@ -219,7 +219,7 @@ def _analytic_bias_correction(
     for name, st in inputs_of.items():
         layer = model.get_submodule(name)
         wfq = getattr(layer, "weight_fake_quant", None)
-        if wfq is None:
+        if wfq is None or getattr(layer, "smooth", None) is not None:
             continue
         ex = T.clipped_relu_mean(st.beta, st.gamma).to(layer.weight.dtype)
         eps = layer.quantized_weight() - float_weights.get(name, layer.weight)
@@ -351,7 +351,9 @@ def ptq(
             round-to-nearest, listed in the report).
         gptq: GPTQ options (``act_order``, ``damp``, ``block``). adaround_iters: AdaRound steps
             per layer.
-        scaling: None (AWQ / SmoothQuant are not in this release: they raise).
+        scaling: None, ``"smoothquant"`` (W8A8: per-channel input scaling s = max|X|^a /
+            max|W|^(1-a), a searched per layer) or ``"awq"`` (weight-only: s = mean|X|^a, a
+            searched); Linear layers only, applied inside the layer (``QuantLinear.smooth``).
         observer: the observer for static activation ranges (``"minmax"``; ``None`` keeps the
             config's).
         n_sigma: data-free activation ranges are ``beta +- n_sigma * gamma`` (DFQ uses 6).
@@ -368,8 +370,8 @@ def ptq(
     Raises:
         TypeError / ValueError: bad arguments, empty data, a model with nothing to quantize,
         non-finite activations (naming the layer and the batch), activation ranges that neither
-        data nor BatchNorm statistics give (naming the layers), data-aware rounding without data.
-        NotImplementedError: scaling methods not in this release (AWQ, SmoothQuant).
+        data nor BatchNorm statistics give (naming the layers), data-aware rounding or scaling
+        without data.
     """
     config = w8a8() if config is None else config
     if not isinstance(config, QATConfig):
@@ -378,8 +380,8 @@ def ptq(
         raise TypeError(f"ptq: model must be an nn.Module, got {type(model).__name__}")
     if rounding not in _ROUNDINGS:
         raise ValueError(f"ptq: rounding must be one of 'nearest', 'adaround', 'gptq', got {rounding!r}")
-    if scaling is not None:
-        raise NotImplementedError(f"ptq: scaling={scaling!r} (AWQ / SmoothQuant) is not in this release; use None")
+    if scaling not in (None, "smoothquant", "awq"):
+        raise ValueError(f"ptq: scaling must be None, 'smoothquant' or 'awq', got {scaling!r}")
     if correct_bias not in _BIAS_CORRECTIONS:
         raise ValueError(f"ptq: correct_bias must be 'empirical', 'analytic' or None, got {correct_bias!r}")
     if not (isinstance(n_sigma, (int, float)) and math.isfinite(n_sigma) and n_sigma > 0):
@@ -422,8 +424,35 @@ def ptq(
         report["steps"].append(f"absorbed high biases of {len(absorbed)} layer(s)")
     relu_inputs = _relu_inputs(work, flow, stats)
 
+    linear_stats = {}
+    if scaling is not None:
+        if run is None:
+            raise ValueError(f"ptq: scaling={scaling!r} needs calibration data")
+        from .scaling import collect_linear_stats
+
+        lin_names = [n for n, m in work.named_modules() if type(m) is nn.Linear]
+        linear_stats = collect_linear_stats(work, lin_names, run)
     qcfg = _with_observer(config, observer)
     work = prepare_qat(work, qcfg, inplace=True)
+    float_weights = {n: m.weight.detach().clone() for n, m in work.named_modules() if isinstance(m, _QAT_WEIGHTED)}
+    if scaling is not None:
+        from .scaling import awq_scale, smoothquant_scale
+
+        chosen = {}
+        for name, st in _progress(list(linear_stats.items()), len(linear_stats), scaling, progress):
+            layer = work.get_submodule(name)
+            if not isinstance(layer, QuantLinear) or layer.weight_fake_quant is None:
+                continue
+            if scaling == "smoothquant" and layer.input_fake_quant is None:
+                continue  # nothing to smooth for float activations (use awq)
+            if layer.weight_fake_quant.spec.kind != "int":
+                continue
+            s, a = (smoothquant_scale if scaling == "smoothquant" else awq_scale)(layer, st)
+            if a is not None:
+                layer.set_smoothing(s)
+                chosen[name] = a
+        report["steps"].append(f"{scaling} scaling of {len(chosen)} Linear layer(s)")
+        report["scaling_alpha"] = chosen
     acts = [m for m in work.modules() if isinstance(m, ActFakeQuantizer)]
     data_range = [m for m in acts if isinstance(m, AffineStaticActQuantizer)]
     if data_range:
@@ -449,7 +478,6 @@ def ptq(
             m.weight_fake_quant.store_qparams(m.weight)
     report["steps"].append("stored weight qparams")
     layers = [n for n, m in work.named_modules() if isinstance(m, _QAT_WEIGHTED)]
-    float_weights = {n: work.get_submodule(n).weight.detach().clone() for n in layers}
     if rounding != "nearest":
         if run is None:
             raise ValueError(f"ptq: rounding={rounding!r} needs calibration data")
@@ -492,7 +520,11 @@ def _layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
     """The inputs the layer's weight multiplies (after its input quantizer) over the calibration data."""
     layer = model.get_submodule(name)
     xs: List[torch.Tensor] = []
-    h = layer.register_forward_pre_hook(lambda mod, args: xs.append(mod.quantize_input(args[0]).detach()))
+    def hook(mod, args):
+        x = mod._smooth_input(args[0]) if hasattr(mod, "_smooth_input") else args[0]
+        xs.append(mod.quantize_input(x).detach())
+
+    h = layer.register_forward_pre_hook(hook)
     try:
         run(model)
     finally:

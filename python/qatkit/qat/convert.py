@@ -143,10 +143,21 @@ class QuantizedLinear(_Quantized):
         self.rms_norm = isinstance(qmod, BitLinear)
         self.eps = getattr(qmod, "eps", 1e-6)
         self._set_weight(qmod, qmod.weight, qmod.bias)
+        smooth = getattr(qmod, "smooth", None)
+        # SmoothQuant / AWQ input scaling (the codes hold the scaled weight); None: no buffer
+        self.register_buffer("smooth", None if smooth is None else smooth.detach().clone())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "smooth"
+        if key in state_dict and self.smooth is None:
+            self.register_buffer("smooth", torch.ones_like(state_dict[key], dtype=torch.float32))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x):
         if self.rms_norm:
             x = F.rms_norm(x, (self.in_features,), eps=self.eps)
+        if self.smooth is not None:
+            x = x / self.smooth.to(x.dtype)
         return F.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
 
 

@@ -68,8 +68,40 @@ def _share_params(dst: nn.Module, src: nn.Module, names=("weight", "bias")) -> N
             setattr(dst, n, getattr(src, n))
 
 
-class QuantLinear(_QuantMixin, nn.Linear):
-    """``nn.Linear`` with fake-quantized weight and input.
+class _Smoothing:
+    """Per-input-channel activation scaling of a Linear layer (SmoothQuant / AWQ): the weight's
+    column j is multiplied by s_j and the input divided by s_j before its quantizer, which leaves
+    the float function unchanged and moves quantization difficulty between them. ``smooth`` is a
+    buffer (None until :meth:`set_smoothing`); checkpoints that hold one load into a fresh layer."""
+
+    @torch.no_grad()
+    def set_smoothing(self, s: torch.Tensor) -> None:
+        """Apply ``s`` ([in_features], positive, finite): ``W[:, j] *= s_j``, inputs divided by it.
+        Composes with a smoothing already applied."""
+        s = torch.as_tensor(s, dtype=torch.float32, device=self.weight.device).detach().reshape(-1)
+        if s.numel() != self.in_features or not bool(torch.isfinite(s).all() and (s > 0).all()):
+            raise ValueError(
+                f"{type(self).__name__}.set_smoothing: s must hold {self.in_features} positive finite values, got "
+                f"shape {tuple(s.shape)}"
+            )
+        self.weight.mul_(s.to(self.weight.dtype).reshape(1, -1))
+        cur = getattr(self, "smooth", None)
+        self.register_buffer("smooth", s if cur is None else cur * s)
+
+    def _smooth_input(self, x: torch.Tensor) -> torch.Tensor:
+        s = getattr(self, "smooth", None)
+        return x if s is None else x / s.to(x.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "smooth"
+        if key in state_dict and getattr(self, "smooth", None) is None:
+            self.register_buffer("smooth", torch.ones_like(state_dict[key], dtype=torch.float32))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class QuantLinear(_Smoothing, _QuantMixin, nn.Linear):
+    """``nn.Linear`` with fake-quantized weight and input (and an optional per-channel input
+    scaling, :meth:`set_smoothing`, used by PTQ's SmoothQuant / AWQ).
 
     Example:
         >>> q = QuantLinear.from_float(nn.Linear(16, 8), w8a8().default)
@@ -95,7 +127,7 @@ class QuantLinear(_QuantMixin, nn.Linear):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantize_input(x), self.quantized_weight(), self.bias)
+        return F.linear(self.quantize_input(self._smooth_input(x)), self.quantized_weight(), self.bias)
 
 
 def _conv_from_float(cls, base, mod, layer_spec):
@@ -322,7 +354,7 @@ class BitLinear(QuantLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xn = F.rms_norm(x, (self.in_features,), eps=self.eps)
-        return F.linear(self.quantize_input(xn), self.quantized_weight(), self.bias)
+        return F.linear(self.quantize_input(self._smooth_input(xn)), self.quantized_weight(), self.bias)
 
 
 def _attention(

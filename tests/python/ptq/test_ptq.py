@@ -233,7 +233,7 @@ def test_bad_input_is_refused_and_the_model_is_left_as_it_was(data):
         (dict(data="images"), TypeError, "data must be a DataLoader or iterable"),
         (dict(data=data[0], config="w8a8"), TypeError, "config must be a QATConfig"),
         (dict(data=data[0], rounding="floor"), ValueError, "rounding must be one of"),
-        (dict(data=data[0], scaling="awq"), NotImplementedError, "AWQ / SmoothQuant"),
+        (dict(data=data[0], scaling="fp8"), ValueError, "scaling must be None"),
         (dict(data=data[0], correct_bias="both"), ValueError, "correct_bias must be"),
         (dict(data=data[0], input_range=(1, 0)), ValueError, "input_range must be"),
         (dict(data=[torch.rand(4, 1, 8, 8), torch.full((4, 1, 8, 8), float("nan"))]), ValueError, "calibration batch 1"),
