@@ -71,6 +71,23 @@ class DSCNN(nn.Module):
         return self.net(x)
 
 
+class CNNImg(nn.Module):
+    """qat_models.CNN on images."""
+
+    def __init__(self):
+        super().__init__()
+        m = qat_models.CNN()
+        self.features, self.head = m.features, m.head
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+def low_bit(bits: int) -> QATConfig:
+    w = QuantSpec(bits=bits, symmetric=True, granularity="per_channel")
+    return QATConfig(default=LayerSpec(w, QuantSpec(bits=8, symmetric=False)), name=f"w{bits}a8")
+
+
 def train(model, x, y, epochs, seed):
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -196,7 +213,10 @@ def run_minilm():
         ("qatkit int4_weight_only(128) nearest", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(128), forward=fwd, verbose=False)),
         ("torchao IntxWeightOnly int4 g128", lambda: torchao(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(128)))),
         ("qatkit int4_weight_only(128) GPTQ", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(128), forward=fwd, rounding="gptq", verbose=False)),
+        ("qatkit int4_weight_only(32) AWQ + GPTQ", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32), forward=fwd, scaling="awq", rounding="gptq", verbose=False)),
+        ("qatkit int4_weight_only(128) AWQ", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(128), forward=fwd, scaling="awq", verbose=False)),
         ("qatkit W8A8 (static per-tensor activations, min/max)", lambda: qatkit.ptq(st, feats, qatkit.w8a8(), forward=fwd, verbose=False)),
+        ("qatkit W8A8 static + SmoothQuant", lambda: qatkit.ptq(st, feats, qatkit.w8a8(), forward=fwd, scaling="smoothquant", verbose=False)),
     ]
     print("\nMiniLM (all-MiniLM-L6-v2), 256 calibration / 128 held-out sentences")
     print("| row | mean cosine to FP32 | top-1 NN agreement % | PTQ time (s) |\n|---|---|---|---|")
@@ -270,6 +290,12 @@ def main():
             add(f"{cond}: torch.ao +CLE (per-tensor)", acc(torch_ao_ptq(m, calib, False, True), xt, yt))
         add("natural, data-free: qatkit full (BN statistics, input_range (0,1))",
             acc(qatkit.ptq(base, None, per_tensor_w8a8(), input_range=(0, 1), verbose=False, progress=False), xt, yt))
+        # learned rounding where round-to-nearest loses: the digits CNN at W3 / W2 per-channel, A8
+        cnn = train(CNNImg(), x[tr], y[tr], a.epochs, seed=f)
+        add("CNN: FP32", acc(cnn, xt, yt))
+        for bits in (3, 2):
+            for r in ("nearest", "adaround", "gptq"):
+                add(f"CNN W{bits}A8 per-channel: {r}", acc(q(cnn, low_bit(bits), rounding=r), xt, yt))
     print(f"\nPTQ on digits DS-CNN, {a.folds}-fold CV (1797 images), {a.epochs} epochs, calibration {a.calib} "
           f"images, {time.time() - t0:.0f} s; top-1 % mean ± std over folds")
     print("| row | top-1 % |\n|---|---|")
