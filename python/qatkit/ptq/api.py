@@ -327,6 +327,7 @@ def ptq(
     observer: Optional[str] = "minmax",
     gptq: Optional[dict] = None,
     adaround_iters: int = 1000,
+    threshold_search: bool = True,
     n_sigma: float = 6.0,
     input_range: Optional[Tuple[float, float]] = None,
     inplace: bool = False,
@@ -351,6 +352,9 @@ def ptq(
             round-to-nearest, listed in the report).
         gptq: GPTQ options (``act_order``, ``damp``, ``block``). adaround_iters: AdaRound steps
             per layer.
+        threshold_search: with data, per-channel ternary (TWN) and binary (mean |W|) weights get
+            output-aware thresholds and scales (:mod:`qatkit.ptq.lowbit`) instead of the closed
+            forms.
         scaling: None, ``"smoothquant"`` (W8A8: per-channel input scaling s = max|X|^a /
             max|W|^(1-a), a searched per layer) or ``"awq"`` (weight-only: s = mean|X|^a, a
             searched); Linear layers only, applied inside the layer (``QuantLinear.smooth``).
@@ -478,6 +482,13 @@ def ptq(
             m.weight_fake_quant.store_qparams(m.weight)
     report["steps"].append("stored weight qparams")
     layers = [n for n, m in work.named_modules() if isinstance(m, _QAT_WEIGHTED)]
+    if threshold_search and run is not None:
+        enable_observer(work, False)
+        work.eval()
+        searched, skipped = _lowbit_search(work, _execution_order(work, layers, flow), run, progress)
+        if searched:
+            report["steps"].append(f"ternary/binary output-aware thresholds of {len(searched)} layer(s)")
+        report["threshold_search_skipped"] = skipped
     if rounding != "nearest":
         if run is None:
             raise ValueError(f"ptq: rounding={rounding!r} needs calibration data")
@@ -530,6 +541,41 @@ def _layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
     finally:
         h.remove()
     return xs
+
+
+def _lowbit_search(model, layers, run, progress):
+    """Output-aware ternary thresholds / binary scales per channel (see lowbit.py). Returns
+    (searched layers, [(layer, why not)])."""
+    from . import lowbit as LB
+    from . import rounding as R
+    from ..qat.quantizers import BinaryWeightQuantizer, TernaryWeightQuantizer
+
+    done, skipped = [], []
+    for name in _progress(layers, len(layers), "ternary/binary search", progress):
+        layer = model.get_submodule(name)
+        wfq = layer.weight_fake_quant
+        if not isinstance(wfq, (TernaryWeightQuantizer, BinaryWeightQuantizer)):
+            continue
+        s = wfq.spec
+        if wfq.axis != 0 or (s.kind == "ternary" and s.method != "twn") or (s.kind == "binary" and (s.method != "mean_abs" or s.stochastic)):
+            skipped.append((name, f"{s.describe()}: the search needs per-channel TWN / mean_abs scales (closed form kept)"))
+            continue
+        if isinstance(layer, BitLinear) or getattr(layer, "groups", 1) != 1:
+            skipped.append((name, "grouped conv or BitLinear: closed form kept"))
+            continue
+        xs = _layer_inputs(model, name, run)
+        if not xs:
+            skipped.append((name, "it never ran on the calibration data"))
+            continue
+        X = torch.cat([R.layer_matrix_input(layer, x) for x in xs])
+        if X.shape[0] > 8192:
+            X = X[torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))[:8192]]
+        W = R.weight_rows(layer)
+        new = LB.ternary_search(W, X)[0] if s.kind == "ternary" else LB.binary_search(W, X)
+        with torch.no_grad():
+            layer.weight.copy_(new.reshape(layer.weight.shape).to(layer.weight.dtype))
+        done.append(name)
+    return done, skipped
 
 
 def _data_aware_rounding(model, layers, run, method, gptq_opts, adaround_iters, progress):
