@@ -419,8 +419,9 @@ struct QATKIT_API PTQOptions {
 /// (static activation observers set to options.observer), calibrate on `batches` through
 /// `forward`, then freeze the observers and switch to eval. Round-to-nearest weights; equal to
 /// Python's `qatkit.ptq(model, batches, config, equalize=False, absorb_bias=False,
-/// correct_bias=None)` bit for bit (tested). The data-aware steps — cross-layer equalization,
-/// bias absorption and correction, GPTQ / AdaRound, histogram observers — are Python-only.
+/// correct_bias=None, threshold_search=False)` bit for bit (tested). The data-aware steps —
+/// cross-layer equalization, bias absorption and correction, GPTQ / AdaRound, SmoothQuant / AWQ,
+/// the ternary/binary threshold search, histogram observers — are Python-only.
 /// Raises ValueError for empty batch lists or empty batches, and what prepare_qat / calibrate raise.
 QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tensor>& batches,
                          const std::function<void(const torch::Tensor&)>& forward, const QATConfig& config,

@@ -48,7 +48,7 @@ def test_cpp_ptq_equals_python_ptq(tmp_path, preset):
     with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag]):
         cpp = torch.load(tmp_path / "out.pt")[0]
     q = qatkit.ptq(m, calib, qatkit.preset(preset), equalize=False, absorb_bias=False, correct_bias=None,
-                   verbose=False, progress=False)
+                   threshold_search=False, verbose=False, progress=False)
     with torch.no_grad():
         py = q(x)
     assert torch.equal(py, cpp), f"max diff {(py - cpp).abs().max().item()}"
