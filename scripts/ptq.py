@@ -240,6 +240,8 @@ def main():
     ap.add_argument("--json", default=None, help="write the per-fold numbers here")
     ap.add_argument("--minilm", action="store_true", help="also the MiniLM rows (about 6 minutes)")
     ap.add_argument("--skip-digits", action="store_true", help="only the MiniLM rows")
+    ap.add_argument("--plot", default=None, help="write fold 0's per-channel weight ranges (natural, injected, "
+                    "after CLE) of the DS-CNN to this PNG")
     a = ap.parse_args()
     if a.folds < 2:
         ap.error("--folds must be at least 2 (each fold trains on the others)")
@@ -288,6 +290,14 @@ def main():
             add(f"{cond}: torch.ao W8A8 per-tensor", acc(torch_ao_ptq(m, calib, False, False), xt, yt))
             add(f"{cond}: torch.ao W8A8 per-channel", acc(torch_ao_ptq(m, calib, True, False), xt, yt))
             add(f"{cond}: torch.ao +CLE (per-tensor)", acc(torch_ao_ptq(m, calib, False, True), xt, yt))
+        if a.plot and f == 0:
+            from qatkit.ptq import plot_weight_ranges
+
+            cle = qatkit.ptq(injected, batches, per_tensor_w8a8(), absorb_bias=False, correct_bias=None,
+                             verbose=False, progress=False)
+            plot_weight_ranges({"natural (folded)": natural, "injected": injected, "injected + CLE": cle},
+                               ["net.0", "net.3", "net.6", "net.9"], a.plot)
+            print(f"plot: {a.plot}")
         add("natural, data-free: qatkit full (BN statistics, input_range (0,1))",
             acc(qatkit.ptq(base, None, per_tensor_w8a8(), input_range=(0, 1), verbose=False, progress=False), xt, yt))
         # learned rounding where round-to-nearest loses: the digits CNN at W3 / W2 per-channel, A8

@@ -4,6 +4,14 @@ See docs/ptq.md for the formulas and the order of the steps."""
 
 from . import transforms
 from .api import ptq
-from .sensitivity import SensitivityReport, bits_per_weight, choose_bits, sensitivity
+from .sensitivity import SensitivityReport, bits_per_weight, choose_bits, plot_weight_ranges, sensitivity
 
-__all__ = ["ptq", "transforms", "sensitivity", "SensitivityReport", "choose_bits", "bits_per_weight"]
+__all__ = [
+    "ptq",
+    "transforms",
+    "sensitivity",
+    "SensitivityReport",
+    "choose_bits",
+    "bits_per_weight",
+    "plot_weight_ranges",
+]

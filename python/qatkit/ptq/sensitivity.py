@@ -24,7 +24,7 @@ from ..qat.prepare import calibrate, prepare_qat
 from ..qat.quantizers import ActFakeQuantizer, WeightFakeQuantizer
 from .api import _batches, _progress
 
-__all__ = ["sensitivity", "SensitivityReport", "choose_bits", "bits_per_weight"]
+__all__ = ["sensitivity", "SensitivityReport", "choose_bits", "bits_per_weight", "plot_weight_ranges"]
 
 
 def _metrics(y: torch.Tensor, ref: torch.Tensor) -> Dict[str, float]:
@@ -266,3 +266,27 @@ def _escape(name: str) -> str:
     """An fnmatch pattern matching exactly ``name``."""
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
+
+
+def plot_weight_ranges(models: Dict[str, nn.Module], layers: Sequence[str], path: str) -> str:
+    """Per-output-channel weight ranges (max |W| per channel, log scale) of ``layers`` in each of
+    ``models`` ({label: model}, e.g. before / after cross-layer equalization), one panel per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 3), squeeze=False)
+    for ax, name in zip(axes[0], layers, strict=True):
+        for label, m in models.items():
+            w = m.get_submodule(name).weight.detach()
+            r = w.abs().reshape(w.shape[0], -1).amax(dim=1)
+            ax.semilogy(range(len(r)), r.numpy(), "o-", ms=3, lw=0.8, label=label)
+        ax.set_title(f"layer '{name}'", fontsize=9)
+        ax.set_xlabel("output channel", fontsize=8)
+    axes[0][0].set_ylabel("max |W| per channel", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -68,3 +68,19 @@ def test_bad_input(setup):
         qatkit.choose_bits(m, data, budget=0.5, progress=False)
     with pytest.raises(ValueError, match="data is required"):
         qatkit.sensitivity(m, None)
+
+
+def test_weight_range_plot_before_and_after_equalization(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with torch.no_grad():
+        m[0].weight[:4] *= 50
+    x = torch.randn(64, 8)
+    q = qatkit.ptq(m, x, qatkit.w8a8(), correct_bias=None, absorb_bias=False, verbose=False, progress=False)
+    r_before = m[0].weight.abs().amax(dim=1)
+    r_after = q[0].weight.abs().amax(dim=1)
+    assert float(r_after.max() / r_after.min()) < float(r_before.max() / r_before.min())  # CLE narrowed them
+    from qatkit.ptq import plot_weight_ranges
+
+    path = plot_weight_ranges({"before": m, "after CLE": q}, ["0", "2"], str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").stat().st_size > 1000 and path.endswith("r.png")
