@@ -436,6 +436,8 @@ def ptq(
 
         lin_names = [n for n, m in work.named_modules() if type(m) is nn.Linear]
         linear_stats = collect_linear_stats(work, lin_names, run)
+    # AdaRound reconstructs the float model's layer outputs (after the float transforms above)
+    float_ref = copy.deepcopy(work).eval() if rounding == "adaround" and run is not None else None
     qcfg = _with_observer(config, observer)
     work = prepare_qat(work, qcfg, inplace=True)
     float_weights = {n: m.weight.detach().clone() for n, m in work.named_modules() if isinstance(m, _QAT_WEIGHTED)}
@@ -495,7 +497,7 @@ def ptq(
         enable_observer(work, False)
         work.eval()
         done, kept = _data_aware_rounding(
-            work, _execution_order(work, layers, flow), run, rounding, gptq or {}, adaround_iters, progress
+            work, _execution_order(work, layers, flow), run, rounding, gptq or {}, adaround_iters, progress, float_ref
         )
         report["steps"].append(f"{rounding} rounding of {len(done)} layer(s)")
         report["rounding_skipped"] = kept
@@ -543,6 +545,18 @@ def _layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
     return xs
 
 
+@torch.no_grad()
+def _float_layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
+    """The inputs of a float layer over the calibration data."""
+    xs: List[torch.Tensor] = []
+    h = model.get_submodule(name).register_forward_pre_hook(lambda mod, args: xs.append(args[0].detach()))
+    try:
+        run(model)
+    finally:
+        h.remove()
+    return xs
+
+
 def _lowbit_search(model, layers, run, progress):
     """Output-aware ternary thresholds / binary scales per channel (see lowbit.py). Returns
     (searched layers, [(layer, why not)])."""
@@ -578,7 +592,7 @@ def _lowbit_search(model, layers, run, progress):
     return done, skipped
 
 
-def _data_aware_rounding(model, layers, run, method, gptq_opts, adaround_iters, progress):
+def _data_aware_rounding(model, layers, run, method, gptq_opts, adaround_iters, progress, float_ref=None):
     """GPTQ / AdaRound, layer by layer from the input side (each sees inputs through the layers
     already rounded). Returns (rounded layers, [(layer, why it kept round-to-nearest)])."""
     from . import rounding as R
@@ -613,12 +627,21 @@ def _data_aware_rounding(model, layers, run, method, gptq_opts, adaround_iters, 
             wfq.store_qparams(scale=sc, zero_point=zp)
         else:
             X = torch.cat([R.layer_matrix_input(layer, x) for x in xs])
+            target = None
+            if float_ref is not None:  # reconstruct the float model's own output of this layer
+                flayer = float_ref.get_submodule(name)
+                fx = _float_layer_inputs(float_ref, name, run)
+                Xf = torch.cat([R.layer_matrix_input(flayer, x) for x in fx])
+                if Xf.shape[0] == X.shape[0]:
+                    target = Xf @ R.weight_rows(flayer).float().t()
             if X.shape[0] > 8192:
-                X = X[torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))[:8192]]
+                pick = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(0))[:8192]
+                X = X[pick]
+                target = None if target is None else target[pick]
             sc, zp = wfq.stored_scale, wfq.stored_zero_point
             if wfq.granularity == "per_group":
                 sc, zp = sc.repeat_interleave(wfq.group_size, dim=1), zp.repeat_interleave(wfq.group_size, dim=1)
-            wq = R.adaround_quantize(layer, X, sc, zp, s.quant_min, s.quant_max, iters=adaround_iters)
+            wq = R.adaround_quantize(layer, X, sc, zp, s.quant_min, s.quant_max, iters=adaround_iters, target=target)
             with torch.no_grad():
                 layer.weight.copy_(wq)
         done.append(name)

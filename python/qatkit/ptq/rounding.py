@@ -143,6 +143,7 @@ def adaround_quantize(
     batch: int = 256,
     lr: float = 1e-2,
     seed: int = 0,
+    target: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """AdaRound for one layer: learn per-weight rounding ``floor(W/s) + h(V)`` (h the rectified
     sigmoid) minimizing ``|| X W^T - X W~^T ||^2 + lam * sum(1 - |2h - 1|^beta)`` over the rows
@@ -150,7 +151,9 @@ def adaround_quantize(
     warm-up without the regularizer; then h is hardened (>= 0.5 rounds up).
 
     ``scale`` / ``zero`` broadcast over the weight rows ([rows] or [rows, groups] expanded to the
-    columns by the caller, or [1]). Returns the dequantized weight in the layer's layout.
+    columns by the caller, or [1]). ``target``: the output rows to reconstruct (default X W^T; the
+    float model's own layer output makes the loss also absorb the upstream quantization error,
+    "asymmetric reconstruction"). Returns the dequantized weight in the layer's layout.
     """
     W = weight_rows(layer).float()
     s = scale.float()
@@ -162,7 +165,7 @@ def adaround_quantize(
     # h(V) = rest at the start: V = logit((rest - gamma) / (zeta - gamma))
     V = torch.log((rest + 0.1) / 1.2 / (1 - (rest + 0.1) / 1.2)).clone().requires_grad_(True)
     X = inputs.float()
-    target = X @ W.t()
+    target = X @ W.t() if target is None else target.float()
     with torch.enable_grad():  # callers may hold no_grad
         V = _optimize(V, X, target, base, s, z, qmin, qmax, iters, lam, batch, lr, seed)
     with torch.no_grad():
