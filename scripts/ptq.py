@@ -209,6 +209,8 @@ def run_minilm():
         ("qatkit int4_weight_only(32) nearest", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32), forward=fwd, verbose=False)),
         ("torchao IntxWeightOnly int4 g32", lambda: torchao(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(32)))),
         ("qatkit int4_weight_only(32) GPTQ", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32), forward=fwd, rounding="gptq", verbose=False)),
+        ("qatkit int4_weight_only(32) GPTQ, no bias correction", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32), forward=fwd, rounding="gptq", correct_bias=None, verbose=False)),
+        ("qatkit int4_weight_only(32) GPTQ, one-pass bias correction", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32), forward=fwd, rounding="gptq", correct_bias="empirical_one_pass", verbose=False)),
         ("qatkit int4_weight_only(32, asym) GPTQ", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(32, symmetric=False), forward=fwd, rounding="gptq", verbose=False)),
         ("qatkit int4_weight_only(128) nearest", lambda: qatkit.ptq(st, feats, qatkit.int4_weight_only(128), forward=fwd, verbose=False)),
         ("torchao IntxWeightOnly int4 g128", lambda: torchao(IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(128)))),

@@ -37,7 +37,7 @@ from . import transforms as T
 __all__ = ["ptq"]
 
 _ROUNDINGS = ("nearest", "adaround", "gptq")
-_BIAS_CORRECTIONS = ("empirical", "analytic", None)
+_BIAS_CORRECTIONS = ("empirical", "empirical_one_pass", "analytic", None)
 
 
 def _progress(it, total: Optional[int], desc: str, on: bool):
@@ -175,38 +175,67 @@ def _channel_mean(y: torch.Tensor, linear: bool) -> torch.Tensor:
 
 @torch.no_grad()
 def _empirical_bias_correction(
-    model: nn.Module, layers: List[str], run, progress: bool, float_weights: Dict[str, torch.Tensor]
+    model: nn.Module,
+    layers: List[str],
+    run,
+    progress: bool,
+    float_weights: Dict[str, torch.Tensor],
+    one_pass: bool = False,
 ) -> Dict[str, float]:
     """For each layer from the input side: the mean per-channel shift of its quantized output
-    against the float weight on the same (already corrected) inputs, subtracted from its bias."""
-    out = {}
-    for name in _progress(layers, len(layers), "bias correction", progress):
-        layer = model.get_submodule(name)
-        if layer.weight_fake_quant is None or isinstance(layer, BitLinear):  # BitLinear: RMSNorm first, skipped
-            continue
-        acc = {"sum": None, "n": 0}
-        linear = isinstance(layer, QuantLinear)
+    against the float weight on the same (already corrected) inputs, subtracted from its bias.
+    ``one_pass``: every layer's shift from one pass over the data (upstream layers not corrected
+    yet when a layer is measured): one forward pass instead of one per layer."""
+    todo = [n for n in layers if model.get_submodule(n).weight_fake_quant is not None
+            and not isinstance(model.get_submodule(n), BitLinear)]  # BitLinear: RMSNorm first, skipped
+    acc = {n: {"sum": None, "n": 0} for n in todo}
 
-        w_float = float_weights.get(name, layer.weight)
-
+    def hook_for(name, w_float, linear):
         def hook(mod, args):
             x = args[0]
             yq = mod.forward(x)  # forward, not __call__: no hook recursion
             yf = _float_op(mod, x, w_float)
             d = _channel_mean(yq - yf, linear).double()
-            acc["sum"] = d if acc["sum"] is None else acc["sum"] + d
-            acc["n"] += 1
+            a = acc[name]
+            a["sum"] = d if a["sum"] is None else a["sum"] + d
+            a["n"] += 1
 
-        h = layer.register_forward_pre_hook(hook)
+        return hook
+
+    def measure(names):
+        hooks = []
+        for n in names:
+            layer = model.get_submodule(n)
+            hooks.append(layer.register_forward_pre_hook(
+                hook_for(n, float_weights.get(n, layer.weight), isinstance(layer, QuantLinear))))
         try:
             run(model)
         finally:
-            h.remove()
-        if acc["n"] == 0:
-            continue
-        shift = (acc["sum"] / acc["n"]).to(layer.weight.dtype)
+            for h in hooks:
+                h.remove()
+
+    def apply(name):
+        a = acc[name]
+        if a["n"] == 0:
+            return None
+        layer = model.get_submodule(name)
+        shift = (a["sum"] / a["n"]).to(layer.weight.dtype)
         T.add_to_bias(layer, -shift)
-        out[name] = float(shift.norm())
+        return float(shift.norm())
+
+    out = {}
+    if one_pass:
+        measure(todo)
+        for name in todo:
+            v = apply(name)
+            if v is not None:
+                out[name] = v
+        return out
+    for name in _progress(todo, len(todo), "bias correction", progress):
+        measure([name])
+        v = apply(name)
+        if v is not None:
+            out[name] = v
     return out
 
 
@@ -345,7 +374,9 @@ def ptq(
         forward: ``forward(model, batch)`` for batches that are not a plain input.
         equalize: cross-layer equalization of every safe layer pair (ReLU6 -> ReLU where needed).
         absorb_bias: high-bias absorption after equalization.
-        correct_bias: ``"empirical"`` (needs data), ``"analytic"`` (BatchNorm statistics) or None.
+        correct_bias: ``"empirical"`` (needs data; layer by layer, one pass over the data per
+            layer), ``"empirical_one_pass"`` (every layer from one pass: upstream corrections not
+            seen, much faster on deep models), ``"analytic"`` (BatchNorm statistics) or None.
         rounding: ``"nearest"``, ``"gptq"`` (Hessian from the calibration inputs, act-order,
             static groups, 1 % damping) or ``"adaround"`` (learned rounding per layer); both need
             data and apply to static integer weights of Linear / ungrouped Conv layers (others keep
@@ -387,7 +418,9 @@ def ptq(
     if scaling not in (None, "smoothquant", "awq"):
         raise ValueError(f"ptq: scaling must be None, 'smoothquant' or 'awq', got {scaling!r}")
     if correct_bias not in _BIAS_CORRECTIONS:
-        raise ValueError(f"ptq: correct_bias must be 'empirical', 'analytic' or None, got {correct_bias!r}")
+        raise ValueError(
+            f"ptq: correct_bias must be 'empirical', 'empirical_one_pass', 'analytic' or None, got {correct_bias!r}"
+        )
     if not (isinstance(n_sigma, (int, float)) and math.isfinite(n_sigma) and n_sigma > 0):
         raise ValueError(f"ptq: n_sigma must be a positive finite number, got {n_sigma!r}")
     if input_range is not None and not (
@@ -397,7 +430,7 @@ def ptq(
         raise ValueError(f"ptq: input_range must be (lo, hi) with finite lo < hi, got {input_range!r}")
     batches = _batches(data)
     run = _runner(batches, data, forward)
-    if correct_bias == "empirical" and run is None:
+    if correct_bias in ("empirical", "empirical_one_pass") and run is None:
         correct_bias = "analytic"  # no data: the data-free form (reported)
     work = copy.deepcopy(model).eval()
     report = {"config": config.name, "steps": [], "skipped_pairs": [], "unfolded_bns": [], "model_changes": []}
@@ -503,11 +536,14 @@ def ptq(
         report["rounding_skipped"] = kept
     else:
         report["steps"][-1] += " (round to nearest)"
-    if correct_bias == "empirical":
+    if correct_bias in ("empirical", "empirical_one_pass"):
         enable_observer(work, False)
         work.eval()
-        shifts = _empirical_bias_correction(work, _execution_order(work, layers, flow), run, progress, float_weights)
-        report["steps"].append(f"empirical bias correction of {len(shifts)} layer(s)")
+        one = correct_bias == "empirical_one_pass"
+        shifts = _empirical_bias_correction(
+            work, _execution_order(work, layers, flow), run, progress, float_weights, one_pass=one
+        )
+        report["steps"].append(f"empirical bias correction of {len(shifts)} layer(s){' (one pass)' if one else ''}")
         report["bias_shift"] = shifts
     elif correct_bias == "analytic":
         shifts = _analytic_bias_correction(work, relu_inputs, float_weights)

@@ -154,10 +154,13 @@ def test_bias_correction_halves_the_mean_output_shift_of_depthwise_layers(data):
 
     before = shifts(qatkit.ptq(m_bn, calib, cfg, equalize=False, absorb_bias=False, correct_bias=None, verbose=False, progress=False))
     after = shifts(qatkit.ptq(m_bn, calib, cfg, equalize=False, absorb_bias=False, verbose=False, progress=False))
+    one_pass = shifts(qatkit.ptq(m_bn, calib, cfg, equalize=False, absorb_bias=False, correct_bias="empirical_one_pass",
+                                 verbose=False, progress=False))
     analytic = shifts(qatkit.ptq(m_bn, calib, cfg, equalize=False, absorb_bias=False, correct_bias="analytic",
                                  verbose=False, progress=False))
     for n in before:
         assert after[n] <= 0.5 * before[n], (n, before[n], after[n])
+        assert one_pass[n] <= 0.5 * before[n], (n, before[n], one_pass[n])
         # data-free, from the BatchNorm statistics (Gaussian assumption; these inputs are uniform)
         assert analytic[n] < before[n], (n, before[n], analytic[n])
 
