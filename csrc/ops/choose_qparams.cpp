@@ -57,32 +57,34 @@ std::pair<at::Tensor, at::Tensor> qparams_from_min_max(const at::Tensor& mn, con
   return {scale, min_neg.div(scale).round().neg().add(quant_min).clamp(quant_min, quant_max).to(at::kInt)};
 }
 
+std::pair<at::Tensor, std::vector<c10::SymInt>> qparams_rows(const at::Tensor& input,
+                                                              std::optional<std::int64_t> axis,
+                                                              std::optional<std::int64_t> group_size) {
+  // rows: one row per (channel | group | tensor); out_shape: the shape scale is returned in.
+  if (axis.has_value()) {
+    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
+    // the row length spelled out: a -1 is ambiguous when a dim is 0 (a Linear(16, 0) weight)
+    c10::SymInt inner = 1;
+    for (std::int64_t d = 0; d < input.dim(); ++d) {
+      if (d != ax) inner = inner * input.sym_size(d);
+    }
+    return {input.movedim(ax, 0).reshape_symint({input.sym_size(ax), inner}), {input.sym_size(ax)}};
+  }
+  if (group_size.has_value()) {
+    std::vector<c10::SymInt> out_shape(input.sym_sizes().begin(), input.sym_sizes().end());
+    out_shape.back() = out_shape.back() / *group_size;
+    return {input.reshape_symint({input.sym_numel() / *group_size, *group_size}), std::move(out_shape)};
+  }
+  return {input.reshape_symint({1, input.sym_numel()}), {c10::SymInt(1)}};
+}
+
 std::tuple<at::Tensor, at::Tensor> choose_qparams_impl(const at::Tensor& input, std::int64_t quant_min,
                                                        std::int64_t quant_max, bool symmetric,
                                                        std::optional<std::int64_t> axis,
                                                        std::optional<std::int64_t> group_size, bool check_finite) {
   constexpr const char* kOp = "choose_qparams";
   check_input_and_range(kOp, input, quant_min, quant_max, axis, group_size);
-  // rows: one row per (channel | group | tensor); out_shape: the shape scale is returned in.
-  at::Tensor rows;
-  std::vector<c10::SymInt> out_shape;
-  if (axis.has_value()) {
-    const std::int64_t ax = *axis < 0 ? *axis + input.dim() : *axis;
-    out_shape = {input.sym_size(ax)};
-    // the row length spelled out: a -1 is ambiguous when a dim is 0 (a Linear(16, 0) weight)
-    c10::SymInt inner = 1;
-    for (std::int64_t d = 0; d < input.dim(); ++d) {
-      if (d != ax) inner = inner * input.sym_size(d);
-    }
-    rows = input.movedim(ax, 0).reshape_symint({input.sym_size(ax), inner});
-  } else if (group_size.has_value()) {
-    out_shape.assign(input.sym_sizes().begin(), input.sym_sizes().end());
-    out_shape.back() = out_shape.back() / *group_size;
-    rows = input.reshape_symint({input.sym_numel() / *group_size, *group_size});
-  } else {
-    out_shape = {1};
-    rows = input.reshape_symint({1, input.sym_numel()});
-  }
+  auto [rows, out_shape] = qparams_rows(input, axis, group_size);
   auto [mn, mx] = row_min_max(rows);
   if (check_finite) {
     TORCH_CHECK_VALUE(at::isfinite(mn).all().item<bool>() && at::isfinite(mx).all().item<bool>(),

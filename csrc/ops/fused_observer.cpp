@@ -58,6 +58,11 @@ void check_buffer(const char* op, const char* name, const at::Tensor& t, at::Sca
                                                               input.device().str(), t.device().str()));
 }
 
+
+}  // namespace
+
+namespace ops {
+
 void check_flag(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input) {
   TORCH_CHECK_TYPE(
       t.scalar_type() == at::kBool || at::isIntegralType(t.scalar_type(), false),
@@ -67,10 +72,6 @@ void check_flag(const char* op, const char* name, const at::Tensor& t, const at:
   TORCH_CHECK_VALUE(t.device() == input.device(), fmt::format("{}: {} must be on input's device {}, got {}", op, name,
                                                               input.device().str(), t.device().str()));
 }
-
-}  // namespace
-
-namespace ops {
 
 void check_observer_update_args(const char* op, const at::Tensor& input, const at::Tensor& running_min,
                          const at::Tensor& running_max, const at::Tensor& scale, const at::Tensor& zero_point,
@@ -157,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor> observe_and_quantize(const at::Tensor& input,
                                                         const at::Tensor& fake_quant_on, double momentum,
                                                         bool moving_average, std::int64_t quant_min,
                                                         std::int64_t quant_max, bool symmetric, OptInt axis) {
-  check_flag("fused_observe_fake_quantize", "fake_quant_on", fake_quant_on, input);
+  ops::check_flag("fused_observe_fake_quantize", "fake_quant_on", fake_quant_on, input);
   static auto update = ops::op_handle<ops::sig::ObserverUpdate>("qatkit::_observer_update");
   static auto fq = ops::op_handle<ops::sig::FakeQuantizeWithMask>("qatkit::_fake_quantize_with_mask");
   update.call(input, running_min, running_max, scale, zero_point, observer_on, momentum, moving_average, quant_min,
@@ -207,6 +208,13 @@ at::Tensor fused_observe_fake_quantize_autograd(const at::Tensor& input, at::Ten
                                                 double momentum, bool moving_average, std::int64_t quant_min,
                                                 std::int64_t quant_max, bool symmetric, OptInt axis) {
   ops::check_no_forward_ad("fused_observe_fake_quantize", {&input});
+  if (!at::GradMode::is_enabled() || !input.requires_grad()) {  // no graph to record: skip the mask
+    static auto op =
+        ops::op_handle<ops::sig::FusedObserveFakeQuantize>("qatkit::fused_observe_fake_quantize");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, running_min, running_max, scale, zero_point, observer_on, fake_quant_on, momentum,
+                   moving_average, quant_min, quant_max, symmetric, axis);
+  }
   return FusedObserveFakeQuantizeFunction::apply(input, running_min, running_max, scale, zero_point, observer_on,
                                                  fake_quant_on, momentum, moving_average, quant_min, quant_max,
                                                  symmetric, axis);

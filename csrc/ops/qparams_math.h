@@ -8,11 +8,18 @@
 #include <optional>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 namespace qatkit::ops {
 
 /// (min, max) of each row of a 2-d tensor as float32 vectors; {0} for rows without elements.
 std::pair<at::Tensor, at::Tensor> row_min_max(const at::Tensor& rows);
+
+/// choose_qparams' rows of `input` (one per channel along `axis`, per group of `group_size` along
+/// the last dim, or one for the tensor) and the shape its scale / zero_point come back in.
+std::pair<at::Tensor, std::vector<c10::SymInt>> qparams_rows(const at::Tensor& input,
+                                                              std::optional<std::int64_t> axis,
+                                                              std::optional<std::int64_t> group_size);
 
 /// (scale float32, zero_point int32) from min/max with 0 inside the range (choose_qparams'
 /// formulas: torch.ao MinMaxObserver arithmetic, scale >= float32 eps).
@@ -25,6 +32,10 @@ std::tuple<at::Tensor, at::Tensor> choose_qparams_impl(const at::Tensor& input, 
                                                        std::int64_t quant_max, bool symmetric,
                                                        std::optional<std::int64_t> axis,
                                                        std::optional<std::int64_t> group_size, bool check_finite);
+
+/// A one-element bool / integer switch tensor on input's device, or ValueError / TypeError naming
+/// `op` and `name`.
+void check_flag(const char* op, const char* name, const at::Tensor& t, const at::Tensor& input);
 
 /// The argument checks of _observer_update (shapes, dtypes, devices, range, momentum, flag), raising
 /// ValueError / TypeError naming `op` and the argument.

@@ -89,7 +89,7 @@ class _Smoothing:
         self.register_buffer("smooth", s if cur is None else cur * s)
 
     def _smooth_input(self, x: torch.Tensor) -> torch.Tensor:
-        s = getattr(self, "smooth", None)
+        s = self._buffers.get("smooth")  # a dict lookup: getattr's miss path raises inside nn.Module
         return x if s is None else x / s.to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

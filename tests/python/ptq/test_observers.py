@@ -7,7 +7,7 @@ import torch
 import qatkit
 from qatkit.qat import OBSERVERS, calibrate, prepare_qat
 from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
-from qatkit.qat.histogram import HistogramObserver, KLObserver, MSEObserver, PercentileObserver
+from qatkit.qat.histogram import HistogramObserver, KLObserver, MSEObserver, PercentileObserver, kl_threshold_bin, _histc
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,50 @@ def test_kl_threshold_of_a_normal_lies_near_three_and_a_half_sigma(normal):
     # TensorRT's entropy calibration of N(0, 1) at 8 bits clips at about 3.4 sigma
     lo, hi = observed(KLObserver, normal, symmetric=True).clip_range()
     assert 3.0 < hi < 4.0 and lo == -hi
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_histogram_counts_equal_torch_histc(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(50_000, generator=g) * 10.0 ** (seed % 7 - 3)
+    lo, hi = float(x.min()), float(x.max())
+    if seed % 3 == 0:  # a range wider than the batch (the running range of earlier batches)
+        lo, hi = lo * 1.5, hi * 1.3
+    assert torch.equal(_histc(x, 2048, lo, hi), torch.histc(x, 2048, lo, hi).double())
+
+
+def _kl_loop(ah, i, levels):
+    """KL(P_i || Q_i) spelled out bin by bin (the slow reference: TensorRT's entropy calibration)."""
+    p = ah[:i].clone()
+    p[-1] += ah[i:].sum()
+    grp = (torch.arange(i, dtype=torch.float64) * levels / i).floor().long()
+    nz = (ah[:i] > 0).double()
+    mass = torch.zeros(levels, dtype=torch.float64).index_add_(0, grp, ah[:i])
+    cnt = torch.zeros(levels, dtype=torch.float64).index_add_(0, grp, nz)
+    q = torch.where(nz > 0, mass[grp] / cnt[grp].clamp(min=1), torch.zeros_like(nz))
+    pn, qn = p / p.sum(), q / q.sum().clamp(min=1e-300)
+    m = pn > 0
+    return float((pn[m] * torch.log(pn[m] / qn[m].clamp(min=1e-300))).sum())
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kl_search_finds_the_threshold_of_least_divergence(seed):
+    g = torch.Generator().manual_seed(seed)
+    nb, levels = 512, [128, 256, 8, 128, 2, 16, 128, 64][seed]
+    kinds = [torch.randn(100_000, generator=g).abs(), torch.distributions.StudentT(2.0).sample((50_000,)).abs(),
+             torch.rand(1000, generator=g), torch.randn(20, generator=g).abs()]
+    x = kinds[seed % len(kinds)]
+    ah = torch.histc(x, nb, 0, float(x.max())).double()
+    if seed == 5:
+        ah[: nb // 2] = 0  # all mass beyond the smallest cuts
+    if seed == 6:
+        ah[200:300] = 0  # empty last bins for some cuts: outliers land where Q is 0
+    cand = torch.linspace(levels, nb, 64).round().long().unique()
+    ref = [_kl_loop(ah, i, levels) for i in cand.tolist()]
+    got = kl_threshold_bin(ah, cand, levels)
+    best = min(ref)
+    assert ref[cand.tolist().index(got)] <= best + 1e-9 * max(abs(best), 1.0), (got, ref)
+    assert kl_threshold_bin(torch.zeros(nb, dtype=torch.float64), cand, levels) == nb
 
 
 def _mse(x, lo, hi, bits=8):
