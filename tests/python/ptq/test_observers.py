@@ -114,18 +114,56 @@ def test_rebinning_keeps_every_count_and_the_shape(normal):
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="supports per_tensor activations only"):
-        KLObserver(QuantSpec(observer="kl", granularity="per_channel", axis=1), 4, axis=1)
     o = MSEObserver(QuantSpec())
     o.observe(torch.ones(4))
     before = o.histogram.clone()
     with pytest.raises(ValueError, match="NaN or Inf; the histogram is left as it was"):
         o.observe(torch.tensor([1.0, float("nan")]))
     assert torch.equal(o.histogram, before)
-    with pytest.raises(ValueError, match="supports per_tensor activations only"):
-        spec = QuantSpec(bits=8, symmetric=False, granularity="per_channel", axis=-1, observer="kl")
-        prepare_qat(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)),
-                    QATConfig(default=LayerSpec(QuantSpec(), spec)))
+    pc = KLObserver(QuantSpec(observer="kl", granularity="per_channel", axis=1), 3, axis=1)
+    with pytest.raises(ValueError, match=r"NaN or Inf \(channel 2\)"):
+        pc.observe(torch.tensor([[1.0, 2.0, float("inf")]]))
+    with pytest.raises(ValueError, match="3 channels along axis 1 got a tensor of shape"):
+        pc.observe(torch.ones(2, 4))
+
+
+@pytest.mark.parametrize("observer", ["percentile", "kl", "mse"])
+def test_per_channel_histograms_equal_one_observer_per_channel(observer):
+    """A per-channel histogram observer's qparams for channel c are those of a per-tensor observer
+    that saw only channel c's values, batch by batch (ranges growing between batches: rebinning)."""
+    g = torch.Generator().manual_seed(0)
+    spread = torch.tensor([0.01, 1.0, 30.0, 3.0])
+    batches = [torch.randn(64, 5, 4, generator=g) * spread * (1 + k) for k in range(3)]
+    batches[1][:, :, 0] = batches[1][:, :, 0].abs()  # one channel non-negative in one batch
+    spec = QuantSpec(bits=8, symmetric=False, granularity="per_channel", axis=-1, observer=observer)
+    pc = OBSERVERS[observer](spec, 4, axis=-1)
+    for b in batches:
+        pc.observe(b)
+    pc.refresh()
+    for c in range(4):
+        one = OBSERVERS[observer](QuantSpec(bits=8, symmetric=False, observer=observer))
+        for b in batches:
+            one.observe(b[..., c])
+        one.refresh()
+        assert torch.equal(pc._rows()[c], one.histogram), c
+        assert pc.clip_range(c) == one.clip_range(), c
+        assert float(pc.scale[c]) == float(one.scale) and int(pc.zero_point[c]) == int(one.zero_point), c
+
+
+def test_per_channel_histogram_calibration_through_prepare_qat():
+    torch.manual_seed(0)
+    spec = QuantSpec(bits=8, symmetric=False, granularity="per_channel", axis=-1, observer="percentile")
+    m = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Linear(8, 3))
+    q = prepare_qat(m, QATConfig(default=LayerSpec(QuantSpec(), spec)))
+    x = torch.randn(256, 6) * torch.tensor([0.1, 1, 10, 1, 1, 100.0])
+    calibrate(q, list(x.split(64)))
+    aq = q[0].input_fake_quant
+    assert aq.scale.shape == (6,)
+    # each input channel's own range: the wide channel's step is ~1000x the narrow one's
+    assert float(aq.scale[5] / aq.scale[0]) > 300
+    q.eval()
+    rel = (q(x) - m(x)).pow(2).mean() / m(x).pow(2).mean()
+    assert float(rel) < 1e-3
 
 
 @pytest.mark.parametrize("observer", ["percentile", "kl", "mse"])
