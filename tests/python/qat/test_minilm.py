@@ -168,3 +168,45 @@ def test_the_float_model_is_left_untouched(models):
     st = models[0]
     assert not hasattr(st[0].model.config, "quantization_config")
     assert all(type(m).__module__.startswith(("torch", "transformers", "sentence_transformers")) for m in st.modules())
+
+
+@pytest.fixture(scope="module")
+def ptq_models(models):
+    """PTQ'd encoders whose state goes beyond a prepared model's: GPTQ-rounded int4 weights with
+    stored qparams (asymmetric, groups of 32), and W8A8 with SmoothQuant's per-channel input
+    scaling (the `smooth` buffers) over a percentile histogram observer."""
+    st = models[0]
+    data = [_features(st, SENTS[:3]), _features(st, SENTS[3:])]
+    fwd = lambda m, b: m(dict(b))  # noqa: E731
+    # two of the six transformer blocks quantized (the test budget; the rest stay float)
+    skip = ("*encoder.layer.[2-5].*", "*pooler*")
+    int4 = dataclasses.replace(qatkit.int4_weight_only(32, symmetric=False), skip=skip)
+    w8a8 = dataclasses.replace(qatkit.w8a8(), skip=skip)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gptq = qatkit.ptq(st, data, int4, forward=fwd, rounding="gptq", equalize=False, correct_bias=None,
+                          verbose=False, progress=False)
+        smooth = qatkit.ptq(st, data, w8a8, forward=fwd, scaling="smoothquant", observer="percentile",
+                            correct_bias=None, verbose=False, progress=False)
+    assert sum(isinstance(m, qatkit.qat.QuantLinear) for m in gptq.modules()) == 12  # 6 Linears per block
+    return {"int4 GPTQ": gptq, "W8A8 SmoothQuant": smooth}
+
+
+@pytest.mark.parametrize("kind", ["int4 GPTQ", "W8A8 SmoothQuant"])
+@pytest.mark.parametrize("stage", ["qat", "converted"])
+def test_ptq_checkpoints_reload_exactly_through_load_pretrained(models, ptq_models, kind, stage, tmp_path):
+    st = models[0]
+    model = ptq_models[kind]
+    if stage == "converted":
+        model = qatkit.convert(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model[0].model.save_pretrained(tmp_path)
+    info = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert info["quant_method"] == "qatkit" and info["stage"] == stage
+    fresh = copy.deepcopy(st)
+    fresh[0].model = qatkit.qat.load_pretrained(fresh[0].model, str(tmp_path))
+    assert torch.equal(_encode(fresh.eval()), _encode(model.eval()))
+    if stage == "qat":  # and converting the reloaded model gives the codes PTQ chose
+        a, b = qatkit.convert(fresh).state_dict(), qatkit.convert(model).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
