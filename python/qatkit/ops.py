@@ -29,6 +29,7 @@ __all__ = [
     "ternary_codes",
     "binary_codes",
     "observer_update",
+    "histogram_update",
 ]
 
 
@@ -436,3 +437,22 @@ def observer_update(
         input, running_min, running_max, scale, zero_point, observer_on, momentum, moving_average, quant_min,
         quant_max, symmetric, axis,
     )
+
+
+def histogram_update(rows: torch.Tensor, histogram: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+    """Add the counts of each row of ``rows`` ([C, N], float32 / float64), binned over that row's
+    own range ``[lo[c], hi[c]]`` (float64 [C]), to ``histogram`` (float64 [C, bins], in place):
+    the update of the histogram observers (python/qatkit/qat/histogram.py).
+
+    The bin of x is torch.histc's: ``(x - lo) * bins / (hi - lo)`` in the data's dtype, truncated
+    and clamped to ``[0, bins - 1]`` (the top edge counts in the last bin; values outside the range
+    in the end bins — widen the range to cover the data first). On the CPU a NaN raises
+    ValueError and leaves the histogram unchanged. Not differentiable.
+
+    Example:
+        >>> h = torch.zeros(1, 8, dtype=torch.float64)
+        >>> histogram_update(torch.tensor([[0.0, 0.5, 1.0]]), h, torch.tensor([0.0]).double(), torch.tensor([1.0]).double())
+        >>> h
+        tensor([[1., 0., 0., 0., 1., 0., 0., 1.]], dtype=torch.float64)
+    """
+    torch.ops.qatkit._histogram_update(rows, histogram, lo, hi)

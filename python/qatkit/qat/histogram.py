@@ -92,7 +92,7 @@ class HistogramObserver(Observer):
             hist[r] = rebinned
         self.min_val.copy_(new_lo)
         self.max_val.copy_(new_hi)
-        hist.add_(_histc_rows(rows, self.bins, new_lo, new_hi))
+        ops.histogram_update(rows, hist, new_lo, new_hi)
         self.dirty = True
         if not self._refreshed:  # the first batch gives qparams at once; later ones on demand
             self.refresh()
@@ -157,25 +157,6 @@ class HistogramObserver(Observer):
         if self.dirty:
             self.refresh()
         return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis)
-
-
-def _histc_rows(rows: torch.Tensor, bins: int, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """torch.histc of each row of ``rows`` [C, N] over its own [lo_c, hi_c] (the data within it),
-    as float64 counts [C, bins], through one bincount (half the time of histc's CPU kernel). The
-    bin index is histc's: (x - lo) * bins / (hi - lo) in the data's dtype, truncated, the top edge
-    in the last bin (tests/python/ptq/test_observers.py checks the counts against torch.histc)."""
-    c = rows.shape[0]
-    lo_t, hi_t = lo.to(rows.dtype).reshape(c, 1), hi.to(rows.dtype).reshape(c, 1)  # the edges in x's dtype
-    idx = (rows - lo_t).mul_(bins).div_(hi_t - lo_t).to(torch.int64).clamp_(0, bins - 1)
-    if c > 1:
-        idx += torch.arange(c).reshape(c, 1) * bins
-    return torch.bincount(idx.reshape(-1), minlength=c * bins).to(torch.float64).reshape(c, bins)
-
-
-def _histc(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
-    """:func:`_histc_rows` of one tensor: float64 counts [bins]."""
-    edges = torch.tensor([lo, hi], dtype=torch.float64)
-    return _histc_rows(x.reshape(1, -1), bins, edges[:1], edges[1:])[0]
 
 
 @register_observer("percentile")

@@ -210,3 +210,17 @@ def test_cuda_observer_ignores_a_non_finite_batch_without_a_host_sync():
     ops.observer_update(bad, rmin, rmax, s, z, on, 0.01, True, -128, 127, False, 1)
     assert torch.equal(rmin[0], state[0][0]) and torch.equal(s[0], state[2][0])  # channel 0 untouched
     assert not torch.equal(rmin[1:], state[0][1:]) or not torch.equal(rmax[1:], state[1][1:])  # channel 1 observed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels,n", [(1, 100_000), (7, 3000)])
+def test_histogram_update_cuda_matches_cpu(dtype, channels, n):
+    g = torch.Generator().manual_seed(n)
+    rows = (torch.randn(channels, n, generator=g) * torch.logspace(-2, 2, channels)[:, None]).to(dtype)
+    lo, hi = rows.amin(1).double() * 1.3, rows.amax(1).double() * 1.1
+    h_cpu = torch.zeros(channels, 512, dtype=torch.float64)
+    h_gpu = h_cpu.cuda()
+    ops.histogram_update(rows, h_cpu, lo, hi)
+    ops.histogram_update(rows.cuda(), h_gpu, lo.cuda(), hi.cuda())
+    assert torch.equal(h_gpu.cpu(), h_cpu)
+    torch.library.opcheck(torch.ops.qatkit._histogram_update.default, (rows.cuda(), h_gpu, lo.cuda(), hi.cuda()))
