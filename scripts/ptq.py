@@ -256,13 +256,23 @@ def run_minilm():
         quantize_(m, cfg)
         return m
 
-    def torchao_two_step(make_cfg, first, second):
+    # torchao's SmoothQuant observer concatenates every calibration input along dim 0, so batches
+    # padded to different lengths fail ("Sizes of tensors must match"): give it the same sentences
+    # padded to one length
+    longest = max(int(b["attention_mask"].sum(1).max()) for b in feats)
+    feats_fixed = [
+        dict(st.tokenizer(calib_s[i : i + 32], padding="max_length", max_length=longest, truncation=True,
+                          return_tensors="pt"))
+        for i in range(0, len(calib_s), 32)
+    ]
+
+    def torchao_two_step(make_cfg, first, second, batches=feats):
         """torchao's calibrated flows (GPTQ observe/convert, AWQ and SmoothQuant prepare/convert):
         the first step, the calibration sentences through the model, the second step."""
         m = copy.deepcopy(st)
         quantize_(m, make_cfg(first))
         with torch.no_grad():
-            for b in feats:
+            for b in batches:
                 fwd(m, b)
         quantize_(m, make_cfg(second))
         return m
@@ -299,7 +309,8 @@ def run_minilm():
         ("qatkit W8A8 dynamic per-token + SmoothQuant", lambda: qatkit.ptq(st, feats, w8a8_dynamic(), forward=fwd, scaling="smoothquant", verbose=False)),
         ("torchao Int8DynamicActivationInt8WeightConfig", lambda: torchao(Int8DynamicActivationInt8WeightConfig())),
         ("torchao SmoothQuantConfig(Int8DynamicActivationInt8Weight)", lambda: torchao_two_step(
-            lambda step: SmoothQuantConfig(Int8DynamicActivationInt8WeightConfig(), step=step), "prepare", "convert")),
+            lambda step: SmoothQuantConfig(Int8DynamicActivationInt8WeightConfig(), step=step), "prepare", "convert",
+            feats_fixed)),
         # torchao 0.18's GPTQ and AWQ run on CUDA only (GPTQ asserts it; AWQ's int4 needs the
         # CUDA-only mslk package, and its IntxWeightOnly tensors lack activation pre-scaling):
         # the rows print the error they raise here

@@ -280,6 +280,11 @@ ActFakeQuantizerImpl::ActFakeQuantizerImpl(QuantSpec spec, std::int64_t channels
                     fmt::format("QuantSpec.observer '{}' is a Python histogram observer; the C++ layers support "
                                 "'minmax' and 'moving_average'",
                                 spec_.observer));
+  // a static range per group of channels is not implemented: observing per tensor under a
+  // per-group spec would be a silent wrong answer
+  TORCH_CHECK_VALUE(spec_.kind != "int" || spec_.scale != "static" || spec_.granularity != "per_group",
+                    "QuantSpec.granularity 'per_group' for activations needs scale='dynamic' (ranges per token and "
+                    "group, computed at each call); static activation ranges are 'per_tensor' or 'per_channel'");
   if (spec_.granularity == "per_channel") axis_ = spec_.axis;
   reset();
 }

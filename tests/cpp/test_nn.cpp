@@ -185,6 +185,11 @@ CATCH_TEST_CASE("bad input to the C++ QAT API: a table of calls and message frag
       {"histogram observer",
        [&] { qnn::ActFakeQuantizer(spec_with([](auto& s) { s.symmetric = false, s.observer = "kl"; })); },
        "QuantSpec.observer 'kl' is a Python histogram observer"},
+      {"static per-group activations",
+       [&] {
+         qnn::ActFakeQuantizer(spec_with([](auto& s) { s.granularity = "per_group", s.group_size = 4; }));
+       },
+       "'per_group' for activations needs scale='dynamic'"},
       {"conv+bn channels",
        [] {
          qnn::QuantConvBn2d(torch::nn::Conv2d(3, 4, 3), torch::nn::BatchNorm2d(5), qnn::QATConfig::w8a8().default_spec);

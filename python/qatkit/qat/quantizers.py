@@ -675,6 +675,13 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
     (``<prefix>.running_min``) load too."""
 
     def __init__(self, spec: QuantSpec, channels: int = 1):
+        if spec.granularity == "per_group":
+            # a static range per group of channels is not implemented: observing per tensor under a
+            # per-group spec would be a silent wrong answer
+            raise ValueError(
+                "QuantSpec.granularity 'per_group' for activations needs scale='dynamic' (ranges per token and "
+                "group, computed at each call); static activation ranges are 'per_tensor' or 'per_channel'"
+            )
         super().__init__(spec, channels)
         if spec.observer not in OBSERVERS:
             raise ValueError(f"QuantSpec.observer {spec.observer!r} is not registered; known: {sorted(OBSERVERS)}")

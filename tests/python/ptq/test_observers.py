@@ -103,6 +103,12 @@ def test_rebinning_keeps_every_count_and_the_shape(normal):
     assert float((one.histogram - two.histogram).abs().sum()) / normal.numel() < 0.02
 
 
+def test_static_per_group_activations_are_refused_not_observed_per_tensor():
+    spec = QuantSpec(bits=8, granularity="per_group", group_size=4, observer="kl")
+    with pytest.raises(ValueError, match="'per_group' for activations needs scale='dynamic'"):
+        prepare_qat(torch.nn.Sequential(torch.nn.Linear(8, 8)), QATConfig(default=LayerSpec(QuantSpec(), spec)))
+
+
 def test_bad_input():
     o = MSEObserver(QuantSpec())
     o.observe(torch.ones(4))
