@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <atomic>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -19,23 +20,32 @@
 namespace qatkit::ops {
 namespace {
 
+/// Adds the bins of x[0..n) to counts[0..bins); false when a value is NaN (counted nowhere). In
+/// blocks: the bin indices first (a loop without stores to the counts, which the compiler
+/// vectorizes), then the increments.
 template <typename scalar_t>
 bool count_values(const scalar_t* x, std::int64_t n, scalar_t lo, scalar_t hi, std::int64_t bins,
                   std::int64_t* counts) {
   const scalar_t width = hi - lo;
   const scalar_t nb = static_cast<scalar_t>(bins);
-  bool finite = true;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const scalar_t v = x[i];
-    if (std::isnan(v)) {
-      finite = false;
-      continue;
+  const scalar_t top = nb - 1;
+  constexpr std::int64_t kBlock = 256;
+  std::int32_t idx[kBlock];
+  int nan = 0;
+  for (std::int64_t start = 0; start < n; start += kBlock) {
+    const std::int64_t len = std::min(kBlock, n - start);
+    const scalar_t* xb = x + start;
+    for (std::int64_t i = 0; i < len; ++i) {
+      const scalar_t v = xb[i];
+      nan |= static_cast<int>(v != v);
+      scalar_t pos = (v - lo) * nb / width;  // histc's arithmetic, in this order
+      pos = pos > 0 ? pos : scalar_t(0);     // (NaN lands here: 0, and is reported below)
+      pos = pos < top ? pos : top;           // pos in [nb - 1, nb]: the last bin, as trunc would give
+      idx[i] = static_cast<std::int32_t>(pos);
     }
-    const scalar_t pos = (v - lo) * nb / width;
-    const std::int64_t b = pos >= nb ? bins - 1 : (pos > 0 ? static_cast<std::int64_t>(pos) : 0);
-    counts[b] += 1;
+    for (std::int64_t i = 0; i < len; ++i) counts[idx[i]] += 1;
   }
-  return finite;
+  return nan == 0;
 }
 
 void histogram_update_cpu(const at::Tensor& rows_in, at::Tensor& histogram, const at::Tensor& lo,
@@ -54,9 +64,10 @@ void histogram_update_cpu(const at::Tensor& rows_in, at::Tensor& histogram, cons
   std::vector<std::int64_t> counts;
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "_histogram_update", [&] {
     const scalar_t* x = rows.const_data_ptr<scalar_t>();
-    if (channels > 1 || n < 32768) {  // a row per task: each writes only its own counts row
+    if (channels > 1 || n < 262144) {  // a row per task: each writes only its own counts row
       counts.assign(channels * bins, 0);
-      at::parallel_for(0, channels, 1, [&](std::int64_t begin, std::int64_t end) {
+      at::parallel_for(0, channels, std::max<std::int64_t>(1, 131072 / std::max<std::int64_t>(n, 1)),
+                       [&](std::int64_t begin, std::int64_t end) {
         for (std::int64_t c = begin; c < end; ++c) {
           if (!count_values<scalar_t>(x + c * n, n, static_cast<scalar_t>(plo[c]), static_cast<scalar_t>(phi[c]),
                                       bins, counts.data() + c * bins)) {
@@ -67,7 +78,8 @@ void histogram_update_cpu(const at::Tensor& rows_in, at::Tensor& histogram, cons
       return;
     }
     // one long row: chunks of it in parallel, each with its own counts, summed after
-    const std::int64_t chunks = std::min<std::int64_t>(at::get_num_threads(), (n + 16383) / 16384);
+    // chunks of >= 128k values: below that, waking a second thread costs more than it saves
+    const std::int64_t chunks = std::min<std::int64_t>(at::get_num_threads(), (n + 131071) / 131072);
     counts.assign(chunks * bins, 0);
     const std::int64_t per = (n + chunks - 1) / chunks;
     at::parallel_for(0, chunks, 1, [&](std::int64_t begin, std::int64_t end) {
