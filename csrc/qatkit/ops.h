@@ -128,6 +128,18 @@ QATKIT_API std::tuple<at::Tensor, at::Tensor> binary_codes(const at::Tensor& inp
                                                            const std::string& scaling = "mean_abs",
                                                            std::optional<std::int64_t> axis = std::nullopt);
 
+/// Packs integer weight codes [N, K] (int8 / uint8 / int16 / int32 / int64) into bytes [N, row_bytes],
+/// rows independent, low bits first along K (docs/format.md): packing "offset" stores code +
+/// offset in `bits` bits (1..8; bits 9..16 as little-endian uint16), "sign" 1 bit per binary code
+/// (1 = +1), "base3" five ternary codes per byte. Every code must fit (ValueError on the CPU).
+QATKIT_API at::Tensor pack_weights(const at::Tensor& codes, std::int64_t bits, std::int64_t offset = 0,
+                                   const std::string& packing = "offset");
+
+/// The inverse of pack_weights for rows of `k` codes: [N, k] in the narrowest signed dtype of
+/// [-offset, 2^bits - 1 - offset] (int8, int16 or int32).
+QATKIT_API at::Tensor unpack_weights(const at::Tensor& packed, std::int64_t bits, std::int64_t k,
+                                     std::int64_t offset = 0, const std::string& packing = "offset");
+
 /// Fused observer + fake quantize: when observer_on, update running_min / running_max in place
 /// (moving average with `momentum`, an empty +-inf buffer taking the first value, or plain
 /// min/max), recompute scale / zero_point into their buffers (choose_qparams' formulas); then

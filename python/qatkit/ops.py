@@ -30,6 +30,8 @@ __all__ = [
     "binary_codes",
     "observer_update",
     "histogram_update",
+    "pack_weights",
+    "unpack_weights",
 ]
 
 
@@ -456,3 +458,35 @@ def histogram_update(rows: torch.Tensor, histogram: torch.Tensor, lo: torch.Tens
         tensor([[1., 0., 0., 0., 1., 0., 0., 1.]], dtype=torch.float64)
     """
     torch.ops.qatkit._histogram_update(rows, histogram, lo, hi)
+
+
+def pack_weights(codes: torch.Tensor, bits: int, offset: int = 0, packing: str = "offset") -> torch.Tensor:
+    """Pack integer weight codes ``[N, K]`` into bytes ``[N, row_bytes]`` (uint8), rows
+    independent, low bits first along K (docs/format.md).
+
+    Args:
+        codes: int8 / uint8 / int16 / int32 / int64, 2-d (conv weights flattened to ``[out, in * kh * kw]``).
+        bits: 1..16. ``packing="offset"`` stores ``code + offset`` in ``bits`` bits (bits 9..16: a
+            little-endian uint16 per code), so int4 symmetric codes use ``offset=8`` (q + 8, even k in
+            the low nibble) and ternary codes ``bits=2, offset=1`` (0 / 1 / 2 for -1 / 0 / +1).
+        packing: ``"offset"``, ``"sign"`` (binary codes -1 / +1, 1 bit, 1 = +1) or ``"base3"``
+            (ternary, five codes per byte: ``sum_j (c_j + 1) * 3**j``, ``bits=2``).
+
+    Returns:
+        uint8 ``[N, ceil(K * bits / 8)]`` (``2 K`` above 8 bits, ``ceil(K / 5)`` for base3).
+
+    Raises:
+        ValueError: a code that does not fit (CPU), or an invalid bits / offset / packing.
+
+    Example:
+        >>> pack_weights(torch.tensor([[-8, 7, 0]], dtype=torch.int8), 4, offset=8)
+        tensor([[240,   8]], dtype=torch.uint8)
+    """
+    return torch.ops.qatkit.pack_weights(codes, bits, offset, packing)
+
+
+def unpack_weights(packed: torch.Tensor, bits: int, k: int, offset: int = 0, packing: str = "offset") -> torch.Tensor:
+    """The inverse of :func:`pack_weights` for rows of ``k`` codes: ``[N, k]`` in the narrowest
+    signed dtype holding ``[-offset, 2**bits - 1 - offset]`` (int8, int16 or int32). Raises
+    ValueError when ``packed`` has the wrong number of bytes per row."""
+    return torch.ops.qatkit.unpack_weights(packed, bits, k, offset, packing)
