@@ -29,7 +29,9 @@ from . import (
     qat,
 )
 from . import ptq as _ptq_module  # noqa: E402
+from . import serialization  # noqa: E402
 from .ptq import choose_bits, ptq, sensitivity
+from .serialization import export, load, load_into
 from .qat import (
     LayerSpec,
     QATConfig,
@@ -57,6 +59,10 @@ __all__ = [
     "ptq",
     "sensitivity",
     "choose_bits",
+    "serialization",
+    "export",
+    "load",
+    "load_into",
     "QATConfig",
     "QuantSpec",
     "LayerSpec",

@@ -1,0 +1,622 @@
+"""Exported model files (issue 12; byte layouts in docs/format.md): one safetensors file holding
+packed integer weights, their scales and zero points, everything else each layer's forward needs
+(input quantizer state, bias, SmoothQuant scaling, BitLinear's normalization) and the float
+tensors of the rest of the model, described by a versioned JSON header under the metadata key
+``"qatkit"``. No pickle: loading reads tensors and JSON, never code.
+
+    >>> qatkit.export(qat_or_converted_model, "model.qatkit.safetensors")
+    >>> model = qatkit.load_into(float_model_of_the_same_architecture, "model.qatkit.safetensors")
+    >>> model = qatkit.load("model.qatkit.safetensors")     # nn.Sequential trees of known modules
+
+Loaded layers (:class:`PackedLinear`, :class:`PackedConv1d`, :class:`PackedConv2d`,
+:class:`PackedEmbedding`) keep the packed bytes and compute exactly what ``convert``'s layers
+compute (the codes are unpacked once, on load; the integer-kernel issue replaces that with
+integer kernels).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import ops
+from .qat.config import QuantSpec
+from .qat.convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, _Quantized, convert
+from .qat.quantizers import ActFakeQuantizer
+from .qat.swap import replace_module
+
+__all__ = [
+    "FORMAT_VERSION",
+    "export",
+    "load",
+    "load_into",
+    "read_header",
+    "PackedLinear",
+    "PackedConv1d",
+    "PackedConv2d",
+    "PackedEmbedding",
+]
+
+#: the file format's version (docs/format.md); readers refuse a newer one
+FORMAT_VERSION = 1
+META_KEY = "qatkit"
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "bool": torch.bool,
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def packing_for(spec: Optional[QuantSpec], base3: bool = False) -> Tuple[int, int, str]:
+    """(bits, offset, packing) of a weight spec's codes in the file: integer codes stored as
+    ``code - quant_min`` in the fewest bits holding the range, ternary codes as 2-bit 0 / 1 / 2
+    (or base-3, five per byte), binary codes 1 bit each (1 = +1)."""
+    if spec.kind == "binary":
+        return 1, 0, "sign"
+    if spec.kind == "ternary":
+        return (2, 1, "base3") if base3 else (2, 1, "offset")
+    width = spec.quant_max - spec.quant_min
+    bits = max(1, math.ceil(math.log2(width + 1)))
+    return bits, -spec.quant_min, "offset"
+
+
+def _dtype_name(t: torch.dtype) -> str:
+    return _DTYPE_NAMES[t]
+
+
+def _small_int(t: torch.Tensor) -> torch.Tensor:
+    """Integer zero points in the narrowest dtype that holds them (int8 for int4 / int8 codes)."""
+    if t.numel() == 0 or (int(t.min()) >= -128 and int(t.max()) <= 127):
+        return t.to(torch.int8)
+    return t.to(torch.int32)
+
+
+# ---------------------------------------------------------------- packed layers
+
+
+class _Packed:
+    """Mixin of the loaded layers: the packed bytes are the weight's state; the codes the
+    converted forward reads are unpacked from them once (non-persistent)."""
+
+    def _init_packed(self, info: dict, tensors: Dict[str, torch.Tensor]) -> None:
+        w = info["weight"]
+        spec = None if w["spec"] is None else QuantSpec(**w["spec"])
+        self.weight_spec = spec
+        self.weight_dtype = _DTYPES[w["dtype"]]
+        self.weight_axis = w["axis"]
+        self.group_size = w["group_size"]
+        self.float_weight = spec is None
+        self.packing = (w["bits"], w["offset"], w["packing"]) if spec is not None else None
+        shape = tuple(w["shape"])
+        if spec is None:
+            self.register_buffer("weight_int", tensors["weight"])
+            self.register_buffer("weight_packed", None)
+        else:
+            packed = tensors["weight_packed"]
+            self.register_buffer("weight_packed", packed)
+            bits, offset, packing = self.packing
+            codes = ops.unpack_weights(packed, bits, w["k"], offset, packing)
+            codes = codes.to(_DTYPES[w["codes_dtype"]]).reshape(shape)
+            self.register_buffer("weight_int", codes, persistent=False)
+        self.register_buffer("weight_scale", tensors.get("weight_scale", torch.ones(1)))
+        zp = tensors.get("weight_zero_point")
+        if zp is None:
+            zp = torch.zeros(tensors["weight_scale"].shape if "weight_scale" in tensors else (1,), dtype=torch.int32)
+        self.register_buffer("weight_zero_point", zp.to(torch.int32))
+        bias = tensors.get("bias")
+        if bias is not None:
+            self.register_buffer("bias", bias)
+        else:
+            self.bias = None
+        aq = info.get("input")
+        if aq is not None:
+            q = ActFakeQuantizer(QuantSpec(**aq["spec"]), aq["channels"])
+            state = {k[len("input_fake_quant."):]: v for k, v in tensors.items() if k.startswith("input_fake_quant.")}
+            q.load_state_dict(state, strict=True)
+            q.enable_observer(False)
+            q.eval()
+            aq = q
+        self.input_fake_quant = aq
+
+    def extra_repr(self) -> str:
+        if self.packing is None:
+            return "weight=float"
+        bits, _, packing = self.packing
+        return f"weight={self.weight_spec.describe()}, packed={tuple(self.weight_packed.shape)} ({bits} bit, {packing})"
+
+
+class PackedLinear(_Packed, QuantizedLinear):
+    """A Linear layer loaded from an exported file (the forward of :class:`QuantizedLinear`)."""
+
+    def __init__(self, info: dict, tensors: Dict[str, torch.Tensor]):
+        nn.Module.__init__(self)
+        p = info["params"]
+        self.in_features, self.out_features = p["in_features"], p["out_features"]
+        self.rms_norm, self.eps = p["rms_norm"], p["eps"]
+        self._init_packed(info, tensors)
+        self.register_buffer("smooth", tensors.get("smooth"))
+
+
+class _PackedConv(_Packed):
+    def __init__(self, info: dict, tensors: Dict[str, torch.Tensor]):
+        nn.Module.__init__(self)
+        p = info["params"]
+        for k in ("in_channels", "out_channels", "groups", "padding_mode"):
+            setattr(self, k, p[k])
+        for k in ("kernel_size", "stride", "dilation"):
+            setattr(self, k, tuple(p[k]))
+        self.padding = p["padding"] if isinstance(p["padding"], str) else tuple(p["padding"])
+        self._rpt = None if p["reversed_padding"] is None else tuple(p["reversed_padding"])
+        self._init_packed(info, tensors)
+
+
+class PackedConv1d(_PackedConv, QuantizedConv1d):
+    """A Conv1d layer loaded from an exported file (the forward of :class:`QuantizedConv1d`)."""
+
+
+class PackedConv2d(_PackedConv, QuantizedConv2d):
+    """A Conv2d layer loaded from an exported file (the forward of :class:`QuantizedConv2d`)."""
+
+
+class PackedEmbedding(_Packed, QuantizedEmbedding):
+    """An Embedding loaded from an exported file (the forward of :class:`QuantizedEmbedding`)."""
+
+    def __init__(self, info: dict, tensors: Dict[str, torch.Tensor]):
+        nn.Module.__init__(self)
+        p = info["params"]
+        self.padding_idx, self.max_norm, self.norm_type = p["padding_idx"], p["max_norm"], p["norm_type"]
+        self.scale_grad_by_freq, self.sparse = False, False
+        self._init_packed(info, tensors)
+
+
+_PACKED = {
+    "linear": PackedLinear,
+    "conv1d": PackedConv1d,
+    "conv2d": PackedConv2d,
+    "embedding": PackedEmbedding,
+}
+
+
+# ---------------------------------------------------------------- export
+
+
+def _layer_type(mod: _Quantized) -> str:
+    for name, cls in (
+        ("linear", QuantizedLinear),
+        ("conv2d", QuantizedConv2d),
+        ("conv1d", QuantizedConv1d),
+        ("embedding", QuantizedEmbedding),
+    ):
+        if isinstance(mod, cls):
+            return name
+    raise TypeError(f"export: no file form for {type(mod).__name__}")
+
+
+def _layer_params(kind: str, mod: _Quantized) -> dict:
+    if kind == "linear":
+        return {
+            "in_features": mod.in_features,
+            "out_features": mod.out_features,
+            "rms_norm": bool(mod.rms_norm),
+            "eps": float(mod.eps),
+        }
+    if kind in ("conv1d", "conv2d"):
+        pad = mod.padding if isinstance(mod.padding, str) else list(mod.padding)
+        return {
+            "in_channels": mod.in_channels,
+            "out_channels": mod.out_channels,
+            "kernel_size": list(mod.kernel_size),
+            "stride": list(mod.stride),
+            "padding": pad,
+            "dilation": list(mod.dilation),
+            "groups": mod.groups,
+            "padding_mode": mod.padding_mode,
+            "reversed_padding": None if mod._rpt is None else list(mod._rpt),
+        }
+    return {"padding_idx": mod.padding_idx, "max_norm": mod.max_norm, "norm_type": float(mod.norm_type)}
+
+
+def _export_layer(name: str, mod: _Quantized, base3: bool) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    kind = _layer_type(mod)
+    tensors: Dict[str, torch.Tensor] = {}
+    codes = mod.weight_int
+    spec = None if mod.float_weight else mod.weight_spec
+    weight = {
+        "spec": None if spec is None else dataclasses.asdict(spec),
+        "dtype": _dtype_name(mod.weight_dtype),
+        "shape": list(codes.shape),
+        "axis": mod.weight_axis,
+        "group_size": mod.group_size,
+    }
+    if spec is None:
+        tensors["weight"] = codes.detach().contiguous().clone()
+    else:
+        bits, offset, packing = packing_for(spec, base3)
+        rows = codes.shape[0] if codes.dim() > 0 else 1
+        k = codes.numel() // max(rows, 1)
+        tensors["weight_packed"] = ops.pack_weights(codes.reshape(rows, k), bits, offset, packing)
+        tensors["weight_scale"] = mod.weight_scale.detach().contiguous().clone()
+        zp = mod.weight_zero_point.detach()
+        if bool((zp != 0).any()):
+            tensors["weight_zero_point"] = _small_int(zp).contiguous().clone()
+        weight.update(
+            bits=bits,
+            offset=offset,
+            packing=packing,
+            rows=rows,
+            k=k,
+            codes_dtype=_dtype_name(codes.dtype),
+            scale_dtype=_dtype_name(mod.weight_scale.dtype),
+            zero_point="weight_zero_point" in tensors,
+        )
+    if mod.bias is not None:
+        tensors["bias"] = mod.bias.detach().contiguous().clone()
+    smooth = getattr(mod, "smooth", None)
+    if smooth is not None:
+        tensors["smooth"] = smooth.detach().contiguous().clone()
+    info = {"type": kind, "params": _layer_params(kind, mod), "weight": weight, "bias": mod.bias is not None}
+    aq = mod.input_fake_quant
+    if aq is not None:
+        info["input"] = {"spec": dataclasses.asdict(aq.spec), "channels": aq.channels, "class": type(aq).__name__}
+        for k, v in aq.state_dict().items():
+            tensors[f"input_fake_quant.{k}"] = v.detach().contiguous().clone()
+    else:
+        info["input"] = None
+    return info, {f"{name}.{k}": v for k, v in tensors.items()}
+
+
+#: parameterless modules a converted model may hold where its float architecture has another
+#: module (BatchNorm folded into the conv before it -> Identity; PTQ's ReLU6 -> ReLU for CLE)
+_SUBSTITUTES = {"Identity": nn.Identity, "ReLU": nn.ReLU}
+
+
+def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
+    """Write ``model`` (converted, or a QAT / PTQ model, which is converted first on a copy) to one
+    safetensors file at ``path``: the quantized layers' weights packed (docs/format.md), their
+    scales, zero points (omitted when all zero), input quantizer state, biases and SmoothQuant
+    scaling; every other tensor of the model in its own dtype; the JSON header under the
+    metadata key ``"qatkit"``.
+
+    Args:
+        model: the model to export.
+        path: the file to write (overwritten).
+        base3: ternary weights at 1.6 bits (five per byte) instead of 2.
+
+    Returns:
+        The header written (a dict: format version, layers, float tensors, module changes and,
+        for ``nn.Sequential`` trees of known modules, the structure :func:`load` rebuilds).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: the model holds no quantized layer.
+    """
+    from safetensors.torch import save_file
+
+    from . import __version__
+    from .qat.convert import QAT_TYPES
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export: model must be an nn.Module, got {type(model).__name__}")
+    if any(isinstance(m, QAT_TYPES) for m in model.modules()):
+        model = convert(model)
+    layers, tensors = {}, {}
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, _Quantized)}
+    if not quantized:
+        raise ValueError("export: the model holds no quantized layer (prepare_qat / ptq, then convert)")
+    for name, mod in quantized.items():
+        info, t = _export_layer(name, mod, base3)
+        layers[name] = info
+        tensors.update(t)
+    inside = tuple(n + "." for n in quantized)
+    float_keys = []
+    for k, v in model.state_dict().items():
+        if k.startswith(inside):
+            continue
+        tensors[k] = v.detach().contiguous().clone()
+        float_keys.append(k)
+    changes = {
+        n: type(m).__name__ for n, m in model.named_modules() if n and type(m).__name__ in _SUBSTITUTES and type(m) is _SUBSTITUTES[type(m).__name__]
+    }
+    header = {
+        "format_version": FORMAT_VERSION,
+        "qatkit_version": __version__,
+        "layers": layers,
+        "float_tensors": float_keys,
+        "module_changes": changes,
+        "structure": _structure(model, quantized),
+    }
+    save_file(tensors, path, metadata={META_KEY: json.dumps(header)})
+    return header
+
+
+# ---------------------------------------------------------------- structure (qatkit.load)
+
+_LEAVES = {
+    "ReLU": (nn.ReLU, ()),
+    "GELU": (nn.GELU, ("approximate",)),
+    "SiLU": (nn.SiLU, ()),
+    "Tanh": (nn.Tanh, ()),
+    "Sigmoid": (nn.Sigmoid, ()),
+    "Identity": (nn.Identity, ()),
+    "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
+    "Dropout": (nn.Dropout, ("p",)),
+    "MaxPool1d": (nn.MaxPool1d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
+    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
+    "AvgPool1d": (nn.AvgPool1d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+    "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+    "AdaptiveAvgPool1d": (nn.AdaptiveAvgPool1d, ("output_size",)),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
+    "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "LayerNorm": (nn.LayerNorm, ("normalized_shape", "eps", "elementwise_affine")),
+    "Linear": (nn.Linear, ("in_features", "out_features")),
+    "Conv1d": (nn.Conv1d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                           "padding_mode")),
+    "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
+                           "padding_mode")),
+    "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim", "padding_idx")),
+}
+
+
+def _structure(model: nn.Module, quantized: Dict[str, nn.Module]) -> Optional[dict]:
+    """The module tree :func:`load` can rebuild, or None when the model is not an nn.Sequential
+    tree of packed layers and known modules (custom forwards need :func:`load_into`)."""
+
+    def describe(name: str, m: nn.Module):
+        if name in quantized:
+            return {"type": "packed", "name": name}
+        if type(m) is nn.Sequential:
+            kids = []
+            for n, c in m.named_children():
+                d = describe(f"{name}.{n}" if name else n, c)
+                if d is None:
+                    return None
+                kids.append([n, d])
+            return {"type": "Sequential", "children": kids}
+        entry = _LEAVES.get(type(m).__name__)
+        if entry is None or type(m) is not entry[0]:
+            return None
+        args = {}
+        for a in entry[1]:
+            v = getattr(m, a if a != "affine" or not isinstance(m, nn.LayerNorm) else "elementwise_affine")
+            args[a] = list(v) if isinstance(v, tuple) else v
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            args["bias"] = m.bias is not None
+        return {"type": type(m).__name__, "args": args}
+
+    return describe("", model)
+
+
+def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
+    t = desc.get("type") if isinstance(desc, dict) else None
+    if t == "packed":
+        return layers[desc["name"]]
+    if t == "Sequential":
+        seq = nn.Sequential()
+        for n, d in desc["children"]:
+            seq.add_module(str(n), _build(d, layers))
+        return seq
+    if t not in _LEAVES:
+        raise ValueError(f"load: the file's structure names module type {t!r}, not one qatkit rebuilds")
+    cls, names = _LEAVES[t]
+    args = dict(desc.get("args", {}))
+    for k, v in args.items():
+        if isinstance(v, list):
+            args[k] = tuple(v)
+    if not set(args) <= set(names) | {"bias"}:
+        raise ValueError(f"load: unexpected arguments {sorted(set(args) - set(names))} for {t}")
+    return cls(**args)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_header(path: str) -> dict:
+    """The JSON header of an exported file, checked for what a reader needs (format version,
+    layers, float tensors).
+
+    Raises:
+        ValueError: the file is not readable as safetensors, carries no qatkit header, or its
+            header is malformed or from a newer format version.
+    """
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise ValueError(f"load: {path!r} is not a file")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
+        raise ValueError(f"load: cannot read {path!r} as a safetensors file: {e}") from None
+    if META_KEY not in meta:
+        raise ValueError(f"load: {path!r} has no qatkit header (not written by qatkit.export)")
+    try:
+        header = json.loads(meta[META_KEY])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"load: {path!r}: the qatkit header is not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"load: {path!r}: the qatkit header must be a JSON object")
+    version = header.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"load: {path!r}: format_version must be a positive int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(
+            f"load: {path!r} has format version {version}; this qatkit reads up to {FORMAT_VERSION} (upgrade qatkit)"
+        )
+    if not isinstance(header.get("layers"), dict) or not isinstance(header.get("float_tensors"), list):
+        raise ValueError(f"load: {path!r}: the header needs 'layers' (object) and 'float_tensors' (list)")
+    return header
+
+
+def _tensors(path: str) -> Dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"load: cannot read the tensors of {path!r}: {e}") from None
+
+
+def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -> None:
+    """Shapes, dtypes and values of one layer's tensors against its header entry."""
+    where = f"load: {path!r}, layer {name!r}"
+
+    def need(cond, msg):
+        if not cond:
+            raise ValueError(f"{where}: {msg}")
+
+    need(isinstance(info, dict) and info.get("type") in _PACKED, f"type must be one of {sorted(_PACKED)}")
+    w = info.get("weight")
+    need(isinstance(w, dict) and isinstance(w.get("shape"), list), "the weight entry needs a shape")
+    shape = w["shape"]
+    need(all(isinstance(d, int) and 0 <= d < 2**31 for d in shape) and len(shape) <= 5, f"bad weight shape {shape}")
+    need(w.get("dtype") in ("float32", "float64", "float16", "bfloat16"), f"bad weight dtype {w.get('dtype')!r}")
+    if w.get("spec") is None:
+        need("weight" in t and list(t["weight"].shape) == shape, "the float weight is missing or has another shape")
+        return
+    try:
+        spec = QuantSpec(**w["spec"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: bad weight spec ({e})") from None
+    bits, offset, packing = w.get("bits"), w.get("offset"), w.get("packing")
+    need((bits, offset, packing) in (packing_for(spec), packing_for(spec, True)),
+         f"packing {packing!r} with {bits} bit(s) and offset {offset} does not match the spec {spec.describe()!r}")
+    rows, k = w.get("rows"), w.get("k")
+    need(isinstance(rows, int) and isinstance(k, int) and rows * k == math.prod(shape) and (rows == shape[0] if shape else True),
+         f"rows x k = {rows} x {k} does not match the weight shape {shape}")
+    p = t.get("weight_packed")
+    need(p is not None and p.dtype == torch.uint8 and p.dim() == 2, "weight_packed must be a 2-d uint8 tensor")
+    row_bytes = (k + 4) // 5 if packing == "base3" else (2 * k if bits > 8 else (k * bits + 7) // 8)
+    need(tuple(p.shape) == (rows, row_bytes), f"weight_packed must be [{rows}, {row_bytes}], got {list(p.shape)}")
+    need(w.get("codes_dtype") in ("int8", "int16", "int32"), f"bad codes dtype {w.get('codes_dtype')!r}")
+    s = t.get("weight_scale")
+    need(s is not None and s.dtype == torch.float32, "weight_scale must be a float32 tensor")
+    need(bool(torch.isfinite(s).all()) and bool((s > 0).all()), "weight_scale must be finite and positive")
+    gs, axis = w.get("group_size"), w.get("axis")
+    if gs is not None:
+        need(isinstance(gs, int) and gs > 0 and k % gs == 0, f"group_size {gs} must divide k = {k}")
+        need(s.numel() == rows * (k // gs), f"weight_scale must hold {rows * (k // gs)} values (one per group)")
+    elif axis is not None:
+        need(isinstance(axis, int) and -len(shape) <= axis < len(shape), f"bad axis {axis}")
+        need(s.numel() == shape[axis], f"weight_scale must hold {shape[axis]} values (one per channel)")
+    else:
+        need(s.numel() == 1, "weight_scale must hold 1 value (per tensor)")
+    z = t.get("weight_zero_point")
+    need(bool(w.get("zero_point")) == (z is not None), "weight_zero_point presence does not match the header")
+    if z is not None:
+        need(z.dtype in (torch.int8, torch.int32) and z.shape == s.shape, "weight_zero_point must match weight_scale")
+        need(bool(((z >= spec.quant_min) & (z <= spec.quant_max)).all()), "weight_zero_point outside the code range")
+    need(("bias" in t) == bool(info.get("bias")), "bias presence does not match the header")
+
+
+def _packed_layers(path: str, header: dict, tensors: Dict[str, torch.Tensor]) -> Dict[str, nn.Module]:
+    out = {}
+    for name, info in header["layers"].items():
+        prefix = name + "."
+        t = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        _check_layer(path, name, info, t)
+        try:
+            out[name] = _PACKED[info["type"]](info, t)
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise ValueError(f"load: {path!r}, layer {name!r}: {type(e).__name__}: {e}") from None
+    return out
+
+
+def load(path: str) -> nn.Module:
+    """Rebuild the model an exported file describes: an ``nn.Sequential`` tree of packed layers
+    and known modules (activations, pooling, Flatten, Dropout, BatchNorm, LayerNorm, and float
+    Linear / Conv1d / Conv2d / Embedding layers left unquantized).
+
+    Raises:
+        ValueError: a corrupt or foreign file, or one whose model is not such a tree (load it with
+            :func:`load_into` into a model you build).
+    """
+    header = read_header(path)
+    if header.get("structure") is None:
+        raise ValueError(
+            f"load: {path!r} holds a model that is not an nn.Sequential tree of modules qatkit knows (a custom "
+            "forward, a Hugging Face model): build the float model and call qatkit.load_into(model, path)"
+        )
+    tensors = _tensors(path)
+    layers = _packed_layers(path, header, tensors)
+    model = _build(header["structure"], layers)
+    _load_floats(path, model, header, tensors)
+    return model.eval()
+
+
+def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, torch.Tensor]) -> None:
+    packed = tuple(n + "." for n in header["layers"])
+    want = {k for k in model.state_dict() if not k.startswith(packed)}
+    have = set(header["float_tensors"])
+    missing, extra = sorted(want - have), sorted(have - want)
+    if missing or extra:
+        raise ValueError(
+            f"load: {path!r} does not fit the model: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+            f"unexpected {extra[:8]}{'...' if len(extra) > 8 else ''}"
+        )
+    absent = [k for k in have if k not in tensors]
+    if absent:
+        raise ValueError(f"load: {path!r}: the header lists float tensors the file lacks: {absent[:8]}")
+    model.load_state_dict({k: tensors[k] for k in have}, strict=False)
+
+
+def load_into(model: nn.Module, path: str, inplace: bool = False) -> nn.Module:
+    """Load an exported file into a model of the same architecture (a float model, e.g. a Hugging
+    Face model built from its float checkpoint or config, or one already prepared / converted):
+    every quantized layer the file holds replaces the module at its name with a packed layer,
+    folded BatchNorms become Identity, and every other tensor loads by name.
+
+    Raises:
+        ValueError: a corrupt or foreign file, or one that does not fit the model (a layer name the
+            model lacks, a shape that differs, tensors missing or left over), naming what differs.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_into: model must be an nn.Module, got {type(model).__name__}")
+    header = read_header(path)
+    tensors = _tensors(path)
+    layers = _packed_layers(path, header, tensors)
+    if not inplace:
+        model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    for name, packed in layers.items():
+        old = modules.get(name)
+        if old is None:
+            raise ValueError(f"load_into: {path!r} holds layer {name!r}, which the model does not have")
+        w = getattr(old, "weight", None)
+        if w is None:
+            w = getattr(old, "weight_int", None)
+        if w is None or tuple(w.shape) != tuple(packed.weight_int.shape):
+            raise ValueError(
+                f"load_into: layer {name!r}: the file's weight is {tuple(packed.weight_int.shape)}, the model's "
+                f"{None if w is None else tuple(w.shape)}"
+            )
+    for name, packed in layers.items():
+        replace_module(model, name, packed)
+    for name, kind in header.get("module_changes", {}).items():
+        if kind not in _SUBSTITUTES:
+            raise ValueError(f"load_into: {path!r}: unknown module change {kind!r} at {name!r}")
+        cur = dict(model.named_modules()).get(name)
+        if cur is None:
+            raise ValueError(f"load_into: {path!r} changes module {name!r}, which the model does not have")
+        if type(cur) is not _SUBSTITUTES[kind]:
+            if list(cur.parameters()) and kind != "Identity":
+                raise ValueError(f"load_into: {name!r} is a {type(cur).__name__} with parameters; the file has {kind}")
+            replace_module(model, name, _SUBSTITUTES[kind]())
+    _load_floats(path, model, header, tensors)
+    return model.eval()

@@ -1,0 +1,226 @@
+"""Exported model files (issue 12, docs/format.md): every preset exports, reloads through
+qatkit.load and qatkit.load_into, and computes the converted model's outputs bit for bit; the
+file's size follows from the packing; corrupt or foreign files raise ValueError naming what is
+wrong."""
+
+import json
+import os
+import struct
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import qatkit
+from qatkit import serialization as S
+
+PRESETS = ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8", "xnor_w1a1", "binaryconnect",
+           "int8_weight_only", "int4_weight_only", "ternary_weight_only", "binary_weight_only"]
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 4 * 4, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, 10),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(32, 1, 8, 8, generator=g)
+
+
+def _ptq(model, data, cfg, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return qatkit.ptq(model, list(data.split(16)), cfg, verbose=False, progress=False, **kw)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_reloads_to_the_converted_outputs_bit_for_bit(preset, data, tmp_path):
+    m = small_cnn()
+    q = _ptq(m, data, qatkit.preset(preset), correct_bias=None)
+    c = qatkit.convert(q).eval()
+    path = str(tmp_path / "m.safetensors")
+    header = qatkit.export(q, path)  # a QAT-stage model: converted on a copy
+    assert header["format_version"] == 1 and len(header["layers"]) >= 2
+    with torch.no_grad():
+        want = c(data)
+        back = qatkit.load_into(m, path)
+        assert torch.equal(back(data), want)
+        assert header["structure"] is not None
+        loaded = qatkit.load(path)
+        assert torch.equal(loaded(data), want)
+    packed = [mod for mod in loaded.modules() if isinstance(mod, S._Packed)]
+    assert len(packed) == len(header["layers"])
+    # the packed bytes are the layer's state; the unpacked codes are not saved twice
+    for mod in packed:
+        if mod.weight_packed is not None:
+            assert "weight_int" not in mod.state_dict() and "weight_packed" in mod.state_dict()
+
+
+def test_stored_ptq_choices_survive_gptq_asymmetric_groups_and_smoothing(data, tmp_path):
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)).eval()
+    runs = [
+        (qatkit.int4_weight_only(32, symmetric=False), dict(rounding="gptq")),
+        (qatkit.w8a8(), dict(scaling="smoothquant")),
+        (qatkit.ternary_weight_only(), dict(threshold_search=True)),
+    ]
+    for cfg, kw in runs:
+        q = _ptq(mlp, data, cfg, **kw)
+        c = qatkit.convert(q).eval()
+        path = str(tmp_path / "p.safetensors")
+        header = qatkit.export(c, path)
+        back = qatkit.load(path)
+        with torch.no_grad():
+            assert torch.equal(back(data), c(data)), kw
+        if not cfg.default.weight.symmetric:  # per-group zero points stored as int8
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as f:
+                assert f.get_tensor("1.weight_zero_point").dtype == torch.int8
+        if "scaling" in kw:
+            assert any(mod.smooth is not None for mod in back.modules() if isinstance(mod, S.PackedLinear))
+        assert header["layers"]["1"]["weight"]["packing"] in ("offset", "sign", "base3")
+
+
+def _quantized_bytes(path, names):
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
+                   if k.split(".")[0] in names and ".input_fake_quant." not in k)
+
+
+@pytest.mark.parametrize("preset,base3,bound", [
+    ("int8_weight_only", False, 0.26), ("int4_weight_only", False, 0.14), ("ternary_weight_only", False, 0.07),
+    ("ternary_weight_only", True, 0.06), ("binary_weight_only", False, 0.04),
+])
+def test_file_bytes_of_the_quantized_layers_meet_the_size_targets(preset, base3, bound, data, tmp_path):
+    # layers with K >= 256 (the issue's size targets); int4 at group size 128
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 256))
+    cfg = qatkit.int4_weight_only(128) if preset == "int4_weight_only" else qatkit.preset(preset)
+    q = _ptq(mlp, data, cfg, correct_bias=None)
+    path = str(tmp_path / "s.safetensors")
+    qatkit.export(q, path, base3=base3)
+    names = {"3", "5"}  # K = 512
+    fp32 = sum(mlp[int(n)].weight.numel() * 4 + mlp[int(n)].bias.numel() * 4 for n in names)
+    ratio = _quantized_bytes(path, names) / fp32
+    assert ratio <= bound, ratio
+
+
+def _export_small(tmp_path, data):
+    m = small_cnn()
+    q = _ptq(m, data, qatkit.w4a8(), correct_bias=None)
+    path = str(tmp_path / "ok.safetensors")
+    qatkit.export(q, path)
+    return m, path
+
+
+def _rewrite_header(path, out, edit):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8 : 8 + n])
+    meta = json.loads(head["__metadata__"]["qatkit"])
+    edit(meta, head)
+    head["__metadata__"]["qatkit"] = json.dumps(meta)
+    blob = json.dumps(head).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(out, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+
+
+def test_corrupt_and_foreign_files_raise_value_errors_naming_the_problem(data, tmp_path):
+    m, path = _export_small(tmp_path, data)
+    raw = open(path, "rb").read()
+    bad = str(tmp_path / "bad.safetensors")
+
+    def expect(msg, loader=qatkit.load):
+        with pytest.raises(ValueError, match=msg):
+            loader(bad)
+        with pytest.raises(ValueError, match=msg):
+            qatkit.load_into(m, bad)
+
+    open(bad, "wb").write(raw[: len(raw) // 2])  # truncated
+    expect("cannot read")
+    open(bad, "wb").write(struct.pack("<Q", 2**40) + raw[8:])  # header length past the end
+    expect("cannot read")
+    open(bad, "wb").write(b"")
+    expect("cannot read")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, bad)  # a safetensors file of someone else
+    expect("no qatkit header")
+    layer = next(iter(S.read_header(path)["layers"]))
+    cases = [
+        (lambda meta, head: meta.update(format_version=99), "format version 99"),
+        (lambda meta, head: meta["layers"][layer]["weight"].update(bits=3), "does not match the spec"),
+        (lambda meta, head: meta["layers"][layer]["weight"].update(k=7), "rows x k"),
+        (lambda meta, head: meta["layers"][layer].update(type="lstm"), "type must be one of"),
+        (lambda meta, head: meta["layers"][layer]["weight"]["spec"].update(bits=99), "bad weight spec"),
+        (lambda meta, head: meta.update(float_tensors=meta["float_tensors"] + ["ghost.weight"]), "unexpected"),
+        (lambda meta, head: meta.update(layers="x"), "needs 'layers'"),
+    ]
+    for edit, msg in cases:
+        _rewrite_header(path, bad, edit)
+        expect(msg)
+    # a NaN scale inside the data
+    from safetensors.torch import load_file
+
+    tensors = load_file(path)
+    tensors[f"{layer}.weight_scale"][0] = float("nan")
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    save_file(tensors, bad, metadata=meta)
+    expect("weight_scale must be finite and positive")
+
+
+def test_load_refuses_custom_forwards_and_load_into_refuses_other_architectures(data, tmp_path):
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(64, 32), nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x.flatten(1))))
+
+    torch.manual_seed(0)
+    model = Custom().eval()
+    q = _ptq(model, data, qatkit.w8a8(), correct_bias=None)
+    path = str(tmp_path / "c.safetensors")
+    assert qatkit.export(q, path)["structure"] is None
+    with pytest.raises(ValueError, match="qatkit.load_into"):
+        qatkit.load(path)
+    back = qatkit.load_into(Custom(), path)
+    with torch.no_grad():
+        assert torch.equal(back(data), qatkit.convert(q).eval()(data))
+    other = Custom()
+    other.b = nn.Linear(32, 11)
+    with pytest.raises(ValueError, match="layer 'b': the file's weight is"):
+        qatkit.load_into(other, path)
+    with pytest.raises(ValueError, match="does not have"):
+        qatkit.load_into(nn.Sequential(nn.Linear(64, 10)), path)
+    with pytest.raises(ValueError, match="no quantized layer"):
+        qatkit.export(nn.Sequential(nn.Linear(2, 2)), path)
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        qatkit.export("model", path)
+
+
+def test_the_dtype_a_model_computes_in_survives(data, tmp_path):
+    m = small_cnn().double()
+    q = _ptq(m, data.double(), qatkit.w8a8(), correct_bias=None)
+    c = qatkit.convert(q).eval()
+    path = str(tmp_path / "d.safetensors")
+    qatkit.export(c, path)
+    back = qatkit.load(path)
+    with torch.no_grad():
+        out = back(data.double())
+        assert out.dtype == torch.float64 and torch.equal(out, c(data.double()))
