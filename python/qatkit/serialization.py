@@ -573,7 +573,8 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
     absent = [k for k in have if k not in tensors]
     if absent:
         raise ValueError(f"load: {path!r}: the header lists float tensors the file lacks: {absent[:8]}")
-    model.load_state_dict({k: tensors[k] for k in have}, strict=False)
+    # assign: the tensors just read become the model's (no second copy of every float weight)
+    model.load_state_dict({k: tensors[k] for k in have}, strict=False, assign=True)
 
 
 def load_into(model: nn.Module, path: str, inplace: bool = False) -> nn.Module:

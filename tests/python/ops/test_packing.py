@@ -104,3 +104,17 @@ def test_opcheck(bits, offset, packing):
     torch.library.opcheck(torch.ops.qatkit.pack_weights.default, (codes, bits, offset, packing))
     packed = ops.pack_weights(codes, bits, offset, packing)
     torch.library.opcheck(torch.ops.qatkit.unpack_weights.default, (packed, bits, 13, offset, packing))
+
+
+COMPOSITE = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+
+
+@pytest.mark.parametrize("bits,offset,packing", CASES, ids=[f"{b}-{o}-{p}" for b, o, p in CASES])
+def test_cpu_kernels_equal_the_device_generic_composite(bits, offset, packing):
+    """CUDA and Meta run the composite; the CPU has its own loops: the same bytes and codes."""
+    codes = codes_for(bits, offset, packing, (4, 29), seed=bits + 7).to(torch.int32)
+    packed = ops.pack_weights(codes, bits, offset, packing)
+    assert torch.equal(torch.ops.qatkit.pack_weights.default.redispatch(COMPOSITE, codes, bits, offset, packing), packed)
+    a = ops.unpack_weights(packed, bits, 29, offset, packing)
+    b = torch.ops.qatkit.unpack_weights.default.redispatch(COMPOSITE, packed, bits, 29, offset, packing)
+    assert a.dtype == b.dtype and torch.equal(a, b)

@@ -210,3 +210,20 @@ def test_ptq_checkpoints_reload_exactly_through_load_pretrained(models, ptq_mode
     if stage == "qat":  # and converting the reloaded model gives the codes PTQ chose
         a, b = qatkit.convert(fresh).state_dict(), qatkit.convert(model).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("stage", ["converted w8a8", "weight-only int8", "int4 g32 asym GPTQ"])
+def test_exported_files_load_into_the_float_encoder_exactly(models, ptq_models, stage, tmp_path):
+    """qatkit.export of the whole SentenceTransformer, qatkit.load_into a float copy: the same
+    embeddings bit for bit; the quantized Linear layers take a quarter (int8) or less of their
+    fp32 bytes in the file."""
+    st, _, c, wo = models
+    model = {"converted w8a8": c, "weight-only int8": wo, "int4 g32 asym GPTQ": ptq_models["int4 GPTQ"]}[stage]
+    path = str(tmp_path / "minilm.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        header = qatkit.export(model, path)
+        assert header["structure"] is None  # a transformers model: load_into, not load
+        back = qatkit.load_into(st, path)
+        assert torch.equal(_encode(back), _encode(qatkit.convert(model) if stage.startswith("int4") else model))
+    assert sum(isinstance(m, qatkit.serialization.PackedLinear) for m in back.modules()) == len(header["layers"])
