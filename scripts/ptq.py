@@ -157,7 +157,7 @@ def torch_ao_ptq(model, calib, per_channel: bool, equalize: bool, correct_bias: 
         wq = tq.MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
     wrapped.qconfig = tq.QConfig(activation=tq.MinMaxObserver.with_args(reduce_range=True), weight=wq)
     torch.backends.quantized.engine = "x86"
-    float_wrapped = copy.deepcopy(wrapped)
+    float_wrapped = copy.deepcopy(wrapped) if correct_bias else None  # bias_correction's float reference
     tq.prepare(wrapped, inplace=True)
     with torch.no_grad():
         wrapped(calib)
