@@ -56,6 +56,11 @@ class MLP(nn.Module):
     def forward(self, x):
         return self.net(x.reshape(x.shape[0], -1))
 
+    def as_sequential(self) -> nn.Sequential:
+        """The same layers (shared) as an nn.Sequential over [N, 64] inputs: what qatkit.export
+        can describe for qatkit.load and the C++ loader (a custom forward cannot be)."""
+        return nn.Sequential(nn.Flatten(), *self.net)
+
 
 class CNN(nn.Module):
     def __init__(self):
@@ -77,6 +82,10 @@ class CNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x.reshape(-1, 1, 8, 8)).flatten(1))
+
+    def as_sequential(self) -> nn.Sequential:
+        """The same layers (shared) as an nn.Sequential over [N, 64] inputs (see MLP.as_sequential)."""
+        return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), *self.features, nn.Flatten(), self.head)
 
 
 class DSCNN(nn.Module):
@@ -100,6 +109,10 @@ class DSCNN(nn.Module):
 
     def forward(self, x):
         return self.head(self.features(x.reshape(-1, 1, 8, 8)).flatten(1))
+
+    def as_sequential(self) -> nn.Sequential:
+        """The same layers (shared) as an nn.Sequential over [N, 64] inputs (see MLP.as_sequential)."""
+        return nn.Sequential(nn.Unflatten(1, (1, 8, 8)), *self.features, nn.Flatten(), self.head)
 
 
 DIGITS_MODELS = {

@@ -355,6 +355,7 @@ _LEAVES = {
     "Sigmoid": (nn.Sigmoid, ()),
     "Identity": (nn.Identity, ()),
     "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
+    "Unflatten": (nn.Unflatten, ("dim", "unflattened_size")),
     "Dropout": (nn.Dropout, ("p",)),
     "MaxPool1d": (nn.MaxPool1d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
     "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),

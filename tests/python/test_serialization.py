@@ -224,3 +224,28 @@ def test_the_dtype_a_model_computes_in_survives(data, tmp_path):
     with torch.no_grad():
         out = back(data.double())
         assert out.dtype == torch.float64 and torch.equal(out, c(data.double()))
+
+
+@pytest.mark.parametrize("arch", ["MLP", "CNN", "DSCNN"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "ternary_twn", "xnor_w1a1"])
+def test_the_repo_digits_models_export_and_load_as_sequentials(arch, preset, tmp_path):
+    """scripts/qat_models.py's digits models (custom forwards) through their as_sequential() form:
+    qatkit.load rebuilds them and matches convert bit for bit."""
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("qat_models", os.path.join(root, "scripts", "qat_models.py"))
+    qm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qm)
+    torch.manual_seed(0)
+    model = getattr(qm, arch)().eval()
+    seq = model.as_sequential().eval()
+    x = torch.randn(24, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(seq(x), model(x))  # the same function
+    q = _ptq(seq, x, qatkit.preset(preset), correct_bias=None)
+    path = str(tmp_path / f"{arch}.safetensors")
+    header = qatkit.export(q, path)
+    assert header["structure"] is not None
+    with torch.no_grad():
+        assert torch.equal(qatkit.load(path)(x), qatkit.convert(q).eval()(x))
