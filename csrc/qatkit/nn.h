@@ -429,6 +429,21 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 
 /// Clips shadow weights to [-c, c] where their weight spec sets latent_clip (BinaryConnect); call
 /// after each optimizer step. Returns the number of weights clipped.
+/// The tensors and string metadata of a safetensors file, in file order.
+struct QATKIT_API TensorFile {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  std::vector<std::pair<std::string, std::string>> metadata;
+};
+
+/// Reads a safetensors file (qatkit's model files, docs/format.md). The file is untrusted: header
+/// length, JSON, dtypes, shapes (no overflow) and data offsets (inside the data, exact sizes, no
+/// overlaps) are checked first; any violation raises ValueError naming the file and the tensor.
+QATKIT_API TensorFile read_safetensors(const std::string& path);
+/// read_safetensors over bytes in memory (`source` names them in messages).
+QATKIT_API TensorFile parse_safetensors(const std::uint8_t* data, std::size_t size, const std::string& source);
+/// Writes `file` as safetensors (tensors moved to the CPU, made contiguous; data 8-byte aligned).
+QATKIT_API void write_safetensors(const std::string& path, const TensorFile& file);
+
 QATKIT_API std::int64_t clip_latent_weights(torch::nn::Module& model);
 
 /// Turn every activation observer / fake quantizer of `model` on or off.

@@ -1,0 +1,183 @@
+// A safetensors reader for qatkit's model files (docs/format.md): the container a LibTorch program
+// loads exported weights from. The input is untrusted: every length, shape and offset is checked
+// before it is used (header length inside the file and at most 100 MB; dtype known; each dimension
+// non-negative and the element count free of overflow; offsets inside the data section, ordered,
+// non-overlapping, and exactly as long as dtype x shape); any violation is a ValueError naming the
+// file and the tensor, never a read out of bounds (tests/cpp/test_safetensors.cpp feeds it
+// truncated, oversized and hostile headers; scripts/sanitize.sh runs it under ASan/UBSan).
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fmt/format.h>
+#include <fstream>
+#include <limits>
+
+#include "json.h"
+#include "qatkit/nn.h"
+
+namespace qatkit::nn {
+namespace {
+
+constexpr std::uint64_t kMaxHeader = 100ull << 20;
+
+struct DtypeInfo {
+  const char* name;
+  at::ScalarType type;
+  std::size_t size;
+};
+
+constexpr DtypeInfo kDtypes[] = {
+    {"F64", at::kDouble, 8}, {"F32", at::kFloat, 4}, {"F16", at::kHalf, 2},  {"BF16", at::kBFloat16, 2},
+    {"I64", at::kLong, 8},   {"I32", at::kInt, 4},   {"I16", at::kShort, 2}, {"I8", at::kChar, 1},
+    {"U8", at::kByte, 1},    {"BOOL", at::kBool, 1},
+};
+
+const DtypeInfo* find_dtype(const std::string& name) {
+  for (const auto& d : kDtypes) {
+    if (name == d.name) return &d;
+  }
+  return nullptr;
+}
+
+const DtypeInfo& dtype_of(at::ScalarType t, const std::string& where) {
+  for (const auto& d : kDtypes) {
+    if (d.type == t) return d;
+  }
+  TORCH_CHECK_TYPE(false, fmt::format("{}: dtype {} cannot be stored in a safetensors file", where, c10::toString(t)));
+}
+
+std::uint64_t read_u64_le(const std::uint8_t* p) {
+  std::uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
+  return v;
+}
+
+}  // namespace
+
+TensorFile parse_safetensors(const std::uint8_t* data, std::size_t size, const std::string& source) {
+  const auto fail = [&](const std::string& msg) { TORCH_CHECK_VALUE(false, fmt::format("{}: {}", source, msg)); };
+  if (size < 8) fail(fmt::format("not a safetensors file: {} bytes, fewer than the 8-byte header length", size));
+  const std::uint64_t n = read_u64_le(data);
+  if (n > kMaxHeader) fail(fmt::format("header length {} exceeds the 100 MB limit", n));
+  if (n > size - 8) fail(fmt::format("header length {} runs past the end of the file ({} bytes)", n, size));
+  const std::string_view text(reinterpret_cast<const char*>(data + 8), static_cast<std::size_t>(n));
+  const json::Value header = json::parse(text, source);
+  if (header.type != json::Value::Type::kObject) fail("the header must be a JSON object");
+  const std::uint8_t* body = data + 8 + n;
+  const std::uint64_t body_size = size - 8 - n;
+
+  TensorFile out;
+  struct Span {
+    std::uint64_t begin, end;
+    std::string name;
+  };
+  std::vector<Span> spans;
+  for (const auto& [name, entry] : header.object) {  // (the JSON parser refuses duplicate names)
+    if (name == "__metadata__") {
+      if (entry.type != json::Value::Type::kObject) fail("__metadata__ must be an object of strings");
+      for (const auto& [k, v] : entry.object) out.metadata.emplace_back(k, v.as_string(source + ": __metadata__"));
+      continue;
+    }
+    const std::string where = fmt::format("{}: tensor '{}'", source, name);
+    if (entry.type != json::Value::Type::kObject) fail(fmt::format("tensor '{}' must be described by an object", name));
+    const DtypeInfo* dt = find_dtype(entry.at("dtype", where).as_string(where));
+    if (dt == nullptr) fail(fmt::format("tensor '{}' has an unsupported dtype '{}'", name, entry.at("dtype", where).string));
+    const json::Value& shape_v = entry.at("shape", where);
+    if (shape_v.type != json::Value::Type::kArray || shape_v.array.size() > 8) {
+      fail(fmt::format("tensor '{}': shape must be an array of at most 8 dims", name));
+    }
+    std::vector<std::int64_t> shape;
+    std::uint64_t numel = 1;
+    for (const auto& d : shape_v.array) {
+      const std::int64_t v = d.as_int(where + " shape");
+      if (v < 0) fail(fmt::format("tensor '{}': negative dimension {}", name, v));
+      if (v != 0 && numel > std::numeric_limits<std::uint64_t>::max() / static_cast<std::uint64_t>(v) / dt->size) {
+        fail(fmt::format("tensor '{}': the shape's element count overflows", name));
+      }
+      numel *= static_cast<std::uint64_t>(v);
+      shape.push_back(v);
+    }
+    const json::Value& off = entry.at("data_offsets", where);
+    if (off.type != json::Value::Type::kArray || off.array.size() != 2) {
+      fail(fmt::format("tensor '{}': data_offsets must be [begin, end]", name));
+    }
+    const std::int64_t b = off.array[0].as_int(where), e = off.array[1].as_int(where);
+    if (b < 0 || e < b || static_cast<std::uint64_t>(e) > body_size) {
+      fail(fmt::format("tensor '{}': data_offsets [{}, {}] outside the data section of {} bytes", name, b, e,
+                       body_size));
+    }
+    if (static_cast<std::uint64_t>(e - b) != numel * dt->size) {
+      fail(fmt::format("tensor '{}': {} bytes of data for {} elements of {} bytes", name, e - b, numel, dt->size));
+    }
+    spans.push_back({static_cast<std::uint64_t>(b), static_cast<std::uint64_t>(e), name});
+    torch::Tensor t = torch::empty(shape, torch::TensorOptions().dtype(dt->type));
+    if (numel > 0) std::memcpy(t.data_ptr(), body + b, static_cast<std::size_t>(e - b));
+    out.tensors.emplace_back(name, std::move(t));
+  }
+  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.begin < y.begin; });
+  for (std::size_t i = 1; i < spans.size(); ++i) {
+    if (spans[i].begin < spans[i - 1].end) {
+      fail(fmt::format("tensors '{}' and '{}' overlap", spans[i - 1].name, spans[i].name));
+    }
+  }
+  return out;
+}
+
+TensorFile read_safetensors(const std::string& path) {
+  std::ifstream f(path, std::ios::binary | std::ios::ate);
+  TORCH_CHECK_VALUE(f.good(), fmt::format("read_safetensors: cannot open '{}'", path));
+  const std::streamoff size = f.tellg();
+  TORCH_CHECK_VALUE(size >= 0, fmt::format("read_safetensors: cannot read '{}'", path));
+  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(size));
+  f.seekg(0);
+  if (size > 0) f.read(reinterpret_cast<char*>(bytes.data()), size);
+  TORCH_CHECK_VALUE(f.good() || size == 0, fmt::format("read_safetensors: cannot read '{}'", path));
+  return parse_safetensors(bytes.data(), bytes.size(), path);
+}
+
+void write_safetensors(const std::string& path, const TensorFile& file) {
+  json::Value header;
+  header.type = json::Value::Type::kObject;
+  if (!file.metadata.empty()) {
+    json::Value meta;
+    meta.type = json::Value::Type::kObject;
+    for (const auto& [k, v] : file.metadata) meta.set(k, json::Value::of(v));
+    header.set("__metadata__", meta);
+  }
+  std::uint64_t offset = 0;
+  std::vector<torch::Tensor> data;
+  for (const auto& [name, tensor] : file.tensors) {
+    const std::string where = fmt::format("write_safetensors: tensor '{}'", name);
+    const DtypeInfo& dt = dtype_of(tensor.scalar_type(), where);
+    torch::Tensor t = tensor.detach().to(torch::kCPU).contiguous();
+    json::Value entry, shape, offs;
+    entry.type = json::Value::Type::kObject;
+    shape.type = offs.type = json::Value::Type::kArray;
+    for (const auto d : t.sizes()) shape.array.push_back(json::Value::of(static_cast<std::int64_t>(d)));
+    const std::uint64_t nbytes = static_cast<std::uint64_t>(t.numel()) * dt.size;
+    offs.array = {json::Value::of(static_cast<std::int64_t>(offset)),
+                  json::Value::of(static_cast<std::int64_t>(offset + nbytes))};
+    entry.set("dtype", json::Value::of(dt.name));
+    entry.set("shape", shape);
+    entry.set("data_offsets", offs);
+    header.set(name, entry);
+    offset += nbytes;
+    data.push_back(t);
+  }
+  std::string text = json::dump(header);
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data section starts 8-byte aligned
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  TORCH_CHECK_VALUE(f.good(), fmt::format("write_safetensors: cannot open '{}' for writing", path));
+  std::uint8_t len[8];
+  std::uint64_t n = text.size();
+  for (int i = 0; i < 8; ++i, n >>= 8) len[i] = static_cast<std::uint8_t>(n & 255u);
+  f.write(reinterpret_cast<const char*>(len), 8);
+  f.write(text.data(), static_cast<std::streamsize>(text.size()));
+  for (const auto& t : data) {
+    f.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
+  }
+  TORCH_CHECK_VALUE(f.good(), fmt::format("write_safetensors: writing '{}' failed", path));
+}
+
+}  // namespace qatkit::nn

@@ -1,0 +1,132 @@
+// The C++ safetensors reader / writer (csrc/nn/safetensors.cpp): round trips every dtype and the
+// metadata exactly, and refuses truncated, oversized and hostile files with a ValueError naming
+// the problem (never a read out of bounds: scripts/sanitize.sh runs this under ASan/UBSan).
+#include <torch/torch.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "qatkit/nn.h"
+
+namespace qnn = qatkit::nn;
+
+namespace {
+
+std::vector<std::uint8_t> file_bytes(const std::string& header, const std::vector<std::uint8_t>& body,
+                                     std::uint64_t header_len_override = 0) {
+  std::uint64_t n = header_len_override ? header_len_override : header.size();
+  std::vector<std::uint8_t> out(8);
+  for (int i = 0; i < 8; ++i, n >>= 8) out[i] = static_cast<std::uint8_t>(n & 255u);
+  out.insert(out.end(), header.begin(), header.end());
+  out.insert(out.end(), body.begin(), body.end());
+  return out;
+}
+
+qnn::TensorFile parse(const std::vector<std::uint8_t>& bytes) {
+  return qnn::parse_safetensors(bytes.data(), bytes.size(), "test.safetensors");
+}
+
+}  // namespace
+
+CATCH_TEST_CASE("safetensors round trip keeps every dtype, shape, value and the metadata", "[safetensors]") {
+  torch::manual_seed(0);
+  qnn::TensorFile f;
+  f.tensors = {
+      {"a.weight", torch::randn({3, 5})},
+      {"a.packed", torch::randint(0, 255, {4, 7}, torch::kByte)},
+      {"b.codes", torch::randint(-8, 7, {2, 9}, torch::kChar)},
+      {"b.zp", torch::randint(-100, 100, {6}, torch::kInt)},
+      {"c.half", torch::randn({2, 2}).to(torch::kHalf)},
+      {"c.bf16", torch::randn({3}).to(torch::kBFloat16)},
+      {"c.f64", torch::randn({1, 1, 2}, torch::kDouble)},
+      {"c.long", torch::arange(5)},
+      {"c.short", torch::arange(4).to(torch::kShort)},
+      {"c.flag", torch::tensor({true, false})},
+      {"empty", torch::zeros({0, 3})},
+      {"scalar", torch::tensor(3.5)},
+  };
+  f.metadata = {{"qatkit", "{\"format_version\": 1}"}, {"note", "x"}};
+  const std::string path = "qatkit_test_roundtrip.safetensors";
+  qnn::write_safetensors(path, f);
+  const qnn::TensorFile back = qnn::read_safetensors(path);
+  std::remove(path.c_str());
+  CATCH_REQUIRE(back.tensors.size() == f.tensors.size());
+  for (std::size_t i = 0; i < f.tensors.size(); ++i) {
+    CATCH_CHECK(back.tensors[i].first == f.tensors[i].first);
+    CATCH_CHECK(back.tensors[i].second.scalar_type() == f.tensors[i].second.scalar_type());
+    CATCH_CHECK(back.tensors[i].second.sizes() == f.tensors[i].second.sizes());
+    CATCH_CHECK(torch::equal(back.tensors[i].second, f.tensors[i].second));
+  }
+  CATCH_CHECK(back.metadata == f.metadata);
+}
+
+CATCH_TEST_CASE("hostile safetensors files raise ValueError naming the problem", "[safetensors]") {
+  const std::vector<std::uint8_t> body(16, 7);
+  const auto one = [](const std::string& entry) { return "{\"t\": " + entry + "}"; };
+  struct Case {
+    const char* what;
+    std::vector<std::uint8_t> bytes;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {"empty file", {}, "fewer than the 8-byte header length"},
+      {"short file", {1, 2, 3}, "fewer than the 8-byte header length"},
+      {"header past the end", file_bytes("{}", body, 1000), "runs past the end of the file"},
+      {"huge header length", file_bytes("{}", body, std::uint64_t{1} << 62), "exceeds the 100 MB limit"},
+      {"not JSON", file_bytes("{nope", body), "test.safetensors"},
+      {"not an object", file_bytes("[1, 2]", body), "the header must be a JSON object"},
+      {"unknown dtype", file_bytes(one(R"({"dtype": "F8", "shape": [1], "data_offsets": [0, 1]})"), body),
+       "unsupported dtype 'F8'"},
+      {"negative dim", file_bytes(one(R"({"dtype": "U8", "shape": [-1], "data_offsets": [0, 1]})"), body),
+       "negative dimension -1"},
+      {"overflowing shape",
+       file_bytes(one(R"({"dtype": "F32", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 4]})"), body),
+       "element count overflows"},
+      {"offsets past the end", file_bytes(one(R"({"dtype": "U8", "shape": [32], "data_offsets": [0, 32]})"), body),
+       "outside the data section of 16 bytes"},
+      {"offsets reversed", file_bytes(one(R"({"dtype": "U8", "shape": [0], "data_offsets": [8, 4]})"), body),
+       "outside the data section"},
+      {"size mismatch", file_bytes(one(R"({"dtype": "F32", "shape": [2], "data_offsets": [0, 4]})"), body),
+       "4 bytes of data for 2 elements of 4 bytes"},
+      {"overlap",
+       file_bytes(R"({"a": {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]},
+                     "b": {"dtype": "U8", "shape": [8], "data_offsets": [4, 12]}})",
+                  body),
+       "overlap"},
+      {"duplicate name",
+       file_bytes(R"({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+                     "a": {"dtype": "U8", "shape": [4], "data_offsets": [4, 8]}})",
+                  body),
+       "duplicate key 'a'"},
+      {"metadata not strings", file_bytes(R"({"__metadata__": {"k": 1}})", body), "__metadata__"},
+      {"missing offsets", file_bytes(one(R"({"dtype": "U8", "shape": [4]})"), body), "data_offsets"},
+      {"too many dims", file_bytes(one(R"({"dtype": "U8", "shape": [1,1,1,1,1,1,1,1,1], "data_offsets": [0, 1]})"), body),
+       "at most 8 dims"},
+  };
+  for (const auto& c : cases) {
+    CATCH_INFO(c.what);
+    CATCH_CHECK_THROWS_WITH(parse(c.bytes), Catch::Contains(c.message));
+  }
+  CATCH_CHECK_THROWS_WITH(qnn::read_safetensors("/nonexistent/dir/file.safetensors"), Catch::Contains("cannot open"));
+}
+
+CATCH_TEST_CASE("every truncation of a valid file is refused cleanly", "[safetensors]") {
+  qnn::TensorFile f;
+  f.tensors = {{"w", torch::randn({4, 4})}, {"p", torch::randint(0, 255, {3, 5}, torch::kByte)}};
+  f.metadata = {{"qatkit", "{}"}};
+  const std::string path = "qatkit_test_truncate.safetensors";
+  qnn::write_safetensors(path, f);
+  std::FILE* fp = std::fopen(path.c_str(), "rb");
+  std::vector<std::uint8_t> bytes(4096);
+  bytes.resize(std::fread(bytes.data(), 1, bytes.size(), fp));
+  std::fclose(fp);
+  std::remove(path.c_str());
+  CATCH_REQUIRE(parse(bytes).tensors.size() == 2);
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    const std::vector<std::uint8_t> cut(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(n));
+    CATCH_INFO("truncated to " << n << " bytes");
+    CATCH_CHECK_THROWS_AS(parse(cut), c10::ValueError);
+  }
+}
