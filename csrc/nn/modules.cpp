@@ -348,6 +348,10 @@ void ActFakeQuantizerImpl::save(torch::serialize::OutputArchive& archive) const 
 void ActFakeQuantizerImpl::load(torch::serialize::InputArchive& archive) {
   check_spec(archive, spec_, qualified_name);
   torch::nn::Module::load(archive);
+  sync_flags();
+}
+
+void ActFakeQuantizerImpl::sync_flags() {
   fq_enabled_ = fake_quant_on_.item<int>() != 0;
   initialized_flag_ = initialized_.defined() && initialized_.item<int>() != 0;
 }

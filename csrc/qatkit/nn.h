@@ -181,6 +181,8 @@ class QATKIT_API ActFakeQuantizerImpl : public torch::nn::Cloneable<ActFakeQuant
   bool has_observed() const;
   /// Freeze for inference (convert): never observe again, whatever the training mode.
   void freeze();
+  /// Refresh the host-side copies of the flag buffers after they were written directly (a loader).
+  void sync_flags();
   std::string qualified_name;  ///< set by prepare_qat ("0.input_fake_quant"), for messages
   /// Forwards run in training mode (calibrate checks every data-range quantizer saw some).
   std::int64_t observations = 0;
@@ -429,6 +431,17 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 
 /// Clips shadow weights to [-c, c] where their weight spec sets latent_clip (BinaryConnect); call
 /// after each optimizer step. Returns the number of weights clipped.
+/// Loads a model file written by Python's qatkit.export (docs/format.md) whose model is an
+/// nn.Sequential tree of packed layers (Linear, Conv1d, Conv2d, Embedding, BitLinear) and ReLU /
+/// GELU / SiLU / Tanh / Sigmoid / Identity / Flatten / Unflatten / Dropout / MaxPool2d / AvgPool2d /
+/// AdaptiveAvgPool2d / BatchNorm1d / BatchNorm2d / LayerNorm / float Linear, Conv1d, Conv2d, as a runnable
+/// Sequential in eval mode: the packed layers are converted QuantLinear / QuantConv* /
+/// QuantEmbedding holding the file's codes, so the outputs equal Python's. Models with custom
+/// forwards (Hugging Face ones) load in Python only (qatkit.load_into). ValueError naming the
+/// file and the layer for anything the file or the C++ layers cannot honour (a newer format
+/// version, SmoothQuant input scaling, non-float32 models, an unknown module type).
+QATKIT_API torch::nn::Sequential load(const std::string& path);
+
 /// The tensors and string metadata of a safetensors file, in file order.
 struct QATKIT_API TensorFile {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;

@@ -1,0 +1,435 @@
+// qatkit::nn::load: a model file written by Python's qatkit.export (docs/format.md) as a runnable
+// torch::nn::Sequential — for files whose header has a `structure` (nn.Sequential trees of packed
+// layers and the closed set of modules below). Packed layers become converted QuantLinear /
+// QuantConv1d / QuantConv2d / QuantEmbedding (BitLinear when the file says rms_norm) holding the
+// file's unpacked codes, scales, zero points, bias and frozen input quantizer: the forward of
+// Python's loaded layers, so C++ prints Python's outputs (tests/python/test_cpp_load.py).
+// The file is untrusted: the container checks live in safetensors.cpp, the header's here (every
+// field read with its type checked; tensors checked against the shapes the header implies).
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+
+#include <map>
+#include <type_traits>
+
+#include "json.h"
+#include "module_access.h"
+#include "qatkit/nn.h"
+#include "qatkit/ops.h"
+
+namespace qatkit::nn {
+namespace {
+
+constexpr std::int64_t kFormatVersion = 1;
+
+/// A Sequential inside a Sequential: AnyModule needs a non-template forward.
+struct NestedImpl : torch::nn::SequentialImpl {
+  using SequentialImpl::SequentialImpl;
+  torch::Tensor forward(torch::Tensor x) { return SequentialImpl::forward(std::move(x)); }
+};
+TORCH_MODULE(Nested);
+
+struct Reader {
+  std::string path;
+  std::map<std::string, torch::Tensor> tensors;
+  json::Value header;
+
+  [[noreturn]] void fail(const std::string& msg) const {
+    TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::load: '{}': {}", path, msg));
+  }
+  torch::Tensor tensor(const std::string& name) const {
+    const auto it = tensors.find(name);
+    if (it == tensors.end()) fail(fmt::format("tensor '{}' is missing", name));
+    return it->second;
+  }
+  std::optional<torch::Tensor> maybe(const std::string& name) const {
+    const auto it = tensors.find(name);
+    if (it == tensors.end()) return std::nullopt;
+    return it->second;
+  }
+  void load_into(torch::nn::Module& m, const std::string& prefix) const {
+    torch::NoGradGuard ng;
+    for (auto& p : m.named_parameters(false)) {
+      const torch::Tensor t = tensor(prefix + p.key());
+      if (t.sizes() != p.value().sizes()) {
+        fail(fmt::format("tensor '{}{}' has shape {}, the module needs {}", prefix, p.key(), c10::str(t.sizes()),
+                         c10::str(p.value().sizes())));
+      }
+      p.value().copy_(t);
+    }
+    for (auto& b : m.named_buffers(false)) {
+      const torch::Tensor t = tensor(prefix + b.key());
+      if (t.sizes() != b.value().sizes()) {
+        fail(fmt::format("tensor '{}{}' has shape {}, the module needs {}", prefix, b.key(), c10::str(t.sizes()),
+                         c10::str(b.value().sizes())));
+      }
+      b.value().copy_(t);
+    }
+  }
+};
+
+std::vector<std::int64_t> int_list(const json::Value& v, const std::string& where) {
+  if (v.type == json::Value::Type::kNumber) return {v.as_int(where)};
+  TORCH_CHECK_VALUE(v.type == json::Value::Type::kArray && v.array.size() <= 8,
+                    fmt::format("{} must be an int or a list of ints", where));
+  std::vector<std::int64_t> out;
+  for (const auto& e : v.array) out.push_back(e.as_int(where));
+  return out;
+}
+
+template <std::size_t D>
+torch::ExpandingArray<D> expand(const json::Value& v, const std::string& where) {
+  const auto l = int_list(v, where);
+  TORCH_CHECK_VALUE(l.size() == 1 || l.size() == D, fmt::format("{} must hold 1 or {} values", where, D));
+  std::vector<std::int64_t> full(D, l[0]);
+  if (l.size() == D) full = l;
+  return torch::ExpandingArray<D>(full);
+}
+
+QuantSpec spec_of(const json::Value& v, const std::string& where) {
+  TORCH_CHECK_VALUE(v.type == json::Value::Type::kObject, fmt::format("{} must be a QuantSpec object", where));
+  return QuantSpec::from_json(json::dump(v));
+}
+
+/// The input quantizer of a packed layer from the file: Python's buffer names mapped to C++'s
+/// (the observer's state sits under `observer.` in Python). Histogram observers (Python-only)
+/// load as min/max ones: a loaded quantizer is frozen, only its scale and zero point matter.
+void load_input_quantizer(const Reader& r, const std::string& layer, ActFakeQuantizer& aq) {
+  const std::string p = layer + ".input_fake_quant.";
+  torch::NoGradGuard ng;
+  for (auto& b : aq->named_buffers(false)) {
+    const std::string& key = b.key();
+    std::optional<torch::Tensor> t = r.maybe(p + key);
+    if (!t) t = r.maybe(p + "observer." + key);
+    if (!t && key == "running_min") t = r.maybe(p + "observer.min_val");
+    if (!t && key == "running_max") t = r.maybe(p + "observer.max_val");
+    if (!t) r.fail(fmt::format("tensor '{}{}' (or '{}observer.{}') is missing", p, key, p, key));
+    if (t->numel() != b.value().numel()) {
+      r.fail(fmt::format("tensor '{}{}' holds {} values, the quantizer needs {}", p, key, t->numel(), b.value().numel()));
+    }
+    b.value().copy_(t->reshape(b.value().sizes()).to(b.value().scalar_type()));
+  }
+  for (auto& q : aq->named_parameters(false)) {  // LSQ's learned step size and offset
+    const torch::Tensor t = r.tensor(p + q.key());
+    if (t.numel() != q.value().numel()) r.fail(fmt::format("tensor '{}{}' has the wrong size", p, q.key()));
+    q.value().copy_(t.reshape(q.value().sizes()));
+  }
+  aq->sync_flags();
+  aq->freeze();
+}
+
+/// Replace a converted layer's codes, scales and zero points with the file's.
+template <typename Layer>
+void set_weights(const Reader& r, const std::string& name, const json::Value& w, Layer& layer,
+                 const std::vector<std::int64_t>& shape) {
+  const std::string where = fmt::format("layer '{}' weight", name);
+  auto& frozen = layer->frozen;
+  const std::int64_t rows = w.at("rows", where).as_int(where), k = w.at("k", where).as_int(where);
+  std::int64_t numel = 1;
+  for (auto d : shape) numel *= d;
+  if (shape.empty() || rows != shape[0] || rows * k != numel) r.fail(fmt::format("{}: rows x k = {} x {} does not match the shape", where, rows, k));
+  const torch::Tensor packed = r.tensor(name + ".weight_packed");
+  torch::Tensor codes = qatkit::unpack_weights(packed, w.at("bits", where).as_int(where), k,
+                                               w.at("offset", where).as_int(where), w.at("packing", where).as_string(where));
+  const std::string cd = w.at("codes_dtype", where).as_string(where);
+  codes = codes.to(cd == "int32" ? torch::kInt : torch::kChar).reshape(shape);
+  const torch::Tensor scale = r.tensor(name + ".weight_scale");
+  if (scale.scalar_type() != torch::kFloat || !torch::isfinite(scale).all().item<bool>() || !(scale > 0).all().item<bool>()) {
+    r.fail(fmt::format("{}: weight_scale must be float32, finite and positive", where));
+  }
+  const std::optional<torch::Tensor> zp = r.maybe(name + ".weight_zero_point");
+  torch::Tensor zero = zp ? zp->to(torch::kInt) : torch::zeros(scale.sizes(), torch::kInt);
+  if (zero.sizes() != scale.sizes()) r.fail(fmt::format("{}: weight_zero_point must match weight_scale", where));
+  const json::Value& gs = w.at("group_size", where);
+  const json::Value& axis = w.at("axis", where);
+  frozen.group_size = gs.is_null() ? std::nullopt : std::optional<std::int64_t>(gs.as_int(where));
+  frozen.axis = axis.is_null() ? std::nullopt : std::optional<std::int64_t>(axis.as_int(where));
+  if (frozen.group_size && (*frozen.group_size <= 0 || k % *frozen.group_size != 0 || scale.numel() != rows * (k / *frozen.group_size))) {
+    r.fail(fmt::format("{}: group_size does not divide k or the scales are not one per group", where));
+  }
+  if (!frozen.group_size && frozen.axis && scale.numel() != shape.at(static_cast<std::size_t>((*frozen.axis + static_cast<std::int64_t>(shape.size())) % static_cast<std::int64_t>(shape.size())))) {
+    r.fail(fmt::format("{}: the scales are not one per channel", where));
+  }
+  if (!frozen.group_size && !frozen.axis && scale.numel() != 1) r.fail(fmt::format("{}: per tensor needs 1 scale", where));
+  // LibTorch cannot re-register a buffer: point the converted layer's buffers (which frozen's
+  // tensors share) at the file's data instead
+  torch::NoGradGuard ng;
+  const auto replace = [&](torch::Tensor& buffer, const torch::Tensor& value) {
+    buffer.set_(value.to(buffer.scalar_type()).contiguous().clone());
+  };
+  replace(frozen.codes, codes);
+  replace(frozen.scale, scale);
+  replace(frozen.zero_point, zero);
+  frozen.float_weight = false;
+  const std::string dt = w.at("dtype", where).as_string(where);
+  TORCH_CHECK_VALUE(dt == "float32", fmt::format("qatkit::nn::load: '{}': layer '{}' computes in {}; the C++ loader runs float32 models", r.path, name, dt));
+  frozen.dtype = torch::kFloat;
+}
+
+template <typename Layer>
+void finish_layer(const Reader& r, const std::string& name, const json::Value& info, Layer& layer,
+                  const std::vector<std::int64_t>& shape) {
+  const std::string where = fmt::format("layer '{}'", name);
+  const json::Value& w = info.at("weight", where);
+  if (layer->input_fake_quant) load_input_quantizer(r, name, layer->input_fake_quant);
+  layer->convert();  // drops the float weight and quantizer, freezes the input quantizer
+  set_weights(r, name, w, layer, shape);
+  if constexpr (!std::is_same_v<Layer, QuantEmbedding>) {  // (embeddings have no bias)
+    if (info.at("bias", where).as_bool(where)) {
+      const torch::Tensor b = r.tensor(name + ".bias");
+      if (!layer->bias.defined() || b.sizes() != layer->bias.sizes()) r.fail(fmt::format("{}: bias has the wrong shape", where));
+      torch::NoGradGuard ng;
+      layer->bias.copy_(b);
+    }
+  }
+  if (r.maybe(name + ".smooth")) {
+    r.fail(fmt::format("{} has SmoothQuant / AWQ input scaling, which the C++ layers do not implement (load it in Python)", where));
+  }
+  layer->eval();
+}
+
+std::vector<std::int64_t> shape_of(const json::Value& w, const std::string& where) {
+  const json::Value& s = w.at("shape", where);
+  TORCH_CHECK_VALUE(s.type == json::Value::Type::kArray && !s.array.empty() && s.array.size() <= 5, fmt::format("{}: bad shape", where));
+  std::vector<std::int64_t> out;
+  for (const auto& d : s.array) {
+    const std::int64_t v = d.as_int(where);
+    TORCH_CHECK_VALUE(v >= 0 && v < (std::int64_t{1} << 31), fmt::format("{}: bad dimension {}", where, v));
+    out.push_back(v);
+  }
+  return out;
+}
+
+torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
+  const json::Value& layers = r.header.at("layers", "header");
+  const json::Value* info_p = layers.find(name);
+  if (info_p == nullptr) r.fail(fmt::format("the structure names packed layer '{}', which 'layers' lacks", name));
+  const json::Value& info = *info_p;
+  const std::string where = fmt::format("layer '{}'", name);
+  const std::string type = info.at("type", where).as_string(where);
+  const json::Value& p = info.at("params", where);
+  const json::Value& w = info.at("weight", where);
+  if (w.at("spec", where).is_null()) r.fail(fmt::format("{} has a float weight; the C++ loader needs quantized weights there", where));
+  LayerSpec spec{spec_of(w.at("spec", where), where + " weight spec"), std::nullopt};
+  const json::Value& in = info.at("input", where);
+  if (!in.is_null()) {
+    QuantSpec a = spec_of(in.at("spec", where), where + " input spec");
+    if (a.kind == "int" && a.scale == "static" && a.observer != "minmax" && a.observer != "moving_average") a.observer = "minmax";
+    spec.activation = a;
+  }
+  const std::vector<std::int64_t> shape = shape_of(w, where);
+  const bool bias = info.at("bias", where).as_bool(where);
+  if (type == "linear") {
+    const auto opts = torch::nn::LinearOptions(p.at("in_features", where).as_int(where), p.at("out_features", where).as_int(where)).bias(bias);
+    if (p.at("rms_norm", where).as_bool(where)) {
+      BitLinear layer(opts, spec);
+      QuantLinear base(std::static_pointer_cast<QuantLinearImpl>(layer.ptr()));
+      finish_layer(r, name, info, base, shape);
+      return torch::nn::AnyModule(layer);
+    }
+    QuantLinear layer(opts, spec);
+    finish_layer(r, name, info, layer, shape);
+    return torch::nn::AnyModule(layer);
+  }
+  if (type == "conv2d" || type == "conv1d") {
+    const std::string pm = p.at("padding_mode", where).as_string(where);
+    if (p.at("padding", where).type == json::Value::Type::kString) r.fail(fmt::format("{}: string padding is not supported in C++", where));
+    if (type == "conv2d") {
+      auto opts = torch::nn::Conv2dOptions(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
+                                           expand<2>(p.at("kernel_size", where), where))
+                      .stride(expand<2>(p.at("stride", where), where))
+                      .padding(expand<2>(p.at("padding", where), where))
+                      .dilation(expand<2>(p.at("dilation", where), where))
+                      .groups(p.at("groups", where).as_int(where))
+                      .bias(bias);
+      if (pm != "zeros") r.fail(fmt::format("{}: padding_mode '{}' is not supported in C++", where, pm));
+      QuantConv2d layer(opts, spec);
+      finish_layer(r, name, info, layer, shape);
+      return torch::nn::AnyModule(layer);
+    }
+    auto opts = torch::nn::Conv1dOptions(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
+                                         expand<1>(p.at("kernel_size", where), where))
+                    .stride(expand<1>(p.at("stride", where), where))
+                    .padding(expand<1>(p.at("padding", where), where))
+                    .dilation(expand<1>(p.at("dilation", where), where))
+                    .groups(p.at("groups", where).as_int(where))
+                    .bias(bias);
+    if (pm != "zeros") r.fail(fmt::format("{}: padding_mode '{}' is not supported in C++", where, pm));
+    QuantConv1d layer(opts, spec);
+    finish_layer(r, name, info, layer, shape);
+    return torch::nn::AnyModule(layer);
+  }
+  if (type == "embedding") {
+    if (shape.size() != 2) r.fail(fmt::format("{}: an embedding weight is 2-d", where));
+    auto opts = torch::nn::EmbeddingOptions(shape[0], shape[1]);
+    const json::Value& pad = p.at("padding_idx", where);
+    if (!pad.is_null()) opts.padding_idx(pad.as_int(where));
+    if (!p.at("max_norm", where).is_null()) r.fail(fmt::format("{}: max_norm is not supported in C++", where));
+    QuantEmbedding layer(opts, spec);
+    finish_layer(r, name, info, layer, shape);
+    return torch::nn::AnyModule(layer);
+  }
+  r.fail(fmt::format("{}: unknown type '{}'", where, type));
+}
+
+torch::nn::AnyModule build(const Reader& r, const json::Value& node, const std::string& qname, int depth);
+void fill(const Reader& r, const json::Value& node, const std::string& qname, int depth, torch::nn::SequentialImpl& seq);
+
+torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::Value& args, const std::string& qname) {
+  const std::string where = fmt::format("module '{}' ({})", qname, type);
+  const auto arg = [&](const char* k) -> const json::Value& { return args.at(k, where); };
+  const std::string prefix = qname.empty() ? "" : qname + ".";
+  if (type == "ReLU") return torch::nn::AnyModule(torch::nn::ReLU());
+  if (type == "SiLU") return torch::nn::AnyModule(torch::nn::SiLU());
+  if (type == "Tanh") return torch::nn::AnyModule(torch::nn::Tanh());
+  if (type == "Sigmoid") return torch::nn::AnyModule(torch::nn::Sigmoid());
+  if (type == "Identity") return torch::nn::AnyModule(torch::nn::Identity());
+  if (type == "GELU") return torch::nn::AnyModule(torch::nn::GELU(torch::nn::GELUOptions().approximate(arg("approximate").as_string(where))));
+  if (type == "Dropout") return torch::nn::AnyModule(torch::nn::Dropout(arg("p").as_number(where)));
+  if (type == "Flatten") {
+    return torch::nn::AnyModule(torch::nn::Flatten(torch::nn::FlattenOptions().start_dim(arg("start_dim").as_int(where)).end_dim(arg("end_dim").as_int(where))));
+  }
+  if (type == "Unflatten") {
+    return torch::nn::AnyModule(
+        torch::nn::Unflatten(torch::nn::UnflattenOptions(arg("dim").as_int(where), int_list(arg("unflattened_size"), where))));
+  }
+  if (type == "MaxPool2d") {
+    if (arg("ceil_mode").as_bool(where)) r.fail(where + ": ceil_mode is not supported in C++");
+    return torch::nn::AnyModule(torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(expand<2>(arg("kernel_size"), where))
+                                                         .stride(expand<2>(arg("stride"), where))
+                                                         .padding(expand<2>(arg("padding"), where))
+                                                         .dilation(expand<2>(arg("dilation"), where))));
+  }
+  if (type == "AvgPool2d") {
+    return torch::nn::AnyModule(torch::nn::AvgPool2d(torch::nn::AvgPool2dOptions(expand<2>(arg("kernel_size"), where))
+                                                         .stride(expand<2>(arg("stride"), where))
+                                                         .padding(expand<2>(arg("padding"), where))
+                                                         .ceil_mode(arg("ceil_mode").as_bool(where))
+                                                         .count_include_pad(arg("count_include_pad").as_bool(where))));
+  }
+  if (type == "AdaptiveAvgPool2d") {
+    const auto o = expand<2>(arg("output_size"), where);
+    return torch::nn::AnyModule(torch::nn::AdaptiveAvgPool2d(torch::nn::AdaptiveAvgPool2dOptions({(*o)[0], (*o)[1]})));
+  }
+  if (type == "BatchNorm2d" || type == "BatchNorm1d") {
+    const std::int64_t n = arg("num_features").as_int(where);
+    const double eps = arg("eps").as_number(where);
+    const bool affine = arg("affine").as_bool(where), track = arg("track_running_stats").as_bool(where);
+    if (type == "BatchNorm2d") {
+      torch::nn::BatchNorm2d bn(torch::nn::BatchNorm2dOptions(n).eps(eps).affine(affine).track_running_stats(track));
+      r.load_into(*bn, prefix);
+      bn->eval();
+      return torch::nn::AnyModule(bn);
+    }
+    torch::nn::BatchNorm1d bn(torch::nn::BatchNorm1dOptions(n).eps(eps).affine(affine).track_running_stats(track));
+    r.load_into(*bn, prefix);
+    bn->eval();
+    return torch::nn::AnyModule(bn);
+  }
+  if (type == "LayerNorm") {
+    torch::nn::LayerNorm ln(torch::nn::LayerNormOptions(int_list(arg("normalized_shape"), where)).eps(arg("eps").as_number(where))
+                                .elementwise_affine(arg("elementwise_affine").as_bool(where)));
+    r.load_into(*ln, prefix);
+    return torch::nn::AnyModule(ln);
+  }
+  if (type == "Linear") {
+    torch::nn::Linear lin(torch::nn::LinearOptions(arg("in_features").as_int(where), arg("out_features").as_int(where)).bias(arg("bias").as_bool(where)));
+    r.load_into(*lin, prefix);
+    return torch::nn::AnyModule(lin);
+  }
+  if (type == "Conv2d") {  // a layer left float (first / last layers under first_last="float")
+    if (arg("padding_mode").as_string(where) != "zeros" || arg("padding").type == json::Value::Type::kString) {
+      r.fail(where + ": only zero padding given as numbers is supported in C++");
+    }
+    torch::nn::Conv2d conv(torch::nn::Conv2dOptions(arg("in_channels").as_int(where), arg("out_channels").as_int(where),
+                                                    expand<2>(arg("kernel_size"), where))
+                               .stride(expand<2>(arg("stride"), where))
+                               .padding(expand<2>(arg("padding"), where))
+                               .dilation(expand<2>(arg("dilation"), where))
+                               .groups(arg("groups").as_int(where))
+                               .bias(arg("bias").as_bool(where)));
+    r.load_into(*conv, prefix);
+    return torch::nn::AnyModule(conv);
+  }
+  if (type == "Conv1d") {
+    if (arg("padding_mode").as_string(where) != "zeros" || arg("padding").type == json::Value::Type::kString) {
+      r.fail(where + ": only zero padding given as numbers is supported in C++");
+    }
+    torch::nn::Conv1d conv(torch::nn::Conv1dOptions(arg("in_channels").as_int(where), arg("out_channels").as_int(where),
+                                                    expand<1>(arg("kernel_size"), where))
+                               .stride(expand<1>(arg("stride"), where))
+                               .padding(expand<1>(arg("padding"), where))
+                               .dilation(expand<1>(arg("dilation"), where))
+                               .groups(arg("groups").as_int(where))
+                               .bias(arg("bias").as_bool(where)));
+    r.load_into(*conv, prefix);
+    return torch::nn::AnyModule(conv);
+  }
+  r.fail(fmt::format("{}: a module type the C++ loader does not build", where));
+}
+
+void fill(const Reader& r, const json::Value& node, const std::string& qname, int depth, torch::nn::SequentialImpl& seq) {
+  const std::string where = fmt::format("structure at '{}'", qname);
+  const json::Value& kids = node.at("children", where);
+  if (kids.type != json::Value::Type::kArray) r.fail(where + ": children must be a list");
+  for (const auto& kid : kids.array) {
+    if (kid.type != json::Value::Type::kArray || kid.array.size() != 2) r.fail(where + ": each child is [name, node]");
+    const std::string n = kid.array[0].as_string(where);
+    seq.push_back(n, build(r, kid.array[1], qname.empty() ? n : qname + "." + n, depth + 1));
+  }
+}
+
+torch::nn::AnyModule build(const Reader& r, const json::Value& node, const std::string& qname, int depth) {
+  if (depth > 64) r.fail("the structure nests deeper than 64 levels");
+  const std::string where = fmt::format("structure at '{}'", qname);
+  const std::string type = node.at("type", where).as_string(where);
+  if (type == "packed") return packed_layer(r, node.at("name", where).as_string(where));
+  if (type == "Sequential") {
+    Nested seq;
+    fill(r, node, qname, depth, *seq);
+    return torch::nn::AnyModule(seq);
+  }
+  const json::Value* args = node.find("args");
+  static const json::Value kNone = [] {
+    json::Value v;
+    v.type = json::Value::Type::kObject;
+    return v;
+  }();
+  return leaf(r, type, args ? *args : kNone, qname);
+}
+
+}  // namespace
+
+torch::nn::Sequential load(const std::string& path) {
+  Reader r;
+  r.path = path;
+  const TensorFile file = read_safetensors(path);
+  for (const auto& [name, t] : file.tensors) r.tensors.emplace(name, t);
+  const std::string* meta = nullptr;
+  for (const auto& [k, v] : file.metadata) {
+    if (k == "qatkit") meta = &v;
+  }
+  if (meta == nullptr) r.fail("no qatkit header (not written by qatkit.export)");
+  r.header = json::parse(*meta, path + " qatkit header");
+  if (r.header.type != json::Value::Type::kObject) r.fail("the qatkit header must be a JSON object");
+  const std::int64_t version = r.header.at("format_version", "header").as_int("format_version");
+  if (version < 1 || version > kFormatVersion) {
+    r.fail(fmt::format("format version {}; this qatkit reads up to {} (upgrade qatkit)", version, kFormatVersion));
+  }
+  const json::Value* structure = r.header.find("structure");
+  if (structure == nullptr || structure->is_null()) {
+    r.fail("the model is not an nn.Sequential tree of modules qatkit knows; load it in Python with qatkit.load_into");
+  }
+  torch::nn::Sequential seq;
+  if (structure->type == json::Value::Type::kObject &&
+      structure->at("type", "structure").as_string("structure") == "Sequential") {
+    fill(r, *structure, "", 0, *seq);
+  } else {
+    seq->push_back(build(r, *structure, "", 0));
+  }
+  seq->eval();
+  return seq;
+}
+
+}  // namespace qatkit::nn

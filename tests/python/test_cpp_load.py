@@ -1,0 +1,88 @@
+"""The C++ loader (qatkit::nn::load, csrc/nn/load.cpp) on files Python's qatkit.export wrote: the
+repo's digits models at several presets give Python's outputs bit for bit from a LibTorch
+program (tests/cpp/load_run.cpp, built by the test build that scripts/setup.sh runs); what the
+C++ layers cannot honour is refused naming the reason."""
+
+import importlib.util
+import os
+import subprocess
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import qatkit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXE = os.path.join(ROOT, "build", "py", "qatkit_load_run")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(EXE), reason="qatkit_load_run is built only by the test build (scripts/setup.sh)"
+)
+
+
+def _qat_models():
+    spec = importlib.util.spec_from_file_location("qat_models", os.path.join(ROOT, "scripts", "qat_models.py"))
+    qm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(qm)
+    return qm
+
+
+def _run(model_path, x, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    inp, out = str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")
+    save_file({"x": x.contiguous()}, inp)
+    r = subprocess.run([EXE, model_path, inp, out], capture_output=True, text=True, timeout=120)
+    return r, (load_file(out)["y"] if r.returncode == 0 else None)
+
+
+@pytest.mark.parametrize("arch", ["MLP", "CNN", "DSCNN"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "xnor_w1a1",
+                                    "int4_weight_only", "binary_weight_only"])
+def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, tmp_path):
+    torch.manual_seed(0)
+    seq = getattr(_qat_models(), arch)().as_sequential().eval()
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(seq, list(x.split(8)), qatkit.preset(preset), correct_bias=None, verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    with torch.no_grad():
+        want = qatkit.load(path)(x)
+    r, y = _run(path, x, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.equal(y, want)
+
+
+def test_cpp_refuses_what_it_cannot_honour(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(16, 64)
+    mlp = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        smooth = qatkit.ptq(mlp, [x], qatkit.w8a8(), scaling="smoothquant", correct_bias=None, verbose=False,
+                            progress=False)
+
+    class Custom(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(64, 10)
+
+        def forward(self, x):
+            return self.a(x) * 2
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        custom = qatkit.ptq(Custom(), [x], qatkit.w8a8(), correct_bias=None, verbose=False, progress=False)
+    cases = [(smooth, "SmoothQuant / AWQ input scaling"), (custom, "load it in Python with qatkit.load_into")]
+    for model, msg in cases:
+        path = str(tmp_path / "r.safetensors")
+        qatkit.export(model, path)
+        r, _ = _run(path, x, tmp_path)
+        assert r.returncode == 1 and msg in r.stderr, r.stderr
+    bad = str(tmp_path / "bad.safetensors")
+    open(bad, "wb").write(b"\x05\x00\x00\x00\x00\x00\x00\x00{\"a\":")
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "bad.safetensors" in r.stderr
