@@ -404,6 +404,35 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module]) -> Optional[di
     return describe("", model)
 
 
+_INT_OR_LIST = {"kernel_size", "stride", "padding", "dilation", "output_size", "unflattened_size", "normalized_shape"}
+_INTS = {"start_dim", "end_dim", "dim", "num_features", "in_features", "out_features", "in_channels", "out_channels",
+         "groups", "num_embeddings", "embedding_dim"}
+_FLOATS = {"p", "eps", "momentum"}
+_BOOLS = {"affine", "track_running_stats", "elementwise_affine", "ceil_mode", "count_include_pad", "bias"}
+_STRS = {"approximate", "padding_mode"}
+
+
+def _arg_ok(k: str, v) -> bool:
+    """A structure leaf's constructor argument has the type and range its module takes."""
+
+    def small(x, lo=-(2**31)):
+        return isinstance(x, int) and not isinstance(x, bool) and lo <= x < 2**31
+
+    if k in _INTS:
+        return small(v)
+    if k in _INT_OR_LIST:
+        return small(v, 0) or (isinstance(v, list) and 0 < len(v) <= 8 and all(small(x, 0) for x in v))
+    if k in _FLOATS:
+        return (v is None and k == "momentum") or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 2**31)
+    if k in _BOOLS:
+        return isinstance(v, bool)
+    if k in _STRS:
+        return isinstance(v, str) and len(v) < 64
+    if k == "padding_idx":
+        return v is None or small(v)
+    return False
+
+
 def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
     t = desc.get("type") if isinstance(desc, dict) else None
     if t == "packed":
@@ -418,6 +447,8 @@ def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
     cls, names = _LEAVES[t]
     args = dict(desc.get("args", {}))
     for k, v in args.items():
+        if not _arg_ok(k, v):
+            raise ValueError(f"load: {t} argument {k}={v!r} has the wrong type or is out of range")
         if isinstance(v, list):
             args[k] = tuple(v)
     if not set(args) <= set(names) | {"bias"}:
@@ -524,6 +555,54 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
         need(z.dtype in (torch.int8, torch.int32) and z.shape == s.shape, "weight_zero_point must match weight_scale")
         need(bool(((z >= spec.quant_min) & (z <= spec.quant_max)).all()), "weight_zero_point outside the code range")
     need(("bias" in t) == bool(info.get("bias")), "bias presence does not match the header")
+    _check_params(info, shape, need)
+
+
+def _ints(v, n, lo, where, need):
+    """v as n ints in [lo, 2**31) (an int broadcasts)."""
+    vals = [v] * n if isinstance(v, int) and not isinstance(v, bool) else v
+    need(isinstance(vals, list) and len(vals) == n and all(isinstance(x, int) and not isinstance(x, bool) and lo <= x < 2**31 for x in vals),
+         f"{where} must be {n} int(s) >= {lo}, got {v!r}")
+    return vals
+
+
+def _check_params(info: dict, shape: list, need) -> None:
+    """A layer's constructor parameters against its weight shape (a hostile header could
+    describe a conv its weight cannot run)."""
+    p = info.get("params")
+    need(isinstance(p, dict), "params must be an object")
+    kind = info["type"]
+    if kind == "linear":
+        need(shape == [p.get("out_features"), p.get("in_features")], f"in/out features do not match the weight {shape}")
+        need(isinstance(p.get("rms_norm"), bool) and isinstance(p.get("eps"), (int, float)), "bad rms_norm / eps")
+    elif kind in ("conv1d", "conv2d"):
+        d = 1 if kind == "conv1d" else 2
+        need(len(shape) == d + 2, f"a {kind} weight has {d + 2} dims, got {shape}")
+        groups = p.get("groups")
+        need(isinstance(groups, int) and groups >= 1, "groups must be a positive int")
+        cin, cout = p.get("in_channels"), p.get("out_channels")
+        need(isinstance(cin, int) and isinstance(cout, int) and cin % groups == 0 and cout % groups == 0,
+             "in/out channels must be ints divisible by groups")
+        need(shape[:2] == [cout, cin // groups], f"channels do not match the weight {shape}")
+        need(_ints(p.get("kernel_size"), d, 1, "kernel_size", need) == shape[2:], "kernel_size does not match the weight")
+        _ints(p.get("stride"), d, 1, "stride", need)
+        _ints(p.get("dilation"), d, 1, "dilation", need)
+        if not isinstance(p.get("padding"), str):
+            _ints(p.get("padding"), d, 0, "padding", need)
+        need(p.get("padding_mode") in ("zeros", "reflect", "replicate", "circular"), "bad padding_mode")
+        rp = p.get("reversed_padding")
+        need(rp is None or (isinstance(rp, list) and len(rp) == 2 * d and all(isinstance(x, int) and 0 <= x < 2**31 for x in rp)),
+             "bad reversed_padding")
+    else:
+        need(len(shape) == 2, f"an embedding weight is 2-d, got {shape}")
+        pad = p.get("padding_idx")
+        need(pad is None or (isinstance(pad, int) and -shape[0] <= pad < shape[0]), "bad padding_idx")
+        need(p.get("max_norm") is None or isinstance(p.get("max_norm"), (int, float)), "bad max_norm")
+        need(isinstance(p.get("norm_type"), (int, float)), "bad norm_type")
+
+
+#: what building modules from a malformed (hostile) header entry raises: reported as ValueError
+_MALFORMED = (KeyError, TypeError, IndexError, AttributeError, RuntimeError, OverflowError, ZeroDivisionError)
 
 
 def _packed_layers(path: str, header: dict, tensors: Dict[str, torch.Tensor]) -> Dict[str, nn.Module]:
@@ -531,11 +610,11 @@ def _packed_layers(path: str, header: dict, tensors: Dict[str, torch.Tensor]) ->
     for name, info in header["layers"].items():
         prefix = name + "."
         t = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        _check_layer(path, name, info, t)
         try:
+            _check_layer(path, name, info, t)
             out[name] = _PACKED[info["type"]](info, t)
-        except (KeyError, TypeError, RuntimeError) as e:
-            raise ValueError(f"load: {path!r}, layer {name!r}: {type(e).__name__}: {e}") from None
+        except _MALFORMED as e:
+            raise ValueError(f"load: {path!r}, layer {name!r}: malformed ({type(e).__name__}: {e})") from None
     return out
 
 
@@ -556,12 +635,18 @@ def load(path: str) -> nn.Module:
         )
     tensors = _tensors(path)
     layers = _packed_layers(path, header, tensors)
-    model = _build(header["structure"], layers)
+    try:
+        model = _build(header["structure"], layers)
+    except _MALFORMED as e:
+        raise ValueError(f"load: {path!r}: malformed structure ({type(e).__name__}: {e})") from None
     _load_floats(path, model, header, tensors)
     return model.eval()
 
 
 def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, torch.Tensor]) -> None:
+    names = header["float_tensors"]
+    if not all(isinstance(k, str) for k in names):
+        raise ValueError(f"load: {path!r}: float_tensors must be a list of tensor names")
     packed = tuple(n + "." for n in header["layers"])
     want = {k for k in model.state_dict() if not k.startswith(packed)}
     have = set(header["float_tensors"])
@@ -575,7 +660,10 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
     if absent:
         raise ValueError(f"load: {path!r}: the header lists float tensors the file lacks: {absent[:8]}")
     # assign: the tensors just read become the model's (no second copy of every float weight)
-    model.load_state_dict({k: tensors[k] for k in have}, strict=False, assign=True)
+    try:
+        model.load_state_dict({k: tensors[k] for k in have}, strict=False, assign=True)
+    except RuntimeError as e:  # shapes that do not fit the modules
+        raise ValueError(f"load: {path!r}: the float tensors do not fit the model ({e})") from None
 
 
 def load_into(model: nn.Module, path: str, inplace: bool = False) -> nn.Module:
@@ -610,7 +698,10 @@ def load_into(model: nn.Module, path: str, inplace: bool = False) -> nn.Module:
             )
     for name, packed in layers.items():
         replace_module(model, name, packed)
-    for name, kind in header.get("module_changes", {}).items():
+    changes = header.get("module_changes", {})
+    if not isinstance(changes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in changes.items()):
+        raise ValueError(f"load_into: {path!r}: module_changes must map module names to module type names")
+    for name, kind in changes.items():
         if kind not in _SUBSTITUTES:
             raise ValueError(f"load_into: {path!r}: unknown module change {kind!r} at {name!r}")
         cur = dict(model.named_modules()).get(name)

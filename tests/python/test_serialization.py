@@ -249,3 +249,15 @@ def test_the_repo_digits_models_export_and_load_as_sequentials(arch, preset, tmp
     assert header["structure"] is not None
     with torch.no_grad():
         assert torch.equal(qatkit.load(path)(x), qatkit.convert(q).eval()(x))
+
+
+def test_a_short_fuzz_run_of_the_loader_finds_nothing(tmp_path):
+    """scripts/fuzz_load.py (byte flips, truncations, header edits of exported files) for 1,500
+    inputs through qatkit.load and qatkit.load_into: only ValueError, or a model that loads."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, os.path.join(root, "scripts", "fuzz_load.py"), "--inputs", "1500", "--seed", "1"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and "0 other exceptions" in r.stdout, r.stdout + r.stderr

@@ -1,0 +1,171 @@
+"""Fuzz the Python loader (issue 12 robustness): mutations of valid exported files through
+qatkit.load and qatkit.load_into must raise ValueError (or load a model that runs) — never another
+exception type, a hang or a crash.
+
+Seeds: files qatkit.export wrote for a small CNN at several presets. Mutations (seeded, one or
+more per input): byte flips anywhere, truncation, appended junk, header-length edits, and
+structure-aware edits of the qatkit JSON header (a field deleted, set to null / a string / a huge
+or negative number / a list, a layer renamed, a type changed) and of the safetensors tensor table
+(dtype, shape, offsets).
+
+    python3 scripts/fuzz_load.py [--inputs 20000] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import struct
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import qatkit
+
+WEIRD = [None, "x", -1, 0, 2**62, -(2**62), 1.5, [], [1, 2], {}, True, "nan", [2**40, 2**40]]
+
+
+def seeds(tmp):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    x = torch.randn(16, 1, 8, 8)
+    out = []
+    for preset in ("w8a8", "w4a8", "ternary_twn", "xnor_w1a1", "int4_weight_only"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.ptq(model, [x], qatkit.preset(preset), correct_bias=None, verbose=False, progress=False)
+        path = os.path.join(tmp, f"seed_{preset}.safetensors")
+        qatkit.export(q, path)
+        out.append(open(path, "rb").read())
+    return model, x, out
+
+
+def split(raw):
+    n = struct.unpack("<Q", raw[:8])[0]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
+
+
+def join(head, body):
+    blob = json.dumps(head).encode()
+    return struct.pack("<Q", len(blob)) + blob + body
+
+
+def walk(obj, path=()):
+    """Every (container, key) inside a JSON value."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield obj, k
+            yield from walk(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield obj, i
+            yield from walk(v, path + (i,))
+
+
+def mutate(raw, rng):
+    kind = rng.randrange(7)
+    if len(raw) < 16:
+        return raw + b"\0"
+    if kind == 0:  # byte flips
+        b = bytearray(raw)
+        for _ in range(rng.randint(1, 8)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        return bytes(b)
+    if kind == 1:
+        return raw[: rng.randrange(len(raw))]
+    if kind == 2:
+        return raw + bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+    if kind == 3:
+        return struct.pack("<Q", rng.choice([0, 1, len(raw), 2**63 - 1, rng.randrange(len(raw))])) + raw[8:]
+    try:
+        head, body = split(raw)
+        meta_text = head["__metadata__"]["qatkit"]
+    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError):  # already broken: flip bytes
+        return mutate(raw, rng) if len(raw) > 16 and rng.random() < 0.5 else raw[: max(len(raw) - 1, 0)]
+    if kind in (4, 5):  # the qatkit header
+        try:
+            meta = json.loads(meta_text)
+        except (ValueError, TypeError):
+            return raw[:-1]
+        slots = list(walk(meta))
+        for _ in range(rng.randint(1, 3)):
+            obj, key = rng.choice(slots)
+            if isinstance(obj, dict) and rng.random() < 0.3:
+                obj.pop(key, None)
+            elif isinstance(obj, dict) and rng.random() < 0.2:
+                obj[str(rng.random())] = obj.pop(key, None)
+            else:
+                try:
+                    obj[key] = rng.choice(WEIRD)
+                except (IndexError, KeyError):
+                    pass
+            slots = list(walk(meta))
+            if not slots:
+                break
+        head["__metadata__"]["qatkit"] = json.dumps(meta)
+        return join(head, body)
+    # the safetensors tensor table
+    names = [k for k in head if k != "__metadata__" and isinstance(head[k], dict)]
+    if not names:
+        return raw
+    name = rng.choice(names)
+    field = rng.choice(["dtype", "shape", "data_offsets"])
+    head[name][field] = rng.choice(WEIRD + ["F16", "U8", "I64", [0, len(body) + 8], [4, 2]])
+    return join(head, body)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--inputs", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    rng = random.Random(a.seed)
+    counts = {"ValueError": 0, "loaded": 0, "forward refused": 0}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, x, pool = seeds(tmp)
+        path = os.path.join(tmp, "fuzz.safetensors")
+        for i in range(a.inputs):
+            data = mutate(rng.choice(pool), rng)
+            if rng.random() < 0.2:
+                data = mutate(data, rng) if len(data) > 16 else data
+            with open(path, "wb") as f:
+                f.write(data)
+            for loader in (qatkit.load, lambda p: qatkit.load_into(model, p)):
+                try:
+                    m = loader(path)
+                except ValueError:
+                    counts["ValueError"] += 1
+                    continue
+                except Exception as e:  # noqa: BLE001  (anything else is a finding)
+                    with open(os.path.join(os.getcwd(), f"fuzz_crash_{i}.safetensors"), "wb") as f:
+                        f.write(data)
+                    print(f"input {i}: {type(e).__name__}: {e}\n(saved as fuzz_crash_{i}.safetensors)")
+                    sys.exit(1)
+                try:  # a consistent file may describe a model that does not take this input: torch says so
+                    with torch.no_grad():
+                        m(x)
+                    counts["loaded"] += 1
+                except (RuntimeError, ValueError):
+                    counts["forward refused"] += 1
+                except Exception as e:  # noqa: BLE001  (anything else is a finding)
+                    with open(os.path.join(os.getcwd(), f"fuzz_crash_{i}.safetensors"), "wb") as f:
+                        f.write(data)
+                    print(f"input {i}: {type(e).__name__}: {e}\n(saved as fuzz_crash_{i}.safetensors)")
+                    sys.exit(1)
+    print(f"fuzz_load: {a.inputs} inputs x 2 loaders in {time.time() - t0:.0f} s, seed {a.seed}: "
+          f"{counts['ValueError']} ValueError, {counts['loaded']} loaded and ran, {counts['forward refused']} loaded but "
+          "torch refused the input (a shape the edited header describes), 0 other exceptions")
+
+
+if __name__ == "__main__":
+    main()
