@@ -9,6 +9,10 @@ or negative number / a list, a layer renamed, a type changed) and of the safeten
 (dtype, shape, offsets).
 
     python3 scripts/fuzz_load.py [--inputs 20000] [--seed 0]
+    python3 scripts/fuzz_load.py --cpp --inputs 3000   # the C++ loader (build/py/qatkit_load_run) instead
+
+With --cpp every input runs through tests/cpp/load_run.cpp (qatkit::nn::load, then a forward) in a
+process of its own: it must exit 0 (loaded and ran) or 1 (a ValueError, printed), never crash.
 """
 
 from __future__ import annotations
@@ -121,11 +125,44 @@ def mutate(raw, rng):
     return join(head, body)
 
 
+def fuzz_cpp(a):
+    import subprocess
+
+    from safetensors.torch import save_file
+
+    exe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "py", "qatkit_load_run")
+    if not os.path.exists(exe):
+        sys.exit(f"{exe} is missing: the test build (scripts/setup.sh) makes it")
+    rng = random.Random(a.seed)
+    codes = {}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, x, pool = seeds(tmp)
+        xin, yout, path = (os.path.join(tmp, n) for n in ("x.safetensors", "y.safetensors", "f.safetensors"))
+        save_file({"x": x.contiguous()}, xin)
+        for i in range(a.inputs):
+            data = mutate(rng.choice(pool), rng)
+            with open(path, "wb") as f:
+                f.write(data)
+            r = subprocess.run([exe, path, xin, yout], capture_output=True, timeout=60)
+            codes[r.returncode] = codes.get(r.returncode, 0) + 1
+            if r.returncode not in (0, 1):
+                with open(os.path.join(os.getcwd(), f"fuzz_cpp_crash_{i}.safetensors"), "wb") as f:
+                    f.write(data)
+                print(f"input {i}: exit {r.returncode}: {r.stderr.decode('utf-8', 'replace')[-500:]}")
+                sys.exit(1)
+    print(f"fuzz_load --cpp: {a.inputs} inputs in {time.time() - t0:.0f} s, seed {a.seed}: {codes.get(1, 0)} refused "
+          f"(exit 1, ValueError), {codes.get(0, 0)} loaded and ran, no crash")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpp", action="store_true", help="fuzz the C++ loader program instead")
     a = ap.parse_args()
+    if a.cpp:
+        return fuzz_cpp(a)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     rng = random.Random(a.seed)

@@ -566,6 +566,10 @@ def _ints(v, n, lo, where, need):
     return vals
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def _check_params(info: dict, shape: list, need) -> None:
     """A layer's constructor parameters against its weight shape (a hostile header could
     describe a conv its weight cannot run)."""
@@ -574,14 +578,16 @@ def _check_params(info: dict, shape: list, need) -> None:
     kind = info["type"]
     if kind == "linear":
         need(shape == [p.get("out_features"), p.get("in_features")], f"in/out features do not match the weight {shape}")
-        need(isinstance(p.get("rms_norm"), bool) and isinstance(p.get("eps"), (int, float)), "bad rms_norm / eps")
+        eps = p.get("eps")
+        need(isinstance(p.get("rms_norm"), bool) and (_is_int(eps) or isinstance(eps, float)) and math.isfinite(eps)
+             and eps >= 0, "bad rms_norm / eps")
     elif kind in ("conv1d", "conv2d"):
         d = 1 if kind == "conv1d" else 2
         need(len(shape) == d + 2, f"a {kind} weight has {d + 2} dims, got {shape}")
         groups = p.get("groups")
-        need(isinstance(groups, int) and groups >= 1, "groups must be a positive int")
+        need(_is_int(groups) and groups >= 1, "groups must be a positive int")
         cin, cout = p.get("in_channels"), p.get("out_channels")
-        need(isinstance(cin, int) and isinstance(cout, int) and cin % groups == 0 and cout % groups == 0,
+        need(_is_int(cin) and _is_int(cout) and cin % groups == 0 and cout % groups == 0,
              "in/out channels must be ints divisible by groups")
         need(shape[:2] == [cout, cin // groups], f"channels do not match the weight {shape}")
         need(_ints(p.get("kernel_size"), d, 1, "kernel_size", need) == shape[2:], "kernel_size does not match the weight")
@@ -596,7 +602,7 @@ def _check_params(info: dict, shape: list, need) -> None:
     else:
         need(len(shape) == 2, f"an embedding weight is 2-d, got {shape}")
         pad = p.get("padding_idx")
-        need(pad is None or (isinstance(pad, int) and -shape[0] <= pad < shape[0]), "bad padding_idx")
+        need(pad is None or (_is_int(pad) and -shape[0] <= pad < shape[0]), "bad padding_idx")
         need(p.get("max_norm") is None or isinstance(p.get("max_norm"), (int, float)), "bad max_norm")
         need(isinstance(p.get("norm_type"), (int, float)), "bad norm_type")
 
