@@ -18,6 +18,7 @@ process of its own: it must exit 0 (loaded and ran) or 1 (a ValueError, printed)
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -107,7 +108,7 @@ def mutate(raw, rng):
                 obj[str(rng.random())] = obj.pop(key, None)
             else:
                 try:
-                    obj[key] = rng.choice(WEIRD)
+                    obj[key] = copy.deepcopy(rng.choice(WEIRD))  # a fresh value: no shared (cyclic) lists
                 except (IndexError, KeyError):
                     pass
             slots = list(walk(meta))
@@ -121,7 +122,7 @@ def mutate(raw, rng):
         return raw
     name = rng.choice(names)
     field = rng.choice(["dtype", "shape", "data_offsets"])
-    head[name][field] = rng.choice(WEIRD + ["F16", "U8", "I64", [0, len(body) + 8], [4, 2]])
+    head[name][field] = copy.deepcopy(rng.choice(WEIRD + ["F16", "U8", "I64", [0, len(body) + 8], [4, 2]]))
     return join(head, body)
 
 
