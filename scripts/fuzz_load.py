@@ -10,6 +10,7 @@ or negative number / a list, a layer renamed, a type changed) and of the safeten
 
     python3 scripts/fuzz_load.py [--inputs 20000] [--seed 0]
     python3 scripts/fuzz_load.py --cpp --inputs 3000   # the C++ loader (build/py/qatkit_load_run) instead
+    python3 scripts/fuzz_load.py --cpp --many 500 --inputs 20000 [--exe build/asan/qatkit_load_run]
 
 With --cpp every input runs through tests/cpp/load_run.cpp (qatkit::nn::load, then a forward) in a
 process of its own: it must exit 0 (loaded and ran) or 1 (a ValueError, printed), never crash.
@@ -131,7 +132,7 @@ def fuzz_cpp(a):
 
     from safetensors.torch import save_file
 
-    exe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "py", "qatkit_load_run")
+    exe = a.exe or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "py", "qatkit_load_run")
     if not os.path.exists(exe):
         sys.exit(f"{exe} is missing: the test build (scripts/setup.sh) makes it")
     rng = random.Random(a.seed)
@@ -141,6 +142,8 @@ def fuzz_cpp(a):
         _, x, pool = seeds(tmp)
         xin, yout, path = (os.path.join(tmp, n) for n in ("x.safetensors", "y.safetensors", "f.safetensors"))
         save_file({"x": x.contiguous()}, xin)
+        if a.many:
+            return fuzz_cpp_many(a, exe, rng, pool, xin, tmp, t0)
         for i in range(a.inputs):
             data = mutate(rng.choice(pool), rng)
             with open(path, "wb") as f:
@@ -156,11 +159,47 @@ def fuzz_cpp(a):
           f"(exit 1, ValueError), {codes.get(0, 0)} loaded and ran, no crash")
 
 
+def fuzz_cpp_many(a, exe, rng, pool, xin, tmp, t0):
+    """Batches of inputs through one process each (``qatkit_load_run --many``): what a sanitized
+    build (scripts/sanitize.sh) can afford, since each process start loads LibTorch."""
+    import subprocess
+
+    counts = {"loaded": 0, "refused": 0, "forward_refused": 0}
+    done = 0
+    batch = max(1, a.many)
+    while done < a.inputs:
+        n = min(batch, a.inputs - done)
+        paths = []
+        for j in range(n):
+            p = os.path.join(tmp, f"m{j}.safetensors")
+            with open(p, "wb") as f:
+                f.write(mutate(rng.choice(pool), rng))
+            paths.append(p)
+        r = subprocess.run([exe, "--many", xin, *paths], capture_output=True, timeout=3600)
+        if r.returncode != 0:
+            keep = os.path.join(os.getcwd(), f"fuzz_cpp_crash_batch_{done}")
+            os.makedirs(keep, exist_ok=True)
+            for p in paths:
+                os.replace(p, os.path.join(keep, os.path.basename(p)))
+            print(f"inputs {done}..{done + n - 1}: exit {r.returncode} (batch kept in {keep}):\n"
+                  f"{r.stderr.decode('utf-8', 'replace')[-3000:]}")
+            sys.exit(1)
+        words = r.stdout.decode().split()
+        for k, v in zip(words[::2], words[1::2]):
+            counts[k] += int(v)
+        done += n
+    print(f"fuzz_load --cpp --many {batch}: {a.inputs} inputs in {time.time() - t0:.0f} s, seed {a.seed}: "
+          f"{counts['refused']} refused (ValueError), {counts['loaded']} loaded and ran, "
+          f"{counts['forward_refused']} loaded but the forward refused the input, no crash")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpp", action="store_true", help="fuzz the C++ loader program instead")
+    ap.add_argument("--exe", default=None, help="with --cpp: the qatkit_load_run to run (default build/py's)")
+    ap.add_argument("--many", type=int, default=0, help="with --cpp: inputs per process (0: one process each)")
     a = ap.parse_args()
     if a.cpp:
         return fuzz_cpp(a)
