@@ -91,19 +91,7 @@ def low_bit(bits: int) -> QATConfig:
 
 
 def train(model, x, y, epochs, seed):
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    n = x.shape[0]
-    for _ in range(epochs):
-        perm = torch.randperm(n)
-        for i in range(0, n, 64):
-            idx = perm[i : i + 64]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return model.eval()
+    return qat_models.train_classifier(model, x, y, epochs, seed)
 
 
 @torch.no_grad()

@@ -39,6 +39,24 @@ def stratified_folds(y: torch.Tensor, k: int, seed: int = 0):
     return [((fold_of != f).nonzero().flatten(), (fold_of == f).nonzero().flatten()) for f in range(k)]
 
 
+def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int = 0,
+                     lr: float = 3e-3, batch: int = 64) -> nn.Module:
+    """Plain FP32 training (Adam, cross entropy, shuffled mini-batches); returns the model in eval mode."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    n = x.shape[0]
+    for _ in range(epochs):
+        perm = torch.randperm(n)
+        for i in range(0, n, batch):
+            idx = perm[i : i + batch]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
 class MLP(nn.Module):
     def __init__(self, bn: bool = True, hidden: int = 256):
         super().__init__()

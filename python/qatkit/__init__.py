@@ -32,6 +32,7 @@ from . import ptq as _ptq_module  # noqa: E402
 from . import serialization  # noqa: E402
 from .ptq import choose_bits, ptq, sensitivity
 from .serialization import export, load, load_into
+from .onnx_export import export_onnx  # noqa: E402
 from .qat import (
     LayerSpec,
     QATConfig,
@@ -61,6 +62,7 @@ __all__ = [
     "choose_bits",
     "serialization",
     "export",
+    "export_onnx",
     "load",
     "load_into",
     "QATConfig",
