@@ -468,6 +468,15 @@ BitLinearImpl::BitLinearImpl(const torch::nn::Linear& linear, LayerSpec spec)
   rms_norm_ = true;
 }
 
+std::shared_ptr<torch::nn::Module> BitLinearImpl::clone(const std::optional<torch::Device>& device) const {
+  // the QuantLinear part cloned as Cloneable does it (fresh parameters, buffers and children),
+  // then moved into a BitLinear
+  auto base = std::static_pointer_cast<QuantLinearImpl>(QuantLinearImpl::clone(device));
+  auto copy = std::make_shared<BitLinearImpl>(*this);
+  static_cast<QuantLinearImpl&>(*copy) = *base;
+  return copy;
+}
+
 // ---------------------------------------------------------------- QuantConv1d / QuantConv2d
 
 namespace {

@@ -177,6 +177,7 @@ class QATKIT_API ActFakeQuantizerImpl : public torch::nn::Cloneable<ActFakeQuant
   const QuantSpec& spec() const { return spec_; }
   /// Whether the range comes from observed data (static observers, learned LSQ ranges).
   bool observes_data() const { return spec_.kind == "int" && spec_.scale != "dynamic"; }
+  std::int64_t channels() const { return channels_; }
   /// Whether it has seen data (a finite observed range / an initialized step size).
   bool has_observed() const;
   /// Freeze for inference (convert): never observe again, whatever the training mode.
@@ -248,6 +249,9 @@ class QATKIT_API BitLinearImpl : public QuantLinearImpl {
  public:
   BitLinearImpl(torch::nn::LinearOptions options, LayerSpec spec);
   BitLinearImpl(const torch::nn::Linear& linear, LayerSpec spec);
+  /// A BitLinear copy (Cloneable<QuantLinearImpl>'s clone would slice it to a QuantLinear, and a
+  /// cloned Sequential would hold a null module in its place).
+  std::shared_ptr<torch::nn::Module> clone(const std::optional<torch::Device>& device = std::nullopt) const override;
 };
 TORCH_MODULE(BitLinear);
 
@@ -441,6 +445,14 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 /// file and the layer for anything the file or the C++ layers cannot honour (a newer format
 /// version, SmoothQuant input scaling, non-float32 models, an unknown module type).
 QATKIT_API torch::nn::Sequential load(const std::string& path);
+
+/// Writes `model` as the file Python's qatkit.export writes (docs/format.md): its QAT layers
+/// converted on a copy (the caller's model is untouched) and packed, the float modules' tensors,
+/// and the structure qatkit.load / qatkit::nn::load rebuild. The model is a Sequential tree of
+/// QAT layers (QuantLinear, BitLinear, QuantConv1d/2d, QuantConvBn2d, QuantEmbedding) and the
+/// modules load() builds; anything else (or string padding, a float-weight QAT layer) raises
+/// ValueError naming the module.
+QATKIT_API void save(const torch::nn::Sequential& model, const std::string& path);
 
 /// The tensors and string metadata of a safetensors file, in file order.
 struct QATKIT_API TensorFile {

@@ -128,6 +128,9 @@ class _Packed:
         if aq is not None:
             q = ActFakeQuantizer(QuantSpec(**aq["spec"]), aq["channels"])
             state = {k[len("input_fake_quant."):]: v for k, v in tensors.items() if k.startswith("input_fake_quant.")}
+            # the spec is in the header; files C++'s qatkit::nn::save writes carry no _extra_state
+            if not any(k.endswith("_extra_state") for k in state):
+                state["_extra_state"] = q.get_extra_state()
             q.load_state_dict(state, strict=True)
             q.enable_observer(False)
             q.eval()

@@ -6,6 +6,12 @@
 //     qatkit_load_run --many input.safetensors model1 model2 ...
 // loads and runs each model file in this one process (the fuzzer's mode under ASan/UBSan:
 // scripts/fuzz_load.py --cpp --many) and prints "loaded N refused M"; exit 0 unless it crashes.
+//     qatkit_load_run --resave model.safetensors out.safetensors
+// loads a file and writes it again with qatkit::nn::save.
+//     qatkit_load_run --qat-save PRESET input.safetensors out.safetensors output.safetensors
+// builds a small CNN in C++ (conv-BN-ReLU, depthwise conv, pooling, Linear), prepares it with the
+// preset, calibrates it on "x", saves it with qatkit::nn::save and writes the C++ converted
+// model's outputs on "x" as "y" (tests/python/test_cpp_load.py loads the file in Python).
 #include <torch/torch.h>
 
 #include <iostream>
@@ -49,8 +55,42 @@ int many(int argc, char** argv) {
 
 }  // namespace
 
+int qat_save(char** argv) {
+  namespace nn = torch::nn;
+  torch::manual_seed(0);
+  nn::Sequential model(nn::Unflatten(nn::UnflattenOptions(1, {1, 8, 8})),
+                       nn::Conv2d(nn::Conv2dOptions(1, 8, 3).padding(1)), nn::BatchNorm2d(8), nn::ReLU(),
+                       nn::Conv2d(nn::Conv2dOptions(8, 8, 3).padding(1).groups(8)), nn::ReLU(),
+                       nn::MaxPool2d(nn::MaxPool2dOptions(2)), nn::Flatten(), nn::Linear(8 * 16, 32), nn::GELU(),
+                       nn::Dropout(0.1), nn::Linear(32, 10));
+  model->eval();
+  const torch::Tensor x = input_x(argv[3]);
+  if (!x.defined()) return 2;
+  nn::Sequential q = qatkit::nn::prepare_qat(model, qatkit::nn::QATConfig::preset(argv[2]));
+  if (std::string(argv[2]).find("weight_only") == std::string::npos) {
+    qatkit::nn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+  }
+  qatkit::nn::save(q, argv[4]);
+  qatkit::nn::convert(*q);
+  torch::NoGradGuard ng;
+  qatkit::nn::TensorFile out;
+  out.tensors = {{"y", q->forward(x).contiguous()}};
+  qatkit::nn::write_safetensors(argv[5], out);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   if (argc >= 3 && std::string(argv[1]) == "--many") return many(argc, argv);
+  try {
+    if (argc == 4 && std::string(argv[1]) == "--resave") {
+      qatkit::nn::save(qatkit::nn::load(argv[2]), argv[3]);
+      return 0;
+    }
+    if (argc == 6 && std::string(argv[1]) == "--qat-save") return qat_save(argv);
+  } catch (const c10::Error& e) {
+    std::cerr << e.what_without_backtrace() << "\n";
+    return 1;
+  }
   if (argc != 4) {
     std::cerr << "usage: " << argv[0] << " model.safetensors input.safetensors output.safetensors\n";
     return 2;

@@ -54,6 +54,41 @@ def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, t
     r, y = _run(path, x, tmp_path)
     assert r.returncode == 0, r.stderr
     assert torch.equal(y, want)
+    # qatkit::nn::save writes the loaded model back: the same packed tensors, Python's outputs
+    again = str(tmp_path / "again.safetensors")
+    r = subprocess.run([EXE, "--resave", path, again], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    from safetensors.torch import load_file
+
+    a, b = load_file(path), load_file(again)
+    for k, v in a.items():
+        if k.endswith((".weight_packed", ".weight_scale", ".weight_zero_point", ".bias")):
+            assert torch.equal(b[k], v), k
+    with torch.no_grad():
+        assert torch.equal(qatkit.load(again)(x), want)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8",
+                                    "xnor_w1a1", "binaryconnect", "int4_weight_only"])
+def test_a_cpp_qat_model_saved_by_cpp_loads_in_python_and_cpp_bit_for_bit(preset, tmp_path):
+    """qatkit::nn::save of a model prepared and calibrated in C++ (tests/cpp/load_run.cpp
+    --qat-save: conv-BN (folded by convert), depthwise conv, pooling, GELU, Dropout, Linear):
+    Python's qatkit.load and the C++ loader give the C++ converted model's outputs bit for bit."""
+    from safetensors.torch import load_file, save_file
+
+    x = torch.rand(16, 64, generator=torch.Generator().manual_seed(5))
+    inp, path, out = (str(tmp_path / n) for n in ("x.safetensors", "m.safetensors", "y.safetensors"))
+    save_file({"x": x}, inp)
+    r = subprocess.run([EXE, "--qat-save", preset, inp, path, out], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    want = load_file(out)["y"]
+    header = qatkit.serialization.read_header(path)
+    assert header["structure"] is not None and len(header["layers"]) >= 2
+    with torch.no_grad():
+        assert torch.equal(qatkit.load(path)(x), want)
+    r, y = _run(path, x, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.equal(y, want)
 
 
 def test_cpp_refuses_what_it_cannot_honour(tmp_path):

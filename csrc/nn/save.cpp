@@ -1,0 +1,377 @@
+// qatkit::nn::save: a C++ model as the file Python's qatkit.export writes (docs/format.md), so
+// that Python's qatkit.load / load_into and qatkit::nn::load read it. The model is a Sequential
+// tree of QAT layers (converted on a copy first), the closed set of float modules the loaders
+// rebuild, and nested Sequentials; anything else raises ValueError naming it.
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <map>
+
+#include "json.h"
+#include "qatkit/build_info.h"
+#include "qatkit/nn.h"
+#include "qatkit/ops.h"
+
+namespace qatkit::nn {
+namespace {
+
+using json::Value;
+
+Value object() {
+  Value v;
+  v.type = Value::Type::kObject;
+  return v;
+}
+
+Value array() {
+  Value v;
+  v.type = Value::Type::kArray;
+  return v;
+}
+
+Value ints(c10::ArrayRef<std::int64_t> xs) {
+  Value v = array();
+  for (auto x : xs) v.array.push_back(Value::of(x));
+  return v;
+}
+
+Value optional_int(const std::optional<std::int64_t>& x) { return x ? Value::of(*x) : Value::null(); }
+
+const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kShort: return "int16";
+    case at::kInt: return "int32";
+    case at::kLong: return "int64";
+    case at::kBool: return "bool";
+    default: TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::save: tensors of dtype {} have no file form", c10::toString(t)));
+  }
+}
+
+/// (bits, offset, packing) of a weight spec's codes (Python's serialization.packing_for).
+std::tuple<std::int64_t, std::int64_t, std::string> packing_for(const QuantSpec& spec) {
+  if (spec.kind == "binary") return {1, 0, "sign"};
+  if (spec.kind == "ternary") return {2, 1, "offset"};
+  const std::int64_t lo = spec.quant_min(), hi = spec.quant_max();
+  const auto bits = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(std::log2(static_cast<double>(hi - lo + 1)))));
+  return {bits, -lo, "offset"};
+}
+
+const char* act_class(const QuantSpec& s) {
+  if (s.kind == "binary") return "BinaryActQuantizer";
+  if (s.scale == "dynamic") return "AffineDynamicActQuantizer";
+  if (s.scale == "learned") return "AffineLearnedActQuantizer";
+  return "AffineStaticActQuantizer";
+}
+
+struct Writer {
+  TensorFile file;
+  Value layers = object();
+  Value float_tensors = array();
+
+  void put(const std::string& name, const torch::Tensor& t) {
+    file.tensors.emplace_back(name, t.detach().to(torch::kCPU).contiguous().clone());
+  }
+
+  /// The float tensors of a leaf module (BatchNorm statistics, float Linear / Conv weights).
+  void floats(torch::nn::Module& m, const std::string& prefix) {
+    for (const auto& p : m.named_parameters(true)) {
+      put(prefix + p.key(), p.value());
+      float_tensors.array.push_back(Value::of(prefix + p.key()));
+    }
+    for (const auto& b : m.named_buffers(true)) {
+      put(prefix + b.key(), b.value());
+      float_tensors.array.push_back(Value::of(prefix + b.key()));
+    }
+  }
+
+  /// One converted layer: packed codes, scales, zero points, bias, input quantizer state.
+  Value layer(const std::string& name, const char* type, Value params, const ConvertedWeight& w, const LayerSpec& spec,
+              const torch::Tensor& bias, const ActFakeQuantizer& aq) {
+    const std::string where = fmt::format("qatkit::nn::save: layer '{}'", name);
+    TORCH_CHECK_VALUE(w.converted, fmt::format("{} is not converted", where));
+    TORCH_CHECK_VALUE(!w.float_weight && spec.weight,
+                      fmt::format("{} has a float weight; C++ save writes quantized weights (keep the layer a float module)", where));
+    const QuantSpec& ws = *spec.weight;
+    const torch::Tensor codes = w.codes;
+    const std::int64_t rows = codes.dim() > 0 ? codes.size(0) : 1;
+    const std::int64_t k = rows > 0 ? codes.numel() / rows : 0;
+    auto [bits, offset, packing] = packing_for(ws);
+    put(name + ".weight_packed", qatkit::pack_weights(codes.reshape({rows, k}), bits, offset, packing));
+    put(name + ".weight_scale", w.scale);
+    const bool has_zp = w.zero_point.ne(0).any().item<bool>();
+    if (has_zp) {
+      const bool small = w.zero_point.min().item<std::int64_t>() >= -128 && w.zero_point.max().item<std::int64_t>() <= 127;
+      put(name + ".weight_zero_point", w.zero_point.to(small ? torch::kChar : torch::kInt));
+    }
+    Value weight = object();
+    weight.set("spec", json::parse(ws.to_json(), "spec"));
+    weight.set("dtype", Value::of(dtype_name(w.dtype)));
+    weight.set("shape", ints(codes.sizes()));
+    weight.set("axis", optional_int(w.axis));
+    weight.set("group_size", optional_int(w.group_size));
+    weight.set("bits", Value::of(bits));
+    weight.set("offset", Value::of(offset));
+    weight.set("packing", Value::of(packing));
+    weight.set("rows", Value::of(rows));
+    weight.set("k", Value::of(k));
+    weight.set("codes_dtype", Value::of(dtype_name(codes.scalar_type())));
+    weight.set("scale_dtype", Value::of(dtype_name(w.scale.scalar_type())));
+    weight.set("zero_point", Value::of(has_zp));
+    if (bias.defined()) put(name + ".bias", bias);
+    Value info = object();
+    info.set("type", Value::of(type));
+    info.set("params", std::move(params));
+    info.set("weight", std::move(weight));
+    info.set("bias", Value::of(bias.defined()));
+    if (aq) {
+      Value in = object();
+      in.set("spec", json::parse(aq->spec().to_json(), "spec"));
+      in.set("channels", Value::of(aq->channels()));
+      in.set("class", Value::of(act_class(aq->spec())));
+      info.set("input", std::move(in));
+      // Python's names: the observer's state sits under "observer." (torch's module tree there)
+      static const std::map<std::string, std::string> kObserver = {
+          {"running_min", "observer.running_min"}, {"running_max", "observer.running_max"}};
+      const bool observed = aq->spec().kind == "int" && aq->spec().scale == "static";
+      for (const auto& b : aq->named_buffers(false)) {
+        std::string key = b.key();
+        if (observed && (kObserver.count(key) || key == "scale" || key == "zero_point")) key = "observer." + key;
+        put(name + ".input_fake_quant." + key, b.value());
+      }
+      for (const auto& p : aq->named_parameters(false)) put(name + ".input_fake_quant." + p.key(), p.value());
+    } else {
+      info.set("input", Value::null());
+    }
+    layers.set(name, std::move(info));
+    return [&] {
+      Value v = object();
+      v.set("type", Value::of("packed"));
+      v.set("name", Value::of(name));
+      return v;
+    }();
+  }
+
+  template <size_t D>
+  Value conv_params(const torch::nn::detail::ConvNdOptions<D>& o, const std::string& name) {
+    const auto* pad = std::get_if<torch::ExpandingArray<D>>(&o.padding());
+    TORCH_CHECK_VALUE(pad != nullptr, fmt::format("qatkit::nn::save: layer '{}': 'same' / 'valid' padding has no C++ file form", name));
+    TORCH_CHECK_VALUE(std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode()),
+                      fmt::format("qatkit::nn::save: layer '{}': only zero padding_mode is written from C++", name));
+    Value p = object();
+    p.set("in_channels", Value::of(o.in_channels()));
+    p.set("out_channels", Value::of(o.out_channels()));
+    p.set("kernel_size", ints(*o.kernel_size()));
+    p.set("stride", ints(*o.stride()));
+    p.set("padding", ints(**pad));
+    p.set("dilation", ints(*o.dilation()));
+    p.set("groups", Value::of(o.groups()));
+    p.set("padding_mode", Value::of("zeros"));
+    p.set("reversed_padding", Value::null());
+    return p;
+  }
+
+  Value leaf(const std::string& type, Value args) {
+    Value v = object();
+    v.set("type", Value::of(type));
+    v.set("args", std::move(args));
+    return v;
+  }
+
+  Value module(const std::shared_ptr<torch::nn::Module>& m, const std::string& name, int depth);
+};
+
+template <typename T>
+std::shared_ptr<T> as(const std::shared_ptr<torch::nn::Module>& m) {
+  return std::dynamic_pointer_cast<T>(m);
+}
+
+Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::string& name, int depth) {
+  TORCH_CHECK_VALUE(depth <= 64, "qatkit::nn::save: the model nests deeper than 64 levels");
+  const std::string prefix = name.empty() ? "" : name + ".";
+  if (auto seq = as<torch::nn::SequentialImpl>(m)) {
+    Value kids = array();
+    for (const auto& c : seq->named_children()) {
+      Value pair = array();
+      pair.array.push_back(Value::of(c.key()));
+      pair.array.push_back(module(c.value(), prefix + c.key(), depth + 1));
+      kids.array.push_back(std::move(pair));
+    }
+    Value v = object();
+    v.set("type", Value::of("Sequential"));
+    v.set("children", std::move(kids));
+    return v;
+  }
+  if (auto l = as<QuantLinearImpl>(m)) {
+    Value p = object();
+    p.set("in_features", Value::of(l->options.in_features()));
+    p.set("out_features", Value::of(l->options.out_features()));
+    p.set("rms_norm", Value::of(as<BitLinearImpl>(m) != nullptr));
+    p.set("eps", Value::of(1e-6));  // BitLinear's RMSNorm eps (modules.cpp)
+    return layer(name, "linear", std::move(p), l->frozen, l->layer_spec, l->bias, l->input_fake_quant);
+  }
+  if (auto c = as<QuantConv2dImpl>(m)) {
+    return layer(name, "conv2d", conv_params<2>(c->options, name), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
+  }
+  if (auto c = as<QuantConvBn2dImpl>(m)) {  // converted: a conv with the folded weight and bias
+    return layer(name, "conv2d", conv_params<2>(c->options, name), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
+  }
+  if (auto c = as<QuantConv1dImpl>(m)) {
+    return layer(name, "conv1d", conv_params<1>(c->options, name), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
+  }
+  if (auto e = as<QuantEmbeddingImpl>(m)) {
+    TORCH_CHECK_VALUE(!e->options.max_norm(), fmt::format("qatkit::nn::save: layer '{}': max_norm has no C++ file form", name));
+    Value p = object();
+    p.set("padding_idx", e->options.padding_idx() ? Value::of(*e->options.padding_idx()) : Value::null());
+    p.set("max_norm", Value::null());
+    p.set("norm_type", Value::of(e->options.norm_type()));
+    return layer(name, "embedding", std::move(p), e->frozen, e->layer_spec, torch::Tensor(), e->input_fake_quant);
+  }
+  Value a = object();
+  if (as<torch::nn::ReLUImpl>(m)) return leaf("ReLU", a);
+  if (as<torch::nn::SiLUImpl>(m)) return leaf("SiLU", a);
+  if (as<torch::nn::TanhImpl>(m)) return leaf("Tanh", a);
+  if (as<torch::nn::SigmoidImpl>(m)) return leaf("Sigmoid", a);
+  if (as<torch::nn::IdentityImpl>(m)) return leaf("Identity", a);
+  if (auto g = as<torch::nn::GELUImpl>(m)) {
+    a.set("approximate", Value::of(g->options.approximate()));
+    return leaf("GELU", a);
+  }
+  if (auto d = as<torch::nn::DropoutImpl>(m)) {
+    a.set("p", Value::of(d->options.p()));
+    return leaf("Dropout", a);
+  }
+  if (auto f = as<torch::nn::FlattenImpl>(m)) {
+    a.set("start_dim", Value::of(f->options.start_dim()));
+    a.set("end_dim", Value::of(f->options.end_dim()));
+    return leaf("Flatten", a);
+  }
+  if (auto u = as<torch::nn::UnflattenImpl>(m)) {
+    a.set("dim", Value::of(u->options.dim()));
+    a.set("unflattened_size", ints(u->options.sizes()));
+    return leaf("Unflatten", a);
+  }
+  if (auto p = as<torch::nn::MaxPool2dImpl>(m)) {
+    TORCH_CHECK_VALUE(!p->options.ceil_mode(), fmt::format("qatkit::nn::save: '{}': MaxPool2d ceil_mode", name));
+    a.set("kernel_size", ints(*p->options.kernel_size()));
+    a.set("stride", ints(*p->options.stride()));
+    a.set("padding", ints(*p->options.padding()));
+    a.set("dilation", ints(*p->options.dilation()));
+    a.set("ceil_mode", Value::of(false));
+    return leaf("MaxPool2d", a);
+  }
+  if (auto p = as<torch::nn::AvgPool2dImpl>(m)) {
+    TORCH_CHECK_VALUE(!p->options.divisor_override(), fmt::format("qatkit::nn::save: '{}': AvgPool2d divisor_override", name));
+    a.set("kernel_size", ints(*p->options.kernel_size()));
+    a.set("stride", ints(*p->options.stride()));
+    a.set("padding", ints(*p->options.padding()));
+    a.set("ceil_mode", Value::of(p->options.ceil_mode()));
+    a.set("count_include_pad", Value::of(p->options.count_include_pad()));
+    return leaf("AvgPool2d", a);
+  }
+  if (auto p = as<torch::nn::AdaptiveAvgPool2dImpl>(m)) {
+    const auto& o = *p->options.output_size();
+    TORCH_CHECK_VALUE(o[0].has_value() && o[1].has_value(), fmt::format("qatkit::nn::save: '{}': AdaptiveAvgPool2d with a None size", name));
+    a.set("output_size", ints({*o[0], *o[1]}));
+    return leaf("AdaptiveAvgPool2d", a);
+  }
+  const auto bn_args = [&](const torch::nn::BatchNormOptions& o) {
+    a.set("num_features", Value::of(o.num_features()));
+    a.set("eps", Value::of(o.eps()));
+    a.set("momentum", o.momentum() ? Value::of(*o.momentum()) : Value::null());
+    a.set("affine", Value::of(o.affine()));
+    a.set("track_running_stats", Value::of(o.track_running_stats()));
+  };
+  if (auto b = as<torch::nn::BatchNorm2dImpl>(m)) {
+    bn_args(b->options);
+    floats(*b, prefix);
+    return leaf("BatchNorm2d", a);
+  }
+  if (auto b = as<torch::nn::BatchNorm1dImpl>(m)) {
+    bn_args(b->options);
+    floats(*b, prefix);
+    return leaf("BatchNorm1d", a);
+  }
+  if (auto l = as<torch::nn::LayerNormImpl>(m)) {
+    a.set("normalized_shape", ints(l->options.normalized_shape()));
+    a.set("eps", Value::of(l->options.eps()));
+    a.set("elementwise_affine", Value::of(l->options.elementwise_affine()));
+    floats(*l, prefix);
+    return leaf("LayerNorm", a);
+  }
+  if (auto l = as<torch::nn::LinearImpl>(m)) {
+    a.set("in_features", Value::of(l->options.in_features()));
+    a.set("out_features", Value::of(l->options.out_features()));
+    a.set("bias", Value::of(l->options.bias()));
+    floats(*l, prefix);
+    return leaf("Linear", a);
+  }
+  const auto conv_args = [&](auto& o, bool bias) {
+    a = conv_params(o, name);
+    a.object.erase(a.object.end() - 1);  // reversed_padding: a packed layer's field only
+    a.set("bias", Value::of(bias));
+  };
+  if (auto c = as<torch::nn::Conv2dImpl>(m)) {
+    conv_args(c->options, c->options.bias());
+    floats(*c, prefix);
+    return leaf("Conv2d", a);
+  }
+  if (auto c = as<torch::nn::Conv1dImpl>(m)) {
+    conv_args(c->options, c->options.bias());
+    floats(*c, prefix);
+    return leaf("Conv1d", a);
+  }
+  TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::save: module '{}' ({}) has no file form: save writes Sequential trees of QAT "
+                                       "layers, activations, pooling, Flatten / Unflatten, Dropout, BatchNorm, LayerNorm and "
+                                       "float Linear / Conv layers",
+                                       name, m->name()));
+}
+
+}  // namespace
+
+void save(const torch::nn::Sequential& model, const std::string& path) {
+  TORCH_CHECK_VALUE(model, "qatkit::nn::save: model is an empty Sequential holder");
+  // convert a copy: the caller's QAT model keeps training (an all-converted model, e.g. one
+  // qatkit::nn::load returned, is written as it is: LibTorch cannot clone converted layers, whose
+  // state differs from what reset() registers)
+  std::int64_t pending = 0;
+  for (const auto& m : model->modules(false)) {
+    if (auto l = as<QuantLinearImpl>(m)) pending += !l->converted();
+    if (auto c = as<QuantConv2dImpl>(m)) pending += !c->converted();
+    if (auto c = as<QuantConv1dImpl>(m)) pending += !c->converted();
+    if (auto c = as<QuantConvBn2dImpl>(m)) pending += !c->converted();
+    if (auto e = as<QuantEmbeddingImpl>(m)) pending += !e->converted();
+  }
+  std::shared_ptr<torch::nn::SequentialImpl> copy = model.ptr();
+  if (pending > 0) {
+    try {
+      copy = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(model->clone());
+    } catch (const c10::Error& e) {
+      TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::save: the model mixes converted and unconverted QAT layers and could not be "
+                                           "copied to convert the rest ({}); convert it first", e.what_without_backtrace()));
+    }
+    TORCH_CHECK_VALUE(copy, "qatkit::nn::save: the model could not be copied");
+    convert(*copy);
+  }
+  Writer w;
+  Value structure = w.module(copy, "", 0);
+  TORCH_CHECK_VALUE(!w.layers.object.empty(), "qatkit::nn::save: the model holds no quantized layer (prepare_qat / ptq first)");
+  Value header = object();
+  header.set("format_version", Value::of(std::int64_t{1}));
+  header.set("qatkit_version", Value::of(build_info().version));
+  header.set("layers", std::move(w.layers));
+  header.set("float_tensors", std::move(w.float_tensors));
+  header.set("module_changes", object());
+  header.set("structure", std::move(structure));
+  w.file.metadata.emplace_back("qatkit", json::dump(header));
+  write_safetensors(path, w.file);
+}
+
+}  // namespace qatkit::nn
