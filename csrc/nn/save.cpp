@@ -354,8 +354,8 @@ void save(const torch::nn::Sequential& model, const std::string& path) {
     try {
       copy = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(model->clone());
     } catch (const c10::Error& e) {
-      TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::save: the model mixes converted and unconverted QAT layers and could not be "
-                                           "copied to convert the rest ({}); convert it first", e.what_without_backtrace()));
+      TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::save: the model could not be copied to convert it ({}); call "
+                                           "qatkit::nn::convert on it first, then save", e.what_without_backtrace()));
     }
     TORCH_CHECK_VALUE(copy, "qatkit::nn::save: the model could not be copied");
     convert(*copy);

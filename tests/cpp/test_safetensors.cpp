@@ -130,3 +130,50 @@ CATCH_TEST_CASE("every truncation of a valid file is refused cleanly", "[safeten
     CATCH_CHECK_THROWS_AS(parse(cut), c10::ValueError);
   }
 }
+
+namespace {
+struct OddImpl : torch::nn::Cloneable<OddImpl> {
+  void reset() override {}
+  torch::Tensor forward(torch::Tensor x) { return x * 2; }
+};
+TORCH_MODULE(Odd);
+
+std::string save_error(const torch::nn::Sequential& m) {
+  try {
+    qatkit::nn::save(m, "/tmp/qatkit_save_refused.safetensors");
+  } catch (const c10::ValueError& e) {
+    return e.what_without_backtrace();
+  }
+  return "";
+}
+}  // namespace
+
+CATCH_TEST_CASE("qatkit::nn::save round trips a QAT model and refuses what it cannot write", "[save]") {
+  namespace nn = torch::nn;
+  torch::manual_seed(0);
+  nn::Sequential model(nn::Linear(16, 8), nn::ReLU(), nn::Linear(8, 4));
+  model->eval();
+  auto q = qatkit::nn::prepare_qat(model, qatkit::nn::QATConfig::preset("w8a8"));
+  const torch::Tensor x = torch::randn({6, 16});
+  qatkit::nn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+  const std::string path = "/tmp/qatkit_save_roundtrip.safetensors";
+  qatkit::nn::save(q, path);
+  for (const auto& m : q->modules(false)) {  // the caller's model is not converted
+    if (auto l = std::dynamic_pointer_cast<qatkit::nn::QuantLinearImpl>(m)) CATCH_CHECK(!l->converted());
+  }
+  qatkit::nn::convert(*q);
+  torch::NoGradGuard ng;
+  CATCH_CHECK(torch::equal(qatkit::nn::load(path)->forward(x), q->forward(x)));
+  std::remove(path.c_str());
+
+  CATCH_CHECK_THAT(save_error(model), Catch::Contains("holds no quantized layer"));
+  nn::Sequential odd(nn::Linear(16, 8), Odd());
+  auto qo = qatkit::nn::prepare_qat(odd, qatkit::nn::QATConfig::preset("int8_weight_only"));
+  CATCH_CHECK_THAT(save_error(qo), Catch::Contains("module '1'"));
+  CATCH_CHECK_THAT(save_error(qo), Catch::Contains("has no file form"));
+  qatkit::nn::convert(*qo);  // written as it is: the same refusal
+  CATCH_CHECK_THAT(save_error(qo), Catch::Contains("has no file form"));
+  nn::Sequential same(nn::Conv2d(nn::Conv2dOptions(1, 4, 3).padding(torch::kSame)), nn::Flatten());
+  auto qs = qatkit::nn::prepare_qat(same, qatkit::nn::QATConfig::preset("int8_weight_only"));
+  CATCH_CHECK_THAT(save_error(qs), Catch::Contains("'same' / 'valid' padding"));
+}
