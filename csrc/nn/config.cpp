@@ -99,6 +99,8 @@ void assign_fields(QuantSpec& s, const json::Value& fields, const json::Value& p
       s.latent_clip = v.is_null() ? std::nullopt : std::optional<double>(v.as_number(w));
     } else if (key == "lsq_grad_scale") {
       s.lsq_grad_scale = v.as_bool(w);
+    } else if (key == "scale_dtype") {
+      s.scale_dtype = v.as_string(w);
     } else {
       TORCH_CHECK_VALUE(false, fmt::format("{}: unknown QuantSpec field '{}'", where, key));
     }
@@ -141,6 +143,7 @@ json::Value spec_value(const QuantSpec& s) {
   v.set("stochastic", json::Value::of(s.stochastic));
   v.set("latent_clip", s.latent_clip ? json::Value::of(*s.latent_clip) : json::Value::null());
   v.set("lsq_grad_scale", json::Value::of(s.lsq_grad_scale));
+  v.set("scale_dtype", json::Value::of(s.scale_dtype));
   return v;
 }
 
@@ -165,6 +168,9 @@ QuantSpec QuantSpec::validated() const {
   choice("granularity", s.granularity, choices("granularity"));
   choice("scale", s.scale, choices("scale"));
   choice("observer", s.observer, choices("observer"));
+  choice("scale_dtype", s.scale_dtype, choices("scale_dtype"));
+  TORCH_CHECK_VALUE(s.scale_dtype == "float32" || s.scale == "static",
+                    fmt::format("QuantSpec.scale_dtype '{}' is for static weight scales; {} scales stay float32", s.scale_dtype, s.scale));
   if (s.kind == "int") {
     TORCH_CHECK_VALUE(s.bits >= 2 && s.bits <= 16,
                       fmt::format("QuantSpec.bits must be in [2, 16] for kind 'int', got {}", s.bits));

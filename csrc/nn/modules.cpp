@@ -163,6 +163,9 @@ WeightFakeQuantizerImpl::WeightFakeQuantizerImpl(QuantSpec spec, const torch::Te
   TORCH_CHECK_VALUE(spec_.scale != "dynamic",
                     "QuantSpec.scale 'dynamic' is for activations; weights use 'static' or 'learned'");
   TORCH_CHECK_VALUE(spec_.granularity != "per_token", "QuantSpec.granularity 'per_token' is for activations");
+  TORCH_CHECK_VALUE(spec_.scale_dtype == "float32",
+                    fmt::format("QuantSpec.scale_dtype '{}': the C++ modules compute with float32 scales in this release "
+                                "(Python's rounds them; load or train such models in Python)", spec_.scale_dtype));
   granularity = spec_.granularity;
   if (granularity == "per_group") {
     std::int64_t flat_in = 1;
@@ -273,6 +276,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> WeightFakeQuantizerImpl:
 
 ActFakeQuantizerImpl::ActFakeQuantizerImpl(QuantSpec spec, std::int64_t channels)
     : spec_(spec.validated()), channels_(channels) {
+  TORCH_CHECK_VALUE(spec_.scale_dtype == "float32",
+                    fmt::format("QuantSpec.scale_dtype '{}' is for weight scales; activation scales stay float32", spec_.scale_dtype));
   // the histogram observers (percentile, kl, mse) are Python-only: refuse them rather than observe
   // with another rule
   TORCH_CHECK_VALUE(spec_.kind != "int" || spec_.scale != "static" || spec_.observer == "minmax" ||

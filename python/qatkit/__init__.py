@@ -33,6 +33,7 @@ from . import serialization  # noqa: E402
 from .ptq import choose_bits, ptq, sensitivity
 from .serialization import export, load, load_into
 from .onnx_export import export_onnx  # noqa: E402
+from .gguf_export import export_gguf  # noqa: E402
 from .qat import (
     LayerSpec,
     QATConfig,
@@ -63,6 +64,7 @@ __all__ = [
     "serialization",
     "export",
     "export_onnx",
+    "export_gguf",
     "load",
     "load_into",
     "QATConfig",

@@ -58,6 +58,7 @@ BINARY_ESTIMATORS = tuple(_CHOICES["estimator"]["binary"])
 TERNARY_METHODS = tuple(_CHOICES["method"]["ternary"])
 BINARY_METHODS = tuple(_CHOICES["method"]["binary"])
 FIRST_LAST = tuple(_CHOICES["first_last"])
+SCALE_DTYPES = tuple(_CHOICES["scale_dtype"])
 
 
 def _choice(cls: str, name: str, value, choices) -> None:
@@ -68,7 +69,7 @@ def _choice(cls: str, name: str, value, choices) -> None:
 
 _BOOL_FIELDS = ("signed", "symmetric", "narrow_range", "stochastic", "lsq_grad_scale")
 _INT_FIELDS = ("bits", "axis")
-_STR_FIELDS = ("kind", "granularity", "scale", "observer", "estimator")
+_STR_FIELDS = ("kind", "granularity", "scale", "observer", "estimator", "scale_dtype")
 
 
 def _check_types(spec) -> None:
@@ -176,6 +177,11 @@ class QuantSpec:
         latent_clip: clip the float shadow weight to ``[-c, c]`` after each optimizer step
             (:func:`qatkit.qat.clip_latent_weights`; BinaryConnect uses 1).
         lsq_grad_scale: scale LSQ step-size gradients by ``1/sqrt(N * Q_P)`` (the LSQ paper).
+        scale_dtype: the dtype weight scales are rounded to (``"float32"``, ``"float16"``,
+            ``"bfloat16"``): the fake quant computes with the rounded scale, so a format that
+            stores fp16 scales (GGUF's Q8_0 / Q4_0 / TQ2_0, :func:`qatkit.export_gguf`) holds
+            exactly what QAT trained with. Weights with static scales (integer, ternary, binary)
+            only; learned and activation scales stay float32.
 
     Raises:
         ValueError: a field outside its valid choices, naming the field and the choices.
@@ -197,6 +203,7 @@ class QuantSpec:
     stochastic: bool = False
     latent_clip: Optional[float] = None
     lsq_grad_scale: bool = True
+    scale_dtype: str = "float32"
 
     def __post_init__(self):
         c = "QuantSpec"
@@ -205,6 +212,11 @@ class QuantSpec:
         _choice(c, "granularity", self.granularity, GRANULARITIES)
         _choice(c, "scale", self.scale, SCALES)
         _choice(c, "observer", self.observer, OBSERVERS)
+        _choice(c, "scale_dtype", self.scale_dtype, SCALE_DTYPES)
+        if self.scale_dtype != "float32" and self.scale == "learned":
+            raise ValueError(f"{c}.scale_dtype {self.scale_dtype!r} is for static scales; learned (LSQ) scales stay float32")
+        if self.scale_dtype != "float32" and self.scale == "dynamic":
+            raise ValueError(f"{c}.scale_dtype {self.scale_dtype!r} is for weight scales; dynamic scales stay float32")
         if self.kind == "int":
             if not 2 <= self.bits <= 16:
                 raise ValueError(f"{c}.bits must be in [2, 16] for kind 'int', got {self.bits}")

@@ -21,7 +21,7 @@ from torch import nn
 
 from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
 from .. import ops
-from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, keep_float32
+from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, keep_float32, round_scale
 from .config import QATConfig
 from .pretrained import tag_pretrained_configs
 from .swap import replace_module
@@ -46,6 +46,7 @@ def weight_codes(wfq: WeightFakeQuantizer, w: torch.Tensor) -> Tuple[torch.Tenso
             codes, scale = ops.ternary_codes(w.detach(), spec.method, axis)
         else:  # deterministic, as the quantizer in eval mode (BinaryConnect samples only in training)
             codes, scale = ops.binary_codes(w.detach(), spec.method, axis)
+        scale = round_scale(scale, spec.scale_dtype)  # what the quantizer computed with
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         return codes, scale, torch.zeros_like(scale, dtype=torch.int32)
     s, z = wfq.qparams(w)

@@ -365,6 +365,8 @@ class _SpecModule(nn.Module):
             extra = _decode_extra(state_dict[key], key)
             state_dict[key] = extra
             saved = extra.get("spec")
+            if isinstance(saved, dict):  # fields added since the checkpoint was written take their defaults
+                saved = {**{f.name: f.default for f in dataclasses.fields(QuantSpec) if f.name not in saved}, **saved}
             mine = dataclasses.asdict(self.spec)
             if saved != mine:
                 diff = sorted(k for k in mine if saved is None or saved.get(k) != mine.get(k))
@@ -458,6 +460,33 @@ class WeightFakeQuantizer(_SpecModule):
         return super().extra_repr() + fb
 
 
+_SCALE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def round_scale(scale: torch.Tensor, scale_dtype: str) -> torch.Tensor:
+    """``scale`` rounded to ``scale_dtype`` (QuantSpec.scale_dtype) and back to float32: round to
+    nearest (subnormals included); a positive scale that would round to 0 or overflow becomes the
+    dtype's smallest positive / largest finite value (a zero scale stays 0: an all-zero channel)."""
+    dt = _SCALE_DTYPES.get(scale_dtype)
+    if dt is None:
+        return scale
+    r = scale.clamp(max=torch.finfo(dt).max).to(dt).float()
+    smallest = {torch.float16: 2.0**-24, torch.bfloat16: 2.0**-133}[dt]
+    return torch.where((scale > 0) & (r == 0), torch.full_like(r, smallest), r)
+
+
+def _with_scale(y: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, axis: Optional[int], scale_dtype: str) -> torch.Tensor:
+    """The ternary / binary fake-quantized weight ``y`` (values ``codes * scale``) recomputed with
+    the scale rounded to ``scale_dtype``; the gradient stays ``y``'s (the op's estimator)."""
+    if scale_dtype == "float32":
+        return y
+    codes = torch.sign(y.detach())
+    r = round_scale(scale, scale_dtype)
+    if axis is not None:
+        r = r.reshape([-1] + [1] * (w.dim() - 1))
+    return y + (codes * r.to(y.dtype) - y).detach()
+
+
 @WeightFakeQuantizer.register("affine_static")
 class AffineStaticWeightQuantizer(WeightFakeQuantizer):
     """Affine integer weights with qparams from the weight's min/max: recomputed from the current
@@ -476,7 +505,8 @@ class AffineStaticWeightQuantizer(WeightFakeQuantizer):
     def computed_qparams(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero_point) from the min/max of weight ``w``."""
         s = self.spec
-        return ops.choose_qparams(self._rows(w.detach()), s.quant_min, s.quant_max, s.symmetric, **self.layout.op_args())
+        scale, zp = ops.choose_qparams(self._rows(w.detach()), s.quant_min, s.quant_max, s.symmetric, **self.layout.op_args())
+        return round_scale(scale, s.scale_dtype), zp
 
     @property
     def has_stored_qparams(self) -> bool:
@@ -513,7 +543,8 @@ class AffineStaticWeightQuantizer(WeightFakeQuantizer):
                 f"layout {self.layout}, got {tuple(scale.shape)} and {tuple(zero_point.shape)}"
             )
         ops.validate_qparams(scale, zero_point, s.quant_min, s.quant_max)
-        self.stored_scale, self.stored_zero_point = scale, zero_point.to(torch.int32)
+        # stored scales follow the spec's scale dtype too (rounded to nearest)
+        self.stored_scale, self.stored_zero_point = round_scale(scale, s.scale_dtype), zero_point.to(torch.int32)
 
     def recompute_qparams(self) -> None:
         """Back to qparams from the current weight at every forward."""
@@ -599,7 +630,10 @@ class TernaryWeightQuantizer(WeightFakeQuantizer):
     """Ternary weights {-a, 0, +a} (``absmean`` / ``twn``), per tensor or channel."""
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
-        return ops.ternarize(w, self.spec.method, self.axis)
+        y = ops.ternarize(w, self.spec.method, self.axis)
+        if self.spec.scale_dtype == "float32":
+            return y
+        return _with_scale(y, w, ops.ternary_codes(w.detach(), self.spec.method, self.axis)[1], self.axis, self.spec.scale_dtype)
 
 
 @WeightFakeQuantizer.register("binary")
@@ -618,7 +652,10 @@ class BinaryWeightQuantizer(WeightFakeQuantizer):
         if s.stochastic and self.training:
             self.step.add_(1)
             seed = self.step
-        return ops.binarize(w, s.method, self.axis, s.estimator, seed=seed)
+        y = ops.binarize(w, s.method, self.axis, s.estimator, seed=seed)
+        if s.scale_dtype == "float32":
+            return y
+        return _with_scale(y, w, ops.binary_codes(w.detach(), s.method, self.axis)[1], self.axis, s.scale_dtype)
 
 
 # ---------------------------------------------------------------- activation quantizers
@@ -644,6 +681,10 @@ class ActFakeQuantizer(_SpecModule):
         return ActFakeQuantizer(spec, channels)
 
     def __init__(self, spec: QuantSpec, channels: int = 1):
+        if spec.scale_dtype != "float32":
+            raise ValueError(
+                f"QuantSpec.scale_dtype {spec.scale_dtype!r} is for weight scales; activation scales stay float32"
+            )
         super().__init__(spec)
         self.layout = spec.layout
         self.axis = spec.axis if spec.granularity == "per_channel" else None
