@@ -121,3 +121,19 @@ def test_cpp_refuses_what_it_cannot_honour(tmp_path):
     open(bad, "wb").write(b"\x05\x00\x00\x00\x00\x00\x00\x00{\"a\":")
     r, _ = _run(bad, x, tmp_path)
     assert r.returncode == 1 and "bad.safetensors" in r.stderr
+
+
+def test_cpp_refuses_float16_weight_scales_naming_the_field(tmp_path):
+    """QuantSpec.scale_dtype is implemented in Python; the C++ loader says so instead of computing
+    with other scales."""
+    from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
+
+    spec = QuantSpec(bits=8, granularity="per_channel", scale_dtype="float16")
+    q = qatkit.prepare_qat(nn.Sequential(nn.Linear(64, 10)), QATConfig(default=LayerSpec(weight=spec, activation=None)))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    with torch.no_grad():
+        qatkit.load(path)(torch.randn(2, 64))  # Python loads it
+    r, _ = _run(path, torch.randn(2, 64), tmp_path)
+    assert r.returncode == 1
+    assert "scale_dtype 'float16'" in r.stderr and "float32 scales" in r.stderr
