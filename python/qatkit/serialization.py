@@ -114,7 +114,8 @@ class _Packed:
             codes = ops.unpack_weights(packed, bits, w["k"], offset, packing)
             codes = codes.to(_DTYPES[w["codes_dtype"]]).reshape(shape)
             self.register_buffer("weight_int", codes, persistent=False)
-        self.register_buffer("weight_scale", tensors.get("weight_scale", torch.ones(1)))
+        # float16 / bfloat16 scales (QuantSpec.scale_dtype) widen exactly to the float32 the ops take
+        self.register_buffer("weight_scale", tensors.get("weight_scale", torch.ones(1)).float())
         zp = tensors.get("weight_zero_point")
         if zp is None:
             zp = torch.zeros(tensors["weight_scale"].shape if "weight_scale" in tensors else (1,), dtype=torch.int32)
@@ -254,7 +255,9 @@ def _export_layer(name: str, mod: _Quantized, base3: bool) -> Tuple[dict, Dict[s
         rows = codes.shape[0] if codes.dim() > 0 else 1
         k = codes.numel() // max(rows, 1)
         tensors["weight_packed"] = ops.pack_weights(codes.reshape(rows, k), bits, offset, packing)
-        tensors["weight_scale"] = mod.weight_scale.detach().contiguous().clone()
+        # scales in the dtype the fake quant used (QuantSpec.scale_dtype: exact, the values are rounded to it)
+        sdt = _DTYPES[spec.scale_dtype]
+        tensors["weight_scale"] = mod.weight_scale.detach().to(sdt).contiguous().clone()
         zp = mod.weight_zero_point.detach()
         if bool((zp != 0).any()):
             tensors["weight_zero_point"] = _small_int(zp).contiguous().clone()
@@ -265,7 +268,7 @@ def _export_layer(name: str, mod: _Quantized, base3: bool) -> Tuple[dict, Dict[s
             rows=rows,
             k=k,
             codes_dtype=_dtype_name(codes.dtype),
-            scale_dtype=_dtype_name(mod.weight_scale.dtype),
+            scale_dtype=spec.scale_dtype,
             zero_point="weight_zero_point" in tensors,
         )
     if mod.bias is not None:
@@ -541,7 +544,8 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
     need(tuple(p.shape) == (rows, row_bytes), f"weight_packed must be [{rows}, {row_bytes}], got {list(p.shape)}")
     need(w.get("codes_dtype") in ("int8", "int16", "int32"), f"bad codes dtype {w.get('codes_dtype')!r}")
     s = t.get("weight_scale")
-    need(s is not None and s.dtype == torch.float32, "weight_scale must be a float32 tensor")
+    need(s is not None and s.dtype == _DTYPES[spec.scale_dtype],
+         f"weight_scale must be a {spec.scale_dtype} tensor (the spec's scale_dtype)")
     need(bool(torch.isfinite(s).all()) and bool((s > 0).all()), "weight_scale must be finite and positive")
     gs, axis = w.get("group_size"), w.get("axis")
     if gs is not None:

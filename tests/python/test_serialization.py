@@ -261,3 +261,28 @@ def test_a_short_fuzz_run_of_the_loader_finds_nothing(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(root, "scripts", "fuzz_load.py"), "--inputs", "1500", "--seed", "1"],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and "0 other exceptions" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("scale_dtype,bound", [("float16", 0.07), ("bfloat16", 0.07), ("float32", 0.0701)])
+def test_scales_are_stored_in_the_spec_scale_dtype(scale_dtype, bound, tmp_path):
+    """QuantSpec.scale_dtype: the file holds the scales in that dtype (exactly the values the fake
+    quant used), which brings ternary K = 256 layers under 0.07 of their fp32 bytes; reloads are
+    bit for bit."""
+    from safetensors.torch import load_file
+
+    from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    spec = QuantSpec(kind="ternary", method="twn", granularity="per_channel", scale_dtype=scale_dtype)
+    q = qatkit.prepare_qat(m, QATConfig(default=LayerSpec(weight=spec, activation=None)))
+    path = str(tmp_path / "t.safetensors")
+    header = qatkit.export(q, path)
+    assert header["layers"]["2"]["weight"]["scale_dtype"] == scale_dtype
+    t = load_file(path)
+    assert t["2.weight_scale"].dtype == getattr(torch, scale_dtype)
+    ratio = sum(v.numel() * v.element_size() for k, v in t.items() if k.startswith("2.")) / ((256 * 256 + 256) * 4)
+    assert ratio <= bound
+    x = torch.randn(4, 64)
+    with torch.no_grad():
+        assert torch.equal(qatkit.load(path)(x), qatkit.convert(q).eval()(x))
