@@ -681,11 +681,11 @@ class ActFakeQuantizer(_SpecModule):
         return ActFakeQuantizer(spec, channels)
 
     def __init__(self, spec: QuantSpec, channels: int = 1):
+        super().__init__(spec)  # (checks the spec's type first)
         if spec.scale_dtype != "float32":
             raise ValueError(
                 f"QuantSpec.scale_dtype {spec.scale_dtype!r} is for weight scales; activation scales stay float32"
             )
-        super().__init__(spec)
         self.layout = spec.layout
         self.axis = spec.axis if spec.granularity == "per_channel" else None
         self.channels = channels if self.axis is not None else 1
