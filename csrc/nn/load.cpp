@@ -87,6 +87,23 @@ torch::ExpandingArray<D> expand(const json::Value& v, const std::string& where) 
   return torch::ExpandingArray<D>(full);
 }
 
+/// Conv options from a file's conv parameters (packed and float layers alike); only zero padding
+/// given as numbers has a C++ form here.
+template <size_t D>
+torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, const std::string& where, bool bias) {
+  const std::string pm = p.at("padding_mode", where).as_string(where);
+  if (pm != "zeros" || p.at("padding", where).type == json::Value::Type::kString) {
+    r.fail(fmt::format("{}: only zero padding given as numbers is supported in C++ (padding_mode '{}')", where, pm));
+  }
+  return torch::nn::ConvOptions<D>(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
+                                   expand<D>(p.at("kernel_size", where), where))
+      .stride(expand<D>(p.at("stride", where), where))
+      .padding(expand<D>(p.at("padding", where), where))
+      .dilation(expand<D>(p.at("dilation", where), where))
+      .groups(p.at("groups", where).as_int(where))
+      .bias(bias);
+}
+
 QuantSpec spec_of(const json::Value& v, const std::string& where) {
   TORCH_CHECK_VALUE(v.type == json::Value::Type::kObject, fmt::format("{} must be a QuantSpec object", where));
   return QuantSpec::from_json(json::dump(v));
@@ -232,31 +249,13 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
     finish_layer(r, name, info, layer, shape);
     return torch::nn::AnyModule(layer);
   }
-  if (type == "conv2d" || type == "conv1d") {
-    const std::string pm = p.at("padding_mode", where).as_string(where);
-    if (p.at("padding", where).type == json::Value::Type::kString) r.fail(fmt::format("{}: string padding is not supported in C++", where));
-    if (type == "conv2d") {
-      auto opts = torch::nn::Conv2dOptions(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
-                                           expand<2>(p.at("kernel_size", where), where))
-                      .stride(expand<2>(p.at("stride", where), where))
-                      .padding(expand<2>(p.at("padding", where), where))
-                      .dilation(expand<2>(p.at("dilation", where), where))
-                      .groups(p.at("groups", where).as_int(where))
-                      .bias(bias);
-      if (pm != "zeros") r.fail(fmt::format("{}: padding_mode '{}' is not supported in C++", where, pm));
-      QuantConv2d layer(opts, spec);
-      finish_layer(r, name, info, layer, shape);
-      return torch::nn::AnyModule(layer);
-    }
-    auto opts = torch::nn::Conv1dOptions(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
-                                         expand<1>(p.at("kernel_size", where), where))
-                    .stride(expand<1>(p.at("stride", where), where))
-                    .padding(expand<1>(p.at("padding", where), where))
-                    .dilation(expand<1>(p.at("dilation", where), where))
-                    .groups(p.at("groups", where).as_int(where))
-                    .bias(bias);
-    if (pm != "zeros") r.fail(fmt::format("{}: padding_mode '{}' is not supported in C++", where, pm));
-    QuantConv1d layer(opts, spec);
+  if (type == "conv2d") {
+    QuantConv2d layer(conv_options<2>(r, p, where, bias), spec);
+    finish_layer(r, name, info, layer, shape);
+    return torch::nn::AnyModule(layer);
+  }
+  if (type == "conv1d") {
+    QuantConv1d layer(conv_options<1>(r, p, where, bias), spec);
     finish_layer(r, name, info, layer, shape);
     return torch::nn::AnyModule(layer);
   }
@@ -339,30 +338,12 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
     return torch::nn::AnyModule(lin);
   }
   if (type == "Conv2d") {  // a layer left float (first / last layers under first_last="float")
-    if (arg("padding_mode").as_string(where) != "zeros" || arg("padding").type == json::Value::Type::kString) {
-      r.fail(where + ": only zero padding given as numbers is supported in C++");
-    }
-    torch::nn::Conv2d conv(torch::nn::Conv2dOptions(arg("in_channels").as_int(where), arg("out_channels").as_int(where),
-                                                    expand<2>(arg("kernel_size"), where))
-                               .stride(expand<2>(arg("stride"), where))
-                               .padding(expand<2>(arg("padding"), where))
-                               .dilation(expand<2>(arg("dilation"), where))
-                               .groups(arg("groups").as_int(where))
-                               .bias(arg("bias").as_bool(where)));
+    torch::nn::Conv2d conv(conv_options<2>(r, args, where, arg("bias").as_bool(where)));
     r.load_into(*conv, prefix);
     return torch::nn::AnyModule(conv);
   }
   if (type == "Conv1d") {
-    if (arg("padding_mode").as_string(where) != "zeros" || arg("padding").type == json::Value::Type::kString) {
-      r.fail(where + ": only zero padding given as numbers is supported in C++");
-    }
-    torch::nn::Conv1d conv(torch::nn::Conv1dOptions(arg("in_channels").as_int(where), arg("out_channels").as_int(where),
-                                                    expand<1>(arg("kernel_size"), where))
-                               .stride(expand<1>(arg("stride"), where))
-                               .padding(expand<1>(arg("padding"), where))
-                               .dilation(expand<1>(arg("dilation"), where))
-                               .groups(arg("groups").as_int(where))
-                               .bias(arg("bias").as_bool(where)));
+    torch::nn::Conv1d conv(conv_options<1>(r, args, where, arg("bias").as_bool(where)));
     r.load_into(*conv, prefix);
     return torch::nn::AnyModule(conv);
   }
