@@ -151,9 +151,14 @@ void set_weights(const Reader& r, const std::string& name, const json::Value& w,
                                                w.at("offset", where).as_int(where), w.at("packing", where).as_string(where));
   const std::string cd = w.at("codes_dtype", where).as_string(where);
   codes = codes.to(cd == "int32" ? torch::kInt : torch::kChar).reshape(shape);
-  const torch::Tensor scale = r.tensor(name + ".weight_scale");
-  if (scale.scalar_type() != torch::kFloat || !torch::isfinite(scale).all().item<bool>() || !(scale > 0).all().item<bool>()) {
-    r.fail(fmt::format("{}: weight_scale must be float32, finite and positive", where));
+  // scales in the spec's scale_dtype (float32, or float16 / bfloat16 widened exactly)
+  const std::string sdt = spec_of(w.at("spec", where), where + " spec").scale_dtype;
+  const auto want = sdt == "float16" ? torch::kHalf : sdt == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
+  const torch::Tensor raw_scale = r.tensor(name + ".weight_scale");
+  if (raw_scale.scalar_type() != want) r.fail(fmt::format("{}: weight_scale must be {} (the spec's scale_dtype)", where, sdt));
+  const torch::Tensor scale = raw_scale.to(torch::kFloat);
+  if (!torch::isfinite(scale).all().item<bool>() || !(scale > 0).all().item<bool>()) {
+    r.fail(fmt::format("{}: weight_scale must be finite and positive", where));
   }
   const std::optional<torch::Tensor> zp = r.maybe(name + ".weight_zero_point");
   torch::Tensor zero = zp ? zp->to(torch::kInt) : torch::zeros(scale.sizes(), torch::kInt);

@@ -158,14 +158,43 @@ torch::Tensor ConvertedWeight::dequantized(const std::vector<std::int64_t>& shap
 
 // ---------------------------------------------------------------- weight quantizer
 
+namespace {
+
+/// `scale` rounded to QuantSpec.scale_dtype and back to float32 (Python's quantizers.round_scale):
+/// round to nearest, subnormals kept; a positive scale that would round to 0 becomes the dtype's
+/// smallest positive value, an overflow its largest finite one; 0 stays 0.
+torch::Tensor round_scale(const torch::Tensor& scale, const std::string& scale_dtype) {
+  if (scale_dtype == "float32") return scale;
+  const bool half = scale_dtype == "float16";
+  const auto dt = half ? torch::kHalf : torch::kBFloat16;
+  const double max = half ? 65504.0 : 3.3895313892515355e38;
+  const double smallest = half ? std::ldexp(1.0, -24) : std::ldexp(1.0, -133);
+  const torch::Tensor r = scale.clamp_max(max).to(dt).to(torch::kFloat);
+  return torch::where((scale > 0) & (r == 0), torch::full_like(r, smallest), r);
+}
+
+/// A ternary / binary fake-quantized weight `y` (= codes * scale) recomputed with the scale rounded
+/// to the spec's scale dtype; the gradient stays y's (the op's estimator).
+torch::Tensor with_scale(const torch::Tensor& y, const torch::Tensor& scale, std::optional<std::int64_t> axis,
+                         const std::string& scale_dtype) {
+  if (scale_dtype == "float32") return y;
+  torch::Tensor r = round_scale(scale, scale_dtype);
+  if (axis) {
+    std::vector<std::int64_t> shape(static_cast<std::size_t>(y.dim()), 1);
+    shape[0] = -1;
+    r = r.reshape(shape);
+  }
+  const torch::Tensor codes = torch::sign(y.detach());
+  return y + (codes * r.to(y.scalar_type()) - y).detach();
+}
+
+}  // namespace
+
 WeightFakeQuantizerImpl::WeightFakeQuantizerImpl(QuantSpec spec, const torch::Tensor& weight)
     : spec_(spec.validated()), weight_shape_(weight.sizes().vec()), weight_init_(weight.detach().clone()) {
   TORCH_CHECK_VALUE(spec_.scale != "dynamic",
                     "QuantSpec.scale 'dynamic' is for activations; weights use 'static' or 'learned'");
   TORCH_CHECK_VALUE(spec_.granularity != "per_token", "QuantSpec.granularity 'per_token' is for activations");
-  TORCH_CHECK_VALUE(spec_.scale_dtype == "float32",
-                    fmt::format("QuantSpec.scale_dtype '{}': the C++ modules compute with float32 scales in this release "
-                                "(Python's rounds them; load or train such models in Python)", spec_.scale_dtype));
   granularity = spec_.granularity;
   if (granularity == "per_group") {
     std::int64_t flat_in = 1;
@@ -209,7 +238,11 @@ void WeightFakeQuantizerImpl::reset() {
 
 torch::Tensor WeightFakeQuantizerImpl::forward(const torch::Tensor& w) {
   const QuantSpec& s = spec_;
-  if (s.kind == "ternary") return qatkit::ternarize(w, s.method, axis_);
+  if (s.kind == "ternary") {
+    const torch::Tensor y = qatkit::ternarize(w, s.method, axis_);
+    if (s.scale_dtype == "float32") return y;
+    return with_scale(y, std::get<1>(qatkit::ternary_codes(w.detach(), s.method, axis_)), axis_, s.scale_dtype);
+  }
   if (s.kind == "binary") {
     std::optional<torch::Tensor> seed;
     if (s.stochastic && is_training()) {
@@ -217,7 +250,9 @@ torch::Tensor WeightFakeQuantizerImpl::forward(const torch::Tensor& w) {
       step_.add_(1);
       seed = step_;
     }
-    return qatkit::binarize(w, s.method, axis_, s.estimator, 1.0, seed);
+    const torch::Tensor y = qatkit::binarize(w, s.method, axis_, s.estimator, 1.0, seed);
+    if (s.scale_dtype == "float32") return y;
+    return with_scale(y, std::get<1>(qatkit::binary_codes(w.detach(), s.method, axis_)), axis_, s.scale_dtype);
   }
   if (s.scale == "learned") {
     return qatkit::fake_quantize_learnable(w, scale_, zero_point_, s.quant_min(), s.quant_max(), axis_, std::nullopt,
@@ -227,10 +262,12 @@ torch::Tensor WeightFakeQuantizerImpl::forward(const torch::Tensor& w) {
     const torch::Tensor w2 = w.reshape({w.size(0), -1});
     auto [sc, zp] =
         qatkit::choose_qparams(w2.detach(), s.quant_min(), s.quant_max(), s.symmetric, std::nullopt, group_size);
-    return qatkit::fake_quantize(w2, sc, zp, s.quant_min(), s.quant_max(), std::nullopt, group_size).reshape(w.sizes());
+    return qatkit::fake_quantize(w2, round_scale(sc, s.scale_dtype), zp, s.quant_min(), s.quant_max(), std::nullopt,
+                                 group_size)
+        .reshape(w.sizes());
   }
   auto [sc, zp] = qatkit::choose_qparams(w.detach(), s.quant_min(), s.quant_max(), s.symmetric, axis_);
-  return qatkit::fake_quantize(w, sc, zp, s.quant_min(), s.quant_max(), axis_);
+  return qatkit::fake_quantize(w, round_scale(sc, s.scale_dtype), zp, s.quant_min(), s.quant_max(), axis_);
 }
 
 std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> WeightFakeQuantizerImpl::codes(const torch::Tensor& w) {
@@ -240,6 +277,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> WeightFakeQuantizerImpl:
   if (s.kind == "ternary" || s.kind == "binary") {
     auto [c, scale] = s.kind == "ternary" ? qatkit::ternary_codes(wd, s.method, axis_)
                                           : qatkit::binary_codes(wd, s.method, axis_);
+    scale = round_scale(scale, s.scale_dtype);                         // what forward() computed with
     scale = torch::where(scale > 0, scale, torch::ones_like(scale));  // an all-zero channel: scale 1
     return {c, scale, torch::zeros(scale.sizes(), torch::kInt)};
   }
@@ -254,7 +292,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> WeightFakeQuantizerImpl:
     std::tie(sc, zp) = qatkit::choose_qparams(wd, s.quant_min(), s.quant_max(), s.symmetric, axis_);
   }
   // the kernels' effective qparams: learned zero points are rounded and clamped into range
-  sc = sc.to(torch::kFloat);
+  sc = round_scale(sc.to(torch::kFloat), s.scale_dtype);
   zp = zp.to(torch::kFloat).round().clamp(static_cast<double>(s.quant_min()), static_cast<double>(s.quant_max()));
   // qparams leave QAT here: check their values once on any device (the CUDA kernels do not)
   TORCH_CHECK_VALUE((at::isfinite(sc) & (sc >= std::numeric_limits<float>::min())).all().item<bool>(),

@@ -105,7 +105,9 @@ struct Writer {
     const std::int64_t k = rows > 0 ? codes.numel() / rows : 0;
     auto [bits, offset, packing] = packing_for(ws);
     put(name + ".weight_packed", qatkit::pack_weights(codes.reshape({rows, k}), bits, offset, packing));
-    put(name + ".weight_scale", w.scale);
+    // scales in the dtype the fake quant used (QuantSpec.scale_dtype; exact, they are rounded to it)
+    const auto sdt = ws.scale_dtype == "float16" ? torch::kHalf : ws.scale_dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
+    put(name + ".weight_scale", w.scale.to(sdt));
     const bool has_zp = w.zero_point.ne(0).any().item<bool>();
     if (has_zp) {
       const bool small = w.zero_point.min().item<std::int64_t>() >= -128 && w.zero_point.max().item<std::int64_t>() <= 127;
@@ -123,7 +125,7 @@ struct Writer {
     weight.set("rows", Value::of(rows));
     weight.set("k", Value::of(k));
     weight.set("codes_dtype", Value::of(dtype_name(codes.scalar_type())));
-    weight.set("scale_dtype", Value::of(dtype_name(w.scale.scalar_type())));
+    weight.set("scale_dtype", Value::of(ws.scale_dtype));
     weight.set("zero_point", Value::of(has_zp));
     if (bias.defined()) put(name + ".bias", bias);
     Value info = object();

@@ -68,8 +68,8 @@ struct QATKIT_API QuantSpec {
   bool stochastic = false;            ///< BinaryConnect's stochastic binarization in training
   std::optional<double> latent_clip;  ///< clip the shadow weight to [-c, c] (clip_latent_weights)
   bool lsq_grad_scale = true;
-  /// float32 / float16 / bfloat16: the dtype weight scales are rounded to. Python implements the
-  /// rounding; the C++ modules accept only "float32" in this release (ValueError otherwise).
+  /// float32 / float16 / bfloat16: the dtype static weight scales are rounded to (the fake quant
+  /// and convert compute with the rounded scales; exported files store them in that dtype).
   std::string scale_dtype = "float32";
 
   /// Checks every field (ValueError naming the field and the valid choices) and fills defaults;

@@ -3,7 +3,8 @@
 // Python test runs the Python layer (three training-mode forwards, the first one's weight
 // gradient, one eval forward), then converts it (integer codes, scale, zero point, the converted
 // eval forward) and saves the results with torch::pickle_save for comparison.
-//   qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw|conv1d|convbn} PRESET
+//   qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw|conv1d|convbn} PRESET [PARAMS_JSON [SCALE_DTYPE]]
+// (SCALE_DTYPE: the weight spec's QuantSpec.scale_dtype, e.g. float16)
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -25,7 +26,7 @@ std::vector<torch::Tensor> frozen(Layer& layer, const qatkit::nn::ConvertedWeigh
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 5 && argc != 6) {
+  if (argc < 5 || argc > 7) {
     std::cerr << "usage: qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw|conv1d|convbn} PRESET [PARAMS_JSON]\n";
     return 2;
   }
@@ -37,7 +38,11 @@ int main(int argc, char** argv) {
     std::vector<torch::Tensor> xs;
     for (const c10::IValue& v : d.at("x").toListRef()) xs.push_back(v.toTensor());
     const std::string layer = argv[3];
-    const qatkit::nn::LayerSpec spec = qatkit::nn::QATConfig::preset(argv[4], argc == 6 ? argv[5] : "{}").default_spec;
+    qatkit::nn::LayerSpec spec = qatkit::nn::QATConfig::preset(argv[4], argc >= 6 ? argv[5] : "{}").default_spec;
+    if (argc == 7 && spec.weight) {
+      spec.weight->scale_dtype = argv[6];
+      spec.weight = spec.weight->validated();
+    }
     std::shared_ptr<torch::nn::Module> m;
     std::function<torch::Tensor(const torch::Tensor&)> fwd;
     std::function<std::vector<torch::Tensor>()> convert;  // converts, returns codes / scale / zero point

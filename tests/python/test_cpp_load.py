@@ -123,17 +123,29 @@ def test_cpp_refuses_what_it_cannot_honour(tmp_path):
     assert r.returncode == 1 and "bad.safetensors" in r.stderr
 
 
-def test_cpp_refuses_float16_weight_scales_naming_the_field(tmp_path):
-    """QuantSpec.scale_dtype is implemented in Python; the C++ loader says so instead of computing
-    with other scales."""
+@pytest.mark.parametrize("scale_dtype", ["float16", "bfloat16"])
+def test_cpp_loads_reduced_precision_weight_scales_bit_for_bit(scale_dtype, tmp_path):
+    """QuantSpec.scale_dtype: files store the rounded scales in that dtype; the C++ loader widens
+    them and gives Python's outputs bit for bit (int8 per group, int4 per channel, ternary,
+    binary)."""
     from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
 
-    spec = QuantSpec(bits=8, granularity="per_channel", scale_dtype="float16")
-    q = qatkit.prepare_qat(nn.Sequential(nn.Linear(64, 10)), QATConfig(default=LayerSpec(weight=spec, activation=None)))
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                      nn.Linear(64, 10))
+    specs = [QuantSpec(bits=8, granularity="per_group", group_size=32, scale_dtype=scale_dtype),
+             QuantSpec(bits=4, granularity="per_channel", scale_dtype=scale_dtype),
+             QuantSpec(kind="ternary", method="twn", granularity="per_channel", scale_dtype=scale_dtype),
+             QuantSpec(kind="binary", method="mean_abs", granularity="per_channel", scale_dtype=scale_dtype)]
+    cfg = QATConfig(default=LayerSpec(weight=specs[0], activation=None),
+                    overrides=tuple((str(2 * i), LayerSpec(weight=s, activation=None)) for i, s in enumerate(specs)))
+    q = qatkit.prepare_qat(m, cfg)
     path = str(tmp_path / "m.safetensors")
     qatkit.export(q, path)
+    x = torch.randn(6, 64)
     with torch.no_grad():
-        qatkit.load(path)(torch.randn(2, 64))  # Python loads it
-    r, _ = _run(path, torch.randn(2, 64), tmp_path)
-    assert r.returncode == 1
-    assert "scale_dtype 'float16'" in r.stderr and "float32 scales" in r.stderr
+        want = qatkit.load(path)(x)
+        assert torch.equal(want, qatkit.convert(q).eval()(x))
+    r, y = _run(path, x, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.equal(y, want)

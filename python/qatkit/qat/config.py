@@ -180,8 +180,9 @@ class QuantSpec:
         scale_dtype: the dtype weight scales are rounded to (``"float32"``, ``"float16"``,
             ``"bfloat16"``): the fake quant computes with the rounded scale, so a format that
             stores fp16 scales (GGUF's Q8_0 / Q4_0 / TQ2_0, :func:`qatkit.export_gguf`) holds
-            exactly what QAT trained with. Weights with static scales (integer, ternary, binary)
-            only; learned and activation scales stay float32.
+            exactly what QAT trained with; exported files store the scales in it. Weights with
+            static scales (integer, ternary, binary) only; learned and activation scales stay
+            float32. The C++ modules round the same way.
 
     Raises:
         ValueError: a field outside its valid choices, naming the field and the choices.

@@ -4,6 +4,7 @@ one's weight gradient, one eval forward; then convert on both sides gives the sa
 scales and zero points and the same converted output, bit for bit. The C++ side runs in tests/cpp/nn_crosscheck.cpp, built
 with the test build (QATKIT_BUILD_TESTS=1, which scripts/setup.sh sets)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -44,11 +45,21 @@ CASES = [
     ("convbn", "w4a8", {"group_size": 18}),
     ("convbn", "ternary_twn"),
     ("convbn", "xnor_w1a1"),
+    # QuantSpec.scale_dtype: weight scales rounded to float16 / bfloat16 on both sides
+    ("linear", "w8a8", {"scale_dtype": "float16"}),
+    ("linear", "w4a8", {"scale_dtype": "bfloat16"}),
+    ("linear", "ternary_twn", {"scale_dtype": "float16"}),
+    ("linear", "binary_w1a8", {"scale_dtype": "float16"}),
+    ("convbn", "w8a8", {"scale_dtype": "float16"}),
 ]
 
 
 def python_layer(layer, preset, w, b, params, bn_affine=None):
+    params = dict(params)
+    scale_dtype = params.pop("scale_dtype", None)
     spec = qatkit.preset(preset, **params).default
+    if scale_dtype is not None:
+        spec = dataclasses.replace(spec, weight=dataclasses.replace(spec.weight, scale_dtype=scale_dtype))
     if layer == "conv1d":
         conv = nn.Conv1d(w.shape[1], w.shape[0], w.shape[2], padding=1)
         with torch.no_grad():
@@ -97,8 +108,10 @@ def test_cpp_and_python_layers_agree(tmp_path, case):
     if layer == "convbn":  # gamma of both signs: the fold's factor flips some channels
         extra = {"bn_weight": torch.randn(8, generator=g), "bn_bias": torch.randn(8, generator=g) * 0.1}
     torch.save({"weight": w, "bias": b, "x": xs, **extra}, tmp_path / "in.pt")
+    preset_params = {k: v for k, v in params.items() if k != "scale_dtype"}
+    extra_args = [params["scale_dtype"]] if "scale_dtype" in params else []
     r = subprocess.run(
-        [EXE, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), layer, preset, json.dumps(params)],
+        [EXE, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), layer, preset, json.dumps(preset_params), *extra_args],
         capture_output=True,
         text=True,
     )
