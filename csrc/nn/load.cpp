@@ -50,22 +50,16 @@ struct Reader {
   }
   void load_into(torch::nn::Module& m, const std::string& prefix) const {
     torch::NoGradGuard ng;
-    for (auto& p : m.named_parameters(false)) {
-      const torch::Tensor t = tensor(prefix + p.key());
-      if (t.sizes() != p.value().sizes()) {
-        fail(fmt::format("tensor '{}{}' has shape {}, the module needs {}", prefix, p.key(), c10::str(t.sizes()),
-                         c10::str(p.value().sizes())));
+    const auto copy_in = [&](const std::string& key, torch::Tensor& dst) {
+      const torch::Tensor t = tensor(prefix + key);
+      if (t.sizes() != dst.sizes()) {
+        fail(fmt::format("tensor '{}{}' has shape {}, the module needs {}", prefix, key, c10::str(t.sizes()),
+                         c10::str(dst.sizes())));
       }
-      p.value().copy_(t);
-    }
-    for (auto& b : m.named_buffers(false)) {
-      const torch::Tensor t = tensor(prefix + b.key());
-      if (t.sizes() != b.value().sizes()) {
-        fail(fmt::format("tensor '{}{}' has shape {}, the module needs {}", prefix, b.key(), c10::str(t.sizes()),
-                         c10::str(b.value().sizes())));
-      }
-      b.value().copy_(t);
-    }
+      dst.copy_(t);
+    };
+    for (auto& p : m.named_parameters(false)) copy_in(p.key(), p.value());
+    for (auto& b : m.named_buffers(false)) copy_in(b.key(), b.value());
   }
 };
 
