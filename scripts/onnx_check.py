@@ -2,7 +2,7 @@
 training folds, then PTQ at every preset and, for the presets that quantize activations or
 weights below 4 bits, a short QAT fine-tune from the PTQ model) exported with qatkit.export_onnx and run in onnxruntime
 (all graph optimizations, session.qdq_matmulnbits_accuracy_level=0) against qatkit's converted
-model on the held-out fold: top-1 agreement, max |difference| of the logits (absolute and
+model (integer-exact by default, ``--compute float`` for the QAT model's float math) on the held-out fold: top-1 agreement, max |difference| of the logits (absolute and
 relative to the largest logit), both accuracies, the file size, and the node types onnxruntime's
 optimized graph holds (MatMulNBits, QLinearConv, ...).
 
@@ -45,14 +45,14 @@ EPOCHS = {"MLP": 10, "CNN": 10, "DSCNN": 20}
 PTQ_ONLY = {"int8_weight_only", "int4_weight_only_g32", "int4_weight_only_g32_asym"}
 
 
-def quantized(model, preset: str, x, y, qat_epochs: int, seed: int = 0):
+def quantized(model, preset: str, x, y, qat_epochs: int, seed: int = 0, compute: str = "integer"):
     """The converted model of ``preset``: PTQ on 512 training images, then (QAT presets) a short
     fine-tune from there."""
     calib = list(x[:512].split(128))
     q = qatkit.ptq(model, calib, PRESETS[preset](), verbose=False, progress=False)
     if preset not in PTQ_ONLY and qat_epochs > 0:
         q = qm.train_classifier(q, x, y, qat_epochs, seed=seed, lr=1e-3)
-    return qatkit.convert(q).eval()
+    return qatkit.convert(q, integer=compute == "integer").eval()
 
 
 def ort_session(path: str, optimized: str | None = None, level: str = "all"):
@@ -99,6 +99,9 @@ def main():
     ap.add_argument("--archs", default="MLP,CNN,DSCNN")
     ap.add_argument("--qat-epochs", type=int, default=5)
     ap.add_argument("--md", action="store_true", help="print a markdown table")
+    ap.add_argument("--compute", choices=("integer", "float"), default="integer",
+                    help="qatkit's reference: the integer-exact converted model (what the integer kernels compute; "
+                         "default) or the float one (what the QAT model computed)")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -117,7 +120,7 @@ def main():
                 torch.manual_seed(f)
                 models[arch, f] = qm.train_classifier(getattr(qm, arch)(), x[tr], y[tr], EPOCHS[arch], seed=f)
             seq = models[arch, f].as_sequential().eval()
-            c = quantized(seq, preset, x[tr], y[tr], a.qat_epochs, seed=f)
+            c = quantized(seq, preset, x[tr], y[tr], a.qat_epochs, seed=f, compute=a.compute)
             path = os.path.join(tmp, "m.onnx")
             qatkit.export_onnx(c, x[:4], path)
             r = compare(c, x[te], path, tmp)
@@ -126,7 +129,8 @@ def main():
                      acc_ort=float((r["out"].argmax(1) == y[te]).float().mean() * 100))
             rows.append(r)
     # one line per (arch, preset): worst agreement / difference over the folds
-    print(f"onnx_check: {len(rows)} exports in {time.time() - t0:.0f} s ({a.folds} folds, test split of each)")
+    print(f"onnx_check: {len(rows)} exports in {time.time() - t0:.0f} s ({a.folds} folds, test split of each; "
+          f"qatkit computes {a.compute})")
     head = ["model", "preset", "top-1 agree (min)", "max |diff|", "max rel", "acc qatkit", "acc ORT", "KiB",
             "ORT nodes (quantized compute)"]
     lines = []

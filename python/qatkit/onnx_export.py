@@ -85,7 +85,7 @@ class _Graph:
 
     def codes(self, q: torch.Tensor, base: str, dtype: int) -> str:
         """An integer initializer of ONNX type ``dtype`` (int2 / int4 / uint4 / int8 / uint8 /
-        int16 / uint16) holding the integer tensor ``q``."""
+        int16 / uint16 / int32) holding the integer tensor ``q``."""
         name = self.name(base)
         T = self.T
         q = q.detach().cpu().contiguous().to(torch.int64)
@@ -109,7 +109,8 @@ class _Graph:
             else:
                 self.max_opset = max(self.max_opset, 21)
         else:
-            np_dtype = {T.INT8: torch.int8, T.UINT8: torch.uint8, T.INT16: torch.int16, T.UINT16: torch.uint16}[dtype]
+            np_dtype = {T.INT8: torch.int8, T.UINT8: torch.uint8, T.INT16: torch.int16, T.UINT16: torch.uint16,
+                        T.INT32: torch.int32}[dtype]
             arr = flat.to(np_dtype).reshape(dims).numpy() if np_dtype != torch.uint16 else None
             if arr is None:
                 import numpy as np
@@ -337,13 +338,32 @@ def _quantized(g: _Graph, mod, x: str, in_shape, where: str, lowbit: str) -> str
                 # MatMul -> MatMulNBits fusion sees it
                 y = g.node("Sub", [y, g.const(-mod.bias.detach().float(), where + ".neg_bias")], where + ".out")
             else:
-                y = g.node("Add", [y, g.const(mod.bias.detach().float(), where + ".bias")], where + ".out")
+                y = g.node("Add", [y, _bias(g, mod, where)], where + ".out")
         info["type"] = "MatMul"
         g.layers[where] = info
         return y
     nd = 1 if isinstance(mod, QuantizedConv1d) else 2
     assert isinstance(mod, (QuantizedConv1d, QuantizedConv2d))
     return _conv(g, mod, x, w, in_shape, where, nd, info)
+
+
+def _bias(g: _Graph, mod, where: str) -> str:
+    """The layer's bias as ONNX adds it. A layer whose inputs and weights are both integer
+    (qatkit.qat.integer's "static" form) adds the int32 bias at S_x * S_w that qatkit's integer
+    kernels add: written as a DequantizeLinear of the int32 codes (the QDQ convention), so
+    onnxruntime uses exactly these codes wherever it fuses the layer (QLinearConv) and their
+    dequantized value where it does not. Other layers add their float bias."""
+    from .qat import integer
+    from .qat.convert import _Quantized
+
+    form = integer.integer_form(mod)[0] if isinstance(mod, _Quantized) else None  # float convs: a stand-in
+    if form != "static":
+        return g.const(mod.bias.detach().float(), where + ".bias")
+    m = integer._multiplier(mod)
+    q = integer._bias_q(mod).to(torch.int32)
+    attrs = {"axis": 0} if m.numel() > 1 else {}
+    ins = [g.codes(q, where + ".bias_q", g.T.INT32), g.const(m if m.numel() > 1 else m.reshape(()), where + ".bias_scale")]
+    return g.node("DequantizeLinear", ins, where + ".bias", **attrs)
 
 
 _PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -361,7 +381,7 @@ def _conv(g: _Graph, mod, x: str, w: str, in_shape, where: str, nd: int, info: d
         conv_pads = _conv_pads(mod, nd, in_shape)
     ins = [x, w]
     if mod.bias is not None:
-        ins.append(g.const(mod.bias.detach().float(), where + ".bias"))
+        ins.append(_bias(g, mod, where))
     y = g.node("Conv", ins, where + ".out", kernel_shape=list(mod.kernel_size), strides=list(mod.stride),
                pads=conv_pads, dilations=list(mod.dilation), group=int(mod.groups))
     info["type"] = "Conv"

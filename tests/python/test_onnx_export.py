@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 import qatkit
-from qatkit.qat.convert import QuantizedLinear
+from qatkit.qat.convert import QuantizedConv2d, QuantizedLinear
 
 onnx = pytest.importorskip("onnx", reason="onnx is in scripts/requirements.txt; this environment lacks it")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in scripts/requirements.txt; this environment lacks it")
@@ -64,7 +64,7 @@ CASES = [("MLP", p) for p in
           "int8_weight_only", "int4_weight_only_g32", "int4_weight_only_g32_asym", "ternary_weight_only",
           "binary_weight_only"]]
 CASES += [("CNN", p) for p in ["w8a8", "w4a8_g32", "ternary_twn", "binary_w1a8", "int4_weight_only_g32", "xnor_w1a1"]]
-CASES += [("DSCNN", p) for p in ["w8a8", "w4a8_g32", "int4_weight_only_g32", "bitnet_b158"]]
+CASES += [("DSCNN", p) for p in ["w8a8", "w4a8_g32", "int4_weight_only_g32", "bitnet_b158", "ternary_twn", "binary_w1a8"]]
 
 
 @pytest.mark.parametrize("arch,preset", CASES)
@@ -89,6 +89,27 @@ def test_onnxruntime_agrees_with_the_converted_model(digits, arch, preset, tmp_p
     agree = float((out.argmax(1) == ref.argmax(1)).float().mean())
     assert agree >= 0.995, f"top-1 agreement {agree:.4f}"
     assert float((out - ref).abs().max()) <= 0.05 * float(big)
+
+
+def test_integer_layers_carry_their_int32_bias(digits, tmp_path):
+    """Layers with integer inputs and weights add the int32 bias at S_x * S_w that qatkit's integer
+    form adds (a DequantizeLinear of int32 codes), so onnxruntime cannot re-round it its own way."""
+    from qatkit.qat import integer
+
+    c = _converted(digits, "DSCNN", "ternary_twn")
+    path = str(tmp_path / "m.onnx")
+    qatkit.export_onnx(c, digits["x"][:4], path)
+    g, inits = _graph_nodes(path)
+    convs = [m for m in c.modules() if isinstance(m, QuantizedConv2d) and m._integer_form == "static"]
+    assert len(convs) >= 4
+    dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    biases = [dq[n.input[2]] for n in g.node if n.op_type == "Conv" and len(n.input) == 3 and n.input[2] in dq]
+    assert len(biases) == len(convs)
+    for n, m in zip(biases, convs):
+        q = onnx.numpy_helper.to_array(inits[n.input[0]])
+        assert q.dtype.name == "int32"
+        assert torch.equal(torch.from_numpy(q).long(), integer._bias_q(m).long())
+        assert torch.equal(torch.from_numpy(onnx.numpy_helper.to_array(inits[n.input[1]])), integer._multiplier(m))
 
 
 def _graph_nodes(path):

@@ -25,6 +25,7 @@ from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, keep_float32, rou
 from .config import QATConfig
 from .pretrained import tag_pretrained_configs
 from .swap import replace_module
+from . import integer as _integer
 
 __all__ = ["convert", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "weight_codes"]
 
@@ -75,6 +76,10 @@ def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis
 
 class _Quantized(nn.Module):
     """Integer weight codes + scales, a frozen input quantizer, and the float bias."""
+
+    #: None: float math, what the QAT layer computed; else the integer form (qat/integer.py) the
+    #: layer computes in, bit for bit what the integer kernels compute (set by set_compute)
+    _integer_form = None
 
     def _set_weight(self, qmod, w: torch.Tensor, bias) -> None:
         wfq = qmod.weight_fake_quant
@@ -159,6 +164,8 @@ class QuantizedLinear(_Quantized):
             x = F.rms_norm(x, (self.in_features,), eps=self.eps)
         if self.smooth is not None:
             x = x / self.smooth.to(x.dtype)
+        if self._integer_form is not None:
+            return _integer.linear(self, x)
         return F.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
 
 
@@ -176,6 +183,8 @@ class QuantizedConv1d(_QuantizedConv):
     """Converted :class:`QuantConv1d`."""
 
     def forward(self, x):
+        if self._integer_form is not None:
+            return _integer.conv(self, x, 1)
         x = self.quantize_input(x)
         w = self.dequantized_weight()
         if self.padding_mode != "zeros":
@@ -188,6 +197,8 @@ class QuantizedConv2d(_QuantizedConv):
     """Converted :class:`QuantConv2d` / :class:`QuantConvBn2d` (BN folded into weight and bias)."""
 
     def forward(self, x):
+        if self._integer_form is not None:
+            return _integer.conv(self, x, 2)
         x = self.quantize_input(x)
         w = self.dequantized_weight()
         if self.padding_mode != "zeros":
@@ -230,7 +241,9 @@ def _convert_one(qmod: nn.Module) -> nn.Module:
 QAT_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding)
 
 
-def convert(model: nn.Module, inplace: bool = False, require_observed: bool = True) -> nn.Module:
+def convert(
+    model: nn.Module, inplace: bool = False, require_observed: bool = True, integer: bool = False
+) -> nn.Module:
     """Freeze a QAT model (from :func:`qatkit.prepare_qat`) into integer-weight modules.
 
     Args:
@@ -238,10 +251,15 @@ def convert(model: nn.Module, inplace: bool = False, require_observed: bool = Tr
         inplace: modify ``model`` instead of a deep copy.
         require_observed: refuse activation quantizers that observed nothing. Pass False only when
             the qparams are loaded right afterwards (:func:`qatkit.qat.load_pretrained` does).
+        integer: compute integer-exact (:func:`qatkit.qat.set_compute`: input codes times weight
+            codes with exact integer sums and one documented requantization, what the integer
+            kernels compute bit for bit) instead of the QAT model's float math. Layers without an
+            integer form keep float math and are named in a warning.
 
     Returns:
         The model with every QAT layer replaced by a ``Quantized*`` module (integer codes + scales,
-        frozen input qparams), in eval mode. Its outputs equal the QAT model's eval-mode outputs.
+        frozen input qparams), in eval mode. Its outputs equal the QAT model's eval-mode outputs
+        (``integer=False``), or the integer kernels' outputs (``integer=True``).
 
     Raises:
         ValueError: the model has no QAT layers, or an activation observer has not seen any data
@@ -264,12 +282,17 @@ def convert(model: nn.Module, inplace: bool = False, require_observed: bool = Tr
                 f"convert: the model is a bare {type(model).__name__}, which cannot be replaced in place; "
                 "use the returned module (inplace=False)"
             )
-        return _convert_one(copy.deepcopy(model)).eval()
-    if not require_observed:
+        out = _convert_one(copy.deepcopy(model)).eval()
+    elif not require_observed:
         with warnings.catch_warnings():  # eval-before-observation warnings: the qparams are loaded next
             warnings.simplefilter("ignore")
-            return _convert_tree(model, inplace)
-    return _convert_tree(model, inplace)
+            out = _convert_tree(model, inplace)
+    else:
+        out = _convert_tree(model, inplace)
+    if integer:
+        wrap = out if not isinstance(out, _Quantized) else nn.Sequential(out)
+        _integer.set_compute(wrap, "integer")
+    return out
 
 
 def _convert_tree(model: nn.Module, inplace: bool) -> nn.Module:

@@ -1,0 +1,329 @@
+"""Integer-exact inference for converted layers whose inputs and weights are both quantized.
+
+A converted layer computes, by default, what its QAT layer computed: float32 math on the
+dequantized weight and the fake-quantized input (``compute = "float"``). In ``compute = "integer"``
+it computes what an integer kernel computes: the input's integer codes times the weight's integer
+codes with exact integer accumulation, then one documented requantization to float32. The
+arithmetic is fixed element by element (no float sum whose order depends on the CPU), so this
+simulation, the integer kernels of :mod:`qatkit.kernels` and any CPU give the same bits.
+docs/integer.md states the rules; in short, for output element ``(m, n)``:
+
+``static`` — per-tensor affine input (scale ``sx``, zero point ``zx``; w8a8, w4a4_lsq, ternary,
+binary_w1a8 and every first/last int8 layer) and per-tensor / per-channel symmetric weights
+(scale ``sw[n]``): ``acc = sum_k (qx - zx) * qw`` (int32), ``M[n] = fp32(sx * sw[n])``,
+``bias_q[n] = nearbyint(b[n] / M[n])`` (int32, computed once in float64: Jacob et al.'s int32 bias
+at S_w * S_x), ``y = fp32(acc + bias_q) * M[n]`` (int32 -> float32 rounds to nearest even, then one
+float32 multiply).
+
+``static_group`` — the same input with per-group weight scales ``sw[n, g]`` (w4a8): per group an
+int32 ``acc[g]``; ``t = sum_g float64(acc[g]) * float64(sw[n, g])`` summed in group order in
+float64 (each product exact: |acc| < 2^24, 24-bit scale), ``y = fp32(t * float64(sx)) + b[n]``.
+
+``row`` — dynamic absmax codes per token (BitLinear / bitnet_b158; scale ``sx[m]``) or binary
+codes per sample (xnor_w1a1; ``qx`` in {-1, +1}, scale ``sx[m]``): ``y = fp32(acc) *
+fp32(sx[m] * sw[n]) + b[n]`` (float32 multiply, then add).
+
+Float64 tensor math on integer codes is exact here (every partial sum < 2^53), so any summation
+order gives the int32 result. Layers outside these forms (float activations, per-channel
+activation ranges, asymmetric weight zero points, non-float32 models, an int32 bound that could
+overflow) keep ``compute = "float"`` and :func:`set_compute` reports why.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+
+__all__ = ["set_compute", "integer_form", "IntegerReport"]
+
+_INT32_MAX = 2**31 - 1
+
+
+class IntegerReport(list):
+    """``[(layer name, form or None, reason)]`` from :func:`set_compute`; ``float_layers`` lists the
+    layers that stay on float math."""
+
+    @property
+    def float_layers(self) -> List[Tuple[str, str]]:
+        return [(n, r) for n, f, r in self if f is None]
+
+
+def _act_codes_spec(aq) -> Tuple[Optional[str], str]:
+    """(activation form, reason) of an input quantizer."""
+    from .quantizers import AffineDynamicActQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer, BinaryActQuantizer
+
+    if aq is None:
+        return None, "float activations (no input quantizer): weight-only"
+    if not aq._fq_enabled:
+        return None, "the input quantizer's fake quant is disabled"
+    if isinstance(aq, (AffineStaticActQuantizer, AffineLearnedActQuantizer)):
+        if aq.axis is not None:
+            return None, "per-channel activation ranges scale terms inside the sum over K (no integer form)"
+        return "affine", ""
+    if isinstance(aq, AffineDynamicActQuantizer):
+        return "dynamic", ""
+    if isinstance(aq, BinaryActQuantizer):
+        s = aq.spec
+        if s.method == "bitnet" and aq.axis == 0:
+            return "binary", ""
+        return None, f"binary activations with method {s.method!r} axis {aq.axis} (integer form: 'bitnet' per sample)"
+    return None, f"no integer form for {type(aq).__name__}"
+
+
+def integer_form(mod) -> Tuple[Optional[str], str]:
+    """``(form, reason)``: the integer form (``"static"``, ``"static_group"``, ``"row"``) a converted
+    layer computes in, or ``(None, why not)``."""
+    from .convert import QuantizedEmbedding
+
+    if isinstance(mod, QuantizedEmbedding):
+        return None, "embeddings gather rows (no products to accumulate)"
+    if mod.float_weight:
+        return None, "float weight"
+    if mod.weight_dtype != torch.float32:
+        return None, f"the layer computes in {mod.weight_dtype} (integer form: float32 layers)"
+    if bool((mod.weight_zero_point != 0).any()):
+        return None, "asymmetric weight zero points (integer form: symmetric weights)"
+    act, why = _act_codes_spec(mod.input_fake_quant)
+    if act is None:
+        return None, why
+    if act == "affine":
+        form = "static_group" if mod.group_size is not None else "static"
+    else:
+        if mod.group_size is not None:
+            return None, "per-group weights with per-token activations (no integer form)"
+        if act == "dynamic" and _is_conv(mod) and mod.input_fake_quant.spec.granularity == "per_token":
+            return None, "per-token scales of a conv input run along its last spatial dim, inside the sum over K"
+        form = "row"
+    if form == "static":
+        x_max, k = _act_bound(mod), _k_eff(mod)
+        w_max = int(mod.weight_int.abs().max().item()) if mod.weight_int.numel() else 0
+        b = _bias_q(mod)
+        bound = k * x_max * w_max + (int(b.abs().max().item()) if b is not None and b.numel() else 0)
+        if bound > _INT32_MAX:
+            return None, f"int32 accumulator bound {bound} > 2^31 - 1 (K={k})"
+    return form, ""
+
+
+def _k_eff(mod) -> int:
+    return mod.weight_int[0].numel() if mod.weight_int.dim() > 0 and mod.weight_int.shape[0] > 0 else 0
+
+
+def _act_qparams(aq) -> Tuple[torch.Tensor, torch.Tensor]:
+    s, z = aq.frozen_qparams()
+    spec = aq.spec
+    s = s.detach().float().reshape(1)
+    z = torch.round(z.detach().float()).clamp(spec.quant_min, spec.quant_max).reshape(1)
+    return s, z
+
+
+def _act_bound(mod) -> int:
+    aq = mod.input_fake_quant
+    spec = aq.spec
+    if not hasattr(aq, "frozen_qparams"):
+        return 1
+    _, z = _act_qparams(aq)
+    z = int(z.item())
+    return max(spec.quant_max - z, z - spec.quant_min)
+
+
+def _multiplier(mod) -> torch.Tensor:
+    sx, _ = _act_qparams(mod.input_fake_quant)
+    return (sx * mod.weight_scale.float().reshape(-1)).contiguous()  # float32 product per channel
+
+
+def _bias_q(mod) -> Optional[torch.Tensor]:
+    if mod.bias is None:
+        return None
+    m = _multiplier(mod).double()
+    q = torch.round(mod.bias.detach().double() / m)  # half to even
+    if not bool(torch.isfinite(q).all()) or float(q.abs().max()) > _INT32_MAX:
+        return torch.full_like(q, float(2**40))  # reported by integer_form's bound check
+    return q
+
+
+def _codes(mod, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Input codes (float64, zero point subtracted) and the per-row / per-tensor activation scale."""
+    aq = mod.input_fake_quant
+    spec = aq.spec
+    act, _ = _act_codes_spec(aq)
+    if act == "affine":
+        s, z = _act_qparams(aq)
+        q = ops.quantize_affine(x, s, z, spec.quant_min, spec.quant_max, dtype=torch.int32)
+        return q.double() - z.double(), s
+    if act == "binary":  # per sample (dim 0): codes +-1, scale alpha[m]
+        q, s = ops.binary_codes(x, spec.method, 0)
+        return q.double(), s.float()
+    # dynamic absmax, as ops.quantize_per_token / quantize_per_tensor_dynamic compute it
+    qmax = spec.quant_max
+    if spec.granularity == "per_token":
+        rows = x.reshape(-1, x.shape[-1])
+        s = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-5) / qmax
+        q = ops.quantize_affine(rows, s, torch.zeros_like(s), -qmax - 1, qmax, group_size=rows.shape[1], dtype=torch.int32)
+        return q.double().reshape(x.shape), s.reshape(-1)
+    rows = x.reshape(1, -1)
+    s = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-5) / qmax
+    q = ops.quantize_affine(rows, s, torch.zeros_like(s), -qmax - 1, qmax, group_size=rows.shape[1], dtype=torch.int32)
+    return q.double().reshape(x.shape), s.reshape(1)
+
+
+def _apply(mod, x: torch.Tensor, contract, pad=None) -> torch.Tensor:
+    """Shared requantization; ``contract(xq64, wq64)`` is the layer's float64 product (exact);
+    ``pad`` pads the codes (copies of codes: what padding the quantized input gives)."""
+    form = mod._integer_form
+    xq, sx = _codes(mod, x)
+    if pad is not None:
+        xq = pad(xq)
+    w = mod.weight_int.double()
+    if form == "static":
+        acc = contract(xq, w)
+        m = _multiplier(mod)
+        shape = [1] * acc.dim()
+        ch = 1 if _is_conv(mod) else acc.dim() - 1
+        shape[ch] = -1
+        if mod.bias is not None:
+            acc = acc + _bias_q(mod).reshape(shape)
+        return acc.float() * m.reshape(shape)
+    if form == "static_group":
+        g = mod.group_size
+        k = w[0].numel()
+        wf = w.reshape(w.shape[0], k)
+        sw = mod.weight_scale.reshape(w.shape[0], k // g).double()
+        t = None
+        for i in range(k // g):
+            wi = torch.zeros_like(wf)
+            wi[:, i * g : (i + 1) * g] = wf[:, i * g : (i + 1) * g]
+            acc = contract(xq, wi.reshape(w.shape))
+            ch = 1 if _is_conv(mod) else acc.dim() - 1
+            shape = [1] * acc.dim()
+            shape[ch] = -1
+            term = acc * sw[:, i].reshape(shape)  # exact product
+            t = term if t is None else t + term  # float64, in group order
+        y = (t * sx.double()).float()
+        if mod.bias is not None:
+            y = y + mod.bias.reshape(shape)
+        return y
+    # row: per-token / per-sample scales
+    acc = contract(xq, w).float()
+    conv = _is_conv(mod)
+    ch = 1 if conv else acc.dim() - 1
+    if conv:  # per sample (dim 0)
+        sxr = sx.reshape([-1] + [1] * (acc.dim() - 1))
+    elif sx.numel() == 1:
+        sxr = sx.reshape([1] * acc.dim())
+    elif mod.input_fake_quant.spec.granularity == "per_token":
+        sxr = sx.reshape(list(acc.shape[:-1]) + [1])
+    else:  # binary per sample along dim 0
+        sxr = sx.reshape([-1] + [1] * (acc.dim() - 1))
+    shape = [1] * acc.dim()
+    shape[ch] = -1
+    m = sxr * mod.weight_scale.float().reshape(shape)  # fp32(sx[m] * sw[n])
+    y = acc * m
+    if mod.bias is not None:
+        y = y + mod.bias.reshape(shape)
+    return y
+
+
+def _is_conv(mod) -> bool:
+    return hasattr(mod, "kernel_size")
+
+
+def linear(mod, x: torch.Tensor) -> torch.Tensor:
+    """Integer-exact ``F.linear`` of a converted Linear (after its RMSNorm / smoothing)."""
+    return _apply(mod, x, lambda xq, w: F.linear(xq, w))
+
+
+def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
+    """Integer-exact convolution of a converted Conv1d / Conv2d. Zero padding pads the centred codes
+    with 0 (the code of x = 0 is the zero point exactly; binary codes have no 0, and 0 is what the
+    float layer pads its binarized input with); other padding modes copy codes, as the float layer
+    pads its quantized input."""
+    fn = F.conv1d if nd == 1 else F.conv2d
+    padding, pad = mod.padding, None
+    if mod.padding_mode != "zeros":
+        padding = 0
+        pad = lambda q: F.pad(q, mod._rpt, mode=mod.padding_mode)  # noqa: E731
+    return _apply(mod, x, lambda xq, w: fn(xq, w, None, mod.stride, padding, mod.dilation, mod.groups), pad)
+
+
+def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True) -> IntegerReport:
+    """Switch the converted layers of ``model`` between ``"float"`` (what the QAT model computed,
+    bit for bit) and ``"integer"`` (integer-exact: what the integer kernels compute, bit for bit).
+
+    Layers without an integer form stay ``"float"``; they are listed in the returned report (and
+    in a warning unless ``warn=False``; weight-only layers are not warned about).
+
+    Raises:
+        ValueError: ``compute`` is neither "float" nor "integer", or the model has no converted layers.
+    """
+    from .convert import _Quantized
+
+    if compute not in ("float", "integer"):
+        raise ValueError(f"set_compute: compute must be 'float' or 'integer', got {compute!r}")
+    report = IntegerReport()
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, _Quantized)]
+    if not layers:
+        raise ValueError("set_compute: the model has no converted layers; call qatkit.convert first")
+    for name, m in layers:
+        if compute == "float":
+            m._integer_form = None
+            report.append((name, None, "float requested"))
+            continue
+        form, why = integer_form(m)
+        m._integer_form = form
+        report.append((name, form, why))
+    if warn and compute == "integer":
+        odd = [(n, r) for n, f, r in report if f is None and not r.startswith("float activations") and r != "float weight"]
+        if odd:
+            warnings.warn(
+                "set_compute('integer'): these layers keep float math: "
+                + "; ".join(f"{n}: {r}" for n, r in odd),
+                UserWarning,
+                stacklevel=2,
+            )
+    return report
+
+
+@torch.no_grad()
+def code_moves(float_model: nn.Sequential, int_model: nn.Sequential, x: torch.Tensor) -> List[Dict[str, object]]:
+    """Per quantized layer of a Sequential pair (the same converted model in float and integer
+    compute): feed the float model's input of layer ``i`` through the integer model's layers up to
+    the next quantized layer ``j`` and compare the activation codes ``j``'s input quantizer makes
+    with the float model's. One row per pair: ``{"layer", "next", "max_lsb", "moved", "codes"}`` —
+    how far and how often one layer's integer arithmetic moves the codes the next layer sees.
+
+    Raises:
+        ValueError: the models are not Sequentials of the same length.
+    """
+    from .convert import _Quantized
+
+    if not (isinstance(float_model, nn.Sequential) and isinstance(int_model, nn.Sequential)
+            and len(float_model) == len(int_model)):
+        raise ValueError("code_moves: float_model and int_model must be nn.Sequential of the same length")
+    fl, il = list(float_model), list(int_model)
+    inputs, h = [], x
+    for m in fl:
+        inputs.append(h)
+        h = m(h)
+    idx = [i for i, m in enumerate(fl) if isinstance(m, _Quantized)]
+    rows = []
+    for i, j in zip(idx, idx[1:]):
+        aq = fl[j].input_fake_quant
+        if aq is None or not hasattr(aq, "frozen_qparams") or aq.axis is not None:
+            continue
+        h = inputs[i]
+        for m in il[i:j]:
+            h = m(h)
+        s, z = _act_qparams(aq)
+        spec = aq.spec
+        a = ops.quantize_affine(inputs[j], s, z, spec.quant_min, spec.quant_max, dtype=torch.int32)
+        b = ops.quantize_affine(h, s, z, spec.quant_min, spec.quant_max, dtype=torch.int32)
+        d = (a - b).abs()
+        rows.append({"layer": i, "next": j, "max_lsb": int(d.max()) if d.numel() else 0,
+                     "moved": int((d > 0).sum()), "codes": d.numel()})
+    return rows
