@@ -106,6 +106,16 @@ QATKIT_API at::Tensor quantize_affine(const at::Tensor& input, const at::Tensor&
                                       std::optional<std::int64_t> group_size = std::nullopt,
                                       std::optional<at::ScalarType> dtype = std::nullopt);
 
+/// Integer-exact Linear, inference only (docs/integer.md, "static" form): the input's int8 codes
+/// (quantize_affine with act_scale / act_zero_point / [act_quant_min, act_quant_max], an 8-bit
+/// range) times int8 weight codes `weight` [N, K] (narrow range [-127, 127]: the caller checks it
+/// once) summed exactly in int32, plus `corr` [N] (int32: bias_q + (shift - act_zero_point) *
+/// rowsum(weight), shift = 128 for a [0, 255] range), converted to float32 and multiplied by
+/// `out_scale` [N]. input: float32 [..., K]; returns float32 [..., N]. Not differentiable.
+QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                                  const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                                  std::int64_t act_quant_min, std::int64_t act_quant_max);
+
 /// Floats from integer codes: y = (codes - z) * s, in float32 (float64 for a float64
 /// `output_dtype`), rounded to `output_dtype` (float32 default). codes: int8 / uint8 / int16 /
 /// int32; qparams laid out as for fake_quantize over the codes' shape. Not differentiable.

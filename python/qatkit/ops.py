@@ -460,6 +460,37 @@ def histogram_update(rows: torch.Tensor, histogram: torch.Tensor, lo: torch.Tens
     torch.ops.qatkit._histogram_update(rows, histogram, lo, hi)
 
 
+def linear_int8(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    corr: torch.Tensor,
+    out_scale: torch.Tensor,
+    act_scale: float,
+    act_zero_point: int,
+    act_quant_min: int,
+    act_quant_max: int,
+) -> torch.Tensor:
+    """Integer-exact Linear, inference only (docs/integer.md, "static" form).
+
+    ``a = quantize_affine(input, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift``
+    (int8; ``shift`` = 128 for a [0, 255] range, else 0), ``y[..., n] = fp32(sum_k a[k] * weight[n, k]
+    + corr[n]) * out_scale[n]`` with exact int32 sums. ``corr = bias_q + (shift - act_zero_point) *
+    weight.sum(1)`` (int32), precomputed by the caller (:mod:`qatkit.qat.integer` does).
+
+    Args:
+        input: float32 ``[..., K]``.
+        weight: int8 codes ``[N, K]`` in the narrow range [-127, 127] (the AVX2 kernel relies on it;
+            the op does not scan the weight on every call).
+        corr: int32 ``[N]``; out_scale: float32 ``[N]``.
+
+    Raises:
+        TypeError / ValueError: dtypes, shapes, devices, a non-8-bit activation range, a zero point
+            outside it, a non-finite or non-positive ``act_scale``.
+    """
+    return torch.ops.qatkit.linear_int8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
+                                        act_quant_max)
+
+
 def pack_weights(codes: torch.Tensor, bits: int, offset: int = 0, packing: str = "offset") -> torch.Tensor:
     """Pack integer weight codes ``[N, K]`` into bytes ``[N, row_bytes]`` (uint8), rows
     independent, low bits first along K (docs/format.md).

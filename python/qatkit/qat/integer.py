@@ -233,8 +233,44 @@ def _is_conv(mod) -> bool:
     return hasattr(mod, "kernel_size")
 
 
+def _int8_plan(mod) -> Optional[dict]:
+    """The operands of ``ops.linear_int8`` for a "static" Linear whose codes fit the int8 kernel
+    (8-bit input range, weight codes in [-127, 127]), or None (the float64 simulation runs)."""
+    aq = mod.input_fake_quant
+    spec = aq.spec
+    w = mod.weight_int
+    if w.dim() != 2 or w.dtype != torch.int8 or (w.numel() and int(w.min()) < -127):
+        return None
+    qmin, qmax = spec.quant_min, spec.quant_max
+    if not (qmax - qmin <= 255 and ((qmin >= 0 and qmax <= 255) or (qmin >= -128 and qmax <= 127))):
+        return None
+    sx, zx = _act_qparams(aq)
+    shift = 128 if qmin >= 0 else 0
+    bq = _bias_q(mod)
+    corr = (shift - int(zx.item())) * w.long().sum(1)
+    if bq is not None:
+        corr = corr + bq.long()
+    if corr.numel() and int(corr.abs().max()) > _INT32_MAX:
+        return None
+    return {"weight": w.contiguous(), "corr": corr.to(torch.int32), "out_scale": _multiplier(mod),
+            "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
+
+
 def linear(mod, x: torch.Tensor) -> torch.Tensor:
-    """Integer-exact ``F.linear`` of a converted Linear (after its RMSNorm / smoothing)."""
+    """Integer-exact ``F.linear`` of a converted Linear (after its RMSNorm / smoothing): the int8
+    kernel (``ops.linear_int8``) where it applies, else the float64 simulation (same bits)."""
+    if mod._integer_form == "static" and x.device.type == "cpu" and x.dtype == torch.float32:
+        plan = mod.__dict__.get("_int8_plan")
+        if plan is None:
+            plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
+        if plan:
+            return ops.linear_int8(x, plan["weight"], plan["corr"], plan["out_scale"], plan["act_scale"], plan["zp"],
+                                   plan["qmin"], plan["qmax"])
+    return _apply(mod, x, lambda xq, w: F.linear(xq, w))
+
+
+def simulate_linear(mod, x: torch.Tensor) -> torch.Tensor:
+    """The float64 simulation of :func:`linear` (what the kernels must equal bit for bit)."""
     return _apply(mod, x, lambda xq, w: F.linear(xq, w))
 
 
@@ -276,6 +312,7 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True) -
             continue
         form, why = integer_form(m)
         m._integer_form = form
+        m.__dict__.pop("_int8_plan", None)  # rebuilt from the current codes on the next call
         report.append((name, form, why))
     if warn and compute == "integer":
         odd = [(n, r) for n, f, r in report if f is None and not r.startswith("float activations") and r != "float weight"]

@@ -1,0 +1,82 @@
+// The integer GEMM family (inference only; no autograd kernel: outputs of a call on a tensor that
+// requires grad have no grad_fn). docs/integer.md, "static" form:
+//   linear_int8: y[..., n] = fp32(sum_k a[k] * w[n, k] + corr[n]) * out_scale[n], where
+//                a = quantize_affine(x, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift
+//                (shift = 128 for a [0, 255] range, else 0) and corr[n] = bias_q[n] + (shift -
+//                act_zero_point) * sum_k w[n, k] (int32, precomputed once per layer by the caller:
+//                qatkit.qat.integer). Weight codes must lie in the narrow range [-127, 127]: the
+//                AVX2 kernel's int16 pair sums rely on it; the op does not scan the weight on every
+//                call (a [-128] code would cost a pass over the weight per call), the callers check
+//                it once when they build the layer.
+// Schema, checks and the C++ API live here; kernels in ops/{cpu,meta}/qgemm_kernel.cpp.
+#include "qgemm_checks.h"
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
+#include <fmt/format.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "op_handle.h"
+#include "qatkit/ops.h"
+
+TORCH_LIBRARY_FRAGMENT(qatkit, m) {
+  m.def(
+      "linear_int8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
+      "int act_quant_min, int act_quant_max) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+}
+
+namespace qatkit {
+namespace ops {
+
+std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                                    const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
+                                    std::int64_t qmax) {
+  constexpr const char* op = "linear_int8";
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
+                   fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
+  TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
+                   fmt::format("{}: weight must be int8 codes, got {}", op, c10::toString(weight.scalar_type())));
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K], got {} dims", op, weight.dim()));
+  const auto N = weight.sym_size(0), K = weight.sym_size(1);
+  TORCH_CHECK_VALUE(input.sym_size(-1) == K,
+              fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op, c10::str(K),
+                          c10::str(input.sym_size(-1))));
+  TORCH_CHECK_TYPE(corr.scalar_type() == at::kInt,
+                   fmt::format("{}: corr must be int32, got {}", op, c10::toString(corr.scalar_type())));
+  TORCH_CHECK_VALUE(corr.dim() == 1 && corr.sym_size(0) == N,
+              fmt::format("{}: corr must have shape [N] = [{}], got {}", op, c10::str(N), c10::str(corr.sym_sizes())));
+  TORCH_CHECK_TYPE(out_scale.scalar_type() == at::kFloat,
+                   fmt::format("{}: out_scale must be float32, got {}", op, c10::toString(out_scale.scalar_type())));
+  TORCH_CHECK_VALUE(out_scale.dim() == 1 && out_scale.sym_size(0) == N,
+              fmt::format("{}: out_scale must have shape [N] = [{}], got {}", op, c10::str(N),
+                          c10::str(out_scale.sym_sizes())));
+  for (const at::Tensor* t : {&weight, &corr, &out_scale}) {
+    TORCH_CHECK_VALUE(t->device() == input.device(),
+                fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
+                            t->device().str()));
+  }
+  const float s = static_cast<float>(act_scale);
+  TORCH_CHECK_VALUE(std::isfinite(s) && s > 0.f, fmt::format("{}: act_scale must be a finite float32 > 0, got {}", op, act_scale));
+  TORCH_CHECK_VALUE(qmin <= qmax && qmax - qmin <= 255 && (qmin >= 0 ? qmax <= 255 : (qmin >= -128 && qmax <= 127)),
+              fmt::format("{}: [act_quant_min, act_quant_max] must be an 8-bit range inside [-128, 127] or [0, 255], "
+                          "got [{}, {}]", op, qmin, qmax));
+  TORCH_CHECK_VALUE(zp >= qmin && zp <= qmax,
+              fmt::format("{}: act_zero_point must lie in [{}, {}], got {}", op, qmin, qmax, zp));
+  return qmin >= 0 ? 128 : 0;
+}
+
+}  // namespace ops
+
+at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                       const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                       std::int64_t act_quant_min, std::int64_t act_quant_max) {
+  static auto op = ops::op_handle<decltype(linear_int8)>("qatkit::linear_int8");
+  return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max);
+}
+
+}  // namespace qatkit

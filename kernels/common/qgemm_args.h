@@ -1,0 +1,33 @@
+// Plain-data launch description of the integer GEMM family (inference only; docs/integer.md,
+// "static" form): y[m, n] = fp32(sum_k a[m, k] * w[n, k] + corr[n]) * out_scale[n], with a the
+// shifted int8 activation codes and w int8 weight codes in the narrow range [-127, 127].
+#pragma once
+
+#include <cstdint>
+
+namespace qatkit::kernels {
+
+/// Activation quantization of one row: a = clamp(nearbyint(x * inv_scale) + zero_point, qmin, qmax)
+/// - shift (NaN codes as the zero point, as quantize_affine); the codes ops' rounding, so a + shift
+/// equals ops.quantize_affine's codes bit for bit.
+struct ActQuantArgs {
+  float inv_scale = 1.f;
+  std::int32_t zero_point = 0;
+  std::int32_t quant_min = -128;
+  std::int32_t quant_max = 127;
+  std::int32_t shift = 0;  ///< 0 for [-128, 127] codes, 128 for [0, 255]: a fits int8
+};
+
+/// The GEMM on already-quantized rows. corr[n] folds the int32 bias and the zero-point term:
+/// corr[n] = bias_q[n] + (shift - zero_point) * sum_k w[n, k]. Sums wrap modulo 2^32 (unsigned
+/// arithmetic), so the result is exact whenever the true value fits int32 (the caller's bound).
+struct QGemmArgs {
+  const std::int8_t* a = nullptr;  ///< [M, K], row stride K
+  const std::int8_t* w = nullptr;  ///< [N, K], row stride K
+  const std::int32_t* corr = nullptr;
+  const float* out_scale = nullptr;
+  float* y = nullptr;  ///< [M, N], row stride N
+  std::int64_t M = 0, N = 0, K = 0;
+};
+
+}  // namespace qatkit::kernels

@@ -1,0 +1,25 @@
+// Portable integer GEMM: the reference every other ISA's table equals bit for bit.
+#include "loops.h"
+#include "qgemm_cpu.h"
+
+namespace qatkit::kernels::cpu {
+namespace {
+
+void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    const std::int8_t* a = g.a + m * g.K;
+    for (std::int64_t n = n_begin; n < n_end; ++n) {
+      const std::uint32_t acc = detail::dot_s8(a, g.w + n * g.K, 0, g.K, static_cast<std::uint32_t>(g.corr[n]));
+      g.y[m * g.N + n] = detail::requantize(acc, g.out_scale[n]);
+    }
+  }
+}
+
+}  // namespace
+
+const QGemmKernels& qgemm_baseline() {
+  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8};
+  return k;
+}
+
+}  // namespace qatkit::kernels::cpu

@@ -1,0 +1,38 @@
+// Scalar pieces of the integer GEMM family shared by every ISA's file (internal linkage: each file
+// compiles its own copy with its own instruction set; see fake_quant_scalar.h).
+#pragma once
+
+#include <cstdint>
+
+#include "../../common/fake_quant_scalar.h"
+#include "../../common/qgemm_args.h"
+
+namespace qatkit::kernels::cpu::detail {
+namespace {
+
+/// quantize_affine's code of each element (fake_quant_scalar.h's quantize_code: the same rounding,
+/// clamp and NaN rule), shifted into int8.
+inline void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuantArgs& q, std::int64_t begin,
+                          std::int64_t end) {
+  const float lo = static_cast<float>(q.quant_min - q.zero_point), hi = static_cast<float>(q.quant_max - q.zero_point);
+  const float z = static_cast<float>(q.zero_point);
+  for (std::int64_t i = begin * K; i < end * K; ++i) {
+    const float c = quantize_code<float>(x[i], q.inv_scale, lo, hi, z);
+    a[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(c) - q.shift);
+  }
+}
+
+/// acc + sum_{k in [k0, k1)} a[k] * w[k], modulo 2^32.
+inline std::uint32_t dot_s8(const std::int8_t* a, const std::int8_t* w, std::int64_t k0, std::int64_t k1,
+                            std::uint32_t acc) {
+  for (std::int64_t k = k0; k < k1; ++k) acc += static_cast<std::uint32_t>(std::int32_t{a[k]} * std::int32_t{w[k]});
+  return acc;
+}
+
+/// The one requantization: int32 -> float32 (round to nearest even), times the float32 scale.
+inline float requantize(std::uint32_t acc, float scale) {
+  return static_cast<float>(static_cast<std::int32_t>(acc)) * scale;
+}
+
+}  // namespace
+}  // namespace qatkit::kernels::cpu::detail

@@ -1,0 +1,28 @@
+// Torch-free CPU integer GEMM family (inference only): activation row quantization to int8 and the
+// int8 x int8 -> int32 GEMM with the "static" requantization of docs/integer.md. One table per ISA
+// (isa.h); every ISA gives the same bits (integer sums are exact; the requantization is one int32 ->
+// float32 conversion and one float32 multiply per element).
+#pragma once
+
+#include <cstdint>
+
+#include "../../common/qgemm_args.h"
+#include "../isa.h"
+
+namespace qatkit::kernels::cpu {
+
+struct QGemmKernels {
+  /// Quantizes rows [begin, end) of x ([rows, K], row stride K) into a (same layout).
+  void (*quantize_rows)(const float* x, std::int8_t* a, std::int64_t K, const ActQuantArgs& q, std::int64_t begin,
+                        std::int64_t end);
+  /// Output columns [n_begin, n_end) of every row.
+  void (*gemm_s8)(const QGemmArgs& args, std::int64_t n_begin, std::int64_t n_end);
+};
+
+const QGemmKernels& qgemm_baseline();
+const QGemmKernels* qgemm_avx2();
+
+inline const QGemmKernels* qgemm_kernels(Isa isa) { return table_for(isa, qgemm_baseline(), qgemm_avx2()); }
+inline const QGemmKernels& qgemm_kernels() { return active_table(qgemm_baseline(), qgemm_avx2()); }
+
+}  // namespace qatkit::kernels::cpu

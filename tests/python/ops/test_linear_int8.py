@@ -1,0 +1,112 @@
+"""ops.linear_int8 (the integer GEMM family, docs/integer.md "static" form): equal to a pure-integer
+reference bit for bit on odd shapes and both 8-bit activation ranges, on every CPU ISA this machine
+runs; opcheck; torch.compile; clear errors."""
+
+import pytest
+import torch
+
+import qatkit
+from qatkit import ops
+
+
+def _case(M, N, K, qrange=(0, 255), zp=3, seed=0, shape=None):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape or (M, K), generator=g) * 3
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    qmin, qmax = qrange
+    shift = 128 if qmin >= 0 else 0
+    bias_q = torch.randint(-5000, 5000, (N,), dtype=torch.int32, generator=g)
+    corr = (bias_q.long() + (shift - zp) * w.long().sum(1)).int()
+    scale = torch.rand(N, generator=g) * 1e-3 + 1e-5
+    return x, w, corr, scale, 0.05, zp, qmin, qmax, bias_q
+
+
+def _reference(x, w, bias_q, scale, s, zp, qmin, qmax):
+    """int64 sums of the codes; codes from the formula (x * (1 / s), round half to even, + z, clamp)."""
+    inv = torch.tensor(1.0) / torch.tensor(s, dtype=torch.float32)
+    r = torch.round(x * inv)
+    r = torch.where(torch.isnan(r), torch.zeros_like(r), r)
+    q = (r + zp).clamp(qmin, qmax).long()
+    acc = (q - zp) @ w.long().t() + bias_q.long()
+    return acc.float() * scale
+
+
+SHAPES = [(1, 4, 32), (1, 37, 133), (5, 16, 64), (7, 9, 1), (3, 64, 257), (0, 8, 16), (2, 1, 31), (16, 40, 96)]
+
+
+def _isas():
+    return ["baseline"] + (["avx2"] if qatkit._C.set_cpu_isa("avx2") else [])
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7), ((0, 15), 8), ((-127, 127), 0)])
+def test_equals_the_integer_reference_on_every_isa(M, N, K, qrange, zp):
+    x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
+    want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            assert qatkit._C.set_cpu_isa(isa)
+            got = ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax)
+            assert got.shape == (M, N) and torch.equal(got, want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+    print("ISAs compared:", _isas(), "(AVX-512 / VNNI kernels: none in this build)")
+
+
+def test_extremes_nan_inf_and_the_int8_corners():
+    """-128 activations (|a| = 128 in the sign trick), +-127 weights, NaN (codes as the zero point)
+    and +-Inf (saturate) inputs, all K positions at the extremes."""
+    K, N = 96, 8
+    x = torch.full((4, K), -1e9)
+    x[1] = 1e9
+    x[2, ::3] = float("nan")
+    x[2, 1::3] = float("inf")
+    x[3] = torch.linspace(-10, 10, K)
+    w = torch.full((N, K), 127, dtype=torch.int8)
+    w[::2] = -127
+    bias_q = torch.zeros(N, dtype=torch.int32)
+    scale = torch.ones(N)
+    for qmin, qmax, zp in ((-128, 127, 0), (0, 255, 0), (0, 255, 255)):
+        shift = 128 if qmin >= 0 else 0
+        corr = ((shift - zp) * w.long().sum(1)).int()
+        want = _reference(x, w, bias_q, scale, 0.1, zp, qmin, qmax)
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            assert torch.equal(ops.linear_int8(x, w, corr, scale, 0.1, zp, qmin, qmax), want), (isa, qmin, qmax, zp)
+    qatkit._C.set_cpu_isa(_isas()[-1])
+
+
+def test_batched_input_keeps_leading_dims():
+    x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(0, 12, 40, shape=(2, 3, 40))
+    got = ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax)
+    assert got.shape == (2, 3, 12)
+    assert torch.equal(got.reshape(6, 12), _reference(x.reshape(6, 40), w, bias_q, scale, s, zp, qmin, qmax))
+
+
+def test_opcheck_and_compile():
+    x, w, corr, scale, s, zp, qmin, qmax, _ = _case(3, 8, 48)
+    torch.library.opcheck(torch.ops.qatkit.linear_int8.default, (x, w, corr, scale, s, zp, qmin, qmax))
+    f = torch.compile(lambda t: ops.linear_int8(t, w, corr, scale, s, zp, qmin, qmax), fullgraph=True, backend="eager")
+    assert torch.equal(f(x), ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax))
+
+
+@pytest.mark.parametrize("change,err,match", [
+    (lambda a: a.update(input=a["input"].double()), TypeError, "input must be float32"),
+    (lambda a: a.update(weight=a["weight"].int()), TypeError, "weight must be int8"),
+    (lambda a: a.update(weight=a["weight"][None]), ValueError, "weight must be 2-D"),
+    (lambda a: a.update(input=a["input"][:, :5]), ValueError, "last dim must be K = 48"),
+    (lambda a: a.update(corr=a["corr"].float()), TypeError, "corr must be int32"),
+    (lambda a: a.update(corr=a["corr"][:3]), ValueError, "corr must have shape"),
+    (lambda a: a.update(out_scale=a["out_scale"][:3]), ValueError, "out_scale must have shape"),
+    (lambda a: a.update(act_scale=0.0), ValueError, "act_scale must be a finite float32 > 0"),
+    (lambda a: a.update(act_scale=float("nan")), ValueError, "act_scale must be a finite"),
+    (lambda a: a.update(qmax=300), ValueError, "8-bit range"),
+    (lambda a: a.update(zp=-1), ValueError, "act_zero_point must lie in"),
+])
+def test_bad_arguments_name_themselves(change, err, match):
+    x, w, corr, scale, s, zp, qmin, qmax, _ = _case(3, 8, 48)
+    a = dict(input=x, weight=w, corr=corr, out_scale=scale, act_scale=s, zp=zp, qmin=qmin, qmax=qmax)
+    change(a)
+    with pytest.raises(err, match=match):
+        ops.linear_int8(a["input"], a["weight"], a["corr"], a["out_scale"], a["act_scale"], a["zp"], a["qmin"], a["qmax"])
