@@ -1,6 +1,6 @@
 // The integer GEMM family (inference only; no autograd kernel: outputs of a call on a tensor that
 // requires grad have no grad_fn). docs/integer.md, "static" form:
-//   linear_int8: y[..., n] = fp32(sum_k a[k] * w[n, k] + corr[n]) * out_scale[n], where
+//   linear_int8: y[..., n] = fp32(sum_k a[k] * w[n, k] + corr[n]) * out_scale[n] (+ bias[n]), where
 //                a = quantize_affine(x, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift
 //                (shift = 128 for a [0, 255] range, else 0) and corr[n] = bias_q[n] + (shift -
 //                act_zero_point) * sum_k w[n, k] (int32, precomputed once per layer by the caller:
@@ -25,7 +25,7 @@
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "linear_int8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
-      "int act_quant_min, int act_quant_max) -> Tensor",
+      "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
 }
 
@@ -34,7 +34,7 @@ namespace ops {
 
 std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                     const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
-                                    std::int64_t qmax) {
+                                    std::int64_t qmax, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "linear_int8";
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
@@ -55,6 +55,16 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
   TORCH_CHECK_VALUE(out_scale.dim() == 1 && out_scale.sym_size(0) == N,
               fmt::format("{}: out_scale must have shape [N] = [{}], got {}", op, c10::str(N),
                           c10::str(out_scale.sym_sizes())));
+  if (bias.has_value()) {
+    TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat,
+                     fmt::format("{}: bias must be float32, got {}", op, c10::toString(bias->scalar_type())));
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_size(0) == N,
+                      fmt::format("{}: bias must have shape [N] = [{}], got {}", op, c10::str(N),
+                                  c10::str(bias->sym_sizes())));
+    TORCH_CHECK_VALUE(bias->device() == input.device(),
+                      fmt::format("{}: every tensor must be on the input's device {}, got {}", op,
+                                  input.device().str(), bias->device().str()));
+  }
   for (const at::Tensor* t : {&weight, &corr, &out_scale}) {
     TORCH_CHECK_VALUE(t->device() == input.device(),
                 fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
@@ -74,9 +84,9 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
 
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                        const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
-                       std::int64_t act_quant_min, std::int64_t act_quant_max) {
+                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
   static auto op = ops::op_handle<decltype(linear_int8)>("qatkit::linear_int8");
-  return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max);
+  return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
 }
 
 }  // namespace qatkit

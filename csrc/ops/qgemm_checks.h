@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 
 namespace qatkit::ops {
 
@@ -11,6 +12,6 @@ namespace qatkit::ops {
 /// scale); returns the activation shift (128 for a [0, 255] range, else 0).
 std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                     const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
-                                    std::int64_t qmax);
+                                    std::int64_t qmax, const std::optional<at::Tensor>& bias);
 
 }  // namespace qatkit::ops

@@ -111,10 +111,12 @@ QATKIT_API at::Tensor quantize_affine(const at::Tensor& input, const at::Tensor&
 /// range) times int8 weight codes `weight` [N, K] (narrow range [-127, 127]: the caller checks it
 /// once) summed exactly in int32, plus `corr` [N] (int32: bias_q + (shift - act_zero_point) *
 /// rowsum(weight), shift = 128 for a [0, 255] range), converted to float32 and multiplied by
-/// `out_scale` [N]. input: float32 [..., K]; returns float32 [..., N]. Not differentiable.
+/// `out_scale` [N], then plus the float32 `bias` [N] when given (float-bias layers: two roundings).
+/// input: float32 [..., K]; returns float32 [..., N]. Not differentiable.
 QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                   const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
-                                  std::int64_t act_quant_min, std::int64_t act_quant_max);
+                                  std::int64_t act_quant_min, std::int64_t act_quant_max,
+                                  const std::optional<at::Tensor>& bias = std::nullopt);
 
 /// Floats from integer codes: y = (codes - z) * s, in float32 (float64 for a float64
 /// `output_dtype`), rounded to `output_dtype` (float32 default). codes: int8 / uint8 / int16 /

@@ -1,6 +1,6 @@
 // Plain-data launch description of the integer GEMM family (inference only; docs/integer.md,
-// "static" form): y[m, n] = fp32(sum_k a[m, k] * w[n, k] + corr[n]) * out_scale[n], with a the
-// shifted int8 activation codes and w int8 weight codes in the narrow range [-127, 127].
+// "static" form): y[m, n] = fp32(sum_k a[m, k] * w[n, k] + corr[n]) * out_scale[n] (+ bias[n]), with
+// a the shifted int8 activation codes and w int8 weight codes in the narrow range [-127, 127].
 #pragma once
 
 #include <cstdint>
@@ -26,6 +26,7 @@ struct QGemmArgs {
   const std::int8_t* w = nullptr;  ///< [N, K], row stride K
   const std::int32_t* corr = nullptr;
   const float* out_scale = nullptr;
+  const float* bias = nullptr;  ///< float bias added after the requantization, or nullptr
   float* y = nullptr;  ///< [M, N], row stride N
   std::int64_t M = 0, N = 0, K = 0;
 };

@@ -347,17 +347,35 @@ def _quantized(g: _Graph, mod, x: str, in_shape, where: str, lowbit: str) -> str
     return _conv(g, mod, x, w, in_shape, where, nd, info)
 
 
-def _bias(g: _Graph, mod, where: str) -> str:
-    """The layer's bias as ONNX adds it. A layer whose inputs and weights are both integer
-    (qatkit.qat.integer's "static" form) adds the int32 bias at S_x * S_w that qatkit's integer
-    kernels add: written as a DequantizeLinear of the int32 codes (the QDQ convention), so
-    onnxruntime uses exactly these codes wherever it fuses the layer (QLinearConv) and their
-    dequantized value where it does not. Other layers add their float bias."""
+def _int32_bias(mod) -> bool:
     from .qat import integer
     from .qat.convert import _Quantized
 
-    form = integer.integer_form(mod)[0] if isinstance(mod, _Quantized) else None  # float convs: a stand-in
-    if form != "static":
+    if not isinstance(mod, _Quantized):  # float convs: a stand-in object
+        return False
+    return integer.integer_form(mod)[0] == "static" and integer.int32_bias(mod)
+
+
+def _float_bias_after(mod) -> bool:
+    """A quantized-input layer whose integer form adds a float bias after the requantization: the
+    bias goes into a separate Add, since onnxruntime would otherwise re-round a Conv's float bias
+    to its own int32 grid at S_x * S_w (docs/integer.md)."""
+    from .qat.convert import _Quantized
+
+    aq = getattr(mod, "input_fake_quant", None)
+    return (isinstance(mod, _Quantized) and mod.bias is not None and aq is not None and aq._fq_enabled
+            and not _int32_bias(mod))
+
+
+def _bias(g: _Graph, mod, where: str) -> str:
+    """The layer's bias as ONNX adds it. A W8A8 layer (qatkit.qat.integer's "static" form with an
+    int32 bias) adds the int32 bias at S_x * S_w that qatkit's integer kernels add: written as a
+    DequantizeLinear of the int32 codes (the QDQ convention), so onnxruntime uses exactly these
+    codes wherever it fuses the layer (QLinearConv) and their dequantized value where it does not.
+    Other layers add their float bias."""
+    from .qat import integer
+
+    if not _int32_bias(mod):
         return g.const(mod.bias.detach().float(), where + ".bias")
     m = integer._multiplier(mod)
     q = integer._bias_q(mod).to(torch.int32)
@@ -380,10 +398,14 @@ def _conv(g: _Graph, mod, x: str, w: str, in_shape, where: str, nd: int, info: d
     else:
         conv_pads = _conv_pads(mod, nd, in_shape)
     ins = [x, w]
-    if mod.bias is not None:
+    after = _float_bias_after(mod)
+    if mod.bias is not None and not after:
         ins.append(_bias(g, mod, where))
     y = g.node("Conv", ins, where + ".out", kernel_shape=list(mod.kernel_size), strides=list(mod.stride),
                pads=conv_pads, dilations=list(mod.dilation), group=int(mod.groups))
+    if after:
+        b = mod.bias.detach().float().reshape([1, -1] + [1] * nd)
+        y = g.node("Add", [y, g.const(b, where + ".bias")], where + ".out")
     info["type"] = "Conv"
     g.layers[where] = info
     return y

@@ -469,12 +469,14 @@ def linear_int8(
     act_zero_point: int,
     act_quant_min: int,
     act_quant_max: int,
+    bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Integer-exact Linear, inference only (docs/integer.md, "static" form).
 
     ``a = quantize_affine(input, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift``
     (int8; ``shift`` = 128 for a [0, 255] range, else 0), ``y[..., n] = fp32(sum_k a[k] * weight[n, k]
-    + corr[n]) * out_scale[n]`` with exact int32 sums. ``corr = bias_q + (shift - act_zero_point) *
+    + corr[n]) * out_scale[n]`` with exact int32 sums, then ``+ bias[n]`` when a float32 ``bias`` is
+    given (layers narrower than W8A8 add their bias after the requantization). ``corr = bias_q + (shift - act_zero_point) *
     weight.sum(1)`` (int32), precomputed by the caller (:mod:`qatkit.qat.integer` does).
 
     Args:
@@ -488,7 +490,7 @@ def linear_int8(
             outside it, a non-finite or non-positive ``act_scale``.
     """
     return torch.ops.qatkit.linear_int8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
-                                        act_quant_max)
+                                        act_quant_max, bias)
 
 
 def pack_weights(codes: torch.Tensor, bits: int, offset: int = 0, packing: str = "offset") -> torch.Tensor:

@@ -91,25 +91,35 @@ def test_onnxruntime_agrees_with_the_converted_model(digits, arch, preset, tmp_p
     assert float((out - ref).abs().max()) <= 0.05 * float(big)
 
 
-def test_integer_layers_carry_their_int32_bias(digits, tmp_path):
-    """Layers with integer inputs and weights add the int32 bias at S_x * S_w that qatkit's integer
-    form adds (a DequantizeLinear of int32 codes), so onnxruntime cannot re-round it its own way."""
+def test_w8a8_layers_carry_their_int32_bias_and_narrower_ones_a_separate_float_add(digits, tmp_path):
+    """W8A8 layers add the int32 bias at S_x * S_w that qatkit's integer form adds (a
+    DequantizeLinear of int32 codes), so onnxruntime cannot re-round it its own way; narrower layers
+    (ternary here) add their float bias in an Add after the Conv, where onnxruntime leaves it float,
+    as qatkit's integer form does (docs/integer.md)."""
     from qatkit.qat import integer
 
-    c = _converted(digits, "DSCNN", "ternary_twn")
-    path = str(tmp_path / "m.onnx")
-    qatkit.export_onnx(c, digits["x"][:4], path)
-    g, inits = _graph_nodes(path)
-    convs = [m for m in c.modules() if isinstance(m, QuantizedConv2d) and m._integer_form == "static"]
-    assert len(convs) >= 4
-    dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
-    biases = [dq[n.input[2]] for n in g.node if n.op_type == "Conv" and len(n.input) == 3 and n.input[2] in dq]
-    assert len(biases) == len(convs)
-    for n, m in zip(biases, convs):
-        q = onnx.numpy_helper.to_array(inits[n.input[0]])
-        assert q.dtype.name == "int32"
-        assert torch.equal(torch.from_numpy(q).long(), integer._bias_q(m).long())
-        assert torch.equal(torch.from_numpy(onnx.numpy_helper.to_array(inits[n.input[1]])), integer._multiplier(m))
+    for preset, n_int32 in (("w8a8", 5), ("ternary_twn", 1)):  # five convs; ternary_twn: the first is int8
+        c = _converted(digits, "DSCNN", preset)
+        path = str(tmp_path / f"{preset}.onnx")
+        qatkit.export_onnx(c, digits["x"][:4], path)
+        g, inits = _graph_nodes(path)
+        convs = [m for m in c.modules() if isinstance(m, QuantizedConv2d)]
+        int32 = [m for m in convs if m._integer_form == "static" and integer.int32_bias(m)]
+        assert len(int32) == n_int32, preset
+        dq = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+        conv_nodes = [n for n in g.node if n.op_type == "Conv"]
+        assert len(conv_nodes) == len(convs)
+        biases = [dq[n.input[2]] for n in conv_nodes if len(n.input) == 3 and n.input[2] in dq]
+        assert len(biases) == len(int32)
+        for n, m in zip(biases, int32):
+            q = onnx.numpy_helper.to_array(inits[n.input[0]])
+            assert q.dtype.name == "int32"
+            assert torch.equal(torch.from_numpy(q).long(), integer._bias_q(m).long())
+            assert torch.equal(torch.from_numpy(onnx.numpy_helper.to_array(inits[n.input[1]])), integer._multiplier(m))
+        no_bias = [n for n in conv_nodes if len(n.input) == 2]
+        assert len(no_bias) == len(convs) - n_int32  # their float bias: an Add right after
+        users = {i: n for n in g.node for i in n.input}
+        assert all(users[n.output[0]].op_type == "Add" for n in no_bias)
 
 
 def _graph_nodes(path):

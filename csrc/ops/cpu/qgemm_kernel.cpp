@@ -16,10 +16,12 @@ namespace {
 
 at::Tensor linear_int8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                            const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
-                           std::int64_t act_quant_min, std::int64_t act_quant_max) {
+                           std::int64_t act_quant_min, std::int64_t act_quant_max,
+                           const std::optional<at::Tensor>& bias) {
   const std::int32_t shift =
-      check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max);
+      check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const std::int64_t N = w.size(0), K = w.size(1);
   std::int64_t M = 1;
   for (std::int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
@@ -43,6 +45,7 @@ at::Tensor linear_int8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   g.w = w.data_ptr<std::int8_t>();
   g.corr = c.data_ptr<std::int32_t>();
   g.out_scale = os.data_ptr<float>();
+  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
   g.y = y.data_ptr<float>();
   g.M = M;
   g.N = N;

@@ -48,7 +48,7 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
       for (int j = 0; j < 4; ++j) {
         std::uint32_t acc = hsum(cs[j]) + static_cast<std::uint32_t>(g.corr[n + j]);
         acc = detail::dot_s8(a, g.w + (n + j) * K, K32, K, acc);
-        y[n + j] = detail::requantize(acc, g.out_scale[n + j]);
+        y[n + j] = detail::requantize(acc, g, n + j);
       }
     }
     for (; n < n_end; ++n) {
@@ -60,7 +60,7 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)), ones));
       }
       const std::uint32_t acc = detail::dot_s8(a, w, K32, K, hsum(c) + static_cast<std::uint32_t>(g.corr[n]));
-      y[n] = detail::requantize(acc, g.out_scale[n]);
+      y[n] = detail::requantize(acc, g, n);
     }
   }
 }

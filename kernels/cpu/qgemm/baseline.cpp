@@ -10,7 +10,7 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
     const std::int8_t* a = g.a + m * g.K;
     for (std::int64_t n = n_begin; n < n_end; ++n) {
       const std::uint32_t acc = detail::dot_s8(a, g.w + n * g.K, 0, g.K, static_cast<std::uint32_t>(g.corr[n]));
-      g.y[m * g.N + n] = detail::requantize(acc, g.out_scale[n]);
+      g.y[m * g.N + n] = detail::requantize(acc, g, n);
     }
   }
 }

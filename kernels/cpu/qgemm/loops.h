@@ -29,9 +29,11 @@ inline std::uint32_t dot_s8(const std::int8_t* a, const std::int8_t* w, std::int
   return acc;
 }
 
-/// The one requantization: int32 -> float32 (round to nearest even), times the float32 scale.
-inline float requantize(std::uint32_t acc, float scale) {
-  return static_cast<float>(static_cast<std::int32_t>(acc)) * scale;
+/// The one requantization: int32 -> float32 (round to nearest even), times the float32 scale, then
+/// (float-bias layers) plus the bias: two roundings, never fused (-ffp-contract=off).
+inline float requantize(std::uint32_t acc, const QGemmArgs& g, std::int64_t n) {
+  const float y = static_cast<float>(static_cast<std::int32_t>(acc)) * g.out_scale[n];
+  return g.bias ? y + g.bias[n] : y;
 }
 
 }  // namespace

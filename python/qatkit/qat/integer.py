@@ -10,10 +10,13 @@ docs/integer.md states the rules; in short, for output element ``(m, n)``:
 
 ``static`` — per-tensor affine input (scale ``sx``, zero point ``zx``; w8a8, w4a4_lsq, ternary,
 binary_w1a8 and every first/last int8 layer) and per-tensor / per-channel symmetric weights
-(scale ``sw[n]``): ``acc = sum_k (qx - zx) * qw`` (int32), ``M[n] = fp32(sx * sw[n])``,
-``bias_q[n] = nearbyint(b[n] / M[n])`` (int32, computed once in float64: Jacob et al.'s int32 bias
-at S_w * S_x), ``y = fp32(acc + bias_q) * M[n]`` (int32 -> float32 rounds to nearest even, then one
-float32 multiply).
+(scale ``sw[n]``): ``acc = sum_k (qx - zx) * qw`` (int32), ``M[n] = fp32(sx * sw[n])``. W8A8 layers
+(8-bit weights and inputs) add Jacob et al.'s int32 bias at S_w * S_x: ``bias_q[n] =
+nearbyint(b[n] / M[n])`` (int32, computed once in float64), ``y = fp32(acc + bias_q) * M[n]``
+(int32 -> float32 rounds to nearest even, then one float32 multiply). Layers with narrower weights
+or inputs (ternary, binary, 4-bit), whose S_w * S_x grid is too coarse for a bias (half a step of
+it moves many of the next layer's codes), add the float bias after the requantization:
+``y = fp32(acc) * M[n] + b[n]`` (multiply, then add).
 
 ``static_group`` — the same input with per-group weight scales ``sw[n, g]`` (w4a8): per group an
 int32 ``acc[g]``; ``t = sum_g float64(acc[g]) * float64(sw[n, g])`` summed in group order in
@@ -137,8 +140,17 @@ def _multiplier(mod) -> torch.Tensor:
     return (sx * mod.weight_scale.float().reshape(-1)).contiguous()  # float32 product per channel
 
 
+def int32_bias(mod) -> bool:
+    """True when a "static" layer adds its bias as int32 at S_x * S_w: 8-bit (or wider) integer
+    weights and inputs (W8A8). Narrower layers add the float bias after the requantization."""
+    w, aq = mod.weight_spec, mod.input_fake_quant
+    return (w is not None and w.kind == "int" and w.bits >= 8 and aq is not None and aq.spec.kind == "int"
+            and aq.spec.bits >= 8)
+
+
 def _bias_q(mod) -> Optional[torch.Tensor]:
-    if mod.bias is None:
+    """The int32 bias codes of a W8A8 "static" layer (None without a bias or for a float-bias layer)."""
+    if mod.bias is None or not int32_bias(mod):
         return None
     m = _multiplier(mod).double()
     q = torch.round(mod.bias.detach().double() / m)  # half to even
@@ -186,9 +198,13 @@ def _apply(mod, x: torch.Tensor, contract, pad=None) -> torch.Tensor:
         shape = [1] * acc.dim()
         ch = 1 if _is_conv(mod) else acc.dim() - 1
         shape[ch] = -1
-        if mod.bias is not None:
-            acc = acc + _bias_q(mod).reshape(shape)
-        return acc.float() * m.reshape(shape)
+        bq = _bias_q(mod)
+        if bq is not None:
+            acc = acc + bq.reshape(shape)
+        y = acc.float() * m.reshape(shape)
+        if mod.bias is not None and bq is None:
+            y = y + mod.bias.reshape(shape)
+        return y
     if form == "static_group":
         g = mod.group_size
         k = w[0].numel()
@@ -252,7 +268,8 @@ def _int8_plan(mod) -> Optional[dict]:
         corr = corr + bq.long()
     if corr.numel() and int(corr.abs().max()) > _INT32_MAX:
         return None
-    return {"weight": w.contiguous(), "corr": corr.to(torch.int32), "out_scale": _multiplier(mod),
+    bias = None if mod.bias is None or bq is not None else mod.bias.detach().float().contiguous()
+    return {"weight": w.contiguous(), "corr": corr.to(torch.int32), "out_scale": _multiplier(mod), "bias": bias,
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
@@ -265,7 +282,7 @@ def linear(mod, x: torch.Tensor) -> torch.Tensor:
             plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
         if plan:
             return ops.linear_int8(x, plan["weight"], plan["corr"], plan["out_scale"], plan["act_scale"], plan["zp"],
-                                   plan["qmin"], plan["qmax"])
+                                   plan["qmin"], plan["qmax"], plan["bias"])
     return _apply(mod, x, lambda xq, w: F.linear(xq, w))
 
 

@@ -1,0 +1,193 @@
+"""Integer inference benchmark (issue 13): one N x K Linear layer (default 4096 x 4096) at batch 1
+and 64, qatkit's integer kernels against fp32 ``F.linear`` and the peers at equal bits, in the same
+process, interleaved, medians over rounds, reported as ratios to fp32.
+
+DRAM regime (default): every variant cycles through enough distinct copies of its layer that the
+weights it reads per cycle exceed the last-level cache ``--llc-factor`` times, so each call streams
+its weight from memory as a model's layers do. ``--hot``: one layer called repeatedly (its weight
+stays in cache as far as it fits).
+
+    python3 scripts/bench_inference.py [--n 4096 --k 4096] [--batch 1,64] [--rounds 7] [--hot] [--json]
+
+Variants: fp32 (F.linear, MKL), qatkit w8a8 (ops.linear_int8: quantize + int8 GEMM + requantize),
+torch._int_mm (int8 activations quantized the same way, int32 out, scaled), torch._weight_int8pack_mm
+(int8 weight-only, bf16 activations: its fp32 path is not vectorized on x86), torch.ao dynamic
+quantized Linear (fbgemm, int8 per-tensor weights and dynamic int8 activations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+import qatkit
+from qatkit import ops
+
+
+def _llc_bytes() -> int:
+    try:
+        out = subprocess.run(["lscpu", "-B"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("L3 cache:"):
+                return int(line.split(":")[1].split()[0])
+    except (OSError, ValueError):
+        pass
+    return 32 << 20
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# ---------------------------------------------------------------- variants: make(w_fp32) -> (fn(x), weight bytes)
+
+
+def v_fp32(w):
+    w = w.clone()
+    return (lambda x: F.linear(x, w)), w.numel() * 4
+
+
+def _int8_weight(w):
+    s = w.abs().amax(1) / 127
+    q = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
+    return q, s
+
+
+def v_qatkit_w8a8(w):
+    q, s = _int8_weight(w)
+    sx, zp = 4.0 / 255, 128  # a static input range [-2, 2] as calibration would give for N(0, 1) inputs
+    corr = ((128 - zp) * q.long().sum(1)).to(torch.int32)
+    scale = (torch.tensor(sx, dtype=torch.float32) * s).float()
+    return (lambda x: ops.linear_int8(x, q, corr, scale, sx, zp, 0, 255)), q.numel() + 8 * q.shape[0]
+
+
+def v_int_mm(w):
+    q, s = _int8_weight(w)
+    qt = q.t()  # _int_mm takes [K, N]
+    sx = 4.0 / 255
+    scale = (sx * s).float()
+
+    def f(x):
+        a = torch.round(x * (1.0 / sx)).clamp(-128, 127).to(torch.int8)
+        return torch._int_mm(a, qt).float() * scale
+
+    return f, q.numel() + 4 * q.shape[0]
+
+
+def v_weight_int8pack(w):
+    q, s = _int8_weight(w)
+    sb = s.to(torch.bfloat16)
+    return (lambda x: torch._weight_int8pack_mm(x.to(torch.bfloat16), q, sb)), q.numel() + 2 * q.shape[0]
+
+
+def v_ao_dynamic(w):
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
+    return m, w.numel() + 4 * w.shape[0]
+
+
+VARIANTS = {
+    "fp32 F.linear": v_fp32,
+    "qatkit w8a8": v_qatkit_w8a8,
+    "torch._int_mm (w8a8)": v_int_mm,
+    "torch._weight_int8pack_mm (w8 bf16-act)": v_weight_int8pack,
+    "torch.ao dynamic Linear (w8a8)": v_ao_dynamic,
+}
+
+
+def bench(names, n, k, batches, rounds, hot, llc_factor, calls):
+    llc = _llc_bytes()
+    torch.manual_seed(0)
+    results = {}
+    layers = {}
+    for name in names:
+        copies = []
+        total = 0
+        target = 1 if hot else None
+        while True:
+            w = torch.randn(n, k) / k**0.5
+            try:
+                fn, nbytes = VARIANTS[name](w)
+            except (RuntimeError, AttributeError) as e:  # a peer this torch build lacks
+                print(f"  {name}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
+                copies = None
+                break
+            copies.append(fn)
+            total += nbytes
+            if (target and len(copies) >= target) or (not target and total >= llc_factor * llc):
+                break
+        if copies:
+            layers[name] = (copies, nbytes)
+    for b in batches:
+        x = torch.randn(b, k)
+        for name, (copies, _) in layers.items():  # warm-up (and a first call that may pack weights)
+            for fn in copies:
+                fn(x)
+        times = {name: [] for name in layers}
+        for _ in range(rounds):
+            for name, (copies, _) in layers.items():
+                reps = max(calls, len(copies))
+                t0 = time.perf_counter()
+                for i in range(reps):
+                    copies[i % len(copies)](x)
+                times[name].append((time.perf_counter() - t0) / reps)
+        base = statistics.median(times[names[0]])
+        for name in layers:
+            med = statistics.median(times[name])
+            results[(name, b)] = {"variant": name, "batch": b, "us": med * 1e6, "ratio": base / med,
+                                  "gbs": layers[name][1] / med / 1e9, "copies": len(layers[name][0])}
+    return results, llc
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=4096)
+    ap.add_argument("--k", type=int, default=4096)
+    ap.add_argument("--batch", default="1,64")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--calls", type=int, default=16, help="calls per variant per round (at least one per copy)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--hot", action="store_true", help="one layer, called repeatedly (cache-resident as far as it fits)")
+    ap.add_argument("--llc-factor", type=float, default=4.0)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    names = a.variants.split(",")
+    res, llc = bench(names, a.n, a.k, [int(b) for b in a.batch.split(",")], a.rounds, a.hot, a.llc_factor, a.calls)
+    info = {"cpu": _cpu_model(), "isa": qatkit._C.cpu_isa(), "threads": a.threads, "torch": torch.__version__,
+            "llc_mib": llc >> 20, "regime": "hot" if a.hot else f"DRAM (weights per cycle >= {a.llc_factor:g} x LLC)",
+            "shape": f"{a.n} x {a.k}"}
+    if a.json:
+        print(json.dumps({"info": info, "rows": list(res.values())}, indent=1))
+        return
+    print(f"# {info['shape']} Linear, {info['regime']}, {info['threads']} threads, {info['cpu']} (qatkit ISA "
+          f"{info['isa']}), torch {info['torch']}, medians of {a.rounds} interleaved rounds")
+    print("| variant | batch | us / call | weight GB/s | vs fp32 | copies |")
+    print("|---|---|---|---|---|---|")
+    for r in res.values():
+        print(f"| {r['variant']} | {r['batch']} | {r['us']:.0f} | {r['gbs']:.1f} | {r['ratio']:.2f}x | {r['copies']} |")
+
+
+if __name__ == "__main__":
+    main()
