@@ -631,10 +631,27 @@ def _packed_layers(path: str, header: dict, tensors: Dict[str, torch.Tensor]) ->
     return out
 
 
-def load(path: str) -> nn.Module:
+def _set_compute(model: nn.Module, compute: str, where: str) -> nn.Module:
+    from .qat.integer import set_compute
+
+    if compute not in ("integer", "float"):
+        raise ValueError(f"{where}: compute must be 'integer' or 'float', got {compute!r}")
+    layers = [m for m in model.modules() if isinstance(m, _Quantized)]
+    if layers:
+        model.compute_report = set_compute(model, compute, warn=False, kernels_only=True)
+    return model
+
+
+def load(path: str, compute: str = "integer") -> nn.Module:
     """Rebuild the model an exported file describes: an ``nn.Sequential`` tree of packed layers
     and known modules (activations, pooling, Flatten, Dropout, BatchNorm, LayerNorm, and float
     Linear / Conv1d / Conv2d / Embedding layers left unquantized).
+
+    Args:
+        compute: ``"integer"`` (default): layers an integer kernel runs compute on it, bit for bit
+            ``qatkit.convert(model, integer=True)`` (docs/integer.md); the others keep float math,
+            bit for bit ``qatkit.convert(model)``, and ``model.compute_report`` lists them with the
+            reason. ``"float"``: every layer computes what the QAT model computed.
 
     Raises:
         ValueError: a corrupt or foreign file, or one whose model is not such a tree (load it with
@@ -653,7 +670,7 @@ def load(path: str) -> nn.Module:
     except _MALFORMED as e:
         raise ValueError(f"load: {path!r}: malformed structure ({type(e).__name__}: {e})") from None
     _load_floats(path, model, header, tensors)
-    return model.eval()
+    return _set_compute(model.eval(), compute, "load")
 
 
 def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, torch.Tensor]) -> None:
@@ -679,11 +696,12 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
         raise ValueError(f"load: {path!r}: the float tensors do not fit the model ({e})") from None
 
 
-def load_into(model: nn.Module, path: str, inplace: bool = False) -> nn.Module:
+def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str = "integer") -> nn.Module:
     """Load an exported file into a model of the same architecture (a float model, e.g. a Hugging
     Face model built from its float checkpoint or config, or one already prepared / converted):
     every quantized layer the file holds replaces the module at its name with a packed layer,
-    folded BatchNorms become Identity, and every other tensor loads by name.
+    folded BatchNorms become Identity, and every other tensor loads by name. ``compute`` as for
+    :func:`load`.
 
     Raises:
         ValueError: a corrupt or foreign file, or one that does not fit the model (a layer name the
@@ -725,4 +743,4 @@ def load_into(model: nn.Module, path: str, inplace: bool = False) -> nn.Module:
                 raise ValueError(f"load_into: {name!r} is a {type(cur).__name__} with parameters; the file has {kind}")
             replace_module(model, name, _SUBSTITUTES[kind]())
     _load_floats(path, model, header, tensors)
-    return model.eval()
+    return _set_compute(model.eval(), compute, "load_into")

@@ -50,7 +50,7 @@ def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, t
     path = str(tmp_path / "m.safetensors")
     qatkit.export(q, path)
     with torch.no_grad():
-        want = qatkit.load(path)(x)
+        want = qatkit.load(path, compute="float")(x)
     r, y = _run(path, x, tmp_path)
     assert r.returncode == 0, r.stderr
     assert torch.equal(y, want)
@@ -65,7 +65,7 @@ def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, t
         if k.endswith((".weight_packed", ".weight_scale", ".weight_zero_point", ".bias")):
             assert torch.equal(b[k], v), k
     with torch.no_grad():
-        assert torch.equal(qatkit.load(again)(x), want)
+        assert torch.equal(qatkit.load(again, compute="float")(x), want)
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8",
@@ -85,7 +85,7 @@ def test_a_cpp_qat_model_saved_by_cpp_loads_in_python_and_cpp_bit_for_bit(preset
     header = qatkit.serialization.read_header(path)
     assert header["structure"] is not None and len(header["layers"]) >= 2
     with torch.no_grad():
-        assert torch.equal(qatkit.load(path)(x), want)
+        assert torch.equal(qatkit.load(path, compute="float")(x), want)
     r, y = _run(path, x, tmp_path)
     assert r.returncode == 0, r.stderr
     assert torch.equal(y, want)
@@ -144,7 +144,7 @@ def test_cpp_loads_reduced_precision_weight_scales_bit_for_bit(scale_dtype, tmp_
     qatkit.export(q, path)
     x = torch.randn(6, 64)
     with torch.no_grad():
-        want = qatkit.load(path)(x)
+        want = qatkit.load(path, compute="float")(x)
         assert torch.equal(want, qatkit.convert(q).eval()(x))
     r, y = _run(path, x, tmp_path)
     assert r.returncode == 0, r.stderr

@@ -50,11 +50,19 @@ def test_every_preset_reloads_to_the_converted_outputs_bit_for_bit(preset, data,
     assert header["format_version"] == 1 and len(header["layers"]) >= 2
     with torch.no_grad():
         want = c(data)
-        back = qatkit.load_into(m, path)
+        back = qatkit.load_into(m, path, compute="float")
         assert torch.equal(back(data), want)
         assert header["structure"] is not None
-        loaded = qatkit.load(path)
+        loaded = qatkit.load(path, compute="float")
         assert torch.equal(loaded(data), want)
+        # the default: layers an integer kernel runs compute on it (the converted model's integer
+        # form, bit for bit); the rest keep float math, each named in the report
+        loaded_int = qatkit.load(path)
+        c_int = qatkit.convert(q).eval()
+        rep = qatkit.qat.set_compute(c_int, "integer", warn=False, kernels_only=True)
+        assert torch.equal(loaded_int(data), c_int(data))
+        assert [(f, r) for _, f, r in loaded_int.compute_report] == [(f, r) for _, f, r in rep]
+        assert all(f is not None or r for _, f, r in rep)
     packed = [mod for mod in loaded.modules() if isinstance(mod, S._Packed)]
     assert len(packed) == len(header["layers"])
     # the packed bytes are the layer's state; the unpacked codes are not saved twice
@@ -76,7 +84,7 @@ def test_stored_ptq_choices_survive_gptq_asymmetric_groups_and_smoothing(data, t
         c = qatkit.convert(q).eval()
         path = str(tmp_path / "p.safetensors")
         header = qatkit.export(c, path)
-        back = qatkit.load(path)
+        back = qatkit.load(path, compute="float")
         with torch.no_grad():
             assert torch.equal(back(data), c(data)), kw
         if not cfg.default.weight.symmetric:  # per-group zero points stored as int8
@@ -201,7 +209,7 @@ def test_load_refuses_custom_forwards_and_load_into_refuses_other_architectures(
         qatkit.load(path)
     back = qatkit.load_into(Custom(), path)
     with torch.no_grad():
-        assert torch.equal(back(data), qatkit.convert(q).eval()(data))
+        assert torch.equal(back(data), qatkit.convert(q, integer=True).eval()(data))  # both Linears on the kernel
     other = Custom()
     other.b = nn.Linear(32, 11)
     with pytest.raises(ValueError, match="layer 'b': the file's weight is"):
@@ -248,7 +256,7 @@ def test_the_repo_digits_models_export_and_load_as_sequentials(arch, preset, tmp
     header = qatkit.export(q, path)
     assert header["structure"] is not None
     with torch.no_grad():
-        assert torch.equal(qatkit.load(path)(x), qatkit.convert(q).eval()(x))
+        assert torch.equal(qatkit.load(path, compute="float")(x), qatkit.convert(q).eval()(x))
 
 
 def test_a_short_fuzz_run_of_the_loader_finds_nothing(tmp_path):
@@ -285,4 +293,24 @@ def test_scales_are_stored_in_the_spec_scale_dtype(scale_dtype, bound, tmp_path)
     assert ratio <= bound
     x = torch.randn(4, 64)
     with torch.no_grad():
-        assert torch.equal(qatkit.load(path)(x), qatkit.convert(q).eval()(x))
+        assert torch.equal(qatkit.load(path, compute="float")(x), qatkit.convert(q).eval()(x))
+
+
+def test_loaded_linear_layers_run_on_the_int8_kernel_by_default(data, tmp_path):
+    """A W8A8 MLP loads onto ops.linear_int8 (integer compute, bit for bit the converted model's
+    integer form); compute='float' restores the QAT function; a bad compute names itself."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 10))
+    q = _ptq(mlp, data, qatkit.w8a8())
+    path = str(tmp_path / "w8a8.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load(path)
+    from qatkit.qat import integer
+
+    lin = [m for m in loaded.modules() if isinstance(m, S.PackedLinear)]
+    assert len(lin) == 3 and all(integer.kernel_for(m) == "linear_int8" for m in lin)
+    with torch.no_grad():
+        assert torch.equal(loaded(data), qatkit.convert(q, integer=True)(data))
+        assert torch.equal(qatkit.load(path, compute="float")(data), qatkit.convert(q)(data))
+    with pytest.raises(ValueError, match="compute must be 'integer' or 'float'"):
+        qatkit.load(path, compute="int8")

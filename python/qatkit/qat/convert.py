@@ -113,6 +113,9 @@ class _Quantized(nn.Module):
         # .double() / .half() / .to(dtype) change the dtype the layer computes in; the scales stay
         # float32 (the ops' qparam dtype) and the codes integer
         self.weight_dtype = fn(torch.zeros(0, dtype=self.weight_dtype)).dtype
+        if self.weight_dtype != torch.float32 and self._integer_form is not None:
+            self._integer_form = None  # integer forms are float32 layers' (docs/integer.md): float math again
+        self.__dict__.pop("_int8_plan", None)
         scale = self.weight_scale
         keep = keep_float32(fn)
         return super()._apply(lambda t: keep(t) if t is scale else fn(t), recurse)

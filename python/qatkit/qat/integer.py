@@ -304,12 +304,29 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     return _apply(mod, x, lambda xq, w: fn(xq, w, None, mod.stride, padding, mod.dilation, mod.groups), pad)
 
 
-def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True) -> IntegerReport:
+def kernel_for(mod) -> Optional[str]:
+    """The integer kernel a converted layer in integer compute runs on (CPU), or None: its integer
+    form then runs as the float64 simulation (:func:`set_compute`) — exact, but no faster."""
+    from .convert import QuantizedLinear
+
+    if mod._integer_form == "static" and isinstance(mod, QuantizedLinear):
+        plan = mod.__dict__.get("_int8_plan")
+        if plan is None:
+            plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
+        if plan:
+            return "linear_int8"
+    return None
+
+
+def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
+                kernels_only: bool = False) -> IntegerReport:
     """Switch the converted layers of ``model`` between ``"float"`` (what the QAT model computed,
     bit for bit) and ``"integer"`` (integer-exact: what the integer kernels compute, bit for bit).
 
     Layers without an integer form stay ``"float"``; they are listed in the returned report (and
-    in a warning unless ``warn=False``; weight-only layers are not warned about).
+    in a warning unless ``warn=False``; weight-only layers are not warned about). With
+    ``kernels_only=True`` (what :func:`qatkit.load` does) a layer computes in integer only where an
+    integer kernel runs it; the others keep float math (QAT-exact) and the report says why.
 
     Raises:
         ValueError: ``compute`` is neither "float" nor "integer", or the model has no converted layers.
@@ -330,6 +347,10 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True) -
         form, why = integer_form(m)
         m._integer_form = form
         m.__dict__.pop("_int8_plan", None)  # rebuilt from the current codes on the next call
+        if kernels_only and form is not None and kernel_for(m) is None:
+            m._integer_form = None
+            kind = type(m).__name__.replace("Packed", "").replace("Quantized", "")
+            form, why = None, f"no integer kernel for a {kind} in the {form!r} form yet: float math"
         report.append((name, form, why))
     if warn and compute == "integer":
         odd = [(n, r) for n, f, r in report if f is None and not r.startswith("float activations") and r != "float weight"]
