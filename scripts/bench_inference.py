@@ -10,6 +10,7 @@ stays in cache as far as it fits).
     python3 scripts/bench_inference.py [--n 4096 --k 4096] [--batch 1,64] [--rounds 7] [--hot] [--json]
 
 Variants: fp32 (F.linear, MKL), qatkit w8a8 (ops.linear_int8: quantize + int8 GEMM + requantize),
+qatkit ternary w2a8 (ops.linear_w2a8: 2-bit TWN weights, 8-bit activations; no peer runs ternary),
 torch._int_mm (int8 activations quantized the same way, int32 out, scaled), torch._weight_int8pack_mm
 (int8 weight-only, bf16 activations: its fp32 path is not vectorized on x86), torch.ao dynamic
 quantized Linear (fbgemm, int8 per-tensor weights and dynamic int8 activations).
@@ -77,6 +78,17 @@ def v_qatkit_w8a8(w):
     return (lambda x: ops.linear_int8(x, q, corr, scale, sx, zp, 0, 255)), q.numel() + 8 * q.shape[0]
 
 
+def v_qatkit_w2a8(w):
+    a = w.abs().mean(1, keepdim=True) * 0.7  # TWN's threshold and scale
+    t = torch.where(w > a, 1, torch.where(w < -a, -1, 0)).to(torch.int8)
+    alpha = (w.abs() * (t != 0)).sum(1) / (t != 0).sum(1).clamp(min=1)
+    sx, zp = 4.0 / 255, 128
+    corr = ((128 - zp) * t.long().sum(1)).to(torch.int32)
+    scale = (torch.tensor(sx, dtype=torch.float32) * alpha).float()
+    packed = ops.pack_ternary_t2(t)
+    return (lambda x: ops.linear_w2a8(x, packed, corr, scale, sx, zp, 0, 255)), packed.numel() + 8 * t.shape[0]
+
+
 def v_int_mm(w):
     q, s = _int8_weight(w)
     qt = q.t()  # _int_mm takes [K, N]
@@ -109,6 +121,7 @@ def v_ao_dynamic(w):
 VARIANTS = {
     "fp32 F.linear": v_fp32,
     "qatkit w8a8": v_qatkit_w8a8,
+    "qatkit ternary w2a8": v_qatkit_w2a8,
     "torch._int_mm (w8a8)": v_int_mm,
     "torch._weight_int8pack_mm (w8 bf16-act)": v_weight_int8pack,
     "torch.ao dynamic Linear (w8a8)": v_ao_dynamic,

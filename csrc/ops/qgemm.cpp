@@ -1,5 +1,8 @@
 // The integer GEMM family (inference only; no autograd kernel: outputs of a call on a tensor that
 // requires grad have no grad_fn). docs/integer.md, "static" form:
+//   linear_w2a8: the same with ternary weights packed 2 bits each in the kernel layout of
+//                kernels/common/qgemm_args.h (QGemmT2Args; uint8 [N, K_pad / 4], K_pad the input's K
+//                rounded up to a multiple of 128; qatkit.qat.integer packs it from the codes).
 //   linear_int8: y[..., n] = fp32(sum_k a[k] * w[n, k] + corr[n]) * out_scale[n] (+ bias[n]), where
 //                a = quantize_affine(x, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift
 //                (shift = 128 for a [0, 255] range, else 0) and corr[n] = bias_q[n] + (shift -
@@ -27,6 +30,10 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "linear_int8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
       "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
+  m.def(
+      "linear_w2a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
+      "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
 }
 
 namespace qatkit {
@@ -34,18 +41,32 @@ namespace ops {
 
 std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                     const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
-                                    std::int64_t qmax, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "linear_int8";
+                                    std::int64_t qmax, const std::optional<at::Tensor>& bias, bool ternary) {
+  const char* op = ternary ? "linear_w2a8" : "linear_int8";
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
   TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
-  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
-                   fmt::format("{}: weight must be int8 codes, got {}", op, c10::toString(weight.scalar_type())));
-  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K], got {} dims", op, weight.dim()));
+  if (ternary) {
+    TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
+                     fmt::format("{}: weight must be uint8 (2-bit codes, packed), got {}", op,
+                                 c10::toString(weight.scalar_type())));
+  } else {
+    TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
+                     fmt::format("{}: weight must be int8 codes, got {}", op, c10::toString(weight.scalar_type())));
+  }
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D, got {} dims", op, weight.dim()));
   const auto N = weight.sym_size(0), K = weight.sym_size(1);
-  TORCH_CHECK_VALUE(input.sym_size(-1) == K,
-              fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op, c10::str(K),
-                          c10::str(input.sym_size(-1))));
+  if (ternary) {
+    const auto k_in = input.sym_size(-1), k_pad = K * 4;
+    TORCH_CHECK_VALUE(k_pad % 128 == 0 && k_in <= k_pad && k_pad < k_in + 128,
+                      fmt::format("{}: weight [N, K_pad / 4] must hold the input's K = {} rounded up to a multiple of "
+                                  "128 (K_pad / 4 = {}), got {} bytes per row", op, c10::str(k_in),
+                                  c10::str((k_in + 127) / 128 * 32), c10::str(K)));
+  } else {
+    TORCH_CHECK_VALUE(input.sym_size(-1) == K,
+                      fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op, c10::str(K),
+                                  c10::str(input.sym_size(-1))));
+  }
   TORCH_CHECK_TYPE(corr.scalar_type() == at::kInt,
                    fmt::format("{}: corr must be int32, got {}", op, c10::toString(corr.scalar_type())));
   TORCH_CHECK_VALUE(corr.dim() == 1 && corr.sym_size(0) == N,
@@ -86,6 +107,13 @@ at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const 
                        const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                        std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
   static auto op = ops::op_handle<decltype(linear_int8)>("qatkit::linear_int8");
+  return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
+}
+
+at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                       const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(linear_w2a8)>("qatkit::linear_w2a8");
   return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
 }
 

@@ -118,6 +118,14 @@ QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& wei
                                   std::int64_t act_quant_min, std::int64_t act_quant_max,
                                   const std::optional<at::Tensor>& bias = std::nullopt);
 
+/// linear_int8 with ternary weights packed 2 bits each in the W2A8 kernel layout (uint8
+/// [N, K_pad / 4], K_pad = K rounded up to a multiple of 128; kernels/common/qgemm_args.h,
+/// QGemmT2Args); `corr` and the requantization as for linear_int8. Not differentiable.
+QATKIT_API at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                                  const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                                  std::int64_t act_quant_min, std::int64_t act_quant_max,
+                                  const std::optional<at::Tensor>& bias = std::nullopt);
+
 /// Floats from integer codes: y = (codes - z) * s, in float32 (float64 for a float64
 /// `output_dtype`), rounded to `output_dtype` (float32 default). codes: int8 / uint8 / int16 /
 /// int32; qparams laid out as for fake_quantize over the codes' shape. Not differentiable.

@@ -31,4 +31,20 @@ struct QGemmArgs {
   std::int64_t M = 0, N = 0, K = 0;
 };
 
+/// Ternary weights, 2 bits each (the W2A8 kernel layout, made at load from the file's codes): the
+/// code c = w + 1 in {0, 1, 2}; K padded to a multiple of 128 with c = 1 (w = 0); per 128-weight
+/// block, byte j (j < 32) holds the codes of k = j, j + 32, j + 64, j + 96 in bits 0-1, 2-3, 4-5,
+/// 6-7, so four shifts and a mask give 32 consecutive codes. Row n is K_pad / 4 bytes.
+/// sum_k a * w = sum_k a * c - sum_k a: a_sum[m] = sum_k a[m, k] is formed with the codes.
+struct QGemmT2Args {
+  const std::int8_t* a = nullptr;      ///< [M, K_pad], zero padded
+  const std::int32_t* a_sum = nullptr; ///< [M]
+  const std::uint8_t* w = nullptr;     ///< [N, K_pad / 4]
+  const std::int32_t* corr = nullptr;
+  const float* out_scale = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;
+  std::int64_t M = 0, N = 0, K_pad = 0;
+};
+
 }  // namespace qatkit::kernels

@@ -493,6 +493,45 @@ def linear_int8(
                                         act_quant_max, bias)
 
 
+def linear_w2a8(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    corr: torch.Tensor,
+    out_scale: torch.Tensor,
+    act_scale: float,
+    act_zero_point: int,
+    act_quant_min: int,
+    act_quant_max: int,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """:func:`linear_int8` with ternary weights packed 2 bits each in the W2A8 kernel layout
+    (:func:`pack_ternary_t2`): uint8 ``[N, K_pad / 4]``, ``K_pad`` the input's K rounded up to a
+    multiple of 128. Same ``corr`` and requantization; the same bits as :func:`linear_int8` on the
+    unpacked codes."""
+    return torch.ops.qatkit.linear_w2a8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
+                                        act_quant_max, bias)
+
+
+def pack_ternary_t2(codes: torch.Tensor) -> torch.Tensor:
+    """Ternary codes ``[N, K]`` in {-1, 0, 1} -> the W2A8 kernel layout (kernels/common/qgemm_args.h,
+    QGemmT2Args): ``c = w + 1``, K padded to a multiple of 128 with c = 1, per 128-weight block byte
+    j holding the codes of k = j, j + 32, j + 64, j + 96 in bits 0-1, 2-3, 4-5, 6-7.
+
+    Raises:
+        ValueError: not 2-D, or a code outside {-1, 0, 1}.
+    """
+    if codes.dim() != 2:
+        raise ValueError(f"pack_ternary_t2: codes must be 2-D [N, K], got shape {tuple(codes.shape)}")
+    c = codes.to(torch.int16) + 1
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) > 2):
+        raise ValueError("pack_ternary_t2: codes must lie in {-1, 0, 1}")
+    n, k = c.shape
+    kp = (k + 127) // 128 * 128
+    c = torch.cat([c, c.new_ones(n, kp - k)], 1).reshape(n, kp // 128, 4, 32)
+    packed = c[:, :, 0] | (c[:, :, 1] << 2) | (c[:, :, 2] << 4) | (c[:, :, 3] << 6)
+    return packed.to(torch.uint8).reshape(n, kp // 4).contiguous()
+
+
 def pack_weights(codes: torch.Tensor, bits: int, offset: int = 0, packing: str = "offset") -> torch.Tensor:
     """Pack integer weight codes ``[N, K]`` into bytes ``[N, row_bytes]`` (uint8), rows
     independent, low bits first along K (docs/format.md).

@@ -65,10 +65,44 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+// Ternary: per 128-weight block, 32 bytes hold four 32-code vectors (shift, mask 3); the codes
+// {0, 1, 2} are vpmaddubsw's unsigned operand and the activations its signed one: pair sums
+// <= 2 * 2 * 128 never saturate. Four weight rows per activation row share the activation loads.
+void gemm_t2(const QGemmT2Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t KB = g.K_pad / 4;  // bytes per weight row
+  const __m256i ones = _mm256_set1_epi16(1), mask = _mm256_set1_epi8(3);
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    const std::int8_t* a = g.a + m * g.K_pad;
+    float* y = g.y + m * g.N;
+    std::int64_t n = n_begin;
+    for (; n + 4 <= n_end; n += 4) {
+      const std::uint8_t* w0 = g.w + n * KB;
+      __m256i c[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (std::int64_t b = 0; b < g.K_pad; b += 128) {
+        const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + b));
+        const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + b + 32));
+        const __m256i a2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + b + 64));
+        const __m256i a3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + b + 96));
+        for (int r = 0; r < 4; ++r) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + r * KB + b / 4));
+          __m256i s = _mm256_maddubs_epi16(_mm256_and_si256(v, mask), a0);
+          s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 2), mask), a1));
+          s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), a2));
+          s = _mm256_add_epi16(s, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 6), mask), a3));
+          // four pair sums of |.| <= 512 each: |s| <= 2048, exact in int16
+          c[r] = _mm256_add_epi32(c[r], _mm256_madd_epi16(s, ones));
+        }
+      }
+      for (int r = 0; r < 4; ++r) y[n + r] = detail::finish_t2(hsum(c[r]), g, m, n + r);
+    }
+    for (; n < n_end; ++n) y[n] = detail::finish_t2(detail::dot_t2(a, g.w + n * KB, g.K_pad), g, m, n);
+  }
+}
+
 }  // namespace
 
 const QGemmKernels* qgemm_avx2() {
-  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8};
+  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2};
   return &k;
 }
 

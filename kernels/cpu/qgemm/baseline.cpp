@@ -15,10 +15,19 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+void gemm_t2(const QGemmT2Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    for (std::int64_t n = n_begin; n < n_end; ++n) {
+      const std::uint32_t s = detail::dot_t2(g.a + m * g.K_pad, g.w + n * (g.K_pad / 4), g.K_pad);
+      g.y[m * g.N + n] = detail::finish_t2(s, g, m, n);
+    }
+  }
+}
+
 }  // namespace
 
 const QGemmKernels& qgemm_baseline() {
-  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8};
+  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2};
   return k;
 }
 

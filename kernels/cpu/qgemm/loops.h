@@ -31,9 +31,31 @@ inline std::uint32_t dot_s8(const std::int8_t* a, const std::int8_t* w, std::int
 
 /// The one requantization: int32 -> float32 (round to nearest even), times the float32 scale, then
 /// (float-bias layers) plus the bias: two roundings, never fused (-ffp-contract=off).
-inline float requantize(std::uint32_t acc, const QGemmArgs& g, std::int64_t n) {
+template <class Args>
+inline float requantize(std::uint32_t acc, const Args& g, std::int64_t n) {
   const float y = static_cast<float>(static_cast<std::int32_t>(acc)) * g.out_scale[n];
   return g.bias ? y + g.bias[n] : y;
+}
+
+/// sum_k a[k] * c[k] over the 2-bit codes of one weight row (QGemmT2Args's layout), modulo 2^32.
+inline std::uint32_t dot_t2(const std::int8_t* a, const std::uint8_t* w, std::int64_t K_pad) {
+  std::uint32_t acc = 0;
+  for (std::int64_t b = 0; b < K_pad; b += 128) {
+    const std::uint8_t* wb = w + b / 4;
+    for (int j = 0; j < 32; ++j) {
+      for (int i = 0; i < 4; ++i) {
+        const std::int32_t c = (wb[j] >> (2 * i)) & 3;
+        acc += static_cast<std::uint32_t>(c * std::int32_t{a[b + 32 * i + j]});
+      }
+    }
+  }
+  return acc;
+}
+
+/// One output of the ternary GEMM: the codes' sum minus a_sum, plus corr, requantized.
+inline float finish_t2(std::uint32_t sum_ac, const QGemmT2Args& g, std::int64_t m, std::int64_t n) {
+  const std::uint32_t acc = sum_ac - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
+  return requantize(acc, g, n);
 }
 
 }  // namespace

@@ -17,6 +17,8 @@ struct QGemmKernels {
                         std::int64_t end);
   /// Output columns [n_begin, n_end) of every row.
   void (*gemm_s8)(const QGemmArgs& args, std::int64_t n_begin, std::int64_t n_end);
+  /// The ternary (2-bit) GEMM, output columns [n_begin, n_end) of every row.
+  void (*gemm_t2)(const QGemmT2Args& args, std::int64_t n_begin, std::int64_t n_end);
 };
 
 const QGemmKernels& qgemm_baseline();

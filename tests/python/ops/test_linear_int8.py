@@ -110,3 +110,62 @@ def test_bad_arguments_name_themselves(change, err, match):
     change(a)
     with pytest.raises(err, match=match):
         ops.linear_int8(a["input"], a["weight"], a["corr"], a["out_scale"], a["act_scale"], a["zp"], a["qmin"], a["qmax"])
+
+
+# ---------------------------------------------------------------- ternary W2A8
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 4, 128), (1, 37, 133), (5, 16, 64), (3, 9, 1), (2, 64, 257), (0, 8, 16),
+                                   (4, 5, 384)])
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
+def test_w2a8_equals_the_int8_kernel_on_the_unpacked_codes(M, N, K, qrange, zp):
+    x, _, _, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
+    g = torch.Generator().manual_seed(5)
+    w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+    shift = 128 if qmin >= 0 else 0
+    corr = (bias_q.long() + (shift - zp) * w.long().sum(1)).int()
+    want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+    fb = torch.randn(N, generator=g)
+    want_b = _reference(x, w, torch.zeros_like(bias_q), scale, s, zp, qmin, qmax) + fb
+    corr0 = ((shift - zp) * w.long().sum(1)).int()
+    packed = ops.pack_ternary_t2(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (N, (K + 127) // 128 * 32)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            assert torch.equal(ops.linear_w2a8(x, packed, corr, scale, s, zp, qmin, qmax), want), isa
+            # float bias after the requantization (layers narrower than W8A8): multiply, then add
+            assert torch.equal(ops.linear_w2a8(x, packed, corr0, scale, s, zp, qmin, qmax, fb), want_b), isa
+            assert torch.equal(ops.linear_int8(x, w, corr0, scale, s, zp, qmin, qmax, fb), want_b), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_pack_ternary_t2_layout_and_errors():
+    w = torch.tensor([[-1, 0, 1] * 43 + [1]], dtype=torch.int8)  # K = 130 -> K_pad = 256
+    p = ops.pack_ternary_t2(w)
+    assert p.shape == (1, 64)
+    c = (w.long() + 1)[0]
+    for k in range(130):  # block b, byte j, bits 2i: k = 128 b + 32 i + j
+        b, r = divmod(k, 128)
+        i, j = divmod(r, 32)
+        assert (int(p[0, b * 32 + j]) >> (2 * i)) & 3 == int(c[k]), k
+    assert all((int(p[0, 32 + j]) >> (2 * i)) & 3 == 1 for j in range(32) for i in range(4) if 128 + 32 * i + j >= 130)
+    with pytest.raises(ValueError, match="must lie in"):
+        ops.pack_ternary_t2(torch.tensor([[2]], dtype=torch.int8))
+    with pytest.raises(ValueError, match="must be 2-D"):
+        ops.pack_ternary_t2(torch.zeros(3, dtype=torch.int8))
+
+
+def test_w2a8_opcheck_and_errors():
+    x, _, _, scale, s, zp, qmin, qmax, _ = _case(3, 8, 130)
+    w = torch.randint(-1, 2, (8, 130), dtype=torch.int8)
+    p, corr = ops.pack_ternary_t2(w), torch.zeros(8, dtype=torch.int32)
+    torch.library.opcheck(torch.ops.qatkit.linear_w2a8.default, (x, p, corr, scale, s, zp, qmin, qmax))
+    with pytest.raises(TypeError, match="weight must be uint8"):
+        ops.linear_w2a8(x, w, corr, scale, s, zp, qmin, qmax)
+    with pytest.raises(ValueError, match="rounded up to a multiple of 128"):
+        ops.linear_w2a8(x, p[:, :32], corr, scale, s, zp, qmin, qmax)
+    with pytest.raises(ValueError, match="rounded up to a multiple of 128"):
+        ops.linear_w2a8(x[:, :2], p, corr, scale, s, zp, qmin, qmax)
