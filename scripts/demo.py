@@ -1,5 +1,7 @@
 """qatkit demo: train an FP32 model on scikit-learn's digits, QAT fine-tune it at several presets
-(int8, int4, ternary, binary), convert each to integer weight codes, and print a table.
+(int8, int4, ternary, binary), convert each to integer weight codes, and print a table; then deploy:
+PTQ int8 and QAT int4 / ternary / binary exported, reloaded on the integer kernels, one table of
+accuracy, file size and speed, and the LibTorch C++ program reading one file (scripts/deploy_demo.py).
 
     python scripts/demo.py [--model mlp|cnn|dscnn] [--folds 5] [--plot FILE] [--json]
                            [--max-folds N --epochs E --qat-epochs Q]  (quick checks)
@@ -22,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from deploy_demo import deploy  # noqa: E402
 from qat_finetune import plot, print_table, run_digits  # noqa: E402
 
 import qatkit  # noqa: E402
@@ -38,6 +41,8 @@ def main():
     ap.add_argument("--max-folds", type=int, default=0, help="run only the first N folds (quick checks)")
     ap.add_argument("--epochs", type=int, default=40, help="FP32 epochs")
     ap.add_argument("--qat-epochs", type=int, default=20, help="QAT epochs")
+    ap.add_argument("--no-deploy", action="store_true",
+                    help="skip the deployment table (export -> load on integer kernels -> C++)")
     a = ap.parse_args()
     torch.set_num_threads(2)
     # the experiment script's defaults: 40 FP32 epochs, 20 QAT epochs, Adam, batch 64
@@ -71,6 +76,8 @@ def main():
     if a.plot:
         plot(a.plot, fp_accs, results, PRESETS)
         print(f"\nplot: {a.plot}")
+    if not a.no_deploy:
+        deploy(qat_epochs=min(a.qat_epochs, 10))
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 

@@ -81,16 +81,7 @@ def main():
                           f"{min(r['agree'] for r in rs) * 100:.2f}",
                           f"{moved / max(codes, 1):.1e}" if codes else "-", str(max(r["max_lsb"] for r in rs)),
                           f"{sum(r['acc_qat'] for r in rs) / len(rs):.2f}", f"{sum(r['acc_int'] for r in rs) / len(rs):.2f}"])
-    if a.md:
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for ln in lines:
-            print("| " + " | ".join(ln) + " |")
-    else:
-        w = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
-        for ln in lines:
-            print("  ".join(v.ljust(w[i]) for i, v in enumerate(ln)))
+    qm.print_table(head, lines, a.md)
     print(f"worst top-1 agreement {min(r['agree'] for r in rows) * 100:.2f} % (goal >= 99.5 %)")
 
 

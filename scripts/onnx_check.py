@@ -146,16 +146,7 @@ def main():
                           f"{max(r['rel'] for r in rs):.1e}", f"{sum(r['acc_qatkit'] for r in rs) / len(rs):.2f}",
                           f"{sum(r['acc_ort'] for r in rs) / len(rs):.2f}", f"{rs[0]['bytes'] / 1024:.1f}",
                           " ".join(nodes) or "-"])
-    if a.md:
-        print("| " + " | ".join(head) + " |")
-        print("|" + "---|" * len(head))
-        for ln in lines:
-            print("| " + " | ".join(ln) + " |")
-    else:
-        w = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
-        print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
-        for ln in lines:
-            print("  ".join(v.ljust(w[i]) for i, v in enumerate(ln)))
+    qm.print_table(head, lines, a.md)
     worst = min(r["agree"] for r in rows)
     print(f"worst top-1 agreement {worst * 100:.2f} % (goal >= 99.5 %)")
 

@@ -231,3 +231,17 @@ def bits_per_char(model, ds: CharDataset, batches: int = 20, batch: int = 32, se
             x, y = ds.batch("val", batch, g)
             total += F.cross_entropy(model(x).reshape(-1, ds.vocab), y.reshape(-1)).item()
     return total / batches / math.log(2)
+
+
+def print_table(head, lines, md: bool = False) -> None:
+    """Print rows of strings as a markdown table (``md``) or as aligned plain columns."""
+    if md:
+        print("| " + " | ".join(head) + " |")
+        print("|" + "---|" * len(head))
+        for ln in lines:
+            print("| " + " | ".join(ln) + " |")
+        return
+    w = [max(len(h), *(len(ln[i]) for ln in lines)) for i, h in enumerate(head)]
+    print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
+    for ln in lines:
+        print("  ".join(v.ljust(w[i]) for i, v in enumerate(ln)))

@@ -157,6 +157,18 @@ def integer_shape(mod, x):
     return fn(torch.zeros(x.shape), w, None, mod.stride, pad, mod.dilation, mod.groups).shape
 
 
+def _layer_inputs(model, x):
+    """{converted layer: its input} from one forward."""
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0]))
+             for m in model.modules() if isinstance(m, _Quantized)]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return inputs
+
+
 # ---------------------------------------------------------------- tests
 
 
@@ -171,14 +183,7 @@ def test_every_layer_equals_the_pure_integer_reference(arch, preset):
         warnings.simplefilter("ignore")
         c = qatkit.convert(q, integer=True)
     torch.manual_seed(1)
-    x = torch.randn(shape) * 2
-    inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0]))
-             for m in c.modules() if isinstance(m, _Quantized)]
-    with torch.no_grad():
-        c(x)
-    for h in hooks:
-        h.remove()
+    inputs = _layer_inputs(c, torch.randn(shape) * 2)
     checked = 0
     for name, m in c.named_modules():
         if not isinstance(m, _Quantized) or m._integer_form is None:
@@ -230,13 +235,7 @@ def test_integer_and_float_layers_differ_by_the_bias_rounding_at_most(arch, pres
     x = torch.randn(shape) * 2
     c = qatkit.convert(q)
     ci = qatkit.convert(q, integer=True)
-    inputs = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0]))
-             for m in c.modules() if isinstance(m, _Quantized)]
-    with torch.no_grad():
-        c(x)
-    for h in hooks:
-        h.remove()
+    inputs = _layer_inputs(c, x)
     mods_i = dict(ci.named_modules())
     for name, m in c.named_modules():
         if not isinstance(m, _Quantized) or mods_i[name]._integer_form is None:
