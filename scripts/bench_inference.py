@@ -11,6 +11,7 @@ stays in cache as far as it fits).
 
 Variants: fp32 (F.linear, MKL), qatkit w8a8 (ops.linear_int8: quantize + int8 GEMM + requantize),
 qatkit ternary w2a8 (ops.linear_w2a8: 2-bit TWN weights, 8-bit activations; no peer runs ternary),
+qatkit binary w1a8 (ops.linear_w1a8: 1-bit weights, 8-bit activations; no peer runs it),
 torch._int_mm (int8 activations quantized the same way, int32 out, scaled), torch._weight_int8pack_mm
 (int8 weight-only, bf16 activations: its fp32 path is not vectorized on x86), torch.ao dynamic
 quantized Linear (fbgemm, int8 per-tensor weights and dynamic int8 activations).
@@ -89,6 +90,16 @@ def v_qatkit_w2a8(w):
     return (lambda x: ops.linear_w2a8(x, packed, corr, scale, sx, zp, 0, 255)), packed.numel() + 8 * t.shape[0]
 
 
+def v_qatkit_w1a8(w):
+    t = torch.where(w >= 0, 1, -1).to(torch.int8)
+    alpha = w.abs().mean(1)  # XNOR-Net's weight scale
+    sx, zp = 4.0 / 255, 128
+    corr = ((128 - zp) * t.long().sum(1)).to(torch.int32)
+    scale = (torch.tensor(sx, dtype=torch.float32) * alpha).float()
+    packed = ops.pack_binary_b1(t)
+    return (lambda x: ops.linear_w1a8(x, packed, corr, scale, sx, zp, 0, 255)), packed.numel() + 8 * t.shape[0]
+
+
 def v_int_mm(w):
     q, s = _int8_weight(w)
     qt = q.t()  # _int_mm takes [K, N]
@@ -122,6 +133,7 @@ VARIANTS = {
     "fp32 F.linear": v_fp32,
     "qatkit w8a8": v_qatkit_w8a8,
     "qatkit ternary w2a8": v_qatkit_w2a8,
+    "qatkit binary w1a8": v_qatkit_w1a8,
     "torch._int_mm (w8a8)": v_int_mm,
     "torch._weight_int8pack_mm (w8 bf16-act)": v_weight_int8pack,
     "torch.ao dynamic Linear (w8a8)": v_ao_dynamic,

@@ -1,8 +1,14 @@
 // The integer GEMM family (inference only; no autograd kernel: outputs of a call on a tensor that
 // requires grad have no grad_fn). docs/integer.md, "static" form:
 //   linear_w2a8: the same with ternary weights packed 2 bits each in the kernel layout of
-//                kernels/common/qgemm_args.h (QGemmT2Args; uint8 [N, K_pad / 4], K_pad the input's K
+//                kernels/common/qgemm_args.h (QGemmPackedArgs; uint8 [N, K_pad / 4], K_pad the input's K
 //                rounded up to a multiple of 128; qatkit.qat.integer packs it from the codes).
+//   linear_w1a8: the same with binary weights, 1 bit each (1 = +1, bit k % 8 of byte k / 8: the file's
+//                1-bit packing), rows of K_pad / 8 bytes, K_pad = K rounded up to a multiple of 32.
+//   conv2d_int8: a groups == 1 Conv2d (NCHW) on those kernels: the input quantized once per image,
+//                its int8 patches (im2col on codes; a zero-padded position holds the code of 0)
+//                times the weight flattened to [N, C*kh*kw] (weight_bits 8: int8; 2 / 1: packed as
+//                for linear_w2a8 / linear_w1a8), written straight into the NCHW output.
 //   linear_int8: y[..., n] = fp32(sum_k a[k] * w[n, k] + corr[n]) * out_scale[n] (+ bias[n]), where
 //                a = quantize_affine(x, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift
 //                (shift = 128 for a [0, 255] range, else 0) and corr[n] = bias_q[n] + (shift -
@@ -31,6 +37,15 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
+      "conv2d_int8(Tensor input, Tensor weight, int weight_bits, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "int[2] dilation, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, int act_quant_min, "
+      "int act_quant_max, Tensor? bias=None) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "linear_w1a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
+      "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
       "linear_w2a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
       "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
@@ -41,14 +56,15 @@ namespace ops {
 
 std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                     const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
-                                    std::int64_t qmax, const std::optional<at::Tensor>& bias, bool ternary) {
-  const char* op = ternary ? "linear_w2a8" : "linear_int8";
+                                    std::int64_t qmax, const std::optional<at::Tensor>& bias, int weight_bits) {
+  const bool packed = weight_bits < 8;
+  const char* op = weight_bits == 2 ? "linear_w2a8" : weight_bits == 1 ? "linear_w1a8" : "linear_int8";
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
   TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
-  if (ternary) {
+  if (packed) {
     TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
-                     fmt::format("{}: weight must be uint8 (2-bit codes, packed), got {}", op,
+                     fmt::format("{}: weight must be uint8 ({}-bit codes, packed), got {}", op, weight_bits,
                                  c10::toString(weight.scalar_type())));
   } else {
     TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
@@ -56,12 +72,13 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
   }
   TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D, got {} dims", op, weight.dim()));
   const auto N = weight.sym_size(0), K = weight.sym_size(1);
-  if (ternary) {
-    const auto k_in = input.sym_size(-1), k_pad = K * 4;
-    TORCH_CHECK_VALUE(k_pad % 128 == 0 && k_in <= k_pad && k_pad < k_in + 128,
-                      fmt::format("{}: weight [N, K_pad / 4] must hold the input's K = {} rounded up to a multiple of "
-                                  "128 (K_pad / 4 = {}), got {} bytes per row", op, c10::str(k_in),
-                                  c10::str((k_in + 127) / 128 * 32), c10::str(K)));
+  if (packed) {
+    const std::int64_t per_byte = 8 / weight_bits, block = weight_bits == 2 ? 128 : 32;
+    const auto k_in = input.sym_size(-1), k_pad = K * per_byte;
+    TORCH_CHECK_VALUE(k_pad % block == 0 && k_in <= k_pad && k_pad < k_in + block,
+                      fmt::format("{}: weight [N, K_pad / {}] must hold the input's K = {} rounded up to a multiple of "
+                                  "{} (K_pad / {} = {}), got {} bytes per row", op, per_byte, c10::str(k_in), block,
+                                  per_byte, c10::str((k_in + block - 1) / block * (block / per_byte)), c10::str(K)));
   } else {
     TORCH_CHECK_VALUE(input.sym_size(-1) == K,
                       fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op, c10::str(K),
@@ -101,12 +118,58 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
   return qmin >= 0 ? 128 : 0;
 }
 
+std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t bits,
+                                                  at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+  constexpr const char* op = "conv2d_int8";
+  TORCH_CHECK_VALUE(bits == 8 || bits == 2 || bits == 1, fmt::format("{}: weight_bits must be 8, 2 or 1, got {}", op, bits));
+  TORCH_CHECK_VALUE(input.dim() == 4, fmt::format("{}: input must be 4-D [B, C, H, W], got {} dims", op, input.dim()));
+  for (auto [name, v, lo] : {std::tuple{"kernel_size", kernel_size, 1}, std::tuple{"stride", stride, 1},
+                             std::tuple{"padding", padding, 0}, std::tuple{"dilation", dilation, 1}}) {
+    TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo,
+                      fmt::format("{}: {} must be two integers >= {}, got {}", op, name, lo, c10::str(v)));
+  }
+  const std::int64_t H = input.size(2), W = input.size(3);
+  const std::int64_t ho = (H + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) / stride[0] + 1;
+  const std::int64_t wo = (W + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) / stride[1] + 1;
+  TORCH_CHECK_VALUE(H + 2 * padding[0] >= dilation[0] * (kernel_size[0] - 1) + 1 &&
+                        W + 2 * padding[1] >= dilation[1] * (kernel_size[1] - 1) + 1,
+                    fmt::format("{}: the (padded) input {}x{} is smaller than the dilated kernel", op, H, W));
+  const std::int64_t K = input.size(1) * kernel_size[0] * kernel_size[1];
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, C*kh*kw] (or packed), got {} dims", op,
+                                                   weight.dim()));
+  const std::int64_t per_byte = 8 / bits, block = bits == 2 ? 128 : 32;
+  const std::int64_t want = (K + block - 1) / block * block / per_byte;
+  // int8 weights: [N, K], or zero-padded to a multiple of 32 (small-K convs then run vectorized)
+  TORCH_CHECK_VALUE(weight.size(1) == want || (bits == 8 && weight.size(1) == K),
+                    fmt::format("{}: weight must have {} bytes per row for C*kh*kw = {} at {} bit(s){}, got {}", op,
+                                want, K, bits, bits == 8 ? fmt::format(" (or {})", K) : "", weight.size(1)));
+  return {ho, wo};
+}
+
 }  // namespace ops
+
+at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                       at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double act_scale,
+                       std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                       const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(conv2d_int8)>("qatkit::conv2d_int8");
+  return op.call(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr, out_scale, act_scale,
+                 act_zero_point, act_quant_min, act_quant_max, bias);
+}
 
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                        const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                        std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
   static auto op = ops::op_handle<decltype(linear_int8)>("qatkit::linear_int8");
+  return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
+}
+
+at::Tensor linear_w1a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                       const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(linear_w1a8)>("qatkit::linear_w1a8");
   return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
 }
 

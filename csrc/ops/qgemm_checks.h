@@ -3,15 +3,23 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 
 namespace qatkit::ops {
 
-/// linear_int8's (ternary: linear_w2a8's) checks (dtypes, shapes, devices, the 8-bit activation range, a finite positive
+/// linear_int8's (weight_bits 2: linear_w2a8's, 1: linear_w1a8's) checks (dtypes, shapes, devices, the 8-bit activation range, a finite positive
 /// scale); returns the activation shift (128 for a [0, 255] range, else 0).
 std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                     const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
-                                    std::int64_t qmax, const std::optional<at::Tensor>& bias, bool ternary = false);
+                                    std::int64_t qmax, const std::optional<at::Tensor>& bias, int weight_bits = 8);
+
+/// conv2d_int8's shape checks (4-D input, 2-element int lists, the weight's bytes per row for
+/// C*kh*kw at weight_bits); returns the output's (H, W). The dtype / qparam checks are
+/// check_linear_int8_args' on the weight and a [B, C*kh*kw]-shaped view.
+std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t bits,
+                                                  at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation);
 
 }  // namespace qatkit::ops

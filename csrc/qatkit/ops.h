@@ -118,9 +118,26 @@ QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& wei
                                   std::int64_t act_quant_min, std::int64_t act_quant_max,
                                   const std::optional<at::Tensor>& bias = std::nullopt);
 
+/// A groups == 1 Conv2d (NCHW float32 input) on the integer kernels: the input quantized once per
+/// image, int8 patches (a zero-padded position holds the code of 0) times the weight flattened to
+/// [N, C*kh*kw] — int8 for weight_bits 8, packed as for linear_w2a8 / linear_w1a8 for 2 / 1 — with
+/// linear_int8's corr / requantization / bias; returns float32 [B, N, Ho, Wo]. Not differentiable.
+QATKIT_API at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                                  at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
+                                  double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
+                                  std::int64_t act_quant_max, const std::optional<at::Tensor>& bias = std::nullopt);
+
+/// linear_int8 with binary weights, 1 bit each (1 = +1; bit k % 8 of byte k / 8, the file's 1-bit
+/// packing), uint8 [N, K_pad / 8], K_pad = K rounded up to a multiple of 32. Not differentiable.
+QATKIT_API at::Tensor linear_w1a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                                  const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                                  std::int64_t act_quant_min, std::int64_t act_quant_max,
+                                  const std::optional<at::Tensor>& bias = std::nullopt);
+
 /// linear_int8 with ternary weights packed 2 bits each in the W2A8 kernel layout (uint8
 /// [N, K_pad / 4], K_pad = K rounded up to a multiple of 128; kernels/common/qgemm_args.h,
-/// QGemmT2Args); `corr` and the requantization as for linear_int8. Not differentiable.
+/// QGemmPackedArgs); `corr` and the requantization as for linear_int8. Not differentiable.
 QATKIT_API at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                   const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                                   std::int64_t act_quant_min, std::int64_t act_quant_max,

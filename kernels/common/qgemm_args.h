@@ -27,24 +27,31 @@ struct QGemmArgs {
   const std::int32_t* corr = nullptr;
   const float* out_scale = nullptr;
   const float* bias = nullptr;  ///< float bias added after the requantization, or nullptr
-  float* y = nullptr;  ///< [M, N], row stride N
+  float* y = nullptr;  ///< y[m * y_rs + n * y_cs]: [M, N] row-major (y_rs = N, y_cs = 1), or a conv's [N, L]
   std::int64_t M = 0, N = 0, K = 0;
+  std::int64_t y_rs = 0, y_cs = 1;
 };
 
-/// Ternary weights, 2 bits each (the W2A8 kernel layout, made at load from the file's codes): the
-/// code c = w + 1 in {0, 1, 2}; K padded to a multiple of 128 with c = 1 (w = 0); per 128-weight
-/// block, byte j (j < 32) holds the codes of k = j, j + 32, j + 64, j + 96 in bits 0-1, 2-3, 4-5,
-/// 6-7, so four shifts and a mask give 32 consecutive codes. Row n is K_pad / 4 bytes.
-/// sum_k a * w = sum_k a * c - sum_k a: a_sum[m] = sum_k a[m, k] is formed with the codes.
-struct QGemmT2Args {
+/// Packed low-bit weights against int8 activation rows zero-padded to K_pad.
+/// Ternary (W2A8), 2 bits each, a kernel layout made at load from the file's codes: the code
+/// c = w + 1 in {0, 1, 2}; K padded to a multiple of 128 with c = 1 (w = 0); per 128-weight block,
+/// byte j (j < 32) holds the codes of k = j, j + 32, j + 64, j + 96 in bits 0-1, 2-3, 4-5, 6-7, so
+/// four shifts and a mask give 32 consecutive codes; row n is K_pad / 4 bytes;
+/// sum_k a * w = sum_k a * c - sum_k a.
+/// Binary (W1A8), 1 bit each (1 = +1, bit k % 8 of byte k / 8: the file's packing), K padded to a
+/// multiple of 32 (padded activations are 0, so padded bits add nothing); row n is K_pad / 8 bytes;
+/// sum_k a * w = 2 * sum_{bit = 1} a - sum_k a.
+/// a_sum[m] = sum_k a[m, k] is formed with the activation codes.
+struct QGemmPackedArgs {
   const std::int8_t* a = nullptr;      ///< [M, K_pad], zero padded
   const std::int32_t* a_sum = nullptr; ///< [M]
   const std::uint8_t* w = nullptr;     ///< [N, K_pad / 4]
   const std::int32_t* corr = nullptr;
   const float* out_scale = nullptr;
   const float* bias = nullptr;
-  float* y = nullptr;
+  float* y = nullptr;  ///< y[m * y_rs + n * y_cs], as QGemmArgs
   std::int64_t M = 0, N = 0, K_pad = 0;
+  std::int64_t y_rs = 0, y_cs = 1;
 };
 
 }  // namespace qatkit::kernels

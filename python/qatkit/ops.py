@@ -512,9 +512,72 @@ def linear_w2a8(
                                         act_quant_max, bias)
 
 
+def conv2d_int8(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    weight_bits: int,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    corr: torch.Tensor,
+    out_scale: torch.Tensor,
+    act_scale: float,
+    act_zero_point: int,
+    act_quant_min: int,
+    act_quant_max: int,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """A groups == 1 Conv2d on the integer kernels (docs/integer.md, "static" form): the NCHW float32
+    input quantized once per image, int8 patches (a zero-padded position holds the code of 0) times
+    the weight flattened to ``[N, C*kh*kw]`` (``weight_bits`` 8: int8 codes; 2 / 1: packed by
+    :func:`pack_ternary_t2` / :func:`pack_binary_b1`), with :func:`linear_int8`'s ``corr``,
+    requantization and optional float bias. Returns float32 ``[B, N, Ho, Wo]``; bit for bit the
+    integer form of the conv. Inference only."""
+    return torch.ops.qatkit.conv2d_int8(input, weight, weight_bits, list(kernel_size), list(stride), list(padding),
+                                        list(dilation), corr, out_scale, act_scale, act_zero_point, act_quant_min,
+                                        act_quant_max, bias)
+
+
+def linear_w1a8(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    corr: torch.Tensor,
+    out_scale: torch.Tensor,
+    act_scale: float,
+    act_zero_point: int,
+    act_quant_min: int,
+    act_quant_max: int,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """:func:`linear_int8` with binary weights, 1 bit each (:func:`pack_binary_b1`): uint8
+    ``[N, K_pad / 8]``, ``K_pad`` the input's K rounded up to a multiple of 32. Same ``corr`` and
+    requantization; the same bits as :func:`linear_int8` on the unpacked codes."""
+    return torch.ops.qatkit.linear_w1a8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
+                                        act_quant_max, bias)
+
+
+def pack_binary_b1(codes: torch.Tensor) -> torch.Tensor:
+    """Binary codes ``[N, K]`` in {-1, 1} -> the W1A8 kernel layout: bit ``k % 8`` of byte ``k / 8``
+    is 1 for +1 (the file's 1-bit packing), K padded to a multiple of 32 with 0 bits.
+
+    Raises:
+        ValueError: not 2-D, or a code outside {-1, 1}.
+    """
+    if codes.dim() != 2:
+        raise ValueError(f"pack_binary_b1: codes must be 2-D [N, K], got shape {tuple(codes.shape)}")
+    if codes.numel() and not bool(((codes == 1) | (codes == -1)).all()):
+        raise ValueError("pack_binary_b1: codes must lie in {-1, 1}")
+    n, k = codes.shape
+    kp = (k + 31) // 32 * 32
+    bits = torch.cat([(codes > 0).to(torch.int32), torch.zeros(n, kp - k, dtype=torch.int32)], 1)
+    bits = bits.reshape(n, kp // 8, 8) << torch.arange(8, dtype=torch.int32)
+    return bits.sum(2).to(torch.uint8).contiguous()
+
+
 def pack_ternary_t2(codes: torch.Tensor) -> torch.Tensor:
     """Ternary codes ``[N, K]`` in {-1, 0, 1} -> the W2A8 kernel layout (kernels/common/qgemm_args.h,
-    QGemmT2Args): ``c = w + 1``, K padded to a multiple of 128 with c = 1, per 128-weight block byte
+    QGemmPackedArgs): ``c = w + 1``, K padded to a multiple of 128 with c = 1, per 128-weight block byte
     j holding the codes of k = j, j + 32, j + 64, j + 96 in bits 0-1, 2-3, 4-5, 6-7.
 
     Raises:

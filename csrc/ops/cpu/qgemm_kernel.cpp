@@ -50,6 +50,7 @@ at::Tensor linear_int8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   g.M = M;
   g.N = N;
   g.K = K;
+  g.y_rs = N;
   // blocks of 16 columns (a multiple of the AVX2 kernel's 4) whose weight rows are ~ 64 KiB or less
   at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b, std::int64_t e) {
     k.gemm_s8(g, b * 16, std::min(N, e * 16));
@@ -57,22 +58,23 @@ at::Tensor linear_int8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   return y;
 }
 
-at::Tensor linear_w2a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
-                           const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
-                           std::int64_t act_quant_min, std::int64_t act_quant_max,
-                           const std::optional<at::Tensor>& bias) {
+// The packed low-bit kernels (weight_bits 2: ternary, 1: binary): activation rows quantized into a
+// buffer zero-padded to K_pad, with their sums, then the GEMM over blocks of output columns.
+at::Tensor packed_linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                             const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                             std::int64_t act_quant_min, std::int64_t act_quant_max,
+                             const std::optional<at::Tensor>& bias, int weight_bits) {
   const std::int32_t shift = check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point,
-                                                    act_quant_min, act_quant_max, bias, true);
+                                                    act_quant_min, act_quant_max, bias, weight_bits);
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = w.size(0), K_pad = w.size(1) * 4, K = x.size(-1);
+  const std::int64_t N = w.size(0), K_pad = w.size(1) * (8 / weight_bits), K = x.size(-1);
   std::int64_t M = 1;
   for (std::int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
   std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape.back() = N;
   at::Tensor y = at::empty(shape, input.options());
   if (y.numel() == 0) return y;
-  // activation codes padded with 0 up to K_pad (padded weights are 0 too: code 1), and their sums
   std::vector<std::int8_t> a(static_cast<std::size_t>(M * K_pad), 0);
   std::vector<std::int32_t> a_sum(static_cast<std::size_t>(M), 0);
   kernels::ActQuantArgs q;
@@ -92,7 +94,7 @@ at::Tensor linear_w2a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
       a_sum[static_cast<std::size_t>(m)] = s;
     }
   });
-  kernels::QGemmT2Args g;
+  kernels::QGemmPackedArgs g;
   g.a = a.data();
   g.a_sum = a_sum.data();
   g.w = w.data_ptr<std::uint8_t>();
@@ -103,17 +105,149 @@ at::Tensor linear_w2a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   g.M = M;
   g.N = N;
   g.K_pad = K_pad;
+  g.y_rs = N;
+  const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
   at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) {
-    k.gemm_t2(g, b0 * 16, std::min(N, e0 * 16));
+    gemm(g, b0 * 16, std::min(N, e0 * 16));
   });
+  return y;
+}
+
+at::Tensor linear_w2a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                           const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                           std::int64_t act_quant_min, std::int64_t act_quant_max,
+                           const std::optional<at::Tensor>& bias) {
+  return packed_linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max,
+                           bias, 2);
+}
+
+at::Tensor linear_w1a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                           const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                           std::int64_t act_quant_min, std::int64_t act_quant_max,
+                           const std::optional<at::Tensor>& bias) {
+  return packed_linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max,
+                           bias, 1);
+}
+
+// The output columns [0, N) in one call (inside a parallel region) or in blocks of 16 across threads.
+template <class F>
+void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
+  if (inside_parallel) {
+    f(0, N);
+  } else {
+    at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t b1) { f(b0 * 16, std::min(N, b1 * 16)); });
+  }
+}
+
+// One image per task: its codes (int8, quantized once), its patches [L, K_row] in the GEMM's row
+// layout (im2col on codes), their sums (packed kernels), and the GEMM written into [N, L] of the
+// NCHW output (y_rs = 1, y_cs = L). A zero-padded position holds the code of 0 (zero point -
+// shift): exactly what the float conv's zero padding quantizes to, so corr's zero-point term holds.
+at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                           at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
+                           double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
+                           std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
+  const auto [ho, wo] = ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation);
+  const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const std::int64_t kh = kernel_size[0], kw = kernel_size[1], K = C * kh * kw;
+  const std::int32_t shift = check_linear_int8_args(
+      at::empty({1, weight_bits == 8 ? weight.size(1) : K}, input.options()), weight, corr, out_scale, act_scale,
+      act_zero_point, act_quant_min, act_quant_max, bias, static_cast<int>(weight_bits));
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = w.size(0), L = ho * wo;
+  const std::int64_t K_row = w.size(1) * (8 / weight_bits);  // >= K: the padded tail of each patch row stays 0
+  at::Tensor y = at::empty({B, N, ho, wo}, input.options());
+  if (y.numel() == 0) return y;
+  kernels::ActQuantArgs q;
+  q.inv_scale = 1.0f / static_cast<float>(act_scale);
+  q.zero_point = static_cast<std::int32_t>(act_zero_point);
+  q.quant_min = static_cast<std::int32_t>(act_quant_min);
+  q.quant_max = static_cast<std::int32_t>(act_quant_max);
+  q.shift = shift;
+  const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const float* xp = x.data_ptr<float>();
+  const std::int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1], dh = dilation[0],
+                     dw = dilation[1];
+  // images in parallel; with fewer images than threads, one image at a time with the GEMM's output
+  // channels in parallel
+  const bool per_image = B >= at::get_num_threads();
+  const auto run = [&](std::int64_t b0, std::int64_t b1) {
+    std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W));
+    std::vector<std::int8_t> cols(static_cast<std::size_t>(L * K_row), 0);
+    std::vector<std::int32_t> a_sum(static_cast<std::size_t>(L));
+    for (std::int64_t bi = b0; bi < b1; ++bi) {
+      k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+      for (std::int64_t oh = 0; oh < ho; ++oh) {
+        for (std::int64_t ow = 0; ow < wo; ++ow) {
+          std::int8_t* row = cols.data() + (oh * wo + ow) * K_row;
+          std::int64_t idx = 0;
+          std::int32_t s = 0;
+          for (std::int64_t ci = 0; ci < C; ++ci) {
+            for (std::int64_t i = 0; i < kh; ++i) {
+              const std::int64_t ih = oh * sh - ph + i * dh;
+              for (std::int64_t j = 0; j < kw; ++j, ++idx) {
+                const std::int64_t iw = ow * sw - pw + j * dw;
+                const std::int8_t v = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xq[(ci * H + ih) * W + iw] : pad_code;
+                row[idx] = v;
+                s += v;
+              }
+            }
+          }
+          a_sum[static_cast<std::size_t>(oh * wo + ow)] = s;  // positions K..K_row stay 0
+        }
+      }
+      float* yb = y.data_ptr<float>() + bi * N * L;
+      if (weight_bits == 8) {
+        kernels::QGemmArgs g;
+        g.a = cols.data();
+        g.w = w.data_ptr<std::int8_t>();
+        g.corr = c.data_ptr<std::int32_t>();
+        g.out_scale = os.data_ptr<float>();
+        g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+        g.y = yb;
+        g.M = L;
+        g.N = N;
+        g.K = K;
+        g.y_rs = 1;
+        g.y_cs = L;
+        gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_s8(g, n0, n1); });
+      } else {
+        kernels::QGemmPackedArgs g;
+        g.a = cols.data();
+        g.a_sum = a_sum.data();
+        g.w = w.data_ptr<std::uint8_t>();
+        g.corr = c.data_ptr<std::int32_t>();
+        g.out_scale = os.data_ptr<float>();
+        g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+        g.y = yb;
+        g.M = L;
+        g.N = N;
+        g.K_pad = K_row;
+        g.y_rs = 1;
+        g.y_cs = L;
+        const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
+        gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { gemm(g, n0, n1); });
+      }
+    }
+  };
+  if (per_image) {
+    at::parallel_for(0, B, 1, run);
+  } else {
+    run(0, B);
+  }
   return y;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("conv2d_int8", &conv2d_int8_cpu);
   m.impl("linear_int8", &linear_int8_cpu);
   m.impl("linear_w2a8", &linear_w2a8_cpu);
+  m.impl("linear_w1a8", &linear_w1a8_cpu);
 }
 
 }  // namespace qatkit::ops

@@ -23,17 +23,43 @@ at::Tensor linear_w2a8_meta(const at::Tensor& input, const at::Tensor& weight, c
                             std::int64_t act_quant_min, std::int64_t act_quant_max,
                             const std::optional<at::Tensor>& bias) {
   check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
-                         true);
+                         2);
   std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
   shape.back() = weight.sym_size(0);
   return at::empty_symint(shape, input.options());
 }
 
+at::Tensor linear_w1a8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                            const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                            std::int64_t act_quant_min, std::int64_t act_quant_max,
+                            const std::optional<at::Tensor>& bias) {
+  check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
+                         1);
+  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
+  shape.back() = weight.sym_size(0);
+  return at::empty_symint(shape, input.options());
+}
+
+at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
+                            double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
+                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation);
+  const std::int64_t K = input.size(1) * kernel_size[0] * kernel_size[1];
+  check_linear_int8_args(at::empty({1, weight_bits == 8 ? weight.size(1) : K}, input.options()), weight, corr,
+                         out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
+                         static_cast<int>(weight_bits));
+  return at::empty({input.size(0), weight.size(0), ho, wo}, input.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
+  m.impl("conv2d_int8", &conv2d_int8_meta);
   m.impl("linear_int8", &linear_int8_meta);
   m.impl("linear_w2a8", &linear_w2a8_meta);
+  m.impl("linear_w1a8", &linear_w1a8_meta);
 }
 
 }  // namespace qatkit::ops

@@ -7,6 +7,9 @@
 #if defined(__AVX2__)
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "loops.h"
 
 namespace qatkit::kernels::cpu {
@@ -25,13 +28,45 @@ inline std::uint32_t hsum(__m256i v) {
   return static_cast<std::uint32_t>(_mm_cvtsi128_si32(s));
 }
 
+// quantize_code (fake_quant_scalar.h) eight lanes at a time: r = round-half-even(x * inv_s), clamped
+// to [qmin - z, qmax - z] (NaN: z), + z - shift, narrowed to int8; the same bits as the scalar loop,
+// which finishes the tail.
+void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuantArgs& q, std::int64_t begin,
+                   std::int64_t end) {
+  const __m256 inv = _mm256_set1_ps(q.inv_scale);
+  const __m256 lo = _mm256_set1_ps(static_cast<float>(q.quant_min - q.zero_point));
+  const __m256 hi = _mm256_set1_ps(static_cast<float>(q.quant_max - q.zero_point));
+  const __m256i off = _mm256_set1_epi32(q.zero_point - q.shift);
+  const std::int64_t n0 = begin * K, n1 = end * K;
+  std::int64_t i = n0;
+  for (; i + 8 <= n1; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);  // a NaN r becomes lo here; the blend below makes it z
+    r = _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));  // NaN -> code z
+    const __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(r), off);
+    // eight int32 in [-128, 127] -> int8
+    const __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(a + i), _mm_packs_epi16(c16, c16));
+  }
+  if (i < n1) {
+    // the scalar loop over whole rows: finish element by element from i
+    const float lo1 = static_cast<float>(q.quant_min - q.zero_point), hi1 = static_cast<float>(q.quant_max - q.zero_point);
+    const float z = static_cast<float>(q.zero_point);
+    for (; i < n1; ++i) {
+      a[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(quantize_code<float>(x[i], q.inv_scale, lo1, hi1, z)) -
+                                      q.shift);
+    }
+  }
+}
+
 // Four weight rows against one activation row: the activation chunk is loaded once per four dots.
 void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   const std::int64_t K = g.K, K32 = K & ~std::int64_t{31};
   const __m256i ones = _mm256_set1_epi16(1);
   for (std::int64_t m = 0; m < g.M; ++m) {
     const std::int8_t* a = g.a + m * K;
-    float* y = g.y + m * g.N;
+    float* y = g.y + m * g.y_rs;  // column n at y[n * g.y_cs]
     std::int64_t n = n_begin;
     for (; n + 4 <= n_end; n += 4) {
       const std::int8_t* w0 = g.w + n * K;
@@ -48,7 +83,7 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
       for (int j = 0; j < 4; ++j) {
         std::uint32_t acc = hsum(cs[j]) + static_cast<std::uint32_t>(g.corr[n + j]);
         acc = detail::dot_s8(a, g.w + (n + j) * K, K32, K, acc);
-        y[n + j] = detail::requantize(acc, g, n + j);
+        y[(n + j) * g.y_cs] = detail::requantize(acc, g, n + j);
       }
     }
     for (; n < n_end; ++n) {
@@ -60,7 +95,7 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
                                         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k)), ones));
       }
       const std::uint32_t acc = detail::dot_s8(a, w, K32, K, hsum(c) + static_cast<std::uint32_t>(g.corr[n]));
-      y[n] = detail::requantize(acc, g, n);
+      y[n * g.y_cs] = detail::requantize(acc, g, n);
     }
   }
 }
@@ -68,12 +103,12 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 // Ternary: per 128-weight block, 32 bytes hold four 32-code vectors (shift, mask 3); the codes
 // {0, 1, 2} are vpmaddubsw's unsigned operand and the activations its signed one: pair sums
 // <= 2 * 2 * 128 never saturate. Four weight rows per activation row share the activation loads.
-void gemm_t2(const QGemmT2Args& g, std::int64_t n_begin, std::int64_t n_end) {
+void gemm_t2(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   const std::int64_t KB = g.K_pad / 4;  // bytes per weight row
   const __m256i ones = _mm256_set1_epi16(1), mask = _mm256_set1_epi8(3);
   for (std::int64_t m = 0; m < g.M; ++m) {
     const std::int8_t* a = g.a + m * g.K_pad;
-    float* y = g.y + m * g.N;
+    float* y = g.y + m * g.y_rs;  // column n at y[n * g.y_cs]
     std::int64_t n = n_begin;
     for (; n + 4 <= n_end; n += 4) {
       const std::uint8_t* w0 = g.w + n * KB;
@@ -93,16 +128,57 @@ void gemm_t2(const QGemmT2Args& g, std::int64_t n_begin, std::int64_t n_end) {
           c[r] = _mm256_add_epi32(c[r], _mm256_madd_epi16(s, ones));
         }
       }
-      for (int r = 0; r < 4; ++r) y[n + r] = detail::finish_t2(hsum(c[r]), g, m, n + r);
+      for (int r = 0; r < 4; ++r) y[(n + r) * g.y_cs] = detail::finish_t2(hsum(c[r]), g, m, n + r);
     }
-    for (; n < n_end; ++n) y[n] = detail::finish_t2(detail::dot_t2(a, g.w + n * KB, g.K_pad), g, m, n);
+    for (; n < n_end; ++n) y[n * g.y_cs] = detail::finish_t2(detail::dot_t2(a, g.w + n * KB, g.K_pad), g, m, n);
+  }
+}
+
+// Binary: 32 weights = one 32-bit word; each byte of the word is broadcast to 8 lanes and compared
+// with its bit mask, giving 0xFF where the weight is +1; the activations there are summed with
+// vpmaddubsw against ones (pair sums <= 256; eight chunks add in int16 to <= 2048) and widened.
+inline __m256i bit_mask(const std::uint8_t* w) {
+  std::uint32_t word;
+  std::memcpy(&word, w, 4);
+  const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(word)),
+                                            _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2,
+                                                             2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3));
+  const __m256i bits = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bits), bits);
+}
+
+void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t KB = g.K_pad / 8;
+  const __m256i ones16 = _mm256_set1_epi16(1), ones8 = _mm256_set1_epi8(1);
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    const std::int8_t* a = g.a + m * g.K_pad;
+    float* y = g.y + m * g.y_rs;  // column n at y[n * g.y_cs]
+    std::int64_t n = n_begin;
+    for (; n + 4 <= n_end; n += 4) {
+      const std::uint8_t* w0 = g.w + n * KB;
+      __m256i c[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (std::int64_t k0 = 0; k0 < g.K_pad; k0 += 256) {  // up to 8 chunks of 32 summed in int16
+        const std::int64_t k1 = std::min(g.K_pad, k0 + 256);
+        __m256i s[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (std::int64_t k = k0; k < k1; k += 32) {
+          const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k));
+          for (int r = 0; r < 4; ++r) {
+            const __m256i sel = _mm256_and_si256(bit_mask(w0 + r * KB + k / 8), va);
+            s[r] = _mm256_add_epi16(s[r], _mm256_maddubs_epi16(ones8, sel));
+          }
+        }
+        for (int r = 0; r < 4; ++r) c[r] = _mm256_add_epi32(c[r], _mm256_madd_epi16(s[r], ones16));
+      }
+      for (int r = 0; r < 4; ++r) y[(n + r) * g.y_cs] = detail::finish_b1(hsum(c[r]), g, m, n + r);
+    }
+    for (; n < n_end; ++n) y[n * g.y_cs] = detail::finish_b1(detail::dot_b1(a, g.w + n * KB, g.K_pad), g, m, n);
   }
 }
 
 }  // namespace
 
 const QGemmKernels* qgemm_avx2() {
-  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2};
+  static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1};
   return &k;
 }
 

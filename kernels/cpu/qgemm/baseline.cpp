@@ -10,16 +10,25 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
     const std::int8_t* a = g.a + m * g.K;
     for (std::int64_t n = n_begin; n < n_end; ++n) {
       const std::uint32_t acc = detail::dot_s8(a, g.w + n * g.K, 0, g.K, static_cast<std::uint32_t>(g.corr[n]));
-      g.y[m * g.N + n] = detail::requantize(acc, g, n);
+      g.y[m * g.y_rs + n * g.y_cs] = detail::requantize(acc, g, n);
     }
   }
 }
 
-void gemm_t2(const QGemmT2Args& g, std::int64_t n_begin, std::int64_t n_end) {
+void gemm_t2(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   for (std::int64_t m = 0; m < g.M; ++m) {
     for (std::int64_t n = n_begin; n < n_end; ++n) {
       const std::uint32_t s = detail::dot_t2(g.a + m * g.K_pad, g.w + n * (g.K_pad / 4), g.K_pad);
-      g.y[m * g.N + n] = detail::finish_t2(s, g, m, n);
+      g.y[m * g.y_rs + n * g.y_cs] = detail::finish_t2(s, g, m, n);
+    }
+  }
+}
+
+void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    for (std::int64_t n = n_begin; n < n_end; ++n) {
+      const std::uint32_t s = detail::dot_b1(g.a + m * g.K_pad, g.w + n * (g.K_pad / 8), g.K_pad);
+      g.y[m * g.y_rs + n * g.y_cs] = detail::finish_b1(s, g, m, n);
     }
   }
 }
@@ -27,7 +36,7 @@ void gemm_t2(const QGemmT2Args& g, std::int64_t n_begin, std::int64_t n_end) {
 }  // namespace
 
 const QGemmKernels& qgemm_baseline() {
-  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2};
+  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1};
   return k;
 }
 

@@ -37,7 +37,7 @@ inline float requantize(std::uint32_t acc, const Args& g, std::int64_t n) {
   return g.bias ? y + g.bias[n] : y;
 }
 
-/// sum_k a[k] * c[k] over the 2-bit codes of one weight row (QGemmT2Args's layout), modulo 2^32.
+/// sum_k a[k] * c[k] over the 2-bit codes of one weight row (QGemmPackedArgs's layout), modulo 2^32.
 inline std::uint32_t dot_t2(const std::int8_t* a, const std::uint8_t* w, std::int64_t K_pad) {
   std::uint32_t acc = 0;
   for (std::int64_t b = 0; b < K_pad; b += 128) {
@@ -53,8 +53,23 @@ inline std::uint32_t dot_t2(const std::int8_t* a, const std::uint8_t* w, std::in
 }
 
 /// One output of the ternary GEMM: the codes' sum minus a_sum, plus corr, requantized.
-inline float finish_t2(std::uint32_t sum_ac, const QGemmT2Args& g, std::int64_t m, std::int64_t n) {
+inline float finish_t2(std::uint32_t sum_ac, const QGemmPackedArgs& g, std::int64_t m, std::int64_t n) {
   const std::uint32_t acc = sum_ac - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
+  return requantize(acc, g, n);
+}
+
+/// sum of a[k] over the set bits of one binary weight row, modulo 2^32.
+inline std::uint32_t dot_b1(const std::int8_t* a, const std::uint8_t* w, std::int64_t K_pad) {
+  std::uint32_t acc = 0;
+  for (std::int64_t k = 0; k < K_pad; ++k) {
+    if ((w[k >> 3] >> (k & 7)) & 1) acc += static_cast<std::uint32_t>(std::int32_t{a[k]});
+  }
+  return acc;
+}
+
+/// One output of the binary GEMM: 2 * (sum over set bits) - a_sum, plus corr, requantized.
+inline float finish_b1(std::uint32_t sum_set, const QGemmPackedArgs& g, std::int64_t m, std::int64_t n) {
+  const std::uint32_t acc = 2u * sum_set - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
   return requantize(acc, g, n);
 }
 

@@ -18,7 +18,9 @@ struct QGemmKernels {
   /// Output columns [n_begin, n_end) of every row.
   void (*gemm_s8)(const QGemmArgs& args, std::int64_t n_begin, std::int64_t n_end);
   /// The ternary (2-bit) GEMM, output columns [n_begin, n_end) of every row.
-  void (*gemm_t2)(const QGemmT2Args& args, std::int64_t n_begin, std::int64_t n_end);
+  void (*gemm_t2)(const QGemmPackedArgs& args, std::int64_t n_begin, std::int64_t n_end);
+  /// The binary (1-bit) GEMM, output columns [n_begin, n_end) of every row.
+  void (*gemm_b1)(const QGemmPackedArgs& args, std::int64_t n_begin, std::int64_t n_end);
 };
 
 const QGemmKernels& qgemm_baseline();

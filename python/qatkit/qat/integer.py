@@ -250,11 +250,15 @@ def _is_conv(mod) -> bool:
 
 
 def _int8_plan(mod) -> Optional[dict]:
-    """The operands of ``ops.linear_int8`` for a "static" Linear whose codes fit the int8 kernel
-    (8-bit input range, weight codes in [-127, 127]), or None (the float64 simulation runs)."""
+    """The operands of ``ops.linear_int8`` (or the packed ternary / binary kernels) for a "static"
+    Linear, or a Conv with groups == 1 (weights flattened to [N, C*kh*kw], inputs unfolded), whose
+    codes fit (8-bit input range, weight codes in [-127, 127]); None: the float64 simulation runs."""
     aq = mod.input_fake_quant
     spec = aq.spec
+    if _is_conv(mod) and mod.groups != 1:
+        return None
     w = mod.weight_int
+    w = w.reshape(w.shape[0], -1) if w.dim() > 0 else w
     if w.dim() != 2 or w.dtype != torch.int8 or (w.numel() and int(w.min()) < -127):
         return None
     qmin, qmax = spec.quant_min, spec.quant_max
@@ -269,9 +273,16 @@ def _int8_plan(mod) -> Optional[dict]:
     if corr.numel() and int(corr.abs().max()) > _INT32_MAX:
         return None
     bias = None if mod.bias is None or bq is not None else mod.bias.detach().float().contiguous()
-    ternary = mod.weight_spec.kind == "ternary"  # 2-bit codes: the W2A8 kernel (4x fewer weight bytes)
-    return {"op": ops.linear_w2a8 if ternary else ops.linear_int8, "kernel": "linear_w2a8" if ternary else "linear_int8",
-            "weight": ops.pack_ternary_t2(w) if ternary else w.contiguous(),
+    # ternary codes: the W2A8 kernel (4x fewer weight bytes); binary: W1A8 (8x fewer)
+    kind = mod.weight_spec.kind
+    op, name, packed = {
+        "ternary": (ops.linear_w2a8, "linear_w2a8", ops.pack_ternary_t2),
+        "binary": (ops.linear_w1a8, "linear_w1a8", ops.pack_binary_b1),
+    }.get(kind, (ops.linear_int8, "linear_int8", lambda t: t.contiguous()))
+    if _is_conv(mod) and name == "linear_int8" and w.shape[1] % 32:
+        # conv2d_int8 takes int8 rows zero-padded to a multiple of 32: small-K convs run vectorized
+        packed = lambda t: F.pad(t, (0, -t.shape[1] % 32)).contiguous()  # noqa: E731
+    return {"op": op, "kernel": name, "weight": packed(w),
             "corr": corr.to(torch.int32), "out_scale": _multiplier(mod), "bias": bias,
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
@@ -280,9 +291,7 @@ def linear(mod, x: torch.Tensor) -> torch.Tensor:
     """Integer-exact ``F.linear`` of a converted Linear (after its RMSNorm / smoothing): the int8
     kernel (``ops.linear_int8``) where it applies, else the float64 simulation (same bits)."""
     if mod._integer_form == "static" and x.device.type == "cpu" and x.dtype == torch.float32:
-        plan = mod.__dict__.get("_int8_plan")
-        if plan is None:
-            plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
+        plan = _plan(mod)
         if plan:
             return plan["op"](x, plan["weight"], plan["corr"], plan["out_scale"], plan["act_scale"], plan["zp"],
                               plan["qmin"], plan["qmax"], plan["bias"])
@@ -299,6 +308,10 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     with 0 (the code of x = 0 is the zero point exactly; binary codes have no 0, and 0 is what the
     float layer pads its binarized input with); other padding modes copy codes, as the float layer
     pads its quantized input."""
+    if mod._integer_form == "static" and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == nd + 2:
+        plan = _plan(mod)
+        if plan and isinstance(mod.padding, tuple):
+            return _conv_on_kernel(mod, x, nd, plan)
     fn = F.conv1d if nd == 1 else F.conv2d
     padding, pad = mod.padding, None
     if mod.padding_mode != "zeros":
@@ -307,15 +320,37 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     return _apply(mod, x, lambda xq, w: fn(xq, w, None, mod.stride, padding, mod.dilation, mod.groups), pad)
 
 
+def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
+    """A groups == 1 conv on ``ops.conv2d_int8`` (im2col on the codes; Conv1d as a 1 x k Conv2d).
+    Zero padding holds the code of 0, the zero point, which the kernel's zero-point term cancels:
+    the integer sums of the direct conv; other padding modes pad x first (copies, as for codes)."""
+    if mod.padding_mode != "zeros":
+        x = F.pad(x, mod._rpt, mode=mod.padding_mode)
+        padding = (0,) * nd
+    else:
+        padding = tuple(mod.padding)
+    if nd == 1:
+        x4, k, st, dil, pad = x.unsqueeze(2), (1, mod.kernel_size[0]), (1, mod.stride[0]), (1, mod.dilation[0]), (0, padding[0])
+    else:
+        x4, k, st, dil, pad = x, tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.dilation), padding
+    bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[plan["kernel"]]
+    y = ops.conv2d_int8(x4, plan["weight"], bits, k, st, pad, dil, plan["corr"], plan["out_scale"], plan["act_scale"],
+                        plan["zp"], plan["qmin"], plan["qmax"], plan["bias"])
+    return y.squeeze(2) if nd == 1 else y
+
+
+def _plan(mod):
+    plan = mod.__dict__.get("_int8_plan")
+    if plan is None:
+        plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
+    return plan
+
+
 def kernel_for(mod) -> Optional[str]:
     """The integer kernel a converted layer in integer compute runs on (CPU), or None: its integer
     form then runs as the float64 simulation (:func:`set_compute`) — exact, but no faster."""
-    from .convert import QuantizedLinear
-
-    if mod._integer_form == "static" and isinstance(mod, QuantizedLinear):
-        plan = mod.__dict__.get("_int8_plan")
-        if plan is None:
-            plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
+    if mod._integer_form == "static" and (not _is_conv(mod) or isinstance(mod.padding, tuple)):
+        plan = _plan(mod)
         if plan:
             return plan["kernel"]
     return None

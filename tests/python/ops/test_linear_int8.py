@@ -169,3 +169,106 @@ def test_w2a8_opcheck_and_errors():
         ops.linear_w2a8(x, p[:, :32], corr, scale, s, zp, qmin, qmax)
     with pytest.raises(ValueError, match="rounded up to a multiple of 128"):
         ops.linear_w2a8(x[:, :2], p, corr, scale, s, zp, qmin, qmax)
+
+
+# ---------------------------------------------------------------- binary W1A8
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 4, 32), (1, 37, 133), (5, 16, 64), (3, 9, 1), (2, 64, 600), (0, 8, 16),
+                                   (4, 5, 256)])
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
+def test_w1a8_equals_the_int8_kernel_on_the_unpacked_codes(M, N, K, qrange, zp):
+    x, _, _, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
+    g = torch.Generator().manual_seed(6)
+    w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+    shift = 128 if qmin >= 0 else 0
+    corr = (bias_q.long() + (shift - zp) * w.long().sum(1)).int()
+    want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+    fb = torch.randn(N, generator=g)
+    corr0 = ((shift - zp) * w.long().sum(1)).int()
+    want_b = _reference(x, w, torch.zeros_like(bias_q), scale, s, zp, qmin, qmax) + fb
+    packed = ops.pack_binary_b1(w)
+    assert packed.dtype == torch.uint8 and packed.shape == (N, (K + 31) // 32 * 4)
+    # the kernel layout is the file's 1-bit packing (pack_weights, bits=1, sign), padded to 32
+    if K % 32 == 0 and N:
+        assert torch.equal(packed, qatkit.ops.pack_weights(w, 1, 0, "sign"))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            assert torch.equal(ops.linear_w1a8(x, packed, corr, scale, s, zp, qmin, qmax), want), isa
+            assert torch.equal(ops.linear_w1a8(x, packed, corr0, scale, s, zp, qmin, qmax, fb), want_b), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_w1a8_opcheck_packing_and_errors():
+    x, _, _, scale, s, zp, qmin, qmax, _ = _case(3, 8, 70)
+    w = (torch.randint(0, 2, (8, 70)) * 2 - 1).to(torch.int8)
+    p, corr = ops.pack_binary_b1(w), torch.zeros(8, dtype=torch.int32)
+    torch.library.opcheck(torch.ops.qatkit.linear_w1a8.default, (x, p, corr, scale, s, zp, qmin, qmax))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ops.linear_w1a8(x, p[:, :4], corr, scale, s, zp, qmin, qmax)
+    with pytest.raises(TypeError, match="1-bit codes, packed"):
+        ops.linear_w1a8(x, w, corr, scale, s, zp, qmin, qmax)
+    with pytest.raises(ValueError, match="must lie in"):
+        ops.pack_binary_b1(torch.zeros(2, 3, dtype=torch.int8))
+
+
+# ---------------------------------------------------------------- conv2d_int8
+
+
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("geom", [dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1)), dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2)),
+                                  dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1))])
+def test_conv2d_int8_equals_the_int8_kernel_on_unfolded_patches(bits, geom):
+    """The conv equals linear_int8 over F.unfold's patches of the zero-padded input (the code of 0 at
+    padded positions), on every ISA, for int8, 2-bit and 1-bit weights."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(7)
+    B, C, H, W, N = 3, 5, 9, 7, 6
+    x = torch.randn(B, C, H, W, generator=g) * 2
+    K = C * geom["k"][0] * geom["k"][1]
+    if bits == 8:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        packed = w
+    elif bits == 2:
+        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+        packed = ops.pack_ternary_t2(w)
+    else:
+        w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+        packed = ops.pack_binary_b1(w)
+    s, zp, qmin, qmax = 0.04, 9, 0, 255
+    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+    scale = torch.rand(N, generator=g) * 1e-2
+    fb = torch.randn(N, generator=g)
+    cols = F.unfold(x, geom["k"], dilation=geom["d"], padding=geom["p"], stride=geom["s"])  # [B, K, L]
+    want = ops.linear_int8(cols.transpose(1, 2), w, corr, scale, s, zp, qmin, qmax, fb).transpose(1, 2)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.conv2d_int8(x, packed, bits, geom["k"], geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin,
+                                  qmax, fb)
+            assert torch.equal(got.reshape(B, N, -1), want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_conv2d_int8_opcheck_and_errors():
+    x = torch.randn(2, 3, 6, 6)
+    w = torch.randint(-127, 128, (4, 27), dtype=torch.int8)
+    corr, scale = torch.zeros(4, dtype=torch.int32), torch.ones(4)
+    args = (x, w, 8, [3, 3], [1, 1], [1, 1], [1, 1], corr, scale, 0.1, 0, -128, 127)
+    torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default, args)
+    with pytest.raises(ValueError, match="weight_bits must be 8, 2 or 1"):
+        ops.conv2d_int8(x, w, 4, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match=r"32 bytes per row .* \(or 27\), got 20"):
+        ops.conv2d_int8(x, w[:, :20], 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match="input must be 4-D"):
+        ops.conv2d_int8(x[0], w, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match="stride must be two integers >= 1"):
+        ops.conv2d_int8(x, w, 8, (3, 3), (0, 1), (1, 1), (1, 1), corr, scale, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match="smaller than the dilated kernel"):
+        ops.conv2d_int8(x, w, 8, (3, 3), (1, 1), (0, 0), (4, 4), corr, scale, 0.1, 0, -128, 127)
