@@ -210,7 +210,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         g.y = yb;
         g.M = L;
         g.N = N;
-        g.K = K;
+        g.K = K_row;  // the weight's (zero-padded) row length
         g.y_rs = 1;
         g.y_cs = L;
         gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_s8(g, n0, n1); });
