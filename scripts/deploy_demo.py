@@ -117,10 +117,9 @@ def _cpp(path: str, x: torch.Tensor) -> None:
         return
     y = load_file(out)["y"]
     with torch.no_grad():
-        same = torch.equal(y, qatkit.load(path, compute="float")(x))
-    print(f"C++ (qatkit::nn::load in a LibTorch program) on {os.path.basename(path)}: logits {tuple(y.shape)}, equal to "
-          f"Python's float-compute outputs bit for bit: {same} (C++ layers compute in float; the integer kernels are "
-          "Python/ops for now)")
+        same = torch.equal(y, qatkit.load(path)(x))
+    print(f"C++ (qatkit::nn::load in a LibTorch program, integer kernels) on {os.path.basename(path)}: logits "
+          f"{tuple(y.shape)}, equal to Python's loaded model bit for bit: {same}")
 
 
 def main():

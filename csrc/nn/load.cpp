@@ -381,7 +381,9 @@ torch::nn::AnyModule build(const Reader& r, const json::Value& node, const std::
 
 }  // namespace
 
-torch::nn::Sequential load(const std::string& path) {
+torch::nn::Sequential load(const std::string& path, const std::string& compute) {
+  TORCH_CHECK_VALUE(compute == "integer" || compute == "float",
+                    fmt::format("load: compute must be 'integer' or 'float', got '{}'", compute));
   Reader r;
   r.path = path;
   const TensorFile file = read_safetensors(path);
@@ -409,6 +411,7 @@ torch::nn::Sequential load(const std::string& path) {
     seq->push_back(build(r, *structure, "", 0));
   }
   seq->eval();
+  set_compute(*seq, compute);  // integer kernels where they run the layer (Python's qatkit.load default)
   return seq;
 }
 

@@ -22,6 +22,7 @@
 #include <map>
 #include <numeric>
 
+#include "integer.h"
 #include "json.h"
 #include "module_access.h"
 #include "qatkit/nn.h"
@@ -120,27 +121,33 @@ struct ConvFn<2> {
   }
 };
 
+/// x padded as nn.ConvNd pads for a padding mode other than zeros (reflect / replicate / circular).
+template <std::size_t D>
+torch::Tensor pad_for_mode(const torch::Tensor& x, const torch::nn::detail::ConvNdOptions<D>& options) {
+  namespace F = torch::nn::functional;
+  const auto p = std::get<torch::ExpandingArray<D>>(options.padding());
+  std::vector<std::int64_t> pad;
+  for (std::size_t d = D; d-- > 0;) pad.insert(pad.end(), {p->at(d), p->at(d)});
+  F::PadFuncOptions::mode_t mode;
+  if (std::holds_alternative<torch::enumtype::kReflect>(options.padding_mode())) {
+    mode = torch::kReflect;
+  } else if (std::holds_alternative<torch::enumtype::kReplicate>(options.padding_mode())) {
+    mode = torch::kReplicate;
+  } else {
+    mode = torch::kCircular;
+  }
+  return F::pad(x, F::PadFuncOptions(pad).mode(mode));
+}
+
 /// The float conv of nn.ConvNd.forward (padding modes included) with the given weight and bias.
 template <std::size_t D>
 torch::Tensor conv_nd(const torch::Tensor& h, const torch::Tensor& w, const torch::Tensor& bias,
                       const torch::nn::detail::ConvNdOptions<D>& options) {
-  namespace F = torch::nn::functional;
   typename ConvFn<D>::Options conv;
   conv.stride(options.stride()).dilation(options.dilation()).groups(options.groups());
   if (bias.defined()) conv.bias(bias);
   if (!std::holds_alternative<torch::enumtype::kZeros>(options.padding_mode())) {
-    const auto p = std::get<torch::ExpandingArray<D>>(options.padding());
-    std::vector<std::int64_t> pad;
-    for (std::size_t d = D; d-- > 0;) pad.insert(pad.end(), {p->at(d), p->at(d)});
-    F::PadFuncOptions::mode_t mode;
-    if (std::holds_alternative<torch::enumtype::kReflect>(options.padding_mode())) {
-      mode = torch::kReflect;
-    } else if (std::holds_alternative<torch::enumtype::kReplicate>(options.padding_mode())) {
-      mode = torch::kReplicate;
-    } else {
-      mode = torch::kCircular;
-    }
-    return ConvFn<D>::run(F::pad(h, F::PadFuncOptions(pad).mode(mode)), w, conv.padding(0));
+    return ConvFn<D>::run(pad_for_mode<D>(h, options), w, conv.padding(0));
   }
   return ConvFn<D>::run(h, w, conv.padding(options.padding()));
 }
@@ -497,6 +504,9 @@ void QuantLinearImpl::convert() {
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
+  if (frozen.integer && h.device().is_cpu() && h.scalar_type() == torch::kFloat) {
+    return detail::integer_linear(*frozen.integer, h);  // the kernel quantizes the input itself
+  }
   if (input_fake_quant) h = input_fake_quant(h);
   return at::linear(h, quantized_weight(), bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
 }
@@ -586,8 +596,33 @@ torch::Tensor conv_quantized_weight(Layer& self) {
   return self.weight_fake_quant ? self.weight_fake_quant(self.weight) : self.weight;
 }
 
+/// A converted conv in integer compute: conv2d_int8 (padding modes other than zeros pad x first:
+/// copies, which quantize to copies of codes; Conv1d as a 1 x k Conv2d).
+template <std::size_t D, class Layer>
+torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x) {
+  const auto& o = self.options;
+  std::vector<std::int64_t> pad(D, 0);
+  const auto p = std::get<torch::ExpandingArray<D>>(o.padding());
+  if (!std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
+    x = pad_for_mode<D>(x, o);
+  } else {
+    for (std::size_t d = 0; d < D; ++d) pad[d] = p->at(d);
+  }
+  if constexpr (D == 1) {
+    const torch::Tensor y = detail::integer_conv(*self.frozen.integer, x.unsqueeze(2), {1, o.kernel_size()->at(0)},
+                                                 {1, o.stride()->at(0)}, {0, pad[0]}, {1, o.dilation()->at(0)});
+    return y.squeeze(2);
+  } else {
+    return detail::integer_conv(*self.frozen.integer, x, *o.kernel_size(), *o.stride(), pad, *o.dilation());
+  }
+}
+
 template <std::size_t D, class Layer>
 torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
+  if (self.frozen.integer && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
+      x.dim() == static_cast<std::int64_t>(D) + 2) {
+    return integer_conv_forward<D>(self, x);
+  }
   const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;
   return conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);
 }

@@ -187,6 +187,10 @@ class QATKIT_API ActFakeQuantizerImpl : public torch::nn::Cloneable<ActFakeQuant
   void freeze();
   /// Refresh the host-side copies of the flag buffers after they were written directly (a loader).
   void sync_flags();
+  /// The (scale, zero point) buffers of a static or learned affine quantizer (undefined otherwise).
+  std::pair<torch::Tensor, torch::Tensor> qparams() const { return {scale_, zero_point_}; }
+  bool fake_quant_enabled() const { return fq_enabled_; }
+  std::optional<std::int64_t> axis() const { return axis_; }
   std::string qualified_name;  ///< set by prepare_qat ("0.input_fake_quant"), for messages
   /// Forwards run in training mode (calibrate checks every data-range quantizer saw some).
   std::int64_t observations = 0;
@@ -208,12 +212,25 @@ TORCH_MODULE(ActFakeQuantizer);
 /// `weight` parameter and its quantizer; `bias` becomes a buffer; the input quantizer is frozen.
 /// The forward dequantizes `(codes - zero_point) * scale` with dequantize_affine, in the weight's
 /// dtype: the QAT layer's eval-mode output bit for bit (Python's Quantized* layers).
+/// The operands of an integer kernel (qatkit::linear_int8 / linear_w2a8 / linear_w1a8 /
+/// conv2d_int8) for a converted layer in integer compute (docs/integer.md, "static" form; Python's
+/// qatkit.qat.integer plan, bit for bit the same operands).
+struct QATKIT_API IntegerKernelPlan {
+  int weight_bits = 8;        ///< 8: int8 codes [N, K] (convs: rows zero-padded to 32); 2 / 1: packed
+  torch::Tensor weight, corr, out_scale;
+  std::optional<torch::Tensor> bias;  ///< float bias added after the requantization (narrower than W8A8)
+  double act_scale = 1.0;
+  std::int64_t act_zero_point = 0, act_quant_min = 0, act_quant_max = 255;
+};
+
 struct QATKIT_API ConvertedWeight {
   bool converted = false;
   bool float_weight = false;  ///< no weight quantizer: weight_int holds the float weight
   std::optional<std::int64_t> axis, group_size;
   at::ScalarType dtype = at::kFloat;
   torch::Tensor codes, scale, zero_point;
+  /// Set by set_compute(model, "integer") where an integer kernel runs the layer; null: float math.
+  std::shared_ptr<IntegerKernelPlan> integer;
   /// The float weight the converted layer computes with.
   torch::Tensor dequantized(const std::vector<std::int64_t>& shape) const;
 };
@@ -444,10 +461,20 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 /// AdaptiveAvgPool2d / BatchNorm1d / BatchNorm2d / LayerNorm / float Linear, Conv1d, Conv2d, as a runnable
 /// Sequential in eval mode: the packed layers are converted QuantLinear / QuantConv* /
 /// QuantEmbedding holding the file's codes, so the outputs equal Python's. Models with custom
-/// forwards (Hugging Face ones) load in Python only (qatkit.load_into). ValueError naming the
-/// file and the layer for anything the file or the C++ layers cannot honour (a newer format
-/// version, SmoothQuant input scaling, non-float32 models, an unknown module type).
-QATKIT_API torch::nn::Sequential load(const std::string& path);
+/// forwards (Hugging Face ones) load in Python only (qatkit.load_into). `compute` as Python's
+/// qatkit.load: "integer" (default) runs the layers an integer kernel exists for on it
+/// (set_compute), bit for bit Python's loaded model; "float" the QAT model's float math. ValueError
+/// naming the file and the layer for anything the file or the C++ layers cannot honour (a newer
+/// format version, SmoothQuant input scaling, non-float32 models, an unknown module type).
+QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string& compute = "integer");
+
+/// Switch the converted layers of `model` between "float" (the QAT model's function, bit for bit)
+/// and "integer": layers an integer kernel runs (Linear and groups == 1 Conv1d / Conv2d whose
+/// input is a static / learned per-tensor 8-bit affine quantizer and whose weight codes are int8 /
+/// ternary / binary, docs/integer.md) compute on it, bit for bit Python's
+/// qatkit.load(path) / set_compute(model, "integer", kernels_only=True); the others keep float math.
+/// Returns the number of layers on integer kernels. ValueError for another `compute`.
+QATKIT_API std::int64_t set_compute(torch::nn::Module& model, const std::string& compute);
 
 /// Writes `model` as the file Python's qatkit.export writes (docs/format.md): its QAT layers
 /// converted on a copy (the caller's model is untouched) and packed, the float modules' tensors,

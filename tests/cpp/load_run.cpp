@@ -1,8 +1,9 @@
 // The C++ side of tests/python/test_cpp_load.py, and the example of loading a Python-exported
 // model in a LibTorch program:
-//     qatkit_load_run model.safetensors input.safetensors output.safetensors
-// loads the model with qatkit::nn::load, runs it on the tensor "x" of the input file and writes
-// the result as tensor "y" (and prints the first row).
+//     qatkit_load_run [--float] model.safetensors input.safetensors output.safetensors
+// loads the model with qatkit::nn::load (integer kernels where they run a layer, as Python's
+// qatkit.load; --float: the QAT model's float math), runs it on the tensor "x" of the input file
+// and writes the result as tensor "y" (and prints the first row).
 //     qatkit_load_run --many input.safetensors model1 model2 ...
 // loads and runs each model file in this one process (the fuzzer's mode under ASan/UBSan:
 // scripts/fuzz_load.py --cpp --many) and prints "loaded N refused M"; exit 0 unless it crashes.
@@ -81,6 +82,12 @@ int qat_save(char** argv) {
 
 int main(int argc, char** argv) {
   if (argc >= 3 && std::string(argv[1]) == "--many") return many(argc, argv);
+  std::string compute = "integer";
+  if (argc == 5 && std::string(argv[1]) == "--float") {
+    compute = "float";
+    ++argv;
+    --argc;
+  }
   try {
     if (argc == 4 && std::string(argv[1]) == "--resave") {
       qatkit::nn::save(qatkit::nn::load(argv[2]), argv[3]);
@@ -96,7 +103,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    torch::nn::Sequential model = qatkit::nn::load(argv[1]);
+    torch::nn::Sequential model = qatkit::nn::load(argv[1], compute);
     const qatkit::nn::TensorFile in = qatkit::nn::read_safetensors(argv[2]);
     torch::Tensor x;
     for (const auto& [name, t] : in.tensors) {

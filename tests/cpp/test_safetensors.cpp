@@ -163,7 +163,12 @@ CATCH_TEST_CASE("qatkit::nn::save round trips a QAT model and refuses what it ca
   }
   qatkit::nn::convert(*q);
   torch::NoGradGuard ng;
+  CATCH_CHECK(torch::equal(qatkit::nn::load(path, "float")->forward(x), q->forward(x)));
+  // the default: integer kernels, as the converted model in integer compute (both Linears on linear_int8)
+  CATCH_CHECK(qatkit::nn::set_compute(*q, "integer") == 2);
   CATCH_CHECK(torch::equal(qatkit::nn::load(path)->forward(x), q->forward(x)));
+  CATCH_CHECK(qatkit::nn::set_compute(*q, "float") == 0);
+  CATCH_CHECK_THROWS_WITH(qatkit::nn::set_compute(*q, "int8"), Catch::Contains("compute must be 'integer' or 'float'"));
   std::remove(path.c_str());
 
   CATCH_CHECK_THAT(save_error(model), Catch::Contains("holds no quantized layer"));

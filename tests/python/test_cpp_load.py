@@ -28,12 +28,13 @@ def _qat_models():
     return qm
 
 
-def _run(model_path, x, tmp_path):
+def _run(model_path, x, tmp_path, compute="integer"):
     from safetensors.torch import load_file, save_file
 
     inp, out = str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")
     save_file({"x": x.contiguous()}, inp)
-    r = subprocess.run([EXE, model_path, inp, out], capture_output=True, text=True, timeout=120)
+    flag = ["--float"] if compute == "float" else []
+    r = subprocess.run([EXE, *flag, model_path, inp, out], capture_output=True, text=True, timeout=120)
     return r, (load_file(out)["y"] if r.returncode == 0 else None)
 
 
@@ -51,9 +52,16 @@ def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, t
     qatkit.export(q, path)
     with torch.no_grad():
         want = qatkit.load(path, compute="float")(x)
-    r, y = _run(path, x, tmp_path)
+        want_int = qatkit.load(path)(x)  # integer kernels where they run a layer
+    r, y = _run(path, x, tmp_path, "float")
     assert r.returncode == 0, r.stderr
     assert torch.equal(y, want)
+    # C++'s default: the same integer kernels on the same operands, Python's outputs bit for bit
+    r, y = _run(path, x, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.equal(y, want_int)
+    if preset == "w8a8":  # every layer on a kernel (int32 biases): a different function from the float one
+        assert not torch.equal(want_int, want)
     # qatkit::nn::save writes the loaded model back: the same packed tensors, Python's outputs
     again = str(tmp_path / "again.safetensors")
     r = subprocess.run([EXE, "--resave", path, again], capture_output=True, text=True, timeout=120)
@@ -86,7 +94,7 @@ def test_a_cpp_qat_model_saved_by_cpp_loads_in_python_and_cpp_bit_for_bit(preset
     assert header["structure"] is not None and len(header["layers"]) >= 2
     with torch.no_grad():
         assert torch.equal(qatkit.load(path, compute="float")(x), want)
-    r, y = _run(path, x, tmp_path)
+    r, y = _run(path, x, tmp_path, "float")
     assert r.returncode == 0, r.stderr
     assert torch.equal(y, want)
 
@@ -146,6 +154,35 @@ def test_cpp_loads_reduced_precision_weight_scales_bit_for_bit(scale_dtype, tmp_
     with torch.no_grad():
         want = qatkit.load(path, compute="float")(x)
         assert torch.equal(want, qatkit.convert(q).eval()(x))
-    r, y = _run(path, x, tmp_path)
+    r, y = _run(path, x, tmp_path, "float")
     assert r.returncode == 0, r.stderr
     assert torch.equal(y, want)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8"])
+def test_cpp_integer_convs_and_conv1d_match_python(preset, tmp_path):
+    """Padded, strided, dilated, 1x1 and 1-d convs on C++'s integer kernels: Python's loaded model bit for bit
+    (the C++ loader takes zero padding only; it refuses other modes, tested above)."""
+    torch.manual_seed(1)
+    nets = [
+        (nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2,
+                       padding=1), nn.ReLU(), nn.Conv2d(16, 16, 1), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 16, 5)),
+         (6, 3, 8, 8)),
+        (nn.Sequential(nn.Conv1d(4, 8, 5, padding=2), nn.ReLU(), nn.Conv1d(8, 8, 3,
+                       dilation=2), nn.ReLU(), nn.Conv1d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 10, 5)),
+         (6, 4, 16)),
+    ]
+    for net, shape in nets:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.ptq(net.eval(), [x], qatkit.preset(preset), correct_bias=None, verbose=False, progress=False)
+        path = str(tmp_path / "c.safetensors")
+        qatkit.export(q, path)
+        loaded = qatkit.load(path)
+        assert sum(r[1] is not None for r in loaded.compute_report) >= 3  # the convs run on kernels
+        with torch.no_grad():
+            want = loaded(x)
+        r, y = _run(path, x, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert torch.equal(y, want)

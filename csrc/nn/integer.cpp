@@ -1,0 +1,144 @@
+// Integer compute for converted C++ layers (docs/integer.md): set_compute builds, per layer, the
+// operands of the integer kernel that runs it — the same rules and the same operands as Python's
+// qatkit.qat.integer (_int8_plan), so C++ and Python give the same bits — and the layers' forwards
+// call qatkit::linear_int8 / linear_w2a8 / linear_w1a8 / conv2d_int8 with them.
+#include <ATen/ops/cat.h>
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+
+#include "qatkit/nn.h"
+#include "qatkit/ops.h"
+
+namespace qatkit::nn {
+namespace {
+
+constexpr double kInt32Max = 2147483647.0;
+
+/// Ternary codes [N, K] -> the W2A8 layout (ops.pack_ternary_t2).
+torch::Tensor pack_t2(const torch::Tensor& codes) {
+  const std::int64_t n = codes.size(0), k = codes.size(1), kp = (k + 127) / 128 * 128;
+  torch::Tensor c = codes.to(torch::kInt16) + 1;
+  c = at::cat({c, torch::ones({n, kp - k}, c.options())}, 1).reshape({n, kp / 128, 4, 32});
+  const torch::Tensor p = c.select(2, 0) + c.select(2, 1) * 4 + c.select(2, 2) * 16 + c.select(2, 3) * 64;
+  return p.to(torch::kUInt8).reshape({n, kp / 4}).contiguous();
+}
+
+/// Binary codes [N, K] -> the W1A8 layout (ops.pack_binary_b1).
+torch::Tensor pack_b1(const torch::Tensor& codes) {
+  const std::int64_t n = codes.size(0), k = codes.size(1), kp = (k + 31) / 32 * 32;
+  torch::Tensor bits = (codes > 0).to(torch::kInt32);
+  bits = at::cat({bits, torch::zeros({n, kp - k}, bits.options())}, 1).reshape({n, kp / 8, 8});
+  bits = bits * torch::pow(2, torch::arange(8, torch::dtype(torch::kInt32)));
+  return bits.sum(2).to(torch::kUInt8).contiguous();
+}
+
+/// The plan of one converted layer, or null (float math). conv: the layer is a conv with `groups`.
+std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std::optional<QuantSpec>& wspec,
+                                             const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
+                                             std::int64_t groups, bool string_padding) {
+  if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat || !aq) return nullptr;
+  if (conv && (groups != 1 || string_padding)) return nullptr;
+  if (f.group_size) return nullptr;  // per-group weights: no integer kernel yet
+  if ((f.zero_point != 0).any().item<bool>()) return nullptr;
+  const QuantSpec& as = aq->spec();
+  if (as.kind != "int" || as.scale == "dynamic" || aq->axis() || !aq->fake_quant_enabled()) return nullptr;
+  const std::int64_t qmin = as.quant_min(), qmax = as.quant_max();
+  if (!(qmax - qmin <= 255 && ((qmin >= 0 && qmax <= 255) || (qmin >= -128 && qmax <= 127)))) return nullptr;
+  torch::Tensor w = f.codes.reshape({f.codes.size(0), -1});
+  if (w.scalar_type() != torch::kChar || (w.numel() && w.min().item<int>() < -127)) return nullptr;
+  // qparams as Python's _act_qparams: scale float32 [1] (learned: clamped at float32 eps), zero point
+  // rounded and clamped into the range
+  auto [s, z] = aq->qparams();
+  torch::Tensor sx = s.detach().to(torch::kFloat).reshape({1});
+  if (as.scale == "learned") sx = sx.clamp_min(std::numeric_limits<float>::epsilon());
+  const std::int64_t zx =
+      static_cast<std::int64_t>(torch::round(z.detach().to(torch::kFloat)).clamp(qmin, qmax).reshape({1}).item<float>());
+  const torch::Tensor m = (sx * f.scale.to(torch::kFloat).reshape({-1})).contiguous();  // fp32(sx * sw[n])
+  const bool int32_bias = wspec->kind == "int" && wspec->bits >= 8 && as.bits >= 8;
+  torch::Tensor corr = (128 * (qmin >= 0 ? 1 : 0) - zx) * w.to(torch::kLong).sum(1);
+  auto plan = std::make_shared<IntegerKernelPlan>();
+  if (bias.defined()) {
+    if (int32_bias) {
+      const torch::Tensor bq = torch::round(bias.detach().to(torch::kDouble) / m.to(torch::kDouble));
+      if (!torch::isfinite(bq).all().item<bool>() || bq.abs().max().item<double>() > kInt32Max) return nullptr;
+      // the int32 bound of Python's integer_form: K * max|qx - zx| * max|qw| + max|bias_q|
+      const double xmax = static_cast<double>(std::max(qmax - zx, zx - qmin));
+      const double wmax = w.numel() ? static_cast<double>(w.abs().max().item<int>()) : 0.0;
+      if (static_cast<double>(w.size(1)) * xmax * wmax + bq.abs().max().item<double>() > kInt32Max) return nullptr;
+      corr = corr + bq.to(torch::kLong);
+    } else {
+      plan->bias = bias.detach().to(torch::kFloat).contiguous();
+    }
+  }
+  if (corr.numel() && corr.abs().max().item<std::int64_t>() > static_cast<std::int64_t>(kInt32Max)) return nullptr;
+  plan->corr = corr.to(torch::kInt).contiguous();
+  plan->out_scale = m;
+  plan->act_scale = static_cast<double>(sx.item<float>());
+  plan->act_zero_point = zx;
+  plan->act_quant_min = qmin;
+  plan->act_quant_max = qmax;
+  if (wspec->kind == "ternary") {
+    plan->weight_bits = 2;
+    plan->weight = pack_t2(w);
+  } else if (wspec->kind == "binary") {
+    plan->weight_bits = 1;
+    plan->weight = pack_b1(w);
+  } else if (conv && w.size(1) % 32) {
+    plan->weight = torch::constant_pad_nd(w, {0, 32 - w.size(1) % 32}).contiguous();
+  } else {
+    plan->weight = w.contiguous();
+  }
+  return plan;
+}
+
+template <std::size_t D, class Layer>
+bool plan_conv(Layer& l, bool on) {
+  l.frozen.integer = nullptr;
+  if (!on) return false;
+  const bool string_padding = !std::holds_alternative<torch::ExpandingArray<D>>(l.options.padding());
+  l.frozen.integer =
+      make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, true, l.options.groups(), string_padding);
+  return l.frozen.integer != nullptr;
+}
+
+}  // namespace
+
+std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
+  TORCH_CHECK_VALUE(compute == "integer" || compute == "float",
+                    fmt::format("set_compute: compute must be 'integer' or 'float', got '{}'", compute));
+  const bool on = compute == "integer";
+  std::int64_t n = 0;
+  for (const auto& m : model.modules(/*include_self=*/true)) {
+    if (auto* l = m->as<QuantLinearImpl>()) {
+      l->frozen.integer = nullptr;
+      // BitLinear's RMSNorm + per-token inputs have no integer kernel (make_plan refuses dynamic scales)
+      if (on) l->frozen.integer = make_plan(l->frozen, l->layer_spec.weight, l->input_fake_quant, l->bias, false, 1, false);
+      n += l->frozen.integer != nullptr;
+    } else if (auto* c2 = m->as<QuantConv2dImpl>()) {
+      n += plan_conv<2>(*c2, on);
+    } else if (auto* c1 = m->as<QuantConv1dImpl>()) {
+      n += plan_conv<1>(*c1, on);
+    }
+  }
+  return n;
+}
+
+namespace detail {
+
+torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x) {
+  const auto f = p.weight_bits == 8 ? &qatkit::linear_int8 : p.weight_bits == 2 ? &qatkit::linear_w2a8 : &qatkit::linear_w1a8;
+  return f(x, p.weight, p.corr, p.out_scale, p.act_scale, p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias);
+}
+
+torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k, at::IntArrayRef st,
+                           at::IntArrayRef pad, at::IntArrayRef dil) {
+  return qatkit::conv2d_int8(x4, p.weight, p.weight_bits, k, st, pad, dil, p.corr, p.out_scale, p.act_scale,
+                             p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias);
+}
+
+}  // namespace detail
+}  // namespace qatkit::nn
