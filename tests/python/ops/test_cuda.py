@@ -224,3 +224,39 @@ def test_histogram_update_cuda_matches_cpu(dtype, channels, n):
     ops.histogram_update(rows.cuda(), h_gpu, lo.cuda(), hi.cuda())
     assert torch.equal(h_gpu.cpu(), h_cpu)
     torch.library.opcheck(torch.ops.qatkit._histogram_update.default, (rows.cuda(), h_gpu, lo.cuda(), hi.cuda()))
+
+
+# ---------------------------------------------------------------- integer GEMM family (issue 13)
+
+
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (3, 9, 1), (64, 128, 1024), (0, 8, 16)])
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
+def test_integer_linear_kernels_cuda_equal_cpu(bits, M, N, K, qrange, zp):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(M, K, generator=g) * 3
+    x[:, ::7] = float("nan") if M else x[:, ::7]
+    if bits == 8:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        packed, op = w, ops.linear_int8
+    elif bits == 2:
+        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+        packed, op = ops.pack_ternary_t2(w), ops.linear_w2a8
+    else:
+        w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+        packed, op = ops.pack_binary_b1(w), ops.linear_w1a8
+    qmin, qmax = qrange
+    corr = (torch.randint(-500, 500, (N,), generator=g) + ((128 if qmin >= 0 else 0) - zp) * w.long().sum(1)).int()
+    scale = torch.rand(N, generator=g) * 1e-2
+    for bias in (None, torch.randn(N, generator=g)):
+        cpu = op(x, packed, corr, scale, 0.05, zp, qmin, qmax, bias)
+        gpu = op(x.cuda(), packed.cuda(), corr.cuda(), scale.cuda(), 0.05, zp, qmin, qmax,
+                 None if bias is None else bias.cuda())
+        assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_integer_linear_opcheck_cuda():
+    x = torch.randn(3, 40, device="cuda")
+    w = torch.randint(-127, 128, (8, 40), dtype=torch.int8, device="cuda")
+    args = (x, w, torch.zeros(8, dtype=torch.int32, device="cuda"), torch.ones(8, device="cuda"), 0.1, 0, -128, 127)
+    torch.library.opcheck(torch.ops.qatkit.linear_int8.default, args)

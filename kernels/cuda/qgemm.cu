@@ -1,0 +1,132 @@
+// CUDA integer GEMM family: the CPU kernels' arithmetic (kernels/cpu/qgemm) on the GPU. One warp
+// per output element: each lane sums a strided slice of K in int32 (exact: the CPU kernels' sums
+// modulo 2^32, the same value whenever it fits int32, the caller's bound), a warp shuffle adds the
+// lanes, lane 0 requantizes exactly as the CPU does.
+#include <cstdint>
+
+#include "../common/fake_quant_scalar.h"
+#include "qgemm_cuda.h"
+
+namespace qatkit::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+__global__ void quantize_rows_kernel(const float* x, std::int8_t* a, std::int32_t* a_sum, std::int64_t M,
+                                     std::int64_t K, std::int64_t K_row, ActQuantArgs q) {
+  // one block per row: codes, then the row's sum
+  const float lo = static_cast<float>(q.quant_min - q.zero_point), hi = static_cast<float>(q.quant_max - q.zero_point);
+  const float z = static_cast<float>(q.zero_point);
+  __shared__ std::int32_t partial[kThreads];
+  for (std::int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+    std::int32_t s = 0;
+    for (std::int64_t k = threadIdx.x; k < K_row; k += blockDim.x) {
+      std::int32_t v = 0;
+      if (k < K) {
+        v = static_cast<std::int32_t>(quantize_code<float>(x[m * K + k], q.inv_scale, lo, hi, z)) - q.shift;
+      }
+      a[m * K_row + k] = static_cast<std::int8_t>(v);
+      s += v;
+    }
+    partial[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w /= 2) {
+      if (threadIdx.x < w) partial[threadIdx.x] += partial[threadIdx.x + w];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0 && a_sum != nullptr) a_sum[m] = partial[0];
+    __syncthreads();
+  }
+}
+
+__device__ __forceinline__ std::uint32_t warp_sum(std::uint32_t v) {
+  for (int o = 16; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <class Args>
+__device__ __forceinline__ float requantize(std::uint32_t acc, const Args& g, std::int64_t n) {
+  const float y = static_cast<float>(static_cast<std::int32_t>(acc)) * g.out_scale[n];  // --fmad=false: no FMA
+  return g.bias ? y + g.bias[n] : y;
+}
+
+__global__ void gemm_s8_kernel(QGemmArgs g) {
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
+  const int lane = threadIdx.x % 32;
+  for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < g.M * g.N; o += warps) {
+    const std::int64_t m = o / g.N, n = o % g.N;
+    const std::int8_t* a = g.a + m * g.K;
+    const std::int8_t* w = g.w + n * g.K;
+    std::uint32_t acc = 0;
+    for (std::int64_t k = lane; k < g.K; k += 32) {
+      acc += static_cast<std::uint32_t>(static_cast<std::int32_t>(a[k]) * static_cast<std::int32_t>(w[k]));
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) g.y[m * g.y_rs + n * g.y_cs] = requantize(acc + static_cast<std::uint32_t>(g.corr[n]), g, n);
+  }
+}
+
+template <int Bits>
+__global__ void gemm_packed_kernel(QGemmPackedArgs g) {
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
+  const int lane = threadIdx.x % 32;
+  const std::int64_t row_bytes = g.K_pad * Bits / 8;
+  for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < g.M * g.N; o += warps) {
+    const std::int64_t m = o / g.N, n = o % g.N;
+    const std::int8_t* a = g.a + m * g.K_pad;
+    const std::uint8_t* w = g.w + n * row_bytes;
+    std::uint32_t acc = 0;
+    for (std::int64_t k = lane; k < g.K_pad; k += 32) {
+      std::int32_t c;
+      if (Bits == 2) {  // 128-blocks: byte j holds k = j + 32 i in bits 2i
+        const std::int64_t b = k / 128, r = k % 128;
+        c = (w[b * 32 + r % 32] >> (2 * (r / 32))) & 3;
+      } else {
+        c = (w[k >> 3] >> (k & 7)) & 1;
+      }
+      acc += static_cast<std::uint32_t>(c * static_cast<std::int32_t>(a[k]));
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      // ternary: sum a * (w + 1) - sum a; binary: 2 * sum over set bits - sum a
+      const std::uint32_t s = Bits == 2 ? acc : 2u * acc;
+      const std::uint32_t t = s - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
+      g.y[m * g.y_rs + n * g.y_cs] = requantize(t, g, n);
+    }
+  }
+}
+
+unsigned blocks_for(std::int64_t outputs) {
+  std::int64_t b = (outputs + kWarps - 1) / kWarps;
+  if (b > 65535LL * 8) b = 65535LL * 8;
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
+}  // namespace
+
+cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a_sum, std::int64_t M, std::int64_t K,
+                                 std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>(M < 65535 * 8 ? M : 65535 * 8);
+  quantize_rows_kernel<<<blocks, kThreads, 0, stream>>>(x, a, a_sum, M, K, K_row, q);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream) {
+  if (args.M * args.N == 0) return cudaSuccess;
+  gemm_s8_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cudaStream_t stream) {
+  if (args.M * args.N == 0) return cudaSuccess;
+  if (weight_bits == 2) {
+    gemm_packed_kernel<2><<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
+  } else {
+    gemm_packed_kernel<1><<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace qatkit::kernels::cuda

@@ -1,0 +1,27 @@
+// Torch-free CUDA launchers of the integer GEMM family (inference only; docs/integer.md, "static"
+// form): activation rows quantized to int8 (quantize_code, as the CPU), then one warp per output
+// element summing the integer products exactly in int32 and the CPU's requantization (one
+// int32 -> float32 conversion, one multiply, then the optional bias add; built with --fmad=false).
+// Raw pointers, the caller's stream, no host sync.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "../common/qgemm_args.h"
+
+namespace qatkit::kernels::cuda {
+
+/// a[m, k] = code(x[m, k]) - shift for k < K, 0 for K <= k < K_row; a_sum[m] = sum_k a[m, k]
+/// (a_sum may be nullptr). x: [M, K] float32, a: [M, K_row] int8.
+cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a_sum, std::int64_t M, std::int64_t K,
+                                 std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream);
+
+/// QGemmArgs's GEMM (int8 weights).
+cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream);
+
+/// QGemmPackedArgs's GEMM: weight_bits 2 (ternary layout) or 1 (binary layout).
+cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cudaStream_t stream);
+
+}  // namespace qatkit::kernels::cuda
