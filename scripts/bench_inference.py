@@ -10,6 +10,8 @@ stays in cache as far as it fits).
     python3 scripts/bench_inference.py [--n 4096 --k 4096] [--batch 1,64] [--rounds 7] [--hot] [--json]
 
 Variants: fp32 (F.linear, MKL), qatkit w8a8 (ops.linear_int8: quantize + int8 GEMM + requantize),
+qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit activations) against
+torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations),
 qatkit ternary w2a8 (ops.linear_w2a8: 2-bit TWN weights, 8-bit activations; no peer runs ternary),
 qatkit binary w1a8 (ops.linear_w1a8: 1-bit weights, 8-bit activations; no peer runs it),
 torch._int_mm (int8 activations quantized the same way, int32 out, scaled), torch._weight_int8pack_mm
@@ -100,6 +102,28 @@ def v_qatkit_w1a8(w):
     return (lambda x: ops.linear_w1a8(x, packed, corr, scale, sx, zp, 0, 255)), packed.numel() + 8 * t.shape[0]
 
 
+def _int4_groups(w, gs=32):
+    n, k = w.shape
+    s = (w.reshape(n, k // gs, gs).abs().amax(2) / 7).clamp(min=1e-8)
+    q = torch.round(w.reshape(n, k // gs, gs) / s[..., None]).clamp(-8, 7).reshape(n, k).to(torch.int8)
+    return q, s
+
+
+def v_qatkit_w4a8(w):
+    q, s = _int4_groups(w)
+    sx, zp = 4.0 / 255, 128
+    gcorr = torch.zeros_like(s, dtype=torch.int32)  # (shift - zp) * group sums: 0 at zp = 128
+    packed = ops.pack_int4_w4(q)
+    return (lambda x: ops.linear_w4a8(x, packed, s, gcorr, 32, sx, zp, 0, 255)), packed.numel() + 4 * s.numel()
+
+
+def v_int4pack(w):
+    q, s = _int4_groups(w)
+    packed = torch._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 2)
+    sz = torch.stack([s.t(), torch.zeros_like(s.t())], 2).to(torch.bfloat16).contiguous()  # [K/32, N, 2]
+    return (lambda x: torch._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), packed, 32, sz)), packed.numel() + 2 * sz.numel()
+
+
 def v_int_mm(w):
     q, s = _int8_weight(w)
     qt = q.t()  # _int_mm takes [K, N]
@@ -132,6 +156,8 @@ def v_ao_dynamic(w):
 VARIANTS = {
     "fp32 F.linear": v_fp32,
     "qatkit w8a8": v_qatkit_w8a8,
+    "qatkit w4a8 g32": v_qatkit_w4a8,
+    "torch._weight_int4pack_mm_for_cpu (w4 g32 bf16-act)": v_int4pack,
     "qatkit ternary w2a8": v_qatkit_w2a8,
     "qatkit binary w1a8": v_qatkit_w1a8,
     "torch._int_mm (w8a8)": v_int_mm,

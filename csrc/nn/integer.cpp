@@ -36,13 +36,20 @@ torch::Tensor pack_b1(const torch::Tensor& codes) {
   return bits.sum(2).to(torch::kUInt8).contiguous();
 }
 
+/// Symmetric 4-bit codes [N, K] -> the W4 layout (ops.pack_int4_w4).
+torch::Tensor pack_w4(const torch::Tensor& codes) {
+  const std::int64_t n = codes.size(0), k = codes.size(1);
+  const torch::Tensor c = (codes.to(torch::kInt16) + 8).reshape({n, k / 32, 2, 16});
+  return (c.select(2, 0) + c.select(2, 1) * 16).to(torch::kUInt8).reshape({n, k / 2}).contiguous();
+}
+
 /// The plan of one converted layer, or null (float math). conv: the layer is a conv with `groups`.
 std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std::optional<QuantSpec>& wspec,
                                              const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
                                              std::int64_t groups, bool string_padding) {
   if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat || !aq) return nullptr;
   if (conv && (groups != 1 || string_padding)) return nullptr;
-  if (f.group_size) return nullptr;  // per-group weights: no integer kernel yet
+  if (f.group_size && conv) return nullptr;  // per-group convs: no integer kernel yet
   if ((f.zero_point != 0).any().item<bool>()) return nullptr;
   const QuantSpec& as = aq->spec();
   if (as.kind != "int" || as.scale == "dynamic" || aq->axis() || !aq->fake_quant_enabled()) return nullptr;
@@ -57,6 +64,26 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   if (as.scale == "learned") sx = sx.clamp_min(std::numeric_limits<float>::epsilon());
   const std::int64_t zx =
       static_cast<std::int64_t>(torch::round(z.detach().to(torch::kFloat)).clamp(qmin, qmax).reshape({1}).item<float>());
+  if (f.group_size) {  // W4A8, Python's _w4_plan
+    const std::int64_t gs = *f.group_size, k = w.size(1), n = w.size(0);
+    if (gs % 32 || k % gs || wspec->kind != "int" || (w.numel() && (w.min().item<int>() < -8 || w.max().item<int>() > 7))) {
+      return nullptr;
+    }
+    const torch::Tensor gcorr = (128 * (qmin >= 0 ? 1 : 0) - zx) * w.to(torch::kLong).reshape({n, k / gs, gs}).sum(2);
+    if (gcorr.numel() && gcorr.abs().max().item<std::int64_t>() > static_cast<std::int64_t>(kInt32Max)) return nullptr;
+    auto plan = std::make_shared<IntegerKernelPlan>();
+    plan->weight_bits = 4;
+    plan->weight = pack_w4(w);
+    plan->group_size = gs;
+    plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
+    plan->group_corr = gcorr.to(torch::kInt).contiguous();
+    if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
+    plan->act_scale = static_cast<double>(sx.item<float>());
+    plan->act_zero_point = zx;
+    plan->act_quant_min = qmin;
+    plan->act_quant_max = qmax;
+    return plan;
+  }
   const torch::Tensor m = (sx * f.scale.to(torch::kFloat).reshape({-1})).contiguous();  // fp32(sx * sw[n])
   const bool int32_bias = wspec->kind == "int" && wspec->bits >= 8 && as.bits >= 8;
   torch::Tensor corr = (128 * (qmin >= 0 ? 1 : 0) - zx) * w.to(torch::kLong).sum(1);
@@ -130,6 +157,10 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
 namespace detail {
 
 torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x) {
+  if (p.weight_bits == 4) {
+    return qatkit::linear_w4a8(x, p.weight, p.group_scale, p.group_corr, p.group_size, p.act_scale, p.act_zero_point,
+                               p.act_quant_min, p.act_quant_max, p.bias);
+  }
   const auto f = p.weight_bits == 8 ? &qatkit::linear_int8 : p.weight_bits == 2 ? &qatkit::linear_w2a8 : &qatkit::linear_w1a8;
   return f(x, p.weight, p.corr, p.out_scale, p.act_scale, p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias);
 }

@@ -9,6 +9,9 @@
 //                its int8 patches (im2col on codes; a zero-padded position holds the code of 0)
 //                times the weight flattened to [N, C*kh*kw] (weight_bits 8: int8; 2 / 1: packed as
 //                for linear_w2a8 / linear_w1a8), written straight into the NCHW output.
+//   linear_w4a8: 4-bit symmetric weights with a float32 scale per group of K (the "static_group" form
+//                of docs/integer.md): int32 code sums per group, combined in float64 in group order,
+//                times act_scale, then the bias; weight in the W4 kernel layout (QGemmW4Args).
 //   linear_int8: y[..., n] = fp32(sum_k a[k] * w[n, k] + corr[n]) * out_scale[n] (+ bias[n]), where
 //                a = quantize_affine(x, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift
 //                (shift = 128 for a [0, 255] range, else 0) and corr[n] = bias_q[n] + (shift -
@@ -40,6 +43,10 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "conv2d_int8(Tensor input, Tensor weight, int weight_bits, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, int act_quant_min, "
       "int act_quant_max, Tensor? bias=None) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "linear_w4a8(Tensor input, Tensor weight, Tensor group_scale, Tensor group_corr, int group_size, "
+      "float act_scale, int act_zero_point, int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w1a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
@@ -147,7 +154,51 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
   return {ho, wo};
 }
 
+void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
+                            const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "linear_w4a8";
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
+                   fmt::format("{}: weight must be uint8 (4-bit codes, packed), got {}", op,
+                               c10::toString(weight.scalar_type())));
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K / 2], got {} dims", op, weight.dim()));
+  TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
+  const std::int64_t K = input.size(-1), N = weight.size(0);
+  TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
+                    fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
+  TORCH_CHECK_VALUE(weight.size(1) * 2 == K,
+                    fmt::format("{}: weight must have K / 2 = {} bytes per row, got {}", op, K / 2, weight.size(1)));
+  const std::int64_t G = K / group;
+  TORCH_CHECK_TYPE(gscale.scalar_type() == at::kFloat,
+                   fmt::format("{}: group_scale must be float32, got {}", op, c10::toString(gscale.scalar_type())));
+  TORCH_CHECK_VALUE(gscale.dim() == 2 && gscale.size(0) == N && gscale.size(1) == G,
+                    fmt::format("{}: group_scale must have shape [{}, {}], got {}", op, N, G, c10::str(gscale.sizes())));
+  TORCH_CHECK_TYPE(gcorr.scalar_type() == at::kInt,
+                   fmt::format("{}: group_corr must be int32, got {}", op, c10::toString(gcorr.scalar_type())));
+  TORCH_CHECK_VALUE(gcorr.dim() == 2 && gcorr.size(0) == N && gcorr.size(1) == G,
+                    fmt::format("{}: group_corr must have shape [{}, {}], got {}", op, N, G, c10::str(gcorr.sizes())));
+  for (const at::Tensor* t : {&weight, &gscale, &gcorr}) {
+    TORCH_CHECK_VALUE(t->device() == input.device(),
+                      fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
+                                  t->device().str()));
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N &&
+                          bias->device() == input.device(),
+                      fmt::format("{}: bias must be float32 [{}] on the input's device, got {} {}", op, N,
+                                  c10::toString(bias->scalar_type()), c10::str(bias->sizes())));
+  }
+}
+
 }  // namespace ops
+
+at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                       const at::Tensor& group_corr, std::int64_t group_size, double act_scale,
+                       std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                       const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(linear_w4a8)>("qatkit::linear_w4a8");
+  return op.call(input, weight, group_scale, group_corr, group_size, act_scale, act_zero_point, act_quant_min,
+                 act_quant_max, bias);
+}
 
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,

@@ -22,4 +22,9 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
                                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                                   at::IntArrayRef padding, at::IntArrayRef dilation);
 
+/// linear_w4a8's weight / group checks (the input dtype and activation range are
+/// check_linear_int8_args', called on an int8-shaped stand-in).
+void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
+                            const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias);
+
 }  // namespace qatkit::ops

@@ -216,8 +216,10 @@ TORCH_MODULE(ActFakeQuantizer);
 /// conv2d_int8) for a converted layer in integer compute (docs/integer.md, "static" form; Python's
 /// qatkit.qat.integer plan, bit for bit the same operands).
 struct QATKIT_API IntegerKernelPlan {
-  int weight_bits = 8;        ///< 8: int8 codes [N, K] (convs: rows zero-padded to 32); 2 / 1: packed
+  int weight_bits = 8;  ///< 8: int8 codes [N, K] (convs: rows zero-padded to 32); 4 (per group), 2, 1: packed
   torch::Tensor weight, corr, out_scale;
+  torch::Tensor group_scale, group_corr;  ///< weight_bits 4: linear_w4a8's per-group operands
+  std::int64_t group_size = 0;
   std::optional<torch::Tensor> bias;  ///< float bias added after the requantization (narrower than W8A8)
   double act_scale = 1.0;
   std::int64_t act_zero_point = 0, act_quant_min = 0, act_quant_max = 255;

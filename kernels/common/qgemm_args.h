@@ -54,4 +54,24 @@ struct QGemmPackedArgs {
   std::int64_t y_rs = 0, y_cs = 1;
 };
 
+/// W4A8 with group-wise weight scales (docs/integer.md, "static_group" form). Weights: 4-bit codes
+/// c = q + 8 in [0, 15] (symmetric q in [-8, 7]); per 32-weight chunk 16 bytes, byte j holding
+/// k = j in its low nibble and k = j + 16 in its high nibble; row n is K / 2 bytes; K and the
+/// group size are multiples of 32. Per group g of output (m, n):
+///   acc_g = sum_{k in g} a * c - 8 * a_gsum[m, g] + gcorr[n, g]      (int32, exact)
+///   t = sum_g double(acc_g) * double(gscale[n, g])                  (float64, in group order)
+///   y = float(t * double(act_scale)) (+ bias[n], float32)
+/// with gcorr[n, g] = (shift - zero_point) * sum_{k in g} q (the input's zero-point term).
+struct QGemmW4Args {
+  const std::int8_t* a = nullptr;       ///< [M, K]
+  const std::int32_t* a_gsum = nullptr; ///< [M, G]
+  const std::uint8_t* w = nullptr;      ///< [N, K / 2]
+  const float* gscale = nullptr;        ///< [N, G]
+  const std::int32_t* gcorr = nullptr;  ///< [N, G]
+  const float* bias = nullptr;
+  double act_scale = 1.0;
+  float* y = nullptr;                   ///< [M, N]
+  std::int64_t M = 0, N = 0, K = 0, group = 32;
+};
+
 }  // namespace qatkit::kernels

@@ -557,6 +557,44 @@ def linear_w1a8(
                                         act_quant_max, bias)
 
 
+def linear_w4a8(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    group_scale: torch.Tensor,
+    group_corr: torch.Tensor,
+    group_size: int,
+    act_scale: float,
+    act_zero_point: int,
+    act_quant_min: int,
+    act_quant_max: int,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """W4A8 Linear with a float32 weight scale per group of K (docs/integer.md, "static_group"): the
+    input's int8 codes times the 4-bit weight codes summed exactly per group (``+ group_corr``, the
+    input zero-point term ``(shift - act_zero_point) * sum_g q``), combined in float64 in group
+    order with ``group_scale``, times ``act_scale``, then ``+ bias`` (float32). ``weight``: uint8
+    ``[N, K / 2]`` from :func:`pack_int4_w4`; K and ``group_size`` multiples of 32. Inference only."""
+    return torch.ops.qatkit.linear_w4a8(input, weight, group_scale, group_corr, group_size, act_scale, act_zero_point,
+                                        act_quant_min, act_quant_max, bias)
+
+
+def pack_int4_w4(codes: torch.Tensor) -> torch.Tensor:
+    """Symmetric 4-bit codes ``[N, K]`` in [-8, 7] -> the W4 kernel layout: ``c = q + 8``; per 32-weight
+    chunk, byte j holds k = j in its low nibble and k = j + 16 in its high nibble.
+
+    Raises:
+        ValueError: not 2-D, K not a multiple of 32, or a code outside [-8, 7].
+    """
+    if codes.dim() != 2 or codes.shape[1] % 32:
+        raise ValueError(f"pack_int4_w4: codes must be 2-D [N, K] with K a multiple of 32, got {tuple(codes.shape)}")
+    c = codes.to(torch.int16) + 8
+    if c.numel() and (int(c.min()) < 0 or int(c.max()) > 15):
+        raise ValueError("pack_int4_w4: codes must lie in [-8, 7]")
+    n, k = c.shape
+    c = c.reshape(n, k // 32, 2, 16)
+    return (c[:, :, 0] | (c[:, :, 1] << 4)).to(torch.uint8).reshape(n, k // 2).contiguous()
+
+
 def pack_binary_b1(codes: torch.Tensor) -> torch.Tensor:
     """Binary codes ``[N, K]`` in {-1, 1} -> the W1A8 kernel layout: bit ``k % 8`` of byte ``k / 8``
     is 1 for +1 (the file's 1-bit packing), K padded to a multiple of 32 with 0 bits.

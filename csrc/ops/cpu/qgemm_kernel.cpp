@@ -129,6 +129,64 @@ at::Tensor linear_w1a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
                            bias, 1);
 }
 
+at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                           const at::Tensor& group_corr, std::int64_t group_size, double act_scale,
+                           std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                           const std::optional<at::Tensor>& bias) {
+  check_linear_w4a8_args(input, weight, group_scale, group_corr, group_size, bias);
+  const std::int64_t K = input.size(-1), N = weight.size(0), G = K / group_size;
+  // dtype / activation-range checks on an int8 stand-in of the weight's [N, K] shape
+  const std::int32_t shift = check_linear_int8_args(input, at::empty({N, K}, weight.options().dtype(at::kChar)),
+                                                    at::empty({N}, group_corr.options()), at::empty({N}, group_scale.options()),
+                                                    act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous(),
+                   gc = group_corr.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  std::int64_t M = 1;
+  for (std::int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
+  std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = N;
+  at::Tensor y = at::empty(shape, input.options());
+  if (y.numel() == 0) return y;
+  std::vector<std::int8_t> a(static_cast<std::size_t>(M * K));
+  std::vector<std::int32_t> a_gsum(static_cast<std::size_t>(M * G));
+  kernels::ActQuantArgs q;
+  q.inv_scale = 1.0f / static_cast<float>(act_scale);
+  q.zero_point = static_cast<std::int32_t>(act_zero_point);
+  q.quant_min = static_cast<std::int32_t>(act_quant_min);
+  q.quant_max = static_cast<std::int32_t>(act_quant_max);
+  q.shift = shift;
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, M, 1, [&](std::int64_t b0, std::int64_t e0) {
+    k.quantize_rows(xp, a.data(), K, q, b0, e0);
+    for (std::int64_t m = b0; m < e0; ++m) {
+      for (std::int64_t gi = 0; gi < G; ++gi) {
+        std::int32_t s = 0;
+        for (std::int64_t i = gi * group_size; i < (gi + 1) * group_size; ++i) s += a[static_cast<std::size_t>(m * K + i)];
+        a_gsum[static_cast<std::size_t>(m * G + gi)] = s;
+      }
+    }
+  });
+  kernels::QGemmW4Args g;
+  g.a = a.data();
+  g.a_gsum = a_gsum.data();
+  g.w = w.data_ptr<std::uint8_t>();
+  g.gscale = gs.data_ptr<float>();
+  g.gcorr = gc.data_ptr<std::int32_t>();
+  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  g.act_scale = static_cast<double>(static_cast<float>(act_scale));
+  g.y = y.data_ptr<float>();
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.group = group_size;
+  at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) {
+    k.gemm_w4(g, b0 * 16, std::min(N, e0 * 16));
+  });
+  return y;
+}
+
 // The output columns [0, N) in one call (inside a parallel region) or in blocks of 16 across threads.
 template <class F>
 void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
@@ -245,6 +303,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
 
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
   m.impl("conv2d_int8", &conv2d_int8_cpu);
+  m.impl("linear_w4a8", &linear_w4a8_cpu);
   m.impl("linear_int8", &linear_int8_cpu);
   m.impl("linear_w2a8", &linear_w2a8_cpu);
   m.impl("linear_w1a8", &linear_w1a8_cpu);

@@ -175,10 +175,41 @@ void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
   }
 }
 
+// W4A8: 16 bytes per 32-weight chunk; low and high nibbles are k = j and j + 16, so the two 16-byte
+// halves of one 32-byte register line up with 32 consecutive activations. vpmaddubsw of the codes
+// [0, 15] (unsigned) and the activations (signed): pair sums <= 2 * 15 * 128 = 3840; up to eight
+// chunks add in int16 (30720 < 2^15) before vpmaddwd widens them.
+void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m128i low4 = _mm_set1_epi8(15);
+  const std::int64_t KB = g.K / 2;
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    const std::int8_t* a = g.a + m * g.K;
+    for (std::int64_t n = n_begin; n < n_end; ++n) {
+      const std::uint8_t* w = g.w + n * KB;
+      g.y[m * g.N + n] = detail::finish_w4(g, m, n, [&](std::int64_t gi) {
+        __m256i acc32 = _mm256_setzero_si256();
+        for (std::int64_t k0 = gi * g.group; k0 < (gi + 1) * g.group; k0 += 256) {
+          const std::int64_t k1 = std::min((gi + 1) * g.group, k0 + 256);
+          __m256i s16 = _mm256_setzero_si256();
+          for (std::int64_t k = k0; k < k1; k += 32) {
+            const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
+            const __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low4), _mm_and_si128(v, low4));
+            const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k));
+            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c, va));
+          }
+          acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(s16, ones));
+        }
+        return static_cast<std::int32_t>(hsum(acc32));
+      });
+    }
+  }
+}
+
 }  // namespace
 
 const QGemmKernels* qgemm_avx2() {
-  static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1};
+  static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4};
   return &k;
 }
 

@@ -33,10 +33,24 @@ void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
   }
 }
 
+void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    const std::int8_t* a = g.a + m * g.K;
+    for (std::int64_t n = n_begin; n < n_end; ++n) {
+      const std::uint8_t* w = g.w + n * (g.K / 2);
+      g.y[m * g.N + n] = detail::finish_w4(g, m, n, [&](std::int64_t gi) {
+        std::int32_t s = 0;
+        for (std::int64_t k = gi * g.group; k < (gi + 1) * g.group; k += 32) s += detail::dot_w4_chunk(a + k, w + k / 2);
+        return s;
+      });
+    }
+  }
+}
+
 }  // namespace
 
 const QGemmKernels& qgemm_baseline() {
-  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1};
+  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4};
   return k;
 }
 

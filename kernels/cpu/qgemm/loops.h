@@ -58,6 +58,28 @@ inline float finish_t2(std::uint32_t sum_ac, const QGemmPackedArgs& g, std::int6
   return requantize(acc, g, n);
 }
 
+/// sum_{k in [k0, k0 + 32)} a[k] * c[k] over one 32-weight chunk of a W4 row (QGemmW4Args layout).
+inline std::int32_t dot_w4_chunk(const std::int8_t* a, const std::uint8_t* w) {
+  std::int32_t s = 0;
+  for (int j = 0; j < 16; ++j) {
+    s += static_cast<std::int32_t>(w[j] & 15) * a[j] + static_cast<std::int32_t>(w[j] >> 4) * a[j + 16];
+  }
+  return s;
+}
+
+/// The group combination and requantization of one W4A8 output from its per-group code sums.
+template <class GroupSum>
+inline float finish_w4(const QGemmW4Args& g, std::int64_t m, std::int64_t n, const GroupSum& group_sum) {
+  const std::int64_t G = g.K / g.group;
+  double t = 0.0;
+  for (std::int64_t gi = 0; gi < G; ++gi) {
+    const std::int32_t acc = group_sum(gi) - 8 * g.a_gsum[m * G + gi] + g.gcorr[n * G + gi];
+    t += static_cast<double>(acc) * static_cast<double>(g.gscale[n * G + gi]);  // exact product, sums in order
+  }
+  const float y = static_cast<float>(t * g.act_scale);
+  return g.bias ? y + g.bias[n] : y;
+}
+
 /// sum of a[k] over the set bits of one binary weight row, modulo 2^32.
 inline std::uint32_t dot_b1(const std::int8_t* a, const std::uint8_t* w, std::int64_t K_pad) {
   std::uint32_t acc = 0;

@@ -21,6 +21,8 @@ struct QGemmKernels {
   void (*gemm_t2)(const QGemmPackedArgs& args, std::int64_t n_begin, std::int64_t n_end);
   /// The binary (1-bit) GEMM, output columns [n_begin, n_end) of every row.
   void (*gemm_b1)(const QGemmPackedArgs& args, std::int64_t n_begin, std::int64_t n_end);
+  /// The W4A8 group-wise GEMM, output columns [n_begin, n_end) of every row.
+  void (*gemm_w4)(const QGemmW4Args& args, std::int64_t n_begin, std::int64_t n_end);
 };
 
 const QGemmKernels& qgemm_baseline();

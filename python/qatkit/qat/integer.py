@@ -266,6 +266,8 @@ def _int8_plan(mod) -> Optional[dict]:
         return None
     sx, zx = _act_qparams(aq)
     shift = 128 if qmin >= 0 else 0
+    if mod._integer_form == "static_group":
+        return _w4_plan(mod, w, sx, zx, shift, qmin, qmax)
     bq = _bias_q(mod)
     corr = (shift - int(zx.item())) * w.long().sum(1)
     if bq is not None:
@@ -287,14 +289,37 @@ def _int8_plan(mod) -> Optional[dict]:
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
+def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
+    """ops.linear_w4a8's operands for a "static_group" Linear with 4-bit codes and groups that are
+    multiples of 32 dividing K (w4a8_g32); None otherwise (the float64 simulation runs)."""
+    gs, k = mod.group_size, w.shape[1]
+    if _is_conv(mod) or gs % 32 or k % gs or (w.numel() and (int(w.min()) < -8 or int(w.max()) > 7)):
+        return None
+    n, g = w.shape[0], k // gs
+    gcorr = (shift - int(zx.item())) * w.long().reshape(n, g, gs).sum(2)
+    if gcorr.numel() and int(gcorr.abs().max()) > _INT32_MAX:
+        return None
+    return {"op": None, "kernel": "linear_w4a8", "weight": ops.pack_int4_w4(w),
+            "gscale": mod.weight_scale.float().reshape(n, g).contiguous(), "gcorr": gcorr.to(torch.int32).contiguous(),
+            "group_size": gs, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous(),
+            "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
+
+
+def _run_plan(plan: dict, x: torch.Tensor) -> torch.Tensor:
+    if plan["kernel"] == "linear_w4a8":
+        return ops.linear_w4a8(x, plan["weight"], plan["gscale"], plan["gcorr"], plan["group_size"], plan["act_scale"],
+                               plan["zp"], plan["qmin"], plan["qmax"], plan["bias"])
+    return plan["op"](x, plan["weight"], plan["corr"], plan["out_scale"], plan["act_scale"], plan["zp"], plan["qmin"],
+                      plan["qmax"], plan["bias"])
+
+
 def linear(mod, x: torch.Tensor) -> torch.Tensor:
     """Integer-exact ``F.linear`` of a converted Linear (after its RMSNorm / smoothing): the int8
     kernel (``ops.linear_int8``) where it applies, else the float64 simulation (same bits)."""
-    if mod._integer_form == "static" and x.device.type == "cpu" and x.dtype == torch.float32:
+    if mod._integer_form in ("static", "static_group") and x.device.type == "cpu" and x.dtype == torch.float32:
         plan = _plan(mod)
         if plan:
-            return plan["op"](x, plan["weight"], plan["corr"], plan["out_scale"], plan["act_scale"], plan["zp"],
-                              plan["qmin"], plan["qmax"], plan["bias"])
+            return _run_plan(plan, x)
     return _apply(mod, x, lambda xq, w: F.linear(xq, w))
 
 
@@ -349,7 +374,9 @@ def _plan(mod):
 def kernel_for(mod) -> Optional[str]:
     """The integer kernel a converted layer in integer compute runs on (CPU), or None: its integer
     form then runs as the float64 simulation (:func:`set_compute`) — exact, but no faster."""
-    if mod._integer_form == "static" and (not _is_conv(mod) or isinstance(mod.padding, tuple)):
+    if mod._integer_form == "static_group" and not _is_conv(mod) or (
+        mod._integer_form == "static" and (not _is_conv(mod) or isinstance(mod.padding, tuple))
+    ):
         plan = _plan(mod)
         if plan:
             return plan["kernel"]

@@ -277,3 +277,64 @@ def test_conv2d_int8_opcheck_and_errors():
         ops.conv2d_int8(x, w, 8, (3, 3), (0, 1), (1, 1), (1, 1), corr, scale, 0.1, 0, -128, 127)
     with pytest.raises(ValueError, match="smaller than the dilated kernel"):
         ops.conv2d_int8(x, w, 8, (3, 3), (1, 1), (0, 0), (4, 4), corr, scale, 0.1, 0, -128, 127)
+
+
+# ---------------------------------------------------------------- W4A8, group-wise scales
+
+
+def _w4_reference(x, w, gscale, gs, s, zp, qmin, qmax, bias):
+    inv = torch.tensor(1.0) / torch.tensor(s, dtype=torch.float32)
+    r = torch.round(x * inv)
+    r = torch.where(torch.isnan(r), torch.zeros_like(r), r)
+    q = ((r + zp).clamp(qmin, qmax) - zp).long()
+    n, k = w.shape
+    t = None
+    for g in range(k // gs):
+        acc = q[:, g * gs:(g + 1) * gs] @ w[:, g * gs:(g + 1) * gs].long().t()  # exact int64
+        term = acc.double() * gscale[:, g].double()
+        t = term if t is None else t + term  # float64, in group order
+    y = (t * float(torch.tensor(s, dtype=torch.float32))).float()
+    return y if bias is None else y + bias
+
+
+@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (3, 9, 96, 32), (2, 64, 1024, 128),
+                                      (0, 8, 32, 32), (4, 5, 512, 256), (2, 3, 1024, 512)])
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
+def test_w4a8_equals_the_group_reference_on_every_isa(M, N, K, gs, qrange, zp):
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(M, K, generator=g) * 3
+    w = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
+    gscale = torch.rand(N, K // gs, generator=g) * 0.1
+    qmin, qmax = qrange
+    shift = 128 if qmin >= 0 else 0
+    gcorr = ((shift - zp) * w.long().reshape(N, K // gs, gs).sum(2)).int()
+    packed = ops.pack_int4_w4(w)
+    for bias in (None, torch.randn(N, generator=g)):
+        want = _w4_reference(x, w, gscale, gs, 0.05, zp, qmin, qmax, bias)
+        old = qatkit._C.cpu_isa()
+        try:
+            for isa in _isas():
+                qatkit._C.set_cpu_isa(isa)
+                got = ops.linear_w4a8(x, packed, gscale, gcorr, gs, 0.05, zp, qmin, qmax, bias)
+                assert torch.equal(got, want), isa
+        finally:
+            qatkit._C.set_cpu_isa(old)
+
+
+def test_w4a8_packing_opcheck_and_errors():
+    w = torch.randint(-8, 8, (4, 64), dtype=torch.int8)
+    p = ops.pack_int4_w4(w)
+    assert p.shape == (4, 32)
+    assert all(int(p[1, 32 * 0 + j] & 15) == int(w[1, j]) + 8 and int(p[1, j] >> 4) == int(w[1, j + 16]) + 8
+               for j in range(16))
+    x, gs = torch.randn(3, 64), torch.rand(4, 2)
+    gc = torch.zeros(4, 2, dtype=torch.int32)
+    torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, p, gs, gc, 32, 0.1, 0, -128, 127))
+    with pytest.raises(ValueError, match="group_size must be a multiple of 32"):
+        ops.linear_w4a8(x, p, gs, gc, 16, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match="group_scale must have shape"):
+        ops.linear_w4a8(x, p, gs[:, :1], gc, 32, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match="K / 2 = 32 bytes"):
+        ops.linear_w4a8(x, p[:, :16], gs, gc, 32, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match="must lie in"):
+        ops.pack_int4_w4(torch.full((1, 32), 9, dtype=torch.int8))

@@ -14,11 +14,12 @@ import qatkit
 from qatkit.qat import integer, set_compute
 from qatkit.qat.convert import QuantizedConv1d, QuantizedConv2d, QuantizedLinear, _Quantized
 
-STATIC = ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8", "xnor_w1a1"]
+STATIC = ["w8a8", "w4a8", "w4a8_g32", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8", "xnor_w1a1"]
 
 
 def _config(name):
-    return {"w4a8": lambda: qatkit.w4a8(group_size=16)}.get(name, lambda: qatkit.preset(name))()
+    return {"w4a8": lambda: qatkit.w4a8(group_size=16),  # no kernel (groups of 16): the float64 simulation
+            "w4a8_g32": lambda: qatkit.w4a8(group_size=32)}.get(name, lambda: qatkit.preset(name))()
 
 
 def _mlp():
@@ -201,7 +202,8 @@ def test_integer_forms_per_preset(preset):
     c = qatkit.convert(q)
     rep = set_compute(c, "integer", warn=False)
     forms = {f for _, f, _ in rep}
-    want = {"w4a8": "static_group", "bitnet_b158": "row", "xnor_w1a1": "row"}.get(preset, "static")
+    want = {"w4a8": "static_group", "w4a8_g32": "static_group", "bitnet_b158": "row", "xnor_w1a1": "row"}.get(preset,
+                                                                                                        "static")
     assert want in forms, rep
     if preset == "bitnet_b158":
         qc, _ = _prepared("cnn", preset)
