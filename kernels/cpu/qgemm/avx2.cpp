@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "loops.h"
 
@@ -179,7 +180,44 @@ void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
 // halves of one 32-byte register line up with 32 consecutive activations. vpmaddubsw of the codes
 // [0, 15] (unsigned) and the activations (signed): pair sums <= 2 * 15 * 128 = 3840; up to eight
 // chunks add in int16 (30720 < 2^15) before vpmaddwd widens them.
+inline __m256i w4_chunk(const std::int8_t* a, const std::uint8_t* w, __m128i low4, __m256i ones) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  const __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low4), _mm_and_si128(v, low4));
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(c, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a))), ones);
+}
+
+// The eight int32 lanes of each of v[0..7] summed: [sum v0, ..., sum v7] (a transposing hadd tree).
+inline __m256i hsum8(const __m256i* v) {
+  const __m256i t0 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i t1 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  return _mm256_add_epi32(_mm256_permute2x128_si256(t0, t1, 0x20), _mm256_permute2x128_si256(t0, t1, 0x31));
+}
+
+// Groups of 32 (w4a8_g32): eight groups' code sums at a time through hsum8, then the scalar
+// float64 combination in group order (finish_w4's arithmetic).
+void gemm_w4_g32(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m128i low4 = _mm_set1_epi8(15);
+  const std::int64_t KB = g.K / 2, G = g.K / 32;
+  std::vector<std::int32_t> sums(static_cast<std::size_t>(G));
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    const std::int8_t* a = g.a + m * g.K;
+    for (std::int64_t n = n_begin; n < n_end; ++n) {
+      const std::uint8_t* w = g.w + n * KB;
+      std::int64_t gi = 0;
+      for (; gi + 8 <= G; gi += 8) {
+        __m256i v[8];
+        for (int j = 0; j < 8; ++j) v[j] = w4_chunk(a + (gi + j) * 32, w + (gi + j) * 16, low4, ones);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums.data() + gi), hsum8(v));
+      }
+      for (; gi < G; ++gi) sums[static_cast<std::size_t>(gi)] = static_cast<std::int32_t>(hsum(w4_chunk(a + gi * 32, w + gi * 16, low4, ones)));
+      g.y[m * g.N + n] = detail::finish_w4(g, m, n, [&](std::int64_t i) { return sums[static_cast<std::size_t>(i)]; });
+    }
+  }
+}
+
 void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.group == 32) return gemm_w4_g32(g, n_begin, n_end);
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i low4 = _mm_set1_epi8(15);
   const std::int64_t KB = g.K / 2;

@@ -297,7 +297,7 @@ def _w4_reference(x, w, gscale, gs, s, zp, qmin, qmax, bias):
     return y if bias is None else y + bias
 
 
-@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (3, 9, 96, 32), (2, 64, 1024, 128),
+@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (3, 9, 96, 32), (2, 64, 1024, 128), (3, 7, 320, 32),
                                       (0, 8, 32, 32), (4, 5, 512, 256), (2, 3, 1024, 512)])
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
 def test_w4a8_equals_the_group_reference_on_every_isa(M, N, K, gs, qrange, zp):
