@@ -154,6 +154,25 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
   return {ho, wo};
 }
 
+kernels::ActQuantArgs act_quant_args(double act_scale, std::int64_t zero_point, std::int64_t quant_min,
+                                     std::int64_t quant_max, std::int32_t shift) {
+  kernels::ActQuantArgs q;
+  q.inv_scale = 1.0f / static_cast<float>(act_scale);
+  q.zero_point = static_cast<std::int32_t>(zero_point);
+  q.quant_min = static_cast<std::int32_t>(quant_min);
+  q.quant_max = static_cast<std::int32_t>(quant_max);
+  q.shift = shift;
+  return q;
+}
+
+std::pair<std::int64_t, std::vector<std::int64_t>> rows_and_output_shape(const at::Tensor& input, std::int64_t N) {
+  std::int64_t M = 1;
+  for (std::int64_t d = 0; d + 1 < input.dim(); ++d) M *= input.size(d);
+  std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
+  shape.back() = N;
+  return {M, shape};
+}
+
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                             const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "linear_w4a8";

@@ -6,6 +6,10 @@
 #include <array>
 #include <cstdint>
 #include <optional>
+#include <utility>
+#include <vector>
+
+#include "../../kernels/common/qgemm_args.h"
 
 namespace qatkit::ops {
 
@@ -14,6 +18,14 @@ namespace qatkit::ops {
 std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                     const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
                                     std::int64_t qmax, const std::optional<at::Tensor>& bias, int weight_bits = 8);
+
+/// The activation quantization of the integer kernels: quantize_affine's x * (1 / s) rounding with
+/// the op's qparams, shifted into int8 by `shift`.
+kernels::ActQuantArgs act_quant_args(double act_scale, std::int64_t zero_point, std::int64_t quant_min,
+                                     std::int64_t quant_max, std::int32_t shift);
+
+/// Rows of `input` ([..., K] -> the product of the leading dims) and the output shape [..., N].
+std::pair<std::int64_t, std::vector<std::int64_t>> rows_and_output_shape(const at::Tensor& input, std::int64_t N);
 
 /// conv2d_int8's shape checks (4-D input, 2-element int lists, the weight's bytes per row for
 /// C*kh*kw at weight_bits); returns the output's (H, W). The dtype / qparam checks are

@@ -23,19 +23,13 @@ at::Tensor linear_int8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const std::int64_t N = w.size(0), K = w.size(1);
-  std::int64_t M = 1;
-  for (std::int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
-  std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.back() = N;
+  const auto rows = rows_and_output_shape(x, N);
+  const std::int64_t M = rows.first;
+  const std::vector<std::int64_t>& shape = rows.second;
   at::Tensor y = at::empty(shape, input.options());
   if (y.numel() == 0) return y;
   std::vector<std::int8_t> a(static_cast<std::size_t>(M * K));
-  kernels::ActQuantArgs q;
-  q.inv_scale = 1.0f / static_cast<float>(act_scale);  // quantize_affine's x * (1 / s)
-  q.zero_point = static_cast<std::int32_t>(act_zero_point);
-  q.quant_min = static_cast<std::int32_t>(act_quant_min);
-  q.quant_max = static_cast<std::int32_t>(act_quant_max);
-  q.shift = shift;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
@@ -69,20 +63,14 @@ at::Tensor packed_linear_cpu(const at::Tensor& input, const at::Tensor& weight, 
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const std::int64_t N = w.size(0), K_pad = w.size(1) * (8 / weight_bits), K = x.size(-1);
-  std::int64_t M = 1;
-  for (std::int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
-  std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.back() = N;
+  const auto rows = rows_and_output_shape(x, N);
+  const std::int64_t M = rows.first;
+  const std::vector<std::int64_t>& shape = rows.second;
   at::Tensor y = at::empty(shape, input.options());
   if (y.numel() == 0) return y;
   std::vector<std::int8_t> a(static_cast<std::size_t>(M * K_pad), 0);
   std::vector<std::int32_t> a_sum(static_cast<std::size_t>(M), 0);
-  kernels::ActQuantArgs q;
-  q.inv_scale = 1.0f / static_cast<float>(act_scale);
-  q.zero_point = static_cast<std::int32_t>(act_zero_point);
-  q.quant_min = static_cast<std::int32_t>(act_quant_min);
-  q.quant_max = static_cast<std::int32_t>(act_quant_max);
-  q.shift = shift;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, 1, [&](std::int64_t b0, std::int64_t e0) {
@@ -142,20 +130,14 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous(),
                    gc = group_corr.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  std::int64_t M = 1;
-  for (std::int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
-  std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.back() = N;
+  const auto rows = rows_and_output_shape(x, N);
+  const std::int64_t M = rows.first;
+  const std::vector<std::int64_t>& shape = rows.second;
   at::Tensor y = at::empty(shape, input.options());
   if (y.numel() == 0) return y;
   std::vector<std::int8_t> a(static_cast<std::size_t>(M * K));
   std::vector<std::int32_t> a_gsum(static_cast<std::size_t>(M * G));
-  kernels::ActQuantArgs q;
-  q.inv_scale = 1.0f / static_cast<float>(act_scale);
-  q.zero_point = static_cast<std::int32_t>(act_zero_point);
-  q.quant_min = static_cast<std::int32_t>(act_quant_min);
-  q.quant_max = static_cast<std::int32_t>(act_quant_max);
-  q.shift = shift;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, 1, [&](std::int64_t b0, std::int64_t e0) {
@@ -218,12 +200,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   const std::int64_t K_row = w.size(1) * (8 / weight_bits);  // >= K: the padded tail of each patch row stays 0
   at::Tensor y = at::empty({B, N, ho, wo}, input.options());
   if (y.numel() == 0) return y;
-  kernels::ActQuantArgs q;
-  q.inv_scale = 1.0f / static_cast<float>(act_scale);
-  q.zero_point = static_cast<std::int32_t>(act_zero_point);
-  q.quant_min = static_cast<std::int32_t>(act_quant_min);
-  q.quant_max = static_cast<std::int32_t>(act_quant_max);
-  q.shift = shift;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();

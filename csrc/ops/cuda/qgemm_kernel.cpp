@@ -29,20 +29,14 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const std::int64_t N = w.size(0), K = x.size(-1);
   const std::int64_t K_row = weight_bits == 8 ? K : w.size(1) * (8 / weight_bits);
-  std::int64_t M = 1;
-  for (std::int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);
-  std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.back() = N;
+  const auto rows = rows_and_output_shape(x, N);
+  const std::int64_t M = rows.first;
+  const std::vector<std::int64_t>& shape = rows.second;
   at::Tensor y = at::empty(shape, input.options());
   if (y.numel() == 0) return y;
   at::Tensor a = at::empty({M, K_row}, input.options().dtype(at::kChar));
   at::Tensor a_sum = at::empty({M}, input.options().dtype(at::kInt));
-  kernels::ActQuantArgs q;
-  q.inv_scale = 1.0f / static_cast<float>(act_scale);
-  q.zero_point = static_cast<std::int32_t>(act_zero_point);
-  q.quant_min = static_cast<std::int32_t>(act_quant_min);
-  q.quant_max = static_cast<std::int32_t>(act_quant_max);
-  q.shift = shift;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   C10_CUDA_CHECK(kernels::cuda::launch_quantize_rows(x.data_ptr<float>(), a.data_ptr<std::int8_t>(),
                                                      a_sum.data_ptr<std::int32_t>(), M, K, K_row, q, stream));
   if (weight_bits == 8) {
