@@ -14,74 +14,57 @@
 namespace qatkit::ops {
 namespace {
 
-at::Tensor linear_int8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
-                           const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
-                           std::int64_t act_quant_min, std::int64_t act_quant_max,
-                           const std::optional<at::Tensor>& bias) {
-  const std::int32_t shift =
-      check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
-  const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = w.size(0), K = w.size(1);
-  const auto rows = rows_and_output_shape(x, N);
-  const std::int64_t M = rows.first;
-  const std::vector<std::int64_t>& shape = rows.second;
-  at::Tensor y = at::empty(shape, input.options());
-  if (y.numel() == 0) return y;
-  std::vector<std::int8_t> a(static_cast<std::size_t>(M * K));
-  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
-  const auto& k = kernels::cpu::qgemm_kernels();
-  const float* xp = x.data_ptr<float>();
-  at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
-                   [&](std::int64_t b, std::int64_t e) { k.quantize_rows(xp, a.data(), K, q, b, e); });
-  kernels::QGemmArgs g;
-  g.a = a.data();
-  g.w = w.data_ptr<std::int8_t>();
-  g.corr = c.data_ptr<std::int32_t>();
-  g.out_scale = os.data_ptr<float>();
-  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-  g.y = y.data_ptr<float>();
-  g.M = M;
-  g.N = N;
-  g.K = K;
-  g.y_rs = N;
-  // blocks of 16 columns (a multiple of the AVX2 kernel's 4) whose weight rows are ~ 64 KiB or less
-  at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b, std::int64_t e) {
-    k.gemm_s8(g, b * 16, std::min(N, e * 16));
-  });
-  return y;
-}
-
-// The packed low-bit kernels (weight_bits 2: ternary, 1: binary): activation rows quantized into a
-// buffer zero-padded to K_pad, with their sums, then the GEMM over blocks of output columns.
-at::Tensor packed_linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
-                             const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
-                             std::int64_t act_quant_min, std::int64_t act_quant_max,
-                             const std::optional<at::Tensor>& bias, int weight_bits) {
+// linear_int8 (weight_bits 8) and the packed low-bit kernels (2: ternary, 1: binary): activation
+// rows quantized into a buffer (zero-padded to the packed kernels' K_pad, with their sums), then the
+// GEMM over blocks of 16 output columns (a multiple of the AVX2 kernels' 4).
+at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                      const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                      std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias,
+                      int weight_bits) {
   const std::int32_t shift = check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point,
                                                     act_quant_min, act_quant_max, bias, weight_bits);
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = w.size(0), K_pad = w.size(1) * (8 / weight_bits), K = x.size(-1);
+  const std::int64_t N = w.size(0), K = x.size(-1), K_row = w.size(1) * (8 / weight_bits);
   const auto rows = rows_and_output_shape(x, N);
   const std::int64_t M = rows.first;
-  const std::vector<std::int64_t>& shape = rows.second;
-  at::Tensor y = at::empty(shape, input.options());
+  at::Tensor y = at::empty(rows.second, input.options());
   if (y.numel() == 0) return y;
-  std::vector<std::int8_t> a(static_cast<std::size_t>(M * K_pad), 0);
+  std::vector<std::int8_t> a(static_cast<std::size_t>(M * K_row), 0);
   std::vector<std::int32_t> a_sum(static_cast<std::size_t>(M), 0);
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
-  at::parallel_for(0, M, 1, [&](std::int64_t b0, std::int64_t e0) {
-    for (std::int64_t m = b0; m < e0; ++m) {
-      std::int8_t* row = a.data() + m * K_pad;
-      k.quantize_rows(xp + m * K, row, K, q, 0, 1);
-      std::int32_t s = 0;
-      for (std::int64_t i = 0; i < K; ++i) s += row[i];
-      a_sum[static_cast<std::size_t>(m)] = s;
-    }
-  });
+  at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K_row, 1)),
+                   [&](std::int64_t b0, std::int64_t e0) {
+                     for (std::int64_t m = b0; m < e0; ++m) {
+                       std::int8_t* row = a.data() + m * K_row;
+                       k.quantize_rows(xp + m * K, row, K, q, 0, 1);
+                       if (weight_bits == 8) continue;  // the int8 kernel needs no activation sums
+                       std::int32_t s = 0;
+                       for (std::int64_t i = 0; i < K; ++i) s += row[i];
+                       a_sum[static_cast<std::size_t>(m)] = s;
+                     }
+                   });
+  const auto columns = [&](const auto& gemm) {
+    at::parallel_for(0, (N + 15) / 16, 1,
+                     [&](std::int64_t b0, std::int64_t e0) { gemm(b0 * 16, std::min(N, e0 * 16)); });
+  };
+  if (weight_bits == 8) {
+    kernels::QGemmArgs g;
+    g.a = a.data();
+    g.w = w.data_ptr<std::int8_t>();
+    g.corr = c.data_ptr<std::int32_t>();
+    g.out_scale = os.data_ptr<float>();
+    g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+    g.y = y.data_ptr<float>();
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.y_rs = N;
+    columns([&](std::int64_t n0, std::int64_t n1) { k.gemm_s8(g, n0, n1); });
+    return y;
+  }
   kernels::QGemmPackedArgs g;
   g.a = a.data();
   g.a_sum = a_sum.data();
@@ -92,29 +75,32 @@ at::Tensor packed_linear_cpu(const at::Tensor& input, const at::Tensor& weight, 
   g.y = y.data_ptr<float>();
   g.M = M;
   g.N = N;
-  g.K_pad = K_pad;
+  g.K_pad = K_row;
   g.y_rs = N;
   const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
-  at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) {
-    gemm(g, b0 * 16, std::min(N, e0 * 16));
-  });
+  columns([&](std::int64_t n0, std::int64_t n1) { gemm(g, n0, n1); });
   return y;
+}
+
+at::Tensor linear_int8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                           const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                           std::int64_t act_quant_min, std::int64_t act_quant_max,
+                           const std::optional<at::Tensor>& bias) {
+  return linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, 8);
 }
 
 at::Tensor linear_w2a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                            const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                            std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias) {
-  return packed_linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max,
-                           bias, 2);
+  return linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, 2);
 }
 
 at::Tensor linear_w1a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                            const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                            std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias) {
-  return packed_linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max,
-                           bias, 1);
+  return linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, 1);
 }
 
 at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
