@@ -14,6 +14,8 @@ qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit 
 torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations),
 qatkit ternary w2a8 (ops.linear_w2a8: 2-bit TWN weights, 8-bit activations; no peer runs ternary),
 qatkit binary w1a8 (ops.linear_w1a8: 1-bit weights, 8-bit activations; no peer runs it),
+qatkit xnor w1a1 (ops.linear_w1a1: 1-bit weights and activations binarized per sample, XNOR +
+popcount; no peer runs it),
 torch._int_mm (int8 activations quantized the same way, int32 out, scaled), torch._weight_int8pack_mm
 (int8 weight-only, bf16 activations: its fp32 path is not vectorized on x86), torch.ao dynamic
 quantized Linear (fbgemm, int8 per-tensor weights and dynamic int8 activations).
@@ -102,6 +104,13 @@ def v_qatkit_w1a8(w):
     return (lambda x: ops.linear_w1a8(x, packed, corr, scale, sx, zp, 0, 255)), packed.numel() + 8 * t.shape[0]
 
 
+def v_qatkit_xnor(w):
+    t = torch.where(w >= 0, 1, -1).to(torch.int8)
+    alpha = w.abs().mean(1).float().contiguous()
+    packed = ops.pack_binary_b1(t)
+    return (lambda x: ops.linear_w1a1(x, packed, alpha)), packed.numel() + 4 * t.shape[0]
+
+
 def _int4_groups(w, gs=32):
     n, k = w.shape
     s = (w.reshape(n, k // gs, gs).abs().amax(2) / 7).clamp(min=1e-8)
@@ -160,6 +169,7 @@ VARIANTS = {
     "torch._weight_int4pack_mm_for_cpu (w4 g32 bf16-act)": v_int4pack,
     "qatkit ternary w2a8": v_qatkit_w2a8,
     "qatkit binary w1a8": v_qatkit_w1a8,
+    "qatkit xnor w1a1": v_qatkit_xnor,
     "torch._int_mm (w8a8)": v_int_mm,
     "torch._weight_int8pack_mm (w8 bf16-act)": v_weight_int8pack,
     "torch.ao dynamic Linear (w8a8)": v_ao_dynamic,

@@ -44,14 +44,60 @@ torch::Tensor pack_w4(const torch::Tensor& codes) {
 }
 
 /// The plan of one converted layer, or null (float math). conv: the layer is a conv with `groups`.
+/// XNOR-Net layers (Python's _xnor_plan): binary weight codes, inputs binarized per sample by the
+/// 'bitnet' rule; convs only with zero padding (other modes would pad floats before binarizing).
+std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, const QuantSpec& wspec,
+                                                  const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
+                                                  bool zeros_padding) {
+  const QuantSpec& as = aq->spec();
+  if (as.method != "bitnet" || aq->axis() != std::optional<std::int64_t>(0) || !aq->fake_quant_enabled()) return nullptr;
+  if (wspec.kind != "binary" || f.group_size || (conv && !zeros_padding)) return nullptr;
+  const torch::Tensor w = f.codes.reshape({f.codes.size(0), -1});
+  if (w.numel() && !((w == 1) | (w == -1)).all().item<bool>()) return nullptr;
+  torch::Tensor ws = f.scale.detach().to(torch::kFloat).reshape({-1});
+  if (ws.numel() == 1) ws = ws.expand({w.size(0)});
+  if (ws.numel() != w.size(0)) return nullptr;
+  auto plan = std::make_shared<IntegerKernelPlan>();
+  plan->binary_input = true;
+  plan->weight_bits = 1;
+  plan->weight = pack_b1(w);
+  plan->out_scale = ws.contiguous();
+  if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
+  return plan;
+}
+
+/// Weight-only 4-bit Linear layers (Python's "weight_only" form): linear_w4_weight_only.
+std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& f, const QuantSpec& wspec,
+                                                         const torch::Tensor& bias) {
+  if (wspec.kind != "int" || wspec.bits > 4 || !f.group_size || f.codes.dim() != 2 ||
+      f.codes.scalar_type() != torch::kChar) {
+    return nullptr;
+  }
+  const std::int64_t gs = *f.group_size, n = f.codes.size(0), k = f.codes.size(1);
+  if (gs % 32 || k % gs) return nullptr;
+  if (f.codes.numel() && (f.codes.min().item<int>() < -8 || f.codes.max().item<int>() > 7)) return nullptr;
+  auto plan = std::make_shared<IntegerKernelPlan>();
+  plan->float_input = true;
+  plan->weight_bits = 4;
+  plan->weight = pack_w4(f.codes);
+  plan->group_size = gs;
+  plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
+  const torch::Tensor z = f.zero_point.reshape({n, k / gs});
+  if ((z != 0).any().item<bool>()) plan->group_zero = z.to(torch::kFloat).contiguous();
+  if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
+  return plan;
+}
+
 std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std::optional<QuantSpec>& wspec,
                                              const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
-                                             std::int64_t groups, bool string_padding) {
-  if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat || !aq) return nullptr;
+                                             std::int64_t groups, bool string_padding, bool zeros_padding = true) {
+  if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat) return nullptr;
+  if (!aq) return conv ? nullptr : make_weight_only_plan(f, *wspec, bias);
   if (conv && (groups != 1 || string_padding)) return nullptr;
   if (f.group_size && conv) return nullptr;  // per-group convs: no integer kernel yet
   if ((f.zero_point != 0).any().item<bool>()) return nullptr;
   const QuantSpec& as = aq->spec();
+  if (as.kind == "binary") return make_xnor_plan(f, *wspec, aq, bias, conv, zeros_padding);
   if (as.kind != "int" || as.scale == "dynamic" || aq->axis() || !aq->fake_quant_enabled()) return nullptr;
   const std::int64_t qmin = as.quant_min(), qmax = as.quant_max();
   if (!(qmax - qmin <= 255 && ((qmin >= 0 && qmax <= 255) || (qmin >= -128 && qmax <= 127)))) return nullptr;
@@ -127,8 +173,9 @@ bool plan_conv(Layer& l, bool on) {
   l.frozen.integer = nullptr;
   if (!on) return false;
   const bool string_padding = !std::holds_alternative<torch::ExpandingArray<D>>(l.options.padding());
-  l.frozen.integer =
-      make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, true, l.options.groups(), string_padding);
+  const bool zeros = std::holds_alternative<torch::enumtype::kZeros>(l.options.padding_mode());
+  l.frozen.integer = make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, true, l.options.groups(),
+                               string_padding, zeros);
   return l.frozen.integer != nullptr;
 }
 
@@ -157,6 +204,13 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
 namespace detail {
 
 torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x) {
+  if (p.binary_input) return qatkit::linear_w1a1(x, p.weight, p.out_scale, p.bias);
+  if (p.float_input) {
+    return qatkit::linear_w4_weight_only(x, p.weight, p.group_scale, p.group_size,
+                                         p.group_zero.defined() ? std::optional<torch::Tensor>(p.group_zero)
+                                                                : std::nullopt,
+                                         p.bias);
+  }
   if (p.weight_bits == 4) {
     return qatkit::linear_w4a8(x, p.weight, p.group_scale, p.group_corr, p.group_size, p.act_scale, p.act_zero_point,
                                p.act_quant_min, p.act_quant_max, p.bias);
@@ -167,6 +221,7 @@ torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x)
 
 torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k, at::IntArrayRef st,
                            at::IntArrayRef pad, at::IntArrayRef dil) {
+  if (p.binary_input) return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias);
   return qatkit::conv2d_int8(x4, p.weight, p.weight_bits, k, st, pad, dil, p.corr, p.out_scale, p.act_scale,
                              p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias);
 }

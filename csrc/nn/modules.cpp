@@ -504,7 +504,8 @@ void QuantLinearImpl::convert() {
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
-  if (frozen.integer && h.device().is_cpu() && h.scalar_type() == torch::kFloat) {
+  if (frozen.integer && h.device().is_cpu() && h.scalar_type() == torch::kFloat &&
+      (!frozen.integer->binary_input || h.dim() >= 2)) {
     return detail::integer_linear(*frozen.integer, h);  // the kernel quantizes the input itself
   }
   if (input_fake_quant) h = input_fake_quant(h);

@@ -12,6 +12,17 @@
 //   linear_w4a8: 4-bit symmetric weights with a float32 scale per group of K (the "static_group" form
 //                of docs/integer.md): int32 code sums per group, combined in float64 in group order,
 //                times act_scale, then the bias; weight in the W4 kernel layout (QGemmW4Args).
+//   linear_w4_weight_only: 4-bit weights (W4 layout, scale and optional zero point per group) with
+//                float activations: each weight dequantized in registers ((q - z) * s, float32:
+//                dequantize_affine's bits) and float32 FMAs in the kernel's own order (a float
+//                kernel: within docs/integer.md's bound of F.linear on the dequantized weight).
+//   linear_w1a1: XNOR-Net (binary weights and inputs): the input binarized per sample (dim 0) as
+//                binary_codes(input, "bitnet", 0) — codes in {-1, +1} (0 for NaN), scale alpha[b] —
+//                its bits XNOR the packed weight bits (pack_binary_b1), popcount to the exact int32
+//                sum, y = fp32(acc) * fp32(alpha[b] * weight_scale[n]) (+ bias[n]): the "row" form.
+//   conv2d_w1a1: a groups == 1 Conv2d on that kernel: the input binarized per image, patches of its
+//                codes (zero padding: code 0, which has no bit; QGemmXnorArgs' zero mask keeps it
+//                out of the sum, as the float layer's zero padding of its binarized input).
 //   linear_int8: y[..., n] = fp32(sum_k a[k] * w[n, k] + corr[n]) * out_scale[n] (+ bias[n]), where
 //                a = quantize_affine(x, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift
 //                (shift = 128 for a [0, 255] range, else 0) and corr[n] = bias_q[n] + (shift -
@@ -51,6 +62,16 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "linear_w1a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
       "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "linear_w4_weight_only(Tensor input, Tensor weight, Tensor group_scale, int group_size, Tensor? group_zero=None, "
+      "Tensor? bias=None) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def("linear_w1a1(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias=None) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
+  m.def(
+      "conv2d_w1a1(Tensor input, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "Tensor weight_scale, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w2a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
@@ -173,6 +194,22 @@ std::pair<std::int64_t, std::vector<std::int64_t>> rows_and_output_shape(const a
   return {M, shape};
 }
 
+// The operand tensors on the input's device, and an optional float32 [N] bias there too.
+static void check_devices_and_bias(const char* op, const at::Tensor& input, std::initializer_list<const at::Tensor*> operands,
+                            const std::optional<at::Tensor>& bias, std::int64_t N) {
+  for (const at::Tensor* t : operands) {
+    TORCH_CHECK_VALUE(t->device() == input.device(),
+                      fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
+                                  t->device().str()));
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N &&
+                          bias->device() == input.device(),
+                      fmt::format("{}: bias must be float32 [{}] on the input's device, got {} {}", op, N,
+                                  c10::toString(bias->scalar_type()), c10::str(bias->sizes())));
+  }
+}
+
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                             const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "linear_w4a8";
@@ -195,20 +232,85 @@ void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, c
                    fmt::format("{}: group_corr must be int32, got {}", op, c10::toString(gcorr.scalar_type())));
   TORCH_CHECK_VALUE(gcorr.dim() == 2 && gcorr.size(0) == N && gcorr.size(1) == G,
                     fmt::format("{}: group_corr must have shape [{}, {}], got {}", op, N, G, c10::str(gcorr.sizes())));
-  for (const at::Tensor* t : {&weight, &gscale, &gcorr}) {
+  check_devices_and_bias(op, input, {&weight, &gscale, &gcorr}, bias, N);
+}
+
+std::int64_t check_w1a1_args(const char* op, const at::Tensor& input, std::int64_t K, const at::Tensor& weight,
+                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
+                   fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
+  TORCH_CHECK_VALUE(input.dim() >= 2, fmt::format("{}: input must have a batch dim and a feature dim (binarized per "
+                                                  "sample along dim 0), got {} dims", op, input.dim()));
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
+                   fmt::format("{}: weight must be uint8 (1-bit codes, packed), got {}", op,
+                               c10::toString(weight.scalar_type())));
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K_pad / 8], got {} dims", op, weight.dim()));
+  const std::int64_t KB = (K + 31) / 32 * 4;
+  TORCH_CHECK_VALUE(weight.size(1) == KB,
+                    fmt::format("{}: weight must have K_pad / 8 = {} bytes per row (K = {} rounded up to a multiple of "
+                                "32), got {}", op, KB, K, weight.size(1)));
+  const std::int64_t N = weight.size(0);
+  TORCH_CHECK_TYPE(weight_scale.scalar_type() == at::kFloat,
+                   fmt::format("{}: weight_scale must be float32, got {}", op, c10::toString(weight_scale.scalar_type())));
+  TORCH_CHECK_VALUE(weight_scale.dim() == 1 && weight_scale.size(0) == N,
+                    fmt::format("{}: weight_scale must have shape [N] = [{}], got {}", op, N,
+                                c10::str(weight_scale.sizes())));
+  check_devices_and_bias(op, input, {&weight, &weight_scale}, bias, N);
+  return KB;
+}
+
+void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
+                                      std::int64_t group, const std::optional<at::Tensor>& gzero,
+                                      const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "linear_w4_weight_only";
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
+                   fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
+  TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
+                   fmt::format("{}: weight must be uint8 (4-bit codes, packed), got {}", op,
+                               c10::toString(weight.scalar_type())));
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K / 2], got {} dims", op, weight.dim()));
+  const std::int64_t K = input.size(-1), N = weight.size(0);
+  TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
+                    fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
+  TORCH_CHECK_VALUE(weight.size(1) * 2 == K,
+                    fmt::format("{}: weight must have K / 2 = {} bytes per row, got {}", op, K / 2, weight.size(1)));
+  const std::int64_t G = K / group;
+  for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"group_scale", &gscale},
+                         {"group_zero", gzero.has_value() ? &*gzero : nullptr}}) {
+    if (!t) continue;
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat,
+                     fmt::format("{}: {} must be float32, got {}", op, name, c10::toString(t->scalar_type())));
+    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == N && t->size(1) == G,
+                      fmt::format("{}: {} must have shape [{}, {}], got {}", op, name, N, G, c10::str(t->sizes())));
     TORCH_CHECK_VALUE(t->device() == input.device(),
                       fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
                                   t->device().str()));
   }
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N &&
-                          bias->device() == input.device(),
-                      fmt::format("{}: bias must be float32 [{}] on the input's device, got {} {}", op, N,
-                                  c10::toString(bias->scalar_type()), c10::str(bias->sizes())));
-  }
+  check_devices_and_bias(op, input, {&weight}, bias, N);
 }
 
 }  // namespace ops
+
+at::Tensor linear_w4_weight_only(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                                 std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
+                                 const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(linear_w4_weight_only)>("qatkit::linear_w4_weight_only");
+  return op.call(input, weight, group_scale, group_size, group_zero, bias);
+}
+
+at::Tensor linear_w1a1(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                       const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(linear_w1a1)>("qatkit::linear_w1a1");
+  return op.call(input, weight, weight_scale, bias);
+}
+
+at::Tensor conv2d_w1a1(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(conv2d_w1a1)>("qatkit::conv2d_w1a1");
+  return op.call(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias);
+}
 
 at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
                        const at::Tensor& group_corr, std::int64_t group_size, double act_scale,

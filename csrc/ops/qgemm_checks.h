@@ -39,4 +39,15 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                             const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias);
 
+/// linear_w1a1 / conv2d_w1a1's checks (float32 input with a batch dim, uint8 weight [N, K_pad / 8]
+/// for K inputs per output, weight_scale float32 [N], bias); returns K_pad / 8.
+std::int64_t check_w1a1_args(const char* op, const at::Tensor& input, std::int64_t K, const at::Tensor& weight,
+                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias);
+
+/// linear_w4_weight_only's checks (float32 input, uint8 weight [N, K / 2], group_size a multiple of
+/// 32 dividing K, float32 group_scale / group_zero [N, K / group_size], bias, devices).
+void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
+                                      std::int64_t group, const std::optional<at::Tensor>& gzero,
+                                      const std::optional<at::Tensor>& bias);
+
 }  // namespace qatkit::ops

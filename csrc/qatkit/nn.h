@@ -217,6 +217,12 @@ TORCH_MODULE(ActFakeQuantizer);
 /// qatkit.qat.integer plan, bit for bit the same operands).
 struct QATKIT_API IntegerKernelPlan {
   int weight_bits = 8;  ///< 8: int8 codes [N, K] (convs: rows zero-padded to 32); 4 (per group), 2, 1: packed
+  /// XNOR-Net layers (binary weights and per-sample binary inputs): linear_w1a1 / conv2d_w1a1 with
+  /// `weight` (1-bit) and `out_scale` holding the weight scale per channel.
+  bool binary_input = false;
+  /// Weight-only 4-bit layers (float inputs): linear_w4_weight_only with group_scale / group_zero.
+  bool float_input = false;
+  torch::Tensor group_zero;  ///< float_input: the weight zero points per group (undefined: symmetric)
   torch::Tensor weight, corr, out_scale;
   torch::Tensor group_scale, group_corr;  ///< weight_bits 4: linear_w4a8's per-group operands
   std::int64_t group_size = 0;

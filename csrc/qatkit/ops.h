@@ -145,6 +145,31 @@ QATKIT_API at::Tensor linear_w1a8(const at::Tensor& input, const at::Tensor& wei
                                   std::int64_t act_quant_min, std::int64_t act_quant_max,
                                   const std::optional<at::Tensor>& bias = std::nullopt);
 
+/// XNOR-Net Linear, inference only (docs/integer.md, "row" form with binary inputs): the input
+/// (float32 [B, ..., K]) binarized per sample along dim 0 exactly as binary_codes(input, "bitnet", 0)
+/// — codes in {-1, +1} (0 for NaN), scale alpha[b] — against binary weight codes packed 1 bit each
+/// (uint8 [N, K_pad / 8], pack_binary_b1's layout); the exact int32 sum by XNOR + popcount, then
+/// y = fp32(acc) * fp32(alpha[b] * weight_scale[n]) (+ bias[n]). Not differentiable.
+QATKIT_API at::Tensor linear_w1a1(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                  const std::optional<at::Tensor>& bias = std::nullopt);
+
+/// A groups == 1 Conv2d (NCHW float32) on linear_w1a1's kernel: the input binarized per image, its
+/// code patches (zero padding: code 0, kept out of the sums) against the weight flattened to
+/// [N, C*kh*kw] and packed as for linear_w1a1. Returns float32 [B, N, Ho, Wo]. Not differentiable.
+QATKIT_API at::Tensor conv2d_w1a1(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias = std::nullopt);
+
+/// Weight-only int4 Linear (float activations): weights in the W4 kernel layout (uint8 [N, K / 2],
+/// pack_int4_w4) dequantized in registers as (q - group_zero) * group_scale (float32, the bits of
+/// dequantize_affine; symmetric when group_zero is absent), times the float32 input with float32
+/// accumulation (its own summation order: within a stated bound of F.linear on the dequantized
+/// weight, docs/integer.md), plus bias. group_size: a multiple of 32 dividing K. Not differentiable.
+QATKIT_API at::Tensor linear_w4_weight_only(const at::Tensor& input, const at::Tensor& weight,
+                                            const at::Tensor& group_scale, std::int64_t group_size,
+                                            const std::optional<at::Tensor>& group_zero = std::nullopt,
+                                            const std::optional<at::Tensor>& bias = std::nullopt);
+
 /// linear_int8 with ternary weights packed 2 bits each in the W2A8 kernel layout (uint8
 /// [N, K_pad / 4], K_pad = K rounded up to a multiple of 128; kernels/common/qgemm_args.h,
 /// QGemmPackedArgs); `corr` and the requantization as for linear_int8. Not differentiable.

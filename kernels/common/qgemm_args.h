@@ -74,4 +74,39 @@ struct QGemmW4Args {
   std::int64_t M = 0, N = 0, K = 0, group = 32;
 };
 
+/// XNOR-Net W1A1 (docs/integer.md, "row" form, binary inputs): activation and weight codes in
+/// {-1, +1} as bits (1 = +1; bit k % 8 of byte k / 8, the file's 1-bit packing), rows of KB bytes
+/// (K padded to a multiple of 32 with 0 bits in both). An activation code 0 (a NaN input, or a conv's
+/// zero padding: 0 has no 1-bit code) is a 0 bit plus a 1 in the row's zero mask z, so
+///   acc = a_k[m] - 2 * (popcount(a_m ^ w_n) - popcount(w_n & z_m)),   a_k[m] = K - |z_m|
+/// (exact int32: sum over the non-zero codes of a * w), and
+///   y = fp32(acc) * fp32(row_scale[m] * col_scale[n]) (+ bias[n])   (float32: multiply, then add).
+struct QGemmXnorArgs {
+  const std::uint8_t* a = nullptr;       ///< [M, KB] activation sign bits
+  const std::uint8_t* z = nullptr;       ///< [M, KB] zero-code masks (read only where has_zero[m])
+  const std::uint8_t* has_zero = nullptr;  ///< [M]
+  const std::int32_t* a_k = nullptr;     ///< [M]
+  const std::uint8_t* w = nullptr;       ///< [N, KB] weight sign bits
+  const float* row_scale = nullptr;      ///< [M] the activation scale of row m (its sample's alpha)
+  const float* col_scale = nullptr;      ///< [N] the weight scale of channel n
+  const float* bias = nullptr;
+  float* y = nullptr;  ///< y[m * y_rs + n * y_cs], as QGemmArgs
+  std::int64_t M = 0, N = 0, KB = 0;
+  std::int64_t y_rs = 0, y_cs = 1;
+};
+
+/// Weight-only 4-bit (float activations): the W4 layout of QGemmW4Args (c = q + 8), each weight
+/// dequantized as w = (float(q) - zero[n, g]) * scale[n, g] (float32; zero 0 when gzero is null:
+/// the bits of dequantize_affine), y[m, n] = sum_k x[m, k] * w[n, k] in float32 (the ISA's own
+/// summation order) + bias[n].
+struct QGemmW4FArgs {
+  const float* x = nullptr;             ///< [M, K]
+  const std::uint8_t* w = nullptr;      ///< [N, K / 2]
+  const float* gscale = nullptr;        ///< [N, G]
+  const float* gzero = nullptr;         ///< [N, G] or nullptr (symmetric)
+  const float* bias = nullptr;
+  float* y = nullptr;                   ///< [M, N]
+  std::int64_t M = 0, N = 0, K = 0, group = 32;
+};
+
 }  // namespace qatkit::kernels

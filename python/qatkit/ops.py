@@ -557,6 +557,62 @@ def linear_w1a8(
                                         act_quant_max, bias)
 
 
+def linear_w4_weight_only(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    group_scale: torch.Tensor,
+    group_size: int,
+    group_zero: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Weight-only int4 Linear with float activations: ``weight`` in the W4 layout
+    (:func:`pack_int4_w4`, uint8 ``[N, K / 2]``) dequantized in registers as ``(q - group_zero) *
+    group_scale`` (float32 ``[N, K / group_size]``; the bits of :func:`dequantize_affine`; symmetric
+    without ``group_zero``), float32 FMAs against ``input`` (float32 ``[..., K]``), plus ``bias``.
+    A float kernel: its summation order is its own, so it equals ``F.linear`` on the dequantized
+    weight within docs/integer.md's bound, not bit for bit. ``group_size``: a multiple of 32 that
+    divides K. Inference only."""
+    return torch.ops.qatkit.linear_w4_weight_only(input, weight, group_scale, group_size, group_zero, bias)
+
+
+def linear_w1a1(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """XNOR-Net Linear (binary weights and inputs; docs/integer.md, "row" form). The input (float32
+    ``[B, ..., K]``) is binarized per sample along dim 0 exactly as
+    ``binary_codes(input, "bitnet", 0)`` (codes in {-1, +1}, 0 for NaN; scale ``alpha[b]``); its
+    bits XNOR the weight bits (:func:`pack_binary_b1`, uint8 ``[N, K_pad / 8]``) and a popcount
+    gives the exact integer sum ``acc``; ``y = fp32(acc) * fp32(alpha[b] * weight_scale[n])``, plus
+    ``bias``. Bit for bit the integer form of an xnor_w1a1 layer. Inference only.
+
+    Raises:
+        TypeError / ValueError: dtypes, shapes (input needs a batch dim), devices.
+    """
+    return torch.ops.qatkit.linear_w1a1(input, weight, weight_scale, bias)
+
+
+def conv2d_w1a1(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """A groups == 1 Conv2d (NCHW float32) on :func:`linear_w1a1`'s kernel: the input binarized
+    per image, patches of its codes against the weight flattened to ``[N, C*kh*kw]`` and packed by
+    :func:`pack_binary_b1`. Zero padding is code 0 (it has no bit: the kernel keeps padded positions
+    out of the sum, as the float layer's zero padding of its binarized input). Returns float32
+    ``[B, N, Ho, Wo]``. Inference only."""
+    return torch.ops.qatkit.conv2d_w1a1(input, weight, list(kernel_size), list(stride), list(padding), list(dilation),
+                                        weight_scale, bias)
+
+
 def linear_w4a8(
     input: torch.Tensor,
     weight: torch.Tensor,

@@ -314,3 +314,30 @@ def test_loaded_linear_layers_run_on_the_int8_kernel_by_default(data, tmp_path):
         assert torch.equal(qatkit.load(path, compute="float")(data), qatkit.convert(q)(data))
     with pytest.raises(ValueError, match="compute must be 'integer' or 'float'"):
         qatkit.load(path, compute="int8")
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_loaded_int4_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, symmetric):
+    """int4_weight_only Linear layers load onto ops.linear_w4_weight_only (the "weight_only" form: a
+    float kernel), within the stated bound of the converted model's float form layer by layer."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 10))
+    q = _ptq(mlp, data, qatkit.preset("int4_weight_only", symmetric=symmetric))
+    path = str(tmp_path / "w4.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load(path)
+    from qatkit.qat import integer
+
+    lin = [m for m in loaded.modules() if isinstance(m, S.PackedLinear)]
+    assert len(lin) == 3 and all(integer.kernel_for(m) == "linear_w4_weight_only" for m in lin)
+    assert [f for _, f, _ in loaded.compute_report] == ["weight_only"] * 3
+    c = qatkit.convert(q)
+    h = data.flatten(1)
+    with torch.no_grad():
+        for ml, mc in zip(lin, [m for m in c.modules() if isinstance(m, nn.Module) and hasattr(m, "weight_int")]):
+            yl, yc = ml(h), mc(h)
+            w = mc.dequantized_weight().double()
+            bound = h.shape[1] * 2.0**-24 * (h.abs().double() @ w.abs().t()) + 2.0**-23 * yc.abs().double() + 1e-30
+            assert bool(((yl.double() - yc.double()).abs() <= bound).all())
+            h = torch.relu(yc)
+        assert torch.equal(qatkit.load(path, compute="float")(data), c(data))

@@ -10,6 +10,7 @@
 
 #include "../../../kernels/cpu/qgemm/qgemm_cpu.h"
 #include "../qgemm_checks.h"
+#include "qatkit/ops.h"
 
 namespace qatkit::ops {
 namespace {
@@ -262,9 +263,166 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   return y;
 }
 
+// XNOR rows (QGemmXnorArgs): sign bits, zero masks, K - |zeros| and the row's scale per row.
+struct XnorRows {
+  std::vector<std::uint8_t> a, z, has_zero;
+  std::vector<std::int32_t> a_k;
+  std::vector<float> scale;
+  XnorRows(std::int64_t M, std::int64_t KB)
+      : a(static_cast<std::size_t>(M * KB), 0), z(static_cast<std::size_t>(M * KB), 0),
+        has_zero(static_cast<std::size_t>(M), 0), a_k(static_cast<std::size_t>(M), 0),
+        scale(static_cast<std::size_t>(M), 0.f) {}
+  /// Row m from K codes in {-1, 0, 1} read through `code(k)`.
+  template <class Code>
+  void set(std::int64_t m, std::int64_t KB, std::int64_t K, float s, const Code& code) {
+    std::uint8_t* ar = a.data() + m * KB;
+    std::uint8_t* zr = z.data() + m * KB;
+    std::int32_t zeros = 0;
+    for (std::int64_t k = 0; k < K; ++k) {
+      const std::int8_t c = code(k);
+      ar[k >> 3] = static_cast<std::uint8_t>(ar[k >> 3] | ((c > 0 ? 1u : 0u) << (k & 7)));
+      if (c == 0) {
+        zr[k >> 3] = static_cast<std::uint8_t>(zr[k >> 3] | (1u << (k & 7)));
+        ++zeros;
+      }
+    }
+    has_zero[static_cast<std::size_t>(m)] = zeros > 0;
+    a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zeros;
+    scale[static_cast<std::size_t>(m)] = s;
+  }
+  kernels::QGemmXnorArgs args(const at::Tensor& w, const at::Tensor& ws, const at::Tensor& b, float* y, std::int64_t M,
+                              std::int64_t N, std::int64_t KB) const {
+    kernels::QGemmXnorArgs g;
+    g.a = a.data();
+    g.z = z.data();
+    g.has_zero = has_zero.data();
+    g.a_k = a_k.data();
+    g.w = w.data_ptr<std::uint8_t>();
+    g.row_scale = scale.data();
+    g.col_scale = ws.data_ptr<float>();
+    g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+    g.y = y;
+    g.M = M;
+    g.N = N;
+    g.KB = KB;
+    return g;
+  }
+};
+
+at::Tensor linear_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                           const std::optional<at::Tensor>& bias) {
+  const std::int64_t K = input.dim() > 0 ? input.size(-1) : 0;
+  const std::int64_t KB = check_w1a1_args("linear_w1a1", input, K, weight, weight_scale, bias);
+  const at::Tensor w = weight.contiguous(), ws = weight_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = w.size(0);
+  const auto rows = rows_and_output_shape(input, N);
+  const std::int64_t M = rows.first;
+  at::Tensor y = at::empty(rows.second, input.options());
+  if (y.numel() == 0) return y;
+  // the codes and alphas binarize("bitnet", axis 0) scales: one op, so the bits are binary_codes'
+  const auto [codes_t, alpha_t] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
+  const at::Tensor codes = codes_t.contiguous(), alpha = alpha_t.contiguous();
+  const std::int8_t* cp = codes.data_ptr<std::int8_t>();
+  const float* ap = alpha.data_ptr<float>();
+  const std::int64_t per_sample = M / input.size(0);
+  XnorRows r(M, KB);
+  at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)), [&](std::int64_t b0, std::int64_t e0) {
+    for (std::int64_t m = b0; m < e0; ++m) {
+      const std::int8_t* row = cp + m * K;
+      r.set(m, KB, K, ap[m / per_sample], [&](std::int64_t k) { return row[k]; });
+    }
+  });
+  kernels::QGemmXnorArgs g = r.args(w, ws, b, y.data_ptr<float>(), M, N, KB);
+  g.y_rs = N;
+  const auto& k = kernels::cpu::qgemm_kernels();
+  at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) { k.gemm_xnor(g, b0 * 16, std::min(N, e0 * 16)); });
+  return y;
+}
+
+// One image per task (or the output channels in parallel when there are fewer images than
+// threads): the image's codes, its patch rows (a padded position is code 0: no bit, a zero-mask
+// bit), the popcount GEMM written into the NCHW output.
+at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
+  const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const std::int64_t kh = kernel_size[0], kw = kernel_size[1], K = C * kh * kw;
+  const std::int64_t KB = check_w1a1_args("conv2d_w1a1", input, K, weight, weight_scale, bias);
+  const at::Tensor w = weight.contiguous(), ws = weight_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = w.size(0), L = ho * wo;
+  at::Tensor y = at::empty({B, N, ho, wo}, input.options());
+  if (y.numel() == 0) return y;
+  const auto [codes_t, alpha_t] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
+  const at::Tensor codes = codes_t.contiguous(), alpha = alpha_t.contiguous();
+  const std::int8_t* cp = codes.data_ptr<std::int8_t>();
+  const float* ap = alpha.data_ptr<float>();
+  const std::int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1], dh = dilation[0],
+                     dw = dilation[1];
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const bool per_image = B >= at::get_num_threads();
+  const auto run = [&](std::int64_t b0, std::int64_t b1) {
+    for (std::int64_t bi = b0; bi < b1; ++bi) {
+      const std::int8_t* xq = cp + bi * C * H * W;
+      XnorRows r(L, KB);
+      for (std::int64_t oh = 0; oh < ho; ++oh) {
+        for (std::int64_t ow = 0; ow < wo; ++ow) {
+          r.set(oh * wo + ow, KB, K, ap[bi], [&](std::int64_t idx) -> std::int8_t {
+            const std::int64_t ci = idx / (kh * kw), i = idx / kw % kh, j = idx % kw;
+            const std::int64_t ih = oh * sh - ph + i * dh, iw = ow * sw - pw + j * dw;
+            return (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xq[(ci * H + ih) * W + iw] : std::int8_t{0};
+          });
+        }
+      }
+      kernels::QGemmXnorArgs g = r.args(w, ws, b, y.data_ptr<float>() + bi * N * L, L, N, KB);
+      g.y_rs = 1;
+      g.y_cs = L;
+      gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_xnor(g, n0, n1); });
+    }
+  };
+  if (per_image) {
+    at::parallel_for(0, B, 1, run);
+  } else {
+    run(0, B);
+  }
+  return y;
+}
+
+at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                                     std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
+                                     const std::optional<at::Tensor>& bias) {
+  check_linear_w4_weight_only_args(input, weight, group_scale, group_size, group_zero, bias);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous();
+  const at::Tensor gz = group_zero.has_value() ? group_zero->contiguous() : at::Tensor();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = w.size(0), K = x.size(-1);
+  const auto rows = rows_and_output_shape(x, N);
+  at::Tensor y = at::empty(rows.second, input.options());
+  if (y.numel() == 0) return y;
+  kernels::QGemmW4FArgs g;
+  g.x = x.data_ptr<float>();
+  g.w = w.data_ptr<std::uint8_t>();
+  g.gscale = gs.data_ptr<float>();
+  g.gzero = gz.defined() ? gz.data_ptr<float>() : nullptr;
+  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  g.y = y.data_ptr<float>();
+  g.M = rows.first;
+  g.N = N;
+  g.K = K;
+  g.group = group_size;
+  const auto& k = kernels::cpu::qgemm_kernels();
+  at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) { k.gemm_w4f(g, b0 * 16, std::min(N, e0 * 16)); });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("linear_w4_weight_only", &linear_w4_weight_only_cpu);
+  m.impl("linear_w1a1", &linear_w1a1_cpu);
+  m.impl("conv2d_w1a1", &conv2d_w1a1_cpu);
   m.impl("conv2d_int8", &conv2d_int8_cpu);
   m.impl("linear_w4a8", &linear_w4a8_cpu);
   m.impl("linear_int8", &linear_int8_cpu);

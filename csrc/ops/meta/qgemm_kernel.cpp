@@ -67,9 +67,37 @@ at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, c
   return at::empty(shape, input.options());
 }
 
+at::Tensor linear_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                            const std::optional<at::Tensor>& bias) {
+  check_w1a1_args("linear_w1a1", input, input.dim() > 0 ? input.size(-1) : 0, weight, weight_scale, bias);
+  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
+  shape.back() = weight.sym_size(0);
+  return at::empty_symint(shape, input.options());
+}
+
+at::Tensor conv2d_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
+  check_w1a1_args("conv2d_w1a1", input, input.size(1) * kernel_size[0] * kernel_size[1], weight, weight_scale, bias);
+  return at::empty({input.size(0), weight.size(0), ho, wo}, input.options());
+}
+
+at::Tensor linear_w4_weight_only_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                                      std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
+                                      const std::optional<at::Tensor>& bias) {
+  check_linear_w4_weight_only_args(input, weight, group_scale, group_size, group_zero, bias);
+  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
+  shape.back() = weight.sym_size(0);
+  return at::empty_symint(shape, input.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
+  m.impl("linear_w4_weight_only", &linear_w4_weight_only_meta);
+  m.impl("linear_w1a1", &linear_w1a1_meta);
+  m.impl("conv2d_w1a1", &conv2d_w1a1_meta);
   m.impl("linear_w4a8", &linear_w4a8_meta);
   m.impl("conv2d_int8", &conv2d_int8_meta);
   m.impl("linear_int8", &linear_int8_meta);

@@ -244,10 +244,143 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+// XNOR (W1A1): popcount(a ^ w) 256 bits at a time by the nibble lookup (vpshufb on the low and high
+// nibbles; Mula et al.), byte counts <= 8 per chunk added in uint8 for up to 31 chunks, then
+// vpsadbw widens them. A block of 2 activation rows x 4 weight rows shares every load.
+inline __m256i popcnt_bytes(__m256i v, __m256i lut, __m256i low4) {
+  const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low4));
+  const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+  return _mm256_add_epi8(lo, hi);
+}
+
+inline std::int64_t hsum_u64(__m256i v) {
+  const __m128i s = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  return _mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1);
+}
+
+template <int MR, int NR>
+void xnor_block(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n, std::int64_t KB32) {
+  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2,
+                                       3, 2, 3, 3, 4);
+  const __m256i low4 = _mm256_set1_epi8(15), zero = _mm256_setzero_si256();
+  std::int64_t tot[MR][NR] = {};
+  for (std::int64_t b0 = 0; b0 < KB32; b0 += 31 * 32) {
+    const std::int64_t b1 = std::min(KB32, b0 + 31 * 32);
+    __m256i acc[MR][NR];
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = zero;
+    for (std::int64_t b = b0; b < b1; b += 32) {
+      __m256i a[MR];
+      for (int i = 0; i < MR; ++i) a[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.a + (m + i) * g.KB + b));
+      for (int j = 0; j < NR; ++j) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.w + (n + j) * g.KB + b));
+        for (int i = 0; i < MR; ++i) acc[i][j] = _mm256_add_epi8(acc[i][j], popcnt_bytes(_mm256_xor_si256(a[i], w), lut, low4));
+      }
+    }
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < NR; ++j) tot[i][j] += hsum_u64(_mm256_sad_epu8(acc[i][j], zero));
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      const std::int64_t c = tot[i][j] + detail::xor_count(g.a + (m + i) * g.KB, g.w + (n + j) * g.KB, KB32, g.KB);
+      g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::finish_xnor(c, g, m + i, n + j);
+    }
+  }
+}
+
+void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t KB32 = g.KB & ~std::int64_t{31};
+  std::int64_t m = 0;
+  for (; m + 2 <= g.M; m += 2) {
+    std::int64_t n = n_begin;
+    for (; n + 4 <= n_end; n += 4) xnor_block<2, 4>(g, m, n, KB32);
+    for (; n < n_end; ++n) xnor_block<2, 1>(g, m, n, KB32);
+  }
+  for (; m < g.M; ++m) {
+    std::int64_t n = n_begin;
+    for (; n + 4 <= n_end; n += 4) xnor_block<1, 4>(g, m, n, KB32);
+    for (; n < n_end; ++n) xnor_block<1, 1>(g, m, n, KB32);
+  }
+}
+
+// Weight-only W4 (float activations): two weight rows at a time are dequantized into L1 buffers
+// ((float(q) - z) * s, eight lanes: the bits of dequantize_affine), then every activation row's dot
+// product with them runs on FMAs, four activation rows x two weight rows per step (eight
+// accumulators share the loads).
+inline void dequant_w4_row(const QGemmW4FArgs& g, std::int64_t n, float* out) {
+  const std::uint8_t* w = g.w + n * (g.K / 2);
+  const std::int64_t G = g.K / g.group;
+  const __m128i low4 = _mm_set1_epi8(15);
+  const __m256i eight = _mm256_set1_epi32(8);
+  for (std::int64_t gi = 0; gi < G; ++gi) {
+    const __m256 s = _mm256_set1_ps(g.gscale[n * G + gi]);
+    const __m256 z = _mm256_set1_ps(g.gzero ? g.gzero[n * G + gi] : 0.f);
+    for (std::int64_t k = gi * g.group; k < (gi + 1) * g.group; k += 32) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
+      const __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+      const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+      for (int p = 0; p < 4; ++p) {
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[p]), eight));
+        _mm256_storeu_ps(out + k + 8 * p, _mm256_mul_ps(_mm256_sub_ps(q, z), s));
+      }
+    }
+  }
+}
+
+inline float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int MR, int NR>
+void w4f_block(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t m, std::int64_t n) {
+  __m256 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (std::int64_t k = 0; k < g.K; k += 8) {  // K is a multiple of 32
+    __m256 wv[NR];
+    for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_ps(wrow[j] + k);
+    for (int i = 0; i < MR; ++i) {
+      const __m256 xv = _mm256_loadu_ps(g.x + (m + i) * g.K + k);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int j = 0; j < NR; ++j) {
+      const float y = hsum_ps(acc[i][j]);
+      g.y[(m + i) * g.N + n + j] = g.bias ? y + g.bias[n + j] : y;
+    }
+  }
+}
+
+template <int NR>
+void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
+  std::int64_t m = 0;
+  for (; m + 4 <= g.M; m += 4) w4f_block<4, NR>(g, wrow, m, n);
+  for (; m < g.M; ++m) w4f_block<1, NR>(g, wrow, m, n);
+}
+
+void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  std::vector<float> buf(static_cast<std::size_t>(2 * g.K));
+  const float* wrow[2] = {buf.data(), buf.data() + g.K};
+  std::int64_t n = n_begin;
+  for (; n + 2 <= n_end; n += 2) {
+    dequant_w4_row(g, n, buf.data());
+    dequant_w4_row(g, n + 1, buf.data() + g.K);
+    w4f_rows<2>(g, wrow, n);
+  }
+  for (; n < n_end; ++n) {
+    dequant_w4_row(g, n, buf.data());
+    w4f_rows<1>(g, wrow, n);
+  }
+}
+
 }  // namespace
 
 const QGemmKernels* qgemm_avx2() {
-  static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4};
+  static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f};
   return &k;
 }
 

@@ -1,4 +1,8 @@
-// Portable integer GEMM: the reference every other ISA's table equals bit for bit.
+// Portable integer GEMM: the reference every other ISA's table equals bit for bit (the integer
+// kernels; the weight-only float kernel, gemm_w4f, sums in its own order within the bound of
+// docs/integer.md).
+#include <vector>
+
 #include "loops.h"
 #include "qgemm_cpu.h"
 
@@ -47,10 +51,32 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    for (std::int64_t n = n_begin; n < n_end; ++n) {
+      const std::int64_t c = detail::xor_count(g.a + m * g.KB, g.w + n * g.KB, 0, g.KB);
+      g.y[m * g.y_rs + n * g.y_cs] = detail::finish_xnor(c, g, m, n);
+    }
+  }
+}
+
+void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  std::vector<float> w(static_cast<std::size_t>(g.K));
+  for (std::int64_t n = n_begin; n < n_end; ++n) {
+    for (std::int64_t k = 0; k < g.K; ++k) w[static_cast<std::size_t>(k)] = detail::w4_weight(g, n, k);
+    for (std::int64_t m = 0; m < g.M; ++m) {
+      const float* x = g.x + m * g.K;
+      float acc = 0.f;
+      for (std::int64_t k = 0; k < g.K; ++k) acc += x[k] * w[static_cast<std::size_t>(k)];
+      g.y[m * g.N + n] = g.bias ? acc + g.bias[n] : acc;
+    }
+  }
+}
+
 }  // namespace
 
 const QGemmKernels& qgemm_baseline() {
-  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4};
+  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f};
   return k;
 }
 

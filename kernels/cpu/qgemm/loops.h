@@ -95,5 +95,44 @@ inline float finish_b1(std::uint32_t sum_set, const QGemmPackedArgs& g, std::int
   return requantize(acc, g, n);
 }
 
+inline std::uint32_t popcount32(std::uint32_t v) {
+  v = v - ((v >> 1) & 0x55555555u);
+  v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+  return (((v + (v >> 4)) & 0x0f0f0f0fu) * 0x01010101u) >> 24;
+}
+
+inline std::uint32_t load32(const std::uint8_t* p) {
+  return std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 | std::uint32_t{p[3]} << 24;
+}
+
+/// popcount(a ^ w) over bytes [b0, b1) of one XNOR row pair (b0, b1 multiples of 4).
+inline std::int64_t xor_count(const std::uint8_t* a, const std::uint8_t* w, std::int64_t b0, std::int64_t b1) {
+  std::int64_t c = 0;
+  for (std::int64_t b = b0; b < b1; b += 4) c += popcount32(load32(a + b) ^ load32(w + b));
+  return c;
+}
+
+/// One XNOR output from popcount(a_m ^ w_n) (QGemmXnorArgs): the zero-code correction where the
+/// row has zero codes, then the "row" requantization.
+inline float finish_xnor(std::int64_t xor_bits, const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
+  if (g.has_zero[m]) {
+    const std::uint8_t* z = g.z + m * g.KB;
+    const std::uint8_t* w = g.w + n * g.KB;
+    for (std::int64_t b = 0; b < g.KB; b += 4) xor_bits -= popcount32(load32(z + b) & load32(w + b));
+  }
+  const std::int32_t acc = g.a_k[m] - 2 * static_cast<std::int32_t>(xor_bits);
+  const float y = static_cast<float>(acc) * (g.row_scale[m] * g.col_scale[n]);
+  return g.bias ? y + g.bias[n] : y;
+}
+
+/// One dequantized weight of a weight-only W4 row (QGemmW4FArgs): (float(q) - z) * s.
+inline float w4_weight(const QGemmW4FArgs& g, std::int64_t n, std::int64_t k) {
+  const std::uint8_t byte = g.w[n * (g.K / 2) + k / 32 * 16 + k % 16];
+  const std::int32_t q = ((k % 32) < 16 ? (byte & 15) : (byte >> 4)) - 8;
+  const std::int64_t gi = n * (g.K / g.group) + k / g.group;
+  const float z = g.gzero ? g.gzero[gi] : 0.f;
+  return (static_cast<float>(q) - z) * g.gscale[gi];
+}
+
 }  // namespace
 }  // namespace qatkit::kernels::cpu::detail

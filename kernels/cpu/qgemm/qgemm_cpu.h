@@ -23,6 +23,10 @@ struct QGemmKernels {
   void (*gemm_b1)(const QGemmPackedArgs& args, std::int64_t n_begin, std::int64_t n_end);
   /// The W4A8 group-wise GEMM, output columns [n_begin, n_end) of every row.
   void (*gemm_w4)(const QGemmW4Args& args, std::int64_t n_begin, std::int64_t n_end);
+  /// The XNOR (W1A1) popcount GEMM, output columns [n_begin, n_end) of every row.
+  void (*gemm_xnor)(const QGemmXnorArgs& args, std::int64_t n_begin, std::int64_t n_end);
+  /// The weight-only 4-bit GEMM (float activations), output columns [n_begin, n_end) of every row.
+  void (*gemm_w4f)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end);
 };
 
 const QGemmKernels& qgemm_baseline();

@@ -22,6 +22,12 @@ it moves many of the next layer's codes), add the float bias after the requantiz
 int32 ``acc[g]``; ``t = sum_g float64(acc[g]) * float64(sw[n, g])`` summed in group order in
 float64 (each product exact: |acc| < 2^24, 24-bit scale), ``y = fp32(t * float64(sx)) + b[n]``.
 
+``weight_only`` — float activations and 4-bit per-group weights (int4_weight_only; groups a
+multiple of 32 dividing K): not integer arithmetic but a float kernel (``ops.linear_w4_weight_only``:
+each weight dequantized in registers to the bits of the float form's weight, float32 FMAs in the
+kernel's own order), within ``K * 2^-24 * sum_k |x_k * w_k|`` (+ the bias's rounding) of the float
+form; off the CPU, or in float64, the float form's F.linear.
+
 ``row`` — dynamic absmax codes per token (BitLinear / bitnet_b158; scale ``sx[m]``) or binary
 codes per sample (xnor_w1a1; ``qx`` in {-1, +1}, scale ``sx[m]``): ``y = fp32(acc) *
 fp32(sx[m] * sw[n]) + b[n]`` (float32 multiply, then add).
@@ -90,6 +96,8 @@ def integer_form(mod) -> Tuple[Optional[str], str]:
         return None, "float weight"
     if mod.weight_dtype != torch.float32:
         return None, f"the layer computes in {mod.weight_dtype} (integer form: float32 layers)"
+    if mod.input_fake_quant is None and _w4_weight_only(mod):
+        return "weight_only", ""
     if bool((mod.weight_zero_point != 0).any()):
         return None, "asymmetric weight zero points (integer form: symmetric weights)"
     act, why = _act_codes_spec(mod.input_fake_quant)
@@ -111,6 +119,17 @@ def integer_form(mod) -> Tuple[Optional[str], str]:
         if bound > _INT32_MAX:
             return None, f"int32 accumulator bound {bound} > 2^31 - 1 (K={k})"
     return form, ""
+
+
+def _w4_weight_only(mod) -> bool:
+    """A weight-only Linear with 4-bit codes per group of a multiple of 32 dividing K: the
+    "weight_only" form (float activations on ops.linear_w4_weight_only, a float kernel)."""
+    w, spec = mod.weight_int, mod.weight_spec
+    if _is_conv(mod) or not isinstance(mod.group_size, int) or spec is None or spec.kind != "int" or spec.bits > 4:
+        return False
+    if w.dim() != 2 or w.dtype != torch.int8 or mod.group_size % 32 or w.shape[1] % mod.group_size:
+        return False
+    return not w.numel() or (int(w.min()) >= -8 and int(w.max()) <= 7)
 
 
 def _k_eff(mod) -> int:
@@ -253,10 +272,20 @@ def _int8_plan(mod) -> Optional[dict]:
     """The operands of ``ops.linear_int8`` (or the packed ternary / binary kernels) for a "static"
     Linear, or a Conv with groups == 1 (weights flattened to [N, C*kh*kw], inputs unfolded), whose
     codes fit (8-bit input range, weight codes in [-127, 127]); None: the float64 simulation runs."""
-    aq = mod.input_fake_quant
-    spec = aq.spec
     if _is_conv(mod) and mod.groups != 1:
         return None
+    if mod._integer_form == "row":
+        return _xnor_plan(mod)
+    if mod._integer_form == "weight_only":
+        n, k = mod.weight_int.shape
+        gs = mod.group_size
+        z = mod.weight_zero_point.reshape(n, k // gs)
+        return {"op": None, "kernel": "linear_w4_weight_only", "weight": ops.pack_int4_w4(mod.weight_int),
+                "gscale": mod.weight_scale.float().reshape(n, k // gs).contiguous(), "group_size": gs,
+                "gzero": z.float().contiguous() if bool((z != 0).any()) else None,
+                "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
+    aq = mod.input_fake_quant
+    spec = aq.spec
     w = mod.weight_int
     w = w.reshape(w.shape[0], -1) if w.dim() > 0 else w
     if w.dim() != 2 or w.dtype != torch.int8 or (w.numel() and int(w.min()) < -127):
@@ -289,6 +318,30 @@ def _int8_plan(mod) -> Optional[dict]:
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
+def _xnor_plan(mod) -> Optional[dict]:
+    """ops.linear_w1a1 / conv2d_w1a1's operands for an XNOR-Net layer (binary weight codes, inputs
+    binarized per sample by the 'bitnet' rule); None for other "row" layers (BitLinear's per-token
+    int8 inputs have no kernel yet) and for convs whose padding mode is not zeros (a binarized
+    sample's codes are padded, not its floats: the per-sample mean would change)."""
+    act, _ = _act_codes_spec(mod.input_fake_quant)
+    if act != "binary" or mod.weight_spec.kind != "binary":
+        return None
+    if _is_conv(mod) and (mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple)):
+        return None
+    w = mod.weight_int
+    w = w.reshape(w.shape[0], -1) if w.dim() > 0 else w
+    if w.dim() != 2 or (w.numel() and not bool(((w == 1) | (w == -1)).all())):
+        return None
+    ws = mod.weight_scale.detach().float().reshape(-1)
+    if ws.numel() == 1:
+        ws = ws.expand(w.shape[0])
+    if ws.numel() != w.shape[0]:
+        return None
+    return {"op": ops.linear_w1a1, "kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w),
+            "weight_scale": ws.contiguous(),
+            "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
+
+
 def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
     """ops.linear_w4a8's operands for a "static_group" Linear with 4-bit codes and groups that are
     multiples of 32 dividing K (w4a8_g32); None otherwise (the float64 simulation runs)."""
@@ -306,6 +359,11 @@ def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
 
 
 def _run_plan(plan: dict, x: torch.Tensor) -> torch.Tensor:
+    if plan["kernel"] == "linear_w1a1":
+        return ops.linear_w1a1(x, plan["weight"], plan["weight_scale"], plan["bias"])
+    if plan["kernel"] == "linear_w4_weight_only":
+        return ops.linear_w4_weight_only(x, plan["weight"], plan["gscale"], plan["group_size"], plan["gzero"],
+                                         plan["bias"])
     if plan["kernel"] == "linear_w4a8":
         return ops.linear_w4a8(x, plan["weight"], plan["gscale"], plan["gcorr"], plan["group_size"], plan["act_scale"],
                                plan["zp"], plan["qmin"], plan["qmax"], plan["bias"])
@@ -316,10 +374,14 @@ def _run_plan(plan: dict, x: torch.Tensor) -> torch.Tensor:
 def linear(mod, x: torch.Tensor) -> torch.Tensor:
     """Integer-exact ``F.linear`` of a converted Linear (after its RMSNorm / smoothing): the int8
     kernel (``ops.linear_int8``) where it applies, else the float64 simulation (same bits)."""
-    if mod._integer_form in ("static", "static_group") and x.device.type == "cpu" and x.dtype == torch.float32:
+    if mod._integer_form is not None and x.device.type == "cpu" and x.dtype == torch.float32 and (
+        mod._integer_form != "row" or x.dim() >= 2
+    ):
         plan = _plan(mod)
         if plan:
             return _run_plan(plan, x)
+    if mod._integer_form == "weight_only":  # float activations: float math off the kernel
+        return F.linear(x, mod.dequantized_weight(), mod.bias)
     return _apply(mod, x, lambda xq, w: F.linear(xq, w))
 
 
@@ -333,7 +395,7 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     with 0 (the code of x = 0 is the zero point exactly; binary codes have no 0, and 0 is what the
     float layer pads its binarized input with); other padding modes copy codes, as the float layer
     pads its quantized input."""
-    if mod._integer_form == "static" and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == nd + 2:
+    if mod._integer_form in ("static", "row") and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == nd + 2:
         plan = _plan(mod)
         if plan and isinstance(mod.padding, tuple):
             return _conv_on_kernel(mod, x, nd, plan)
@@ -358,6 +420,9 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
         x4, k, st, dil, pad = x.unsqueeze(2), (1, mod.kernel_size[0]), (1, mod.stride[0]), (1, mod.dilation[0]), (0, padding[0])
     else:
         x4, k, st, dil, pad = x, tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.dilation), padding
+    if plan["kernel"] == "linear_w1a1":  # zero padding only (_xnor_plan): codes of 0 at padded positions
+        y = ops.conv2d_w1a1(x4, plan["weight"], k, st, pad, dil, plan["weight_scale"], plan["bias"])
+        return y.squeeze(2) if nd == 1 else y
     bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[plan["kernel"]]
     y = ops.conv2d_int8(x4, plan["weight"], bits, k, st, pad, dil, plan["corr"], plan["out_scale"], plan["act_scale"],
                         plan["zp"], plan["qmin"], plan["qmax"], plan["bias"])
@@ -374,8 +439,8 @@ def _plan(mod):
 def kernel_for(mod) -> Optional[str]:
     """The integer kernel a converted layer in integer compute runs on (CPU), or None: its integer
     form then runs as the float64 simulation (:func:`set_compute`) — exact, but no faster."""
-    if mod._integer_form == "static_group" and not _is_conv(mod) or (
-        mod._integer_form == "static" and (not _is_conv(mod) or isinstance(mod.padding, tuple))
+    if mod._integer_form in ("static_group", "weight_only") and not _is_conv(mod) or (
+        mod._integer_form in ("static", "row") and (not _is_conv(mod) or isinstance(mod.padding, tuple))
     ):
         plan = _plan(mod)
         if plan:
@@ -415,7 +480,12 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
         if kernels_only and form is not None and kernel_for(m) is None:
             m._integer_form = None
             kind = type(m).__name__.replace("Packed", "").replace("Quantized", "")
-            form, why = None, f"no integer kernel for a {kind} in the {form!r} form yet: float math"
+            detail = ""
+            if _is_conv(m) and m.groups != 1:
+                detail = f" (groups={m.groups}: grouped / depthwise convs have no kernel)"
+            elif _is_conv(m) and form == "row" and m.padding_mode != "zeros":
+                detail = f" (padding_mode {m.padding_mode!r}: a binarized sample's codes would be padded, not its floats)"
+            form, why = None, f"no integer kernel for a {kind} in the {form!r} form yet{detail}: float math"
         report.append((name, form, why))
     if warn and compute == "integer":
         odd = [(n, r) for n, f, r in report if f is None and not r.startswith("float activations") and r != "float weight"]

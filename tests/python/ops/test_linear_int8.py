@@ -338,3 +338,170 @@ def test_w4a8_packing_opcheck_and_errors():
         ops.linear_w4a8(x, p[:, :16], gs, gc, 32, 0.1, 0, -128, 127)
     with pytest.raises(ValueError, match="must lie in"):
         ops.pack_int4_w4(torch.full((1, 32), 9, dtype=torch.int8))
+
+
+# ---------------------------------------------------------------- XNOR W1A1
+
+
+def _xnor_reference(x, w, wscale, bias):
+    """The "row" form from its formula: codes and alphas of binary_codes('bitnet', axis 0), int64
+    sums of the codes, fp32(acc) * fp32(alpha[b] * wscale[n]) + bias."""
+    q, alpha = ops.binary_codes(x, "bitnet", 0)
+    acc = q.long() @ w.long().t()  # [B, ..., N]
+    a = alpha.reshape([-1] + [1] * (acc.dim() - 1))
+    y = acc.float() * (a * wscale)
+    return y + bias if bias is not None else y
+
+
+@pytest.mark.parametrize("shape,N", [((1, 32), 4), ((1, 133), 37), ((5, 64), 16), ((3, 1), 9), ((2, 600), 64),
+                                     ((0, 16), 8), ((4, 2048), 5), ((3, 4, 96), 7), ((2, 1055), 3)])
+def test_w1a1_equals_the_integer_reference_on_every_isa(shape, N):
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(shape, generator=g) + 0.3
+    K = shape[-1]
+    w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+    ws = torch.rand(N, generator=g) + 0.1
+    fb = torch.randn(N, generator=g)
+    packed = ops.pack_binary_b1(w)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            for b in (None, fb):
+                got = ops.linear_w1a1(x, packed, ws, b)
+                assert got.shape == (*shape[:-1], N) and torch.equal(got, _xnor_reference(x, w, ws, b)), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_w1a1_nan_codes_are_left_out_of_the_sum():
+    """A NaN input codes as 0 (binary_codes), which has no bit: the zero mask keeps it out of the
+    popcount sum, on every ISA (rows with and without NaN in one batch)."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 300, generator=g)
+    x[1, 5] = float("nan")
+    x[1, 299] = float("nan")
+    x[3, 0] = float("nan")
+    w = (torch.randint(0, 2, (10, 300), generator=g) * 2 - 1).to(torch.int8)
+    ws = torch.rand(10, generator=g) + 0.1
+    q, _ = ops.binary_codes(x, "bitnet", 0)
+    assert int((q == 0).sum()) >= 3  # the case this test is about
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.linear_w1a1(x, ops.pack_binary_b1(w), ws)
+            want = _xnor_reference(x, w, ws, None)
+            assert torch.equal(torch.nan_to_num(got, 123.0), torch.nan_to_num(want, 123.0)), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("geom", [dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1)), dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2)),
+                                  dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1)), dict(k=(5, 5), s=(1, 1), p=(2, 2), d=(1, 1))])
+@pytest.mark.parametrize("B", [1, 3])
+def test_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, B):
+    """conv2d_w1a1 equals the float64 conv of the binarized input's codes (zero padding: code 0)
+    times the binary weight codes, requantized by the "row" rule, on every ISA."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(13)
+    C, H, W, N = 5, 9, 7, 6
+    x = torch.randn(B, C, H, W, generator=g)
+    kh, kw = geom["k"]
+    w = (torch.randint(0, 2, (N, C, kh, kw), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    q, alpha = ops.binary_codes(x, "bitnet", 0)
+    acc = F.conv2d(q.double(), w.double(), None, geom["s"], geom["p"], geom["d"]).float()
+    want = acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1)) + fb.reshape(1, -1, 1, 1)
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.conv2d_w1a1(x, packed, geom["k"], geom["s"], geom["p"], geom["d"], ws, fb)
+            assert torch.equal(got, want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_w1a1_opcheck_compile_and_errors():
+    x = torch.randn(3, 70)
+    w = (torch.randint(0, 2, (8, 70)) * 2 - 1).to(torch.int8)
+    p, ws = ops.pack_binary_b1(w), torch.rand(8) + 0.1
+    torch.library.opcheck(torch.ops.qatkit.linear_w1a1.default, (x, p, ws))
+    torch.library.opcheck(torch.ops.qatkit.linear_w1a1.default, (x, p, ws, torch.randn(8)))
+    xc = torch.randn(2, 3, 6, 6)
+    wc = ops.pack_binary_b1((torch.randint(0, 2, (4, 27)) * 2 - 1).to(torch.int8))
+    torch.library.opcheck(torch.ops.qatkit.conv2d_w1a1.default, (xc, wc, [3, 3], [1, 1], [1, 1], [1, 1], torch.ones(4)))
+    f = torch.compile(lambda t: ops.linear_w1a1(t, p, ws), fullgraph=True)
+    assert torch.equal(f(x), ops.linear_w1a1(x, p, ws))
+    with pytest.raises(ValueError, match="batch dim"):
+        ops.linear_w1a1(x[0], p, ws)
+    with pytest.raises(ValueError, match=r"K_pad / 8 = 12 bytes per row .* got 4"):
+        ops.linear_w1a1(x, p[:, :4], ws)
+    with pytest.raises(TypeError, match="1-bit codes, packed"):
+        ops.linear_w1a1(x, w, ws)
+    with pytest.raises(ValueError, match=r"weight_scale must have shape \[N\] = \[8\]"):
+        ops.linear_w1a1(x, p, ws[:3])
+    with pytest.raises(TypeError, match="input must be float32"):
+        ops.linear_w1a1(x.double(), p, ws)
+    with pytest.raises(ValueError, match="bias must be float32 \\[8\\]"):
+        ops.linear_w1a1(x, p, ws, torch.randn(3))
+    with pytest.raises(ValueError, match="input must be 4-D"):
+        ops.conv2d_w1a1(xc[0], wc, (3, 3), (1, 1), (1, 1), (1, 1), torch.ones(4))
+
+
+# ---------------------------------------------------------------- W4 weight-only (float activations)
+
+
+@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (16, 96, 384, 32), (5, 7, 256, 128), (3, 64, 1024, 64),
+                                      (0, 8, 64, 32), (2, 3, 32, 32)])
+@pytest.mark.parametrize("zero", [False, True])
+def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
+    """Each weight dequantizes to dequantize_affine's bits (checked through a one-hot input), and
+    the output is within K * 2^-24 * sum|x * w| (+ the bias's half ulp) of the float64 product."""
+    g = torch.Generator().manual_seed(21)
+    x = torch.randn(M, K, generator=g)
+    q = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
+    s = torch.rand(N, K // gs, generator=g) * 0.1 + 1e-3
+    z = torch.randint(-3, 4, (N, K // gs), generator=g).float() if zero else None
+    b = torch.randn(N, generator=g)
+    wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
+                               group_size=gs)
+    packed = ops.pack_int4_w4(q)
+    ref = x.double() @ wd.double().t() + b.double()
+    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().double().t()) + 2.0**-24 * ref.abs() + 1e-30
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            y = ops.linear_w4_weight_only(x, packed, s, gs, z, b)
+            assert y.shape == (M, N) and bool(((y.double() - ref).abs() <= bound).all()), isa
+            if N and K:  # one-hot rows read single weights back exactly
+                eye = torch.eye(K)
+                assert torch.equal(ops.linear_w4_weight_only(eye, packed, s, gs, z).t(), wd), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_w4_weight_only_opcheck_compile_and_errors():
+    x = torch.randn(3, 64)
+    q = torch.randint(-8, 8, (8, 64), dtype=torch.int8)
+    p, s = ops.pack_int4_w4(q), torch.rand(8, 2) + 0.01
+    torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, p, s, 32))
+    torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, p, s, 32, torch.ones(8, 2), torch.randn(8)))
+    f = torch.compile(lambda t: ops.linear_w4_weight_only(t, p, s, 32), fullgraph=True)
+    assert torch.equal(f(x), ops.linear_w4_weight_only(x, p, s, 32))
+    with pytest.raises(ValueError, match="group_size must be a multiple of 32 that divides K = 64, got 48"):
+        ops.linear_w4_weight_only(x, p, s, 48)
+    with pytest.raises(ValueError, match=r"group_scale must have shape \[8, 2\]"):
+        ops.linear_w4_weight_only(x, p, s[:, :1], 32)
+    with pytest.raises(ValueError, match=r"group_zero must have shape \[8, 2\]"):
+        ops.linear_w4_weight_only(x, p, s, 32, torch.ones(8))
+    with pytest.raises(TypeError, match="group_zero must be float32"):
+        ops.linear_w4_weight_only(x, p, s, 32, torch.ones(8, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="weight must have K / 2 = 32 bytes per row, got 16"):
+        ops.linear_w4_weight_only(x, p[:, :16], s, 32)
+    with pytest.raises(TypeError, match="input must be float32"):
+        ops.linear_w4_weight_only(x.half(), p, s, 32)

@@ -318,3 +318,32 @@ def test_int32_overflow_bound_keeps_float_math():
     lin.bias.fill_(1e9)  # bias / (s_x * s_w) far beyond int32
     form, why = integer.integer_form(lin)
     assert form is None and "2^31" in why
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "conv1d"])
+def test_xnor_layers_run_on_the_popcount_kernel(arch):
+    """xnor_w1a1's hidden layers (binary weights, per-sample binary inputs) run on ops.linear_w1a1 /
+    conv2d_w1a1 when kernels_only (what qatkit.load does), bit for bit the integer simulation; the
+    depthwise conv (groups != 1) and the reflect-padded conv (codes are padded, not floats) keep
+    float math and are reported."""
+    q, shape = _prepared(arch, "xnor_w1a1")
+    torch.manual_seed(3)
+    x = torch.randn(shape) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = qatkit.convert(q)
+        set_compute(sim, "integer", warn=False)
+        for m in sim.modules():  # the float64 simulation everywhere: no kernel plans
+            if isinstance(m, _Quantized) and m._integer_form is not None:
+                m.__dict__["_int8_plan"] = False
+        k = qatkit.convert(q)
+        rep = set_compute(k, "integer", warn=False, kernels_only=True)
+    xnor = [m for m in k.modules() if isinstance(m, _Quantized) and m.weight_spec.kind == "binary"]
+    on = [m for m in xnor if integer.kernel_for(m) == "linear_w1a1"]
+    assert len(on) >= (1 if arch == "cnn" else 2), rep
+    for (name, form, why), m in zip(rep, [m for m in k.modules() if isinstance(m, _Quantized)]):
+        if m in xnor and m not in on:
+            assert form is None and m._integer_form is None
+            assert "groups=16" in why or "padding_mode 'reflect'" in why, why
+    with torch.no_grad():
+        assert torch.equal(k(x), sim(x))
