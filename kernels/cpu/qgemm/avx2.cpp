@@ -305,7 +305,7 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
 
 // Weight-only W4 (float activations): two weight rows at a time are dequantized into L1 buffers
 // ((float(q) - z) * s, eight lanes: the bits of dequantize_affine), then every activation row's dot
-// product with them runs on FMAs, four activation rows x two weight rows per step (eight
+// product with them runs on FMAs, six activation rows x two weight rows per step (twelve
 // accumulators share the loads).
 inline void dequant_w4_row(const QGemmW4FArgs& g, std::int64_t n, float* out) {
   const std::uint8_t* w = g.w + n * (g.K / 2);
@@ -334,22 +334,29 @@ inline float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-template <int MR, int NR>
+// U partial sums per output (k steps of 8 taken in turn): a few activation rows alone would wait on
+// the FMA latency of one accumulator chain each.
+template <int MR, int NR, int U = (MR <= 2 ? 4 : 1)>
 void w4f_block(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t m, std::int64_t n) {
-  __m256 acc[MR][NR];
+  __m256 acc[MR][NR][U];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_setzero_ps();
-  for (std::int64_t k = 0; k < g.K; k += 8) {  // K is a multiple of 32
-    __m256 wv[NR];
-    for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_ps(wrow[j] + k);
-    for (int i = 0; i < MR; ++i) {
-      const __m256 xv = _mm256_loadu_ps(g.x + (m + i) * g.K + k);
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+    for (int j = 0; j < NR; ++j)
+      for (int u = 0; u < U; ++u) acc[i][j][u] = _mm256_setzero_ps();
+  for (std::int64_t k = 0; k < g.K; k += 8 * U) {  // K is a multiple of 32
+    for (int u = 0; u < U; ++u) {
+      __m256 wv[NR];
+      for (int j = 0; j < NR; ++j) wv[j] = _mm256_loadu_ps(wrow[j] + k + 8 * u);
+      for (int i = 0; i < MR; ++i) {
+        const __m256 xv = _mm256_loadu_ps(g.x + (m + i) * g.K + k + 8 * u);
+        for (int j = 0; j < NR; ++j) acc[i][j][u] = _mm256_fmadd_ps(xv, wv[j], acc[i][j][u]);
+      }
     }
   }
   for (int i = 0; i < MR; ++i) {
     for (int j = 0; j < NR; ++j) {
-      const float y = hsum_ps(acc[i][j]);
+      __m256 t = acc[i][j][0];
+      for (int u = 1; u < U; ++u) t = _mm256_add_ps(t, acc[i][j][u]);
+      const float y = hsum_ps(t);
       g.y[(m + i) * g.N + n + j] = g.bias ? y + g.bias[n + j] : y;
     }
   }
@@ -358,7 +365,8 @@ void w4f_block(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t m, 
 template <int NR>
 void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
   std::int64_t m = 0;
-  for (; m + 4 <= g.M; m += 4) w4f_block<4, NR>(g, wrow, m, n);
+  for (; m + 6 <= g.M; m += 6) w4f_block<6, NR>(g, wrow, m, n);
+  for (; m + 2 <= g.M; m += 2) w4f_block<2, NR>(g, wrow, m, n);
   for (; m < g.M; ++m) w4f_block<1, NR>(g, wrow, m, n);
 }
 
