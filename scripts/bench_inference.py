@@ -20,7 +20,10 @@ qatkit xnor w1a1 (ops.linear_w1a1: 1-bit weights and activations binarized per s
 popcount; no peer runs it),
 torch._int_mm (int8 activations quantized the same way, int32 out, scaled), torch._weight_int8pack_mm
 (int8 weight-only, bf16 activations: its fp32 path is not vectorized on x86), torch.ao dynamic
-quantized Linear (fbgemm, int8 per-tensor weights and dynamic int8 activations).
+quantized Linear (fbgemm, int8 per-tensor weights and dynamic int8 activations), onnxruntime
+(CPUExecutionProvider, same thread count) running a one-layer ONNX graph: MatMulInteger (dynamic
+W8A8, as its quantize_dynamic writes it) and MatMulNBits (4-bit weights, blocks of 32; accuracy
+level 0 = fp32 compute, 4 = int8 compute on dynamically quantized activations).
 """
 
 from __future__ import annotations
@@ -171,6 +174,62 @@ def v_ao_dynamic(w):
     return m, w.numel() + 4 * w.shape[0]
 
 
+def _ort_session(nodes, inits, k, n, opset_extra=()):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(nodes, "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", n])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), *opset_extra])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = torch.get_num_threads()
+    so.inter_op_num_threads = 1
+    # idle onnxruntime threads must not spin: they would take the cores from the interleaved variants
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return lambda x: sess.run(None, {"x": x.numpy()})[0]
+
+
+def v_ort_matmulinteger(w):
+    """onnxruntime's dynamic W8A8 (what its quantize_dynamic writes): DynamicQuantizeLinear on the
+    input, MatMulInteger against int8 weights, Cast, one Mul by x_scale * w_scale[n]."""
+    from onnx import numpy_helper
+
+    q, s = _int8_weight(w)
+    k, n = w.shape[1], w.shape[0]
+    from onnx import helper
+
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("MatMulInteger", ["xq", "wq", "xz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=1),
+             helper.make_node("Mul", ["xs", "ws"], ["sc"]),
+             helper.make_node("Mul", ["accf", "sc"], ["y"])]
+    inits = [numpy_helper.from_array(q.t().contiguous().numpy(), "wq"), numpy_helper.from_array(s.float().numpy(), "ws")]
+    return _ort_session(nodes, inits, k, n), q.numel() + 4 * n
+
+
+def _ort_nbits(w, accuracy_level):
+    from onnx import helper, numpy_helper
+
+    q, s = _int4_groups(w)
+    n, k = w.shape
+    u = (q.to(torch.int16) + 8).to(torch.uint8).reshape(n, k // 32, 16, 2)  # element 2j low nibble, 2j + 1 high
+    packed = (u[..., 0] | (u[..., 1] << 4)).contiguous()
+    node = helper.make_node("MatMulNBits", ["x", "wq", "ws"], ["y"], domain="com.microsoft", K=k, N=n, bits=4,
+                            block_size=32, accuracy_level=accuracy_level)
+    inits = [numpy_helper.from_array(packed.numpy(), "wq"), numpy_helper.from_array(s.float().reshape(-1).numpy(), "ws")]
+    return _ort_session([node], inits, k, n, [helper.make_opsetid("com.microsoft", 1)]), packed.numel() + 4 * s.numel()
+
+
+def v_ort_nbits_fp32(w):
+    return _ort_nbits(w, 0)
+
+
+def v_ort_nbits_int8(w):
+    return _ort_nbits(w, 4)
+
+
 VARIANTS = {
     "fp32 F.linear": v_fp32,
     "qatkit w8a8": v_qatkit_w8a8,
@@ -183,6 +242,9 @@ VARIANTS = {
     "torch._int_mm (w8a8)": v_int_mm,
     "torch._weight_int8pack_mm (w8 bf16-act)": v_weight_int8pack,
     "torch.ao dynamic Linear (w8a8)": v_ao_dynamic,
+    "onnxruntime MatMulInteger (w8a8 dynamic)": v_ort_matmulinteger,
+    "onnxruntime MatMulNBits (w4 g32 fp32-compute)": v_ort_nbits_fp32,
+    "onnxruntime MatMulNBits (w4 g32 int8-compute)": v_ort_nbits_int8,
 }
 
 
@@ -199,7 +261,7 @@ def bench(names, n, k, batches, rounds, hot, llc_factor, calls):
             w = torch.randn(n, k) / k**0.5
             try:
                 fn, nbytes = VARIANTS[name](w)
-            except (RuntimeError, AttributeError) as e:  # a peer this torch build lacks
+            except (RuntimeError, AttributeError, ImportError) as e:  # a peer this install lacks
                 print(f"  {name}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
                 copies = None
                 break

@@ -18,6 +18,16 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool ok = cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  return ok;
+#else
+  return false;
+#endif
+}
+
 bool by_name(const char* name, Isa* out) {
   for (int i = 0; i < kIsaCount; ++i) {
     const Isa isa = static_cast<Isa>(i);
@@ -34,6 +44,7 @@ Isa initial() {
   if (const char* env = std::getenv("QATKIT_CPU_ISA")) {
     if (by_name(env, &isa) && isa_supported(isa)) return isa;
   }
+  if (isa_supported(Isa::kAvx512)) return Isa::kAvx512;
   return isa_supported(Isa::kAvx2) ? Isa::kAvx2 : Isa::kBaseline;
 }
 
@@ -44,9 +55,13 @@ std::atomic<int>& current() {
 
 }  // namespace
 
-const char* isa_name(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "baseline"; }
+const char* isa_name(Isa isa) {
+  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
+}
 
-bool isa_supported(Isa isa) { return isa == Isa::kBaseline || (isa == Isa::kAvx2 && cpu_has_avx2()); }
+bool isa_supported(Isa isa) {
+  return isa == Isa::kBaseline || (isa == Isa::kAvx2 && cpu_has_avx2()) || (isa == Isa::kAvx512 && cpu_has_avx512());
+}
 
 Isa active_isa() { return static_cast<Isa>(current().load(std::memory_order_acquire)); }
 

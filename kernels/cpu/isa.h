@@ -6,36 +6,40 @@
 namespace qatkit::kernels::cpu {
 
 /// Instruction sets with their own kernel builds. kBaseline is portable C++ (always available);
-/// kAvx2 is compiled with -mavx2 -mfma -mf16c and needs all three at run time.
-enum class Isa : int { kBaseline = 0, kAvx2 = 1 };
-inline constexpr int kIsaCount = 2;
+/// kAvx2 is compiled with -mavx2 -mfma -mf16c and needs all three at run time; kAvx512 (AVX-512
+/// F/BW/VL + VNNI, on top of AVX2) has tables only where a family has an AVX-512 file (the integer
+/// GEMMs); every other family runs its AVX2 table under it.
+enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+inline constexpr int kIsaCount = 3;
 
-/// "baseline" / "avx2".
+/// "baseline" / "avx2" / "avx512".
 const char* isa_name(Isa isa);
 
 /// True when this build contains `isa`'s kernels and this CPU can run them.
 bool isa_supported(Isa isa);
 
 /// The ISA in use: the best supported one, unless overridden by set_isa() or the
-/// QATKIT_CPU_ISA environment variable ("baseline" or "avx2").
+/// QATKIT_CPU_ISA environment variable ("baseline", "avx2" or "avx512").
 Isa active_isa();
 
 /// Selects an ISA by name for every family; returns false (and changes nothing) for an unknown or
 /// unsupported name.
 bool set_isa(const char* name);
 
-/// A family's table for `isa` (nullptr when `isa` is not supported); `avx2` is nullptr when the
-/// family's AVX2 file was compiled without AVX2 (a non-x86 build).
+/// A family's table for `isa` (nullptr when `isa` is not supported); `avx2` / `avx512` are nullptr
+/// when the family's file was compiled without that ISA (a non-x86 build) or the family has no
+/// AVX-512 file (kAvx512 then gives the AVX2 table).
 template <class Table>
-const Table* table_for(Isa isa, const Table& baseline, const Table* avx2) {
+const Table* table_for(Isa isa, const Table& baseline, const Table* avx2, const Table* avx512 = nullptr) {
   if (isa == Isa::kBaseline) return &baseline;
-  return isa_supported(isa) ? avx2 : nullptr;
+  if (!isa_supported(isa)) return nullptr;
+  return isa == Isa::kAvx512 && avx512 ? avx512 : avx2;
 }
 
 /// A family's table for the active ISA.
 template <class Table>
-const Table& active_table(const Table& baseline, const Table* avx2) {
-  const Table* t = table_for(active_isa(), baseline, avx2);
+const Table& active_table(const Table& baseline, const Table* avx2, const Table* avx512 = nullptr) {
+  const Table* t = table_for(active_isa(), baseline, avx2, avx512);
   return t ? *t : baseline;
 }
 

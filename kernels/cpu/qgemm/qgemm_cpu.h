@@ -31,8 +31,13 @@ struct QGemmKernels {
 
 const QGemmKernels& qgemm_baseline();
 const QGemmKernels* qgemm_avx2();
+/// AVX-512 F/BW/VL + VNNI: vpdpbusd for W8A8 / ternary / binary, 512-bit XNOR popcount; the W4
+/// kernels are the AVX2 table's.
+const QGemmKernels* qgemm_avx512();
 
-inline const QGemmKernels* qgemm_kernels(Isa isa) { return table_for(isa, qgemm_baseline(), qgemm_avx2()); }
-inline const QGemmKernels& qgemm_kernels() { return active_table(qgemm_baseline(), qgemm_avx2()); }
+inline const QGemmKernels* qgemm_kernels(Isa isa) {
+  return table_for(isa, qgemm_baseline(), qgemm_avx2(), qgemm_avx512());
+}
+inline const QGemmKernels& qgemm_kernels() { return active_table(qgemm_baseline(), qgemm_avx2(), qgemm_avx512()); }
 
 }  // namespace qatkit::kernels::cpu
