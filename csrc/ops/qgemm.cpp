@@ -210,20 +210,26 @@ static void check_devices_and_bias(const char* op, const at::Tensor& input, std:
   }
 }
 
-void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
-                            const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "linear_w4a8";
+// The W4 weight layout (uint8 [N, K / 2]) against the input's K and the group size; returns {N, G}.
+static std::pair<std::int64_t, std::int64_t> check_w4_weight(const char* op, const at::Tensor& input,
+                                                             const at::Tensor& weight, std::int64_t group) {
+  TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
                    fmt::format("{}: weight must be uint8 (4-bit codes, packed), got {}", op,
                                c10::toString(weight.scalar_type())));
   TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K / 2], got {} dims", op, weight.dim()));
-  TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
-  const std::int64_t K = input.size(-1), N = weight.size(0);
+  const std::int64_t K = input.size(-1);
   TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
                     fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
   TORCH_CHECK_VALUE(weight.size(1) * 2 == K,
                     fmt::format("{}: weight must have K / 2 = {} bytes per row, got {}", op, K / 2, weight.size(1)));
-  const std::int64_t G = K / group;
+  return {weight.size(0), K / group};
+}
+
+void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
+                            const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "linear_w4a8";
+  const auto [N, G] = check_w4_weight(op, input, weight, group);
   TORCH_CHECK_TYPE(gscale.scalar_type() == at::kFloat,
                    fmt::format("{}: group_scale must be float32, got {}", op, c10::toString(gscale.scalar_type())));
   TORCH_CHECK_VALUE(gscale.dim() == 2 && gscale.size(0) == N && gscale.size(1) == G,
@@ -265,17 +271,7 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
   constexpr const char* op = "linear_w4_weight_only";
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
-  TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
-  TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
-                   fmt::format("{}: weight must be uint8 (4-bit codes, packed), got {}", op,
-                               c10::toString(weight.scalar_type())));
-  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K / 2], got {} dims", op, weight.dim()));
-  const std::int64_t K = input.size(-1), N = weight.size(0);
-  TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
-                    fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
-  TORCH_CHECK_VALUE(weight.size(1) * 2 == K,
-                    fmt::format("{}: weight must have K / 2 = {} bytes per row, got {}", op, K / 2, weight.size(1)));
-  const std::int64_t G = K / group;
+  const auto [N, G] = check_w4_weight(op, input, weight, group);
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"group_scale", &gscale},
                          {"group_zero", gzero.has_value() ? &*gzero : nullptr}}) {
     if (!t) continue;
