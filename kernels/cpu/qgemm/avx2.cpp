@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "loops.h"
+#include "w4_finish4.h"
 
 namespace qatkit::kernels::cpu {
 namespace {
@@ -205,40 +206,15 @@ inline void w4_row_sums(const std::int8_t* a, const std::uint8_t* w, std::int64_
   for (; gi < G; ++gi) sums[gi] = static_cast<std::int32_t>(hsum(w4_chunk(a + gi * 32, w + gi * 16, low4, ones)));
 }
 
-// Groups of 32 (w4a8_g32): the group sums of four weight rows, then finish_w4's float64 combination
-// for the four rows at once, one row per float64 lane: each lane runs finish_w4's operations in its
-// order (int32 acc, exact product, sum in group order, * act_scale, to float32, + bias), so the bits
-// are the baseline's, while four independent dependency chains hide the add latency.
+// Groups of 32 (w4a8_g32): the group sums of four weight rows, then their float64 combination four
+// rows at once (w4_finish4.h: the baseline's bits).
 void gemm_w4_g32(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i low4 = _mm_set1_epi8(15);
-  const std::int64_t KB = g.K / 2, G = g.K / 32;
-  std::vector<std::int32_t> sums(static_cast<std::size_t>(4 * G));
-  for (std::int64_t m = 0; m < g.M; ++m) {
-    const std::int8_t* a = g.a + m * g.K;
-    const std::int32_t* ag = g.a_gsum + m * G;
-    std::int64_t n = n_begin;
-    for (; n + 4 <= n_end; n += 4) {
-      for (int r = 0; r < 4; ++r) w4_row_sums(a, g.w + (n + r) * KB, G, sums.data() + r * G, low4, ones);
-      __m256d t = _mm256_setzero_pd();
-      for (std::int64_t gi = 0; gi < G; ++gi) {
-        const __m128i gs = _mm_setr_epi32(sums[gi], sums[G + gi], sums[2 * G + gi], sums[3 * G + gi]);
-        const __m128i gc = _mm_setr_epi32(g.gcorr[n * G + gi], g.gcorr[(n + 1) * G + gi], g.gcorr[(n + 2) * G + gi],
-                                          g.gcorr[(n + 3) * G + gi]);
-        const __m128i acc = _mm_add_epi32(_mm_sub_epi32(gs, _mm_set1_epi32(8 * ag[gi])), gc);
-        const __m128 sc = _mm_setr_ps(g.gscale[n * G + gi], g.gscale[(n + 1) * G + gi], g.gscale[(n + 2) * G + gi],
-                                      g.gscale[(n + 3) * G + gi]);
-        t = _mm256_add_pd(t, _mm256_mul_pd(_mm256_cvtepi32_pd(acc), _mm256_cvtps_pd(sc)));
-      }
-      __m128 y = _mm256_cvtpd_ps(_mm256_mul_pd(t, _mm256_set1_pd(g.act_scale)));
-      if (g.bias) y = _mm_add_ps(y, _mm_loadu_ps(g.bias + n));
-      _mm_storeu_ps(g.y + m * g.N + n, y);
-    }
-    for (; n < n_end; ++n) {
-      w4_row_sums(a, g.w + n * KB, G, sums.data(), low4, ones);
-      g.y[m * g.N + n] = detail::finish_w4(g, m, n, [&](std::int64_t i) { return sums[static_cast<std::size_t>(i)]; });
-    }
-  }
+  const std::int64_t G = g.K / 32;
+  detail::w4_gemm_blocks(g, n_begin, n_end, [&](std::int64_t m, const std::uint8_t* w, std::int32_t* sums) {
+    w4_row_sums(g.a + m * g.K, w, G, sums, low4, ones);
+  });
 }
 
 void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {

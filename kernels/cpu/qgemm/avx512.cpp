@@ -9,7 +9,8 @@
 //            activations sums the activations at set bits.
 //   XNOR:    the AVX2 nibble-lookup popcount, 64 bytes at a time.
 // Exact integer sums throughout (modulo 2^32, as the baseline), so every output has the baseline's
-// bits. The W4 kernels are the AVX2 table's.
+// bits. W4A8 with groups of 32: vpdpbusd on the nibbles (other group sizes and the weight-only W4
+// kernel are the AVX2 table's).
 #include "qgemm_cpu.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -22,8 +23,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "loops.h"
+#include "w4_finish4.h"
 
 namespace qatkit::kernels::cpu {
 namespace {
@@ -233,12 +236,59 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
   blocked<QGemmXnorArgs, xnor_block<4, 4>, xnor_block<4, 1>, xnor_block<1, 4>, xnor_block<1, 1>>(g, n_begin, n_end);
 }
 
+// ---------------------------------------------------------------- W4A8, groups of 32
+
+// 32 code bytes = two 32-weight chunks (16 bytes each: low nibbles k = j, high k = j + 16): the low
+// nibbles of both chunks, then the high ones, make 64 unsigned bytes [c0 k0-15 | c1 k0-15 | c0 k16-31
+// | c1 k16-31]; the activation row is permuted once to the same order ([A0 A2 A1 A3] per 64 bytes),
+// vpdpbusd gives four int32 lanes per chunk half, and a transposing hadd tree turns four such
+// steps into eight consecutive group sums. The float64 combination is w4_finish4.h's.
+inline __m256i w4_pair(const std::uint8_t* w, const std::int8_t* ap) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  const __m256i low4 = _mm256_set1_epi8(15);
+  const __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, low4)),
+                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), low4), 1);
+  const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, _mm512_loadu_si512(ap));
+  // lanes 0-3: chunk 0, 4-7: chunk 1 (the k0-15 and k16-31 halves added)
+  return _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64(d, 1));
+}
+
+inline void w4_row_sums(const std::int8_t* ap, const std::int8_t* a, const std::uint8_t* w, std::int64_t G,
+                        std::int32_t* sums) {
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  std::int64_t gi = 0;
+  for (; gi + 8 <= G; gi += 8) {  // four chunk pairs: groups gi .. gi + 7
+    const __m256i p0 = w4_pair(w + gi * 16, ap + gi * 32), p1 = w4_pair(w + gi * 16 + 32, ap + gi * 32 + 64);
+    const __m256i p2 = w4_pair(w + gi * 16 + 64, ap + gi * 32 + 128), p3 = w4_pair(w + gi * 16 + 96, ap + gi * 32 + 192);
+    // hadd(hadd(p0, p1), hadd(p2, p3)) lanes: [g0, g2, g4, g6, g1, g3, g5, g7] (g = gi + ...)
+    const __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + gi), _mm256_permutevar8x32_epi32(u, order));
+  }
+  for (; gi < G; ++gi) sums[gi] = detail::dot_w4_chunk(a + gi * 32, w + gi * 16);
+}
+
+void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.group != 32) return qgemm_avx2()->gemm_w4(g, n_begin, n_end);
+  const std::int64_t G = g.K / 32, K64 = g.K & ~std::int64_t{63};
+  std::vector<std::int8_t> ap(static_cast<std::size_t>(g.M * g.K));  // the rows permuted once per call
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    for (std::int64_t k = 0; k < K64; k += 64) {  // [A0 A1 A2 A3] -> [A0 A2 A1 A3]
+      const __m512i v = _mm512_loadu_si512(g.a + m * g.K + k);
+      _mm512_storeu_si512(ap.data() + m * g.K + k, _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0)));
+    }
+  }
+  detail::w4_gemm_blocks(g, n_begin, n_end, [&](std::int64_t m, const std::uint8_t* w, std::int32_t* sums) {
+    w4_row_sums(ap.data() + m * g.K, g.a + m * g.K, w, G, sums);
+  });
+}
+
 }  // namespace
 
 const QGemmKernels* qgemm_avx512() {
   static const QGemmKernels k = [] {
-    QGemmKernels t = *qgemm_avx2();  // activation quantization and the W4 kernels
+    QGemmKernels t = *qgemm_avx2();  // activation quantization and the weight-only W4 kernel
     t.gemm_s8 = &gemm_s8;
+    t.gemm_w4 = &gemm_w4;
     t.gemm_t2 = &gemm_t2;
     t.gemm_b1 = &gemm_b1;
     t.gemm_xnor = &gemm_xnor;
