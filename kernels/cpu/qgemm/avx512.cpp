@@ -45,17 +45,28 @@ template <int MR, int NR>
 void s8_block(const QGemmArgs& g, std::int64_t m, std::int64_t n, const std::uint32_t* wsum) {
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512i acc[MR][NR];
+  #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
-  for (std::int64_t k = 0; k < g.K; k += 64) {
+  // full steps, then the masked one: no branch inside the loop, so the accumulators stay in registers
+  const auto step = [&](std::int64_t k, __mmask64 mask) __attribute__((always_inline)) {
     __m512i a[MR];
-    for (int i = 0; i < MR; ++i) a[i] = _mm512_xor_si512(load_k(g.a + (m + i) * g.K, k, g.K), flip);  // a + 128
+    #pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) a[i] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, g.a + (m + i) * g.K + k), flip);
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
-      const __m512i w = load_k(g.w + (n + j) * g.K, k, g.K);
+      const __m512i w = _mm512_maskz_loadu_epi8(mask, g.w + (n + j) * g.K + k);
+      #pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a[i], w);
     }
-  }
+  };
+  const std::int64_t K64 = g.K & ~std::int64_t{63};
+  for (std::int64_t k = 0; k < K64; k += 64) step(k, ~__mmask64{0});
+  if (K64 < g.K) step(K64, (std::uint64_t{1} << (g.K - K64)) - 1);
+  #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
       const std::uint32_t s = hsum(acc[i][j]) - 128u * wsum[j] + static_cast<std::uint32_t>(g.corr[n + j]);
       g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::requantize(s, g, n + j);
@@ -105,25 +116,34 @@ void t2_block(const QGemmPackedArgs& g, std::int64_t m, std::int64_t n) {
   const std::int64_t KB = g.K_pad / 4;
   const __m512i mask3 = _mm512_set1_epi8(3);
   __m512i acc[MR][NR];
+  #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
   for (std::int64_t b = 0; b < g.K_pad; b += 256) {
     const bool two = b + 256 <= g.K_pad;
     __m512i w[NR];
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
       const std::uint8_t* p = g.w + (n + j) * KB + b / 4;
       w[j] = two ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, p);
     }
+    #pragma GCC unroll 4
     for (int s = 0; s < 4; ++s) {
       __m512i c[NR];
+      #pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) c[j] = _mm512_and_si512(_mm512_srli_epi16(w[j], 2 * s), mask3);
+      #pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) {
         const __m512i av = t2_act(g.a + (m + i) * g.K_pad, b, s, two);
+        #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], c[j], av);
       }
     }
   }
+  #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j)
       g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::finish_t2(hsum(acc[i][j]), g, m + i, n + j);
 }
@@ -136,11 +156,14 @@ void b1_block(const QGemmPackedArgs& g, std::int64_t m, std::int64_t n) {
   const std::int64_t KB = g.K_pad / 8;
   const __m512i ones = _mm512_set1_epi8(1);
   __m512i acc[MR][NR];
+  #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
   for (std::int64_t k = 0; k < g.K_pad; k += 64) {
     const bool full = k + 64 <= g.K_pad;
     __mmask64 wm[NR];
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
       const std::uint8_t* p = g.w + (n + j) * KB + k / 8;
       std::uint64_t bits;
@@ -154,14 +177,19 @@ void b1_block(const QGemmPackedArgs& g, std::int64_t m, std::int64_t n) {
       wm[j] = _cvtu64_mask64(bits);
     }
     __m512i wb[NR];  // the bits as bytes {0, 1}: the unsigned operand, so sum_k bit_k * a_k is one vpdpbusd
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) wb[j] = _mm512_maskz_mov_epi8(wm[j], ones);
+    #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       const std::int8_t* ap = g.a + (m + i) * g.K_pad + k;
       const __m512i a = full ? _mm512_loadu_si512(ap) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, ap);
+      #pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], wb[j], a);
     }
   }
+  #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j)
       g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::finish_b1(hsum(acc[i][j]), g, m + i, n + j);
 }
@@ -211,20 +239,29 @@ void xnor_block(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
   for (std::int64_t b0 = 0; b0 < KB64; b0 += 31 * 64) {  // byte counts <= 8 per step: 31 steps fit uint8
     const std::int64_t b1 = std::min(KB64, b0 + 31 * 64);
     __m512i acc[MR][NR];
+    #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) acc[i][j] = zero;
     for (std::int64_t b = b0; b < b1; b += 64) {
       __m512i a[MR];
+      #pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) a[i] = _mm512_loadu_si512(g.a + (m + i) * g.KB + b);
+      #pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) {
         const __m512i w = _mm512_loadu_si512(g.w + (n + j) * g.KB + b);
+        #pragma GCC unroll 4
         for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_add_epi8(acc[i][j], popcnt_bytes(_mm512_xor_si512(a[i], w), lut, low4));
       }
     }
+    #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) tot[i][j] += _mm512_reduce_add_epi64(_mm512_sad_epu8(acc[i][j], zero));
   }
+  #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) {
+    #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
       const std::int64_t c = tot[i][j] + detail::xor_count(g.a + (m + i) * g.KB, g.w + (n + j) * g.KB, KB64, g.KB);
       g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::finish_xnor(c, g, m + i, n + j);
