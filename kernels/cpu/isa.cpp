@@ -11,7 +11,8 @@ namespace {
 bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool ok =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+      __builtin_cpu_supports("popcnt");
   return ok;
 #else
   return false;

@@ -6,7 +6,7 @@
 namespace qatkit::kernels::cpu {
 
 /// Instruction sets with their own kernel builds. kBaseline is portable C++ (always available);
-/// kAvx2 is compiled with -mavx2 -mfma -mf16c and needs all three at run time; kAvx512 (AVX-512
+/// kAvx2 is compiled with -mavx2 -mfma -mf16c -mpopcnt and needs all four at run time; kAvx512 (AVX-512
 /// F/BW/VL + VNNI, on top of AVX2) has tables only where a family has an AVX-512 file (the integer
 /// GEMMs); every other family runs its AVX2 table under it.
 enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };

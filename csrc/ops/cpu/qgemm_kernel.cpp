@@ -278,13 +278,16 @@ struct XnorRows {
     std::uint8_t* ar = a.data() + m * KB;
     std::uint8_t* zr = z.data() + m * KB;
     std::int32_t zeros = 0;
-    for (std::int64_t k = 0; k < K; ++k) {
-      const std::int8_t c = code(k);
-      ar[k >> 3] = static_cast<std::uint8_t>(ar[k >> 3] | ((c > 0 ? 1u : 0u) << (k & 7)));
-      if (c == 0) {
-        zr[k >> 3] = static_cast<std::uint8_t>(zr[k >> 3] | (1u << (k & 7)));
-        ++zeros;
+    for (std::int64_t k0 = 0; k0 < K; k0 += 8) {  // one byte of bits at a time
+      unsigned bits = 0, zbits = 0;
+      for (std::int64_t k = k0; k < std::min(K, k0 + 8); ++k) {
+        const std::int8_t c = code(k);
+        bits |= (c > 0 ? 1u : 0u) << (k - k0);
+        zbits |= (c == 0 ? 1u : 0u) << (k - k0);
       }
+      ar[k0 >> 3] = static_cast<std::uint8_t>(bits);
+      zr[k0 >> 3] = static_cast<std::uint8_t>(zbits);
+      zeros += __builtin_popcount(zbits);
     }
     has_zero[static_cast<std::size_t>(m)] = zeros > 0;
     a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zeros;
@@ -364,16 +367,24 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool per_image = B >= at::get_num_threads();
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
+    std::vector<std::int8_t> patch(static_cast<std::size_t>(K));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       const std::int8_t* xq = cp + bi * C * H * W;
       XnorRows r(L, KB);
       for (std::int64_t oh = 0; oh < ho; ++oh) {
         for (std::int64_t ow = 0; ow < wo; ++ow) {
-          r.set(oh * wo + ow, KB, K, ap[bi], [&](std::int64_t idx) -> std::int8_t {
-            const std::int64_t ci = idx / (kh * kw), i = idx / kw % kh, j = idx % kw;
-            const std::int64_t ih = oh * sh - ph + i * dh, iw = ow * sw - pw + j * dw;
-            return (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xq[(ci * H + ih) * W + iw] : std::int8_t{0};
-          });
+          std::int64_t idx = 0;  // the patch's codes (im2col order c, i, j), then its bits
+          for (std::int64_t ci = 0; ci < C; ++ci) {
+            for (std::int64_t i = 0; i < kh; ++i) {
+              const std::int64_t ih = oh * sh - ph + i * dh;
+              for (std::int64_t j = 0; j < kw; ++j, ++idx) {
+                const std::int64_t iw = ow * sw - pw + j * dw;
+                patch[static_cast<std::size_t>(idx)] =
+                    (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xq[(ci * H + ih) * W + iw] : std::int8_t{0};
+              }
+            }
+          }
+          r.set(oh * wo + ow, KB, K, ap[bi], [&](std::int64_t k) { return patch[static_cast<std::size_t>(k)]; });
         }
       }
       kernels::QGemmXnorArgs g = r.args(w, ws, b, y.data_ptr<float>() + bi * N * L, L, N, KB);

@@ -232,41 +232,36 @@ inline __m512i popcnt_bytes(__m512i v, __m512i lut, __m512i low4) {
 
 template <int MR, int NR>
 void xnor_block(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
-  const std::int64_t KB64 = g.KB & ~std::int64_t{63};
   const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
   const __m512i low4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
   std::int64_t tot[MR][NR] = {};
-  for (std::int64_t b0 = 0; b0 < KB64; b0 += 31 * 64) {  // byte counts <= 8 per step: 31 steps fit uint8
-    const std::int64_t b1 = std::min(KB64, b0 + 31 * 64);
+  for (std::int64_t b0 = 0; b0 < g.KB; b0 += 31 * 64) {  // byte counts <= 8 per step: 31 steps fit uint8
+    const std::int64_t b1 = std::min(g.KB, b0 + 31 * 64);
     __m512i acc[MR][NR];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) acc[i][j] = zero;
-    for (std::int64_t b = b0; b < b1; b += 64) {
+    for (std::int64_t b = b0; b < b1; b += 64) {  // the last step masked: zero bytes count 0
+      const __mmask64 mask = b + 64 <= b1 ? ~__mmask64{0} : (std::uint64_t{1} << (b1 - b)) - 1;
       __m512i a[MR];
-      #pragma GCC unroll 4
-      for (int i = 0; i < MR; ++i) a[i] = _mm512_loadu_si512(g.a + (m + i) * g.KB + b);
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) a[i] = _mm512_maskz_loadu_epi8(mask, g.a + (m + i) * g.KB + b);
+#pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) {
-        const __m512i w = _mm512_loadu_si512(g.w + (n + j) * g.KB + b);
-        #pragma GCC unroll 4
+        const __m512i w = _mm512_maskz_loadu_epi8(mask, g.w + (n + j) * g.KB + b);
+#pragma GCC unroll 4
         for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_add_epi8(acc[i][j], popcnt_bytes(_mm512_xor_si512(a[i], w), lut, low4));
       }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int i = 0; i < MR; ++i)
-      #pragma GCC unroll 4
+#pragma GCC unroll 4
       for (int j = 0; j < NR; ++j) tot[i][j] += _mm512_reduce_add_epi64(_mm512_sad_epu8(acc[i][j], zero));
   }
-  #pragma GCC unroll 4
-  for (int i = 0; i < MR; ++i) {
-    #pragma GCC unroll 4
-    for (int j = 0; j < NR; ++j) {
-      const std::int64_t c = tot[i][j] + detail::xor_count(g.a + (m + i) * g.KB, g.w + (n + j) * g.KB, KB64, g.KB);
-      g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::finish_xnor(c, g, m + i, n + j);
-    }
-  }
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j)
+      g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::finish_xnor(tot[i][j], g, m + i, n + j);
 }
 
 void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end) {

@@ -95,11 +95,8 @@ inline float finish_b1(std::uint32_t sum_set, const QGemmPackedArgs& g, std::int
   return requantize(acc, g, n);
 }
 
-inline std::uint32_t popcount32(std::uint32_t v) {
-  v = v - ((v >> 1) & 0x55555555u);
-  v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
-  return (((v + (v >> 4)) & 0x0f0f0f0fu) * 0x01010101u) >> 24;
-}
+/// popcnt in the AVX2 / AVX-512 files (built with -mpopcnt), the compiler's bit trick elsewhere.
+inline std::uint32_t popcount32(std::uint32_t v) { return static_cast<std::uint32_t>(__builtin_popcount(v)); }
 
 inline std::uint32_t load32(const std::uint8_t* p) {
   return std::uint32_t{p[0]} | std::uint32_t{p[1]} << 8 | std::uint32_t{p[2]} << 16 | std::uint32_t{p[3]} << 24;
