@@ -8,14 +8,19 @@
 namespace qatkit::ops {
 namespace {
 
+// A Linear-shaped output: the input's (symbolic) sizes with the last one the weight's N.
+at::Tensor linear_output(const at::Tensor& input, const at::Tensor& weight) {
+  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
+  shape.back() = weight.sym_size(0);
+  return at::empty_symint(shape, input.options());
+}
+
 at::Tensor linear_int8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                             const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                             std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias) {
   check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
-  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = weight.sym_size(0);
-  return at::empty_symint(shape, input.options());
+  return linear_output(input, weight);
 }
 
 at::Tensor linear_w2a8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
@@ -24,9 +29,7 @@ at::Tensor linear_w2a8_meta(const at::Tensor& input, const at::Tensor& weight, c
                             const std::optional<at::Tensor>& bias) {
   check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
                          2);
-  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = weight.sym_size(0);
-  return at::empty_symint(shape, input.options());
+  return linear_output(input, weight);
 }
 
 at::Tensor linear_w1a8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
@@ -35,9 +38,7 @@ at::Tensor linear_w1a8_meta(const at::Tensor& input, const at::Tensor& weight, c
                             const std::optional<at::Tensor>& bias) {
   check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
                          1);
-  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = weight.sym_size(0);
-  return at::empty_symint(shape, input.options());
+  return linear_output(input, weight);
 }
 
 at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
@@ -70,9 +71,7 @@ at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, c
 at::Tensor linear_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
                             const std::optional<at::Tensor>& bias) {
   check_w1a1_args("linear_w1a1", input, input.dim() > 0 ? input.size(-1) : 0, weight, weight_scale, bias);
-  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = weight.sym_size(0);
-  return at::empty_symint(shape, input.options());
+  return linear_output(input, weight);
 }
 
 at::Tensor conv2d_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
@@ -87,9 +86,7 @@ at::Tensor linear_w4_weight_only_meta(const at::Tensor& input, const at::Tensor&
                                       std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
                                       const std::optional<at::Tensor>& bias) {
   check_linear_w4_weight_only_args(input, weight, group_scale, group_size, group_zero, bias);
-  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = weight.sym_size(0);
-  return at::empty_symint(shape, input.options());
+  return linear_output(input, weight);
 }
 
 }  // namespace
