@@ -126,9 +126,9 @@ def _int4_groups(w, gs=32):
 def v_qatkit_w4a8(w):
     q, s = _int4_groups(w)
     sx, zp = 4.0 / 255, 128
-    gcorr = torch.zeros_like(s, dtype=torch.int32)  # (shift - zp) * group sums: 0 at zp = 128
-    packed = ops.pack_int4_w4(q)
-    return (lambda x: ops.linear_w4a8(x, packed, s, gcorr, 32, sx, zp, 0, 255)), packed.numel() + 4 * s.numel()
+    packed = ops.pack_int4_panel(ops.pack_int4_w4(q))  # the layout qatkit.load gives its W4A8 layers
+    s = s.float().contiguous()
+    return (lambda x: ops.linear_w4a8(x, packed, s, 32, sx, zp, 0, 255)), packed.numel() + 4 * s.numel()
 
 
 def v_qatkit_w4_weight_only(w):

@@ -112,17 +112,16 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
       static_cast<std::int64_t>(torch::round(z.detach().to(torch::kFloat)).clamp(qmin, qmax).reshape({1}).item<float>());
   if (f.group_size) {  // W4A8, Python's _w4_plan
     const std::int64_t gs = *f.group_size, k = w.size(1), n = w.size(0);
-    if (gs % 32 || k % gs || wspec->kind != "int" || (w.numel() && (w.min().item<int>() < -8 || w.max().item<int>() > 7))) {
+    // groups beyond linear_w4a8's 2^17 (exact int32 group sums) keep the float64 simulation
+    if (gs % 32 || k % gs || gs > (std::int64_t{1} << 17) || wspec->kind != "int" ||
+        (w.numel() && (w.min().item<int>() < -8 || w.max().item<int>() > 7))) {
       return nullptr;
     }
-    const torch::Tensor gcorr = (128 * (qmin >= 0 ? 1 : 0) - zx) * w.to(torch::kLong).reshape({n, k / gs, gs}).sum(2);
-    if (gcorr.numel() && gcorr.abs().max().item<std::int64_t>() > static_cast<std::int64_t>(kInt32Max)) return nullptr;
     auto plan = std::make_shared<IntegerKernelPlan>();
     plan->weight_bits = 4;
-    plan->weight = pack_w4(w);
+    plan->weight = qatkit::pack_int4_panel(pack_w4(w));
     plan->group_size = gs;
     plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
-    plan->group_corr = gcorr.to(torch::kInt).contiguous();
     if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
     plan->act_scale = static_cast<double>(sx.item<float>());
     plan->act_zero_point = zx;
@@ -212,7 +211,7 @@ torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x)
                                          p.bias);
   }
   if (p.weight_bits == 4) {
-    return qatkit::linear_w4a8(x, p.weight, p.group_scale, p.group_corr, p.group_size, p.act_scale, p.act_zero_point,
+    return qatkit::linear_w4a8(x, p.weight, p.group_scale, p.group_size, p.act_scale, p.act_zero_point,
                                p.act_quant_min, p.act_quant_max, p.bias);
   }
   const auto f = p.weight_bits == 8 ? &qatkit::linear_int8 : p.weight_bits == 2 ? &qatkit::linear_w2a8 : &qatkit::linear_w1a8;

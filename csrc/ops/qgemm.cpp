@@ -10,8 +10,9 @@
 //                times the weight flattened to [N, C*kh*kw] (weight_bits 8: int8; 2 / 1: packed as
 //                for linear_w2a8 / linear_w1a8), written straight into the NCHW output.
 //   linear_w4a8: 4-bit symmetric weights with a float32 scale per group of K (the "static_group" form
-//                of docs/integer.md): int32 code sums per group, combined in float64 in group order,
-//                times act_scale, then the bias; weight in the W4 kernel layout (QGemmW4Args).
+//                of docs/integer.md): int32 code sums per group (the input zero-point term formed
+//                from the weight codes in the kernel), combined in float64 in group order, times
+//                act_scale, then the bias; weight in the W4 kernel layout (QGemmW4Args).
 //   linear_w4_weight_only: 4-bit weights (W4 layout, scale and optional zero point per group) with
 //                float activations: each weight dequantized in registers ((q - z) * s, float32:
 //                dequantize_affine's bits) and float32 FMAs in the kernel's own order (a float
@@ -35,6 +36,7 @@
 #include "qgemm_checks.h"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
@@ -56,9 +58,10 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
-      "linear_w4a8(Tensor input, Tensor weight, Tensor group_scale, Tensor group_corr, int group_size, "
+      "linear_w4a8(Tensor input, Tensor weight, Tensor group_scale, int group_size, "
       "float act_scale, int act_zero_point, int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
+  m.def("pack_int4_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w1a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
       "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
@@ -211,34 +214,63 @@ static void check_devices_and_bias(const char* op, const at::Tensor& input, std:
 }
 
 // The W4 weight layout (uint8 [N, K / 2]) against the input's K and the group size; returns {N, G}.
+// linear_w4a8 also takes the panel layout (3-D, pack_int4_panel): N then comes from group_scale.
 static std::pair<std::int64_t, std::int64_t> check_w4_weight(const char* op, const at::Tensor& input,
-                                                             const at::Tensor& weight, std::int64_t group) {
+                                                             const at::Tensor& weight, std::int64_t group,
+                                                             const at::Tensor* gscale = nullptr) {
   TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
                    fmt::format("{}: weight must be uint8 (4-bit codes, packed), got {}", op,
                                c10::toString(weight.scalar_type())));
-  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K / 2], got {} dims", op, weight.dim()));
   const std::int64_t K = input.size(-1);
   TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
                     fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
+  if (gscale != nullptr && weight.dim() == 3) {
+    TORCH_CHECK_VALUE(gscale->dim() == 2, fmt::format("{}: group_scale must be 2-D [N, K / group_size], got {} dims", op,
+                                                      gscale->dim()));
+    const std::int64_t N = gscale->size(0);
+    TORCH_CHECK_VALUE(weight.size(0) == (N + 15) / 16 && weight.size(1) == (K + 127) / 128 && weight.size(2) == 1024,
+                      fmt::format("{}: a panel weight (pack_int4_panel) for N = {} (group_scale's rows), K = {} must "
+                                  "have shape [{}, {}, 1024], got {}", op, N, K, (N + 15) / 16, (K + 127) / 128,
+                                  c10::str(weight.sizes())));
+    return {N, K / group};
+  }
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K / 2]{}, got {} dims", op,
+                                                   gscale != nullptr ? " or a 3-D panel (pack_int4_panel)" : "",
+                                                   weight.dim()));
   TORCH_CHECK_VALUE(weight.size(1) * 2 == K,
                     fmt::format("{}: weight must have K / 2 = {} bytes per row, got {}", op, K / 2, weight.size(1)));
   return {weight.size(0), K / group};
 }
 
+// The panel layout of linear_w4a8 (QGemmW4Args): rows padded to a multiple of 16 and row bytes to a
+// multiple of 64 with zeros, then [N/16, 16 rows, S steps, 16 dwords, 4] -> [N/16, S, 16 dwords, 16
+// rows, 4]: ATen ops only, so every device and Meta run it.
+at::Tensor pack_int4_panel_composite(const at::Tensor& weight) {
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte, fmt::format("pack_int4_panel: weight must be uint8 (pack_int4_w4's "
+                                                                  "layout), got {}", c10::toString(weight.scalar_type())));
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) % 16 == 0,
+                    fmt::format("pack_int4_panel: weight must be 2-D [N, K / 2] with K a multiple of 32 (pack_int4_w4's "
+                                "layout), got {}", c10::str(weight.sizes())));
+  const std::int64_t N = weight.size(0), KB = weight.size(1), NB = (N + 15) / 16, S = (KB + 63) / 64;
+  const at::Tensor p = at::constant_pad_nd(weight, {0, S * 64 - KB, 0, NB * 16 - N}, 0);
+  return p.reshape({NB, 16, S, 16, 4}).permute({0, 2, 3, 1, 4}).reshape({NB, S, 1024}).contiguous();
+}
+
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
-                            const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias) {
+                            std::int64_t group, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "linear_w4a8";
-  const auto [N, G] = check_w4_weight(op, input, weight, group);
+  const auto [N, G] = check_w4_weight(op, input, weight, group, &gscale);
+  // |acc_g| <= 2040 * group_size (|code - zero_point| <= 255, |q| <= 8): every int32 partial sum
+  // fits and the float64 product acc_g * scale is exact (< 2^53) for groups up to 2^17
+  TORCH_CHECK_VALUE(group <= kMaxW4A8Group,
+                    fmt::format("{}: group_size must be at most {} (exact int32 group sums), got {}", op,
+                                kMaxW4A8Group, group));
   TORCH_CHECK_TYPE(gscale.scalar_type() == at::kFloat,
                    fmt::format("{}: group_scale must be float32, got {}", op, c10::toString(gscale.scalar_type())));
   TORCH_CHECK_VALUE(gscale.dim() == 2 && gscale.size(0) == N && gscale.size(1) == G,
                     fmt::format("{}: group_scale must have shape [{}, {}], got {}", op, N, G, c10::str(gscale.sizes())));
-  TORCH_CHECK_TYPE(gcorr.scalar_type() == at::kInt,
-                   fmt::format("{}: group_corr must be int32, got {}", op, c10::toString(gcorr.scalar_type())));
-  TORCH_CHECK_VALUE(gcorr.dim() == 2 && gcorr.size(0) == N && gcorr.size(1) == G,
-                    fmt::format("{}: group_corr must have shape [{}, {}], got {}", op, N, G, c10::str(gcorr.sizes())));
-  check_devices_and_bias(op, input, {&weight, &gscale, &gcorr}, bias, N);
+  check_devices_and_bias(op, input, {&weight, &gscale}, bias, N);
 }
 
 std::int64_t check_w1a1_args(const char* op, const at::Tensor& input, std::int64_t K, const at::Tensor& weight,
@@ -309,11 +341,11 @@ at::Tensor conv2d_w1a1(const at::Tensor& input, const at::Tensor& weight, at::In
 }
 
 at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
-                       const at::Tensor& group_corr, std::int64_t group_size, double act_scale,
+                       std::int64_t group_size, double act_scale,
                        std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                        const std::optional<at::Tensor>& bias) {
   static auto op = ops::op_handle<decltype(linear_w4a8)>("qatkit::linear_w4a8");
-  return op.call(input, weight, group_scale, group_corr, group_size, act_scale, act_zero_point, act_quant_min,
+  return op.call(input, weight, group_scale, group_size, act_scale, act_zero_point, act_quant_min,
                  act_quant_max, bias);
 }
 
@@ -348,4 +380,11 @@ at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& weight, const 
   return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
 }
 
+at::Tensor pack_int4_panel(const at::Tensor& weight) {
+  static auto op = ops::op_handle<decltype(pack_int4_panel)>("qatkit::pack_int4_panel");
+  return op.call(weight);
+}
+
 }  // namespace qatkit
+
+TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) { m.impl("pack_int4_panel", &qatkit::ops::pack_int4_panel_composite); }

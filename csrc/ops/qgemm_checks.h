@@ -37,7 +37,13 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
 /// linear_w4a8's weight / group checks (the input dtype and activation range are
 /// check_linear_int8_args', called on an int8-shaped stand-in).
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
-                            const at::Tensor& gcorr, std::int64_t group, const std::optional<at::Tensor>& bias);
+                            std::int64_t group, const std::optional<at::Tensor>& bias);
+
+/// pack_int4_panel on any device (ATen ops).
+at::Tensor pack_int4_panel_composite(const at::Tensor& weight);
+
+/// linear_w4a8's largest group (QGemmW4Args: exact int32 group sums and float64 products).
+constexpr std::int64_t kMaxW4A8Group = std::int64_t{1} << 17;
 
 /// linear_w1a1 / conv2d_w1a1's checks (float32 input with a batch dim, uint8 weight [N, K_pad / 8]
 /// for K inputs per output, weight_scale float32 [N], bias); returns K_pad / 8.

@@ -224,7 +224,7 @@ struct QATKIT_API IntegerKernelPlan {
   bool float_input = false;
   torch::Tensor group_zero;  ///< float_input: the weight zero points per group (undefined: symmetric)
   torch::Tensor weight, corr, out_scale;
-  torch::Tensor group_scale, group_corr;  ///< weight_bits 4: linear_w4a8's per-group operands
+  torch::Tensor group_scale;  ///< weight_bits 4: linear_w4a8's group scales [N, K / group_size]
   std::int64_t group_size = 0;
   std::optional<torch::Tensor> bias;  ///< float bias added after the requantization (narrower than W8A8)
   double act_scale = 1.0;

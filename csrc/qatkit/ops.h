@@ -129,14 +129,21 @@ QATKIT_API at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& wei
                                   std::int64_t act_quant_max, const std::optional<at::Tensor>& bias = std::nullopt);
 
 /// W4A8 Linear with a float32 weight scale per group of K (docs/integer.md, "static_group"): per
-/// group exact int32 code sums (+ group_corr, the input zero-point term), combined in float64 in
+/// group exact int32 code sums (with the input zero-point term, formed from the codes), combined in float64 in
 /// group order with group_scale, times act_scale, then the optional float32 bias. weight: uint8
 /// [N, K / 2] in the W4 kernel layout (kernels/common/qgemm_args.h, QGemmW4Args); K and
-/// group_size multiples of 32. Not differentiable.
+/// group_size multiples of 32, group_size <= 2^17; or the panel layout of pack_int4_panel (faster:
+/// no per-call transposition). Not differentiable.
 QATKIT_API at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
-                                  const at::Tensor& group_corr, std::int64_t group_size, double act_scale,
+                                  std::int64_t group_size, double act_scale,
                                   std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                                   const std::optional<at::Tensor>& bias = std::nullopt);
+
+/// linear_w4a8's panel layout (kernels/common/qgemm_args.h, QGemmW4Args::panel) from the W4 row
+/// layout (uint8 [N, K / 2], pack_int4_w4): uint8 [ceil(N / 16), ceil(K / 128), 1024], 16 rows
+/// interleaved per 64-byte step, so the kernel reads one sequential stream with no transposition.
+/// Same results as the row layout, bit for bit.
+QATKIT_API at::Tensor pack_int4_panel(const at::Tensor& weight);
 
 /// linear_int8 with binary weights, 1 bit each (1 = +1; bit k % 8 of byte k / 8, the file's 1-bit
 /// packing), uint8 [N, K_pad / 8], K_pad = K rounded up to a multiple of 32. Not differentiable.

@@ -58,16 +58,23 @@ struct QGemmPackedArgs {
 /// c = q + 8 in [0, 15] (symmetric q in [-8, 7]); per 32-weight chunk 16 bytes, byte j holding
 /// k = j in its low nibble and k = j + 16 in its high nibble; row n is K / 2 bytes; K and the
 /// group size are multiples of 32. Per group g of output (m, n):
-///   acc_g = sum_{k in g} a * c - 8 * a_gsum[m, g] + gcorr[n, g]      (int32, exact)
+///   acc_g = sum_{k in g} a * c - 8 * a_gsum[m, g] + act_offset * sum_{k in g} q   (int32, exact)
 ///   t = sum_g double(acc_g) * double(gscale[n, g])                  (float64, in group order)
 ///   y = float(t * double(act_scale)) (+ bias[n], float32)
-/// with gcorr[n, g] = (shift - zero_point) * sum_{k in g} q (the input's zero-point term).
+/// with act_offset = shift - zero_point (the input's zero-point term; the kernels form sum q from
+/// the codes they read, so no per-group operand besides the scale streams from memory). Exact for
+/// group <= 2^19: every partial sum then fits int32.
 struct QGemmW4Args {
   const std::int8_t* a = nullptr;       ///< [M, K]
   const std::int32_t* a_gsum = nullptr; ///< [M, G]
-  const std::uint8_t* w = nullptr;      ///< [N, K / 2]
+  const std::uint8_t* w = nullptr;      ///< [N, K / 2], or the panel layout below
   const float* gscale = nullptr;        ///< [N, G]
-  const std::int32_t* gcorr = nullptr;  ///< [N, G]
+  std::int32_t act_offset = 0;          ///< shift - zero_point
+  /// The panel layout (pack_int4_panel): blocks of 16 rows (zero rows past N), K / 2 bytes in steps
+  /// of 64 (zero bytes past K / 2); per block and step 1024 bytes, byte e * 64 + r * 4 + j holding
+  /// row r's byte 4e + j of that step: one row per 32-bit lane, K's chunks in order (dword e is
+  /// chunk e / 4, k = 4 (e % 4) + j in its low nibbles and k + 16 in its high nibbles).
+  bool panel = false;
   const float* bias = nullptr;
   double act_scale = 1.0;
   float* y = nullptr;                   ///< [M, N]

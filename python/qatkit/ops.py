@@ -617,7 +617,6 @@ def linear_w4a8(
     input: torch.Tensor,
     weight: torch.Tensor,
     group_scale: torch.Tensor,
-    group_corr: torch.Tensor,
     group_size: int,
     act_scale: float,
     act_zero_point: int,
@@ -626,11 +625,14 @@ def linear_w4a8(
     bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """W4A8 Linear with a float32 weight scale per group of K (docs/integer.md, "static_group"): the
-    input's int8 codes times the 4-bit weight codes summed exactly per group (``+ group_corr``, the
-    input zero-point term ``(shift - act_zero_point) * sum_g q``), combined in float64 in group
-    order with ``group_scale``, times ``act_scale``, then ``+ bias`` (float32). ``weight``: uint8
-    ``[N, K / 2]`` from :func:`pack_int4_w4`; K and ``group_size`` multiples of 32. Inference only."""
-    return torch.ops.qatkit.linear_w4a8(input, weight, group_scale, group_corr, group_size, act_scale, act_zero_point,
+    input's codes times the 4-bit weight codes summed exactly per group (int32, the input
+    zero-point term ``(code - act_zero_point)`` formed in the kernel from the weight codes it
+    reads), combined in float64 in group order with ``group_scale`` (float32 ``[N, K / group_size]``),
+    times ``act_scale``, then ``+ bias`` (float32). ``weight``: uint8 ``[N, K / 2]`` from
+    :func:`pack_int4_w4`, or its :func:`pack_int4_panel` layout (the same bits, faster: the row
+    layout is transposed in 16-row blocks on every call); K and ``group_size`` multiples of 32,
+    ``group_size <= 2**17``. Inference only."""
+    return torch.ops.qatkit.linear_w4a8(input, weight, group_scale, group_size, act_scale, act_zero_point,
                                         act_quant_min, act_quant_max, bias)
 
 
@@ -649,6 +651,19 @@ def pack_int4_w4(codes: torch.Tensor) -> torch.Tensor:
     n, k = c.shape
     c = c.reshape(n, k // 32, 2, 16)
     return (c[:, :, 0] | (c[:, :, 1] << 4)).to(torch.uint8).reshape(n, k // 2).contiguous()
+
+
+def pack_int4_panel(weight: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_w4a8`'s panel layout from :func:`pack_int4_w4`'s rows (uint8 ``[N, K / 2]``):
+    uint8 ``[ceil(N / 16), ceil(K / 128), 1024]``, 16 rows interleaved per 64-byte step (one row per
+    32-bit lane; kernels/common/qgemm_args.h, ``QGemmW4Args::panel``), so the kernel reads one
+    sequential stream and transposes nothing per call. The results equal the row layout's bit for
+    bit; padded rows and bytes are zero.
+
+    Raises:
+        TypeError / ValueError: not uint8, or not 2-D with K a multiple of 32.
+    """
+    return torch.ops.qatkit.pack_int4_panel(weight)
 
 
 def pack_binary_b1(codes: torch.Tensor) -> torch.Tensor:

@@ -105,17 +105,17 @@ at::Tensor linear_w1a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
 }
 
 at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
-                           const at::Tensor& group_corr, std::int64_t group_size, double act_scale,
+                           std::int64_t group_size, double act_scale,
                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias) {
-  check_linear_w4a8_args(input, weight, group_scale, group_corr, group_size, bias);
-  const std::int64_t K = input.size(-1), N = weight.size(0), G = K / group_size;
+  check_linear_w4a8_args(input, weight, group_scale, group_size, bias);
+  const std::int64_t K = input.size(-1), N = group_scale.size(0), G = K / group_size;
   // dtype / activation-range checks on an int8 stand-in of the weight's [N, K] shape
   const std::int32_t shift = check_linear_int8_args(input, at::empty({N, K}, weight.options().dtype(at::kChar)),
-                                                    at::empty({N}, group_corr.options()), at::empty({N}, group_scale.options()),
+                                                    at::empty({N}, group_scale.options().dtype(at::kInt)),
+                                                    at::empty({N}, group_scale.options()),
                                                     act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
-  const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous(),
-                   gc = group_corr.contiguous();
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const auto rows = rows_and_output_shape(x, N);
   const std::int64_t M = rows.first;
@@ -142,7 +142,8 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   g.a_gsum = a_gsum.data();
   g.w = w.data_ptr<std::uint8_t>();
   g.gscale = gs.data_ptr<float>();
-  g.gcorr = gc.data_ptr<std::int32_t>();
+  g.act_offset = shift - static_cast<std::int32_t>(act_zero_point);
+  g.panel = w.dim() == 3;
   g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
   g.act_scale = static_cast<double>(static_cast<float>(act_scale));
   g.y = y.data_ptr<float>();

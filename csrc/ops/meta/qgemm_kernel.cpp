@@ -55,13 +55,13 @@ at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, s
 }
 
 at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
-                            const at::Tensor& group_corr, std::int64_t group_size, double act_scale,
+                            std::int64_t group_size, double act_scale,
                             std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                             const std::optional<at::Tensor>& bias) {
-  check_linear_w4a8_args(input, weight, group_scale, group_corr, group_size, bias);
-  const std::int64_t N = weight.size(0), K = input.size(-1);
+  check_linear_w4a8_args(input, weight, group_scale, group_size, bias);
+  const std::int64_t N = group_scale.size(0), K = input.size(-1);
   check_linear_int8_args(input, at::empty({N, K}, weight.options().dtype(at::kChar)),
-                         at::empty({N}, group_corr.options()), at::empty({N}, group_scale.options()), act_scale,
+                         at::empty({N}, group_scale.options().dtype(at::kInt)), at::empty({N}, group_scale.options()), act_scale,
                          act_zero_point, act_quant_min, act_quant_max, bias);
   std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
   shape.back() = N;

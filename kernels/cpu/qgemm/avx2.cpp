@@ -212,35 +212,136 @@ void gemm_w4_g32(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end)
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i low4 = _mm_set1_epi8(15);
   const std::int64_t G = g.K / 32;
-  detail::w4_gemm_blocks(g, n_begin, n_end, [&](std::int64_t m, const std::uint8_t* w, std::int32_t* sums) {
-    w4_row_sums(g.a + m * g.K, w, G, sums, low4, ones);
+  detail::w4_gemm_blocks(g, n_begin, n_end, [&](const std::int8_t* a, const std::uint8_t* w, std::int32_t* sums) {
+    w4_row_sums(a, w, G, sums, low4, ones);
   });
 }
 
+// The panel layout (pack_int4_panel): one activation row at a time against a block of 16 weight rows,
+// one row per 32-bit lane in two 8-lane halves. vpmaddubsw of the nibbles [0, 15] and the broadcast
+// activations a[k .. k + 3] (pair sums <= 3840; a chunk's eight add in int16, <= 30720), vpmaddwd to
+// int32 per chunk, then the float64 combination in four 4-lane quarters, one row per lane, in the
+// baseline's order (the product of an |acc| < 2^29 and a float32 scale is exact, so the fused
+// multiply-add rounds as multiply-then-add): the baseline's bits with no horizontal sums.
+void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group, chunks = g.K / 32, gc = g.group / 32;
+  const __m256i low4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1), ones8 = _mm256_set1_epi8(1);
+  std::vector<double> scale(static_cast<std::size_t>(G * 16));
+  std::vector<std::int32_t> zero(static_cast<std::size_t>(G * 16));
+  const auto nibbles = [&](const std::uint8_t* t, int e, int h, __m256i& lo, __m256i& hi) __attribute__((always_inline)) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + e * 64 + h * 32));
+    lo = _mm256_and_si256(v, low4);
+    hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+  };
+  for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
+    const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+    const std::uint8_t* codes = g.w + (n / 16) * steps * 1024;
+    for (int r = 0; r < 16; ++r) {
+      for (std::int64_t gi = 0; gi < G; ++gi) {
+        scale[static_cast<std::size_t>(gi * 16 + r)] = r < nr ? static_cast<double>(g.gscale[(n + r) * G + gi]) : 0.0;
+      }
+    }
+    if (g.act_offset != 0) {  // act_offset * sum q per group and row
+      __m256i zs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (std::int64_t ci = 0; ci < chunks; ++ci) {
+        const std::uint8_t* t = codes + (ci / 4) * 1024 + (ci % 4) * 256;
+        for (int h = 0; h < 2; ++h) {
+          __m256i s16 = _mm256_setzero_si256();
+          for (int e = 0; e < 4; ++e) {
+            __m256i lo, hi;
+            nibbles(t, e, h, lo, hi);
+            s16 = _mm256_add_epi16(s16, _mm256_add_epi16(_mm256_maddubs_epi16(lo, ones8), _mm256_maddubs_epi16(hi, ones8)));
+          }
+          zs[h] = _mm256_add_epi32(zs[h], _mm256_madd_epi16(s16, ones16));
+        }
+        if ((ci + 1) % gc == 0) {
+          for (int h = 0; h < 2; ++h) {
+            const __m256i q = _mm256_sub_epi32(zs[h], _mm256_set1_epi32(static_cast<std::int32_t>(8 * g.group)));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(zero.data() + ci / gc * 16 + 8 * h),
+                                _mm256_mullo_epi32(q, _mm256_set1_epi32(g.act_offset)));
+            zs[h] = _mm256_setzero_si256();
+          }
+        }
+      }
+    }
+    for (std::int64_t m = 0; m < g.M; ++m) {
+      const std::int8_t* a = g.a + m * g.K;
+      __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+      __m256d t4[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+      for (std::int64_t ci = 0; ci < chunks; ++ci) {
+        const std::uint8_t* t = codes + (ci / 4) * 1024 + (ci % 4) * 256;
+        const std::int64_t k = ci * 32;
+        __m256i s16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int e = 0; e < 4; ++e) {
+          std::int32_t alo, ahi;
+          std::memcpy(&alo, a + k + 4 * e, 4);
+          std::memcpy(&ahi, a + k + 16 + 4 * e, 4);
+          const __m256i vlo = _mm256_set1_epi32(alo), vhi = _mm256_set1_epi32(ahi);
+          for (int h = 0; h < 2; ++h) {
+            __m256i lo, hi;
+            nibbles(t, e, h, lo, hi);
+            s16[h] = _mm256_add_epi16(s16[h], _mm256_add_epi16(_mm256_maddubs_epi16(lo, vlo), _mm256_maddubs_epi16(hi, vhi)));
+          }
+        }
+        acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(s16[0], ones16));
+        acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(s16[1], ones16));
+        if ((ci + 1) % gc == 0) {
+          const std::int64_t gi = ci / gc;
+          const __m256i ag = _mm256_set1_epi32(8 * g.a_gsum[m * G + gi]);
+          for (int h = 0; h < 2; ++h) {
+            __m256i v = _mm256_sub_epi32(acc[h], ag);
+            if (g.act_offset != 0) {
+              v = _mm256_add_epi32(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(zero.data() + gi * 16 + 8 * h)));
+            }
+            const double* sc = scale.data() + gi * 16 + 8 * h;
+            t4[2 * h] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)), _mm256_loadu_pd(sc), t4[2 * h]);
+            t4[2 * h + 1] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)), _mm256_loadu_pd(sc + 4),
+                                            t4[2 * h + 1]);
+            acc[h] = _mm256_setzero_si256();
+          }
+        }
+      }
+      alignas(32) float y[16];
+      for (int q = 0; q < 4; ++q) {
+        _mm_store_ps(y + 4 * q, _mm256_cvtpd_ps(_mm256_mul_pd(t4[q], _mm256_set1_pd(g.act_scale))));
+      }
+      for (int r = 0; r < nr; ++r) g.y[m * g.N + n + r] = g.bias ? y[r] + g.bias[n + r] : y[r];
+    }
+  }
+}
+
 void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.panel) return gemm_w4_panel(g, n_begin, n_end);
   if (g.group == 32) return gemm_w4_g32(g, n_begin, n_end);
   const __m256i ones = _mm256_set1_epi16(1);
   const __m128i low4 = _mm_set1_epi8(15);
-  const std::int64_t KB = g.K / 2;
-  for (std::int64_t m = 0; m < g.M; ++m) {
-    const std::int8_t* a = g.a + m * g.K;
-    for (std::int64_t n = n_begin; n < n_end; ++n) {
-      const std::uint8_t* w = g.w + n * KB;
-      g.y[m * g.N + n] = detail::finish_w4(g, m, n, [&](std::int64_t gi) {
-        __m256i acc32 = _mm256_setzero_si256();
-        for (std::int64_t k0 = gi * g.group; k0 < (gi + 1) * g.group; k0 += 256) {
-          const std::int64_t k1 = std::min((gi + 1) * g.group, k0 + 256);
-          __m256i s16 = _mm256_setzero_si256();
-          for (std::int64_t k = k0; k < k1; k += 32) {
-            const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
-            const __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low4), _mm_and_si128(v, low4));
-            const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k));
-            s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c, va));
-          }
-          acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(s16, ones));
-        }
-        return static_cast<std::int32_t>(hsum(acc32));
-      });
+  const std::int64_t KB = g.K / 2, G = g.K / g.group;
+  std::vector<std::int32_t> zt(static_cast<std::size_t>(G));
+  for (std::int64_t n = n_begin; n < n_end; ++n) {
+    const std::uint8_t* w = g.w + n * KB;
+    for (std::int64_t gi = 0; gi < G; ++gi) {
+      zt[static_cast<std::size_t>(gi)] = detail::w4_zero_term(g, detail::w4_code_sum(w, gi * g.group, (gi + 1) * g.group));
+    }
+    for (std::int64_t m = 0; m < g.M; ++m) {
+      const std::int8_t* a = g.a + m * g.K;
+      g.y[m * g.N + n] = detail::finish_w4(
+          g, m, n,
+          [&](std::int64_t gi) {
+            __m256i acc32 = _mm256_setzero_si256();
+            for (std::int64_t k0 = gi * g.group; k0 < (gi + 1) * g.group; k0 += 256) {
+              const std::int64_t k1 = std::min((gi + 1) * g.group, k0 + 256);
+              __m256i s16 = _mm256_setzero_si256();
+              for (std::int64_t k = k0; k < k1; k += 32) {
+                const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
+                const __m256i c = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low4), _mm_and_si128(v, low4));
+                const __m256i va = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + k));
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(c, va));
+              }
+              acc32 = _mm256_add_epi32(acc32, _mm256_madd_epi16(s16, ones));
+            }
+            return static_cast<std::int32_t>(hsum(acc32));
+          },
+          [&](std::int64_t gi) { return zt[static_cast<std::size_t>(gi)]; });
     }
   }
 }

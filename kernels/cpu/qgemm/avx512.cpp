@@ -9,8 +9,8 @@
 //            activations sums the activations at set bits.
 //   XNOR:    the AVX2 nibble-lookup popcount, 64 bytes at a time.
 // Exact integer sums throughout (modulo 2^32, as the baseline), so every output has the baseline's
-// bits. W4A8 with groups of 32: vpdpbusd on the nibbles (other group sizes and the weight-only W4
-// kernel are the AVX2 table's).
+// bits. W4A8: vpdpbusd on the nibbles of 16 weight rows at once, one row per lane (the weight-only
+// W4 kernel is the AVX2 table's).
 #include "qgemm_cpu.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -26,7 +26,6 @@
 #include <vector>
 
 #include "loops.h"
-#include "w4_finish4.h"
 
 namespace qatkit::kernels::cpu {
 namespace {
@@ -268,50 +267,192 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
   blocked<QGemmXnorArgs, xnor_block<4, 4>, xnor_block<4, 1>, xnor_block<1, 4>, xnor_block<1, 1>>(g, n_begin, n_end);
 }
 
-// ---------------------------------------------------------------- W4A8, groups of 32
+// ---------------------------------------------------------------- W4A8 (groups of any multiple of 32)
 
-// 32 code bytes = two 32-weight chunks (16 bytes each: low nibbles k = j, high k = j + 16): the low
-// nibbles of both chunks, then the high ones, make 64 unsigned bytes [c0 k0-15 | c1 k0-15 | c0 k16-31
-// | c1 k16-31]; the activation row is permuted once to the same order ([A0 A2 A1 A3] per 64 bytes),
-// vpdpbusd gives four int32 lanes per chunk half, and a transposing hadd tree turns four such
-// steps into eight consecutive group sums. The float64 combination is w4_finish4.h's.
-inline __m256i w4_pair(const std::uint8_t* w, const std::int8_t* ap) {
-  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-  const __m256i low4 = _mm256_set1_epi8(15);
-  const __m512i c = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, low4)),
-                                       _mm256_and_si256(_mm256_srli_epi16(v, 4), low4), 1);
-  const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, _mm512_loadu_si512(ap));
-  // lanes 0-3: chunk 0, 4-7: chunk 1 (the k0-15 and k16-31 halves added)
-  return _mm256_add_epi32(_mm512_castsi512_si256(d), _mm512_extracti64x4_epi64(d, 1));
+// Transposes a 16 x 16 matrix of dwords held as 16 rows: r[e] becomes column e (lane i = old r[i][e]).
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  #pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  __m512i u[16];  // u[4i + j], 128-bit lane L: element 4L + j of rows 4i .. 4i + 3
+  #pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  #pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {  // 4 x 4 transpose of 128-bit lanes across u[j], u[4 + j], u[8 + j], u[12 + j]
+    const __m512i v0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44), v3 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xEE);
+    r[j] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    r[4 + j] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    r[8 + j] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    r[12 + j] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
 }
 
-inline void w4_row_sums(const std::int8_t* ap, const std::int8_t* a, const std::uint8_t* w, std::int64_t G,
-                        std::int32_t* sums) {
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  std::int64_t gi = 0;
-  for (; gi + 8 <= G; gi += 8) {  // four chunk pairs: groups gi .. gi + 7
-    const __m256i p0 = w4_pair(w + gi * 16, ap + gi * 32), p1 = w4_pair(w + gi * 16 + 32, ap + gi * 32 + 64);
-    const __m256i p2 = w4_pair(w + gi * 16 + 64, ap + gi * 32 + 128), p3 = w4_pair(w + gi * 16 + 96, ap + gi * 32 + 192);
-    // hadd(hadd(p0, p1), hadd(p2, p3)) lanes: [g0, g2, g4, g6, g1, g3, g5, g7] (g = gi + ...)
-    const __m256i u = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums + gi), _mm256_permutevar8x32_epi32(u, order));
+// Blocks of 16 weight rows, one row per 32-bit lane. Each 64-byte step of the 16 rows (4 chunks of
+// 32 weights) is transposed once per block into a panel: dword e of the step, lane r, holds row r's
+// bytes 4e .. 4e + 3, i.e. chunk e / 4's weights k = 4 (e % 4) + j (low nibbles) and k + 16 (high
+// nibbles), j < 4. vpdpbusd of the nibbles and the broadcast activations a[k .. k + 3] then adds
+// row r's four products in lane r, so the group sums of 16 rows arrive in 16 lanes with no
+// horizontal step, and the float64 combination runs on two 8-lane halves, one row per lane, in the
+// baseline's order (finish_w4: int32 acc, exact product, sum in group order; the product of an
+// |acc| < 2^29 and a float32 scale is exact, so the fused multiply-add rounds as multiply-then-add).
+// The zero-point terms come from the panel's code sums (vpdpbusd against ones), once per block.
+struct W4Panel {
+  const std::int32_t* codes = nullptr;  // [steps][16][16]: the block's panel (the weight's or buf's)
+  std::vector<std::int32_t> buf;        // the row layout's block, transposed
+  std::vector<double> scale;            // [G][16]: the 16 rows' group scales as float64
+  std::vector<std::int32_t> zero;       // [G][16]: the rows' zero-point terms (when act_offset != 0)
+};
+
+// The block's zero-point terms act_offset * sum q per group, lane r for row r, from its panel.
+inline void w4_zero_terms(const QGemmW4Args& g, const std::int32_t* codes, std::int32_t* zero) {
+  const std::int64_t chunks = g.K / 32, gc = g.group / 32;
+  const __m512i low4 = _mm512_set1_epi8(15), ones = _mm512_set1_epi8(1);
+  __m512i gsum = _mm512_setzero_si512();
+  for (std::int64_t ci = 0; ci < chunks; ++ci) {
+    const std::int32_t* t = codes + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
+    #pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) {
+      const __m512i v = _mm512_loadu_si512(t + e * 16);
+      gsum = _mm512_dpbusd_epi32(gsum, _mm512_and_si512(v, low4), ones);
+      gsum = _mm512_dpbusd_epi32(gsum, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4), ones);
+    }
+    if ((ci + 1) % gc == 0) {  // sum q = sum c - 8 * group, times act_offset
+      const __m512i q = _mm512_sub_epi32(gsum, _mm512_set1_epi32(static_cast<std::int32_t>(8 * g.group)));
+      _mm512_storeu_si512(zero + ci / gc * 16, _mm512_mullo_epi32(q, _mm512_set1_epi32(g.act_offset)));
+      gsum = _mm512_setzero_si512();
+    }
   }
-  for (; gi < G; ++gi) sums[gi] = detail::dot_w4_chunk(a + gi * 32, w + gi * 16);
+}
+
+// The block's group scales as float64 [G][16] (lane r: row r), 16 groups per 16 x 16 transpose.
+inline void w4_block_scales(const QGemmW4Args& g, std::int64_t n, int nr, double* scale) {
+  const std::int64_t G = g.K / g.group;
+  for (std::int64_t g0 = 0; g0 < G; g0 += 16) {
+    const int ng = static_cast<int>(std::min<std::int64_t>(16, G - g0));
+    const __mmask16 mask = static_cast<__mmask16>((1u << ng) - 1);
+    __m512i r[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      r[i] = i < nr ? _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, g.gscale + (n + i) * G + g0)) : _mm512_setzero_si512();
+    }
+    transpose16(r);
+    for (int e = 0; e < ng; ++e) {
+      const __m512 v = _mm512_castsi512_ps(r[e]);
+      _mm512_storeu_pd(scale + (g0 + e) * 16, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+      _mm512_storeu_pd(scale + (g0 + e) * 16 + 8,
+                       _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
+    }
+  }
+}
+
+// The row layout's block transposed into the panel layout (the bytes pack_int4_panel would hold).
+inline void w4_pack_panel(const QGemmW4Args& g, std::int64_t n, int nr, std::int32_t* codes) {
+  const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64;
+  for (std::int64_t s = 0; s < steps; ++s) {
+    const std::int64_t b = s * 64;
+    const __mmask64 mask = b + 64 <= KB ? ~__mmask64{0} : (__mmask64{1} << (KB - b)) - 1;
+    __m512i r[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) r[i] = i < nr ? _mm512_maskz_loadu_epi8(mask, g.w + (n + i) * KB + b) : _mm512_setzero_si512();
+    transpose16(r);
+    #pragma GCC unroll 16
+    for (int e = 0; e < 16; ++e) _mm512_storeu_si512(codes + (s * 16 + e) * 16, r[e]);
+  }
+}
+
+// MR activation rows against one packed block: y[m + i, n .. n + nr).
+template <int MR>
+void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr, const W4Panel& p) {
+  const std::int64_t G = g.K / g.group, chunks = g.K / 32, gc = g.group / 32;
+  const __m512i low4 = _mm512_set1_epi8(15);
+  constexpr int NA = MR == 1 ? 4 : 2;  // independent vpdpbusd chains per row (latency, not throughput)
+  __m512i acc[MR][NA];
+  __m512d tlo[MR], thi[MR];
+  #pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+    #pragma GCC unroll 4
+    for (int j = 0; j < NA; ++j) acc[i][j] = _mm512_setzero_si512();
+    tlo[i] = _mm512_setzero_pd();
+    thi[i] = _mm512_setzero_pd();
+  }
+  const std::int8_t* a[MR];
+  #pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) a[i] = g.a + (m + i) * g.K;
+  for (std::int64_t ci = 0; ci < chunks; ++ci) {
+    const std::int32_t* t = p.codes + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
+    const std::int64_t k = ci * 32;
+    #pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) {
+      const __m512i v = _mm512_loadu_si512(t + e * 16);
+      const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      #pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+        std::int32_t alo, ahi;
+        std::memcpy(&alo, a[i] + k + 4 * e, 4);
+        std::memcpy(&ahi, a[i] + k + 16 + 4 * e, 4);
+        __m512i& c0 = acc[i][(2 * e) % NA];
+        __m512i& c1 = acc[i][(2 * e + 1) % NA];
+        c0 = _mm512_dpbusd_epi32(c0, lo, _mm512_set1_epi32(alo));
+        c1 = _mm512_dpbusd_epi32(c1, hi, _mm512_set1_epi32(ahi));
+      }
+    }
+    if ((ci + 1) % gc == 0) {
+      const std::int64_t gi = ci / gc;
+      const __m512d slo = _mm512_loadu_pd(p.scale.data() + gi * 16), shi = _mm512_loadu_pd(p.scale.data() + gi * 16 + 8);
+      #pragma GCC unroll 4
+      for (int i = 0; i < MR; ++i) {
+        __m512i v = _mm512_sub_epi32(acc[i][0], _mm512_set1_epi32(8 * g.a_gsum[(m + i) * G + gi]));
+        #pragma GCC unroll 4
+        for (int j = 1; j < NA; ++j) v = _mm512_add_epi32(v, acc[i][j]);
+        if (g.act_offset != 0) v = _mm512_add_epi32(v, _mm512_loadu_si512(p.zero.data() + gi * 16));
+        tlo[i] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(v)), slo, tlo[i]);
+        thi[i] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)), shi, thi[i]);
+        #pragma GCC unroll 4
+        for (int j = 0; j < NA; ++j) acc[i][j] = _mm512_setzero_si512();
+      }
+    }
+  }
+  const __m512d as = _mm512_set1_pd(g.act_scale);
+  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+  const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
+  #pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+    const __m256 ylo = _mm512_cvtpd_ps(_mm512_mul_pd(tlo[i], as)), yhi = _mm512_cvtpd_ps(_mm512_mul_pd(thi[i], as));
+    __m512 y = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
+    if (g.bias) y = _mm512_add_ps(y, b);
+    _mm512_mask_storeu_ps(g.y + (m + i) * g.N + n, mask, y);
+  }
 }
 
 void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
-  if (g.group != 32) return qgemm_avx2()->gemm_w4(g, n_begin, n_end);
-  const std::int64_t G = g.K / 32, K64 = g.K & ~std::int64_t{63};
-  std::vector<std::int8_t> ap(static_cast<std::size_t>(g.M * g.K));  // the rows permuted once per call
-  for (std::int64_t m = 0; m < g.M; ++m) {
-    for (std::int64_t k = 0; k < K64; k += 64) {  // [A0 A1 A2 A3] -> [A0 A2 A1 A3]
-      const __m512i v = _mm512_loadu_si512(g.a + m * g.K + k);
-      _mm512_storeu_si512(ap.data() + m * g.K + k, _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0)));
+  const std::int64_t steps = (g.K / 2 + 63) / 64, G = g.K / g.group;
+  W4Panel p;
+  if (!g.panel) p.buf.resize(static_cast<std::size_t>(steps * 256));
+  p.scale.resize(static_cast<std::size_t>(G * 16));
+  p.zero.resize(static_cast<std::size_t>(G * 16));
+  for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
+    const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+    if (g.panel) {
+      p.codes = reinterpret_cast<const std::int32_t*>(g.w + (n / 16) * steps * 1024);
+    } else {
+      w4_pack_panel(g, n, nr, p.buf.data());
+      p.codes = p.buf.data();
     }
+    if (g.act_offset != 0) w4_zero_terms(g, p.codes, p.zero.data());
+    w4_block_scales(g, n, nr, p.scale.data());
+    std::int64_t m = 0;
+    for (; m + 4 <= g.M; m += 4) w4_panel_rows<4>(g, m, n, nr, p);
+    for (; m < g.M; ++m) w4_panel_rows<1>(g, m, n, nr, p);
   }
-  detail::w4_gemm_blocks(g, n_begin, n_end, [&](std::int64_t m, const std::uint8_t* w, std::int32_t* sums) {
-    w4_row_sums(ap.data() + m * g.K, g.a + m * g.K, w, G, sums);
-  });
 }
 
 }  // namespace

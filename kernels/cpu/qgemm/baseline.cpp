@@ -38,15 +38,24 @@ void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
 }
 
 void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
-  for (std::int64_t m = 0; m < g.M; ++m) {
-    const std::int8_t* a = g.a + m * g.K;
-    for (std::int64_t n = n_begin; n < n_end; ++n) {
-      const std::uint8_t* w = g.w + n * (g.K / 2);
-      g.y[m * g.N + n] = detail::finish_w4(g, m, n, [&](std::int64_t gi) {
-        std::int32_t s = 0;
-        for (std::int64_t k = gi * g.group; k < (gi + 1) * g.group; k += 32) s += detail::dot_w4_chunk(a + k, w + k / 2);
-        return s;
-      });
+  const std::int64_t G = g.K / g.group;
+  std::vector<std::int32_t> zt(static_cast<std::size_t>(G));
+  std::vector<std::uint8_t> row(static_cast<std::size_t>(g.K / 2));
+  for (std::int64_t n = n_begin; n < n_end; ++n) {
+    const std::uint8_t* w = detail::w4_row(g, n, row.data());
+    for (std::int64_t gi = 0; gi < G; ++gi) {
+      zt[static_cast<std::size_t>(gi)] = detail::w4_zero_term(g, detail::w4_code_sum(w, gi * g.group, (gi + 1) * g.group));
+    }
+    for (std::int64_t m = 0; m < g.M; ++m) {
+      const std::int8_t* a = g.a + m * g.K;
+      g.y[m * g.N + n] = detail::finish_w4(
+          g, m, n,
+          [&](std::int64_t gi) {
+            std::int32_t s = 0;
+            for (std::int64_t k = gi * g.group; k < (gi + 1) * g.group; k += 32) s += detail::dot_w4_chunk(a + k, w + k / 2);
+            return s;
+          },
+          [&](std::int64_t gi) { return zt[static_cast<std::size_t>(gi)]; });
     }
   }
 }

@@ -67,13 +67,38 @@ inline std::int32_t dot_w4_chunk(const std::int8_t* a, const std::uint8_t* w) {
   return s;
 }
 
-/// The group combination and requantization of one W4A8 output from its per-group code sums.
-template <class GroupSum>
-inline float finish_w4(const QGemmW4Args& g, std::int64_t m, std::int64_t n, const GroupSum& group_sum) {
+/// sum of the codes c = q + 8 of one W4 row over [k0, k1) (multiples of 32).
+inline std::int32_t w4_code_sum(const std::uint8_t* w, std::int64_t k0, std::int64_t k1) {
+  std::int32_t s = 0;
+  for (std::int64_t b = k0 / 2; b < k1 / 2; ++b) s += (w[b] & 15) + (w[b] >> 4);
+  return s;
+}
+
+/// Row n of a W4 weight in the row layout: the weight's own row, or (panel layout) its bytes
+/// gathered into buf (K / 2 bytes).
+inline const std::uint8_t* w4_row(const QGemmW4Args& g, std::int64_t n, std::uint8_t* buf) {
+  const std::int64_t KB = g.K / 2;
+  if (!g.panel) return g.w + n * KB;
+  const std::int64_t steps = (KB + 63) / 64;
+  const std::uint8_t* block = g.w + (n / 16) * steps * 1024 + (n % 16) * 4;
+  for (std::int64_t b = 0; b < KB; ++b) buf[b] = block[(b / 64) * 1024 + (b % 64 / 4) * 64 + b % 4];
+  return buf;
+}
+
+/// The input zero-point term of one group from its code sum: act_offset * sum q.
+inline std::int32_t w4_zero_term(const QGemmW4Args& g, std::int32_t code_sum) {
+  return g.act_offset * (code_sum - 8 * static_cast<std::int32_t>(g.group));
+}
+
+/// The group combination and requantization of one W4A8 output from its per-group code sums and
+/// zero-point terms.
+template <class GroupSum, class ZeroTerm>
+inline float finish_w4(const QGemmW4Args& g, std::int64_t m, std::int64_t n, const GroupSum& group_sum,
+                       const ZeroTerm& zero_term) {
   const std::int64_t G = g.K / g.group;
   double t = 0.0;
   for (std::int64_t gi = 0; gi < G; ++gi) {
-    const std::int32_t acc = group_sum(gi) - 8 * g.a_gsum[m * G + gi] + g.gcorr[n * G + gi];
+    const std::int32_t acc = group_sum(gi) - 8 * g.a_gsum[m * G + gi] + zero_term(gi);
     t += static_cast<double>(acc) * static_cast<double>(g.gscale[n * G + gi]);  // exact product, sums in order
   }
   const float y = static_cast<float>(t * g.act_scale);

@@ -19,7 +19,7 @@ namespace qatkit::kernels::cpu::detail {
 namespace {
 
 /// y[m, n .. n + 3]: sums[r * G + g] the group code sums of row n + r; tg / tc [G][4] the rows'
-/// group scales / zero-point terms, group-major.
+/// group scales / zero-point terms, group-major. Groups of 32.
 inline void w4_finish4(const QGemmW4Args& g, std::int64_t m, std::int64_t n, const std::int32_t* sums, std::int64_t G,
                        const float* tg, const std::int32_t* tc) {
   const std::int32_t* ag = g.a_gsum + m * G;
@@ -48,30 +48,39 @@ inline void w4_finish4(const QGemmW4Args& g, std::int64_t m, std::int64_t n, con
   _mm_storeu_ps(g.y + m * g.N + n, y);
 }
 
-/// Output columns [n_begin, n_end) of every row; row_sums(a_row, m, w_row, sums) writes the G group
-/// code sums of one weight row against activation row m.
+/// Output columns [n_begin, n_end) of every row; row_sums(a_row, w_row, sums) writes the G group
+/// code sums of one weight row against one activation row (a row of ones gives the code sums that
+/// form the zero-point terms, once per block).
 template <class RowSums>
 void w4_gemm_blocks(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end, const RowSums& row_sums) {
   const std::int64_t KB = g.K / 2, G = g.K / g.group;
   std::vector<std::int32_t> sums(static_cast<std::size_t>(4 * G)), tc(static_cast<std::size_t>(4 * G));
   std::vector<float> tg(static_cast<std::size_t>(4 * G));
+  const std::vector<std::int8_t> ones(static_cast<std::size_t>(g.K), 1);
   std::int64_t n = n_begin;
   for (; n + 4 <= n_end; n += 4) {
+    if (g.act_offset != 0) {
+      for (int r = 0; r < 4; ++r) row_sums(ones.data(), g.w + (n + r) * KB, sums.data() + r * G);
+    }
     for (std::int64_t gi = 0; gi < G; ++gi) {
       for (int r = 0; r < 4; ++r) {
         tg[static_cast<std::size_t>(4 * gi + r)] = g.gscale[(n + r) * G + gi];
-        tc[static_cast<std::size_t>(4 * gi + r)] = g.gcorr[(n + r) * G + gi];
+        tc[static_cast<std::size_t>(4 * gi + r)] = g.act_offset != 0 ? w4_zero_term(g, sums[static_cast<std::size_t>(r * G + gi)]) : 0;
       }
     }
     for (std::int64_t m = 0; m < g.M; ++m) {
-      for (int r = 0; r < 4; ++r) row_sums(m, g.w + (n + r) * KB, sums.data() + r * G);
+      for (int r = 0; r < 4; ++r) row_sums(g.a + m * g.K, g.w + (n + r) * KB, sums.data() + r * G);
       w4_finish4(g, m, n, sums.data(), G, tg.data(), tc.data());
     }
   }
   for (; n < n_end; ++n) {
+    const std::uint8_t* w = g.w + n * KB;
+    for (std::int64_t gi = 0; gi < G; ++gi) tc[static_cast<std::size_t>(gi)] = w4_zero_term(g, w4_code_sum(w, gi * 32, gi * 32 + 32));
     for (std::int64_t m = 0; m < g.M; ++m) {
-      row_sums(m, g.w + n * KB, sums.data());
-      g.y[m * g.N + n] = finish_w4(g, m, n, [&](std::int64_t i) { return sums[static_cast<std::size_t>(i)]; });
+      row_sums(g.a + m * g.K, w, sums.data());
+      g.y[m * g.N + n] = finish_w4(
+          g, m, n, [&](std::int64_t i) { return sums[static_cast<std::size_t>(i)]; },
+          [&](std::int64_t i) { return tc[static_cast<std::size_t>(i)]; });
     }
   }
 }

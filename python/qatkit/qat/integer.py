@@ -346,14 +346,12 @@ def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
     """ops.linear_w4a8's operands for a "static_group" Linear with 4-bit codes and groups that are
     multiples of 32 dividing K (w4a8_g32); None otherwise (the float64 simulation runs)."""
     gs, k = mod.group_size, w.shape[1]
-    if _is_conv(mod) or gs % 32 or k % gs or (w.numel() and (int(w.min()) < -8 or int(w.max()) > 7)):
+    # groups beyond linear_w4a8's 2**17 (exact int32 group sums) keep the float64 simulation
+    if _is_conv(mod) or gs % 32 or k % gs or gs > 2**17 or (w.numel() and (int(w.min()) < -8 or int(w.max()) > 7)):
         return None
     n, g = w.shape[0], k // gs
-    gcorr = (shift - int(zx.item())) * w.long().reshape(n, g, gs).sum(2)
-    if gcorr.numel() and int(gcorr.abs().max()) > _INT32_MAX:
-        return None
-    return {"op": None, "kernel": "linear_w4a8", "weight": ops.pack_int4_w4(w),
-            "gscale": mod.weight_scale.float().reshape(n, g).contiguous(), "gcorr": gcorr.to(torch.int32).contiguous(),
+    return {"op": None, "kernel": "linear_w4a8", "weight": ops.pack_int4_panel(ops.pack_int4_w4(w)),
+            "gscale": mod.weight_scale.float().reshape(n, g).contiguous(),
             "group_size": gs, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous(),
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
@@ -365,7 +363,7 @@ def _run_plan(plan: dict, x: torch.Tensor) -> torch.Tensor:
         return ops.linear_w4_weight_only(x, plan["weight"], plan["gscale"], plan["group_size"], plan["gzero"],
                                          plan["bias"])
     if plan["kernel"] == "linear_w4a8":
-        return ops.linear_w4a8(x, plan["weight"], plan["gscale"], plan["gcorr"], plan["group_size"], plan["act_scale"],
+        return ops.linear_w4a8(x, plan["weight"], plan["gscale"], plan["group_size"], plan["act_scale"],
                                plan["zp"], plan["qmin"], plan["qmax"], plan["bias"])
     return plan["op"](x, plan["weight"], plan["corr"], plan["out_scale"], plan["act_scale"], plan["zp"], plan["qmin"],
                       plan["qmax"], plan["bias"])

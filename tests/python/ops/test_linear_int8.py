@@ -303,9 +303,12 @@ def _w4_reference(x, w, gscale, gs, s, zp, qmin, qmax, bias):
     return y if bias is None else y + bias
 
 
+# shapes cover the AVX-512 kernel's 16-row blocks (N % 16 tails), its 4-row activation tiles (M % 4
+# tails) and its masked 64-byte K steps (K / 2 % 64 tails); zp = 128 on [0, 255] has no zero-point term
 @pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (3, 9, 96, 32), (2, 64, 1024, 128), (3, 7, 320, 32),
-                                      (0, 8, 32, 32), (4, 5, 512, 256), (2, 3, 1024, 512)])
-@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
+                                      (0, 8, 32, 32), (4, 5, 512, 256), (2, 3, 1024, 512), (9, 33, 224, 32),
+                                      (6, 48, 384, 96)])
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7), ((0, 255), 128), ((0, 15), 0)])
 def test_w4a8_equals_the_group_reference_on_every_isa(M, N, K, gs, qrange, zp):
     g = torch.Generator().manual_seed(8)
     x = torch.randn(M, K, generator=g) * 3
@@ -313,16 +316,17 @@ def test_w4a8_equals_the_group_reference_on_every_isa(M, N, K, gs, qrange, zp):
     gscale = torch.rand(N, K // gs, generator=g) * 0.1
     qmin, qmax = qrange
     shift = 128 if qmin >= 0 else 0
-    gcorr = ((shift - zp) * w.long().reshape(N, K // gs, gs).sum(2)).int()
     packed = ops.pack_int4_w4(w)
+    panel = ops.pack_int4_panel(packed)
     for bias in (None, torch.randn(N, generator=g)):
         want = _w4_reference(x, w, gscale, gs, 0.05, zp, qmin, qmax, bias)
         old = qatkit._C.cpu_isa()
         try:
             for isa in _isas():
                 qatkit._C.set_cpu_isa(isa)
-                got = ops.linear_w4a8(x, packed, gscale, gcorr, gs, 0.05, zp, qmin, qmax, bias)
-                assert torch.equal(got, want), isa
+                for layout in (packed, panel):
+                    got = ops.linear_w4a8(x, layout, gscale, gs, 0.05, zp, qmin, qmax, bias)
+                    assert torch.equal(got, want), (isa, layout.dim())
         finally:
             qatkit._C.set_cpu_isa(old)
 
@@ -334,14 +338,28 @@ def test_w4a8_packing_opcheck_and_errors():
     assert all(int(p[1, 32 * 0 + j] & 15) == int(w[1, j]) + 8 and int(p[1, j] >> 4) == int(w[1, j + 16]) + 8
                for j in range(16))
     x, gs = torch.randn(3, 64), torch.rand(4, 2)
-    gc = torch.zeros(4, 2, dtype=torch.int32)
-    torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, p, gs, gc, 32, 0.1, 0, -128, 127))
+    torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, p, gs, 32, 0.1, 0, -128, 127))
     with pytest.raises(ValueError, match="group_size must be a multiple of 32"):
-        ops.linear_w4a8(x, p, gs, gc, 16, 0.1, 0, -128, 127)
+        ops.linear_w4a8(x, p, gs, 16, 0.1, 0, -128, 127)
     with pytest.raises(ValueError, match="group_scale must have shape"):
-        ops.linear_w4a8(x, p, gs[:, :1], gc, 32, 0.1, 0, -128, 127)
+        ops.linear_w4a8(x, p, gs[:, :1], 32, 0.1, 0, -128, 127)
     with pytest.raises(ValueError, match="K / 2 = 32 bytes"):
-        ops.linear_w4a8(x, p[:, :16], gs, gc, 32, 0.1, 0, -128, 127)
+        ops.linear_w4a8(x, p[:, :16], gs, 32, 0.1, 0, -128, 127)
+    panel = ops.pack_int4_panel(p)
+    assert panel.shape == (1, 1, 1024) and panel.dtype == torch.uint8
+    # lane r of dword e holds row r's bytes 4e .. 4e + 3; rows past N are zero
+    assert torch.equal(panel[0, 0].reshape(16, 16, 4)[:8].permute(1, 0, 2)[:4].reshape(4, 32), p)
+    assert int(panel[0, 0].reshape(16, 16, 4)[:, 4:].abs().sum()) == 0
+    torch.library.opcheck(torch.ops.qatkit.pack_int4_panel.default, (p,))
+    torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, panel, gs, 32, 0.1, 0, -128, 127))
+    with pytest.raises(ValueError, match=r"panel weight .* must have shape \[1, 1, 1024\]"):
+        ops.linear_w4a8(x, panel[:, :, :512], gs, 32, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match="K a multiple of 32"):
+        ops.pack_int4_panel(p[:, :8])
+    big = 2**18  # beyond the exact int32 group sums
+    with pytest.raises(ValueError, match="group_size must be at most 131072"):
+        ops.linear_w4a8(torch.randn(1, big), torch.zeros(1, big // 2, dtype=torch.uint8), torch.ones(1, 1), big, 0.1, 0,
+                        -128, 127)
     with pytest.raises(ValueError, match="must lie in"):
         ops.pack_int4_w4(torch.full((1, 32), 9, dtype=torch.int8))
 
