@@ -236,6 +236,11 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
   for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
     const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
     const std::uint8_t* codes = g.w + (n / 16) * steps * 1024;
+    if (n + 16 < n_end) {  // the next block's scales: 16 short rows the hardware prefetcher does not follow
+      const char* next = reinterpret_cast<const char*>(g.gscale + (n + 16) * G);
+      const std::int64_t bytes = std::min<std::int64_t>(16, n_end - n - 16) * G * 4;
+      for (std::int64_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
+    }
     for (int r = 0; r < 16; ++r) {
       for (std::int64_t gi = 0; gi < G; ++gi) {
         scale[static_cast<std::size_t>(gi * 16 + r)] = r < nr ? static_cast<double>(g.gscale[(n + r) * G + gi]) : 0.0;
@@ -243,7 +248,7 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
     }
     if (g.act_offset != 0) {  // act_offset * sum q per group and row
       __m256i zs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
-      for (std::int64_t ci = 0; ci < chunks; ++ci) {
+      for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
         const std::uint8_t* t = codes + (ci / 4) * 1024 + (ci % 4) * 256;
         for (int h = 0; h < 2; ++h) {
           __m256i s16 = _mm256_setzero_si256();
@@ -254,13 +259,15 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
           }
           zs[h] = _mm256_add_epi32(zs[h], _mm256_madd_epi16(s16, ones16));
         }
-        if ((ci + 1) % gc == 0) {
+        if (--left == 0) {
+          left = gc;
           for (int h = 0; h < 2; ++h) {
             const __m256i q = _mm256_sub_epi32(zs[h], _mm256_set1_epi32(static_cast<std::int32_t>(8 * g.group)));
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(zero.data() + ci / gc * 16 + 8 * h),
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(zero.data() + gdone * 16 + 8 * h),
                                 _mm256_mullo_epi32(q, _mm256_set1_epi32(g.act_offset)));
             zs[h] = _mm256_setzero_si256();
           }
+          ++gdone;
         }
       }
     }
@@ -268,7 +275,7 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
       const std::int8_t* a = g.a + m * g.K;
       __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
       __m256d t4[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
-      for (std::int64_t ci = 0; ci < chunks; ++ci) {
+      for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
         const std::uint8_t* t = codes + (ci / 4) * 1024 + (ci % 4) * 256;
         const std::int64_t k = ci * 32;
         __m256i s16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
@@ -285,8 +292,9 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
         }
         acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(s16[0], ones16));
         acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(s16[1], ones16));
-        if ((ci + 1) % gc == 0) {
-          const std::int64_t gi = ci / gc;
+        if (--left == 0) {
+          left = gc;
+          const std::int64_t gi = gdone++;
           const __m256i ag = _mm256_set1_epi32(8 * g.a_gsum[m * G + gi]);
           for (int h = 0; h < 2; ++h) {
             __m256i v = _mm256_sub_epi32(acc[h], ag);

@@ -305,6 +305,9 @@ inline void transpose16(__m512i r[16]) {
 // baseline's order (finish_w4: int32 acc, exact product, sum in group order; the product of an
 // |acc| < 2^29 and a float32 scale is exact, so the fused multiply-add rounds as multiply-then-add).
 // The zero-point terms come from the panel's code sums (vpdpbusd against ones), once per block.
+#ifndef W4_PREFETCH
+#define W4_PREFETCH 8192
+#endif
 struct W4Panel {
   const std::int32_t* codes = nullptr;  // [steps][16][16]: the block's panel (the weight's or buf's)
   std::vector<std::int32_t> buf;        // the row layout's block, transposed
@@ -317,7 +320,7 @@ inline void w4_zero_terms(const QGemmW4Args& g, const std::int32_t* codes, std::
   const std::int64_t chunks = g.K / 32, gc = g.group / 32;
   const __m512i low4 = _mm512_set1_epi8(15), ones = _mm512_set1_epi8(1);
   __m512i gsum = _mm512_setzero_si512();
-  for (std::int64_t ci = 0; ci < chunks; ++ci) {
+  for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
     const std::int32_t* t = codes + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
     #pragma GCC unroll 4
     for (int e = 0; e < 4; ++e) {
@@ -325,9 +328,10 @@ inline void w4_zero_terms(const QGemmW4Args& g, const std::int32_t* codes, std::
       gsum = _mm512_dpbusd_epi32(gsum, _mm512_and_si512(v, low4), ones);
       gsum = _mm512_dpbusd_epi32(gsum, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4), ones);
     }
-    if ((ci + 1) % gc == 0) {  // sum q = sum c - 8 * group, times act_offset
+    if (--left == 0) {
+      left = gc;  // sum q = sum c - 8 * group, times act_offset
       const __m512i q = _mm512_sub_epi32(gsum, _mm512_set1_epi32(static_cast<std::int32_t>(8 * g.group)));
-      _mm512_storeu_si512(zero + ci / gc * 16, _mm512_mullo_epi32(q, _mm512_set1_epi32(g.act_offset)));
+      _mm512_storeu_si512(zero + gdone++ * 16, _mm512_mullo_epi32(q, _mm512_set1_epi32(g.act_offset)));
       gsum = _mm512_setzero_si512();
     }
   }
@@ -387,9 +391,13 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
   const std::int8_t* a[MR];
   #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) a[i] = g.a + (m + i) * g.K;
-  for (std::int64_t ci = 0; ci < chunks; ++ci) {
+  for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
     const std::int32_t* t = p.codes + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
     const std::int64_t k = ci * 32;
+    if (MR == 1) {  // one pass per block streams the panel: fetch ahead of the hardware prefetcher
+      #pragma GCC unroll 4
+      for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(t) + W4_PREFETCH + 64 * l, _MM_HINT_T1);
+    }
     #pragma GCC unroll 4
     for (int e = 0; e < 4; ++e) {
       const __m512i v = _mm512_loadu_si512(t + e * 16);
@@ -405,8 +413,9 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
         c1 = _mm512_dpbusd_epi32(c1, hi, _mm512_set1_epi32(ahi));
       }
     }
-    if ((ci + 1) % gc == 0) {
-      const std::int64_t gi = ci / gc;
+    if (--left == 0) {
+      left = gc;
+      const std::int64_t gi = gdone++;
       const __m512d slo = _mm512_loadu_pd(p.scale.data() + gi * 16), shi = _mm512_loadu_pd(p.scale.data() + gi * 16 + 8);
       #pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) {
@@ -446,6 +455,11 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
     } else {
       w4_pack_panel(g, n, nr, p.buf.data());
       p.codes = p.buf.data();
+    }
+    if (n + 16 < n_end) {  // the next block's scales: 16 short rows the hardware prefetcher does not follow
+      const char* next = reinterpret_cast<const char*>(g.gscale + (n + 16) * G);
+      const std::int64_t bytes = std::min<std::int64_t>(16, n_end - n - 16) * G * 4;
+      for (std::int64_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
     }
     if (g.act_offset != 0) w4_zero_terms(g, p.codes, p.zero.data());
     w4_block_scales(g, n, nr, p.scale.data());
