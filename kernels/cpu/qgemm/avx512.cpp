@@ -73,9 +73,57 @@ void s8_block(const QGemmArgs& g, std::int64_t m, std::int64_t n, const std::uin
   }
 }
 
+// A few activation rows (GEMV; the weight streams once per row): the sign trick on 64 bytes,
+// |a| unsigned times w negated where a < 0 (w in [-127, 127], so the negation is exact), so
+// vpdpbusd needs no weight-sum pass; four weight rows per step, each prefetched into L2 four rows
+// ahead (the next block's same offset), which keeps the DRAM stream ahead of the arithmetic.
+void gemv_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t K = g.K, K64 = K & ~std::int64_t{63};
+  const __m512i zero = _mm512_setzero_si512();
+  for (std::int64_t m = 0; m < g.M; ++m) {
+    const std::int8_t* a = g.a + m * K;
+    const auto row_step = [&](const std::int8_t* w, std::int64_t k, __mmask64 mask, __m512i& c) __attribute__((always_inline)) {
+      const __m512i va = _mm512_maskz_loadu_epi8(mask, a + k);
+      const __m512i wv = _mm512_maskz_loadu_epi8(mask, w + k);
+      c = _mm512_dpbusd_epi32(c, _mm512_abs_epi8(va), _mm512_mask_sub_epi8(wv, _mm512_movepi8_mask(va), zero, wv));
+    };
+    std::int64_t n = n_begin;
+    for (; n + 4 <= n_end; n += 4) {
+      const std::int8_t* w0 = g.w + n * K;
+      __m512i c[4] = {zero, zero, zero, zero};
+      for (std::int64_t k = 0; k < K64; k += 64) {
+        const __m512i va = _mm512_loadu_si512(a + k);
+        const __m512i ua = _mm512_abs_epi8(va);
+        const __mmask64 neg = _mm512_movepi8_mask(va);
+        #pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const std::int8_t* w = w0 + j * K;
+          _mm_prefetch(reinterpret_cast<const char*>(w + 4 * K + k), _MM_HINT_T1);
+          const __m512i wv = _mm512_loadu_si512(w + k);
+          c[j] = _mm512_dpbusd_epi32(c[j], ua, _mm512_mask_sub_epi8(wv, neg, zero, wv));
+        }
+      }
+      if (K64 < K) {
+        const __mmask64 mask = (std::uint64_t{1} << (K - K64)) - 1;
+        for (int j = 0; j < 4; ++j) row_step(w0 + j * K, K64, mask, c[j]);
+      }
+      for (int j = 0; j < 4; ++j) {
+        const std::uint32_t s = hsum(c[j]) + static_cast<std::uint32_t>(g.corr[n + j]);
+        g.y[m * g.y_rs + (n + j) * g.y_cs] = detail::requantize(s, g, n + j);
+      }
+    }
+    for (; n < n_end; ++n) {
+      __m512i c = zero;
+      for (std::int64_t k = 0; k < K; k += 64) {
+        row_step(g.w + n * K, k, k + 64 <= K ? ~__mmask64{0} : (std::uint64_t{1} << (K - k)) - 1, c);
+      }
+      g.y[m * g.y_rs + n * g.y_cs] = detail::requantize(hsum(c) + static_cast<std::uint32_t>(g.corr[n]), g, n);
+    }
+  }
+}
+
 void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  // a few activation rows (GEMV): the AVX2 kernel is faster there (no weight-sum pass; same bits)
-  if (g.M < 4) return qgemm_avx2()->gemm_s8(g, n_begin, n_end);
+  if (g.M < 4) return gemv_s8(g, n_begin, n_end);
   const __m512i ones = _mm512_set1_epi8(1);
   for (std::int64_t n0 = n_begin; n0 < n_end; n0 += 16) {
     const std::int64_t n1 = std::min(n_end, n0 + 16);
