@@ -7,6 +7,10 @@ Effective bandwidth = bytes the algorithm must move / time: forward reads x and 
 (+ 1/8 byte of mask when training), backward reads dY and the bit mask and writes dX. The copy
 reads and writes one tensor. Goal: >= 85 % of the copy's bandwidth. torch's own fake quant is
 timed alongside for reference.
+
+Integer GEMV rows (issue 13): one 4096 x 4096 Linear at batch 1 and 64 on qatkit's CUDA integer
+kernels (linear_int8, linear_w4a8 in the panel layout, linear_w4_weight_only, linear_w2a8,
+linear_w1a8) against fp32 ``F.linear`` (cuBLAS) and ``torch._int_mm`` in the same run, as ratios.
 """
 
 import argparse
@@ -94,6 +98,41 @@ def bench_dtype(dtype: torch.dtype, n: int) -> list:
     return result
 
 
+def bench_integer(n: int = 4096, k: int = 4096) -> list:
+    """The integer kernels against F.linear (fp32) and torch._int_mm, batch 1 and 64: time and ratio."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(n, k, generator=g)
+    s8 = w.abs().amax(1) / 127
+    q8 = torch.round(w / s8[:, None]).clamp(-127, 127).to(torch.int8)
+    gs4 = (w.reshape(n, k // 32, 32).abs().amax(2) / 7).clamp(min=1e-8)
+    q4 = torch.round(w.reshape(n, k // 32, 32) / gs4[..., None]).clamp(-8, 7).reshape(n, k).to(torch.int8)
+    t2 = torch.where(w > 0.5, 1, torch.where(w < -0.5, -1, 0)).to(torch.int8)
+    b1 = torch.where(w >= 0, 1, -1).to(torch.int8)
+    dev = "cuda"
+    wf, q8d = w.to(dev), q8.to(dev)
+    corr, oscale = torch.zeros(n, dtype=torch.int32, device=dev), (s8 * 0.02).to(dev)
+    p4 = ops.pack_int4_w4(q4)
+    panel, rows4, gsd = ops.pack_int4_panel(p4).to(dev), p4.to(dev), gs4.float().to(dev)
+    t2p, b1p = ops.pack_ternary_t2(t2).to(dev), ops.pack_binary_b1(b1).to(dev)
+    out = []
+    for m in (1, 64):
+        x = torch.randn(m, k, device=dev)
+        xq = torch.randint(-127, 128, (max(m, 17), k), dtype=torch.int8, device=dev)  # _int_mm needs M > 16
+        cases = {
+            "fp32 F.linear (cuBLAS)": lambda: torch.nn.functional.linear(x, wf),
+            "torch._int_mm (int8, M >= 17)": lambda: torch._int_mm(xq, q8d.t()),
+            "qatkit linear_int8": lambda: ops.linear_int8(x, q8d, corr, oscale, 0.02, 0, -128, 127),
+            "qatkit linear_w4a8 (panel)": lambda: ops.linear_w4a8(x, panel, gsd, 32, 0.02, 0, -128, 127),
+            "qatkit linear_w4_weight_only": lambda: ops.linear_w4_weight_only(x, rows4, gsd, 32),
+            "qatkit linear_w2a8": lambda: ops.linear_w2a8(x, t2p, corr, oscale, 0.02, 0, -128, 127),
+            "qatkit linear_w1a8": lambda: ops.linear_w1a8(x, b1p, corr, oscale, 0.02, 0, -128, 127),
+        }
+        times = {name: cuda_time(fn) for name, fn in cases.items()}
+        base = times["fp32 F.linear (cuBLAS)"]
+        out += [{"batch": m, "case": name, "us": round(t * 1e6, 1), "vs_fp32": round(base / t, 2)} for name, t in times.items()]
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", type=int, default=28, help="log2 of the element count")
@@ -114,8 +153,9 @@ def main():
         "qatkit": qatkit.build_info(),
         "elements": n,
     }
+    integer_rows = bench_integer()
     if a.json:
-        print(json.dumps({"info": info, "rows": rows_out}, indent=2))
+        print(json.dumps({"info": info, "rows": rows_out, "integer": integer_rows}, indent=2))
         return
     print(f"{info['device']}, torch {info['torch']}, {n:,} elements per tensor\n")
     print(f"| {'dtype':<8} | {'case':<34} | {'ms':>8} | {'GB/s':>7} | {'copy GB/s':>9} | {'% of copy':>9} |")
@@ -125,6 +165,11 @@ def main():
             f"| {r['dtype']:<8} | {r['case']:<34} | {r['ms']:>8.3f} | {r['GBps']:>7.1f} | {r['copy_GBps']:>9.1f} | "
             f"{r['pct_of_copy']:>9.1f} |"
         )
+
+    print("\n| batch | integer GEMV (4096 x 4096) | us | vs fp32 |")
+    print("|---|---|---|---|")
+    for r in integer_rows:
+        print(f"| {r['batch']} | {r['case']} | {r['us']:.1f} | {r['vs_fp32']:.2f}x |")
 
 
 if __name__ == "__main__":

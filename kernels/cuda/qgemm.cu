@@ -1,7 +1,8 @@
 // CUDA integer GEMM family: the CPU kernels' arithmetic (kernels/cpu/qgemm) on the GPU. One warp
 // per output element: each lane sums a strided slice of K in int32 (exact: the CPU kernels' sums
 // modulo 2^32, the same value whenever it fits int32, the caller's bound), a warp shuffle adds the
-// lanes, lane 0 requantizes exactly as the CPU does.
+// lanes, lane 0 requantizes exactly as the CPU does. W4A8 combines its group sums in float64 in
+// group order as the CPU; the weight-only W4 kernel is a float kernel (its own summation order).
 #include <cstdint>
 
 #include "../common/fake_quant_scalar.h"
@@ -97,6 +98,70 @@ __global__ void gemm_packed_kernel(QGemmPackedArgs g) {
   }
 }
 
+// Byte b of W4 row n: the row layout's, or the panel layout's (QGemmW4Args::panel).
+__device__ __forceinline__ std::uint8_t w4_byte(const std::uint8_t* w, bool panel, std::int64_t KB, std::int64_t n,
+                                                std::int64_t b) {
+  if (!panel) return w[n * KB + b];
+  const std::int64_t steps = (KB + 63) / 64;
+  return w[((n / 16) * steps + b / 64) * 1024 + (b % 64 / 4) * 64 + (n % 16) * 4 + b % 4];
+}
+
+// Code q = c - 8 of weight k of row n (32-chunks: byte j holds k = j low, k = j + 16 high).
+__device__ __forceinline__ std::int32_t w4_code(const std::uint8_t* w, bool panel, std::int64_t KB, std::int64_t n,
+                                                std::int64_t k) {
+  const std::int64_t kk = k % 32;
+  const std::uint8_t byte = w4_byte(w, panel, KB, n, k / 32 * 16 + kk % 16);
+  return static_cast<std::int32_t>(kk < 16 ? (byte & 15) : (byte >> 4)) - 8;
+}
+
+// W4A8: one warp per output; the groups in order, each summed exactly across the warp as
+// sum (a + act_offset) * q (= the CPU's sum a * c - 8 * a_gsum + act_offset * sum q, the same int32),
+// then lane 0 adds double(acc) * double(scale) in group order: the CPU's bits.
+__global__ void gemm_w4_kernel(QGemmW4Args g) {
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
+  const int lane = threadIdx.x % 32;
+  const std::int64_t KB = g.K / 2, G = g.K / g.group;
+  for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < g.M * g.N; o += warps) {
+    const std::int64_t m = o / g.N, n = o % g.N;
+    const std::int8_t* a = g.a + m * g.K;
+    double t = 0.0;
+    for (std::int64_t gi = 0; gi < G; ++gi) {
+      std::uint32_t acc = 0;
+      for (std::int64_t k = gi * g.group + lane; k < (gi + 1) * g.group; k += 32) {
+        acc += static_cast<std::uint32_t>((static_cast<std::int32_t>(a[k]) + g.act_offset) * w4_code(g.w, g.panel, KB, n, k));
+      }
+      acc = warp_sum(acc);
+      if (lane == 0) t = t + static_cast<double>(static_cast<std::int32_t>(acc)) * static_cast<double>(g.gscale[n * G + gi]);
+    }
+    if (lane == 0) {
+      const float y = static_cast<float>(t * g.act_scale);
+      g.y[m * g.N + n] = g.bias ? y + g.bias[n] : y;
+    }
+  }
+}
+
+// Weight-only W4: one warp per output; each weight dequantized as the CPU does ((float(q) - z) * s,
+// float32, no FMA: --fmad=false), lanes sum x * w over a strided slice of K in float32, a warp
+// shuffle adds them (a float kernel: its own order, within docs/integer.md's bound).
+__global__ void gemm_w4f_kernel(QGemmW4FArgs g) {
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
+  const int lane = threadIdx.x % 32;
+  const std::int64_t KB = g.K / 2, G = g.K / g.group;
+  for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < g.M * g.N; o += warps) {
+    const std::int64_t m = o / g.N, n = o % g.N;
+    const float* x = g.x + m * g.K;
+    float s = 0.f;
+    for (std::int64_t k = lane; k < g.K; k += 32) {
+      const std::int64_t gi = n * G + k / g.group;
+      const float z = g.gzero ? g.gzero[gi] : 0.f;
+      const float w = (static_cast<float>(w4_code(g.w, false, KB, n, k)) - z) * g.gscale[gi];
+      s = s + x[k] * w;
+    }
+    for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) g.y[m * g.N + n] = g.bias ? s + g.bias[n] : s;
+  }
+}
+
 unsigned blocks_for(std::int64_t outputs) {
   std::int64_t b = (outputs + kWarps - 1) / kWarps;
   if (b > 65535LL * 8) b = 65535LL * 8;
@@ -126,6 +191,18 @@ cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cud
   } else {
     gemm_packed_kernel<1><<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gemm_w4(const QGemmW4Args& args, cudaStream_t stream) {
+  if (args.M * args.N == 0) return cudaSuccess;
+  gemm_w4_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gemm_w4f(const QGemmW4FArgs& args, cudaStream_t stream) {
+  if (args.M * args.N == 0) return cudaSuccess;
+  gemm_w4f_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 

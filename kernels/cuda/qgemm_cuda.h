@@ -24,4 +24,11 @@ cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream);
 /// QGemmPackedArgs's GEMM: weight_bits 2 (ternary layout) or 1 (binary layout).
 cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cudaStream_t stream);
 
+/// QGemmW4Args's GEMM (a from launch_quantize_rows with K_row = K; a_gsum unused: the kernel sums
+/// (a + act_offset) * q per group), either weight layout.
+cudaError_t launch_gemm_w4(const QGemmW4Args& args, cudaStream_t stream);
+
+/// QGemmW4FArgs's GEMM (float activations, the W4 row layout).
+cudaError_t launch_gemm_w4f(const QGemmW4FArgs& args, cudaStream_t stream);
+
 }  // namespace qatkit::kernels::cuda

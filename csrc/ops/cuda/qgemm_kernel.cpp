@@ -1,4 +1,5 @@
-// CUDA kernels of the integer GEMM family (linear_int8, linear_w2a8, linear_w1a8): the CPU's
+// CUDA kernels of the integer GEMM family (linear_int8, linear_w2a8, linear_w1a8, linear_w4a8,
+// linear_w4_weight_only): the CPU's
 // checks, the input rows quantized into an int8 buffer on the device, then the torch-free
 // launchers of kernels/cuda/qgemm_cuda.h on the current stream; the same bits as the CPU.
 // conv2d_int8 has no CUDA kernel (the dispatcher says so).
@@ -88,9 +89,77 @@ at::Tensor linear_w1a8_cuda(const at::Tensor& input, const at::Tensor& weight, c
   return linear_cuda(input, weight, corr, out_scale, s, z, lo, hi, bias, 1);
 }
 
+at::Tensor linear_w4a8_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                            std::int64_t group_size, double act_scale, std::int64_t act_zero_point,
+                            std::int64_t act_quant_min, std::int64_t act_quant_max,
+                            const std::optional<at::Tensor>& bias) {
+  check_linear_w4a8_args(input, weight, group_scale, group_size, bias);
+  const std::int64_t K = input.size(-1), N = group_scale.size(0);
+  const std::int32_t shift = check_linear_int8_args(input, at::empty({N, K}, weight.options().dtype(at::kChar)),
+                                                    at::empty({N}, group_scale.options().dtype(at::kInt)),
+                                                    at::empty({N}, group_scale.options()), act_scale, act_zero_point,
+                                                    act_quant_min, act_quant_max, bias);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const auto rows = rows_and_output_shape(x, N);
+  const std::int64_t M = rows.first;
+  at::Tensor y = at::empty(rows.second, input.options());
+  if (y.numel() == 0) return y;
+  at::Tensor a = at::empty({M, K}, input.options().dtype(at::kChar));
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  C10_CUDA_CHECK(kernels::cuda::launch_quantize_rows(x.data_ptr<float>(), a.data_ptr<std::int8_t>(), nullptr, M, K, K, q,
+                                                     stream));
+  kernels::QGemmW4Args g;
+  g.a = a.data_ptr<std::int8_t>();
+  g.w = w.data_ptr<std::uint8_t>();
+  g.gscale = gs.data_ptr<float>();
+  g.act_offset = shift - static_cast<std::int32_t>(act_zero_point);
+  g.panel = w.dim() == 3;
+  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  g.act_scale = static_cast<double>(static_cast<float>(act_scale));
+  g.y = y.data_ptr<float>();
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.group = group_size;
+  C10_CUDA_CHECK(kernels::cuda::launch_gemm_w4(g, stream));
+  return y;
+}
+
+at::Tensor linear_w4_weight_only_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                                      std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
+                                      const std::optional<at::Tensor>& bias) {
+  check_linear_w4_weight_only_args(input, weight, group_scale, group_size, group_zero, bias);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous();
+  const at::Tensor gz = group_zero.has_value() ? group_zero->contiguous() : at::Tensor();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = w.size(0), K = x.size(-1);
+  const auto rows = rows_and_output_shape(x, N);
+  at::Tensor y = at::empty(rows.second, input.options());
+  if (y.numel() == 0) return y;
+  kernels::QGemmW4FArgs g;
+  g.x = x.data_ptr<float>();
+  g.w = w.data_ptr<std::uint8_t>();
+  g.gscale = gs.data_ptr<float>();
+  g.gzero = gz.defined() ? gz.data_ptr<float>() : nullptr;
+  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+  g.y = y.data_ptr<float>();
+  g.M = rows.first;
+  g.N = N;
+  g.K = K;
+  g.group = group_size;
+  C10_CUDA_CHECK(kernels::cuda::launch_gemm_w4f(g, c10::cuda::getCurrentCUDAStream()));
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
+  m.impl("linear_w4a8", &linear_w4a8_cuda);
+  m.impl("linear_w4_weight_only", &linear_w4_weight_only_cuda);
   m.impl("linear_int8", &linear_int8_cuda);
   m.impl("linear_w2a8", &linear_w2a8_cuda);
   m.impl("linear_w1a8", &linear_w1a8_cuda);

@@ -260,3 +260,57 @@ def test_integer_linear_opcheck_cuda():
     w = torch.randint(-127, 128, (8, 40), dtype=torch.int8, device="cuda")
     args = (x, w, torch.zeros(8, dtype=torch.int32, device="cuda"), torch.ones(8, device="cuda"), 0.1, 0, -128, 127)
     torch.library.opcheck(torch.ops.qatkit.linear_int8.default, args)
+
+
+@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (9, 33, 224, 32), (64, 128, 1024, 128), (0, 8, 32, 32)])
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7), ((0, 255), 128)])
+def test_w4a8_cuda_equals_cpu_in_both_layouts(M, N, K, gs, qrange, zp):
+    """The float64 group combination in group order gives the CPU's bits; the panel layout
+    (pack_int4_panel, what qatkit.load gives) reads the same codes as the row layout."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(M, K, generator=g) * 3
+    x[:, ::7] = float("nan") if M else x[:, ::7]
+    w = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
+    packed = ops.pack_int4_w4(w)
+    panel = ops.pack_int4_panel(packed)
+    assert torch.equal(ops.pack_int4_panel(packed.cuda()).cpu(), panel)  # the composite packing on CUDA
+    gscale = torch.rand(N, K // gs, generator=g) * 0.1
+    qmin, qmax = qrange
+    for bias in (None, torch.randn(N, generator=g)):
+        cpu = ops.linear_w4a8(x, packed, gscale, gs, 0.05, zp, qmin, qmax, bias)
+        for layout in (packed, panel):
+            gpu = ops.linear_w4a8(x.cuda(), layout.cuda(), gscale.cuda(), gs, 0.05, zp, qmin, qmax,
+                                  None if bias is None else bias.cuda())
+            assert torch.equal(gpu.cpu(), cpu), layout.dim()
+
+
+@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (16, 96, 384, 32), (3, 64, 1024, 64), (0, 8, 64, 32)])
+@pytest.mark.parametrize("zero", [False, True])
+def test_w4_weight_only_cuda_within_the_float_bound(M, N, K, gs, zero):
+    """A float kernel: each weight dequantizes to the CPU's bits (one-hot rows read them back) and
+    the output is within docs/integer.md's bound K * 2^-24 * sum|x * w| of the float64 product."""
+    g = torch.Generator().manual_seed(22)
+    x = torch.randn(M, K, generator=g)
+    q = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
+    s = torch.rand(N, K // gs, generator=g) * 0.1 + 1e-3
+    z = torch.randint(-3, 4, (N, K // gs), generator=g).float() if zero else None
+    b = torch.randn(N, generator=g)
+    wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
+                               group_size=gs)
+    packed = ops.pack_int4_w4(q).cuda()
+    ref = x.double() @ wd.double().t() + b.double()
+    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().double().t()) + 2.0**-24 * ref.abs() + 1e-30
+    zc = None if z is None else z.cuda()
+    y = ops.linear_w4_weight_only(x.cuda(), packed, s.cuda(), gs, zc, b.cuda()).cpu()
+    assert y.shape == (M, N) and bool(((y.double() - ref).abs() <= bound).all())
+    if N and K:
+        eye = torch.eye(K, device="cuda")
+        assert torch.equal(ops.linear_w4_weight_only(eye, packed, s.cuda(), gs, zc).t().cpu(), wd)
+
+
+def test_w4_opcheck_cuda():
+    w = ops.pack_int4_w4(torch.randint(-8, 8, (8, 64), dtype=torch.int8)).cuda()
+    x, s = torch.randn(3, 64, device="cuda"), torch.rand(8, 2, device="cuda")
+    torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, w, s, 32, 0.1, 0, -128, 127))
+    torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, ops.pack_int4_panel(w), s, 32, 0.1, 0, -128, 127))
+    torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, w, s, 32))
