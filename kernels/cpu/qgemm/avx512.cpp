@@ -40,30 +40,48 @@ inline __m512i load_k(const std::int8_t* p, std::int64_t k, std::int64_t K) {
   return k + 64 <= K ? _mm512_loadu_si512(p + k) : _mm512_maskz_loadu_epi8((std::uint64_t{1} << (K - k)) - 1, p + k);
 }
 
+// One MR x NR register block over K's [k0, k1): au holds the activation rows flipped to a + 128
+// (unsigned) once per call; part keeps the block's int32 lanes between K blocks (K blocking: the
+// 16 weight rows' slice of one K block and the activation tile's stay in L1 while every tile of the
+// column block passes over them); the last K block forms the outputs.
 template <int MR, int NR>
-void s8_block(const QGemmArgs& g, std::int64_t m, std::int64_t n, const std::uint32_t* wsum) {
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+void s8_block(const QGemmArgs& g, const std::uint8_t* au, std::int64_t m, std::int64_t n, std::int64_t k0,
+              std::int64_t k1, std::int32_t* part, const std::uint32_t* wsum) {
   __m512i acc[MR][NR];
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i)
     #pragma GCC unroll 4
-    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
+    for (int j = 0; j < NR; ++j) acc[i][j] = k0 == 0 ? _mm512_setzero_si512() : _mm512_loadu_si512(part + (i * 16 + j) * 16);
+  // row pointers hoisted (the compiler reloads g.K after every load otherwise: it may alias)
+  const std::uint8_t* ap[MR];
+  const std::int8_t* wp[NR];
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) ap[i] = au + (m + i) * g.K;
+  #pragma GCC unroll 4
+  for (int j = 0; j < NR; ++j) wp[j] = g.w + (n + j) * g.K;
   // full steps, then the masked one: no branch inside the loop, so the accumulators stay in registers
   const auto step = [&](std::int64_t k, __mmask64 mask) __attribute__((always_inline)) {
-    __m512i a[MR];
+    __m512i w[NR];  // NR weight rows in registers, then one activation row at a time: MR x NR + NR + 1 registers
     #pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i) a[i] = _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, g.a + (m + i) * g.K + k), flip);
-    #pragma GCC unroll 4
-    for (int j = 0; j < NR; ++j) {
-      const __m512i w = _mm512_maskz_loadu_epi8(mask, g.w + (n + j) * g.K + k);
+    for (int j = 0; j < NR; ++j) w[j] = _mm512_maskz_loadu_epi8(mask, wp[j] + k);
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m512i a = _mm512_maskz_loadu_epi8(mask, ap[i] + k);
       #pragma GCC unroll 4
-      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a[i], w);
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a, w[j]);
     }
   };
-  const std::int64_t K64 = g.K & ~std::int64_t{63};
-  for (std::int64_t k = 0; k < K64; k += 64) step(k, ~__mmask64{0});
-  if (K64 < g.K) step(K64, (std::uint64_t{1} << (g.K - K64)) - 1);
-  #pragma GCC unroll 4
+  const std::int64_t k64 = k0 + ((k1 - k0) & ~std::int64_t{63});
+  for (std::int64_t k = k0; k < k64; k += 64) step(k, ~__mmask64{0});
+  if (k64 < k1) step(k64, (std::uint64_t{1} << (k1 - k64)) - 1);
+  if (k1 < g.K) {
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) _mm512_storeu_si512(part + (i * 16 + j) * 16, acc[i][j]);
+    return;
+  }
+  #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
@@ -124,7 +142,14 @@ void gemv_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 
 void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   if (g.M < 4) return gemv_s8(g, n_begin, n_end);
-  const __m512i ones = _mm512_set1_epi8(1);
+  const __m512i ones = _mm512_set1_epi8(1), flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  constexpr std::int64_t kKBlock = 1024;  // 16 weight rows' slice (16 KiB) + a 4-row tile's (4 KiB): L1
+  std::vector<std::uint8_t> au(static_cast<std::size_t>(g.M * g.K));  // a + 128, once per call
+  for (std::int64_t i = 0; i < g.M * g.K; i += 64) {
+    const __mmask64 mask = i + 64 <= g.M * g.K ? ~__mmask64{0} : (std::uint64_t{1} << (g.M * g.K - i)) - 1;
+    _mm512_mask_storeu_epi8(au.data() + i, mask, _mm512_xor_si512(_mm512_maskz_loadu_epi8(mask, g.a + i), flip));
+  }
+  std::vector<std::int32_t> part(static_cast<std::size_t>(g.K > kKBlock ? g.M * 256 : 0));  // [m][16 columns][16 lanes]
   for (std::int64_t n0 = n_begin; n0 < n_end; n0 += 16) {
     const std::int64_t n1 = std::min(n_end, n0 + 16);
     std::uint32_t wsum[16];  // sum_k w[n, k] of this block's rows
@@ -133,16 +158,24 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
       for (std::int64_t k = 0; k < g.K; k += 64) s = _mm512_dpbusd_epi32(s, ones, load_k(g.w + n * g.K, k, g.K));
       wsum[n - n0] = hsum(s);
     }
-    std::int64_t m = 0;
-    for (; m + 4 <= g.M; m += 4) {
-      std::int64_t n = n0;
-      for (; n + 4 <= n1; n += 4) s8_block<4, 4>(g, m, n, wsum + (n - n0));
-      for (; n < n1; ++n) s8_block<4, 1>(g, m, n, wsum + (n - n0));
-    }
-    for (; m < g.M; ++m) {
-      std::int64_t n = n0;
-      for (; n + 4 <= n1; n += 4) s8_block<1, 4>(g, m, n, wsum + (n - n0));
-      for (; n < n1; ++n) s8_block<1, 1>(g, m, n, wsum + (n - n0));
+    for (std::int64_t k0 = 0; k0 < g.K; k0 += kKBlock) {
+      const std::int64_t k1 = std::min(g.K, k0 + kKBlock);
+      std::int64_t m = 0;
+      for (; m + 6 <= g.M; m += 6) {
+        std::int64_t n = n0;
+        for (; n + 4 <= n1; n += 4) s8_block<6, 4>(g, au.data(), m, n, k0, k1, part.data() + (m * 16 + (n - n0)) * 16, wsum + (n - n0));
+        for (; n < n1; ++n) s8_block<6, 1>(g, au.data(), m, n, k0, k1, part.data() + (m * 16 + (n - n0)) * 16, wsum + (n - n0));
+      }
+      for (; m + 4 <= g.M; m += 4) {
+        std::int64_t n = n0;
+        for (; n + 4 <= n1; n += 4) s8_block<4, 4>(g, au.data(), m, n, k0, k1, part.data() + (m * 16 + (n - n0)) * 16, wsum + (n - n0));
+        for (; n < n1; ++n) s8_block<4, 1>(g, au.data(), m, n, k0, k1, part.data() + (m * 16 + (n - n0)) * 16, wsum + (n - n0));
+      }
+      for (; m < g.M; ++m) {
+        std::int64_t n = n0;
+        for (; n + 4 <= n1; n += 4) s8_block<1, 4>(g, au.data(), m, n, k0, k1, part.data() + (m * 16 + (n - n0)) * 16, wsum + (n - n0));
+        for (; n < n1; ++n) s8_block<1, 1>(g, au.data(), m, n, k0, k1, part.data() + (m * 16 + (n - n0)) * 16, wsum + (n - n0));
+      }
     }
   }
 }

@@ -31,7 +31,10 @@ def _reference(x, w, bias_q, scale, s, zp, qmin, qmax):
     return acc.float() * scale
 
 
-SHAPES = [(1, 4, 32), (1, 37, 133), (5, 16, 64), (7, 9, 1), (3, 64, 257), (0, 8, 16), (2, 1, 31), (16, 40, 96)]
+# (9, 21, 2100) and (4, 16, 2048): the AVX-512 GEMM's 1024-wide K blocks (partial sums kept between
+# blocks, a masked last step in the last block), with 4-row and single-row tiles
+SHAPES = [(1, 4, 32), (1, 37, 133), (5, 16, 64), (7, 9, 1), (3, 64, 257), (0, 8, 16), (2, 1, 31), (16, 40, 96),
+          (9, 21, 2100), (4, 16, 2048)]
 
 
 def _isas():
