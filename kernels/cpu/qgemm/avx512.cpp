@@ -274,12 +274,25 @@ void b1_block(const QGemmPackedArgs& g, std::int64_t m, std::int64_t n) {
       g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::finish_b1(hsum(acc[i][j]), g, m + i, n + j);
 }
 
-template <class Args, void (*B44)(const Args&, std::int64_t, std::int64_t),
+// Bytes per weight row of the packed kernels (the ternary and binary layouts, XNOR's).
+inline std::int64_t row_bytes(const QGemmPackedArgs& g, int bits) { return g.K_pad * bits / 8; }
+inline std::int64_t row_bytes(const QGemmXnorArgs& g, int) { return g.KB; }
+
+// Register blocks over 16-column blocks. With fewer than 4 activation rows each weight row is read
+// once per call, in rows of a few hundred bytes that the hardware prefetcher does not follow far
+// enough: the rows two blocks ahead are prefetched into L2 (Bits: the layout's bits per weight).
+template <class Args, int Bits, void (*B44)(const Args&, std::int64_t, std::int64_t),
           void (*B41)(const Args&, std::int64_t, std::int64_t), void (*B14)(const Args&, std::int64_t, std::int64_t),
           void (*B11)(const Args&, std::int64_t, std::int64_t)>
 void blocked(const Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t rb = row_bytes(g, Bits);
   for (std::int64_t n0 = n_begin; n0 < n_end; n0 += 16) {  // 16 weight rows stay in L1 across every m
     const std::int64_t n1 = std::min(n_end, n0 + 16);
+    if (g.M < 4 && n0 + 32 < n_end) {
+      const char* next = reinterpret_cast<const char*>(g.w + (n0 + 32) * rb);
+      const std::int64_t bytes = std::min<std::int64_t>(16, n_end - n0 - 32) * rb;
+      for (std::int64_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T1);
+    }
     std::int64_t m = 0;
     for (; m + 4 <= g.M; m += 4) {
       std::int64_t n = n0;
@@ -295,11 +308,11 @@ void blocked(const Args& g, std::int64_t n_begin, std::int64_t n_end) {
 }
 
 void gemm_t2(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  blocked<QGemmPackedArgs, t2_block<4, 4>, t2_block<4, 1>, t2_block<1, 4>, t2_block<1, 1>>(g, n_begin, n_end);
+  blocked<QGemmPackedArgs, 2, t2_block<4, 4>, t2_block<4, 1>, t2_block<1, 4>, t2_block<1, 1>>(g, n_begin, n_end);
 }
 
 void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  blocked<QGemmPackedArgs, b1_block<4, 4>, b1_block<4, 1>, b1_block<1, 4>, b1_block<1, 1>>(g, n_begin, n_end);
+  blocked<QGemmPackedArgs, 1, b1_block<4, 4>, b1_block<4, 1>, b1_block<1, 4>, b1_block<1, 1>>(g, n_begin, n_end);
 }
 
 // ---------------------------------------------------------------- XNOR (W1A1)
@@ -345,7 +358,7 @@ void xnor_block(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
 }
 
 void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  blocked<QGemmXnorArgs, xnor_block<4, 4>, xnor_block<4, 1>, xnor_block<1, 4>, xnor_block<1, 1>>(g, n_begin, n_end);
+  blocked<QGemmXnorArgs, 8, xnor_block<4, 4>, xnor_block<4, 1>, xnor_block<1, 4>, xnor_block<1, 1>>(g, n_begin, n_end);
 }
 
 // ---------------------------------------------------------------- W4A8 (groups of any multiple of 32)
