@@ -2,6 +2,7 @@
 // compiles its own copy with its own instruction set; see fake_quant_scalar.h).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "../../common/fake_quant_scalar.h"
@@ -118,6 +119,14 @@ inline std::uint32_t dot_b1(const std::int8_t* a, const std::uint8_t* w, std::in
 inline float finish_b1(std::uint32_t sum_set, const QGemmPackedArgs& g, std::int64_t m, std::int64_t n) {
   const std::uint32_t acc = 2u * sum_set - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
   return requantize(acc, g, n);
+}
+
+/// GEMV weight streams (one or two activation rows: each weight row is read once per call, in runs
+/// too short for the hardware prefetcher to follow far enough): rows [n, n + count) of rb bytes each,
+/// when they exist, prefetched into L2.
+inline void prefetch_rows(const std::uint8_t* w, std::int64_t n, std::int64_t count, std::int64_t n_end, std::int64_t rb) {
+  const std::int64_t rows = std::min(count, n_end - n);
+  for (std::int64_t o = 0; o < rows * rb; o += 64) __builtin_prefetch(w + n * rb + o, 0, 2);
 }
 
 /// popcnt in the AVX2 / AVX-512 files (built with -mpopcnt), the compiler's bit trick elsewhere.
