@@ -452,15 +452,30 @@ inline void w4_block_scales(const QGemmW4Args& g, std::int64_t n, int nr, double
   }
 }
 
+// Rows [n, n + nr) of a float [rows, G] matrix transposed into dst [G][16] (zeros past nr).
+inline void transpose_rows_f32(const float* src, std::int64_t G, std::int64_t n, int nr, float* dst) {
+  for (std::int64_t g0 = 0; g0 < G; g0 += 16) {
+    const int ng = static_cast<int>(std::min<std::int64_t>(16, G - g0));
+    const __mmask16 mask = static_cast<__mmask16>((1u << ng) - 1);
+    __m512i r[16];
+    #pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      r[i] = i < nr ? _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, src + (n + i) * G + g0)) : _mm512_setzero_si512();
+    }
+    transpose16(r);
+    for (int e = 0; e < ng; ++e) _mm512_storeu_si512(dst + (g0 + e) * 16, r[e]);
+  }
+}
+
 // The row layout's block transposed into the panel layout (the bytes pack_int4_panel would hold).
-inline void w4_pack_panel(const QGemmW4Args& g, std::int64_t n, int nr, std::int32_t* codes) {
-  const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64;
+inline void w4_pack_panel(const std::uint8_t* w, std::int64_t K, std::int64_t n, int nr, std::int32_t* codes) {
+  const std::int64_t KB = K / 2, steps = (KB + 63) / 64;
   for (std::int64_t s = 0; s < steps; ++s) {
     const std::int64_t b = s * 64;
     const __mmask64 mask = b + 64 <= KB ? ~__mmask64{0} : (__mmask64{1} << (KB - b)) - 1;
     __m512i r[16];
     #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) r[i] = i < nr ? _mm512_maskz_loadu_epi8(mask, g.w + (n + i) * KB + b) : _mm512_setzero_si512();
+    for (int i = 0; i < 16; ++i) r[i] = i < nr ? _mm512_maskz_loadu_epi8(mask, w + (n + i) * KB + b) : _mm512_setzero_si512();
     transpose16(r);
     #pragma GCC unroll 16
     for (int e = 0; e < 16; ++e) _mm512_storeu_si512(codes + (s * 16 + e) * 16, r[e]);
@@ -547,7 +562,7 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
     if (g.panel) {
       p.codes = reinterpret_cast<const std::int32_t*>(g.w + (n / 16) * steps * 1024);
     } else {
-      w4_pack_panel(g, n, nr, p.buf.data());
+      w4_pack_panel(g.w, g.K, n, nr, p.buf.data());
       p.codes = p.buf.data();
     }
     if (n + 16 < n_end) {  // the next block's scales: 16 short rows the hardware prefetcher does not follow
@@ -563,11 +578,98 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+// ---------------------------------------------------------------- weight-only W4 (float activations)
+
+// Blocks of 16 weight rows in the panel order (the row layout transposed once per block, as W4A8's),
+// one row per lane. Every weight is dequantized as the baseline does, (float(q) - z) * s in float32
+// (q read exactly from a 16-entry table by vpermps on the nibble), 256 weights of K at a time into an
+// L1 buffer [k][16 rows]; then each activation row's FMAs run on that buffer with x[m, k] broadcast,
+// rows in tiles of 8 (independent FMA chains). A float kernel: its own summation order (sequential in
+// k per output), within docs/integer.md's bound.
+template <int MR>
+void w4f_tile(const QGemmW4FArgs& g, std::int64_t m, std::int64_t kc, std::int64_t len, const float* wd, float* acc) {
+  constexpr int NA = MR >= 8 ? 1 : 8 / MR;  // FMA chains per row: eight in flight hide the FMA latency
+  __m512 a[MR][NA];
+  #pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    a[i][0] = _mm512_loadu_ps(acc + (m + i) * 16);
+    #pragma GCC unroll 8
+    for (int c = 1; c < NA; ++c) a[i][c] = _mm512_setzero_ps();
+  }
+  const float* xp[MR];
+  #pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) xp[i] = g.x + (m + i) * g.K + kc;
+  for (std::int64_t k = 0; k < len; k += NA) {  // len is a multiple of 32
+    #pragma GCC unroll 8
+    for (int c = 0; c < NA; ++c) {
+      const __m512 w = _mm512_loadu_ps(wd + (k + c) * 16);
+      #pragma GCC unroll 12
+      for (int i = 0; i < MR; ++i) a[i][c] = _mm512_fmadd_ps(w, _mm512_set1_ps(xp[i][k + c]), a[i][c]);
+    }
+  }
+  #pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    #pragma GCC unroll 8
+    for (int c = 1; c < NA; ++c) a[i][0] = _mm512_add_ps(a[i][0], a[i][c]);
+    _mm512_storeu_ps(acc + (m + i) * 16, a[i][0]);
+  }
+}
+
+void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
+  constexpr std::int64_t kChunk = 256;  // 256 x 16 dequantized weights: 16 KiB in L1
+  std::vector<std::int32_t> panel(static_cast<std::size_t>(steps * 256));
+  std::vector<float> sc(static_cast<std::size_t>(G * 16)), zc(static_cast<std::size_t>(g.gzero ? G * 16 : 0));
+  std::vector<float> wd(static_cast<std::size_t>(kChunk * 16)), acc(static_cast<std::size_t>(g.M * 16));
+  const __m512 lut = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
+  for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
+    const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+    w4_pack_panel(g.w, g.K, n, nr, panel.data());
+    transpose_rows_f32(g.gscale, G, n, nr, sc.data());
+    if (g.gzero) transpose_rows_f32(g.gzero, G, n, nr, zc.data());
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (std::int64_t kc = 0; kc < g.K; kc += kChunk) {
+      const std::int64_t len = std::min(kChunk, g.K - kc);
+      for (std::int64_t ci = kc / 32; ci < (kc + len) / 32; ++ci) {  // dequantize 32 weights of 16 rows
+        const std::int64_t gi = ci * 32 / g.group;
+        const __m512 s = _mm512_loadu_ps(sc.data() + gi * 16);
+        const __m512 z = g.gzero ? _mm512_loadu_ps(zc.data() + gi * 16) : _mm512_setzero_ps();
+        const std::int32_t* t = panel.data() + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
+        float* out = wd.data() + (ci * 32 - kc) * 16;
+        #pragma GCC unroll 4
+        for (int e = 0; e < 4; ++e) {
+          const __m512i v = _mm512_loadu_si512(t + e * 16);
+          #pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) {
+            const __m512 qlo = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j), lut);      // k = 4e + j
+            const __m512 qhi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j + 4), lut);  // k + 16
+            _mm512_storeu_ps(out + (4 * e + j) * 16, _mm512_mul_ps(g.gzero ? _mm512_sub_ps(qlo, z) : qlo, s));
+            _mm512_storeu_ps(out + (16 + 4 * e + j) * 16, _mm512_mul_ps(g.gzero ? _mm512_sub_ps(qhi, z) : qhi, s));
+          }
+        }
+      }
+      std::int64_t m = 0;
+      for (; m + 12 <= g.M; m += 12) w4f_tile<12>(g, m, kc, len, wd.data(), acc.data());
+      for (; m + 8 <= g.M; m += 8) w4f_tile<8>(g, m, kc, len, wd.data(), acc.data());
+      for (; m + 4 <= g.M; m += 4) w4f_tile<4>(g, m, kc, len, wd.data(), acc.data());
+      for (; m < g.M; ++m) w4f_tile<1>(g, m, kc, len, wd.data(), acc.data());
+    }
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
+    for (std::int64_t m = 0; m < g.M; ++m) {
+      __m512 y = _mm512_loadu_ps(acc.data() + m * 16);
+      if (g.bias) y = _mm512_add_ps(y, b);
+      _mm512_mask_storeu_ps(g.y + m * g.N + n, mask, y);
+    }
+  }
+}
+
 }  // namespace
 
 const QGemmKernels* qgemm_avx512() {
   static const QGemmKernels k = [] {
-    QGemmKernels t = *qgemm_avx2();  // activation quantization and the weight-only W4 kernel
+    QGemmKernels t = *qgemm_avx2();  // activation quantization
+    t.gemm_w4f = &gemm_w4f;
     t.gemm_s8 = &gemm_s8;
     t.gemm_w4 = &gemm_w4;
     t.gemm_t2 = &gemm_t2;
