@@ -152,8 +152,17 @@ void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   std::vector<std::int32_t> part(static_cast<std::size_t>(g.K > kKBlock ? g.M * 256 : 0));  // [m][16 columns][16 lanes]
   for (std::int64_t n0 = n_begin; n0 < n_end; n0 += 16) {
     const std::int64_t n1 = std::min(n_end, n0 + 16);
-    std::uint32_t wsum[16];  // sum_k w[n, k] of this block's rows
-    for (std::int64_t n = n0; n < n1; ++n) {
+    std::uint32_t wsum[16];  // sum_k w[n, k] of this block's rows, four rows' chains at a time
+    std::int64_t n = n0;
+    for (; n + 4 <= n1; n += 4) {
+      __m512i s[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512()};
+      for (std::int64_t k = 0; k < g.K; k += 64) {
+        #pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) s[j] = _mm512_dpbusd_epi32(s[j], ones, load_k(g.w + (n + j) * g.K, k, g.K));
+      }
+      for (int j = 0; j < 4; ++j) wsum[n + j - n0] = hsum(s[j]);
+    }
+    for (; n < n1; ++n) {
       __m512i s = _mm512_setzero_si512();
       for (std::int64_t k = 0; k < g.K; k += 64) s = _mm512_dpbusd_epi32(s, ones, load_k(g.w + n * g.K, k, g.K));
       wsum[n - n0] = hsum(s);
