@@ -624,6 +624,63 @@ void w4f_tile(const QGemmW4FArgs& g, std::int64_t m, std::int64_t kc, std::int64
   }
 }
 
+// Up to 12 activation rows: the dequantized weights stay in registers (eight 16-row vectors per
+// 64-byte panel step) and go straight into the FMAs, no L1 round trip; rows in tiles of 12 / 8 / 4
+// / 2 / 1, with 8 / MR FMA chains per row below 8 rows.
+template <int MR>
+void w4f_direct(const QGemmW4FArgs& g, std::int64_t m, std::int64_t n, int nr, const std::int32_t* panel,
+                const float* sc, const float* zc, __m512 lut) {
+  constexpr int NA = MR >= 8 ? 1 : 8 / MR;
+  __m512 acc[MR][NA];
+  #pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 8
+    for (int c = 0; c < NA; ++c) acc[i][c] = _mm512_setzero_ps();
+  const float* xp[MR];
+  #pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) xp[i] = g.x + (m + i) * g.K;
+  const std::int64_t chunks = g.K / 32, gc = g.group / 32;
+  for (std::int64_t ci = 0, gi = 0, left = gc; ci < chunks; ++ci) {
+    const __m512 s = _mm512_loadu_ps(sc + gi * 16);
+    const __m512 z = zc != nullptr ? _mm512_loadu_ps(zc + gi * 16) : _mm512_setzero_ps();
+    const std::int32_t* t = panel + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
+    #pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) {
+      const __m512i v = _mm512_loadu_si512(t + e * 16);
+      #pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        __m512 wl = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j), lut);      // k = 32 ci + 4e + j
+        __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j + 4), lut);  // k + 16
+        if (zc != nullptr) {
+          wl = _mm512_sub_ps(wl, z);
+          wh = _mm512_sub_ps(wh, z);
+        }
+        wl = _mm512_mul_ps(wl, s);
+        wh = _mm512_mul_ps(wh, s);
+        const std::int64_t k = ci * 32 + 4 * e + j;
+        #pragma GCC unroll 12
+        for (int i = 0; i < MR; ++i) {
+          acc[i][(2 * j) % NA] = _mm512_fmadd_ps(wl, _mm512_set1_ps(xp[i][k]), acc[i][(2 * j) % NA]);
+          acc[i][(2 * j + 1) % NA] = _mm512_fmadd_ps(wh, _mm512_set1_ps(xp[i][k + 16]), acc[i][(2 * j + 1) % NA]);
+        }
+      }
+    }
+    if (--left == 0) {
+      left = gc;
+      ++gi;
+    }
+  }
+  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+  const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
+  #pragma GCC unroll 12
+  for (int i = 0; i < MR; ++i) {
+    #pragma GCC unroll 8
+    for (int c = 1; c < NA; ++c) acc[i][0] = _mm512_add_ps(acc[i][0], acc[i][c]);
+    if (g.bias) acc[i][0] = _mm512_add_ps(acc[i][0], b);
+    _mm512_mask_storeu_ps(g.y + (m + i) * g.N + n, mask, acc[i][0]);
+  }
+}
+
 void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
   constexpr std::int64_t kChunk = 256;  // 256 x 16 dequantized weights: 16 KiB in L1
@@ -636,6 +693,16 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
     w4_pack_panel(g.w, g.K, n, nr, panel.data());
     transpose_rows_f32(g.gscale, G, n, nr, sc.data());
     if (g.gzero) transpose_rows_f32(g.gzero, G, n, nr, zc.data());
+    if (g.M <= 12) {
+      const float* z = g.gzero ? zc.data() : nullptr;
+      std::int64_t m = 0;
+      for (; m + 12 <= g.M; m += 12) w4f_direct<12>(g, m, n, nr, panel.data(), sc.data(), z, lut);
+      for (; m + 8 <= g.M; m += 8) w4f_direct<8>(g, m, n, nr, panel.data(), sc.data(), z, lut);
+      for (; m + 4 <= g.M; m += 4) w4f_direct<4>(g, m, n, nr, panel.data(), sc.data(), z, lut);
+      for (; m + 2 <= g.M; m += 2) w4f_direct<2>(g, m, n, nr, panel.data(), sc.data(), z, lut);
+      for (; m < g.M; ++m) w4f_direct<1>(g, m, n, nr, panel.data(), sc.data(), z, lut);
+      continue;
+    }
     std::fill(acc.begin(), acc.end(), 0.f);
     for (std::int64_t kc = 0; kc < g.K; kc += kChunk) {
       const std::int64_t len = std::min(kChunk, g.K - kc);
