@@ -93,11 +93,13 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
                                              std::int64_t groups, bool string_padding, bool zeros_padding = true) {
   if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat) return nullptr;
   if (!aq) return conv ? nullptr : make_weight_only_plan(f, *wspec, bias);
-  if (conv && (groups != 1 || string_padding)) return nullptr;
+  if (conv && string_padding) return nullptr;
   if (f.group_size && conv) return nullptr;  // per-group convs: no integer kernel yet
   if ((f.zero_point != 0).any().item<bool>()) return nullptr;
   const QuantSpec& as = aq->spec();
-  if (as.kind == "binary") return make_xnor_plan(f, *wspec, aq, bias, conv, zeros_padding);
+  if (as.kind == "binary") {  // conv2d_w1a1 has no groups
+    return conv && groups != 1 ? nullptr : make_xnor_plan(f, *wspec, aq, bias, conv, zeros_padding);
+  }
   if (as.kind != "int" || as.scale == "dynamic" || aq->axis() || !aq->fake_quant_enabled()) return nullptr;
   const std::int64_t qmin = as.quant_min(), qmax = as.quant_max();
   if (!(qmax - qmin <= 255 && ((qmin >= 0 && qmax <= 255) || (qmin >= -128 && qmax <= 127)))) return nullptr;
@@ -149,6 +151,7 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   if (corr.numel() && corr.abs().max().item<std::int64_t>() > static_cast<std::int64_t>(kInt32Max)) return nullptr;
   plan->corr = corr.to(torch::kInt).contiguous();
   plan->out_scale = m;
+  plan->groups = conv ? groups : 1;
   plan->act_scale = static_cast<double>(sx.item<float>());
   plan->act_zero_point = zx;
   plan->act_quant_min = qmin;
@@ -222,7 +225,7 @@ torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, 
                            at::IntArrayRef pad, at::IntArrayRef dil) {
   if (p.binary_input) return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias);
   return qatkit::conv2d_int8(x4, p.weight, p.weight_bits, k, st, pad, dil, p.corr, p.out_scale, p.act_scale,
-                             p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias);
+                             p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups);
 }
 
 }  // namespace detail

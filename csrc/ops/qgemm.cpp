@@ -5,7 +5,8 @@
 //                rounded up to a multiple of 128; qatkit.qat.integer packs it from the codes).
 //   linear_w1a8: the same with binary weights, 1 bit each (1 = +1, bit k % 8 of byte k / 8: the file's
 //                1-bit packing), rows of K_pad / 8 bytes, K_pad = K rounded up to a multiple of 32.
-//   conv2d_int8: a groups == 1 Conv2d (NCHW) on those kernels: the input quantized once per image,
+//   conv2d_int8: a Conv2d (NCHW; groups and depthwise too, one GEMM per group) on those kernels: the
+//                input quantized once per image,
 //                its int8 patches (im2col on codes; a zero-padded position holds the code of 0)
 //                times the weight flattened to [N, C*kh*kw] (weight_bits 8: int8; 2 / 1: packed as
 //                for linear_w2a8 / linear_w1a8), written straight into the NCHW output.
@@ -55,7 +56,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "conv2d_int8(Tensor input, Tensor weight, int weight_bits, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, int act_quant_min, "
-      "int act_quant_max, Tensor? bias=None) -> Tensor",
+      "int act_quant_max, Tensor? bias=None, int groups=1) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w4a8(Tensor input, Tensor weight, Tensor group_scale, int group_size, "
@@ -151,7 +152,8 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
 
 std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t bits,
                                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                  std::int64_t groups) {
   constexpr const char* op = "conv2d_int8";
   TORCH_CHECK_VALUE(bits == 8 || bits == 2 || bits == 1, fmt::format("{}: weight_bits must be 8, 2 or 1, got {}", op, bits));
   TORCH_CHECK_VALUE(input.dim() == 4, fmt::format("{}: input must be 4-D [B, C, H, W], got {} dims", op, input.dim()));
@@ -166,14 +168,17 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
   TORCH_CHECK_VALUE(H + 2 * padding[0] >= dilation[0] * (kernel_size[0] - 1) + 1 &&
                         W + 2 * padding[1] >= dilation[1] * (kernel_size[1] - 1) + 1,
                     fmt::format("{}: the (padded) input {}x{} is smaller than the dilated kernel", op, H, W));
-  const std::int64_t K = input.size(1) * kernel_size[0] * kernel_size[1];
-  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, C*kh*kw] (or packed), got {} dims", op,
-                                                   weight.dim()));
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, C/groups*kh*kw] (or packed), got {} dims",
+                                                   op, weight.dim()));
+  TORCH_CHECK_VALUE(groups >= 1 && input.size(1) % groups == 0 && weight.size(0) % groups == 0,
+                    fmt::format("{}: groups must be >= 1 and divide the input channels {} and the output channels {}, "
+                                "got {}", op, input.size(1), weight.size(0), groups));
+  const std::int64_t K = input.size(1) / groups * kernel_size[0] * kernel_size[1];
   const std::int64_t per_byte = 8 / bits, block = bits == 2 ? 128 : 32;
   const std::int64_t want = (K + block - 1) / block * block / per_byte;
   // int8 weights: [N, K], or zero-padded to a multiple of 32 (small-K convs then run vectorized)
   TORCH_CHECK_VALUE(weight.size(1) == want || (bits == 8 && weight.size(1) == K),
-                    fmt::format("{}: weight must have {} bytes per row for C*kh*kw = {} at {} bit(s){}, got {}", op,
+                    fmt::format("{}: weight must have {} bytes per row for C/groups*kh*kw = {} at {} bit(s){}, got {}", op,
                                 want, K, bits, bits == 8 ? fmt::format(" (or {})", K) : "", weight.size(1)));
   return {ho, wo};
 }
@@ -353,10 +358,10 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::i
                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                        at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double act_scale,
                        std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                       const std::optional<at::Tensor>& bias) {
+                       const std::optional<at::Tensor>& bias, std::int64_t groups) {
   static auto op = ops::op_handle<decltype(conv2d_int8)>("qatkit::conv2d_int8");
   return op.call(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr, out_scale, act_scale,
-                 act_zero_point, act_quant_min, act_quant_max, bias);
+                 act_zero_point, act_quant_min, act_quant_max, bias, groups);
 }
 
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,

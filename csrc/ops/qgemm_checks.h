@@ -32,7 +32,8 @@ std::pair<std::int64_t, std::vector<std::int64_t>> rows_and_output_shape(const a
 /// check_linear_int8_args' on the weight and a [B, C*kh*kw]-shaped view.
 std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t bits,
                                                   at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                                  at::IntArrayRef padding, at::IntArrayRef dilation);
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                  std::int64_t groups = 1);
 
 /// linear_w4a8's weight / group checks (the input dtype and activation range are
 /// check_linear_int8_args', called on an int8-shaped stand-in).

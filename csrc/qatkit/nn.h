@@ -226,6 +226,7 @@ struct QATKIT_API IntegerKernelPlan {
   torch::Tensor weight, corr, out_scale;
   torch::Tensor group_scale;  ///< weight_bits 4: linear_w4a8's group scales [N, K / group_size]
   std::int64_t group_size = 0;
+  std::int64_t groups = 1;  ///< convs: conv2d_int8's groups (one GEMM per group)
   std::optional<torch::Tensor> bias;  ///< float bias added after the requantization (narrower than W8A8)
   double act_scale = 1.0;
   std::int64_t act_zero_point = 0, act_quant_min = 0, act_quant_max = 255;
@@ -477,7 +478,7 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string& compute = "integer");
 
 /// Switch the converted layers of `model` between "float" (the QAT model's function, bit for bit)
-/// and "integer": layers an integer kernel runs (Linear and groups == 1 Conv1d / Conv2d whose
+/// and "integer": layers an integer kernel runs (Linear and Conv1d / Conv2d, grouped too, whose
 /// input is a static / learned per-tensor 8-bit affine quantizer and whose weight codes are int8 /
 /// ternary / binary, docs/integer.md) compute on it, bit for bit Python's
 /// qatkit.load(path) / set_compute(model, "integer", kernels_only=True); the others keep float math.

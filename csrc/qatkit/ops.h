@@ -118,15 +118,17 @@ QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& wei
                                   std::int64_t act_quant_min, std::int64_t act_quant_max,
                                   const std::optional<at::Tensor>& bias = std::nullopt);
 
-/// A groups == 1 Conv2d (NCHW float32 input) on the integer kernels: the input quantized once per
-/// image, int8 patches (a zero-padded position holds the code of 0) times the weight flattened to
-/// [N, C*kh*kw] — int8 for weight_bits 8, packed as for linear_w2a8 / linear_w1a8 for 2 / 1 — with
-/// linear_int8's corr / requantization / bias; returns float32 [B, N, Ho, Wo]. Not differentiable.
+/// A Conv2d (NCHW float32 input; groups >= 1, depthwise included: one GEMM per group) on the integer
+/// kernels: the input quantized once per image, int8 patches (a zero-padded position holds the
+/// code of 0) times the weight flattened to [N, C/groups*kh*kw] — int8 for weight_bits 8, packed as
+/// for linear_w2a8 / linear_w1a8 for 2 / 1 — with linear_int8's corr / requantization / bias;
+/// returns float32 [B, N, Ho, Wo]. Not differentiable.
 QATKIT_API at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                                   double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
-                                  std::int64_t act_quant_max, const std::optional<at::Tensor>& bias = std::nullopt);
+                                  std::int64_t act_quant_max, const std::optional<at::Tensor>& bias = std::nullopt,
+                                  std::int64_t groups = 1);
 
 /// W4A8 Linear with a float32 weight scale per group of K (docs/integer.md, "static_group"): per
 /// group exact int32 code sums (with the input zero-point term, formed from the codes), combined in float64 in

@@ -167,24 +167,26 @@ void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
   }
 }
 
-// One image per task: its codes (int8, quantized once), its patches [L, K_row] in the GEMM's row
-// layout (im2col on codes), their sums (packed kernels), and the GEMM written into [N, L] of the
-// NCHW output (y_rs = 1, y_cs = L). A zero-padded position holds the code of 0 (zero point -
-// shift): exactly what the float conv's zero padding quantizes to, so corr's zero-point term holds.
+// One image per task: its codes (int8, quantized once), then per group its patches [L, K_row] in the
+// GEMM's row layout (im2col on the group's channels), their sums (packed kernels), and the GEMM of
+// the group's weight rows written into its [N / groups, L] slice of the NCHW output (y_rs = 1,
+// y_cs = L). A zero-padded position holds the code of 0 (zero point - shift): exactly what the float
+// conv's zero padding quantizes to, so corr's zero-point term holds.
 at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                            double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
-                           std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
-  const auto [ho, wo] = ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation);
+                           std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  const auto [ho, wo] =
+      ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
-  const std::int64_t kh = kernel_size[0], kw = kernel_size[1], K = C * kh * kw;
+  const std::int64_t Cg = C / groups, kh = kernel_size[0], kw = kernel_size[1], K = Cg * kh * kw;
   const std::int32_t shift = check_linear_int8_args(
       at::empty({1, weight_bits == 8 ? weight.size(1) : K}, input.options()), weight, corr, out_scale, act_scale,
       act_zero_point, act_quant_min, act_quant_max, bias, static_cast<int>(weight_bits));
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = w.size(0), L = ho * wo;
+  const std::int64_t N = w.size(0), Ng = N / groups, L = ho * wo;
   const std::int64_t K_row = w.size(1) * (8 / weight_bits);  // >= K: the padded tail of each patch row stays 0
   at::Tensor y = at::empty({B, N, ho, wo}, input.options());
   if (y.numel() == 0) return y;
@@ -203,56 +205,60 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(L));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
-      for (std::int64_t oh = 0; oh < ho; ++oh) {
-        for (std::int64_t ow = 0; ow < wo; ++ow) {
-          std::int8_t* row = cols.data() + (oh * wo + ow) * K_row;
-          std::int64_t idx = 0;
-          std::int32_t s = 0;
-          for (std::int64_t ci = 0; ci < C; ++ci) {
-            for (std::int64_t i = 0; i < kh; ++i) {
-              const std::int64_t ih = oh * sh - ph + i * dh;
-              for (std::int64_t j = 0; j < kw; ++j, ++idx) {
-                const std::int64_t iw = ow * sw - pw + j * dw;
-                const std::int8_t v = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xq[(ci * H + ih) * W + iw] : pad_code;
-                row[idx] = v;
-                s += v;
+      for (std::int64_t gi = 0; gi < groups; ++gi) {
+        for (std::int64_t oh = 0; oh < ho; ++oh) {
+          for (std::int64_t ow = 0; ow < wo; ++ow) {
+            std::int8_t* row = cols.data() + (oh * wo + ow) * K_row;
+            std::int64_t idx = 0;
+            std::int32_t s = 0;
+            for (std::int64_t ci = gi * Cg; ci < (gi + 1) * Cg; ++ci) {
+              for (std::int64_t i = 0; i < kh; ++i) {
+                const std::int64_t ih = oh * sh - ph + i * dh;
+                for (std::int64_t j = 0; j < kw; ++j, ++idx) {
+                  const std::int64_t iw = ow * sw - pw + j * dw;
+                  const std::int8_t v = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xq[(ci * H + ih) * W + iw] : pad_code;
+                  row[idx] = v;
+                  s += v;
+                }
               }
             }
+            a_sum[static_cast<std::size_t>(oh * wo + ow)] = s;  // positions K..K_row stay 0
           }
-          a_sum[static_cast<std::size_t>(oh * wo + ow)] = s;  // positions K..K_row stay 0
         }
-      }
-      float* yb = y.data_ptr<float>() + bi * N * L;
-      if (weight_bits == 8) {
-        kernels::QGemmArgs g;
-        g.a = cols.data();
-        g.w = w.data_ptr<std::int8_t>();
-        g.corr = c.data_ptr<std::int32_t>();
-        g.out_scale = os.data_ptr<float>();
-        g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-        g.y = yb;
-        g.M = L;
-        g.N = N;
-        g.K = K_row;  // the weight's (zero-padded) row length
-        g.y_rs = 1;
-        g.y_cs = L;
-        gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_s8(g, n0, n1); });
-      } else {
-        kernels::QGemmPackedArgs g;
-        g.a = cols.data();
-        g.a_sum = a_sum.data();
-        g.w = w.data_ptr<std::uint8_t>();
-        g.corr = c.data_ptr<std::int32_t>();
-        g.out_scale = os.data_ptr<float>();
-        g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-        g.y = yb;
-        g.M = L;
-        g.N = N;
-        g.K_pad = K_row;
-        g.y_rs = 1;
-        g.y_cs = L;
-        const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
-        gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { gemm(g, n0, n1); });
+        const std::int64_t n0 = gi * Ng;  // the group's output channels [n0, n0 + Ng)
+        float* yb = y.data_ptr<float>() + (bi * N + n0) * L;
+        const float* bp = b.defined() ? b.data_ptr<float>() + n0 : nullptr;
+        if (weight_bits == 8) {
+          kernels::QGemmArgs g;
+          g.a = cols.data();
+          g.w = w.data_ptr<std::int8_t>() + n0 * w.size(1);
+          g.corr = c.data_ptr<std::int32_t>() + n0;
+          g.out_scale = os.data_ptr<float>() + n0;
+          g.bias = bp;
+          g.y = yb;
+          g.M = L;
+          g.N = Ng;
+          g.K = K_row;  // the weight's (zero-padded) row length
+          g.y_rs = 1;
+          g.y_cs = L;
+          gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) { k.gemm_s8(g, c0, c1); });
+        } else {
+          kernels::QGemmPackedArgs g;
+          g.a = cols.data();
+          g.a_sum = a_sum.data();
+          g.w = w.data_ptr<std::uint8_t>() + n0 * w.size(1);
+          g.corr = c.data_ptr<std::int32_t>() + n0;
+          g.out_scale = os.data_ptr<float>() + n0;
+          g.bias = bp;
+          g.y = yb;
+          g.M = L;
+          g.N = Ng;
+          g.K_pad = K_row;
+          g.y_rs = 1;
+          g.y_cs = L;
+          const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
+          gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) { gemm(g, c0, c1); });
+        }
       }
     }
   };

@@ -45,9 +45,10 @@ at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, s
                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                             double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
-                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
-  const auto [ho, wo] = check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation);
-  const std::int64_t K = input.size(1) * kernel_size[0] * kernel_size[1];
+                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  const auto [ho, wo] =
+      check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
+  const std::int64_t K = input.size(1) / groups * kernel_size[0] * kernel_size[1];
   check_linear_int8_args(at::empty({1, weight_bits == 8 ? weight.size(1) : K}, input.options()), weight, corr,
                          out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
                          static_cast<int>(weight_bits));

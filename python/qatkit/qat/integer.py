@@ -270,9 +270,10 @@ def _is_conv(mod) -> bool:
 
 def _int8_plan(mod) -> Optional[dict]:
     """The operands of ``ops.linear_int8`` (or the packed ternary / binary kernels) for a "static"
-    Linear, or a Conv with groups == 1 (weights flattened to [N, C*kh*kw], inputs unfolded), whose
-    codes fit (8-bit input range, weight codes in [-127, 127]); None: the float64 simulation runs."""
-    if _is_conv(mod) and mod.groups != 1:
+    Linear, or a Conv (weights flattened to [N, C/groups*kh*kw], inputs unfolded per group), whose
+    codes fit (8-bit input range, weight codes in [-127, 127]); None: the float64 simulation runs.
+    XNOR convs need groups == 1 (conv2d_w1a1 has no groups)."""
+    if _is_conv(mod) and mod.groups != 1 and mod._integer_form == "row":
         return None
     if mod._integer_form == "row":
         return _xnor_plan(mod)
@@ -406,7 +407,7 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
 
 
 def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
-    """A groups == 1 conv on ``ops.conv2d_int8`` (im2col on the codes; Conv1d as a 1 x k Conv2d).
+    """A conv on ``ops.conv2d_int8`` (im2col on the codes, one GEMM per group; Conv1d as a 1 x k Conv2d).
     Zero padding holds the code of 0, the zero point, which the kernel's zero-point term cancels:
     the integer sums of the direct conv; other padding modes pad x first (copies, as for codes)."""
     if mod.padding_mode != "zeros":
@@ -423,7 +424,7 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
         return y.squeeze(2) if nd == 1 else y
     bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[plan["kernel"]]
     y = ops.conv2d_int8(x4, plan["weight"], bits, k, st, pad, dil, plan["corr"], plan["out_scale"], plan["act_scale"],
-                        plan["zp"], plan["qmin"], plan["qmax"], plan["bias"])
+                        plan["zp"], plan["qmin"], plan["qmax"], plan["bias"], mod.groups)
     return y.squeeze(2) if nd == 1 else y
 
 
@@ -479,8 +480,8 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
             m._integer_form = None
             kind = type(m).__name__.replace("Packed", "").replace("Quantized", "")
             detail = ""
-            if _is_conv(m) and m.groups != 1:
-                detail = f" (groups={m.groups}: grouped / depthwise convs have no kernel)"
+            if _is_conv(m) and m.groups != 1 and form == "row":
+                detail = f" (groups={m.groups}: grouped / depthwise XNOR convs have no kernel)"
             elif _is_conv(m) and form == "row" and m.padding_mode != "zeros":
                 detail = f" (padding_mode {m.padding_mode!r}: a binarized sample's codes would be padded, not its floats)"
             form, why = None, f"no integer kernel for a {kind} in the {form!r} form yet{detail}: float math"

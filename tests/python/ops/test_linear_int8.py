@@ -270,6 +270,49 @@ def test_conv2d_int8_equals_the_int8_kernel_on_unfolded_patches(bits, geom):
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("C,N,groups", [(6, 6, 6), (6, 12, 3), (4, 8, 2)])
+def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups):
+    """groups > 1 (depthwise: groups == C): each group's output channels equal linear_int8 over the
+    unfolded patches of that group's input channels, on every ISA."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(17)
+    B, H, W, k = 2, 7, 6, (3, 3)
+    x = torch.randn(B, C, H, W, generator=g) * 2
+    K = C // groups * 9
+    if bits == 8:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        packed = F.pad(w, (0, -K % 32)).contiguous()
+    elif bits == 2:
+        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+        packed = ops.pack_ternary_t2(w)
+    else:
+        w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+        packed = ops.pack_binary_b1(w)
+    s, zp, qmin, qmax = 0.04, 9, 0, 255
+    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+    scale = torch.rand(N, generator=g) * 1e-2
+    fb = torch.randn(N, generator=g)
+    ng, cg = N // groups, C // groups
+    want = torch.cat([
+        ops.linear_int8(F.unfold(x[:, i * cg:(i + 1) * cg], k, padding=(1, 1), stride=(2, 1)).transpose(1, 2),
+                        w[i * ng:(i + 1) * ng], corr[i * ng:(i + 1) * ng], scale[i * ng:(i + 1) * ng], s, zp, qmin, qmax,
+                        fb[i * ng:(i + 1) * ng]).transpose(1, 2) for i in range(groups)], 1)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.conv2d_int8(x, packed, bits, k, (2, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, groups)
+            assert torch.equal(got.reshape(B, N, -1), want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+    torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default,
+                          (x, packed, bits, [3, 3], [2, 1], [1, 1], [1, 1], corr, scale, s, zp, qmin, qmax, fb, groups))
+    with pytest.raises(ValueError, match=r"groups must be >= 1 and divide the input channels"):
+        ops.conv2d_int8(x, packed, bits, k, (2, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, 5)
+
+
 def test_conv2d_int8_opcheck_and_errors():
     x = torch.randn(2, 3, 6, 6)
     w = torch.randint(-127, 128, (4, 27), dtype=torch.int8)

@@ -347,3 +347,27 @@ def test_xnor_layers_run_on_the_popcount_kernel(arch):
             assert "groups=16" in why or "padding_mode 'reflect'" in why, why
     with torch.no_grad():
         assert torch.equal(k(x), sim(x))
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8"])
+def test_depthwise_conv_runs_on_the_grouped_conv_kernel(preset):
+    """The cnn's depthwise conv (groups=16) runs on ops.conv2d_int8 (one GEMM per group) when
+    kernels_only (what qatkit.load does), bit for bit the float64 integer simulation."""
+    q, shape = _prepared("cnn", preset)
+    torch.manual_seed(5)
+    x = torch.randn(shape) * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = qatkit.convert(q)
+        set_compute(sim, "integer", warn=False)
+        for m in sim.modules():  # the float64 simulation everywhere: no kernel plans
+            if isinstance(m, _Quantized) and m._integer_form is not None:
+                m.__dict__["_int8_plan"] = False
+        k = qatkit.convert(q)
+        set_compute(k, "integer", warn=False, kernels_only=True)
+    dw = [m for m in k.modules() if isinstance(m, _Quantized) and getattr(m, "groups", 1) == 16]
+    assert len(dw) == 1
+    want = {"w8a8": "linear_int8", "ternary_twn": "linear_w2a8", "binary_w1a8": "linear_w1a8"}[preset]
+    assert integer.kernel_for(dw[0]) == want
+    with torch.no_grad():
+        assert torch.equal(k(x), sim(x))
