@@ -102,6 +102,22 @@ struct QGemmXnorArgs {
   std::int64_t y_rs = 0, y_cs = 1;
 };
 
+/// A depthwise conv (groups == C; Ng = N / C output channels per input channel) on one image's
+/// codes, directly (no im2col): x the image's shifted activation codes (as QGemmArgs' a) zero-point
+/// padded to [C, Hp, Wp] (int16), w the weight codes [N, kh * kw] (int16: int8, ternary or binary
+/// codes alike), and output n = c * Ng + r of input channel c:
+///   acc[n, oh, ow] = sum_{i, j} x[c, oh * sh + i * dh, ow * sw + j * dw] * w[n, i * kw + j]   (int32, exact)
+///   y = fp32(acc + corr[n]) * out_scale[n] (+ bias[n])   (QGemmArgs' requantization, the same bits)
+struct QDwConvArgs {
+  const std::int16_t* x = nullptr;  ///< [C, Hp, Wp]
+  const std::int16_t* w = nullptr;  ///< [N, kh * kw]
+  const std::int32_t* corr = nullptr;
+  const float* out_scale = nullptr;
+  const float* bias = nullptr;
+  float* y = nullptr;               ///< [N, Ho, Wo]
+  std::int64_t Hp = 0, Wp = 0, Ng = 1, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, Ho = 0, Wo = 0;
+};
+
 /// Weight-only 4-bit (float activations): the W4 layout of QGemmW4Args (c = q + 8), each weight
 /// dequantized as w = (float(q) - zero[n, g]) * scale[n, g] (float32; zero 0 when gzero is null:
 /// the bits of dequantize_affine), y[m, n] = sum_k x[m, k] * w[n, k] in float32 (the ISA's own

@@ -199,6 +199,78 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   // images in parallel; with fewer images than threads, one image at a time with the GEMM's output
   // channels in parallel
   const bool per_image = B >= at::get_num_threads();
+  if (Cg == 1) {  // depthwise (N / C outputs per input channel): the direct kernel, no im2col
+    const std::int64_t taps = kh * kw, rb = w.size(1), Hp = H + 2 * ph, Wp = W + 2 * pw;
+    std::vector<std::int16_t> wd(static_cast<std::size_t>(N * taps));  // the codes of any width as int16
+    for (std::int64_t n = 0; n < N; ++n) {
+      for (std::int64_t t = 0; t < taps; ++t) {
+        std::int16_t v;
+        if (weight_bits == 8) {
+          v = w.data_ptr<std::int8_t>()[n * rb + t];
+        } else if (weight_bits == 2) {  // QGemmPackedArgs' ternary layout: c = w + 1 in 128-blocks
+          const std::uint8_t byte = w.data_ptr<std::uint8_t>()[n * rb + t / 128 * 32 + t % 32];
+          v = static_cast<std::int16_t>(((byte >> (2 * (t % 128 / 32))) & 3) - 1);
+        } else {  // binary: bit t % 8 of byte t / 8, 1 = +1
+          v = static_cast<std::int16_t>(((w.data_ptr<std::uint8_t>()[n * rb + t / 8] >> (t % 8)) & 1) ? 1 : -1);
+        }
+        wd[static_cast<std::size_t>(n * taps + t)] = v;
+      }
+    }
+    kernels::QDwConvArgs g;
+    g.w = wd.data();
+    g.corr = c.data_ptr<std::int32_t>();
+    g.out_scale = os.data_ptr<float>();
+    g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+    g.Hp = Hp;
+    g.Wp = Wp;
+    g.Ng = N / C;
+    g.kh = kh;
+    g.kw = kw;
+    g.sh = sh;
+    g.sw = sw;
+    g.dh = dh;
+    g.dw = dw;
+    g.Ho = ho;
+    g.Wo = wo;
+    // one image's codes, zero-point padded into [C, Hp, Wp] (int16)
+    const auto pad_codes = [&](std::int64_t bi, std::vector<std::int8_t>& xq, std::vector<std::int16_t>& xpad) {
+      k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+      std::fill(xpad.begin(), xpad.end(), static_cast<std::int16_t>(pad_code));
+      for (std::int64_t ci = 0; ci < C; ++ci) {
+        for (std::int64_t ih = 0; ih < H; ++ih) {
+          std::int16_t* dst = xpad.data() + (ci * Hp + ih + ph) * Wp + pw;
+          const std::int8_t* src = xq.data() + (ci * H + ih) * W;
+          for (std::int64_t iw = 0; iw < W; ++iw) dst[iw] = src[iw];
+        }
+      }
+    };
+    const auto buffers = [&] {
+      return std::make_pair(std::vector<std::int8_t>(static_cast<std::size_t>(C * H * W)),
+                            std::vector<std::int16_t>(static_cast<std::size_t>(C * Hp * Wp)));
+    };
+    if (per_image) {
+      at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+        auto [xq, xpad] = buffers();
+        for (std::int64_t bi = b0; bi < b1; ++bi) {
+          pad_codes(bi, xq, xpad);
+          kernels::QDwConvArgs gi = g;
+          gi.x = xpad.data();
+          gi.y = y.data_ptr<float>() + bi * N * L;
+          k.dwconv(gi, 0, N);
+        }
+      });
+    } else {  // fewer images than threads: the channels in parallel
+      auto [xq, xpad] = buffers();
+      for (std::int64_t bi = 0; bi < B; ++bi) {
+        pad_codes(bi, xq, xpad);
+        kernels::QDwConvArgs gi = g;
+        gi.x = xpad.data();
+        gi.y = y.data_ptr<float>() + bi * N * L;
+        at::parallel_for(0, N, 1, [&](std::int64_t n0, std::int64_t n1) { k.dwconv(gi, n0, n1); });
+      }
+    }
+    return y;
+  }
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
     std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W));
     std::vector<std::int8_t> cols(static_cast<std::size_t>(L * K_row), 0);

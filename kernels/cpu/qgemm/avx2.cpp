@@ -509,7 +509,9 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 }  // namespace
 
 const QGemmKernels* qgemm_avx2() {
-  static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f};
+  // dwconv: loops.h's loop, vectorized by the compiler here (AVX2)
+  static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
+                              &detail::dwconv_channels};
   return &k;
 }
 

@@ -85,7 +85,8 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 }  // namespace
 
 const QGemmKernels& qgemm_baseline() {
-  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f};
+  static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
+                              &detail::dwconv_channels};
   return k;
 }
 

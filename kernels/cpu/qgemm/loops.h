@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "../../common/fake_quant_scalar.h"
 #include "../../common/qgemm_args.h"
@@ -154,6 +155,37 @@ inline float finish_xnor(std::int64_t xor_bits, const QGemmXnorArgs& g, std::int
   const std::int32_t acc = g.a_k[m] - 2 * static_cast<std::int32_t>(xor_bits);
   const float y = static_cast<float>(acc) * (g.row_scale[m] * g.col_scale[n]);
   return g.bias ? y + g.bias[n] : y;
+}
+
+/// Output channels [n_begin, n_end) of a depthwise conv (QDwConvArgs): per output row, each tap adds
+/// its weight times a run of input codes to Wo int32 accumulators (a loop the compiler vectorizes in
+/// the AVX2 file), then the requantization. Exact int32 sums: every table gives the same bits.
+inline void dwconv_channels(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  std::vector<std::int32_t> acc(static_cast<std::size_t>(g.Wo));
+  const std::int64_t taps = g.kh * g.kw;
+  for (std::int64_t n = n_begin; n < n_end; ++n) {
+    const std::int16_t* xc = g.x + (n / g.Ng) * g.Hp * g.Wp;
+    const std::int16_t* wn = g.w + n * taps;
+    for (std::int64_t oh = 0; oh < g.Ho; ++oh) {
+      std::fill(acc.begin(), acc.end(), 0);
+      std::int32_t* a = acc.data();
+      for (std::int64_t i = 0; i < g.kh; ++i) {
+        const std::int16_t* row = xc + (oh * g.sh + i * g.dh) * g.Wp;
+        for (std::int64_t j = 0; j < g.kw; ++j) {
+          const std::int32_t wv = wn[i * g.kw + j];
+          const std::int16_t* r = row + j * g.dw;
+          if (g.sw == 1) {
+            for (std::int64_t ow = 0; ow < g.Wo; ++ow) a[ow] += static_cast<std::int32_t>(r[ow]) * wv;
+          } else {
+            for (std::int64_t ow = 0; ow < g.Wo; ++ow) a[ow] += static_cast<std::int32_t>(r[ow * g.sw]) * wv;
+          }
+        }
+      }
+      float* y = g.y + (n * g.Ho + oh) * g.Wo;
+      const std::uint32_t c = static_cast<std::uint32_t>(g.corr[n]);
+      for (std::int64_t ow = 0; ow < g.Wo; ++ow) y[ow] = requantize(static_cast<std::uint32_t>(a[ow]) + c, g, n);
+    }
+  }
 }
 
 /// One dequantized weight of a weight-only W4 row (QGemmW4FArgs): (float(q) - z) * s.

@@ -27,6 +27,8 @@ struct QGemmKernels {
   void (*gemm_xnor)(const QGemmXnorArgs& args, std::int64_t n_begin, std::int64_t n_end);
   /// The weight-only 4-bit GEMM (float activations), output columns [n_begin, n_end) of every row.
   void (*gemm_w4f)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end);
+  /// The depthwise conv of one image, output channels [n_begin, n_end).
+  void (*dwconv)(const QDwConvArgs& args, std::int64_t n_begin, std::int64_t n_end);
 };
 
 const QGemmKernels& qgemm_baseline();

@@ -271,10 +271,12 @@ def test_conv2d_int8_equals_the_int8_kernel_on_unfolded_patches(bits, geom):
 
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
-@pytest.mark.parametrize("C,N,groups", [(6, 6, 6), (6, 12, 3), (4, 8, 2)])
-def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups):
-    """groups > 1 (depthwise: groups == C): each group's output channels equal linear_int8 over the
-    unfolded patches of that group's input channels, on every ISA."""
+@pytest.mark.parametrize("C,N,groups", [(6, 6, 6), (4, 8, 4), (6, 12, 3), (4, 8, 2)])
+@pytest.mark.parametrize("geom", [dict(s=(2, 1), p=(1, 1), d=(1, 1)), dict(s=(1, 2), p=(2, 0), d=(2, 1))])
+def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom):
+    """groups > 1 (depthwise: groups == C, the direct kernel, with a channel multiplier too): each
+    group's output channels equal linear_int8 over the unfolded patches of that group's input
+    channels, on every ISA."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(17)
@@ -296,19 +298,25 @@ def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups):
     fb = torch.randn(N, generator=g)
     ng, cg = N // groups, C // groups
     want = torch.cat([
-        ops.linear_int8(F.unfold(x[:, i * cg:(i + 1) * cg], k, padding=(1, 1), stride=(2, 1)).transpose(1, 2),
+        ops.linear_int8(F.unfold(x[:, i * cg:(i + 1) * cg], k, dilation=geom["d"], padding=geom["p"],
+                                 stride=geom["s"]).transpose(1, 2),
                         w[i * ng:(i + 1) * ng], corr[i * ng:(i + 1) * ng], scale[i * ng:(i + 1) * ng], s, zp, qmin, qmax,
                         fb[i * ng:(i + 1) * ng]).transpose(1, 2) for i in range(groups)], 1)
     old = qatkit._C.cpu_isa()
     try:
         for isa in _isas():
             qatkit._C.set_cpu_isa(isa)
-            got = ops.conv2d_int8(x, packed, bits, k, (2, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, groups)
+            got = ops.conv2d_int8(x, packed, bits, k, geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin, qmax, fb,
+                                  groups)
             assert torch.equal(got.reshape(B, N, -1), want), isa
     finally:
         qatkit._C.set_cpu_isa(old)
     torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default,
-                          (x, packed, bits, [3, 3], [2, 1], [1, 1], [1, 1], corr, scale, s, zp, qmin, qmax, fb, groups))
+                          (x, packed, bits, [3, 3], list(geom["s"]), list(geom["p"]), list(geom["d"]), corr, scale, s, zp,
+                           qmin, qmax, fb, groups))
+    x1 = x[:1].contiguous()  # one image: the channels run in parallel instead of the images
+    one = ops.conv2d_int8(x1, packed, bits, k, geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin, qmax, fb, groups)
+    assert torch.equal(one.reshape(1, N, -1), want[:1])
     with pytest.raises(ValueError, match=r"groups must be >= 1 and divide the input channels"):
         ops.conv2d_int8(x, packed, bits, k, (2, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, 5)
 
