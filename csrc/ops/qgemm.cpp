@@ -162,7 +162,7 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
     TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo,
                       fmt::format("{}: {} must be two integers >= {}, got {}", op, name, lo, c10::str(v)));
   }
-  const std::int64_t H = input.size(2), W = input.size(3);
+  const std::int64_t C = static_dim(input, 1), H = static_dim(input, 2), W = static_dim(input, 3);
   const std::int64_t ho = (H + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) / stride[0] + 1;
   const std::int64_t wo = (W + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) / stride[1] + 1;
   TORCH_CHECK_VALUE(H + 2 * padding[0] >= dilation[0] * (kernel_size[0] - 1) + 1 &&
@@ -170,10 +170,10 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
                     fmt::format("{}: the (padded) input {}x{} is smaller than the dilated kernel", op, H, W));
   TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, C/groups*kh*kw] (or packed), got {} dims",
                                                    op, weight.dim()));
-  TORCH_CHECK_VALUE(groups >= 1 && input.size(1) % groups == 0 && weight.size(0) % groups == 0,
+  TORCH_CHECK_VALUE(groups >= 1 && C % groups == 0 && weight.size(0) % groups == 0,
                     fmt::format("{}: groups must be >= 1 and divide the input channels {} and the output channels {}, "
-                                "got {}", op, input.size(1), weight.size(0), groups));
-  const std::int64_t K = input.size(1) / groups * kernel_size[0] * kernel_size[1];
+                                "got {}", op, C, weight.size(0), groups));
+  const std::int64_t K = C / groups * kernel_size[0] * kernel_size[1];
   const std::int64_t per_byte = 8 / bits, block = bits == 2 ? 128 : 32;
   const std::int64_t want = (K + block - 1) / block * block / per_byte;
   // int8 weights: [N, K], or zero-padded to a multiple of 32 (small-K convs then run vectorized)
@@ -227,7 +227,7 @@ static std::pair<std::int64_t, std::int64_t> check_w4_weight(const char* op, con
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
                    fmt::format("{}: weight must be uint8 (4-bit codes, packed), got {}", op,
                                c10::toString(weight.scalar_type())));
-  const std::int64_t K = input.size(-1);
+  const std::int64_t K = static_dim(input, -1);
   TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
                     fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
   if (gscale != nullptr && weight.dim() == 3) {

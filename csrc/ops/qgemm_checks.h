@@ -40,6 +40,10 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                             std::int64_t group, const std::optional<at::Tensor>& bias);
 
+/// Dim d of t as an integer, guarding only that dim when t has symbolic sizes (torch.export /
+/// dynamic shapes: size(d) would specialize every dim, the batch dim included).
+inline std::int64_t static_dim(const at::Tensor& t, std::int64_t d) { return t.sym_size(d).guard_int(__FILE__, __LINE__); }
+
 /// pack_int4_panel on any device (ATen ops).
 at::Tensor pack_int4_panel_composite(const at::Tensor& weight);
 

@@ -15,6 +15,12 @@ at::Tensor linear_output(const at::Tensor& input, const at::Tensor& weight) {
   return at::empty_symint(shape, input.options());
 }
 
+// A conv's NCHW output with the input's (possibly symbolic) batch size, so torch.export keeps a
+// dynamic batch dim dynamic (the shape checks read the concrete C, H, W).
+at::Tensor conv_output(const at::Tensor& input, std::int64_t N, std::int64_t ho, std::int64_t wo) {
+  return at::empty_symint({input.sym_size(0), c10::SymInt(N), c10::SymInt(ho), c10::SymInt(wo)}, input.options());
+}
+
 at::Tensor linear_int8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                             const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                             std::int64_t act_quant_min, std::int64_t act_quant_max,
@@ -48,11 +54,11 @@ at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, s
                             std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
   const auto [ho, wo] =
       check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
-  const std::int64_t K = input.size(1) / groups * kernel_size[0] * kernel_size[1];
+  const std::int64_t K = static_dim(input, 1) / groups * kernel_size[0] * kernel_size[1];
   check_linear_int8_args(at::empty({1, weight_bits == 8 ? weight.size(1) : K}, input.options()), weight, corr,
                          out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
                          static_cast<int>(weight_bits));
-  return at::empty({input.size(0), weight.size(0), ho, wo}, input.options());
+  return conv_output(input, weight.size(0), ho, wo);
 }
 
 at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
@@ -60,18 +66,18 @@ at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, c
                             std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                             const std::optional<at::Tensor>& bias) {
   check_linear_w4a8_args(input, weight, group_scale, group_size, bias);
-  const std::int64_t N = group_scale.size(0), K = input.size(-1);
+  const std::int64_t N = group_scale.size(0), K = static_dim(input, -1);
   check_linear_int8_args(input, at::empty({N, K}, weight.options().dtype(at::kChar)),
                          at::empty({N}, group_scale.options().dtype(at::kInt)), at::empty({N}, group_scale.options()), act_scale,
                          act_zero_point, act_quant_min, act_quant_max, bias);
-  std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());
-  shape.back() = N;
-  return at::empty(shape, input.options());
+  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
+  shape.back() = group_scale.sym_size(0);
+  return at::empty_symint(shape, input.options());
 }
 
 at::Tensor linear_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
                             const std::optional<at::Tensor>& bias) {
-  check_w1a1_args("linear_w1a1", input, input.dim() > 0 ? input.size(-1) : 0, weight, weight_scale, bias);
+  check_w1a1_args("linear_w1a1", input, input.dim() > 0 ? static_dim(input, -1) : 0, weight, weight_scale, bias);
   return linear_output(input, weight);
 }
 
@@ -79,8 +85,9 @@ at::Tensor conv2d_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, a
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
-  check_w1a1_args("conv2d_w1a1", input, input.size(1) * kernel_size[0] * kernel_size[1], weight, weight_scale, bias);
-  return at::empty({input.size(0), weight.size(0), ho, wo}, input.options());
+  check_w1a1_args("conv2d_w1a1", input, static_dim(input, 1) * kernel_size[0] * kernel_size[1], weight, weight_scale,
+                  bias);
+  return conv_output(input, weight.size(0), ho, wo);
 }
 
 at::Tensor linear_w4_weight_only_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,

@@ -583,3 +583,32 @@ def test_w4_weight_only_opcheck_compile_and_errors():
         ops.linear_w4_weight_only(x, p[:, :16], s, 32)
     with pytest.raises(TypeError, match="input must be float32"):
         ops.linear_w4_weight_only(x.half(), p, s, 32)
+
+
+def test_export_keeps_a_dynamic_batch_dim():
+    """torch.export with a dynamic batch: the meta kernels give symbolic batch sizes (no
+    specialization), and the exported program runs other batch sizes with the eager results."""
+    from torch.export import Dim, export
+
+    wc = torch.randint(-127, 128, (4, 27), dtype=torch.int8)
+    c4, s4 = torch.zeros(4, dtype=torch.int32), torch.rand(4) * 1e-2 + 1e-3
+    q4 = torch.randint(-8, 8, (16, 64), dtype=torch.int8)
+    panel, gs = ops.pack_int4_panel(ops.pack_int4_w4(q4)), torch.rand(16, 2) * 0.1
+    rows = ops.pack_int4_w4(q4)
+    pb = ops.pack_binary_b1(torch.where(torch.randn(4, 27) >= 0, 1, -1).to(torch.int8))
+    pb64 = ops.pack_binary_b1(torch.where(torch.randn(16, 64) >= 0, 1, -1).to(torch.int8))
+    s16 = torch.rand(16) + 0.1
+
+    class M(torch.nn.Module):
+        def forward(self, x, v):
+            a = ops.conv2d_int8(x, wc, 8, (3, 3), (1, 1), (1, 1), (1, 1), c4, s4, 0.1, 0, -128, 127)
+            b = ops.conv2d_w1a1(x, pb, (3, 3), (1, 1), (1, 1), (1, 1), s4)
+            c = ops.linear_w4a8(v, panel, gs, 32, 0.1, 0, -128, 127)
+            d = ops.linear_w4_weight_only(v, rows, gs, 32)
+            e = ops.linear_w1a1(v, pb64, s16)
+            return a, b, c, d, e
+
+    ep = export(M(), (torch.randn(2, 3, 6, 6), torch.randn(2, 64)), dynamic_shapes={"x": {0: Dim("b")}, "v": {0: Dim("m")}})
+    x, v = torch.randn(5, 3, 6, 6), torch.randn(7, 64)
+    for got, want in zip(ep.module()(x, v), M()(x, v)):
+        assert torch.equal(got, want)
