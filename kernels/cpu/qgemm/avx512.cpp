@@ -414,7 +414,7 @@ inline void transpose16(__m512i r[16]) {
 struct W4Panel {
   const std::int32_t* codes = nullptr;  // [steps][16][16]: the block's panel (the weight's or buf's)
   std::vector<std::int32_t> buf;        // the row layout's block, transposed
-  std::vector<double> scale;            // [G][16]: the 16 rows' group scales as float64
+  std::vector<float> scale;             // [G][16]: the 16 rows' group scales (lane r: row r)
   std::vector<std::int32_t> zero;       // [G][16]: the rows' zero-point terms (when act_offset != 0)
 };
 
@@ -436,27 +436,6 @@ inline void w4_zero_terms(const QGemmW4Args& g, const std::int32_t* codes, std::
       const __m512i q = _mm512_sub_epi32(gsum, _mm512_set1_epi32(static_cast<std::int32_t>(8 * g.group)));
       _mm512_storeu_si512(zero + gdone++ * 16, _mm512_mullo_epi32(q, _mm512_set1_epi32(g.act_offset)));
       gsum = _mm512_setzero_si512();
-    }
-  }
-}
-
-// The block's group scales as float64 [G][16] (lane r: row r), 16 groups per 16 x 16 transpose.
-inline void w4_block_scales(const QGemmW4Args& g, std::int64_t n, int nr, double* scale) {
-  const std::int64_t G = g.K / g.group;
-  for (std::int64_t g0 = 0; g0 < G; g0 += 16) {
-    const int ng = static_cast<int>(std::min<std::int64_t>(16, G - g0));
-    const __mmask16 mask = static_cast<__mmask16>((1u << ng) - 1);
-    __m512i r[16];
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; ++i) {
-      r[i] = i < nr ? _mm512_castps_si512(_mm512_maskz_loadu_ps(mask, g.gscale + (n + i) * G + g0)) : _mm512_setzero_si512();
-    }
-    transpose16(r);
-    for (int e = 0; e < ng; ++e) {
-      const __m512 v = _mm512_castsi512_ps(r[e]);
-      _mm512_storeu_pd(scale + (g0 + e) * 16, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-      _mm512_storeu_pd(scale + (g0 + e) * 16 + 8,
-                       _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
     }
   }
 }
@@ -534,7 +513,9 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
     if (--left == 0) {
       left = gc;
       const std::int64_t gi = gdone++;
-      const __m512d slo = _mm512_loadu_pd(p.scale.data() + gi * 16), shi = _mm512_loadu_pd(p.scale.data() + gi * 16 + 8);
+      const __m512 sf = _mm512_loadu_ps(p.scale.data() + gi * 16);  // as float64 (exact), rows 0-7 / 8-15
+      const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
+      const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
       #pragma GCC unroll 4
       for (int i = 0; i < MR; ++i) {
         __m512i v = _mm512_sub_epi32(acc[i][0], _mm512_set1_epi32(8 * g.a_gsum[(m + i) * G + gi]));
@@ -580,7 +561,7 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
       for (std::int64_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
     }
     if (g.act_offset != 0) w4_zero_terms(g, p.codes, p.zero.data());
-    w4_block_scales(g, n, nr, p.scale.data());
+    transpose_rows_f32(g.gscale, G, n, nr, p.scale.data());
     std::int64_t m = 0;
     for (; m + 4 <= g.M; m += 4) w4_panel_rows<4>(g, m, n, nr, p);
     for (; m < g.M; ++m) w4_panel_rows<1>(g, m, n, nr, p);

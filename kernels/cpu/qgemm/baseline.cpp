@@ -43,9 +43,7 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
   std::vector<std::uint8_t> row(static_cast<std::size_t>(g.K / 2));
   for (std::int64_t n = n_begin; n < n_end; ++n) {
     const std::uint8_t* w = detail::w4_row(g, n, row.data());
-    for (std::int64_t gi = 0; gi < G; ++gi) {
-      zt[static_cast<std::size_t>(gi)] = detail::w4_zero_term(g, detail::w4_code_sum(w, gi * g.group, (gi + 1) * g.group));
-    }
+    detail::w4_zero_terms_row(g, w, zt.data());
     for (std::int64_t m = 0; m < g.M; ++m) {
       const std::int8_t* a = g.a + m * g.K;
       g.y[m * g.N + n] = detail::finish_w4(

@@ -92,6 +92,11 @@ inline std::int32_t w4_zero_term(const QGemmW4Args& g, std::int32_t code_sum) {
   return g.act_offset * (code_sum - 8 * static_cast<std::int32_t>(g.group));
 }
 
+/// The zero-point terms of one W4 row's G groups (zt[G]).
+inline void w4_zero_terms_row(const QGemmW4Args& g, const std::uint8_t* w, std::int32_t* zt) {
+  for (std::int64_t gi = 0; gi < g.K / g.group; ++gi) zt[gi] = w4_zero_term(g, w4_code_sum(w, gi * g.group, (gi + 1) * g.group));
+}
+
 /// The group combination and requantization of one W4A8 output from its per-group code sums and
 /// zero-point terms.
 template <class GroupSum, class ZeroTerm>

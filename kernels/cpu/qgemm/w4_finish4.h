@@ -75,7 +75,7 @@ void w4_gemm_blocks(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_e
   }
   for (; n < n_end; ++n) {
     const std::uint8_t* w = g.w + n * KB;
-    for (std::int64_t gi = 0; gi < G; ++gi) tc[static_cast<std::size_t>(gi)] = w4_zero_term(g, w4_code_sum(w, gi * 32, gi * 32 + 32));
+    w4_zero_terms_row(g, w, tc.data());  // groups of 32 here
     for (std::int64_t m = 0; m < g.M; ++m) {
       row_sums(g.a + m * g.K, w, sums.data());
       g.y[m * g.N + n] = finish_w4(
