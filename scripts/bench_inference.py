@@ -9,7 +9,9 @@ stays in cache as far as it fits).
 
     python3 scripts/bench_inference.py [--n 4096 --k 4096] [--batch 1,64] [--rounds 7] [--hot] [--json]
 
-Variants: fp32 (F.linear, MKL), qatkit w8a8 (ops.linear_int8: quantize + int8 GEMM + requantize),
+Variants: fp32 (F.linear, MKL), qatkit w8a8 (ops.linear_int8 on the pack_int8_panel layout, as
+qatkit.load gives a Linear: quantize + int8 GEMM + requantize; "row layout": the same op on the
+plain [N, K] codes),
 qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit activations) against
 torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations), qatkit w4
 weight-only g32 (ops.linear_w4_weight_only: the same 4-bit weights dequantized in registers, fp32
@@ -80,12 +82,17 @@ def _int8_weight(w):
     return q, s
 
 
-def v_qatkit_w8a8(w):
+def v_qatkit_w8a8(w, panel=True):
     q, s = _int8_weight(w)
     sx, zp = 4.0 / 255, 128  # a static input range [-2, 2] as calibration would give for N(0, 1) inputs
     corr = ((128 - zp) * q.long().sum(1)).to(torch.int32)
     scale = (torch.tensor(sx, dtype=torch.float32) * s).float()
-    return (lambda x: ops.linear_int8(x, q, corr, scale, sx, zp, 0, 255)), q.numel() + 8 * q.shape[0]
+    wq = ops.pack_int8_panel(q) if panel else q  # the panel layout: what qatkit.load gives a Linear
+    return (lambda x: ops.linear_int8(x, wq, corr, scale, sx, zp, 0, 255)), q.numel() + 8 * q.shape[0]
+
+
+def v_qatkit_w8a8_rows(w):
+    return v_qatkit_w8a8(w, panel=False)
 
 
 def v_qatkit_w2a8(w):
@@ -233,6 +240,7 @@ def v_ort_nbits_int8(w):
 VARIANTS = {
     "fp32 F.linear": v_fp32,
     "qatkit w8a8": v_qatkit_w8a8,
+    "qatkit w8a8 (row layout)": v_qatkit_w8a8_rows,
     "qatkit w4a8 g32": v_qatkit_w4a8,
     "qatkit w4 weight-only g32 (fp32 act)": v_qatkit_w4_weight_only,
     "torch._weight_int4pack_mm_for_cpu (w4 g32 bf16-act)": v_int4pack,

@@ -164,6 +164,8 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
     plan->weight = pack_b1(w);
   } else if (conv && w.size(1) % 32) {
     plan->weight = torch::constant_pad_nd(w, {0, 32 - w.size(1) % 32}).contiguous();
+  } else if (!conv) {
+    plan->weight = qatkit::pack_int8_panel(w);  // a Linear: the panel layout (no horizontal sums; the same bits)
   } else {
     plan->weight = w.contiguous();
   }

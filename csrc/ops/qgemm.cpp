@@ -37,6 +37,7 @@
 #include "qgemm_checks.h"
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/bitwise_xor.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
@@ -63,6 +64,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "float act_scale, int act_zero_point, int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def("pack_int4_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("pack_int8_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w1a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
       "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
@@ -94,16 +96,33 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
   TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
+  const bool panel = !packed && weight.dim() == 3;  // pack_int8_panel's layout
   if (packed) {
     TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
                      fmt::format("{}: weight must be uint8 ({}-bit codes, packed), got {}", op, weight_bits,
+                                 c10::toString(weight.scalar_type())));
+  } else if (panel) {
+    TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
+                     fmt::format("{}: a 3-D panel weight (pack_int8_panel) must be uint8, got {}", op,
                                  c10::toString(weight.scalar_type())));
   } else {
     TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
                      fmt::format("{}: weight must be int8 codes, got {}", op, c10::toString(weight.scalar_type())));
   }
-  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D, got {} dims", op, weight.dim()));
-  const auto N = weight.sym_size(0), K = weight.sym_size(1);
+  TORCH_CHECK_VALUE(weight.dim() == 2 || panel,
+                    fmt::format("{}: weight must be 2-D{}, got {} dims", op,
+                                packed ? "" : " [N, K] or a 3-D panel (pack_int8_panel)", weight.dim()));
+  if (panel) {
+    // N comes from corr (the panel pads it to a multiple of 16)
+    TORCH_CHECK_VALUE(corr.dim() == 1, fmt::format("{}: corr must be 1-D [N], got {} dims", op, corr.dim()));
+    const std::int64_t n = static_dim(corr, 0), k = static_dim(input, -1);
+    TORCH_CHECK_VALUE(weight.size(0) == (n + 15) / 16 && weight.size(1) == (k + 3) / 4 && weight.size(2) == 64,
+                      fmt::format("{}: a panel weight (pack_int8_panel) for N = {} (corr's length), K = {} must have "
+                                  "shape [{}, {}, 64], got {}", op, n, k, (n + 15) / 16, (k + 3) / 4,
+                                  c10::str(weight.sizes())));
+  }
+  const auto N = panel ? corr.sym_size(0) : weight.sym_size(0);
+  const auto K = panel ? input.sym_size(-1) : weight.sym_size(1);
   if (packed) {
     const std::int64_t per_byte = 8 / weight_bits, block = weight_bits == 2 ? 128 : 32;
     const auto k_in = input.sym_size(-1), k_pad = K * per_byte;
@@ -262,6 +281,20 @@ at::Tensor pack_int4_panel_composite(const at::Tensor& weight) {
   return p.reshape({NB, 16, S, 16, 4}).permute({0, 2, 3, 1, 4}).reshape({NB, S, 1024}).contiguous();
 }
 
+// The panel layout of linear_int8 (QGemmArgs): codes w + 128 (w ^ 0x80 as bytes), rows padded to a
+// multiple of 16 and K to a multiple of 4 with w = 0, then [N/16, 16 rows, K/4 steps, 4] -> [N/16,
+// K/4 steps, 16 rows, 4]: ATen ops only, so every device and Meta run it.
+at::Tensor pack_int8_panel_composite(const at::Tensor& weight) {
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
+                   fmt::format("pack_int8_panel: weight must be int8 codes, got {}", c10::toString(weight.scalar_type())));
+  TORCH_CHECK_VALUE(weight.dim() == 2,
+                    fmt::format("pack_int8_panel: weight must be 2-D [N, K], got {} dims", weight.dim()));
+  const std::int64_t N = weight.size(0), K = weight.size(1), NB = (N + 15) / 16, K4 = (K + 3) / 4;
+  const at::Tensor u = at::bitwise_xor(weight.contiguous().view(at::kByte), 128);
+  const at::Tensor p = at::constant_pad_nd(u, {0, K4 * 4 - K, 0, NB * 16 - N}, 128);
+  return p.reshape({NB, 16, K4, 4}).permute({0, 2, 1, 3}).reshape({NB, K4, 64}).contiguous();
+}
+
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                             std::int64_t group, const std::optional<at::Tensor>& bias) {
   constexpr const char* op = "linear_w4a8";
@@ -390,6 +423,14 @@ at::Tensor pack_int4_panel(const at::Tensor& weight) {
   return op.call(weight);
 }
 
+at::Tensor pack_int8_panel(const at::Tensor& weight) {
+  static auto op = ops::op_handle<decltype(pack_int8_panel)>("qatkit::pack_int8_panel");
+  return op.call(weight);
+}
+
 }  // namespace qatkit
 
-TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) { m.impl("pack_int4_panel", &qatkit::ops::pack_int4_panel_composite); }
+TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
+  m.impl("pack_int4_panel", &qatkit::ops::pack_int4_panel_composite);
+  m.impl("pack_int8_panel", &qatkit::ops::pack_int8_panel_composite);
+}

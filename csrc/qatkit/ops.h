@@ -112,7 +112,8 @@ QATKIT_API at::Tensor quantize_affine(const at::Tensor& input, const at::Tensor&
 /// once) summed exactly in int32, plus `corr` [N] (int32: bias_q + (shift - act_zero_point) *
 /// rowsum(weight), shift = 128 for a [0, 255] range), converted to float32 and multiplied by
 /// `out_scale` [N], then plus the float32 `bias` [N] when given (float-bias layers: two roundings).
-/// input: float32 [..., K]; returns float32 [..., N]. Not differentiable.
+/// input: float32 [..., K]; returns float32 [..., N]. `weight` may also be pack_int8_panel's layout
+/// (N then comes from corr; the same bits, faster on CPU). Not differentiable.
 QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                   const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                                   std::int64_t act_quant_min, std::int64_t act_quant_max,
@@ -146,6 +147,12 @@ QATKIT_API at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& wei
 /// interleaved per 64-byte step, so the kernel reads one sequential stream with no transposition.
 /// Same results as the row layout, bit for bit.
 QATKIT_API at::Tensor pack_int4_panel(const at::Tensor& weight);
+
+/// linear_int8's panel layout (kernels/common/qgemm_args.h, QGemmArgs::panel) from int8 weight
+/// codes [N, K] (narrow range [-127, 127]): uint8 codes w + 128, [ceil(N / 16), ceil(K / 4), 64],
+/// 16 rows x 4 k per 64-byte step (padding holds w = 0), so the CPU kernel's vpdpbusd adds 16 rows'
+/// products into 16 lanes with no horizontal sums. Same results as the row layout, bit for bit.
+QATKIT_API at::Tensor pack_int8_panel(const at::Tensor& weight);
 
 /// linear_int8 with binary weights, 1 bit each (1 = +1; bit k % 8 of byte k / 8, the file's 1-bit
 /// packing), uint8 [N, K_pad / 8], K_pad = K rounded up to a multiple of 32. Not differentiable.

@@ -21,9 +21,19 @@ struct ActQuantArgs {
 /// The GEMM on already-quantized rows. corr[n] folds the int32 bias and the zero-point term:
 /// corr[n] = bias_q[n] + (shift - zero_point) * sum_k w[n, k]. Sums wrap modulo 2^32 (unsigned
 /// arithmetic), so the result is exact whenever the true value fits int32 (the caller's bound).
+///
+/// The panel layout (pack_int8_panel; panel = true): the weight as uint8 codes w + 128 in blocks of
+/// 16 rows (rows past N hold w = 0), K in steps of 4 (k past K holds w = 0); per block and step 64
+/// bytes, byte r * 4 + j holding row r's k = 4 * step + j: [ceil(N / 16), ceil(K / 4), 64]. A step
+/// is one 32-bit lane per row, so vpdpbusd of a step and a broadcast of four activations adds 16
+/// rows' products into 16 lanes (no horizontal sums; the unsigned operand is the weight's). The
+/// activation rows then have K4 = ceil(K / 4) * 4 bytes, zero padded, and a_sum[m] = sum_k a[m, k]:
+///   sum_k a * w = sum_k a * (w + 128) - 128 * a_sum[m].
 struct QGemmArgs {
-  const std::int8_t* a = nullptr;  ///< [M, K], row stride K
-  const std::int8_t* w = nullptr;  ///< [N, K], row stride K
+  const std::int8_t* a = nullptr;  ///< [M, K], row stride K (panel: [M, K4], row stride K4, zero padded)
+  const std::int8_t* w = nullptr;  ///< [N, K], row stride K (panel: the layout above, as bytes)
+  const std::int32_t* a_sum = nullptr;  ///< [M] (panel only)
+  bool panel = false;
   const std::int32_t* corr = nullptr;
   const float* out_scale = nullptr;
   const float* bias = nullptr;  ///< float bias added after the requantization, or nullptr

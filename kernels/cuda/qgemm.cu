@@ -57,11 +57,21 @@ __global__ void gemm_s8_kernel(QGemmArgs g) {
   const int lane = threadIdx.x % 32;
   for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < g.M * g.N; o += warps) {
     const std::int64_t m = o / g.N, n = o % g.N;
-    const std::int8_t* a = g.a + m * g.K;
-    const std::int8_t* w = g.w + n * g.K;
     std::uint32_t acc = 0;
-    for (std::int64_t k = lane; k < g.K; k += 32) {
-      acc += static_cast<std::uint32_t>(static_cast<std::int32_t>(a[k]) * static_cast<std::int32_t>(w[k]));
+    if (g.panel) {  // QGemmArgs' panel layout: codes w + 128, row n's k at step k / 4, lane n % 16
+      const std::int64_t K4 = (g.K + 3) / 4;
+      const std::int8_t* a = g.a + m * 4 * K4;
+      const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w) + (n / 16) * K4 * 64 + (n % 16) * 4;
+      for (std::int64_t k = lane; k < g.K; k += 32) {
+        acc += static_cast<std::uint32_t>(static_cast<std::int32_t>(a[k]) *
+                                          (static_cast<std::int32_t>(w[(k / 4) * 64 + k % 4]) - 128));
+      }
+    } else {
+      const std::int8_t* a = g.a + m * g.K;
+      const std::int8_t* w = g.w + n * g.K;
+      for (std::int64_t k = lane; k < g.K; k += 32) {
+        acc += static_cast<std::uint32_t>(static_cast<std::int32_t>(a[k]) * static_cast<std::int32_t>(w[k]));
+      }
     }
     acc = warp_sum(acc);
     if (lane == 0) g.y[m * g.y_rs + n * g.y_cs] = requantize(acc + static_cast<std::uint32_t>(g.corr[n]), g, n);

@@ -482,8 +482,9 @@ def linear_int8(
     Args:
         input: float32 ``[..., K]``.
         weight: int8 codes ``[N, K]`` in the narrow range [-127, 127] (the AVX2 kernel relies on it;
-            the op does not scan the weight on every call).
-        corr: int32 ``[N]``; out_scale: float32 ``[N]``.
+            the op does not scan the weight on every call), or their :func:`pack_int8_panel` layout
+            (the same bits; faster on CPU, where the row layout sums each output horizontally).
+        corr: int32 ``[N]`` (N: the outputs, also with a panel weight); out_scale: float32 ``[N]``.
 
     Raises:
         TypeError / ValueError: dtypes, shapes, devices, a non-8-bit activation range, a zero point
@@ -665,6 +666,20 @@ def pack_int4_panel(weight: torch.Tensor) -> torch.Tensor:
         TypeError / ValueError: not uint8, or not 2-D with K a multiple of 32.
     """
     return torch.ops.qatkit.pack_int4_panel(weight)
+
+
+def pack_int8_panel(weight: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_int8`'s panel layout from int8 codes ``[N, K]`` (narrow range [-127, 127]): uint8
+    codes ``w + 128``, ``[ceil(N / 16), ceil(K / 4), 64]``, 16 rows x 4 consecutive k per 64-byte
+    step (one row per 32-bit lane; kernels/common/qgemm_args.h, ``QGemmArgs::panel``), so the CPU
+    kernel's ``vpdpbusd`` of one step and four broadcast activations adds 16 rows' products into 16
+    lanes with no horizontal sums. Padding (rows past N, k past K) holds ``w = 0``. The results equal
+    the row layout's bit for bit.
+
+    Raises:
+        TypeError / ValueError: not int8, or not 2-D.
+    """
+    return torch.ops.qatkit.pack_int8_panel(weight)
 
 
 def pack_binary_b1(codes: torch.Tensor) -> torch.Tensor:

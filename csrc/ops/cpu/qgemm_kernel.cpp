@@ -26,7 +26,9 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
                                                     act_quant_min, act_quant_max, bias, weight_bits);
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = w.size(0), K = x.size(-1), K_row = w.size(1) * (8 / weight_bits);
+  const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: N from corr, rows of ceil(K / 4) * 4
+  const std::int64_t N = panel ? c.size(0) : w.size(0), K = x.size(-1);
+  const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : w.size(1) * (8 / weight_bits);
   const auto rows = rows_and_output_shape(x, N);
   const std::int64_t M = rows.first;
   at::Tensor y = at::empty(rows.second, input.options());
@@ -41,7 +43,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
                      for (std::int64_t m = b0; m < e0; ++m) {
                        std::int8_t* row = a.data() + m * K_row;
                        k.quantize_rows(xp + m * K, row, K, q, 0, 1);
-                       if (weight_bits == 8) continue;  // the int8 kernel needs no activation sums
+                       if (weight_bits == 8 && !panel) continue;  // the row-layout int8 kernel needs no sums
                        std::int32_t s = 0;
                        for (std::int64_t i = 0; i < K; ++i) s += row[i];
                        a_sum[static_cast<std::size_t>(m)] = s;
@@ -54,7 +56,9 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
   if (weight_bits == 8) {
     kernels::QGemmArgs g;
     g.a = a.data();
-    g.w = w.data_ptr<std::int8_t>();
+    g.w = static_cast<const std::int8_t*>(w.const_data_ptr());
+    g.a_sum = a_sum.data();
+    g.panel = panel;
     g.corr = c.data_ptr<std::int32_t>();
     g.out_scale = os.data_ptr<float>();
     g.bias = b.defined() ? b.data_ptr<float>() : nullptr;

@@ -28,8 +28,9 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = w.size(0), K = x.size(-1);
-  const std::int64_t K_row = weight_bits == 8 ? K : w.size(1) * (8 / weight_bits);
+  const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: N from corr, rows of ceil(K / 4) * 4
+  const std::int64_t N = panel ? c.size(0) : w.size(0), K = x.size(-1);
+  const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : weight_bits == 8 ? K : w.size(1) * (8 / weight_bits);
   const auto rows = rows_and_output_shape(x, N);
   const std::int64_t M = rows.first;
   const std::vector<std::int64_t>& shape = rows.second;
@@ -43,7 +44,9 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   if (weight_bits == 8) {
     kernels::QGemmArgs g;
     g.a = a.data_ptr<std::int8_t>();
-    g.w = w.data_ptr<std::int8_t>();
+    g.w = static_cast<const std::int8_t*>(w.const_data_ptr());
+    g.a_sum = a_sum.data_ptr<std::int32_t>();
+    g.panel = panel;
     g.corr = c.data_ptr<std::int32_t>();
     g.out_scale = os.data_ptr<float>();
     g.bias = b.defined() ? b.data_ptr<float>() : nullptr;

@@ -8,10 +8,10 @@
 namespace qatkit::ops {
 namespace {
 
-// A Linear-shaped output: the input's (symbolic) sizes with the last one the weight's N.
-at::Tensor linear_output(const at::Tensor& input, const at::Tensor& weight) {
+// A Linear-shaped output: the input's (symbolic) sizes with the last one N (dim 0 of `rows`).
+at::Tensor linear_output(const at::Tensor& input, const at::Tensor& rows) {
   std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = weight.sym_size(0);
+  shape.back() = rows.sym_size(0);
   return at::empty_symint(shape, input.options());
 }
 
@@ -26,7 +26,7 @@ at::Tensor linear_int8_meta(const at::Tensor& input, const at::Tensor& weight, c
                             std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias) {
   check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
-  return linear_output(input, weight);
+  return linear_output(input, weight.dim() == 3 ? corr : weight);  // a panel weight: N is corr's length
 }
 
 at::Tensor linear_w2a8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "loops.h"
@@ -140,7 +141,111 @@ void gemv_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+// ---------------------------------------------------------------- W8A8, panel layout
+
+// The panel layout (QGemmArgs): a step of one 16-row panel is 16 rows x 4 k in 16 lanes, so
+// vpdpbusd of it (unsigned: w + 128) and a broadcast of four activations (signed) adds 64 products
+// into the 16 rows' lanes; MR activation rows x NR panels of accumulators (6 x 4: 24 + 4 weight
+// registers), NR weight loads and MR broadcasts per 24 vpdpbusd, no horizontal sums. part holds a
+// tile's lanes between K blocks ([row][64 columns]).
+template <int MR, int NR>
+void s8p_tile(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* w0, std::int64_t ps, std::int64_t s0,
+              std::int64_t s1, std::int32_t* part, bool first) {
+  __m512i acc[MR][NR];
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) acc[i][j] = first ? _mm512_setzero_si512() : _mm512_loadu_si512(part + i * 64 + j * 16);
+  const std::int8_t* ap[MR];
+  const std::uint8_t* wp[NR];
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) ap[i] = a + i * a_rs;
+  #pragma GCC unroll 4
+  for (int j = 0; j < NR; ++j) wp[j] = w0 + j * ps;
+  for (std::int64_t s = s0; s < s1; ++s) {
+    __m512i w[NR];
+    #pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) w[j] = _mm512_loadu_si512(wp[j] + s * 64);
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      std::int32_t four;
+      std::memcpy(&four, ap[i] + 4 * s, 4);
+      const __m512i b = _mm512_set1_epi32(four);
+      #pragma GCC unroll 4
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], w[j], b);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+    #pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) _mm512_storeu_si512(part + i * 64 + j * 16, acc[i][j]);
+}
+
+// Rows [m0, m1) against NR panels over steps [s0, s1): tiles of 6 rows, then one of the rest.
+template <int NR>
+void s8p_rows(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* w0, std::int64_t ps, std::int64_t s0,
+              std::int64_t s1, std::int64_t m0, std::int64_t m1, std::int32_t* part) {
+  const bool first = s0 == 0;
+  std::int64_t m = m0;
+  for (; m + 6 <= m1; m += 6) s8p_tile<6, NR>(a + m * a_rs, a_rs, w0, ps, s0, s1, part + (m - m0) * 64, first);
+  const auto rest = [&](auto mr) { s8p_tile<decltype(mr)::value, NR>(a + m * a_rs, a_rs, w0, ps, s0, s1, part + (m - m0) * 64, first); };
+  switch (m1 - m) {
+    case 5: rest(std::integral_constant<int, 5>{}); break;
+    case 4: rest(std::integral_constant<int, 4>{}); break;
+    case 3: rest(std::integral_constant<int, 3>{}); break;
+    case 2: rest(std::integral_constant<int, 2>{}); break;
+    case 1: rest(std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+}
+
+// The panel GEMM: per chunk of rows (their activations' K block stays in L2), per group of four
+// panels (64 columns), per K block (the group's slice, 4 x 96 steps x 64 bytes = 24 KiB, stays in
+// L1 while every row tile passes over it), then the requantization of 16 columns per vector
+// (masked at N's edge; the scalar form's operations, so its bits).
+void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  constexpr std::int64_t kSteps = 96, kRows = 192;
+  const std::int64_t K4 = (g.K + 3) / 4, a_rs = 4 * K4, ps = 64 * K4;
+  const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w);
+  // a single tile of rows reuses nothing across K blocks: the whole K in one pass
+  const std::int64_t steps = g.M <= 6 ? K4 : kSteps;
+  std::vector<std::int32_t> part(static_cast<std::size_t>(std::min(g.M, kRows) * 64));
+  for (std::int64_t m0 = 0; m0 < g.M; m0 += kRows) {
+    const std::int64_t m1 = std::min(g.M, m0 + kRows);
+    for (std::int64_t n0 = n_begin; n0 < n_end; n0 += 64) {
+      const int np = static_cast<int>(std::min<std::int64_t>(4, (n_end - n0 + 15) / 16));
+      const std::uint8_t* w0 = w + (n0 / 16) * ps;
+      for (std::int64_t s0 = 0; s0 < K4; s0 += steps) {
+        const std::int64_t s1 = std::min(K4, s0 + steps);
+        switch (np) {
+          case 4: s8p_rows<4>(g.a, a_rs, w0, ps, s0, s1, m0, m1, part.data()); break;
+          case 3: s8p_rows<3>(g.a, a_rs, w0, ps, s0, s1, m0, m1, part.data()); break;
+          case 2: s8p_rows<2>(g.a, a_rs, w0, ps, s0, s1, m0, m1, part.data()); break;
+          default: s8p_rows<1>(g.a, a_rs, w0, ps, s0, s1, m0, m1, part.data()); break;
+        }
+      }
+      for (int j = 0; j < np; ++j) {
+        const std::int64_t n = n0 + 16 * j;
+        const __mmask16 mask = static_cast<__mmask16>((1u << std::min<std::int64_t>(16, n_end - n)) - 1);
+        const __m512i corr = _mm512_maskz_loadu_epi32(mask, g.corr + n);
+        const __m512 os = _mm512_maskz_loadu_ps(mask, g.out_scale + n);
+        const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
+        for (std::int64_t m = m0; m < m1; ++m) {
+          // sum a * w = sum a * (w + 128) - 128 * a_sum, modulo 2^32 as the scalar sums
+          const std::uint32_t off = 0u - 128u * static_cast<std::uint32_t>(g.a_sum[m]);
+          const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(part.data() + (m - m0) * 64 + 16 * j),
+                                               _mm512_add_epi32(corr, _mm512_set1_epi32(static_cast<std::int32_t>(off))));
+          __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), os);
+          if (g.bias) y = _mm512_add_ps(y, bias);
+          _mm512_mask_storeu_ps(g.y + m * g.y_rs + n, mask, y);
+        }
+      }
+    }
+  }
+}
+
 void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.panel) return gemm_s8_panel(g, n_begin, n_end);
   if (g.M < 4) return gemv_s8(g, n_begin, n_end);
   const __m512i ones = _mm512_set1_epi8(1), flip = _mm512_set1_epi8(static_cast<char>(0x80));
   constexpr std::int64_t kKBlock = 1024;  // 16 weight rows' slice (16 KiB) + a 4-row tile's (4 KiB): L1

@@ -10,10 +10,17 @@ namespace qatkit::kernels::cpu {
 namespace {
 
 void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  for (std::int64_t m = 0; m < g.M; ++m) {
-    const std::int8_t* a = g.a + m * g.K;
-    for (std::int64_t n = n_begin; n < n_end; ++n) {
-      const std::uint32_t acc = detail::dot_s8(a, g.w + n * g.K, 0, g.K, static_cast<std::uint32_t>(g.corr[n]));
+  // the panel layout: each row's signed codes gathered first (the row layout's sums, so its bits)
+  std::vector<std::int8_t> row(static_cast<std::size_t>(g.panel ? g.K : 0));
+  const std::int64_t a_rs = g.panel ? (g.K + 3) / 4 * 4 : g.K;
+  for (std::int64_t n = n_begin; n < n_end; ++n) {
+    const std::int8_t* w = g.w + n * g.K;
+    if (g.panel) {
+      detail::s8_panel_row(g, n, row.data());
+      w = row.data();
+    }
+    for (std::int64_t m = 0; m < g.M; ++m) {
+      const std::uint32_t acc = detail::dot_s8(g.a + m * a_rs, w, 0, g.K, static_cast<std::uint32_t>(g.corr[n]));
       g.y[m * g.y_rs + n * g.y_cs] = detail::requantize(acc, g, n);
     }
   }

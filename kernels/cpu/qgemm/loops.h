@@ -31,6 +31,12 @@ inline std::uint32_t dot_s8(const std::int8_t* a, const std::int8_t* w, std::int
   return acc;
 }
 
+/// Row n of a panel weight (QGemmArgs' panel layout) as signed codes over [0, K).
+inline void s8_panel_row(const QGemmArgs& g, std::int64_t n, std::int8_t* out) {
+  const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w) + (n / 16) * ((g.K + 3) / 4) * 64 + (n % 16) * 4;
+  for (std::int64_t k = 0; k < g.K; ++k) out[k] = static_cast<std::int8_t>(std::int32_t{w[(k / 4) * 64 + k % 4]} - 128);
+}
+
 /// The one requantization: int32 -> float32 (round to nearest even), times the float32 scale, then
 /// (float-bias layers) plus the bias: two roundings, never fused (-ffp-contract=off).
 template <class Args>

@@ -314,6 +314,8 @@ def _int8_plan(mod) -> Optional[dict]:
     if _is_conv(mod) and name == "linear_int8" and w.shape[1] % 32:
         # conv2d_int8 takes int8 rows zero-padded to a multiple of 32: small-K convs run vectorized
         packed = lambda t: F.pad(t, (0, -t.shape[1] % 32)).contiguous()  # noqa: E731
+    elif name == "linear_int8" and not _is_conv(mod):
+        packed = ops.pack_int8_panel  # a Linear: the panel layout (no horizontal sums; the same bits)
     return {"op": op, "kernel": name, "weight": packed(w),
             "corr": corr.to(torch.int32), "out_scale": _multiplier(mod), "bias": bias,
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}

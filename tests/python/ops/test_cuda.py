@@ -248,11 +248,13 @@ def test_integer_linear_kernels_cuda_equal_cpu(bits, M, N, K, qrange, zp):
     qmin, qmax = qrange
     corr = (torch.randint(-500, 500, (N,), generator=g) + ((128 if qmin >= 0 else 0) - zp) * w.long().sum(1)).int()
     scale = torch.rand(N, generator=g) * 1e-2
+    layouts = [packed] + ([ops.pack_int8_panel(w)] if bits == 8 else [])  # the panel: what qatkit.load gives
     for bias in (None, torch.randn(N, generator=g)):
         cpu = op(x, packed, corr, scale, 0.05, zp, qmin, qmax, bias)
-        gpu = op(x.cuda(), packed.cuda(), corr.cuda(), scale.cuda(), 0.05, zp, qmin, qmax,
-                 None if bias is None else bias.cuda())
-        assert torch.equal(gpu.cpu(), cpu)
+        for layout in layouts:
+            gpu = op(x.cuda(), layout.cuda(), corr.cuda(), scale.cuda(), 0.05, zp, qmin, qmax,
+                     None if bias is None else bias.cuda())
+            assert torch.equal(gpu.cpu(), cpu), layout.dim()
 
 
 def test_integer_linear_opcheck_cuda():
@@ -260,6 +262,9 @@ def test_integer_linear_opcheck_cuda():
     w = torch.randint(-127, 128, (8, 40), dtype=torch.int8, device="cuda")
     args = (x, w, torch.zeros(8, dtype=torch.int32, device="cuda"), torch.ones(8, device="cuda"), 0.1, 0, -128, 127)
     torch.library.opcheck(torch.ops.qatkit.linear_int8.default, args)
+    panel = ops.pack_int8_panel(w)
+    assert torch.equal(panel.cpu(), ops.pack_int8_panel(w.cpu()))  # the composite packing on CUDA
+    torch.library.opcheck(torch.ops.qatkit.linear_int8.default, (x, panel) + args[2:])
 
 
 @pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (9, 33, 224, 32), (64, 128, 1024, 128), (0, 8, 32, 32)])

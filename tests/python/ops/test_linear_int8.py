@@ -82,8 +82,60 @@ def test_extremes_nan_inf_and_the_int8_corners():
         want = _reference(x, w, bias_q, scale, 0.1, zp, qmin, qmax)
         for isa in _isas():
             qatkit._C.set_cpu_isa(isa)
-            assert torch.equal(ops.linear_int8(x, w, corr, scale, 0.1, zp, qmin, qmax), want), (isa, qmin, qmax, zp)
+            for layout in (w, ops.pack_int8_panel(w)):
+                got = ops.linear_int8(x, layout, corr, scale, 0.1, zp, qmin, qmax)
+                assert torch.equal(got, want), (isa, qmin, qmax, zp, layout.dim())
     qatkit._C.set_cpu_isa(_isas()[-1])
+
+
+# the panel kernels' tiles: AVX-512 6-row tiles (M % 6 tails), groups of four 16-row panels (N % 64
+# and N % 16 tails), K blocks of 96 steps (K = 1000: three blocks, K % 4 tails), row chunks of 192;
+# AVX2 4-row tiles and 256-step K blocks
+PANEL_SHAPES = [(1, 4, 32), (1, 37, 133), (2, 70, 1000), (7, 9, 1), (13, 70, 1000), (200, 20, 36), (6, 64, 388),
+                (11, 129, 65), (3, 16, 2050), (0, 8, 16)]
+
+
+@pytest.mark.parametrize("M,N,K", PANEL_SHAPES)
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
+def test_panel_layout_equals_the_reference_on_every_isa(M, N, K, qrange, zp):
+    x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
+    panel = ops.pack_int8_panel(w)
+    want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+    bias = torch.randn(N, generator=torch.Generator().manual_seed(1))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            assert qatkit._C.set_cpu_isa(isa)
+            got = ops.linear_int8(x, panel, corr, scale, s, zp, qmin, qmax)
+            assert got.shape == (M, N) and torch.equal(got, want), isa
+            assert torch.equal(ops.linear_int8(x, panel, corr, scale, s, zp, qmin, qmax, bias), want + bias), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_pack_int8_panel_layout_opcheck_and_errors():
+    w = torch.randint(-127, 128, (20, 10), dtype=torch.int8)
+    p = ops.pack_int8_panel(w)
+    assert p.shape == (2, 3, 64) and p.dtype == torch.uint8
+    # byte r * 4 + j of step s of panel b: row 16 b + r's k = 4 s + j, as w + 128; padding holds w = 0
+    want = torch.full((32, 12), 128, dtype=torch.int64)
+    want[:20, :10] = w.long() + 128
+    assert torch.equal(p.long(), want.reshape(2, 16, 3, 4).permute(0, 2, 1, 3).reshape(2, 3, 64))
+    x, corr, scale = torch.randn(3, 10), torch.zeros(20, dtype=torch.int32), torch.rand(20)
+    torch.library.opcheck(torch.ops.qatkit.pack_int8_panel.default, (w,))
+    torch.library.opcheck(torch.ops.qatkit.linear_int8.default, (x, p, corr, scale, 0.1, 0, -128, 127))
+    with pytest.raises(ValueError, match=r"panel weight \(pack_int8_panel\) for N = 20 .* must have shape \[2, 3, 64\]"):
+        ops.linear_int8(x, p[:, :2], corr, scale, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match=r"for N = 40 .* must have shape \[3, 3, 64\]"):  # N is corr's length
+        ops.linear_int8(x, p, torch.zeros(40, dtype=torch.int32), torch.rand(40), 0.1, 0, -128, 127)
+    with pytest.raises(TypeError, match="panel weight .* must be uint8"):
+        ops.linear_int8(x, p.to(torch.int8), corr, scale, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match=r"2-D \[N, K\] or a 3-D panel"):
+        ops.linear_int8(x, w[None, None], corr, scale, 0.1, 0, -128, 127)
+    with pytest.raises(TypeError, match="pack_int8_panel: weight must be int8"):
+        ops.pack_int8_panel(w.float())
+    with pytest.raises(ValueError, match="pack_int8_panel: weight must be 2-D"):
+        ops.pack_int8_panel(w[0])
 
 
 def test_batched_input_keeps_leading_dims():
@@ -103,7 +155,8 @@ def test_opcheck_and_compile():
 @pytest.mark.parametrize("change,err,match", [
     (lambda a: a.update(input=a["input"].double()), TypeError, "input must be float32"),
     (lambda a: a.update(weight=a["weight"].int()), TypeError, "weight must be int8"),
-    (lambda a: a.update(weight=a["weight"][None]), ValueError, "weight must be 2-D"),
+    (lambda a: a.update(weight=a["weight"][None, None]), ValueError, "weight must be 2-D"),
+    (lambda a: a.update(weight=a["weight"][None]), TypeError, "3-D panel weight .* must be uint8"),
     (lambda a: a.update(input=a["input"][:, :5]), ValueError, "last dim must be K = 48"),
     (lambda a: a.update(corr=a["corr"].float()), TypeError, "corr must be int32"),
     (lambda a: a.update(corr=a["corr"][:3]), ValueError, "corr must have shape"),
@@ -591,6 +644,8 @@ def test_export_keeps_a_dynamic_batch_dim():
     from torch.export import Dim, export
 
     wc = torch.randint(-127, 128, (4, 27), dtype=torch.int8)
+    p8 = ops.pack_int8_panel(torch.randint(-127, 128, (5, 64), dtype=torch.int8))
+    c5 = torch.zeros(5, dtype=torch.int32)
     c4, s4 = torch.zeros(4, dtype=torch.int32), torch.rand(4) * 1e-2 + 1e-3
     q4 = torch.randint(-8, 8, (16, 64), dtype=torch.int8)
     panel, gs = ops.pack_int4_panel(ops.pack_int4_w4(q4)), torch.rand(16, 2) * 0.1
@@ -606,7 +661,8 @@ def test_export_keeps_a_dynamic_batch_dim():
             c = ops.linear_w4a8(v, panel, gs, 32, 0.1, 0, -128, 127)
             d = ops.linear_w4_weight_only(v, rows, gs, 32)
             e = ops.linear_w1a1(v, pb64, s16)
-            return a, b, c, d, e
+            f = ops.linear_int8(v, p8, c5, s4[:1].expand(5).contiguous(), 0.1, 0, -128, 127)
+            return a, b, c, d, e, f
 
     ep = export(M(), (torch.randn(2, 3, 6, 6), torch.randn(2, 64)), dynamic_shapes={"x": {0: Dim("b")}, "v": {0: Dim("m")}})
     x, v = torch.randn(5, 3, 6, 6), torch.randn(7, 64)
