@@ -64,64 +64,79 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
 
 // The panel layout (QGemmArgs): one 16-row panel's step is two vectors of 8 rows x 4 k; the codes
 // w + 128 go back to w (xor 0x80), a broadcast of four activations gives |a| and the sign trick as
-// above, and vpmaddwd's int32 lanes are the rows' sums: MR activation rows x 16 columns in 2 * MR
-// accumulators, no horizontal sums. part holds a tile's lanes between K blocks ([row][16]).
-template <int MR>
-void s8p_tile(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* wp, std::int64_t s0, std::int64_t s1,
-              std::int32_t* part, bool first) {
+// above, and vpmaddwd's int32 lanes are the rows' sums: MR activation rows x NR panels in 2 * MR * NR
+// accumulators, no horizontal sums (GEMM: 4 x 1; one row: 1 x 4, four weight streams sharing the
+// broadcast, each prefetched into L2 a kilobyte ahead). part holds a tile's lanes between K blocks
+// ([row][NR * 16]).
+template <int MR, int NR>
+void s8p_tile(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* w0, std::int64_t ps, std::int64_t s0,
+              std::int64_t s1, std::int32_t* part, bool first) {
   const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  __m256i acc[MR][2];
+  __m256i acc[MR][2 * NR];
   #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
-    #pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h)
-      acc[i][h] = first ? _mm256_setzero_si256() : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(part + i * 16 + h * 8));
+    #pragma GCC unroll 8
+    for (int h = 0; h < 2 * NR; ++h)
+      acc[i][h] = first ? _mm256_setzero_si256() : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(part + i * NR * 16 + h * 8));
   const std::int8_t* ap[MR];
   #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) ap[i] = a + i * a_rs;
+  const std::uint8_t* wp[NR];
+  #pragma GCC unroll 4
+  for (int j = 0; j < NR; ++j) wp[j] = w0 + j * ps;
   for (std::int64_t s = s0; s < s1; ++s) {
-    const __m256i w0 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + s * 64)), flip);
-    const __m256i w1 = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + s * 64 + 32)), flip);
+    __m256i w[2 * NR];
+    #pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+      if (NR > 1) __builtin_prefetch(wp[j] + s * 64 + 1024, 0, 2);
+      w[2 * j] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[j] + s * 64)), flip);
+      w[2 * j + 1] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[j] + s * 64 + 32)), flip);
+    }
     #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       std::int32_t four;
       std::memcpy(&four, ap[i] + 4 * s, 4);
       const __m256i b = _mm256_set1_epi32(four);
       const __m256i ub = _mm256_sign_epi8(b, b);  // |a| (-128 -> 0x80 = 128 unsigned)
-      acc[i][0] = _mm256_add_epi32(acc[i][0], madd_s8(ub, b, w0, ones));
-      acc[i][1] = _mm256_add_epi32(acc[i][1], madd_s8(ub, b, w1, ones));
+      #pragma GCC unroll 8
+      for (int h = 0; h < 2 * NR; ++h) acc[i][h] = _mm256_add_epi32(acc[i][h], madd_s8(ub, b, w[h], ones));
     }
   }
   #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i)
-    #pragma GCC unroll 2
-    for (int h = 0; h < 2; ++h) _mm256_storeu_si256(reinterpret_cast<__m256i*>(part + i * 16 + h * 8), acc[i][h]);
+    #pragma GCC unroll 8
+    for (int h = 0; h < 2 * NR; ++h) _mm256_storeu_si256(reinterpret_cast<__m256i*>(part + i * NR * 16 + h * 8), acc[i][h]);
 }
 
-// Per chunk of rows, per panel, per K block (the panel's slice, 256 steps x 64 bytes = 16 KiB, stays
-// in L1 while the row tiles pass over it), then the scalar requantization of the panel's columns
-// (one output per 4 K-steps' worth of vector work or less: a small share).
+// Per chunk of rows, per panel (one row: per four panels), per K block (the panel's slice, 256
+// steps x 64 bytes = 16 KiB, stays in L1 while the row tiles pass over it), then the scalar
+// requantization of the panels' columns (one output per 4 K-steps' worth of vector work or less).
 void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   constexpr std::int64_t kSteps = 256, kRows = 192;
   const std::int64_t K4 = (g.K + 3) / 4, a_rs = 4 * K4, ps = 64 * K4;
   const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w);
   const std::int64_t steps = g.M <= 4 ? K4 : kSteps;
-  std::vector<std::int32_t> part(static_cast<std::size_t>(std::min(g.M, kRows) * 16));
+  std::vector<std::int32_t> part(static_cast<std::size_t>(std::max<std::int64_t>(4, std::min(g.M, kRows)) * 16));
   for (std::int64_t m0 = 0; m0 < g.M; m0 += kRows) {
     const std::int64_t m1 = std::min(g.M, m0 + kRows);
-    for (std::int64_t n0 = n_begin; n0 < n_end; n0 += 16) {
+    for (std::int64_t n0 = n_begin; n0 < n_end;) {
       const std::uint8_t* wp = w + (n0 / 16) * ps;
+      const bool four = g.M == 1 && n_end - n0 > 48;  // one row: four panels at once
       for (std::int64_t s0 = 0; s0 < K4; s0 += steps) {
         const std::int64_t s1 = std::min(K4, s0 + steps);
         const bool first = s0 == 0;
+        if (four) {
+          s8p_tile<1, 4>(g.a, a_rs, wp, ps, s0, s1, part.data(), first);
+          continue;
+        }
         std::int64_t m = m0;
-        for (; m + 4 <= m1; m += 4) s8p_tile<4>(g.a + m * a_rs, a_rs, wp, s0, s1, part.data() + (m - m0) * 16, first);
+        for (; m + 4 <= m1; m += 4) s8p_tile<4, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
         const std::int64_t r = m1 - m;
-        if (r == 3) s8p_tile<3>(g.a + m * a_rs, a_rs, wp, s0, s1, part.data() + (m - m0) * 16, first);
-        if (r == 2) s8p_tile<2>(g.a + m * a_rs, a_rs, wp, s0, s1, part.data() + (m - m0) * 16, first);
-        if (r == 1) s8p_tile<1>(g.a + m * a_rs, a_rs, wp, s0, s1, part.data() + (m - m0) * 16, first);
+        if (r == 3) s8p_tile<3, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
+        if (r == 2) s8p_tile<2, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
+        if (r == 1) s8p_tile<1, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
       }
-      const std::int64_t nn = std::min<std::int64_t>(16, n_end - n0);
+      const std::int64_t nn = std::min<std::int64_t>(four ? 64 : 16, n_end - n0);
       for (std::int64_t m = m0; m < m1; ++m) {
         // the xor restored w, so the lanes hold sum a * w itself (no a_sum term)
         for (std::int64_t j = 0; j < nn; ++j) {
@@ -130,6 +145,7 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
           g.y[m * g.y_rs + n0 + j] = detail::requantize(acc, g, n0 + j);
         }
       }
+      n0 += nn;
     }
   }
 }
