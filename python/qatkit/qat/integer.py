@@ -359,22 +359,35 @@ def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
+def _bind(plan: dict):
+    """A Linear plan's kernel with its operands bound (x -> y): the op overload resolved once, so a
+    loaded layer's per-call Python work is one closure call (the layers of a small model are
+    otherwise dominated by that work: MiniLM's 37 Linears at one sentence)."""
+    k, p = plan["kernel"], plan
+    op = getattr(torch.ops.qatkit, k).default
+    if k == "linear_w1a1":
+        return lambda x: op(x, p["weight"], p["weight_scale"], p["bias"])
+    if k == "linear_w4_weight_only":
+        return lambda x: op(x, p["weight"], p["gscale"], p["group_size"], p["gzero"], p["bias"])
+    if k == "linear_w4a8":
+        return lambda x: op(x, p["weight"], p["gscale"], p["group_size"], p["act_scale"], p["zp"], p["qmin"],
+                            p["qmax"], p["bias"])
+    return lambda x: op(x, p["weight"], p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"], p["qmax"],
+                        p["bias"])
+
+
 def _run_plan(plan: dict, x: torch.Tensor) -> torch.Tensor:
-    if plan["kernel"] == "linear_w1a1":
-        return ops.linear_w1a1(x, plan["weight"], plan["weight_scale"], plan["bias"])
-    if plan["kernel"] == "linear_w4_weight_only":
-        return ops.linear_w4_weight_only(x, plan["weight"], plan["gscale"], plan["group_size"], plan["gzero"],
-                                         plan["bias"])
-    if plan["kernel"] == "linear_w4a8":
-        return ops.linear_w4a8(x, plan["weight"], plan["gscale"], plan["group_size"], plan["act_scale"],
-                               plan["zp"], plan["qmin"], plan["qmax"], plan["bias"])
-    return plan["op"](x, plan["weight"], plan["corr"], plan["out_scale"], plan["act_scale"], plan["zp"], plan["qmin"],
-                      plan["qmax"], plan["bias"])
+    return plan["call"](x)
 
 
 def linear(mod, x: torch.Tensor) -> torch.Tensor:
     """Integer-exact ``F.linear`` of a converted Linear (after its RMSNorm / smoothing): the int8
     kernel (``ops.linear_int8``) where it applies, else the float64 simulation (same bits)."""
+    plan = mod.__dict__.get("_int8_plan")
+    if plan and mod._integer_form is not None and x.dtype == torch.float32 and x.device.type == "cpu" and (
+        mod._integer_form != "row" or x.dim() >= 2
+    ):  # the plan's kernel, resolved at its first call (below)
+        return plan["call"](x)
     if mod._integer_form is not None and x.device.type == "cpu" and x.dtype == torch.float32 and (
         mod._integer_form != "row" or x.dim() >= 2
     ):
@@ -434,6 +447,8 @@ def _plan(mod):
     plan = mod.__dict__.get("_int8_plan")
     if plan is None:
         plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
+        if plan and not _is_conv(mod):
+            plan["call"] = _bind(plan)
     return plan
 
 
