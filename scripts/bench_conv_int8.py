@@ -1,5 +1,5 @@
 """Integer convolutions (issue 13): ``ops.conv2d_int8`` (W8A8, im2col on the codes, the ISA's int8
-GEMM) and ``ops.conv2d_w1a1`` (XNOR) against ``F.conv2d`` (oneDNN fp32) on the same input, 3x3,
+GEMM on the ``pack_int8_panel`` layout that the plans give groups == 1 convs; also on the row layout) and ``ops.conv2d_w1a1`` (XNOR) against ``F.conv2d`` (oneDNN fp32) on the same input, 3x3,
 padding 1, groups 1, in the same process, interleaved, medians; ratios to fp32. A second table:
 depthwise 3x3 convs (groups = C) on ``ops.conv2d_int8`` (one GEMM per group) against oneDNN's fp32
 depthwise conv.
@@ -46,25 +46,28 @@ def main():
     torch.manual_seed(0)
     print(f"# 3x3 convs, padding 1, {a.threads} threads, qatkit ISA {qatkit._C.cpu_isa()}, torch {torch.__version__}, "
           f"medians of {a.rounds} interleaved rounds")
-    print("| input (B, C, H=W) -> N | fp32 ms | int8 ms | int8 vs fp32 | xnor ms | xnor vs fp32 |")
-    print("|---|---|---|---|---|---|")
+    print("| input (B, C, H=W) -> N | fp32 ms | int8 ms | int8 vs fp32 | int8 row layout vs fp32 | xnor ms | xnor vs fp32 |")
+    print("|---|---|---|---|---|---|---|")
     for b, c, hw, n in SHAPES:
         x = torch.randn(b, c, hw, hw)
         w = torch.randn(n, c, 3, 3)
         k = c * 9
-        q = torch.randint(-127, 128, (n, k), dtype=torch.int8)
-        q = F.pad(q, (0, -k % 32)).contiguous()
+        q8 = torch.randint(-127, 128, (n, k), dtype=torch.int8)
+        q = F.pad(q8, (0, -k % 32)).contiguous()  # the row layout (zero-padded to 32)
+        qp = ops.pack_int8_panel(q8)  # the panel layout: what the plans give groups == 1 convs
         corr, scale = torch.zeros(n, dtype=torch.int32), torch.rand(n) * 1e-3
         pb = ops.pack_binary_b1(torch.where(torch.randn(n, k) >= 0, 1, -1).to(torch.int8))
         ws = torch.rand(n) + 0.1
         fns = {
             "fp32": lambda: F.conv2d(x, w, None, 1, 1),
-            "int8": lambda: ops.conv2d_int8(x, q, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.02, 128, 0, 255),
+            "int8": lambda: ops.conv2d_int8(x, qp, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.02, 128, 0, 255),
+            "int8 rows": lambda: ops.conv2d_int8(x, q, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.02, 128, 0,
+                                                 255),
             "xnor": lambda: ops.conv2d_w1a1(x, pb, (3, 3), (1, 1), (1, 1), (1, 1), ws),
         }
         med = _medians(fns, a.rounds)
         print(f"| {b}, {c}, {hw} -> {n} | {med['fp32']:.2f} | {med['int8']:.2f} | {med['fp32'] / med['int8']:.2f}x | "
-              f"{med['xnor']:.2f} | {med['fp32'] / med['xnor']:.2f}x |")
+              f"{med['fp32'] / med['int8 rows']:.2f}x | {med['xnor']:.2f} | {med['fp32'] / med['xnor']:.2f}x |")
     print("\n| depthwise input (B, C, H=W) | fp32 ms | int8 ms | int8 vs fp32 |")
     print("|---|---|---|---|")
     for b, c, hw in DEPTHWISE:

@@ -162,10 +162,10 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   } else if (wspec->kind == "binary") {
     plan->weight_bits = 1;
     plan->weight = pack_b1(w);
-  } else if (conv && w.size(1) % 32) {
+  } else if (!conv || groups == 1) {
+    plan->weight = qatkit::pack_int8_panel(w);  // the panel layout (no horizontal sums; the same bits)
+  } else if (w.size(1) % 32) {  // grouped convs: rows zero-padded to 32 (small-K convs run vectorized)
     plan->weight = torch::constant_pad_nd(w, {0, 32 - w.size(1) % 32}).contiguous();
-  } else if (!conv) {
-    plan->weight = qatkit::pack_int8_panel(w);  // a Linear: the panel layout (no horizontal sums; the same bits)
   } else {
     plan->weight = w.contiguous();
   }

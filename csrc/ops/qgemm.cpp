@@ -187,8 +187,14 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
   TORCH_CHECK_VALUE(H + 2 * padding[0] >= dilation[0] * (kernel_size[0] - 1) + 1 &&
                         W + 2 * padding[1] >= dilation[1] * (kernel_size[1] - 1) + 1,
                     fmt::format("{}: the (padded) input {}x{} is smaller than the dilated kernel", op, H, W));
-  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, C/groups*kh*kw] (or packed), got {} dims",
-                                                   op, weight.dim()));
+  if (weight.dim() == 3) {  // pack_int8_panel's layout (groups == 1; its shape against corr's N: the linear checks)
+    TORCH_CHECK_VALUE(bits == 8 && groups == 1,
+                      fmt::format("{}: a 3-D panel weight (pack_int8_panel) needs weight_bits 8 and groups 1, got {} "
+                                  "and {}", op, bits, groups));
+    return {ho, wo};
+  }
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, C/groups*kh*kw] (or packed), or a 3-D "
+                                                   "panel (pack_int8_panel), got {} dims", op, weight.dim()));
   TORCH_CHECK_VALUE(groups >= 1 && C % groups == 0 && weight.size(0) % groups == 0,
                     fmt::format("{}: groups must be >= 1 and divide the input channels {} and the output channels {}, "
                                 "got {}", op, C, weight.size(0), groups));

@@ -121,7 +121,8 @@ QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& wei
 
 /// A Conv2d (NCHW float32 input; groups >= 1, depthwise included: one GEMM per group) on the integer
 /// kernels: the input quantized once per image, int8 patches (a zero-padded position holds the
-/// code of 0) times the weight flattened to [N, C/groups*kh*kw] — int8 for weight_bits 8, packed as
+/// code of 0) times the weight flattened to [N, C/groups*kh*kw] — int8 for weight_bits 8 (groups 1: or
+/// pack_int8_panel's layout, N then corr's length), packed as
 /// for linear_w2a8 / linear_w1a8 for 2 / 1 — with linear_int8's corr / requantization / bias;
 /// returns float32 [B, N, Ho, Wo]. Not differentiable.
 QATKIT_API at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,

@@ -533,7 +533,8 @@ def conv2d_int8(
     """A Conv2d on the integer kernels (docs/integer.md, "static" form; grouped and depthwise convs
     too: one GEMM per group): the NCHW float32 input quantized once per image, int8 patches (a
     zero-padded position holds the code of 0) times the weight flattened to ``[N, C/groups*kh*kw]``
-    (``weight_bits`` 8: int8 codes; 2 / 1: packed by :func:`pack_ternary_t2` / :func:`pack_binary_b1`),
+    (``weight_bits`` 8: int8 codes, or for ``groups == 1`` their :func:`pack_int8_panel` layout, N then
+    being ``corr``'s length; 2 / 1: packed by :func:`pack_ternary_t2` / :func:`pack_binary_b1`),
     with :func:`linear_int8`'s ``corr``, requantization and optional float bias. Returns float32
     ``[B, N, Ho, Wo]``; bit for bit the integer form of the conv. Inference only."""
     return torch.ops.qatkit.conv2d_int8(input, weight, weight_bits, list(kernel_size), list(stride), list(padding),

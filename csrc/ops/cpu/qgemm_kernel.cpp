@@ -185,13 +185,15 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
       ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const std::int64_t Cg = C / groups, kh = kernel_size[0], kw = kernel_size[1], K = Cg * kh * kw;
+  const bool panel = weight.dim() == 3;  // pack_int8_panel (groups 1): N from corr, patch rows of ceil(K / 4) * 4
   const std::int32_t shift = check_linear_int8_args(
-      at::empty({1, weight_bits == 8 ? weight.size(1) : K}, input.options()), weight, corr, out_scale, act_scale,
-      act_zero_point, act_quant_min, act_quant_max, bias, static_cast<int>(weight_bits));
+      at::empty({1, weight_bits == 8 && !panel ? weight.size(1) : K}, input.options()), weight, corr, out_scale,
+      act_scale, act_zero_point, act_quant_min, act_quant_max, bias, static_cast<int>(weight_bits));
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = w.size(0), Ng = N / groups, L = ho * wo;
-  const std::int64_t K_row = w.size(1) * (8 / weight_bits);  // >= K: the padded tail of each patch row stays 0
+  const std::int64_t N = panel ? c.size(0) : w.size(0), Ng = N / groups, L = ho * wo;
+  // >= K: the padded tail of each patch row stays 0
+  const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : w.size(1) * (8 / weight_bits);
   at::Tensor y = at::empty({B, N, ho, wo}, input.options());
   if (y.numel() == 0) return y;
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
@@ -209,7 +211,10 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     for (std::int64_t n = 0; n < N; ++n) {
       for (std::int64_t t = 0; t < taps; ++t) {
         std::int16_t v;
-        if (weight_bits == 8) {
+        if (panel) {  // QGemmArgs' panel layout: w + 128, row n's tap t at step t / 4, lane n % 16
+          const auto* pw = static_cast<const std::uint8_t*>(w.const_data_ptr());
+          v = static_cast<std::int16_t>(pw[(n / 16) * w.size(1) * 64 + (t / 4) * 64 + (n % 16) * 4 + t % 4] - 128);
+        } else if (weight_bits == 8) {
           v = w.data_ptr<std::int8_t>()[n * rb + t];
         } else if (weight_bits == 2) {  // QGemmPackedArgs' ternary layout: c = w + 1 in 128-blocks
           const std::uint8_t byte = w.data_ptr<std::uint8_t>()[n * rb + t / 128 * 32 + t % 32];
@@ -307,14 +312,17 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         if (weight_bits == 8) {
           kernels::QGemmArgs g;
           g.a = cols.data();
-          g.w = w.data_ptr<std::int8_t>() + n0 * w.size(1);
+          g.w = panel ? static_cast<const std::int8_t*>(w.const_data_ptr())
+                      : w.data_ptr<std::int8_t>() + n0 * w.size(1);
+          g.a_sum = a_sum.data();
+          g.panel = panel;
           g.corr = c.data_ptr<std::int32_t>() + n0;
           g.out_scale = os.data_ptr<float>() + n0;
           g.bias = bp;
           g.y = yb;
           g.M = L;
           g.N = Ng;
-          g.K = K_row;  // the weight's (zero-padded) row length
+          g.K = panel ? K : K_row;  // the weight's (zero-padded) row length; a panel's true K
           g.y_rs = 1;
           g.y_cs = L;
           gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) { k.gemm_s8(g, c0, c1); });

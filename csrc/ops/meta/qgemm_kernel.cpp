@@ -55,10 +55,11 @@ at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, s
   const auto [ho, wo] =
       check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t K = static_dim(input, 1) / groups * kernel_size[0] * kernel_size[1];
-  check_linear_int8_args(at::empty({1, weight_bits == 8 ? weight.size(1) : K}, input.options()), weight, corr,
+  const bool panel = weight.dim() == 3;  // pack_int8_panel: N is corr's length, K the patch length
+  check_linear_int8_args(at::empty({1, weight_bits == 8 && !panel ? weight.size(1) : K}, input.options()), weight, corr,
                          out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
                          static_cast<int>(weight_bits));
-  return conv_output(input, weight.size(0), ho, wo);
+  return conv_output(input, panel ? corr.size(0) : weight.size(0), ho, wo);
 }
 
 at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,

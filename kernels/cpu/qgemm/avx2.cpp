@@ -142,7 +142,7 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
         for (std::int64_t j = 0; j < nn; ++j) {
           const std::uint32_t acc = static_cast<std::uint32_t>(part[static_cast<std::size_t>((m - m0) * 16 + j)]) +
                                     static_cast<std::uint32_t>(g.corr[n0 + j]);
-          g.y[m * g.y_rs + n0 + j] = detail::requantize(acc, g, n0 + j);
+          g.y[m * g.y_rs + (n0 + j) * g.y_cs] = detail::requantize(acc, g, n0 + j);
         }
       }
       n0 += nn;

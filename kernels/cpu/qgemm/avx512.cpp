@@ -230,6 +230,9 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
         const __m512i corr = _mm512_maskz_loadu_epi32(mask, g.corr + n);
         const __m512 os = _mm512_maskz_loadu_ps(mask, g.out_scale + n);
         const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
+        // lane offsets of the conv form (y_cs = L < 2^32: vpmuludq of the lane index and L)
+        const __m512i lo = _mm512_mul_epu32(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(g.y_cs));
+        const __m512i hi = _mm512_add_epi64(lo, _mm512_set1_epi64(8 * g.y_cs));
         for (std::int64_t m = m0; m < m1; ++m) {
           // sum a * w = sum a * (w + 128) - 128 * a_sum, modulo 2^32 as the scalar sums
           const std::uint32_t off = 0u - 128u * static_cast<std::uint32_t>(g.a_sum[m]);
@@ -237,7 +240,14 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
                                                _mm512_add_epi32(corr, _mm512_set1_epi32(static_cast<std::int32_t>(off))));
           __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), os);
           if (g.bias) y = _mm512_add_ps(y, bias);
-          _mm512_mask_storeu_ps(g.y + m * g.y_rs + n, mask, y);
+          if (g.y_cs == 1) {
+            _mm512_mask_storeu_ps(g.y + m * g.y_rs + n, mask, y);
+          } else {  // a conv's [N, L] output: the 16 columns L apart (two 8-lane scatters, 64-bit offsets)
+            float* yb = g.y + m * g.y_rs + n * g.y_cs;
+            _mm512_mask_i64scatter_ps(yb, static_cast<__mmask8>(mask), lo, _mm512_castps512_ps256(y), 4);
+            _mm512_mask_i64scatter_ps(yb, static_cast<__mmask8>(mask >> 8), hi,
+                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(y), 1)), 4);
+          }
         }
       }
     }

@@ -311,11 +311,11 @@ def _int8_plan(mod) -> Optional[dict]:
         "ternary": (ops.linear_w2a8, "linear_w2a8", ops.pack_ternary_t2),
         "binary": (ops.linear_w1a8, "linear_w1a8", ops.pack_binary_b1),
     }.get(kind, (ops.linear_int8, "linear_int8", lambda t: t.contiguous()))
-    if _is_conv(mod) and name == "linear_int8" and w.shape[1] % 32:
-        # conv2d_int8 takes int8 rows zero-padded to a multiple of 32: small-K convs run vectorized
+    if name == "linear_int8" and (not _is_conv(mod) or mod.groups == 1):
+        packed = ops.pack_int8_panel  # the panel layout (no horizontal sums; the same bits)
+    elif _is_conv(mod) and name == "linear_int8" and w.shape[1] % 32:
+        # grouped convs take int8 rows zero-padded to a multiple of 32: small-K convs run vectorized
         packed = lambda t: F.pad(t, (0, -t.shape[1] % 32)).contiguous()  # noqa: E731
-    elif name == "linear_int8" and not _is_conv(mod):
-        packed = ops.pack_int8_panel  # a Linear: the panel layout (no horizontal sums; the same bits)
     return {"op": op, "kernel": name, "weight": packed(w),
             "corr": corr.to(torch.int32), "out_scale": _multiplier(mod), "bias": bias,
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}

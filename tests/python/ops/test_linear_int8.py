@@ -319,8 +319,44 @@ def test_conv2d_int8_equals_the_int8_kernel_on_unfolded_patches(bits, geom):
                 got = ops.conv2d_int8(x, wp, 8, geom["k"], geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin,
                                       qmax, fb)
                 assert torch.equal(got.reshape(B, N, -1), want), isa
+            if bits == 8:  # the panel layout (what the plans give groups == 1 convs): the same outputs
+                got = ops.conv2d_int8(x, ops.pack_int8_panel(w), 8, geom["k"], geom["s"], geom["p"], geom["d"], corr,
+                                      scale, s, zp, qmin, qmax, fb)
+                assert torch.equal(got.reshape(B, N, -1), want), isa
     finally:
         qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("B,C,N", [(2, 48, 70), (1, 48, 70), (2, 1, 20), (1, 3, 33)])
+def test_conv2d_int8_panel_equals_the_unfolded_gemm_on_every_isa(B, C, N):
+    """The panel layout on convs with the panel kernels' tiles: 81 positions (6-row tiles and a tail),
+    70 outputs (four panels and a partial fifth), K = 432 (two K blocks), one image (the outputs in
+    parallel), one input channel (the direct kernel reading the panel)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(B, C, 9, 9, generator=g) * 2
+    K = C * 9
+    w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+    s, zp, qmin, qmax = 0.04, 9, 0, 255
+    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+    scale, fb = torch.rand(N, generator=g) * 1e-2, torch.randn(N, generator=g)
+    cols = F.unfold(x, (3, 3), padding=(1, 1))  # [B, K, L]
+    want = ops.linear_int8(cols.transpose(1, 2), w, corr, scale, s, zp, qmin, qmax, fb).transpose(1, 2)
+    panel = ops.pack_int8_panel(w)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.conv2d_int8(x, panel, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb)
+            assert got.shape == (B, N, 9, 9) and torch.equal(got.reshape(B, N, -1), want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+    torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default,
+                          (x, panel, 8, [3, 3], [1, 1], [1, 1], [1, 1], corr, scale, s, zp, qmin, qmax, fb))
+    if C % 3 == 0:
+        with pytest.raises(ValueError, match="panel weight .* needs weight_bits 8 and groups 1"):
+            ops.conv2d_int8(x, panel, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, 3)
 
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
