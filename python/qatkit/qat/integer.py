@@ -281,7 +281,7 @@ def _int8_plan(mod) -> Optional[dict]:
         n, k = mod.weight_int.shape
         gs = mod.group_size
         z = mod.weight_zero_point.reshape(n, k // gs)
-        return {"op": None, "kernel": "linear_w4_weight_only", "weight": ops.pack_int4_w4(mod.weight_int),
+        return {"kernel": "linear_w4_weight_only", "weight": ops.pack_int4_w4(mod.weight_int),
                 "gscale": mod.weight_scale.float().reshape(n, k // gs).contiguous(), "group_size": gs,
                 "gzero": z.float().contiguous() if bool((z != 0).any()) else None,
                 "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
@@ -307,16 +307,16 @@ def _int8_plan(mod) -> Optional[dict]:
     bias = None if mod.bias is None or bq is not None else mod.bias.detach().float().contiguous()
     # ternary codes: the W2A8 kernel (4x fewer weight bytes); binary: W1A8 (8x fewer)
     kind = mod.weight_spec.kind
-    op, name, packed = {
-        "ternary": (ops.linear_w2a8, "linear_w2a8", ops.pack_ternary_t2),
-        "binary": (ops.linear_w1a8, "linear_w1a8", ops.pack_binary_b1),
-    }.get(kind, (ops.linear_int8, "linear_int8", lambda t: t.contiguous()))
+    name, packed = {
+        "ternary": ("linear_w2a8", ops.pack_ternary_t2),
+        "binary": ("linear_w1a8", ops.pack_binary_b1),
+    }.get(kind, ("linear_int8", lambda t: t.contiguous()))
     if name == "linear_int8" and (not _is_conv(mod) or mod.groups == 1):
         packed = ops.pack_int8_panel  # the panel layout (no horizontal sums; the same bits)
     elif _is_conv(mod) and name == "linear_int8" and w.shape[1] % 32:
         # grouped convs take int8 rows zero-padded to a multiple of 32: small-K convs run vectorized
         packed = lambda t: F.pad(t, (0, -t.shape[1] % 32)).contiguous()  # noqa: E731
-    return {"op": op, "kernel": name, "weight": packed(w),
+    return {"kernel": name, "weight": packed(w),
             "corr": corr.to(torch.int32), "out_scale": _multiplier(mod), "bias": bias,
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
@@ -340,7 +340,7 @@ def _xnor_plan(mod) -> Optional[dict]:
         ws = ws.expand(w.shape[0])
     if ws.numel() != w.shape[0]:
         return None
-    return {"op": ops.linear_w1a1, "kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w),
+    return {"kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w),
             "weight_scale": ws.contiguous(),
             "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
 
@@ -353,7 +353,7 @@ def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
     if _is_conv(mod) or gs % 32 or k % gs or gs > 2**17 or (w.numel() and (int(w.min()) < -8 or int(w.max()) > 7)):
         return None
     n, g = w.shape[0], k // gs
-    return {"op": None, "kernel": "linear_w4a8", "weight": ops.pack_int4_panel(ops.pack_int4_w4(w)),
+    return {"kernel": "linear_w4a8", "weight": ops.pack_int4_panel(ops.pack_int4_w4(w)),
             "gscale": mod.weight_scale.float().reshape(n, g).contiguous(),
             "group_size": gs, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous(),
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
