@@ -237,7 +237,7 @@ def test_w2a8_opcheck_and_errors():
 
 
 @pytest.mark.parametrize("M,N,K", [(1, 4, 32), (1, 37, 133), (5, 16, 64), (3, 9, 1), (2, 64, 600), (0, 8, 16),
-                                   (4, 5, 256)])
+                                   (4, 5, 256), (1, 70, 4000), (3, 33, 96)])
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
 def test_w1a8_equals_the_int8_kernel_on_the_unpacked_codes(M, N, K, qrange, zp):
     x, _, _, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
@@ -282,14 +282,14 @@ def test_w1a8_opcheck_packing_and_errors():
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("geom", [dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1)), dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2)),
-                                  dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1))])
+                                  dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1)), dict(k=(9, 6), s=(1, 1), p=(0, 0), d=(1, 1))])
 def test_conv2d_int8_equals_the_int8_kernel_on_unfolded_patches(bits, geom):
     """The conv equals linear_int8 over F.unfold's patches of the zero-padded input (the code of 0 at
     padded positions), on every ISA, for int8, 2-bit and 1-bit weights."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(7)
-    B, C, H, W, N = 3, 5, 9, 7, 6
+    B, C, H, W, N = 3, 5, 9, 7, 20  # N: a 16-column block and a tail; k (9, 6): L = 2 (GEMV)
     x = torch.randn(B, C, H, W, generator=g) * 2
     K = C * geom["k"][0] * geom["k"][1]
     if bits == 8:
