@@ -79,7 +79,7 @@ std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& 
   auto plan = std::make_shared<IntegerKernelPlan>();
   plan->float_input = true;
   plan->weight_bits = 4;
-  plan->weight = pack_w4(f.codes);
+  plan->weight = qatkit::pack_int4_panel(pack_w4(f.codes));  // the layout the kernels read without transposing
   plan->group_size = gs;
   plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
   const torch::Tensor z = f.zero_point.reshape({n, k / gs});

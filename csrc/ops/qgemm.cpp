@@ -347,7 +347,7 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
   constexpr const char* op = "linear_w4_weight_only";
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
-  const auto [N, G] = check_w4_weight(op, input, weight, group);
+  const auto [N, G] = check_w4_weight(op, input, weight, group, &gscale);
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"group_scale", &gscale},
                          {"group_zero", gzero.has_value() ? &*gzero : nullptr}}) {
     if (!t) continue;

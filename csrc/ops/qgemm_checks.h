@@ -58,7 +58,8 @@ constexpr std::int64_t kMaxW4A8Group = std::int64_t{1} << 17;
 std::int64_t check_w1a1_args(const char* op, const at::Tensor& input, std::int64_t K, const at::Tensor& weight,
                              const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias);
 
-/// linear_w4_weight_only's checks (float32 input, uint8 weight [N, K / 2], group_size a multiple of
+/// linear_w4_weight_only's checks (float32 input, uint8 weight [N, K / 2] or the panel layout
+/// [ceil(N / 16), ceil(K / 128), 1024] with N group_scale's rows, group_size a multiple of
 /// 32 dividing K, float32 group_scale / group_zero [N, K / group_size], bias, devices).
 void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                                       std::int64_t group, const std::optional<at::Tensor>& gzero,

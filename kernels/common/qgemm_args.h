@@ -134,12 +134,13 @@ struct QDwConvArgs {
 /// summation order) + bias[n].
 struct QGemmW4FArgs {
   const float* x = nullptr;             ///< [M, K]
-  const std::uint8_t* w = nullptr;      ///< [N, K / 2]
+  const std::uint8_t* w = nullptr;      ///< [N, K / 2], or QGemmW4Args' panel layout (panel)
   const float* gscale = nullptr;        ///< [N, G]
   const float* gzero = nullptr;         ///< [N, G] or nullptr (symmetric)
   const float* bias = nullptr;
   float* y = nullptr;                   ///< [M, N]
   std::int64_t M = 0, N = 0, K = 0, group = 32;
+  bool panel = false;  ///< w in pack_int4_panel's layout (QGemmW4Args::panel): no per-call transpose
 };
 
 }  // namespace qatkit::kernels

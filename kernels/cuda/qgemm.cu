@@ -164,7 +164,7 @@ __global__ void gemm_w4f_kernel(QGemmW4FArgs g) {
     for (std::int64_t k = lane; k < g.K; k += 32) {
       const std::int64_t gi = n * G + k / g.group;
       const float z = g.gzero ? g.gzero[gi] : 0.f;
-      const float w = (static_cast<float>(w4_code(g.w, false, KB, n, k)) - z) * g.gscale[gi];
+      const float w = (static_cast<float>(w4_code(g.w, g.panel, KB, n, k)) - z) * g.gscale[gi];
       s = s + x[k] * w;
     }
     for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);

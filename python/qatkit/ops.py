@@ -569,7 +569,8 @@ def linear_w4_weight_only(
     bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Weight-only int4 Linear with float activations: ``weight`` in the W4 layout
-    (:func:`pack_int4_w4`, uint8 ``[N, K / 2]``) dequantized in registers as ``(q - group_zero) *
+    (:func:`pack_int4_w4`, uint8 ``[N, K / 2]``, or its panel layout :func:`pack_int4_panel`, N then
+    ``group_scale``'s rows: what the loaders give) dequantized in registers as ``(q - group_zero) *
     group_scale`` (float32 ``[N, K / group_size]``; the bits of :func:`dequantize_affine`; symmetric
     without ``group_zero``), float32 FMAs against ``input`` (float32 ``[..., K]``), plus ``bias``.
     A float kernel: its summation order is its own, so it equals ``F.linear`` on the dequantized

@@ -108,12 +108,9 @@ class _Packed:
             self.register_buffer("weight_int", tensors["weight"])
             self.register_buffer("weight_packed", None)
         else:
-            packed = tensors["weight_packed"]
-            self.register_buffer("weight_packed", packed)
-            bits, offset, packing = self.packing
-            codes = ops.unpack_weights(packed, bits, w["k"], offset, packing)
-            codes = codes.to(_DTYPES[w["codes_dtype"]]).reshape(shape)
-            self.register_buffer("weight_int", codes, persistent=False)
+            self.register_buffer("weight_packed", tensors["weight_packed"])
+            self._unpack = (w["k"], _DTYPES[w["codes_dtype"]], shape)
+            self.register_buffer("weight_int", self._unpacked(), persistent=False)
         # float16 / bfloat16 scales (QuantSpec.scale_dtype) widen exactly to the float32 the ops take
         self.register_buffer("weight_scale", tensors.get("weight_scale", torch.ones(1)).float())
         zp = tensors.get("weight_zero_point")
@@ -137,6 +134,16 @@ class _Packed:
             q.eval()
             aq = q
         self.input_fake_quant = aq
+
+    def _unpacked(self) -> torch.Tensor:
+        bits, offset, packing = self.packing
+        k, dtype, shape = self._unpack
+        return ops.unpack_weights(self.weight_packed, bits, k, offset, packing).to(dtype).reshape(shape)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.packing is not None:  # new packed bytes: the codes the forward reads follow them
+            self._buffers["weight_int"] = self._unpacked().to(self.weight_int.device)
 
     def extra_repr(self) -> str:
         if self.packing is None:

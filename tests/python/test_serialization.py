@@ -316,6 +316,54 @@ def test_loaded_linear_layers_run_on_the_int8_kernel_by_default(data, tmp_path):
         qatkit.load(path, compute="int8")
 
 
+def test_a_loaded_model_given_another_state_dict_computes_with_the_new_codes(data, tmp_path):
+    """The kernel plans (packed operands bound at a layer's first call) are rebuilt when
+    load_state_dict replaces the codes; repeated calls (the direct path to the bound kernel) keep
+    the converted model's integer outputs bit for bit."""
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 10))
+    paths, convs = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        for m in mlp.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+        q = _ptq(mlp, data, qatkit.w8a8())
+        paths.append(str(tmp_path / f"m{seed}.safetensors"))
+        qatkit.export(q, paths[-1])
+        convs.append(qatkit.convert(q, integer=True))
+    loaded = qatkit.load(paths[0])
+    with torch.no_grad():
+        want0, want1 = convs[0](data), convs[1](data)
+        assert not torch.equal(want0, want1)
+        for _ in range(3):  # the first call builds the plans; the later ones call the bound kernels
+            assert torch.equal(loaded(data), want0)
+        loaded.load_state_dict(qatkit.load(paths[1]).state_dict())
+        for _ in range(2):
+            assert torch.equal(loaded(data), want1)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "int4_weight_only"])
+def test_a_loaded_model_compiles_and_exports_to_its_kernel_ops(data, tmp_path, preset):
+    """torch.compile (fullgraph) and torch.export of a loaded model, after eager calls have bound its
+    kernels, trace the qatkit ops (the eager path calls their C++ entries directly) and give the
+    eager outputs bit for bit."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 10))
+    q = _ptq(mlp, data, qatkit.preset(preset))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load(path)
+    kernel = "linear_int8" if preset == "w8a8" else "linear_w4_weight_only"
+    with torch.no_grad():
+        want = loaded(data)
+        assert torch.equal(loaded(data), want)
+        assert torch.equal(torch.compile(loaded, fullgraph=True)(data), want)
+        ep = torch.export.export(loaded, (data,))
+        assert torch.equal(ep.module()(data), want)
+    ops_ = [str(n.target) for n in ep.graph.nodes if n.op == "call_function" and "qatkit" in str(n.target)]
+    assert ops_ == [f"qatkit.{kernel}.default"] * 2
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_loaded_int4_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, symmetric):
     """int4_weight_only Linear layers load onto ops.linear_w4_weight_only (the "weight_only" form: a

@@ -95,7 +95,7 @@ at::Tensor linear_w4_weight_only_meta(const at::Tensor& input, const at::Tensor&
                                       std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
                                       const std::optional<at::Tensor>& bias) {
   check_linear_w4_weight_only_args(input, weight, group_scale, group_size, group_zero, bias);
-  return linear_output(input, weight);
+  return linear_output(input, group_scale);  // N: group_scale's rows (a panel weight has blocks of 16)
 }
 
 }  // namespace

@@ -515,8 +515,8 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
 // ((float(q) - z) * s, eight lanes: the bits of dequantize_affine), then every activation row's dot
 // product with them runs on FMAs, six activation rows x two weight rows per step (twelve
 // accumulators share the loads).
-inline void dequant_w4_row(const QGemmW4FArgs& g, std::int64_t n, float* out) {
-  const std::uint8_t* w = g.w + n * (g.K / 2);
+inline void dequant_w4_row(const QGemmW4FArgs& g, std::int64_t n, float* out, std::uint8_t* rowbuf) {
+  const std::uint8_t* w = detail::w4_row(g.w, g.panel, g.K, n, rowbuf);  // a panel's row gathered
   const std::int64_t G = g.K / g.group;
   const __m128i low4 = _mm_set1_epi8(15);
   const __m256i eight = _mm256_set1_epi32(8);
@@ -580,15 +580,16 @@ void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
 
 void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   std::vector<float> buf(static_cast<std::size_t>(2 * g.K));
+  std::vector<std::uint8_t> rowbuf(static_cast<std::size_t>(g.panel ? g.K / 2 : 0));
   const float* wrow[2] = {buf.data(), buf.data() + g.K};
   std::int64_t n = n_begin;
   for (; n + 2 <= n_end; n += 2) {
-    dequant_w4_row(g, n, buf.data());
-    dequant_w4_row(g, n + 1, buf.data() + g.K);
+    dequant_w4_row(g, n, buf.data(), rowbuf.data());
+    dequant_w4_row(g, n + 1, buf.data() + g.K, rowbuf.data());
     w4f_rows<2>(g, wrow, n);
   }
   for (; n < n_end; ++n) {
-    dequant_w4_row(g, n, buf.data());
+    dequant_w4_row(g, n, buf.data(), rowbuf.data());
     w4f_rows<1>(g, wrow, n);
   }
 }

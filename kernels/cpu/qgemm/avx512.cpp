@@ -775,7 +775,8 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
 
 // ---------------------------------------------------------------- weight-only W4 (float activations)
 
-// Blocks of 16 weight rows in the panel order (the row layout transposed once per block, as W4A8's),
+// Blocks of 16 weight rows in the panel order (pack_int4_panel's, or the row layout transposed once
+// per block, as W4A8's),
 // one row per lane. Every weight is dequantized as the baseline does, (float(q) - z) * s in float32
 // (q read exactly from a 16-entry table by vpermps on the nibble), 256 weights of K at a time into an
 // L1 buffer [k][16 rows]; then each activation row's FMAs run on that buffer with x[m, k] broadcast,
@@ -870,23 +871,28 @@ void w4f_direct(const QGemmW4FArgs& g, std::int64_t m, std::int64_t n, int nr, c
 void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
   constexpr std::int64_t kChunk = 256;  // 256 x 16 dequantized weights: 16 KiB in L1
-  std::vector<std::int32_t> panel(static_cast<std::size_t>(steps * 256));
+  std::vector<std::int32_t> buf(static_cast<std::size_t>(g.panel ? 0 : steps * 256));  // the row layout's block, transposed
   std::vector<float> sc(static_cast<std::size_t>(G * 16)), zc(static_cast<std::size_t>(g.gzero ? G * 16 : 0));
   std::vector<float> wd(static_cast<std::size_t>(kChunk * 16)), acc(static_cast<std::size_t>(g.M * 16));
   const __m512 lut = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
   for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
     const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
-    w4_pack_panel(g.w, g.K, n, nr, panel.data());
+    const std::int32_t* panel = buf.data();  // the block's panel: the weight's own (pack_int4_panel), or buf
+    if (g.panel) {
+      panel = reinterpret_cast<const std::int32_t*>(g.w + (n / 16) * steps * 1024);
+    } else {
+      w4_pack_panel(g.w, g.K, n, nr, buf.data());
+    }
     transpose_rows_f32(g.gscale, G, n, nr, sc.data());
     if (g.gzero) transpose_rows_f32(g.gzero, G, n, nr, zc.data());
     if (g.M <= 12) {
       const float* z = g.gzero ? zc.data() : nullptr;
       std::int64_t m = 0;
-      for (; m + 12 <= g.M; m += 12) w4f_direct<12>(g, m, n, nr, panel.data(), sc.data(), z, lut);
-      for (; m + 8 <= g.M; m += 8) w4f_direct<8>(g, m, n, nr, panel.data(), sc.data(), z, lut);
-      for (; m + 4 <= g.M; m += 4) w4f_direct<4>(g, m, n, nr, panel.data(), sc.data(), z, lut);
-      for (; m + 2 <= g.M; m += 2) w4f_direct<2>(g, m, n, nr, panel.data(), sc.data(), z, lut);
-      for (; m < g.M; ++m) w4f_direct<1>(g, m, n, nr, panel.data(), sc.data(), z, lut);
+      for (; m + 12 <= g.M; m += 12) w4f_direct<12>(g, m, n, nr, panel, sc.data(), z, lut);
+      for (; m + 8 <= g.M; m += 8) w4f_direct<8>(g, m, n, nr, panel, sc.data(), z, lut);
+      for (; m + 4 <= g.M; m += 4) w4f_direct<4>(g, m, n, nr, panel, sc.data(), z, lut);
+      for (; m + 2 <= g.M; m += 2) w4f_direct<2>(g, m, n, nr, panel, sc.data(), z, lut);
+      for (; m < g.M; ++m) w4f_direct<1>(g, m, n, nr, panel, sc.data(), z, lut);
       continue;
     }
     std::fill(acc.begin(), acc.end(), 0.f);
@@ -896,7 +902,7 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
         const std::int64_t gi = ci * 32 / g.group;
         const __m512 s = _mm512_loadu_ps(sc.data() + gi * 16);
         const __m512 z = g.gzero ? _mm512_loadu_ps(zc.data() + gi * 16) : _mm512_setzero_ps();
-        const std::int32_t* t = panel.data() + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
+        const std::int32_t* t = panel + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
         float* out = wd.data() + (ci * 32 - kc) * 16;
         #pragma GCC unroll 4
         for (int e = 0; e < 4; ++e) {

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../../common/fake_quant_scalar.h"
@@ -82,15 +83,18 @@ inline std::int32_t w4_code_sum(const std::uint8_t* w, std::int64_t k0, std::int
   return s;
 }
 
-/// Row n of a W4 weight in the row layout: the weight's own row, or (panel layout) its bytes
-/// gathered into buf (K / 2 bytes).
-inline const std::uint8_t* w4_row(const QGemmW4Args& g, std::int64_t n, std::uint8_t* buf) {
-  const std::int64_t KB = g.K / 2;
-  if (!g.panel) return g.w + n * KB;
+/// Row n of a W4 weight (K / 2 bytes) in the row layout: the weight's own row, or (panel layout,
+/// QGemmW4Args::panel) its bytes gathered into buf, a dword at a time.
+inline const std::uint8_t* w4_row(const std::uint8_t* w, bool panel, std::int64_t K, std::int64_t n, std::uint8_t* buf) {
+  const std::int64_t KB = K / 2;
+  if (!panel) return w + n * KB;
   const std::int64_t steps = (KB + 63) / 64;
-  const std::uint8_t* block = g.w + (n / 16) * steps * 1024 + (n % 16) * 4;
-  for (std::int64_t b = 0; b < KB; ++b) buf[b] = block[(b / 64) * 1024 + (b % 64 / 4) * 64 + b % 4];
+  const std::uint8_t* block = w + (n / 16) * steps * 1024 + (n % 16) * 4;
+  for (std::int64_t b = 0; b < KB; b += 4) std::memcpy(buf + b, block + (b / 64) * 1024 + (b % 64 / 4) * 64, 4);
   return buf;
+}
+inline const std::uint8_t* w4_row(const QGemmW4Args& g, std::int64_t n, std::uint8_t* buf) {
+  return w4_row(g.w, g.panel, g.K, n, buf);
 }
 
 /// The input zero-point term of one group from its code sum: act_offset * sum q.
@@ -201,7 +205,9 @@ inline void dwconv_channels(const QDwConvArgs& g, std::int64_t n_begin, std::int
 
 /// One dequantized weight of a weight-only W4 row (QGemmW4FArgs): (float(q) - z) * s.
 inline float w4_weight(const QGemmW4FArgs& g, std::int64_t n, std::int64_t k) {
-  const std::uint8_t byte = g.w[n * (g.K / 2) + k / 32 * 16 + k % 16];
+  const std::int64_t KB = g.K / 2, b = k / 32 * 16 + k % 16;  // byte b of row n (w4_row's index)
+  const std::uint8_t byte = g.panel ? g.w[(n / 16) * ((KB + 63) / 64) * 1024 + (n % 16) * 4 + (b / 64) * 1024 + (b % 64 / 4) * 64 + b % 4]
+                                    : g.w[n * KB + b];
   const std::int32_t q = ((k % 32) < 16 ? (byte & 15) : (byte >> 4)) - 8;
   const std::int64_t gi = n * (g.K / g.group) + k / g.group;
   const float z = g.gzero ? g.gzero[gi] : 0.f;

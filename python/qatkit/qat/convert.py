@@ -109,6 +109,10 @@ class _Quantized(nn.Module):
             aq.eval()
         self.input_fake_quant = aq
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.__dict__.pop("_int8_plan", None)  # the kernel plan holds the old codes: rebuilt on the next call
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _apply(self, fn, recurse=True):
         # .double() / .half() / .to(dtype) change the dtype the layer computes in; the scales stay
         # float32 (the ops' qparam dtype) and the codes integer
@@ -163,6 +167,12 @@ class QuantizedLinear(_Quantized):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x):
+        plan = self.__dict__.get("_int8_plan")
+        if plan and plan["bare"] and self._integer_form is not None and x.dtype is torch.float32 and x.is_cpu and (
+            self._integer_form != "row" or x.dim() >= 2
+        ):  # integer.linear's bound kernel, straight away (no RMSNorm, no smoothing): a small model's
+            # layers are dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
+            return plan["call"](x)
         if self.rms_norm:
             x = F.rms_norm(x, (self.in_features,), eps=self.eps)
         if self.smooth is not None:

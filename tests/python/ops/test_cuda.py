@@ -308,6 +308,9 @@ def test_w4_weight_only_cuda_within_the_float_bound(M, N, K, gs, zero):
     zc = None if z is None else z.cuda()
     y = ops.linear_w4_weight_only(x.cuda(), packed, s.cuda(), gs, zc, b.cuda()).cpu()
     assert y.shape == (M, N) and bool(((y.double() - ref).abs() <= bound).all())
+    # the panel layout (what the plans give): the same kernel order, so the same bits
+    yp = ops.linear_w4_weight_only(x.cuda(), ops.pack_int4_panel(packed), s.cuda(), gs, zc, b.cuda()).cpu()
+    assert torch.equal(yp, y)
     if N and K:
         eye = torch.eye(K, device="cuda")
         assert torch.equal(ops.linear_w4_weight_only(eye, packed, s.cuda(), gs, zc).t().cpu(), wd)
@@ -319,3 +322,4 @@ def test_w4_opcheck_cuda():
     torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, w, s, 32, 0.1, 0, -128, 127))
     torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, ops.pack_int4_panel(w), s, 32, 0.1, 0, -128, 127))
     torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, w, s, 32))
+    torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, ops.pack_int4_panel(w), s, 32))

@@ -645,6 +645,8 @@ def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
             qatkit._C.set_cpu_isa(isa)
             y = ops.linear_w4_weight_only(x, packed, s, gs, z, b)
             assert y.shape == (M, N) and bool(((y.double() - ref).abs() <= bound).all()), isa
+            # the panel layout (what the plans give): the row layout's outputs bit for bit
+            assert torch.equal(ops.linear_w4_weight_only(x, ops.pack_int4_panel(packed), s, gs, z, b), y), isa
             if N and K:  # one-hot rows read single weights back exactly
                 eye = torch.eye(K)
                 assert torch.equal(ops.linear_w4_weight_only(eye, packed, s, gs, z).t(), wd), isa
@@ -660,6 +662,11 @@ def test_w4_weight_only_opcheck_compile_and_errors():
     torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, p, s, 32, torch.ones(8, 2), torch.randn(8)))
     f = torch.compile(lambda t: ops.linear_w4_weight_only(t, p, s, 32), fullgraph=True)
     assert torch.equal(f(x), ops.linear_w4_weight_only(x, p, s, 32))
+    pp = ops.pack_int4_panel(p)
+    torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, pp, s, 32, torch.ones(8, 2), torch.randn(8)))
+    with pytest.raises(ValueError, match=r"a panel weight \(pack_int4_panel\) for N = 20 \(group_scale's rows\), K = 64 "
+                                         r"must have shape \[2, 1, 1024\], got \[1, 1, 1024\]"):
+        ops.linear_w4_weight_only(x, pp, torch.rand(20, 2), 32)
     with pytest.raises(ValueError, match="group_size must be a multiple of 32 that divides K = 64, got 48"):
         ops.linear_w4_weight_only(x, p, s, 48)
     with pytest.raises(ValueError, match=r"group_scale must have shape \[8, 2\]"):
