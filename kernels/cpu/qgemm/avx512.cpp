@@ -412,6 +412,25 @@ inline __m512i reduce16(__m512i r[16]) {
   return _mm512_add_epi32(_mm512_shuffle_i32x4(s0, s1, 0x88), _mm512_shuffle_i32x4(s0, s1, 0xDD));
 }
 
+// Outputs y[m, n .. n + 16) of the packed kernels from their int32 sums: requantize's operations
+// (float(acc) * out_scale, + bias) in vectors, so its bits; a conv's columns y_cs apart.
+inline void store_requantized16(const QGemmPackedArgs& g, std::int64_t m, std::int64_t n, __m512i acc) {
+  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(g.out_scale + n));
+  if (g.bias) y = _mm512_add_ps(y, _mm512_loadu_ps(g.bias + n));
+  if (g.y_cs == 1) {
+    _mm512_storeu_ps(g.y + m * g.y_rs + n, y);
+  } else {
+    alignas(64) float t[16];
+    _mm512_store_ps(t, y);
+    for (int j = 0; j < 16; ++j) g.y[m * g.y_rs + (n + j) * g.y_cs] = t[j];
+  }
+}
+
+// GEMV weight streams: rows this far ahead of the block in hand are prefetched into L2 a line or a
+// few per K step, spread over the arithmetic (32 KiB ahead at K = 4096 for 1-bit rows; 48-128 rows
+// measured alike; a burst of prefetches per block ran ~1.35x slower).
+constexpr std::int64_t kAhead = 64;
+
 // acc += vpdpbusd(u, s) in place: GCC 12 copies the accumulator of _mm512_dpbusd_epi32 into a
 // fresh register and back on every call inside an unrolled loop (two moves per product, which fill
 // the front end); the asm form keeps it where it is.
@@ -421,8 +440,7 @@ inline void dpbusd_inplace(__m512i& acc, __m512i u, __m512i s) {
 
 // sum_k bit[r, k] * a[k] of 8 weight rows (rows KB bytes apart) in 8 accumulators: 8 independent
 // vpdpbusd chains (latency hidden), each row's 64 bits loaded straight into a mask register. pf (or
-// null): 8 rows further on (K_pad bytes), prefetched into L2 one line per step, so the DRAM stream
-// is spread over the arithmetic (a burst of 128 prefetches per block ran ~1.35x slower).
+// null): 8 rows further on (K_pad bytes), prefetched into L2 one line per step (kAhead).
 inline void b1_dot8(const std::uint8_t* w, std::int64_t KB, const std::int8_t* ap, std::int64_t K_pad, const char* pf,
                     __m512i* out) {
   const __m512i ones = _mm512_set1_epi8(1);
@@ -466,15 +484,7 @@ void b1_gemv16(const QGemmPackedArgs& g, std::int64_t m, std::int64_t n, const c
   const __m512i s = _mm512_add_epi32(
       _mm512_sub_epi32(_mm512_slli_epi32(reduce16(acc), 1), _mm512_set1_epi32(g.a_sum[m])),
       _mm512_loadu_si512(g.corr + n));
-  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_loadu_ps(g.out_scale + n));
-  if (g.bias) y = _mm512_add_ps(y, _mm512_loadu_ps(g.bias + n));
-  if (g.y_cs == 1) {
-    _mm512_storeu_ps(g.y + m * g.y_rs + n, y);
-  } else {
-    alignas(64) float t[16];
-    _mm512_store_ps(t, y);
-    for (int j = 0; j < 16; ++j) g.y[m * g.y_rs + (n + j) * g.y_cs] = t[j];
-  }
+  store_requantized16(g, m, n, s);
 }
 
 // Bytes per weight row of the packed kernels (the ternary and binary layouts, XNOR's).
@@ -510,7 +520,70 @@ void blocked(const Args& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+// The ternary GEMV. One activation row laid out once per call as the steps read it (re: 64 bytes
+// per code shift s of each 256-weight step, the two matching 32-byte runs, zeros past an odd last
+// block), then 16 weight rows in two passes of eight accumulators (vpdpbusd in place), the stream
+// 64 rows ahead prefetched into L2 a few lines per step, one 16-lane reduction, the requantization
+// in vectors (finish_t2's operations).
+inline void t2_layout_row(const std::int8_t* a, std::int64_t K_pad, std::int8_t* re) {  // re: K_pad rounded up to 256
+  for (std::int64_t b = 0; b < K_pad; b += 256)
+    for (int s = 0; s < 4; ++s) _mm512_storeu_si512(re + b + 64 * s, t2_act(a, b, s, b + 256 <= K_pad));
+}
+
+inline void t2_dot8(const std::uint8_t* w, std::int64_t KB, const std::int8_t* re, std::int64_t K_pad, const char* pf,
+                    __m512i* out) {
+  const __m512i mask3 = _mm512_set1_epi8(3);
+  __m512i c[8];
+  #pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) c[r] = _mm512_setzero_si512();
+  for (std::int64_t b = 0; b < K_pad; b += 256) {
+    const bool two = b + 256 <= K_pad;
+    if (pf) {  // 8 rows' worth of the stream ahead (8 x KB = 2 K_pad bytes): 512 bytes per step
+      #pragma GCC unroll 8
+      for (int l = 0; l < 8; ++l) _mm_prefetch(pf + 2 * b + 64 * l, _MM_HINT_T1);
+    }
+    __m512i wv[8];
+    #pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+      const std::uint8_t* p = w + r * KB + b / 4;
+      wv[r] = two ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, p);
+    }
+    #pragma GCC unroll 4
+    for (int s = 0; s < 4; ++s) {
+      const __m512i av = _mm512_loadu_si512(re + b + 64 * s);
+      #pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r) dpbusd_inplace(c[r], _mm512_and_si512(_mm512_srli_epi16(wv[r], 2 * s), mask3), av);
+    }
+  }
+  #pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) out[r] = c[r];
+}
+
+void t2_gemv16(const QGemmPackedArgs& g, std::int64_t m, std::int64_t n, const std::int8_t* re, const char* pf) {
+  const std::int64_t KB = g.K_pad / 4;
+  __m512i acc[16];
+  t2_dot8(g.w + n * KB, KB, re, g.K_pad, pf, acc);
+  t2_dot8(g.w + (n + 8) * KB, KB, re, g.K_pad, pf ? pf + 8 * KB : nullptr, acc + 8);
+  // finish_t2: sum_ac - a_sum + corr, then requantize
+  const __m512i s = _mm512_add_epi32(_mm512_sub_epi32(reduce16(acc), _mm512_set1_epi32(g.a_sum[m])),
+                                     _mm512_loadu_si512(g.corr + n));
+  store_requantized16(g, m, n, s);
+}
+
 void gemm_t2(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.M < 4) {  // GEMV: 16 rows at a time, the rest by the register blocks
+    const std::int64_t rb = row_bytes(g, 2);
+    const std::int64_t Kr = (g.K_pad + 255) / 256 * 256;  // whole steps: an odd last block's upper half zero
+    std::vector<std::int8_t> re(static_cast<std::size_t>(g.M * Kr));
+    for (std::int64_t m = 0; m < g.M; ++m) t2_layout_row(g.a + m * g.K_pad, g.K_pad, re.data() + m * Kr);
+    std::int64_t n0 = n_begin;
+    for (; n0 + 16 <= n_end; n0 += 16) {
+      const char* pf = n0 + kAhead + 16 <= n_end ? reinterpret_cast<const char*>(g.w + (n0 + kAhead) * rb) : nullptr;
+      for (std::int64_t m = 0; m < g.M; ++m) t2_gemv16(g, m, n0, re.data() + m * Kr, m == 0 ? pf : nullptr);
+    }
+    if (n0 == n_end) return;
+    n_begin = n0;
+  }
   blocked<QGemmPackedArgs, 2, t2_block<4, 4>, t2_block<4, 1>, t2_block<1, 4>, t2_block<1, 1>>(g, n_begin, n_end);
 }
 
@@ -518,7 +591,6 @@ void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
   if (g.M < 4) {  // GEMV: 16 rows at a time, the rest by the register blocks
     const std::int64_t rb = row_bytes(g, 1);
     std::int64_t n0 = n_begin;
-    constexpr std::int64_t kAhead = 64;  // rows (32 KiB at K = 4096; 48-128 measured alike)
     for (; n0 + 16 <= n_end; n0 += 16) {
       const char* pf = n0 + kAhead + 16 <= n_end ? reinterpret_cast<const char*>(g.w + (n0 + kAhead) * rb) : nullptr;
       for (std::int64_t m = 0; m < g.M; ++m) b1_gemv16(g, m, n0, m == 0 ? pf : nullptr);

@@ -178,7 +178,7 @@ def test_bad_arguments_name_themselves(change, err, match):
 
 
 @pytest.mark.parametrize("M,N,K", [(1, 4, 128), (1, 37, 133), (5, 16, 64), (3, 9, 1), (2, 64, 257), (0, 8, 16),
-                                   (4, 5, 384)])
+                                   (4, 5, 384), (1, 70, 1000), (3, 33, 512)])
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
 def test_w2a8_equals_the_int8_kernel_on_the_unpacked_codes(M, N, K, qrange, zp):
     x, _, _, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
