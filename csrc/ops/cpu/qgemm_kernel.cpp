@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <vector>
@@ -492,6 +493,13 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   return y;
 }
 
+// linear_w4_weight_only from this many activation rows on: the weight dequantized block by block
+// (about 0.7 cycles per weight) and the float GEMM on each block, whose register blocking amortizes
+// the dequantization over the rows. Below it gemm_w4f's in-register dequantization wins; measured on
+// MiniLM's and 4096 x 4096 layers (docs/benchmarks.md, fourth session of 2026-12-02): at 448 rows
+// the float GEMM path ran 0.81-1.00x FP32 against 0.66-0.85x, at 64 rows 0.63-0.80x against 0.75-1.10x.
+constexpr std::int64_t kW4DequantRows = 256;
+
 at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
                                      std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
                                      const std::optional<at::Tensor>& bias) {
@@ -516,6 +524,27 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   g.panel = w.dim() == 3;
   g.group = group_size;
   const auto& k = kernels::cpu::qgemm_kernels();
+  if (g.M >= kW4DequantRows) {  // many rows: blocks of weight rows dequantized into one L2-sized buffer, each
+    // block's float GEMM (MKL / oneDNN) into its output columns; the buffer is reused, so a large
+    // weight never becomes a fresh [N, K] float allocation per call (page faults)
+    const std::int64_t nb = std::min(N, std::max<std::int64_t>(16, (std::int64_t{2} << 20) / (4 * K) / 16 * 16));
+    at::Tensor wf = at::empty({nb, K}, input.options());
+    const at::Tensor x2 = x.reshape({g.M, K});
+    at::Tensor y2 = y.view({g.M, N});
+    for (std::int64_t n0 = 0; n0 < N; n0 += nb) {
+      const std::int64_t n1 = std::min(N, n0 + nb);
+      float* buf = wf.data_ptr<float>();
+      at::parallel_for(n0, n1, 16, [&](std::int64_t b0, std::int64_t e0) { k.dequant_w4f(g, b0, e0, buf + (b0 - n0) * K); });
+      const at::Tensor wt = wf.narrow(0, 0, n1 - n0).t();
+      if (n1 - n0 == N) {
+        at::mm_out(y2, x2, wt);
+      } else {
+        y2.narrow(1, n0, n1 - n0).copy_(at::mm(x2, wt));
+      }
+    }
+    if (b.defined()) y2.add_(b);  // after the sum, one rounding (the kernels' "+ bias[n]")
+    return y;
+  }
   at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) { k.gemm_w4f(g, b0 * 16, std::min(N, e0 * 16)); });
   return y;
 }

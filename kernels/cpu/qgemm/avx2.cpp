@@ -594,12 +594,17 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+void dequant_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end, float* w) {
+  std::vector<std::uint8_t> rowbuf(static_cast<std::size_t>(g.panel ? g.K / 2 : 0));
+  for (std::int64_t n = n_begin; n < n_end; ++n) dequant_w4_row(g, n, w + (n - n_begin) * g.K, rowbuf.data());
+}
+
 }  // namespace
 
 const QGemmKernels* qgemm_avx2() {
   // dwconv: loops.h's loop, vectorized by the compiler here (AVX2)
   static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
-                              &detail::dwconv_channels};
+                              &detail::dwconv_channels, &dequant_w4f};
   return &k;
 }
 

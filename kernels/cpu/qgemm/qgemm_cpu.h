@@ -29,6 +29,9 @@ struct QGemmKernels {
   void (*gemm_w4f)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end);
   /// The depthwise conv of one image, output channels [n_begin, n_end).
   void (*dwconv)(const QDwConvArgs& args, std::int64_t n_begin, std::int64_t n_end);
+  /// Rows [n_begin, n_end) of a weight-only 4-bit weight dequantized into w (float32, row n at
+  /// w + (n - n_begin) * K; gemm_w4f's weight bits), for the many-row path (a float GEMM on them).
+  void (*dequant_w4f)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end, float* w);
 };
 
 const QGemmKernels& qgemm_baseline();

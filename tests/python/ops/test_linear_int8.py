@@ -623,11 +623,14 @@ def test_w1a1_opcheck_compile_and_errors():
 
 
 @pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (16, 96, 384, 32), (5, 7, 256, 128), (3, 64, 1024, 64),
-                                      (0, 8, 64, 32), (2, 3, 32, 32)])
+                                      (0, 8, 64, 32), (2, 3, 32, 32), (255, 20, 96, 32), (256, 20, 96, 32),
+                                      (300, 50, 256, 64), (256, 520, 1024, 128)])
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
     """Each weight dequantizes to dequantize_affine's bits (checked through a one-hot input), and
-    the output is within K * 2^-24 * sum|x * w| (+ the bias's half ulp) of the float64 product."""
+    the output is within K * 2^-24 * sum|x * w| (+ the bias's half ulp) of the float64 product;
+    below 256 rows the kernel's in-register dequantization, from 256 on the dequantized weight's
+    float GEMM in blocks of rows (the one-hot inputs of K >= 256 rows take that path too)."""
     g = torch.Generator().manual_seed(21)
     x = torch.randn(M, K, generator=g)
     q = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
@@ -664,6 +667,8 @@ def test_w4_weight_only_opcheck_compile_and_errors():
     assert torch.equal(f(x), ops.linear_w4_weight_only(x, p, s, 32))
     pp = ops.pack_int4_panel(p)
     torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, pp, s, 32, torch.ones(8, 2), torch.randn(8)))
+    x260 = torch.randn(2, 130, 64)  # 260 rows: the dequantize-then-GEMM path
+    torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x260, pp, s, 32, None, torch.randn(8)))
     with pytest.raises(ValueError, match=r"a panel weight \(pack_int4_panel\) for N = 20 \(group_scale's rows\), K = 64 "
                                          r"must have shape \[2, 1, 1024\], got \[1, 1, 1024\]"):
         ops.linear_w4_weight_only(x, pp, torch.rand(20, 2), 32)
