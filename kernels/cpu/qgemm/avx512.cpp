@@ -945,7 +945,9 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   constexpr std::int64_t kChunk = 256;  // 256 x 16 dequantized weights: 16 KiB in L1
   std::vector<std::int32_t> buf(static_cast<std::size_t>(g.panel ? 0 : steps * 256));  // the row layout's block, transposed
   std::vector<float> sc(static_cast<std::size_t>(G * 16)), zc(static_cast<std::size_t>(g.gzero ? G * 16 : 0));
-  std::vector<float> wd(static_cast<std::size_t>(kChunk * 16)), acc(static_cast<std::size_t>(g.M * 16));
+  // the L1 buffer and the accumulators of more than 12 rows (not allocated, nor zeroed, for fewer)
+  std::vector<float> wd(static_cast<std::size_t>(g.M > 12 ? kChunk * 16 : 0));
+  std::vector<float> acc(static_cast<std::size_t>(g.M > 12 ? g.M * 16 : 0));
   const __m512 lut = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
   for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
     const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
