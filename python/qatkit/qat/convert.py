@@ -167,11 +167,9 @@ class QuantizedLinear(_Quantized):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x):
-        plan = self.__dict__.get("_int8_plan")
-        if plan and plan["bare"] and self._integer_form is not None and x.dtype is torch.float32 and x.is_cpu and (
-            self._integer_form != "row" or x.dim() >= 2
-        ):  # integer.linear's bound kernel, straight away (no RMSNorm, no smoothing): a small model's
-            # layers are dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
+        plan = _integer.bound_plan(self, x)
+        if plan and plan["bare"]:  # integer.linear's bound kernel, straight away (no RMSNorm, no smoothing):
+            # a small model's layers are dominated by per-call Python work (MiniLM's 37 Linears)
             return plan["call"](x)
         if self.rms_norm:
             x = F.rms_norm(x, (self.in_features,), eps=self.eps)

@@ -387,6 +387,19 @@ def _bind(plan: dict):
     return call
 
 
+def _kernel_takes(mod, x: torch.Tensor) -> bool:
+    """Whether a layer's kernel plan takes x: a float32 CPU input of a layer in an integer form
+    (a "row" form layer's input needs a batch dim)."""
+    form = mod._integer_form
+    return form is not None and x.dtype is torch.float32 and x.is_cpu and (form != "row" or x.dim() >= 2)
+
+
+def bound_plan(mod, x: torch.Tensor) -> Optional[dict]:
+    """A Linear's kernel plan when it is built (its first integer call builds it) and takes x."""
+    plan = mod.__dict__.get("_int8_plan")
+    return plan if plan and _kernel_takes(mod, x) else None
+
+
 def _run_plan(plan: dict, x: torch.Tensor) -> torch.Tensor:
     return plan["call"](x)
 
@@ -394,14 +407,10 @@ def _run_plan(plan: dict, x: torch.Tensor) -> torch.Tensor:
 def linear(mod, x: torch.Tensor) -> torch.Tensor:
     """Integer-exact ``F.linear`` of a converted Linear (after its RMSNorm / smoothing): the int8
     kernel (``ops.linear_int8``) where it applies, else the float64 simulation (same bits)."""
-    plan = mod.__dict__.get("_int8_plan")
-    if plan and mod._integer_form is not None and x.dtype == torch.float32 and x.device.type == "cpu" and (
-        mod._integer_form != "row" or x.dim() >= 2
-    ):  # the plan's kernel, resolved at its first call (below)
+    plan = bound_plan(mod, x)
+    if plan:  # the plan's kernel, resolved at its first call (below)
         return plan["call"](x)
-    if mod._integer_form is not None and x.device.type == "cpu" and x.dtype == torch.float32 and (
-        mod._integer_form != "row" or x.dim() >= 2
-    ):
+    if _kernel_takes(mod, x):
         plan = _plan(mod)
         if plan:
             return _run_plan(plan, x)
