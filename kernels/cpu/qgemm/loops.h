@@ -83,14 +83,17 @@ inline std::int32_t w4_code_sum(const std::uint8_t* w, std::int64_t k0, std::int
   return s;
 }
 
+/// Offset of byte b of W4 row n (KB bytes per row) in the panel layout (QGemmW4Args::panel).
+inline std::int64_t w4_panel_offset(std::int64_t KB, std::int64_t n, std::int64_t b) {
+  return (n / 16) * ((KB + 63) / 64) * 1024 + (n % 16) * 4 + (b / 64) * 1024 + (b % 64 / 4) * 64 + b % 4;
+}
+
 /// Row n of a W4 weight (K / 2 bytes) in the row layout: the weight's own row, or (panel layout,
 /// QGemmW4Args::panel) its bytes gathered into buf, a dword at a time.
 inline const std::uint8_t* w4_row(const std::uint8_t* w, bool panel, std::int64_t K, std::int64_t n, std::uint8_t* buf) {
   const std::int64_t KB = K / 2;
   if (!panel) return w + n * KB;
-  const std::int64_t steps = (KB + 63) / 64;
-  const std::uint8_t* block = w + (n / 16) * steps * 1024 + (n % 16) * 4;
-  for (std::int64_t b = 0; b < KB; b += 4) std::memcpy(buf + b, block + (b / 64) * 1024 + (b % 64 / 4) * 64, 4);
+  for (std::int64_t b = 0; b < KB; b += 4) std::memcpy(buf + b, w + w4_panel_offset(KB, n, b), 4);
   return buf;
 }
 inline const std::uint8_t* w4_row(const QGemmW4Args& g, std::int64_t n, std::uint8_t* buf) {
@@ -226,8 +229,7 @@ inline void dequant_w4f_rows(const QGemmW4FArgs& g, std::int64_t n_begin, std::i
 
 inline float w4_weight(const QGemmW4FArgs& g, std::int64_t n, std::int64_t k) {
   const std::int64_t KB = g.K / 2, b = k / 32 * 16 + k % 16;  // byte b of row n (w4_row's index)
-  const std::uint8_t byte = g.panel ? g.w[(n / 16) * ((KB + 63) / 64) * 1024 + (n % 16) * 4 + (b / 64) * 1024 + (b % 64 / 4) * 64 + b % 4]
-                                    : g.w[n * KB + b];
+  const std::uint8_t byte = g.w[g.panel ? w4_panel_offset(KB, n, b) : n * KB + b];
   const std::int32_t q = ((k % 32) < 16 ? (byte & 15) : (byte >> 4)) - 8;
   const std::int64_t gi = n * (g.K / g.group) + k / g.group;
   const float z = g.gzero ? g.gzero[gi] : 0.f;
