@@ -883,9 +883,13 @@ void w4f_tile(const QGemmW4FArgs& g, std::int64_t m, std::int64_t kc, std::int64
   }
 }
 
-// Up to 12 activation rows: the dequantized weights stay in registers (eight 16-row vectors per
-// 64-byte panel step) and go straight into the FMAs, no L1 round trip; rows in tiles of 12 / 8 / 4
-// / 2 / 1, with 8 / MR FMA chains per row below 8 rows.
+// Up to 12 activation rows: the weight codes are dequantized in registers (eight 16-row vectors per
+// 64-byte panel step: float(q) from a 16-entry table, minus the zero point) and go straight into the
+// FMAs, no L1 round trip; rows in tiles of 12 / 8 / 4 / 2 / 1, with 8 / MR FMA chains per row below
+// 8 rows. Each group's sum runs on the unscaled codes in its own accumulators, folded into the row's
+// sum by one FMA with the group's scales at its end: two multiplies per 32 weights fewer than
+// scaling every weight (12 rows: 28.75 instead of 30 vector uops per 24 FMAs). One-hot inputs still
+// read each weight as fp32((q - z) * s), the float form's bits (0 * s + the product, one rounding).
 template <int MR>
 void w4f_direct(const QGemmW4FArgs& g, std::int64_t m, std::int64_t n, int nr, const std::int32_t* panel,
                 const float* sc, const float* zc, __m512 lut) {
@@ -898,36 +902,41 @@ void w4f_direct(const QGemmW4FArgs& g, std::int64_t m, std::int64_t n, int nr, c
   const float* xp[MR];
   #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) xp[i] = g.x + (m + i) * g.K;
-  const std::int64_t chunks = g.K / 32, gc = g.group / 32;
-  for (std::int64_t ci = 0, gi = 0, left = gc; ci < chunks; ++ci) {
-    const __m512 s = _mm512_loadu_ps(sc + gi * 16);
+  const std::int64_t gc = g.group / 32, G = g.K / g.group;
+  for (std::int64_t gi = 0; gi < G; ++gi) {
+    __m512 part[MR][NA];  // the group's sums of (q - z) * x
+    #pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 8
+      for (int c = 0; c < NA; ++c) part[i][c] = _mm512_setzero_ps();
     const __m512 z = zc != nullptr ? _mm512_loadu_ps(zc + gi * 16) : _mm512_setzero_ps();
-    const std::int32_t* t = panel + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
-    #pragma GCC unroll 4
-    for (int e = 0; e < 4; ++e) {
-      const __m512i v = _mm512_loadu_si512(t + e * 16);
+    for (std::int64_t ci = gi * gc; ci < (gi + 1) * gc; ++ci) {
+      const std::int32_t* t = panel + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
       #pragma GCC unroll 4
-      for (int j = 0; j < 4; ++j) {
-        __m512 wl = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j), lut);      // k = 32 ci + 4e + j
-        __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j + 4), lut);  // k + 16
-        if (zc != nullptr) {
-          wl = _mm512_sub_ps(wl, z);
-          wh = _mm512_sub_ps(wh, z);
-        }
-        wl = _mm512_mul_ps(wl, s);
-        wh = _mm512_mul_ps(wh, s);
-        const std::int64_t k = ci * 32 + 4 * e + j;
-        #pragma GCC unroll 12
-        for (int i = 0; i < MR; ++i) {
-          acc[i][(2 * j) % NA] = _mm512_fmadd_ps(wl, _mm512_set1_ps(xp[i][k]), acc[i][(2 * j) % NA]);
-          acc[i][(2 * j + 1) % NA] = _mm512_fmadd_ps(wh, _mm512_set1_ps(xp[i][k + 16]), acc[i][(2 * j + 1) % NA]);
+      for (int e = 0; e < 4; ++e) {
+        const __m512i v = _mm512_loadu_si512(t + e * 16);
+        #pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          __m512 wl = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j), lut);      // k = 32 ci + 4e + j
+          __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j + 4), lut);  // k + 16
+          if (zc != nullptr) {
+            wl = _mm512_sub_ps(wl, z);
+            wh = _mm512_sub_ps(wh, z);
+          }
+          const std::int64_t k = ci * 32 + 4 * e + j;
+          #pragma GCC unroll 12
+          for (int i = 0; i < MR; ++i) {
+            part[i][(2 * j) % NA] = _mm512_fmadd_ps(wl, _mm512_set1_ps(xp[i][k]), part[i][(2 * j) % NA]);
+            part[i][(2 * j + 1) % NA] = _mm512_fmadd_ps(wh, _mm512_set1_ps(xp[i][k + 16]), part[i][(2 * j + 1) % NA]);
+          }
         }
       }
     }
-    if (--left == 0) {
-      left = gc;
-      ++gi;
-    }
+    const __m512 s = _mm512_loadu_ps(sc + gi * 16);
+    #pragma GCC unroll 12
+    for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 8
+      for (int c = 0; c < NA; ++c) acc[i][c] = _mm512_fmadd_ps(part[i][c], s, acc[i][c]);
   }
   const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
   const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
