@@ -7,10 +7,10 @@
 //   binary:  the weight bits are a byte mask as they stand (__mmask64: bit i selects byte i, the
 //            1-bit file layout's order), expanded to bytes {0, 1}: vpdpbusd of those and the
 //            activations sums the activations at set bits.
-//   XNOR:    the AVX2 nibble-lookup popcount, 64 bytes at a time.
+//   XNOR:    vpopcntq on 64 bytes at a time where the CPU has AVX512_VPOPCNTDQ (else AVX2's kernel).
 // Exact integer sums throughout (modulo 2^32, as the baseline), so every output has the baseline's
-// bits. W4A8: vpdpbusd on the nibbles of 16 weight rows at once, one row per lane (the weight-only
-// W4 kernel is the AVX2 table's).
+// bits. W4A8: vpdpbusd on the nibbles of 16 weight rows at once, one row per lane. Weight-only W4
+// (float activations): the same panel, dequantized in registers into float32 FMAs.
 #include "qgemm_cpu.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
@@ -603,44 +603,34 @@ void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
 
 // ---------------------------------------------------------------- XNOR (W1A1)
 
-inline __m512i popcnt_bytes(__m512i v, __m512i lut, __m512i low4) {
-  const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(v, low4));
-  const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
-  return _mm512_add_epi8(lo, hi);
-}
-
+// popcount(a ^ w) by vpopcntq (AVX512_VPOPCNTDQ: Ice Lake and later, Zen 4), 64 bytes of each pair
+// per step into 64-bit lanes: xor, popcount, add, three uops per 512 weight-activation pairs where
+// the nibble-lookup popcount took eight. Compiled for that extension alone (the target attribute;
+// the file's flags stay F/BW/VL/VNNI) and chosen at run time; a CPU without it (Skylake-X, Cascade
+// Lake) runs the AVX2 table's XNOR kernel. The last step of a row is masked (zero bytes count 0).
 template <int MR, int NR>
-void xnor_block(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
-  const __m512i lut = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4));
-  const __m512i low4 = _mm512_set1_epi8(15), zero = _mm512_setzero_si512();
-  std::int64_t tot[MR][NR] = {};
-  for (std::int64_t b0 = 0; b0 < g.KB; b0 += 31 * 64) {  // byte counts <= 8 per step: 31 steps fit uint8
-    const std::int64_t b1 = std::min(g.KB, b0 + 31 * 64);
-    __m512i acc[MR][NR];
+__attribute__((target("avx512vpopcntdq"))) void xnor_block(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
+  __m512i acc[MR][NR];
 #pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 4
-      for (int j = 0; j < NR; ++j) acc[i][j] = zero;
-    for (std::int64_t b = b0; b < b1; b += 64) {  // the last step masked: zero bytes count 0
-      const __mmask64 mask = b + 64 <= b1 ? ~__mmask64{0} : (std::uint64_t{1} << (b1 - b)) - 1;
-      __m512i a[MR];
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_si512();
+  for (std::int64_t b = 0; b < g.KB; b += 64) {
+    const __mmask64 mask = b + 64 <= g.KB ? ~__mmask64{0} : (std::uint64_t{1} << (g.KB - b)) - 1;
+    __m512i a[MR];
 #pragma GCC unroll 4
-      for (int i = 0; i < MR; ++i) a[i] = _mm512_maskz_loadu_epi8(mask, g.a + (m + i) * g.KB + b);
+    for (int i = 0; i < MR; ++i) a[i] = _mm512_maskz_loadu_epi8(mask, g.a + (m + i) * g.KB + b);
 #pragma GCC unroll 4
-      for (int j = 0; j < NR; ++j) {
-        const __m512i w = _mm512_maskz_loadu_epi8(mask, g.w + (n + j) * g.KB + b);
+    for (int j = 0; j < NR; ++j) {
+      const __m512i w = _mm512_maskz_loadu_epi8(mask, g.w + (n + j) * g.KB + b);
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_add_epi8(acc[i][j], popcnt_bytes(_mm512_xor_si512(a[i], w), lut, low4));
-      }
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_add_epi64(acc[i][j], _mm512_popcnt_epi64(_mm512_xor_si512(a[i], w)));
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < NR; ++j) tot[i][j] += _mm512_reduce_add_epi64(_mm512_sad_epu8(acc[i][j], zero));
   }
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < NR; ++j)
-      g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = detail::finish_xnor(tot[i][j], g, m + i, n + j);
+      g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] =
+          detail::finish_xnor(_mm512_reduce_add_epi64(acc[i][j]), g, m + i, n + j);
 }
 
 void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end) {
@@ -1025,7 +1015,8 @@ const QGemmKernels* qgemm_avx512() {
     t.gemm_w4 = &gemm_w4;
     t.gemm_t2 = &gemm_t2;
     t.gemm_b1 = &gemm_b1;
-    t.gemm_xnor = &gemm_xnor;
+    // XNOR: vpopcntq where the CPU has it, else the AVX2 table's kernel (t's already)
+    if (__builtin_cpu_supports("avx512vpopcntdq")) t.gemm_xnor = &gemm_xnor;
     return t;
   }();
   return &k;
