@@ -623,8 +623,8 @@ def test_w1a1_opcheck_compile_and_errors():
 
 
 @pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (16, 96, 384, 32), (5, 7, 256, 128), (3, 64, 1024, 64),
-                                      (0, 8, 64, 32), (2, 3, 32, 32), (255, 20, 96, 32), (256, 20, 96, 32),
-                                      (300, 50, 256, 64), (256, 520, 1024, 128)])
+                                      (12, 40, 256, 64), (11, 33, 96, 32), (0, 8, 64, 32), (2, 3, 32, 32),
+                                      (255, 20, 96, 32), (256, 20, 96, 32), (300, 50, 256, 64), (256, 520, 1024, 128)])
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
     """Each weight dequantizes to dequantize_affine's bits (checked through a one-hot input), and
