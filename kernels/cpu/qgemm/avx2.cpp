@@ -313,6 +313,40 @@ void gemm_w4_g32(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end)
   });
 }
 
+// Rows [n, n + nr) of a float [rows, G] matrix as float64 in dst [G][16] (zeros past nr): 8 x 8
+// tiles transposed in registers and widened, the last G % 8 columns one by one. A scalar loop (one
+// convert and a 128-byte-strided store per value) took about 40 % of the W4A8 GEMV at 4096 x 4096.
+inline void scales_f64_by_group(const float* src, std::int64_t G, std::int64_t n, int nr, double* dst) {
+  std::int64_t g0 = 0;
+  for (; g0 + 8 <= G; g0 += 8) {
+    for (int r0 = 0; r0 < 16; r0 += 8) {
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = r0 + i < nr ? _mm256_loadu_ps(src + (n + r0 + i) * G + g0) : _mm256_setzero_ps();
+      // 8 x 8 transpose: t[j] holds column g0 + j of rows r0 .. r0 + 7
+      const __m256 a0 = _mm256_unpacklo_ps(v[0], v[1]), a1 = _mm256_unpackhi_ps(v[0], v[1]);
+      const __m256 a2 = _mm256_unpacklo_ps(v[2], v[3]), a3 = _mm256_unpackhi_ps(v[2], v[3]);
+      const __m256 a4 = _mm256_unpacklo_ps(v[4], v[5]), a5 = _mm256_unpackhi_ps(v[4], v[5]);
+      const __m256 a6 = _mm256_unpacklo_ps(v[6], v[7]), a7 = _mm256_unpackhi_ps(v[6], v[7]);
+      const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+      const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+      const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+      const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+      const __m256 t[8] = {_mm256_permute2f128_ps(b0, b4, 0x20), _mm256_permute2f128_ps(b1, b5, 0x20),
+                           _mm256_permute2f128_ps(b2, b6, 0x20), _mm256_permute2f128_ps(b3, b7, 0x20),
+                           _mm256_permute2f128_ps(b0, b4, 0x31), _mm256_permute2f128_ps(b1, b5, 0x31),
+                           _mm256_permute2f128_ps(b2, b6, 0x31), _mm256_permute2f128_ps(b3, b7, 0x31)};
+      for (int j = 0; j < 8; ++j) {
+        double* d = dst + (g0 + j) * 16 + r0;
+        _mm256_storeu_pd(d, _mm256_cvtps_pd(_mm256_castps256_ps128(t[j])));
+        _mm256_storeu_pd(d + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(t[j], 1)));
+      }
+    }
+  }
+  for (; g0 < G; ++g0) {
+    for (int r = 0; r < 16; ++r) dst[g0 * 16 + r] = r < nr ? static_cast<double>(src[(n + r) * G + g0]) : 0.0;
+  }
+}
+
 // The panel layout (pack_int4_panel): one activation row at a time against a block of 16 weight rows,
 // one row per 32-bit lane in two 8-lane halves. vpmaddubsw of the nibbles [0, 15] and the broadcast
 // activations a[k .. k + 3] (pair sums <= 3840; a chunk's eight add in int16, <= 30720), vpmaddwd to
@@ -332,16 +366,12 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
   for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
     const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
     const std::uint8_t* codes = g.w + (n / 16) * steps * 1024;
-    if (n + 16 < n_end) {  // the next block's scales: 16 short rows the hardware prefetcher does not follow
-      const char* next = reinterpret_cast<const char*>(g.gscale + (n + 16) * G);
-      const std::int64_t bytes = std::min<std::int64_t>(16, n_end - n - 16) * G * 4;
-      for (std::int64_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
-    }
-    for (int r = 0; r < 16; ++r) {
-      for (std::int64_t gi = 0; gi < G; ++gi) {
-        scale[static_cast<std::size_t>(gi * 16 + r)] = r < nr ? static_cast<double>(g.gscale[(n + r) * G + gi]) : 0.0;
-      }
-    }
+    // the next block's scales (16 short rows the hardware prefetcher does not follow, G * 64 bytes
+    // at most): one line at each group's end of the first activation row; a burst of them here
+    // stalled on full fill buffers (10 % of the GEMV's samples)
+    const char* next_sc = n + 16 < n_end ? reinterpret_cast<const char*>(g.gscale + (n + 16) * G) : nullptr;
+    const std::int64_t next_bytes = next_sc ? std::min<std::int64_t>(16, n_end - n - 16) * G * 4 : 0;
+    scales_f64_by_group(g.gscale, G, n, nr, scale.data());
     if (g.act_offset != 0) {  // act_offset * sum q per group and row
       __m256i zs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
       for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
@@ -394,6 +424,7 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
         if (--left == 0) {
           left = gc;
           const std::int64_t gi = gdone++;
+          if (m == 0 && gi * 64 < next_bytes) _mm_prefetch(next_sc + gi * 64, _MM_HINT_T0);
           const __m256i ag = _mm256_set1_epi32(8 * g.a_gsum[m * G + gi]);
           for (int h = 0; h < 2; ++h) {
             __m256i v = _mm256_sub_epi32(acc[h], ag);

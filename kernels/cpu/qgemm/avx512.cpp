@@ -683,6 +683,8 @@ struct W4Panel {
   std::vector<std::int32_t> buf;        // the row layout's block, transposed
   std::vector<float> scale;             // [G][16]: the 16 rows' group scales (lane r: row r)
   std::vector<std::int32_t> zero;       // [G][16]: the rows' zero-point terms (when act_offset != 0)
+  const char* next_scale = nullptr;     // the next block's scale rows (contiguous), prefetched a line
+  std::int64_t next_bytes = 0;          // per group by the first activation row
 };
 
 // The block's zero-point terms act_offset * sum q per group, lane r for row r, from its panel.
@@ -780,6 +782,7 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
     if (--left == 0) {
       left = gc;
       const std::int64_t gi = gdone++;
+      if (m == 0 && gi * 64 < p.next_bytes) _mm_prefetch(p.next_scale + gi * 64, _MM_HINT_T0);
       const __m512 sf = _mm512_loadu_ps(p.scale.data() + gi * 16);  // as float64 (exact), rows 0-7 / 8-15
       const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
       const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
@@ -822,11 +825,11 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
       w4_pack_panel(g.w, g.K, n, nr, p.buf.data());
       p.codes = p.buf.data();
     }
-    if (n + 16 < n_end) {  // the next block's scales: 16 short rows the hardware prefetcher does not follow
-      const char* next = reinterpret_cast<const char*>(g.gscale + (n + 16) * G);
-      const std::int64_t bytes = std::min<std::int64_t>(16, n_end - n - 16) * G * 4;
-      for (std::int64_t o = 0; o < bytes; o += 64) _mm_prefetch(next + o, _MM_HINT_T0);
-    }
+    // the next block's scales (16 short rows the hardware prefetcher does not follow, G lines at
+    // most): one line per group, at its end in the first activation row (w4_panel_rows); a burst of
+    // them here stalled on full fill buffers
+    p.next_scale = n + 16 < n_end ? reinterpret_cast<const char*>(g.gscale + (n + 16) * G) : nullptr;
+    p.next_bytes = p.next_scale ? std::min<std::int64_t>(16, n_end - n - 16) * G * 4 : 0;
     if (g.act_offset != 0) w4_zero_terms(g, p.codes, p.zero.data());
     transpose_rows_f32(g.gscale, G, n, nr, p.scale.data());
     std::int64_t m = 0;
