@@ -885,7 +885,7 @@ void w4f_tile(const QGemmW4FArgs& g, std::int64_t m, std::int64_t kc, std::int64
 // read each weight as fp32((q - z) * s), the float form's bits (0 * s + the product, one rounding).
 template <int MR>
 void w4f_direct(const QGemmW4FArgs& g, std::int64_t m, std::int64_t n, int nr, const std::int32_t* panel,
-                const float* sc, const float* zc, __m512 lut) {
+                const float* sc, const float* zc, __m512 lut, const char* next_sc, std::int64_t next_bytes) {
   constexpr int NA = MR >= 8 ? 1 : 8 / MR;
   __m512 acc[MR][NA];
   #pragma GCC unroll 12
@@ -925,6 +925,7 @@ void w4f_direct(const QGemmW4FArgs& g, std::int64_t m, std::int64_t n, int nr, c
         }
       }
     }
+    if (gi * 64 < next_bytes) _mm_prefetch(next_sc + gi * 64, _MM_HINT_T0);
     const __m512 s = _mm512_loadu_ps(sc + gi * 16);
     #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i)
@@ -963,12 +964,15 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
     if (g.gzero) transpose_rows_f32(g.gzero, G, n, nr, zc.data());
     if (g.M <= 12) {
       const float* z = g.gzero ? zc.data() : nullptr;
+      // the next block's scales, one line per group by the first row tile (as gemm_w4's)
+      const char* next_sc = n + 16 < n_end ? reinterpret_cast<const char*>(g.gscale + (n + 16) * G) : nullptr;
+      const std::int64_t next_bytes = next_sc ? std::min<std::int64_t>(16, n_end - n - 16) * G * 4 : 0;
       std::int64_t m = 0;
-      for (; m + 12 <= g.M; m += 12) w4f_direct<12>(g, m, n, nr, panel, sc.data(), z, lut);
-      for (; m + 8 <= g.M; m += 8) w4f_direct<8>(g, m, n, nr, panel, sc.data(), z, lut);
-      for (; m + 4 <= g.M; m += 4) w4f_direct<4>(g, m, n, nr, panel, sc.data(), z, lut);
-      for (; m + 2 <= g.M; m += 2) w4f_direct<2>(g, m, n, nr, panel, sc.data(), z, lut);
-      for (; m < g.M; ++m) w4f_direct<1>(g, m, n, nr, panel, sc.data(), z, lut);
+      for (; m + 12 <= g.M; m += 12) w4f_direct<12>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
+      for (; m + 8 <= g.M; m += 8) w4f_direct<8>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
+      for (; m + 4 <= g.M; m += 4) w4f_direct<4>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
+      for (; m + 2 <= g.M; m += 2) w4f_direct<2>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
+      for (; m < g.M; ++m) w4f_direct<1>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
       continue;
     }
     std::fill(acc.begin(), acc.end(), 0.f);
