@@ -366,11 +366,7 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
   for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
     const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
     const std::uint8_t* codes = g.w + (n / 16) * steps * 1024;
-    // the next block's scales (16 short rows the hardware prefetcher does not follow, G * 64 bytes
-    // at most): one line at each group's end of the first activation row; a burst of them here
-    // stalled on full fill buffers (10 % of the GEMV's samples)
-    const char* next_sc = n + 16 < n_end ? reinterpret_cast<const char*>(g.gscale + (n + 16) * G) : nullptr;
-    const std::int64_t next_bytes = next_sc ? std::min<std::int64_t>(16, n_end - n - 16) * G * 4 : 0;
+    const detail::NextBlockScales next(g.gscale, G, n, n_end);
     scales_f64_by_group(g.gscale, G, n, nr, scale.data());
     if (g.act_offset != 0) {  // act_offset * sum q per group and row
       __m256i zs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
@@ -424,7 +420,7 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
         if (--left == 0) {
           left = gc;
           const std::int64_t gi = gdone++;
-          if (m == 0 && gi * 64 < next_bytes) _mm_prefetch(next_sc + gi * 64, _MM_HINT_T0);
+          if (m == 0) next.at_group(gi);
           const __m256i ag = _mm256_set1_epi32(8 * g.a_gsum[m * G + gi]);
           for (int h = 0; h < 2; ++h) {
             __m256i v = _mm256_sub_epi32(acc[h], ag);

@@ -683,8 +683,7 @@ struct W4Panel {
   std::vector<std::int32_t> buf;        // the row layout's block, transposed
   std::vector<float> scale;             // [G][16]: the 16 rows' group scales (lane r: row r)
   std::vector<std::int32_t> zero;       // [G][16]: the rows' zero-point terms (when act_offset != 0)
-  const char* next_scale = nullptr;     // the next block's scale rows (contiguous), prefetched a line
-  std::int64_t next_bytes = 0;          // per group by the first activation row
+  detail::NextBlockScales next;         // the next block's scales, a line per group by the first row
 };
 
 // The block's zero-point terms act_offset * sum q per group, lane r for row r, from its panel.
@@ -782,7 +781,7 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
     if (--left == 0) {
       left = gc;
       const std::int64_t gi = gdone++;
-      if (m == 0 && gi * 64 < p.next_bytes) _mm_prefetch(p.next_scale + gi * 64, _MM_HINT_T0);
+      if (m == 0) p.next.at_group(gi);
       const __m512 sf = _mm512_loadu_ps(p.scale.data() + gi * 16);  // as float64 (exact), rows 0-7 / 8-15
       const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
       const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
@@ -825,11 +824,7 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
       w4_pack_panel(g.w, g.K, n, nr, p.buf.data());
       p.codes = p.buf.data();
     }
-    // the next block's scales (16 short rows the hardware prefetcher does not follow, G lines at
-    // most): one line per group, at its end in the first activation row (w4_panel_rows); a burst of
-    // them here stalled on full fill buffers
-    p.next_scale = n + 16 < n_end ? reinterpret_cast<const char*>(g.gscale + (n + 16) * G) : nullptr;
-    p.next_bytes = p.next_scale ? std::min<std::int64_t>(16, n_end - n - 16) * G * 4 : 0;
+    p.next = detail::NextBlockScales(g.gscale, G, n, n_end);
     if (g.act_offset != 0) w4_zero_terms(g, p.codes, p.zero.data());
     transpose_rows_f32(g.gscale, G, n, nr, p.scale.data());
     std::int64_t m = 0;
@@ -885,7 +880,7 @@ void w4f_tile(const QGemmW4FArgs& g, std::int64_t m, std::int64_t kc, std::int64
 // read each weight as fp32((q - z) * s), the float form's bits (0 * s + the product, one rounding).
 template <int MR>
 void w4f_direct(const QGemmW4FArgs& g, std::int64_t m, std::int64_t n, int nr, const std::int32_t* panel,
-                const float* sc, const float* zc, __m512 lut, const char* next_sc, std::int64_t next_bytes) {
+                const float* sc, const float* zc, __m512 lut, const detail::NextBlockScales& next) {
   constexpr int NA = MR >= 8 ? 1 : 8 / MR;
   __m512 acc[MR][NA];
   #pragma GCC unroll 12
@@ -925,7 +920,7 @@ void w4f_direct(const QGemmW4FArgs& g, std::int64_t m, std::int64_t n, int nr, c
         }
       }
     }
-    if (gi * 64 < next_bytes) _mm_prefetch(next_sc + gi * 64, _MM_HINT_T0);
+    next.at_group(gi);
     const __m512 s = _mm512_loadu_ps(sc + gi * 16);
     #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i)
@@ -964,15 +959,13 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
     if (g.gzero) transpose_rows_f32(g.gzero, G, n, nr, zc.data());
     if (g.M <= 12) {
       const float* z = g.gzero ? zc.data() : nullptr;
-      // the next block's scales, one line per group by the first row tile (as gemm_w4's)
-      const char* next_sc = n + 16 < n_end ? reinterpret_cast<const char*>(g.gscale + (n + 16) * G) : nullptr;
-      const std::int64_t next_bytes = next_sc ? std::min<std::int64_t>(16, n_end - n - 16) * G * 4 : 0;
+      const detail::NextBlockScales next(g.gscale, G, n, n_end), none;  // by the first row tile
       std::int64_t m = 0;
-      for (; m + 12 <= g.M; m += 12) w4f_direct<12>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
-      for (; m + 8 <= g.M; m += 8) w4f_direct<8>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
-      for (; m + 4 <= g.M; m += 4) w4f_direct<4>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
-      for (; m + 2 <= g.M; m += 2) w4f_direct<2>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
-      for (; m < g.M; ++m) w4f_direct<1>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next_sc : nullptr, m == 0 ? next_bytes : 0);
+      for (; m + 12 <= g.M; m += 12) w4f_direct<12>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next : none);
+      for (; m + 8 <= g.M; m += 8) w4f_direct<8>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next : none);
+      for (; m + 4 <= g.M; m += 4) w4f_direct<4>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next : none);
+      for (; m + 2 <= g.M; m += 2) w4f_direct<2>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next : none);
+      for (; m < g.M; ++m) w4f_direct<1>(g, m, n, nr, panel, sc.data(), z, lut, m == 0 ? next : none);
       continue;
     }
     std::fill(acc.begin(), acc.end(), 0.f);

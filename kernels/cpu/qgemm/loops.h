@@ -148,6 +148,25 @@ inline void prefetch_rows(const std::uint8_t* w, std::int64_t n, std::int64_t co
   for (std::int64_t o = 0; o < rows * rb; o += 64) __builtin_prefetch(w + n * rb + o, 0, 2);
 }
 
+/// The next 16-row block's group scales (rows n + 16 .. of a float [rows, G] matrix: contiguous, at
+/// most G lines), prefetched by the kernels one line per group, at each group's end in the first
+/// activation row: the hardware prefetcher does not follow 16 short rows, and a burst of G
+/// prefetches at the block's start stalled on full fill buffers (docs/benchmarks.md, 2026-12-03).
+struct NextBlockScales {
+  const char* p = nullptr;
+  std::int64_t bytes = 0;
+  NextBlockScales() = default;
+  NextBlockScales(const float* scale, std::int64_t G, std::int64_t n, std::int64_t n_end) {
+    if (n + 16 < n_end) {
+      p = reinterpret_cast<const char*>(scale + (n + 16) * G);
+      bytes = std::min<std::int64_t>(16, n_end - n - 16) * G * 4;
+    }
+  }
+  void at_group(std::int64_t gi) const {
+    if (gi * 64 < bytes) __builtin_prefetch(p + gi * 64, 0, 3);
+  }
+};
+
 /// popcnt in the AVX2 / AVX-512 files (built with -mpopcnt), the compiler's bit trick elsewhere.
 inline std::uint32_t popcount32(std::uint32_t v) { return static_cast<std::uint32_t>(__builtin_popcount(v)); }
 
