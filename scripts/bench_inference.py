@@ -17,7 +17,9 @@ torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations
 weight-only g32 (ops.linear_w4_weight_only: the same 4-bit weights dequantized in registers, fp32
 activations and FMAs),
 qatkit ternary w2a8 (ops.linear_w2a8: 2-bit TWN weights, 8-bit activations; no peer runs ternary),
-qatkit binary w1a8 (ops.linear_w1a8: 1-bit weights, 8-bit activations; no peer runs it),
+qatkit binary w1a8 (ops.linear_w1a8 on the pack_binary_panel layout, as qatkit.load gives a Linear:
+1-bit weights, 8-bit activations, the lookup-table kernel; "row layout": the same op on
+pack_binary_b1's rows; no peer runs it),
 qatkit xnor w1a1 (ops.linear_w1a1: 1-bit weights and activations binarized per sample, XNOR +
 popcount; no peer runs it),
 torch._int_mm (int8 activations quantized the same way, int32 out, scaled), torch._weight_int8pack_mm
@@ -106,14 +108,20 @@ def v_qatkit_w2a8(w):
     return (lambda x: ops.linear_w2a8(x, packed, corr, scale, sx, zp, 0, 255)), packed.numel() + 8 * t.shape[0]
 
 
-def v_qatkit_w1a8(w):
+def v_qatkit_w1a8(w, panel=True):
     t = torch.where(w >= 0, 1, -1).to(torch.int8)
     alpha = w.abs().mean(1)  # XNOR-Net's weight scale
     sx, zp = 4.0 / 255, 128
     corr = ((128 - zp) * t.long().sum(1)).to(torch.int32)
     scale = (torch.tensor(sx, dtype=torch.float32) * alpha).float()
     packed = ops.pack_binary_b1(t)
+    if panel:
+        packed = ops.pack_binary_panel(packed)
     return (lambda x: ops.linear_w1a8(x, packed, corr, scale, sx, zp, 0, 255)), packed.numel() + 8 * t.shape[0]
+
+
+def v_qatkit_w1a8_rows(w):
+    return v_qatkit_w1a8(w, panel=False)
 
 
 def v_qatkit_xnor(w):
@@ -246,6 +254,7 @@ VARIANTS = {
     "torch._weight_int4pack_mm_for_cpu (w4 g32 bf16-act)": v_int4pack,
     "qatkit ternary w2a8": v_qatkit_w2a8,
     "qatkit binary w1a8": v_qatkit_w1a8,
+    "qatkit binary w1a8 (row layout)": v_qatkit_w1a8_rows,
     "qatkit xnor w1a1": v_qatkit_xnor,
     "torch._int_mm (w8a8)": v_int_mm,
     "torch._weight_int8pack_mm (w8 bf16-act)": v_weight_int8pack,

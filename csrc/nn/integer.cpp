@@ -161,7 +161,8 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
     plan->weight = pack_t2(w);
   } else if (wspec->kind == "binary") {
     plan->weight_bits = 1;
-    plan->weight = pack_b1(w);
+    // Linear: the panel layout of the lookup-table kernel (the same bits); convs read the row layout
+    plan->weight = conv ? pack_b1(w) : qatkit::pack_binary_panel(pack_b1(w));
   } else if (!conv || groups == 1) {
     plan->weight = qatkit::pack_int8_panel(w);  // the panel layout (no horizontal sums; the same bits)
   } else if (w.size(1) % 32) {  // grouped convs: rows zero-padded to 32 (small-K convs run vectorized)

@@ -65,6 +65,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       {at::Tag::pt2_compliant_tag});
   m.def("pack_int4_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("pack_int8_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("pack_binary_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w1a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
       "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
@@ -97,6 +98,7 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
   TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
   const bool panel = !packed && weight.dim() == 3;  // pack_int8_panel's layout
+  const bool panel1 = weight_bits == 1 && weight.dim() == 3;  // pack_binary_panel's layout
   if (packed) {
     TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
                      fmt::format("{}: weight must be uint8 ({}-bit codes, packed), got {}", op, weight_bits,
@@ -109,9 +111,20 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
     TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
                      fmt::format("{}: weight must be int8 codes, got {}", op, c10::toString(weight.scalar_type())));
   }
-  TORCH_CHECK_VALUE(weight.dim() == 2 || panel,
+  TORCH_CHECK_VALUE(weight.dim() == 2 || panel || panel1,
                     fmt::format("{}: weight must be 2-D{}, got {} dims", op,
-                                packed ? "" : " [N, K] or a 3-D panel (pack_int8_panel)", weight.dim()));
+                                weight_bits == 1 ? " [N, K_pad / 8] or a 3-D panel (pack_binary_panel)"
+                                : packed         ? ""
+                                                 : " [N, K] or a 3-D panel (pack_int8_panel)",
+                                weight.dim()));
+  if (panel1) {
+    // N comes from corr (the panel pads it to a multiple of 32); bytes per row are dim 1
+    TORCH_CHECK_VALUE(corr.dim() == 1, fmt::format("{}: corr must be 1-D [N], got {} dims", op, corr.dim()));
+    const std::int64_t n = static_dim(corr, 0);
+    TORCH_CHECK_VALUE(weight.size(0) == (n + 31) / 32 && weight.size(2) == 32,
+                      fmt::format("{}: a panel weight (pack_binary_panel) for N = {} (corr's length) must have shape "
+                                  "[{}, K_pad / 8, 32], got {}", op, n, (n + 31) / 32, c10::str(weight.sizes())));
+  }
   if (panel) {
     // N comes from corr (the panel pads it to a multiple of 16)
     TORCH_CHECK_VALUE(corr.dim() == 1, fmt::format("{}: corr must be 1-D [N], got {} dims", op, corr.dim()));
@@ -121,7 +134,7 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
                                   "shape [{}, {}, 64], got {}", op, n, k, (n + 15) / 16, (k + 3) / 4,
                                   c10::str(weight.sizes())));
   }
-  const auto N = panel ? corr.sym_size(0) : weight.sym_size(0);
+  const auto N = panel || panel1 ? corr.sym_size(0) : weight.sym_size(0);
   const auto K = panel ? input.sym_size(-1) : weight.sym_size(1);
   if (packed) {
     const std::int64_t per_byte = 8 / weight_bits, block = weight_bits == 2 ? 128 : 32;
@@ -290,6 +303,18 @@ at::Tensor pack_int4_panel_composite(const at::Tensor& weight) {
 // The panel layout of linear_int8 (QGemmArgs): codes w + 128 (w ^ 0x80 as bytes), rows padded to a
 // multiple of 16 and K to a multiple of 4 with w = 0, then [N/16, 16 rows, K/4 steps, 4] -> [N/16,
 // K/4 steps, 16 rows, 4]: ATen ops only, so every device and Meta run it.
+at::Tensor pack_binary_panel_composite(const at::Tensor& weight) {
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kByte,
+                   fmt::format("pack_binary_panel: weight must be uint8 (pack_binary_b1's layout), got {}",
+                               c10::toString(weight.scalar_type())));
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) % 4 == 0,
+                    fmt::format("pack_binary_panel: weight must be 2-D [N, K_pad / 8] with K_pad a multiple of 32 "
+                                "(pack_binary_b1's layout), got {}", c10::str(weight.sizes())));
+  const std::int64_t N = weight.size(0), KB = weight.size(1), NB = (N + 31) / 32;
+  const at::Tensor p = at::constant_pad_nd(weight, {0, 0, 0, NB * 32 - N}, 0);
+  return p.reshape({NB, 32, KB}).permute({0, 2, 1}).contiguous();
+}
+
 at::Tensor pack_int8_panel_composite(const at::Tensor& weight) {
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
                    fmt::format("pack_int8_panel: weight must be int8 codes, got {}", c10::toString(weight.scalar_type())));
@@ -434,9 +459,15 @@ at::Tensor pack_int8_panel(const at::Tensor& weight) {
   return op.call(weight);
 }
 
+at::Tensor pack_binary_panel(const at::Tensor& weight) {
+  static auto op = ops::op_handle<decltype(pack_binary_panel)>("qatkit::pack_binary_panel");
+  return op.call(weight);
+}
+
 }  // namespace qatkit
 
 TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
   m.impl("pack_int4_panel", &qatkit::ops::pack_int4_panel_composite);
   m.impl("pack_int8_panel", &qatkit::ops::pack_int8_panel_composite);
+  m.impl("pack_binary_panel", &qatkit::ops::pack_binary_panel_composite);
 }

@@ -50,6 +50,9 @@ at::Tensor pack_int4_panel_composite(const at::Tensor& weight);
 /// pack_int8_panel on any device (ATen ops).
 at::Tensor pack_int8_panel_composite(const at::Tensor& weight);
 
+/// pack_binary_panel on any device (ATen ops).
+at::Tensor pack_binary_panel_composite(const at::Tensor& weight);
+
 /// linear_w4a8's largest group (QGemmW4Args: exact int32 group sums and float64 products).
 constexpr std::int64_t kMaxW4A8Group = std::int64_t{1} << 17;
 

@@ -155,6 +155,13 @@ QATKIT_API at::Tensor pack_int4_panel(const at::Tensor& weight);
 /// products into 16 lanes with no horizontal sums. Same results as the row layout, bit for bit.
 QATKIT_API at::Tensor pack_int8_panel(const at::Tensor& weight);
 
+/// linear_w1a8's panel layout (kernels/common/qgemm_args.h, QGemmPackedArgs::panel) from the binary
+/// row layout (uint8 [N, K_pad / 8], pack_binary_b1): uint8 [ceil(N / 32), K_pad / 8, 32], the row
+/// bytes transposed in blocks of 32 rows (zero rows past N), so the CPU kernel looks up 32 rows'
+/// partial sums per byte shuffle (lookup tables of the activations). Same results as the row
+/// layout, bit for bit.
+QATKIT_API at::Tensor pack_binary_panel(const at::Tensor& weight);
+
 /// linear_int8 with binary weights, 1 bit each (1 = +1; bit k % 8 of byte k / 8, the file's 1-bit
 /// packing), uint8 [N, K_pad / 8], K_pad = K rounded up to a multiple of 32. Not differentiable.
 QATKIT_API at::Tensor linear_w1a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,

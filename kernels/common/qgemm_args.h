@@ -52,10 +52,17 @@ struct QGemmArgs {
 /// multiple of 32 (padded activations are 0, so padded bits add nothing); row n is K_pad / 8 bytes;
 /// sum_k a * w = 2 * sum_{bit = 1} a - sum_k a.
 /// a_sum[m] = sum_k a[m, k] is formed with the activation codes.
+///
+/// The binary panel layout (pack_binary_panel; panel = true, binary only): the row layout's bytes
+/// transposed in blocks of 32 rows (zero rows past N): [ceil(N / 32), K_pad / 8, 32], byte r of step
+/// s holding row r's byte s (k = 8 s .. 8 s + 7), so one 32-byte load is 8 weights of 32 rows: two
+/// 4-bit indices per row into lookup tables of the activations' partial sums (docs/integer.md,
+/// "binary lookup tables"; T-MAC, Wei et al. 2024).
 struct QGemmPackedArgs {
   const std::int8_t* a = nullptr;      ///< [M, K_pad], zero padded
   const std::int32_t* a_sum = nullptr; ///< [M]
-  const std::uint8_t* w = nullptr;     ///< [N, K_pad / 4]
+  const std::uint8_t* w = nullptr;     ///< [N, K_pad / 4] (ternary), [N, K_pad / 8] (binary) or the binary panel
+  bool panel = false;                  ///< binary weights in the panel layout above
   const std::int32_t* corr = nullptr;
   const float* out_scale = nullptr;
   const float* bias = nullptr;

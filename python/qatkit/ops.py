@@ -554,8 +554,10 @@ def linear_w1a8(
     bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """:func:`linear_int8` with binary weights, 1 bit each (:func:`pack_binary_b1`): uint8
-    ``[N, K_pad / 8]``, ``K_pad`` the input's K rounded up to a multiple of 32. Same ``corr`` and
-    requantization; the same bits as :func:`linear_int8` on the unpacked codes."""
+    ``[N, K_pad / 8]``, ``K_pad`` the input's K rounded up to a multiple of 32, or its
+    :func:`pack_binary_panel` layout (N then ``corr``'s length; the same bits, faster on CPU: the
+    lookup-table kernel). Same ``corr`` and requantization; the same bits as :func:`linear_int8` on
+    the unpacked codes."""
     return torch.ops.qatkit.linear_w1a8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
                                         act_quant_max, bias)
 
@@ -682,6 +684,19 @@ def pack_int8_panel(weight: torch.Tensor) -> torch.Tensor:
         TypeError / ValueError: not int8, or not 2-D.
     """
     return torch.ops.qatkit.pack_int8_panel(weight)
+
+
+def pack_binary_panel(weight: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_w1a8`'s panel layout from :func:`pack_binary_b1`'s rows (uint8 ``[N, K_pad / 8]``):
+    uint8 ``[ceil(N / 32), K_pad / 8, 32]``, the row bytes transposed in blocks of 32 rows (zero rows
+    past N; kernels/common/qgemm_args.h, ``QGemmPackedArgs::panel``), so the CPU kernel looks up 32
+    rows' partial sums per byte shuffle from tables of the activations (docs/integer.md, "binary
+    lookup tables"). The results equal the row layout's bit for bit. Conv2d keeps the row layout.
+
+    Raises:
+        TypeError / ValueError: not uint8, or not 2-D with K_pad a multiple of 32.
+    """
+    return torch.ops.qatkit.pack_binary_panel(weight)
 
 
 def pack_binary_b1(codes: torch.Tensor) -> torch.Tensor:

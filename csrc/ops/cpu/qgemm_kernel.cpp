@@ -28,7 +28,8 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: N from corr, rows of ceil(K / 4) * 4
-  const std::int64_t N = panel ? c.size(0) : w.size(0), K = x.size(-1);
+  const bool panel1 = weight_bits == 1 && w.dim() == 3;  // pack_binary_panel: N from corr, K_pad / 8 = dim 1
+  const std::int64_t N = panel || panel1 ? c.size(0) : w.size(0), K = x.size(-1);
   const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : w.size(1) * (8 / weight_bits);
   const auto rows = rows_and_output_shape(x, N);
   const std::int64_t M = rows.first;
@@ -50,9 +51,11 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
                        a_sum[static_cast<std::size_t>(m)] = s;
                      }
                    });
+  // blocks of 16 output columns (the binary panel's 32: its kernel works on whole 32-row blocks)
+  const std::int64_t nb = panel1 ? 32 : 16;
   const auto columns = [&](const auto& gemm) {
-    at::parallel_for(0, (N + 15) / 16, 1,
-                     [&](std::int64_t b0, std::int64_t e0) { gemm(b0 * 16, std::min(N, e0 * 16)); });
+    at::parallel_for(0, (N + nb - 1) / nb, 1,
+                     [&](std::int64_t b0, std::int64_t e0) { gemm(b0 * nb, std::min(N, e0 * nb)); });
   };
   if (weight_bits == 8) {
     kernels::QGemmArgs g;
@@ -75,6 +78,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
   g.a = a.data();
   g.a_sum = a_sum.data();
   g.w = w.data_ptr<std::uint8_t>();
+  g.panel = panel1;
   g.corr = c.data_ptr<std::int32_t>();
   g.out_scale = os.data_ptr<float>();
   g.bias = b.defined() ? b.data_ptr<float>() : nullptr;

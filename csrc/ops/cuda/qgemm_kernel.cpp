@@ -26,7 +26,11 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const 
                                                     act_quant_min, act_quant_max, bias, weight_bits);
   const c10::cuda::CUDAGuard guard(input.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
+  // pack_binary_panel's layout back to rows (the CUDA kernel reads the row layout; the same bits)
+  const at::Tensor w = weight_bits == 1 && weight.dim() == 3
+                           ? weight.permute({0, 2, 1}).reshape({-1, weight.size(1)}).narrow(0, 0, corr.size(0)).contiguous()
+                           : weight.contiguous();
+  const at::Tensor x = input.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: N from corr, rows of ceil(K / 4) * 4
   const std::int64_t N = panel ? c.size(0) : w.size(0), K = x.size(-1);

@@ -44,7 +44,7 @@ at::Tensor linear_w1a8_meta(const at::Tensor& input, const at::Tensor& weight, c
                             const std::optional<at::Tensor>& bias) {
   check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
                          1);
-  return linear_output(input, weight);
+  return linear_output(input, weight.dim() == 3 ? corr : weight);  // a panel weight: N is corr's length
 }
 
 at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,

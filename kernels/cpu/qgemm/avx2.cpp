@@ -245,7 +245,109 @@ inline __m256i bit_01(const std::uint8_t* w) {
   return _mm256_min_epu8(_mm256_and_si256(bytes, bits), _mm256_set1_epi8(1));
 }
 
+// Binary on the panel layout (QGemmPackedArgs::panel): lookup tables in the manner of T-MAC (Wei
+// et al. 2024), exact. Each activation a = 16 * hi + lo splits into lo = a & 15 in [0, 15] and
+// hi = a >> 4 in [-8, 7]; for each group of four activations, two 16-entry byte tables hold the
+// sums of lo and of hi over the activations that index j's bits select ([0, 60] and [-32, 28]: exact
+// in a byte). A panel step is 8 weights of 32 rows, one nibble per group: vpshufb looks up 32 rows'
+// partial sums at once, the two groups of a step add in bytes, vpunpck{l,h}bw pairs (lo, hi) per row
+// and vpmaddubsw by (1, 16) gives lo + 16 hi = the rows' sums over the step's set bits, in int16
+// ([-1024, 1016]: 32 steps add exactly, -32768 included), widened every 32 steps. 15 vector uops
+// per 256 weights where the row layout's bit-to-byte expansion takes five per 32.
+//
+// The tables of one activation row: per step s, 64 bytes [lo(2s) | lo(2s + 1) | hi(2s) | hi(2s + 1)];
+// each 128-bit lane builds one group's table by four vpshufb that pick a[4 group + i] where bit i of
+// the entry's index is set (0x80: zero) and three adds.
+inline void b1_tables(const std::int8_t* a, std::int64_t S, std::uint8_t* t) {
+  alignas(32) std::int8_t pick[4][32];
+  for (int i = 0; i < 4; ++i)
+    for (int lane = 0; lane < 2; ++lane)
+      for (int j = 0; j < 16; ++j) pick[i][lane * 16 + j] = static_cast<std::int8_t>((j >> i) & 1 ? 4 * lane + i : -128);
+  const __m256i p0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pick[0]));
+  const __m256i p1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pick[1]));
+  const __m256i p2 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pick[2]));
+  const __m256i p3 = _mm256_load_si256(reinterpret_cast<const __m256i*>(pick[3]));
+  const __m256i low4 = _mm256_set1_epi8(15), eight = _mm256_set1_epi8(8);
+  const auto sums = [&](__m256i v) {
+    return _mm256_add_epi8(_mm256_add_epi8(_mm256_shuffle_epi8(v, p0), _mm256_shuffle_epi8(v, p1)),
+                           _mm256_add_epi8(_mm256_shuffle_epi8(v, p2), _mm256_shuffle_epi8(v, p3)));
+  };
+  for (std::int64_t s = 0; s < S; ++s) {
+    long long word;
+    std::memcpy(&word, a + 8 * s, 8);
+    const __m256i v = _mm256_set1_epi64x(word);  // a[8s .. 8s + 7] in both halves of each lane
+    const __m256i lo = _mm256_and_si256(v, low4);
+    // a >> 4 per byte, sign-extended from 4 bits: ((a >> 4) & 15) ^ 8 - 8
+    const __m256i hi = _mm256_sub_epi8(_mm256_xor_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), eight), eight);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(t + 64 * s), sums(lo));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(t + 64 * s + 32), sums(hi));
+  }
+}
+
+inline __m256i bcast128(const std::uint8_t* p) {
+  return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Rows [32 R, 32 R + 32) of one activation row's tables t: their sums over the set bits, in order.
+// pf: prefetch the weight stream this many bytes ahead (a line per two steps), or 0. Measured at
+// 4096 x 4096, batch 1, DRAM regime (one process, interleaved; docs/benchmarks.md): 0 / 512 / 1024 /
+// 2048 / 4096 / 8192 bytes ahead took 252 / 206 / 194 / 180 / 174 / 177 us.
+constexpr std::int64_t kB1Ahead = 4096;
+inline void b1_lut_block(const std::uint8_t* wb, const std::uint8_t* t, std::int64_t S, std::int32_t* out, std::int64_t pf) {
+  const __m256i low4 = _mm256_set1_epi8(15), c116 = _mm256_set1_epi16(16 << 8 | 1);
+  __m256i r0 = _mm256_setzero_si256(), r1 = r0, r2 = r0, r3 = r0;  // rows 0-7, 8-15, 16-23, 24-31 (int32)
+  for (std::int64_t s0 = 0; s0 < S; s0 += 32) {
+    const std::int64_t s1 = std::min(S, s0 + 32);
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0;  // int16: rows 0-7 | 16-23, rows 8-15 | 24-31
+    for (std::int64_t s = s0; s < s1; ++s) {
+      if (pf && (s & 1) == 0) _mm_prefetch(reinterpret_cast<const char*>(wb + 32 * s + pf), _MM_HINT_T0);
+      const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * s));
+      const __m256i i0 = _mm256_and_si256(w, low4), i1 = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+      const std::uint8_t* ts = t + 64 * s;
+      const __m256i lo = _mm256_add_epi8(_mm256_shuffle_epi8(bcast128(ts), i0), _mm256_shuffle_epi8(bcast128(ts + 16), i1));
+      const __m256i hi =
+          _mm256_add_epi8(_mm256_shuffle_epi8(bcast128(ts + 32), i0), _mm256_shuffle_epi8(bcast128(ts + 48), i1));
+      // bytes (lo, hi) per row -> lo + 16 hi: the unsigned operand is the constant, lo <= 120 and
+      // hi in [-64, 56] are exact as signed bytes
+      a0 = _mm256_add_epi16(a0, _mm256_maddubs_epi16(c116, _mm256_unpacklo_epi8(lo, hi)));
+      a1 = _mm256_add_epi16(a1, _mm256_maddubs_epi16(c116, _mm256_unpackhi_epi8(lo, hi)));
+    }
+    r0 = _mm256_add_epi32(r0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a0)));
+    r1 = _mm256_add_epi32(r1, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a1)));
+    r2 = _mm256_add_epi32(r2, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a0, 1)));
+    r3 = _mm256_add_epi32(r3, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a1, 1)));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), r0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 8), r1);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16), r2);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 24), r3);
+}
+
+// Activation rows in chunks of up to 64 (their tables, 8 bytes per activation, stay in L2); per
+// 32-row weight block every row of the chunk (the block, 4 K_pad bytes, stays in L1).
+void gemm_b1_panel(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t S = g.K_pad / 8, MC = std::min<std::int64_t>(g.M, 64);
+  std::vector<std::uint8_t> tab(static_cast<std::size_t>(MC * S * 64));
+  alignas(32) std::int32_t sums[32];
+  for (std::int64_t m0 = 0; m0 < g.M; m0 += MC) {
+    const std::int64_t mc = std::min(MC, g.M - m0);
+    for (std::int64_t j = 0; j < mc; ++j) b1_tables(g.a + (m0 + j) * g.K_pad, S, tab.data() + j * S * 64);
+    for (std::int64_t R = n_begin / 32; R * 32 < n_end; ++R) {
+      const std::int64_t r_lo = std::max(n_begin, R * 32) - R * 32, r_hi = std::min(n_end, R * 32 + 32) - R * 32;
+      for (std::int64_t j = 0; j < mc; ++j) {
+        // the first activation row streams the block from memory (prefetched); the others find it in L1
+        b1_lut_block(g.w + R * S * 32, tab.data() + j * S * 64, S, sums, j == 0 ? kB1Ahead : 0);
+        for (std::int64_t r = r_lo; r < r_hi; ++r) {
+          g.y[(m0 + j) * g.y_rs + (R * 32 + r) * g.y_cs] =
+              detail::finish_b1(static_cast<std::uint32_t>(sums[r]), g, m0 + j, R * 32 + r);
+        }
+      }
+    }
+  }
+}
+
 void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.panel) return gemm_b1_panel(g, n_begin, n_end);
   const std::int64_t KB = g.K_pad / 8;
   const __m256i ones16 = _mm256_set1_epi16(1);
   for (std::int64_t m = 0; m < g.M; ++m) {

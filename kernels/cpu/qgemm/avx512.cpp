@@ -587,7 +587,80 @@ void gemm_t2(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
   blocked<QGemmPackedArgs, 2, t2_block<4, 4>, t2_block<4, 1>, t2_block<1, 4>, t2_block<1, 1>>(g, n_begin, n_end);
 }
 
+// Binary on the panel layout (QGemmPackedArgs::panel) with 4 or more activation rows: per step (8
+// weights of 32 rows) and 16-row half, the half's 16 bytes broadcast to every 128-bit chunk, vpshufb
+// copies row L's byte into all four bytes of lane L, and an and with (1, 2, 4, 8) (then (16, 32, 64,
+// 128)) and vpminub with 1 give the 0 / 1 bytes of k = 8 s .. 8 s + 3 (+ 4 .. 7) of the 16 rows: one
+// row per 32-bit lane, so vpdpbusd with four broadcast activations adds 16 rows' sums into 16 lanes
+// (no horizontal sums). Five uops expand 128 weights for MR activation rows, two vpdpbusd per row:
+// the vpdpbusd rate of the row layout's blocks at MR = 4, where the lookup tables (fewer uops per
+// weight for one activation row, but every row its own lookups) ran 1.4x slower at batch 64.
+template <int MR>
+void b1p_block(const QGemmPackedArgs& g, std::int64_t m, std::int64_t R, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t S = g.K_pad / 8;
+  const std::uint8_t* wb = g.w + R * S * 32;
+  alignas(64) std::int8_t lane_of[64];
+  for (int p = 0; p < 64; ++p) lane_of[p] = static_cast<std::int8_t>((p % 16) / 4 + 4 * (p / 16));
+  const __m512i idx = _mm512_load_si512(lane_of);
+  const __m512i blo = _mm512_set1_epi32(0x08040201), bhi = _mm512_set1_epi32(static_cast<int>(0x80402010u));
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512i acc[MR][2];  // [activation row][half]
+#pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 2
+    for (int j = 0; j < 2; ++j) acc[i][j] = _mm512_setzero_si512();
+  for (std::int64_t s = 0; s < S; ++s) {
+    __m512i wv[4];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512i rep = _mm512_shuffle_epi8(
+          _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb + 32 * s + 16 * h))), idx);
+      wv[2 * h] = _mm512_min_epu8(_mm512_and_si512(rep, blo), ones);
+      wv[2 * h + 1] = _mm512_min_epu8(_mm512_and_si512(rep, bhi), ones);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const std::int8_t* ap = g.a + (m + i) * g.K_pad + 8 * s;
+      std::int32_t a_lo, a_hi;
+      std::memcpy(&a_lo, ap, 4);
+      std::memcpy(&a_hi, ap + 4, 4);
+      const __m512i v0 = _mm512_set1_epi32(a_lo), v1 = _mm512_set1_epi32(a_hi);
+      dpbusd_inplace(acc[i][0], wv[0], v0);
+      dpbusd_inplace(acc[i][1], wv[2], v0);
+      dpbusd_inplace(acc[i][0], wv[1], v1);
+      dpbusd_inplace(acc[i][1], wv[3], v1);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int h = 0; h < 2; ++h) {
+      const std::int64_t n = R * 32 + 16 * h;
+      const __m512i sums = acc[i][h];
+      if (n >= n_begin && n + 16 <= n_end) {  // finish_b1: 2 * sum_set - a_sum + corr, then requantize
+        const __m512i t = _mm512_add_epi32(
+            _mm512_sub_epi32(_mm512_slli_epi32(sums, 1), _mm512_set1_epi32(g.a_sum[m + i])),
+            _mm512_loadu_si512(g.corr + n));
+        store_requantized16(g, m + i, n, t);
+      } else {
+        alignas(64) std::int32_t t[16];
+        _mm512_store_si512(t, sums);
+        for (std::int64_t r = std::max(n, n_begin); r < std::min(n + 16, n_end); ++r)
+          g.y[(m + i) * g.y_rs + r * g.y_cs] = detail::finish_b1(static_cast<std::uint32_t>(t[r - n]), g, m + i, r);
+      }
+    }
+  }
+}
+
 void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.panel) {
+    if (g.M < 4) return qgemm_avx2()->gemm_b1(g, n_begin, n_end);  // the lookup-table kernel
+    for (std::int64_t R = n_begin / 32; R * 32 < n_end; ++R) {  // 32 weight rows stay in L1 across every m
+      std::int64_t m = 0;
+      for (; m + 8 <= g.M; m += 8) b1p_block<8>(g, m, R, n_begin, n_end);
+      for (; m + 4 <= g.M; m += 4) b1p_block<4>(g, m, R, n_begin, n_end);
+      for (; m < g.M; ++m) b1p_block<1>(g, m, R, n_begin, n_end);
+    }
+    return;
+  }
   if (g.M < 4) {  // GEMV: 16 rows at a time, the rest by the register blocks
     const std::int64_t rb = row_bytes(g, 1);
     std::int64_t n0 = n_begin;

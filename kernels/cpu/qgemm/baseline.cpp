@@ -38,7 +38,8 @@ void gemm_t2(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
 void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   for (std::int64_t m = 0; m < g.M; ++m) {
     for (std::int64_t n = n_begin; n < n_end; ++n) {
-      const std::uint32_t s = detail::dot_b1(g.a + m * g.K_pad, g.w + n * (g.K_pad / 8), g.K_pad);
+      const std::uint32_t s = g.panel ? detail::dot_b1(g.a + m * g.K_pad, detail::b1_panel_row(g, n), g.K_pad, 32)
+                                      : detail::dot_b1(g.a + m * g.K_pad, g.w + n * (g.K_pad / 8), g.K_pad);
       g.y[m * g.y_rs + n * g.y_cs] = detail::finish_b1(s, g, m, n);
     }
   }

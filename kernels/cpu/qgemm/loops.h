@@ -126,12 +126,19 @@ inline float finish_w4(const QGemmW4Args& g, std::int64_t m, std::int64_t n, con
 }
 
 /// sum of a[k] over the set bits of one binary weight row, modulo 2^32.
-inline std::uint32_t dot_b1(const std::int8_t* a, const std::uint8_t* w, std::int64_t K_pad) {
+/// sum_k bit_k * a[k] of one binary weight row whose byte s is w[s * stride] (1: the row layout;
+/// 32: the panel layout's column, QGemmPackedArgs).
+inline std::uint32_t dot_b1(const std::int8_t* a, const std::uint8_t* w, std::int64_t K_pad, std::int64_t stride = 1) {
   std::uint32_t acc = 0;
   for (std::int64_t k = 0; k < K_pad; ++k) {
-    if ((w[k >> 3] >> (k & 7)) & 1) acc += static_cast<std::uint32_t>(std::int32_t{a[k]});
+    if ((w[(k >> 3) * stride] >> (k & 7)) & 1) acc += static_cast<std::uint32_t>(std::int32_t{a[k]});
   }
   return acc;
+}
+
+/// Row n's byte 0 in the binary panel layout (QGemmPackedArgs::panel); its byte s is 32 s further.
+inline const std::uint8_t* b1_panel_row(const QGemmPackedArgs& g, std::int64_t n) {
+  return g.w + (n / 32) * (g.K_pad / 8) * 32 + n % 32;
 }
 
 /// One output of the binary GEMM: 2 * (sum over set bits) - a_sum, plus corr, requantized.

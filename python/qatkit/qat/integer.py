@@ -314,6 +314,9 @@ def _int8_plan(mod) -> Optional[dict]:
     }.get(kind, ("linear_int8", lambda t: t.contiguous()))
     if name == "linear_int8" and (not _is_conv(mod) or mod.groups == 1):
         packed = ops.pack_int8_panel  # the panel layout (no horizontal sums; the same bits)
+    elif name == "linear_w1a8" and not _is_conv(mod):
+        # the panel layout: 32 rows per byte shuffle of the lookup-table kernel (the same bits)
+        packed = lambda t: ops.pack_binary_panel(ops.pack_binary_b1(t))  # noqa: E731
     elif _is_conv(mod) and name == "linear_int8" and w.shape[1] % 32:
         # grouped convs take int8 rows zero-padded to a multiple of 32: small-K convs run vectorized
         packed = lambda t: F.pad(t, (0, -t.shape[1] % 32)).contiguous()  # noqa: E731

@@ -236,8 +236,10 @@ def test_w2a8_opcheck_and_errors():
 # ---------------------------------------------------------------- binary W1A8
 
 
+# (8, 33, 64), (9, 40, 300), (12, 64, 2080): the AVX-512 panel kernel's 8- and 4-row tiles and single
+# rows; (1, 70, 4000): the lookup-table kernel's int16 sums widened every 32 steps (K 256)
 @pytest.mark.parametrize("M,N,K", [(1, 4, 32), (1, 37, 133), (5, 16, 64), (3, 9, 1), (2, 64, 600), (0, 8, 16),
-                                   (4, 5, 256), (1, 70, 4000), (3, 33, 96)])
+                                   (4, 5, 256), (1, 70, 4000), (3, 33, 96), (8, 33, 64), (9, 40, 300), (12, 64, 2080)])
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
 def test_w1a8_equals_the_int8_kernel_on_the_unpacked_codes(M, N, K, qrange, zp):
     x, _, _, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
@@ -254,12 +256,39 @@ def test_w1a8_equals_the_int8_kernel_on_the_unpacked_codes(M, N, K, qrange, zp):
     # the kernel layout is the file's 1-bit packing (pack_weights, bits=1, sign), padded to 32
     if K % 32 == 0 and N:
         assert torch.equal(packed, qatkit.ops.pack_weights(w, 1, 0, "sign"))
+    panel = ops.pack_binary_panel(packed)  # what the loaders give a Linear
+    assert panel.shape == ((N + 31) // 32, packed.shape[1], 32)
     old = qatkit._C.cpu_isa()
     try:
         for isa in _isas():
             qatkit._C.set_cpu_isa(isa)
             assert torch.equal(ops.linear_w1a8(x, packed, corr, scale, s, zp, qmin, qmax), want), isa
             assert torch.equal(ops.linear_w1a8(x, packed, corr0, scale, s, zp, qmin, qmax, fb), want_b), isa
+            assert torch.equal(ops.linear_w1a8(x, panel, corr, scale, s, zp, qmin, qmax), want), isa
+            assert torch.equal(ops.linear_w1a8(x, panel, corr0, scale, s, zp, qmin, qmax, fb), want_b), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("M", [1, 4, 8])
+@pytest.mark.parametrize("fill", [-1e9, 1e9])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_w1a8_panel_at_the_extremes(M, fill, sign):
+    """Every weight one sign and every code at the range's end over K = 8192: the lookup-table
+    kernel's int16 step sums reach -32768 (codes -128 on +1 bits) and 32512 (codes 127) before they
+    widen; equal to the float64 value (exact: |acc| <= 2^20) on every ISA."""
+    N, K = 40, 8192
+    x = torch.full((M, K), fill)
+    w = torch.full((N, K), sign, dtype=torch.int8)
+    panel = ops.pack_binary_panel(ops.pack_binary_b1(w))
+    corr, scale = torch.zeros(N, dtype=torch.int32), torch.ones(N)
+    code = -128 if fill < 0 else 127
+    want = torch.full((M, N), float(sign * code * K))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            assert torch.equal(ops.linear_w1a8(x, panel, corr, scale, 1.0, 0, -128, 127), want), isa
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -275,6 +304,17 @@ def test_w1a8_opcheck_packing_and_errors():
         ops.linear_w1a8(x, w, corr, scale, s, zp, qmin, qmax)
     with pytest.raises(ValueError, match="must lie in"):
         ops.pack_binary_b1(torch.zeros(2, 3, dtype=torch.int8))
+    panel = ops.pack_binary_panel(p)
+    torch.library.opcheck(torch.ops.qatkit.linear_w1a8.default, (x, panel, corr, scale, s, zp, qmin, qmax))
+    torch.library.opcheck(torch.ops.qatkit.pack_binary_panel.default, (p,))
+    with pytest.raises(ValueError, match=r"pack_binary_panel\) for N = 9 .* must have shape \[1, K_pad / 8, 32\]"):
+        ops.linear_w1a8(x, panel[:, :, :16], torch.zeros(9, dtype=torch.int32), scale.repeat(2)[:9], s, zp, qmin, qmax)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ops.linear_w1a8(x, panel[:, :2], corr, scale, s, zp, qmin, qmax)
+    with pytest.raises(TypeError, match="pack_binary_panel: weight must be uint8"):
+        ops.pack_binary_panel(w)
+    with pytest.raises(ValueError, match="K_pad a multiple of 32"):
+        ops.pack_binary_panel(p[:, :3])
 
 
 # ---------------------------------------------------------------- conv2d_int8
