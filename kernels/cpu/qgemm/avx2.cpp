@@ -449,6 +449,46 @@ inline void scales_f64_by_group(const float* src, std::int64_t G, std::int64_t n
   }
 }
 
+// Groups of 32 (one chunk each), one activation row: the panel's chunks are contiguous (256 bytes
+// each), so the block streams straight through; each chunk's 16 int32 group sums take the -8 Σa
+// term from nag (per group, precomputed once per call) and go straight into the float64 combination
+// (no int32 accumulation across chunks, no group counter).
+inline void w4p_row_g32(const std::int8_t* a, const std::uint8_t* t, std::int64_t chunks, const double* scale,
+                        const std::int32_t* zero, const std::int32_t* nag, const detail::NextBlockScales& next, bool pf,
+                        __m256d* t4) {
+  const __m256i low4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1);
+  for (std::int64_t ci = 0; ci < chunks; ++ci, t += 256) {
+    if (pf) {
+      for (int l = 0; l < 4; ++l) __builtin_prefetch(t + 8192 + 64 * l, 0, 2);
+      next.at_group(ci);
+    }
+    __m256i s16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+#pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) {
+      std::int32_t alo, ahi;
+      std::memcpy(&alo, a + 32 * ci + 4 * e, 4);
+      std::memcpy(&ahi, a + 32 * ci + 16 + 4 * e, 4);
+      const __m256i vlo = _mm256_set1_epi32(alo), vhi = _mm256_set1_epi32(ahi);
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + e * 64 + h * 32));
+        const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+        s16[h] = _mm256_add_epi16(s16[h], _mm256_add_epi16(_mm256_maddubs_epi16(lo, vlo), _mm256_maddubs_epi16(hi, vhi)));
+      }
+    }
+    const __m256i ag = _mm256_set1_epi32(nag[ci]);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      __m256i v = _mm256_add_epi32(_mm256_madd_epi16(s16[h], ones16), ag);
+      if (zero) v = _mm256_add_epi32(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(zero + ci * 16 + 8 * h)));
+      const double* sc = scale + ci * 16 + 8 * h;
+      t4[2 * h] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)), _mm256_loadu_pd(sc), t4[2 * h]);
+      t4[2 * h + 1] = _mm256_fmadd_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)), _mm256_loadu_pd(sc + 4),
+                                      t4[2 * h + 1]);
+    }
+  }
+}
+
 // The panel layout (pack_int4_panel): one activation row at a time against a block of 16 weight rows,
 // one row per 32-bit lane in two 8-lane halves. vpmaddubsw of the nibbles [0, 15] and the broadcast
 // activations a[k .. k + 3] (pair sums <= 3840; a chunk's eight add in int16, <= 30720), vpmaddwd to
@@ -460,6 +500,10 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
   const __m256i low4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1), ones8 = _mm256_set1_epi8(1);
   std::vector<double> scale(static_cast<std::size_t>(G * 16));
   std::vector<std::int32_t> zero(static_cast<std::size_t>(G * 16));
+  // one activation row, groups of 32: w4p_row_g32 (4-7 % faster at 4096 x 4096 than the general loop)
+  const bool row_g32 = gc == 1 && g.M == 1;
+  std::vector<std::int32_t> nag(static_cast<std::size_t>(row_g32 ? G : 0));  // -8 * a_gsum of the row, per group
+  for (std::int64_t gi = 0; gi < static_cast<std::int64_t>(nag.size()); ++gi) nag[gi] = -8 * g.a_gsum[gi];
   const auto nibbles = [&](const std::uint8_t* t, int e, int h, __m256i& lo, __m256i& hi) __attribute__((always_inline)) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + e * 64 + h * 32));
     lo = _mm256_and_si256(v, low4);
@@ -499,6 +543,9 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
       const std::int8_t* a = g.a + m * g.K;
       __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
       __m256d t4[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+      if (row_g32) {
+        w4p_row_g32(a, codes, chunks, scale.data(), g.act_offset != 0 ? zero.data() : nullptr, nag.data(), next, true, t4);
+      } else
       for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
         const std::uint8_t* t = codes + (ci / 4) * 1024 + (ci % 4) * 256;
         const std::int64_t k = ci * 32;
