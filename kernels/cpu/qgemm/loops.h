@@ -125,7 +125,6 @@ inline float finish_w4(const QGemmW4Args& g, std::int64_t m, std::int64_t n, con
   return g.bias ? y + g.bias[n] : y;
 }
 
-/// sum of a[k] over the set bits of one binary weight row, modulo 2^32.
 /// sum_k bit_k * a[k] of one binary weight row whose byte s is w[s * stride] (1: the row layout;
 /// 32: the panel layout's column, QGemmPackedArgs).
 inline std::uint32_t dot_b1(const std::int8_t* a, const std::uint8_t* w, std::int64_t K_pad, std::int64_t stride = 1) {
