@@ -248,7 +248,8 @@ def test_integer_linear_kernels_cuda_equal_cpu(bits, M, N, K, qrange, zp):
     qmin, qmax = qrange
     corr = (torch.randint(-500, 500, (N,), generator=g) + ((128 if qmin >= 0 else 0) - zp) * w.long().sum(1)).int()
     scale = torch.rand(N, generator=g) * 1e-2
-    layouts = [packed] + ([ops.pack_int8_panel(w)] if bits == 8 else [])  # the panel: what qatkit.load gives
+    # the panels: what qatkit.load gives (CUDA reads the binary panel back in rows, the same bits)
+    layouts = [packed] + ([ops.pack_int8_panel(w)] if bits == 8 else [ops.pack_binary_panel(packed)] if bits == 1 else [])
     for bias in (None, torch.randn(N, generator=g)):
         cpu = op(x, packed, corr, scale, 0.05, zp, qmin, qmax, bias)
         for layout in layouts:
