@@ -461,6 +461,17 @@ torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
 
 // ---------------------------------------------------------------- QuantLinear / BitLinear
 
+/// After a layer built from options copies the float module's initial weight in: a fresh weight
+/// quantizer on it, so a learned scale starts from that weight (as Python's from_float), not from
+/// reset()'s zero placeholder.
+template <class Layer>
+void reseed_weight_quantizer(Layer& self) {
+  if (self.layer_spec.weight) {
+    self.weight_fake_quant =
+        self.replace_module("weight_fake_quant", WeightFakeQuantizer(*self.layer_spec.weight, self.weight));
+  }
+}
+
 QuantLinearImpl::QuantLinearImpl(torch::nn::LinearOptions opts, LayerSpec spec)
     : options(std::move(opts)), layer_spec(std::move(spec)) {
   reset();
@@ -468,6 +479,7 @@ QuantLinearImpl::QuantLinearImpl(torch::nn::LinearOptions opts, LayerSpec spec)
   torch::nn::Linear init(options);
   weight.data().copy_(init->weight);
   if (bias.defined()) bias.data().copy_(init->bias);
+  reseed_weight_quantizer(*this);
 }
 
 QuantLinearImpl::QuantLinearImpl(const torch::nn::Linear& linear, LayerSpec spec)
@@ -478,7 +490,10 @@ QuantLinearImpl::QuantLinearImpl(const torch::nn::Linear& linear, LayerSpec spec
 }
 
 void QuantLinearImpl::reset() {
-  weight = register_parameter("weight", torch::empty({options.out_features(), options.in_features()}));
+  // zeros, not torch::empty: the weight quantizer attached below reads it (a learned scale's
+  // initial value, a loader's convert() before the file's codes replace it), so no path may see
+  // uninitialized memory
+  weight = register_parameter("weight", torch::zeros({options.out_features(), options.in_features()}));
   if (options.bias()) bias = register_parameter("bias", torch::zeros({options.out_features()}));
   attach();
 }
@@ -575,6 +590,7 @@ void conv_init(Layer& self, const Conv& init) {  // the float module's initializ
   self.reset();
   self.weight.data().copy_(init->weight);
   if (self.bias.defined()) self.bias.data().copy_(init->bias);
+  reseed_weight_quantizer(self);
 }
 
 template <class Layer, class Conv>
@@ -586,7 +602,7 @@ void conv_share(Layer& self, const Conv& conv) {  // share the float module's pa
 
 template <std::size_t D, class Layer>
 void conv_reset(Layer& self) {
-  self.weight = self.register_parameter("weight", torch::empty(conv_weight_shape<D>(self.options)));
+  self.weight = self.register_parameter("weight", torch::zeros(conv_weight_shape<D>(self.options)));  // see QuantLinear
   if (self.options.bias()) self.bias = self.register_parameter("bias", torch::zeros({self.options.out_channels()}));
   attach_conv(self);
 }
@@ -685,7 +701,7 @@ QuantConvBn2dImpl::QuantConvBn2dImpl(const torch::nn::Conv2d& conv, const torch:
 void QuantConvBn2dImpl::reset() {
   // Cloneable::clone re-runs reset() on the copy: rebuild the parameters and quantizers from the
   // (copied) options, as the other layers do; clone() then copies the values over
-  weight = register_parameter("weight", torch::empty(conv_weight_shape<2>(options)));
+  weight = register_parameter("weight", torch::zeros(conv_weight_shape<2>(options)));  // see QuantLinear
   if (options.bias()) bias = register_parameter("bias", torch::zeros({options.out_channels()}));
   bn = register_module("bn", torch::nn::BatchNorm2d(bn ? bn->options : torch::nn::BatchNorm2dOptions(options.out_channels())));
   attach();
@@ -774,6 +790,7 @@ QuantEmbeddingImpl::QuantEmbeddingImpl(torch::nn::EmbeddingOptions opts, LayerSp
   reset();
   torch::nn::Embedding init(options);
   weight.data().copy_(init->weight);
+  reseed_weight_quantizer(*this);
 }
 
 QuantEmbeddingImpl::QuantEmbeddingImpl(const torch::nn::Embedding& emb, LayerSpec spec)
@@ -783,7 +800,7 @@ QuantEmbeddingImpl::QuantEmbeddingImpl(const torch::nn::Embedding& emb, LayerSpe
 }
 
 void QuantEmbeddingImpl::reset() {
-  weight = register_parameter("weight", torch::empty({options.num_embeddings(), options.embedding_dim()}));
+  weight = register_parameter("weight", torch::zeros({options.num_embeddings(), options.embedding_dim()}));  // see QuantLinear
   attach();
 }
 

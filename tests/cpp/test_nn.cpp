@@ -120,6 +120,32 @@ CATCH_TEST_CASE("QuantLinear forward is fake_quantize on weight and observed inp
   CATCH_CHECK(torch::equal(q(x), torch::nn::functional::linear(x, wq, lin->bias)));
 }
 
+CATCH_TEST_CASE("layers built from options: learned scales start from the float init weight, never from garbage",
+                "[nn]") {
+  // QuantLinear(options) once attached its weight quantizer to an uninitialized placeholder (a learned
+  // scale computed from torch::empty's memory; the C++ loader's convert() failed now and then on it)
+  const qnn::LayerSpec spec = qnn::QATConfig::w4a4_lsq().default_spec;
+  const double qp = 7.0;  // the spec's quant_max: 4-bit signed
+  torch::manual_seed(4);
+  qnn::QuantLinear q(torch::nn::LinearOptions(16, 6), spec);
+  torch::manual_seed(4);
+  torch::nn::Linear plain(torch::nn::LinearOptions(16, 6));
+  CATCH_CHECK(torch::equal(q->weight, plain->weight));  // the float module's initialization, as before
+  const torch::Tensor want = (plain->weight.abs().mean(1) * 2 / std::sqrt(qp)).clamp_min(1e-6);
+  const torch::Tensor got = q->named_parameters()["weight_fake_quant.scale"].detach().reshape({-1});
+  CATCH_CHECK(torch::allclose(got, want, 1e-6, 0.0));
+  torch::manual_seed(4);
+  qnn::QuantConv2d c(torch::nn::Conv2dOptions(3, 4, 3), spec);
+  torch::manual_seed(4);
+  torch::nn::Conv2d pc(torch::nn::Conv2dOptions(3, 4, 3));
+  const torch::Tensor cw = (pc->weight.abs().reshape({4, -1}).mean(1) * 2 / std::sqrt(qp)).clamp_min(1e-6);
+  CATCH_CHECK(torch::allclose(c->named_parameters()["weight_fake_quant.scale"].detach().reshape({-1}), cw, 1e-6, 0.0));
+  // a clone's reset() placeholder is zeros, and clone() then copies the values over
+  auto copy = std::dynamic_pointer_cast<qnn::QuantLinearImpl>(q->clone());
+  CATCH_REQUIRE(copy);
+  CATCH_CHECK(torch::equal(copy->named_parameters()["weight_fake_quant.scale"], q->named_parameters()["weight_fake_quant.scale"]));
+}
+
 CATCH_TEST_CASE("bad input to the C++ QAT API: a table of calls and message fragments", "[nn][bad_input]") {
   struct Case {
     const char* name;
