@@ -595,13 +595,12 @@ void gemm_t2(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end)
 // (no horizontal sums). Five uops expand 128 weights for MR activation rows, two vpdpbusd per row:
 // the vpdpbusd rate of the row layout's blocks at MR = 4, where the lookup tables (fewer uops per
 // weight for one activation row, but every row its own lookups) ran 1.4x slower at batch 64.
+// idx: byte p holds p / 4 (in every 128-bit chunk, the chunk's four lanes' rows 4c .. 4c + 3).
 template <int MR>
-void b1p_block(const QGemmPackedArgs& g, std::int64_t m, std::int64_t R, std::int64_t n_begin, std::int64_t n_end) {
+void b1p_block(const QGemmPackedArgs& g, std::int64_t m, std::int64_t R, std::int64_t n_begin, std::int64_t n_end,
+               __m512i idx) {
   const std::int64_t S = g.K_pad / 8;
   const std::uint8_t* wb = g.w + R * S * 32;
-  alignas(64) std::int8_t lane_of[64];
-  for (int p = 0; p < 64; ++p) lane_of[p] = static_cast<std::int8_t>((p % 16) / 4 + 4 * (p / 16));
-  const __m512i idx = _mm512_load_si512(lane_of);
   const __m512i blo = _mm512_set1_epi32(0x08040201), bhi = _mm512_set1_epi32(static_cast<int>(0x80402010u));
   const __m512i ones = _mm512_set1_epi8(1);
   __m512i acc[MR][2];  // [activation row][half]
@@ -653,11 +652,14 @@ void b1p_block(const QGemmPackedArgs& g, std::int64_t m, std::int64_t R, std::in
 void gemm_b1(const QGemmPackedArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   if (g.panel) {
     if (g.M < 4) return qgemm_avx2()->gemm_b1(g, n_begin, n_end);  // the lookup-table kernel
+    alignas(64) std::int8_t lane_of[64];
+    for (int p = 0; p < 64; ++p) lane_of[p] = static_cast<std::int8_t>(p / 4);
+    const __m512i idx = _mm512_load_si512(lane_of);
     for (std::int64_t R = n_begin / 32; R * 32 < n_end; ++R) {  // 32 weight rows stay in L1 across every m
       std::int64_t m = 0;
-      for (; m + 8 <= g.M; m += 8) b1p_block<8>(g, m, R, n_begin, n_end);
-      for (; m + 4 <= g.M; m += 4) b1p_block<4>(g, m, R, n_begin, n_end);
-      for (; m < g.M; ++m) b1p_block<1>(g, m, R, n_begin, n_end);
+      for (; m + 8 <= g.M; m += 8) b1p_block<8>(g, m, R, n_begin, n_end, idx);
+      for (; m + 4 <= g.M; m += 4) b1p_block<4>(g, m, R, n_begin, n_end, idx);
+      for (; m < g.M; ++m) b1p_block<1>(g, m, R, n_begin, n_end, idx);
     }
     return;
   }
