@@ -454,14 +454,12 @@ inline void scales_f64_by_group(const float* src, std::int64_t G, std::int64_t n
 // term from nag (per group, precomputed once per call) and go straight into the float64 combination
 // (no int32 accumulation across chunks, no group counter).
 inline void w4p_row_g32(const std::int8_t* a, const std::uint8_t* t, std::int64_t chunks, const double* scale,
-                        const std::int32_t* zero, const std::int32_t* nag, const detail::NextBlockScales& next, bool pf,
+                        const std::int32_t* zero, const std::int32_t* nag, const detail::NextBlockScales& next,
                         __m256d* t4) {
   const __m256i low4 = _mm256_set1_epi8(15), ones16 = _mm256_set1_epi16(1);
   for (std::int64_t ci = 0; ci < chunks; ++ci, t += 256) {
-    if (pf) {
-      for (int l = 0; l < 4; ++l) __builtin_prefetch(t + 8192 + 64 * l, 0, 2);
-      next.at_group(ci);
-    }
+    for (int l = 0; l < 4; ++l) __builtin_prefetch(t + 8192 + 64 * l, 0, 2);  // the panel stream, 8 KiB ahead
+    next.at_group(ci);
     __m256i s16[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
 #pragma GCC unroll 4
     for (int e = 0; e < 4; ++e) {
@@ -544,7 +542,7 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
       __m256i acc[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
       __m256d t4[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
       if (row_g32) {
-        w4p_row_g32(a, codes, chunks, scale.data(), g.act_offset != 0 ? zero.data() : nullptr, nag.data(), next, true, t4);
+        w4p_row_g32(a, codes, chunks, scale.data(), g.act_offset != 0 ? zero.data() : nullptr, nag.data(), next, t4);
       } else
       for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
         const std::uint8_t* t = codes + (ci / 4) * 1024 + (ci % 4) * 256;
