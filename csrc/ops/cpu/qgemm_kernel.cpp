@@ -7,6 +7,7 @@
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <vector>
 
 #include "../../../kernels/cpu/qgemm/qgemm_cpu.h"
@@ -176,8 +177,108 @@ void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
   }
 }
 
-// One image per task: its codes (int8, quantized once), then per group its patches [L, K_row] in the
-// GEMM's row layout (im2col on the group's channels), their sums (packed kernels), and the GEMM of
+// ---------------------------------------------------------------- channels-last im2col
+// Convs build their patch rows channels-last: each row in (i, j, c) order, so a row is kh runs of
+// kw * C contiguous codes (groups 1, dilation 1 along the width) or kh * kw runs of C / groups
+// codes, copied from the image's codes laid out [Hp, Wp, C] with the padding in place, instead of
+// C * kh * kw single codes with a bounds check each. The weight rows (PyTorch's (c, i, j) order)
+// are reordered to match once per call; an integer sum does not depend on its order, so the outputs
+// are the same bits (docs/integer.md, "Convolutions").
+
+// The byte, shift and mask of weight row n's code t in conv2d_int8's layouts.
+struct CodeField {
+  std::int64_t byte;
+  int shift;
+  unsigned mask;
+};
+
+CodeField code_field(int bits, bool panel, std::int64_t rb, std::int64_t n, std::int64_t t) {
+  if (panel) return {(n / 16) * rb * 64 + (t / 4) * 64 + (n % 16) * 4 + t % 4, 0, 0xFFu};  // rb: the panel's steps
+  if (bits == 8) return {n * rb + t, 0, 0xFFu};
+  if (bits == 2) return {n * rb + t / 128 * 32 + t % 32, static_cast<int>(2 * (t % 128 / 32)), 3u};  // ternary blocks
+  return {n * rb + t / 8, static_cast<int>(t % 8), 1u};  // binary: bit t % 8 of byte t / 8
+}
+
+// The weight (any conv2d_int8 / conv2d_w1a1 layout) with each row's K = Cg * kh * kw codes moved
+// from (c, i, j) to (i, j, c) order; the padding as it was. A 1 x 1 kernel or one channel per group
+// keeps its order (returned as is).
+at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t Cg,
+                                std::int64_t kh, std::int64_t kw) {
+  const std::int64_t taps = kh * kw;
+  if (taps == 1 || Cg == 1) return w;
+  at::Tensor out = w.clone();
+  const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
+  auto* dst = static_cast<std::uint8_t*>(out.mutable_data_ptr());
+  const std::int64_t rb = w.size(1);
+  at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) {
+      for (std::int64_t tap = 0; tap < taps; ++tap) {
+        for (std::int64_t c = 0; c < Cg; ++c) {
+          const CodeField from = code_field(bits, panel, rb, n, c * taps + tap), to = code_field(bits, panel, rb, n, tap * Cg + c);
+          const unsigned v = (src[from.byte] >> from.shift) & from.mask;
+          dst[to.byte] = static_cast<std::uint8_t>((dst[to.byte] & ~(to.mask << to.shift)) | (v << to.shift));
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// One image's codes xq [C, H, W] -> xc [Hp, Wp, C] with pad_code in the padding, and the sums of
+// each group's channels per padded pixel, ps [groups, Hp * Wp].
+template <class T>
+void channels_last_codes(const T* xq, std::int64_t C, std::int64_t H, std::int64_t W, std::int64_t ph, std::int64_t pw,
+                         T pad_code, std::int64_t groups, T* xc, std::int32_t* ps) {
+  const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, Cg = C / groups;
+  std::fill(xc, xc + Hp * Wp * C, pad_code);
+  for (std::int64_t h = 0; h < H; ++h) {
+    for (std::int64_t x = 0; x < W; ++x) {
+      T* dst = xc + ((h + ph) * Wp + x + pw) * C;
+      const T* src = xq + h * W + x;
+      for (std::int64_t ci = 0; ci < C; ++ci) dst[ci] = src[ci * H * W];
+    }
+  }
+  for (std::int64_t gi = 0; gi < groups; ++gi) {
+    for (std::int64_t p = 0; p < Hp * Wp; ++p) {
+      const T* px = xc + p * C + gi * Cg;
+      std::int32_t s = 0;
+      for (std::int64_t ci = 0; ci < Cg; ++ci) s += px[ci];
+      ps[gi * Hp * Wp + p] = s;
+    }
+  }
+}
+
+// The patch rows of one group of a channels-last image (channels_last_codes'): row l = (oh, ow)
+// gets its kh * kw * Cg codes in (i, j, c) order and returns their sum.
+struct ChannelsLastPatches {
+  const std::int8_t* xc;
+  const std::int32_t* ps;  // the group's pixel sums
+  std::int64_t C, Cg, c0, Wp, kh, kw, sh, sw, dh, dw, wo;
+  std::int32_t row(std::int64_t l, std::int8_t* dst) const {
+    const std::int64_t oh = l / wo, ow = l % wo;
+    std::int32_t s = 0;
+    const bool runs = dw == 1 && Cg == C;  // the kw pixels of a kernel row: one run of kw * C codes
+    for (std::int64_t i = 0; i < kh; ++i) {
+      const std::int64_t p = (oh * sh + i * dh) * Wp + ow * sw;  // the padded pixel of tap (i, 0)
+      if (runs) {
+        std::memcpy(dst, xc + p * C, static_cast<std::size_t>(kw * C));
+        dst += kw * C;
+        for (std::int64_t j = 0; j < kw; ++j) s += ps[p + j];
+        continue;
+      }
+      for (std::int64_t j = 0; j < kw; ++j) {
+        std::memcpy(dst, xc + (p + j * dw) * C + c0, static_cast<std::size_t>(Cg));
+        dst += Cg;
+        s += ps[p + j * dw];
+      }
+    }
+    return s;
+  }
+};
+
+// One image per task: its codes (int8, quantized once, laid out channels-last with the padding), then
+// per group its patches [L, K_row] in the GEMM's row layout (the channels-last im2col above on the
+// group's channels, against the weight rows in the same order), their sums, and the GEMM of
 // the group's weight rows written into its [N / groups, L] slice of the NCHW output (y_rs = 1,
 // y_cs = L). A zero-padded position holds the code of 0 (zero point - shift): exactly what the float
 // conv's zero padding quantizes to, so corr's zero-point term holds.
@@ -285,31 +386,26 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     }
     return y;
   }
+  // the weight rows in the patch rows' (i, j, c) order (channels_last_weight)
+  const at::Tensor wl = channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw);
+  const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W));
-    std::vector<std::int8_t> cols(static_cast<std::size_t>(L * K_row), 0);
+    std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W)), xc(static_cast<std::size_t>(Hp * Wp * C));
+    std::vector<std::int32_t> ps(static_cast<std::size_t>(groups * Hp * Wp));
+    std::vector<std::int8_t> cols(static_cast<std::size_t>(L * K_row), 0);  // positions K..K_row stay 0
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(L));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+      channels_last_codes(xq.data(), C, H, W, ph, pw, pad_code, groups, xc.data(), ps.data());
       for (std::int64_t gi = 0; gi < groups; ++gi) {
-        for (std::int64_t oh = 0; oh < ho; ++oh) {
-          for (std::int64_t ow = 0; ow < wo; ++ow) {
-            std::int8_t* row = cols.data() + (oh * wo + ow) * K_row;
-            std::int64_t idx = 0;
-            std::int32_t s = 0;
-            for (std::int64_t ci = gi * Cg; ci < (gi + 1) * Cg; ++ci) {
-              for (std::int64_t i = 0; i < kh; ++i) {
-                const std::int64_t ih = oh * sh - ph + i * dh;
-                for (std::int64_t j = 0; j < kw; ++j, ++idx) {
-                  const std::int64_t iw = ow * sw - pw + j * dw;
-                  const std::int8_t v = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xq[(ci * H + ih) * W + iw] : pad_code;
-                  row[idx] = v;
-                  s += v;
-                }
-              }
-            }
-            a_sum[static_cast<std::size_t>(oh * wo + ow)] = s;  // positions K..K_row stay 0
-          }
+        const ChannelsLastPatches pt{xc.data(), ps.data() + gi * Hp * Wp, C, Cg, gi * Cg, Wp, kh, kw, sh, sw, dh, dw, wo};
+        const auto rows = [&](std::int64_t l0, std::int64_t l1) {
+          for (std::int64_t l = l0; l < l1; ++l) a_sum[static_cast<std::size_t>(l)] = pt.row(l, cols.data() + l * K_row);
+        };
+        if (per_image) {
+          rows(0, L);
+        } else {  // one image at a time: its patch rows in parallel too
+          at::parallel_for(0, L, 64, rows);
         }
         const std::int64_t n0 = gi * Ng;  // the group's output channels [n0, n0 + Ng)
         float* yb = y.data_ptr<float>() + (bi * N + n0) * L;
@@ -317,8 +413,8 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         if (weight_bits == 8) {
           kernels::QGemmArgs g;
           g.a = cols.data();
-          g.w = panel ? static_cast<const std::int8_t*>(w.const_data_ptr())
-                      : w.data_ptr<std::int8_t>() + n0 * w.size(1);
+          g.w = panel ? static_cast<const std::int8_t*>(wl.const_data_ptr())
+                      : static_cast<const std::int8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
           g.a_sum = a_sum.data();
           g.panel = panel;
           g.corr = c.data_ptr<std::int32_t>() + n0;
@@ -335,7 +431,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
           kernels::QGemmPackedArgs g;
           g.a = cols.data();
           g.a_sum = a_sum.data();
-          g.w = w.data_ptr<std::uint8_t>() + n0 * w.size(1);
+          g.w = static_cast<const std::uint8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
           g.corr = c.data_ptr<std::int32_t>() + n0;
           g.out_scale = os.data_ptr<float>() + n0;
           g.bias = bp;
