@@ -492,7 +492,7 @@ struct XnorRows {
     g.z = z.data();
     g.has_zero = has_zero.data();
     g.a_k = a_k.data();
-    g.w = w.data_ptr<std::uint8_t>();
+    g.w = static_cast<const std::uint8_t*>(w.const_data_ptr());
     g.row_scale = scale.data();
     g.col_scale = ws.data_ptr<float>();
     g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
@@ -535,9 +535,11 @@ at::Tensor linear_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, co
   return y;
 }
 
-// One image per task (or the output channels in parallel when there are fewer images than
-// threads): the image's codes, its patch rows (a padded position is code 0: no bit, a zero-mask
-// bit), the popcount GEMM written into the NCHW output.
+// One image per task (or the output channels, and the patch rows, in parallel when there are fewer
+// images than threads): the image's codes, its patch rows channels-last against the weight bits in
+// the same (i, j, c) order (a padded position is code 0: no sign bit, a zero-mask bit; with C a
+// multiple of 8 each pixel's bits are packed once and a row is kh * kw copies of C / 8 bytes), the
+// popcount GEMM written into the NCHW output.
 at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
@@ -558,28 +560,85 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
                      dw = dilation[1];
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool per_image = B >= at::get_num_threads();
+  // the patch rows channels-last (as conv2d_int8's): the weight bits in (i, j, c) order
+  const at::Tensor wl = channels_last_weight(w, 1, false, N, C, kh, kw);
+  const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+  const bool byte_runs = C % 8 == 0;  // each pixel's C sign / zero bits are whole bytes: rows of byte copies
+  const std::int64_t CB = C / 8;
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<std::int8_t> patch(static_cast<std::size_t>(K));
+    std::vector<std::int8_t> xc(static_cast<std::size_t>(byte_runs ? 0 : Hp * Wp * C)),
+        patch(static_cast<std::size_t>(byte_runs ? 0 : K));
+    std::vector<std::int32_t> ps(static_cast<std::size_t>(byte_runs ? 0 : Hp * Wp));
+    std::vector<std::uint8_t> sb(static_cast<std::size_t>(byte_runs ? Hp * Wp * CB : 0));
+    std::vector<std::uint8_t> zb(sb.size());
+    std::vector<std::int32_t> pz(static_cast<std::size_t>(byte_runs ? Hp * Wp : 0));
+    XnorRows r(L, KB);
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       const std::int8_t* xq = cp + bi * C * H * W;
-      XnorRows r(L, KB);
-      for (std::int64_t oh = 0; oh < ho; ++oh) {
-        for (std::int64_t ow = 0; ow < wo; ++ow) {
-          std::int64_t idx = 0;  // the patch's codes (im2col order c, i, j), then its bits
-          for (std::int64_t ci = 0; ci < C; ++ci) {
-            for (std::int64_t i = 0; i < kh; ++i) {
-              const std::int64_t ih = oh * sh - ph + i * dh;
-              for (std::int64_t j = 0; j < kw; ++j, ++idx) {
-                const std::int64_t iw = ow * sw - pw + j * dw;
-                patch[static_cast<std::size_t>(idx)] =
-                    (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xq[(ci * H + ih) * W + iw] : std::int8_t{0};
+      if (byte_runs) {
+        // each padded pixel's sign bits and zero-code bits (bit c % 8 of byte c / 8) and its zero count;
+        // a padded pixel is code 0 in every channel
+        std::fill(sb.begin(), sb.end(), std::uint8_t{0});
+        std::fill(zb.begin(), zb.end(), std::uint8_t{0xFF});
+        std::fill(pz.begin(), pz.end(), static_cast<std::int32_t>(C));
+        for (std::int64_t h = 0; h < H; ++h) {
+          for (std::int64_t x = 0; x < W; ++x) {
+            const std::int64_t p = (h + ph) * Wp + x + pw;
+            const std::int8_t* src = xq + h * W + x;
+            std::int32_t zeros = 0;
+            for (std::int64_t cb = 0; cb < CB; ++cb) {
+              unsigned bits = 0, zbits = 0;
+              for (int e = 0; e < 8; ++e) {
+                const std::int8_t v = src[(cb * 8 + e) * H * W];
+                bits |= (v > 0 ? 1u : 0u) << e;
+                zbits |= (v == 0 ? 1u : 0u) << e;
               }
+              sb[static_cast<std::size_t>(p * CB + cb)] = static_cast<std::uint8_t>(bits);
+              zb[static_cast<std::size_t>(p * CB + cb)] = static_cast<std::uint8_t>(zbits);
+              zeros += __builtin_popcount(zbits);
+            }
+            pz[static_cast<std::size_t>(p)] = zeros;
+          }
+        }
+      } else {
+        channels_last_codes(xq, C, H, W, ph, pw, std::int8_t{0}, 1, xc.data(), ps.data());
+      }
+      const ChannelsLastPatches pt{xc.data(), ps.data(), C, C, 0, Wp, kh, kw, sh, sw, dh, dw, wo};
+      const auto rows = [&](std::int64_t l0, std::int64_t l1) {
+        std::vector<std::int8_t> own(static_cast<std::size_t>(byte_runs || per_image ? 0 : K));  // a thread's patch
+        std::int8_t* pat = per_image ? patch.data() : own.data();
+        for (std::int64_t l = l0; l < l1; ++l) {
+          if (!byte_runs) {
+            pt.row(l, pat);
+            r.set(l, KB, K, ap[bi], [&](std::int64_t k) { return pat[static_cast<std::size_t>(k)]; });
+            continue;
+          }
+          const std::int64_t oh = l / wo, ow = l % wo;
+          std::uint8_t* ar = r.a.data() + l * KB;
+          std::uint8_t* zr = r.z.data() + l * KB;
+          std::int32_t zeros = 0;
+          for (std::int64_t i = 0; i < kh; ++i) {
+            const std::int64_t p0 = (oh * sh + i * dh) * Wp + ow * sw;
+            for (std::int64_t j = 0; j < kw; ++j) {  // tap (i, j): bits (i * kw + j) * C .. + C, whole bytes
+              const std::int64_t p = p0 + j * dw;
+              std::memcpy(ar, sb.data() + p * CB, static_cast<std::size_t>(CB));
+              std::memcpy(zr, zb.data() + p * CB, static_cast<std::size_t>(CB));
+              ar += CB;
+              zr += CB;
+              zeros += pz[static_cast<std::size_t>(p)];
             }
           }
-          r.set(oh * wo + ow, KB, K, ap[bi], [&](std::int64_t k) { return patch[static_cast<std::size_t>(k)]; });
+          r.has_zero[static_cast<std::size_t>(l)] = zeros > 0;
+          r.a_k[static_cast<std::size_t>(l)] = static_cast<std::int32_t>(K) - zeros;
+          r.scale[static_cast<std::size_t>(l)] = ap[bi];
         }
+      };
+      if (per_image) {
+        rows(0, L);
+      } else {
+        at::parallel_for(0, L, 64, rows);
       }
-      kernels::QGemmXnorArgs g = r.args(w, ws, b, y.data_ptr<float>() + bi * N * L, L, N, KB);
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>() + bi * N * L, L, N, KB);
       g.y_rs = 1;
       g.y_cs = L;
       gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_xnor(g, n0, n1); });

@@ -607,13 +607,16 @@ def test_w1a1_nan_codes_are_left_out_of_the_sum():
 @pytest.mark.parametrize("geom", [dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1)), dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2)),
                                   dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1)), dict(k=(5, 5), s=(1, 1), p=(2, 2), d=(1, 1))])
 @pytest.mark.parametrize("B", [1, 3])
-def test_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, B):
+@pytest.mark.parametrize("C", [5, 16])
+def test_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, B, C):
     """conv2d_w1a1 equals the float64 conv of the binarized input's codes (zero padding: code 0)
-    times the binary weight codes, requantized by the "row" rule, on every ISA."""
+    times the binary weight codes, requantized by the "row" rule, on every ISA. C = 16: each
+    pixel's bits are whole bytes (the rows are byte copies; the padding's zero masks too); C = 5: the
+    rows packed code by code."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(13)
-    C, H, W, N = 5, 9, 7, 6
+    H, W, N = 9, 7, 6
     x = torch.randn(B, C, H, W, generator=g)
     kh, kw = geom["k"]
     w = (torch.randint(0, 2, (N, C, kh, kw), generator=g) * 2 - 1).to(torch.int8)
