@@ -126,7 +126,7 @@ struct QGemmXnorArgs {
 ///   acc[n, oh, ow] = sum_{i, j} x[c, oh * sh + i * dh, ow * sw + j * dw] * w[n, i * kw + j]   (int32, exact)
 ///   y = fp32(acc + corr[n]) * out_scale[n] (+ bias[n])   (QGemmArgs' requantization, the same bits)
 struct QDwConvArgs {
-  const std::int16_t* x = nullptr;  ///< [C, Hp, Wp]
+  const std::int16_t* x = nullptr;  ///< [C, Hp, Wp], then (kw - 1) * dw codes of slack (any values)
   const std::int16_t* w = nullptr;  ///< [N, kh * kw]
   const std::int32_t* corr = nullptr;
   const float* out_scale = nullptr;

@@ -361,7 +361,8 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     };
     const auto buffers = [&] {
       return std::make_pair(std::vector<std::int8_t>(static_cast<std::size_t>(C * H * W)),
-                            std::vector<std::int16_t>(static_cast<std::size_t>(C * Hp * Wp)));
+                            // + the slack dwconv's stride-1 plane runs read past the last plane
+                            std::vector<std::int16_t>(static_cast<std::size_t>(C * Hp * Wp + (kw - 1) * dw)));
     };
     if (per_image) {
       at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {

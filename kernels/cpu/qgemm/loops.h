@@ -200,33 +200,50 @@ inline float finish_xnor(std::int64_t xor_bits, const QGemmXnorArgs& g, std::int
   return g.bias ? y + g.bias[n] : y;
 }
 
-/// Output channels [n_begin, n_end) of a depthwise conv (QDwConvArgs): per output row, each tap adds
-/// its weight times a run of input codes to Wo int32 accumulators (a loop the compiler vectorizes in
-/// the AVX2 file), then the requantization. Exact int32 sums: every table gives the same bits.
+/// Output channels [n_begin, n_end) of a depthwise conv (QDwConvArgs): each tap adds its weight
+/// times a run of input codes to int32 accumulators (a loop the compiler vectorizes in the AVX2
+/// file), then the requantization. Stride 1: the whole output plane on the padded grid at once,
+/// acc[oh * Wp + ow] for every ow < Wp (the columns past Wo are computed and never stored), so each
+/// tap is one run of Ho * Wp products (x has (kw - 1) * dw codes of slack after its last plane);
+/// otherwise one output row at a time. Exact int32 sums: every table gives the same bits.
 inline void dwconv_channels(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  std::vector<std::int32_t> acc(static_cast<std::size_t>(g.Wo));
-  const std::int64_t taps = g.kh * g.kw;
+  const bool plane = g.sh == 1 && g.sw == 1;
+  const std::int64_t run = plane ? g.Ho * g.Wp : g.Wo;  // the accumulators of one pass
+  std::vector<std::int32_t> acc(static_cast<std::size_t>(run));
   for (std::int64_t n = n_begin; n < n_end; ++n) {
     const std::int16_t* xc = g.x + (n / g.Ng) * g.Hp * g.Wp;
-    const std::int16_t* wn = g.w + n * taps;
-    for (std::int64_t oh = 0; oh < g.Ho; ++oh) {
-      std::fill(acc.begin(), acc.end(), 0);
+    const std::int16_t* wn = g.w + n * g.kh * g.kw;
+    const std::uint32_t c = static_cast<std::uint32_t>(g.corr[n]);
+    const float s = g.out_scale[n], bn = g.bias ? g.bias[n] : 0.f;
+    for (std::int64_t oh = 0; oh < (plane ? 1 : g.Ho); ++oh) {
       std::int32_t* a = acc.data();
+      std::fill(a, a + run, 0);
       for (std::int64_t i = 0; i < g.kh; ++i) {
         const std::int16_t* row = xc + (oh * g.sh + i * g.dh) * g.Wp;
         for (std::int64_t j = 0; j < g.kw; ++j) {
           const std::int32_t wv = wn[i * g.kw + j];
           const std::int16_t* r = row + j * g.dw;
           if (g.sw == 1) {
-            for (std::int64_t ow = 0; ow < g.Wo; ++ow) a[ow] += static_cast<std::int32_t>(r[ow]) * wv;
+            for (std::int64_t t = 0; t < run; ++t) a[t] += static_cast<std::int32_t>(r[t]) * wv;
           } else {
             for (std::int64_t ow = 0; ow < g.Wo; ++ow) a[ow] += static_cast<std::int32_t>(r[ow * g.sw]) * wv;
           }
         }
       }
-      float* y = g.y + (n * g.Ho + oh) * g.Wo;
-      const std::uint32_t c = static_cast<std::uint32_t>(g.corr[n]);
-      for (std::int64_t ow = 0; ow < g.Wo; ++ow) y[ow] = requantize(static_cast<std::uint32_t>(a[ow]) + c, g, n);
+      // requantize's bits (fp32(acc + corr) * scale, then + bias: two roundings), in a loop over the row
+      for (std::int64_t r0 = 0; r0 < (plane ? g.Ho : 1); ++r0) {
+        const std::int32_t* ar = a + (plane ? r0 * g.Wp : 0);
+        float* y = g.y + (n * g.Ho + oh + r0) * g.Wo;
+        if (g.bias) {
+          for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
+            const float v = static_cast<float>(static_cast<std::int32_t>(static_cast<std::uint32_t>(ar[ow]) + c)) * s;
+            y[ow] = v + bn;
+          }
+        } else {
+          for (std::int64_t ow = 0; ow < g.Wo; ++ow)
+            y[ow] = static_cast<float>(static_cast<std::int32_t>(static_cast<std::uint32_t>(ar[ow]) + c)) * s;
+        }
+      }
     }
   }
 }
