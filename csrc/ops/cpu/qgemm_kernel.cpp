@@ -224,8 +224,8 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
   return out;
 }
 
-// One image's codes xq [C, H, W] -> xc [Hp, Wp, C] with pad_code in the padding, and the sums of
-// each group's channels per padded pixel, ps [groups, Hp * Wp].
+// One image's codes xq [C, H, W] -> xc [Hp, Wp, C] with pad_code in the padding, and (ps not null)
+// the sums of each group's channels per padded pixel, ps [groups, Hp * Wp].
 template <class T>
 void channels_last_codes(const T* xq, std::int64_t C, std::int64_t H, std::int64_t W, std::int64_t ph, std::int64_t pw,
                          T pad_code, std::int64_t groups, T* xc, std::int32_t* ps) {
@@ -238,7 +238,7 @@ void channels_last_codes(const T* xq, std::int64_t C, std::int64_t H, std::int64
       for (std::int64_t ci = 0; ci < C; ++ci) dst[ci] = src[ci * H * W];
     }
   }
-  for (std::int64_t gi = 0; gi < groups; ++gi) {
+  for (std::int64_t gi = 0; gi < (ps != nullptr ? groups : 0); ++gi) {
     for (std::int64_t p = 0; p < Hp * Wp; ++p) {
       const T* px = xc + p * C + gi * Cg;
       std::int32_t s = 0;
@@ -567,7 +567,7 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   const bool byte_runs = C % 8 == 0;  // each pixel's C sign / zero bits are whole bytes: rows of byte copies
   const std::int64_t CB = C / 8;
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<std::int8_t> xc(static_cast<std::size_t>(byte_runs ? 0 : Hp * Wp * C)),
+    std::vector<std::int8_t> xc(static_cast<std::size_t>(Hp * Wp * C)),
         patch(static_cast<std::size_t>(byte_runs ? 0 : K));
     std::vector<std::int32_t> ps(static_cast<std::size_t>(byte_runs ? 0 : Hp * Wp));
     std::vector<std::uint8_t> sb(static_cast<std::size_t>(byte_runs ? Hp * Wp * CB : 0));
@@ -577,29 +577,23 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       const std::int8_t* xq = cp + bi * C * H * W;
       if (byte_runs) {
-        // each padded pixel's sign bits and zero-code bits (bit c % 8 of byte c / 8) and its zero count;
-        // a padded pixel is code 0 in every channel
-        std::fill(sb.begin(), sb.end(), std::uint8_t{0});
-        std::fill(zb.begin(), zb.end(), std::uint8_t{0xFF});
-        std::fill(pz.begin(), pz.end(), static_cast<std::int32_t>(C));
-        for (std::int64_t h = 0; h < H; ++h) {
-          for (std::int64_t x = 0; x < W; ++x) {
-            const std::int64_t p = (h + ph) * Wp + x + pw;
-            const std::int8_t* src = xq + h * W + x;
-            std::int32_t zeros = 0;
-            for (std::int64_t cb = 0; cb < CB; ++cb) {
-              unsigned bits = 0, zbits = 0;
-              for (int e = 0; e < 8; ++e) {
-                const std::int8_t v = src[(cb * 8 + e) * H * W];
-                bits |= (v > 0 ? 1u : 0u) << e;
-                zbits |= (v == 0 ? 1u : 0u) << e;
-              }
-              sb[static_cast<std::size_t>(p * CB + cb)] = static_cast<std::uint8_t>(bits);
-              zb[static_cast<std::size_t>(p * CB + cb)] = static_cast<std::uint8_t>(zbits);
-              zeros += __builtin_popcount(zbits);
-            }
-            pz[static_cast<std::size_t>(p)] = zeros;
+        // the codes channels-last (code 0 in the padding), then each padded pixel's sign bits and
+        // zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word
+        channels_last_codes(xq, C, H, W, ph, pw, std::int8_t{0}, 1, xc.data(), nullptr);
+        for (std::int64_t p = 0; p < Hp * Wp; ++p) {
+          std::int32_t zeros = 0;
+          for (std::int64_t cb = 0; cb < CB; ++cb) {
+            std::uint64_t v;  // 8 codes in {-1, 0, 1}: bytes 0xFF, 0x00, 0x01
+            std::memcpy(&v, xc.data() + p * C + cb * 8, 8);
+            constexpr std::uint64_t low = 0x0101010101010101ull, gather = 0x0102040810204080ull;
+            const std::uint64_t pos = v & ~(v >> 7) & low;  // bit 0 of byte e: code e is +1
+            const std::uint64_t zero = ~v & low;             // bit 0 of byte e: code e is 0
+            // bit 0 of byte e -> bit e of the top byte (no carries: one bit per byte)
+            sb[static_cast<std::size_t>(p * CB + cb)] = static_cast<std::uint8_t>((pos * gather) >> 56);
+            zb[static_cast<std::size_t>(p * CB + cb)] = static_cast<std::uint8_t>((zero * gather) >> 56);
+            zeros += static_cast<std::int32_t>((zero * low) >> 56);  // the sum of the 8 bytes
           }
+          pz[static_cast<std::size_t>(p)] = zeros;
         }
       } else {
         channels_last_codes(xq, C, H, W, ph, pw, std::int8_t{0}, 1, xc.data(), ps.data());

@@ -708,7 +708,110 @@ __attribute__((target("avx512vpopcntdq"))) void xnor_block(const QGemmXnorArgs& 
           detail::finish_xnor(_mm512_reduce_add_epi64(acc[i][j]), g, m + i, n + j);
 }
 
+// XNOR on 16 weight rows transposed by qwords: per block, wt[q][r] = qword q of row r (zeros past
+// KB and past the block's rows), so one vpopcntq of a broadcast activation qword xor wt[q] counts 8
+// rows' differing bits into 8 int64 lanes: no horizontal sums, no partial 64-byte steps (a 3x3 conv
+// over 32 channels has rows of 36 bytes), and the finish (finish_xnor's operations: the zero-mask
+// correction, a_k - 2 * count, float(acc) * (row_scale * col_scale), + bias) runs on 8 lanes at
+// once. MR activation rows per pass share each wt load.
+// One pass of xnor_rows_t over the qwords: acc += popcount(a ^ w) (XOR), or acc -= popcount(z & w)
+// (the zero-mask correction, rows with has_zero only; QGemmXnorArgs reads z nowhere else).
+template <int MR, bool ZeroPass>
+__attribute__((target("avx512vpopcntdq"))) inline void xnor_pass_t(const QGemmXnorArgs& g, std::int64_t m,
+                                                                   const std::uint64_t* wt, std::int64_t Q,
+                                                                   __m512i (&acc)[MR][2]) {
+  const std::uint8_t* rows = ZeroPass ? g.z : g.a;
+  const std::int64_t Qf = g.KB / 8;  // whole qwords of an activation row; a 4-byte tail when KB % 8
+  for (std::int64_t q = 0; q < Q; ++q) {
+    const __m512i w0 = _mm512_loadu_si512(wt + q * 16), w1 = _mm512_loadu_si512(wt + q * 16 + 8);
+    #pragma GCC unroll 4
+    for (int i = 0; i < MR; ++i) {
+      const std::uint8_t* r = rows + (m + i) * g.KB + q * 8;
+      std::uint64_t v = 0;
+      if (ZeroPass && !g.has_zero[m + i]) {
+      } else if (q < Qf) {
+        std::memcpy(&v, r, 8);
+      } else {
+        std::uint32_t t;
+        std::memcpy(&t, r, 4);
+        v = t;
+      }
+      const __m512i a = _mm512_set1_epi64(static_cast<long long>(v));
+      if (ZeroPass) {
+        acc[i][0] = _mm512_sub_epi64(acc[i][0], _mm512_popcnt_epi64(_mm512_and_si512(a, w0)));
+        acc[i][1] = _mm512_sub_epi64(acc[i][1], _mm512_popcnt_epi64(_mm512_and_si512(a, w1)));
+      } else {
+        acc[i][0] = _mm512_add_epi64(acc[i][0], _mm512_popcnt_epi64(_mm512_xor_si512(a, w0)));
+        acc[i][1] = _mm512_add_epi64(acc[i][1], _mm512_popcnt_epi64(_mm512_xor_si512(a, w1)));
+      }
+    }
+  }
+}
+
+template <int MR>
+__attribute__((target("avx512vpopcntdq"))) void xnor_rows_t(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n,
+                                                            int nr, const std::uint64_t* wt, std::int64_t Q) {
+  __m512i acc[MR][2];
+  #pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+  xnor_pass_t<MR, false>(g, m, wt, Q, acc);
+  bool any_zero = false;
+  #pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) any_zero = any_zero || g.has_zero[m + i];
+  if (any_zero) xnor_pass_t<MR, true>(g, m, wt, Q, acc);
+  #pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+    const __m256 rs = _mm256_set1_ps(g.row_scale[m + i]);
+    const __m256i ak = _mm256_set1_epi32(g.a_k[m + i]);
+    for (int h = 0; h < 2 && 8 * h < nr; ++h) {
+      const __mmask8 mask = static_cast<__mmask8>(nr - 8 * h >= 8 ? 0xFF : (1u << (nr - 8 * h)) - 1);
+      const __m256i cnt = _mm512_cvtepi64_epi32(acc[i][h]);
+      const __m256i v = _mm256_sub_epi32(ak, _mm256_add_epi32(cnt, cnt));
+      const __m256 sc = _mm256_mul_ps(rs, _mm256_maskz_loadu_ps(mask, g.col_scale + n + 8 * h));
+      __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), sc);
+      if (g.bias) y = _mm256_add_ps(y, _mm256_maskz_loadu_ps(mask, g.bias + n + 8 * h));
+      if (g.y_cs == 1) {
+        _mm256_mask_storeu_ps(g.y + (m + i) * g.y_rs + n + 8 * h, mask, y);
+      } else {
+        alignas(32) float t[8];
+        _mm256_store_ps(t, y);
+        for (int j = 0; j < 8 && 8 * h + j < nr; ++j) g.y[(m + i) * g.y_rs + (n + 8 * h + j) * g.y_cs] = t[j];
+      }
+    }
+  }
+}
+
+__attribute__((target("avx512vpopcntdq"))) void gemm_xnor_t(const QGemmXnorArgs& g, std::int64_t n_begin,
+                                                            std::int64_t n_end) {
+  const std::int64_t Q = (g.KB + 7) / 8;
+  std::vector<std::uint64_t> wt(static_cast<std::size_t>(Q * 16));
+  for (std::int64_t n = n_begin; n < n_end; n += 16) {
+    const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+    std::fill(wt.begin(), wt.end(), std::uint64_t{0});
+    for (int r = 0; r < nr; ++r)
+      for (std::int64_t q = 0; q < Q; ++q)
+        std::memcpy(&wt[static_cast<std::size_t>(q * 16 + r)], g.w + (n + r) * g.KB + q * 8,
+                    static_cast<std::size_t>(std::min<std::int64_t>(8, g.KB - q * 8)));
+    std::int64_t m = 0;
+    for (; m + 4 <= g.M; m += 4) xnor_rows_t<4>(g, m, n, nr, wt.data(), Q);
+    for (; m < g.M; ++m) xnor_rows_t<1>(g, m, n, nr, wt.data(), Q);
+  }
+}
+
+// The transposed kernel for rows of up to this many bytes (K <= 4096) from 32 activation rows on,
+// and for rows of up to 64 bytes (K <= 512: convs' patch rows) from 4 on; the 64-byte-step blocks
+// otherwise. One process, A/B on 4096-column weights (docs/benchmarks.md, 2026-12-03 third
+// session): transposed / blocks time 0.81 at K = 4096 with 64 rows, 0.84 with 32, 1.14 with 16,
+// 1.0 at K = 8192 and 16384; 0.82-0.89 at K = 288 with 8-256 rows.
+#ifndef XNOR_T_MAX_KB
+#define XNOR_T_MAX_KB 512
+#endif
+
 void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.M >= 4 && g.KB <= XNOR_T_MAX_KB && (g.M >= 32 || g.KB <= 64)) {
+    gemm_xnor_t(g, n_begin, n_end);
+    return;
+  }
   blocked<QGemmXnorArgs, 8, xnor_block<4, 4>, xnor_block<4, 1>, xnor_block<1, 4>, xnor_block<1, 1>>(g, n_begin, n_end);
 }
 

@@ -561,8 +561,13 @@ def _xnor_reference(x, w, wscale, bias):
 
 
 @pytest.mark.parametrize("shape,N", [((1, 32), 4), ((1, 133), 37), ((5, 64), 16), ((3, 1), 9), ((2, 600), 64),
-                                     ((0, 16), 8), ((4, 2048), 5), ((3, 4, 96), 7), ((2, 1055), 3)])
+                                     ((0, 16), 8), ((4, 2048), 5), ((3, 4, 96), 7), ((2, 1055), 3),
+                                     ((40, 270), 37), ((33, 1100), 20), ((48, 4200), 3)])
 def test_w1a1_equals_the_integer_reference_on_every_isa(shape, N):
+    """Every ISA against the formula. AVX-512's kernels: the qword-transposed one from 4 rows with
+    short rows ((3, 4, 96), (40, 270): rows of 12 and 36 bytes, a 4-byte tail) and from 32 rows
+    with rows up to 512 bytes ((33, 1100): a partial 16-row block), the 64-byte-step blocks past
+    that ((48, 4200)) and below 4 rows."""
     g = torch.Generator().manual_seed(11)
     x = torch.randn(shape, generator=g) + 0.3
     K = shape[-1]
