@@ -177,13 +177,17 @@ void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
   }
 }
 
-// ---------------------------------------------------------------- channels-last im2col
-// Convs build their patch rows channels-last: each row in (i, j, c) order, so a row is kh runs of
-// kw * C contiguous codes (groups 1, dilation 1 along the width) or kh * kw runs of C / groups
-// codes, copied from the image's codes laid out [Hp, Wp, C] with the padding in place, instead of
-// C * kh * kw single codes with a bounds check each. The weight rows (PyTorch's (c, i, j) order)
-// are reordered to match once per call; an integer sum does not depend on its order, so the outputs
-// are the same bits (docs/integer.md, "Convolutions").
+// ---------------------------------------------------------------- im2col
+// Convs build their patch rows from the image's codes padded once (the padding's code in place).
+// Channels-last: each row in (i, j, c) order, so a row is kh runs of kw * C contiguous codes
+// (groups 1, dilation 1 along the width) or kh * kw runs of C / groups codes, copied from the codes
+// laid out [Hp, Wp, C], with the row sums from per-pixel sums; the weight rows (PyTorch's (c, i, j)
+// order) are reordered to match once per call, which costs N * K code moves. Planar: the rows in
+// PyTorch's (c, i, j) order from the codes laid out [C, Hp, Wp], a code at a time, against the
+// weight as it is. Convs whose patch rows outnumber twice their output channels (B * L >= 2 N: the
+// im2col costs more than the reorder) run channels-last, the others (deep layers of small maps)
+// planar; 1 x 1 kernels and one channel per group have one order. An integer sum does not depend on
+// its order, so both give the same bits (docs/integer.md, "Convolutions").
 
 // The byte, shift and mask of weight row n's code t in conv2d_int8's layouts.
 struct CodeField {
@@ -200,18 +204,38 @@ CodeField code_field(int bits, bool panel, std::int64_t rb, std::int64_t n, std:
 }
 
 // The weight (any conv2d_int8 / conv2d_w1a1 layout) with each row's K = Cg * kh * kw codes moved
-// from (c, i, j) to (i, j, c) order; the padding as it was. A 1 x 1 kernel or one channel per group
-// keeps its order (returned as is).
+// from (c, i, j) to (i, j, c) order; the padding as it was.
 at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t Cg,
                                 std::int64_t kh, std::int64_t kw) {
   const std::int64_t taps = kh * kw;
-  if (taps == 1 || Cg == 1) return w;
   at::Tensor out = w.clone();
   const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
   auto* dst = static_cast<std::uint8_t*>(out.mutable_data_ptr());
   const std::int64_t rb = w.size(1);
+  if (panel) {  // 16 rows per panel, 4 consecutive k of a row per 32-bit lane: 16 byte moves per code pair
+    at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t p0, std::int64_t p1) {
+      for (std::int64_t p = p0; p < p1; ++p) {
+        const std::uint8_t* sp = src + p * rb * 64;
+        std::uint8_t* dp = dst + p * rb * 64;
+        for (std::int64_t tap = 0; tap < taps; ++tap) {
+          for (std::int64_t c = 0; c < Cg; ++c) {
+            const std::int64_t to = tap * Cg + c, from = c * taps + tap;
+            const std::uint8_t* f = sp + (from >> 2) * 64 + (from & 3);
+            std::uint8_t* d = dp + (to >> 2) * 64 + (to & 3);
+            for (int r = 0; r < 16; ++r) d[4 * r] = f[4 * r];
+          }
+        }
+      }
+    });
+    return out;
+  }
   at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
     for (std::int64_t n = n0; n < n1; ++n) {
+      if (bits == 8) {  // int8 rows
+        for (std::int64_t tap = 0; tap < taps; ++tap)
+          for (std::int64_t c = 0; c < Cg; ++c) dst[n * rb + tap * Cg + c] = src[n * rb + c * taps + tap];
+        continue;
+      }
       for (std::int64_t tap = 0; tap < taps; ++tap) {
         for (std::int64_t c = 0; c < Cg; ++c) {
           const CodeField from = code_field(bits, panel, rb, n, c * taps + tap), to = code_field(bits, panel, rb, n, tap * Cg + c);
@@ -224,39 +248,71 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
   return out;
 }
 
-// One image's codes xq [C, H, W] -> xc [Hp, Wp, C] with pad_code in the padding, and (ps not null)
-// the sums of each group's channels per padded pixel, ps [groups, Hp * Wp].
-template <class T>
-void channels_last_codes(const T* xq, std::int64_t C, std::int64_t H, std::int64_t W, std::int64_t ph, std::int64_t pw,
-                         T pad_code, std::int64_t groups, T* xc, std::int32_t* ps) {
-  const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, Cg = C / groups;
-  std::fill(xc, xc + Hp * Wp * C, pad_code);
-  for (std::int64_t h = 0; h < H; ++h) {
-    for (std::int64_t x = 0; x < W; ++x) {
-      T* dst = xc + ((h + ph) * Wp + x + pw) * C;
-      const T* src = xq + h * W + x;
-      for (std::int64_t ci = 0; ci < C; ++ci) dst[ci] = src[ci * H * W];
-    }
-  }
-  for (std::int64_t gi = 0; gi < (ps != nullptr ? groups : 0); ++gi) {
-    for (std::int64_t p = 0; p < Hp * Wp; ++p) {
-      const T* px = xc + p * C + gi * Cg;
-      std::int32_t s = 0;
-      for (std::int64_t ci = 0; ci < Cg; ++ci) s += px[ci];
-      ps[gi * Hp * Wp + p] = s;
-    }
-  }
-}
+// The patch rows of a conv: the image's padded code layout and its rows, in either order (above).
+struct ConvPatches {
+  bool cl;  // channels-last (i, j, c) rows, else planar (c, i, j)
+  std::int64_t C, Cg, H, W, ph, pw, Hp, Wp, kh, kw, sh, sw, dh, dw, wo;
 
-// The patch rows of one group of a channels-last image (channels_last_codes'): row l = (oh, ow)
-// gets its kh * kw * Cg codes in (i, j, c) order and returns their sum.
-struct ChannelsLastPatches {
-  const std::int8_t* xc;
-  const std::int32_t* ps;  // the group's pixel sums
-  std::int64_t C, Cg, c0, Wp, kh, kw, sh, sw, dh, dw, wo;
-  std::int32_t row(std::int64_t l, std::int8_t* dst) const {
+  ConvPatches(bool channels_last, std::int64_t C_, std::int64_t groups, std::int64_t H_, std::int64_t W_,
+              at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+              std::int64_t wo_)
+      : cl(channels_last), C(C_), Cg(C_ / groups), H(H_), W(W_), ph(padding[0]), pw(padding[1]), Hp(H_ + 2 * ph),
+        Wp(W_ + 2 * pw), kh(kernel[0]), kw(kernel[1]), sh(stride[0]), sw(stride[1]), dh(dilation[0]),
+        dw(dilation[1]), wo(wo_) {}
+
+  std::int64_t image_size() const { return Hp * Wp * C; }
+  std::int64_t sums_size() const { return cl ? (C / Cg) * Hp * Wp : 0; }
+
+  /// One image's codes xq [C, H, W] -> xc, padded with pad_code: [Hp, Wp, C] (channels-last; with ps
+  /// not null also the sums of each group's channels per padded pixel, ps [groups, Hp * Wp]) or
+  /// [C, Hp, Wp] (planar).
+  template <class T>
+  void layout(const T* xq, T pad_code, T* xc, std::int32_t* ps) const {
+    std::fill(xc, xc + Hp * Wp * C, pad_code);
+    if (!cl) {
+      for (std::int64_t ci = 0; ci < C; ++ci)
+        for (std::int64_t h = 0; h < H; ++h)
+          std::memcpy(xc + (ci * Hp + h + ph) * Wp + pw, xq + (ci * H + h) * W, static_cast<std::size_t>(W) * sizeof(T));
+      return;
+    }
+    for (std::int64_t h = 0; h < H; ++h) {
+      for (std::int64_t x = 0; x < W; ++x) {
+        T* dst = xc + ((h + ph) * Wp + x + pw) * C;
+        const T* src = xq + h * W + x;
+        for (std::int64_t ci = 0; ci < C; ++ci) dst[ci] = src[ci * H * W];
+      }
+    }
+    if (ps == nullptr) return;
+    for (std::int64_t gi = 0; gi < C / Cg; ++gi) {
+      for (std::int64_t p = 0; p < Hp * Wp; ++p) {
+        const T* px = xc + p * C + gi * Cg;
+        std::int32_t s = 0;
+        for (std::int64_t ci = 0; ci < Cg; ++ci) s += px[ci];
+        ps[gi * Hp * Wp + p] = s;
+      }
+    }
+  }
+
+  /// Patch row l = (oh, ow) of group gi from an image's layout (and its pixel sums, channels-last):
+  /// its Cg * kh * kw codes into dst; returns their sum.
+  std::int32_t row(const std::int8_t* xc, const std::int32_t* ps, std::int64_t gi, std::int64_t l,
+                   std::int8_t* dst) const {
     const std::int64_t oh = l / wo, ow = l % wo;
     std::int32_t s = 0;
+    if (!cl) {
+      for (std::int64_t ci = gi * Cg; ci < (gi + 1) * Cg; ++ci) {
+        for (std::int64_t i = 0; i < kh; ++i) {
+          const std::int8_t* src = xc + (ci * Hp + oh * sh + i * dh) * Wp + ow * sw;
+          for (std::int64_t j = 0; j < kw; ++j) {
+            const std::int8_t v = src[j * dw];
+            *dst++ = v;
+            s += v;
+          }
+        }
+      }
+      return s;
+    }
+    ps += gi * Hp * Wp;  // the group's pixel sums
     const bool runs = dw == 1 && Cg == C;  // the kw pixels of a kernel row: one run of kw * C codes
     for (std::int64_t i = 0; i < kh; ++i) {
       const std::int64_t p = (oh * sh + i * dh) * Wp + ow * sw;  // the padded pixel of tap (i, 0)
@@ -267,7 +323,7 @@ struct ChannelsLastPatches {
         continue;
       }
       for (std::int64_t j = 0; j < kw; ++j) {
-        std::memcpy(dst, xc + (p + j * dw) * C + c0, static_cast<std::size_t>(Cg));
+        std::memcpy(dst, xc + (p + j * dw) * C + gi * Cg, static_cast<std::size_t>(Cg));
         dst += Cg;
         s += ps[p + j * dw];
       }
@@ -275,6 +331,14 @@ struct ChannelsLastPatches {
     return s;
   }
 };
+
+// Whether a conv's patch rows run channels-last (ConvPatches): always where both orders are one.
+inline bool conv_channels_last(std::int64_t B, std::int64_t L, std::int64_t N, std::int64_t Cg, std::int64_t taps) {
+  return taps == 1 || Cg == 1 || B * L >= 2 * N;
+}
+
+// Convs with fewer output positions per image than this run several images' patch rows as one GEMM.
+constexpr std::int64_t kConvBatchRows = 256;
 
 // One image per task: its codes (int8, quantized once, laid out channels-last with the padding), then
 // per group its patches [L, K_row] in the GEMM's row layout (the channels-last im2col above on the
@@ -387,64 +451,126 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     }
     return y;
   }
-  // the weight rows in the patch rows' (i, j, c) order (channels_last_weight)
-  const at::Tensor wl = channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw);
-  const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+  // the patch rows' order, and the weight rows in it
+  const ConvPatches cp(conv_channels_last(B, L, N, Cg, kh * kw), C, groups, H, W, kernel_size, stride, padding,
+                       dilation, wo);
+  const at::Tensor wl = cp.cl && kh * kw > 1 && Cg > 1
+                            ? channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw)
+                            : w;
+  // Group gi's GEMM of M patch rows (a, their sums a_sum) into yo (rows y_rs apart, columns y_cs
+  // apart), its output columns [c0, c1) of the group's Ng.
+  const auto gemm = [&](const std::int8_t* a, const std::int32_t* a_sum, std::int64_t M, std::int64_t gi, float* yo,
+                        std::int64_t y_rs, std::int64_t y_cs, std::int64_t c0, std::int64_t c1) {
+    const std::int64_t n0 = gi * Ng;  // the group's output channels [n0, n0 + Ng)
+    const float* bp = b.defined() ? b.data_ptr<float>() + n0 : nullptr;
+    if (weight_bits == 8) {
+      kernels::QGemmArgs g;
+      g.a = a;
+      g.w = panel ? static_cast<const std::int8_t*>(wl.const_data_ptr())
+                  : static_cast<const std::int8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
+      g.a_sum = a_sum;
+      g.panel = panel;
+      g.corr = c.data_ptr<std::int32_t>() + n0;
+      g.out_scale = os.data_ptr<float>() + n0;
+      g.bias = bp;
+      g.y = yo;
+      g.M = M;
+      g.N = Ng;
+      g.K = panel ? K : K_row;  // the weight's (zero-padded) row length; a panel's true K
+      g.y_rs = y_rs;
+      g.y_cs = y_cs;
+      k.gemm_s8(g, c0, c1);
+    } else {
+      kernels::QGemmPackedArgs g;
+      g.a = a;
+      g.a_sum = a_sum;
+      g.w = static_cast<const std::uint8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
+      g.corr = c.data_ptr<std::int32_t>() + n0;
+      g.out_scale = os.data_ptr<float>() + n0;
+      g.bias = bp;
+      g.y = yo;
+      g.M = M;
+      g.N = Ng;
+      g.K_pad = K_row;
+      g.y_rs = y_rs;
+      g.y_cs = y_cs;
+      (weight_bits == 2 ? k.gemm_t2 : k.gemm_b1)(g, c0, c1);
+    }
+  };
+  if (L < kConvBatchRows) {
+    // Few positions per image: the patch rows of several images form one GEMM, so each weight block
+    // is read once for all of them (one image of a 4 x 4 map would stream the whole weight for 16
+    // rows); the GEMM runs in tiles of 64 output columns x row ranges, into [rows, Ng], and each
+    // image's slice is transposed into the NCHW output.
+    const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L), HWC = cp.image_size(),
+                       PS = cp.sums_size();
+    std::vector<std::int8_t> xcs(static_cast<std::size_t>(chunk * HWC));
+    std::vector<std::int32_t> pss(static_cast<std::size_t>(chunk * PS)), a_sum(static_cast<std::size_t>(chunk * L));
+    std::vector<std::int8_t> cols(static_cast<std::size_t>(chunk * L * K_row), 0);  // positions K..K_row stay 0
+    std::vector<float> yt(static_cast<std::size_t>(chunk * L * Ng));
+    const std::int64_t threads = at::get_num_threads(), nt = (Ng + 63) / 64;
+    for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
+      const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
+      at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+        std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W));
+        for (std::int64_t i = i0; i < i1; ++i) {
+          k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
+          cp.layout(xq.data(), pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
+        }
+      });
+      for (std::int64_t gi = 0; gi < groups; ++gi) {
+        at::parallel_for(0, Mc, 64, [&](std::int64_t r0, std::int64_t r1) {
+          for (std::int64_t r = r0; r < r1; ++r) {
+            const std::int64_t i = r / L;
+            a_sum[static_cast<std::size_t>(r)] =
+                cp.row(xcs.data() + i * HWC, pss.data() + i * PS, gi, r % L, cols.data() + r * K_row);
+          }
+        });
+        // row ranges: enough tiles for two per thread; consecutive tasks share their columns
+        const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
+        const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
+        at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
+          for (std::int64_t t = t0; t < t1; ++t) {
+            const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
+            if (r0 >= Mc) continue;
+            gemm(cols.data() + r0 * K_row, a_sum.data() + r0, std::min(mt, Mc - r0), gi, yt.data() + r0 * Ng, Ng, 1, c0,
+                 std::min(Ng, c0 + 64));
+          }
+        });
+        at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+          for (std::int64_t i = i0; i < i1; ++i) {
+            float* yb = y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L;
+            const float* t = yt.data() + i * L * Ng;
+            for (std::int64_t n = 0; n < Ng; ++n)
+              for (std::int64_t l = 0; l < L; ++l) yb[n * L + l] = t[l * Ng + n];
+          }
+        });
+      }
+    }
+    return y;
+  }
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W)), xc(static_cast<std::size_t>(Hp * Wp * C));
-    std::vector<std::int32_t> ps(static_cast<std::size_t>(groups * Hp * Wp));
+    std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W)), xc(static_cast<std::size_t>(cp.image_size()));
+    std::vector<std::int32_t> ps(static_cast<std::size_t>(cp.sums_size()));
     std::vector<std::int8_t> cols(static_cast<std::size_t>(L * K_row), 0);  // positions K..K_row stay 0
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(L));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
-      channels_last_codes(xq.data(), C, H, W, ph, pw, pad_code, groups, xc.data(), ps.data());
+      cp.layout(xq.data(), pad_code, xc.data(), ps.data());
       for (std::int64_t gi = 0; gi < groups; ++gi) {
-        const ChannelsLastPatches pt{xc.data(), ps.data() + gi * Hp * Wp, C, Cg, gi * Cg, Wp, kh, kw, sh, sw, dh, dw, wo};
         const auto rows = [&](std::int64_t l0, std::int64_t l1) {
-          for (std::int64_t l = l0; l < l1; ++l) a_sum[static_cast<std::size_t>(l)] = pt.row(l, cols.data() + l * K_row);
+          for (std::int64_t l = l0; l < l1; ++l)
+            a_sum[static_cast<std::size_t>(l)] = cp.row(xc.data(), ps.data(), gi, l, cols.data() + l * K_row);
         };
         if (per_image) {
           rows(0, L);
         } else {  // one image at a time: its patch rows in parallel too
           at::parallel_for(0, L, 64, rows);
         }
-        const std::int64_t n0 = gi * Ng;  // the group's output channels [n0, n0 + Ng)
-        float* yb = y.data_ptr<float>() + (bi * N + n0) * L;
-        const float* bp = b.defined() ? b.data_ptr<float>() + n0 : nullptr;
-        if (weight_bits == 8) {
-          kernels::QGemmArgs g;
-          g.a = cols.data();
-          g.w = panel ? static_cast<const std::int8_t*>(wl.const_data_ptr())
-                      : static_cast<const std::int8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
-          g.a_sum = a_sum.data();
-          g.panel = panel;
-          g.corr = c.data_ptr<std::int32_t>() + n0;
-          g.out_scale = os.data_ptr<float>() + n0;
-          g.bias = bp;
-          g.y = yb;
-          g.M = L;
-          g.N = Ng;
-          g.K = panel ? K : K_row;  // the weight's (zero-padded) row length; a panel's true K
-          g.y_rs = 1;
-          g.y_cs = L;
-          gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) { k.gemm_s8(g, c0, c1); });
-        } else {
-          kernels::QGemmPackedArgs g;
-          g.a = cols.data();
-          g.a_sum = a_sum.data();
-          g.w = static_cast<const std::uint8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
-          g.corr = c.data_ptr<std::int32_t>() + n0;
-          g.out_scale = os.data_ptr<float>() + n0;
-          g.bias = bp;
-          g.y = yb;
-          g.M = L;
-          g.N = Ng;
-          g.K_pad = K_row;
-          g.y_rs = 1;
-          g.y_cs = L;
-          const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
-          gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) { gemm(g, c0, c1); });
-        }
+        float* yb = y.data_ptr<float>() + (bi * N + gi * Ng) * L;
+        gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) {
+          gemm(cols.data(), a_sum.data(), L, gi, yb, 1, L, c0, c1);
+        });
       }
     }
   };
@@ -557,19 +683,21 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   const at::Tensor codes = codes_t.contiguous(), alpha = alpha_t.contiguous();
   const std::int8_t* cp = codes.data_ptr<std::int8_t>();
   const float* ap = alpha.data_ptr<float>();
-  const std::int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1], dh = dilation[0],
-                     dw = dilation[1];
+  const std::int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool per_image = B >= at::get_num_threads();
-  // the patch rows channels-last (as conv2d_int8's): the weight bits in (i, j, c) order
-  const at::Tensor wl = channels_last_weight(w, 1, false, N, C, kh, kw);
-  const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
-  const bool byte_runs = C % 8 == 0;  // each pixel's C sign / zero bits are whole bytes: rows of byte copies
+  // the patch rows' order (as conv2d_int8's), and the weight bits in it
+  const ConvPatches cpt(conv_channels_last(B, L, N, C, kh * kw), C, 1, H, W, kernel_size, stride, padding, dilation,
+                        wo);
+  const at::Tensor wl = cpt.cl && kh * kw > 1 && C > 1 ? channels_last_weight(w, 1, false, N, C, kh, kw) : w;
+  const std::int64_t Hp = cpt.Hp, Wp = cpt.Wp;
+  // channels-last with each pixel's C sign / zero bits whole bytes: rows of byte copies
+  const bool byte_runs = cpt.cl && C % 8 == 0;
   const std::int64_t CB = C / 8;
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
     std::vector<std::int8_t> xc(static_cast<std::size_t>(Hp * Wp * C)),
         patch(static_cast<std::size_t>(byte_runs ? 0 : K));
-    std::vector<std::int32_t> ps(static_cast<std::size_t>(byte_runs ? 0 : Hp * Wp));
+    std::vector<std::int32_t> ps(static_cast<std::size_t>(byte_runs ? 0 : cpt.sums_size()));
     std::vector<std::uint8_t> sb(static_cast<std::size_t>(byte_runs ? Hp * Wp * CB : 0));
     std::vector<std::uint8_t> zb(sb.size());
     std::vector<std::int32_t> pz(static_cast<std::size_t>(byte_runs ? Hp * Wp : 0));
@@ -579,7 +707,7 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
       if (byte_runs) {
         // the codes channels-last (code 0 in the padding), then each padded pixel's sign bits and
         // zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word
-        channels_last_codes(xq, C, H, W, ph, pw, std::int8_t{0}, 1, xc.data(), nullptr);
+        cpt.layout(xq, std::int8_t{0}, xc.data(), nullptr);
         for (std::int64_t p = 0; p < Hp * Wp; ++p) {
           std::int32_t zeros = 0;
           for (std::int64_t cb = 0; cb < CB; ++cb) {
@@ -596,15 +724,14 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
           pz[static_cast<std::size_t>(p)] = zeros;
         }
       } else {
-        channels_last_codes(xq, C, H, W, ph, pw, std::int8_t{0}, 1, xc.data(), ps.data());
+        cpt.layout(xq, std::int8_t{0}, xc.data(), ps.data());
       }
-      const ChannelsLastPatches pt{xc.data(), ps.data(), C, C, 0, Wp, kh, kw, sh, sw, dh, dw, wo};
       const auto rows = [&](std::int64_t l0, std::int64_t l1) {
         std::vector<std::int8_t> own(static_cast<std::size_t>(byte_runs || per_image ? 0 : K));  // a thread's patch
         std::int8_t* pat = per_image ? patch.data() : own.data();
         for (std::int64_t l = l0; l < l1; ++l) {
           if (!byte_runs) {
-            pt.row(l, pat);
+            cpt.row(xc.data(), ps.data(), 0, l, pat);
             r.set(l, KB, K, ap[bi], [&](std::int64_t k) { return pat[static_cast<std::size_t>(k)]; });
             continue;
           }

@@ -450,6 +450,77 @@ def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom)
         ops.conv2d_int8(x, packed, bits, k, (2, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, 5)
 
 
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("B,C,HW,N,groups", [
+    (2, 3, 17, 20, 1),  # 289 positions per image: one GEMM per image, the images in parallel
+    (1, 3, 17, 20, 1),  # one image of 289 positions: its rows and columns in parallel
+    (5, 8, 6, 20, 1),   # 36 positions: the patch rows of several images in one GEMM, channels-last
+    (1, 8, 3, 40, 1),   # 9 patch rows against 40 outputs: planar (c, i, j) rows, the weight as it is
+    (1, 8, 3, 40, 2),   # the same per group
+    (3, 8, 5, 24, 2),   # channels-last per group, several images per GEMM
+])
+def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, groups):
+    """Each way conv2d_int8 builds its patch rows (channels-last against the reordered weight, or
+    planar; one GEMM per image, or several images' rows in one GEMM transposed into NCHW) equals
+    linear_int8 over F.unfold's patches, group by group, on every ISA; the panel layout too."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(B, C, HW, HW, generator=g) * 2
+    cg, ng = C // groups, N // groups
+    K = cg * 9
+    if bits == 8:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        layouts = [F.pad(w, (0, -K % 32)).contiguous()] + ([ops.pack_int8_panel(w)] if groups == 1 else [])
+    elif bits == 2:
+        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+        layouts = [ops.pack_ternary_t2(w)]
+    else:
+        w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+        layouts = [ops.pack_binary_b1(w)]
+    s, zp, qmin, qmax = 0.04, 9, 0, 255
+    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+    scale, fb = torch.rand(N, generator=g) * 1e-2, torch.randn(N, generator=g)
+    want = torch.cat([
+        ops.linear_int8(F.unfold(x[:, i * cg:(i + 1) * cg], (3, 3), padding=(1, 1)).transpose(1, 2),
+                        w[i * ng:(i + 1) * ng], corr[i * ng:(i + 1) * ng], scale[i * ng:(i + 1) * ng], s, zp, qmin, qmax,
+                        fb[i * ng:(i + 1) * ng]).transpose(1, 2) for i in range(groups)], 1)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            for packed in layouts:
+                got = ops.conv2d_int8(x, packed, bits, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax,
+                                      fb, groups)
+                assert got.shape == (B, N, HW, HW) and torch.equal(got.reshape(B, N, -1), want), (isa, packed.shape)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("B,C,HW,N", [(1, 16, 3, 40), (2, 16, 17, 8), (5, 8, 6, 20), (1, 5, 3, 40)])
+def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N):
+    """conv2d_w1a1's patch rows planar (9 rows against 40 outputs), channels-last as byte copies
+    (C a multiple of 8; one GEMM per image of 289 positions, or several images) or code by code
+    (C = 5 ... planar here), against the float64 conv of the codes, on every ISA."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(29)
+    x = torch.randn(B, C, HW, HW, generator=g)
+    w = (torch.randint(0, 2, (N, C, 3, 3), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    q, alpha = ops.binary_codes(x, "bitnet", 0)
+    acc = F.conv2d(q.double(), w.double(), None, 1, 1).float()
+    want = acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1)) + fb.reshape(1, -1, 1, 1)
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            assert torch.equal(ops.conv2d_w1a1(x, packed, (3, 3), (1, 1), (1, 1), (1, 1), ws, fb), want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 def test_conv2d_int8_opcheck_and_errors():
     x = torch.randn(2, 3, 6, 6)
     w = torch.randint(-127, 128, (4, 27), dtype=torch.int8)
