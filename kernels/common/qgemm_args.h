@@ -125,6 +125,8 @@ struct QGemmXnorArgs {
 /// codes alike), and output n = c * Ng + r of input channel c:
 ///   acc[n, oh, ow] = sum_{i, j} x[c, oh * sh + i * dh, ow * sw + j * dw] * w[n, i * kw + j]   (int32, exact)
 ///   y = fp32(acc + corr[n]) * out_scale[n] (+ bias[n])   (QGemmArgs' requantization, the same bits)
+/// Channels-last (dwconv_nhwc, one output channel per input channel, N = C): x [Hp, Wp, C], w
+/// [kh * kw, C], y [Ho, Wo, C]; the same sums and requantization.
 struct QDwConvArgs {
   const std::int16_t* x = nullptr;  ///< [C, Hp, Wp], then (kw - 1) * dw codes of slack (any values)
   const std::int16_t* w = nullptr;  ///< [N, kh * kw]
@@ -133,6 +135,7 @@ struct QDwConvArgs {
   const float* bias = nullptr;
   float* y = nullptr;               ///< [N, Ho, Wo]
   std::int64_t Hp = 0, Wp = 0, Ng = 1, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, Ho = 0, Wo = 0;
+  std::int64_t C = 0;  ///< the channels (dwconv_nhwc)
 };
 
 /// Weight-only 4-bit (float activations): the W4 layout of QGemmW4Args (c = q + 8), each weight

@@ -189,6 +189,23 @@ void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
 // planar; 1 x 1 kernels and one channel per group have one order. An integer sum does not depend on
 // its order, so both give the same bits (docs/integer.md, "Convolutions").
 
+// dst[c * dst_rs + r] = src[r * src_rs + c] for r < rows, c < cols, in 16 x 16 tiles (both sides in
+// L1 while a tile moves): the int8 channels-last layout (the kernels table has the float one and the
+// int8 -> int16 one in vectors).
+template <class T>
+void transpose_tiled(const T* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, T* dst,
+                     std::int64_t dst_rs) {
+  constexpr std::int64_t kT = 16;
+  for (std::int64_t r0 = 0; r0 < rows; r0 += kT) {
+    const std::int64_t r1 = std::min(rows, r0 + kT);
+    for (std::int64_t c0 = 0; c0 < cols; c0 += kT) {
+      const std::int64_t c1 = std::min(cols, c0 + kT);
+      for (std::int64_t c = c0; c < c1; ++c)
+        for (std::int64_t r = r0; r < r1; ++r) dst[c * dst_rs + r] = src[r * src_rs + c];
+    }
+  }
+}
+
 // The byte, shift and mask of weight row n's code t in conv2d_int8's layouts.
 struct CodeField {
   std::int64_t byte;
@@ -275,13 +292,7 @@ struct ConvPatches {
           std::memcpy(xc + (ci * Hp + h + ph) * Wp + pw, xq + (ci * H + h) * W, static_cast<std::size_t>(W) * sizeof(T));
       return;
     }
-    for (std::int64_t h = 0; h < H; ++h) {
-      for (std::int64_t x = 0; x < W; ++x) {
-        T* dst = xc + ((h + ph) * Wp + x + pw) * C;
-        const T* src = xq + h * W + x;
-        for (std::int64_t ci = 0; ci < C; ++ci) dst[ci] = src[ci * H * W];
-      }
-    }
+    for (std::int64_t h = 0; h < H; ++h) transpose_tiled(xq + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
     if (ps == nullptr) return;
     for (std::int64_t gi = 0; gi < C / Cg; ++gi) {
       for (std::int64_t p = 0; p < Hp * Wp; ++p) {
@@ -411,6 +422,48 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     g.dw = dw;
     g.Ho = ho;
     g.Wo = wo;
+    if (N == C) {
+      // one output channel per input channel: channels-last (dwconv_nhwc), vectorized over the
+      // channels whatever the map's size or stride; each image's [Ho, Wo, N] output is transposed
+      // into NCHW
+      std::vector<std::int16_t> wt(static_cast<std::size_t>(taps * N));  // [taps, N]
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t t = 0; t < taps; ++t) wt[static_cast<std::size_t>(t * N + n)] = wd[static_cast<std::size_t>(n * taps + t)];
+      kernels::QDwConvArgs gn = g;
+      gn.w = wt.data();
+      gn.C = C;
+      const auto image = [&](std::int64_t bi, std::vector<std::int8_t>& xq, std::vector<std::int16_t>& xc,
+                             std::vector<float>& yt, bool rows_in_parallel) {
+        k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+        std::fill(xc.begin(), xc.end(), static_cast<std::int16_t>(pad_code));
+        for (std::int64_t h = 0; h < H; ++h)  // image row h: [C, W] -> [W, C] into its padded pixels
+          k.transpose_s8_s16(xq.data() + h * W, C, W, H * W, xc.data() + ((h + ph) * Wp + pw) * C, C);
+        kernels::QDwConvArgs gi = gn;
+        gi.x = xc.data();
+        gi.y = yt.data();
+        if (rows_in_parallel) {
+          at::parallel_for(0, ho, 1, [&](std::int64_t r0, std::int64_t r1) { k.dwconv_nhwc(gi, r0, r1); });
+        } else {
+          k.dwconv_nhwc(gi, 0, ho);
+        }
+        k.transpose_f32(yt.data(), L, N, N, y.data_ptr<float>() + bi * N * L, L);  // [L, N] -> [N, L]
+      };
+      const auto buffers = [&] {
+        return std::make_tuple(std::vector<std::int8_t>(static_cast<std::size_t>(C * H * W)),
+                               std::vector<std::int16_t>(static_cast<std::size_t>(Hp * Wp * C)),
+                               std::vector<float>(static_cast<std::size_t>(L * N)));
+      };
+      if (per_image) {
+        at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+          auto [xq, xc, yt] = buffers();
+          for (std::int64_t bi = b0; bi < b1; ++bi) image(bi, xq, xc, yt, false);
+        });
+      } else {
+        auto [xq, xc, yt] = buffers();
+        for (std::int64_t bi = 0; bi < B; ++bi) image(bi, xq, xc, yt, true);
+      }
+      return y;
+    }
     // one image's codes, zero-point padded into [C, Hp, Wp] (int16)
     const auto pad_codes = [&](std::int64_t bi, std::vector<std::int8_t>& xq, std::vector<std::int16_t>& xpad) {
       k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
@@ -538,12 +591,8 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
           }
         });
         at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
-          for (std::int64_t i = i0; i < i1; ++i) {
-            float* yb = y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L;
-            const float* t = yt.data() + i * L * Ng;
-            for (std::int64_t n = 0; n < Ng; ++n)
-              for (std::int64_t l = 0; l < L; ++l) yb[n * L + l] = t[l * Ng + n];
-          }
+          for (std::int64_t i = i0; i < i1; ++i)  // [L, Ng] -> the group's [Ng, L] of image b0 + i
+            k.transpose_f32(yt.data() + i * L * Ng, L, Ng, Ng, y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L, L);
         });
       }
     }

@@ -775,12 +775,133 @@ void dequant_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end
   for (std::int64_t n = n_begin; n < n_end; ++n) dequant_w4_row(g, n, w + (n - n_begin) * g.K, rowbuf.data());
 }
 
+// Channels-last depthwise conv (QDwConvArgs' nhwc form), 16 channels per step: the taps in pairs,
+// vpmaddwd of the two taps' codes interleaved (per 128-bit lane) with their weights interleaved
+// the same way once per call, so each pair adds x[t] * w[t] + x[t + 1] * w[t + 1] into int32 lanes
+// (exact: |x| <= 128, |w| <= 127); the two accumulators' lanes (channels 0-3 / 8-11 and 4-7 /
+// 12-15) are put back in order by one 128-bit permute each, then requantize's operations on 8
+// lanes. Channels past the last 16 run loops.h's loop.
+void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end) {
+  const std::int64_t C = g.C, taps = g.kh * g.kw, pairs = (taps + 1) / 2, blocks = C / 16;
+  std::vector<std::int64_t> off(static_cast<std::size_t>(pairs * 2));
+  for (std::int64_t t = 0; t < pairs * 2; ++t)  // an odd last tap pairs with tap 0 and a zero weight
+    off[static_cast<std::size_t>(t)] = t < taps ? ((t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw) * C : 0;
+  std::vector<std::int16_t> wi(static_cast<std::size_t>(pairs * blocks * 32));  // [pair][block][2][16]
+  for (std::int64_t p = 0; p < pairs; ++p) {
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.w + 2 * p * C + b * 16));
+      const __m256i w1 = 2 * p + 1 < taps ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.w + (2 * p + 1) * C + b * 16))
+                                          : _mm256_setzero_si256();
+      std::int16_t* d = wi.data() + (p * blocks + b) * 32;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(w0, w1));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpackhi_epi16(w0, w1));
+    }
+  }
+  for (std::int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
+      const std::int16_t* xp = g.x + ((oh * g.sh) * g.Wp + ow * g.sw) * C;  // tap (0, 0)
+      float* y = g.y + (oh * g.Wo + ow) * C;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+        const std::int16_t* w = wi.data() + b * 32;
+        for (std::int64_t p = 0; p < pairs; ++p, w += blocks * 32) {
+          const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + off[static_cast<std::size_t>(2 * p)] + b * 16));
+          const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + off[static_cast<std::size_t>(2 * p + 1)] + b * 16));
+          const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+          const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16));
+          lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl));
+          hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh));
+        }
+        const __m256i s[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
+        for (int h = 0; h < 2; ++h) {
+          const std::int64_t c = b * 16 + 8 * h;
+          const __m256i acc = _mm256_add_epi32(s[h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.corr + c)));
+          __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(g.out_scale + c));
+          if (g.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(g.bias + c));
+          _mm256_storeu_ps(y + c, v);
+        }
+      }
+      if (blocks * 16 < C) {  // the last channels
+        for (std::int64_t c = blocks * 16; c < C; ++c) {
+          std::int32_t a = 0;
+          for (std::int64_t t = 0; t < taps; ++t) a += static_cast<std::int32_t>(xp[off[static_cast<std::size_t>(t)] + c]) * g.w[t * C + c];
+          y[c] = detail::requantize(static_cast<std::uint32_t>(a) + static_cast<std::uint32_t>(g.corr[c]), g, c);
+        }
+      }
+    }
+  }
+}
+
+// 8 x 8 blocks transposed in registers (floats: unpack, shuffle, 128-bit permute; int8 codes: widened
+// to int16 by pmovsxbw, then unpacks of 16 / 32 / 64 bits); the edges by the tiled loop.
+void transpose_f32(const float* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, float* dst,
+                   std::int64_t dst_rs) {
+  const std::int64_t R = rows / 8 * 8, Cc = cols / 8 * 8;
+  for (std::int64_t r0 = 0; r0 < R; r0 += 8) {
+    for (std::int64_t c0 = 0; c0 < Cc; c0 += 8) {
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r0 + i) * src_rs + c0);
+      __m256 t[8];
+      for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+      }
+      __m256 u[8];
+      for (int i = 0; i < 2; ++i) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + (c0 + i) * dst_rs + r0, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+        _mm256_storeu_ps(dst + (c0 + 4 + i) * dst_rs + r0, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+      }
+    }
+  }
+  if (Cc < cols) detail::transpose_tiled(src + Cc, R, cols - Cc, src_rs, dst + Cc * dst_rs, dst_rs);
+  if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
+}
+
+void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,
+                      std::int16_t* dst, std::int64_t dst_rs) {
+  const std::int64_t R = rows / 8 * 8, Cc = cols / 8 * 8;
+  for (std::int64_t r0 = 0; r0 < R; r0 += 8) {
+    for (std::int64_t c0 = 0; c0 < Cc; c0 += 8) {
+      __m128i v[8];
+      for (int i = 0; i < 8; ++i) {
+        std::int64_t b;
+        std::memcpy(&b, src + (r0 + i) * src_rs + c0, 8);
+        v[i] = _mm_cvtepi8_epi16(_mm_cvtsi64_si128(b));
+      }
+      __m128i a[8], c[8];
+      for (int i = 0; i < 4; ++i) {
+        a[2 * i] = _mm_unpacklo_epi16(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm_unpackhi_epi16(v[2 * i], v[2 * i + 1]);
+      }
+      for (int i = 0; i < 2; ++i) {
+        c[4 * i] = _mm_unpacklo_epi32(a[4 * i], a[4 * i + 2]);
+        c[4 * i + 1] = _mm_unpackhi_epi32(a[4 * i], a[4 * i + 2]);
+        c[4 * i + 2] = _mm_unpacklo_epi32(a[4 * i + 1], a[4 * i + 3]);
+        c[4 * i + 3] = _mm_unpackhi_epi32(a[4 * i + 1], a[4 * i + 3]);
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (c0 + 2 * i) * dst_rs + r0), _mm_unpacklo_epi64(c[i], c[4 + i]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (c0 + 2 * i + 1) * dst_rs + r0), _mm_unpackhi_epi64(c[i], c[4 + i]));
+      }
+    }
+  }
+  if (Cc < cols) detail::transpose_tiled(src + Cc, R, cols - Cc, src_rs, dst + Cc * dst_rs, dst_rs);
+  if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
+}
+
 }  // namespace
 
 const QGemmKernels* qgemm_avx2() {
-  // dwconv: loops.h's loop, vectorized by the compiler here (AVX2)
+  // dwconv: loops.h's loop, vectorized by the compiler here (AVX2); dwconv_nhwc above
   static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
-                              &detail::dwconv_channels, &dequant_w4f};
+                              &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
+                              &transpose_s8_s16, &dequant_w4f};
   return &k;
 }
 

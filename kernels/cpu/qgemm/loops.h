@@ -248,6 +248,77 @@ inline void dwconv_channels(const QDwConvArgs& g, std::int64_t n_begin, std::int
   }
 }
 
+/// Output rows [oh_begin, oh_end) of a depthwise conv with one output channel per input channel,
+/// channels-last (QDwConvArgs' nhwc form): per output pixel and block of 16 channels, the taps'
+/// products of the pixel's codes and the weights go into 16 int32 accumulators (a loop over the
+/// block the compiler vectorizes in the AVX2 file, kept in registers across the taps), then the
+/// requantization. Vectorized over channels, so small maps and strides cost what large ones do per
+/// output. The same exact sums as dwconv_channels: the same bits.
+inline void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end) {
+  const std::int64_t C = g.C, taps = g.kh * g.kw;
+  for (std::int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
+      const std::int16_t* xp = g.x + ((oh * g.sh) * g.Wp + ow * g.sw) * C;  // tap (0, 0)
+      float* y = g.y + (oh * g.Wo + ow) * C;
+      std::int64_t c0 = 0;
+      const auto finish = [&](const std::int32_t* a, std::int64_t c, std::int64_t len) {
+        for (std::int64_t e = 0; e < len; ++e) {
+          const float v =
+              static_cast<float>(static_cast<std::int32_t>(static_cast<std::uint32_t>(a[e]) +
+                                                           static_cast<std::uint32_t>(g.corr[c + e]))) *
+              g.out_scale[c + e];
+          y[c + e] = g.bias ? v + g.bias[c + e] : v;
+        }
+      };
+      for (; c0 + 16 <= C; c0 += 16) {
+        std::int32_t a[16] = {};
+        for (std::int64_t t = 0; t < taps; ++t) {
+          const std::int16_t* xr = xp + ((t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw) * C + c0;
+          const std::int16_t* wr = g.w + t * C + c0;
+          for (int e = 0; e < 16; ++e) a[e] += static_cast<std::int32_t>(xr[e]) * static_cast<std::int32_t>(wr[e]);
+        }
+        finish(a, c0, 16);
+      }
+      if (c0 < C) {
+        std::int32_t a[16] = {};
+        for (std::int64_t t = 0; t < taps; ++t) {
+          const std::int16_t* xr = xp + ((t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw) * C + c0;
+          const std::int16_t* wr = g.w + t * C + c0;
+          for (std::int64_t e = 0; e < C - c0; ++e)
+            a[e] += static_cast<std::int32_t>(xr[e]) * static_cast<std::int32_t>(wr[e]);
+        }
+        finish(a, c0, C - c0);
+      }
+    }
+  }
+}
+
+/// dst[c * dst_rs + r] = D(src[r * src_rs + c]) for r < rows, c < cols, in 16 x 16 tiles (both sides
+/// in L1 while a tile moves). The baseline's transposes, and the vector ones' edges.
+template <class S, class D>
+inline void transpose_tiled(const S* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, D* dst,
+                            std::int64_t dst_rs) {
+  constexpr std::int64_t T = 16;
+  for (std::int64_t r0 = 0; r0 < rows; r0 += T) {
+    const std::int64_t r1 = std::min(rows, r0 + T);
+    for (std::int64_t c0 = 0; c0 < cols; c0 += T) {
+      const std::int64_t c1 = std::min(cols, c0 + T);
+      for (std::int64_t c = c0; c < c1; ++c)
+        for (std::int64_t r = r0; r < r1; ++r) dst[c * dst_rs + r] = static_cast<D>(src[r * src_rs + c]);
+    }
+  }
+}
+
+inline void transpose_f32_tiled(const float* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, float* dst,
+                                std::int64_t dst_rs) {
+  transpose_tiled(src, rows, cols, src_rs, dst, dst_rs);
+}
+
+inline void transpose_s8_s16_tiled(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,
+                                   std::int16_t* dst, std::int64_t dst_rs) {
+  transpose_tiled(src, rows, cols, src_rs, dst, dst_rs);
+}
+
 /// One dequantized weight of a weight-only W4 row (QGemmW4FArgs): (float(q) - z) * s.
 /// Rows [n_begin, n_end) of a weight-only W4 weight dequantized into w (row n at w + (n - n_begin) * K;
 /// w4_weight's bits).

@@ -29,6 +29,15 @@ struct QGemmKernels {
   void (*gemm_w4f)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end);
   /// The depthwise conv of one image, output channels [n_begin, n_end).
   void (*dwconv)(const QDwConvArgs& args, std::int64_t n_begin, std::int64_t n_end);
+  /// The channels-last depthwise conv of one image (one output channel per input channel), output
+  /// rows [oh_begin, oh_end).
+  void (*dwconv_nhwc)(const QDwConvArgs& args, std::int64_t oh_begin, std::int64_t oh_end);
+  /// dst[c * dst_rs + r] = src[r * src_rs + c] for r < rows, c < cols (convs' [L, N] outputs into NCHW).
+  void (*transpose_f32)(const float* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, float* dst,
+                        std::int64_t dst_rs);
+  /// The same for int8 codes widened to int16 (an image's [C, W] rows into channels-last pixels).
+  void (*transpose_s8_s16)(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,
+                           std::int16_t* dst, std::int64_t dst_rs);
   /// Rows [n_begin, n_end) of a weight-only 4-bit weight dequantized into w (float32, row n at
   /// w + (n - n_begin) * K; gemm_w4f's weight bits), for the many-row path (a float GEMM on them).
   void (*dequant_w4f)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end, float* w);

@@ -521,6 +521,55 @@ def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("B,C", [(3, 40), (1, 40), (2, 16), (1, 7)])
+@pytest.mark.parametrize("geom", [dict(s=(1, 1), p=(1, 1), d=(1, 1)), dict(s=(2, 2), p=(1, 1), d=(1, 1)),
+                                  dict(s=(2, 1), p=(2, 0), d=(1, 2))])
+def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C, geom):
+    """Depthwise convs with one output per input channel run channels-last (16 channels per step,
+    taps in pairs; the last C % 16 channels apart; the [Ho, Wo, C] output transposed into NCHW in
+    8 x 8 blocks and edges): each channel equals linear_int8 over its unfolded patches, on every ISA,
+    with strides, dilations, asymmetric padding and maps whose sizes are not multiples of 8."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(31)
+    H, W, k = 9, 11, (3, 3)
+    x = torch.randn(B, C, H, W, generator=g) * 2
+    if bits == 8:
+        w = torch.randint(-127, 128, (C, 9), dtype=torch.int8, generator=g)
+        packed = F.pad(w, (0, 23)).contiguous()
+    elif bits == 2:
+        w = torch.randint(-1, 2, (C, 9), dtype=torch.int8, generator=g)
+        packed = ops.pack_ternary_t2(w)
+    else:
+        w = (torch.randint(0, 2, (C, 9), generator=g) * 2 - 1).to(torch.int8)
+        packed = ops.pack_binary_b1(w)
+    s, zp, qmin, qmax = 0.04, 9, 0, 255
+    corr = (torch.randint(-300, 300, (C,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+    scale, fb = torch.rand(C, generator=g) * 1e-2, torch.randn(C, generator=g)
+    want = torch.cat([
+        ops.linear_int8(F.unfold(x[:, i:i + 1], k, dilation=geom["d"], padding=geom["p"], stride=geom["s"]).transpose(1, 2),
+                        w[i:i + 1], corr[i:i + 1], scale[i:i + 1], s, zp, qmin, qmax, fb[i:i + 1]).transpose(1, 2)
+        for i in range(C)], 1)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            for bias in (fb, None):
+                got = ops.conv2d_int8(x, packed, bits, k, geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin, qmax,
+                                      bias, C)
+                ref = want
+                if bias is None:  # without a bias: the requantized product alone (no float add)
+                    ref = torch.cat([
+                        ops.linear_int8(F.unfold(x[:, i:i + 1], k, dilation=geom["d"], padding=geom["p"],
+                                                 stride=geom["s"]).transpose(1, 2),
+                                        w[i:i + 1], corr[i:i + 1], scale[i:i + 1], s, zp, qmin, qmax).transpose(1, 2)
+                        for i in range(C)], 1)
+                assert torch.equal(got.reshape(B, C, -1), ref), (isa, bias is None)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 def test_conv2d_int8_opcheck_and_errors():
     x = torch.randn(2, 3, 6, 6)
     w = torch.randint(-127, 128, (4, 27), dtype=torch.int8)
