@@ -1,10 +1,15 @@
 """Integer convolutions (issue 13): ``ops.conv2d_int8`` (W8A8, im2col on the codes, the ISA's int8
-GEMM on the ``pack_int8_panel`` layout that the plans give groups == 1 convs; also on the row layout) and ``ops.conv2d_w1a1`` (XNOR) against ``F.conv2d`` (oneDNN fp32) on the same input, 3x3,
-padding 1, groups 1, in the same process, interleaved, medians; ratios to fp32. A second table:
-depthwise 3x3 convs (groups = C) on ``ops.conv2d_int8`` (one GEMM per group) against oneDNN's fp32
-depthwise conv.
+GEMM on the ``pack_int8_panel`` layout that the plans give groups == 1 convs; also on the row
+layout; ternary and binary W1A8 weights on their packed layouts) and ``ops.conv2d_w1a1`` (XNOR)
+against ``F.conv2d`` (oneDNN fp32) on the same input, 3x3, padding 1, groups 1, in the same
+process, interleaved, medians; ratios to fp32. A second table: depthwise 3x3 convs (groups = C) on
+``ops.conv2d_int8`` against oneDNN's fp32 depthwise conv. A third: whole CNNs (ResNet-18 and
+MobileNetV2 in torchvision's layout, CIFAR stems, 32 x 32 inputs, batch 8; random weights,
+calibrated on random batches: speed only) FP32 against the same model PTQ'd, exported and loaded
+back on the integer kernels (``qatkit.load_into``) at w8a8, ternary_twn, binary_w1a8 and xnor_w1a1,
+with the layers' kernels and the cosine of the loaded model's logits to the converted model's.
 
-    python3 scripts/bench_conv_int8.py [--rounds 9] [--threads 2]
+    python3 scripts/bench_conv_int8.py [--rounds 9] [--threads 2] [--no-models]
 """
 
 from __future__ import annotations
@@ -41,13 +46,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-models", action="store_true", help="skip the whole-model table (PTQ + export + load)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     print(f"# 3x3 convs, padding 1, {a.threads} threads, qatkit ISA {qatkit._C.cpu_isa()}, torch {torch.__version__}, "
           f"medians of {a.rounds} interleaved rounds")
-    print("| input (B, C, H=W) -> N | fp32 ms | int8 ms | int8 vs fp32 | int8 row layout vs fp32 | xnor ms | xnor vs fp32 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| input (B, C, H=W) -> N | fp32 ms | int8 ms | int8 vs fp32 | int8 row layout vs fp32 | ternary vs fp32 | "
+          "binary W1A8 vs fp32 | xnor ms | xnor vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for b, c, hw, n in SHAPES:
         x = torch.randn(b, c, hw, hw)
         w = torch.randn(n, c, 3, 3)
@@ -56,18 +63,22 @@ def main():
         q = F.pad(q8, (0, -k % 32)).contiguous()  # the row layout (zero-padded to 32)
         qp = ops.pack_int8_panel(q8)  # the panel layout: what the plans give groups == 1 convs
         corr, scale = torch.zeros(n, dtype=torch.int32), torch.rand(n) * 1e-3
+        pt = ops.pack_ternary_t2(torch.randint(-1, 2, (n, k), dtype=torch.int8))
         pb = ops.pack_binary_b1(torch.where(torch.randn(n, k) >= 0, 1, -1).to(torch.int8))
         ws = torch.rand(n) + 0.1
+        act = (corr, scale, 0.02, 128, 0, 255)
         fns = {
             "fp32": lambda: F.conv2d(x, w, None, 1, 1),
-            "int8": lambda: ops.conv2d_int8(x, qp, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.02, 128, 0, 255),
-            "int8 rows": lambda: ops.conv2d_int8(x, q, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.02, 128, 0,
-                                                 255),
+            "int8": lambda: ops.conv2d_int8(x, qp, 8, (3, 3), (1, 1), (1, 1), (1, 1), *act),
+            "int8 rows": lambda: ops.conv2d_int8(x, q, 8, (3, 3), (1, 1), (1, 1), (1, 1), *act),
+            "ternary": lambda: ops.conv2d_int8(x, pt, 2, (3, 3), (1, 1), (1, 1), (1, 1), *act),
+            "binary": lambda: ops.conv2d_int8(x, pb, 1, (3, 3), (1, 1), (1, 1), (1, 1), *act),
             "xnor": lambda: ops.conv2d_w1a1(x, pb, (3, 3), (1, 1), (1, 1), (1, 1), ws),
         }
         med = _medians(fns, a.rounds)
-        print(f"| {b}, {c}, {hw} -> {n} | {med['fp32']:.2f} | {med['int8']:.2f} | {med['fp32'] / med['int8']:.2f}x | "
-              f"{med['fp32'] / med['int8 rows']:.2f}x | {med['xnor']:.2f} | {med['fp32'] / med['xnor']:.2f}x |")
+        r = {k_: med["fp32"] / v for k_, v in med.items()}
+        print(f"| {b}, {c}, {hw} -> {n} | {med['fp32']:.2f} | {med['int8']:.2f} | {r['int8']:.2f}x | "
+              f"{r['int8 rows']:.2f}x | {r['ternary']:.2f}x | {r['binary']:.2f}x | {med['xnor']:.2f} | {r['xnor']:.2f}x |")
     print("\n| depthwise input (B, C, H=W) | fp32 ms | int8 ms | int8 vs fp32 |")
     print("|---|---|---|---|")
     for b, c, hw in DEPTHWISE:
@@ -82,6 +93,59 @@ def main():
         }
         med = _medians(fns, a.rounds)
         print(f"| {b}, {c}, {hw} | {med['fp32']:.2f} | {med['int8']:.2f} | {med['fp32'] / med['int8']:.2f}x |")
+    if not a.no_models:
+        _models(a.rounds)
+
+
+MODEL_PRESETS = ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"]
+
+
+def _models(rounds: int) -> None:
+    """Whole CNNs: FP32 against each preset's exported file loaded back on the integer kernels."""
+    import copy
+    import os
+    import tempfile
+    import warnings
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from qatkit.qat import integer
+    from qatkit.qat.convert import _Quantized
+    from qatkit.testing.models import mobilenet_v2, resnet18
+
+    tmp = tempfile.mkdtemp(prefix="qatkit_bench_conv_")
+    lines = []
+    models = [("ResNet-18", lambda: resnet18(10, small_input=True)), ("MobileNetV2", lambda: mobilenet_v2(10, small_input=True))]
+    bar = tqdm(total=len(models) * len(MODEL_PRESETS), desc="PTQ + export + load", leave=False)
+    for name, make in models:
+        torch.manual_seed(0)
+        fp = make().eval()
+        calib = [torch.randn(16, 3, 32, 32) for _ in range(4)]
+        x = torch.randn(8, 3, 32, 32)
+        fns, notes = {"fp32": fp}, {}
+        for preset in MODEL_PRESETS:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                q = qatkit.ptq(copy.deepcopy(fp), calib, qatkit.preset(preset), verbose=False, progress=False)
+                path = os.path.join(tmp, f"{name}_{preset}.safetensors")
+                qatkit.export(q, path)
+                loaded = qatkit.load_into(make().eval(), path)
+            kernels = Counter(integer.kernel_for(m) or "float" for m in loaded.modules() if isinstance(m, _Quantized))
+            with torch.no_grad():
+                cos = float(F.cosine_similarity(loaded(x).flatten(), q.eval()(x).flatten(), 0))
+            notes[preset] = (", ".join(f"{k_} {n_}" for k_, n_ in sorted(kernels.items())), cos)
+            fns[preset] = loaded
+            bar.update()
+        with torch.no_grad():
+            med = _medians({k_: (lambda m=m: m(x)) for k_, m in fns.items()}, rounds)
+        for preset in MODEL_PRESETS:
+            lines.append(f"| {name} | {preset} | {med['fp32']:.2f} | {med[preset]:.2f} | {med['fp32'] / med[preset]:.2f}x | "
+                         f"{notes[preset][0]} | {notes[preset][1]:.5f} |")
+    bar.close()
+    print("\n| model (batch 8, 32 x 32) | preset | fp32 ms | loaded ms | vs fp32 | layers on | cosine to the converted model |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

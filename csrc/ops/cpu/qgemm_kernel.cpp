@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
 
@@ -185,8 +186,8 @@ void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
 // order) are reordered to match once per call, which costs N * K code moves. Planar: the rows in
 // PyTorch's (c, i, j) order from the codes laid out [C, Hp, Wp], a code at a time, against the
 // weight as it is. Convs whose patch rows outnumber twice their output channels (B * L >= 2 N: the
-// im2col costs more than the reorder) run channels-last, the others (deep layers of small maps)
-// planar; 1 x 1 kernels and one channel per group have one order. An integer sum does not depend on
+// im2col costs more than the reorder; 8 N for 2- and 1-bit weights) run channels-last, the others
+// (deep layers of small maps) planar; 1 x 1 kernels and one channel per group have one order. An integer sum does not depend on
 // its order, so both give the same bits (docs/integer.md, "Convolutions").
 
 // dst[c * dst_rs + r] = src[r * src_rs + c] for r < rows, c < cols, in 16 x 16 tiles (both sides in
@@ -263,6 +264,32 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
     }
   });
   return out;
+}
+
+// A 2- or 1-bit conv weight (conv2d_int8's packed layouts) as int8 codes in the patch rows'
+// channels-last (i, j, c) order: pack_int8_panel's layout (panel), or rows [N, K] zero-padded to a
+// multiple of 32.
+at::Tensor widened_channels_last_weight(const at::Tensor& w, int bits, std::int64_t N, std::int64_t Cg,
+                                        std::int64_t kh, std::int64_t kw, bool panel) {
+  const std::int64_t taps = kh * kw, K = Cg * taps, rb = w.size(1), K32 = (K + 31) / 32 * 32;
+  at::Tensor codes = at::zeros({N, panel ? K : K32}, w.options().dtype(at::kChar));
+  const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
+  auto* dst = codes.data_ptr<std::int8_t>();
+  const std::int64_t rs = codes.size(1);
+  at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) {
+      const std::uint8_t* row = src + n * rb;
+      for (std::int64_t c = 0; c < Cg; ++c) {
+        for (std::int64_t tap = 0; tap < taps; ++tap) {
+          const std::uint64_t t = static_cast<std::uint64_t>(c * taps + tap);
+          const int v = bits == 2 ? static_cast<int>((row[t / 128 * 32 + t % 32] >> (2 * (t % 128 / 32))) & 3) - 1
+                                  : ((row[t / 8] >> (t % 8)) & 1) ? 1 : -1;
+          dst[n * rs + tap * Cg + c] = static_cast<std::int8_t>(v);
+        }
+      }
+    }
+  });
+  return panel ? qatkit::pack_int8_panel(codes) : codes;
 }
 
 // The patch rows of a conv: the image's padded code layout and its rows, in either order (above).
@@ -343,9 +370,12 @@ struct ConvPatches {
   }
 };
 
-// Whether a conv's patch rows run channels-last (ConvPatches): always where both orders are one.
-inline bool conv_channels_last(std::int64_t B, std::int64_t L, std::int64_t N, std::int64_t Cg, std::int64_t taps) {
-  return taps == 1 || Cg == 1 || B * L >= 2 * N;
+// Whether a conv's patch rows run channels-last (ConvPatches): always where both orders are one;
+// otherwise from 2N patch rows with int8 weights (a byte reorder), from 8N with 2- or 1-bit weights
+// (their codes are moved one by one: about 7 cycles each).
+inline bool conv_channels_last(std::int64_t B, std::int64_t L, std::int64_t N, std::int64_t Cg, std::int64_t taps,
+                               int bits) {
+  return taps == 1 || Cg == 1 || B * L >= (bits == 8 ? 2 : 8) * N;
 }
 
 // Convs with fewer output positions per image than this run several images' patch rows as one GEMM.
@@ -373,8 +403,6 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const std::int64_t N = panel ? c.size(0) : w.size(0), Ng = N / groups, L = ho * wo;
-  // >= K: the padded tail of each patch row stays 0
-  const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : w.size(1) * (8 / weight_bits);
   at::Tensor y = at::empty({B, N, ho, wo}, input.options());
   if (y.numel() == 0) return y;
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
@@ -505,31 +533,41 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     return y;
   }
   // the patch rows' order, and the weight rows in it
-  const ConvPatches cp(conv_channels_last(B, L, N, Cg, kh * kw), C, groups, H, W, kernel_size, stride, padding,
-                       dilation, wo);
-  const at::Tensor wl = cp.cl && kh * kw > 1 && Cg > 1
+  const ConvPatches cp(conv_channels_last(B, L, N, Cg, kh * kw, static_cast<int>(weight_bits)), C, groups, H, W,
+                       kernel_size, stride, padding, dilation, wo);
+  // Channels-last convs with 2- or 1-bit weights (many patch rows per output channel: compute-bound)
+  // run the int8 GEMM on the codes widened to int8 once per call (the panel layout for groups 1, the
+  // row layout otherwise), in the same pass as the reorder: the same sums (the packed kernels equal
+  // linear_int8 on the unpacked codes), at the int8 GEMM's speed.
+  const bool widen = weight_bits != 8 && B * L >= 8 * N;  // (then channels-last too)
+  const int wbits = widen ? 8 : static_cast<int>(weight_bits);
+  const bool wpanel = widen ? groups == 1 : panel;
+  const at::Tensor wl = widen ? widened_channels_last_weight(w, static_cast<int>(weight_bits), N, Cg, kh, kw, wpanel)
+                        : cp.cl && kh * kw > 1 && Cg > 1
                             ? channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw)
                             : w;
+  // the patch rows' length, >= K: the padded tail of each row stays 0
+  const std::int64_t K_row = wpanel ? (K + 3) / 4 * 4 : wl.size(1) * (8 / wbits);
   // Group gi's GEMM of M patch rows (a, their sums a_sum) into yo (rows y_rs apart, columns y_cs
   // apart), its output columns [c0, c1) of the group's Ng.
   const auto gemm = [&](const std::int8_t* a, const std::int32_t* a_sum, std::int64_t M, std::int64_t gi, float* yo,
                         std::int64_t y_rs, std::int64_t y_cs, std::int64_t c0, std::int64_t c1) {
     const std::int64_t n0 = gi * Ng;  // the group's output channels [n0, n0 + Ng)
     const float* bp = b.defined() ? b.data_ptr<float>() + n0 : nullptr;
-    if (weight_bits == 8) {
+    if (wbits == 8) {
       kernels::QGemmArgs g;
       g.a = a;
-      g.w = panel ? static_cast<const std::int8_t*>(wl.const_data_ptr())
-                  : static_cast<const std::int8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
+      g.w = wpanel ? static_cast<const std::int8_t*>(wl.const_data_ptr())
+                   : static_cast<const std::int8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
       g.a_sum = a_sum;
-      g.panel = panel;
+      g.panel = wpanel;
       g.corr = c.data_ptr<std::int32_t>() + n0;
       g.out_scale = os.data_ptr<float>() + n0;
       g.bias = bp;
       g.y = yo;
       g.M = M;
       g.N = Ng;
-      g.K = panel ? K : K_row;  // the weight's (zero-padded) row length; a panel's true K
+      g.K = wpanel ? K : K_row;  // the weight's (zero-padded) row length; a panel's true K
       g.y_rs = y_rs;
       g.y_cs = y_cs;
       k.gemm_s8(g, c0, c1);
@@ -547,7 +585,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
       g.K_pad = K_row;
       g.y_rs = y_rs;
       g.y_cs = y_cs;
-      (weight_bits == 2 ? k.gemm_t2 : k.gemm_b1)(g, c0, c1);
+      (wbits == 2 ? k.gemm_t2 : k.gemm_b1)(g, c0, c1);
     }
   };
   if (L < kConvBatchRows) {
@@ -736,8 +774,9 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool per_image = B >= at::get_num_threads();
   // the patch rows' order (as conv2d_int8's), and the weight bits in it
-  const ConvPatches cpt(conv_channels_last(B, L, N, C, kh * kw), C, 1, H, W, kernel_size, stride, padding, dilation,
-                        wo);
+  // channels-last from N patch rows: the planar rows are packed into bits a code at a time, which
+  // costs about what the weight's reorder does per code
+  const ConvPatches cpt(kh * kw == 1 || C == 1 || B * L >= N, C, 1, H, W, kernel_size, stride, padding, dilation, wo);
   const at::Tensor wl = cpt.cl && kh * kw > 1 && C > 1 ? channels_last_weight(w, 1, false, N, C, kh, kw) : w;
   const std::int64_t Hp = cpt.Hp, Wp = cpt.Wp;
   // channels-last with each pixel's C sign / zero bits whole bytes: rows of byte copies

@@ -457,12 +457,14 @@ def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom)
     (5, 8, 6, 20, 1),   # 36 positions: the patch rows of several images in one GEMM, channels-last
     (1, 8, 3, 40, 1),   # 9 patch rows against 40 outputs: planar (c, i, j) rows, the weight as it is
     (1, 8, 3, 40, 2),   # the same per group
-    (3, 8, 5, 24, 2),   # channels-last per group, several images per GEMM
+    (3, 8, 5, 24, 2),   # int8: channels-last per group, several images per GEMM; 2 / 1 bits: planar
+    (6, 8, 6, 16, 2),   # 2 / 1 bits from 8N patch rows: widened to int8 rows, channels-last, per group
 ])
 def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, groups):
     """Each way conv2d_int8 builds its patch rows (channels-last against the reordered weight, or
-    planar; one GEMM per image, or several images' rows in one GEMM transposed into NCHW) equals
-    linear_int8 over F.unfold's patches, group by group, on every ISA; the panel layout too."""
+    planar; one GEMM per image, or several images' rows in one GEMM transposed into NCHW; 2- and
+    1-bit weights widened to int8 from 8N patch rows) equals linear_int8 over F.unfold's patches,
+    group by group, on every ISA; the panel layout too."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(23)
