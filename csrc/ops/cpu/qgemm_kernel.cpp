@@ -669,6 +669,19 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   return y;
 }
 
+// 8 codes in {-1, 0, 1} (bytes 0xFF, 0x00, 0x01) -> their sign bits (code e > 0: bit e) and zero
+// bits (code e == 0) in one byte each; returns the number of zeros. Bit 0 of each byte holds the
+// flag, and a multiply gathers the 8 flags into the top byte (one bit per byte: no carries).
+inline std::int32_t pack_codes8(const std::int8_t* codes, std::uint8_t* sign, std::uint8_t* zero) {
+  constexpr std::uint64_t low = 0x0101010101010101ull, gather = 0x0102040810204080ull;
+  std::uint64_t v;
+  std::memcpy(&v, codes, 8);
+  const std::uint64_t pos = v & ~(v >> 7) & low, zer = ~v & low;
+  *sign = static_cast<std::uint8_t>((pos * gather) >> 56);
+  *zero = static_cast<std::uint8_t>((zer * gather) >> 56);
+  return static_cast<std::int32_t>((zer * low) >> 56);  // the sum of the 8 flag bytes
+}
+
 // XNOR rows (QGemmXnorArgs): sign bits, zero masks, K - |zeros| and the row's scale per row.
 struct XnorRows {
   std::vector<std::uint8_t> a, z, has_zero;
@@ -678,22 +691,23 @@ struct XnorRows {
       : a(static_cast<std::size_t>(M * KB), 0), z(static_cast<std::size_t>(M * KB), 0),
         has_zero(static_cast<std::size_t>(M), 0), a_k(static_cast<std::size_t>(M), 0),
         scale(static_cast<std::size_t>(M), 0.f) {}
-  /// Row m from K codes in {-1, 0, 1} read through `code(k)`.
-  template <class Code>
-  void set(std::int64_t m, std::int64_t KB, std::int64_t K, float s, const Code& code) {
+  /// Row m from K contiguous codes in {-1, 0, 1}: whole bytes of bits 8 codes per 64-bit word
+  /// (pack_codes8), the last K % 8 one by one; bits past K stay 0.
+  void set_row(std::int64_t m, std::int64_t KB, std::int64_t K, float s, const std::int8_t* codes) {
     std::uint8_t* ar = a.data() + m * KB;
     std::uint8_t* zr = z.data() + m * KB;
     std::int32_t zeros = 0;
-    for (std::int64_t k0 = 0; k0 < K; k0 += 8) {  // one byte of bits at a time
+    const std::int64_t K8 = K / 8 * 8;
+    for (std::int64_t k0 = 0; k0 < K8; k0 += 8) zeros += pack_codes8(codes + k0, ar + k0 / 8, zr + k0 / 8);
+    if (K8 < K) {
       unsigned bits = 0, zbits = 0;
-      for (std::int64_t k = k0; k < std::min(K, k0 + 8); ++k) {
-        const std::int8_t c = code(k);
-        bits |= (c > 0 ? 1u : 0u) << (k - k0);
-        zbits |= (c == 0 ? 1u : 0u) << (k - k0);
+      for (std::int64_t k = K8; k < K; ++k) {
+        bits |= (codes[k] > 0 ? 1u : 0u) << (k - K8);
+        zbits |= (codes[k] == 0 ? 1u : 0u) << (k - K8);
       }
-      ar[k0 >> 3] = static_cast<std::uint8_t>(bits);
-      zr[k0 >> 3] = static_cast<std::uint8_t>(zbits);
-      zeros += __builtin_popcount(zbits);
+      ar[K8 >> 3] = static_cast<std::uint8_t>(bits);
+      zr[K8 >> 3] = static_cast<std::uint8_t>(zbits);
+      for (unsigned v = zbits; v != 0; v &= v - 1) ++zeros;
     }
     has_zero[static_cast<std::size_t>(m)] = zeros > 0;
     a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zeros;
@@ -738,8 +752,7 @@ at::Tensor linear_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, co
   XnorRows r(M, KB);
   at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)), [&](std::int64_t b0, std::int64_t e0) {
     for (std::int64_t m = b0; m < e0; ++m) {
-      const std::int8_t* row = cp + m * K;
-      r.set(m, KB, K, ap[m / per_sample], [&](std::int64_t k) { return row[k]; });
+      r.set_row(m, KB, K, ap[m / per_sample], cp + m * K);
     }
   });
   kernels::QGemmXnorArgs g = r.args(w, ws, b, y.data_ptr<float>(), M, N, KB);
@@ -798,17 +811,8 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
         cpt.layout(xq, std::int8_t{0}, xc.data(), nullptr);
         for (std::int64_t p = 0; p < Hp * Wp; ++p) {
           std::int32_t zeros = 0;
-          for (std::int64_t cb = 0; cb < CB; ++cb) {
-            std::uint64_t v;  // 8 codes in {-1, 0, 1}: bytes 0xFF, 0x00, 0x01
-            std::memcpy(&v, xc.data() + p * C + cb * 8, 8);
-            constexpr std::uint64_t low = 0x0101010101010101ull, gather = 0x0102040810204080ull;
-            const std::uint64_t pos = v & ~(v >> 7) & low;  // bit 0 of byte e: code e is +1
-            const std::uint64_t zero = ~v & low;             // bit 0 of byte e: code e is 0
-            // bit 0 of byte e -> bit e of the top byte (no carries: one bit per byte)
-            sb[static_cast<std::size_t>(p * CB + cb)] = static_cast<std::uint8_t>((pos * gather) >> 56);
-            zb[static_cast<std::size_t>(p * CB + cb)] = static_cast<std::uint8_t>((zero * gather) >> 56);
-            zeros += static_cast<std::int32_t>((zero * low) >> 56);  // the sum of the 8 bytes
-          }
+          for (std::int64_t cb = 0; cb < CB; ++cb)
+            zeros += pack_codes8(xc.data() + p * C + cb * 8, sb.data() + p * CB + cb, zb.data() + p * CB + cb);
           pz[static_cast<std::size_t>(p)] = zeros;
         }
       } else {
@@ -820,7 +824,7 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
         for (std::int64_t l = l0; l < l1; ++l) {
           if (!byte_runs) {
             cpt.row(xc.data(), ps.data(), 0, l, pat);
-            r.set(l, KB, K, ap[bi], [&](std::int64_t k) { return pat[static_cast<std::size_t>(k)]; });
+            r.set_row(l, KB, K, ap[bi], pat);
             continue;
           }
           const std::int64_t oh = l / wo, ow = l % wo;
