@@ -7,7 +7,7 @@ process, interleaved, medians; ratios to fp32. A second table: depthwise 3x3 con
 MobileNetV2 in torchvision's layout, CIFAR stems, 32 x 32 inputs, batch 8; random weights,
 calibrated on random batches: speed only) FP32 against the same model PTQ'd, exported and loaded
 back on the integer kernels (``qatkit.load_into``) at w8a8, ternary_twn, binary_w1a8 and xnor_w1a1,
-with the layers' kernels and the cosine of the loaded model's logits to the converted model's.
+with the layers' kernels and the cosine of the loaded model's logits to the PTQ (fake-quant) model's.
 
     python3 scripts/bench_conv_int8.py [--rounds 9] [--threads 2] [--no-models]
 """
@@ -78,7 +78,8 @@ def main():
         med = _medians(fns, a.rounds)
         r = {k_: med["fp32"] / v for k_, v in med.items()}
         print(f"| {b}, {c}, {hw} -> {n} | {med['fp32']:.2f} | {med['int8']:.2f} | {r['int8']:.2f}x | "
-              f"{r['int8 rows']:.2f}x | {r['ternary']:.2f}x | {r['binary']:.2f}x | {med['xnor']:.2f} | {r['xnor']:.2f}x |")
+              f"{r['int8 rows']:.2f}x | {r['ternary']:.2f}x | {r['binary']:.2f}x | {med['xnor']:.2f} | "
+              f"{r['xnor']:.2f}x |")
     print("\n| depthwise input (B, C, H=W) | fp32 ms | int8 ms | int8 vs fp32 |")
     print("|---|---|---|---|")
     for b, c, hw in DEPTHWISE:
@@ -116,7 +117,8 @@ def _models(rounds: int) -> None:
 
     tmp = tempfile.mkdtemp(prefix="qatkit_bench_conv_")
     lines = []
-    models = [("ResNet-18", lambda: resnet18(10, small_input=True)), ("MobileNetV2", lambda: mobilenet_v2(10, small_input=True))]
+    models = [("ResNet-18", lambda: resnet18(10, small_input=True)),
+              ("MobileNetV2", lambda: mobilenet_v2(10, small_input=True))]
     bar = tqdm(total=len(models) * len(MODEL_PRESETS), desc="PTQ + export + load", leave=False)
     for name, make in models:
         torch.manual_seed(0)
@@ -140,10 +142,12 @@ def _models(rounds: int) -> None:
         with torch.no_grad():
             med = _medians({k_: (lambda m=m: m(x)) for k_, m in fns.items()}, rounds)
         for preset in MODEL_PRESETS:
-            lines.append(f"| {name} | {preset} | {med['fp32']:.2f} | {med[preset]:.2f} | {med['fp32'] / med[preset]:.2f}x | "
+            lines.append(f"| {name} | {preset} | {med['fp32']:.2f} | {med[preset]:.2f} | "
+                         f"{med['fp32'] / med[preset]:.2f}x | "
                          f"{notes[preset][0]} | {notes[preset][1]:.5f} |")
     bar.close()
-    print("\n| model (batch 8, 32 x 32) | preset | fp32 ms | loaded ms | vs fp32 | layers on | cosine to the converted model |")
+    print("\n| model (batch 8, 32 x 32) | preset | fp32 ms | loaded ms | vs fp32 | layers on | "
+          "cosine to the PTQ model |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(lines))
 

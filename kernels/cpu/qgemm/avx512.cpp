@@ -802,7 +802,7 @@ __attribute__((target("avx512vpopcntdq"))) void gemm_xnor_t(const QGemmXnorArgs&
 // and for rows of up to 64 bytes (K <= 512: convs' patch rows) from 4 on; the 64-byte-step blocks
 // otherwise. One process, A/B on 4096-column weights (docs/benchmarks.md, 2026-12-03 third
 // session): transposed / blocks time 0.81 at K = 4096 with 64 rows, 0.84 with 32, 1.14 with 16,
-// 1.0 at K = 8192 and 16384; 0.82-0.89 at K = 288 with 8-256 rows.
+// 1.0 at K = 8192 and 16384; 0.83-0.90 at K = 288 with 8-256 rows.
 #ifndef XNOR_T_MAX_KB
 #define XNOR_T_MAX_KB 512
 #endif
