@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
 #include <torch/library.h>
@@ -225,8 +226,9 @@ CodeField code_field(int bits, bool panel, std::int64_t rb, std::int64_t n, std:
 // from (c, i, j) to (i, j, c) order; the padding as it was.
 at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t Cg,
                                 std::int64_t kh, std::int64_t kw) {
-  const std::int64_t taps = kh * kw;
-  at::Tensor out = w.clone();
+  const std::int64_t taps = kh * kw, K = Cg * taps;
+  // byte layouts: every byte is written below (the padding copied as it is); bit layouts start from a copy
+  at::Tensor out = bits == 8 ? at::empty_like(w) : w.clone();
   const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
   auto* dst = static_cast<std::uint8_t*>(out.mutable_data_ptr());
   const std::int64_t rb = w.size(1);
@@ -235,6 +237,8 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::uint8_t* sp = src + p * rb * 64;
         std::uint8_t* dp = dst + p * rb * 64;
+        for (std::int64_t t = K; t < rb * 4; ++t)  // the padding past K (all 16 lanes)
+          for (int r = 0; r < 16; ++r) dp[(t >> 2) * 64 + 4 * r + (t & 3)] = sp[(t >> 2) * 64 + 4 * r + (t & 3)];
         for (std::int64_t tap = 0; tap < taps; ++tap) {
           for (std::int64_t c = 0; c < Cg; ++c) {
             const std::int64_t to = tap * Cg + c, from = c * taps + tap;
@@ -249,9 +253,10 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
   }
   at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
     for (std::int64_t n = n0; n < n1; ++n) {
-      if (bits == 8) {  // int8 rows
+      if (bits == 8) {  // int8 rows (zero-padded past K)
         for (std::int64_t tap = 0; tap < taps; ++tap)
           for (std::int64_t c = 0; c < Cg; ++c) dst[n * rb + tap * Cg + c] = src[n * rb + c * taps + tap];
+        std::memcpy(dst + n * rb + K, src + n * rb + K, static_cast<std::size_t>(rb - K));
         continue;
       }
       for (std::int64_t tap = 0; tap < taps; ++tap) {
