@@ -800,57 +800,116 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   // channels-last with each pixel's C sign / zero bits whole bytes: rows of byte copies
   const bool byte_runs = cpt.cl && C % 8 == 0;
   const std::int64_t CB = C / 8;
+  // One thread's image buffers: the codes' layout, and with byte runs each padded pixel's sign bits
+  // and zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word.
+  struct Image {
+    std::vector<std::int8_t> xc, patch;
+    std::vector<std::int32_t> ps, pz;
+    std::vector<std::uint8_t> sb, zb;
+  };
+  const auto image_buffers = [&] {
+    Image im;
+    im.xc.resize(static_cast<std::size_t>(Hp * Wp * C));
+    im.patch.resize(static_cast<std::size_t>(byte_runs ? 0 : K));
+    im.ps.resize(static_cast<std::size_t>(byte_runs ? 0 : cpt.sums_size()));
+    im.sb.resize(static_cast<std::size_t>(byte_runs ? Hp * Wp * CB : 0));
+    im.zb.resize(im.sb.size());
+    im.pz.resize(static_cast<std::size_t>(byte_runs ? Hp * Wp : 0));
+    return im;
+  };
+  const auto prepare = [&](Image& im, std::int64_t bi) {
+    const std::int8_t* xq = cp + bi * C * H * W;
+    if (!byte_runs) {
+      cpt.layout(xq, std::int8_t{0}, im.xc.data(), im.ps.data());
+      return;
+    }
+    cpt.layout(xq, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
+    for (std::int64_t p = 0; p < Hp * Wp; ++p) {
+      std::int32_t zeros = 0;
+      for (std::int64_t cb = 0; cb < CB; ++cb)
+        zeros += pack_codes8(im.xc.data() + p * C + cb * 8, im.sb.data() + p * CB + cb, im.zb.data() + p * CB + cb);
+      im.pz[static_cast<std::size_t>(p)] = zeros;
+    }
+  };
+  // image bi's patch row l into row R of r (patch: a K-code buffer of the calling thread's)
+  const auto fill_row = [&](const Image& im, std::int64_t bi, std::int64_t l, XnorRows& r, std::int64_t R,
+                            std::int8_t* patch) {
+    if (!byte_runs) {
+      cpt.row(im.xc.data(), im.ps.data(), 0, l, patch);
+      r.set_row(R, KB, K, ap[bi], patch);
+      return;
+    }
+    const std::int64_t oh = l / wo, ow = l % wo;
+    std::uint8_t* ar = r.a.data() + R * KB;
+    std::uint8_t* zr = r.z.data() + R * KB;
+    std::int32_t zeros = 0;
+    for (std::int64_t i = 0; i < kh; ++i) {
+      const std::int64_t p0 = (oh * sh + i * dh) * Wp + ow * sw;
+      for (std::int64_t j = 0; j < kw; ++j) {  // tap (i, j): bits (i * kw + j) * C .. + C, whole bytes
+        const std::int64_t p = p0 + j * dw;
+        std::memcpy(ar, im.sb.data() + p * CB, static_cast<std::size_t>(CB));
+        std::memcpy(zr, im.zb.data() + p * CB, static_cast<std::size_t>(CB));
+        ar += CB;
+        zr += CB;
+        zeros += im.pz[static_cast<std::size_t>(p)];
+      }
+    }
+    r.has_zero[static_cast<std::size_t>(R)] = zeros > 0;
+    r.a_k[static_cast<std::size_t>(R)] = static_cast<std::int32_t>(K) - zeros;
+    r.scale[static_cast<std::size_t>(R)] = ap[bi];
+  };
+  if (L < kConvBatchRows) {
+    // few positions per image: several images' rows in one popcount GEMM (as conv2d_int8's), in
+    // tiles of 64 output columns x row ranges into [rows, N], each image's slice transposed into NCHW
+    const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L);
+    XnorRows r(chunk * L, KB);
+    std::vector<float> yt(static_cast<std::size_t>(chunk * L * N));
+    const std::int64_t threads = at::get_num_threads(), nt = (N + 63) / 64;
+    for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
+      const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
+      at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+        Image im = image_buffers();
+        std::vector<std::int8_t> patch(static_cast<std::size_t>(K));
+        for (std::int64_t i = i0; i < i1; ++i) {
+          prepare(im, b0 + i);
+          for (std::int64_t l = 0; l < L; ++l) fill_row(im, b0 + i, l, r, i * L + l, patch.data());
+        }
+      });
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt.data(), Mc, N, KB);
+      g.y_rs = N;
+      g.y_cs = 1;
+      const std::int64_t mtiles = std::min((Mc + 3) / 4, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
+      const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
+      at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
+        for (std::int64_t t = t0; t < t1; ++t) {
+          const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
+          if (r0 >= Mc) continue;
+          kernels::QGemmXnorArgs gt = g;  // rows [r0, r0 + mt)
+          gt.a += r0 * KB;
+          gt.z += r0 * KB;
+          gt.has_zero += r0;
+          gt.a_k += r0;
+          gt.row_scale += r0;
+          gt.y += r0 * N;
+          gt.M = std::min(mt, Mc - r0);
+          k.gemm_xnor(gt, c0, std::min(N, c0 + 64));
+        }
+      });
+      at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+        for (std::int64_t i = i0; i < i1; ++i)
+          k.transpose_f32(yt.data() + i * L * N, L, N, N, y.data_ptr<float>() + (b0 + i) * N * L, L);
+      });
+    }
+    return y;
+  }
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<std::int8_t> xc(static_cast<std::size_t>(Hp * Wp * C)),
-        patch(static_cast<std::size_t>(byte_runs ? 0 : K));
-    std::vector<std::int32_t> ps(static_cast<std::size_t>(byte_runs ? 0 : cpt.sums_size()));
-    std::vector<std::uint8_t> sb(static_cast<std::size_t>(byte_runs ? Hp * Wp * CB : 0));
-    std::vector<std::uint8_t> zb(sb.size());
-    std::vector<std::int32_t> pz(static_cast<std::size_t>(byte_runs ? Hp * Wp : 0));
+    Image im = image_buffers();
     XnorRows r(L, KB);
     for (std::int64_t bi = b0; bi < b1; ++bi) {
-      const std::int8_t* xq = cp + bi * C * H * W;
-      if (byte_runs) {
-        // the codes channels-last (code 0 in the padding), then each padded pixel's sign bits and
-        // zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word
-        cpt.layout(xq, std::int8_t{0}, xc.data(), nullptr);
-        for (std::int64_t p = 0; p < Hp * Wp; ++p) {
-          std::int32_t zeros = 0;
-          for (std::int64_t cb = 0; cb < CB; ++cb)
-            zeros += pack_codes8(xc.data() + p * C + cb * 8, sb.data() + p * CB + cb, zb.data() + p * CB + cb);
-          pz[static_cast<std::size_t>(p)] = zeros;
-        }
-      } else {
-        cpt.layout(xq, std::int8_t{0}, xc.data(), ps.data());
-      }
+      prepare(im, bi);
       const auto rows = [&](std::int64_t l0, std::int64_t l1) {
-        std::vector<std::int8_t> own(static_cast<std::size_t>(byte_runs || per_image ? 0 : K));  // a thread's patch
-        std::int8_t* pat = per_image ? patch.data() : own.data();
-        for (std::int64_t l = l0; l < l1; ++l) {
-          if (!byte_runs) {
-            cpt.row(xc.data(), ps.data(), 0, l, pat);
-            r.set_row(l, KB, K, ap[bi], pat);
-            continue;
-          }
-          const std::int64_t oh = l / wo, ow = l % wo;
-          std::uint8_t* ar = r.a.data() + l * KB;
-          std::uint8_t* zr = r.z.data() + l * KB;
-          std::int32_t zeros = 0;
-          for (std::int64_t i = 0; i < kh; ++i) {
-            const std::int64_t p0 = (oh * sh + i * dh) * Wp + ow * sw;
-            for (std::int64_t j = 0; j < kw; ++j) {  // tap (i, j): bits (i * kw + j) * C .. + C, whole bytes
-              const std::int64_t p = p0 + j * dw;
-              std::memcpy(ar, sb.data() + p * CB, static_cast<std::size_t>(CB));
-              std::memcpy(zr, zb.data() + p * CB, static_cast<std::size_t>(CB));
-              ar += CB;
-              zr += CB;
-              zeros += pz[static_cast<std::size_t>(p)];
-            }
-          }
-          r.has_zero[static_cast<std::size_t>(l)] = zeros > 0;
-          r.a_k[static_cast<std::size_t>(l)] = static_cast<std::int32_t>(K) - zeros;
-          r.scale[static_cast<std::size_t>(l)] = ap[bi];
-        }
+        std::vector<std::int8_t> patch(static_cast<std::size_t>(byte_runs ? 0 : K));  // the thread's patch
+        for (std::int64_t l = l0; l < l1; ++l) fill_row(im, bi, l, r, l, patch.data());
       };
       if (per_image) {
         rows(0, L);

@@ -499,11 +499,13 @@ def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, gro
         qatkit._C.set_cpu_isa(old)
 
 
-@pytest.mark.parametrize("B,C,HW,N", [(1, 16, 3, 40), (2, 16, 17, 8), (5, 8, 6, 20), (1, 5, 3, 40)])
+@pytest.mark.parametrize("B,C,HW,N", [(1, 16, 3, 40), (2, 16, 17, 8), (1, 16, 17, 8), (5, 8, 6, 20), (1, 5, 3, 40),
+                                     (1, 5, 17, 8)])
 def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N):
     """conv2d_w1a1's patch rows planar (9 rows against 40 outputs), channels-last as byte copies
-    (C a multiple of 8; one GEMM per image of 289 positions, or several images) or code by code
-    (C = 5 ... planar here), against the float64 conv of the codes, on every ISA."""
+    (C a multiple of 8) or code by code (C = 5); one GEMM per image of 289 positions (images in
+    parallel, or one image's rows and columns), or several small images' rows in one GEMM; against
+    the float64 conv of the codes, on every ISA."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(29)
