@@ -179,34 +179,16 @@ void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
   }
 }
 
-// ---------------------------------------------------------------- im2col
-// Convs build their patch rows from the image's codes padded once (the padding's code in place).
-// Channels-last: each row in (i, j, c) order, so a row is kh runs of kw * C contiguous codes
-// (groups 1, dilation 1 along the width) or kh * kw runs of C / groups codes, copied from the codes
-// laid out [Hp, Wp, C], with the row sums from per-pixel sums; the weight rows (PyTorch's (c, i, j)
-// order) are reordered to match once per call, which costs N * K code moves. Planar: the rows in
-// PyTorch's (c, i, j) order from the codes laid out [C, Hp, Wp], a code at a time, against the
-// weight as it is. Convs whose patch rows outnumber twice their output channels (B * L >= 2 N: the
-// im2col costs more than the reorder; 8 N for 2- and 1-bit weights) run channels-last, the others
-// (deep layers of small maps) planar; 1 x 1 kernels and one channel per group have one order. An integer sum does not depend on
-// its order, so both give the same bits (docs/integer.md, "Convolutions").
-
-// dst[c * dst_rs + r] = src[r * src_rs + c] for r < rows, c < cols, in 16 x 16 tiles (both sides in
-// L1 while a tile moves): the int8 channels-last layout (the kernels table has the float one and the
-// int8 -> int16 one in vectors).
-template <class T>
-void transpose_tiled(const T* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, T* dst,
-                     std::int64_t dst_rs) {
-  constexpr std::int64_t kT = 16;
-  for (std::int64_t r0 = 0; r0 < rows; r0 += kT) {
-    const std::int64_t r1 = std::min(rows, r0 + kT);
-    for (std::int64_t c0 = 0; c0 < cols; c0 += kT) {
-      const std::int64_t c1 = std::min(cols, c0 + kT);
-      for (std::int64_t c = c0; c < c1; ++c)
-        for (std::int64_t r = r0; r < r1; ++r) dst[c * dst_rs + r] = src[r * src_rs + c];
-    }
-  }
-}
+// ---------------------------------------------------------------- im2col Convs build their patch rows from the
+// image's codes padded once (the padding's code in place). Channels-last: each row in (i, j, c) order, so a row is kh
+// runs of kw * C contiguous codes (groups 1, dilation 1 along the width) or kh * kw runs of C / groups codes, copied
+// from the codes laid out [Hp, Wp, C], with the row sums from per-pixel sums; the weight rows (PyTorch's (c, i, j)
+// order) are reordered to match once per call, which costs N * K code moves. Planar: the rows in PyTorch's (c, i, j)
+// order from the codes laid out [C, Hp, Wp], a code at a time, against the weight as it is. Convs whose patch rows
+// outnumber twice their output channels (B * L >= 2 N: the im2col costs more than the reorder; 8 N for 2- and 1-bit
+// weights) run channels-last, the others (deep layers of small maps) planar; 1 x 1 kernels and one channel per group
+// have one order. An integer sum does not depend on its order, so both give the same bits (docs/integer.md,
+// "Convolutions").
 
 // The byte, shift and mask of weight row n's code t in conv2d_int8's layouts.
 struct CodeField {
@@ -220,6 +202,15 @@ CodeField code_field(int bits, bool panel, std::int64_t rb, std::int64_t n, std:
   if (bits == 8) return {n * rb + t, 0, 0xFFu};
   if (bits == 2) return {n * rb + t / 128 * 32 + t % 32, static_cast<int>(2 * (t % 128 / 32)), 3u};  // ternary blocks
   return {n * rb + t / 8, static_cast<int>(t % 8), 1u};  // binary: bit t % 8 of byte t / 8
+}
+
+// Weight row n's code t in conv2d_int8's layouts (int8 rows or panel, ternary, binary).
+inline int weight_code(const std::uint8_t* w, int bits, bool panel, std::int64_t rb, std::int64_t n, std::int64_t t) {
+  const CodeField f = code_field(bits, panel, rb, n, t);
+  const int v = static_cast<int>((w[f.byte] >> f.shift) & f.mask);
+  if (panel) return v - 128;  // stored w + 128
+  if (bits == 8) return static_cast<std::int8_t>(static_cast<std::uint8_t>(v));
+  return bits == 2 ? v - 1 : (v != 0 ? 1 : -1);  // ternary c = w + 1; binary 1 = +1
 }
 
 // The weight (any conv2d_int8 / conv2d_w1a1 layout) with each row's K = Cg * kh * kw codes moved
@@ -261,7 +252,8 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
       }
       for (std::int64_t tap = 0; tap < taps; ++tap) {
         for (std::int64_t c = 0; c < Cg; ++c) {
-          const CodeField from = code_field(bits, panel, rb, n, c * taps + tap), to = code_field(bits, panel, rb, n, tap * Cg + c);
+          const CodeField from = code_field(bits, panel, rb, n, c * taps + tap);
+          const CodeField to = code_field(bits, panel, rb, n, tap * Cg + c);
           const unsigned v = (src[from.byte] >> from.shift) & from.mask;
           dst[to.byte] = static_cast<std::uint8_t>((dst[to.byte] & ~(to.mask << to.shift)) | (v << to.shift));
         }
@@ -283,15 +275,9 @@ at::Tensor widened_channels_last_weight(const at::Tensor& w, int bits, std::int6
   const std::int64_t rs = codes.size(1);
   at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
     for (std::int64_t n = n0; n < n1; ++n) {
-      const std::uint8_t* row = src + n * rb;
-      for (std::int64_t c = 0; c < Cg; ++c) {
-        for (std::int64_t tap = 0; tap < taps; ++tap) {
-          const std::uint64_t t = static_cast<std::uint64_t>(c * taps + tap);
-          const int v = bits == 2 ? static_cast<int>((row[t / 128 * 32 + t % 32] >> (2 * (t % 128 / 32))) & 3) - 1
-                                  : ((row[t / 8] >> (t % 8)) & 1) ? 1 : -1;
-          dst[n * rs + tap * Cg + c] = static_cast<std::int8_t>(v);
-        }
-      }
+      for (std::int64_t c = 0; c < Cg; ++c)
+        for (std::int64_t tap = 0; tap < taps; ++tap)
+          dst[n * rs + tap * Cg + c] = static_cast<std::int8_t>(weight_code(src, bits, false, rb, n, c * taps + tap));
     }
   });
   return panel ? qatkit::pack_int8_panel(codes) : codes;
@@ -312,23 +298,23 @@ struct ConvPatches {
   std::int64_t image_size() const { return Hp * Wp * C; }
   std::int64_t sums_size() const { return cl ? (C / Cg) * Hp * Wp : 0; }
 
-  /// One image's codes xq [C, H, W] -> xc, padded with pad_code: [Hp, Wp, C] (channels-last; with ps
-  /// not null also the sums of each group's channels per padded pixel, ps [groups, Hp * Wp]) or
-  /// [C, Hp, Wp] (planar).
-  template <class T>
-  void layout(const T* xq, T pad_code, T* xc, std::int32_t* ps) const {
+  /// One image's codes xq [C, H, W] -> xc, padded with pad_code: [Hp, Wp, C] (channels-last, by the
+  /// kernel table's transpose; with ps not null also the sums of each group's channels per padded
+  /// pixel, ps [groups, Hp * Wp]) or [C, Hp, Wp] (planar).
+  void layout(const kernels::cpu::QGemmKernels& k, const std::int8_t* xq, std::int8_t pad_code, std::int8_t* xc,
+              std::int32_t* ps) const {
     std::fill(xc, xc + Hp * Wp * C, pad_code);
     if (!cl) {
       for (std::int64_t ci = 0; ci < C; ++ci)
         for (std::int64_t h = 0; h < H; ++h)
-          std::memcpy(xc + (ci * Hp + h + ph) * Wp + pw, xq + (ci * H + h) * W, static_cast<std::size_t>(W) * sizeof(T));
+          std::memcpy(xc + (ci * Hp + h + ph) * Wp + pw, xq + (ci * H + h) * W, static_cast<std::size_t>(W));
       return;
     }
-    for (std::int64_t h = 0; h < H; ++h) transpose_tiled(xq + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
+    for (std::int64_t h = 0; h < H; ++h) k.transpose_s8(xq + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
     if (ps == nullptr) return;
     for (std::int64_t gi = 0; gi < C / Cg; ++gi) {
       for (std::int64_t p = 0; p < Hp * Wp; ++p) {
-        const T* px = xc + p * C + gi * Cg;
+        const std::int8_t* px = xc + p * C + gi * Cg;
         std::int32_t s = 0;
         for (std::int64_t ci = 0; ci < Cg; ++ci) s += px[ci];
         ps[gi * Hp * Wp + p] = s;
@@ -422,23 +408,11 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   if (Cg == 1) {  // depthwise (N / C outputs per input channel): the direct kernel, no im2col
     const std::int64_t taps = kh * kw, rb = w.size(1), Hp = H + 2 * ph, Wp = W + 2 * pw;
     std::vector<std::int16_t> wd(static_cast<std::size_t>(N * taps));  // the codes of any width as int16
-    for (std::int64_t n = 0; n < N; ++n) {
-      for (std::int64_t t = 0; t < taps; ++t) {
-        std::int16_t v;
-        if (panel) {  // QGemmArgs' panel layout: w + 128, row n's tap t at step t / 4, lane n % 16
-          const auto* pw = static_cast<const std::uint8_t*>(w.const_data_ptr());
-          v = static_cast<std::int16_t>(pw[(n / 16) * w.size(1) * 64 + (t / 4) * 64 + (n % 16) * 4 + t % 4] - 128);
-        } else if (weight_bits == 8) {
-          v = w.data_ptr<std::int8_t>()[n * rb + t];
-        } else if (weight_bits == 2) {  // QGemmPackedArgs' ternary layout: c = w + 1 in 128-blocks
-          const std::uint8_t byte = w.data_ptr<std::uint8_t>()[n * rb + t / 128 * 32 + t % 32];
-          v = static_cast<std::int16_t>(((byte >> (2 * (t % 128 / 32))) & 3) - 1);
-        } else {  // binary: bit t % 8 of byte t / 8, 1 = +1
-          v = static_cast<std::int16_t>(((w.data_ptr<std::uint8_t>()[n * rb + t / 8] >> (t % 8)) & 1) ? 1 : -1);
-        }
-        wd[static_cast<std::size_t>(n * taps + t)] = v;
-      }
-    }
+    const auto* wp = static_cast<const std::uint8_t*>(w.const_data_ptr());
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t t = 0; t < taps; ++t)
+        wd[static_cast<std::size_t>(n * taps + t)] =
+            static_cast<std::int16_t>(weight_code(wp, static_cast<int>(weight_bits), panel, rb, n, t));
     kernels::QDwConvArgs g;
     g.w = wd.data();
     g.corr = c.data_ptr<std::int32_t>();
@@ -461,7 +435,8 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
       // into NCHW
       std::vector<std::int16_t> wt(static_cast<std::size_t>(taps * N));  // [taps, N]
       for (std::int64_t n = 0; n < N; ++n)
-        for (std::int64_t t = 0; t < taps; ++t) wt[static_cast<std::size_t>(t * N + n)] = wd[static_cast<std::size_t>(n * taps + t)];
+        for (std::int64_t t = 0; t < taps; ++t)
+          wt[static_cast<std::size_t>(t * N + n)] = wd[static_cast<std::size_t>(n * taps + t)];
       kernels::QDwConvArgs gn = g;
       gn.w = wt.data();
       gn.C = C;
@@ -611,7 +586,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W));
         for (std::int64_t i = i0; i < i1; ++i) {
           k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
-          cp.layout(xq.data(), pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
+          cp.layout(k, xq.data(), pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
         }
       });
       for (std::int64_t gi = 0; gi < groups; ++gi) {
@@ -648,7 +623,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(L));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
-      cp.layout(xq.data(), pad_code, xc.data(), ps.data());
+      cp.layout(k, xq.data(), pad_code, xc.data(), ps.data());
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         const auto rows = [&](std::int64_t l0, std::int64_t l1) {
           for (std::int64_t l = l0; l < l1; ++l)
@@ -820,10 +795,10 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   const auto prepare = [&](Image& im, std::int64_t bi) {
     const std::int8_t* xq = cp + bi * C * H * W;
     if (!byte_runs) {
-      cpt.layout(xq, std::int8_t{0}, im.xc.data(), im.ps.data());
+      cpt.layout(k, xq, std::int8_t{0}, im.xc.data(), im.ps.data());
       return;
     }
-    cpt.layout(xq, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
+    cpt.layout(k, xq, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
     for (std::int64_t p = 0; p < Hp * Wp; ++p) {
       std::int32_t zeros = 0;
       for (std::int64_t cb = 0; cb < CB; ++cb)

@@ -790,8 +790,9 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
   for (std::int64_t p = 0; p < pairs; ++p) {
     for (std::int64_t b = 0; b < blocks; ++b) {
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.w + 2 * p * C + b * 16));
-      const __m256i w1 = 2 * p + 1 < taps ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.w + (2 * p + 1) * C + b * 16))
-                                          : _mm256_setzero_si256();
+      const __m256i w1 = 2 * p + 1 < taps
+                             ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.w + (2 * p + 1) * C + b * 16))
+                             : _mm256_setzero_si256();
       std::int16_t* d = wi.data() + (p * blocks + b) * 32;
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(w0, w1));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpackhi_epi16(w0, w1));
@@ -805,8 +806,10 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
         __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
         const std::int16_t* w = wi.data() + b * 32;
         for (std::int64_t p = 0; p < pairs; ++p, w += blocks * 32) {
-          const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + off[static_cast<std::size_t>(2 * p)] + b * 16));
-          const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xp + off[static_cast<std::size_t>(2 * p + 1)] + b * 16));
+          const std::int16_t* x0p = xp + off[static_cast<std::size_t>(2 * p)] + b * 16;
+          const std::int16_t* x1p = xp + off[static_cast<std::size_t>(2 * p + 1)] + b * 16;
+          const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0p));
+          const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1p));
           const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
           const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16));
           lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl));
@@ -824,7 +827,8 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
       if (blocks * 16 < C) {  // the last channels
         for (std::int64_t c = blocks * 16; c < C; ++c) {
           std::int32_t a = 0;
-          for (std::int64_t t = 0; t < taps; ++t) a += static_cast<std::int32_t>(xp[off[static_cast<std::size_t>(t)] + c]) * g.w[t * C + c];
+          for (std::int64_t t = 0; t < taps; ++t)
+            a += static_cast<std::int32_t>(xp[off[static_cast<std::size_t>(t)] + c]) * g.w[t * C + c];
           y[c] = detail::requantize(static_cast<std::uint32_t>(a) + static_cast<std::uint32_t>(g.corr[c]), g, c);
         }
       }
@@ -886,8 +890,9 @@ void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t co
         c[4 * i + 3] = _mm_unpackhi_epi32(a[4 * i + 1], a[4 * i + 3]);
       }
       for (int i = 0; i < 4; ++i) {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (c0 + 2 * i) * dst_rs + r0), _mm_unpacklo_epi64(c[i], c[4 + i]));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (c0 + 2 * i + 1) * dst_rs + r0), _mm_unpackhi_epi64(c[i], c[4 + i]));
+        std::int16_t* d0 = dst + (c0 + 2 * i) * dst_rs + r0;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d0), _mm_unpacklo_epi64(c[i], c[4 + i]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d0 + dst_rs), _mm_unpackhi_epi64(c[i], c[4 + i]));
       }
     }
   }
@@ -901,7 +906,7 @@ const QGemmKernels* qgemm_avx2() {
   // dwconv: loops.h's loop, vectorized by the compiler here (AVX2); dwconv_nhwc above
   static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
                               &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
-                              &transpose_s8_s16, &dequant_w4f};
+                              &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f};
   return &k;
 }
 

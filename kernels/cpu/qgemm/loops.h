@@ -319,6 +319,11 @@ inline void transpose_s8_s16_tiled(const std::int8_t* src, std::int64_t rows, st
   transpose_tiled(src, rows, cols, src_rs, dst, dst_rs);
 }
 
+inline void transpose_s8_tiled(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,
+                               std::int8_t* dst, std::int64_t dst_rs) {
+  transpose_tiled(src, rows, cols, src_rs, dst, dst_rs);
+}
+
 /// One dequantized weight of a weight-only W4 row (QGemmW4FArgs): (float(q) - z) * s.
 /// Rows [n_begin, n_end) of a weight-only W4 weight dequantized into w (row n at w + (n - n_begin) * K;
 /// w4_weight's bits).

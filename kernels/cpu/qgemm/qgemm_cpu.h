@@ -38,6 +38,9 @@ struct QGemmKernels {
   /// The same for int8 codes widened to int16 (an image's [C, W] rows into channels-last pixels).
   void (*transpose_s8_s16)(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,
                            std::int16_t* dst, std::int64_t dst_rs);
+  /// The same for int8 codes (16 x 16 tiles on every ISA).
+  void (*transpose_s8)(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,
+                       std::int8_t* dst, std::int64_t dst_rs);
   /// Rows [n_begin, n_end) of a weight-only 4-bit weight dequantized into w (float32, row n at
   /// w + (n - n_begin) * K; gemm_w4f's weight bits), for the many-row path (a float GEMM on them).
   void (*dequant_w4f)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end, float* w);
