@@ -399,6 +399,21 @@ def test_conv2d_int8_panel_equals_the_unfolded_gemm_on_every_isa(B, C, N):
             ops.conv2d_int8(x, panel, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, 3)
 
 
+def _unfolded_conv_reference(x, w, corr, scale, act, bias, groups, k, stride=(1, 1), padding=(1, 1),
+                             dilation=(1, 1)):
+    """The conv from linear_int8 over F.unfold's patches, group by group: what every conv2d_int8
+    path must equal bit for bit. act: (act_scale, zero_point, qmin, qmax)."""
+    import torch.nn.functional as F
+
+    ng, cg = w.shape[0] // groups, x.shape[1] // groups
+    return torch.cat([
+        ops.linear_int8(F.unfold(x[:, i * cg:(i + 1) * cg], k, dilation=dilation, padding=padding,
+                                 stride=stride).transpose(1, 2),
+                        w[i * ng:(i + 1) * ng], corr[i * ng:(i + 1) * ng], scale[i * ng:(i + 1) * ng], *act,
+                        None if bias is None else bias[i * ng:(i + 1) * ng]).transpose(1, 2)
+        for i in range(groups)], 1)
+
+
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("C,N,groups", [(6, 6, 6), (4, 8, 4), (6, 12, 3), (4, 8, 2)])
 @pytest.mark.parametrize("geom", [dict(s=(2, 1), p=(1, 1), d=(1, 1)), dict(s=(1, 2), p=(2, 0), d=(2, 1))])
@@ -425,12 +440,8 @@ def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom)
     corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
     scale = torch.rand(N, generator=g) * 1e-2
     fb = torch.randn(N, generator=g)
-    ng, cg = N // groups, C // groups
-    want = torch.cat([
-        ops.linear_int8(F.unfold(x[:, i * cg:(i + 1) * cg], k, dilation=geom["d"], padding=geom["p"],
-                                 stride=geom["s"]).transpose(1, 2),
-                        w[i * ng:(i + 1) * ng], corr[i * ng:(i + 1) * ng], scale[i * ng:(i + 1) * ng], s, zp, qmin, qmax,
-                        fb[i * ng:(i + 1) * ng]).transpose(1, 2) for i in range(groups)], 1)
+    want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, groups, k, geom["s"], geom["p"],
+                                    geom["d"])
     old = qatkit._C.cpu_isa()
     try:
         for isa in _isas():
@@ -469,7 +480,7 @@ def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, gro
 
     g = torch.Generator().manual_seed(23)
     x = torch.randn(B, C, HW, HW, generator=g) * 2
-    cg, ng = C // groups, N // groups
+    cg = C // groups
     K = cg * 9
     if bits == 8:
         w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
@@ -483,10 +494,7 @@ def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, gro
     s, zp, qmin, qmax = 0.04, 9, 0, 255
     corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
     scale, fb = torch.rand(N, generator=g) * 1e-2, torch.randn(N, generator=g)
-    want = torch.cat([
-        ops.linear_int8(F.unfold(x[:, i * cg:(i + 1) * cg], (3, 3), padding=(1, 1)).transpose(1, 2),
-                        w[i * ng:(i + 1) * ng], corr[i * ng:(i + 1) * ng], scale[i * ng:(i + 1) * ng], s, zp, qmin, qmax,
-                        fb[i * ng:(i + 1) * ng]).transpose(1, 2) for i in range(groups)], 1)
+    want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, groups, (3, 3))
     old = qatkit._C.cpu_isa()
     try:
         for isa in _isas():
@@ -551,10 +559,7 @@ def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C
     s, zp, qmin, qmax = 0.04, 9, 0, 255
     corr = (torch.randint(-300, 300, (C,), generator=g) + (128 - zp) * w.long().sum(1)).int()
     scale, fb = torch.rand(C, generator=g) * 1e-2, torch.randn(C, generator=g)
-    want = torch.cat([
-        ops.linear_int8(F.unfold(x[:, i:i + 1], k, dilation=geom["d"], padding=geom["p"], stride=geom["s"]).transpose(1, 2),
-                        w[i:i + 1], corr[i:i + 1], scale[i:i + 1], s, zp, qmin, qmax, fb[i:i + 1]).transpose(1, 2)
-        for i in range(C)], 1)
+    geo = (geom["s"], geom["p"], geom["d"])
     old = qatkit._C.cpu_isa()
     try:
         for isa in _isas():
@@ -562,13 +567,7 @@ def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C
             for bias in (fb, None):
                 got = ops.conv2d_int8(x, packed, bits, k, geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin, qmax,
                                       bias, C)
-                ref = want
-                if bias is None:  # without a bias: the requantized product alone (no float add)
-                    ref = torch.cat([
-                        ops.linear_int8(F.unfold(x[:, i:i + 1], k, dilation=geom["d"], padding=geom["p"],
-                                                 stride=geom["s"]).transpose(1, 2),
-                                        w[i:i + 1], corr[i:i + 1], scale[i:i + 1], s, zp, qmin, qmax).transpose(1, 2)
-                        for i in range(C)], 1)
+                ref = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), bias, C, k, *geo)
                 assert torch.equal(got.reshape(B, C, -1), ref), (isa, bias is None)
     finally:
         qatkit._C.set_cpu_isa(old)
