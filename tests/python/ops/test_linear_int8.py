@@ -514,15 +514,11 @@ def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N
     (C a multiple of 8) or code by code (C = 5); one GEMM per image of 289 positions (images in
     parallel, or one image's rows and columns), or several small images' rows in one GEMM; against
     the float64 conv of the codes, on every ISA."""
-    import torch.nn.functional as F
-
     g = torch.Generator().manual_seed(29)
     x = torch.randn(B, C, HW, HW, generator=g)
     w = (torch.randint(0, 2, (N, C, 3, 3), generator=g) * 2 - 1).to(torch.int8)
     ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
-    q, alpha = ops.binary_codes(x, "bitnet", 0)
-    acc = F.conv2d(q.double(), w.double(), None, 1, 1).float()
-    want = acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1)) + fb.reshape(1, -1, 1, 1)
+    want = _xnor_conv_reference(x, w, ws, fb, (1, 1), (1, 1), (1, 1))
     packed = ops.pack_binary_b1(w.reshape(N, -1))
     old = qatkit._C.cpu_isa()
     try:
@@ -673,6 +669,16 @@ def test_w4a8_packing_opcheck_and_errors():
 # ---------------------------------------------------------------- XNOR W1A1
 
 
+def _xnor_conv_reference(x, w, ws, bias, stride, padding, dilation):
+    """conv2d_w1a1 from its formula: the float64 conv of the binarized input's codes (zero padding:
+    code 0) and the weight codes, fp32(acc) * fp32(alpha[b] * ws[n]) + bias."""
+    import torch.nn.functional as F
+
+    q, alpha = ops.binary_codes(x, "bitnet", 0)
+    acc = F.conv2d(q.double(), w.double(), None, stride, padding, dilation).float()
+    return acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1)) + bias.reshape(1, -1, 1, 1)
+
+
 def _xnor_reference(x, w, wscale, bias):
     """The "row" form from its formula: codes and alphas of binary_codes('bitnet', axis 0), int64
     sums of the codes, fp32(acc) * fp32(alpha[b] * wscale[n]) + bias."""
@@ -741,17 +747,13 @@ def test_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, B, C):
     times the binary weight codes, requantized by the "row" rule, on every ISA. C = 16: each
     pixel's bits are whole bytes (the rows are byte copies; the padding's zero masks too); C = 5: the
     rows packed code by code."""
-    import torch.nn.functional as F
-
     g = torch.Generator().manual_seed(13)
     H, W, N = 9, 7, 6
     x = torch.randn(B, C, H, W, generator=g)
     kh, kw = geom["k"]
     w = (torch.randint(0, 2, (N, C, kh, kw), generator=g) * 2 - 1).to(torch.int8)
     ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
-    q, alpha = ops.binary_codes(x, "bitnet", 0)
-    acc = F.conv2d(q.double(), w.double(), None, geom["s"], geom["p"], geom["d"]).float()
-    want = acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1)) + fb.reshape(1, -1, 1, 1)
+    want = _xnor_conv_reference(x, w, ws, fb, geom["s"], geom["p"], geom["d"])
     packed = ops.pack_binary_b1(w.reshape(N, -1))
     old = qatkit._C.cpu_isa()
     try:
