@@ -84,6 +84,13 @@ std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& 
   plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
   const torch::Tensor z = f.zero_point.reshape({n, k / gs});
   if ((z != 0).any().item<bool>()) plan->group_zero = z.to(torch::kFloat).contiguous();
+  if (n % 16 == 0) {  // the panel's blocked scales [n / 16, G, 16]: no per-call transpose (Python's plan too)
+    const auto blocked = [&](const torch::Tensor& t) {
+      return t.reshape({n / 16, 16, k / gs}).transpose(1, 2).contiguous();
+    };
+    plan->group_scale = blocked(plan->group_scale);
+    if (plan->group_zero.defined()) plan->group_zero = blocked(plan->group_zero);
+  }
   if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
   return plan;
 }

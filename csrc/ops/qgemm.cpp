@@ -45,6 +45,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <tuple>
 
 #include "op_handle.h"
 #include "qatkit/ops.h"
@@ -372,19 +373,47 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
   constexpr const char* op = "linear_w4_weight_only";
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
-  const auto [N, G] = check_w4_weight(op, input, weight, group, &gscale);
+  // the panel's blocked scales [N / 16, G, 16] (w4_block_scales) go with a panel weight of N / 16 blocks
+  const bool blocked = gscale.dim() == 3;
+  TORCH_CHECK_VALUE(!blocked || weight.dim() == 3,
+                    fmt::format("{}: a 3-D group_scale (blocked [N / 16, K / group_size, 16]) needs a panel weight "
+                                "(pack_int4_panel), got a {}-D weight", op, weight.dim()));
+  std::int64_t N = 0, G = 0;
+  if (blocked) {
+    const std::int64_t K = static_dim(input, -1);
+    TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
+                      fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
+    N = gscale.size(0) * 16;
+    G = K / group;
+    TORCH_CHECK_VALUE(weight.size(0) == N / 16 && weight.size(1) == (K + 127) / 128 && weight.size(2) == 1024,
+                      fmt::format("{}: a panel weight (pack_int4_panel) for N = {} (16 x group_scale's blocks), K = {} "
+                                  "must have shape [{}, {}, 1024], got {}", op, N, K, N / 16, (K + 127) / 128,
+                                  c10::str(weight.sizes())));
+  } else {
+    std::tie(N, G) = check_w4_weight(op, input, weight, group, &gscale);
+  }
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"group_scale", &gscale},
                          {"group_zero", gzero.has_value() ? &*gzero : nullptr}}) {
     if (!t) continue;
     TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat,
                      fmt::format("{}: {} must be float32, got {}", op, name, c10::toString(t->scalar_type())));
-    TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == N && t->size(1) == G,
-                      fmt::format("{}: {} must have shape [{}, {}], got {}", op, name, N, G, c10::str(t->sizes())));
+    if (blocked) {
+      TORCH_CHECK_VALUE(t->dim() == 3 && t->size(0) == N / 16 && t->size(1) == G && t->size(2) == 16,
+                        fmt::format("{}: {} must have the blocked shape [{}, {}, 16] (as group_scale), got {}", op,
+                                    name, N / 16, G, c10::str(t->sizes())));
+    } else {
+      TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == N && t->size(1) == G,
+                        fmt::format("{}: {} must have shape [{}, {}], got {}", op, name, N, G, c10::str(t->sizes())));
+    }
     TORCH_CHECK_VALUE(t->device() == input.device(),
                       fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
                                   t->device().str()));
   }
   check_devices_and_bias(op, input, {&weight}, bias, N);
+}
+
+std::int64_t w4_weight_only_rows(const at::Tensor& group_scale) {
+  return group_scale.dim() == 3 ? group_scale.size(0) * 16 : group_scale.size(0);
 }
 
 }  // namespace ops

@@ -63,9 +63,14 @@ std::int64_t check_w1a1_args(const char* op, const at::Tensor& input, std::int64
 
 /// linear_w4_weight_only's checks (float32 input, uint8 weight [N, K / 2] or the panel layout
 /// [ceil(N / 16), ceil(K / 128), 1024] with N group_scale's rows, group_size a multiple of
-/// 32 dividing K, float32 group_scale / group_zero [N, K / group_size], bias, devices).
+/// 32 dividing K, float32 group_scale / group_zero [N, K / group_size], bias, devices). With a
+/// panel weight the scales (and zero points) may come in the panel's blocks, [N / 16, K / group_size,
+/// 16] (element [n / 16, g, n % 16]; N a multiple of 16): the kernels read a block's scales as they are.
 void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                                       std::int64_t group, const std::optional<at::Tensor>& gzero,
                                       const std::optional<at::Tensor>& bias);
+
+/// linear_w4_weight_only's N: group_scale's rows, or 16 per block of blocked scales.
+std::int64_t w4_weight_only_rows(const at::Tensor& group_scale);
 
 }  // namespace qatkit::ops

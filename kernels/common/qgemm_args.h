@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "macros.h"
+
 namespace qatkit::kernels {
 
 /// Activation quantization of one row: a = clamp(nearbyint(x * inv_scale) + zero_point, qmin, qmax)
@@ -151,6 +153,15 @@ struct QGemmW4FArgs {
   float* y = nullptr;                   ///< [M, N]
   std::int64_t M = 0, N = 0, K = 0, group = 32;
   bool panel = false;  ///< w in pack_int4_panel's layout (QGemmW4Args::panel): no per-call transpose
+  /// gscale / gzero in the panel's blocks [N / 16, G, 16] (element [n / 16, g, n % 16]; N a multiple
+  /// of 16): a block's 16 rows' scales of a group are one vector, read without a transpose
+  bool blocked_scales = false;
+
+  /// The index of row n's group gi in gscale / gzero, in either layout.
+  QATKIT_HD std::int64_t scale_index(std::int64_t n, std::int64_t gi) const {
+    const std::int64_t G = K / group;
+    return blocked_scales ? ((n / 16) * G + gi) * 16 + n % 16 : n * G + gi;
+  }
 };
 
 }  // namespace qatkit::kernels

@@ -156,13 +156,13 @@ __global__ void gemm_w4_kernel(QGemmW4Args g) {
 __global__ void gemm_w4f_kernel(QGemmW4FArgs g) {
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
   const int lane = threadIdx.x % 32;
-  const std::int64_t KB = g.K / 2, G = g.K / g.group;
+  const std::int64_t KB = g.K / 2;
   for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < g.M * g.N; o += warps) {
     const std::int64_t m = o / g.N, n = o % g.N;
     const float* x = g.x + m * g.K;
     float s = 0.f;
     for (std::int64_t k = lane; k < g.K; k += 32) {
-      const std::int64_t gi = n * G + k / g.group;
+      const std::int64_t gi = g.scale_index(n, k / g.group);  // either scale layout
       const float z = g.gzero ? g.gzero[gi] : 0.f;
       const float w = (static_cast<float>(w4_code(g.w, g.panel, KB, n, k)) - z) * g.gscale[gi];
       s = s + x[k] * w;

@@ -577,7 +577,10 @@ def linear_w4_weight_only(
     without ``group_zero``), float32 FMAs against ``input`` (float32 ``[..., K]``), plus ``bias``.
     A float kernel: its summation order is its own, so it equals ``F.linear`` on the dequantized
     weight within docs/integer.md's bound, not bit for bit. ``group_size``: a multiple of 32 that
-    divides K. Inference only."""
+    divides K. With a panel weight, ``group_scale`` and ``group_zero`` may come in the panel's
+    blocks (:func:`block_w4_scales`, ``[N / 16, K / group_size, 16]``, N a multiple of 16): the
+    same bits, without the CPU kernel's per-call transpose of each block's scales (what the loaders
+    give where N allows). Inference only."""
     return torch.ops.qatkit.linear_w4_weight_only(input, weight, group_scale, group_size, group_zero, bias)
 
 
@@ -670,6 +673,21 @@ def pack_int4_panel(weight: torch.Tensor) -> torch.Tensor:
         TypeError / ValueError: not uint8, or not 2-D with K a multiple of 32.
     """
     return torch.ops.qatkit.pack_int4_panel(weight)
+
+
+def block_w4_scales(scale: torch.Tensor) -> torch.Tensor:
+    """Per-group scales (or zero points) ``[N, G]`` of a :func:`pack_int4_panel` weight in the panel's
+    blocks, ``[N / 16, G, 16]`` (element ``[n // 16, g, n % 16]`` is ``scale[n, g]``), as
+    :func:`linear_w4_weight_only` takes them: one 16-lane vector per block and group, read as it is.
+
+    Raises:
+        ValueError: not 2-D, or N not a multiple of 16.
+    """
+    if scale.dim() != 2 or scale.shape[0] % 16:
+        raise ValueError(f"block_w4_scales: scale must be 2-D [N, G] with N a multiple of 16, got shape "
+                         f"{tuple(scale.shape)}")
+    n, g = scale.shape
+    return scale.reshape(n // 16, 16, g).transpose(1, 2).contiguous()
 
 
 def pack_int8_panel(weight: torch.Tensor) -> torch.Tensor:

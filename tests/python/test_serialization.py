@@ -389,3 +389,5 @@ def test_loaded_int4_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, sym
             assert bool(((yl.double() - yc.double()).abs() <= bound).all())
             h = torch.relu(yc)
         assert torch.equal(qatkit.load(path, compute="float")(data), c(data))
+    # the plans' scales: the panel's blocks where N is a multiple of 16 (96, 64), [N, G] for N = 10
+    assert [m.__dict__["_int8_plan"]["gscale"].dim() for m in lin] == [3, 3, 2]

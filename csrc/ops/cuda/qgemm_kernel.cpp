@@ -143,7 +143,7 @@ at::Tensor linear_w4_weight_only_cuda(const at::Tensor& input, const at::Tensor&
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous();
   const at::Tensor gz = group_zero.has_value() ? group_zero->contiguous() : at::Tensor();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = gs.size(0), K = x.size(-1);  // a panel weight: N from group_scale
+  const std::int64_t N = w4_weight_only_rows(gs), K = x.size(-1);  // a panel weight: N from group_scale
   const auto rows = rows_and_output_shape(x, N);
   at::Tensor y = at::empty(rows.second, input.options());
   if (y.numel() == 0) return y;
@@ -158,6 +158,7 @@ at::Tensor linear_w4_weight_only_cuda(const at::Tensor& input, const at::Tensor&
   g.N = N;
   g.K = K;
   g.panel = w.dim() == 3;
+  g.blocked_scales = gs.dim() == 3;
   g.group = group_size;
   C10_CUDA_CHECK(kernels::cuda::launch_gemm_w4f(g, c10::cuda::getCurrentCUDAStream()));
   return y;

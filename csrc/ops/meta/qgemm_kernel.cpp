@@ -95,7 +95,9 @@ at::Tensor linear_w4_weight_only_meta(const at::Tensor& input, const at::Tensor&
                                       std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
                                       const std::optional<at::Tensor>& bias) {
   check_linear_w4_weight_only_args(input, weight, group_scale, group_size, group_zero, bias);
-  return linear_output(input, group_scale);  // N: group_scale's rows (a panel weight has blocks of 16)
+  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
+  shape.back() = c10::SymInt(w4_weight_only_rows(group_scale));  // group_scale's rows, or 16 per block
+  return at::empty_symint(shape, input.options());
 }
 
 }  // namespace

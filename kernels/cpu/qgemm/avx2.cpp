@@ -697,8 +697,8 @@ inline void dequant_w4_row(const QGemmW4FArgs& g, std::int64_t n, float* out, st
   const __m128i low4 = _mm_set1_epi8(15);
   const __m256i eight = _mm256_set1_epi32(8);
   for (std::int64_t gi = 0; gi < G; ++gi) {
-    const __m256 s = _mm256_set1_ps(g.gscale[n * G + gi]);
-    const __m256 z = _mm256_set1_ps(g.gzero ? g.gzero[n * G + gi] : 0.f);
+    const __m256 s = _mm256_set1_ps(g.gscale[g.scale_index(n, gi)]);
+    const __m256 z = _mm256_set1_ps(g.gzero ? g.gzero[g.scale_index(n, gi)] : 0.f);
     for (std::int64_t k = gi * g.group; k < (gi + 1) * g.group; k += 32) {
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
       const __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);

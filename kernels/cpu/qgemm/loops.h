@@ -328,13 +328,12 @@ inline void transpose_s8_tiled(const std::int8_t* src, std::int64_t rows, std::i
 /// Rows [n_begin, n_end) of a weight-only W4 weight dequantized into w (row n at w + (n - n_begin) * K;
 /// w4_weight's bits).
 inline void dequant_w4f_rows(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end, float* w) {
-  const std::int64_t G = g.K / g.group;
   std::vector<std::uint8_t> buf(static_cast<std::size_t>(g.panel ? g.K / 2 : 0));
   for (std::int64_t n = n_begin; n < n_end; ++n) {
     const std::uint8_t* row = w4_row(g.w, g.panel, g.K, n, buf.data());
     float* out = w + (n - n_begin) * g.K;
     for (std::int64_t c = 0; c < g.K / 32; ++c) {  // 32-weight chunks: byte j holds k = j (low) and j + 16 (high)
-      const std::int64_t gi = n * G + c * 32 / g.group;
+      const std::int64_t gi = g.scale_index(n, c * 32 / g.group);
       const float s = g.gscale[gi], z = g.gzero ? g.gzero[gi] : 0.f;
       for (int j = 0; j < 16; ++j) {
         const std::uint8_t b = row[c * 16 + j];
@@ -349,7 +348,7 @@ inline float w4_weight(const QGemmW4FArgs& g, std::int64_t n, std::int64_t k) {
   const std::int64_t KB = g.K / 2, b = k / 32 * 16 + k % 16;  // byte b of row n (w4_row's index)
   const std::uint8_t byte = g.w[g.panel ? w4_panel_offset(KB, n, b) : n * KB + b];
   const std::int32_t q = ((k % 32) < 16 ? (byte & 15) : (byte >> 4)) - 8;
-  const std::int64_t gi = n * (g.K / g.group) + k / g.group;
+  const std::int64_t gi = g.scale_index(n, k / g.group);
   const float z = g.gzero ? g.gzero[gi] : 0.f;
   return (static_cast<float>(q) - z) * g.gscale[gi];
 }

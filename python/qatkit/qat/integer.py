@@ -281,10 +281,15 @@ def _int8_plan(mod) -> Optional[dict]:
         n, k = mod.weight_int.shape
         gs = mod.group_size
         z = mod.weight_zero_point.reshape(n, k // gs)
-        # the panel layout: the kernel transposes nothing per call (1.1-1.25x on MiniLM's layers)
+        # the panel layout: the kernel transposes nothing per call (1.1-1.25x on MiniLM's layers); the
+        # scales and zero points in the panel's blocks where N allows (no per-call transpose of theirs)
+        sc = mod.weight_scale.float().reshape(n, k // gs).contiguous()
+        zf = z.float().contiguous() if bool((z != 0).any()) else None
+        if n % 16 == 0:
+            sc = ops.block_w4_scales(sc)
+            zf = None if zf is None else ops.block_w4_scales(zf)
         return {"kernel": "linear_w4_weight_only", "weight": ops.pack_int4_panel(ops.pack_int4_w4(mod.weight_int)),
-                "gscale": mod.weight_scale.float().reshape(n, k // gs).contiguous(), "group_size": gs,
-                "gzero": z.float().contiguous() if bool((z != 0).any()) else None,
+                "gscale": sc, "group_size": gs, "gzero": zf,
                 "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
     aq = mod.input_fake_quant
     spec = aq.spec

@@ -85,3 +85,16 @@ def sample_inputs(device: str = "cpu", dtypes=DTYPES, limit: Optional[int] = Non
             count += 1
             if limit is not None and count >= limit:
                 return
+
+
+def w4_weight_only_case(M: int, N: int, K: int, group_size: int, zero: bool, seed: int) -> dict:
+    """One ``linear_w4_weight_only`` case: float32 input ``x [M, K]``, 4-bit codes ``q [N, K]`` in
+    [-8, 7], per-group scales ``s [N, K / group_size]`` in [1e-3, 0.101), integer zero points ``z``
+    in [-3, 3] (None when not ``zero``), bias ``b [N]``, all from one seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g)
+    q = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
+    s = torch.rand(N, K // group_size, generator=g) * 0.1 + 1e-3
+    z = torch.randint(-3, 4, (N, K // group_size), generator=g).float() if zero else None
+    b = torch.randn(N, generator=g)
+    return {"x": x, "q": q, "s": s, "z": z, "b": b}

@@ -7,7 +7,7 @@ import torch
 
 import qatkit
 from qatkit import ops
-from qatkit.testing.samples import DTYPES, sample_inputs
+from qatkit.testing.samples import DTYPES, sample_inputs, w4_weight_only_case
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and qatkit.build_info()["cuda"]),
@@ -295,12 +295,7 @@ def test_w4a8_cuda_equals_cpu_in_both_layouts(M, N, K, gs, qrange, zp):
 def test_w4_weight_only_cuda_within_the_float_bound(M, N, K, gs, zero):
     """A float kernel: each weight dequantizes to the CPU's bits (one-hot rows read them back) and
     the output is within docs/integer.md's bound K * 2^-24 * sum|x * w| of the float64 product."""
-    g = torch.Generator().manual_seed(22)
-    x = torch.randn(M, K, generator=g)
-    q = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
-    s = torch.rand(N, K // gs, generator=g) * 0.1 + 1e-3
-    z = torch.randint(-3, 4, (N, K // gs), generator=g).float() if zero else None
-    b = torch.randn(N, generator=g)
+    x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=22).values()
     wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
                                group_size=gs)
     packed = ops.pack_int4_w4(q).cuda()
@@ -312,6 +307,9 @@ def test_w4_weight_only_cuda_within_the_float_bound(M, N, K, gs, zero):
     # the panel layout (what the plans give): the same kernel order, so the same bits
     yp = ops.linear_w4_weight_only(x.cuda(), ops.pack_int4_panel(packed), s.cuda(), gs, zc, b.cuda()).cpu()
     assert torch.equal(yp, y)
+    if N % 16 == 0:  # the panel's blocked scales (block_w4_scales): the same bits
+        sb, zb = ops.block_w4_scales(s).cuda(), None if z is None else ops.block_w4_scales(z).cuda()
+        assert torch.equal(ops.linear_w4_weight_only(x.cuda(), ops.pack_int4_panel(packed), sb, gs, zb, b.cuda()).cpu(), y)
     if N and K:
         eye = torch.eye(K, device="cuda")
         assert torch.equal(ops.linear_w4_weight_only(eye, packed, s.cuda(), gs, zc).t().cpu(), wd)

@@ -7,6 +7,7 @@ import torch
 
 import qatkit
 from qatkit import ops
+from qatkit.testing.samples import w4_weight_only_case
 
 
 def _case(M, N, K, qrange=(0, 255), zp=3, seed=0, shape=None):
@@ -804,12 +805,7 @@ def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
     the output is within K * 2^-24 * sum|x * w| (+ the bias's half ulp) of the float64 product;
     below 256 rows the kernel's in-register dequantization, from 256 on the dequantized weight's
     float GEMM in blocks of rows (the one-hot inputs of K >= 256 rows take that path too)."""
-    g = torch.Generator().manual_seed(21)
-    x = torch.randn(M, K, generator=g)
-    q = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
-    s = torch.rand(N, K // gs, generator=g) * 0.1 + 1e-3
-    z = torch.randint(-3, 4, (N, K // gs), generator=g).float() if zero else None
-    b = torch.randn(N, generator=g)
+    x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=21).values()
     wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
                                group_size=gs)
     packed = ops.pack_int4_w4(q)
@@ -828,6 +824,59 @@ def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
                 assert torch.equal(ops.linear_w4_weight_only(eye, packed, s, gs, z).t(), wd), isa
     finally:
         qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("M,N,K,gs", [(1, 16, 64, 32), (12, 48, 384, 32), (5, 96, 256, 64), (13, 32, 1536, 32),
+                                      (2, 16, 96, 32), (260, 32, 128, 32)])
+@pytest.mark.parametrize("zero", [False, True])
+def test_w4_weight_only_blocked_scales_give_the_row_scales_bits(M, N, K, gs, zero):
+    """Scales (and zero points) in the panel's blocks (block_w4_scales) give the [N, G] layout's
+    outputs bit for bit on every ISA: the row tiles of up to 12 rows (transposed activations), more
+    rows through the L1 buffer, and 260 rows on the dequantize-then-GEMM path; block n // 16, lane
+    n % 16 holds row n's scale (checked element by element against the [N, G] tensor)."""
+    x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=23).values()
+    sb, zb = ops.block_w4_scales(s), None if z is None else ops.block_w4_scales(z)
+    assert sb.shape == (N // 16, K // gs, 16)
+    for n in (0, 7, 15, N - 1):
+        assert torch.equal(sb[n // 16, :, n % 16], s[n])
+    panel = ops.pack_int4_panel(ops.pack_int4_w4(q))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            y = ops.linear_w4_weight_only(x, panel, s, gs, z, b)
+            assert torch.equal(ops.linear_w4_weight_only(x, panel, sb, gs, zb, b), y), isa
+            assert torch.equal(ops.linear_w4_weight_only(x, panel, sb, gs, zb) + b, y), isa  # bias last, one rounding
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_w4_weight_only_blocked_scales_opcheck_and_errors():
+    x = torch.randn(3, 64)
+    q = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
+    p = ops.pack_int4_w4(q)
+    pp, s, z = ops.pack_int4_panel(p), torch.rand(32, 2) + 0.01, torch.randint(-3, 4, (32, 2)).float()
+    sb, zb = ops.block_w4_scales(s), ops.block_w4_scales(z)
+    torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, pp, sb, 32))
+    torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, pp, sb, 32, zb, torch.randn(32)))
+    f = torch.compile(lambda t: ops.linear_w4_weight_only(t, pp, sb, 32, zb), fullgraph=True)
+    assert torch.equal(f(x), ops.linear_w4_weight_only(x, pp, s, 32, z))
+    with pytest.raises(ValueError, match=r"a 3-D group_scale \(blocked \[N / 16, K / group_size, 16\]\) needs a panel "
+                                         r"weight \(pack_int4_panel\), got a 2-D weight"):
+        ops.linear_w4_weight_only(x, p, sb, 32)
+    with pytest.raises(ValueError, match=r"a panel weight \(pack_int4_panel\) for N = 48 \(16 x group_scale's blocks\), "
+                                         r"K = 64 must have shape \[3, 1, 1024\], got \[2, 1, 1024\]"):
+        ops.linear_w4_weight_only(x, pp, torch.rand(3, 2, 16), 32)
+    with pytest.raises(ValueError, match=r"group_scale must have the blocked shape \[2, 2, 16\]"):
+        ops.linear_w4_weight_only(x, pp, torch.rand(2, 2, 8), 32)
+    with pytest.raises(ValueError, match=r"group_zero must have the blocked shape \[2, 2, 16\] \(as group_scale\), "
+                                         r"got \[32, 2\]"):
+        ops.linear_w4_weight_only(x, pp, sb, 32, z)
+    with pytest.raises(ValueError, match="group_size must be a multiple of 32 that divides K = 64, got 48"):
+        ops.linear_w4_weight_only(x, pp, sb, 48)
+    with pytest.raises(ValueError, match=r"block_w4_scales: scale must be 2-D \[N, G\] with N a multiple of 16, got "
+                                         r"shape \(20, 2\)"):
+        ops.block_w4_scales(torch.rand(20, 2))
 
 
 def test_w4_weight_only_opcheck_compile_and_errors():
