@@ -1156,11 +1156,11 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   std::vector<float> wd(static_cast<std::size_t>(g.M > 12 ? kChunk * 16 : 0));
   std::vector<float> acc(static_cast<std::size_t>(g.M > 12 ? g.M * 16 : 0));
   // up to 12 rows: the row tiles transposed once per call (xt[m * K + k * MR + i] for the tile at m)
-  std::vector<float> xt(static_cast<std::size_t>(g.M <= 12 ? g.M * g.K : 0));
+  float* xt = detail::thread_scratch<float, struct W4fRows>(static_cast<std::size_t>(g.M <= 12 ? g.M * g.K : 0));
   if (g.M <= 12) {
     std::int64_t m = 0;
     for (const int mr : {12, 8, 4, 2}) {
-      for (; m + mr <= g.M; m += mr) w4f_transpose_tile(g.x + m * g.K, g.K, mr, xt.data() + m * g.K);
+      for (; m + mr <= g.M; m += mr) w4f_transpose_tile(g.x + m * g.K, g.K, mr, xt + m * g.K);
     }
   }
   const __m512 lut = _mm512_setr_ps(-8.f, -7.f, -6.f, -5.f, -4.f, -3.f, -2.f, -1.f, 0.f, 1.f, 2.f, 3.f, 4.f, 5.f, 6.f, 7.f);
@@ -1183,7 +1183,7 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
     }
     if (g.M <= 12) {
       // the next block's scales, prefetched group by group: either layout's block starts (n + 16) * G floats in
-      w4f_direct_rows(g, xt.data(), n, nr, panel, sc, zc, lut, detail::NextBlockScales(g.gscale, G, n, n_end));
+      w4f_direct_rows(g, xt, n, nr, panel, sc, zc, lut, detail::NextBlockScales(g.gscale, G, n, n_end));
       continue;
     }
     std::fill(acc.begin(), acc.end(), 0.f);
