@@ -937,10 +937,15 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   g.blocked_scales = gs.dim() == 3;
   g.group = group_size;
   const auto& k = kernels::cpu::qgemm_kernels();
-  if (g.M >= kW4DequantRows) {  // many rows: blocks of weight rows dequantized into one L2-sized buffer, each
-    // block's float GEMM (MKL / oneDNN) into its output columns; the buffer is reused, so a large
-    // weight never becomes a fresh [N, K] float allocation per call (page faults)
-    const std::int64_t nb = std::min(N, std::max<std::int64_t>(16, (std::int64_t{2} << 20) / (4 * K) / 16 * 16));
+  if (g.M >= kW4DequantRows) {  // many rows: blocks of weight rows dequantized into one buffer, each block's
+    // float GEMM (MKL / oneDNN) into its output columns. Blocks of at most 8 MiB of floats, as equal as
+    // 16-row steps allow: MiniLM's layers (up to 2.3 MiB) run as one GEMM (with 2 MiB blocks its
+    // 1536-wide layers ran as 1360 + 176 and 336 + 48 rows, the small GEMM slow and the large one
+    // copied: 0.85x FP32 per layer); the buffer is reused, so a large weight never becomes a fresh
+    // [N, K] float allocation per call (page faults).
+    const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{8} << 20) / (4 * K) / 16 * 16);
+    const std::int64_t nblocks = (N + cap - 1) / cap;
+    const std::int64_t nb = std::min(N, ((N + nblocks - 1) / nblocks + 15) / 16 * 16);
     at::Tensor wf = at::empty({nb, K}, input.options());
     const at::Tensor x2 = x.reshape({g.M, K});
     at::Tensor y2 = y.view({g.M, N});
@@ -951,8 +956,9 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
       const at::Tensor wt = wf.narrow(0, 0, n1 - n0).t();
       if (n1 - n0 == N) {
         at::mm_out(y2, x2, wt);
-      } else {
-        y2.narrow(1, n0, n1 - n0).copy_(at::mm(x2, wt));
+      } else {  // the block's columns of y: row-major with leading dimension N, which BLAS writes in place
+        at::Tensor yb = y2.narrow(1, n0, n1 - n0);
+        at::mm_out(yb, x2, wt);
       }
     }
     if (b.defined()) y2.add_(b);  // after the sum, one rounding (the kernels' "+ bias[n]")

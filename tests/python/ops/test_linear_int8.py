@@ -851,6 +851,30 @@ def test_w4_weight_only_blocked_scales_give_the_row_scales_bits(M, N, K, gs, zer
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("zero", [False, True])
+def test_w4_weight_only_many_rows_in_weight_blocks(zero):
+    """From 256 rows the weight is dequantized in blocks of at most 8 MiB of floats, each block's
+    float GEMM writing its columns of the output in place: 528 x 4096 runs as 272 + 256 rows. Within
+    the float bound of the float64 product on every ISA, with both scale layouts giving the same bits."""
+    M, N, K, gs = 256, 528, 4096, 128
+    x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=24).values()
+    wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
+                               group_size=gs)
+    ref = x.double() @ wd.double().t() + b.double()
+    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().double().t()) + 2.0**-24 * ref.abs() + 1e-30
+    panel = ops.pack_int4_panel(ops.pack_int4_w4(q))
+    sb, zb = ops.block_w4_scales(s), None if z is None else ops.block_w4_scales(z)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            y = ops.linear_w4_weight_only(x, panel, s, gs, z, b)
+            assert bool(((y.double() - ref).abs() <= bound).all()), isa
+            assert torch.equal(ops.linear_w4_weight_only(x, panel, sb, gs, zb, b), y), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 def test_w4_weight_only_blocked_scales_opcheck_and_errors():
     x = torch.randn(3, 64)
     q = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
