@@ -754,7 +754,129 @@ void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
   for (; m < g.M; ++m) w4f_block<1, NR>(g, wrow, m, n);
 }
 
+// Up to 12 activation rows: AVX-512's w4f_direct on 8 lanes. A 16-row panel block (pack_int4_panel's,
+// or a row-layout block rearranged into it) runs as two halves of 8 weight rows, one row per lane;
+// each code is dequantized in registers to the same float as there, (q - 8) - z: the nibble of
+// v ^ 0x88888888, sign-extended by two shifts, is q - 8, then one conversion and one subtraction.
+// Each row's FMAs run in the AVX-512 kernel's order (NA chains per row: 1 in its tiles of 12 and 8
+// rows, 8 / MR in its tiles of 4 / 2 / 1; each group on the unscaled codes, folded in by one FMA
+// with its scales), so both ISAs give the same bits. With 16 ymm registers MR * NA <= 8 here: a
+// 12-row tile runs as 8 + 4 rows (the rows' own chains unchanged), and the folded sums live in an
+// L1 buffer (acc: [MR][NA][8]).
+template <int MR, int NA, bool Z>
+void w4f_direct8(const QGemmW4FArgs& g, std::int64_t m, const std::int32_t* panel, int h, const float* sc,
+                 const float* zc, float* acc, float* out) {
+  static_assert(MR * NA <= 8, "16 ymm registers");
+  const std::int64_t gc = g.group / 32, G = g.K / g.group;
+  const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x88888888u));
+  const float* xp[MR];
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) xp[i] = g.x + (m + i) * g.K;
+  for (int i = 0; i < MR * NA; ++i) _mm256_storeu_ps(acc + i * 8, _mm256_setzero_ps());
+  for (std::int64_t gi = 0; gi < G; ++gi) {
+    __m256 part[MR][NA];
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 8
+      for (int c = 0; c < NA; ++c) part[i][c] = _mm256_setzero_ps();
+    const __m256 z = Z ? _mm256_loadu_ps(zc + gi * 16 + h * 8) : _mm256_setzero_ps();
+    for (std::int64_t ci = gi * gc; ci < (gi + 1) * gc; ++ci) {
+      const std::int32_t* t = panel + ((ci / 4) * 16 + (ci % 4) * 4) * 16 + h * 8;
+      #pragma GCC unroll 4
+      for (int e = 0; e < 4; ++e) {
+        const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + e * 16)), flip);
+        #pragma GCC unroll 8
+        for (int jh = 0; jh < 8; ++jh) {  // byte j = jh / 2: k = 32 ci + 4e + j (low nibble), k + 16 (high)
+          const int j = jh / 2, hi = jh % 2;
+          __m256 w = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 28 - 8 * j - 4 * hi), 28));
+          if (Z) w = _mm256_sub_ps(w, z);
+          const std::int64_t k = ci * 32 + 4 * e + j + 16 * hi;
+          #pragma GCC unroll 8
+          for (int i = 0; i < MR; ++i) part[i][jh % NA] = _mm256_fmadd_ps(w, _mm256_broadcast_ss(xp[i] + k), part[i][jh % NA]);
+        }
+      }
+    }
+    const __m256 s = _mm256_loadu_ps(sc + gi * 16 + h * 8);
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+      #pragma GCC unroll 8
+      for (int c = 0; c < NA; ++c) {
+        float* a = acc + (i * NA + c) * 8;
+        _mm256_storeu_ps(a, _mm256_fmadd_ps(part[i][c], s, _mm256_loadu_ps(a)));
+      }
+  }
+  for (int i = 0; i < MR; ++i) {
+    __m256 y = _mm256_loadu_ps(acc + i * NA * 8);
+    for (int c = 1; c < NA; ++c) y = _mm256_add_ps(y, _mm256_loadu_ps(acc + (i * NA + c) * 8));
+    _mm256_storeu_ps(out + (m + i) * 16 + h * 8, y);
+  }
+}
+
+// The rows of up to 12 over one 16-row block, into out[M][16] (bias added, lanes past nr dropped, by
+// the caller): the AVX-512 kernel's tiles of 12 and 8 rows (one chain per row) as tiles of 8 / 4 /
+// 2 / 1 rows here, its tiles of 4 / 2 / 1 rows (2 / 4 / 8 chains) as they are.
+template <bool Z>
+void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const float* sc, const float* zc,
+                      float* acc, float* out) {
+  const std::int64_t one_chain = g.M / 12 * 12 + g.M % 12 / 8 * 8;  // rows AVX-512 runs in tiles of 12 and 8
+  for (int h = 0; h < 2; ++h) {
+    std::int64_t m = 0;
+    for (; m + 8 <= one_chain; m += 8) w4f_direct8<8, 1, Z>(g, m, panel, h, sc, zc, acc, out);
+    for (; m + 4 <= one_chain; m += 4) w4f_direct8<4, 1, Z>(g, m, panel, h, sc, zc, acc, out);
+    for (; m + 4 <= g.M; m += 4) w4f_direct8<4, 2, Z>(g, m, panel, h, sc, zc, acc, out);
+    for (; m + 2 <= g.M; m += 2) w4f_direct8<2, 4, Z>(g, m, panel, h, sc, zc, acc, out);
+    for (; m < g.M; ++m) w4f_direct8<1, 8, Z>(g, m, panel, h, sc, zc, acc, out);
+  }
+}
+
+struct W4fDirectScratch;
+
+// Up to 12 rows on w4f_direct_block (16-row blocks; n_begin a multiple of 16); more rows dequantize
+// two weight rows at a time into L1 for w4f_block.
 void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.M <= 12) {
+    const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
+    float* const scratch =
+        detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 12 * 8 * 8 + g.M * 16));
+    float* const sct = scratch;                // a [N, G] layout's block scales, [G][16]
+    float* const zct = sct + G * 16;           // and zero points
+    float* const acc = zct + G * 16;           // w4f_direct8's folded sums
+    float* const out = acc + 12 * 8 * 8;       // the block's outputs [M][16]
+    std::int32_t* const pbuf =
+        detail::thread_scratch<std::int32_t, W4fDirectScratch>(static_cast<std::size_t>(g.panel ? 0 : steps * 256));
+    for (std::int64_t n = n_begin; n < n_end; n += 16) {
+      const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+      const std::int32_t* panel = pbuf;
+      if (g.panel) {
+        panel = reinterpret_cast<const std::int32_t*>(g.w + (n / 16) * steps * 1024);
+      } else {  // the row layout's block in the panel's byte order (padded rows and bytes zero)
+        auto* pb = reinterpret_cast<std::uint8_t*>(pbuf);
+        std::memset(pb, 0, static_cast<std::size_t>(steps * 1024));
+        for (int r = 0; r < nr; ++r)
+          for (std::int64_t b = 0; b < KB; b += 4)
+            std::memcpy(pb + detail::w4_panel_offset(KB, r, b), g.w + (n + r) * KB + b, 4);
+      }
+      const float* sc = g.gscale + (n / 16) * G * 16;
+      const float* zc = g.gzero ? g.gzero + (n / 16) * G * 16 : nullptr;
+      if (!g.blocked_scales) {
+        for (std::int64_t gi = 0; gi < G; ++gi)
+          for (int r = 0; r < 16; ++r) {
+            sct[gi * 16 + r] = r < nr ? g.gscale[(n + r) * G + gi] : 0.f;
+            zct[gi * 16 + r] = r < nr && g.gzero ? g.gzero[(n + r) * G + gi] : 0.f;
+          }
+        sc = sct;
+        zc = g.gzero ? zct : nullptr;
+      }
+      if (zc != nullptr) {
+        w4f_direct_block<true>(g, panel, sc, zc, acc, out);
+      } else {
+        w4f_direct_block<false>(g, panel, sc, zc, acc, out);
+      }
+      for (std::int64_t m = 0; m < g.M; ++m)
+        for (int r = 0; r < nr; ++r) g.y[m * g.N + n + r] = g.bias ? out[m * 16 + r] + g.bias[n + r] : out[m * 16 + r];
+    }
+    return;
+  }
   std::vector<float> buf(static_cast<std::size_t>(2 * g.K));
   std::vector<std::uint8_t> rowbuf(static_cast<std::size_t>(g.panel ? g.K / 2 : 0));
   const float* wrow[2] = {buf.data(), buf.data() + g.K};

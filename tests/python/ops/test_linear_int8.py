@@ -851,6 +851,33 @@ def test_w4_weight_only_blocked_scales_give_the_row_scales_bits(M, N, K, gs, zer
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("M", [1, 2, 3, 4, 5, 7, 8, 9, 11, 12])
+@pytest.mark.parametrize("zero", [False, True])
+def test_w4_weight_only_avx2_gives_the_avx512_bits(M, zero):
+    """Up to 12 activation rows the AVX2 kernel runs each row's FMAs in the AVX-512 kernel's order
+    (its tiles of 12 / 8 rows as 8 / 4 here, the chains per row unchanged) on the same dequantized
+    floats, so the two ISAs give the same bits, in both weight layouts and both scale layouts."""
+    isas = _isas()
+    if "avx512" not in isas:
+        pytest.skip("this CPU has no AVX-512 VNNI table to compare the AVX2 kernel with (" + ", ".join(isas) + ")")
+    x, q, s, z, b = w4_weight_only_case(M, 48, 256, 64, zero, seed=25).values()
+    rows = ops.pack_int4_w4(q)
+    panel = ops.pack_int4_panel(rows)
+    sb, zb = ops.block_w4_scales(s), None if z is None else ops.block_w4_scales(z)
+    old = qatkit._C.cpu_isa()
+    try:
+        out = {}
+        for isa in ("avx2", "avx512"):
+            qatkit._C.set_cpu_isa(isa)
+            out[isa] = [ops.linear_w4_weight_only(x, rows, s, 64, z, b), ops.linear_w4_weight_only(x, panel, s, 64, z, b),
+                        ops.linear_w4_weight_only(x, panel, sb, 64, zb, b),
+                        ops.linear_w4_weight_only(x[:, :], rows[:40], s[:40], 64, None if z is None else z[:40])]
+        for a, c in zip(out["avx2"], out["avx512"]):
+            assert torch.equal(a, c)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_many_rows_in_weight_blocks(zero):
     """From 256 rows the weight is dequantized in blocks of at most 8 MiB of floats, each block's
