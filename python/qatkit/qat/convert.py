@@ -167,10 +167,12 @@ class QuantizedLinear(_Quantized):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x):
-        plan = _integer.bound_plan(self, x)
-        if plan and plan["bare"]:  # integer.linear's bound kernel, straight away (no RMSNorm, no smoothing):
-            # a small model's layers are dominated by per-call Python work (MiniLM's 37 Linears)
-            return plan["call"](x)
+        # integer.bound_plan's test inlined (a Python call less per layer): a small model's layers are
+        # dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
+        plan, form = self.__dict__.get("_int8_plan"), self._integer_form
+        if (plan and plan["bare"] and form is not None and x.dtype is torch.float32 and x.is_cpu
+                and (form != "row" or x.dim() >= 2)):
+            return plan["call"](x)  # integer.linear's bound kernel, straight away (no RMSNorm, no smoothing)
         if self.rms_norm:
             x = F.rms_norm(x, (self.in_features,), eps=self.eps)
         if self.smooth is not None:

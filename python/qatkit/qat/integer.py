@@ -397,7 +397,7 @@ def _bind(plan: dict):
 
 def _kernel_takes(mod, x: torch.Tensor) -> bool:
     """Whether a layer's kernel plan takes x: a float32 CPU input of a layer in an integer form
-    (a "row" form layer's input needs a batch dim)."""
+    (a "row" form layer's input needs a batch dim). QuantizedLinear.forward inlines this test."""
     form = mod._integer_form
     return form is not None and x.dtype is torch.float32 and x.is_cpu and (form != "row" or x.dim() >= 2)
 
