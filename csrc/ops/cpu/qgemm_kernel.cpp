@@ -905,12 +905,10 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   return y;
 }
 
-// linear_w4_weight_only from this many activation rows on: the weight dequantized block by block
-// (about 0.7 cycles per weight) and the float GEMM on each block, whose register blocking amortizes
-// the dequantization over the rows. Below it gemm_w4f's in-register dequantization wins; measured on
-// MiniLM's and 4096 x 4096 layers (docs/benchmarks.md, fourth session of 2026-12-02): at 448 rows
-// the float GEMM path ran 0.81-1.00x FP32 against 0.66-0.85x, at 64 rows 0.63-0.80x against 0.75-1.10x.
-constexpr std::int64_t kW4DequantRows = 256;
+// linear_w4_weight_only from the kernel table's w4f_gemm_rows activation rows on (baseline 256,
+// AVX2 64, AVX-512 80): the weight dequantized block by block and the float GEMM on each block,
+// whose register blocking amortizes the dequantization over the rows; below it gemm_w4f's
+// in-register dequantization wins (docs/benchmarks.md, fourth session of 2026-12-03).
 
 at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
                                      std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
@@ -937,7 +935,7 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   g.blocked_scales = gs.dim() == 3;
   g.group = group_size;
   const auto& k = kernels::cpu::qgemm_kernels();
-  if (g.M >= kW4DequantRows) {  // many rows: blocks of weight rows dequantized into one buffer, each block's
+  if (g.M >= k.w4f_gemm_rows) {  // many rows: blocks of weight rows dequantized into one buffer, each block's
     // float GEMM (MKL / oneDNN) into its output columns. Blocks of at most 8 MiB of floats, as equal as
     // 16-row steps allow: MiniLM's layers (up to 2.3 MiB) run as one GEMM (with 2 MiB blocks its
     // 1536-wide layers ran as 1360 + 176 and 336 + 48 rows, the small GEMM slow and the large one

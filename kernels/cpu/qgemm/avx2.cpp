@@ -831,10 +831,14 @@ void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const fl
 
 struct W4fDirectScratch;
 
-// Up to 12 rows on w4f_direct_block (16-row blocks; n_begin a multiple of 16); more rows dequantize
-// two weight rows at a time into L1 for w4f_block.
+// Below this many rows gemm_w4f runs in registers (w4f_direct_block; 13-48 rows ran 0.69-0.88x the
+// time of the L1-buffer path below it), and the op's many-row path (the float GEMM) from it on.
+constexpr std::int64_t kW4fGemmRows = 64;
+
+// Below kW4fGemmRows rows on w4f_direct_block (16-row blocks; n_begin a multiple of 16); more rows
+// (called directly, not by the op) dequantize two weight rows at a time into L1 for w4f_block.
 void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  if (g.M <= 12) {
+  if (g.M < kW4fGemmRows) {
     const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
     float* const scratch =
         detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 12 * 8 * 8 + g.M * 16));
@@ -1026,9 +1030,10 @@ void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t co
 
 const QGemmKernels* qgemm_avx2() {
   // dwconv: loops.h's loop, vectorized by the compiler here (AVX2); dwconv_nhwc above
+  // the weight-only GEMM path from 64 rows: 48 rows ran 0.91-1.02x gemm_w4f's time, 64 rows 0.87-0.97x
   static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
                               &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
-                              &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f};
+                              &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f, kW4fGemmRows};
   return &k;
 }
 

@@ -44,6 +44,9 @@ struct QGemmKernels {
   /// Rows [n_begin, n_end) of a weight-only 4-bit weight dequantized into w (float32, row n at
   /// w + (n - n_begin) * K; gemm_w4f's weight bits), for the many-row path (a float GEMM on them).
   void (*dequant_w4f)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end, float* w);
+  /// linear_w4_weight_only's rows from which the many-row path (dequant_w4f, then the float GEMM)
+  /// runs instead of gemm_w4f: where the two cross on MiniLM's layer shapes (docs/benchmarks.md).
+  std::int64_t w4f_gemm_rows = 256;
 };
 
 const QGemmKernels& qgemm_baseline();

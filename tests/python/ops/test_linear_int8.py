@@ -803,8 +803,9 @@ def test_w1a1_opcheck_compile_and_errors():
 def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
     """Each weight dequantizes to dequantize_affine's bits (checked through a one-hot input), and
     the output is within K * 2^-24 * sum|x * w| (+ the bias's half ulp) of the float64 product;
-    below 256 rows the kernel's in-register dequantization, from 256 on the dequantized weight's
-    float GEMM in blocks of rows (the one-hot inputs of K >= 256 rows take that path too)."""
+    below the table's GEMM row count (256 baseline, 64 AVX2, 80 AVX-512) the kernel's in-register
+    dequantization, from it on the dequantized weight's float GEMM in blocks of rows (the one-hot
+    inputs of K rows take that path from K >= that count)."""
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=21).values()
     wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
                                group_size=gs)
@@ -880,7 +881,7 @@ def test_w4_weight_only_avx2_gives_the_avx512_bits(M, zero):
 
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_many_rows_in_weight_blocks(zero):
-    """From 256 rows the weight is dequantized in blocks of at most 8 MiB of floats, each block's
+    """From 256 rows (every ISA's GEMM path) the weight is dequantized in blocks of at most 8 MiB of floats, each block's
     float GEMM writing its columns of the output in place: 528 x 4096 runs as 272 + 256 rows. Within
     the float bound of the float64 product on every ISA, with both scale layouts giving the same bits."""
     M, N, K, gs = 256, 528, 4096, 128
