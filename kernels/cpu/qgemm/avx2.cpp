@@ -831,7 +831,7 @@ void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const fl
 
 struct W4fDirectScratch;
 
-// Below this many rows gemm_w4f runs in registers (w4f_direct_block; 13-48 rows ran 0.69-0.88x the
+// Below this many rows gemm_w4f runs in registers (w4f_direct_block; 16-48 rows ran 0.71-0.88x the
 // time of the L1-buffer path below it), and the op's many-row path (the float GEMM) from it on.
 constexpr std::int64_t kW4fGemmRows = 64;
 
@@ -1030,7 +1030,7 @@ void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t co
 
 const QGemmKernels* qgemm_avx2() {
   // dwconv: loops.h's loop, vectorized by the compiler here (AVX2); dwconv_nhwc above
-  // the weight-only GEMM path from 64 rows: 48 rows ran 0.91-1.02x gemm_w4f's time, 64 rows 0.87-0.97x
+  // the weight-only GEMM path from 64 rows: at 48 rows it ran 1.02-1.10x gemm_w4f's time, at 64 rows 0.87-0.97x
   static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
                               &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
                               &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f, kW4fGemmRows};
