@@ -3,17 +3,20 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <utility>
+
 #include "../qgemm_checks.h"
 
 namespace qatkit::ops {
 namespace {
 
-// A Linear-shaped output: the input's (symbolic) sizes with the last one N (dim 0 of `rows`).
-at::Tensor linear_output(const at::Tensor& input, const at::Tensor& rows) {
+// A Linear-shaped output: the input's (symbolic) sizes with the last one n (or dim 0 of `rows`).
+at::Tensor linear_output(const at::Tensor& input, c10::SymInt n) {
   std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = rows.sym_size(0);
+  shape.back() = std::move(n);
   return at::empty_symint(shape, input.options());
 }
+at::Tensor linear_output(const at::Tensor& input, const at::Tensor& rows) { return linear_output(input, rows.sym_size(0)); }
 
 // A conv's NCHW output with the input's (possibly symbolic) batch size, so torch.export keeps a
 // dynamic batch dim dynamic (the shape checks read the concrete C, H, W).
@@ -95,9 +98,7 @@ at::Tensor linear_w4_weight_only_meta(const at::Tensor& input, const at::Tensor&
                                       std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
                                       const std::optional<at::Tensor>& bias) {
   check_linear_w4_weight_only_args(input, weight, group_scale, group_size, group_zero, bias);
-  std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = c10::SymInt(w4_weight_only_rows(group_scale));  // group_scale's rows, or 16 per block
-  return at::empty_symint(shape, input.options());
+  return linear_output(input, c10::SymInt(w4_weight_only_rows(group_scale)));  // group_scale's rows, or 16 per block
 }
 
 }  // namespace

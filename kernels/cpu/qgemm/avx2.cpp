@@ -754,13 +754,14 @@ void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
   for (; m < g.M; ++m) w4f_block<1, NR>(g, wrow, m, n);
 }
 
-// Up to 12 activation rows: AVX-512's w4f_direct on 8 lanes. A 16-row panel block (pack_int4_panel's,
-// or a row-layout block rearranged into it) runs as two halves of 8 weight rows, one row per lane;
+// Below kW4fGemmRows activation rows: AVX-512's w4f_direct on 8 lanes. A 16-row panel block
+// (pack_int4_panel's, or a row-layout block rearranged into it) runs as two halves of 8 weight rows, one row per lane;
 // each code is dequantized in registers to the same float as there, (q - 8) - z: the nibble of
 // v ^ 0x88888888, sign-extended by two shifts, is q - 8, then one conversion and one subtraction.
 // Each row's FMAs run in the AVX-512 kernel's order (NA chains per row: 1 in its tiles of 12 and 8
 // rows, 8 / MR in its tiles of 4 / 2 / 1; each group on the unscaled codes, folded in by one FMA
-// with its scales), so both ISAs give the same bits. With 16 ymm registers MR * NA <= 8 here: a
+// with its scales), so up to 12 rows (where AVX-512 runs these tiles too) both ISAs give the same
+// bits. With 16 ymm registers MR * NA <= 8 here: a
 // 12-row tile runs as 8 + 4 rows (the rows' own chains unchanged), and the folded sums live in an
 // L1 buffer (acc: [MR][NA][8]).
 template <int MR, int NA, bool Z>
@@ -812,9 +813,9 @@ void w4f_direct8(const QGemmW4FArgs& g, std::int64_t m, const std::int32_t* pane
   }
 }
 
-// The rows of up to 12 over one 16-row block, into out[M][16] (bias added, lanes past nr dropped, by
-// the caller): the AVX-512 kernel's tiles of 12 and 8 rows (one chain per row) as tiles of 8 / 4 /
-// 2 / 1 rows here, its tiles of 4 / 2 / 1 rows (2 / 4 / 8 chains) as they are.
+// The activation rows over one 16-row block, into out[M][16] (bias added, lanes past nr dropped, by
+// the caller): the AVX-512 kernel's register tiles of 12 and 8 rows (one chain per row) as tiles of
+// 8 / 4 rows here, its tiles of 4 / 2 / 1 rows (2 / 4 / 8 chains) as they are.
 template <bool Z>
 void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const float* sc, const float* zc,
                       float* acc, float* out) {
@@ -841,11 +842,11 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   if (g.M < kW4fGemmRows) {
     const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
     float* const scratch =
-        detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 12 * 8 * 8 + g.M * 16));
+        detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 8 * 8 + g.M * 16));
     float* const sct = scratch;                // a [N, G] layout's block scales, [G][16]
     float* const zct = sct + G * 16;           // and zero points
-    float* const acc = zct + G * 16;           // w4f_direct8's folded sums
-    float* const out = acc + 12 * 8 * 8;       // the block's outputs [M][16]
+    float* const acc = zct + G * 16;           // w4f_direct8's folded sums (MR * NA <= 8 vectors)
+    float* const out = acc + 8 * 8;            // the block's outputs [M][16]
     std::int32_t* const pbuf =
         detail::thread_scratch<std::int32_t, W4fDirectScratch>(static_cast<std::size_t>(g.panel ? 0 : steps * 256));
     for (std::int64_t n = n_begin; n < n_end; n += 16) {

@@ -1053,8 +1053,8 @@ void w4f_tile(const QGemmW4FArgs& g, std::int64_t m, std::int64_t kc, std::int64
 // 64-byte panel step: float(q) from a 16-entry table, minus the zero point) and go straight into the
 // FMAs, no L1 round trip; rows in tiles of 12 / 8 / 4 / 2 / 1, with 8 / MR FMA chains per row below
 // 8 rows. The tile's activations come transposed, xt[k * MR + i] (w4f_transpose_tile), so the MR
-// broadcasts of one k read one run of MR floats rather than MR rows K floats apart (5-10 % on
-// MiniLM's layers). Each group's sum runs on the unscaled codes in its own accumulators, folded into
+// broadcasts of one k read one run of MR floats rather than MR rows K floats apart (about 5 %
+// on MiniLM's layer shapes, docs/benchmarks.md). Each group's sum runs on the unscaled codes in its own accumulators, folded into
 // the row's sum by one FMA with the group's scales at its end: two multiplies per 32 weights fewer
 // than scaling every weight (12 rows: 28.75 instead of 30 vector uops per 24 FMAs). One-hot inputs
 // still read each weight as fp32((q - z) * s), the float form's bits (0 * s + the product, one rounding).
