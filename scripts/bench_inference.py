@@ -21,7 +21,10 @@ qatkit binary w1a8 (ops.linear_w1a8 on the pack_binary_panel layout, as qatkit.l
 1-bit weights, 8-bit activations, the lookup-table kernel; "row layout": the same op on
 pack_binary_b1's rows; no peer runs it),
 qatkit xnor w1a1 (ops.linear_w1a1: 1-bit weights and activations binarized per sample, XNOR +
-popcount; no peer runs it),
+popcount; no peer runs it), qatkit bitnet w2a8 per-token (ops.linear_dynamic_int8: BitLinear's
+absmean ternary weights with per-token dynamic int8 activations, what bitnet_b158 layers load onto;
+no peer runs it) and qatkit w8a8 per-token dynamic (the same op on int8 per-channel weights) against
+torchao's Int8DynamicActivationInt8WeightConfig (the same scheme),
 torch._int_mm (int8 activations quantized the same way, int32 out, scaled), torch._weight_int8pack_mm
 (int8 weight-only, bf16 activations: its fp32 path is not vectorized on x86), torch.ao dynamic
 quantized Linear (fbgemm, int8 per-tensor weights and dynamic int8 activations), onnxruntime
@@ -129,6 +132,37 @@ def v_qatkit_xnor(w):
     alpha = w.abs().mean(1).float().contiguous()
     packed = ops.pack_binary_b1(t)
     return (lambda x: ops.linear_w1a1(x, packed, alpha)), packed.numel() + 4 * t.shape[0]
+
+
+def v_qatkit_bitnet(w):
+    """BitLinear (bitnet_b158): absmean ternary weights, per-token dynamic int8 activations."""
+    s = w.abs().mean().clamp(min=1e-5)
+    t = torch.round(w / s).clamp(-1, 1).to(torch.int8)
+    packed, ws = ops.pack_ternary_t2(t), s.expand(w.shape[0]).float().contiguous()
+    return (lambda x: ops.linear_dynamic_int8(x, packed, 2, ws)), packed.numel() + 4
+
+
+def v_qatkit_w8a8_per_token(w):
+    """int8 per-channel weights, per-token dynamic int8 activations (the panel layout)."""
+    q, s = _int8_weight(w)
+    packed, ws = ops.pack_int8_panel(q), s.float().contiguous()
+    return (lambda x: ops.linear_dynamic_int8(x, packed, 8, ws)), q.numel() + 4 * q.shape[0]
+
+
+def v_torchao_w8a8_per_token(w):
+    """torchao's Int8DynamicActivationInt8WeightConfig: per-token dynamic int8 activations, int8
+    per-channel weights (the same scheme as qatkit w8a8 per-token)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    m = torch.nn.Sequential(lin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_(m, Int8DynamicActivationInt8WeightConfig())
+        m(torch.randn(2, w.shape[1]))  # fails here (not mid-benchmark) where this install cannot run it
+    return torch.no_grad()(m), w.numel() + 4 * w.shape[0]
 
 
 def _int4_groups(w, gs=32):
@@ -256,6 +290,9 @@ VARIANTS = {
     "qatkit binary w1a8": v_qatkit_w1a8,
     "qatkit binary w1a8 (row layout)": v_qatkit_w1a8_rows,
     "qatkit xnor w1a1": v_qatkit_xnor,
+    "qatkit bitnet w2a8 per-token (BitLinear)": v_qatkit_bitnet,
+    "qatkit w8a8 per-token dynamic": v_qatkit_w8a8_per_token,
+    "torchao int8 dynamic per-token (w8a8)": v_torchao_w8a8_per_token,
     "torch._int_mm (w8a8)": v_int_mm,
     "torch._weight_int8pack_mm (w8 bf16-act)": v_weight_int8pack,
     "torch.ao dynamic Linear (w8a8)": v_ao_dynamic,
@@ -278,7 +315,7 @@ def bench(names, n, k, batches, rounds, hot, llc_factor, calls):
             w = torch.randn(n, k) / k**0.5
             try:
                 fn, nbytes = VARIANTS[name](w)
-            except (RuntimeError, AttributeError, ImportError) as e:  # a peer this install lacks
+            except (RuntimeError, AttributeError, ImportError, NotImplementedError, TypeError) as e:  # a peer this install lacks
                 print(f"  {name}: unavailable ({type(e).__name__}: {str(e).splitlines()[0][:100]})")
                 copies = None
                 break

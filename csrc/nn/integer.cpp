@@ -1,7 +1,7 @@
 // Integer compute for converted C++ layers (docs/integer.md): set_compute builds, per layer, the
 // operands of the integer kernel that runs it — the same rules and the same operands as Python's
 // qatkit.qat.integer (_int8_plan), so C++ and Python give the same bits — and the layers' forwards
-// call qatkit::linear_int8 / linear_w2a8 / linear_w1a8 / conv2d_int8 with them.
+// call qatkit::linear_int8 / linear_dynamic_int8 / linear_w2a8 / linear_w1a8 / conv2d_int8 with them.
 #include <ATen/ops/cat.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -66,6 +66,42 @@ std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, cons
   return plan;
 }
 
+/// Linears with per-token int8 inputs (Python's _per_token_plan): linear_dynamic_int8 with ternary,
+/// binary or int8 weight codes in [-127, 127] and a per-token quant_max <= 127 whose int32 bound
+/// K * (qmax + 1) * max|w| fits.
+std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, const QuantSpec& wspec,
+                                                     const QuantSpec& as, const torch::Tensor& bias) {
+  const std::int64_t qmax = as.quant_max();
+  if (f.group_size || f.codes.dim() != 2 || f.codes.scalar_type() != torch::kChar || qmax < 1 || qmax > 127) {
+    return nullptr;
+  }
+  const torch::Tensor& w = f.codes;
+  const std::int64_t wmax = w.numel() ? w.abs().max().item<std::int64_t>() : 0;
+  if ((w.numel() && w.min().item<int>() < -127) ||
+      static_cast<double>(w.size(1)) * static_cast<double>(qmax + 1) * static_cast<double>(wmax) > kInt32Max) {
+    return nullptr;
+  }
+  torch::Tensor ws = f.scale.detach().to(torch::kFloat).reshape({-1});
+  if (ws.numel() == 1) ws = ws.expand({w.size(0)});
+  if (ws.numel() != w.size(0)) return nullptr;
+  auto plan = std::make_shared<IntegerKernelPlan>();
+  plan->dynamic_input = true;
+  if (wspec.kind == "ternary" && wmax <= 1) {
+    plan->weight_bits = 2;
+    plan->weight = pack_t2(w);
+  } else if (wspec.kind == "binary" && (!w.numel() || ((w == 1) | (w == -1)).all().item<bool>())) {
+    plan->weight_bits = 1;
+    plan->weight = qatkit::pack_binary_panel(pack_b1(w));
+  } else {
+    plan->weight_bits = 8;
+    plan->weight = qatkit::pack_int8_panel(w);
+  }
+  plan->out_scale = ws.contiguous();
+  plan->act_quant_max = qmax;
+  if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
+  return plan;
+}
+
 /// Weight-only 4-bit Linear layers (Python's "weight_only" form): linear_w4_weight_only.
 std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& f, const QuantSpec& wspec,
                                                          const torch::Tensor& bias) {
@@ -106,6 +142,10 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   const QuantSpec& as = aq->spec();
   if (as.kind == "binary") {  // conv2d_w1a1 has no groups
     return conv && groups != 1 ? nullptr : make_xnor_plan(f, *wspec, aq, bias, conv, zeros_padding);
+  }
+  if (!conv && as.kind == "int" && as.scale == "dynamic" && as.granularity == "per_token" && !aq->axis() &&
+      aq->fake_quant_enabled()) {
+    return make_dynamic_plan(f, *wspec, as, bias);
   }
   if (as.kind != "int" || as.scale == "dynamic" || aq->axis() || !aq->fake_quant_enabled()) return nullptr;
   const std::int64_t qmin = as.quant_min(), qmax = as.quant_max();
@@ -201,7 +241,7 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
   for (const auto& m : model.modules(/*include_self=*/true)) {
     if (auto* l = m->as<QuantLinearImpl>()) {
       l->frozen.integer = nullptr;
-      // BitLinear's RMSNorm + per-token inputs have no integer kernel (make_plan refuses dynamic scales)
+      // BitLinear: its RMSNorm runs first (QuantLinearImpl::forward), then linear_dynamic_int8
       if (on) l->frozen.integer = make_plan(l->frozen, l->layer_spec.weight, l->input_fake_quant, l->bias, false, 1, false);
       n += l->frozen.integer != nullptr;
     } else if (auto* c2 = m->as<QuantConv2dImpl>()) {
@@ -217,6 +257,7 @@ namespace detail {
 
 torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x) {
   if (p.binary_input) return qatkit::linear_w1a1(x, p.weight, p.out_scale, p.bias);
+  if (p.dynamic_input) return qatkit::linear_dynamic_int8(x, p.weight, p.weight_bits, p.out_scale, p.act_quant_max, p.bias);
   if (p.float_input) {
     return qatkit::linear_w4_weight_only(x, p.weight, p.group_scale, p.group_size,
                                          p.group_zero.defined() ? std::optional<torch::Tensor>(p.group_zero)

@@ -33,6 +33,13 @@
 //                AVX2 kernel's int16 pair sums rely on it; the op does not scan the weight on every
 //                call (a [-128] code would cost a pass over the weight per call), the callers check
 //                it once when they build the layer.
+//   linear_dynamic_int8: the "row" form of docs/integer.md with per-token int8 inputs (BitLinear /
+//                bitnet_b158, or int8 weights with per-token dynamic activations): each input row
+//                quantized by its own absmax, s[m] = fp32(max(max_k |x[m, k]|, 1e-5) / act_quant_max),
+//                codes quantize_affine(x, s[m], 0, -act_quant_max - 1, act_quant_max) (what
+//                quantize_per_token gives), the int32 sums of linear_int8 / linear_w2a8 / linear_w1a8's
+//                kernels (weight_bits 8 / 2 / 1, their layouts), y = fp32(acc) * fp32(s[m] *
+//                weight_scale[n]) (+ bias[n]): multiply, then add.
 // Schema, checks and the C++ API live here; kernels in ops/{cpu,meta}/qgemm_kernel.cpp.
 #include "qgemm_checks.h"
 
@@ -82,6 +89,10 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "Tensor weight_scale, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
+      "linear_dynamic_int8(Tensor input, Tensor weight, int weight_bits, Tensor weight_scale, int act_quant_max=127, "
+      "Tensor? bias=None) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
       "linear_w2a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
       "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
@@ -90,11 +101,14 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
 namespace qatkit {
 namespace ops {
 
-std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
-                                    const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
-                                    std::int64_t qmax, const std::optional<at::Tensor>& bias, int weight_bits) {
+namespace {
+
+/// The input dtype and the weight's layout for `weight_bits` (int8 [N, K] or pack_int8_panel's
+/// panel; 2 / 1 bits packed [N, K_pad / 4 or 8], or pack_binary_panel's panel), the panels' N taken
+/// from n_ref (a 1-D tensor [N] named n_name); returns N (symbolic under torch.export).
+c10::SymInt check_gemm_weight(const char* op, const at::Tensor& input, const at::Tensor& weight, int weight_bits,
+                              const at::Tensor& n_ref, const char* n_name) {
   const bool packed = weight_bits < 8;
-  const char* op = weight_bits == 2 ? "linear_w2a8" : weight_bits == 1 ? "linear_w1a8" : "linear_int8";
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
   TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
@@ -119,23 +133,23 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
                                                  : " [N, K] or a 3-D panel (pack_int8_panel)",
                                 weight.dim()));
   if (panel1) {
-    // N comes from corr (the panel pads it to a multiple of 32); bytes per row are dim 1
-    TORCH_CHECK_VALUE(corr.dim() == 1, fmt::format("{}: corr must be 1-D [N], got {} dims", op, corr.dim()));
-    const std::int64_t n = static_dim(corr, 0);
+    // N comes from n_ref (the panel pads it to a multiple of 32); bytes per row are dim 1
+    TORCH_CHECK_VALUE(n_ref.dim() == 1, fmt::format("{}: {} must be 1-D [N], got {} dims", op, n_name, n_ref.dim()));
+    const std::int64_t n = static_dim(n_ref, 0);
     TORCH_CHECK_VALUE(weight.size(0) == (n + 31) / 32 && weight.size(2) == 32,
-                      fmt::format("{}: a panel weight (pack_binary_panel) for N = {} (corr's length) must have shape "
-                                  "[{}, K_pad / 8, 32], got {}", op, n, (n + 31) / 32, c10::str(weight.sizes())));
+                      fmt::format("{}: a panel weight (pack_binary_panel) for N = {} ({}'s length) must have shape "
+                                  "[{}, K_pad / 8, 32], got {}", op, n, n_name, (n + 31) / 32, c10::str(weight.sizes())));
   }
   if (panel) {
-    // N comes from corr (the panel pads it to a multiple of 16)
-    TORCH_CHECK_VALUE(corr.dim() == 1, fmt::format("{}: corr must be 1-D [N], got {} dims", op, corr.dim()));
-    const std::int64_t n = static_dim(corr, 0), k = static_dim(input, -1);
+    // N comes from n_ref (the panel pads it to a multiple of 16)
+    TORCH_CHECK_VALUE(n_ref.dim() == 1, fmt::format("{}: {} must be 1-D [N], got {} dims", op, n_name, n_ref.dim()));
+    const std::int64_t n = static_dim(n_ref, 0), k = static_dim(input, -1);
     TORCH_CHECK_VALUE(weight.size(0) == (n + 15) / 16 && weight.size(1) == (k + 3) / 4 && weight.size(2) == 64,
-                      fmt::format("{}: a panel weight (pack_int8_panel) for N = {} (corr's length), K = {} must have "
-                                  "shape [{}, {}, 64], got {}", op, n, k, (n + 15) / 16, (k + 3) / 4,
+                      fmt::format("{}: a panel weight (pack_int8_panel) for N = {} ({}'s length), K = {} must have "
+                                  "shape [{}, {}, 64], got {}", op, n, n_name, k, (n + 15) / 16, (k + 3) / 4,
                                   c10::str(weight.sizes())));
   }
-  const auto N = panel || panel1 ? corr.sym_size(0) : weight.sym_size(0);
+  const auto N = panel || panel1 ? n_ref.sym_size(0) : weight.sym_size(0);
   const auto K = panel ? input.sym_size(-1) : weight.sym_size(1);
   if (packed) {
     const std::int64_t per_byte = 8 / weight_bits, block = weight_bits == 2 ? 128 : 32;
@@ -149,6 +163,29 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
                       fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op, c10::str(K),
                                   c10::str(input.sym_size(-1))));
   }
+  return N;
+}
+
+void check_float_bias(const char* op, const at::Tensor& input, const std::optional<at::Tensor>& bias,
+                      const c10::SymInt& N) {
+  if (!bias.has_value()) return;
+  TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat,
+                   fmt::format("{}: bias must be float32, got {}", op, c10::toString(bias->scalar_type())));
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_size(0) == N,
+                    fmt::format("{}: bias must have shape [N] = [{}], got {}", op, c10::str(N),
+                                c10::str(bias->sym_sizes())));
+  TORCH_CHECK_VALUE(bias->device() == input.device(),
+                    fmt::format("{}: every tensor must be on the input's device {}, got {}", op,
+                                input.device().str(), bias->device().str()));
+}
+
+}  // namespace
+
+std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                                    const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
+                                    std::int64_t qmax, const std::optional<at::Tensor>& bias, int weight_bits) {
+  const char* op = weight_bits == 2 ? "linear_w2a8" : weight_bits == 1 ? "linear_w1a8" : "linear_int8";
+  const auto N = check_gemm_weight(op, input, weight, weight_bits, corr, "corr");
   TORCH_CHECK_TYPE(corr.scalar_type() == at::kInt,
                    fmt::format("{}: corr must be int32, got {}", op, c10::toString(corr.scalar_type())));
   TORCH_CHECK_VALUE(corr.dim() == 1 && corr.sym_size(0) == N,
@@ -158,16 +195,7 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
   TORCH_CHECK_VALUE(out_scale.dim() == 1 && out_scale.sym_size(0) == N,
               fmt::format("{}: out_scale must have shape [N] = [{}], got {}", op, c10::str(N),
                           c10::str(out_scale.sym_sizes())));
-  if (bias.has_value()) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat,
-                     fmt::format("{}: bias must be float32, got {}", op, c10::toString(bias->scalar_type())));
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_size(0) == N,
-                      fmt::format("{}: bias must have shape [N] = [{}], got {}", op, c10::str(N),
-                                  c10::str(bias->sym_sizes())));
-    TORCH_CHECK_VALUE(bias->device() == input.device(),
-                      fmt::format("{}: every tensor must be on the input's device {}, got {}", op,
-                                  input.device().str(), bias->device().str()));
-  }
+  check_float_bias(op, input, bias, N);
   for (const at::Tensor* t : {&weight, &corr, &out_scale}) {
     TORCH_CHECK_VALUE(t->device() == input.device(),
                 fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
@@ -181,6 +209,29 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
   TORCH_CHECK_VALUE(zp >= qmin && zp <= qmax,
               fmt::format("{}: act_zero_point must lie in [{}, {}], got {}", op, qmin, qmax, zp));
   return qmin >= 0 ? 128 : 0;
+}
+
+void check_linear_dynamic_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                                    const at::Tensor& weight_scale, std::int64_t act_quant_max,
+                                    const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "linear_dynamic_int8";
+  TORCH_CHECK_VALUE(weight_bits == 8 || weight_bits == 2 || weight_bits == 1,
+                    fmt::format("{}: weight_bits must be 8, 2 or 1, got {}", op, weight_bits));
+  const auto N = check_gemm_weight(op, input, weight, static_cast<int>(weight_bits), weight_scale, "weight_scale");
+  TORCH_CHECK_TYPE(weight_scale.scalar_type() == at::kFloat,
+                   fmt::format("{}: weight_scale must be float32, got {}", op, c10::toString(weight_scale.scalar_type())));
+  TORCH_CHECK_VALUE(weight_scale.dim() == 1 && weight_scale.sym_size(0) == N,
+                    fmt::format("{}: weight_scale must have shape [N] = [{}], got {}", op, c10::str(N),
+                                c10::str(weight_scale.sym_sizes())));
+  check_float_bias(op, input, bias, N);
+  for (const at::Tensor* t : {&weight, &weight_scale}) {
+    TORCH_CHECK_VALUE(t->device() == input.device(),
+                      fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
+                                  t->device().str()));
+  }
+  TORCH_CHECK_VALUE(act_quant_max >= 1 && act_quant_max <= 127,
+                    fmt::format("{}: act_quant_max must lie in [1, 127] (codes [-act_quant_max - 1, act_quant_max] "
+                                "fit int8), got {}", op, act_quant_max));
 }
 
 std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t bits,
@@ -476,6 +527,13 @@ at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& weight, const 
                        std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
   static auto op = ops::op_handle<decltype(linear_w2a8)>("qatkit::linear_w2a8");
   return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
+}
+
+at::Tensor linear_dynamic_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                               const at::Tensor& weight_scale, std::int64_t act_quant_max,
+                               const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(linear_dynamic_int8)>("qatkit::linear_dynamic_int8");
+  return op.call(input, weight, weight_bits, weight_scale, act_quant_max, bias);
 }
 
 at::Tensor pack_int4_panel(const at::Tensor& weight) {

@@ -19,6 +19,13 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
                                     const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
                                     std::int64_t qmax, const std::optional<at::Tensor>& bias, int weight_bits = 8);
 
+/// linear_dynamic_int8's checks: weight_bits 8 / 2 / 1 and its layouts (as linear_int8 /
+/// linear_w2a8 / linear_w1a8, N from weight_scale for the panels), weight_scale float32 [N], bias,
+/// devices, act_quant_max in [1, 127].
+void check_linear_dynamic_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                                    const at::Tensor& weight_scale, std::int64_t act_quant_max,
+                                    const std::optional<at::Tensor>& bias);
+
 /// The activation quantization of the integer kernels: quantize_affine's x * (1 / s) rounding with
 /// the op's qparams, shifted into int8 by `shift`.
 kernels::ActQuantArgs act_quant_args(double act_scale, std::int64_t zero_point, std::int64_t quant_min,

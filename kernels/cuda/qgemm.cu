@@ -15,17 +15,18 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
 __global__ void quantize_rows_kernel(const float* x, std::int8_t* a, std::int32_t* a_sum, std::int64_t M,
-                                     std::int64_t K, std::int64_t K_row, ActQuantArgs q) {
+                                     std::int64_t K, std::int64_t K_row, ActQuantArgs q, const float* row_scale) {
   // one block per row: codes, then the row's sum
   const float lo = static_cast<float>(q.quant_min - q.zero_point), hi = static_cast<float>(q.quant_max - q.zero_point);
   const float z = static_cast<float>(q.zero_point);
   __shared__ std::int32_t partial[kThreads];
   for (std::int64_t m = blockIdx.x; m < M; m += gridDim.x) {
+    const float inv = row_scale != nullptr ? 1.0f / row_scale[m] : q.inv_scale;  // per row: quantize_affine's 1 / s
     std::int32_t s = 0;
     for (std::int64_t k = threadIdx.x; k < K_row; k += blockDim.x) {
       std::int32_t v = 0;
       if (k < K) {
-        v = static_cast<std::int32_t>(quantize_code<float>(x[m * K + k], q.inv_scale, lo, hi, z)) - q.shift;
+        v = static_cast<std::int32_t>(quantize_code<float>(x[m * K + k], inv, lo, hi, z)) - q.shift;
       }
       a[m * K_row + k] = static_cast<std::int8_t>(v);
       s += v;
@@ -181,10 +182,11 @@ unsigned blocks_for(std::int64_t outputs) {
 }  // namespace
 
 cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a_sum, std::int64_t M, std::int64_t K,
-                                 std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream) {
+                                 std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream,
+                                 const float* row_scale) {
   if (M == 0) return cudaSuccess;
   const unsigned blocks = static_cast<unsigned>(M < 65535 * 8 ? M : 65535 * 8);
-  quantize_rows_kernel<<<blocks, kThreads, 0, stream>>>(x, a, a_sum, M, K, K_row, q);
+  quantize_rows_kernel<<<blocks, kThreads, 0, stream>>>(x, a, a_sum, M, K, K_row, q, row_scale);
   return cudaGetLastError();
 }
 

@@ -14,9 +14,11 @@
 namespace qatkit::kernels::cuda {
 
 /// a[m, k] = code(x[m, k]) - shift for k < K, 0 for K <= k < K_row; a_sum[m] = sum_k a[m, k]
-/// (a_sum may be nullptr). x: [M, K] float32, a: [M, K_row] int8.
+/// (a_sum may be nullptr). x: [M, K] float32, a: [M, K_row] int8. row_scale (or nullptr): [M], row
+/// m quantized with inv_scale 1 / row_scale[m] instead of q.inv_scale (per-token scales).
 cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a_sum, std::int64_t M, std::int64_t K,
-                                 std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream);
+                                 std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream,
+                                 const float* row_scale = nullptr);
 
 /// QGemmArgs's GEMM (int8 weights).
 cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream);

@@ -584,6 +584,33 @@ def linear_w4_weight_only(
     return torch.ops.qatkit.linear_w4_weight_only(input, weight, group_scale, group_size, group_zero, bias)
 
 
+def linear_dynamic_int8(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    weight_bits: int,
+    weight_scale: torch.Tensor,
+    act_quant_max: int = 127,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Linear with per-token dynamic int8 inputs (docs/integer.md, "row" form): BitLinear /
+    bitnet_b158 (ternary weights), or int8 / binary weights with per-token activations. Each row of
+    the float32 input ``[..., K]`` is quantized by its own absmax as :func:`quantize_per_token` does,
+    ``s[m] = max(max_k |x[m, k]|, 1e-5) / act_quant_max`` (float32), to codes in
+    ``[-act_quant_max - 1, act_quant_max]``; the exact int32 sums against the weight codes, then
+    ``y = fp32(acc) * fp32(s[m] * weight_scale[n])``, plus ``bias`` (multiply, then add). Bit for bit
+    the integer form of such a layer. Inference only.
+
+    ``weight_bits`` picks the weight layout, ``N`` is ``weight_scale``'s length:
+    8: int8 codes ``[N, K]`` in [-127, 127] or :func:`pack_int8_panel`'s layout; 2:
+    :func:`pack_ternary_t2`; 1: :func:`pack_binary_b1` or :func:`pack_binary_panel`.
+
+    Raises:
+        TypeError / ValueError: dtypes, shapes, devices, ``weight_bits`` not 8 / 2 / 1,
+            ``act_quant_max`` outside [1, 127].
+    """
+    return torch.ops.qatkit.linear_dynamic_int8(input, weight, weight_bits, weight_scale, act_quant_max, bias)
+
+
 def linear_w1a1(
     input: torch.Tensor,
     weight: torch.Tensor,

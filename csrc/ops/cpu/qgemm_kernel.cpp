@@ -7,9 +7,14 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstring>
+#include <functional>
+#include <limits>
 #include <vector>
 
 #include "../../../kernels/cpu/qgemm/qgemm_cpu.h"
@@ -20,8 +25,76 @@ namespace qatkit::ops {
 namespace {
 
 // linear_int8 (weight_bits 8) and the packed low-bit kernels (2: ternary, 1: binary): activation
-// rows quantized into a buffer (zero-padded to the packed kernels' K_pad, with their sums), then the
-// GEMM over blocks of 16 output columns (a multiple of the AVX2 kernels' 4).
+// rows quantized into a buffer (zero-padded to the packed kernels' K_pad, with their sums) by
+// quantize_row(m, x_row, a_row), then the GEMM over blocks of 16 output columns (a multiple of the
+// AVX2 kernels' 4), each block followed by finish(n0, n1) (linear_dynamic_int8's per-row scales).
+template <class QuantizeRow, class Finish>
+void linear_core(const at::Tensor& x, const at::Tensor& w, int weight_bits, std::int64_t M, std::int64_t N,
+                 const std::int32_t* corr, const float* out_scale, const float* bias, float* y,
+                 const QuantizeRow& quantize_row, const Finish& finish, const std::function<void()>& quantized = {}) {
+  const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: rows of ceil(K / 4) * 4
+  const bool panel1 = weight_bits == 1 && w.dim() == 3;  // pack_binary_panel: K_pad / 8 = dim 1
+  const std::int64_t K = x.size(-1);
+  const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : weight_bits == 8 ? K : w.size(1) * (8 / weight_bits);
+  std::vector<std::int8_t> a(static_cast<std::size_t>(M * K_row), 0);
+  std::vector<std::int32_t> a_sum(static_cast<std::size_t>(M), 0);
+  const float* xp = x.data_ptr<float>();
+  at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K_row, 1)),
+                   [&](std::int64_t b0, std::int64_t e0) {
+                     for (std::int64_t m = b0; m < e0; ++m) {
+                       std::int8_t* row = a.data() + m * K_row;
+                       quantize_row(m, xp + m * K, row);
+                       if (weight_bits == 8 && !panel) continue;  // the row-layout int8 kernel needs no sums
+                       std::int32_t s = 0;
+                       for (std::int64_t i = 0; i < K; ++i) s += row[i];
+                       a_sum[static_cast<std::size_t>(m)] = s;
+                     }
+                   });
+  if (quantized) quantized();
+  const auto& k = kernels::cpu::qgemm_kernels();
+  // blocks of 16 output columns (the binary panel's 32: its kernel works on whole 32-row blocks)
+  const std::int64_t nb = panel1 ? 32 : 16;
+  const auto columns = [&](const auto& gemm) {
+    at::parallel_for(0, (N + nb - 1) / nb, 1, [&](std::int64_t b0, std::int64_t e0) {
+      const std::int64_t n0 = b0 * nb, n1 = std::min(N, e0 * nb);
+      gemm(n0, n1);
+      finish(n0, n1);
+    });
+  };
+  if (weight_bits == 8) {
+    kernels::QGemmArgs g;
+    g.a = a.data();
+    g.w = static_cast<const std::int8_t*>(w.const_data_ptr());
+    g.a_sum = a_sum.data();
+    g.panel = panel;
+    g.corr = corr;
+    g.out_scale = out_scale;
+    g.bias = bias;
+    g.y = y;
+    g.M = M;
+    g.N = N;
+    g.K = K;
+    g.y_rs = N;
+    columns([&](std::int64_t n0, std::int64_t n1) { k.gemm_s8(g, n0, n1); });
+    return;
+  }
+  kernels::QGemmPackedArgs g;
+  g.a = a.data();
+  g.a_sum = a_sum.data();
+  g.w = w.data_ptr<std::uint8_t>();
+  g.panel = panel1;
+  g.corr = corr;
+  g.out_scale = out_scale;
+  g.bias = bias;
+  g.y = y;
+  g.M = M;
+  g.N = N;
+  g.K_pad = K_row;
+  g.y_rs = N;
+  const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
+  columns([&](std::int64_t n0, std::int64_t n1) { gemm(g, n0, n1); });
+}
+
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                       const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias,
@@ -30,68 +103,82 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
                                                     act_quant_min, act_quant_max, bias, weight_bits);
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: N from corr, rows of ceil(K / 4) * 4
-  const bool panel1 = weight_bits == 1 && w.dim() == 3;  // pack_binary_panel: N from corr, K_pad / 8 = dim 1
-  const std::int64_t N = panel || panel1 ? c.size(0) : w.size(0), K = x.size(-1);
-  const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : w.size(1) * (8 / weight_bits);
+  const std::int64_t N = w.dim() == 3 ? c.size(0) : w.size(0);  // a panel weight: N is corr's length
+  const auto rows = rows_and_output_shape(x, N);
+  at::Tensor y = at::empty(rows.second, input.options());
+  if (y.numel() == 0) return y;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const std::int64_t K = x.size(-1);
+  linear_core(x, w, weight_bits, rows.first, N, c.data_ptr<std::int32_t>(), os.data_ptr<float>(),
+              b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+              [&](std::int64_t, const float* xr, std::int8_t* ar) { k.quantize_rows(xr, ar, K, q, 0, 1); },
+              [](std::int64_t, std::int64_t) {});
+  return y;
+}
+
+// linear_dynamic_int8: the kernels above with corr 0 and out_scale 1 (fp32(acc) * 1 is exact, so
+// they leave fp32(acc)), each row quantized by its own scale (quantize_per_token's rule), then per
+// column block y = y * fp32(s[m] * weight_scale[n]) (+ bias[n]) while the block is in cache: the
+// "row" form's operations (this file compiles with -ffp-contract=off: no fused multiply-add). A row
+// holding NaN or Inf has no finite scale: an error, as quantize_per_token's.
+at::Tensor linear_dynamic_int8_cpu(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                                   const at::Tensor& weight_scale, std::int64_t act_quant_max,
+                                   const std::optional<at::Tensor>& bias) {
+  check_linear_dynamic_int8_args(input, weight, weight_bits, weight_scale, act_quant_max, bias);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), ws = weight_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = ws.size(0), K = x.size(-1);
   const auto rows = rows_and_output_shape(x, N);
   const std::int64_t M = rows.first;
   at::Tensor y = at::empty(rows.second, input.options());
   if (y.numel() == 0) return y;
-  std::vector<std::int8_t> a(static_cast<std::size_t>(M * K_row), 0);
-  std::vector<std::int32_t> a_sum(static_cast<std::size_t>(M), 0);
-  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  const std::vector<std::int32_t> zeros(static_cast<std::size_t>(N), 0);
+  const std::vector<float> ones(static_cast<std::size_t>(N), 1.f);
+  std::vector<float> row_scale(static_cast<std::size_t>(M));
   const auto& k = kernels::cpu::qgemm_kernels();
-  const float* xp = x.data_ptr<float>();
-  at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K_row, 1)),
-                   [&](std::int64_t b0, std::int64_t e0) {
-                     for (std::int64_t m = b0; m < e0; ++m) {
-                       std::int8_t* row = a.data() + m * K_row;
-                       k.quantize_rows(xp + m * K, row, K, q, 0, 1);
-                       if (weight_bits == 8 && !panel) continue;  // the row-layout int8 kernel needs no sums
-                       std::int32_t s = 0;
-                       for (std::int64_t i = 0; i < K; ++i) s += row[i];
-                       a_sum[static_cast<std::size_t>(m)] = s;
-                     }
-                   });
-  // blocks of 16 output columns (the binary panel's 32: its kernel works on whole 32-row blocks)
-  const std::int64_t nb = panel1 ? 32 : 16;
-  const auto columns = [&](const auto& gemm) {
-    at::parallel_for(0, (N + nb - 1) / nb, 1,
-                     [&](std::int64_t b0, std::int64_t e0) { gemm(b0 * nb, std::min(N, e0 * nb)); });
+  const float qmax = static_cast<float>(act_quant_max);
+  const auto quantize_row = [&](std::int64_t m, const float* xr, std::int8_t* ar) {
+    // amax as torch's amax (a NaN propagates), clamp_min(1e-5) (NaN stays NaN), / qmax: float32
+    float amax = 0.f;
+    bool nan = false;
+    for (std::int64_t i = 0; i < K; ++i) {
+      const float v = std::fabs(xr[i]);
+      nan |= v != v;
+      amax = v > amax ? v : amax;
+    }
+    const float s = nan ? std::numeric_limits<float>::quiet_NaN() : std::max(amax, 1e-5f) / qmax;
+    row_scale[static_cast<std::size_t>(m)] = s;
+    kernels::ActQuantArgs q;
+    q.inv_scale = 1.0f / s;  // quantize_affine's 1 / s (float32)
+    q.zero_point = 0;
+    q.quant_min = -static_cast<std::int32_t>(act_quant_max) - 1;
+    q.quant_max = static_cast<std::int32_t>(act_quant_max);
+    k.quantize_rows(xr, ar, K, q, 0, 1);
   };
-  if (weight_bits == 8) {
-    kernels::QGemmArgs g;
-    g.a = a.data();
-    g.w = static_cast<const std::int8_t*>(w.const_data_ptr());
-    g.a_sum = a_sum.data();
-    g.panel = panel;
-    g.corr = c.data_ptr<std::int32_t>();
-    g.out_scale = os.data_ptr<float>();
-    g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-    g.y = y.data_ptr<float>();
-    g.M = M;
-    g.N = N;
-    g.K = K;
-    g.y_rs = N;
-    columns([&](std::int64_t n0, std::int64_t n1) { k.gemm_s8(g, n0, n1); });
-    return y;
-  }
-  kernels::QGemmPackedArgs g;
-  g.a = a.data();
-  g.a_sum = a_sum.data();
-  g.w = w.data_ptr<std::uint8_t>();
-  g.panel = panel1;
-  g.corr = c.data_ptr<std::int32_t>();
-  g.out_scale = os.data_ptr<float>();
-  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-  g.y = y.data_ptr<float>();
-  g.M = M;
-  g.N = N;
-  g.K_pad = K_row;
-  g.y_rs = N;
-  const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
-  columns([&](std::int64_t n0, std::int64_t n1) { gemm(g, n0, n1); });
+  float* yp = y.data_ptr<float>();
+  const float* wsp = ws.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  const auto finish = [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t m = 0; m < M; ++m) {
+      const float sm = row_scale[static_cast<std::size_t>(m)];
+      float* yr = yp + m * N;
+      if (bp) {
+        for (std::int64_t n = n0; n < n1; ++n) yr[n] = yr[n] * (sm * wsp[n]) + bp[n];
+      } else {
+        for (std::int64_t n = n0; n < n1; ++n) yr[n] = yr[n] * (sm * wsp[n]);
+      }
+    }
+  };
+  linear_core(x, w, static_cast<int>(weight_bits), M, N, zeros.data(), ones.data(), nullptr, yp, quantize_row, finish,
+              [&] {  // after the rows' quantization, before the GEMM: quantize_per_token's NaN / Inf rule
+                for (std::int64_t m = 0; m < M; ++m) {
+                  TORCH_CHECK_VALUE(std::isfinite(row_scale[static_cast<std::size_t>(m)]),
+                                    fmt::format("linear_dynamic_int8: input row {} (of the {} rows [..., K] flattens to) "
+                                                "holds NaN or Inf: its per-token scale max|x| / {} is not finite "
+                                                "(quantize_per_token raises on it too)", m, M, act_quant_max));
+                }
+              });
   return y;
 }
 
@@ -975,6 +1062,7 @@ TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
   m.impl("conv2d_int8", &conv2d_int8_cpu);
   m.impl("linear_w4a8", &linear_w4a8_cpu);
   m.impl("linear_int8", &linear_int8_cpu);
+  m.impl("linear_dynamic_int8", &linear_dynamic_int8_cpu);
   m.impl("linear_w2a8", &linear_w2a8_cpu);
   m.impl("linear_w1a8", &linear_w1a8_cpu);
 }

@@ -1,10 +1,19 @@
-// CUDA kernels of the integer GEMM family (linear_int8, linear_w2a8, linear_w1a8, linear_w4a8,
+// CUDA kernels of the integer GEMM family (linear_int8, linear_dynamic_int8, linear_w2a8, linear_w1a8, linear_w4a8,
 // linear_w4_weight_only): the CPU's
 // checks, the input rows quantized into an int8 buffer on the device, then the torch-free
 // launchers of kernels/cuda/qgemm_cuda.h on the current stream; the same bits as the CPU.
 // conv2d_int8 has no CUDA kernel (the dispatcher says so).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/abs.h>
+#include <ATen/ops/amax.h>
+#include <ATen/ops/clamp_min.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/full.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -18,33 +27,23 @@
 namespace qatkit::ops {
 namespace {
 
-at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
-                       const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
-                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias,
-                       int weight_bits) {
-  const std::int32_t shift = check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point,
-                                                    act_quant_min, act_quant_max, bias, weight_bits);
-  const c10::cuda::CUDAGuard guard(input.device());
+// The integer GEMM of linear_int8 / w2a8 / w1a8 on already-checked operands into y ([M, N]); rows
+// quantized with q (row_scale non-null: 1 / row_scale[m] per row).
+void linear_cuda_core(const at::Tensor& x, const at::Tensor& weight, int weight_bits, std::int64_t N,
+                      const at::Tensor& c, const at::Tensor& os, const at::Tensor& b, const kernels::ActQuantArgs& q,
+                      const float* row_scale, at::Tensor& y) {
   const auto stream = c10::cuda::getCurrentCUDAStream();
   // pack_binary_panel's layout back to rows (the CUDA kernel reads the row layout; the same bits)
   const at::Tensor w = weight_bits == 1 && weight.dim() == 3
-                           ? weight.permute({0, 2, 1}).reshape({-1, weight.size(1)}).narrow(0, 0, corr.size(0)).contiguous()
+                           ? weight.permute({0, 2, 1}).reshape({-1, weight.size(1)}).narrow(0, 0, N).contiguous()
                            : weight.contiguous();
-  const at::Tensor x = input.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: N from corr, rows of ceil(K / 4) * 4
-  const std::int64_t N = panel ? c.size(0) : w.size(0), K = x.size(-1);
+  const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: rows of ceil(K / 4) * 4
+  const std::int64_t K = x.size(-1), M = y.numel() / N;
   const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : weight_bits == 8 ? K : w.size(1) * (8 / weight_bits);
-  const auto rows = rows_and_output_shape(x, N);
-  const std::int64_t M = rows.first;
-  const std::vector<std::int64_t>& shape = rows.second;
-  at::Tensor y = at::empty(shape, input.options());
-  if (y.numel() == 0) return y;
-  at::Tensor a = at::empty({M, K_row}, input.options().dtype(at::kChar));
-  at::Tensor a_sum = at::empty({M}, input.options().dtype(at::kInt));
-  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  at::Tensor a = at::empty({M, K_row}, x.options().dtype(at::kChar));
+  at::Tensor a_sum = at::empty({M}, x.options().dtype(at::kInt));
   C10_CUDA_CHECK(kernels::cuda::launch_quantize_rows(x.data_ptr<float>(), a.data_ptr<std::int8_t>(),
-                                                     a_sum.data_ptr<std::int32_t>(), M, K, K_row, q, stream));
+                                                     a_sum.data_ptr<std::int32_t>(), M, K, K_row, q, stream, row_scale));
   if (weight_bits == 8) {
     kernels::QGemmArgs g;
     g.a = a.data_ptr<std::int8_t>();
@@ -75,6 +74,50 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const 
     g.y_rs = N;
     C10_CUDA_CHECK(kernels::cuda::launch_gemm_packed(g, weight_bits, stream));
   }
+}
+
+at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
+                       const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
+                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias,
+                       int weight_bits) {
+  const std::int32_t shift = check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point,
+                                                    act_quant_min, act_quant_max, bias, weight_bits);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = weight.dim() == 3 ? c.size(0) : weight.size(0);  // a panel weight: N is corr's length
+  at::Tensor y = at::empty(rows_and_output_shape(x, N).second, input.options());
+  if (y.numel() == 0) return y;
+  linear_cuda_core(x, weight, weight_bits, N, c, os, b,
+                   act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift), nullptr, y);
+  return y;
+}
+
+// linear_dynamic_int8: the row scales by ATen ops (amax, clamp_min, / qmax: float32, as
+// quantize_per_token and the CPU), the kernels above with corr 0 and out_scale 1 (leaving
+// fp32(acc)), then y * fp32(s[m] * weight_scale[n]) (+ bias): separate ATen ops, no fused multiply-add.
+at::Tensor linear_dynamic_int8_cuda(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                                    const at::Tensor& weight_scale, std::int64_t act_quant_max,
+                                    const std::optional<at::Tensor>& bias) {
+  check_linear_dynamic_int8_args(input, weight, weight_bits, weight_scale, act_quant_max, bias);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.contiguous(), ws = weight_scale.contiguous();
+  const std::int64_t N = ws.size(0), K = x.size(-1);
+  at::Tensor y = at::empty(rows_and_output_shape(x, N).second, input.options());
+  if (y.numel() == 0) return y;
+  const std::int64_t M = y.numel() / N;
+  // the divisor a device tensor: ATen's CUDA division by a CPU scalar multiplies by its reciprocal
+  // (not the CPU's quotient); by a tensor it divides
+  const at::Tensor qmax = at::full({}, static_cast<double>(act_quant_max), x.options());
+  const at::Tensor s = at::div(x.reshape({M, K}).abs().amax({1}).clamp_min(1e-5), qmax).contiguous();
+  kernels::ActQuantArgs q;
+  q.quant_min = -static_cast<std::int32_t>(act_quant_max) - 1;
+  q.quant_max = static_cast<std::int32_t>(act_quant_max);
+  linear_cuda_core(x, weight, static_cast<int>(weight_bits), N, at::zeros({N}, x.options().dtype(at::kInt)),
+                   at::ones({N}, x.options()), at::Tensor(), q, s.data_ptr<float>(), y);
+  const at::Tensor m = at::mul(s.reshape({M, 1}), ws.reshape({1, N}));  // fp32(s[m] * weight_scale[n])
+  y.view({M, N}).mul_(m);
+  if (bias.has_value()) y.view({M, N}).add_(bias->reshape({1, N}));
   return y;
 }
 
@@ -170,6 +213,7 @@ TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
   m.impl("linear_w4a8", &linear_w4a8_cuda);
   m.impl("linear_w4_weight_only", &linear_w4_weight_only_cuda);
   m.impl("linear_int8", &linear_int8_cuda);
+  m.impl("linear_dynamic_int8", &linear_dynamic_int8_cuda);
   m.impl("linear_w2a8", &linear_w2a8_cuda);
   m.impl("linear_w1a8", &linear_w1a8_cuda);
 }

@@ -50,6 +50,13 @@ at::Tensor linear_w1a8_meta(const at::Tensor& input, const at::Tensor& weight, c
   return linear_output(input, weight.dim() == 3 ? corr : weight);  // a panel weight: N is corr's length
 }
 
+at::Tensor linear_dynamic_int8_meta(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                                   const at::Tensor& weight_scale, std::int64_t act_quant_max,
+                                   const std::optional<at::Tensor>& bias) {
+  check_linear_dynamic_int8_args(input, weight, weight_bits, weight_scale, act_quant_max, bias);
+  return linear_output(input, weight_scale);  // N is weight_scale's length (every layout)
+}
+
 at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
@@ -110,6 +117,7 @@ TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
   m.impl("linear_w4a8", &linear_w4a8_meta);
   m.impl("conv2d_int8", &conv2d_int8_meta);
   m.impl("linear_int8", &linear_int8_meta);
+  m.impl("linear_dynamic_int8", &linear_dynamic_int8_meta);
   m.impl("linear_w2a8", &linear_w2a8_meta);
   m.impl("linear_w1a8", &linear_w1a8_meta);
 }

@@ -331,11 +331,15 @@ def _int8_plan(mod) -> Optional[dict]:
 
 
 def _xnor_plan(mod) -> Optional[dict]:
-    """ops.linear_w1a1 / conv2d_w1a1's operands for an XNOR-Net layer (binary weight codes, inputs
-    binarized per sample by the 'bitnet' rule); None for other "row" layers (BitLinear's per-token
-    int8 inputs have no kernel yet) and for convs whose padding mode is not zeros (a binarized
+    """The kernel plan of a "row" form layer: ops.linear_w1a1 / conv2d_w1a1's operands for an
+    XNOR-Net layer (binary weight codes, inputs binarized per sample by the 'bitnet' rule),
+    ops.linear_dynamic_int8's for a Linear with per-token int8 inputs (BitLinear / bitnet_b158, or
+    int8 / binary weights with per-token activations: :func:`_per_token_plan`); None for other "row"
+    layers (per-tensor dynamic scales) and for convs whose padding mode is not zeros (a binarized
     sample's codes are padded, not its floats: the per-sample mean would change)."""
     act, _ = _act_codes_spec(mod.input_fake_quant)
+    if act == "dynamic":
+        return _per_token_plan(mod)
     if act != "binary" or mod.weight_spec.kind != "binary":
         return None
     if _is_conv(mod) and (mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple)):
@@ -352,6 +356,36 @@ def _xnor_plan(mod) -> Optional[dict]:
     return {"kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w),
             "weight_scale": ws.contiguous(),
             "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
+
+
+def _per_token_plan(mod) -> Optional[dict]:
+    """ops.linear_dynamic_int8's operands for a "row" form Linear with per-token int8 inputs
+    (symmetric codes in [-qmax - 1, qmax], qmax <= 127) and ternary, binary or int8 weight codes
+    in [-127, 127], whose int32 bound K * (qmax + 1) * max|w| fits; None otherwise (per-tensor
+    dynamic inputs, wider codes: the float64 simulation runs)."""
+    spec = mod.input_fake_quant.spec
+    if _is_conv(mod) or spec.granularity != "per_token" or not 1 <= spec.quant_max <= 127:
+        return None
+    w = mod.weight_int
+    if w.dim() != 2 or w.dtype != torch.int8:
+        return None
+    kind = mod.weight_spec.kind
+    wmax = int(w.abs().max()) if w.numel() else 0
+    if (w.numel() and int(w.min()) < -127) or w.shape[1] * (spec.quant_max + 1) * wmax > _INT32_MAX:
+        return None
+    if kind == "ternary" and wmax <= 1:
+        bits, packed = 2, ops.pack_ternary_t2(w)
+    elif kind == "binary" and (not w.numel() or bool(((w == 1) | (w == -1)).all())):
+        bits, packed = 1, ops.pack_binary_panel(ops.pack_binary_b1(w))
+    else:
+        bits, packed = 8, ops.pack_int8_panel(w)
+    ws = mod.weight_scale.detach().float().reshape(-1)
+    if ws.numel() == 1:
+        ws = ws.expand(w.shape[0])
+    if ws.numel() != w.shape[0]:
+        return None
+    return {"kernel": "linear_dynamic_int8", "weight": packed, "weight_bits": bits, "weight_scale": ws.contiguous(),
+            "qmax": spec.quant_max, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
 
 
 def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
@@ -379,6 +413,8 @@ def _bind(plan: dict):
     op = getattr(torch.ops.qatkit, k).default
     if k == "linear_w1a1":
         args = (p["weight"], p["weight_scale"], p["bias"])
+    elif k == "linear_dynamic_int8":
+        args = (p["weight"], p["weight_bits"], p["weight_scale"], p["qmax"], p["bias"])
     elif k == "linear_w4_weight_only":
         args = (p["weight"], p["gscale"], p["group_size"], p["gzero"], p["bias"])
     elif k == "linear_w4a8":
@@ -531,6 +567,9 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
                 detail = f" (groups={m.groups}: grouped / depthwise XNOR convs have no kernel)"
             elif _is_conv(m) and form == "row" and m.padding_mode != "zeros":
                 detail = f" (padding_mode {m.padding_mode!r}: a binarized sample's codes would be padded, not its floats)"
+            elif form == "row" and _act_codes_spec(m.input_fake_quant)[0] == "dynamic":
+                detail = " (linear_dynamic_int8 takes per-token input scales of at most 8 bits; this layer's are " \
+                         f"{m.input_fake_quant.spec.granularity}, {m.input_fake_quant.spec.bits} bits)"
             form, why = None, f"no integer kernel for a {kind} in the {form!r} form yet{detail}: float math"
         report.append((name, form, why))
     if warn and compute == "integer":

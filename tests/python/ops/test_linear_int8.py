@@ -793,6 +793,131 @@ def test_w1a1_opcheck_compile_and_errors():
         ops.conv2d_w1a1(xc[0], wc, (3, 3), (1, 1), (1, 1), (1, 1), torch.ones(4))
 
 
+# ---------------------------------------------------------------- per-token dynamic inputs ("row" form)
+
+
+def _per_token_reference(x, w, ws, qmax, bias):
+    """Per-row scales and codes from the formulas (amax, clamp at 1e-5, / qmax; x * (1 / s) rounded half
+    to even, NaN -> 0, clamped), int64 sums of the codes, fp32(acc) * fp32(s * ws), then + bias."""
+    rows = x.reshape(-1, x.shape[-1])
+    amax = rows.abs().amax(dim=1)
+    s = torch.where(torch.isnan(amax), amax, torch.clamp(amax, min=torch.tensor(1e-5)) / torch.tensor(float(qmax)))
+    r = torch.round(rows * (torch.tensor(1.0) / s).unsqueeze(1))
+    q = torch.where(torch.isnan(r), torch.zeros_like(r), r).clamp(-qmax - 1, qmax).long()
+    y = (q @ w.long().t()).float() * (s.unsqueeze(1) * ws.unsqueeze(0))
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+def _per_token_weights(bits, N, K, g):
+    """(codes [N, K], its layouts for linear_dynamic_int8 at `bits`)."""
+    if bits == 8:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        return w, [w, ops.pack_int8_panel(w)]
+    if bits == 2:
+        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+        return w, [ops.pack_ternary_t2(w)]
+    w = (torch.randint(0, 2, (N, K), dtype=torch.int8, generator=g) * 2 - 1).to(torch.int8)
+    return w, [ops.pack_binary_b1(w), ops.pack_binary_panel(ops.pack_binary_b1(w))]
+
+
+# (1, 64, 4096): the GEMV paths; (70, 40, 129) and (6, 48, 300): the register blocks and tails
+@pytest.mark.parametrize("M,N,K", [(1, 48, 100), (1, 64, 4096), (3, 33, 300), (5, 64, 256), (70, 40, 129), (6, 48, 300),
+                                   (0, 8, 32), (2, 1, 1)])
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("qmax", [127, 7])
+def test_dynamic_int8_equals_the_per_token_reference_on_every_isa(M, N, K, bits, qmax):
+    g = torch.Generator().manual_seed(M * 1000 + N + K)
+    x = torch.randn(M, K, generator=g) * 3
+    if M > 1:
+        x[1] *= 1e-3  # rows whose scales differ by 1000x
+    w, layouts = _per_token_weights(bits, N, K, g)
+    ws, b = torch.rand(N, generator=g) + 0.05, torch.randn(N, generator=g)
+    old = qatkit._C.cpu_isa()
+    try:
+        for bias in (None, b):
+            want = _per_token_reference(x, w, ws, qmax, bias)
+            for isa in _isas():
+                assert qatkit._C.set_cpu_isa(isa)
+                for p in layouts:
+                    got = ops.linear_dynamic_int8(x, p, bits, ws, qmax, bias)
+                    assert got.shape == (M, N) and torch.equal(got, want), (isa, tuple(p.shape))
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_dynamic_int8_zero_rows_nan_inf_and_leading_dims():
+    """A zero row (scale clamped at 1e-5 / qmax: output 0), a -128 code, a [B, T, K] input keeps
+    [B, T, N]; a row holding NaN or Inf has no finite per-token scale: a ValueError naming the row
+    (quantize_per_token raises on it too), on every ISA."""
+    g = torch.Generator().manual_seed(3)
+    K, N = 200, 24
+    x = torch.randn(2, 3, K, generator=g)
+    x[0, 0] = 0.0
+    x[1, 0] = -torch.arange(K, dtype=torch.float32)  # -max codes to -127, -max * (1 + 2^-9) to -128
+    x[1, 0, 0] = -float(K - 1) * (1 + 2**-9)
+    w, layouts = _per_token_weights(2, N, K, g)
+    ws = torch.rand(N, generator=g) + 0.05
+    want = _per_token_reference(x, w, ws, 127, None)
+    got = ops.linear_dynamic_int8(x, layouts[0], 2, ws)
+    assert got.shape == (2, 3, N) and torch.equal(got, want) and bool((got[0, 0] == 0).all())
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            assert qatkit._C.set_cpu_isa(isa)
+            for bad in (float("nan"), float("inf"), -float("inf")):
+                xb = x.clone()
+                xb[1, 1, 7] = bad
+                with pytest.raises(ValueError, match=r"input row 4 .* holds NaN or Inf"):
+                    ops.linear_dynamic_int8(xb, layouts[0], 2, ws)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_dynamic_int8_opcheck_compile_export_and_errors():
+    from torch.export import Dim, export
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 70, generator=g)
+    w8 = torch.randint(-127, 128, (20, 70), dtype=torch.int8, generator=g)
+    w2 = torch.randint(-1, 2, (20, 70), dtype=torch.int8, generator=g)
+    ws, b = torch.rand(20, generator=g) + 0.1, torch.randn(20, generator=g)
+    p8, p2 = ops.pack_int8_panel(w8), ops.pack_ternary_t2(w2)
+    pb = ops.pack_binary_panel(ops.pack_binary_b1(torch.where(w2 >= 0, 1, -1).to(torch.int8)))
+    op = torch.ops.qatkit.linear_dynamic_int8.default
+    for args in ((x, p8, 8, ws, 127, b), (x, p2, 2, ws, 7), (x, pb, 1, ws, 127, b)):
+        torch.library.opcheck(op, args)
+    f = torch.compile(lambda t: ops.linear_dynamic_int8(t, p2, 2, ws, 127, b), fullgraph=True)
+    assert torch.equal(f(x), ops.linear_dynamic_int8(x, p2, 2, ws, 127, b))
+
+    class Lin(torch.nn.Module):
+        def forward(self, v):
+            return ops.linear_dynamic_int8(v, p8, 8, ws, 127, b)
+
+    ep = export(Lin(), (torch.randn(2, 70),), dynamic_shapes={"v": {0: Dim("m")}})
+    v = torch.randn(9, 70)
+    assert torch.equal(ep.module()(v), Lin()(v))
+    with pytest.raises(ValueError, match="weight_bits must be 8, 2 or 1, got 4"):
+        ops.linear_dynamic_int8(x, w8, 4, ws)
+    with pytest.raises(ValueError, match=r"weight_scale must have shape \[N\] = \[20\], got \[3\]"):
+        ops.linear_dynamic_int8(x, w8, 8, ws[:3])
+    with pytest.raises(ValueError, match=r"panel weight \(pack_int8_panel\) for N = 3 \(weight_scale's length\)"):
+        ops.linear_dynamic_int8(x, p8, 8, ws[:3])
+    with pytest.raises(TypeError, match="weight_scale must be float32"):
+        ops.linear_dynamic_int8(x, w8, 8, ws.double())
+    with pytest.raises(ValueError, match=r"act_quant_max must lie in \[1, 127\].*got 255"):
+        ops.linear_dynamic_int8(x, w8, 8, ws, 255)
+    with pytest.raises(TypeError, match="2-bit codes, packed"):
+        ops.linear_dynamic_int8(x, w2, 2, ws)
+    with pytest.raises(ValueError, match="K_pad / 4 = 32"):
+        ops.linear_dynamic_int8(x, p2[:, :16], 2, ws)
+    with pytest.raises(TypeError, match="input must be float32"):
+        ops.linear_dynamic_int8(x.double(), w8, 8, ws)
+    with pytest.raises(ValueError, match=r"bias must have shape \[N\] = \[20\]"):
+        ops.linear_dynamic_int8(x, w8, 8, ws, 127, b[:4])
+
+
 # ---------------------------------------------------------------- W4 weight-only (float activations)
 
 

@@ -320,6 +320,21 @@ def test_int32_overflow_bound_keeps_float_math():
     assert form is None and "2^31" in why
 
 
+def _simulated_and_on_kernels(q):
+    """(the converted model on the float64 integer simulation everywhere (no kernel plans), the
+    converted model on kernels where they run a layer (kernels_only: what qatkit.load does), its report)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = qatkit.convert(q)
+        set_compute(sim, "integer", warn=False)
+        for m in sim.modules():
+            if isinstance(m, _Quantized) and m._integer_form is not None:
+                m.__dict__["_int8_plan"] = False
+        k = qatkit.convert(q)
+        rep = set_compute(k, "integer", warn=False, kernels_only=True)
+    return sim, k, rep
+
+
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "conv1d"])
 def test_xnor_layers_run_on_the_popcount_kernel(arch):
     """xnor_w1a1's hidden layers (binary weights, per-sample binary inputs) run on ops.linear_w1a1 /
@@ -329,15 +344,7 @@ def test_xnor_layers_run_on_the_popcount_kernel(arch):
     q, shape = _prepared(arch, "xnor_w1a1")
     torch.manual_seed(3)
     x = torch.randn(shape) * 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sim = qatkit.convert(q)
-        set_compute(sim, "integer", warn=False)
-        for m in sim.modules():  # the float64 simulation everywhere: no kernel plans
-            if isinstance(m, _Quantized) and m._integer_form is not None:
-                m.__dict__["_int8_plan"] = False
-        k = qatkit.convert(q)
-        rep = set_compute(k, "integer", warn=False, kernels_only=True)
+    sim, k, rep = _simulated_and_on_kernels(q)
     xnor = [m for m in k.modules() if isinstance(m, _Quantized) and m.weight_spec.kind == "binary"]
     on = [m for m in xnor if integer.kernel_for(m) == "linear_w1a1"]
     assert len(on) >= (1 if arch == "cnn" else 2), rep
@@ -356,18 +363,55 @@ def test_depthwise_conv_runs_on_the_grouped_conv_kernel(preset):
     q, shape = _prepared("cnn", preset)
     torch.manual_seed(5)
     x = torch.randn(shape) * 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sim = qatkit.convert(q)
-        set_compute(sim, "integer", warn=False)
-        for m in sim.modules():  # the float64 simulation everywhere: no kernel plans
-            if isinstance(m, _Quantized) and m._integer_form is not None:
-                m.__dict__["_int8_plan"] = False
-        k = qatkit.convert(q)
-        set_compute(k, "integer", warn=False, kernels_only=True)
+    sim, k, _ = _simulated_and_on_kernels(q)
     dw = [m for m in k.modules() if isinstance(m, _Quantized) and getattr(m, "groups", 1) == 16]
     assert len(dw) == 1
     want = {"w8a8": "linear_int8", "ternary_twn": "linear_w2a8", "binary_w1a8": "linear_w1a8"}[preset]
     assert integer.kernel_for(dw[0]) == want
     with torch.no_grad():
         assert torch.equal(k(x), sim(x))
+
+
+def _per_token_config(kind):
+    """Per-token dynamic int8 inputs with int8 per-channel, TWN ternary or binary weights."""
+    weight = {"int8": qatkit.QuantSpec(bits=8, symmetric=True, narrow_range=True, granularity="per_channel"),
+              "ternary": qatkit.QuantSpec(kind="ternary", method="twn", granularity="per_channel"),
+              "binary": qatkit.QuantSpec(kind="binary", method="mean_abs", granularity="per_channel")}[kind]
+    act = qatkit.QuantSpec(bits=8, granularity="per_token", scale="dynamic")
+    return qatkit.QATConfig(default=qatkit.LayerSpec(weight=weight, activation=act))
+
+
+@pytest.mark.parametrize("preset", ["bitnet_b158", "int8", "ternary", "binary"])
+def test_per_token_layers_run_on_the_dynamic_kernel(preset):
+    """BitLinear (bitnet_b158: RMSNorm, absmean ternary weights, per-token int8 inputs) and Linears
+    with per-token int8 inputs and int8 / ternary / binary weights run on ops.linear_dynamic_int8
+    when kernels_only (what qatkit.load does), bit for bit the float64 integer simulation, the rows
+    of a 3-D input (tokens) each with their own scale; a per-tensor dynamic input has no kernel and
+    is reported."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 160), nn.ReLU(), nn.Linear(160, 64), nn.ReLU(),
+                          nn.Linear(64, 10))
+    cfg = qatkit.preset("bitnet_b158") if preset == "bitnet_b158" else _per_token_config(preset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.prepare_qat(model, cfg)
+    sim, k, rep = _simulated_and_on_kernels(q)
+    layers = [m for m in k.modules() if isinstance(m, _Quantized)]
+    on = [m for m in layers if integer.kernel_for(m) == "linear_dynamic_int8"]
+    want_bits = {"bitnet_b158": 2, "int8": 8, "ternary": 2, "binary": 1}[preset]
+    assert len(on) >= (2 if preset == "bitnet_b158" else 4), rep  # bitnet_b158 keeps its first and last layers float
+    assert all(m.__dict__["_int8_plan"]["weight_bits"] == want_bits for m in on)
+    x = torch.randn(5, 7, 48) * 2
+    x[0, 0] *= 50  # one token far larger than the others: per-token scales differ by 50x
+    with torch.no_grad():
+        got, want = k(x), sim(x)
+    assert torch.equal(got, want)
+    if preset == "int8":  # per-tensor dynamic inputs: no kernel, reported with the reason
+        cfg = qatkit.QATConfig(default=qatkit.LayerSpec(
+            weight=qatkit.QuantSpec(bits=8, symmetric=True, narrow_range=True, granularity="per_channel"),
+            activation=qatkit.QuantSpec(bits=8, granularity="per_tensor", scale="dynamic")))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c2 = qatkit.convert(qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 8)), cfg))
+        rep2 = set_compute(c2, "integer", warn=False, kernels_only=True)
+        assert rep2.float_layers and "per-token input scales" in rep2.float_layers[0][1], rep2
