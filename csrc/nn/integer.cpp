@@ -66,8 +66,8 @@ std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, cons
   return plan;
 }
 
-/// Linears with per-token int8 inputs (Python's _per_token_plan): linear_dynamic_int8 with ternary,
-/// binary or int8 weight codes in [-127, 127] and a per-token quant_max <= 127 whose int32 bound
+/// Linears with dynamic int8 inputs, per token or per tensor (Python's _per_token_plan):
+/// linear_dynamic_int8 with ternary, binary or int8 weight codes in [-127, 127] and a quant_max <= 127 whose int32 bound
 /// K * (qmax + 1) * max|w| fits.
 std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, const QuantSpec& wspec,
                                                      const QuantSpec& as, const torch::Tensor& bias) {
@@ -98,6 +98,7 @@ std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, c
   }
   plan->out_scale = ws.contiguous();
   plan->act_quant_max = qmax;
+  plan->per_tensor_input = as.granularity != "per_token";
   if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
   return plan;
 }
@@ -143,8 +144,7 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   if (as.kind == "binary") {  // conv2d_w1a1 has no groups
     return conv && groups != 1 ? nullptr : make_xnor_plan(f, *wspec, aq, bias, conv, zeros_padding);
   }
-  if (!conv && as.kind == "int" && as.scale == "dynamic" && as.granularity == "per_token" && !aq->axis() &&
-      aq->fake_quant_enabled()) {
+  if (!conv && as.kind == "int" && as.scale == "dynamic" && !aq->axis() && aq->fake_quant_enabled()) {
     return make_dynamic_plan(f, *wspec, as, bias);
   }
   if (as.kind != "int" || as.scale == "dynamic" || aq->axis() || !aq->fake_quant_enabled()) return nullptr;
@@ -257,7 +257,10 @@ namespace detail {
 
 torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x) {
   if (p.binary_input) return qatkit::linear_w1a1(x, p.weight, p.out_scale, p.bias);
-  if (p.dynamic_input) return qatkit::linear_dynamic_int8(x, p.weight, p.weight_bits, p.out_scale, p.act_quant_max, p.bias);
+  if (p.dynamic_input) {
+    return qatkit::linear_dynamic_int8(x, p.weight, p.weight_bits, p.out_scale, p.act_quant_max, p.bias,
+                                       p.per_tensor_input);
+  }
   if (p.float_input) {
     return qatkit::linear_w4_weight_only(x, p.weight, p.group_scale, p.group_size,
                                          p.group_zero.defined() ? std::optional<torch::Tensor>(p.group_zero)

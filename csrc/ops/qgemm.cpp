@@ -39,7 +39,8 @@
 //                codes quantize_affine(x, s[m], 0, -act_quant_max - 1, act_quant_max) (what
 //                quantize_per_token gives), the int32 sums of linear_int8 / linear_w2a8 / linear_w1a8's
 //                kernels (weight_bits 8 / 2 / 1, their layouts), y = fp32(acc) * fp32(s[m] *
-//                weight_scale[n]) (+ bias[n]): multiply, then add.
+//                weight_scale[n]) (+ bias[n]): multiply, then add. per_tensor: one scale for the
+//                whole input, s = fp32(max(max |x|, 1e-5) / act_quant_max) (quantize_per_tensor_dynamic's).
 // Schema, checks and the C++ API live here; kernels in ops/{cpu,meta}/qgemm_kernel.cpp.
 #include "qgemm_checks.h"
 
@@ -90,7 +91,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_dynamic_int8(Tensor input, Tensor weight, int weight_bits, Tensor weight_scale, int act_quant_max=127, "
-      "Tensor? bias=None) -> Tensor",
+      "Tensor? bias=None, bool per_tensor=False) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w2a8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
@@ -531,9 +532,9 @@ at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& weight, const 
 
 at::Tensor linear_dynamic_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                const at::Tensor& weight_scale, std::int64_t act_quant_max,
-                               const std::optional<at::Tensor>& bias) {
+                               const std::optional<at::Tensor>& bias, bool per_tensor) {
   static auto op = ops::op_handle<decltype(linear_dynamic_int8)>("qatkit::linear_dynamic_int8");
-  return op.call(input, weight, weight_bits, weight_scale, act_quant_max, bias);
+  return op.call(input, weight, weight_bits, weight_scale, act_quant_max, bias, per_tensor);
 }
 
 at::Tensor pack_int4_panel(const at::Tensor& weight) {

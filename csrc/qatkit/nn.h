@@ -222,10 +222,11 @@ struct QATKIT_API IntegerKernelPlan {
   bool binary_input = false;
   /// Weight-only 4-bit layers (float inputs): linear_w4_weight_only with group_scale / group_zero.
   bool float_input = false;
-  /// Per-token int8 inputs ("row" form: BitLinear, or per-token activations with int8 / ternary /
-  /// binary weights): linear_dynamic_int8 with `weight` at weight_bits, `out_scale` the weight scale
-  /// per channel and act_quant_max.
+  /// Dynamic int8 inputs ("row" form: BitLinear, or per-token / per-tensor dynamic activations with
+  /// int8 / ternary / binary weights): linear_dynamic_int8 with `weight` at weight_bits, `out_scale`
+  /// the weight scale per channel, act_quant_max and per_tensor_input.
   bool dynamic_input = false;
+  bool per_tensor_input = false;
   torch::Tensor group_zero;  ///< float_input: the weight zero points per group (undefined: symmetric)
   torch::Tensor weight, corr, out_scale;
   torch::Tensor group_scale;  ///< weight_bits 4: linear_w4a8's group scales [N, K / group_size]

@@ -208,10 +208,13 @@ QATKIT_API at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& wei
 /// [-act_quant_max - 1, act_quant_max] (quantize_per_token's); the exact int32 sums against the
 /// weight codes of weight_bits 8 (int8 [N, K] or pack_int8_panel), 2 (pack_ternary_t2) or 1
 /// (pack_binary_b1 or pack_binary_panel), N = weight_scale's length; y = fp32(acc) *
-/// fp32(s[m] * weight_scale[n]) (+ bias[n]). Returns float32 [..., N]. Not differentiable.
+/// fp32(s[m] * weight_scale[n]) (+ bias[n]). per_tensor: one scale s for the whole input (its absmax:
+/// quantize_per_tensor_dynamic's). Returns float32 [..., N]. A NaN or Inf in a row (in the input,
+/// per_tensor) raises on CPU. Not differentiable.
 QATKIT_API at::Tensor linear_dynamic_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                           const at::Tensor& weight_scale, std::int64_t act_quant_max = 127,
-                                          const std::optional<at::Tensor>& bias = std::nullopt);
+                                          const std::optional<at::Tensor>& bias = std::nullopt,
+                                          bool per_tensor = false);
 
 /// Floats from integer codes: y = (codes - z) * s, in float32 (float64 for a float64
 /// `output_dtype`), rounded to `output_dtype` (float32 default). codes: int8 / uint8 / int16 /

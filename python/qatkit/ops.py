@@ -591,6 +591,7 @@ def linear_dynamic_int8(
     weight_scale: torch.Tensor,
     act_quant_max: int = 127,
     bias: Optional[torch.Tensor] = None,
+    per_tensor: bool = False,
 ) -> torch.Tensor:
     """Linear with per-token dynamic int8 inputs (docs/integer.md, "row" form): BitLinear /
     bitnet_b158 (ternary weights), or int8 / binary weights with per-token activations. Each row of
@@ -598,7 +599,8 @@ def linear_dynamic_int8(
     ``s[m] = max(max_k |x[m, k]|, 1e-5) / act_quant_max`` (float32), to codes in
     ``[-act_quant_max - 1, act_quant_max]``; the exact int32 sums against the weight codes, then
     ``y = fp32(acc) * fp32(s[m] * weight_scale[n])``, plus ``bias`` (multiply, then add). Bit for bit
-    the integer form of such a layer. Inference only.
+    the integer form of such a layer. ``per_tensor=True``: one scale for the whole input (its
+    absmax, :func:`quantize_per_tensor_dynamic`'s). Inference only.
 
     ``weight_bits`` picks the weight layout, ``N`` is ``weight_scale``'s length:
     8: int8 codes ``[N, K]`` in [-127, 127] or :func:`pack_int8_panel`'s layout; 2:
@@ -606,9 +608,10 @@ def linear_dynamic_int8(
 
     Raises:
         TypeError / ValueError: dtypes, shapes, devices, ``weight_bits`` not 8 / 2 / 1,
-            ``act_quant_max`` outside [1, 127].
+            ``act_quant_max`` outside [1, 127]; (CPU) a NaN or Inf in a row (per_tensor: in the input).
     """
-    return torch.ops.qatkit.linear_dynamic_int8(input, weight, weight_bits, weight_scale, act_quant_max, bias)
+    return torch.ops.qatkit.linear_dynamic_int8(input, weight, weight_bits, weight_scale, act_quant_max, bias,
+                                                per_tensor)
 
 
 def linear_w1a1(

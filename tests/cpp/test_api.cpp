@@ -163,6 +163,26 @@ CATCH_TEST_CASE("ops called from concurrent std::threads give the serial bits", 
   }
 }
 
+CATCH_TEST_CASE("linear_dynamic_int8 from C++: BitLinear's per-token integer form, bit for bit", "[api]") {
+  torch::manual_seed(5);
+  const torch::Tensor x = torch::randn({3, 70}) * 3, w = torch::randint(-1, 2, {20, 70}).to(torch::kChar);
+  const torch::Tensor ws = torch::rand({20}) + 0.05, b = torch::randn({20});
+  // ops.pack_ternary_t2: codes + 1, K padded to 128 with code 1 (zero), k = 32 i + j in bits 2 i of byte j
+  torch::Tensor c = torch::cat({w.to(torch::kInt) + 1, torch::ones({20, 58}, torch::kInt)}, 1).reshape({20, 1, 4, 32});
+  const torch::Tensor packed = (c.select(2, 0) + c.select(2, 1) * 4 + c.select(2, 2) * 16 + c.select(2, 3) * 64)
+                                   .to(torch::kByte).reshape({20, 32}).contiguous();
+  // the "row" form from its formulas: s[m] = max(amax, 1e-5) / 127, codes x * (1 / s) rounded half to
+  // even and clamped, exact sums, fp32(acc) * fp32(s * ws) + b
+  const torch::Tensor s = x.abs().amax({1}).clamp_min(1e-5) / 127.0f;
+  const torch::Tensor q = torch::round(x * (1.0f / s).unsqueeze(1)).clamp(-128, 127);
+  const torch::Tensor want = torch::matmul(q.to(torch::kDouble), w.to(torch::kDouble).t()).to(torch::kFloat) *
+                                 (s.unsqueeze(1) * ws.unsqueeze(0)) + b;
+  CATCH_CHECK(torch::equal(qatkit::linear_dynamic_int8(x, packed, 2, ws, 127, b), want));
+  CATCH_CHECK_THROWS_WITH(qatkit::linear_dynamic_int8(x, packed, 4, ws), Catch::Contains("weight_bits must be 8, 2 or 1"));
+  CATCH_CHECK_THROWS_WITH(qatkit::linear_dynamic_int8(x, packed, 2, ws.narrow(0, 0, 3)),
+                          Catch::Contains("weight_scale must have shape [N] = [20]"));
+}
+
 CATCH_TEST_CASE("bad input to every C++ op function: a table of calls and message fragments", "[api][bad_input]") {
   struct Case {
     const char* name;

@@ -186,3 +186,30 @@ def test_cpp_integer_convs_and_conv1d_match_python(preset, tmp_path):
         r, y = _run(path, x, tmp_path)
         assert r.returncode == 0, r.stderr
         assert torch.equal(y, want)
+
+
+@pytest.mark.parametrize("granularity,wkind", [("per_token", "int"), ("per_tensor", "int"), ("per_token", "binary")])
+def test_cpp_dynamic_input_linears_match_python(granularity, wkind, tmp_path):
+    """Linears with dynamic int8 inputs (per token, per tensor) run on C++'s linear_dynamic_int8 as on
+    Python's (int8 / binary weights; BitLinear is covered above): Python's loaded outputs bit for bit,
+    and not the float form's."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(40, 96), nn.ReLU(), nn.Linear(96, 48), nn.ReLU(), nn.Linear(48, 5))
+    weight = (qatkit.QuantSpec(bits=8, symmetric=True, narrow_range=True, granularity="per_channel") if wkind == "int"
+              else qatkit.QuantSpec(kind="binary", method="mean_abs", granularity="per_channel"))
+    cfg = qatkit.QATConfig(default=qatkit.LayerSpec(
+        weight=weight, activation=qatkit.QuantSpec(bits=8, granularity=granularity, scale="dynamic")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.prepare_qat(net, cfg)
+    path = str(tmp_path / "d.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load(path)
+    assert [f for _, f, _ in loaded.compute_report] == ["row"] * 3, loaded.compute_report
+    x = torch.randn(7, 40, generator=torch.Generator().manual_seed(5)) * 2
+    with torch.no_grad():
+        want, flt = loaded(x), qatkit.load(path, compute="float")(x)
+    assert not torch.equal(want, flt)
+    r, y = _run(path, x, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.equal(y, want)

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -124,7 +125,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
 // holding NaN or Inf has no finite scale: an error, as quantize_per_token's.
 at::Tensor linear_dynamic_int8_cpu(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                    const at::Tensor& weight_scale, std::int64_t act_quant_max,
-                                   const std::optional<at::Tensor>& bias) {
+                                   const std::optional<at::Tensor>& bias, bool per_tensor) {
   check_linear_dynamic_int8_args(input, weight, weight_bits, weight_scale, act_quant_max, bias);
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), ws = weight_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
@@ -138,16 +139,29 @@ at::Tensor linear_dynamic_int8_cpu(const at::Tensor& input, const at::Tensor& we
   std::vector<float> row_scale(static_cast<std::size_t>(M));
   const auto& k = kernels::cpu::qgemm_kernels();
   const float qmax = static_cast<float>(act_quant_max);
-  const auto quantize_row = [&](std::int64_t m, const float* xr, std::int8_t* ar) {
-    // amax as torch's amax (a NaN propagates), clamp_min(1e-5) (NaN stays NaN), / qmax: float32
+  // amax as torch's amax (a NaN propagates), clamp_min(1e-5) (NaN stays NaN), / qmax: float32
+  const auto scale_of = [&](const float* v, std::int64_t n) {
     float amax = 0.f;
     bool nan = false;
-    for (std::int64_t i = 0; i < K; ++i) {
-      const float v = std::fabs(xr[i]);
-      nan |= v != v;
-      amax = v > amax ? v : amax;
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float a = std::fabs(v[i]);
+      nan |= a != a;
+      amax = a > amax ? a : amax;
     }
-    const float s = nan ? std::numeric_limits<float>::quiet_NaN() : std::max(amax, 1e-5f) / qmax;
+    return nan ? std::numeric_limits<float>::quiet_NaN() : std::max(amax, 1e-5f) / qmax;
+  };
+  if (per_tensor) {  // quantize_per_tensor_dynamic's one scale: max over the rows' scales (the same float ops)
+    std::vector<float> part(static_cast<std::size_t>(M));
+    const float* xp = x.data_ptr<float>();
+    at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)), [&](std::int64_t b0, std::int64_t e0) {
+      for (std::int64_t m = b0; m < e0; ++m) part[static_cast<std::size_t>(m)] = scale_of(xp + m * K, K);
+    });
+    float s = part[0];
+    for (const float p : part) s = (p != p || p > s) ? p : s;  // a NaN stays
+    std::fill(row_scale.begin(), row_scale.end(), s);
+  }
+  const auto quantize_row = [&](std::int64_t m, const float* xr, std::int8_t* ar) {
+    const float s = per_tensor ? row_scale[static_cast<std::size_t>(m)] : scale_of(xr, K);
     row_scale[static_cast<std::size_t>(m)] = s;
     kernels::ActQuantArgs q;
     q.inv_scale = 1.0f / s;  // quantize_affine's 1 / s (float32)
@@ -174,9 +188,13 @@ at::Tensor linear_dynamic_int8_cpu(const at::Tensor& input, const at::Tensor& we
               [&] {  // after the rows' quantization, before the GEMM: quantize_per_token's NaN / Inf rule
                 for (std::int64_t m = 0; m < M; ++m) {
                   TORCH_CHECK_VALUE(std::isfinite(row_scale[static_cast<std::size_t>(m)]),
-                                    fmt::format("linear_dynamic_int8: input row {} (of the {} rows [..., K] flattens to) "
-                                                "holds NaN or Inf: its per-token scale max|x| / {} is not finite "
-                                                "(quantize_per_token raises on it too)", m, M, act_quant_max));
+                                    per_tensor ? fmt::format("linear_dynamic_int8: the input holds NaN or Inf: its "
+                                                             "per-tensor scale max|x| / {} is not finite",
+                                                             act_quant_max)
+                                               : fmt::format("linear_dynamic_int8: input row {} (of the {} rows "
+                                                             "[..., K] flattens to) holds NaN or Inf: its per-token "
+                                                             "scale max|x| / {} is not finite (quantize_per_token "
+                                                             "raises on it too)", m, M, act_quant_max));
                 }
               });
   return y;

@@ -98,7 +98,7 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const 
 // fp32(acc)), then y * fp32(s[m] * weight_scale[n]) (+ bias): separate ATen ops, no fused multiply-add.
 at::Tensor linear_dynamic_int8_cuda(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                     const at::Tensor& weight_scale, std::int64_t act_quant_max,
-                                    const std::optional<at::Tensor>& bias) {
+                                    const std::optional<at::Tensor>& bias, bool per_tensor) {
   check_linear_dynamic_int8_args(input, weight, weight_bits, weight_scale, act_quant_max, bias);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor x = input.contiguous(), ws = weight_scale.contiguous();
@@ -109,7 +109,8 @@ at::Tensor linear_dynamic_int8_cuda(const at::Tensor& input, const at::Tensor& w
   // the divisor a device tensor: ATen's CUDA division by a CPU scalar multiplies by its reciprocal
   // (not the CPU's quotient); by a tensor it divides
   const at::Tensor qmax = at::full({}, static_cast<double>(act_quant_max), x.options());
-  const at::Tensor s = at::div(x.reshape({M, K}).abs().amax({1}).clamp_min(1e-5), qmax).contiguous();
+  const at::Tensor amax = per_tensor ? x.abs().amax().expand({M}) : x.reshape({M, K}).abs().amax({1});
+  const at::Tensor s = at::div(amax.clamp_min(1e-5), qmax).contiguous();
   kernels::ActQuantArgs q;
   q.quant_min = -static_cast<std::int32_t>(act_quant_max) - 1;
   q.quant_max = static_cast<std::int32_t>(act_quant_max);

@@ -52,7 +52,7 @@ at::Tensor linear_w1a8_meta(const at::Tensor& input, const at::Tensor& weight, c
 
 at::Tensor linear_dynamic_int8_meta(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                    const at::Tensor& weight_scale, std::int64_t act_quant_max,
-                                   const std::optional<at::Tensor>& bias) {
+                                   const std::optional<at::Tensor>& bias, bool) {
   check_linear_dynamic_int8_args(input, weight, weight_bits, weight_scale, act_quant_max, bias);
   return linear_output(input, weight_scale);  // N is weight_scale's length (every layout)
 }

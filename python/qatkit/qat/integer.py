@@ -333,9 +333,9 @@ def _int8_plan(mod) -> Optional[dict]:
 def _xnor_plan(mod) -> Optional[dict]:
     """The kernel plan of a "row" form layer: ops.linear_w1a1 / conv2d_w1a1's operands for an
     XNOR-Net layer (binary weight codes, inputs binarized per sample by the 'bitnet' rule),
-    ops.linear_dynamic_int8's for a Linear with per-token int8 inputs (BitLinear / bitnet_b158, or
-    int8 / binary weights with per-token activations: :func:`_per_token_plan`); None for other "row"
-    layers (per-tensor dynamic scales) and for convs whose padding mode is not zeros (a binarized
+    ops.linear_dynamic_int8's for a Linear with dynamic int8 inputs (BitLinear / bitnet_b158, or
+    int8 / binary weights with per-token or per-tensor dynamic activations: :func:`_per_token_plan`);
+    None for wider dynamic inputs and for convs whose padding mode is not zeros (a binarized
     sample's codes are padded, not its floats: the per-sample mean would change)."""
     act, _ = _act_codes_spec(mod.input_fake_quant)
     if act == "dynamic":
@@ -359,12 +359,12 @@ def _xnor_plan(mod) -> Optional[dict]:
 
 
 def _per_token_plan(mod) -> Optional[dict]:
-    """ops.linear_dynamic_int8's operands for a "row" form Linear with per-token int8 inputs
-    (symmetric codes in [-qmax - 1, qmax], qmax <= 127) and ternary, binary or int8 weight codes
-    in [-127, 127], whose int32 bound K * (qmax + 1) * max|w| fits; None otherwise (per-tensor
-    dynamic inputs, wider codes: the float64 simulation runs)."""
+    """ops.linear_dynamic_int8's operands for a "row" form Linear with dynamic int8 inputs, per
+    token or per tensor (symmetric codes in [-qmax - 1, qmax], qmax <= 127), and ternary, binary or
+    int8 weight codes in [-127, 127], whose int32 bound K * (qmax + 1) * max|w| fits; None
+    otherwise (wider codes: the float64 simulation runs)."""
     spec = mod.input_fake_quant.spec
-    if _is_conv(mod) or spec.granularity != "per_token" or not 1 <= spec.quant_max <= 127:
+    if _is_conv(mod) or not 1 <= spec.quant_max <= 127:
         return None
     w = mod.weight_int
     if w.dim() != 2 or w.dtype != torch.int8:
@@ -385,7 +385,8 @@ def _per_token_plan(mod) -> Optional[dict]:
     if ws.numel() != w.shape[0]:
         return None
     return {"kernel": "linear_dynamic_int8", "weight": packed, "weight_bits": bits, "weight_scale": ws.contiguous(),
-            "qmax": spec.quant_max, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
+            "qmax": spec.quant_max, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous(),
+            "per_tensor": spec.granularity != "per_token"}
 
 
 def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
@@ -414,7 +415,7 @@ def _bind(plan: dict):
     if k == "linear_w1a1":
         args = (p["weight"], p["weight_scale"], p["bias"])
     elif k == "linear_dynamic_int8":
-        args = (p["weight"], p["weight_bits"], p["weight_scale"], p["qmax"], p["bias"])
+        args = (p["weight"], p["weight_bits"], p["weight_scale"], p["qmax"], p["bias"]) + ((True,) if p["per_tensor"] else ())
     elif k == "linear_w4_weight_only":
         args = (p["weight"], p["gscale"], p["group_size"], p["gzero"], p["bias"])
     elif k == "linear_w4a8":
@@ -568,8 +569,8 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
             elif _is_conv(m) and form == "row" and m.padding_mode != "zeros":
                 detail = f" (padding_mode {m.padding_mode!r}: a binarized sample's codes would be padded, not its floats)"
             elif form == "row" and _act_codes_spec(m.input_fake_quant)[0] == "dynamic":
-                detail = " (linear_dynamic_int8 takes per-token input scales of at most 8 bits; this layer's are " \
-                         f"{m.input_fake_quant.spec.granularity}, {m.input_fake_quant.spec.bits} bits)"
+                detail = " (linear_dynamic_int8 takes dynamic inputs of at most 8 bits; this layer's have " \
+                         f"{m.input_fake_quant.spec.bits})"
             form, why = None, f"no integer kernel for a {kind} in the {form!r} form yet{detail}: float math"
         report.append((name, form, why))
     if warn and compute == "integer":

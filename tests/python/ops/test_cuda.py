@@ -258,6 +258,36 @@ def test_integer_linear_kernels_cuda_equal_cpu(bits, M, N, K, qrange, zp):
             assert torch.equal(gpu.cpu(), cpu), layout.dim()
 
 
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (64, 128, 1024), (0, 8, 16)])
+def test_dynamic_int8_cuda_equals_cpu(bits, M, N, K):
+    """linear_dynamic_int8 (per-token int8 inputs: BitLinear): the row scales by ATen ops, the
+    per-row quantization and the final scaling give the CPU's bits, every layout; opcheck on CUDA."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(M, K, generator=g) * 3
+    if M > 1:
+        x[1] *= 1e-3
+    if bits == 8:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        layouts = [w, ops.pack_int8_panel(w)]
+    elif bits == 2:
+        layouts = [ops.pack_ternary_t2(torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g))]
+    else:
+        p = ops.pack_binary_b1((torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8))
+        layouts = [p, ops.pack_binary_panel(p)]
+    ws = torch.rand(N, generator=g) + 0.05
+    for qmax, per_tensor in ((127, False), (7, False), (127, True)):
+        for bias in (None, torch.randn(N, generator=g)):
+            for layout in layouts:
+                cpu = ops.linear_dynamic_int8(x, layout, bits, ws, qmax, bias, per_tensor)
+                gpu = ops.linear_dynamic_int8(x.cuda(), layout.cuda(), bits, ws.cuda(), qmax,
+                                              None if bias is None else bias.cuda(), per_tensor)
+                assert torch.equal(gpu.cpu(), cpu), (qmax, per_tensor, layout.dim())
+    if M:
+        torch.library.opcheck(torch.ops.qatkit.linear_dynamic_int8.default,
+                              (x.cuda(), layouts[-1].cuda(), bits, ws.cuda(), 127, torch.randn(N, device="cuda")))
+
+
 def test_integer_linear_opcheck_cuda():
     x = torch.randn(3, 40, device="cuda")
     w = torch.randint(-127, 128, (8, 40), dtype=torch.int8, device="cuda")

@@ -796,11 +796,14 @@ def test_w1a1_opcheck_compile_and_errors():
 # ---------------------------------------------------------------- per-token dynamic inputs ("row" form)
 
 
-def _per_token_reference(x, w, ws, qmax, bias):
+def _per_token_reference(x, w, ws, qmax, bias, per_tensor=False):
     """Per-row scales and codes from the formulas (amax, clamp at 1e-5, / qmax; x * (1 / s) rounded half
-    to even, NaN -> 0, clamped), int64 sums of the codes, fp32(acc) * fp32(s * ws), then + bias."""
+    to even, NaN -> 0, clamped), int64 sums of the codes, fp32(acc) * fp32(s * ws), then + bias.
+    per_tensor: every row with the whole input's scale."""
     rows = x.reshape(-1, x.shape[-1])
-    amax = rows.abs().amax(dim=1)
+    amax = rows.abs().amax(dim=1) if rows.shape[0] else torch.zeros(0)
+    if per_tensor and rows.shape[0]:
+        amax = amax.max().expand(rows.shape[0])
     s = torch.where(torch.isnan(amax), amax, torch.clamp(amax, min=torch.tensor(1e-5)) / torch.tensor(float(qmax)))
     r = torch.round(rows * (torch.tensor(1.0) / s).unsqueeze(1))
     q = torch.where(torch.isnan(r), torch.zeros_like(r), r).clamp(-qmax - 1, qmax).long()
@@ -827,7 +830,8 @@ def _per_token_weights(bits, N, K, g):
                                    (0, 8, 32), (2, 1, 1)])
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("qmax", [127, 7])
-def test_dynamic_int8_equals_the_per_token_reference_on_every_isa(M, N, K, bits, qmax):
+@pytest.mark.parametrize("per_tensor", [False, True])
+def test_dynamic_int8_equals_the_per_token_reference_on_every_isa(M, N, K, bits, qmax, per_tensor):
     g = torch.Generator().manual_seed(M * 1000 + N + K)
     x = torch.randn(M, K, generator=g) * 3
     if M > 1:
@@ -837,11 +841,11 @@ def test_dynamic_int8_equals_the_per_token_reference_on_every_isa(M, N, K, bits,
     old = qatkit._C.cpu_isa()
     try:
         for bias in (None, b):
-            want = _per_token_reference(x, w, ws, qmax, bias)
+            want = _per_token_reference(x, w, ws, qmax, bias, per_tensor)
             for isa in _isas():
                 assert qatkit._C.set_cpu_isa(isa)
                 for p in layouts:
-                    got = ops.linear_dynamic_int8(x, p, bits, ws, qmax, bias)
+                    got = ops.linear_dynamic_int8(x, p, bits, ws, qmax, bias, per_tensor)
                     assert got.shape == (M, N) and torch.equal(got, want), (isa, tuple(p.shape))
     finally:
         qatkit._C.set_cpu_isa(old)
@@ -871,6 +875,8 @@ def test_dynamic_int8_zero_rows_nan_inf_and_leading_dims():
                 xb[1, 1, 7] = bad
                 with pytest.raises(ValueError, match=r"input row 4 .* holds NaN or Inf"):
                     ops.linear_dynamic_int8(xb, layouts[0], 2, ws)
+                with pytest.raises(ValueError, match=r"the input holds NaN or Inf: its per-tensor scale"):
+                    ops.linear_dynamic_int8(xb, layouts[0], 2, ws, 127, None, True)
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -886,7 +892,7 @@ def test_dynamic_int8_opcheck_compile_export_and_errors():
     p8, p2 = ops.pack_int8_panel(w8), ops.pack_ternary_t2(w2)
     pb = ops.pack_binary_panel(ops.pack_binary_b1(torch.where(w2 >= 0, 1, -1).to(torch.int8)))
     op = torch.ops.qatkit.linear_dynamic_int8.default
-    for args in ((x, p8, 8, ws, 127, b), (x, p2, 2, ws, 7), (x, pb, 1, ws, 127, b)):
+    for args in ((x, p8, 8, ws, 127, b), (x, p2, 2, ws, 7, None, True), (x, pb, 1, ws, 127, b)):
         torch.library.opcheck(op, args)
     f = torch.compile(lambda t: ops.linear_dynamic_int8(t, p2, 2, ws, 127, b), fullgraph=True)
     assert torch.equal(f(x), ops.linear_dynamic_int8(x, p2, 2, ws, 127, b))

@@ -372,46 +372,45 @@ def test_depthwise_conv_runs_on_the_grouped_conv_kernel(preset):
         assert torch.equal(k(x), sim(x))
 
 
-def _per_token_config(kind):
-    """Per-token dynamic int8 inputs with int8 per-channel, TWN ternary or binary weights."""
+def _per_token_config(kind, granularity="per_token", bits=8):
+    """Dynamic int8 inputs (per token, or per tensor) with int8 per-channel, TWN ternary or binary weights."""
     weight = {"int8": qatkit.QuantSpec(bits=8, symmetric=True, narrow_range=True, granularity="per_channel"),
               "ternary": qatkit.QuantSpec(kind="ternary", method="twn", granularity="per_channel"),
               "binary": qatkit.QuantSpec(kind="binary", method="mean_abs", granularity="per_channel")}[kind]
-    act = qatkit.QuantSpec(bits=8, granularity="per_token", scale="dynamic")
+    act = qatkit.QuantSpec(bits=bits, granularity=granularity, scale="dynamic")
     return qatkit.QATConfig(default=qatkit.LayerSpec(weight=weight, activation=act))
 
 
-@pytest.mark.parametrize("preset", ["bitnet_b158", "int8", "ternary", "binary"])
+@pytest.mark.parametrize("preset", ["bitnet_b158", "int8", "ternary", "binary", "int8 per-tensor"])
 def test_per_token_layers_run_on_the_dynamic_kernel(preset):
     """BitLinear (bitnet_b158: RMSNorm, absmean ternary weights, per-token int8 inputs) and Linears
-    with per-token int8 inputs and int8 / ternary / binary weights run on ops.linear_dynamic_int8
-    when kernels_only (what qatkit.load does), bit for bit the float64 integer simulation, the rows
-    of a 3-D input (tokens) each with their own scale; a per-tensor dynamic input has no kernel and
-    is reported."""
+    with per-token (or per-tensor) dynamic int8 inputs and int8 / ternary / binary weights run on
+    ops.linear_dynamic_int8 when kernels_only (what qatkit.load does), bit for bit the float64
+    integer simulation, the rows of a 3-D input (tokens) each with their own scale; a 12-bit dynamic
+    input has no kernel and is reported."""
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 160), nn.ReLU(), nn.Linear(160, 64), nn.ReLU(),
                           nn.Linear(64, 10))
-    cfg = qatkit.preset("bitnet_b158") if preset == "bitnet_b158" else _per_token_config(preset)
+    kind, _, per = preset.partition(" ")
+    cfg = qatkit.preset("bitnet_b158") if preset == "bitnet_b158" else _per_token_config(kind, per.replace("-", "_") or "per_token")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         q = qatkit.prepare_qat(model, cfg)
     sim, k, rep = _simulated_and_on_kernels(q)
     layers = [m for m in k.modules() if isinstance(m, _Quantized)]
     on = [m for m in layers if integer.kernel_for(m) == "linear_dynamic_int8"]
-    want_bits = {"bitnet_b158": 2, "int8": 8, "ternary": 2, "binary": 1}[preset]
+    want_bits = {"bitnet_b158": 2, "int8": 8, "ternary": 2, "binary": 1}[kind]
     assert len(on) >= (2 if preset == "bitnet_b158" else 4), rep  # bitnet_b158 keeps its first and last layers float
     assert all(m.__dict__["_int8_plan"]["weight_bits"] == want_bits for m in on)
+    assert all(m.__dict__["_int8_plan"]["per_tensor"] == (per == "per-tensor") for m in on)
     x = torch.randn(5, 7, 48) * 2
     x[0, 0] *= 50  # one token far larger than the others: per-token scales differ by 50x
     with torch.no_grad():
         got, want = k(x), sim(x)
     assert torch.equal(got, want)
-    if preset == "int8":  # per-tensor dynamic inputs: no kernel, reported with the reason
-        cfg = qatkit.QATConfig(default=qatkit.LayerSpec(
-            weight=qatkit.QuantSpec(bits=8, symmetric=True, narrow_range=True, granularity="per_channel"),
-            activation=qatkit.QuantSpec(bits=8, granularity="per_tensor", scale="dynamic")))
+    if preset == "int8":  # 12-bit dynamic inputs: no kernel, reported with the reason
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            c2 = qatkit.convert(qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 8)), cfg))
+            c2 = qatkit.convert(qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 8)), _per_token_config("int8", bits=12)))
         rep2 = set_compute(c2, "integer", warn=False, kernels_only=True)
-        assert rep2.float_layers and "per-token input scales" in rep2.float_layers[0][1], rep2
+        assert rep2.float_layers and "inputs of at most 8 bits; this layer's have 12" in rep2.float_layers[0][1], rep2
