@@ -15,7 +15,9 @@ plain [N, K] codes),
 qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit activations) against
 torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations), qatkit w4
 weight-only g32 (ops.linear_w4_weight_only: the same 4-bit weights dequantized in registers, fp32
-activations and FMAs),
+activations and FMAs), qatkit ternary / binary weight-only (the same op with one group per row:
+TWN / sign codes in its 4-bit layout with per-channel scales, what qatkit.load gives
+ternary_weight_only, binary_weight_only and BinaryConnect Linears),
 qatkit ternary w2a8 (ops.linear_w2a8: 2-bit TWN weights, 8-bit activations; no peer runs ternary),
 qatkit binary w1a8 (ops.linear_w1a8 on the pack_binary_panel layout, as qatkit.load gives a Linear:
 1-bit weights, 8-bit activations, the lookup-table kernel; "row layout": the same op on
@@ -187,6 +189,26 @@ def v_qatkit_w4_weight_only(w):
     return (lambda x: ops.linear_w4_weight_only(x, packed, s, 32)), packed.numel() + 4 * s.numel()
 
 
+def _row_weight_only(codes, scale):
+    """ops.linear_w4_weight_only with one group per row (per-channel scales), the layout qatkit.load
+    gives ternary / binary weight-only Linears: the panel, its blocked scales."""
+    n, k = codes.shape
+    packed = ops.pack_int4_panel(ops.pack_int4_w4(codes))
+    s = ops.block_w4_scales(scale.float().reshape(n, 1).contiguous())
+    return (lambda x: ops.linear_w4_weight_only(x, packed, s, k)), packed.numel() + 4 * n
+
+
+def v_qatkit_ternary_weight_only(w):
+    a = w.abs().mean(1, keepdim=True) * 0.7  # TWN's threshold and scale
+    t = torch.where(w > a, 1, torch.where(w < -a, -1, 0)).to(torch.int8)
+    alpha = (w.abs() * (t != 0)).sum(1) / (t != 0).sum(1).clamp(min=1)
+    return _row_weight_only(t, alpha)
+
+
+def v_qatkit_binary_weight_only(w):
+    return _row_weight_only(torch.where(w >= 0, 1, -1).to(torch.int8), w.abs().mean(1))
+
+
 def v_int4pack(w):
     q, s = _int4_groups(w)
     packed = torch._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + 8), 2)
@@ -285,6 +307,8 @@ VARIANTS = {
     "qatkit w8a8 (row layout)": v_qatkit_w8a8_rows,
     "qatkit w4a8 g32": v_qatkit_w4a8,
     "qatkit w4 weight-only g32 (fp32 act)": v_qatkit_w4_weight_only,
+    "qatkit ternary weight-only (fp32 act)": v_qatkit_ternary_weight_only,
+    "qatkit binary weight-only (fp32 act)": v_qatkit_binary_weight_only,
     "torch._weight_int4pack_mm_for_cpu (w4 g32 bf16-act)": v_int4pack,
     "qatkit ternary w2a8": v_qatkit_w2a8,
     "qatkit binary w1a8": v_qatkit_w1a8,

@@ -103,23 +103,28 @@ std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, c
   return plan;
 }
 
-/// Weight-only 4-bit Linear layers (Python's "weight_only" form): linear_w4_weight_only.
+/// Weight-only Linear layers whose codes fit 4 bits (Python's "weight_only" form: int4, ternary,
+/// binary) with per-group scales, or per-channel / per-tensor ones (one group per row, K a multiple
+/// of 32): linear_w4_weight_only.
 std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& f, const QuantSpec& wspec,
                                                          const torch::Tensor& bias) {
-  if (wspec.kind != "int" || wspec.bits > 4 || !f.group_size || f.codes.dim() != 2 ||
-      f.codes.scalar_type() != torch::kChar) {
+  if ((wspec.kind == "int" && wspec.bits > 4) || f.codes.dim() != 2 || f.codes.scalar_type() != torch::kChar) {
     return nullptr;
   }
-  const std::int64_t gs = *f.group_size, n = f.codes.size(0), k = f.codes.size(1);
-  if (gs % 32 || k % gs) return nullptr;
+  const std::int64_t n = f.codes.size(0), k = f.codes.size(1);
+  const bool row_scales = (f.scale.numel() == 1 || f.scale.numel() == n) &&
+                          (f.zero_point.numel() == 1 || f.zero_point.numel() == n);
+  if (!f.group_size && !row_scales) return nullptr;
+  const std::int64_t gs = f.group_size ? *f.group_size : k;  // per-channel / per-tensor: one group per row
+  if (gs == 0 || gs % 32 || k % gs) return nullptr;
   if (f.codes.numel() && (f.codes.min().item<int>() < -8 || f.codes.max().item<int>() > 7)) return nullptr;
   auto plan = std::make_shared<IntegerKernelPlan>();
   plan->float_input = true;
   plan->weight_bits = 4;
   plan->weight = qatkit::pack_int4_panel(pack_w4(f.codes));  // the layout the kernels read without transposing
   plan->group_size = gs;
-  plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
-  const torch::Tensor z = f.zero_point.reshape({n, k / gs});
+  plan->group_scale = f.scale.to(torch::kFloat).reshape({-1}).expand({n * (k / gs)}).reshape({n, k / gs}).contiguous();
+  const torch::Tensor z = f.zero_point.reshape({-1}).expand({n * (k / gs)}).reshape({n, k / gs});
   if ((z != 0).any().item<bool>()) plan->group_zero = z.to(torch::kFloat).contiguous();
   if (n % 16 == 0) {  // the panel's blocked scales [n / 16, G, 16]: no per-call transpose (Python's plan too)
     const auto blocked = [&](const torch::Tensor& t) {

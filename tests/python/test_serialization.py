@@ -364,13 +364,16 @@ def test_a_loaded_model_compiles_and_exports_to_its_kernel_ops(data, tmp_path, p
     assert ops_ == [f"qatkit.{kernel}.default"] * 2
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_loaded_int4_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, symmetric):
-    """int4_weight_only Linear layers load onto ops.linear_w4_weight_only (the "weight_only" form: a
-    float kernel), within the stated bound of the converted model's float form layer by layer."""
+@pytest.mark.parametrize("preset", ["int4_weight_only", "int4_weight_only asymmetric", "ternary_weight_only",
+                                    "binary_weight_only"])
+def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
+    """int4_weight_only Linear layers (per-group scales), and ternary / binary weight-only ones
+    (per-channel scales: one group per row), load onto ops.linear_w4_weight_only (the "weight_only"
+    form: a float kernel), within the stated bound of the converted model's float form layer by layer."""
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 10))
-    q = _ptq(mlp, data, qatkit.preset("int4_weight_only", symmetric=symmetric))
+    name, _, asym = preset.partition(" ")
+    q = _ptq(mlp, data, qatkit.preset(name, symmetric=not asym) if name == "int4_weight_only" else qatkit.preset(name))
     path = str(tmp_path / "w4.safetensors")
     qatkit.export(q, path)
     loaded = qatkit.load(path)

@@ -22,8 +22,10 @@ it moves many of the next layer's codes), add the float bias after the requantiz
 int32 ``acc[g]``; ``t = sum_g float64(acc[g]) * float64(sw[n, g])`` summed in group order in
 float64 (each product exact: |acc| < 2^24, 24-bit scale), ``y = fp32(t * float64(sx)) + b[n]``.
 
-``weight_only`` — float activations and 4-bit per-group weights (int4_weight_only; groups a
-multiple of 32 dividing K): not integer arithmetic but a float kernel (``ops.linear_w4_weight_only``:
+``weight_only`` — float activations and weight codes that fit 4 bits (int4_weight_only, and
+ternary / binary / <= 4-bit weight-only layers, BinaryConnect) with per-group scales (groups a
+multiple of 32 dividing K) or per-channel / per-tensor ones (K a multiple of 32: one group per
+row): not integer arithmetic but a float kernel (``ops.linear_w4_weight_only``:
 each weight dequantized in registers to the bits of the float form's weight, float32 FMAs in the
 kernel's own order), within ``K * 2^-24 * sum_k |x_k * w_k|`` (+ the bias's rounding) of the float
 form; off the CPU, or in float64, the float form's F.linear.
@@ -121,13 +123,25 @@ def integer_form(mod) -> Tuple[Optional[str], str]:
     return form, ""
 
 
+def _weight_only_group(mod) -> Optional[int]:
+    """The weight-only kernel's group size for a Linear's weight scales: its groups (per-group), or
+    the whole row K (per-channel or per-tensor scales: one group per row); None otherwise."""
+    if isinstance(mod.group_size, int):
+        return mod.group_size
+    n, k = mod.weight_int.shape
+    return k if mod.weight_scale.numel() in (1, n) and mod.weight_zero_point.numel() in (1, n) else None
+
+
 def _w4_weight_only(mod) -> bool:
-    """A weight-only Linear with 4-bit codes per group of a multiple of 32 dividing K: the
+    """A weight-only Linear whose codes fit 4 bits (int4, ternary, binary: BinaryConnect and the
+    *_weight_only presets up to 4 bits) with per-group scales in groups of a multiple of 32 dividing
+    K, or per-channel / per-tensor scales with K a multiple of 32 (one group per row): the
     "weight_only" form (float activations on ops.linear_w4_weight_only, a float kernel)."""
     w, spec = mod.weight_int, mod.weight_spec
-    if _is_conv(mod) or not isinstance(mod.group_size, int) or spec is None or spec.kind != "int" or spec.bits > 4:
+    if _is_conv(mod) or spec is None or (spec.kind == "int" and spec.bits > 4) or w.dim() != 2 or w.dtype != torch.int8:
         return False
-    if w.dim() != 2 or w.dtype != torch.int8 or mod.group_size % 32 or w.shape[1] % mod.group_size:
+    gs = _weight_only_group(mod)
+    if gs is None or gs == 0 or gs % 32 or w.shape[1] % gs:
         return False
     return not w.numel() or (int(w.min()) >= -8 and int(w.max()) <= 7)
 
@@ -279,11 +293,11 @@ def _int8_plan(mod) -> Optional[dict]:
         return _xnor_plan(mod)
     if mod._integer_form == "weight_only":
         n, k = mod.weight_int.shape
-        gs = mod.group_size
-        z = mod.weight_zero_point.reshape(n, k // gs)
+        gs = _weight_only_group(mod)  # per-channel / per-tensor scales: one group per row
+        z = mod.weight_zero_point.reshape(-1).expand(n * k // gs).reshape(n, k // gs)
         # the panel layout: the kernel transposes nothing per call (1.1-1.25x on MiniLM's layers); the
         # scales and zero points in the panel's blocks where N allows (no per-call transpose of theirs)
-        sc = mod.weight_scale.float().reshape(n, k // gs).contiguous()
+        sc = mod.weight_scale.float().reshape(-1).expand(n * k // gs).reshape(n, k // gs).contiguous()
         zf = z.float().contiguous() if bool((z != 0).any()) else None
         if n % 16 == 0:
             sc = ops.block_w4_scales(sc)
