@@ -15,7 +15,9 @@ plain [N, K] codes),
 qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit activations) against
 torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations), qatkit w4
 weight-only g32 (ops.linear_w4_weight_only: the same 4-bit weights dequantized in registers, fp32
-activations and FMAs), qatkit ternary / binary weight-only (the same op with one group per row:
+activations and FMAs), qatkit w8 weight-only (ops.linear_w8_weight_only: int8 per-channel weights, fp32 activations, what
+qatkit.load gives int8_weight_only Linears) against torchao's Int8WeightOnlyConfig and
+torch._weight_int8pack_mm, qatkit ternary / binary weight-only (linear_w4_weight_only with one group per row:
 TWN / sign codes in its 4-bit layout with per-channel scales, what qatkit.load gives
 ternary_weight_only, binary_weight_only and BinaryConnect Linears),
 qatkit ternary w2a8 (ops.linear_w2a8: 2-bit TWN weights, 8-bit activations; no peer runs ternary),
@@ -151,10 +153,9 @@ def v_qatkit_w8a8_per_token(w):
     return (lambda x: ops.linear_dynamic_int8(x, packed, 8, ws)), q.numel() + 4 * q.shape[0]
 
 
-def v_torchao_w8a8_per_token(w):
-    """torchao's Int8DynamicActivationInt8WeightConfig: per-token dynamic int8 activations, int8
-    per-channel weights (the same scheme as qatkit w8a8 per-token)."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+def _torchao_linear(w, config_name):
+    """One bias-free Linear quantized by torchao's quantize_ with the named config."""
+    import torchao.quantization as tq
 
     lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
     with torch.no_grad():
@@ -162,9 +163,15 @@ def v_torchao_w8a8_per_token(w):
     m = torch.nn.Sequential(lin)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_(m, Int8DynamicActivationInt8WeightConfig())
+        tq.quantize_(m, getattr(tq, config_name)())
         m(torch.randn(2, w.shape[1]))  # fails here (not mid-benchmark) where this install cannot run it
     return torch.no_grad()(m), w.numel() + 4 * w.shape[0]
+
+
+def v_torchao_w8a8_per_token(w):
+    """torchao's Int8DynamicActivationInt8WeightConfig: per-token dynamic int8 activations, int8
+    per-channel weights (the same scheme as qatkit w8a8 per-token)."""
+    return _torchao_linear(w, "Int8DynamicActivationInt8WeightConfig")
 
 
 def _int4_groups(w, gs=32):
@@ -196,6 +203,18 @@ def _row_weight_only(codes, scale):
     packed = ops.pack_int4_panel(ops.pack_int4_w4(codes))
     s = ops.block_w4_scales(scale.float().reshape(n, 1).contiguous())
     return (lambda x: ops.linear_w4_weight_only(x, packed, s, k)), packed.numel() + 4 * n
+
+
+def v_qatkit_w8_weight_only(w):
+    """int8_weight_only as qatkit.load gives it: ops.linear_w8_weight_only, per-channel scales."""
+    q, s = _int8_weight(w)
+    s = s.float().contiguous()
+    return (lambda x: ops.linear_w8_weight_only(x, q, s)), q.numel() + 4 * q.shape[0]
+
+
+def v_torchao_w8_weight_only(w):
+    """torchao's Int8WeightOnlyConfig (int8 per-channel weights, float activations)."""
+    return _torchao_linear(w, "Int8WeightOnlyConfig")
 
 
 def v_qatkit_ternary_weight_only(w):
@@ -307,6 +326,8 @@ VARIANTS = {
     "qatkit w8a8 (row layout)": v_qatkit_w8a8_rows,
     "qatkit w4a8 g32": v_qatkit_w4a8,
     "qatkit w4 weight-only g32 (fp32 act)": v_qatkit_w4_weight_only,
+    "qatkit w8 weight-only (fp32 act)": v_qatkit_w8_weight_only,
+    "torchao int8 weight-only (fp32 act)": v_torchao_w8_weight_only,
     "qatkit ternary weight-only (fp32 act)": v_qatkit_ternary_weight_only,
     "qatkit binary weight-only (fp32 act)": v_qatkit_binary_weight_only,
     "torch._weight_int4pack_mm_for_cpu (w4 g32 bf16-act)": v_int4pack,

@@ -103,15 +103,28 @@ std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, c
   return plan;
 }
 
-/// Weight-only Linear layers whose codes fit 4 bits (Python's "weight_only" form: int4, ternary,
+/// Weight-only Linear layers (Python's "weight_only" form): codes that fit 4 bits (int4, ternary,
 /// binary) with per-group scales, or per-channel / per-tensor ones (one group per row, K a multiple
-/// of 32): linear_w4_weight_only.
+/// of 32), on linear_w4_weight_only; 5- to 8-bit symmetric codes with per-channel / per-tensor scales
+/// (int8_weight_only) on linear_w8_weight_only.
 std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& f, const QuantSpec& wspec,
                                                          const torch::Tensor& bias) {
-  if ((wspec.kind == "int" && wspec.bits > 4) || f.codes.dim() != 2 || f.codes.scalar_type() != torch::kChar) {
+  if ((wspec.kind == "int" && wspec.bits > 8) || f.codes.dim() != 2 || f.codes.scalar_type() != torch::kChar) {
     return nullptr;
   }
   const std::int64_t n = f.codes.size(0), k = f.codes.size(1);
+  if (wspec.kind == "int" && wspec.bits > 4) {  // int8_weight_only (Python's _w8_weight_only): linear_w8_weight_only
+    if (f.group_size || (f.scale.numel() != 1 && f.scale.numel() != n) || (f.zero_point != 0).any().item<bool>()) {
+      return nullptr;
+    }
+    auto plan = std::make_shared<IntegerKernelPlan>();
+    plan->float_input = true;
+    plan->weight_bits = 8;
+    plan->weight = f.codes.contiguous();
+    plan->out_scale = f.scale.to(torch::kFloat).reshape({-1}).expand({n}).contiguous();
+    if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
+    return plan;
+  }
   const bool row_scales = (f.scale.numel() == 1 || f.scale.numel() == n) &&
                           (f.zero_point.numel() == 1 || f.zero_point.numel() == n);
   if (!f.group_size && !row_scales) return nullptr;
@@ -266,6 +279,7 @@ torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x)
     return qatkit::linear_dynamic_int8(x, p.weight, p.weight_bits, p.out_scale, p.act_quant_max, p.bias,
                                        p.per_tensor_input);
   }
+  if (p.float_input && p.weight_bits == 8) return qatkit::linear_w8_weight_only(x, p.weight, p.out_scale, p.bias);
   if (p.float_input) {
     return qatkit::linear_w4_weight_only(x, p.weight, p.group_scale, p.group_size,
                                          p.group_zero.defined() ? std::optional<torch::Tensor>(p.group_zero)

@@ -33,6 +33,11 @@
 //                AVX2 kernel's int16 pair sums rely on it; the op does not scan the weight on every
 //                call (a [-128] code would cost a pass over the weight per call), the callers check
 //                it once when they build the layer.
+//   linear_w8_weight_only: int8 weights (a float32 scale per output channel) with float activations:
+//                each weight float(q) * scale[n] (float32: dequantize_affine's bits), float32 fused
+//                multiply-adds in 16 lanes summed in a fixed tree (the same operations on every ISA);
+//                from the table's GEMM row count on, blocks of dequantized rows and the float GEMM
+//                (MKL / oneDNN). A float kernel, within docs/integer.md's bound.
 //   linear_dynamic_int8: the "row" form of docs/integer.md with per-token int8 inputs (BitLinear /
 //                bitnet_b158, or int8 weights with per-token dynamic activations): each input row
 //                quantized by its own absmax, s[m] = fp32(max(max_k |x[m, k]|, 1e-5) / act_quant_max),
@@ -89,6 +94,8 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "conv2d_w1a1(Tensor input, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
       "Tensor weight_scale, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
+  m.def("linear_w8_weight_only(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias=None) -> Tensor",
+        {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_dynamic_int8(Tensor input, Tensor weight, int weight_bits, Tensor weight_scale, int act_quant_max=127, "
       "Tensor? bias=None, bool per_tensor=False) -> Tensor",
@@ -180,6 +187,23 @@ void check_float_bias(const char* op, const at::Tensor& input, const std::option
                                 input.device().str(), bias->device().str()));
 }
 
+/// weight_scale float32 [N], the bias, and every tensor on the input's device.
+void check_scale_bias_devices(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                              const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                              const c10::SymInt& N) {
+  TORCH_CHECK_TYPE(weight_scale.scalar_type() == at::kFloat,
+                   fmt::format("{}: weight_scale must be float32, got {}", op, c10::toString(weight_scale.scalar_type())));
+  TORCH_CHECK_VALUE(weight_scale.dim() == 1 && weight_scale.sym_size(0) == N,
+                    fmt::format("{}: weight_scale must have shape [N] = [{}], got {}", op, c10::str(N),
+                                c10::str(weight_scale.sym_sizes())));
+  check_float_bias(op, input, bias, N);
+  for (const at::Tensor* t : {&weight, &weight_scale}) {
+    TORCH_CHECK_VALUE(t->device() == input.device(),
+                      fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
+                                  t->device().str()));
+  }
+}
+
 }  // namespace
 
 std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
@@ -212,6 +236,22 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
   return qmin >= 0 ? 128 : 0;
 }
 
+void check_linear_w8_weight_only_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                      const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "linear_w8_weight_only";
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
+                   fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
+  TORCH_CHECK_VALUE(input.dim() >= 1, fmt::format("{}: input must have at least 1 dimension, got a 0-d tensor", op));
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
+                   fmt::format("{}: weight must be int8 codes, got {}", op, c10::toString(weight.scalar_type())));
+  TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K], got {} dims", op, weight.dim()));
+  TORCH_CHECK_VALUE(input.sym_size(-1) == weight.sym_size(1),
+                    fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op,
+                                c10::str(weight.sym_size(1)), c10::str(input.sym_size(-1))));
+  const auto N = weight.sym_size(0);
+  check_scale_bias_devices(op, input, weight, weight_scale, bias, N);
+}
+
 void check_linear_dynamic_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                     const at::Tensor& weight_scale, std::int64_t act_quant_max,
                                     const std::optional<at::Tensor>& bias) {
@@ -219,17 +259,7 @@ void check_linear_dynamic_int8_args(const at::Tensor& input, const at::Tensor& w
   TORCH_CHECK_VALUE(weight_bits == 8 || weight_bits == 2 || weight_bits == 1,
                     fmt::format("{}: weight_bits must be 8, 2 or 1, got {}", op, weight_bits));
   const auto N = check_gemm_weight(op, input, weight, static_cast<int>(weight_bits), weight_scale, "weight_scale");
-  TORCH_CHECK_TYPE(weight_scale.scalar_type() == at::kFloat,
-                   fmt::format("{}: weight_scale must be float32, got {}", op, c10::toString(weight_scale.scalar_type())));
-  TORCH_CHECK_VALUE(weight_scale.dim() == 1 && weight_scale.sym_size(0) == N,
-                    fmt::format("{}: weight_scale must have shape [N] = [{}], got {}", op, c10::str(N),
-                                c10::str(weight_scale.sym_sizes())));
-  check_float_bias(op, input, bias, N);
-  for (const at::Tensor* t : {&weight, &weight_scale}) {
-    TORCH_CHECK_VALUE(t->device() == input.device(),
-                      fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
-                                  t->device().str()));
-  }
+  check_scale_bias_devices(op, input, weight, weight_scale, bias, N);
   TORCH_CHECK_VALUE(act_quant_max >= 1 && act_quant_max <= 127,
                     fmt::format("{}: act_quant_max must lie in [1, 127] (codes [-act_quant_max - 1, act_quant_max] "
                                 "fit int8), got {}", op, act_quant_max));
@@ -528,6 +558,12 @@ at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& weight, const 
                        std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
   static auto op = ops::op_handle<decltype(linear_w2a8)>("qatkit::linear_w2a8");
   return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
+}
+
+at::Tensor linear_w8_weight_only(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                 const std::optional<at::Tensor>& bias) {
+  static auto op = ops::op_handle<decltype(linear_w8_weight_only)>("qatkit::linear_w8_weight_only");
+  return op.call(input, weight, weight_scale, bias);
 }
 
 at::Tensor linear_dynamic_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,

@@ -19,6 +19,26 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
                                     const at::Tensor& out_scale, double act_scale, std::int64_t zp, std::int64_t qmin,
                                     std::int64_t qmax, const std::optional<at::Tensor>& bias, int weight_bits = 8);
 
+/// linear_w8_weight_only's checks: float32 input [..., K], int8 weight [N, K], float32 weight_scale
+/// [N], bias, devices.
+void check_linear_w8_weight_only_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                      const std::optional<at::Tensor>& bias);
+
+/// linear_w8_weight_only's kernel arguments (contiguous checked operands, y [..., N]).
+inline kernels::QGemmW8FArgs w8f_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& ws,
+                                      const at::Tensor& b, at::Tensor& y) {
+  kernels::QGemmW8FArgs g;
+  g.x = x.const_data_ptr<float>();
+  g.w = w.const_data_ptr<std::int8_t>();
+  g.scale = ws.const_data_ptr<float>();
+  g.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  g.y = y.mutable_data_ptr<float>();
+  g.N = w.size(0);
+  g.K = w.size(1);
+  g.M = g.N ? y.numel() / g.N : 0;
+  return g;
+}
+
 /// linear_dynamic_int8's checks: weight_bits 8 / 2 / 1 and its layouts (as linear_int8 /
 /// linear_w2a8 / linear_w1a8, N from weight_scale for the panels), weight_scale float32 [N], bias,
 /// devices, act_quant_max in [1, 127].

@@ -220,7 +220,8 @@ struct QATKIT_API IntegerKernelPlan {
   /// XNOR-Net layers (binary weights and per-sample binary inputs): linear_w1a1 / conv2d_w1a1 with
   /// `weight` (1-bit) and `out_scale` holding the weight scale per channel.
   bool binary_input = false;
-  /// Weight-only 4-bit layers (float inputs): linear_w4_weight_only with group_scale / group_zero.
+  /// Weight-only layers (float inputs): weight_bits 4, linear_w4_weight_only with group_scale /
+  /// group_zero; weight_bits 8, linear_w8_weight_only with `weight` (int8 [N, K]) and `out_scale`.
   bool float_input = false;
   /// Dynamic int8 inputs ("row" form: BitLinear, or per-token / per-tensor dynamic activations with
   /// int8 / ternary / binary weights): linear_dynamic_int8 with `weight` at weight_bits, `out_scale`

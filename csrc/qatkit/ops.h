@@ -202,6 +202,14 @@ QATKIT_API at::Tensor linear_w2a8(const at::Tensor& input, const at::Tensor& wei
                                   std::int64_t act_quant_min, std::int64_t act_quant_max,
                                   const std::optional<at::Tensor>& bias = std::nullopt);
 
+/// Weight-only int8 Linear (float activations): int8 weight codes [N, K] (any int8 value) times a
+/// float32 scale per output channel (weight_scale [N]), dequantized as float(q) * scale[n] (the bits of
+/// dequantize_affine), times the float32 input with float32 sums in the kernel's own order (within a
+/// stated bound of F.linear on the dequantized weight, docs/integer.md), plus bias. Not differentiable.
+QATKIT_API at::Tensor linear_w8_weight_only(const at::Tensor& input, const at::Tensor& weight,
+                                            const at::Tensor& weight_scale,
+                                            const std::optional<at::Tensor>& bias = std::nullopt);
+
 /// Linear with per-token dynamic int8 inputs (docs/integer.md, "row" form: BitLinear / bitnet_b158,
 /// or int8 weights with per-token activations): each row of the float32 input [..., K] quantized by
 /// its own absmax, s[m] = fp32(max(max_k |x[m, k]|, 1e-5) / act_quant_max), to codes in

@@ -164,4 +164,18 @@ struct QGemmW4FArgs {
   }
 };
 
+/// Weight-only int8 (float activations): int8 codes q [N, K] and a float32 scale per output
+/// channel, each weight dequantized as w = float(q) * scale[n] (float32: the bits of
+/// dequantize_affine), y[m, n] = sum_k x[m, k] * w[n, k] in float32 (lane l of 16 sums k = l mod 16
+/// in ascending k by fused multiply-adds; the lanes summed in a fixed tree: the same operations on
+/// every ISA) + bias[n].
+struct QGemmW8FArgs {
+  const float* x = nullptr;        ///< [M, K]
+  const std::int8_t* w = nullptr;  ///< [N, K]
+  const float* scale = nullptr;    ///< [N]
+  const float* bias = nullptr;
+  float* y = nullptr;              ///< [M, N]
+  std::int64_t M = 0, N = 0, K = 0;
+};
+
 }  // namespace qatkit::kernels

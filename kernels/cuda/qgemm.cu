@@ -173,6 +173,21 @@ __global__ void gemm_w4f_kernel(QGemmW4FArgs g) {
   }
 }
 
+__global__ void gemm_w8f_kernel(QGemmW8FArgs g) {
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
+  const int lane = threadIdx.x % 32;
+  for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < g.M * g.N; o += warps) {
+    const std::int64_t m = o / g.N, n = o % g.N;
+    const float* x = g.x + m * g.K;
+    const std::int8_t* q = g.w + n * g.K;
+    const float sc = g.scale[n];
+    float s = 0.f;
+    for (std::int64_t k = lane; k < g.K; k += 32) s = s + x[k] * (static_cast<float>(q[k]) * sc);
+    for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) g.y[m * g.N + n] = g.bias ? s + g.bias[n] : s;
+  }
+}
+
 unsigned blocks_for(std::int64_t outputs) {
   std::int64_t b = (outputs + kWarps - 1) / kWarps;
   if (b > 65535LL * 8) b = 65535LL * 8;
@@ -215,6 +230,12 @@ cudaError_t launch_gemm_w4(const QGemmW4Args& args, cudaStream_t stream) {
 cudaError_t launch_gemm_w4f(const QGemmW4FArgs& args, cudaStream_t stream) {
   if (args.M * args.N == 0) return cudaSuccess;
   gemm_w4f_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_gemm_w8f(const QGemmW8FArgs& args, cudaStream_t stream) {
+  if (args.M * args.N == 0) return cudaSuccess;
+  gemm_w8f_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 

@@ -33,4 +33,7 @@ cudaError_t launch_gemm_w4(const QGemmW4Args& args, cudaStream_t stream);
 /// QGemmW4FArgs's GEMM (float activations, the W4 row layout).
 cudaError_t launch_gemm_w4f(const QGemmW4FArgs& args, cudaStream_t stream);
 
+/// QGemmW8FArgs's GEMM (float activations, int8 weights; a warp per output: its own summation order).
+cudaError_t launch_gemm_w8f(const QGemmW8FArgs& args, cudaStream_t stream);
+
 }  // namespace qatkit::kernels::cuda

@@ -584,6 +584,24 @@ def linear_w4_weight_only(
     return torch.ops.qatkit.linear_w4_weight_only(input, weight, group_scale, group_size, group_zero, bias)
 
 
+def linear_w8_weight_only(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Weight-only int8 Linear (float activations; int8_weight_only): int8 codes ``[N, K]`` times a
+    float32 scale per output channel (``weight_scale [N]``), each weight dequantized as
+    ``float(q) * scale[n]`` (the bits of :func:`dequantize_affine`), float32 sums in the kernel's own
+    order (the same on every CPU ISA; within ``K * 2^-24 * sum|x * w|`` of ``F.linear`` on the
+    dequantized weight, docs/integer.md), plus ``bias``. Inference only.
+
+    Raises:
+        TypeError / ValueError: dtypes, shapes, devices.
+    """
+    return torch.ops.qatkit.linear_w8_weight_only(input, weight, weight_scale, bias)
+
+
 def linear_dynamic_int8(
     input: torch.Tensor,
     weight: torch.Tensor,

@@ -40,7 +40,7 @@ def _run(model_path, x, tmp_path, compute="integer"):
 
 @pytest.mark.parametrize("arch", ["MLP", "CNN", "DSCNN"])
 @pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "xnor_w1a1",
-                                    "int4_weight_only", "binary_weight_only"])
+                                    "int4_weight_only", "binary_weight_only", "int8_weight_only"])
 def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, tmp_path):
     torch.manual_seed(0)
     seq = getattr(_qat_models(), arch)().as_sequential().eval()

@@ -365,11 +365,12 @@ def test_a_loaded_model_compiles_and_exports_to_its_kernel_ops(data, tmp_path, p
 
 
 @pytest.mark.parametrize("preset", ["int4_weight_only", "int4_weight_only asymmetric", "ternary_weight_only",
-                                    "binary_weight_only"])
+                                    "binary_weight_only", "int8_weight_only"])
 def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
     """int4_weight_only Linear layers (per-group scales), and ternary / binary weight-only ones
-    (per-channel scales: one group per row), load onto ops.linear_w4_weight_only (the "weight_only"
-    form: a float kernel), within the stated bound of the converted model's float form layer by layer."""
+    (per-channel scales: one group per row), load onto ops.linear_w4_weight_only, int8_weight_only
+    ones onto ops.linear_w8_weight_only (the "weight_only" form: float kernels), within the stated
+    bound of the converted model's float form layer by layer."""
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 10))
     name, _, asym = preset.partition(" ")
@@ -380,7 +381,8 @@ def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
     from qatkit.qat import integer
 
     lin = [m for m in loaded.modules() if isinstance(m, S.PackedLinear)]
-    assert len(lin) == 3 and all(integer.kernel_for(m) == "linear_w4_weight_only" for m in lin)
+    kernel = "linear_w8_weight_only" if name == "int8_weight_only" else "linear_w4_weight_only"
+    assert len(lin) == 3 and all(integer.kernel_for(m) == kernel for m in lin)
     assert [f for _, f, _ in loaded.compute_report] == ["weight_only"] * 3
     c = qatkit.convert(q)
     h = data.flatten(1)
@@ -393,4 +395,5 @@ def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
             h = torch.relu(yc)
         assert torch.equal(qatkit.load(path, compute="float")(data), c(data))
     # the plans' scales: the panel's blocks where N is a multiple of 16 (96, 64), [N, G] for N = 10
-    assert [m.__dict__["_int8_plan"]["gscale"].dim() for m in lin] == [3, 3, 2]
+    if kernel == "linear_w4_weight_only":
+        assert [m.__dict__["_int8_plan"]["gscale"].dim() for m in lin] == [3, 3, 2]

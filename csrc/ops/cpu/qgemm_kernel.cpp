@@ -1015,6 +1015,51 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
 // whose register blocking amortizes the dequantization over the rows; below it gemm_w4f's
 // in-register dequantization wins (docs/benchmarks.md, fourth session of 2026-12-03).
 
+// The weight-only kernels' many-row path: blocks of weight rows dequantized (dequant(b0, e0, buf): rows
+// [b0, b0 + e0) into buf) into one buffer, each block's float GEMM (MKL / oneDNN) written in place into its
+// output columns, the bias added after the sum. Blocks of at most 8 MiB of floats, as equal as 16-row
+// steps allow: MiniLM's layers (up to 2.3 MiB) run as one GEMM (with 2 MiB blocks its 1536-wide layers
+// ran as 1360 + 176 and 336 + 48 rows, the small GEMM slow and the large one copied: 0.85x FP32 per
+// layer); the buffer is reused, so a large weight never becomes a fresh [N, K] float allocation per call.
+template <class Dequant>
+void gemm_on_dequantized_blocks(const at::Tensor& x, at::Tensor& y, const at::Tensor& b, std::int64_t M, std::int64_t N,
+                                std::int64_t K, const Dequant& dequant) {
+  const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{8} << 20) / (4 * K) / 16 * 16);
+  const std::int64_t nblocks = (N + cap - 1) / cap;
+  const std::int64_t nb = std::min(N, ((N + nblocks - 1) / nblocks + 15) / 16 * 16);
+  at::Tensor wf = at::empty({nb, K}, x.options());
+  const at::Tensor x2 = x.reshape({M, K});
+  at::Tensor y2 = y.view({M, N});
+  for (std::int64_t n0 = 0; n0 < N; n0 += nb) {
+    const std::int64_t n1 = std::min(N, n0 + nb);
+    float* buf = wf.data_ptr<float>();
+    at::parallel_for(n0, n1, 16, [&](std::int64_t b0, std::int64_t e0) { dequant(b0, e0, buf + (b0 - n0) * K); });
+    const at::Tensor wt = wf.narrow(0, 0, n1 - n0).t();
+    if (n1 - n0 == N) {
+      at::mm_out(y2, x2, wt);
+    } else {  // the block's columns of y: row-major with leading dimension N, which BLAS writes in place
+      at::Tensor yb = y2.narrow(1, n0, n1 - n0);
+      at::mm_out(yb, x2, wt);
+    }
+  }
+  if (b.defined()) y2.add_(b);  // after the sum, one rounding (the kernels' "+ bias[n]")
+}
+
+// A weight-only kernel's call: from gemm_rows activation rows on the float GEMM on blocks of
+// dequantized rows, below it the table's kernel over blocks of 16 output columns.
+template <class Args>
+void weight_only_gemm(const at::Tensor& x, at::Tensor& y, const at::Tensor& b, const Args& g, std::int64_t gemm_rows,
+                      void (*dequant)(const Args&, std::int64_t, std::int64_t, float*),
+                      void (*gemm)(const Args&, std::int64_t, std::int64_t)) {
+  const std::int64_t N = g.N;
+  if (g.M >= gemm_rows) {
+    gemm_on_dequantized_blocks(x, y, b, g.M, N, g.K,
+                               [&](std::int64_t b0, std::int64_t e0, float* buf) { dequant(g, b0, e0, buf); });
+    return;
+  }
+  at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) { gemm(g, b0 * 16, std::min(N, e0 * 16)); });
+}
+
 at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
                                      std::int64_t group_size, const std::optional<at::Tensor>& group_zero,
                                      const std::optional<at::Tensor>& bias) {
@@ -1040,34 +1085,22 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   g.blocked_scales = gs.dim() == 3;
   g.group = group_size;
   const auto& k = kernels::cpu::qgemm_kernels();
-  if (g.M >= k.w4f_gemm_rows) {  // many rows: blocks of weight rows dequantized into one buffer, each block's
-    // float GEMM (MKL / oneDNN) into its output columns. Blocks of at most 8 MiB of floats, as equal as
-    // 16-row steps allow: MiniLM's layers (up to 2.3 MiB) run as one GEMM (with 2 MiB blocks its
-    // 1536-wide layers ran as 1360 + 176 and 336 + 48 rows, the small GEMM slow and the large one
-    // copied: 0.85x FP32 per layer); the buffer is reused, so a large weight never becomes a fresh
-    // [N, K] float allocation per call (page faults).
-    const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{8} << 20) / (4 * K) / 16 * 16);
-    const std::int64_t nblocks = (N + cap - 1) / cap;
-    const std::int64_t nb = std::min(N, ((N + nblocks - 1) / nblocks + 15) / 16 * 16);
-    at::Tensor wf = at::empty({nb, K}, input.options());
-    const at::Tensor x2 = x.reshape({g.M, K});
-    at::Tensor y2 = y.view({g.M, N});
-    for (std::int64_t n0 = 0; n0 < N; n0 += nb) {
-      const std::int64_t n1 = std::min(N, n0 + nb);
-      float* buf = wf.data_ptr<float>();
-      at::parallel_for(n0, n1, 16, [&](std::int64_t b0, std::int64_t e0) { k.dequant_w4f(g, b0, e0, buf + (b0 - n0) * K); });
-      const at::Tensor wt = wf.narrow(0, 0, n1 - n0).t();
-      if (n1 - n0 == N) {
-        at::mm_out(y2, x2, wt);
-      } else {  // the block's columns of y: row-major with leading dimension N, which BLAS writes in place
-        at::Tensor yb = y2.narrow(1, n0, n1 - n0);
-        at::mm_out(yb, x2, wt);
-      }
-    }
-    if (b.defined()) y2.add_(b);  // after the sum, one rounding (the kernels' "+ bias[n]")
-    return y;
-  }
-  at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) { k.gemm_w4f(g, b0 * 16, std::min(N, e0 * 16)); });
+  weight_only_gemm(x, y, b, g, k.w4f_gemm_rows, k.dequant_w4f, k.gemm_w4f);
+  return y;
+}
+
+at::Tensor linear_w8_weight_only_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                     const std::optional<at::Tensor>& bias) {
+  check_linear_w8_weight_only_args(input, weight, weight_scale, bias);
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), ws = weight_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = w.size(0);
+  const auto rows = rows_and_output_shape(x, N);
+  at::Tensor y = at::empty(rows.second, input.options());
+  if (y.numel() == 0) return y;
+  const kernels::QGemmW8FArgs g = w8f_args(x, w, ws, b, y);
+  const auto& k = kernels::cpu::qgemm_kernels();
+  weight_only_gemm(x, y, b, g, k.w8f_gemm_rows, k.dequant_w8f, k.gemm_w8f);
   return y;
 }
 
@@ -1081,6 +1114,7 @@ TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
   m.impl("linear_w4a8", &linear_w4a8_cpu);
   m.impl("linear_int8", &linear_int8_cpu);
   m.impl("linear_dynamic_int8", &linear_dynamic_int8_cpu);
+  m.impl("linear_w8_weight_only", &linear_w8_weight_only_cpu);
   m.impl("linear_w2a8", &linear_w2a8_cpu);
   m.impl("linear_w1a8", &linear_w1a8_cpu);
 }

@@ -208,6 +208,20 @@ at::Tensor linear_w4_weight_only_cuda(const at::Tensor& input, const at::Tensor&
   return y;
 }
 
+at::Tensor linear_w8_weight_only_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                      const std::optional<at::Tensor>& bias) {
+  check_linear_w8_weight_only_args(input, weight, weight_scale, bias);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor x = input.contiguous(), w = weight.contiguous(), ws = weight_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = w.size(0);
+  const auto rows = rows_and_output_shape(x, N);
+  at::Tensor y = at::empty(rows.second, input.options());
+  if (y.numel() == 0) return y;
+  C10_CUDA_CHECK(kernels::cuda::launch_gemm_w8f(w8f_args(x, w, ws, b, y), c10::cuda::getCurrentCUDAStream()));
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
@@ -215,6 +229,7 @@ TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
   m.impl("linear_w4_weight_only", &linear_w4_weight_only_cuda);
   m.impl("linear_int8", &linear_int8_cuda);
   m.impl("linear_dynamic_int8", &linear_dynamic_int8_cuda);
+  m.impl("linear_w8_weight_only", &linear_w8_weight_only_cuda);
   m.impl("linear_w2a8", &linear_w2a8_cuda);
   m.impl("linear_w1a8", &linear_w1a8_cuda);
 }

@@ -50,6 +50,12 @@ at::Tensor linear_w1a8_meta(const at::Tensor& input, const at::Tensor& weight, c
   return linear_output(input, weight.dim() == 3 ? corr : weight);  // a panel weight: N is corr's length
 }
 
+at::Tensor linear_w8_weight_only_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                                      const std::optional<at::Tensor>& bias) {
+  check_linear_w8_weight_only_args(input, weight, weight_scale, bias);
+  return linear_output(input, weight);
+}
+
 at::Tensor linear_dynamic_int8_meta(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                    const at::Tensor& weight_scale, std::int64_t act_quant_max,
                                    const std::optional<at::Tensor>& bias, bool) {
@@ -118,6 +124,7 @@ TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
   m.impl("conv2d_int8", &conv2d_int8_meta);
   m.impl("linear_int8", &linear_int8_meta);
   m.impl("linear_dynamic_int8", &linear_dynamic_int8_meta);
+  m.impl("linear_w8_weight_only", &linear_w8_weight_only_meta);
   m.impl("linear_w2a8", &linear_w2a8_meta);
   m.impl("linear_w1a8", &linear_w1a8_meta);
 }

@@ -1029,12 +1029,17 @@ void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t co
 
 }  // namespace
 
+// linear_w8_weight_only's GEMM path from 16 rows (4096 x 4096, MKL at AVX2: at 16 rows the lane-sum
+// kernel ran 0.68x FP32 and the GEMM path 0.93x; at 8 rows 0.91x against 0.84x)
+constexpr std::int64_t kW8fGemmRows = 16;
+
 const QGemmKernels* qgemm_avx2() {
   // dwconv: loops.h's loop, vectorized by the compiler here (AVX2); dwconv_nhwc above
   // the weight-only GEMM path from 64 rows: at 48 rows it ran 1.02-1.10x gemm_w4f's time, at 64 rows 0.87-0.97x
   static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
                               &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
-                              &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f, kW4fGemmRows};
+                              &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f, kW4fGemmRows,
+                              &detail::gemm_w8f_loop, &detail::dequant_w8f_rows, kW8fGemmRows};
   return &k;
 }
 

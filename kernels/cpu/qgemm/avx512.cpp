@@ -1235,6 +1235,11 @@ const QGemmKernels* qgemm_avx512() {
     t.gemm_w4 = &gemm_w4;
     t.gemm_t2 = &gemm_t2;
     t.gemm_b1 = &gemm_b1;
+    t.gemm_w8f = &detail::gemm_w8f_loop;  // loops.h's loop at 512 bits
+    t.dequant_w8f = &detail::dequant_w8f_rows;
+    // linear_w8_weight_only's GEMM path from 48 rows (4096 x 4096: the 4 x 4 tiles ran 1.03x FP32 at
+    // 16 rows and 0.72x at 32, the GEMM path about 0.5x there; at 64 rows 0.55x against 0.79x)
+    t.w8f_gemm_rows = 48;
     // XNOR: vpopcntq where the CPU has it, else the AVX2 table's kernel (t's already)
     if (__builtin_cpu_supports("avx512vpopcntdq")) t.gemm_xnor = &gemm_xnor;
     return t;

@@ -93,7 +93,8 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 const QGemmKernels& qgemm_baseline() {
   static const QGemmKernels k{&detail::quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
                               &detail::dwconv_channels, &detail::dwconv_nhwc, &detail::transpose_f32_tiled,
-                              &detail::transpose_s8_s16_tiled, &detail::transpose_s8_tiled, &detail::dequant_w4f_rows};
+                              &detail::transpose_s8_s16_tiled, &detail::transpose_s8_tiled, &detail::dequant_w4f_rows, 256,
+                              &detail::gemm_w8f_loop, &detail::dequant_w8f_rows};
   return k;
 }
 

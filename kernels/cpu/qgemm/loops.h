@@ -3,9 +3,14 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "../../common/fake_quant_scalar.h"
 #include "../../common/qgemm_args.h"
@@ -362,6 +367,150 @@ inline float w4_weight(const QGemmW4FArgs& g, std::int64_t n, std::int64_t k) {
   const std::int64_t gi = g.scale_index(n, k / g.group);
   const float z = g.gzero ? g.gzero[gi] : 0.f;
   return (static_cast<float>(q) - z) * g.gscale[gi];
+}
+
+// 16 float lanes of the weight-only int8 kernel in each ISA file's registers (chosen by its compile
+// flags: AVX-512 one zmm, AVX2 two ymm, baseline an array). Lane l only ever does
+// acc[l] = fma(x[l], w[l], acc[l]) with w[l] = float(q[l]) * s (an exact conversion, one rounded
+// multiply) and one fused multiply-add (std::fma in the baseline: the same rounding), so every ISA
+// gives the same bits.
+struct Acc16 {
+#if defined(__AVX512F__)
+  __m512 v = _mm512_setzero_ps();
+  static __m512 weights(const std::int8_t* q, float s) {
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(c)), _mm512_set1_ps(s));
+  }
+  void fma_w(const float* x, const float* w) { v = _mm512_fmadd_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(w), v); }
+  void fma_q(const float* x, const std::int8_t* q, float s) { v = _mm512_fmadd_ps(_mm512_loadu_ps(x), weights(q, s), v); }
+  static void dequant(const std::int8_t* q, float s, float* o) { _mm512_storeu_ps(o, weights(q, s)); }
+  void store(float* o) const { _mm512_storeu_ps(o, v); }
+#elif defined(__AVX2__)
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  static void weights(const std::int8_t* q, float s, __m256& a, __m256& b) {
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+    const __m256 sv = _mm256_set1_ps(s);
+    a = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c)), sv);
+    b = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c, 8))), sv);
+  }
+  void fma_w(const float* x, const float* w) {
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(x), _mm256_loadu_ps(w), lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8), _mm256_loadu_ps(w + 8), hi);
+  }
+  void fma_q(const float* x, const std::int8_t* q, float s) {
+    __m256 a, b;
+    weights(q, s, a, b);
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(x), a, lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8), b, hi);
+  }
+  static void dequant(const std::int8_t* q, float s, float* o) {
+    __m256 a, b;
+    weights(q, s, a, b);
+    _mm256_storeu_ps(o, a);
+    _mm256_storeu_ps(o + 8, b);
+  }
+  void store(float* o) const {
+    _mm256_storeu_ps(o, lo);
+    _mm256_storeu_ps(o + 8, hi);
+  }
+#else
+  float a[16] = {};
+  void fma_w(const float* x, const float* w) {
+    for (int l = 0; l < 16; ++l) a[l] = std::fma(x[l], w[l], a[l]);
+  }
+  void fma_q(const float* x, const std::int8_t* q, float s) {
+    for (int l = 0; l < 16; ++l) a[l] = std::fma(x[l], static_cast<float>(q[l]) * s, a[l]);
+  }
+  static void dequant(const std::int8_t* q, float s, float* o) {
+    for (int l = 0; l < 16; ++l) o[l] = static_cast<float>(q[l]) * s;
+  }
+  void store(float* o) const { std::memcpy(o, a, sizeof a); }
+#endif
+};
+
+/// Rows [n_begin, n_end) of a weight-only int8 weight dequantized into w (row n at w + (n - n_begin) * K):
+/// float(q) * scale[n], the float form's weight bits.
+inline void dequant_w8f_rows(const QGemmW8FArgs& g, std::int64_t n_begin, std::int64_t n_end, float* w) {
+  const std::int64_t K16 = g.K / 16 * 16;
+  for (std::int64_t n = n_begin; n < n_end; ++n) {
+    const std::int8_t* q = g.w + n * g.K;
+    float* o = w + (n - n_begin) * g.K;
+    const float s = g.scale[n];
+    for (std::int64_t k = 0; k < K16; k += 16) Acc16::dequant(q + k, s, o + k);
+    for (std::int64_t k = K16; k < g.K; ++k) o[k] = static_cast<float>(q[k]) * s;
+  }
+}
+
+/// The end of one output: the K % 16 tail into lanes 0.., the lanes in a fixed tree, + bias.
+inline float w8f_finish(const Acc16& acc, const float* x, const std::int8_t* q, float s, std::int64_t K16,
+                        std::int64_t K, const float* bias) {
+  float a[16];
+  acc.store(a);
+  for (std::int64_t k = K16; k < K; ++k) a[k - K16] = std::fma(x[k], static_cast<float>(q[k]) * s, a[k - K16]);
+  for (int w = 8; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) a[l] += a[l + w];
+  return bias ? a[0] + *bias : a[0];
+}
+
+/// Outputs y[m .. m + MR, n .. n + R) of the weight-only int8 kernel: 16 lane sums per output (lane l:
+/// k = l mod 16, ascending), the weights converted on the fly (few rows: the codes stream once) or read
+/// from R rows dequantized once into wf (wf non-null), MR activation rows per pass over them.
+template <int R, int MR>
+inline void w8f_tile(const QGemmW8FArgs& g, std::int64_t m, std::int64_t n, const float* wf) {
+  const std::int64_t K = g.K, K16 = K / 16 * 16;
+  Acc16 acc[MR][R];
+  for (std::int64_t k0 = 0; k0 < K16; k0 += 16) {
+    for (int i = 0; i < MR; ++i) {
+      const float* x = g.x + (m + i) * K + k0;
+      for (int r = 0; r < R; ++r) {
+        if (wf) {
+          acc[i][r].fma_w(x, wf + r * K + k0);
+        } else {
+          acc[i][r].fma_q(x, g.w + (n + r) * K + k0, g.scale[n + r]);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    for (int r = 0; r < R; ++r) {
+      g.y[(m + i) * g.N + n + r] = w8f_finish(acc[i][r], g.x + (m + i) * K, g.w + (n + r) * K, g.scale[n + r], K16,
+                                              K, g.bias ? g.bias + n + r : nullptr);
+    }
+  }
+}
+
+// Activation rows per pass over a buffered block: 4 x 4 tiles keep 16 accumulators in zmm registers
+// (AVX-512); with AVX2's 16 ymm registers (two per Acc16) one row.
+#if defined(__AVX512F__)
+constexpr int kW8fRows = 4;
+#else
+constexpr int kW8fRows = 1;
+#endif
+
+template <int R>
+inline void w8f_block(const QGemmW8FArgs& g, std::int64_t n, const float* wf) {
+  std::int64_t m = 0;
+  if (wf) {
+    for (; m + kW8fRows <= g.M; m += kW8fRows) w8f_tile<R, kW8fRows>(g, m, n, wf);
+  }
+  for (; m < g.M; ++m) w8f_tile<R, 1>(g, m, n, wf);
+}
+
+/// The weight-only int8 kernel, output columns [n_begin, n_end), in blocks of 4 weight rows: up to 3
+/// activation rows convert the codes on the fly; more dequantize a block once into a per-thread buffer.
+inline void gemm_w8f_loop(const QGemmW8FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  struct Tag;
+  const bool buffered = g.M > 3;
+  float* wf = buffered ? thread_scratch<float, Tag>(static_cast<std::size_t>(4 * g.K)) : nullptr;
+  std::int64_t n = n_begin;
+  for (; n + 4 <= n_end; n += 4) {
+    if (buffered) dequant_w8f_rows(g, n, n + 4, wf);
+    w8f_block<4>(g, n, wf);
+  }
+  for (; n < n_end; ++n) {
+    if (buffered) dequant_w8f_rows(g, n, n + 1, wf);
+    w8f_block<1>(g, n, wf);
+  }
 }
 
 }  // namespace

@@ -47,6 +47,13 @@ struct QGemmKernels {
   /// linear_w4_weight_only's rows from which the many-row path (dequant_w4f, then the float GEMM)
   /// runs instead of gemm_w4f: where the two cross on MiniLM's layer shapes (docs/benchmarks.md).
   std::int64_t w4f_gemm_rows = 256;
+  /// The weight-only int8 GEMM (float activations), output columns [n_begin, n_end) of every row
+  /// (loops.h's loop on each ISA's registers, Acc16: the same bits on every table).
+  void (*gemm_w8f)(const QGemmW8FArgs& args, std::int64_t n_begin, std::int64_t n_end) = nullptr;
+  /// Rows [n_begin, n_end) of a weight-only int8 weight dequantized into w (gemm_w8f's weight bits).
+  void (*dequant_w8f)(const QGemmW8FArgs& args, std::int64_t n_begin, std::int64_t n_end, float* w) = nullptr;
+  /// linear_w8_weight_only's rows from which the dequantize-then-float-GEMM path runs instead of gemm_w8f.
+  std::int64_t w8f_gemm_rows = 16;
 };
 
 const QGemmKernels& qgemm_baseline();

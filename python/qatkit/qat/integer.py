@@ -98,7 +98,7 @@ def integer_form(mod) -> Tuple[Optional[str], str]:
         return None, "float weight"
     if mod.weight_dtype != torch.float32:
         return None, f"the layer computes in {mod.weight_dtype} (integer form: float32 layers)"
-    if mod.input_fake_quant is None and _w4_weight_only(mod):
+    if mod.input_fake_quant is None and (_w4_weight_only(mod) or _w8_weight_only(mod)):
         return "weight_only", ""
     if bool((mod.weight_zero_point != 0).any()):
         return None, "asymmetric weight zero points (integer form: symmetric weights)"
@@ -144,6 +144,16 @@ def _w4_weight_only(mod) -> bool:
     if gs is None or gs == 0 or gs % 32 or w.shape[1] % gs:
         return False
     return not w.numel() or (int(w.min()) >= -8 and int(w.max()) <= 7)
+
+
+def _w8_weight_only(mod) -> bool:
+    """A weight-only Linear with 5- to 8-bit symmetric codes and per-channel or per-tensor scales
+    (int8_weight_only): the "weight_only" form on ops.linear_w8_weight_only (a float kernel)."""
+    w, spec = mod.weight_int, mod.weight_spec
+    if _is_conv(mod) or spec is None or spec.kind != "int" or not 4 < spec.bits <= 8 or w.dim() != 2:
+        return False
+    return (w.dtype == torch.int8 and mod.group_size is None and mod.weight_scale.numel() in (1, w.shape[0])
+            and not bool((mod.weight_zero_point != 0).any()))
 
 
 def _k_eff(mod) -> int:
@@ -291,6 +301,11 @@ def _int8_plan(mod) -> Optional[dict]:
         return None
     if mod._integer_form == "row":
         return _xnor_plan(mod)
+    if mod._integer_form == "weight_only" and _w8_weight_only(mod):
+        n = mod.weight_int.shape[0]
+        return {"kernel": "linear_w8_weight_only", "weight": mod.weight_int.contiguous(),
+                "weight_scale": mod.weight_scale.float().reshape(-1).expand(n).contiguous(),
+                "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
     if mod._integer_form == "weight_only":
         n, k = mod.weight_int.shape
         gs = _weight_only_group(mod)  # per-channel / per-tensor scales: one group per row
@@ -427,6 +442,8 @@ def _bind(plan: dict):
     k, p = plan["kernel"], plan
     op = getattr(torch.ops.qatkit, k).default
     if k == "linear_w1a1":
+        args = (p["weight"], p["weight_scale"], p["bias"])
+    elif k == "linear_w8_weight_only":
         args = (p["weight"], p["weight_scale"], p["bias"])
     elif k == "linear_dynamic_int8":
         args = (p["weight"], p["weight_bits"], p["weight_scale"], p["qmax"], p["bias"]) + ((True,) if p["per_tensor"] else ())

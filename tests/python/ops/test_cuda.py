@@ -258,6 +258,23 @@ def test_integer_linear_kernels_cuda_equal_cpu(bits, M, N, K, qrange, zp):
             assert torch.equal(gpu.cpu(), cpu), layout.dim()
 
 
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (64, 128, 1024), (0, 8, 16)])
+def test_w8_weight_only_cuda_within_the_float_bound(M, N, K):
+    """linear_w8_weight_only on CUDA (a float kernel: a warp per output, its own order): within
+    K * 2^-24 * sum|x * w| of the float64 product of the dequantized weight, as the CPU."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(M, K, generator=g)
+    q = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
+    s, b = torch.rand(N, generator=g) * 0.01, torch.randn(N, generator=g)
+    wd = q.double() * s.double().unsqueeze(1)
+    want = x.double() @ wd.t() + b.double()
+    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().t()) + 2.0**-23 * want.abs() + 1e-30
+    gpu = ops.linear_w8_weight_only(x.cuda(), q.cuda(), s.cuda(), b.cuda()).cpu()
+    assert bool(((gpu.double() - want).abs() <= bound).all())
+    if M:
+        torch.library.opcheck(torch.ops.qatkit.linear_w8_weight_only.default, (x.cuda(), q.cuda(), s.cuda(), b.cuda()))
+
+
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (64, 128, 1024), (0, 8, 16)])
 def test_dynamic_int8_cuda_equals_cpu(bits, M, N, K):

@@ -793,6 +793,54 @@ def test_w1a1_opcheck_compile_and_errors():
         ops.conv2d_w1a1(xc[0], wc, (3, 3), (1, 1), (1, 1), (1, 1), torch.ones(4))
 
 
+# ---------------------------------------------------------------- W8 weight-only (float activations)
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (3, 16, 64), (7, 9, 1), (8, 40, 300), (13, 20, 96), (33, 20, 96),
+                                   (50, 24, 64), (0, 8, 16), (2, 5, 4096)])
+def test_w8_weight_only_within_the_float_bound_on_every_isa(M, N, K):
+    """Within K * 2^-24 * sum|x * w| (+ the bias's rounding) of F.linear on the dequantized weight
+    (float(q) * s[n]); below the table's GEMM row count every ISA gives the same bits (loops.h's lane
+    sums in a fixed order, vectorized by the compiler)."""
+    g = torch.Generator().manual_seed(M * 7 + N + K)
+    x = torch.randn(M, K, generator=g) * 2
+    q = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
+    s, b = torch.rand(N, generator=g) * 0.01 + 1e-4, torch.randn(N, generator=g)
+    wd = q.double() * s.double().unsqueeze(1)
+    want = x.double() @ wd.t() + b.double()
+    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().t()) + 2.0**-23 * want.abs() + 1e-30
+    old, got_by_isa = qatkit._C.cpu_isa(), {}
+    try:
+        for isa in _isas():
+            assert qatkit._C.set_cpu_isa(isa)
+            got = ops.linear_w8_weight_only(x, q, s, b)
+            assert got.shape == (M, N) and bool(((got.double() - want).abs() <= bound).all()), isa
+            got_by_isa[isa] = got
+    finally:
+        qatkit._C.set_cpu_isa(old)
+    if M < 16:  # the lane-sum kernel on every table (from 16 / 48 rows: MKL's GEMM, its own bits)
+        assert all(torch.equal(v, got_by_isa["baseline"]) for v in got_by_isa.values()), list(got_by_isa)
+
+
+def test_w8_weight_only_opcheck_compile_and_errors():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 70, generator=g)
+    q = torch.randint(-128, 128, (20, 70), dtype=torch.int8, generator=g)
+    s, b = torch.rand(20, generator=g) + 0.01, torch.randn(20, generator=g)
+    torch.library.opcheck(torch.ops.qatkit.linear_w8_weight_only.default, (x, q, s, b))
+    torch.library.opcheck(torch.ops.qatkit.linear_w8_weight_only.default, (torch.randn(9, 70, generator=g), q, s))
+    f = torch.compile(lambda t: ops.linear_w8_weight_only(t, q, s, b), fullgraph=True)
+    assert torch.equal(f(x), ops.linear_w8_weight_only(x, q, s, b))
+    with pytest.raises(TypeError, match="weight must be int8 codes, got Float"):
+        ops.linear_w8_weight_only(x, q.float(), s)
+    with pytest.raises(ValueError, match=r"input's last dim must be K = 70 \(weight \[N, K\]\), got 69"):
+        ops.linear_w8_weight_only(x[:, :69], q, s)
+    with pytest.raises(ValueError, match=r"weight_scale must have shape \[N\] = \[20\], got \[1\]"):
+        ops.linear_w8_weight_only(x, q, s[:1])
+    with pytest.raises(TypeError, match="input must be float32"):
+        ops.linear_w8_weight_only(x.half(), q, s)
+
+
 # ---------------------------------------------------------------- per-token dynamic inputs ("row" form)
 
 
