@@ -9,7 +9,8 @@ reads and writes one tensor. Goal: >= 85 % of the copy's bandwidth. torch's own 
 timed alongside for reference.
 
 Integer GEMV rows (issue 13): one 4096 x 4096 Linear at batch 1 and 64 on qatkit's CUDA integer
-kernels (linear_int8, linear_w4a8 in the panel layout, linear_w4_weight_only, linear_w2a8,
+kernels (linear_int8, linear_w4a8 in the panel layout, linear_w4_weight_only, linear_w8_weight_only,
+linear_dynamic_int8 (BitLinear's per-token inputs), linear_w2a8,
 linear_w1a8) against fp32 ``F.linear`` (cuBLAS) and ``torch._int_mm`` in the same run, as ratios.
 """
 
@@ -111,6 +112,7 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
     dev = "cuda"
     wf, q8d = w.to(dev), q8.to(dev)
     corr, oscale = torch.zeros(n, dtype=torch.int32, device=dev), (s8 * 0.02).to(dev)
+    s8d = s8.float().to(dev)
     p4 = ops.pack_int4_w4(q4)
     panel, rows4, gsd = ops.pack_int4_panel(p4).to(dev), p4.to(dev), gs4.float().to(dev)
     t2p, b1p = ops.pack_ternary_t2(t2).to(dev), ops.pack_binary_b1(b1).to(dev)
@@ -126,6 +128,8 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
             "qatkit linear_w4_weight_only": lambda: ops.linear_w4_weight_only(x, rows4, gsd, 32),
             "qatkit linear_w2a8": lambda: ops.linear_w2a8(x, t2p, corr, oscale, 0.02, 0, -128, 127),
             "qatkit linear_w1a8": lambda: ops.linear_w1a8(x, b1p, corr, oscale, 0.02, 0, -128, 127),
+            "qatkit linear_dynamic_int8 (ternary, per-token: BitLinear)": lambda: ops.linear_dynamic_int8(x, t2p, 2, s8d),
+            "qatkit linear_w8_weight_only": lambda: ops.linear_w8_weight_only(x, q8d, s8d),
         }
         times = {name: cuda_time(fn) for name, fn in cases.items()}
         base = times["fp32 F.linear (cuBLAS)"]
