@@ -1024,7 +1024,8 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
 template <class Dequant>
 void gemm_on_dequantized_blocks(const at::Tensor& x, at::Tensor& y, const at::Tensor& b, std::int64_t M, std::int64_t N,
                                 std::int64_t K, const Dequant& dequant) {
-  const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{8} << 20) / (4 * K) / 16 * 16);
+  // K = 0 (an empty sum: y = the bias) is one block; it divided by zero here before (SIGFPE)
+  const std::int64_t cap = K > 0 ? std::max<std::int64_t>(16, (std::int64_t{8} << 20) / (4 * K) / 16 * 16) : N;
   const std::int64_t nblocks = (N + cap - 1) / cap;
   const std::int64_t nb = std::min(N, ((N + nblocks - 1) / nblocks + 15) / 16 * 16);
   at::Tensor wf = at::empty({nb, K}, x.options());

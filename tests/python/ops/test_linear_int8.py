@@ -822,6 +822,17 @@ def test_w8_weight_only_within_the_float_bound_on_every_isa(M, N, K):
         assert all(torch.equal(v, got_by_isa["baseline"]) for v in got_by_isa.values()), list(got_by_isa)
 
 
+@pytest.mark.parametrize("M", [1, 64, 300])
+def test_weight_only_empty_k_gives_the_bias(M):
+    """K = 0 on every path of both weight-only kernels, the many-row GEMM path included (it divided by
+    zero there: SIGFPE): y = the bias (an empty sum)."""
+    b = torch.randn(16)
+    x = torch.randn(M, 0)
+    y8 = ops.linear_w8_weight_only(x, torch.zeros(16, 0, dtype=torch.int8), torch.ones(16), b)
+    y4 = ops.linear_w4_weight_only(x, torch.zeros(16, 0, dtype=torch.uint8), torch.ones(16, 0), 32, None, b)
+    assert torch.equal(y8, b.expand(M, 16)) and torch.equal(y4, b.expand(M, 16))
+
+
 def test_w8_weight_only_opcheck_compile_and_errors():
     g = torch.Generator().manual_seed(6)
     x = torch.randn(3, 70, generator=g)
