@@ -66,7 +66,7 @@ std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, cons
   return plan;
 }
 
-/// Linears with dynamic int8 inputs, per token or per tensor (Python's _per_token_plan):
+/// Linears with dynamic int8 inputs, per token or per tensor (Python's _dynamic_plan):
 /// linear_dynamic_int8 with ternary, binary or int8 weight codes in [-127, 127] and a quant_max <= 127 whose int32 bound
 /// K * (qmax + 1) * max|w| fits.
 std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, const QuantSpec& wspec,

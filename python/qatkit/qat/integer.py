@@ -363,12 +363,12 @@ def _xnor_plan(mod) -> Optional[dict]:
     """The kernel plan of a "row" form layer: ops.linear_w1a1 / conv2d_w1a1's operands for an
     XNOR-Net layer (binary weight codes, inputs binarized per sample by the 'bitnet' rule),
     ops.linear_dynamic_int8's for a Linear with dynamic int8 inputs (BitLinear / bitnet_b158, or
-    int8 / binary weights with per-token or per-tensor dynamic activations: :func:`_per_token_plan`);
+    int8 / binary weights with per-token or per-tensor dynamic activations: :func:`_dynamic_plan`);
     None for wider dynamic inputs and for convs whose padding mode is not zeros (a binarized
     sample's codes are padded, not its floats: the per-sample mean would change)."""
     act, _ = _act_codes_spec(mod.input_fake_quant)
     if act == "dynamic":
-        return _per_token_plan(mod)
+        return _dynamic_plan(mod)
     if act != "binary" or mod.weight_spec.kind != "binary":
         return None
     if _is_conv(mod) and (mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple)):
@@ -387,7 +387,7 @@ def _xnor_plan(mod) -> Optional[dict]:
             "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
 
 
-def _per_token_plan(mod) -> Optional[dict]:
+def _dynamic_plan(mod) -> Optional[dict]:
     """ops.linear_dynamic_int8's operands for a "row" form Linear with dynamic int8 inputs, per
     token or per tensor (symmetric codes in [-qmax - 1, qmax], qmax <= 127), and ternary, binary or
     int8 weight codes in [-127, 127], whose int32 bound K * (qmax + 1) * max|w| fits; None
