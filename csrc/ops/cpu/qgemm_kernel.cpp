@@ -1010,10 +1010,12 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   return y;
 }
 
-// linear_w4_weight_only from the kernel table's w4f_gemm_rows activation rows on (baseline 256,
-// AVX2 64, AVX-512 80): the weight dequantized block by block and the float GEMM on each block,
-// whose register blocking amortizes the dequantization over the rows; below it gemm_w4f's
-// in-register dequantization wins (docs/benchmarks.md, fourth session of 2026-12-03).
+// The weight-only ops' three paths by activation rows M (the kernel table's thresholds, measured on
+// 4096 x 4096 and MiniLM's layer shapes: docs/benchmarks.md, 2026-12-03):
+//   M < *_xt_rows:    the table's kernel (gemm_w4f / gemm_w8f: in-register dequantization or lane sums);
+//   M < *_gemm_rows:  the middle path, register tiles on the transposed activations (AVX2 / AVX-512);
+//   from *_gemm_rows: the weight dequantized block by block and the float GEMM (MKL) on each block,
+//                     whose register blocking amortizes the dequantization over the rows.
 
 // The weight-only kernels' many-row path: blocks of weight rows dequantized (dequant(b0, e0, buf): rows
 // [b0, b0 + e0) into buf) into one buffer, each block's float GEMM (MKL / oneDNN) written in place into its
@@ -1046,16 +1048,50 @@ void gemm_on_dequantized_blocks(const at::Tensor& x, at::Tensor& y, const at::Te
   if (b.defined()) y2.add_(b);  // after the sum, one rounding (the kernels' "+ bias[n]")
 }
 
+// The weight-only kernels' middle path: blocks of activation rows transposed (xt = x^T, zero rows up
+// to a multiple of 16) and the table's register tiles on them (loops.h's wof_columns), the threads
+// splitting the output columns. A block's transpose stays within 1 MiB (half the 2 MiB L2 of the
+// machines measured), so it stays in L2 while every weight row passes over it; each further block
+// dequantizes the weight again (amortized over its rows).
+template <class Args>
+void weight_only_xt(const at::Tensor& x, at::Tensor& y, const Args& g,
+                    void (*gemm_xt)(const Args&, const kernels::WofXtArgs&, std::int64_t, std::int64_t)) {
+  const std::int64_t M = g.M, N = g.N, K = g.K;
+  const std::int64_t mc = std::max<std::int64_t>(32, (std::int64_t{1} << 18) / std::max<std::int64_t>(K, 1) / 32 * 32);
+  const std::int64_t cap = (std::min(M, mc) + 15) / 16 * 16;
+  at::Tensor xt = at::empty({std::max<std::int64_t>(K, 1), cap}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const std::int64_t tile = k.wof_tile_rows;
+  for (std::int64_t m0 = 0; m0 < M; m0 += mc) {
+    const std::int64_t rows = std::min(mc, M - m0), Mp = (rows + 15) / 16 * 16;
+    if (Mp != rows) xt.zero_();
+    for (std::int64_t t0 = 0; t0 < rows; t0 += tile) {  // panel by panel (WofXtArgs' layout)
+      k.transpose_f32(xp + (m0 + t0) * K, std::min(tile, rows - t0), K, K, xt.data_ptr<float>() + t0 * K,
+                      std::min(tile, Mp - t0));
+    }
+    const kernels::WofXtArgs c{xt.data_ptr<float>(), yp + m0 * N, rows, Mp};
+    at::parallel_for(0, N, 48, [&](std::int64_t n0, std::int64_t n1) { gemm_xt(g, c, n0, n1); });
+  }
+}
+
 // A weight-only kernel's call: from gemm_rows activation rows on the float GEMM on blocks of
-// dequantized rows, below it the table's kernel over blocks of 16 output columns.
+// dequantized rows; from xt_rows (where the table has the middle path) the register tiles on the
+// transposed activations; below them the table's kernel over blocks of 16 output columns.
 template <class Args>
 void weight_only_gemm(const at::Tensor& x, at::Tensor& y, const at::Tensor& b, const Args& g, std::int64_t gemm_rows,
                       void (*dequant)(const Args&, std::int64_t, std::int64_t, float*),
-                      void (*gemm)(const Args&, std::int64_t, std::int64_t)) {
+                      void (*gemm)(const Args&, std::int64_t, std::int64_t), std::int64_t xt_rows,
+                      void (*gemm_xt)(const Args&, const kernels::WofXtArgs&, std::int64_t, std::int64_t)) {
   const std::int64_t N = g.N;
   if (g.M >= gemm_rows) {
     gemm_on_dequantized_blocks(x, y, b, g.M, N, g.K,
                                [&](std::int64_t b0, std::int64_t e0, float* buf) { dequant(g, b0, e0, buf); });
+    return;
+  }
+  if (gemm_xt && g.M >= xt_rows) {
+    weight_only_xt(x, y, g, gemm_xt);
     return;
   }
   at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) { gemm(g, b0 * 16, std::min(N, e0 * 16)); });
@@ -1086,7 +1122,7 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   g.blocked_scales = gs.dim() == 3;
   g.group = group_size;
   const auto& k = kernels::cpu::qgemm_kernels();
-  weight_only_gemm(x, y, b, g, k.w4f_gemm_rows, k.dequant_w4f, k.gemm_w4f);
+  weight_only_gemm(x, y, b, g, k.w4f_gemm_rows, k.dequant_w4f, k.gemm_w4f, k.w4f_xt_rows, k.gemm_w4f_xt);
   return y;
 }
 
@@ -1101,7 +1137,7 @@ at::Tensor linear_w8_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   if (y.numel() == 0) return y;
   const kernels::QGemmW8FArgs g = w8f_args(x, w, ws, b, y);
   const auto& k = kernels::cpu::qgemm_kernels();
-  weight_only_gemm(x, y, b, g, k.w8f_gemm_rows, k.dequant_w8f, k.gemm_w8f);
+  weight_only_gemm(x, y, b, g, k.w8f_gemm_rows, k.dequant_w8f, k.gemm_w8f, k.w8f_xt_rows, k.gemm_w8f_xt);
   return y;
 }
 

@@ -688,29 +688,9 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
 }
 
 // Weight-only W4 (float activations): two weight rows at a time are dequantized into L1 buffers
-// ((float(q) - z) * s, eight lanes: the bits of dequantize_affine), then every activation row's dot
+// (loops.h's dequant_w4_row), then every activation row's dot
 // product with them runs on FMAs, six activation rows x two weight rows per step (twelve
 // accumulators share the loads).
-inline void dequant_w4_row(const QGemmW4FArgs& g, std::int64_t n, float* out, std::uint8_t* rowbuf) {
-  const std::uint8_t* w = detail::w4_row(g.w, g.panel, g.K, n, rowbuf);  // a panel's row gathered
-  const std::int64_t G = g.K / g.group;
-  const __m128i low4 = _mm_set1_epi8(15);
-  const __m256i eight = _mm256_set1_epi32(8);
-  for (std::int64_t gi = 0; gi < G; ++gi) {
-    const __m256 s = _mm256_set1_ps(g.gscale[g.scale_index(n, gi)]);
-    const __m256 z = _mm256_set1_ps(g.gzero ? g.gzero[g.scale_index(n, gi)] : 0.f);
-    for (std::int64_t k = gi * g.group; k < (gi + 1) * g.group; k += 32) {
-      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
-      const __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
-      const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
-      for (int p = 0; p < 4; ++p) {
-        const __m256 q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[p]), eight));
-        _mm256_storeu_ps(out + k + 8 * p, _mm256_mul_ps(_mm256_sub_ps(q, z), s));
-      }
-    }
-  }
-}
-
 inline float hsum_ps(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -754,7 +734,7 @@ void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
   for (; m < g.M; ++m) w4f_block<1, NR>(g, wrow, m, n);
 }
 
-// Below kW4fGemmRows activation rows: AVX-512's w4f_direct on 8 lanes. A 16-row panel block
+// Below kW4fDirectRows activation rows: AVX-512's w4f_direct on 8 lanes. A 16-row panel block
 // (pack_int4_panel's, or a row-layout block rearranged into it) runs as two halves of 8 weight rows, one row per lane;
 // each code is dequantized in registers to the same float as there, (q - 8) - z: the nibble of
 // v ^ 0x88888888, sign-extended by two shifts, is q - 8, then one conversion and one subtraction.
@@ -833,13 +813,15 @@ void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const fl
 struct W4fDirectScratch;
 
 // Below this many rows gemm_w4f runs in registers (w4f_direct_block; 16-48 rows ran 0.71-0.88x the
-// time of the L1-buffer path below it), and the op's many-row path (the float GEMM) from it on.
-constexpr std::int64_t kW4fGemmRows = 64;
+// time of the L1-buffer path below it). The op calls it below the table's w4f_xt_rows (16) only.
+constexpr std::int64_t kW4fDirectRows = 64;
+// The op's many-row path (the float GEMM) from this many rows.
+constexpr std::int64_t kW4fGemmRows = 80;
 
-// Below kW4fGemmRows rows on w4f_direct_block (16-row blocks; n_begin a multiple of 16); more rows
+// Below kW4fDirectRows rows on w4f_direct_block (16-row blocks; n_begin a multiple of 16); more rows
 // (called directly, not by the op) dequantize two weight rows at a time into L1 for w4f_block.
 void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  if (g.M < kW4fGemmRows) {
+  if (g.M < kW4fDirectRows) {
     const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
     float* const scratch =
         detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 8 * 8 + g.M * 16));
@@ -887,19 +869,19 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   const float* wrow[2] = {buf.data(), buf.data() + g.K};
   std::int64_t n = n_begin;
   for (; n + 2 <= n_end; n += 2) {
-    dequant_w4_row(g, n, buf.data(), rowbuf.data());
-    dequant_w4_row(g, n + 1, buf.data() + g.K, rowbuf.data());
+    detail::dequant_w4_row(g, n, buf.data(), rowbuf.data());
+    detail::dequant_w4_row(g, n + 1, buf.data() + g.K, rowbuf.data());
     w4f_rows<2>(g, wrow, n);
   }
   for (; n < n_end; ++n) {
-    dequant_w4_row(g, n, buf.data(), rowbuf.data());
+    detail::dequant_w4_row(g, n, buf.data(), rowbuf.data());
     w4f_rows<1>(g, wrow, n);
   }
 }
 
 void dequant_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end, float* w) {
   std::vector<std::uint8_t> rowbuf(static_cast<std::size_t>(g.panel ? g.K / 2 : 0));
-  for (std::int64_t n = n_begin; n < n_end; ++n) dequant_w4_row(g, n, w + (n - n_begin) * g.K, rowbuf.data());
+  for (std::int64_t n = n_begin; n < n_end; ++n) detail::dequant_w4_row(g, n, w + (n - n_begin) * g.K, rowbuf.data());
 }
 
 // Channels-last depthwise conv (QDwConvArgs' nhwc form), 16 channels per step: the taps in pairs,
@@ -1029,17 +1011,29 @@ void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t co
 
 }  // namespace
 
-// linear_w8_weight_only's GEMM path from 16 rows (4096 x 4096, MKL at AVX2: at 16 rows the lane-sum
-// kernel ran 0.68x FP32 and the GEMM path 0.93x; at 8 rows 0.91x against 0.84x)
-constexpr std::int64_t kW8fGemmRows = 16;
+// linear_w8_weight_only's GEMM path from 96 rows (below it the middle path's tiles from 12; before
+// them, at 16 rows the lane-sum kernel ran 0.68x FP32 and the GEMM path 0.93x)
+constexpr std::int64_t kW8fGemmRows = 96;
 
 const QGemmKernels* qgemm_avx2() {
   // dwconv: loops.h's loop, vectorized by the compiler here (AVX2); dwconv_nhwc above
   // the weight-only GEMM path from 64 rows: at 48 rows it ran 1.02-1.10x gemm_w4f's time, at 64 rows 0.87-0.97x
-  static const QGemmKernels k{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
-                              &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
-                              &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f, kW4fGemmRows,
-                              &detail::gemm_w8f_loop, &detail::dequant_w8f_rows, kW8fGemmRows};
+  static const QGemmKernels k = [] {
+    QGemmKernels t{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
+                   &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
+                   &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f, kW4fGemmRows,
+                   &detail::gemm_w8f_loop, &detail::dequant_w8f_rows, kW8fGemmRows};
+    t.gemm_w8f_xt = &detail::gemm_w8f_xt;  // loops.h's tiles at 256 bits
+    t.gemm_w4f_xt = &detail::gemm_w4f_xt;
+    // 4096 x 4096 (MKL at AVX2), w8: the tiles ran 1.13x FP32 at 8 rows (lane sums 1.00x), 1.41x at 16
+    // (GEMM path 0.78x), 0.98x at 64 (0.94x) and 0.83x at 128 (0.93x); w4: 0.97x at 8 rows (gemm_w4f
+    // 1.12x), 1.28x at 16 (0.91x), 1.03x at 64 (GEMM path 0.94x), 0.82x at 96 (0.89x). MiniLM's
+    // shapes at 16 rows: 1.15-1.55x against gemm_w4f's 0.86-1.15x.
+    t.w8f_xt_rows = 12;
+    t.w4f_xt_rows = 16;
+    t.wof_tile_rows = detail::kWofRows;
+    return t;
+  }();
   return &k;
 }
 

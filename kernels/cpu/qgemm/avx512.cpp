@@ -1229,17 +1229,27 @@ const QGemmKernels* qgemm_avx512() {
   static const QGemmKernels k = [] {
     QGemmKernels t = *qgemm_avx2();  // activation quantization
     t.gemm_w4f = &gemm_w4f;
-    // the weight-only GEMM path from 80 rows (96 rows: 0.88-0.91x gemm_w4f's time; 64 rows: 1.08-1.11x)
-    t.w4f_gemm_rows = 80;
+    // the weight-only GEMM path from 128 rows, the middle path's tiles from 32 (4096 x 4096: at 24 rows
+    // the tiles ran 1.12x FP32, gemm_w4f 1.02x; 32 rows 1.16-1.28x against 0.89-0.99x; 64 rows
+    // 0.86-1.01x, GEMM path 0.80-0.84x; 128 rows 0.76-0.85x against 0.86-0.89x; MiniLM's K = 384
+    // layers at 24 rows favour gemm_w4f: 0.85-1.48x against 0.78-1.26x)
+    t.w4f_gemm_rows = 128;
+    t.w4f_xt_rows = 32;
     t.gemm_s8 = &gemm_s8;
     t.gemm_w4 = &gemm_w4;
     t.gemm_t2 = &gemm_t2;
     t.gemm_b1 = &gemm_b1;
     t.gemm_w8f = &detail::gemm_w8f_loop;  // loops.h's loop at 512 bits
     t.dequant_w8f = &detail::dequant_w8f_rows;
-    // linear_w8_weight_only's GEMM path from 48 rows (4096 x 4096: the 4 x 4 tiles ran 1.03x FP32 at
-    // 16 rows and 0.72x at 32, the GEMM path about 0.5x there; at 64 rows 0.55x against 0.79x)
-    t.w8f_gemm_rows = 48;
+    // linear_w8_weight_only: the middle path's tiles from 12 rows, the GEMM path from 128 (4096 x
+    // 4096: 8 rows: lane sums 1.96-2.39x FP32, tiles 1.94-2.14x; 12 rows 2.12-2.17x against 2.38-2.48x;
+    // 16 rows 0.96-1.01x against 1.40-1.79x, 32 rows 0.72-0.77x against 1.38-1.63x; 64 rows tiles
+    // 1.04-1.05x, GEMM path 0.78-0.83x; 128 rows 0.74-1.01x against 0.81-0.95x; 160 rows 0.78x against 0.86x)
+    t.w8f_gemm_rows = 128;
+    t.w8f_xt_rows = 12;
+    t.gemm_w8f_xt = &detail::gemm_w8f_xt;  // loops.h's tiles at 512 bits
+    t.gemm_w4f_xt = &detail::gemm_w4f_xt;
+    t.wof_tile_rows = detail::kWofRows;
     // XNOR: vpopcntq where the CPU has it, else the AVX2 table's kernel (t's already)
     if (__builtin_cpu_supports("avx512vpopcntdq")) t.gemm_xnor = &gemm_xnor;
     return t;

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #if defined(__AVX2__) || defined(__AVX512F__)
@@ -512,6 +514,165 @@ inline void gemm_w8f_loop(const QGemmW8FArgs& g, std::int64_t n_begin, std::int6
     w8f_block<1>(g, n, wf);
   }
 }
+
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+/// Weight-only W4 row n dequantized into out (K floats): (float(q) - z) * s in 16 (AVX-512) or 8 lanes, the
+/// bits of dequantize_affine (rowbuf: K / 2 bytes, for a panel weight's row gathered).
+inline void dequant_w4_row(const QGemmW4FArgs& g, std::int64_t n, float* out, std::uint8_t* rowbuf) {
+  const std::uint8_t* w = w4_row(g.w, g.panel, g.K, n, rowbuf);  // a panel's row gathered
+  const std::int64_t G = g.K / g.group;
+  const __m128i low4 = _mm_set1_epi8(15);
+#if defined(__AVX512F__)
+  const __m512i eight = _mm512_set1_epi32(8);
+#else
+  const __m256i eight = _mm256_set1_epi32(8);
+#endif
+  for (std::int64_t gi = 0; gi < G; ++gi) {
+    const float sf = g.gscale[g.scale_index(n, gi)], zf = g.gzero ? g.gzero[g.scale_index(n, gi)] : 0.f;
+    for (std::int64_t k = gi * g.group; k < (gi + 1) * g.group; k += 32) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
+      const __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
+#if defined(__AVX512F__)
+      const __m512 s = _mm512_set1_ps(sf), z = _mm512_set1_ps(zf);
+      const __m128i parts[2] = {lo, hi};
+      for (int p = 0; p < 2; ++p) {
+        const __m512 q = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(parts[p]), eight));
+        _mm512_storeu_ps(out + k + 16 * p, _mm512_mul_ps(_mm512_sub_ps(q, z), s));
+      }
+#else
+      const __m256 s = _mm256_set1_ps(sf), z = _mm256_set1_ps(zf);
+      const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+      for (int p = 0; p < 4; ++p) {
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[p]), eight));
+        _mm256_storeu_ps(out + k + 8 * p, _mm256_mul_ps(_mm256_sub_ps(q, z), s));
+      }
+#endif
+    }
+  }
+}
+
+// The weight-only kernels' middle path (from the table's *_xt_rows activation rows up to its
+// *_gemm_rows): register tiles on the transposed activations xt = x^T ([K][Mp], Mp a multiple of
+// 16, zero rows past M) and weight rows dequantized a few at a time into a per-thread buffer, so the
+// weight is dequantized once per call into L1 and streams from memory once, and no float copy of it
+// is written and read back (the GEMM path's extra pass over 4 bytes per weight). A tile holds MV
+// vectors of activation rows x NR weight rows: per k one load per vector, one broadcast per weight
+// row, MV * NR fused multiply-adds. Each output is one fma chain over k in ascending order (lane m
+// of an accumulator does acc = fma(xt[k][m], w[n][k], acc)), so AVX2 and AVX-512 give the same bits.
+struct WofVec {
+#if defined(__AVX512F__)
+  using T = __m512;
+  static constexpr int L = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T load(const float* p) { return _mm512_load_ps(p); }
+  static T bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+#else
+  using T = __m256;
+  static constexpr int L = 8;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T load(const float* p) { return _mm256_load_ps(p); }
+  static T bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+#endif
+};
+
+// Tile shapes: MV * NR accumulators plus MV activation vectors and one broadcast in the register
+// file (AVX-512: 2 x 12 of 32 zmm; AVX2: 2 x 6 of 16 ymm).
+constexpr int kWofMV = 2;
+#if defined(__AVX512F__)
+constexpr int kWofNR = 12;
+#else
+constexpr int kWofNR = 6;
+#endif
+constexpr int kWofRows = kWofMV * WofVec::L;  // activation rows per full tile
+
+/// One tile: out[j * MV * L + i] = sum_k xt[k * xs + i] * wf[j * ws + k] for i < MV * L, j < NR.
+template <int MV, int NR>
+void wof_tile(const float* xt, std::int64_t xs, const float* wf, std::int64_t ws, std::int64_t K, float* out) {
+  using V = WofVec;
+  typename V::T acc[MV][NR];
+#pragma GCC unroll 32
+  for (int i = 0; i < MV * NR; ++i) acc[i / NR][i % NR] = V::zero();
+  for (std::int64_t k = 0; k < K; ++k, xt += xs) {
+    typename V::T a[MV];
+#pragma GCC unroll 4
+    for (int v = 0; v < MV; ++v) a[v] = V::load(xt + v * V::L);
+#pragma GCC unroll 16
+    for (int j = 0; j < NR; ++j) {
+      const typename V::T b = V::bcast(wf + j * ws + k);
+#pragma GCC unroll 4
+      for (int v = 0; v < MV; ++v) acc[v][j] = V::fma(a[v], b, acc[v][j]);
+    }
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MV * NR; ++i) V::store(out + i * V::L, acc[i % MV][i / MV]);
+}
+
+using WofTileFn = void (*)(const float*, std::int64_t, const float*, std::int64_t, std::int64_t, float*);
+
+template <int MV, std::size_t... J>
+constexpr std::array<WofTileFn, sizeof...(J)> wof_tiles(std::index_sequence<J...>) {
+  return {&wof_tile<MV, static_cast<int>(J) + 1>...};
+}
+
+/// The tile for mv activation vectors (1 or 2) and nr weight rows (1 .. kWofNR).
+inline WofTileFn wof_tile_fn(int mv, int nr) {
+  static constexpr auto one = wof_tiles<1>(std::make_index_sequence<kWofNR>{});
+  static constexpr auto two = wof_tiles<2>(std::make_index_sequence<kWofNR>{});
+  return (mv == 2 ? two : one)[static_cast<std::size_t>(nr - 1)];
+}
+
+/// Columns [n_begin, n_end) of y = x W^T (+ bias after the sum) for the activation rows in c (its
+/// panels kWofRows wide: the table's wof_tile_rows; rows [0, c.M) of y from c.y, row stride N), weight row n dequantized by deq(n, row) (K floats: the float
+/// form's weight bits) kWofNR rows at a time.
+template <class DeqRow>
+void wof_columns(const WofXtArgs& c, std::int64_t N, std::int64_t K, const float* bias, std::int64_t n_begin,
+                 std::int64_t n_end, const DeqRow& deq) {
+  constexpr int L = WofVec::L;
+  // row stride: K rounded up to whole vectors plus one, so the kWofNR rows' broadcast streams fall in
+  // different L1 sets (a stride of 4096 floats put them all in one)
+  const std::int64_t ws = (K + L - 1) / L * L + L;
+  struct Tag;
+  float* wf = thread_scratch<float, Tag>(static_cast<std::size_t>(kWofNR * ws + kWofRows * kWofNR));
+  float* out = wf + kWofNR * ws;
+  for (std::int64_t n = n_begin; n < n_end; n += kWofNR) {
+    const int nr = static_cast<int>(std::min<std::int64_t>(kWofNR, n_end - n));
+    for (int j = 0; j < nr; ++j) deq(n + j, wf + j * ws);
+    for (std::int64_t m0 = 0; m0 < c.Mp; m0 += kWofRows) {
+      const int mv = static_cast<int>(std::min<std::int64_t>(kWofMV, (c.Mp - m0) / L));
+      const std::int64_t rows = std::min<std::int64_t>(mv * L, c.M - m0);
+      wof_tile_fn(mv, nr)(c.xt + m0 * K, mv * L, wf, ws, K, out);
+      for (std::int64_t i = 0; i < rows; ++i) {
+        float* y = c.y + (m0 + i) * N + n;
+        const float* o = out + i;
+        if (bias) {
+          for (int j = 0; j < nr; ++j) y[j] = o[j * mv * L] + bias[n + j];
+        } else {
+          for (int j = 0; j < nr; ++j) y[j] = o[j * mv * L];
+        }
+      }
+    }
+  }
+}
+
+/// linear_w8_weight_only's middle path: wof_columns on dequant_w8f_rows' rows.
+inline void gemm_w8f_xt(const QGemmW8FArgs& g, const WofXtArgs& c, std::int64_t n_begin, std::int64_t n_end) {
+  wof_columns(c, g.N, g.K, g.bias, n_begin, n_end,
+              [&](std::int64_t n, float* row) { dequant_w8f_rows(g, n, n + 1, row); });
+}
+
+/// linear_w4_weight_only's middle path: wof_columns on dequant_w4_row's rows.
+inline void gemm_w4f_xt(const QGemmW4FArgs& g, const WofXtArgs& c, std::int64_t n_begin, std::int64_t n_end) {
+  struct Tag;
+  std::uint8_t* rowbuf = thread_scratch<std::uint8_t, Tag>(static_cast<std::size_t>(g.panel ? g.K / 2 : 1));
+  wof_columns(c, g.N, g.K, g.bias, n_begin, n_end,
+              [&](std::int64_t n, float* row) { dequant_w4_row(g, n, row, rowbuf); });
+}
+#endif
 
 }  // namespace
 }  // namespace qatkit::kernels::cpu::detail

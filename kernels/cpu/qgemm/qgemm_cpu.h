@@ -54,6 +54,17 @@ struct QGemmKernels {
   void (*dequant_w8f)(const QGemmW8FArgs& args, std::int64_t n_begin, std::int64_t n_end, float* w) = nullptr;
   /// linear_w8_weight_only's rows from which the dequantize-then-float-GEMM path runs instead of gemm_w8f.
   std::int64_t w8f_gemm_rows = 16;
+  /// The weight-only kernels' middle path (loops.h's wof_columns: register tiles on the transposed
+  /// activation rows of a WofXtArgs block, the weight dequantized a few rows at a time into L1),
+  /// output columns [n_begin, n_end); null where the table has none (baseline). It runs from the
+  /// *_xt_rows activation rows up to the *_gemm_rows ones.
+  void (*gemm_w8f_xt)(const QGemmW8FArgs& args, const WofXtArgs& xt, std::int64_t n_begin,
+                      std::int64_t n_end) = nullptr;
+  void (*gemm_w4f_xt)(const QGemmW4FArgs& args, const WofXtArgs& xt, std::int64_t n_begin,
+                      std::int64_t n_end) = nullptr;
+  std::int64_t w8f_xt_rows = 0, w4f_xt_rows = 0;
+  /// The activation rows of the middle path's register tiles (WofXtArgs' panel width).
+  std::int64_t wof_tile_rows = 32;
 };
 
 const QGemmKernels& qgemm_baseline();

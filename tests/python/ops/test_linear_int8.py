@@ -796,12 +796,15 @@ def test_w1a1_opcheck_compile_and_errors():
 # ---------------------------------------------------------------- W8 weight-only (float activations)
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (3, 16, 64), (7, 9, 1), (8, 40, 300), (13, 20, 96), (33, 20, 96),
-                                   (50, 24, 64), (0, 8, 16), (2, 5, 4096)])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (3, 16, 64), (7, 9, 1), (8, 40, 300), (11, 20, 96), (13, 20, 96),
+                                   (33, 20, 96), (50, 25, 64), (0, 8, 16), (2, 5, 4096), (80, 30, 4096),
+                                   (95, 13, 333), (100, 7, 40), (140, 20, 96)])
 def test_w8_weight_only_within_the_float_bound_on_every_isa(M, N, K):
     """Within K * 2^-24 * sum|x * w| (+ the bias's rounding) of F.linear on the dequantized weight
-    (float(q) * s[n]); below the table's GEMM row count every ISA gives the same bits (loops.h's lane
-    sums in a fixed order, vectorized by the compiler)."""
+    (float(q) * s[n]) on all three paths. Below 12 rows every ISA gives the same bits (loops.h's lane
+    sums in a fixed order, vectorized by the compiler); from 12 rows up to the AVX2 table's GEMM row
+    count (96) AVX2 and AVX-512 run the middle path's tiles, one fma chain per output in k order, and
+    give the same bits (80 x 4096: two blocks of transposed rows, 64 + 16)."""
     g = torch.Generator().manual_seed(M * 7 + N + K)
     x = torch.randn(M, K, generator=g) * 2
     q = torch.randint(-128, 128, (N, K), dtype=torch.int8, generator=g)
@@ -818,8 +821,10 @@ def test_w8_weight_only_within_the_float_bound_on_every_isa(M, N, K):
             got_by_isa[isa] = got
     finally:
         qatkit._C.set_cpu_isa(old)
-    if M < 16:  # the lane-sum kernel on every table (from 16 / 48 rows: MKL's GEMM, its own bits)
+    if M < 12:  # the lane-sum kernel on every table (the baseline's MKL GEMM from 16 rows, its own bits)
         assert all(torch.equal(v, got_by_isa["baseline"]) for v in got_by_isa.values()), list(got_by_isa)
+    elif M < 96 and "avx512" in got_by_isa:  # the tiles on both SIMD tables
+        assert torch.equal(got_by_isa["avx2"], got_by_isa["avx512"])
 
 
 @pytest.mark.parametrize("M", [1, 64, 300])
@@ -988,14 +993,16 @@ def test_dynamic_int8_opcheck_compile_export_and_errors():
 
 @pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (16, 96, 384, 32), (5, 7, 256, 128), (3, 64, 1024, 64),
                                       (12, 40, 256, 64), (11, 33, 96, 32), (0, 8, 64, 32), (2, 3, 32, 32),
+                                      (40, 13, 96, 32), (72, 19, 4096, 128), (100, 30, 160, 32),
                                       (255, 20, 96, 32), (256, 20, 96, 32), (300, 50, 256, 64), (256, 520, 1024, 128)])
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
     """Each weight dequantizes to dequantize_affine's bits (checked through a one-hot input), and
-    the output is within K * 2^-24 * sum|x * w| (+ the bias's half ulp) of the float64 product;
-    below the table's GEMM row count (256 baseline, 64 AVX2, 80 AVX-512) the kernel's in-register
-    dequantization, from it on the dequantized weight's float GEMM in blocks of rows (the one-hot
-    inputs of K rows take that path from K >= that count)."""
+    the output is within K * 2^-24 * sum|x * w| (+ the bias's half ulp) of the float64 product on
+    each path: the kernel's in-register dequantization (below 16 rows AVX2, 32 AVX-512), the middle
+    path's tiles on transposed activations (up to 80 / 128 rows; 72 x 4096: two blocks, 64 + 8 rows
+    padded to 16), and the dequantized weight's float GEMM in blocks of rows (baseline from 256 rows;
+    the one-hot inputs of K rows take the path K falls in)."""
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=21).values()
     wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
                                group_size=gs)
@@ -1065,6 +1072,33 @@ def test_w4_weight_only_avx2_gives_the_avx512_bits(M, zero):
                         ops.linear_w4_weight_only(x[:, :], rows[:40], s[:40], 64, None if z is None else z[:40])]
         for a, c in zip(out["avx2"], out["avx512"]):
             assert torch.equal(a, c)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("M,N,K,gs", [(32, 20, 256, 64), (45, 37, 96, 32), (72, 13, 4096, 128)])
+@pytest.mark.parametrize("zero", [False, True])
+def test_w4_weight_only_middle_path_avx2_gives_the_avx512_bits(M, N, K, gs, zero):
+    """From 32 up to 80 rows both SIMD tables run the middle path (register tiles of 16 / 32 rows on
+    the transposed activations, weight rows dequantized to dequantize_affine's bits): each output is
+    one fma chain in k order, so AVX2 and AVX-512 give the same bits, in both weight layouts and both
+    scale layouts, N not a multiple of either tile's 6 / 12 weight rows, with and without a bias."""
+    isas = _isas()
+    if "avx512" not in isas:
+        pytest.skip("this CPU has no AVX-512 VNNI table to compare the AVX2 tiles with (" + ", ".join(isas) + ")")
+    x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=26).values()
+    rows = ops.pack_int4_w4(q)
+    old = qatkit._C.cpu_isa()
+    try:
+        out = {}
+        for isa in ("avx2", "avx512"):
+            qatkit._C.set_cpu_isa(isa)
+            out[isa] = [ops.linear_w4_weight_only(x, rows, s, gs, z, b),
+                        ops.linear_w4_weight_only(x, ops.pack_int4_panel(rows), s, gs, z),
+                        ops.linear_w4_weight_only(x[:, :], rows[:N - 1], s[:N - 1], gs, None if z is None else z[:N - 1])]
+        for a, c in zip(out["avx2"], out["avx512"]):
+            assert torch.equal(a, c)
+        assert torch.equal(out["avx2"][1] + b, out["avx2"][0])  # the bias after the sum, one rounding
     finally:
         qatkit._C.set_cpu_isa(old)
 
