@@ -48,7 +48,7 @@ torch::Tensor pack_w4(const torch::Tensor& codes) {
 /// 'bitnet' rule; convs only with zero padding (other modes would pad floats before binarizing).
 std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, const QuantSpec& wspec,
                                                   const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
-                                                  bool zeros_padding) {
+                                                  std::int64_t groups, bool zeros_padding) {
   const QuantSpec& as = aq->spec();
   if (as.method != "bitnet" || aq->axis() != std::optional<std::int64_t>(0) || !aq->fake_quant_enabled()) return nullptr;
   if (wspec.kind != "binary" || f.group_size || (conv && !zeros_padding)) return nullptr;
@@ -59,9 +59,15 @@ std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, cons
   if (ws.numel() != w.size(0)) return nullptr;
   auto plan = std::make_shared<IntegerKernelPlan>();
   plan->binary_input = true;
-  plan->weight_bits = 1;
-  plan->weight = pack_b1(w);
   plan->out_scale = ws.contiguous();
+  if (conv && groups != 1) {  // grouped / depthwise: conv2d_int8 on the codes (integer_conv), rows padded to 32
+    plan->weight_bits = 8;
+    plan->groups = groups;
+    plan->weight = w.size(1) % 32 ? torch::constant_pad_nd(w, {0, 32 - w.size(1) % 32}).contiguous() : w.contiguous();
+  } else {
+    plan->weight_bits = 1;
+    plan->weight = pack_b1(w);
+  }
   if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
   return plan;
 }
@@ -159,9 +165,7 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   if (f.group_size && conv) return nullptr;  // per-group convs: no integer kernel yet
   if ((f.zero_point != 0).any().item<bool>()) return nullptr;
   const QuantSpec& as = aq->spec();
-  if (as.kind == "binary") {  // conv2d_w1a1 has no groups
-    return conv && groups != 1 ? nullptr : make_xnor_plan(f, *wspec, aq, bias, conv, zeros_padding);
-  }
+  if (as.kind == "binary") return make_xnor_plan(f, *wspec, aq, bias, conv, conv ? groups : 1, zeros_padding);
   if (!conv && as.kind == "int" && as.scale == "dynamic" && !aq->axis() && aq->fake_quant_enabled()) {
     return make_dynamic_plan(f, *wspec, as, bias);
   }
@@ -296,6 +300,18 @@ torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x)
 
 torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k, at::IntArrayRef st,
                            at::IntArrayRef pad, at::IntArrayRef dil) {
+  if (p.binary_input && p.groups != 1) {
+    // grouped / depthwise XNOR convs (conv2d_w1a1 has no groups; Python's _conv_on_kernel): the input's
+    // per-sample codes in {-1, 0, +1} through conv2d_int8's grouped kernels as int8 inputs of scale 1
+    // (exact int32 sums, zero padding code 0), y = fp32(acc) * fp32(alpha[b] * w_scale[n]) (+ bias)
+    const auto [codes, alpha] = qatkit::binary_codes(x4, "bitnet", 0);
+    const std::int64_t n = p.out_scale.size(0);
+    torch::Tensor y = qatkit::conv2d_int8(codes.to(torch::kFloat), p.weight, 8, k, st, pad, dil,
+                                          torch::zeros({n}, x4.options().dtype(torch::kInt)), torch::ones({n}, x4.options()),
+                                          1.0, 0, -128, 127, std::nullopt, p.groups);
+    y = y * (alpha.reshape({-1, 1, 1, 1}) * p.out_scale.reshape({1, -1, 1, 1}));
+    return p.bias ? y + p.bias->reshape({1, -1, 1, 1}) : y;
+  }
   if (p.binary_input) return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias);
   return qatkit::conv2d_int8(x4, p.weight, p.weight_bits, k, st, pad, dil, p.corr, p.out_scale, p.act_scale,
                              p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups);

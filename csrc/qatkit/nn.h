@@ -218,7 +218,9 @@ TORCH_MODULE(ActFakeQuantizer);
 struct QATKIT_API IntegerKernelPlan {
   int weight_bits = 8;  ///< 8: int8 codes [N, K] (convs: rows zero-padded to 32); 4 (per group), 2, 1: packed
   /// XNOR-Net layers (binary weights and per-sample binary inputs): linear_w1a1 / conv2d_w1a1 with
-  /// `weight` (1-bit) and `out_scale` holding the weight scale per channel.
+  /// `weight` (1-bit) and `out_scale` holding the weight scale per channel; grouped / depthwise convs
+  /// (groups != 1, weight_bits 8: int8 codes, rows zero-padded to 32): conv2d_int8 on the input's
+  /// binary codes, then the per-sample and per-channel scales.
   bool binary_input = false;
   /// Weight-only layers (float inputs): weight_bits 4, linear_w4_weight_only with group_scale /
   /// group_zero; weight_bits 8, linear_w8_weight_only with `weight` (int8 [N, K]) and `out_scale`.

@@ -188,6 +188,35 @@ def test_cpp_integer_convs_and_conv1d_match_python(preset, tmp_path):
         assert torch.equal(y, want)
 
 
+def test_cpp_grouped_xnor_convs_match_python(tmp_path):
+    """Grouped and depthwise XNOR convs run on conv2d_int8 over the binary codes in C++ as in Python
+    (conv2d_w1a1 has no groups): Python's loaded outputs bit for bit. The first and last layers stay
+    float, so the last XNOR conv's outputs reach the logits through float math (an int8 layer's input
+    quantization would absorb a last-bit difference)."""
+    import dataclasses
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1, groups=4), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.Flatten(), nn.Linear(16 * 4 * 4, 5))
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    cfg = dataclasses.replace(qatkit.preset("xnor_w1a1"), first_last="float")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net.eval(), [x], cfg, correct_bias=None, verbose=False, progress=False)
+    path = str(tmp_path / "g.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load(path)
+    from qatkit.qat import integer
+
+    mods = dict(loaded.named_modules())
+    assert [integer.kernel_for(mods[r[0]]) for r in loaded.compute_report] == ["conv2d_int8 (xnor codes)"] * 2
+    with torch.no_grad():
+        want = loaded(x)
+    r, y = _run(path, x, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.equal(y, want)
+
+
 @pytest.mark.parametrize("granularity,wkind", [("per_token", "int"), ("per_tensor", "int"), ("per_token", "binary")])
 def test_cpp_dynamic_input_linears_match_python(granularity, wkind, tmp_path):
     """Linears with dynamic int8 inputs (per token, per tensor) run on C++'s linear_dynamic_int8 as on

@@ -296,9 +296,7 @@ def _int8_plan(mod) -> Optional[dict]:
     """The operands of ``ops.linear_int8`` (or the packed ternary / binary kernels) for a "static"
     Linear, or a Conv (weights flattened to [N, C/groups*kh*kw], inputs unfolded per group), whose
     codes fit (8-bit input range, weight codes in [-127, 127]); None: the float64 simulation runs.
-    XNOR convs need groups == 1 (conv2d_w1a1 has no groups)."""
-    if _is_conv(mod) and mod.groups != 1 and mod._integer_form == "row":
-        return None
+    XNOR convs with groups != 1 run conv2d_int8 on the binary codes (:func:`_xnor_plan`)."""
     if mod._integer_form == "row":
         return _xnor_plan(mod)
     if mod._integer_form == "weight_only" and _w8_weight_only(mod):
@@ -382,9 +380,15 @@ def _xnor_plan(mod) -> Optional[dict]:
         ws = ws.expand(w.shape[0])
     if ws.numel() != w.shape[0]:
         return None
-    return {"kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w),
-            "weight_scale": ws.contiguous(),
-            "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
+    bias = None if mod.bias is None else mod.bias.detach().float().contiguous()
+    if _is_conv(mod) and mod.groups != 1:
+        # grouped / depthwise (conv2d_w1a1 has no groups): conv2d_int8's grouped kernels on the codes
+        # (rows zero-padded to 32, as the int8 grouped convs'); _conv_on_kernel applies the scales
+        n = w.shape[0]
+        return {"kernel": "conv2d_int8 (xnor codes)", "weight": F.pad(w, (0, -w.shape[1] % 32)).contiguous(),
+                "weight_scale": ws.contiguous(), "bias": bias,
+                "corr": torch.zeros(n, dtype=torch.int32), "out_scale": torch.ones(n)}
+    return {"kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w), "weight_scale": ws.contiguous(), "bias": bias}
 
 
 def _dynamic_plan(mod) -> Optional[dict]:
@@ -533,6 +537,16 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
     if plan["kernel"] == "linear_w1a1":  # zero padding only (_xnor_plan): codes of 0 at padded positions
         y = ops.conv2d_w1a1(x4, plan["weight"], k, st, pad, dil, plan["weight_scale"], plan["bias"])
         return y.squeeze(2) if nd == 1 else y
+    if plan["kernel"] == "conv2d_int8 (xnor codes)":
+        # grouped / depthwise XNOR: the per-sample codes in {-1, 0, +1} as int8 inputs of scale 1 (exact
+        # int32 sums; zero padding holds code 0), then the row form's fp32(acc) * fp32(alpha[b] * w_scale[n])
+        codes, alpha = ops.binary_codes(x4, "bitnet", 0)
+        y = ops.conv2d_int8(codes.float(), plan["weight"], 8, k, st, pad, dil, plan["corr"], plan["out_scale"], 1.0,
+                            0, -128, 127, None, mod.groups)
+        y = y * (alpha.reshape(-1, 1, 1, 1) * plan["weight_scale"].reshape(1, -1, 1, 1))
+        if plan["bias"] is not None:
+            y = y + plan["bias"].reshape(1, -1, 1, 1)
+        return y.squeeze(2) if nd == 1 else y
     bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[plan["kernel"]]
     y = ops.conv2d_int8(x4, plan["weight"], bits, k, st, pad, dil, plan["corr"], plan["out_scale"], plan["act_scale"],
                         plan["zp"], plan["qmin"], plan["qmax"], plan["bias"], mod.groups)
@@ -595,9 +609,7 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
             m._integer_form = None
             kind = type(m).__name__.replace("Packed", "").replace("Quantized", "")
             detail = ""
-            if _is_conv(m) and m.groups != 1 and form == "row":
-                detail = f" (groups={m.groups}: grouped / depthwise XNOR convs have no kernel)"
-            elif _is_conv(m) and form == "row" and m.padding_mode != "zeros":
+            if _is_conv(m) and form == "row" and m.padding_mode != "zeros":
                 detail = f" (padding_mode {m.padding_mode!r}: a binarized sample's codes would be padded, not its floats)"
             elif form == "row" and _act_codes_spec(m.input_fake_quant)[0] == "dynamic":
                 detail = " (linear_dynamic_int8 takes dynamic inputs of at most 8 bits; this layer's have " \

@@ -340,22 +340,58 @@ def _simulated_and_on_kernels(q):
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "conv1d"])
 def test_xnor_layers_run_on_the_popcount_kernel(arch):
     """xnor_w1a1's hidden layers (binary weights, per-sample binary inputs) run on ops.linear_w1a1 /
-    conv2d_w1a1 when kernels_only (what qatkit.load does), bit for bit the integer simulation; the
-    depthwise conv (groups != 1) and the reflect-padded conv (codes are padded, not floats) keep
-    float math and are reported."""
+    conv2d_w1a1 when kernels_only (what qatkit.load does), the cnn's depthwise conv (groups=16) on
+    conv2d_int8 over the binary codes; bit for bit the integer simulation. The reflect-padded conv
+    (codes are padded, not floats) keeps float math and is reported."""
     q, shape = _prepared(arch, "xnor_w1a1")
     torch.manual_seed(3)
     x = torch.randn(shape) * 2
     sim, k, rep = _simulated_and_on_kernels(q)
     xnor = [m for m in k.modules() if isinstance(m, _Quantized) and m.weight_spec.kind == "binary"]
-    on = [m for m in xnor if integer.kernel_for(m) == "linear_w1a1"]
+    on = [m for m in xnor if integer.kernel_for(m) in ("linear_w1a1", "conv2d_int8 (xnor codes)")]
     assert len(on) >= (1 if arch == "cnn" else 2), rep
+    grouped = [m for m in xnor if getattr(m, "groups", 1) != 1]
+    assert len(grouped) == (1 if arch == "cnn" else 0)
+    assert all(integer.kernel_for(m) == "conv2d_int8 (xnor codes)" for m in grouped)
     for (name, form, why), m in zip(rep, [m for m in k.modules() if isinstance(m, _Quantized)]):
         if m in xnor and m not in on:
             assert form is None and m._integer_form is None
-            assert "groups=16" in why or "padding_mode 'reflect'" in why, why
+            assert "padding_mode 'reflect'" in why, why
     with torch.no_grad():
         assert torch.equal(k(x), sim(x))
+
+
+@pytest.mark.parametrize("nd,groups,kw", [(2, 12, dict(padding=1)), (2, 12, dict(padding=2, dilation=2, stride=2)),
+                                          (2, 3, dict(padding=1, bias=False)), (2, 12, dict(kernel_size=1)),
+                                          (1, 4, dict(padding=1, stride=2))])
+def test_grouped_xnor_convs_run_on_the_int8_conv_kernel(nd, groups, kw):
+    """Grouped and depthwise XNOR convs (conv2d_w1a1 has no groups) run on conv2d_int8's grouped /
+    depthwise kernels over the per-sample binary codes (zero padding: code 0), then fp32(acc) *
+    fp32(alpha[b] * w_scale[n]) (+ bias): bit for bit the float64 integer simulation, with a NaN
+    input (code 0) and an all-zero sample (alpha 0); strided, dilated, 1 x 1 and Conv1d."""
+    conv = nn.Conv2d if nd == 2 else nn.Conv1d
+    kw = {"kernel_size": 3, **kw}
+    net = nn.Sequential(conv(12, 12, **kw), nn.ReLU(), conv(12, 24, groups=groups, **kw), nn.ReLU(),
+                        conv(24, 24, groups=24, **{**kw, "bias": True}), nn.Flatten(), nn.LazyLinear(5))
+    shape = (5, 12, 9, 9) if nd == 2 else (5, 12, 17)
+    g = torch.Generator().manual_seed(groups)
+    net(torch.randn(shape, generator=g))
+    q = qatkit.prepare_qat(net, qatkit.preset("xnor_w1a1"))
+    q(torch.randn(shape, generator=g))
+    sim, k, rep = _simulated_and_on_kernels(q)
+    kern = [integer.kernel_for(m) for m in k.modules() if isinstance(m, _Quantized)]
+    assert kern.count("conv2d_int8 (xnor codes)") == 2, (kern, rep)
+    x = torch.randn(shape, generator=g) * 2
+    x[1] = 0  # alpha 0: every output of that sample is the bias
+    x[2].view(-1)[7] = float("nan")  # code 0
+    outs = {}  # every layer's output (the next layer's binarization would hide a last-bit difference)
+    for tag, model in (("kernel", k), ("sim", sim)):
+        for i, m in enumerate(mm for mm in model.modules() if isinstance(mm, _Quantized)):
+            m.register_forward_hook(lambda _m, _i, o, key=(tag, i): outs.__setitem__(key, o))
+    with torch.no_grad():
+        assert torch.equal(k(x), sim(x))
+    n = len(kern)
+    assert all(torch.equal(outs["kernel", i], outs["sim", i]) for i in range(n))
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8"])
