@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/amax.h>
+#include <ATen/ops/nan_to_num.h>
 #include <ATen/ops/ones.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -161,6 +162,10 @@ namespace {
 /// int8 {-1, 0, +1} from the sign of y (NaN gives 0: integers have no NaN).
 at::Tensor sign_codes(const at::Tensor& y) { return y.gt(0).to(at::kChar).sub(y.lt(0).to(at::kChar)); }
 
+/// int8 {-1, +1} (0 for NaN) from binarize's unscaled output, whose values are +-1 or NaN: two
+/// vectorized passes (sign_codes' five cost 4 ns per element on CPU, most of an XNOR conv's call).
+at::Tensor unit_sign_codes(const at::Tensor& y) { return y.nan_to_num(0.0).to(at::kChar); }
+
 std::tuple<at::Tensor, at::Tensor> ternary_codes_composite(const at::Tensor& input, c10::string_view method,
                                                            std::optional<std::int64_t> axis) {
   const at::Tensor x = input.contiguous();
@@ -193,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> binary_codes_composite(const at::Tensor& inpu
   const c10::SymInt channels = axis.has_value() ? x.sym_size(*axis) : c10::SymInt(1);
   at::Tensor scale =
       st.alpha.defined() ? st.alpha.reshape(-1) : at::ones_symint({channels}, x.options().dtype(at::kFloat));
-  return {sign_codes(signs), scale};
+  return {unit_sign_codes(signs), scale};
 }
 
 }  // namespace
