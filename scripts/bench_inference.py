@@ -190,6 +190,16 @@ def v_qatkit_w4a8(w):
 
 
 def v_qatkit_w4_weight_only(w):
+    """int4_weight_only g32 as qatkit.load gives it: the panel layout and the scales in its blocks."""
+    q, s = _int4_groups(w)
+    packed = ops.pack_int4_panel(ops.pack_int4_w4(q))
+    s = s.float().contiguous()
+    s = ops.block_w4_scales(s) if s.shape[0] % 16 == 0 else s
+    return (lambda x: ops.linear_w4_weight_only(x, packed, s, 32)), packed.numel() + 4 * s.numel()
+
+
+def v_qatkit_w4_weight_only_rows(w):
+    """The same op on pack_int4_w4's row layout with [N, G] scales (rearranged per call)."""
     q, s = _int4_groups(w)
     packed = ops.pack_int4_w4(q)
     s = s.float().contiguous()
@@ -326,6 +336,7 @@ VARIANTS = {
     "qatkit w8a8 (row layout)": v_qatkit_w8a8_rows,
     "qatkit w4a8 g32": v_qatkit_w4a8,
     "qatkit w4 weight-only g32 (fp32 act)": v_qatkit_w4_weight_only,
+    "qatkit w4 weight-only g32 (fp32 act; row layout)": v_qatkit_w4_weight_only_rows,
     "qatkit w8 weight-only (fp32 act)": v_qatkit_w8_weight_only,
     "torchao int8 weight-only (fp32 act)": v_torchao_w8_weight_only,
     "qatkit ternary weight-only (fp32 act)": v_qatkit_ternary_weight_only,
