@@ -1011,7 +1011,7 @@ void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t co
 
 }  // namespace
 
-// linear_w8_weight_only's GEMM path from 96 rows (below it the middle path's tiles from 12; before
+// linear_w8_weight_only's GEMM path from 96 rows (below it the middle path's tiles from 8; before
 // them, at 16 rows the lane-sum kernel ran 0.68x FP32 and the GEMM path 0.93x)
 constexpr std::int64_t kW8fGemmRows = 96;
 
@@ -1029,7 +1029,9 @@ const QGemmKernels* qgemm_avx2() {
     // (GEMM path 0.78x), 0.98x at 64 (0.94x) and 0.83x at 128 (0.93x); w4: 0.97x at 8 rows (gemm_w4f
     // 1.12x), 1.28x at 16 (0.91x), 1.03x at 64 (GEMM path 0.94x), 0.82x at 96 (0.89x). MiniLM's
     // shapes at 16 rows: 1.15-1.55x against gemm_w4f's 0.86-1.15x.
-    t.w8f_xt_rows = 12;
+    // (w8 from 8 rows: the lane sums ran 0.84-0.91x FP32 at 8 rows in the DRAM regime; AVX-512's lane
+    // sums run 2.2x there and keep rows 8-11, so those rows' bits differ between the two tables)
+    t.w8f_xt_rows = 8;
     t.w4f_xt_rows = 16;
     t.wof_tile_rows = detail::kWofRows;
     return t;
