@@ -639,8 +639,9 @@ inline void w4_unpanel_block(const std::uint8_t* w, std::int64_t KB, std::int64_
 }
 
 // The weight-only kernels' middle path (from the table's *_xt_rows activation rows up to its
-// *_gemm_rows): register tiles on the transposed activations xt = x^T ([K][Mp], Mp a multiple of
-// 16, zero rows past M) and weight rows dequantized a few at a time into a per-thread buffer, so the
+// *_gemm_rows): register tiles on the transposed activations (WofXtArgs: panels of kWofRows rows,
+// xt[k * width + i], Mp a multiple of 16, zero rows past M) and weight rows dequantized a few at a
+// time into a per-thread buffer, so the
 // weight is dequantized once per call into L1 and streams from memory once, and no float copy of it
 // is written and read back (the GEMM path's extra pass over 4 bytes per weight). A tile holds MV
 // vectors of activation rows x NR weight rows: per k one load per vector, one broadcast per weight
