@@ -178,7 +178,7 @@ struct QGemmW8FArgs {
   std::int64_t M = 0, N = 0, K = 0;
 };
 
-/// The weight-only kernels' middle path (QGemmKernels' gemm_w8f_xt / gemm_w4f_xt): a block of M
+/// linear_w8_weight_only's middle path (QGemmKernels' gemm_w8f_xt): a block of M
 /// activation rows transposed into panels of `tile` rows (the table's wof_tile_rows; Mp: M rounded up
 /// to a multiple of 16, zero rows past M): panel t = rows [t * tile, t * tile + w) with w = min(tile,
 /// Mp - t * tile) starts at xt + t * tile * K and holds x[t * tile + i, k] at k * w + i (64-byte

@@ -1023,12 +1023,17 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   return y;
 }
 
-// The weight-only ops' three paths by activation rows M (the kernel table's thresholds, measured on
-// 4096 x 4096 and MiniLM's layer shapes: docs/benchmarks.md, 2026-12-03):
-//   M < *_xt_rows:    the table's kernel (gemm_w4f / gemm_w8f: in-register dequantization or lane sums);
-//   M < *_gemm_rows:  the middle path, register tiles on the transposed activations (AVX2 / AVX-512);
-//   from *_gemm_rows: the weight dequantized block by block and the float GEMM (MKL) on each block,
-//                     whose register blocking amortizes the dequantization over the rows.
+// The weight-only ops' paths by activation rows M (the kernel table's thresholds, measured on 4096 x
+// 4096 and MiniLM's layer shapes: docs/benchmarks.md, 2026-12-03 and 2026-12-04):
+//   linear_w4_weight_only: below w4f_packed_rows the table's gemm_w4f (in-register dequantization);
+//     from it the packed GEMM (AVX2 / AVX-512: blocks of rows and of K, each weight panel dequantized
+//     once per block of rows into L1, register tiles straight into y); the baseline table has no
+//     packed GEMM and runs the float-GEMM path below from w4f_gemm_rows.
+//   linear_w8_weight_only: below w8f_xt_rows gemm_w8f (lane sums); below w8f_gemm_rows the middle
+//     path (register tiles on the transposed activations); from w8f_gemm_rows the weight dequantized
+//     block by block and the float GEMM (MKL) on each block. (The packed GEMM on int8 rows ran
+//     0.72-0.91x FP32 where these ran 0.85-1.5x: a panel of the [N, K] codes is 32 runs of K-block
+//     bytes, one DRAM miss after another, where w4's panel layout is one contiguous run per block.)
 
 // The weight-only kernels' many-row path: blocks of weight rows dequantized (dequant(b0, e0, buf): rows
 // [b0, b0 + e0) into buf) into one buffer, each block's float GEMM (MKL / oneDNN) written in place into its
@@ -1089,15 +1094,23 @@ void weight_only_xt(const at::Tensor& x, at::Tensor& y, const Args& g,
   }
 }
 
-// A weight-only kernel's call: from gemm_rows activation rows on the float GEMM on blocks of
-// dequantized rows; from xt_rows (where the table has the middle path) the register tiles on the
-// transposed activations; below them the table's kernel over blocks of 16 output columns.
+// A weight-only kernel's call: from packed_rows (where the table has a packed GEMM) the packed GEMM,
+// its threads splitting the output columns in whole panels; else from gemm_rows activation rows the
+// float GEMM on blocks of dequantized rows; from xt_rows (where the table has the middle path) the
+// register tiles on the transposed activations; below them the table's kernel over blocks of 16
+// output columns.
 template <class Args>
 void weight_only_gemm(const at::Tensor& x, at::Tensor& y, const at::Tensor& b, const Args& g, std::int64_t gemm_rows,
                       void (*dequant)(const Args&, std::int64_t, std::int64_t, float*),
                       void (*gemm)(const Args&, std::int64_t, std::int64_t), std::int64_t xt_rows,
-                      void (*gemm_xt)(const Args&, const kernels::WofXtArgs&, std::int64_t, std::int64_t)) {
+                      void (*gemm_xt)(const Args&, const kernels::WofXtArgs&, std::int64_t, std::int64_t),
+                      void (*packed)(const Args&, std::int64_t, std::int64_t), std::int64_t packed_rows) {
   const std::int64_t N = g.N;
+  if (packed && g.M >= packed_rows) {
+    const std::int64_t nc = kernels::cpu::qgemm_kernels().wop_panel_cols, panels = (N + nc - 1) / nc;
+    at::parallel_for(0, panels, 1, [&](std::int64_t b0, std::int64_t e0) { packed(g, b0 * nc, std::min(N, e0 * nc)); });
+    return;
+  }
   if (g.M >= gemm_rows) {
     gemm_on_dequantized_blocks(x, y, b, g.M, N, g.K,
                                [&](std::int64_t b0, std::int64_t e0, float* buf) { dequant(g, b0, e0, buf); });
@@ -1135,7 +1148,10 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   g.blocked_scales = gs.dim() == 3;
   g.group = group_size;
   const auto& k = kernels::cpu::qgemm_kernels();
-  weight_only_gemm(x, y, b, g, k.w4f_gemm_rows, k.dequant_w4f, k.gemm_w4f, k.w4f_xt_rows, k.gemm_w4f_xt);
+  weight_only_gemm(x, y, b, g, k.w4f_gemm_rows, k.dequant_w4f, k.gemm_w4f, std::int64_t{0},
+                   static_cast<void (*)(const kernels::QGemmW4FArgs&, const kernels::WofXtArgs&, std::int64_t,
+                                        std::int64_t)>(nullptr),
+                   k.gemm_w4f_packed, k.w4f_packed_rows);
   return y;
 }
 
@@ -1150,7 +1166,9 @@ at::Tensor linear_w8_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   if (y.numel() == 0) return y;
   const kernels::QGemmW8FArgs g = w8f_args(x, w, ws, b, y);
   const auto& k = kernels::cpu::qgemm_kernels();
-  weight_only_gemm(x, y, b, g, k.w8f_gemm_rows, k.dequant_w8f, k.gemm_w8f, k.w8f_xt_rows, k.gemm_w8f_xt);
+  weight_only_gemm(x, y, b, g, k.w8f_gemm_rows, k.dequant_w8f, k.gemm_w8f, k.w8f_xt_rows, k.gemm_w8f_xt,
+                   static_cast<void (*)(const kernels::QGemmW8FArgs&, std::int64_t, std::int64_t)>(nullptr),
+                   std::int64_t{0});
   return y;
 }
 

@@ -813,7 +813,7 @@ void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const fl
 struct W4fDirectScratch;
 
 // Below this many rows gemm_w4f runs in registers (w4f_direct_block; 16-48 rows ran 0.71-0.88x the
-// time of the L1-buffer path below it). The op calls it below the table's w4f_xt_rows (16) only.
+// time of the L1-buffer path below it). The op calls it below the table's w4f_packed_rows (16) only.
 constexpr std::int64_t kW4fDirectRows = 64;
 // The op's many-row path (the float GEMM) from this many rows.
 constexpr std::int64_t kW4fGemmRows = 80;
@@ -1024,7 +1024,6 @@ const QGemmKernels* qgemm_avx2() {
                    &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f, kW4fGemmRows,
                    &detail::gemm_w8f_loop, &detail::dequant_w8f_rows, kW8fGemmRows};
     t.gemm_w8f_xt = &detail::gemm_w8f_xt;  // loops.h's tiles at 256 bits
-    t.gemm_w4f_xt = &detail::gemm_w4f_xt;
     // 4096 x 4096 (MKL at AVX2), w8: the tiles ran 1.13x FP32 at 8 rows (lane sums 1.00x), 1.41x at 16
     // (GEMM path 0.78x), 0.98x at 64 (0.94x) and 0.83x at 128 (0.93x); w4: 0.97x at 8 rows (gemm_w4f
     // 1.12x), 1.28x at 16 (0.91x), 1.03x at 64 (GEMM path 0.94x), 0.82x at 96 (0.89x). MiniLM's
@@ -1032,8 +1031,15 @@ const QGemmKernels* qgemm_avx2() {
     // (w8 from 8 rows: the lane sums ran 0.84-0.91x FP32 at 8 rows in the DRAM regime; AVX-512's lane
     // sums run 2.2x there and keep rows 8-11, so those rows' bits differ between the two tables)
     t.w8f_xt_rows = 8;
-    t.w4f_xt_rows = 16;
     t.wof_tile_rows = detail::kWofRows;
+    // linear_w4_weight_only: the packed GEMM from 16 rows, in place of the middle path and the
+    // dequantize-then-MKL path (4096 x 4096, MKL at AVX2, against FP32 in the same run: 12 rows
+    // gemm_w4f 1.44x, packed 1.47x; 16 / 32 / 64 / 128 / 256 rows packed 1.33 / 1.14 / 1.00 / 0.97 /
+    // 0.91x, middle path 1.25 / 1.10 / 1.01 / 0.87 / 0.88x, dequantize-then-MKL 0.81 / 0.86 / 0.85 /
+    // 0.92 / 0.89x)
+    t.gemm_w4f_packed = &detail::gemm_w4f_packed;  // loops.h's packed GEMM at 256 bits
+    t.w4f_packed_rows = 16;
+    t.wop_panel_cols = detail::kWopNC;
     return t;
   }();
   return &k;

@@ -1229,12 +1229,13 @@ const QGemmKernels* qgemm_avx512() {
   static const QGemmKernels k = [] {
     QGemmKernels t = *qgemm_avx2();  // activation quantization
     t.gemm_w4f = &gemm_w4f;
-    // the weight-only GEMM path from 128 rows, the middle path's tiles from 32 (4096 x 4096: at 24 rows
-    // the tiles ran 1.12x FP32, gemm_w4f 1.02x; 32 rows 1.16-1.28x against 0.89-0.99x; 64 rows
-    // 0.86-1.01x, GEMM path 0.80-0.84x; 128 rows 0.76-0.85x against 0.86-0.89x; MiniLM's K = 384
-    // layers at 24 rows favour gemm_w4f: 0.85-1.48x against 0.78-1.26x)
-    t.w4f_gemm_rows = 128;
-    t.w4f_xt_rows = 32;
+    // linear_w4_weight_only: gemm_w4f below 32 rows, the packed GEMM from 32 (4096 x 4096, DRAM
+    // regime, 2 threads, against FP32 in the same run: 16-28 rows gemm_w4f 1.44-1.71x, packed 1.30-1.50x;
+    // 32 / 48 / 64 / 96 / 128 / 256 rows packed 1.63 / 1.18 / 1.08 / 1.10 / 1.06 / 0.93x against the
+    // middle path's 1.52 / 0.99 / 1.04 / 0.90 / 0.90 / 0.78x and dequantize-then-MKL's 0.49 / 0.52 /
+    // 0.75 / 0.78 / 0.82 / 0.84x)
+    t.w4f_packed_rows = 32;
+    t.w4f_gemm_rows = 32;  // (not reached: the packed GEMM runs from the same rows)
     t.gemm_s8 = &gemm_s8;
     t.gemm_w4 = &gemm_w4;
     t.gemm_t2 = &gemm_t2;
@@ -1248,8 +1249,9 @@ const QGemmKernels* qgemm_avx512() {
     t.w8f_gemm_rows = 128;
     t.w8f_xt_rows = 12;
     t.gemm_w8f_xt = &detail::gemm_w8f_xt;  // loops.h's tiles at 512 bits
-    t.gemm_w4f_xt = &detail::gemm_w4f_xt;
     t.wof_tile_rows = detail::kWofRows;
+    t.gemm_w4f_packed = &detail::gemm_w4f_packed;  // loops.h's packed GEMM at 512 bits
+    t.wop_panel_cols = detail::kWopNC;
     // XNOR: vpopcntq where the CPU has it, else the AVX2 table's kernel (t's already)
     if (__builtin_cpu_supports("avx512vpopcntdq")) t.gemm_xnor = &gemm_xnor;
     return t;

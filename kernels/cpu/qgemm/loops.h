@@ -519,17 +519,24 @@ inline void gemm_w8f_loop(const QGemmW8FArgs& g, std::int64_t n_begin, std::int6
 #if defined(__AVX512F__) || defined(__AVX2__)
 /// Weight-only W4 row n dequantized into out (K floats): (float(q) - z) * s in 16 (AVX-512) or 8 lanes, the
 /// bits of dequantize_affine (rowbuf: K / 2 bytes, for a panel weight's row gathered).
+inline void dequant_w4_range(const QGemmW4FArgs& g, std::int64_t n, const std::uint8_t* w, std::int64_t k_begin,
+                             std::int64_t k_end, float* out);
 inline void dequant_w4_bytes(const QGemmW4FArgs& g, std::int64_t n, const std::uint8_t* w, float* out) {
-  const std::int64_t G = g.K / g.group;
+  dequant_w4_range(g, n, w, 0, g.K, out);
+}
+
+/// k [k_begin, k_end) of row n (multiples of 32; w: the row's K / 2 bytes) into out[k - k_begin].
+inline void dequant_w4_range(const QGemmW4FArgs& g, std::int64_t n, const std::uint8_t* w, std::int64_t k_begin,
+                             std::int64_t k_end, float* out) {
   const __m128i low4 = _mm_set1_epi8(15);
 #if defined(__AVX512F__)
   const __m512i eight = _mm512_set1_epi32(8);
 #else
   const __m256i eight = _mm256_set1_epi32(8);
 #endif
-  for (std::int64_t gi = 0; gi < G; ++gi) {
+  for (std::int64_t gi = k_begin / g.group; gi * g.group < k_end; ++gi) {
     const float sf = g.gscale[g.scale_index(n, gi)], zf = g.gzero ? g.gzero[g.scale_index(n, gi)] : 0.f;
-    for (std::int64_t k = gi * g.group; k < (gi + 1) * g.group; k += 32) {
+    for (std::int64_t k = std::max(k_begin, gi * g.group); k < std::min(k_end, (gi + 1) * g.group); k += 32) {
       const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k / 2));
       const __m128i lo = _mm_and_si128(v, low4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), low4);
 #if defined(__AVX512F__)
@@ -537,14 +544,14 @@ inline void dequant_w4_bytes(const QGemmW4FArgs& g, std::int64_t n, const std::u
       const __m128i parts[2] = {lo, hi};
       for (int p = 0; p < 2; ++p) {
         const __m512 q = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(parts[p]), eight));
-        _mm512_storeu_ps(out + k + 16 * p, _mm512_mul_ps(_mm512_sub_ps(q, z), s));
+        _mm512_storeu_ps(out + (k - k_begin) + 16 * p, _mm512_mul_ps(_mm512_sub_ps(q, z), s));
       }
 #else
       const __m256 s = _mm256_set1_ps(sf), z = _mm256_set1_ps(zf);
       const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
       for (int p = 0; p < 4; ++p) {
         const __m256 q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_cvtepu8_epi32(parts[p]), eight));
-        _mm256_storeu_ps(out + k + 8 * p, _mm256_mul_ps(_mm256_sub_ps(q, z), s));
+        _mm256_storeu_ps(out + (k - k_begin) + 8 * p, _mm256_mul_ps(_mm256_sub_ps(q, z), s));
       }
 #endif
     }
@@ -556,9 +563,7 @@ inline void dequant_w4_row(const QGemmW4FArgs& g, std::int64_t n, float* out, st
   dequant_w4_bytes(g, n, w4_row(g.w, g.panel, g.K, n, rowbuf), out);
 }
 
-/// The 16 rows of panel block `block` (QGemmW4Args::panel; KB bytes per row) in the row layout,
-/// out[r * KB + b]: each 1024-byte step read once in order (a row at a time, the gather reads a
-/// dword from each of its 64-byte lines).
+/// Dword transposes (the weight-only packed GEMM's packing of float rows and activation rows).
 #if defined(__AVX512F__)
 /// Dwords d[e].r -> o[r].e for a 16 x 16 block (v[e] holds rows 0..15 of dword e).
 inline void transpose16x16_epi32(const __m512i* v, __m512i* o) {
@@ -605,38 +610,6 @@ inline void transpose8x8_epi32(const __m256i* v, __m256i* o) {
 }
 #endif
 
-inline void w4_unpanel_block(const std::uint8_t* w, std::int64_t KB, std::int64_t block, std::uint8_t* out) {
-  const std::int64_t steps = (KB + 63) / 64;
-  const std::uint8_t* src = w + block * steps * 1024;
-  for (std::int64_t st = 0; st < steps; ++st) {
-    const std::uint8_t* sp = src + st * 1024;
-    if (st * 64 + 64 <= KB) {  // a whole step: a 16 x 16 transpose of dwords (e, r) -> (r, e)
-#if defined(__AVX512F__)
-      __m512i v[16], o[16];
-      for (int e = 0; e < 16; ++e) v[e] = _mm512_loadu_si512(sp + e * 64);
-      transpose16x16_epi32(v, o);
-      for (int r = 0; r < 16; ++r) _mm512_storeu_si512(out + r * KB + st * 64, o[r]);
-      continue;
-#elif defined(__AVX2__)
-      for (int eh = 0; eh < 2; ++eh) {
-        for (int rh = 0; rh < 2; ++rh) {
-          __m256i v[8], o[8];
-          for (int e = 0; e < 8; ++e)
-            v[e] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + (eh * 8 + e) * 64 + rh * 32));
-          transpose8x8_epi32(v, o);
-          for (int r = 0; r < 8; ++r)
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + (rh * 8 + r) * KB + st * 64 + eh * 32), o[r]);
-        }
-      }
-      continue;
-#endif
-    }
-    for (std::int64_t e = 0; e < 16 && st * 64 + e * 4 < KB; ++e) {
-      const std::uint8_t* d = src + st * 1024 + e * 64;
-      for (int r = 0; r < 16; ++r) std::memcpy(out + r * KB + st * 64 + e * 4, d + r * 4, 4);
-    }
-  }
-}
 
 // The weight-only kernels' middle path (from the table's *_xt_rows activation rows up to its
 // *_gemm_rows): register tiles on the transposed activations (WofXtArgs: panels of kWofRows rows,
@@ -653,16 +626,20 @@ struct WofVec {
   static constexpr int L = 16;
   static T zero() { return _mm512_setzero_ps(); }
   static T load(const float* p) { return _mm512_load_ps(p); }
+  static T loadu(const float* p) { return _mm512_loadu_ps(p); }
   static T bcast(const float* p) { return _mm512_set1_ps(*p); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
 #else
   using T = __m256;
   static constexpr int L = 8;
   static T zero() { return _mm256_setzero_ps(); }
   static T load(const float* p) { return _mm256_load_ps(p); }
+  static T loadu(const float* p) { return _mm256_loadu_ps(p); }
   static T bcast(const float* p) { return _mm256_broadcast_ss(p); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
 #endif
 };
@@ -752,26 +729,304 @@ inline void gemm_w8f_xt(const QGemmW8FArgs& g, const WofXtArgs& c, std::int64_t 
               [&](std::int64_t n, float* row) { dequant_w8f_rows(g, n, n + 1, row); });
 }
 
-/// linear_w4_weight_only's middle path: wof_columns on dequant_w4_bytes' rows; a panel weight's
-/// 16-row blocks put back in the row layout once each (gathering each row alone read a dword from
-/// each of its lines: 32 and 64 activation rows ran 0.93x / 0.85x FP32 on the panel against 1.20x /
-/// 1.00x on the row layout, 4096 x 4096).
-inline void gemm_w4f_xt(const QGemmW4FArgs& g, const WofXtArgs& c, std::int64_t n_begin, std::int64_t n_end) {
+// ---------------------------------------------------------------------------------------------
+// The weight-only kernels' packed GEMM (from the table's *_gemm_rows activation rows): Goto-style
+// blocking with the dequantization in the weight packing. Per block of kWopMc activation rows and
+// kWopKc of K: the rows' slice packed into tiles of kWopMR rows ([k][MR], in L2: 480 KiB), then per
+// panel of kWopNC output columns the weight's slice dequantized into [k][NC] (32 KiB on AVX-512,
+// in L1) and register tiles of MR rows x NV vectors of columns (per k: NV loads, MR broadcasts,
+// MR * NV fused multiply-adds) over every tile of rows, the partial sums kept in y between blocks of
+// K. Each weight is dequantized once per kWopMc rows and no float copy of the weight reaches memory
+// (the dequantize-then-MKL path it replaces wrote and re-read 4 bytes per weight: 0.82-0.91x FP32
+// from 128 rows, 4096 x 4096). Each output is one fma chain over k in ascending order from zero, the
+// bias added after the sum: the bits of the middle path (wof_columns), on AVX2 and AVX-512 alike.
+// Tiles of MR rows x 2 vectors (6 x 4 and 8 x 3 on AVX-512 measured no faster).
+constexpr int kWopNV = 2;
+#if defined(__AVX512F__)
+constexpr int kWopMR = 12;  // 24 accumulators + 2 weight vectors + 1 broadcast of 32 zmm
+#else
+constexpr int kWopMR = 6;   // 12 + 2 + 1 of 16 ymm
+#endif
+constexpr int kWopNC = kWopNV * WofVec::L;   // output columns per panel: 32 (AVX-512) / 16 (AVX2)
+// K and rows per block: the rows' packed slice (AVX-512: 240 x 512 floats, 480 KiB; AVX2: 120 x 256,
+// 120 KiB, for the 512 KiB L2 of AMD's AVX2 parts) within a quarter to half of L2, the weight panel
+// 64 / 16 KiB. K blocks are a multiple of 128 (a w4 panel's step). Within the VM's noise (+-10 %
+// between runs) 480-960 rows and 256-512 of K measured alike on 4096 x 4096.
+#if defined(__AVX512F__)
+constexpr std::int64_t kWopKc = 512;
+constexpr std::int64_t kWopMc = 240;
+#else
+constexpr std::int64_t kWopKc = 256;
+constexpr std::int64_t kWopMc = 120;
+#endif
+
+/// y[i * ldy + c] (i < MR, c < kWopNC) = (first ? 0 : y[i * ldy + c]) + sum_{k < kc} xp[k * MR + i] *
+/// wp[k * kWopNC + c], one fma per k in ascending order; + bias[c] when bias is non-null (the last block).
+template <int MR>
+void wop_tile(const float* xp, const float* wp, std::int64_t kc, float* y, std::int64_t ldy, bool first,
+              const float* bias) {
+  using V = WofVec;
+  typename V::T acc[MR][kWopNV];
+#pragma GCC unroll 32
+  for (int i = 0; i < MR * kWopNV; ++i)
+    acc[i / kWopNV][i % kWopNV] = first ? V::zero() : V::loadu(y + (i / kWopNV) * ldy + (i % kWopNV) * V::L);
+  for (std::int64_t k = 0; k < kc; ++k, xp += MR, wp += kWopNC) {
+    typename V::T w[kWopNV];
+#pragma GCC unroll 4
+    for (int v = 0; v < kWopNV; ++v) w[v] = V::loadu(wp + v * V::L);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const typename V::T a = V::bcast(xp + i);
+#pragma GCC unroll 4
+      for (int v = 0; v < kWopNV; ++v) acc[i][v] = V::fma(a, w[v], acc[i][v]);
+    }
+  }
+  if (bias) {
+#pragma GCC unroll 32
+    for (int i = 0; i < MR * kWopNV; ++i)
+      acc[i / kWopNV][i % kWopNV] = V::add(acc[i / kWopNV][i % kWopNV], V::loadu(bias + (i % kWopNV) * V::L));
+  }
+#pragma GCC unroll 32
+  for (int i = 0; i < MR * kWopNV; ++i) V::store(y + (i / kWopNV) * ldy + (i % kWopNV) * V::L, acc[i / kWopNV][i % kWopNV]);
+}
+
+using WopTileFn = void (*)(const float*, const float*, std::int64_t, float*, std::int64_t, bool, const float*);
+
+template <std::size_t... I>
+constexpr std::array<WopTileFn, sizeof...(I)> wop_tiles(std::index_sequence<I...>) {
+  return {&wop_tile<static_cast<int>(I) + 1>...};
+}
+
+/// The tile for mr activation rows (1 .. kWopMR).
+inline WopTileFn wop_tile_fn(std::int64_t mr) {
+  static constexpr auto tiles = wop_tiles(std::make_index_sequence<kWopMR>{});
+  return tiles[static_cast<std::size_t>(mr - 1)];
+}
+
+/// Rows [0, rows) x k [0, kc) of x (row stride K) into tiles of kWopMR rows: the tile of rows t0 ..
+/// t0 + mr at xp + t0 * kc, element [k * mr + i].
+/// Vectorized: 16 x 16 (AVX-512) / 8 x 8 (AVX2) dword transposes, mr of the lanes stored (the scalar
+/// copy cost 25 % of a 384-column layer's time: per activation element there are only N / 2 fmas).
+inline void wop_pack_x(const float* x, std::int64_t K, std::int64_t rows, std::int64_t kc, float* xp) {
+  constexpr int L = WofVec::L;
+  for (std::int64_t t0 = 0; t0 < rows; t0 += kWopMR) {
+    const int mr = static_cast<int>(std::min<std::int64_t>(kWopMR, rows - t0));
+    float* d = xp + t0 * kc;
+    const float* src = x + t0 * K;
+    std::int64_t k = 0;
+#if defined(__AVX512F__)
+    const __mmask16 mask = static_cast<__mmask16>((1u << mr) - 1);
+    for (; k + L <= kc; k += L) {
+      __m512i v[16], o[16];
+      for (int r = 0; r < 16; ++r)
+        v[r] = r < mr ? _mm512_castps_si512(_mm512_loadu_ps(src + r * K + k)) : _mm512_setzero_si512();
+      transpose16x16_epi32(v, o);
+      for (int j = 0; j < 16; ++j) _mm512_mask_storeu_ps(d + (k + j) * mr, mask, _mm512_castsi512_ps(o[j]));
+    }
+#else
+    alignas(32) std::int32_t lanes[8];
+    for (int r = 0; r < 8; ++r) lanes[r] = r < mr ? -1 : 0;
+    const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
+    for (; k + L <= kc; k += L) {
+      __m256i v[8], o[8];
+      for (int r = 0; r < 8; ++r)
+        v[r] = r < mr ? _mm256_castps_si256(_mm256_loadu_ps(src + r * K + k)) : _mm256_setzero_si256();
+      transpose8x8_epi32(v, o);
+      for (int j = 0; j < 8; ++j) _mm256_maskstore_ps(d + (k + j) * mr, mask, _mm256_castsi256_ps(o[j]));
+    }
+#endif
+    for (; k < kc; ++k)
+      for (int i = 0; i < mr; ++i) d[k * mr + i] = src[i * K + k];
+  }
+}
+
+/// rows x kc floats (row r at tmp + r * kc; rows <= kWopNC) into the panel wp[k * kWopNC + r], the
+/// columns from rows on zero: 16 x 16 (AVX-512) / 8 x 8 (AVX2) dword transposes, the k tail by element.
+inline void wop_transpose_rows(const float* tmp, std::int64_t rows, std::int64_t kc, float* wp) {
+  constexpr int L = WofVec::L;
+  std::int64_t k = 0;
+  if (rows == kWopNC) {
+    for (; k + L <= kc; k += L) {
+      for (int h = 0; h < kWopNV; ++h) {
+#if defined(__AVX512F__)
+        __m512i v[16], o[16];
+        for (int r = 0; r < 16; ++r) v[r] = _mm512_castps_si512(_mm512_loadu_ps(tmp + (h * 16 + r) * kc + k));
+        transpose16x16_epi32(v, o);
+        for (int j = 0; j < 16; ++j) _mm512_storeu_ps(wp + (k + j) * kWopNC + h * 16, _mm512_castsi512_ps(o[j]));
+#else
+        __m256i v[8], o[8];
+        for (int r = 0; r < 8; ++r) v[r] = _mm256_castps_si256(_mm256_loadu_ps(tmp + (h * 8 + r) * kc + k));
+        transpose8x8_epi32(v, o);
+        for (int j = 0; j < 8; ++j) _mm256_storeu_ps(wp + (k + j) * kWopNC + h * 8, _mm256_castsi256_ps(o[j]));
+#endif
+      }
+    }
+  }
+  for (; k < kc; ++k)
+    for (std::int64_t r = 0; r < kWopNC; ++r) wp[k * kWopNC + r] = r < rows ? tmp[r * kc + k] : 0.f;
+}
+
+/// y = x W^T (+ bias) for output columns [n_begin, n_end) (n_begin a multiple of kWopNC) of all M
+/// rows, the weight's panels from pack_w(n0, k0, kc, wp): columns [n0, n0 + kWopNC) x k [k0, k0 + kc)
+/// dequantized into wp[k * kWopNC + c] (zero columns past N).
+template <class PackW, class Prefetch>
+void wop_columns(const float* x, float* y, const float* bias, std::int64_t M, std::int64_t N, std::int64_t K,
+                 std::int64_t n_begin, std::int64_t n_end, const PackW& pack_w, const Prefetch& prefetch_w) {
+  if (K == 0) {  // an empty sum: y = the bias (or zero)
+    for (std::int64_t m = 0; m < M; ++m)
+      for (std::int64_t n = n_begin; n < n_end; ++n) y[m * N + n] = bias ? bias[n] : 0.f;
+    return;
+  }
+  struct TagX;
+  struct TagW;
+  float* xp = thread_scratch<float, TagX>(static_cast<std::size_t>(std::min(M, kWopMc) * std::min(K, kWopKc)));
+  // the weight panel, then a tile's y for a partial panel, then the panel's bias zero padded
+  float* wp = thread_scratch<float, TagW>(static_cast<std::size_t>((kWopKc + kWopMR + 1) * kWopNC));
+  float* ytmp = wp + kWopKc * kWopNC;
+  float* btmp = ytmp + kWopMR * kWopNC;
+  // blocks of rows as equal as whole tiles allow (256 rows as 240 + 16 dequantized the weight a second
+  // time for 16 rows)
+  const std::int64_t mblocks = (M + kWopMc - 1) / kWopMc;
+  const std::int64_t mc = ((M + mblocks - 1) / mblocks + kWopMR - 1) / kWopMR * kWopMR;
+  for (std::int64_t m0 = 0; m0 < M; m0 += mc) {
+    const std::int64_t rows = std::min(mc, M - m0);
+    for (std::int64_t k0 = 0; k0 < K; k0 += kWopKc) {
+      const std::int64_t kc = std::min(kWopKc, K - k0);
+      const bool first = k0 == 0, last = k0 + kc == K;
+      wop_pack_x(x + m0 * K + k0, K, rows, kc, xp);
+      for (std::int64_t n0 = n_begin; n0 < n_end; n0 += kWopNC) {
+        pack_w(n0, k0, kc, wp);
+        // the next panel's codes towards L2 while this one's tiles run, a share per tile (its rows'
+        // short runs of K otherwise reach the packing as one DRAM miss after another)
+        const bool next = n0 + kWopNC < n_end;
+        const std::int64_t parts = (rows + kWopMR - 1) / kWopMR;
+        const std::int64_t nc = std::min<std::int64_t>(kWopNC, N - n0);
+        const float* b = last && bias ? bias + n0 : nullptr;
+        if (b && nc < kWopNC) {
+          for (std::int64_t c = 0; c < kWopNC; ++c) btmp[c] = c < nc ? b[c] : 0.f;
+          b = btmp;
+        }
+        for (std::int64_t t0 = 0; t0 < rows; t0 += kWopMR) {
+          const std::int64_t mr = std::min<std::int64_t>(kWopMR, rows - t0);
+          float* yt = y + (m0 + t0) * N + n0;
+          if (next) prefetch_w(n0 + kWopNC, k0, kc, t0 / kWopMR, parts);
+          if (nc == kWopNC) {
+            if (t0 + kWopMR < rows) {  // the next tile's y rows (partial sums or stores) on their way
+              const float* yn = yt + kWopMR * N;
+              for (int i = 0; i < kWopMR; ++i)
+                for (int v = 0; v < kWopNC; v += 16) _mm_prefetch(reinterpret_cast<const char*>(yn + i * N + v), _MM_HINT_T0);
+            }
+            wop_tile_fn(mr)(xp + t0 * kc, wp, kc, yt, N, first, b);
+            continue;
+          }
+          // a partial panel (N not a multiple of kWopNC): the tile through ytmp
+          for (std::int64_t i = 0; i < mr; ++i)
+            for (std::int64_t c = 0; c < kWopNC; ++c) ytmp[i * kWopNC + c] = (!first && c < nc) ? yt[i * N + c] : 0.f;
+          wop_tile_fn(mr)(xp + t0 * kc, wp, kc, ytmp, kWopNC, first, b);
+          for (std::int64_t i = 0; i < mr; ++i) std::memcpy(yt + i * N, ytmp + i * kWopNC, sizeof(float) * nc);
+        }
+      }
+    }
+  }
+}
+
+/// linear_w4_weight_only's packed GEMM. The panel layout (what qatkit.load gives) dequantizes straight
+/// into the [k][column] order: each of its dwords holds 16 rows' codes of 8 k, so a vector of them is
+/// a vector of columns (and blocked scales one load per group); the row layout goes through
+/// dequant_w4_range and wop_transpose_rows. Both give dequant_w4_bytes' bits, (float(q) - z) * s.
+inline void gemm_w4f_packed(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   struct Tag;
-  const std::int64_t KB = g.K / 2;
-  std::uint8_t* rows = thread_scratch<std::uint8_t, Tag>(static_cast<std::size_t>(g.panel ? 16 * KB : 1));
-  std::int64_t block = -1;
-  wof_columns(c, g.N, g.K, g.bias, n_begin, n_end, [&](std::int64_t n, float* row) {
-    if (!g.panel) {
-      dequant_w4_bytes(g, n, g.w + n * KB, row);
-      return;
-    }
-    if (n / 16 != block) {
-      block = n / 16;
-      w4_unpanel_block(g.w, KB, block, rows);
-    }
-    dequant_w4_bytes(g, n, rows + (n % 16) * KB, row);
-  });
+  float* tmp = thread_scratch<float, Tag>(static_cast<std::size_t>(kWopNC * kWopKc + 2 * kWopNC));
+  float* svec = tmp + kWopNC * kWopKc;  // a block's 16 scales / zeros of one group (row-layout scales)
+  float* zvec = svec + kWopNC;
+  const std::int64_t KB = g.K / 2, G = g.K / g.group, steps = (KB + 63) / 64;
+  wop_columns(g.x, g.y, g.bias, g.M, g.N, g.K, n_begin, n_end,
+              [&](std::int64_t n0, std::int64_t k0, std::int64_t kc, float* wp) {
+                const std::int64_t rows = std::min<std::int64_t>(kWopNC, g.N - n0);
+                if (!g.panel) {
+                  for (std::int64_t r = 0; r < rows; ++r) dequant_w4_range(g, n0 + r, g.w + (n0 + r) * KB, k0, k0 + kc, tmp + r * kc);
+                  wop_transpose_rows(tmp, rows, kc, wp);
+                  return;
+                }
+                for (std::int64_t h = 0; h < kWopNC / 16; ++h) {  // the panel's 16-row blocks
+                  const std::int64_t nb = n0 + 16 * h;
+                  if (nb >= g.N) {  // a block past N: zero columns
+                    for (std::int64_t k = 0; k < kc; ++k) std::memset(wp + k * kWopNC + 16 * h, 0, 16 * sizeof(float));
+                    continue;
+                  }
+                  const std::uint8_t* src = g.w + (nb / 16) * steps * 1024;
+                  for (std::int64_t kk = k0; kk < k0 + kc; kk += 32) {  // a chunk of 32 k: one group
+                    const std::int64_t gi = kk / g.group, st = kk / 128, c = (kk % 128) / 32;
+                    const float* sp;
+                    const float* zp = nullptr;
+                    if (g.blocked_scales) {
+                      sp = g.gscale + ((nb / 16) * G + gi) * 16;
+                      if (g.gzero) zp = g.gzero + ((nb / 16) * G + gi) * 16;
+                    } else {
+                      for (int r = 0; r < 16; ++r) {
+                        const bool in = nb + r < g.N;
+                        svec[r] = in ? g.gscale[(nb + r) * G + gi] : 0.f;
+                        zvec[r] = in && g.gzero ? g.gzero[(nb + r) * G + gi] : 0.f;
+                      }
+                      sp = svec;
+                      if (g.gzero) zp = zvec;
+                    }
+                    float* out = wp + (kk - k0) * kWopNC + 16 * h;
+                    const std::uint8_t* cp = src + st * 1024 + c * 4 * 64;  // dwords e = 4c .. 4c + 3
+#if defined(__AVX512F__)
+                    const __m512 s = _mm512_loadu_ps(sp), z = zp ? _mm512_loadu_ps(zp) : _mm512_setzero_ps();
+                    const __m512i low4 = _mm512_set1_epi32(15), eight = _mm512_set1_epi32(8);
+                    for (int ee = 0; ee < 4; ++ee) {
+                      const __m512i v = _mm512_loadu_si512(cp + ee * 64);
+                      for (int j = 0; j < 4; ++j) {
+                        const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(v, 8 * j), low4);
+                        const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(v, 8 * j + 4), low4);
+                        const std::int64_t k = 4 * ee + j;  // and k + 16 in the high nibbles
+                        _mm512_storeu_ps(out + k * kWopNC,
+                                         _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(lo, eight)), z), s));
+                        _mm512_storeu_ps(out + (k + 16) * kWopNC,
+                                         _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hi, eight)), z), s));
+                      }
+                    }
+#else
+                    const __m256i low4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+                    for (int half = 0; half < 2; ++half) {
+                      const __m256 s = _mm256_loadu_ps(sp + 8 * half);
+                      const __m256 z = zp ? _mm256_loadu_ps(zp + 8 * half) : _mm256_setzero_ps();
+                      for (int ee = 0; ee < 4; ++ee) {
+                        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + ee * 64 + 32 * half));
+                        for (int j = 0; j < 4; ++j) {
+                          const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(v, 8 * j), low4);
+                          const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(v, 8 * j + 4), low4);
+                          const std::int64_t k = 4 * ee + j;
+                          _mm256_storeu_ps(out + k * kWopNC + 8 * half,
+                                           _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(lo, eight)), z), s));
+                          _mm256_storeu_ps(out + (k + 16) * kWopNC + 8 * half,
+                                           _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(hi, eight)), z), s));
+                        }
+                      }
+                    }
+#endif
+                  }
+                }
+              },
+              [&](std::int64_t n0, std::int64_t k0, std::int64_t kc, std::int64_t part, std::int64_t parts) {
+                const std::int64_t rows = std::min<std::int64_t>(kWopNC, g.N - n0);
+                if (!g.panel) {  // rows of kc / 2 bytes
+                  const std::int64_t lines = (kc / 2 + 63) / 64, total = rows * lines;
+                  for (std::int64_t l = total * part / parts; l < total * (part + 1) / parts; ++l)
+                    _mm_prefetch(reinterpret_cast<const char*>(g.w + (n0 + l / lines) * KB + k0 / 2 + (l % lines) * 64),
+                                 _MM_HINT_T1);
+                  return;
+                }
+                // the panel: per 16-row block, the steps of k0 .. k0 + kc (1024 bytes each)
+                const std::int64_t s0 = k0 / 128, s1 = std::min(steps, (k0 + kc + 127) / 128);
+                const std::int64_t lines = (s1 - s0) * 16, total = (rows + 15) / 16 * lines;
+                for (std::int64_t l = total * part / parts; l < total * (part + 1) / parts; ++l)
+                  _mm_prefetch(reinterpret_cast<const char*>(g.w + ((n0 / 16) + l / lines) * steps * 1024 + s0 * 1024 +
+                                                             (l % lines) * 64),
+                               _MM_HINT_T1);
+              });
 }
 #endif
 

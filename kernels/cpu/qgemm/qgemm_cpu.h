@@ -54,17 +54,23 @@ struct QGemmKernels {
   void (*dequant_w8f)(const QGemmW8FArgs& args, std::int64_t n_begin, std::int64_t n_end, float* w) = nullptr;
   /// linear_w8_weight_only's rows from which the dequantize-then-float-GEMM path runs instead of gemm_w8f.
   std::int64_t w8f_gemm_rows = 16;
-  /// The weight-only kernels' middle path (loops.h's wof_columns: register tiles on the transposed
+  /// linear_w8_weight_only's middle path (loops.h's wof_columns: register tiles on the transposed
   /// activation rows of a WofXtArgs block, the weight dequantized a few rows at a time into L1),
-  /// output columns [n_begin, n_end); null where the table has none (baseline). It runs from the
-  /// *_xt_rows activation rows up to the *_gemm_rows ones.
+  /// output columns [n_begin, n_end); null where the table has none (baseline). It runs from
+  /// w8f_xt_rows activation rows up to w8f_gemm_rows.
   void (*gemm_w8f_xt)(const QGemmW8FArgs& args, const WofXtArgs& xt, std::int64_t n_begin,
                       std::int64_t n_end) = nullptr;
-  void (*gemm_w4f_xt)(const QGemmW4FArgs& args, const WofXtArgs& xt, std::int64_t n_begin,
-                      std::int64_t n_end) = nullptr;
-  std::int64_t w8f_xt_rows = 0, w4f_xt_rows = 0;
+  std::int64_t w8f_xt_rows = 0;
   /// The activation rows of the middle path's register tiles (WofXtArgs' panel width).
   std::int64_t wof_tile_rows = 32;
+  /// linear_w4_weight_only's packed GEMM (loops.h's wop_columns: blocks of rows and of K, the weight
+  /// dequantized panel by panel, register tiles straight into y), output columns [n_begin, n_end) of
+  /// every row, n_begin a multiple of wop_panel_cols; from w4f_packed_rows activation rows on (it
+  /// replaces both the w4 middle path and the dequantize-then-MKL path there). Null where the table
+  /// has none (baseline: gemm_w4f, then from w4f_gemm_rows the weight dequantized and MKL's GEMM).
+  void (*gemm_w4f_packed)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end) = nullptr;
+  std::int64_t w4f_packed_rows = 0;
+  std::int64_t wop_panel_cols = 32;
 };
 
 const QGemmKernels& qgemm_baseline();

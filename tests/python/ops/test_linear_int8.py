@@ -1004,10 +1004,11 @@ def test_dynamic_int8_opcheck_compile_export_and_errors():
 def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
     """Each weight dequantizes to dequantize_affine's bits (checked through a one-hot input), and
     the output is within K * 2^-24 * sum|x * w| (+ the bias's half ulp) of the float64 product on
-    each path: the kernel's in-register dequantization (below 16 rows AVX2, 32 AVX-512), the middle
-    path's tiles on transposed activations (up to 80 / 128 rows; 72 x 4096: two blocks, 64 + 8 rows
-    padded to 16), and the dequantized weight's float GEMM in blocks of rows (baseline from 256 rows;
-    the one-hot inputs of K rows take the path K falls in)."""
+    each path: the kernel's in-register dequantization (below 16 rows AVX2, 32 AVX-512), the packed
+    GEMM from there (72 x 4096: K in blocks of 512 / 256; 255 / 256 / 300 rows: two or three blocks
+    of rows; N = 13 / 19 / 30 / 50 / 520: a partial panel of 32 / 16 columns; K = 96 / 160: a panel
+    step cut short), and the dequantized weight's float GEMM in blocks of rows (baseline from 256
+    rows; the one-hot inputs of K rows take the path K falls in)."""
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=21).values()
     wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
                                group_size=gs)
@@ -1035,8 +1036,9 @@ def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
 def test_w4_weight_only_blocked_scales_give_the_row_scales_bits(M, N, K, gs, zero):
     """Scales (and zero points) in the panel's blocks (block_w4_scales) give the [N, G] layout's
     outputs bit for bit on every ISA: the row tiles of up to 12 rows (transposed activations), more
-    rows through the L1 buffer, and 260 rows on the dequantize-then-GEMM path; block n // 16, lane
-    n % 16 holds row n's scale (checked element by element against the [N, G] tensor)."""
+    rows through the L1 buffer or the packed GEMM, and 260 rows on the packed GEMM (the baseline's
+    dequantize-then-GEMM path); block n // 16, lane n % 16 holds row n's scale (checked element by
+    element against the [N, G] tensor)."""
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=23).values()
     sb, zb = ops.block_w4_scales(s), None if z is None else ops.block_w4_scales(z)
     assert sb.shape == (N // 16, K // gs, 16)
@@ -1081,38 +1083,66 @@ def test_w4_weight_only_avx2_gives_the_avx512_bits(M, zero):
         qatkit._C.set_cpu_isa(old)
 
 
-@pytest.mark.parametrize("M,N,K,gs", [(32, 20, 256, 64), (45, 37, 96, 32), (72, 13, 4096, 128)])
+def _fma_chain_reference(x, w, b):
+    """y[m, n] = fma(x[m, k], w[n, k], y) over k = 0 .. K-1 from 0, then + b[n], each step rounded to
+    float32 once (float64 holds the 48-bit product exactly; the sum is rounded to float64, then float32:
+    a double rounding that differs from one only in ties of probability ~2^-29 per step, absent from
+    these seeded cases)."""
+    xd, wd = x.double(), w.double()
+    y = torch.zeros(x.shape[0], w.shape[0], dtype=torch.float32)
+    for k in range(x.shape[1]):
+        y = (xd[:, k:k + 1] * wd[:, k].unsqueeze(0) + y.double()).float()
+    return y if b is None else y + b
+
+
+@pytest.mark.parametrize("M,N,K,gs", [(32, 20, 256, 64), (45, 37, 96, 32), (72, 13, 4096, 128), (16, 48, 640, 128),
+                                      (250, 40, 160, 32), (131, 33, 544, 32)])
 @pytest.mark.parametrize("zero", [False, True])
-def test_w4_weight_only_middle_path_avx2_gives_the_avx512_bits(M, N, K, gs, zero):
-    """From 32 up to 80 rows both SIMD tables run the middle path (register tiles of 16 / 32 rows on
-    the transposed activations, weight rows dequantized to dequantize_affine's bits): each output is
-    one fma chain in k order, so AVX2 and AVX-512 give the same bits, in both weight layouts and both
-    scale layouts, N not a multiple of either tile's 6 / 12 weight rows, with and without a bias."""
+def test_w4_weight_only_packed_gemm_is_one_fma_chain_per_output(M, N, K, gs, zero):
+    """From 16 (AVX2) / 32 (AVX-512) rows the packed GEMM: each output is one fma chain over k in
+    ascending order from zero (kept in y between blocks of K), the bias added after the sum. So AVX2
+    and AVX-512 give the same bits from 32 rows, in both weight layouts and both scale layouts, and both equal an
+    exact fma-chain reference on dequantize_affine's weights where K is small enough to run it; the
+    cases cross blocks of K (512 / 256), blocks of rows (250: 2 x 125 on AVX-512, 3 on AVX2), partial
+    panels of columns (N = 13 / 20 / 33 / 37) and short panel steps (K = 96 / 160 / 544)."""
     isas = _isas()
-    if "avx512" not in isas:
-        pytest.skip("this CPU has no AVX-512 VNNI table to compare the AVX2 tiles with (" + ", ".join(isas) + ")")
+    if "avx2" not in isas:
+        pytest.skip("this CPU has no AVX2 table, whose packed GEMM this tests (" + ", ".join(isas) + ")")
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=26).values()
     rows = ops.pack_int4_w4(q)
+    panel = ops.pack_int4_panel(rows)
     old = qatkit._C.cpu_isa()
     try:
         out = {}
-        for isa in ("avx2", "avx512"):
+        for isa in [i for i in ("avx2", "avx512") if i in isas]:
             qatkit._C.set_cpu_isa(isa)
             out[isa] = [ops.linear_w4_weight_only(x, rows, s, gs, z, b),
-                        ops.linear_w4_weight_only(x, ops.pack_int4_panel(rows), s, gs, z),
+                        ops.linear_w4_weight_only(x, panel, s, gs, z),
                         ops.linear_w4_weight_only(x[:, :], rows[:N - 1], s[:N - 1], gs, None if z is None else z[:N - 1])]
-        for a, c in zip(out["avx2"], out["avx512"]):
-            assert torch.equal(a, c)
-        assert torch.equal(out["avx2"][1] + b, out["avx2"][0])  # the bias after the sum, one rounding
+            if N % 16 == 0:
+                sb, zb = ops.block_w4_scales(s), None if z is None else ops.block_w4_scales(z)
+                out[isa].append(ops.linear_w4_weight_only(x, panel, sb, gs, zb, b))
+        if "avx512" in out and M >= 32:  # (16-31 rows: AVX-512's gemm_w4f, its own order)
+            for a, c in zip(out["avx2"], out["avx512"]):
+                assert torch.equal(a, c)
+        y = out["avx2"]
+        assert torch.equal(y[1] + b, y[0])  # the bias after the sum, one rounding
+        if N % 16 == 0:
+            assert torch.equal(y[3], y[0])
+        if K <= 640:
+            wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
+                                       group_size=gs).float()
+            assert torch.equal(y[0], _fma_chain_reference(x, wd, b))
     finally:
         qatkit._C.set_cpu_isa(old)
 
 
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_many_rows_in_weight_blocks(zero):
-    """From 256 rows (every ISA's GEMM path) the weight is dequantized in blocks of at most 8 MiB of floats, each block's
-    float GEMM writing its columns of the output in place: 528 x 4096 runs as 272 + 256 rows. Within
-    the float bound of the float64 product on every ISA, with both scale layouts giving the same bits."""
+    """256 x 528 x 4096: on the baseline table the weight is dequantized in blocks of at most 8 MiB of
+    floats, each block's float GEMM writing its columns of the output in place (272 + 256 rows); on
+    AVX2 / AVX-512 the packed GEMM (rows in 3 / 2 blocks, K in 16 / 8). Within the float bound of
+    the float64 product on every ISA, with both scale layouts giving the same bits."""
     M, N, K, gs = 256, 528, 4096, 128
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=24).values()
     wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
