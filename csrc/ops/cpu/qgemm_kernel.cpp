@@ -1148,10 +1148,11 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   g.blocked_scales = gs.dim() == 3;
   g.group = group_size;
   const auto& k = kernels::cpu::qgemm_kernels();
-  weight_only_gemm(x, y, b, g, k.w4f_gemm_rows, k.dequant_w4f, k.gemm_w4f, std::int64_t{0},
-                   static_cast<void (*)(const kernels::QGemmW4FArgs&, const kernels::WofXtArgs&, std::int64_t,
-                                        std::int64_t)>(nullptr),
-                   k.gemm_w4f_packed, k.w4f_packed_rows);
+  // the panel layout: the packed GEMM from w4f_packed_rows; the row layout: the middle path from
+  // there, the packed GEMM from w4f_gemm_rows (its panels read short runs of each row: docs/integer.md)
+  weight_only_gemm(x, y, b, g, k.w4f_gemm_rows, k.dequant_w4f, k.gemm_w4f, k.w4f_packed_rows,
+                   g.panel ? nullptr : k.gemm_w4f_xt, k.gemm_w4f_packed,
+                   g.panel ? k.w4f_packed_rows : k.w4f_gemm_rows);
   return y;
 }
 

@@ -1039,6 +1039,7 @@ const QGemmKernels* qgemm_avx2() {
     // 0.92 / 0.89x)
     t.gemm_w4f_packed = &detail::gemm_w4f_packed;  // loops.h's packed GEMM at 256 bits
     t.w4f_packed_rows = 16;
+    t.gemm_w4f_xt = &detail::gemm_w4f_xt;  // the row layout's middle path, up to kW4fGemmRows
     t.wop_panel_cols = detail::kWopNC;
     return t;
   }();

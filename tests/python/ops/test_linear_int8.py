@@ -1099,7 +1099,8 @@ def _fma_chain_reference(x, w, b):
                                       (250, 40, 160, 32), (131, 33, 544, 32)])
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_packed_gemm_is_one_fma_chain_per_output(M, N, K, gs, zero):
-    """From 16 (AVX2) / 32 (AVX-512) rows the packed GEMM: each output is one fma chain over k in
+    """From 16 (AVX2) / 32 (AVX-512) rows the packed GEMM on the panel layout (the row layout: the
+    middle path up to 80 / 64 rows, then the packed GEMM): each output is one fma chain over k in
     ascending order from zero (kept in y between blocks of K), the bias added after the sum. So AVX2
     and AVX-512 give the same bits from 32 rows, in both weight layouts and both scale layouts, and both equal an
     exact fma-chain reference on dequantize_affine's weights where K is small enough to run it; the
