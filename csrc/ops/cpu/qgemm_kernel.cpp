@@ -1024,10 +1024,10 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
 }
 
 // The weight-only ops' paths by activation rows M (the kernel table's thresholds, measured on 4096 x
-// 4096 and MiniLM's layer shapes: docs/benchmarks.md, 2026-12-03 and 2026-12-04):
+// 4096 and MiniLM's layer shapes: docs/benchmarks.md, 2026-12-03, sixth and seventh sessions):
 //   linear_w4_weight_only: below w4f_packed_rows the table's gemm_w4f (in-register dequantization);
-//     from it the packed GEMM (AVX2 / AVX-512: blocks of rows and of K, each weight panel dequantized
-//     once per block of rows into L1, register tiles straight into y); the baseline table has no
+//     from it (the row layout: from w4f_gemm_rows, the middle path between) the packed GEMM (AVX2 / AVX-512: blocks of rows and of K, each weight panel dequantized
+//     once per block of rows into a per-thread buffer, register tiles straight into y); the baseline table has no
 //     packed GEMM and runs the float-GEMM path below from w4f_gemm_rows.
 //   linear_w8_weight_only: below w8f_xt_rows gemm_w8f (lane sums); below w8f_gemm_rows the middle
 //     path (register tiles on the transposed activations); from w8f_gemm_rows the weight dequantized

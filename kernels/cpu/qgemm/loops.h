@@ -742,14 +742,13 @@ inline void gemm_w4f_xt(const QGemmW4FArgs& g, const WofXtArgs& c, std::int64_t 
 // ---------------------------------------------------------------------------------------------
 // The weight-only kernels' packed GEMM (from the table's *_gemm_rows activation rows): Goto-style
 // blocking with the dequantization in the weight packing. Per block of kWopMc activation rows and
-// kWopKc of K: the rows' slice packed into tiles of kWopMR rows ([k][MR], in L2: 480 KiB), then per
-// panel of kWopNC output columns the weight's slice dequantized into [k][NC] (32 KiB on AVX-512,
-// in L1) and register tiles of MR rows x NV vectors of columns (per k: NV loads, MR broadcasts,
+// kWopKc of K: the rows' slice packed into tiles of kWopMR rows ([k][MR], in L2), then per panel of
+// kWopNC output columns the weight's slice dequantized into [k][NC] (64 / 16 KiB) and register tiles of MR rows x NV vectors of columns (per k: NV loads, MR broadcasts,
 // MR * NV fused multiply-adds) over every tile of rows, the partial sums kept in y between blocks of
 // K. Each weight is dequantized once per kWopMc rows and no float copy of the weight reaches memory
 // (the dequantize-then-MKL path it replaces wrote and re-read 4 bytes per weight: 0.82-0.91x FP32
 // from 128 rows, 4096 x 4096). Each output is one fma chain over k in ascending order from zero, the
-// bias added after the sum: the bits of the middle path (wof_columns), on AVX2 and AVX-512 alike.
+// bias added after the sum: the middle path's (wof_columns) bits, on AVX2 and AVX-512 alike.
 // Tiles of MR rows x 2 vectors (6 x 4 and 8 x 3 on AVX-512 measured no faster).
 constexpr int kWopNV = 2;
 #if defined(__AVX512F__)
