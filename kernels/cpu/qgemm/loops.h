@@ -749,6 +749,8 @@ inline void gemm_w4f_xt(const QGemmW4FArgs& g, const WofXtArgs& c, std::int64_t 
 // (the dequantize-then-MKL path it replaces wrote and re-read 4 bytes per weight: 0.82-0.91x FP32
 // from 128 rows, 4096 x 4096). Each output is one fma chain over k in ascending order from zero, the
 // bias added after the sum: the middle path's (wof_columns) bits, on AVX2 and AVX-512 alike.
+// Each thread packs the activation slice itself (no barrier between the threads): the same M x K
+// transposes once per thread, against N / threads fused multiply-adds per packed element.
 // Tiles of MR rows x 2 vectors (6 x 4 and 8 x 3 on AVX-512 measured no faster).
 constexpr int kWopNV = 2;
 #if defined(__AVX512F__)
