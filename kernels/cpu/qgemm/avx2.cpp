@@ -736,51 +736,69 @@ void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
 
 // Below kW4fDirectRows activation rows: AVX-512's w4f_direct on 8 lanes. A 16-row panel block
 // (pack_int4_panel's, or a row-layout block rearranged into it) runs as two halves of 8 weight rows, one row per lane;
-// each code is dequantized in registers to the same float as there, (q - 8) - z: the nibble of
-// v ^ 0x88888888, sign-extended by two shifts, is q - 8, then one conversion and one subtraction.
+// each code is dequantized in registers to the same float as there, (q - 8) - z, in one of two ways:
+// D = 0: the nibble of v ^ 0x88888888, sign-extended by two shifts, is q - 8, then one conversion;
+// D = 1: the nibble q, shifted down and masked, or-ed into the bits of 2^23 is the float 2^23 + q,
+// and one subtraction of 2^23 + 8 leaves q - 8 (exact: both operands are integers below 2^24). D = 1
+// trades two shifts and a conversion (Intel: ports 0 / 1, those of the FMAs) for a shift, two
+// logic operations and an add (ports 0 / 1 / 5).
 // Each row's FMAs run in the AVX-512 kernel's order (NA chains per row: 1 in its tiles of 12 and 8
 // rows, 8 / MR in its tiles of 4 / 2 / 1; each group on the unscaled codes, folded in by one FMA
 // with its scales), so up to 12 rows (where AVX-512 runs these tiles too) both ISAs give the same
-// bits. With 16 ymm registers MR * NA <= 8 here: a
-// 12-row tile runs as 8 + 4 rows (the rows' own chains unchanged), and the folded sums live in an
-// L1 buffer (acc: [MR][NA][8]).
-template <int MR, int NA, bool Z>
-void w4f_direct8(const QGemmW4FArgs& g, std::int64_t m, const std::int32_t* panel, int h, const float* sc,
+// bits. With 16 ymm registers MR * NA <= 8 here, or one chain for each of 12 rows (12 accumulators,
+// the code vector, the weight and a broadcast); the folded sums live in an L1 buffer (acc: [MR][NA][8]).
+// Measured (2026-12-03, Intel Xeon model 207 with the AVX2 table, one thread, 384 x 1536 / 1536 x
+// 384, hot cache, against AVX2-restricted MKL in the same run; docs/benchmarks.md): 12 rows as one
+// tile with D = 1 1.34-1.47x FP32, against 1.05-1.13x as tiles of 8 + 4 rows with D = 0 (that 4-row
+// tile has 4 chains, latency-bound) and 0.93-0.95x as one tile with D = 0; 8 rows D = 0 1.45-1.50x,
+// D = 1 1.14-1.18x; the tiles of 4 / 2 / 1 rows 2.13 / 2.36 / 1.10x with D = 1, 1.75 / 2.05 / 0.98x
+// with D = 0. Each tile is its own function (noinline): inlined into w4f_direct_block, 12 rows ran
+// 1.07-1.12x FP32, against 1.16-1.24x as a function in the next run (separate processes).
+template <int MR, int NA, bool Z, int D = 0>
+__attribute__((noinline)) void w4f_direct8(const QGemmW4FArgs& g, std::int64_t m, const std::int32_t* panel, int h, const float* sc,
                  const float* zc, float* acc, float* out) {
-  static_assert(MR * NA <= 8, "16 ymm registers");
+  static_assert(MR * NA <= 8 || (MR == 12 && NA == 1), "16 ymm registers");
   const std::int64_t gc = g.group / 32, G = g.K / g.group;
   const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x88888888u));
   const float* xp[MR];
-  #pragma GCC unroll 8
+  #pragma GCC unroll 12
   for (int i = 0; i < MR; ++i) xp[i] = g.x + (m + i) * g.K;
   for (int i = 0; i < MR * NA; ++i) _mm256_storeu_ps(acc + i * 8, _mm256_setzero_ps());
   for (std::int64_t gi = 0; gi < G; ++gi) {
     __m256 part[MR][NA];
-    #pragma GCC unroll 8
+    #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i)
-      #pragma GCC unroll 8
+      #pragma GCC unroll 12
       for (int c = 0; c < NA; ++c) part[i][c] = _mm256_setzero_ps();
     const __m256 z = Z ? _mm256_loadu_ps(zc + gi * 16 + h * 8) : _mm256_setzero_ps();
     for (std::int64_t ci = gi * gc; ci < (gi + 1) * gc; ++ci) {
       const std::int32_t* t = panel + ((ci / 4) * 16 + (ci % 4) * 4) * 16 + h * 8;
       #pragma GCC unroll 4
       for (int e = 0; e < 4; ++e) {
-        const __m256i v = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + e * 16)), flip);
-        #pragma GCC unroll 8
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + e * 16));
+        const __m256i v = D == 0 ? _mm256_xor_si256(raw, flip) : raw;
+        #pragma GCC unroll 12
         for (int jh = 0; jh < 8; ++jh) {  // byte j = jh / 2: k = 32 ci + 4e + j (low nibble), k + 16 (high)
           const int j = jh / 2, hi = jh % 2;
-          __m256 w = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 28 - 8 * j - 4 * hi), 28));
+          __m256 w;
+          if (D == 0) {
+            w = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 28 - 8 * j - 4 * hi), 28));
+          } else {
+            const __m256i q = _mm256_and_si256(_mm256_srli_epi32(v, 8 * j + 4 * hi), _mm256_set1_epi32(0xF));
+            w = _mm256_sub_ps(_mm256_castsi256_ps(_mm256_or_si256(q, _mm256_set1_epi32(0x4B000000))),
+                              _mm256_set1_ps(8388616.f));
+          }
           if (Z) w = _mm256_sub_ps(w, z);
           const std::int64_t k = ci * 32 + 4 * e + j + 16 * hi;
-          #pragma GCC unroll 8
+          #pragma GCC unroll 12
           for (int i = 0; i < MR; ++i) part[i][jh % NA] = _mm256_fmadd_ps(w, _mm256_broadcast_ss(xp[i] + k), part[i][jh % NA]);
         }
       }
     }
     const __m256 s = _mm256_loadu_ps(sc + gi * 16 + h * 8);
-    #pragma GCC unroll 8
+    #pragma GCC unroll 12
     for (int i = 0; i < MR; ++i)
-      #pragma GCC unroll 8
+      #pragma GCC unroll 12
       for (int c = 0; c < NA; ++c) {
         float* a = acc + (i * NA + c) * 8;
         _mm256_storeu_ps(a, _mm256_fmadd_ps(part[i][c], s, _mm256_loadu_ps(a)));
@@ -794,19 +812,21 @@ void w4f_direct8(const QGemmW4FArgs& g, std::int64_t m, const std::int32_t* pane
 }
 
 // The activation rows over one 16-row block, into out[M][16] (bias added, lanes past nr dropped, by
-// the caller): the AVX-512 kernel's register tiles of 12 and 8 rows (one chain per row) as tiles of
-// 8 / 4 rows here, its tiles of 4 / 2 / 1 rows (2 / 4 / 8 chains) as they are.
+// the caller): the AVX-512 kernel's register tiles (12 and 8 rows: one chain per row; 4 / 2 / 1
+// rows: 2 / 4 / 8 chains) as they are.
 template <bool Z>
 void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const float* sc, const float* zc,
                       float* acc, float* out) {
   const std::int64_t one_chain = g.M / 12 * 12 + g.M % 12 / 8 * 8;  // rows AVX-512 runs in tiles of 12 and 8
   for (int h = 0; h < 2; ++h) {
     std::int64_t m = 0;
-    for (; m + 8 <= one_chain; m += 8) w4f_direct8<8, 1, Z>(g, m, panel, h, sc, zc, acc, out);
-    for (; m + 4 <= one_chain; m += 4) w4f_direct8<4, 1, Z>(g, m, panel, h, sc, zc, acc, out);
-    for (; m + 4 <= g.M; m += 4) w4f_direct8<4, 2, Z>(g, m, panel, h, sc, zc, acc, out);
-    for (; m + 2 <= g.M; m += 2) w4f_direct8<2, 4, Z>(g, m, panel, h, sc, zc, acc, out);
-    for (; m < g.M; ++m) w4f_direct8<1, 8, Z>(g, m, panel, h, sc, zc, acc, out);
+    // the 12-row tile and the tiles of 4 / 2 / 1 rows with D = 1, the 8-row tile with D = 0 (the
+    // faster of the two for each: w4f_direct8's comment)
+    for (; m + 12 <= one_chain; m += 12) w4f_direct8<12, 1, Z, 1>(g, m, panel, h, sc, zc, acc, out);
+    for (; m + 8 <= one_chain; m += 8) w4f_direct8<8, 1, Z, 0>(g, m, panel, h, sc, zc, acc, out);
+    for (; m + 4 <= g.M; m += 4) w4f_direct8<4, 2, Z, 1>(g, m, panel, h, sc, zc, acc, out);
+    for (; m + 2 <= g.M; m += 2) w4f_direct8<2, 4, Z, 1>(g, m, panel, h, sc, zc, acc, out);
+    for (; m < g.M; ++m) w4f_direct8<1, 8, Z, 1>(g, m, panel, h, sc, zc, acc, out);
   }
 }
 
@@ -824,11 +844,11 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   if (g.M < kW4fDirectRows) {
     const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
     float* const scratch =
-        detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 8 * 8 + g.M * 16));
+        detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 12 * 8 + g.M * 16));
     float* const sct = scratch;                // a [N, G] layout's block scales, [G][16]
     float* const zct = sct + G * 16;           // and zero points
-    float* const acc = zct + G * 16;           // w4f_direct8's folded sums (MR * NA <= 8 vectors)
-    float* const out = acc + 8 * 8;            // the block's outputs [M][16]
+    float* const acc = zct + G * 16;           // w4f_direct8's folded sums (MR * NA <= 12 vectors)
+    float* const out = acc + 12 * 8;            // the block's outputs [M][16]
     std::int32_t* const pbuf =
         detail::thread_scratch<std::int32_t, W4fDirectScratch>(static_cast<std::size_t>(g.panel ? 0 : steps * 256));
     for (std::int64_t n = n_begin; n < n_end; n += 16) {

@@ -1060,8 +1060,10 @@ def test_w4_weight_only_blocked_scales_give_the_row_scales_bits(M, N, K, gs, zer
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_avx2_gives_the_avx512_bits(M, zero):
     """Up to 12 activation rows the AVX2 kernel runs each row's FMAs in the AVX-512 kernel's order
-    (its tiles of 12 / 8 rows as 8 / 4 here, the chains per row unchanged) on the same dequantized
-    floats, so the two ISAs give the same bits, in both weight layouts and both scale layouts."""
+    (its register tiles of 12 / 8 / 4 / 2 / 1 rows, the same chains per row) on the same dequantized
+    floats (AVX2 makes them by either of two exact routes), so the two ISAs give the same bits, in
+    both weight layouts and both scale layouts. (From 13 rows AVX-512 sums in an L1 buffer of
+    dequantized weights, in another order.)"""
     isas = _isas()
     if "avx512" not in isas:
         pytest.skip("this CPU has no AVX-512 VNNI table to compare the AVX2 kernel with (" + ", ".join(isas) + ")")
