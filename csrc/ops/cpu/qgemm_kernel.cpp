@@ -1024,11 +1024,13 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
 }
 
 // The weight-only ops' paths by activation rows M (the kernel table's thresholds, measured on 4096 x
-// 4096 and MiniLM's layer shapes: docs/benchmarks.md, 2026-12-03, sixth and seventh sessions):
+// 4096 and MiniLM's layer shapes: docs/benchmarks.md, 2026-12-03, sixth to eighth sessions):
 //   linear_w4_weight_only: below w4f_packed_rows the table's gemm_w4f (in-register dequantization);
-//     from it (the row layout: from w4f_gemm_rows, the middle path between) the packed GEMM (AVX2 / AVX-512: blocks of rows and of K, each weight panel dequantized
-//     once per block of rows into a per-thread buffer, register tiles straight into y); the baseline table has no
-//     packed GEMM and runs the float-GEMM path below from w4f_gemm_rows.
+//     from it (the row layout: from w4f_gemm_rows, the middle path between) the packed GEMM (AVX2:
+//     blocks of rows and of K, each weight panel dequantized once per block of rows into a
+//     per-thread buffer, register tiles straight into y). The baseline and AVX-512 tables have no
+//     packed GEMM: gemm_w4f below w4f_gemm_rows (AVX-512: its register tiles for every row count,
+//     either layout), the float-GEMM path below from there.
 //   linear_w8_weight_only: below w8f_xt_rows gemm_w8f (lane sums); below w8f_gemm_rows the middle
 //     path (register tiles on the transposed activations); from w8f_gemm_rows the weight dequantized
 //     block by block and the float GEMM (MKL) on each block. (The packed GEMM on int8 rows ran

@@ -1052,13 +1052,15 @@ const QGemmKernels* qgemm_avx2() {
     // sums run 2.2x there and keep rows 8-11, so those rows' bits differ between the two tables)
     t.w8f_xt_rows = 8;
     t.wof_tile_rows = detail::kWofRows;
-    // linear_w4_weight_only: the packed GEMM from 16 rows, in place of the middle path and the
-    // dequantize-then-MKL path (4096 x 4096, MKL at AVX2, against FP32 in the same run: 12 rows
-    // gemm_w4f 1.44x, packed 1.47x; 16 / 32 / 64 / 128 / 256 rows packed 1.33 / 1.14 / 1.00 / 0.97 /
-    // 0.91x, middle path 1.25 / 1.10 / 1.01 / 0.87 / 0.88x, dequantize-then-MKL 0.81 / 0.86 / 0.85 /
-    // 0.92 / 0.89x)
+    // linear_w4_weight_only: the packed GEMM from 14 rows, in place of the middle path and the
+    // dequantize-then-MKL path (4096 x 4096, MKL at AVX2, against FP32 in the same run: 16 / 32 / 64 /
+    // 128 / 256 rows packed 1.33 / 1.14 / 1.00 / 0.97 / 0.91x, middle path 1.25 / 1.10 / 1.01 / 0.87 /
+    // 0.88x, dequantize-then-MKL 0.81 / 0.86 / 0.85 / 0.92 / 0.89x; gemm_w4f's register tiles 1.26 /
+    // 0.99 / 0.99 / 0.80 / 0.79x against packed 1.23 / 1.12 / 1.06 / 0.98 / 0.91x in another run).
+    // Below it gemm_w4f: 12 / 13 / 14 / 15 rows 1.55 / 1.45 / 1.22 / 1.12x against packed 1.38 / 1.35
+    // / 1.25 / 1.32x (2026-12-03, eighth session: its 12-row tile).
     t.gemm_w4f_packed = &detail::gemm_w4f_packed;  // loops.h's packed GEMM at 256 bits
-    t.w4f_packed_rows = 16;
+    t.w4f_packed_rows = 14;
     t.gemm_w4f_xt = &detail::gemm_w4f_xt;  // the row layout's middle path, up to kW4fGemmRows
     t.wop_panel_cols = detail::kWopNC;
     return t;

@@ -1013,43 +1013,7 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
 
 // ---------------------------------------------------------------- weight-only W4 (float activations)
 
-// Blocks of 16 weight rows in the panel order (pack_int4_panel's, or the row layout transposed once
-// per block, as W4A8's),
-// one row per lane. Every weight is dequantized as the baseline does, (float(q) - z) * s in float32
-// (q read exactly from a 16-entry table by vpermps on the nibble), 256 weights of K at a time into an
-// L1 buffer [k][16 rows]; then each activation row's FMAs run on that buffer with x[m, k] broadcast,
-// rows in tiles of 8 (independent FMA chains). A float kernel: its own summation order (sequential in
-// k per output), within docs/integer.md's bound.
-template <int MR>
-void w4f_tile(const QGemmW4FArgs& g, std::int64_t m, std::int64_t kc, std::int64_t len, const float* wd, float* acc) {
-  constexpr int NA = MR >= 8 ? 1 : 8 / MR;  // FMA chains per row: eight in flight hide the FMA latency
-  __m512 a[MR][NA];
-  #pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) {
-    a[i][0] = _mm512_loadu_ps(acc + (m + i) * 16);
-    #pragma GCC unroll 8
-    for (int c = 1; c < NA; ++c) a[i][c] = _mm512_setzero_ps();
-  }
-  const float* xp[MR];
-  #pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) xp[i] = g.x + (m + i) * g.K + kc;
-  for (std::int64_t k = 0; k < len; k += NA) {  // len is a multiple of 32
-    #pragma GCC unroll 8
-    for (int c = 0; c < NA; ++c) {
-      const __m512 w = _mm512_loadu_ps(wd + (k + c) * 16);
-      #pragma GCC unroll 12
-      for (int i = 0; i < MR; ++i) a[i][c] = _mm512_fmadd_ps(w, _mm512_set1_ps(xp[i][k + c]), a[i][c]);
-    }
-  }
-  #pragma GCC unroll 12
-  for (int i = 0; i < MR; ++i) {
-    #pragma GCC unroll 8
-    for (int c = 1; c < NA; ++c) a[i][0] = _mm512_add_ps(a[i][0], a[i][c]);
-    _mm512_storeu_ps(acc + (m + i) * 16, a[i][0]);
-  }
-}
-
-// Up to 12 activation rows: the weight codes are dequantized in registers (eight 16-row vectors per
+// The register tiles: the weight codes are dequantized in registers (eight 16-row vectors per
 // 64-byte panel step: float(q) from a 16-entry table, minus the zero point) and go straight into the
 // FMAs, no L1 round trip; rows in tiles of 12 / 8 / 4 / 2 / 1, with 8 / MR FMA chains per row below
 // 8 rows. The tile's activations come transposed, xt[k * MR + i] (w4f_transpose_tile), so the MR
@@ -1145,19 +1109,21 @@ inline void w4f_direct_rows(const QGemmW4FArgs& g, const float* xt, std::int64_t
 
 // The weight's 16-row blocks (the panel, or the row layout transposed per block), each block's scales
 // (and zero points) as 16-lane vectors per group: the blocked layout's own (g.blocked_scales), or
-// transposed from [N, G] per block.
+// transposed from [N, G] per block; every activation row in the register tiles (w4f_direct_rows), the
+// tiles' rows transposed once per call into this thread's scratch (M * K floats: the op calls gemm_w4f
+// below w4f_gemm_rows only, 384 rows). The tiles replaced an L1 buffer of dequantized weights from
+// 13 rows and the packed GEMM (loops.h) from 32: 4096 x 4096, DRAM regime, 2 threads, against FP32
+// in the same run, 16 / 32 / 64 / 128 / 256 rows ran 2.56 / 1.85 / 1.33 / 1.11 / 0.94x on the
+// tiles, against the buffer's 1.38x at 16 and the packed GEMM's 1.35 / 1.20 / 0.99 / 0.86 / 0.73x;
+// MiniLM's layer shapes, hot: 1.07-1.22x at 64-96 rows, 0.97-1.09x at 128 (packed 0.79-0.95x).
 void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
-  constexpr std::int64_t kChunk = 256;  // 256 x 16 dequantized weights: 16 KiB in L1
   std::vector<std::int32_t> buf(static_cast<std::size_t>(g.panel ? 0 : steps * 256));  // the row layout's block, transposed
   const std::size_t nsc = static_cast<std::size_t>(g.blocked_scales ? 0 : G * 16);
   std::vector<float> scb(nsc), zcb(g.gzero ? nsc : 0);
-  // the L1 buffer and the accumulators of more than 12 rows (not allocated, nor zeroed, for fewer)
-  std::vector<float> wd(static_cast<std::size_t>(g.M > 12 ? kChunk * 16 : 0));
-  std::vector<float> acc(static_cast<std::size_t>(g.M > 12 ? g.M * 16 : 0));
-  // up to 12 rows: the row tiles transposed once per call (xt[m * K + k * MR + i] for the tile at m)
-  float* xt = detail::thread_scratch<float, struct W4fRows>(static_cast<std::size_t>(g.M <= 12 ? g.M * g.K : 0));
-  if (g.M <= 12) {
+  // the tiles' rows transposed (xt[m * K + k * MR + i] for the tile at m; 1-row tiles read x)
+  float* xt = detail::thread_scratch<float, struct W4fRows>(static_cast<std::size_t>(g.M * g.K));
+  {
     std::int64_t m = 0;
     for (const int mr : {12, 8, 4, 2}) {
       for (; m + mr <= g.M; m += mr) w4f_transpose_tile(g.x + m * g.K, g.K, mr, xt + m * g.K);
@@ -1181,45 +1147,8 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
       transpose_rows_f32(g.gscale, G, n, nr, scb.data());
       if (g.gzero) transpose_rows_f32(g.gzero, G, n, nr, zcb.data());
     }
-    if (g.M <= 12) {
-      // the next block's scales, prefetched group by group: either layout's block starts (n + 16) * G floats in
-      w4f_direct_rows(g, xt, n, nr, panel, sc, zc, lut, detail::NextBlockScales(g.gscale, G, n, n_end));
-      continue;
-    }
-    std::fill(acc.begin(), acc.end(), 0.f);
-    for (std::int64_t kc = 0; kc < g.K; kc += kChunk) {
-      const std::int64_t len = std::min(kChunk, g.K - kc);
-      for (std::int64_t ci = kc / 32; ci < (kc + len) / 32; ++ci) {  // dequantize 32 weights of 16 rows
-        const std::int64_t gi = ci * 32 / g.group;
-        const __m512 s = _mm512_loadu_ps(sc + gi * 16);
-        const __m512 z = g.gzero ? _mm512_loadu_ps(zc + gi * 16) : _mm512_setzero_ps();
-        const std::int32_t* t = panel + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
-        float* out = wd.data() + (ci * 32 - kc) * 16;
-        #pragma GCC unroll 4
-        for (int e = 0; e < 4; ++e) {
-          const __m512i v = _mm512_loadu_si512(t + e * 16);
-          #pragma GCC unroll 4
-          for (int j = 0; j < 4; ++j) {
-            const __m512 qlo = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j), lut);      // k = 4e + j
-            const __m512 qhi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 8 * j + 4), lut);  // k + 16
-            _mm512_storeu_ps(out + (4 * e + j) * 16, _mm512_mul_ps(g.gzero ? _mm512_sub_ps(qlo, z) : qlo, s));
-            _mm512_storeu_ps(out + (16 + 4 * e + j) * 16, _mm512_mul_ps(g.gzero ? _mm512_sub_ps(qhi, z) : qhi, s));
-          }
-        }
-      }
-      std::int64_t m = 0;
-      for (; m + 12 <= g.M; m += 12) w4f_tile<12>(g, m, kc, len, wd.data(), acc.data());
-      for (; m + 8 <= g.M; m += 8) w4f_tile<8>(g, m, kc, len, wd.data(), acc.data());
-      for (; m + 4 <= g.M; m += 4) w4f_tile<4>(g, m, kc, len, wd.data(), acc.data());
-      for (; m < g.M; ++m) w4f_tile<1>(g, m, kc, len, wd.data(), acc.data());
-    }
-    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-    const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
-    for (std::int64_t m = 0; m < g.M; ++m) {
-      __m512 y = _mm512_loadu_ps(acc.data() + m * 16);
-      if (g.bias) y = _mm512_add_ps(y, b);
-      _mm512_mask_storeu_ps(g.y + m * g.N + n, mask, y);
-    }
+    // the next block's scales, prefetched group by group: either layout's block starts (n + 16) * G floats in
+    w4f_direct_rows(g, xt, n, nr, panel, sc, zc, lut, detail::NextBlockScales(g.gscale, G, n, n_end));
   }
 }
 
@@ -1229,16 +1158,15 @@ const QGemmKernels* qgemm_avx512() {
   static const QGemmKernels k = [] {
     QGemmKernels t = *qgemm_avx2();  // activation quantization
     t.gemm_w4f = &gemm_w4f;
-    // linear_w4_weight_only: gemm_w4f below 32 rows, the packed GEMM from 32 (4096 x 4096, DRAM
-    // regime, 2 threads, against FP32 in the same run: 16-28 rows gemm_w4f 1.44-1.71x, packed 1.30-1.50x;
-    // 32 / 48 / 64 / 96 / 128 / 256 rows packed 1.63 / 1.18 / 1.08 / 1.10 / 1.06 / 0.93x against the
-    // middle path's 1.52 / 0.99 / 1.04 / 0.90 / 0.90 / 0.78x and dequantize-then-MKL's 0.49 / 0.52 /
-    // 0.75 / 0.78 / 0.82 / 0.84x)
-    t.w4f_packed_rows = 32;
-    // the row layout: the middle path from 32 rows, the packed GEMM from 64 (32 / 64 / 128 / 256 rows:
-    // middle path 1.27 / 0.76x, packed 0.79 / 0.87 / 0.88 / 0.84x)
-    t.w4f_gemm_rows = 64;
-    t.gemm_w4f_xt = &detail::gemm_w4f_xt;
+    // linear_w4_weight_only: gemm_w4f's register tiles below 384 rows on both layouts (its comment),
+    // then dequantize-then-MKL (MiniLM's layer shapes, hot, against FP32 in the same run: 416 rows
+    // tiles 0.83-0.91x, MKL path 0.84-0.88x; 1024 rows 0.72-0.83x against 0.86-0.95x); no packed GEMM
+    // nor middle path (the row layout, 4096 x 4096, DRAM regime: 32 / 64 / 128 / 256 rows tiles
+    // 1.53 / 1.19 / 1.04 / 0.94x, middle path then packed GEMM 1.17 / 0.79 / 0.91 / 0.84x)
+    t.w4f_gemm_rows = 384;
+    t.gemm_w4f_packed = nullptr;  // the AVX2 table's (t's): loops.h's packed GEMM, AVX2's alone
+    t.w4f_packed_rows = 0;
+    t.gemm_w4f_xt = nullptr;
     t.gemm_s8 = &gemm_s8;
     t.gemm_w4 = &gemm_w4;
     t.gemm_t2 = &gemm_t2;
@@ -1253,8 +1181,6 @@ const QGemmKernels* qgemm_avx512() {
     t.w8f_xt_rows = 12;
     t.gemm_w8f_xt = &detail::gemm_w8f_xt;  // loops.h's tiles at 512 bits
     t.wof_tile_rows = detail::kWofRows;
-    t.gemm_w4f_packed = &detail::gemm_w4f_packed;  // loops.h's packed GEMM at 512 bits
-    t.wop_panel_cols = detail::kWopNC;
     // XNOR: vpopcntq where the CPU has it, else the AVX2 table's kernel (t's already)
     if (__builtin_cpu_supports("avx512vpopcntdq")) t.gemm_xnor = &gemm_xnor;
     return t;

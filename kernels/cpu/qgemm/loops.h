@@ -740,36 +740,30 @@ inline void gemm_w4f_xt(const QGemmW4FArgs& g, const WofXtArgs& c, std::int64_t 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The weight-only kernels' packed GEMM (from the table's *_gemm_rows activation rows): Goto-style
+// The AVX2 table's packed GEMM for linear_w4_weight_only (from its w4f_packed_rows; AVX-512's
+// register tiles, avx512.cpp's gemm_w4f, outran it at every row count measured on that ISA: its
+// 12 x 32 tile was 2026-12-03's seventh session's, removed in the eighth). Goto-style
 // blocking with the dequantization in the weight packing. Per block of kWopMc activation rows and
 // kWopKc of K: the rows' slice packed into tiles of kWopMR rows ([k][MR], in L2), then per panel of
-// kWopNC output columns the weight's slice dequantized into [k][NC] (64 / 16 KiB) and register tiles of MR rows x NV vectors of columns (per k: NV loads, MR broadcasts,
+// kWopNC output columns the weight's slice dequantized into [k][NC] (16 KiB) and register tiles
+// of MR rows x NV vectors of columns (per k: NV loads, MR broadcasts,
 // MR * NV fused multiply-adds) over every tile of rows, the partial sums kept in y between blocks of
 // K. Each weight is dequantized once per kWopMc rows and no float copy of the weight reaches memory
 // (the dequantize-then-MKL path it replaces wrote and re-read 4 bytes per weight: 0.82-0.91x FP32
 // from 128 rows, 4096 x 4096). Each output is one fma chain over k in ascending order from zero, the
-// bias added after the sum: the middle path's (wof_columns) bits, on AVX2 and AVX-512 alike.
+// bias added after the sum: the middle path's (wof_columns) bits.
 // Each thread packs the activation slice itself (no barrier between the threads): the same M x K
 // transposes once per thread, against N / threads fused multiply-adds per packed element.
-// Tiles of MR rows x 2 vectors (6 x 4 and 8 x 3 on AVX-512 measured no faster).
+// Tiles of MR rows x 2 vectors.
+#if !defined(__AVX512F__)
 constexpr int kWopNV = 2;
-#if defined(__AVX512F__)
-constexpr int kWopMR = 12;  // 24 accumulators + 2 weight vectors + 1 broadcast of 32 zmm
-#else
 constexpr int kWopMR = 6;   // 12 + 2 + 1 of 16 ymm
-#endif
-constexpr int kWopNC = kWopNV * WofVec::L;   // output columns per panel: 32 (AVX-512) / 16 (AVX2)
-// K and rows per block: the rows' packed slice (AVX-512: 240 x 512 floats, 480 KiB; AVX2: 120 x 256,
-// 120 KiB, for the 512 KiB L2 of AMD's AVX2 parts) within a quarter to half of L2, the weight panel
-// 64 / 16 KiB. K blocks are a multiple of 128 (a w4 panel's step). Within the VM's noise (+-10 %
-// between runs) 480-960 rows and 256-512 of K measured alike on 4096 x 4096.
-#if defined(__AVX512F__)
-constexpr std::int64_t kWopKc = 512;
-constexpr std::int64_t kWopMc = 240;
-#else
+constexpr int kWopNC = kWopNV * WofVec::L;   // output columns per panel: 16
+// K and rows per block: the rows' packed slice (120 x 256 floats, 120 KiB, for the 512 KiB L2 of
+// AMD's AVX2 parts) within a quarter of L2, the weight panel 16 KiB. K blocks are a multiple of 128
+// (a w4 panel's step).
 constexpr std::int64_t kWopKc = 256;
 constexpr std::int64_t kWopMc = 120;
-#endif
 
 /// y[i * ldy + c] (i < MR, c < kWopNC) = (first ? 0 : y[i * ldy + c]) + sum_{k < kc} xp[k * MR + i] *
 /// wp[k * kWopNC + c], one fma per k in ascending order; + bias[c] when bias is non-null (the last block).
@@ -816,7 +810,7 @@ inline WopTileFn wop_tile_fn(std::int64_t mr) {
 
 /// Rows [0, rows) x k [0, kc) of x (row stride K) into tiles of kWopMR rows: the tile of rows t0 ..
 /// t0 + mr at xp + t0 * kc, element [k * mr + i].
-/// Vectorized: 16 x 16 (AVX-512) / 8 x 8 (AVX2) dword transposes, mr of the lanes stored (the scalar
+/// Vectorized: 8 x 8 dword transposes, mr of the lanes stored (the scalar
 /// copy cost 25 % of a 384-column layer's time: per activation element there are only N / 2 fmas).
 inline void wop_pack_x(const float* x, std::int64_t K, std::int64_t rows, std::int64_t kc, float* xp) {
   constexpr int L = WofVec::L;
@@ -825,16 +819,6 @@ inline void wop_pack_x(const float* x, std::int64_t K, std::int64_t rows, std::i
     float* d = xp + t0 * kc;
     const float* src = x + t0 * K;
     std::int64_t k = 0;
-#if defined(__AVX512F__)
-    const __mmask16 mask = static_cast<__mmask16>((1u << mr) - 1);
-    for (; k + L <= kc; k += L) {
-      __m512i v[16], o[16];
-      for (int r = 0; r < 16; ++r)
-        v[r] = r < mr ? _mm512_castps_si512(_mm512_loadu_ps(src + r * K + k)) : _mm512_setzero_si512();
-      transpose16x16_epi32(v, o);
-      for (int j = 0; j < 16; ++j) _mm512_mask_storeu_ps(d + (k + j) * mr, mask, _mm512_castsi512_ps(o[j]));
-    }
-#else
     alignas(32) std::int32_t lanes[8];
     for (int r = 0; r < 8; ++r) lanes[r] = r < mr ? -1 : 0;
     const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
@@ -845,31 +829,23 @@ inline void wop_pack_x(const float* x, std::int64_t K, std::int64_t rows, std::i
       transpose8x8_epi32(v, o);
       for (int j = 0; j < 8; ++j) _mm256_maskstore_ps(d + (k + j) * mr, mask, _mm256_castsi256_ps(o[j]));
     }
-#endif
     for (; k < kc; ++k)
       for (int i = 0; i < mr; ++i) d[k * mr + i] = src[i * K + k];
   }
 }
 
 /// rows x kc floats (row r at tmp + r * kc; rows <= kWopNC) into the panel wp[k * kWopNC + r], the
-/// columns from rows on zero: 16 x 16 (AVX-512) / 8 x 8 (AVX2) dword transposes, the k tail by element.
+/// columns from rows on zero: 8 x 8 dword transposes, the k tail by element.
 inline void wop_transpose_rows(const float* tmp, std::int64_t rows, std::int64_t kc, float* wp) {
   constexpr int L = WofVec::L;
   std::int64_t k = 0;
   if (rows == kWopNC) {
     for (; k + L <= kc; k += L) {
       for (int h = 0; h < kWopNV; ++h) {
-#if defined(__AVX512F__)
-        __m512i v[16], o[16];
-        for (int r = 0; r < 16; ++r) v[r] = _mm512_castps_si512(_mm512_loadu_ps(tmp + (h * 16 + r) * kc + k));
-        transpose16x16_epi32(v, o);
-        for (int j = 0; j < 16; ++j) _mm512_storeu_ps(wp + (k + j) * kWopNC + h * 16, _mm512_castsi512_ps(o[j]));
-#else
         __m256i v[8], o[8];
         for (int r = 0; r < 8; ++r) v[r] = _mm256_castps_si256(_mm256_loadu_ps(tmp + (h * 8 + r) * kc + k));
         transpose8x8_epi32(v, o);
         for (int j = 0; j < 8; ++j) _mm256_storeu_ps(wp + (k + j) * kWopNC + h * 8, _mm256_castsi256_ps(o[j]));
-#endif
       }
     }
   }
@@ -984,22 +960,6 @@ inline void gemm_w4f_packed(const QGemmW4FArgs& g, std::int64_t n_begin, std::in
                     }
                     float* out = wp + (kk - k0) * kWopNC + 16 * h;
                     const std::uint8_t* cp = src + st * 1024 + c * 4 * 64;  // dwords e = 4c .. 4c + 3
-#if defined(__AVX512F__)
-                    const __m512 s = _mm512_loadu_ps(sp), z = zp ? _mm512_loadu_ps(zp) : _mm512_setzero_ps();
-                    const __m512i low4 = _mm512_set1_epi32(15), eight = _mm512_set1_epi32(8);
-                    for (int ee = 0; ee < 4; ++ee) {
-                      const __m512i v = _mm512_loadu_si512(cp + ee * 64);
-                      for (int j = 0; j < 4; ++j) {
-                        const __m512i lo = _mm512_and_si512(_mm512_srli_epi32(v, 8 * j), low4);
-                        const __m512i hi = _mm512_and_si512(_mm512_srli_epi32(v, 8 * j + 4), low4);
-                        const std::int64_t k = 4 * ee + j;  // and k + 16 in the high nibbles
-                        _mm512_storeu_ps(out + k * kWopNC,
-                                         _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(lo, eight)), z), s));
-                        _mm512_storeu_ps(out + (k + 16) * kWopNC,
-                                         _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(hi, eight)), z), s));
-                      }
-                    }
-#else
                     const __m256i low4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
                     for (int half = 0; half < 2; ++half) {
                       const __m256 s = _mm256_loadu_ps(sp + 8 * half);
@@ -1017,7 +977,6 @@ inline void gemm_w4f_packed(const QGemmW4FArgs& g, std::int64_t n_begin, std::in
                         }
                       }
                     }
-#endif
                   }
                 }
               },
@@ -1039,6 +998,7 @@ inline void gemm_w4f_packed(const QGemmW4FArgs& g, std::int64_t n_begin, std::in
                                _MM_HINT_T1);
               });
 }
+#endif  // !__AVX512F__ (the packed GEMM)
 #endif
 
 }  // namespace

@@ -62,7 +62,8 @@ struct QGemmKernels {
                       std::int64_t n_end) = nullptr;
   std::int64_t w8f_xt_rows = 0;
   /// The same middle path for linear_w4_weight_only on the row layout (pack_int4_w4's bytes), from
-  /// w4f_packed_rows up to w4f_gemm_rows, where that layout switches to the packed GEMM.
+  /// w4f_packed_rows up to w4f_gemm_rows, where that layout switches to the packed GEMM (AVX2; null
+  /// on AVX-512, whose gemm_w4f runs every row count below w4f_gemm_rows on both layouts).
   void (*gemm_w4f_xt)(const QGemmW4FArgs& args, const WofXtArgs& xt, std::int64_t n_begin,
                       std::int64_t n_end) = nullptr;
   /// The activation rows of the middle path's register tiles (WofXtArgs' panel width).
@@ -71,8 +72,8 @@ struct QGemmKernels {
   /// dequantized panel by panel, register tiles straight into y), output columns [n_begin, n_end) of
   /// every row, n_begin a multiple of wop_panel_cols; on the panel layout from w4f_packed_rows
   /// activation rows, on the row layout from w4f_gemm_rows (the middle path below them). Null where
-  /// the table has none (baseline: gemm_w4f, then from w4f_gemm_rows the weight dequantized and
-  /// MKL's GEMM).
+  /// the table has none (baseline and AVX-512: gemm_w4f, then from w4f_gemm_rows the weight
+  /// dequantized and MKL's GEMM).
   void (*gemm_w4f_packed)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end) = nullptr;
   std::int64_t w4f_packed_rows = 0;
   std::int64_t wop_panel_cols = 32;
