@@ -1110,19 +1110,23 @@ inline void w4f_direct_rows(const QGemmW4FArgs& g, const float* xt, std::int64_t
 // The weight's 16-row blocks (the panel, or the row layout transposed per block), each block's scales
 // (and zero points) as 16-lane vectors per group: the blocked layout's own (g.blocked_scales), or
 // transposed from [N, G] per block; every activation row in the register tiles (w4f_direct_rows), the
-// tiles' rows transposed once per call into this thread's scratch (M * K floats: the op calls gemm_w4f
-// below w4f_gemm_rows only, 384 rows). The tiles replaced an L1 buffer of dequantized weights from
+// tiles' rows transposed once per call (per pass, below) into this thread's scratch (the op calls
+// gemm_w4f below w4f_gemm_rows only, 384 rows). The tiles replaced an L1 buffer of dequantized weights from
 // 13 rows and the packed GEMM (loops.h) from 32: 4096 x 4096, DRAM regime, 2 threads, against FP32
 // in the same run, 16 / 32 / 64 / 128 / 256 rows ran 2.56 / 1.85 / 1.33 / 1.11 / 0.94x on the
 // tiles, against the buffer's 1.38x at 16 and the packed GEMM's 1.35 / 1.20 / 0.99 / 0.86 / 0.73x;
 // MiniLM's layer shapes, hot: 1.07-1.22x at 64-96 rows, 0.97-1.09x at 128 (packed 0.79-0.95x).
-void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+// The transposed rows of one pass stay within kW4fXtFloats (8 MiB, this thread's scratch keeps it):
+// more rows run in passes of a multiple of 12 rows (the same tiles, so the same bits), the weight
+// streamed once per pass (K = 4096: one pass below 512 rows, every row count the op sends here).
+constexpr std::int64_t kW4fXtFloats = std::int64_t{2} << 20;
+
+void gemm_w4f_pass(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end, float* xt) {
   const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
   std::vector<std::int32_t> buf(static_cast<std::size_t>(g.panel ? 0 : steps * 256));  // the row layout's block, transposed
   const std::size_t nsc = static_cast<std::size_t>(g.blocked_scales ? 0 : G * 16);
   std::vector<float> scb(nsc), zcb(g.gzero ? nsc : 0);
   // the tiles' rows transposed (xt[m * K + k * MR + i] for the tile at m; 1-row tiles read x)
-  float* xt = detail::thread_scratch<float, struct W4fRows>(static_cast<std::size_t>(g.M * g.K));
   {
     std::int64_t m = 0;
     for (const int mr : {12, 8, 4, 2}) {
@@ -1149,6 +1153,23 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
     }
     // the next block's scales, prefetched group by group: either layout's block starts (n + 16) * G floats in
     w4f_direct_rows(g, xt, n, nr, panel, sc, zc, lut, detail::NextBlockScales(g.gscale, G, n, n_end));
+  }
+}
+
+void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  std::int64_t mc = g.M;
+  if (g.M * g.K > kW4fXtFloats) {  // passes as equal as multiples of 12 allow
+    const std::int64_t cap = std::max<std::int64_t>(12, kW4fXtFloats / g.K / 12 * 12);
+    const std::int64_t passes = (g.M + cap - 1) / cap;
+    mc = ((g.M + passes - 1) / passes + 11) / 12 * 12;
+  }
+  float* xt = detail::thread_scratch<float, struct W4fRows>(static_cast<std::size_t>(std::min(g.M, mc) * g.K));
+  for (std::int64_t m0 = 0; m0 < g.M; m0 += mc) {
+    QGemmW4FArgs p = g;
+    p.x = g.x + m0 * g.K;
+    p.y = g.y + m0 * g.N;
+    p.M = std::min(mc, g.M - m0);
+    gemm_w4f_pass(p, n_begin, n_end, xt);
   }
 }
 

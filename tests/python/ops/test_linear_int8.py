@@ -1163,6 +1163,35 @@ def test_w4_weight_only_many_rows_in_weight_blocks(zero):
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("zero", [False, True])
+def test_w4_weight_only_row_passes_give_the_rows_own_bits(zero):
+    """300 x 32 x 8192: AVX-512's register tiles transpose at most 8 MiB of activation rows per pass
+    (here 156 + 144 rows, multiples of 12: the same tiles as one pass), so each row's outputs equal
+    those of the same rows run alone (the first 156, the last 144) bit for bit, in both weight layouts,
+    and lie within the float bound of the float64 product on every ISA."""
+    M, N, K, gs = 300, 32, 8192, 128
+    x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=27).values()
+    wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
+                               group_size=gs)
+    ref = x.double() @ wd.double().t() + b.double()
+    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().double().t()) + 2.0**-24 * ref.abs() + 1e-30
+    rows = ops.pack_int4_w4(q)
+    panel = ops.pack_int4_panel(rows)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            for w in (panel, rows):
+                y = ops.linear_w4_weight_only(x, w, s, gs, z, b)
+                assert bool(((y.double() - ref).abs() <= bound).all()), isa
+                if isa == "avx512":
+                    parts = [ops.linear_w4_weight_only(x[:156], w, s, gs, z, b),
+                             ops.linear_w4_weight_only(x[156:], w, s, gs, z, b)]
+                    assert torch.equal(torch.cat(parts), y)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 def test_w4_weight_only_blocked_scales_opcheck_and_errors():
     x = torch.randn(3, 64)
     q = torch.randint(-8, 8, (32, 64), dtype=torch.int8)
