@@ -996,6 +996,16 @@ def test_dynamic_int8_opcheck_compile_export_and_errors():
 # ---------------------------------------------------------------- W4 weight-only (float activations)
 
 
+def _w4_float_reference(x, q, s, z, b, gs):
+    """The dequantized weight (dequantize_affine's bits), its float64 product with x plus b, and the
+    weight-only kernels' bound around it: K * 2^-24 * sum|x * w| plus the bias's rounding."""
+    wd = ops.dequantize_affine(q, s, torch.zeros_like(s, dtype=torch.int32) if z is None else z.to(torch.int32),
+                               group_size=gs)
+    ref = x.double() @ wd.double().t() + b.double()
+    bound = x.shape[1] * 2.0**-24 * (x.abs().double() @ wd.abs().double().t()) + 2.0**-24 * ref.abs() + 1e-30
+    return wd, ref, bound
+
+
 @pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (16, 96, 384, 32), (5, 7, 256, 128), (3, 64, 1024, 64),
                                       (12, 40, 256, 64), (11, 33, 96, 32), (0, 8, 64, 32), (2, 3, 32, 32),
                                       (40, 13, 96, 32), (72, 19, 4096, 128), (100, 30, 160, 32),
@@ -1010,11 +1020,8 @@ def test_w4_weight_only_within_the_float_bound_on_every_isa(M, N, K, gs, zero):
     / 160: a panel step cut short), and the dequantized weight's float GEMM in blocks of rows
     (baseline from 256 rows, AVX-512 from 384; the one-hot inputs of K rows take the path K falls in)."""
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=21).values()
-    wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
-                               group_size=gs)
+    wd, ref, bound = _w4_float_reference(x, q, s, z, b, gs)
     packed = ops.pack_int4_w4(q)
-    ref = x.double() @ wd.double().t() + b.double()
-    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().double().t()) + 2.0**-24 * ref.abs() + 1e-30
     old = qatkit._C.cpu_isa()
     try:
         for isa in _isas():
@@ -1146,10 +1153,7 @@ def test_w4_weight_only_many_rows_in_weight_blocks(zero):
     every ISA, with both scale layouts giving the same bits."""
     M, N, K, gs = 256, 528, 4096, 128
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=24).values()
-    wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
-                               group_size=gs)
-    ref = x.double() @ wd.double().t() + b.double()
-    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().double().t()) + 2.0**-24 * ref.abs() + 1e-30
+    _, ref, bound = _w4_float_reference(x, q, s, z, b, gs)
     panel = ops.pack_int4_panel(ops.pack_int4_w4(q))
     sb, zb = ops.block_w4_scales(s), None if z is None else ops.block_w4_scales(z)
     old = qatkit._C.cpu_isa()
@@ -1171,10 +1175,7 @@ def test_w4_weight_only_row_passes_give_the_rows_own_bits(zero):
     and lie within the float bound of the float64 product on every ISA."""
     M, N, K, gs = 300, 32, 8192, 128
     x, q, s, z, b = w4_weight_only_case(M, N, K, gs, zero, seed=27).values()
-    wd = ops.dequantize_affine(q, s, z.to(torch.int32) if zero else torch.zeros_like(s, dtype=torch.int32),
-                               group_size=gs)
-    ref = x.double() @ wd.double().t() + b.double()
-    bound = K * 2.0**-24 * (x.abs().double() @ wd.abs().double().t()) + 2.0**-24 * ref.abs() + 1e-30
+    _, ref, bound = _w4_float_reference(x, q, s, z, b, gs)
     rows = ops.pack_int4_w4(q)
     panel = ops.pack_int4_panel(rows)
     old = qatkit._C.cpu_isa()
