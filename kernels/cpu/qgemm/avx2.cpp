@@ -750,7 +750,7 @@ void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
 // Measured (2026-12-03, Intel Xeon model 207 with the AVX2 table, one thread, 384 x 1536 / 1536 x
 // 384, hot cache, against AVX2-restricted MKL in the same run; docs/benchmarks.md): 12 rows as one
 // tile with D = 1 1.34-1.47x FP32, against 1.05-1.13x as tiles of 8 + 4 rows with D = 0 (that 4-row
-// tile has 4 chains, latency-bound) and 0.93-0.95x as one tile with D = 0; 8 rows D = 0 1.45-1.50x,
+// tile has 4 chains, latency-bound) and 0.84-0.95x as one tile with D = 0; 8 rows D = 0 1.45-1.50x,
 // D = 1 1.14-1.18x; the tiles of 4 / 2 / 1 rows 2.13 / 2.36 / 1.10x with D = 1, 1.75 / 2.05 / 0.98x
 // with D = 0. Each tile is its own function (noinline): inlined into w4f_direct_block, 12 rows ran
 // 1.07-1.12x FP32, against 1.16-1.24x as a function in the next run (separate processes).
