@@ -26,19 +26,26 @@ Isa active_isa();
 /// unsupported name.
 bool set_isa(const char* name);
 
-/// A family's table for `isa` (nullptr when `isa` is not supported); `avx2` / `avx512` are nullptr
-/// when the family's file was compiled without that ISA (a non-x86 build) or the family has no
-/// AVX-512 file (kAvx512 then gives the AVX2 table).
+/// A family's table for `isa` (nullptr when `isa` is not supported). `avx2` / `avx512` are the
+/// getters of the tables compiled for those ISAs, nullptr when the family's file was compiled
+/// without that ISA (a non-x86 build) or the family has no AVX-512 file (kAvx512 then gives the AVX2
+/// table). A getter is called only once the CPU is known to run its ISA: its body is compiled for
+/// that ISA, and the compiler may use the ISA's registers anywhere in it (GCC copies an AVX-512
+/// table with zmm moves, which raised SIGILL on an AVX2-only AMD EPYC when every getter was
+/// called up front).
 template <class Table>
-const Table* table_for(Isa isa, const Table& baseline, const Table* avx2, const Table* avx512 = nullptr) {
+const Table* table_for(Isa isa, const Table& baseline, const Table* (*avx2)(), const Table* (*avx512)() = nullptr) {
   if (isa == Isa::kBaseline) return &baseline;
   if (!isa_supported(isa)) return nullptr;
-  return isa == Isa::kAvx512 && avx512 ? avx512 : avx2;
+  if (isa == Isa::kAvx512 && avx512 != nullptr) {
+    if (const Table* t = avx512()) return t;
+  }
+  return avx2 != nullptr ? avx2() : nullptr;
 }
 
 /// A family's table for the active ISA.
 template <class Table>
-const Table& active_table(const Table& baseline, const Table* avx2, const Table* avx512 = nullptr) {
+const Table& active_table(const Table& baseline, const Table* (*avx2)(), const Table* (*avx512)() = nullptr) {
   const Table* t = table_for(active_isa(), baseline, avx2, avx512);
   return t ? *t : baseline;
 }

@@ -9,7 +9,13 @@ What goes into the file:
   tensor); 4-bit codes as int4 / uint4 — per group as a blocked DequantizeLinear (opset 21) on the
   weight laid out ``[K, N]`` with ``axis=0``, the form onnxruntime fuses into ``MatMulNBits``;
   ternary and binary codes as int4 (opset 21), or as int2 with ``lowbit="int2"`` (opset 25);
-  wider codes as int16. Scales float32, zero points only where non-zero.
+  wider codes as int16. Scales float32, zero points only where non-zero. 8-bit per-channel / per-tensor
+  codes whose magnitudes exceed 64 are stored as uint8 ``code + 128`` with zero point 128 (the same
+  values; ``int8_weights="auto"``): onnxruntime's int8 kernels on CPUs without VNNI (AVX2, and
+  AVX-512 before VNNI) multiply uint8 activations by int8 weights with ``vpmaddubsw``, whose int16
+  pair sums saturate once two adjacent weights' magnitudes sum past 128 (on an AVX2-only AMD EPYC a
+  W8A8 digits CNN fell to 98.1 % top-1 agreement, logits off by 5.3); its uint8 x uint8 kernels
+  widen to int16 first and are exact. docs/format.md "ONNX".
 - statically quantized inputs as a QuantizeLinear / DequantizeLinear pair (uint8 / int8 / uint4 /
   int4 / 16-bit by the code range, per tensor or per channel), with a float ``Clip`` when the
   spec's range is narrower than the type's; dynamic per-token / per-tensor inputs and binary
@@ -59,6 +65,7 @@ class _Graph:
         self.n = 0
         self.max_opset = 13
         self.layers: Dict[str, dict] = {}
+        self.int8_weights = "auto"
 
     def name(self, base: str) -> str:
         self.n += 1
@@ -164,6 +171,17 @@ def _weight(g: _Graph, mod, where: str, lowbit: str, kind: str) -> str:
     qtype, _, _ = _int_type(T, min(lo, zlo), max(hi, zhi), lb)
     shape = list(codes.shape)
     info = {"codes": _type_name(g, qtype)}
+    if qtype == T.INT8 and mod.group_size is None and kind != "embedding" and g.int8_weights != "int8":
+        # uint8 code + 128 with zero point + 128 (the same values) where onnxruntime's int8 kernels
+        # could saturate without VNNI: they multiply the stored codes, and two adjacent ones whose
+        # magnitudes sum past 128 can overflow an int16 pair sum (module docstring)
+        amax = int(codes.to(torch.int64).abs().max()) if codes.numel() else 0
+        if g.int8_weights == "uint8" or amax > 64:
+            codes = codes.to(torch.int64) + 128
+            zp = zp.to(torch.int64) + 128
+            has_zp = True
+            qtype = T.UINT8
+            info = {"codes": "uint8", "stored_as": "int8 code + 128, zero point + 128"}
     rows = shape[0]
     k = codes.numel() // max(rows, 1)
     if mod.group_size is not None:
@@ -525,6 +543,7 @@ def export_onnx(
     *,
     lowbit: str = "int4",
     opset: Optional[int] = None,
+    int8_weights: str = "auto",
 ) -> dict:
     """Write ``model`` (converted, or a QAT / PTQ model, converted first on a copy) to ``path`` as
     an ONNX QuantizeLinear / DequantizeLinear graph with a dynamic batch dimension.
@@ -540,6 +559,14 @@ def export_onnx(
             input's int2 DequantizeLinear + MatMul into MatMulNBits: exporting such a layer
             warns.
         opset: the default-domain opset (default: the lowest that holds every node, 21 or 25).
+        int8_weights: how 8-bit per-channel / per-tensor weight codes are stored. ``"auto"``: as
+            uint8 ``code + 128`` with zero point 128 where some code's magnitude (from its zero
+            point) exceeds 64, else as int8; ``"uint8"``: always so; ``"int8"``: always int8.
+            The values are the same either way. onnxruntime runs int8 weights on its uint8 x int8
+            kernels, which on CPUs without VNNI (AVX2; AVX-512 before VNNI) saturate int16 pair
+            sums when two adjacent weights' magnitudes sum past 128, giving wrong outputs; uint8
+            weights run its uint8 x uint8 kernels, exact on every CPU. ``"int8"`` suits files
+            that only run on VNNI CPUs, where the uint8 x int8 kernels are exact and faster.
 
     Returns:
         A report: ``{"opset", "layers": {name: {"type", "input", "weight": {...}}}}``.
@@ -547,7 +574,7 @@ def export_onnx(
     Raises:
         TypeError: ``model`` is not an ``nn.Module`` or ``example_input`` not a tensor.
         ValueError: a module with no ONNX form (named), a non-float32 model or input, an
-            unknown ``lowbit``.
+            unknown ``lowbit`` or ``int8_weights``.
     """
     from .qat.convert import QAT_TYPES, _Quantized, convert
 
@@ -558,6 +585,8 @@ def export_onnx(
         raise TypeError(f"export_onnx: example_input must be a torch.Tensor, got {type(example_input).__name__}")
     if lowbit not in ("int2", "int4"):
         raise ValueError(f"export_onnx: lowbit must be 'int2' or 'int4', got {lowbit!r}")
+    if int8_weights not in ("auto", "int8", "uint8"):
+        raise ValueError(f"export_onnx: int8_weights must be 'auto', 'int8' or 'uint8', got {int8_weights!r}")
     if example_input.dim() == 0:
         raise ValueError("export_onnx: example_input must have a batch dimension, got a 0-d tensor")
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
@@ -565,12 +594,12 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        return _export(onnx, model, example_input, path, lowbit, opset, _Quantized)
+        return _export(onnx, model, example_input, path, lowbit, opset, _Quantized, int8_weights)
     finally:
         model.train(was_training)
 
 
-def _export(onnx, model, example_input, path, lowbit, opset, _Quantized) -> dict:
+def _export(onnx, model, example_input, path, lowbit, opset, _Quantized, int8_weights="auto") -> dict:
     # record each module's input / output shape on the example batch (Reshape targets, pooling)
     shapes: Dict[str, Tuple[list, list]] = {}
     hooks = []
@@ -593,6 +622,7 @@ def _export(onnx, model, example_input, path, lowbit, opset, _Quantized) -> dict
         raise ValueError(f"export_onnx: the model computes in {out.dtype}; export_onnx writes float32 graphs")
 
     g = _Graph(onnx)
+    g.int8_weights = int8_weights
 
     def walk(name: str, m: nn.Module, x: str) -> str:
         if isinstance(m, _Quantized):

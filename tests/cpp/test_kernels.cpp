@@ -81,6 +81,55 @@ auto quantize_isas() {
 
 }  // namespace
 
+// table_for calls a family's AVX2 / AVX-512 getter only for an ISA the CPU runs: a getter's body is
+// compiled for its ISA (GCC copies the AVX-512 qgemm table with zmm moves), and calling every getter
+// up front raised SIGILL on an AVX2-only AMD EPYC (Zen 3).
+namespace getter_probe {
+struct Table {
+  int id;
+};
+const Table kBase{0};
+int avx2_calls = 0;
+int avx512_calls = 0;
+const Table* avx2() {
+  ++avx2_calls;
+  static const Table t{2};
+  return &t;
+}
+const Table* avx512() {
+  ++avx512_calls;
+  static const Table t{5};
+  return &t;
+}
+const Table* avx512_absent() {
+  ++avx512_calls;
+  return nullptr;
+}
+}  // namespace getter_probe
+
+CATCH_TEST_CASE("table_for calls only the getters of ISAs the CPU runs", "[isa]") {
+  namespace g = getter_probe;
+  auto id = [](const g::Table* t) { return t ? t->id : -1; };
+  g::avx2_calls = g::avx512_calls = 0;
+  CATCH_CHECK(id(cpu::table_for(cpu::Isa::kBaseline, g::kBase, &g::avx2, &g::avx512)) == 0);
+  CATCH_CHECK(g::avx2_calls + g::avx512_calls == 0);
+
+  const bool has2 = cpu::isa_supported(cpu::Isa::kAvx2);
+  CATCH_CHECK(id(cpu::table_for(cpu::Isa::kAvx2, g::kBase, &g::avx2, &g::avx512)) == (has2 ? 2 : -1));
+  CATCH_CHECK(g::avx2_calls == (has2 ? 1 : 0));
+  CATCH_CHECK(g::avx512_calls == 0);
+
+  g::avx2_calls = g::avx512_calls = 0;
+  const bool has512 = cpu::isa_supported(cpu::Isa::kAvx512);
+  CATCH_CHECK(id(cpu::table_for(cpu::Isa::kAvx512, g::kBase, &g::avx2, &g::avx512)) == (has512 ? 5 : -1));
+  CATCH_CHECK(g::avx512_calls == (has512 ? 1 : 0));
+  CATCH_CHECK(g::avx2_calls == 0);
+  // A family without an AVX-512 table (getter absent or returning nullptr) runs its AVX2 table.
+  CATCH_CHECK(id(cpu::table_for<g::Table>(cpu::Isa::kAvx512, g::kBase, &g::avx2, nullptr)) == (has512 ? 2 : -1));
+  CATCH_CHECK(id(cpu::table_for(cpu::Isa::kAvx512, g::kBase, &g::avx2, &g::avx512_absent)) == (has512 ? 2 : -1));
+  if (!has512) CATCH_WARN("ISA avx512 not run: this CPU lacks it (its getter was checked not to be called)");
+}
+
 CATCH_TEST_CASE("round half to even on ties, both ISAs", "[kernels]") {
   for (auto [isa, k] : fake_quant_isas()) {
     CATCH_INFO(isa);

@@ -153,10 +153,41 @@ def test_int8_convs_run_as_qlinearconv(digits, tmp_path):
     path, opt = str(tmp_path / "m.onnx"), str(tmp_path / "opt.onnx")
     rep = qatkit.export_onnx(c, digits["x"][:4], path)
     convs = [n for n, v in rep["layers"].items() if v["type"] == "Conv"]
-    assert convs and all(rep["layers"][n]["weight"]["codes"] == "int8" for n in convs)
+    assert convs and all(rep["layers"][n]["weight"]["codes"] in ("int8", "uint8") for n in convs)
     _run(path, digits["x"][:8], "all", opt)
     kinds = [n.op_type for n in onnx.load(opt).graph.node]
     assert "QLinearConv" in kinds, kinds
+
+
+def test_int8_weights_past_64_are_stored_as_uint8_with_the_same_values(digits, tmp_path):
+    """int8_weights="auto" stores a layer's 8-bit codes as uint8 code + 128 (zero point 128) where
+    some |code| > 64 (onnxruntime's uint8 x int8 kernels saturate int16 pair sums there on CPUs
+    without VNNI), int8 elsewhere; "int8" / "uint8" force one type. Every form computes the same
+    function in onnxruntime without graph rewrites, and onnxruntime's integer kernels give the
+    converted model's top-1 on every CPU."""
+    c = _converted(digits, "CNN", "w8a8")
+    xt = digits["x"][digits["te"]]
+    outs, reps = {}, {}
+    for mode in ("auto", "int8", "uint8"):
+        path = str(tmp_path / f"{mode}.onnx")
+        reps[mode] = qatkit.export_onnx(c, digits["x"][:4], path, int8_weights=mode)
+        outs[mode] = (_run(path, xt, "none"), _run(path, xt, "all"))
+    convs = [m for m in c.modules() if isinstance(m, QuantizedConv2d)]
+    names = [n for n, v in reps["auto"]["layers"].items() if v["type"] == "Conv"]
+    assert len(names) == len(convs)
+    for n, m in zip(names, convs):
+        wide = int(m.weight_int.abs().max()) > 64
+        assert reps["auto"]["layers"][n]["weight"]["codes"] == ("uint8" if wide else "int8"), n
+        assert reps["int8"]["layers"][n]["weight"]["codes"] == "int8"
+        assert reps["uint8"]["layers"][n]["weight"]["codes"] == "uint8"
+    assert any(int(m.weight_int.abs().max()) > 64 for m in convs), "no layer exercises the uint8 form"
+    ref = c(xt).detach()
+    for mode in ("auto", "uint8"):
+        assert torch.equal(outs[mode][0], outs["int8"][0]), mode  # the same values, the same float graph
+        agree = float((outs[mode][1].argmax(1) == ref.argmax(1)).float().mean())
+        assert agree >= 0.995, (mode, agree)
+    with pytest.raises(ValueError, match="int8_weights must be"):
+        qatkit.export_onnx(c, digits["x"][:4], str(tmp_path / "bad.onnx"), int8_weights="u8")
 
 
 def test_low_bit_files_are_smaller_and_int2_is_correct_where_onnxruntime_fuses_nothing(digits, tmp_path):

@@ -42,9 +42,9 @@ const FakeQuantKernels* fake_quant_avx2();
 
 /// The table of `isa`, or nullptr when this build or CPU cannot run it.
 inline const FakeQuantKernels* fake_quant_kernels(Isa isa) {
-  return table_for(isa, fake_quant_baseline(), fake_quant_avx2());
+  return table_for(isa, fake_quant_baseline(), &fake_quant_avx2);
 }
 /// The table of the active ISA.
-inline const FakeQuantKernels& fake_quant_kernels() { return active_table(fake_quant_baseline(), fake_quant_avx2()); }
+inline const FakeQuantKernels& fake_quant_kernels() { return active_table(fake_quant_baseline(), &fake_quant_avx2); }
 
 }  // namespace qatkit::kernels::cpu

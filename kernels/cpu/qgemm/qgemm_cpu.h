@@ -86,8 +86,8 @@ const QGemmKernels* qgemm_avx2();
 const QGemmKernels* qgemm_avx512();
 
 inline const QGemmKernels* qgemm_kernels(Isa isa) {
-  return table_for(isa, qgemm_baseline(), qgemm_avx2(), qgemm_avx512());
+  return table_for(isa, qgemm_baseline(), &qgemm_avx2, &qgemm_avx512);
 }
-inline const QGemmKernels& qgemm_kernels() { return active_table(qgemm_baseline(), qgemm_avx2(), qgemm_avx512()); }
+inline const QGemmKernels& qgemm_kernels() { return active_table(qgemm_baseline(), &qgemm_avx2, &qgemm_avx512); }
 
 }  // namespace qatkit::kernels::cpu

@@ -18,7 +18,7 @@ struct QuantizeKernels {
 const QuantizeKernels& quantize_baseline();
 const QuantizeKernels* quantize_avx2();
 
-inline const QuantizeKernels* quantize_kernels(Isa isa) { return table_for(isa, quantize_baseline(), quantize_avx2()); }
-inline const QuantizeKernels& quantize_kernels() { return active_table(quantize_baseline(), quantize_avx2()); }
+inline const QuantizeKernels* quantize_kernels(Isa isa) { return table_for(isa, quantize_baseline(), &quantize_avx2); }
+inline const QuantizeKernels& quantize_kernels() { return active_table(quantize_baseline(), &quantize_avx2); }
 
 }  // namespace qatkit::kernels::cpu

@@ -24,7 +24,7 @@ struct ReduceKernels {
 const ReduceKernels& reduce_baseline();
 const ReduceKernels* reduce_avx2();
 
-inline const ReduceKernels* reduce_kernels(Isa isa) { return table_for(isa, reduce_baseline(), reduce_avx2()); }
-inline const ReduceKernels& reduce_kernels() { return active_table(reduce_baseline(), reduce_avx2()); }
+inline const ReduceKernels* reduce_kernels(Isa isa) { return table_for(isa, reduce_baseline(), &reduce_avx2); }
+inline const ReduceKernels& reduce_kernels() { return active_table(reduce_baseline(), &reduce_avx2); }
 
 }  // namespace qatkit::kernels::cpu

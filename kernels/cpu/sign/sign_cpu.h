@@ -19,7 +19,7 @@ struct SignKernels {
 const SignKernels& sign_baseline();
 const SignKernels* sign_avx2();
 
-inline const SignKernels* sign_kernels(Isa isa) { return table_for(isa, sign_baseline(), sign_avx2()); }
-inline const SignKernels& sign_kernels() { return active_table(sign_baseline(), sign_avx2()); }
+inline const SignKernels* sign_kernels(Isa isa) { return table_for(isa, sign_baseline(), &sign_avx2); }
+inline const SignKernels& sign_kernels() { return active_table(sign_baseline(), &sign_avx2); }
 
 }  // namespace qatkit::kernels::cpu
