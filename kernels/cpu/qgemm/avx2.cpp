@@ -137,6 +137,28 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
         if (r == 1) s8p_tile<1, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
       }
       const std::int64_t nn = std::min<std::int64_t>(four ? 64 : 16, n_end - n0);
+      if (!four && nn == 16 && g.y_cs == 1) {
+        // the same float operations as detail::requantize, 8 lanes at a time (no contraction:
+        // a multiply, then an add, each rounded as the scalar form rounds them)
+        const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.corr + n0));
+        const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.corr + n0 + 8));
+        const __m256 sc0 = _mm256_loadu_ps(g.out_scale + n0), sc1 = _mm256_loadu_ps(g.out_scale + n0 + 8);
+        const __m256 b0 = g.bias ? _mm256_loadu_ps(g.bias + n0) : _mm256_setzero_ps();
+        const __m256 b1 = g.bias ? _mm256_loadu_ps(g.bias + n0 + 8) : _mm256_setzero_ps();
+        for (std::int64_t m = m0; m < m1; ++m) {
+          const std::int32_t* pr = part.data() + (m - m0) * 16;
+          __m256 y0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pr)), c0)), sc0);
+          __m256 y1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pr + 8)), c1)), sc1);
+          if (g.bias) {
+            y0 = _mm256_add_ps(y0, b0);
+            y1 = _mm256_add_ps(y1, b1);
+          }
+          _mm256_storeu_ps(g.y + m * g.y_rs + n0, y0);
+          _mm256_storeu_ps(g.y + m * g.y_rs + n0 + 8, y1);
+        }
+        n0 += nn;
+        continue;
+      }
       for (std::int64_t m = m0; m < m1; ++m) {
         // the xor restored w, so the lanes hold sum a * w itself (no a_sum term)
         for (std::int64_t j = 0; j < nn; ++j) {
