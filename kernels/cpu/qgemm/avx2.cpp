@@ -855,7 +855,7 @@ void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const fl
 struct W4fDirectScratch;
 
 // Below this many rows gemm_w4f runs in registers (w4f_direct_block; 16-48 rows ran 0.71-0.88x the
-// time of the L1-buffer path below it). The op calls it below the table's w4f_packed_rows (16) only.
+// time of the L1-buffer path below it). The op calls it below the table's w4f_packed_rows (9) only.
 constexpr std::int64_t kW4fDirectRows = 64;
 // The op's many-row path (the float GEMM) from this many rows.
 constexpr std::int64_t kW4fGemmRows = 80;
@@ -1074,15 +1074,23 @@ const QGemmKernels* qgemm_avx2() {
     // sums run 2.2x there and keep rows 8-11, so those rows' bits differ between the two tables)
     t.w8f_xt_rows = 8;
     t.wof_tile_rows = detail::kWofRows;
-    // linear_w4_weight_only: the packed GEMM from 14 rows, in place of the middle path and the
+    // linear_w4_weight_only: the packed GEMM from 9 rows, in place of the middle path and the
     // dequantize-then-MKL path (4096 x 4096, MKL at AVX2, against FP32 in the same run: 16 / 32 / 64 /
     // 128 / 256 rows packed 1.33 / 1.14 / 1.00 / 0.97 / 0.91x, middle path 1.25 / 1.10 / 1.01 / 0.87 /
     // 0.88x, dequantize-then-MKL 0.81 / 0.86 / 0.85 / 0.92 / 0.89x; gemm_w4f's register tiles 1.26 /
     // 0.99 / 0.99 / 0.80 / 0.79x against packed 1.23 / 1.12 / 1.06 / 0.98 / 0.91x in another run).
-    // Below it gemm_w4f: 12 / 13 / 14 / 15 rows 1.55 / 1.45 / 1.22 / 1.12x against packed 1.38 / 1.35
-    // / 1.25 / 1.32x (2026-12-03, eighth session: its 12-row tile).
+    // From 9 rows, as measured on an AVX2-only CPU (AMD EPYC Zen 3, 2026-12-03, ninth session; one
+    // layer, hot, FP32 in the same run): 4096 x 4096 at 9 / 10 / 11 / 12 / 13 rows gemm_w4f's tiles
+    // 3.30 / 2.99 / 2.67 / 1.27 / 1.24x, packed 3.87 / 3.29 / 3.29 / 2.92 / 2.66x; MiniLM's shapes at
+    // 12 rows 1.36-1.54x against 1.56-1.75x. The row layout's middle path (from the same threshold)
+    // at 12 rows 1.94 / 1.08 / 1.07x (4096 x 4096, 1536 x 384, 384 x 1536), its tiles 0.95 / 1.04 /
+    // 1.05x; at 9 rows 1.83x against 1.68x. At 8 rows the tiles stay (3.14-4.45x against packed
+    // 3.63x). Ternary weight-only (the same kernel, one group per row) at 12 rows: packed 2.83x
+    // against tiles 1.31x. (An Intel Xeon running this
+    // table under AVX2 emulation had favoured the 12-row tile: 12 / 13 rows 1.55 / 1.45x against
+    // packed 1.38 / 1.35x; AVX2 is this table's real CPUs, so Zen 3 decides.)
     t.gemm_w4f_packed = &detail::gemm_w4f_packed;  // loops.h's packed GEMM at 256 bits
-    t.w4f_packed_rows = 14;
+    t.w4f_packed_rows = 9;
     t.gemm_w4f_xt = &detail::gemm_w4f_xt;  // the row layout's middle path, up to kW4fGemmRows
     t.wop_panel_cols = detail::kWopNC;
     return t;
