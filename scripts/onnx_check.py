@@ -102,6 +102,9 @@ def main():
     ap.add_argument("--compute", choices=("integer", "float"), default="integer",
                     help="qatkit's reference: the integer-exact converted model (what the integer kernels compute; "
                          "default) or the float one (what the QAT model computed)")
+    ap.add_argument("--int8-weights", choices=("auto", "int8", "uint8"), default="auto",
+                    help="export_onnx's int8_weights: how 8-bit weight codes are stored (int8 runs onnxruntime's "
+                         "uint8 x int8 kernels, which saturate on CPUs without VNNI)")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -122,7 +125,7 @@ def main():
             seq = models[arch, f].as_sequential().eval()
             c = quantized(seq, preset, x[tr], y[tr], a.qat_epochs, seed=f, compute=a.compute)
             path = os.path.join(tmp, "m.onnx")
-            qatkit.export_onnx(c, x[:4], path)
+            qatkit.export_onnx(c, x[:4], path, int8_weights=a.int8_weights)
             r = compare(c, x[te], path, tmp)
             r.update(arch=arch, preset=preset, fold=f,
                      acc_qatkit=float((r["ref"].argmax(1) == y[te]).float().mean() * 100),
@@ -130,7 +133,7 @@ def main():
             rows.append(r)
     # one line per (arch, preset): worst agreement / difference over the folds
     print(f"onnx_check: {len(rows)} exports in {time.time() - t0:.0f} s ({a.folds} folds, test split of each; "
-          f"qatkit computes {a.compute})")
+          f"qatkit computes {a.compute}; int8_weights={a.int8_weights})")
     head = ["model", "preset", "top-1 agree (min)", "max |diff|", "max rel", "acc qatkit", "acc ORT", "KiB",
             "ORT nodes (quantized compute)"]
     lines = []
