@@ -764,22 +764,21 @@ void w4f_rows(const QGemmW4FArgs& g, const float* const* wrow, std::int64_t n) {
 // and one subtraction of 2^23 + 8 leaves q - 8 (exact: both operands are integers below 2^24). D = 1
 // trades two shifts and a conversion (Intel: ports 0 / 1, those of the FMAs) for a shift, two
 // logic operations and an add (ports 0 / 1 / 5).
-// Each row's FMAs run in the AVX-512 kernel's order (NA chains per row: 1 in its tiles of 12 and 8
-// rows, 8 / MR in its tiles of 4 / 2 / 1; each group on the unscaled codes, folded in by one FMA
-// with its scales), so up to 12 rows (where AVX-512 runs these tiles too) both ISAs give the same
-// bits. With 16 ymm registers MR * NA <= 8 here, or one chain for each of 12 rows (12 accumulators,
-// the code vector, the weight and a broadcast); the folded sums live in an L1 buffer (acc: [MR][NA][8]).
-// Measured (2026-12-03, Intel Xeon model 207 with the AVX2 table, one thread, 384 x 1536 / 1536 x
-// 384, hot cache, against AVX2-restricted MKL in the same run; docs/benchmarks.md): 12 rows as one
-// tile with D = 1 1.34-1.47x FP32, against 1.05-1.13x as tiles of 8 + 4 rows with D = 0 (that 4-row
-// tile has 4 chains, latency-bound) and 0.84-0.95x as one tile with D = 0; 8 rows D = 0 1.45-1.50x,
-// D = 1 1.14-1.18x; the tiles of 4 / 2 / 1 rows 2.13 / 2.36 / 1.10x with D = 1, 1.75 / 2.05 / 0.98x
-// with D = 0. Each tile is its own function (noinline): inlined into w4f_direct_block, 12 rows ran
-// 1.07-1.12x FP32, against 1.16-1.24x as a function in the next run (separate processes).
+// Each row's FMAs run in the AVX-512 kernel's order (NA chains per row: 1 in its tile of 8 rows,
+// 8 / MR in its tiles of 4 / 2 / 1; each group on the unscaled codes, folded in by one FMA with its
+// scales), so below 9 rows (where the op calls this; AVX-512 runs these tiles too) both ISAs give
+// the same bits. With 16 ymm registers MR * NA <= 8; the folded sums live in an L1 buffer (acc:
+// [MR][NA][8]). Measured (2026-12-03, Intel Xeon model 207 with the AVX2 table, one thread, 384 x
+// 1536 / 1536 x 384, hot cache, against AVX2-restricted MKL in the same run; docs/benchmarks.md):
+// 8 rows D = 0 1.45-1.50x, D = 1 1.14-1.18x; the tiles of 4 / 2 / 1 rows 2.13 / 2.36 / 1.10x with
+// D = 1, 1.75 / 2.05 / 0.98x with D = 0. Each tile is its own function (noinline: inlined into
+// w4f_direct_block, a 12-row tile ran 1.07-1.12x FP32 against 1.16-1.24x). That 12-row tile (12
+// chains) was removed: on an AVX2-only Zen 3 it ran 1.27x at 12 x 4096 x 4096 against the packed
+// GEMM's 2.92x, so the op switches to the packed GEMM from 9 rows.
 template <int MR, int NA, bool Z, int D = 0>
 __attribute__((noinline)) void w4f_direct8(const QGemmW4FArgs& g, std::int64_t m, const std::int32_t* panel, int h, const float* sc,
                  const float* zc, float* acc, float* out) {
-  static_assert(MR * NA <= 8 || (MR == 12 && NA == 1), "16 ymm registers");
+  static_assert(MR * NA <= 8, "16 ymm registers");
   const std::int64_t gc = g.group / 32, G = g.K / g.group;
   const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x88888888u));
   const float* xp[MR];
@@ -834,18 +833,16 @@ __attribute__((noinline)) void w4f_direct8(const QGemmW4FArgs& g, std::int64_t m
 }
 
 // The activation rows over one 16-row block, into out[M][16] (bias added, lanes past nr dropped, by
-// the caller): the AVX-512 kernel's register tiles (12 and 8 rows: one chain per row; 4 / 2 / 1
-// rows: 2 / 4 / 8 chains) as they are.
+// the caller): the AVX-512 kernel's register tiles of 8 rows (one chain per row) and 4 / 2 / 1 rows
+// (2 / 4 / 8 chains) as they are.
 template <bool Z>
 void w4f_direct_block(const QGemmW4FArgs& g, const std::int32_t* panel, const float* sc, const float* zc,
                       float* acc, float* out) {
-  const std::int64_t one_chain = g.M / 12 * 12 + g.M % 12 / 8 * 8;  // rows AVX-512 runs in tiles of 12 and 8
   for (int h = 0; h < 2; ++h) {
     std::int64_t m = 0;
-    // the 12-row tile and the tiles of 4 / 2 / 1 rows with D = 1, the 8-row tile with D = 0 (the
-    // faster of the two for each: w4f_direct8's comment)
-    for (; m + 12 <= one_chain; m += 12) w4f_direct8<12, 1, Z, 1>(g, m, panel, h, sc, zc, acc, out);
-    for (; m + 8 <= one_chain; m += 8) w4f_direct8<8, 1, Z, 0>(g, m, panel, h, sc, zc, acc, out);
+    // the tiles of 4 / 2 / 1 rows with D = 1, the 8-row tile with D = 0 (the faster of the two for
+    // each: w4f_direct8's comment)
+    for (; m + 8 <= g.M; m += 8) w4f_direct8<8, 1, Z, 0>(g, m, panel, h, sc, zc, acc, out);
     for (; m + 4 <= g.M; m += 4) w4f_direct8<4, 2, Z, 1>(g, m, panel, h, sc, zc, acc, out);
     for (; m + 2 <= g.M; m += 2) w4f_direct8<2, 4, Z, 1>(g, m, panel, h, sc, zc, acc, out);
     for (; m < g.M; ++m) w4f_direct8<1, 8, Z, 1>(g, m, panel, h, sc, zc, acc, out);
@@ -866,11 +863,11 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   if (g.M < kW4fDirectRows) {
     const std::int64_t KB = g.K / 2, steps = (KB + 63) / 64, G = g.K / g.group;
     float* const scratch =
-        detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 12 * 8 + g.M * 16));
+        detail::thread_scratch<float, W4fDirectScratch>(static_cast<std::size_t>(2 * G * 16 + 8 * 8 + g.M * 16));
     float* const sct = scratch;                // a [N, G] layout's block scales, [G][16]
     float* const zct = sct + G * 16;           // and zero points
-    float* const acc = zct + G * 16;           // w4f_direct8's folded sums (MR * NA <= 12 vectors)
-    float* const out = acc + 12 * 8;            // the block's outputs [M][16]
+    float* const acc = zct + G * 16;           // w4f_direct8's folded sums (MR * NA <= 8 vectors)
+    float* const out = acc + 8 * 8;             // the block's outputs [M][16]
     std::int32_t* const pbuf =
         detail::thread_scratch<std::int32_t, W4fDirectScratch>(static_cast<std::size_t>(g.panel ? 0 : steps * 256));
     for (std::int64_t n = n_begin; n < n_end; n += 16) {
