@@ -5,6 +5,8 @@ Environment:
     QATKIT_BUILD_DIR    CMake build directory (default build/py; kept for incremental builds)
     QATKIT_BUILD_TESTS  1 to also build the Catch2 tests and the C++ example (default 0)
     QATKIT_CUDA         0 to skip the CUDA kernels even when nvcc is present (default 1)
+    QATKIT_UNITY_BUILD  0 to compile libqatkit one source file per unit (default 1: batched unity
+                        units, several minutes faster from nothing on 2 cores)
     MAX_JOBS            parallel build jobs (default: CPU count)
 """
 
@@ -42,6 +44,7 @@ class CMakeBuild(build_ext):
             "-DCMAKE_BUILD_TYPE=Release",
             f"-DQATKIT_BUILD_TESTS={'ON' if os.environ.get('QATKIT_BUILD_TESTS') == '1' else 'OFF'}",
             f"-DQATKIT_CUDA={'OFF' if os.environ.get('QATKIT_CUDA') == '0' else 'ON'}",
+            f"-DQATKIT_UNITY_BUILD={'OFF' if os.environ.get('QATKIT_UNITY_BUILD') == '0' else 'ON'}",
         ]
         subprocess.check_call(configure, cwd=build_dir)
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))

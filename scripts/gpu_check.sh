@@ -26,7 +26,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory,driver_version --form
 "$PY" -c "import torch, sys; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda)" >"$LOG/env.txt" 2>&1
 cat "$LOG/gpu.csv" "$LOG/env.txt"
 
-step build env QATKIT_BUILD_DIR=build/gpu QATKIT_BUILD_TESTS=0 CMAKE_CUDA_ARCHITECTURES=90 TORCH_CUDA_ARCH_LIST=9.0 \
+step build env QATKIT_BUILD_DIR=build/gpu QATKIT_BUILD_TESTS=0 QATKIT_UNITY_BUILD=0 CMAKE_CUDA_ARCHITECTURES=90 TORCH_CUDA_ARCH_LIST=9.0 \
   MAX_JOBS=$(nproc) "$PY" -m pip install --no-deps --no-build-isolation -e .
 step build_info "$PY" -c "import qatkit, json; i = qatkit.build_info(); print(json.dumps(i)); assert i['cuda'], 'built without CUDA'"
 step test_cuda "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider

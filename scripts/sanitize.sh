@@ -18,7 +18,7 @@ JOBS="$(nproc)"
 
 echo "sanitize: configure + build (build/asan)"
 cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$TORCH_PREFIX" \
-  -DQATKIT_SANITIZE="address;undefined" -DQATKIT_CUDA=OFF -DQATKIT_BUILD_TESTS=ON -DQATKIT_BUILD_PYTHON=ON \
+  -DQATKIT_SANITIZE="address;undefined" -DQATKIT_CUDA=OFF -DQATKIT_UNITY_BUILD=OFF -DQATKIT_BUILD_TESTS=ON -DQATKIT_BUILD_PYTHON=ON \
   -DPython_EXECUTABLE="$(command -v $PY)" >"$LOG/configure.log"
 cmake --build "$BUILD" --parallel "$JOBS" >"$LOG/build.log"
 

@@ -1,3 +1,3 @@
 // Catch2 v2 main, shared by the C++ test executables.
 #define CATCH_CONFIG_MAIN
-#include <catch2/catch.hpp>
+#include "catch.h"

@@ -1,7 +1,7 @@
 // Catch2 tests of the LibTorch C++ API: values against ATen's fake quant, gradients through the
 // dispatcher (C++ autograd), choose_qparams, and error messages.
 #include <torch/torch.h>
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include <functional>
 #include <thread>

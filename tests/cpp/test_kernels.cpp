@@ -1,6 +1,6 @@
 // Catch2 tests of the torch-free kernel tier: rounding, saturation, special values, edge bit
 // widths, storage conversions, and baseline == AVX2 bit for bit on every dtype and layout.
-#include <catch2/catch.hpp>
+#include "catch.h"
 
 #include <cmath>
 #include <cstdint>

@@ -2,7 +2,7 @@
 // the right layers, QAT training from C++ lowers the loss, and the numerics follow the ops.
 #include <torch/torch.h>
 
-#include <catch2/catch.hpp>
+#include "catch.h"
 #include <functional>
 #include <limits>
 #include <sstream>

@@ -3,7 +3,7 @@
 // the problem (never a read out of bounds: scripts/sanitize.sh runs this under ASan/UBSan).
 #include <torch/torch.h>
 
-#include <catch2/catch.hpp>
+#include "catch.h"
 #include <cstdio>
 #include <string>
 #include <vector>

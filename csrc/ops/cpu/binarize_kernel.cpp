@@ -12,14 +12,14 @@
 namespace qatkit::ops {
 namespace {
 
-constexpr std::int64_t kGrain = 1 << 15;
+constexpr std::int64_t kBinarizeGrain = 1 << 15;
 
 at::Tensor binarize_apply_cpu(const at::Tensor& input, const std::optional<at::Tensor>& center,
                               const std::optional<at::Tensor>& alpha, std::optional<std::int64_t> axis,
                               bool zero_negative, const std::optional<at::Tensor>& seed) {
   at::Tensor y = empty_cpu_output(input.sizes(), input.options());
   const BinarizeLaunch l = prepare_binarize("_binarize_apply", input, center, alpha, axis, zero_negative, seed, y);
-  at::parallel_for(0, l.args.numel, kGrain,
+  at::parallel_for(0, l.args.numel, kBinarizeGrain,
                    [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binarize_forward(l.args, b, e); });
   return y;
 }
@@ -30,7 +30,7 @@ at::Tensor binarize_backward_cpu(const at::Tensor& grad, const at::Tensor& input
   at::Tensor dx = empty_cpu_output(input.sizes(), input.options());
   const BinarizeBackwardLaunch l =
       prepare_binarize_backward("_binarize_backward", grad, input, center, axis, estimator, beta, dx);
-  at::parallel_for(0, l.args.numel, kGrain,
+  at::parallel_for(0, l.args.numel, kBinarizeGrain,
                    [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binarize_backward(l.args, b, e); });
   return dx;
 }
@@ -44,7 +44,7 @@ at::Tensor& binarize_backward_out_cpu(const at::Tensor& grad, const at::Tensor& 
   check_and_resize_out(op, input, grad_input);
   at::Tensor dst = grad_input.is_contiguous() ? grad_input : empty_cpu_output(input.sizes(), input.options());
   const BinarizeBackwardLaunch l = prepare_binarize_backward(op, grad, input, center, axis, estimator, beta, dst);
-  at::parallel_for(0, l.args.numel, kGrain,
+  at::parallel_for(0, l.args.numel, kBinarizeGrain,
                    [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binarize_backward(l.args, b, e); });
   if (!grad_input.is_contiguous()) grad_input.copy_(dst);
   return grad_input;
@@ -63,7 +63,7 @@ at::Tensor& binarize_out_cpu(const at::Tensor& input, c10::string_view scaling, 
   const BinaryStats st = binary_stats(x, sc, axis);
   at::Tensor dst = out.is_contiguous() ? out : empty_cpu_output(input.sizes(), input.options());
   const BinarizeLaunch l = prepare_binarize(op, x, st.center, st.alpha, axis, sc == BinaryScaling::kBitNet, seed, dst);
-  at::parallel_for(0, l.args.numel, kGrain,
+  at::parallel_for(0, l.args.numel, kBinarizeGrain,
                    [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binarize_forward(l.args, b, e); });
   if (!out.is_contiguous()) out.copy_(dst);
   return out;

@@ -22,7 +22,7 @@ namespace qatkit::ops {
 namespace {
 
 constexpr float kMinAbsMax = 1e-5f;
-constexpr std::int64_t kGrain = 1 << 15;
+constexpr std::int64_t kDynamicGrain = 1 << 15;
 
 /// Fake-quantizes n contiguous elements with the absmax scale s (zero point 0).
 void quantize_block(const kernels::cpu::FakeQuantKernels& k, const void* x, void* y, std::int64_t n, float s,
@@ -57,7 +57,7 @@ void per_token_into(const char* op, const at::Tensor& x, at::Tensor& y, std::int
   const auto& k = kernels::cpu::fake_quant_kernels();
   const auto& red = kernels::cpu::reduce_kernels();
   std::atomic<bool> finite{true};
-  at::parallel_for(0, rows, std::max<std::int64_t>(1, kGrain / n), [&](std::int64_t r0, std::int64_t r1) {
+  at::parallel_for(0, rows, std::max<std::int64_t>(1, kDynamicGrain / n), [&](std::int64_t r0, std::int64_t r1) {
     for (std::int64_t r = r0; r < r1; ++r) {
       bool ok = true;
       const float amax = red.absmax(xp + r * n * es, dt, n, &ok);
@@ -100,13 +100,13 @@ at::Tensor quantize_per_tensor_dynamic_cpu(const at::Tensor& input, std::int64_t
   const char* xp = static_cast<const char*>(x.const_data_ptr());
   const kernels::DType dt = kernel_dtype(x);
   const auto& red = kernels::cpu::reduce_kernels();
-  const std::int64_t blocks = (n + kGrain - 1) / kGrain;
+  const std::int64_t blocks = (n + kDynamicGrain - 1) / kDynamicGrain;
   std::vector<float> maxima(blocks, 0.f);
   std::atomic<bool> finite{true};
   at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
     for (std::int64_t b = b0; b < b1; ++b) {
       bool ok = true;
-      maxima[b] = red.absmax(xp + b * kGrain * es, dt, std::min(kGrain, n - b * kGrain), &ok);
+      maxima[b] = red.absmax(xp + b * kDynamicGrain * es, dt, std::min(kDynamicGrain, n - b * kDynamicGrain), &ok);
       if (!ok) finite.store(false, std::memory_order_relaxed);
     }
   });
@@ -115,8 +115,8 @@ at::Tensor quantize_per_tensor_dynamic_cpu(const at::Tensor& input, std::int64_t
   char* yp = static_cast<char*>(y.mutable_data_ptr());
   at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
     for (std::int64_t b = b0; b < b1; ++b) {
-      const std::int64_t off = b * kGrain;
-      quantize_block(kernels::cpu::fake_quant_kernels(), xp + off * es, yp + off * es, std::min(kGrain, n - off), s, quant_max, dt);
+      const std::int64_t off = b * kDynamicGrain;
+      quantize_block(kernels::cpu::fake_quant_kernels(), xp + off * es, yp + off * es, std::min(kDynamicGrain, n - off), s, quant_max, dt);
     }
   });
   return y;

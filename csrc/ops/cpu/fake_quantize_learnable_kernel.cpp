@@ -1,7 +1,7 @@
 // CPU backward of the learned-step-size fake quantizer: one pass over x and dY writes dX and
 // reduces the scale / zero-point gradients to the qparams' shapes in float64, with no
 // input-sized temporaries. The reduction order is fixed (independent of the thread count):
-//   per-tensor: blocks of kBlock elements, block sums added in order;
+//   per-tensor: blocks of kLsqBlock elements, block sums added in order;
 //   channels with inner > 1: one task per channel, runs added in order;
 //   inner == 1 (per-channel along the innermost dim): tasks own disjoint channel ranges.
 #include <ATen/Parallel.h>
@@ -20,7 +20,7 @@
 namespace qatkit::ops {
 namespace {
 
-constexpr std::int64_t kBlock = 1 << 15;
+constexpr std::int64_t kLsqBlock = 1 << 15;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_cpu(
     const at::Tensor& grad, const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
@@ -43,11 +43,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
   const auto& k = kernels::cpu::fake_quant_kernels();
   if (a.fq.numel > 0) {
     if (channels == 1) {
-      const std::int64_t blocks = (a.fq.numel + kBlock - 1) / kBlock;
+      const std::int64_t blocks = (a.fq.numel + kLsqBlock - 1) / kLsqBlock;
       std::vector<double> ps(blocks), pz(blocks);
       at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
         for (std::int64_t b = b0; b < b1; ++b) {
-          k.lsq_backward_run(a, b * kBlock, std::min(a.fq.numel, (b + 1) * kBlock), 0, &ps[b], &pz[b]);
+          k.lsq_backward_run(a, b * kLsqBlock, std::min(a.fq.numel, (b + 1) * kLsqBlock), 0, &ps[b], &pz[b]);
         }
       });
       for (std::int64_t b = 0; b < blocks; ++b) {
@@ -56,7 +56,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
       }
     } else if (a.fq.inner > 1) {
       const std::int64_t outer = a.fq.numel / (a.fq.inner * a.fq.channels);
-      const std::int64_t grain = std::max<std::int64_t>(1, kBlock / (a.fq.inner * outer));
+      const std::int64_t grain = std::max<std::int64_t>(1, kLsqBlock / (a.fq.inner * outer));
       at::parallel_for(0, a.fq.channels, grain, [&](std::int64_t c0, std::int64_t c1) {
         for (std::int64_t c = c0; c < c1; ++c) {
           for (std::int64_t o = 0; o < outer; ++o) {
@@ -70,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
       });
     } else {
       const std::int64_t outer = a.fq.numel / a.fq.channels;
-      const std::int64_t grain = std::max<std::int64_t>(64, kBlock / outer);
+      const std::int64_t grain = std::max<std::int64_t>(64, kLsqBlock / outer);
       at::parallel_for(0, a.fq.channels, grain, [&](std::int64_t c0, std::int64_t c1) {
         for (std::int64_t o = 0; o < outer; ++o) {
           k.lsq_backward_row(a, o * a.fq.channels + c0, o * a.fq.channels + c1, ds.data(), dz.data());

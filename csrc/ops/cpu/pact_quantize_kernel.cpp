@@ -19,7 +19,7 @@
 namespace qatkit::ops {
 namespace {
 
-constexpr std::int64_t kBlock = 1 << 15;
+constexpr std::int64_t kPactBlock = 1 << 15;
 
 std::tuple<at::Tensor, at::Tensor> pact_quantize_backward_cpu(const at::Tensor& grad, const at::Tensor& input,
                                                               const at::Tensor& alpha) {
@@ -35,12 +35,12 @@ std::tuple<at::Tensor, at::Tensor> pact_quantize_backward_cpu(const at::Tensor& 
   a.alpha = alpha_c.const_data_ptr<float>();
   a.numel = x.numel();
   a.dtype = kernel_dtype(x);
-  const std::int64_t blocks = (a.numel + kBlock - 1) / kBlock;
+  const std::int64_t blocks = (a.numel + kPactBlock - 1) / kPactBlock;
   std::vector<double> partial(blocks, 0.0);
   const auto& k = kernels::cpu::fake_quant_kernels();
   at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
     for (std::int64_t b = b0; b < b1; ++b)
-      partial[b] = k.pact_backward_run(a, b * kBlock, std::min(a.numel, (b + 1) * kBlock));
+      partial[b] = k.pact_backward_run(a, b * kPactBlock, std::min(a.numel, (b + 1) * kPactBlock));
   });
   double sum = 0.0;
   for (double p : partial) sum += p;

@@ -12,7 +12,7 @@
 namespace qatkit::ops {
 namespace {
 
-constexpr std::int64_t kGrain = 1 << 15;
+constexpr std::int64_t kQuantizeGrain = 1 << 15;
 
 at::Tensor quantize_affine_cpu(const at::Tensor& input, const at::Tensor& scale, const at::Tensor& zero_point,
                                std::int64_t quant_min, std::int64_t quant_max, std::optional<std::int64_t> axis,
@@ -23,7 +23,7 @@ at::Tensor quantize_affine_cpu(const at::Tensor& input, const at::Tensor& scale,
       prepare_quantize(op, input, scale, zero_point, quant_min, quant_max, axis, group_size, codes);
   check_qparam_values(op, l.scale, l.zero_point, quant_min, quant_max);
   const auto& k = kernels::cpu::quantize_kernels();
-  at::parallel_for(0, l.args.numel, kGrain, [&](std::int64_t b, std::int64_t e) { k.quantize(l.args, b, e); });
+  at::parallel_for(0, l.args.numel, kQuantizeGrain, [&](std::int64_t b, std::int64_t e) { k.quantize(l.args, b, e); });
   return codes;
 }
 
@@ -36,7 +36,7 @@ at::Tensor dequantize_affine_cpu(const at::Tensor& codes, const at::Tensor& scal
   const auto [lo, hi] = code_range(codes.scalar_type());
   check_qparam_values(op, l.scale, l.zero_point, lo, hi);
   const auto& k = kernels::cpu::quantize_kernels();
-  at::parallel_for(0, l.args.numel, kGrain, [&](std::int64_t b, std::int64_t e) { k.dequantize(l.args, b, e); });
+  at::parallel_for(0, l.args.numel, kQuantizeGrain, [&](std::int64_t b, std::int64_t e) { k.dequantize(l.args, b, e); });
   return out;
 }
 
