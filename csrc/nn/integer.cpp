@@ -294,7 +294,11 @@ torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x)
     return qatkit::linear_w4a8(x, p.weight, p.group_scale, p.group_size, p.act_scale, p.act_zero_point,
                                p.act_quant_min, p.act_quant_max, p.bias);
   }
-  const auto f = p.weight_bits == 8 ? &qatkit::linear_int8 : p.weight_bits == 2 ? &qatkit::linear_w2a8 : &qatkit::linear_w1a8;
+  if (p.weight_bits == 8) {
+    return qatkit::linear_int8(x, p.weight, p.corr, p.out_scale, p.act_scale, p.act_zero_point, p.act_quant_min,
+                               p.act_quant_max, p.bias);
+  }
+  const auto f = p.weight_bits == 2 ? &qatkit::linear_w2a8 : &qatkit::linear_w1a8;
   return f(x, p.weight, p.corr, p.out_scale, p.act_scale, p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias);
 }
 

@@ -66,7 +66,7 @@
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "linear_int8(Tensor input, Tensor weight, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, "
-      "int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
+      "int act_quant_min, int act_quant_max, Tensor? bias=None, Tensor? input_divisor=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "conv2d_int8(Tensor input, Tensor weight, int weight_bits, int[2] kernel_size, int[2] stride, int[2] padding, "
@@ -541,9 +541,24 @@ at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::i
 
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                        const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
-                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias) {
+                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias,
+                       const std::optional<at::Tensor>& input_divisor) {
   static auto op = ops::op_handle<decltype(linear_int8)>("qatkit::linear_int8");
-  return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
+  return op.call(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
+                 input_divisor);
+}
+
+void ops::check_input_divisor(const at::Tensor& input, const std::optional<at::Tensor>& input_divisor) {
+  if (!input_divisor.has_value()) return;
+  const at::Tensor& d = *input_divisor;
+  TORCH_CHECK_TYPE(d.scalar_type() == at::kFloat,
+                   fmt::format("linear_int8: input_divisor must be float32, got {}", c10::toString(d.scalar_type())));
+  TORCH_CHECK_VALUE(d.dim() == 1 && d.sym_size(0) == input.sym_size(-1),
+                    fmt::format("linear_int8: input_divisor must have shape [K] = [{}] (input's last dim), got {}",
+                                c10::str(input.sym_size(-1)), c10::str(d.sym_sizes())));
+  TORCH_CHECK_VALUE(d.device() == input.device(),
+                    fmt::format("linear_int8: input_divisor must be on the input's device {}, got {}",
+                                input.device().str(), d.device().str()));
 }
 
 at::Tensor linear_w1a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,

@@ -39,6 +39,9 @@ inline kernels::QGemmW8FArgs w8f_args(const at::Tensor& x, const at::Tensor& w, 
   return g;
 }
 
+/// linear_int8's input_divisor (when given): float32 [K] on the input's device.
+void check_input_divisor(const at::Tensor& input, const std::optional<at::Tensor>& input_divisor);
+
 /// linear_dynamic_int8's checks: weight_bits 8 / 2 / 1 and its layouts (as linear_int8 /
 /// linear_w2a8 / linear_w1a8, N from weight_scale for the panels), weight_scale float32 [N], bias,
 /// devices, act_quant_max in [1, 127].

@@ -112,12 +112,15 @@ QATKIT_API at::Tensor quantize_affine(const at::Tensor& input, const at::Tensor&
 /// once) summed exactly in int32, plus `corr` [N] (int32: bias_q + (shift - act_zero_point) *
 /// rowsum(weight), shift = 128 for a [0, 255] range), converted to float32 and multiplied by
 /// `out_scale` [N], then plus the float32 `bias` [N] when given (float-bias layers: two roundings).
+/// `input_divisor` [K] (float32), when given, divides the input first, x / input_divisor as torch
+/// divides (SmoothQuant's smoothing fused into the quantization pass: the same bits as dividing first).
 /// input: float32 [..., K]; returns float32 [..., N]. `weight` may also be pack_int8_panel's layout
 /// (N then comes from corr; the same bits, faster on CPU). Not differentiable.
 QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                                   const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                                   std::int64_t act_quant_min, std::int64_t act_quant_max,
-                                  const std::optional<at::Tensor>& bias = std::nullopt);
+                                  const std::optional<at::Tensor>& bias = std::nullopt,
+                                  const std::optional<at::Tensor>& input_divisor = std::nullopt);
 
 /// A Conv2d (NCHW float32 input; groups >= 1, depthwise included: one GEMM per group) on the integer
 /// kernels: the input quantized once per image, int8 patches (a zero-padded position holds the

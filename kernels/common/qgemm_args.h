@@ -18,6 +18,9 @@ struct ActQuantArgs {
   std::int32_t quant_min = -128;
   std::int32_t quant_max = 127;
   std::int32_t shift = 0;  ///< 0 for [-128, 127] codes, 128 for [0, 255]: a fits int8
+  /// [K] per-column divisors applied first, x[k] / divisor[k] (IEEE division, as torch's x / d:
+  /// SmoothQuant's input smoothing fused into the quantization), or nullptr
+  const float* divisor = nullptr;
 };
 
 /// The GEMM on already-quantized rows. corr[n] folds the int32 bias and the zero-point term:

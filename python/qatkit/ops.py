@@ -470,6 +470,7 @@ def linear_int8(
     act_quant_min: int,
     act_quant_max: int,
     bias: Optional[torch.Tensor] = None,
+    input_divisor: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Integer-exact Linear, inference only (docs/integer.md, "static" form).
 
@@ -485,13 +486,17 @@ def linear_int8(
             the op does not scan the weight on every call), or their :func:`pack_int8_panel` layout
             (the same bits; faster on CPU, where the row layout sums each output horizontally).
         corr: int32 ``[N]`` (N: the outputs, also with a panel weight); out_scale: float32 ``[N]``.
+        input_divisor: optional float32 ``[K]``: the input is divided by it first, ``input /
+            input_divisor`` as torch divides (SmoothQuant's smoothing inside the quantization pass;
+            the same bits as dividing first, one tensor pass less).
 
     Raises:
         TypeError / ValueError: dtypes, shapes, devices, a non-8-bit activation range, a zero point
-            outside it, a non-finite or non-positive ``act_scale``.
+            outside it, a non-finite or non-positive ``act_scale``, an input_divisor that is not
+            float32 ``[K]`` on the input's device.
     """
     return torch.ops.qatkit.linear_int8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
-                                        act_quant_max, bias)
+                                        act_quant_max, bias, input_divisor)
 
 
 def linear_w2a8(

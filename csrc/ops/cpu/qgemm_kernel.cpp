@@ -99,7 +99,7 @@ void linear_core(const at::Tensor& x, const at::Tensor& w, int weight_bits, std:
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                       const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                       std::int64_t act_quant_min, std::int64_t act_quant_max, const std::optional<at::Tensor>& bias,
-                      int weight_bits) {
+                      int weight_bits, const float* divisor = nullptr) {
   const std::int32_t shift = check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point,
                                                     act_quant_min, act_quant_max, bias, weight_bits);
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
@@ -108,7 +108,8 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
   const auto rows = rows_and_output_shape(x, N);
   at::Tensor y = at::empty(rows.second, input.options());
   if (y.numel() == 0) return y;
-  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  q.divisor = divisor;
   const auto& k = kernels::cpu::qgemm_kernels();
   const std::int64_t K = x.size(-1);
   linear_core(x, w, weight_bits, rows.first, N, c.data_ptr<std::int32_t>(), os.data_ptr<float>(),
@@ -203,8 +204,11 @@ at::Tensor linear_dynamic_int8_cpu(const at::Tensor& input, const at::Tensor& we
 at::Tensor linear_int8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                            const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                            std::int64_t act_quant_min, std::int64_t act_quant_max,
-                           const std::optional<at::Tensor>& bias) {
-  return linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, 8);
+                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& input_divisor) {
+  check_input_divisor(input, input_divisor);
+  const at::Tensor d = input_divisor.has_value() ? input_divisor->contiguous() : at::Tensor();
+  return linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, 8,
+                    d.defined() ? d.const_data_ptr<float>() : nullptr);
 }
 
 at::Tensor linear_w2a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,

@@ -124,7 +124,12 @@ at::Tensor linear_dynamic_int8_cuda(const at::Tensor& input, const at::Tensor& w
 
 at::Tensor linear_int8_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                             const at::Tensor& out_scale, double s, std::int64_t z, std::int64_t lo, std::int64_t hi,
-                            const std::optional<at::Tensor>& bias) {
+                            const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& input_divisor) {
+  check_input_divisor(input, input_divisor);
+  if (input_divisor.has_value()) {
+    // the division as its own pass (IEEE division: the CPU kernel's fused x / d gives the same bits)
+    return linear_cuda(input.div(*input_divisor), weight, corr, out_scale, s, z, lo, hi, bias, 8);
+  }
   return linear_cuda(input, weight, corr, out_scale, s, z, lo, hi, bias, 8);
 }
 

@@ -27,8 +27,9 @@ at::Tensor conv_output(const at::Tensor& input, std::int64_t N, std::int64_t ho,
 at::Tensor linear_int8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
                             const at::Tensor& out_scale, double act_scale, std::int64_t act_zero_point,
                             std::int64_t act_quant_min, std::int64_t act_quant_max,
-                           const std::optional<at::Tensor>& bias) {
+                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& input_divisor) {
   check_linear_int8_args(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias);
+  check_input_divisor(input, input_divisor);
   return linear_output(input, weight.dim() == 3 ? corr : weight);  // a panel weight: N is corr's length
 }
 

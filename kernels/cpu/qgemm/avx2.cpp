@@ -39,6 +39,30 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
   const __m256 lo = _mm256_set1_ps(static_cast<float>(q.quant_min - q.zero_point));
   const __m256 hi = _mm256_set1_ps(static_cast<float>(q.quant_max - q.zero_point));
   const __m256i off = _mm256_set1_epi32(q.zero_point - q.shift);
+  if (q.divisor) {
+    // row by row (the divisor is per column): x / d first, then the same steps as below
+    const float lo1 = static_cast<float>(q.quant_min - q.zero_point), hi1 = static_cast<float>(q.quant_max - q.zero_point);
+    const float z = static_cast<float>(q.zero_point);
+    for (std::int64_t r = begin; r < end; ++r) {
+      const float* xr = x + r * K;
+      std::int8_t* ar = a + r * K;
+      std::int64_t k = 0;
+      for (; k + 8 <= K; k += 8) {
+        const __m256 v = _mm256_div_ps(_mm256_loadu_ps(xr + k), _mm256_loadu_ps(q.divisor + k));
+        __m256 t = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
+        t = _mm256_blendv_ps(t, _mm256_setzero_ps(), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        const __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(t), off);
+        const __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(ar + k), _mm_packs_epi16(c16, c16));
+      }
+      for (; k < K; ++k) {
+        ar[k] = static_cast<std::int8_t>(
+            static_cast<std::int32_t>(quantize_code<float>(xr[k] / q.divisor[k], q.inv_scale, lo1, hi1, z)) - q.shift);
+      }
+    }
+    return;
+  }
   const std::int64_t n0 = begin * K, n1 = end * K;
   std::int64_t i = n0;
   for (; i + 8 <= n1; i += 8) {

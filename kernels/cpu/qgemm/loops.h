@@ -27,7 +27,7 @@ inline void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const 
   const float lo = static_cast<float>(q.quant_min - q.zero_point), hi = static_cast<float>(q.quant_max - q.zero_point);
   const float z = static_cast<float>(q.zero_point);
   for (std::int64_t i = begin * K; i < end * K; ++i) {
-    const float c = quantize_code<float>(x[i], q.inv_scale, lo, hi, z);
+    const float c = quantize_code<float>(q.divisor ? x[i] / q.divisor[i % K] : x[i], q.inv_scale, lo, hi, z);
     a[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(c) - q.shift);
   }
 }

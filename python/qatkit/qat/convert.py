@@ -172,7 +172,7 @@ class QuantizedLinear(_Quantized):
         plan, form = self.__dict__.get("_int8_plan"), self._integer_form
         if (plan and plan["bare"] and form is not None and x.dtype is torch.float32 and x.is_cpu
                 and (form != "row" or x.dim() >= 2)):
-            return plan["call"](x)  # integer.linear's bound kernel, straight away (no RMSNorm, no smoothing)
+            return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
         if self.rms_norm:
             x = F.rms_norm(x, (self.in_features,), eps=self.eps)
         if self.smooth is not None:

@@ -436,13 +436,14 @@ def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
-def _bind(plan: dict):
+def _bind(plan: dict, divisor: Optional[torch.Tensor] = None):
     """A Linear plan's kernel with its operands bound (x -> y): the op resolved once, so a loaded
     layer's per-call Python work is one closure call (the layers of a small model are otherwise
     dominated by that work: MiniLM's 37 Linears at one sentence). Eager calls go to the overload's
     C++ entry (``OpOverload._op``, the same dispatcher call without the Python frame: ~2 us less per
     call) with trailing ``None`` operands left to the schema's defaults; under torch.compile /
-    export the OpOverload itself, which Dynamo traces."""
+    export the OpOverload itself, which Dynamo traces. ``divisor``: linear_int8's input_divisor
+    (a SmoothQuant layer's ``x / smooth`` inside the kernel's quantization pass, the same bits)."""
     k, p = plan["kernel"], plan
     op = getattr(torch.ops.qatkit, k).default
     if k == "linear_w1a1":
@@ -457,6 +458,8 @@ def _bind(plan: dict):
         args = (p["weight"], p["gscale"], p["group_size"], p["act_scale"], p["zp"], p["qmin"], p["qmax"], p["bias"])
     else:
         args = (p["weight"], p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"], p["qmax"], p["bias"])
+        if divisor is not None:
+            args = args + (divisor,)
     while args[-1] is None:
         args = args[:-1]
     raw, compiling = getattr(op, "_op", op), torch.compiler.is_compiling
@@ -558,9 +561,19 @@ def _plan(mod):
     if plan is None:
         plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
         if plan and not _is_conv(mod):
-            plan["call"] = _bind(plan)
-            # nothing runs before the kernel: QuantizedLinear.forward may call it directly
-            plan["bare"] = not getattr(mod, "rms_norm", False) and getattr(mod, "smooth", None) is None
+            plan["call"] = _bind(plan)  # on the input after the layer's RMSNorm / smoothing
+            # what QuantizedLinear.forward may call on its own input, or None (an RMSNorm first): the
+            # same kernel, or linear_int8 dividing by the smoothing itself (x / smooth in float32,
+            # as forward divides, fused into the quantization pass: one tensor pass less per layer)
+            smooth = getattr(mod, "smooth", None)
+            if getattr(mod, "rms_norm", False):
+                plan["bare"] = None
+            elif smooth is None:
+                plan["bare"] = plan["call"]
+            elif plan["kernel"] == "linear_int8":
+                plan["bare"] = _bind(plan, smooth.detach().to(torch.float32).contiguous())
+            else:
+                plan["bare"] = None
     return plan
 
 

@@ -256,6 +256,12 @@ def test_integer_linear_kernels_cuda_equal_cpu(bits, M, N, K, qrange, zp):
             gpu = op(x.cuda(), layout.cuda(), corr.cuda(), scale.cuda(), 0.05, zp, qmin, qmax,
                      None if bias is None else bias.cuda())
             assert torch.equal(gpu.cpu(), cpu), layout.dim()
+    if bits == 8:  # input_divisor (SmoothQuant's x / s): CUDA divides in its own pass, the CPU fused
+        d = torch.rand(K, generator=g) + 0.05
+        cpu = op(x, packed, corr, scale, 0.05, zp, qmin, qmax, None, d)
+        for layout in layouts:
+            gpu = op(x.cuda(), layout.cuda(), corr.cuda(), scale.cuda(), 0.05, zp, qmin, qmax, None, d.cuda())
+            assert torch.equal(gpu.cpu(), cpu), ("input_divisor", layout.dim())
 
 
 @pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (64, 128, 1024), (0, 8, 16)])

@@ -175,6 +175,46 @@ def test_bad_arguments_name_themselves(change, err, match):
         ops.linear_int8(a["input"], a["weight"], a["corr"], a["out_scale"], a["act_scale"], a["zp"], a["qmin"], a["qmax"])
 
 
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (7, 9, 1), (3, 64, 257), (16, 40, 96), (9, 21, 2100)])
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
+def test_input_divisor_is_the_division_first_on_every_isa(M, N, K, qrange, zp):
+    """input_divisor (SmoothQuant's x / s fused into the quantization pass) against the integer
+    reference of torch's x / d: NaN, +-Inf, 0 / 0, a zero and a subnormal divisor, both layouts."""
+    x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp, seed=K)
+    g = torch.Generator().manual_seed(M + K)
+    d = torch.rand(K, generator=g) * 4 + 0.01
+    if M and K > 6:
+        x[0, 1], x[-1, 2], x[0, 3], x[-1, 5] = float("nan"), float("inf"), 0.0, -float("inf")
+        d[3], d[4], d[5] = 0.0, 1e-40, -0.5  # 0 / 0 = NaN; x / 0 = +-Inf; a subnormal and a negative divisor
+    want = _reference(x / d, w, bias_q, scale, s, zp, qmin, qmax)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            assert qatkit._C.set_cpu_isa(isa)
+            for wt in (w, ops.pack_int8_panel(w)):
+                got = ops.linear_int8(x, wt, corr, scale, s, zp, qmin, qmax, None, d)
+                assert got.shape == (M, N) and torch.equal(got, want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_input_divisor_opcheck_compile_and_errors():
+    x, w, corr, scale, s, zp, qmin, qmax, _ = _case(3, 8, 48)
+    d = torch.rand(48) + 0.5
+    torch.library.opcheck(torch.ops.qatkit.linear_int8.default, (x, w, corr, scale, s, zp, qmin, qmax, None, d))
+    f = torch.compile(lambda t: ops.linear_int8(t, w, corr, scale, s, zp, qmin, qmax, None, d), fullgraph=True,
+                      backend="eager")
+    assert torch.equal(f(x), ops.linear_int8(x / d, w, corr, scale, s, zp, qmin, qmax))
+    with pytest.raises(TypeError, match="input_divisor must be float32, got Double"):
+        ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax, None, d.double())
+    with pytest.raises(ValueError, match=r"input_divisor must have shape \[K\] = \[48\]"):
+        ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax, None, d[:5])
+    with pytest.raises(ValueError, match="input_divisor must have shape"):
+        ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax, None, d[None])
+    with pytest.raises(ValueError, match="input_divisor must be on the input's device"):
+        ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax, None, d.to("meta"))
+
+
 # ---------------------------------------------------------------- ternary W2A8
 
 

@@ -337,6 +337,31 @@ def _simulated_and_on_kernels(q):
     return sim, k, rep
 
 
+def test_smoothquant_layers_divide_inside_the_kernel_with_the_simulations_bits():
+    """A SmoothQuant layer's x / smooth runs inside linear_int8 (input_divisor) once its plan is
+    built: the first call (plan built on the divided input) and the later ones (QuantizedLinear's
+    direct call with the fused division) equal the float64 simulation bit for bit."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(40, 96), nn.ReLU(), nn.Linear(96, 24)).eval()
+    x = torch.randn(64, 40)
+    x[:, 3] *= 30  # an outlier channel, so the smoothing matters
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(mlp, [x[:32]], qatkit.w8a8(), scaling="smoothquant", correct_bias=None, verbose=False,
+                       progress=False)
+    sim, k, _ = _simulated_and_on_kernels(q)
+    lins = [m for m in k.modules() if isinstance(m, QuantizedLinear)]
+    assert all(m.smooth is not None for m in lins)
+    with torch.no_grad():
+        want = sim(x[32:])
+        assert torch.equal(k(x[32:]), want)  # first call: the plans are built on x / smooth
+        for m in lins:
+            plan = m.__dict__["_int8_plan"]
+            assert plan["kernel"] == "linear_int8" and plan["bare"] is not None and plan["bare"] is not plan["call"]
+        assert torch.equal(k(x[32:]), want)  # later calls: the division inside the kernel
+        assert torch.equal(k(x[32:40]), sim(x[32:40]))
+
+
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "conv1d"])
 def test_xnor_layers_run_on_the_popcount_kernel(arch):
     """xnor_w1a1's hidden layers (binary weights, per-sample binary inputs) run on ops.linear_w1a1 /
