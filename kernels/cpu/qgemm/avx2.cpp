@@ -32,58 +32,41 @@ inline std::uint32_t hsum(__m256i v) {
 
 // quantize_code (fake_quant_scalar.h) eight lanes at a time: r = round-half-even(x * inv_s), clamped
 // to [qmin - z, qmax - z] (NaN: z), + z - shift, narrowed to int8; the same bits as the scalar loop,
-// which finishes the tail.
+// which finishes the tail. With q.divisor, x / d first (IEEE division), row by row.
 void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuantArgs& q, std::int64_t begin,
                    std::int64_t end) {
   const __m256 inv = _mm256_set1_ps(q.inv_scale);
   const __m256 lo = _mm256_set1_ps(static_cast<float>(q.quant_min - q.zero_point));
   const __m256 hi = _mm256_set1_ps(static_cast<float>(q.quant_max - q.zero_point));
   const __m256i off = _mm256_set1_epi32(q.zero_point - q.shift);
-  if (q.divisor) {
-    // row by row (the divisor is per column): x / d first, then the same steps as below
-    const float lo1 = static_cast<float>(q.quant_min - q.zero_point), hi1 = static_cast<float>(q.quant_max - q.zero_point);
-    const float z = static_cast<float>(q.zero_point);
-    for (std::int64_t r = begin; r < end; ++r) {
-      const float* xr = x + r * K;
-      std::int8_t* ar = a + r * K;
-      std::int64_t k = 0;
-      for (; k + 8 <= K; k += 8) {
-        const __m256 v = _mm256_div_ps(_mm256_loadu_ps(xr + k), _mm256_loadu_ps(q.divisor + k));
-        __m256 t = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        t = _mm256_min_ps(_mm256_max_ps(t, lo), hi);
-        t = _mm256_blendv_ps(t, _mm256_setzero_ps(), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        const __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(t), off);
-        const __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(ar + k), _mm_packs_epi16(c16, c16));
-      }
-      for (; k < K; ++k) {
-        ar[k] = static_cast<std::int8_t>(
-            static_cast<std::int32_t>(quantize_code<float>(xr[k] / q.divisor[k], q.inv_scale, lo1, hi1, z)) - q.shift);
-      }
-    }
-    return;
-  }
-  const std::int64_t n0 = begin * K, n1 = end * K;
-  std::int64_t i = n0;
-  for (; i + 8 <= n1; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
+  const float lo1 = static_cast<float>(q.quant_min - q.zero_point), hi1 = static_cast<float>(q.quant_max - q.zero_point);
+  const float z = static_cast<float>(q.zero_point);
+  const auto code8 = [&](__m256 v, std::int8_t* out) {
     __m256 r = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);  // a NaN r becomes lo here; the blend below makes it z
     r = _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));  // NaN -> code z
     const __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(r), off);
     // eight int32 in [-128, 127] -> int8
     const __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(a + i), _mm_packs_epi16(c16, c16));
-  }
-  if (i < n1) {
-    // the scalar loop over whole rows: finish element by element from i
-    const float lo1 = static_cast<float>(q.quant_min - q.zero_point), hi1 = static_cast<float>(q.quant_max - q.zero_point);
-    const float z = static_cast<float>(q.zero_point);
-    for (; i < n1; ++i) {
-      a[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(quantize_code<float>(x[i], q.inv_scale, lo1, hi1, z)) -
-                                      q.shift);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packs_epi16(c16, c16));
+  };
+  const auto code1 = [&](float v) {
+    return static_cast<std::int8_t>(static_cast<std::int32_t>(quantize_code<float>(v, q.inv_scale, lo1, hi1, z)) - q.shift);
+  };
+  if (q.divisor) {
+    for (std::int64_t r = begin; r < end; ++r) {
+      const float* xr = x + r * K;
+      std::int8_t* ar = a + r * K;
+      std::int64_t k = 0;
+      for (; k + 8 <= K; k += 8) code8(_mm256_div_ps(_mm256_loadu_ps(xr + k), _mm256_loadu_ps(q.divisor + k)), ar + k);
+      for (; k < K; ++k) ar[k] = code1(xr[k] / q.divisor[k]);
     }
+    return;
   }
+  const std::int64_t n0 = begin * K, n1 = end * K;
+  std::int64_t i = n0;
+  for (; i + 8 <= n1; i += 8) code8(_mm256_loadu_ps(x + i), a + i);
+  for (; i < n1; ++i) a[i] = code1(x[i]);  // the scalar loop finishes the tail
 }
 
 // The panel layout (QGemmArgs): one 16-row panel's step is two vectors of 8 rows x 4 k; the codes
