@@ -917,6 +917,40 @@ void wop_columns(const float* x, float* y, const float* bias, std::int64_t M, st
   }
 }
 
+/// One group's chunk of a 16-row block of the panel layout (codes cp: 4 dwords x 8 k per row, each
+/// dword's byte j holding k = 4 e + j in its low nibble and k + 16 in its high one) into the panel's
+/// rows out[k * kWopNC + r], k < 32, r < 16: (float(q - 8) - z) * s with the block's 16 scales sp (and
+/// zeros zp when Z). Each 64-byte row written by two consecutive stores, and no zero subtracted
+/// without zeros (x - 0 = x: the same bits): 1.02-1.08x the packed GEMM's speed at MiniLM's 12-row
+/// shapes against the loop it replaced (docs/benchmarks.md, 2026-12-04).
+template <bool Z>
+inline void w4_panel_chunk(const std::uint8_t* cp, const float* sp, const float* zp, float* out) {
+  const __m256i low4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
+  const __m256 s0 = _mm256_loadu_ps(sp), s1 = _mm256_loadu_ps(sp + 8);
+  __m256 z0 = _mm256_setzero_ps(), z1 = z0;
+  if constexpr (Z) {
+    z0 = _mm256_loadu_ps(zp);
+    z1 = _mm256_loadu_ps(zp + 8);
+  }
+  const auto val = [&](__m256i q, __m256 s, __m256 z) {
+    __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(q, low4), eight));
+    if constexpr (Z) f = _mm256_sub_ps(f, z);
+    return _mm256_mul_ps(f, s);
+  };
+  for (int ee = 0; ee < 4; ++ee) {
+    const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + ee * 64));
+    const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + ee * 64 + 32));
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      float* o = out + (4 * ee + j) * kWopNC;
+      _mm256_storeu_ps(o, val(_mm256_srli_epi32(v0, 8 * j), s0, z0));
+      _mm256_storeu_ps(o + 8, val(_mm256_srli_epi32(v1, 8 * j), s1, z1));
+      _mm256_storeu_ps(o + 16 * kWopNC, val(_mm256_srli_epi32(v0, 8 * j + 4), s0, z0));
+      _mm256_storeu_ps(o + 16 * kWopNC + 8, val(_mm256_srli_epi32(v1, 8 * j + 4), s1, z1));
+    }
+  }
+}
+
 /// linear_w4_weight_only's packed GEMM. The panel layout (what qatkit.load gives) dequantizes straight
 /// into the [k][column] order: each of its dwords holds 16 rows' codes of 8 k, so a vector of them is
 /// a vector of columns (and blocked scales one load per group); the row layout goes through
@@ -960,23 +994,8 @@ inline void gemm_w4f_packed(const QGemmW4FArgs& g, std::int64_t n_begin, std::in
                     }
                     float* out = wp + (kk - k0) * kWopNC + 16 * h;
                     const std::uint8_t* cp = src + st * 1024 + c * 4 * 64;  // dwords e = 4c .. 4c + 3
-                    const __m256i low4 = _mm256_set1_epi32(15), eight = _mm256_set1_epi32(8);
-                    for (int half = 0; half < 2; ++half) {
-                      const __m256 s = _mm256_loadu_ps(sp + 8 * half);
-                      const __m256 z = zp ? _mm256_loadu_ps(zp + 8 * half) : _mm256_setzero_ps();
-                      for (int ee = 0; ee < 4; ++ee) {
-                        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + ee * 64 + 32 * half));
-                        for (int j = 0; j < 4; ++j) {
-                          const __m256i lo = _mm256_and_si256(_mm256_srli_epi32(v, 8 * j), low4);
-                          const __m256i hi = _mm256_and_si256(_mm256_srli_epi32(v, 8 * j + 4), low4);
-                          const std::int64_t k = 4 * ee + j;
-                          _mm256_storeu_ps(out + k * kWopNC + 8 * half,
-                                           _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(lo, eight)), z), s));
-                          _mm256_storeu_ps(out + (k + 16) * kWopNC + 8 * half,
-                                           _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(hi, eight)), z), s));
-                        }
-                      }
-                    }
+                    if (zp) w4_panel_chunk<true>(cp, sp, zp, out);
+                    else w4_panel_chunk<false>(cp, sp, zp, out);
                   }
                 }
               },
