@@ -277,7 +277,13 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
 
 namespace detail {
 
-torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x) {
+torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& input, const torch::Tensor& divisor) {
+  const bool int8 = !p.binary_input && !p.dynamic_input && !p.float_input && p.weight_bits == 8;
+  if (divisor.defined() && int8) {
+    return qatkit::linear_int8(input, p.weight, p.corr, p.out_scale, p.act_scale, p.act_zero_point, p.act_quant_min,
+                               p.act_quant_max, p.bias, divisor);
+  }
+  const torch::Tensor x = divisor.defined() ? input / divisor : input;
   if (p.binary_input) return qatkit::linear_w1a1(x, p.weight, p.out_scale, p.bias);
   if (p.dynamic_input) {
     return qatkit::linear_dynamic_int8(x, p.weight, p.weight_bits, p.out_scale, p.act_quant_max, p.bias,

@@ -199,8 +199,21 @@ void finish_layer(const Reader& r, const std::string& name, const json::Value& i
       layer->bias.copy_(b);
     }
   }
-  if (r.maybe(name + ".smooth")) {
-    r.fail(fmt::format("{} has SmoothQuant / AWQ input scaling, which the C++ layers do not implement (load it in Python)", where));
+  if (const std::optional<torch::Tensor> smooth = r.maybe(name + ".smooth")) {
+    if constexpr (std::is_same_v<Layer, QuantLinear>) {  // SmoothQuant / AWQ: x / smooth (Python's QuantizedLinear)
+      const std::int64_t k = layer->options.in_features();
+      if (!smooth->is_floating_point() || smooth->dim() != 1 || smooth->size(0) != k) {
+        r.fail(fmt::format("{}: smooth must be a float tensor of shape [{}] (in_features), got {} {}", where, k,
+                           c10::toString(smooth->scalar_type()), c10::str(smooth->sizes())));
+      }
+      const torch::Tensor s = smooth->to(torch::kFloat).contiguous();
+      if (!torch::isfinite(s).all().item<bool>() || !(s > 0).all().item<bool>()) {
+        r.fail(fmt::format("{}: smooth must be finite and positive (a SmoothQuant / AWQ divisor)", where));
+      }
+      layer->smooth = s.clone();
+    } else {
+      r.fail(fmt::format("{} has input scaling ('smooth'), which only Linear layers have", where));
+    }
   }
   layer->eval();
 }

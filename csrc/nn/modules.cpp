@@ -521,8 +521,10 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
   if (frozen.integer && h.device().is_cpu() && h.scalar_type() == torch::kFloat &&
       (!frozen.integer->binary_input || h.dim() >= 2)) {
-    return detail::integer_linear(*frozen.integer, h);  // the kernel quantizes the input itself
+    // the kernel quantizes the input itself (and divides it by the smoothing, if any)
+    return detail::integer_linear(*frozen.integer, h, smooth.defined() ? smooth.to(torch::kFloat) : smooth);
   }
+  if (smooth.defined()) h = h / smooth.to(h.device(), h.scalar_type());  // Python: x / smooth.to(x.dtype)
   if (input_fake_quant) h = input_fake_quant(h);
   return at::linear(h, quantized_weight(), bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
 }

@@ -94,7 +94,7 @@ struct Writer {
 
   /// One converted layer: packed codes, scales, zero points, bias, input quantizer state.
   Value layer(const std::string& name, const char* type, Value params, const ConvertedWeight& w, const LayerSpec& spec,
-              const torch::Tensor& bias, const ActFakeQuantizer& aq) {
+              const torch::Tensor& bias, const ActFakeQuantizer& aq, const torch::Tensor& smooth = {}) {
     const std::string where = fmt::format("qatkit::nn::save: layer '{}'", name);
     TORCH_CHECK_VALUE(w.converted, fmt::format("{} is not converted", where));
     TORCH_CHECK_VALUE(!w.float_weight && spec.weight,
@@ -128,6 +128,7 @@ struct Writer {
     weight.set("scale_dtype", Value::of(ws.scale_dtype));
     weight.set("zero_point", Value::of(has_zp));
     if (bias.defined()) put(name + ".bias", bias);
+    if (smooth.defined()) put(name + ".smooth", smooth);  // SmoothQuant / AWQ input scaling (a loaded layer's)
     Value info = object();
     info.set("type", Value::of(type));
     info.set("params", std::move(params));
@@ -217,7 +218,7 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
     p.set("out_features", Value::of(l->options.out_features()));
     p.set("rms_norm", Value::of(as<BitLinearImpl>(m) != nullptr));
     p.set("eps", Value::of(1e-6));  // BitLinear's RMSNorm eps (modules.cpp)
-    return layer(name, "linear", std::move(p), l->frozen, l->layer_spec, l->bias, l->input_fake_quant);
+    return layer(name, "linear", std::move(p), l->frozen, l->layer_spec, l->bias, l->input_fake_quant, l->smooth);
   }
   if (auto c = as<QuantConv2dImpl>(m)) {
     return layer(name, "conv2d", conv_params<2>(c->options, name), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);

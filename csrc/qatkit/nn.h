@@ -273,6 +273,11 @@ class QATKIT_API QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> 
   WeightFakeQuantizer weight_fake_quant{nullptr};
   ActFakeQuantizer input_fake_quant{nullptr};
   ConvertedWeight frozen;
+  /// SmoothQuant / AWQ input scaling (Python: QuantizedLinear.smooth), float32 [in_features], or
+  /// undefined: the layer computes on x / smooth (after BitLinear's RMSNorm). The loader sets it from
+  /// a file's "<layer>.smooth"; linear_int8 layers divide inside the kernel (input_divisor, the same
+  /// bits), the others divide first.
+  torch::Tensor smooth;
 
  protected:
   void attach();
@@ -477,12 +482,14 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 /// GELU / SiLU / Tanh / Sigmoid / Identity / Flatten / Unflatten / Dropout / MaxPool2d / AvgPool2d /
 /// AdaptiveAvgPool2d / BatchNorm1d / BatchNorm2d / LayerNorm / float Linear, Conv1d, Conv2d, as a runnable
 /// Sequential in eval mode: the packed layers are converted QuantLinear / QuantConv* /
-/// QuantEmbedding holding the file's codes, so the outputs equal Python's. Models with custom
+/// QuantEmbedding holding the file's codes (and a Linear's SmoothQuant / AWQ input scaling, its
+/// `smooth`), so the outputs equal Python's. Models with custom
 /// forwards (Hugging Face ones) load in Python only (qatkit.load_into). `compute` as Python's
 /// qatkit.load: "integer" (default) runs the layers an integer kernel exists for on it
 /// (set_compute), bit for bit Python's loaded model; "float" the QAT model's float math. ValueError
 /// naming the file and the layer for anything the file or the C++ layers cannot honour (a newer
-/// format version, SmoothQuant input scaling, non-float32 models, an unknown module type).
+/// format version, a smoothing that is not finite and positive, non-float32 models, an unknown module
+/// type).
 QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string& compute = "integer");
 
 /// Switch the converted layers of `model` between "float" (the QAT model's function, bit for bit)

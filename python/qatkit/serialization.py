@@ -570,6 +570,14 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
         need(bool(((z >= spec.quant_min) & (z <= spec.quant_max)).all()), "weight_zero_point outside the code range")
     need(("bias" in t) == bool(info.get("bias")), "bias presence does not match the header")
     _check_params(info, shape, need)
+    sm = t.get("smooth")  # SmoothQuant / AWQ input scaling: the layer computes on x / smooth
+    if sm is not None:
+        need(info["type"] == "linear", "input scaling ('smooth') is a Linear layer's only")
+        n_in = shape[1] if len(shape) == 2 else None
+        need(sm.is_floating_point() and sm.dim() == 1 and sm.shape[0] == n_in,
+             f"smooth must be a float tensor of shape [{n_in}] (in_features), got {sm.dtype} {list(sm.shape)}")
+        need(bool(torch.isfinite(sm).all()) and bool((sm > 0).all()),
+             "smooth must be finite and positive (a SmoothQuant / AWQ divisor)")
 
 
 def _ints(v, n, lo, where, need):

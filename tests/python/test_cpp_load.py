@@ -99,14 +99,86 @@ def test_a_cpp_qat_model_saved_by_cpp_loads_in_python_and_cpp_bit_for_bit(preset
     assert torch.equal(y, want)
 
 
-def test_cpp_refuses_what_it_cannot_honour(tmp_path):
+@pytest.mark.parametrize("preset,scaling", [("w8a8", "smoothquant"), ("w4a8", "smoothquant"),
+                                            ("int4_weight_only", "awq"), ("w8a8", "awq")])
+def test_cpp_runs_smoothquant_and_awq_layers_bit_for_bit(preset, scaling, tmp_path):
+    """Input scaling (x / smooth before the layer; SmoothQuant, AWQ): the C++ loader gives Python's
+    outputs bit for bit in float and integer compute (linear_int8 divides inside its quantization
+    pass, the other kernels after a division), and qatkit::nn::save writes the smoothing back."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    x[:, 5] *= 20  # an outlier channel: the smoothing is far from 1
+    mlp = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 10)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(mlp, list(x.split(8)), qatkit.preset(preset), scaling=scaling, correct_bias=None,
+                       verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    smooths = {k: v for k, v in load_file(path).items() if k.endswith(".smooth")}
+    assert smooths and any(not torch.equal(v, torch.ones_like(v)) for v in smooths.values())
+    with torch.no_grad():
+        want, want_int = qatkit.load(path, compute="float")(x), qatkit.load(path)(x)
+        # the smoothing matters: without it the same layers give other outputs
+        plain = qatkit.load(path)
+        for m in plain.modules():
+            if getattr(m, "smooth", None) is not None:
+                m.smooth = None
+                m.__dict__.pop("_int8_plan", None)
+        assert not torch.equal(plain(x), want_int)
+    r, y = _run(path, x, tmp_path, "float")
+    assert r.returncode == 0, r.stderr
+    assert torch.equal(y, want)
+    r, y = _run(path, x, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert torch.equal(y, want_int)
+    again = str(tmp_path / "again.safetensors")
+    r = subprocess.run([EXE, "--resave", path, again], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    b = load_file(again)
+    for k, v in smooths.items():
+        assert torch.equal(b[k], v), k
+    with torch.no_grad():
+        assert torch.equal(qatkit.load(again)(x), want_int)
+
+
+def test_cpp_refuses_a_corrupt_smoothing(tmp_path):
+    """A file whose smoothing is zero, non-finite or of the wrong shape: a clear error naming the
+    layer (Python's loader too), never inf / NaN outputs."""
+    from safetensors.torch import load_file, save_file
+
     torch.manual_seed(0)
     x = torch.randn(16, 64)
     mlp = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        smooth = qatkit.ptq(mlp, [x], qatkit.w8a8(), scaling="smoothquant", correct_bias=None, verbose=False,
-                            progress=False)
+        q = qatkit.ptq(mlp, [x], qatkit.w8a8(), scaling="smoothquant", correct_bias=None, verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    tensors = load_file(path)
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    key = next(k for k in tensors if k.endswith(".smooth"))
+    layer = key[: -len(".smooth")]
+    for bad, msg in ((torch.zeros(64), "finite and positive"), (torch.full((64,), float("nan")), "finite and positive"),
+                     (torch.ones(63), "shape [64]")):
+        t = dict(tensors)
+        t[key] = bad
+        p = str(tmp_path / "bad.safetensors")
+        save_file(t, p, metadata=meta)
+        r, _ = _run(p, x, tmp_path)
+        assert r.returncode == 1 and msg in r.stderr and layer in r.stderr, r.stderr
+        with pytest.raises(ValueError, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            qatkit.load(p)
+
+
+def test_cpp_refuses_what_it_cannot_honour(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(16, 64)
 
     class Custom(nn.Module):
         def __init__(self):
@@ -119,7 +191,7 @@ def test_cpp_refuses_what_it_cannot_honour(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         custom = qatkit.ptq(Custom(), [x], qatkit.w8a8(), correct_bias=None, verbose=False, progress=False)
-    cases = [(smooth, "SmoothQuant / AWQ input scaling"), (custom, "load it in Python with qatkit.load_into")]
+    cases = [(custom, "load it in Python with qatkit.load_into")]
     for model, msg in cases:
         path = str(tmp_path / "r.safetensors")
         qatkit.export(model, path)
