@@ -38,6 +38,14 @@ def _run(model_path, x, tmp_path, compute="integer"):
     return r, (load_file(out)["y"] if r.returncode == 0 else None)
 
 
+def _assert_cpp_gives(path, x, tmp_path, want, want_int):
+    """The C++ program's outputs in float and (its default) integer compute equal Python's."""
+    for compute, expected in (("float", want), ("integer", want_int)):
+        r, y = _run(path, x, tmp_path, compute)
+        assert r.returncode == 0, r.stderr
+        assert torch.equal(y, expected), compute
+
+
 @pytest.mark.parametrize("arch", ["MLP", "CNN", "DSCNN"])
 @pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "xnor_w1a1",
                                     "int4_weight_only", "binary_weight_only", "int8_weight_only"])
@@ -53,13 +61,8 @@ def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, t
     with torch.no_grad():
         want = qatkit.load(path, compute="float")(x)
         want_int = qatkit.load(path)(x)  # integer kernels where they run a layer
-    r, y = _run(path, x, tmp_path, "float")
-    assert r.returncode == 0, r.stderr
-    assert torch.equal(y, want)
     # C++'s default: the same integer kernels on the same operands, Python's outputs bit for bit
-    r, y = _run(path, x, tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert torch.equal(y, want_int)
+    _assert_cpp_gives(path, x, tmp_path, want, want_int)
     if preset == "w8a8":  # every layer on a kernel (int32 biases): a different function from the float one
         assert not torch.equal(want_int, want)
     # qatkit::nn::save writes the loaded model back: the same packed tensors, Python's outputs
@@ -128,12 +131,7 @@ def test_cpp_runs_smoothquant_and_awq_layers_bit_for_bit(preset, scaling, tmp_pa
                 m.smooth = None
                 m.__dict__.pop("_int8_plan", None)
         assert not torch.equal(plain(x), want_int)
-    r, y = _run(path, x, tmp_path, "float")
-    assert r.returncode == 0, r.stderr
-    assert torch.equal(y, want)
-    r, y = _run(path, x, tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert torch.equal(y, want_int)
+    _assert_cpp_gives(path, x, tmp_path, want, want_int)
     again = str(tmp_path / "again.safetensors")
     r = subprocess.run([EXE, "--resave", path, again], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
