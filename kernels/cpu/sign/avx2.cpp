@@ -9,7 +9,7 @@ namespace qatkit::kernels::cpu {
 
 const SignKernels* sign_avx2() {
   static const SignKernels k{&detail::binarize_forward_impl, &detail::ternary_forward_impl,
-                             &detail::binarize_backward_impl};
+                             &detail::binarize_backward_impl, &detail::binary_codes_impl};
   return &k;
 }
 

@@ -115,6 +115,37 @@ void backward_dispatch_estimator(const BinarizeBackwardArgs& a, std::int64_t beg
   }
 }
 
+/// The int8 codes of sign(x - center) over one run: +1 / -1 with sign_run's zero convention, 0 for
+/// NaN (sign_run's +-1 / NaN, as binary_codes maps them), in one pass with no float output.
+template <typename S>
+void code_run(const S* __restrict x, std::int8_t* __restrict y, std::int64_t n, typename Elem<S>::C center,
+              bool zero_negative) {
+  using E = Elem<S>;
+  using C = typename E::C;
+  const std::int8_t at_zero = zero_negative ? -1 : 1;
+  for (std::int64_t k = 0; k < n; ++k) {
+    const C v = E::load(x[k]) - center;
+    const std::int8_t sgn = v > C(0) ? 1 : -1;
+    const std::int8_t fixed = v == C(0) ? at_zero : sgn;
+    y[k] = v == v ? fixed : 0;
+  }
+}
+
+template <typename S>
+void codes_typed(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) {
+  using C = typename Elem<S>::C;
+  const S* x = static_cast<const S*>(a.input);
+  auto* y = static_cast<std::int8_t*>(a.output);
+  for_each_run(begin, end, a.inner, a.channels, [&](std::int64_t b, std::int64_t e, std::int64_t c) {
+    code_run<S>(x + b, y + b, e - b, a.center ? static_cast<C>(a.center[c]) : C(0), a.zero_negative);
+  });
+}
+
+/// binary_codes' codes: BinarizeArgs with an int8 output (alpha and seed unused: deterministic).
+inline void binary_codes_impl(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) {
+  with_storage(a.dtype, [&](auto s) { codes_typed<decltype(s)>(a, begin, end); });
+}
+
 inline void binarize_forward_impl(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) {
   with_storage(a.dtype, [&](auto s) { forward_typed<decltype(s)>(a, begin, end); });
 }

@@ -14,6 +14,9 @@ struct SignKernels {
   void (*binarize_forward)(const BinarizeArgs& args, std::int64_t begin, std::int64_t end);
   void (*ternary_forward)(const TernaryArgs& args, std::int64_t begin, std::int64_t end);
   void (*binarize_backward)(const BinarizeBackwardArgs& args, std::int64_t begin, std::int64_t end);
+  /// binary_codes: int8 codes of sign(x - center) (the deterministic binarize's signs, NaN -> 0) into
+  /// args.output (int8; alpha and seed unused).
+  void (*binary_codes)(const BinarizeArgs& args, std::int64_t begin, std::int64_t end);
 };
 
 const SignKernels& sign_baseline();

@@ -781,6 +781,35 @@ def test_w1a1_nan_codes_are_left_out_of_the_sum():
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("C,HW,N,k", [(16, 32, 21, 1), (24, 9, 13, 1), (3, 16, 8, 1), (200, 11, 9, 1), (8, 5, 3, 1),
+                                     (16, 32, 21, 3), (24, 9, 13, 3), (3, 16, 8, 3), (8, 5, 3, 3)])
+def test_conv2d_w1a1_short_rows_on_every_isa(C, HW, N, k):
+    """XNOR convs whose rows are under 32 bytes (K = C k^2 < 256 bits: AVX2's eight outputs per
+    vector), as one GEMM per image (rows in the lanes: 1024 / 256 / 121 positions) and as several
+    small images' rows in one GEMM (columns in the lanes: 81 / 25 positions), with partial blocks of
+    8 rows and columns, zero padding's zero-code masks (k = 3) and an image whose NaN makes every
+    code 0 (binary_codes' "bitnet" centre is NaN). Every ISA against the formula."""
+    assert C * k * k < 256
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(3, C, HW, HW, generator=g)
+    x[2, 0, 0, 0] = float("nan")
+    w = (torch.randint(0, 2, (N, C, k, k), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    q, _ = ops.binary_codes(x, "bitnet", 0)
+    assert bool((q[2] == 0).all()) and bool((q[:2] != 0).all())
+    p = k // 2
+    want = _xnor_conv_reference(x, w, ws, fb, (1, 1), (p, p), (1, 1))
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.conv2d_w1a1(x, packed, (k, k), (1, 1), (p, p), (1, 1), ws, fb)
+            assert torch.equal(got[:2], want[:2]) and bool(got[2].isnan().all()), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 @pytest.mark.parametrize("geom", [dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1)), dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2)),
                                   dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1)), dict(k=(5, 5), s=(1, 1), p=(2, 2), d=(1, 1))])
 @pytest.mark.parametrize("B", [1, 3])

@@ -165,3 +165,33 @@ def test_compile_fullgraph():
     eager = f(w)
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(w)
     assert all(torch.equal(a, b) for a, b in zip(eager, compiled))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("axis", [None, 0, 1, -1])
+@pytest.mark.parametrize("scaling", ["none", "mean_abs", "bitnet"])
+def test_binary_codes_special_values_against_the_sign_formula(dtype, axis, scaling):
+    """binary_codes' codes against sign(x - center) in the kernel's arithmetic (float32, float64 for
+    double input; the center is binarize's: the mean over the non-axis dims, rounded to float32, for
+    "bitnet", else 0): +1 / -1, zero (x == center, +-0) to -1 for "bitnet" and +1 otherwise, NaN to 0;
+    +-inf, subnormals, and a channel whose elements all equal its mean, with the channel along a
+    middle dim (runs of `inner` elements)."""
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 5, 4, generator=g).to(dtype)
+    x[0, 1, :] = 0.75  # a constant slice: along axis 0 / 1 a channel may equal its mean exactly
+    x[1] = 0.5  # channel 1 of axis 0: all equal, v == 0 everywhere
+    x[2, 0, 0], x[2, 0, 1], x[2, 1, 0], x[2, 1, 1] = 0.0, -0.0, float("inf"), float("-inf")
+    x[2, 2, 0], x[2, 2, 1] = 1e-40 if dtype != torch.float16 else 1e-7, float("nan")
+    codes, scale = ops.binary_codes(x, scaling, axis)
+    c = torch.float64 if dtype == torch.float64 else torch.float32
+    if scaling == "bitnet":
+        dims = [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
+        center = x.mean(dims, keepdim=True, dtype=c).float().to(c)
+    else:
+        center = torch.zeros((), dtype=c)
+    v = x.to(c) - center
+    at_zero = -1 if scaling == "bitnet" else 1
+    want = torch.where(v > 0, 1, torch.where(v < 0, -1, at_zero))
+    want = torch.where(v.isnan(), 0, want).to(torch.int8)
+    assert codes.dtype == torch.int8 and torch.equal(codes, want)
+    assert scale.dtype == torch.float32 and scale.numel() == (1 if axis is None else x.shape[axis])
