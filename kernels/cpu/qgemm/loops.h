@@ -207,15 +207,23 @@ inline std::int64_t xor_count(const std::uint8_t* a, const std::uint8_t* w, std:
 
 /// One XNOR output from popcount(a_m ^ w_n) (QGemmXnorArgs): the zero-code correction where the
 /// row has zero codes, then the "row" requantization.
-inline float finish_xnor(std::int64_t xor_bits, const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
-  if (g.has_zero[m]) {
-    const std::uint8_t* z = g.z + m * g.KB;
-    const std::uint8_t* w = g.w + n * g.KB;
-    for (std::int64_t b = 0; b < g.KB; b += 4) xor_bits -= popcount32(load32(z + b) & load32(w + b));
-  }
-  const std::int32_t acc = g.a_k[m] - 2 * static_cast<std::int32_t>(xor_bits);
+/// finish_xnor after the zero-code correction: c = popcount(a_m ^ w_n) - popcount(z_m & w_n).
+inline float finish_xnor_counted(std::int64_t c, const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
+  const std::int32_t acc = g.a_k[m] - 2 * static_cast<std::int32_t>(c);
   const float y = static_cast<float>(acc) * (g.row_scale[m] * g.col_scale[n]);
   return g.bias ? y + g.bias[n] : y;
+}
+
+/// popcount(z & w) over bytes [b0, b1) (multiples of 4): the zero codes' weight bits.
+inline std::int64_t and_count(const std::uint8_t* z, const std::uint8_t* w, std::int64_t b0, std::int64_t b1) {
+  std::int64_t c = 0;
+  for (std::int64_t b = b0; b < b1; b += 4) c += popcount32(load32(z + b) & load32(w + b));
+  return c;
+}
+
+inline float finish_xnor(std::int64_t xor_bits, const QGemmXnorArgs& g, std::int64_t m, std::int64_t n) {
+  if (g.has_zero[m]) xor_bits -= and_count(g.z + m * g.KB, g.w + n * g.KB, 0, g.KB);
+  return finish_xnor_counted(xor_bits, g, m, n);
 }
 
 /// Output channels [n_begin, n_end) of a depthwise conv (QDwConvArgs): each tap adds its weight
