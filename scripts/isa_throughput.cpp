@@ -54,5 +54,8 @@ int main() {
   QK_TEST("vpmaddubsw + vpmaddwd", QK_PAIR6("vpmaddubsw", "vpmaddwd"))
   QK_TEST("vpsignb + vpmaddwd", QK_PAIR6("vpsignb", "vpmaddwd"))
   QK_TEST("vpaddd + vpmaddwd", QK_PAIR6("vpaddd", "vpmaddwd"))
+  QK_TEST("vfmadd231ps", QK_OP12("vfmadd231ps"))
+  QK_TEST("vfmadd231ps + vpmaddubsw", QK_PAIR6("vfmadd231ps", "vpmaddubsw"))
+  QK_TEST("vfmadd231ps + vpsignb", QK_PAIR6("vfmadd231ps", "vpsignb"))
   return 0;
 }
