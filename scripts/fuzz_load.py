@@ -2,11 +2,11 @@
 qatkit.load and qatkit.load_into must raise ValueError (or load a model that runs) — never another
 exception type, a hang or a crash.
 
-Seeds: files qatkit.export wrote for a small CNN at several presets. Mutations (seeded, one or
-more per input): byte flips anywhere, truncation, appended junk, header-length edits, and
-structure-aware edits of the qatkit JSON header (a field deleted, set to null / a string / a huge
-or negative number / a list, a layer renamed, a type changed) and of the safetensors tensor table
-(dtype, shape, offsets).
+Seeds: files qatkit.export wrote for a small CNN at several presets (one with SmoothQuant).
+Mutations (seeded, one or more per input): byte flips anywhere, truncation, appended junk,
+header-length edits, and structure-aware edits of the qatkit JSON header (a field deleted, set to
+null / a string / a huge or negative number / a list, a layer renamed, a type changed) and of the
+safetensors tensor table (dtype, shape, offsets).
 
     python3 scripts/fuzz_load.py [--inputs 20000] [--seed 0]
     python3 scripts/fuzz_load.py --cpp --inputs 3000   # the C++ loader (build/py/qatkit_load_run) instead
@@ -43,11 +43,14 @@ def seeds(tmp):
                           nn.Linear(4 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
     x = torch.randn(16, 1, 8, 8)
     out = []
-    for preset in ("w8a8", "w4a8", "ternary_twn", "xnor_w1a1", "int4_weight_only"):
+    # (w8a8 with SmoothQuant: the Linear layers carry a "smooth" tensor the loaders check)
+    for preset, scaling in (("w8a8", None), ("w4a8", None), ("ternary_twn", None), ("xnor_w1a1", None),
+                            ("int4_weight_only", None), ("w8a8", "smoothquant")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            q = qatkit.ptq(model, [x], qatkit.preset(preset), correct_bias=None, verbose=False, progress=False)
-        path = os.path.join(tmp, f"seed_{preset}.safetensors")
+            q = qatkit.ptq(model, [x], qatkit.preset(preset), scaling=scaling, correct_bias=None, verbose=False,
+                           progress=False)
+        path = os.path.join(tmp, f"seed_{preset}_{scaling}.safetensors")
         qatkit.export(q, path)
         out.append(open(path, "rb").read())
     return model, x, out
