@@ -319,8 +319,8 @@ torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, 
     torch::Tensor y = qatkit::conv2d_int8(codes.to(torch::kFloat), p.weight, 8, k, st, pad, dil,
                                           torch::zeros({n}, x4.options().dtype(torch::kInt)), torch::ones({n}, x4.options()),
                                           1.0, 0, -128, 127, std::nullopt, p.groups);
-    y = y * (alpha.reshape({-1, 1, 1, 1}) * p.out_scale.reshape({1, -1, 1, 1}));
-    return p.bias ? y + p.bias->reshape({1, -1, 1, 1}) : y;
+    y.mul_(alpha.reshape({-1, 1, 1, 1}) * p.out_scale.reshape({1, -1, 1, 1}));  // in place on the fresh output
+    return p.bias ? y.add_(p.bias->reshape({1, -1, 1, 1})) : y;
   }
   if (p.binary_input) return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias);
   return qatkit::conv2d_int8(x4, p.weight, p.weight_bits, k, st, pad, dil, p.corr, p.out_scale, p.act_scale,

@@ -546,9 +546,10 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
         codes, alpha = ops.binary_codes(x4, "bitnet", 0)
         y = ops.conv2d_int8(codes.float(), plan["weight"], 8, k, st, pad, dil, plan["corr"], plan["out_scale"], 1.0,
                             0, -128, 127, None, mod.groups)
-        y = y * (alpha.reshape(-1, 1, 1, 1) * plan["weight_scale"].reshape(1, -1, 1, 1))
+        # in place on the kernel's fresh output (the same operations: no temporaries to allocate)
+        y.mul_(alpha.reshape(-1, 1, 1, 1) * plan["weight_scale"].reshape(1, -1, 1, 1))
         if plan["bias"] is not None:
-            y = y + plan["bias"].reshape(1, -1, 1, 1)
+            y.add_(plan["bias"].reshape(1, -1, 1, 1))
         return y.squeeze(2) if nd == 1 else y
     bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[plan["kernel"]]
     y = ops.conv2d_int8(x4, plan["weight"], bits, k, st, pad, dil, plan["corr"], plan["out_scale"], plan["act_scale"],
