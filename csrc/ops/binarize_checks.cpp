@@ -2,6 +2,7 @@
 #include "binarize_checks.h"
 
 #include <ATen/ops/mean.h>
+#include <ATen/ops/ones.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 
@@ -87,6 +88,12 @@ BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::op
                              : as_float(at::mean(input, dims, false, acc)).reshape(-1);
   }
   return st;
+}
+
+at::Tensor binary_codes_scale(const at::Tensor& input, const BinaryStats& st, std::optional<std::int64_t> axis) {
+  if (st.alpha.defined()) return st.alpha.reshape(-1);
+  const c10::SymInt channels = axis.has_value() ? input.sym_size(*axis) : c10::SymInt(1);
+  return at::ones_symint({channels}, input.options().dtype(at::kFloat));
 }
 
 const float* optional_float_ptr(const std::optional<at::Tensor>& t, at::Tensor& keep) {

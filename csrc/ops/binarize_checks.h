@@ -45,6 +45,8 @@ struct BinaryStats {
 /// too): the reductions then sum in the same order for any caller layout, so a sign at a near-tie
 /// with the center cannot depend on the strides.
 BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::optional<std::int64_t> axis);
+/// binary_codes' scales: the statistics' alpha as a vector, or ones (one per channel) without one.
+at::Tensor binary_codes_scale(const at::Tensor& input, const BinaryStats& st, std::optional<std::int64_t> axis);
 
 /// Data pointer of an optional per-channel float32 vector (contiguous copy kept in `keep`), or
 /// nullptr when absent.

@@ -195,10 +195,7 @@ std::tuple<at::Tensor, at::Tensor> binary_codes_composite(const at::Tensor& inpu
   // the signs binarize would scale: the same center and zero convention, alpha 1
   const at::Tensor signs =
       detail::binarize_apply(x, st.center, std::nullopt, axis, sc == ops::BinaryScaling::kBitNet, std::nullopt);
-  const c10::SymInt channels = axis.has_value() ? x.sym_size(*axis) : c10::SymInt(1);
-  at::Tensor scale =
-      st.alpha.defined() ? st.alpha.reshape(-1) : at::ones_symint({channels}, x.options().dtype(at::kFloat));
-  return {unit_sign_codes(signs), scale};
+  return {unit_sign_codes(signs), ops::binary_codes_scale(x, st, axis)};
 }
 
 }  // namespace

@@ -3,7 +3,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/ones.h>
 #include <torch/library.h>
 
 #include "../../../kernels/cpu/sign/sign_cpu.h"
@@ -88,9 +87,7 @@ std::tuple<at::Tensor, at::Tensor> binary_codes_cpu(const at::Tensor& input, c10
       prepare_binarize(op, x, st.center, std::nullopt, axis, sc == BinaryScaling::kBitNet, std::nullopt, codes);
   at::parallel_for(0, l.args.numel, kBinarizeGrain,
                    [&](std::int64_t b, std::int64_t e) { kernels::cpu::sign_kernels().binary_codes(l.args, b, e); });
-  const std::int64_t channels = axis.has_value() ? x.size(*axis) : 1;
-  at::Tensor scale = st.alpha.defined() ? st.alpha.reshape(-1) : at::ones({channels}, x.options().dtype(at::kFloat));
-  return {codes, scale};
+  return {codes, binary_codes_scale(x, st, axis)};
 }
 
 }  // namespace
