@@ -827,15 +827,14 @@ inline void wop_pack_x(const float* x, std::int64_t K, std::int64_t rows, std::i
     float* d = xp + t0 * kc;
     const float* src = x + t0 * K;
     std::int64_t k = 0;
-    alignas(32) std::int32_t lanes[8];
-    for (int r = 0; r < 8; ++r) lanes[r] = r < mr ? -1 : 0;
-    const __m256i mask = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes));
     for (; k + L <= kc; k += L) {
       __m256i v[8], o[8];
       for (int r = 0; r < 8; ++r)
         v[r] = r < mr ? _mm256_castps_si256(_mm256_loadu_ps(src + r * K + k)) : _mm256_setzero_si256();
       transpose8x8_epi32(v, o);
-      for (int j = 0; j < 8; ++j) _mm256_maskstore_ps(d + (k + j) * mr, mask, _mm256_castsi256_ps(o[j]));
+      // all 8 lanes, ascending: lanes mr .. 7 land on the next k's first slots (or the next tile's,
+      // or the buffer's 8 floats of slack), each overwritten by a later store or left unread
+      for (int j = 0; j < 8; ++j) _mm256_storeu_ps(d + (k + j) * mr, _mm256_castsi256_ps(o[j]));
     }
     for (; k < kc; ++k)
       for (int i = 0; i < mr; ++i) d[k * mr + i] = src[i * K + k];
@@ -874,7 +873,7 @@ void wop_columns(const float* x, float* y, const float* bias, std::int64_t M, st
   }
   struct TagX;
   struct TagW;
-  float* xp = thread_scratch<float, TagX>(static_cast<std::size_t>(std::min(M, kWopMc) * std::min(K, kWopKc)));
+  float* xp = thread_scratch<float, TagX>(static_cast<std::size_t>(std::min(M, kWopMc) * std::min(K, kWopKc) + 8));
   // the weight panel, then a tile's y for a partial panel, then the panel's bias zero padded
   float* wp = thread_scratch<float, TagW>(static_cast<std::size_t>((kWopKc + kWopMR + 1) * kWopNC));
   float* ytmp = wp + kWopKc * kWopNC;
@@ -893,7 +892,21 @@ void wop_columns(const float* x, float* y, const float* bias, std::int64_t M, st
         pack_w(n0, k0, kc, wp);
         // the next panel's codes towards L2 while this one's tiles run, a share per tile (its rows'
         // short runs of K otherwise reach the packing as one DRAM miss after another)
-        const bool next = n0 + kWopNC < n_end;
+        // (after the last panel of a block of K: the first one of the next block of K, or of rows)
+        bool next = true;
+        std::int64_t pn = n0 + kWopNC, pk0 = k0, pkc = kc;
+        if (pn >= n_end) {
+          pn = n_begin;
+          if (k0 + kc < K) {
+            pk0 = k0 + kc;
+            pkc = std::min(kWopKc, K - pk0);
+          } else if (m0 + mc < M) {
+            pk0 = 0;
+            pkc = std::min(kWopKc, K);
+          } else {
+            next = false;
+          }
+        }
         const std::int64_t parts = (rows + kWopMR - 1) / kWopMR;
         const std::int64_t nc = std::min<std::int64_t>(kWopNC, N - n0);
         const float* b = last && bias ? bias + n0 : nullptr;
@@ -904,7 +917,7 @@ void wop_columns(const float* x, float* y, const float* bias, std::int64_t M, st
         for (std::int64_t t0 = 0; t0 < rows; t0 += kWopMR) {
           const std::int64_t mr = std::min<std::int64_t>(kWopMR, rows - t0);
           float* yt = y + (m0 + t0) * N + n0;
-          if (next) prefetch_w(n0 + kWopNC, k0, kc, t0 / kWopMR, parts);
+          if (next) prefetch_w(pn, pk0, pkc, t0 / kWopMR, parts);
           if (nc == kWopNC) {
             if (t0 + kWopMR < rows) {  // the next tile's y rows (partial sums or stores) on their way
               const float* yn = yt + kWopMR * N;
