@@ -612,6 +612,33 @@ def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("B", [1, 3])
+def test_depthwise_conv2d_int8_reused_buffers_hold_each_calls_padding(B):
+    """The channels-last depthwise path keeps its image buffers per thread between calls and writes
+    only the padding's border with the zero point's code: a call after one with no padding (whose
+    image pixels fill that border's places) or another zero point still pads with its own code. One
+    image (every step split across the threads) and three (one image per thread)."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(32)
+    C, H, W, k = 40, 9, 11, (3, 3)
+    x = torch.randn(B, C, H, W, generator=g) * 2
+    w = torch.randint(-127, 128, (C, 9), dtype=torch.int8, generator=g)
+    packed = F.pad(w, (0, 23)).contiguous()
+    scale = torch.rand(C, generator=g) * 1e-2
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            for zp, pad in [(9, (0, 0)), (200, (1, 1)), (0, (2, 1)), (9, (0, 0)), (128, (1, 2)), (255, (2, 2))]:
+                corr = (torch.randint(-300, 300, (C,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+                got = ops.conv2d_int8(x, packed, 8, k, (1, 1), pad, (1, 1), corr, scale, 0.04, zp, 0, 255, None, C)
+                ref = _unfolded_conv_reference(x, w, corr, scale, (0.04, zp, 0, 255), None, C, k, (1, 1), pad, (1, 1))
+                assert torch.equal(got.reshape(B, C, -1), ref), (isa, zp, pad)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 def test_conv2d_int8_opcheck_and_errors():
     x = torch.randn(2, 3, 6, 6)
     w = torch.randint(-127, 128, (4, 27), dtype=torch.int8)
