@@ -18,23 +18,13 @@
 #include <limits>
 #include <vector>
 
+#include "../../../kernels/common/thread_scratch.h"
 #include "../../../kernels/cpu/qgemm/qgemm_cpu.h"
 #include "../qgemm_checks.h"
 #include "qatkit/ops.h"
 
 namespace qatkit::ops {
 namespace {
-
-/// A per-thread buffer of at least n elements kept between calls (one per element type and Tag), for
-/// buffers an op fills before it reads them: no zero fill and no fresh pages per call (a per-call
-/// std::vector of a depthwise conv's image buffers zero-filled ~1.9 MB on one thread per 1 x 256 x
-/// 28 x 28 call, 9 % of its time, the other thread waiting).
-template <class T, class Tag>
-T* op_scratch(std::size_t n) {
-  thread_local std::vector<T> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
 
 // linear_int8 (weight_bits 8) and the packed low-bit kernels (2: ternary, 1: binary): activation
 // rows quantized into a buffer (zero-padded to the packed kernels' K_pad, with their sums) by
@@ -604,9 +594,9 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
       struct TagC;
       struct TagY;
       const auto buffers = [&] {
-        return std::make_tuple(op_scratch<std::int8_t, TagQ>(static_cast<std::size_t>(C * H * W)),
-                               op_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * C)),
-                               op_scratch<float, TagY>(static_cast<std::size_t>(L * N)));
+        return std::make_tuple(kernels::thread_scratch<std::int8_t, TagQ>(static_cast<std::size_t>(C * H * W)),
+                               kernels::thread_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * C)),
+                               kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(L * N)));
       };
       if (per_image) {
         at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {

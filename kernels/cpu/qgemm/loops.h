@@ -16,6 +16,7 @@
 
 #include "../../common/fake_quant_scalar.h"
 #include "../../common/qgemm_args.h"
+#include "../../common/thread_scratch.h"
 
 namespace qatkit::kernels::cpu::detail {
 namespace {
@@ -180,16 +181,7 @@ struct NextBlockScales {
   }
 };
 
-/// A per-thread buffer of at least n elements, kept between calls (one per element type and Tag in
-/// each kernel file), for buffers a kernel fills before it reads them. A per-call std::vector costs a
-/// malloc, a zero fill and, in an OpenMP worker's malloc arena, fresh pages: on MiniLM's layers that
-/// was about 7 us of fixed cost per 2-thread linear_w4_weight_only call (docs/benchmarks.md).
-template <class T, class Tag>
-T* thread_scratch(std::size_t n) {
-  thread_local std::vector<T> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
-}
+using kernels::thread_scratch;  // (kernels/common/thread_scratch.h)
 
 /// popcnt in the AVX2 / AVX-512 files (built with -mpopcnt), the compiler's bit trick elsewhere.
 inline std::uint32_t popcount32(std::uint32_t v) { return static_cast<std::uint32_t>(__builtin_popcount(v)); }
