@@ -50,13 +50,13 @@
 #include "qgemm_checks.h"
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/bitwise_xor.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 #include <tuple>
 
@@ -152,10 +152,12 @@ c10::SymInt check_gemm_weight(const char* op, const at::Tensor& input, const at:
     // N comes from n_ref (the panel pads it to a multiple of 16)
     TORCH_CHECK_VALUE(n_ref.dim() == 1, fmt::format("{}: {} must be 1-D [N], got {} dims", op, n_name, n_ref.dim()));
     const std::int64_t n = static_dim(n_ref, 0), k = static_dim(input, -1);
-    TORCH_CHECK_VALUE(weight.size(0) == (n + 15) / 16 && weight.size(1) == (k + 3) / 4 && weight.size(2) == 64,
+    // [NB + X, K4, 64] with X the split records' blocks (pack_int8_panel), or [NB, K4, 64] (exact codes)
+    const std::int64_t nb = (n + 15) / 16, k4 = (k + 3) / 4, x = kernels::s8_tail_blocks(nb, k4);
+    TORCH_CHECK_VALUE((weight.size(0) == nb + x || weight.size(0) == nb) && weight.size(1) == k4 && weight.size(2) == 64,
                       fmt::format("{}: a panel weight (pack_int8_panel) for N = {} ({}'s length), K = {} must have "
-                                  "shape [{}, {}, 64], got {}", op, n, n_name, k, (n + 15) / 16, (k + 3) / 4,
-                                  c10::str(weight.sizes())));
+                                  "shape [{}, {}, 64] (or [{}, {}, 64] without the split records), got {}", op, n,
+                                  n_name, k, nb + x, k4, nb, k4, c10::str(weight.sizes())));
   }
   const auto N = panel || panel1 ? n_ref.sym_size(0) : weight.sym_size(0);
   const auto K = panel ? input.sym_size(-1) : weight.sym_size(1);
@@ -398,15 +400,25 @@ at::Tensor pack_binary_panel_composite(const at::Tensor& weight) {
   return p.reshape({NB, 32, KB}).permute({0, 2, 1}).contiguous();
 }
 
-at::Tensor pack_int8_panel_composite(const at::Tensor& weight) {
+std::array<std::int64_t, 3> check_pack_int8_panel_args(const at::Tensor& weight) {
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
                    fmt::format("pack_int8_panel: weight must be int8 codes, got {}", c10::toString(weight.scalar_type())));
   TORCH_CHECK_VALUE(weight.dim() == 2,
                     fmt::format("pack_int8_panel: weight must be 2-D [N, K], got {} dims", weight.dim()));
   const std::int64_t N = weight.size(0), K = weight.size(1), NB = (N + 15) / 16, K4 = (K + 3) / 4;
-  const at::Tensor u = at::bitwise_xor(weight.contiguous().view(at::kByte), 128);
-  const at::Tensor p = at::constant_pad_nd(u, {0, K4 * 4 - K, 0, NB * 16 - N}, 128);
-  return p.reshape({NB, 16, K4, 4}).permute({0, 2, 1, 3}).reshape({NB, K4, 64}).contiguous();
+  TORCH_CHECK_VALUE(K < (std::int64_t{1} << 24),
+                    fmt::format("pack_int8_panel: weight's K must be below 2^24 (the split records' k field), got {}", K));
+  return {NB + kernels::s8_tail_blocks(NB, K4), K4, 64};
+}
+
+at::Tensor s8_panel_operand(const at::Tensor& weight, std::int64_t N, std::int64_t K, const std::int32_t** tail) {
+  at::Tensor w = weight.contiguous();
+  if (reinterpret_cast<std::uintptr_t>(w.const_data_ptr()) % 64 != 0) w = w.clone();
+  const std::int64_t NB = (N + 15) / 16, K4 = (K + 3) / 4;
+  *tail = w.size(0) > NB ? reinterpret_cast<const std::int32_t*>(static_cast<const std::uint8_t*>(w.const_data_ptr()) +
+                                                                NB * K4 * 64)
+                         : nullptr;
+  return w;
 }
 
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
@@ -607,6 +619,5 @@ at::Tensor pack_binary_panel(const at::Tensor& weight) {
 
 TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
   m.impl("pack_int4_panel", &qatkit::ops::pack_int4_panel_composite);
-  m.impl("pack_int8_panel", &qatkit::ops::pack_int8_panel_composite);
   m.impl("pack_binary_panel", &qatkit::ops::pack_binary_panel_composite);
 }

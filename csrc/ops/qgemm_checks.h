@@ -77,8 +77,13 @@ inline std::int64_t static_dim(const at::Tensor& t, std::int64_t d) { return t.s
 /// pack_int4_panel on any device (ATen ops).
 at::Tensor pack_int4_panel_composite(const at::Tensor& weight);
 
-/// pack_int8_panel on any device (ATen ops).
-at::Tensor pack_int8_panel_composite(const at::Tensor& weight);
+/// pack_int8_panel's checks (int8 [N, K], K < 2^24); returns its output shape [NB + X, K4, 64]: the
+/// panel's blocks and the split records' (QGemmArgs, kernels/common/qgemm_args.h).
+std::array<std::int64_t, 3> check_pack_int8_panel_args(const at::Tensor& weight);
+
+/// A checked pack_int8_panel weight for N outputs and K inputs as a kernel operand: contiguous, its
+/// data 64-byte aligned (a copy otherwise), and *tail set to its split records (nullptr: exact codes).
+at::Tensor s8_panel_operand(const at::Tensor& weight, std::int64_t N, std::int64_t K, const std::int32_t** tail);
 
 /// pack_binary_panel on any device (ATen ops).
 at::Tensor pack_binary_panel_composite(const at::Tensor& weight);

@@ -34,11 +34,36 @@ struct ActQuantArgs {
 /// rows' products into 16 lanes (no horizontal sums; the unsigned operand is the weight's). The
 /// activation rows then have K4 = ceil(K / 4) * 4 bytes, zero padded, and a_sum[m] = sum_k a[m, k]:
 ///   sum_k a * w = sum_k a * (w + 128) - 128 * a_sum[m].
+///
+/// The split records (pack_int8_panel's output since 2026-12-04; docs/integer.md, "W8A8 without
+/// VNNI: the split form"): AVX2 without VNNI can multiply u = a + 128 in [0, 255] (vpmaddubsw's
+/// unsigned operand) by the weight (signed), two products per saturating int16 sum, when every pair
+/// of a lane's consecutive k (4s + 2p, 4s + 2p + 1) is safe: codes of different signs (or a zero),
+/// or |w0| + |w1| <= 128, so |u0 w0 + u1 w1| <= 255 * 128 < 2^15. The split codes w' equal w except
+/// at each unsafe pair's second k, where w1' = sign(w1) (128 - |w0|) and the entry r = w1 - w1'
+/// (|r| <= 126) is listed: sum_k a w = sum_k u w' - 128 sum_k w' + sum_entries a[k] r. The panel
+/// keeps the exact codes (every other kernel reads them as they are); after its NB = ceil(N / 16)
+/// blocks the weight tensor holds NB records of s8_tail_words(K4) int32 words ([NB + X, K4, 64],
+/// X = s8_tail_blocks(NB, K4), the records from byte NB * K4 * 64):
+///   [0]        the entry count c, or -1: more than s8_tail_cap(K4) unsafe pairs (the sign trick
+///              runs this block);
+///   [1, 17)    128 * sum_k w'[16 b + l, k] per lane l;
+///   [17, 34)   off[0..16]: lane l's entries are words [34 + off[l], 34 + off[l + 1]);
+///   [34, ...)  entries k | (r << 24): k < 2^24, r an int8 in the top byte, by lane, then by k.
+/// A 3-D panel with exactly NB blocks (no records) runs the sign trick everywhere.
+QATKIT_HD constexpr std::int64_t s8_tail_cap(std::int64_t K4) { return K4 / 2 + 4; }
+QATKIT_HD constexpr std::int64_t s8_tail_words(std::int64_t K4) { return 34 + s8_tail_cap(K4); }
+QATKIT_HD constexpr std::int64_t s8_tail_blocks(std::int64_t NB, std::int64_t K4) {
+  return K4 == 0 ? 0 : (NB * s8_tail_words(K4) * 4 + K4 * 64 - 1) / (K4 * 64);
+}
+
 struct QGemmArgs {
   const std::int8_t* a = nullptr;  ///< [M, K], row stride K (panel: [M, K4], row stride K4, zero padded)
   const std::int8_t* w = nullptr;  ///< [N, K], row stride K (panel: the layout above, as bytes)
   const std::int32_t* a_sum = nullptr;  ///< [M] (panel only)
   bool panel = false;
+  /// the panel's split records (above; s8_tail_words(K4) words per block), or nullptr
+  const std::int32_t* tail = nullptr;
   const std::int32_t* corr = nullptr;
   const float* out_scale = nullptr;
   const float* bias = nullptr;  ///< float bias added after the requantization, or nullptr

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -65,8 +66,9 @@ void linear_core(const at::Tensor& x, const at::Tensor& w, int weight_bits, std:
   };
   if (weight_bits == 8) {
     kernels::QGemmArgs g;
+    const at::Tensor wo = panel ? s8_panel_operand(w, N, K, &g.tail) : w;
     g.a = a.data();
-    g.w = static_cast<const std::int8_t*>(w.const_data_ptr());
+    g.w = static_cast<const std::int8_t*>(wo.const_data_ptr());
     g.a_sum = a_sum.data();
     g.panel = panel;
     g.corr = corr;
@@ -328,13 +330,15 @@ inline int weight_code(const std::uint8_t* w, int bits, bool panel, std::int64_t
 at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t Cg,
                                 std::int64_t kh, std::int64_t kw) {
   const std::int64_t taps = kh * kw, K = Cg * taps;
-  // byte layouts: every byte is written below (the padding copied as it is); bit layouts start from a copy
-  at::Tensor out = bits == 8 ? at::empty_like(w) : w.clone();
+  const std::int64_t rb = w.size(1), NB = (N + 15) / 16;
+  // byte layouts: every byte is written below (the padding copied as it is); bit layouts start from a
+  // copy; a panel comes back without its split records (QGemmArgs: they list pairs of consecutive
+  // k, which the reorder does not keep; the sign-trick kernel runs it)
+  at::Tensor out = panel ? at::empty({NB, rb, 64}, w.options()) : bits == 8 ? at::empty_like(w) : w.clone();
   const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
   auto* dst = static_cast<std::uint8_t*>(out.mutable_data_ptr());
-  const std::int64_t rb = w.size(1);
   if (panel) {  // 16 rows per panel, 4 consecutive k of a row per 32-bit lane: 16 byte moves per code pair
-    at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t p0, std::int64_t p1) {
+    at::parallel_for(0, NB, 1, [&](std::int64_t p0, std::int64_t p1) {
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::uint8_t* sp = src + p * rb * 64;
         std::uint8_t* dp = dst + p * rb * 64;
@@ -659,10 +663,12 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   const bool widen = weight_bits != 8 && B * L >= 8 * N;  // (then channels-last too)
   const int wbits = widen ? 8 : static_cast<int>(weight_bits);
   const bool wpanel = widen ? groups == 1 : panel;
-  const at::Tensor wl = widen ? widened_channels_last_weight(w, static_cast<int>(weight_bits), N, Cg, kh, kw, wpanel)
+  const at::Tensor wr = widen ? widened_channels_last_weight(w, static_cast<int>(weight_bits), N, Cg, kh, kw, wpanel)
                         : cp.cl && kh * kw > 1 && Cg > 1
                             ? channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw)
                             : w;
+  const std::int32_t* wtail = nullptr;  // a split panel's records (QGemmArgs::tail)
+  const at::Tensor wl = wpanel ? s8_panel_operand(wr, N, K, &wtail) : wr;
   // the patch rows' length, >= K: the padded tail of each row stays 0
   const std::int64_t K_row = wpanel ? (K + 3) / 4 * 4 : wl.size(1) * (8 / wbits);
   // Group gi's GEMM of M patch rows (a, their sums a_sum) into yo (rows y_rs apart, columns y_cs
@@ -678,6 +684,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
                    : static_cast<const std::int8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
       g.a_sum = a_sum;
       g.panel = wpanel;
+      g.tail = wtail;
       g.corr = c.data_ptr<std::int32_t>() + n0;
       g.out_scale = os.data_ptr<float>() + n0;
       g.bias = bp;
@@ -1194,9 +1201,67 @@ at::Tensor linear_w8_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   return y;
 }
 
+// pack_int8_panel: the exact codes' panel, then each block's split record (QGemmArgs; the rule in
+// kernels/common/qgemm_args.h), blocks in parallel.
+at::Tensor pack_int8_panel_cpu(const at::Tensor& weight) {
+  const auto shape = check_pack_int8_panel_args(weight);
+  const std::int64_t N = weight.size(0), K = weight.size(1), NB = (N + 15) / 16, K4 = shape[1], X = shape[0] - NB;
+  const at::Tensor w = weight.contiguous();
+  at::Tensor out = at::empty({NB + X, K4, 64}, weight.options().dtype(at::kByte));
+  const std::int8_t* src = w.const_data_ptr<std::int8_t>();
+  std::uint8_t* dst = out.mutable_data_ptr<std::uint8_t>();
+  std::fill(dst + NB * K4 * 64, dst + (NB + X) * K4 * 64, std::uint8_t{0});
+  auto* tail = reinterpret_cast<std::int32_t*>(dst + NB * K4 * 64);
+  const std::int64_t words = kernels::s8_tail_words(K4), cap = kernels::s8_tail_cap(K4);
+  at::parallel_for(0, NB, 1, [&](std::int64_t b0, std::int64_t b1) {
+    std::array<std::vector<std::int32_t>, 16> ent;  // per lane: k | r << 24
+    for (std::int64_t b = b0; b < b1; ++b) {
+      std::uint8_t* blk = dst + b * K4 * 64;
+      std::int32_t* rec = tail + b * words;
+      std::int64_t count = 0;
+      std::array<std::int64_t, 16> colsum{};
+      for (std::int64_t l = 0; l < 16; ++l) {
+        ent[l].clear();
+        const std::int64_t n = 16 * b + l;
+        const auto code = [&](std::int64_t k) { return n < N && k < K ? std::int32_t{src[n * K + k]} : 0; };
+        for (std::int64_t k0 = 0; k0 < 4 * K4; k0 += 2) {
+          const std::int32_t w0 = code(k0), w1 = code(k0 + 1);
+          std::int32_t w1s = w1;
+          // an unsafe pair (QGemmArgs' split form): one sign and |w0| + |w1| > 128; w1' keeps w1's
+          // sign with |w0| + |w1'| = 128, r = w1 - w1' in [-126, 126]
+          if (((w0 > 0 && w1 > 0) || (w0 < 0 && w1 < 0)) && std::abs(w0) + std::abs(w1) > 128) {
+            w1s = w1 > 0 ? 128 - std::abs(w0) : std::abs(w0) - 128;
+            ent[l].push_back(static_cast<std::int32_t>(static_cast<std::uint32_t>(k0 + 1) |
+                                                       (static_cast<std::uint32_t>(w1 - w1s) << 24)));
+          }
+          std::uint8_t* p = blk + (k0 / 4) * 64 + l * 4 + k0 % 4;
+          p[0] = static_cast<std::uint8_t>(w0 + 128);
+          p[1] = static_cast<std::uint8_t>(w1 + 128);
+          colsum[l] += w0 + w1s;
+        }
+        count += static_cast<std::int64_t>(ent[l].size());
+      }
+      if (count > cap) {  // more unsafe pairs than the record holds: the sign-trick kernel runs this block
+        rec[0] = -1;
+        continue;
+      }
+      rec[0] = static_cast<std::int32_t>(count);
+      std::int32_t off = 0;
+      for (std::int64_t l = 0; l < 16; ++l) {
+        rec[1 + l] = static_cast<std::int32_t>(128 * colsum[l]);  // |sum| <= 127 * 2^24 * 128 < 2^38: wraps
+        rec[17 + l] = off;
+        for (const std::int32_t v : ent[l]) rec[34 + off++] = v;
+      }
+      rec[33] = off;
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("pack_int8_panel", &pack_int8_panel_cpu);
   m.impl("linear_w4_weight_only", &linear_w4_weight_only_cpu);
   m.impl("linear_w1a1", &linear_w1a1_cpu);
   m.impl("conv2d_w1a1", &conv2d_w1a1_cpu);

@@ -23,6 +23,7 @@
 
 #include "../../../kernels/cuda/qgemm_cuda.h"
 #include "../qgemm_checks.h"
+#include "qatkit/ops.h"
 
 namespace qatkit::ops {
 namespace {
@@ -227,9 +228,16 @@ at::Tensor linear_w8_weight_only_cuda(const at::Tensor& input, const at::Tensor&
   return y;
 }
 
+// pack_int8_panel: made by the CPU kernel (its split records need a pass per block; a load-time step)
+at::Tensor pack_int8_panel_cuda(const at::Tensor& weight) {
+  check_pack_int8_panel_args(weight);
+  return qatkit::pack_int8_panel(weight.cpu()).to(weight.device());
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
+  m.impl("pack_int8_panel", &pack_int8_panel_cuda);
   m.impl("linear_w4a8", &linear_w4a8_cuda);
   m.impl("linear_w4_weight_only", &linear_w4_weight_only_cuda);
   m.impl("linear_int8", &linear_int8_cuda);

@@ -115,9 +115,15 @@ at::Tensor linear_w4_weight_only_meta(const at::Tensor& input, const at::Tensor&
   return linear_output(input, c10::SymInt(w4_weight_only_rows(group_scale)));  // group_scale's rows, or 16 per block
 }
 
+at::Tensor pack_int8_panel_meta(const at::Tensor& weight) {
+  const auto shape = check_pack_int8_panel_args(weight);
+  return at::empty({shape[0], shape[1], shape[2]}, weight.options().dtype(at::kByte));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
+  m.impl("pack_int8_panel", &pack_int8_panel_meta);
   m.impl("linear_w4_weight_only", &linear_w4_weight_only_meta);
   m.impl("linear_w1a1", &linear_w1a1_meta);
   m.impl("conv2d_w1a1", &conv2d_w1a1_meta);

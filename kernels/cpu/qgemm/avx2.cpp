@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../../common/thread_scratch.h"
 #include "loops.h"
 #include "w4_finish4.h"
 
@@ -69,15 +70,21 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
   for (; i < n1; ++i) a[i] = code1(x[i]);  // the scalar loop finishes the tail
 }
 
-// The panel layout (QGemmArgs): one 16-row panel's step is two vectors of 8 rows x 4 k; the codes
-// w + 128 go back to w (xor 0x80), a broadcast of four activations gives |a| and the sign trick as
-// above, and vpmaddwd's int32 lanes are the rows' sums: MR activation rows x NR panels in 2 * MR * NR
-// accumulators, no horizontal sums (GEMM: 4 x 1; one row: 1 x 4, four weight streams sharing the
+// The panel layout (QGemmArgs): one 16-row panel's step is two vectors of 8 rows x 4 k, and
+// vpmaddwd's int32 lanes are the rows' sums: MR activation rows x NR panels in 2 * MR * NR
+// accumulators, no horizontal sums (4 x 1; one row: 1 x 4, four weight streams sharing the
 // broadcast, each prefetched into L2 a kilobyte ahead). part holds a tile's lanes between K blocks
 // ([row][NR * 16]).
-template <int MR, int NR>
+//   Sign trick (Split false): the panel's bytes xor 0x80 are w; |a| (unsigned) against w * sign(a):
+//     three multiply-pipe uops per 32 products (vpsignb, vpmaddubsw, vpmaddwd).
+//   Split (QGemmArgs' split records): w0 is the caller's L1 copy of the split codes w' (signed) and a
+//     holds u = a + 128 (the caller's copy of the rows, xor 0x80): a broadcast of four u (unsigned)
+//     against w', two multiply-pipe uops per 32 products, exact because every pair of w' is safe;
+//     the caller adds the entries' residual and takes 128 * sum w' off.
+template <int MR, int NR, bool Split>
 void s8p_tile(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* w0, std::int64_t ps, std::int64_t s0,
-              std::int64_t s1, std::int32_t* part, bool first) {
+              std::int64_t s1, std::int32_t* part, bool first, const std::uint8_t* pf = nullptr,
+              std::int64_t pf_lines = 0) {
   const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8(static_cast<char>(0x80));
   __m256i acc[MR][2 * NR];
   #pragma GCC unroll 4
@@ -92,21 +99,30 @@ void s8p_tile(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* w0, s
   #pragma GCC unroll 4
   for (int j = 0; j < NR; ++j) wp[j] = w0 + j * ps;
   for (std::int64_t s = s0; s < s1; ++s) {
+    if (Split && s - s0 < pf_lines) __builtin_prefetch(pf + (s - s0) * 64, 0, 2);
     __m256i w[2 * NR];
     #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
       if (NR > 1) __builtin_prefetch(wp[j] + s * 64 + 1024, 0, 2);
-      w[2 * j] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[j] + s * 64)), flip);
-      w[2 * j + 1] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[j] + s * 64 + 32)), flip);
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[j] + s * 64));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp[j] + s * 64 + 32));
+      w[2 * j] = Split ? lo : _mm256_xor_si256(lo, flip);
+      w[2 * j + 1] = Split ? hi : _mm256_xor_si256(hi, flip);
     }
     #pragma GCC unroll 4
     for (int i = 0; i < MR; ++i) {
       std::int32_t four;
       std::memcpy(&four, ap[i] + 4 * s, 4);
       const __m256i b = _mm256_set1_epi32(four);
-      const __m256i ub = _mm256_sign_epi8(b, b);  // |a| (-128 -> 0x80 = 128 unsigned)
-      #pragma GCC unroll 8
-      for (int h = 0; h < 2 * NR; ++h) acc[i][h] = _mm256_add_epi32(acc[i][h], madd_s8(ub, b, w[h], ones));
+      if constexpr (Split) {
+        #pragma GCC unroll 8
+        for (int h = 0; h < 2 * NR; ++h)
+          acc[i][h] = _mm256_add_epi32(acc[i][h], _mm256_madd_epi16(_mm256_maddubs_epi16(b, w[h]), ones));
+      } else {
+        const __m256i ub = _mm256_sign_epi8(b, b);  // |a| (-128 -> 0x80 = 128 unsigned)
+        #pragma GCC unroll 8
+        for (int h = 0; h < 2 * NR; ++h) acc[i][h] = _mm256_add_epi32(acc[i][h], madd_s8(ub, b, w[h], ones));
+      }
     }
   }
   #pragma GCC unroll 4
@@ -115,45 +131,215 @@ void s8p_tile(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* w0, s
     for (int h = 0; h < 2 * NR; ++h) _mm256_storeu_si256(reinterpret_cast<__m256i*>(part + i * NR * 16 + h * 8), acc[i][h]);
 }
 
-// Per chunk of rows, per panel (one row: per four panels), per K block (the panel's slice, 256
-// steps x 64 bytes = 16 KiB, stays in L1 while the row tiles pass over it), then the scalar
-// requantization of the panels' columns (one output per 4 K-steps' worth of vector work or less).
+// Rows [0, mt) of one panel over steps [s0, s1): tiles of 4 rows, then one of the rest.
+// pf: pf_lines cache lines for the first tile to fetch into L2, a line per step (Split only).
+template <bool Split>
+void s8p_rows(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* wp, std::int64_t s0, std::int64_t s1,
+              std::int64_t mt, std::int32_t* part, bool first, const std::uint8_t* pf = nullptr,
+              std::int64_t pf_lines = 0) {
+  std::int64_t m = 0;
+  for (; m + 4 <= mt; m += 4) {
+    s8p_tile<4, 1, Split>(a + m * a_rs, a_rs, wp, 0, s0, s1, part + m * 16, first, pf, pf_lines);
+    pf_lines = 0;
+  }
+  const std::int64_t r = mt - m;
+  if (r == 3) s8p_tile<3, 1, Split>(a + m * a_rs, a_rs, wp, 0, s0, s1, part + m * 16, first);
+  if (r == 2) s8p_tile<2, 1, Split>(a + m * a_rs, a_rs, wp, 0, s0, s1, part + m * 16, first);
+  if (r == 1) s8p_tile<1, 1, Split>(a + m * a_rs, a_rs, wp, 0, s0, s1, part + m * 16, first);
+}
+
+// Eight rows of eight 32-bit lanes (v) stored transposed: row c of the result at dst + c * dst_rs
+// (unpack, shuffle, 128-bit permute; floats or integers by their bits).
+inline void transpose8x8_store(const __m256 v[8], float* dst, std::int64_t dst_rs) {
+  __m256 t[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  __m256 u[8];
+  for (int i = 0; i < 2; ++i) {
+    u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * dst_rs, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+    _mm256_storeu_ps(dst + (4 + i) * dst_rs, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+  }
+}
+
+// rows x cols of 32-bit lanes (load(p): the eight at p, as __m256) transposed into dst (dst[c * dst_rs
+// + r] = src[r * src_rs + c]) in 8 x 8 blocks; the edges by the tiled loop.
+template <class S, class D, class Load>
+void transpose_blocks(const S* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, D* dst,
+                      std::int64_t dst_rs, const Load& load) {
+  const std::int64_t R = rows / 8 * 8, Cc = cols / 8 * 8;
+  for (std::int64_t r0 = 0; r0 < R; r0 += 8) {
+    for (std::int64_t c0 = 0; c0 < Cc; c0 += 8) {
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = load(src + (r0 + i) * src_rs + c0);
+      transpose8x8_store(v, reinterpret_cast<float*>(dst + c0 * dst_rs + r0), dst_rs);
+    }
+  }
+  if (Cc < cols) detail::transpose_tiled(src + Cc, R, cols - Cc, src_rs, dst + Cc * dst_rs, dst_rs);
+  if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
+}
+
+// Rows [0, rows) of int8 codes (src_rs apart) widened and transposed: dst[c * dst_rs + r] (8 x 8
+// blocks: pmovsxbd, then transpose8x8_store on the bits; edges tiled).
+void transpose_s8_s32(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,
+                      std::int32_t* dst, std::int64_t dst_rs) {
+  transpose_blocks(src, rows, cols, src_rs, dst, dst_rs, [](const std::int8_t* p) {
+    std::int64_t b;
+    std::memcpy(&b, p, 8);
+    return _mm256_castsi256_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(b)));
+  });
+}
+
+// A split block's residual entries (QGemmArgs) on the chunk's rows transposed (at[k * mt + i]): per
+// lane and 32 rows, each entry adds r times the rows' codes (vpmulld) into four accumulators, then
+// into part's lanes; fewer than 32 rows left: detail::s8_panel_residual_t's loop. Exact modulo 2^32.
+void residual_rows(const std::int32_t* rec, const std::int32_t* at, std::int64_t mt, std::int32_t* part,
+                   std::int64_t part_rs, std::uint32_t* tmp) {
+  const std::int32_t* off = rec + 17;
+  const std::int32_t* ent = rec + 34;
+  const std::int64_t m32 = mt / 32 * 32;
+  for (int l = 0; l < 16; ++l) {
+    if (off[l] == off[l + 1]) continue;
+    for (std::int64_t i0 = 0; i0 < m32; i0 += 32) {
+      __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+      for (std::int32_t e = off[l]; e < off[l + 1]; ++e) {
+        const std::int32_t v = ent[e];
+        const __m256i r = _mm256_set1_epi32(v >> 24);
+        const std::int32_t* col = at + static_cast<std::int64_t>(v & 0xffffff) * mt + i0;
+        for (int j = 0; j < 4; ++j)
+          acc[j] = _mm256_add_epi32(acc[j], _mm256_mullo_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + 8 * j)), r));
+      }
+      alignas(32) std::int32_t sum[32];
+      for (int j = 0; j < 4; ++j) _mm256_store_si256(reinterpret_cast<__m256i*>(sum + 8 * j), acc[j]);
+      for (int i = 0; i < 32; ++i)
+        part[(i0 + i) * part_rs + l] =
+            static_cast<std::int32_t>(static_cast<std::uint32_t>(part[(i0 + i) * part_rs + l]) + static_cast<std::uint32_t>(sum[i]));
+    }
+  }
+  if (m32 < mt) {  // the last rows: the portable loop on a record view of them
+    for (int l = 0; l < 16; ++l) {
+      if (off[l] == off[l + 1]) continue;
+      for (std::int64_t i = m32; i < mt; ++i) tmp[i] = 0;
+      for (std::int32_t e = off[l]; e < off[l + 1]; ++e) {
+        const std::int32_t v = ent[e];
+        const std::int32_t* col = at + static_cast<std::int64_t>(v & 0xffffff) * mt;
+        for (std::int64_t i = m32; i < mt; ++i) tmp[i] += static_cast<std::uint32_t>(col[i]) * static_cast<std::uint32_t>(v >> 24);
+      }
+      for (std::int64_t i = m32; i < mt; ++i)
+        part[i * part_rs + l] = static_cast<std::int32_t>(static_cast<std::uint32_t>(part[i * part_rs + l]) + tmp[i]);
+    }
+  }
+}
+
+// Steps [s0, s1) of a split block into buf (the tile's signed bytes): the panel's codes xor 0x80,
+// then w' = w - r at the block's entries in the slice (rec: its record).
+void split_slice(const std::uint8_t* wp, const std::int32_t* rec, std::int64_t s0, std::int64_t s1, std::uint8_t* buf) {
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  for (std::int64_t i = 0; i < (s1 - s0) * 2; ++i)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(buf + 32 * i),
+                        _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + s0 * 64 + 32 * i)), flip));
+  const std::int32_t* ent = rec + 34;
+  for (int l = 0; l < 16; ++l) {
+    for (std::int32_t e = rec[17 + l]; e < rec[18 + l]; ++e) {
+      const std::int64_t k = ent[e] & 0xffffff;
+      if (k < 4 * s0 || k >= 4 * s1) continue;
+      std::uint8_t* p = buf + (k / 4 - s0) * 64 + 4 * l + k % 4;
+      *p = static_cast<std::uint8_t>(*p - static_cast<std::uint8_t>(ent[e] >> 24));
+    }
+  }
+}
+
+// Per chunk of rows, per panel (one row: per four panels), per K block (the panel's slice, 256 steps
+// x 64 bytes = 16 KiB, stays in L1 while the row tiles pass over it), then the requantization of the
+// panels' columns. Chunks of 24 rows or more run split blocks on the split codes (their slice copied
+// once per chunk and K block, amortized over the chunk's row tiles), then the entries' residual on
+// the chunk's rows transposed (s8_panel_residual_t); fewer rows (memory-bound) run the sign trick.
 void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  constexpr std::int64_t kSteps = 256, kRows = 192;
+  constexpr std::int64_t kSteps = 256, kRows = 192, kSplitRows = 24;
   const std::int64_t K4 = (g.K + 3) / 4, a_rs = 4 * K4, ps = 64 * K4;
   const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w);
   const std::int64_t steps = g.M <= 4 ? K4 : kSteps;
-  std::vector<std::int32_t> part(static_cast<std::size_t>(std::max<std::int64_t>(4, std::min(g.M, kRows)) * 16));
+  struct PartTag {};
+  struct SliceTag {};
+  struct TransposeTag {};
+  struct TmpTag {};
+  struct URowsTag {};
+  std::int32_t* part = thread_scratch<std::int32_t, PartTag>(
+      static_cast<std::size_t>(std::max<std::int64_t>(4, std::min(g.M, kRows)) * 16));
   for (std::int64_t m0 = 0; m0 < g.M; m0 += kRows) {
-    const std::int64_t m1 = std::min(g.M, m0 + kRows);
+    const std::int64_t m1 = std::min(g.M, m0 + kRows), mt = m1 - m0;
+    const std::int8_t* am = g.a + m0 * a_rs;
+    // made at the chunk's first split block: its rows as u = a + 128, and transposed (the residual)
+    std::int8_t* u = nullptr;
+    std::int32_t* at = nullptr;
     for (std::int64_t n0 = n_begin; n0 < n_end;) {
-      const std::uint8_t* wp = w + (n0 / 16) * ps;
+      const std::int64_t b = n0 / 16;
+      const std::uint8_t* wp = w + b * ps;
+      const std::int32_t* rec = detail::s8_panel_record(g, b);
+      const bool split = mt >= kSplitRows && detail::s8_panel_split(rec);
       const bool four = g.M == 1 && n_end - n0 > 48;  // one row: four panels at once
+      if (split && u == nullptr) {
+        u = thread_scratch<std::int8_t, URowsTag>(static_cast<std::size_t>(mt * a_rs));
+        const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+        for (std::int64_t i = 0; i < mt * a_rs; i += 4) {  // rows of a multiple of 4 bytes
+          if (i + 32 <= mt * a_rs) {
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + i),
+                                _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(am + i)), flip));
+            i += 28;
+          } else {
+            for (int j = 0; j < 4; ++j) u[i + j] = static_cast<std::int8_t>(am[i + j] ^ 0x80);
+          }
+        }
+        at = thread_scratch<std::int32_t, TransposeTag>(static_cast<std::size_t>(g.K * mt));
+        transpose_s8_s32(am, mt, g.K, a_rs, at, mt);
+      }
+      std::uint8_t* slice = split ? thread_scratch<std::uint8_t, SliceTag>(static_cast<std::size_t>(kSteps * 64)) : nullptr;
       for (std::int64_t s0 = 0; s0 < K4; s0 += steps) {
         const std::int64_t s1 = std::min(K4, s0 + steps);
         const bool first = s0 == 0;
         if (four) {
-          s8p_tile<1, 4>(g.a, a_rs, wp, ps, s0, s1, part.data(), first);
-          continue;
+          s8p_tile<1, 4, false>(g.a, a_rs, wp, ps, s0, s1, part, first);
+        } else if (split) {
+          split_slice(wp, rec, s0, s1, slice);
+          // the next slice (this block's next K block, or the next block's first) fetched into L2 a
+          // line per step by the first row tile, so the next copy finds it there
+          const bool last = s1 >= K4;
+          const std::uint8_t* next = last ? (n0 + 16 < n_end ? wp + ps : nullptr) : wp + s1 * 64;
+          const std::int64_t lines = next ? std::min(last ? K4 : K4 - s1, steps) : 0;
+          s8p_rows<true>(u + 4 * s0, a_rs, slice, 0, s1 - s0, mt, part, first, next, lines);
+        } else {
+          s8p_rows<false>(am, a_rs, wp, s0, s1, mt, part, first);
         }
-        std::int64_t m = m0;
-        for (; m + 4 <= m1; m += 4) s8p_tile<4, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
-        const std::int64_t r = m1 - m;
-        if (r == 3) s8p_tile<3, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
-        if (r == 2) s8p_tile<2, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
-        if (r == 1) s8p_tile<1, 1>(g.a + m * a_rs, a_rs, wp, ps, s0, s1, part.data() + (m - m0) * 16, first);
       }
       const std::int64_t nn = std::min<std::int64_t>(four ? 64 : 16, n_end - n0);
+      const std::int64_t part_rs = four ? 64 : 16;
+      // corr, and for a split block 128 * sum w' off each column (the lanes then hold sum a * w')
+      // and the entries' residual into the lanes
+      std::int32_t off[64];
+      for (std::int64_t j = 0; j < nn; ++j)
+        off[j] = static_cast<std::int32_t>(static_cast<std::uint32_t>(g.corr[n0 + j]) -
+                                           (split ? static_cast<std::uint32_t>(rec[1 + j]) : 0u));
+      if (split) {
+        struct ResidualTag {};
+        residual_rows(rec, at, mt, part, part_rs, thread_scratch<std::uint32_t, ResidualTag>(static_cast<std::size_t>(mt)));
+      }
       if (!four && nn == 16 && g.y_cs == 1) {
         // the same float operations as detail::requantize, 8 lanes at a time (no contraction:
         // a multiply, then an add, each rounded as the scalar form rounds them)
-        const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.corr + n0));
-        const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.corr + n0 + 8));
+        const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off));
+        const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(off + 8));
         const __m256 sc0 = _mm256_loadu_ps(g.out_scale + n0), sc1 = _mm256_loadu_ps(g.out_scale + n0 + 8);
         const __m256 b0 = g.bias ? _mm256_loadu_ps(g.bias + n0) : _mm256_setzero_ps();
         const __m256 b1 = g.bias ? _mm256_loadu_ps(g.bias + n0 + 8) : _mm256_setzero_ps();
         for (std::int64_t m = m0; m < m1; ++m) {
-          const std::int32_t* pr = part.data() + (m - m0) * 16;
+          const std::int32_t* pr = part + (m - m0) * 16;
           __m256 y0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pr)), c0)), sc0);
           __m256 y1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(pr + 8)), c1)), sc1);
           if (g.bias) {
@@ -167,10 +353,9 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
         continue;
       }
       for (std::int64_t m = m0; m < m1; ++m) {
-        // the xor restored w, so the lanes hold sum a * w itself (no a_sum term)
         for (std::int64_t j = 0; j < nn; ++j) {
-          const std::uint32_t acc = static_cast<std::uint32_t>(part[static_cast<std::size_t>((m - m0) * 16 + j)]) +
-                                    static_cast<std::uint32_t>(g.corr[n0 + j]);
+          const std::uint32_t acc = static_cast<std::uint32_t>(part[(m - m0) * part_rs + j]) +
+                                    static_cast<std::uint32_t>(off[j]);
           g.y[m * g.y_rs + (n0 + j) * g.y_cs] = detail::requantize(acc, g, n0 + j);
         }
       }
@@ -1104,31 +1289,7 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
 // to int16 by pmovsxbw, then unpacks of 16 / 32 / 64 bits); the edges by the tiled loop.
 void transpose_f32(const float* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, float* dst,
                    std::int64_t dst_rs) {
-  const std::int64_t R = rows / 8 * 8, Cc = cols / 8 * 8;
-  for (std::int64_t r0 = 0; r0 < R; r0 += 8) {
-    for (std::int64_t c0 = 0; c0 < Cc; c0 += 8) {
-      __m256 v[8];
-      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(src + (r0 + i) * src_rs + c0);
-      __m256 t[8];
-      for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-      }
-      __m256 u[8];
-      for (int i = 0; i < 2; ++i) {
-        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-      }
-      for (int i = 0; i < 4; ++i) {
-        _mm256_storeu_ps(dst + (c0 + i) * dst_rs + r0, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
-        _mm256_storeu_ps(dst + (c0 + 4 + i) * dst_rs + r0, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
-      }
-    }
-  }
-  if (Cc < cols) detail::transpose_tiled(src + Cc, R, cols - Cc, src_rs, dst + Cc * dst_rs, dst_rs);
-  if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
+  transpose_blocks(src, rows, cols, src_rs, dst, dst_rs, [](const float* p) { return _mm256_loadu_ps(p); });
 }
 
 void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,

@@ -75,18 +75,26 @@ def test_extremes_nan_inf_and_the_int8_corners():
     x[3] = torch.linspace(-10, 10, K)
     w = torch.full((N, K), 127, dtype=torch.int8)
     w[::2] = -127
-    bias_q = torch.zeros(N, dtype=torch.int32)
-    scale = torch.ones(N)
-    for qmin, qmax, zp in ((-128, 127, 0), (0, 255, 0), (0, 255, 255)):
-        shift = 128 if qmin >= 0 else 0
-        corr = ((shift - zp) * w.long().sum(1)).int()
-        want = _reference(x, w, bias_q, scale, 0.1, zp, qmin, qmax)
-        for isa in _isas():
-            qatkit._C.set_cpu_isa(isa)
-            for layout in (w, ops.pack_int8_panel(w)):
-                got = ops.linear_int8(x, layout, corr, scale, 0.1, zp, qmin, qmax)
-                assert torch.equal(got, want), (isa, qmin, qmax, zp, layout.dim())
-    qatkit._C.set_cpu_isa(_isas()[-1])
+    _assert_corner_ranges(x, w, (w, ops.pack_int8_panel(w)))
+
+
+def _assert_corner_ranges(x, w, layouts):
+    """linear_int8 of x on each weight layout equals the reference on every ISA, for signed codes,
+    unsigned codes and the zero point at the top of the unsigned range (unit scales, no bias)."""
+    bias_q, scale = torch.zeros(w.shape[0], dtype=torch.int32), torch.ones(w.shape[0])
+    old = qatkit._C.cpu_isa()
+    try:
+        for qmin, qmax, zp in ((-128, 127, 0), (0, 255, 0), (0, 255, 255)):
+            shift = 128 if qmin >= 0 else 0
+            corr = ((shift - zp) * w.long().sum(1)).int()
+            want = _reference(x, w, bias_q, scale, 0.1, zp, qmin, qmax)
+            for isa in _isas():
+                qatkit._C.set_cpu_isa(isa)
+                for layout in layouts:
+                    got = ops.linear_int8(x, layout, corr, scale, 0.1, zp, qmin, qmax)
+                    assert torch.equal(got, want), (isa, qmin, qmax, zp, tuple(layout.shape))
+    finally:
+        qatkit._C.set_cpu_isa(old)
 
 
 # the panel kernels' tiles: AVX-512 6-row tiles (M % 6 tails), groups of four 16-row panels (N % 64
@@ -114,20 +122,116 @@ def test_panel_layout_equals_the_reference_on_every_isa(M, N, K, qrange, zp):
         qatkit._C.set_cpu_isa(old)
 
 
-def test_pack_int8_panel_layout_opcheck_and_errors():
+def _split_records(w):
+    """pack_int8_panel's split records (kernels/common/qgemm_args.h) from the rule, one lane at a
+    time: per block of 16 rows, [count or -1, 128 * sum w' per lane, 17 lane offsets, entries
+    k | r << 24 by lane then k], s8_tail_words(K4) int32 words each, then the tail's zero padding."""
+    n, k = w.shape
+    nb, k4 = (n + 15) // 16, (k + 3) // 4
+    cap = k4 // 2 + 4
+    words = 34 + cap
+    wp = torch.zeros(nb * 16, 4 * k4, dtype=torch.int64)
+    wp[:n, :k] = w.long()
+    recs = []
+    for b in range(nb):
+        ents, sums = [], []
+        for lane in range(16):
+            row = wp[16 * b + lane].tolist()
+            e, total = [], 0
+            for k0 in range(0, 4 * k4, 2):
+                w0, w1 = row[k0], row[k0 + 1]
+                w1s = w1
+                if w0 * w1 > 0 and abs(w0) + abs(w1) > 128:
+                    w1s = (128 - abs(w0)) * (1 if w1 > 0 else -1)
+                    e.append((k0 + 1) | ((w1 - w1s) & 0xFF) << 24)
+                total += w0 + w1s
+            ents.append(e)
+            sums.append(128 * total)
+        rec = [0] * words
+        count = sum(len(e) for e in ents)
+        if count > cap:
+            rec[0] = -1
+        else:
+            rec[0] = count
+            rec[1:17] = sums
+            off = 0
+            for lane in range(16):
+                rec[17 + lane] = off
+                for v in ents[lane]:
+                    rec[34 + off] = v - (1 << 32) if v >= 1 << 31 else v
+                    off += 1
+            rec[33] = off
+        recs += rec
+    x = -(-nb * words * 4 // (k4 * 64)) if k4 else 0
+    out = torch.zeros(x * k4 * 16, dtype=torch.int32)
+    out[:len(recs)] = torch.tensor(recs, dtype=torch.int64).to(torch.int32)
+    return out, x
+
+
+def _split_block_counts(panel, n, k):
+    """Each block's record word 0 (entry count, or -1), or None for a panel without records."""
+    nb, k4 = (n + 15) // 16, (k + 3) // 4
+    if panel.shape[0] == nb:
+        return None
+    words = 34 + k4 // 2 + 4
+    return panel[nb:].reshape(-1).view(torch.int32)[:nb * words].reshape(nb, words)[:, 0].tolist()
+
+
+def _gauss_codes(n, k, g, sigma=None):
+    """Per-row codes as per-channel quantization gives a trained layer's weights (N(0, 1) scaled to
+    its row's max |w| = 127; or N(0, sigma) clamped): a few unsafe pairs per block (split records)."""
+    w = torch.randn(n, k, generator=g)
+    if sigma is None:
+        return (w / w.abs().amax(1, keepdim=True).clamp_min(1e-9) * 127).round().clamp(-127, 127).to(torch.int8)
+    return (w * sigma).round().clamp(-127, 127).to(torch.int8)
+
+
+@pytest.mark.parametrize("n,k,dist", [(20, 10, "uniform"), (40, 1030, "gauss"), (37, 133, "sigma60"), (16, 3, "gauss"),
+                                      (3, 64, "gauss")])
+def test_pack_int8_panel_layout_and_split_records(n, k, dist):
+    g = torch.Generator().manual_seed(n * k)
+    w = (torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g) if dist == "uniform"
+         else _gauss_codes(n, k, g, 60.0 if dist == "sigma60" else None))
+    p = ops.pack_int8_panel(w)
+    nb, k4 = (n + 15) // 16, (k + 3) // 4
+    recs, x = _split_records(w)
+    assert p.shape == (nb + x, k4, 64) and p.dtype == torch.uint8
+    # byte r * 4 + j of step s of panel b: row 16 b + r's k = 4 s + j, as w + 128; padding holds w = 0
+    want = torch.full((nb * 16, k4 * 4), 128, dtype=torch.int64)
+    want[:n, :k] = w.long() + 128
+    assert torch.equal(p[:nb].long(), want.reshape(nb, 16, k4, 4).permute(0, 2, 1, 3).reshape(nb, k4, 64))
+    assert torch.equal(p[nb:].reshape(-1).view(torch.int32), recs)
+    counts = _split_block_counts(p, n, k)
+    if dist == "uniform":
+        assert all(c == -1 for c in counts)  # a quarter of the pairs unsafe: past every block's capacity
+    if dist == "gauss" and k >= 64:
+        assert any(c > 0 for c in counts)
+
+
+def test_pack_int8_panel_record_capacity_edge():
+    """A block with exactly s8_tail_cap(K4) unsafe pairs is split; one more and it runs the sign trick."""
+    k = 64  # K4 = 16: capacity 12
+    for unsafe, want in ((12, 12), (13, -1)):
+        w = torch.zeros(16, k, dtype=torch.int8)
+        for i in range(unsafe):  # pairs (2j, 2j + 1) of lanes 0..: one sign, |w0| + |w1| = 127 + 2 > 128
+            w[i % 16, 2 * (i // 16)], w[i % 16, 2 * (i // 16) + 1] = (127, 2) if i % 2 else (-127, -2)
+        w[15, 60], w[15, 61] = 100, 28  # |w0| + |w1| = 128: safe
+        w[14, 60], w[14, 61] = 127, -127  # signs differ: safe
+        assert _split_block_counts(ops.pack_int8_panel(w), 16, k) == [want]
+
+
+def test_pack_int8_panel_opcheck_and_errors():
     w = torch.randint(-127, 128, (20, 10), dtype=torch.int8)
     p = ops.pack_int8_panel(w)
-    assert p.shape == (2, 3, 64) and p.dtype == torch.uint8
-    # byte r * 4 + j of step s of panel b: row 16 b + r's k = 4 s + j, as w + 128; padding holds w = 0
-    want = torch.full((32, 12), 128, dtype=torch.int64)
-    want[:20, :10] = w.long() + 128
-    assert torch.equal(p.long(), want.reshape(2, 16, 3, 4).permute(0, 2, 1, 3).reshape(2, 3, 64))
     x, corr, scale = torch.randn(3, 10), torch.zeros(20, dtype=torch.int32), torch.rand(20)
     torch.library.opcheck(torch.ops.qatkit.pack_int8_panel.default, (w,))
+    torch.library.opcheck(torch.ops.qatkit.pack_int8_panel.default, (_gauss_codes(40, 300, torch.Generator()),))
     torch.library.opcheck(torch.ops.qatkit.linear_int8.default, (x, p, corr, scale, 0.1, 0, -128, 127))
-    with pytest.raises(ValueError, match=r"panel weight \(pack_int8_panel\) for N = 20 .* must have shape \[2, 3, 64\]"):
+    assert ops.pack_int8_panel(w.to("meta")).shape == p.shape
+    with pytest.raises(ValueError, match=r"panel weight \(pack_int8_panel\) for N = 20 .* must have shape \[4, 3, 64\] "
+                                         r"\(or \[2, 3, 64\] without the split records\)"):
         ops.linear_int8(x, p[:, :2], corr, scale, 0.1, 0, -128, 127)
-    with pytest.raises(ValueError, match=r"for N = 40 .* must have shape \[3, 3, 64\]"):  # N is corr's length
+    with pytest.raises(ValueError, match=r"for N = 40 .* must have shape \[6, 3, 64\]"):  # N is corr's length
         ops.linear_int8(x, p, torch.zeros(40, dtype=torch.int32), torch.rand(40), 0.1, 0, -128, 127)
     with pytest.raises(TypeError, match="panel weight .* must be uint8"):
         ops.linear_int8(x, p.to(torch.int8), corr, scale, 0.1, 0, -128, 127)
@@ -137,6 +241,57 @@ def test_pack_int8_panel_layout_opcheck_and_errors():
         ops.pack_int8_panel(w.float())
     with pytest.raises(ValueError, match="pack_int8_panel: weight must be 2-D"):
         ops.pack_int8_panel(w[0])
+
+
+# the AVX2 split path (chunks of 24 rows or more; QGemmArgs' split records): row tiles of 4 and the
+# rest, 16-column blocks and a tail, K blocks of 256 steps (K = 1030: two, K % 4 tails), chunks of 192
+# rows (400: 192 + 192 + 16, the last on the sign trick), blocks past their capacity beside split ones
+SPLIT_SHAPES = [(24, 16, 64), (27, 37, 133), (64, 70, 1030), (400, 20, 96), (193, 33, 40), (8, 16, 64)]
+
+
+@pytest.mark.parametrize("M,N,K", SPLIT_SHAPES)
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
+def test_split_panel_equals_the_reference_on_every_isa(M, N, K, qrange, zp):
+    g = torch.Generator().manual_seed(M * N + K)
+    x, _, _, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp, seed=M + K)
+    x[:, ::5] *= 100  # codes at both ends of the range too: u = a + 128 at 0 and 255
+    w = _gauss_codes(N, K, g, sigma=30.0)
+    w[::16, :2] = torch.tensor([120, 100], dtype=torch.int8)  # at least one unsafe pair per block
+    w[1::16, 2:4] = torch.tensor([-100, -127], dtype=torch.int8)
+    if N > 16:  # rows of the second block uniform: past its capacity (the sign trick runs it)
+        w[16:19] = torch.randint(-127, 128, (min(3, N - 16), K), dtype=torch.int8, generator=g)
+    shift = 128 if qmin >= 0 else 0
+    corr = (bias_q.long() + (shift - zp) * w.long().sum(1)).int()
+    panel = ops.pack_int8_panel(w)
+    counts = _split_block_counts(panel, N, K)
+    assert any(c > 0 for c in counts)  # the path under test: split blocks with residual entries
+    want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+    legacy = panel[:(N + 15) // 16].contiguous()  # no records: the sign trick on the same codes
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            assert qatkit._C.set_cpu_isa(isa)
+            assert torch.equal(ops.linear_int8(x, panel, corr, scale, s, zp, qmin, qmax), want), isa
+            assert torch.equal(ops.linear_int8(x, legacy, corr, scale, s, zp, qmin, qmax), want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+def test_split_panel_at_the_extremes():
+    """Every unsafe pair at its largest (w = 127, 127 or -127, -127: r = 126) against activation codes
+    at both ends, and pairs at the safe bound (|w0| + |w1| = 128, one sign): exact on every ISA."""
+    M, N, K = 32, 32, 256
+    w = torch.zeros(N, K, dtype=torch.int8)
+    w[:, 0::8], w[:, 1::8] = 127, 127  # 32 unsafe pairs per row: past the capacity (K4 / 2 + 4 = 36 per block)
+    w[:16] = 0
+    w[:16, 0:2], w[:16, 2:4] = 127, -127  # block 0: two unsafe pairs per row (32 <= 36): split
+    w[:16, 4], w[:16, 5] = 100, 28  # |w0| + |w1| = 128: safe
+    w[:16, 8::4] = torch.randint(-127, 128, (16, 62), dtype=torch.int8, generator=torch.Generator().manual_seed(3))
+    assert _split_block_counts(ops.pack_int8_panel(w), N, K) == [32, -1]
+    x = torch.full((M, K), 1e9)
+    x[1::2] = -1e9
+    x[2::4, ::3] = 0.0
+    _assert_corner_ranges(x, w, (ops.pack_int8_panel(w),))
 
 
 def test_batched_input_keeps_leading_dims():
@@ -438,6 +593,35 @@ def test_conv2d_int8_panel_equals_the_unfolded_gemm_on_every_isa(B, C, N):
     if C % 3 == 0:
         with pytest.raises(ValueError, match="panel weight .* needs weight_bits 8 and groups 1"):
             ops.conv2d_int8(x, panel, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, 3)
+
+
+@pytest.mark.parametrize("B,C,HW,N,k", [
+    (1, 16, 17, 40, (1, 1)),  # 1 x 1, 289 rows: one GEMM per image on the panel as it is (split blocks)
+    (1, 8, 16, 160, (3, 3)),  # 256 patch rows < 2N: planar rows, the panel as it is (split blocks)
+    (2, 32, 6, 40, (1, 1)),   # 36 rows per image: several images per GEMM in row ranges under 24 rows
+    (4, 16, 8, 40, (3, 3)),   # channels-last: the reordered panel without records (the sign trick)
+])
+def test_conv2d_int8_split_panel_equals_the_unfolded_gemm(B, C, HW, N, k):
+    g = torch.Generator().manual_seed(B * C + N)
+    x = torch.randn(B, C, HW, HW, generator=g) * 2
+    K = C * k[0] * k[1]
+    w = _gauss_codes(N, K, g, sigma=30.0)
+    w[::16, :2] = torch.tensor([120, 100], dtype=torch.int8)  # at least one unsafe pair per block
+    panel = ops.pack_int8_panel(w)
+    assert any(c > 0 for c in _split_block_counts(panel, N, K))
+    s, zp, qmin, qmax = 0.04, 9, 0, 255
+    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+    scale, fb = torch.rand(N, generator=g) * 1e-2, torch.randn(N, generator=g)
+    pad = (k[0] // 2, k[1] // 2)
+    want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, 1, k, padding=pad)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.conv2d_int8(x, panel, 8, k, (1, 1), pad, (1, 1), corr, scale, s, zp, qmin, qmax, fb)
+            assert torch.equal(got.reshape(B, N, -1), want.reshape(B, N, -1)), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
 
 
 def _unfolded_conv_reference(x, w, corr, scale, act, bias, groups, k, stride=(1, 1), padding=(1, 1),
