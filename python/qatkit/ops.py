@@ -745,14 +745,19 @@ def block_w4_scales(scale: torch.Tensor) -> torch.Tensor:
 
 def pack_int8_panel(weight: torch.Tensor) -> torch.Tensor:
     """:func:`linear_int8`'s panel layout from int8 codes ``[N, K]`` (narrow range [-127, 127]): uint8
-    codes ``w + 128``, ``[ceil(N / 16), ceil(K / 4), 64]``, 16 rows x 4 consecutive k per 64-byte
-    step (one row per 32-bit lane; kernels/common/qgemm_args.h, ``QGemmArgs::panel``), so the CPU
-    kernel's ``vpdpbusd`` of one step and four broadcast activations adds 16 rows' products into 16
-    lanes with no horizontal sums. Padding (rows past N, k past K) holds ``w = 0``. The results equal
-    the row layout's bit for bit.
+    codes ``w + 128`` in ``NB = ceil(N / 16)`` blocks of ``[ceil(K / 4), 64]``, 16 rows x 4
+    consecutive k per 64-byte step (one row per 32-bit lane; kernels/common/qgemm_args.h,
+    ``QGemmArgs::panel``), so the CPU kernel's ``vpdpbusd`` of one step and four broadcast
+    activations adds 16 rows' products into 16 lanes with no horizontal sums; padding (rows past N,
+    k past K) holds ``w = 0``. Then ``X`` more blocks hold each block's split record (its pairs of
+    consecutive codes that one sign and ``|w0| + |w1| > 128`` make unsafe for ``u = a + 128`` in
+    ``vpmaddubsw``, with their residuals), which the AVX2 kernel without VNNI uses to run two
+    multiply uops per 32 products instead of three (docs/integer.md, "W8A8 without VNNI: the split
+    form"): shape ``[NB + X, ceil(K / 4), 64]``. The kernels also take the ``NB`` blocks alone (the
+    sign trick everywhere). The results equal the row layout's bit for bit.
 
     Raises:
-        TypeError / ValueError: not int8, or not 2-D.
+        TypeError / ValueError: not int8, not 2-D, or ``K >= 2**24``.
     """
     return torch.ops.qatkit.pack_int8_panel(weight)
 

@@ -325,6 +325,49 @@ inline int weight_code(const std::uint8_t* w, int bits, bool panel, std::int64_t
   return bits == 2 ? v - 1 : (v != 0 ? 1 : -1);  // ternary c = w + 1; binary 1 = +1
 }
 
+// Per lane, the split entries of one block (QGemmArgs' split records), kept between blocks.
+using SplitEntries = std::array<std::vector<std::int32_t>, 16>;
+
+// Block blk's split record (kernels/common/qgemm_args.h) from its exact codes (the panel's bytes w +
+// 128): per step and lane, the two pairs of consecutive k; an unsafe pair (one sign, |w0| + |w1| >
+// 128) gets w1' = sign(w1) (128 - |w0|) and the entry r = w1 - w1'. Past s8_tail_cap(K4) entries the
+// record says -1 (the sign trick runs the block). rec: s8_tail_words(K4) words, zero on entry.
+void split_record(const std::uint8_t* blk, std::int64_t K4, std::int32_t* rec, SplitEntries& ent) {
+  const std::int64_t cap = kernels::s8_tail_cap(K4);
+  std::array<std::int64_t, 16> sum{};  // sum of w + 128, then of w'
+  std::int64_t count = 0;
+  for (auto& e : ent) e.clear();
+  for (std::int64_t s0 = 0; s0 < K4; ++s0) {
+    for (int l = 0; l < 16; ++l) {
+      std::uint32_t v;
+      std::memcpy(&v, blk + s0 * 64 + 4 * l, 4);
+      const std::uint32_t t = (v & 0x00ff00ffu) + ((v >> 8) & 0x00ff00ffu);
+      sum[l] += (t & 0xffffu) + (t >> 16);
+      for (int p = 0; p < 2; ++p) {
+        const int a = static_cast<int>((v >> (16 * p)) & 0xffu) - 128, b = static_cast<int>((v >> (16 * p + 8)) & 0xffu) - 128;
+        if (std::abs(a) + std::abs(b) <= 128 || (a ^ b) < 0) continue;  // safe: |sum| <= 128, or signs differ
+        if (++count > cap) {
+          rec[0] = -1;
+          return;
+        }
+        const int bs = b > 0 ? 128 - std::abs(a) : std::abs(a) - 128;
+        ent[static_cast<std::size_t>(l)].push_back(static_cast<std::int32_t>(
+            static_cast<std::uint32_t>(4 * s0 + 2 * p + 1) | (static_cast<std::uint32_t>(b - bs) << 24)));
+        sum[l] -= b - bs;
+      }
+    }
+  }
+  rec[0] = static_cast<std::int32_t>(count);
+  std::int32_t off = 0;
+  for (int l = 0; l < 16; ++l) {
+    // 128 * sum w' (|sum| < 2^31 for the K the kernels take; wraps modulo 2^32 as every sum here)
+    rec[1 + l] = static_cast<std::int32_t>(static_cast<std::uint32_t>(128 * (sum[l] - 512 * K4)));
+    rec[17 + l] = off;
+    for (const std::int32_t e : ent[static_cast<std::size_t>(l)]) rec[34 + off++] = e;
+  }
+  rec[33] = off;
+}
+
 // The weight (any conv2d_int8 / conv2d_w1a1 layout) with each row's K = Cg * kh * kw codes moved
 // from (c, i, j) to (i, j, c) order; the padding as it was.
 at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t Cg,
@@ -332,13 +375,17 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
   const std::int64_t taps = kh * kw, K = Cg * taps;
   const std::int64_t rb = w.size(1), NB = (N + 15) / 16;
   // byte layouts: every byte is written below (the padding copied as it is); bit layouts start from a
-  // copy; a panel comes back without its split records (QGemmArgs: they list pairs of consecutive
-  // k, which the reorder does not keep; the sign-trick kernel runs it)
-  at::Tensor out = panel ? at::empty({NB, rb, 64}, w.options()) : bits == 8 ? at::empty_like(w) : w.clone();
+  // copy; a panel gets the split records of its reordered codes (QGemmArgs: they list pairs of
+  // consecutive k, which the reorder moves)
+  const std::int64_t X = panel ? kernels::s8_tail_blocks(NB, rb) : 0;
+  at::Tensor out = panel ? at::empty({NB + X, rb, 64}, w.options()) : bits == 8 ? at::empty_like(w) : w.clone();
   const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
   auto* dst = static_cast<std::uint8_t*>(out.mutable_data_ptr());
   if (panel) {  // 16 rows per panel, 4 consecutive k of a row per 32-bit lane: 16 byte moves per code pair
+    std::fill(dst + NB * rb * 64, dst + (NB + X) * rb * 64, std::uint8_t{0});
+    auto* tail = reinterpret_cast<std::int32_t*>(dst + NB * rb * 64);
     at::parallel_for(0, NB, 1, [&](std::int64_t p0, std::int64_t p1) {
+      SplitEntries ent;
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::uint8_t* sp = src + p * rb * 64;
         std::uint8_t* dp = dst + p * rb * 64;
@@ -352,6 +399,7 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
             for (int r = 0; r < 16; ++r) d[4 * r] = f[4 * r];
           }
         }
+        split_record(dp, rb, tail + p * kernels::s8_tail_words(rb), ent);
       }
     });
     return out;
@@ -1201,8 +1249,8 @@ at::Tensor linear_w8_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   return y;
 }
 
-// pack_int8_panel: the exact codes' panel, then each block's split record (QGemmArgs; the rule in
-// kernels/common/qgemm_args.h), blocks in parallel.
+// pack_int8_panel: the exact codes' panel (4 codes of a row per 32-bit store), then each block's
+// split record (split_record), blocks in parallel.
 at::Tensor pack_int8_panel_cpu(const at::Tensor& weight) {
   const auto shape = check_pack_int8_panel_args(weight);
   const std::int64_t N = weight.size(0), K = weight.size(1), NB = (N + 15) / 16, K4 = shape[1], X = shape[0] - NB;
@@ -1212,47 +1260,20 @@ at::Tensor pack_int8_panel_cpu(const at::Tensor& weight) {
   std::uint8_t* dst = out.mutable_data_ptr<std::uint8_t>();
   std::fill(dst + NB * K4 * 64, dst + (NB + X) * K4 * 64, std::uint8_t{0});
   auto* tail = reinterpret_cast<std::int32_t*>(dst + NB * K4 * 64);
-  const std::int64_t words = kernels::s8_tail_words(K4), cap = kernels::s8_tail_cap(K4);
   at::parallel_for(0, NB, 1, [&](std::int64_t b0, std::int64_t b1) {
-    std::array<std::vector<std::int32_t>, 16> ent;  // per lane: k | r << 24
+    SplitEntries ent;
     for (std::int64_t b = b0; b < b1; ++b) {
       std::uint8_t* blk = dst + b * K4 * 64;
-      std::int32_t* rec = tail + b * words;
-      std::int64_t count = 0;
-      std::array<std::int64_t, 16> colsum{};
       for (std::int64_t l = 0; l < 16; ++l) {
-        ent[l].clear();
         const std::int64_t n = 16 * b + l;
-        const auto code = [&](std::int64_t k) { return n < N && k < K ? std::int32_t{src[n * K + k]} : 0; };
-        for (std::int64_t k0 = 0; k0 < 4 * K4; k0 += 2) {
-          const std::int32_t w0 = code(k0), w1 = code(k0 + 1);
-          std::int32_t w1s = w1;
-          // an unsafe pair (QGemmArgs' split form): one sign and |w0| + |w1| > 128; w1' keeps w1's
-          // sign with |w0| + |w1'| = 128, r = w1 - w1' in [-126, 126]
-          if (((w0 > 0 && w1 > 0) || (w0 < 0 && w1 < 0)) && std::abs(w0) + std::abs(w1) > 128) {
-            w1s = w1 > 0 ? 128 - std::abs(w0) : std::abs(w0) - 128;
-            ent[l].push_back(static_cast<std::int32_t>(static_cast<std::uint32_t>(k0 + 1) |
-                                                       (static_cast<std::uint32_t>(w1 - w1s) << 24)));
-          }
-          std::uint8_t* p = blk + (k0 / 4) * 64 + l * 4 + k0 % 4;
-          p[0] = static_cast<std::uint8_t>(w0 + 128);
-          p[1] = static_cast<std::uint8_t>(w1 + 128);
-          colsum[l] += w0 + w1s;
+        for (std::int64_t s0 = 0; s0 < K4; ++s0) {
+          std::uint32_t v = 0;  // the codes of k = 4 s0 .. 4 s0 + 3 (0 past K or N), as w + 128
+          if (n < N) std::memcpy(&v, src + n * K + 4 * s0, static_cast<std::size_t>(std::min<std::int64_t>(4, K - 4 * s0)));
+          v ^= 0x80808080u;
+          std::memcpy(blk + s0 * 64 + 4 * l, &v, 4);
         }
-        count += static_cast<std::int64_t>(ent[l].size());
       }
-      if (count > cap) {  // more unsafe pairs than the record holds: the sign-trick kernel runs this block
-        rec[0] = -1;
-        continue;
-      }
-      rec[0] = static_cast<std::int32_t>(count);
-      std::int32_t off = 0;
-      for (std::int64_t l = 0; l < 16; ++l) {
-        rec[1 + l] = static_cast<std::int32_t>(128 * colsum[l]);  // |sum| <= 127 * 2^24 * 128 < 2^38: wraps
-        rec[17 + l] = off;
-        for (const std::int32_t v : ent[l]) rec[34 + off++] = v;
-      }
-      rec[33] = off;
+      split_record(blk, K4, tail + b * kernels::s8_tail_words(K4), ent);
     }
   });
   return out;

@@ -599,7 +599,7 @@ def test_conv2d_int8_panel_equals_the_unfolded_gemm_on_every_isa(B, C, N):
     (1, 16, 17, 40, (1, 1)),  # 1 x 1, 289 rows: one GEMM per image on the panel as it is (split blocks)
     (1, 8, 16, 160, (3, 3)),  # 256 patch rows < 2N: planar rows, the panel as it is (split blocks)
     (2, 32, 6, 40, (1, 1)),   # 36 rows per image: several images per GEMM in row ranges under 24 rows
-    (4, 16, 8, 40, (3, 3)),   # channels-last: the reordered panel without records (the sign trick)
+    (4, 16, 8, 40, (3, 3)),   # channels-last: the reordered panel with the records of its reordered codes
 ])
 def test_conv2d_int8_split_panel_equals_the_unfolded_gemm(B, C, HW, N, k):
     g = torch.Generator().manual_seed(B * C + N)
