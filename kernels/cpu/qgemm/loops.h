@@ -40,10 +40,6 @@ inline std::uint32_t dot_s8(const std::int8_t* a, const std::int8_t* w, std::int
   return acc;
 }
 
-/// Row n of a panel weight (QGemmArgs' panel layout) as signed codes over [0, K).
-/// The words of one block's record (QGemmArgs' split form).
-inline std::int64_t s8_panel_words(const QGemmArgs& g) { return s8_tail_words((g.K + 3) / 4); }
-
 /// Block b's record of a split panel (QGemmArgs::tail), or nullptr (no tail).
 inline const std::int32_t* s8_panel_record(const QGemmArgs& g, std::int64_t b) {
   return g.tail ? g.tail + b * s8_tail_words((g.K + 3) / 4) : nullptr;
@@ -52,6 +48,7 @@ inline const std::int32_t* s8_panel_record(const QGemmArgs& g, std::int64_t b) {
 /// Whether block b has split codes (its record lists its unsafe pairs), else the sign trick runs it.
 inline bool s8_panel_split(const std::int32_t* rec) { return rec != nullptr && rec[0] >= 0; }
 
+/// Row n of a panel weight (QGemmArgs' panel layout) as signed codes over [0, K).
 inline void s8_panel_row(const QGemmArgs& g, std::int64_t n, std::int8_t* out) {
   const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w) + (n / 16) * ((g.K + 3) / 4) * 64 + (n % 16) * 4;
   for (std::int64_t k = 0; k < g.K; ++k) out[k] = static_cast<std::int8_t>(std::int32_t{w[(k / 4) * 64 + k % 4]} - 128);
