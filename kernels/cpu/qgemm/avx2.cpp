@@ -199,7 +199,7 @@ void transpose_s8_s32(const std::int8_t* src, std::int64_t rows, std::int64_t co
 
 // A split block's residual entries (QGemmArgs) on the chunk's rows transposed (at[k * mt + i]): per
 // lane and 32 rows, each entry adds r times the rows' codes (vpmulld) into four accumulators, then
-// into part's lanes; fewer than 32 rows left: detail::s8_panel_residual_t's loop. Exact modulo 2^32.
+// into part's lanes; the rows past the last 32 by a scalar loop through tmp. Exact modulo 2^32.
 void residual_rows(const std::int32_t* rec, const std::int32_t* at, std::int64_t mt, std::int32_t* part,
                    std::int64_t part_rs, std::uint32_t* tmp) {
   const std::int32_t* off = rec + 17;
@@ -260,7 +260,7 @@ void split_slice(const std::uint8_t* wp, const std::int32_t* rec, std::int64_t s
 // x 64 bytes = 16 KiB, stays in L1 while the row tiles pass over it), then the requantization of the
 // panels' columns. Chunks of 24 rows or more run split blocks on the split codes (their slice copied
 // once per chunk and K block, amortized over the chunk's row tiles), then the entries' residual on
-// the chunk's rows transposed (s8_panel_residual_t); fewer rows (memory-bound) run the sign trick.
+// the chunk's rows transposed (residual_rows); fewer rows (memory-bound) run the sign trick.
 void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   constexpr std::int64_t kSteps = 256, kRows = 192, kSplitRows = 24;
   const std::int64_t K4 = (g.K + 3) / 4, a_rs = 4 * K4, ps = 64 * K4;
@@ -288,15 +288,11 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
       if (split && u == nullptr) {
         u = thread_scratch<std::int8_t, URowsTag>(static_cast<std::size_t>(mt * a_rs));
         const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-        for (std::int64_t i = 0; i < mt * a_rs; i += 4) {  // rows of a multiple of 4 bytes
-          if (i + 32 <= mt * a_rs) {
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + i),
-                                _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(am + i)), flip));
-            i += 28;
-          } else {
-            for (int j = 0; j < 4; ++j) u[i + j] = static_cast<std::int8_t>(am[i + j] ^ 0x80);
-          }
-        }
+        std::int64_t i = 0;
+        for (; i + 32 <= mt * a_rs; i += 32)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + i),
+                              _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(am + i)), flip));
+        for (; i < mt * a_rs; ++i) u[i] = static_cast<std::int8_t>(am[i] ^ 0x80);
         at = thread_scratch<std::int32_t, TransposeTag>(static_cast<std::size_t>(g.K * mt));
         transpose_s8_s32(am, mt, g.K, a_rs, at, mt);
       }
