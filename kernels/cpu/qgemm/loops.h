@@ -465,11 +465,31 @@ inline float w8f_finish(const Acc16& acc, const float* x, const std::int8_t* q, 
 /// Outputs y[m .. m + MR, n .. n + R) of the weight-only int8 kernel: 16 lane sums per output (lane l:
 /// k = l mod 16, ascending), the weights converted on the fly (few rows: the codes stream once) or read
 /// from R rows dequantized once into wf (wf non-null), MR activation rows per pass over them.
+// The on-the-fly form's software prefetch (AVX2 table only): each of the R code rows a line every 64
+// k, kW8fPrefetch bytes ahead, running on into the row that the same register slot reads in the next
+// block of R rows (the hardware prefetcher restarts its streams at every block). AVX2's form takes
+// about twice the instructions of AVX-512's per weight, so the out-of-order window covers half the
+// bytes in flight: on Zen 4 the prefetch made the AVX2 4096 x 4096 GEMV 1.12-1.25x faster, while
+// the AVX-512 table's ran 0.85-0.88x with it at every distance and hint tried (docs/benchmarks.md,
+// 2026-12-04, fourteenth session). Non-temporal: an L2 hint measured slower.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+constexpr std::int64_t kW8fPrefetch = 512;
+#else
+constexpr std::int64_t kW8fPrefetch = 0;
+#endif
+
 template <int R, int MR>
 inline void w8f_tile(const QGemmW8FArgs& g, std::int64_t m, std::int64_t n, const float* wf) {
   const std::int64_t K = g.K, K16 = K / 16 * 16;
   Acc16 acc[MR][R];
   for (std::int64_t k0 = 0; k0 < K16; k0 += 16) {
+    if (kW8fPrefetch > 0 && !wf && (k0 & 63) == 0) {
+      const std::int64_t o = k0 + kW8fPrefetch;
+      for (int r = 0; r < R; ++r) {
+        const std::int64_t row = o < K ? n + r : n + R + r;  // past the row's end: the next block's row
+        if (row < g.N) __builtin_prefetch(g.w + row * K + (o < K ? o : o - K), 0, 0);
+      }
+    }
     for (int i = 0; i < MR; ++i) {
       const float* x = g.x + (m + i) * K + k0;
       for (int r = 0; r < R; ++r) {
