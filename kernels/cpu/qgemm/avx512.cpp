@@ -141,6 +141,33 @@ void gemv_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+// Transposes a 16 x 16 matrix of dwords held as 16 rows: r[e] becomes column e (lane i = old r[i][e]).
+inline void transpose16(__m512i r[16]) {
+  __m512i t[16];
+  #pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  __m512i u[16];  // u[4i + j], 128-bit lane L: element 4L + j of rows 4i .. 4i + 3
+  #pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  #pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {  // 4 x 4 transpose of 128-bit lanes across u[j], u[4 + j], u[8 + j], u[12 + j]
+    const __m512i v0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44), v3 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xEE);
+    r[j] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    r[4 + j] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    r[8 + j] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    r[12 + j] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
+}
+
 // ---------------------------------------------------------------- W8A8, panel layout
 
 // The panel layout (QGemmArgs): a step of one 16-row panel is 16 rows x 4 k in 16 lanes, so
@@ -230,23 +257,37 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
         const __m512i corr = _mm512_maskz_loadu_epi32(mask, g.corr + n);
         const __m512 os = _mm512_maskz_loadu_ps(mask, g.out_scale + n);
         const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
-        // lane offsets of the conv form (y_cs = L < 2^32: vpmuludq of the lane index and L)
-        const __m512i lo = _mm512_mul_epu32(_mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi64(g.y_cs));
-        const __m512i hi = _mm512_add_epi64(lo, _mm512_set1_epi64(8 * g.y_cs));
-        for (std::int64_t m = m0; m < m1; ++m) {
-          // sum a * w = sum a * (w + 128) - 128 * a_sum, modulo 2^32 as the scalar sums
+        // row m's 16 outputs: sum a * w = sum a * (w + 128) - 128 * a_sum, modulo 2^32 as the scalar sums
+        const auto out = [&](std::int64_t m) {
           const std::uint32_t off = 0u - 128u * static_cast<std::uint32_t>(g.a_sum[m]);
           const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(part.data() + (m - m0) * 64 + 16 * j),
                                                _mm512_add_epi32(corr, _mm512_set1_epi32(static_cast<std::int32_t>(off))));
           __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), os);
           if (g.bias) y = _mm512_add_ps(y, bias);
-          if (g.y_cs == 1) {
-            _mm512_mask_storeu_ps(g.y + m * g.y_rs + n, mask, y);
-          } else {  // a conv's [N, L] output: the 16 columns L apart (two 8-lane scatters, 64-bit offsets)
-            float* yb = g.y + m * g.y_rs + n * g.y_cs;
-            _mm512_mask_i64scatter_ps(yb, static_cast<__mmask8>(mask), lo, _mm512_castps512_ps256(y), 4);
-            _mm512_mask_i64scatter_ps(yb, static_cast<__mmask8>(mask >> 8), hi,
-                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(y), 1)), 4);
+          return y;
+        };
+        if (g.y_cs == 1) {
+          for (std::int64_t m = m0; m < m1; ++m) _mm512_mask_storeu_ps(g.y + m * g.y_rs + n, mask, out(m));
+        } else if (g.y_rs == 1) {
+          // a conv's [N, L] output (column n at n * L, its rows consecutive): 16 rows' outputs
+          // transposed, each column's 16 rows one store (16-lane scatters ran ~85 % of this function's
+          // time on Zen 4, where they are microcoded: docs/benchmarks.md, 2026-12-04 fourteenth session)
+          for (std::int64_t mb = m0; mb < m1; mb += 16) {
+            const int mr = static_cast<int>(std::min<std::int64_t>(16, m1 - mb));
+            __m512i r[16];
+            #pragma GCC unroll 16
+            for (int i = 0; i < 16; ++i) r[i] = i < mr ? _mm512_castps_si512(out(mb + i)) : _mm512_setzero_si512();
+            transpose16(r);
+            const __mmask16 rows = static_cast<__mmask16>((1u << mr) - 1);
+            const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+            for (int c = 0; c < nr; ++c) _mm512_mask_storeu_epi32(g.y + mb + (n + c) * g.y_cs, rows, r[c]);
+          }
+        } else {  // any other strides: the 16 columns y_cs apart, one by one
+          for (std::int64_t m = m0; m < m1; ++m) {
+            alignas(64) float t[16];
+            _mm512_store_ps(t, out(m));
+            const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+            for (int c = 0; c < nr; ++c) g.y[m * g.y_rs + (n + c) * g.y_cs] = t[c];
           }
         }
       }
@@ -816,33 +857,6 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
 }
 
 // ---------------------------------------------------------------- W4A8 (groups of any multiple of 32)
-
-// Transposes a 16 x 16 matrix of dwords held as 16 rows: r[e] becomes column e (lane i = old r[i][e]).
-inline void transpose16(__m512i r[16]) {
-  __m512i t[16];
-  #pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  __m512i u[16];  // u[4i + j], 128-bit lane L: element 4L + j of rows 4i .. 4i + 3
-  #pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  #pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {  // 4 x 4 transpose of 128-bit lanes across u[j], u[4 + j], u[8 + j], u[12 + j]
-    const __m512i v0 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0x44), v1 = _mm512_shuffle_i32x4(u[j], u[4 + j], 0xEE);
-    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0x44), v3 = _mm512_shuffle_i32x4(u[8 + j], u[12 + j], 0xEE);
-    r[j] = _mm512_shuffle_i32x4(v0, v2, 0x88);
-    r[4 + j] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
-    r[8 + j] = _mm512_shuffle_i32x4(v1, v3, 0x88);
-    r[12 + j] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
-  }
-}
 
 // Blocks of 16 weight rows, one row per 32-bit lane. Each 64-byte step of the 16 rows (4 chunks of
 // 32 weights) is transposed once per block into a panel: dword e of the step, lane r, holds row r's
