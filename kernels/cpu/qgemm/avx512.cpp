@@ -1036,10 +1036,18 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
 // the row's sum by one FMA with the group's scales at its end: two multiplies per 32 weights fewer
 // than scaling every weight (12 rows: 28.75 instead of 30 vector uops per 24 FMAs). One-hot inputs
 // still read each weight as fp32((q - z) * s), the float form's bits (0 * s + the product, one rounding).
+// One-row tiles (GEMVs) on the weight's own panel prefetch its stream kW4fGemvAhead bytes ahead, four
+// lines per 32 k, on into the next 16-row block (contiguous): 4096 x 4096 at batch 1, DRAM regime, on
+// Zen 4 683 / 662 / 733 us without it against 508 / 537 / 558 us (1.23-1.34x), distances 512-8192 and
+// either hint within a few % of that (docs/benchmarks.md, 2026-12-04, fourteenth session). Tiles of
+// more rows re-read a block from cache after its first tile; prefetching there ran 3 % slower on
+// MiniLM's layers.
+constexpr std::int64_t kW4fGemvAhead = 2048;
+
 template <int MR>
 void w4f_direct(const QGemmW4FArgs& g, const float* xt, std::int64_t m, std::int64_t n, int nr,
                 const std::int32_t* panel, const float* sc, const float* zc, __m512 lut,
-                const detail::NextBlockScales& next) {
+                const detail::NextBlockScales& next, bool prefetch = false) {
   constexpr int NA = MR >= 8 ? 1 : 8 / MR;
   __m512 acc[MR][NA];
   #pragma GCC unroll 12
@@ -1056,6 +1064,11 @@ void w4f_direct(const QGemmW4FArgs& g, const float* xt, std::int64_t m, std::int
     const __m512 z = zc != nullptr ? _mm512_loadu_ps(zc + gi * 16) : _mm512_setzero_ps();
     for (std::int64_t ci = gi * gc; ci < (gi + 1) * gc; ++ci) {
       const std::int32_t* t = panel + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
+      if (MR == 1 && prefetch) {
+        const char* ahead = reinterpret_cast<const char*>(t) + kW4fGemvAhead;
+        #pragma GCC unroll 4
+        for (int l = 0; l < 4; ++l) _mm_prefetch(ahead + 64 * l, _MM_HINT_NTA);
+      }
       #pragma GCC unroll 4
       for (int e = 0; e < 4; ++e) {
         const __m512i v = _mm512_loadu_si512(t + e * 16);
@@ -1118,7 +1131,7 @@ inline void w4f_direct_rows(const QGemmW4FArgs& g, const float* xt, std::int64_t
   for (; m + 8 <= g.M; m += 8) w4f_direct<8>(g, xt + m * g.K, m, n, nr, panel, sc, zc, lut, m == 0 ? next : none);
   for (; m + 4 <= g.M; m += 4) w4f_direct<4>(g, xt + m * g.K, m, n, nr, panel, sc, zc, lut, m == 0 ? next : none);
   for (; m + 2 <= g.M; m += 2) w4f_direct<2>(g, xt + m * g.K, m, n, nr, panel, sc, zc, lut, m == 0 ? next : none);
-  for (; m < g.M; ++m) w4f_direct<1>(g, g.x + m * g.K, m, n, nr, panel, sc, zc, lut, m == 0 ? next : none);
+  for (; m < g.M; ++m) w4f_direct<1>(g, g.x + m * g.K, m, n, nr, panel, sc, zc, lut, m == 0 ? next : none, g.panel);
 }
 
 // The weight's 16-row blocks (the panel, or the row layout transposed per block), each block's scales

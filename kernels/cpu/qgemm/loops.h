@@ -517,6 +517,17 @@ constexpr int kW8fRows = 4;
 constexpr int kW8fRows = 1;
 #endif
 
+// Weight rows per block of the on-the-fly form (up to 3 activation rows): each row is its own stream of
+// codes, and more streams keep more of the weight in flight. AVX-512 (32 registers) holds 8 rows' 16
+// accumulators: 4096 x 4096 at batch 1 on Zen 4, 776 / 841 us against 882 / 925 us with 4 rows
+// (1.10-1.14x; 16 rows spilled: 1154 / 1211 us). AVX2's 16 registers hold 4 rows' (8 rows ran 1061 /
+// 1105 us against 865 / 888 us). docs/benchmarks.md, 2026-12-04, fourteenth session.
+#if defined(__AVX512F__)
+constexpr int kW8fGemvRows = 8;
+#else
+constexpr int kW8fGemvRows = 4;
+#endif
+
 template <int R>
 inline void w8f_block(const QGemmW8FArgs& g, std::int64_t n, const float* wf) {
   std::int64_t m = 0;
@@ -533,6 +544,9 @@ inline void gemm_w8f_loop(const QGemmW8FArgs& g, std::int64_t n_begin, std::int6
   const bool buffered = g.M > 3;
   float* wf = buffered ? thread_scratch<float, Tag>(static_cast<std::size_t>(4 * g.K)) : nullptr;
   std::int64_t n = n_begin;
+  if (!buffered && kW8fGemvRows > 4) {
+    for (; n + kW8fGemvRows <= n_end; n += kW8fGemvRows) w8f_block<kW8fGemvRows>(g, n, wf);
+  }
   for (; n + 4 <= n_end; n += 4) {
     if (buffered) dequant_w8f_rows(g, n, n + 4, wf);
     w8f_block<4>(g, n, wf);
