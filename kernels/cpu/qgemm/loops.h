@@ -462,9 +462,6 @@ inline float w8f_finish(const Acc16& acc, const float* x, const std::int8_t* q, 
   return bias ? a[0] + *bias : a[0];
 }
 
-/// Outputs y[m .. m + MR, n .. n + R) of the weight-only int8 kernel: 16 lane sums per output (lane l:
-/// k = l mod 16, ascending), the weights converted on the fly (few rows: the codes stream once) or read
-/// from R rows dequantized once into wf (wf non-null), MR activation rows per pass over them.
 // The on-the-fly form's software prefetch (AVX2 table only): each of the R code rows a line every 64
 // k, kW8fPrefetch bytes ahead, running on into the row that the same register slot reads in the next
 // block of R rows (the hardware prefetcher restarts its streams at every block). AVX2's form takes
@@ -478,6 +475,9 @@ constexpr std::int64_t kW8fPrefetch = 512;
 constexpr std::int64_t kW8fPrefetch = 0;
 #endif
 
+/// Outputs y[m .. m + MR, n .. n + R) of the weight-only int8 kernel: 16 lane sums per output (lane l:
+/// k = l mod 16, ascending), the weights converted on the fly (few rows: the codes stream once) or read
+/// from R rows dequantized once into wf (wf non-null), MR activation rows per pass over them.
 template <int R, int MR>
 inline void w8f_tile(const QGemmW8FArgs& g, std::int64_t m, std::int64_t n, const float* wf) {
   const std::int64_t K = g.K, K16 = K / 16 * 16;
