@@ -50,9 +50,11 @@ class CMakeBuild(build_ext):
         jobs = os.environ.get("MAX_JOBS", str(os.cpu_count() or 1))
         subprocess.check_call(["cmake", "--build", build_dir, "--parallel", jobs])
         subprocess.check_call(["cmake", "--install", build_dir, "--prefix", package_dir])
-        if getattr(self, "editable_mode", False) or self.inplace:
+        if getattr(self, "editable_mode", False) or self.inplace or "develop" in sys.argv:
             # Editable installs import from python/qatkit: the library, headers and CMake
-            # package must live there too (setuptools only copies the _C module itself).
+            # package must live there too (setuptools only copies the _C module itself). Older
+            # setuptools (< 64) make an editable install by `setup.py develop`, which builds the
+            # extension out of place (neither flag set) before copying _C alone into the source.
             source_pkg = os.path.join(ROOT, "python", "qatkit")
             if os.path.abspath(source_pkg) != package_dir:
                 subprocess.check_call(["cmake", "--install", build_dir, "--prefix", source_pkg])

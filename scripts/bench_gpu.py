@@ -1,17 +1,19 @@
 """GPU benchmark: effective bandwidth of qatkit's fake-quantize forward and STE backward against a
 device-to-device copy in the same run, on tensors of at least 2^28 elements.
 
-    python scripts/bench_gpu.py [--log 28] [--json]
+    python scripts/bench_gpu.py [--log 28] [--json FILE]
 
 Effective bandwidth = bytes the algorithm must move / time: forward reads x and writes y
 (+ 1/8 byte of mask when training), backward reads dY and the bit mask and writes dX. The copy
 reads and writes one tensor. Goal: >= 85 % of the copy's bandwidth. torch's own fake quant is
 timed alongside for reference.
 
-Integer GEMV rows (issue 13): one 4096 x 4096 Linear at batch 1 and 64 on qatkit's CUDA integer
+Integer GEMV rows (issue 13): a 4096 x 4096 Linear at batch 1 and 64 on qatkit's CUDA integer
 kernels (linear_int8, linear_w4a8 in the panel layout, linear_w4_weight_only, linear_w8_weight_only,
 linear_dynamic_int8 (BitLinear's per-token inputs), linear_w2a8,
-linear_w1a8) against fp32 ``F.linear`` (cuBLAS) and ``torch._int_mm`` in the same run, as ratios.
+linear_w1a8) against fp32 ``F.linear`` (cuBLAS) and ``torch._int_mm`` in the same run, as ratios, in
+the DRAM regime (each format cycles through distinct weight copies totalling >= 4x the L2), timed as
+CUDA graph replays so host launch overhead does not pace a microsecond GEMV.
 """
 
 import argparse
@@ -99,8 +101,52 @@ def bench_dtype(dtype: torch.dtype, n: int) -> list:
     return result
 
 
+L2_BYTES = 60 << 20  # the H100/H200 L2 (50 / 60 MB): weights rotate through >= 4x this
+
+
+def time_per_call(fns, iters=10, warmup=2):
+    """Median seconds per call of the list ``fns`` (distinct layers, called in turn). The calls are
+    captured in a CUDA graph and replayed, so launch overhead on the host does not pace the GPU;
+    if capture fails (an op that syncs with the host), they run eagerly and the mode says so."""
+    def run_all():
+        for f in fns:
+            f()
+
+    for _ in range(warmup):
+        run_all()
+    torch.cuda.synchronize()
+    mode, replay = "eager", run_all
+    try:
+        graph = torch.cuda.CUDAGraph()
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            run_all()  # warm-up on the side stream, as torch's graph docs ask
+        torch.cuda.current_stream().wait_stream(s)
+        with torch.cuda.graph(graph):
+            run_all()
+        graph.replay()
+        torch.cuda.synchronize()
+        mode, replay = "graph", graph.replay
+    except Exception as e:  # noqa: BLE001 - report the fallback, never hide it
+        mode = f"eager ({type(e).__name__})"
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1e3 / len(fns))
+    times.sort()
+    return times[len(times) // 2], mode
+
+
 def bench_integer(n: int = 4096, k: int = 4096) -> list:
-    """The integer kernels against F.linear (fp32) and torch._int_mm, batch 1 and 64: time and ratio."""
+    """The integer kernels against F.linear (fp32, cuBLAS) and torch._int_mm, batch 1 and 64, in the
+    DRAM regime: each format's weight is copied to enough distinct buffers to exceed 4x the L2, and
+    the timed loop calls one layer per buffer in turn (us per layer, weight GB/s, ratio to fp32)."""
     g = torch.Generator().manual_seed(0)
     w = torch.randn(n, k, generator=g)
     s8 = w.abs().amax(1) / 127
@@ -110,37 +156,72 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
     t2 = torch.where(w > 0.5, 1, torch.where(w < -0.5, -1, 0)).to(torch.int8)
     b1 = torch.where(w >= 0, 1, -1).to(torch.int8)
     dev = "cuda"
-    wf, q8d = w.to(dev), q8.to(dev)
     corr, oscale = torch.zeros(n, dtype=torch.int32, device=dev), (s8 * 0.02).to(dev)
     s8d = s8.float().to(dev)
     p4 = ops.pack_int4_w4(q4)
-    panel, rows4, gsd = ops.pack_int4_panel(p4).to(dev), p4.to(dev), gs4.float().to(dev)
-    t2p, b1p = ops.pack_ternary_t2(t2).to(dev), ops.pack_binary_b1(b1).to(dev)
+    gsd = gs4.float().to(dev)
+    base = {
+        "fp32": w.to(dev),
+        "int8": q8.to(dev),
+        "int8_t": q8.t().contiguous().to(dev).t(),  # torch._int_mm's column-major B
+        "panel4": ops.pack_int4_panel(p4).to(dev),
+        "rows4": p4.to(dev),
+        "t2": ops.pack_ternary_t2(t2).to(dev),
+        "b1": ops.pack_binary_b1(b1).to(dev),
+    }
+
+    def copies(key):
+        t = base[key]
+        nbytes = t.numel() * t.element_size()
+        count = max(4, min(256, -(-4 * L2_BYTES // nbytes)))
+        return [t.clone() if t.is_contiguous() else t.t().contiguous().t() for _ in range(count)], nbytes
+
+    cases = [
+        ("fp32 F.linear (cuBLAS)", "fp32", lambda x, xq, wt: torch.nn.functional.linear(x, wt)),
+        ("torch._int_mm (int8, M >= 17)", "int8_t", lambda x, xq, wt: torch._int_mm(xq, wt)),
+        ("qatkit linear_int8", "int8", lambda x, xq, wt: ops.linear_int8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
+        ("qatkit linear_w4a8 (panel)", "panel4", lambda x, xq, wt: ops.linear_w4a8(x, wt, gsd, 32, 0.02, 0, -128, 127)),
+        ("qatkit linear_w4_weight_only", "rows4", lambda x, xq, wt: ops.linear_w4_weight_only(x, wt, gsd, 32)),
+        ("qatkit linear_w2a8", "t2", lambda x, xq, wt: ops.linear_w2a8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
+        ("qatkit linear_w1a8", "b1", lambda x, xq, wt: ops.linear_w1a8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
+        (
+            "qatkit linear_dynamic_int8 (ternary, per-token: BitLinear)",
+            "t2",
+            lambda x, xq, wt: ops.linear_dynamic_int8(x, wt, 2, s8d),
+        ),
+        ("qatkit linear_w8_weight_only", "int8", lambda x, xq, wt: ops.linear_w8_weight_only(x, wt, s8d)),
+    ]
     out = []
     for m in (1, 64):
         x = torch.randn(m, k, device=dev)
         xq = torch.randint(-127, 128, (max(m, 17), k), dtype=torch.int8, device=dev)  # _int_mm needs M > 16
-        cases = {
-            "fp32 F.linear (cuBLAS)": lambda: torch.nn.functional.linear(x, wf),
-            "torch._int_mm (int8, M >= 17)": lambda: torch._int_mm(xq, q8d.t()),
-            "qatkit linear_int8": lambda: ops.linear_int8(x, q8d, corr, oscale, 0.02, 0, -128, 127),
-            "qatkit linear_w4a8 (panel)": lambda: ops.linear_w4a8(x, panel, gsd, 32, 0.02, 0, -128, 127),
-            "qatkit linear_w4_weight_only": lambda: ops.linear_w4_weight_only(x, rows4, gsd, 32),
-            "qatkit linear_w2a8": lambda: ops.linear_w2a8(x, t2p, corr, oscale, 0.02, 0, -128, 127),
-            "qatkit linear_w1a8": lambda: ops.linear_w1a8(x, b1p, corr, oscale, 0.02, 0, -128, 127),
-            "qatkit linear_dynamic_int8 (ternary, per-token: BitLinear)": lambda: ops.linear_dynamic_int8(x, t2p, 2, s8d),
-            "qatkit linear_w8_weight_only": lambda: ops.linear_w8_weight_only(x, q8d, s8d),
-        }
-        times = {name: cuda_time(fn) for name, fn in cases.items()}
-        base = times["fp32 F.linear (cuBLAS)"]
-        out += [{"batch": m, "case": name, "us": round(t * 1e6, 1), "vs_fp32": round(base / t, 2)} for name, t in times.items()]
+        times = {}
+        for name, key, op in cases:
+            ws, nbytes = copies(key)
+            t, mode = time_per_call([lambda wt=wt: op(x, xq, wt) for wt in ws])
+            times[name] = (t, mode, nbytes, len(ws))
+            del ws
+            torch.cuda.empty_cache()
+        t_fp32 = times["fp32 F.linear (cuBLAS)"][0]
+        out += [
+            {
+                "batch": m,
+                "case": name,
+                "us": round(t * 1e6, 2),
+                "weight_GBps": round(nbytes / t / 1e9, 1),
+                "vs_fp32": round(t_fp32 / t, 2),
+                "layers": layers,
+                "mode": mode,
+            }
+            for name, (t, mode, nbytes, layers) in times.items()
+        ]
     return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", type=int, default=28, help="log2 of the element count")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", metavar="FILE", help="also write every row as JSON to FILE")
     a = p.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_gpu.py needs a CUDA device")
@@ -159,8 +240,8 @@ def main():
     }
     integer_rows = bench_integer()
     if a.json:
-        print(json.dumps({"info": info, "rows": rows_out, "integer": integer_rows}, indent=2))
-        return
+        with open(a.json, "w") as f:
+            json.dump({"info": info, "rows": rows_out, "integer": integer_rows}, f, indent=2)
     print(f"{info['device']}, torch {info['torch']}, {n:,} elements per tensor\n")
     print(f"| {'dtype':<8} | {'case':<34} | {'ms':>8} | {'GB/s':>7} | {'copy GB/s':>9} | {'% of copy':>9} |")
     print("|" + "-" * 10 + "|" + "-" * 36 + "|" + "-" * 10 + "|" + "-" * 9 + "|" + "-" * 11 + "|" + "-" * 11 + "|")
@@ -170,10 +251,13 @@ def main():
             f"{r['pct_of_copy']:>9.1f} |"
         )
 
-    print("\n| batch | integer GEMV (4096 x 4096) | us | vs fp32 |")
-    print("|---|---|---|---|")
+    print("\n| batch | integer GEMV (4096 x 4096, DRAM regime) | us / layer | weight GB/s | vs fp32 | layers | timing |")
+    print("|---|---|---|---|---|---|---|")
     for r in integer_rows:
-        print(f"| {r['batch']} | {r['case']} | {r['us']:.1f} | {r['vs_fp32']:.2f}x |")
+        print(
+            f"| {r['batch']} | {r['case']} | {r['us']:.2f} | {r['weight_GBps']:.0f} | {r['vs_fp32']:.2f}x | "
+            f"{r['layers']} | {r['mode']} |"
+        )
 
 
 if __name__ == "__main__":

@@ -3,22 +3,38 @@
 # tests (CUDA == CPU bit for bit, CUDA QAT layers), the GPU benchmark and the CUDA tests under
 # compute-sanitizer (memcheck, racecheck, initcheck), and write every log under LOG_DIR.
 #   scripts/gpu_check.sh LOG_DIR
-# Target: an H100 with torch 2.11 + CUDA 13, no network, no Catch2 (the C++ tests are skipped).
+# Target: an H100/H200 with torch 2.11 + CUDA 13, no network, no Catch2 (the C++ tests are skipped).
+# GPU time is lent in minutes: GPU_CHECK_BUDGET (seconds, default 330) bounds the whole script;
+# every step gets what is left (a step that would get under its minimum is skipped and logged),
+# most valuable first: build, CUDA tests, benchmark, sanitizers, then the CPU op tests.
 set -uo pipefail
 LOG=${1:?usage: scripts/gpu_check.sh LOG_DIR}
 mkdir -p "$LOG"
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch's CMake config finds the toolkit from nvcc's location: name the toolkit's own nvcc (a
+# wrapper elsewhere on PATH, as on the CPU machines, leaves CUDA_INCLUDE_DIRS unset and fails).
+if [ -x /usr/local/cuda/bin/nvcc ]; then
+  export CUDACXX=${CUDACXX:-/usr/local/cuda/bin/nvcc} CUDA_PATH=${CUDA_PATH:-/usr/local/cuda}
+fi
 status=0
-step() {  # step NAME CMD...: run, log, remember failures, keep going
-  local name=$1; shift
-  echo "== $name: $*" | tee -a "$LOG/summary.txt"
+BUDGET=${GPU_CHECK_BUDGET:-330}
+step() {  # step NAME MIN_S MAX_S CMD...: run under min(MAX_S, time left), log, remember failures, keep going
+  local name=$1 min_s=$2 max_s=$3; shift 3
+  local left=$((BUDGET - SECONDS))
+  local limit=$((left < max_s ? left : max_s))
+  if [ "$limit" -lt "$min_s" ]; then
+    echo "== $name: SKIPPED (${left} s of the budget left, needs ${min_s})" | tee -a "$LOG/summary.txt"
+    status=1
+    return
+  fi
+  echo "== $name (<= ${limit} s): $*" | tee -a "$LOG/summary.txt"
   local t0=$SECONDS
-  "$@" >"$LOG/$name.log" 2>&1
+  timeout --kill-after=5 "$limit" "$@" >"$LOG/$name.log" 2>&1
   local rc=$?
-  echo "   rc=$rc ($((SECONDS - t0)) s)" | tee -a "$LOG/summary.txt"
-  [ $rc -eq 0 ] || { status=1; tail -n 40 "$LOG/$name.log"; }
+  echo "   rc=$rc ($((SECONDS - t0)) s)$([ $rc -eq 124 ] && echo ' TIMED OUT')" | tee -a "$LOG/summary.txt"
+  [ $rc -eq 0 ] || { status=1; tail -n 25 "$LOG/$name.log"; }
 }
 
 date -u +"%Y-%m-%dT%H:%M:%SZ" >"$LOG/date.txt"
@@ -26,20 +42,24 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory,driver_version --form
 "$PY" -c "import torch, sys; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda)" >"$LOG/env.txt" 2>&1
 cat "$LOG/gpu.csv" "$LOG/env.txt"
 
-step build env QATKIT_BUILD_DIR=build/gpu QATKIT_BUILD_TESTS=0 QATKIT_UNITY_BUILD=0 CMAKE_CUDA_ARCHITECTURES=90 TORCH_CUDA_ARCH_LIST=9.0 \
-  MAX_JOBS=$(nproc) "$PY" -m pip install --no-deps --no-build-isolation -e .
-step build_info "$PY" -c "import qatkit, json; i = qatkit.build_info(); print(json.dumps(i)); assert i['cuda'], 'built without CUDA'"
-step test_cuda "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider
-step test_cpu_ops "$PY" -m pytest tests/python/ops -q -p no:cacheprovider -x --deselect tests/python/ops/test_fake_quantize.py::test_large_tensor_over_2_31_elements
-step bench_gpu "$PY" scripts/bench_gpu.py
+step build 60 240 env QATKIT_BUILD_DIR=build/gpu QATKIT_BUILD_TESTS=0 QATKIT_UNITY_BUILD=0 CMAKE_CUDA_ARCHITECTURES=90 \
+  TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$(nproc) "$PY" -m pip install --no-deps --no-build-isolation -e .
+step build_info 5 60 "$PY" -c "import qatkit, json; i = qatkit.build_info(); print(json.dumps(i)); assert i['cuda'], 'built without CUDA'"
+step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs
+step bench_gpu 20 90 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
+cat "$LOG/bench_gpu.log"
 # compute-sanitizer over the CUDA op tests (memcheck: out-of-bounds and misaligned accesses;
-# racecheck: shared-memory races; initcheck: reads of uninitialized device memory). Last, so a slow
-# sanitizer run cannot cost the results above; each run fails the step on any report.
+# racecheck: shared-memory races; initcheck: reads of uninitialized device memory). Each fails its
+# step on any report; a subset per tool (one kernel family each at least), the sanitizer being slow.
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-for tool in memcheck racecheck initcheck; do
-  step "sanitizer_$tool" timeout 240 "$CS" --tool "$tool" --error-exitcode 1 --target-processes all \
-    "$PY" -m pytest tests/python/ops/test_cuda.py -q -p no:cacheprovider -x -k "not large"
+SAN_K="integer or w4 or w8 or dynamic or binarize or ternarize or histogram or special or learnable_backward or pact or observer"
+step sanitizer_memcheck 20 90 "$CS" --tool memcheck --error-exitcode 1 --target-processes all \
+  "$PY" -m pytest tests/python/ops/test_cuda.py -q -p no:cacheprovider -x -k "$SAN_K"
+for tool in racecheck initcheck; do
+  step "sanitizer_$tool" 20 45 "$CS" --tool "$tool" --error-exitcode 1 --target-processes all \
+    "$PY" -m pytest tests/python/ops/test_cuda.py -q -p no:cacheprovider -x -k "integer or w4a8 or histogram or observer"
 done
-"$PY" scripts/bench_gpu.py --json >"$LOG/bench_gpu.json" 2>/dev/null || true
-echo "gpu_check: overall status $status (logs in $LOG)" | tee -a "$LOG/summary.txt"
+step test_cpu_ops 30 150 "$PY" -m pytest tests/python/ops -q -p no:cacheprovider -x -n 8 \
+  --deselect tests/python/ops/test_fake_quantize.py::test_large_tensor_over_2_31_elements
+echo "gpu_check: overall status $status after ${SECONDS} s (logs in $LOG)" | tee -a "$LOG/summary.txt"
 exit $status
