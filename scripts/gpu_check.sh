@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One script from a bare checkout to GPU results: build qatkit with CUDA (sm_90), run the CUDA
+# One script from a bare checkout to GPU results: build qatkit with CUDA (sm_90) by CMake, run the CUDA
 # tests (CUDA == CPU bit for bit, CUDA QAT layers), the GPU benchmark and the CUDA tests under
 # compute-sanitizer (memcheck, racecheck, initcheck), and write every log under LOG_DIR.
 #   scripts/gpu_check.sh LOG_DIR
@@ -42,8 +42,17 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.memory,driver_version --form
 "$PY" -c "import torch, sys; print('python', sys.version.split()[0]); print('torch', torch.__version__, 'cuda', torch.version.cuda)" >"$LOG/env.txt" 2>&1
 cat "$LOG/gpu.csv" "$LOG/env.txt"
 
-step build 60 240 env QATKIT_BUILD_DIR=build/gpu QATKIT_BUILD_TESTS=0 QATKIT_UNITY_BUILD=0 CMAKE_CUDA_ARCHITECTURES=90 \
-  TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$(nproc) "$PY" -m pip install --no-deps --no-build-isolation -e .
+# CMake directly, not pip: that machine has no network, and its pip (no pyproject.toml here) runs
+# `setup.py develop`, which newer setuptools turn into an isolated build that downloads setuptools.
+# The library and _C install into python/qatkit, imported through PYTHONPATH.
+TORCH_CMAKE=$("$PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
+GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
+step configure 20 90 cmake -S . -B build/gpu "${GEN[@]}" -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" \
+  -DPython_EXECUTABLE="$(command -v "$PY")" -DCMAKE_BUILD_TYPE=Release -DQATKIT_BUILD_TESTS=OFF -DQATKIT_CUDA=ON \
+  -DQATKIT_UNITY_BUILD="${GPU_CHECK_UNITY:-OFF}" -DCMAKE_CUDA_ARCHITECTURES=90
+step build 60 240 cmake --build build/gpu --parallel "$(nproc)"
+step install 5 60 cmake --install build/gpu --prefix python/qatkit
+export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 step build_info 5 60 "$PY" -c "import qatkit, json; i = qatkit.build_info(); print(json.dumps(i)); assert i['cuda'], 'built without CUDA'"
 step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs
 step bench_gpu 20 90 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
