@@ -185,7 +185,7 @@ QuantSpec QuantSpec::validated() const {
     TORCH_CHECK_VALUE(s.bits == expected_bits || s.bits == 8,  // 8 is the default: accept it
                       fmt::format("QuantSpec.bits must be {} for kind '{}', got {}", expected_bits, s.kind, s.bits));
     s.bits = expected_bits;
-    const auto& methods = choices("method", s.kind);
+    const std::vector<std::string> methods = choices("method", s.kind);  // a copy: GCC 13's -Wdangling-reference
     if (s.method.empty()) s.method = methods.front();
     choice("method", s.method, methods);
     choice("estimator", s.estimator, choices("estimator", s.kind));
