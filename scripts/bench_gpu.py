@@ -11,13 +11,15 @@ timed alongside for reference.
 Integer GEMV rows (issue 13): a 4096 x 4096 Linear at batch 1 and 64 on qatkit's CUDA integer
 kernels (linear_int8, linear_w4a8 in the panel layout, linear_w4_weight_only, linear_w8_weight_only,
 linear_dynamic_int8 (BitLinear's per-token inputs), linear_w2a8,
-linear_w1a8) against fp32 ``F.linear`` (cuBLAS) and ``torch._int_mm`` in the same run, as ratios, in
+linear_w1a8), each in its plain and vector ("fast") CUDA form, against fp32 ``F.linear`` (cuBLAS) and
+``torch._int_mm`` in the same run, as ratios, in
 the DRAM regime (each format cycles through distinct weight copies totalling >= 4x the L2), timed as
 CUDA graph replays so host launch overhead does not pace a microsecond GEMV.
 """
 
 import argparse
 import json
+import os
 
 import torch
 
@@ -181,6 +183,7 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
         ("torch._int_mm (int8, M >= 17)", "int8_t", lambda x, xq, wt: torch._int_mm(xq, wt)),
         ("qatkit linear_int8", "int8", lambda x, xq, wt: ops.linear_int8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
         ("qatkit linear_w4a8 (panel)", "panel4", lambda x, xq, wt: ops.linear_w4a8(x, wt, gsd, 32, 0.02, 0, -128, 127)),
+        ("qatkit linear_w4a8 (rows)", "rows4", lambda x, xq, wt: ops.linear_w4a8(x, wt, gsd, 32, 0.02, 0, -128, 127)),
         ("qatkit linear_w4_weight_only", "rows4", lambda x, xq, wt: ops.linear_w4_weight_only(x, wt, gsd, 32)),
         ("qatkit linear_w2a8", "t2", lambda x, xq, wt: ops.linear_w2a8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
         ("qatkit linear_w1a8", "b1", lambda x, xq, wt: ops.linear_w1a8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
@@ -197,11 +200,15 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
         xq = torch.randint(-127, 128, (max(m, 17), k), dtype=torch.int8, device=dev)  # _int_mm needs M > 16
         times = {}
         for name, key, op in cases:
-            ws, nbytes = copies(key)
-            t, mode = time_per_call([lambda wt=wt: op(x, xq, wt) for wt in ws])
-            times[name] = (t, mode, nbytes, len(ws))
-            del ws
-            torch.cuda.empty_cache()
+            # qatkit's two CUDA forms (QATKIT_CUDA_GEMV, read per launch; kernels/cuda/qgemm.cu)
+            for form in ("plain", "fast") if name.startswith("qatkit") else ("",):
+                os.environ["QATKIT_CUDA_GEMV"] = form or "plain"
+                ws, nbytes = copies(key)
+                t, mode = time_per_call([lambda wt=wt: op(x, xq, wt) for wt in ws])
+                times[f"{name} [{form}]" if form else name] = (t, mode, nbytes, len(ws))
+                del ws
+                torch.cuda.empty_cache()
+        os.environ.pop("QATKIT_CUDA_GEMV", None)
         t_fp32 = times["fp32 F.linear (cuBLAS)"][0]
         out += [
             {

@@ -19,6 +19,7 @@
 
 #include "fake_quantize_checks.h"
 #include "autograd/unsupported.h"
+#include "exact_div.h"
 #include "op_handle.h"
 #include "qatkit/ops.h"
 #include "qparams_math.h"
@@ -49,11 +50,11 @@ std::pair<at::Tensor, at::Tensor> qparams_from_min_max(const at::Tensor& mn, con
   const at::Tensor max_pos = mx.clamp_min(0);
   if (symmetric) {
     const at::Tensor amax = min_neg.neg().maximum(max_pos);
-    const at::Tensor scale = amax.div(static_cast<float>(quant_max - quant_min) / 2.0f).clamp_min(FLT_EPSILON);
+    const at::Tensor scale = div_exact(amax, static_cast<float>(quant_max - quant_min) / 2.0f).clamp_min(FLT_EPSILON);
     const std::int64_t mid = quant_min < 0 ? 0 : (quant_min + quant_max + 1) / 2;
     return {scale, at::full_like(scale, mid, scale.options().dtype(at::kInt))};
   }
-  const at::Tensor scale = max_pos.sub(min_neg).div(static_cast<float>(quant_max - quant_min)).clamp_min(FLT_EPSILON);
+  const at::Tensor scale = div_exact(max_pos.sub(min_neg), static_cast<float>(quant_max - quant_min)).clamp_min(FLT_EPSILON);
   return {scale, min_neg.div(scale).round().neg().add(quant_min).clamp(quant_min, quant_max).to(at::kInt)};
 }
 

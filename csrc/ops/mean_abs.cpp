@@ -13,6 +13,7 @@
 #include "fake_quantize_checks.h"
 #include "mean_abs.h"
 #include "op_handle.h"
+#include "exact_div.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def("_mean_abs(Tensor input, int? axis=None) -> Tensor", {at::Tag::pt2_compliant_tag});
@@ -29,7 +30,7 @@ at::Tensor mean_abs_composite(const at::Tensor& input, std::optional<std::int64_
   const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const double count = static_cast<double>(input.sym_numel().guard_int(__FILE__, __LINE__)) /
                        static_cast<double>(std::max<std::int64_t>(1, channels.guard_int(__FILE__, __LINE__)));
-  return as_float(at::linalg_vector_norm(input, 1, dims, false, acc).div(count)).reshape_symint({channels});
+  return as_float(div_exact(at::linalg_vector_norm(input, 1, dims, false, acc), count)).reshape_symint({channels});
 }
 
 at::Tensor mean_abs(const at::Tensor& input, std::optional<std::int64_t> axis) {

@@ -10,6 +10,7 @@
 #include "op_handle.h"
 #include "pact_checks.h"
 #include "qatkit/ops.h"
+#include "exact_div.h"
 
 TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   const std::vector<at::Tag> tags{at::Tag::pt2_compliant_tag};
@@ -27,7 +28,7 @@ namespace ops {
 at::Tensor pact_quantize_composite(const at::Tensor& input, const at::Tensor& alpha, std::int64_t quant_max) {
   check_pact_args("pact_quantize", input, alpha, quant_max);
   const at::Tensor zero = at::zeros({1}, alpha.options().dtype(at::kInt));
-  return qatkit::fake_quantize(input, alpha.reshape({1}).div(static_cast<double>(quant_max)), zero, 0, quant_max);
+  return qatkit::fake_quantize(input, div_exact(alpha.reshape({1}), static_cast<double>(quant_max)), zero, 0, quant_max);
 }
 
 }  // namespace ops

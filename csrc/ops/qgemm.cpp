@@ -318,6 +318,8 @@ kernels::ActQuantArgs act_quant_args(double act_scale, std::int64_t zero_point, 
 }
 
 std::pair<std::int64_t, std::vector<std::int64_t>> rows_and_output_shape(const at::Tensor& input, std::int64_t N) {
+  // the ops' checks ask for input.dim() >= 1 first; this keeps shape.back() defined on its own
+  TORCH_CHECK_VALUE(input.dim() >= 1, "rows_and_output_shape: input must have at least 1 dim, got 0");
   std::int64_t M = 1;
   for (std::int64_t d = 0; d + 1 < input.dim(); ++d) M *= input.size(d);
   std::vector<std::int64_t> shape(input.sizes().begin(), input.sizes().end());

@@ -3,7 +3,18 @@
 // modulo 2^32, the same value whenever it fits int32, the caller's bound), a warp shuffle adds the
 // lanes, lane 0 requantizes exactly as the CPU does. W4A8 combines its group sums in float64 in
 // group order as the CPU; the weight-only W4 kernel is a float kernel (its own summation order).
+//
+// Two forms. The plain form (above each launcher's first branch) reads one byte or code per lane
+// and step and serves every layout and alignment; it ran CUDA == CPU bit for bit on an H200
+// (docs/gpu.md, 2026-12-04) but moved only 70-1070 GB/s of weights. The vector form ("fast": one
+// warp per output and tile of MT activation rows, 16-byte loads per lane, __dp4a for the integer
+// products, the tile's rows sharing each weight load) is written for the row layouts with 16-byte
+// aligned rows; integer sums are the same modulo 2^32 in any order, so its bits are the plain
+// form's. It has not run on a GPU yet: QATKIT_CUDA_GEMV=fast selects it until a GPU run of
+// scripts/gpu_check.sh (which tests and times both) shows it equal and faster.
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "../common/fake_quant_scalar.h"
 #include "qgemm_cuda.h"
@@ -194,6 +205,330 @@ unsigned blocks_for(std::int64_t outputs) {
   return static_cast<unsigned>(b < 1 ? 1 : b);
 }
 
+
+// ---- the vector form ----------------------------------------------------------------------------
+
+/// QATKIT_CUDA_GEMV=fast (read per launch: a process can compare both forms).
+bool use_vector_form() {
+  const char* e = std::getenv("QATKIT_CUDA_GEMV");
+  return e != nullptr && std::strcmp(e, "fast") == 0;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
+/// The activation rows per warp: up to 8 rows share each weight load.
+int row_tile(std::int64_t M) { return M >= 8 ? 8 : M >= 4 ? 4 : M >= 2 ? 2 : 1; }
+
+unsigned blocks_for_tiles(std::int64_t M, std::int64_t N, int mt) { return blocks_for((M + mt - 1) / mt * N); }
+
+__device__ __forceinline__ int dp4a_int4(const int4& a, const int4& w, int acc) {
+  acc = __dp4a(a.x, w.x, acc);
+  acc = __dp4a(a.y, w.y, acc);
+  acc = __dp4a(a.z, w.z, acc);
+  return __dp4a(a.w, w.w, acc);
+}
+
+// Warp o: rows [m0, m0 + rows) of tile o / N, output column n = o % N (neighbouring warps take
+// neighbouring weight rows, so a tile of activations stays in L1/L2 while the weights stream).
+#define QATKIT_TILE_LOOP(MT)                                                                              \
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;                                \
+  const int lane = threadIdx.x % 32;                                                                      \
+  const std::int64_t tiles = (g.M + (MT) - 1) / (MT);                                                      \
+  for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < tiles * g.N; \
+       o += warps)
+
+/// int8 weights [N, K] (K % 16 == 0): y[m, n] = requantize(sum_k a w + corr[n]).
+template <int MT>
+__global__ void gemm_s8_vec_kernel(QGemmArgs g) {
+  QATKIT_TILE_LOOP(MT) {
+    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, K16 = g.K / 16;
+    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const int4* w = reinterpret_cast<const int4*>(g.w + n * g.K);
+    const int4* a = reinterpret_cast<const int4*>(g.a + m0 * g.K);
+    int acc[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) acc[i] = 0;
+#pragma unroll 4
+    for (std::int64_t c = lane; c < K16; c += 32) {
+      const int4 wv = __ldg(w + c);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        if (i < rows) acc[i] = dp4a_int4(__ldg(a + i * K16 + c), wv, acc[i]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const std::uint32_t t = warp_sum(static_cast<std::uint32_t>(acc[i]));
+      if (lane == 0 && i < rows) {
+        g.y[(m0 + i) * g.y_rs + n * g.y_cs] = requantize(t + static_cast<std::uint32_t>(g.corr[n]), g, n);
+      }
+    }
+  }
+}
+
+/// Ternary rows (QGemmPackedArgs' layout): lane chunk c is 16 bytes, half of 128-block c / 2; its
+/// byte j holds k = 128 (c / 2) + 16 (c % 2) + j + 32 s in bits 2s, 2s + 1, so shift s and the mask
+/// 0x03 per byte give the codes (0..2) of 16 consecutive k, multiplied with one 16-byte load of a.
+template <int MT>
+__global__ void gemm_t2_vec_kernel(QGemmPackedArgs g) {
+  QATKIT_TILE_LOOP(MT) {
+    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, row_bytes = g.K_pad / 4, C16 = row_bytes / 16;
+    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const int4* w = reinterpret_cast<const int4*>(g.w + n * row_bytes);
+    int acc[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) acc[i] = 0;
+#pragma unroll 2
+    for (std::int64_t c = lane; c < C16; c += 32) {
+      const int4 wv = __ldg(w + c);
+      const std::int64_t k0 = (c / 2) * 128 + (c % 2) * 16;
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        const int m3 = 0x03030303;
+        const int4 cv = make_int4((wv.x >> (2 * s)) & m3, (wv.y >> (2 * s)) & m3, (wv.z >> (2 * s)) & m3,
+                                  (wv.w >> (2 * s)) & m3);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          if (i < rows) {
+            const int4 av = __ldg(reinterpret_cast<const int4*>(g.a + (m0 + i) * g.K_pad + k0 + 32 * s));
+            acc[i] = dp4a_int4(av, cv, acc[i]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const std::uint32_t t = warp_sum(static_cast<std::uint32_t>(acc[i]));
+      if (lane == 0 && i < rows) {
+        const std::int64_t m = m0 + i;  // sum a (w + 1) - sum a + corr
+        const std::uint32_t v = t - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
+        g.y[m * g.y_rs + n * g.y_cs] = requantize(v, g, n);
+      }
+    }
+  }
+}
+
+/// Four bits to four bytes 0 / 1 (bit i to byte i): the shifted copies nib << 7i do not overlap.
+__device__ __forceinline__ int nibble_bytes(std::uint32_t nib) {
+  return static_cast<int>((nib * 0x00204081u) & 0x01010101u);
+}
+
+/// Binary rows (K_pad / 8 bytes, row_bytes % 16 == 0): lane chunk c is 128 weights, bit p of its
+/// word q the weight k = 128 c + 32 q + p; sum over set bits of a via byte masks and __dp4a.
+template <int MT>
+__global__ void gemm_b1_vec_kernel(QGemmPackedArgs g) {
+  QATKIT_TILE_LOOP(MT) {
+    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, row_bytes = g.K_pad / 8, C16 = row_bytes / 16;
+    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const int4* w = reinterpret_cast<const int4*>(g.w + n * row_bytes);
+    int acc[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) acc[i] = 0;
+    for (std::int64_t c = lane; c < C16; c += 32) {
+      const int4 wv = __ldg(w + c);
+      const std::uint32_t words[4] = {static_cast<std::uint32_t>(wv.x), static_cast<std::uint32_t>(wv.y),
+                                      static_cast<std::uint32_t>(wv.z), static_cast<std::uint32_t>(wv.w)};
+#pragma unroll
+      for (int v = 0; v < 8; ++v) {  // 16 weights k = 128 c + 16 v + [0, 16): word v / 2, bits from 16 (v % 2)
+        const std::uint32_t bits = words[v / 2] >> (16 * (v % 2));
+        const int4 mv = make_int4(nibble_bytes(bits & 15u), nibble_bytes((bits >> 4) & 15u),
+                                  nibble_bytes((bits >> 8) & 15u), nibble_bytes((bits >> 12) & 15u));
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          if (i < rows) {
+            const int4 av = __ldg(reinterpret_cast<const int4*>(g.a + (m0 + i) * g.K_pad + c * 128 + 16 * v));
+            acc[i] = dp4a_int4(av, mv, acc[i]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const std::uint32_t t = warp_sum(static_cast<std::uint32_t>(acc[i]));
+      if (lane == 0 && i < rows) {
+        const std::int64_t m = m0 + i;  // 2 * sum over set bits - sum a + corr
+        const std::uint32_t v = 2u * t - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
+        g.y[m * g.y_rs + n * g.y_cs] = requantize(v, g, n);
+      }
+    }
+  }
+}
+
+/// W4A8 rows (QGemmW4Args' row layout; group / 32 divides 32): lane chunk c is 32 weights of one
+/// group (byte j: k = 32 c + j low nibble, + 16 high). Per chunk, in int32 (modulo 2^32):
+/// sum (a + off) q = sum a c - 8 sum a + off (sum c - 256), with q = c - 8; the group's chunks are
+/// summed across their gc lanes, each group's leader forms double(acc_g) * double(scale), and lane
+/// 0 adds those products in group order: the CPU's float64 sum, the same bits.
+template <int MT>
+__global__ void gemm_w4_vec_kernel(QGemmW4Args g) {
+  QATKIT_TILE_LOOP(MT) {
+    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, KB = g.K / 2, C = g.K / 32, G = g.K / g.group;
+    const int gc = static_cast<int>(g.group / 32);
+    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const int4* w = reinterpret_cast<const int4*>(g.w + n * KB);
+    double t[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) t[i] = 0.0;
+    for (std::int64_t base = 0; base < C; base += 32) {  // every lane runs every step: shuffles below
+      const std::int64_t c = base + lane;
+      const bool valid = c < C;
+      const int4 wv = valid ? __ldg(w + c) : make_int4(0, 0, 0, 0);
+      const int m4 = 0x0F0F0F0F, ones = 0x01010101;
+      const int4 lo = make_int4(wv.x & m4, wv.y & m4, wv.z & m4, wv.w & m4);
+      const int4 hi = make_int4((wv.x >> 4) & m4, (wv.y >> 4) & m4, (wv.z >> 4) & m4, (wv.w >> 4) & m4);
+      const int4 one4 = make_int4(ones, ones, ones, ones);
+      const std::uint32_t sum_c = static_cast<std::uint32_t>(dp4a_int4(hi, one4, dp4a_int4(lo, one4, 0)));
+      const bool leader = (lane % gc) == 0;
+      const double gs = valid && leader ? static_cast<double>(g.gscale[n * G + c / gc]) : 0.0;
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        if (i < rows) {  // uniform across the warp
+          std::uint32_t part = 0;
+          if (valid) {
+            const int4* ar = reinterpret_cast<const int4*>(g.a + (m0 + i) * g.K + c * 32);
+            const int4 alo = __ldg(ar), ahi = __ldg(ar + 1);
+            const std::uint32_t sac = static_cast<std::uint32_t>(dp4a_int4(ahi, hi, dp4a_int4(alo, lo, 0)));
+            const std::uint32_t sa = static_cast<std::uint32_t>(dp4a_int4(ahi, one4, dp4a_int4(alo, one4, 0)));
+            part = sac - 8u * sa + static_cast<std::uint32_t>(g.act_offset) * (sum_c - 256u);
+          }
+          for (int off = gc / 2; off > 0; off /= 2) part += __shfl_down_sync(0xffffffffu, part, off);
+          const double prod = valid && leader ? static_cast<double>(static_cast<std::int32_t>(part)) * gs : 0.0;
+          for (int l = 0; l < 32; l += gc) {
+            const double p = __shfl_sync(0xffffffffu, prod, l);
+            if (lane == 0 && base + l < C) t[i] = t[i] + p;
+          }
+        }
+      }
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        if (i < rows) {
+          const float y = static_cast<float>(t[i] * g.act_scale);
+          g.y[(m0 + i) * g.N + n] = g.bias ? y + g.bias[n] : y;
+        }
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ float dot4(const float4& x, const float* w, float s) {
+  s = s + x.x * w[0];  // --fmad=false: multiply, then add
+  s = s + x.y * w[1];
+  s = s + x.z * w[2];
+  return s + x.w * w[3];
+}
+
+__device__ __forceinline__ float warp_sum_f(float s) {
+  for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+  return s;
+}
+
+/// Weight-only W4 rows (QGemmW4FArgs, row layout; group % 32 == 0): lane chunk c is 32 weights of
+/// one group, dequantized as the CPU does ((float(q) - z) * s), against 8 float4 loads per row.
+template <int MT>
+__global__ void gemm_w4f_vec_kernel(QGemmW4FArgs g) {
+  QATKIT_TILE_LOOP(MT) {
+    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, KB = g.K / 2, C = g.K / 32;
+    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const int4* w = reinterpret_cast<const int4*>(g.w + n * KB);
+    float s[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) s[i] = 0.f;
+    for (std::int64_t c = lane; c < C; c += 32) {
+      const int4 wv = __ldg(w + c);
+      const std::int64_t gi = g.scale_index(n, c * 32 / g.group);
+      const float sc = g.gscale[gi], z = g.gzero ? g.gzero[gi] : 0.f;
+      const std::uint32_t words[4] = {static_cast<std::uint32_t>(wv.x), static_cast<std::uint32_t>(wv.y),
+                                      static_cast<std::uint32_t>(wv.z), static_cast<std::uint32_t>(wv.w)};
+      float wl[16], wh[16];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const std::uint32_t b = (words[j / 4] >> (8 * (j % 4))) & 0xFFu;
+        wl[j] = (static_cast<float>(static_cast<std::int32_t>(b & 15u) - 8) - z) * sc;
+        wh[j] = (static_cast<float>(static_cast<std::int32_t>(b >> 4) - 8) - z) * sc;
+      }
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        if (i < rows) {
+          const float4* xr = reinterpret_cast<const float4*>(g.x + (m0 + i) * g.K + c * 32);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) s[i] = dot4(__ldg(xr + q), wl + 4 * q, s[i]);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) s[i] = dot4(__ldg(xr + 4 + q), wh + 4 * q, s[i]);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const float v = warp_sum_f(s[i]);
+      if (lane == 0 && i < rows) g.y[(m0 + i) * g.N + n] = g.bias ? v + g.bias[n] : v;
+    }
+  }
+}
+
+/// Weight-only int8 (K % 16 == 0): lane chunk c is 16 codes, dequantized as float(q) * scale.
+template <int MT>
+__global__ void gemm_w8f_vec_kernel(QGemmW8FArgs g) {
+  QATKIT_TILE_LOOP(MT) {
+    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, K16 = g.K / 16;
+    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const int4* w = reinterpret_cast<const int4*>(g.w + n * g.K);
+    const float sc = g.scale[n];
+    float s[MT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i) s[i] = 0.f;
+#pragma unroll 2
+    for (std::int64_t c = lane; c < K16; c += 32) {
+      const int4 wv = __ldg(w + c);
+      const std::uint32_t words[4] = {static_cast<std::uint32_t>(wv.x), static_cast<std::uint32_t>(wv.y),
+                                      static_cast<std::uint32_t>(wv.z), static_cast<std::uint32_t>(wv.w)};
+      float wf[16];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const std::int8_t q = static_cast<std::int8_t>((words[j / 4] >> (8 * (j % 4))) & 0xFFu);
+        wf[j] = static_cast<float>(q) * sc;
+      }
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        if (i < rows) {
+          const float4* xr = reinterpret_cast<const float4*>(g.x + (m0 + i) * g.K + c * 16);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) s[i] = dot4(__ldg(xr + q), wf + 4 * q, s[i]);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const float v = warp_sum_f(s[i]);
+      if (lane == 0 && i < rows) g.y[(m0 + i) * g.N + n] = g.bias ? v + g.bias[n] : v;
+    }
+  }
+}
+
+#undef QATKIT_TILE_LOOP
+
+/// Launch kernel<MT> for MT = row_tile(M).
+#define QATKIT_LAUNCH_TILED(KERNEL, ARGS, STREAM)                                                       \
+  do {                                                                                                  \
+    const int mt_ = row_tile((ARGS).M);                                                                 \
+    const unsigned b_ = blocks_for_tiles((ARGS).M, (ARGS).N, mt_);                                      \
+    if (mt_ == 8) KERNEL<8><<<b_, kThreads, 0, STREAM>>>(ARGS);                                         \
+    else if (mt_ == 4) KERNEL<4><<<b_, kThreads, 0, STREAM>>>(ARGS);                                    \
+    else if (mt_ == 2) KERNEL<2><<<b_, kThreads, 0, STREAM>>>(ARGS);                                    \
+    else KERNEL<1><<<b_, kThreads, 0, STREAM>>>(ARGS);                                                  \
+  } while (0)
+
+/// The same with at most 2 rows per warp: the w4f kernel holds 32 dequantized weights, and 4 rows
+/// take 168 registers (a quarter of the warps per SM), 8 rows 255 and spill (ptxas -v, sm_90).
+#define QATKIT_LAUNCH_TILED_2(KERNEL, ARGS, STREAM)                                                     \
+  do {                                                                                                  \
+    const int mt_ = (ARGS).M >= 2 ? 2 : 1;                                                              \
+    const unsigned b_ = blocks_for_tiles((ARGS).M, (ARGS).N, mt_);                                      \
+    if (mt_ == 2) KERNEL<2><<<b_, kThreads, 0, STREAM>>>(ARGS);                                         \
+    else KERNEL<1><<<b_, kThreads, 0, STREAM>>>(ARGS);                                                  \
+  } while (0)
+
 }  // namespace
 
 cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a_sum, std::int64_t M, std::int64_t K,
@@ -207,12 +542,26 @@ cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a
 
 cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream) {
   if (args.M * args.N == 0) return cudaSuccess;
+  if (use_vector_form() && !args.panel && args.K % 16 == 0 && aligned16(args.a) && aligned16(args.w)) {
+    QATKIT_LAUNCH_TILED(gemm_s8_vec_kernel, args, stream);
+    return cudaGetLastError();
+  }
   gemm_s8_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
 cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cudaStream_t stream) {
   if (args.M * args.N == 0) return cudaSuccess;
+  const std::int64_t row_bytes = args.K_pad * weight_bits / 8;
+  if (use_vector_form() && !args.panel && row_bytes % 16 == 0 && args.K_pad % 16 == 0 && aligned16(args.a) &&
+      aligned16(args.w)) {
+    if (weight_bits == 2) {
+      QATKIT_LAUNCH_TILED(gemm_t2_vec_kernel, args, stream);
+    } else {
+      QATKIT_LAUNCH_TILED(gemm_b1_vec_kernel, args, stream);
+    }
+    return cudaGetLastError();
+  }
   if (weight_bits == 2) {
     gemm_packed_kernel<2><<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   } else {
@@ -223,18 +572,33 @@ cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cud
 
 cudaError_t launch_gemm_w4(const QGemmW4Args& args, cudaStream_t stream) {
   if (args.M * args.N == 0) return cudaSuccess;
+  const std::int64_t gc = args.group / 32;
+  if (use_vector_form() && !args.panel && args.group % 32 == 0 && gc >= 1 && gc <= 32 && 32 % gc == 0 &&
+      args.K % 32 == 0 && aligned16(args.a) && aligned16(args.w)) {
+    QATKIT_LAUNCH_TILED(gemm_w4_vec_kernel, args, stream);
+    return cudaGetLastError();
+  }
   gemm_w4_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
 cudaError_t launch_gemm_w4f(const QGemmW4FArgs& args, cudaStream_t stream) {
   if (args.M * args.N == 0) return cudaSuccess;
+  if (use_vector_form() && !args.panel && args.group % 32 == 0 && args.K % 32 == 0 && aligned16(args.x) &&
+      aligned16(args.w)) {
+    QATKIT_LAUNCH_TILED_2(gemm_w4f_vec_kernel, args, stream);
+    return cudaGetLastError();
+  }
   gemm_w4f_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 
 cudaError_t launch_gemm_w8f(const QGemmW8FArgs& args, cudaStream_t stream) {
   if (args.M * args.N == 0) return cudaSuccess;
+  if (use_vector_form() && args.K % 16 == 0 && aligned16(args.x) && aligned16(args.w)) {
+    QATKIT_LAUNCH_TILED(gemm_w8f_vec_kernel, args, stream);
+    return cudaGetLastError();
+  }
   gemm_w8f_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
