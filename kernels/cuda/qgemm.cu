@@ -266,13 +266,21 @@ __global__ void gemm_s8_vec_kernel(QGemmArgs g) {
   }
 }
 
-/// Ternary rows (QGemmPackedArgs' layout): lane chunk c is 16 bytes, half of 128-block c / 2; its
-/// byte j holds k = 128 (c / 2) + 16 (c % 2) + j + 32 s in bits 2s, 2s + 1, so shift s and the mask
-/// 0x03 per byte give the codes (0..2) of 16 consecutive k, multiplied with one 16-byte load of a.
-template <int MT>
-__global__ void gemm_t2_vec_kernel(QGemmPackedArgs g) {
+/// Four bits to four bytes 0 / 1 (bit i to byte i): the shifted copies nib << 7i do not overlap.
+__device__ __forceinline__ int nibble_bytes(std::uint32_t nib) {
+  return static_cast<int>((nib * 0x00204081u) & 0x01010101u);
+}
+
+/// Packed rows (QGemmPackedArgs), row_bytes % 16 == 0; lane chunk c is 16 bytes of the row.
+/// Ternary (Bits 2): chunk c is half of 128-block c / 2, its byte j holding k = 128 (c / 2) +
+/// 16 (c % 2) + j + 32 s in bits 2s, 2s + 1, so shift s and the byte mask 0x03 give the codes (0..2)
+/// of 16 consecutive k, against one 16-byte load of a. Binary (Bits 1): chunk c is 128 weights, bit
+/// p of its word q the weight k = 128 c + 32 q + p; nibbles become byte masks for __dp4a.
+/// Then y = requantize(sum a c - sum a + corr) (ternary), (2 sum_{bit 1} a - sum a + corr) (binary).
+template <int Bits, int MT>
+__device__ __forceinline__ void gemm_packed_vec(const QGemmPackedArgs& g) {
   QATKIT_TILE_LOOP(MT) {
-    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, row_bytes = g.K_pad / 4, C16 = row_bytes / 16;
+    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, row_bytes = g.K_pad * Bits / 8, C16 = row_bytes / 16;
     const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
     const int4* w = reinterpret_cast<const int4*>(g.w + n * row_bytes);
     int acc[MT];
@@ -281,18 +289,25 @@ __global__ void gemm_t2_vec_kernel(QGemmPackedArgs g) {
 #pragma unroll 2
     for (std::int64_t c = lane; c < C16; c += 32) {
       const int4 wv = __ldg(w + c);
-      const std::int64_t k0 = (c / 2) * 128 + (c % 2) * 16;
 #pragma unroll
-      for (int s = 0; s < 4; ++s) {
-        const int m3 = 0x03030303;
-        const int4 cv = make_int4((wv.x >> (2 * s)) & m3, (wv.y >> (2 * s)) & m3, (wv.z >> (2 * s)) & m3,
-                                  (wv.w >> (2 * s)) & m3);
+      for (int s = 0; s < 32 / (4 * Bits); ++s) {  // 4 (ternary) or 8 (binary) groups of 16 weights
+        int4 cv;
+        std::int64_t k;  // the group's first k
+        if constexpr (Bits == 2) {
+          const int m3 = 0x03030303;
+          cv = make_int4((wv.x >> (2 * s)) & m3, (wv.y >> (2 * s)) & m3, (wv.z >> (2 * s)) & m3,
+                         (wv.w >> (2 * s)) & m3);
+          k = (c / 2) * 128 + (c % 2) * 16 + 32 * s;
+        } else {
+          const int word = s / 2 == 0 ? wv.x : s / 2 == 1 ? wv.y : s / 2 == 2 ? wv.z : wv.w;
+          const std::uint32_t bits = static_cast<std::uint32_t>(word) >> (16 * (s % 2));
+          cv = make_int4(nibble_bytes(bits & 15u), nibble_bytes((bits >> 4) & 15u), nibble_bytes((bits >> 8) & 15u),
+                         nibble_bytes((bits >> 12) & 15u));
+          k = c * 128 + 16 * s;
+        }
 #pragma unroll
         for (int i = 0; i < MT; ++i) {
-          if (i < rows) {
-            const int4 av = __ldg(reinterpret_cast<const int4*>(g.a + (m0 + i) * g.K_pad + k0 + 32 * s));
-            acc[i] = dp4a_int4(av, cv, acc[i]);
-          }
+          if (i < rows) acc[i] = dp4a_int4(__ldg(reinterpret_cast<const int4*>(g.a + (m0 + i) * g.K_pad + k)), cv, acc[i]);
         }
       }
     }
@@ -300,58 +315,23 @@ __global__ void gemm_t2_vec_kernel(QGemmPackedArgs g) {
     for (int i = 0; i < MT; ++i) {
       const std::uint32_t t = warp_sum(static_cast<std::uint32_t>(acc[i]));
       if (lane == 0 && i < rows) {
-        const std::int64_t m = m0 + i;  // sum a (w + 1) - sum a + corr
-        const std::uint32_t v = t - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
+        const std::int64_t m = m0 + i;
+        const std::uint32_t v = (Bits == 2 ? t : 2u * t) - static_cast<std::uint32_t>(g.a_sum[m]) +
+                                static_cast<std::uint32_t>(g.corr[n]);
         g.y[m * g.y_rs + n * g.y_cs] = requantize(v, g, n);
       }
     }
   }
 }
 
-/// Four bits to four bytes 0 / 1 (bit i to byte i): the shifted copies nib << 7i do not overlap.
-__device__ __forceinline__ int nibble_bytes(std::uint32_t nib) {
-  return static_cast<int>((nib * 0x00204081u) & 0x01010101u);
+template <int MT>
+__global__ void gemm_t2_vec_kernel(QGemmPackedArgs g) {
+  gemm_packed_vec<2, MT>(g);
 }
 
-/// Binary rows (K_pad / 8 bytes, row_bytes % 16 == 0): lane chunk c is 128 weights, bit p of its
-/// word q the weight k = 128 c + 32 q + p; sum over set bits of a via byte masks and __dp4a.
 template <int MT>
 __global__ void gemm_b1_vec_kernel(QGemmPackedArgs g) {
-  QATKIT_TILE_LOOP(MT) {
-    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, row_bytes = g.K_pad / 8, C16 = row_bytes / 16;
-    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
-    const int4* w = reinterpret_cast<const int4*>(g.w + n * row_bytes);
-    int acc[MT];
-#pragma unroll
-    for (int i = 0; i < MT; ++i) acc[i] = 0;
-    for (std::int64_t c = lane; c < C16; c += 32) {
-      const int4 wv = __ldg(w + c);
-      const std::uint32_t words[4] = {static_cast<std::uint32_t>(wv.x), static_cast<std::uint32_t>(wv.y),
-                                      static_cast<std::uint32_t>(wv.z), static_cast<std::uint32_t>(wv.w)};
-#pragma unroll
-      for (int v = 0; v < 8; ++v) {  // 16 weights k = 128 c + 16 v + [0, 16): word v / 2, bits from 16 (v % 2)
-        const std::uint32_t bits = words[v / 2] >> (16 * (v % 2));
-        const int4 mv = make_int4(nibble_bytes(bits & 15u), nibble_bytes((bits >> 4) & 15u),
-                                  nibble_bytes((bits >> 8) & 15u), nibble_bytes((bits >> 12) & 15u));
-#pragma unroll
-        for (int i = 0; i < MT; ++i) {
-          if (i < rows) {
-            const int4 av = __ldg(reinterpret_cast<const int4*>(g.a + (m0 + i) * g.K_pad + c * 128 + 16 * v));
-            acc[i] = dp4a_int4(av, mv, acc[i]);
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      const std::uint32_t t = warp_sum(static_cast<std::uint32_t>(acc[i]));
-      if (lane == 0 && i < rows) {
-        const std::int64_t m = m0 + i;  // 2 * sum over set bits - sum a + corr
-        const std::uint32_t v = 2u * t - static_cast<std::uint32_t>(g.a_sum[m]) + static_cast<std::uint32_t>(g.corr[n]);
-        g.y[m * g.y_rs + n * g.y_cs] = requantize(v, g, n);
-      }
-    }
-  }
+  gemm_packed_vec<1, MT>(g);
 }
 
 /// W4A8 rows (QGemmW4Args' row layout; group / 32 divides 32): lane chunk c is 32 weights of one
