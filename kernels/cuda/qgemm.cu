@@ -208,12 +208,6 @@ unsigned blocks_for(std::int64_t outputs) {
 
 // ---- the vector form ----------------------------------------------------------------------------
 
-/// QATKIT_CUDA_GEMV=fast (read per launch: a process can compare both forms).
-bool use_vector_form() {
-  const char* e = std::getenv("QATKIT_CUDA_GEMV");
-  return e != nullptr && std::strcmp(e, "fast") == 0;
-}
-
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 /// The activation rows per warp: up to 8 rows share each weight load.
@@ -581,6 +575,11 @@ cudaError_t launch_gemm_w8f(const QGemmW8FArgs& args, cudaStream_t stream) {
   }
   gemm_w8f_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
+}
+
+bool use_vector_form() {
+  const char* e = std::getenv("QATKIT_CUDA_GEMV");
+  return e != nullptr && std::strcmp(e, "fast") == 0;
 }
 
 }  // namespace qatkit::kernels::cuda

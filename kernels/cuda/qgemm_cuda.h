@@ -20,6 +20,11 @@ cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a
                                  std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream,
                                  const float* row_scale = nullptr);
 
+/// The vector form of the kernels below (kernels/cuda/qgemm.cu), and torch._int_mm for int8
+/// weights with more than 16 rows (the glue): QATKIT_CUDA_GEMV=fast, read on every call. Off by
+/// default until a GPU run shows it equal to the plain form and faster (docs/gpu.md).
+bool use_vector_form();
+
 /// QGemmArgs's GEMM (int8 weights).
 cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream);
 

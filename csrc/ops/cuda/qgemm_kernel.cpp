@@ -14,6 +14,7 @@
 #include <ATen/ops/add.h>
 #include <ATen/ops/div.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/_int_mm.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -45,6 +46,15 @@ void linear_cuda_core(const at::Tensor& x, const at::Tensor& weight, int weight_
   at::Tensor a_sum = at::empty({M}, x.options().dtype(at::kInt));
   C10_CUDA_CHECK(kernels::cuda::launch_quantize_rows(x.data_ptr<float>(), a.data_ptr<std::int8_t>(),
                                                      a_sum.data_ptr<std::int32_t>(), M, K, K_row, q, stream, row_scale));
+  if (weight_bits == 8 && !panel && M > 16 && K % 8 == 0 && N % 8 == 0 && kernels::cuda::use_vector_form()) {
+    // cuBLASLt's int8 GEMM (torch._int_mm: int32 accumulators, exact within the caller's int32
+    // bound), then the plain kernel's requantization as separate ATen ops: int32 + corr (wraps as
+    // the kernels' sums), one int32 -> float32 conversion, one multiply, then the bias add.
+    at::Tensor v = at::_int_mm(a, w.t()).add_(c.view({1, N})).to(at::kFloat).mul_(os.view({1, N}));
+    if (b.defined()) v.add_(b.view({1, N}));
+    y.view({M, N}).copy_(v);
+    return;
+  }
   if (weight_bits == 8) {
     kernels::QGemmArgs g;
     g.a = a.data_ptr<std::int8_t>();
