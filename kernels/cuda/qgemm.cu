@@ -224,6 +224,17 @@ __device__ __forceinline__ int dp4a_int4(const int4& a, const int4& w, int acc) 
 
 // Warp o: rows [m0, m0 + rows) of tile o / N, output column n = o % N (neighbouring warps take
 // neighbouring weight rows, so a tile of activations stays in L1/L2 while the weights stream).
+struct RowTile {
+  std::int64_t m0, n;
+  int rows;
+};
+
+template <int MT>
+__device__ __forceinline__ RowTile row_tile_of(std::int64_t o, std::int64_t M, std::int64_t N) {
+  const std::int64_t m0 = (o / N) * MT;
+  return {m0, o % N, M - m0 < MT ? static_cast<int>(M - m0) : MT};
+}
+
 #define QATKIT_TILE_LOOP(MT)                                                                              \
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;                                \
   const int lane = threadIdx.x % 32;                                                                      \
@@ -235,13 +246,11 @@ __device__ __forceinline__ int dp4a_int4(const int4& a, const int4& w, int acc) 
 template <int MT>
 __global__ void gemm_s8_vec_kernel(QGemmArgs g) {
   QATKIT_TILE_LOOP(MT) {
-    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, K16 = g.K / 16;
-    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const auto [m0, n, rows] = row_tile_of<MT>(o, g.M, g.N);
+    const std::int64_t K16 = g.K / 16;
     const int4* w = reinterpret_cast<const int4*>(g.w + n * g.K);
     const int4* a = reinterpret_cast<const int4*>(g.a + m0 * g.K);
-    int acc[MT];
-#pragma unroll
-    for (int i = 0; i < MT; ++i) acc[i] = 0;
+    int acc[MT] = {};
 #pragma unroll 4
     for (std::int64_t c = lane; c < K16; c += 32) {
       const int4 wv = __ldg(w + c);
@@ -274,12 +283,10 @@ __device__ __forceinline__ int nibble_bytes(std::uint32_t nib) {
 template <int Bits, int MT>
 __device__ __forceinline__ void gemm_packed_vec(const QGemmPackedArgs& g) {
   QATKIT_TILE_LOOP(MT) {
-    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, row_bytes = g.K_pad * Bits / 8, C16 = row_bytes / 16;
-    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const auto [m0, n, rows] = row_tile_of<MT>(o, g.M, g.N);
+    const std::int64_t row_bytes = g.K_pad * Bits / 8, C16 = row_bytes / 16;
     const int4* w = reinterpret_cast<const int4*>(g.w + n * row_bytes);
-    int acc[MT];
-#pragma unroll
-    for (int i = 0; i < MT; ++i) acc[i] = 0;
+    int acc[MT] = {};
 #pragma unroll 2
     for (std::int64_t c = lane; c < C16; c += 32) {
       const int4 wv = __ldg(w + c);
@@ -336,13 +343,11 @@ __global__ void gemm_b1_vec_kernel(QGemmPackedArgs g) {
 template <int MT>
 __global__ void gemm_w4_vec_kernel(QGemmW4Args g) {
   QATKIT_TILE_LOOP(MT) {
-    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, KB = g.K / 2, C = g.K / 32, G = g.K / g.group;
+    const auto [m0, n, rows] = row_tile_of<MT>(o, g.M, g.N);
+    const std::int64_t KB = g.K / 2, C = g.K / 32, G = g.K / g.group;
     const int gc = static_cast<int>(g.group / 32);
-    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
     const int4* w = reinterpret_cast<const int4*>(g.w + n * KB);
-    double t[MT];
-#pragma unroll
-    for (int i = 0; i < MT; ++i) t[i] = 0.0;
+    double t[MT] = {};
     for (std::int64_t base = 0; base < C; base += 32) {  // every lane runs every step: shuffles below
       const std::int64_t c = base + lane;
       const bool valid = c < C;
@@ -403,12 +408,10 @@ __device__ __forceinline__ float warp_sum_f(float s) {
 template <int MT>
 __global__ void gemm_w4f_vec_kernel(QGemmW4FArgs g) {
   QATKIT_TILE_LOOP(MT) {
-    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, KB = g.K / 2, C = g.K / 32;
-    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const auto [m0, n, rows] = row_tile_of<MT>(o, g.M, g.N);
+    const std::int64_t KB = g.K / 2, C = g.K / 32;
     const int4* w = reinterpret_cast<const int4*>(g.w + n * KB);
-    float s[MT];
-#pragma unroll
-    for (int i = 0; i < MT; ++i) s[i] = 0.f;
+    float s[MT] = {};
     for (std::int64_t c = lane; c < C; c += 32) {
       const int4 wv = __ldg(w + c);
       const std::int64_t gi = g.scale_index(n, c * 32 / g.group);
@@ -445,13 +448,11 @@ __global__ void gemm_w4f_vec_kernel(QGemmW4FArgs g) {
 template <int MT>
 __global__ void gemm_w8f_vec_kernel(QGemmW8FArgs g) {
   QATKIT_TILE_LOOP(MT) {
-    const std::int64_t m0 = (o / g.N) * MT, n = o % g.N, K16 = g.K / 16;
-    const int rows = g.M - m0 < MT ? static_cast<int>(g.M - m0) : MT;
+    const auto [m0, n, rows] = row_tile_of<MT>(o, g.M, g.N);
+    const std::int64_t K16 = g.K / 16;
     const int4* w = reinterpret_cast<const int4*>(g.w + n * g.K);
     const float sc = g.scale[n];
-    float s[MT];
-#pragma unroll
-    for (int i = 0; i < MT; ++i) s[i] = 0.f;
+    float s[MT] = {};
 #pragma unroll 2
     for (std::int64_t c = lane; c < K16; c += 32) {
       const int4 wv = __ldg(w + c);
