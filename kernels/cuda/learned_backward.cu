@@ -193,9 +193,9 @@ std::int64_t lsq_workspace_doubles(const LsqBackwardArgs& args) { return args.fq
 cudaError_t launch_lsq_backward(const LsqBackwardArgs& a, double grad_factor, float* dscale, float* dzero,
                                 double* workspace, cudaStream_t stream) {
   if (a.fq.numel == 0) {  // empty input: the gradients are sums over nothing
-    // no channels (an empty tensor's groups): nothing to zero, and the buffers are null pointers,
-    // which cudaMemsetAsync rejects even for 0 bytes (invalid argument, seen on an H200)
-    if (a.fq.channels == 0) return cudaSuccess;
+    // zero-length buffers are null pointers, which cudaMemsetAsync rejects even for 0 bytes
+    // (invalid argument, seen on an H200); the CUDA glue answers an empty input before this
+    if (dscale == nullptr || dzero == nullptr) return cudaSuccess;
     const cudaError_t e = cudaMemsetAsync(dscale, 0, sizeof(float) * a.fq.channels, stream);
     return e != cudaSuccess ? e : cudaMemsetAsync(dzero, 0, sizeof(float) * a.fq.channels, stream);
   }

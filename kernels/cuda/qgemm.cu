@@ -4,14 +4,14 @@
 // lanes, lane 0 requantizes exactly as the CPU does. W4A8 combines its group sums in float64 in
 // group order as the CPU; the weight-only W4 kernel is a float kernel (its own summation order).
 //
-// Two forms. The plain form (above each launcher's first branch) reads one byte or code per lane
-// and step and serves every layout and alignment; it ran CUDA == CPU bit for bit on an H200
-// (docs/gpu.md, 2026-12-04) but moved only 70-1070 GB/s of weights. The vector form ("fast": one
-// warp per output and tile of MT activation rows, 16-byte loads per lane, __dp4a for the integer
-// products, the tile's rows sharing each weight load) is written for the row layouts with 16-byte
-// aligned rows; integer sums are the same modulo 2^32 in any order, so its bits are the plain
-// form's. It has not run on a GPU yet: QATKIT_CUDA_GEMV=fast selects it until a GPU run of
-// scripts/gpu_check.sh (which tests and times both) shows it equal and faster.
+// Two forms. The plain form reads one byte or code per lane and step and serves every layout and
+// alignment. The vector form (one warp per output and tile of MT activation rows, 16-byte loads
+// per lane, __dp4a for the integer products, the tile's rows sharing each weight load) serves the
+// row layouts with 16-byte aligned rows; integer sums are the same modulo 2^32 in any order, so its
+// bits are the plain form's. On an H200 (docs/gpu.md, 2026-12-04) both ran CUDA == CPU bit for
+// bit; the vector form was 1.3-3.7x faster at batch 1 and 2-5x at batch 64, except the w8
+// weight-only kernel at 8 rows per tile (0.74x), which keeps the plain form from 8 rows on. It is
+// the default; QATKIT_CUDA_GEMV=plain selects the plain form (read per launch, for A/B runs).
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -570,7 +570,9 @@ cudaError_t launch_gemm_w4f(const QGemmW4FArgs& args, cudaStream_t stream) {
 
 cudaError_t launch_gemm_w8f(const QGemmW8FArgs& args, cudaStream_t stream) {
   if (args.M * args.N == 0) return cudaSuccess;
-  if (use_vector_form() && args.K % 16 == 0 && aligned16(args.x) && aligned16(args.w)) {
+  // from 8 rows the 8-row tile ran slower than the plain form (584 against 432 us at 64 x 4096 x
+  // 4096 on an H200): tiles of up to 4 rows, and the plain form from 8 rows on
+  if (use_vector_form() && args.M < 8 && args.K % 16 == 0 && aligned16(args.x) && aligned16(args.w)) {
     QATKIT_LAUNCH_TILED(gemm_w8f_vec_kernel, args, stream);
     return cudaGetLastError();
   }
@@ -580,7 +582,7 @@ cudaError_t launch_gemm_w8f(const QGemmW8FArgs& args, cudaStream_t stream) {
 
 bool use_vector_form() {
   const char* e = std::getenv("QATKIT_CUDA_GEMV");
-  return e != nullptr && std::strcmp(e, "fast") == 0;
+  return e == nullptr || std::strcmp(e, "plain") != 0;
 }
 
 }  // namespace qatkit::kernels::cuda

@@ -21,8 +21,8 @@ cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a
                                  const float* row_scale = nullptr);
 
 /// The vector form of the kernels below (kernels/cuda/qgemm.cu), and torch._int_mm for int8
-/// weights with more than 16 rows (the glue): QATKIT_CUDA_GEMV=fast, read on every call. Off by
-/// default until a GPU run shows it equal to the plain form and faster (docs/gpu.md).
+/// weights with more than 16 rows (the glue): the default; QATKIT_CUDA_GEMV=plain (read on every
+/// call) selects the plain form instead (docs/gpu.md: both equal the CPU bit for bit on an H200).
 bool use_vector_form();
 
 /// QGemmArgs's GEMM (int8 weights).

@@ -3,6 +3,7 @@
 // no host sync (see csrc/ops/cuda/fake_quantize_kernel.cpp for the policy).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -22,6 +23,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fake_quantize_learnable_backward_
   check_learnable_backward_args(op, grad, input, scale, zero_point, quant_min, quant_max, axis, group_size,
                                 grad_factor);
   const c10::cuda::CUDAGuard guard(input.device());
+  if (input.numel() == 0) {
+    // empty input: the qparam gradients are sums over nothing. The layout's channel count is kept
+    // >= 1 for degenerate shapes, so the launcher would zero one float of a zero-length (null)
+    // buffer, which cudaMemsetAsync rejects (cudaErrorInvalidValue on an H200, 2026-12-04).
+    return {at::empty(input.sizes(), input.options()), at::zeros(scale.sizes(), scale.options().dtype(at::kFloat)),
+            at::zeros(zero_point.sizes(), zero_point.options().dtype(at::kFloat))};
+  }
   const auto [s_eff, z_eff] = effective_learned_qparams(scale, zero_point, quant_min, quant_max);
   at::Tensor dx = at::empty(input.sizes(), input.options());
   const PreparedFakeQuant p =

@@ -233,10 +233,9 @@ def test_histogram_update_cuda_matches_cpu(dtype, channels, n):
 
 @pytest.fixture(params=["plain", "fast"])
 def gemv_form(request, monkeypatch):
-    """Both CUDA forms of the integer kernels (QATKIT_CUDA_GEMV, read per launch): the plain form
-    (the default) and the vector form, selected by the variable until a GPU run shows it equal and
-    faster (kernels/cuda/qgemm.cu). Shapes whose rows are not 16-byte multiples run the plain form
-    in both."""
+    """Both CUDA forms of the integer kernels (QATKIT_CUDA_GEMV, read per launch): the vector form
+    (the default) and the plain form (kernels/cuda/qgemm.cu). Shapes whose rows are not 16-byte
+    multiples run the plain form in both."""
     monkeypatch.setenv("QATKIT_CUDA_GEMV", request.param)
     return request.param
 
