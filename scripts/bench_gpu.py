@@ -176,7 +176,7 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
         t = base[key]
         nbytes = t.numel() * t.element_size()
         count = max(4, min(256, -(-4 * L2_BYTES // nbytes)))
-        return [t.clone() if t.is_contiguous() else t.t().contiguous().t() for _ in range(count)], nbytes
+        return [t.clone() for _ in range(count)], nbytes  # clone keeps a transposed (column-major) copy's strides
 
     cases = [
         ("fp32 F.linear (cuBLAS)", "fp32", lambda x, xq, wt: torch.nn.functional.linear(x, wt)),

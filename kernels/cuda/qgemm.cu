@@ -205,7 +205,6 @@ unsigned blocks_for(std::int64_t outputs) {
   return static_cast<unsigned>(b < 1 ? 1 : b);
 }
 
-
 // ---- the vector form ----------------------------------------------------------------------------
 
 bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
