@@ -70,11 +70,12 @@ for tool in racecheck initcheck; do
     "$PY" -m pytest tests/python/ops/test_cuda.py -q -p no:cacheprovider -k "integer or w4a8 or histogram or observer"
 done
 # The integer ops' bad-argument tests crashed (SIGSEGV) on the H200 machine's GCC 13 build
-# (docs/gpu.md, 2026-12-04, call 4): run them alone under cuda-gdb (it debugs host code; gdb is
-# not installed there) so a crash leaves a native backtrace in the log.
+# (docs/gpu.md, 2026-12-04, call 4), each at the first bad call after an opcheck (or torch.compile)
+# in the same worker: run that sequence alone under cuda-gdb (it debugs host code; gdb is not
+# installed there) so a crash leaves a native backtrace in the log.
 CGDB=$(command -v cuda-gdb || echo /usr/local/cuda/bin/cuda-gdb)
 step crash_probe 15 60 "$CGDB" -batch -ex run -ex bt --args "$PY" -X faulthandler -m pytest tests/python/ops/test_linear_int8.py \
-  -q -p no:cacheprovider -p no:xdist -k "bad_arguments or opcheck_and_errors or packing_and_errors"
+  -q -p no:cacheprovider -p no:xdist -k "opcheck_and_compile or bad_arguments or opcheck_and_errors or packing_and_errors"
 # the CPU op tests under this machine's torch (test_cuda.py ran above)
 step test_cpu_ops 30 150 "$PY" -m pytest tests/python/ops -q -p no:cacheprovider -n 8 --ignore tests/python/ops/test_cuda.py \
   --deselect tests/python/ops/test_fake_quantize.py::test_large_tensor_over_2_31_elements
