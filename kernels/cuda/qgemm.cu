@@ -397,9 +397,23 @@ __device__ __forceinline__ float dot4(const float4& x, const float* w, float s) 
   return s + x.w * w[3];
 }
 
-__device__ __forceinline__ float warp_sum_f(float s) {
-  for (int off = 16; off > 0; off /= 2) s += __shfl_down_sync(0xffffffffu, s, off);
+/// s + sum of 16 floats of x (four float4 loads) times w[0..16), in k order.
+__device__ __forceinline__ float dot16(const float4* x, const float* w, float s) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) s = dot4(__ldg(x + q), w + 4 * q, s);
   return s;
+}
+
+/// The float kernels' epilogue: each row's lane sums added across the warp, lane 0 stores (+ bias).
+template <int MT>
+__device__ __forceinline__ void store_float_rows(const float (&s)[MT], int rows, int lane, float* y, std::int64_t m0,
+                                                 std::int64_t N, std::int64_t n, const float* bias) {
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    float v = s[i];
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    if (lane == 0 && i < rows) y[(m0 + i) * N + n] = bias ? v + bias[n] : v;
+  }
 }
 
 /// Weight-only W4 rows (QGemmW4FArgs, row layout; group % 32 == 0): lane chunk c is 32 weights of
@@ -428,18 +442,11 @@ __global__ void gemm_w4f_vec_kernel(QGemmW4FArgs g) {
       for (int i = 0; i < MT; ++i) {
         if (i < rows) {
           const float4* xr = reinterpret_cast<const float4*>(g.x + (m0 + i) * g.K + c * 32);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) s[i] = dot4(__ldg(xr + q), wl + 4 * q, s[i]);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) s[i] = dot4(__ldg(xr + 4 + q), wh + 4 * q, s[i]);
+          s[i] = dot16(xr + 4, wh, dot16(xr, wl, s[i]));
         }
       }
     }
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      const float v = warp_sum_f(s[i]);
-      if (lane == 0 && i < rows) g.y[(m0 + i) * g.N + n] = g.bias ? v + g.bias[n] : v;
-    }
+    store_float_rows<MT>(s, rows, lane, g.y, m0, g.N, n, g.bias);
   }
 }
 
@@ -467,16 +474,11 @@ __global__ void gemm_w8f_vec_kernel(QGemmW8FArgs g) {
       for (int i = 0; i < MT; ++i) {
         if (i < rows) {
           const float4* xr = reinterpret_cast<const float4*>(g.x + (m0 + i) * g.K + c * 16);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) s[i] = dot4(__ldg(xr + q), wf + 4 * q, s[i]);
+          s[i] = dot16(xr, wf, s[i]);
         }
       }
     }
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      const float v = warp_sum_f(s[i]);
-      if (lane == 0 && i < rows) g.y[(m0 + i) * g.N + n] = g.bias ? v + g.bias[n] : v;
-    }
+    store_float_rows<MT>(s, rows, lane, g.y, m0, g.N, n, g.bias);
   }
 }
 
