@@ -15,6 +15,13 @@ linear_w1a8), each in its plain and vector ("fast") CUDA form, against fp32 ``F.
 ``torch._int_mm`` in the same run, as ratios, in
 the DRAM regime (each format cycles through distinct weight copies totalling >= 4x the L2), timed as
 CUDA graph replays so host launch overhead does not pace a microsecond GEMV.
+
+Model rows: an MLP of 6 Linear(4096, 4096) layers, converted in integer compute per preset
+(``qatkit.convert(..., integer=True)``, what ``qatkit.load`` gives) and moved to the GPU, so
+each quantized Linear builds its kernel plan on CUDA (row layouts) and runs the CUDA kernel;
+against the fp32 MLP in the same run, batch 1 and 64, eager calls (what a user's loop sees,
+Python included) and CUDA graph replays; plus the float64 integer simulation such a model ran
+before its plans reached CUDA (w8a8, plans switched off).
 """
 
 import argparse
@@ -225,6 +232,56 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
     return out
 
 
+def bench_models(width: int = 4096, depth: int = 6, dev: str = "cuda") -> list:
+    """Converted integer MLPs on CUDA against the fp32 MLP (module docstring), us per forward."""
+    import copy
+    import warnings
+
+    from torch import nn
+
+    from qatkit.qat.convert import _Quantized
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    fp32 = nn.Sequential(*layers[:-1]).to(dev).eval()
+    calib = [torch.randn(64, width, device=dev)]
+    models = {"fp32": fp32}
+    for name in ("w8a8", "w4a8", "ternary_twn", "binary_w1a8", "bitnet_b158", "int4_weight_only", "int8_weight_only"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.prepare_qat(fp32, qatkit.preset(name))
+            if any(getattr(m, "input_fake_quant", None) is not None for m in q.modules()):
+                qatkit.qat.calibrate(q, calib)  # static input ranges (weight-only presets have none)
+            models[name] = qatkit.convert(q, integer=True).eval()
+        del q
+    sim = models["w8a8 (float64 simulation)"] = copy.deepcopy(models["w8a8"])
+    for m in sim.modules():
+        if isinstance(m, _Quantized) and m._integer_form is not None:
+            m.__dict__["_int8_plan"] = False  # no plan: the float64 simulation
+    out = []
+    with torch.no_grad():
+        for batch in (1, 64):
+            x = torch.randn(batch, width, device=dev)
+            times = {}
+            for name, model in models.items():
+                model(x)  # builds the plans (host reads of the codes) before any capture
+                eager = cuda_time(lambda: model(x), iters=20, warmup=3)
+                graph, mode = time_per_call([lambda: model(x)], iters=10)
+                kernels = sorted({m.__dict__["_int8_plan"]["kernel"] for m in model.modules()
+                                  if isinstance(m, _Quantized) and m.__dict__.get("_int8_plan")})
+                times[name] = (eager, graph, mode, kernels)
+            e32, g32 = times["fp32"][0], times["fp32"][1]
+            out += [{"batch": batch, "model": name, "eager_us": round(e * 1e6, 1), "graph_us": round(g * 1e6, 1),
+                     "eager_vs_fp32": round(e32 / e, 2), "graph_vs_fp32": round(g32 / g, 2), "mode": mode,
+                     "kernels": ks} for name, (e, g, mode, ks) in times.items()]
+    del models, sim
+    if dev == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", type=int, default=28, help="log2 of the element count")
@@ -246,9 +303,10 @@ def main():
         "elements": n,
     }
     integer_rows = bench_integer()
+    model_rows = bench_models()
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"info": info, "rows": rows_out, "integer": integer_rows}, f, indent=2)
+            json.dump({"info": info, "rows": rows_out, "integer": integer_rows, "models": model_rows}, f, indent=2)
     print(f"{info['device']}, torch {info['torch']}, {n:,} elements per tensor\n")
     print(f"| {'dtype':<8} | {'case':<34} | {'ms':>8} | {'GB/s':>7} | {'copy GB/s':>9} | {'% of copy':>9} |")
     print("|" + "-" * 10 + "|" + "-" * 36 + "|" + "-" * 10 + "|" + "-" * 9 + "|" + "-" * 11 + "|" + "-" * 11 + "|")
@@ -264,6 +322,14 @@ def main():
         print(
             f"| {r['batch']} | {r['case']} | {r['us']:.2f} | {r['weight_GBps']:.0f} | {r['vs_fp32']:.2f}x | "
             f"{r['layers']} | {r['mode']} |"
+        )
+
+    print("\n| batch | MLP 6 x Linear(4096, 4096), converted, on CUDA | eager us | vs fp32 | graph us | vs fp32 | kernels |")
+    print("|---|---|---|---|---|---|---|")
+    for r in model_rows:
+        print(
+            f"| {r['batch']} | {r['model']} | {r['eager_us']:.1f} | {r['eager_vs_fp32']:.2f}x | {r['graph_us']:.1f} | "
+            f"{r['graph_vs_fp32']:.2f}x ({r['mode']}) | {', '.join(r['kernels']) or '-'} |"
         )
 
 

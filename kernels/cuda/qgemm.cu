@@ -497,6 +497,35 @@ __global__ void gemm_w8f_vec_kernel(QGemmW8FArgs g) {
 
 /// The same with at most 2 rows per warp: the w4f kernel holds 32 dequantized weights, and 4 rows
 /// take 168 registers (a quarter of the warps per SM), 8 rows 255 and spill (ptxas -v, sm_90).
+// The signed codes of a packed ternary / binary weight as int8 rows [N, K_pad] (for torch._int_mm
+// in the glue): ternary c - 1 in {-1, 0, 1} (the padding's c = 1 gives 0), binary 2 b - 1 in
+// {-1, 1}. One thread per 4 consecutive codes, written as one 32-bit word (byte j = code k + j).
+// sum_k a[k] * code[k] is the packed kernels' sum a * c - sum a (ternary) and 2 * sum over set bits
+// - sum a (binary) exactly, modulo 2^32 as theirs; padded activations are 0.
+template <int Bits>
+__global__ void unpack_codes_kernel(const std::uint8_t* w, std::uint32_t* out, std::int64_t N, std::int64_t K_pad) {
+  const std::int64_t row_bytes = K_pad * Bits / 8, quads = K_pad / 4, total = N * quads;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total; i += stride) {
+    const std::int64_t n = i / quads, k0 = (i % quads) * 4;
+    const std::uint8_t* row = w + n * row_bytes;
+    std::uint32_t v = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const std::int64_t k = k0 + j;
+      std::int32_t c;
+      if (Bits == 2) {  // 128-blocks: byte j holds k = j + 32 i in bits 2i
+        const std::int64_t r = k % 128;
+        c = ((row[k / 128 * 32 + r % 32] >> (2 * (r / 32))) & 3) - 1;
+      } else {
+        c = ((row[k >> 3] >> (k & 7)) & 1) * 2 - 1;
+      }
+      v |= (static_cast<std::uint32_t>(c) & 0xFFu) << (8 * j);
+    }
+    out[i] = v;
+  }
+}
+
 #define QATKIT_LAUNCH_TILED_2(KERNEL, ARGS, STREAM)                                                     \
   do {                                                                                                  \
     const int mt_ = (ARGS).M >= 2 ? 2 : 1;                                                              \
@@ -542,6 +571,21 @@ cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cud
     gemm_packed_kernel<2><<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   } else {
     gemm_packed_kernel<1><<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_unpack_codes(const std::uint8_t* w, std::int8_t* codes, std::int64_t N, std::int64_t K_pad,
+                                int weight_bits, cudaStream_t stream) {
+  const std::int64_t quads = N * (K_pad / 4);
+  if (quads == 0) return cudaSuccess;
+  std::int64_t b = (quads + kThreads - 1) / kThreads;
+  if (b > 65535LL * 8) b = 65535LL * 8;
+  auto* out = reinterpret_cast<std::uint32_t*>(codes);
+  if (weight_bits == 2) {
+    unpack_codes_kernel<2><<<static_cast<unsigned>(b), kThreads, 0, stream>>>(w, out, N, K_pad);
+  } else {
+    unpack_codes_kernel<1><<<static_cast<unsigned>(b), kThreads, 0, stream>>>(w, out, N, K_pad);
   }
   return cudaGetLastError();
 }

@@ -20,8 +20,8 @@ cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a
                                  std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream,
                                  const float* row_scale = nullptr);
 
-/// The vector form of the kernels below (kernels/cuda/qgemm.cu), and torch._int_mm for int8
-/// weights with more than 16 rows (the glue): the default; QATKIT_CUDA_GEMV=plain (read on every
+/// The vector form of the kernels below (kernels/cuda/qgemm.cu), and torch._int_mm for int8,
+/// ternary and binary weights with more than 16 rows (the glue): the default; QATKIT_CUDA_GEMV=plain (read on every
 /// call) selects the plain form instead (docs/gpu.md: both equal the CPU bit for bit on an H200).
 bool use_vector_form();
 
@@ -30,6 +30,12 @@ cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream);
 
 /// QGemmPackedArgs's GEMM: weight_bits 2 (ternary layout) or 1 (binary layout).
 cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cudaStream_t stream);
+
+/// The signed codes of a packed weight (weight_bits 2: the ternary layout, c - 1; 1: the binary
+/// layout, 2 b - 1) as int8 rows codes[N, K_pad] (4-byte aligned, K_pad a multiple of 4): the
+/// operand of torch._int_mm, whose int32 sums a . codes are launch_gemm_packed's.
+cudaError_t launch_unpack_codes(const std::uint8_t* w, std::int8_t* codes, std::int64_t N, std::int64_t K_pad,
+                                int weight_bits, cudaStream_t stream);
 
 /// QGemmW4Args's GEMM (a from launch_quantize_rows with K_row = K; a_gsum unused: the kernel sums
 /// (a + act_offset) * q per group), either weight layout.

@@ -46,11 +46,20 @@ void linear_cuda_core(const at::Tensor& x, const at::Tensor& weight, int weight_
   at::Tensor a_sum = at::empty({M}, x.options().dtype(at::kInt));
   C10_CUDA_CHECK(kernels::cuda::launch_quantize_rows(x.data_ptr<float>(), a.data_ptr<std::int8_t>(),
                                                      a_sum.data_ptr<std::int32_t>(), M, K, K_row, q, stream, row_scale));
-  if (weight_bits == 8 && !panel && M > 16 && K % 8 == 0 && N % 8 == 0 && kernels::cuda::use_vector_form()) {
+  if (M > 16 && N % 8 == 0 && kernels::cuda::use_vector_form() &&
+      (weight_bits == 8 ? !panel && K % 8 == 0 : K_row % 8 == 0 && w.size(0) == N)) {
     // cuBLASLt's int8 GEMM (torch._int_mm: int32 accumulators, exact within the caller's int32
-    // bound), then the plain kernel's requantization as separate ATen ops: int32 + corr (wraps as
-    // the kernels' sums), one int32 -> float32 conversion, one multiply, then the bias add.
-    at::Tensor v = at::_int_mm(a, w.t()).add_(c.view({1, N})).to(at::kFloat).mul_(os.view({1, N}));
+    // bound) on the int8 rows (ternary / binary: their signed codes unpacked on the device, whose
+    // sums are the packed kernels' sum a * c - sum a), then the plain kernel's requantization as
+    // separate ATen ops: int32 + corr (wraps as the kernels' sums), one int32 -> float32
+    // conversion, one multiply, then the bias add.
+    at::Tensor rows = w;
+    if (weight_bits != 8) {
+      rows = at::empty({N, K_row}, x.options().dtype(at::kChar));
+      C10_CUDA_CHECK(kernels::cuda::launch_unpack_codes(w.data_ptr<std::uint8_t>(), rows.data_ptr<std::int8_t>(), N,
+                                                        K_row, weight_bits, stream));
+    }
+    at::Tensor v = at::_int_mm(a, rows.t()).add_(c.view({1, N})).to(at::kFloat).mul_(os.view({1, N}));
     if (b.defined()) v.add_(b.view({1, N}));
     y.view({M, N}).copy_(v);
     return;

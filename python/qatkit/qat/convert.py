@@ -170,8 +170,8 @@ class QuantizedLinear(_Quantized):
         # integer.bound_plan's test inlined (a Python call less per layer): a small model's layers are
         # dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
         plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-        if (plan and plan["bare"] and form is not None and x.dtype is torch.float32 and x.is_cpu
-                and (form != "row" or x.dim() >= 2)):
+        if (plan and plan["bare"] and form is not None and x.dtype is torch.float32
+                and (x.is_cpu if plan["cpu"] else x.device == plan["device"]) and (form != "row" or x.dim() >= 2)):
             return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
         if self.rms_norm:
             x = F.rms_norm(x, (self.in_features,), eps=self.eps)

@@ -292,13 +292,17 @@ def _is_conv(mod) -> bool:
     return hasattr(mod, "kernel_size")
 
 
-def _int8_plan(mod) -> Optional[dict]:
+def _int8_plan(mod, rows: Optional[bool] = None) -> Optional[dict]:
     """The operands of ``ops.linear_int8`` (or the packed ternary / binary kernels) for a "static"
     Linear, or a Conv (weights flattened to [N, C/groups*kh*kw], inputs unfolded per group), whose
     codes fit (8-bit input range, weight codes in [-127, 127]); None: the float64 simulation runs.
-    XNOR convs with groups != 1 run conv2d_int8 on the binary codes (:func:`_xnor_plan`)."""
+    XNOR convs with groups != 1 run conv2d_int8 on the binary codes (:func:`_xnor_plan`). ``rows``:
+    the row layouts (default: on CUDA), else the panel layouts."""
+    # CPU plans take the panel layouts (the CPU kernels' fastest); CUDA plans the row layouts (the
+    # CUDA kernels' vector form and torch._int_mm read rows; docs/gpu.md). The kernels take both.
+    rows = mod.weight_int.is_cuda if rows is None else rows
     if mod._integer_form == "row":
-        return _xnor_plan(mod)
+        return _xnor_plan(mod, rows)
     if mod._integer_form == "weight_only" and _w8_weight_only(mod):
         n = mod.weight_int.shape[0]
         return {"kernel": "linear_w8_weight_only", "weight": mod.weight_int.contiguous(),
@@ -312,10 +316,11 @@ def _int8_plan(mod) -> Optional[dict]:
         # scales and zero points in the panel's blocks where N allows (no per-call transpose of theirs)
         sc = mod.weight_scale.float().reshape(-1).expand(n * k // gs).reshape(n, k // gs).contiguous()
         zf = z.float().contiguous() if bool((z != 0).any()) else None
-        if n % 16 == 0:
+        if n % 16 == 0 and not rows:
             sc = ops.block_w4_scales(sc)
             zf = None if zf is None else ops.block_w4_scales(zf)
-        return {"kernel": "linear_w4_weight_only", "weight": ops.pack_int4_panel(ops.pack_int4_w4(mod.weight_int)),
+        w4 = ops.pack_int4_w4(mod.weight_int)
+        return {"kernel": "linear_w4_weight_only", "weight": w4 if rows else ops.pack_int4_panel(w4),
                 "gscale": sc, "group_size": gs, "gzero": zf,
                 "bias": None if mod.bias is None else mod.bias.detach().float().contiguous()}
     aq = mod.input_fake_quant
@@ -330,7 +335,7 @@ def _int8_plan(mod) -> Optional[dict]:
     sx, zx = _act_qparams(aq)
     shift = 128 if qmin >= 0 else 0
     if mod._integer_form == "static_group":
-        return _w4_plan(mod, w, sx, zx, shift, qmin, qmax)
+        return _w4_plan(mod, w, sx, zx, shift, qmin, qmax, rows)
     bq = _bias_q(mod)
     corr = (shift - int(zx.item())) * w.long().sum(1)
     if bq is not None:
@@ -344,7 +349,9 @@ def _int8_plan(mod) -> Optional[dict]:
         "ternary": ("linear_w2a8", ops.pack_ternary_t2),
         "binary": ("linear_w1a8", ops.pack_binary_b1),
     }.get(kind, ("linear_int8", lambda t: t.contiguous()))
-    if name == "linear_int8" and (not _is_conv(mod) or mod.groups == 1):
+    if rows and not _is_conv(mod):  # the row layouts (CUDA Linears)
+        pass
+    elif name == "linear_int8" and (not _is_conv(mod) or mod.groups == 1):
         packed = ops.pack_int8_panel  # the panel layout (no horizontal sums; the same bits)
     elif name == "linear_w1a8" and not _is_conv(mod):
         # the panel layout: 32 rows per byte shuffle of the lookup-table kernel (the same bits)
@@ -357,7 +364,7 @@ def _int8_plan(mod) -> Optional[dict]:
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
-def _xnor_plan(mod) -> Optional[dict]:
+def _xnor_plan(mod, rows: bool = False) -> Optional[dict]:
     """The kernel plan of a "row" form layer: ops.linear_w1a1 / conv2d_w1a1's operands for an
     XNOR-Net layer (binary weight codes, inputs binarized per sample by the 'bitnet' rule),
     ops.linear_dynamic_int8's for a Linear with dynamic int8 inputs (BitLinear / bitnet_b158, or
@@ -366,7 +373,7 @@ def _xnor_plan(mod) -> Optional[dict]:
     sample's codes are padded, not its floats: the per-sample mean would change)."""
     act, _ = _act_codes_spec(mod.input_fake_quant)
     if act == "dynamic":
-        return _dynamic_plan(mod)
+        return _dynamic_plan(mod, rows)
     if act != "binary" or mod.weight_spec.kind != "binary":
         return None
     if _is_conv(mod) and (mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple)):
@@ -391,7 +398,7 @@ def _xnor_plan(mod) -> Optional[dict]:
     return {"kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w), "weight_scale": ws.contiguous(), "bias": bias}
 
 
-def _dynamic_plan(mod) -> Optional[dict]:
+def _dynamic_plan(mod, rows: bool = False) -> Optional[dict]:
     """ops.linear_dynamic_int8's operands for a "row" form Linear with dynamic int8 inputs, per
     token or per tensor (symmetric codes in [-qmax - 1, qmax], qmax <= 127), and ternary, binary or
     int8 weight codes in [-127, 127], whose int32 bound K * (qmax + 1) * max|w| fits; None
@@ -409,9 +416,10 @@ def _dynamic_plan(mod) -> Optional[dict]:
     if kind == "ternary" and wmax <= 1:
         bits, packed = 2, ops.pack_ternary_t2(w)
     elif kind == "binary" and (not w.numel() or bool(((w == 1) | (w == -1)).all())):
-        bits, packed = 1, ops.pack_binary_panel(ops.pack_binary_b1(w))
+        bits, packed = 1, ops.pack_binary_b1(w)
+        packed = packed if rows else ops.pack_binary_panel(packed)
     else:
-        bits, packed = 8, ops.pack_int8_panel(w)
+        bits, packed = 8, w.contiguous() if rows else ops.pack_int8_panel(w)
     ws = mod.weight_scale.detach().float().reshape(-1)
     if ws.numel() == 1:
         ws = ws.expand(w.shape[0])
@@ -422,15 +430,17 @@ def _dynamic_plan(mod) -> Optional[dict]:
             "per_tensor": spec.granularity != "per_token"}
 
 
-def _w4_plan(mod, w, sx, zx, shift, qmin, qmax) -> Optional[dict]:
+def _w4_plan(mod, w, sx, zx, shift, qmin, qmax, rows=False) -> Optional[dict]:
     """ops.linear_w4a8's operands for a "static_group" Linear with 4-bit codes and groups that are
-    multiples of 32 dividing K (w4a8_g32); None otherwise (the float64 simulation runs)."""
+    multiples of 32 dividing K (w4a8_g32); None otherwise (the float64 simulation runs). ``rows``:
+    pack_int4_w4's row layout (CUDA) instead of the panel layout."""
     gs, k = mod.group_size, w.shape[1]
     # groups beyond linear_w4a8's 2**17 (exact int32 group sums) keep the float64 simulation
     if _is_conv(mod) or gs % 32 or k % gs or gs > 2**17 or (w.numel() and (int(w.min()) < -8 or int(w.max()) > 7)):
         return None
     n, g = w.shape[0], k // gs
-    return {"kernel": "linear_w4a8", "weight": ops.pack_int4_panel(ops.pack_int4_w4(w)),
+    w4 = ops.pack_int4_w4(w)
+    return {"kernel": "linear_w4a8", "weight": w4 if rows else ops.pack_int4_panel(w4),
             "gscale": mod.weight_scale.float().reshape(n, g).contiguous(),
             "group_size": gs, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous(),
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
@@ -470,17 +480,29 @@ def _bind(plan: dict, divisor: Optional[torch.Tensor] = None):
     return call
 
 
+#: The plan kernels with a CUDA implementation (csrc/ops/cuda/qgemm_kernel.cpp). On CUDA the others
+#: (XNOR's linear_w1a1, every conv) run the float64 simulation: the same bits, on no kernel.
+_CUDA_KERNELS = frozenset({"linear_int8", "linear_w2a8", "linear_w1a8", "linear_w4a8", "linear_w4_weight_only",
+                           "linear_w8_weight_only", "linear_dynamic_int8"})
+
+
 def _kernel_takes(mod, x: torch.Tensor) -> bool:
-    """Whether a layer's kernel plan takes x: a float32 CPU input of a layer in an integer form
-    (a "row" form layer's input needs a batch dim). QuantizedLinear.forward inlines this test."""
+    """Whether a layer's kernel plan may take x: a float32 input on the layer's device (CPU or CUDA)
+    of a layer in an integer form (a "row" form layer's input needs a batch dim). The plan (built on
+    the layer's device; ``_Quantized._apply`` drops it when the layer moves) says whether its kernel
+    runs there (``plan["call"]``). QuantizedLinear.forward inlines this test."""
     form = mod._integer_form
-    return form is not None and x.dtype is torch.float32 and x.is_cpu and (form != "row" or x.dim() >= 2)
+    if form is None or x.dtype is not torch.float32 or (form == "row" and x.dim() < 2):
+        return False
+    w = mod.weight_int
+    return w.is_cpu if x.is_cpu else x.is_cuda and x.device == w.device
 
 
 def bound_plan(mod, x: torch.Tensor) -> Optional[dict]:
-    """A Linear's kernel plan when it is built (its first integer call builds it) and takes x."""
+    """A Linear's kernel plan when it is built (its first integer call builds it), its kernel runs
+    on the layer's device, and it takes x."""
     plan = mod.__dict__.get("_int8_plan")
-    return plan if plan and _kernel_takes(mod, x) else None
+    return plan if plan and plan.get("call") and _kernel_takes(mod, x) else None
 
 
 def _run_plan(plan: dict, x: torch.Tensor) -> torch.Tensor:
@@ -495,7 +517,7 @@ def linear(mod, x: torch.Tensor) -> torch.Tensor:
         return plan["call"](x)
     if _kernel_takes(mod, x):
         plan = _plan(mod)
-        if plan:
+        if plan and plan["call"]:
             return _run_plan(plan, x)
     if mod._integer_form == "weight_only":  # float activations: float math off the kernel
         return F.linear(x, mod.dequantized_weight(), mod.bias)
@@ -512,7 +534,8 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     with 0 (the code of x = 0 is the zero point exactly; binary codes have no 0, and 0 is what the
     float layer pads its binarized input with); other padding modes copy codes, as the float layer
     pads its quantized input."""
-    if mod._integer_form in ("static", "row") and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == nd + 2:
+    if (mod._integer_form in ("static", "row") and x.is_cpu and mod.weight_int.is_cpu and x.dtype == torch.float32
+            and x.dim() == nd + 2):
         plan = _plan(mod)
         if plan and isinstance(mod.padding, tuple):
             return _conv_on_kernel(mod, x, nd, plan)
@@ -558,10 +581,18 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
 
 
 def _plan(mod):
+    """The layer's kernel plan (built once, on the layer's device), or False. A plan whose kernel
+    has no implementation on that device (a CUDA layer's XNOR Linear) has ``call`` and ``bare``
+    None: the float64 simulation runs (the same bits); :func:`kernel_for` still names it (CPU)."""
     plan = mod.__dict__.get("_int8_plan")
     if plan is None:
         plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
-        if plan and not _is_conv(mod):
+        if plan:
+            plan["device"] = mod.weight_int.device
+            plan["cpu"] = plan["device"].type == "cpu"
+        if plan and not _is_conv(mod) and mod.weight_int.is_cuda and plan["kernel"] not in _CUDA_KERNELS:
+            plan["call"] = plan["bare"] = None
+        elif plan and not _is_conv(mod):
             plan["call"] = _bind(plan)  # on the input after the layer's RMSNorm / smoothing
             # what QuantizedLinear.forward may call on its own input, or None (an RMSNorm first): the
             # same kernel, or linear_int8 dividing by the smoothing itself (x / smooth in float32,

@@ -241,7 +241,9 @@ def gemv_form(request, monkeypatch):
 
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
-@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (3, 9, 1), (3, 40, 256), (64, 128, 1024), (0, 8, 16)])
+# (20, 40, 133) and (64, 128, 1024): torch._int_mm from 17 rows (ternary / binary: on the unpacked codes)
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (3, 9, 1), (3, 40, 256), (20, 40, 133), (64, 128, 1024),
+                                   (0, 8, 16)])
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
 def test_integer_linear_kernels_cuda_equal_cpu(bits, M, N, K, qrange, zp, gemv_form):
     g = torch.Generator().manual_seed(11)
@@ -293,7 +295,7 @@ def test_w8_weight_only_cuda_within_the_float_bound(M, N, K, gemv_form):
 
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
-@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (3, 40, 256), (64, 128, 1024), (0, 8, 16)])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (3, 40, 256), (20, 40, 133), (64, 128, 1024), (0, 8, 16)])
 def test_dynamic_int8_cuda_equals_cpu(bits, M, N, K, gemv_form):
     """linear_dynamic_int8 (per-token int8 inputs: BitLinear): the row scales by ATen ops, the
     per-row quantization and the final scaling give the CPU's bits, every layout; opcheck on CUDA."""

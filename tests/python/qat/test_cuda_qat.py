@@ -1,8 +1,10 @@
 """QAT layers on CUDA: a prepared model moved to the GPU trains a step and matches the CPU model
-(outputs, gradients, observer state) to float32 reduction-order tolerance. Run by
+(outputs, gradients, observer state) to float32 reduction-order tolerance; a loaded integer model
+moved to the GPU runs its Linear layers on the CUDA kernels with the CPU model's bits. Run by
 scripts/gpu_check.sh on the GPU machine; skipped where torch has no CUDA device."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -39,3 +41,68 @@ def test_qat_step_cuda_matches_cpu(name):
             torch.testing.assert_close(b.cpu(), a, rtol=1e-4, atol=1e-5, msg=k)
     for (k, a), b in zip(cpu.named_parameters(), gpu.parameters(), strict=True):
         torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-3, atol=1e-4, msg=k)
+
+
+# preset -> the CUDA kernel its quantized Linears run on (None: XNOR's linear_w1a1 has no CUDA
+# kernel, so those layers run the float64 simulation: the same bits)
+_LOADED = {"w8a8": "linear_int8", "w4a8": "linear_w4a8", "ternary_twn": "linear_w2a8", "binary_w1a8": "linear_w1a8",
+           "bitnet_b158": "linear_dynamic_int8", "xnor_w1a1": None, "int4_weight_only": "linear_w4_weight_only",
+           "int8_weight_only": "linear_w8_weight_only", "binary_weight_only": "linear_w4_weight_only"}
+
+
+@pytest.mark.parametrize("rows", [3, 40])  # the vector GEMVs' tiles; torch._int_mm from 17 rows
+@pytest.mark.parametrize("preset", sorted(_LOADED))
+def test_a_loaded_model_on_cuda_runs_the_cuda_kernels_with_the_cpu_bits(preset, rows, tmp_path):
+    """qatkit.load, then .cuda(): each quantized Linear builds its plan on the GPU in the row
+    layouts and runs the CUDA kernel; integer presets give the CPU model's outputs bit for bit,
+    weight-only ones stay within the float kernels' bound of the converted float form, layer by layer."""
+    from qatkit.qat import integer
+    from qatkit.serialization import PackedLinear
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(),
+                        nn.Linear(64, 10))
+    calib = [torch.randn(16, 64) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(mlp, calib, qatkit.preset(preset), verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    cpu, gpu = qatkit.load(path), qatkit.load(path).cuda()
+    x = torch.randn(rows, 64)
+    lin = [m for m in gpu.modules() if isinstance(m, PackedLinear) and m._integer_form is not None]
+    assert len(lin) >= 2
+    with torch.no_grad():
+        want = cpu(x)
+        for _ in range(2):  # the first call builds the plans, the second takes the bound kernels
+            got = gpu(x.cuda())
+            assert got.is_cuda
+            if _LOADED[preset] in ("linear_w4_weight_only", "linear_w8_weight_only"):
+                break
+            assert torch.equal(got.cpu(), want)
+    kernel = _LOADED[preset] or "linear_w1a1"
+    kernels = set()
+    for m in lin:  # the preset's layers, and its int8 first / last layers (linear_int8)
+        plan = m.__dict__["_int8_plan"]
+        assert plan["device"].type == "cuda" and plan["kernel"] in (kernel, "linear_int8")
+        assert (plan["call"] is None) == (plan["kernel"] == "linear_w1a1")
+        if plan["call"] is not None:
+            assert plan["weight"].dim() == 2  # the row layout
+        kernels.add(plan["kernel"])
+    assert kernel in kernels
+    if _LOADED[preset] in ("linear_w4_weight_only", "linear_w8_weight_only"):
+        float_layers = dict(qatkit.convert(q).named_modules())  # the float form, by the same names
+        inputs = {}
+        hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0])) for m in lin]
+        with torch.no_grad():
+            gpu(x.cuda())
+            for hk in hooks:
+                hk.remove()
+            for name, m in gpu.named_modules():
+                if m not in inputs:
+                    continue
+                h, mc = inputs[m].cpu(), float_layers[name]
+                yl, yc = m(inputs[m]).cpu().double(), mc(h).double()
+                w, hd = mc.dequantized_weight().double(), h.double()
+                bound = hd.shape[1] * 2.0**-24 * (hd.abs() @ w.abs().t()) + 2.0**-23 * yc.abs() + 1e-30
+                assert bool(((yl - yc).abs() <= bound).all()), name

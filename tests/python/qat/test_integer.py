@@ -477,3 +477,37 @@ def test_per_token_layers_run_on_the_dynamic_kernel(preset):
             c2 = qatkit.convert(qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 8)), _per_token_config("int8", bits=12)))
         rep2 = set_compute(c2, "integer", warn=False, kernels_only=True)
         assert rep2.float_layers and "inputs of at most 8 bits; this layer's have 12" in rep2.float_layers[0][1], rep2
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8_g32", "ternary_twn", "binary_w1a8", "bitnet_b158", "xnor_w1a1",
+                                    "int4_weight_only", "int8_weight_only", "binary_weight_only"])
+def test_the_row_layout_plans_cuda_layers_take_give_the_panel_plans_bits(preset):
+    """A layer on CUDA builds its kernel plan in the row layouts (the CUDA kernels' vector form and
+    torch._int_mm read rows); the CPU kernels take both layouts, so here the row plan of every
+    Linear, bound and called on the CPU, equals the panel plan (what CPU layers take) bit for bit:
+    the row plans' operands (codes, corrections, scales) are right before a GPU runs them."""
+    q, shape = _prepared("mlp", preset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = qatkit.convert(q)
+        set_compute(c, "integer", warn=False, kernels_only=True)
+    torch.manual_seed(1)
+    inputs = _layer_inputs(c, torch.randn(40, 48) * 2)
+    checked = 0
+    for m in c.modules():
+        if not isinstance(m, QuantizedLinear) or m._integer_form is None:
+            continue
+        panel, rows = integer._int8_plan(m, rows=False), integer._int8_plan(m, rows=True)
+        assert panel["kernel"] == rows["kernel"]
+        x = inputs[m]
+        if m.rms_norm:
+            x = F.rms_norm(x, (m.in_features,), eps=m.eps)
+        with torch.no_grad():
+            want, got = integer._bind(panel)(x), integer._bind(rows)(x)
+        assert torch.equal(got, want), f"{preset}: {rows['kernel']}"
+        if rows["kernel"] != "linear_w1a1":  # XNOR has one layout
+            assert rows["weight"].dim() == 2 and rows["weight"].shape[0] == m.out_features
+        if rows["kernel"] == "linear_w4_weight_only":
+            assert rows["gscale"].dim() == 2
+        checked += 1
+    assert checked >= 2
