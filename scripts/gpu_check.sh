@@ -48,12 +48,13 @@ cat "$LOG/gpu.csv" "$LOG/env.txt"
 TORCH_CMAKE=$("$PY" -c "import torch; print(torch.utils.cmake_prefix_path)")
 GEN=(); command -v ninja >/dev/null && GEN=(-G Ninja)
 step configure 20 90 cmake -S . -B build/gpu "${GEN[@]}" -DCMAKE_PREFIX_PATH="$TORCH_CMAKE" \
-  -DPython_EXECUTABLE="$(command -v "$PY")" -DCMAKE_BUILD_TYPE=Release -DQATKIT_BUILD_TESTS=OFF -DQATKIT_CUDA=ON \
+  -DPython_EXECUTABLE="$(command -v "$PY")" -DCMAKE_BUILD_TYPE=Release -DQATKIT_BUILD_TESTS=OFF -DQATKIT_BUILD_LOAD_RUN=ON -DQATKIT_CUDA=ON \
   -DQATKIT_WERROR=OFF -DQATKIT_UNITY_BUILD="${GPU_CHECK_UNITY:-OFF}" -DCMAKE_CUDA_ARCHITECTURES=90
 step build 60 240 cmake --build build/gpu --parallel "$(nproc)"
 step install 5 60 cmake --install build/gpu --prefix python/qatkit
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 step build_info 5 60 "$PY" -c "import qatkit, json; i = qatkit.build_info(); print(json.dumps(i)); assert i['cuda'], 'built without CUDA'"
+export QATKIT_LOAD_RUN="$PWD/build/gpu/qatkit_load_run"  # the C++ loader on CUDA (test_cuda_qat.py)
 step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs
 step bench_gpu 20 150 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
 cat "$LOG/bench_gpu.log"

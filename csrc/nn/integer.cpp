@@ -32,7 +32,7 @@ torch::Tensor pack_b1(const torch::Tensor& codes) {
   const std::int64_t n = codes.size(0), k = codes.size(1), kp = (k + 31) / 32 * 32;
   torch::Tensor bits = (codes > 0).to(torch::kInt32);
   bits = at::cat({bits, torch::zeros({n, kp - k}, bits.options())}, 1).reshape({n, kp / 8, 8});
-  bits = bits * torch::pow(2, torch::arange(8, torch::dtype(torch::kInt32)));
+  bits = bits * torch::pow(2, torch::arange(8, bits.options()));
   return bits.sum(2).to(torch::kUInt8).contiguous();
 }
 
@@ -76,7 +76,7 @@ std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, cons
 /// linear_dynamic_int8 with ternary, binary or int8 weight codes in [-127, 127] and a quant_max <= 127 whose int32 bound
 /// K * (qmax + 1) * max|w| fits.
 std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, const QuantSpec& wspec,
-                                                     const QuantSpec& as, const torch::Tensor& bias) {
+                                                     const QuantSpec& as, const torch::Tensor& bias, bool rows) {
   const std::int64_t qmax = as.quant_max();
   if (f.group_size || f.codes.dim() != 2 || f.codes.scalar_type() != torch::kChar || qmax < 1 || qmax > 127) {
     return nullptr;
@@ -97,10 +97,10 @@ std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, c
     plan->weight = pack_t2(w);
   } else if (wspec.kind == "binary" && (!w.numel() || ((w == 1) | (w == -1)).all().item<bool>())) {
     plan->weight_bits = 1;
-    plan->weight = qatkit::pack_binary_panel(pack_b1(w));
+    plan->weight = rows ? pack_b1(w) : qatkit::pack_binary_panel(pack_b1(w));
   } else {
     plan->weight_bits = 8;
-    plan->weight = qatkit::pack_int8_panel(w);
+    plan->weight = rows ? w.contiguous() : qatkit::pack_int8_panel(w);
   }
   plan->out_scale = ws.contiguous();
   plan->act_quant_max = qmax;
@@ -114,7 +114,7 @@ std::shared_ptr<IntegerKernelPlan> make_dynamic_plan(const ConvertedWeight& f, c
 /// of 32), on linear_w4_weight_only; 5- to 8-bit symmetric codes with per-channel / per-tensor scales
 /// (int8_weight_only) on linear_w8_weight_only.
 std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& f, const QuantSpec& wspec,
-                                                         const torch::Tensor& bias) {
+                                                         const torch::Tensor& bias, bool rows) {
   if ((wspec.kind == "int" && wspec.bits > 8) || f.codes.dim() != 2 || f.codes.scalar_type() != torch::kChar) {
     return nullptr;
   }
@@ -140,12 +140,13 @@ std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& 
   auto plan = std::make_shared<IntegerKernelPlan>();
   plan->float_input = true;
   plan->weight_bits = 4;
-  plan->weight = qatkit::pack_int4_panel(pack_w4(f.codes));  // the layout the kernels read without transposing
+  // the layout the CPU kernels read without transposing (rows: what the CUDA kernels read)
+  plan->weight = rows ? pack_w4(f.codes) : qatkit::pack_int4_panel(pack_w4(f.codes));
   plan->group_size = gs;
   plan->group_scale = f.scale.to(torch::kFloat).reshape({-1}).expand({n * (k / gs)}).reshape({n, k / gs}).contiguous();
   const torch::Tensor z = f.zero_point.reshape({-1}).expand({n * (k / gs)}).reshape({n, k / gs});
   if ((z != 0).any().item<bool>()) plan->group_zero = z.to(torch::kFloat).contiguous();
-  if (n % 16 == 0) {  // the panel's blocked scales [n / 16, G, 16]: no per-call transpose (Python's plan too)
+  if (n % 16 == 0 && !rows) {  // the panel's blocked scales [n / 16, G, 16]: no per-call transpose (Python's plan too)
     const auto blocked = [&](const torch::Tensor& t) {
       return t.reshape({n / 16, 16, k / gs}).transpose(1, 2).contiguous();
     };
@@ -156,18 +157,21 @@ std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& 
   return plan;
 }
 
+/// rows: the row layouts (what the CUDA kernels read; Python's plans on CUDA), else the panel
+/// layouts (the CPU kernels' fastest); Linears only (convs run on the CPU).
 std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std::optional<QuantSpec>& wspec,
                                              const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
-                                             std::int64_t groups, bool string_padding, bool zeros_padding = true) {
+                                             std::int64_t groups, bool string_padding, bool zeros_padding = true,
+                                             bool rows = false) {
   if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat) return nullptr;
-  if (!aq) return conv ? nullptr : make_weight_only_plan(f, *wspec, bias);
+  if (!aq) return conv ? nullptr : make_weight_only_plan(f, *wspec, bias, rows);
   if (conv && string_padding) return nullptr;
   if (f.group_size && conv) return nullptr;  // per-group convs: no integer kernel yet
   if ((f.zero_point != 0).any().item<bool>()) return nullptr;
   const QuantSpec& as = aq->spec();
   if (as.kind == "binary") return make_xnor_plan(f, *wspec, aq, bias, conv, conv ? groups : 1, zeros_padding);
   if (!conv && as.kind == "int" && as.scale == "dynamic" && !aq->axis() && aq->fake_quant_enabled()) {
-    return make_dynamic_plan(f, *wspec, as, bias);
+    return make_dynamic_plan(f, *wspec, as, bias, rows);
   }
   if (as.kind != "int" || as.scale == "dynamic" || aq->axis() || !aq->fake_quant_enabled()) return nullptr;
   const std::int64_t qmin = as.quant_min(), qmax = as.quant_max();
@@ -190,7 +194,7 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
     }
     auto plan = std::make_shared<IntegerKernelPlan>();
     plan->weight_bits = 4;
-    plan->weight = qatkit::pack_int4_panel(pack_w4(w));
+    plan->weight = rows ? pack_w4(w) : qatkit::pack_int4_panel(pack_w4(w));
     plan->group_size = gs;
     plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
     if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
@@ -231,7 +235,9 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   } else if (wspec->kind == "binary") {
     plan->weight_bits = 1;
     // Linear: the panel layout of the lookup-table kernel (the same bits); convs read the row layout
-    plan->weight = conv ? pack_b1(w) : qatkit::pack_binary_panel(pack_b1(w));
+    plan->weight = conv || rows ? pack_b1(w) : qatkit::pack_binary_panel(pack_b1(w));
+  } else if (rows && !conv) {
+    plan->weight = w.contiguous();
   } else if (!conv || groups == 1) {
     plan->weight = qatkit::pack_int8_panel(w);  // the panel layout (no horizontal sums; the same bits)
   } else if (w.size(1) % 32) {  // grouped convs: rows zero-padded to 32 (small-K convs run vectorized)
@@ -262,7 +268,7 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
   std::int64_t n = 0;
   for (const auto& m : model.modules(/*include_self=*/true)) {
     if (auto* l = m->as<QuantLinearImpl>()) {
-      l->frozen.integer = nullptr;
+      l->frozen.integer = l->frozen.integer_rows = nullptr;
       // BitLinear: its RMSNorm runs first (QuantLinearImpl::forward), then linear_dynamic_int8
       if (on) l->frozen.integer = make_plan(l->frozen, l->layer_spec.weight, l->input_fake_quant, l->bias, false, 1, false);
       n += l->frozen.integer != nullptr;
@@ -276,6 +282,16 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
 }
 
 namespace detail {
+
+const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l) {
+  ConvertedWeight& f = l.frozen;
+  if (!f.integer || f.integer->binary_input) return nullptr;  // linear_w1a1: no CUDA kernel
+  if (!f.integer_rows || f.integer_rows->weight.device() != f.codes.device()) {
+    // the same rules and operands as the CPU plan, in the row layouts (Python's plans on CUDA)
+    f.integer_rows = make_plan(f, l.layer_spec.weight, l.input_fake_quant, l.bias, false, 1, false, true, true);
+  }
+  return f.integer_rows.get();
+}
 
 torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& input, const torch::Tensor& divisor) {
   const bool int8 = !p.binary_input && !p.dynamic_input && !p.float_input && p.weight_bits == 8;

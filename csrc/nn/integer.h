@@ -1,4 +1,5 @@
-// Internal: the integer-kernel forwards of converted layers (csrc/nn/integer.cpp).
+// Internal: the integer-kernel forwards of converted layers (csrc/nn/integer.cpp). Not installed;
+// the two QATKIT_API functions are exported for tests/cpp/test_nn.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -10,7 +11,13 @@ namespace qatkit::nn::detail {
 /// The plan's kernel (linear_int8 / w4a8 / w2a8 / w1a8 / w1a1, dynamic or weight-only) on x.
 /// divisor (SmoothQuant's smoothing, float32 [K]): x / divisor first — inside linear_int8's
 /// quantization pass (input_divisor) where the plan runs that kernel, else as a division.
-torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x, const torch::Tensor& divisor = {});
+QATKIT_API torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x,
+                                        const torch::Tensor& divisor = {});
+
+/// The plan a CUDA input of a Linear in integer compute runs on: its plan in the row layouts on the
+/// device of its codes (frozen.integer_rows, built at the first call there), or null where its kernel
+/// has no CUDA implementation (XNOR's linear_w1a1).
+QATKIT_API const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l);
 
 /// conv2d_int8 with the plan's operands on an NCHW input (Conv1d: a 1 x k Conv2d).
 torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k, at::IntArrayRef st,

@@ -519,10 +519,18 @@ void QuantLinearImpl::convert() {
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
-  if (frozen.integer && h.device().is_cpu() && h.scalar_type() == torch::kFloat &&
-      (!frozen.integer->binary_input || h.dim() >= 2)) {
+  if (frozen.integer && h.scalar_type() == torch::kFloat && (!frozen.integer->binary_input || h.dim() >= 2)) {
     // the kernel quantizes the input itself (and divides it by the smoothing, if any)
-    return detail::integer_linear(*frozen.integer, h, smooth.defined() ? smooth.to(torch::kFloat) : smooth);
+    const torch::Tensor divisor = smooth.defined() ? smooth.to(h.device(), torch::kFloat) : smooth;
+    if (h.device().is_cpu() && frozen.integer->weight.device().is_cpu()) {
+      return detail::integer_linear(*frozen.integer, h, divisor);
+    }
+    if (h.device().is_cuda() && h.device() == frozen.codes.device()) {
+      // CUDA: the plan in the row layouts on the GPU (the same bits as the CPU kernels)
+      if (const IntegerKernelPlan* p = detail::cuda_linear_plan(*this)) return detail::integer_linear(*p, h, divisor);
+      TORCH_WARN_ONCE("qatkit: an XNOR Linear (linear_w1a1) has no CUDA kernel: on CUDA it computes in float (the QAT "
+                      "layer's function), not the integer kernel's bits; run it on the CPU for those");
+    }
   }
   if (smooth.defined()) h = h / smooth.to(h.device(), h.scalar_type());  // Python: x / smooth.to(x.dtype)
   if (input_fake_quant) h = input_fake_quant(h);
@@ -641,6 +649,10 @@ torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
   if (self.frozen.integer && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
       x.dim() == static_cast<std::int64_t>(D) + 2) {
     return integer_conv_forward<D>(self, x);
+  }
+  if (self.frozen.integer && x.device().is_cuda()) {
+    TORCH_WARN_ONCE("qatkit: integer convolutions have no CUDA kernel: on CUDA a conv in integer compute computes in "
+                    "float (the QAT layer's function), not the integer kernel's bits; run it on the CPU for those");
   }
   const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;
   return conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);

@@ -248,6 +248,9 @@ struct QATKIT_API ConvertedWeight {
   torch::Tensor codes, scale, zero_point;
   /// Set by set_compute(model, "integer") where an integer kernel runs the layer; null: float math.
   std::shared_ptr<IntegerKernelPlan> integer;
+  /// A Linear's plan in the row layouts on the device of its codes, built at its first CUDA call
+  /// (the CUDA kernels read rows): what a CUDA input runs on; null until then.
+  std::shared_ptr<IntegerKernelPlan> integer_rows;
   /// The float weight the converted layer computes with.
   torch::Tensor dequantized(const std::vector<std::int64_t>& shape) const;
 };

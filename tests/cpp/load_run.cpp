@@ -1,9 +1,10 @@
 // The C++ side of tests/python/test_cpp_load.py, and the example of loading a Python-exported
 // model in a LibTorch program:
-//     qatkit_load_run [--float] model.safetensors input.safetensors output.safetensors
+//     qatkit_load_run [--float] [--cuda] model.safetensors input.safetensors output.safetensors
 // loads the model with qatkit::nn::load (integer kernels where they run a layer, as Python's
 // qatkit.load; --float: the QAT model's float math), runs it on the tensor "x" of the input file
-// and writes the result as tensor "y" (and prints the first row).
+// and writes the result as tensor "y" (and prints the first row). --cuda: model and input moved to
+// the GPU first (the Linear layers' CUDA kernels; tests/python/qat/test_cuda_qat.py).
 //     qatkit_load_run --many input.safetensors model1 model2 ...
 // loads and runs each model file in this one process (the fuzzer's mode under ASan/UBSan:
 // scripts/fuzz_load.py --cpp --many) and prints "loaded N refused M"; exit 0 unless it crashes.
@@ -83,8 +84,15 @@ int qat_save(char** argv) {
 int main(int argc, char** argv) {
   if (argc >= 3 && std::string(argv[1]) == "--many") return many(argc, argv);
   std::string compute = "integer";
-  if (argc == 5 && std::string(argv[1]) == "--float") {
-    compute = "float";
+  bool cuda = false;
+  for (;;) {  // leading flags of the run mode
+    if (argc >= 5 && std::string(argv[1]) == "--float") {
+      compute = "float";
+    } else if (argc >= 5 && std::string(argv[1]) == "--cuda") {
+      cuda = true;
+    } else {
+      break;
+    }
     ++argv;
     --argc;
   }
@@ -114,7 +122,11 @@ int main(int argc, char** argv) {
       return 2;
     }
     torch::NoGradGuard ng;
-    const torch::Tensor y = model->forward(x);
+    if (cuda) {
+      model->to(torch::kCUDA);
+      x = x.to(torch::kCUDA);
+    }
+    const torch::Tensor y = model->forward(x).cpu();
     qatkit::nn::TensorFile out;
     out.tensors = {{"y", y.contiguous()}};
     qatkit::nn::write_safetensors(argv[3], out);

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <vector>
 
+#include "../../csrc/nn/integer.h"  // detail::cuda_linear_plan / integer_linear (internal)
 #include "qatkit/nn.h"
 #include "qatkit/ops.h"
 
@@ -654,4 +655,43 @@ CATCH_TEST_CASE("a custom module written with QuantLinear members calibrates and
   CATCH_CHECK(qnn::convert(*net) == 2);
   CATCH_CHECK(net->fc1->converted());  // the typed member itself changed state
   CATCH_CHECK(torch::equal(net->forward(x), want));
+}
+
+CATCH_TEST_CASE("the row-layout plans CUDA Linears take give the CPU panel plans' bits", "[nn][integer]") {
+  // detail::cuda_linear_plan builds a Linear's plan in the row layouts on its codes' device (what a
+  // CUDA input runs on); on the CPU the kernels take both layouts, so here the row plan must give the
+  // panel plan's outputs bit for bit: its operands are right before a GPU runs them.
+  for (const std::string preset : {"w8a8", "w4a8", "ternary_twn", "binary_w1a8", "bitnet_b158", "int4_weight_only",
+                                   "int8_weight_only", "xnor_w1a1"}) {
+    CATCH_INFO(preset);
+    torch::manual_seed(5);
+    auto c = qnn::QATConfig::preset(preset);
+    c.first_last = "";
+    auto model = torch::nn::Sequential(torch::nn::Linear(64, 96), torch::nn::ReLU(), torch::nn::Linear(96, 32));
+    auto q = qnn::prepare_qat(model, c);
+    const torch::Tensor x = torch::randn({40, 64}) * 2;
+    if (preset.find("weight_only") == std::string::npos) {
+      qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+    }
+    qnn::convert(*q);
+    CATCH_CHECK(qnn::set_compute(*q, "integer") == 2);
+    torch::NoGradGuard ng;
+    torch::Tensor h = x;
+    for (std::size_t i : {0u, 2u}) {
+      auto* lin = q->ptr(i)->as<qnn::QuantLinear>();
+      CATCH_REQUIRE(lin != nullptr);
+      const qnn::IntegerKernelPlan* rows = qnn::detail::cuda_linear_plan(*lin);
+      if (preset == "xnor_w1a1") {
+        CATCH_CHECK(rows == nullptr);  // linear_w1a1: no CUDA kernel
+      } else {
+        CATCH_REQUIRE(rows != nullptr);
+        CATCH_CHECK(rows->weight.dim() == 2);
+        CATCH_CHECK(rows->weight.size(0) == lin->options.out_features());
+        const torch::Tensor in = preset == "bitnet_b158" ? at::rms_norm(h, {h.size(1)}, std::nullopt, 1e-6) : h;
+        CATCH_CHECK(torch::equal(qnn::detail::integer_linear(*rows, in), qnn::detail::integer_linear(*lin->frozen.integer, in)));
+        CATCH_CHECK(qnn::detail::cuda_linear_plan(*lin) == rows);  // built once
+      }
+      h = torch::relu(lin->forward(h));
+    }
+  }
 }

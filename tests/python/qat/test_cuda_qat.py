@@ -106,3 +106,52 @@ def test_a_loaded_model_on_cuda_runs_the_cuda_kernels_with_the_cpu_bits(preset, 
                 w, hd = mc.dequantized_weight().double(), h.double()
                 bound = hd.shape[1] * 2.0**-24 * (hd.abs() @ w.abs().t()) + 2.0**-23 * yc.abs() + 1e-30
                 assert bool(((yl - yc).abs() <= bound).all()), name
+
+
+def _load_run():
+    """qatkit_load_run: $QATKIT_LOAD_RUN (scripts/gpu_check.sh's build), else the test build's."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    exe = os.environ.get("QATKIT_LOAD_RUN", os.path.join(root, "build", "py", "qatkit_load_run"))
+    if not os.path.exists(exe):
+        pytest.skip(f"no qatkit_load_run at {exe} (built with -DQATKIT_BUILD_LOAD_RUN=ON or the test build)")
+    return exe
+
+
+@pytest.mark.parametrize("preset", sorted(_LOADED))
+def test_the_cpp_loader_on_cuda_runs_the_cuda_kernels_with_pythons_bits(preset, tmp_path):
+    """qatkit::nn::load in a LibTorch program, model and input moved to CUDA (qatkit_load_run
+    --cuda): its Linears build their row-layout plans on the GPU from the same rules as Python's, so
+    the C++ outputs equal Python's loaded model on CUDA bit for bit (weight-only presets included:
+    the same kernel on the same operands); on the CPU, C++ equals Python as before. XNOR Linears have
+    no CUDA kernel: C++ computes them in float there and warns (Python runs its float64 simulation)."""
+    import subprocess
+
+    from safetensors.torch import load_file, save_file
+
+    exe = _load_run()
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(mlp, [torch.randn(16, 64) for _ in range(2)], qatkit.preset(preset), verbose=False,
+                       progress=False)
+    path, inp = str(tmp_path / "m.safetensors"), str(tmp_path / "x.safetensors")
+    qatkit.export(q, path)
+    x = torch.randn(40, 64)
+    save_file({"x": x}, inp)
+    outs = {}
+    for flag in ("", "--cuda"):
+        out = str(tmp_path / f"y{flag}.safetensors")
+        r = subprocess.run([exe, *([flag] if flag else []), path, inp, out], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr
+        outs[flag] = (load_file(out)["y"], r.stderr)
+    with torch.no_grad():
+        py_cpu, py_gpu = qatkit.load(path)(x), qatkit.load(path).cuda()(x.cuda()).cpu()
+    assert torch.equal(outs[""][0], py_cpu)
+    if _LOADED[preset] is None:
+        assert "no CUDA kernel" in outs["--cuda"][1]
+    else:
+        assert torch.equal(outs["--cuda"][0], py_gpu)
