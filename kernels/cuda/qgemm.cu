@@ -526,6 +526,34 @@ __global__ void unpack_codes_kernel(const std::uint8_t* w, std::uint32_t* out, s
   }
 }
 
+// The float weights [N, K] the weight-only kernels multiply by, each dequantized exactly as they
+// do (W4: (float(q) - z) * s, either layout; W8: float(q) * s; float32, no FMA): the operand of
+// cuBLAS's float32 GEMM in the glue (a float kernel: its own order, within the same bound).
+__global__ void dequantize_w4f_kernel(QGemmW4FArgs g, float* out) {
+  const std::int64_t KB = g.K / 2, total = g.N * g.K;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total; i += stride) {
+    const std::int64_t n = i / g.K, k = i % g.K;
+    const std::int64_t gi = g.scale_index(n, k / g.group);
+    const float z = g.gzero ? g.gzero[gi] : 0.f;
+    out[i] = (static_cast<float>(w4_code(g.w, g.panel, KB, n, k)) - z) * g.gscale[gi];
+  }
+}
+
+__global__ void dequantize_w8f_kernel(QGemmW8FArgs g, float* out) {
+  const std::int64_t total = g.N * g.K;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t i = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; i < total; i += stride) {
+    out[i] = static_cast<float>(g.w[i]) * g.scale[i / g.K];
+  }
+}
+
+unsigned blocks_for_elements(std::int64_t count) {
+  std::int64_t b = (count + kThreads - 1) / kThreads;
+  if (b > 65535LL * 8) b = 65535LL * 8;
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
 #define QATKIT_LAUNCH_TILED_2(KERNEL, ARGS, STREAM)                                                     \
   do {                                                                                                  \
     const int mt_ = (ARGS).M >= 2 ? 2 : 1;                                                              \
@@ -579,14 +607,24 @@ cudaError_t launch_unpack_codes(const std::uint8_t* w, std::int8_t* codes, std::
                                 int weight_bits, cudaStream_t stream) {
   const std::int64_t quads = N * (K_pad / 4);
   if (quads == 0) return cudaSuccess;
-  std::int64_t b = (quads + kThreads - 1) / kThreads;
-  if (b > 65535LL * 8) b = 65535LL * 8;
   auto* out = reinterpret_cast<std::uint32_t*>(codes);
   if (weight_bits == 2) {
-    unpack_codes_kernel<2><<<static_cast<unsigned>(b), kThreads, 0, stream>>>(w, out, N, K_pad);
+    unpack_codes_kernel<2><<<blocks_for_elements(quads), kThreads, 0, stream>>>(w, out, N, K_pad);
   } else {
-    unpack_codes_kernel<1><<<static_cast<unsigned>(b), kThreads, 0, stream>>>(w, out, N, K_pad);
+    unpack_codes_kernel<1><<<blocks_for_elements(quads), kThreads, 0, stream>>>(w, out, N, K_pad);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_dequantize_w4f(const QGemmW4FArgs& args, float* out, cudaStream_t stream) {
+  if (args.N * args.K == 0) return cudaSuccess;
+  dequantize_w4f_kernel<<<blocks_for_elements(args.N * args.K), kThreads, 0, stream>>>(args, out);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_dequantize_w8f(const QGemmW8FArgs& args, float* out, cudaStream_t stream) {
+  if (args.N * args.K == 0) return cudaSuccess;
+  dequantize_w8f_kernel<<<blocks_for_elements(args.N * args.K), kThreads, 0, stream>>>(args, out);
   return cudaGetLastError();
 }
 

@@ -37,6 +37,11 @@ cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cud
 cudaError_t launch_unpack_codes(const std::uint8_t* w, std::int8_t* codes, std::int64_t N, std::int64_t K_pad,
                                 int weight_bits, cudaStream_t stream);
 
+/// The float weights [N, K] of QGemmW4FArgs / QGemmW8FArgs (x, y, bias, M unused), each dequantized
+/// as launch_gemm_w4f / launch_gemm_w8f dequantize it: the operand of a float32 cuBLAS GEMM.
+cudaError_t launch_dequantize_w4f(const QGemmW4FArgs& args, float* out, cudaStream_t stream);
+cudaError_t launch_dequantize_w8f(const QGemmW8FArgs& args, float* out, cudaStream_t stream);
+
 /// QGemmW4Args's GEMM (a from launch_quantize_rows with K_row = K; a_gsum unused: the kernel sums
 /// (a + act_offset) * q per group), either weight layout.
 cudaError_t launch_gemm_w4(const QGemmW4Args& args, cudaStream_t stream);

@@ -3,6 +3,7 @@
 // checks, the input rows quantized into an int8 buffer on the device, then the torch-free
 // launchers of kernels/cuda/qgemm_cuda.h on the current stream; the same bits as the CPU.
 // conv2d_int8 has no CUDA kernel (the dispatcher says so).
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
@@ -15,6 +16,7 @@
 #include <ATen/ops/div.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/_int_mm.h>
+#include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -28,6 +30,24 @@
 
 namespace qatkit::ops {
 namespace {
+
+// The weight-only kernels' path beyond 16 rows (vector form): the weights dequantized once per
+// call into float32 [N, K] (each to the bits the kernels use), then cuBLAS's float32 GEMM and the
+// bias add: a float kernel within the same bound (docs/integer.md), taken only while float32
+// matmuls run in IEEE float32 (no TF32: it would leave the bound).
+bool fp32_gemm_is_ieee() {
+  const auto& ctx = at::globalContext();
+  return !ctx.allowTF32CuBLAS() && ctx.float32MatmulPrecision() == at::Float32MatmulPrecision::HIGHEST;
+}
+
+bool dequantize_then_gemm(std::int64_t M) { return M > 16 && kernels::cuda::use_vector_form() && fp32_gemm_is_ieee(); }
+
+// y[M, N] = x[M, K] . wd[N, K]^T (+ bias), cuBLAS float32
+void float_gemm(const at::Tensor& x, const at::Tensor& wd, const at::Tensor& b, std::int64_t M, at::Tensor& y) {
+  at::Tensor yv = y.view({M, wd.size(0)});
+  at::mm_out(yv, x.reshape({M, wd.size(1)}), wd.t());
+  if (b.defined()) yv.add_(b.view({1, wd.size(0)}));
+}
 
 // The integer GEMM of linear_int8 / w2a8 / w1a8 on already-checked operands into y ([M, N]); rows
 // quantized with q (row_scale non-null: 1 / row_scale[m] per row).
@@ -229,7 +249,14 @@ at::Tensor linear_w4_weight_only_cuda(const at::Tensor& input, const at::Tensor&
   g.panel = w.dim() == 3;
   g.blocked_scales = gs.dim() == 3;
   g.group = group_size;
-  C10_CUDA_CHECK(kernels::cuda::launch_gemm_w4f(g, c10::cuda::getCurrentCUDAStream()));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (dequantize_then_gemm(g.M)) {
+    at::Tensor wd = at::empty({N, K}, x.options());
+    C10_CUDA_CHECK(kernels::cuda::launch_dequantize_w4f(g, wd.data_ptr<float>(), stream));
+    float_gemm(x, wd, b, g.M, y);
+    return y;
+  }
+  C10_CUDA_CHECK(kernels::cuda::launch_gemm_w4f(g, stream));
   return y;
 }
 
@@ -243,7 +270,15 @@ at::Tensor linear_w8_weight_only_cuda(const at::Tensor& input, const at::Tensor&
   const auto rows = rows_and_output_shape(x, N);
   at::Tensor y = at::empty(rows.second, input.options());
   if (y.numel() == 0) return y;
-  C10_CUDA_CHECK(kernels::cuda::launch_gemm_w8f(w8f_args(x, w, ws, b, y), c10::cuda::getCurrentCUDAStream()));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const kernels::QGemmW8FArgs g = w8f_args(x, w, ws, b, y);
+  if (dequantize_then_gemm(rows.first)) {
+    at::Tensor wd = at::empty({N, x.size(-1)}, x.options());
+    C10_CUDA_CHECK(kernels::cuda::launch_dequantize_w8f(g, wd.data_ptr<float>(), stream));
+    float_gemm(x, wd, b, rows.first, y);
+    return y;
+  }
+  C10_CUDA_CHECK(kernels::cuda::launch_gemm_w8f(g, stream));
   return y;
 }
 

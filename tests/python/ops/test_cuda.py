@@ -277,7 +277,7 @@ def test_integer_linear_kernels_cuda_equal_cpu(bits, M, N, K, qrange, zp, gemv_f
             assert torch.equal(gpu.cpu(), cpu), ("input_divisor", layout.dim())
 
 
-@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (64, 128, 1024), (0, 8, 16)])
+@pytest.mark.parametrize("M,N,K", [(1, 37, 133), (5, 16, 64), (12, 40, 96), (64, 128, 1024), (0, 8, 16)])
 def test_w8_weight_only_cuda_within_the_float_bound(M, N, K, gemv_form):
     """linear_w8_weight_only on CUDA (a float kernel: a warp per output, its own order): within
     K * 2^-24 * sum|x * w| of the float64 product of the dequantized weight, as the CPU."""
@@ -356,7 +356,9 @@ def test_w4a8_cuda_equals_cpu_in_both_layouts(M, N, K, gs, qrange, zp, gemv_form
             assert torch.equal(gpu.cpu(), cpu), layout.dim()
 
 
-@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (16, 96, 384, 32), (3, 64, 1024, 64), (0, 8, 64, 32)])
+# (40, 96, 384, 32): beyond 16 rows the vector form dequantizes once and runs cuBLAS's float32 GEMM
+@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (16, 96, 384, 32), (40, 96, 384, 32), (3, 64, 1024, 64),
+                                      (0, 8, 64, 32)])
 @pytest.mark.parametrize("zero", [False, True])
 def test_w4_weight_only_cuda_within_the_float_bound(M, N, K, gs, zero, gemv_form):
     """A float kernel: each weight dequantizes to the CPU's bits (one-hot rows read them back) and
@@ -391,3 +393,41 @@ def test_w4_opcheck_cuda():
     torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, ops.pack_int4_panel(w), s, 32, 0.1, 0, -128, 127))
     torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, w, s, 32))
     torch.library.opcheck(torch.ops.qatkit.linear_w4_weight_only.default, (x, ops.pack_int4_panel(w), s, 32))
+
+
+def _cuda_kernel_names(fn):
+    """Names of the CUDA kernels fn launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def test_paths_beyond_16_rows_and_their_guards(monkeypatch):
+    """Beyond 16 rows the vector form unpacks ternary / binary codes for torch._int_mm and
+    dequantizes weight-only weights for cuBLAS's float32 GEMM; the plain form never does, and the
+    weight-only path stays on its kernels while TF32 matmuls are allowed (they would leave the float
+    bound). Checked by the kernels each call launches."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 256, generator=g).cuda()
+    t2 = ops.pack_ternary_t2(torch.randint(-1, 2, (64, 256), dtype=torch.int8, generator=g)).cuda()
+    corr, sc = torch.zeros(64, dtype=torch.int32, device="cuda"), torch.rand(64, device="cuda") * 0.01
+    w4 = ops.pack_int4_w4(torch.randint(-8, 8, (64, 256), dtype=torch.int8, generator=g)).cuda()
+    gs = torch.rand(64, 8, device="cuda")
+    w8 = torch.randint(-127, 128, (64, 256), dtype=torch.int8, generator=g).cuda()
+    calls = {
+        "unpack_codes": lambda x: ops.linear_w2a8(x, t2, corr, sc, 0.05, 0, -128, 127),
+        "dequantize_w4f": lambda x: ops.linear_w4_weight_only(x, w4, gs, 32),
+        "dequantize_w8f": lambda x: ops.linear_w8_weight_only(x, w8, sc),
+    }
+    for form in ("fast", "plain"):
+        monkeypatch.setenv("QATKIT_CUDA_GEMV", form)
+        for name, fn in calls.items():
+            assert any(name in k for k in _cuda_kernel_names(lambda: fn(x))) == (form == "fast"), (form, name)
+            assert not any(name in k for k in _cuda_kernel_names(lambda: fn(x[:16]))), (form, name, 16)
+    monkeypatch.setenv("QATKIT_CUDA_GEMV", "fast")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    for name in ("dequantize_w4f", "dequantize_w8f"):
+        assert not any(name in k for k in _cuda_kernel_names(lambda: calls[name](x))), name
