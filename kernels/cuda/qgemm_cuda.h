@@ -20,9 +20,10 @@ cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a
                                  std::int64_t K_row, const ActQuantArgs& q, cudaStream_t stream,
                                  const float* row_scale = nullptr);
 
-/// The vector form of the kernels below (kernels/cuda/qgemm.cu), and torch._int_mm for int8,
-/// ternary and binary weights with more than 16 rows (the glue): the default; QATKIT_CUDA_GEMV=plain (read on every
-/// call) selects the plain form instead (docs/gpu.md: both equal the CPU bit for bit on an H200).
+/// The vector form of the kernels below (kernels/cuda/qgemm.cu), and beyond 16 rows (the glue)
+/// torch._int_mm for int8, ternary and binary weights and dequantize-then-cuBLAS (float32) for the
+/// weight-only ones: the default; QATKIT_CUDA_GEMV=plain (read on every call) selects the plain
+/// form instead (docs/gpu.md: both equal the CPU bit for bit on an H200).
 bool use_vector_form();
 
 /// QGemmArgs's GEMM (int8 weights).
