@@ -236,7 +236,7 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
     plan->weight_bits = 1;
     // Linear: the panel layout of the lookup-table kernel (the same bits); convs read the row layout
     plan->weight = conv || rows ? pack_b1(w) : qatkit::pack_binary_panel(pack_b1(w));
-  } else if (rows && !conv) {
+  } else if (rows) {  // CUDA: conv2d_int8 runs the Linear kernels on patch rows of any K
     plan->weight = w.contiguous();
   } else if (!conv || groups == 1) {
     plan->weight = qatkit::pack_int8_panel(w);  // the panel layout (no horizontal sums; the same bits)
@@ -249,14 +249,28 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
 }
 
 template <std::size_t D, class Layer>
-bool plan_conv(Layer& l, bool on) {
-  l.frozen.integer = nullptr;
-  if (!on) return false;
+std::shared_ptr<IntegerKernelPlan> make_conv_plan(Layer& l, bool rows) {
   const bool string_padding = !std::holds_alternative<torch::ExpandingArray<D>>(l.options.padding());
   const bool zeros = std::holds_alternative<torch::enumtype::kZeros>(l.options.padding_mode());
-  l.frozen.integer = make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, true, l.options.groups(),
-                               string_padding, zeros);
+  return make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, true, l.options.groups(), string_padding,
+                   zeros, rows);
+}
+
+template <std::size_t D, class Layer>
+bool plan_conv(Layer& l, bool on) {
+  l.frozen.integer = l.frozen.integer_rows = nullptr;
+  if (!on) return false;
+  l.frozen.integer = make_conv_plan<D>(l, false);
   return l.frozen.integer != nullptr;
+}
+
+template <std::size_t D, class Layer>
+const IntegerKernelPlan* cuda_conv_plan_of(Layer& l) {
+  ConvertedWeight& f = l.frozen;
+  // XNOR convs with groups 1 run conv2d_w1a1: no CUDA kernel
+  if (!f.integer || (f.integer->binary_input && f.integer->groups == 1)) return nullptr;
+  if (!f.integer_rows || f.integer_rows->weight.device() != f.codes.device()) f.integer_rows = make_conv_plan<D>(l, true);
+  return f.integer_rows.get();
 }
 
 }  // namespace
@@ -292,6 +306,9 @@ const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l) {
   }
   return f.integer_rows.get();
 }
+
+const IntegerKernelPlan* cuda_conv_plan(QuantConv2dImpl& l) { return cuda_conv_plan_of<2>(l); }
+const IntegerKernelPlan* cuda_conv_plan(QuantConv1dImpl& l) { return cuda_conv_plan_of<1>(l); }
 
 torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& input, const torch::Tensor& divisor) {
   const bool int8 = !p.binary_input && !p.dynamic_input && !p.float_input && p.weight_bits == 8;

@@ -1,5 +1,5 @@
 // Internal: the integer-kernel forwards of converted layers (csrc/nn/integer.cpp). Not installed;
-// the two QATKIT_API functions are exported for tests/cpp/test_nn.cpp.
+// the QATKIT_API functions are exported for tests/cpp/test_nn.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -19,8 +19,12 @@ QATKIT_API torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch:
 /// has no CUDA implementation (XNOR's linear_w1a1).
 QATKIT_API const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l);
 
+/// The same for a conv (conv2d_int8 on CUDA); null for XNOR convs with groups 1 (conv2d_w1a1).
+QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConv2dImpl& l);
+QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConv1dImpl& l);
+
 /// conv2d_int8 with the plan's operands on an NCHW input (Conv1d: a 1 x k Conv2d).
-torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k, at::IntArrayRef st,
-                           at::IntArrayRef pad, at::IntArrayRef dil);
+QATKIT_API torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k,
+                                      at::IntArrayRef st, at::IntArrayRef pad, at::IntArrayRef dil);
 
 }  // namespace qatkit::nn::detail

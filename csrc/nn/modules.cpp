@@ -626,7 +626,7 @@ torch::Tensor conv_quantized_weight(Layer& self) {
 /// A converted conv in integer compute: conv2d_int8 (padding modes other than zeros pad x first:
 /// copies, which quantize to copies of codes; Conv1d as a 1 x k Conv2d).
 template <std::size_t D, class Layer>
-torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x) {
+torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x, const IntegerKernelPlan& plan) {
   const auto& o = self.options;
   std::vector<std::int64_t> pad(D, 0);
   const auto p = std::get<torch::ExpandingArray<D>>(o.padding());
@@ -636,23 +636,26 @@ torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x) {
     for (std::size_t d = 0; d < D; ++d) pad[d] = p->at(d);
   }
   if constexpr (D == 1) {
-    const torch::Tensor y = detail::integer_conv(*self.frozen.integer, x.unsqueeze(2), {1, o.kernel_size()->at(0)},
+    const torch::Tensor y = detail::integer_conv(plan, x.unsqueeze(2), {1, o.kernel_size()->at(0)},
                                                  {1, o.stride()->at(0)}, {0, pad[0]}, {1, o.dilation()->at(0)});
     return y.squeeze(2);
   } else {
-    return detail::integer_conv(*self.frozen.integer, x, *o.kernel_size(), *o.stride(), pad, *o.dilation());
+    return detail::integer_conv(plan, x, *o.kernel_size(), *o.stride(), pad, *o.dilation());
   }
 }
 
 template <std::size_t D, class Layer>
 torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
-  if (self.frozen.integer && x.device().is_cpu() && x.scalar_type() == torch::kFloat &&
-      x.dim() == static_cast<std::int64_t>(D) + 2) {
-    return integer_conv_forward<D>(self, x);
-  }
-  if (self.frozen.integer && x.device().is_cuda()) {
-    TORCH_WARN_ONCE("qatkit: integer convolutions have no CUDA kernel: on CUDA a conv in integer compute computes in "
-                    "float (the QAT layer's function), not the integer kernel's bits; run it on the CPU for those");
+  if (self.frozen.integer && x.scalar_type() == torch::kFloat && x.dim() == static_cast<std::int64_t>(D) + 2) {
+    if (x.device().is_cpu() && self.frozen.integer->weight.device().is_cpu()) {
+      return integer_conv_forward<D>(self, x, *self.frozen.integer);
+    }
+    if (x.device().is_cuda() && x.device() == self.frozen.codes.device()) {
+      // CUDA: conv2d_int8 (im2col, then the Linear kernels) on the plan in row layouts on the GPU
+      if (const IntegerKernelPlan* p = detail::cuda_conv_plan(self)) return integer_conv_forward<D>(self, x, *p);
+      TORCH_WARN_ONCE("qatkit: an XNOR conv with groups 1 (conv2d_w1a1) has no CUDA kernel: on CUDA it computes in "
+                      "float (the QAT layer's function), not the integer kernel's bits; run it on the CPU for those");
+    }
   }
   const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;
   return conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);

@@ -695,3 +695,46 @@ CATCH_TEST_CASE("the row-layout plans CUDA Linears take give the CPU panel plans
     }
   }
 }
+
+CATCH_TEST_CASE("the row-layout plans CUDA convs take give the CPU conv plans' bits", "[nn][integer]") {
+  // detail::cuda_conv_plan: a conv's plan in the row layouts (conv2d_int8 on CUDA runs the Linear
+  // kernels on patch rows); the CPU conv kernel takes int8 rows too, so on the CPU the row plan
+  // gives the CPU plan's outputs bit for bit. XNOR convs with groups 1 (conv2d_w1a1) have none.
+  for (const std::string preset : {"w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"}) {
+    CATCH_INFO(preset);
+    torch::manual_seed(7);
+    auto c = qnn::QATConfig::preset(preset);
+    c.first_last = "";
+    auto model = torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 12, 3).padding(1)),
+                                       torch::nn::ReLU(),
+                                       torch::nn::Conv2d(torch::nn::Conv2dOptions(12, 12, 3).padding(1).groups(12)),
+                                       torch::nn::ReLU(), torch::nn::Flatten(), torch::nn::Linear(12 * 36, 4));
+    auto q = qnn::prepare_qat(model, c);
+    const torch::Tensor x = torch::randn({4, 3, 6, 6}) * 2;
+    qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+    qnn::convert(*q);
+    qnn::set_compute(*q, "integer");
+    torch::NoGradGuard ng;
+    torch::Tensor h = x;
+    int checked = 0;
+    for (std::size_t i : {0u, 2u}) {
+      auto* conv = q->ptr(i)->as<qnn::QuantConv2d>();
+      CATCH_REQUIRE(conv != nullptr);
+      if (conv->frozen.integer) {
+        const qnn::IntegerKernelPlan* rows = qnn::detail::cuda_conv_plan(*conv);
+        if (preset == "xnor_w1a1" && conv->options.groups() == 1) {
+          CATCH_CHECK(rows == nullptr);
+        } else {
+          CATCH_REQUIRE(rows != nullptr);
+          const auto run = [&](const qnn::IntegerKernelPlan& p) {
+            return qnn::detail::integer_conv(p, h, {3, 3}, {1, 1}, {1, 1}, {1, 1});
+          };
+          CATCH_CHECK(torch::equal(run(*rows), run(*conv->frozen.integer)));
+          ++checked;
+        }
+      }
+      h = torch::relu(conv->forward(h));
+    }
+    CATCH_CHECK(checked >= 1);
+  }
+}

@@ -1,8 +1,9 @@
 // CUDA kernels of the integer GEMM family (linear_int8, linear_dynamic_int8, linear_w2a8, linear_w1a8, linear_w4a8,
-// linear_w4_weight_only): the CPU's
+// linear_w4_weight_only, linear_w8_weight_only, conv2d_int8): the CPU's
 // checks, the input rows quantized into an int8 buffer on the device, then the torch-free
 // launchers of kernels/cuda/qgemm_cuda.h on the current stream; the same bits as the CPU.
-// conv2d_int8 has no CUDA kernel (the dispatcher says so).
+// conv2d_int8 runs im2col, then the Linear kernels per group. linear_w1a1 / conv2d_w1a1 (XNOR)
+// have no CUDA kernel (the dispatcher says so).
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -16,6 +17,8 @@
 #include <ATen/ops/div.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/_int_mm.h>
+#include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/im2col.h>
 #include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -282,6 +285,41 @@ at::Tensor linear_w8_weight_only_cuda(const at::Tensor& input, const at::Tensor&
   return y;
 }
 
+// conv2d_int8: im2col of the float input, zero padding in float (x = 0 quantizes to the zero point
+// exactly, the code the CPU pads its quantized image with), then per group the Linear kernels above
+// on the patch rows [B * L, C/groups * kh * kw] (int8 weight rows zero-padded to 32: the patch rows
+// padded with x = 0, whose products with the zero weights vanish). The same codes, exact int32
+// sums and requantization: the CPU's bits. One launch sequence per group (depthwise convs: C).
+at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double s,
+                            std::int64_t z, std::int64_t lo, std::int64_t hi, const std::optional<at::Tensor>& bias,
+                            std::int64_t groups) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
+  const std::int64_t B = input.size(0), C = input.size(1);
+  const std::int64_t K = C / groups * kernel_size[0] * kernel_size[1];
+  const bool panel = weight.dim() == 3;  // pack_int8_panel (groups 1): N from corr
+  const std::int64_t Kw = weight_bits == 8 && !panel ? weight.size(1) : K;  // int8 rows: K or padded to 32
+  check_linear_int8_args(at::empty({1, Kw}, input.options()), weight, corr, out_scale, s, z, lo, hi, bias,
+                         static_cast<int>(weight_bits));
+  const c10::cuda::CUDAGuard guard(input.device());
+  const std::int64_t N = panel ? corr.size(0) : weight.size(0), Ng = N / groups, L = ho * wo;
+  at::Tensor y = at::empty({B, N, ho, wo}, input.options());
+  if (y.numel() == 0) return y;
+  const at::Tensor cols = at::im2col(input.contiguous(), {kernel_size[0], kernel_size[1]}, dilation, padding, stride);
+  const at::Tensor w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
+  for (std::int64_t g = 0; g < groups; ++g) {
+    at::Tensor xg = cols.narrow(1, g * K, K).transpose(1, 2).reshape({B * L, K});
+    if (Kw > K) xg = at::constant_pad_nd(xg, {0, Kw - K}, 0.0);
+    const std::optional<at::Tensor> bg =
+        bias.has_value() ? std::optional<at::Tensor>(bias->narrow(0, g * Ng, Ng)) : std::nullopt;
+    const at::Tensor yg = linear_cuda(xg, panel ? w : w.narrow(0, g * Ng, Ng), c.narrow(0, g * Ng, Ng),
+                                      os.narrow(0, g * Ng, Ng), s, z, lo, hi, bg, static_cast<int>(weight_bits));
+    y.narrow(1, g * Ng, Ng).copy_(yg.view({B, L, Ng}).permute({0, 2, 1}).reshape({B, Ng, ho, wo}));
+  }
+  return y;
+}
+
 // pack_int8_panel: made by the CPU kernel (its split records need a pass per block; a load-time step)
 at::Tensor pack_int8_panel_cuda(const at::Tensor& weight) {
   check_pack_int8_panel_args(weight);
@@ -299,6 +337,7 @@ TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
   m.impl("linear_w8_weight_only", &linear_w8_weight_only_cuda);
   m.impl("linear_w2a8", &linear_w2a8_cuda);
   m.impl("linear_w1a8", &linear_w1a8_cuda);
+  m.impl("conv2d_int8", &conv2d_int8_cuda);
 }
 
 }  // namespace qatkit::ops

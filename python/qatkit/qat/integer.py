@@ -349,7 +349,7 @@ def _int8_plan(mod, rows: Optional[bool] = None) -> Optional[dict]:
         "ternary": ("linear_w2a8", ops.pack_ternary_t2),
         "binary": ("linear_w1a8", ops.pack_binary_b1),
     }.get(kind, ("linear_int8", lambda t: t.contiguous()))
-    if rows and not _is_conv(mod):  # the row layouts (CUDA Linears)
+    if rows:  # the row layouts (CUDA layers; conv2d_int8 on CUDA runs the Linear kernels on patch rows)
         pass
     elif name == "linear_int8" and (not _is_conv(mod) or mod.groups == 1):
         packed = ops.pack_int8_panel  # the panel layout (no horizontal sums; the same bits)
@@ -394,7 +394,7 @@ def _xnor_plan(mod, rows: bool = False) -> Optional[dict]:
         n = w.shape[0]
         return {"kernel": "conv2d_int8 (xnor codes)", "weight": F.pad(w, (0, -w.shape[1] % 32)).contiguous(),
                 "weight_scale": ws.contiguous(), "bias": bias,
-                "corr": torch.zeros(n, dtype=torch.int32), "out_scale": torch.ones(n)}
+                "corr": torch.zeros(n, dtype=torch.int32, device=w.device), "out_scale": torch.ones(n, device=w.device)}
     return {"kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w), "weight_scale": ws.contiguous(), "bias": bias}
 
 
@@ -480,8 +480,9 @@ def _bind(plan: dict, divisor: Optional[torch.Tensor] = None):
     return call
 
 
-#: The plan kernels with a CUDA implementation (csrc/ops/cuda/qgemm_kernel.cpp). On CUDA the others
-#: (XNOR's linear_w1a1, every conv) run the float64 simulation: the same bits, on no kernel.
+#: The Linear plan kernels with a CUDA implementation (csrc/ops/cuda/qgemm_kernel.cpp). On CUDA the
+#: others (XNOR's linear_w1a1) run the float64 simulation: the same bits, on no kernel. Convs run
+#: conv2d_int8 on CUDA too, except XNOR's groups == 1 convs (conv2d_w1a1: the simulation).
 _CUDA_KERNELS = frozenset({"linear_int8", "linear_w2a8", "linear_w1a8", "linear_w4a8", "linear_w4_weight_only",
                            "linear_w8_weight_only", "linear_dynamic_int8"})
 
@@ -534,10 +535,12 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     with 0 (the code of x = 0 is the zero point exactly; binary codes have no 0, and 0 is what the
     float layer pads its binarized input with); other padding modes copy codes, as the float layer
     pads its quantized input."""
-    if (mod._integer_form in ("static", "row") and x.is_cpu and mod.weight_int.is_cpu and x.dtype == torch.float32
-            and x.dim() == nd + 2):
+    w = mod.weight_int
+    if (mod._integer_form in ("static", "row") and x.dtype == torch.float32 and x.dim() == nd + 2
+            and (w.is_cpu if x.is_cpu else x.is_cuda and x.device == w.device)):
         plan = _plan(mod)
-        if plan and isinstance(mod.padding, tuple):
+        # on CUDA: conv2d_int8 (im2col, then the Linear kernels); XNOR's conv2d_w1a1 is CPU-only
+        if plan and isinstance(mod.padding, tuple) and (x.is_cpu or plan["kernel"] != "linear_w1a1"):
             return _conv_on_kernel(mod, x, nd, plan)
     fn = F.conv1d if nd == 1 else F.conv2d
     padding, pad = mod.padding, None

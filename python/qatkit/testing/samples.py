@@ -98,3 +98,28 @@ def w4_weight_only_case(M: int, N: int, K: int, group_size: int, zero: bool, see
     z = torch.randint(-3, 4, (N, K // group_size), generator=g).float() if zero else None
     b = torch.randn(N, generator=g)
     return {"x": x, "q": q, "s": s, "z": z, "b": b}
+
+
+def conv_int8_case(bits: int, N: int, K: int, groups: int, g: torch.Generator) -> dict:
+    """Weight operands of one ``conv2d_int8`` case with the act qparams (scale 0.04, zero point 9,
+    range [0, 255]): codes ``w [N, K]`` (int8 in [-127, 127], ternary or binary), ``layouts`` (the
+    packed weights the kernels take: int8 rows zero-padded to 32 and, for ``groups == 1``, the panel;
+    ``pack_ternary_t2``; ``pack_binary_b1``), ``corr`` (the zero-point term plus noise), ``scale``,
+    ``bias`` and ``act`` ``(s, zp, qmin, qmax)``, drawn from ``g``."""
+    import torch.nn.functional as F
+
+    from .. import ops
+
+    if bits == 8:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        layouts = [F.pad(w, (0, -K % 32)).contiguous()] + ([ops.pack_int8_panel(w)] if groups == 1 else [])
+    elif bits == 2:
+        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+        layouts = [ops.pack_ternary_t2(w)]
+    else:
+        w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+        layouts = [ops.pack_binary_b1(w)]
+    s, zp, qmin, qmax = 0.04, 9, 0, 255
+    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+    scale, bias = torch.rand(N, generator=g) * 1e-2, torch.randn(N, generator=g)
+    return {"w": w, "layouts": layouts, "corr": corr, "scale": scale, "bias": bias, "act": (s, zp, qmin, qmax)}

@@ -7,7 +7,7 @@ import torch
 
 import qatkit
 from qatkit import ops
-from qatkit.testing.samples import DTYPES, sample_inputs, w4_weight_only_case
+from qatkit.testing.samples import DTYPES, conv_int8_case, sample_inputs, w4_weight_only_case
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and qatkit.build_info()["cuda"]),
@@ -431,3 +431,35 @@ def test_paths_beyond_16_rows_and_their_guards(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     for name in ("dequantize_w4f", "dequantize_w8f"):
         assert not any(name in k for k in _cuda_kernel_names(lambda: calls[name](x))), name
+
+
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("C,N,groups,geom", [
+    (5, 20, 1, dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1))),
+    (5, 24, 1, dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2))),  # 24 outputs: torch._int_mm from 17 patch rows
+    (4, 8, 2, dict(k=(3, 3), s=(1, 2), p=(2, 0), d=(2, 1))),
+    (6, 12, 6, dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1))),  # depthwise, channel multiplier 2
+])
+def test_conv2d_int8_cuda_equals_cpu(bits, C, N, groups, geom, gemv_form):
+    """conv2d_int8 on CUDA (im2col of the float input, zero padding in float, then the Linear
+    kernels per group) equals the CPU conv bit for bit: every weight layout the plans give (int8 rows,
+    rows zero-padded to 32, the panel; ternary; binary), NaN inputs, and opcheck."""
+    g = torch.Generator().manual_seed(19)
+    B, H, W = 3, 9, 7
+    x = torch.randn(B, C, H, W, generator=g) * 2
+    x[0, 0, 0, ::3] = float("nan")
+    K = C // groups * geom["k"][0] * geom["k"][1]
+    case = conv_int8_case(bits, N, K, groups, g)
+    corr, scale, fb = case["corr"], case["scale"], case["bias"]
+    s, zp, qmin, qmax = case["act"]
+    layouts = ([case["w"]] if bits == 8 else []) + case["layouts"]  # int8: unpadded rows too
+    args = (bits, geom["k"], geom["s"], geom["p"], geom["d"])
+    for bias in (None, fb):
+        want = ops.conv2d_int8(x, layouts[0], *args, corr, scale, s, zp, qmin, qmax, bias, groups)
+        for layout in layouts:
+            got = ops.conv2d_int8(x.cuda(), layout.cuda(), *args, corr.cuda(), scale.cuda(), s, zp, qmin, qmax,
+                                  None if bias is None else bias.cuda(), groups)
+            assert got.is_cuda and torch.equal(got.cpu(), want), (layout.shape, bias is None)
+    torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default,
+                          (x.cuda(), layouts[0].cuda(), bits, list(geom["k"]), list(geom["s"]), list(geom["p"]),
+                           list(geom["d"]), corr.cuda(), scale.cuda(), s, zp, qmin, qmax, fb.cuda(), groups))

@@ -7,7 +7,7 @@ import torch
 
 import qatkit
 from qatkit import ops
-from qatkit.testing.samples import w4_weight_only_case
+from qatkit.testing.samples import conv_int8_case, w4_weight_only_case
 
 
 def _case(M, N, K, qrange=(0, 255), zp=3, seed=0, shape=None):
@@ -707,18 +707,9 @@ def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, gro
     x = torch.randn(B, C, HW, HW, generator=g) * 2
     cg = C // groups
     K = cg * 9
-    if bits == 8:
-        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
-        layouts = [F.pad(w, (0, -K % 32)).contiguous()] + ([ops.pack_int8_panel(w)] if groups == 1 else [])
-    elif bits == 2:
-        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
-        layouts = [ops.pack_ternary_t2(w)]
-    else:
-        w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
-        layouts = [ops.pack_binary_b1(w)]
-    s, zp, qmin, qmax = 0.04, 9, 0, 255
-    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
-    scale, fb = torch.rand(N, generator=g) * 1e-2, torch.randn(N, generator=g)
+    case = conv_int8_case(bits, N, K, groups, g)
+    w, layouts, corr, scale, fb = case["w"], case["layouts"], case["corr"], case["scale"], case["bias"]
+    s, zp, qmin, qmax = case["act"]
     want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, groups, (3, 3))
     old = qatkit._C.cpu_isa()
     try:

@@ -31,7 +31,7 @@ def test_the_op_list_is_not_empty():
 # Inference ops with CPU kernels only so far (docs/integer.md, "Kernels"): on a CUDA tensor the
 # dispatcher raises NotImplementedError naming the op and the CUDA key. Listed so a CUDA build
 # checks the list is exact: an op that gains a CUDA kernel must leave it.
-CPU_ONLY = {"qatkit::conv2d_int8", "qatkit::linear_w1a1", "qatkit::conv2d_w1a1"}
+CPU_ONLY = {"qatkit::linear_w1a1", "qatkit::conv2d_w1a1"}
 
 
 @pytest.mark.parametrize("name", OVERLOADS)

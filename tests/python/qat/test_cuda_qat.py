@@ -155,3 +155,30 @@ def test_the_cpp_loader_on_cuda_runs_the_cuda_kernels_with_pythons_bits(preset, 
         assert "no CUDA kernel" in outs["--cuda"][1]
     else:
         assert torch.equal(outs["--cuda"][0], py_gpu)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"])
+def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, tmp_path):
+    """A loaded CNN (a conv, a depthwise conv, Linears) moved to CUDA: the convs run conv2d_int8 on
+    the GPU (im2col, then the Linear kernels; XNOR's groups-1 conv the float64 simulation), the
+    Linears their kernels, and the outputs equal the CPU model's bit for bit."""
+    from qatkit.serialization import PackedConv2d
+
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
+                        nn.ReLU(), nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(24 * 16, 10))
+    calib = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(cnn, calib, qatkit.preset(preset), verbose=False, progress=False)
+    path = str(tmp_path / "cnn.safetensors")
+    qatkit.export(q, path)
+    cpu, gpu = qatkit.load(path), qatkit.load(path).cuda()
+    x = torch.randn(5, 3, 8, 8)
+    with torch.no_grad():
+        want = cpu(x)
+        for _ in range(2):
+            assert torch.equal(gpu(x.cuda()).cpu(), want)
+    convs = [m for m in gpu.modules() if isinstance(m, PackedConv2d) and m._integer_form is not None]
+    assert convs and all(m.__dict__["_int8_plan"]["device"].type == "cuda" for m in convs if m.__dict__.get("_int8_plan"))

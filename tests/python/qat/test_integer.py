@@ -511,3 +511,31 @@ def test_the_row_layout_plans_cuda_layers_take_give_the_panel_plans_bits(preset)
             assert rows["gscale"].dim() == 2
         checked += 1
     assert checked >= 2
+
+
+@pytest.mark.parametrize("arch", ["cnn", "conv1d"])
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"])
+def test_conv_row_plans_give_the_cpu_plans_bits(arch, preset):
+    """CUDA convs take their plans in the row layouts (conv2d_int8 on CUDA runs the Linear kernels
+    on patch rows); the CPU conv kernel takes int8 rows too, so here each conv's row plan, run on
+    the CPU, equals its CPU plan (panel / padded rows) bit for bit."""
+    q, shape = _prepared(arch, preset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = qatkit.convert(q)
+        set_compute(c, "integer", warn=False, kernels_only=True)
+    torch.manual_seed(1)
+    inputs = _layer_inputs(c, torch.randn(shape) * 2)
+    checked = 0
+    for m in c.modules():
+        if not isinstance(m, (QuantizedConv1d, QuantizedConv2d)) or m._integer_form is None:
+            continue
+        nd = 1 if isinstance(m, QuantizedConv1d) else 2
+        cpu, rows = integer._int8_plan(m, rows=False), integer._int8_plan(m, rows=True)
+        assert cpu["kernel"] == rows["kernel"]
+        with torch.no_grad():
+            want = integer._conv_on_kernel(m, inputs[m], nd, cpu)
+            got = integer._conv_on_kernel(m, inputs[m], nd, rows)
+        assert torch.equal(got, want), (preset, arch, rows["kernel"], m.groups)
+        checked += 1
+    assert checked >= 2
