@@ -43,6 +43,16 @@ def test_qat_step_cuda_matches_cpu(name):
         torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-3, atol=1e-4, msg=k)
 
 
+def _ptq_export_load(model, calib, preset, tmp_path):
+    """(the PTQ model, its exported file loaded on the CPU, the same loaded and moved to CUDA)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(model, calib, qatkit.preset(preset), verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    return q, qatkit.load(path), qatkit.load(path).cuda()
+
+
 # preset -> the CUDA kernel its quantized Linears run on (None: XNOR's linear_w1a1 has no CUDA
 # kernel, so those layers run the float64 simulation: the same bits)
 _LOADED = {"w8a8": "linear_int8", "w4a8": "linear_w4a8", "ternary_twn": "linear_w2a8", "binary_w1a8": "linear_w1a8",
@@ -62,13 +72,7 @@ def test_a_loaded_model_on_cuda_runs_the_cuda_kernels_with_the_cpu_bits(preset, 
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 96), nn.ReLU(), nn.Linear(96, 64), nn.ReLU(),
                         nn.Linear(64, 10))
-    calib = [torch.randn(16, 64) for _ in range(2)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = qatkit.ptq(mlp, calib, qatkit.preset(preset), verbose=False, progress=False)
-    path = str(tmp_path / "m.safetensors")
-    qatkit.export(q, path)
-    cpu, gpu = qatkit.load(path), qatkit.load(path).cuda()
+    q, cpu, gpu = _ptq_export_load(mlp, [torch.randn(16, 64) for _ in range(2)], preset, tmp_path)
     x = torch.randn(rows, 64)
     lin = [m for m in gpu.modules() if isinstance(m, PackedLinear) and m._integer_form is not None]
     assert len(lin) >= 2
@@ -168,13 +172,7 @@ def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, tmp_path):
     cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
                         nn.ReLU(), nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                         nn.Linear(24 * 16, 10))
-    calib = [torch.randn(8, 3, 8, 8) for _ in range(2)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = qatkit.ptq(cnn, calib, qatkit.preset(preset), verbose=False, progress=False)
-    path = str(tmp_path / "cnn.safetensors")
-    qatkit.export(q, path)
-    cpu, gpu = qatkit.load(path), qatkit.load(path).cuda()
+    _, cpu, gpu = _ptq_export_load(cnn, [torch.randn(8, 3, 8, 8) for _ in range(2)], preset, tmp_path)
     x = torch.randn(5, 3, 8, 8)
     with torch.no_grad():
         want = cpu(x)
