@@ -54,18 +54,25 @@ def _ptq_export_load(model, calib, preset, tmp_path):
 
 
 # preset -> the CUDA kernel its quantized Linears run on (None: XNOR's linear_w1a1 has no CUDA
-# kernel, so those layers run the float64 simulation: the same bits)
+# kernel, so those layers run the float64 simulation)
 _LOADED = {"w8a8": "linear_int8", "w4a8": "linear_w4a8", "ternary_twn": "linear_w2a8", "binary_w1a8": "linear_w1a8",
            "bitnet_b158": "linear_dynamic_int8", "xnor_w1a1": None, "int4_weight_only": "linear_w4_weight_only",
            "int8_weight_only": "linear_w8_weight_only", "binary_weight_only": "linear_w4_weight_only"}
+_FLOAT_KERNELS = ("linear_w4_weight_only", "linear_w8_weight_only")
 
 
 @pytest.mark.parametrize("rows", [3, 40])  # the vector GEMVs' tiles; torch._int_mm from 17 rows
 @pytest.mark.parametrize("preset", sorted(_LOADED))
 def test_a_loaded_model_on_cuda_runs_the_cuda_kernels_with_the_cpu_bits(preset, rows, tmp_path):
     """qatkit.load, then .cuda(): each quantized Linear builds its plan on the GPU in the row
-    layouts and runs the CUDA kernel; integer presets give the CPU model's outputs bit for bit,
-    weight-only ones stay within the float kernels' bound of the converted float form, layer by layer."""
+    layouts and runs the CUDA kernel. Layer by layer, on the same input (after the layer's RMSNorm,
+    computed on the CPU: a float reduction whose order is the device's), integer kernels give the
+    CPU layer's outputs bit for bit and weight-only ones stay within the float kernels' bound of the
+    converted float form. Whole models without RMSNorm or XNOR give the CPU's bits. XNOR layers run
+    the float64 simulation on CUDA, whose per-sample binarization centre is a float mean in the
+    device's order: a code can flip at an element within an ulp of it (rare; bounded below)."""
+    import torch.nn.functional as F
+
     from qatkit.qat import integer
     from qatkit.serialization import PackedLinear
 
@@ -74,42 +81,47 @@ def test_a_loaded_model_on_cuda_runs_the_cuda_kernels_with_the_cpu_bits(preset, 
                         nn.Linear(64, 10))
     q, cpu, gpu = _ptq_export_load(mlp, [torch.randn(16, 64) for _ in range(2)], preset, tmp_path)
     x = torch.randn(rows, 64)
-    lin = [m for m in gpu.modules() if isinstance(m, PackedLinear) and m._integer_form is not None]
-    assert len(lin) >= 2
+    kernel = _LOADED[preset] or "linear_w1a1"
+    whole_model_bits = kernel not in _FLOAT_KERNELS + ("linear_dynamic_int8", "linear_w1a1")
     with torch.no_grad():
         want = cpu(x)
         for _ in range(2):  # the first call builds the plans, the second takes the bound kernels
             got = gpu(x.cuda())
-            assert got.is_cuda
-            if _LOADED[preset] in ("linear_w4_weight_only", "linear_w8_weight_only"):
-                break
-            assert torch.equal(got.cpu(), want)
-    kernel = _LOADED[preset] or "linear_w1a1"
+            assert got.is_cuda and got.shape == want.shape
+            if whole_model_bits:
+                assert torch.equal(got.cpu(), want)
+    inputs = {}
+    lin = {n: m for n, m in gpu.named_modules() if isinstance(m, PackedLinear) and m._integer_form is not None}
+    cpu_layers, float_layers = dict(cpu.named_modules()), dict(qatkit.convert(q).named_modules())
+    assert len(lin) >= 2
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0].cpu())) for m in lin.values()]
+    with torch.no_grad():
+        gpu(x.cuda())
+    for hk in hooks:
+        hk.remove()
     kernels = set()
-    for m in lin:  # the preset's layers, and its int8 first / last layers (linear_int8)
+    for name, m in lin.items():  # the preset's layers, and its int8 first / last layers (linear_int8)
         plan = m.__dict__["_int8_plan"]
         assert plan["device"].type == "cuda" and plan["kernel"] in (kernel, "linear_int8")
         assert (plan["call"] is None) == (plan["kernel"] == "linear_w1a1")
         if plan["call"] is not None:
             assert plan["weight"].dim() == 2  # the row layout
         kernels.add(plan["kernel"])
-    assert kernel in kernels
-    if _LOADED[preset] in ("linear_w4_weight_only", "linear_w8_weight_only"):
-        float_layers = dict(qatkit.convert(q).named_modules())  # the float form, by the same names
-        inputs = {}
-        hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0])) for m in lin]
+        h = inputs[m]
+        if m.rms_norm:
+            h = F.rms_norm(h, (m.in_features,), eps=m.eps)
         with torch.no_grad():
-            gpu(x.cuda())
-            for hk in hooks:
-                hk.remove()
-            for name, m in gpu.named_modules():
-                if m not in inputs:
-                    continue
-                h, mc = inputs[m].cpu(), float_layers[name]
-                yl, yc = m(inputs[m]).cpu().double(), mc(h).double()
-                w, hd = mc.dequantized_weight().double(), h.double()
-                bound = hd.shape[1] * 2.0**-24 * (hd.abs() @ w.abs().t()) + 2.0**-23 * yc.abs() + 1e-30
-                assert bool(((yl - yc).abs() <= bound).all()), name
+            yg, yc = integer.linear(m, h.cuda()).cpu(), integer.linear(cpu_layers[name], h)
+            if plan["kernel"] in _FLOAT_KERNELS:
+                mc = float_layers[name]
+                w, hd, yf = mc.dequantized_weight().double(), h.double(), mc(h).double()
+                bound = hd.shape[1] * 2.0**-24 * (hd.abs() @ w.abs().t()) + 2.0**-23 * yf.abs() + 1e-30
+                assert bool(((yg.double() - yf).abs() <= bound).all()), name
+            elif plan["kernel"] == "linear_w1a1":
+                assert (yg != yc).float().mean().item() <= 0.02, name  # a flipped code moves a whole row's outputs
+            else:
+                assert torch.equal(yg, yc), name
+    assert kernel in kernels
 
 
 def _load_run():
@@ -165,7 +177,8 @@ def test_the_cpp_loader_on_cuda_runs_the_cuda_kernels_with_pythons_bits(preset, 
 def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, tmp_path):
     """A loaded CNN (a conv, a depthwise conv, Linears) moved to CUDA: the convs run conv2d_int8 on
     the GPU (im2col, then the Linear kernels; XNOR's groups-1 conv the float64 simulation), the
-    Linears their kernels, and the outputs equal the CPU model's bit for bit."""
+    Linears their kernels, and the outputs equal the CPU model's bit for bit (XNOR: its per-sample
+    binarization centre is a float mean in the device's order, so a code may flip: nearly all equal)."""
     from qatkit.serialization import PackedConv2d
 
     torch.manual_seed(0)
@@ -177,6 +190,10 @@ def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, tmp_path):
     with torch.no_grad():
         want = cpu(x)
         for _ in range(2):
-            assert torch.equal(gpu(x.cuda()).cpu(), want)
+            got = gpu(x.cuda()).cpu()
+            if preset == "xnor_w1a1":
+                assert (got != want).float().mean().item() <= 0.02
+            else:
+                assert torch.equal(got, want)
     convs = [m for m in gpu.modules() if isinstance(m, PackedConv2d) and m._integer_form is not None]
     assert convs and all(m.__dict__["_int8_plan"]["device"].type == "cuda" for m in convs if m.__dict__.get("_int8_plan"))
