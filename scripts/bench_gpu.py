@@ -191,6 +191,8 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
         ("qatkit linear_int8", "int8", lambda x, xq, wt: ops.linear_int8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
         ("qatkit linear_w4a8 (panel)", "panel4", lambda x, xq, wt: ops.linear_w4a8(x, wt, gsd, 32, 0.02, 0, -128, 127)),
         ("qatkit linear_w4a8 (rows)", "rows4", lambda x, xq, wt: ops.linear_w4a8(x, wt, gsd, 32, 0.02, 0, -128, 127)),
+        # the opt-in tensor-core W4A8 (QATKIT_CUDA_MMA=1: beyond 16 rows; read when the graph is captured)
+        ("qatkit linear_w4a8 (rows, mma)", "rows4", lambda x, xq, wt: ops.linear_w4a8(x, wt, gsd, 32, 0.02, 0, -128, 127)),
         ("qatkit linear_w4_weight_only", "rows4", lambda x, xq, wt: ops.linear_w4_weight_only(x, wt, gsd, 32)),
         ("qatkit linear_w2a8", "t2", lambda x, xq, wt: ops.linear_w2a8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
         ("qatkit linear_w1a8", "b1", lambda x, xq, wt: ops.linear_w1a8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
@@ -210,12 +212,14 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
             # qatkit's two CUDA forms (QATKIT_CUDA_GEMV, read per launch; kernels/cuda/qgemm.cu)
             for form in ("plain", "fast") if name.startswith("qatkit") else ("",):
                 os.environ["QATKIT_CUDA_GEMV"] = form or "plain"
+                os.environ["QATKIT_CUDA_MMA"] = "1" if "mma" in name else "0"
                 ws, nbytes = copies(key)
                 t, mode = time_per_call([lambda wt=wt: op(x, xq, wt) for wt in ws])
                 times[f"{name} [{form}]" if form else name] = (t, mode, nbytes, len(ws))
                 del ws
                 torch.cuda.empty_cache()
         os.environ.pop("QATKIT_CUDA_GEMV", None)
+        os.environ.pop("QATKIT_CUDA_MMA", None)
         t_fp32 = times["fp32 F.linear (cuBLAS)"][0]
         out += [
             {

@@ -390,6 +390,80 @@ __global__ void gemm_w4_vec_kernel(QGemmW4Args g) {
   }
 }
 
+// ---- W4A8 on the tensor cores (opt-in: QATKIT_CUDA_MMA=1; sm_80+) --------------------------------
+//
+// mma.sync m16n8k32 (s8 x s8 -> s32) computes one 32-wide chunk's exact integer sums for a 16 x 8
+// tile of outputs. A group (32k wide) is its chunks' mma results added in int32 from zero, so the
+// group sum is exact, as the kernels above: S = sum a * q + act_offset * sum q (the second mma's
+// all-ones A gives each column's sum q), the same int32 as their sum (a + act_offset) * q. Each
+// thread then adds double(S) * double(scale) for its four outputs in group order and ends with
+// fp32(t * act_scale) (+ bias): the CPU's bits. Fragment layouts: PTX ISA, "Matrix Fragments for
+// mma.m16n8k32" (.s8): lane = 4 * gid + tig; A: a0 row gid cols 4 tig + 0..3, a1 row gid + 8,
+// a2 / a3 the same 16 columns on; B: b0 rows (k) 4 tig + 0..3 of column (n) gid, b1 16 rows on;
+// C: c0, c1 row gid cols 2 tig + 0 / 1, c2, c3 row gid + 8. The W4 row layout puts k = j and
+// k = j + 16 of a chunk in byte j's nibbles, so one 32-bit load of bytes 4 tig..4 tig + 3 holds b0
+// (low nibbles) and b1 (high nibbles).
+__device__ __forceinline__ void mma_s8_16x8x32(const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1,
+                                               std::int32_t (&c)[4]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  __trap();  // launch_gemm_w4 takes this path only on sm_80+
+#endif
+}
+
+__global__ void gemm_w4_mma_kernel(QGemmW4Args g) {
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * kWarps;
+  const int lane = threadIdx.x % 32, gid = lane >> 2, tig = lane & 3;
+  const std::int64_t mt = (g.M + 15) / 16, nt = (g.N + 7) / 8, KB = g.K / 2, G = g.K / g.group, gc = g.group / 32;
+  const std::uint32_t ones[4] = {0x01010101u, 0x01010101u, 0x01010101u, 0x01010101u};
+  for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(kWarps) + threadIdx.x / 32; o < mt * nt; o += warps) {
+    const std::int64_t m0 = (o / nt) * 16, n0 = (o % nt) * 8;
+    const std::int64_t r0 = m0 + gid, r1 = m0 + gid + 8, n = n0 + gid;  // this thread's A rows, B column
+    const std::int8_t* a0p = r0 < g.M ? g.a + r0 * g.K : nullptr;
+    const std::int8_t* a1p = r1 < g.M ? g.a + r1 * g.K : nullptr;
+    const std::uint8_t* wp = n < g.N ? g.w + n * KB : nullptr;
+    double t[4] = {0.0, 0.0, 0.0, 0.0};
+    for (std::int64_t gi = 0; gi < G; ++gi) {
+      std::int32_t acc[4] = {0, 0, 0, 0}, qs[4] = {0, 0, 0, 0};
+      for (std::int64_t ci = gi * gc; ci < (gi + 1) * gc; ++ci) {
+        const std::int64_t k0 = ci * 32 + 4 * tig;
+        std::uint32_t a[4];
+        a[0] = a0p ? *reinterpret_cast<const std::uint32_t*>(a0p + k0) : 0u;
+        a[1] = a1p ? *reinterpret_cast<const std::uint32_t*>(a1p + k0) : 0u;
+        a[2] = a0p ? *reinterpret_cast<const std::uint32_t*>(a0p + k0 + 16) : 0u;
+        a[3] = a1p ? *reinterpret_cast<const std::uint32_t*>(a1p + k0 + 16) : 0u;
+        const std::uint32_t v = wp ? *reinterpret_cast<const std::uint32_t*>(wp + ci * 16 + 4 * tig) : 0x88888888u;
+        const std::uint32_t b0 = __vsub4(v & 0x0F0F0F0Fu, 0x08080808u);  // q = c - 8 per byte (column n's k)
+        const std::uint32_t b1 = __vsub4((v >> 4) & 0x0F0F0F0Fu, 0x08080808u);
+        mma_s8_16x8x32(a, b0, b1, acc);
+        mma_s8_16x8x32(ones, b0, b1, qs);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const std::int64_t col = n0 + 2 * tig + (e & 1);
+        if (col < g.N) {
+          const std::uint32_t sg = static_cast<std::uint32_t>(acc[e]) +
+                                   static_cast<std::uint32_t>(g.act_offset) * static_cast<std::uint32_t>(qs[e]);
+          t[e] = t[e] + static_cast<double>(static_cast<std::int32_t>(sg)) * static_cast<double>(g.gscale[col * G + gi]);
+        }
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const std::int64_t row = m0 + gid + (e >= 2 ? 8 : 0), col = n0 + 2 * tig + (e & 1);
+      if (row < g.M && col < g.N) {
+        const float y = static_cast<float>(t[e] * g.act_scale);
+        g.y[row * g.N + col] = g.bias ? y + g.bias[col] : y;
+      }
+    }
+  }
+}
+
 __device__ __forceinline__ float dot4(const float4& x, const float* w, float s) {
   s = s + x.x * w[0];  // --fmad=false: multiply, then add
   s = s + x.y * w[1];
@@ -631,6 +705,11 @@ cudaError_t launch_dequantize_w8f(const QGemmW8FArgs& args, float* out, cudaStre
 cudaError_t launch_gemm_w4(const QGemmW4Args& args, cudaStream_t stream) {
   if (args.M * args.N == 0) return cudaSuccess;
   const std::int64_t gc = args.group / 32;
+  if (use_mma() && args.M > 16 && !args.panel && args.group % 32 == 0 && args.K % 32 == 0 && aligned16(args.a) &&
+      aligned16(args.w) && device_sm() >= 80) {
+    gemm_w4_mma_kernel<<<blocks_for((args.M + 15) / 16 * ((args.N + 7) / 8)), kThreads, 0, stream>>>(args);
+    return cudaGetLastError();
+  }
   if (use_vector_form() && !args.panel && args.group % 32 == 0 && gc >= 1 && gc <= 32 && 32 % gc == 0 &&
       args.K % 32 == 0 && aligned16(args.a) && aligned16(args.w)) {
     QATKIT_LAUNCH_TILED(gemm_w4_vec_kernel, args, stream);
@@ -661,6 +740,22 @@ cudaError_t launch_gemm_w8f(const QGemmW8FArgs& args, cudaStream_t stream) {
   }
   gemm_w8f_kernel<<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
+}
+
+bool use_mma() {
+  const char* e = std::getenv("QATKIT_CUDA_MMA");
+  return e != nullptr && std::strcmp(e, "1") == 0 && use_vector_form();
+}
+
+int device_sm() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) !=
+                                                 cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return major * 10 + minor;
 }
 
 bool use_vector_form() {

@@ -26,6 +26,13 @@ cudaError_t launch_quantize_rows(const float* x, std::int8_t* a, std::int32_t* a
 /// form instead (docs/gpu.md: both equal the CPU bit for bit on an H200).
 bool use_vector_form();
 
+/// W4A8 beyond 16 rows on the tensor cores (mma.sync m16n8k32, sm_80+; the same bits): opt-in
+/// while it has not run on a GPU, QATKIT_CUDA_MMA=1 (read on every call; the vector form only).
+bool use_mma();
+
+/// The current device's compute capability as 10 * major + minor (0 if the runtime cannot say).
+int device_sm();
+
 /// QGemmArgs's GEMM (int8 weights).
 cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream);
 

@@ -334,11 +334,16 @@ def test_integer_linear_opcheck_cuda():
     torch.library.opcheck(torch.ops.qatkit.linear_int8.default, (x, panel) + args[2:])
 
 
-@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (9, 33, 224, 32), (64, 128, 1024, 128), (0, 8, 32, 32)])
+@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (9, 33, 224, 32), (40, 33, 224, 32),
+                                      (20, 40, 256, 64), (64, 128, 1024, 128), (0, 8, 32, 32)])
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7), ((0, 255), 128)])
-def test_w4a8_cuda_equals_cpu_in_both_layouts(M, N, K, gs, qrange, zp, gemv_form):
+@pytest.mark.parametrize("mma", ["0", "1"])
+def test_w4a8_cuda_equals_cpu_in_both_layouts(M, N, K, gs, qrange, zp, mma, gemv_form, monkeypatch):
     """The float64 group combination in group order gives the CPU's bits; the panel layout
-    (pack_int4_panel, what qatkit.load gives) reads the same codes as the row layout."""
+    (pack_int4_panel, what qatkit.load gives) reads the same codes as the row layout. mma "1": the
+    opt-in tensor-core kernel (QATKIT_CUDA_MMA=1, vector form, rows, beyond 16 rows; (40, 33) and
+    (20, 40) cover partial 16 x 8 tiles and two chunks per group)."""
+    monkeypatch.setenv("QATKIT_CUDA_MMA", mma)
     g = torch.Generator().manual_seed(12)
     x = torch.randn(M, K, generator=g) * 3
     x[:, ::7] = float("nan") if M else x[:, ::7]
@@ -409,7 +414,8 @@ def test_paths_beyond_16_rows_and_their_guards(monkeypatch):
     """Beyond 16 rows the vector form unpacks ternary / binary codes for torch._int_mm and
     dequantizes weight-only weights for cuBLAS's float32 GEMM; the plain form never does, and the
     weight-only path stays on its kernels while TF32 matmuls are allowed (they would leave the float
-    bound). Checked by the kernels each call launches."""
+    bound); W4A8 takes the tensor-core kernel only when QATKIT_CUDA_MMA=1. Checked by the kernels
+    each call launches."""
     g = torch.Generator().manual_seed(3)
     x = torch.randn(40, 256, generator=g).cuda()
     t2 = ops.pack_ternary_t2(torch.randint(-1, 2, (64, 256), dtype=torch.int8, generator=g)).cuda()
@@ -427,6 +433,12 @@ def test_paths_beyond_16_rows_and_their_guards(monkeypatch):
         for name, fn in calls.items():
             assert any(name in k for k in _cuda_kernel_names(lambda: fn(x))) == (form == "fast"), (form, name)
             assert not any(name in k for k in _cuda_kernel_names(lambda: fn(x[:16]))), (form, name, 16)
+    w4s = torch.rand(64, 8, device="cuda")
+    w4a8 = lambda x: ops.linear_w4a8(x, w4, w4s, 32, 0.05, 3, 0, 255)  # noqa: E731
+    for flag in ("0", "1"):
+        monkeypatch.setenv("QATKIT_CUDA_MMA", flag)
+        assert any("gemm_w4_mma" in k for k in _cuda_kernel_names(lambda: w4a8(x))) == (flag == "1"), flag
+        assert not any("gemm_w4_mma" in k for k in _cuda_kernel_names(lambda: w4a8(x[:16]))), flag
     monkeypatch.setenv("QATKIT_CUDA_GEMV", "fast")
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     for name in ("dequantize_w4f", "dequantize_w8f"):
