@@ -55,7 +55,9 @@ step install 5 60 cmake --install build/gpu --prefix python/qatkit
 export PYTHONPATH="$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 step build_info 5 60 "$PY" -c "import qatkit, json; i = qatkit.build_info(); print(json.dumps(i)); assert i['cuda'], 'built without CUDA'"
 export QATKIT_LOAD_RUN="$PWD/build/gpu/qatkit_load_run"  # the C++ loader on CUDA (test_cuda_qat.py)
-step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs
+# 4 xdist workers share the GPU where pytest-xdist is installed (the tests are small; minutes are lent)
+XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
+step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs "${XDIST[@]}"
 step bench_gpu 20 150 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
 cat "$LOG/bench_gpu.log"
 # compute-sanitizer over the CUDA op tests (memcheck: out-of-bounds and misaligned accesses;
