@@ -13,6 +13,7 @@
 #include <map>
 #include <type_traits>
 
+#include "../ops/checks.h"
 #include "json.h"
 #include "module_access.h"
 #include "qatkit/nn.h"
@@ -53,8 +54,8 @@ struct Reader {
     const auto copy_in = [&](const std::string& key, torch::Tensor& dst) {
       const torch::Tensor t = tensor(prefix + key);
       if (t.sizes() != dst.sizes()) {
-        fail(fmt::format("tensor '{}{}' has shape {}, the module needs {}", prefix, key, c10::str(t.sizes()),
-                         c10::str(dst.sizes())));
+        fail(fmt::format("tensor '{}{}' has shape {}, the module needs {}", prefix, key, ops::shape_str(t.sizes()),
+                         ops::shape_str(dst.sizes())));
       }
       dst.copy_(t);
     };
@@ -204,7 +205,7 @@ void finish_layer(const Reader& r, const std::string& name, const json::Value& i
       const std::int64_t k = layer->options.in_features();
       if (!smooth->is_floating_point() || smooth->dim() != 1 || smooth->size(0) != k) {
         r.fail(fmt::format("{}: smooth must be a float tensor of shape [{}] (in_features), got {} {}", where, k,
-                           c10::toString(smooth->scalar_type()), c10::str(smooth->sizes())));
+                           c10::toString(smooth->scalar_type()), ops::shape_str(smooth->sizes())));
       }
       const torch::Tensor s = smooth->to(torch::kFloat).contiguous();
       if (!torch::isfinite(s).all().item<bool>() || !(s > 0).all().item<bool>()) {

@@ -23,9 +23,13 @@ void check_float_dtype(const char* op, const char* what, const at::Tensor& t) {
 
 std::string shape_str(c10::SymIntArrayRef s) {
   std::vector<std::string> parts;
-  for (const auto& v : s) parts.push_back(fmt::format("{}", v.guard_int(__FILE__, __LINE__)));
+  for (const auto& v : s) parts.push_back(int_str(v));
   return fmt::format("[{}]", fmt::join(parts, ", "));
 }
+
+std::string shape_str(c10::IntArrayRef s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+
+std::string int_str(const c10::SymInt& v) { return fmt::format("{}", v.guard_int(__FILE__, __LINE__)); }
 
 void check_granularity(const char* op, const at::Tensor& input, std::optional<std::int64_t> axis,
                        std::optional<std::int64_t> group_size) {

@@ -23,8 +23,14 @@ bool is_supported_float(at::ScalarType t);
 /// TypeError naming `op` and `what` unless `t` has a supported floating dtype.
 void check_float_dtype(const char* op, const char* what, const at::Tensor& t);
 
-/// "[2, 3]" for a (possibly symbolic) shape, for messages.
+/// "[2, 3]" for a (possibly symbolic) shape, for messages. Formatted by fmt, never by an ostream:
+/// a GCC 13 build (the H200 machine's /opt/gcc) crashed inside std::ostream's integer insertion
+/// (c10::str of a shape) in libqatkit.so (docs/gpu.md, 2026-12-04, sixteenth session).
 std::string shape_str(c10::SymIntArrayRef s);
+std::string shape_str(c10::IntArrayRef s);
+
+/// A (possibly symbolic) integer for messages, by fmt (see shape_str).
+std::string int_str(const c10::SymInt& v);
 
 /// Checks axis (in range) / group_size (positive, divides the last dim), not both.
 void check_granularity(const char* op, const at::Tensor& input, std::optional<std::int64_t> axis,

@@ -146,7 +146,7 @@ c10::SymInt check_gemm_weight(const char* op, const at::Tensor& input, const at:
     const std::int64_t n = static_dim(n_ref, 0);
     TORCH_CHECK_VALUE(weight.size(0) == (n + 31) / 32 && weight.size(2) == 32,
                       fmt::format("{}: a panel weight (pack_binary_panel) for N = {} ({}'s length) must have shape "
-                                  "[{}, K_pad / 8, 32], got {}", op, n, n_name, (n + 31) / 32, c10::str(weight.sizes())));
+                                  "[{}, K_pad / 8, 32], got {}", op, n, n_name, (n + 31) / 32, shape_str(weight.sizes())));
   }
   if (panel) {
     // N comes from n_ref (the panel pads it to a multiple of 16)
@@ -157,7 +157,7 @@ c10::SymInt check_gemm_weight(const char* op, const at::Tensor& input, const at:
     TORCH_CHECK_VALUE((weight.size(0) == nb + x || weight.size(0) == nb) && weight.size(1) == k4 && weight.size(2) == 64,
                       fmt::format("{}: a panel weight (pack_int8_panel) for N = {} ({}'s length), K = {} must have "
                                   "shape [{}, {}, 64] (or [{}, {}, 64] without the split records), got {}", op, n,
-                                  n_name, k, nb + x, k4, nb, k4, c10::str(weight.sizes())));
+                                  n_name, k, nb + x, k4, nb, k4, shape_str(weight.sizes())));
   }
   const auto N = panel || panel1 ? n_ref.sym_size(0) : weight.sym_size(0);
   const auto K = panel ? input.sym_size(-1) : weight.sym_size(1);
@@ -166,12 +166,12 @@ c10::SymInt check_gemm_weight(const char* op, const at::Tensor& input, const at:
     const auto k_in = input.sym_size(-1), k_pad = K * per_byte;
     TORCH_CHECK_VALUE(k_pad % block == 0 && k_in <= k_pad && k_pad < k_in + block,
                       fmt::format("{}: weight [N, K_pad / {}] must hold the input's K = {} rounded up to a multiple of "
-                                  "{} (K_pad / {} = {}), got {} bytes per row", op, per_byte, c10::str(k_in), block,
-                                  per_byte, c10::str((k_in + block - 1) / block * (block / per_byte)), c10::str(K)));
+                                  "{} (K_pad / {} = {}), got {} bytes per row", op, per_byte, int_str(k_in), block,
+                                  per_byte, int_str((k_in + block - 1) / block * (block / per_byte)), int_str(K)));
   } else {
     TORCH_CHECK_VALUE(input.sym_size(-1) == K,
-                      fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op, c10::str(K),
-                                  c10::str(input.sym_size(-1))));
+                      fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op, int_str(K),
+                                  int_str(input.sym_size(-1))));
   }
   return N;
 }
@@ -182,8 +182,8 @@ void check_float_bias(const char* op, const at::Tensor& input, const std::option
   TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat,
                    fmt::format("{}: bias must be float32, got {}", op, c10::toString(bias->scalar_type())));
   TORCH_CHECK_VALUE(bias->dim() == 1 && bias->sym_size(0) == N,
-                    fmt::format("{}: bias must have shape [N] = [{}], got {}", op, c10::str(N),
-                                c10::str(bias->sym_sizes())));
+                    fmt::format("{}: bias must have shape [N] = [{}], got {}", op, int_str(N),
+                                shape_str(bias->sym_sizes())));
   TORCH_CHECK_VALUE(bias->device() == input.device(),
                     fmt::format("{}: every tensor must be on the input's device {}, got {}", op,
                                 input.device().str(), bias->device().str()));
@@ -196,8 +196,8 @@ void check_scale_bias_devices(const char* op, const at::Tensor& input, const at:
   TORCH_CHECK_TYPE(weight_scale.scalar_type() == at::kFloat,
                    fmt::format("{}: weight_scale must be float32, got {}", op, c10::toString(weight_scale.scalar_type())));
   TORCH_CHECK_VALUE(weight_scale.dim() == 1 && weight_scale.sym_size(0) == N,
-                    fmt::format("{}: weight_scale must have shape [N] = [{}], got {}", op, c10::str(N),
-                                c10::str(weight_scale.sym_sizes())));
+                    fmt::format("{}: weight_scale must have shape [N] = [{}], got {}", op, int_str(N),
+                                shape_str(weight_scale.sym_sizes())));
   check_float_bias(op, input, bias, N);
   for (const at::Tensor* t : {&weight, &weight_scale}) {
     TORCH_CHECK_VALUE(t->device() == input.device(),
@@ -216,12 +216,12 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
   TORCH_CHECK_TYPE(corr.scalar_type() == at::kInt,
                    fmt::format("{}: corr must be int32, got {}", op, c10::toString(corr.scalar_type())));
   TORCH_CHECK_VALUE(corr.dim() == 1 && corr.sym_size(0) == N,
-              fmt::format("{}: corr must have shape [N] = [{}], got {}", op, c10::str(N), c10::str(corr.sym_sizes())));
+              fmt::format("{}: corr must have shape [N] = [{}], got {}", op, int_str(N), shape_str(corr.sym_sizes())));
   TORCH_CHECK_TYPE(out_scale.scalar_type() == at::kFloat,
                    fmt::format("{}: out_scale must be float32, got {}", op, c10::toString(out_scale.scalar_type())));
   TORCH_CHECK_VALUE(out_scale.dim() == 1 && out_scale.sym_size(0) == N,
-              fmt::format("{}: out_scale must have shape [N] = [{}], got {}", op, c10::str(N),
-                          c10::str(out_scale.sym_sizes())));
+              fmt::format("{}: out_scale must have shape [N] = [{}], got {}", op, int_str(N),
+                          shape_str(out_scale.sym_sizes())));
   check_float_bias(op, input, bias, N);
   for (const at::Tensor* t : {&weight, &corr, &out_scale}) {
     TORCH_CHECK_VALUE(t->device() == input.device(),
@@ -249,7 +249,7 @@ void check_linear_w8_weight_only_args(const at::Tensor& input, const at::Tensor&
   TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K], got {} dims", op, weight.dim()));
   TORCH_CHECK_VALUE(input.sym_size(-1) == weight.sym_size(1),
                     fmt::format("{}: input's last dim must be K = {} (weight [N, K]), got {}", op,
-                                c10::str(weight.sym_size(1)), c10::str(input.sym_size(-1))));
+                                int_str(weight.sym_size(1)), int_str(input.sym_size(-1))));
   const auto N = weight.sym_size(0);
   check_scale_bias_devices(op, input, weight, weight_scale, bias, N);
 }
@@ -277,7 +277,7 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
   for (auto [name, v, lo] : {std::tuple{"kernel_size", kernel_size, 1}, std::tuple{"stride", stride, 1},
                              std::tuple{"padding", padding, 0}, std::tuple{"dilation", dilation, 1}}) {
     TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo,
-                      fmt::format("{}: {} must be two integers >= {}, got {}", op, name, lo, c10::str(v)));
+                      fmt::format("{}: {} must be two integers >= {}, got {}", op, name, lo, shape_str(v)));
   }
   const std::int64_t C = static_dim(input, 1), H = static_dim(input, 2), W = static_dim(input, 3);
   const std::int64_t ho = (H + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) / stride[0] + 1;
@@ -339,7 +339,7 @@ static void check_devices_and_bias(const char* op, const at::Tensor& input, std:
     TORCH_CHECK_VALUE(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == N &&
                           bias->device() == input.device(),
                       fmt::format("{}: bias must be float32 [{}] on the input's device, got {} {}", op, N,
-                                  c10::toString(bias->scalar_type()), c10::str(bias->sizes())));
+                                  c10::toString(bias->scalar_type()), shape_str(bias->sizes())));
   }
 }
 
@@ -362,7 +362,7 @@ static std::pair<std::int64_t, std::int64_t> check_w4_weight(const char* op, con
     TORCH_CHECK_VALUE(weight.size(0) == (N + 15) / 16 && weight.size(1) == (K + 127) / 128 && weight.size(2) == 1024,
                       fmt::format("{}: a panel weight (pack_int4_panel) for N = {} (group_scale's rows), K = {} must "
                                   "have shape [{}, {}, 1024], got {}", op, N, K, (N + 15) / 16, (K + 127) / 128,
-                                  c10::str(weight.sizes())));
+                                  shape_str(weight.sizes())));
     return {N, K / group};
   }
   TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K / 2]{}, got {} dims", op,
@@ -381,7 +381,7 @@ at::Tensor pack_int4_panel_composite(const at::Tensor& weight) {
                                                                   "layout), got {}", c10::toString(weight.scalar_type())));
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) % 16 == 0,
                     fmt::format("pack_int4_panel: weight must be 2-D [N, K / 2] with K a multiple of 32 (pack_int4_w4's "
-                                "layout), got {}", c10::str(weight.sizes())));
+                                "layout), got {}", shape_str(weight.sizes())));
   const std::int64_t N = weight.size(0), KB = weight.size(1), NB = (N + 15) / 16, S = (KB + 63) / 64;
   const at::Tensor p = at::constant_pad_nd(weight, {0, S * 64 - KB, 0, NB * 16 - N}, 0);
   return p.reshape({NB, 16, S, 16, 4}).permute({0, 2, 3, 1, 4}).reshape({NB, S, 1024}).contiguous();
@@ -396,7 +396,7 @@ at::Tensor pack_binary_panel_composite(const at::Tensor& weight) {
                                c10::toString(weight.scalar_type())));
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) % 4 == 0,
                     fmt::format("pack_binary_panel: weight must be 2-D [N, K_pad / 8] with K_pad a multiple of 32 "
-                                "(pack_binary_b1's layout), got {}", c10::str(weight.sizes())));
+                                "(pack_binary_b1's layout), got {}", shape_str(weight.sizes())));
   const std::int64_t N = weight.size(0), KB = weight.size(1), NB = (N + 31) / 32;
   const at::Tensor p = at::constant_pad_nd(weight, {0, 0, 0, NB * 32 - N}, 0);
   return p.reshape({NB, 32, KB}).permute({0, 2, 1}).contiguous();
@@ -435,7 +435,7 @@ void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, c
   TORCH_CHECK_TYPE(gscale.scalar_type() == at::kFloat,
                    fmt::format("{}: group_scale must be float32, got {}", op, c10::toString(gscale.scalar_type())));
   TORCH_CHECK_VALUE(gscale.dim() == 2 && gscale.size(0) == N && gscale.size(1) == G,
-                    fmt::format("{}: group_scale must have shape [{}, {}], got {}", op, N, G, c10::str(gscale.sizes())));
+                    fmt::format("{}: group_scale must have shape [{}, {}], got {}", op, N, G, shape_str(gscale.sizes())));
   check_devices_and_bias(op, input, {&weight, &gscale}, bias, N);
 }
 
@@ -458,7 +458,7 @@ std::int64_t check_w1a1_args(const char* op, const at::Tensor& input, std::int64
                    fmt::format("{}: weight_scale must be float32, got {}", op, c10::toString(weight_scale.scalar_type())));
   TORCH_CHECK_VALUE(weight_scale.dim() == 1 && weight_scale.size(0) == N,
                     fmt::format("{}: weight_scale must have shape [N] = [{}], got {}", op, N,
-                                c10::str(weight_scale.sizes())));
+                                shape_str(weight_scale.sizes())));
   check_devices_and_bias(op, input, {&weight, &weight_scale}, bias, N);
   return KB;
 }
@@ -484,7 +484,7 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
     TORCH_CHECK_VALUE(weight.size(0) == N / 16 && weight.size(1) == (K + 127) / 128 && weight.size(2) == 1024,
                       fmt::format("{}: a panel weight (pack_int4_panel) for N = {} (16 x group_scale's blocks), K = {} "
                                   "must have shape [{}, {}, 1024], got {}", op, N, K, N / 16, (K + 127) / 128,
-                                  c10::str(weight.sizes())));
+                                  shape_str(weight.sizes())));
   } else {
     std::tie(N, G) = check_w4_weight(op, input, weight, group, &gscale);
   }
@@ -496,10 +496,10 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
     if (blocked) {
       TORCH_CHECK_VALUE(t->dim() == 3 && t->size(0) == N / 16 && t->size(1) == G && t->size(2) == 16,
                         fmt::format("{}: {} must have the blocked shape [{}, {}, 16] (as group_scale), got {}", op,
-                                    name, N / 16, G, c10::str(t->sizes())));
+                                    name, N / 16, G, shape_str(t->sizes())));
     } else {
       TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == N && t->size(1) == G,
-                        fmt::format("{}: {} must have shape [{}, {}], got {}", op, name, N, G, c10::str(t->sizes())));
+                        fmt::format("{}: {} must have shape [{}, {}], got {}", op, name, N, G, shape_str(t->sizes())));
     }
     TORCH_CHECK_VALUE(t->device() == input.device(),
                       fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
@@ -569,7 +569,7 @@ void ops::check_input_divisor(const at::Tensor& input, const std::optional<at::T
                    fmt::format("linear_int8: input_divisor must be float32, got {}", c10::toString(d.scalar_type())));
   TORCH_CHECK_VALUE(d.dim() == 1 && d.sym_size(0) == input.sym_size(-1),
                     fmt::format("linear_int8: input_divisor must have shape [K] = [{}] (input's last dim), got {}",
-                                c10::str(input.sym_size(-1)), c10::str(d.sym_sizes())));
+                                int_str(input.sym_size(-1)), shape_str(d.sym_sizes())));
   TORCH_CHECK_VALUE(d.device() == input.device(),
                     fmt::format("linear_int8: input_divisor must be on the input's device {}, got {}",
                                 input.device().str(), d.device().str()));

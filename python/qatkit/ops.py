@@ -788,8 +788,8 @@ def pack_binary_b1(codes: torch.Tensor) -> torch.Tensor:
         raise ValueError("pack_binary_b1: codes must lie in {-1, 1}")
     n, k = codes.shape
     kp = (k + 31) // 32 * 32
-    bits = torch.cat([(codes > 0).to(torch.int32), torch.zeros(n, kp - k, dtype=torch.int32)], 1)
-    bits = bits.reshape(n, kp // 8, 8) << torch.arange(8, dtype=torch.int32)
+    bits = torch.cat([(codes > 0).to(torch.int32), torch.zeros(n, kp - k, dtype=torch.int32, device=codes.device)], 1)
+    bits = bits.reshape(n, kp // 8, 8) << torch.arange(8, dtype=torch.int32, device=codes.device)
     return bits.sum(2).to(torch.uint8).contiguous()
 
 

@@ -234,6 +234,9 @@ def prepare_qat(
             new = QuantMultiheadAttention.from_float(mod, spec, BitLinear if config.bitlinear else QuantLinear)
         else:
             new = QAT_MODULES[type(mod)].from_float(mod, spec)
+        dev = next(mod.parameters(), None)
+        if dev is not None and dev.device.type != "cpu":
+            new.to(device=dev.device)  # the quantizers' buffers where the layer lives (its shared parameters stay)
         plan.append((c, new))
         wfq = new.q_proj.weight_fake_quant if isinstance(new, QuantMultiheadAttention) else new.weight_fake_quant
         aq = new.q_proj.input_fake_quant if isinstance(new, QuantMultiheadAttention) else new.input_fake_quant

@@ -435,6 +435,7 @@ def test_paths_beyond_16_rows_and_their_guards(monkeypatch):
             assert not any(name in k for k in _cuda_kernel_names(lambda: fn(x[:16]))), (form, name, 16)
     w4s = torch.rand(64, 8, device="cuda")
     w4a8 = lambda x: ops.linear_w4a8(x, w4, w4s, 32, 0.05, 3, 0, 255)  # noqa: E731
+    monkeypatch.setenv("QATKIT_CUDA_GEMV", "fast")  # the mma kernel is part of the vector form
     for flag in ("0", "1"):
         monkeypatch.setenv("QATKIT_CUDA_MMA", flag)
         assert any("gemm_w4_mma" in k for k in _cuda_kernel_names(lambda: w4a8(x))) == (flag == "1"), flag

@@ -53,6 +53,23 @@ def _ptq_export_load(model, calib, preset, tmp_path):
     return q, qatkit.load(path), qatkit.load(path).cuda()
 
 
+@pytest.mark.parametrize("name", ["w8a8", "ternary_twn"])
+def test_prepare_qat_on_a_cuda_model_puts_the_quantizers_on_cuda(name):
+    """prepare_qat of a model already on the GPU: the new quantizers' buffers live there too, so
+    calibration and training run, and the outputs equal preparing on the CPU and moving."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    cfg = qatkit.preset(name)
+    moved = qatkit.prepare_qat(copy.deepcopy(model), cfg).cuda()
+    on_gpu = qatkit.prepare_qat(copy.deepcopy(model).cuda(), cfg)
+    assert all(b.is_cuda for b in on_gpu.buffers()) and all(p.is_cuda for p in on_gpu.parameters())
+    x = torch.randn(16, 32, device="cuda")
+    qatkit.qat.calibrate(moved, [x])
+    qatkit.qat.calibrate(on_gpu, [x])
+    with torch.no_grad():
+        assert torch.equal(on_gpu(x), moved(x))
+
+
 # preset -> the CUDA kernel its quantized Linears run on (None: XNOR's linear_w1a1 has no CUDA
 # kernel, so those layers run the float64 simulation)
 _LOADED = {"w8a8": "linear_int8", "w4a8": "linear_w4a8", "ternary_twn": "linear_w2a8", "binary_w1a8": "linear_w1a8",
@@ -70,7 +87,7 @@ def test_a_loaded_model_on_cuda_runs_the_cuda_kernels_with_the_cpu_bits(preset, 
     CPU layer's outputs bit for bit and weight-only ones stay within the float kernels' bound of the
     converted float form. Whole models without RMSNorm or XNOR give the CPU's bits. XNOR layers run
     the float64 simulation on CUDA, whose per-sample binarization centre is a float mean in the
-    device's order: a code can flip at an element within an ulp of it (rare; bounded below)."""
+    device's order, and its per-sample scale too: the outputs agree to float32 rounding there."""
     import torch.nn.functional as F
 
     from qatkit.qat import integer
@@ -118,7 +135,10 @@ def test_a_loaded_model_on_cuda_runs_the_cuda_kernels_with_the_cpu_bits(preset, 
                 bound = hd.shape[1] * 2.0**-24 * (hd.abs() @ w.abs().t()) + 2.0**-23 * yf.abs() + 1e-30
                 assert bool(((yg.double() - yf).abs() <= bound).all()), name
             elif plan["kernel"] == "linear_w1a1":
-                assert (yg != yc).float().mean().item() <= 0.02, name  # a flipped code moves a whole row's outputs
+                # the CUDA float64 simulation takes its per-sample scale and centre from float
+                # reductions in the device's order: on the H200 (2026-12-04) 18 % of outputs moved in
+                # their last bits; a flipped code would move one by 2 |w scale| (far beyond this)
+                torch.testing.assert_close(yg, yc, rtol=1e-5, atol=1e-6, msg=name)
             else:
                 assert torch.equal(yg, yc), name
     assert kernel in kernels
@@ -178,7 +198,7 @@ def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, tmp_path):
     """A loaded CNN (a conv, a depthwise conv, Linears) moved to CUDA: the convs run conv2d_int8 on
     the GPU (im2col, then the Linear kernels; XNOR's groups-1 conv the float64 simulation), the
     Linears their kernels, and the outputs equal the CPU model's bit for bit (XNOR: its per-sample
-    binarization centre is a float mean in the device's order, so a code may flip: nearly all equal)."""
+    scale and centre are float reductions in the device's order: equal to float32 rounding)."""
     from qatkit.serialization import PackedConv2d
 
     torch.manual_seed(0)
@@ -191,8 +211,8 @@ def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, tmp_path):
         want = cpu(x)
         for _ in range(2):
             got = gpu(x.cuda()).cpu()
-            if preset == "xnor_w1a1":
-                assert (got != want).float().mean().item() <= 0.02
+            if preset == "xnor_w1a1":  # the simulation's scales: float reductions in the device's order
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
             else:
                 assert torch.equal(got, want)
     convs = [m for m in gpu.modules() if isinstance(m, PackedConv2d) and m._integer_form is not None]
