@@ -280,8 +280,11 @@ torch::nn::AnyModule build(const Candidate& c, const LayerSpec& spec, const QATC
                    : "float";
   row.act = aq ? describe(aq->spec()) : "float";
   if (wfq && wfq->granularity != wfq->spec().granularity) {
-    TORCH_WARN("prepare_qat: layer '", c.name, "': the flattened input dim is not a multiple of group_size ",
-               wfq->spec().group_size.value_or(0), "; its weight falls back to per-channel");
+    // fmt, not TORCH_WARN's ostream, for the integer (docs/gpu.md: GCC 13 builds crashed in
+    // std::ostream's integer insertion inside libqatkit.so)
+    TORCH_WARN(fmt::format("prepare_qat: layer '{}': the flattened input dim is not a multiple of group_size {}; its "
+                           "weight falls back to per-channel",
+                           c.name, wfq->spec().group_size.value_or(0)));
   }
   return any;
 }
@@ -405,9 +408,10 @@ QATReport prepare_qat_inplace(torch::nn::Module& model, const QATConfig& config)
   if (config.first_last == "int8" && !rules.count("default (quantized)") && rules.count("first_last (quantized)")) {
     std::string names;
     for (const auto& n : rules["first_last (quantized)"]) names += (names.empty() ? "" : ", ") + n;
-    TORCH_WARN("prepare_qat: the first_last='int8' rule gives every quantized layer (", names,
-               ") W8A8, so no layer gets the config's default spec; the model has only ", compute,
-               " compute layer(s). Set QATConfig::first_last = \"\" to quantize them all with the default");
+    TORCH_WARN(fmt::format("prepare_qat: the first_last='int8' rule gives every quantized layer ({}) W8A8, so no "
+                           "layer gets the config's default spec; the model has only {} compute layer(s). Set "
+                           "QATConfig::first_last = \"\" to quantize them all with the default",
+                           names, compute));
   }
   for (auto& r : walk.kept) report.layers.push_back(r);
   for (auto& r : walk.floats) {
