@@ -60,6 +60,10 @@ XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
 step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs "${XDIST[@]}"
 step bench_gpu 20 150 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
 cat "$LOG/bench_gpu.log"
+# the integer ops' error paths under this machine's compiler (their messages crashed a GCC 13 build
+# until they formatted with fmt: docs/gpu.md, 2026-12-04, sixteenth session)
+step test_cpu_errors 20 90 "$PY" -m pytest tests/python/ops/test_linear_int8.py tests/python/ops/test_bad_input.py -q \
+  -p no:cacheprovider -n 8
 # compute-sanitizer over the CUDA op tests (memcheck: out-of-bounds and misaligned accesses;
 # racecheck: shared-memory races; initcheck: reads of uninitialized device memory). Each fails its
 # step on any report; a subset per tool (one kernel family each at least), the sanitizer being slow.
@@ -79,11 +83,7 @@ done
 CGDB=$(command -v cuda-gdb || echo /usr/local/cuda/bin/cuda-gdb)
 step crash_probe 15 60 "$CGDB" -batch -ex run -ex bt --args "$PY" -X faulthandler -m pytest tests/python/ops/test_linear_int8.py \
   -q -p no:cacheprovider -p no:xdist -k "opcheck_and_compile or bad_arguments or opcheck_and_errors or packing_and_errors"
-# the integer ops' error paths first (their messages crashed a GCC 13 build until they formatted
-# with fmt: docs/gpu.md, 2026-12-04, sixteenth session), then every CPU op test under this machine's
-# torch and compiler (test_cuda.py ran above)
-step test_cpu_errors 20 90 "$PY" -m pytest tests/python/ops/test_linear_int8.py tests/python/ops/test_bad_input.py -q \
-  -p no:cacheprovider -n 8
+# every CPU op test under this machine's torch and compiler (test_cuda.py ran above)
 step test_cpu_ops 30 150 "$PY" -m pytest tests/python/ops -q -p no:cacheprovider -n 8 --ignore tests/python/ops/test_cuda.py \
   --deselect tests/python/ops/test_fake_quantize.py::test_large_tensor_over_2_31_elements
 echo "gpu_check: overall status $status after ${SECONDS} s (logs in $LOG)" | tee -a "$LOG/summary.txt"
