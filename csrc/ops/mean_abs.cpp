@@ -27,7 +27,10 @@ at::Tensor mean_abs_composite(const at::Tensor& input, std::optional<std::int64_
   const c10::SymInt channels = axis.has_value() ? input.sym_size(*axis < 0 ? *axis + input.dim() : *axis) : 1;
   // no dims left (per channel along the only axis): |x| itself (an empty dim list reduces everything)
   if (dims.empty()) return as_float(input.abs()).reshape_symint({channels});
-  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  // float64 accumulation, as the CPU kernel's abs-sum: the float32 mean is then the same on every
+  // device in all but a vanishing share of cases (a float32 accumulation in CUDA's order moved
+  // XNOR's per-sample scale in its last bits against the CPU's: docs/gpu.md, 2026-12-04)
+  const auto acc = at::kDouble;
   const double count = static_cast<double>(input.sym_numel().guard_int(__FILE__, __LINE__)) /
                        static_cast<double>(std::max<std::int64_t>(1, channels.guard_int(__FILE__, __LINE__)));
   return as_float(div_exact(at::linalg_vector_norm(input, 1, dims, false, acc), count)).reshape_symint({channels});
