@@ -11,7 +11,7 @@ timed alongside for reference.
 Integer GEMV rows (issue 13): a 4096 x 4096 Linear at batch 1 and 64 on qatkit's CUDA integer
 kernels (linear_int8, linear_w4a8 in the panel layout, linear_w4_weight_only, linear_w8_weight_only,
 linear_dynamic_int8 (BitLinear's per-token inputs), linear_w2a8,
-linear_w1a8), each in its plain and vector ("fast") CUDA form, against fp32 ``F.linear`` (cuBLAS) and
+linear_w1a8, linear_w1a1 (XNOR: the W1A8 kernels on the per-sample binary codes)), each in its plain and vector ("fast") CUDA form, against fp32 ``F.linear`` (cuBLAS) and
 ``torch._int_mm`` in the same run, as ratios, in
 the DRAM regime (each format cycles through distinct weight copies totalling >= 4x the L2), timed as
 CUDA graph replays so host launch overhead does not pace a microsecond GEMV.
@@ -197,6 +197,7 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
         ("qatkit linear_w4_weight_only", "rows4", lambda x, xq, wt: ops.linear_w4_weight_only(x, wt, gsd, 32)),
         ("qatkit linear_w2a8", "t2", lambda x, xq, wt: ops.linear_w2a8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
         ("qatkit linear_w1a8", "b1", lambda x, xq, wt: ops.linear_w1a8(x, wt, corr, oscale, 0.02, 0, -128, 127)),
+        ("qatkit linear_w1a1 (XNOR)", "b1", lambda x, xq, wt: ops.linear_w1a1(x, wt, s8d)),
         (
             "qatkit linear_dynamic_int8 (ternary, per-token: BitLinear)",
             "t2",
@@ -205,9 +206,12 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
         ("qatkit linear_w8_weight_only", "int8", lambda x, xq, wt: ops.linear_w8_weight_only(x, wt, s8d)),
     ]
     out = []
-    for m in (1, 64):
-        x = torch.randn(m, k, device=dev)
-        xq = torch.randint(-127, 128, (max(m, 17), k), dtype=torch.int8, device=dev)  # _int_mm needs M > 16
+    # every input drawn before any graph capture (a capture that fails leaves the CUDA generator
+    # unusable for the rest of the process)
+    inputs = {m: (torch.randn(m, k, device=dev),
+                  torch.randint(-127, 128, (max(m, 17), k), dtype=torch.int8, device=dev))  # _int_mm needs M > 16
+              for m in (1, 64)}
+    for m, (x, xq) in inputs.items():
         times = {}
         for name, key, op in cases:
             # qatkit's two CUDA forms (QATKIT_CUDA_GEMV, read per launch; kernels/cuda/qgemm.cu)
@@ -253,7 +257,8 @@ def bench_models(width: int = 4096, depth: int = 6, dev: str = "cuda") -> list:
     fp32 = nn.Sequential(*layers[:-1]).to(dev).eval()
     calib = [torch.randn(64, width, device=dev)]
     models = {"fp32": fp32}
-    for name in ("w8a8", "w4a8", "ternary_twn", "binary_w1a8", "bitnet_b158", "int4_weight_only", "int8_weight_only"):
+    for name in ("w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158", "int4_weight_only",
+                 "int8_weight_only"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             q = qatkit.prepare_qat(fp32, qatkit.preset(name))

@@ -267,8 +267,7 @@ bool plan_conv(Layer& l, bool on) {
 template <std::size_t D, class Layer>
 const IntegerKernelPlan* cuda_conv_plan_of(Layer& l) {
   ConvertedWeight& f = l.frozen;
-  // XNOR convs with groups 1 run conv2d_w1a1: no CUDA kernel
-  if (!f.integer || (f.integer->binary_input && f.integer->groups == 1)) return nullptr;
+  if (!f.integer) return nullptr;
   if (!f.integer_rows || f.integer_rows->weight.device() != f.codes.device()) f.integer_rows = make_conv_plan<D>(l, true);
   return f.integer_rows.get();
 }
@@ -299,7 +298,7 @@ namespace detail {
 
 const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l) {
   ConvertedWeight& f = l.frozen;
-  if (!f.integer || f.integer->binary_input) return nullptr;  // linear_w1a1: no CUDA kernel
+  if (!f.integer) return nullptr;
   if (!f.integer_rows || f.integer_rows->weight.device() != f.codes.device()) {
     // the same rules and operands as the CPU plan, in the row layouts (Python's plans on CUDA)
     f.integer_rows = make_plan(f, l.layer_spec.weight, l.input_fake_quant, l.bias, false, 1, false, true, true);

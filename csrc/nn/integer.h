@@ -15,11 +15,11 @@ QATKIT_API torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch:
                                         const torch::Tensor& divisor = {});
 
 /// The plan a CUDA input of a Linear in integer compute runs on: its plan in the row layouts on the
-/// device of its codes (frozen.integer_rows, built at the first call there), or null where its kernel
-/// has no CUDA implementation (XNOR's linear_w1a1).
+/// device of its codes (frozen.integer_rows, built at the first call there), or null without a plan.
+/// Every plan kernel has a CUDA implementation (XNOR's linear_w1a1 / conv2d_w1a1 run the W1A8 kernels).
 QATKIT_API const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l);
 
-/// The same for a conv (conv2d_int8 on CUDA); null for XNOR convs with groups 1 (conv2d_w1a1).
+/// The same for a conv (conv2d_int8 / conv2d_w1a1 on CUDA).
 QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConv2dImpl& l);
 QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConv1dImpl& l);
 

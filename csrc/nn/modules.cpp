@@ -528,8 +528,6 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
     if (h.device().is_cuda() && h.device() == frozen.codes.device()) {
       // CUDA: the plan in the row layouts on the GPU (the same bits as the CPU kernels)
       if (const IntegerKernelPlan* p = detail::cuda_linear_plan(*this)) return detail::integer_linear(*p, h, divisor);
-      TORCH_WARN_ONCE("qatkit: an XNOR Linear (linear_w1a1) has no CUDA kernel: on CUDA it computes in float (the QAT "
-                      "layer's function), not the integer kernel's bits; run it on the CPU for those");
     }
   }
   if (smooth.defined()) h = h / smooth.to(h.device(), h.scalar_type());  // Python: x / smooth.to(x.dtype)
@@ -651,10 +649,8 @@ torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
       return integer_conv_forward<D>(self, x, *self.frozen.integer);
     }
     if (x.device().is_cuda() && x.device() == self.frozen.codes.device()) {
-      // CUDA: conv2d_int8 (im2col, then the Linear kernels) on the plan in row layouts on the GPU
+      // CUDA: conv2d_int8 / conv2d_w1a1 (im2col, then the Linear kernels) on the plan in row layouts on the GPU
       if (const IntegerKernelPlan* p = detail::cuda_conv_plan(self)) return integer_conv_forward<D>(self, x, *p);
-      TORCH_WARN_ONCE("qatkit: an XNOR conv with groups 1 (conv2d_w1a1) has no CUDA kernel: on CUDA it computes in "
-                      "float (the QAT layer's function), not the integer kernel's bits; run it on the CPU for those");
     }
   }
   const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;

@@ -681,16 +681,12 @@ CATCH_TEST_CASE("the row-layout plans CUDA Linears take give the CPU panel plans
       auto* lin = q->ptr(i)->as<qnn::QuantLinear>();
       CATCH_REQUIRE(lin != nullptr);
       const qnn::IntegerKernelPlan* rows = qnn::detail::cuda_linear_plan(*lin);
-      if (preset == "xnor_w1a1") {
-        CATCH_CHECK(rows == nullptr);  // linear_w1a1: no CUDA kernel
-      } else {
-        CATCH_REQUIRE(rows != nullptr);
-        CATCH_CHECK(rows->weight.dim() == 2);
-        CATCH_CHECK(rows->weight.size(0) == lin->options.out_features());
-        const torch::Tensor in = preset == "bitnet_b158" ? at::rms_norm(h, {h.size(1)}, std::nullopt, 1e-6) : h;
-        CATCH_CHECK(torch::equal(qnn::detail::integer_linear(*rows, in), qnn::detail::integer_linear(*lin->frozen.integer, in)));
-        CATCH_CHECK(qnn::detail::cuda_linear_plan(*lin) == rows);  // built once
-      }
+      CATCH_REQUIRE(rows != nullptr);  // XNOR too: linear_w1a1 on the W1A8 kernels there
+      CATCH_CHECK(rows->weight.dim() == 2);
+      CATCH_CHECK(rows->weight.size(0) == lin->options.out_features());
+      const torch::Tensor in = preset == "bitnet_b158" ? at::rms_norm(h, {h.size(1)}, std::nullopt, 1e-6) : h;
+      CATCH_CHECK(torch::equal(qnn::detail::integer_linear(*rows, in), qnn::detail::integer_linear(*lin->frozen.integer, in)));
+      CATCH_CHECK(qnn::detail::cuda_linear_plan(*lin) == rows);  // built once
       h = torch::relu(lin->forward(h));
     }
   }
@@ -699,7 +695,7 @@ CATCH_TEST_CASE("the row-layout plans CUDA Linears take give the CPU panel plans
 CATCH_TEST_CASE("the row-layout plans CUDA convs take give the CPU conv plans' bits", "[nn][integer]") {
   // detail::cuda_conv_plan: a conv's plan in the row layouts (conv2d_int8 on CUDA runs the Linear
   // kernels on patch rows); the CPU conv kernel takes int8 rows too, so on the CPU the row plan
-  // gives the CPU plan's outputs bit for bit. XNOR convs with groups 1 (conv2d_w1a1) have none.
+  // gives the CPU plan's outputs bit for bit (XNOR's groups-1 convs: conv2d_w1a1's plan).
   for (const std::string preset : {"w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"}) {
     CATCH_INFO(preset);
     torch::manual_seed(7);
@@ -722,16 +718,12 @@ CATCH_TEST_CASE("the row-layout plans CUDA convs take give the CPU conv plans' b
       CATCH_REQUIRE(conv != nullptr);
       if (conv->frozen.integer) {
         const qnn::IntegerKernelPlan* rows = qnn::detail::cuda_conv_plan(*conv);
-        if (preset == "xnor_w1a1" && conv->options.groups() == 1) {
-          CATCH_CHECK(rows == nullptr);
-        } else {
-          CATCH_REQUIRE(rows != nullptr);
-          const auto run = [&](const qnn::IntegerKernelPlan& p) {
-            return qnn::detail::integer_conv(p, h, {3, 3}, {1, 1}, {1, 1}, {1, 1});
-          };
-          CATCH_CHECK(torch::equal(run(*rows), run(*conv->frozen.integer)));
-          ++checked;
-        }
+        CATCH_REQUIRE(rows != nullptr);  // XNOR's groups-1 convs too (conv2d_w1a1)
+        const auto run = [&](const qnn::IntegerKernelPlan& p) {
+          return qnn::detail::integer_conv(p, h, {3, 3}, {1, 1}, {1, 1}, {1, 1});
+        };
+        CATCH_CHECK(torch::equal(run(*rows), run(*conv->frozen.integer)));
+        ++checked;
       }
       h = torch::relu(conv->forward(h));
     }

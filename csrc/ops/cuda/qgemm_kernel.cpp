@@ -2,8 +2,8 @@
 // linear_w4_weight_only, linear_w8_weight_only, conv2d_int8): the CPU's
 // checks, the input rows quantized into an int8 buffer on the device, then the torch-free
 // launchers of kernels/cuda/qgemm_cuda.h on the current stream; the same bits as the CPU.
-// conv2d_int8 runs im2col, then the Linear kernels per group. linear_w1a1 / conv2d_w1a1 (XNOR)
-// have no CUDA kernel (the dispatcher says so).
+// conv2d_int8 runs im2col, then the Linear kernels per group. linear_w1a1 / conv2d_w1a1 (XNOR) run
+// the W1A8 kernels on the per-sample binary codes (inputs of scale 1).
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -320,6 +320,66 @@ at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, s
   return y;
 }
 
+// XNOR (linear_w1a1 / conv2d_w1a1, the "row" form of docs/integer.md) on the W1A8 kernels: the
+// input's per-sample codes and alphas from binary_codes(input, "bitnet", 0) on the device, the codes
+// in {-1, 0, +1} as float inputs of scale 1 (each quantizes to itself; zero padding and the K_pad
+// tail hold code 0), whose exact int32 sums against the +-1 weight bits are the popcount's sums;
+// corr 0 and out_scale 1 leave fp32(acc), then y * fp32(alpha[b] * weight_scale[n]) (+ bias) as
+// separate ATen ops: the CPU kernel's requantization (kernels/cpu/qgemm/loops.h). The weight is
+// pack_binary_b1's rows, which linear_w1a8 and conv2d_int8 (weight_bits 1) read as they are. The
+// codes are the device's: the bitnet centre is a float32 mean in the device's order (docs/gpu.md).
+kernels::ActQuantArgs unit_codes() { return act_quant_args(1.0, 0, -128, 127, 0); }
+
+// y ([M, N] rows, sample b owning rows [b * M / B, (b + 1) * M / B)) times fp32(alpha[b] * ws[n]), + bias
+void xnor_requantize(at::Tensor& y, const at::Tensor& alpha, const at::Tensor& ws, const std::optional<at::Tensor>& bias,
+                     std::int64_t M, std::int64_t N) {
+  const std::int64_t B = alpha.size(0);
+  const at::Tensor m = at::mul(alpha.reshape({B, 1, 1}), ws.reshape({1, 1, N}));  // fp32(alpha[b] * ws[n])
+  at::Tensor yv = y.view({B, M / B, N});
+  yv.mul_(m);
+  if (bias.has_value()) yv.add_(bias->reshape({1, 1, N}));
+}
+
+at::Tensor linear_w1a1_cuda(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
+                            const std::optional<at::Tensor>& bias) {
+  const std::int64_t K = input.dim() > 0 ? input.size(-1) : 0;
+  check_w1a1_args("linear_w1a1", input, K, weight, weight_scale, bias);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor w = weight.contiguous(), ws = weight_scale.contiguous();
+  const std::int64_t N = w.size(0);
+  const auto rows = rows_and_output_shape(input, N);
+  const std::int64_t M = rows.first;
+  at::Tensor y = at::empty(rows.second, input.options());
+  if (y.numel() == 0) return y;
+  const auto [codes, alpha] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
+  const at::Tensor xc = codes.to(at::kFloat).reshape({M, K});
+  linear_cuda_core(xc, w, 1, N, at::zeros({N}, input.options().dtype(at::kInt)), at::ones({N}, input.options()),
+                   at::Tensor(), unit_codes(), nullptr, y);
+  xnor_requantize(y, alpha, ws, bias, M, N);
+  return y;
+}
+
+at::Tensor conv2d_w1a1_cuda(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
+  const std::int64_t B = input.size(0), C = input.size(1);
+  const std::int64_t K = C * kernel_size[0] * kernel_size[1];
+  check_w1a1_args("conv2d_w1a1", input, K, weight, weight_scale, bias);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const at::Tensor ws = weight_scale.contiguous();
+  const std::int64_t N = weight.size(0);
+  if (B * N * ho * wo == 0) return at::empty({B, N, ho, wo}, input.options());
+  const auto [codes, alpha] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
+  at::Tensor y = conv2d_int8_cuda(codes.to(at::kFloat), weight, 1, kernel_size, stride, padding, dilation,
+                                  at::zeros({N}, input.options().dtype(at::kInt)), at::ones({N}, input.options()), 1.0, 0,
+                                  -128, 127, std::nullopt, 1);
+  const at::Tensor m = at::mul(alpha.reshape({B, 1, 1, 1}), ws.reshape({1, N, 1, 1}));  // fp32(alpha[b] * ws[n])
+  y.mul_(m);
+  if (bias.has_value()) y.add_(bias->reshape({1, N, 1, 1}));
+  return y;
+}
+
 // pack_int8_panel: made by the CPU kernel (its split records need a pass per block; a load-time step)
 at::Tensor pack_int8_panel_cuda(const at::Tensor& weight) {
   check_pack_int8_panel_args(weight);
@@ -338,6 +398,8 @@ TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
   m.impl("linear_w2a8", &linear_w2a8_cuda);
   m.impl("linear_w1a8", &linear_w1a8_cuda);
   m.impl("conv2d_int8", &conv2d_int8_cuda);
+  m.impl("linear_w1a1", &linear_w1a1_cuda);
+  m.impl("conv2d_w1a1", &conv2d_w1a1_cuda);
 }
 
 }  // namespace qatkit::ops

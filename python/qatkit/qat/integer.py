@@ -480,11 +480,11 @@ def _bind(plan: dict, divisor: Optional[torch.Tensor] = None):
     return call
 
 
-#: The Linear plan kernels with a CUDA implementation (csrc/ops/cuda/qgemm_kernel.cpp). On CUDA the
-#: others (XNOR's linear_w1a1) run the float64 simulation: the same bits, on no kernel. Convs run
-#: conv2d_int8 on CUDA too, except XNOR's groups == 1 convs (conv2d_w1a1: the simulation).
+#: The Linear plan kernels with a CUDA implementation (csrc/ops/cuda/qgemm_kernel.cpp; XNOR's
+#: linear_w1a1 / conv2d_w1a1 there run the W1A8 kernels on the binary codes). A plan kernel not
+#: listed would run the float64 simulation on CUDA (the same bits, on no kernel).
 _CUDA_KERNELS = frozenset({"linear_int8", "linear_w2a8", "linear_w1a8", "linear_w4a8", "linear_w4_weight_only",
-                           "linear_w8_weight_only", "linear_dynamic_int8"})
+                           "linear_w8_weight_only", "linear_dynamic_int8", "linear_w1a1"})
 
 
 def _kernel_takes(mod, x: torch.Tensor) -> bool:
@@ -539,8 +539,8 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     if (mod._integer_form in ("static", "row") and x.dtype == torch.float32 and x.dim() == nd + 2
             and (w.is_cpu if x.is_cpu else x.is_cuda and x.device == w.device)):
         plan = _plan(mod)
-        # on CUDA: conv2d_int8 (im2col, then the Linear kernels); XNOR's conv2d_w1a1 is CPU-only
-        if plan and isinstance(mod.padding, tuple) and (x.is_cpu or plan["kernel"] != "linear_w1a1"):
+        # on CUDA: conv2d_int8 / conv2d_w1a1 (im2col, then the Linear kernels)
+        if plan and isinstance(mod.padding, tuple):
             return _conv_on_kernel(mod, x, nd, plan)
     fn = F.conv1d if nd == 1 else F.conv2d
     padding, pad = mod.padding, None
@@ -585,8 +585,8 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
 
 def _plan(mod):
     """The layer's kernel plan (built once, on the layer's device), or False. A plan whose kernel
-    has no implementation on that device (a CUDA layer's XNOR Linear) has ``call`` and ``bare``
-    None: the float64 simulation runs (the same bits); :func:`kernel_for` still names it (CPU)."""
+    has no implementation on that device (one not in ``_CUDA_KERNELS`` on CUDA) has ``call`` and
+    ``bare`` None: the float64 simulation runs (the same bits); :func:`kernel_for` still names it."""
     plan = mod.__dict__.get("_int8_plan")
     if plan is None:
         plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False

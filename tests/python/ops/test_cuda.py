@@ -476,3 +476,98 @@ def test_conv2d_int8_cuda_equals_cpu(bits, C, N, groups, geom, gemv_form):
     torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default,
                           (x.cuda(), layouts[0].cuda(), bits, list(geom["k"]), list(geom["s"]), list(geom["p"]),
                            list(geom["d"]), corr.cuda(), scale.cuda(), s, zp, qmin, qmax, fb.cuda(), groups))
+
+
+# XNOR (linear_w1a1 / conv2d_w1a1): on CUDA the W1A8 kernels on the per-sample binary codes. The
+# codes and alphas are binary_codes(x, "bitnet", 0) on the device: its centre is a float32 mean in
+# the device's order, so the kernels are checked against the formula on the device's own codes, and
+# against the CPU op wherever the device's codes and alphas equal the CPU's (the test below asks
+# that they nearly always do).
+
+
+def _xnor_formula(q: torch.Tensor, alpha: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, bias, conv=None):
+    """fp32(acc) * fp32(alpha[b] * ws[n]) + bias from codes q (exact float64 sums of the codes; conv:
+    (stride, padding, dilation), zero padding code 0), on the CPU."""
+    import torch.nn.functional as F
+
+    q, alpha = q.cpu().double(), alpha.cpu()
+    if conv is None:
+        acc = (q @ w.double().t()).float()
+        a = alpha.reshape([-1] + [1] * (acc.dim() - 1))
+        y = acc * (a * ws)
+        return y if bias is None else y + bias
+    acc = F.conv2d(q, w.double(), None, *conv).float()
+    y = acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1))
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+def _same_codes(x: torch.Tensor) -> bool:
+    qg, ag = ops.binary_codes(x.cuda(), "bitnet", 0)
+    qc, ac = ops.binary_codes(x, "bitnet", 0)
+    return torch.equal(qg.cpu(), qc) and torch.equal(ag.cpu(), ac)
+
+
+def test_bitnet_binary_codes_cuda_nearly_always_equal_cpu():
+    """The per-sample scale accumulates |x| in float64 on both devices (_mean_abs): equal alphas;
+    the centre is a float32 mean in each device's order: at most a vanishing share of codes differ
+    (those within an ulp of the centre)."""
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(64, 3, 17, 19, generator=g) * 2 + 0.5
+    qg, ag = ops.binary_codes(x.cuda(), "bitnet", 0)
+    qc, ac = ops.binary_codes(x, "bitnet", 0)
+    assert torch.equal(ag.cpu(), ac)
+    assert int((qg.cpu() != qc).sum()) <= x.numel() * 1e-4
+
+
+@pytest.mark.parametrize("shape,N", [((1, 133), 37), ((5, 64), 16), ((3, 4, 96), 7), ((2, 1), 9), ((20, 133), 40),
+                                     ((64, 1024), 128), ((0, 16), 8)])
+def test_xnor_linear_cuda_equals_the_formula_and_the_cpu(shape, N, gemv_form):
+    """linear_w1a1 on CUDA: the formula on the device's codes bit for bit (every row count: the
+    vector GEMV, and torch._int_mm on the unpacked codes from 17 rows with N % 8 == 0), NaN inputs
+    (code 0), and the CPU op's bits where the codes agree; opcheck."""
+    g = torch.Generator().manual_seed(29)
+    x = torch.randn(shape, generator=g) + 0.3
+    if shape[0] > 2:
+        x[0].reshape(-1)[::11] = float("nan")  # one sample: its centre and alpha NaN, the others not
+    K = shape[-1]
+    w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    packed = ops.pack_binary_b1(w)
+    q, alpha = ops.binary_codes(x.cuda(), "bitnet", 0)
+    for bias in (None, fb):
+        got = ops.linear_w1a1(x.cuda(), packed.cuda(), ws.cuda(), None if bias is None else bias.cuda())
+        assert got.is_cuda and got.shape == (*shape[:-1], N)
+        _bits_equal(got.cpu(), _xnor_formula(q, alpha, w, ws, bias))
+        if _same_codes(x):
+            _bits_equal(got.cpu(), ops.linear_w1a1(x, packed, ws, bias))
+    if x.numel():
+        xf = x.nan_to_num(0.5).cuda()  # opcheck compares outputs without equal_nan
+        torch.library.opcheck(torch.ops.qatkit.linear_w1a1.default, (xf, packed.cuda(), ws.cuda(), fb.cuda()))
+
+
+@pytest.mark.parametrize("C,N,geom", [
+    (5, 20, dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1))),
+    (16, 24, dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2))),  # 24 outputs: torch._int_mm from 17 patch rows
+    (3, 8, dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1))),
+])
+def test_xnor_conv_cuda_equals_the_formula_and_the_cpu(C, N, geom, gemv_form):
+    """conv2d_w1a1 on CUDA (im2col of the codes, zero padding code 0, then the W1A8 kernels): the
+    formula on the device's codes bit for bit, an image whose NaN makes every code 0, the CPU op's
+    bits where the codes agree; opcheck."""
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(3, C, 9, 7, generator=g)
+    x[2, 0, 0, 0] = float("nan")
+    kh, kw = geom["k"]
+    w = (torch.randint(0, 2, (N, C, kh, kw), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+    args = (geom["k"], geom["s"], geom["p"], geom["d"])
+    q, alpha = ops.binary_codes(x.cuda(), "bitnet", 0)
+    got = ops.conv2d_w1a1(x.cuda(), packed.cuda(), *args, ws.cuda(), fb.cuda())
+    assert got.is_cuda
+    _bits_equal(got.cpu(), _xnor_formula(q, alpha, w, ws, fb, (geom["s"], geom["p"], geom["d"])))
+    assert bool(got[2].isnan().all())
+    if _same_codes(x):
+        _bits_equal(got.cpu(), ops.conv2d_w1a1(x, packed, *args, ws, fb))
+    torch.library.opcheck(torch.ops.qatkit.conv2d_w1a1.default,
+                          (x.nan_to_num(0.5).cuda(), packed.cuda(), *[list(a) for a in args], ws.cuda(), fb.cuda()))

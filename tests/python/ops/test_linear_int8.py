@@ -1039,6 +1039,39 @@ def test_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, B, C):
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("shape,N", [((1, 133), 37), ((3, 4, 96), 7), ((20, 133), 40)])
+def test_w1a1_is_w1a8_on_the_codes_at_scale_1(shape, N):
+    """The composition CUDA's linear_w1a1 / conv2d_w1a1 run (csrc/ops/cuda/qgemm_kernel.cpp):
+    binary_codes' codes as float inputs of scale 1 through linear_w1a8 / conv2d_int8 (weight_bits 1,
+    pack_binary_b1's rows; corr 0, out_scale 1: fp32(acc)), then * fp32(alpha[b] * ws[n]) + bias,
+    equals the popcount kernels bit for bit (here on the CPU kernels, every ISA)."""
+    g = torch.Generator().manual_seed(41)
+    x = torch.randn(shape, generator=g) + 0.2
+    K = shape[-1]
+    w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    packed = ops.pack_binary_b1(w)
+    zero, one = torch.zeros(N, dtype=torch.int32), torch.ones(N)
+    xc = torch.randn(2, 5, 7, 6, generator=g)
+    wc = (torch.randint(0, 2, (N, 5, 3, 3), generator=g) * 2 - 1).to(torch.int8)
+    pc = ops.pack_binary_b1(wc.reshape(N, -1))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            q, alpha = ops.binary_codes(x, "bitnet", 0)
+            acc = ops.linear_w1a8(q.float(), packed, zero, one, 1.0, 0, -128, 127)
+            a = alpha.reshape([-1] + [1] * (acc.dim() - 1))
+            assert torch.equal(acc * (a * ws) + fb, ops.linear_w1a1(x, packed, ws, fb)), isa
+            q, alpha = ops.binary_codes(xc, "bitnet", 0)
+            acc = ops.conv2d_int8(q.float(), pc, 1, (3, 3), (1, 2), (1, 1), (1, 1), zero, one, 1.0, 0, -128, 127, None, 1)
+            want = ops.conv2d_w1a1(xc, pc, (3, 3), (1, 2), (1, 1), (1, 1), ws, fb)
+            got = acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1)) + fb.reshape(1, -1, 1, 1)
+            assert torch.equal(got, want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 def test_w1a1_opcheck_compile_and_errors():
     x = torch.randn(3, 70)
     w = (torch.randint(0, 2, (8, 70)) * 2 - 1).to(torch.int8)
