@@ -22,6 +22,11 @@ each quantized Linear builds its kernel plan on CUDA (row layouts) and runs the 
 against the fp32 MLP in the same run, batch 1 and 64, eager calls (what a user's loop sees,
 Python included) and CUDA graph replays; plus the float64 integer simulation such a model ran
 before its plans reached CUDA (w8a8, plans switched off).
+
+CNN rows: ResNet-18 and MobileNetV2 (CIFAR stems, 32 x 32, qatkit.testing.models) converted per
+preset and run on CUDA (convs on conv2d_int8 / conv2d_w1a1, depthwise convs on the direct kernel)
+against the fp32 model (cuDNN) in the same run, batch 8 and 64, eager and CUDA graph; plus one
+depthwise conv alone (3 x 3, 128 channels, 16 x 16) against cuDNN's.
 """
 
 import argparse
@@ -297,6 +302,70 @@ def bench_models(width: int = 4096, depth: int = 6, dev: str = "cuda") -> list:
     return out
 
 
+def bench_cnns(dev: str = "cuda", batches=(8, 64), size: int = 32) -> list:
+    """Converted CNNs on CUDA against the fp32 CNN (module docstring), us per forward; and one
+    depthwise conv2d_int8 against F.conv2d (groups == C)."""
+    import warnings
+
+    from qatkit.qat.convert import _Quantized
+    from qatkit.testing.models import mobilenet_v2, resnet18
+    from qatkit.testing.samples import conv_int8_case
+
+    out = []
+    inputs = {b: torch.randn(b, 3, size, size, device=dev) for b in batches}  # before any capture
+    g = torch.Generator().manual_seed(0)
+    xd = torch.randn(64, 128, 16, 16, device=dev)
+    case = conv_int8_case(8, 128, 9, 128, g)
+    wf = torch.randn(128, 1, 3, 3, device=dev)
+    s, zp, qmin, qmax = case["act"]
+    wd, cd, sd, bd = case["layouts"][0].to(dev), case["corr"].to(dev), case["scale"].to(dev), case["bias"].to(dev)
+    with torch.no_grad():
+        for name, fn in (("fp32 F.conv2d depthwise (cuDNN)", lambda: torch.nn.functional.conv2d(xd, wf, None, 1, 1, 1, 128)),
+                         ("qatkit conv2d_int8 depthwise", lambda: ops.conv2d_int8(xd, wd, 8, (3, 3), (1, 1), (1, 1), (1, 1),
+                                                                                  cd, sd, s, zp, qmin, qmax, bd, 128))):
+            fn()
+            eager = cuda_time(fn, iters=20, warmup=3)
+            graph, mode = time_per_call([fn], iters=10)
+            out.append({"batch": 64, "model": "depthwise 3x3, 128 ch, 16 x 16", "case": name,
+                        "eager_us": round(eager * 1e6, 1), "graph_us": round(graph * 1e6, 1), "mode": mode,
+                        "kernels": []})
+    for arch, make in (("ResNet-18", lambda: resnet18(10, small_input=True)),
+                       ("MobileNetV2", lambda: mobilenet_v2(10, small_input=True))):
+        torch.manual_seed(0)
+        fp = make().to(dev).eval()
+        models = {"fp32": fp}
+        calib = [torch.randn(16, 3, size, size, device=dev) for _ in range(2)]
+        for preset in ("w8a8", "ternary_twn", "xnor_w1a1"):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                q = qatkit.prepare_qat(fp, qatkit.preset(preset))
+                qatkit.qat.calibrate(q, calib)
+                models[preset] = qatkit.convert(q, integer=True).eval()
+            del q
+        with torch.no_grad():
+            for batch, x in inputs.items():
+                times = {}
+                for name, model in models.items():
+                    model(x)  # builds the plans before any capture
+                    eager = cuda_time(lambda: model(x), iters=10, warmup=2)
+                    graph, mode = time_per_call([lambda: model(x)], iters=10)
+                    kernels = sorted({m.__dict__["_int8_plan"]["kernel"] for m in model.modules()
+                                      if isinstance(m, _Quantized) and m.__dict__.get("_int8_plan")})
+                    times[name] = (eager, graph, mode, kernels)
+                e32, g32 = times["fp32"][0], times["fp32"][1]
+                out += [{"batch": batch, "model": arch, "case": name, "eager_us": round(e * 1e6, 1),
+                         "graph_us": round(gr * 1e6, 1), "eager_vs_fp32": round(e32 / e, 2),
+                         "graph_vs_fp32": round(g32 / gr, 2), "mode": mode, "kernels": ks}
+                        for name, (e, gr, mode, ks) in times.items()]
+        del models
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    e32, g32 = out[0]["eager_us"], out[0]["graph_us"]
+    for r in out[:2]:
+        r["eager_vs_fp32"], r["graph_vs_fp32"] = round(e32 / r["eager_us"], 2), round(g32 / r["graph_us"], 2)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log", type=int, default=28, help="log2 of the element count")
@@ -319,10 +388,11 @@ def main():
     }
     integer_rows = bench_integer()
 
-    def dump(model_rows):
+    def dump(model_rows, cnn_rows=()):
         if a.json:
             with open(a.json, "w") as f:
-                json.dump({"info": info, "rows": rows_out, "integer": integer_rows, "models": model_rows}, f, indent=2)
+                json.dump({"info": info, "rows": rows_out, "integer": integer_rows, "models": model_rows,
+                           "cnns": list(cnn_rows)}, f, indent=2)
 
     dump([])  # the rows so far, in case the model rows fail
     print(f"{info['device']}, torch {info['torch']}, {n:,} elements per tensor\n")
@@ -351,6 +421,18 @@ def main():
         print(
             f"| {r['batch']} | {r['model']} | {r['eager_us']:.1f} | {r['eager_vs_fp32']:.2f}x | {r['graph_us']:.1f} | "
             f"{r['graph_vs_fp32']:.2f}x ({r['mode']}) | {', '.join(r['kernels']) or '-'} |"
+        )
+
+
+    sys.stdout.flush()
+    cnn_rows = bench_cnns()
+    dump(model_rows, cnn_rows)
+    print("\n| batch | CNN (32 x 32), converted, on CUDA | case | eager us | vs fp32 | graph us | vs fp32 | kernels |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in cnn_rows:
+        print(
+            f"| {r['batch']} | {r['model']} | {r['case']} | {r['eager_us']:.1f} | {r['eager_vs_fp32']:.2f}x | "
+            f"{r['graph_us']:.1f} | {r['graph_vs_fp32']:.2f}x ({r['mode']}) | {', '.join(r['kernels']) or '-'} |"
         )
 
 

@@ -58,7 +58,7 @@ export QATKIT_LOAD_RUN="$PWD/build/gpu/qatkit_load_run"  # the C++ loader on CUD
 # 4 xdist workers share the GPU where pytest-xdist is installed (the tests are small; minutes are lent)
 XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
 step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs "${XDIST[@]}"
-step bench_gpu 20 150 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
+step bench_gpu 20 200 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
 cat "$LOG/bench_gpu.log"
 # the integer ops' error paths under this machine's compiler (their messages crashed a GCC 13 build
 # until they formatted with fmt: docs/gpu.md, 2026-12-04, sixteenth session)
@@ -69,6 +69,7 @@ step test_cpu_errors 20 90 "$PY" -m pytest tests/python/ops/test_linear_int8.py 
 # step on any report; a subset per tool (one kernel family each at least), the sanitizer being slow.
 CS=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
 SAN_K="integer or w4 or w8 or dynamic or binarize or ternarize or histogram or special or learnable_backward or pact or observer"
+SAN_K="$SAN_K or conv2d_int8 or xnor or depthwise"
 # (no -x: a failing test must not end a sanitizer's coverage; the step's time limit bounds it)
 step sanitizer_memcheck 20 90 "$CS" --tool memcheck --error-exitcode 1 --target-processes all \
   "$PY" -m pytest tests/python/ops/test_cuda.py -q -p no:cacheprovider -k "$SAN_K"
@@ -76,6 +77,14 @@ for tool in racecheck initcheck; do
   step "sanitizer_$tool" 20 45 "$CS" --tool "$tool" --error-exitcode 1 --target-processes all \
     "$PY" -m pytest tests/python/ops/test_cuda.py -q -p no:cacheprovider -k "integer or w4a8 or histogram or observer"
 done
+# initcheck reported reads of torch._int_mm's output at M = 20 (docs/gpu.md, sixteenth session): the
+# same reads with torch alone, no qatkit op, say whether cuBLASLt's stores go untracked
+step initcheck_int_mm 10 30 "$CS" --tool initcheck --error-exitcode 1 "$PY" -c "import torch
+a = torch.randint(-128, 128, (20, 256), dtype=torch.int8, device='cuda')
+b = torch.randint(-128, 128, (40, 256), dtype=torch.int8, device='cuda')
+c = torch._int_mm(a, b.t()).add_(1)
+torch.cuda.synchronize()
+print('torch._int_mm M = 20:', tuple(c.shape))"
 # The integer ops' bad-argument tests crashed (SIGSEGV) on the H200 machine's GCC 13 build
 # (docs/gpu.md, 2026-12-04, call 4), each at the first bad call after an opcheck (or torch.compile)
 # in the same worker: run that sequence alone under cuda-gdb (it debugs host code; gdb is not

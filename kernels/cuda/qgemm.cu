@@ -600,6 +600,37 @@ __global__ void unpack_codes_kernel(const std::uint8_t* w, std::uint32_t* out, s
   }
 }
 
+// One thread per output element of a depthwise conv (QConvDwArgs): the taps' codes computed from
+// the float input in place (quantize_rows_kernel's expression; an image's elements are re-read
+// from cache by the kh * kw outputs that share them), so the whole conv is one launch where the
+// im2col path runs a GEMM sequence per channel.
+__global__ void conv_dw_s8_kernel(QConvDwArgs g) {
+  const ActQuantArgs& q = g.q;
+  const float lo = static_cast<float>(q.quant_min - q.zero_point), hi = static_cast<float>(q.quant_max - q.zero_point);
+  const float z = static_cast<float>(q.zero_point);
+  const std::int32_t pad_code = static_cast<std::int32_t>(quantize_code<float>(0.0f, q.inv_scale, lo, hi, z)) - q.shift;
+  const std::int64_t total = g.B * g.N * g.Ho * g.Wo, mult = g.N / g.C;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * blockDim.x;
+  for (std::int64_t o = blockIdx.x * static_cast<std::int64_t>(blockDim.x) + threadIdx.x; o < total; o += stride) {
+    const std::int64_t ow = o % g.Wo, oh = (o / g.Wo) % g.Ho, n = (o / (g.Wo * g.Ho)) % g.N, b = o / (g.Wo * g.Ho * g.N);
+    const float* x = g.x + (b * g.C + n / mult) * g.H * g.W;
+    const std::int8_t* w = g.w + n * g.w_rs;
+    std::uint32_t acc = 0;
+    for (int i = 0; i < g.kh; ++i) {
+      const std::int64_t ih = oh * g.sh - g.ph + static_cast<std::int64_t>(i) * g.dh;
+      for (int j = 0; j < g.kw; ++j) {
+        const std::int64_t iw = ow * g.sw - g.pw + static_cast<std::int64_t>(j) * g.dw;
+        const std::int32_t a =
+            ih >= 0 && ih < g.H && iw >= 0 && iw < g.W
+                ? static_cast<std::int32_t>(quantize_code<float>(x[ih * g.W + iw], q.inv_scale, lo, hi, z)) - q.shift
+                : pad_code;
+        acc += static_cast<std::uint32_t>(a * static_cast<std::int32_t>(w[i * g.kw + j]));
+      }
+    }
+    g.y[o] = requantize(acc + static_cast<std::uint32_t>(g.corr[n]), g, n);
+  }
+}
+
 // The float weights [N, K] the weight-only kernels multiply by, each dequantized exactly as they
 // do (W4: (float(q) - z) * s, either layout; W8: float(q) * s; float32, no FMA): the operand of
 // cuBLAS's float32 GEMM in the glue (a float kernel: its own order, within the same bound).
@@ -674,6 +705,13 @@ cudaError_t launch_gemm_packed(const QGemmPackedArgs& args, int weight_bits, cud
   } else {
     gemm_packed_kernel<1><<<blocks_for(args.M * args.N), kThreads, 0, stream>>>(args);
   }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_conv_dw_s8(const QConvDwArgs& args, cudaStream_t stream) {
+  const std::int64_t total = args.B * args.N * args.Ho * args.Wo;
+  if (total == 0) return cudaSuccess;
+  conv_dw_s8_kernel<<<blocks_for_elements(total), kThreads, 0, stream>>>(args);
   return cudaGetLastError();
 }
 

@@ -33,6 +33,25 @@ bool use_mma();
 /// The current device's compute capability as 10 * major + minor (0 if the runtime cannot say).
 int device_sm();
 
+/// A depthwise conv (groups == C, each output channel n reading input channel n / mult) straight
+/// from the float input: each tap's value quantized as launch_quantize_rows quantizes it (a padded
+/// tap: the code of x = 0, the zero point), int32 products with the int8 weight row (the signed
+/// codes; w_rs bytes per row, taps i * kw + j first), wrapping as the GEMMs' sums, then their
+/// requantization fp32(acc + corr[n]) * out_scale[n] (+ bias[n]). y: [B, N, Ho, Wo] float32.
+struct QConvDwArgs {
+  const float* x = nullptr;  ///< [B, C, H, W], contiguous
+  const std::int8_t* w = nullptr;
+  std::int64_t w_rs = 0;
+  const std::int32_t* corr = nullptr;
+  const float* out_scale = nullptr;
+  const float* bias = nullptr;  ///< or nullptr
+  float* y = nullptr;
+  std::int64_t B = 0, C = 0, H = 0, W = 0, N = 0, Ho = 0, Wo = 0;
+  int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  ActQuantArgs q;
+};
+cudaError_t launch_conv_dw_s8(const QConvDwArgs& args, cudaStream_t stream);
+
 /// QGemmArgs's GEMM (int8 weights).
 cudaError_t launch_gemm_s8(const QGemmArgs& args, cudaStream_t stream);
 

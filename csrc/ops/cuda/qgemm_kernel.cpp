@@ -289,7 +289,9 @@ at::Tensor linear_w8_weight_only_cuda(const at::Tensor& input, const at::Tensor&
 // exactly, the code the CPU pads its quantized image with), then per group the Linear kernels above
 // on the patch rows [B * L, C/groups * kh * kw] (int8 weight rows zero-padded to 32: the patch rows
 // padded with x = 0, whose products with the zero weights vanish). The same codes, exact int32
-// sums and requantization: the CPU's bits. One launch sequence per group (depthwise convs: C).
+// sums and requantization: the CPU's bits. One launch sequence per group; depthwise convs (groups ==
+// C > 1) instead run one direct kernel (launch_conv_dw_s8: the same codes, sums and requantization;
+// ternary / binary weights unpacked to their signed int8 codes first).
 at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double s,
@@ -300,14 +302,52 @@ at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, s
   const std::int64_t K = C / groups * kernel_size[0] * kernel_size[1];
   const bool panel = weight.dim() == 3;  // pack_int8_panel (groups 1): N from corr
   const std::int64_t Kw = weight_bits == 8 && !panel ? weight.size(1) : K;  // int8 rows: K or padded to 32
-  check_linear_int8_args(at::empty({1, Kw}, input.options()), weight, corr, out_scale, s, z, lo, hi, bias,
-                         static_cast<int>(weight_bits));
+  const std::int32_t shift = check_linear_int8_args(at::empty({1, Kw}, input.options()), weight, corr, out_scale, s, z,
+                                                    lo, hi, bias, static_cast<int>(weight_bits));
   const c10::cuda::CUDAGuard guard(input.device());
   const std::int64_t N = panel ? corr.size(0) : weight.size(0), Ng = N / groups, L = ho * wo;
   at::Tensor y = at::empty({B, N, ho, wo}, input.options());
   if (y.numel() == 0) return y;
-  const at::Tensor cols = at::im2col(input.contiguous(), {kernel_size[0], kernel_size[1]}, dilation, padding, stride);
   const at::Tensor w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
+  if (groups == C && groups > 1 && !panel) {
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    at::Tensor codes = w;  // int8 rows of Kw codes; 2 / 1 bits: their signed codes, K_pad per row
+    if (weight_bits != 8) {
+      const std::int64_t K_pad = w.size(1) * (8 / weight_bits);
+      codes = at::empty({N, K_pad}, input.options().dtype(at::kChar));
+      C10_CUDA_CHECK(kernels::cuda::launch_unpack_codes(w.data_ptr<std::uint8_t>(), codes.data_ptr<std::int8_t>(), N,
+                                                        K_pad, static_cast<int>(weight_bits), stream));
+    }
+    const at::Tensor x = input.contiguous();
+    const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+    kernels::cuda::QConvDwArgs g;
+    g.x = x.data_ptr<float>();
+    g.w = codes.data_ptr<std::int8_t>();
+    g.w_rs = codes.size(1);
+    g.corr = c.data_ptr<std::int32_t>();
+    g.out_scale = os.data_ptr<float>();
+    g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+    g.y = y.data_ptr<float>();
+    g.B = B;
+    g.C = C;
+    g.H = input.size(2);
+    g.W = input.size(3);
+    g.N = N;
+    g.Ho = ho;
+    g.Wo = wo;
+    g.kh = static_cast<int>(kernel_size[0]);
+    g.kw = static_cast<int>(kernel_size[1]);
+    g.sh = static_cast<int>(stride[0]);
+    g.sw = static_cast<int>(stride[1]);
+    g.ph = static_cast<int>(padding[0]);
+    g.pw = static_cast<int>(padding[1]);
+    g.dh = static_cast<int>(dilation[0]);
+    g.dw = static_cast<int>(dilation[1]);
+    g.q = act_quant_args(s, z, lo, hi, shift);
+    C10_CUDA_CHECK(kernels::cuda::launch_conv_dw_s8(g, stream));
+    return y;
+  }
+  const at::Tensor cols = at::im2col(input.contiguous(), {kernel_size[0], kernel_size[1]}, dilation, padding, stride);
   for (std::int64_t g = 0; g < groups; ++g) {
     at::Tensor xg = cols.narrow(1, g * K, K).transpose(1, 2).reshape({B * L, K});
     if (Kw > K) xg = at::constant_pad_nd(xg, {0, Kw - K}, 0.0);

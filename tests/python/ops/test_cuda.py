@@ -452,11 +452,15 @@ def test_paths_beyond_16_rows_and_their_guards(monkeypatch):
     (5, 24, 1, dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2))),  # 24 outputs: torch._int_mm from 17 patch rows
     (4, 8, 2, dict(k=(3, 3), s=(1, 2), p=(2, 0), d=(2, 1))),
     (6, 12, 6, dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1))),  # depthwise, channel multiplier 2
+    (4, 4, 4, dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2))),  # depthwise: strides, dilation, wide padding
+    (3, 9, 3, dict(k=(5, 5), s=(1, 1), p=(2, 2), d=(1, 1))),  # depthwise 5 x 5, multiplier 3
+    (5, 5, 5, dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1))),
 ])
 def test_conv2d_int8_cuda_equals_cpu(bits, C, N, groups, geom, gemv_form):
     """conv2d_int8 on CUDA (im2col of the float input, zero padding in float, then the Linear
-    kernels per group) equals the CPU conv bit for bit: every weight layout the plans give (int8 rows,
-    rows zero-padded to 32, the panel; ternary; binary), NaN inputs, and opcheck."""
+    kernels per group; depthwise convs the direct kernel conv_dw_s8) equals the CPU conv bit for
+    bit: every weight layout the plans give (int8 rows, rows zero-padded to 32, the panel; ternary;
+    binary), NaN inputs, and opcheck."""
     g = torch.Generator().manual_seed(19)
     B, H, W = 3, 9, 7
     x = torch.randn(B, C, H, W, generator=g) * 2
@@ -571,3 +575,24 @@ def test_xnor_conv_cuda_equals_the_formula_and_the_cpu(C, N, geom, gemv_form):
         _bits_equal(got.cpu(), ops.conv2d_w1a1(x, packed, *args, ws, fb))
     torch.library.opcheck(torch.ops.qatkit.conv2d_w1a1.default,
                           (x.nan_to_num(0.5).cuda(), packed.cuda(), *[list(a) for a in args], ws.cuda(), fb.cuda()))
+
+
+def test_depthwise_convs_run_one_direct_kernel():
+    """A depthwise conv2d_int8 on CUDA is one conv_dw_s8 launch (ternary / binary: after the codes'
+    unpack), with no im2col and no GEMM; a grouped conv that is not depthwise keeps the per-group path."""
+    g = torch.Generator().manual_seed(37)
+    x = torch.randn(2, 8, 10, 10, generator=g).cuda()
+    for bits in (8, 2, 1):
+        case = conv_int8_case(bits, 8, 9, 8, g)
+        s, zp, qmin, qmax = case["act"]
+        w, corr, scale = case["layouts"][0].cuda(), case["corr"].cuda(), case["scale"].cuda()
+        names = _cuda_kernel_names(lambda: ops.conv2d_int8(x, w, bits, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, s,
+                                                           zp, qmin, qmax, None, 8))
+        assert sum("conv_dw_s8" in k for k in names) == 1, (bits, names)
+        assert not any("im2col" in k or "gemm" in k.lower() for k in names), (bits, names)
+    case = conv_int8_case(8, 8, 36, 2, g)
+    s, zp, qmin, qmax = case["act"]
+    names = _cuda_kernel_names(lambda: ops.conv2d_int8(x, case["layouts"][0].cuda(), 8, (3, 3), (1, 1), (1, 1), (1, 1),
+                                                       case["corr"].cuda(), case["scale"].cuda(), s, zp, qmin, qmax,
+                                                       None, 2))
+    assert not any("conv_dw_s8" in k for k in names) and any("im2col" in k for k in names), names
