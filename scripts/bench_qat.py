@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import qatkit
+from qatkit.testing.timing import steady_allocator
 
 
 def block(cin, cout, stride):
@@ -165,6 +166,8 @@ def main():
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
+    print(f"# {steady_allocator()}")
     torch.manual_seed(0)
     rows = []
     rows += bench(

@@ -23,7 +23,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import onnx_check as oc  # noqa: E402
 import qat_models as qm  # noqa: E402
 
-import qatkit  # noqa: E402
 from qatkit.qat import integer, set_compute  # noqa: E402
 
 PRESETS = ["w8a8", "w4a8_g32", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8", "xnor_w1a1"]

@@ -22,8 +22,8 @@ the same encoder with Int8WeightOnlyConfig / IntxWeightOnlyConfig(int4, PerGroup
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import copy
+import dataclasses
 import json
 import os
 import statistics

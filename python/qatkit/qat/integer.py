@@ -67,7 +67,12 @@ class IntegerReport(list):
 
 def _act_codes_spec(aq) -> Tuple[Optional[str], str]:
     """(activation form, reason) of an input quantizer."""
-    from .quantizers import AffineDynamicActQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer, BinaryActQuantizer
+    from .quantizers import (
+        AffineDynamicActQuantizer,
+        AffineLearnedActQuantizer,
+        AffineStaticActQuantizer,
+        BinaryActQuantizer,
+    )
 
     if aq is None:
         return None, "float activations (no input quantizer): weight-only"

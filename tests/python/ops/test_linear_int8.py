@@ -701,7 +701,6 @@ def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, gro
     planar; one GEMM per image, or several images' rows in one GEMM transposed into NCHW; 2- and
     1-bit weights widened to int8 from 8N patch rows) equals linear_int8 over F.unfold's patches,
     group by group, on every ISA; the panel layout too."""
-    import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(23)
     x = torch.randn(B, C, HW, HW, generator=g) * 2
