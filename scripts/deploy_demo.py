@@ -31,6 +31,7 @@ import qat_models as qm  # noqa: E402
 import qatkit  # noqa: E402
 from qatkit.qat import integer  # noqa: E402
 from qatkit.qat.convert import _Quantized  # noqa: E402
+from qatkit.testing.timing import steady_allocator  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXE = os.path.join(ROOT, "build", "py", "qatkit_load_run")
@@ -88,11 +89,13 @@ def deploy(qat_epochs: int = 10, seed: int = 0) -> list:
             rows.append({"variant": label, "acc": acc(loaded), "kib": os.path.getsize(path) / 1024,
                          "kernels": ", ".join(f"{n} {k}" for k, n in sorted(kernels.items())), "agree": agree})
         models[label] = loaded
+    alloc = steady_allocator()  # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     t = _time(models, xt)
     for r in rows:
         r["ms"] = t[r["variant"]] * 1e3
         r["speed"] = t["FP32"] / t[r["variant"]]
-    print(f"\nDeployment: export -> qatkit.load (integer kernels) — digits MLP, fold 0 ({len(te)} test images)")
+    print(f"\nDeployment: export -> qatkit.load (integer kernels) — digits MLP, fold 0 ({len(te)} test images; "
+          f"{alloc})")
     head = ["variant", "acc %", "agree w/ QAT %", "file KiB", f"ms / {len(te)} imgs", "vs FP32", "layers on"]
     lines = [[r["variant"], f"{r['acc']:.2f}", f"{r['agree']:.2f}", f"{r['kib']:.1f}", f"{r['ms']:.2f}",
               f"{r['speed']:.2f}x", r["kernels"]] for r in rows]
