@@ -211,10 +211,10 @@ def bench_integer(n: int = 4096, k: int = 4096) -> list:
         ("qatkit linear_w8_weight_only", "int8", lambda x, xq, wt: ops.linear_w8_weight_only(x, wt, s8d)),
     ]
     out = []
-    # every input drawn before any graph capture (a capture that fails leaves the CUDA generator
-    # unusable for the rest of the process)
-    inputs = {m: (torch.randn(m, k, device=dev),
-                  torch.randint(-127, 128, (max(m, 17), k), dtype=torch.int8, device=dev))  # _int_mm needs M > 16
+    # every input drawn on the CPU (a graph capture that fails leaves the CUDA generator unusable
+    # for the rest of the process: later tables must not need it)
+    inputs = {m: (torch.randn(m, k).to(dev),
+                  torch.randint(-127, 128, (max(m, 17), k), dtype=torch.int8).to(dev))  # _int_mm needs M > 16
               for m in (1, 64)}
     for m, (x, xq) in inputs.items():
         times = {}
@@ -260,7 +260,7 @@ def bench_models(width: int = 4096, depth: int = 6, dev: str = "cuda") -> list:
     for _ in range(depth):
         layers += [nn.Linear(width, width), nn.ReLU()]
     fp32 = nn.Sequential(*layers[:-1]).to(dev).eval()
-    calib = [torch.randn(64, width, device=dev)]
+    calib = [torch.randn(64, width).to(dev)]
     models = {"fp32": fp32}
     for name in ("w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158", "int4_weight_only",
                  "int8_weight_only"):
@@ -278,7 +278,7 @@ def bench_models(width: int = 4096, depth: int = 6, dev: str = "cuda") -> list:
     out = []
     # every input drawn before any graph capture (a capture that fails, as the float64 simulation's
     # host reads make it, leaves the CUDA generator unusable for the rest of the process)
-    inputs = {batch: torch.randn(batch, width, device=dev) for batch in (1, 64)}
+    inputs = {batch: torch.randn(batch, width).to(dev) for batch in (1, 64)}
     with torch.no_grad():
         for batch, x in inputs.items():
             times = {}
@@ -312,11 +312,11 @@ def bench_cnns(dev: str = "cuda", batches=(8, 64), size: int = 32) -> list:
     from qatkit.testing.samples import conv_int8_case
 
     out = []
-    inputs = {b: torch.randn(b, 3, size, size, device=dev) for b in batches}  # before any capture
+    inputs = {b: torch.randn(b, 3, size, size).to(dev) for b in batches}  # before any capture
     g = torch.Generator().manual_seed(0)
-    xd = torch.randn(64, 128, 16, 16, device=dev)
+    xd = torch.randn(64, 128, 16, 16).to(dev)
     case = conv_int8_case(8, 128, 9, 128, g)
-    wf = torch.randn(128, 1, 3, 3, device=dev)
+    wf = torch.randn(128, 1, 3, 3).to(dev)
     s, zp, qmin, qmax = case["act"]
     wd, cd, sd, bd = case["layouts"][0].to(dev), case["corr"].to(dev), case["scale"].to(dev), case["bias"].to(dev)
     with torch.no_grad():
@@ -334,7 +334,7 @@ def bench_cnns(dev: str = "cuda", batches=(8, 64), size: int = 32) -> list:
         torch.manual_seed(0)
         fp = make().to(dev).eval()
         models = {"fp32": fp}
-        calib = [torch.randn(16, 3, size, size, device=dev) for _ in range(2)]
+        calib = [torch.randn(16, 3, size, size).to(dev) for _ in range(2)]
         for preset in ("w8a8", "ternary_twn", "xnor_w1a1"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
