@@ -39,6 +39,26 @@ inline kernels::QGemmW8FArgs w8f_args(const at::Tensor& x, const at::Tensor& w, 
   return g;
 }
 
+/// linear_w4_weight_only's kernel arguments (contiguous checked operands; gz / b may be undefined; y
+/// [..., N] with N from w4_weight_only_rows). The panel layout and blocked scales follow the ranks.
+inline kernels::QGemmW4FArgs w4f_args(const at::Tensor& x, const at::Tensor& w, const at::Tensor& gs,
+                                      const at::Tensor& gz, const at::Tensor& b, at::Tensor& y, std::int64_t group) {
+  kernels::QGemmW4FArgs g;
+  g.x = x.const_data_ptr<float>();
+  g.w = w.const_data_ptr<std::uint8_t>();
+  g.gscale = gs.const_data_ptr<float>();
+  g.gzero = gz.defined() ? gz.const_data_ptr<float>() : nullptr;
+  g.bias = b.defined() ? b.const_data_ptr<float>() : nullptr;
+  g.y = y.mutable_data_ptr<float>();
+  g.N = y.size(-1);
+  g.K = x.size(-1);
+  g.M = g.N ? y.numel() / g.N : 0;
+  g.panel = w.dim() == 3;
+  g.blocked_scales = gs.dim() == 3;
+  g.group = group;
+  return g;
+}
+
 /// linear_int8's input_divisor (when given): float32 [K] on the input's device.
 void check_input_divisor(const at::Tensor& input, const std::optional<at::Tensor>& input_divisor);
 

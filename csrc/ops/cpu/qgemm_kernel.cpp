@@ -1206,23 +1206,10 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   const at::Tensor x = input.contiguous(), w = weight.contiguous(), gs = group_scale.contiguous();
   const at::Tensor gz = group_zero.has_value() ? group_zero->contiguous() : at::Tensor();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const std::int64_t N = w4_weight_only_rows(gs), K = x.size(-1);  // a panel weight: N from group_scale
-  const auto rows = rows_and_output_shape(x, N);
-  at::Tensor y = at::empty(rows.second, input.options());
+  // a panel weight: N from group_scale
+  at::Tensor y = at::empty(rows_and_output_shape(x, w4_weight_only_rows(gs)).second, input.options());
   if (y.numel() == 0) return y;
-  kernels::QGemmW4FArgs g;
-  g.x = x.data_ptr<float>();
-  g.w = w.data_ptr<std::uint8_t>();
-  g.gscale = gs.data_ptr<float>();
-  g.gzero = gz.defined() ? gz.data_ptr<float>() : nullptr;
-  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-  g.y = y.data_ptr<float>();
-  g.M = rows.first;
-  g.N = N;
-  g.K = K;
-  g.panel = w.dim() == 3;
-  g.blocked_scales = gs.dim() == 3;
-  g.group = group_size;
+  kernels::QGemmW4FArgs g = w4f_args(x, w, gs, gz, b, y, group_size);
   const auto& k = kernels::cpu::qgemm_kernels();
   // the panel layout: the packed GEMM from w4f_packed_rows; the row layout: the middle path from
   // there, the packed GEMM from w4f_gemm_rows (its panels read short runs of each row: docs/integer.md)

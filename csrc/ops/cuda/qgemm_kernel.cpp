@@ -239,19 +239,7 @@ at::Tensor linear_w4_weight_only_cuda(const at::Tensor& input, const at::Tensor&
   const auto rows = rows_and_output_shape(x, N);
   at::Tensor y = at::empty(rows.second, input.options());
   if (y.numel() == 0) return y;
-  kernels::QGemmW4FArgs g;
-  g.x = x.data_ptr<float>();
-  g.w = w.data_ptr<std::uint8_t>();
-  g.gscale = gs.data_ptr<float>();
-  g.gzero = gz.defined() ? gz.data_ptr<float>() : nullptr;
-  g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
-  g.y = y.data_ptr<float>();
-  g.M = rows.first;
-  g.N = N;
-  g.K = K;
-  g.panel = w.dim() == 3;
-  g.blocked_scales = gs.dim() == 3;
-  g.group = group_size;
+  kernels::QGemmW4FArgs g = w4f_args(x, w, gs, gz, b, y, group_size);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   if (dequantize_then_gemm(g.M)) {
     at::Tensor wd = at::empty({N, K}, x.options());
