@@ -605,7 +605,8 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
       // rows_in_parallel (fewer images than threads): every step of the image split across the
       // threads (with only the conv's rows in parallel, 1 x 256 x 28 x 28 ran 0.5x oneDNN's fp32,
       // the second thread waiting through the serial quantization and transposes)
-      const auto image = [&](std::int64_t bi, std::int8_t* xq, std::int16_t* xc, float* yt, bool rows_in_parallel) {
+      const auto image = [&](std::int64_t bi, std::int8_t* xq, std::int16_t* xc, std::int16_t* xt, float* yt,
+                             bool rows_in_parallel) {
         const auto steps = [&](std::int64_t n, std::int64_t grain, const auto& f) {
           if (rows_in_parallel) {
             at::parallel_for(0, n, grain, f);
@@ -627,10 +628,23 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
             std::fill(row + (pw + W) * C, row + Wp * C, pad);
           }
         }
-        steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
-          for (std::int64_t h = h0; h < h1; ++h)  // image row h: [C, W] -> [W, C] into its padded pixels
-            k.transpose_s8_s16(xq + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
-        });
+        if (W < 8) {
+          // rows narrower than the transposes' 8-column blocks (each row's transpose would run
+          // scalar): the whole image [C, H * W] -> [H * W, C] at once, then each row's W pixels
+          // copied into its padded row
+          steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
+            k.transpose_s8_s16(xq + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
+          });
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+            for (std::int64_t h = h0; h < h1; ++h)
+              std::copy(xt + h * W * C, xt + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
+          });
+        } else {
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+            for (std::int64_t h = h0; h < h1; ++h)  // image row h: [C, W] -> [W, C] into its padded pixels
+              k.transpose_s8_s16(xq + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
+          });
+        }
         kernels::QDwConvArgs gi = gn;
         gi.x = xc;
         gi.y = yt;
@@ -641,23 +655,26 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         });
       };
       // each thread's image buffers (every element written before it is read: the codes by
-      // quantize_rows, the padded pixels by the border fill and the transposes, the output by dwconv_nhwc)
+      // quantize_rows, the padded pixels by the border fill and the transposes (narrow rows: the
+      // whole image's transpose, then copies), the output by dwconv_nhwc)
       struct TagQ;
       struct TagC;
+      struct TagT;
       struct TagY;
       const auto buffers = [&] {
         return std::make_tuple(kernels::thread_scratch<std::int8_t, TagQ>(static_cast<std::size_t>(C * H * W)),
                                kernels::thread_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * C)),
+                               kernels::thread_scratch<std::int16_t, TagT>(static_cast<std::size_t>(W < 8 ? H * W * C : 1)),
                                kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(L * N)));
       };
       if (per_image) {
         at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-          const auto [xq, xc, yt] = buffers();
-          for (std::int64_t bi = b0; bi < b1; ++bi) image(bi, xq, xc, yt, false);
+          const auto [xq, xc, xt, yt] = buffers();
+          for (std::int64_t bi = b0; bi < b1; ++bi) image(bi, xq, xc, xt, yt, false);
         });
       } else {
-        const auto [xq, xc, yt] = buffers();
-        for (std::int64_t bi = 0; bi < B; ++bi) image(bi, xq, xc, yt, true);
+        const auto [xq, xc, xt, yt] = buffers();
+        for (std::int64_t bi = 0; bi < B; ++bi) image(bi, xq, xc, xt, yt, true);
       }
       return y;
     }

@@ -748,17 +748,19 @@ def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N
 @pytest.mark.parametrize("B,C", [(3, 40), (1, 40), (2, 16), (1, 7), (1, 96)])
 @pytest.mark.parametrize("geom", [dict(s=(1, 1), p=(1, 1), d=(1, 1)), dict(s=(2, 2), p=(1, 1), d=(1, 1)),
                                   dict(s=(2, 1), p=(2, 0), d=(1, 2))])
-def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C, geom):
+@pytest.mark.parametrize("H,W", [(9, 11), (5, 6), (4, 7)])  # rows under 8 pixels: the whole image transposed
+def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C, geom, H, W):
     """Depthwise convs with one output per input channel run channels-last (16 channels per step,
     taps in pairs; the last C % 16 channels apart; the [Ho, Wo, C] output transposed into NCHW in
     8 x 8 blocks and edges): each channel equals linear_int8 over its unfolded patches, on every ISA,
     with strides, dilations, asymmetric padding and maps whose sizes are not multiples of 8. One
     image with more threads than images splits every step across the threads (1 x 96: the
-    quantization in three blocks of channels, the transposes by rows)."""
+    quantization in three blocks of channels, the transposes by rows). Rows narrower than 8 pixels
+    transpose the whole image at once, then copy each row into the padded layout."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(31)
-    H, W, k = 9, 11, (3, 3)
+    k = (3, 3)
     x = torch.randn(B, C, H, W, generator=g) * 2
     if bits == 8:
         w = torch.randint(-127, 128, (C, 9), dtype=torch.int8, generator=g)
