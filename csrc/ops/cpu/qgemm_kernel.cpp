@@ -591,17 +591,23 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     g.dw = dw;
     g.Ho = ho;
     g.Wo = wo;
-    if (N == C) {
-      // one output channel per input channel: channels-last (dwconv_nhwc), vectorized over the
-      // channels whatever the map's size or stride; each image's [Ho, Wo, N] output is transposed
-      // into NCHW
+    const std::int64_t mult = N / C;
+    // Channels-last (dwconv_nhwc) vectorizes over the output channels whatever the map's size or
+    // stride; the planar form (dwconv_channels) along each output row, which pays with several
+    // outputs per input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md,
+    // seventeenth session: 364 x 8 x 8 x 8 -> 16 and 1 x 3 x 32 x 32 -> 48 ran 0.75x channels-last;
+    // a 1-channel input, maps under 8 pixels and stride 2 ran 1.1-2.3x faster channels-last).
+    if (N == C || C == 1 || W < 8 || sw > 1) {
+      // with mult = N / C outputs per input channel each pixel's C codes are repeated mult times
+      // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
+      // transposed into NCHW
       std::vector<std::int16_t> wt(static_cast<std::size_t>(taps * N));  // [taps, N]
       for (std::int64_t n = 0; n < N; ++n)
         for (std::int64_t t = 0; t < taps; ++t)
           wt[static_cast<std::size_t>(t * N + n)] = wd[static_cast<std::size_t>(n * taps + t)];
       kernels::QDwConvArgs gn = g;
       gn.w = wt.data();
-      gn.C = C;
+      gn.C = N;  // the channels-last pixels hold N codes (C when mult is 1)
       // rows_in_parallel (fewer images than threads): every step of the image split across the
       // threads (with only the conv's rows in parallel, 1 x 256 x 28 x 28 ran 0.5x oneDNN's fp32,
       // the second thread waiting through the serial quantization and transposes)
@@ -620,15 +626,30 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         // the padding's pixels hold the zero point's code (the image rows' pixels are written below)
         const auto pad = static_cast<std::int16_t>(pad_code);
         for (std::int64_t r = 0; r < Hp; ++r) {
-          std::int16_t* row = xc + r * Wp * C;
+          std::int16_t* row = xc + r * Wp * N;
           if (r < ph || r >= ph + H) {
-            std::fill(row, row + Wp * C, pad);
+            std::fill(row, row + Wp * N, pad);
           } else {
-            std::fill(row, row + pw * C, pad);
-            std::fill(row + (pw + W) * C, row + Wp * C, pad);
+            std::fill(row, row + pw * N, pad);
+            std::fill(row + (pw + W) * N, row + Wp * N, pad);
           }
         }
-        if (W < 8) {
+        if (mult > 1) {
+          // the whole image [C, H * W] -> [H * W, C], then each pixel's codes repeated mult times
+          // into its padded place
+          steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
+            k.transpose_s8_s16(xq + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
+          });
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+            for (std::int64_t h = h0; h < h1; ++h) {
+              for (std::int64_t iw = 0; iw < W; ++iw) {
+                const std::int16_t* src = xt + (h * W + iw) * C;
+                std::int16_t* dst = xc + ((h + ph) * Wp + pw + iw) * N;
+                for (std::int64_t ci = 0; ci < C; ++ci) std::fill(dst + ci * mult, dst + (ci + 1) * mult, src[ci]);
+              }
+            }
+          });
+        } else if (W < 8) {
           // rows narrower than the transposes' 8-column blocks (each row's transpose would run
           // scalar): the whole image [C, H * W] -> [H * W, C] at once, then each row's W pixels
           // copied into its padded row
@@ -663,8 +684,9 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
       struct TagY;
       const auto buffers = [&] {
         return std::make_tuple(kernels::thread_scratch<std::int8_t, TagQ>(static_cast<std::size_t>(C * H * W)),
-                               kernels::thread_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * C)),
-                               kernels::thread_scratch<std::int16_t, TagT>(static_cast<std::size_t>(W < 8 ? H * W * C : 1)),
+                               kernels::thread_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * N)),
+                               kernels::thread_scratch<std::int16_t, TagT>(
+                                   static_cast<std::size_t>(W < 8 || mult > 1 ? H * W * C : 1)),
                                kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(L * N)));
       };
       if (per_image) {

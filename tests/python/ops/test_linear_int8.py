@@ -687,6 +687,50 @@ def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom)
 
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("C,N,groups,W,stride", [
+    (1, 8, 1, 10, (1, 1)),   # a 1-channel input, 8 outputs: channels-last, the codes repeated 8 times
+    (4, 8, 4, 10, (1, 1)),   # multiplier 2, rows of 8+ pixels, stride 1: the planar form
+    (3, 12, 3, 9, (2, 1)),   # multiplier 4, row stride 2: planar, one output row at a time
+    (4, 8, 4, 6, (1, 1)),    # rows under 8 pixels: channels-last
+    (4, 8, 4, 10, (1, 2)),   # column stride 2: channels-last
+])
+def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups, W, stride):
+    """Depthwise convs with several outputs per input channel (and 1-channel inputs) run channels-last
+    (each pixel's codes repeated per output) or planar by the map's shape; either equals linear_int8
+    over each group's unfolded patches, on every ISA, batched and one image alone."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(18)
+    B, H, k = 3, 7, (3, 3)
+    x = torch.randn(B, C, H, W, generator=g) * 2
+    K = C // groups * 9
+    if bits == 8:
+        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
+        packed = F.pad(w, (0, -K % 32)).contiguous()
+    elif bits == 2:
+        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
+        packed = ops.pack_ternary_t2(w)
+    else:
+        w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+        packed = ops.pack_binary_b1(w)
+    s, zp, qmin, qmax = 0.04, 9, 0, 255
+    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
+    scale, fb = torch.rand(N, generator=g) * 1e-2, torch.randn(N, generator=g)
+    want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, groups, k, stride, (1, 1), (1, 1))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.conv2d_int8(x, packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, groups)
+            assert torch.equal(got.reshape(B, N, -1), want), isa
+            one = ops.conv2d_int8(x[:1].contiguous(), packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin,
+                                  qmax, fb, groups)
+            assert torch.equal(one.reshape(1, N, -1), want[:1]), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("B,C,HW,N,groups", [
     (2, 3, 17, 20, 1),  # 289 positions per image: one GEMM per image, the images in parallel
     (1, 3, 17, 20, 1),  # one image of 289 positions: its rows and columns in parallel
