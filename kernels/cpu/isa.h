@@ -15,6 +15,9 @@ inline constexpr int kIsaCount = 3;
 /// "baseline" / "avx2" / "avx512".
 const char* isa_name(Isa isa);
 
+/// True on an AMD CPU (a table may take another kernel where one measured faster there).
+bool cpu_is_amd();
+
 /// True when this build contains `isa`'s kernels and this CPU can run them.
 bool isa_supported(Isa isa);
 

@@ -1212,8 +1212,14 @@ const QGemmKernels* qgemm_avx512() {
     // nor middle path (the row layout, 4096 x 4096, DRAM regime: 32 / 64 / 128 / 256 rows tiles
     // 1.53 / 1.19 / 1.04 / 0.94x, middle path then packed GEMM 1.17 / 0.79 / 0.91 / 0.84x)
     t.w4f_gemm_rows = 384;
-    t.gemm_w4f_packed = nullptr;  // the AVX2 table's (t's): loops.h's packed GEMM, AVX2's alone
-    t.w4f_packed_rows = 0;
+    // On AMD (measured on Zen 4, whose 512-bit operations run through 256-bit pipes, and where the
+    // MKL path's GEMM is MKL's, as FP32's), from those 384 rows the AVX2 table's packed GEMM (t's:
+    // loops.h's at 256 bits) instead: MiniLM's layer shapes and 4096 x 4096, 384-2048 rows, it ran
+    // 1.04-1.23x the MKL path, 0.95-1.35x FP32 where the MKL path ran 0.86-1.10x (docs/benchmarks.md,
+    // seventeenth session). Other CPUs keep the MKL path, tuned on the Intel Xeon (whose packed GEMM
+    // measured 0.73-0.86x FP32 at 128-256 rows there; not yet compared at 384+).
+    if (!cpu_is_amd()) t.gemm_w4f_packed = nullptr;
+    t.w4f_packed_rows = t.gemm_w4f_packed != nullptr ? t.w4f_gemm_rows : 0;
     t.gemm_w4f_xt = nullptr;
     t.gemm_s8 = &gemm_s8;
     t.gemm_w4 = &gemm_w4;
