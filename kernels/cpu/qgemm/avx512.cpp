@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -1138,14 +1139,14 @@ inline void w4f_direct_rows(const QGemmW4FArgs& g, const float* xt, std::int64_t
 // (and zero points) as 16-lane vectors per group: the blocked layout's own (g.blocked_scales), or
 // transposed from [N, G] per block; every activation row in the register tiles (w4f_direct_rows), the
 // tiles' rows transposed once per call (per pass, below) into this thread's scratch (the op calls
-// gemm_w4f below w4f_gemm_rows only, 384 rows). The tiles replaced an L1 buffer of dequantized weights from
+// gemm_w4f below w4f_gemm_rows only: 384 rows, every row count on AMD). The tiles replaced an L1 buffer of dequantized weights from
 // 13 rows and the packed GEMM (loops.h) from 32: 4096 x 4096, DRAM regime, 2 threads, against FP32
 // in the same run, 16 / 32 / 64 / 128 / 256 rows ran 2.56 / 1.85 / 1.33 / 1.11 / 0.94x on the
 // tiles, against the buffer's 1.38x at 16 and the packed GEMM's 1.35 / 1.20 / 0.99 / 0.86 / 0.73x;
 // MiniLM's layer shapes, hot: 1.07-1.22x at 64-96 rows, 0.97-1.09x at 128 (packed 0.79-0.95x).
 // The transposed rows of one pass stay within kW4fXtFloats (8 MiB, this thread's scratch keeps it):
 // more rows run in passes of a multiple of 12 rows (the same tiles, so the same bits), the weight
-// streamed once per pass (K = 4096: one pass below 512 rows, every row count the op sends here).
+// streamed once per pass (K = 4096: one pass below 512 rows).
 constexpr std::int64_t kW4fXtFloats = std::int64_t{2} << 20;
 
 void gemm_w4f_pass(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end, float* xt) {
@@ -1211,15 +1212,15 @@ const QGemmKernels* qgemm_avx512() {
     // tiles 0.83-0.91x, MKL path 0.84-0.88x; 1024 rows 0.72-0.83x against 0.86-0.95x); no packed GEMM
     // nor middle path (the row layout, 4096 x 4096, DRAM regime: 32 / 64 / 128 / 256 rows tiles
     // 1.53 / 1.19 / 1.04 / 0.94x, middle path then packed GEMM 1.17 / 0.79 / 0.91 / 0.84x)
-    t.w4f_gemm_rows = 384;
     // On AMD (measured on Zen 4, whose 512-bit operations run through 256-bit pipes, and where the
-    // MKL path's GEMM is MKL's, as FP32's), from those 384 rows the AVX2 table's packed GEMM (t's:
-    // loops.h's at 256 bits) instead: MiniLM's layer shapes and 4096 x 4096, 384-2048 rows, it ran
-    // 1.04-1.23x the MKL path, 0.95-1.35x FP32 where the MKL path ran 0.86-1.10x (docs/benchmarks.md,
-    // seventeenth session). Other CPUs keep the MKL path, tuned on the Intel Xeon (whose packed GEMM
-    // measured 0.73-0.86x FP32 at 128-256 rows there; not yet compared at 384+).
-    if (!cpu_is_amd()) t.gemm_w4f_packed = nullptr;
-    t.w4f_packed_rows = t.gemm_w4f_packed != nullptr ? t.w4f_gemm_rows : 0;
+    // MKL path's GEMM is MKL's, as FP32's) the tiles run every row count: MiniLM's layer shapes and
+    // 4096 x 4096, same process, against FP32, 384-2048 rows: tiles 1.03-1.46x, the AVX2 table's
+    // packed GEMM 0.95-1.31x (tiles / packed 0.97-1.15x, 11 of 13 cases ahead), the MKL path
+    // 0.86-1.10x; 8192 rows tiles 1.04-1.29x, packed 1.07-1.22x (docs/benchmarks.md, seventeenth
+    // session). Other CPUs switch to the MKL path at 384 rows, as tuned on the Intel Xeon.
+    t.w4f_gemm_rows = cpu_is_amd() ? std::numeric_limits<std::int64_t>::max() : 384;
+    t.gemm_w4f_packed = nullptr;  // the AVX2 table's (t's): loops.h's packed GEMM, AVX2's alone
+    t.w4f_packed_rows = 0;
     t.gemm_w4f_xt = nullptr;
     t.gemm_s8 = &gemm_s8;
     t.gemm_w4 = &gemm_w4;
