@@ -1232,7 +1232,11 @@ const QGemmKernels* qgemm_avx512() {
     // 4096: 8 rows: lane sums 1.96-2.39x FP32, tiles 1.94-2.14x; 12 rows 2.12-2.17x against 2.38-2.48x;
     // 16 rows 0.96-1.01x against 1.40-1.79x, 32 rows 0.72-0.77x against 1.38-1.63x; 64 rows tiles
     // 1.04-1.05x, GEMM path 0.78-0.83x; 128 rows 0.74-1.01x against 0.81-0.95x; 160 rows 0.78x against 0.86x)
-    t.w8f_gemm_rows = 128;
+    // On AMD (Zen 4, same process against FP32, MiniLM's shapes and 4096 x 4096) the tiles run every
+    // row count: 128-384 rows tiles 1.00-1.16x (4096 x 4096, 256 rows: 1.53x), the GEMM path
+    // 0.84-0.97x (1.21x); 640-2048 rows 0.97-1.20x against 0.88-1.05x (docs/benchmarks.md,
+    // seventeenth session).
+    t.w8f_gemm_rows = cpu_is_amd() ? std::numeric_limits<std::int64_t>::max() : 128;
     t.w8f_xt_rows = 12;
     t.gemm_w8f_xt = &detail::gemm_w8f_xt;  // loops.h's tiles at 512 bits
     t.wof_tile_rows = detail::kWofRows;

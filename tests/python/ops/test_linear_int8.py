@@ -1149,7 +1149,8 @@ def test_w1a1_opcheck_compile_and_errors():
 
 @pytest.mark.parametrize("M,N,K", [(1, 37, 133), (3, 16, 64), (7, 9, 1), (8, 40, 300), (11, 20, 96), (13, 20, 96),
                                    (33, 20, 96), (50, 25, 64), (0, 8, 16), (2, 5, 4096), (80, 30, 4096),
-                                   (95, 13, 333), (100, 7, 40), (140, 20, 96)])
+                                   (95, 13, 333), (100, 7, 40), (140, 20, 96),
+                                   (300, 20, 96), (700, 19, 1024)])  # AMD's AVX-512 table: tiles at every row count
 def test_w8_weight_only_within_the_float_bound_on_every_isa(M, N, K):
     """Within K * 2^-24 * sum|x * w| (+ the bias's rounding) of F.linear on the dequantized weight
     (float(q) * s[n]) on all three paths. Below 8 rows every ISA gives the same bits (loops.h's lane
