@@ -698,24 +698,12 @@ def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups,
     """Depthwise convs with several outputs per input channel (and 1-channel inputs) run channels-last
     (each pixel's codes repeated per output) or planar by the map's shape; either equals linear_int8
     over each group's unfolded patches, on every ISA, batched and one image alone."""
-    import torch.nn.functional as F
-
     g = torch.Generator().manual_seed(18)
     B, H, k = 3, 7, (3, 3)
     x = torch.randn(B, C, H, W, generator=g) * 2
-    K = C // groups * 9
-    if bits == 8:
-        w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
-        packed = F.pad(w, (0, -K % 32)).contiguous()
-    elif bits == 2:
-        w = torch.randint(-1, 2, (N, K), dtype=torch.int8, generator=g)
-        packed = ops.pack_ternary_t2(w)
-    else:
-        w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
-        packed = ops.pack_binary_b1(w)
-    s, zp, qmin, qmax = 0.04, 9, 0, 255
-    corr = (torch.randint(-300, 300, (N,), generator=g) + (128 - zp) * w.long().sum(1)).int()
-    scale, fb = torch.rand(N, generator=g) * 1e-2, torch.randn(N, generator=g)
+    case = conv_int8_case(bits, N, C // groups * 9, groups, g)
+    w, packed, corr, scale, fb = case["w"], case["layouts"][0], case["corr"], case["scale"], case["bias"]
+    s, zp, qmin, qmax = case["act"]
     want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, groups, k, stride, (1, 1), (1, 1))
     old = qatkit._C.cpu_isa()
     try:
