@@ -60,6 +60,9 @@ XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
 step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs "${XDIST[@]}"
 step bench_gpu 20 200 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
 cat "$LOG/bench_gpu.log"
+# the integer kernels on random shapes at their tile / block edges, every weight layout, NaN / Inf
+# inputs, against the pure-integer references (the CPU's fuzz checks, qatkit.testing.fuzz_integer)
+step fuzz_cuda 15 35 "$PY" scripts/fuzz_ops.py --device cuda --calls 1000000 --seconds 20 --json
 # the integer ops' error paths under this machine's compiler (their messages crashed a GCC 13 build
 # until they formatted with fmt: docs/gpu.md, 2026-12-04, sixteenth session)
 step test_cpu_errors 20 90 "$PY" -m pytest tests/python/ops/test_linear_int8.py tests/python/ops/test_bad_input.py -q \

@@ -9,5 +9,5 @@ echo "== C++ tests (ctest) =="
 ctest --test-dir build/py --output-on-failure
 echo "== Python tests (pytest) =="
 "$PY" -m pytest tests/python -q -p no:cacheprovider
-echo "== Fuzz run (100,000 op calls against float64 references; fixed seed) =="
-"$PY" scripts/fuzz_ops.py --calls 100000 --seed 3 2>/dev/null
+echo "== Fuzz run (150,000 op calls against float64 and pure-integer references, every CPU ISA; fixed seed) =="
+"$PY" scripts/fuzz_ops.py --calls 150000 --seed 3 2>/dev/null

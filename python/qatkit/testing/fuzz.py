@@ -361,3 +361,8 @@ CHECKS = {
     "fused_observe_fake_quantize": check_fused_observer,
     "out_variants": check_out_variants,
 }
+
+# the integer kernels' checks (docs/integer.md): pure-integer references, every ISA, CUDA too
+from .fuzz_integer import INTEGER_CHECKS  # noqa: E402
+
+CHECKS.update(INTEGER_CHECKS)

@@ -1,6 +1,8 @@
 """Property-based fuzzing of every op (a bounded hypothesis run; scripts/fuzz_ops.py runs the same
 checks for 100,000+ op calls): odd layouts, every dtype, qparams at their edges, results against
-float64 references, gradients against their formulas, invalid qparams refused."""
+float64 references, gradients against their formulas, invalid qparams refused; the integer kernels
+on shapes at their tile and block edges, every weight layout and CPU ISA, against pure-integer
+references (qatkit.testing.fuzz_integer)."""
 
 import random
 
