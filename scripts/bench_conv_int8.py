@@ -7,7 +7,9 @@ process, interleaved, medians; ratios to fp32. A second table: depthwise 3x3 con
 MobileNetV2 in torchvision's layout, CIFAR stems, 32 x 32 inputs, batch 8; random weights,
 calibrated on random batches: speed only) FP32 against the same model PTQ'd, exported and loaded
 back on the integer kernels (``qatkit.load_into``) at w8a8, ternary_twn, binary_w1a8 and xnor_w1a1,
-with the layers' kernels and the cosine of the loaded model's logits to the PTQ (fake-quant) model's.
+with the layers' kernels and the cosine of the loaded model's logits to the PTQ (fake-quant) model's;
+each also with channels_last inputs (FP32 converted with ``.to(memory_format=torch.channels_last)``;
+the integer convs follow their input's format).
 
     python3 scripts/bench_conv_int8.py [--rounds 9] [--threads 2] [--no-models]
 """
@@ -142,16 +144,24 @@ def _models(rounds: int) -> None:
             notes[preset] = (", ".join(f"{k_} {n_}" for k_, n_ in sorted(kernels.items())), cos)
             fns[preset] = loaded
             bar.update()
+        # channels_last (model.to(memory_format=torch.channels_last) for FP32; the loaded model's
+        # integer convs follow their input's format): the same models, NHWC inputs
+        xc = x.contiguous(memory_format=torch.channels_last)
+        fpc = copy.deepcopy(fp).to(memory_format=torch.channels_last)
+        calls = {k_: (lambda m=m: m(x)) for k_, m in fns.items()}
+        calls.update({f"{k_} cl": (lambda m=m: m(xc)) for k_, m in fns.items() if k_ != "fp32"})
+        calls["fp32 cl"] = lambda: fpc(xc)
         with torch.no_grad():
-            med = _medians({k_: (lambda m=m: m(x)) for k_, m in fns.items()}, rounds)
+            med = _medians(calls, rounds)
         for preset in MODEL_PRESETS:
             lines.append(f"| {name} | {preset} | {med['fp32']:.2f} | {med[preset]:.2f} | "
-                         f"{med['fp32'] / med[preset]:.2f}x | "
+                         f"{med['fp32'] / med[preset]:.2f}x | {med['fp32 cl']:.2f} | {med[preset + ' cl']:.2f} | "
+                         f"{med['fp32 cl'] / med[preset + ' cl']:.2f}x | "
                          f"{notes[preset][0]} | {notes[preset][1]:.5f} |")
     bar.close()
-    print("\n| model (batch 8, 32 x 32) | preset | fp32 ms | loaded ms | vs fp32 | layers on | "
-          "cosine to the PTQ model |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| model (batch 8, 32 x 32) | preset | fp32 ms | loaded ms | vs fp32 | channels_last: fp32 ms | "
+          "loaded ms | vs fp32 | layers on | cosine to the PTQ model |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
 
 

@@ -128,4 +128,13 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
 /// linear_w4_weight_only's N: group_scale's rows, or 16 per block of blocked scales.
 std::int64_t w4_weight_only_rows(const at::Tensor& group_scale);
 
+/// Whether conv2d_int8 reads its input as NHWC and gives a channels_last output: an input whose
+/// strides suggest channels_last (torch's rule for its own convs' outputs,
+/// Tensor::suggest_memory_format). Every device and Meta give the output this format, so a
+/// channels_last model stays channels_last through its integer convs (the CPU kernels then skip the
+/// layout passes: docs/integer.md "Channels-last convs").
+inline bool conv_channels_last_io(const at::Tensor& input) {
+  return input.dim() == 4 && input.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
 }  // namespace qatkit::ops

@@ -756,6 +756,10 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
         if type(cur) is not _SUBSTITUTES[kind]:
             if list(cur.parameters()) and kind != "Identity":
                 raise ValueError(f"load_into: {name!r} is a {type(cur).__name__} with parameters; the file has {kind}")
-            replace_module(model, name, _SUBSTITUTES[kind]())
+            # a ReLU that replaced an in-place ReLU6 works in place too (the float model's own choice:
+            # no output allocation and one pass over the feature map less)
+            sub = (nn.ReLU(inplace=bool(getattr(cur, "inplace", False))) if kind == "ReLU"
+                   else _SUBSTITUTES[kind]())
+            replace_module(model, name, sub)
     _load_floats(path, model, header, tensors)
     return _set_compute(model.eval(), compute, "load_into")

@@ -460,19 +460,31 @@ struct ConvPatches {
   std::int64_t image_size() const { return Hp * Wp * C; }
   std::int64_t sums_size() const { return cl ? (C / Cg) * Hp * Wp : 0; }
 
-  /// One image's codes xq [C, H, W] -> xc, padded with pad_code: [Hp, Wp, C] (channels-last, by the
-  /// kernel table's transpose; with ps not null also the sums of each group's channels per padded
-  /// pixel, ps [groups, Hp * Wp]) or [C, Hp, Wp] (planar).
-  void layout(const kernels::cpu::QGemmKernels& k, const std::int8_t* xq, std::int8_t pad_code, std::int8_t* xc,
-              std::int32_t* ps) const {
+  /// One image's codes xq [C, H, W] (or [H, W, C] with src_nhwc: a channels_last input) -> xc,
+  /// padded with pad_code: [Hp, Wp, C] (channels-last, by the kernel table's transpose, or row copies
+  /// from NHWC; with ps not null also the sums of each group's channels per padded pixel, ps
+  /// [groups, Hp * Wp]) or [C, Hp, Wp] (planar: row copies, or the transpose from NHWC).
+  void layout(const kernels::cpu::QGemmKernels& k, const std::int8_t* xq, bool src_nhwc, std::int8_t pad_code,
+              std::int8_t* xc, std::int32_t* ps) const {
     std::fill(xc, xc + Hp * Wp * C, pad_code);
     if (!cl) {
+      if (src_nhwc) {  // image row h: [W, C] -> [C, W] into each channel's padded plane
+        for (std::int64_t h = 0; h < H; ++h) k.transpose_s8(xq + h * W * C, W, C, C, xc + (h + ph) * Wp + pw, Hp * Wp);
+        return;
+      }
       for (std::int64_t ci = 0; ci < C; ++ci)
         for (std::int64_t h = 0; h < H; ++h)
           std::memcpy(xc + (ci * Hp + h + ph) * Wp + pw, xq + (ci * H + h) * W, static_cast<std::size_t>(W));
       return;
     }
-    for (std::int64_t h = 0; h < H; ++h) k.transpose_s8(xq + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
+    for (std::int64_t h = 0; h < H; ++h) {
+      std::int8_t* dst = xc + ((h + ph) * Wp + pw) * C;
+      if (src_nhwc) {
+        std::memcpy(dst, xq + h * W * C, static_cast<std::size_t>(W * C));
+      } else {
+        k.transpose_s8(xq + h * W, C, W, H * W, dst, C);
+      }
+    }
     if (ps == nullptr) return;
     for (std::int64_t gi = 0; gi < C / Cg; ++gi) {
       for (std::int64_t p = 0; p < Hp * Wp; ++p) {
@@ -553,10 +565,15 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   const std::int32_t shift = check_linear_int8_args(
       at::empty({1, weight_bits == 8 && !panel ? weight.size(1) : K}, input.options()), weight, corr, out_scale,
       act_scale, act_zero_point, act_quant_min, act_quant_max, bias, static_cast<int>(weight_bits));
-  const at::Tensor x = input.contiguous(), w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
+  // a channels_last input (ops::conv_channels_last_io) is read as NHWC and the output written
+  // channels_last: the layout passes (transposes into and out of NCHW) drop out
+  const bool nhwc = ops::conv_channels_last_io(input);
+  const at::Tensor x = input.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const at::Tensor w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const std::int64_t N = panel ? c.size(0) : w.size(0), Ng = N / groups, L = ho * wo;
-  at::Tensor y = at::empty({B, N, ho, wo}, input.options());
+  at::Tensor y = at::empty({B, N, ho, wo},
+                           input.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
@@ -597,7 +614,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     // outputs per input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md,
     // seventeenth session: 364 x 8 x 8 x 8 -> 16 and 1 x 3 x 32 x 32 -> 48 ran 0.75x channels-last;
     // a 1-channel input, maps under 8 pixels and stride 2 ran 1.1-2.3x faster channels-last).
-    if (N == C || C == 1 || W < 8 || sw > 1) {
+    if (nhwc || N == C || C == 1 || W < 8 || sw > 1) {
       // with mult = N / C outputs per input channel each pixel's C codes are repeated mult times
       // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
       // transposed into NCHW
@@ -620,9 +637,15 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
             f(0, n);
           }
         };
-        steps(C, std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(H * W, 1)), [&](std::int64_t c0, std::int64_t c1) {
-          k.quantize_rows(xp + bi * C * H * W, xq, H * W, q, c0, c1);  // channel rows [c0, c1)
-        });
+        if (nhwc) {
+          steps(H * W, std::max<std::int64_t>(1, 4096 / C), [&](std::int64_t p0, std::int64_t p1) {
+            k.quantize_rows(xp + bi * C * H * W, xq, C, q, p0, p1);  // pixels [p0, p1)
+          });
+        } else {
+          steps(C, std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(H * W, 1)), [&](std::int64_t c0, std::int64_t c1) {
+            k.quantize_rows(xp + bi * C * H * W, xq, H * W, q, c0, c1);  // channel rows [c0, c1)
+          });
+        }
         // the padding's pixels hold the zero point's code (the image rows' pixels are written below)
         const auto pad = static_cast<std::int16_t>(pad_code);
         for (std::int64_t r = 0; r < Hp; ++r) {
@@ -635,19 +658,32 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
           }
         }
         if (mult > 1) {
-          // the whole image [C, H * W] -> [H * W, C], then each pixel's codes repeated mult times
-          // into its padded place
-          steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
-            k.transpose_s8_s16(xq + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
-          });
-          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
-            for (std::int64_t h = h0; h < h1; ++h) {
-              for (std::int64_t iw = 0; iw < W; ++iw) {
-                const std::int16_t* src = xt + (h * W + iw) * C;
-                std::int16_t* dst = xc + ((h + ph) * Wp + pw + iw) * N;
-                for (std::int64_t ci = 0; ci < C; ++ci) std::fill(dst + ci * mult, dst + (ci + 1) * mult, src[ci]);
+          // the whole image [C, H * W] -> [H * W, C] (an NHWC input's codes are that already), then
+          // each pixel's codes repeated mult times into its padded place
+          const auto repeat = [&](const auto* pixels) {
+            steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+              for (std::int64_t h = h0; h < h1; ++h) {
+                for (std::int64_t iw = 0; iw < W; ++iw) {
+                  const auto* src = pixels + (h * W + iw) * C;
+                  std::int16_t* dst = xc + ((h + ph) * Wp + pw + iw) * N;
+                  for (std::int64_t ci = 0; ci < C; ++ci)
+                    std::fill(dst + ci * mult, dst + (ci + 1) * mult, static_cast<std::int16_t>(src[ci]));
+                }
               }
-            }
+            });
+          };
+          if (nhwc) {
+            repeat(xq);
+          } else {
+            steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
+              k.transpose_s8_s16(xq + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
+            });
+            repeat(xt);
+          }
+        } else if (nhwc) {  // each image row's W * C codes, widened, into its padded row
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+            for (std::int64_t h = h0; h < h1; ++h)
+              std::copy(xq + h * W * C, xq + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
           });
         } else if (W < 8) {
           // rows narrower than the transposes' 8-column blocks (each row's transpose would run
@@ -668,12 +704,14 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         }
         kernels::QDwConvArgs gi = gn;
         gi.x = xc;
-        gi.y = yt;
-        steps(ho, 1, [&](std::int64_t r0, std::int64_t r1) { k.dwconv_nhwc(gi, r0, r1); });
         float* yb = y.data_ptr<float>() + bi * N * L;
-        steps(L, 64, [&](std::int64_t l0, std::int64_t l1) {  // [L, N] -> [N, L], rows [l0, l1)
-          k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L);
-        });
+        gi.y = nhwc ? yb : yt;  // [L, N]: the channels_last output's image as it is
+        steps(ho, 1, [&](std::int64_t r0, std::int64_t r1) { k.dwconv_nhwc(gi, r0, r1); });
+        if (!nhwc) {
+          steps(L, 64, [&](std::int64_t l0, std::int64_t l1) {  // [L, N] -> [N, L], rows [l0, l1)
+            k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L);
+          });
+        }
       };
       // each thread's image buffers (every element written before it is read: the codes by
       // quantize_rows, the padded pixels by the border fill and the transposes (narrow rows: the
@@ -817,7 +855,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W));
         for (std::int64_t i = i0; i < i1; ++i) {
           k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
-          cp.layout(k, xq.data(), pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
+          cp.layout(k, xq.data(), nhwc, pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
         }
       });
       for (std::int64_t gi = 0; gi < groups; ++gi) {
@@ -831,14 +869,19 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         // row ranges: enough tiles for two per thread; consecutive tasks share their columns
         const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
         const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
+        // into [rows, Ng]; channels_last: straight into the output (row r of the chunk is pixel
+        // (b0 + r / L, r % L), N floats apart), no transpose
+        float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.data();
+        const std::int64_t yo_rs = nhwc ? N : Ng;
         at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
           for (std::int64_t t = t0; t < t1; ++t) {
             const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
             if (r0 >= Mc) continue;
-            gemm(cols.data() + r0 * K_row, a_sum.data() + r0, std::min(mt, Mc - r0), gi, yt.data() + r0 * Ng, Ng, 1, c0,
+            gemm(cols.data() + r0 * K_row, a_sum.data() + r0, std::min(mt, Mc - r0), gi, yo + r0 * yo_rs, yo_rs, 1, c0,
                  std::min(Ng, c0 + 64));
           }
         });
+        if (nhwc) continue;
         at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
           for (std::int64_t i = i0; i < i1; ++i)  // [L, Ng] -> the group's [Ng, L] of image b0 + i
             k.transpose_f32(yt.data() + i * L * Ng, L, Ng, Ng, y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L, L);
@@ -854,7 +897,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(L));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
-      cp.layout(k, xq.data(), pad_code, xc.data(), ps.data());
+      cp.layout(k, xq.data(), nhwc, pad_code, xc.data(), ps.data());
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         const auto rows = [&](std::int64_t l0, std::int64_t l1) {
           for (std::int64_t l = l0; l < l1; ++l)
@@ -865,9 +908,10 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
         } else {  // one image at a time: its patch rows in parallel too
           at::parallel_for(0, L, 64, rows);
         }
-        float* yb = y.data_ptr<float>() + (bi * N + gi * Ng) * L;
+        // NCHW: the group's [Ng, L] slice (rows 1 apart, columns L); channels_last: [L, N] pixels
+        float* yb = y.data_ptr<float>() + (nhwc ? bi * L * N + gi * Ng : (bi * N + gi * Ng) * L);
         gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) {
-          gemm(cols.data(), a_sum.data(), L, gi, yb, 1, L, c0, c1);
+          gemm(cols.data(), a_sum.data(), L, gi, yb, nhwc ? N : 1, nhwc ? 1 : L, c0, c1);
         });
       }
     }
@@ -1026,10 +1070,10 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   const auto prepare = [&](Image& im, std::int64_t bi) {
     const std::int8_t* xq = cp + bi * C * H * W;
     if (!byte_runs) {
-      cpt.layout(k, xq, std::int8_t{0}, im.xc.data(), im.ps.data());
+      cpt.layout(k, xq, false, std::int8_t{0}, im.xc.data(), im.ps.data());
       return;
     }
-    cpt.layout(k, xq, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
+    cpt.layout(k, xq, false, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
     for (std::int64_t p = 0; p < Hp * Wp; ++p) {
       std::int32_t zeros = 0;
       for (std::int64_t cb = 0; cb < CB; ++cb)

@@ -280,11 +280,11 @@ at::Tensor linear_w8_weight_only_cuda(const at::Tensor& input, const at::Tensor&
 // sums and requantization: the CPU's bits. One launch sequence per group; depthwise convs (groups ==
 // C > 1) instead run one direct kernel (launch_conv_dw_s8: the same codes, sums and requantization;
 // ternary / binary weights unpacked to their signed int8 codes first).
-at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
-                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double s,
-                            std::int64_t z, std::int64_t lo, std::int64_t hi, const std::optional<at::Tensor>& bias,
-                            std::int64_t groups) {
+at::Tensor conv2d_int8_cuda_nchw(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                                 at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
+                                 double s, std::int64_t z, std::int64_t lo, std::int64_t hi,
+                                 const std::optional<at::Tensor>& bias, std::int64_t groups) {
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1);
   const std::int64_t K = C / groups * kernel_size[0] * kernel_size[1];
@@ -346,6 +346,17 @@ at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, s
     y.narrow(1, g * Ng, Ng).copy_(yg.view({B, L, Ng}).permute({0, 2, 1}).reshape({B, Ng, ho, wo}));
   }
   return y;
+}
+
+// conv2d_int8 in the input's memory format (ops::conv_channels_last_io: every device's rule)
+at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double s,
+                            std::int64_t z, std::int64_t lo, std::int64_t hi, const std::optional<at::Tensor>& bias,
+                            std::int64_t groups) {
+  const at::Tensor y = conv2d_int8_cuda_nchw(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr,
+                                             out_scale, s, z, lo, hi, bias, groups);
+  return conv_channels_last_io(input) ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
 }
 
 // XNOR (linear_w1a1 / conv2d_w1a1, the "row" form of docs/integer.md) on the W1A8 kernels: the

@@ -76,7 +76,8 @@ at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, s
   check_linear_int8_args(at::empty({1, weight_bits == 8 && !panel ? weight.size(1) : K}, input.options()), weight, corr,
                          out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias,
                          static_cast<int>(weight_bits));
-  return conv_output(input, panel ? corr.size(0) : weight.size(0), ho, wo);
+  at::Tensor y = conv_output(input, panel ? corr.size(0) : weight.size(0), ho, wo);
+  return conv_channels_last_io(input) ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
 }
 
 at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,

@@ -385,6 +385,8 @@ def check_conv2d_int8(r: random.Random, device: str = "cpu") -> int:
     b, c, h, w, n, groups = _conv_shape(r, k, stride, padding, dilation)
     g = torch.Generator().manual_seed(r.randrange(2**31))
     x = _input(r, [b, c, h], w)
+    if r.random() < 0.4:  # a channels_last input: read as NHWC, a channels_last output
+        x = x.contiguous(memory_format=torch.channels_last)
     s, zp, qmin, qmax = _act_qparams(r, x)
     kk = c // groups * k[0] * k[1]
     wc, layouts = _weights(r, bits, n, kk, g, panel=groups == 1 and bits == 8)
@@ -402,14 +404,18 @@ def check_conv2d_int8(r: random.Random, device: str = "cpu") -> int:
     y = (acc + bias_q.long().reshape(1, -1, 1)).float() * scale.reshape(1, -1, 1)
     if fb is not None:
         y = y + fb.reshape(1, -1, 1)
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     with _Machine(r, device) as m:
         got = m.back(ops.conv2d_int8(m(x), m(wl), bits, k, stride, padding, dilation, m(corr), m(scale), s, zp, qmin,
                                      qmax, m(fb), groups))
     ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
-    _equal_or_raise(got, y.reshape(b, n, ho, wo),
-                    f"conv2d_int8 bits={bits} layout{tuple(wl.shape)} x{tuple(x.shape)} N={n} groups={groups} k={k} "
-                    f"stride={stride} padding={padding} dilation={dilation} act=({s}, {zp}, {qmin}, {qmax}) {m}")
+    what = (f"conv2d_int8 bits={bits} layout{tuple(wl.shape)} x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} "
+            f"groups={groups} k={k} stride={stride} padding={padding} dilation={dilation} "
+            f"act=({s}, {zp}, {qmin}, {qmax}) {m}")
+    _equal_or_raise(got, y.reshape(b, n, ho, wo), what)
+    if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
+        raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
     return 1
 
 

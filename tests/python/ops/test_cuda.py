@@ -482,6 +482,25 @@ def test_conv2d_int8_cuda_equals_cpu(bits, C, N, groups, geom, gemv_form):
                            list(geom["d"]), corr.cuda(), scale.cuda(), s, zp, qmin, qmax, fb.cuda(), groups))
 
 
+@pytest.mark.parametrize("bits", [8, 1])
+@pytest.mark.parametrize("C,N,groups", [(8, 16, 1), (8, 8, 8), (6, 12, 3)])
+def test_conv2d_int8_cuda_channels_last_equals_cpu(bits, C, N, groups):
+    """A channels_last input gives a channels_last output on CUDA as on the CPU (and Meta, through
+    opcheck), with the NCHW input's bits: the im2col path, the depthwise kernel, a grouped conv."""
+    g = torch.Generator().manual_seed(23)
+    x = (torch.randn(2, C, 9, 7, generator=g) * 2).contiguous(memory_format=torch.channels_last)
+    case = conv_int8_case(bits, N, C // groups * 9, groups, g)
+    s, zp, qmin, qmax = case["act"]
+    args = (case["layouts"][0], bits, [3, 3], [1, 1], [1, 1], [1, 1])
+    want = ops.conv2d_int8(x.contiguous(), *args, case["corr"], case["scale"], s, zp, qmin, qmax, case["bias"], groups)
+    cuda_args = (x.cuda(), case["layouts"][0].cuda(), *args[1:], case["corr"].cuda(), case["scale"].cuda(), s, zp, qmin,
+                 qmax, case["bias"].cuda(), groups)
+    got = ops.conv2d_int8(*cuda_args)
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous(), got.stride()
+    assert torch.equal(got.cpu(), want)
+    torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default, cuda_args)
+
+
 # XNOR (linear_w1a1 / conv2d_w1a1): on CUDA the W1A8 kernels on the per-sample binary codes. The
 # codes and alphas are binary_codes(x, "bitnet", 0) on the device: its centre is a float32 mean in
 # the device's order, so the kernels are checked against the formula on the device's own codes, and

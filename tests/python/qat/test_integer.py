@@ -435,6 +435,27 @@ def test_depthwise_conv_runs_on_the_grouped_conv_kernel(preset):
         assert torch.equal(k(x), sim(x))
 
 
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8"])
+def test_a_channels_last_cnn_on_the_kernels_gives_the_simulations_bits(preset):
+    """A channels_last input (model.to(memory_format=torch.channels_last) usage) runs the cnn's convs
+    on NHWC codes, each conv's output channels_last (the next conv's input as it is), and the logits
+    are the float64 simulation's on the NCHW input, bit for bit."""
+    q, shape = _prepared("cnn", preset)
+    torch.manual_seed(6)
+    x = torch.randn(shape) * 2
+    sim, k, _ = _simulated_and_on_kernels(q)
+    convs = [m for m in k.modules() if isinstance(m, _Quantized) and hasattr(m, "groups")]
+    assert len(convs) == 4 and all(integer.kernel_for(m) for m in convs)
+    out_cl = {}
+    hooks = [m.register_forward_hook(lambda m, a, o: out_cl.__setitem__(
+        m, o.is_contiguous(memory_format=torch.channels_last) and not o.is_contiguous())) for m in convs]
+    with torch.no_grad():
+        assert torch.equal(k(x.contiguous(memory_format=torch.channels_last)), sim(x))
+    for h in hooks:
+        h.remove()
+    assert all(out_cl[m] for m in convs), [out_cl[m] for m in convs]
+
+
 def _per_token_config(kind, granularity="per_token", bits=8):
     """Dynamic int8 inputs (per token, or per tensor) with int8 per-channel, TWN ternary or binary weights."""
     weight = {"int8": qatkit.QuantSpec(bits=8, symmetric=True, narrow_range=True, granularity="per_channel"),
