@@ -192,6 +192,24 @@ def test_relu6_is_replaced_only_for_equalization_and_reported(data):
     assert isinstance(m[2], nn.ReLU6)  # the caller's model is untouched
 
 
+@pytest.mark.parametrize("inplace", [False, True])
+def test_load_into_gives_the_replacing_relu_the_relu6s_inplace(data, tmp_path, inplace):
+    """qatkit.load_into swaps a ReLU that PTQ put in a ReLU6's place (the file's module_changes) into
+    the caller's float model with that ReLU6's own inplace flag (in place where the model allowed
+    it: no output allocation), with the same outputs as a copy of the other flag."""
+    m = _with_stats(dscnn(lambda: nn.ReLU6(inplace=inplace)))
+    q = qatkit.ptq(m, data[0], qatkit.w8a8(), verbose=False, progress=False)
+    path = str(tmp_path / "dscnn.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load_into(dscnn(lambda: nn.ReLU6(inplace=inplace)).eval(), path)
+    relus = [mod for mod in loaded.modules() if type(mod) is nn.ReLU]
+    assert len(relus) == 4 and all(mod.inplace == inplace for mod in relus)
+    other = qatkit.load_into(dscnn(lambda: nn.ReLU6(inplace=not inplace)).eval(), path)
+    assert all(mod.inplace != inplace for mod in other.modules() if type(mod) is nn.ReLU)
+    with torch.no_grad():
+        assert torch.equal(loaded(data[1]), other(data[1]))
+
+
 def test_data_free_ptq(data):
     m = _with_stats(dscnn())
     held = data[1]
