@@ -466,7 +466,7 @@ struct ConvPatches {
   /// [groups, Hp * Wp]) or [C, Hp, Wp] (planar: row copies, or the transpose from NHWC).
   void layout(const kernels::cpu::QGemmKernels& k, const std::int8_t* xq, bool src_nhwc, std::int8_t pad_code,
               std::int8_t* xc, std::int32_t* ps) const {
-    std::fill(xc, xc + Hp * Wp * C, pad_code);
+    fill_border(xc, pad_code);
     if (!cl) {
       if (src_nhwc) {  // image row h: [W, C] -> [C, W] into each channel's padded plane
         for (std::int64_t h = 0; h < H; ++h) k.transpose_s8(xq + h * W * C, W, C, C, xc + (h + ph) * Wp + pw, Hp * Wp);
@@ -485,7 +485,40 @@ struct ConvPatches {
         k.transpose_s8(xq + h * W, C, W, H * W, dst, C);
       }
     }
-    if (ps == nullptr) return;
+    if (ps != nullptr) pixel_sums(xc, ps);
+  }
+
+  /// Whether an NHWC input's codes are the channels-last layout itself (no padding): the caller
+  /// quantizes straight into xc and calls pixel_sums, no layout pass.
+  bool direct(bool src_nhwc) const { return src_nhwc && cl && ph == 0 && pw == 0; }
+
+  /// A 1x1, stride-1 conv on such a layout with one group and rows of exactly K codes: the layout's
+  /// pixels are the GEMM's patch rows and their sums its row sums (no im2col).
+  bool rows_are_pixels(bool src_nhwc, std::int64_t K_row) const {
+    return direct(src_nhwc) && kh == 1 && kw == 1 && sh == 1 && sw == 1 && Cg == C && K_row == C;
+  }
+
+  /// The padding of a layout: the rows above and below the image and the columns beside it (the
+  /// image's pixels are written by layout, or by the quantization with direct).
+  void fill_border(std::int8_t* xc, std::int8_t pad_code) const {
+    if (ph == 0 && pw == 0) return;
+    const std::int64_t pix = cl ? C : 1, planes = cl ? 1 : C;  // channels-last: one plane of C-code pixels
+    for (std::int64_t pl = 0; pl < planes; ++pl) {
+      std::int8_t* plane = xc + pl * Hp * Wp;
+      for (std::int64_t r = 0; r < Hp; ++r) {
+        std::int8_t* row = plane + r * Wp * pix;
+        if (r < ph || r >= ph + H) {
+          std::fill(row, row + Wp * pix, pad_code);
+        } else {
+          std::fill(row, row + pw * pix, pad_code);
+          std::fill(row + (pw + W) * pix, row + Wp * pix, pad_code);
+        }
+      }
+    }
+  }
+
+  /// Channels-last: the sums of each group's channels per padded pixel, ps [groups, Hp * Wp].
+  void pixel_sums(const std::int8_t* xc, std::int32_t* ps) const {
     for (std::int64_t gi = 0; gi < C / Cg; ++gi) {
       for (std::int64_t p = 0; p < Hp * Wp; ++p) {
         const std::int8_t* px = xc + p * C + gi * Cg;
@@ -844,28 +877,44 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     // image's slice is transposed into the NCHW output.
     const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L), HWC = cp.image_size(),
                        PS = cp.sums_size();
+    // NHWC without padding: quantized straight into the layout; a 1x1 stride-1 conv then runs its
+    // GEMM on the layout's pixels and their sums (ConvPatches::direct / rows_are_pixels)
+    const bool direct = cp.direct(nhwc), pixel_rows = cp.rows_are_pixels(nhwc, K_row);
     std::vector<std::int8_t> xcs(static_cast<std::size_t>(chunk * HWC));
-    std::vector<std::int32_t> pss(static_cast<std::size_t>(chunk * PS)), a_sum(static_cast<std::size_t>(chunk * L));
-    std::vector<std::int8_t> cols(static_cast<std::size_t>(chunk * L * K_row), 0);  // positions K..K_row stay 0
-    std::vector<float> yt(static_cast<std::size_t>(chunk * L * Ng));
+    std::vector<std::int32_t> pss(static_cast<std::size_t>(chunk * PS));
+    std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L));
+    // positions K..K_row stay 0
+    std::vector<std::int8_t> cols(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L * K_row), 0);
+    std::vector<float> yt(static_cast<std::size_t>(nhwc ? 0 : chunk * L * Ng));
     const std::int64_t threads = at::get_num_threads(), nt = (Ng + 63) / 64;
     for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
       const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
       at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
-        std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W));
+        std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
         for (std::int64_t i = i0; i < i1; ++i) {
-          k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
-          cp.layout(k, xq.data(), nhwc, pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
+          if (direct) {
+            k.quantize_rows(xp + (b0 + i) * C * H * W, xcs.data() + i * HWC, C * H * W, q, 0, 1);
+            cp.pixel_sums(xcs.data() + i * HWC, pss.data() + i * PS);
+          } else {
+            k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
+            cp.layout(k, xq.data(), nhwc, pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
+          }
         }
       });
+      // the patch rows: the layout's pixels themselves (rows L * C apart per image: r * K_row), or
+      // copied into cols
+      const std::int8_t* rows_a = pixel_rows ? xcs.data() : cols.data();
+      const std::int32_t* rows_sum = pixel_rows ? pss.data() : a_sum.data();
       for (std::int64_t gi = 0; gi < groups; ++gi) {
-        at::parallel_for(0, Mc, 64, [&](std::int64_t r0, std::int64_t r1) {
-          for (std::int64_t r = r0; r < r1; ++r) {
-            const std::int64_t i = r / L;
-            a_sum[static_cast<std::size_t>(r)] =
-                cp.row(xcs.data() + i * HWC, pss.data() + i * PS, gi, r % L, cols.data() + r * K_row);
-          }
-        });
+        if (!pixel_rows) {
+          at::parallel_for(0, Mc, 64, [&](std::int64_t r0, std::int64_t r1) {
+            for (std::int64_t r = r0; r < r1; ++r) {
+              const std::int64_t i = r / L;
+              a_sum[static_cast<std::size_t>(r)] =
+                  cp.row(xcs.data() + i * HWC, pss.data() + i * PS, gi, r % L, cols.data() + r * K_row);
+            }
+          });
+        }
         // row ranges: enough tiles for two per thread; consecutive tasks share their columns
         const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
         const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
@@ -877,7 +926,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
           for (std::int64_t t = t0; t < t1; ++t) {
             const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
             if (r0 >= Mc) continue;
-            gemm(cols.data() + r0 * K_row, a_sum.data() + r0, std::min(mt, Mc - r0), gi, yo + r0 * yo_rs, yo_rs, 1, c0,
+            gemm(rows_a + r0 * K_row, rows_sum + r0, std::min(mt, Mc - r0), gi, yo + r0 * yo_rs, yo_rs, 1, c0,
                  std::min(Ng, c0 + 64));
           }
         });
@@ -890,28 +939,38 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     }
     return y;
   }
+  const bool direct = cp.direct(nhwc), pixel_rows = cp.rows_are_pixels(nhwc, K_row);
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
-    std::vector<std::int8_t> xq(static_cast<std::size_t>(C * H * W)), xc(static_cast<std::size_t>(cp.image_size()));
+    std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
+    std::vector<std::int8_t> xc(static_cast<std::size_t>(cp.image_size()));
     std::vector<std::int32_t> ps(static_cast<std::size_t>(cp.sums_size()));
-    std::vector<std::int8_t> cols(static_cast<std::size_t>(L * K_row), 0);  // positions K..K_row stay 0
-    std::vector<std::int32_t> a_sum(static_cast<std::size_t>(L));
+    // positions K..K_row stay 0
+    std::vector<std::int8_t> cols(static_cast<std::size_t>(pixel_rows ? 0 : L * K_row), 0);
+    std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : L));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
-      k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
-      cp.layout(k, xq.data(), nhwc, pad_code, xc.data(), ps.data());
+      if (direct) {
+        k.quantize_rows(xp + bi * C * H * W, xc.data(), C * H * W, q, 0, 1);
+        cp.pixel_sums(xc.data(), ps.data());
+      } else {
+        k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+        cp.layout(k, xq.data(), nhwc, pad_code, xc.data(), ps.data());
+      }
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         const auto rows = [&](std::int64_t l0, std::int64_t l1) {
           for (std::int64_t l = l0; l < l1; ++l)
             a_sum[static_cast<std::size_t>(l)] = cp.row(xc.data(), ps.data(), gi, l, cols.data() + l * K_row);
         };
-        if (per_image) {
+        if (!pixel_rows && per_image) {
           rows(0, L);
-        } else {  // one image at a time: its patch rows in parallel too
+        } else if (!pixel_rows) {  // one image at a time: its patch rows in parallel too
           at::parallel_for(0, L, 64, rows);
         }
         // NCHW: the group's [Ng, L] slice (rows 1 apart, columns L); channels_last: [L, N] pixels
         float* yb = y.data_ptr<float>() + (nhwc ? bi * L * N + gi * Ng : (bi * N + gi * Ng) * L);
+        const std::int8_t* a = pixel_rows ? xc.data() : cols.data();
+        const std::int32_t* a_rows = pixel_rows ? ps.data() : a_sum.data();
         gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) {
-          gemm(cols.data(), a_sum.data(), L, gi, yb, nhwc ? N : 1, nhwc ? 1 : L, c0, c1);
+          gemm(a, a_rows, L, gi, yb, nhwc ? N : 1, nhwc ? 1 : L, c0, c1);
         });
       }
     }

@@ -344,6 +344,8 @@ def _conv_geometry(r: random.Random):
     stride = r.choice([(1, 1), (1, 1), (2, 2), (1, 2), (2, 1), (3, 3)])
     dilation = r.choice([(1, 1), (1, 1), (1, 1), (2, 2), (2, 1)])
     padding = r.choice([(0, 0), (kh // 2, kw // 2), (kh // 2, kw // 2), (1, 0), (2, 2)])
+    if (kh, kw) == (1, 1) and r.random() < 0.5:  # a pointwise conv as networks have them
+        stride, padding = (1, 1), (0, 0)
     return (kh, kw), stride, padding, dilation
 
 

@@ -852,7 +852,9 @@ def test_depthwise_conv2d_int8_reused_buffers_hold_each_calls_padding(B):
     (2, 16, 9, 9, 16, 16, 3, 1),   # depthwise: the NHWC rows widened straight into the padded pixels
     (2, 8, 9, 10, 24, 8, 3, 1),    # depthwise, multiplier 3: each NHWC pixel's codes repeated
     (3, 12, 5, 6, 12, 12, 3, 2),   # depthwise on a narrow map, stride 2
-    (8, 16, 4, 4, 40, 1, 1, 1),    # 1x1, few positions: several images' rows in one GEMM, into the output
+    (8, 16, 4, 4, 40, 1, 1, 1),    # 1x1, few positions: several images' rows in one GEMM, into the output;
+                                   # unpadded: quantized straight into the layout, its pixels the GEMM rows
+    (1, 32, 17, 17, 24, 1, 1, 1),  # 1x1, one image of 289 pixels: its pixels the GEMM rows, in parallel
     (1, 8, 17, 17, 20, 1, 3, 1),   # 3x3, 289 positions per image: one GEMM per image, channels-last rows
     (1, 8, 3, 3, 40, 1, 3, 1),     # 9 patch rows against 40 outputs: planar rows, transposed from NHWC
     (2, 8, 6, 6, 12, 2, 3, 2),     # grouped
@@ -861,14 +863,15 @@ def test_depthwise_conv2d_int8_reused_buffers_hold_each_calls_padding(B):
 def test_conv2d_int8_channels_last_input_gives_the_nchw_bits_channels_last(bits, B, C, H, W, N, groups, k, stride):
     """A channels_last input is read as NHWC (no transposes) and gives a channels_last output (the
     rule of torch's own convs: the input's suggested memory format) with the NCHW input's bits, on
-    every path and ISA; opcheck holds the Meta kernel to the same strides."""
+    every path and ISA; opcheck holds the Meta kernel to the same strides. Padding k // 2 (1x1
+    convs unpadded)."""
     g = torch.Generator().manual_seed(B * 100 + C * 10 + N)
     x = torch.randn(B, C, H, W, generator=g) * 2
     xc = x.contiguous(memory_format=torch.channels_last)
     case = conv_int8_case(bits, N, C // groups * k * k, groups, g)
     s, zp, qmin, qmax = case["act"]
-    args = ((k, k), (stride, stride), (1, 1), (1, 1), case["corr"], case["scale"], s, zp, qmin, qmax, case["bias"],
-            groups)
+    args = ((k, k), (stride, stride), (k // 2, k // 2), (1, 1), case["corr"], case["scale"], s, zp, qmin, qmax,
+            case["bias"], groups)
     want_cl = C > 1  # a 1-channel channels_last tensor is NCHW-contiguous too: torch keeps NCHW
     old = qatkit._C.cpu_isa()
     try:
@@ -885,7 +888,7 @@ def test_conv2d_int8_channels_last_input_gives_the_nchw_bits_channels_last(bits,
     finally:
         qatkit._C.set_cpu_isa(old)
     torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default,
-                          (xc, case["layouts"][0], bits, [k, k], [stride, stride], [1, 1], [1, 1], *args[4:]))
+                          (xc, case["layouts"][0], bits, [k, k], [stride, stride], [k // 2] * 2, [1, 1], *args[4:]))
 
 
 def test_conv2d_int8_opcheck_and_errors():
