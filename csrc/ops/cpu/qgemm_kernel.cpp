@@ -445,6 +445,22 @@ at::Tensor widened_channels_last_weight(const at::Tensor& w, int bits, std::int6
   return panel ? qatkit::pack_int8_panel(codes) : codes;
 }
 
+// The border of one padded plane of Hp x Wp pixels of `pix` codes each, holding an H x W image at
+// (ph, pw): the rows above and below it and the columns beside it set to `pad`.
+template <typename T>
+void fill_border_plane(T* plane, std::int64_t Hp, std::int64_t Wp, std::int64_t H, std::int64_t W, std::int64_t ph,
+                       std::int64_t pw, std::int64_t pix, T pad) {
+  for (std::int64_t r = 0; r < Hp; ++r) {
+    T* row = plane + r * Wp * pix;
+    if (r < ph || r >= ph + H) {
+      std::fill(row, row + Wp * pix, pad);
+    } else {
+      std::fill(row, row + pw * pix, pad);
+      std::fill(row + (pw + W) * pix, row + Wp * pix, pad);
+    }
+  }
+}
+
 // The patch rows of a conv: the image's padded code layout and its rows, in either order (above).
 struct ConvPatches {
   bool cl;  // channels-last (i, j, c) rows, else planar (c, i, j)
@@ -503,18 +519,7 @@ struct ConvPatches {
   void fill_border(std::int8_t* xc, std::int8_t pad_code) const {
     if (ph == 0 && pw == 0) return;
     const std::int64_t pix = cl ? C : 1, planes = cl ? 1 : C;  // channels-last: one plane of C-code pixels
-    for (std::int64_t pl = 0; pl < planes; ++pl) {
-      std::int8_t* plane = xc + pl * Hp * Wp;
-      for (std::int64_t r = 0; r < Hp; ++r) {
-        std::int8_t* row = plane + r * Wp * pix;
-        if (r < ph || r >= ph + H) {
-          std::fill(row, row + Wp * pix, pad_code);
-        } else {
-          std::fill(row, row + pw * pix, pad_code);
-          std::fill(row + (pw + W) * pix, row + Wp * pix, pad_code);
-        }
-      }
-    }
+    for (std::int64_t pl = 0; pl < planes; ++pl) fill_border_plane(xc + pl * Hp * Wp, Hp, Wp, H, W, ph, pw, pix, pad_code);
   }
 
   /// Channels-last: the sums of each group's channels per padded pixel, ps [groups, Hp * Wp].
@@ -680,16 +685,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
           });
         }
         // the padding's pixels hold the zero point's code (the image rows' pixels are written below)
-        const auto pad = static_cast<std::int16_t>(pad_code);
-        for (std::int64_t r = 0; r < Hp; ++r) {
-          std::int16_t* row = xc + r * Wp * N;
-          if (r < ph || r >= ph + H) {
-            std::fill(row, row + Wp * N, pad);
-          } else {
-            std::fill(row, row + pw * N, pad);
-            std::fill(row + (pw + W) * N, row + Wp * N, pad);
-          }
-        }
+        fill_border_plane(xc, Hp, Wp, H, W, ph, pw, N, static_cast<std::int16_t>(pad_code));
         if (mult > 1) {
           // the whole image [C, H * W] -> [H * W, C] (an NHWC input's codes are that already), then
           // each pixel's codes repeated mult times into its padded place
