@@ -519,7 +519,8 @@ struct ConvPatches {
   void fill_border(std::int8_t* xc, std::int8_t pad_code) const {
     if (ph == 0 && pw == 0) return;
     const std::int64_t pix = cl ? C : 1, planes = cl ? 1 : C;  // channels-last: one plane of C-code pixels
-    for (std::int64_t pl = 0; pl < planes; ++pl) fill_border_plane(xc + pl * Hp * Wp, Hp, Wp, H, W, ph, pw, pix, pad_code);
+    for (std::int64_t pl = 0; pl < planes; ++pl)
+      fill_border_plane(xc + pl * Hp * Wp, Hp, Wp, H, W, ph, pw, pix, pad_code);
   }
 
   /// Channels-last: the sums of each group's channels per padded pixel, ps [groups, Hp * Wp].
@@ -606,12 +607,12 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   // a channels_last input (ops::conv_channels_last_io) is read as NHWC and the output written
   // channels_last: the layout passes (transposes into and out of NCHW) drop out
   const bool nhwc = ops::conv_channels_last_io(input);
-  const at::Tensor x = input.contiguous(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = input.contiguous(format);
   const at::Tensor w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const std::int64_t N = panel ? c.size(0) : w.size(0), Ng = N / groups, L = ho * wo;
-  at::Tensor y = at::empty({B, N, ho, wo},
-                           input.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  at::Tensor y = at::empty({B, N, ho, wo}, input.options().memory_format(format));
   if (y.numel() == 0) return y;
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
@@ -680,7 +681,8 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
             k.quantize_rows(xp + bi * C * H * W, xq, C, q, p0, p1);  // pixels [p0, p1)
           });
         } else {
-          steps(C, std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(H * W, 1)), [&](std::int64_t c0, std::int64_t c1) {
+          const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(H * W, 1));
+          steps(C, grain, [&](std::int64_t c0, std::int64_t c1) {
             k.quantize_rows(xp + bi * C * H * W, xq, H * W, q, c0, c1);  // channel rows [c0, c1)
           });
         }
