@@ -1225,12 +1225,58 @@ void dequant_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end
 // the same way once per call, so each pair adds x[t] * w[t] + x[t + 1] * w[t + 1] into int32 lanes
 // (exact: |x| <= 128, |w| <= 127); the two accumulators' lanes (channels 0-3 / 8-11 and 4-7 /
 // 12-15) are put back in order by one 128-bit permute each, then requantize's operations on 8
-// lanes. Channels past the last 16 run loops.h's loop.
+// lanes. Channels past the last 16 run loops.h's loop. P: the pair count when known at compile
+// time (5: a 3 x 3 kernel, the pairs unrolled), else 0 (pairs at run time); the arguments' pointers
+// are read into locals once, so the output stores do not make the compiler reload them per pixel.
+template <int P>
+void dwconv_nhwc_rows(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end, const std::int64_t* off,
+                      const std::int16_t* wi, std::int64_t pairs_rt) {
+  const std::int64_t C = g.C, taps = g.kh * g.kw, blocks = C / 16, pairs = P > 0 ? P : pairs_rt;
+  const std::int64_t Wo = g.Wo, Wp = g.Wp, sh = g.sh, sw = g.sw;
+  const std::int16_t* const x = g.x;
+  const std::int16_t* const wt = g.w;
+  const std::int32_t* const corr = g.corr;
+  const float* const out_scale = g.out_scale;
+  const float* const bias = g.bias;
+  float* const yall = g.y;
+  for (std::int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    for (std::int64_t ow = 0; ow < Wo; ++ow) {
+      const std::int16_t* xp = x + ((oh * sh) * Wp + ow * sw) * C;  // tap (0, 0)
+      float* y = yall + (oh * Wo + ow) * C;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+        const std::int16_t* w = wi + b * 32;
+        const std::int16_t* xb = xp + b * 16;
+        #pragma GCC unroll 8
+        for (std::int64_t p = 0; p < pairs; ++p) {
+          const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off[2 * p]));
+          const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off[2 * p + 1]));
+          const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + p * blocks * 32));
+          const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + p * blocks * 32 + 16));
+          lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl));
+          hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh));
+        }
+        const __m256i s[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
+        for (int h = 0; h < 2; ++h) {
+          const std::int64_t c = b * 16 + 8 * h;
+          const __m256i acc = _mm256_add_epi32(s[h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + c)));
+          __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(out_scale + c));
+          if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + c));
+          _mm256_storeu_ps(y + c, v);
+        }
+      }
+      for (std::int64_t c = blocks * 16; c < C; ++c) {  // the last channels
+        std::int32_t a = 0;
+        for (std::int64_t t = 0; t < taps; ++t) a += static_cast<std::int32_t>(xp[off[t] + c]) * wt[t * C + c];
+        y[c] = detail::requantize(static_cast<std::uint32_t>(a) + static_cast<std::uint32_t>(corr[c]), g, c);
+      }
+    }
+  }
+}
+
 void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end) {
   const std::int64_t C = g.C, taps = g.kh * g.kw, pairs = (taps + 1) / 2, blocks = C / 16;
-  std::vector<std::int64_t> off(static_cast<std::size_t>(pairs * 2));
-  for (std::int64_t t = 0; t < pairs * 2; ++t)  // an odd last tap pairs with tap 0 and a zero weight
-    off[static_cast<std::size_t>(t)] = t < taps ? ((t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw) * C : 0;
+  const std::vector<std::int64_t> off = detail::dwconv_pair_offsets(g);
   std::vector<std::int16_t> wi(static_cast<std::size_t>(pairs * blocks * 32));  // [pair][block][2][16]
   for (std::int64_t p = 0; p < pairs; ++p) {
     for (std::int64_t b = 0; b < blocks; ++b) {
@@ -1243,41 +1289,10 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpackhi_epi16(w0, w1));
     }
   }
-  for (std::int64_t oh = oh_begin; oh < oh_end; ++oh) {
-    for (std::int64_t ow = 0; ow < g.Wo; ++ow) {
-      const std::int16_t* xp = g.x + ((oh * g.sh) * g.Wp + ow * g.sw) * C;  // tap (0, 0)
-      float* y = g.y + (oh * g.Wo + ow) * C;
-      for (std::int64_t b = 0; b < blocks; ++b) {
-        __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-        const std::int16_t* w = wi.data() + b * 32;
-        for (std::int64_t p = 0; p < pairs; ++p, w += blocks * 32) {
-          const std::int16_t* x0p = xp + off[static_cast<std::size_t>(2 * p)] + b * 16;
-          const std::int16_t* x1p = xp + off[static_cast<std::size_t>(2 * p + 1)] + b * 16;
-          const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x0p));
-          const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x1p));
-          const __m256i wl = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
-          const __m256i wh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 16));
-          lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), wl));
-          hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), wh));
-        }
-        const __m256i s[2] = {_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31)};
-        for (int h = 0; h < 2; ++h) {
-          const std::int64_t c = b * 16 + 8 * h;
-          const __m256i acc = _mm256_add_epi32(s[h], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.corr + c)));
-          __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(g.out_scale + c));
-          if (g.bias) v = _mm256_add_ps(v, _mm256_loadu_ps(g.bias + c));
-          _mm256_storeu_ps(y + c, v);
-        }
-      }
-      if (blocks * 16 < C) {  // the last channels
-        for (std::int64_t c = blocks * 16; c < C; ++c) {
-          std::int32_t a = 0;
-          for (std::int64_t t = 0; t < taps; ++t)
-            a += static_cast<std::int32_t>(xp[off[static_cast<std::size_t>(t)] + c]) * g.w[t * C + c];
-          y[c] = detail::requantize(static_cast<std::uint32_t>(a) + static_cast<std::uint32_t>(g.corr[c]), g, c);
-        }
-      }
-    }
+  if (pairs == 5) {
+    dwconv_nhwc_rows<5>(g, oh_begin, oh_end, off.data(), wi.data(), pairs);
+  } else {
+    dwconv_nhwc_rows<0>(g, oh_begin, oh_end, off.data(), wi.data(), pairs);
   }
 }
 

@@ -1201,6 +1201,81 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+// Channels-last depthwise conv (QDwConvArgs' nhwc form), 32 channels per step: the AVX2 table's
+// form at 512 bits (pairs of taps, their codes interleaved per 128-bit lane against the weights
+// interleaved the same way once per call) with vpdpwssd adding each pair's two products into the
+// int32 lanes (the same exact sums: |x| <= 128, |w| <= 127), the two accumulators' lanes (channels
+// 0-3, 8-11, 16-19, 24-27 and 4-7, 12-15, ...) put back in order by two vpermt2d, then requantize's
+// operations on 16 lanes; a last block of fewer than 32 channels under masks (no scalar tail). P:
+// the pair count when known at compile time (5: a 3 x 3 kernel), else 0.
+template <int P>
+void dwconv_nhwc_rows(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end, const std::int64_t* off,
+                      const std::int16_t* wi, std::int64_t pairs_rt) {
+  const std::int64_t C = g.C, blocks = (C + 31) / 32, pairs = P > 0 ? P : pairs_rt;
+  const std::int64_t Wo = g.Wo, Wp = g.Wp, sh = g.sh, sw = g.sw;
+  const std::int16_t* const x = g.x;
+  const std::int32_t* const corr = g.corr;
+  const float* const out_scale = g.out_scale;
+  const float* const bias = g.bias;
+  float* const yall = g.y;
+  const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (std::int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    for (std::int64_t ow = 0; ow < Wo; ++ow) {
+      const std::int16_t* xp = x + ((oh * sh) * Wp + ow * sw) * C;  // tap (0, 0)
+      float* y = yall + (oh * Wo + ow) * C;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int64_t c0 = b * 32, nc = std::min<std::int64_t>(32, C - c0);
+        const __mmask32 m = nc == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nc) - 1);
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        const std::int16_t* w = wi + b * 64;
+        const std::int16_t* xb = xp + c0;
+        #pragma GCC unroll 8
+        for (std::int64_t p = 0; p < pairs; ++p) {
+          const __m512i x0 = _mm512_maskz_loadu_epi16(m, xb + off[2 * p]);
+          const __m512i x1 = _mm512_maskz_loadu_epi16(m, xb + off[2 * p + 1]);
+          const __m512i wl = _mm512_loadu_si512(w + p * blocks * 64);
+          const __m512i wh = _mm512_loadu_si512(w + p * blocks * 64 + 32);
+          lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(x0, x1), wl);
+          hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(x0, x1), wh);
+        }
+        const __m512i s[2] = {_mm512_permutex2var_epi32(lo, idx0, hi), _mm512_permutex2var_epi32(lo, idx1, hi)};
+        for (int h = 0; h < 2 && 16 * h < nc; ++h) {
+          const std::int64_t c = c0 + 16 * h, nh = std::min<std::int64_t>(16, nc - 16 * h);
+          const __mmask16 mh = nh == 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << nh) - 1);
+          const __m512i acc = _mm512_add_epi32(s[h], _mm512_maskz_loadu_epi32(mh, corr + c));
+          __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(mh, out_scale + c));
+          if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mh, bias + c));
+          _mm512_mask_storeu_ps(y + c, mh, v);
+        }
+      }
+    }
+  }
+}
+
+void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end) {
+  const std::int64_t C = g.C, taps = g.kh * g.kw, pairs = (taps + 1) / 2, blocks = (C + 31) / 32;
+  const std::vector<std::int64_t> off = detail::dwconv_pair_offsets(g);
+  std::vector<std::int16_t> wi(static_cast<std::size_t>(pairs * blocks * 64));  // [pair][block][2][32]
+  for (std::int64_t p = 0; p < pairs; ++p) {
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t c0 = b * 32, nc = std::min<std::int64_t>(32, C - c0);
+      const __mmask32 m = nc == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nc) - 1);
+      const __m512i w0 = _mm512_maskz_loadu_epi16(m, g.w + 2 * p * C + c0);
+      const __m512i w1 = 2 * p + 1 < taps ? _mm512_maskz_loadu_epi16(m, g.w + (2 * p + 1) * C + c0)
+                                          : _mm512_setzero_si512();
+      std::int16_t* d = wi.data() + (p * blocks + b) * 64;
+      _mm512_storeu_si512(d, _mm512_unpacklo_epi16(w0, w1));
+      _mm512_storeu_si512(d + 32, _mm512_unpackhi_epi16(w0, w1));
+    }
+  }
+  if (pairs == 5) {
+    dwconv_nhwc_rows<5>(g, oh_begin, oh_end, off.data(), wi.data(), pairs);
+  } else {
+    dwconv_nhwc_rows<0>(g, oh_begin, oh_end, off.data(), wi.data(), pairs);
+  }
+}
+
 }  // namespace
 
 const QGemmKernels* qgemm_avx512() {
@@ -1223,6 +1298,7 @@ const QGemmKernels* qgemm_avx512() {
     t.w4f_packed_rows = 0;
     t.gemm_w4f_xt = nullptr;
     t.gemm_s8 = &gemm_s8;
+    t.dwconv_nhwc = &dwconv_nhwc;
     t.gemm_w4 = &gemm_w4;
     t.gemm_t2 = &gemm_t2;
     t.gemm_b1 = &gemm_b1;

@@ -274,6 +274,16 @@ inline void dwconv_channels(const QDwConvArgs& g, std::int64_t n_begin, std::int
   }
 }
 
+/// The SIMD dwconv_nhwc kernels' tap offsets (codes from a pixel's tap (0, 0)), in pairs: 2 *
+/// ceil(taps / 2) entries, an odd last tap paired with tap 0 (which its zero weight cancels).
+inline std::vector<std::int64_t> dwconv_pair_offsets(const QDwConvArgs& g) {
+  const std::int64_t taps = g.kh * g.kw, pairs = (taps + 1) / 2;
+  std::vector<std::int64_t> off(static_cast<std::size_t>(pairs * 2));
+  for (std::int64_t t = 0; t < pairs * 2; ++t)
+    off[static_cast<std::size_t>(t)] = t < taps ? ((t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw) * g.C : 0;
+  return off;
+}
+
 /// Output rows [oh_begin, oh_end) of a depthwise conv with one output channel per input channel,
 /// channels-last (QDwConvArgs' nhwc form): per output pixel and block of 16 channels, the taps'
 /// products of the pixel's codes and the weights go into 16 int32 accumulators (a loop over the
