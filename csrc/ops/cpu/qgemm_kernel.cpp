@@ -676,7 +676,15 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
             f(0, n);
           }
         };
-        if (nhwc) {
+        // an NHWC input with one output per channel, where the table quantizes into int16: each
+        // image row's codes straight into its padded pixels (no int8 codes, no widening copy)
+        const bool fused = nhwc && mult == 1 && k.quantize_s16 != nullptr;
+        if (fused) {
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+            for (std::int64_t h = h0; h < h1; ++h)
+              k.quantize_s16(xp + (bi * H + h) * W * C, xc + ((h + ph) * Wp + pw) * C, W * C, q);
+          });
+        } else if (nhwc) {
           steps(H * W, std::max<std::int64_t>(1, 4096 / C), [&](std::int64_t p0, std::int64_t p1) {
             k.quantize_rows(xp + bi * C * H * W, xq, C, q, p0, p1);  // pixels [p0, p1)
           });
@@ -711,11 +719,13 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
             });
             repeat(xt);
           }
-        } else if (nhwc) {  // each image row's W * C codes, widened, into its padded row
-          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
-            for (std::int64_t h = h0; h < h1; ++h)
-              std::copy(xq + h * W * C, xq + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
-          });
+        } else if (nhwc) {
+          if (!fused) {  // each image row's W * C codes, widened, into its padded row (fused: in place)
+            steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+              for (std::int64_t h = h0; h < h1; ++h)
+                std::copy(xq + h * W * C, xq + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
+            });
+          }
         } else if (W < 8) {
           // rows narrower than the transposes' 8-column blocks (each row's transpose would run
           // scalar): the whole image [C, H * W] -> [H * W, C] at once, then each row's W pixels

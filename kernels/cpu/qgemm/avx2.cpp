@@ -32,28 +32,42 @@ inline std::uint32_t hsum(__m256i v) {
 }
 
 // quantize_code (fake_quant_scalar.h) eight lanes at a time: r = round-half-even(x * inv_s), clamped
-// to [qmin - z, qmax - z] (NaN: z), + z - shift, narrowed to int8; the same bits as the scalar loop,
-// which finishes the tail. With q.divisor, x / d first (IEEE division), row by row.
-void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuantArgs& q, std::int64_t begin,
-                   std::int64_t end) {
-  const __m256 inv = _mm256_set1_ps(q.inv_scale);
-  const __m256 lo = _mm256_set1_ps(static_cast<float>(q.quant_min - q.zero_point));
-  const __m256 hi = _mm256_set1_ps(static_cast<float>(q.quant_max - q.zero_point));
-  const __m256i off = _mm256_set1_epi32(q.zero_point - q.shift);
-  const float lo1 = static_cast<float>(q.quant_min - q.zero_point), hi1 = static_cast<float>(q.quant_max - q.zero_point);
-  const float z = static_cast<float>(q.zero_point);
-  const auto code8 = [&](__m256 v, std::int8_t* out) {
+// to [qmin - z, qmax - z] (NaN: z), + z - shift, as int32 lanes; one() the scalar form (the same
+// bits), for the tails.
+struct Codes8 {
+  __m256 inv, lo, hi;
+  __m256i off;
+  float inv1, lo1, hi1, z;
+  std::int32_t shift;
+
+  explicit Codes8(const ActQuantArgs& q)
+      : inv(_mm256_set1_ps(q.inv_scale)), lo(_mm256_set1_ps(static_cast<float>(q.quant_min - q.zero_point))),
+        hi(_mm256_set1_ps(static_cast<float>(q.quant_max - q.zero_point))),
+        off(_mm256_set1_epi32(q.zero_point - q.shift)), inv1(q.inv_scale),
+        lo1(static_cast<float>(q.quant_min - q.zero_point)), hi1(static_cast<float>(q.quant_max - q.zero_point)),
+        z(static_cast<float>(q.zero_point)), shift(q.shift) {}
+
+  __m256i operator()(__m256 v) const {
     __m256 r = _mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);  // a NaN r becomes lo here; the blend below makes it z
     r = _mm256_blendv_ps(r, _mm256_setzero_ps(), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));  // NaN -> code z
-    const __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(r), off);
-    // eight int32 in [-128, 127] -> int8
+    return _mm256_add_epi32(_mm256_cvtps_epi32(r), off);
+  }
+  std::int32_t one(float v) const {
+    return static_cast<std::int32_t>(quantize_code<float>(v, inv1, lo1, hi1, z)) - shift;
+  }
+};
+
+// Codes8's codes narrowed to int8; with q.divisor, x / d first (IEEE division), row by row.
+void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuantArgs& q, std::int64_t begin,
+                   std::int64_t end) {
+  const Codes8 codes(q);
+  const auto code8 = [&](__m256 v, std::int8_t* out) {
+    const __m256i c = codes(v);  // eight int32 in [-128, 127] -> int8
     const __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packs_epi16(c16, c16));
   };
-  const auto code1 = [&](float v) {
-    return static_cast<std::int8_t>(static_cast<std::int32_t>(quantize_code<float>(v, q.inv_scale, lo1, hi1, z)) - q.shift);
-  };
+  const auto code1 = [&](float v) { return static_cast<std::int8_t>(codes.one(v)); };
   if (q.divisor) {
     for (std::int64_t r = begin; r < end; ++r) {
       const float* xr = x + r * K;
@@ -68,6 +82,18 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
   std::int64_t i = n0;
   for (; i + 8 <= n1; i += 8) code8(_mm256_loadu_ps(x + i), a + i);
   for (; i < n1; ++i) a[i] = code1(x[i]);  // the scalar loop finishes the tail
+}
+
+// quantize_rows' codes (Codes8) of n contiguous floats, stored as int16.
+void quantize_s16(const float* x, std::int16_t* a, std::int64_t n, const ActQuantArgs& q) {
+  const Codes8 codes(q);
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i c = codes(_mm256_loadu_ps(x + i));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(a + i),
+                     _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
+  }
+  for (; i < n; ++i) a[i] = static_cast<std::int16_t>(codes.one(x[i]));
 }
 
 // The panel layout (QGemmArgs): one 16-row panel's step is two vectors of 8 rows x 4 k, and
@@ -1378,6 +1404,7 @@ const QGemmKernels* qgemm_avx2() {
     t.w4f_packed_rows = 9;
     t.gemm_w4f_xt = &detail::gemm_w4f_xt;  // the row layout's middle path, up to kW4fGemmRows
     t.wop_panel_cols = detail::kWopNC;
+    t.quantize_s16 = &quantize_s16;
     return t;
   }();
   return &k;

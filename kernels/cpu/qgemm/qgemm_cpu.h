@@ -77,6 +77,10 @@ struct QGemmKernels {
   void (*gemm_w4f_packed)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end) = nullptr;
   std::int64_t w4f_packed_rows = 0;
   std::int64_t wop_panel_cols = 32;
+  /// quantize_rows' codes of n contiguous floats, widened to int16 as they are stored (the depthwise
+  /// conv's padded pixel rows of a channels_last input: one pass instead of the int8 codes and a
+  /// widening copy); the same codes. Null where the table has none (baseline: the two passes).
+  void (*quantize_s16)(const float* x, std::int16_t* a, std::int64_t n, const ActQuantArgs& q) = nullptr;
 };
 
 const QGemmKernels& qgemm_baseline();

@@ -849,7 +849,8 @@ def test_depthwise_conv2d_int8_reused_buffers_hold_each_calls_padding(B):
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("B,C,H,W,N,groups,k,stride", [
-    (2, 16, 9, 9, 16, 16, 3, 1),   # depthwise: the NHWC rows widened straight into the padded pixels
+    (2, 16, 9, 9, 16, 16, 3, 1),   # depthwise: the NHWC rows quantized straight into the padded pixels
+    (2, 33, 6, 5, 33, 33, 3, 1),   # the same with rows of 165 codes (a tail after 8-code steps)
     (2, 8, 9, 10, 24, 8, 3, 1),    # depthwise, multiplier 3: each NHWC pixel's codes repeated
     (3, 12, 5, 6, 12, 12, 3, 2),   # depthwise on a narrow map, stride 2
     (8, 16, 4, 4, 40, 1, 1, 1),    # 1x1, few positions: several images' rows in one GEMM, into the output;
@@ -879,6 +880,7 @@ def test_conv2d_int8_channels_last_input_gives_the_nchw_bits_channels_last(bits,
             qatkit._C.set_cpu_isa(isa)
             for packed in case["layouts"]:
                 want = ops.conv2d_int8(x, packed, bits, *args)
+                ops.conv2d_int8(-x, packed, bits, *args)  # the reused scratch buffers hold other codes
                 got = ops.conv2d_int8(xc, packed, bits, *args)
                 assert torch.equal(got, want), (isa, tuple(packed.shape))
                 if want_cl:
