@@ -11,6 +11,7 @@
 
 #include "common/fake_quant_scalar.h"
 #include "cpu/fake_quant/fake_quant_cpu.h"
+#include "cpu/qgemm/qgemm_cpu.h"
 #include "cpu/quantize/quantize_cpu.h"
 #include "cpu/reduce/reduce_cpu.h"
 #include "cpu/sign/sign_cpu.h"
@@ -585,5 +586,51 @@ CATCH_TEST_CASE("quantize codes: dequantize(quantize(x)) equals the fake-quant f
     CATCH_CHECK(std::memcmp(y.data(), fq.data(), n * sizeof(float)) == 0);  // bit for bit, incl. the sign of 0
     if (base_codes.empty()) base_codes = codes;
     CATCH_CHECK(codes == base_codes);
+  }
+}
+
+CATCH_TEST_CASE("the qgemm tables' transposes equal the definition on every ISA (blocks, edges, strides)",
+                "[kernels]") {
+  namespace kc = qatkit::kernels::cpu;
+  std::mt19937 gen(41);
+  std::uniform_int_distribution<int> byte(-128, 127);
+  const std::int64_t sizes[] = {1, 3, 8, 15, 16, 17, 31, 32, 33, 40};
+  for (const kc::Isa isa : {kc::Isa::kBaseline, kc::Isa::kAvx2, kc::Isa::kAvx512}) {
+    const kc::QGemmKernels* k = kc::qgemm_kernels(isa);
+    if (k == nullptr) {
+      CATCH_WARN("ISA " << static_cast<int>(isa) << " not run: this CPU lacks it");
+      continue;
+    }
+    for (const std::int64_t rows : sizes) {
+      for (const std::int64_t cols : sizes) {
+        // source rows 5 elements longer than cols, destination rows 3 longer than rows (strided)
+        const std::int64_t src_rs = cols + 5, dst_rs = rows + 3;
+        std::vector<std::int8_t> s8(static_cast<std::size_t>(rows * src_rs));
+        std::vector<float> f32(s8.size());
+        for (std::size_t i = 0; i < s8.size(); ++i) {
+          s8[i] = static_cast<std::int8_t>(byte(gen));
+          f32[i] = static_cast<float>(byte(gen)) * 0.37f;
+        }
+        std::vector<std::int8_t> d8(static_cast<std::size_t>(cols * dst_rs), 99);
+        std::vector<std::int16_t> d16(d8.size(), 999);
+        std::vector<float> df(d8.size(), -1.5f);
+        k->transpose_s8(s8.data(), rows, cols, src_rs, d8.data(), dst_rs);
+        k->transpose_s8_s16(s8.data(), rows, cols, src_rs, d16.data(), dst_rs);
+        k->transpose_f32(f32.data(), rows, cols, src_rs, df.data(), dst_rs);
+        bool ok = true;
+        for (std::int64_t c = 0; c < cols; ++c) {
+          for (std::int64_t r = 0; r < dst_rs; ++r) {
+            const std::size_t d = static_cast<std::size_t>(c * dst_rs + r), src = static_cast<std::size_t>(r * src_rs + c);
+            if (r < rows) {
+              ok = ok && d8[d] == s8[src] && d16[d] == s8[src] && df[d] == f32[src];
+            } else {  // past each destination row's rows: untouched
+              ok = ok && d8[d] == 99 && d16[d] == 999 && df[d] == -1.5f;
+            }
+          }
+        }
+        CATCH_INFO("isa " << static_cast<int>(isa) << " rows " << rows << " cols " << cols);
+        CATCH_CHECK(ok);
+      }
+    }
   }
 }

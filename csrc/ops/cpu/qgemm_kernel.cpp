@@ -493,12 +493,24 @@ struct ConvPatches {
           std::memcpy(xc + (ci * Hp + h + ph) * Wp + pw, xq + (ci * H + h) * W, static_cast<std::size_t>(W));
       return;
     }
-    for (std::int64_t h = 0; h < H; ++h) {
-      std::int8_t* dst = xc + ((h + ph) * Wp + pw) * C;
-      if (src_nhwc) {
-        std::memcpy(dst, xq + h * W * C, static_cast<std::size_t>(W * C));
-      } else {
-        k.transpose_s8(xq + h * W, C, W, H * W, dst, C);
+    if (!src_nhwc && ph == 0 && pw == 0) {
+      k.transpose_s8(xq, C, H * W, H * W, xc, C);  // unpadded: the whole image [C, H * W] -> [H * W, C]
+    } else if (!src_nhwc && W < 16) {
+      // rows narrower than the transpose's 16-column blocks (a row's transpose would run scalar):
+      // the whole image at once, then each image row's W pixels into its padded row
+      struct TagT;
+      std::int8_t* t = kernels::thread_scratch<std::int8_t, TagT>(static_cast<std::size_t>(C * H * W));
+      k.transpose_s8(xq, C, H * W, H * W, t, C);
+      for (std::int64_t h = 0; h < H; ++h)
+        std::memcpy(xc + ((h + ph) * Wp + pw) * C, t + h * W * C, static_cast<std::size_t>(W * C));
+    } else {
+      for (std::int64_t h = 0; h < H; ++h) {
+        std::int8_t* dst = xc + ((h + ph) * Wp + pw) * C;
+        if (src_nhwc) {
+          std::memcpy(dst, xq + h * W * C, static_cast<std::size_t>(W * C));
+        } else {
+          k.transpose_s8(xq + h * W, C, W, H * W, dst, C);
+        }
       }
     }
     if (ps != nullptr) pixel_sums(xc, ps);

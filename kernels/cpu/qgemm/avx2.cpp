@@ -1362,6 +1362,46 @@ void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t co
   if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
 }
 
+// int8 codes: 16 x 16 blocks in SSE registers (unpacks of 8, 16, 32 and 64 bits: 64 per block, 16
+// loads and 16 stores); the edges by the tiled loop (the convs' NCHW codes into channels-last pixels).
+void transpose_s8(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, std::int8_t* dst,
+                  std::int64_t dst_rs) {
+  const std::int64_t R = rows / 16 * 16, Cc = cols / 16 * 16;
+  for (std::int64_t r0 = 0; r0 < R; r0 += 16) {
+    for (std::int64_t c0 = 0; c0 < Cc; c0 += 16) {
+      __m128i r[16], a[16], b[16], c[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (r0 + i) * src_rs + c0));
+      for (int k = 0; k < 8; ++k) {  // a[h * 8 + k]: rows 2k, 2k + 1, columns 8h..8h + 7, in pairs
+        a[k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
+        a[k + 8] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
+      }
+      for (int h = 0; h < 2; ++h) {  // b[g * 4 + k]: rows 4k..4k + 3, columns 4g..4g + 3 (g = 2h + q)
+        for (int k = 0; k < 4; ++k) {
+          b[h * 8 + k] = _mm_unpacklo_epi16(a[h * 8 + 2 * k], a[h * 8 + 2 * k + 1]);
+          b[h * 8 + 4 + k] = _mm_unpackhi_epi16(a[h * 8 + 2 * k], a[h * 8 + 2 * k + 1]);
+        }
+      }
+      for (int g = 0; g < 4; ++g) {  // c[g * 4 + p * 2 + k]: rows 8k..8k + 7, columns 4g + 2p, 4g + 2p + 1
+        for (int k = 0; k < 2; ++k) {
+          c[g * 4 + k] = _mm_unpacklo_epi32(b[g * 4 + 2 * k], b[g * 4 + 2 * k + 1]);
+          c[g * 4 + 2 + k] = _mm_unpackhi_epi32(b[g * 4 + 2 * k], b[g * 4 + 2 * k + 1]);
+        }
+      }
+      for (int g = 0; g < 4; ++g) {
+        for (int p = 0; p < 2; ++p) {  // columns 4g + 2p and 4g + 2p + 1: their 16 rows each
+          std::int8_t* d = dst + (c0 + g * 4 + p * 2) * dst_rs + r0;
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi64(c[g * 4 + p * 2], c[g * 4 + p * 2 + 1]));
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + dst_rs),
+                           _mm_unpackhi_epi64(c[g * 4 + p * 2], c[g * 4 + p * 2 + 1]));
+        }
+      }
+    }
+  }
+  if (Cc < cols) detail::transpose_tiled(src + Cc, R, cols - Cc, src_rs, dst + Cc * dst_rs, dst_rs);
+  if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
+}
+
 }  // namespace
 
 // linear_w8_weight_only's GEMM path from 96 rows (below it the middle path's tiles from 8; before
@@ -1374,7 +1414,7 @@ const QGemmKernels* qgemm_avx2() {
   static const QGemmKernels k = [] {
     QGemmKernels t{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
                    &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
-                   &transpose_s8_s16, &detail::transpose_s8_tiled, &dequant_w4f, kW4fGemmRows,
+                   &transpose_s8_s16, &transpose_s8, &dequant_w4f, kW4fGemmRows,
                    &detail::gemm_w8f_loop, &detail::dequant_w8f_rows, kW8fGemmRows};
     t.gemm_w8f_xt = &detail::gemm_w8f_xt;  // loops.h's tiles at 256 bits
     // 4096 x 4096 (MKL at AVX2), w8: the tiles ran 1.13x FP32 at 8 rows (lane sums 1.00x), 1.41x at 16
