@@ -1256,8 +1256,10 @@ void dequant_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end
 // are read into locals once, so the output stores do not make the compiler reload them per pixel.
 template <int P>
 void dwconv_nhwc_rows(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end, const std::int64_t* off,
-                      const std::int16_t* wi, std::int64_t pairs_rt) {
+                      const std::int16_t* wi, const std::int16_t* wi8, std::int64_t pairs_rt) {
   const std::int64_t C = g.C, taps = g.kh * g.kw, blocks = C / 16, pairs = P > 0 ? P : pairs_rt;
+  // 8 channels past the 16-channel blocks, when there are: one 128-bit block (wi8 [pair][2][8])
+  const std::int64_t c8 = blocks * 16, tail8 = wi8 != nullptr ? c8 + 8 : c8;
   const std::int64_t Wo = g.Wo, Wp = g.Wp, sh = g.sh, sw = g.sw;
   const std::int16_t* const x = g.x;
   const std::int16_t* const wt = g.w;
@@ -1291,7 +1293,25 @@ void dwconv_nhwc_rows(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t 
           _mm256_storeu_ps(y + c, v);
         }
       }
-      for (std::int64_t c = blocks * 16; c < C; ++c) {  // the last channels
+      if (wi8 != nullptr) {  // channels c8..c8 + 7: the same pairs at 128 bits (lo: 0-3, hi: 4-7, in order)
+        __m128i lo = _mm_setzero_si128(), hi = _mm_setzero_si128();
+        const std::int16_t* xb = xp + c8;
+        #pragma GCC unroll 8
+        for (std::int64_t p = 0; p < pairs; ++p) {
+          const __m128i x0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + off[2 * p]));
+          const __m128i x1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(xb + off[2 * p + 1]));
+          lo = _mm_add_epi32(lo, _mm_madd_epi16(_mm_unpacklo_epi16(x0, x1),
+                                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(wi8 + p * 16))));
+          hi = _mm_add_epi32(hi, _mm_madd_epi16(_mm_unpackhi_epi16(x0, x1),
+                                                _mm_loadu_si128(reinterpret_cast<const __m128i*>(wi8 + p * 16 + 8))));
+        }
+        const __m256i acc = _mm256_add_epi32(_mm256_set_m128i(hi, lo),
+                                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + c8)));
+        __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), _mm256_loadu_ps(out_scale + c8));
+        if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + c8));
+        _mm256_storeu_ps(y + c8, v);
+      }
+      for (std::int64_t c = tail8; c < C; ++c) {  // the last channels
         std::int32_t a = 0;
         for (std::int64_t t = 0; t < taps; ++t) a += static_cast<std::int32_t>(xp[off[t] + c]) * wt[t * C + c];
         y[c] = detail::requantize(static_cast<std::uint32_t>(a) + static_cast<std::uint32_t>(corr[c]), g, c);
@@ -1315,10 +1335,20 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpackhi_epi16(w0, w1));
     }
   }
+  std::vector<std::int16_t> wi8(static_cast<std::size_t>(C % 16 >= 8 ? pairs * 16 : 0));  // [pair][2][8]
+  for (std::int64_t p = 0; p < static_cast<std::int64_t>(wi8.size()) / 16; ++p) {
+    const std::int64_t c8 = blocks * 16;
+    const __m128i w0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g.w + 2 * p * C + c8));
+    const __m128i w1 = 2 * p + 1 < taps ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(g.w + (2 * p + 1) * C + c8))
+                                        : _mm_setzero_si128();
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(wi8.data() + p * 16), _mm_unpacklo_epi16(w0, w1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(wi8.data() + p * 16 + 8), _mm_unpackhi_epi16(w0, w1));
+  }
+  const std::int16_t* w8 = wi8.empty() ? nullptr : wi8.data();
   if (pairs == 5) {
-    dwconv_nhwc_rows<5>(g, oh_begin, oh_end, off.data(), wi.data(), pairs);
+    dwconv_nhwc_rows<5>(g, oh_begin, oh_end, off.data(), wi.data(), w8, pairs);
   } else {
-    dwconv_nhwc_rows<0>(g, oh_begin, oh_end, off.data(), wi.data(), pairs);
+    dwconv_nhwc_rows<0>(g, oh_begin, oh_end, off.data(), wi.data(), w8, pairs);
   }
 }
 
