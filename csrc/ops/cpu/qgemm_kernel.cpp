@@ -668,7 +668,8 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     if (nhwc || N == C || C == 1 || W < 8 || sw > 1) {
       // with mult = N / C outputs per input channel each pixel's C codes are repeated mult times
       // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
-      // transposed into NCHW
+      // transposed into NCHW, or is the channels_last output's image as it is (an NHWC input always
+      // takes this form)
       std::vector<std::int16_t> wt(static_cast<std::size_t>(taps * N));  // [taps, N]
       for (std::int64_t n = 0; n < N; ++n)
         for (std::int64_t t = 0; t < taps; ++t)
