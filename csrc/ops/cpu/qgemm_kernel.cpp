@@ -660,6 +660,9 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     g.Ho = ho;
     g.Wo = wo;
     const std::int64_t mult = N / C;
+    // an NHWC input with one output per channel, where the table quantizes into int16: each image
+    // row's codes straight into its padded pixels (no int8 codes, no widening copy)
+    const bool fused_quantize = nhwc && mult == 1 && k.quantize_s16 != nullptr;
     // Channels-last (dwconv_nhwc) vectorizes over the output channels whatever the map's size or
     // stride; the planar form (dwconv_channels) along each output row, which pays with several
     // outputs per input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md,
@@ -689,10 +692,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
             f(0, n);
           }
         };
-        // an NHWC input with one output per channel, where the table quantizes into int16: each
-        // image row's codes straight into its padded pixels (no int8 codes, no widening copy)
-        const bool fused = nhwc && mult == 1 && k.quantize_s16 != nullptr;
-        if (fused) {
+        if (fused_quantize) {
           steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
             for (std::int64_t h = h0; h < h1; ++h)
               k.quantize_s16(xp + (bi * H + h) * W * C, xc + ((h + ph) * Wp + pw) * C, W * C, q);
@@ -733,7 +733,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
             repeat(xt);
           }
         } else if (nhwc) {
-          if (!fused) {  // each image row's W * C codes, widened, into its padded row (fused: in place)
+          if (!fused_quantize) {  // each image row's W * C codes, widened, into its padded row
             steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
               for (std::int64_t h = h0; h < h1; ++h)
                 std::copy(xq + h * W * C, xq + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
@@ -774,12 +774,15 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
       struct TagC;
       struct TagT;
       struct TagY;
+      // (each sized 1 where its form does not use it: the int8 codes when quantize_s16 writes the
+      // pixels, the transposed image with an NHWC input, the [L, N] output with a channels_last one)
       const auto buffers = [&] {
-        return std::make_tuple(kernels::thread_scratch<std::int8_t, TagQ>(static_cast<std::size_t>(C * H * W)),
-                               kernels::thread_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * N)),
-                               kernels::thread_scratch<std::int16_t, TagT>(
-                                   static_cast<std::size_t>(W < 8 || mult > 1 ? H * W * C : 1)),
-                               kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(L * N)));
+        return std::make_tuple(
+            kernels::thread_scratch<std::int8_t, TagQ>(static_cast<std::size_t>(fused_quantize ? 1 : C * H * W)),
+            kernels::thread_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * N)),
+            kernels::thread_scratch<std::int16_t, TagT>(
+                static_cast<std::size_t>(!nhwc && (W < 8 || mult > 1) ? H * W * C : 1)),
+            kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(nhwc ? 1 : L * N)));
       };
       if (per_image) {
         at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
