@@ -154,8 +154,9 @@ def _int8_weight(r: random.Random, n: int, k: int, g: torch.Generator) -> torch.
     return (torch.randn(n, k, generator=g) * sigma).round().clamp(-127, 127).to(torch.int8)
 
 
-def _requant(acc: torch.Tensor, corr_extra: torch.Tensor, scale: torch.Tensor, bias):
-    y = (acc + corr_extra.long()).float() * scale
+def _requant(acc: torch.Tensor, bias_q: torch.Tensor, scale: torch.Tensor, bias):
+    """fp32(acc + bias_q) * scale (+ bias): the static form's requantization of int64 code sums."""
+    y = (acc + bias_q.long()).float() * scale
     return y if bias is None else y + bias
 
 
