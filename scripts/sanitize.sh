@@ -3,7 +3,8 @@
 # tests) with -fsanitize=address,undefined in build/asan, runs the Catch2 suite (leak detection on:
 # it is our code only), then the Python op and QAT tests against that build with the ASan runtime
 # preloaded into python (leak detection off there: CPython and torch keep their allocations until
-# exit by design, and their reports would drown ours). Any sanitizer report fails the run.
+# exit by design, and their reports would drown ours), then the op fuzzer (the integer kernels'
+# checks on their own, then every op's) against it. Any sanitizer report fails the run.
 #   bash scripts/sanitize.sh [LOG_DIR] [extra pytest args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,6 +57,20 @@ LD_PRELOAD="$ASAN_RT:$UBSAN_RT" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" P
   -k "not inductor and not large_tensor and not ddp and not finetune_script and not cpp_nn" "$@" \
   >"$LOG/pytest.log" 2>&1 || { tail -60 "$LOG/pytest.log"; exit 1; }
 tail -2 "$LOG/pytest.log"
+
+echo "sanitize: op fuzz under the sanitized build (the integer kernels on every ISA table, then all ops)"
+# fuzz_integer draws shapes at the kernels' tile / panel / block edges, every weight layout, conv
+# geometries and channels_last inputs, on a random ISA table with 1 or 2 threads: the out-of-bounds
+# reads and writes a bit-for-bit check cannot see (a read past a buffer that happens to hold zeros)
+INTEGER_ONLY="$($PY -c 'from qatkit.testing.fuzz_integer import INTEGER_CHECKS; print(",".join(INTEGER_CHECKS))')"
+LD_PRELOAD="$ASAN_RT:$UBSAN_RT" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" PYTHONPATH="$PKG" \
+  $PY scripts/fuzz_ops.py --only "$INTEGER_ONLY" --calls "${QATKIT_SANITIZE_OP_FUZZ:-20000}" --seed 11 \
+  >"$LOG/fuzz_ops_integer.log" 2>&1 || { tail -60 "$LOG/fuzz_ops_integer.log"; exit 1; }
+tail -1 "$LOG/fuzz_ops_integer.log"
+LD_PRELOAD="$ASAN_RT:$UBSAN_RT" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" PYTHONPATH="$PKG" \
+  $PY scripts/fuzz_ops.py --calls "${QATKIT_SANITIZE_OP_FUZZ:-20000}" --seed 12 \
+  >"$LOG/fuzz_ops_all.log" 2>&1 || { tail -60 "$LOG/fuzz_ops_all.log"; exit 1; }
+tail -1 "$LOG/fuzz_ops_all.log"
 if grep -E "ERROR: AddressSanitizer|runtime error:" "$LOG"/*.log; then
   echo "sanitize: reports found"; exit 1
 fi
