@@ -485,6 +485,34 @@ def _bind(plan: dict, divisor: Optional[torch.Tensor] = None):
     return call
 
 
+def _bind_conv(mod, plan: dict):
+    """A Conv2d plan's kernel with its operands bound (x -> y), or None where the layer needs more
+    than the op (a padding mode other than zeros, string padding, grouped / depthwise XNOR's codes
+    path): what :func:`_conv_on_kernel` calls, the op resolved once (``_bind``'s ``OpOverload._op``
+    for eager calls), so a loaded conv's per-call Python work is one closure call (about 4 us of the
+    6 us it spent over the op: a small CNN's convs take tens of microseconds)."""
+    if mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple) or len(mod.kernel_size) != 2:
+        return None
+    k, p = plan["kernel"], plan
+    geom = (list(mod.kernel_size), list(mod.stride), list(mod.padding), list(mod.dilation))
+    if k == "linear_w1a1":
+        op = torch.ops.qatkit.conv2d_w1a1.default
+        args = (p["weight"], *geom, p["weight_scale"], p["bias"])
+    elif k in ("linear_int8", "linear_w2a8", "linear_w1a8"):
+        op = torch.ops.qatkit.conv2d_int8.default
+        bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[k]
+        args = (p["weight"], bits, *geom, p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"], p["qmax"],
+                p["bias"], mod.groups)
+    else:
+        return None
+    raw, compiling = getattr(op, "_op", op), torch.compiler.is_compiling
+
+    def call(x):
+        return op(x, *args) if compiling() else raw(x, *args)
+
+    return call
+
+
 #: The Linear plan kernels with a CUDA implementation (csrc/ops/cuda/qgemm_kernel.cpp; XNOR's
 #: linear_w1a1 / conv2d_w1a1 there run the W1A8 kernels on the binary codes). A plan kernel not
 #: listed would run the float64 simulation on CUDA (the same bits, on no kernel).
@@ -598,9 +626,12 @@ def _plan(mod):
         if plan:
             plan["device"] = mod.weight_int.device
             plan["cpu"] = plan["device"].type == "cpu"
-        if plan and not _is_conv(mod) and mod.weight_int.is_cuda and plan["kernel"] not in _CUDA_KERNELS:
+        if plan and _is_conv(mod):
+            # what QuantizedConv2d.forward may call on a float32 4-d input on the plan's device
+            plan["bare"] = _bind_conv(mod, plan)
+        elif plan and mod.weight_int.is_cuda and plan["kernel"] not in _CUDA_KERNELS:
             plan["call"] = plan["bare"] = None
-        elif plan and not _is_conv(mod):
+        elif plan:
             plan["call"] = _bind(plan)  # on the input after the layer's RMSNorm / smoothing
             # what QuantizedLinear.forward may call on its own input, or None (an RMSNorm first): the
             # same kernel, or linear_int8 dividing by the smoothing itself (x / smooth in float32,

@@ -456,6 +456,63 @@ def test_a_channels_last_cnn_on_the_kernels_gives_the_simulations_bits(preset):
     assert all(out_cl[m] for m in convs), [out_cl[m] for m in convs]
 
 
+def _strided_cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=2, dilation=2, stride=2), nn.ReLU(),
+        nn.Conv2d(8, 8, (3, 1), padding=(1, 0), groups=8, stride=(1, 2)), nn.ReLU(),
+        nn.Conv2d(8, 12, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(10),
+    )
+
+
+@pytest.mark.parametrize("arch", ["cnn", "strided"])
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"])
+def test_conv_layers_call_their_bound_kernel_with_the_general_paths_bits(preset, arch):
+    """QuantizedConv2d.forward calls the plan's bound kernel (``plan["bare"]``) once the plan exists:
+    every zero-padded conv on conv2d_int8 / conv2d_w1a1 has one (grouped XNOR convs, on the codes path,
+    and the reflect-padded conv, padded first, none), its
+    output equals integer.conv's general path on NCHW and channels_last inputs, the model's logits the
+    float64 simulation's; after set_compute("float") (the plans stay built) the float math runs again."""
+    if arch == "cnn":
+        q, shape = _prepared("cnn", preset)
+    else:  # dilation, strides, a 3 x 1 depthwise kernel, no bias
+        torch.manual_seed(0)
+        shape, net = (4, 3, 11, 9), _strided_cnn()
+        net(torch.randn(shape))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.prepare_qat(net, _config(preset))
+            q(torch.randn(shape))
+            if any(getattr(m, "input_fake_quant", None) is not None for m in q.modules()):
+                qatkit.qat.calibrate(q, [torch.randn(shape) * 2 for _ in range(3)])
+    torch.manual_seed(8)
+    x = torch.randn(shape) * 2
+    sim, k, _ = _simulated_and_on_kernels(q)
+    # (kernel_for builds the plans; xnor's reflect-padded conv has none: float math, reported)
+    convs = [m for m in k.modules() if isinstance(m, QuantizedConv2d) and integer.kernel_for(m)]
+    assert len(convs) >= 2
+    bound = [m for m in convs if m.__dict__["_int8_plan"]["bare"] is not None]
+    want_bound = [m for m in convs if integer.kernel_for(m) != "conv2d_int8 (xnor codes)" and m.padding_mode == "zeros"]
+    assert bound == want_bound and bound
+    inputs = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0])) for m in convs]
+    with torch.no_grad():
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(k(xi), sim(x))
+            for m in bound:
+                got = m(inputs[m])
+                general = integer.conv(m, inputs[m], 2)
+                assert torch.equal(got, general) and got.stride() == general.stride()
+    for h in hooks:
+        h.remove()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        set_compute(k, "float", warn=False)
+        fl = qatkit.convert(q)
+    with torch.no_grad():
+        assert torch.equal(k(x), fl(x))  # the float (QAT-exact) math, not a stale bound kernel
+
+
 def _per_token_config(kind, granularity="per_token", bits=8):
     """Dynamic int8 inputs (per token, or per tensor) with int8 per-channel, TWN ternary or binary weights."""
     weight = {"int8": qatkit.QuantSpec(bits=8, symmetric=True, narrow_range=True, granularity="per_channel"),
