@@ -60,6 +60,7 @@
 #include <cmath>
 #include <tuple>
 
+#include "checks.h"
 #include "op_handle.h"
 #include "qatkit/ops.h"
 
