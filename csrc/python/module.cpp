@@ -7,6 +7,7 @@
 
 #include "qatkit/build_info.h"
 #include "qatkit/nn.h"
+#include "qatkit/weight_cache.h"
 
 namespace py = pybind11;
 
@@ -36,6 +37,22 @@ PYBIND11_MODULE(_C, m) {
       "cpu_isa", [] { return qatkit::build_info().cpu_isa; }, "CPU kernel implementation in use.");
   m.def("set_cpu_isa", &qatkit::set_cpu_isa, py::arg("name"),
         "Select the CPU kernel implementation ('avx2' or 'baseline'); False if unsupported.");
+  m.def(
+      "derived_weight_cache_info",
+      [] {
+        const auto i = qatkit::derived_weight_cache_info();
+        py::dict d;
+        d["entries"] = i.entries;
+        d["bytes"] = i.bytes;
+        d["hits"] = i.hits;
+        d["misses"] = i.misses;
+        d["capacity_bytes"] = i.capacity_bytes;
+        return d;
+      },
+      "The CPU kernels' cache of derived weight forms (qatkit/weight_cache.h): entries, bytes, hits, "
+      "misses, capacity_bytes.");
+  m.def("clear_derived_weight_cache", &qatkit::clear_derived_weight_cache,
+        "Drop the CPU kernels' derived weight forms (computed again on the next call).");
   // The C++ side of the one preset table, so tests can prove Python and C++ build the same configs.
   m.def(
       "nn_preset_names", [] { return qatkit::nn::QATConfig::preset_names(); },

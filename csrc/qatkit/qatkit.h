@@ -2,4 +2,5 @@
 #pragma once
 
 #include "build_info.h"
+#include "weight_cache.h"
 #include "ops.h"

@@ -23,6 +23,7 @@
 #include "../../../kernels/cpu/qgemm/qgemm_cpu.h"
 #include "../qgemm_checks.h"
 #include "qatkit/ops.h"
+#include "derived_weights.h"
 
 namespace qatkit::ops {
 namespace {
@@ -865,10 +866,14 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   const bool widen = weight_bits != 8 && B * L >= 8 * N;  // (then channels-last too)
   const int wbits = widen ? 8 : static_cast<int>(weight_bits);
   const bool wpanel = widen ? groups == 1 : panel;
-  const at::Tensor wr = widen ? widened_channels_last_weight(w, static_cast<int>(weight_bits), N, Cg, kh, kw, wpanel)
-                        : cp.cl && kh * kw > 1 && Cg > 1
-                            ? channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw)
-                            : w;
+  // (both derived from the constant weight alone: held between calls, cached_weight_form)
+  const at::Tensor wr =
+      widen ? cached_weight_form(weight, {1, weight_bits, panel, wpanel, N, Cg, kh, kw},
+                                 [&] { return widened_channels_last_weight(w, static_cast<int>(weight_bits), N, Cg, kh, kw, wpanel); })
+      : cp.cl && kh * kw > 1 && Cg > 1
+          ? cached_weight_form(weight, {2, weight_bits, panel, 0, N, Cg, kh, kw},
+                               [&] { return channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw); })
+          : w;
   const std::int32_t* wtail = nullptr;  // a split panel's records (QGemmArgs::tail)
   const at::Tensor wl = wpanel ? s8_panel_operand(wr, N, K, &wtail) : wr;
   // the patch rows' length, >= K: the padded tail of each row stays 0
@@ -1148,7 +1153,10 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   // channels-last from N patch rows: the planar rows are packed into bits a code at a time, which
   // costs about what the weight's reorder does per code
   const ConvPatches cpt(kh * kw == 1 || C == 1 || B * L >= N, C, 1, H, W, kernel_size, stride, padding, dilation, wo);
-  const at::Tensor wl = cpt.cl && kh * kw > 1 && C > 1 ? channels_last_weight(w, 1, false, N, C, kh, kw) : w;
+  const at::Tensor wl = cpt.cl && kh * kw > 1 && C > 1
+                           ? cached_weight_form(weight, {3, 1, 0, 0, N, C, kh, kw},
+                                                [&] { return channels_last_weight(w, 1, false, N, C, kh, kw); })
+                           : w;
   const std::int64_t Hp = cpt.Hp, Wp = cpt.Wp;
   // channels-last with each pixel's C sign / zero bits whole bytes: rows of byte copies
   const bool byte_runs = cpt.cl && C % 8 == 0;

@@ -496,15 +496,15 @@ def _bind_conv(mod, plan: dict):
     k, p = plan["kernel"], plan
     geom = (list(mod.kernel_size), list(mod.stride), list(mod.padding), list(mod.dilation))
     if k == "linear_w1a1":
-        op = torch.ops.qatkit.conv2d_w1a1.default
-        args = (p["weight"], *geom, p["weight_scale"], p["bias"])
+        name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"])
     elif k in ("linear_int8", "linear_w2a8", "linear_w1a8"):
-        op = torch.ops.qatkit.conv2d_int8.default
+        name = "conv2d_int8"
         bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[k]
         args = (p["weight"], bits, *geom, p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"], p["qmax"],
                 p["bias"], mod.groups)
     else:
         return None
+    op = getattr(torch.ops.qatkit, name).default  # the overload, resolved once (as _bind does)
     raw, compiling = getattr(op, "_op", op), torch.compiler.is_compiling
 
     def call(x):

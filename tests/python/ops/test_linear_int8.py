@@ -754,6 +754,123 @@ def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, gro
         qatkit._C.set_cpu_isa(old)
 
 
+def _layout_like(bits, w, panel):
+    """w's codes in one of conv_int8_case's layouts: int8 rows padded to 32 or (panel) the panel,
+    pack_ternary_t2, pack_binary_b1."""
+    import torch.nn.functional as F
+
+    if bits == 2:
+        return ops.pack_ternary_t2(w)
+    if bits == 1:
+        return ops.pack_binary_b1(w)
+    return ops.pack_int8_panel(w) if panel else F.pad(w, (0, -w.shape[1] % 32)).contiguous()
+
+
+def _non_contiguous_copy(t):
+    """t's values in a tensor that is not contiguous (every other element of a twice-as-long last dim)."""
+    big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
+    big[..., ::2] = t
+    return big[..., ::2]
+
+
+@pytest.mark.parametrize("bits,B,C,HW,N,groups", [
+    (8, 5, 8, 6, 20, 1),  # channels-last patch rows: the reordered weight (the panel's split records too)
+    (8, 3, 8, 5, 24, 2),  # the same per group (int8 rows)
+    (2, 6, 8, 6, 16, 2),  # ternary from 8N patch rows: widened to an int8 panel, channels-last
+    (1, 6, 8, 6, 16, 1),  # binary, the same
+])
+def test_conv2d_int8_holds_a_derived_weight_until_the_weight_changes(bits, B, C, HW, N, groups):
+    """The forms conv2d_int8 derives from a constant weight (the channels-last reorder with the
+    panel's split records, 2- and 1-bit weights widened to an int8 panel) are computed once and held
+    (qatkit/weight_cache.h): the second call hits. An in-place write to the weight (its version), a
+    new weight, possibly at a freed one's address (its storage), a non-contiguous or an inference
+    weight (never held) each give the form of the weight the call saw: every output equals the
+    unfolded GEMM of that weight."""
+    g = torch.Generator().manual_seed(31)
+    x = torch.randn(B, C, HW, HW, generator=g) * 2
+    K = C // groups * 9
+    case = conv_int8_case(bits, N, K, groups, g)
+    corr, scale, fb = case["corr"], case["scale"], case["bias"]
+    act = case["act"]
+
+    def conv(packed):
+        return ops.conv2d_int8(x, packed, bits, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, *act, fb, groups)
+
+    def want(w):
+        return _unfolded_conv_reference(x, w, corr, scale, act, fb, groups, (3, 3)).reshape(B, N, HW, HW)
+
+    info = qatkit._C.derived_weight_cache_info
+    layouts, case["layouts"] = case["layouts"], None
+    while layouts:
+        packed = layouts.pop(0)
+        panel = packed.dim() == 3
+        qatkit._C.clear_derived_weight_cache()
+        i0 = info()
+        assert i0["entries"] == 0 and i0["capacity_bytes"] > 0
+        assert torch.equal(conv(packed), want(case["w"]))
+        i1 = info()
+        assert (i1["entries"], i1["misses"] - i0["misses"], i1["hits"] - i0["hits"]) == (1, 1, 0)
+        assert torch.equal(conv(packed), want(case["w"]))
+        assert info()["hits"] - i1["hits"] == 1
+        # an in-place write: the next call derives the form again (the stale entry goes)
+        w2 = case["w"].flip(0).contiguous()
+        packed.copy_(_layout_like(bits, w2, panel))
+        assert torch.equal(conv(packed), want(w2))
+        assert info()["entries"] == 1 and info()["misses"] - i1["misses"] == 1
+        # a new weight (after the old one is freed: often at its address)
+        del packed
+        w3 = case["w"].roll(1, 1).contiguous()
+        packed3 = _layout_like(bits, w3, panel)
+        assert torch.equal(conv(packed3), want(w3))
+        # never held: a non-contiguous weight, an inference tensor
+        n_before = info()["entries"]
+        assert torch.equal(conv(_non_contiguous_copy(packed3)), want(w3))
+        with torch.inference_mode():
+            inf = packed3.clone()
+        assert inf.is_inference() and torch.equal(conv(inf), want(w3))
+        assert info()["entries"] == n_before
+    qatkit._C.clear_derived_weight_cache()
+
+
+def test_conv2d_w1a1_holds_its_reordered_weight_until_the_weight_changes():
+    """conv2d_w1a1's channels-last patch rows take the weight bits reordered once and held; an
+    in-place write to the packed weight gives the new weight's conv."""
+    g = torch.Generator().manual_seed(37)
+    x = torch.randn(5, 8, 6, 6, generator=g)
+    w = (torch.randint(0, 2, (20, 8, 3, 3), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(20, generator=g) + 0.1, torch.randn(20, generator=g)
+    packed = ops.pack_binary_b1(w.reshape(20, -1))
+    qatkit._C.clear_derived_weight_cache()
+    for _ in range(2):
+        got = ops.conv2d_w1a1(x, packed, (3, 3), (1, 1), (1, 1), (1, 1), ws, fb)
+        assert torch.equal(got, _xnor_conv_reference(x, w, ws, fb, (1, 1), (1, 1), (1, 1)))
+    info = qatkit._C.derived_weight_cache_info()
+    assert info["entries"] == 1 and info["hits"] >= 1
+    w2 = -w
+    packed.copy_(ops.pack_binary_b1(w2.reshape(20, -1)))
+    got = ops.conv2d_w1a1(x, packed, (3, 3), (1, 1), (1, 1), (1, 1), ws, fb)
+    assert torch.equal(got, _xnor_conv_reference(x, w2, ws, fb, (1, 1), (1, 1), (1, 1)))
+    qatkit._C.clear_derived_weight_cache()
+
+
+def test_weight_cache_capacity_from_the_environment():
+    """QATKIT_WEIGHT_CACHE_MB sets the cache's capacity; 0 holds nothing (each call derives)."""
+    import subprocess
+    import sys
+
+    code = ("import torch, qatkit; from qatkit import ops; "
+            "x = torch.randn(5, 8, 6, 6); w = ops.pack_int8_panel(torch.randint(-127, 128, (20, 72), dtype=torch.int8)); "
+            "f = lambda: ops.conv2d_int8(x, w, 8, (3, 3), (1, 1), (1, 1), (1, 1), torch.zeros(20, dtype=torch.int32), "
+            "torch.ones(20), 0.04, 0, 0, 255, None, 1); "
+            "a = f(); b = f(); assert torch.equal(a, b); i = qatkit._C.derived_weight_cache_info(); "
+            "print(i['capacity_bytes'], i['entries'], i['misses'])")
+    for mb, want in (("0", "0 0"), ("3", f"{3 << 20} 1")):
+        env = {**__import__("os").environ, "QATKIT_WEIGHT_CACHE_MB": mb}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split()[:2] == want.split(), out.stdout
+
+
 @pytest.mark.parametrize("B,C,HW,N", [(1, 16, 3, 40), (2, 16, 17, 8), (1, 16, 17, 8), (5, 8, 6, 20), (1, 5, 3, 40),
                                      (1, 5, 17, 8)])
 def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N):
