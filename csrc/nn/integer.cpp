@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 
+#include "integer.h"
 #include "qatkit/nn.h"
 #include "qatkit/ops.h"
 

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <cstdlib>
 #include <vector>
 
 #include "../../../kernels/common/thread_scratch.h"
@@ -293,15 +294,13 @@ void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
 }
 
 // ---------------------------------------------------------------- im2col Convs build their patch rows from the
-// image's codes padded once (the padding's code in place). Channels-last: each row in (i, j, c) order, so a row is kh
+// image's codes padded once (the padding's code in place), channels-last: each row in (i, j, c) order, so a row is kh
 // runs of kw * C contiguous codes (groups 1, dilation 1 along the width) or kh * kw runs of C / groups codes, copied
 // from the codes laid out [Hp, Wp, C], with the row sums from per-pixel sums; the weight rows (PyTorch's (c, i, j)
-// order) are reordered to match once per call, which costs N * K code moves. Planar: the rows in PyTorch's (c, i, j)
-// order from the codes laid out [C, Hp, Wp], a code at a time, against the weight as it is. Convs whose patch rows
-// outnumber twice their output channels (B * L >= 2 N: the im2col costs more than the reorder; 8 N for 2- and 1-bit
-// weights) run channels-last, the others (deep layers of small maps) planar; 1 x 1 kernels and one channel per group
-// have one order. An integer sum does not depend on its order, so both give the same bits (docs/integer.md,
-// "Convolutions").
+// order) are reordered to match once per weight (N * K code moves, held by cached_weight_form). An integer sum does
+// not depend on its order, so the rows give the bits of PyTorch's order (docs/integer.md, "Convolutions"). Until the
+// reorder was held, deep layers of small maps (B * L < 2 N) ran planar (c, i, j) rows against the weight as it is;
+// with it, channels-last ran them 1.4-1.8x faster (docs/benchmarks.md, nineteenth session) and the planar form went.
 
 // The byte, shift and mask of weight row n's code t in conv2d_int8's layouts.
 struct CodeField {
@@ -486,38 +485,25 @@ void fill_border_plane(T* plane, std::int64_t Hp, std::int64_t Wp, std::int64_t 
   }
 }
 
-// The patch rows of a conv: the image's padded code layout and its rows, in either order (above).
+// The patch rows of a conv: the image's padded code layout and its rows (channels-last, above).
 struct ConvPatches {
-  bool cl;  // channels-last (i, j, c) rows, else planar (c, i, j)
   std::int64_t C, Cg, H, W, ph, pw, Hp, Wp, kh, kw, sh, sw, dh, dw, wo;
 
-  ConvPatches(bool channels_last, std::int64_t C_, std::int64_t groups, std::int64_t H_, std::int64_t W_,
-              at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-              std::int64_t wo_)
-      : cl(channels_last), C(C_), Cg(C_ / groups), H(H_), W(W_), ph(padding[0]), pw(padding[1]), Hp(H_ + 2 * ph),
+  ConvPatches(std::int64_t C_, std::int64_t groups, std::int64_t H_, std::int64_t W_, at::IntArrayRef kernel,
+              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t wo_)
+      : C(C_), Cg(C_ / groups), H(H_), W(W_), ph(padding[0]), pw(padding[1]), Hp(H_ + 2 * ph),
         Wp(W_ + 2 * pw), kh(kernel[0]), kw(kernel[1]), sh(stride[0]), sw(stride[1]), dh(dilation[0]),
         dw(dilation[1]), wo(wo_) {}
 
   std::int64_t image_size() const { return Hp * Wp * C; }
-  std::int64_t sums_size() const { return cl ? (C / Cg) * Hp * Wp : 0; }
+  std::int64_t sums_size() const { return (C / Cg) * Hp * Wp; }
 
   /// One image's codes xq [C, H, W] (or [H, W, C] with src_nhwc: a channels_last input) -> xc,
-  /// padded with pad_code: [Hp, Wp, C] (channels-last, by the kernel table's transpose, or row copies
-  /// from NHWC; with ps not null also the sums of each group's channels per padded pixel, ps
-  /// [groups, Hp * Wp]) or [C, Hp, Wp] (planar: row copies, or the transpose from NHWC).
+  /// padded with pad_code: [Hp, Wp, C] (by the kernel table's transpose, or row copies from NHWC;
+  /// with ps not null also the sums of each group's channels per padded pixel, ps [groups, Hp * Wp]).
   void layout(const kernels::cpu::QGemmKernels& k, const std::int8_t* xq, bool src_nhwc, std::int8_t pad_code,
               std::int8_t* xc, std::int32_t* ps) const {
     fill_border(xc, pad_code);
-    if (!cl) {
-      if (src_nhwc) {  // image row h: [W, C] -> [C, W] into each channel's padded plane
-        for (std::int64_t h = 0; h < H; ++h) k.transpose_s8(xq + h * W * C, W, C, C, xc + (h + ph) * Wp + pw, Hp * Wp);
-        return;
-      }
-      for (std::int64_t ci = 0; ci < C; ++ci)
-        for (std::int64_t h = 0; h < H; ++h)
-          std::memcpy(xc + (ci * Hp + h + ph) * Wp + pw, xq + (ci * H + h) * W, static_cast<std::size_t>(W));
-      return;
-    }
     if (!src_nhwc && ph == 0 && pw == 0) {
       k.transpose_s8(xq, C, H * W, H * W, xc, C);  // unpadded: the whole image [C, H * W] -> [H * W, C]
     } else if (!src_nhwc && W < 16) {
@@ -543,7 +529,7 @@ struct ConvPatches {
 
   /// Whether an NHWC input's codes are the channels-last layout itself (no padding): the caller
   /// quantizes straight into xc and calls pixel_sums, no layout pass.
-  bool direct(bool src_nhwc) const { return src_nhwc && cl && ph == 0 && pw == 0; }
+  bool direct(bool src_nhwc) const { return src_nhwc && ph == 0 && pw == 0; }
 
   /// A 1x1, stride-1 conv on such a layout with one group and rows of exactly K codes: the layout's
   /// pixels are the GEMM's patch rows and their sums its row sums (no im2col).
@@ -555,12 +541,10 @@ struct ConvPatches {
   /// image's pixels are written by layout, or by the quantization with direct).
   void fill_border(std::int8_t* xc, std::int8_t pad_code) const {
     if (ph == 0 && pw == 0) return;
-    const std::int64_t pix = cl ? C : 1, planes = cl ? 1 : C;  // channels-last: one plane of C-code pixels
-    for (std::int64_t pl = 0; pl < planes; ++pl)
-      fill_border_plane(xc + pl * Hp * Wp, Hp, Wp, H, W, ph, pw, pix, pad_code);
+    fill_border_plane(xc, Hp, Wp, H, W, ph, pw, C, pad_code);  // one plane of C-code pixels
   }
 
-  /// Channels-last: the sums of each group's channels per padded pixel, ps [groups, Hp * Wp].
+  /// The sums of each group's channels per padded pixel, ps [groups, Hp * Wp].
   void pixel_sums(const std::int8_t* xc, std::int32_t* ps) const {
     for (std::int64_t gi = 0; gi < C / Cg; ++gi) {
       for (std::int64_t p = 0; p < Hp * Wp; ++p) {
@@ -572,25 +556,12 @@ struct ConvPatches {
     }
   }
 
-  /// Patch row l = (oh, ow) of group gi from an image's layout (and its pixel sums, channels-last):
-  /// its Cg * kh * kw codes into dst; returns their sum.
+  /// Patch row l = (oh, ow) of group gi from an image's layout and its pixel sums: its Cg * kh * kw
+  /// codes into dst; returns their sum.
   std::int32_t row(const std::int8_t* xc, const std::int32_t* ps, std::int64_t gi, std::int64_t l,
                    std::int8_t* dst) const {
     const std::int64_t oh = l / wo, ow = l % wo;
     std::int32_t s = 0;
-    if (!cl) {
-      for (std::int64_t ci = gi * Cg; ci < (gi + 1) * Cg; ++ci) {
-        for (std::int64_t i = 0; i < kh; ++i) {
-          const std::int8_t* src = xc + (ci * Hp + oh * sh + i * dh) * Wp + ow * sw;
-          for (std::int64_t j = 0; j < kw; ++j) {
-            const std::int8_t v = src[j * dw];
-            *dst++ = v;
-            s += v;
-          }
-        }
-      }
-      return s;
-    }
     ps += gi * Hp * Wp;  // the group's pixel sums
     const bool runs = dw == 1 && Cg == C;  // the kw pixels of a kernel row: one run of kw * C codes
     for (std::int64_t i = 0; i < kh; ++i) {
@@ -611,16 +582,11 @@ struct ConvPatches {
   }
 };
 
-// Whether a conv's patch rows run channels-last (ConvPatches): always where both orders are one;
-// otherwise from 2N patch rows with int8 weights (a byte reorder), from 8N with 2- or 1-bit weights
-// (their codes are moved one by one: about 7 cycles each).
-inline bool conv_channels_last(std::int64_t B, std::int64_t L, std::int64_t N, std::int64_t Cg, std::int64_t taps,
-                               int bits) {
-  return taps == 1 || Cg == 1 || B * L >= (bits == 8 ? 2 : 8) * N;
-}
-
 // Convs with fewer output positions per image than this run several images' patch rows as one GEMM.
 constexpr std::int64_t kConvBatchRows = 256;
+
+// Convs with 2- or 1-bit weights and at least this many patch rows run on the weight widened to int8.
+constexpr std::int64_t kConvWidenRows = 16;
 
 // One image per task: its codes (int8, quantized once, laid out channels-last with the padding), then
 // per group its patches [L, K_row] in the GEMM's row layout (the channels-last im2col above on the
@@ -856,21 +822,22 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     }
     return y;
   }
-  // the patch rows' order, and the weight rows in it
-  const ConvPatches cp(conv_channels_last(B, L, N, Cg, kh * kw, static_cast<int>(weight_bits)), C, groups, H, W,
-                       kernel_size, stride, padding, dilation, wo);
-  // Channels-last convs with 2- or 1-bit weights (many patch rows per output channel: compute-bound)
-  // run the int8 GEMM on the codes widened to int8 once per call (the panel layout for groups 1, the
-  // row layout otherwise), in the same pass as the reorder: the same sums (the packed kernels equal
-  // linear_int8 on the unpacked codes), at the int8 GEMM's speed.
-  const bool widen = weight_bits != 8 && B * L >= 8 * N;  // (then channels-last too)
+  // the patch rows (channels-last), and the weight rows in their order
+  const ConvPatches cp(C, groups, H, W, kernel_size, stride, padding, dilation, wo);
+  // Convs with 2- or 1-bit weights run the int8 GEMM on the codes widened to int8 (the panel layout
+  // for groups 1, the row layout otherwise; in the same pass as the reorder, held with it) from
+  // kConvWidenRows patch rows: the same sums (the packed kernels equal linear_int8 on the unpacked
+  // codes), at the int8 GEMM's speed. Below, the packed kernels read a quarter / an eighth of the
+  // bytes (one patch row: 1.3-1.6x the widened form's speed; from 16 rows the widened form ran
+  // 1.07-1.7x faster, docs/benchmarks.md, nineteenth session).
+  const bool widen = weight_bits != 8 && B * L >= kConvWidenRows;
   const int wbits = widen ? 8 : static_cast<int>(weight_bits);
   const bool wpanel = widen ? groups == 1 : panel;
   // (both derived from the constant weight alone: held between calls, cached_weight_form)
   const at::Tensor wr =
       widen ? cached_weight_form(weight, {1, weight_bits, panel, wpanel, N, Cg, kh, kw},
                                  [&] { return widened_channels_last_weight(w, static_cast<int>(weight_bits), N, Cg, kh, kw, wpanel); })
-      : cp.cl && kh * kw > 1 && Cg > 1
+      : kh * kw > 1 && Cg > 1
           ? cached_weight_form(weight, {2, weight_bits, panel, 0, N, Cg, kh, kw},
                                [&] { return channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw); })
           : w;
@@ -1149,17 +1116,15 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
   const std::int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool per_image = B >= at::get_num_threads();
-  // the patch rows' order (as conv2d_int8's), and the weight bits in it
-  // channels-last from N patch rows: the planar rows are packed into bits a code at a time, which
-  // costs about what the weight's reorder does per code
-  const ConvPatches cpt(kh * kw == 1 || C == 1 || B * L >= N, C, 1, H, W, kernel_size, stride, padding, dilation, wo);
-  const at::Tensor wl = cpt.cl && kh * kw > 1 && C > 1
+  // the patch rows (channels-last, as conv2d_int8's), and the weight bits in their order (held)
+  const ConvPatches cpt(C, 1, H, W, kernel_size, stride, padding, dilation, wo);
+  const at::Tensor wl = kh * kw > 1 && C > 1
                            ? cached_weight_form(weight, {3, 1, 0, 0, N, C, kh, kw},
                                                 [&] { return channels_last_weight(w, 1, false, N, C, kh, kw); })
                            : w;
   const std::int64_t Hp = cpt.Hp, Wp = cpt.Wp;
   // channels-last with each pixel's C sign / zero bits whole bytes: rows of byte copies
-  const bool byte_runs = cpt.cl && C % 8 == 0;
+  const bool byte_runs = C % 8 == 0;
   const std::int64_t CB = C / 8;
   // One thread's image buffers: the codes' layout, and with byte runs each padded pixel's sign bits
   // and zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word.

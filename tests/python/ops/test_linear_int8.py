@@ -597,7 +597,7 @@ def test_conv2d_int8_panel_equals_the_unfolded_gemm_on_every_isa(B, C, N):
 
 @pytest.mark.parametrize("B,C,HW,N,k", [
     (1, 16, 17, 40, (1, 1)),  # 1 x 1, 289 rows: one GEMM per image on the panel as it is (split blocks)
-    (1, 8, 16, 160, (3, 3)),  # 256 patch rows < 2N: planar rows, the panel as it is (split blocks)
+    (1, 8, 16, 160, (3, 3)),  # 256 patch rows, one image, its rows and columns in parallel (reordered)
     (2, 32, 6, 40, (1, 1)),   # 36 rows per image: several images per GEMM in row ranges under 24 rows
     (4, 16, 8, 40, (3, 3)),   # channels-last: the reordered panel with the records of its reordered codes
 ])
@@ -723,15 +723,15 @@ def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups,
     (2, 3, 17, 20, 1),  # 289 positions per image: one GEMM per image, the images in parallel
     (1, 3, 17, 20, 1),  # one image of 289 positions: its rows and columns in parallel
     (5, 8, 6, 20, 1),   # 36 positions: the patch rows of several images in one GEMM, channels-last
-    (1, 8, 3, 40, 1),   # 9 patch rows against 40 outputs: planar (c, i, j) rows, the weight as it is
+    (1, 8, 3, 40, 1),   # 9 patch rows against 40 outputs: 2 / 1 bits on the packed (reordered) codes
     (1, 8, 3, 40, 2),   # the same per group
-    (3, 8, 5, 24, 2),   # int8: channels-last per group, several images per GEMM; 2 / 1 bits: planar
-    (6, 8, 6, 16, 2),   # 2 / 1 bits from 8N patch rows: widened to int8 rows, channels-last, per group
+    (3, 8, 5, 24, 2),   # channels-last per group, several images per GEMM; 2 / 1 bits widened (75 rows)
+    (6, 8, 6, 16, 2),   # 2 / 1 bits widened to int8 rows, channels-last, per group
 ])
 def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, groups):
-    """Each way conv2d_int8 builds its patch rows (channels-last against the reordered weight, or
-    planar; one GEMM per image, or several images' rows in one GEMM transposed into NCHW; 2- and
-    1-bit weights widened to int8 from 8N patch rows) equals linear_int8 over F.unfold's patches,
+    """Each way conv2d_int8 runs its channels-last patch rows against the reordered weight (one
+    GEMM per image, or several images' rows in one GEMM transposed into NCHW; 2- and 1-bit weights
+    widened to int8 from 16 patch rows, packed below) equals linear_int8 over F.unfold's patches,
     group by group, on every ISA; the panel layout too."""
 
     g = torch.Generator().manual_seed(23)
@@ -874,8 +874,8 @@ def test_weight_cache_capacity_from_the_environment():
 @pytest.mark.parametrize("B,C,HW,N", [(1, 16, 3, 40), (2, 16, 17, 8), (1, 16, 17, 8), (5, 8, 6, 20), (1, 5, 3, 40),
                                      (1, 5, 17, 8)])
 def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N):
-    """conv2d_w1a1's patch rows planar (9 rows against 40 outputs), channels-last as byte copies
-    (C a multiple of 8) or code by code (C = 5); one GEMM per image of 289 positions (images in
+    """conv2d_w1a1's channels-last patch rows as byte copies (C a multiple of 8) or code by code
+    (C = 5), 9 rows against 40 outputs or more; one GEMM per image of 289 positions (images in
     parallel, or one image's rows and columns), or several small images' rows in one GEMM; against
     the float64 conv of the codes, on every ISA."""
     g = torch.Generator().manual_seed(29)
@@ -974,7 +974,7 @@ def test_depthwise_conv2d_int8_reused_buffers_hold_each_calls_padding(B):
                                    # unpadded: quantized straight into the layout, its pixels the GEMM rows
     (1, 32, 17, 17, 24, 1, 1, 1),  # 1x1, one image of 289 pixels: its pixels the GEMM rows, in parallel
     (1, 8, 17, 17, 20, 1, 3, 1),   # 3x3, 289 positions per image: one GEMM per image, channels-last rows
-    (1, 8, 3, 3, 40, 1, 3, 1),     # 9 patch rows against 40 outputs: planar rows, transposed from NHWC
+    (1, 8, 3, 3, 40, 1, 3, 1),     # 9 patch rows against 40 outputs (2 / 1 bits: the packed codes)
     (2, 8, 6, 6, 12, 2, 3, 2),     # grouped
     (2, 1, 8, 8, 8, 1, 3, 1),      # a 1-channel input: NCHW and NHWC are one layout (NCHW output)
 ])
