@@ -280,12 +280,30 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
     TORCH_CHECK_VALUE(v.size() == 2 && v[0] >= lo && v[1] >= lo,
                       fmt::format("{}: {} must be two integers >= {}, got {}", op, name, lo, shape_str(v)));
   }
+  // bounds under which no size below overflows int64 (a corrupt file's geometry is an error, not
+  // undefined arithmetic): kernel sides to 4096, strides and dilations to 65536, padding to 2^24
+  for (auto [name, v, hi] : {std::tuple{"kernel_size", kernel_size, std::int64_t{1} << 12},
+                             std::tuple{"stride", stride, std::int64_t{1} << 16},
+                             std::tuple{"padding", padding, std::int64_t{1} << 24},
+                             std::tuple{"dilation", dilation, std::int64_t{1} << 16}}) {
+    TORCH_CHECK_VALUE(v[0] <= hi && v[1] <= hi, fmt::format("{}: {} must be at most {}, got {}", op, name, hi, shape_str(v)));
+  }
   const std::int64_t C = static_dim(input, 1), H = static_dim(input, 2), W = static_dim(input, 3);
   const std::int64_t ho = (H + 2 * padding[0] - dilation[0] * (kernel_size[0] - 1) - 1) / stride[0] + 1;
   const std::int64_t wo = (W + 2 * padding[1] - dilation[1] * (kernel_size[1] - 1) - 1) / stride[1] + 1;
   TORCH_CHECK_VALUE(H + 2 * padding[0] >= dilation[0] * (kernel_size[0] - 1) + 1 &&
                         W + 2 * padding[1] >= dilation[1] * (kernel_size[1] - 1) + 1,
                     fmt::format("{}: the (padded) input {}x{} is smaller than the dilated kernel", op, H, W));
+  // one padded image's codes ((H + 2 ph) x (W + 2 pw) x C, the largest per-image buffer) and the
+  // patch row's K = C / groups * kh * kw stay far from int64's range
+  constexpr std::int64_t kMaxImage = std::int64_t{1} << 40;
+  const std::int64_t Hp = H + 2 * padding[0], Wp = W + 2 * padding[1];
+  TORCH_CHECK_VALUE(C <= kMaxImage / (kernel_size[0] * kernel_size[1]),
+                    fmt::format("{}: {} input channels x a {} x {} kernel is more than 2^40 codes per patch row", op, C,
+                                kernel_size[0], kernel_size[1]));
+  TORCH_CHECK_VALUE(Hp <= kMaxImage / Wp && C <= kMaxImage / (Hp * Wp),
+                    fmt::format("{}: the padded input ({} x {} pixels of {} channels) is larger than 2^40 codes", op,
+                                Hp, Wp, C));
   if (weight.dim() == 3) {  // pack_int8_panel's layout (groups == 1; its shape against corr's N: the linear checks)
     TORCH_CHECK_VALUE(bits == 8 && groups == 1,
                       fmt::format("{}: a 3-D panel weight (pack_int8_panel) needs weight_bits 8 and groups 1, got {} "

@@ -18,10 +18,12 @@
 #include <functional>
 #include <limits>
 #include <cstdlib>
+#include <new>
 #include <vector>
 
 #include "../../../kernels/common/thread_scratch.h"
 #include "../../../kernels/cpu/qgemm/qgemm_cpu.h"
+#include "../checks.h"
 #include "../qgemm_checks.h"
 #include "qatkit/ops.h"
 #include "derived_weights.h"
@@ -594,11 +596,11 @@ constexpr std::int64_t kConvWidenRows = 16;
 // the group's weight rows written into its [N / groups, L] slice of the NCHW output (y_rs = 1,
 // y_cs = L). A zero-padded position holds the code of 0 (zero point - shift): exactly what the float
 // conv's zero padding quantizes to, so corr's zero-point term holds.
-at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
-                           at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                           at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
-                           double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
-                           std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
+                            double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
+                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
   const auto [ho, wo] =
       ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
@@ -1097,9 +1099,9 @@ at::Tensor linear_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, co
 // the same (i, j, c) order (a padded position is code 0: no sign bit, a zero-mask bit; with C a
 // multiple of 8 each pixel's bits are packed once and a row is kh * kw copies of C / 8 bytes), the
 // popcount GEMM written into the NCHW output.
-at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
-                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const std::int64_t kh = kernel_size[0], kw = kernel_size[1], K = C * kh * kw;
@@ -1423,6 +1425,38 @@ at::Tensor pack_int8_panel_cpu(const at::Tensor& weight) {
     }
   });
   return out;
+}
+
+// The convs' per-image buffers are std::vectors sized from the geometry: a geometry that passes
+// the checks but does not fit in memory (a corrupt file's padding against a large stride) is an
+// out-of-memory error (torch.OutOfMemoryError), not a std::bad_alloc through the dispatcher.
+at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                           at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
+                           double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
+                           std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  try {
+    return conv2d_int8_impl(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr, out_scale,
+                            act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false,
+                     fmt::format("conv2d_int8: out of memory for the buffers of a {} input, kernel {}, padding {}, "
+                                 "stride {}", shape_str(input.sizes()), shape_str(kernel_size), shape_str(padding),
+                                 shape_str(stride)));
+  }
+}
+
+at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+  try {
+    return conv2d_w1a1_impl(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias);
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false,
+                     fmt::format("conv2d_w1a1: out of memory for the buffers of a {} input, kernel {}, padding {}, "
+                                 "stride {}", shape_str(input.sizes()), shape_str(kernel_size), shape_str(padding),
+                                 shape_str(stride)));
+  }
 }
 
 }  // namespace

@@ -1028,6 +1028,35 @@ def test_conv2d_int8_opcheck_and_errors():
         ops.conv2d_int8(x, w, 8, (3, 3), (1, 1), (0, 0), (4, 4), corr, scale, 0.1, 0, -128, 127)
 
 
+@pytest.mark.parametrize("op", ["conv2d_int8", "conv2d_w1a1"])
+def test_conv_geometry_beyond_int64_or_memory_is_an_error(op):
+    """A geometry whose sizes would overflow int64 (a corrupt file's padding of 2^41, the C++ loader's
+    fuzz under UBSan found it) is a ValueError naming the argument; one that passes the bounds but
+    does not fit in memory (padding 2^18 against stride 2^16: a 2^39-code padded image) is
+    torch.OutOfMemoryError, not a std::bad_alloc or a crash; either format."""
+    x = torch.randn(1, 2, 4, 4)
+    codes = (torch.randint(0, 2, (3, 18)) * 2 - 1).to(torch.int8)
+    if op == "conv2d_int8":
+        corr, scale = torch.zeros(3, dtype=torch.int32), torch.ones(3)
+        run = lambda x, k, st, p, d: ops.conv2d_int8(x, codes, 8, k, st, p, d, corr, scale, 0.1, 0, -128, 127)  # noqa: E731
+    else:
+        packed = ops.pack_binary_b1(codes)
+        run = lambda x, k, st, p, d: ops.conv2d_w1a1(x, packed, k, st, p, d, torch.ones(3), None)  # noqa: E731
+    for xf in (x, x.contiguous(memory_format=torch.channels_last)):
+        with pytest.raises(ValueError, match=r"padding must be at most 16777216, got \[2199023255558, 1\]"):
+            run(xf, (3, 3), (1, 1), (2199023255558, 1), (1, 1))
+        with pytest.raises(ValueError, match="kernel_size must be at most 4096"):
+            run(xf, (3, 5000), (1, 1), (1, 1), (1, 1))
+        with pytest.raises(ValueError, match="stride must be at most 65536"):
+            run(xf, (3, 3), (1 << 17, 1), (1, 1), (1, 1))
+        with pytest.raises(ValueError, match="dilation must be at most 65536"):
+            run(xf, (3, 3), (1, 1), (1, 1), (1 << 17, 1))
+        with pytest.raises(ValueError, match="larger than 2\\^40 codes"):
+            run(xf, (3, 3), (1, 1), (1 << 24, 1 << 24), (1, 1))
+        with pytest.raises(torch.OutOfMemoryError, match=f"{op}: out of memory"):
+            run(xf, (3, 3), (1 << 16, 1 << 16), (1 << 18, 1 << 18), (1, 1))
+
+
 # ---------------------------------------------------------------- W4A8, group-wise scales
 
 
