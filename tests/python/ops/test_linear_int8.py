@@ -2,6 +2,8 @@
 reference bit for bit on odd shapes and both 8-bit activation ranges, on every CPU ISA this machine
 runs; opcheck; torch.compile; clear errors."""
 
+import os
+
 import pytest
 import torch
 
@@ -1053,8 +1055,11 @@ def test_conv_geometry_beyond_int64_or_memory_is_an_error(op):
             run(xf, (3, 3), (1, 1), (1, 1), (1 << 17, 1))
         with pytest.raises(ValueError, match="larger than 2\\^40 codes"):
             run(xf, (3, 3), (1, 1), (1 << 24, 1 << 24), (1, 1))
-        with pytest.raises(torch.OutOfMemoryError, match=f"{op}: out of memory"):
-            run(xf, (3, 3), (1 << 16, 1 << 16), (1 << 18, 1 << 18), (1, 1))
+        # (under scripts/sanitize.sh ASan's allocator aborts on a 2^39-byte request instead of
+        # letting operator new throw: that case runs in the regular build only)
+        if not os.environ.get("QATKIT_SANITIZED"):
+            with pytest.raises(torch.OutOfMemoryError, match=f"{op}: out of memory"):
+                run(xf, (3, 3), (1 << 16, 1 << 16), (1 << 18, 1 << 18), (1, 1))
 
 
 # ---------------------------------------------------------------- W4A8, group-wise scales
