@@ -1244,10 +1244,23 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       } else {
         at::parallel_for(0, L, 64, rows);
       }
-      kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>() + bi * N * L, L, N, KB);
-      g.y_rs = 1;
-      g.y_cs = L;
+      // into the thread's [L, N] rows, then transposed into the image's NCHW planes in 8 x 8 blocks:
+      // written L apart, each output row's 16 columns went to 16 planes one float at a time (planes
+      // 4 KiB apart at L = 1024 share an L1 set; 8 x 16 x 32 x 32 -> 96 ran 0.24x fp32, 2.5x slower
+      // than through the buffer: docs/benchmarks.md, nineteenth session)
+      float* yb = y.data_ptr<float>() + bi * N * L;
+      struct TagY;
+      float* yt = kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(L * N));
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt, L, N, KB);
+      g.y_rs = N;
+      g.y_cs = 1;
       gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_xnor(g, n0, n1); });
+      const auto out = [&](std::int64_t l0, std::int64_t l1) { k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L); };
+      if (per_image) {
+        out(0, L);
+      } else {
+        at::parallel_for(0, L, 64, out);
+      }
     }
   };
   if (per_image) {
