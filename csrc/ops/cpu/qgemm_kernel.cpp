@@ -17,7 +17,6 @@
 #include <cstring>
 #include <functional>
 #include <limits>
-#include <cstdlib>
 #include <new>
 #include <vector>
 
