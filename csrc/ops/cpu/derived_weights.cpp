@@ -3,10 +3,9 @@
 #include <c10/core/Storage.h>
 #include <c10/util/intrusive_ptr.h>
 
-#include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <mutex>
-#include <string>
 #include <utility>
 #include <vector>
 
@@ -56,7 +55,7 @@ struct Cache {
   }
   void drop(std::size_t i) {
     bytes -= static_cast<std::int64_t>(entries[i].value.nbytes());
-    entries[i] = std::move(entries.back());
+    if (i + 1 != entries.size()) entries[i] = std::move(entries.back());
     entries.pop_back();
   }
 };
