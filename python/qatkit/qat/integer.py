@@ -477,12 +477,22 @@ def _bind(plan: dict, divisor: Optional[torch.Tensor] = None):
             args = args + (divisor,)
     while args[-1] is None:
         args = args[:-1]
+    return _bound(op, args)
+
+
+def _bound(op, args: tuple):
+    """x -> op(x, *args): eager calls through the overload's C++ entry (``OpOverload._op``), the
+    OpOverload itself while torch.compile / export traces."""
     raw, compiling = getattr(op, "_op", op), torch.compiler.is_compiling
 
     def call(x):
         return op(x, *args) if compiling() else raw(x, *args)
 
     return call
+
+
+#: conv2d_int8's weight_bits for a conv plan's kernel (its Linear kernel's name)
+_CONV_BITS = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}
 
 
 def _bind_conv(mod, plan: dict):
@@ -497,20 +507,13 @@ def _bind_conv(mod, plan: dict):
     geom = (list(mod.kernel_size), list(mod.stride), list(mod.padding), list(mod.dilation))
     if k == "linear_w1a1":
         name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"])
-    elif k in ("linear_int8", "linear_w2a8", "linear_w1a8"):
+    elif k in _CONV_BITS:
         name = "conv2d_int8"
-        bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[k]
-        args = (p["weight"], bits, *geom, p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"], p["qmax"],
-                p["bias"], mod.groups)
+        args = (p["weight"], _CONV_BITS[k], *geom, p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"],
+                p["qmax"], p["bias"], mod.groups)
     else:
         return None
-    op = getattr(torch.ops.qatkit, name).default  # the overload, resolved once (as _bind does)
-    raw, compiling = getattr(op, "_op", op), torch.compiler.is_compiling
-
-    def call(x):
-        return op(x, *args) if compiling() else raw(x, *args)
-
-    return call
+    return _bound(getattr(torch.ops.qatkit, name).default, args)  # the overload, resolved once
 
 
 #: The Linear plan kernels with a CUDA implementation (csrc/ops/cuda/qgemm_kernel.cpp; XNOR's
@@ -610,9 +613,9 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
         if plan["bias"] is not None:
             y.add_(plan["bias"].reshape(1, -1, 1, 1))
         return y.squeeze(2) if nd == 1 else y
-    bits = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}[plan["kernel"]]
-    y = ops.conv2d_int8(x4, plan["weight"], bits, k, st, pad, dil, plan["corr"], plan["out_scale"], plan["act_scale"],
-                        plan["zp"], plan["qmin"], plan["qmax"], plan["bias"], mod.groups)
+    y = ops.conv2d_int8(x4, plan["weight"], _CONV_BITS[plan["kernel"]], k, st, pad, dil, plan["corr"],
+                        plan["out_scale"], plan["act_scale"], plan["zp"], plan["qmin"], plan["qmax"], plan["bias"],
+                        mod.groups)
     return y.squeeze(2) if nd == 1 else y
 
 
