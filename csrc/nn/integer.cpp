@@ -61,14 +61,9 @@ std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, cons
   auto plan = std::make_shared<IntegerKernelPlan>();
   plan->binary_input = true;
   plan->out_scale = ws.contiguous();
-  if (conv && groups != 1) {  // grouped / depthwise: conv2d_int8 on the codes (integer_conv), rows padded to 32
-    plan->weight_bits = 8;
-    plan->groups = groups;
-    plan->weight = w.size(1) % 32 ? torch::constant_pad_nd(w, {0, 32 - w.size(1) % 32}).contiguous() : w.contiguous();
-  } else {
-    plan->weight_bits = 1;
-    plan->weight = pack_b1(w);
-  }
+  plan->weight_bits = 1;
+  plan->groups = conv ? groups : 1;  // conv2d_w1a1 takes any groups (grouped / depthwise: conv2d_int8's kernels on the codes)
+  plan->weight = pack_b1(w);
   if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
   return plan;
 }
@@ -343,19 +338,7 @@ torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& in
 
 torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k, at::IntArrayRef st,
                            at::IntArrayRef pad, at::IntArrayRef dil) {
-  if (p.binary_input && p.groups != 1) {
-    // grouped / depthwise XNOR convs (conv2d_w1a1 has no groups; Python's _conv_on_kernel): the input's
-    // per-sample codes in {-1, 0, +1} through conv2d_int8's grouped kernels as int8 inputs of scale 1
-    // (exact int32 sums, zero padding code 0), y = fp32(acc) * fp32(alpha[b] * w_scale[n]) (+ bias)
-    const auto [codes, alpha] = qatkit::binary_codes(x4, "bitnet", 0);
-    const std::int64_t n = p.out_scale.size(0);
-    torch::Tensor y = qatkit::conv2d_int8(codes.to(torch::kFloat), p.weight, 8, k, st, pad, dil,
-                                          torch::zeros({n}, x4.options().dtype(torch::kInt)), torch::ones({n}, x4.options()),
-                                          1.0, 0, -128, 127, std::nullopt, p.groups);
-    y.mul_(alpha.reshape({-1, 1, 1, 1}) * p.out_scale.reshape({1, -1, 1, 1}));  // in place on the fresh output
-    return p.bias ? y.add_(p.bias->reshape({1, -1, 1, 1})) : y;
-  }
-  if (p.binary_input) return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias);
+  if (p.binary_input) return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias, p.groups);
   return qatkit::conv2d_int8(x4, p.weight, p.weight_bits, k, st, pad, dil, p.corr, p.out_scale, p.act_scale,
                              p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups);
 }

@@ -22,9 +22,11 @@
 //                binary_codes(input, "bitnet", 0) — codes in {-1, +1} (0 for NaN), scale alpha[b] —
 //                its bits XNOR the packed weight bits (pack_binary_b1), popcount to the exact int32
 //                sum, y = fp32(acc) * fp32(alpha[b] * weight_scale[n]) (+ bias[n]): the "row" form.
-//   conv2d_w1a1: a groups == 1 Conv2d on that kernel: the input binarized per image, patches of its
-//                codes (zero padding: code 0, which has no bit; QGemmXnorArgs' zero mask keeps it
-//                out of the sum, as the float layer's zero padding of its binarized input).
+//   conv2d_w1a1: a Conv2d on that arithmetic: the input binarized per image, patches of its codes
+//                (zero padding: code 0, which has no bit; QGemmXnorArgs' zero mask keeps it out of
+//                the sum, as the float layer's zero padding of its binarized input). groups > 1 on
+//                conv2d_int8's grouped / depthwise kernels on the codes (the same exact sums and
+//                requantization). The output in the input's memory format.
 //   linear_int8: y[..., n] = fp32(sum_k a[k] * w[n, k] + corr[n]) * out_scale[n] (+ bias[n]), where
 //                a = quantize_affine(x, act_scale, act_zero_point, act_quant_min, act_quant_max) - shift
 //                (shift = 128 for a [0, 255] range, else 0) and corr[n] = bias_q[n] + (shift -
@@ -93,7 +95,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
         {at::Tag::pt2_compliant_tag});
   m.def(
       "conv2d_w1a1(Tensor input, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-      "Tensor weight_scale, Tensor? bias=None) -> Tensor",
+      "Tensor weight_scale, Tensor? bias=None, int groups=1) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def("linear_w8_weight_only(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias=None) -> Tensor",
         {at::Tag::pt2_compliant_tag});
@@ -548,9 +550,9 @@ at::Tensor linear_w1a1(const at::Tensor& input, const at::Tensor& weight, const 
 
 at::Tensor conv2d_w1a1(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups) {
   static auto op = ops::op_handle<decltype(conv2d_w1a1)>("qatkit::conv2d_w1a1");
-  return op.call(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias);
+  return op.call(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups);
 }
 
 at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,

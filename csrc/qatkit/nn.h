@@ -218,9 +218,9 @@ TORCH_MODULE(ActFakeQuantizer);
 struct QATKIT_API IntegerKernelPlan {
   int weight_bits = 8;  ///< 8: int8 codes [N, K] (convs: rows zero-padded to 32); 4 (per group), 2, 1: packed
   /// XNOR-Net layers (binary weights and per-sample binary inputs): linear_w1a1 / conv2d_w1a1 with
-  /// `weight` (1-bit) and `out_scale` holding the weight scale per channel; grouped / depthwise convs
-  /// (groups != 1, weight_bits 8: int8 codes, rows zero-padded to 32): conv2d_int8 on the input's
-  /// binary codes, then the per-sample and per-channel scales.
+  /// `weight` (1-bit, pack_binary_b1) and `out_scale` holding the weight scale per channel; convs of
+  /// any `groups` (grouped / depthwise ones run conv2d_int8's kernels on the binary codes inside
+  /// conv2d_w1a1).
   bool binary_input = false;
   /// Weight-only layers (float inputs): weight_bits 4, linear_w4_weight_only with group_scale /
   /// group_zero; weight_bits 8, linear_w8_weight_only with `weight` (int8 [N, K]) and `out_scale`.
@@ -234,7 +234,7 @@ struct QATKIT_API IntegerKernelPlan {
   torch::Tensor weight, corr, out_scale;
   torch::Tensor group_scale;  ///< weight_bits 4: linear_w4a8's group scales [N, K / group_size]
   std::int64_t group_size = 0;
-  std::int64_t groups = 1;  ///< convs: conv2d_int8's groups (one GEMM per group)
+  std::int64_t groups = 1;  ///< convs: conv2d_int8's / conv2d_w1a1's groups
   std::optional<torch::Tensor> bias;  ///< float bias added after the requantization (narrower than W8A8)
   double act_scale = 1.0;
   std::int64_t act_zero_point = 0, act_quant_min = 0, act_quant_max = 255;

@@ -180,12 +180,14 @@ QATKIT_API at::Tensor linear_w1a8(const at::Tensor& input, const at::Tensor& wei
 QATKIT_API at::Tensor linear_w1a1(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
                                   const std::optional<at::Tensor>& bias = std::nullopt);
 
-/// A groups == 1 Conv2d (NCHW float32) on linear_w1a1's kernel: the input binarized per image, its
-/// code patches (zero padding: code 0, kept out of the sums) against the weight flattened to
-/// [N, C*kh*kw] and packed as for linear_w1a1. Returns float32 [B, N, Ho, Wo]. Not differentiable.
+/// A Conv2d (float32 [B, C, H, W], NCHW or channels_last) on linear_w1a1's arithmetic: the input
+/// binarized per image, its code patches (zero padding: code 0, kept out of the sums) against the
+/// weight flattened to [N, C/groups*kh*kw] and packed as for linear_w1a1. Returns float32
+/// [B, N, Ho, Wo] in the input's memory format. Not differentiable.
 QATKIT_API at::Tensor conv2d_w1a1(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                                  const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias = std::nullopt);
+                                  const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias = std::nullopt,
+                                  std::int64_t groups = 1);
 
 /// Weight-only int4 Linear (float activations): weights in the W4 kernel layout (uint8 [N, K / 2],
 /// pack_int4_w4) dequantized in registers as (q - group_zero) * group_scale (float32, the bits of

@@ -665,14 +665,17 @@ def conv2d_w1a1(
     dilation,
     weight_scale: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
+    groups: int = 1,
 ) -> torch.Tensor:
-    """A groups == 1 Conv2d (NCHW float32) on :func:`linear_w1a1`'s kernel: the input binarized
-    per image, patches of its codes against the weight flattened to ``[N, C*kh*kw]`` and packed by
-    :func:`pack_binary_b1`. Zero padding is code 0 (it has no bit: the kernel keeps padded positions
-    out of the sum, as the float layer's zero padding of its binarized input). Returns float32
-    ``[B, N, Ho, Wo]``. Inference only."""
+    """A Conv2d (float32 ``[B, C, H, W]``, NCHW or channels_last) on :func:`linear_w1a1`'s
+    arithmetic: the input binarized per image, patches of its codes against the weight flattened to
+    ``[N, C/groups*kh*kw]`` and packed by :func:`pack_binary_b1`. Zero padding is code 0 (it has no
+    bit: the kernel keeps padded positions out of the sum, as the float layer's zero padding of its
+    binarized input). ``groups > 1`` (depthwise included) runs :func:`conv2d_int8`'s grouped kernels
+    on the codes: the same exact sums and requantization. Returns float32 ``[B, N, Ho, Wo]`` in the
+    input's memory format. Inference only."""
     return torch.ops.qatkit.conv2d_w1a1(input, weight, list(kernel_size), list(stride), list(padding), list(dilation),
-                                        weight_scale, bias)
+                                        weight_scale, bias, groups)
 
 
 def linear_w4a8(

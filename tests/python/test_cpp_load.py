@@ -259,8 +259,8 @@ def test_cpp_integer_convs_and_conv1d_match_python(preset, tmp_path):
 
 
 def test_cpp_grouped_xnor_convs_match_python(tmp_path):
-    """Grouped and depthwise XNOR convs run on conv2d_int8 over the binary codes in C++ as in Python
-    (conv2d_w1a1 has no groups): Python's loaded outputs bit for bit. The first and last layers stay
+    """Grouped and depthwise XNOR convs run on conv2d_w1a1's grouped form in C++ as in Python:
+    Python's loaded outputs bit for bit. The first and last layers stay
     float, so the last XNOR conv's outputs reach the logits through float math (an int8 layer's input
     quantization would absorb a last-bit difference)."""
     import dataclasses
@@ -279,7 +279,7 @@ def test_cpp_grouped_xnor_convs_match_python(tmp_path):
     from qatkit.qat import integer
 
     mods = dict(loaded.named_modules())
-    assert [integer.kernel_for(mods[r[0]]) for r in loaded.compute_report] == ["conv2d_int8 (xnor codes)"] * 2
+    assert [integer.kernel_for(mods[r[0]]) for r in loaded.compute_report] == ["linear_w1a1"] * 2
     with torch.no_grad():
         want = loaded(x)
     r, y = _run(path, x, tmp_path)

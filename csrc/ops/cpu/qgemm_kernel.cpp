@@ -7,6 +7,8 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/ones.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <torch/library.h>
@@ -22,6 +24,8 @@
 
 #include "../../../kernels/common/thread_scratch.h"
 #include "../../../kernels/cpu/qgemm/qgemm_cpu.h"
+#include "../../../kernels/cpu/sign/sign_cpu.h"
+#include "../binarize_checks.h"
 #include "../checks.h"
 #include "../qgemm_checks.h"
 #include "qatkit/ops.h"
@@ -595,11 +599,22 @@ constexpr std::int64_t kConvWidenRows = 16;
 // the group's weight rows written into its [N / groups, L] slice of the NCHW output (y_rs = 1,
 // y_cs = L). A zero-padded position holds the code of 0 (zero point - shift): exactly what the float
 // conv's zero padding quantizes to, so corr's zero-point term holds.
+//
+// given (depthwise convs only: conv2d_w1a1's grouped form): the images' int8 codes (NCHW, or NHWC
+// with nhwc: a channels_last input's), in place of the input's quantization, and each image's output
+// scales ([B, N], in place of out_scale).
+struct GivenCodes {
+  const std::int8_t* codes = nullptr;
+  const float* image_scale = nullptr;
+  bool nhwc = false;
+};
+
 at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                             double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
-                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups,
+                            const GivenCodes& given = {}) {
   const auto [ho, wo] =
       ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
@@ -627,6 +642,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   // images in parallel; with fewer images than threads, one image at a time with the GEMM's output
   // channels in parallel
   const bool per_image = B >= at::get_num_threads();
+  TORCH_INTERNAL_ASSERT(given.codes == nullptr || Cg == 1, "conv2d_int8: given codes are for depthwise convs");
   if (Cg == 1) {  // depthwise (N / C outputs per input channel): the direct kernel, no im2col
     const std::int64_t taps = kh * kw, rb = w.size(1), Hp = H + 2 * ph, Wp = W + 2 * pw;
     const auto* wp = static_cast<const std::uint8_t*>(w.const_data_ptr());
@@ -646,9 +662,12 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     g.Ho = ho;
     g.Wo = wo;
     const std::int64_t mult = N / C;
+    // the codes' layout: the input's, or the given codes' (the output keeps the input's format)
+    const bool in_nhwc = given.codes == nullptr ? nhwc : given.nhwc;
+    TORCH_INTERNAL_ASSERT(!in_nhwc || nhwc, "conv2d_int8: NHWC codes come with a channels_last input");
     // an NHWC input with one output per channel, where the table quantizes into int16: each image
     // row's codes straight into its padded pixels (no int8 codes, no widening copy)
-    const bool fused_quantize = nhwc && mult == 1 && k.quantize_s16 != nullptr;
+    const bool fused_quantize = given.codes == nullptr && in_nhwc && mult == 1 && k.quantize_s16 != nullptr;
     // Channels-last (dwconv_nhwc) vectorizes over the output channels whatever the map's size or
     // stride; the planar form (dwconv_channels) along each output row, which pays with several
     // outputs per input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md,
@@ -676,7 +695,9 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             f(0, n);
           }
         };
-        if (fused_quantize) {
+        if (given.codes != nullptr) {
+          xq = const_cast<std::int8_t*>(given.codes + bi * C * H * W);  // read only below
+        } else if (fused_quantize) {
           steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
             for (std::int64_t h = h0; h < h1; ++h)
               k.quantize_s16(xp + (bi * H + h) * W * C, xc + ((h + ph) * Wp + pw) * C, W * C, q);
@@ -708,7 +729,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
               }
             });
           };
-          if (nhwc) {
+          if (in_nhwc) {
             repeat(xq);
           } else {
             steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
@@ -716,7 +737,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             });
             repeat(xt);
           }
-        } else if (nhwc) {
+        } else if (in_nhwc) {
           if (!fused_quantize) {  // each image row's W * C codes, widened, into its padded row
             steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
               for (std::int64_t h = h0; h < h1; ++h)
@@ -742,6 +763,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         }
         kernels::QDwConvArgs gi = gn;
         gi.x = xc;
+        if (given.image_scale != nullptr) gi.out_scale = given.image_scale + bi * N;
         float* yb = y.data_ptr<float>() + bi * N * L;
         gi.y = nhwc ? yb : yt;  // [L, N]: the channels_last output's image as it is
         steps(ho, 1, [&](std::int64_t r0, std::int64_t r1) { k.dwconv_nhwc(gi, r0, r1); });
@@ -762,10 +784,11 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       // pixels, the transposed image with an NHWC input, the [L, N] output with a channels_last one)
       const auto buffers = [&] {
         return std::make_tuple(
-            kernels::thread_scratch<std::int8_t, TagQ>(static_cast<std::size_t>(fused_quantize ? 1 : C * H * W)),
+            kernels::thread_scratch<std::int8_t, TagQ>(
+                static_cast<std::size_t>(fused_quantize || given.codes != nullptr ? 1 : C * H * W)),
             kernels::thread_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * N)),
             kernels::thread_scratch<std::int16_t, TagT>(
-                static_cast<std::size_t>(!nhwc && (W < 8 || mult > 1) ? H * W * C : 1)),
+                static_cast<std::size_t>(!in_nhwc && (W < 8 || mult > 1) ? H * W * C : 1)),
             kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(nhwc ? 1 : L * N)));
       };
       if (per_image) {
@@ -785,18 +808,19 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     g.w = wd.data();
     // one image's codes, zero-point padded into [C, Hp, Wp] (int16)
     const auto pad_codes = [&](std::int64_t bi, std::vector<std::int8_t>& xq, std::vector<std::int16_t>& xpad) {
-      k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+      const std::int8_t* codes = given.codes != nullptr ? given.codes + bi * C * H * W : xq.data();
+      if (given.codes == nullptr) k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
       std::fill(xpad.begin(), xpad.end(), static_cast<std::int16_t>(pad_code));
       for (std::int64_t ci = 0; ci < C; ++ci) {
         for (std::int64_t ih = 0; ih < H; ++ih) {
           std::int16_t* dst = xpad.data() + (ci * Hp + ih + ph) * Wp + pw;
-          const std::int8_t* src = xq.data() + (ci * H + ih) * W;
+          const std::int8_t* src = codes + (ci * H + ih) * W;
           for (std::int64_t iw = 0; iw < W; ++iw) dst[iw] = src[iw];
         }
       }
     };
     const auto buffers = [&] {
-      return std::make_pair(std::vector<std::int8_t>(static_cast<std::size_t>(C * H * W)),
+      return std::make_pair(std::vector<std::int8_t>(static_cast<std::size_t>(given.codes != nullptr ? 0 : C * H * W)),
                             // + the slack dwconv's stride-1 plane runs read past the last plane
                             std::vector<std::int16_t>(static_cast<std::size_t>(C * Hp * Wp + (kw - 1) * dw)));
     };
@@ -808,6 +832,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           kernels::QDwConvArgs gi = g;
           gi.x = xpad.data();
           gi.y = y.data_ptr<float>() + bi * N * L;
+          if (given.image_scale != nullptr) gi.out_scale = given.image_scale + bi * N;
           k.dwconv(gi, 0, N);
         }
       });
@@ -818,6 +843,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         kernels::QDwConvArgs gi = g;
         gi.x = xpad.data();
         gi.y = y.data_ptr<float>() + bi * N * L;
+        if (given.image_scale != nullptr) gi.out_scale = given.image_scale + bi * N;
         at::parallel_for(0, N, 1, [&](std::int64_t n0, std::int64_t n1) { k.dwconv(gi, n0, n1); });
       }
     }
@@ -1093,11 +1119,59 @@ at::Tensor linear_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, co
   return y;
 }
 
+// binary_codes(input, "bitnet", 0) of a channels_last input ([B, C, H, W], channels_last), the codes
+// channels_last too: the statistics on the NCHW images (binarize's order, so the centre and alpha
+// bits are binary_codes' of input.contiguous(): a channels_last model binarizes as an NCHW one),
+// transposed by the kernel table (ATen's channels_last -> contiguous copy took 84 of the 155 us of
+// binary_codes on 8 x 32 x 32 x 32: docs/benchmarks.md, twentieth session), then the codes pass on
+// the input's own memory (a sample is one run of C * H * W elements in either format: the same
+// per-sample centre, the same code per element).
+std::pair<at::Tensor, at::Tensor> bitnet_codes_channels_last(const at::Tensor& input) {
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const std::int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  at::Tensor xn = at::empty(x.sizes(), x.options());
+  const float* src = x.const_data_ptr<float>();
+  float* dst = xn.data_ptr<float>();
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const std::int64_t chunks = (HW + 63) / 64;  // 64 pixels of an image: [64, C] -> [C, 64]
+  at::parallel_for(0, B * chunks, std::max<std::int64_t>(1, 2048 / std::max<std::int64_t>(C, 1)),
+                   [&](std::int64_t t0, std::int64_t t1) {
+                     for (std::int64_t t = t0; t < t1; ++t) {
+                       const std::int64_t b = t / chunks, l0 = (t % chunks) * 64, l1 = std::min(HW, l0 + 64);
+                       k.transpose_f32(src + (b * HW + l0) * C, l1 - l0, C, C, dst + b * C * HW + l0, HW);
+                     }
+                   });
+  const ops::BinaryStats st = ops::binary_stats(xn, ops::BinaryScaling::kBitNet, 0);
+  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar).memory_format(at::MemoryFormat::ChannelsLast));
+  const at::Tensor center = st.center.contiguous();
+  kernels::BinarizeArgs a;
+  a.input = src;
+  a.output = codes.data_ptr();
+  a.center = center.const_data_ptr<float>();
+  a.numel = x.numel();
+  a.inner = C * HW;
+  a.channels = B;
+  a.zero_negative = true;  // the bitnet rule's codes (as binary_codes' prepare_binarize)
+  a.dtype = kernels::DType::kFloat32;
+  at::parallel_for(0, a.numel, std::int64_t{1} << 15,
+                   [&](std::int64_t b0, std::int64_t b1) { kernels::cpu::sign_kernels().binary_codes(a, b0, b1); });
+  return {codes, ops::binary_codes_scale(xn, st, 0)};
+}
+
+// The per-sample codes and alphas of conv2d_w1a1's input: binary_codes(input, "bitnet", 0), NCHW, or
+// with a channels_last input NHWC (bitnet_codes_channels_last: the same codes).
+std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool channels_last) {
+  if (channels_last) return bitnet_codes_channels_last(input);
+  const auto [codes, alpha] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
+  return {codes.contiguous(), alpha.contiguous()};
+}
+
 // One image per task (or the output channels, and the patch rows, in parallel when there are fewer
 // images than threads): the image's codes, its patch rows channels-last against the weight bits in
 // the same (i, j, c) order (a padded position is code 0: no sign bit, a zero-mask bit; with C a
 // multiple of 8 each pixel's bits are packed once and a row is kh * kw copies of C / 8 bytes), the
-// popcount GEMM written into the NCHW output.
+// popcount GEMM written into the output: a channels_last input's output is channels_last, each image
+// the GEMM's [L, N] rows as they are; otherwise NCHW (each image's rows transposed).
 at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
@@ -1108,10 +1182,11 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   const at::Tensor w = weight.contiguous(), ws = weight_scale.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const std::int64_t N = w.size(0), L = ho * wo;
-  at::Tensor y = at::empty({B, N, ho, wo}, input.options());
+  const bool cl = ops::conv_channels_last_io(input);
+  at::Tensor y = at::empty({B, N, ho, wo},
+                           input.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
-  const auto [codes_t, alpha_t] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
-  const at::Tensor codes = codes_t.contiguous(), alpha = alpha_t.contiguous();
+  const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
   const std::int8_t* cp = codes.data_ptr<std::int8_t>();
   const float* ap = alpha.data_ptr<float>();
   const std::int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
@@ -1147,10 +1222,10 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   const auto prepare = [&](Image& im, std::int64_t bi) {
     const std::int8_t* xq = cp + bi * C * H * W;
     if (!byte_runs) {
-      cpt.layout(k, xq, false, std::int8_t{0}, im.xc.data(), im.ps.data());
+      cpt.layout(k, xq, cl, std::int8_t{0}, im.xc.data(), im.ps.data());
       return;
     }
-    cpt.layout(k, xq, false, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
+    cpt.layout(k, xq, cl, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
     for (std::int64_t p = 0; p < Hp * Wp; ++p) {
       std::int32_t zeros = 0;
       for (std::int64_t cb = 0; cb < CB; ++cb)
@@ -1190,7 +1265,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     // tiles of 64 output columns x row ranges into [rows, N], each image's slice transposed into NCHW
     const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L);
     XnorRows r(chunk * L, KB);
-    std::vector<float> yt(static_cast<std::size_t>(chunk * L * N));
+    std::vector<float> yt(static_cast<std::size_t>(cl ? 0 : chunk * L * N));
     const std::int64_t threads = at::get_num_threads(), nt = (N + 63) / 64;
     for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
       const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
@@ -1202,7 +1277,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
           for (std::int64_t l = 0; l < L; ++l) fill_row(im, b0 + i, l, r, i * L + l, patch.data());
         }
       });
-      kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt.data(), Mc, N, KB);
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.data(), Mc, N, KB);
       g.y_rs = N;
       g.y_cs = 1;
       const std::int64_t mtiles = std::min((Mc + 3) / 4, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
@@ -1222,6 +1297,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
           k.gemm_xnor(gt, c0, std::min(N, c0 + 64));
         }
       });
+      if (cl) continue;  // the rows were the output's
       at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
         for (std::int64_t i = i0; i < i1; ++i)
           k.transpose_f32(yt.data() + i * L * N, L, N, N, y.data_ptr<float>() + (b0 + i) * N * L, L);
@@ -1249,11 +1325,12 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       // than through the buffer: docs/benchmarks.md, nineteenth session)
       float* yb = y.data_ptr<float>() + bi * N * L;
       struct TagY;
-      float* yt = kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(L * N));
+      float* yt = cl ? yb : kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(L * N));
       kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt, L, N, KB);
       g.y_rs = N;
       g.y_cs = 1;
       gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_xnor(g, n0, n1); });
+      if (cl) continue;  // the image's [L, N] rows were its channels_last output
       const auto out = [&](std::int64_t l0, std::int64_t l1) { k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L); };
       if (per_image) {
         out(0, L);
@@ -1458,10 +1535,45 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   }
 }
 
+// conv2d_w1a1 with groups > 1: the per-sample codes and alphas of the groups == 1 form
+// (binary_codes(input, "bitnet", 0)) and per-image output scales fp32(alpha[b] * ws[n]). Depthwise
+// convs (one input channel per group) run conv2d_int8's direct kernels on the codes as given (exact
+// int32 sums; zero padding holds code 0), whose fp32(acc + 0) * scale, then + bias, is the row
+// form's requantization (two roundings). Other grouped convs: conv2d_int8's grouped GEMMs on the
+// codes as float inputs of scale 1 (each quantizes to itself), then the same multiply and add as
+// ATen ops. Before this form the Python and C++ layers ran that composite for depthwise convs too:
+// 0.25-0.9x FP32 per MobileNetV2 layer (docs/benchmarks.md, twentieth session).
+at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                               std::int64_t groups) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation, groups);
+  const std::int64_t B = input.size(0), C = input.size(1), Cg = C / groups;
+  check_w1a1_args("conv2d_w1a1", input, Cg * kernel_size[0] * kernel_size[1], weight, weight_scale, bias);
+  const std::int64_t N = weight.size(0);
+  const auto format = ops::conv_channels_last_io(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (B * N * ho * wo == 0) return at::empty({B, N, ho, wo}, input.options().memory_format(format));
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
+  const at::Tensor scales = at::mul(alpha.reshape({B, 1}), weight_scale.reshape({1, N})).contiguous();
+  const at::Tensor corr = at::zeros({N}, input.options().dtype(at::kInt)), ones = at::ones({N}, input.options());
+  if (Cg == 1) {
+    return conv2d_int8_impl(input, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127,
+                            bias, groups, GivenCodes{codes.data_ptr<std::int8_t>(), scales.data_ptr<float>(), cl});
+  }
+  at::Tensor y = conv2d_int8_impl(codes.to(at::kFloat).contiguous(format), weight, 1, kernel_size, stride, padding,
+                                  dilation, corr, ones, 1.0, 0, -128, 127, std::nullopt, groups);
+  y.mul_(scales.reshape({B, N, 1, 1}));
+  if (bias.has_value()) y.add_(bias->reshape({1, N, 1, 1}));
+  return y;
+}
+
 at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups) {
   try {
+    if (groups != 1)
+      return conv2d_w1a1_grouped(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups);
     return conv2d_w1a1_impl(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias);
   } catch (const std::bad_alloc&) {
     TORCH_CHECK_WITH(OutOfMemoryError, false,

@@ -400,19 +400,22 @@ at::Tensor linear_w1a1_cuda(const at::Tensor& input, const at::Tensor& weight, c
 
 at::Tensor conv2d_w1a1_cuda(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
-  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
+                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                            std::int64_t groups) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1);
-  const std::int64_t K = C * kernel_size[0] * kernel_size[1];
+  const std::int64_t K = C / groups * kernel_size[0] * kernel_size[1];
   check_w1a1_args("conv2d_w1a1", input, K, weight, weight_scale, bias);
   const c10::cuda::CUDAGuard guard(input.device());
   const at::Tensor ws = weight_scale.contiguous();
   const std::int64_t N = weight.size(0);
-  if (B * N * ho * wo == 0) return at::empty({B, N, ho, wo}, input.options());
+  const auto format = conv_channels_last_io(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (B * N * ho * wo == 0) return at::empty({B, N, ho, wo}, input.options().memory_format(format));
   const auto [codes, alpha] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
-  at::Tensor y = conv2d_int8_cuda(codes.to(at::kFloat), weight, 1, kernel_size, stride, padding, dilation,
-                                  at::zeros({N}, input.options().dtype(at::kInt)), at::ones({N}, input.options()), 1.0, 0,
-                                  -128, 127, std::nullopt, 1);
+  // the codes in the input's format: conv2d_int8_cuda gives its output in that format
+  at::Tensor y = conv2d_int8_cuda(codes.to(at::kFloat).contiguous(format), weight, 1, kernel_size, stride, padding,
+                                  dilation, at::zeros({N}, input.options().dtype(at::kInt)),
+                                  at::ones({N}, input.options()), 1.0, 0, -128, 127, std::nullopt, groups);
   const at::Tensor m = at::mul(alpha.reshape({B, 1, 1, 1}), ws.reshape({1, N, 1, 1}));  // fp32(alpha[b] * ws[n])
   y.mul_(m);
   if (bias.has_value()) y.add_(bias->reshape({1, N, 1, 1}));

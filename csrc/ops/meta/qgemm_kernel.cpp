@@ -102,11 +102,13 @@ at::Tensor linear_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, c
 
 at::Tensor conv2d_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
-  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
-  check_w1a1_args("conv2d_w1a1", input, static_dim(input, 1) * kernel_size[0] * kernel_size[1], weight, weight_scale,
-                  bias);
-  return conv_output(input, weight.size(0), ho, wo);
+                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                            std::int64_t groups) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation, groups);
+  check_w1a1_args("conv2d_w1a1", input, static_dim(input, 1) / groups * kernel_size[0] * kernel_size[1], weight,
+                  weight_scale, bias);
+  at::Tensor y = conv_output(input, weight.size(0), ho, wo);
+  return conv_channels_last_io(input) ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
 }
 
 at::Tensor linear_w4_weight_only_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,

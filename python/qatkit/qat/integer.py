@@ -301,7 +301,7 @@ def _int8_plan(mod, rows: Optional[bool] = None) -> Optional[dict]:
     """The operands of ``ops.linear_int8`` (or the packed ternary / binary kernels) for a "static"
     Linear, or a Conv (weights flattened to [N, C/groups*kh*kw], inputs unfolded per group), whose
     codes fit (8-bit input range, weight codes in [-127, 127]); None: the float64 simulation runs.
-    XNOR convs with groups != 1 run conv2d_int8 on the binary codes (:func:`_xnor_plan`). ``rows``:
+    XNOR layers take :func:`_xnor_plan` (conv2d_w1a1 for convs of any groups). ``rows``:
     the row layouts (default: on CUDA), else the panel layouts."""
     # CPU plans take the panel layouts (the CPU kernels' fastest); CUDA plans the row layouts (the
     # CUDA kernels' vector form and torch._int_mm read rows; docs/gpu.md). The kernels take both.
@@ -393,13 +393,7 @@ def _xnor_plan(mod, rows: bool = False) -> Optional[dict]:
     if ws.numel() != w.shape[0]:
         return None
     bias = None if mod.bias is None else mod.bias.detach().float().contiguous()
-    if _is_conv(mod) and mod.groups != 1:
-        # grouped / depthwise (conv2d_w1a1 has no groups): conv2d_int8's grouped kernels on the codes
-        # (rows zero-padded to 32, as the int8 grouped convs'); _conv_on_kernel applies the scales
-        n = w.shape[0]
-        return {"kernel": "conv2d_int8 (xnor codes)", "weight": F.pad(w, (0, -w.shape[1] % 32)).contiguous(),
-                "weight_scale": ws.contiguous(), "bias": bias,
-                "corr": torch.zeros(n, dtype=torch.int32, device=w.device), "out_scale": torch.ones(n, device=w.device)}
+    # convs of any groups: conv2d_w1a1 (grouped and depthwise ones on conv2d_int8's kernels on the codes)
     return {"kernel": "linear_w1a1", "weight": ops.pack_binary_b1(w), "weight_scale": ws.contiguous(), "bias": bias}
 
 
@@ -497,8 +491,7 @@ _CONV_BITS = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}
 
 def _bind_conv(mod, plan: dict):
     """A Conv2d plan's kernel with its operands bound (x -> y), or None where the layer needs more
-    than the op (a padding mode other than zeros, string padding, grouped / depthwise XNOR's codes
-    path): what :func:`_conv_on_kernel` calls, the op resolved once (``_bind``'s ``OpOverload._op``
+    than the op (a padding mode other than zeros, string padding): what :func:`_conv_on_kernel` calls, the op resolved once (``_bind``'s ``OpOverload._op``
     for eager calls), so a loaded conv's per-call Python work is one closure call (about 4 us of the
     6 us it spent over the op: a small CNN's convs take tens of microseconds)."""
     if mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple) or len(mod.kernel_size) != 2:
@@ -506,7 +499,7 @@ def _bind_conv(mod, plan: dict):
     k, p = plan["kernel"], plan
     geom = (list(mod.kernel_size), list(mod.stride), list(mod.padding), list(mod.dilation))
     if k == "linear_w1a1":
-        name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"])
+        name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"], mod.groups)
     elif k in _CONV_BITS:
         name = "conv2d_int8"
         args = (p["weight"], _CONV_BITS[k], *geom, p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"],
@@ -600,18 +593,7 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
     else:
         x4, k, st, dil, pad = x, tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.dilation), padding
     if plan["kernel"] == "linear_w1a1":  # zero padding only (_xnor_plan): codes of 0 at padded positions
-        y = ops.conv2d_w1a1(x4, plan["weight"], k, st, pad, dil, plan["weight_scale"], plan["bias"])
-        return y.squeeze(2) if nd == 1 else y
-    if plan["kernel"] == "conv2d_int8 (xnor codes)":
-        # grouped / depthwise XNOR: the per-sample codes in {-1, 0, +1} as int8 inputs of scale 1 (exact
-        # int32 sums; zero padding holds code 0), then the row form's fp32(acc) * fp32(alpha[b] * w_scale[n])
-        codes, alpha = ops.binary_codes(x4, "bitnet", 0)
-        y = ops.conv2d_int8(codes.float(), plan["weight"], 8, k, st, pad, dil, plan["corr"], plan["out_scale"], 1.0,
-                            0, -128, 127, None, mod.groups)
-        # in place on the kernel's fresh output (the same operations: no temporaries to allocate)
-        y.mul_(alpha.reshape(-1, 1, 1, 1) * plan["weight_scale"].reshape(1, -1, 1, 1))
-        if plan["bias"] is not None:
-            y.add_(plan["bias"].reshape(1, -1, 1, 1))
+        y = ops.conv2d_w1a1(x4, plan["weight"], k, st, pad, dil, plan["weight_scale"], plan["bias"], mod.groups)
         return y.squeeze(2) if nd == 1 else y
     y = ops.conv2d_int8(x4, plan["weight"], _CONV_BITS[plan["kernel"]], k, st, pad, dil, plan["corr"],
                         plan["out_scale"], plan["act_scale"], plan["zp"], plan["qmin"], plan["qmax"], plan["bias"],

@@ -423,25 +423,32 @@ def check_conv2d_int8(r: random.Random, device: str = "cpu") -> int:
 
 
 def check_conv2d_w1a1(r: random.Random, device: str = "cpu") -> int:
-    """conv2d_w1a1 against the float64 conv of binary_codes('bitnet', axis 0)'s codes (zero padding:
-    code 0) and the weight codes."""
+    """conv2d_w1a1 (dense, grouped, depthwise with multipliers; NCHW or channels_last inputs, whose
+    outputs are channels_last) against the float64 grouped conv of binary_codes('bitnet', axis 0)'s
+    codes (zero padding: code 0) and the weight codes."""
     k, stride, padding, dilation = _conv_geometry(r)
-    b, c, h, w, n, _ = _conv_shape(r, k, stride, padding, dilation, depthwise_ok=False)
+    b, c, h, w, n, groups = _conv_shape(r, k, stride, padding, dilation)
     g = torch.Generator().manual_seed(r.randrange(2**31))
     x = _input(r, [b, c, h], w, special=False)
-    wc = (torch.randint(0, 2, (n, c, *k), generator=g) * 2 - 1).to(torch.int8)
+    if r.random() < 0.4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wc = (torch.randint(0, 2, (n, c // groups, *k), generator=g) * 2 - 1).to(torch.int8)
     ws = torch.rand(n, generator=g) + 0.1
     fb = torch.randn(n, generator=g) if r.random() < 0.5 else None
     q, alpha = _device_codes(x, device)
-    acc = F.conv2d(q.double(), wc.double(), None, stride, padding, dilation).float()
+    acc = F.conv2d(q.double(), wc.double(), None, stride, padding, dilation, groups).float()
     want = acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1))
     if fb is not None:
         want = want + fb.reshape(1, -1, 1, 1)
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     with _Machine(r, device) as m:
         got = m.back(ops.conv2d_w1a1(m(x), m(ops.pack_binary_b1(wc.reshape(n, -1))), k, stride, padding, dilation,
-                                     m(ws), m(fb)))
-    _equal_or_raise(got, want, f"conv2d_w1a1 x{tuple(x.shape)} N={n} k={k} stride={stride} padding={padding} "
-                               f"dilation={dilation} {m}")
+                                     m(ws), m(fb), groups))
+    what = (f"conv2d_w1a1 x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} groups={groups} k={k} stride={stride} "
+            f"padding={padding} dilation={dilation} {m}")
+    _equal_or_raise(got, want, what)
+    if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
+        raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
     return 1
 
 

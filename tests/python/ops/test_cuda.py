@@ -596,6 +596,36 @@ def test_xnor_conv_cuda_equals_the_formula_and_the_cpu(C, N, geom, gemv_form):
                           (x.nan_to_num(0.5).cuda(), packed.cuda(), *[list(a) for a in args], ws.cuda(), fb.cuda()))
 
 
+@pytest.mark.parametrize("C,N,groups", [(16, 16, 16), (16, 32, 16), (12, 18, 6)])
+def test_grouped_xnor_conv_cuda_equals_the_formula_and_the_cpu(C, N, groups):
+    """conv2d_w1a1 with groups on CUDA (the codes through conv2d_int8's grouped / depthwise kernels):
+    the grouped formula on the device's codes bit for bit, in both memory formats (the output in the
+    input's), an image whose NaN makes every code 0, the CPU op's bits where the codes agree; opcheck."""
+    g = torch.Generator().manual_seed(C + N + groups)
+    x = torch.randn(3, C, 9, 7, generator=g)
+    x[2, 0, 0, 0] = float("nan")
+    w = (torch.randint(0, 2, (N, C // groups, 3, 3), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+    args = ((3, 3), (2, 1), (1, 1), (1, 1))
+    import torch.nn.functional as F
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xd = x.cuda().contiguous(memory_format=fmt)
+        q, alpha = ops.binary_codes(xd, "bitnet", 0)
+        got = ops.conv2d_w1a1(xd, packed.cuda(), *args, ws.cuda(), fb.cuda(), groups)
+        assert got.is_cuda and got.is_contiguous(memory_format=fmt)
+        acc = F.conv2d(q.cpu().double(), w.double(), None, args[1], args[2], args[3], groups).float()
+        want = acc * (alpha.cpu().reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1)) + fb.reshape(1, -1, 1, 1)
+        _bits_equal(got.cpu(), want)
+        assert bool(got[2].isnan().all())
+        if _same_codes(x):
+            _bits_equal(got.cpu(), ops.conv2d_w1a1(x, packed, *args, ws, fb, groups))
+        torch.library.opcheck(torch.ops.qatkit.conv2d_w1a1.default,
+                              (x.nan_to_num(0.5).cuda().contiguous(memory_format=fmt), packed.cuda(),
+                               *[list(a) for a in args], ws.cuda(), fb.cuda(), groups))
+
+
 def test_depthwise_convs_run_one_direct_kernel():
     """A depthwise conv2d_int8 on CUDA is one conv_dw_s8 launch (ternary / binary: after the codes'
     unpack), with no im2col and no GEMM; a grouped conv that is not depthwise keeps the per-group path."""

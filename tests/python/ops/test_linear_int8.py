@@ -1269,6 +1269,105 @@ def test_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, B, C):
         qatkit._C.set_cpu_isa(old)
 
 
+def _grouped_xnor_conv_reference(x, w, ws, bias, stride, padding, dilation, groups):
+    """conv2d_w1a1 with groups from its formula: the float64 grouped conv of the binarized input's
+    codes (zero padding: code 0) and the weight codes, fp32(acc) * fp32(alpha[b] * ws[n]) (+ bias)."""
+    import torch.nn.functional as F
+
+    q, alpha = ops.binary_codes(x, "bitnet", 0)
+    acc = F.conv2d(q.double(), w.double(), None, stride, padding, dilation, groups).float()
+    y = acc * (alpha.reshape(-1, 1, 1, 1) * ws.reshape(1, -1, 1, 1))
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("geom", [dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1)), dict(k=(3, 3), s=(2, 2), p=(2, 2), d=(2, 2)),
+                                  dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2)), dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1)),
+                                  dict(k=(5, 5), s=(1, 1), p=(2, 2), d=(1, 1))])
+@pytest.mark.parametrize("C,N,groups,HW", [(24, 24, 24, (9, 7)), (40, 40, 40, (4, 4)), (16, 32, 16, (9, 12)),
+                                           (12, 18, 6, (9, 7)), (8, 8, 8, (3, 3))])
+def test_grouped_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, C, N, groups, HW):
+    """conv2d_w1a1 with groups: depthwise (one input channel per group; 32+ channels: a partial
+    block of the AVX-512 kernel's 32; two outputs per channel on rows of 12: the planar kernel) on
+    conv2d_int8's direct kernels with the codes given and per-image scales, other grouped convs
+    (2 channels per group) through conv2d_int8's grouped GEMMs on the codes. Equal to the float64
+    grouped conv of the codes, requantized by the "row" rule, on every ISA, NCHW and channels_last
+    (whose output is channels_last), one image and several (the threads split an image or take
+    images), with an all-zero image (alpha 0: the bias) and an image whose NaN makes every code 0."""
+    g = torch.Generator().manual_seed(C + N + groups)
+    H, W = HW
+    x = torch.randn(5, C, H, W, generator=g)
+    x[1] = 0
+    x[3, 0, 0, 0] = float("nan")
+    kh, kw = geom["k"]
+    w = (torch.randint(0, 2, (N, C // groups, kh, kw), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            for xb in (x, x[:1]):
+                for b in (fb, None):
+                    want = _grouped_xnor_conv_reference(xb, w, ws, b, geom["s"], geom["p"], geom["d"], groups)
+                    for fmt in (torch.contiguous_format, torch.channels_last):
+                        got = ops.conv2d_w1a1(xb.contiguous(memory_format=fmt), packed, geom["k"], geom["s"], geom["p"],
+                                              geom["d"], ws, b, groups)
+                        assert got.is_contiguous(memory_format=fmt), (isa, fmt)
+                        assert torch.equal(got.nan_to_num(123.0), want.nan_to_num(123.0)), (isa, fmt, xb.shape[0])
+            assert bool(got.isfinite().all()) and bool(torch.isnan(ops.conv2d_w1a1(
+                x, packed, geom["k"], geom["s"], geom["p"], geom["d"], ws, fb, groups)[3]).all())
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("B,C,HW,N", [(8, 16, 6, 24), (2, 16, 20, 24), (1, 13, 17, 9), (3, 5, 4, 7)])
+def test_conv2d_w1a1_output_keeps_the_input_memory_format(B, C, HW, N):
+    """groups == 1: a channels_last input's output is channels_last (the popcount GEMM's [L, N] rows
+    are its images), an NCHW input's NCHW, with the same values: several images' rows in one GEMM
+    (6 x 6, 4 x 4) and one GEMM per image (20 x 20, 17 x 17), byte-run rows (C = 16) and code-by-code
+    rows, on every ISA; opcheck checks the meta output's strides in both formats."""
+    g = torch.Generator().manual_seed(B * C + N)
+    x = torch.randn(B, C, HW, HW, generator=g)
+    w = (torch.randint(0, 2, (N, C, 3, 3), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+    want = _xnor_conv_reference(x, w, ws, fb, (1, 1), (1, 1), (1, 1))
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in _isas():
+            qatkit._C.set_cpu_isa(isa)
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                got = ops.conv2d_w1a1(x.contiguous(memory_format=fmt), packed, (3, 3), (1, 1), (1, 1), (1, 1), ws, fb)
+                assert got.is_contiguous(memory_format=fmt) and torch.equal(got, want), (isa, fmt)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.library.opcheck(torch.ops.qatkit.conv2d_w1a1.default,
+                              (x.contiguous(memory_format=fmt), packed, [3, 3], [1, 1], [1, 1], [1, 1], ws, fb))
+
+
+def test_grouped_conv2d_w1a1_opcheck_and_errors():
+    """opcheck of the grouped and depthwise forms in both formats (the meta output's shape and
+    strides), and the argument errors: groups that do not divide the channels, a weight packed for
+    groups 1, a weight scale of the wrong length."""
+    x = torch.randn(2, 8, 6, 6)
+    for groups, cg in ((8, 1), (4, 2)):
+        wc = ops.pack_binary_b1((torch.randint(0, 2, (8, cg * 9)) * 2 - 1).to(torch.int8))
+        for xf in (x, x.contiguous(memory_format=torch.channels_last)):
+            torch.library.opcheck(torch.ops.qatkit.conv2d_w1a1.default,
+                                  (xf, wc, [3, 3], [1, 1], [1, 1], [1, 1], torch.rand(8) + 0.1, torch.randn(8), groups))
+    wd = ops.pack_binary_b1((torch.randint(0, 2, (8, 9)) * 2 - 1).to(torch.int8))
+    with pytest.raises(ValueError, match="groups must be >= 1 and divide the input channels 8"):
+        ops.conv2d_w1a1(x, wd, (3, 3), (1, 1), (1, 1), (1, 1), torch.ones(8), None, 3)
+    with pytest.raises(ValueError, match="groups must be >= 1"):
+        ops.conv2d_w1a1(x, wd, (3, 3), (1, 1), (1, 1), (1, 1), torch.ones(8), None, 0)
+    w1 = ops.pack_binary_b1((torch.randint(0, 2, (8, 72)) * 2 - 1).to(torch.int8))  # packed for groups 1
+    with pytest.raises(ValueError, match="bytes per row"):
+        ops.conv2d_w1a1(x, w1, (3, 3), (1, 1), (1, 1), (1, 1), torch.ones(8), None, 8)
+    with pytest.raises(ValueError, match=r"weight_scale must have shape \[N\] = \[8\]"):
+        ops.conv2d_w1a1(x, wd, (3, 3), (1, 1), (1, 1), (1, 1), torch.ones(3), None, 8)
+
+
 @pytest.mark.parametrize("shape,N", [((1, 133), 37), ((3, 4, 96), 7), ((20, 133), 40)])
 def test_w1a1_is_w1a8_on_the_codes_at_scale_1(shape, N):
     """The composition CUDA's linear_w1a1 / conv2d_w1a1 run (csrc/ops/cuda/qgemm_kernel.cpp):

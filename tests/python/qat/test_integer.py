@@ -365,19 +365,19 @@ def test_smoothquant_layers_divide_inside_the_kernel_with_the_simulations_bits()
 @pytest.mark.parametrize("arch", ["mlp", "cnn", "conv1d"])
 def test_xnor_layers_run_on_the_popcount_kernel(arch):
     """xnor_w1a1's hidden layers (binary weights, per-sample binary inputs) run on ops.linear_w1a1 /
-    conv2d_w1a1 when kernels_only (what qatkit.load does), the cnn's depthwise conv (groups=16) on
-    conv2d_int8 over the binary codes; bit for bit the integer simulation. The reflect-padded conv
+    conv2d_w1a1 when kernels_only (what qatkit.load does), the cnn's depthwise conv (groups=16) too
+    (conv2d_w1a1's grouped form); bit for bit the integer simulation. The reflect-padded conv
     (codes are padded, not floats) keeps float math and is reported."""
     q, shape = _prepared(arch, "xnor_w1a1")
     torch.manual_seed(3)
     x = torch.randn(shape) * 2
     sim, k, rep = _simulated_and_on_kernels(q)
     xnor = [m for m in k.modules() if isinstance(m, _Quantized) and m.weight_spec.kind == "binary"]
-    on = [m for m in xnor if integer.kernel_for(m) in ("linear_w1a1", "conv2d_int8 (xnor codes)")]
+    on = [m for m in xnor if integer.kernel_for(m) == "linear_w1a1"]
     assert len(on) >= (1 if arch == "cnn" else 2), rep
     grouped = [m for m in xnor if getattr(m, "groups", 1) != 1]
     assert len(grouped) == (1 if arch == "cnn" else 0)
-    assert all(integer.kernel_for(m) == "conv2d_int8 (xnor codes)" for m in grouped)
+    assert all(integer.kernel_for(m) == "linear_w1a1" for m in grouped)
     for (name, form, why), m in zip(rep, [m for m in k.modules() if isinstance(m, _Quantized)]):
         if m in xnor and m not in on:
             assert form is None and m._integer_form is None
@@ -389,10 +389,10 @@ def test_xnor_layers_run_on_the_popcount_kernel(arch):
 @pytest.mark.parametrize("nd,groups,kw", [(2, 12, dict(padding=1)), (2, 12, dict(padding=2, dilation=2, stride=2)),
                                           (2, 3, dict(padding=1, bias=False)), (2, 12, dict(kernel_size=1)),
                                           (1, 4, dict(padding=1, stride=2))])
-def test_grouped_xnor_convs_run_on_the_int8_conv_kernel(nd, groups, kw):
-    """Grouped and depthwise XNOR convs (conv2d_w1a1 has no groups) run on conv2d_int8's grouped /
-    depthwise kernels over the per-sample binary codes (zero padding: code 0), then fp32(acc) *
-    fp32(alpha[b] * w_scale[n]) (+ bias): bit for bit the float64 integer simulation, with a NaN
+def test_grouped_xnor_convs_run_on_conv2d_w1a1(nd, groups, kw):
+    """Grouped and depthwise XNOR convs run on conv2d_w1a1's grouped form (conv2d_int8's grouped /
+    depthwise kernels over the per-sample binary codes, zero padding code 0, then fp32(acc) *
+    fp32(alpha[b] * w_scale[n]) (+ bias)): bit for bit the float64 integer simulation, with a NaN
     input (code 0) and an all-zero sample (alpha 0); strided, dilated, 1 x 1 and Conv1d."""
     conv = nn.Conv2d if nd == 2 else nn.Conv1d
     kw = {"kernel_size": 3, **kw}
@@ -404,8 +404,8 @@ def test_grouped_xnor_convs_run_on_the_int8_conv_kernel(nd, groups, kw):
     q = qatkit.prepare_qat(net, qatkit.preset("xnor_w1a1"))
     q(torch.randn(shape, generator=g))
     sim, k, rep = _simulated_and_on_kernels(q)
-    kern = [integer.kernel_for(m) for m in k.modules() if isinstance(m, _Quantized)]
-    assert kern.count("conv2d_int8 (xnor codes)") == 2, (kern, rep)
+    grouped = [m for m in k.modules() if isinstance(m, _Quantized) and getattr(m, "groups", 1) != 1]
+    assert len(grouped) == 2 and all(integer.kernel_for(m) == "linear_w1a1" for m in grouped), rep
     x = torch.randn(shape, generator=g) * 2
     x[1] = 0  # alpha 0: every output of that sample is the bias
     x[2].view(-1)[7] = float("nan")  # code 0
@@ -415,8 +415,8 @@ def test_grouped_xnor_convs_run_on_the_int8_conv_kernel(nd, groups, kw):
             m.register_forward_hook(lambda _m, _i, o, key=(tag, i): outs.__setitem__(key, o))
     with torch.no_grad():
         assert torch.equal(k(x), sim(x))
-    n = len(kern)
-    assert all(torch.equal(outs["kernel", i], outs["sim", i]) for i in range(n))
+    n = sum(isinstance(m, _Quantized) for m in k.modules())
+    assert n >= 4 and all(torch.equal(outs["kernel", i], outs["sim", i]) for i in range(n))
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8"])
@@ -492,7 +492,7 @@ def test_conv_layers_call_their_bound_kernel_with_the_general_paths_bits(preset,
     convs = [m for m in k.modules() if isinstance(m, QuantizedConv2d) and integer.kernel_for(m)]
     assert len(convs) >= 2
     bound = [m for m in convs if m.__dict__["_int8_plan"]["bare"] is not None]
-    want_bound = [m for m in convs if integer.kernel_for(m) != "conv2d_int8 (xnor codes)" and m.padding_mode == "zeros"]
+    want_bound = [m for m in convs if m.padding_mode == "zeros"]
     assert bound == want_bound and bound
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0])) for m in convs]
