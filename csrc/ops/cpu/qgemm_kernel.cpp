@@ -1260,13 +1260,68 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     r.a_k[static_cast<std::size_t>(R)] = static_cast<std::int32_t>(K) - zeros;
     r.scale[static_cast<std::size_t>(R)] = ap[bi];
   };
+  // the popcount GEMM of Mc rows into g.y ([Mc, N] rows), in tiles of 64 output columns x row ranges
+  const std::int64_t threads = at::get_num_threads(), nt = (N + 63) / 64;
+  const auto gemm_row_tiles = [&](const kernels::QGemmXnorArgs& g, std::int64_t Mc) {
+    const std::int64_t mtiles = std::min((Mc + 3) / 4, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
+    const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
+    at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
+      for (std::int64_t t = t0; t < t1; ++t) {
+        const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
+        if (r0 >= Mc) continue;
+        kernels::QGemmXnorArgs gt = g;  // rows [r0, r0 + mt)
+        gt.a += r0 * KB;
+        gt.z += r0 * KB;
+        gt.has_zero += r0;
+        gt.a_k += r0;
+        gt.row_scale += r0;
+        gt.y += r0 * N;
+        gt.M = std::min(mt, Mc - r0);
+        k.gemm_xnor(gt, c0, std::min(N, c0 + 64));
+      }
+    });
+  };
+  if (cl && kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0) {
+    // a 1 x 1, stride-1, unpadded conv on channels_last codes: its patch rows are the pixels' C codes
+    // as they lie (linear_w1a1's rows, each with its image's alpha) and the GEMM's [B * L, N] rows
+    // its output (no image layout, no per-pixel bit buffers, no row copies: the per-pixel work took
+    // 28 % of 8 x 32 x 32 x 32 -> 16, docs/benchmarks.md, twentieth session)
+    const std::int64_t M = B * L;
+    XnorRows r(M, KB);
+    at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
+                     [&](std::int64_t m0, std::int64_t m1) {
+                       for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, ap[m / L], cp + m * C);
+                     });
+    kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>(), M, N, KB);
+    g.y_rs = N;
+    g.y_cs = 1;
+    if (M < 512) {  // few rows: tiles of 64 columns (chunks of all columns re-read the weight per chunk)
+      gemm_row_tiles(g, M);
+      return y;
+    }
+    // many rows: chunks of 256 rows x every column (64-column tiles ran 0.83-0.85x on 8 x 24 x 16 x 16
+    // -> 144 and 8 x 16 x 32 x 32 -> 96; docs/benchmarks.md, twentieth session)
+    constexpr std::int64_t rc = 256;
+    at::parallel_for(0, (M + rc - 1) / rc, 1, [&](std::int64_t t0, std::int64_t t1) {
+      kernels::QGemmXnorArgs gt = g;  // rows [t0 * rc, t1 * rc), every column
+      const std::int64_t r0 = t0 * rc;
+      gt.a += r0 * KB;
+      gt.z += r0 * KB;
+      gt.has_zero += r0;
+      gt.a_k += r0;
+      gt.row_scale += r0;
+      gt.y += r0 * N;
+      gt.M = std::min(M, t1 * rc) - r0;
+      k.gemm_xnor(gt, 0, N);
+    });
+    return y;
+  }
   if (L < kConvBatchRows) {
     // few positions per image: several images' rows in one popcount GEMM (as conv2d_int8's), in
     // tiles of 64 output columns x row ranges into [rows, N], each image's slice transposed into NCHW
     const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L);
     XnorRows r(chunk * L, KB);
     std::vector<float> yt(static_cast<std::size_t>(cl ? 0 : chunk * L * N));
-    const std::int64_t threads = at::get_num_threads(), nt = (N + 63) / 64;
     for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
       const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
       at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
@@ -1280,23 +1335,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.data(), Mc, N, KB);
       g.y_rs = N;
       g.y_cs = 1;
-      const std::int64_t mtiles = std::min((Mc + 3) / 4, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
-      const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
-      at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
-        for (std::int64_t t = t0; t < t1; ++t) {
-          const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
-          if (r0 >= Mc) continue;
-          kernels::QGemmXnorArgs gt = g;  // rows [r0, r0 + mt)
-          gt.a += r0 * KB;
-          gt.z += r0 * KB;
-          gt.has_zero += r0;
-          gt.a_k += r0;
-          gt.row_scale += r0;
-          gt.y += r0 * N;
-          gt.M = std::min(mt, Mc - r0);
-          k.gemm_xnor(gt, c0, std::min(N, c0 + 64));
-        }
-      });
+      gemm_row_tiles(g, Mc);
       if (cl) continue;  // the rows were the output's
       at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
         for (std::int64_t i = i0; i < i1; ++i)

@@ -1320,30 +1320,40 @@ def test_grouped_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, C, N, gro
         qatkit._C.set_cpu_isa(old)
 
 
-@pytest.mark.parametrize("B,C,HW,N", [(8, 16, 6, 24), (2, 16, 20, 24), (1, 13, 17, 9), (3, 5, 4, 7)])
-def test_conv2d_w1a1_output_keeps_the_input_memory_format(B, C, HW, N):
+@pytest.mark.parametrize("k", [3, 1])
+@pytest.mark.parametrize("B,C,HW,N", [(8, 16, 6, 24), (2, 16, 20, 24), (1, 13, 17, 9), (3, 5, 4, 7), (3, 13, 19, 9)])
+def test_conv2d_w1a1_output_keeps_the_input_memory_format(B, C, HW, N, k):
     """groups == 1: a channels_last input's output is channels_last (the popcount GEMM's [L, N] rows
     are its images), an NCHW input's NCHW, with the same values: several images' rows in one GEMM
-    (6 x 6, 4 x 4) and one GEMM per image (20 x 20, 17 x 17), byte-run rows (C = 16) and code-by-code
-    rows, on every ISA; opcheck checks the meta output's strides in both formats."""
+    (6 x 6, 4 x 4) and one GEMM per image (17+ pixels a side), byte-run rows (C = 16) and
+    code-by-code rows; 1 x 1 convs on channels_last inputs take the pixels' codes as the patch rows
+    (under 512 rows in 64-column tiles, from 512 in 256-row chunks with a partial last one: 800 and
+    1083 rows); an image whose NaN makes every code 0. Every ISA; opcheck checks the meta output's
+    strides in both formats."""
     g = torch.Generator().manual_seed(B * C + N)
     x = torch.randn(B, C, HW, HW, generator=g)
-    w = (torch.randint(0, 2, (N, C, 3, 3), generator=g) * 2 - 1).to(torch.int8)
+    if B == 3:
+        x[1, 0, 0, 0] = float("nan")
+    w = (torch.randint(0, 2, (N, C, k, k), generator=g) * 2 - 1).to(torch.int8)
     ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
     packed = ops.pack_binary_b1(w.reshape(N, -1))
-    want = _xnor_conv_reference(x, w, ws, fb, (1, 1), (1, 1), (1, 1))
+    p = k // 2
+    want = _xnor_conv_reference(x, w, ws, fb, (1, 1), (p, p), (1, 1)).nan_to_num(123.0)
     old = qatkit._C.cpu_isa()
     try:
         for isa in _isas():
             qatkit._C.set_cpu_isa(isa)
             for fmt in (torch.contiguous_format, torch.channels_last):
-                got = ops.conv2d_w1a1(x.contiguous(memory_format=fmt), packed, (3, 3), (1, 1), (1, 1), (1, 1), ws, fb)
-                assert got.is_contiguous(memory_format=fmt) and torch.equal(got, want), (isa, fmt)
+                got = ops.conv2d_w1a1(x.contiguous(memory_format=fmt), packed, (k, k), (1, 1), (p, p), (1, 1), ws, fb)
+                assert got.is_contiguous(memory_format=fmt) and torch.equal(got.nan_to_num(123.0), want), (isa, fmt)
     finally:
         qatkit._C.set_cpu_isa(old)
+    if B == 3:
+        assert bool(got[1].isnan().all()) and bool(got[0].isfinite().all())
     for fmt in (torch.contiguous_format, torch.channels_last):
         torch.library.opcheck(torch.ops.qatkit.conv2d_w1a1.default,
-                              (x.contiguous(memory_format=fmt), packed, [3, 3], [1, 1], [1, 1], [1, 1], ws, fb))
+                              (x.nan_to_num(0.5).contiguous(memory_format=fmt), packed, [k, k], [1, 1], [p, p], [1, 1],
+                               ws, fb))
 
 
 def test_grouped_conv2d_w1a1_opcheck_and_errors():
