@@ -1260,6 +1260,18 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     r.a_k[static_cast<std::size_t>(R)] = static_cast<std::int32_t>(K) - zeros;
     r.scale[static_cast<std::size_t>(R)] = ap[bi];
   };
+  // rows [r0, r1) of a popcount GEMM's [rows, N] operands and output
+  const auto row_range = [&](const kernels::QGemmXnorArgs& g, std::int64_t r0, std::int64_t r1) {
+    kernels::QGemmXnorArgs gt = g;
+    gt.a += r0 * KB;
+    gt.z += r0 * KB;
+    gt.has_zero += r0;
+    gt.a_k += r0;
+    gt.row_scale += r0;
+    gt.y += r0 * N;
+    gt.M = r1 - r0;
+    return gt;
+  };
   // the popcount GEMM of Mc rows into g.y ([Mc, N] rows), in tiles of 64 output columns x row ranges
   const std::int64_t threads = at::get_num_threads(), nt = (N + 63) / 64;
   const auto gemm_row_tiles = [&](const kernels::QGemmXnorArgs& g, std::int64_t Mc) {
@@ -1268,16 +1280,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
       for (std::int64_t t = t0; t < t1; ++t) {
         const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
-        if (r0 >= Mc) continue;
-        kernels::QGemmXnorArgs gt = g;  // rows [r0, r0 + mt)
-        gt.a += r0 * KB;
-        gt.z += r0 * KB;
-        gt.has_zero += r0;
-        gt.a_k += r0;
-        gt.row_scale += r0;
-        gt.y += r0 * N;
-        gt.M = std::min(mt, Mc - r0);
-        k.gemm_xnor(gt, c0, std::min(N, c0 + 64));
+        if (r0 < Mc) k.gemm_xnor(row_range(g, r0, std::min(Mc, r0 + mt)), c0, std::min(N, c0 + 64));
       }
     });
   };
@@ -1303,16 +1306,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     // -> 144 and 8 x 16 x 32 x 32 -> 96; docs/benchmarks.md, twentieth session)
     constexpr std::int64_t rc = 256;
     at::parallel_for(0, (M + rc - 1) / rc, 1, [&](std::int64_t t0, std::int64_t t1) {
-      kernels::QGemmXnorArgs gt = g;  // rows [t0 * rc, t1 * rc), every column
-      const std::int64_t r0 = t0 * rc;
-      gt.a += r0 * KB;
-      gt.z += r0 * KB;
-      gt.has_zero += r0;
-      gt.a_k += r0;
-      gt.row_scale += r0;
-      gt.y += r0 * N;
-      gt.M = std::min(M, t1 * rc) - r0;
-      k.gemm_xnor(gt, 0, N);
+      k.gemm_xnor(row_range(g, t0 * rc, std::min(M, t1 * rc)), 0, N);
     });
     return y;
   }
