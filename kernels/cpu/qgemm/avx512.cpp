@@ -823,8 +823,53 @@ __attribute__((target("avx512vpopcntdq"))) void xnor_rows_t(const QGemmXnorArgs&
   }
 }
 
+// Rows of 4 bytes (K <= 32: a 1x1 conv from up to 32 channels): the 16 weight rows' dwords in the 16
+// lanes of one register, so one vpopcntd of a broadcast activation dword xor them counts 16 outputs,
+// and the finish (the same operations per lane as xnor_rows_t's) runs on 16 lanes. With rows this
+// short the per-output finish is most of the work: 8 x 16 x 32 x 32 -> 96 spent 35 % of its time in
+// xnor_rows_t; this form ran it 1.08-1.16x, 1x1 convs and a 32-input Linear 1.01-1.28x
+// (docs/benchmarks.md, twentieth session).
+template <int MR>
+__attribute__((target("avx512vpopcntdq"))) void xnor_rows_d(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n,
+                                                            int nr, __m512i w) {
+  const __mmask16 mask = static_cast<__mmask16>(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
+  const __m512 cs = _mm512_maskz_loadu_ps(mask, g.col_scale + n);
+  const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+  for (int i = 0; i < MR; ++i) {
+    std::uint32_t v;
+    std::memcpy(&v, g.a + (m + i) * 4, 4);
+    __m512i cnt = _mm512_popcnt_epi32(_mm512_xor_si512(_mm512_set1_epi32(static_cast<int>(v)), w));
+    if (g.has_zero[m + i]) {
+      std::uint32_t z;
+      std::memcpy(&z, g.z + (m + i) * 4, 4);
+      cnt = _mm512_sub_epi32(cnt, _mm512_popcnt_epi32(_mm512_and_si512(_mm512_set1_epi32(static_cast<int>(z)), w)));
+    }
+    const __m512i d = _mm512_sub_epi32(_mm512_set1_epi32(g.a_k[m + i]), _mm512_add_epi32(cnt, cnt));
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(_mm512_set1_ps(g.row_scale[m + i]), cs));
+    if (g.bias) y = _mm512_add_ps(y, bias);
+    if (g.y_cs == 1) {
+      _mm512_mask_storeu_ps(g.y + (m + i) * g.y_rs + n, mask, y);
+    } else {
+      alignas(64) float t[16];
+      _mm512_store_ps(t, y);
+      for (int j = 0; j < nr; ++j) g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = t[j];
+    }
+  }
+}
+
 __attribute__((target("avx512vpopcntdq"))) void gemm_xnor_t(const QGemmXnorArgs& g, std::int64_t n_begin,
                                                             std::int64_t n_end) {
+  if (g.KB == 4) {
+    for (std::int64_t n = n_begin; n < n_end; n += 16) {
+      const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+      const __m512i w = _mm512_maskz_loadu_epi32(static_cast<__mmask16>(nr >= 16 ? 0xFFFF : (1u << nr) - 1), g.w + n * 4);
+      std::int64_t m = 0;
+      for (; m + 4 <= g.M; m += 4) xnor_rows_d<4>(g, m, n, nr, w);
+      for (; m < g.M; ++m) xnor_rows_d<1>(g, m, n, nr, w);
+    }
+    return;
+  }
   const std::int64_t Q = (g.KB + 7) / 8;
   std::vector<std::uint64_t> wt(static_cast<std::size_t>(Q * 16));
   for (std::int64_t n = n_begin; n < n_end; n += 16) {
