@@ -1289,25 +1289,30 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     // as they lie (linear_w1a1's rows, each with its image's alpha) and the GEMM's [B * L, N] rows
     // its output (no image layout, no per-pixel bit buffers, no row copies: the per-pixel work took
     // 28 % of 8 x 32 x 32 x 32 -> 16, docs/benchmarks.md, twentieth session)
+    // in passes of up to 2^16 rows (the packed rows' buffer stays bounded whatever B * H * W is)
+    constexpr std::int64_t kPass = std::int64_t{1} << 16;
     const std::int64_t M = B * L;
-    XnorRows r(M, KB);
-    at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
-                     [&](std::int64_t m0, std::int64_t m1) {
-                       for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, ap[m / L], cp + m * C);
-                     });
-    kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>(), M, N, KB);
-    g.y_rs = N;
-    g.y_cs = 1;
-    if (M < 512) {  // few rows: tiles of 64 columns (chunks of all columns re-read the weight per chunk)
-      gemm_row_tiles(g, M);
-      return y;
+    XnorRows r(std::min(M, kPass), KB);
+    for (std::int64_t p0 = 0; p0 < M; p0 += kPass) {
+      const std::int64_t Mp = std::min(kPass, M - p0);
+      at::parallel_for(0, Mp, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
+                       [&](std::int64_t m0, std::int64_t m1) {
+                         for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, ap[(p0 + m) / L], cp + (p0 + m) * C);
+                       });
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>() + p0 * N, Mp, N, KB);
+      g.y_rs = N;
+      g.y_cs = 1;
+      if (Mp < 512) {  // few rows: tiles of 64 columns (chunks of all columns re-read the weight per chunk)
+        gemm_row_tiles(g, Mp);
+        continue;
+      }
+      // many rows: chunks of 256 rows x every column (64-column tiles ran 0.83-0.85x on 8 x 24 x 16 x
+      // 16 -> 144 and 8 x 16 x 32 x 32 -> 96; docs/benchmarks.md, twentieth session)
+      constexpr std::int64_t rc = 256;
+      at::parallel_for(0, (Mp + rc - 1) / rc, 1, [&](std::int64_t t0, std::int64_t t1) {
+        k.gemm_xnor(row_range(g, t0 * rc, std::min(Mp, t1 * rc)), 0, N);
+      });
     }
-    // many rows: chunks of 256 rows x every column (64-column tiles ran 0.83-0.85x on 8 x 24 x 16 x 16
-    // -> 144 and 8 x 16 x 32 x 32 -> 96; docs/benchmarks.md, twentieth session)
-    constexpr std::int64_t rc = 256;
-    at::parallel_for(0, (M + rc - 1) / rc, 1, [&](std::int64_t t0, std::int64_t t1) {
-      k.gemm_xnor(row_range(g, t0 * rc, std::min(M, t1 * rc)), 0, N);
-    });
     return y;
   }
   if (L < kConvBatchRows) {

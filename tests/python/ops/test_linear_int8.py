@@ -1356,6 +1356,22 @@ def test_conv2d_w1a1_output_keeps_the_input_memory_format(B, C, HW, N, k):
                                ws, fb))
 
 
+@pytest.mark.parametrize("B,H,W", [(1, 1, 65636), (2, 182, 182)])
+def test_conv2d_w1a1_1x1_rows_in_passes(B, H, W):
+    """A 1x1 XNOR conv on a channels_last input packs its pixel rows in passes of 2^16 rows (a
+    bounded buffer): 65,636 rows (a last pass of 100 rows, 64-column tiles) and 66,248 rows across
+    two images (a last pass of 712 rows, 256-row chunks), against the formula."""
+    g = torch.Generator().manual_seed(H + W)
+    C, N = 8, 5
+    x = torch.randn(B, C, H, W, generator=g)
+    w = (torch.randint(0, 2, (N, C, 1, 1), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    got = ops.conv2d_w1a1(x.contiguous(memory_format=torch.channels_last), ops.pack_binary_b1(w.reshape(N, -1)),
+                          (1, 1), (1, 1), (0, 0), (1, 1), ws, fb)
+    assert B * H * W > 2**16 and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got, _xnor_conv_reference(x, w, ws, fb, (1, 1), (0, 0), (1, 1)))
+
+
 def test_grouped_conv2d_w1a1_opcheck_and_errors():
     """opcheck of the grouped and depthwise forms in both formats (the meta output's shape and
     strides), and the argument errors: groups that do not divide the channels, a weight packed for
