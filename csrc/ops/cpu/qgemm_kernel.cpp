@@ -695,8 +695,10 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             f(0, n);
           }
         };
+        // the image's int8 codes read below: the given ones, or the scratch the quantization writes
+        const std::int8_t* codes = given.codes != nullptr ? given.codes + bi * C * H * W : xq;
         if (given.codes != nullptr) {
-          xq = const_cast<std::int8_t*>(given.codes + bi * C * H * W);  // read only below
+          // given codes: nothing to quantize
         } else if (fused_quantize) {
           steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
             for (std::int64_t h = h0; h < h1; ++h)
@@ -730,10 +732,10 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             });
           };
           if (in_nhwc) {
-            repeat(xq);
+            repeat(codes);
           } else {
             steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
-              k.transpose_s8_s16(xq + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
+              k.transpose_s8_s16(codes + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
             });
             repeat(xt);
           }
@@ -741,7 +743,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           if (!fused_quantize) {  // each image row's W * C codes, widened, into its padded row
             steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
               for (std::int64_t h = h0; h < h1; ++h)
-                std::copy(xq + h * W * C, xq + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
+                std::copy(codes + h * W * C, codes + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
             });
           }
         } else if (W < 8) {
@@ -749,7 +751,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           // scalar): the whole image [C, H * W] -> [H * W, C] at once, then each row's W pixels
           // copied into its padded row
           steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
-            k.transpose_s8_s16(xq + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
+            k.transpose_s8_s16(codes + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
           });
           steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
             for (std::int64_t h = h0; h < h1; ++h)
@@ -758,7 +760,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         } else {
           steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
             for (std::int64_t h = h0; h < h1; ++h)  // image row h: [C, W] -> [W, C] into its padded pixels
-              k.transpose_s8_s16(xq + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
+              k.transpose_s8_s16(codes + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
           });
         }
         kernels::QDwConvArgs gi = gn;
