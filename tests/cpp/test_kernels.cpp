@@ -594,7 +594,8 @@ CATCH_TEST_CASE("the qgemm tables' transposes equal the definition on every ISA 
   namespace kc = qatkit::kernels::cpu;
   std::mt19937 gen(41);
   std::uniform_int_distribution<int> byte(-128, 127);
-  const std::int64_t sizes[] = {1, 3, 8, 15, 16, 17, 31, 32, 33, 40};
+  // 4-7 and 12-15 rows: AVX2's 4-row blocks (alone, and after an 8-row block), with and without a tail
+  const std::int64_t sizes[] = {1, 3, 4, 5, 7, 8, 12, 15, 16, 17, 31, 32, 33, 40};
   for (const kc::Isa isa : {kc::Isa::kBaseline, kc::Isa::kAvx2, kc::Isa::kAvx512}) {
     const kc::QGemmKernels* k = kc::qgemm_kernels(isa);
     if (k == nullptr) {

@@ -354,6 +354,19 @@ void depthwise_codes(const std::uint8_t* wp, int bits, bool panel, std::int64_t 
   depthwise_codes_of<1, false>(wp, rb, N, taps, transposed, out);
 }
 
+// depthwise_codes of a conv's constant weight (w: weight made contiguous), held between calls
+// (cached_weight_form): unpacking them each call, into a zero-filled vector, took 8 % of a 1-bit
+// 8 x 960 x 2 x 2 depthwise conv's time (docs/benchmarks.md, twenty-first session).
+at::Tensor depthwise_weight_codes(const at::Tensor& weight, const at::Tensor& w, std::int64_t bits, bool panel,
+                                  std::int64_t rb, std::int64_t N, std::int64_t taps, bool transposed) {
+  return cached_weight_form(weight, {4, bits, panel, transposed, N, taps, rb, 0}, [&] {
+    at::Tensor out = at::empty({transposed ? taps : N, transposed ? N : taps}, w.options().dtype(at::kShort));
+    depthwise_codes(static_cast<const std::uint8_t*>(w.const_data_ptr()), static_cast<int>(bits), panel, rb, N, taps,
+                    transposed, out.data_ptr<std::int16_t>());
+    return out;
+  });
+}
+
 // Per lane, the split entries of one block (QGemmArgs' split records), kept between blocks.
 using SplitEntries = std::array<std::vector<std::int32_t>, 16>;
 
@@ -645,7 +658,6 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   TORCH_INTERNAL_ASSERT(given.codes == nullptr || Cg == 1, "conv2d_int8: given codes are for depthwise convs");
   if (Cg == 1) {  // depthwise (N / C outputs per input channel): the direct kernel, no im2col
     const std::int64_t taps = kh * kw, rb = w.size(1), Hp = H + 2 * ph, Wp = W + 2 * pw;
-    const auto* wp = static_cast<const std::uint8_t*>(w.const_data_ptr());
     kernels::QDwConvArgs g;
     g.corr = c.data_ptr<std::int32_t>();
     g.out_scale = os.data_ptr<float>();
@@ -678,10 +690,10 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
       // transposed into NCHW, or is the channels_last output's image as it is (an NHWC input always
       // takes this form)
-      std::vector<std::int16_t> wt(static_cast<std::size_t>(taps * N));  // the codes as int16, [taps, N]
-      depthwise_codes(wp, static_cast<int>(weight_bits), panel, rb, N, taps, true, wt.data());
+      // the codes as int16, [taps, N]
+      const at::Tensor wt = depthwise_weight_codes(weight, w, weight_bits, panel, rb, N, taps, true);
       kernels::QDwConvArgs gn = g;
-      gn.w = wt.data();
+      gn.w = wt.const_data_ptr<std::int16_t>();
       gn.C = N;  // the channels-last pixels hold N codes (C when mult is 1)
       // rows_in_parallel (fewer images than threads): every step of the image split across the
       // threads (with only the conv's rows in parallel, 1 x 256 x 28 x 28 ran 0.5x oneDNN's fp32,
@@ -805,9 +817,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       return y;
     }
     // the planar form (dwconv_channels): the codes as int16, [N, taps]
-    std::vector<std::int16_t> wd(static_cast<std::size_t>(N * taps));
-    depthwise_codes(wp, static_cast<int>(weight_bits), panel, rb, N, taps, false, wd.data());
-    g.w = wd.data();
+    const at::Tensor wd = depthwise_weight_codes(weight, w, weight_bits, panel, rb, N, taps, false);
+    g.w = wd.const_data_ptr<std::int16_t>();
     // one image's codes, zero-point padded into [C, Hp, Wp] (int16)
     const auto pad_codes = [&](std::int64_t bi, std::vector<std::int8_t>& xq, std::vector<std::int16_t>& xpad) {
       const std::int8_t* codes = given.codes != nullptr ? given.codes + bi * C * H * W : xq.data();

@@ -780,10 +780,14 @@ def _non_contiguous_copy(t):
     (8, 3, 8, 5, 24, 2),  # the same per group (int8 rows)
     (2, 6, 8, 6, 16, 2),  # ternary from 8N patch rows: widened to an int8 panel, channels-last
     (1, 6, 8, 6, 16, 1),  # binary, the same
+    (8, 3, 8, 6, 8, 8),  # depthwise: the weight's codes as int16 [taps, N] (the channels-last kernel)
+    (8, 3, 4, 9, 8, 4),  # depthwise, 2 outputs per channel on 9-pixel rows: [N, taps] (the planar kernel)
+    (1, 3, 8, 6, 8, 8),  # binary depthwise, the same as the first
 ])
 def test_conv2d_int8_holds_a_derived_weight_until_the_weight_changes(bits, B, C, HW, N, groups):
     """The forms conv2d_int8 derives from a constant weight (the channels-last reorder with the
-    panel's split records, 2- and 1-bit weights widened to an int8 panel) are computed once and held
+    panel's split records, 2- and 1-bit weights widened to an int8 panel, a depthwise conv's weight
+    codes as int16) are computed once and held
     (qatkit/weight_cache.h): the second call hits. An in-place write to the weight (its version), a
     new weight, possibly at a freed one's address (its storage), a non-contiguous or an inference
     weight (never held) each give the form of the weight the call saw: every output equals the
