@@ -1,13 +1,13 @@
 // Checks, statistics and launch preparation of the binarize family (see binarize_checks.h).
 #include "binarize_checks.h"
 
-#include <ATen/ops/mean.h>
 #include <ATen/ops/ones.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 #include "fake_quantize_checks.h"
@@ -78,15 +78,16 @@ BinaryStats binary_stats(const at::Tensor& input, BinaryScaling scaling, std::op
   TORCH_INTERNAL_ASSERT(input.is_contiguous(), "binary_stats: callers pass the contiguous input");
   BinaryStats st;
   if (scaling == BinaryScaling::kNone || input.sym_numel() == 0) return st;
-  st.alpha = mean_abs(input, axis);  // one pass, no |W| temporary (see _mean_abs)
   if (scaling == BinaryScaling::kBitNet) {
-    const std::vector<std::int64_t> dims = reduction_dims(input, axis);
-    const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    // no dims left (per channel along a tensor's only axis): each element is its own channel; an
-    // empty dim list would make ATen reduce over everything
-    st.center = dims.empty() ? as_float(input).contiguous().reshape(-1)
-                             : as_float(at::mean(input, dims, false, acc)).reshape(-1);
+    // the centre and the scale from float64 sums in one pass (_mean_and_mean_abs): on the CPU in a
+    // fixed lane order; on other devices a float64 sum in theirs, so the centre agrees across
+    // devices in all but a vanishing share of cases, as the scale does (it was a float32 mean in
+    // each device's order, and a second pass on the CPU)
+    std::tie(st.center, st.alpha) = mean_and_mean_abs(input, axis);
+    st.center = st.center.reshape(-1);
+    return st;
   }
+  st.alpha = mean_abs(input, axis);  // one pass, no |W| temporary (see _mean_abs)
   return st;
 }
 

@@ -78,7 +78,8 @@ QATKIT_API at::Tensor ternarize(const at::Tensor& input, const std::string& meth
                                 std::optional<std::int64_t> axis = std::nullopt);
 
 /// Binary quantizer: y = sign(x - center) * alpha. scaling "none" (alpha 1, center 0), "mean_abs"
-/// (XNOR-Net alpha = mean|W|), "bitnet" (Sign(W - mean W) * mean|W|, Sign(0) = -1), per tensor or
+/// (XNOR-Net alpha = mean|W|), "bitnet" (Sign(W - mean W) * mean|W|, Sign(0) = -1; both means from
+/// float64 sums, rounded to float32: the _mean_and_mean_abs op), per tensor or
 /// per channel along `axis`; elsewhere sign(0) = +1. With an int64 `seed` tensor: stochastic
 /// BinaryConnect, +1 with probability hard_sigmoid(x - center), Philox-keyed by the seed and the
 /// element index (same bits on CPU and CUDA). Gradient to the latent input (scales constant) by

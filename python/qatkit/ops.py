@@ -224,7 +224,8 @@ def binarize(
     scaling:
         ``"none"`` (+-1), ``"mean_abs"`` (XNOR-Net: alpha = mean|W|, docs/papers.md §5), ``"bitnet"``
         (BitNet: ``Sign(W - mean W) * mean|W|`` with Sign(0) = -1, §7.1); per tensor, or per
-        channel along ``axis``. Elsewhere sign(0) = +1.
+        channel along ``axis``. Elsewhere sign(0) = +1. The means are float64 sums rounded to
+        float32 (``torch.ops.qatkit._mean_abs`` / ``_mean_and_mean_abs``).
     estimator (gradient to the latent input; the scales are constants, as in the papers' code):
         ``"identity"`` (STE), ``"clipped_ste"`` (1 where ``|v| <= 1``), ``"approx_sign"``
         (Bi-Real Net: ``2 - 2|v|`` on ``|v| < 1``), ``"swish_sign"`` (BNN+'s SignSwish with ``beta``).

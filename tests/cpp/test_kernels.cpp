@@ -406,6 +406,23 @@ CATCH_TEST_CASE("absmax and abssum: every ISA and dtype, identical sums", "[kern
                 cpu::reduce_baseline().abssum(x.data(), DType::kFloat32, n));
     CATCH_CHECK(k->abssum(xb.data(), DType::kBFloat16, n) ==
                 cpu::reduce_baseline().abssum(xb.data(), DType::kBFloat16, n));
+    // sum x with sum |x|: the same |x| sum as abssum, the plain sum in the same lanes, every ISA the
+    // baseline's bits (body and tail: n = 1001, and 5 < 8)
+    for (const std::int64_t m : {n, std::int64_t{5}}) {
+      double ref_s = 0;
+      for (std::int64_t i = 0; i < m; ++i) ref_s += static_cast<double>(x[i]);
+      for (const auto& [ptr, dt] : {std::pair<const void*, DType>{x.data(), DType::kFloat32},
+                                    std::pair<const void*, DType>{xd.data(), DType::kFloat64},
+                                    std::pair<const void*, DType>{xb.data(), DType::kBFloat16}}) {
+        double s = 0, a = 0, bs = 0, ba = 0;
+        k->sum_abssum(ptr, dt, m, &s, &a);
+        cpu::reduce_baseline().sum_abssum(ptr, dt, m, &bs, &ba);
+        CATCH_CHECK(a == k->abssum(ptr, dt, m));
+        CATCH_CHECK(s == bs);
+        CATCH_CHECK(a == ba);
+        if (dt != DType::kBFloat16) CATCH_CHECK(s == Approx(ref_s).epsilon(1e-12));
+      }
+    }
     for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
       for (std::int64_t at : {std::int64_t{3}, n - 2}) {  // vector body and tail
         auto y = x;

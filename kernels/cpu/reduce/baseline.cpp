@@ -5,7 +5,8 @@
 namespace qatkit::kernels::cpu {
 
 const ReduceKernels& reduce_baseline() {
-  static const ReduceKernels k{&detail::absmax_scalar, &detail::abssum_scalar, &detail::twn_stats_scalar};
+  static const ReduceKernels k{&detail::absmax_scalar, &detail::abssum_scalar, &detail::sum_abssum_scalar,
+                                &detail::twn_stats_scalar};
   return k;
 }
 

@@ -1,4 +1,4 @@
-// Portable reduction loops (max |x|, sum |x|, the TWN statistic), included by each ISA's file of
+// Portable reduction loops (max |x|, sum |x|, sum x with sum |x|, the TWN statistic), included by each ISA's file of
 // this family. Float64 sums use 8 lanes (element j into lane j % 8) combined in a fixed order, so
 // every ISA returns the same bits.
 #pragma once
@@ -79,6 +79,41 @@ inline double abssum_scalar(const void* x, DType dt, std::int64_t n) {
       return abssum_scalar_typed(static_cast<const BFloat16*>(x), n);
   }
   return 0.0;
+}
+
+/// Portable sum x and sum |x| in one pass (see ReduceKernels::sum_abssum): abssum's lanes for both.
+template <typename S>
+void sum_abssum_scalar_typed(const S* x, std::int64_t n, double* sum, double* abssum) {
+  using E = Elem<S>;
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const auto v = E::load(x[i + j]);
+      s[j] += static_cast<double>(v);
+      a[j] += static_cast<double>(abs_bits(v));
+    }
+  }
+  for (int j = 0; i < n; ++i, ++j) {
+    const auto v = E::load(x[i]);
+    s[j] += static_cast<double>(v);
+    a[j] += static_cast<double>(abs_bits(v));
+  }
+  *sum = lane_sum(s);
+  *abssum = lane_sum(a);
+}
+
+inline void sum_abssum_scalar(const void* x, DType dt, std::int64_t n, double* sum, double* abssum) {
+  switch (dt) {
+    case DType::kFloat32:
+      return sum_abssum_scalar_typed(static_cast<const float*>(x), n, sum, abssum);
+    case DType::kFloat64:
+      return sum_abssum_scalar_typed(static_cast<const double*>(x), n, sum, abssum);
+    case DType::kFloat16:
+      return sum_abssum_scalar_typed(static_cast<const Half*>(x), n, sum, abssum);
+    case DType::kBFloat16:
+      return sum_abssum_scalar_typed(static_cast<const BFloat16*>(x), n, sum, abssum);
+  }
 }
 
 /// TWN statistic over n elements: sum of |x| over |x| > delta and how many, in float64 over

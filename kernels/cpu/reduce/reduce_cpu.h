@@ -1,5 +1,5 @@
 // Torch-free CPU reductions behind the dynamic, binary and ternary quantizers' statistics:
-// max |x|, sum |x| and the TWN statistic. Single-thread functions, one table per ISA (isa.h).
+// max |x|, sum |x| (alone, or with sum x) and the TWN statistic. Single-thread functions, one table per ISA (isa.h).
 #pragma once
 
 #include <cstdint>
@@ -16,6 +16,10 @@ struct ReduceKernels {
   /// sum |x| over n elements in float64: element j into lane j % 8, lanes combined in a fixed
   /// order, so every ISA returns the same bits (mean |W| of the binary / ternary scalings).
   double (*abssum)(const void* x, DType dtype, std::int64_t n);
+  /// sum x and sum |x| over n elements in one pass, float64: abssum's lanes for both (element j into
+  /// lane j % 8, the lanes combined in its fixed order), so *abssum is abssum's result and both are
+  /// the same bits on every ISA. The centre and the scale of the 'bitnet' binarization.
+  void (*sum_abssum)(const void* x, DType dtype, std::int64_t n, double* sum, double* abssum);
   /// TWN statistic over n elements of `dtype`: *sum = sum of |x| over |x| > delta (float64, 8
   /// lanes combined in a fixed order: the same bits on every ISA), *count = how many.
   void (*twn_stats)(const void* x, DType dtype, std::int64_t n, float delta, double* sum, std::int64_t* count);

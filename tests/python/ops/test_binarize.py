@@ -12,6 +12,7 @@ import qatkit
 from qatkit import ops
 from qatkit.testing.samples import DTYPES
 
+COMPOSITE = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
 SHAPES = [(), (7,), (6, 10), (3, 4, 5)]
 ESTIMATORS = ["identity", "clipped_ste", "approx_sign", "swish_sign"]
 
@@ -206,6 +207,48 @@ def test_mean_abs_statistic(shape, axis):
         dims = tuple(range(x.dim())) if axis is None else tuple(d for d in range(x.dim()) if d != axis)
         torch.testing.assert_close(got.double(), x.double().abs().mean(dims).reshape(-1), rtol=1e-6, atol=1e-7)
         torch.library.opcheck(torch.ops.qatkit._mean_abs.default, (x, axis))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,axis", [((7,), None), ((7,), 0), ((6, 33), 0), ((6, 33), 1), ((2, 3, 4), None),
+                                        ((3, 5, 7, 9), 0), ((3, 40000), 0), ((70001,), None), ((0, 5), 0)])
+def test_mean_and_mean_abs_statistic(dtype, shape, axis):
+    """_mean_and_mean_abs (the 'bitnet' centre and scale): the mean within half an ulp of float32 (plus
+    a hair) of the float64 mean, from one float64 pass; the scale is _mean_abs's bits; the composite
+    (CUDA's and Meta's kernel) within an ulp of the CPU kernel; opcheck."""
+    x = (_x(shape, seed=3) * 2 + 0.7).to(dtype)
+    mean, mabs = torch.ops.qatkit._mean_and_mean_abs(x, axis)
+    assert mean.dtype == mabs.dtype == torch.float32
+    assert torch.equal(mabs, torch.ops.qatkit._mean_abs(x, axis))
+    if not x.numel():
+        return
+    dims = tuple(range(x.dim())) if axis is None else tuple(d for d in range(x.dim()) if d != axis)
+    ref = x.double().mean(dims).reshape(-1) if dims else x.double().reshape(-1)
+    ulp = torch.finfo(torch.float32).eps * ref.abs().float().double().clamp_min(torch.finfo(torch.float32).tiny)
+    assert bool(((mean.double() - ref).abs() <= 0.5001 * ulp + 1e-300).all())
+    composite = torch.ops.qatkit._mean_and_mean_abs.default.redispatch(COMPOSITE, x, axis)
+    torch.testing.assert_close(composite[0], mean, rtol=2 ** -23, atol=0)
+    torch.testing.assert_close(composite[1], mabs, rtol=2 ** -23, atol=0)
+    if x.numel() < 1000:
+        torch.library.opcheck(torch.ops.qatkit._mean_and_mean_abs.default, (x, axis))
+
+
+def test_bitnet_centre_is_the_float64_mean_rounded():
+    """The 'bitnet' centre where a float32 sum strays: 8 x 30,000 heavy-tailed elements (cubed normals
+    x 100, + 0.37). torch.mean in float32 lands more than half an ulp from the float64 mean on most
+    of these rows (torch 2.13 on Zen 4: 4-8 of 8 for each of 20 seeds); the centre, a float64 sum
+    rounded once, stays within half an ulp. binary_codes' signs follow that centre: every code
+    agrees with the float64 comparison except where an element lies within an ulp of the mean."""
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(8, 30_000, generator=g) ** 3 * 100 + 0.37
+    mean, _ = torch.ops.qatkit._mean_and_mean_abs(x, 0)
+    ref = x.double().mean(1)
+    ulp = torch.finfo(torch.float32).eps * ref.abs()
+    assert bool(((mean.double() - ref).abs() <= 0.5001 * ulp).all())
+    codes, _ = ops.binary_codes(x, "bitnet", 0)
+    want = torch.where(x.double() > ref[:, None], 1, -1).to(torch.int8)
+    near = (x.double() - ref[:, None]).abs() <= ulp[:, None]
+    assert torch.equal(codes[~near], want[~near])
 
 
 @pytest.mark.parametrize("scaling", ["none", "mean_abs", "bitnet"])

@@ -531,9 +531,9 @@ def _same_codes(x: torch.Tensor) -> bool:
 
 
 def test_bitnet_binary_codes_cuda_nearly_always_equal_cpu():
-    """The per-sample scale accumulates |x| in float64 on both devices (_mean_abs): equal alphas;
-    the centre is a float32 mean in each device's order: at most a vanishing share of codes differ
-    (those within an ulp of the centre)."""
+    """The per-sample centre and scale are float64 sums on both devices (_mean_and_mean_abs), each in
+    its device's order, rounded to float32: equal alphas here; at most a vanishing share of codes
+    differ (those within an ulp of a centre the devices round apart)."""
     g = torch.Generator().manual_seed(23)
     x = torch.randn(64, 3, 17, 19, generator=g) * 2 + 0.5
     qg, ag = ops.binary_codes(x.cuda(), "bitnet", 0)
