@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <tuple>
 #include <vector>
 
 #include "../../../kernels/cpu/reduce/reduce_cpu.h"
@@ -14,11 +16,17 @@
 
 namespace qatkit::ops {
 
-at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axis) {
+namespace {
+
+/// S float64 sums per channel (or per tensor) of `input`, each divided by the run's length into a
+/// float32 vector: sums(p, m, out) fills out[0..S) for the m elements at p. Other axes than 0 move to
+/// the front first (a copy) so every channel is one contiguous run; a whole tensor is summed in
+/// blocks of 2^15 elements in parallel, the blocks' sums then added in order: the same bits for any
+/// thread count. Undefined tensors for an empty input.
+template <std::size_t S, class Sums>
+std::array<at::Tensor, S> channel_means(const at::Tensor& input, std::optional<std::int64_t> axis, const Sums& sums) {
   constexpr std::int64_t kBlock = 1 << 15;
   const bool per_tensor = !axis.has_value();
-  // other axes: move the channel axis to the front (a copy) so every channel is one contiguous
-  // run; the statistic is then the same float64, fixed-order sum for any axis
   const std::int64_t ax = per_tensor ? 0 : (*axis < 0 ? *axis + input.dim() : *axis);
   const at::Tensor x = (ax == 0 ? input : input.movedim(ax, 0)).contiguous();
   const std::int64_t n = x.numel();
@@ -28,71 +36,53 @@ at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axi
   const auto es = static_cast<std::int64_t>(x.element_size());
   const char* xp = static_cast<const char*>(x.const_data_ptr());
   const kernels::DType dt = kernel_dtype(x);
-  const auto& k = kernels::cpu::reduce_kernels();
-  at::Tensor out = at::empty({channels}, x.options().dtype(at::kFloat));
-  float* o = out.mutable_data_ptr<float>();
+  std::array<at::Tensor, S> out;
+  std::array<float*, S> o{};
+  for (std::size_t i = 0; i < S; ++i) {
+    out[i] = at::empty({channels}, x.options().dtype(at::kFloat));
+    o[i] = out[i].template mutable_data_ptr<float>();
+  }
   if (per_tensor) {
     const std::int64_t blocks = (n + kBlock - 1) / kBlock;
-    std::vector<double> partial(blocks);
+    std::vector<std::array<double, S>> partial(static_cast<std::size_t>(blocks));
     at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
       for (std::int64_t b = b0; b < b1; ++b)
-        partial[b] = k.abssum(xp + b * kBlock * es, dt, std::min(kBlock, n - b * kBlock));
+        sums(xp + b * kBlock * es, dt, std::min(kBlock, n - b * kBlock), partial[static_cast<std::size_t>(b)].data());
     });
-    double sum = 0.0;
-    for (double p : partial) sum += p;
-    o[0] = static_cast<float>(sum / static_cast<double>(n));
+    for (std::size_t i = 0; i < S; ++i) {
+      double sum = 0.0;
+      for (const auto& p : partial) sum += p[i];
+      o[i][0] = static_cast<float>(sum / static_cast<double>(n));
+    }
   } else {
     at::parallel_for(0, channels, std::max<std::int64_t>(1, kBlock / std::max<std::int64_t>(row, 1)),
                      [&](std::int64_t c0, std::int64_t c1) {
                        for (std::int64_t c = c0; c < c1; ++c) {
-                         o[c] = static_cast<float>(k.abssum(xp + c * row * es, dt, row) / static_cast<double>(row));
+                         std::array<double, S> r{};
+                         sums(xp + c * row * es, dt, row, r.data());
+                         for (std::size_t i = 0; i < S; ++i) o[i][c] = static_cast<float>(r[i] / static_cast<double>(row));
                        }
                      });
   }
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> mean_and_mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axis) {
-  constexpr std::int64_t kBlock = 1 << 15;
-  const bool per_tensor = !axis.has_value();
-  const std::int64_t ax = per_tensor ? 0 : (*axis < 0 ? *axis + input.dim() : *axis);
-  const at::Tensor x = (ax == 0 ? input : input.movedim(ax, 0)).contiguous();
-  const std::int64_t n = x.numel();
-  const std::int64_t channels = per_tensor ? 1 : x.size(0);
-  if (n == 0 || channels == 0) return {};
-  const std::int64_t row = n / channels;
-  const auto es = static_cast<std::int64_t>(x.element_size());
-  const char* xp = static_cast<const char*>(x.const_data_ptr());
-  const kernels::DType dt = kernel_dtype(x);
+}  // namespace
+
+at::Tensor mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axis) {
   const auto& k = kernels::cpu::reduce_kernels();
-  at::Tensor mean = at::empty({channels}, x.options().dtype(at::kFloat));
-  at::Tensor mabs = at::empty({channels}, x.options().dtype(at::kFloat));
-  float* m = mean.mutable_data_ptr<float>();
-  float* a = mabs.mutable_data_ptr<float>();
-  // mean_abs_cpu's blocks and division: the scale is its bits
-  if (per_tensor) {
-    const std::int64_t blocks = (n + kBlock - 1) / kBlock;
-    std::vector<double> ps(blocks), pa(blocks);
-    at::parallel_for(0, blocks, 1, [&](std::int64_t b0, std::int64_t b1) {
-      for (std::int64_t b = b0; b < b1; ++b)
-        k.sum_abssum(xp + b * kBlock * es, dt, std::min(kBlock, n - b * kBlock), &ps[b], &pa[b]);
-    });
-    double s = 0.0, sa = 0.0;
-    for (std::int64_t b = 0; b < blocks; ++b) s += ps[b], sa += pa[b];
-    m[0] = static_cast<float>(s / static_cast<double>(n));
-    a[0] = static_cast<float>(sa / static_cast<double>(n));
-  } else {
-    at::parallel_for(0, channels, std::max<std::int64_t>(1, kBlock / std::max<std::int64_t>(row, 1)),
-                     [&](std::int64_t c0, std::int64_t c1) {
-                       for (std::int64_t c = c0; c < c1; ++c) {
-                         double s = 0.0, sa = 0.0;
-                         k.sum_abssum(xp + c * row * es, dt, row, &s, &sa);
-                         m[c] = static_cast<float>(s / static_cast<double>(row));
-                         a[c] = static_cast<float>(sa / static_cast<double>(row));
-                       }
-                     });
-  }
-  return {mean, mabs};
+  return channel_means<1>(input, axis, [&](const char* p, kernels::DType dt, std::int64_t m, double* r) {
+    r[0] = k.abssum(p, dt, m);
+  })[0];
+}
+
+std::tuple<at::Tensor, at::Tensor> mean_and_mean_abs_cpu(const at::Tensor& input, std::optional<std::int64_t> axis) {
+  const auto& k = kernels::cpu::reduce_kernels();
+  // mean_abs_cpu's runs and divisions, and sum_abssum's |x| sum is abssum's: the scale is its bits
+  const auto r = channel_means<2>(input, axis, [&](const char* p, kernels::DType dt, std::int64_t m, double* s) {
+    k.sum_abssum(p, dt, m, &s[0], &s[1]);
+  });
+  return {r[0], r[1]};
 }
 
 namespace {
