@@ -414,13 +414,20 @@ CATCH_TEST_CASE("absmax and abssum: every ISA and dtype, identical sums", "[kern
       for (const auto& [ptr, dt] : {std::pair<const void*, DType>{x.data(), DType::kFloat32},
                                     std::pair<const void*, DType>{xd.data(), DType::kFloat64},
                                     std::pair<const void*, DType>{xb.data(), DType::kBFloat16}}) {
-        double s = 0, a = 0, bs = 0, ba = 0;
-        k->sum_abssum(ptr, dt, m, &s, &a);
-        cpu::reduce_baseline().sum_abssum(ptr, dt, m, &bs, &ba);
-        CATCH_CHECK(a == k->abssum(ptr, dt, m));
-        CATCH_CHECK(s == bs);
-        CATCH_CHECK(a == ba);
-        if (dt != DType::kBFloat16) CATCH_CHECK(s == Approx(ref_s).epsilon(1e-12));
+        cpu::SumAbsLanes l, bl, split;
+        k->sum_abssum(ptr, dt, m, &l);
+        cpu::reduce_baseline().sum_abssum(ptr, dt, m, &bl);
+        CATCH_CHECK(l.abssum() == k->abssum(ptr, dt, m));
+        CATCH_CHECK(l.sum() == bl.sum());
+        CATCH_CHECK(l.abssum() == bl.abssum());
+        if (dt != DType::kBFloat16) CATCH_CHECK(l.sum() == Approx(ref_s).epsilon(1e-12));
+        // one run in pieces of multiples of 8 on the same lanes: the one run's bits
+        const std::int64_t cut = m / 16 * 8;
+        const std::size_t es = dt == DType::kFloat64 ? 8 : dt == DType::kFloat32 ? 4 : 2;
+        k->sum_abssum(ptr, dt, cut, &split);
+        k->sum_abssum(static_cast<const char*>(ptr) + cut * es, dt, m - cut, &split);
+        CATCH_CHECK(split.sum() == l.sum());
+        CATCH_CHECK(split.abssum() == l.abssum());
       }
     }
     for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {

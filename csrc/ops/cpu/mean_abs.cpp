@@ -80,7 +80,10 @@ std::tuple<at::Tensor, at::Tensor> mean_and_mean_abs_cpu(const at::Tensor& input
   const auto& k = kernels::cpu::reduce_kernels();
   // mean_abs_cpu's runs and divisions, and sum_abssum's |x| sum is abssum's: the scale is its bits
   const auto r = channel_means<2>(input, axis, [&](const char* p, kernels::DType dt, std::int64_t m, double* s) {
-    k.sum_abssum(p, dt, m, &s[0], &s[1]);
+    kernels::cpu::SumAbsLanes lanes;
+    k.sum_abssum(p, dt, m, &lanes);
+    s[0] = lanes.sum();
+    s[1] = lanes.abssum();
   });
   return {r[0], r[1]};
 }

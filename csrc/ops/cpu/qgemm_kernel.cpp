@@ -24,6 +24,7 @@
 
 #include "../../../kernels/common/thread_scratch.h"
 #include "../../../kernels/cpu/qgemm/qgemm_cpu.h"
+#include "../../../kernels/cpu/reduce/reduce_cpu.h"
 #include "../../../kernels/cpu/sign/sign_cpu.h"
 #include "../binarize_checks.h"
 #include "../checks.h"
@@ -1133,30 +1134,59 @@ at::Tensor linear_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, co
 }
 
 // binary_codes(input, "bitnet", 0) of a channels_last input ([B, C, H, W], channels_last), the codes
-// channels_last too: the statistics on the NCHW images (binarize's order, so the centre and alpha
-// bits are binary_codes' of input.contiguous(): a channels_last model binarizes as an NCHW one),
-// transposed by the kernel table (ATen's channels_last -> contiguous copy took 84 of the 155 us of
-// binary_codes on 8 x 32 x 32 x 32: docs/benchmarks.md, twentieth session), then the codes pass on
-// the input's own memory (a sample is one run of C * H * W elements in either format: the same
-// per-sample centre, the same code per element).
+// channels_last too. The statistics are _mean_and_mean_abs's on the NCHW images (binarize's order, so
+// the centre and alpha bits are binary_codes' of input.contiguous(): a channels_last model binarizes
+// as an NCHW one). With an image per thread, each image's channels are transposed 8 at a time by the
+// kernel table's transpose_f32 into a small buffer ([8, H * W]: a multiple of 8 elements, so the
+// image's lanes run on as in one pass over its NCHW copy) and summed from there; with fewer images
+// than threads, the whole NCHW copy in parallel, then the op. (ATen's channels_last -> contiguous copy
+// took 84 of the 155 us of binary_codes on 8 x 32 x 32 x 32; a full transposed copy then a second
+// pass, 12 % of a loaded channels_last XNOR MobileNetV2: docs/benchmarks.md, twentieth and
+// twenty-first sessions.) Then the codes pass on the input's own memory (a sample is one run of
+// C * H * W elements in either format: the same per-sample centre, the same code per element).
 std::pair<at::Tensor, at::Tensor> bitnet_codes_channels_last(const at::Tensor& input) {
   const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
   const std::int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
-  at::Tensor xn = at::empty(x.sizes(), x.options());
   const float* src = x.const_data_ptr<float>();
-  float* dst = xn.data_ptr<float>();
   const auto& k = kernels::cpu::qgemm_kernels();
-  const std::int64_t chunks = (HW + 63) / 64;  // 64 pixels of an image: [64, C] -> [C, 64]
-  at::parallel_for(0, B * chunks, std::max<std::int64_t>(1, 2048 / std::max<std::int64_t>(C, 1)),
-                   [&](std::int64_t t0, std::int64_t t1) {
-                     for (std::int64_t t = t0; t < t1; ++t) {
-                       const std::int64_t b = t / chunks, l0 = (t % chunks) * 64, l1 = std::min(HW, l0 + 64);
-                       k.transpose_f32(src + (b * HW + l0) * C, l1 - l0, C, C, dst + b * C * HW + l0, HW);
-                     }
-                   });
-  const ops::BinaryStats st = ops::binary_stats(xn, ops::BinaryScaling::kBitNet, 0);
+  at::Tensor center, alpha;
+  if (B >= at::get_num_threads()) {
+    center = at::empty({B}, x.options());
+    alpha = at::empty({B}, x.options());
+    float* cp = center.data_ptr<float>();
+    float* ap = alpha.data_ptr<float>();
+    const auto& r = kernels::cpu::reduce_kernels();
+    at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+      struct TagStats;
+      float* buf = kernels::thread_scratch<float, TagStats>(static_cast<std::size_t>(8 * HW));
+      for (std::int64_t b = b0; b < b1; ++b) {
+        kernels::cpu::SumAbsLanes lanes;
+        for (std::int64_t c0 = 0; c0 < C; c0 += 8) {
+          const std::int64_t cb = std::min<std::int64_t>(8, C - c0);
+          k.transpose_f32(src + b * HW * C + c0, HW, cb, C, buf, HW);  // [HW, cb] -> [cb, HW]
+          r.sum_abssum(buf, kernels::DType::kFloat32, cb * HW, &lanes);
+        }
+        const double n = static_cast<double>(C * HW);
+        cp[b] = static_cast<float>(lanes.sum() / n);  // _mean_and_mean_abs's division
+        ap[b] = static_cast<float>(lanes.abssum() / n);
+      }
+    });
+  } else {
+    at::Tensor xn = at::empty(x.sizes(), x.options());
+    float* dst = xn.data_ptr<float>();
+    const std::int64_t chunks = (HW + 63) / 64;  // 64 pixels of an image: [64, C] -> [C, 64]
+    at::parallel_for(0, B * chunks, std::max<std::int64_t>(1, 2048 / std::max<std::int64_t>(C, 1)),
+                     [&](std::int64_t t0, std::int64_t t1) {
+                       for (std::int64_t t = t0; t < t1; ++t) {
+                         const std::int64_t b = t / chunks, l0 = (t % chunks) * 64, l1 = std::min(HW, l0 + 64);
+                         k.transpose_f32(src + (b * HW + l0) * C, l1 - l0, C, C, dst + b * C * HW + l0, HW);
+                       }
+                     });
+    const ops::BinaryStats st = ops::binary_stats(xn, ops::BinaryScaling::kBitNet, 0);
+    center = st.center.contiguous();
+    alpha = ops::binary_codes_scale(xn, st, 0);
+  }
   at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar).memory_format(at::MemoryFormat::ChannelsLast));
-  const at::Tensor center = st.center.contiguous();
   kernels::BinarizeArgs a;
   a.input = src;
   a.output = codes.data_ptr();
@@ -1168,7 +1198,7 @@ std::pair<at::Tensor, at::Tensor> bitnet_codes_channels_last(const at::Tensor& i
   a.dtype = kernels::DType::kFloat32;
   at::parallel_for(0, a.numel, std::int64_t{1} << 15,
                    [&](std::int64_t b0, std::int64_t b1) { kernels::cpu::sign_kernels().binary_codes(a, b0, b1); });
-  return {codes, ops::binary_codes_scale(xn, st, 0)};
+  return {codes, alpha};
 }
 
 // The per-sample codes and alphas of conv2d_w1a1's input: binary_codes(input, "bitnet", 0), NCHW, or

@@ -91,9 +91,10 @@ double abssum_avx2(const void* x, DType dt, std::int64_t n) {
 /// more for x, independent chains. Each 8 elements are converted once; |x| is the float64 value with
 /// its sign bit cleared (the conversion is exact, so the same value abssum adds).
 template <typename S>
-void sum_abssum_avx2_typed(const S* x, std::int64_t n, double* sum, double* abssum) {
+void sum_abssum_avx2_typed(const S* x, std::int64_t n, SumAbsLanes* l) {
   const __m256d sign = _mm256_set1_pd(-0.0);
-  __m256d slo = _mm256_setzero_pd(), shi = _mm256_setzero_pd(), alo = _mm256_setzero_pd(), ahi = _mm256_setzero_pd();
+  __m256d slo = _mm256_loadu_pd(l->s), shi = _mm256_loadu_pd(l->s + 4);
+  __m256d alo = _mm256_loadu_pd(l->a), ahi = _mm256_loadu_pd(l->a + 4);
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m256 v = load8(x + i);
@@ -103,32 +104,29 @@ void sum_abssum_avx2_typed(const S* x, std::int64_t n, double* sum, double* abss
     alo = _mm256_add_pd(alo, _mm256_andnot_pd(sign, lo));
     ahi = _mm256_add_pd(ahi, _mm256_andnot_pd(sign, hi));
   }
-  alignas(32) double s[8], a[8];
-  _mm256_store_pd(s, slo);
-  _mm256_store_pd(s + 4, shi);
-  _mm256_store_pd(a, alo);
-  _mm256_store_pd(a + 4, ahi);
+  _mm256_storeu_pd(l->s, slo);
+  _mm256_storeu_pd(l->s + 4, shi);
+  _mm256_storeu_pd(l->a, alo);
+  _mm256_storeu_pd(l->a + 4, ahi);
   for (int k = 0; i < n; ++i, ++k) {
     const double v = static_cast<double>(detail::Elem<S>::load(x[i]));
-    s[k] += v;
-    a[k] += v < 0 ? -v : v;
+    l->s[k] += v;
+    l->a[k] += v < 0 ? -v : v;
   }
-  *sum = detail::lane_sum(s);
-  *abssum = detail::lane_sum(a);
 }
 
-void sum_abssum_avx2(const void* x, DType dt, std::int64_t n, double* sum, double* abssum) {
+void sum_abssum_avx2(const void* x, DType dt, std::int64_t n, SumAbsLanes* l) {
   switch (dt) {
     case DType::kFloat32:
-      return sum_abssum_avx2_typed(static_cast<const float*>(x), n, sum, abssum);
+      return sum_abssum_avx2_typed(static_cast<const float*>(x), n, l);
     case DType::kFloat16:
-      return sum_abssum_avx2_typed(static_cast<const Half*>(x), n, sum, abssum);
+      return sum_abssum_avx2_typed(static_cast<const Half*>(x), n, l);
     case DType::kBFloat16:
-      return sum_abssum_avx2_typed(static_cast<const BFloat16*>(x), n, sum, abssum);
+      return sum_abssum_avx2_typed(static_cast<const BFloat16*>(x), n, l);
     case DType::kFloat64:
       break;
   }
-  detail::sum_abssum_scalar(x, dt, n, sum, abssum);
+  detail::sum_abssum_scalar(x, dt, n, l);
 }
 
 /// TWN statistic (see ReduceKernels::twn_stats): |x| > delta selects by mask, then the same

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "../elem.h"
+#include "reduce_cpu.h"
 
 namespace qatkit::kernels::cpu {
 namespace {
@@ -83,36 +84,33 @@ inline double abssum_scalar(const void* x, DType dt, std::int64_t n) {
 
 /// Portable sum x and sum |x| in one pass (see ReduceKernels::sum_abssum): abssum's lanes for both.
 template <typename S>
-void sum_abssum_scalar_typed(const S* x, std::int64_t n, double* sum, double* abssum) {
+void sum_abssum_scalar_typed(const S* x, std::int64_t n, SumAbsLanes* l) {
   using E = Elem<S>;
-  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     for (int j = 0; j < 8; ++j) {
       const auto v = E::load(x[i + j]);
-      s[j] += static_cast<double>(v);
-      a[j] += static_cast<double>(abs_bits(v));
+      l->s[j] += static_cast<double>(v);
+      l->a[j] += static_cast<double>(abs_bits(v));
     }
   }
   for (int j = 0; i < n; ++i, ++j) {
     const auto v = E::load(x[i]);
-    s[j] += static_cast<double>(v);
-    a[j] += static_cast<double>(abs_bits(v));
+    l->s[j] += static_cast<double>(v);
+    l->a[j] += static_cast<double>(abs_bits(v));
   }
-  *sum = lane_sum(s);
-  *abssum = lane_sum(a);
 }
 
-inline void sum_abssum_scalar(const void* x, DType dt, std::int64_t n, double* sum, double* abssum) {
+inline void sum_abssum_scalar(const void* x, DType dt, std::int64_t n, SumAbsLanes* l) {
   switch (dt) {
     case DType::kFloat32:
-      return sum_abssum_scalar_typed(static_cast<const float*>(x), n, sum, abssum);
+      return sum_abssum_scalar_typed(static_cast<const float*>(x), n, l);
     case DType::kFloat64:
-      return sum_abssum_scalar_typed(static_cast<const double*>(x), n, sum, abssum);
+      return sum_abssum_scalar_typed(static_cast<const double*>(x), n, l);
     case DType::kFloat16:
-      return sum_abssum_scalar_typed(static_cast<const Half*>(x), n, sum, abssum);
+      return sum_abssum_scalar_typed(static_cast<const Half*>(x), n, l);
     case DType::kBFloat16:
-      return sum_abssum_scalar_typed(static_cast<const BFloat16*>(x), n, sum, abssum);
+      return sum_abssum_scalar_typed(static_cast<const BFloat16*>(x), n, l);
   }
 }
 

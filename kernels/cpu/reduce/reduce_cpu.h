@@ -9,6 +9,18 @@
 
 namespace qatkit::kernels::cpu {
 
+/// Float64 lane accumulators of sum x and sum |x| (ReduceKernels::sum_abssum): element j of a run
+/// goes into lane j % 8. A run may continue an earlier one on the same lanes when the earlier runs'
+/// lengths are multiples of 8 (then its elements take the lanes they would in one long run).
+struct SumAbsLanes {
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  double a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  /// The lanes combined in abssum's fixed order (elem.h's lane_sum).
+  static double total(const double* v) { return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])); }
+  double sum() const { return total(s); }
+  double abssum() const { return total(a); }
+};
+
 struct ReduceKernels {
   /// max |x| over n elements of `dtype` (float32 result); *finite is cleared if any element is
   /// NaN or +-Inf. The statistic of the per-token / dynamic absmax quantizers.
@@ -16,10 +28,10 @@ struct ReduceKernels {
   /// sum |x| over n elements in float64: element j into lane j % 8, lanes combined in a fixed
   /// order, so every ISA returns the same bits (mean |W| of the binary / ternary scalings).
   double (*abssum)(const void* x, DType dtype, std::int64_t n);
-  /// sum x and sum |x| over n elements in one pass, float64: abssum's lanes for both (element j into
-  /// lane j % 8, the lanes combined in its fixed order), so *abssum is abssum's result and both are
-  /// the same bits on every ISA. The centre and the scale of the 'bitnet' binarization.
-  void (*sum_abssum)(const void* x, DType dtype, std::int64_t n, double* sum, double* abssum);
+  /// sum x and sum |x| over n elements in one pass, float64, added into `lanes`: abssum's lanes for
+  /// both, so from zeroed lanes `lanes->abssum()` is abssum's result, and both are the same bits on
+  /// every ISA. The centre and the scale of the 'bitnet' binarization.
+  void (*sum_abssum)(const void* x, DType dtype, std::int64_t n, SumAbsLanes* lanes);
   /// TWN statistic over n elements of `dtype`: *sum = sum of |x| over |x| > delta (float64, 8
   /// lanes combined in a fixed order: the same bits on every ISA), *count = how many.
   void (*twn_stats)(const void* x, DType dtype, std::int64_t n, float delta, double* sum, std::int64_t* count);
