@@ -442,6 +442,54 @@ CATCH_TEST_CASE("absmax and abssum: every ISA and dtype, identical sums", "[kern
   }
 }
 
+CATCH_TEST_CASE("binary codes: the sign formula and identical codes on every ISA", "[kernels]") {
+  using qatkit::kernels::BinarizeArgs;
+  const std::int64_t n = 1003;  // 32-element steps, a tail, runs of 2 channels cut at odd places
+  auto x = random_storage<float>(n, 23);
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const float center[2] = {0.25f, -1.5f};
+  // special values in the vector body and in a run's tail: +-0, the centre itself, NaN, +-Inf; then
+  // the floats next to the centre, and the centre plus the smallest subnormal (which rounds back to it)
+  for (const std::int64_t at : {std::int64_t{3}, std::int64_t{40}, std::int64_t{990}}) {  // 990: run 1's tail
+    const float c = center[(at / 500) % 2];
+    x[at] = 0.f;
+    x[at + 1] = -0.f;
+    x[at + 2] = c;
+    x[at + 3] = nan;
+    x[at + 4] = inf;
+    x[at + 5] = -inf;
+  }
+  x[60] = std::nextafter(center[0], inf);
+  x[61] = std::nextafter(center[0], -inf);
+  x[62] = center[0] + std::numeric_limits<float>::denorm_min();
+  for (const bool zero_negative : {false, true}) {
+    auto codes = [&](const cpu::SignKernels& k) {
+      std::vector<std::int8_t> y(n, 99);
+      BinarizeArgs a;
+      a.input = x.data();
+      a.output = y.data();
+      a.center = center;
+      a.numel = n;
+      a.inner = 500;  // channel 0: [0, 500), 1: [500, 1000), 0 again: [1000, 1003)
+      a.channels = 2;
+      a.zero_negative = zero_negative;
+      for (std::int64_t b = 0; b < n; b += 131) k.binary_codes(a, b, std::min(n, b + 131));
+      return y;
+    };
+    const std::vector<std::int8_t> want = codes(cpu::sign_baseline());
+    for (std::int64_t i = 0; i < n; ++i) {
+      const float v = x[i] - center[(i / 500) % 2];
+      const int expect = std::isnan(v) ? 0 : v > 0.f ? 1 : v < 0.f ? -1 : (zero_negative ? -1 : 1);
+      CATCH_INFO(i);
+      CATCH_CHECK(static_cast<int>(want[i]) == expect);
+    }
+    for (auto [isa, k] : sign_isas()) {
+      CATCH_INFO(isa << " zero_negative " << zero_negative);
+      CATCH_CHECK(codes(*k) == want);
+    }
+  }
+}
+
 CATCH_TEST_CASE("binarize, ternary and TWN statistic: formula, identical bits on every ISA", "[kernels]") {
   using qatkit::kernels::BinarizeArgs;
   using qatkit::kernels::BinarizeBackwardArgs;
