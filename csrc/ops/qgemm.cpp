@@ -1,5 +1,5 @@
-// The integer GEMM family (inference only; no autograd kernel: outputs of a call on a tensor that
-// requires grad have no grad_fn). docs/integer.md, "static" form:
+// The integer GEMM family (inference only: a call on tensors that require grad runs, and a backward
+// through its output raises, csrc/ops/autograd/no_gradient_kernel.cpp). docs/integer.md, "static" form:
 //   linear_w2a8: the same with ternary weights packed 2 bits each in the kernel layout of
 //                kernels/common/qgemm_args.h (QGemmPackedArgs; uint8 [N, K_pad / 4], K_pad the input's K
 //                rounded up to a multiple of 128; qatkit.qat.integer packs it from the codes).

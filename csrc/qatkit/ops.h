@@ -107,6 +107,10 @@ QATKIT_API at::Tensor quantize_affine(const at::Tensor& input, const at::Tensor&
                                       std::optional<std::int64_t> group_size = std::nullopt,
                                       std::optional<at::ScalarType> dtype = std::nullopt);
 
+/// "Not differentiable" below (the integer kernels, dequantize_affine, ternary_codes, binary_codes):
+/// on tensors that require grad the call computes, and a backward through its float outputs throws
+/// c10::NotImplementedError naming the op. The *_out functions above throw c10::Error on tensors
+/// that require grad while grad mode is on, as ATen's out= functions do.
 /// Integer-exact Linear, inference only (docs/integer.md, "static" form): the input's int8 codes
 /// (quantize_affine with act_scale / act_zero_point / [act_quant_min, act_quant_max], an 8-bit
 /// range) times int8 weight codes `weight` [N, K] (narrow range [-127, 127]: the caller checks it

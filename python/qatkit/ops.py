@@ -399,7 +399,8 @@ def dequantize_affine(
     """Floats ``(codes - z) * s`` from integer codes (float32 math; float64 for a float64 output).
 
     ``scale`` / ``zero_point`` are laid out over ``codes`` as :func:`fake_quantize` lays them over
-    its input. Not differentiable.
+    its input. Not differentiable: a backward through the output raises ``NotImplementedError``
+    (:func:`fake_quantize_learnable` learns a scale).
     """
     return torch.ops.qatkit.dequantize_affine(codes, scale, zero_point, axis, group_size, output_dtype)
 
@@ -407,14 +408,16 @@ def dequantize_affine(
 def ternary_codes(input: torch.Tensor, method: str = "absmean", axis: Optional[int] = None):
     """``(codes, scale)``: int8 codes in ``{-1, 0, 1}`` and float32 scales (one per channel along
     ``axis``, or one) with ``codes * scale == ternarize(input, method, axis)`` bit for bit (in the
-    input's dtype). NaN codes as 0. Not differentiable."""
+    input's dtype). NaN codes as 0. Not differentiable: a backward through the scales raises
+    ``NotImplementedError`` (:func:`ternarize` has the straight-through gradient)."""
     return torch.ops.qatkit.ternary_codes(input, method, axis)
 
 
 def binary_codes(input: torch.Tensor, scaling: str = "mean_abs", axis: Optional[int] = None):
     """``(codes, scale)``: int8 codes in ``{-1, 1}`` and float32 scales (1 for ``scaling="none"``)
     with ``codes * scale == binarize(input, scaling, axis)`` (deterministic) bit for bit. NaN codes
-    as 0. Not differentiable."""
+    as 0. Not differentiable: a backward through the scales raises ``NotImplementedError``
+    (:func:`binarize` has the straight-through gradient)."""
     return torch.ops.qatkit.binary_codes(input, scaling, axis)
 
 

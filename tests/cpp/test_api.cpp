@@ -183,6 +183,25 @@ CATCH_TEST_CASE("linear_dynamic_int8 from C++: BitLinear's per-token integer for
                           Catch::Contains("weight_scale must have shape [N] = [20]"));
 }
 
+CATCH_TEST_CASE("integer kernels from C++: a backward through them raises, naming the op", "[api]") {
+  torch::manual_seed(6);
+  const torch::Tensor x = (torch::randn({3, 70}) * 3).requires_grad_(), w = torch::randint(-1, 2, {20, 70}).to(torch::kChar);
+  const torch::Tensor ws = torch::rand({20}) + 0.05;
+  torch::Tensor c = torch::cat({w.to(torch::kInt) + 1, torch::ones({20, 58}, torch::kInt)}, 1).reshape({20, 1, 4, 32});
+  const torch::Tensor packed = (c.select(2, 0) + c.select(2, 1) * 4 + c.select(2, 2) * 16 + c.select(2, 3) * 64)
+                                   .to(torch::kByte).reshape({20, 32}).contiguous();
+  const torch::Tensor y = qatkit::linear_dynamic_int8(x, packed, 2, ws, 127);
+  CATCH_CHECK(torch::equal(y, qatkit::linear_dynamic_int8(x.detach(), packed, 2, ws, 127)));
+  CATCH_REQUIRE(y.requires_grad());  // the forward runs on a tensor that requires grad
+  CATCH_CHECK_THROWS_WITH(y.sum().backward(), Catch::Contains("qatkit::linear_dynamic_int8 has no gradient") &&
+                                                  Catch::Contains("inference only"));
+  const auto [codes, alpha] = qatkit::binary_codes(x, "bitnet", 0);
+  CATCH_CHECK(!codes.requires_grad());
+  CATCH_CHECK_THROWS_WITH(alpha.sum().backward(), Catch::Contains("qatkit::binary_codes has no gradient"));
+  torch::NoGradGuard no_grad;
+  CATCH_CHECK(!qatkit::linear_dynamic_int8(x, packed, 2, ws, 127).requires_grad());
+}
+
 CATCH_TEST_CASE("bad input to every C++ op function: a table of calls and message fragments", "[api][bad_input]") {
   struct Case {
     const char* name;

@@ -645,3 +645,17 @@ def test_depthwise_convs_run_one_direct_kernel():
                                                        case["corr"].cuda(), case["scale"].cuda(), s, zp, qmin, qmax,
                                                        None, 2))
     assert not any("conv_dw_s8" in k for k in names) and any("im2col" in k for k in names), names
+
+
+def test_integer_kernels_on_cuda_raise_at_backward():
+    """The no-gradient Autograd kernel on CUDA tensors: the forward gives the no-grad values, the
+    backward raises through _no_gradient's CUDA kernel (csrc/ops/cuda/no_gradient_kernel.cpp)."""
+    x = torch.randn(6, 40)
+    _, alpha = ops.binary_codes(x.cuda(), "bitnet", 0)
+    xg = x.cuda().requires_grad_()
+    codes, ag = ops.binary_codes(xg, "bitnet", 0)
+    assert torch.equal(ag.detach(), alpha) and ag.requires_grad and not codes.requires_grad
+    with pytest.raises(NotImplementedError, match=r"qatkit::binary_codes has no gradient"):
+        ag.sum().backward()
+    with pytest.raises(NotImplementedError, match=r"qatkit::linear_int8 has no gradient"):
+        torch.ops.qatkit._no_gradient(ag.detach(), "linear_int8", [6, 40], torch.float32)

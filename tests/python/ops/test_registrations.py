@@ -102,3 +102,30 @@ def test_the_public_header_exports_private_ops_only_in_detail():
         for m in re.finditer(rf"(?<!detail::)\b{name}\(", outside):
             before = outside[max(0, m.start() - 120) : m.start()]
             assert "[[deprecated" in before, f"private op '{name}' is exported outside qatkit::detail"
+
+
+# Overloads with no Autograd kernel, and why torch's fallback for custom ops is right for them: their
+# outputs are integer codes (no gradient can flow) or they return nothing (statistics updates).
+NO_AUTOGRAD_KERNEL = {
+    "qatkit::quantize_affine": "integer codes out",
+    "qatkit::pack_weights": "integer codes in and out",
+    "qatkit::unpack_weights": "integer codes in and out",
+    "qatkit::pack_int8_panel": "integer codes in and out",
+    "qatkit::pack_int4_panel": "integer codes in and out",
+    "qatkit::pack_binary_panel": "integer codes in and out",
+    "qatkit::_observer_update": "returns nothing (running statistics)",
+    "qatkit::_histogram_update": "returns nothing (running statistics)",
+}
+
+
+@pytest.mark.parametrize("name", OVERLOADS)
+def test_every_op_with_float_outputs_has_an_autograd_kernel(name):
+    """Torch's fallback for an op without one only warns at backward and hands back no gradient
+    (a silent wrong answer); every qatkit op either differentiates or raises
+    (csrc/ops/autograd/no_gradient_kernel.cpp)."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key(name, "Autograd") or \
+        torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeImplicitAutograd")
+    if name in NO_AUTOGRAD_KERNEL:
+        assert not has, f"{name} has an Autograd kernel now: take it off NO_AUTOGRAD_KERNEL"
+        return
+    assert has, f"{name} has no Autograd kernel: torch's fallback would warn and return no gradient"
