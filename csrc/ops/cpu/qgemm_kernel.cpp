@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <memory>
 #include <functional>
 #include <limits>
 #include <new>
@@ -942,7 +943,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L));
     // positions K..K_row stay 0
     std::vector<std::int8_t> cols(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L * K_row), 0);
-    std::vector<float> yt(static_cast<std::size_t>(nhwc ? 0 : chunk * L * Ng));
+    // every row of a chunk's [Mc, Ng] is written by the GEMM before it is read: no zero fill
+    std::unique_ptr<float[]> yt(nhwc ? nullptr : new float[static_cast<std::size_t>(chunk * L * Ng)]);
     const std::int64_t threads = at::get_num_threads(), nt = (Ng + 63) / 64;
     for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
       const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
@@ -977,7 +979,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
         // into [rows, Ng]; channels_last: straight into the output (row r of the chunk is pixel
         // (b0 + r / L, r % L), N floats apart), no transpose
-        float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.data();
+        float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.get();
         const std::int64_t yo_rs = nhwc ? N : Ng;
         at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
           for (std::int64_t t = t0; t < t1; ++t) {
@@ -990,7 +992,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         if (nhwc) continue;
         at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
           for (std::int64_t i = i0; i < i1; ++i)  // [L, Ng] -> the group's [Ng, L] of image b0 + i
-            k.transpose_f32(yt.data() + i * L * Ng, L, Ng, Ng, y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L, L);
+            k.transpose_f32(yt.get() + i * L * Ng, L, Ng, Ng, y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L, L);
         });
       }
     }
@@ -1055,15 +1057,29 @@ inline std::int32_t pack_codes8(const std::int8_t* codes, std::uint8_t* sign, st
 
 // XNOR rows (QGemmXnorArgs): sign bits, zero masks, K - |zeros| and the row's scale per row.
 struct XnorRows {
-  std::vector<std::uint8_t> a, z, has_zero;
+  /// [M, KB] bytes left uninitialized (set_row / finish_row write each row whole, its padding
+  /// zeroed there: zero-filling every call's buffer up front was a serial memset in front of each
+  /// parallel region)
+  struct Bytes {
+    std::unique_ptr<std::uint8_t[]> p;
+    std::uint8_t* data() const { return p.get(); }
+  };
+  Bytes a, z;
+  std::vector<std::uint8_t> has_zero;
   std::vector<std::int32_t> a_k;
   std::vector<float> scale;
   XnorRows(std::int64_t M, std::int64_t KB)
-      : a(static_cast<std::size_t>(M * KB), 0), z(static_cast<std::size_t>(M * KB), 0),
+      : a{std::unique_ptr<std::uint8_t[]>(new std::uint8_t[static_cast<std::size_t>(M * KB)])},
+        z{std::unique_ptr<std::uint8_t[]>(new std::uint8_t[static_cast<std::size_t>(M * KB)])},
         has_zero(static_cast<std::size_t>(M), 0), a_k(static_cast<std::size_t>(M), 0),
         scale(static_cast<std::size_t>(M), 0.f) {}
+  /// Zeroes row m's bytes past the first `written` (bits past K are 0 in both operands).
+  void pad_row(std::int64_t m, std::int64_t KB, std::int64_t written) {
+    std::memset(a.data() + m * KB + written, 0, static_cast<std::size_t>(KB - written));
+    std::memset(z.data() + m * KB + written, 0, static_cast<std::size_t>(KB - written));
+  }
   /// Row m from K contiguous codes in {-1, 0, 1}: whole bytes of bits 8 codes per 64-bit word
-  /// (pack_codes8), the last K % 8 one by one; bits past K stay 0.
+  /// (pack_codes8), the last K % 8 one by one; bits past K are 0.
   void set_row(std::int64_t m, std::int64_t KB, std::int64_t K, float s, const std::int8_t* codes) {
     std::uint8_t* ar = a.data() + m * KB;
     std::uint8_t* zr = z.data() + m * KB;
@@ -1080,6 +1096,7 @@ struct XnorRows {
       zr[K8 >> 3] = static_cast<std::uint8_t>(zbits);
       for (unsigned v = zbits; v != 0; v &= v - 1) ++zeros;
     }
+    pad_row(m, KB, (K + 7) / 8);
     has_zero[static_cast<std::size_t>(m)] = zeros > 0;
     a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zeros;
     scale[static_cast<std::size_t>(m)] = s;
@@ -1299,6 +1316,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
         zeros += im.pz[static_cast<std::size_t>(p)];
       }
     }
+    r.pad_row(R, KB, K / 8);
     r.has_zero[static_cast<std::size_t>(R)] = zeros > 0;
     r.a_k[static_cast<std::size_t>(R)] = static_cast<std::int32_t>(K) - zeros;
     r.scale[static_cast<std::size_t>(R)] = ap[bi];
@@ -1363,7 +1381,8 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     // tiles of 64 output columns x row ranges into [rows, N], each image's slice transposed into NCHW
     const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L);
     XnorRows r(chunk * L, KB);
-    std::vector<float> yt(static_cast<std::size_t>(cl ? 0 : chunk * L * N));
+    // every row of a chunk's [Mc, N] is written by the GEMM before it is read: no zero fill
+    std::unique_ptr<float[]> yt(cl ? nullptr : new float[static_cast<std::size_t>(chunk * L * N)]);
     for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
       const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
       at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
@@ -1374,14 +1393,14 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
           for (std::int64_t l = 0; l < L; ++l) fill_row(im, b0 + i, l, r, i * L + l, patch.data());
         }
       });
-      kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.data(), Mc, N, KB);
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.get(), Mc, N, KB);
       g.y_rs = N;
       g.y_cs = 1;
       gemm_row_tiles(g, Mc);
       if (cl) continue;  // the rows were the output's
       at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
         for (std::int64_t i = i0; i < i1; ++i)
-          k.transpose_f32(yt.data() + i * L * N, L, N, N, y.data_ptr<float>() + (b0 + i) * N * L, L);
+          k.transpose_f32(yt.get() + i * L * N, L, N, N, y.data_ptr<float>() + (b0 + i) * N * L, L);
       });
     }
     return y;
