@@ -1376,7 +1376,14 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     }
     return y;
   }
-  if (L < kConvBatchRows) {
+  // An NCHW input with an image per thread and rows of at most 16 bytes (K <= 128: a 1x1 conv from
+  // up to 128 channels) takes the per-image path below at any L: rows, the GEMM over every column
+  // and the transpose of each image in one parallel region on the thread's own buffers. Through the
+  // batched path (three regions, a shared [rows, N] buffer) these output-bound layers ran 1.1-2.5x
+  // slower and did not scale past one thread (8 x 32 x 8 x 8 -> 192: 61 us on 1 thread and on 2);
+  // with longer rows the per-image GEMM (16-64 rows) loses to the batched one (8 x 256 x 4 x 4 ->
+  // 256, 3x3: 0.57x), docs/benchmarks.md, twenty-second session.
+  if (L < kConvBatchRows && (cl || !per_image || KB > 16)) {
     // few positions per image: several images' rows in one popcount GEMM (as conv2d_int8's), in
     // tiles of 64 output columns x row ranges into [rows, N], each image's slice transposed into NCHW
     const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L);
