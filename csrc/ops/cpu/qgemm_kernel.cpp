@@ -578,8 +578,11 @@ struct ConvPatches {
 
   /// Patch row l = (oh, ow) of group gi from an image's layout and its pixel sums: its Cg * kh * kw
   /// codes into dst; returns their sum.
+  /// Writes the K = kh * kw * Cg codes of patch row l of group gi to dst and zeroes dst[K, K_row);
+  /// returns their sum.
   std::int32_t row(const std::int8_t* xc, const std::int32_t* ps, std::int64_t gi, std::int64_t l,
-                   std::int8_t* dst) const {
+                   std::int8_t* dst, std::int64_t K_row) const {
+    std::memset(dst + kh * kw * Cg, 0, static_cast<std::size_t>(K_row - kh * kw * Cg));
     const std::int64_t oh = l / wo, ow = l % wo;
     std::int32_t s = 0;
     ps += gi * Hp * Wp;  // the group's pixel sums
@@ -941,8 +944,9 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     std::vector<std::int8_t> xcs(static_cast<std::size_t>(chunk * HWC));
     std::vector<std::int32_t> pss(static_cast<std::size_t>(chunk * PS));
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L));
-    // positions K..K_row stay 0
-    std::vector<std::int8_t> cols(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L * K_row), 0);
+    // each row's positions K..K_row zeroed where the row is written (a zero fill of the whole buffer
+    // was a serial memset of up to chunk * L * K_row bytes, 18 % of a 8 x 256 x 8 x 8 3x3 conv)
+    std::unique_ptr<std::int8_t[]> cols(pixel_rows ? nullptr : new std::int8_t[static_cast<std::size_t>(chunk * L * K_row)]);
     // every row of a chunk's [Mc, Ng] is written by the GEMM before it is read: no zero fill
     std::unique_ptr<float[]> yt(nhwc ? nullptr : new float[static_cast<std::size_t>(chunk * L * Ng)]);
     const std::int64_t threads = at::get_num_threads(), nt = (Ng + 63) / 64;
@@ -962,7 +966,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       });
       // the patch rows: the layout's pixels themselves (rows L * C apart per image: r * K_row), or
       // copied into cols
-      const std::int8_t* rows_a = pixel_rows ? xcs.data() : cols.data();
+      const std::int8_t* rows_a = pixel_rows ? xcs.data() : cols.get();
       const std::int32_t* rows_sum = pixel_rows ? pss.data() : a_sum.data();
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         if (!pixel_rows) {
@@ -970,7 +974,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             for (std::int64_t r = r0; r < r1; ++r) {
               const std::int64_t i = r / L;
               a_sum[static_cast<std::size_t>(r)] =
-                  cp.row(xcs.data() + i * HWC, pss.data() + i * PS, gi, r % L, cols.data() + r * K_row);
+                  cp.row(xcs.data() + i * HWC, pss.data() + i * PS, gi, r % L, cols.get() + r * K_row, K_row);
             }
           });
         }
@@ -1003,8 +1007,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
     std::vector<std::int8_t> xc(static_cast<std::size_t>(cp.image_size()));
     std::vector<std::int32_t> ps(static_cast<std::size_t>(cp.sums_size()));
-    // positions K..K_row stay 0
-    std::vector<std::int8_t> cols(static_cast<std::size_t>(pixel_rows ? 0 : L * K_row), 0);
+    // each row's positions K..K_row zeroed where the row is written
+    std::unique_ptr<std::int8_t[]> cols(pixel_rows ? nullptr : new std::int8_t[static_cast<std::size_t>(L * K_row)]);
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : L));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       if (direct) {
@@ -1017,7 +1021,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         const auto rows = [&](std::int64_t l0, std::int64_t l1) {
           for (std::int64_t l = l0; l < l1; ++l)
-            a_sum[static_cast<std::size_t>(l)] = cp.row(xc.data(), ps.data(), gi, l, cols.data() + l * K_row);
+            a_sum[static_cast<std::size_t>(l)] = cp.row(xc.data(), ps.data(), gi, l, cols.get() + l * K_row, K_row);
         };
         if (!pixel_rows && per_image) {
           rows(0, L);
@@ -1026,7 +1030,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         }
         // NCHW: the group's [Ng, L] slice (rows 1 apart, columns L); channels_last: [L, N] pixels
         float* yb = y.data_ptr<float>() + (nhwc ? bi * L * N + gi * Ng : (bi * N + gi * Ng) * L);
-        const std::int8_t* a = pixel_rows ? xc.data() : cols.data();
+        const std::int8_t* a = pixel_rows ? xc.data() : cols.get();
         const std::int32_t* a_rows = pixel_rows ? ps.data() : a_sum.data();
         gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) {
           gemm(a, a_rows, L, gi, yb, nhwc ? N : 1, nhwc ? 1 : L, c0, c1);
@@ -1297,7 +1301,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   const auto fill_row = [&](const Image& im, std::int64_t bi, std::int64_t l, XnorRows& r, std::int64_t R,
                             std::int8_t* patch) {
     if (!byte_runs) {
-      cpt.row(im.xc.data(), im.ps.data(), 0, l, patch);
+      cpt.row(im.xc.data(), im.ps.data(), 0, l, patch, K);
       r.set_row(R, KB, K, ap[bi], patch);
       return;
     }
