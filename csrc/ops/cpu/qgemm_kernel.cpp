@@ -582,7 +582,7 @@ struct ConvPatches {
   /// returns their sum.
   std::int32_t row(const std::int8_t* xc, const std::int32_t* ps, std::int64_t gi, std::int64_t l,
                    std::int8_t* dst, std::int64_t K_row) const {
-    std::memset(dst + kh * kw * Cg, 0, static_cast<std::size_t>(K_row - kh * kw * Cg));
+    if (K_row > kh * kw * Cg) std::memset(dst + kh * kw * Cg, 0, static_cast<std::size_t>(K_row - kh * kw * Cg));
     const std::int64_t oh = l / wo, ow = l % wo;
     std::int32_t s = 0;
     ps += gi * Hp * Wp;  // the group's pixel sums
@@ -1079,6 +1079,7 @@ struct XnorRows {
         scale(static_cast<std::size_t>(M), 0.f) {}
   /// Zeroes row m's bytes past the first `written` (bits past K are 0 in both operands).
   void pad_row(std::int64_t m, std::int64_t KB, std::int64_t written) {
+    if (written == KB) return;  // K a multiple of 32 (most layers): no padding, no calls per row
     std::memset(a.data() + m * KB + written, 0, static_cast<std::size_t>(KB - written));
     std::memset(z.data() + m * KB + written, 0, static_cast<std::size_t>(KB - written));
   }
