@@ -931,7 +931,12 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       (wbits == 2 ? k.gemm_t2 : k.gemm_b1)(g, c0, c1);
     }
   };
-  if (L < kConvBatchRows) {
+  // An NCHW int8-weight conv with an image per thread and patch rows of at most 128 codes (a 1x1
+  // conv from up to 128 channels) takes the per-image path below at any size: MobileNetV2's 8 x 8 and
+  // 4 x 4 expand convs ran 1.33-1.59x faster there (one parallel region, the panel kernels' in-register
+  // NCHW stores) than batched; 2- and 1-bit weights were not measured there and stay batched
+  // (docs/benchmarks.md, twenty-second session).
+  if (L < kConvBatchRows && (nhwc || !per_image || K_row > 128 || weight_bits != 8)) {
     // Few positions per image: the patch rows of several images form one GEMM, so each weight block
     // is read once for all of them (one image of a 4 x 4 map would stream the whole weight for 16
     // rows); the GEMM runs in tiles of 64 output columns x row ranges, into [rows, Ng], and each
