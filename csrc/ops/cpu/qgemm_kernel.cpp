@@ -36,10 +36,38 @@
 namespace qatkit::ops {
 namespace {
 
+// Rows per thread's chunk where a Linear splits its input rows across threads (each thread quantizes
+// its rows and runs the whole weight on them, one parallel region), or 0 where it splits the output
+// columns (each thread streams part of the weight for every row, after a region that quantizes the
+// rows). Column blocks make every thread read rows that another thread quantized, and write half of
+// each output row, which the next layer's thread of that row then reads: on a VM whose two vCPUs sit
+// on different CCDs (a 400 ns core-to-core round trip instead of 60 ns), that traffic took the digits
+// MLP's w8a8 forward from 195 us to 330 us (docs/benchmarks.md, twenty-third session). Rows go by
+// thread where there are rows for every thread (M >= 32) and the weight is small enough for each
+// core to read all of it from its caches (<= 2 MiB); a chunk does at least 2^18 multiply-adds, so a
+// small product runs on one thread.
+std::int64_t row_chunk(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t weight_bytes) {
+  if (M < 32 || weight_bytes > (std::int64_t{2} << 20) || at::get_num_threads() < 2) return 0;
+  const std::int64_t macs = std::max<std::int64_t>(1, N * K);
+  return std::max<std::int64_t>(16, ((std::int64_t{1} << 18) + macs - 1) / macs);
+}
+
+// The launch of rows [m0, m1) of g (activation rows a_rs codes apart, y [M, N] row-major).
+template <class Args>
+Args rows_of(const Args& g, std::int64_t m0, std::int64_t m1, std::int64_t a_rs) {
+  Args r = g;
+  r.a += m0 * a_rs;
+  r.a_sum += m0;
+  r.y += m0 * g.y_rs;
+  r.M = m1 - m0;
+  return r;
+}
+
 // linear_int8 (weight_bits 8) and the packed low-bit kernels (2: ternary, 1: binary): activation
 // rows quantized into a buffer (zero-padded to the packed kernels' K_pad, with their sums) by
-// quantize_row(m, x_row, a_row), then the GEMM over blocks of 16 output columns (a multiple of the
-// AVX2 kernels' 4), each block followed by finish(n0, n1) (linear_dynamic_int8's per-row scales).
+// quantize_row(m, x_row, a_row), then the GEMM, followed by finish(m0, m1, n0, n1)
+// (linear_dynamic_int8's per-row scales): per chunk of rows (row_chunk), or over blocks of 16 output
+// columns (a multiple of the AVX2 kernels' 4) after a region that quantizes every row.
 template <class QuantizeRow, class Finish>
 void linear_core(const at::Tensor& x, const at::Tensor& w, int weight_bits, std::int64_t M, std::int64_t N,
                  const std::int32_t* corr, const float* out_scale, const float* bias, float* y,
@@ -48,35 +76,50 @@ void linear_core(const at::Tensor& x, const at::Tensor& w, int weight_bits, std:
   const bool panel1 = weight_bits == 1 && w.dim() == 3;  // pack_binary_panel: K_pad / 8 = dim 1
   const std::int64_t K = x.size(-1);
   const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : weight_bits == 8 ? K : w.size(1) * (8 / weight_bits);
-  std::vector<std::int8_t> a(static_cast<std::size_t>(M * K_row), 0);
+  // not zero-filled on this thread: each row writes its own padding (in its chunk's thread)
+  const std::unique_ptr<std::int8_t[]> a(new std::int8_t[static_cast<std::size_t>(M * K_row)]);
   std::vector<std::int32_t> a_sum(static_cast<std::size_t>(M), 0);
   const float* xp = x.data_ptr<float>();
-  at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K_row, 1)),
-                   [&](std::int64_t b0, std::int64_t e0) {
-                     for (std::int64_t m = b0; m < e0; ++m) {
-                       std::int8_t* row = a.data() + m * K_row;
-                       quantize_row(m, xp + m * K, row);
-                       if (weight_bits == 8 && !panel) continue;  // the row-layout int8 kernel needs no sums
-                       std::int32_t s = 0;
-                       for (std::int64_t i = 0; i < K; ++i) s += row[i];
-                       a_sum[static_cast<std::size_t>(m)] = s;
-                     }
-                   });
-  if (quantized) quantized();
+  const auto quantize = [&](std::int64_t b0, std::int64_t e0) {
+    for (std::int64_t m = b0; m < e0; ++m) {
+      std::int8_t* row = a.get() + m * K_row;
+      quantize_row(m, xp + m * K, row);
+      if (K_row > K) std::memset(row + K, 0, static_cast<std::size_t>(K_row - K));
+      if (weight_bits == 8 && !panel) continue;  // the row-layout int8 kernel needs no sums
+      std::int32_t s = 0;
+      for (std::int64_t i = 0; i < K; ++i) s += row[i];
+      a_sum[static_cast<std::size_t>(m)] = s;
+    }
+  };
+  const std::int64_t chunk = row_chunk(M, N, K, N * K_row * weight_bits / 8);
+  const bool by_rows = chunk > 0;
+  if (!by_rows) {
+    at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K_row, 1)), quantize);
+    if (quantized) quantized();
+  }
   const auto& k = kernels::cpu::qgemm_kernels();
   // blocks of 16 output columns (the binary panel's 32: its kernel works on whole 32-row blocks)
   const std::int64_t nb = panel1 ? 32 : 16;
   const auto columns = [&](const auto& gemm) {
+    if (by_rows) {
+      at::parallel_for(0, M, chunk, [&](std::int64_t m0, std::int64_t m1) {
+        quantize(m0, m1);
+        gemm(m0, m1, 0, N);
+        finish(m0, m1, 0, N);
+      });
+      if (quantized) quantized();
+      return;
+    }
     at::parallel_for(0, (N + nb - 1) / nb, 1, [&](std::int64_t b0, std::int64_t e0) {
       const std::int64_t n0 = b0 * nb, n1 = std::min(N, e0 * nb);
-      gemm(n0, n1);
-      finish(n0, n1);
+      gemm(0, M, n0, n1);
+      finish(0, M, n0, n1);
     });
   };
   if (weight_bits == 8) {
     kernels::QGemmArgs g;
     const at::Tensor wo = panel ? s8_panel_operand(w, N, K, &g.tail) : w;
-    g.a = a.data();
+    g.a = a.get();
     g.w = static_cast<const std::int8_t*>(wo.const_data_ptr());
     g.a_sum = a_sum.data();
     g.panel = panel;
@@ -88,11 +131,13 @@ void linear_core(const at::Tensor& x, const at::Tensor& w, int weight_bits, std:
     g.N = N;
     g.K = K;
     g.y_rs = N;
-    columns([&](std::int64_t n0, std::int64_t n1) { k.gemm_s8(g, n0, n1); });
+    columns([&](std::int64_t m0, std::int64_t m1, std::int64_t n0, std::int64_t n1) {
+      k.gemm_s8(rows_of(g, m0, m1, K_row), n0, n1);
+    });
     return;
   }
   kernels::QGemmPackedArgs g;
-  g.a = a.data();
+  g.a = a.get();
   g.a_sum = a_sum.data();
   g.w = w.data_ptr<std::uint8_t>();
   g.panel = panel1;
@@ -105,7 +150,9 @@ void linear_core(const at::Tensor& x, const at::Tensor& w, int weight_bits, std:
   g.K_pad = K_row;
   g.y_rs = N;
   const auto gemm = weight_bits == 2 ? k.gemm_t2 : k.gemm_b1;
-  columns([&](std::int64_t n0, std::int64_t n1) { gemm(g, n0, n1); });
+  columns([&](std::int64_t m0, std::int64_t m1, std::int64_t n0, std::int64_t n1) {
+    gemm(rows_of(g, m0, m1, K_row), n0, n1);
+  });
 }
 
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,
@@ -127,7 +174,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
   linear_core(x, w, weight_bits, rows.first, N, c.data_ptr<std::int32_t>(), os.data_ptr<float>(),
               b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(),
               [&](std::int64_t, const float* xr, std::int8_t* ar) { k.quantize_rows(xr, ar, K, q, 0, 1); },
-              [](std::int64_t, std::int64_t) {});
+              [](std::int64_t, std::int64_t, std::int64_t, std::int64_t) {});
   return y;
 }
 
@@ -186,8 +233,8 @@ at::Tensor linear_dynamic_int8_cpu(const at::Tensor& input, const at::Tensor& we
   float* yp = y.data_ptr<float>();
   const float* wsp = ws.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
-  const auto finish = [&](std::int64_t n0, std::int64_t n1) {
-    for (std::int64_t m = 0; m < M; ++m) {
+  const auto finish = [&](std::int64_t m0, std::int64_t m1, std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t m = m0; m < m1; ++m) {
       const float sm = row_scale[static_cast<std::size_t>(m)];
       float* yr = yp + m * N;
       if (bp) {
@@ -260,7 +307,7 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
-  at::parallel_for(0, M, 1, [&](std::int64_t b0, std::int64_t e0) {
+  const auto quantize = [&](std::int64_t b0, std::int64_t e0) {
     k.quantize_rows(xp, a.data(), K, q, b0, e0);
     for (std::int64_t m = b0; m < e0; ++m) {
       for (std::int64_t gi = 0; gi < G; ++gi) {
@@ -269,7 +316,9 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
         a_gsum[static_cast<std::size_t>(m * G + gi)] = s;
       }
     }
-  });
+  };
+  const std::int64_t chunk = row_chunk(M, N, K, N * K / 2);
+  if (chunk == 0) at::parallel_for(0, M, 1, quantize);
   kernels::QGemmW4Args g;
   g.a = a.data();
   g.a_gsum = a_gsum.data();
@@ -284,6 +333,18 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   g.N = N;
   g.K = K;
   g.group = group_size;
+  if (chunk > 0) {
+    at::parallel_for(0, M, chunk, [&](std::int64_t m0, std::int64_t m1) {
+      quantize(m0, m1);
+      kernels::QGemmW4Args r = g;
+      r.a += m0 * K;
+      r.a_gsum += m0 * G;
+      r.y += m0 * N;
+      r.M = m1 - m0;
+      k.gemm_w4(r, 0, N);
+    });
+    return y;
+  }
   at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) {
     k.gemm_w4(g, b0 * 16, std::min(N, e0 * 16));
   });

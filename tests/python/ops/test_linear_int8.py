@@ -1614,6 +1614,84 @@ def test_dynamic_int8_zero_rows_nan_inf_and_leading_dims():
         qatkit._C.set_cpu_isa(old)
 
 
+# The threads split a Linear's input rows (each quantizes its rows and runs the whole weight on them)
+# from 32 rows when the weight is at most 2 MiB, in chunks of at least 2^18 multiply-adds, and its
+# output columns otherwise (csrc/ops/cpu/qgemm_kernel.cpp, row_chunk): [67, 1000] x 70 splits rows,
+# 34 / 33 at 2 threads, 23 / 23 / 21 at 3 (tails of every kernel's row tiles in each chunk); at 1
+# thread the same product runs the column form; [40, 2048] x 1040 int8 (2.03 MiB) splits columns
+# from 32 rows; [40, 1000] x 5 (small chunks) runs on one thread.
+_SPLIT_SHAPES = [(67, 70, 1000), (40, 1040, 2048), (40, 5, 1000), (33, 70, 1000)]
+
+
+def _split_cases(M, N, K, g):
+    """(label, call, reference output) of every linear kernel with int8 activations on [M, K] x N."""
+    x = torch.randn(M, K, generator=g) * 3
+    x[1] *= 1e-3  # a row whose per-token scale differs by 1000x
+    s, zp, qmin, qmax = 0.05, 3, 0, 255
+    scale, fb = torch.rand(N, generator=g) * 1e-3 + 1e-5, torch.randn(N, generator=g)
+    bias_q = torch.randint(-5000, 5000, (N,), dtype=torch.int32, generator=g)
+    cases = []
+    for bits in (8, 2, 1):
+        w, layouts = _per_token_weights(bits, N, K, g)
+        if bits != 8 and N * K > 1 << 20:
+            continue  # the column form at these bits: the int8 weight's shape covers the loop
+        corr = (bias_q.long() + (128 - zp) * w.long().sum(1)).int()
+        want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+        op = {8: ops.linear_int8, 2: ops.linear_w2a8, 1: ops.linear_w1a8}[bits]
+        for p in layouts:
+            cases.append((f"w{bits}a8 {tuple(p.shape)}", lambda op=op, p=p, c=corr: op(x, p, c, scale, s, zp, qmin, qmax), want))
+        ws = torch.rand(N, generator=g) + 0.05
+        for per_tensor in (False, True):
+            want_d = _per_token_reference(x, w, ws, 127, fb, per_tensor)
+            for p in layouts:
+                cases.append((f"dynamic w{bits} per_tensor={per_tensor} {tuple(p.shape)}",
+                              lambda p=p, b=bits, ws=ws, pt=per_tensor: ops.linear_dynamic_int8(x, p, b, ws, 127, fb, pt),
+                              want_d))
+    if K % 32 == 0 and N * K <= 1 << 20:
+        w4 = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
+        gscale = torch.rand(N, K // 32, generator=g) * 0.1
+        packed = ops.pack_int4_w4(w4)
+        want4 = _w4_reference(x, w4, gscale, 32, s, zp, qmin, qmax, fb)
+        for p in (packed, ops.pack_int4_panel(packed)):
+            cases.append((f"w4a8 {tuple(p.shape)}", lambda p=p: ops.linear_w4a8(x, p, gscale, 32, s, zp, qmin, qmax, fb), want4))
+    return cases
+
+
+@pytest.mark.parametrize("M,N,K", _SPLIT_SHAPES + [(67, 70, 1024)])
+def test_row_and_column_thread_splits_equal_the_references(M, N, K):
+    cases = _split_cases(M, N, K, torch.Generator().manual_seed(M + N + K))
+    old, threads = qatkit._C.cpu_isa(), torch.get_num_threads()
+    try:
+        for isa in _isas():
+            assert qatkit._C.set_cpu_isa(isa)
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                for label, call, want in cases:
+                    assert torch.equal(call(), want), (isa, t, label)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+        torch.set_num_threads(threads)
+
+
+def test_dynamic_int8_row_chunks_name_the_first_bad_row():
+    """Rows split across threads (each chunk quantizes its rows, the per-token scales are checked
+    after the chunks): NaN / Inf in rows 60 and 5 names row 5, at 1, 2 and 3 threads."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(67, 1000, generator=g)
+    x[60, 3], x[5, 9] = float("inf"), float("nan")
+    w, layouts = _per_token_weights(8, 70, 1000, g)
+    ws = torch.rand(70, generator=g) + 0.05
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            for p in layouts:
+                with pytest.raises(ValueError, match=r"input row 5 \(of the 67 rows"):
+                    ops.linear_dynamic_int8(x, p, 8, ws)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_dynamic_int8_opcheck_compile_export_and_errors():
     from torch.export import Dim, export
 
