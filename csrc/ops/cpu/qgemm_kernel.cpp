@@ -63,6 +63,17 @@ Args rows_of(const Args& g, std::int64_t m0, std::int64_t m1, std::int64_t a_rs)
   return r;
 }
 
+// Small maps (several images' patch rows in one GEMM) with an image for every thread: each thread runs
+// that batched form on its own images (quantization, patch rows, the GEMM over every output column,
+// the transpose into NCHW) in one parallel region, reading the whole weight (<= 8 MiB) itself;
+// otherwise the images' rows are shared by every thread (a region per step, tiles of rows x 64
+// columns). Same process on Zen 4 (docs/benchmarks.md, twenty-third session): loaded MobileNetV2
+// w8a8 / ternary 1.06-1.14x, channels_last 1.10-1.16x, XNOR 1.02-1.10x; ResNet-18 w8a8 1.08x in the
+// 400 ns mode (its 2.36 MB layer4 weights included), equal in the 60 ns one.
+bool images_by_thread(bool per_image, const at::Tensor& weight) {
+  return per_image && at::get_num_threads() > 1 && weight.numel() * weight.element_size() <= (std::int64_t{8} << 20);
+}
+
 // linear_int8 (weight_bits 8) and the packed low-bit kernels (2: ternary, 1: binary): activation
 // rows quantized into a buffer (zero-padded to the packed kernels' K_pad, with their sums) by
 // quantize_row(m, x_row, a_row), then the GEMM, followed by finish(m0, m1, n0, n1)
@@ -349,6 +360,17 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
     k.gemm_w4(g, b0 * 16, std::min(N, e0 * 16));
   });
   return y;
+}
+
+// f(n0, n1) over [n0, n1): across the threads (at::parallel_for with this grain) where inner, else
+// on the calling thread.
+template <class F>
+void maybe_parallel(bool inner, std::int64_t n0, std::int64_t n1, std::int64_t grain, const F& f) {
+  if (inner) {
+    at::parallel_for(n0, n1, grain, f);
+  } else {
+    f(n0, n1);
+  }
 }
 
 // The output columns [0, N) in one call (inside a parallel region) or in blocks of 16 across threads.
@@ -1000,71 +1022,83 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   if (L < kConvBatchRows && (nhwc || !per_image || K_row > 128 || weight_bits != 8)) {
     // Few positions per image: the patch rows of several images form one GEMM, so each weight block
     // is read once for all of them (one image of a 4 x 4 map would stream the whole weight for 16
-    // rows); the GEMM runs in tiles of 64 output columns x row ranges, into [rows, Ng], and each
-    // image's slice is transposed into the NCHW output.
-    const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L), HWC = cp.image_size(),
-                       PS = cp.sums_size();
-    // NHWC without padding: quantized straight into the layout; a 1x1 stride-1 conv then runs its
-    // GEMM on the layout's pixels and their sums (ConvPatches::direct / rows_are_pixels)
-    const bool direct = cp.direct(nhwc), pixel_rows = cp.rows_are_pixels(nhwc, K_row);
-    std::vector<std::int8_t> xcs(static_cast<std::size_t>(chunk * HWC));
-    std::vector<std::int32_t> pss(static_cast<std::size_t>(chunk * PS));
-    std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L));
-    // each row's positions K..K_row zeroed where the row is written (a zero fill of the whole buffer
-    // was a serial memset of up to chunk * L * K_row bytes, 18 % of a 8 x 256 x 8 x 8 3x3 conv)
-    std::unique_ptr<std::int8_t[]> cols(pixel_rows ? nullptr : new std::int8_t[static_cast<std::size_t>(chunk * L * K_row)]);
-    // every row of a chunk's [Mc, Ng] is written by the GEMM before it is read: no zero fill
-    std::unique_ptr<float[]> yt(nhwc ? nullptr : new float[static_cast<std::size_t>(chunk * L * Ng)]);
-    const std::int64_t threads = at::get_num_threads(), nt = (Ng + 63) / 64;
-    for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
-      const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
-      at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
-        std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
-        for (std::int64_t i = i0; i < i1; ++i) {
-          if (direct) {
-            k.quantize_rows(xp + (b0 + i) * C * H * W, xcs.data() + i * HWC, C * H * W, q, 0, 1);
-            cp.pixel_sums(xcs.data() + i * HWC, pss.data() + i * PS);
-          } else {
-            k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
-            cp.layout(k, xq.data(), nhwc, pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
-          }
-        }
-      });
-      // the patch rows: the layout's pixels themselves (rows L * C apart per image: r * K_row), or
-      // copied into cols
-      const std::int8_t* rows_a = pixel_rows ? xcs.data() : cols.get();
-      const std::int32_t* rows_sum = pixel_rows ? pss.data() : a_sum.data();
-      for (std::int64_t gi = 0; gi < groups; ++gi) {
-        if (!pixel_rows) {
-          at::parallel_for(0, Mc, 64, [&](std::int64_t r0, std::int64_t r1) {
-            for (std::int64_t r = r0; r < r1; ++r) {
-              const std::int64_t i = r / L;
-              a_sum[static_cast<std::size_t>(r)] =
-                  cp.row(xcs.data() + i * HWC, pss.data() + i * PS, gi, r % L, cols.get() + r * K_row, K_row);
+    // rows), into [rows, Ng], and each image's slice is transposed into the NCHW output: images
+    // [bb0, bb1), each step's work across the threads (inner: the GEMM in tiles of 64 output
+    // columns x row ranges), or all on the calling thread (images_by_thread).
+    const auto batched = [&](std::int64_t bb0, std::int64_t bb1, bool inner) {
+      const std::int64_t chunk = std::min(bb1 - bb0, (2 * kConvBatchRows + L - 1) / L), HWC = cp.image_size(),
+                         PS = cp.sums_size();
+      // NHWC without padding: quantized straight into the layout; a 1x1 stride-1 conv then runs its
+      // GEMM on the layout's pixels and their sums (ConvPatches::direct / rows_are_pixels)
+      const bool direct = cp.direct(nhwc), pixel_rows = cp.rows_are_pixels(nhwc, K_row);
+      std::vector<std::int8_t> xcs(static_cast<std::size_t>(chunk * HWC));
+      std::vector<std::int32_t> pss(static_cast<std::size_t>(chunk * PS));
+      std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L));
+      // each row's positions K..K_row zeroed where the row is written (a zero fill of the whole buffer
+      // was a serial memset of up to chunk * L * K_row bytes, 18 % of a 8 x 256 x 8 x 8 3x3 conv)
+      std::unique_ptr<std::int8_t[]> cols(pixel_rows ? nullptr : new std::int8_t[static_cast<std::size_t>(chunk * L * K_row)]);
+      // every row of a chunk's [Mc, Ng] is written by the GEMM before it is read: no zero fill
+      std::unique_ptr<float[]> yt(nhwc ? nullptr : new float[static_cast<std::size_t>(chunk * L * Ng)]);
+      const std::int64_t threads = at::get_num_threads(), nt = (Ng + 63) / 64;
+      for (std::int64_t b0 = bb0; b0 < bb1; b0 += chunk) {
+        const std::int64_t nb = std::min(chunk, bb1 - b0), Mc = nb * L;
+        maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+          std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
+          for (std::int64_t i = i0; i < i1; ++i) {
+            if (direct) {
+              k.quantize_rows(xp + (b0 + i) * C * H * W, xcs.data() + i * HWC, C * H * W, q, 0, 1);
+              cp.pixel_sums(xcs.data() + i * HWC, pss.data() + i * PS);
+            } else {
+              k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
+              cp.layout(k, xq.data(), nhwc, pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
             }
+          }
+        });
+        // the patch rows: the layout's pixels themselves (rows L * C apart per image: r * K_row), or
+        // copied into cols
+        const std::int8_t* rows_a = pixel_rows ? xcs.data() : cols.get();
+        const std::int32_t* rows_sum = pixel_rows ? pss.data() : a_sum.data();
+        for (std::int64_t gi = 0; gi < groups; ++gi) {
+          if (!pixel_rows) {
+            maybe_parallel(inner, 0, Mc, 64, [&](std::int64_t r0, std::int64_t r1) {
+              for (std::int64_t r = r0; r < r1; ++r) {
+                const std::int64_t i = r / L;
+                a_sum[static_cast<std::size_t>(r)] =
+                    cp.row(xcs.data() + i * HWC, pss.data() + i * PS, gi, r % L, cols.get() + r * K_row, K_row);
+              }
+            });
+          }
+          // row ranges: enough tiles for two per thread; consecutive tasks share their columns
+          const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
+          const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
+          // into [rows, Ng]; channels_last: straight into the output (row r of the chunk is pixel
+          // (b0 + r / L, r % L), N floats apart), no transpose
+          float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.get();
+          const std::int64_t yo_rs = nhwc ? N : Ng;
+          if (!inner) {
+            gemm(rows_a, rows_sum, Mc, gi, yo, yo_rs, 1, 0, Ng);
+          } else {
+            at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
+              for (std::int64_t t = t0; t < t1; ++t) {
+                const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
+                if (r0 >= Mc) continue;
+                gemm(rows_a + r0 * K_row, rows_sum + r0, std::min(mt, Mc - r0), gi, yo + r0 * yo_rs, yo_rs, 1, c0,
+                     std::min(Ng, c0 + 64));
+              }
+            });
+          }
+          if (nhwc) continue;
+          maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+            for (std::int64_t i = i0; i < i1; ++i)  // [L, Ng] -> the group's [Ng, L] of image b0 + i
+              k.transpose_f32(yt.get() + i * L * Ng, L, Ng, Ng, y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L, L);
           });
         }
-        // row ranges: enough tiles for two per thread; consecutive tasks share their columns
-        const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
-        const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
-        // into [rows, Ng]; channels_last: straight into the output (row r of the chunk is pixel
-        // (b0 + r / L, r % L), N floats apart), no transpose
-        float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.get();
-        const std::int64_t yo_rs = nhwc ? N : Ng;
-        at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
-          for (std::int64_t t = t0; t < t1; ++t) {
-            const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
-            if (r0 >= Mc) continue;
-            gemm(rows_a + r0 * K_row, rows_sum + r0, std::min(mt, Mc - r0), gi, yo + r0 * yo_rs, yo_rs, 1, c0,
-                 std::min(Ng, c0 + 64));
-          }
-        });
-        if (nhwc) continue;
-        at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
-          for (std::int64_t i = i0; i < i1; ++i)  // [L, Ng] -> the group's [Ng, L] of image b0 + i
-            k.transpose_f32(yt.get() + i * L * Ng, L, Ng, Ng, y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L, L);
-        });
       }
+    };
+    if (images_by_thread(per_image, wl)) {
+      at::parallel_for(0, B, 1, [&](std::int64_t i0, std::int64_t i1) { batched(i0, i1, false); });
+    } else {
+      batched(0, B, true);
     }
     return y;
   }
@@ -1455,31 +1489,44 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   // with longer rows the per-image GEMM (16-64 rows) loses to the batched one (8 x 256 x 4 x 4 ->
   // 256, 3x3: 0.57x), docs/benchmarks.md, twenty-second session.
   if (L < kConvBatchRows && (cl || !per_image || KB > 16)) {
-    // few positions per image: several images' rows in one popcount GEMM (as conv2d_int8's), in
-    // tiles of 64 output columns x row ranges into [rows, N], each image's slice transposed into NCHW
-    const std::int64_t chunk = std::min(B, (2 * kConvBatchRows + L - 1) / L);
-    XnorRows r(chunk * L, KB);
-    // every row of a chunk's [Mc, N] is written by the GEMM before it is read: no zero fill
-    std::unique_ptr<float[]> yt(cl ? nullptr : new float[static_cast<std::size_t>(chunk * L * N)]);
-    for (std::int64_t b0 = 0; b0 < B; b0 += chunk) {
-      const std::int64_t nb = std::min(chunk, B - b0), Mc = nb * L;
-      at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
-        Image im = image_buffers();
-        std::vector<std::int8_t> patch(static_cast<std::size_t>(K));
-        for (std::int64_t i = i0; i < i1; ++i) {
-          prepare(im, b0 + i);
-          for (std::int64_t l = 0; l < L; ++l) fill_row(im, b0 + i, l, r, i * L + l, patch.data());
+    // few positions per image: several images' rows in one popcount GEMM (as conv2d_int8's) into
+    // [rows, N], each image's slice transposed into NCHW: images [bb0, bb1), each step across the
+    // threads (inner: the GEMM in tiles of 64 output columns x row ranges), or all on the calling
+    // thread (images_by_thread)
+    const auto batched = [&](std::int64_t bb0, std::int64_t bb1, bool inner) {
+      const std::int64_t chunk = std::min(bb1 - bb0, (2 * kConvBatchRows + L - 1) / L);
+      XnorRows r(chunk * L, KB);
+      // every row of a chunk's [Mc, N] is written by the GEMM before it is read: no zero fill
+      std::unique_ptr<float[]> yt(cl ? nullptr : new float[static_cast<std::size_t>(chunk * L * N)]);
+      for (std::int64_t b0 = bb0; b0 < bb1; b0 += chunk) {
+        const std::int64_t nb = std::min(chunk, bb1 - b0), Mc = nb * L;
+        maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+          Image im = image_buffers();
+          std::vector<std::int8_t> patch(static_cast<std::size_t>(K));
+          for (std::int64_t i = i0; i < i1; ++i) {
+            prepare(im, b0 + i);
+            for (std::int64_t l = 0; l < L; ++l) fill_row(im, b0 + i, l, r, i * L + l, patch.data());
+          }
+        });
+        kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.get(), Mc, N, KB);
+        g.y_rs = N;
+        g.y_cs = 1;
+        if (inner) {
+          gemm_row_tiles(g, Mc);
+        } else {
+          k.gemm_xnor(g, 0, N);
         }
-      });
-      kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.get(), Mc, N, KB);
-      g.y_rs = N;
-      g.y_cs = 1;
-      gemm_row_tiles(g, Mc);
-      if (cl) continue;  // the rows were the output's
-      at::parallel_for(0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
-        for (std::int64_t i = i0; i < i1; ++i)
-          k.transpose_f32(yt.get() + i * L * N, L, N, N, y.data_ptr<float>() + (b0 + i) * N * L, L);
-      });
+        if (cl) continue;  // the rows were the output's
+        maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+          for (std::int64_t i = i0; i < i1; ++i)
+            k.transpose_f32(yt.get() + i * L * N, L, N, N, y.data_ptr<float>() + (b0 + i) * N * L, L);
+        });
+      }
+    };
+    if (images_by_thread(per_image, wl)) {
+      at::parallel_for(0, B, 1, [&](std::int64_t i0, std::int64_t i1) { batched(i0, i1, false); });
+    } else {
+      batched(0, B, true);
     }
     return y;
   }

@@ -49,6 +49,21 @@ def _isas():
         qatkit._C.set_cpu_isa(old)
 
 
+def _on_every_isa_and_thread_count(check, threads=(1, 2, 3)):
+    """check(isa, t) on every ISA this machine runs at each thread count (3 on a 2-core machine:
+    three chunks), the ISA and thread count restored after."""
+    old, before = qatkit._C.cpu_isa(), torch.get_num_threads()
+    try:
+        for isa in _isas():
+            assert qatkit._C.set_cpu_isa(isa)
+            for t in threads:
+                torch.set_num_threads(t)
+                check(isa, t)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("M,N,K", SHAPES)
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7), ((0, 15), 8), ((-127, 127), 0)])
 def test_equals_the_integer_reference_on_every_isa(M, N, K, qrange, zp):
@@ -773,6 +788,50 @@ def _non_contiguous_copy(t):
     big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype)
     big[..., ::2] = t
     return big[..., ::2]
+
+
+# Small maps (8 x 8: 64 patch rows per image, chunks of 8 images) with an image for every thread:
+# each thread runs the batched GEMM on its own images (20 images at 2 threads: 10 each, chunks of 8
+# and 2); with fewer images than threads every step is split across the threads instead
+# (csrc/ops/cpu/qgemm_kernel.cpp, images_by_thread).
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("B", [1, 3, 20])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_small_map_convs_split_images_or_steps_across_threads(bits, B, groups):
+    g = torch.Generator().manual_seed(37 + B)
+    C, N, HW = 8, 24, 8
+    x = torch.randn(B, C, HW, HW, generator=g) * 2
+    case = conv_int8_case(bits, N, C // groups * 9, groups, g)
+    corr, scale, fb, act = case["corr"], case["scale"], case["bias"], case["act"]
+    want = _unfolded_conv_reference(x, case["w"], corr, scale, act, fb, groups, (3, 3))
+
+    def check(isa, t):
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            for packed in case["layouts"]:
+                got = ops.conv2d_int8(xi, packed, bits, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, *act, fb, groups)
+                assert torch.equal(got.reshape(B, N, -1), want), (isa, t, xi.is_contiguous(), packed.shape)
+
+    _on_every_isa_and_thread_count(check)
+
+
+@pytest.mark.parametrize("B", [1, 3, 20])
+def test_small_map_xnor_convs_split_images_or_steps_across_threads(B):
+    """conv2d_w1a1 on 8 x 8 maps with 33-byte bit rows (the batched path at any image count), as the
+    test above."""
+    g = torch.Generator().manual_seed(41 + B)
+    C, N = 29, 40  # K = 261 codes: bit rows of 33 bytes
+    x = torch.randn(B, C, 8, 8, generator=g)
+    w = (torch.randint(0, 2, (N, C, 3, 3), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    want = _xnor_conv_reference(x, w, ws, fb, (1, 1), (1, 1), (1, 1))
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+
+    def check(isa, t):
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+            got = ops.conv2d_w1a1(xi, packed, (3, 3), (1, 1), (1, 1), (1, 1), ws, fb)
+            assert torch.equal(got, want), (isa, t, xi.is_contiguous())
+
+    _on_every_isa_and_thread_count(check)
 
 
 @pytest.mark.parametrize("bits,B,C,HW,N,groups", [
@@ -1660,17 +1719,12 @@ def _split_cases(M, N, K, g):
 @pytest.mark.parametrize("M,N,K", _SPLIT_SHAPES + [(67, 70, 1024)])
 def test_row_and_column_thread_splits_equal_the_references(M, N, K):
     cases = _split_cases(M, N, K, torch.Generator().manual_seed(M + N + K))
-    old, threads = qatkit._C.cpu_isa(), torch.get_num_threads()
-    try:
-        for isa in _isas():
-            assert qatkit._C.set_cpu_isa(isa)
-            for t in (1, 2, 3):
-                torch.set_num_threads(t)
-                for label, call, want in cases:
-                    assert torch.equal(call(), want), (isa, t, label)
-    finally:
-        qatkit._C.set_cpu_isa(old)
-        torch.set_num_threads(threads)
+
+    def check(isa, t):
+        for label, call, want in cases:
+            assert torch.equal(call(), want), (isa, t, label)
+
+    _on_every_isa_and_thread_count(check)
 
 
 def test_dynamic_int8_row_chunks_name_the_first_bad_row():
