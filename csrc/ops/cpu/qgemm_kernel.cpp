@@ -74,6 +74,18 @@ bool images_by_thread(bool per_image, const at::Tensor& weight) {
   return per_image && at::get_num_threads() > 1 && weight.numel() * weight.element_size() <= (std::int64_t{8} << 20);
 }
 
+// 2- and 1-bit Linear weights from this many input rows run the int8 GEMM on their codes widened
+// to int8 (linear_core), where the widened weight stays in the caches (N * K <= kLinearWidenBytes):
+// the packed kernels equal linear_int8 on the unpacked codes, and from 16 rows the int8 panel GEMM
+// ran 1.3-1.5x (ternary) and 1.0-1.2x (binary) faster on Zen 4 (docs/benchmarks.md, twenty-third
+// session); below it the packed kernels read a quarter / an eighth of the bytes.
+constexpr std::int64_t kLinearWidenRows = 16;
+constexpr std::int64_t kLinearWidenBytes = std::int64_t{2} << 20;
+
+// A 2- or 1-bit Linear weight (pack_ternary_t2, pack_binary_b1 or pack_binary_panel: panel) as
+// pack_int8_panel of its [N, K] codes.
+at::Tensor widened_linear_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t K);
+
 // linear_int8 (weight_bits 8) and the packed low-bit kernels (2: ternary, 1: binary): activation
 // rows quantized into a buffer (zero-padded to the packed kernels' K_pad, with their sums) by
 // quantize_row(m, x_row, a_row), then the GEMM, followed by finish(m0, m1, n0, n1)
@@ -86,6 +98,14 @@ void linear_core(const at::Tensor& x, const at::Tensor& w, int weight_bits, std:
   const bool panel = weight_bits == 8 && w.dim() == 3;  // pack_int8_panel: rows of ceil(K / 4) * 4
   const bool panel1 = weight_bits == 1 && w.dim() == 3;  // pack_binary_panel: K_pad / 8 = dim 1
   const std::int64_t K = x.size(-1);
+  if (weight_bits != 8 && M >= kLinearWidenRows && N * K <= kLinearWidenBytes) {
+    // derived from the constant weight alone: held between calls (cached_weight_form)
+    const at::Tensor wide = cached_weight_form(w, {5, weight_bits, panel1, N, K, 0, 0, 0}, [&] {
+      return widened_linear_weight(w, weight_bits, panel1, N, K);
+    });
+    linear_core(x, wide, 8, M, N, corr, out_scale, bias, y, quantize_row, finish, quantized);
+    return;
+  }
   const std::int64_t K_row = panel ? (K + 3) / 4 * 4 : weight_bits == 8 ? K : w.size(1) * (8 / weight_bits);
   // not zero-filled on this thread: each row writes its own padding (in its chunk's thread)
   const std::unique_ptr<std::int8_t[]> a(new std::int8_t[static_cast<std::size_t>(M * K_row)]);
@@ -413,6 +433,24 @@ inline int weight_code(const std::uint8_t* w, int bits, bool panel, std::int64_t
   if (panel) return v - 128;  // stored w + 128
   if (bits == 8) return static_cast<std::int8_t>(static_cast<std::uint8_t>(v));
   return bits == 2 ? v - 1 : (v != 0 ? 1 : -1);  // ternary c = w + 1; binary 1 = +1
+}
+
+at::Tensor widened_linear_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t K) {
+  at::Tensor codes = at::empty({N, K}, w.options().dtype(at::kChar));
+  const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
+  auto* dst = codes.data_ptr<std::int8_t>();
+  const std::int64_t rb = w.size(1);  // bytes per row (the binary panel: per step of 32 rows)
+  at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) {
+      for (std::int64_t t = 0; t < K; ++t) {
+        // the binary panel: byte n % 32 of step t / 8 in block n / 32 (kernels/common/qgemm_args.h)
+        dst[n * K + t] = static_cast<std::int8_t>(
+            panel ? (((src[((n / 32) * rb + t / 8) * 32 + n % 32] >> (t % 8)) & 1u) != 0 ? 1 : -1)
+                  : weight_code(src, bits, false, rb, n, t));
+      }
+    }
+  });
+  return qatkit::pack_int8_panel(codes);
 }
 
 // A depthwise conv's weight codes (rows of `taps` codes in any conv2d_int8 layout) as int16, [N, taps]

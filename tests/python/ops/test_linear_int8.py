@@ -1678,7 +1678,9 @@ def test_dynamic_int8_zero_rows_nan_inf_and_leading_dims():
 # output columns otherwise (csrc/ops/cpu/qgemm_kernel.cpp, row_chunk): [67, 1000] x 70 splits rows,
 # 34 / 33 at 2 threads, 23 / 23 / 21 at 3 (tails of every kernel's row tiles in each chunk); at 1
 # thread the same product runs the column form; [40, 2048] x 1040 int8 (2.03 MiB) splits columns
-# from 32 rows; [40, 1000] x 5 (small chunks) runs on one thread.
+# from 32 rows; [40, 1000] x 5 (small chunks) runs on one thread. 2- and 1-bit weights from 16 rows
+# run on their codes widened to an int8 panel where N * K <= 2 MiB (kLinearWidenRows), so the
+# packed kernels run [40, 2048] x 1040 here.
 _SPLIT_SHAPES = [(67, 70, 1000), (40, 1040, 2048), (40, 5, 1000), (33, 70, 1000)]
 
 
@@ -1692,8 +1694,6 @@ def _split_cases(M, N, K, g):
     cases = []
     for bits in (8, 2, 1):
         w, layouts = _per_token_weights(bits, N, K, g)
-        if bits != 8 and N * K > 1 << 20:
-            continue  # the column form at these bits: the int8 weight's shape covers the loop
         corr = (bias_q.long() + (128 - zp) * w.long().sum(1)).int()
         want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
         op = {8: ops.linear_int8, 2: ops.linear_w2a8, 1: ops.linear_w1a8}[bits]
@@ -1725,6 +1725,46 @@ def test_row_and_column_thread_splits_equal_the_references(M, N, K):
             assert torch.equal(call(), want), (isa, t, label)
 
     _on_every_isa_and_thread_count(check)
+
+
+@pytest.mark.parametrize("layout", ["ternary", "binary", "binary panel"])
+def test_low_bit_linear_holds_its_widened_weight_until_the_weight_changes(layout):
+    """From 16 input rows a 2- or 1-bit Linear weight runs on its codes widened to an int8 panel,
+    derived once and held (qatkit/weight_cache.h, as conv2d_int8's forms): the second call hits; an
+    in-place write to the weight derives it again; 15 rows run the packed kernel (nothing held);
+    linear_dynamic_int8 shares the form. Every output equals the reference of the weight it saw."""
+    g = torch.Generator().manual_seed(43)
+    bits = 2 if layout == "ternary" else 1
+    N, K = 40, 300
+    x = torch.randn(20, K, generator=g) * 3
+    w, _ = _per_token_weights(bits, N, K, g)
+    pack = {"ternary": lambda c: ops.pack_ternary_t2(c), "binary": lambda c: ops.pack_binary_b1(c),
+            "binary panel": lambda c: ops.pack_binary_panel(ops.pack_binary_b1(c))}[layout]
+    packed = pack(w)
+    op = ops.linear_w2a8 if bits == 2 else ops.linear_w1a8
+    s, zp, qmin, qmax = 0.05, 3, 0, 255
+    scale, bias_q = torch.rand(N, generator=g) * 1e-3, torch.randint(-500, 500, (N,), dtype=torch.int32, generator=g)
+
+    def run(p, codes, rows=20):
+        corr = (bias_q.long() + (128 - zp) * codes.long().sum(1)).int()
+        got = op(x[:rows], p, corr, scale, s, zp, qmin, qmax)
+        return torch.equal(got, _reference(x[:rows], codes, bias_q, scale, s, zp, qmin, qmax))
+
+    info = qatkit._C.derived_weight_cache_info
+    qatkit._C.clear_derived_weight_cache()
+    i0 = info()
+    assert run(packed, w, rows=15) and info()["entries"] == 0
+    assert run(packed, w)
+    i1 = info()
+    assert (i1["entries"], i1["misses"] - i0["misses"], i1["hits"] - i0["hits"]) == (1, 1, 0)
+    assert run(packed, w) and info()["hits"] - i1["hits"] == 1
+    ws = torch.rand(N, generator=g) + 0.05
+    want_d = _per_token_reference(x, w, ws, 127, None)
+    assert torch.equal(ops.linear_dynamic_int8(x, packed, bits, ws), want_d) and info()["hits"] - i1["hits"] == 2
+    w2 = w.flip(0).contiguous()
+    packed.copy_(pack(w2))
+    assert run(packed, w2)
+    assert info()["entries"] == 1 and info()["misses"] - i1["misses"] == 1
 
 
 def test_dynamic_int8_row_chunks_name_the_first_bad_row():
