@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 import qatkit
-from qatkit.testing.timing import steady_allocator
+from qatkit.testing.timing import core_to_core, steady_allocator
 
 
 def _cpu_model() -> str:
@@ -56,6 +56,7 @@ def main():
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
+    print(f"# {core_to_core()}")
     torch.manual_seed(0)
     fp32 = ffn_stack(a.dim, a.ffn, a.blocks).eval()
     with warnings.catch_warnings():

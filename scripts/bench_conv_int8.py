@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 import qatkit
 from qatkit import ops
-from qatkit.testing.timing import steady_allocator
+from qatkit.testing.timing import core_to_core, steady_allocator
 
 SHAPES = [(364, 1, 8, 32), (364, 32, 8, 64), (364, 64, 4, 64), (8, 256, 28, 256), (1, 256, 28, 256)]
 DEPTHWISE = [(364, 32, 8), (364, 64, 4), (8, 256, 28), (1, 256, 28)]
@@ -54,6 +54,7 @@ def main():
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
+    print(f"# {core_to_core()}")
     torch.manual_seed(0)
     print(f"# 3x3 convs, padding 1, {a.threads} threads, qatkit ISA {qatkit._C.cpu_isa()}, torch {torch.__version__}, "
           f"medians of {a.rounds} interleaved rounds")
@@ -101,6 +102,7 @@ def main():
         print(f"| {b}, {c}, {hw} | {med['fp32']:.2f} | {med['int8']:.2f} | {med['fp32'] / med['int8']:.2f}x |")
     if not a.no_models:
         _models(a.rounds)
+    print(f"# at the end: {core_to_core()}")
 
 
 MODEL_PRESETS = ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"]

@@ -27,7 +27,7 @@ import warnings
 import torch
 from torch import nn
 
-from qatkit.testing.timing import steady_allocator
+from qatkit.testing.timing import core_to_core, steady_allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qat_models  # noqa: E402
@@ -111,6 +111,7 @@ def main():
     torch.set_num_threads(2)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
+    print(f"# {core_to_core()}")
     warnings.simplefilter("ignore")
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)

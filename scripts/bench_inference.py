@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 import qatkit
 from qatkit import ops
-from qatkit.testing.timing import steady_allocator
+from qatkit.testing.timing import core_to_core, steady_allocator
 
 
 def _llc_bytes() -> int:
@@ -417,6 +417,7 @@ def main():
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
+    print(f"# {core_to_core()}")
     names = a.variants.split(",")
     res, llc = bench(names, a.n, a.k, [int(b) for b in a.batch.split(",")], a.rounds, a.hot, a.llc_factor, a.calls)
     info = {"cpu": _cpu_model(), "isa": qatkit._C.cpu_isa(), "threads": a.threads, "torch": torch.__version__,
@@ -431,6 +432,7 @@ def main():
     print("|---|---|---|---|---|---|")
     for r in res.values():
         print(f"| {r['variant']} | {r['batch']} | {r['us']:.0f} | {r['gbs']:.1f} | {r['ratio']:.2f}x | {r['copies']} |")
+    print(f"# at the end: {core_to_core()}")
 
 
 if __name__ == "__main__":

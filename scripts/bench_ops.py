@@ -18,7 +18,7 @@ import torch
 
 import qatkit
 from qatkit import ops
-from qatkit.testing.timing import steady_allocator
+from qatkit.testing.timing import core_to_core, steady_allocator
 
 
 def interleaved(fn_a, fn_b, rounds: int, warmup: int = 3):
@@ -48,6 +48,7 @@ def main():
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
+    print(f"# {core_to_core()}")
     torch.manual_seed(0)
     R, C = a.rows, a.cols
     x = torch.randn(R, C)

@@ -22,7 +22,7 @@ import warnings
 
 import torch
 
-from qatkit.testing.timing import steady_allocator
+from qatkit.testing.timing import core_to_core, steady_allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qat_models  # noqa: E402
@@ -90,6 +90,7 @@ def main():
     torch.set_num_threads(2)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
+    print(f"# {core_to_core()}")
     warnings.simplefilter("ignore")
     x, _ = qat_models.load_digits()
     data = list(x[:1792].split(256))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import qatkit
-from qatkit.testing.timing import steady_allocator
+from qatkit.testing.timing import core_to_core, steady_allocator
 
 
 def block(cin, cout, stride):
@@ -168,6 +168,7 @@ def main():
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
+    print(f"# {core_to_core()}")
     torch.manual_seed(0)
     rows = []
     rows += bench(

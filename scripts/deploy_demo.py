@@ -31,7 +31,7 @@ import qat_models as qm  # noqa: E402
 import qatkit  # noqa: E402
 from qatkit.qat import integer  # noqa: E402
 from qatkit.qat.convert import _Quantized  # noqa: E402
-from qatkit.testing.timing import steady_allocator  # noqa: E402
+from qatkit.testing.timing import core_to_core, steady_allocator  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXE = os.path.join(ROOT, "build", "py", "qatkit_load_run")
@@ -95,7 +95,7 @@ def deploy(qat_epochs: int = 10, seed: int = 0) -> list:
         r["ms"] = t[r["variant"]] * 1e3
         r["speed"] = t["FP32"] / t[r["variant"]]
     print(f"\nDeployment: export -> qatkit.load (integer kernels) — digits MLP, fold 0 ({len(te)} test images; "
-          f"{alloc})")
+          f"{alloc}; {core_to_core()})")
     head = ["variant", "acc %", "agree w/ QAT %", "file KiB", f"ms / {len(te)} imgs", "vs FP32", "layers on"]
     lines = [[r["variant"], f"{r['acc']:.2f}", f"{r['agree']:.2f}", f"{r['kib']:.1f}", f"{r['ms']:.2f}",
               f"{r['speed']:.2f}x", r["kernels"]] for r in rows]

@@ -5,11 +5,89 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+#ifdef __linux__
+#include <pthread.h>
+#include <sched.h>
+#endif
+
 #include "qatkit/build_info.h"
 #include "qatkit/nn.h"
 #include "qatkit/weight_cache.h"
 
 namespace py = pybind11;
+
+namespace {
+
+// The round trip of one cache line between two threads pinned to the first two CPUs this process may
+// run on, in ns: the median of `repeats` runs of `trips` round trips (release / acquire atomics), or
+// -1 where two CPUs cannot be pinned (fewer than two allowed, not Linux). On the project's 2-vCPU VMs
+// it is ~60-130 ns when the vCPUs share an L3 and ~400 ns when they do not, and the host moves them
+// within a process; the integer kernels' speed moves with it (docs/benchmarks.md, twenty-third
+// session), so the benchmark scripts print it with their tables.
+double core_to_core_ns(int trips, int repeats) {
+#ifdef __linux__
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -1;
+  std::vector<int> cpus;
+  for (int c = 0; c < CPU_SETSIZE && cpus.size() < 2; ++c)
+    if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
+  if (cpus.size() < 2 || trips < 1 || repeats < 1) return -1;
+  const auto pin = [](int cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0;
+  };
+  std::vector<double> runs;
+  for (int r = 0; r < repeats; ++r) {
+    alignas(64) std::atomic<int> flag{0};
+    std::atomic<bool> ready{false}, ok{true};
+    std::thread other([&] {
+      if (!pin(cpus[1])) ok = false;
+      ready = true;
+      if (!ok) return;
+      for (int i = 0; i < trips; ++i) {
+        while (flag.load(std::memory_order_acquire) != 1) {
+          if (!ok.load(std::memory_order_relaxed)) return;  // the partner could not pin
+        }
+        flag.store(0, std::memory_order_release);
+      }
+    });
+    double ns = -1;
+    std::thread self([&] {  // a second thread, so the caller's own affinity stays as it is
+      if (!pin(cpus[0])) ok = false;
+      while (!ready) {
+      }
+      if (!ok) return;
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < trips; ++i) {
+        flag.store(1, std::memory_order_release);
+        while (flag.load(std::memory_order_acquire) != 0) {
+        }
+      }
+      ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / trips;
+    });
+    self.join();
+    other.join();
+    if (!ok) return -1;
+    runs.push_back(ns);
+  }
+  std::nth_element(runs.begin(), runs.begin() + static_cast<std::ptrdiff_t>(runs.size() / 2), runs.end());
+  return runs[runs.size() / 2];
+#else
+  (void)trips;
+  (void)repeats;
+  return -1;
+#endif
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "qatkit native utilities (the ops themselves are torch.ops.qatkit.*)";
@@ -51,6 +129,10 @@ PYBIND11_MODULE(_C, m) {
       },
       "The CPU kernels' cache of derived weight forms (qatkit/weight_cache.h): entries, bytes, hits, "
       "misses, capacity_bytes.");
+  m.def("core_to_core_ns", &core_to_core_ns, py::arg("trips") = 20000, py::arg("repeats") = 5,
+        py::call_guard<py::gil_scoped_release>(),
+        "Round trip (ns) of one cache line between threads pinned to the first two allowed CPUs (median "
+        "of `repeats` runs of `trips`), or -1 where two cannot be pinned.");
   m.def("clear_derived_weight_cache", &qatkit::clear_derived_weight_cache,
         "Drop the CPU kernels' derived weight forms (computed again on the next call).");
   // The C++ side of the one preset table, so tests can prove Python and C++ build the same configs.

@@ -41,3 +41,36 @@ def test_steady_allocator_serves_large_blocks_from_the_heap():
             assert "mmap threshold 32 MiB" in r.stderr, r.stderr
     assert mapped["fresh"] >= 20, mapped  # the premise: glibc maps the block
     assert mapped["steady"] == 0, mapped
+
+
+_ONE_CPU = r"""
+import os, qatkit
+from qatkit.testing.timing import core_to_core
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+print(qatkit._C.core_to_core_ns(), "|", core_to_core())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sched_setaffinity: Linux only")
+def test_core_to_core_round_trip_on_two_cpus_and_none_on_one():
+    """core_to_core_ns pins two threads to the first two CPUs the process may use and times a cache
+    line's round trip between them: positive and finite with two CPUs (a round trip takes at least
+    one cache-line transfer each way, far over a nanosecond on any x86), -1 with one, and the
+    caller's own CPU set is left as it was. Each case in its own process where the set changes."""
+    import math
+    import os
+
+    import qatkit
+    from qatkit.testing.timing import core_to_core
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("this process may use one CPU: the two-CPU case cannot run here")
+    before = os.sched_getaffinity(0)
+    ns = qatkit._C.core_to_core_ns(2000, 3)
+    assert math.isfinite(ns) and ns > 5, ns
+    assert os.sched_getaffinity(0) == before
+    assert "round trip" in core_to_core(2000, 1) and " ns " in core_to_core(2000, 1)
+    r = subprocess.run([sys.executable, "-c", _ONE_CPU], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    value, text = r.stdout.split("|")
+    assert float(value) == -1.0 and "not measured" in text, r.stdout
