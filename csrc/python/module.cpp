@@ -30,6 +30,8 @@ namespace {
 // within a process; the integer kernels' speed moves with it (docs/benchmarks.md, twenty-third
 // session), so the benchmark scripts print it with their tables.
 double core_to_core_ns(int trips, int repeats) {
+  TORCH_CHECK_VALUE(trips >= 1 && repeats >= 1, "core_to_core_ns: trips and repeats must be >= 1, got trips=", trips,
+                    " and repeats=", repeats);
 #ifdef __linux__
   cpu_set_t allowed;
   CPU_ZERO(&allowed);
@@ -37,7 +39,7 @@ double core_to_core_ns(int trips, int repeats) {
   std::vector<int> cpus;
   for (int c = 0; c < CPU_SETSIZE && cpus.size() < 2; ++c)
     if (CPU_ISSET(c, &allowed)) cpus.push_back(c);
-  if (cpus.size() < 2 || trips < 1 || repeats < 1) return -1;
+  if (cpus.size() < 2) return -1;
   const auto pin = [](int cpu) {
     cpu_set_t one;
     CPU_ZERO(&one);
@@ -81,8 +83,6 @@ double core_to_core_ns(int trips, int repeats) {
   std::nth_element(runs.begin(), runs.begin() + static_cast<std::ptrdiff_t>(runs.size() / 2), runs.end());
   return runs[runs.size() / 2];
 #else
-  (void)trips;
-  (void)repeats;
   return -1;
 #endif
 }

@@ -70,6 +70,9 @@ def test_core_to_core_round_trip_on_two_cpus_and_none_on_one():
     assert math.isfinite(ns) and ns > 5, ns
     assert os.sched_getaffinity(0) == before
     assert "round trip" in core_to_core(2000, 1) and " ns " in core_to_core(2000, 1)
+    for bad in ((0, 1), (10, 0), (-3, 5)):
+        with pytest.raises(ValueError, match=r"trips and repeats must be >= 1, got trips=-?\d+ and repeats=-?\d+"):
+            qatkit._C.core_to_core_ns(*bad)
     r = subprocess.run([sys.executable, "-c", _ONE_CPU], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     value, text = r.stdout.split("|")
