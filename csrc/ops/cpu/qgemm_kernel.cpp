@@ -46,8 +46,9 @@ namespace {
 // thread where there are rows for every thread (M >= 32) and the weight is small enough for each
 // core to read all of it from its caches (<= 2 MiB); a chunk does at least 2^18 multiply-adds, so a
 // small product runs on one thread.
-std::int64_t row_chunk(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t weight_bytes) {
-  if (M < 32 || weight_bytes > (std::int64_t{2} << 20) || at::get_num_threads() < 2) return 0;
+std::int64_t row_chunk(std::int64_t M, std::int64_t N, std::int64_t K, std::int64_t weight_bytes,
+                       std::int64_t max_weight_bytes = std::int64_t{2} << 20) {
+  if (M < 32 || weight_bytes > max_weight_bytes || at::get_num_threads() < 2) return 0;
   const std::int64_t macs = std::max<std::int64_t>(1, N * K);
   return std::max<std::int64_t>(16, ((std::int64_t{1} << 18) + macs - 1) / macs);
 }
@@ -85,6 +86,19 @@ constexpr std::int64_t kLinearWidenBytes = std::int64_t{2} << 20;
 // A 2- or 1-bit Linear weight (pack_ternary_t2, pack_binary_b1 or pack_binary_panel: panel) as
 // pack_int8_panel of its [N, K] codes.
 at::Tensor widened_linear_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t K);
+
+// Rows [m0, m1) of a popcount GEMM's launch: its sign bits, zero masks, per-row terms and output.
+kernels::QGemmXnorArgs rows_of(const kernels::QGemmXnorArgs& g, std::int64_t m0, std::int64_t m1) {
+  kernels::QGemmXnorArgs r = g;
+  r.a += m0 * g.KB;
+  r.z += m0 * g.KB;
+  r.has_zero += m0;
+  r.a_k += m0;
+  r.row_scale += m0;
+  r.y += m0 * g.y_rs;
+  r.M = m1 - m0;
+  return r;
+}
 
 // linear_int8 (weight_bits 8) and the packed low-bit kernels (2: ternary, 1: binary): activation
 // rows quantized into a buffer (zero-padded to the packed kernels' K_pad, with their sums) by
@@ -1281,14 +1295,25 @@ at::Tensor linear_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, co
   const float* ap = alpha.data_ptr<float>();
   const std::int64_t per_sample = M / input.size(0);
   XnorRows r(M, KB);
-  at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)), [&](std::int64_t b0, std::int64_t e0) {
-    for (std::int64_t m = b0; m < e0; ++m) {
-      r.set_row(m, KB, K, ap[m / per_sample], cp + m * K);
-    }
-  });
+  const auto set_rows = [&](std::int64_t b0, std::int64_t e0) {
+    for (std::int64_t m = b0; m < e0; ++m) r.set_row(m, KB, K, ap[m / per_sample], cp + m * K);
+  };
   kernels::QGemmXnorArgs g = r.args(w, ws, b, y.data_ptr<float>(), M, N, KB);
   g.y_rs = N;
   const auto& k = kernels::cpu::qgemm_kernels();
+  // row chunks per thread (row_chunk; the work counted in weight bytes: a popcount covers 64 pairs)
+  // up to 128 KiB of weight bits: there 1.0-1.1x the column blocks (the digits model's XNOR layer
+  // in the far placement 1.3x), while from 256 KiB (64 x 2048 x 1024) each thread streaming all the
+  // bits ran 0.86-0.88x (docs/benchmarks.md, twenty-third session)
+  const std::int64_t chunk = row_chunk(M, N, KB, N * KB, std::int64_t{128} << 10);
+  if (chunk > 0) {
+    at::parallel_for(0, M, chunk, [&](std::int64_t m0, std::int64_t m1) {
+      set_rows(m0, m1);
+      k.gemm_xnor(rows_of(g, m0, m1), 0, N);
+    });
+    return y;
+  }
+  at::parallel_for(0, M, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)), set_rows);
   at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) { k.gemm_xnor(g, b0 * 16, std::min(N, e0 * 16)); });
   return y;
 }
@@ -1464,18 +1489,6 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     r.a_k[static_cast<std::size_t>(R)] = static_cast<std::int32_t>(K) - zeros;
     r.scale[static_cast<std::size_t>(R)] = ap[bi];
   };
-  // rows [r0, r1) of a popcount GEMM's [rows, N] operands and output
-  const auto row_range = [&](const kernels::QGemmXnorArgs& g, std::int64_t r0, std::int64_t r1) {
-    kernels::QGemmXnorArgs gt = g;
-    gt.a += r0 * KB;
-    gt.z += r0 * KB;
-    gt.has_zero += r0;
-    gt.a_k += r0;
-    gt.row_scale += r0;
-    gt.y += r0 * N;
-    gt.M = r1 - r0;
-    return gt;
-  };
   // the popcount GEMM of Mc rows into g.y ([Mc, N] rows), in tiles of 64 output columns x row ranges
   const std::int64_t threads = at::get_num_threads(), nt = (N + 63) / 64;
   const auto gemm_row_tiles = [&](const kernels::QGemmXnorArgs& g, std::int64_t Mc) {
@@ -1484,7 +1497,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
       for (std::int64_t t = t0; t < t1; ++t) {
         const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
-        if (r0 < Mc) k.gemm_xnor(row_range(g, r0, std::min(Mc, r0 + mt)), c0, std::min(N, c0 + 64));
+        if (r0 < Mc) k.gemm_xnor(rows_of(g, r0, std::min(Mc, r0 + mt)), c0, std::min(N, c0 + 64));
       }
     });
   };
@@ -1514,7 +1527,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       // 16 -> 144 and 8 x 16 x 32 x 32 -> 96; docs/benchmarks.md, twentieth session)
       constexpr std::int64_t rc = 256;
       at::parallel_for(0, (Mp + rc - 1) / rc, 1, [&](std::int64_t t0, std::int64_t t1) {
-        k.gemm_xnor(row_range(g, t0 * rc, std::min(Mp, t1 * rc)), 0, N);
+        k.gemm_xnor(rows_of(g, t0 * rc, std::min(Mp, t1 * rc)), 0, N);
       });
     }
     return y;

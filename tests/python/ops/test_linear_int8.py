@@ -1253,6 +1253,31 @@ def test_w1a1_equals_the_integer_reference_on_every_isa(shape, N):
         qatkit._C.set_cpu_isa(old)
 
 
+def _xnor_linear_case(shape, N, g, offset):
+    """linear_w1a1 operands drawn from g: input (randn + offset), sign codes [N, K], weight scales,
+    float bias, pack_binary_b1 of the codes."""
+    x = torch.randn(shape, generator=g) + offset
+    w = (torch.randint(0, 2, (N, shape[-1]), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    return x, w, ws, fb, ops.pack_binary_b1(w)
+
+
+@pytest.mark.parametrize("shape,N", [((67, 1000), 70), ((4, 17, 1000), 70), ((90, 300), 40)])
+def test_w1a1_row_chunks_across_threads_equal_the_reference(shape, N):
+    """From 32 rows with at most 128 KiB of weight bits the threads split linear_w1a1's rows (each
+    packs its rows' bits and runs every output column on them): [67, 1000] x 70 in chunks of 34 / 33
+    at 2 threads (the 32-row kernel) and 23 / 23 / 21 at 3 (the 4-row one); a [4, 17, K] input's
+    samples (one alpha each) cross the chunks; 1 thread runs the column blocks. Every ISA, against
+    the formula."""
+    x, w, ws, fb, packed = _xnor_linear_case(shape, N, torch.Generator().manual_seed(12), 0.3)
+    want = _xnor_reference(x, w, ws, fb)
+
+    def check(isa, t):
+        assert torch.equal(ops.linear_w1a1(x, packed, ws, fb), want), (isa, t)
+
+    _on_every_isa_and_thread_count(check)
+
+
 def test_w1a1_nan_codes_are_left_out_of_the_sum():
     """A NaN input codes as 0 (binary_codes), which has no bit: the zero mask keeps it out of the
     popcount sum, on every ISA (rows with and without NaN in one batch)."""
@@ -1464,11 +1489,7 @@ def test_w1a1_is_w1a8_on_the_codes_at_scale_1(shape, N):
     pack_binary_b1's rows; corr 0, out_scale 1: fp32(acc)), then * fp32(alpha[b] * ws[n]) + bias,
     equals the popcount kernels bit for bit (here on the CPU kernels, every ISA)."""
     g = torch.Generator().manual_seed(41)
-    x = torch.randn(shape, generator=g) + 0.2
-    K = shape[-1]
-    w = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
-    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
-    packed = ops.pack_binary_b1(w)
+    x, w, ws, fb, packed = _xnor_linear_case(shape, N, g, 0.2)
     zero, one = torch.zeros(N, dtype=torch.int32), torch.ones(N)
     xc = torch.randn(2, 5, 7, 6, generator=g)
     wc = (torch.randint(0, 2, (N, 5, 3, 3), generator=g) * 2 - 1).to(torch.int8)
