@@ -78,7 +78,7 @@ bool images_by_thread(bool per_image, const at::Tensor& weight) {
 // 2- and 1-bit Linear weights from this many input rows run the int8 GEMM on their codes widened
 // to int8 (linear_core), where the widened weight stays in the caches (N * K <= kLinearWidenBytes):
 // the packed kernels equal linear_int8 on the unpacked codes, and from 16 rows the int8 panel GEMM
-// ran 1.3-1.5x (ternary) and 1.0-1.2x (binary) faster on Zen 4 (docs/benchmarks.md, twenty-third
+// ran 1.4-6x (ternary) and 1.1-1.45x (binary) faster on Zen 4 (docs/benchmarks.md, twenty-third
 // session); below it the packed kernels read a quarter / an eighth of the bytes.
 constexpr std::int64_t kLinearWidenRows = 16;
 constexpr std::int64_t kLinearWidenBytes = std::int64_t{2} << 20;
@@ -1120,9 +1120,6 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
               }
             });
           }
-          // row ranges: enough tiles for two per thread; consecutive tasks share their columns
-          const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
-          const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
           // into [rows, Ng]; channels_last: straight into the output (row r of the chunk is pixel
           // (b0 + r / L, r % L), N floats apart), no transpose
           float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.get();
@@ -1130,6 +1127,9 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           if (!inner) {
             gemm(rows_a, rows_sum, Mc, gi, yo, yo_rs, 1, 0, Ng);
           } else {
+            // row ranges: enough tiles for two per thread; consecutive tasks share their columns
+            const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
+            const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
             at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
               for (std::int64_t t = t0; t < t1; ++t) {
                 const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
