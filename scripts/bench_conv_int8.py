@@ -1,12 +1,13 @@
 """Integer convolutions (issue 13): ``ops.conv2d_int8`` (W8A8, im2col on the codes, the ISA's int8
 GEMM on the ``pack_int8_panel`` layout that the plans give groups == 1 convs; also on the row
-layout; ternary and binary W1A8 weights on their packed layouts) and ``ops.conv2d_w1a1`` (XNOR)
+layout; ternary and binary W1A8 weights on their packed layouts), ``ops.conv2d_w1a1`` (XNOR) and
+``ops.conv2d_w4a8`` (W4A8, groups of 32 along PyTorch's (c, i, j) order)
 against ``F.conv2d`` (oneDNN fp32) on the same input, 3x3, padding 1, groups 1, in the same
 process, interleaved, medians; ratios to fp32. A second table: depthwise 3x3 convs (groups = C) on
 ``ops.conv2d_int8`` against oneDNN's fp32 depthwise conv. A third: whole CNNs (ResNet-18 and
 MobileNetV2 in torchvision's layout, CIFAR stems, 32 x 32 inputs, batch 8; random weights,
 calibrated on random batches: speed only) FP32 against the same model PTQ'd, exported and loaded
-back on the integer kernels (``qatkit.load_into``) at w8a8, ternary_twn, binary_w1a8 and xnor_w1a1,
+back on the integer kernels (``qatkit.load_into``) at w8a8, w4a8, ternary_twn, binary_w1a8 and xnor_w1a1,
 with the layers' kernels and the cosine of the loaded model's logits to the PTQ (fake-quant) model's;
 each also with channels_last inputs (FP32 converted with ``.to(memory_format=torch.channels_last)``;
 the integer convs follow their input's format).
@@ -59,8 +60,8 @@ def main():
     print(f"# 3x3 convs, padding 1, {a.threads} threads, qatkit ISA {qatkit._C.cpu_isa()}, torch {torch.__version__}, "
           f"medians of {a.rounds} interleaved rounds")
     print("| input (B, C, H=W) -> N | fp32 ms | int8 ms | int8 vs fp32 | int8 row layout vs fp32 | ternary vs fp32 | "
-          "binary W1A8 vs fp32 | xnor ms | xnor vs fp32 |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "binary W1A8 vs fp32 | xnor ms | xnor vs fp32 | w4a8 g32 vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for b, c, hw, n in SHAPES:
         x = torch.randn(b, c, hw, hw)
         w = torch.randn(n, c, 3, 3)
@@ -81,11 +82,16 @@ def main():
             "binary": lambda: ops.conv2d_int8(x, pb, 1, (3, 3), (1, 1), (1, 1), (1, 1), *act),
             "xnor": lambda: ops.conv2d_w1a1(x, pb, (3, 3), (1, 1), (1, 1), (1, 1), ws),
         }
+        if k % 32 == 0:  # W4A8 with groups of 32 along (c, i, j): the panel layout the plans give
+            p4 = ops.pack_int4_panel(ops.pack_int4_w4(torch.randint(-8, 8, (n, k), dtype=torch.int8)))
+            gs4 = torch.rand(n, k // 32) * 1e-2
+            fns["w4a8"] = lambda: ops.conv2d_w4a8(x, p4, (3, 3), (1, 1), (1, 1), (1, 1), gs4, 32, 0.02, 128, 0, 255)
         med = _medians(fns, a.rounds)
         r = {k_: med["fp32"] / v for k_, v in med.items()}
+        w4 = f"{r['w4a8']:.2f}x" if "w4a8" in r else "- (K = 9 C: no groups of 32)"
         print(f"| {b}, {c}, {hw} -> {n} | {med['fp32']:.2f} | {med['int8']:.2f} | {r['int8']:.2f}x | "
               f"{r['int8 rows']:.2f}x | {r['ternary']:.2f}x | {r['binary']:.2f}x | {med['xnor']:.2f} | "
-              f"{r['xnor']:.2f}x |")
+              f"{r['xnor']:.2f}x | {w4} |")
     print("\n| depthwise input (B, C, H=W) | fp32 ms | int8 ms | int8 vs fp32 |")
     print("|---|---|---|---|")
     for b, c, hw in DEPTHWISE:
@@ -105,7 +111,7 @@ def main():
     print(f"# at the end: {core_to_core()}")
 
 
-MODEL_PRESETS = ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"]
+MODEL_PRESETS = ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"]
 
 
 def _models(rounds: int) -> None:

@@ -1,7 +1,8 @@
 // Integer compute for converted C++ layers (docs/integer.md): set_compute builds, per layer, the
 // operands of the integer kernel that runs it — the same rules and the same operands as Python's
 // qatkit.qat.integer (_int8_plan), so C++ and Python give the same bits — and the layers' forwards
-// call qatkit::linear_int8 / linear_dynamic_int8 / linear_w2a8 / linear_w1a8 / conv2d_int8 with them.
+// call qatkit::linear_int8 / linear_dynamic_int8 / linear_w2a8 / linear_w1a8 / linear_w4a8 / conv2d_int8 /
+// conv2d_w4a8 with them.
 #include <ATen/ops/cat.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -162,7 +163,6 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat) return nullptr;
   if (!aq) return conv ? nullptr : make_weight_only_plan(f, *wspec, bias, rows);
   if (conv && string_padding) return nullptr;
-  if (f.group_size && conv) return nullptr;  // per-group convs: no integer kernel yet
   if ((f.zero_point != 0).any().item<bool>()) return nullptr;
   const QuantSpec& as = aq->spec();
   if (as.kind == "binary") return make_xnor_plan(f, *wspec, aq, bias, conv, conv ? groups : 1, zeros_padding);
@@ -190,7 +190,9 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
     }
     auto plan = std::make_shared<IntegerKernelPlan>();
     plan->weight_bits = 4;
-    plan->weight = rows ? pack_w4(w) : qatkit::pack_int4_panel(pack_w4(w));
+    // convs: conv2d_w4a8 on (c, i, j) patch rows; the panel layout holds one GEMM's rows (groups 1)
+    plan->groups = conv ? groups : 1;
+    plan->weight = rows || plan->groups > 1 ? pack_w4(w) : qatkit::pack_int4_panel(pack_w4(w));
     plan->group_size = gs;
     plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
     if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
@@ -339,6 +341,10 @@ torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& in
 torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k, at::IntArrayRef st,
                            at::IntArrayRef pad, at::IntArrayRef dil) {
   if (p.binary_input) return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias, p.groups);
+  if (p.weight_bits == 4) {
+    return qatkit::conv2d_w4a8(x4, p.weight, k, st, pad, dil, p.group_scale, p.group_size, p.act_scale,
+                               p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups);
+  }
   return qatkit::conv2d_int8(x4, p.weight, p.weight_bits, k, st, pad, dil, p.corr, p.out_scale, p.act_scale,
                              p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups);
 }

@@ -80,6 +80,11 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "linear_w4a8(Tensor input, Tensor weight, Tensor group_scale, int group_size, "
       "float act_scale, int act_zero_point, int act_quant_min, int act_quant_max, Tensor? bias=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
+  m.def(
+      "conv2d_w4a8(Tensor input, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "Tensor group_scale, int group_size, float act_scale, int act_zero_point, int act_quant_min, int act_quant_max, "
+      "Tensor? bias=None, int groups=1) -> Tensor",
+      {at::Tag::pt2_compliant_tag});
   m.def("pack_int4_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("pack_int8_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("pack_binary_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
@@ -231,6 +236,11 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
                 fmt::format("{}: every tensor must be on the input's device {}, got {}", op, input.device().str(),
                             t->device().str()));
   }
+  return check_act_qparams(op, act_scale, zp, qmin, qmax);
+}
+
+std::int32_t check_act_qparams(const char* op, double act_scale, std::int64_t zp, std::int64_t qmin,
+                               std::int64_t qmax) {
   const float s = static_cast<float>(act_scale);
   TORCH_CHECK_VALUE(std::isfinite(s) && s > 0.f, fmt::format("{}: act_scale must be a finite float32 > 0, got {}", op, act_scale));
   TORCH_CHECK_VALUE(qmin <= qmax && qmax - qmin <= 255 && (qmin >= 0 ? qmax <= 255 : (qmin >= -128 && qmax <= 127)),
@@ -270,12 +280,9 @@ void check_linear_dynamic_int8_args(const at::Tensor& input, const at::Tensor& w
                                 "fit int8), got {}", op, act_quant_max));
 }
 
-std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t bits,
-                                                  at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
-                                                  std::int64_t groups) {
-  constexpr const char* op = "conv2d_int8";
-  TORCH_CHECK_VALUE(bits == 8 || bits == 2 || bits == 1, fmt::format("{}: weight_bits must be 8, 2 or 1, got {}", op, bits));
+std::array<std::int64_t, 2> check_conv2d_geometry(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation) {
   TORCH_CHECK_VALUE(input.dim() == 4, fmt::format("{}: input must be 4-D [B, C, H, W], got {} dims", op, input.dim()));
   for (auto [name, v, lo] : {std::tuple{"kernel_size", kernel_size, 1}, std::tuple{"stride", stride, 1},
                              std::tuple{"padding", padding, 0}, std::tuple{"dilation", dilation, 1}}) {
@@ -306,6 +313,17 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
   TORCH_CHECK_VALUE(Hp <= kMaxImage / Wp && C <= kMaxImage / (Hp * Wp),
                     fmt::format("{}: the padded input ({} x {} pixels of {} channels) is larger than 2^40 codes", op,
                                 Hp, Wp, C));
+  return {ho, wo};
+}
+
+std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t bits,
+                                                  at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                  std::int64_t groups) {
+  constexpr const char* op = "conv2d_int8";
+  TORCH_CHECK_VALUE(bits == 8 || bits == 2 || bits == 1, fmt::format("{}: weight_bits must be 8, 2 or 1, got {}", op, bits));
+  const auto [ho, wo] = check_conv2d_geometry(op, input, kernel_size, stride, padding, dilation);
+  const std::int64_t C = static_dim(input, 1);
   if (weight.dim() == 3) {  // pack_int8_panel's layout (groups == 1; its shape against corr's N: the linear checks)
     TORCH_CHECK_VALUE(bits == 8 && groups == 1,
                       fmt::format("{}: a 3-D panel weight (pack_int8_panel) needs weight_bits 8 and groups 1, got {} "
@@ -445,8 +463,7 @@ at::Tensor s8_panel_operand(const at::Tensor& weight, std::int64_t N, std::int64
 }
 
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
-                            std::int64_t group, const std::optional<at::Tensor>& bias) {
-  constexpr const char* op = "linear_w4a8";
+                            std::int64_t group, const std::optional<at::Tensor>& bias, const char* op) {
   const auto [N, G] = check_w4_weight(op, input, weight, group, &gscale);
   // |acc_g| <= 2040 * group_size (|code - zero_point| <= 255, |q| <= 8): every int32 partial sum
   // fits and the float64 product acc_g * scale is exact (< 2^53) for groups up to 2^17
@@ -458,6 +475,30 @@ void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, c
   TORCH_CHECK_VALUE(gscale.dim() == 2 && gscale.size(0) == N && gscale.size(1) == G,
                     fmt::format("{}: group_scale must have shape [{}, {}], got {}", op, N, G, shape_str(gscale.sizes())));
   check_devices_and_bias(op, input, {&weight, &gscale}, bias, N);
+}
+
+Conv2dW4A8Shape check_conv2d_w4a8_args(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                       const at::Tensor& gscale, std::int64_t group, double act_scale, std::int64_t zp,
+                                       std::int64_t qmin, std::int64_t qmax, const std::optional<at::Tensor>& bias,
+                                       std::int64_t groups) {
+  constexpr const char* op = "conv2d_w4a8";
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
+                   fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
+  const auto [ho, wo] = check_conv2d_geometry(op, input, kernel_size, stride, padding, dilation);
+  const std::int64_t C = static_dim(input, 1);
+  TORCH_CHECK_VALUE(gscale.dim() == 2, fmt::format("{}: group_scale must be 2-D [N, C/groups*kh*kw / group_size], got {} "
+                                                   "dims", op, gscale.dim()));
+  const std::int64_t N = gscale.size(0);
+  TORCH_CHECK_VALUE(groups >= 1 && C % groups == 0 && N % groups == 0,
+                    fmt::format("{}: groups must be >= 1 and divide the input channels {} and the output channels {} "
+                                "(group_scale's rows), got {}", op, C, N, groups));
+  TORCH_CHECK_VALUE(weight.dim() != 3 || groups == 1,
+                    fmt::format("{}: a 3-D panel weight (pack_int4_panel) needs groups 1, got {}", op, groups));
+  // the weight and group checks of linear_w4a8 on a patch row's [1, K] (K = C / groups * kh * kw)
+  const std::int64_t K = C / groups * kernel_size[0] * kernel_size[1];
+  check_linear_w4a8_args(at::empty({1, K}, input.options()), weight, gscale, group, bias, op);
+  return {ho, wo, check_act_qparams(op, act_scale, zp, qmin, qmax)};
 }
 
 std::int64_t check_w1a1_args(const char* op, const at::Tensor& input, std::int64_t K, const at::Tensor& weight,
@@ -562,6 +603,16 @@ at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& weight, const 
   static auto op = ops::op_handle<decltype(linear_w4a8)>("qatkit::linear_w4a8");
   return op.call(input, weight, group_scale, group_size, act_scale, act_zero_point, act_quant_min,
                  act_quant_max, bias);
+}
+
+at::Tensor conv2d_w4a8(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                       const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
+                       std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                       const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  static auto op = ops::op_handle<decltype(conv2d_w4a8)>("qatkit::conv2d_w4a8");
+  return op.call(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size, act_scale,
+                 act_zero_point, act_quant_min, act_quant_max, bias, groups);
 }
 
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,

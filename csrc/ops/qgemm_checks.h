@@ -88,7 +88,35 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
 /// linear_w4a8's weight / group checks (the input dtype and activation range are
 /// check_linear_int8_args', called on an int8-shaped stand-in).
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
-                            std::int64_t group, const std::optional<at::Tensor>& bias);
+                            std::int64_t group, const std::optional<at::Tensor>& bias,
+                            const char* op = "linear_w4a8");
+
+/// The activation qparams of the integer kernels (a finite float32 act_scale > 0, an 8-bit range
+/// inside [-128, 127] or [0, 255], the zero point in it), errors naming `op`; returns the shift
+/// (128 for a [0, 255] range, else 0).
+std::int32_t check_act_qparams(const char* op, double act_scale, std::int64_t zp, std::int64_t qmin, std::int64_t qmax);
+
+/// A conv's geometry (4-D input, kernel_size / stride / padding / dilation as two integers in
+/// bounds that keep every size in int64, the padded input at least the dilated kernel); returns the
+/// output's (H, W). Errors name `op`.
+std::array<std::int64_t, 2> check_conv2d_geometry(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation);
+
+/// conv2d_w4a8's output size and activation shift.
+struct Conv2dW4A8Shape {
+  std::int64_t ho, wo;
+  std::int32_t shift;
+};
+
+/// conv2d_w4a8's checks: float32 input, the geometry, groups dividing C and N (group_scale's rows; a
+/// panel weight with groups 1), linear_w4a8's weight / group / bias checks on a patch row of K = C /
+/// groups * kh * kw, the activation qparams.
+Conv2dW4A8Shape check_conv2d_w4a8_args(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                       const at::Tensor& gscale, std::int64_t group, double act_scale, std::int64_t zp,
+                                       std::int64_t qmin, std::int64_t qmax, const std::optional<at::Tensor>& bias,
+                                       std::int64_t groups);
 
 /// Dim d of t as an integer, guarding only that dim when t has symbolic sizes (torch.export /
 /// dynamic shapes: size(d) would specialize every dim, the batch dim included).

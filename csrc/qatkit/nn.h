@@ -212,8 +212,9 @@ TORCH_MODULE(ActFakeQuantizer);
 /// `weight` parameter and its quantizer; `bias` becomes a buffer; the input quantizer is frozen.
 /// The forward dequantizes `(codes - zero_point) * scale` with dequantize_affine, in the weight's
 /// dtype: the QAT layer's eval-mode output bit for bit (Python's Quantized* layers).
-/// The operands of an integer kernel (qatkit::linear_int8 / linear_w2a8 / linear_w1a8 /
-/// conv2d_int8) for a converted layer in integer compute (docs/integer.md, "static" form; Python's
+/// The operands of an integer kernel (qatkit::linear_int8 / linear_w2a8 / linear_w1a8 / linear_w4a8 /
+/// conv2d_int8 / conv2d_w4a8) for a converted layer in integer compute (docs/integer.md, "static" and
+/// "static_group" forms; Python's
 /// qatkit.qat.integer plan, bit for bit the same operands).
 struct QATKIT_API IntegerKernelPlan {
   int weight_bits = 8;  ///< 8: int8 codes [N, K] (convs: rows zero-padded to 32); 4 (per group), 2, 1: packed
@@ -232,9 +233,9 @@ struct QATKIT_API IntegerKernelPlan {
   bool per_tensor_input = false;
   torch::Tensor group_zero;  ///< float_input: the weight zero points per group (undefined: symmetric)
   torch::Tensor weight, corr, out_scale;
-  torch::Tensor group_scale;  ///< weight_bits 4: linear_w4a8's group scales [N, K / group_size]
+  torch::Tensor group_scale;  ///< weight_bits 4: linear_w4a8's / conv2d_w4a8's group scales [N, K / group_size]
   std::int64_t group_size = 0;
-  std::int64_t groups = 1;  ///< convs: conv2d_int8's / conv2d_w1a1's groups
+  std::int64_t groups = 1;  ///< convs: conv2d_int8's / conv2d_w1a1's / conv2d_w4a8's groups
   std::optional<torch::Tensor> bias;  ///< float bias added after the requantization (narrower than W8A8)
   double act_scale = 1.0;
   std::int64_t act_zero_point = 0, act_quant_min = 0, act_quant_max = 255;

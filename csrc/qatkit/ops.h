@@ -151,6 +151,18 @@ QATKIT_API at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& wei
                                   std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                                   const std::optional<at::Tensor>& bias = std::nullopt);
 
+/// A Conv2d on linear_w4a8's arithmetic (the "static_group" form): the input quantized once, its
+/// patch rows in PyTorch's (c, i, j) order — the order of the weight's groups of K = C / groups * kh
+/// * kw (a zero-padded position holds the code of 0) — times the weight flattened to [N, K] and
+/// packed as for linear_w4a8 (groups 1: or its panel layout), group_scale [N, K / group_size];
+/// returns float32 [B, N, Ho, Wo] (channels_last for a channels_last input). The integer-exact
+/// simulation's bits (qatkit.qat.integer). Not differentiable.
+QATKIT_API at::Tensor conv2d_w4a8(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                  const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
+                                  std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                                  const std::optional<at::Tensor>& bias = std::nullopt, std::int64_t groups = 1);
+
 /// linear_w4a8's panel layout (kernels/common/qgemm_args.h, QGemmW4Args::panel) from the W4 row
 /// layout (uint8 [N, K / 2], pack_int4_w4): uint8 [ceil(N / 16), ceil(K / 128), 1024], 16 rows
 /// interleaved per 64-byte step, so the kernel reads one sequential stream with no transposition.

@@ -705,6 +705,38 @@ def linear_w4a8(
                                         act_quant_min, act_quant_max, bias)
 
 
+def conv2d_w4a8(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    kernel_size,
+    stride,
+    padding,
+    dilation,
+    group_scale: torch.Tensor,
+    group_size: int,
+    act_scale: float,
+    act_zero_point: int,
+    act_quant_min: int,
+    act_quant_max: int,
+    bias: Optional[torch.Tensor] = None,
+    groups: int = 1,
+) -> torch.Tensor:
+    """A Conv2d (float32 ``[B, C, H, W]``, NCHW or channels_last) on :func:`linear_w4a8`'s
+    arithmetic (the "static_group" form of a conv): the input quantized once, its patch rows in
+    PyTorch's ``(c, i, j)`` order, the order of the weight's groups of ``K = C / groups * kh * kw``
+    (a zero-padded position holds the code of 0, as the integer simulation pads), times the weight
+    flattened to ``[N, K]`` and packed by :func:`pack_int4_w4` (``groups == 1``: or
+    :func:`pack_int4_panel`), ``group_scale`` float32 ``[N, K / group_size]``. Returns float32 ``[B,
+    N, Ho, Wo]`` in the input's memory format. Inference only.
+
+    Raises:
+        TypeError / ValueError: dtypes, shapes, the geometry, groups, the activation range.
+    """
+    return torch.ops.qatkit.conv2d_w4a8(input, weight, list(kernel_size), list(stride), list(padding), list(dilation),
+                                        group_scale, group_size, act_scale, act_zero_point, act_quant_min,
+                                        act_quant_max, bias, groups)
+
+
 def pack_int4_w4(codes: torch.Tensor) -> torch.Tensor:
     """Symmetric 4-bit codes ``[N, K]`` in [-8, 7] -> the W4 kernel layout: ``c = q + 8``; per 32-weight
     chunk, byte j holds k = j in its low nibble and k = j + 16 in its high nibble.

@@ -287,6 +287,38 @@ def test_cpp_grouped_xnor_convs_match_python(tmp_path):
     assert torch.equal(y, want)
 
 
+def test_cpp_w4a8_convs_match_python(tmp_path):
+    """Convs with per-group 4-bit weights (w4a8: K = C / groups * kh * kw a multiple of 32) run on
+    conv2d_w4a8 in C++ as in Python, padded, strided, dilated, grouped and 1-d: Python's loaded
+    outputs bit for bit."""
+    from qatkit.qat import integer
+
+    torch.manual_seed(6)
+    nets = [
+        (nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+                       nn.Conv2d(64, 32, 3, padding=2, dilation=2, groups=2), nn.ReLU(), nn.Conv2d(32, 16, 2),
+                       nn.ReLU(), nn.Flatten(), nn.Linear(16 * 3 * 3, 5)), (6, 3, 8, 8), 3),
+        (nn.Sequential(nn.Conv1d(4, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, 32, 2, stride=2), nn.ReLU(),
+                       nn.Flatten(), nn.Linear(32 * 8, 5)), (6, 4, 16), 1),
+    ]
+    for net, shape, n_w4 in nets:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.ptq(net.eval(), [x], qatkit.preset("w4a8"), correct_bias=None, verbose=False, progress=False)
+        path = str(tmp_path / "w4c.safetensors")
+        qatkit.export(q, path)
+        loaded = qatkit.load(path)
+        mods = dict(loaded.named_modules())
+        convs = [n for n, m in mods.items() if isinstance(m, (nn.Conv1d, nn.Conv2d)) or hasattr(m, "kernel_size")]
+        assert sum(integer.kernel_for(mods[n]) == "linear_w4a8" for n in convs) == n_w4
+        with torch.no_grad():
+            want = loaded(x)
+        r, y = _run(path, x, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert torch.equal(y, want)
+
+
 @pytest.mark.parametrize("granularity,wkind", [("per_token", "int"), ("per_tensor", "int"), ("per_token", "binary")])
 def test_cpp_dynamic_input_linears_match_python(granularity, wkind, tmp_path):
     """Linears with dynamic int8 inputs (per token, per tensor) run on C++'s linear_dynamic_int8 as on

@@ -108,7 +108,7 @@ void no_gradient_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet ks, t
 
 TORCH_LIBRARY_IMPL(qatkit, Autograd, m) {
   for (const char* op : {"linear_int8", "linear_dynamic_int8", "linear_w4a8", "linear_w2a8", "linear_w1a8",
-                         "linear_w1a1", "linear_w4_weight_only", "linear_w8_weight_only", "conv2d_int8", "conv2d_w1a1",
+                         "linear_w1a1", "linear_w4_weight_only", "linear_w8_weight_only", "conv2d_int8", "conv2d_w1a1", "conv2d_w4a8",
                          "binary_codes", "ternary_codes", "dequantize_affine", "_mean_abs", "_mean_and_mean_abs",
                          "_binarize_apply", "_fake_quantize_with_mask", "_no_gradient"}) {
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<&no_gradient_kernel>());

@@ -396,6 +396,141 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   return y;
 }
 
+// conv2d_w4a8 (the "static_group" form of a conv): linear_w4a8's group GEMM (the table's gemm_w4) on
+// patch rows in PyTorch's (c, i, j) order. conv2d_int8's channels-last (i, j, c) rows do not serve
+// here: their sums are exact in any order, but a group of K spans channels and taps in the weight's
+// order, and each group's sum is one run of the row. The input is quantized once into padded planes
+// [B, C, Hp, Wp] (the padding's code in place: zero point - shift, a centred 0, as the simulation pads);
+// each thread builds the patch rows of its share of the output pixels, at most 4 MiB of codes at a
+// time, and their group sums, then runs gemm_w4 on them for the output channels of each conv group.
+// A channels_last input is quantized row by row (its W x C codes scattered into the planes), and the
+// GEMM writes its NHWC output in place; an NCHW output takes each block's rows channel by channel.
+at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
+                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                            const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  const ops::Conv2dW4A8Shape shp =
+      ops::check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
+                                  act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+  const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const std::int64_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1], ph = padding[0],
+                     pw = padding[1], dh = dilation[0], dw = dilation[1];
+  const std::int64_t ho = shp.ho, wo = shp.wo, Cg = C / groups, K = Cg * kh * kw, N = group_scale.size(0),
+                     Ng = N / groups, G = K / group_size, L = ho * wo, M = B * L, Hp = H + 2 * ph, Wp = W + 2 * pw;
+  const bool nhwc = ops::conv_channels_last_io(input);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor y = at::empty({B, N, ho, wo}, input.options().memory_format(format));
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  if (y.numel() == 0) return y;
+  if (K == 0) {  // no input channels: an empty sum, y = the bias
+    y.zero_();
+    if (b.defined()) y.add_(b.reshape({1, N, 1, 1}));
+    return y;
+  }
+  const at::Tensor x = input.contiguous(format);
+  const at::Tensor w = weight.contiguous(), gs = group_scale.contiguous();
+  const std::int32_t shift = shp.shift;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  const auto& k = kernels::cpu::qgemm_kernels();
+  // the padded planes, with 8 bytes of slack past the last one for the rows' 8-byte copies
+  std::vector<std::int8_t> xc(static_cast<std::size_t>(B * C * Hp * Wp + 8),
+                              static_cast<std::int8_t>(q.zero_point - shift));
+  const float* xp = x.data_ptr<float>();
+  if (nhwc) {  // each image row's W x C codes, then into the C planes
+    at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
+      std::vector<std::int8_t> row(static_cast<std::size_t>(W * C));
+      for (std::int64_t p = p0; p < p1; ++p) {
+        const std::int64_t bi = p / H, h = p % H;
+        k.quantize_rows(xp + p * W * C, row.data(), W * C, q, 0, 1);
+        std::int8_t* dst = xc.data() + bi * C * Hp * Wp + (h + ph) * Wp + pw;
+        for (std::int64_t c = 0; c < C; ++c)
+          for (std::int64_t wi = 0; wi < W; ++wi) dst[c * Hp * Wp + wi] = row[static_cast<std::size_t>(wi * C + c)];
+      }
+    });
+  } else {
+    at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
+      for (std::int64_t p = p0; p < p1; ++p)
+        for (std::int64_t h = 0; h < H; ++h)
+          k.quantize_rows(xp + (p * H + h) * W, xc.data() + p * Hp * Wp + (h + ph) * Wp + pw, W, q, 0, 1);
+    });
+  }
+  const bool panel = w.dim() == 3;
+  const auto* wp = w.data_ptr<std::uint8_t>();
+  const float* gsp = gs.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  // kw codes at a time as one 8-byte copy (the next copy overwrites the rest; rows are built in order)
+  const bool short_runs = dw == 1 && kw <= 8;
+  const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{4} << 20) / K);
+  at::parallel_for(0, M, 16, [&](std::int64_t m0, std::int64_t m1) {
+    const std::int64_t rows_max = std::min(cap, m1 - m0);
+    std::vector<std::int8_t> a(static_cast<std::size_t>(rows_max * K + 8));
+    std::vector<std::int32_t> gsum(static_cast<std::size_t>(rows_max * G));
+    std::vector<float> yg(static_cast<std::size_t>(groups > 1 || !nhwc ? rows_max * Ng : 0));
+    std::vector<std::int64_t> off(64);
+    for (std::int64_t r0 = m0; r0 < m1; r0 += rows_max) {
+      const std::int64_t rows = std::min(rows_max, m1 - r0);
+      for (std::int64_t gi = 0; gi < groups; ++gi) {
+        for (std::int64_t r = 0; r < rows; ++r) {  // pixel m's patch of the group's channels, (c, i, j)
+          const std::int64_t m = r0 + r, bi = m / L, oh = m % L / wo, ow = m % L % wo;
+          std::int8_t* dst = a.data() + r * K;
+          const std::int8_t* base = xc.data() + (bi * C + gi * Cg) * Hp * Wp + oh * sh * Wp + ow * sw;
+          for (std::int64_t c = 0; c < Cg; ++c, base += Hp * Wp) {
+            for (std::int64_t i = 0; i < kh; ++i) {
+              const std::int8_t* src = base + i * dh * Wp;
+              if (short_runs) {
+                std::memcpy(dst, src, 8);
+                dst += kw;
+              } else {
+                for (std::int64_t j = 0; j < kw; ++j) *dst++ = src[j * dw];
+              }
+            }
+          }
+          const std::int8_t* row = a.data() + r * K;
+          for (std::int64_t g = 0; g < G; ++g) {
+            std::int32_t s = 0;
+            for (std::int64_t t = g * group_size; t < (g + 1) * group_size; ++t) s += row[t];
+            gsum[static_cast<std::size_t>(r * G + g)] = s;
+          }
+        }
+        kernels::QGemmW4Args g;
+        g.a = a.data();
+        g.a_gsum = gsum.data();
+        g.w = panel ? wp : wp + gi * Ng * (K / 2);
+        g.gscale = gsp + gi * Ng * G;
+        g.act_offset = shift - static_cast<std::int32_t>(act_zero_point);
+        g.panel = panel;
+        g.bias = bp ? bp + gi * Ng : nullptr;
+        g.act_scale = static_cast<double>(static_cast<float>(act_scale));
+        g.y = groups == 1 && nhwc ? yp + r0 * N : yg.data();
+        g.M = rows;
+        g.N = Ng;
+        g.K = K;
+        g.group = group_size;
+        k.gemm_w4(g, 0, Ng);
+        if (nhwc && groups > 1) {  // the group's columns of the NHWC rows
+          for (std::int64_t r = 0; r < rows; ++r)
+            std::memcpy(yp + (r0 + r) * N + gi * Ng, yg.data() + r * Ng, sizeof(float) * static_cast<std::size_t>(Ng));
+        } else if (!nhwc) {  // NCHW: 64 rows at a time, channel by channel (pixel m at (b, n, l) = b N L + n L + l)
+          for (std::int64_t rb = 0; rb < rows; rb += 64) {
+            const std::int64_t re = std::min(rows, rb + 64);
+            for (std::int64_t r = rb; r < re; ++r) {
+              const std::int64_t m = r0 + r;
+              off[static_cast<std::size_t>(r - rb)] = (m / L) * N * L + m % L;
+            }
+            for (std::int64_t n = 0; n < Ng; ++n) {
+              float* yn = yp + (gi * Ng + n) * L;
+              for (std::int64_t r = rb; r < re; ++r) yn[off[static_cast<std::size_t>(r - rb)]] = yg[static_cast<std::size_t>(r * Ng + n)];
+            }
+          }
+        }
+      }
+    }
+  });
+  return y;
+}
+
 // f(n0, n1) over [n0, n1): across the threads (at::parallel_for with this grain) where inner, else
 // on the calling thread.
 template <class F>
@@ -1811,6 +1946,22 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
   }
 }
 
+at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
+                           std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                           const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  try {
+    return conv2d_w4a8_impl(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size, act_scale,
+                            act_zero_point, act_quant_min, act_quant_max, bias, groups);
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false,
+                     fmt::format("conv2d_w4a8: out of memory for the buffers of a {} input, kernel {}, padding {}, "
+                                 "stride {}", shape_str(input.sizes()), shape_str(kernel_size), shape_str(padding),
+                                 shape_str(stride)));
+  }
+}
+
 // conv2d_w1a1 with groups > 1: the per-sample codes and alphas of the groups == 1 form
 // (binary_codes(input, "bitnet", 0)) and per-image output scales fp32(alpha[b] * ws[n]). Depthwise
 // convs (one input channel per group) run conv2d_int8's direct kernels on the codes as given (exact
@@ -1868,6 +2019,7 @@ TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
   m.impl("conv2d_w1a1", &conv2d_w1a1_cpu);
   m.impl("conv2d_int8", &conv2d_int8_cpu);
   m.impl("linear_w4a8", &linear_w4a8_cpu);
+  m.impl("conv2d_w4a8", &conv2d_w4a8_cpu);
   m.impl("linear_int8", &linear_int8_cpu);
   m.impl("linear_dynamic_int8", &linear_dynamic_int8_cpu);
   m.impl("linear_w8_weight_only", &linear_w8_weight_only_cpu);

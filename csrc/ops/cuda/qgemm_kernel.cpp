@@ -1,8 +1,8 @@
 // CUDA kernels of the integer GEMM family (linear_int8, linear_dynamic_int8, linear_w2a8, linear_w1a8, linear_w4a8,
-// linear_w4_weight_only, linear_w8_weight_only, conv2d_int8): the CPU's
+// linear_w4_weight_only, linear_w8_weight_only, conv2d_int8, conv2d_w4a8): the CPU's
 // checks, the input rows quantized into an int8 buffer on the device, then the torch-free
 // launchers of kernels/cuda/qgemm_cuda.h on the current stream; the same bits as the CPU.
-// conv2d_int8 runs im2col, then the Linear kernels per group. linear_w1a1 / conv2d_w1a1 (XNOR) run
+// conv2d_int8 and conv2d_w4a8 run im2col, then the Linear kernels per group. linear_w1a1 / conv2d_w1a1 (XNOR) run
 // the W1A8 kernels on the per-sample binary codes (inputs of scale 1).
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
@@ -359,6 +359,38 @@ at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, s
   return conv_channels_last_io(input) ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
 }
 
+// conv2d_w4a8: im2col on the float input (a padded position holds 0.0, which quantizes to the code of
+// 0, the CPU's padding code), then linear_w4a8's kernel on each conv group's patch rows ((c, i, j)
+// order, the weight's): the CPU's bits. The output in the input's memory format.
+at::Tensor conv2d_w4a8_cuda(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const at::Tensor& group_scale, std::int64_t group_size, double s, std::int64_t z,
+                            std::int64_t lo, std::int64_t hi, const std::optional<at::Tensor>& bias,
+                            std::int64_t groups) {
+  const Conv2dW4A8Shape shp = check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale,
+                                                     group_size, s, z, lo, hi, bias, groups);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const std::int64_t B = input.size(0), C = input.size(1), K = C / groups * kernel_size[0] * kernel_size[1];
+  const std::int64_t N = group_scale.size(0), Ng = N / groups, L = shp.ho * shp.wo;
+  at::Tensor y = at::empty({B, N, shp.ho, shp.wo}, input.options());
+  if (y.numel() > 0 && K == 0) {  // no input channels: an empty sum, y = the bias
+    y.zero_();
+    if (bias.has_value()) y.add_(bias->reshape({1, N, 1, 1}));
+  } else if (y.numel() > 0) {
+    const at::Tensor w = weight.contiguous(), gs = group_scale.contiguous();
+    const at::Tensor cols = at::im2col(input.contiguous(), {kernel_size[0], kernel_size[1]}, dilation, padding, stride);
+    for (std::int64_t g = 0; g < groups; ++g) {
+      const at::Tensor xg = cols.narrow(1, g * K, K).transpose(1, 2).reshape({B * L, K});
+      const std::optional<at::Tensor> bg =
+          bias.has_value() ? std::optional<at::Tensor>(bias->narrow(0, g * Ng, Ng)) : std::nullopt;
+      const at::Tensor yg = linear_w4a8_cuda(xg, groups == 1 ? w : w.narrow(0, g * Ng, Ng),
+                                             gs.narrow(0, g * Ng, Ng), group_size, s, z, lo, hi, bg);
+      y.narrow(1, g * Ng, Ng).copy_(yg.view({B, L, Ng}).permute({0, 2, 1}).reshape({B, Ng, shp.ho, shp.wo}));
+    }
+  }
+  return conv_channels_last_io(input) ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
+}
+
 // XNOR (linear_w1a1 / conv2d_w1a1, the "row" form of docs/integer.md) on the W1A8 kernels: the
 // input's per-sample codes and alphas from binary_codes(input, "bitnet", 0) on the device, the codes
 // in {-1, 0, +1} as float inputs of scale 1 (each quantizes to itself; zero padding and the K_pad
@@ -433,6 +465,7 @@ at::Tensor pack_int8_panel_cuda(const at::Tensor& weight) {
 TORCH_LIBRARY_IMPL(qatkit, CUDA, m) {
   m.impl("pack_int8_panel", &pack_int8_panel_cuda);
   m.impl("linear_w4a8", &linear_w4a8_cuda);
+  m.impl("conv2d_w4a8", &conv2d_w4a8_cuda);
   m.impl("linear_w4_weight_only", &linear_w4_weight_only_cuda);
   m.impl("linear_int8", &linear_int8_cuda);
   m.impl("linear_dynamic_int8", &linear_dynamic_int8_cuda);

@@ -94,6 +94,17 @@ at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, c
   return at::empty_symint(shape, input.options());
 }
 
+at::Tensor conv2d_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
+                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                            const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  const auto shp = check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
+                                          act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+  at::Tensor y = conv_output(input, group_scale.size(0), shp.ho, shp.wo);
+  return conv_channels_last_io(input) ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
+}
+
 at::Tensor linear_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& weight_scale,
                             const std::optional<at::Tensor>& bias) {
   check_w1a1_args("linear_w1a1", input, input.dim() > 0 ? static_dim(input, -1) : 0, weight, weight_scale, bias);
@@ -131,6 +142,7 @@ TORCH_LIBRARY_IMPL(qatkit, Meta, m) {
   m.impl("linear_w1a1", &linear_w1a1_meta);
   m.impl("conv2d_w1a1", &conv2d_w1a1_meta);
   m.impl("linear_w4a8", &linear_w4a8_meta);
+  m.impl("conv2d_w4a8", &conv2d_w4a8_meta);
   m.impl("conv2d_int8", &conv2d_int8_meta);
   m.impl("linear_int8", &linear_int8_meta);
   m.impl("linear_dynamic_int8", &linear_dynamic_int8_meta);

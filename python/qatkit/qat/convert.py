@@ -212,8 +212,8 @@ class QuantizedConv2d(_QuantizedConv):
     def forward(self, x):
         # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
         plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-        if (plan and plan["bare"] and form in ("static", "row") and x.dtype is torch.float32 and x.dim() == 4
-                and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
+        if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
+                and x.dim() == 4 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
             return plan["bare"](x)
         if form is not None:
             return _integer.conv(self, x, 2)

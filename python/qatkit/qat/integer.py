@@ -430,15 +430,17 @@ def _dynamic_plan(mod, rows: bool = False) -> Optional[dict]:
 
 
 def _w4_plan(mod, w, sx, zx, shift, qmin, qmax, rows=False) -> Optional[dict]:
-    """ops.linear_w4a8's operands for a "static_group" Linear with 4-bit codes and groups that are
-    multiples of 32 dividing K (w4a8_g32); None otherwise (the float64 simulation runs). ``rows``:
-    pack_int4_w4's row layout (CUDA) instead of the panel layout."""
+    """ops.linear_w4a8's operands for a "static_group" Linear or Conv (weights flattened to [N,
+    C/groups*kh*kw]: ops.conv2d_w4a8 on its (c, i, j) patch rows) with 4-bit codes and groups that
+    are multiples of 32 dividing K (w4a8_g32); None otherwise (the float64 simulation runs).
+    ``rows``: pack_int4_w4's row layout (CUDA; grouped convs) instead of the panel layout."""
     gs, k = mod.group_size, w.shape[1]
     # groups beyond linear_w4a8's 2**17 (exact int32 group sums) keep the float64 simulation
-    if _is_conv(mod) or gs % 32 or k % gs or gs > 2**17 or (w.numel() and (int(w.min()) < -8 or int(w.max()) > 7)):
+    if gs % 32 or k % gs or gs > 2**17 or (w.numel() and (int(w.min()) < -8 or int(w.max()) > 7)):
         return None
     n, g = w.shape[0], k // gs
     w4 = ops.pack_int4_w4(w)
+    rows = rows or (_is_conv(mod) and mod.groups > 1)  # the panel layout holds one GEMM's rows
     return {"kernel": "linear_w4a8", "weight": w4 if rows else ops.pack_int4_panel(w4),
             "gscale": mod.weight_scale.float().reshape(n, g).contiguous(),
             "group_size": gs, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous(),
@@ -504,6 +506,10 @@ def _bind_conv(mod, plan: dict):
         name = "conv2d_int8"
         args = (p["weight"], _CONV_BITS[k], *geom, p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"],
                 p["qmax"], p["bias"], mod.groups)
+    elif k == "linear_w4a8":
+        name = "conv2d_w4a8"
+        args = (p["weight"], *geom, p["gscale"], p["group_size"], p["act_scale"], p["zp"], p["qmin"], p["qmax"],
+                p["bias"], mod.groups)
     else:
         return None
     return _bound(getattr(torch.ops.qatkit, name).default, args)  # the overload, resolved once
@@ -565,10 +571,10 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     float layer pads its binarized input with); other padding modes copy codes, as the float layer
     pads its quantized input."""
     w = mod.weight_int
-    if (mod._integer_form in ("static", "row") and x.dtype == torch.float32 and x.dim() == nd + 2
+    if (mod._integer_form in ("static", "static_group", "row") and x.dtype == torch.float32 and x.dim() == nd + 2
             and (w.is_cpu if x.is_cpu else x.is_cuda and x.device == w.device)):
         plan = _plan(mod)
-        # on CUDA: conv2d_int8 / conv2d_w1a1 (im2col, then the Linear kernels)
+        # on CUDA: conv2d_int8 / conv2d_w1a1 / conv2d_w4a8 (im2col, then the Linear kernels)
         if plan and isinstance(mod.padding, tuple):
             return _conv_on_kernel(mod, x, nd, plan)
     fn = F.conv1d if nd == 1 else F.conv2d
@@ -594,6 +600,10 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
         x4, k, st, dil, pad = x, tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.dilation), padding
     if plan["kernel"] == "linear_w1a1":  # zero padding only (_xnor_plan): codes of 0 at padded positions
         y = ops.conv2d_w1a1(x4, plan["weight"], k, st, pad, dil, plan["weight_scale"], plan["bias"], mod.groups)
+        return y.squeeze(2) if nd == 1 else y
+    if plan["kernel"] == "linear_w4a8":  # per-group weights: (c, i, j) patch rows, the groups' order
+        y = ops.conv2d_w4a8(x4, plan["weight"], k, st, pad, dil, plan["gscale"], plan["group_size"], plan["act_scale"],
+                            plan["zp"], plan["qmin"], plan["qmax"], plan["bias"], mod.groups)
         return y.squeeze(2) if nd == 1 else y
     y = ops.conv2d_int8(x4, plan["weight"], _CONV_BITS[plan["kernel"]], k, st, pad, dil, plan["corr"],
                         plan["out_scale"], plan["act_scale"], plan["zp"], plan["qmin"], plan["qmax"], plan["bias"],
@@ -636,8 +646,8 @@ def _plan(mod):
 def kernel_for(mod) -> Optional[str]:
     """The integer kernel a converted layer in integer compute runs on (CPU), or None: its integer
     form then runs as the float64 simulation (:func:`set_compute`) — exact, but no faster."""
-    if mod._integer_form in ("static_group", "weight_only") and not _is_conv(mod) or (
-        mod._integer_form in ("static", "row") and (not _is_conv(mod) or isinstance(mod.padding, tuple))
+    if mod._integer_form == "weight_only" and not _is_conv(mod) or (
+        mod._integer_form in ("static", "static_group", "row") and (not _is_conv(mod) or isinstance(mod.padding, tuple))
     ):
         plan = _plan(mod)
         if plan:

@@ -15,6 +15,7 @@ docs/integer.md's bound. Each check restores the ISA and the thread count it fou
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -452,6 +453,59 @@ def check_conv2d_w1a1(r: random.Random, device: str = "cpu") -> int:
     return 1
 
 
+def check_conv2d_w4a8(r: random.Random, device: str = "cpu") -> int:
+    """conv2d_w4a8 (dense and grouped; rows or panel; NCHW or channels_last inputs, whose outputs
+    are channels_last) against int64 sums per weight group over F.unfold's (c, i, j) patches of the
+    input's codes (a padded position: code - zero point = 0), combined in float64 in group order."""
+    k, stride, padding, dilation = _conv_geometry(r)
+    b, _, h, w, _, _ = _conv_shape(r, k, stride, padding, dilation, depthwise_ok=False)
+    taps = k[0] * k[1]
+    cg = 32 // math.gcd(taps, 32) * r.choice([1, 1, 2, 3])  # K = cg * taps: a multiple of 32
+    groups = r.choice([1, 1, 2, 3])
+    c, n = cg * groups, groups * r.choice([1, 3, 8, 16, 17])
+    kk = cg * taps
+    gs = r.choice([d for d in (32, 64, 96, 128, 288, 576) if kk % d == 0])
+    while b > 1 and b * c * h * w * n * taps // groups > _BUDGET:
+        b //= 2
+    g = torch.Generator().manual_seed(r.randrange(2**31))
+    x = _input(r, [b, c, h], w)
+    if r.random() < 0.4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    s, zp, qmin, qmax = _act_qparams(r, x)
+    wc = torch.randint(-8, 8, (n, kk), dtype=torch.int8, generator=g)
+    gscale = torch.rand(n, kk // gs, generator=g) * 0.1
+    fb = torch.randn(n, generator=g) if r.random() < 0.5 else None
+    a = _codes(x, s, zp, qmin, qmax).double()
+    ng = n // groups
+    parts = []
+    for i in range(groups):
+        p = F.unfold(a[:, i * cg:(i + 1) * cg], k, dilation=dilation, padding=padding, stride=stride).long()
+        t = None
+        for j in range(kk // gs):
+            acc = torch.einsum("bkl,nk->bnl", p[:, j * gs:(j + 1) * gs], wc[i * ng:(i + 1) * ng, j * gs:(j + 1) * gs].long())
+            term = acc.double() * gscale[i * ng:(i + 1) * ng, j].double().reshape(1, -1, 1)
+            t = term if t is None else t + term
+        parts.append(t)
+    y = (torch.cat(parts, 1) * s).float()
+    if fb is not None:
+        y = y + fb.reshape(1, -1, 1)
+    wl = ops.pack_int4_w4(wc)
+    if groups == 1 and r.random() < 0.5:
+        wl = ops.pack_int4_panel(wl)
+    nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    with _Machine(r, device) as m:
+        got = m.back(ops.conv2d_w4a8(m(x), m(wl), k, stride, padding, dilation, m(gscale), gs, s, zp, qmin, qmax, m(fb),
+                                     groups))
+    ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
+    what = (f"conv2d_w4a8 layout{tuple(wl.shape)} x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} groups={groups} "
+            f"gs={gs} k={k} stride={stride} padding={padding} dilation={dilation} act=({s}, {zp}, {qmin}, {qmax}) {m}")
+    _equal_or_raise(got, y.reshape(b, n, ho, wo), what)
+    if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
+        raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
+    return 1
+
+
 def _within_float_bound(got, x, wd, fb, what):
     """|got - x @ wd^T - fb| <= K * 2^-24 * sum|x * w| + 2^-24 |ref| (docs/integer.md, weight-only)."""
     x2 = x.reshape(-1, x.shape[-1]).double()
@@ -514,5 +568,6 @@ INTEGER_CHECKS = {
     "linear_w1a1": check_linear_w1a1,
     "conv2d_int8": check_conv2d_int8,
     "conv2d_w1a1": check_conv2d_w1a1,
+    "conv2d_w4a8": check_conv2d_w4a8,
     "weight_only": check_weight_only,
 }

@@ -501,6 +501,36 @@ def test_conv2d_int8_cuda_channels_last_equals_cpu(bits, C, N, groups):
     torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default, cuda_args)
 
 
+@pytest.mark.parametrize("C,N,groups,geom,gs", [
+    (32, 20, 1, ((3, 3), (1, 1), (1, 1), (1, 1)), 32),
+    (64, 24, 2, ((3, 3), (2, 1), (2, 0), (1, 2)), 96),
+    (64, 16, 1, ((1, 1), (1, 1), (0, 0), (1, 1)), 64),
+])
+def test_conv2d_w4a8_cuda_equals_cpu(C, N, groups, geom, gs):
+    """conv2d_w4a8 on CUDA (im2col of the float input, zero padding in float, then linear_w4a8's
+    kernel per conv group) equals the CPU conv bit for bit: row and panel layouts, NCHW and
+    channels_last inputs (the output in the input's format), NaN inputs, and opcheck."""
+    g = torch.Generator().manual_seed(29)
+    (kh, kw), st, pad, dil = geom
+    K = C // groups * kh * kw
+    x = torch.randn(3, C, 9, 7, generator=g) * 2
+    x[0, 0, 0, ::3] = float("nan")
+    w4 = ops.pack_int4_w4(torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g))
+    gscale, bias = torch.rand(N, K // gs, generator=g) * 0.1, torch.randn(N, generator=g)
+    layouts = [w4] + ([ops.pack_int4_panel(w4)] if groups == 1 else [])
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.contiguous(memory_format=fmt)
+        want = ops.conv2d_w4a8(xf, w4, (kh, kw), st, pad, dil, gscale, gs, 0.05, 3, 0, 255, bias, groups)
+        for w in layouts:
+            got = ops.conv2d_w4a8(xf.cuda(), w.cuda(), (kh, kw), st, pad, dil, gscale.cuda(), gs, 0.05, 3, 0, 255,
+                                  bias.cuda(), groups)
+            assert got.is_cuda and got.is_contiguous(memory_format=fmt), (fmt, w.dim())
+            assert torch.equal(got.cpu(), want), (fmt, w.dim())
+        torch.library.opcheck(torch.ops.qatkit.conv2d_w4a8.default,
+                              (xf.cuda(), w4.cuda(), [kh, kw], list(st), list(pad), list(dil), gscale.cuda(), gs, 0.05,
+                               3, 0, 255, bias.cuda(), groups))
+
+
 # XNOR (linear_w1a1 / conv2d_w1a1): on CUDA the W1A8 kernels on the per-sample binary codes. The
 # codes and alphas are binary_codes(x, "bitnet", 0) on the device: its centre is a float32 mean in
 # the device's order, so the kernels are checked against the formula on the device's own codes, and

@@ -1204,6 +1204,140 @@ def test_w4a8_packing_opcheck_and_errors():
         ops.pack_int4_w4(torch.full((1, 32), 9, dtype=torch.int8))
 
 
+# ---------------------------------------------------------------- W4A8 convs (conv2d_w4a8)
+
+
+def _w4_conv_reference(x, codes, gscale, gs, s, zp, qmin, qmax, bias, stride, padding, dilation, groups):
+    """The "static_group" form of a conv in float64 (docs/integer.md): per weight group of K = C /
+    groups * kh * kw (PyTorch's flattening of the weight), the exact conv of the centred input codes
+    (zero padding: a centred 0) with that group's codes, times its scale, summed in group order; times
+    s, one rounding to float32, then + bias."""
+    inv = torch.tensor(1.0) / torch.tensor(s, dtype=torch.float32)
+    r = torch.round(x * inv)
+    r = torch.where(torch.isnan(r), torch.zeros_like(r), r)
+    q = ((r + zp).clamp(qmin, qmax) - zp).double()
+    n, k = codes.shape[0], codes[0].numel()
+    wf = codes.reshape(n, k).double()
+    t = None
+    for g in range(k // gs):
+        wi = torch.zeros_like(wf)
+        wi[:, g * gs:(g + 1) * gs] = wf[:, g * gs:(g + 1) * gs]
+        acc = torch.nn.functional.conv2d(q, wi.reshape(codes.shape), None, stride, padding, dilation, groups)  # exact
+        term = acc * gscale[:, g].double().reshape(1, -1, 1, 1)
+        t = term if t is None else t + term
+    y = (t * float(torch.tensor(s, dtype=torch.float32))).float()
+    return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+
+
+# (kernel, stride, padding, dilation) x (C, N, groups, group_size): 3 x 3 with groups spanning 3.5
+# channels' taps, strided and asymmetric padding, dilation, 1 x 1 (rows are pixels), 1 x 10 (runs
+# longer than the 8-byte copies), grouped convs (row layout), groups of 96 and 64 codes
+W4_CONV_CASES = [
+    (((3, 3), (1, 1), (1, 1), (1, 1)), (32, 24, 1, 32)), (((3, 3), (2, 1), (1, 2), (1, 1)), (64, 20, 2, 96)),
+    (((2, 2), (1, 1), (0, 0), (2, 3)), (96, 12, 3, 64)), (((1, 1), (1, 1), (0, 0), (1, 1)), (64, 40, 1, 64)),
+    (((1, 10), (1, 3), (0, 4), (1, 1)), (16, 8, 1, 32)), (((3, 3), (1, 2), (2, 0), (2, 1)), (64, 16, 2, 288)),
+]
+
+
+@pytest.mark.parametrize("geom,chans", W4_CONV_CASES)
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 37), ((-128, 127), -5)])
+def test_conv2d_w4a8_equals_the_group_reference_on_every_isa(geom, chans, qrange, zp):
+    """conv2d_w4a8 (row and panel layouts, NCHW and channels_last inputs) gives the float64 group
+    reference's bits on every ISA at 1, 2 and 3 threads; an input with NaN and +-Inf (their codes:
+    quantize_affine's, NaN as 0); the output keeps the input's memory format."""
+    (kh, kw), st, pad, dil = geom
+    C, N, groups, gs = chans
+    K = C // groups * kh * kw
+    assert K % gs == 0
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, C, 7, 11, generator=g) * 3
+    x[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    codes = torch.randint(-8, 8, (N, C // groups, kh, kw), dtype=torch.int8, generator=g)
+    gscale = torch.rand(N, K // gs, generator=g) * 0.1
+    bias = torch.randn(N, generator=g)
+    qmin, qmax = qrange
+    w4 = ops.pack_int4_w4(codes.reshape(N, K))
+    layouts = [w4] + ([ops.pack_int4_panel(w4)] if groups == 1 else [])
+    want = _w4_conv_reference(x, codes, gscale, gs, 0.05, zp, qmin, qmax, bias, st, pad, dil, groups)
+
+    def check(isa, t):
+        for w in layouts:
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                got = ops.conv2d_w4a8(x.contiguous(memory_format=fmt), w, (kh, kw), st, pad, dil, gscale, gs, 0.05, zp,
+                                      qmin, qmax, bias, groups)
+                assert got.is_contiguous(memory_format=fmt), (isa, t, fmt)
+                assert torch.equal(got, want), (isa, t, w.dim(), fmt)
+
+    _on_every_isa_and_thread_count(check)
+
+
+def test_conv2d_w4a8_blocks_of_rows_empty_inputs_and_no_channels():
+    """More patch rows per thread than one block (4 MiB of codes: 16384 rows of K = 288 here) give the
+    reference's bits; an empty batch gives an empty output; C = 0 (K = 0, an empty sum) gives the bias."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 32, 64, 64, generator=g)
+    codes = torch.randint(-8, 8, (16, 32, 3, 3), dtype=torch.int8, generator=g)
+    gscale, bias = torch.rand(16, 9, generator=g) * 0.1, torch.randn(16, generator=g)
+    w4 = ops.pack_int4_panel(ops.pack_int4_w4(codes.reshape(16, 288)))
+    want = _w4_conv_reference(x, codes, gscale, 32, 0.05, 3, 0, 255, bias, (1, 1), (1, 1), (1, 1), 1)
+    before = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            assert torch.equal(ops.conv2d_w4a8(x, w4, (3, 3), (1, 1), (1, 1), (1, 1), gscale, 32, 0.05, 3, 0, 255, bias),
+                               want)
+    finally:
+        torch.set_num_threads(before)
+    y = ops.conv2d_w4a8(x[:0], w4, (3, 3), (1, 1), (1, 1), (1, 1), gscale, 32, 0.05, 3, 0, 255, bias)
+    assert y.shape == (0, 16, 64, 64)
+    y = ops.conv2d_w4a8(torch.randn(2, 0, 5, 5), torch.zeros(16, 0, dtype=torch.uint8), (3, 3), (1, 1), (1, 1), (1, 1),
+                        torch.ones(16, 0), 32, 0.05, 3, 0, 255, bias)
+    assert torch.equal(y, bias.reshape(1, -1, 1, 1).expand(2, 16, 5, 5))
+
+
+def test_conv2d_w4a8_opcheck_and_errors():
+    x = torch.randn(2, 32, 6, 6)
+    w = ops.pack_int4_w4(torch.randint(-8, 8, (8, 288), dtype=torch.int8))
+    gs, b = torch.rand(8, 9), torch.randn(8)
+    geom = ([3, 3], [1, 1], [1, 1], [1, 1])
+    for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.library.opcheck(torch.ops.qatkit.conv2d_w4a8.default, (xi, w, *geom, gs, 32, 0.1, 3, 0, 255, b))
+        torch.library.opcheck(torch.ops.qatkit.conv2d_w4a8.default,
+                              (xi, ops.pack_int4_panel(w), *geom, gs, 32, 0.1, 3, 0, 255, None))
+    run = lambda *a, **k: ops.conv2d_w4a8(*a, **k)  # noqa: E731
+    with pytest.raises(TypeError, match="conv2d_w4a8: input must be float32, got Double"):
+        run(x.double(), w, *geom, gs, 32, 0.1, 3, 0, 255)
+    with pytest.raises(ValueError, match="conv2d_w4a8: input must be 4-D"):
+        run(x[0], w, *geom, gs, 32, 0.1, 3, 0, 255)
+    with pytest.raises(ValueError, match="conv2d_w4a8: stride must be two integers >= 1"):
+        run(x, w, [3, 3], [0, 1], [1, 1], [1, 1], gs, 32, 0.1, 3, 0, 255)
+    with pytest.raises(ValueError, match="conv2d_w4a8: group_size must be a multiple of 32 that divides K = 288, got 64"):
+        run(x, w, *geom, torch.rand(8, 4), 64, 0.1, 3, 0, 255)
+    with pytest.raises(ValueError, match=r"conv2d_w4a8: group_scale must have shape \[8, 9\]"):
+        run(x, w, *geom, gs[:, :4], 32, 0.1, 3, 0, 255)
+    with pytest.raises(ValueError, match="conv2d_w4a8: weight must have K / 2 = 144 bytes per row, got 72"):
+        run(x, w[:, :72], *geom, gs, 32, 0.1, 3, 0, 255)
+    with pytest.raises(ValueError, match="conv2d_w4a8: groups must be >= 1 and divide the input channels 32 and the "
+                                         "output channels 8"):
+        run(x, w, *geom, gs, 32, 0.1, 3, 0, 255, None, 3)
+    with pytest.raises(ValueError, match="conv2d_w4a8: a 3-D panel weight .* needs groups 1, got 2"):
+        run(x, ops.pack_int4_panel(w), *geom, gs, 32, 0.1, 3, 0, 255, None, 2)
+    with pytest.raises(ValueError, match=r"conv2d_w4a8: act_zero_point must lie in \[0, 255\], got 300"):
+        run(x, w, *geom, gs, 32, 0.1, 300, 0, 255)
+    with pytest.raises(ValueError, match="conv2d_w4a8: act_scale must be a finite float32 > 0"):
+        run(x, w, *geom, gs, 32, float("nan"), 3, 0, 255)
+    with pytest.raises(ValueError, match=r"conv2d_w4a8: bias must be float32 \[8\]"):
+        run(x, w, *geom, gs, 32, 0.1, 3, 0, 255, torch.randn(9))
+    with pytest.raises(ValueError, match="conv2d_w4a8: padding must be at most 16777216"):
+        run(x, w, [3, 3], [1, 1], [1 << 30, 1], [1, 1], gs, 32, 0.1, 3, 0, 255)
+    # (under scripts/sanitize.sh ASan's allocator aborts on a 2^39-byte request instead of letting
+    # operator new throw: that case runs in the regular build only)
+    if not os.environ.get("QATKIT_SANITIZED"):
+        with pytest.raises(torch.OutOfMemoryError, match="conv2d_w4a8: out of memory"):
+            run(torch.randn(1, 32, 4, 4), w, [3, 3], [1 << 16, 1 << 16], [1 << 16, 1 << 16], [1, 1], gs, 32, 0.1, 3, 0,
+                255)
+
+
 # ---------------------------------------------------------------- XNOR W1A1
 
 

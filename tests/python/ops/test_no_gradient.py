@@ -20,7 +20,7 @@ from qatkit import ops
 PRESETS = ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158", "int4_weight_only",
            "int8_weight_only"]
 KERNELS = {"linear_int8", "linear_dynamic_int8", "linear_w4a8", "linear_w2a8", "linear_w1a8", "linear_w1a1",
-           "linear_w4_weight_only", "linear_w8_weight_only", "conv2d_int8", "conv2d_w1a1"}
+           "linear_w4_weight_only", "linear_w8_weight_only", "conv2d_int8", "conv2d_w1a1", "conv2d_w4a8"}
 
 
 class _Record(TorchDispatchMode):
@@ -39,9 +39,11 @@ class _Record(TorchDispatchMode):
 def _integer_model(preset):
     torch.manual_seed(0)
     linear_only = preset in ("bitnet_b158",)  # per-token activations: Linear layers only (docs/integer.md)
+    # the 2 x 2 conv's K = 16 * 4 = 64 takes w4a8's per-group weights (conv2d_w4a8)
     layers = [] if linear_only else [nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1,
-                                                                                         groups=16), nn.ReLU()]
-    layers += [nn.Flatten(), nn.Linear(16 * 4 * 4 if not linear_only else 48, 64), nn.ReLU(), nn.Linear(64, 32)]
+                                                                                         groups=16), nn.ReLU(),
+                                     nn.Conv2d(16, 16, 2), nn.ReLU()]
+    layers += [nn.Flatten(), nn.Linear(16 * 3 * 3 if not linear_only else 48, 64), nn.ReLU(), nn.Linear(64, 32)]
     shape = (4, 48) if linear_only else (4, 3, 4, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
