@@ -981,31 +981,31 @@ template <int MR>
 void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr, const W4Panel& p) {
   const std::int64_t G = g.K / g.group, chunks = g.K / 32, gc = g.group / 32;
   const __m512i low4 = _mm512_set1_epi8(15);
-  constexpr int NA = MR == 1 ? 4 : 2;  // independent vpdpbusd chains per row (latency, not throughput)
+  constexpr int NA = MR == 1 ? 4 : MR == 4 ? 2 : 1;  // independent vpdpbusd chains per row (latency, not throughput)
   __m512i acc[MR][NA];
   __m512d tlo[MR], thi[MR];
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int j = 0; j < NA; ++j) acc[i][j] = _mm512_setzero_si512();
     tlo[i] = _mm512_setzero_pd();
     thi[i] = _mm512_setzero_pd();
   }
   const std::int8_t* a[MR];
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) a[i] = g.a + (m + i) * g.K;
   for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
     const std::int32_t* t = p.codes + ((ci / 4) * 16 + (ci % 4) * 4) * 16;
     const std::int64_t k = ci * 32;
     if (MR == 1) {  // one pass per block streams the panel: fetch ahead of the hardware prefetcher
-      #pragma GCC unroll 4
+      #pragma GCC unroll 8
       for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(t) + W4_PREFETCH + 64 * l, _MM_HINT_T1);
     }
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int e = 0; e < 4; ++e) {
       const __m512i v = _mm512_loadu_si512(t + e * 16);
       const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-      #pragma GCC unroll 4
+      #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         std::int32_t alo, ahi;
         std::memcpy(&alo, a[i] + k + 4 * e, 4);
@@ -1023,15 +1023,15 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
       const __m512 sf = _mm512_loadu_ps(p.scale.data() + gi * 16);  // as float64 (exact), rows 0-7 / 8-15
       const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
       const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
-      #pragma GCC unroll 4
+      #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         __m512i v = _mm512_sub_epi32(acc[i][0], _mm512_set1_epi32(8 * g.a_gsum[(m + i) * G + gi]));
-        #pragma GCC unroll 4
+        #pragma GCC unroll 8
         for (int j = 1; j < NA; ++j) v = _mm512_add_epi32(v, acc[i][j]);
         if (g.act_offset != 0) v = _mm512_add_epi32(v, _mm512_loadu_si512(p.zero.data() + gi * 16));
         tlo[i] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(v)), slo, tlo[i]);
         thi[i] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)), shi, thi[i]);
-        #pragma GCC unroll 4
+        #pragma GCC unroll 8
         for (int j = 0; j < NA; ++j) acc[i][j] = _mm512_setzero_si512();
       }
     }
@@ -1039,7 +1039,7 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
   const __m512d as = _mm512_set1_pd(g.act_scale);
   const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
   const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
-  #pragma GCC unroll 4
+  #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     const __m256 ylo = _mm512_cvtpd_ps(_mm512_mul_pd(tlo[i], as)), yhi = _mm512_cvtpd_ps(_mm512_mul_pd(thi[i], as));
     __m512 y = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
@@ -1066,6 +1066,7 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
     if (g.act_offset != 0) w4_zero_terms(g, p.codes, p.zero.data());
     transpose_rows_f32(g.gscale, G, n, nr, p.scale.data());
     std::int64_t m = 0;
+    for (; m + 8 <= g.M; m += 8) w4_panel_rows<8>(g, m, n, nr, p);
     for (; m + 4 <= g.M; m += 4) w4_panel_rows<4>(g, m, n, nr, p);
     for (; m < g.M; ++m) w4_panel_rows<1>(g, m, n, nr, p);
   }
