@@ -403,6 +403,8 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
 // [B, C, Hp, Wp] (the padding's code in place: zero point - shift, a centred 0, as the simulation pads);
 // each thread builds the patch rows of its share of the output pixels, at most 4 MiB of codes at a
 // time, and their group sums, then runs gemm_w4 on them for the output channels of each conv group.
+// A pointwise conv (1 x 1, stride 1, no padding, groups 1) of a channels_last input quantizes its
+// pixels' rows straight into the patch rows.
 // A channels_last input is quantized row by row (its W x C codes scattered into the planes), and the
 // GEMM writes its NHWC output in place; an NCHW output takes each block's rows channel by channel.
 at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
@@ -433,11 +435,14 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const std::int32_t shift = shp.shift;
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const auto& k = kernels::cpu::qgemm_kernels();
+  // a pointwise conv of a channels_last input: its pixels' C floats are the patch rows, quantized
+  // straight into them (no planes)
+  const bool pixel_rows = nhwc && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1;
   // the padded planes, with 8 bytes of slack past the last one for the rows' 8-byte copies
-  std::vector<std::int8_t> xc(static_cast<std::size_t>(B * C * Hp * Wp + 8),
+  std::vector<std::int8_t> xc(static_cast<std::size_t>(pixel_rows ? 0 : B * C * Hp * Wp + 8),
                               static_cast<std::int8_t>(q.zero_point - shift));
   const float* xp = x.data_ptr<float>();
-  if (nhwc) {  // each image row's W x C codes, then into the C planes
+  if (nhwc && !pixel_rows) {  // each image row's W x C codes, then into the C planes
     at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
       std::vector<std::int8_t> row(static_cast<std::size_t>(W * C));
       for (std::int64_t p = p0; p < p1; ++p) {
@@ -448,7 +453,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
           for (std::int64_t wi = 0; wi < W; ++wi) dst[c * Hp * Wp + wi] = row[static_cast<std::size_t>(wi * C + c)];
       }
     });
-  } else {
+  } else if (!nhwc) {
     at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
       for (std::int64_t p = p0; p < p1; ++p)
         for (std::int64_t h = 0; h < H; ++h)
@@ -472,7 +477,8 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     for (std::int64_t r0 = m0; r0 < m1; r0 += rows_max) {
       const std::int64_t rows = std::min(rows_max, m1 - r0);
       for (std::int64_t gi = 0; gi < groups; ++gi) {
-        for (std::int64_t r = 0; r < rows; ++r) {  // pixel m's patch of the group's channels, (c, i, j)
+        if (pixel_rows) k.quantize_rows(xp + r0 * K, a.data(), K, q, 0, rows);
+        for (std::int64_t r = 0; r < rows && !pixel_rows; ++r) {  // pixel m's patch of the group's channels, (c, i, j)
           const std::int64_t m = r0 + r, bi = m / L, oh = m % L / wo, ow = m % L % wo;
           std::int8_t* dst = a.data() + r * K;
           const std::int8_t* base = xc.data() + (bi * C + gi * Cg) * Hp * Wp + oh * sh * Wp + ow * sw;
@@ -487,6 +493,8 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
               }
             }
           }
+        }
+        for (std::int64_t r = 0; r < rows; ++r) {
           const std::int8_t* row = a.data() + r * K;
           for (std::int64_t g = 0; g < G; ++g) {
             std::int32_t s = 0;

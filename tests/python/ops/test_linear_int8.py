@@ -1272,8 +1272,9 @@ def test_conv2d_w4a8_equals_the_group_reference_on_every_isa(geom, chans, qrange
 
 
 def test_conv2d_w4a8_blocks_of_rows_empty_inputs_and_no_channels():
-    """More patch rows per thread than one block (4 MiB of codes: 16384 rows of K = 288 here) give the
-    reference's bits; an empty batch gives an empty output; C = 0 (K = 0, an empty sum) gives the bias."""
+    """More patch rows per thread than one block (4 MiB of codes: 16384 rows of K = 288 here; a
+    channels_last pointwise conv's 133120 rows of K = 32) give the reference's bits; an empty batch
+    gives an empty output; C = 0 (K = 0, an empty sum) gives the bias."""
     g = torch.Generator().manual_seed(12)
     x = torch.randn(4, 32, 64, 64, generator=g)
     codes = torch.randint(-8, 8, (16, 32, 3, 3), dtype=torch.int8, generator=g)
@@ -1286,6 +1287,17 @@ def test_conv2d_w4a8_blocks_of_rows_empty_inputs_and_no_channels():
             torch.set_num_threads(t)
             assert torch.equal(ops.conv2d_w4a8(x, w4, (3, 3), (1, 1), (1, 1), (1, 1), gscale, 32, 0.05, 3, 0, 255, bias),
                                want)
+        # a pointwise conv of a channels_last input (its pixels' rows quantized straight into the
+        # patch rows): 133120 rows of K = 32, two blocks on one thread
+        xp = torch.randn(8, 32, 128, 130, generator=g).contiguous(memory_format=torch.channels_last)
+        c1 = torch.randint(-8, 8, (16, 32, 1, 1), dtype=torch.int8, generator=g)
+        g1 = torch.rand(16, 1, generator=g) * 0.1
+        want1 = _w4_conv_reference(xp, c1, g1, 32, 0.05, 3, 0, 255, bias, (1, 1), (0, 0), (1, 1), 1)
+        w1 = ops.pack_int4_w4(c1.reshape(16, 32))
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            got = ops.conv2d_w4a8(xp, w1, (1, 1), (1, 1), (0, 0), (1, 1), g1, 32, 0.05, 3, 0, 255, bias)
+            assert torch.equal(got, want1) and got.is_contiguous(memory_format=torch.channels_last)
     finally:
         torch.set_num_threads(before)
     y = ops.conv2d_w4a8(x[:0], w4, (3, 3), (1, 1), (1, 1), (1, 1), gscale, 32, 0.05, 3, 0, 255, bias)
