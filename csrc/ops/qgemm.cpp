@@ -48,11 +48,14 @@
 //                kernels (weight_bits 8 / 2 / 1, their layouts), y = fp32(acc) * fp32(s[m] *
 //                weight_scale[n]) (+ bias[n]): multiply, then add. per_tensor: one scale for the
 //                whole input, s = fp32(max(max |x|, 1e-5) / act_quant_max) (quantize_per_tensor_dynamic's).
+//   conv2d_w4a8: a Conv2d on linear_w4a8's arithmetic (the "static_group" form of a conv): patch rows
+//                of the input's codes in PyTorch's (c, i, j) order, the order of the weight's groups.
 // Schema, checks and the C++ API live here; kernels in ops/{cpu,meta}/qgemm_kernel.cpp.
 #include "qgemm_checks.h"
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/constant_pad_nd.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
