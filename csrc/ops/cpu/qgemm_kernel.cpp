@@ -404,9 +404,11 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
 // each thread builds the patch rows of its share of the output pixels, at most 4 MiB of codes at a
 // time, and their group sums, then runs gemm_w4 on them for the output channels of each conv group.
 // A pointwise conv (1 x 1, stride 1, no padding, groups 1) of a channels_last input quantizes its
-// pixels' rows straight into the patch rows.
+// pixels' rows straight into the patch rows; other pointwise convs transpose each image's [Cg,
+// pixels] codes into them (the table's 16 x 16 byte tiles), and NCHW outputs are each image's
+// [pixels, N] block transposed (the table's float transpose).
 // A channels_last input is quantized row by row (its W x C codes scattered into the planes), and the
-// GEMM writes its NHWC output in place; an NCHW output takes each block's rows channel by channel.
+// GEMM writes its NHWC output in place; an NCHW output takes each image's rows transposed.
 at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
@@ -437,7 +439,9 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const auto& k = kernels::cpu::qgemm_kernels();
   // a pointwise conv of a channels_last input: its pixels' C floats are the patch rows, quantized
   // straight into them (no planes)
-  const bool pixel_rows = nhwc && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && groups == 1;
+  const bool pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+  const bool pixel_rows = nhwc && pointwise && groups == 1;
+  const bool pointwise_planes = pointwise && !pixel_rows;  // the planes hold L = H * W codes each
   // the padded planes, with 8 bytes of slack past the last one for the rows' 8-byte copies
   std::vector<std::int8_t> xc(static_cast<std::size_t>(pixel_rows ? 0 : B * C * Hp * Wp + 8),
                               static_cast<std::int8_t>(q.zero_point - shift));
@@ -473,12 +477,17 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     std::vector<std::int8_t> a(static_cast<std::size_t>(rows_max * K + 8));
     std::vector<std::int32_t> gsum(static_cast<std::size_t>(rows_max * G));
     std::vector<float> yg(static_cast<std::size_t>(groups > 1 || !nhwc ? rows_max * Ng : 0));
-    std::vector<std::int64_t> off(64);
     for (std::int64_t r0 = m0; r0 < m1; r0 += rows_max) {
       const std::int64_t rows = std::min(rows_max, m1 - r0);
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         if (pixel_rows) k.quantize_rows(xp + r0 * K, a.data(), K, q, 0, rows);
-        for (std::int64_t r = 0; r < rows && !pixel_rows; ++r) {  // pixel m's patch of the group's channels, (c, i, j)
+        // a pointwise conv of planes: each image's [Cg, pixels] codes transposed into the rows
+        for (std::int64_t r = 0; r < rows && pointwise_planes;) {
+          const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
+          k.transpose_s8(xc.data() + (bi * C + gi * Cg) * L + l, Cg, len, L, a.data() + r * K, K);
+          r += len;
+        }
+        for (std::int64_t r = 0; r < rows && !pixel_rows && !pointwise_planes; ++r) {  // pixel m's patch, (c, i, j)
           const std::int64_t m = r0 + r, bi = m / L, oh = m % L / wo, ow = m % L % wo;
           std::int8_t* dst = a.data() + r * K;
           const std::int8_t* base = xc.data() + (bi * C + gi * Cg) * Hp * Wp + oh * sh * Wp + ow * sw;
@@ -520,17 +529,11 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
         if (nhwc && groups > 1) {  // the group's columns of the NHWC rows
           for (std::int64_t r = 0; r < rows; ++r)
             std::memcpy(yp + (r0 + r) * N + gi * Ng, yg.data() + r * Ng, sizeof(float) * static_cast<std::size_t>(Ng));
-        } else if (!nhwc) {  // NCHW: 64 rows at a time, channel by channel (pixel m at (b, n, l) = b N L + n L + l)
-          for (std::int64_t rb = 0; rb < rows; rb += 64) {
-            const std::int64_t re = std::min(rows, rb + 64);
-            for (std::int64_t r = rb; r < re; ++r) {
-              const std::int64_t m = r0 + r;
-              off[static_cast<std::size_t>(r - rb)] = (m / L) * N * L + m % L;
-            }
-            for (std::int64_t n = 0; n < Ng; ++n) {
-              float* yn = yp + (gi * Ng + n) * L;
-              for (std::int64_t r = rb; r < re; ++r) yn[off[static_cast<std::size_t>(r - rb)]] = yg[static_cast<std::size_t>(r * Ng + n)];
-            }
+        } else if (!nhwc) {  // NCHW: each image's [pixels, Ng] outputs transposed into its channels' planes
+          for (std::int64_t r = 0; r < rows;) {
+            const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
+            k.transpose_f32(yg.data() + r * Ng, len, Ng, Ng, yp + (bi * N + gi * Ng) * L + l, L);
+            r += len;
           }
         }
       }

@@ -1230,12 +1230,15 @@ def _w4_conv_reference(x, codes, gscale, gs, s, zp, qmin, qmax, bias, stride, pa
 
 
 # (kernel, stride, padding, dilation) x (C, N, groups, group_size): 3 x 3 with groups spanning 3.5
-# channels' taps, strided and asymmetric padding, dilation, 1 x 1 (rows are pixels), 1 x 10 (runs
-# longer than the 8-byte copies), grouped convs (row layout), groups of 96 and 64 codes
+# channels' taps, strided and asymmetric padding, dilation, 1 x 1 (rows are pixels: quantized
+# straight into the rows from channels_last, transposed from NCHW planes), 1 x 10 (runs longer than
+# the 8-byte copies), grouped convs (row layout), groups of 96 and 64 codes
 W4_CONV_CASES = [
     (((3, 3), (1, 1), (1, 1), (1, 1)), (32, 24, 1, 32)), (((3, 3), (2, 1), (1, 2), (1, 1)), (64, 20, 2, 96)),
     (((2, 2), (1, 1), (0, 0), (2, 3)), (96, 12, 3, 64)), (((1, 1), (1, 1), (0, 0), (1, 1)), (64, 40, 1, 64)),
     (((1, 10), (1, 3), (0, 4), (1, 1)), (16, 8, 1, 32)), (((3, 3), (1, 2), (2, 0), (2, 1)), (64, 16, 2, 288)),
+    # pointwise: grouped (each image's [Cg, pixels] codes transposed into the rows, either format), strided
+    (((1, 1), (1, 1), (0, 0), (1, 1)), (64, 18, 2, 32)), (((1, 1), (2, 2), (0, 0), (1, 1)), (32, 8, 1, 32)),
 ]
 
 
