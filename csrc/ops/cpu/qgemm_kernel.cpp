@@ -329,6 +329,15 @@ at::Tensor linear_w1a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   return linear_cpu(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, 1);
 }
 
+// The G group sums of one row of int8 codes (groups of `group` codes): QGemmW4Args::a_gsum's row.
+inline void row_group_sums(const std::int8_t* row, std::int64_t G, std::int64_t group, std::int32_t* out) {
+  for (std::int64_t gi = 0; gi < G; ++gi) {
+    std::int32_t s = 0;
+    for (std::int64_t i = gi * group; i < (gi + 1) * group; ++i) s += row[i];
+    out[gi] = s;
+  }
+}
+
 at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
                            std::int64_t group_size, double act_scale,
                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
@@ -354,13 +363,7 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   const float* xp = x.data_ptr<float>();
   const auto quantize = [&](std::int64_t b0, std::int64_t e0) {
     k.quantize_rows(xp, a.data(), K, q, b0, e0);
-    for (std::int64_t m = b0; m < e0; ++m) {
-      for (std::int64_t gi = 0; gi < G; ++gi) {
-        std::int32_t s = 0;
-        for (std::int64_t i = gi * group_size; i < (gi + 1) * group_size; ++i) s += a[static_cast<std::size_t>(m * K + i)];
-        a_gsum[static_cast<std::size_t>(m * G + gi)] = s;
-      }
-    }
+    for (std::int64_t m = b0; m < e0; ++m) row_group_sums(a.data() + m * K, G, group_size, a_gsum.data() + m * G);
   };
   const std::int64_t chunk = row_chunk(M, N, K, N * K / 2);
   if (chunk == 0) at::parallel_for(0, M, 1, quantize);
@@ -403,12 +406,11 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
 // [B, C, Hp, Wp] (the padding's code in place: zero point - shift, a centred 0, as the simulation pads);
 // each thread builds the patch rows of its share of the output pixels, at most 4 MiB of codes at a
 // time, and their group sums, then runs gemm_w4 on them for the output channels of each conv group.
-// A pointwise conv (1 x 1, stride 1, no padding, groups 1) of a channels_last input quantizes its
-// pixels' rows straight into the patch rows; other pointwise convs transpose each image's [Cg,
-// pixels] codes into them (the table's 16 x 16 byte tiles), and NCHW outputs are each image's
-// [pixels, N] block transposed (the table's float transpose).
-// A channels_last input is quantized row by row (its W x C codes scattered into the planes), and the
-// GEMM writes its NHWC output in place; an NCHW output takes each image's rows transposed.
+// A channels_last input is quantized by image rows, each row's [W, C] codes transposed into the
+// planes; a pointwise conv (1 x 1, stride 1, no padding) of one with groups 1 quantizes its pixels
+// straight into the patch rows instead, and other pointwise convs transpose each image's [Cg,
+// pixels] codes into them (the table's 16 x 16 byte tiles). The GEMM writes an NHWC output in
+// place; an NCHW output takes each image's [pixels, N] block through the table's float transpose.
 at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
@@ -437,8 +439,6 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const std::int32_t shift = shp.shift;
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const auto& k = kernels::cpu::qgemm_kernels();
-  // a pointwise conv of a channels_last input: its pixels' C floats are the patch rows, quantized
-  // straight into them (no planes)
   const bool pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
   const bool pixel_rows = nhwc && pointwise && groups == 1;
   const bool pointwise_planes = pointwise && !pixel_rows;  // the planes hold L = H * W codes each
@@ -446,15 +446,13 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   std::vector<std::int8_t> xc(static_cast<std::size_t>(pixel_rows ? 0 : B * C * Hp * Wp + 8),
                               static_cast<std::int8_t>(q.zero_point - shift));
   const float* xp = x.data_ptr<float>();
-  if (nhwc && !pixel_rows) {  // each image row's W x C codes, then into the C planes
+  if (nhwc && !pixel_rows) {  // each image row's [W, C] codes, transposed into the C planes
     at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
       std::vector<std::int8_t> row(static_cast<std::size_t>(W * C));
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::int64_t bi = p / H, h = p % H;
         k.quantize_rows(xp + p * W * C, row.data(), W * C, q, 0, 1);
-        std::int8_t* dst = xc.data() + bi * C * Hp * Wp + (h + ph) * Wp + pw;
-        for (std::int64_t c = 0; c < C; ++c)
-          for (std::int64_t wi = 0; wi < W; ++wi) dst[c * Hp * Wp + wi] = row[static_cast<std::size_t>(wi * C + c)];
+        k.transpose_s8(row.data(), W, C, C, xc.data() + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
       }
     });
   } else if (!nhwc) {
@@ -503,14 +501,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
             }
           }
         }
-        for (std::int64_t r = 0; r < rows; ++r) {
-          const std::int8_t* row = a.data() + r * K;
-          for (std::int64_t g = 0; g < G; ++g) {
-            std::int32_t s = 0;
-            for (std::int64_t t = g * group_size; t < (g + 1) * group_size; ++t) s += row[t];
-            gsum[static_cast<std::size_t>(r * G + g)] = s;
-          }
-        }
+        for (std::int64_t r = 0; r < rows; ++r) row_group_sums(a.data() + r * K, G, group_size, gsum.data() + r * G);
         kernels::QGemmW4Args g;
         g.a = a.data();
         g.a_gsum = gsum.data();
