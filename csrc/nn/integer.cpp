@@ -47,7 +47,8 @@ torch::Tensor pack_w4(const torch::Tensor& codes) {
 
 /// The plan of one converted layer, or null (float math). conv: the layer is a conv with `groups`.
 /// XNOR-Net layers (Python's _xnor_plan): binary weight codes, inputs binarized per sample by the
-/// 'bitnet' rule; convs only with zero padding (other modes would pad floats before binarizing).
+/// 'bitnet' rule; convs only with symmetric zero padding (other modes, and 'same' padding's odd
+/// zero row or column, would pad floats before binarizing).
 std::shared_ptr<IntegerKernelPlan> make_xnor_plan(const ConvertedWeight& f, const QuantSpec& wspec,
                                                   const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
                                                   std::int64_t groups, bool zeros_padding) {
@@ -158,11 +159,9 @@ std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& 
 /// layouts (the CPU kernels' fastest); Linears only (convs run on the CPU).
 std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std::optional<QuantSpec>& wspec,
                                              const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
-                                             std::int64_t groups, bool string_padding, bool zeros_padding = true,
-                                             bool rows = false) {
+                                             std::int64_t groups, bool zeros_padding = true, bool rows = false) {
   if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat) return nullptr;
   if (!aq) return conv ? nullptr : make_weight_only_plan(f, *wspec, bias, rows);
-  if (conv && string_padding) return nullptr;
   if ((f.zero_point != 0).any().item<bool>()) return nullptr;
   const QuantSpec& as = aq->spec();
   if (as.kind == "binary") return make_xnor_plan(f, *wspec, aq, bias, conv, conv ? groups : 1, zeros_padding);
@@ -248,10 +247,10 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
 
 template <std::size_t D, class Layer>
 std::shared_ptr<IntegerKernelPlan> make_conv_plan(Layer& l, bool rows) {
-  const bool string_padding = !std::holds_alternative<torch::ExpandingArray<D>>(l.options.padding());
-  const bool zeros = std::holds_alternative<torch::enumtype::kZeros>(l.options.padding_mode());
-  return make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, true, l.options.groups(), string_padding,
-                   zeros, rows);
+  // XNOR: zero padding that needs no float padding first (symmetric; string padding resolved)
+  const bool zeros = std::holds_alternative<torch::enumtype::kZeros>(l.options.padding_mode()) &&
+                     detail::conv_pads<D>(l.options).symmetric();
+  return make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, true, l.options.groups(), zeros, rows);
 }
 
 template <std::size_t D, class Layer>
@@ -281,7 +280,7 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
     if (auto* l = m->as<QuantLinearImpl>()) {
       l->frozen.integer = l->frozen.integer_rows = nullptr;
       // BitLinear: its RMSNorm runs first (QuantLinearImpl::forward), then linear_dynamic_int8
-      if (on) l->frozen.integer = make_plan(l->frozen, l->layer_spec.weight, l->input_fake_quant, l->bias, false, 1, false);
+      if (on) l->frozen.integer = make_plan(l->frozen, l->layer_spec.weight, l->input_fake_quant, l->bias, false, 1);
       n += l->frozen.integer != nullptr;
     } else if (auto* c2 = m->as<QuantConv2dImpl>()) {
       n += plan_conv<2>(*c2, on);
@@ -299,7 +298,7 @@ const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l) {
   if (!f.integer) return nullptr;
   if (!f.integer_rows || f.integer_rows->weight.device() != f.codes.device()) {
     // the same rules and operands as the CPU plan, in the row layouts (Python's plans on CUDA)
-    f.integer_rows = make_plan(f, l.layer_spec.weight, l.input_fake_quant, l.bias, false, 1, false, true, true);
+    f.integer_rows = make_plan(f, l.layer_spec.weight, l.input_fake_quant, l.bias, false, 1, true, true);
   }
   return f.integer_rows.get();
 }

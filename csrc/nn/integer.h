@@ -3,6 +3,11 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <torch/nn/options/conv.h>
+
+#include <cstdint>
+#include <variant>
+#include <vector>
 
 #include "qatkit/nn.h"
 
@@ -22,6 +27,29 @@ QATKIT_API const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l);
 /// The same for a conv (conv2d_int8 / conv2d_w1a1 on CUDA).
 QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConv2dImpl& l);
 QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConv1dImpl& l);
+
+/// A conv's padding per spatial dim as nn.ConvNd resolves it: numbers as given (both sides), 'valid'
+/// none, 'same' dilation * (k - 1) with half on each side and the odd one on the right (aten's
+/// convolution with padding='same', nn.ConvNd's _reversed_padding_repeated_twice).
+struct ConvPads {
+  std::vector<std::int64_t> left, right;
+  bool symmetric() const { return left == right; }
+};
+
+template <std::size_t D>
+ConvPads conv_pads(const torch::nn::detail::ConvNdOptions<D>& o) {
+  ConvPads p{std::vector<std::int64_t>(D, 0), std::vector<std::int64_t>(D, 0)};
+  if (const auto* n = std::get_if<torch::ExpandingArray<D>>(&o.padding())) {
+    for (std::size_t d = 0; d < D; ++d) p.left[d] = p.right[d] = (*n)->at(d);
+  } else if (std::holds_alternative<torch::enumtype::kSame>(o.padding())) {
+    for (std::size_t d = 0; d < D; ++d) {
+      const std::int64_t total = o.dilation()->at(d) * (o.kernel_size()->at(d) - 1);
+      p.left[d] = total / 2;
+      p.right[d] = total - total / 2;
+    }
+  }
+  return p;
+}
 
 /// conv2d_int8 with the plan's operands on an NCHW input (Conv1d: a 1 x k Conv2d).
 QATKIT_API torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k,

@@ -82,21 +82,47 @@ torch::ExpandingArray<D> expand(const json::Value& v, const std::string& where) 
   return torch::ExpandingArray<D>(full);
 }
 
-/// Conv options from a file's conv parameters (packed and float layers alike); only zero padding
-/// given as numbers has a C++ form here.
+/// Conv options from a file's conv parameters (packed and float layers alike): padding as numbers
+/// or nn.ConvNd's strings ('same' / 'valid'), any of nn.ConvNd's padding modes.
 template <size_t D>
 torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, const std::string& where, bool bias) {
-  const std::string pm = p.at("padding_mode", where).as_string(where);
-  if (pm != "zeros" || p.at("padding", where).type == json::Value::Type::kString) {
-    r.fail(fmt::format("{}: only zero padding given as numbers is supported in C++ (padding_mode '{}')", where, pm));
+  auto o = torch::nn::ConvOptions<D>(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
+                                     expand<D>(p.at("kernel_size", where), where))
+               .stride(expand<D>(p.at("stride", where), where))
+               .dilation(expand<D>(p.at("dilation", where), where))
+               .groups(p.at("groups", where).as_int(where))
+               .bias(bias);
+  const json::Value& pad = p.at("padding", where);
+  if (pad.type == json::Value::Type::kString) {
+    const std::string s = pad.as_string(where + ".padding");
+    if (s == "same") {
+      for (std::size_t d = 0; d < D; ++d) {
+        if ((*o.stride())[d] != 1) {
+          r.fail(fmt::format("{}: padding 'same' needs stride 1, got stride {}", where, ops::shape_str(*o.stride())));
+        }
+      }
+      o.padding(torch::kSame);
+    } else if (s == "valid") {
+      o.padding(torch::kValid);
+    } else {
+      r.fail(fmt::format("{}.padding: expected numbers, 'same' or 'valid', got '{}'", where, s));
+    }
+  } else {
+    o.padding(expand<D>(pad, where + ".padding"));
   }
-  return torch::nn::ConvOptions<D>(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
-                                   expand<D>(p.at("kernel_size", where), where))
-      .stride(expand<D>(p.at("stride", where), where))
-      .padding(expand<D>(p.at("padding", where), where))
-      .dilation(expand<D>(p.at("dilation", where), where))
-      .groups(p.at("groups", where).as_int(where))
-      .bias(bias);
+  const std::string pm = p.at("padding_mode", where).as_string(where + ".padding_mode");
+  if (pm == "zeros") {
+    o.padding_mode(torch::kZeros);
+  } else if (pm == "reflect") {
+    o.padding_mode(torch::kReflect);
+  } else if (pm == "replicate") {
+    o.padding_mode(torch::kReplicate);
+  } else if (pm == "circular") {
+    o.padding_mode(torch::kCircular);
+  } else {
+    r.fail(fmt::format("{}.padding_mode: expected 'zeros', 'reflect', 'replicate' or 'circular', got '{}'", where, pm));
+  }
+  return o;
 }
 
 QuantSpec spec_of(const json::Value& v, const std::string& where) {

@@ -121,13 +121,14 @@ struct ConvFn<2> {
   }
 };
 
-/// x padded as nn.ConvNd pads for a padding mode other than zeros (reflect / replicate / circular).
+/// x padded as nn.ConvNd pads for a padding mode other than zeros (reflect / replicate / circular;
+/// string padding as nn.ConvNd resolves it: detail::conv_pads).
 template <std::size_t D>
 torch::Tensor pad_for_mode(const torch::Tensor& x, const torch::nn::detail::ConvNdOptions<D>& options) {
   namespace F = torch::nn::functional;
-  const auto p = std::get<torch::ExpandingArray<D>>(options.padding());
+  const detail::ConvPads p = detail::conv_pads<D>(options);
   std::vector<std::int64_t> pad;
-  for (std::size_t d = D; d-- > 0;) pad.insert(pad.end(), {p->at(d), p->at(d)});
+  for (std::size_t d = D; d-- > 0;) pad.insert(pad.end(), {p.left[d], p.right[d]});
   F::PadFuncOptions::mode_t mode;
   if (std::holds_alternative<torch::enumtype::kReflect>(options.padding_mode())) {
     mode = torch::kReflect;
@@ -622,16 +623,23 @@ torch::Tensor conv_quantized_weight(Layer& self) {
 }
 
 /// A converted conv in integer compute: conv2d_int8 (padding modes other than zeros pad x first:
-/// copies, which quantize to copies of codes; Conv1d as a 1 x k Conv2d).
+/// copies, which quantize to copies of codes; 'same' padding with an odd total zero-pads its extra
+/// row / column on the right first: x = 0 quantizes to the zero point, the kernels' padding code;
+/// Conv1d as a 1 x k Conv2d).
 template <std::size_t D, class Layer>
 torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x, const IntegerKernelPlan& plan) {
   const auto& o = self.options;
   std::vector<std::int64_t> pad(D, 0);
-  const auto p = std::get<torch::ExpandingArray<D>>(o.padding());
   if (!std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
     x = pad_for_mode<D>(x, o);
   } else {
-    for (std::size_t d = 0; d < D; ++d) pad[d] = p->at(d);
+    const detail::ConvPads p = detail::conv_pads<D>(o);
+    pad = p.left;
+    if (!p.symmetric()) {
+      std::vector<std::int64_t> extra;
+      for (std::size_t d = D; d-- > 0;) extra.insert(extra.end(), {0, p.right[d] - p.left[d]});
+      x = torch::nn::functional::pad(x, torch::nn::functional::PadFuncOptions(extra));
+    }
   }
   if constexpr (D == 1) {
     const torch::Tensor y = detail::integer_conv(plan, x.unsqueeze(2), {1, o.kernel_size()->at(0)},

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <map>
 
+#include "integer.h"
 #include "json.h"
 #include "qatkit/build_info.h"
 #include "qatkit/nn.h"
@@ -162,22 +163,33 @@ struct Writer {
     }();
   }
 
+  /// A conv's parameters as Python writes them: padding as numbers or 'same' / 'valid', the padding
+  /// mode's name, reversed_padding nn.ConvNd's _reversed_padding_repeated_twice (detail::conv_pads).
   template <size_t D>
-  Value conv_params(const torch::nn::detail::ConvNdOptions<D>& o, const std::string& name) {
-    const auto* pad = std::get_if<torch::ExpandingArray<D>>(&o.padding());
-    TORCH_CHECK_VALUE(pad != nullptr, fmt::format("qatkit::nn::save: layer '{}': 'same' / 'valid' padding has no C++ file form", name));
-    TORCH_CHECK_VALUE(std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode()),
-                      fmt::format("qatkit::nn::save: layer '{}': only zero padding_mode is written from C++", name));
+  Value conv_params(const torch::nn::detail::ConvNdOptions<D>& o) {
+    Value pad;
+    if (const auto* n = std::get_if<torch::ExpandingArray<D>>(&o.padding())) {
+      pad = ints(**n);
+    } else {
+      pad = Value::of(std::holds_alternative<torch::enumtype::kSame>(o.padding()) ? "same" : "valid");
+    }
+    const char* mode = std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode())       ? "zeros"
+                       : std::holds_alternative<torch::enumtype::kReflect>(o.padding_mode())   ? "reflect"
+                       : std::holds_alternative<torch::enumtype::kReplicate>(o.padding_mode()) ? "replicate"
+                                                                                                : "circular";
+    const detail::ConvPads cp = detail::conv_pads<D>(o);
+    std::vector<std::int64_t> reversed;
+    for (std::size_t d = D; d-- > 0;) reversed.insert(reversed.end(), {cp.left[d], cp.right[d]});
     Value p = object();
     p.set("in_channels", Value::of(o.in_channels()));
     p.set("out_channels", Value::of(o.out_channels()));
     p.set("kernel_size", ints(*o.kernel_size()));
     p.set("stride", ints(*o.stride()));
-    p.set("padding", ints(**pad));
+    p.set("padding", std::move(pad));
     p.set("dilation", ints(*o.dilation()));
     p.set("groups", Value::of(o.groups()));
-    p.set("padding_mode", Value::of("zeros"));
-    p.set("reversed_padding", Value::null());
+    p.set("padding_mode", Value::of(mode));
+    p.set("reversed_padding", ints(reversed));
     return p;
   }
 
@@ -221,13 +233,13 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
     return layer(name, "linear", std::move(p), l->frozen, l->layer_spec, l->bias, l->input_fake_quant, l->smooth);
   }
   if (auto c = as<QuantConv2dImpl>(m)) {
-    return layer(name, "conv2d", conv_params<2>(c->options, name), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
+    return layer(name, "conv2d", conv_params<2>(c->options), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
   }
   if (auto c = as<QuantConvBn2dImpl>(m)) {  // converted: a conv with the folded weight and bias
-    return layer(name, "conv2d", conv_params<2>(c->options, name), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
+    return layer(name, "conv2d", conv_params<2>(c->options), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
   }
   if (auto c = as<QuantConv1dImpl>(m)) {
-    return layer(name, "conv1d", conv_params<1>(c->options, name), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
+    return layer(name, "conv1d", conv_params<1>(c->options), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
   }
   if (auto e = as<QuantEmbeddingImpl>(m)) {
     TORCH_CHECK_VALUE(!e->options.max_norm(), fmt::format("qatkit::nn::save: layer '{}': max_norm has no C++ file form", name));
@@ -317,7 +329,7 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
     return leaf("Linear", a);
   }
   const auto conv_args = [&](auto& o, bool bias) {
-    a = conv_params(o, name);
+    a = conv_params(o);
     a.object.erase(a.object.end() - 1);  // reversed_padding: a packed layer's field only
     a.set("bias", Value::of(bias));
   };

@@ -460,7 +460,7 @@ def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
     cls, names = _LEAVES[t]
     args = dict(desc.get("args", {}))
     for k, v in args.items():
-        if not _arg_ok(k, v):
+        if not (_arg_ok(k, v) or (k == "padding" and t in ("Conv1d", "Conv2d") and v in ("same", "valid"))):
             raise ValueError(f"load: {t} argument {k}={v!r} has the wrong type or is out of range")
         if isinstance(v, list):
             args[k] = tuple(v)

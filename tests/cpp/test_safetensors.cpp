@@ -178,7 +178,29 @@ CATCH_TEST_CASE("qatkit::nn::save round trips a QAT model and refuses what it ca
   CATCH_CHECK_THAT(save_error(qo), Catch::Contains("has no file form"));
   qatkit::nn::convert(*qo);  // written as it is: the same refusal
   CATCH_CHECK_THAT(save_error(qo), Catch::Contains("has no file form"));
-  nn::Sequential same(nn::Conv2d(nn::Conv2dOptions(1, 4, 3).padding(torch::kSame)), nn::Flatten());
-  auto qs = qatkit::nn::prepare_qat(same, qatkit::nn::QATConfig::preset("int8_weight_only"));
-  CATCH_CHECK_THAT(save_error(qs), Catch::Contains("'same' / 'valid' padding"));
+}
+
+CATCH_TEST_CASE("qatkit::nn::save and load keep 'same' / 'valid' padding and padding modes", "[save]") {
+  namespace nn = torch::nn;
+  torch::manual_seed(1);
+  // 'same' with a reflect mode (padded first), 'same' with an odd total (1: the extra column on the
+  // right), 'valid' with circular padding ignored (no padding): float and integer compute
+  nn::Sequential model(nn::Conv2d(nn::Conv2dOptions(2, 4, 3).padding(torch::kSame).padding_mode(torch::kReflect)),
+                       nn::ReLU(), nn::Conv2d(nn::Conv2dOptions(4, 8, 2).padding(torch::kSame)), nn::ReLU(),
+                       nn::Conv2d(nn::Conv2dOptions(8, 8, 3).padding(torch::kValid)), nn::ReLU(),
+                       nn::Conv2d(nn::Conv2dOptions(8, 4, 3).padding(1).padding_mode(torch::kCircular)), nn::Flatten());
+  model->eval();
+  auto q = qatkit::nn::prepare_qat(model, qatkit::nn::QATConfig::preset("w8a8"));
+  const torch::Tensor x = torch::randn({3, 2, 7, 6});
+  qatkit::nn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+  const std::string path = "/tmp/qatkit_save_padding.safetensors";
+  qatkit::nn::save(q, path);
+  qatkit::nn::convert(*q);
+  torch::NoGradGuard ng;
+  const torch::Tensor want = q->forward(x);
+  CATCH_CHECK(want.sizes() == torch::IntArrayRef({3, 4 * 5 * 4}));
+  CATCH_CHECK(torch::equal(qatkit::nn::load(path, "float")->forward(x), want));
+  CATCH_CHECK(qatkit::nn::set_compute(*q, "integer") == 4);  // every conv on conv2d_int8
+  CATCH_CHECK(torch::equal(qatkit::nn::load(path)->forward(x), q->forward(x)));
+  std::remove(path.c_str());
 }

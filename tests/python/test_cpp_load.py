@@ -38,6 +38,15 @@ def _run(model_path, x, tmp_path, compute="integer"):
     return r, (load_file(out)["y"] if r.returncode == 0 else None)
 
 
+def _ptq_exported(net, x, cfg, path):
+    """net quantized by qatkit.ptq on x, exported to path and loaded back (qatkit.load)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net.eval(), [x], cfg, correct_bias=None, verbose=False, progress=False)
+    qatkit.export(q, path)
+    return qatkit.load(path)
+
+
 def _assert_cpp_gives(path, x, tmp_path, want, want_int):
     """The C++ program's outputs in float and (its default) integer compute equal Python's."""
     for compute, expected in (("float", want), ("integer", want_int)):
@@ -232,7 +241,7 @@ def test_cpp_loads_reduced_precision_weight_scales_bit_for_bit(scale_dtype, tmp_
 @pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8"])
 def test_cpp_integer_convs_and_conv1d_match_python(preset, tmp_path):
     """Padded, strided, dilated, 1x1 and 1-d convs on C++'s integer kernels: Python's loaded model bit for bit
-    (the C++ loader takes zero padding only; it refuses other modes, tested above)."""
+    (string padding and padding modes: test_cpp_loads_string_padding_and_padding_modes)."""
     torch.manual_seed(1)
     nets = [
         (nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2,
@@ -258,6 +267,52 @@ def test_cpp_integer_convs_and_conv1d_match_python(preset, tmp_path):
         assert torch.equal(y, want)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "xnor_w1a1"])
+def test_cpp_loads_string_padding_and_padding_modes(preset, tmp_path):
+    """Convs with padding='same' (odd and even totals) / 'valid' and reflect / replicate / circular
+    padding modes, packed and float (the first and last layers), from Python's files: the C++
+    loader gives Python's loaded outputs bit for bit in float and integer compute (XNOR's uneven
+    'same' and reflect convs keep float math in both), and qatkit::nn::save writes them back as
+    Python reads them."""
+    import dataclasses
+
+    from qatkit.qat import integer
+
+    torch.manual_seed(8)
+    nets = [
+        (nn.Sequential(nn.Conv2d(4, 32, 3, padding="same", padding_mode="reflect"), nn.ReLU(),
+                       nn.Conv2d(32, 32, 2, padding="same"), nn.ReLU(),
+                       nn.Conv2d(32, 32, 3, padding="same", dilation=2, padding_mode="replicate"), nn.ReLU(),
+                       nn.Conv2d(32, 32, 3, padding=1, padding_mode="circular"), nn.ReLU(),
+                       nn.Conv2d(32, 32, 1, padding="valid"), nn.ReLU(),
+                       nn.Conv2d(32, 8, 3, padding="same", padding_mode="reflect"), nn.Flatten(),
+                       nn.Linear(8 * 7 * 6, 5)), (5, 4, 7, 6)),
+        (nn.Sequential(nn.Conv1d(4, 32, 4, padding="same"), nn.ReLU(), nn.Conv1d(32, 32, 3, padding="same",
+                       padding_mode="reflect"), nn.ReLU(), nn.Conv1d(32, 8, 2, padding="valid"), nn.Flatten(),
+                       nn.Linear(8 * 10, 5)), (5, 4, 11)),
+    ]
+    for net, shape in nets:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(9))
+        cfg = qatkit.preset(preset)
+        if preset == "xnor_w1a1":
+            cfg = dataclasses.replace(cfg, first_last="float")
+        path = str(tmp_path / "p.safetensors")
+        loaded = _ptq_exported(net, x, cfg, path)
+        mods = dict(loaded.named_modules())
+        on = [integer.kernel_for(mods[n]) for n, form, _ in loaded.compute_report if form is not None]
+        assert len(on) >= (1 if preset == "xnor_w1a1" else 2) and all(on), loaded.compute_report
+        with torch.no_grad():
+            want, want_int = qatkit.load(path, compute="float")(x), loaded(x)
+        _assert_cpp_gives(path, x, tmp_path, want, want_int)
+        again = str(tmp_path / "again.safetensors")
+        r = subprocess.run([EXE, "--resave", path, again], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        with torch.no_grad():
+            assert torch.equal(qatkit.load(again, compute="float")(x), want)
+            assert torch.equal(qatkit.load(again)(x), want_int)
+
+
 def test_cpp_grouped_xnor_convs_match_python(tmp_path):
     """Grouped and depthwise XNOR convs run on conv2d_w1a1's grouped form in C++ as in Python:
     Python's loaded outputs bit for bit. The first and last layers stay
@@ -270,12 +325,8 @@ def test_cpp_grouped_xnor_convs_match_python(tmp_path):
                         nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16), nn.Flatten(), nn.Linear(16 * 4 * 4, 5))
     x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(5))
     cfg = dataclasses.replace(qatkit.preset("xnor_w1a1"), first_last="float")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = qatkit.ptq(net.eval(), [x], cfg, correct_bias=None, verbose=False, progress=False)
     path = str(tmp_path / "g.safetensors")
-    qatkit.export(q, path)
-    loaded = qatkit.load(path)
+    loaded = _ptq_exported(net, x, cfg, path)
     from qatkit.qat import integer
 
     mods = dict(loaded.named_modules())

@@ -29,17 +29,19 @@ def weight_rows(layer: nn.Module) -> torch.Tensor:
 
 def layer_matrix_input(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer input as rows of the matrix its weight multiplies: [n, in * taps]
-    (Linear: every token; Conv1d/2d: im2col patches)."""
+    (Linear: every token; Conv1d/2d: im2col patches of the input padded as the conv pads it: its
+    padding mode, and 'same' / 'valid' as nn.ConvNd resolves them, the odd one of 'same' on the right)."""
     if isinstance(layer, nn.Linear):
         return x.reshape(-1, x.shape[-1])
+    # nn.ConvNd's own (left, right) pads per dim, last dim first, for every padding form
+    x = F.pad(x, layer._reversed_padding_repeated_twice,
+              mode="constant" if layer.padding_mode == "zeros" else layer.padding_mode)
     if isinstance(layer, nn.Conv1d):
         x = x.unsqueeze(2)
-        k, d, p, s = (1, layer.kernel_size[0]), (1, layer.dilation[0]), (0, layer.padding[0]), (1, layer.stride[0])
+        k, d, s = (1, layer.kernel_size[0]), (1, layer.dilation[0]), (1, layer.stride[0])
     else:
-        k, d, p, s = layer.kernel_size, layer.dilation, layer.padding, layer.stride
-    if isinstance(p, str):
-        raise ValueError(f"GPTQ/AdaRound: padding={p!r} convs are not supported; use rounding='nearest'")
-    cols = F.unfold(x, k, dilation=d, padding=p, stride=s)  # [N, C*k, L]
+        k, d, s = layer.kernel_size, layer.dilation, layer.stride
+    cols = F.unfold(x, k, dilation=d, padding=0, stride=s)  # [N, C*k, L]
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 

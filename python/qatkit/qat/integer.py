@@ -369,19 +369,42 @@ def _int8_plan(mod, rows: Optional[bool] = None) -> Optional[dict]:
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
+def _numeric_padding(mod) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]]]:
+    """A zero-padded conv's padding as the kernels take it: (symmetric padding per dim, the zero
+    padding ``F.pad`` adds to x first, or None). String padding resolves as aten's convolution does:
+    'valid' none; 'same' (stride 1) ``dilation * (k - 1)`` per dim, half on each side and the odd one
+    on the right (padded first, so the rest is symmetric). A zero-padded float input quantizes to the
+    zero point, the code the kernels pad with, so either way gives the float64 simulation's sums."""
+    p, nd = mod.padding, len(mod.kernel_size)
+    if not isinstance(p, str):
+        return tuple(p), None
+    if p == "valid":
+        return (0,) * nd, None
+    total = [d * (k - 1) for d, k in zip(mod.dilation, mod.kernel_size)]
+    left = tuple(t // 2 for t in total)
+    extra = [t - 2 * l for t, l in zip(total, left)]
+    if not any(extra):
+        return left, None
+    pad: List[int] = []
+    for e in reversed(extra):  # F.pad's order: the last dim first
+        pad += [0, e]
+    return left, tuple(pad)
+
+
 def _xnor_plan(mod, rows: bool = False) -> Optional[dict]:
     """The kernel plan of a "row" form layer: ops.linear_w1a1 / conv2d_w1a1's operands for an
     XNOR-Net layer (binary weight codes, inputs binarized per sample by the 'bitnet' rule),
     ops.linear_dynamic_int8's for a Linear with dynamic int8 inputs (BitLinear / bitnet_b158, or
     int8 / binary weights with per-token or per-tensor dynamic activations: :func:`_dynamic_plan`);
-    None for wider dynamic inputs and for convs whose padding mode is not zeros (a binarized
-    sample's codes are padded, not its floats: the per-sample mean would change)."""
+    None for wider dynamic inputs, for convs whose padding mode is not zeros (a binarized
+    sample's codes are padded, not its floats: the per-sample mean would change) and for 'same'
+    padding that is not symmetric (its extra zero column would be padded before binarizing)."""
     act, _ = _act_codes_spec(mod.input_fake_quant)
     if act == "dynamic":
         return _dynamic_plan(mod, rows)
     if act != "binary" or mod.weight_spec.kind != "binary":
         return None
-    if _is_conv(mod) and (mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple)):
+    if _is_conv(mod) and (mod.padding_mode != "zeros" or _numeric_padding(mod)[1] is not None):
         return None
     w = mod.weight_int
     w = w.reshape(w.shape[0], -1) if w.dim() > 0 else w
@@ -493,13 +516,17 @@ _CONV_BITS = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}
 
 def _bind_conv(mod, plan: dict):
     """A Conv2d plan's kernel with its operands bound (x -> y), or None where the layer needs more
-    than the op (a padding mode other than zeros, string padding): what :func:`_conv_on_kernel` calls, the op resolved once (``_bind``'s ``OpOverload._op``
+    than the op (a padding mode other than zeros, 'same' padding that is not symmetric): what
+    :func:`_conv_on_kernel` calls, the op resolved once (``_bind``'s ``OpOverload._op``
     for eager calls), so a loaded conv's per-call Python work is one closure call (about 4 us of the
     6 us it spent over the op: a small CNN's convs take tens of microseconds)."""
-    if mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple) or len(mod.kernel_size) != 2:
+    if mod.padding_mode != "zeros" or len(mod.kernel_size) != 2:
+        return None
+    padding, extra = _numeric_padding(mod)
+    if extra is not None:
         return None
     k, p = plan["kernel"], plan
-    geom = (list(mod.kernel_size), list(mod.stride), list(mod.padding), list(mod.dilation))
+    geom = (list(mod.kernel_size), list(mod.stride), list(padding), list(mod.dilation))
     if k == "linear_w1a1":
         name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"], mod.groups)
     elif k in _CONV_BITS:
@@ -575,7 +602,7 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
             and (w.is_cpu if x.is_cpu else x.is_cuda and x.device == w.device)):
         plan = _plan(mod)
         # on CUDA: conv2d_int8 / conv2d_w1a1 / conv2d_w4a8 (im2col, then the Linear kernels)
-        if plan and isinstance(mod.padding, tuple):
+        if plan:
             return _conv_on_kernel(mod, x, nd, plan)
     fn = F.conv1d if nd == 1 else F.conv2d
     padding, pad = mod.padding, None
@@ -588,12 +615,15 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
 def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
     """A conv on ``ops.conv2d_int8`` (im2col on the codes, one GEMM per group; Conv1d as a 1 x k Conv2d).
     Zero padding holds the code of 0, the zero point, which the kernel's zero-point term cancels:
-    the integer sums of the direct conv; other padding modes pad x first (copies, as for codes)."""
+    the integer sums of the direct conv; other padding modes pad x first (copies, as for codes);
+    string padding resolves to numbers (:func:`_numeric_padding`)."""
     if mod.padding_mode != "zeros":
         x = F.pad(x, mod._rpt, mode=mod.padding_mode)
         padding = (0,) * nd
     else:
-        padding = tuple(mod.padding)
+        padding, extra = _numeric_padding(mod)
+        if extra is not None:  # 'same' with an even total: the odd zero column / row first
+            x = F.pad(x, extra)
     if nd == 1:
         x4, k, st, dil, pad = x.unsqueeze(2), (1, mod.kernel_size[0]), (1, mod.stride[0]), (1, mod.dilation[0]), (0, padding[0])
     else:
@@ -647,7 +677,7 @@ def kernel_for(mod) -> Optional[str]:
     """The integer kernel a converted layer in integer compute runs on (CPU), or None: its integer
     form then runs as the float64 simulation (:func:`set_compute`) — exact, but no faster."""
     if mod._integer_form == "weight_only" and not _is_conv(mod) or (
-        mod._integer_form in ("static", "static_group", "row") and (not _is_conv(mod) or isinstance(mod.padding, tuple))
+        mod._integer_form in ("static", "static_group", "row")
     ):
         plan = _plan(mod)
         if plan:
@@ -690,6 +720,9 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
             detail = ""
             if _is_conv(m) and form == "row" and m.padding_mode != "zeros":
                 detail = f" (padding_mode {m.padding_mode!r}: a binarized sample's codes would be padded, not its floats)"
+            elif _is_conv(m) and form == "row" and _numeric_padding(m)[1] is not None:
+                detail = (" (padding='same' with an odd dilation * (kernel - 1): its extra zero row or column would be "
+                          "padded before the sample is binarized)")
             elif form == "row" and _act_codes_spec(m.input_fake_quant)[0] == "dynamic":
                 detail = " (linear_dynamic_int8 takes dynamic inputs of at most 8 bits; this layer's have " \
                          f"{m.input_fake_quant.spec.bits})"

@@ -88,3 +88,28 @@ def test_adaround_rounds_each_weight_down_or_up_only():
 def test_data_aware_rounding_needs_data(setup):
     with pytest.raises(ValueError, match="rounding='gptq' needs calibration data"):
         qatkit.ptq(setup[0], None, cfg(), rounding="gptq", verbose=False, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("conv", [
+    lambda: nn.Conv2d(3, 5, 3, padding=1, stride=2),
+    lambda: nn.Conv2d(3, 5, 2, padding="same", dilation=(1, 3)),  # odd totals: the extra on the right
+    lambda: nn.Conv2d(3, 5, 3, padding="valid"),
+    lambda: nn.Conv2d(3, 5, 3, padding="same", padding_mode="reflect"),
+    lambda: nn.Conv2d(3, 6, (3, 2), padding=(1, 2), padding_mode="circular"),
+    lambda: nn.Conv2d(3, 5, 3, padding=2, dilation=2, padding_mode="replicate"),
+    lambda: nn.Conv1d(3, 5, 4, padding="same", padding_mode="reflect"),
+    lambda: nn.Conv1d(3, 5, 3, padding=1, stride=2),
+], ids=["strided", "same-even", "valid", "same-reflect", "circular", "replicate", "conv1d-same", "conv1d"])
+def test_layer_matrix_input_rows_times_the_weight_are_the_conv(conv):
+    """GPTQ / AdaRound's im2col rows (the Hessian's X) pad as the conv does, every padding form:
+    rows @ weight_rows^T is the conv's own output (float64, no bias; grouped convs keep round to
+    nearest)."""
+    torch.manual_seed(0)
+    layer = conv().double()
+    nn.init.zeros_(layer.bias)
+    x = torch.randn((2, 3, 7, 6) if isinstance(layer, nn.Conv2d) else (2, 3, 9), dtype=torch.float64)
+    y = layer(x)
+    rows = R.layer_matrix_input(layer, x)
+    got = (rows @ R.weight_rows(layer).T).reshape(y.shape[0], -1, y.shape[1]).transpose(1, 2).reshape(y.shape)
+    assert torch.allclose(got, y, rtol=0, atol=1e-12)

@@ -456,6 +456,18 @@ def test_a_channels_last_cnn_on_the_kernels_gives_the_simulations_bits(preset):
     assert all(out_cl[m] for m in convs), [out_cl[m] for m in convs]
 
 
+def _prepared_net(net, shape, preset):
+    """net (lazy layers initialized by one call) prepared for the preset and calibrated."""
+    net(torch.randn(shape))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.prepare_qat(net, _config(preset))
+        q(torch.randn(shape))
+        if any(getattr(m, "input_fake_quant", None) is not None for m in q.modules()):
+            qatkit.qat.calibrate(q, [torch.randn(shape) * 2 for _ in range(3)])
+    return q
+
+
 def _strided_cnn():
     return nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=2, dilation=2, stride=2), nn.ReLU(),
@@ -477,14 +489,8 @@ def test_conv_layers_call_their_bound_kernel_with_the_general_paths_bits(preset,
         q, shape = _prepared("cnn", preset)
     else:  # dilation, strides, a 3 x 1 depthwise kernel, no bias
         torch.manual_seed(0)
-        shape, net = (4, 3, 11, 9), _strided_cnn()
-        net(torch.randn(shape))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            q = qatkit.prepare_qat(net, _config(preset))
-            q(torch.randn(shape))
-            if any(getattr(m, "input_fake_quant", None) is not None for m in q.modules()):
-                qatkit.qat.calibrate(q, [torch.randn(shape) * 2 for _ in range(3)])
+        shape = (4, 3, 11, 9)
+        q = _prepared_net(_strided_cnn(), shape, preset)
     torch.manual_seed(8)
     x = torch.randn(shape) * 2
     sim, k, _ = _simulated_and_on_kernels(q)
@@ -511,6 +517,69 @@ def test_conv_layers_call_their_bound_kernel_with_the_general_paths_bits(preset,
         fl = qatkit.convert(q)
     with torch.no_grad():
         assert torch.equal(k(x), fl(x))  # the float (QAT-exact) math, not a stale bound kernel
+
+
+def _string_padded(nd):
+    """Convs with padding='same' (odd and even totals, dilated, depthwise) and 'valid'."""
+    if nd == 1:
+        return nn.Sequential(nn.Conv1d(8, 16, 4, padding="same"), nn.ReLU(),  # total 3: the odd one on the right
+                             nn.Conv1d(16, 32, 3, padding="same", dilation=2), nn.ReLU(),  # total 4
+                             nn.Conv1d(32, 32, 2, padding="valid"), nn.ReLU(), nn.Flatten(), nn.LazyLinear(5))
+    return nn.Sequential(
+        nn.Conv2d(8, 16, 2, padding="same"), nn.ReLU(),  # totals (1, 1)
+        nn.Conv2d(16, 32, (3, 2), padding="same", dilation=(2, 1)), nn.ReLU(),  # totals (4, 1)
+        nn.Conv2d(32, 32, 3, padding="same", groups=32), nn.ReLU(),  # symmetric, depthwise (K = 9)
+        nn.Conv2d(32, 32, 3, padding="valid", bias=False), nn.ReLU(),
+        nn.Flatten(), nn.LazyLinear(5),
+    )
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("nd", [2, 1])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8_g32", "ternary_twn", "binary_w1a8", "xnor_w1a1"])
+def test_string_padded_convs_run_on_their_kernels_with_the_simulations_bits(preset, nd):
+    """padding='same' / 'valid' convs run on their kernels (conv2d_int8 / conv2d_w4a8 / conv2d_w1a1):
+    'same' resolves as aten does (half of dilation * (k - 1) on each side, the odd one on the right,
+    zero-padded into x first: x = 0 quantizes to the zero point, the kernels' padding code). Every
+    layer's output equals the float64 simulation's bit for bit on NCHW and channels_last inputs;
+    symmetric ones have a bound kernel. XNOR's uneven 'same' convs keep float math (the extra zero
+    would be binarized with the sample) and the report says why; w4a8's depthwise conv (K = 9: one
+    group per row) runs on conv2d_int8."""
+    torch.manual_seed(3)
+    shape = (4, 8, 9, 10) if nd == 2 else (4, 8, 19)
+    q = _prepared_net(_string_padded(nd), shape, preset)
+    sim, k, rep = _simulated_and_on_kernels(q)
+    why = {n: r for n, _, r in rep}
+    convs = [(n, m) for n, m in k.named_modules() if isinstance(m, (QuantizedConv1d, QuantizedConv2d))]
+    assert len(convs) == (4 if nd == 2 else 3)
+    for n, m in convs:
+        k_total = m.weight_int[0].numel()
+        uneven = any(d * (kk - 1) % 2 for d, kk in zip(m.dilation, m.kernel_size)) and m.padding == "same"
+        if m.weight_spec.kind == "float":
+            continue  # a layer the preset keeps in float
+        if preset == "xnor_w1a1" and m.weight_spec.kind == "binary" and uneven:  # (its first layer is w8a8)
+            assert integer.kernel_for(m) is None and m._integer_form is None and "padding='same'" in why[n], why[n]
+        elif preset == "w4a8_g32" and k_total % 32:  # one group per row (K = 9): the per-channel int8 kernel
+            assert integer.kernel_for(m) == "linear_int8", n
+        else:
+            assert integer.kernel_for(m) is not None, (n, why[n])
+            if nd == 2:
+                assert (m.__dict__["_int8_plan"]["bare"] is not None) == (not uneven), n
+    assert any(integer.kernel_for(m) for _, m in convs)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(shape, generator=g) * 2
+    outs = {}
+    for tag, model in (("kernel", k), ("sim", sim)):
+        for i, m in enumerate(mm for mm in model.modules() if isinstance(mm, _Quantized)):
+            m.register_forward_hook(lambda _m, _i, o, key=(tag, i): outs.__setitem__(key, o))
+    inputs = [x, x.contiguous(memory_format=torch.channels_last)] if nd == 2 else [x]
+    with torch.no_grad():
+        want = sim(x)
+        for xi in inputs:
+            assert torch.equal(k(xi), want)
+    # every layer in integer compute (XNOR's float-math layers differ from the simulation in the last bits)
+    on = [i for i, m in enumerate(mm for mm in k.modules() if isinstance(mm, _Quantized)) if m._integer_form]
+    assert len(on) >= 3 and all(torch.equal(outs["kernel", i], outs["sim", i]) for i in on)
 
 
 def _per_token_config(kind, granularity="per_token", bits=8):
