@@ -356,20 +356,24 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   const std::vector<std::int64_t>& shape = rows.second;
   at::Tensor y = at::empty(shape, input.options());
   if (y.numel() == 0) return y;
-  std::vector<std::int8_t> a(static_cast<std::size_t>(M * K));
-  std::vector<std::int32_t> a_gsum(static_cast<std::size_t>(M * G));
+  // not zero-filled: every row is written by its quantization before it is read (a zero fill was a
+  // serial pass over M * K bytes per call)
+  const std::unique_ptr<std::int8_t[]> a_buf(new std::int8_t[static_cast<std::size_t>(M * K)]);
+  const std::unique_ptr<std::int32_t[]> gsum_buf(new std::int32_t[static_cast<std::size_t>(M * G)]);
+  std::int8_t* const a = a_buf.get();
+  std::int32_t* const a_gsum = gsum_buf.get();
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
   const auto quantize = [&](std::int64_t b0, std::int64_t e0) {
-    k.quantize_rows(xp, a.data(), K, q, b0, e0);
-    for (std::int64_t m = b0; m < e0; ++m) row_group_sums(a.data() + m * K, G, group_size, a_gsum.data() + m * G);
+    k.quantize_rows(xp, a, K, q, b0, e0);
+    for (std::int64_t m = b0; m < e0; ++m) row_group_sums(a + m * K, G, group_size, a_gsum + m * G);
   };
   const std::int64_t chunk = row_chunk(M, N, K, N * K / 2);
   if (chunk == 0) at::parallel_for(0, M, 1, quantize);
   kernels::QGemmW4Args g;
-  g.a = a.data();
-  g.a_gsum = a_gsum.data();
+  g.a = a;
+  g.a_gsum = a_gsum;
   g.w = w.data_ptr<std::uint8_t>();
   g.gscale = gs.data_ptr<float>();
   g.act_offset = shift - static_cast<std::int32_t>(act_zero_point);
@@ -442,24 +446,63 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const bool pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
   const bool pixel_rows = nhwc && pointwise && groups == 1;
   const bool pointwise_planes = pointwise && !pixel_rows;  // the planes hold L = H * W codes each
-  // the padded planes, with 8 bytes of slack past the last one for the rows' 8-byte copies
-  std::vector<std::int8_t> xc(static_cast<std::size_t>(pixel_rows ? 0 : B * C * Hp * Wp + 8),
-                              static_cast<std::int8_t>(q.zero_point - shift));
+  // the padded planes (the calling thread's scratch, kept between calls: a fresh buffer cost page
+  // faults and a fill on every call), with slack past the last one for the rows' 8-byte copies; the
+  // padding's code written around each plane
+  const std::size_t xc_n = static_cast<std::size_t>(pixel_rows ? 0 : B * C * Hp * Wp + 64);
+  struct TagPlanes {};
+  std::int8_t* xc = pixel_rows ? nullptr : kernels::thread_scratch<std::int8_t, TagPlanes>(xc_n);
+  const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
+  if (xc != nullptr) std::memset(xc + xc_n - 64, pad_code, 64);
+  const auto pad_planes = [&](std::int64_t p0, std::int64_t p1) {  // planes [p0, p1): their padding
+    if (ph == 0 && pw == 0) return;
+    const std::int64_t h_n = H, w_n = W, wp_n = Wp, ph_n = ph, pw_n = pw;  // locals (int8 stores alias)
+    const std::int8_t code = pad_code;
+    if (Hp * Wp <= 1024) {  // small planes: one fill each (the codes are written over it afterwards)
+      std::memset(xc + p0 * Hp * Wp, code, static_cast<std::size_t>((p1 - p0) * Hp * Wp));
+      return;
+    }
+    for (std::int64_t p = p0; p < p1; ++p) {
+      std::int8_t* pl = xc + p * Hp * Wp;
+      std::memset(pl, code, static_cast<std::size_t>(ph_n * wp_n));
+      std::memset(pl + (ph_n + h_n) * wp_n, code, static_cast<std::size_t>(ph_n * wp_n));
+      for (std::int64_t h = ph_n; h < ph_n + h_n; ++h) {
+        for (std::int64_t e = 0; e < pw_n; ++e) pl[h * wp_n + e] = pl[h * wp_n + pw_n + w_n + e] = code;
+      }
+    }
+  };
   const float* xp = x.data_ptr<float>();
   if (nhwc && !pixel_rows) {  // each image row's [W, C] codes, transposed into the C planes
+    at::parallel_for(0, B * C, 16, pad_planes);  // first: a small plane's fill covers its codes' places
     at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
-      std::vector<std::int8_t> row(static_cast<std::size_t>(W * C));
+      struct TagRow {};
+      std::int8_t* row = kernels::thread_scratch<std::int8_t, TagRow>(static_cast<std::size_t>(W * C));
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::int64_t bi = p / H, h = p % H;
-        k.quantize_rows(xp + p * W * C, row.data(), W * C, q, 0, 1);
-        k.transpose_s8(row.data(), W, C, C, xc.data() + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
+        k.quantize_rows(xp + p * W * C, row, W * C, q, 0, 1);
+        k.transpose_s8(row, W, C, C, xc + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
       }
     });
   } else if (!nhwc) {
     at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
-      for (std::int64_t p = p0; p < p1; ++p)
-        for (std::int64_t h = 0; h < H; ++h)
-          k.quantize_rows(xp + (p * H + h) * W, xc.data() + p * Hp * Wp + (h + ph) * Wp + pw, W, q, 0, 1);
+      pad_planes(p0, p1);
+      if (W >= 64) {  // each image row straight into its plane
+        for (std::int64_t p = p0; p < p1; ++p)
+          for (std::int64_t h = 0; h < H; ++h)
+            k.quantize_rows(xp + (p * H + h) * W, xc + p * Hp * Wp + (h + ph) * Wp + pw, W, q, 0, 1);
+        return;
+      }
+      // narrow rows: a plane's codes in one call, then copied into the padded rows (a call per row of
+      // 4-8 codes was a tenth of a 4 x 4 map's conv)
+      struct TagPlane {};
+      std::int8_t* t = kernels::thread_scratch<std::int8_t, TagPlane>(static_cast<std::size_t>(H * W));
+      const std::int64_t h_n = H, w_n = W, wp_n = Wp;  // locals: int8 stores may alias captured values
+      for (std::int64_t p = p0; p < p1; ++p) {
+        k.quantize_rows(xp + p * H * W, t, H * W, q, 0, 1);
+        std::int8_t* d = xc + p * Hp * Wp + ph * Wp + pw;
+        for (std::int64_t h = 0; h < h_n; ++h, d += wp_n)
+          for (std::int64_t e = 0; e < w_n; ++e) d[e] = t[h * w_n + e];
+      }
     });
   }
   const bool panel = w.dim() == 3;
@@ -469,49 +512,57 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   float* yp = y.data_ptr<float>();
   // kw codes at a time as one 8-byte copy (the next copy overwrites the rest; rows are built in order)
   const bool short_runs = dw == 1 && kw <= 8;
+  // the per-row patches' (c, i) runs: their offsets in an image's planes (no multiplies per run)
+  std::vector<std::int64_t> run_off(static_cast<std::size_t>(Cg * kh));
+  for (std::int64_t u = 0; u < Cg * kh; ++u) run_off[static_cast<std::size_t>(u)] = u / kh * Hp * Wp + u % kh * dh * Wp;
   const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{4} << 20) / K);
   at::parallel_for(0, M, 16, [&](std::int64_t m0, std::int64_t m1) {
     const std::int64_t rows_max = std::min(cap, m1 - m0);
-    std::vector<std::int8_t> a(static_cast<std::size_t>(rows_max * K + 8));
-    std::vector<std::int32_t> gsum(static_cast<std::size_t>(rows_max * G));
-    std::vector<float> yg(static_cast<std::size_t>(groups > 1 || !nhwc ? rows_max * Ng : 0));
+    // per-thread scratch kept between calls (fresh buffers: page faults on every call)
+    struct TagA {};
+    struct TagGsum {};
+    struct TagY {};
+    std::int8_t* const a = kernels::thread_scratch<std::int8_t, TagA>(static_cast<std::size_t>(rows_max * K + 8));
+    std::int32_t* const gsum = kernels::thread_scratch<std::int32_t, TagGsum>(static_cast<std::size_t>(rows_max * G));
+    float* const yg = kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(groups > 1 || !nhwc ? rows_max * Ng : 1));
     for (std::int64_t r0 = m0; r0 < m1; r0 += rows_max) {
       const std::int64_t rows = std::min(rows_max, m1 - r0);
       for (std::int64_t gi = 0; gi < groups; ++gi) {
-        if (pixel_rows) k.quantize_rows(xp + r0 * K, a.data(), K, q, 0, rows);
+        if (pixel_rows) k.quantize_rows(xp + r0 * K, a, K, q, 0, rows);
         // a pointwise conv of planes: each image's [Cg, pixels] codes transposed into the rows
         for (std::int64_t r = 0; r < rows && pointwise_planes;) {
           const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
-          k.transpose_s8(xc.data() + (bi * C + gi * Cg) * L + l, Cg, len, L, a.data() + r * K, K);
+          k.transpose_s8(xc + (bi * C + gi * Cg) * L + l, Cg, len, L, a + r * K, K);
           r += len;
         }
         for (std::int64_t r = 0; r < rows && !pixel_rows && !pointwise_planes; ++r) {  // pixel m's patch, (c, i, j)
           const std::int64_t m = r0 + r, bi = m / L, oh = m % L / wo, ow = m % L % wo;
-          std::int8_t* dst = a.data() + r * K;
-          const std::int8_t* base = xc.data() + (bi * C + gi * Cg) * Hp * Wp + oh * sh * Wp + ow * sw;
-          for (std::int64_t c = 0; c < Cg; ++c, base += Hp * Wp) {
-            for (std::int64_t i = 0; i < kh; ++i) {
-              const std::int8_t* src = base + i * dh * Wp;
-              if (short_runs) {
-                std::memcpy(dst, src, 8);
-                dst += kw;
-              } else {
-                for (std::int64_t j = 0; j < kw; ++j) *dst++ = src[j * dw];
-              }
-            }
+          std::int8_t* dst = a + r * K;
+          const std::int8_t* base = xc + (bi * C + gi * Cg) * Hp * Wp + oh * sh * Wp + ow * sw;
+          // the runs' offsets and sizes in locals: a store through int8_t* may alias anything, so
+          // captured values would be reloaded per run (the 8-byte copies ran about half as fast)
+          const std::int64_t nu = Cg * kh, step = kw, dil = dw;
+          const std::int64_t* off = run_off.data();
+          if (short_runs) {  // one 8-byte copy per (c, i) run
+            for (std::int64_t u = 0; u < nu; ++u, dst += step) std::memcpy(dst, base + off[u], 8);
+            continue;
+          }
+          for (std::int64_t u = 0; u < nu; ++u) {
+            const std::int8_t* src = base + off[u];
+            for (std::int64_t j = 0; j < step; ++j) *dst++ = src[j * dil];
           }
         }
-        for (std::int64_t r = 0; r < rows; ++r) row_group_sums(a.data() + r * K, G, group_size, gsum.data() + r * G);
+        for (std::int64_t r = 0; r < rows; ++r) row_group_sums(a + r * K, G, group_size, gsum + r * G);
         kernels::QGemmW4Args g;
-        g.a = a.data();
-        g.a_gsum = gsum.data();
+        g.a = a;
+        g.a_gsum = gsum;
         g.w = panel ? wp : wp + gi * Ng * (K / 2);
         g.gscale = gsp + gi * Ng * G;
         g.act_offset = shift - static_cast<std::int32_t>(act_zero_point);
         g.panel = panel;
         g.bias = bp ? bp + gi * Ng : nullptr;
         g.act_scale = static_cast<double>(static_cast<float>(act_scale));
-        g.y = groups == 1 && nhwc ? yp + r0 * N : yg.data();
+        g.y = groups == 1 && nhwc ? yp + r0 * N : yg;
         g.M = rows;
         g.N = Ng;
         g.K = K;
@@ -519,11 +570,11 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
         k.gemm_w4(g, 0, Ng);
         if (nhwc && groups > 1) {  // the group's columns of the NHWC rows
           for (std::int64_t r = 0; r < rows; ++r)
-            std::memcpy(yp + (r0 + r) * N + gi * Ng, yg.data() + r * Ng, sizeof(float) * static_cast<std::size_t>(Ng));
+            std::memcpy(yp + (r0 + r) * N + gi * Ng, yg + r * Ng, sizeof(float) * static_cast<std::size_t>(Ng));
         } else if (!nhwc) {  // NCHW: each image's [pixels, Ng] outputs transposed into its channels' planes
           for (std::int64_t r = 0; r < rows;) {
             const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
-            k.transpose_f32(yg.data() + r * Ng, len, Ng, Ng, yp + (bi * N + gi * Ng) * L + l, L);
+            k.transpose_f32(yg + r * Ng, len, Ng, Ng, yp + (bi * N + gi * Ng) * L + l, L);
             r += len;
           }
         }
