@@ -186,17 +186,21 @@ def test_the_cpp_loader_on_cuda_runs_the_cuda_kernels_with_pythons_bits(preset, 
     assert torch.equal(outs["--cuda"][0], py_gpu) and "no CUDA kernel" not in outs["--cuda"][1]
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+@pytest.mark.parametrize("padding", [1, "same"])
 @pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"])
-def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, tmp_path):
+def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, padding, tmp_path):
     """A loaded CNN (a conv, a depthwise conv, Linears) moved to CUDA: the convs run conv2d_int8 on
     the GPU (im2col, then the Linear kernels; XNOR's conv2d_w1a1 too), the Linears their kernels,
     and the outputs equal the CPU model's bit for bit (XNOR: its per-sample centre is a float mean in
-    the device's order: equal to float32 rounding)."""
+    the device's order: equal to float32 rounding). padding='same' resolves as on the CPU (the last
+    conv's even kernel: its extra zero column padded into x first)."""
     from qatkit.serialization import PackedConv2d
 
     torch.manual_seed(0)
-    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16),
-                        nn.ReLU(), nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+    last = nn.Conv2d(24, 24, 2, padding="same") if padding == "same" else nn.Conv2d(24, 24, 3, padding=1)
+    cnn = nn.Sequential(nn.Conv2d(3, 16, 3, padding=padding), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=padding, groups=16),
+                        nn.ReLU(), nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU(), last, nn.ReLU(), nn.Flatten(),
                         nn.Linear(24 * 16, 10))
     _, cpu, gpu = _ptq_export_load(cnn, [torch.randn(8, 3, 8, 8) for _ in range(2)], preset, tmp_path)
     x = torch.randn(5, 3, 8, 8)
