@@ -196,7 +196,12 @@ class QuantizedConv1d(_QuantizedConv):
     """Converted :class:`QuantConv1d`."""
 
     def forward(self, x):
-        if self._integer_form is not None:
+        # the bound kernel straight away (integer.conv's tests inlined, as QuantizedConv2d.forward's)
+        plan, form = self.__dict__.get("_int8_plan"), self._integer_form
+        if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
+                and x.dim() == 3 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
+            return plan["bare"](x)
+        if form is not None:
             return _integer.conv(self, x, 1)
         x = self.quantize_input(x)
         w = self.dequantized_weight()

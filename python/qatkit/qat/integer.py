@@ -515,18 +515,22 @@ _CONV_BITS = {"linear_int8": 8, "linear_w2a8": 2, "linear_w1a8": 1}
 
 
 def _bind_conv(mod, plan: dict):
-    """A Conv2d plan's kernel with its operands bound (x -> y), or None where the layer needs more
-    than the op (a padding mode other than zeros, 'same' padding that is not symmetric): what
+    """A Conv2d / Conv1d plan's kernel with its operands bound (x -> y), or None where the layer needs
+    more than the op (a padding mode other than zeros, 'same' padding that is not symmetric): what
     :func:`_conv_on_kernel` calls, the op resolved once (``_bind``'s ``OpOverload._op``
     for eager calls), so a loaded conv's per-call Python work is one closure call (about 4 us of the
-    6 us it spent over the op: a small CNN's convs take tens of microseconds)."""
-    if mod.padding_mode != "zeros" or len(mod.kernel_size) != 2:
+    6 us it spent over the op: a small CNN's convs take tens of microseconds). A Conv1d runs as a
+    1 x k Conv2d on ``x.unsqueeze(2)``, as :func:`_conv_on_kernel` runs it."""
+    if mod.padding_mode != "zeros" or len(mod.kernel_size) not in (1, 2):
         return None
     padding, extra = _numeric_padding(mod)
     if extra is not None:
         return None
     k, p = plan["kernel"], plan
-    geom = (list(mod.kernel_size), list(mod.stride), list(padding), list(mod.dilation))
+    if len(mod.kernel_size) == 1:
+        geom = ([1, mod.kernel_size[0]], [1, mod.stride[0]], [0, padding[0]], [1, mod.dilation[0]])
+    else:
+        geom = (list(mod.kernel_size), list(mod.stride), list(padding), list(mod.dilation))
     if k == "linear_w1a1":
         name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"], mod.groups)
     elif k in _CONV_BITS:
@@ -539,7 +543,10 @@ def _bind_conv(mod, plan: dict):
                 p["bias"], mod.groups)
     else:
         return None
-    return _bound(getattr(torch.ops.qatkit, name).default, args)  # the overload, resolved once
+    call = _bound(getattr(torch.ops.qatkit, name).default, args)  # the overload, resolved once
+    if len(mod.kernel_size) == 1:
+        return lambda x: call(x.unsqueeze(2)).squeeze(2)
+    return call
 
 
 #: The Linear plan kernels with a CUDA implementation (csrc/ops/cuda/qgemm_kernel.cpp; XNOR's
@@ -652,7 +659,7 @@ def _plan(mod):
             plan["device"] = mod.weight_int.device
             plan["cpu"] = plan["device"].type == "cpu"
         if plan and _is_conv(mod):
-            # what QuantizedConv2d.forward may call on a float32 4-d input on the plan's device
+            # what QuantizedConv2d / 1d.forward may call on a float32 4-d / 3-d input on the plan's device
             plan["bare"] = _bind_conv(mod, plan)
         elif plan and mod.weight_int.is_cuda and plan["kernel"] not in _CUDA_KERNELS:
             plan["call"] = plan["bare"] = None

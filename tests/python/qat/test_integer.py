@@ -477,16 +477,17 @@ def _strided_cnn():
     )
 
 
-@pytest.mark.parametrize("arch", ["cnn", "strided"])
+@pytest.mark.parametrize("arch", ["cnn", "strided", "conv1d"])
 @pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"])
 def test_conv_layers_call_their_bound_kernel_with_the_general_paths_bits(preset, arch):
-    """QuantizedConv2d.forward calls the plan's bound kernel (``plan["bare"]``) once the plan exists:
-    every zero-padded conv on conv2d_int8 / conv2d_w1a1 has one (grouped XNOR convs, on the codes path,
-    and the reflect-padded conv, padded first, none), its
+    """QuantizedConv2d / QuantizedConv1d.forward call the plan's bound kernel (``plan["bare"]``) once
+    the plan exists: every zero-padded conv on conv2d_int8 / conv2d_w1a1 has one (grouped XNOR convs,
+    on the codes path, and the reflect-padded conv, padded first, none; a Conv1d as a 1 x k Conv2d), its
     output equals integer.conv's general path on NCHW and channels_last inputs, the model's logits the
     float64 simulation's; after set_compute("float") (the plans stay built) the float math runs again."""
-    if arch == "cnn":
-        q, shape = _prepared("cnn", preset)
+    nd = 1 if arch == "conv1d" else 2
+    if arch in ("cnn", "conv1d"):
+        q, shape = _prepared(arch, preset)
     else:  # dilation, strides, a 3 x 1 depthwise kernel, no bias
         torch.manual_seed(0)
         shape = (4, 3, 11, 9)
@@ -495,7 +496,8 @@ def test_conv_layers_call_their_bound_kernel_with_the_general_paths_bits(preset,
     x = torch.randn(shape) * 2
     sim, k, _ = _simulated_and_on_kernels(q)
     # (kernel_for builds the plans; xnor's reflect-padded conv has none: float math, reported)
-    convs = [m for m in k.modules() if isinstance(m, QuantizedConv2d) and integer.kernel_for(m)]
+    kind = QuantizedConv1d if nd == 1 else QuantizedConv2d
+    convs = [m for m in k.modules() if isinstance(m, kind) and integer.kernel_for(m)]
     assert len(convs) >= 2
     bound = [m for m in convs if m.__dict__["_int8_plan"]["bare"] is not None]
     want_bound = [m for m in convs if m.padding_mode == "zeros"]
@@ -503,11 +505,11 @@ def test_conv_layers_call_their_bound_kernel_with_the_general_paths_bits(preset,
     inputs = {}
     hooks = [m.register_forward_pre_hook(lambda m, a: inputs.__setitem__(m, a[0])) for m in convs]
     with torch.no_grad():
-        for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+        for xi in (x, x.contiguous(memory_format=torch.channels_last)) if nd == 2 else (x, x.mT.contiguous().mT):
             assert torch.equal(k(xi), sim(x))
             for m in bound:
                 got = m(inputs[m])
-                general = integer.conv(m, inputs[m], 2)
+                general = integer.conv(m, inputs[m], nd)
                 assert torch.equal(got, general) and got.stride() == general.stride()
     for h in hooks:
         h.remove()
