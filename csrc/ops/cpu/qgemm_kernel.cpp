@@ -412,8 +412,10 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
 // time, and their group sums, then runs gemm_w4 on them for the output channels of each conv group.
 // A channels_last input is quantized by image rows, each row's [W, C] codes transposed into the
 // planes; a pointwise conv (1 x 1, stride 1, no padding) of one with groups 1 quantizes its pixels
-// straight into the patch rows instead, and other pointwise convs transpose each image's [Cg,
-// pixels] codes into them (the table's 16 x 16 byte tiles). The GEMM writes an NHWC output in
+// straight into the patch rows instead, a grouped one transposes each image's [Cg, pixels] codes
+// from the planes into them (the table's 16 x 16 byte tiles), and an NCHW pointwise conv has no
+// planes: each thread quantizes its pixels' [Cg, pixels] floats and transposes the codes into its
+// rows. The GEMM writes an NHWC output in
 // place; an NCHW output takes each image's [pixels, N] block through the table's float transpose.
 at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
@@ -445,13 +447,17 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
   const bool pixel_rows = nhwc && pointwise && groups == 1;
-  const bool pointwise_planes = pointwise && !pixel_rows;  // the planes hold L = H * W codes each
+  // an NCHW pointwise conv: each thread quantizes its pixels' [Cg, pixels] floats itself and
+  // transposes the codes into its rows (no shared planes, no parallel region before the GEMM's)
+  const bool pointwise_nchw = pointwise && !nhwc;
+  const bool pointwise_planes = pointwise && !pixel_rows && !pointwise_nchw;  // the planes hold L = H * W codes each
+  const bool planes = !pixel_rows && !pointwise_nchw;
   // the padded planes (the calling thread's scratch, kept between calls: a fresh buffer cost page
   // faults and a fill on every call), with slack past the last one for the rows' 8-byte copies; the
   // padding's code written around each plane
-  const std::size_t xc_n = static_cast<std::size_t>(pixel_rows ? 0 : B * C * Hp * Wp + 64);
+  const std::size_t xc_n = static_cast<std::size_t>(planes ? B * C * Hp * Wp + 64 : 0);
   struct TagPlanes {};
-  std::int8_t* xc = pixel_rows ? nullptr : kernels::thread_scratch<std::int8_t, TagPlanes>(xc_n);
+  std::int8_t* xc = planes ? kernels::thread_scratch<std::int8_t, TagPlanes>(xc_n) : nullptr;
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
   if (xc != nullptr) std::memset(xc + xc_n - 64, pad_code, 64);
   const auto pad_planes = [&](std::int64_t p0, std::int64_t p1) {  // planes [p0, p1): their padding
@@ -472,7 +478,9 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     }
   };
   const float* xp = x.data_ptr<float>();
-  if (nhwc && !pixel_rows) {  // each image row's [W, C] codes, transposed into the C planes
+  if (!planes) {
+    // no planes: the pixels' codes go straight into the rows (pixel_rows, pointwise_nchw)
+  } else if (nhwc) {  // each image row's [W, C] codes, transposed into the C planes
     at::parallel_for(0, B * C, 16, pad_planes);  // first: a small plane's fill covers its codes' places
     at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
       struct TagRow {};
@@ -483,7 +491,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
         k.transpose_s8(row, W, C, C, xc + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
       }
     });
-  } else if (!nhwc) {
+  } else {
     at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
       pad_planes(p0, p1);
       if (W >= 64) {  // each image row straight into its plane
@@ -525,17 +533,33 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     std::int8_t* const a = kernels::thread_scratch<std::int8_t, TagA>(static_cast<std::size_t>(rows_max * K + 8));
     std::int32_t* const gsum = kernels::thread_scratch<std::int32_t, TagGsum>(static_cast<std::size_t>(rows_max * G));
     float* const yg = kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(groups > 1 || !nhwc ? rows_max * Ng : 1));
+    struct TagQ {};
+    std::int8_t* const tq = kernels::thread_scratch<std::int8_t, TagQ>(
+        static_cast<std::size_t>(pointwise_nchw ? Cg * std::min(rows_max, L) : 1));
     for (std::int64_t r0 = m0; r0 < m1; r0 += rows_max) {
       const std::int64_t rows = std::min(rows_max, m1 - r0);
       for (std::int64_t gi = 0; gi < groups; ++gi) {
         if (pixel_rows) k.quantize_rows(xp + r0 * K, a, K, q, 0, rows);
+        // NCHW pointwise: per image segment, the group's [Cg, len] floats quantized (one call for a
+        // whole image, whose group planes are one run) and transposed into the rows
+        for (std::int64_t r = 0; r < rows && pointwise_nchw;) {
+          const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
+          const float* src = xp + (bi * C + gi * Cg) * L + l;
+          if (len == L) {
+            k.quantize_rows(src, tq, Cg * L, q, 0, 1);
+          } else {
+            for (std::int64_t c = 0; c < Cg; ++c) k.quantize_rows(src + c * L, tq + c * len, len, q, 0, 1);
+          }
+          k.transpose_s8(tq, Cg, len, len, a + r * K, K);
+          r += len;
+        }
         // a pointwise conv of planes: each image's [Cg, pixels] codes transposed into the rows
         for (std::int64_t r = 0; r < rows && pointwise_planes;) {
           const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
           k.transpose_s8(xc + (bi * C + gi * Cg) * L + l, Cg, len, L, a + r * K, K);
           r += len;
         }
-        for (std::int64_t r = 0; r < rows && !pixel_rows && !pointwise_planes; ++r) {  // pixel m's patch, (c, i, j)
+        for (std::int64_t r = 0; r < rows && !pointwise; ++r) {  // pixel m's patch, (c, i, j)
           const std::int64_t m = r0 + r, bi = m / L, oh = m % L / wo, ow = m % L % wo;
           std::int8_t* dst = a + r * K;
           const std::int8_t* base = xc + (bi * C + gi * Cg) * Hp * Wp + oh * sh * Wp + ow * sw;
