@@ -364,6 +364,32 @@ def test_a_loaded_model_compiles_and_exports_to_its_kernel_ops(data, tmp_path, p
     assert ops_ == [f"qatkit.{kernel}.default"] * 2
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel lengths")
+def test_a_loaded_cnn_compiles_and_exports_to_its_conv_ops(tmp_path):
+    """torch.compile (fullgraph) and torch.export of loaded w4a8 convs in every padding form the
+    kernels take ('same' odd and even, reflect, Conv1d's bound 1 x k form) trace conv2d_int8 /
+    conv2d_w4a8 and give the eager outputs bit for bit."""
+    torch.manual_seed(0)
+    nets = [(nn.Sequential(nn.Conv2d(8, 32, 3, padding="same"), nn.ReLU(), nn.Conv2d(32, 32, 2, padding="same"),
+                           nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, padding_mode="reflect"), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(32 * 36, 5)), torch.randn(4, 8, 6, 6), ["conv2d_int8"] + ["conv2d_w4a8"] * 2),
+            (nn.Sequential(nn.Conv1d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, 32, 4, padding="same"),
+                           nn.Flatten(), nn.Linear(32 * 10, 5)), torch.randn(4, 8, 10), ["conv2d_int8", "conv2d_w4a8"])]
+    for i, (net, x, convs) in enumerate(nets):
+        q = _ptq(net.eval(), x, qatkit.preset("w4a8"))
+        path = str(tmp_path / f"c{i}.safetensors")
+        qatkit.export(q, path)
+        loaded = qatkit.load(path)
+        with torch.no_grad():
+            want = loaded(x)
+            assert torch.equal(loaded(x), want)  # the bound kernels
+            assert torch.equal(torch.compile(loaded, fullgraph=True)(x), want)
+            ep = torch.export.export(loaded, (x,))
+            assert torch.equal(ep.module()(x), want)
+        ops_ = [str(n.target) for n in ep.graph.nodes if n.op == "call_function" and "qatkit" in str(n.target)]
+        assert ops_ == [f"qatkit.{k}.default" for k in convs] + ["qatkit.linear_int8.default"], ops_
+
+
 @pytest.mark.parametrize("preset", ["int4_weight_only", "int4_weight_only asymmetric", "ternary_weight_only",
                                     "binary_weight_only", "int8_weight_only"])
 def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
