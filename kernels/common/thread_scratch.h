@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <vector>
 
 namespace qatkit::kernels {
@@ -20,6 +21,28 @@ T* thread_scratch(std::size_t n) {
   if (buf.size() < n) buf.resize(n);
   return buf.data();
 }
+
+/// n elements (uninitialized where freshly allocated): the thread's scratch (thread_scratch) up to
+/// kMaxBytes, a buffer of this call's own above it, so one large call (a big batch's planes) does
+/// not pin its memory in the thread for the rest of the process.
+template <class T, class Tag>
+class BoundedScratch {
+ public:
+  static constexpr std::size_t kMaxBytes = std::size_t{16} << 20;
+  explicit BoundedScratch(std::size_t n) {
+    if (n * sizeof(T) <= kMaxBytes) {
+      p_ = thread_scratch<T, Tag>(n);
+    } else {
+      heap_.reset(new T[n]);
+      p_ = heap_.get();
+    }
+  }
+  T* get() const { return p_; }
+
+ private:
+  std::unique_ptr<T[]> heap_;
+  T* p_ = nullptr;
+};
 
 }  // namespace
 }  // namespace qatkit::kernels

@@ -457,7 +457,8 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   // padding's code written around each plane
   const std::size_t xc_n = static_cast<std::size_t>(planes ? B * C * Hp * Wp + 64 : 0);
   struct TagPlanes {};
-  std::int8_t* xc = planes ? kernels::thread_scratch<std::int8_t, TagPlanes>(xc_n) : nullptr;
+  const kernels::BoundedScratch<std::int8_t, TagPlanes> xc_buf(planes ? xc_n : 0);
+  std::int8_t* xc = planes ? xc_buf.get() : nullptr;
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
   if (xc != nullptr) std::memset(xc + xc_n - 64, pad_code, 64);
   const auto pad_planes = [&](std::int64_t p0, std::int64_t p1) {  // planes [p0, p1): their padding
@@ -484,7 +485,8 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     at::parallel_for(0, B * C, 16, pad_planes);  // first: a small plane's fill covers its codes' places
     at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
       struct TagRow {};
-      std::int8_t* row = kernels::thread_scratch<std::int8_t, TagRow>(static_cast<std::size_t>(W * C));
+      const kernels::BoundedScratch<std::int8_t, TagRow> row_buf(static_cast<std::size_t>(W * C));
+      std::int8_t* row = row_buf.get();
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::int64_t bi = p / H, h = p % H;
         k.quantize_rows(xp + p * W * C, row, W * C, q, 0, 1);
@@ -503,7 +505,8 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
       // narrow rows: a plane's codes in one call, then copied into the padded rows (a call per row of
       // 4-8 codes was a tenth of a 4 x 4 map's conv)
       struct TagPlane {};
-      std::int8_t* t = kernels::thread_scratch<std::int8_t, TagPlane>(static_cast<std::size_t>(H * W));
+      const kernels::BoundedScratch<std::int8_t, TagPlane> t_buf(static_cast<std::size_t>(H * W));
+      std::int8_t* t = t_buf.get();
       const std::int64_t h_n = H, w_n = W, wp_n = Wp;  // locals: int8 stores may alias captured values
       for (std::int64_t p = p0; p < p1; ++p) {
         k.quantize_rows(xp + p * H * W, t, H * W, q, 0, 1);
@@ -525,17 +528,24 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   for (std::int64_t u = 0; u < Cg * kh; ++u) run_off[static_cast<std::size_t>(u)] = u / kh * Hp * Wp + u % kh * dh * Wp;
   const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{4} << 20) / K);
   at::parallel_for(0, M, 16, [&](std::int64_t m0, std::int64_t m1) {
-    const std::int64_t rows_max = std::min(cap, m1 - m0);
-    // per-thread scratch kept between calls (fresh buffers: page faults on every call)
+    // rows per block: at most 4 MiB of codes, and at most 16 MiB of float outputs where they go
+    // through yg (within BoundedScratch's bound)
+    const bool via_yg = groups > 1 || !nhwc;
+    const std::int64_t rows_max = std::min({cap, m1 - m0, via_yg ? std::max<std::int64_t>(16, (std::int64_t{4} << 20) / Ng) : cap});
+    // per-thread scratch kept between calls up to 16 MiB each (fresh buffers: page faults and zero fills on every call)
     struct TagA {};
     struct TagGsum {};
     struct TagY {};
-    std::int8_t* const a = kernels::thread_scratch<std::int8_t, TagA>(static_cast<std::size_t>(rows_max * K + 8));
-    std::int32_t* const gsum = kernels::thread_scratch<std::int32_t, TagGsum>(static_cast<std::size_t>(rows_max * G));
-    float* const yg = kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(groups > 1 || !nhwc ? rows_max * Ng : 1));
+    const kernels::BoundedScratch<std::int8_t, TagA> a_buf(static_cast<std::size_t>(rows_max * K + 8));
+    const kernels::BoundedScratch<std::int32_t, TagGsum> gsum_buf(static_cast<std::size_t>(rows_max * G));
+    const kernels::BoundedScratch<float, TagY> yg_buf(static_cast<std::size_t>(via_yg ? rows_max * Ng : 1));
+    std::int8_t* const a = a_buf.get();
+    std::int32_t* const gsum = gsum_buf.get();
+    float* const yg = yg_buf.get();
     struct TagQ {};
-    std::int8_t* const tq = kernels::thread_scratch<std::int8_t, TagQ>(
+    const kernels::BoundedScratch<std::int8_t, TagQ> tq_buf(
         static_cast<std::size_t>(pointwise_nchw ? Cg * std::min(rows_max, L) : 1));
+    std::int8_t* const tq = tq_buf.get();
     for (std::int64_t r0 = m0; r0 < m1; r0 += rows_max) {
       const std::int64_t rows = std::min(rows_max, m1 - r0);
       for (std::int64_t gi = 0; gi < groups; ++gi) {

@@ -1278,8 +1278,9 @@ def test_conv2d_w4a8_equals_the_group_reference_on_every_isa(geom, chans, qrange
 
 def test_conv2d_w4a8_blocks_of_rows_empty_inputs_and_no_channels():
     """More patch rows per thread than one block (4 MiB of codes: 16384 rows of K = 288 here; a
-    channels_last pointwise conv's 133120 rows of K = 32) give the reference's bits; an empty batch
-    gives an empty output; C = 0 (K = 0, an empty sum) gives the bias."""
+    channels_last pointwise conv's 133120 rows of K = 32; planes past the kept scratch's 16 MiB)
+    give the reference's bits; an empty batch gives an empty output; C = 0 (K = 0, an empty sum)
+    gives the bias."""
     g = torch.Generator().manual_seed(12)
     x = torch.randn(4, 32, 64, 64, generator=g)
     codes = torch.randint(-8, 8, (16, 32, 3, 3), dtype=torch.int8, generator=g)
@@ -1303,6 +1304,12 @@ def test_conv2d_w4a8_blocks_of_rows_empty_inputs_and_no_channels():
             torch.set_num_threads(t)
             got = ops.conv2d_w4a8(xp, w1, (1, 1), (1, 1), (0, 0), (1, 1), g1, 32, 0.05, 3, 0, 255, bias)
             assert torch.equal(got, want1) and got.is_contiguous(memory_format=torch.channels_last)
+        # planes of more than 16 MiB of codes (a call's own buffer, not the thread's kept scratch): a
+        # 1 x 1 conv with stride 2 (planes, not the pointwise paths) of a 726 x 726 image (16.9 M codes: past 16 MiB)
+        xb = torch.randn(1, 32, 726, 726, generator=g)
+        wantb = _w4_conv_reference(xb, c1, g1, 32, 0.05, 3, 0, 255, bias, (2, 2), (0, 0), (1, 1), 1)
+        torch.set_num_threads(2)
+        assert torch.equal(ops.conv2d_w4a8(xb, w1, (1, 1), (2, 2), (0, 0), (1, 1), g1, 32, 0.05, 3, 0, 255, bias), wantb)
     finally:
         torch.set_num_threads(before)
     y = ops.conv2d_w4a8(x[:0], w4, (3, 3), (1, 1), (1, 1), (1, 1), gscale, 32, 0.05, 3, 0, 255, bias)
