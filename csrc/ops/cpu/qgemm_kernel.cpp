@@ -887,7 +887,8 @@ struct ConvPatches {
       // rows narrower than the transpose's 16-column blocks (a row's transpose would run scalar):
       // the whole image at once, then each image row's W pixels into its padded row
       struct TagT;
-      std::int8_t* t = kernels::thread_scratch<std::int8_t, TagT>(static_cast<std::size_t>(C * H * W));
+      const kernels::BoundedScratch<std::int8_t, TagT> t_buf(static_cast<std::size_t>(C * H * W));
+      std::int8_t* t = t_buf.get();
       k.transpose_s8(xq, C, H * W, H * W, t, C);
       for (std::int64_t h = 0; h < H; ++h)
         std::memcpy(xc + ((h + ph) * Wp + pw) * C, t + h * W * C, static_cast<std::size_t>(W * C));
@@ -1158,23 +1159,29 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       struct TagY;
       // (each sized 1 where its form does not use it: the int8 codes when quantize_s16 writes the
       // pixels, the transposed image with an NHWC input, the [L, N] output with a channels_last one)
+      // (BoundedScratch: kept by the thread up to 16 MiB each, a call's own buffer above)
+      struct Buffers {
+        kernels::BoundedScratch<std::int8_t, TagQ> xq;
+        kernels::BoundedScratch<std::int16_t, TagC> xc;
+        kernels::BoundedScratch<std::int16_t, TagT> xt;
+        kernels::BoundedScratch<float, TagY> yt;
+      };
       const auto buffers = [&] {
-        return std::make_tuple(
-            kernels::thread_scratch<std::int8_t, TagQ>(
-                static_cast<std::size_t>(fused_quantize || given.codes != nullptr ? 1 : C * H * W)),
-            kernels::thread_scratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * N)),
-            kernels::thread_scratch<std::int16_t, TagT>(
-                static_cast<std::size_t>(!in_nhwc && (W < 8 || mult > 1) ? H * W * C : 1)),
-            kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(nhwc ? 1 : L * N)));
+        return Buffers{kernels::BoundedScratch<std::int8_t, TagQ>(
+                           static_cast<std::size_t>(fused_quantize || given.codes != nullptr ? 1 : C * H * W)),
+                       kernels::BoundedScratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * N)),
+                       kernels::BoundedScratch<std::int16_t, TagT>(
+                           static_cast<std::size_t>(!in_nhwc && (W < 8 || mult > 1) ? H * W * C : 1)),
+                       kernels::BoundedScratch<float, TagY>(static_cast<std::size_t>(nhwc ? 1 : L * N))};
       };
       if (per_image) {
         at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-          const auto [xq, xc, xt, yt] = buffers();
-          for (std::int64_t bi = b0; bi < b1; ++bi) image(bi, xq, xc, xt, yt, false);
+          const Buffers bufs = buffers();
+          for (std::int64_t bi = b0; bi < b1; ++bi) image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), false);
         });
       } else {
-        const auto [xq, xc, xt, yt] = buffers();
-        for (std::int64_t bi = 0; bi < B; ++bi) image(bi, xq, xc, xt, yt, true);
+        const Buffers bufs = buffers();
+        for (std::int64_t bi = 0; bi < B; ++bi) image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), true);
       }
       return y;
     }
@@ -1565,7 +1572,8 @@ std::pair<at::Tensor, at::Tensor> bitnet_codes_channels_last(const at::Tensor& i
     const auto& r = kernels::cpu::reduce_kernels();
     at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
       struct TagStats;
-      float* buf = kernels::thread_scratch<float, TagStats>(static_cast<std::size_t>(8 * HW));
+      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(8 * HW));
+      float* buf = stats_buf.get();
       for (std::int64_t b = b0; b < b1; ++b) {
         kernels::cpu::SumAbsLanes lanes;
         for (std::int64_t c0 = 0; c0 < C; c0 += 8) {
@@ -1823,7 +1831,8 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       // than through the buffer: docs/benchmarks.md, nineteenth session)
       float* yb = y.data_ptr<float>() + bi * N * L;
       struct TagY;
-      float* yt = cl ? yb : kernels::thread_scratch<float, TagY>(static_cast<std::size_t>(L * N));
+      const kernels::BoundedScratch<float, TagY> yt_buf(static_cast<std::size_t>(cl ? 1 : L * N));
+      float* yt = cl ? yb : yt_buf.get();
       kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt, L, N, KB);
       g.y_rs = N;
       g.y_cs = 1;
