@@ -450,11 +450,12 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   // an NCHW pointwise conv: each thread quantizes its pixels' [Cg, pixels] floats itself and
   // transposes the codes into its rows (no shared planes, no parallel region before the GEMM's)
   const bool pointwise_nchw = pointwise && !nhwc;
-  const bool pointwise_planes = pointwise && !pixel_rows && !pointwise_nchw;  // the planes hold L = H * W codes each
+  // a grouped pointwise conv of a channels_last input: its planes hold L = H * W codes each
+  const bool pointwise_planes = pointwise && !pixel_rows && !pointwise_nchw;
   const bool planes = !pixel_rows && !pointwise_nchw;
-  // the padded planes (the calling thread's scratch, kept between calls: a fresh buffer cost page
-  // faults and a fill on every call), with slack past the last one for the rows' 8-byte copies; the
-  // padding's code written around each plane
+  // the padded planes (the calling thread's scratch, kept between calls up to 16 MiB: a fresh buffer
+  // cost page faults and a fill on every call), with slack past the last one for the rows' 8-byte
+  // copies; the padding's code written around each plane
   const std::size_t xc_n = static_cast<std::size_t>(planes ? B * C * Hp * Wp + 64 : 0);
   struct TagPlanes {};
   const kernels::BoundedScratch<std::int8_t, TagPlanes> xc_buf(planes ? xc_n : 0);
