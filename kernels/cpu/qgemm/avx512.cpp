@@ -984,10 +984,13 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
   constexpr int NA = MR == 1 ? 4 : MR == 4 ? 2 : 1;  // independent vpdpbusd chains per row (latency, not throughput)
   __m512i acc[MR][NA];
   __m512d tlo[MR], thi[MR];
+  // each group's first accumulator starts at -8 * (the row's group code sum): the codes' offset of 8
+  // taken out where the group starts, not by a subtraction per group and row at its end
   #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
     #pragma GCC unroll 8
     for (int j = 0; j < NA; ++j) acc[i][j] = _mm512_setzero_si512();
+    if (G > 0) acc[i][0] = _mm512_set1_epi32(-8 * g.a_gsum[(m + i) * G]);
     tlo[i] = _mm512_setzero_pd();
     thi[i] = _mm512_setzero_pd();
   }
@@ -1025,7 +1028,7 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
       const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
       #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
-        __m512i v = _mm512_sub_epi32(acc[i][0], _mm512_set1_epi32(8 * g.a_gsum[(m + i) * G + gi]));
+        __m512i v = acc[i][0];
         #pragma GCC unroll 8
         for (int j = 1; j < NA; ++j) v = _mm512_add_epi32(v, acc[i][j]);
         if (g.act_offset != 0) v = _mm512_add_epi32(v, _mm512_loadu_si512(p.zero.data() + gi * 16));
@@ -1033,6 +1036,7 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
         thi[i] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)), shi, thi[i]);
         #pragma GCC unroll 8
         for (int j = 0; j < NA; ++j) acc[i][j] = _mm512_setzero_si512();
+        if (gi + 1 < G) acc[i][0] = _mm512_set1_epi32(-8 * g.a_gsum[(m + i) * G + gi + 1]);
       }
     }
   }
