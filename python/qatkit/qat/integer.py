@@ -391,6 +391,14 @@ def _numeric_padding(mod) -> Tuple[Tuple[int, ...], Optional[Tuple[int, ...]]]:
     return left, tuple(pad)
 
 
+def _geometry_2d(mod, padding) -> Tuple[Tuple[int, int], ...]:
+    """(kernel, stride, padding, dilation) of a conv as the Conv2d the kernels run: a Conv1d as 1 x k
+    (its input unsqueezed at dim 2)."""
+    if len(mod.kernel_size) == 1:
+        return (1, mod.kernel_size[0]), (1, mod.stride[0]), (0, padding[0]), (1, mod.dilation[0])
+    return tuple(mod.kernel_size), tuple(mod.stride), tuple(padding), tuple(mod.dilation)
+
+
 def _xnor_plan(mod, rows: bool = False) -> Optional[dict]:
     """The kernel plan of a "row" form layer: ops.linear_w1a1 / conv2d_w1a1's operands for an
     XNOR-Net layer (binary weight codes, inputs binarized per sample by the 'bitnet' rule),
@@ -527,10 +535,7 @@ def _bind_conv(mod, plan: dict):
     if extra is not None:
         return None
     k, p = plan["kernel"], plan
-    if len(mod.kernel_size) == 1:
-        geom = ([1, mod.kernel_size[0]], [1, mod.stride[0]], [0, padding[0]], [1, mod.dilation[0]])
-    else:
-        geom = (list(mod.kernel_size), list(mod.stride), list(padding), list(mod.dilation))
+    geom = tuple(list(v) for v in _geometry_2d(mod, padding))
     if k == "linear_w1a1":
         name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"], mod.groups)
     elif k in _CONV_BITS:
@@ -629,12 +634,10 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
         padding = (0,) * nd
     else:
         padding, extra = _numeric_padding(mod)
-        if extra is not None:  # 'same' with an even total: the odd zero column / row first
+        if extra is not None:  # 'same' with an odd total: its extra zero column / row first
             x = F.pad(x, extra)
-    if nd == 1:
-        x4, k, st, dil, pad = x.unsqueeze(2), (1, mod.kernel_size[0]), (1, mod.stride[0]), (1, mod.dilation[0]), (0, padding[0])
-    else:
-        x4, k, st, dil, pad = x, tuple(mod.kernel_size), tuple(mod.stride), tuple(mod.dilation), padding
+    x4 = x.unsqueeze(2) if nd == 1 else x
+    k, st, pad, dil = _geometry_2d(mod, padding)
     if plan["kernel"] == "linear_w1a1":  # zero padding only (_xnor_plan): codes of 0 at padded positions
         y = ops.conv2d_w1a1(x4, plan["weight"], k, st, pad, dil, plan["weight_scale"], plan["bias"], mod.groups)
         return y.squeeze(2) if nd == 1 else y
