@@ -118,7 +118,17 @@ class _Quantized(nn.Module):
         # float32 (the ops' qparam dtype) and the codes integer
         self.weight_dtype = fn(torch.zeros(0, dtype=self.weight_dtype)).dtype
         if self.weight_dtype != torch.float32 and self._integer_form is not None:
-            self._integer_form = None  # integer forms are float32 layers' (docs/integer.md): float math again
+            # integer forms are float32 layers' (docs/integer.md): float math until cast back to float32
+            self._integer_form_cast, self._integer_form = self._integer_form, None
+            warnings.warn(
+                f"a converted layer in integer compute ({type(self).__name__}) was cast to {self.weight_dtype}: it "
+                "computes in float math now (the integer kernels and the integer-exact simulation take float32 "
+                "layers); casting it back to torch.float32 restores its integer form",
+                UserWarning,
+                stacklevel=3,
+            )
+        elif self.weight_dtype == torch.float32 and self.__dict__.get("_integer_form_cast") is not None:
+            self._integer_form = self.__dict__.pop("_integer_form_cast")
         self.__dict__.pop("_int8_plan", None)
         scale = self.weight_scale
         keep = keep_float32(fn)

@@ -717,6 +717,7 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
     if not layers:
         raise ValueError("set_compute: the model has no converted layers; call qatkit.convert first")
     for name, m in layers:
+        m.__dict__.pop("_integer_form_cast", None)  # what a cast away from float32 kept (convert._apply)
         if compute == "float":
             m._integer_form = None
             report.append((name, None, "float requested"))

@@ -306,6 +306,30 @@ def test_layers_without_an_integer_form_are_reported_and_warned():
         assert torch.equal(c2(x), q2.eval()(x))  # still the float function, not an approximation
 
 
+def test_a_cast_away_from_float32_warns_and_a_cast_back_restores_the_integer_form():
+    q, shape = _prepared("cnn", "w8a8")
+    c = qatkit.convert(q)
+    set_compute(c, "integer", warn=False)
+    forms = {n: m._integer_form for n, m in c.named_modules() if isinstance(m, _Quantized)}
+    assert any(forms.values())
+    x = torch.randn(shape)
+    with torch.no_grad():
+        want = c(x)
+        with pytest.warns(UserWarning, match="was cast to torch.float64: it computes in float math now"):
+            c.double()
+        assert all(m._integer_form is None for m in c.modules() if isinstance(m, _Quantized))
+        assert c(x.double()).dtype == torch.float64
+        c.float()  # back to float32: the same integer forms, the same bits
+        assert {n: m._integer_form for n, m in c.named_modules() if isinstance(m, _Quantized)} == forms
+        assert torch.equal(c(x), want)
+        # set_compute('float') while cast: the cast back keeps float math, as asked
+        with pytest.warns(UserWarning, match="cast to torch.bfloat16"):
+            c.bfloat16()
+        set_compute(c, "float")
+        c.float()
+        assert all(m._integer_form is None for m in c.modules() if isinstance(m, _Quantized))
+
+
 def test_set_compute_rejects_bad_arguments():
     with pytest.raises(ValueError, match="compute must be 'float' or 'integer'"):
         set_compute(nn.Sequential(), "int8")
