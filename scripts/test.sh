@@ -4,6 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# torch.compile's on-disk cache, the checkout's own: Inductor's FX graph cache key leaves out the vector
+# ISA torch picked (ATEN_CPU_CAPABILITY), so a cache shared in /tmp with a process run under another
+# ISA served wrong kernels to plain nn.Linear models (docs/results.md, 2026-12-05). ~15 s when cold.
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/build/inductor_cache}"
 bash scripts/setup.sh
 echo "== C++ tests (ctest) =="
 ctest --test-dir build/py --output-on-failure

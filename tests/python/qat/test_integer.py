@@ -594,18 +594,25 @@ def test_string_padded_convs_run_on_their_kernels_with_the_simulations_bits(pres
     assert any(integer.kernel_for(m) for _, m in convs)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(shape, generator=g) * 2
-    outs = {}
-    for tag, model in (("kernel", k), ("sim", sim)):
-        for i, m in enumerate(mm for mm in model.modules() if isinstance(mm, _Quantized)):
-            m.register_forward_hook(lambda _m, _i, o, key=(tag, i): outs.__setitem__(key, o))
+    mods_k = [mm for mm in k.modules() if isinstance(mm, _Quantized)]
+    mods_sim = [mm for mm in sim.modules() if isinstance(mm, _Quantized)]
+    seen = {}
+    for i, m in enumerate(mods_k):
+        m.register_forward_hook(lambda _m, inp, o, i=i: seen.__setitem__(i, (inp[0], o)))
+    # every layer in integer compute against the simulation's layer on the same input. XNOR's float-math
+    # layers differ from the simulation in the last bits, by CPU (oneDNN's float conv), and so may the
+    # next layer's input: the whole model is compared only where every layer computes in integer.
+    on = [i for i, m in enumerate(mods_k) if m._integer_form]
+    assert len(on) >= 3
     inputs = [x, x.contiguous(memory_format=torch.channels_last)] if nd == 2 else [x]
     with torch.no_grad():
         want = sim(x)
         for xi in inputs:
-            assert torch.equal(k(xi), want)
-    # every layer in integer compute (XNOR's float-math layers differ from the simulation in the last bits)
-    on = [i for i, m in enumerate(mm for mm in k.modules() if isinstance(mm, _Quantized)) if m._integer_form]
-    assert len(on) >= 3 and all(torch.equal(outs["kernel", i], outs["sim", i]) for i in on)
+            got = k(xi)
+            if len(on) == len(mods_k):
+                assert torch.equal(got, want)
+            for i in on:
+                assert torch.equal(seen[i][1], mods_sim[i](seen[i][0])), (i, xi.is_contiguous())
 
 
 def _per_token_config(kind, granularity="per_token", bits=8):
