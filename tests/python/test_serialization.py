@@ -423,3 +423,55 @@ def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
     # the plans' scales: the panel's blocks where N is a multiple of 16 (96, 64), [N, G] for N = 10
     if kernel == "linear_w4_weight_only":
         assert [m.__dict__["_int8_plan"]["gscale"].dim() for m in lin] == [3, 3, 2]
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158",
+                                    "int4_weight_only", "int8_weight_only"])
+def test_a_loaded_model_called_from_python_threads_at_once_gives_the_serial_bits(preset, tmp_path):
+    """A server calls one loaded model from several Python threads. Six threads call a freshly loaded
+    model at once (the kernel plans built under the race), each on its own inputs (batch 1 / 3 / 8,
+    NCHW and channels_last), 4 times; every output equals a serial run on another load of the file.
+    The kernels keep their scratch per OS thread and the derived-weight cache behind a lock."""
+    import threading
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 32, 2, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    g = torch.Generator().manual_seed(5)
+    calib = torch.randn(16, 8, 7, 7, generator=g)
+    q = _ptq(net, calib, qatkit.preset(preset))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        serial, shared = qatkit.load(path), qatkit.load(path)
+    inputs = []
+    for i in range(6):
+        x = torch.randn((1, 3, 8)[i % 3], 8, 7, 7, generator=g) * 2
+        inputs.append(x.contiguous(memory_format=torch.channels_last) if i % 2 else x)
+    with torch.no_grad():
+        want = [serial(x) for x in inputs]
+    results, errors = [[] for _ in inputs], []
+    start = threading.Barrier(len(inputs))
+
+    def worker(i):
+        try:
+            start.wait()
+            with torch.no_grad():
+                for _ in range(4):
+                    results[i].append(shared(inputs[i]))
+        except Exception as e:  # noqa: BLE001 - collected and re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i, outs in enumerate(results):
+        assert len(outs) == 4 and all(torch.equal(o, want[i]) for o in outs), (preset, i)
+    from qatkit.qat.convert import _Quantized
+    kernels = {qatkit.qat.integer.kernel_for(m) for m in shared.modules() if isinstance(m, _Quantized)} - {None}
+    assert kernels, preset  # the threads ran integer kernels, not float math
