@@ -6,6 +6,8 @@ wrong."""
 import json
 import os
 import struct
+import sys
+import time
 import warnings
 
 import pytest
@@ -427,9 +429,9 @@ def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
 
 @pytest.mark.parametrize("preset", ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158",
                                     "int4_weight_only", "int8_weight_only"])
-def test_a_loaded_model_called_from_python_threads_at_once_gives_the_serial_bits(preset, tmp_path):
-    """A server calls one loaded model from several Python threads. Six threads call a freshly loaded
-    model at once (the kernel plans built under the race), each on its own inputs (batch 1 / 3 / 8,
+def test_a_loaded_model_called_from_python_threads_at_once_gives_the_serial_bits(preset, tmp_path, monkeypatch):
+    """A server calls one loaded model from several Python threads. Six threads call a loaded model
+    whose kernel plans a new state dict dropped, at once (the plans rebuilt under the race), each on its own inputs (batch 1 / 3 / 8,
     NCHW and channels_last), 4 times; every output equals a serial run on another load of the file.
     The kernels keep their scratch per OS thread and the derived-weight cache behind a lock."""
     import threading
@@ -452,8 +454,17 @@ def test_a_loaded_model_called_from_python_threads_at_once_gives_the_serial_bits
         inputs.append(x.contiguous(memory_format=torch.channels_last) if i % 2 else x)
     with torch.no_grad():
         want = [serial(x) for x in inputs]
+    # load builds the plans; a new state dict drops them, and the threads' first calls rebuild them
+    shared.load_state_dict(serial.state_dict())
     results, errors = [[] for _ in inputs], []
     start = threading.Barrier(len(inputs))
+    # a slow plan build (the GIL released inside it): the other threads' forwards must not see a plan
+    # before it is whole
+    for name in ("_bind", "_bind_conv"):
+        def slow(*a, _f=getattr(qatkit.qat.integer, name), **k):
+            time.sleep(2e-3)
+            return _f(*a, **k)
+        monkeypatch.setattr(qatkit.qat.integer, name, slow)
 
     def worker(i):
         try:
@@ -465,10 +476,15 @@ def test_a_loaded_model_called_from_python_threads_at_once_gives_the_serial_bits
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(inputs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    old_switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads take turns often, inside the plans' building too
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old_switch)
     assert not errors, errors
     for i, outs in enumerate(results):
         assert len(outs) == 4 and all(torch.equal(o, want[i]) for o in outs), (preset, i)

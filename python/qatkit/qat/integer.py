@@ -657,7 +657,9 @@ def _plan(mod):
     ``bare`` None: the float64 simulation runs (the same bits); :func:`kernel_for` still names it."""
     plan = mod.__dict__.get("_int8_plan")
     if plan is None:
-        plan = mod.__dict__["_int8_plan"] = _int8_plan(mod) or False
+        # built whole, then published: a forward in another Python thread reads the plan's keys as
+        # soon as it is in __dict__ (a loaded model serving several threads)
+        plan = _int8_plan(mod) or False
         if plan:
             plan["device"] = mod.weight_int.device
             plan["cpu"] = plan["device"].type == "cpu"
@@ -680,6 +682,7 @@ def _plan(mod):
                 plan["bare"] = _bind(plan, smooth.detach().to(torch.float32).contiguous())
             else:
                 plan["bare"] = None
+        mod.__dict__["_int8_plan"] = plan
     return plan
 
 
