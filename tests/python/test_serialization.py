@@ -491,3 +491,36 @@ def test_a_loaded_model_called_from_python_threads_at_once_gives_the_serial_bits
     from qatkit.qat.convert import _Quantized
     kernels = {qatkit.qat.integer.kernel_for(m) for m in shared.modules() if isinstance(m, _Quantized)} - {None}
     assert kernels, preset  # the threads ran integer kernels, not float math
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "xnor_w1a1", "bitnet_b158", "int4_weight_only"])
+def test_a_loaded_model_pickles_and_deep_copies_onto_the_same_kernels(preset, tmp_path):
+    """torch.save(model) / torch.load and copy.deepcopy of a loaded model (its kernel plans built):
+    the plans' bound calls are closures, so they stay out of the pickle and the copy; both rebuild
+    them on their first call and give the loaded model's bits on the same kernels."""
+    import copy
+    import io
+
+    from qatkit.qat.convert import _Quantized
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 32, 2, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding="same"), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(8, 8, 7, 7)
+    q = _ptq(net, x, qatkit.preset(preset))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = qatkit.load(path)
+    with torch.no_grad():
+        want = loaded(x)
+    kernels = [qatkit.qat.integer.kernel_for(m) for m in loaded.modules() if isinstance(m, _Quantized)]
+    assert any(kernels)
+    buf = io.BytesIO()
+    torch.save(loaded, buf)
+    buf.seek(0)
+    for other in (torch.load(buf, weights_only=False), copy.deepcopy(loaded)):
+        assert not any("_int8_plan" in m.__dict__ for m in other.modules())
+        with torch.no_grad():
+            assert torch.equal(other(x), want)
+        assert [qatkit.qat.integer.kernel_for(m) for m in other.modules() if isinstance(m, _Quantized)] == kernels

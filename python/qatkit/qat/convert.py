@@ -109,6 +109,13 @@ class _Quantized(nn.Module):
             aq.eval()
         self.input_fake_quant = aq
 
+    def __getstate__(self):
+        # pickle / torch.save / copy.deepcopy leave out the kernel plan: its bound calls are closures
+        # (not picklable) over this layer's tensors, which a copy must not share. Rebuilt on the next call.
+        state = dict(super().__getstate__())
+        state.pop("_int8_plan", None)
+        return state
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         self.__dict__.pop("_int8_plan", None)  # the kernel plan holds the old codes: rebuilt on the next call
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
