@@ -497,10 +497,13 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string& compute = "integer");
 
 /// Switch the converted layers of `model` between "float" (the QAT model's function, bit for bit)
-/// and "integer": layers an integer kernel runs (Linear and Conv1d / Conv2d, grouped too, whose
-/// input is a static / learned per-tensor 8-bit affine quantizer and whose weight codes are int8 /
-/// ternary / binary, docs/integer.md) compute on it, bit for bit Python's
+/// and "integer": layers an integer kernel runs compute on it, bit for bit Python's
 /// qatkit.load(path) / set_compute(model, "integer", kernels_only=True); the others keep float math.
+/// Those are (docs/integer.md) Linear and Conv1d / Conv2d, grouped too, whose input is a static /
+/// learned per-tensor 8-bit affine quantizer and whose weight codes are int8 / ternary / binary or
+/// 4-bit per group (linear_w4a8 / conv2d_w4a8); XNOR layers (binarized inputs, linear_w1a1 /
+/// conv2d_w1a1); Linears with dynamic per-token / per-tensor int8 inputs (BitLinear included,
+/// linear_dynamic_int8); weight-only Linears (linear_w4_weight_only / linear_w8_weight_only).
 /// Returns the number of layers on integer kernels. ValueError for another `compute`.
 QATKIT_API std::int64_t set_compute(torch::nn::Module& model, const std::string& compute);
 
@@ -508,7 +511,8 @@ QATKIT_API std::int64_t set_compute(torch::nn::Module& model, const std::string&
 /// converted on a copy (the caller's model is untouched) and packed, the float modules' tensors,
 /// and the structure qatkit.load / qatkit::nn::load rebuild. The model is a Sequential tree of
 /// QAT layers (QuantLinear, BitLinear, QuantConv1d/2d, QuantConvBn2d, QuantEmbedding) and the
-/// modules load() builds; anything else (or string padding, a float-weight QAT layer) raises
+/// modules load() builds (convs with any padding: numbers, 'same' / 'valid', every padding mode);
+/// anything else (a float-weight QAT layer, another module type) raises
 /// ValueError naming the module.
 QATKIT_API void save(const torch::nn::Sequential& model, const std::string& path);
 
