@@ -519,6 +519,8 @@ void QuantLinearImpl::convert() {
 }
 
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
+  // one row (torch::nn::Linear takes it): the input quantizer sees it as a batch of one, as Python's
+  if (x.dim() == 1) return forward(x.unsqueeze(0)).squeeze(0);
   torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
   if (frozen.integer && h.scalar_type() == torch::kFloat && (!frozen.integer->binary_input || h.dim() >= 2)) {
     // the kernel quantizes the input itself (and divides it by the smoothing, if any)
@@ -652,6 +654,9 @@ torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x, const IntegerKe
 
 template <std::size_t D, class Layer>
 torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
+  // unbatched (C, L) / (C, H, W), as torch's convs take it: a batch of one, so per-sample and
+  // per-channel input quantizers and the integer kernels see their dims (Python's QuantConv*d)
+  if (x.dim() == static_cast<std::int64_t>(D) + 1) return conv_forward<D>(self, x.unsqueeze(0)).squeeze(0);
   if (self.frozen.integer && x.scalar_type() == torch::kFloat && x.dim() == static_cast<std::int64_t>(D) + 2) {
     if (x.device().is_cpu() && self.frozen.integer->weight.device().is_cpu()) {
       return integer_conv_forward<D>(self, x, *self.frozen.integer);
@@ -763,6 +768,7 @@ bool QuantConvBn2dImpl::fold_invariant() const {
 }
 
 torch::Tensor QuantConvBn2dImpl::forward(const torch::Tensor& x) {
+  if (x.dim() == 3) return forward(x.unsqueeze(0)).squeeze(0);  // unbatched, as QuantConv2d
   const torch::Tensor h = input_fake_quant ? input_fake_quant(x) : x;
   if (frozen.converted) return conv_nd<2>(h, frozen.dequantized(conv_weight_shape<2>(options)), bias, options);
   auto q = [this](const torch::Tensor& w) { return weight_fake_quant ? weight_fake_quant(w) : w; };

@@ -395,3 +395,41 @@ def test_cpp_dynamic_input_linears_match_python(granularity, wkind, tmp_path):
     r, y = _run(path, x, tmp_path)
     assert r.returncode == 0, r.stderr
     assert torch.equal(y, want)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158",
+                                    "int4_weight_only"])
+def test_unbatched_inputs_give_the_batch_of_ones_bits_in_python_and_cpp(preset, tmp_path):
+    """torch's convs take an unbatched (C, L) / (C, H, W) input and Linear a 1-D one. The QAT, the
+    converted and the loaded layers (Python and C++) compute it as a batch of one: XNOR's per-sample
+    input binarization saw the channels as the batch (0.2-0.4 off), and a loaded integer conv raised
+    a broadcasting error, before. Every output equals the batched one's row bit for bit."""
+    import dataclasses
+
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    g = torch.Generator().manual_seed(7)
+    nets = [(nn.Sequential(nn.Conv2d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 16, 3, padding=1)),
+             torch.randn(4, 8, 7, 7, generator=g)),
+            (nn.Sequential(nn.Conv1d(8, 32, 3, padding=1), nn.ReLU(), nn.Conv1d(32, 16, 3, padding=1)),
+             torch.randn(4, 8, 9, generator=g)),
+            (nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 16)), torch.randn(4, 8, generator=g))]
+    for i, (net, x) in enumerate(nets):
+        torch.manual_seed(i)
+        net = net.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.ptq(net, [x], cfg, verbose=False, progress=False).eval()
+        path = str(tmp_path / f"m{i}.safetensors")
+        qatkit.export(q, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = qatkit.load(path)
+        xu = x[1]
+        with torch.no_grad():
+            for tag, m in (("qat", q), ("converted", qatkit.convert(q)), ("loaded", loaded)):
+                yu = m(xu)
+                assert yu.shape == net(xu).shape and torch.equal(yu, m(xu.unsqueeze(0))[0]), (tag, i)
+            want = loaded(xu)
+        r, y = _run(path, xu, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert torch.equal(y, want), i

@@ -190,6 +190,8 @@ class QuantizedLinear(_Quantized):
         if (plan and plan["bare"] and form is not None and x.dtype is torch.float32
                 and (x.is_cpu if plan["cpu"] else x.device == plan["device"]) and (form != "row" or x.dim() >= 2)):
             return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
+        if x.dim() == 1:  # one row, as QuantLinear
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if self.rms_norm:
             x = F.rms_norm(x, (self.in_features,), eps=self.eps)
         if self.smooth is not None:
@@ -218,6 +220,8 @@ class QuantizedConv1d(_QuantizedConv):
         if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
                 and x.dim() == 3 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
             return plan["bare"](x)
+        if x.dim() == 2:  # unbatched, as QuantConv1d
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if form is not None:
             return _integer.conv(self, x, 1)
         x = self.quantize_input(x)
@@ -237,6 +241,8 @@ class QuantizedConv2d(_QuantizedConv):
         if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
                 and x.dim() == 4 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
             return plan["bare"](x)
+        if x.dim() == 3:  # unbatched, as QuantConv2d
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         if form is not None:
             return _integer.conv(self, x, 2)
         x = self.quantize_input(x)

@@ -127,6 +127,8 @@ class QuantLinear(_Smoothing, _QuantMixin, nn.Linear):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 1:  # one row (nn.Linear takes it): its quantizer sees it as a batch of one
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         return F.linear(self.quantize_input(self._smooth_input(x)), self.quantized_weight(), self.bias)
 
 
@@ -180,6 +182,8 @@ class QuantConv1d(_QuantMixin, nn.Conv1d):
         return _conv_to_float(nn.Conv1d, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # unbatched (nn.Conv1d takes it): per-sample / per-channel quantizers need the batch dim
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
 
 
@@ -194,6 +198,8 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return _conv_to_float(nn.Conv2d, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched (nn.Conv2d takes it): per-sample / per-channel quantizers need the batch dim
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
 
 
@@ -264,6 +270,8 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
         return nn.Sequential(_conv_to_float(nn.Conv2d, self), self.bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:  # unbatched, as QuantConv2d
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         x = self.quantize_input(x)
         if self._bn_frozen or not self.training:
             _, w, bias = self.folded()
@@ -353,6 +361,8 @@ class BitLinear(QuantLinear):
     eps: float = 1e-6
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 1:  # one row, as QuantLinear
+            return self.forward(x.unsqueeze(0)).squeeze(0)
         xn = F.rms_norm(x, (self.in_features,), eps=self.eps)
         return F.linear(self.quantize_input(self._smooth_input(xn)), self.quantized_weight(), self.bias)
 
