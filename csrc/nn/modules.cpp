@@ -523,7 +523,11 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   if (x.dim() == 1) return forward(x.unsqueeze(0)).squeeze(0);
   torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
   if (frozen.integer && h.scalar_type() == torch::kFloat && (!frozen.integer->binary_input || h.dim() >= 2)) {
-    // the kernel quantizes the input itself (and divides it by the smoothing, if any)
+    // the kernel quantizes the input itself (and divides it by the smoothing, if any); the packed
+    // layouts pad K, so the ops alone take an input a few features short or long
+    TORCH_CHECK_VALUE(h.dim() == 0 || h.size(-1) == options.in_features(),
+                      fmt::format("linear (in_features={}): the input's last dim (features) is {}, the layer takes {}",
+                                  options.in_features(), h.size(-1), options.in_features()));
     const torch::Tensor divisor = smooth.defined() ? smooth.to(h.device(), torch::kFloat) : smooth;
     if (h.device().is_cpu() && frozen.integer->weight.device().is_cpu()) {
       return detail::integer_linear(*frozen.integer, h, divisor);
@@ -631,6 +635,10 @@ torch::Tensor conv_quantized_weight(Layer& self) {
 template <std::size_t D, class Layer>
 torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x, const IntegerKernelPlan& plan) {
   const auto& o = self.options;
+  // the packed layouts pad K (to 4, 32 or 128 codes): the ops alone take a few channels short or long
+  TORCH_CHECK_VALUE(x.size(1) == o.in_channels(),
+                    fmt::format("conv (in_channels={}): the input's dim 1 (channels) is {}, the layer takes {}",
+                                o.in_channels(), x.size(1), o.in_channels()));
   std::vector<std::int64_t> pad(D, 0);
   if (!std::holds_alternative<torch::enumtype::kZeros>(o.padding_mode())) {
     x = pad_for_mode<D>(x, o);

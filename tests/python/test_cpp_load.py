@@ -5,6 +5,7 @@ C++ layers cannot honour is refused naming the reason."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import warnings
 
@@ -433,3 +434,36 @@ def test_unbatched_inputs_give_the_batch_of_ones_bits_in_python_and_cpp(preset, 
         r, y = _run(path, xu, tmp_path)
         assert r.returncode == 0, r.stderr
         assert torch.equal(y, want), i
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"])
+def test_an_input_a_few_features_short_or_long_raises_in_python_and_cpp(preset, tmp_path):
+    """The packed layouts pad K (to 4, 32 or 128 codes), so the kernels alone took a Linear input of
+    71 features for 72, or 65 for 64, and a 1 x 1 conv's channels alike, and returned numbers: a
+    silent wrong answer where torch's layer raises. The loaded layers (Python and C++) check the
+    input's features / channels and raise ValueError naming both sizes."""
+    import dataclasses
+
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    g = torch.Generator().manual_seed(2)
+    for i, (K, bad) in enumerate([(72, 71), (64, 63), (64, 65)]):
+        for kind in ("linear", "conv"):
+            torch.manual_seed(i)
+            if kind == "linear":
+                net, x, xb = (nn.Sequential(nn.Linear(K, 32), nn.ReLU(), nn.Linear(32, 16)),
+                              torch.randn(4, K, generator=g), torch.randn(4, bad, generator=g))
+            else:
+                net, x, xb = (nn.Sequential(nn.Conv2d(K, 32, 1), nn.ReLU(), nn.Conv2d(32, 16, 1)),
+                              torch.randn(4, K, 3, 3, generator=g), torch.randn(4, bad, 3, 3, generator=g))
+            path = str(tmp_path / f"{kind}{i}.safetensors")
+            loaded = _ptq_exported(net, x, cfg, path)
+            what = "last dim (features)" if kind == "linear" else "dim 1 (channels)"
+            for inp in (xb, xb.contiguous(memory_format=torch.channels_last)) if kind == "conv" else (xb,):
+                with torch.no_grad(), pytest.raises(ValueError, match=rf"input's {re.escape(what)} is {bad}, "
+                                                                      rf"the layer takes {K}"):
+                    loaded(inp)
+            r, _ = _run(path, xb, tmp_path)
+            assert r.returncode == 1 and f"is {bad}, the layer takes {K}" in r.stderr, r.stderr
+            with torch.no_grad():
+                _, y = _run(path, x, tmp_path)
+                assert torch.equal(y, loaded(x))  # the right size still runs, Python's bits

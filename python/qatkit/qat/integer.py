@@ -478,7 +478,7 @@ def _w4_plan(mod, w, sx, zx, shift, qmin, qmax, rows=False) -> Optional[dict]:
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
-def _bind(plan: dict, divisor: Optional[torch.Tensor] = None):
+def _bind(plan: dict, divisor: Optional[torch.Tensor] = None, features: Optional[Tuple[int, int, str]] = None):
     """A Linear plan's kernel with its operands bound (x -> y): the op resolved once, so a loaded
     layer's per-call Python work is one closure call (the layers of a small model are otherwise
     dominated by that work: MiniLM's 37 Linears at one sentence). Eager calls go to the overload's
@@ -504,18 +504,44 @@ def _bind(plan: dict, divisor: Optional[torch.Tensor] = None):
             args = args + (divisor,)
     while args[-1] is None:
         args = args[:-1]
-    return _bound(op, args)
+    return _bound(op, args, features)
 
 
-def _bound(op, args: tuple):
+def _bound(op, args: tuple, features: Optional[Tuple[int, int, str]] = None):
     """x -> op(x, *args): eager calls through the overload's C++ entry (``OpOverload._op``), the
-    OpOverload itself while torch.compile / export traces."""
+    OpOverload itself while torch.compile / export traces. ``features``: (dim, size, layer) — x's
+    dim ``dim`` must be ``size`` (a Linear's in_features, a conv's in_channels): the packed layouts
+    pad K (to 4, 32 or 128 codes), so the ops alone take an input a few features short or long."""
     raw, compiling = getattr(op, "_op", op), torch.compiler.is_compiling
+    if features is None:
+        def call(x):
+            return op(x, *args) if compiling() else raw(x, *args)
+    else:
+        dim, size, layer = features
 
-    def call(x):
-        return op(x, *args) if compiling() else raw(x, *args)
+        def call(x):
+            try:
+                wrong = x.shape[dim] != size
+            except IndexError:  # a 0-d input: the op's own error
+                wrong = False
+            if wrong:
+                _wrong_features(x, dim, size, layer)
+            return op(x, *args) if compiling() else raw(x, *args)
 
     return call
+
+
+def _wrong_features(x: torch.Tensor, dim: int, size: int, layer: str):
+    what = "last dim (features)" if dim == -1 else "dim 1 (channels)"
+    raise ValueError(f"{layer}: the input's {what} is {x.shape[dim]}, the layer takes {size}; "
+                     f"input shape {list(x.shape)}")
+
+
+def _features(mod) -> Tuple[int, int, str]:
+    """(dim, size, layer) for :func:`_bound`: a Linear's last dim, a conv's dim 1."""
+    if _is_conv(mod):
+        return 1, mod.in_channels, f"{type(mod).__name__}(in_channels={mod.in_channels})"
+    return -1, mod.in_features, f"{type(mod).__name__}(in_features={mod.in_features})"
 
 
 #: conv2d_int8's weight_bits for a conv plan's kernel (its Linear kernel's name)
@@ -548,7 +574,7 @@ def _bind_conv(mod, plan: dict):
                 p["bias"], mod.groups)
     else:
         return None
-    call = _bound(getattr(torch.ops.qatkit, name).default, args)  # the overload, resolved once
+    call = _bound(getattr(torch.ops.qatkit, name).default, args, _features(mod))  # the overload, resolved once
     if len(mod.kernel_size) == 1:
         return lambda x: call(x.unsqueeze(2)).squeeze(2)
     return call
@@ -629,6 +655,8 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
     Zero padding holds the code of 0, the zero point, which the kernel's zero-point term cancels:
     the integer sums of the direct conv; other padding modes pad x first (copies, as for codes);
     string padding resolves to numbers (:func:`_numeric_padding`)."""
+    if x.shape[1] != mod.in_channels:  # the packed layouts pad K: the ops alone take a few channels short or long
+        _wrong_features(x, 1, mod.in_channels, _features(mod)[2])
     if mod.padding_mode != "zeros":
         x = F.pad(x, mod._rpt, mode=mod.padding_mode)
         padding = (0,) * nd
@@ -669,7 +697,7 @@ def _plan(mod):
         elif plan and mod.weight_int.is_cuda and plan["kernel"] not in _CUDA_KERNELS:
             plan["call"] = plan["bare"] = None
         elif plan:
-            plan["call"] = _bind(plan)  # on the input after the layer's RMSNorm / smoothing
+            plan["call"] = _bind(plan, features=_features(mod))  # on the input after the layer's RMSNorm / smoothing
             # what QuantizedLinear.forward may call on its own input, or None (an RMSNorm first): the
             # same kernel, or linear_int8 dividing by the smoothing itself (x / smooth in float32,
             # as forward divides, fused into the quantization pass: one tensor pass less per layer)
@@ -679,7 +707,7 @@ def _plan(mod):
             elif smooth is None:
                 plan["bare"] = plan["call"]
             elif plan["kernel"] == "linear_int8":
-                plan["bare"] = _bind(plan, smooth.detach().to(torch.float32).contiguous())
+                plan["bare"] = _bind(plan, smooth.detach().to(torch.float32).contiguous(), _features(mod))
             else:
                 plan["bare"] = None
         mod.__dict__["_int8_plan"] = plan
