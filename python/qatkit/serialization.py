@@ -711,6 +711,19 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
         raise ValueError(f"load: {path!r}: the float tensors do not fit the model ({e})") from None
 
 
+def _split_attention(model: nn.Module, layers: Dict[str, nn.Module]) -> None:
+    """A float ``nn.MultiheadAttention`` whose projections the file holds as layers (prepare_qat's
+    QuantMultiheadAttention: ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``) becomes that module,
+    its projections float until the packed layers replace them; the rest loads by name."""
+    from .qat.config import LayerSpec
+    from .qat.modules import QuantMultiheadAttention
+
+    for name, m in list(model.named_modules()):
+        if name and type(m) is nn.MultiheadAttention and any(
+                f"{name}.{p}" in layers for p in ("q_proj", "k_proj", "v_proj", "out_proj")):
+            replace_module(model, name, QuantMultiheadAttention.from_float(m, LayerSpec(None, None)))
+
+
 def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str = "integer") -> nn.Module:
     """Load an exported file into a model of the same architecture (a float model, e.g. a Hugging
     Face model built from its float checkpoint or config, or one already prepared / converted):
@@ -729,6 +742,7 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
     layers = _packed_layers(path, header, tensors)
     if not inplace:
         model = copy.deepcopy(model)
+    _split_attention(model, layers)
     modules = dict(model.named_modules())
     for name, packed in layers.items():
         old = modules.get(name)

@@ -524,3 +524,43 @@ def test_a_loaded_model_pickles_and_deep_copies_onto_the_same_kernels(preset, tm
         with torch.no_grad():
             assert torch.equal(other(x), want)
         assert [qatkit.qat.integer.kernel_for(m) for m in other.modules() if isinstance(m, _Quantized)] == kernels
+
+
+def test_load_into_a_float_model_with_multihead_attention(tmp_path):
+    """prepare_qat splits nn.MultiheadAttention's projections into layers (QuantMultiheadAttention),
+    and the file holds them as 'attn.q_proj' ... load_into a float model of that architecture (what
+    qatkit.load's error for such models tells users to do) raised "holds layer 'attn.q_proj', which
+    the model does not have". It now splits the float module the same way first: the outputs equal
+    load_into a prepared model and the converted model on the same kernels, with an
+    nn.TransformerEncoderLayer (its fused fast path kept off) and with key / value bias terms."""
+    from qatkit.qat.convert import _Quantized
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+            self.attn = nn.MultiheadAttention(32, 4, add_bias_kv=True, batch_first=True)
+            self.head = nn.Linear(32, 5)
+
+        def forward(self, x):
+            h = self.enc(x)
+            return self.head(self.attn(h, h, h, need_weights=False)[0])
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(4, 6, 32)
+    q = _ptq(net, x, qatkit.preset("w8a8"))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        c = qatkit.convert(q)
+        qatkit.qat.set_compute(c, "integer", warn=False, kernels_only=True)
+        a = qatkit.load_into(Net().eval(), path)  # a float model with fresh weights: all from the file
+        b = qatkit.load_into(qatkit.prepare_qat(Net().eval(), qatkit.preset("w8a8")), path)
+    names = [n for n, m in a.named_modules() if isinstance(m, _Quantized)]
+    assert {"enc.self_attn.q_proj", "attn.out_proj"} <= set(names), names
+    assert sum(qatkit.qat.integer.kernel_for(m) is not None for m in a.modules() if isinstance(m, _Quantized)) >= 8
+    with torch.no_grad():
+        want = c(x)
+        assert torch.equal(a(x), want) and torch.equal(b(x), want)
