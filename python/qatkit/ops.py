@@ -489,6 +489,8 @@ def linear_int8(
         weight: int8 codes ``[N, K]`` in the narrow range [-127, 127] (the AVX2 kernel relies on it;
             the op does not scan the weight on every call), or their :func:`pack_int8_panel` layout
             (the same bits; faster on CPU, where the row layout sums each output horizontally).
+            The panel pads K to a multiple of 4, so with it the op checks the input's K only to
+            that: a caller with a panel weight checks K itself (the loaded layers do).
         corr: int32 ``[N]`` (N: the outputs, also with a panel weight); out_scale: float32 ``[N]``.
         input_divisor: optional float32 ``[K]``: the input is divided by it first, ``input /
             input_divisor`` as torch divides (SmoothQuant's smoothing inside the quantization pass;
@@ -517,7 +519,8 @@ def linear_w2a8(
     """:func:`linear_int8` with ternary weights packed 2 bits each in the W2A8 kernel layout
     (:func:`pack_ternary_t2`): uint8 ``[N, K_pad / 4]``, ``K_pad`` the input's K rounded up to a
     multiple of 128. Same ``corr`` and requantization; the same bits as :func:`linear_int8` on the
-    unpacked codes."""
+    unpacked codes. The op checks the input's K only to that multiple of 128: the caller checks K
+    itself (the loaded layers do)."""
     return torch.ops.qatkit.linear_w2a8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
                                         act_quant_max, bias)
 
@@ -545,7 +548,9 @@ def conv2d_int8(
     (``weight_bits`` 8: int8 codes, or for ``groups == 1`` their :func:`pack_int8_panel` layout, N then
     being ``corr``'s length; 2 / 1: packed by :func:`pack_ternary_t2` / :func:`pack_binary_b1`),
     with :func:`linear_int8`'s ``corr``, requantization and optional float bias. Returns float32
-    ``[B, N, Ho, Wo]``; bit for bit the integer form of the conv. Inference only."""
+    ``[B, N, Ho, Wo]``; bit for bit the integer form of the conv. Inference only. The packed layouts
+    pad ``C/groups*kh*kw`` (to 4, 128 or 32 codes), so the op checks the input's channels only to
+    that: the caller checks them itself (the loaded layers do)."""
     return torch.ops.qatkit.conv2d_int8(input, weight, weight_bits, list(kernel_size), list(stride), list(padding),
                                         list(dilation), corr, out_scale, act_scale, act_zero_point, act_quant_min,
                                         act_quant_max, bias, groups)
@@ -566,7 +571,8 @@ def linear_w1a8(
     ``[N, K_pad / 8]``, ``K_pad`` the input's K rounded up to a multiple of 32, or its
     :func:`pack_binary_panel` layout (N then ``corr``'s length; the same bits, faster on CPU: the
     lookup-table kernel). Same ``corr`` and requantization; the same bits as :func:`linear_int8` on
-    the unpacked codes."""
+    the unpacked codes. The op checks the input's K only to that multiple of 32: the caller checks
+    K itself (the loaded layers do)."""
     return torch.ops.qatkit.linear_w1a8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
                                         act_quant_max, bias)
 
@@ -652,7 +658,9 @@ def linear_w1a1(
     ``binary_codes(input, "bitnet", 0)`` (codes in {-1, +1}, 0 for NaN; scale ``alpha[b]``); its
     bits XNOR the weight bits (:func:`pack_binary_b1`, uint8 ``[N, K_pad / 8]``) and a popcount
     gives the exact integer sum ``acc``; ``y = fp32(acc) * fp32(alpha[b] * weight_scale[n])``, plus
-    ``bias``. Bit for bit the integer form of an xnor_w1a1 layer. Inference only.
+    ``bias``. Bit for bit the integer form of an xnor_w1a1 layer. Inference only. The weight pads
+    K to a multiple of 32, so the op checks the input's K only to that: the caller checks K itself
+    (the loaded layers do).
 
     Raises:
         TypeError / ValueError: dtypes, shapes (input needs a batch dim), devices.
@@ -677,7 +685,9 @@ def conv2d_w1a1(
     bit: the kernel keeps padded positions out of the sum, as the float layer's zero padding of its
     binarized input). ``groups > 1`` (depthwise included) runs :func:`conv2d_int8`'s grouped kernels
     on the codes: the same exact sums and requantization. Returns float32 ``[B, N, Ho, Wo]`` in the
-    input's memory format. Inference only."""
+    input's memory format. Inference only. The packing pads ``C/groups*kh*kw`` to a multiple of 32,
+    so the op checks the input's channels only to that: the caller checks them itself (the loaded
+    layers do)."""
     return torch.ops.qatkit.conv2d_w1a1(input, weight, list(kernel_size), list(stride), list(padding), list(dilation),
                                         weight_scale, bias, groups)
 
