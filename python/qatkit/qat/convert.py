@@ -112,7 +112,7 @@ class _Quantized(nn.Module):
     def __getstate__(self):
         # pickle / torch.save / copy.deepcopy leave out the kernel plan: its bound calls are closures
         # (not picklable) over this layer's tensors, which a copy must not share. Rebuilt on the next call.
-        state = dict(super().__getstate__())
+        state = self.__dict__.copy()
         state.pop("_int8_plan", None)
         return state
 
