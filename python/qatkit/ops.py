@@ -483,6 +483,9 @@ def linear_int8(
     + corr[n]) * out_scale[n]`` with exact int32 sums, then ``+ bias[n]`` when a float32 ``bias`` is
     given (layers narrower than W8A8 add their bias after the requantization). ``corr = bias_q + (shift - act_zero_point) *
     weight.sum(1)`` (int32), precomputed by the caller (:mod:`qatkit.qat.integer` does).
+    quantize_affine codes a NaN as the zero point, but the float layer gives NaN in every output
+    whose sum reads one, so an input row holding a NaN (after ``input_divisor``) gives a NaN output
+    row (docs/integer.md, "NaN inputs"); +-Inf saturate, as in fake quantization.
 
     Args:
         input: float32 ``[..., K]``.
@@ -519,8 +522,8 @@ def linear_w2a8(
     """:func:`linear_int8` with ternary weights packed 2 bits each in the W2A8 kernel layout
     (:func:`pack_ternary_t2`): uint8 ``[N, K_pad / 4]``, ``K_pad`` the input's K rounded up to a
     multiple of 128. Same ``corr`` and requantization; the same bits as :func:`linear_int8` on the
-    unpacked codes. The op checks the input's K only to that multiple of 128: the caller checks K
-    itself (the loaded layers do)."""
+    unpacked codes, NaN rows included. The op checks the input's K only to that multiple of 128:
+    the caller checks K itself (the loaded layers do)."""
     return torch.ops.qatkit.linear_w2a8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
                                         act_quant_max, bias)
 
@@ -548,7 +551,9 @@ def conv2d_int8(
     (``weight_bits`` 8: int8 codes, or for ``groups == 1`` their :func:`pack_int8_panel` layout, N then
     being ``corr``'s length; 2 / 1: packed by :func:`pack_ternary_t2` / :func:`pack_binary_b1`),
     with :func:`linear_int8`'s ``corr``, requantization and optional float bias. Returns float32
-    ``[B, N, Ho, Wo]``; bit for bit the integer form of the conv. Inference only. The packed layouts
+    ``[B, N, Ho, Wo]``; bit for bit the integer form of the conv. Outputs whose window (over their
+    group's input channels) reads a NaN input are NaN, as in the float conv (docs/integer.md, "NaN
+    inputs"). Inference only. The packed layouts
     pad ``C/groups*kh*kw`` (to 4, 128 or 32 codes), so the op checks the input's channels only to
     that: the caller checks them itself (the loaded layers do)."""
     return torch.ops.qatkit.conv2d_int8(input, weight, weight_bits, list(kernel_size), list(stride), list(padding),
@@ -571,7 +576,7 @@ def linear_w1a8(
     ``[N, K_pad / 8]``, ``K_pad`` the input's K rounded up to a multiple of 32, or its
     :func:`pack_binary_panel` layout (N then ``corr``'s length; the same bits, faster on CPU: the
     lookup-table kernel). Same ``corr`` and requantization; the same bits as :func:`linear_int8` on
-    the unpacked codes. The op checks the input's K only to that multiple of 32: the caller checks
+    the unpacked codes, NaN rows included. The op checks the input's K only to that multiple of 32: the caller checks
     K itself (the loaded layers do)."""
     return torch.ops.qatkit.linear_w1a8(input, weight, corr, out_scale, act_scale, act_zero_point, act_quant_min,
                                         act_quant_max, bias)
@@ -710,7 +715,8 @@ def linear_w4a8(
     times ``act_scale``, then ``+ bias`` (float32). ``weight``: uint8 ``[N, K / 2]`` from
     :func:`pack_int4_w4`, or its :func:`pack_int4_panel` layout (the same bits, faster: the row
     layout is transposed in 16-row blocks on every call); K and ``group_size`` multiples of 32,
-    ``group_size <= 2**17``. Inference only."""
+    ``group_size <= 2**17``. A row holding a NaN gives a NaN output row (docs/integer.md, "NaN
+    inputs"). Inference only."""
     return torch.ops.qatkit.linear_w4a8(input, weight, group_scale, group_size, act_scale, act_zero_point,
                                         act_quant_min, act_quant_max, bias)
 
@@ -737,7 +743,8 @@ def conv2d_w4a8(
     (a zero-padded position holds the code of 0, as the integer simulation pads), times the weight
     flattened to ``[N, K]`` and packed by :func:`pack_int4_w4` (``groups == 1``: or
     :func:`pack_int4_panel`), ``group_scale`` float32 ``[N, K / group_size]``. Returns float32 ``[B,
-    N, Ho, Wo]`` in the input's memory format. Inference only.
+    N, Ho, Wo]`` in the input's memory format; outputs whose window reads a NaN input are NaN
+    (docs/integer.md, "NaN inputs"). Inference only.
 
     Raises:
         TypeError / ValueError: dtypes, shapes, the geometry, groups, the activation range.

@@ -5,6 +5,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/div.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/isnan.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mul.h>
@@ -16,6 +19,7 @@
 #include <cmath>
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <functional>
@@ -29,6 +33,7 @@
 #include "../../../kernels/cpu/sign/sign_cpu.h"
 #include "../binarize_checks.h"
 #include "../checks.h"
+#include "../nan_outputs.h"
 #include "../qgemm_checks.h"
 #include "qatkit/ops.h"
 #include "derived_weights.h"
@@ -51,6 +56,47 @@ std::int64_t row_chunk(std::int64_t M, std::int64_t N, std::int64_t K, std::int6
   if (M < 32 || weight_bytes > max_weight_bytes || at::get_num_threads() < 2) return 0;
   const std::int64_t macs = std::max<std::int64_t>(1, N * K);
   return std::max<std::int64_t>(16, ((std::int64_t{1} << 18) + macs - 1) / macs);
+}
+
+// NaN inputs (nan_outputs.h): one pass over the input (x, or x / d with linear_int8's
+// input_divisor d [K], where 0 / 0 and Inf / Inf are NaN too); the masks only where it finds one.
+bool holds_nan(const at::Tensor& x, const float* divisor = nullptr) {
+  if (!x.is_non_overlapping_and_dense()) return at::isnan(x).any().item<bool>();
+  const float* p = x.const_data_ptr<float>();
+  const std::int64_t K = x.dim() ? x.size(-1) : 1;
+  std::atomic<bool> found{false};
+  const auto scan = [&](std::int64_t b, std::int64_t e) {
+    int bad = 0;
+    if (divisor) {
+      for (std::int64_t i = b; i < e; ++i) {
+        const float v = p[i] / divisor[i % K];
+        bad |= static_cast<int>(v != v);
+      }
+    } else {  // the ISA's absmax pass clears `finite` on NaN or +-Inf; only then look for a NaN
+      bool finite = true;
+      kernels::cpu::reduce_kernels().absmax(p + b, kernels::DType::kFloat32, e - b, &finite);
+      for (std::int64_t i = b; !finite && i < e; ++i) bad |= static_cast<int>(p[i] != p[i]);
+    }
+    if (bad) found.store(true, std::memory_order_relaxed);
+  };
+  constexpr std::int64_t kGrain = std::int64_t{1} << 17;
+  if (x.numel() <= kGrain) {
+    scan(0, x.numel());  // a layer's activations at small batch: no parallel region
+  } else {
+    at::parallel_for(0, x.numel(), kGrain, scan);
+  }
+  return found.load();
+}
+
+// (x contiguous where there is a divisor)
+void nan_rows(const at::Tensor& x, at::Tensor& y, const float* divisor = nullptr) {
+  if (y.numel() == 0 || !holds_nan(x, divisor)) return;
+  fill_nan_rows(divisor ? at::div(x, at::from_blob(const_cast<float*>(divisor), {x.size(-1)}, x.options())) : x, y);
+}
+
+void nan_windows(const at::Tensor& x, at::Tensor& y, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                 at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t groups) {
+  if (y.numel() > 0 && holds_nan(x)) fill_nan_windows(x, y, kernel_size, stride, padding, dilation, groups);
 }
 
 // The launch of rows [m0, m1) of g (activation rows a_rs codes apart, y [M, N] row-major).
@@ -220,6 +266,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
               b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(),
               [&](std::int64_t, const float* xr, std::int8_t* ar) { k.quantize_rows(xr, ar, K, q, 0, 1); },
               [](std::int64_t, std::int64_t, std::int64_t, std::int64_t) {});
+  nan_rows(x, y, divisor);
   return y;
 }
 
@@ -338,8 +385,8 @@ inline void row_group_sums(const std::int8_t* row, std::int64_t G, std::int64_t 
   }
 }
 
-at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
-                           std::int64_t group_size, double act_scale,
+at::Tensor linear_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                            std::int64_t group_size, double act_scale,
                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias) {
   check_linear_w4a8_args(input, weight, group_scale, group_size, bias);
@@ -400,6 +447,16 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
   at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) {
     k.gemm_w4(g, b0 * 16, std::min(N, e0 * 16));
   });
+  return y;
+}
+
+at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
+                           std::int64_t group_size, double act_scale, std::int64_t act_zero_point,
+                           std::int64_t act_quant_min, std::int64_t act_quant_max,
+                           const std::optional<at::Tensor>& bias) {
+  at::Tensor y = linear_w4a8_impl(input, weight, group_scale, group_size, act_scale, act_zero_point, act_quant_min,
+                                  act_quant_max, bias);
+  nan_rows(input, y);
   return y;
 }
 
@@ -2033,8 +2090,10 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
                            double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
   try {
-    return conv2d_int8_impl(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr, out_scale,
-                            act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+    at::Tensor y = conv2d_int8_impl(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr,
+                                    out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+    nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
+    return y;
   } catch (const std::bad_alloc&) {
     TORCH_CHECK_WITH(OutOfMemoryError, false,
                      fmt::format("conv2d_int8: out of memory for the buffers of a {} input, kernel {}, padding {}, "
@@ -2049,8 +2108,10 @@ at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at
                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias, std::int64_t groups) {
   try {
-    return conv2d_w4a8_impl(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size, act_scale,
-                            act_zero_point, act_quant_min, act_quant_max, bias, groups);
+    at::Tensor y = conv2d_w4a8_impl(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
+                                    act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+    nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
+    return y;
   } catch (const std::bad_alloc&) {
     TORCH_CHECK_WITH(OutOfMemoryError, false,
                      fmt::format("conv2d_w4a8: out of memory for the buffers of a {} input, kernel {}, padding {}, "

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "../../../kernels/cuda/qgemm_cuda.h"
+#include "../nan_outputs.h"
 #include "../qgemm_checks.h"
 #include "qatkit/ops.h"
 
@@ -133,6 +134,7 @@ at::Tensor linear_cuda(const at::Tensor& input, const at::Tensor& weight, const 
   if (y.numel() == 0) return y;
   linear_cuda_core(x, weight, weight_bits, N, c, os, b,
                    act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift), nullptr, y);
+  fill_nan_rows(x, y);  // NaN inputs (nan_outputs.h): also the im2col rows of conv2d_int8's grouped GEMMs
   return y;
 }
 
@@ -224,6 +226,7 @@ at::Tensor linear_w4a8_cuda(const at::Tensor& input, const at::Tensor& weight, c
   g.K = K;
   g.group = group_size;
   C10_CUDA_CHECK(kernels::cuda::launch_gemm_w4(g, stream));
+  fill_nan_rows(x, y);  // NaN inputs (nan_outputs.h): also the im2col rows of conv2d_w4a8
   return y;
 }
 
@@ -333,6 +336,7 @@ at::Tensor conv2d_int8_cuda_nchw(const at::Tensor& input, const at::Tensor& weig
     g.dw = static_cast<int>(dilation[1]);
     g.q = act_quant_args(s, z, lo, hi, shift);
     C10_CUDA_CHECK(kernels::cuda::launch_conv_dw_s8(g, stream));
+    fill_nan_windows(x, y, kernel_size, stride, padding, dilation, groups);  // NaN inputs (nan_outputs.h)
     return y;
   }
   const at::Tensor cols = at::im2col(input.contiguous(), {kernel_size[0], kernel_size[1]}, dilation, padding, stride);

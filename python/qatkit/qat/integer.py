@@ -221,6 +221,9 @@ def _codes(mod, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return q.double(), s.float()
     # dynamic absmax, as ops.quantize_per_token / quantize_per_tensor_dynamic compute it
     qmax = spec.quant_max
+    if not bool(torch.isfinite(x).all()):  # no finite scale: the QAT layer and the kernel raise too
+        raise ValueError(f"the input holds NaN or Inf: its {spec.granularity} scale max|x| / {qmax} is not finite "
+                         "(quantize_per_token and linear_dynamic_int8 raise on it too)")
     if spec.granularity == "per_token":
         rows = x.reshape(-1, x.shape[-1])
         s = rows.abs().amax(dim=1, keepdim=True).clamp_min(1e-5) / qmax
@@ -252,7 +255,7 @@ def _apply(mod, x: torch.Tensor, contract, pad=None) -> torch.Tensor:
         y = acc.float() * m.reshape(shape)
         if mod.bias is not None and bq is None:
             y = y + mod.bias.reshape(shape)
-        return y
+        return _nan_outputs(x, y, contract, pad, w)
     if form == "static_group":
         g = mod.group_size
         k = w[0].numel()
@@ -271,7 +274,7 @@ def _apply(mod, x: torch.Tensor, contract, pad=None) -> torch.Tensor:
         y = (t * sx.double()).float()
         if mod.bias is not None:
             y = y + mod.bias.reshape(shape)
-        return y
+        return _nan_outputs(x, y, contract, pad, w)
     # row: per-token / per-sample scales
     acc = contract(xq, w).float()
     conv = _is_conv(mod)
@@ -291,6 +294,19 @@ def _apply(mod, x: torch.Tensor, contract, pad=None) -> torch.Tensor:
     if mod.bias is not None:
         y = y + mod.bias.reshape(shape)
     return y
+
+
+def _nan_outputs(x: torch.Tensor, y: torch.Tensor, contract, pad, w: torch.Tensor) -> torch.Tensor:
+    """The static forms' NaN rule (docs/integer.md, "NaN inputs"): quantize_affine codes a NaN as
+    the zero point, but the float layer (fake quantization keeps it, then the product) gives NaN in
+    every output whose sum reads it, so those outputs become NaN, as the kernels make them."""
+    nan = torch.isnan(x)
+    if not bool(nan.any()):
+        return y
+    m = nan.double()
+    if pad is not None:
+        m = pad(m)
+    return y.masked_fill(contract(m, torch.ones_like(w)) > 0.5, float("nan"))
 
 
 def _is_conv(mod) -> bool:

@@ -8,8 +8,8 @@ chunks, the weight-only paths' row thresholds), a weight layout (rows, panel, pa
 split records, packed 2 / 1 bits), weight codes from several distributions (uniform, Gaussian with
 a few split-record pairs, all at +-127), an input with magnitudes from 1e-3 to 1e9 and NaN / +-Inf
 entries, a CPU ISA this machine runs and 1 or 2 threads; then compares the op with a pure-integer
-reference built from the formulas (int64 sums of the codes, the documented requantization) bit for
-bit, or, for the float-activation weight-only kernels, with the float64 product within
+reference built from the formulas (exact sums of the codes, the documented requantization; NaN
+where a sum reads a NaN input) bit for bit, or, for the float-activation weight-only kernels, with the float64 product within
 docs/integer.md's bound. Each check restores the ISA and the thread count it found.
 """
 
@@ -134,12 +134,13 @@ def _act_qparams(r: random.Random, x: torch.Tensor):
 
 
 def _codes(x: torch.Tensor, s: float, zp: int, qmin: int, qmax: int) -> torch.Tensor:
-    """quantize_affine's codes minus the zero point (int64): round(x * (1 / s)) half to even, NaN ->
-    0, + zp, clamped."""
+    """quantize_affine's codes minus the zero point, as float64 (sums of their products with the
+    weight codes are exact in float64): round(x * (1 / s)) half to even, + zp, clamped. A NaN stays
+    NaN, so every sum that reads it is NaN, as in the float layer (the ops' NaN rule, docs/integer.md
+    "NaN inputs"; quantize_affine alone codes it as the zero point)."""
     inv = torch.tensor(1.0) / torch.tensor(s, dtype=torch.float32)
-    r = torch.round(x * inv)
-    r = torch.where(torch.isnan(r), torch.zeros_like(r), r)
-    return (r + zp).clamp(qmin, qmax).long() - zp
+    r = torch.round(x * inv).double()
+    return (r + zp).clamp(qmin, qmax) - zp
 
 
 def _int8_weight(r: random.Random, n: int, k: int, g: torch.Generator) -> torch.Tensor:
@@ -157,7 +158,7 @@ def _int8_weight(r: random.Random, n: int, k: int, g: torch.Generator) -> torch.
 
 def _requant(acc: torch.Tensor, bias_q: torch.Tensor, scale: torch.Tensor, bias):
     """fp32(acc + bias_q) * scale (+ bias): the static form's requantization of int64 code sums."""
-    y = (acc + bias_q.long()).float() * scale
+    y = (acc + bias_q.double()).float() * scale
     return y if bias is None else y + bias
 
 
@@ -204,7 +205,7 @@ def _equal_or_raise(got: torch.Tensor, want: torch.Tensor, what: str):
 
 def check_linear_int8(r: random.Random, device: str = "cpu") -> int:
     """linear_int8 on rows / the panel / the panel without split records, with a bias and an
-    input_divisor sometimes, against int64 sums of the codes."""
+    input_divisor sometimes, against exact sums of the codes (float64)."""
     m, n, k = _mnk(r)
     g = torch.Generator().manual_seed(r.randrange(2**31))
     lead = _lead(r, m)
@@ -221,7 +222,7 @@ def check_linear_int8(r: random.Random, device: str = "cpu") -> int:
     wl = w if layout == "rows" else ops.pack_int8_panel(w)
     if layout == "legacy":
         wl = wl[:(n + 15) // 16].contiguous()
-    want = _requant(_codes(xs, s, zp, qmin, qmax) @ w.long().t(), bias_q, scale, fb)
+    want = _requant(_codes(xs, s, zp, qmin, qmax) @ w.double().t(), bias_q, scale, fb)
     with _Machine(r, device) as m:
         got = m.back(ops.linear_int8(m(x), m(wl), m(corr), m(scale), s, zp, qmin, qmax, m(fb), m(div)))
     _equal_or_raise(got, want, f"linear_int8 {layout} x{tuple(x.shape)} w[{n}, {k}] act=({s}, {zp}, {qmin}, {qmax}) "
@@ -242,7 +243,7 @@ def check_linear_w2a8_w1a8(r: random.Random, device: str = "cpu") -> int:
     op = ops.linear_w2a8 if bits == 2 else ops.linear_w1a8
     name = "w2a8" if bits == 2 else "w1a8" if wl.dim() == 2 else "w1a8 panel"
     bias_q, fb, corr, scale = _static_terms(r, w, zp, qmin, g)
-    want = _requant(_codes(x, s, zp, qmin, qmax) @ w.long().t(), bias_q, scale, fb)
+    want = _requant(_codes(x, s, zp, qmin, qmax) @ w.double().t(), bias_q, scale, fb)
     with _Machine(r, device) as m:
         got = m.back(op(m(x), m(wl), m(corr), m(scale), s, zp, qmin, qmax, m(fb)))
     _equal_or_raise(got, want, f"{name} x{tuple(x.shape)} w[{n}, {k}] act=({s}, {zp}, {qmin}, {qmax}) {m}")
@@ -250,7 +251,7 @@ def check_linear_w2a8_w1a8(r: random.Random, device: str = "cpu") -> int:
 
 
 def check_linear_w4a8(r: random.Random, device: str = "cpu") -> int:
-    """linear_w4a8 (rows or panel) against per-group int64 sums combined in float64 in group order."""
+    """linear_w4a8 (rows or panel) against per-group exact sums combined in float64 in group order."""
     m, n, k = _mnk(r, 32, [32, 64, 96, 128, 160, 256, 384, 512, 1024, 2048])
     gs = r.choice([d for d in (32, 64, 96, 128, 256, 512, 1024) if k % d == 0])
     g = torch.Generator().manual_seed(r.randrange(2**31))
@@ -262,7 +263,7 @@ def check_linear_w4a8(r: random.Random, device: str = "cpu") -> int:
     q = _codes(x.reshape(-1, k), s, zp, qmin, qmax)
     t = torch.zeros(q.shape[0], n, dtype=torch.float64)
     for j in range(k // gs):
-        t = t + (q[:, j * gs:(j + 1) * gs] @ w[:, j * gs:(j + 1) * gs].long().t()).double() * gscale[:, j].double()
+        t = t + (q[:, j * gs:(j + 1) * gs] @ w[:, j * gs:(j + 1) * gs].double().t()) * gscale[:, j].double()
     want = (t * s).float()
     want = (want if fb is None else want + fb).reshape(*x.shape[:-1], n)
     wl = ops.pack_int4_w4(w)
@@ -382,7 +383,7 @@ def _conv_shape(r: random.Random, k, stride, padding, dilation, depthwise_ok=Tru
 
 def check_conv2d_int8(r: random.Random, device: str = "cpu") -> int:
     """conv2d_int8 (dense, grouped, depthwise with multipliers; 8 / 2 / 1-bit weights in each
-    layout; strides, padding, dilation) against int64 sums over F.unfold's patches of the input's
+    layout; strides, padding, dilation) against exact sums over F.unfold's patches of the input's
     codes (a padded position: code - zero point = 0), group by group."""
     bits = r.choice([8, 8, 2, 1])
     k, stride, padding, dilation = _conv_geometry(r)
@@ -398,14 +399,14 @@ def check_conv2d_int8(r: random.Random, device: str = "cpu") -> int:
         layouts[0] = F.pad(wc, (0, -kk % 32)).contiguous()
     wl = r.choice(layouts)
     bias_q, fb, corr, scale = _static_terms(r, wc, zp, qmin, g)
-    a = _codes(x, s, zp, qmin, qmax).double()  # exact in float64; zero padding is code - zp = 0
+    a = _codes(x, s, zp, qmin, qmax)  # zero padding is code - zp = 0; a NaN's patches are NaN
     cg, ng = c // groups, n // groups
     accs = []
     for i in range(groups):
         p = F.unfold(a[:, i * cg:(i + 1) * cg], k, dilation=dilation, padding=padding, stride=stride)
-        accs.append(torch.einsum("bkl,nk->bnl", p.long(), wc[i * ng:(i + 1) * ng].long()))
+        accs.append(torch.einsum("bkl,nk->bnl", p, wc[i * ng:(i + 1) * ng].double()))  # exact in float64
     acc = torch.cat(accs, 1)  # [B, N, L]
-    y = (acc + bias_q.long().reshape(1, -1, 1)).float() * scale.reshape(1, -1, 1)
+    y = (acc + bias_q.double().reshape(1, -1, 1)).float() * scale.reshape(1, -1, 1)
     if fb is not None:
         y = y + fb.reshape(1, -1, 1)
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -455,7 +456,7 @@ def check_conv2d_w1a1(r: random.Random, device: str = "cpu") -> int:
 
 def check_conv2d_w4a8(r: random.Random, device: str = "cpu") -> int:
     """conv2d_w4a8 (dense and grouped; rows or panel; NCHW or channels_last inputs, whose outputs
-    are channels_last) against int64 sums per weight group over F.unfold's (c, i, j) patches of the
+    are channels_last) against exact sums per weight group over F.unfold's (c, i, j) patches of the
     input's codes (a padded position: code - zero point = 0), combined in float64 in group order."""
     k, stride, padding, dilation = _conv_geometry(r)
     b, _, h, w, _, _ = _conv_shape(r, k, stride, padding, dilation, depthwise_ok=False)
@@ -475,15 +476,15 @@ def check_conv2d_w4a8(r: random.Random, device: str = "cpu") -> int:
     wc = torch.randint(-8, 8, (n, kk), dtype=torch.int8, generator=g)
     gscale = torch.rand(n, kk // gs, generator=g) * 0.1
     fb = torch.randn(n, generator=g) if r.random() < 0.5 else None
-    a = _codes(x, s, zp, qmin, qmax).double()
+    a = _codes(x, s, zp, qmin, qmax)
     ng = n // groups
     parts = []
     for i in range(groups):
-        p = F.unfold(a[:, i * cg:(i + 1) * cg], k, dilation=dilation, padding=padding, stride=stride).long()
+        p = F.unfold(a[:, i * cg:(i + 1) * cg], k, dilation=dilation, padding=padding, stride=stride)
         t = None
         for j in range(kk // gs):
-            acc = torch.einsum("bkl,nk->bnl", p[:, j * gs:(j + 1) * gs], wc[i * ng:(i + 1) * ng, j * gs:(j + 1) * gs].long())
-            term = acc.double() * gscale[i * ng:(i + 1) * ng, j].double().reshape(1, -1, 1)
+            acc = torch.einsum("bkl,nk->bnl", p[:, j * gs:(j + 1) * gs], wc[i * ng:(i + 1) * ng, j * gs:(j + 1) * gs].double())
+            term = acc * gscale[i * ng:(i + 1) * ng, j].double().reshape(1, -1, 1)
             t = term if t is None else t + term
         parts.append(t)
     y = (torch.cat(parts, 1) * s).float()

@@ -24,13 +24,19 @@ def _case(M, N, K, qrange=(0, 255), zp=3, seed=0, shape=None):
     return x, w, corr, scale, 0.05, zp, qmin, qmax, bias_q
 
 
+def _same_bits(got, want):
+    """Equal bit for bit, NaN where the reference has NaN (torch.equal calls NaN unequal)."""
+    return torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(123.0), want.nan_to_num(123.0))
+
+
 def _reference(x, w, bias_q, scale, s, zp, qmin, qmax):
-    """int64 sums of the codes; codes from the formula (x * (1 / s), round half to even, + z, clamp)."""
+    """Exact sums of the codes (float64: every partial sum < 2^53); codes from the formula (x * (1 /
+    s), round half to even, + z, clamp). A NaN input stays NaN through the codes and the product, as
+    in the float layer: its row is NaN (docs/integer.md, "NaN inputs")."""
     inv = torch.tensor(1.0) / torch.tensor(s, dtype=torch.float32)
-    r = torch.round(x * inv)
-    r = torch.where(torch.isnan(r), torch.zeros_like(r), r)
-    q = (r + zp).clamp(qmin, qmax).long()
-    acc = (q - zp) @ w.long().t() + bias_q.long()
+    r = torch.round((x * inv).double())
+    q = (r + zp).clamp(qmin, qmax)
+    acc = (q - zp) @ w.double().t() + bias_q.double()
     return acc.float() * scale
 
 
@@ -109,7 +115,7 @@ def _assert_corner_ranges(x, w, layouts):
                 qatkit._C.set_cpu_isa(isa)
                 for layout in layouts:
                     got = ops.linear_int8(x, layout, corr, scale, 0.1, zp, qmin, qmax)
-                    assert torch.equal(got, want), (isa, qmin, qmax, zp, tuple(layout.shape))
+                    assert _same_bits(got, want), (isa, qmin, qmax, zp, tuple(layout.shape))
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -351,12 +357,13 @@ def test_bad_arguments_name_themselves(change, err, match):
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7)])
 def test_input_divisor_is_the_division_first_on_every_isa(M, N, K, qrange, zp):
     """input_divisor (SmoothQuant's x / s fused into the quantization pass) against the integer
-    reference of torch's x / d: NaN, +-Inf, 0 / 0, a zero and a subnormal divisor, both layouts."""
+    reference of torch's x / d: NaN, +-Inf, 0 / 0 (alone in its row: a NaN row too), a zero and a
+    subnormal divisor, both layouts."""
     x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp, seed=K)
     g = torch.Generator().manual_seed(M + K)
     d = torch.rand(K, generator=g) * 4 + 0.01
     if M and K > 6:
-        x[0, 1], x[-1, 2], x[0, 3], x[-1, 5] = float("nan"), float("inf"), 0.0, -float("inf")
+        x[0, 1], x[-1, 2], x[-1, 3], x[-1, 5] = float("nan"), float("inf"), 0.0, -float("inf")
         d[3], d[4], d[5] = 0.0, 1e-40, -0.5  # 0 / 0 = NaN; x / 0 = +-Inf; a subnormal and a negative divisor
     want = _reference(x / d, w, bias_q, scale, s, zp, qmin, qmax)
     old = qatkit._C.cpu_isa()
@@ -365,7 +372,7 @@ def test_input_divisor_is_the_division_first_on_every_isa(M, N, K, qrange, zp):
             assert qatkit._C.set_cpu_isa(isa)
             for wt in (w, ops.pack_int8_panel(w)):
                 got = ops.linear_int8(x, wt, corr, scale, s, zp, qmin, qmax, None, d)
-                assert got.shape == (M, N) and torch.equal(got, want), isa
+                assert got.shape == (M, N) and _same_bits(got, want), isa
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -538,12 +545,14 @@ def test_w1a8_opcheck_packing_and_errors():
                                   dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1)), dict(k=(9, 6), s=(1, 1), p=(0, 0), d=(1, 1))])
 def test_conv2d_int8_equals_the_int8_kernel_on_unfolded_patches(bits, geom):
     """The conv equals linear_int8 over F.unfold's patches of the zero-padded input (the code of 0 at
-    padded positions), on every ISA, for int8, 2-bit and 1-bit weights."""
+    padded positions), on every ISA, for int8, 2-bit and 1-bit weights; a NaN input makes the patch
+    rows that read it NaN (linear_int8's NaN rows): the outputs whose window covers it."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(7)
     B, C, H, W, N = 3, 5, 9, 7, 20  # N: a 16-column block and a tail; k (9, 6): L = 2 (GEMV)
     x = torch.randn(B, C, H, W, generator=g) * 2
+    x[1, 2, 4, 3] = float("nan")
     K = C * geom["k"][0] * geom["k"][1]
     if bits == 8:
         w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
@@ -566,16 +575,17 @@ def test_conv2d_int8_equals_the_int8_kernel_on_unfolded_patches(bits, geom):
             qatkit._C.set_cpu_isa(isa)
             got = ops.conv2d_int8(x, packed, bits, geom["k"], geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin,
                                   qmax, fb)
-            assert torch.equal(got.reshape(B, N, -1), want), isa
+            assert _same_bits(got.reshape(B, N, -1), want), isa
+            assert bool(got[1].isnan().any()) and bool(got[[0, 2]].isfinite().all()), isa
             if bits == 8 and K % 32:  # int8 rows zero-padded to a multiple of 32: the same outputs
                 wp = F.pad(w, (0, -K % 32)).contiguous()
                 got = ops.conv2d_int8(x, wp, 8, geom["k"], geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin,
                                       qmax, fb)
-                assert torch.equal(got.reshape(B, N, -1), want), isa
+                assert _same_bits(got.reshape(B, N, -1), want), isa
             if bits == 8:  # the panel layout (what the plans give groups == 1 convs): the same outputs
                 got = ops.conv2d_int8(x, ops.pack_int8_panel(w), 8, geom["k"], geom["s"], geom["p"], geom["d"], corr,
                                       scale, s, zp, qmin, qmax, fb)
-                assert torch.equal(got.reshape(B, N, -1), want), isa
+                assert _same_bits(got.reshape(B, N, -1), want), isa
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -662,12 +672,14 @@ def _unfolded_conv_reference(x, w, corr, scale, act, bias, groups, k, stride=(1,
 def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom):
     """groups > 1 (depthwise: groups == C, the direct kernel, with a channel multiplier too): each
     group's output channels equal linear_int8 over the unfolded patches of that group's input
-    channels, on every ISA."""
+    channels, on every ISA; a NaN in the last input channel makes only the last group's outputs
+    whose window reads it NaN."""
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(17)
     B, H, W, k = 2, 7, 6, (3, 3)
     x = torch.randn(B, C, H, W, generator=g) * 2
+    x[1, C - 1, 3, 2] = float("nan")
     K = C // groups * 9
     if bits == 8:
         w = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=g)
@@ -690,11 +702,13 @@ def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom)
             qatkit._C.set_cpu_isa(isa)
             got = ops.conv2d_int8(x, packed, bits, k, geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin, qmax, fb,
                                   groups)
-            assert torch.equal(got.reshape(B, N, -1), want), isa
+            assert _same_bits(got.reshape(B, N, -1), want), isa
+            nan = got.isnan()
+            assert bool(nan[1, -(N // groups):].any()) and not bool(nan[0].any() or nan[1, :-(N // groups)].any()), isa
     finally:
         qatkit._C.set_cpu_isa(old)
-    torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default,
-                          (x, packed, bits, [3, 3], list(geom["s"]), list(geom["p"]), list(geom["d"]), corr, scale, s, zp,
+    torch.library.opcheck(torch.ops.qatkit.conv2d_int8.default,  # (opcheck compares outputs without equal_nan)
+                          (x.nan_to_num(0.5), packed, bits, [3, 3], list(geom["s"]), list(geom["p"]), list(geom["d"]), corr, scale, s, zp,
                            qmin, qmax, fb, groups))
     x1 = x[:1].contiguous()  # one image: the channels run in parallel instead of the images
     one = ops.conv2d_int8(x1, packed, bits, k, geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin, qmax, fb, groups)
@@ -1130,13 +1144,12 @@ def test_conv_geometry_beyond_int64_or_memory_is_an_error(op):
 
 def _w4_reference(x, w, gscale, gs, s, zp, qmin, qmax, bias):
     inv = torch.tensor(1.0) / torch.tensor(s, dtype=torch.float32)
-    r = torch.round(x * inv)
-    r = torch.where(torch.isnan(r), torch.zeros_like(r), r)
-    q = ((r + zp).clamp(qmin, qmax) - zp).long()
+    r = torch.round(x * inv).double()  # NaN stays NaN: its row is NaN, as in the float layer
+    q = (r + zp).clamp(qmin, qmax) - zp
     n, k = w.shape
     t = None
     for g in range(k // gs):
-        acc = q[:, g * gs:(g + 1) * gs] @ w[:, g * gs:(g + 1) * gs].long().t()  # exact int64
+        acc = q[:, g * gs:(g + 1) * gs] @ w[:, g * gs:(g + 1) * gs].double().t()  # exact in float64
         term = acc.double() * gscale[:, g].double()
         t = term if t is None else t + term  # float64, in group order
     y = (t * float(torch.tensor(s, dtype=torch.float32))).float()
@@ -1213,8 +1226,7 @@ def _w4_conv_reference(x, codes, gscale, gs, s, zp, qmin, qmax, bias, stride, pa
     (zero padding: a centred 0) with that group's codes, times its scale, summed in group order; times
     s, one rounding to float32, then + bias."""
     inv = torch.tensor(1.0) / torch.tensor(s, dtype=torch.float32)
-    r = torch.round(x * inv)
-    r = torch.where(torch.isnan(r), torch.zeros_like(r), r)
+    r = torch.round(x * inv)  # NaN stays NaN: outputs whose window reads one are NaN, as in the float layer
     q = ((r + zp).clamp(qmin, qmax) - zp).double()
     n, k = codes.shape[0], codes[0].numel()
     wf = codes.reshape(n, k).double()
@@ -1249,7 +1261,7 @@ W4_CONV_CASES = [
 def test_conv2d_w4a8_equals_the_group_reference_on_every_isa(geom, chans, qrange, zp):
     """conv2d_w4a8 (row and panel layouts, NCHW and channels_last inputs) gives the float64 group
     reference's bits on every ISA at 1, 2 and 3 threads; an input with NaN and +-Inf (their codes:
-    quantize_affine's, NaN as 0); the output keeps the input's memory format."""
+    quantize_affine's; outputs whose window reads the NaN are NaN); the output keeps the input's memory format."""
     (kh, kw), st, pad, dil = geom
     C, N, groups, gs = chans
     K = C // groups * kh * kw
@@ -1271,7 +1283,7 @@ def test_conv2d_w4a8_equals_the_group_reference_on_every_isa(geom, chans, qrange
                 got = ops.conv2d_w4a8(x.contiguous(memory_format=fmt), w, (kh, kw), st, pad, dil, gscale, gs, 0.05, zp,
                                       qmin, qmax, bias, groups)
                 assert got.is_contiguous(memory_format=fmt), (isa, t, fmt)
-                assert torch.equal(got, want), (isa, t, w.dim(), fmt)
+                assert _same_bits(got, want), (isa, t, w.dim(), fmt)
 
     _on_every_isa_and_thread_count(check)
 

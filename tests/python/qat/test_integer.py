@@ -346,6 +346,11 @@ def test_int32_overflow_bound_keeps_float_math():
     assert form is None and "2^31" in why
 
 
+def _same_bits(a, b):
+    """Equal bit for bit with NaN at the same places (torch.equal calls NaN unequal)."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(123.0), b.nan_to_num(123.0))
+
+
 def _simulated_and_on_kernels(q):
     """(the converted model on the float64 integer simulation everywhere (no kernel plans), the
     converted model on kernels where they run a layer (kernels_only: what qatkit.load does), its report)."""
@@ -359,6 +364,58 @@ def _simulated_and_on_kernels(q):
         k = qatkit.convert(q)
         rep = set_compute(k, "integer", warn=False, kernels_only=True)
     return sim, k, rep
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn", "conv1d"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8_g32", "ternary_twn", "binary_w1a8", "xnor_w1a1", "w4a4_lsq"])
+def test_nan_inputs_give_nan_where_the_float_layers_do(arch, preset):
+    """quantize_affine codes a NaN as the zero point, a number; the float QAT layer keeps the NaN,
+    and every output whose sum reads it is NaN. Layer by layer, the kernels (what qatkit.load runs)
+    and the float64 integer simulation are NaN exactly where the QAT model's layers are (a Linear's
+    rows; a conv's windows: depthwise, strided, reflect-padded, 1 x 1, Conv1d) and equal bit for
+    bit elsewhere; before, they gave finite outputs (docs/integer.md, "NaN inputs")."""
+    q, shape = _prepared(arch, preset)
+    sim, k, _ = _simulated_and_on_kernels(q)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g) * 2
+    x[1].view(-1)[5] = float("nan")
+    x[3].view(-1)[-1] = float("nan")
+    outs = {}
+    for tag, model in (("float", q.eval()), ("kernel", k), ("sim", sim)):
+        layers = [m for m in model.modules() if getattr(m, "input_fake_quant", None) is not None]
+        for i, m in enumerate(layers):
+            m.register_forward_hook(lambda _m, _i, o, key=(tag, i): outs.__setitem__(key, o))
+    with torch.no_grad():
+        for model in (q, k, sim):
+            model(x)
+    n = len(layers)
+    # kernels_only leaves a layer without a kernel (XNOR's reflect padding) in float math, which the
+    # simulation's float64 form does not equal bit for bit
+    on_kernel = [m._integer_form is not None for m in k.modules() if getattr(m, "input_fake_quant", None) is not None]
+    assert n >= 3 and len(outs) == 3 * n and sum(on_kernel) >= 2
+    for i in range(n):
+        assert torch.equal(outs["kernel", i].isnan(), outs["float", i].isnan()), i
+        assert torch.equal(outs["sim", i].isnan(), outs["float", i].isnan()), i
+        assert not on_kernel[i] or _same_bits(outs["kernel", i], outs["sim", i]), i
+    first = outs["kernel", 0]
+    assert bool(first[[0, 2]].isfinite().all()) and bool(first[1].isnan().any())
+    if arch != "mlp":  # a conv: only the windows that read the NaN
+        assert not bool(first[1].isnan().all())
+
+
+def test_nan_inputs_to_per_token_layers_raise_in_the_qat_model_the_kernels_and_the_simulation():
+    """A per-token layer (bitnet_b158's BitLinear) has no finite scale for a row holding NaN: the
+    QAT model (quantize_per_token), the kernel (linear_dynamic_int8) and the float64 simulation all
+    raise ValueError saying so (the simulation raised quantize_affine's 'scale must be positive')."""
+    q, shape = _prepared("mlp", "bitnet_b158")
+    sim, k, _ = _simulated_and_on_kernels(q)
+    x = torch.randn(shape)
+    x[2, 7] = float("nan")
+    with torch.no_grad():
+        for model, match in ((q.eval(), "must be finite, found NaN or Inf"), (k, "holds NaN or Inf"),
+                             (sim, "holds NaN or Inf: its per_token scale")):
+            with pytest.raises(ValueError, match=match):
+                model(x)
 
 
 def test_smoothquant_layers_divide_inside_the_kernel_with_the_simulations_bits():
@@ -417,7 +474,9 @@ def test_grouped_xnor_convs_run_on_conv2d_w1a1(nd, groups, kw):
     """Grouped and depthwise XNOR convs run on conv2d_w1a1's grouped form (conv2d_int8's grouped /
     depthwise kernels over the per-sample binary codes, zero padding code 0, then fp32(acc) *
     fp32(alpha[b] * w_scale[n]) (+ bias)): bit for bit the float64 integer simulation, with a NaN
-    input (code 0) and an all-zero sample (alpha 0); strided, dilated, 1 x 1 and Conv1d."""
+    input (the int8 first layer's outputs whose window reads it are NaN, so that sample's alpha and
+    outputs in the XNOR layers) and an all-zero sample (alpha 0); strided, dilated, 1 x 1 and
+    Conv1d."""
     conv = nn.Conv2d if nd == 2 else nn.Conv1d
     kw = {"kernel_size": 3, **kw}
     net = nn.Sequential(conv(12, 12, **kw), nn.ReLU(), conv(12, 24, groups=groups, **kw), nn.ReLU(),
@@ -432,15 +491,18 @@ def test_grouped_xnor_convs_run_on_conv2d_w1a1(nd, groups, kw):
     assert len(grouped) == 2 and all(integer.kernel_for(m) == "linear_w1a1" for m in grouped), rep
     x = torch.randn(shape, generator=g) * 2
     x[1] = 0  # alpha 0: every output of that sample is the bias
-    x[2].view(-1)[7] = float("nan")  # code 0
+    x[2].view(-1)[7] = float("nan")
     outs = {}  # every layer's output (the next layer's binarization would hide a last-bit difference)
     for tag, model in (("kernel", k), ("sim", sim)):
         for i, m in enumerate(mm for mm in model.modules() if isinstance(mm, _Quantized)):
             m.register_forward_hook(lambda _m, _i, o, key=(tag, i): outs.__setitem__(key, o))
     with torch.no_grad():
-        assert torch.equal(k(x), sim(x))
+        got = k(x)
+        assert _same_bits(got, sim(x))
+        assert torch.equal(got.isnan(), q.eval()(x).isnan())  # NaN where the float QAT model has NaN
+    assert bool(got[[0, 1, 3, 4]].isfinite().all())
     n = sum(isinstance(m, _Quantized) for m in k.modules())
-    assert n >= 4 and all(torch.equal(outs["kernel", i], outs["sim", i]) for i in range(n))
+    assert n >= 4 and all(_same_bits(outs["kernel", i], outs["sim", i]) for i in range(n))
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8"])
