@@ -1,6 +1,8 @@
 // prepare_qat / calibrate / convert / freeze_bn over a LibTorch module tree (see qatkit/nn.h):
 // the C++ counterparts of python/qatkit/qat/{prepare,convert}.py, on the same preset table and
 // rules (skip / override patterns, first_last over compute layers, embeddings, report rows).
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/isnan.h>
 #include <fmt/format.h>
 #include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/any.h>
@@ -468,6 +470,23 @@ void calibrate(torch::nn::Module& model, const std::vector<torch::Tensor>& batch
                                         n, idle));
 }
 
+/// Python's convert._check_finite: a NaN weight or bias has no code (the converted layer would
+/// answer numbers where the QAT layer gives NaN); an Inf weight gives a binary weight an infinite
+/// scale mean|w|. Checked for every layer before any converts.
+static void check_finite_for_convert(const std::string& name, torch::nn::Module& layer, const std::string& kind) {
+  torch::NoGradGuard ng;
+  for (const auto& p : layer.named_parameters(/*recurse=*/false)) {
+    const torch::Tensor& t = p.value();
+    if ((p.key() != "weight" && p.key() != "bias") || !t.defined() || !t.is_floating_point()) continue;
+    TORCH_CHECK_VALUE(!at::isnan(t).any().item<bool>(),
+                      fmt::format("convert: the {} of layer '{}' holds NaN (a diverged training run?), which no code "
+                                  "stands for; restore a finite checkpoint before convert", p.key(), name));
+    TORCH_CHECK_VALUE(p.key() != "weight" || kind != "binary" || !at::isinf(t).any().item<bool>(),
+                      fmt::format("convert: the weight of layer '{}' holds Inf, so its binary scale mean|w| is "
+                                  "infinite; restore a finite checkpoint before convert", name));
+  }
+}
+
 std::int64_t convert(torch::nn::Module& model) {
   const std::vector<QatLayer> layers = qat_layers(model);
   TORCH_CHECK_VALUE(!layers.empty() || !qat_type(std::shared_ptr<torch::nn::Module>(&model, [](torch::nn::Module*) {})).empty(),
@@ -485,6 +504,8 @@ std::int64_t convert(torch::nn::Module& model) {
                                     "range is empty), so its qparams are meaningless; run training or "
                                     "qatkit::nn::calibrate before convert",
                                     l.name.empty() ? layer.name() : l.name));
+      check_finite_for_convert(l.name.empty() ? layer.name() : l.name, layer,
+                               layer.weight_fake_quant ? layer.weight_fake_quant->spec().kind : std::string());
     });
   }
   std::int64_t n = 0;

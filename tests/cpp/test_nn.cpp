@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "catch.h"
+#include <cmath>
 #include <functional>
 #include <limits>
 #include <sstream>
@@ -594,6 +595,56 @@ CATCH_TEST_CASE("calibrate observes with only the quantizers in training mode an
       qnn::calibrate(*fresh, {torch::randn({2, 3, 6, 6})}, [&](const torch::Tensor& b) { fresh->ptr(0)->as<qnn::QuantConvBn2d>()->forward(b); }),
       Catch::Contains("1 activation quantizer(s) observed nothing: 4.input_fake_quant"));
   CATCH_CHECK_THROWS_WITH(qnn::convert(*fresh), Catch::Contains("input quantizer of layer '4' has not observed any data"));
+}
+
+CATCH_TEST_CASE("convert refuses a NaN weight or bias and an Inf binary weight, naming the layer, converting nothing",
+                "[nn]") {
+  // Python's convert._check_finite: a NaN has no code (binary_codes and quantize_affine give numbers)
+  struct Case {
+    std::string preset, param, what;
+    float value;
+  };
+  for (const Case& k : {Case{"binary_weight_only", "weight", "holds NaN", NAN},
+                        Case{"binary_weight_only", "weight", "binary scale mean|w| is infinite", INFINITY},
+                        Case{"w4a4_lsq", "weight", "holds NaN", NAN}, Case{"w8a8", "bias", "holds NaN", NAN}}) {
+    CATCH_INFO(k.preset << " " << k.param);
+    torch::manual_seed(3);
+    auto c = qnn::QATConfig::preset(k.preset);
+    c.first_last = "";
+    auto model = torch::nn::Sequential(torch::nn::Linear(16, 32), torch::nn::ReLU(), torch::nn::Linear(32, 4));
+    auto q = qnn::prepare_qat(model, c);
+    if (k.preset != "binary_weight_only") {  // (weight-only: no activation quantizer to calibrate)
+      qnn::calibrate(*q, {torch::randn({8, 16})}, [&](const torch::Tensor& b) { q->forward(b); });
+    }
+    {
+      torch::NoGradGuard ng;
+      q->ptr(2)->named_parameters(false)[k.param].view(-1)[1].fill_(k.value);
+    }
+    CATCH_CHECK_THROWS_WITH(qnn::convert(*q), Catch::Contains("the " + k.param + " of layer '2'") &&
+                                                  Catch::Contains(k.what));
+    CATCH_CHECK(!q->ptr(0)->as<qnn::QuantLinear>()->converted());  // checked before any layer converts
+  }
+  // an Inf weight under a learned scale saturates to the end code, as the QAT layer computes: converts
+  torch::manual_seed(3);
+  auto c = qnn::QATConfig::preset("w4a4_lsq");
+  c.first_last = "";
+  auto q = qnn::prepare_qat(torch::nn::Sequential(torch::nn::Linear(16, 32), torch::nn::ReLU(), torch::nn::Linear(32, 4)),
+                            c);
+  qnn::calibrate(*q, {torch::randn({8, 16})}, [&](const torch::Tensor& b) { q->forward(b); });
+  {
+    torch::NoGradGuard ng;
+    q->ptr(2)->named_parameters(false)["weight"].view(-1)[1].fill_(INFINITY);
+  }
+  q->eval();
+  const torch::Tensor x = torch::randn({3, 16});
+  torch::Tensor want;
+  {
+    torch::NoGradGuard ng;
+    want = q->forward(x);
+  }
+  CATCH_CHECK(torch::isfinite(want).all().item<bool>());
+  CATCH_CHECK(qnn::convert(*q) == 2);
+  CATCH_CHECK(torch::equal(q->forward(x), want));
 }
 
 CATCH_TEST_CASE("convert freezes QAT layers in place into integer codes equal to the QAT eval output", "[nn]") {

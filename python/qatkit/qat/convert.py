@@ -65,6 +65,25 @@ def weight_codes(wfq: WeightFakeQuantizer, w: torch.Tensor) -> Tuple[torch.Tenso
     return codes, s, z.to(torch.int32)
 
 
+def _check_finite(name: str, m: nn.Module) -> None:
+    """A NaN weight or bias makes the QAT layer's output NaN, but its codes would be numbers
+    (quantize_affine codes NaN as the zero point, binary / ternary codes as 0): the converted model
+    would answer where the QAT model gave NaN. An Inf weight saturates to the end code under a
+    fixed or learned scale (what the QAT layer computes too), but gives a binary weight an infinite
+    scale mean|w| (binary_codes does not refuse it; ternary_codes and choose_qparams do)."""
+    wfq = getattr(m, "weight_fake_quant", None)
+    for pname in ("weight", "bias"):
+        t = getattr(m, pname, None)
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point()):
+            continue
+        if bool(torch.isnan(t).any()):
+            raise ValueError(f"convert: the {pname} of layer '{name}' holds NaN (a diverged training run?), which "
+                             "no code stands for; restore a finite checkpoint before convert")
+        if pname == "weight" and wfq is not None and wfq.spec.kind == "binary" and bool(torch.isinf(t).any()):
+            raise ValueError(f"convert: the weight of layer '{name}' holds Inf, so its binary scale mean|w| is "
+                             "infinite; restore a finite checkpoint before convert")
+
+
 def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis, group_size, dtype) -> torch.Tensor:
     """``(codes - zp) * scale`` in the weight's dtype through ``dequantize_affine``: bit for bit the
     fake-quantized weight the QAT layer computed with (any float dtype)."""
@@ -308,13 +327,15 @@ def convert(
         (``integer=False``), or the integer kernels' outputs (``integer=True``).
 
     Raises:
-        ValueError: the model has no QAT layers, or an activation observer has not seen any data
-            (convert before calibration/training), naming the layer.
+        ValueError: the model has no QAT layers, an activation observer has not seen any data
+            (convert before calibration/training), or a weight / bias holds NaN or Inf, naming the
+            layer.
     """
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_TYPES)]
     if not layers:
         raise ValueError("convert: the model has no QAT layers; call qatkit.prepare_qat(model, config) first")
     for name, m in layers:
+        _check_finite(name, m)
         aq = getattr(m, "input_fake_quant", None)
         if require_observed and isinstance(aq, ActFakeQuantizer) and not aq.has_observed:
             raise ValueError(

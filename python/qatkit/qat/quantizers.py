@@ -344,6 +344,16 @@ class _SpecModule(nn.Module):
     def _where(self) -> str:
         return f"'{self.qualified_name}'" if self.qualified_name else f"this {type(self).__name__}"
 
+    def _named(self, fn, t: torch.Tensor) -> torch.Tensor:
+        """fn(t), its ValueError (a non-finite weight or input the op refuses) prefixed with where the
+        quantizer sits: the op cannot know which of a model's layers it ran for."""
+        try:
+            return fn(t)
+        except ValueError as e:
+            if not self.qualified_name or str(e).startswith(self._where()):
+                raise
+            raise ValueError(f"{self._where()}: {e}") from e
+
     def _apply(self, fn, recurse=True):
         # the model may move to float64 / float16 / bfloat16; quantizer state stays float32
         return super()._apply(keep_float32(fn), recurse)
@@ -447,9 +457,11 @@ class WeightFakeQuantizer(_SpecModule):
             key = (id(w), w._version)
             hit = cache.get(key)
             if hit is None:
-                hit = cache[key] = self.quantize(w)
+                hit = cache[key] = self._named(self.quantize, w)
             return hit
-        return self.quantize(w)
+        if torch.compiler.is_compiling():
+            return self.quantize(w)
+        return self._named(self.quantize, w)
 
     def quantize(self, w: torch.Tensor) -> torch.Tensor:
         """The fake-quantized weight (the switch aside)."""
@@ -702,7 +714,9 @@ class ActFakeQuantizer(_SpecModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fq_enabled:
             return x
-        return self.quantize(x)
+        if torch.compiler.is_compiling():
+            return self.quantize(x)
+        return self._named(self.quantize, x)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -1,5 +1,8 @@
 """Hardening (issue 10): classes of silent or confusing behaviour, one test per class."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -205,6 +208,53 @@ def test_learned_ranges_refuse_a_non_finite_first_batch():
     with pytest.raises(ValueError, match="'2.input_fake_quant': the first batch, which initializes the learned step"):
         aq(bad.repeat(1, 2))
     assert not aq.has_observed and torch.equal(aq.scale.detach(), before)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "int8_weight_only", "ternary_twn", "bitnet_b158"])
+def test_a_non_finite_weight_raises_naming_its_quantizer(preset):
+    """The weight quantizers' ops refuse a NaN / Inf weight (choose_qparams, ternarize); the error
+    names the quantizer, as the activation observers' do (the op cannot know the layer)."""
+    q = qatkit.prepare_qat(_mlp(), qatkit.preset(preset))
+    with torch.no_grad():
+        q[2].weight[1, 3] = float("inf")
+    with pytest.raises(ValueError, match=r"^'2\.weight_fake_quant': \w+: input must be finite"):
+        q(torch.randn(4, 8))
+
+
+@pytest.mark.parametrize("preset,param,value,match", [
+    ("binary_weight_only", "weight", "nan", "the weight of layer '2' holds NaN"),
+    ("binaryconnect", "weight", "nan", "the weight of layer '2' holds NaN"),
+    ("binary_weight_only", "weight", "inf", "the weight of layer '2' holds Inf, so its binary scale"),
+    ("w4a4_lsq", "weight", "nan", "the weight of layer '2' holds NaN"),
+    ("w8a8", "bias", "nan", "the bias of layer '2' holds NaN"),
+])
+def test_convert_refuses_a_weight_no_code_stands_for(preset, param, value, match):
+    """A NaN weight (or bias) makes the QAT layer's output NaN, but its codes were numbers (binary
+    codes 0, quantize_affine's zero point): the converted model answered where the QAT model gave
+    NaN. An Inf binary weight made the scale mean|w| infinite (then 1). convert now refuses both,
+    naming the layer, before converting anything."""
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    q = qatkit.prepare_qat(_mlp(), cfg)
+    if any(getattr(m, "input_fake_quant", None) is not None for m in q.modules()):
+        qatkit.qat.calibrate(q, [torch.randn(8, 8)])
+    with torch.no_grad():
+        getattr(q[2], param).view(-1)[1] = float(value)
+    with pytest.raises(ValueError, match=re.escape(match)):
+        qatkit.convert(q)
+
+
+def test_an_inf_weight_under_a_learned_scale_converts_to_what_the_qat_layer_computes():
+    """LSQ's fixed step saturates an Inf weight to the end code: the QAT layer's output is finite and
+    the converted layer gives the same bits (convert does not refuse it)."""
+    q = qatkit.prepare_qat(_mlp(), dataclasses.replace(qatkit.w4a4_lsq(), first_last=None))
+    qatkit.qat.calibrate(q, [torch.randn(8, 8)])
+    with torch.no_grad():
+        q[2].weight[1, 3] = float("inf")
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        want = q.eval()(x)
+    assert bool(want.isfinite().all())
+    assert torch.equal(qatkit.convert(q)(x), want)
 
 
 def test_an_eval_forward_before_any_observation_warns_once_naming_the_layer():
