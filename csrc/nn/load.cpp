@@ -153,6 +153,17 @@ void load_input_quantizer(const Reader& r, const std::string& layer, ActFakeQuan
     if (t.numel() != q.value().numel()) r.fail(fmt::format("tensor '{}{}' has the wrong size", p, q.key()));
     q.value().copy_(t.reshape(q.value().sizes()));
   }
+  // the qparams a kernel would refuse only at the first call (Python's loader checks them too)
+  const auto check = [&](const std::string& key, const torch::Tensor& v) {
+    if (!v.is_floating_point() || (key != "scale" && key != "zero_point")) return;
+    const bool finite = at::isfinite(v).all().item<bool>();
+    if (key == "scale" && !(finite && (v > 0).all().item<bool>())) {
+      r.fail(fmt::format("tensor '{}{}' (the input's scale) must be finite and positive", p, key));
+    }
+    if (key == "zero_point" && !finite) r.fail(fmt::format("tensor '{}{}' (the input's zero point) must be finite", p, key));
+  };
+  for (const auto& b : aq->named_buffers(false)) check(b.key(), b.value());
+  for (const auto& q : aq->named_parameters(false)) check(q.key(), q.value());
   aq->sync_flags();
   aq->freeze();
 }

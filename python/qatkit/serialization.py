@@ -569,6 +569,14 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
         need(z.dtype in (torch.int8, torch.int32) and z.shape == s.shape, "weight_zero_point must match weight_scale")
         need(bool(((z >= spec.quant_min) & (z <= spec.quant_max)).all()), "weight_zero_point outside the code range")
     need(("bias" in t) == bool(info.get("bias")), "bias presence does not match the header")
+    for key, v in t.items():  # the input quantizer's qparams: a kernel would refuse them only at the first call
+        leaf = key.rsplit(".", 1)[-1]
+        if not key.startswith("input_fake_quant.") or leaf not in ("scale", "zero_point") or not v.is_floating_point():
+            continue
+        if leaf == "scale":
+            need(bool(torch.isfinite(v).all()) and bool((v > 0).all()), f"{key} (the input's scale) must be finite and positive")
+        else:
+            need(bool(torch.isfinite(v).all()), f"{key} (the input's zero point) must be finite")
     _check_params(info, shape, need)
     sm = t.get("smooth")  # SmoothQuant / AWQ input scaling: the layer computes on x / smooth
     if sm is not None:

@@ -3,6 +3,7 @@ repo's digits models at several presets give Python's outputs bit for bit from a
 program (tests/cpp/load_run.cpp, built by the test build that scripts/setup.sh runs); what the
 C++ layers cannot honour is refused naming the reason."""
 
+import dataclasses
 import importlib.util
 import os
 import re
@@ -150,6 +151,46 @@ def test_cpp_runs_smoothquant_and_awq_layers_bit_for_bit(preset, scaling, tmp_pa
         assert torch.equal(b[k], v), k
     with torch.no_grad():
         assert torch.equal(qatkit.load(again)(x), want_int)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a4_lsq"])
+def test_a_corrupt_input_scale_is_refused_at_load_naming_the_layer(preset, tmp_path):
+    """A file whose input quantizer scale is NaN, Inf, 0 or negative (or whose zero point is NaN):
+    both loaders refuse it at load, naming the tensor and the layer. Before, it loaded and the first
+    call raised from inside the kernel ('linear_int8: act_scale must be ...', no layer) or from
+    fake_quantize."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 64)
+    mlp = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.prepare_qat(mlp, dataclasses.replace(qatkit.preset(preset), first_last=None))
+        qatkit.qat.calibrate(q, [x])
+        path = str(tmp_path / "m.safetensors")
+        qatkit.export(qatkit.convert(q), path)
+    tensors = load_file(path)
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    keys = [k for k in tensors if k.startswith("2.input_fake_quant.") and k.rsplit(".", 1)[-1] in ("scale", "zero_point")
+            and tensors[k].is_floating_point()]
+    assert any(k.endswith(".scale") for k in keys), sorted(tensors)
+    for key in keys:
+        bads = (float("nan"),) if key.endswith("zero_point") else (float("nan"), float("inf"), 0.0, -1.0)
+        for bad in bads:
+            t = dict(tensors)
+            t[key] = torch.full_like(t[key], bad)
+            p = str(tmp_path / "bad.safetensors")
+            save_file(t, p, metadata=meta)
+            msg = "must be finite" + ("" if key.endswith("zero_point") else " and positive")
+            with pytest.raises(ValueError, match=f"layer '2': {re.escape(key[2:])} .*{msg}"):
+                qatkit.load(p)
+            r, _ = _run(p, x, tmp_path)
+            leaf = key.rsplit(".", 1)[-1]
+            assert r.returncode == 1 and msg in r.stderr and "2.input_fake_quant." in r.stderr and leaf in r.stderr, \
+                (key, bad, r.stderr)
 
 
 def test_cpp_refuses_a_corrupt_smoothing(tmp_path):
