@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <limits>
 #include <map>
 #include <type_traits>
 
@@ -157,8 +158,8 @@ void load_input_quantizer(const Reader& r, const std::string& layer, ActFakeQuan
   const auto check = [&](const std::string& key, const torch::Tensor& v) {
     if (!v.is_floating_point() || (key != "scale" && key != "zero_point")) return;
     const bool finite = at::isfinite(v).all().item<bool>();
-    if (key == "scale" && !(finite && (v > 0).all().item<bool>())) {
-      r.fail(fmt::format("tensor '{}{}' (the input's scale) must be finite and positive", p, key));
+    if (key == "scale" && !(finite && (v >= std::numeric_limits<float>::min()).all().item<bool>())) {
+      r.fail(fmt::format("tensor '{}{}' (the input's scale) must be finite and positive (float32 normal)", p, key));
     }
     if (key == "zero_point" && !finite) r.fail(fmt::format("tensor '{}{}' (the input's zero point) must be finite", p, key));
   };

@@ -63,6 +63,7 @@
 
 #include <array>
 #include <cmath>
+#include <limits>
 #include <tuple>
 
 #include "checks.h"
@@ -245,7 +246,11 @@ std::int32_t check_linear_int8_args(const at::Tensor& input, const at::Tensor& w
 std::int32_t check_act_qparams(const char* op, double act_scale, std::int64_t zp, std::int64_t qmin,
                                std::int64_t qmax) {
   const float s = static_cast<float>(act_scale);
-  TORCH_CHECK_VALUE(std::isfinite(s) && s > 0.f, fmt::format("{}: act_scale must be a finite float32 > 0, got {}", op, act_scale));
+  // normal, as fake_quantize's / quantize_affine's scales: 1 / s of a subnormal s is Inf in float32,
+  // which saturated every code where the QAT layer refuses the scale
+  TORCH_CHECK_VALUE(std::isfinite(s) && s >= std::numeric_limits<float>::min(),
+                    fmt::format("{}: act_scale must be a finite float32 > 0 and normal (>= 1.1754944e-38, as "
+                                "fake_quantize's scales), got {}", op, act_scale));
   TORCH_CHECK_VALUE(qmin <= qmax && qmax - qmin <= 255 && (qmin >= 0 ? qmax <= 255 : (qmin >= -128 && qmax <= 127)),
               fmt::format("{}: [act_quant_min, act_quant_max] must be an 8-bit range inside [-128, 127] or [0, 255], "
                           "got [{}, {}]", op, qmin, qmax));

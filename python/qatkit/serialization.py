@@ -574,7 +574,8 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
         if not key.startswith("input_fake_quant.") or leaf not in ("scale", "zero_point") or not v.is_floating_point():
             continue
         if leaf == "scale":
-            need(bool(torch.isfinite(v).all()) and bool((v > 0).all()), f"{key} (the input's scale) must be finite and positive")
+            need(bool(torch.isfinite(v).all()) and bool((v >= torch.finfo(torch.float32).tiny).all()),
+                 f"{key} (the input's scale) must be finite and positive (float32 normal)")
         else:
             need(bool(torch.isfinite(v).all()), f"{key} (the input's zero point) must be finite")
     _check_params(info, shape, need)

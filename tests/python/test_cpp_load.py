@@ -155,7 +155,7 @@ def test_cpp_runs_smoothquant_and_awq_layers_bit_for_bit(preset, scaling, tmp_pa
 
 @pytest.mark.parametrize("preset", ["w8a8", "w4a4_lsq"])
 def test_a_corrupt_input_scale_is_refused_at_load_naming_the_layer(preset, tmp_path):
-    """A file whose input quantizer scale is NaN, Inf, 0 or negative (or whose zero point is NaN):
+    """A file whose input quantizer scale is NaN, Inf, 0, negative or subnormal (or whose zero point is NaN):
     both loaders refuse it at load, naming the tensor and the layer. Before, it loaded and the first
     call raised from inside the kernel ('linear_int8: act_scale must be ...', no layer) or from
     fake_quantize."""
@@ -178,7 +178,7 @@ def test_a_corrupt_input_scale_is_refused_at_load_naming_the_layer(preset, tmp_p
             and tensors[k].is_floating_point()]
     assert any(k.endswith(".scale") for k in keys), sorted(tensors)
     for key in keys:
-        bads = (float("nan"),) if key.endswith("zero_point") else (float("nan"), float("inf"), 0.0, -1.0)
+        bads = (float("nan"),) if key.endswith("zero_point") else (float("nan"), float("inf"), 0.0, -1.0, 1e-40)
         for bad in bads:
             t = dict(tensors)
             t[key] = torch.full_like(t[key], bad)

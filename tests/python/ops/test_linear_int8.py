@@ -342,6 +342,7 @@ def test_opcheck_and_compile():
     (lambda a: a.update(out_scale=a["out_scale"][:3]), ValueError, "out_scale must have shape"),
     (lambda a: a.update(act_scale=0.0), ValueError, "act_scale must be a finite float32 > 0"),
     (lambda a: a.update(act_scale=float("nan")), ValueError, "act_scale must be a finite"),
+    (lambda a: a.update(act_scale=1e-40), ValueError, "act_scale must be .* normal"),  # 1 / s = Inf in float32
     (lambda a: a.update(qmax=300), ValueError, "8-bit range"),
     (lambda a: a.update(zp=-1), ValueError, "act_zero_point must lie in"),
 ])
