@@ -28,6 +28,25 @@ from . import (
     ops,
     qat,
 )
+
+def _check_isa_env() -> None:
+    """QATKIT_CPU_ISA names a CPU kernel table; a name the library does not know, or a table this
+    CPU cannot run, is ignored there (the best table runs): say so instead of running silently."""
+    want = _os.environ.get("QATKIT_CPU_ISA")
+    if not want:
+        return
+    import warnings
+
+    got = _C.cpu_isa()
+    if want not in ("baseline", "avx2", "avx512"):
+        warnings.warn(f"QATKIT_CPU_ISA={want!r} is not one of 'baseline', 'avx2', 'avx512': ignored, the {got!r} "
+                      "kernels run", stacklevel=2)
+    elif want != got:
+        warnings.warn(f"QATKIT_CPU_ISA={want!r}: this CPU cannot run those kernels, the {got!r} kernels run",
+                      stacklevel=2)
+
+
+_check_isa_env()
 from . import ptq as _ptq_module  # noqa: E402
 from . import serialization  # noqa: E402
 from .ptq import choose_bits, ptq, sensitivity

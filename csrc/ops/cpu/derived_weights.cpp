@@ -1,6 +1,7 @@
 #include "derived_weights.h"
 
 #include <c10/core/Storage.h>
+#include <c10/util/Exception.h>
 #include <c10/util/intrusive_ptr.h>
 
 #include <array>
@@ -32,7 +33,10 @@ std::int64_t capacity_from_env() {
   if (v == nullptr || *v == '\0') return kDefault;
   char* end = nullptr;
   const long long mb = std::strtoll(v, &end, 10);
-  return end != v && *end == '\0' && mb >= 0 && mb < (1LL << 40) ? static_cast<std::int64_t>(mb) << 20 : kDefault;
+  if (end != v && *end == '\0' && mb >= 0 && mb < (1LL << 40)) return static_cast<std::int64_t>(mb) << 20;
+  TORCH_WARN("QATKIT_WEIGHT_CACHE_MB='", v, "' is not a whole number of MiB in [0, 2^40): ignored, the cache holds ",
+             kDefault >> 20, " MiB");
+  return kDefault;
 }
 
 struct Cache {

@@ -944,11 +944,30 @@ def test_weight_cache_capacity_from_the_environment():
             "torch.ones(20), 0.04, 0, 0, 255, None, 1); "
             "a = f(); b = f(); assert torch.equal(a, b); i = qatkit._C.derived_weight_cache_info(); "
             "print(i['capacity_bytes'], i['entries'], i['misses'])")
-    for mb, want in (("0", "0 0"), ("3", f"{3 << 20} 1")):
+    for mb, want in (("0", "0 0"), ("3", f"{3 << 20} 1"), ("abc", f"{256 << 20} 1"), ("-5", f"{256 << 20} 1")):
         env = {**__import__("os").environ, "QATKIT_WEIGHT_CACHE_MB": mb}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         assert out.stdout.split()[:2] == want.split(), out.stdout
+        # a value it cannot use is ignored with a warning, not silently
+        assert (f"QATKIT_WEIGHT_CACHE_MB='{mb}' is not a whole number" in out.stderr) == (mb in ("abc", "-5")), out.stderr
+
+
+def test_an_isa_the_environment_names_that_cannot_run_warns():
+    """QATKIT_CPU_ISA with a name the library does not know (or a table this CPU lacks) is ignored
+    by the library: importing qatkit says so and which kernels run."""
+    import subprocess
+    import sys
+
+    code = "import qatkit; print(qatkit._C.cpu_isa())"
+    for value, warns in (("avx1024", "is not one of 'baseline', 'avx2', 'avx512'"), ("baseline", None)):
+        env = {**__import__("os").environ, "QATKIT_CPU_ISA": value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        if warns:
+            assert warns in out.stderr and f"QATKIT_CPU_ISA='{value}'" in out.stderr, out.stderr
+        else:
+            assert "QATKIT_CPU_ISA" not in out.stderr and out.stdout.split() == ["baseline"], (out.stdout, out.stderr)
 
 
 @pytest.mark.parametrize("B,C,HW,N", [(1, 16, 3, 40), (2, 16, 17, 8), (1, 16, 17, 8), (5, 8, 6, 20), (1, 5, 3, 40),
