@@ -58,8 +58,11 @@ std::int64_t row_chunk(std::int64_t M, std::int64_t N, std::int64_t K, std::int6
   return std::max<std::int64_t>(16, ((std::int64_t{1} << 18) + macs - 1) / macs);
 }
 
-// NaN inputs (nan_outputs.h): one pass over the input (x, or x / d with linear_int8's
-// input_divisor d [K], where 0 / 0 and Inf / Inf are NaN too); the masks only where it finds one.
+// NaN inputs (nan_outputs.h). The Linears learn of a NaN from their row quantization
+// (ActQuantArgs::nan_seen, no second pass); the convs, whose inputs reach the codes by several
+// routes (planes, patch rows, channels-last pixels), make one pass over the input (the ISA's absmax,
+// threaded beyond one chunk). The masks are built only where a NaN turned up; with linear_int8's
+// input_divisor d [K] the quantized input is x / d, where 0 / 0 and Inf / Inf are NaN too.
 bool holds_nan(const at::Tensor& x, const float* divisor = nullptr) {
   if (!x.is_non_overlapping_and_dense()) return at::isnan(x).any().item<bool>();
   const float* p = x.const_data_ptr<float>();
@@ -260,13 +263,15 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
   if (y.numel() == 0) return y;
   kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   q.divisor = divisor;
+  std::int32_t nan_seen = 0;  // set by the row quantization (the NaN rule without a second pass)
+  q.nan_seen = &nan_seen;
   const auto& k = kernels::cpu::qgemm_kernels();
   const std::int64_t K = x.size(-1);
   linear_core(x, w, weight_bits, rows.first, N, c.data_ptr<std::int32_t>(), os.data_ptr<float>(),
               b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(),
               [&](std::int64_t, const float* xr, std::int8_t* ar) { k.quantize_rows(xr, ar, K, q, 0, 1); },
               [](std::int64_t, std::int64_t, std::int64_t, std::int64_t) {});
-  nan_rows(x, y, divisor);
+  if (__atomic_load_n(&nan_seen, __ATOMIC_RELAXED)) nan_rows(x, y, divisor);
   return y;
 }
 
@@ -409,7 +414,9 @@ at::Tensor linear_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, c
   const std::unique_ptr<std::int32_t[]> gsum_buf(new std::int32_t[static_cast<std::size_t>(M * G)]);
   std::int8_t* const a = a_buf.get();
   std::int32_t* const a_gsum = gsum_buf.get();
-  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  std::int32_t nan_seen = 0;  // set by the row quantization: linear_w4a8_cpu's NaN rule reads it
+  q.nan_seen = &nan_seen;
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
   const auto quantize = [&](std::int64_t b0, std::int64_t e0) {
@@ -442,11 +449,12 @@ at::Tensor linear_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, c
       r.M = m1 - m0;
       k.gemm_w4(r, 0, N);
     });
-    return y;
+  } else {
+    at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) {
+      k.gemm_w4(g, b0 * 16, std::min(N, e0 * 16));
+    });
   }
-  at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t e0) {
-    k.gemm_w4(g, b0 * 16, std::min(N, e0 * 16));
-  });
+  if (__atomic_load_n(&nan_seen, __ATOMIC_RELAXED)) fill_nan_rows(x, y);  // nan_outputs.h
   return y;
 }
 
@@ -454,10 +462,8 @@ at::Tensor linear_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, co
                            std::int64_t group_size, double act_scale, std::int64_t act_zero_point,
                            std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias) {
-  at::Tensor y = linear_w4a8_impl(input, weight, group_scale, group_size, act_scale, act_zero_point, act_quant_min,
-                                  act_quant_max, bias);
-  nan_rows(input, y);
-  return y;
+  return linear_w4a8_impl(input, weight, group_scale, group_size, act_scale, act_zero_point, act_quant_min,
+                          act_quant_max, bias);
 }
 
 // conv2d_w4a8 (the "static_group" form of a conv): linear_w4a8's group GEMM (the table's gemm_w4) on

@@ -62,12 +62,18 @@ struct Codes8 {
 void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuantArgs& q, std::int64_t begin,
                    std::int64_t end) {
   const Codes8 codes(q);
+  __m256 nan8 = _mm256_setzero_ps();  // lanes that saw a NaN (q.nan_seen; the same compare Codes8 makes)
+  int nan1 = 0;
   const auto code8 = [&](__m256 v, std::int8_t* out) {
+    nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     const __m256i c = codes(v);  // eight int32 in [-128, 127] -> int8
     const __m128i c16 = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
     _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packs_epi16(c16, c16));
   };
-  const auto code1 = [&](float v) { return static_cast<std::int8_t>(codes.one(v)); };
+  const auto code1 = [&](float v) {
+    nan1 |= static_cast<int>(v != v);
+    return static_cast<std::int8_t>(codes.one(v));
+  };
   if (q.divisor) {
     for (std::int64_t r = begin; r < end; ++r) {
       const float* xr = x + r * K;
@@ -76,12 +82,13 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
       for (; k + 8 <= K; k += 8) code8(_mm256_div_ps(_mm256_loadu_ps(xr + k), _mm256_loadu_ps(q.divisor + k)), ar + k);
       for (; k < K; ++k) ar[k] = code1(xr[k] / q.divisor[k]);
     }
-    return;
+  } else {
+    const std::int64_t n0 = begin * K, n1 = end * K;
+    std::int64_t i = n0;
+    for (; i + 8 <= n1; i += 8) code8(_mm256_loadu_ps(x + i), a + i);
+    for (; i < n1; ++i) a[i] = code1(x[i]);  // the scalar loop finishes the tail
   }
-  const std::int64_t n0 = begin * K, n1 = end * K;
-  std::int64_t i = n0;
-  for (; i + 8 <= n1; i += 8) code8(_mm256_loadu_ps(x + i), a + i);
-  for (; i < n1; ++i) a[i] = code1(x[i]);  // the scalar loop finishes the tail
+  if ((nan1 || _mm256_movemask_ps(nan8)) && q.nan_seen) __atomic_store_n(q.nan_seen, 1, __ATOMIC_RELAXED);
 }
 
 // quantize_rows' codes (Codes8) of n contiguous floats, stored as int16.

@@ -27,10 +27,14 @@ inline void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const 
                           std::int64_t end) {
   const float lo = static_cast<float>(q.quant_min - q.zero_point), hi = static_cast<float>(q.quant_max - q.zero_point);
   const float z = static_cast<float>(q.zero_point);
+  int nan = 0;
   for (std::int64_t i = begin * K; i < end * K; ++i) {
-    const float c = quantize_code<float>(q.divisor ? x[i] / q.divisor[i % K] : x[i], q.inv_scale, lo, hi, z);
+    const float v = q.divisor ? x[i] / q.divisor[i % K] : x[i];
+    nan |= static_cast<int>(v != v);
+    const float c = quantize_code<float>(v, q.inv_scale, lo, hi, z);
     a[i] = static_cast<std::int8_t>(static_cast<std::int32_t>(c) - q.shift);
   }
+  if (nan && q.nan_seen) __atomic_store_n(q.nan_seen, 1, __ATOMIC_RELAXED);
 }
 
 /// acc + sum_{k in [k0, k1)} a[k] * w[k], modulo 2^32.
