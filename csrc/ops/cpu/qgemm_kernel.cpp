@@ -59,42 +59,29 @@ std::int64_t row_chunk(std::int64_t M, std::int64_t N, std::int64_t K, std::int6
 }
 
 // NaN inputs (nan_outputs.h). The Linears learn of a NaN from their row quantization
-// (ActQuantArgs::nan_seen, no second pass); the convs, whose inputs reach the codes by several
-// routes (planes, patch rows, channels-last pixels), make one pass over the input (the ISA's absmax,
-// threaded beyond one chunk). The masks are built only where a NaN turned up; with linear_int8's
-// input_divisor d [K] the quantized input is x / d, where 0 / 0 and Inf / Inf are NaN too.
-bool holds_nan(const at::Tensor& x, const float* divisor = nullptr) {
+// (ActQuantArgs::nan_seen, no second pass) and then mask the rows of x (or of x / d with
+// linear_int8's input_divisor d [K], where 0 / 0 and Inf / Inf are NaN too). The convs, whose inputs
+// reach the codes by several routes (planes, patch rows, channels-last pixels), make one pass over
+// the input (the ISA's absmax, threaded beyond one chunk) and build the masks only where it finds one.
+bool holds_nan(const at::Tensor& x) {
   if (!x.is_non_overlapping_and_dense()) return at::isnan(x).any().item<bool>();
   const float* p = x.const_data_ptr<float>();
-  const std::int64_t K = x.dim() ? x.size(-1) : 1;
   std::atomic<bool> found{false};
   const auto scan = [&](std::int64_t b, std::int64_t e) {
+    // the absmax pass clears `finite` on NaN or +-Inf; only then look for a NaN
+    bool finite = true;
+    kernels::cpu::reduce_kernels().absmax(p + b, kernels::DType::kFloat32, e - b, &finite);
     int bad = 0;
-    if (divisor) {
-      for (std::int64_t i = b; i < e; ++i) {
-        const float v = p[i] / divisor[i % K];
-        bad |= static_cast<int>(v != v);
-      }
-    } else {  // the ISA's absmax pass clears `finite` on NaN or +-Inf; only then look for a NaN
-      bool finite = true;
-      kernels::cpu::reduce_kernels().absmax(p + b, kernels::DType::kFloat32, e - b, &finite);
-      for (std::int64_t i = b; !finite && i < e; ++i) bad |= static_cast<int>(p[i] != p[i]);
-    }
+    for (std::int64_t i = b; !finite && i < e; ++i) bad |= static_cast<int>(p[i] != p[i]);
     if (bad) found.store(true, std::memory_order_relaxed);
   };
   constexpr std::int64_t kGrain = std::int64_t{1} << 17;
   if (x.numel() <= kGrain) {
-    scan(0, x.numel());  // a layer's activations at small batch: no parallel region
+    scan(0, x.numel());  // small inputs: no parallel region
   } else {
     at::parallel_for(0, x.numel(), kGrain, scan);
   }
   return found.load();
-}
-
-// (x contiguous where there is a divisor)
-void nan_rows(const at::Tensor& x, at::Tensor& y, const float* divisor = nullptr) {
-  if (y.numel() == 0 || !holds_nan(x, divisor)) return;
-  fill_nan_rows(divisor ? at::div(x, at::from_blob(const_cast<float*>(divisor), {x.size(-1)}, x.options())) : x, y);
 }
 
 void nan_windows(const at::Tensor& x, at::Tensor& y, at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -271,7 +258,9 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const a
               b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(),
               [&](std::int64_t, const float* xr, std::int8_t* ar) { k.quantize_rows(xr, ar, K, q, 0, 1); },
               [](std::int64_t, std::int64_t, std::int64_t, std::int64_t) {});
-  if (__atomic_load_n(&nan_seen, __ATOMIC_RELAXED)) nan_rows(x, y, divisor);
+  if (__atomic_load_n(&nan_seen, __ATOMIC_RELAXED)) {  // the rows holding a NaN (x contiguous here)
+    fill_nan_rows(divisor ? at::div(x, at::from_blob(const_cast<float*>(divisor), {K}, x.options())) : x, y);
+  }
   return y;
 }
 
