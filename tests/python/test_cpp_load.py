@@ -153,6 +153,34 @@ def test_cpp_runs_smoothquant_and_awq_layers_bit_for_bit(preset, scaling, tmp_pa
         assert torch.equal(qatkit.load(again)(x), want_int)
 
 
+def test_a_nan_input_gives_the_python_nan_pattern_in_the_cpp_program(tmp_path):
+    """A NaN pixel: the C++ loader's integer layers give NaN exactly where Python's loaded model
+    does (and where the QAT model does: that one image's logits), the other outputs bit for bit
+    (docs/integer.md, "NaN inputs"); a reflect-padded depthwise conv and a strided conv on the way."""
+    from safetensors.torch import load_file, save_file
+
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1, groups=16, padding_mode="reflect"), nn.ReLU(),
+                        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 4 * 4, 10))
+    x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    x[1, 0, 2, 2] = float("nan")
+    for preset in ("w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"):
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.prepare_qat(net, qatkit.preset(preset))
+            qatkit.qat.calibrate(q, [torch.randn(4, 3, 8, 8)])
+            path = str(tmp_path / f"{preset}.safetensors")
+            qatkit.export(qatkit.convert(q), path)
+        with torch.no_grad():
+            want = qatkit.load(path)(x)
+            qat = q.eval()(x)
+        assert torch.equal(want.isnan(), qat.isnan()) and want.isnan().any(1).tolist() == [False, True, False, False]
+        r, y = _run(path, x, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert torch.equal(y.isnan(), want.isnan()) and torch.equal(y.nan_to_num(7.0), want.nan_to_num(7.0)), preset
+
+
 @pytest.mark.parametrize("preset", ["w8a8", "w4a4_lsq"])
 def test_a_corrupt_input_scale_is_refused_at_load_naming_the_layer(preset, tmp_path):
     """A file whose input quantizer scale is NaN, Inf, 0, negative or subnormal (or whose zero point is NaN):
