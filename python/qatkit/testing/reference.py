@@ -14,6 +14,12 @@ import torch
 _HALF = (torch.float16, torch.bfloat16, torch.float32)
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit with NaN at the same places (torch.equal calls NaN unequal): how the tests
+    compare the integer ops, whose NaN rule makes outputs NaN (docs/integer.md, "NaN inputs")."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(123.0), b.nan_to_num(123.0))
+
+
 def expand_qparam(p: torch.Tensor, x: torch.Tensor, axis: Optional[int], group_size: Optional[int]) -> torch.Tensor:
     """Broadcast per-tensor/channel/group qparams to x's shape (float64, detached)."""
     return _expand(p.detach().to(torch.float64), x, axis, group_size)

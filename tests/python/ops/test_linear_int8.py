@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qatkit
+from qatkit.testing.reference import same_bits
 from qatkit import ops
 from qatkit.testing.samples import conv_int8_case, w4_weight_only_case
 
@@ -22,11 +23,6 @@ def _case(M, N, K, qrange=(0, 255), zp=3, seed=0, shape=None):
     corr = (bias_q.long() + (shift - zp) * w.long().sum(1)).int()
     scale = torch.rand(N, generator=g) * 1e-3 + 1e-5
     return x, w, corr, scale, 0.05, zp, qmin, qmax, bias_q
-
-
-def _same_bits(got, want):
-    """Equal bit for bit, NaN where the reference has NaN (torch.equal calls NaN unequal)."""
-    return torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(123.0), want.nan_to_num(123.0))
 
 
 def _reference(x, w, bias_q, scale, s, zp, qmin, qmax):
@@ -115,7 +111,7 @@ def _assert_corner_ranges(x, w, layouts):
                 qatkit._C.set_cpu_isa(isa)
                 for layout in layouts:
                     got = ops.linear_int8(x, layout, corr, scale, 0.1, zp, qmin, qmax)
-                    assert _same_bits(got, want), (isa, qmin, qmax, zp, tuple(layout.shape))
+                    assert same_bits(got, want), (isa, qmin, qmax, zp, tuple(layout.shape))
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -373,7 +369,7 @@ def test_input_divisor_is_the_division_first_on_every_isa(M, N, K, qrange, zp):
             assert qatkit._C.set_cpu_isa(isa)
             for wt in (w, ops.pack_int8_panel(w)):
                 got = ops.linear_int8(x, wt, corr, scale, s, zp, qmin, qmax, None, d)
-                assert got.shape == (M, N) and _same_bits(got, want), isa
+                assert got.shape == (M, N) and same_bits(got, want), isa
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -576,17 +572,17 @@ def test_conv2d_int8_equals_the_int8_kernel_on_unfolded_patches(bits, geom):
             qatkit._C.set_cpu_isa(isa)
             got = ops.conv2d_int8(x, packed, bits, geom["k"], geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin,
                                   qmax, fb)
-            assert _same_bits(got.reshape(B, N, -1), want), isa
+            assert same_bits(got.reshape(B, N, -1), want), isa
             assert bool(got[1].isnan().any()) and bool(got[[0, 2]].isfinite().all()), isa
             if bits == 8 and K % 32:  # int8 rows zero-padded to a multiple of 32: the same outputs
                 wp = F.pad(w, (0, -K % 32)).contiguous()
                 got = ops.conv2d_int8(x, wp, 8, geom["k"], geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin,
                                       qmax, fb)
-                assert _same_bits(got.reshape(B, N, -1), want), isa
+                assert same_bits(got.reshape(B, N, -1), want), isa
             if bits == 8:  # the panel layout (what the plans give groups == 1 convs): the same outputs
                 got = ops.conv2d_int8(x, ops.pack_int8_panel(w), 8, geom["k"], geom["s"], geom["p"], geom["d"], corr,
                                       scale, s, zp, qmin, qmax, fb)
-                assert _same_bits(got.reshape(B, N, -1), want), isa
+                assert same_bits(got.reshape(B, N, -1), want), isa
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -703,7 +699,7 @@ def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom)
             qatkit._C.set_cpu_isa(isa)
             got = ops.conv2d_int8(x, packed, bits, k, geom["s"], geom["p"], geom["d"], corr, scale, s, zp, qmin, qmax, fb,
                                   groups)
-            assert _same_bits(got.reshape(B, N, -1), want), isa
+            assert same_bits(got.reshape(B, N, -1), want), isa
             nan = got.isnan()
             assert bool(nan[1, -(N // groups):].any()) and not bool(nan[0].any() or nan[1, :-(N // groups)].any()), isa
     finally:
@@ -1303,7 +1299,7 @@ def test_conv2d_w4a8_equals_the_group_reference_on_every_isa(geom, chans, qrange
                 got = ops.conv2d_w4a8(x.contiguous(memory_format=fmt), w, (kh, kw), st, pad, dil, gscale, gs, 0.05, zp,
                                       qmin, qmax, bias, groups)
                 assert got.is_contiguous(memory_format=fmt), (isa, t, fmt)
-                assert _same_bits(got, want), (isa, t, w.dim(), fmt)
+                assert same_bits(got, want), (isa, t, w.dim(), fmt)
 
     _on_every_isa_and_thread_count(check)
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import qatkit
+from qatkit.testing.reference import same_bits
 from qatkit.qat import integer, set_compute
 from qatkit.qat.convert import QuantizedConv1d, QuantizedConv2d, QuantizedLinear, _Quantized
 
@@ -346,11 +347,6 @@ def test_int32_overflow_bound_keeps_float_math():
     assert form is None and "2^31" in why
 
 
-def _same_bits(a, b):
-    """Equal bit for bit with NaN at the same places (torch.equal calls NaN unequal)."""
-    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(123.0), b.nan_to_num(123.0))
-
-
 def _simulated_and_on_kernels(q):
     """(the converted model on the float64 integer simulation everywhere (no kernel plans), the
     converted model on kernels where they run a layer (kernels_only: what qatkit.load does), its report)."""
@@ -396,7 +392,7 @@ def test_nan_inputs_give_nan_where_the_float_layers_do(arch, preset):
     for i in range(n):
         assert torch.equal(outs["kernel", i].isnan(), outs["float", i].isnan()), i
         assert torch.equal(outs["sim", i].isnan(), outs["float", i].isnan()), i
-        assert not on_kernel[i] or _same_bits(outs["kernel", i], outs["sim", i]), i
+        assert not on_kernel[i] or same_bits(outs["kernel", i], outs["sim", i]), i
     first = outs["kernel", 0]
     assert bool(first[[0, 2]].isfinite().all()) and bool(first[1].isnan().any())
     if arch != "mlp":  # a conv: only the windows that read the NaN
@@ -498,11 +494,11 @@ def test_grouped_xnor_convs_run_on_conv2d_w1a1(nd, groups, kw):
             m.register_forward_hook(lambda _m, _i, o, key=(tag, i): outs.__setitem__(key, o))
     with torch.no_grad():
         got = k(x)
-        assert _same_bits(got, sim(x))
+        assert same_bits(got, sim(x))
         assert torch.equal(got.isnan(), q.eval()(x).isnan())  # NaN where the float QAT model has NaN
     assert bool(got[[0, 1, 3, 4]].isfinite().all())
     n = sum(isinstance(m, _Quantized) for m in k.modules())
-    assert n >= 4 and all(_same_bits(outs["kernel", i], outs["sim", i]) for i in range(n))
+    assert n >= 4 and all(same_bits(outs["kernel", i], outs["sim", i]) for i in range(n))
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8"])
