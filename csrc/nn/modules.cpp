@@ -537,6 +537,12 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
       if (const IntegerKernelPlan* p = detail::cuda_linear_plan(*this)) return detail::integer_linear(*p, h, divisor);
     }
   }
+  // Python's QuantizedLinear: a float32 layer in integer compute raises on another dtype (the float
+  // layer's at::linear raises too) rather than quantizing it as if it were float32
+  TORCH_CHECK_TYPE(!frozen.integer || h.scalar_type() == torch::kFloat,
+                   fmt::format("linear (in_features={}): computes in integer form from float32 inputs, got a {} "
+                               "input: cast the input (x.to(torch::kFloat))",
+                               options.in_features(), c10::toString(h.scalar_type())));
   if (smooth.defined()) h = h / smooth.to(h.device(), h.scalar_type());  // Python: x / smooth.to(x.dtype)
   if (input_fake_quant) h = input_fake_quant(h);
   return at::linear(h, quantized_weight(), bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
@@ -674,6 +680,10 @@ torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
       if (const IntegerKernelPlan* p = detail::cuda_conv_plan(self)) return integer_conv_forward<D>(self, x, *p);
     }
   }
+  TORCH_CHECK_TYPE(!self.frozen.integer || x.scalar_type() == torch::kFloat,
+                   fmt::format("conv (in_channels={}): computes in integer form from float32 inputs, got a {} "
+                               "input: cast the input (x.to(torch::kFloat))",
+                               self.options.in_channels(), c10::toString(x.scalar_type())));
   const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;
   return conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);
 }

@@ -537,3 +537,50 @@ def test_an_input_a_few_features_short_or_long_raises_in_python_and_cpp(preset, 
             with torch.no_grad():
                 _, y = _run(path, x, tmp_path)
                 assert torch.equal(y, loaded(x))  # the right size still runs, Python's bits
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158",
+                                    "int8_weight_only"])
+def test_a_float64_or_half_input_to_an_integer_layer_raises_naming_it_in_python_and_cpp(preset, tmp_path):
+    """A float32 layer in integer compute quantizes float32 inputs. A float64 / bfloat16 / float16
+    input gave a float32 output through the simulation (w8a8, ternary, binary...) or torch's 'mat1
+    and mat2 must have the same dtype' (per-token, weight-only): one silent dtype change, one message
+    naming no layer. The float layer and the QAT model raise on such an input; the loaded layers
+    (Python, whose converted layers share the forward, and C++) now raise TypeError naming the layer
+    and the dtype. A model cast to the dtype computes in float math in it."""
+    import dataclasses
+
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    g = torch.Generator().manual_seed(4)
+    skipped = []
+    for kind in ("linear", "conv"):
+        torch.manual_seed(1)
+        if kind == "linear":
+            net, x = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 8)), torch.randn(6, 40, generator=g)
+            what = r"PackedLinear\(in_features=40\)"
+        else:
+            net, x = (nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1)),
+                      torch.randn(2, 4, 5, 5, generator=g))
+            what = r"PackedConv2d\(in_channels=4\)"
+        path = str(tmp_path / f"{kind}.safetensors")
+        loaded = _ptq_exported(net, x, cfg, path)
+        first = next(m for m in loaded.modules() if hasattr(m, "_integer_form"))
+        if first._integer_form is None:  # no kernel for the first layer here: float math, torch's rules
+            skipped.append((preset, kind))
+            continue
+        with torch.no_grad():
+            want = loaded(x)
+            for dt in (torch.float64, torch.bfloat16, torch.float16):
+                with pytest.raises(TypeError, match=rf"{what} computes in integer form from float32 inputs, "
+                                                    rf"got a {dt} input"):
+                    loaded(x.to(dt))
+                r, _ = _run(path, x.to(dt), tmp_path)
+                name = {torch.float64: "Double", torch.bfloat16: "BFloat16", torch.float16: "Half"}[dt]
+                assert r.returncode == 1 and f"from float32 inputs, got a {name} input" in r.stderr, r.stderr
+            assert torch.equal(loaded(x), want)  # float32 still runs
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the cast's warning: float math in float64 now
+                y64 = loaded.double()(x.double())
+            assert y64.dtype == torch.float64 and y64.shape == want.shape
+    assert len(skipped) < 2, skipped
+    print("float math, torch's dtype rules:", skipped)

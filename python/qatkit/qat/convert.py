@@ -209,6 +209,8 @@ class QuantizedLinear(_Quantized):
         if (plan and plan["bare"] and form is not None and x.dtype is torch.float32
                 and (x.is_cpu if plan["cpu"] else x.device == plan["device"]) and (form != "row" or x.dim() >= 2)):
             return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
+        if form is not None and x.dtype is not torch.float32:
+            _integer.wrong_dtype(self, x)
         if x.dim() == 1:  # one row, as QuantLinear
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if self.rms_norm:
@@ -239,6 +241,8 @@ class QuantizedConv1d(_QuantizedConv):
         if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
                 and x.dim() == 3 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
             return plan["bare"](x)
+        if form is not None and x.dtype is not torch.float32:
+            _integer.wrong_dtype(self, x)
         if x.dim() == 2:  # unbatched, as QuantConv1d
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if form is not None:
@@ -260,6 +264,8 @@ class QuantizedConv2d(_QuantizedConv):
         if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
                 and x.dim() == 4 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
             return plan["bare"](x)
+        if form is not None and x.dtype is not torch.float32:
+            _integer.wrong_dtype(self, x)
         if x.dim() == 3:  # unbatched, as QuantConv2d
             return self.forward(x.unsqueeze(0)).squeeze(0)
         if form is not None:

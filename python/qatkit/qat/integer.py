@@ -553,6 +553,15 @@ def _wrong_features(x: torch.Tensor, dim: int, size: int, layer: str):
                      f"input shape {list(x.shape)}")
 
 
+def wrong_dtype(mod, x: torch.Tensor):
+    """A float32 layer in integer compute takes float32 inputs, as the float layer (``F.linear`` /
+    ``F.conv2d`` with its float32 weight) does: another dtype raises, naming the layer, instead of
+    returning a float32 output for a float64 / bfloat16 / float16 input (docs/integer.md)."""
+    layer = _features(mod)[2]
+    raise TypeError(f"{layer} computes in integer form from float32 inputs, got a {x.dtype} input: cast the "
+                    f"input (x.float()) or the model (model.to({x.dtype}): float math in that dtype)")
+
+
 def _features(mod) -> Tuple[int, int, str]:
     """(dim, size, layer) for :func:`_bound`: a Linear's last dim, a conv's dim 1."""
     if _is_conv(mod):
