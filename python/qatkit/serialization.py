@@ -650,6 +650,10 @@ def _packed_layers(path: str, header: dict, tensors: Dict[str, torch.Tensor]) ->
         try:
             _check_layer(path, name, info, t)
             out[name] = _PACKED[info["type"]](info, t)
+            out[name].qualified_name = name  # for messages (an op refusing an input names the layer)
+            aq = getattr(out[name], "input_fake_quant", None)
+            if aq is not None and not getattr(aq, "qualified_name", None):
+                aq.qualified_name = f"{name}.input_fake_quant"
         except _MALFORMED as e:
             raise ValueError(f"load: {path!r}, layer {name!r}: malformed ({type(e).__name__}: {e})") from None
     return out

@@ -584,3 +584,53 @@ def test_a_float64_or_half_input_to_an_integer_layer_raises_naming_it_in_python_
             assert y64.dtype == torch.float64 and y64.shape == want.shape
     assert len(skipped) < 2, skipped
     print("float math, torch's dtype rules:", skipped)
+
+
+def test_an_input_a_layer_refuses_names_the_layer_in_converted_and_loaded_models(tmp_path):
+    """The ops cannot know which of a model's layers called them: a loaded bitnet model fed an Inf
+    said 'linear_dynamic_int8: input row 0 ... holds NaN or Inf', and a loaded model's input
+    quantizers had no name ('quantize_per_token: input must be finite'), where the QAT model's say
+    "'body.1.input_fake_quant': ...". Converted and loaded layers now put their name in front of
+    a ValueError their forward raises (an op refusing the input, the features check) and in the
+    dtype TypeError; a message that already starts with it (an input quantizer's) keeps one."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(24, 32), nn.Sequential(nn.ReLU(), nn.Linear(32, 32), nn.ReLU()), nn.Linear(32, 4))
+    x = torch.randn(6, 24)
+    cases = {"bitnet_b158": r"'1\.1': linear_dynamic_int8: input row 0 .* holds NaN or Inf",
+             "w8a8": None}
+    for preset, inf_msg in cases.items():
+        cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+        path = str(tmp_path / f"{preset}.safetensors")
+        loaded = _ptq_exported(net, x, cfg, path)
+        assert loaded[1][1].qualified_name == "1.1"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.ptq(net.eval(), [x], cfg, correct_bias=None, verbose=False, progress=False)
+            conv = qatkit.convert(q, integer=True)
+        assert conv[1][1].qualified_name == "1.1"
+        xi = x.clone()
+        xi[0, 3] = float("inf")  # the first layer's output row 0 saturates: finite, or Inf for bitnet's
+        with torch.no_grad():
+            h = loaded[1][0](loaded[0](x))
+            hi = h.clone()
+            hi[0, 5] = float("inf")
+            for model in (loaded, conv):
+                if preset == "w8a8":  # (bitnet's RMSNorm raises torch's RuntimeError first, as in the QAT model)
+                    with pytest.raises(ValueError, match=r"^'0': (Packed|Quantized)Linear\(in_features=24\): the input's"):
+                        model(torch.randn(6, 23))
+                with pytest.raises(TypeError, match=r"^'1\.1': (Packed|Quantized)Linear\(in_features=32\) computes"):
+                    model[1][1](h.double())
+                if inf_msg:
+                    with pytest.raises(ValueError, match=inf_msg):
+                        model[1][1](hi)
+                    with pytest.raises(ValueError, match=r"^'1\.1': linear_dynamic_int8"):  # one name, not two
+                        model[1][1](hi)
+                else:
+                    assert bool(model[1][1](hi).isfinite().all())  # saturates, as fake quantization
+        # a layer left in float math: its input quantizer names itself, once
+        fl = qatkit.load(path, compute="float")
+        if preset == "bitnet_b158":
+            with torch.no_grad(), pytest.raises(ValueError, match=r"^'1\.1\.input_fake_quant': quantize_per_token"):
+                fl[1][1](hi)

@@ -99,6 +99,8 @@ class _Quantized(nn.Module):
     #: None: float math, what the QAT layer computed; else the integer form (qat/integer.py) the
     #: layer computes in, bit for bit what the integer kernels compute (set by set_compute)
     _integer_form = None
+    #: the layer's name in its model ("encoder.0.fc1"; set by convert and qatkit.load), for messages
+    qualified_name = ""
 
     def _set_weight(self, qmod, w: torch.Tensor, bias) -> None:
         wfq = qmod.weight_fake_quant
@@ -203,23 +205,26 @@ class QuantizedLinear(_Quantized):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x):
-        # integer.bound_plan's test inlined (a Python call less per layer): a small model's layers are
-        # dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
-        plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-        if (plan and plan["bare"] and form is not None and x.dtype is torch.float32
-                and (x.is_cpu if plan["cpu"] else x.device == plan["device"]) and (form != "row" or x.dim() >= 2)):
-            return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
-        if form is not None and x.dtype is not torch.float32:
-            _integer.wrong_dtype(self, x)
-        if x.dim() == 1:  # one row, as QuantLinear
-            return self.forward(x.unsqueeze(0)).squeeze(0)
-        if self.rms_norm:
-            x = F.rms_norm(x, (self.in_features,), eps=self.eps)
-        if self.smooth is not None:
-            x = x / self.smooth.to(x.dtype)
-        if self._integer_form is not None:
-            return _integer.linear(self, x)
-        return F.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
+        try:
+            # integer.bound_plan's test inlined (a Python call less per layer): a small model's layers are
+            # dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
+            plan, form = self.__dict__.get("_int8_plan"), self._integer_form
+            if (plan and plan["bare"] and form is not None and x.dtype is torch.float32
+                    and (x.is_cpu if plan["cpu"] else x.device == plan["device"]) and (form != "row" or x.dim() >= 2)):
+                return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
+            if form is not None and x.dtype is not torch.float32:
+                _integer.wrong_dtype(self, x)
+            if x.dim() == 1:  # one row, as QuantLinear
+                return self.forward(x.unsqueeze(0)).squeeze(0)
+            if self.rms_norm:
+                x = F.rms_norm(x, (self.in_features,), eps=self.eps)
+            if self.smooth is not None:
+                x = x / self.smooth.to(x.dtype)
+            if self._integer_form is not None:
+                return _integer.linear(self, x)
+            return F.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
+        except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
+            _integer.reraise_named(self, e)
 
 
 class _QuantizedConv(_Quantized):
@@ -236,46 +241,52 @@ class QuantizedConv1d(_QuantizedConv):
     """Converted :class:`QuantConv1d`."""
 
     def forward(self, x):
-        # the bound kernel straight away (integer.conv's tests inlined, as QuantizedConv2d.forward's)
-        plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-        if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
-                and x.dim() == 3 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
-            return plan["bare"](x)
-        if form is not None and x.dtype is not torch.float32:
-            _integer.wrong_dtype(self, x)
-        if x.dim() == 2:  # unbatched, as QuantConv1d
-            return self.forward(x.unsqueeze(0)).squeeze(0)
-        if form is not None:
-            return _integer.conv(self, x, 1)
-        x = self.quantize_input(x)
-        w = self.dequantized_weight()
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._rpt, mode=self.padding_mode)
-            return F.conv1d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv1d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        try:
+            # the bound kernel straight away (integer.conv's tests inlined, as QuantizedConv2d.forward's)
+            plan, form = self.__dict__.get("_int8_plan"), self._integer_form
+            if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
+                    and x.dim() == 3 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
+                return plan["bare"](x)
+            if form is not None and x.dtype is not torch.float32:
+                _integer.wrong_dtype(self, x)
+            if x.dim() == 2:  # unbatched, as QuantConv1d
+                return self.forward(x.unsqueeze(0)).squeeze(0)
+            if form is not None:
+                return _integer.conv(self, x, 1)
+            x = self.quantize_input(x)
+            w = self.dequantized_weight()
+            if self.padding_mode != "zeros":
+                x = F.pad(x, self._rpt, mode=self.padding_mode)
+                return F.conv1d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+            return F.conv1d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
+            _integer.reraise_named(self, e)
 
 
 class QuantizedConv2d(_QuantizedConv):
     """Converted :class:`QuantConv2d` / :class:`QuantConvBn2d` (BN folded into weight and bias)."""
 
     def forward(self, x):
-        # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
-        plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-        if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
-                and x.dim() == 4 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
-            return plan["bare"](x)
-        if form is not None and x.dtype is not torch.float32:
-            _integer.wrong_dtype(self, x)
-        if x.dim() == 3:  # unbatched, as QuantConv2d
-            return self.forward(x.unsqueeze(0)).squeeze(0)
-        if form is not None:
-            return _integer.conv(self, x, 2)
-        x = self.quantize_input(x)
-        w = self.dequantized_weight()
-        if self.padding_mode != "zeros":
-            x = F.pad(x, self._rpt, mode=self.padding_mode)
-            return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        try:
+            # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
+            plan, form = self.__dict__.get("_int8_plan"), self._integer_form
+            if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
+                    and x.dim() == 4 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
+                return plan["bare"](x)
+            if form is not None and x.dtype is not torch.float32:
+                _integer.wrong_dtype(self, x)
+            if x.dim() == 3:  # unbatched, as QuantConv2d
+                return self.forward(x.unsqueeze(0)).squeeze(0)
+            if form is not None:
+                return _integer.conv(self, x, 2)
+            x = self.quantize_input(x)
+            w = self.dequantized_weight()
+            if self.padding_mode != "zeros":
+                x = F.pad(x, self._rpt, mode=self.padding_mode)
+                return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
+            _integer.reraise_named(self, e)
 
 
 class QuantizedEmbedding(_Quantized):
@@ -376,6 +387,7 @@ def _convert_tree(model: nn.Module, inplace: bool) -> nn.Module:
         names_of.setdefault(id(m), []).append(n)
     for name, m in [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_TYPES)]:
         new = _convert_one(m)
+        new.qualified_name = name
         for alias in names_of[id(m)]:  # every name the layer is registered under gets the same module
             replace_module(model, alias, new)
     if isinstance(getattr(model, "qat_config", None), QATConfig):

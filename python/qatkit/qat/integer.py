@@ -558,8 +558,22 @@ def wrong_dtype(mod, x: torch.Tensor):
     ``F.conv2d`` with its float32 weight) does: another dtype raises, naming the layer, instead of
     returning a float32 output for a float64 / bfloat16 / float16 input (docs/integer.md)."""
     layer = _features(mod)[2]
+    if mod.qualified_name:
+        layer = f"'{mod.qualified_name}': {layer}"
     raise TypeError(f"{layer} computes in integer form from float32 inputs, got a {x.dtype} input: cast the "
                     f"input (x.float()) or the model (model.to({x.dtype}): float math in that dtype)")
+
+
+def reraise_named(mod, e: ValueError):
+    """Raise e (from a converted layer's forward: an op refusing its input, a features check) with
+    the layer's name in front, as the QAT quantizers name themselves (``_named``): the ops cannot
+    know which of a model's layers called them. Unnamed layers, and messages that already start
+    with the name (an input quantizer's), raise e itself."""
+    name = mod.qualified_name
+    msg = str(e)
+    if not name or msg.startswith((f"'{name}'", f"'{name}.")):
+        raise e
+    raise ValueError(f"'{name}': {msg}") from e
 
 
 def _features(mod) -> Tuple[int, int, str]:
