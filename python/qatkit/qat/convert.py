@@ -228,6 +228,9 @@ class QuantizedLinear(_Quantized):
 
 
 class _QuantizedConv(_Quantized):
+    #: spatial dims: 1 (QuantizedConv1d) or 2 (QuantizedConv2d)
+    _nd = 2
+
     def __init__(self, qmod, w=None, bias=None):
         super().__init__()
         for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups"):
@@ -236,57 +239,41 @@ class _QuantizedConv(_Quantized):
         self._rpt = getattr(qmod, "_reversed_padding_repeated_twice", None)
         self._set_weight(qmod, qmod.weight if w is None else w, qmod.bias if w is None else bias)
 
+    def forward(self, x):
+        nd = self._nd
+        try:
+            # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
+            plan, form = self.__dict__.get("_int8_plan"), self._integer_form
+            if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
+                    and x.dim() == nd + 2 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
+                return plan["bare"](x)
+            if form is not None and x.dtype is not torch.float32:
+                _integer.wrong_dtype(self, x)
+            if x.dim() == nd + 1:  # unbatched (C, L) / (C, H, W), as QuantConv1d / 2d
+                return self.forward(x.unsqueeze(0)).squeeze(0)
+            if form is not None:
+                return _integer.conv(self, x, nd)
+            x = self.quantize_input(x)
+            w = self.dequantized_weight()
+            fn = F.conv1d if nd == 1 else F.conv2d
+            if self.padding_mode != "zeros":
+                x = F.pad(x, self._rpt, mode=self.padding_mode)
+                return fn(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+            return fn(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
+            _integer.reraise_named(self, e)
+
 
 class QuantizedConv1d(_QuantizedConv):
     """Converted :class:`QuantConv1d`."""
 
-    def forward(self, x):
-        try:
-            # the bound kernel straight away (integer.conv's tests inlined, as QuantizedConv2d.forward's)
-            plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-            if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
-                    and x.dim() == 3 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
-                return plan["bare"](x)
-            if form is not None and x.dtype is not torch.float32:
-                _integer.wrong_dtype(self, x)
-            if x.dim() == 2:  # unbatched, as QuantConv1d
-                return self.forward(x.unsqueeze(0)).squeeze(0)
-            if form is not None:
-                return _integer.conv(self, x, 1)
-            x = self.quantize_input(x)
-            w = self.dequantized_weight()
-            if self.padding_mode != "zeros":
-                x = F.pad(x, self._rpt, mode=self.padding_mode)
-                return F.conv1d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-            return F.conv1d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
-            _integer.reraise_named(self, e)
+    _nd = 1
 
 
 class QuantizedConv2d(_QuantizedConv):
     """Converted :class:`QuantConv2d` / :class:`QuantConvBn2d` (BN folded into weight and bias)."""
 
-    def forward(self, x):
-        try:
-            # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
-            plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-            if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
-                    and x.dim() == 4 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
-                return plan["bare"](x)
-            if form is not None and x.dtype is not torch.float32:
-                _integer.wrong_dtype(self, x)
-            if x.dim() == 3:  # unbatched, as QuantConv2d
-                return self.forward(x.unsqueeze(0)).squeeze(0)
-            if form is not None:
-                return _integer.conv(self, x, 2)
-            x = self.quantize_input(x)
-            w = self.dequantized_weight()
-            if self.padding_mode != "zeros":
-                x = F.pad(x, self._rpt, mode=self.padding_mode)
-                return F.conv2d(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-            return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
-            _integer.reraise_named(self, e)
+    _nd = 2
 
 
 class QuantizedEmbedding(_Quantized):
