@@ -155,11 +155,17 @@ std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& 
   return plan;
 }
 
+std::int64_t version_sum(const std::vector<torch::Tensor>& ts) {
+  std::int64_t v = 0;
+  for (const auto& t : ts) v += t.defined() ? static_cast<std::int64_t>(t._version()) : 0;
+  return v;
+}
+
 /// rows: the row layouts (what the CUDA kernels read; Python's plans on CUDA), else the panel
 /// layouts (the CPU kernels' fastest); Linears only (convs run on the CPU).
-std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std::optional<QuantSpec>& wspec,
-                                             const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
-                                             std::int64_t groups, bool zeros_padding = true, bool rows = false) {
+std::shared_ptr<IntegerKernelPlan> make_plan_from(const ConvertedWeight& f, const std::optional<QuantSpec>& wspec,
+                                                  const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
+                                                  std::int64_t groups, bool zeros_padding, bool rows) {
   if (!f.converted || f.float_weight || !wspec || f.dtype != torch::kFloat) return nullptr;
   if (!aq) return conv ? nullptr : make_weight_only_plan(f, *wspec, bias, rows);
   if ((f.zero_point != 0).any().item<bool>()) return nullptr;
@@ -245,6 +251,23 @@ std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std
   return plan;
 }
 
+/// make_plan_from, the plan remembering its sources' versions (IntegerKernelPlan::sources).
+std::shared_ptr<IntegerKernelPlan> make_plan(const ConvertedWeight& f, const std::optional<QuantSpec>& wspec,
+                                             const ActFakeQuantizer& aq, const torch::Tensor& bias, bool conv,
+                                             std::int64_t groups, bool zeros_padding = true, bool rows = false) {
+  auto plan = make_plan_from(f, wspec, aq, bias, conv, groups, zeros_padding, rows);
+  if (plan) {
+    plan->sources = {f.codes, f.scale, f.zero_point, bias};
+    if (aq) {
+      auto [s, z] = aq->qparams();
+      plan->sources.push_back(s);
+      plan->sources.push_back(z);
+    }
+    plan->sources_version = version_sum(plan->sources);
+  }
+  return plan;
+}
+
 template <std::size_t D, class Layer>
 std::shared_ptr<IntegerKernelPlan> make_conv_plan(Layer& l, bool rows) {
   // XNOR: zero padding that needs no float padding first (symmetric; string padding resolved)
@@ -291,7 +314,17 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
   return n;
 }
 
+bool IntegerKernelPlan::sources_changed() const { return version_sum(sources) != sources_version; }
+
 namespace detail {
+
+void replan(QuantLinearImpl& l) {
+  l.frozen.integer_rows = nullptr;
+  l.frozen.integer = make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, false, 1);
+}
+
+void replan(QuantConv2dImpl& l) { plan_conv<2>(l, true); }
+void replan(QuantConv1dImpl& l) { plan_conv<1>(l, true); }
 
 const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l) {
   ConvertedWeight& f = l.frozen;

@@ -19,6 +19,12 @@ namespace qatkit::nn::detail {
 QATKIT_API torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x,
                                         const torch::Tensor& divisor = {});
 
+/// Build a layer's plan again from its current tensors (set_compute("integer")'s step for one
+/// layer): its forward calls it when IntegerKernelPlan::sources_changed() (an in-place edit).
+QATKIT_API void replan(QuantLinearImpl& l);
+QATKIT_API void replan(QuantConv2dImpl& l);
+QATKIT_API void replan(QuantConv1dImpl& l);
+
 /// The plan a CUDA input of a Linear in integer compute runs on: its plan in the row layouts on the
 /// device of its codes (frozen.integer_rows, built at the first call there), or null without a plan.
 /// Every plan kernel has a CUDA implementation (XNOR's linear_w1a1 / conv2d_w1a1 run the W1A8 kernels).

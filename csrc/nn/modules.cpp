@@ -522,6 +522,7 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   // one row (torch::nn::Linear takes it): the input quantizer sees it as a batch of one, as Python's
   if (x.dim() == 1) return forward(x.unsqueeze(0)).squeeze(0);
   torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
+  if (frozen.integer && frozen.integer->sources_changed()) detail::replan(*this);  // an in-place edit
   if (frozen.integer && h.scalar_type() == torch::kFloat && (!frozen.integer->binary_input || h.dim() >= 2)) {
     // the kernel quantizes the input itself (and divides it by the smoothing, if any); the packed
     // layouts pad K, so the ops alone take an input a few features short or long
@@ -671,6 +672,7 @@ torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
   // unbatched (C, L) / (C, H, W), as torch's convs take it: a batch of one, so per-sample and
   // per-channel input quantizers and the integer kernels see their dims (Python's QuantConv*d)
   if (x.dim() == static_cast<std::int64_t>(D) + 1) return conv_forward<D>(self, x.unsqueeze(0)).squeeze(0);
+  if (self.frozen.integer && self.frozen.integer->sources_changed()) detail::replan(self);  // an in-place edit
   if (self.frozen.integer && x.scalar_type() == torch::kFloat && x.dim() == static_cast<std::int64_t>(D) + 2) {
     if (x.device().is_cpu() && self.frozen.integer->weight.device().is_cpu()) {
       return integer_conv_forward<D>(self, x, *self.frozen.integer);

@@ -239,6 +239,13 @@ struct QATKIT_API IntegerKernelPlan {
   std::optional<torch::Tensor> bias;  ///< float bias added after the requantization (narrower than W8A8)
   double act_scale = 1.0;
   std::int64_t act_zero_point = 0, act_quant_min = 0, act_quant_max = 255;
+  /// The tensors the plan was derived from (codes, weight scales and zero points, bias, the input
+  /// quantizer's scale and zero point) and the sum of their versions then. An in-place write to one
+  /// of them bumps its version; the layer's forward then builds its plan again from them (Python:
+  /// qatkit.qat.integer.refresh), so an edit after the first call is never silently ignored.
+  std::vector<torch::Tensor> sources;
+  std::int64_t sources_version = 0;
+  bool sources_changed() const;
 };
 
 struct QATKIT_API ConvertedWeight {

@@ -138,7 +138,19 @@ class _Packed:
     def _unpacked(self) -> torch.Tensor:
         bits, offset, packing = self.packing
         k, dtype, shape = self._unpack
+        #: the packed bytes' version the codes were unpacked from (_resync_packed)
+        self._packed_version = self.weight_packed._version
         return ops.unpack_weights(self.weight_packed, bits, k, offset, packing).to(dtype).reshape(shape)
+
+    def _resync_packed(self) -> None:
+        """The packed bytes written in place (a bit flip in ``weight_packed``): unpack the codes the
+        forward reads again (integer.refresh calls it; so does the float forward's weight)."""
+        if self.packing is not None and self.weight_packed._version != self.__dict__.get("_packed_version"):
+            self._buffers["weight_int"] = self._unpacked().to(self.weight_int.device)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        self._resync_packed()
+        return super().dequantized_weight()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

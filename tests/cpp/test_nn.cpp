@@ -781,3 +781,66 @@ CATCH_TEST_CASE("the row-layout plans CUDA convs take give the CPU conv plans' b
     CATCH_CHECK(checked >= 1);
   }
 }
+
+CATCH_TEST_CASE("an in-place edit of a converted layer's tensors after the first call is computed with",
+                "[nn][integer]") {
+  // A kernel plan holds forms derived from the layer's tensors (packed panels, the zero-point
+  // correction, the int32 bias, the output multipliers). An edit after the first call (bias
+  // correction, a scale tweak, a code flip, a new input scale) used to leave the plan as it was;
+  // now the forward sees the versions change and builds the plan again: the output equals the one
+  // set_compute's fresh plans give, and differs from before the edit (Python's integer.refresh).
+  int checked = 0;
+  for (const std::string preset : {"w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158",
+                                   "int8_weight_only", "int4_weight_only"}) {
+    for (const bool conv : {false, true}) {
+      for (const std::string edit : {"bias", "scale", "codes", "input scale"}) {
+        CATCH_INFO(preset << (conv ? " conv " : " linear ") << edit);
+        torch::manual_seed(3);
+        auto c = qnn::QATConfig::preset(preset);
+        c.first_last = "";
+        torch::nn::Sequential model =
+            conv ? torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 32, 3).padding(1)),
+                                         torch::nn::ReLU(), torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 3).padding(1)),
+                                         torch::nn::ReLU(), torch::nn::Flatten(), torch::nn::Linear(32 * 16, 8))
+                 : torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 64),
+                                         torch::nn::ReLU(), torch::nn::Linear(64, 8));
+        auto q = qnn::prepare_qat(model, c);
+        const torch::Tensor x = conv ? torch::randn({4, 4, 4, 4}) : torch::randn({16, 64});
+        if (preset.find("weight_only") == std::string::npos) {
+          qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+        }
+        qnn::convert(*q);
+        qnn::set_compute(*q, "integer");
+        torch::NoGradGuard ng;
+        const torch::Tensor before = q->forward(x);
+        qnn::ConvertedWeight* f = nullptr;
+        torch::Tensor bias;
+        qnn::ActFakeQuantizer aq{nullptr};
+        if (auto* l = q->ptr(2)->as<qnn::QuantLinear>()) {
+          f = &l->frozen, bias = l->bias, aq = l->input_fake_quant;
+        } else if (auto* cv = q->ptr(2)->as<qnn::QuantConv2d>()) {
+          f = &cv->frozen, bias = cv->bias, aq = cv->input_fake_quant;
+        }
+        CATCH_REQUIRE(f != nullptr);
+        const bool planned = f->integer != nullptr;
+        if (edit == "bias") {
+          bias.add_(0.5);
+        } else if (edit == "scale") {
+          f->scale.mul_(1.5);
+        } else if (edit == "codes") {  // a row's codes reversed: valid codes of any width
+          torch::Tensor row = f->codes[0];
+          row.copy_(row.flatten().flip(0).reshape(row.sizes()));
+        } else {
+          if (!aq || !aq->qparams().first.defined() || aq->spec().scale == "dynamic") continue;
+          aq->qparams().first.mul_(1.25);
+        }
+        const torch::Tensor got = q->forward(x);
+        qnn::set_compute(*q, "integer");  // fresh plans from the edited tensors
+        CATCH_CHECK(torch::equal(got, q->forward(x)));
+        CATCH_CHECK(!torch::equal(got, before));  // the edit matters
+        checked += planned;
+      }
+    }
+  }
+  CATCH_CHECK(checked >= 40);
+}

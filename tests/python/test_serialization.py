@@ -564,3 +564,70 @@ def test_load_into_a_float_model_with_multihead_attention(tmp_path):
     with torch.no_grad():
         want = c(x)
         assert torch.equal(a(x), want) and torch.equal(b(x), want)
+
+
+def _edits(layer, loaded):
+    """(name, in-place edit) pairs a user may make to a converted / loaded layer's tensors."""
+    def flip_codes():  # a row's codes reversed: valid codes of any width, a different layer
+        w = layer.weight_int
+        w[0].copy_(w[0].flip(-1) if w.dim() == 2 else w[0].flatten().flip(0).reshape(w[0].shape))
+
+    def swap_packed():  # a row's packed bytes reversed: valid codes, a different layer
+        p = layer.weight_packed.reshape(layer.weight_packed.shape[0], -1)
+        assert p.data_ptr() == layer.weight_packed.data_ptr()  # a view
+        p[0].copy_(p[0].flip(0))
+
+    out = [("bias", lambda: layer.bias.add_(0.5)), ("weight_scale", lambda: layer.weight_scale.mul_(1.5)),
+           ("weight_int", flip_codes)]
+    aq = layer.input_fake_quant
+    src = getattr(aq, "observer", aq) if aq is not None else None
+    if src is not None and isinstance(getattr(src, "scale", None), torch.Tensor):
+        out.append(("input scale", lambda: src.scale.mul_(1.25)))
+    if loaded and layer.weight_packed is not None:
+        out.append(("weight_packed", swap_packed))
+    return out
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "bitnet_b158",
+                                    "int8_weight_only", "int4_weight_only"])
+def test_an_in_place_edit_after_the_first_call_is_computed_with(preset, tmp_path):
+    """A layer's kernel plan holds forms derived from its tensors (packed panels, the zero-point
+    correction, the int32 bias, the output multipliers). An in-place edit after the first call
+    (bias correction, a scale tweak, a bit flip in the codes or the packed bytes) used to leave the
+    plan as it was: the next calls computed with the old layer, silently. Now the forward sees the
+    tensors' versions change and builds the plan again; the output equals a fresh copy's (a deep
+    copy holds no plan and builds it from the edited tensors) and differs from before the edit."""
+    import copy
+    import dataclasses
+
+    g = torch.Generator().manual_seed(5)
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    nets = [lambda: (nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8)),
+                     torch.randn(16, 64, generator=g)),
+            lambda: (nn.Sequential(nn.Conv2d(4, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                                   nn.ReLU(), nn.Flatten(), nn.Linear(32 * 16, 8)), torch.randn(4, 4, 4, 4, generator=g))]
+    checked = 0
+    for i, make in enumerate(nets):
+        torch.manual_seed(i)
+        net, x = make()
+        q = _ptq(net.eval(), x, cfg, correct_bias=None)
+        path = str(tmp_path / f"m{i}.safetensors")
+        qatkit.export(q, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            models = {"loaded": qatkit.load(path), "converted": qatkit.convert(q, integer=True)}
+        for tag, model in models.items():
+            layer = model[2]  # the middle layer: quantized input and weights in every preset
+            for what, _ in _edits(layer, tag == "loaded"):
+                m = copy.deepcopy(model)
+                lay = m[2]
+                with torch.no_grad():
+                    before = m(x)
+                    assert lay.__dict__.get("_int8_plan") or lay._integer_form is None
+                    dict(_edits(lay, tag == "loaded"))[what]()
+                    got = m(x)
+                    want = copy.deepcopy(m)(x)
+                assert torch.equal(got, want), (tag, i, what)
+                assert not torch.equal(got, before), (tag, i, what)  # the edit matters
+                checked += lay._integer_form is not None
+    assert checked >= 6, checked  # edits under a kernel plan, not only float math

@@ -209,6 +209,8 @@ class QuantizedLinear(_Quantized):
             # integer.bound_plan's test inlined (a Python call less per layer): a small model's layers are
             # dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
             plan, form = self.__dict__.get("_int8_plan"), self._integer_form
+            if plan and plan["changed"]():  # a source written in place: a new plan (integer.refresh)
+                plan, form = _integer.refresh(self), self._integer_form
             if (plan and plan["bare"] and form is not None and x.dtype is torch.float32
                     and (x.is_cpu if plan["cpu"] else x.device == plan["device"]) and (form != "row" or x.dim() >= 2)):
                 return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
@@ -244,6 +246,8 @@ class _QuantizedConv(_Quantized):
         try:
             # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
             plan, form = self.__dict__.get("_int8_plan"), self._integer_form
+            if plan and plan["changed"]():  # a source written in place: a new plan (integer.refresh)
+                plan, form = _integer.refresh(self), self._integer_form
             if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
                     and x.dim() == nd + 2 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
                 return plan["bare"](x)

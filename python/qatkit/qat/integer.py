@@ -726,10 +726,20 @@ def _plan(mod):
     if plan is None:
         # built whole, then published: a forward in another Python thread reads the plan's keys as
         # soon as it is in __dict__ (a loaded model serving several threads)
+        resync = getattr(mod, "_resync_packed", None)  # a loaded layer's codes follow its packed bytes
+        if resync is not None:
+            resync()
+        sources = _sources(mod)
         plan = _int8_plan(mod) or False
         if plan:
             plan["device"] = mod.weight_int.device
             plan["cpu"] = plan["device"].type == "cpu"
+            # the forward compares on every call: an in-place edit of a source rebuilds the plan (refresh)
+            # torch.compile / export take its result (False) as a constant: the graph they trace holds
+            # the plan's kernel, as its operands are constants (a compiled model after an in-place edit:
+            # recompile, as for any constant a graph was traced with)
+            plan["changed"] = torch.compiler.assume_constant_result(
+                _CHANGED[len(sources)](sum(t._version for t in sources), *sources))
         if plan and _is_conv(mod):
             # what QuantizedConv2d / 1d.forward may call on a float32 4-d / 3-d input on the plan's device
             plan["bare"] = _bind_conv(mod, plan)
@@ -765,6 +775,71 @@ def kernel_for(mod) -> Optional[str]:
     return None
 
 
+def _decide(m, kernels_only: bool) -> Tuple[Optional[str], str]:
+    """Set a converted layer's integer form from its current tensors (``set_compute("integer")``'s
+    per-layer step, and :func:`refresh`'s after an in-place edit): (form or None, why)."""
+    resync = getattr(m, "_resync_packed", None)  # a loaded layer's codes follow its packed bytes
+    if resync is not None:
+        resync()
+    form, why = integer_form(m)
+    m._integer_form = form
+    m.__dict__.pop("_int8_plan", None)  # rebuilt from the current codes on the next call
+    m.__dict__["_kernels_only"] = kernels_only
+    if kernels_only and form is not None and kernel_for(m) is None:
+        m._integer_form = None
+        kind = type(m).__name__.replace("Packed", "").replace("Quantized", "")
+        detail = ""
+        if _is_conv(m) and form == "row" and m.padding_mode != "zeros":
+            detail = f" (padding_mode {m.padding_mode!r}: a binarized sample's codes would be padded, not its floats)"
+        elif _is_conv(m) and form == "row" and _numeric_padding(m)[1] is not None:
+            detail = (" (padding='same' with an odd dilation * (kernel - 1): its extra zero row or column would be "
+                      "padded before the sample is binarized)")
+        elif form == "row" and _act_codes_spec(m.input_fake_quant)[0] == "dynamic":
+            detail = " (linear_dynamic_int8 takes dynamic inputs of at most 8 bits; this layer's have " \
+                     f"{m.input_fake_quant.spec.bits})"
+        form, why = None, f"no integer kernel for a {kind} in the {form!r} form yet{detail}: float math"
+    return form, why
+
+
+def _sources(mod) -> Tuple[torch.Tensor, ...]:
+    """The tensors a layer's kernel plan is derived from: the codes (and a loaded layer's packed
+    bytes), the weight scales and zero points, the bias, the smoothing, the input quantizer's
+    scale and zero point. An in-place write to any of them bumps its version (``Tensor._version``)."""
+    ts = [mod.weight_int, mod.weight_scale, mod.weight_zero_point]
+    for name in ("bias", "smooth", "weight_packed"):
+        t = getattr(mod, name, None)
+        if isinstance(t, torch.Tensor):
+            ts.append(t)
+    aq = mod.input_fake_quant
+    if aq is not None:
+        src = getattr(aq, "observer", aq)
+        for name in ("scale", "zero_point"):
+            t = getattr(src, name, None)
+            if isinstance(t, torch.Tensor):
+                ts.append(t)
+    return tuple(ts)
+
+
+#: ``_CHANGED[n](v0, *ts)``: a call telling whether the sum of the n tensors' versions is no longer
+#: v0 (versions only grow), unrolled: one attribute read per tensor (~45 ns each; a generator over
+#: them costs ~1.7x)
+_CHANGED = {n: eval("lambda v0, " + ", ".join(f"t{i}" for i in range(n)) + ": lambda: "  # noqa: S307
+                    + " + ".join(f"t{i}._version" for i in range(n)) + " != v0")
+            for n in range(1, 13)}
+
+
+def refresh(mod) -> None:
+    """A source of the layer's kernel plan (:func:`_sources`) was written in place after the plan
+    was built (``layer.bias.add_(1)``, a bit flip in ``weight_int``, a new input scale): drop the
+    plan, unpack a loaded layer's codes again if its packed bytes changed, and, in integer compute,
+    decide the layer's form again from its current tensors (as ``set_compute`` did); the next call
+    builds the plan from them. The converted forward checks the versions on every call (~0.4-0.5 us
+    for seven tensors), so an edit is never silently ignored (docs/integer.md, "In-place edits")."""
+    plan = mod.__dict__.pop("_int8_plan", None)
+    if plan and mod._integer_form is not None:
+        _decide(mod, mod.__dict__.get("_kernels_only", False))
+
+
 def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
                 kernels_only: bool = False) -> IntegerReport:
     """Switch the converted layers of ``model`` between ``"float"`` (what the QAT model computed,
@@ -792,22 +867,7 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
             m._integer_form = None
             report.append((name, None, "float requested"))
             continue
-        form, why = integer_form(m)
-        m._integer_form = form
-        m.__dict__.pop("_int8_plan", None)  # rebuilt from the current codes on the next call
-        if kernels_only and form is not None and kernel_for(m) is None:
-            m._integer_form = None
-            kind = type(m).__name__.replace("Packed", "").replace("Quantized", "")
-            detail = ""
-            if _is_conv(m) and form == "row" and m.padding_mode != "zeros":
-                detail = f" (padding_mode {m.padding_mode!r}: a binarized sample's codes would be padded, not its floats)"
-            elif _is_conv(m) and form == "row" and _numeric_padding(m)[1] is not None:
-                detail = (" (padding='same' with an odd dilation * (kernel - 1): its extra zero row or column would be "
-                          "padded before the sample is binarized)")
-            elif form == "row" and _act_codes_spec(m.input_fake_quant)[0] == "dynamic":
-                detail = " (linear_dynamic_int8 takes dynamic inputs of at most 8 bits; this layer's have " \
-                         f"{m.input_fake_quant.spec.bits})"
-            form, why = None, f"no integer kernel for a {kind} in the {form!r} form yet{detail}: float math"
+        form, why = _decide(m, kernels_only)
         report.append((name, form, why))
     if warn and compute == "integer":
         odd = [(n, r) for n, f, r in report if f is None and not r.startswith("float activations") and r != "float weight"]
