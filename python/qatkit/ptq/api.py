@@ -31,7 +31,8 @@ from ..qat import graph
 from ..qat.config import LayerSpec, QATConfig, w8a8
 from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear
 from ..qat.prepare import calibrate, enable_observer, prepare_qat
-from ..qat.quantizers import ActFakeQuantizer, AffineStaticActQuantizer, AffineStaticWeightQuantizer
+from ..qat.quantizers import (ActFakeQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer,
+                              AffineStaticWeightQuantizer)
 from . import transforms as T
 
 __all__ = ["ptq"]
@@ -493,8 +494,18 @@ def ptq(
         report["steps"].append(f"{scaling} scaling of {len(chosen)} Linear layer(s)")
         report["scaling_alpha"] = chosen
     acts = [m for m in work.modules() if isinstance(m, ActFakeQuantizer)]
-    data_range = [m for m in acts if isinstance(m, AffineStaticActQuantizer)]
+    # learned ranges (LSQ / LSQ+: w4a4_lsq) start from their first batch in training mode, as in QAT:
+    # calibration initializes them too (before, they stayed empty and convert refused the model)
+    data_range = [m for m in acts if isinstance(m, (AffineStaticActQuantizer, AffineLearnedActQuantizer))]
     if data_range:
+        learned = [n for n, m in work.named_modules()
+                   if isinstance(getattr(m, "input_fake_quant", None), AffineLearnedActQuantizer)]
+        if run is None and learned:
+            raise ValueError(
+                f"ptq: no data, and the learned activation ranges of {', '.join(learned)} start from data (their "
+                "first batch, as in QAT); pass calibration data, or use a preset with static ranges (qatkit.w8a8(), "
+                "qatkit.w4a8(), ...)"
+            )
         if run is not None:
             if batches is not None:
                 calibrate(work, [None], forward=lambda m, _: run(m, progress, "calibrate"))

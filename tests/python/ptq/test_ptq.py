@@ -4,6 +4,7 @@ training (the accuracy tables live in scripts/ptq.py)."""
 
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -281,3 +282,35 @@ def test_the_summary_table_is_printed(data, capsys):
     out = capsys.readouterr().out
     assert "qatkit.ptq (w8a8): folded 5 BatchNorm(s), equalized 4 pair(s)" in out
     assert "skipped pairs: 17: it feeds the model's output" in out
+
+
+def test_learned_activation_ranges_start_from_the_calibration_data_as_in_qat():
+    """ptq with a learned-range preset (w4a4_lsq: LSQ+ activations) calibrated only the static
+    observers: the learned ranges stayed empty, ptq said nothing, and convert then refused the model
+    ('has not observed any data yet ... run training'). Calibration now starts them as QAT's first
+    training batch does (the same scale bits), the model converts to the QAT model's outputs, and
+    without data ptq raises naming the layers."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(48, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = torch.randn(64, 48)
+    cfg = dataclasses.replace(qatkit.preset("w4a4_lsq"), first_last=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x[:32], x[32:]], cfg, equalize=False, absorb_bias=False, correct_bias=None,
+                       verbose=False, progress=False)
+        ref = qatkit.prepare_qat(net, cfg).train()
+        with torch.no_grad():
+            ref(x[:32])  # QAT's first batch starts the learned ranges
+    acts = {n: m for n, m in q.named_modules() if type(m).__name__ == "AffineLearnedActQuantizer"}
+    want = {n: m for n, m in ref.named_modules() if type(m).__name__ == "AffineLearnedActQuantizer"}
+    assert len(acts) == 3 and acts.keys() == want.keys()
+    for n, m in acts.items():
+        assert m.has_observed, n
+        assert torch.equal(m.scale, want[n].scale) and torch.equal(m.zero_point, want[n].zero_point), n
+    c = qatkit.convert(q)
+    with torch.no_grad():
+        assert torch.equal(c(x), q.eval()(x))
+    with pytest.raises(ValueError, match=r"no data, and the learned activation ranges of 0, 2, 4 start from data"):
+        qatkit.ptq(net, None, cfg, verbose=False, progress=False)
