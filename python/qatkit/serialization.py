@@ -111,6 +111,7 @@ class _Packed:
             self.register_buffer("weight_packed", tensors["weight_packed"])
             self._unpack = (w["k"], _DTYPES[w["codes_dtype"]], shape)
             self.register_buffer("weight_int", self._unpacked(), persistent=False)
+            self._int_version = self.weight_int._version
         # float16 / bfloat16 scales (QuantSpec.scale_dtype) widen exactly to the float32 the ops take
         self.register_buffer("weight_scale", tensors.get("weight_scale", torch.ones(1)).float())
         zp = tensors.get("weight_zero_point")
@@ -144,18 +145,57 @@ class _Packed:
 
     def _resync_packed(self) -> None:
         """The packed bytes written in place (a bit flip in ``weight_packed``): unpack the codes the
-        forward reads again (integer.refresh calls it; so does the float forward's weight)."""
+        forward reads again (integer.refresh calls it; so do the float forward's weight, export and
+        state_dict). Where both were written, the packed bytes win."""
         if self.packing is not None and self.weight_packed._version != self.__dict__.get("_packed_version"):
             self._buffers["weight_int"] = self._unpacked().to(self.weight_int.device)
+            self._int_version = self.weight_int._version
+
+    def _repack_codes(self) -> None:
+        """The codes written in place (``weight_int``, which the forward computes with): pack them
+        into ``weight_packed``, the persistent state, so state_dict / torch.save keep the edit."""
+        self._resync_packed()
+        if self.packing is not None and self.weight_int._version != self.__dict__.get("_int_version"):
+            bits, offset, packing = self.packing
+            w = self.weight_int
+            rows = w.shape[0] if w.dim() > 0 else 1
+            self.weight_packed.copy_(ops.pack_weights(w.reshape(rows, -1), bits, offset, packing))
+            self._packed_version, self._int_version = self.weight_packed._version, w._version
+
+    def _baseline_versions(self) -> None:
+        if self.packing is not None:
+            self._packed_version, self._int_version = self.weight_packed._version, self.weight_int._version
+
+    # a copy (deepcopy, pickle, torch.save of the module) and a move or cast (_apply) make new tensors
+    # whose versions start again: the codes and the packed bytes agree first, and the new tensors'
+    # versions are the baseline after
+    def __getstate__(self):
+        self._repack_codes()
+        return super().__getstate__()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._baseline_versions()
+
+    def _apply(self, fn, recurse=True):
+        self._repack_codes()
+        out = super()._apply(fn, recurse)
+        self._baseline_versions()
+        return out
 
     def dequantized_weight(self) -> torch.Tensor:
         self._resync_packed()
         return super().dequantized_weight()
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self._repack_codes()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.packing is not None:  # new packed bytes: the codes the forward reads follow them
             self._buffers["weight_int"] = self._unpacked().to(self.weight_int.device)
+            self._int_version = self.weight_int._version
 
     def extra_repr(self) -> str:
         if self.packing is None:
@@ -258,6 +298,8 @@ def _layer_params(kind: str, mod: _Quantized) -> dict:
 def _export_layer(name: str, mod: _Quantized, base3: bool) -> Tuple[dict, Dict[str, torch.Tensor]]:
     kind = _layer_type(mod)
     tensors: Dict[str, torch.Tensor] = {}
+    if isinstance(mod, _Packed):  # a loaded layer whose packed bytes were written in place: its codes follow
+        mod._resync_packed()
     codes = mod.weight_int
     spec = None if mod.float_weight else mod.weight_spec
     weight = {

@@ -596,7 +596,9 @@ def test_an_in_place_edit_after_the_first_call_is_computed_with(preset, tmp_path
     (bias correction, a scale tweak, a bit flip in the codes or the packed bytes) used to leave the
     plan as it was: the next calls computed with the old layer, silently. Now the forward sees the
     tensors' versions change and builds the plan again; the output equals a fresh copy's (a deep
-    copy holds no plan and builds it from the edited tensors) and differs from before the edit."""
+    copy holds no plan and builds it from the edited tensors) and differs from before the edit. A
+    loaded layer's edit reaches a re-export and its state_dict: its codes follow its packed bytes,
+    and codes written in place are packed again into them (the persistent state)."""
     import copy
     import dataclasses
 
@@ -630,4 +632,15 @@ def test_an_in_place_edit_after_the_first_call_is_computed_with(preset, tmp_path
                 assert torch.equal(got, want), (tag, i, what)
                 assert not torch.equal(got, before), (tag, i, what)  # the edit matters
                 checked += lay._integer_form is not None
+                if tag == "loaded":  # the edit travels: a re-export, and the state_dict (the packed bytes)
+                    m2 = copy.deepcopy(model)
+                    with torch.no_grad():
+                        dict(_edits(m2[2], True))[what]()  # no call in between
+                        out = str(tmp_path / "again.safetensors")
+                        qatkit.export(m2, out)
+                        assert torch.equal(qatkit.load(out)(x), got), (i, what)
+                        fresh = qatkit.load(path)
+                        fresh(x)
+                        fresh.load_state_dict(m2.state_dict())
+                        assert torch.equal(fresh(x), got), (i, what)
     assert checked >= 6, checked  # edits under a kernel plan, not only float math
