@@ -136,6 +136,9 @@ def export_gguf(model: nn.Module, path: str, *, weights_only: bool = False, arch
         raise TypeError(f"export_gguf: model must be an nn.Module, got {type(model).__name__}")
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
+    from .serialization import sync_loaded
+
+    sync_loaded(model)  # a loaded layer's packed bytes written in place: its codes follow
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, _Quantized)}
     if not quantized:
         raise ValueError("export_gguf: the model holds no quantized layer (prepare_qat / ptq, then convert)")

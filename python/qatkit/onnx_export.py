@@ -591,6 +591,9 @@ def export_onnx(
         raise ValueError("export_onnx: example_input must have a batch dimension, got a 0-d tensor")
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
+    from .serialization import sync_loaded
+
+    sync_loaded(model)  # a loaded layer's packed bytes written in place: its codes follow
     was_training = model.training
     model.eval()
     try:

@@ -295,6 +295,14 @@ def _layer_params(kind: str, mod: _Quantized) -> dict:
     return {"padding_idx": mod.padding_idx, "max_norm": mod.max_norm, "norm_type": float(mod.norm_type)}
 
 
+def sync_loaded(model: nn.Module) -> None:
+    """Loaded layers whose packed bytes were written in place unpack their codes again (what the
+    exporters read: export, export_onnx, export_gguf)."""
+    for m in model.modules():
+        if isinstance(m, _Packed):
+            m._resync_packed()
+
+
 def _export_layer(name: str, mod: _Quantized, base3: bool) -> Tuple[dict, Dict[str, torch.Tensor]]:
     kind = _layer_type(mod)
     tensors: Dict[str, torch.Tensor] = {}
