@@ -237,3 +237,32 @@ def test_bad_input_raises_naming_the_problem(digits, tmp_path):
     with pytest.raises(ValueError, match="float32"):
         qatkit.export_onnx(c.double(), digits["x"][:4].double(), path)
     assert not os.path.exists(path)
+
+
+def test_a_loaded_layer_whose_packed_bytes_were_edited_exports_the_edit(tmp_path):
+    """A loaded layer computes with codes unpacked from its packed bytes. After an in-place write
+    to those bytes (a fault-injection study), export_onnx read the codes unpacked at load, so
+    onnxruntime ran the layer before the edit; it now unpacks them again first (sync_loaded) and
+    onnxruntime gives the edited model's outputs."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(16, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.w8a8(), first_last=None), correct_bias=None,
+                       verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load(path)
+    with torch.no_grad():
+        before = loaded(x)
+        p = loaded[2].weight_packed
+        p[0].copy_(p[0].flip(0))  # no call between the edit and the export
+        qatkit.export_onnx(loaded, x, str(tmp_path / "m.onnx"))
+        edited = loaded(x)
+    s = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    y = torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x.numpy()})[0])
+    assert not torch.equal(edited, before)
+    assert torch.equal(y, edited) or float((y - edited).abs().max()) < float((y - before).abs().max()) / 100
