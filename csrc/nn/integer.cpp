@@ -157,7 +157,8 @@ std::shared_ptr<IntegerKernelPlan> make_weight_only_plan(const ConvertedWeight& 
 
 std::int64_t version_sum(const std::vector<torch::Tensor>& ts) {
   std::int64_t v = 0;
-  for (const auto& t : ts) v += t.defined() ? static_cast<std::int64_t>(t._version()) : 0;
+  // inference tensors (made under c10::InferenceMode) keep no version counter: left out, as in Python
+  for (const auto& t : ts) v += t.defined() && !t.is_inference() ? static_cast<std::int64_t>(t._version()) : 0;
   return v;
 }
 

@@ -844,3 +844,36 @@ CATCH_TEST_CASE("an in-place edit of a converted layer's tensors after the first
   }
   CATCH_CHECK(checked >= 40);
 }
+
+CATCH_TEST_CASE("a model converted and run under c10::InferenceMode computes as outside it", "[nn][integer]") {
+  // its tensors are inference tensors, which keep no version counter: the plans' edit check leaves
+  // them out instead of throwing 'Inference tensors do not track version counter'
+  for (const std::string preset : {"w8a8", "int4_weight_only", "xnor_w1a1"}) {
+    CATCH_INFO(preset);
+    auto build = [&] {
+      torch::manual_seed(4);
+      auto c = qnn::QATConfig::preset(preset);
+      c.first_last = "";
+      auto model = torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 8));
+      auto q = qnn::prepare_qat(model, c);
+      const torch::Tensor xc = torch::randn({8, 64});
+      if (preset.find("weight_only") == std::string::npos) {
+        qnn::calibrate(*q, {xc}, [&](const torch::Tensor& b) { q->forward(b); });
+      }
+      qnn::convert(*q);
+      qnn::set_compute(*q, "integer");
+      return q;
+    };
+    torch::manual_seed(9);
+    const torch::Tensor x = torch::randn({8, 64});
+    torch::Tensor want;
+    {
+      torch::NoGradGuard ng;
+      want = build()->forward(x);
+    }
+    c10::InferenceMode guard;
+    auto q = build();
+    CATCH_CHECK(torch::equal(q->forward(x), want));
+    CATCH_CHECK(torch::equal(q->forward(x), want));
+  }
+}

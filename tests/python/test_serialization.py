@@ -644,3 +644,34 @@ def test_an_in_place_edit_after_the_first_call_is_computed_with(preset, tmp_path
                         fresh.load_state_dict(m2.state_dict())
                         assert torch.equal(fresh(x), got), (i, what)
     assert checked >= 6, checked  # edits under a kernel plan, not only float math
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "int4_weight_only", "xnor_w1a1", "w4a4_lsq"])
+def test_ptq_convert_and_load_under_inference_mode_compute_as_outside_it(preset, tmp_path):
+    """Tensors made under torch.inference_mode keep no version counter, and reading one raises
+    'Inference tensors do not track version counter': ptq there failed at its first calibration
+    batch (the weight quantizers' calibration cache keys on versions), and the plans' edit check
+    must not read them. ptq, convert and load under inference_mode now give the models made
+    outside it, bit for bit; AdaRound, which needs autograd, raises saying so."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(16, 64)
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    path = str(tmp_path / "m.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], cfg, verbose=False, progress=False)
+        qatkit.export(q, path)
+        with torch.no_grad():
+            want_conv, want_loaded = qatkit.convert(q, integer=True)(x), qatkit.load(path)(x)
+        with torch.inference_mode():
+            qi = qatkit.ptq(net, [x], cfg, verbose=False, progress=False)
+            for _ in range(2):  # the first call builds the plans, the second takes the bound kernels
+                assert torch.equal(qatkit.convert(qi, integer=True)(x), want_conv)
+            loaded = qatkit.load(path)
+            assert torch.equal(loaded(x), want_loaded) and torch.equal(loaded(x), want_loaded)
+            with pytest.raises(RuntimeError, match="rounding='adaround' optimizes each layer's rounding with autograd"):
+                qatkit.ptq(net, [x], cfg, rounding="adaround", verbose=False, progress=False)
+        assert torch.equal(loaded(x), want_loaded)  # made in inference mode, run outside it

@@ -416,6 +416,12 @@ def ptq(
         raise TypeError(f"ptq: model must be an nn.Module, got {type(model).__name__}")
     if rounding not in _ROUNDINGS:
         raise ValueError(f"ptq: rounding must be one of 'nearest', 'adaround', 'gptq', got {rounding!r}")
+    if rounding == "adaround" and torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "ptq: rounding='adaround' optimizes each layer's rounding with autograd, which torch.inference_mode() "
+            "turns off (its tensors cannot require grad); call ptq outside inference_mode (torch.no_grad() is fine), "
+            "or use rounding='nearest' / 'gptq'"
+        )
     if scaling not in (None, "smoothquant", "awq"):
         raise ValueError(f"ptq: scaling must be None, 'smoothquant' or 'awq', got {scaling!r}")
     if correct_bias not in _BIAS_CORRECTIONS:

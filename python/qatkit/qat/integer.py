@@ -804,7 +804,9 @@ def _decide(m, kernels_only: bool) -> Tuple[Optional[str], str]:
 def _sources(mod) -> Tuple[torch.Tensor, ...]:
     """The tensors a layer's kernel plan is derived from: the codes (and a loaded layer's packed
     bytes), the weight scales and zero points, the bias, the smoothing, the input quantizer's
-    scale and zero point. An in-place write to any of them bumps its version (``Tensor._version``)."""
+    scale and zero point. An in-place write to any of them bumps its version (``Tensor._version``).
+    Inference tensors (made under ``torch.inference_mode``: a model loaded or converted there) keep
+    no version and are left out; they take in-place writes only inside inference mode, unseen."""
     ts = [mod.weight_int, mod.weight_scale, mod.weight_zero_point]
     for name in ("bias", "smooth", "weight_packed"):
         t = getattr(mod, name, None)
@@ -817,7 +819,7 @@ def _sources(mod) -> Tuple[torch.Tensor, ...]:
             t = getattr(src, name, None)
             if isinstance(t, torch.Tensor):
                 ts.append(t)
-    return tuple(ts)
+    return tuple(t for t in ts if not t.is_inference())
 
 
 #: ``_CHANGED[n](v0, *ts)``: a call telling whether the sum of the n tensors' versions is no longer
@@ -826,6 +828,7 @@ def _sources(mod) -> Tuple[torch.Tensor, ...]:
 _CHANGED = {n: eval("lambda v0, " + ", ".join(f"t{i}" for i in range(n)) + ": lambda: "  # noqa: S307
                     + " + ".join(f"t{i}._version" for i in range(n)) + " != v0")
             for n in range(1, 13)}
+_CHANGED[0] = lambda v0: lambda: False  # noqa: E731  (only inference tensors: nothing to compare)
 
 
 def refresh(mod) -> None:

@@ -454,7 +454,8 @@ class WeightFakeQuantizer(_SpecModule):
             return w
         cache = self._calibration_cache
         if cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            key = (id(w), w._version)
+            # an inference tensor (a model prepared under torch.inference_mode) keeps no version
+            key = (id(w), -1 if w.is_inference() else w._version)
             hit = cache.get(key)
             if hit is None:
                 hit = cache[key] = self._named(self.quantize, w)
