@@ -1,5 +1,6 @@
 // C++ QAT modules (see qatkit/nn.h): the numerics of python/qatkit/qat/{quantizers,modules}.py,
 // call for call, so C++ and Python layers give identical outputs for the same weights (tested).
+#include <ATen/autocast_mode.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/amin.h>
 #include <ATen/ops/batch_norm.h>
@@ -518,11 +519,28 @@ void QuantLinearImpl::convert() {
   convert_weight(*this, frozen, weight_fake_quant, input_fake_quant, weight, &bias, weight);
 }
 
+namespace {
+
+// A layer in integer compute quantizes float32 inputs. Under autocast a bfloat16 / float16 input (a
+// float layer before it ran in the autocast dtype) widens exactly to float32, as autocast widens the
+// inputs of its float32 ops (Python: integer.float32_input); other dtypes meet the TypeError below.
+torch::Tensor autocast_float32(const torch::Tensor& x) {
+  const auto t = x.scalar_type();
+  if ((t == torch::kBFloat16 || t == torch::kHalf) && at::autocast::is_autocast_enabled(x.device().type())) {
+    return x.to(torch::kFloat);
+  }
+  return x;
+}
+
+}  // namespace
+
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   // one row (torch::nn::Linear takes it): the input quantizer sees it as a batch of one, as Python's
   if (x.dim() == 1) return forward(x.unsqueeze(0)).squeeze(0);
-  torch::Tensor h = rms_norm_ ? at::rms_norm(x, {options.in_features()}, std::nullopt, 1e-6) : x;
   if (frozen.integer && frozen.integer->sources_changed()) detail::replan(*this);  // an in-place edit
+  // in integer compute the layer (BitLinear's RMSNorm included) is a float32 layer
+  const torch::Tensor x32 = frozen.integer ? autocast_float32(x) : x;
+  torch::Tensor h = rms_norm_ ? at::rms_norm(x32, {options.in_features()}, std::nullopt, 1e-6) : x32;
   if (frozen.integer && h.scalar_type() == torch::kFloat && (!frozen.integer->binary_input || h.dim() >= 2)) {
     // the kernel quantizes the input itself (and divides it by the smoothing, if any); the packed
     // layouts pad K, so the ops alone take an input a few features short or long
@@ -668,11 +686,7 @@ torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x, const IntegerKe
 }
 
 template <std::size_t D, class Layer>
-torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
-  // unbatched (C, L) / (C, H, W), as torch's convs take it: a batch of one, so per-sample and
-  // per-channel input quantizers and the integer kernels see their dims (Python's QuantConv*d)
-  if (x.dim() == static_cast<std::int64_t>(D) + 1) return conv_forward<D>(self, x.unsqueeze(0)).squeeze(0);
-  if (self.frozen.integer && self.frozen.integer->sources_changed()) detail::replan(self);  // an in-place edit
+torch::Tensor conv_forward_on(Layer& self, const torch::Tensor& x) {
   if (self.frozen.integer && x.scalar_type() == torch::kFloat && x.dim() == static_cast<std::int64_t>(D) + 2) {
     if (x.device().is_cpu() && self.frozen.integer->weight.device().is_cpu()) {
       return integer_conv_forward<D>(self, x, *self.frozen.integer);
@@ -688,6 +702,17 @@ torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
                                self.options.in_channels(), c10::toString(x.scalar_type())));
   const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;
   return conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);
+}
+
+
+template <std::size_t D, class Layer>
+torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
+  // unbatched (C, L) / (C, H, W), as torch's convs take it: a batch of one, so per-sample and
+  // per-channel input quantizers and the integer kernels see their dims (Python's QuantConv*d)
+  if (x.dim() == static_cast<std::int64_t>(D) + 1) return conv_forward<D>(self, x.unsqueeze(0)).squeeze(0);
+  if (self.frozen.integer && self.frozen.integer->sources_changed()) detail::replan(self);  // an in-place edit
+  if (self.frozen.integer) return conv_forward_on<D>(self, autocast_float32(x));
+  return conv_forward_on<D>(self, x);
 }
 
 }  // namespace

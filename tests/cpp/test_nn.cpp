@@ -1,5 +1,6 @@
 // Catch2 tests of the C++ QAT modules (qatkit/nn.h): configs reject bad fields, prepare_qat swaps
 // the right layers, QAT training from C++ lowers the loss, and the numerics follow the ops.
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include "catch.h"
@@ -875,5 +876,40 @@ CATCH_TEST_CASE("a model converted and run under c10::InferenceMode computes as 
     auto q = build();
     CATCH_CHECK(torch::equal(q->forward(x), want));
     CATCH_CHECK(torch::equal(q->forward(x), want));
+  }
+}
+
+CATCH_TEST_CASE("under autocast a converted layer in integer compute widens a bfloat16 input", "[nn][integer]") {
+  // a float layer before it outputs bfloat16 under autocast; the integer layer widens it exactly to
+  // float32 (as autocast's float32 ops do) and returns float32; outside autocast it raises TypeError
+  for (const std::string preset : {"w8a8", "ternary_twn", "bitnet_b158"}) {
+    CATCH_INFO(preset);
+    torch::manual_seed(6);
+    auto c = qnn::QATConfig::preset(preset);
+    c.first_last = "";
+    auto model = torch::nn::Sequential(torch::nn::Linear(32, 48), torch::nn::ReLU(), torch::nn::Linear(48, 8));
+    auto q = qnn::prepare_qat(model, c);
+    const torch::Tensor x = torch::randn({12, 32});
+    qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+    qnn::convert(*q);
+    qnn::set_compute(*q, "integer");
+    torch::NoGradGuard ng;
+    auto* lin = q->ptr(2)->as<qnn::QuantLinear>();
+    CATCH_REQUIRE(lin->frozen.integer != nullptr);
+    const torch::Tensor h = torch::relu(q->ptr(0)->as<qnn::QuantLinear>()->forward(x)).to(torch::kBFloat16);
+    const torch::Tensor want = lin->forward(h.to(torch::kFloat));
+    CATCH_CHECK_THROWS_WITH(lin->forward(h), Catch::Contains("computes in integer form from float32 inputs, got a BFloat16"));
+    const bool was = at::autocast::is_autocast_enabled(at::kCPU);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+    torch::Tensor got;
+    try {
+      got = lin->forward(h);
+    } catch (...) {
+      at::autocast::set_autocast_enabled(at::kCPU, was);
+      throw;
+    }
+    at::autocast::set_autocast_enabled(at::kCPU, was);
+    CATCH_CHECK(got.scalar_type() == torch::kFloat);
+    CATCH_CHECK(torch::equal(got, want));
   }
 }

@@ -634,3 +634,34 @@ def test_an_input_a_layer_refuses_names_the_layer_in_converted_and_loaded_models
         if preset == "bitnet_b158":
             with torch.no_grad(), pytest.raises(ValueError, match=r"^'1\.1\.input_fake_quant': quantize_per_token"):
                 fl[1][1](hi)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "bitnet_b158", "int8_weight_only"])
+def test_under_autocast_an_integer_layer_takes_the_bfloat16_of_a_float_layer_before_it(preset, tmp_path):
+    """Under torch.autocast a float layer outputs bfloat16, and the integer layer after it would
+    meet the dtype TypeError. Autocast widens the inputs of its float32 ops; an integer layer
+    does the same (bfloat16 -> float32 is exact) and returns float32: the loaded model under
+    autocast equals its layers run by hand (the float ones under autocast, the integer one on the
+    widened input). Outside autocast, a bfloat16 input still raises, and a float64 one does inside."""
+    import dataclasses
+
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last="float")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(32, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 8))
+    x = torch.randn(12, 32)
+    path = str(tmp_path / "m.safetensors")
+    loaded = _ptq_exported(net, x, cfg, path)
+    assert isinstance(loaded[0], nn.Linear) and loaded[2]._integer_form is not None
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = loaded(x)
+            h = loaded[1](loaded[0](x))
+        assert h.dtype == torch.bfloat16
+        mid = loaded[3](loaded[2](h.float()))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            want = loaded[4](mid)
+        assert torch.equal(y, want)
+        with pytest.raises(TypeError, match="computes in integer form from float32 inputs, got a torch.bfloat16"):
+            loaded[2](h)
+        with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="got a torch.float64"):
+            loaded[2](h.double())

@@ -215,7 +215,7 @@ class QuantizedLinear(_Quantized):
                     and (x.is_cpu if plan["cpu"] else x.device == plan["device"]) and (form != "row" or x.dim() >= 2)):
                 return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
             if form is not None and x.dtype is not torch.float32:
-                _integer.wrong_dtype(self, x)
+                x = _integer.float32_input(self, x)
             if x.dim() == 1:  # one row, as QuantLinear
                 return self.forward(x.unsqueeze(0)).squeeze(0)
             if self.rms_norm:
@@ -252,7 +252,7 @@ class _QuantizedConv(_Quantized):
                     and x.dim() == nd + 2 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
                 return plan["bare"](x)
             if form is not None and x.dtype is not torch.float32:
-                _integer.wrong_dtype(self, x)
+                x = _integer.float32_input(self, x)
             if x.dim() == nd + 1:  # unbatched (C, L) / (C, H, W), as QuantConv1d / 2d
                 return self.forward(x.unsqueeze(0)).squeeze(0)
             if form is not None:

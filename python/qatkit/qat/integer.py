@@ -553,10 +553,20 @@ def _wrong_features(x: torch.Tensor, dim: int, size: int, layer: str):
                      f"input shape {list(x.shape)}")
 
 
+def float32_input(mod, x: torch.Tensor) -> torch.Tensor:
+    """The float32 input of a layer in integer compute, which quantizes float32 inputs. Under
+    ``torch.autocast`` a bfloat16 / float16 input (a float layer before it ran in the autocast dtype)
+    widens exactly to float32, as autocast widens the inputs of its float32 ops, and the output is
+    float32. Otherwise another dtype raises TypeError naming the layer, as the float layer
+    (``F.linear`` / ``F.conv2d`` with its float32 weight) does, instead of returning a float32
+    output for a float64 / bfloat16 / float16 input (docs/integer.md, "Input dtypes")."""
+    if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
+        return x.float()
+    wrong_dtype(mod, x)
+
+
 def wrong_dtype(mod, x: torch.Tensor):
-    """A float32 layer in integer compute takes float32 inputs, as the float layer (``F.linear`` /
-    ``F.conv2d`` with its float32 weight) does: another dtype raises, naming the layer, instead of
-    returning a float32 output for a float64 / bfloat16 / float16 input (docs/integer.md)."""
+    """Raise the TypeError of :func:`float32_input`."""
     layer = _features(mod)[2]
     if mod.qualified_name:
         layer = f"'{mod.qualified_name}': {layer}"
