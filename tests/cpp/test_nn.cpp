@@ -709,6 +709,25 @@ CATCH_TEST_CASE("a custom module written with QuantLinear members calibrates and
   CATCH_CHECK(torch::equal(net->forward(x), want));
 }
 
+namespace {
+
+/// `model` prepared for `preset` (no first / last rule), calibrated on `x` (weight-only presets have
+/// nothing to observe), converted, and in integer compute.
+torch::nn::Sequential integer_model(const std::string& preset, const torch::nn::Sequential& model,
+                                    const torch::Tensor& x) {
+  auto c = qnn::QATConfig::preset(preset);
+  c.first_last = "";
+  auto q = qnn::prepare_qat(model, c);
+  if (preset.find("weight_only") == std::string::npos) {
+    qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+  }
+  qnn::convert(*q);
+  qnn::set_compute(*q, "integer");
+  return q;
+}
+
+}  // namespace
+
 CATCH_TEST_CASE("the row-layout plans CUDA Linears take give the CPU panel plans' bits", "[nn][integer]") {
   // detail::cuda_linear_plan builds a Linear's plan in the row layouts on its codes' device (what a
   // CUDA input runs on); on the CPU the kernels take both layouts, so here the row plan must give the
@@ -717,15 +736,9 @@ CATCH_TEST_CASE("the row-layout plans CUDA Linears take give the CPU panel plans
                                    "int8_weight_only", "xnor_w1a1"}) {
     CATCH_INFO(preset);
     torch::manual_seed(5);
-    auto c = qnn::QATConfig::preset(preset);
-    c.first_last = "";
     auto model = torch::nn::Sequential(torch::nn::Linear(64, 96), torch::nn::ReLU(), torch::nn::Linear(96, 32));
-    auto q = qnn::prepare_qat(model, c);
     const torch::Tensor x = torch::randn({40, 64}) * 2;
-    if (preset.find("weight_only") == std::string::npos) {
-      qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
-    }
-    qnn::convert(*q);
+    auto q = integer_model(preset, model, x);
     CATCH_CHECK(qnn::set_compute(*q, "integer") == 2);
     torch::NoGradGuard ng;
     torch::Tensor h = x;
@@ -751,17 +764,12 @@ CATCH_TEST_CASE("the row-layout plans CUDA convs take give the CPU conv plans' b
   for (const std::string preset : {"w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"}) {
     CATCH_INFO(preset);
     torch::manual_seed(7);
-    auto c = qnn::QATConfig::preset(preset);
-    c.first_last = "";
     auto model = torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(3, 12, 3).padding(1)),
                                        torch::nn::ReLU(),
                                        torch::nn::Conv2d(torch::nn::Conv2dOptions(12, 12, 3).padding(1).groups(12)),
                                        torch::nn::ReLU(), torch::nn::Flatten(), torch::nn::Linear(12 * 36, 4));
-    auto q = qnn::prepare_qat(model, c);
     const torch::Tensor x = torch::randn({4, 3, 6, 6}) * 2;
-    qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
-    qnn::convert(*q);
-    qnn::set_compute(*q, "integer");
+    auto q = integer_model(preset, model, x);
     torch::NoGradGuard ng;
     torch::Tensor h = x;
     int checked = 0;
@@ -797,21 +805,14 @@ CATCH_TEST_CASE("an in-place edit of a converted layer's tensors after the first
       for (const std::string edit : {"bias", "scale", "codes", "input scale"}) {
         CATCH_INFO(preset << (conv ? " conv " : " linear ") << edit);
         torch::manual_seed(3);
-        auto c = qnn::QATConfig::preset(preset);
-        c.first_last = "";
         torch::nn::Sequential model =
             conv ? torch::nn::Sequential(torch::nn::Conv2d(torch::nn::Conv2dOptions(4, 32, 3).padding(1)),
                                          torch::nn::ReLU(), torch::nn::Conv2d(torch::nn::Conv2dOptions(32, 32, 3).padding(1)),
                                          torch::nn::ReLU(), torch::nn::Flatten(), torch::nn::Linear(32 * 16, 8))
                  : torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 64),
                                          torch::nn::ReLU(), torch::nn::Linear(64, 8));
-        auto q = qnn::prepare_qat(model, c);
         const torch::Tensor x = conv ? torch::randn({4, 4, 4, 4}) : torch::randn({16, 64});
-        if (preset.find("weight_only") == std::string::npos) {
-          qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
-        }
-        qnn::convert(*q);
-        qnn::set_compute(*q, "integer");
+        auto q = integer_model(preset, model, x);
         torch::NoGradGuard ng;
         const torch::Tensor before = q->forward(x);
         qnn::ConvertedWeight* f = nullptr;
@@ -853,17 +854,8 @@ CATCH_TEST_CASE("a model converted and run under c10::InferenceMode computes as 
     CATCH_INFO(preset);
     auto build = [&] {
       torch::manual_seed(4);
-      auto c = qnn::QATConfig::preset(preset);
-      c.first_last = "";
       auto model = torch::nn::Sequential(torch::nn::Linear(64, 64), torch::nn::ReLU(), torch::nn::Linear(64, 8));
-      auto q = qnn::prepare_qat(model, c);
-      const torch::Tensor xc = torch::randn({8, 64});
-      if (preset.find("weight_only") == std::string::npos) {
-        qnn::calibrate(*q, {xc}, [&](const torch::Tensor& b) { q->forward(b); });
-      }
-      qnn::convert(*q);
-      qnn::set_compute(*q, "integer");
-      return q;
+      return integer_model(preset, model, torch::randn({8, 64}));
     };
     torch::manual_seed(9);
     const torch::Tensor x = torch::randn({8, 64});
@@ -885,14 +877,9 @@ CATCH_TEST_CASE("under autocast a converted layer in integer compute widens a bf
   for (const std::string preset : {"w8a8", "ternary_twn", "bitnet_b158"}) {
     CATCH_INFO(preset);
     torch::manual_seed(6);
-    auto c = qnn::QATConfig::preset(preset);
-    c.first_last = "";
     auto model = torch::nn::Sequential(torch::nn::Linear(32, 48), torch::nn::ReLU(), torch::nn::Linear(48, 8));
-    auto q = qnn::prepare_qat(model, c);
     const torch::Tensor x = torch::randn({12, 32});
-    qnn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
-    qnn::convert(*q);
-    qnn::set_compute(*q, "integer");
+    auto q = integer_model(preset, model, x);
     torch::NoGradGuard ng;
     auto* lin = q->ptr(2)->as<qnn::QuantLinear>();
     CATCH_REQUIRE(lin->frozen.integer != nullptr);
