@@ -544,11 +544,14 @@ def read_header(path: str) -> dict:
     layers, float tensors).
 
     Raises:
+        TypeError: ``path`` is not a str or os.PathLike.
         ValueError: the file is not readable as safetensors, carries no qatkit header, or its
             header is malformed or from a newer format version.
     """
     from safetensors import safe_open
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load: path must be a str or os.PathLike, got {type(path).__name__}")
     if not os.path.isfile(path):
         raise ValueError(f"load: {path!r} is not a file")
     try:

@@ -191,6 +191,12 @@ def test_corrupt_and_foreign_files_raise_value_errors_naming_the_problem(data, t
         meta = f.metadata()
     save_file(tensors, bad, metadata=meta)
     expect("weight_scale must be finite and positive")
+    # not a path: TypeError (it said "123 is not a file"); a directory: ValueError
+    for loader in (qatkit.load, lambda p: qatkit.load_into(m, p)):
+        with pytest.raises(TypeError, match="path must be a str or os.PathLike, got int"):
+            loader(123)
+        with pytest.raises(ValueError, match="is not a file"):
+            loader(str(tmp_path))
 
 
 def test_load_refuses_custom_forwards_and_load_into_refuses_other_architectures(data, tmp_path):
