@@ -341,6 +341,9 @@ def convert(
     """
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_TYPES)]
     if not layers:
+        if isinstance(model, _Quantized) or any(isinstance(m, _Quantized) for m in model.modules()):
+            raise ValueError("convert: the model is converted already (its quantized layers are Quantized* / Packed* "
+                             "modules, no QAT layers are left); use it as it is")
         raise ValueError("convert: the model has no QAT layers; call qatkit.prepare_qat(model, config) first")
     for name, m in layers:
         _check_finite(name, m)

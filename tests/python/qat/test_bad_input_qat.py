@@ -25,6 +25,12 @@ def _prepared():
     return qatkit.prepare_qat(_mlp(), qatkit.w8a8())
 
 
+def _converted():
+    q = _prepared()
+    qatkit.qat.calibrate(q, [torch.randn(4, 4)])
+    return qatkit.convert(q)
+
+
 CASES = [
     (
         "prepare_qat: model not a Module",
@@ -57,6 +63,7 @@ CASES = [
         "already prepared models hold Quant* layers",
     ),
     ("convert: float model", lambda: qatkit.convert(_mlp()), ValueError, "has no QAT layers; call qatkit.prepare_qat"),
+    ("convert: converted model", lambda: qatkit.convert(_converted()), ValueError, "the model is converted already"),
     (
         "convert: not calibrated",
         lambda: qatkit.convert(_prepared()),
