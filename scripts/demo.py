@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from deploy_demo import deploy  # noqa: E402
 from qat_finetune import plot, print_table, run_digits  # noqa: E402
+from qat_models import number_arg  # noqa: E402
 
 import qatkit  # noqa: E402
 
@@ -35,12 +36,12 @@ PRESETS = ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mlp", choices=["mlp", "cnn", "dscnn"])
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=number_arg(int, 2), default=5)
     ap.add_argument("--plot", default="qat_demo_acc_vs_bits.png")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--max-folds", type=int, default=0, help="run only the first N folds (quick checks)")
-    ap.add_argument("--epochs", type=int, default=40, help="FP32 epochs")
-    ap.add_argument("--qat-epochs", type=int, default=20, help="QAT epochs")
+    ap.add_argument("--max-folds", type=number_arg(int, 0), default=0, help="run only the first N folds (quick checks)")
+    ap.add_argument("--epochs", type=number_arg(int, 1), default=40, help="FP32 epochs")
+    ap.add_argument("--qat-epochs", type=number_arg(int, 1), default=20, help="QAT epochs")
     ap.add_argument("--no-deploy", action="store_true",
                     help="skip the deployment table (export -> load on integer kernels -> C++)")
     a = ap.parse_args()

@@ -37,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qat_models  # noqa: E402
+from qat_models import number_arg  # noqa: E402
 
 import qatkit  # noqa: E402
 from qatkit.ptq import transforms as T  # noqa: E402
@@ -330,17 +331,15 @@ def ms(v):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--calib", type=int, default=256)
+    ap.add_argument("--folds", type=number_arg(int, 2), default=5)
+    ap.add_argument("--epochs", type=number_arg(int, 1), default=40)
+    ap.add_argument("--calib", type=number_arg(int, 1), default=256)
     ap.add_argument("--json", default=None, help="write the per-fold numbers here")
     ap.add_argument("--minilm", action="store_true", help="also the MiniLM rows (about 6 minutes)")
     ap.add_argument("--skip-digits", action="store_true", help="only the MiniLM rows")
     ap.add_argument("--plot", default=None, help="write fold 0's per-channel weight ranges (natural, injected, "
                     "after CLE) of the DS-CNN to this PNG")
     a = ap.parse_args()
-    if a.folds < 2:
-        ap.error("--folds must be at least 2 (each fold trains on the others)")
     torch.set_num_threads(2)
     warnings.simplefilter("ignore")
     try:

@@ -43,6 +43,7 @@ from qat_models import (  # noqa: E402
     TinyLM,
     bits_per_char,
     load_digits,
+    number_arg,
     stdlib_corpus,
     stratified_folds,
 )
@@ -365,15 +366,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mlp", choices=sorted(DIGITS_MODELS) + ["transformer"])
     ap.add_argument("--preset", default="w8a8", help="comma-separated presets, or 'all'")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--max-folds", type=int, default=0, help="run only the first N folds (quick checks)")
-    ap.add_argument("--epochs", type=int, default=40)
-    ap.add_argument("--qat-epochs", type=int, default=20)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--qat-lr", type=float, default=0.0, help="QAT learning rate (default: per preset)")
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--folds", type=number_arg(int, 2), default=5)
+    ap.add_argument("--max-folds", type=number_arg(int, 0), default=0, help="run only the first N folds (quick checks)")
+    ap.add_argument("--epochs", type=number_arg(int, 1), default=40)
+    ap.add_argument("--qat-epochs", type=number_arg(int, 1), default=20)
+    ap.add_argument("--lr", type=number_arg(float, 0, strict=True), default=1e-3)
+    ap.add_argument("--qat-lr", type=number_arg(float, 0), default=0.0, help="QAT learning rate (default: per preset)")
+    ap.add_argument("--batch", type=number_arg(int, 1), default=64)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=number_arg(int, 1), default=2)
     ap.add_argument(
         "--dtype",
         default="float32",
@@ -386,15 +387,20 @@ def main():
     ap.add_argument("--json", default="", help="write the results as JSON")
     ap.add_argument("--save-final", default="", help="save the last QAT model's state_dict (tests)")
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--stop-after", type=int, default=0, help="exit after N epochs in total (tests of --resume)")
-    ap.add_argument("--lm-steps", type=int, default=1500)
-    ap.add_argument("--lm-lr", type=float, default=3e-3)
-    ap.add_argument("--corpus-chars", type=int, default=1_000_000)
+    ap.add_argument("--stop-after", type=number_arg(int, 0), default=0, help="exit after N epochs in total (tests of --resume)")
+    ap.add_argument("--lm-steps", type=number_arg(int, 1), default=1500)
+    ap.add_argument("--lm-lr", type=number_arg(float, 0, strict=True), default=3e-3)
+    ap.add_argument("--corpus-chars", type=number_arg(int, 1), default=1_000_000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     presets = list(qatkit.qat.PRESETS) if args.preset == "all" else [p.strip() for p in args.preset.split(",") if p]
+    if not presets:
+        ap.error("--preset: expected a comma-separated list of presets, or 'all'")
     for p in presets:
-        qatkit.preset(p)  # unknown names raise ValueError listing the valid ones
+        try:
+            qatkit.preset(p)
+        except ValueError as e:  # unknown names: the message lists the valid ones
+            ap.error(f"--preset: {e}")
     if args.ckpt_dir:
         os.makedirs(args.ckpt_dir, exist_ok=True)
     rank, world = dist_info()

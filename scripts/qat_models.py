@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import inspect
 import math
@@ -16,6 +17,23 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+# the scripts' command lines
+
+
+def number_arg(kind, lo, strict=False):
+    """An argparse type: a number of ``kind`` (int / float) at least ``lo`` (above it if ``strict``);
+    a bad value is a usage error naming the option, not a traceback from deep inside the run."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if v < lo or (strict and v == lo) or v != v:
+            raise argparse.ArgumentTypeError(f"expected a value {'>' if strict else '>='} {lo}, got {text}")
+        return v
+    return parse
 
 
 def load_digits():

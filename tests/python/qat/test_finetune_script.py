@@ -60,3 +60,22 @@ def test_the_readme_demo_runs_end_to_end_on_a_small_budget(tmp_path):
     for preset in ("w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8", "xnor_w1a1", "binaryconnect"):
         assert f"| {preset} |" in r.stdout, preset
     assert plot.exists() and plot.stat().st_size > 0
+
+
+def test_bad_command_lines_are_usage_errors_naming_the_option():
+    """--folds 1 ended in an UnboundLocalError, --batch 0 / --qat-epochs 0 in a ZeroDivisionError,
+    --threads 0 in torch's RuntimeError, --epochs 0 trained nothing and printed a table, and an
+    unknown preset in a traceback: each is now argparse's usage error (exit 2) naming the option
+    and what it takes, before any work (qat_finetune.py, demo.py and ptq.py share the types)."""
+    scripts = os.path.dirname(SCRIPT)
+    cases = [("qat_finetune.py", ["--folds", "1"], "argument --folds: expected a value >= 2, got 1"),
+             ("qat_finetune.py", ["--batch", "0"], "argument --batch: expected a value >= 1, got 0"),
+             ("qat_finetune.py", ["--lr", "-1"], "argument --lr: expected a value > 0, got -1"),
+             ("qat_finetune.py", ["--threads", "two"], "argument --threads: expected an integer, got 'two'"),
+             ("qat_finetune.py", ["--preset", "w9a9"], "--preset: unknown preset 'w9a9'; valid presets: binary_w1a8"),
+             ("demo.py", ["--qat-epochs", "0"], "argument --qat-epochs: expected a value >= 1, got 0"),
+             ("ptq.py", ["--calib", "0"], "argument --calib: expected a value >= 1, got 0")]
+    for script, args, msg in cases:
+        r = subprocess.run([sys.executable, os.path.join(scripts, script), *args], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (script, args, r.stderr[-2000:])
