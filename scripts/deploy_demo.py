@@ -127,7 +127,7 @@ def _cpp(path: str, x: torch.Tensor) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--qat-epochs", type=int, default=10)
+    ap.add_argument("--qat-epochs", type=qm.number_arg(int, 1), default=10)
     a = ap.parse_args()
     torch.set_num_threads(2)
     deploy(a.qat_epochs)

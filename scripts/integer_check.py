@@ -30,10 +30,10 @@ PRESETS = ["w8a8", "w4a8_g32", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=qm.number_arg(int, 2), default=5)
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--archs", default="MLP,CNN,DSCNN")
-    ap.add_argument("--qat-epochs", type=int, default=5)
+    ap.add_argument("--qat-epochs", type=qm.number_arg(int, 1), default=5)
     ap.add_argument("--md", action="store_true")
     a = ap.parse_args()
     warnings.simplefilter("ignore")

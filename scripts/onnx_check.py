@@ -94,10 +94,10 @@ def compare(converted, x: torch.Tensor, path: str, tmp: str) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--folds", type=qm.number_arg(int, 2), default=5)
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--archs", default="MLP,CNN,DSCNN")
-    ap.add_argument("--qat-epochs", type=int, default=5)
+    ap.add_argument("--qat-epochs", type=qm.number_arg(int, 1), default=5)
     ap.add_argument("--md", action="store_true", help="print a markdown table")
     ap.add_argument("--compute", choices=("integer", "float"), default="integer",
                     help="qatkit's reference: the integer-exact converted model (what the integer kernels compute; "
