@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -30,7 +31,7 @@ from torch import nn
 from ..qat import graph
 from ..qat.config import LayerSpec, QATConfig, w8a8
 from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear
-from ..qat.prepare import calibrate, enable_observer, prepare_qat
+from ..qat.prepare import calibrate, call_on_batch, enable_observer, prepare_qat
 from ..qat.quantizers import (ActFakeQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer,
                               AffineStaticWeightQuantizer)
 from . import transforms as T
@@ -86,7 +87,7 @@ def _runner(batches, data, forward) -> Optional[Callable[[nn.Module], None]]:
                 if forward is not None:
                     forward(m, b)
                 else:
-                    m(b[0] if isinstance(b, (tuple, list)) else b)
+                    call_on_batch(m, b)
             except (ValueError, TypeError, RuntimeError, IndexError) as e:
                 raise type(e)(f"ptq: calibration batch {i}: {e}") from e
 
@@ -372,7 +373,9 @@ def ptq(
             callable ``data(model)`` that runs the model, or ``None`` (data-free: weight-only
             presets, or activation ranges from BatchNorm statistics).
         config: a :class:`QATConfig` (default ``w8a8()``; weight-only presets need no data).
-        forward: ``forward(model, batch)`` for batches that are not a plain input.
+        forward: ``forward(model, batch)`` for batches that are not a plain input. Without it a
+            batch is the input, a tuple / list's first element, or a mapping's keyword arguments
+            (``model(**batch)``: a tokenizer's output).
         equalize: cross-layer equalization of every safe layer pair (ReLU6 -> ReLU where needed).
         absorb_bias: high-bias absorption after equalization.
         correct_bias: ``"empirical"`` (needs data; layer by layer, one pass over the data per
@@ -436,6 +439,8 @@ def ptq(
     ):
         raise ValueError(f"ptq: input_range must be (lo, hi) with finite lo < hi, got {input_range!r}")
     batches = _batches(data)
+    if forward is None and batches and isinstance(batches[0], Mapping):
+        forward = call_on_batch  # model(**batch): the graph trace takes it too
     run = _runner(batches, data, forward)
     if correct_bias in ("empirical", "empirical_one_pass") and run is None:
         correct_bias = "analytic"  # no data: the data-free form (reported)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..qat.config import QATConfig, QuantSpec, w8a8
-from ..qat.prepare import calibrate, prepare_qat
+from ..qat.prepare import calibrate, call_on_batch, prepare_qat
 from ..qat.quantizers import ActFakeQuantizer, WeightFakeQuantizer
 from .api import _batches, _progress
 
@@ -45,7 +45,7 @@ def _outputs(model, batches, forward) -> torch.Tensor:
             if forward is not None:
                 o = forward(model, b)
             else:
-                o = model(b[0] if isinstance(b, (tuple, list)) else b)
+                o = call_on_batch(model, b)
             o = o[0] if isinstance(o, (tuple, list)) else o
             if isinstance(o, dict):
                 o = next(iter(o.values()))

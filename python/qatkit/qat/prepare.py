@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import warnings
+from collections.abc import Mapping
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -412,6 +413,15 @@ def clip_latent_weights(model: nn.Module) -> nn.Module:
 _DATA_RANGE_QUANTIZERS = (AffineStaticActQuantizer, AffineLearnedActQuantizer)
 
 
+def call_on_batch(model: nn.Module, b):
+    """``model`` on one batch without a ``forward``: a tensor; a tuple / list's first element (an
+    (input, target) pair from a DataLoader); a mapping's entries as keyword arguments (a tokenizer's
+    output, as Hugging Face models take it)."""
+    if isinstance(b, Mapping):
+        return model(**b)
+    return model(b[0] if isinstance(b, (tuple, list)) else b)
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
     """Run ``batches`` through ``model`` with only the activation observers in training mode (the
@@ -420,7 +430,8 @@ def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
 
     Args:
         model: a prepared model.
-        batches: an iterable of inputs (tensors or tuples whose first element is the input).
+        batches: an iterable of inputs (tensors, tuples whose first element is the input, or
+            mappings of keyword arguments: ``model(**batch)``).
         forward: optional ``forward(model, batch)`` for models that take other arguments.
 
     Returns:
@@ -466,7 +477,7 @@ def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
             if forward is not None:
                 forward(model, b)
             else:
-                model(b[0] if isinstance(b, (tuple, list)) else b)
+                call_on_batch(model, b)
     finally:
         for m in acts:
             if id(m) in own_forward:

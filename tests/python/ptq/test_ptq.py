@@ -314,3 +314,40 @@ def test_learned_activation_ranges_start_from_the_calibration_data_as_in_qat():
         assert torch.equal(c(x), q.eval()(x))
     with pytest.raises(ValueError, match=r"no data, and the learned activation ranges of 0, 2, 4 start from data"):
         qatkit.ptq(net, None, cfg, verbose=False, progress=False)
+
+
+def test_mapping_batches_are_keyword_arguments_in_ptq_calibrate_and_sensitivity():
+    """A tokenizer's output is a mapping a Hugging Face model takes as keyword arguments. Without
+    `forward`, ptq / calibrate / sensitivity called model(batch) and failed inside the first layer
+    ('linear(): argument input must be Tensor, not dict'); they now call model(**batch), with the
+    bits an explicit forward=lambda m, b: m(**b) gives."""
+
+    class KW(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, input_ids, attention_mask=None):
+            h = torch.relu(self.a(input_ids)) * attention_mask
+            return self.c(torch.relu(self.b(h)))
+
+    torch.manual_seed(0)
+    m = KW().eval()
+    g = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randn(8, 8, generator=g), "attention_mask": (torch.rand(8, 1, generator=g) > 0.2).float()}
+               for _ in range(3)]
+    explicit = lambda mod, b: mod(**b)  # noqa: E731
+    x = batches[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = qatkit.ptq(m, batches, qatkit.w8a8(), verbose=False, progress=False)
+        want = qatkit.ptq(m, batches, qatkit.w8a8(), forward=explicit, verbose=False, progress=False)
+        c1, c2 = qatkit.prepare_qat(m, qatkit.w8a8()), qatkit.prepare_qat(m, qatkit.w8a8())
+        qatkit.qat.calibrate(c1, batches)
+        qatkit.qat.calibrate(c2, batches, forward=explicit)
+        s1 = qatkit.sensitivity(m, batches, qatkit.w4a8(), progress=False)
+        s2 = qatkit.sensitivity(m, batches, qatkit.w4a8(), forward=explicit, progress=False)
+    with torch.no_grad():
+        assert torch.equal(got.eval()(**x), want.eval()(**x))
+        assert torch.equal(c1.eval()(**x), c2.eval()(**x))
+    assert s1.rows == s2.rows and s1.all_quantized == s2.all_quantized and len(s1.rows) == 3
