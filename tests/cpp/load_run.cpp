@@ -130,7 +130,11 @@ int main(int argc, char** argv) {
     qatkit::nn::TensorFile out;
     out.tensors = {{"y", y.contiguous()}};
     qatkit::nn::write_safetensors(argv[3], out);
-    std::cout << "logits[0]: " << y[0] << "\n";
+    if (y.dim() > 0 && y.size(0) > 0) {
+      std::cout << "logits[0]: " << y[0] << "\n";
+    } else {
+      std::cout << "output shape: " << y.sizes() << "\n";  // an empty batch, or a 0-d output
+    }
   } catch (const c10::Error& e) {
     std::cerr << e.what_without_backtrace() << "\n";
     return 1;

@@ -665,3 +665,25 @@ def test_under_autocast_an_integer_layer_takes_the_bfloat16_of_a_float_layer_bef
             loaded[2](h)
         with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(TypeError, match="got a torch.float64"):
             loaded[2](h.double())
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "bitnet_b158", "xnor_w1a1", "int4_weight_only"])
+def test_an_empty_batch_gives_an_empty_output_in_python_and_cpp(preset, tmp_path):
+    """A batch of 0 rows (the last, empty shard of a split) gives (0, classes) as torch's layers
+    do, from the loaded model and from the C++ program (which printed its first row and failed)."""
+    import dataclasses
+
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    for i, (net, shape) in enumerate([
+            (nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)), (16, 64)),
+            (nn.Sequential(nn.Conv2d(4, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                           nn.Flatten(), nn.Linear(16 * 64, 10)), (4, 4, 8, 8))]):
+        torch.manual_seed(i)
+        path = str(tmp_path / f"m{i}.safetensors")
+        loaded = _ptq_exported(net.eval(), torch.randn(shape), cfg, path)
+        empty = torch.zeros((0,) + shape[1:])
+        with torch.no_grad():
+            assert loaded(empty).shape == (0, 10)
+        r, y = _run(path, empty, tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert y.shape == (0, 10)
