@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import inspect
 import warnings
 from collections.abc import Mapping
 from typing import Dict, List, Optional, Tuple
@@ -415,9 +416,14 @@ _DATA_RANGE_QUANTIZERS = (AffineStaticActQuantizer, AffineLearnedActQuantizer)
 
 def call_on_batch(model: nn.Module, b):
     """``model`` on one batch without a ``forward``: a tensor; a tuple / list's first element (an
-    (input, target) pair from a DataLoader); a mapping's entries as keyword arguments (a tokenizer's
-    output, as Hugging Face models take it)."""
+    (input, target) pair from a DataLoader); a mapping: its entries as keyword arguments where the
+    model's forward takes them (a tokenizer's output, as Hugging Face models take it), else the
+    mapping itself (a SentenceTransformer's ``forward(features)``)."""
     if isinstance(b, Mapping):
+        try:
+            inspect.signature(model.forward).bind(**b)
+        except (TypeError, ValueError):
+            return model(b)
         return model(**b)
     return model(b[0] if isinstance(b, (tuple, list)) else b)
 

@@ -351,3 +351,27 @@ def test_mapping_batches_are_keyword_arguments_in_ptq_calibrate_and_sensitivity(
         assert torch.equal(got.eval()(**x), want.eval()(**x))
         assert torch.equal(c1.eval()(**x), c2.eval()(**x))
     assert s1.rows == s2.rows and s1.all_quantized == s2.all_quantized and len(s1.rows) == 3
+
+
+def test_a_mapping_batch_goes_whole_to_a_forward_that_takes_one_mapping():
+    """A SentenceTransformer's forward takes the features mapping itself (forward(features)); a
+    mapping batch goes to such a forward whole, and as keyword arguments only where the forward
+    takes its keys (the signature binds them)."""
+
+    class Whole(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, features, **kwargs):
+            return self.c(torch.relu(self.b(torch.relu(self.a(features["input_ids"])))))
+
+    torch.manual_seed(0)
+    m = Whole().eval()
+    batches = [{"input_ids": torch.randn(8, 8)} for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = qatkit.ptq(m, batches, qatkit.w8a8(), verbose=False, progress=False)
+        want = qatkit.ptq(m, batches, qatkit.w8a8(), forward=lambda mod, b: mod(b), verbose=False, progress=False)
+    with torch.no_grad():
+        assert torch.equal(got.eval()(batches[0]), want.eval()(batches[0]))
