@@ -681,3 +681,28 @@ def test_ptq_convert_and_load_under_inference_mode_compute_as_outside_it(preset,
             with pytest.raises(RuntimeError, match="rounding='adaround' optimizes each layer's rounding with autograd"):
                 qatkit.ptq(net, [x], cfg, rounding="adaround", verbose=False, progress=False)
         assert torch.equal(loaded(x), want_loaded)  # made in inference mode, run outside it
+
+
+def test_an_edit_that_takes_a_layer_off_its_kernel_warns_and_computes_the_float_form(tmp_path):
+    """A code of -128 written into a w8a8 layer is outside the [-127, 127] the int8 kernels take:
+    the layer leaves its integer form for float math (what the QAT model computes), with a warning
+    naming it rather than silently."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(16, 64)
+    q = _ptq(net, x, dataclasses.replace(qatkit.w8a8(), first_last=None))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    loaded, as_float = qatkit.load(path), qatkit.load(path, compute="float")
+    with torch.no_grad():
+        loaded(x)
+        for m in (loaded, as_float):
+            m[2].weight_int[0, 0] = -128
+        with pytest.warns(UserWarning, match=r"'2': after an in-place edit of its tensors the layer computes in float"):
+            y = loaded(x)
+        assert loaded[2]._integer_form is None
+        h = loaded[1](loaded[0](x))  # the layers around it keep their kernels
+        assert torch.equal(loaded[2](h), as_float[2](h))
+        assert loaded[0]._integer_form is not None and y.shape == (16, 10)

@@ -850,7 +850,11 @@ def refresh(mod) -> None:
     for seven tensors), so an edit is never silently ignored (docs/integer.md, "In-place edits")."""
     plan = mod.__dict__.pop("_int8_plan", None)
     if plan and mod._integer_form is not None:
-        _decide(mod, mod.__dict__.get("_kernels_only", False))
+        form, why = _decide(mod, mod.__dict__.get("_kernels_only", False))
+        if form is None:  # the edit took the layer out of its integer form: said, never silent
+            name = f"'{mod.qualified_name}'" if mod.qualified_name else type(mod).__name__
+            warnings.warn(f"{name}: after an in-place edit of its tensors the layer computes in float math "
+                          f"(what the QAT model computes): {why}", UserWarning, stacklevel=3)
 
 
 def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
