@@ -319,13 +319,29 @@ bool IntegerKernelPlan::sources_changed() const { return version_sum(sources) !=
 
 namespace detail {
 
+namespace {
+
+// Python's integer.refresh warns too: an edit that takes a layer off its kernel is never silent
+void warn_off_kernel(const char* kind, std::int64_t in) {
+  TORCH_WARN(kind, " (", in, " inputs): after an in-place edit of its tensors the layer computes in float math "
+             "(what the QAT layer computes): no integer kernel takes its tensors now");
+}
+
+}  // namespace
+
 void replan(QuantLinearImpl& l) {
   l.frozen.integer_rows = nullptr;
   l.frozen.integer = make_plan(l.frozen, l.layer_spec.weight, l.input_fake_quant, l.bias, false, 1);
+  if (!l.frozen.integer) warn_off_kernel("linear", l.options.in_features());
 }
 
-void replan(QuantConv2dImpl& l) { plan_conv<2>(l, true); }
-void replan(QuantConv1dImpl& l) { plan_conv<1>(l, true); }
+void replan(QuantConv2dImpl& l) {
+  if (!plan_conv<2>(l, true)) warn_off_kernel("conv2d", l.options.in_channels());
+}
+
+void replan(QuantConv1dImpl& l) {
+  if (!plan_conv<1>(l, true)) warn_off_kernel("conv1d", l.options.in_channels());
+}
 
 const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l) {
   ConvertedWeight& f = l.frozen;

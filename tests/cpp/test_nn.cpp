@@ -900,3 +900,21 @@ CATCH_TEST_CASE("under autocast a converted layer in integer compute widens a bf
     CATCH_CHECK(torch::equal(got, want));
   }
 }
+
+CATCH_TEST_CASE("an in-place edit that takes a layer off its integer kernel warns", "[nn][integer]") {
+  // -128 is outside the [-127, 127] the int8 kernels take: float math from then on, said in a warning
+  torch::manual_seed(8);
+  auto model = torch::nn::Sequential(torch::nn::Linear(32, 32), torch::nn::ReLU(), torch::nn::Linear(32, 8));
+  const torch::Tensor x = torch::randn({6, 32});
+  auto q = integer_model("w8a8", model, x);
+  torch::NoGradGuard ng;
+  q->forward(x);
+  auto* lin = q->ptr(2)->as<qnn::QuantLinear>();
+  CATCH_REQUIRE(lin->frozen.integer != nullptr);
+  lin->frozen.codes.index_put_({0, 0}, -128);
+  const std::string warned = captured([&] { q->forward(x); });
+  CATCH_CHECK(lin->frozen.integer == nullptr);
+  CATCH_CHECK_THAT(warned, Catch::Contains("linear (32 inputs): after an in-place edit of its tensors the layer "
+                                           "computes in float math"));
+  CATCH_CHECK(captured([&] { q->forward(x); }).empty());  // said once: float math is its form now
+}
