@@ -420,8 +420,10 @@ def call_on_batch(model: nn.Module, b):
     model's forward takes them (a tokenizer's output, as Hugging Face models take it), else the
     mapping itself (a SentenceTransformer's ``forward(features)``)."""
     if isinstance(b, Mapping):
+        # DDP / DataParallel pass anything on (forward(*inputs, **kwargs)): the wrapped model's signature decides
+        inner = model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
         try:
-            inspect.signature(model.forward).bind(**b)
+            inspect.signature(inner.forward).bind(**b)
         except (TypeError, ValueError):
             return model(b)
         return model(**b)
