@@ -15,6 +15,7 @@ import argparse
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -25,6 +26,8 @@ from tqdm import tqdm
 
 import qatkit
 from qatkit.testing.timing import core_to_core, steady_allocator
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
+from qat_models import number_arg  # noqa: E402
 
 
 def _cpu_model() -> str:
@@ -45,13 +48,13 @@ def ffn_stack(dim: int, ffn: int, blocks: int) -> nn.Sequential:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dim", type=int, default=1024)
-    ap.add_argument("--ffn", type=int, default=4096)
-    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--dim", type=number_arg(int, 1), default=1024)
+    ap.add_argument("--ffn", type=number_arg(int, 1), default=4096)
+    ap.add_argument("--blocks", type=number_arg(int, 1), default=4)
     ap.add_argument("--tokens", default="1,32")
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--calls", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=number_arg(int, 1), default=9)
+    ap.add_argument("--calls", type=number_arg(int, 1), default=10)
+    ap.add_argument("--threads", type=number_arg(int, 1), default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)

@@ -18,7 +18,9 @@ the integer convs follow their input's format).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
@@ -27,6 +29,8 @@ import torch.nn.functional as F
 import qatkit
 from qatkit import ops
 from qatkit.testing.timing import core_to_core, steady_allocator
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
+from qat_models import number_arg  # noqa: E402
 
 SHAPES = [(364, 1, 8, 32), (364, 32, 8, 64), (364, 64, 4, 64), (8, 256, 28, 256), (1, 256, 28, 256)]
 DEPTHWISE = [(364, 32, 8), (364, 64, 4), (8, 256, 28), (1, 256, 28)]
@@ -48,8 +52,8 @@ def _medians(fns: dict, rounds: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=number_arg(int, 1), default=9)
+    ap.add_argument("--threads", type=number_arg(int, 1), default=2)
     ap.add_argument("--no-models", action="store_true", help="skip the whole-model table (PTQ + export + load)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

@@ -31,6 +31,7 @@ from qatkit.testing.timing import core_to_core, steady_allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qat_models  # noqa: E402
+from qat_models import number_arg  # noqa: E402
 
 import qatkit  # noqa: E402
 
@@ -105,7 +106,7 @@ def run(title, model, groups, tmp, rounds, load_fn, fp32_load):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=number_arg(int, 1), default=5)
     ap.add_argument("--skip-minilm", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)

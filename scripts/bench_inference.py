@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 import warnings
 
@@ -53,6 +55,8 @@ import torch.nn.functional as F
 import qatkit
 from qatkit import ops
 from qatkit.testing.timing import core_to_core, steady_allocator
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
+from qat_models import number_arg  # noqa: E402
 
 
 def _llc_bytes() -> int:
@@ -403,14 +407,14 @@ def bench(names, n, k, batches, rounds, hot, llc_factor, calls):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=4096)
-    ap.add_argument("--k", type=int, default=4096)
+    ap.add_argument("--n", type=number_arg(int, 1), default=4096)
+    ap.add_argument("--k", type=number_arg(int, 1), default=4096)
     ap.add_argument("--batch", default="1,64")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--calls", type=int, default=16, help="calls per variant per round (at least one per copy)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=number_arg(int, 1), default=7)
+    ap.add_argument("--calls", type=number_arg(int, 1), default=16, help="calls per variant per round (at least one per copy)")
+    ap.add_argument("--threads", type=number_arg(int, 1), default=2)
     ap.add_argument("--hot", action="store_true", help="one layer, called repeatedly (cache-resident as far as it fits)")
-    ap.add_argument("--llc-factor", type=float, default=4.0)
+    ap.add_argument("--llc-factor", type=number_arg(float, 0, strict=True), default=4.0)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()

@@ -32,6 +32,7 @@ from ptq import minilm_sentences  # noqa: E402
 import qatkit  # noqa: E402
 from qatkit.qat import integer  # noqa: E402
 from qatkit.qat.convert import _Quantized  # noqa: E402
+from qat_models import number_arg  # noqa: E402
 
 
 def _linear_inputs(model, sentences):
@@ -49,8 +50,8 @@ def _linear_inputs(model, sentences):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=number_arg(int, 1), default=9)
+    ap.add_argument("--threads", type=number_arg(int, 1), default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)

@@ -10,8 +10,10 @@ is an mmap whose page faults can cost more than the kernel itself.
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -19,6 +21,8 @@ import torch
 import qatkit
 from qatkit import ops
 from qatkit.testing.timing import core_to_core, steady_allocator
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
+from qat_models import number_arg  # noqa: E402
 
 
 def interleaved(fn_a, fn_b, rounds: int, warmup: int = 3):
@@ -39,10 +43,10 @@ def interleaved(fn_a, fn_b, rounds: int, warmup: int = 3):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=2048)
-    p.add_argument("--cols", type=int, default=4096)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=30)
+    p.add_argument("--rows", type=number_arg(int, 1), default=2048)
+    p.add_argument("--cols", type=number_arg(int, 1), default=4096)
+    p.add_argument("--threads", type=number_arg(int, 1), default=2)
+    p.add_argument("--rounds", type=number_arg(int, 1), default=30)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)

@@ -26,6 +26,7 @@ from qatkit.testing.timing import core_to_core, steady_allocator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qat_models  # noqa: E402
+from qat_models import number_arg  # noqa: E402
 
 import qatkit  # noqa: E402
 from qatkit.qat.config import LayerSpec  # noqa: E402
@@ -84,7 +85,7 @@ def ratio(run_float, run_calib, rounds):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=number_arg(int, 1), default=5)
     ap.add_argument("--minilm", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(2)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 
@@ -27,6 +29,8 @@ from torch import nn
 
 import qatkit
 from qatkit.testing.timing import core_to_core, steady_allocator
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
+from qat_models import number_arg  # noqa: E402
 
 
 def block(cin, cout, stride):
@@ -161,8 +165,8 @@ def bench(name, model, x, y, rounds, warmup=2):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=number_arg(int, 1), default=10)
+    ap.add_argument("--threads", type=number_arg(int, 1), default=2)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)

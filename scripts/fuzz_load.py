@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 import qatkit
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
+from qat_models import number_arg  # noqa: E402
 
 WEIRD = [None, "x", -1, 0, 2**62, -(2**62), 1.5, [], [1, 2], {}, True, "nan", [2**40, 2**40]]
 
@@ -198,11 +200,11 @@ def fuzz_cpp_many(a, exe, rng, pool, xin, tmp, t0):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--inputs", type=int, default=20000)
+    ap.add_argument("--inputs", type=number_arg(int, 1), default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpp", action="store_true", help="fuzz the C++ loader program instead")
     ap.add_argument("--exe", default=None, help="with --cpp: the qatkit_load_run to run (default build/py's)")
-    ap.add_argument("--many", type=int, default=0, help="with --cpp: inputs per process (0: one process each)")
+    ap.add_argument("--many", type=number_arg(int, 0), default=0, help="with --cpp: inputs per process (0: one process each)")
     a = ap.parse_args()
     if a.cpp:
         return fuzz_cpp(a)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -25,14 +26,16 @@ from tqdm import tqdm
 
 from qatkit.testing.fuzz import CHECKS
 from qatkit.testing.fuzz_integer import INTEGER_CHECKS
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
+from qat_models import number_arg  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=100_000)
+    ap.add_argument("--calls", type=number_arg(int, 1), default=100_000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=0, help="stop after this long too (0: no limit)")
+    ap.add_argument("--threads", type=number_arg(int, 1), default=2)
+    ap.add_argument("--seconds", type=number_arg(float, 0), default=0, help="stop after this long too (0: no limit)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--device", default="cpu", help="cpu, or a CUDA device: then the integer kernels' checks only")
     ap.add_argument("--only", default="", help="comma-separated check names (default: all that run on --device)")
