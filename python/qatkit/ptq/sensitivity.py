@@ -200,12 +200,16 @@ def choose_bits(
         layer; ``.name`` carries the predicted bits per weight and SQNR.
 
     Raises:
-        ValueError: neither or both budgets, a budget below the cheapest assignment, no candidates.
+        ValueError: neither or both budgets, a budget that is not a number, a budget below the
+            cheapest assignment, a min_sqnr_db no assignment reaches, no candidates.
     """
     from ..qat.config import binary_w1a8, ternary_twn, w4a8
 
     if (budget is None) == (min_sqnr_db is None):
         raise ValueError("choose_bits: give exactly one of budget (bits per weight) or min_sqnr_db")
+    for arg, v in (("budget", budget), ("min_sqnr_db", min_sqnr_db)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v)):
+            raise ValueError(f"choose_bits: {arg} must be a number (not NaN), got {v!r}")
     cands = list(candidates) or [w8a8(), w4a8(), ternary_twn(), binary_w1a8()]
     if not all(isinstance(c, QATConfig) for c in cands):
         raise TypeError("choose_bits: candidates must be QATConfig objects")
@@ -253,6 +257,11 @@ def choose_bits(
         if best is None:
             break
         choice[best[1]] = best[2]
+    if min_sqnr_db is not None and pred_sqnr() < min_sqnr_db:  # even the widest format everywhere misses it
+        raise ValueError(
+            f"choose_bits: no assignment reaches min_sqnr_db {min_sqnr_db} dB: the widest candidate on every layer "
+            f"predicts {pred_sqnr():.1f} dB; lower the target or add a wider candidate"
+        )
     base = cands[order[0]]
     overrides = tuple((_escape(n), cands[choice[n]].default) for n in names)
     return dataclasses.replace(

@@ -66,6 +66,13 @@ def test_bad_input(setup):
         qatkit.choose_bits(m, data, progress=False)
     with pytest.raises(ValueError, match="below the cheapest assignment"):
         qatkit.choose_bits(m, data, budget=0.5, progress=False)
+    # NaN compared false everywhere and gave 1 bit per weight; a string failed inside the search;
+    # a target above what 8 bits everywhere predicts returned that assignment without a word
+    for kw, msg in (({"budget": float("nan")}, "budget must be a number"), ({"budget": "4"}, "budget must be a number"),
+                    ({"min_sqnr_db": float("nan")}, "min_sqnr_db must be a number"),
+                    ({"min_sqnr_db": 1e9}, r"no assignment reaches min_sqnr_db 1000000000.0 dB: the widest candidate")):
+        with pytest.raises(ValueError, match=msg):
+            qatkit.choose_bits(m, data, progress=False, **kw)
     with pytest.raises(ValueError, match="data is required"):
         qatkit.sensitivity(m, None)
 
