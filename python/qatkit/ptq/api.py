@@ -419,6 +419,23 @@ def ptq(
         raise TypeError(f"ptq: model must be an nn.Module, got {type(model).__name__}")
     if rounding not in _ROUNDINGS:
         raise ValueError(f"ptq: rounding must be one of 'nearest', 'adaround', 'gptq', got {rounding!r}")
+    for flag, v in (("equalize", equalize), ("absorb_bias", absorb_bias), ("threshold_search", threshold_search),
+                    ("inplace", inplace), ("progress", progress), ("verbose", verbose)):
+        if not isinstance(v, bool):  # "no" is truthy: a string flag would turn the step on
+            raise TypeError(f"ptq: {flag} must be True or False, got {v!r}")
+    if isinstance(adaround_iters, bool) or not isinstance(adaround_iters, int) or adaround_iters < 1:
+        raise ValueError(f"ptq: adaround_iters must be an integer >= 1, got {adaround_iters!r}")
+    if gptq is not None:
+        if not isinstance(gptq, dict) or not set(gptq) <= {"act_order", "damp", "block"}:
+            raise ValueError(f"ptq: gptq must be a dict of 'act_order', 'damp', 'block', got {gptq!r}")
+        damp, block = gptq.get("damp", 0.01), gptq.get("block", 128)
+        if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not (0 <= damp < math.inf):
+            raise ValueError(f"ptq: gptq['damp'] (the Hessian's diagonal damping, a share of its mean) must be a "
+                             f"finite number >= 0, got {damp!r}")
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"ptq: gptq['block'] must be an integer >= 1, got {block!r}")
+        if not isinstance(gptq.get("act_order", True), bool):
+            raise ValueError(f"ptq: gptq['act_order'] must be True or False, got {gptq['act_order']!r}")
     if rounding == "adaround" and torch.is_inference_mode_enabled():
         raise RuntimeError(
             "ptq: rounding='adaround' optimizes each layer's rounding with autograd, which torch.inference_mode() "

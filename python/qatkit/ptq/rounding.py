@@ -107,9 +107,13 @@ def gptq_quantize(
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
     H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.cholesky_inverse(L)
-    Hinv = torch.linalg.cholesky(Hinv, upper=True)
+    try:
+        L = torch.linalg.cholesky(H)
+        Hinv = torch.cholesky_inverse(L)
+        Hinv = torch.linalg.cholesky(Hinv, upper=True)
+    except torch.linalg.LinAlgError as e:  # damp 0 on a rank-deficient Hessian (fewer samples than columns)
+        raise ValueError(f"GPTQ: the damped Hessian (damp={damp}) is not positive definite; raise gptq['damp'] "
+                         f"(default 0.01) or calibrate on more samples ({e})") from e
     Q = torch.zeros_like(W)
     for i1 in range(0, cols, block):
         i2 = min(i1 + block, cols)

@@ -260,6 +260,12 @@ def test_bad_input_is_refused_and_the_model_is_left_as_it_was(data):
         (dict(data=data[0], input_range=(1, 0)), ValueError, "input_range must be"),
         (dict(data=[torch.rand(4, 1, 8, 8), torch.full((4, 1, 8, 8), float("nan"))]), ValueError, "calibration batch 1"),
         (dict(data=[torch.rand(4, 3, 8, 8)]), RuntimeError, "calibration batch 0"),
+        # a truthy string turned the step on; 0 AdaRound steps rounded nothing and said it had;
+        # a negative damping or an unknown GPTQ option failed deep inside the solver
+        (dict(data=data[0], equalize="no"), TypeError, "equalize must be True or False, got 'no'"),
+        (dict(data=data[0], rounding="adaround", adaround_iters=0), ValueError, "adaround_iters must be an integer >= 1"),
+        (dict(data=data[0], rounding="gptq", gptq={"damp": -1}), ValueError, r"gptq\['damp'\] .* must be a finite"),
+        (dict(data=data[0], rounding="gptq", gptq={"blocks": 64}), ValueError, "gptq must be a dict of 'act_order'"),
     ]
     for kw, exc, msg in cases:
         with pytest.raises(exc, match=msg):

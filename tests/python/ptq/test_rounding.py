@@ -58,6 +58,17 @@ def test_gptq_with_an_identity_hessian_is_round_to_nearest():
     assert torch.equal(wq[~tie], want[~tie])
 
 
+def test_gptq_on_a_singular_hessian_without_damping_says_what_to_change():
+    """Fewer calibration samples than columns make H = 2 X^T X / n singular; with damp=0 the
+    Cholesky factorization failed with torch's LinAlgError; GPTQ now says to raise the damping."""
+    torch.manual_seed(2)
+    x = torch.randn(4, 32)
+    H = 2 * x.t() @ x / 4
+    with pytest.raises(ValueError, match=r"GPTQ: the damped Hessian \(damp=0.0\) is not positive definite; raise"):
+        R.gptq_quantize(torch.randn(8, 32), H, -8, 7, True, damp=0.0)
+    R.gptq_quantize(torch.randn(8, 32), H, -8, 7, True, damp=0.01)  # the default damping takes it
+
+
 def test_gptq_lowers_the_layer_objective():
     torch.manual_seed(2)
     w = torch.randn(24, 48)
