@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import ops
-from .qat.config import QuantSpec
+from .qat.config import QuantSpec, check_flags
 from .qat.convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, _Quantized, convert
 from .qat.quantizers import ActFakeQuantizer
 from .qat.swap import replace_module
@@ -393,6 +393,7 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"export: model must be an nn.Module, got {type(model).__name__}")
+    check_flags("export", base3=base3)
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
     layers, tensors = {}, {}
@@ -820,6 +821,7 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_into: model must be an nn.Module, got {type(model).__name__}")
+    check_flags("load_into", inplace=inplace)
     header = read_header(path)
     tensors = _tensors(path)
     layers = _packed_layers(path, header, tensors)

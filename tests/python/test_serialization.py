@@ -197,6 +197,11 @@ def test_corrupt_and_foreign_files_raise_value_errors_naming_the_problem(data, t
             loader(123)
         with pytest.raises(ValueError, match="is not a file"):
             loader(str(tmp_path))
+    # a truthy string flag would turn the option on
+    with pytest.raises(TypeError, match="load_into: inplace must be True or False, got 'no'"):
+        qatkit.load_into(m, path, inplace="no")
+    with pytest.raises(TypeError, match="export: base3 must be True or False, got 'no'"):
+        qatkit.export(m, bad, base3="no")
 
 
 def test_load_refuses_custom_forwards_and_load_into_refuses_other_architectures(data, tmp_path):

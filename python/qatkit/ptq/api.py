@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..qat import graph
-from ..qat.config import LayerSpec, QATConfig, w8a8
+from ..qat.config import LayerSpec, QATConfig, check_flags, w8a8
 from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear
 from ..qat.prepare import calibrate, call_on_batch, enable_observer, prepare_qat
 from ..qat.quantizers import (ActFakeQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer,
@@ -419,10 +419,8 @@ def ptq(
         raise TypeError(f"ptq: model must be an nn.Module, got {type(model).__name__}")
     if rounding not in _ROUNDINGS:
         raise ValueError(f"ptq: rounding must be one of 'nearest', 'adaround', 'gptq', got {rounding!r}")
-    for flag, v in (("equalize", equalize), ("absorb_bias", absorb_bias), ("threshold_search", threshold_search),
-                    ("inplace", inplace), ("progress", progress), ("verbose", verbose)):
-        if not isinstance(v, bool):  # "no" is truthy: a string flag would turn the step on
-            raise TypeError(f"ptq: {flag} must be True or False, got {v!r}")
+    check_flags("ptq", equalize=equalize, absorb_bias=absorb_bias, threshold_search=threshold_search,
+                inplace=inplace, progress=progress, verbose=verbose)
     if isinstance(adaround_iters, bool) or not isinstance(adaround_iters, int) or adaround_iters < 1:
         raise ValueError(f"ptq: adaround_iters must be an integer >= 1, got {adaround_iters!r}")
     if gptq is not None:

@@ -67,6 +67,14 @@ def _choice(cls: str, name: str, value, choices) -> None:
         raise ValueError(f"{cls}.{name} must be one of {valid}, got {value!r}")
 
 
+def check_flags(where: str, **flags) -> None:
+    """Each flag must be a bool: a truthy string ("no", "false") or a number would turn the
+    option on (or off) without a word."""
+    for name, v in flags.items():
+        if not isinstance(v, bool):
+            raise TypeError(f"{where}: {name} must be True or False, got {v!r}")
+
+
 _BOOL_FIELDS = ("signed", "symmetric", "narrow_range", "stochastic", "lsq_grad_scale")
 _INT_FIELDS = ("bits", "axis")
 _STR_FIELDS = ("kind", "granularity", "scale", "observer", "estimator", "scale_dtype")
@@ -361,6 +369,9 @@ class QATConfig:
         if not isinstance(self.default, LayerSpec):
             raise TypeError(f"QATConfig.default must be a LayerSpec, got {type(self.default).__name__}")
         object.__setattr__(self, "overrides", tuple(tuple(o) for o in self.overrides))
+        if isinstance(self.skip, str):  # tuple("0.fc") would be four one-character patterns
+            raise TypeError(f"QATConfig.skip must be a sequence of str patterns, got the str {self.skip!r}; "
+                            f"use skip=({self.skip!r},)")
         object.__setattr__(self, "skip", tuple(self.skip))
         for o in self.overrides:
             if len(o) != 2 or not isinstance(o[0], str) or not isinstance(o[1], LayerSpec):
@@ -405,7 +416,7 @@ class QATConfig:
             kw["default"] = layer(kw["default"], "default")
         if "overrides" in kw:
             kw["overrides"] = tuple((p, layer(s, f"overrides[{p!r}]")) for p, s in kw["overrides"])
-        if "skip" in kw:
+        if "skip" in kw and not isinstance(kw["skip"], str):  # a str: __post_init__ says so
             kw["skip"] = tuple(kw["skip"])
         return cls(**kw)
 

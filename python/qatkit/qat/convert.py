@@ -22,7 +22,7 @@ from torch import nn
 from .modules import BitLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantLinear
 from .. import ops
 from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, keep_float32, round_scale
-from .config import QATConfig
+from .config import QATConfig, check_flags
 from .pretrained import tag_pretrained_configs
 from .swap import replace_module
 from . import integer as _integer
@@ -339,6 +339,7 @@ def convert(
             (convert before calibration/training), or a weight / bias holds NaN or Inf, naming the
             layer.
     """
+    check_flags("convert", inplace=inplace, require_observed=require_observed, integer=integer)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QAT_TYPES)]
     if not layers:
         if isinstance(model, _Quantized) or any(isinstance(m, _Quantized) for m in model.modules()):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import graph
-from .config import LayerSpec, QATConfig, first_last_spec
+from .config import LayerSpec, QATConfig, check_flags, first_last_spec
 from .modules import (
     QAT_MODULES,
     BitLinear,
@@ -200,6 +200,7 @@ def prepare_qat(
         raise TypeError(f"prepare_qat: config must be a QATConfig (e.g. qatkit.w8a8()), got {type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
+    check_flags("prepare_qat", inplace=inplace)
     if not inplace:
         model = copy.deepcopy(model)
     if type(model) in QAT_MODULES and inplace:

@@ -64,6 +64,16 @@ CASES = [
     ),
     ("convert: float model", lambda: qatkit.convert(_mlp()), ValueError, "has no QAT layers; call qatkit.prepare_qat"),
     ("convert: converted model", lambda: qatkit.convert(_converted()), ValueError, "the model is converted already"),
+    # a truthy string flag turned the option on: inplace="no" prepared the caller's model in place
+    ("prepare_qat: inplace str", lambda: qatkit.prepare_qat(_mlp(), qatkit.w8a8(), inplace="no"), TypeError,
+     "prepare_qat: inplace must be True or False, got 'no'"),
+    ("convert: integer str", lambda: qatkit.convert(_prepared(), integer="no"), TypeError,
+     "convert: integer must be True or False, got 'no'"),
+    # tuple("0.fc") was four one-character patterns
+    ("QATConfig: skip str", lambda: QATConfig(default=qatkit.w8a8().default, skip="0.fc"), TypeError,
+     "QATConfig.skip must be a sequence of str patterns, got the str '0.fc'; use skip=('0.fc',)"),
+    ("QATConfig.from_dict: skip str", lambda: QATConfig.from_dict({**qatkit.w8a8().to_dict(), "skip": "0.fc"}),
+     TypeError, "QATConfig.skip must be a sequence of str patterns"),
     (
         "convert: not calibrated",
         lambda: qatkit.convert(_prepared()),
