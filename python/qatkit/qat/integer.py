@@ -525,10 +525,13 @@ def _bind(plan: dict, divisor: Optional[torch.Tensor] = None, features: Optional
 
 def _bound(op, args: tuple, features: Optional[Tuple[int, int, str]] = None):
     """x -> op(x, *args): eager calls through the overload's C++ entry (``OpOverload._op``), the
-    OpOverload itself while torch.compile / export traces. ``features``: (dim, size, layer) — x's
+    OpOverload itself while Dynamo traces (torch.compile, strict export: Dynamo knows OpOverloads,
+    not the builtin ``_op``; ``is_dynamo_compiling`` is a constant False outside it, 27 ns against
+    ``is_compiling``'s 72; non-strict export records ``_op``'s dispatcher call as it records the
+    OpOverload's, which only forwards to it). ``features``: (dim, size, layer) — x's
     dim ``dim`` must be ``size`` (a Linear's in_features, a conv's in_channels): the packed layouts
     pad K (to 4, 32 or 128 codes), so the ops alone take an input a few features short or long."""
-    raw, compiling = getattr(op, "_op", op), torch.compiler.is_compiling
+    raw, compiling = getattr(op, "_op", op), torch.compiler.is_dynamo_compiling
     if features is None:
         def call(x):
             return op(x, *args) if compiling() else raw(x, *args)
