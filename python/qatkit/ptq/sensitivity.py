@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..qat.config import QATConfig, QuantSpec, w8a8
+from ..qat.config import QATConfig, QuantSpec, check_flags, w8a8
 from ..qat.prepare import calibrate, call_on_batch, prepare_qat
 from ..qat.quantizers import ActFakeQuantizer, WeightFakeQuantizer
 from .api import _batches, _progress
@@ -134,6 +134,7 @@ def sensitivity(
         ValueError: no data (sensitivity is measured); TypeError: outputs that are not tensors.
     """
     config = w8a8() if config is None else config
+    check_flags("sensitivity", progress=progress)
     batches = _batches(data)
     if batches is None:
         raise ValueError("sensitivity: data is required (a tensor, a list of batches or a DataLoader)")
@@ -205,6 +206,7 @@ def choose_bits(
     """
     from ..qat.config import binary_w1a8, ternary_twn, w4a8
 
+    check_flags("choose_bits", progress=progress)
     if (budget is None) == (min_sqnr_db is None):
         raise ValueError("choose_bits: give exactly one of budget (bits per weight) or min_sqnr_db")
     for arg, v in (("budget", budget), ("min_sqnr_db", min_sqnr_db)):
