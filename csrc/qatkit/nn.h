@@ -242,7 +242,7 @@ struct QATKIT_API IntegerKernelPlan {
   /// The tensors the plan was derived from (codes, weight scales and zero points, bias, the input
   /// quantizer's scale and zero point) and the sum of their versions then. An in-place write to one
   /// of them bumps its version; the layer's forward then builds its plan again from them (Python:
-  /// qatkit.qat.integer.refresh), so an edit after the first call is never silently ignored.
+  /// qatkit.qat.integer.refresh_layer), so an edit after the first call is never silently ignored.
   std::vector<torch::Tensor> sources;
   std::int64_t sources_version = 0;
   bool sources_changed() const;

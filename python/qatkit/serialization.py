@@ -150,7 +150,7 @@ class _Packed:
 
     def _resync_packed(self) -> None:
         """The packed bytes written in place (a bit flip in ``weight_packed``): unpack the codes the
-        forward reads again (integer.refresh calls it; so do the float forward's weight, export and
+        forward reads again (integer.refresh_layer calls it; so do the float forward's weight, export and
         state_dict). Where both were written, the packed bytes win."""
         if self.packing is not None and _version(self.weight_packed) != self.__dict__.get("_packed_version"):
             self._buffers["weight_int"] = self._unpacked().to(self.weight_int.device)
@@ -166,6 +166,15 @@ class _Packed:
             rows = w.shape[0] if w.dim() > 0 else 1
             self.weight_packed.copy_(ops.pack_weights(w.reshape(rows, -1), bits, offset, packing))
             self._packed_version, self._int_version = _version(self.weight_packed), _version(w)
+
+    def __setattr__(self, name, value):
+        # new packed bytes: the codes are unpacked from them again; new codes: packed again before
+        # state_dict (the versions of a replacing tensor say nothing)
+        if name == "weight_packed" and isinstance(value, torch.Tensor):
+            self.__dict__["_packed_version"] = None
+        elif name == "weight_int" and isinstance(value, torch.Tensor):
+            self.__dict__["_int_version"] = None
+        super().__setattr__(name, value)
 
     def _baseline_versions(self) -> None:
         if self.packing is not None:

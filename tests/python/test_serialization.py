@@ -711,3 +711,64 @@ def test_an_edit_that_takes_a_layer_off_its_kernel_warns_and_computes_the_float_
         h = loaded[1](loaded[0](x))  # the layers around it keep their kernels
         assert torch.equal(loaded[2](h), as_float[2](h))
         assert loaded[0]._integer_form is not None and y.shape == (16, 10)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "int4_weight_only"])
+def test_a_replaced_tensor_is_computed_with_and_refresh_covers_data_writes(preset, tmp_path):
+    """`layer.bias = new_bias` (a replaced buffer, not an in-place write) left the kernel plan
+    reading the old tensor, as did `observer.scale = new` inside the input quantizer and a loaded
+    layer's new `weight_packed`; now the layer rebuilds its plan (the quantizers bump the replaced
+    tensor's version). Writes through `.data` bypass torch's version counters: qatkit.qat.refresh
+    builds the plans again, and its `packed=True` unpacks the codes again."""
+    import copy
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+    x = torch.randn(16, 64)
+    q = _ptq(net, x, dataclasses.replace(qatkit.preset(preset), first_last=None))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+
+    def fresh(m):  # a deep copy holds no plan: it builds one from the tensors as they are
+        return copy.deepcopy(m)(x)
+
+    replace = {"bias": lambda lay: setattr(lay, "bias", lay.bias + 0.5),
+               "weight_scale": lambda lay: setattr(lay, "weight_scale", lay.weight_scale * 1.5),
+               "weight_int": lambda lay: setattr(lay, "weight_int", lay.weight_int.flip(1).contiguous())}
+    with torch.no_grad():
+        for what, edit in replace.items():
+            for model in (qatkit.load(path), qatkit.convert(q, integer=True)):
+                before = model(x)
+                edit(model[2])
+                got = model(x)
+                assert torch.equal(got, fresh(model)) and not torch.equal(got, before), what
+        loaded = qatkit.load(path)
+        aq = loaded[2].input_fake_quant
+        if aq is not None and hasattr(aq, "observer"):
+            before = loaded(x)
+            aq.observer.scale = aq.observer.scale * 1.25
+            got = loaded(x)
+            assert torch.equal(got, fresh(loaded)) and not torch.equal(got, before)
+        loaded = qatkit.load(path)
+        before = loaded(x)
+        loaded[2].weight_packed = loaded[2].weight_packed.flip(1).contiguous()
+        got = loaded(x)
+        assert torch.equal(got, fresh(loaded)) and not torch.equal(got, before)
+        # .data writes: unseen by the versions until refresh
+        loaded = qatkit.load(path)
+        before = loaded(x)
+        loaded[2].bias.data.add_(0.5)  # a plan that folded the bias (w8a8's int32 bias) misses it until refresh
+        n = qatkit.qat.refresh(loaded)
+        assert n == sum(getattr(m, "_integer_form", None) is not None for m in loaded) >= 1
+        got = loaded(x)
+        assert torch.equal(got, fresh(loaded)) and not torch.equal(got, before)
+        p = loaded[2].weight_packed
+        p.data.copy_(p.flip(1))
+        after_bias = loaded(x)
+        qatkit.qat.refresh(loaded, packed=True)
+        got = loaded(x)
+        assert not torch.equal(got, after_bias)
+        ref = qatkit.load(path)
+        ref.load_state_dict(loaded.state_dict())  # the packed bytes and the bias as they are now
+        assert torch.equal(ref(x), got)

@@ -28,7 +28,7 @@ from .config import (
     xnor_w1a1,
 )
 from .convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, convert, weight_codes
-from .integer import IntegerReport, integer_form, set_compute
+from .integer import IntegerReport, integer_form, refresh, set_compute
 from .modules import (
     BitLinear,
     QuantConv1d,
@@ -65,6 +65,7 @@ from .swap import replace_module
 __all__ = [
     "IntegerReport",
     "integer_form",
+    "refresh",
     "set_compute",
     "PRESETS",
     "LayerSpec",

@@ -130,6 +130,13 @@ class _Quantized(nn.Module):
             aq.eval()
         self.input_fake_quant = aq
 
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if isinstance(value, (torch.Tensor, nn.Module)) and "_int8_plan" in self.__dict__:
+            # a tensor or quantizer replaced after the plan was built (layer.bias = new_bias): as an
+            # in-place edit, the plan is built again from the layer's tensors (integer.refresh_layer)
+            _integer.refresh_layer(self)
+
     def __getstate__(self):
         # pickle / torch.save / copy.deepcopy leave out the kernel plan: its bound calls are closures
         # (not picklable) over this layer's tensors, which a copy must not share. Rebuilt on the next call.
@@ -209,8 +216,8 @@ class QuantizedLinear(_Quantized):
             # integer.bound_plan's test inlined (a Python call less per layer): a small model's layers are
             # dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
             plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-            if plan and plan["changed"]():  # a source written in place: a new plan (integer.refresh)
-                plan, form = _integer.refresh(self), self._integer_form
+            if plan and plan["changed"]():  # a source written in place: a new plan (integer.refresh_layer)
+                plan, form = _integer.refresh_layer(self), self._integer_form
             if (plan and plan["bare"] and form is not None and x.dtype is torch.float32
                     and (x.is_cpu if plan["cpu"] else x.device == plan["device"]) and (form != "row" or x.dim() >= 2)):
                 return plan["bare"](x)  # integer.linear's bound kernel straight away (smoothing, if any, inside)
@@ -246,8 +253,8 @@ class _QuantizedConv(_Quantized):
         try:
             # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
             plan, form = self.__dict__.get("_int8_plan"), self._integer_form
-            if plan and plan["changed"]():  # a source written in place: a new plan (integer.refresh)
-                plan, form = _integer.refresh(self), self._integer_form
+            if plan and plan["changed"]():  # a source written in place: a new plan (integer.refresh_layer)
+                plan, form = _integer.refresh_layer(self), self._integer_form
             if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
                     and x.dim() == nd + 2 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
                 return plan["bare"](x)

@@ -844,7 +844,7 @@ _CHANGED = {n: eval("lambda v0, " + ", ".join(f"t{i}" for i in range(n)) + ": la
 _CHANGED[0] = lambda v0: lambda: False  # noqa: E731  (only inference tensors: nothing to compare)
 
 
-def refresh(mod) -> None:
+def refresh_layer(mod) -> None:
     """A source of the layer's kernel plan (:func:`_sources`) was written in place after the plan
     was built (``layer.bias.add_(1)``, a bit flip in ``weight_int``, a new input scale): drop the
     plan, unpack a loaded layer's codes again if its packed bytes changed, and, in integer compute,
@@ -858,6 +858,36 @@ def refresh(mod) -> None:
             name = f"'{mod.qualified_name}'" if mod.qualified_name else type(mod).__name__
             warnings.warn(f"{name}: after an in-place edit of its tensors the layer computes in float math "
                           f"(what the QAT model computes): {why}", UserWarning, stacklevel=3)
+
+
+def refresh(model: nn.Module, packed: bool = False) -> int:
+    """Build every converted layer's kernel plan again from its current tensors, deciding its form
+    as ``set_compute`` / ``qatkit.load`` did. A converted layer does this by itself when one of its
+    tensors is written in place or replaced; call this after writes the version counters do not
+    see: through ``.data`` (``layer.bias.data.add_(1)``, ``layer.weight_int.data = codes``), which
+    torch leaves untracked. ``packed=True``: loaded layers unpack their codes from their packed
+    bytes again first (after a ``.data`` write to ``weight_packed``).
+
+    Returns:
+        The number of layers in integer compute afterwards.
+
+    Raises:
+        ValueError: the model has no converted layers.
+    """
+    from .convert import _Quantized
+
+    layers = [m for m in model.modules() if isinstance(m, _Quantized)]
+    if not layers:
+        raise ValueError("refresh: the model has no converted layers; call qatkit.convert first")
+    for m in layers:
+        if packed and getattr(m, "packing", None) is not None:
+            m.__dict__["_packed_version"] = None  # unpacked again below
+        m.__dict__.pop("_int8_plan", None)
+        if m.__dict__.get("_compute") == "integer" or m._integer_form is not None:
+            _decide(m, m.__dict__.get("_kernels_only", False))  # a layer a kernel refused may take one now
+        elif packed and hasattr(m, "_resync_packed"):
+            m._resync_packed()
+    return sum(m._integer_form is not None for m in layers)
 
 
 def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
@@ -883,6 +913,7 @@ def set_compute(model: nn.Module, compute: str = "integer", warn: bool = True,
         raise ValueError("set_compute: the model has no converted layers; call qatkit.convert first")
     for name, m in layers:
         m.__dict__.pop("_integer_form_cast", None)  # what a cast away from float32 kept (convert._apply)
+        m.__dict__["_compute"] = compute  # what refresh(model) decides again
         if compute == "float":
             m._integer_form = None
             report.append((name, None, "float requested"))

@@ -125,7 +125,32 @@ def _check_spec(spec) -> QuantSpec:
 # ---------------------------------------------------------------- observers
 
 
-class Observer(nn.Module):
+def _bump_version(t: torch.Tensor) -> None:
+    """Bump ``t``'s version without changing it (a self copy): what holds ``t`` to check for edits
+    (a converted layer's kernel plan, qatkit.qat.integer) sees it replaced. Inference tensors keep
+    no version."""
+    if not t.is_inference():
+        with torch.no_grad():
+            t.copy_(t)
+
+
+class _ReplacedTensorsBump:
+    """Mixin: assigning a new tensor to a buffer or parameter that holds one (``observer.scale =
+    new``) bumps the old tensor's version, so a converted layer whose kernel plan read the old one
+    rebuilds its plan, as after an in-place edit (the quantizer does not know its layer)."""
+
+    def __setattr__(self, name, value):
+        old = None
+        if isinstance(value, torch.Tensor):
+            old = self.__dict__.get("_buffers", {}).get(name)
+            if old is None:
+                old = self.__dict__.get("_parameters", {}).get(name)
+        super().__setattr__(name, value)
+        if old is not None and old is not value:
+            _bump_version(old)
+
+
+class Observer(_ReplacedTensorsBump, nn.Module):
     """Observes tensors into buffers and produces the qparams of an affine spec.
 
     Subclasses keep every statistic in buffers (so it checkpoints) and combine ranks in
@@ -294,7 +319,7 @@ def register_observer(name: str) -> Callable[[Type[Observer]], Type[Observer]]:
 # ---------------------------------------------------------------- the registry
 
 
-class _SpecModule(nn.Module):
+class _SpecModule(_ReplacedTensorsBump, nn.Module):
     """Spec bookkeeping shared by every quantizer: the registry, extra state, checkpoint
     compatibility, the fake-quant switch and its Python mirror."""
 
