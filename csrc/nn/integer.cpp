@@ -319,6 +319,25 @@ bool IntegerKernelPlan::sources_changed() const { return version_sum(sources) !=
 
 namespace detail {
 
+bool plan_stale(const IntegerKernelPlan& p, const ConvertedWeight& f, const torch::Tensor& bias,
+                const ActFakeQuantizer& aq) {
+  // a member assigned a new tensor (f.codes = other), which keeps the old one's version out of sight
+  const auto& s = p.sources;
+  if (s.size() < 4 || !s[0].is_same(f.codes) || !s[1].is_same(f.scale) || !s[2].is_same(f.zero_point) ||
+      !s[3].is_same(bias)) {
+    return true;
+  }
+  if (aq) {
+    const auto [scale, zero_point] = aq->qparams();
+    if (s.size() < 6 || !s[4].is_same(scale) || !s[5].is_same(zero_point)) return true;
+  }
+  return p.sources_changed();
+}
+
+}  // namespace detail
+
+namespace detail {
+
 namespace {
 
 // Python's integer.refresh warns too: an edit that takes a layer off its kernel is never silent

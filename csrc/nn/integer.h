@@ -19,6 +19,11 @@ namespace qatkit::nn::detail {
 QATKIT_API torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& x,
                                         const torch::Tensor& divisor = {});
 
+/// Whether a layer's plan no longer matches its tensors: one written in place (its version moved,
+/// IntegerKernelPlan::sources_changed) or a member assigned a new tensor (frozen.codes = other).
+QATKIT_API bool plan_stale(const IntegerKernelPlan& p, const ConvertedWeight& f, const torch::Tensor& bias,
+                           const ActFakeQuantizer& aq);
+
 /// Build a layer's plan again from its current tensors (set_compute("integer")'s step for one
 /// layer): its forward calls it when IntegerKernelPlan::sources_changed() (an in-place edit).
 QATKIT_API void replan(QuantLinearImpl& l);

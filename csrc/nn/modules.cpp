@@ -537,7 +537,9 @@ torch::Tensor autocast_float32(const torch::Tensor& x) {
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   // one row (torch::nn::Linear takes it): the input quantizer sees it as a batch of one, as Python's
   if (x.dim() == 1) return forward(x.unsqueeze(0)).squeeze(0);
-  if (frozen.integer && frozen.integer->sources_changed()) detail::replan(*this);  // an in-place edit
+  if (frozen.integer && detail::plan_stale(*frozen.integer, frozen, bias, input_fake_quant)) {
+    detail::replan(*this);  // an in-place edit, or a member assigned a new tensor
+  }
   // in integer compute the layer (BitLinear's RMSNorm included) is a float32 layer
   const torch::Tensor x32 = frozen.integer ? autocast_float32(x) : x;
   torch::Tensor h = rms_norm_ ? at::rms_norm(x32, {options.in_features()}, std::nullopt, 1e-6) : x32;
@@ -710,7 +712,9 @@ torch::Tensor conv_forward(Layer& self, const torch::Tensor& x) {
   // unbatched (C, L) / (C, H, W), as torch's convs take it: a batch of one, so per-sample and
   // per-channel input quantizers and the integer kernels see their dims (Python's QuantConv*d)
   if (x.dim() == static_cast<std::int64_t>(D) + 1) return conv_forward<D>(self, x.unsqueeze(0)).squeeze(0);
-  if (self.frozen.integer && self.frozen.integer->sources_changed()) detail::replan(self);  // an in-place edit
+  if (self.frozen.integer && detail::plan_stale(*self.frozen.integer, self.frozen, self.bias, self.input_fake_quant)) {
+    detail::replan(self);  // an in-place edit, or a member assigned a new tensor
+  }
   if (self.frozen.integer) return conv_forward_on<D>(self, autocast_float32(x));
   return conv_forward_on<D>(self, x);
 }

@@ -918,3 +918,32 @@ CATCH_TEST_CASE("an in-place edit that takes a layer off its integer kernel warn
                                            "computes in float math"));
   CATCH_CHECK(captured([&] { q->forward(x); }).empty());  // said once: float math is its form now
 }
+
+CATCH_TEST_CASE("a converted layer's member assigned a new tensor is computed with", "[nn][integer]") {
+  // the plan kept the old tensor's handle, whose version never moves: the forward now also checks
+  // that its sources are the layer's current members (detail::plan_stale)
+  for (const std::string edit : {"bias", "scale", "codes", "input scale"}) {
+    CATCH_INFO(edit);
+    torch::manual_seed(12);
+    auto model = torch::nn::Sequential(torch::nn::Linear(32, 48), torch::nn::ReLU(), torch::nn::Linear(48, 8));
+    const torch::Tensor x = torch::randn({6, 32});
+    auto q = integer_model("w8a8", model, x);
+    torch::NoGradGuard ng;
+    const torch::Tensor before = q->forward(x);
+    auto* lin = q->ptr(2)->as<qnn::QuantLinear>();
+    CATCH_REQUIRE(lin->frozen.integer != nullptr);
+    if (edit == "bias") {
+      lin->bias = lin->bias + 0.5;
+    } else if (edit == "scale") {
+      lin->frozen.scale = lin->frozen.scale * 1.5;
+    } else if (edit == "codes") {
+      lin->frozen.codes = lin->frozen.codes.flip({1}).contiguous();
+    } else {
+      lin->input_fake_quant->qparams().first.mul_(1.25);  // in place: the version check
+    }
+    const torch::Tensor got = q->forward(x);
+    qnn::set_compute(*q, "integer");  // fresh plans from the layer's members
+    CATCH_CHECK(torch::equal(got, q->forward(x)));
+    CATCH_CHECK(!torch::equal(got, before));
+  }
+}
