@@ -29,7 +29,7 @@ from torch import nn
 from . import ops
 from .qat.config import QuantSpec, check_flags
 from .qat.convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, _Quantized, convert
-from .qat.quantizers import ActFakeQuantizer
+from .qat.quantizers import ActFakeQuantizer, tensor_version
 from .qat.swap import replace_module
 
 __all__ = [
@@ -90,11 +90,6 @@ def _small_int(t: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- packed layers
 
 
-def _version(t: torch.Tensor) -> int:
-    """t's version (in-place writes bump it); 0 for an inference tensor, which keeps none."""
-    return 0 if t.is_inference() else t._version
-
-
 class _Packed:
     """Mixin of the loaded layers: the packed bytes are the weight's state; the codes the
     converted forward reads are unpacked from them once (non-persistent)."""
@@ -116,7 +111,7 @@ class _Packed:
             self.register_buffer("weight_packed", tensors["weight_packed"])
             self._unpack = (w["k"], _DTYPES[w["codes_dtype"]], shape)
             self.register_buffer("weight_int", self._unpacked(), persistent=False)
-            self._int_version = _version(self.weight_int)
+            self._int_version = tensor_version(self.weight_int)
         # float16 / bfloat16 scales (QuantSpec.scale_dtype) widen exactly to the float32 the ops take
         self.register_buffer("weight_scale", tensors.get("weight_scale", torch.ones(1)).float())
         zp = tensors.get("weight_zero_point")
@@ -145,27 +140,27 @@ class _Packed:
         bits, offset, packing = self.packing
         k, dtype, shape = self._unpack
         #: the packed bytes' version the codes were unpacked from (_resync_packed)
-        self._packed_version = _version(self.weight_packed)
+        self._packed_version = tensor_version(self.weight_packed)
         return ops.unpack_weights(self.weight_packed, bits, k, offset, packing).to(dtype).reshape(shape)
 
     def _resync_packed(self) -> None:
         """The packed bytes written in place (a bit flip in ``weight_packed``): unpack the codes the
         forward reads again (integer.refresh_layer calls it; so do the float forward's weight, export and
         state_dict). Where both were written, the packed bytes win."""
-        if self.packing is not None and _version(self.weight_packed) != self.__dict__.get("_packed_version"):
+        if self.packing is not None and tensor_version(self.weight_packed) != self.__dict__.get("_packed_version"):
             self._buffers["weight_int"] = self._unpacked().to(self.weight_int.device)
-            self._int_version = _version(self.weight_int)
+            self._int_version = tensor_version(self.weight_int)
 
     def _repack_codes(self) -> None:
         """The codes written in place (``weight_int``, which the forward computes with): pack them
         into ``weight_packed``, the persistent state, so state_dict / torch.save keep the edit."""
         self._resync_packed()
-        if self.packing is not None and _version(self.weight_int) != self.__dict__.get("_int_version"):
+        if self.packing is not None and tensor_version(self.weight_int) != self.__dict__.get("_int_version"):
             bits, offset, packing = self.packing
             w = self.weight_int
             rows = w.shape[0] if w.dim() > 0 else 1
             self.weight_packed.copy_(ops.pack_weights(w.reshape(rows, -1), bits, offset, packing))
-            self._packed_version, self._int_version = _version(self.weight_packed), _version(w)
+            self._packed_version, self._int_version = tensor_version(self.weight_packed), tensor_version(w)
 
     def __setattr__(self, name, value):
         # new packed bytes: the codes are unpacked from them again; new codes: packed again before
@@ -178,7 +173,7 @@ class _Packed:
 
     def _baseline_versions(self) -> None:
         if self.packing is not None:
-            self._packed_version, self._int_version = _version(self.weight_packed), _version(self.weight_int)
+            self._packed_version, self._int_version = tensor_version(self.weight_packed), tensor_version(self.weight_int)
 
     # a copy (deepcopy, pickle, torch.save of the module) and a move or cast (_apply) make new tensors
     # whose versions start again: the codes and the packed bytes agree first, and the new tensors'
@@ -209,7 +204,7 @@ class _Packed:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if self.packing is not None:  # new packed bytes: the codes the forward reads follow them
             self._buffers["weight_int"] = self._unpacked().to(self.weight_int.device)
-            self._int_version = _version(self.weight_int)
+            self._int_version = tensor_version(self.weight_int)
 
     def extra_repr(self) -> str:
         if self.packing is None:

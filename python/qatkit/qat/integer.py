@@ -565,11 +565,6 @@ def float32_input(mod, x: torch.Tensor) -> torch.Tensor:
     output for a float64 / bfloat16 / float16 input (docs/integer.md, "Input dtypes")."""
     if x.dtype in (torch.bfloat16, torch.float16) and torch.is_autocast_enabled(x.device.type):
         return x.float()
-    wrong_dtype(mod, x)
-
-
-def wrong_dtype(mod, x: torch.Tensor):
-    """Raise the TypeError of :func:`float32_input`."""
     layer = _features(mod)[2]
     if mod.qualified_name:
         layer = f"'{mod.qualified_name}': {layer}"

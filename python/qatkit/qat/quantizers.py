@@ -125,6 +125,12 @@ def _check_spec(spec) -> QuantSpec:
 # ---------------------------------------------------------------- observers
 
 
+def tensor_version(t: torch.Tensor) -> int:
+    """``t``'s version (every in-place write bumps it); -1 for an inference tensor (made under
+    torch.inference_mode), which keeps none and raises when asked."""
+    return -1 if t.is_inference() else t._version
+
+
 def _bump_version(t: torch.Tensor) -> None:
     """Bump ``t``'s version without changing it (a self copy): what holds ``t`` to check for edits
     (a converted layer's kernel plan, qatkit.qat.integer) sees it replaced. Inference tensors keep
@@ -479,8 +485,7 @@ class WeightFakeQuantizer(_SpecModule):
             return w
         cache = self._calibration_cache
         if cache is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            # an inference tensor (a model prepared under torch.inference_mode) keeps no version
-            key = (id(w), -1 if w.is_inference() else w._version)
+            key = (id(w), tensor_version(w))  # (a model prepared under inference_mode: no version)
             hit = cache.get(key)
             if hit is None:
                 hit = cache[key] = self._named(self.quantize, w)
