@@ -2,7 +2,8 @@
 qatkit.load and qatkit.load_into must raise ValueError (or load a model that runs) — never another
 exception type, a hang or a crash.
 
-Seeds: files qatkit.export wrote for a small CNN at several presets (one with SmoothQuant).
+Seeds: files qatkit.export wrote for a small CNN at several presets (one with SmoothQuant), and one
+with float modules that hold tensors (BatchNorm, PReLU, LayerNorm, float Conv / Linear).
 Mutations (seeded, one or more per input): byte flips anywhere, truncation, appended junk,
 header-length edits, and structure-aware edits of the qatkit JSON header (a field deleted, set to
 null / a string / a huge or negative number / a list, a layer renamed, a type changed) and of the
@@ -36,7 +37,8 @@ import qatkit
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
 from qat_models import number_arg  # noqa: E402
 
-WEIRD = [None, "x", -1, 0, 2**62, -(2**62), 1.5, [], [1, 2], {}, True, "nan", [2**40, 2**40]]
+# 2**26: a size every range check admits, which a loader that builds before it checks would allocate
+WEIRD = [None, "x", -1, 0, 2**62, -(2**62), 1.5, [], [1, 2], {}, True, "nan", [2**40, 2**40], 2**26, [8, 2**26]]
 
 
 def seeds(tmp):
@@ -55,6 +57,16 @@ def seeds(tmp):
         path = os.path.join(tmp, f"seed_{preset}_{scaling}.safetensors")
         qatkit.export(q, path)
         out.append(open(path, "rb").read())
+    # float modules with tensors and arguments of their own (first and last layers kept float)
+    leaves = nn.Sequential(nn.BatchNorm2d(1), nn.Conv2d(1, 4, 3, padding=1), nn.PReLU(4), nn.AvgPool2d(2, divisor_override=3),
+                           nn.Flatten(), nn.Linear(64, 16), nn.LayerNorm(16), nn.Hardswish(), nn.Linear(16, 16),
+                           nn.LeakyReLU(0.1), nn.Linear(16, 10), nn.LogSoftmax(1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(leaves, [x], qatkit.preset("w8a8"), correct_bias=None, verbose=False, progress=False)
+    path = os.path.join(tmp, "seed_leaves.safetensors")
+    qatkit.export(q, path)
+    out.append(open(path, "rb").read())
     return model, x, out
 
 
@@ -132,6 +144,19 @@ def mutate(raw, rng):
     return join(head, body)
 
 
+def _peak_rss_mb(a, children: bool) -> int:
+    """The peak resident memory of this process (or of its largest child), in MB; a finding above
+    --max-rss-mb: a loader allocated what a corrupt header asked for before checking it against
+    the file (the seeds are a few KB; a sound load of them stays near the import's footprint)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss // 1024
+    if a.max_rss_mb and rss > a.max_rss_mb:
+        print(f"peak RSS {rss} MB > --max-rss-mb {a.max_rss_mb}: a loader allocated a size from a corrupt header")
+        sys.exit(1)
+    return rss
+
+
 def fuzz_cpp(a):
     import subprocess
 
@@ -160,8 +185,9 @@ def fuzz_cpp(a):
                     f.write(data)
                 print(f"input {i}: exit {r.returncode}: {r.stderr.decode('utf-8', 'replace')[-500:]}")
                 sys.exit(1)
+    rss = _peak_rss_mb(a, children=True)
     print(f"fuzz_load --cpp: {a.inputs} inputs in {time.time() - t0:.0f} s, seed {a.seed}: {codes.get(1, 0)} refused "
-          f"(exit 1, ValueError), {codes.get(0, 0)} loaded and ran, no crash")
+          f"(exit 1, ValueError), {codes.get(0, 0)} loaded and ran, no crash, peak RSS {rss} MB")
 
 
 def fuzz_cpp_many(a, exe, rng, pool, xin, tmp, t0):
@@ -193,9 +219,10 @@ def fuzz_cpp_many(a, exe, rng, pool, xin, tmp, t0):
         for k, v in zip(words[::2], words[1::2]):
             counts[k] += int(v)
         done += n
+    rss = _peak_rss_mb(a, children=True)
     print(f"fuzz_load --cpp --many {batch}: {a.inputs} inputs in {time.time() - t0:.0f} s, seed {a.seed}: "
           f"{counts['refused']} refused (ValueError), {counts['loaded']} loaded and ran, "
-          f"{counts['forward_refused']} loaded but the forward refused the input, no crash")
+          f"{counts['forward_refused']} loaded but the forward refused the input, no crash, peak RSS {rss} MB")
 
 
 def main():
@@ -205,6 +232,8 @@ def main():
     ap.add_argument("--cpp", action="store_true", help="fuzz the C++ loader program instead")
     ap.add_argument("--exe", default=None, help="with --cpp: the qatkit_load_run to run (default build/py's)")
     ap.add_argument("--many", type=number_arg(int, 0), default=0, help="with --cpp: inputs per process (0: one process each)")
+    ap.add_argument("--max-rss-mb", type=number_arg(int, 0), default=1024,
+                    help="fail when the loader's peak RSS exceeds this (0: no check; sanitized builds need more)")
     a = ap.parse_args()
     if a.cpp:
         return fuzz_cpp(a)
@@ -244,9 +273,10 @@ def main():
                         f.write(data)
                     print(f"input {i}: {type(e).__name__}: {e}\n(saved as fuzz_crash_{i}.safetensors)")
                     sys.exit(1)
+    rss = _peak_rss_mb(a, children=False)
     print(f"fuzz_load: {a.inputs} inputs x 2 loaders in {time.time() - t0:.0f} s, seed {a.seed}: "
           f"{counts['ValueError']} ValueError, {counts['loaded']} loaded and ran, {counts['forward refused']} loaded but "
-          "torch refused the input (a shape the edited header describes), 0 other exceptions")
+          f"torch refused the input (a shape the edited header describes), 0 other exceptions, peak RSS {rss} MB")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ echo "sanitize: C++ loader fuzz (qatkit::nn::load on mutated exported files, in-
 # the seed files come from the regular install (python3 imports it); the mutated files go through
 # the sanitized qatkit_load_run
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" $PY scripts/fuzz_load.py --cpp --many 500 \
-  --inputs "${QATKIT_SANITIZE_FUZZ:-20000}" --seed 5 --exe "$BUILD/qatkit_load_run" >"$LOG/fuzz_cpp.log" 2>&1 \
+  --inputs "${QATKIT_SANITIZE_FUZZ:-20000}" --seed 5 --exe "$BUILD/qatkit_load_run" --max-rss-mb 4096 >"$LOG/fuzz_cpp.log" 2>&1 \
   || { tail -60 "$LOG/fuzz_cpp.log"; exit 1; }
 tail -1 "$LOG/fuzz_cpp.log"
 

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <limits>
 #include <map>
 #include <type_traits>
@@ -49,6 +50,15 @@ struct Reader {
     const auto it = tensors.find(name);
     if (it == tensors.end()) return std::nullopt;
     return it->second;
+  }
+  /// The file holds tensor `name` with `sizes`: checked before the module that takes it is built,
+  /// so a corrupt size in the header is refused before it allocates anything.
+  void expect(const std::string& name, const std::vector<std::int64_t>& sizes) const {
+    const torch::Tensor t = tensor(name);
+    if (t.sizes() != at::IntArrayRef(sizes)) {
+      fail(fmt::format("tensor '{}' has shape {}, the header's module needs {}", name, ops::shape_str(t.sizes()),
+                       ops::shape_str(sizes)));
+    }
   }
   void load_into(torch::nn::Module& m, const std::string& prefix) const {
     torch::NoGradGuard ng;
@@ -124,6 +134,43 @@ torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, co
     r.fail(fmt::format("{}.padding_mode: expected 'zeros', 'reflect', 'replicate' or 'circular', got '{}'", where, pm));
   }
   return o;
+}
+
+/// The weight shape a conv of these options holds ([out, in / groups, kernel...]); refuses groups
+/// that do not divide the channels (LibTorch would raise only after reading the options).
+template <size_t D>
+std::vector<std::int64_t> conv_weight_shape(const Reader& r, const torch::nn::ConvOptions<D>& o, const std::string& where) {
+  const std::int64_t g = o.groups();
+  if (g < 1 || o.in_channels() < 1 || o.out_channels() < 1 || o.in_channels() % g != 0 || o.out_channels() % g != 0) {
+    r.fail(fmt::format("{}: {} in / {} out channels in {} groups", where, o.in_channels(), o.out_channels(), g));
+  }
+  std::vector<std::int64_t> shape{o.out_channels(), o.in_channels() / g};
+  for (std::size_t d = 0; d < D; ++d) shape.push_back((*o.kernel_size())[d]);
+  return shape;
+}
+
+/// A packed layer's geometry before the layer is built: the header's weight shape against its
+/// parameters (`implied`) and the packed bytes the file holds for rows x k codes of that width,
+/// so a corrupt size in the header is refused before it allocates anything.
+void check_packed_geometry(const Reader& r, const std::string& name, const json::Value& w,
+                           const std::vector<std::int64_t>& shape, const std::vector<std::int64_t>& implied) {
+  const std::string where = fmt::format("layer '{}' weight", name);
+  if (shape != implied) {
+    r.fail(fmt::format("{}: the shape {} does not match the layer's parameters ({})", where, ops::shape_str(shape),
+                       ops::shape_str(implied)));
+  }
+  const std::int64_t rows = w.at("rows", where).as_int(where), k = w.at("k", where).as_int(where);
+  const std::int64_t bits = w.at("bits", where).as_int(where);
+  std::int64_t numel = 1;
+  for (auto d : shape) numel *= d;  // shape_of bounds each dim below 2^31 and the product below 2^40
+  if (shape.empty() || rows != shape[0] || k < 0 || k >= (std::int64_t{1} << 40) || rows * k != numel) {
+    r.fail(fmt::format("{}: rows x k = {} x {} does not match the shape", where, rows, k));
+  }
+  if (bits < 1 || bits > 16) r.fail(fmt::format("{}: bits must be 1 to 16, got {}", where, bits));
+  const std::int64_t row_bytes = w.at("packing", where).as_string(where) == "base3" ? (k + 4) / 5
+                                 : bits > 8                                        ? 2 * k
+                                                                                   : (k * bits + 7) / 8;
+  r.expect(name + ".weight_packed", {rows, row_bytes});
 }
 
 QuantSpec spec_of(const json::Value& v, const std::string& where) {
@@ -261,9 +308,12 @@ std::vector<std::int64_t> shape_of(const json::Value& w, const std::string& wher
   const json::Value& s = w.at("shape", where);
   TORCH_CHECK_VALUE(s.type == json::Value::Type::kArray && !s.array.empty() && s.array.size() <= 5, fmt::format("{}: bad shape", where));
   std::vector<std::int64_t> out;
+  std::int64_t numel = 1;
   for (const auto& d : s.array) {
     const std::int64_t v = d.as_int(where);
     TORCH_CHECK_VALUE(v >= 0 && v < (std::int64_t{1} << 31), fmt::format("{}: bad dimension {}", where, v));
+    numel = v == 0 ? 0 : numel * v;
+    TORCH_CHECK_VALUE(numel < (std::int64_t{1} << 40), fmt::format("{}: the shape holds 2^40 elements or more", where));
     out.push_back(v);
   }
   return out;
@@ -290,6 +340,7 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
   const bool bias = info.at("bias", where).as_bool(where);
   if (type == "linear") {
     const auto opts = torch::nn::LinearOptions(p.at("in_features", where).as_int(where), p.at("out_features", where).as_int(where)).bias(bias);
+    check_packed_geometry(r, name, w, shape, {opts.out_features(), opts.in_features()});
     if (p.at("rms_norm", where).as_bool(where)) {
       BitLinear layer(opts, spec);
       QuantLinear base(std::static_pointer_cast<QuantLinearImpl>(layer.ptr()));
@@ -301,17 +352,22 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
     return torch::nn::AnyModule(layer);
   }
   if (type == "conv2d") {
-    QuantConv2d layer(conv_options<2>(r, p, where, bias), spec);
+    const auto opts = conv_options<2>(r, p, where, bias);
+    check_packed_geometry(r, name, w, shape, conv_weight_shape<2>(r, opts, where));
+    QuantConv2d layer(opts, spec);
     finish_layer(r, name, info, layer, shape);
     return torch::nn::AnyModule(layer);
   }
   if (type == "conv1d") {
-    QuantConv1d layer(conv_options<1>(r, p, where, bias), spec);
+    const auto opts = conv_options<1>(r, p, where, bias);
+    check_packed_geometry(r, name, w, shape, conv_weight_shape<1>(r, opts, where));
+    QuantConv1d layer(opts, spec);
     finish_layer(r, name, info, layer, shape);
     return torch::nn::AnyModule(layer);
   }
   if (type == "embedding") {
     if (shape.size() != 2) r.fail(fmt::format("{}: an embedding weight is 2-d", where));
+    check_packed_geometry(r, name, w, shape, shape);
     auto opts = torch::nn::EmbeddingOptions(shape[0], shape[1]);
     const json::Value& pad = p.at("padding_idx", where);
     if (!pad.is_null()) opts.padding_idx(pad.as_int(where));
@@ -330,7 +386,36 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
   const std::string where = fmt::format("module '{}' ({})", qname, type);
   const auto arg = [&](const char* k) -> const json::Value& { return args.at(k, where); };
   const std::string prefix = qname.empty() ? "" : qname + ".";
+  // a number argument Python's structure check let through (finite); a corrupt file fails here
+  const auto number = [&](const char* k) {
+    const double v = arg(k).as_number(where);
+    if (!std::isfinite(v)) r.fail(fmt::format("{}: {} must be finite, got {}", where, k, v));
+    return v;
+  };
   if (type == "ReLU") return torch::nn::AnyModule(torch::nn::ReLU());
+  if (type == "ReLU6") return torch::nn::AnyModule(torch::nn::ReLU6());
+  if (type == "LeakyReLU") {
+    return torch::nn::AnyModule(torch::nn::LeakyReLU(torch::nn::LeakyReLUOptions().negative_slope(number("negative_slope"))));
+  }
+  if (type == "ELU") return torch::nn::AnyModule(torch::nn::ELU(torch::nn::ELUOptions().alpha(number("alpha"))));
+  if (type == "Hardtanh") {
+    const double lo = number("min_val"), hi = number("max_val");
+    if (!(hi > lo)) r.fail(fmt::format("{}: max_val {} must exceed min_val {}", where, hi, lo));
+    return torch::nn::AnyModule(torch::nn::Hardtanh(torch::nn::HardtanhOptions().min_val(lo).max_val(hi)));
+  }
+  if (type == "PReLU") {
+    const std::int64_t n = arg("num_parameters").as_int(where);
+    if (n < 1) r.fail(fmt::format("{}: num_parameters must be positive, got {}", where, n));
+    r.expect(prefix + "weight", {n});
+    torch::nn::PReLU prelu(torch::nn::PReLUOptions().num_parameters(n));
+    r.load_into(*prelu, prefix);
+    return torch::nn::AnyModule(prelu);
+  }
+  if (type == "Hardswish") return torch::nn::AnyModule(Hardswish());
+  if (type == "Hardsigmoid") return torch::nn::AnyModule(Hardsigmoid());
+  if (type == "Mish") return torch::nn::AnyModule(torch::nn::Mish());
+  if (type == "Softmax") return torch::nn::AnyModule(torch::nn::Softmax(arg("dim").as_int(where)));
+  if (type == "LogSoftmax") return torch::nn::AnyModule(torch::nn::LogSoftmax(arg("dim").as_int(where)));
   if (type == "SiLU") return torch::nn::AnyModule(torch::nn::SiLU());
   if (type == "Tanh") return torch::nn::AnyModule(torch::nn::Tanh());
   if (type == "Sigmoid") return torch::nn::AnyModule(torch::nn::Sigmoid());
@@ -344,17 +429,36 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
     return torch::nn::AnyModule(
         torch::nn::Unflatten(torch::nn::UnflattenOptions(arg("dim").as_int(where), int_list(arg("unflattened_size"), where))));
   }
-  if (type == "MaxPool2d") {
-    if (arg("ceil_mode").as_bool(where)) r.fail(where + ": ceil_mode is not supported in C++");
-    return torch::nn::AnyModule(torch::nn::MaxPool2d(torch::nn::MaxPool2dOptions(expand<2>(arg("kernel_size"), where))
-                                                         .stride(expand<2>(arg("stride"), where))
-                                                         .padding(expand<2>(arg("padding"), where))
-                                                         .dilation(expand<2>(arg("dilation"), where))));
-  }
+  const auto max_pool = [&](auto dims) {
+    constexpr std::size_t D = decltype(dims)::value;
+    using Options = std::conditional_t<D == 1, torch::nn::MaxPool1dOptions, torch::nn::MaxPool2dOptions>;
+    using Pool = std::conditional_t<D == 1, torch::nn::MaxPool1d, torch::nn::MaxPool2d>;
+    return torch::nn::AnyModule(Pool(Options(expand<D>(arg("kernel_size"), where))
+                                         .stride(expand<D>(arg("stride"), where))
+                                         .padding(expand<D>(arg("padding"), where))
+                                         .dilation(expand<D>(arg("dilation"), where))
+                                         .ceil_mode(arg("ceil_mode").as_bool(where))));
+  };
+  if (type == "MaxPool2d") return max_pool(std::integral_constant<std::size_t, 2>());
+  if (type == "MaxPool1d") return max_pool(std::integral_constant<std::size_t, 1>());
   if (type == "AvgPool2d") {
-    return torch::nn::AnyModule(torch::nn::AvgPool2d(torch::nn::AvgPool2dOptions(expand<2>(arg("kernel_size"), where))
-                                                         .stride(expand<2>(arg("stride"), where))
-                                                         .padding(expand<2>(arg("padding"), where))
+    auto o = torch::nn::AvgPool2dOptions(expand<2>(arg("kernel_size"), where))
+                 .stride(expand<2>(arg("stride"), where))
+                 .padding(expand<2>(arg("padding"), where))
+                 .ceil_mode(arg("ceil_mode").as_bool(where))
+                 .count_include_pad(arg("count_include_pad").as_bool(where));
+    const json::Value* d = args.find("divisor_override");  // absent in files written before 2026-12-05
+    if (d != nullptr && !d->is_null()) {
+      const std::int64_t v = d->as_int(where);
+      if (v < 1) r.fail(fmt::format("{}: divisor_override must be positive, got {}", where, v));
+      o.divisor_override(v);
+    }
+    return torch::nn::AnyModule(torch::nn::AvgPool2d(o));
+  }
+  if (type == "AvgPool1d") {
+    return torch::nn::AnyModule(torch::nn::AvgPool1d(torch::nn::AvgPool1dOptions(expand<1>(arg("kernel_size"), where))
+                                                         .stride(expand<1>(arg("stride"), where))
+                                                         .padding(expand<1>(arg("padding"), where))
                                                          .ceil_mode(arg("ceil_mode").as_bool(where))
                                                          .count_include_pad(arg("count_include_pad").as_bool(where))));
   }
@@ -362,10 +466,31 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
     const auto o = expand<2>(arg("output_size"), where);
     return torch::nn::AnyModule(torch::nn::AdaptiveAvgPool2d(torch::nn::AdaptiveAvgPool2dOptions({(*o)[0], (*o)[1]})));
   }
+  if (type == "AdaptiveAvgPool1d") {
+    return torch::nn::AnyModule(torch::nn::AdaptiveAvgPool1d(torch::nn::AdaptiveAvgPool1dOptions(expand<1>(arg("output_size"), where))));
+  }
+  if (type == "Embedding") {  // a float embedding table (embeddings=False keeps them float)
+    auto o = torch::nn::EmbeddingOptions(arg("num_embeddings").as_int(where), arg("embedding_dim").as_int(where));
+    const json::Value& pad = arg("padding_idx");
+    if (!pad.is_null()) o.padding_idx(pad.as_int(where));
+    const json::Value* max_norm = args.find("max_norm");  // absent in files written before 2026-12-05
+    if (max_norm != nullptr && !max_norm->is_null()) {
+      o.max_norm(max_norm->as_number(where));
+      const json::Value* nt = args.find("norm_type");
+      if (nt != nullptr) o.norm_type(nt->as_number(where));
+    }
+    r.expect(prefix + "weight", {o.num_embeddings(), o.embedding_dim()});
+    torch::nn::Embedding emb(o);
+    r.load_into(*emb, prefix);
+    return torch::nn::AnyModule(emb);
+  }
   if (type == "BatchNorm2d" || type == "BatchNorm1d") {
     const std::int64_t n = arg("num_features").as_int(where);
     const double eps = arg("eps").as_number(where);
     const bool affine = arg("affine").as_bool(where), track = arg("track_running_stats").as_bool(where);
+    if (n < 1) r.fail(fmt::format("{}: num_features must be positive, got {}", where, n));
+    if (affine) r.expect(prefix + "weight", {n});
+    if (track) r.expect(prefix + "running_mean", {n});
     if (type == "BatchNorm2d") {
       torch::nn::BatchNorm2d bn(torch::nn::BatchNorm2dOptions(n).eps(eps).affine(affine).track_running_stats(track));
       r.load_into(*bn, prefix);
@@ -378,23 +503,29 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
     return torch::nn::AnyModule(bn);
   }
   if (type == "LayerNorm") {
+    if (arg("elementwise_affine").as_bool(where)) r.expect(prefix + "weight", int_list(arg("normalized_shape"), where));
     torch::nn::LayerNorm ln(torch::nn::LayerNormOptions(int_list(arg("normalized_shape"), where)).eps(arg("eps").as_number(where))
                                 .elementwise_affine(arg("elementwise_affine").as_bool(where)));
     r.load_into(*ln, prefix);
     return torch::nn::AnyModule(ln);
   }
   if (type == "Linear") {
+    r.expect(prefix + "weight", {arg("out_features").as_int(where), arg("in_features").as_int(where)});
     torch::nn::Linear lin(torch::nn::LinearOptions(arg("in_features").as_int(where), arg("out_features").as_int(where)).bias(arg("bias").as_bool(where)));
     r.load_into(*lin, prefix);
     return torch::nn::AnyModule(lin);
   }
   if (type == "Conv2d") {  // a layer left float (first / last layers under first_last="float")
-    torch::nn::Conv2d conv(conv_options<2>(r, args, where, arg("bias").as_bool(where)));
+    const auto opts = conv_options<2>(r, args, where, arg("bias").as_bool(where));
+    r.expect(prefix + "weight", conv_weight_shape<2>(r, opts, where));
+    torch::nn::Conv2d conv(opts);
     r.load_into(*conv, prefix);
     return torch::nn::AnyModule(conv);
   }
   if (type == "Conv1d") {
-    torch::nn::Conv1d conv(conv_options<1>(r, args, where, arg("bias").as_bool(where)));
+    const auto opts = conv_options<1>(r, args, where, arg("bias").as_bool(where));
+    r.expect(prefix + "weight", conv_weight_shape<1>(r, opts, where));
+    torch::nn::Conv1d conv(opts);
     r.load_into(*conv, prefix);
     return torch::nn::AnyModule(conv);
   }
@@ -453,7 +584,9 @@ torch::nn::Sequential load(const std::string& path, const std::string& compute) 
   }
   const json::Value* structure = r.header.find("structure");
   if (structure == nullptr || structure->is_null()) {
-    r.fail("the model is not an nn.Sequential tree of modules qatkit knows; load it in Python with qatkit.load_into");
+    const json::Value* gap = r.header.find("structure_gap");  // the first module load cannot rebuild (since 2026-12-05)
+    const std::string why = gap != nullptr && gap->type == json::Value::Type::kString ? ": " + gap->as_string("structure_gap").substr(0, 300) : "";
+    r.fail(fmt::format("the model is not an nn.Sequential tree of modules qatkit knows{}; load it in Python with qatkit.load_into", why));
   }
   torch::nn::Sequential seq;
   if (structure->type == json::Value::Type::kObject &&

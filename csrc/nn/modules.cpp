@@ -6,6 +6,8 @@
 #include <ATen/ops/batch_norm.h>
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/embedding_renorm.h>
+#include <ATen/ops/hardsigmoid.h>
+#include <ATen/ops/hardswish.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/maximum.h>
@@ -911,5 +913,10 @@ torch::Tensor QuantEmbeddingImpl::forward(const torch::Tensor& indices) {
   return at::embedding(w, indices, options.padding_idx().value_or(-1), options.scale_grad_by_freq(),
                        options.sparse() && !weight_fake_quant && !frozen.converted);
 }
+
+torch::Tensor HardswishImpl::forward(const torch::Tensor& x) { return at::hardswish(x); }
+void HardswishImpl::pretty_print(std::ostream& stream) const { stream << "qatkit::nn::Hardswish()"; }
+torch::Tensor HardsigmoidImpl::forward(const torch::Tensor& x) { return at::hardsigmoid(x); }
+void HardsigmoidImpl::pretty_print(std::ostream& stream) const { stream << "qatkit::nn::Hardsigmoid()"; }
 
 }  // namespace qatkit::nn

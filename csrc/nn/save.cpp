@@ -251,6 +251,36 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
   }
   Value a = object();
   if (as<torch::nn::ReLUImpl>(m)) return leaf("ReLU", a);
+  if (as<torch::nn::ReLU6Impl>(m)) return leaf("ReLU6", a);
+  if (auto l = as<torch::nn::LeakyReLUImpl>(m)) {
+    a.set("negative_slope", Value::of(l->options.negative_slope()));
+    return leaf("LeakyReLU", a);
+  }
+  if (auto e = as<torch::nn::ELUImpl>(m)) {
+    a.set("alpha", Value::of(e->options.alpha()));
+    return leaf("ELU", a);
+  }
+  if (auto h = as<torch::nn::HardtanhImpl>(m)) {
+    a.set("min_val", Value::of(h->options.min_val()));
+    a.set("max_val", Value::of(h->options.max_val()));
+    return leaf("Hardtanh", a);
+  }
+  if (auto p = as<torch::nn::PReLUImpl>(m)) {
+    a.set("num_parameters", Value::of(p->options.num_parameters()));
+    floats(*p, prefix);
+    return leaf("PReLU", a);
+  }
+  if (as<HardswishImpl>(m)) return leaf("Hardswish", a);
+  if (as<HardsigmoidImpl>(m)) return leaf("Hardsigmoid", a);
+  if (as<torch::nn::MishImpl>(m)) return leaf("Mish", a);
+  if (auto sm = as<torch::nn::SoftmaxImpl>(m)) {
+    a.set("dim", Value::of(sm->options.dim()));
+    return leaf("Softmax", a);
+  }
+  if (auto sm = as<torch::nn::LogSoftmaxImpl>(m)) {
+    a.set("dim", Value::of(sm->options.dim()));
+    return leaf("LogSoftmax", a);
+  }
   if (as<torch::nn::SiLUImpl>(m)) return leaf("SiLU", a);
   if (as<torch::nn::TanhImpl>(m)) return leaf("Tanh", a);
   if (as<torch::nn::SigmoidImpl>(m)) return leaf("Sigmoid", a);
@@ -273,29 +303,51 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
     a.set("unflattened_size", ints(u->options.sizes()));
     return leaf("Unflatten", a);
   }
-  if (auto p = as<torch::nn::MaxPool2dImpl>(m)) {
-    TORCH_CHECK_VALUE(!p->options.ceil_mode(), fmt::format("qatkit::nn::save: '{}': MaxPool2d ceil_mode", name));
-    a.set("kernel_size", ints(*p->options.kernel_size()));
-    a.set("stride", ints(*p->options.stride()));
-    a.set("padding", ints(*p->options.padding()));
-    a.set("dilation", ints(*p->options.dilation()));
-    a.set("ceil_mode", Value::of(false));
-    return leaf("MaxPool2d", a);
-  }
+  const auto max_pool = [&](const auto& o, const char* type) {
+    a.set("kernel_size", ints(*o.kernel_size()));
+    a.set("stride", ints(*o.stride()));
+    a.set("padding", ints(*o.padding()));
+    a.set("dilation", ints(*o.dilation()));
+    a.set("ceil_mode", Value::of(o.ceil_mode()));
+    return leaf(type, a);
+  };
+  if (auto p = as<torch::nn::MaxPool2dImpl>(m)) return max_pool(p->options, "MaxPool2d");
+  if (auto p = as<torch::nn::MaxPool1dImpl>(m)) return max_pool(p->options, "MaxPool1d");
   if (auto p = as<torch::nn::AvgPool2dImpl>(m)) {
-    TORCH_CHECK_VALUE(!p->options.divisor_override(), fmt::format("qatkit::nn::save: '{}': AvgPool2d divisor_override", name));
     a.set("kernel_size", ints(*p->options.kernel_size()));
     a.set("stride", ints(*p->options.stride()));
     a.set("padding", ints(*p->options.padding()));
     a.set("ceil_mode", Value::of(p->options.ceil_mode()));
     a.set("count_include_pad", Value::of(p->options.count_include_pad()));
+    a.set("divisor_override", p->options.divisor_override() ? Value::of(*p->options.divisor_override()) : Value::null());
     return leaf("AvgPool2d", a);
+  }
+  if (auto p = as<torch::nn::AvgPool1dImpl>(m)) {
+    a.set("kernel_size", ints(*p->options.kernel_size()));
+    a.set("stride", ints(*p->options.stride()));
+    a.set("padding", ints(*p->options.padding()));
+    a.set("ceil_mode", Value::of(p->options.ceil_mode()));
+    a.set("count_include_pad", Value::of(p->options.count_include_pad()));
+    return leaf("AvgPool1d", a);
   }
   if (auto p = as<torch::nn::AdaptiveAvgPool2dImpl>(m)) {
     const auto& o = *p->options.output_size();
     TORCH_CHECK_VALUE(o[0].has_value() && o[1].has_value(), fmt::format("qatkit::nn::save: '{}': AdaptiveAvgPool2d with a None size", name));
     a.set("output_size", ints({*o[0], *o[1]}));
     return leaf("AdaptiveAvgPool2d", a);
+  }
+  if (auto p = as<torch::nn::AdaptiveAvgPool1dImpl>(m)) {
+    a.set("output_size", ints(*p->options.output_size()));
+    return leaf("AdaptiveAvgPool1d", a);
+  }
+  if (auto e = as<torch::nn::EmbeddingImpl>(m)) {  // a float embedding table
+    a.set("num_embeddings", Value::of(e->options.num_embeddings()));
+    a.set("embedding_dim", Value::of(e->options.embedding_dim()));
+    a.set("padding_idx", e->options.padding_idx() ? Value::of(*e->options.padding_idx()) : Value::null());
+    a.set("max_norm", e->options.max_norm() ? Value::of(*e->options.max_norm()) : Value::null());
+    a.set("norm_type", Value::of(e->options.norm_type()));
+    floats(*e, prefix);
+    return leaf("Embedding", a);
   }
   const auto bn_args = [&](const torch::nn::BatchNormOptions& o) {
     a.set("num_features", Value::of(o.num_features()));

@@ -416,6 +416,25 @@ class QATKIT_API QuantEmbeddingImpl : public torch::nn::Cloneable<QuantEmbedding
 };
 TORCH_MODULE(QuantEmbedding);
 
+/// nn.Hardswish and nn.Hardsigmoid, which torch::nn lacks: what qatkit::nn::load builds for those
+/// leaves of a file's structure (and what save writes as them), at::hardswish / at::hardsigmoid as
+/// Python's modules compute.
+class QATKIT_API HardswishImpl : public torch::nn::Cloneable<HardswishImpl> {
+ public:
+  void reset() override {}
+  torch::Tensor forward(const torch::Tensor& x);
+  void pretty_print(std::ostream& stream) const override;
+};
+TORCH_MODULE(Hardswish);
+
+class QATKIT_API HardsigmoidImpl : public torch::nn::Cloneable<HardsigmoidImpl> {
+ public:
+  void reset() override {}
+  torch::Tensor forward(const torch::Tensor& x);
+  void pretty_print(std::ostream& stream) const override;
+};
+TORCH_MODULE(Hardsigmoid);
+
 /// One row of prepare_qat's report (Python's model.qat_report).
 struct QATKIT_API LayerReport {
   std::string name;    ///< qualified name ("features.0")
@@ -490,8 +509,10 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 /// after each optimizer step. Returns the number of weights clipped.
 /// Loads a model file written by Python's qatkit.export (docs/format.md) whose model is an
 /// nn.Sequential tree of packed layers (Linear, Conv1d, Conv2d, Embedding, BitLinear) and ReLU /
-/// GELU / SiLU / Tanh / Sigmoid / Identity / Flatten / Unflatten / Dropout / MaxPool2d / AvgPool2d /
-/// AdaptiveAvgPool2d / BatchNorm1d / BatchNorm2d / LayerNorm / float Linear, Conv1d, Conv2d, as a runnable
+/// ReLU6 / LeakyReLU / PReLU / ELU / Hardtanh / Hardswish / Hardsigmoid / GELU / SiLU / Mish / Tanh /
+/// Sigmoid / Softmax / LogSoftmax / Identity / Flatten / Unflatten / Dropout / MaxPool1d, 2d /
+/// AvgPool1d, 2d / AdaptiveAvgPool1d, 2d / BatchNorm1d / BatchNorm2d / LayerNorm / float Linear,
+/// Conv1d, Conv2d, Embedding, as a runnable
 /// Sequential in eval mode: the packed layers are converted QuantLinear / QuantConv* /
 /// QuantEmbedding holding the file's codes (and a Linear's SmoothQuant / AWQ input scaling, its
 /// `smooth`), so the outputs equal Python's. Models with custom

@@ -21,8 +21,9 @@ What goes into the file:
   spec's range is narrower than the type's; dynamic per-token / per-tensor inputs and binary
   inputs as the float arithmetic qatkit's ops do (``ReduceMax(|x|)``, ``Reciprocal``, ``Round``,
   ``Clip``), since ONNX's DynamicQuantizeLinear is uint8 per tensor only.
-- the rest (ReLU, GELU, SiLU, pooling, BatchNorm, LayerNorm, Flatten, float Linear / Conv / ...)
-  as the matching ONNX operators.
+- the rest (ReLU, ReLU6, LeakyReLU, PReLU, ELU, Hardtanh, Hardswish, Hardsigmoid, GELU, SiLU, Mish,
+  Softmax, pooling, BatchNorm, LayerNorm, Flatten, float Linear / Conv / ...) as the matching ONNX
+  operators.
 
 It covers ``nn.Sequential`` trees of converted layers and the modules :func:`qatkit.load`
 rebuilds (a model with a custom forward raises ValueError naming it; the repo's digits models
@@ -448,6 +449,28 @@ def _float_module(g: _Graph, m: nn.Module, x: str, in_shape, out_shape, where: s
         return x
     if t is nn.ReLU:
         return g.node("Relu", [x], where)
+    if t in (nn.ReLU6, nn.Hardtanh):
+        lo, hi = (0.0, 6.0) if t is nn.ReLU6 else (float(m.min_val), float(m.max_val))
+        return g.node("Clip", [x, g.const(torch.tensor(lo), where + ".min"), g.const(torch.tensor(hi), where + ".max")], where)
+    if t is nn.LeakyReLU:
+        return g.node("LeakyRelu", [x], where, opset=16, alpha=float(m.negative_slope))
+    if t is nn.ELU:
+        return g.node("Elu", [x], where, alpha=float(m.alpha))
+    if t is nn.PReLU:
+        slope = m.weight.detach()
+        if slope.numel() > 1:  # one slope per channel (dim 1): broadcast from the right as ONNX does
+            slope = slope.reshape([-1] + [1] * (len(in_shape) - 2))
+        return g.node("PRelu", [x, g.const(slope, where + ".slope")], where, opset=16)
+    if t is nn.Hardswish:
+        return g.node("HardSwish", [x], where, opset=14)
+    if t is nn.Hardsigmoid:  # relu6(x + 3) / 6
+        return g.node("HardSigmoid", [x], where, alpha=1.0 / 6.0, beta=0.5)
+    if t is nn.Mish:
+        return g.node("Mish", [x], where, opset=18)
+    if t in (nn.Softmax, nn.LogSoftmax):
+        if m.dim is None:
+            raise ValueError(f"export_onnx: {where}: {t.__name__} with dim=None (give it a dim)")
+        return g.node("Softmax" if t is nn.Softmax else "LogSoftmax", [x], where, axis=int(m.dim))
     if t is nn.GELU:
         return g.node("Gelu", [x], where, opset=20, approximate=m.approximate)
     if t is nn.SiLU:
@@ -527,7 +550,8 @@ def _float_module(g: _Graph, m: nn.Module, x: str, in_shape, out_shape, where: s
         return g.node("Gather", [g.const(m.weight, where + ".weight"), x], where, axis=0)
     raise ValueError(
         f"export_onnx: {where or 'the model'}: no ONNX form for {t.__name__} (export_onnx covers nn.Sequential trees "
-        "of converted layers and ReLU / GELU / SiLU / Tanh / Sigmoid, pooling, BatchNorm, LayerNorm, Flatten, "
+        "of converted layers and ReLU / ReLU6 / LeakyReLU / PReLU / ELU / Hardtanh / Hardswish / Hardsigmoid / GELU / "
+        "SiLU / Mish / Tanh / Sigmoid / Softmax / LogSoftmax, pooling, BatchNorm, LayerNorm, Flatten, "
         "Unflatten, Dropout, Identity, float Linear / Conv1d / Conv2d / Embedding; a custom forward needs an "
         "as_sequential() form)"
     )

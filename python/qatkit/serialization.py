@@ -418,14 +418,17 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
     changes = {
         n: type(m).__name__ for n, m in model.named_modules() if n and type(m).__name__ in _SUBSTITUTES and type(m) is _SUBSTITUTES[type(m).__name__]
     }
+    structure, gap = _structure(model, quantized)
     header = {
         "format_version": FORMAT_VERSION,
         "qatkit_version": __version__,
         "layers": layers,
         "float_tensors": float_keys,
         "module_changes": changes,
-        "structure": _structure(model, quantized),
+        "structure": structure,
     }
+    if gap is not None:
+        header["structure_gap"] = gap  # what qatkit.load / qatkit::nn::load name when they refuse the file
     save_file(tensors, path, metadata={META_KEY: json.dumps(header)})
     return header
 
@@ -434,10 +437,20 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
 
 _LEAVES = {
     "ReLU": (nn.ReLU, ()),
+    "ReLU6": (nn.ReLU6, ()),
+    "LeakyReLU": (nn.LeakyReLU, ("negative_slope",)),
+    "PReLU": (nn.PReLU, ("num_parameters",)),
+    "ELU": (nn.ELU, ("alpha",)),
+    "Hardtanh": (nn.Hardtanh, ("min_val", "max_val")),
+    "Hardswish": (nn.Hardswish, ()),
+    "Hardsigmoid": (nn.Hardsigmoid, ()),
     "GELU": (nn.GELU, ("approximate",)),
     "SiLU": (nn.SiLU, ()),
+    "Mish": (nn.Mish, ()),
     "Tanh": (nn.Tanh, ()),
     "Sigmoid": (nn.Sigmoid, ()),
+    "Softmax": (nn.Softmax, ("dim",)),
+    "LogSoftmax": (nn.LogSoftmax, ("dim",)),
     "Identity": (nn.Identity, ()),
     "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
     "Unflatten": (nn.Unflatten, ("dim", "unflattened_size")),
@@ -445,7 +458,7 @@ _LEAVES = {
     "MaxPool1d": (nn.MaxPool1d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
     "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
     "AvgPool1d": (nn.AvgPool1d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
-    "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad")),
+    "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")),
     "AdaptiveAvgPool1d": (nn.AdaptiveAvgPool1d, ("output_size",)),
     "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
     "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
@@ -456,15 +469,26 @@ _LEAVES = {
                            "padding_mode")),
     "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
                            "padding_mode")),
-    "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim", "padding_idx")),
+    "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type")),
+}
+
+#: what a leaf would need that its structure entry cannot carry (load would rebuild another function)
+_UNREBUILDABLE = {
+    "MaxPool1d": lambda m: m.return_indices and "return_indices=True",
+    "MaxPool2d": lambda m: m.return_indices and "return_indices=True",
+    "Softmax": lambda m: m.dim is None and "dim=None (the implicit dim depends on the input rank)",
+    "LogSoftmax": lambda m: m.dim is None and "dim=None (the implicit dim depends on the input rank)",
 }
 
 
-def _structure(model: nn.Module, quantized: Dict[str, nn.Module]) -> Optional[dict]:
-    """The module tree :func:`load` can rebuild, or None when the model is not an nn.Sequential
-    tree of packed layers and known modules (custom forwards need :func:`load_into`)."""
+def _structure(model: nn.Module, quantized: Dict[str, nn.Module]) -> Tuple[Optional[dict], Optional[str]]:
+    """The module tree :func:`load` can rebuild, or None and why when the model is not an
+    nn.Sequential tree of packed layers and known modules (custom forwards need :func:`load_into`):
+    the first module load could not rebuild as it is, named."""
+    gap: List[str] = []
 
     def describe(name: str, m: nn.Module):
+        where = f"module {name!r}" if name else "the model"
         if name in quantized:
             return {"type": "packed", "name": name}
         if type(m) is nn.Sequential:
@@ -477,22 +501,33 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module]) -> Optional[di
             return {"type": "Sequential", "children": kids}
         entry = _LEAVES.get(type(m).__name__)
         if entry is None or type(m) is not entry[0]:
+            gap.append(f"{where} is a {type(m).__name__}, which qatkit.load does not rebuild" + (
+                " (a module with its own forward)" if list(m.children()) else ""))
             return None
+        why = _UNREBUILDABLE.get(type(m).__name__, lambda m: None)(m)
         args = {}
         for a in entry[1]:
             v = getattr(m, a if a != "affine" or not isinstance(m, nn.LayerNorm) else "elementwise_affine")
             args[a] = list(v) if isinstance(v, tuple) else v
+            if not why and not _arg_ok(a, args[a]) and not (a == "padding" and v in ("same", "valid")):
+                why = f"{a}={v!r}"
+        if why:
+            gap.append(f"{where} is a {type(m).__name__} with {why}, which qatkit.load does not rebuild")
+            return None
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             args["bias"] = m.bias is not None
         return {"type": type(m).__name__, "args": args}
 
-    return describe("", model)
+    tree = describe("", model)
+    return tree, (None if tree is not None else gap[0] if gap else "the model is not an nn.Sequential tree")
 
 
 _INT_OR_LIST = {"kernel_size", "stride", "padding", "dilation", "output_size", "unflattened_size", "normalized_shape"}
 _INTS = {"start_dim", "end_dim", "dim", "num_features", "in_features", "out_features", "in_channels", "out_channels",
          "groups", "num_embeddings", "embedding_dim"}
-_FLOATS = {"p", "eps", "momentum"}
+_POSITIVE_INTS = {"num_parameters", "divisor_override"}  # divisor_override: None too
+_FLOATS = {"p", "eps", "momentum", "max_norm", "norm_type"}  # momentum, max_norm: None too
+_SIGNED_FLOATS = {"negative_slope", "alpha", "min_val", "max_val"}
 _BOOLS = {"affine", "track_running_stats", "elementwise_affine", "ceil_mode", "count_include_pad", "bias"}
 _STRS = {"approximate", "padding_mode"}
 
@@ -503,12 +538,21 @@ def _arg_ok(k: str, v) -> bool:
     def small(x, lo=-(2**31)):
         return isinstance(x, int) and not isinstance(x, bool) and lo <= x < 2**31
 
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) < 2**31
+
     if k in _INTS:
         return small(v)
+    if k == "unflattened_size":  # one -1 (inferred) allowed, as nn.Unflatten takes it
+        return isinstance(v, list) and 0 < len(v) <= 8 and all(small(x, -1) for x in v) and v.count(-1) <= 1
     if k in _INT_OR_LIST:
         return small(v, 0) or (isinstance(v, list) and 0 < len(v) <= 8 and all(small(x, 0) for x in v))
+    if k in _POSITIVE_INTS:
+        return (v is None and k == "divisor_override") or small(v, 1)
     if k in _FLOATS:
-        return (v is None and k == "momentum") or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 2**31)
+        return (v is None and k in ("momentum", "max_norm")) or (number(v) and v >= 0)
+    if k in _SIGNED_FLOATS:
+        return number(v)
     if k in _BOOLS:
         return isinstance(v, bool)
     if k in _STRS:
@@ -538,7 +582,10 @@ def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
             args[k] = tuple(v)
     if not set(args) <= set(names) | {"bias"}:
         raise ValueError(f"load: unexpected arguments {sorted(set(args) - set(names))} for {t}")
-    return cls(**args)
+    # on the meta device: a leaf's tensors come from the file (_load_floats assigns them after
+    # checking every name and shape), so a corrupt size in the header allocates nothing
+    with torch.device("meta"):
+        return cls(**args)
 
 
 # ---------------------------------------------------------------- reading
@@ -714,7 +761,8 @@ def _check_params(info: dict, shape: list, need) -> None:
 
 
 #: what building modules from a malformed (hostile) header entry raises: reported as ValueError
-_MALFORMED = (KeyError, TypeError, IndexError, AttributeError, RuntimeError, OverflowError, ZeroDivisionError)
+_MALFORMED = (KeyError, TypeError, IndexError, AttributeError, RuntimeError, OverflowError, ZeroDivisionError,
+              AssertionError)  # nn.Hardtanh asserts max_val > min_val
 
 
 def _packed_layers(path: str, header: dict, tensors: Dict[str, torch.Tensor]) -> Dict[str, nn.Module]:
@@ -764,7 +812,7 @@ def load(path: str, compute: str = "integer") -> nn.Module:
     if header.get("structure") is None:
         raise ValueError(
             f"load: {path!r} holds a model that is not an nn.Sequential tree of modules qatkit knows (a custom "
-            "forward, a Hugging Face model): build the float model and call qatkit.load_into(model, path)"
+            f"forward, a Hugging Face model){_gap(header)}: build the float model and call qatkit.load_into(model, path)"
         )
     tensors = _tensors(path)
     layers = _packed_layers(path, header, tensors)
@@ -774,6 +822,12 @@ def load(path: str, compute: str = "integer") -> nn.Module:
         raise ValueError(f"load: {path!r}: malformed structure ({type(e).__name__}: {e})") from None
     _load_floats(path, model, header, tensors)
     return _set_compute(model.eval(), compute, "load")
+
+
+def _gap(header: dict) -> str:
+    """': <the first module load cannot rebuild>' from a file's header (written since 2026-12-05)."""
+    gap = header.get("structure_gap")
+    return f": {gap[:300]}" if isinstance(gap, str) and gap else ""
 
 
 def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, torch.Tensor]) -> None:

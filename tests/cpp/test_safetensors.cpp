@@ -204,3 +204,34 @@ CATCH_TEST_CASE("qatkit::nn::save and load keep 'same' / 'valid' padding and pad
   CATCH_CHECK(torch::equal(qatkit::nn::load(path)->forward(x), q->forward(x)));
   std::remove(path.c_str());
 }
+
+CATCH_TEST_CASE("qatkit::nn::save and load keep activations, pooling and float modules with their arguments", "[save]") {
+  namespace nn = torch::nn;
+  torch::manual_seed(2);
+  // every leaf Python's qatkit.load rebuilds too, with non-default arguments (docs/format.md)
+  nn::Sequential model(nn::Conv1d(nn::Conv1dOptions(3, 8, 3).padding(1)), nn::PReLU(nn::PReLUOptions().num_parameters(8)),
+                       nn::MaxPool1d(nn::MaxPool1dOptions(3).stride(2).ceil_mode(true)), nn::Conv1d(8, 8, 3), qatkit::nn::Hardswish(),
+                       nn::AvgPool1d(nn::AvgPool1dOptions(2).ceil_mode(true)), nn::AdaptiveAvgPool1d(2), nn::Flatten(),
+                       nn::Linear(16, 16), nn::LeakyReLU(nn::LeakyReLUOptions().negative_slope(0.2)), nn::Linear(16, 16),
+                       nn::ELU(nn::ELUOptions().alpha(0.5)), nn::Linear(16, 16),
+                       nn::Hardtanh(nn::HardtanhOptions().min_val(-0.5).max_val(2.0)), nn::Linear(16, 16), nn::ReLU6(),
+                       nn::Linear(16, 16), nn::Mish(), nn::Linear(16, 16), qatkit::nn::Hardsigmoid(), nn::Linear(16, 8),
+                       nn::LogSoftmax(1));
+  model->eval();
+  auto q = qatkit::nn::prepare_qat(model, qatkit::nn::QATConfig::preset("w8a8"));
+  const torch::Tensor x = torch::randn({5, 3, 12});
+  qatkit::nn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+  const std::string path = "/tmp/qatkit_save_leaves.safetensors";
+  qatkit::nn::save(q, path);
+  qatkit::nn::convert(*q);
+  torch::NoGradGuard ng;
+  const torch::Tensor want = q->forward(x);
+  CATCH_CHECK(torch::equal(qatkit::nn::load(path, "float")->forward(x), want));
+  CATCH_CHECK(qatkit::nn::set_compute(*q, "integer") >= 6);
+  CATCH_CHECK(torch::equal(qatkit::nn::load(path)->forward(x), q->forward(x)));
+  std::remove(path.c_str());
+  // the two modules torch::nn lacks compute what at::hardswish / at::hardsigmoid do
+  const torch::Tensor t = torch::linspace(-5, 5, 101);
+  CATCH_CHECK(torch::equal(qatkit::nn::Hardswish()->forward(t), torch::hardswish(t)));
+  CATCH_CHECK(torch::equal(qatkit::nn::Hardsigmoid()->forward(t), torch::hardsigmoid(t)));
+}

@@ -8,6 +8,7 @@ import importlib.util
 import os
 import re
 import subprocess
+import sys
 import warnings
 
 import pytest
@@ -56,6 +57,17 @@ def _assert_cpp_gives(path, x, tmp_path, want, want_int):
         r, y = _run(path, x, tmp_path, compute)
         assert r.returncode == 0, r.stderr
         assert torch.equal(y, expected), compute
+
+
+def _assert_cpp_resaves(path, x, tmp_path, want, want_int):
+    """qatkit::nn::save of the C++ loader's model (load_run --resave) is a file Python's loader
+    reads to the same outputs in float and integer compute."""
+    again = str(tmp_path / "again.safetensors")
+    r = subprocess.run([EXE, "--resave", path, again], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        assert torch.equal(qatkit.load(again, compute="float")(x), want)
+        assert torch.equal(qatkit.load(again)(x), want_int)
 
 
 @pytest.mark.parametrize("arch", ["MLP", "CNN", "DSCNN"])
@@ -376,12 +388,76 @@ def test_cpp_loads_string_padding_and_padding_modes(preset, tmp_path):
         with torch.no_grad():
             want, want_int = qatkit.load(path, compute="float")(x), loaded(x)
         _assert_cpp_gives(path, x, tmp_path, want, want_int)
-        again = str(tmp_path / "again.safetensors")
-        r = subprocess.run([EXE, "--resave", path, again], capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
+        _assert_cpp_resaves(path, x, tmp_path, want, want_int)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "int8_weight_only"])
+def test_cpp_loads_and_saves_every_activation_pooling_and_float_module_python_does(preset, tmp_path):
+    """qatkit.testing.models.leaf_zoo (ReLU6, LeakyReLU, PReLU, ELU, Hardtanh, Hardswish,
+    Hardsigmoid, Mish, Softmax, LogSoftmax, 1-d pooling, a ceil-mode max pool, an average pool with
+    divisor_override, a float Embedding with max_norm): the C++ loader gives Python's loaded
+    outputs bit for bit in float and integer compute, qatkit::nn::save writes the modules back as
+    Python reads them, and a file C++ cannot rebuild is refused naming the module."""
+    import dataclasses
+
+    from qatkit.testing.models import leaf_zoo
+
+    for name, net, x, xt in leaf_zoo():
+        cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+        path = str(tmp_path / f"{name}.safetensors")
+        loaded = _ptq_exported(net, x, cfg, path)
         with torch.no_grad():
-            assert torch.equal(qatkit.load(again, compute="float")(x), want)
-            assert torch.equal(qatkit.load(again)(x), want_int)
+            want, want_int = qatkit.load(path, compute="float")(xt), loaded(xt)
+        _assert_cpp_gives(path, xt, tmp_path, want, want_int)
+        _assert_cpp_resaves(path, xt, tmp_path, want, want_int)
+    net = nn.Sequential(nn.Linear(16, 16), nn.Softsign(), nn.Linear(16, 4)).eval()
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    path = str(tmp_path / "softsign.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.w8a8(), first_last=None), verbose=False, progress=False)
+    qatkit.export(q, path)
+    r, _ = _run(path, x, tmp_path)
+    assert r.returncode != 0 and "module '1' is a Softsign, which qatkit.load does not rebuild" in r.stderr, r.stderr
+
+
+def test_cpp_refuses_a_size_in_a_corrupt_header_before_it_allocates(tmp_path):
+    """The C++ loader checks the sizes a header names against the file's tensors before it builds
+    a module: a packed Linear whose header says 2^26 input features (a 2 GiB float weight in
+    QuantLinear's constructor) and an unfolded BatchNorm1d of 2^26 features are refused naming
+    the tensor. Before 2026-12-05 it built them first: at 2^28 features the program was killed
+    for memory (24 GiB RSS, exit 137) on this 24 GiB machine. The program's peak RSS is read from
+    a fresh Python parent (RUSAGE_CHILDREN holds only its one child)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_serialization import _oversized_files
+
+    from safetensors.torch import save_file
+
+    inp = str(tmp_path / "x.safetensors")
+    save_file({"x": torch.randn(2, 8)}, inp)
+    want = {"bn": "tensor '0.weight' has shape [8], the header's module needs [67108864]",
+            "linear": "tensor '1.weight_packed' has shape [8, 8], the header's module needs [8, 67108864]"}
+    for path, key in zip(_oversized_files(tmp_path), ("bn", "linear")):
+        code = ("import resource, subprocess, sys\n"
+                "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+                "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
+                "print(r.stderr)\n")
+        r = subprocess.run([sys.executable, "-c", code, EXE, path, inp, str(tmp_path / "y.safetensors")],
+                           capture_output=True, text=True, timeout=300)
+        rc, rss = (int(v) for v in r.stdout.split("\n")[0].split())
+        assert rc == 1 and want[key] in r.stdout, r.stdout
+        assert rss < 600, f"peak RSS {rss} MB: something of the header's size was allocated"
+
+
+def test_a_short_fuzz_run_of_the_cpp_loader_finds_nothing(tmp_path):
+    """scripts/fuzz_load.py --cpp --many (byte flips, truncations, header edits, sizes every range
+    check admits) for 2,000 inputs through qatkit::nn::load and a forward in 4 processes: each
+    input loads and runs or is refused with a ValueError, no process crashes, and the peak RSS
+    stays under 1 GiB (no size from a corrupt header was allocated)."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz_load.py"), "--cpp", "--many", "500",
+                        "--inputs", "2000", "--seed", "2", "--exe", EXE], capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert r.returncode == 0 and "no crash" in r.stdout, r.stdout + r.stderr
 
 
 def test_cpp_grouped_xnor_convs_match_python(tmp_path):

@@ -239,6 +239,43 @@ def test_bad_input_raises_naming_the_problem(digits, tmp_path):
     assert not os.path.exists(path)
 
 
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "int8_weight_only"])
+def test_every_activation_load_rebuilds_exports_as_its_onnx_operator(preset, tmp_path):
+    """ReLU6 / Hardtanh (Clip), LeakyReLU, PReLU (per channel on a conv: its slope broadcast over
+    dim 1), ELU, Hardswish, Hardsigmoid, Mish, Softmax and LogSoftmax between quantized layers:
+    onnxruntime without graph rewrites computes the converted model's function (the criterion of
+    test_onnxruntime_agrees_with_the_converted_model), and each module is its own operator."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1), nn.PReLU(8), nn.MaxPool2d(2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.Hardswish(), nn.Conv2d(8, 8, 1), nn.Hardsigmoid(), nn.Flatten(),
+        nn.Linear(8 * 16, 32), nn.LeakyReLU(0.1), nn.Linear(32, 32), nn.ELU(0.5), nn.Linear(32, 32),
+        nn.Hardtanh(-0.5, 2.0), nn.Linear(32, 32), nn.Mish(), nn.Linear(32, 32), nn.PReLU(), nn.Linear(32, 32),
+        nn.Softmax(dim=1), nn.Linear(32, 10), nn.LogSoftmax(dim=-1)).eval()
+    g = torch.Generator().manual_seed(1)
+    x, xt = torch.randn(32, 3, 8, 8, generator=g), torch.randn(64, 3, 8, 8, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.preset(preset), first_last=None), verbose=False,
+                       progress=False)
+    c = qatkit.convert(q)
+    path = str(tmp_path / "acts.onnx")
+    qatkit.export_onnx(c, x[:2], path)
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    for op in ("Clip", "PRelu", "HardSwish", "HardSigmoid", "LeakyRelu", "Elu", "Mish", "Softmax", "LogSoftmax"):
+        assert op in ops, op
+    with torch.no_grad():
+        ref = c(xt)
+    exact = _run(path, xt, "none")
+    assert float((exact.argmax(1) == ref.argmax(1)).float().mean()) >= 0.98
+    off = ((exact - ref).abs() > 1e-4 * ref.abs().max()).any(1).float().mean()
+    assert float(off) <= 0.02, f"{float(off):.4f} of the samples differ by more than float summation order"
+    with pytest.raises(ValueError, match="11: Softmax with dim=None"):
+        qatkit.export_onnx(nn.Sequential(*list(c.children())[:11], nn.Softmax()), x[:2], path)
+
+
 def test_a_loaded_layer_whose_packed_bytes_were_edited_exports_the_edit(tmp_path):
     """A loaded layer computes with codes unpacked from its packed bytes. After an in-place write
     to those bytes (a fault-injection study), export_onnx read the codes unpacked at load, so

@@ -3,6 +3,8 @@ qatkit.load and qatkit.load_into, and computes the converted model's outputs bit
 file's size follows from the packing; corrupt or foreign files raise ValueError naming what is
 wrong."""
 
+import copy
+import dataclasses
 import json
 import os
 import struct
@@ -218,7 +220,7 @@ def test_load_refuses_custom_forwards_and_load_into_refuses_other_architectures(
     q = _ptq(model, data, qatkit.w8a8(), correct_bias=None)
     path = str(tmp_path / "c.safetensors")
     assert qatkit.export(q, path)["structure"] is None
-    with pytest.raises(ValueError, match="qatkit.load_into"):
+    with pytest.raises(ValueError, match="the model is a Custom, which qatkit.load does not rebuild.*qatkit.load_into"):
         qatkit.load(path)
     back = qatkit.load_into(Custom(), path)
     with torch.no_grad():
@@ -233,6 +235,111 @@ def test_load_refuses_custom_forwards_and_load_into_refuses_other_architectures(
         qatkit.export(nn.Sequential(nn.Linear(2, 2)), path)
     with pytest.raises(TypeError, match="must be an nn.Module"):
         qatkit.export("model", path)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "int8_weight_only"])
+def test_activations_pooling_and_float_embeddings_reload_with_their_arguments(preset, tmp_path):
+    """Every activation, pooling and float module qatkit.load rebuilds, with non-default
+    arguments (qatkit.testing.models.leaf_zoo): the loaded model computes the converted model's
+    function bit for bit. Before 2026-12-05 an AvgPool2d's divisor_override and a float
+    Embedding's max_norm were dropped (silently other outputs), and ReLU6 / LeakyReLU / PReLU /
+    ELU / Hardtanh / Hardswish / Hardsigmoid / Mish / Softmax / LogSoftmax were refused."""
+    from qatkit.testing.models import leaf_zoo
+
+    for name, model, x, xt in leaf_zoo():
+        cfg = dataclasses.replace(getattr(qatkit, preset)(), first_last=None)
+        q = _ptq(model, x, cfg)
+        path = str(tmp_path / f"{name}.safetensors")
+        header = qatkit.export(q, path)
+        assert header["structure"] is not None and "structure_gap" not in header, name
+        with torch.no_grad():
+            want = qatkit.convert(copy.deepcopy(q)).eval()(xt)
+            want_int = qatkit.convert(copy.deepcopy(q), integer=True).eval()(xt)
+            assert torch.equal(qatkit.load(path, compute="float")(xt), want), name
+            assert torch.equal(qatkit.load(path)(xt), want_int), name
+        back = qatkit.load(path)
+        floats = [m for m in back.modules() if type(m) in (nn.AvgPool2d, nn.Embedding, nn.MaxPool2d)]
+        for m in floats:  # the arguments themselves, not only outputs that happen to agree
+            orig = next(o for o in model.modules() if type(o) is type(m))
+            for k in ("divisor_override", "max_norm", "norm_type", "ceil_mode", "padding_idx"):
+                assert getattr(m, k, None) == getattr(orig, k, None), (name, k)
+
+
+def test_load_names_the_first_module_it_cannot_rebuild(tmp_path):
+    """A Sequential holding a module load does not rebuild (or one whose arguments it cannot
+    carry) exports; load refuses it naming that module and pointing at load_into, which loads it."""
+    cases = [(nn.Softsign(), "module '1' is a Softsign, which qatkit.load does not rebuild"),
+             (nn.Softmax(), r"module '1' is a Softmax with dim=None \(the implicit dim depends on the input rank\)"),
+             (nn.Sequential(nn.ReLU(), nn.Unflatten(1, (1, 4, 4)), nn.AdaptiveAvgPool2d((None, 4)), nn.Flatten()),
+              r"module '1.2' is a AdaptiveAvgPool2d with output_size=\(None, 4\)")]
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    for mid, msg in cases:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 16), mid, nn.Linear(16, 4)).eval()
+        q = _ptq(model, x, dataclasses.replace(qatkit.w8a8(), first_last=None))
+        path = str(tmp_path / "m.safetensors")
+        header = qatkit.export(q, path)
+        assert header["structure"] is None
+        with pytest.raises(ValueError, match=msg + ".*qatkit.load_into"):
+            qatkit.load(path)
+        fresh = copy.deepcopy(model)
+        with torch.no_grad():
+            assert torch.equal(qatkit.load_into(fresh, path)(x), qatkit.convert(q, integer=True).eval()(x))
+
+
+def _oversized_files(tmp_path, n=2**26):
+    """Files whose header names a size the file's tensors do not have: an unfolded BatchNorm1d
+    with num_features = n, and a packed Linear whose in_features and weight shape say n (its
+    packed bytes hold 8). Built as the header asks, the BatchNorm alone would allocate 4 x 4n bytes
+    and a C++ QuantLinear a float weight of 32n bytes before any check."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(8), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    q = _ptq(model, torch.randn(16, 8), dataclasses.replace(qatkit.w8a8(), first_last=None))
+    good = str(tmp_path / "good.safetensors")
+    header = qatkit.export(q, good)
+    tensors = load_file(good)
+    bn, lin = copy.deepcopy(header), copy.deepcopy(header)
+    assert bn["structure"]["children"][0][1]["type"] == "BatchNorm1d"
+    bn["structure"]["children"][0][1]["args"]["num_features"] = n
+    w = lin["layers"]["1"]["weight"]
+    lin["layers"]["1"]["params"]["in_features"], w["shape"], w["k"] = n, [8, n], n
+    out = []
+    for name, h in (("bn", bn), ("linear", lin)):
+        path = str(tmp_path / f"{name}.safetensors")
+        save_file(tensors, path, metadata={S.META_KEY: json.dumps(h)})
+        out.append(path)
+    return out
+
+
+def test_a_size_in_a_corrupt_header_is_refused_before_it_allocates(tmp_path):
+    """A corrupt file never takes the process down: a header size the tensors do not back (here
+    2^26 features, 1 GiB of BatchNorm buffers) is refused with a ValueError before anything of that
+    size is allocated (the loader builds float modules on the meta device and assigns the file's
+    checked tensors). Before 2026-12-05 the BatchNorm was allocated first: 16 GiB and 21 s for
+    2^30 on this 24 GiB machine. Measured in a fresh process: its peak RSS stays near the
+    import's."""
+    import subprocess
+
+    paths = _oversized_files(tmp_path)
+    code = (
+        "import resource, sys, qatkit\n"
+        "for p in sys.argv[1:]:\n"
+        "    try:\n"
+        "        qatkit.load(p)\n"
+        "        print('LOADED', p)\n"
+        "    except ValueError as e:\n"
+        "        print('REFUSED', e)\n"
+        "print('RSS_MB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert sum(line.startswith("REFUSED") for line in lines) == 2, r.stdout
+    assert "size mismatch for 0.weight" in r.stdout and "weight_packed must be [8, 67108864], got [8, 8]" in r.stdout
+    rss = int(lines[-1].split()[1])
+    assert rss < 900, f"peak RSS {rss} MB: something of the header's size was allocated"
 
 
 def test_the_dtype_a_model_computes_in_survives(data, tmp_path):

@@ -16,7 +16,7 @@ from typing import List
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "ResNet", "resnet18", "InvertedResidual", "MobileNetV2", "mobilenet_v2"]
+__all__ = ["BasicBlock", "ResNet", "resnet18", "InvertedResidual", "MobileNetV2", "mobilenet_v2", "leaf_zoo"]
 
 
 def _c(channels: int, width: float) -> int:
@@ -147,3 +147,28 @@ class MobileNetV2(nn.Module):
 def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, small_input: bool = False) -> MobileNetV2:
     """MobileNetV2 (torchvision's layout; 52 BatchNorms, every one inside an ``nn.Sequential``)."""
     return MobileNetV2(num_classes, width, small_input)
+
+
+def leaf_zoo() -> List[tuple]:
+    """``nn.Sequential`` models that hold every activation, pooling and float module
+    ``qatkit.load`` / ``qatkit::nn::load`` rebuild, with non-default arguments (a ceil-mode max
+    pool, an average pool with ``divisor_override``, a float embedding with ``max_norm``):
+    ``[(name, model, calibration batch, test batch)]``, seeded. The test batch differs from the
+    calibration batch (an embedding's unseen rows are renormalized on first use)."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    conv = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1), nn.LeakyReLU(0.1),
+        nn.MaxPool2d(3, stride=2, ceil_mode=True), nn.Conv2d(8, 8, 3, padding=1), nn.PReLU(8),
+        nn.AvgPool2d(2, divisor_override=3), nn.Conv2d(8, 8, 1), nn.Hardswish(), nn.Conv2d(8, 8, 1), nn.Hardsigmoid(),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 16), nn.ELU(0.5), nn.Linear(16, 16),
+        nn.Hardtanh(-0.5, 2.0), nn.Linear(16, 16), nn.Mish(), nn.Linear(16, 10), nn.LogSoftmax(dim=1))
+    conv1d = nn.Sequential(
+        nn.Conv1d(3, 8, 3, padding=1), nn.PReLU(), nn.MaxPool1d(2), nn.Conv1d(8, 8, 3), nn.SiLU(),
+        nn.AvgPool1d(2, ceil_mode=True), nn.AdaptiveAvgPool1d(3), nn.Flatten(), nn.Linear(24, 10), nn.Softmax(dim=-1))
+    emb = nn.Sequential(nn.Embedding(50, 16, max_norm=1.0), nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 4))
+    return [
+        ("conv2d", conv.eval(), torch.randn(8, 3, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g)),
+        ("conv1d", conv1d.eval(), torch.randn(8, 3, 20, generator=g), torch.randn(2, 3, 20, generator=g)),
+        ("embedding", emb.eval(), torch.randint(0, 25, (8, 4), generator=g), torch.arange(48).reshape(12, 4)),
+    ]
