@@ -145,12 +145,19 @@ def mutate(raw, rng):
 
 
 def _peak_rss_mb(a, children: bool) -> int:
-    """The peak resident memory of this process (or of its largest child), in MB; a finding above
-    --max-rss-mb: a loader allocated what a corrupt header asked for before checking it against
-    the file (the seeds are a few KB; a sound load of them stays near the import's footprint)."""
+    """The peak resident memory of this process (VmHWM: its own address space, not the RSS of a
+    parent it was forked from, which getrusage's ru_maxrss keeps across exec) or of its largest
+    child (RUSAGE_CHILDREN; a child forked from this process may count this process's RSS at the
+    fork too), in MB. A finding above --max-rss-mb: a loader allocated what a corrupt header asked
+    for before checking it against the file (the seeds are a few KB; a sound load stays near the
+    import's footprint)."""
     import resource
 
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF).ru_maxrss // 1024
+    if children:
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    else:
+        with open("/proc/self/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) // 1024
     if a.max_rss_mb and rss > a.max_rss_mb:
         print(f"peak RSS {rss} MB > --max-rss-mb {a.max_rss_mb}: a loader allocated a size from a corrupt header")
         sys.exit(1)

@@ -16,7 +16,6 @@ integer kernels).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -505,6 +504,11 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module]) -> Tuple[Optio
                 " (a module with its own forward)" if list(m.children()) else ""))
             return None
         why = _UNREBUILDABLE.get(type(m).__name__, lambda m: None)(m)
+        from .qat.prepare import _hooked_norm
+
+        hooked = _hooked_norm(m)
+        if hooked:
+            why = f"torch.nn.utils.{hooked} (load_into a model built with it)"
         args = {}
         for a in entry[1]:
             v = getattr(m, a if a != "affine" or not isinstance(m, nn.LayerNorm) else "elementwise_affine")
@@ -884,7 +888,9 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
     tensors = _tensors(path)
     layers = _packed_layers(path, header, tensors)
     if not inplace:
-        model = copy.deepcopy(model)
+        from .qat.prepare import copy_model
+
+        model = copy_model(model)
     _split_attention(model, layers)
     modules = dict(model.named_modules())
     for name, packed in layers.items():

@@ -31,7 +31,7 @@ from torch import nn
 from ..qat import graph
 from ..qat.config import LayerSpec, QATConfig, check_flags, w8a8
 from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear
-from ..qat.prepare import calibrate, call_on_batch, enable_observer, prepare_qat
+from ..qat.prepare import calibrate, call_on_batch, copy_model, enable_observer, prepare_qat
 from ..qat.quantizers import (ActFakeQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer,
                               AffineStaticWeightQuantizer)
 from . import transforms as T
@@ -459,7 +459,7 @@ def ptq(
     run = _runner(batches, data, forward)
     if correct_bias in ("empirical", "empirical_one_pass") and run is None:
         correct_bias = "analytic"  # no data: the data-free form (reported)
-    work = copy.deepcopy(model).eval()
+    work = copy_model(model).eval()  # (deprecated weight_norm layers too)
     report = {"config": config.name, "steps": [], "skipped_pairs": [], "unfolded_bns": [], "model_changes": []}
 
     flow, how = _flow(work, forward, batches) if batches is not None or run is None else (None, "data is a callable: no traced graph")

@@ -10,7 +10,6 @@ same way and picks per-layer formats under a bits-per-weight (or quality) budget
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from ..qat.config import QATConfig, QuantSpec, check_flags, w8a8
-from ..qat.prepare import calibrate, call_on_batch, prepare_qat
+from ..qat.prepare import calibrate, call_on_batch, copy_model, prepare_qat
 from ..qat.quantizers import ActFakeQuantizer, WeightFakeQuantizer
 from .api import _batches, _progress
 
@@ -138,7 +137,7 @@ def sensitivity(
     batches = _batches(data)
     if batches is None:
         raise ValueError("sensitivity: data is required (a tensor, a list of batches or a DataLoader)")
-    model = copy.deepcopy(model).eval()
+    model = copy_model(model).eval()
     ref = _outputs(model, batches, forward)
     q = _prepared(model, config, batches, forward)
     rows_in = [r for r in q.qat_report if r.get("qat")]

@@ -383,7 +383,9 @@ def convert(
 
 def _convert_tree(model: nn.Module, inplace: bool) -> nn.Module:
     if not inplace:
-        model = copy.deepcopy(model)
+        from .prepare import copy_model
+
+        model = copy_model(model)
     names_of = {}
     for n, m in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(m), []).append(n)

@@ -56,8 +56,49 @@ _SUPPORTED_BASES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding, nn.MultiheadA
 _QAT_TYPES = (QuantLinear, QuantConv1d, QuantConv2d, QuantConvBn2d, QuantEmbedding, QuantMultiheadAttention)
 
 
+def _hooked_norm(mod: nn.Module) -> Optional[str]:
+    """'weight_norm' / 'spectral_norm' when ``mod`` is under the deprecated hook-based
+    ``torch.nn.utils.weight_norm`` / ``spectral_norm``: a forward pre-hook recomputes its weight
+    (a plain attribute, not a Parameter) from ``weight_g`` / ``weight_v`` (``weight_orig``) before
+    every call."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    for hook in mod._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm):
+            return "weight_norm"
+        if isinstance(hook, SpectralNorm):
+            return "spectral_norm"
+    return None
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also for models with layers under the deprecated hook-based
+    ``torch.nn.utils.weight_norm`` / ``spectral_norm``: after a call with autograd on, their
+    computed weight is a non-leaf tensor, which deepcopy refuses. It is recomputed without autograd
+    first (spectral norm without a power iteration: its ``u`` / ``v`` stay as they are), which
+    changes nothing the model computes: the hook recomputes it before every call."""
+    for mod in model.modules():
+        kind = _hooked_norm(mod)
+        if kind is None:
+            continue
+        for hook in mod._forward_pre_hooks.values():
+            w = getattr(mod, getattr(hook, "name", ""), None)
+            if hasattr(hook, "compute_weight") and isinstance(w, torch.Tensor) and not w.is_leaf:
+                with torch.no_grad():
+                    fresh = hook.compute_weight(mod) if kind == "weight_norm" else hook.compute_weight(mod, False)
+                setattr(mod, hook.name, fresh)
+    return copy.deepcopy(model)
+
+
 def _unswappable_reason(mod: nn.Module) -> Optional[str]:
     """Why a module that is a supported layer kind cannot be swapped (None if it can, or is none)."""
+    hooked = _hooked_norm(mod) if isinstance(mod, _SUPPORTED_BASES) else None
+    if hooked is not None:
+        return (
+            f"a layer under torch.nn.utils.{hooked} (a hook recomputes its weight before every call; remove it "
+            f"with torch.nn.utils.remove_{hooked} to quantize the layer)"
+        )
     if type(mod) in QAT_MODULES or not isinstance(mod, _SUPPORTED_BASES) or isinstance(mod, _QAT_TYPES):
         return None
     if isinstance(mod, nn.modules.lazy.LazyModuleMixin):
@@ -67,6 +108,7 @@ def _unswappable_reason(mod: nn.Module) -> Optional[str]:
             "a parametrized layer (weight_norm / spectral_norm / custom parametrizations compute the weight at "
             "every call; remove the parametrization, e.g. torch.nn.utils.parametrize.remove_parametrizations)"
         )
+
     return f"a subclass of {type(mod).__mro__[1].__name__} ({type(mod).__name__}) whose forward qatkit cannot know"
 
 
@@ -132,7 +174,7 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
     for name, mod in model.named_modules():
         if any(name.startswith(p) for p in inside):
             continue
-        if type(mod) in QAT_MODULES:
+        if type(mod) in QAT_MODULES and _hooked_norm(mod) is None:
             bn = bn_of.get(name)  # (every name of the BatchNorm, the module)
             bn = None if bn is None else (names_of[id(bn[1])], bn[1])
             out.append({"name": name, "module": mod, "bn": bn, "aliases": names_of[id(mod)][1:]})
@@ -202,7 +244,7 @@ def prepare_qat(
         raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
     check_flags("prepare_qat", inplace=inplace)
     if not inplace:
-        model = copy.deepcopy(model)
+        model = copy_model(model)
     if type(model) in QAT_MODULES and inplace:
         raise ValueError(
             f"prepare_qat: the model is a bare {type(model).__name__}, which cannot be swapped in place; "

@@ -15,7 +15,6 @@ same stage on a float model of the architecture and loads the tensors with ``str
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from typing import Dict
@@ -135,13 +134,13 @@ def load_pretrained(model: nn.Module, path: str, inplace: bool = False) -> nn.Mo
         >>> back = qatkit.qat.load_pretrained(AutoModel.from_pretrained(float_dir), "out")
     """
     from .convert import QAT_TYPES, _Quantized, convert
-    from .prepare import prepare_qat
+    from .prepare import copy_model, prepare_qat
 
     info = read_quantization_config(path)
     config = QATConfig.from_dict(info["qat_config"])
     state = _load_tensors(path)
     if not inplace:
-        model = copy.deepcopy(model)
+        model = copy_model(model)
     has_qat = any(isinstance(m, QAT_TYPES) for m in model.modules())
     has_converted = any(isinstance(m, _Quantized) for m in model.modules())
     if not has_qat and not has_converted:

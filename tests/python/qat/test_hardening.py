@@ -343,6 +343,60 @@ def test_layers_that_cannot_be_swapped_are_reported_with_a_warning():
     assert isinstance(q[4], qatkit.qat.QuantConv2d) and isinstance(q[5], nn.BatchNorm2d)
 
 
+def test_layers_under_the_deprecated_hook_based_weight_and_spectral_norm_stay_float_and_copy(tmp_path):
+    """torch.nn.utils.weight_norm / spectral_norm (hook-based, deprecated but common in audio
+    models) recompute a plain `weight` attribute before every call. prepare_qat swapped such a
+    layer for a QuantLinear / QuantConv holding one computed weight, dropping the norm silently;
+    and after one call with autograd on, ptq / prepare_qat / sensitivity / convert / load_into
+    failed in copy.deepcopy (torch refuses a non-leaf tensor). Now the layers stay float with a
+    warning and a report entry, the copies work and leave the caller's model unchanged, QAT trains
+    weight_g, load_into reloads the file bit for bit and load names the layer."""
+    import copy
+    import warnings
+
+    def make():
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return nn.Sequential(nn.utils.weight_norm(nn.Conv1d(4, 8, 3, padding=1)), nn.ReLU(),
+                                 nn.Conv1d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(96, 16), nn.ReLU(),
+                                 nn.utils.spectral_norm(nn.Linear(16, 16)), nn.ReLU(), nn.Linear(16, 4))
+
+    x = torch.randn(8, 4, 12, generator=torch.Generator().manual_seed(1))
+    net = make().eval()
+    ref = net(x)  # with autograd on: the computed weights are non-leaf tensors now
+    with pytest.raises(RuntimeError, match="deepcopy"):
+        copy.deepcopy(net)  # what torch itself does
+    cfg = dataclasses.replace(qatkit.w8a8(), first_last=None)
+    with pytest.warns(UserWarning) as rec:
+        q = qatkit.prepare_qat(net, cfg)
+    text = "\n".join(str(w.message) for w in rec)
+    assert "layer '0' stays float: a layer under torch.nn.utils.weight_norm" in text
+    assert "layer '7' stays float: a layer under torch.nn.utils.spectral_norm" in text
+    reasons = {r["name"]: r.get("reason", "") for r in q.qat_report}
+    assert "remove_weight_norm" in reasons["0"] and "remove_spectral_norm" in reasons["7"]
+    assert type(q[0]) is nn.Conv1d and type(q[7]) is nn.Linear and isinstance(q[2], qatkit.qat.QuantConv1d)
+    q.train()
+    q(x).square().mean().backward()
+    assert q[0].weight_g.grad is not None and q[0].weight_v.grad is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = qatkit.ptq(net, [x], cfg, verbose=False, progress=False)
+        qatkit.sensitivity(net, [x], cfg, progress=False)
+    assert torch.equal(net(x), ref)  # the caller's model computes what it did
+    with torch.no_grad():
+        want = qatkit.convert(p, integer=True)(x)
+    path = str(tmp_path / "wn.safetensors")
+    header = qatkit.export(p, path)
+    assert "module '0' is a Conv1d with torch.nn.utils.weight_norm" in header["structure_gap"]
+    with pytest.raises(ValueError, match="module '0' is a Conv1d with torch.nn.utils.weight_norm"):
+        qatkit.load(path)
+    back = make()
+    back(x)  # a non-leaf weight again: load_into copies it
+    with torch.no_grad():
+        assert torch.equal(qatkit.load_into(back, path)(x), want)
+
+
 def test_a_transformer_layer_is_quantized_whole_without_warnings():
     # the attention is a QuantMultiheadAttention (tests/python/qat/test_attention.py), which keeps
     # the fused fast path off: nothing to warn about
