@@ -627,12 +627,13 @@ def export_onnx(
 
 
 def _export(onnx, model, example_input, path, lowbit, opset, _Quantized, int8_weights="auto") -> dict:
-    # record each module's input / output shape on the example batch (Reshape targets, pooling)
-    shapes: Dict[str, Tuple[list, list]] = {}
+    # record each module's input / output shapes on the example batch (Reshape targets, pooling),
+    # per call: a module used at several places of the tree runs once at each, in the walk's order
+    calls: Dict[int, List[Tuple[list, list]]] = {}
     hooks = []
-    for n, m in model.named_modules():
+    for m in model.modules():
         hooks.append(m.register_forward_hook(
-            lambda mod, inp, out, n=n: shapes.__setitem__(n, (list(inp[0].shape), list(out.shape)))
+            lambda mod, inp, out: calls.setdefault(id(mod), []).append((list(inp[0].shape), list(out.shape)))
             if isinstance(out, torch.Tensor) else None))
     try:
         with torch.no_grad():
@@ -651,16 +652,27 @@ def _export(onnx, model, example_input, path, lowbit, opset, _Quantized, int8_we
     g = _Graph(onnx)
     g.int8_weights = int8_weights
 
+    seen: Dict[int, int] = {}
+
+    def shapes_of(name: str, m: nn.Module) -> Tuple[list, list]:
+        k = seen.get(id(m), 0)
+        seen[id(m)] = k + 1
+        got = calls.get(id(m), [])
+        if k >= len(got):
+            raise ValueError(f"export_onnx: {name}: the module did not run on example_input")
+        return got[k]
+
     def walk(name: str, m: nn.Module, x: str) -> str:
         if isinstance(m, _Quantized):
-            return _quantized(g, m, x, shapes[name][0], name, lowbit)
+            return _quantized(g, m, x, shapes_of(name, m)[0], name, lowbit)
         if type(m) is nn.Sequential:
-            for n, c in m.named_children():
+            for n, c in m._modules.items():  # (named_children() would skip a module used twice)
+                if c is None:
+                    raise ValueError(f"export_onnx: {name}.{n}: the child module is None")
                 x = walk(f"{name}.{n}" if name else n, c, x)
             return x
-        if name not in shapes:
-            raise ValueError(f"export_onnx: {name}: the module did not run on example_input")
-        return _float_module(g, m, x, shapes[name][0], shapes[name][1], name)
+        ins, outs = shapes_of(name, m)
+        return _float_module(g, m, x, ins, outs, name)
 
     if type(model) is not nn.Sequential and not isinstance(model, _Quantized):
         raise ValueError(

@@ -407,7 +407,13 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
         info, t = _export_layer(name, mod, base3)
         layers[name] = info
         tensors.update(t)
-    inside = tuple(n + "." for n in quantized)
+    # a layer used at several places (one module under two names): stored once, under its first
+    # name; the others are aliases (the structure points them at it, load_into replaces them all)
+    names_of: Dict[int, List[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(m), []).append(n)
+    aliases = {a: name for name, mod in quantized.items() for a in names_of[id(mod)][1:]}
+    inside = tuple(n + "." for n in [*quantized, *aliases])
     float_keys = []
     for k, v in model.state_dict().items():
         if k.startswith(inside):
@@ -415,9 +421,10 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
         tensors[k] = v.detach().contiguous().clone()
         float_keys.append(k)
     changes = {
-        n: type(m).__name__ for n, m in model.named_modules() if n and type(m).__name__ in _SUBSTITUTES and type(m) is _SUBSTITUTES[type(m).__name__]
+        n: type(m).__name__ for n, m in model.named_modules(remove_duplicate=False)
+        if n and type(m).__name__ in _SUBSTITUTES and type(m) is _SUBSTITUTES[type(m).__name__]
     }
-    structure, gap = _structure(model, quantized)
+    structure, gap = _structure(model, quantized, aliases)
     header = {
         "format_version": FORMAT_VERSION,
         "qatkit_version": __version__,
@@ -480,7 +487,8 @@ _UNREBUILDABLE = {
 }
 
 
-def _structure(model: nn.Module, quantized: Dict[str, nn.Module]) -> Tuple[Optional[dict], Optional[str]]:
+def _structure(model: nn.Module, quantized: Dict[str, nn.Module],
+               aliases: Optional[Dict[str, str]] = None) -> Tuple[Optional[dict], Optional[str]]:
     """The module tree :func:`load` can rebuild, or None and why when the model is not an
     nn.Sequential tree of packed layers and known modules (custom forwards need :func:`load_into`):
     the first module load could not rebuild as it is, named."""
@@ -490,9 +498,14 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module]) -> Tuple[Optio
         where = f"module {name!r}" if name else "the model"
         if name in quantized:
             return {"type": "packed", "name": name}
+        if aliases and name in aliases:  # the same layer again: load puts the same module there
+            return {"type": "packed", "name": aliases[name]}
         if type(m) is nn.Sequential:
             kids = []
-            for n, c in m.named_children():
+            for n, c in m._modules.items():  # (named_children() would skip a module used twice)
+                if c is None:
+                    gap.append(f"module {(name + '.' + n) if name else n!r} is None")
+                    return None
                 d = describe(f"{name}.{n}" if name else n, c)
                 if d is None:
                     return None
@@ -838,7 +851,9 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
     names = header["float_tensors"]
     if not all(isinstance(k, str) for k in names):
         raise ValueError(f"load: {path!r}: float_tensors must be a list of tensor names")
-    packed = tuple(n + "." for n in header["layers"])
+    modules = dict(model.named_modules())
+    packed_ids = {id(modules[n]) for n in header["layers"] if n in modules}
+    packed = tuple(n + "." for n, m in model.named_modules(remove_duplicate=False) if id(m) in packed_ids)
     want = {k for k in model.state_dict() if not k.startswith(packed)}
     have = set(header["float_tensors"])
     missing, extra = sorted(want - have), sorted(have - want)
@@ -905,15 +920,19 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
                 f"load_into: layer {name!r}: the file's weight is {tuple(packed.weight_int.shape)}, the model's "
                 f"{None if w is None else tuple(w.shape)}"
             )
+    names_of: Dict[int, List[str]] = {}
+    for n, m in model.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(m), []).append(n)
     for name, packed in layers.items():
-        replace_module(model, name, packed)
+        for alias in names_of.get(id(modules.get(name)), [name]):  # a layer used at several places: each
+            replace_module(model, alias, packed)
     changes = header.get("module_changes", {})
     if not isinstance(changes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in changes.items()):
         raise ValueError(f"load_into: {path!r}: module_changes must map module names to module type names")
     for name, kind in changes.items():
         if kind not in _SUBSTITUTES:
             raise ValueError(f"load_into: {path!r}: unknown module change {kind!r} at {name!r}")
-        cur = dict(model.named_modules()).get(name)
+        cur = dict(model.named_modules(remove_duplicate=False)).get(name)
         if cur is None:
             raise ValueError(f"load_into: {path!r} changes module {name!r}, which the model does not have")
         if type(cur) is not _SUBSTITUTES[kind]:

@@ -460,6 +460,23 @@ def test_a_short_fuzz_run_of_the_cpp_loader_finds_nothing(tmp_path):
     assert r.returncode == 0 and "no crash" in r.stdout, r.stdout + r.stderr
 
 
+def test_cpp_loads_a_module_used_at_two_places_at_both(tmp_path):
+    """The structure names a shared activation and a shared packed layer at each place: the C++
+    loader builds them at both (as two modules with the same tensors) and gives Python's loaded
+    outputs bit for bit."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_serialization import _shared_modules_net
+
+    import dataclasses
+
+    x = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    path = str(tmp_path / "shared.safetensors")
+    loaded = _ptq_exported(_shared_modules_net(), x, dataclasses.replace(qatkit.w8a8(), first_last=None), path)
+    with torch.no_grad():
+        want, want_int = qatkit.load(path, compute="float")(x), loaded(x)
+    _assert_cpp_gives(path, x, tmp_path, want, want_int)
+
+
 def test_cpp_grouped_xnor_convs_match_python(tmp_path):
     """Grouped and depthwise XNOR convs run on conv2d_w1a1's grouped form in C++ as in Python:
     Python's loaded outputs bit for bit. The first and last layers stay

@@ -287,6 +287,40 @@ def test_load_names_the_first_module_it_cannot_rebuild(tmp_path):
             assert torch.equal(qatkit.load_into(fresh, path)(x), qatkit.convert(q, integer=True).eval()(x))
 
 
+def _shared_modules_net():
+    """A Sequential that uses one Tanh at two places and one Linear at two places."""
+    torch.manual_seed(0)
+    act, shared = nn.Tanh(), nn.Linear(16, 16)
+    return nn.Sequential(nn.Linear(8, 16), act, shared, act, shared, nn.ReLU(), nn.Linear(16, 4)).eval()
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "int8_weight_only"])
+def test_a_module_used_at_two_places_is_exported_and_loaded_at_both(preset, tmp_path):
+    """A module used twice in a Sequential (one activation object, or one layer applied twice):
+    export's structure skipped the second place (named_children() yields a module once), so
+    qatkit.load rebuilt a model without it and computed another function, silently (a shared
+    Tanh: outputs off by 0.024); a shared quantized layer's aliased tensors were stored as float
+    tensors too, so neither load nor load_into could read the file. Now both places load as the
+    same module, load_into replaces every place, and export_onnx emits the module at each."""
+    net = _shared_modules_net()
+    x = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    q = _ptq(net, x, dataclasses.replace(qatkit.preset(preset), first_last=None))
+    assert q[2] is q[4]
+    path = str(tmp_path / "shared.safetensors")
+    header = qatkit.export(q, path)
+    assert list(header["layers"]) == ["0", "2", "6"] and not header["float_tensors"]
+    with torch.no_grad():
+        want = qatkit.convert(copy.deepcopy(q)).eval()(x)
+        want_int = qatkit.convert(copy.deepcopy(q), integer=True).eval()(x)
+        back = qatkit.load(path, compute="float")
+        assert list(back._modules) == [str(i) for i in range(7)]
+        assert type(back[3]) is nn.Tanh and back[2] is back[4]  # (a stateless leaf is rebuilt at each place)
+        assert torch.equal(back(x), want)
+        assert torch.equal(qatkit.load(path)(x), want_int)
+        into = qatkit.load_into(_shared_modules_net(), path)
+        assert into[2] is into[4] and torch.equal(into(x), want_int)
+
+
 def _oversized_files(tmp_path, n=2**26):
     """Files whose header names a size the file's tensors do not have: an unfolded BatchNorm1d
     with num_features = n, and a packed Linear whose in_features and weight shape say n (its

@@ -117,7 +117,7 @@ def _sequential_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     pairs = []
     for name, mod in model.named_modules():
         if isinstance(mod, nn.Sequential):
-            kids = list(mod.named_children())
+            kids = [(n, c) for n, c in mod._modules.items() if c is not None]  # (named_children() skips a repeat)
             for (n1, m1), (n2, m2) in zip(kids, kids[1:], strict=False):
                 if type(m1) is nn.Conv2d and type(m2) is nn.BatchNorm2d:
                     prefix = f"{name}." if name else ""

@@ -112,6 +112,34 @@ def test_without_example_inputs_an_untraceable_model_folds_sequentials_and_says_
     assert isinstance(q2.conv, qatkit.qat.QuantConvBn2d) and isinstance(q2.bn, nn.Identity) and "BatchNorm" not in text2
 
 
+def test_the_neighbour_fallback_does_not_fold_across_a_module_used_twice():
+    """Without a trace the nn.Sequential fallback folds a Conv2d into the BatchNorm2d that comes
+    next. A module used a second time (one ReLU object at two places) was skipped by
+    named_children(), so a conv and a BatchNorm with that ReLU between them looked like
+    neighbours and were folded across the ReLU: another function (outputs off by 10 % of the
+    largest here). The repeat counts as a place now: the BatchNorm stays unfolded, with the warning."""
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x if x.sum() > -1e9 else -x  # data-dependent: torch.fx cannot trace the model
+
+    torch.manual_seed(0)
+    act = nn.ReLU()
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), act, Gate(), nn.Conv2d(4, 4, 3, padding=1), act,
+                        nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 36, 2)).eval()
+    net[5].running_mean.normal_()
+    net[5].running_var.uniform_(0.5, 2)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        q = qatkit.prepare_qat(net, qatkit.int8_weight_only())
+    assert isinstance(q[3], qatkit.qat.QuantConv2d) and isinstance(q[5], nn.BatchNorm2d)
+    assert any("'5'" in str(w.message) and "unfolded" in str(w.message) for w in rec)
+    x = torch.randn(4, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = net(x)
+        assert float((q.eval()(x) - ref).abs().max()) <= 0.02 * float(ref.abs().max())  # int8 weights only
+
+
 def test_tracing_leaves_the_model_as_it_was():
     m = resnet18(10, 0.25, small_input=True).train()
     before = {k: v.clone() for k, v in m.state_dict().items()}
