@@ -506,7 +506,16 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
     if (arg("elementwise_affine").as_bool(where)) r.expect(prefix + "weight", int_list(arg("normalized_shape"), where));
     torch::nn::LayerNorm ln(torch::nn::LayerNormOptions(int_list(arg("normalized_shape"), where)).eps(arg("eps").as_number(where))
                                 .elementwise_affine(arg("elementwise_affine").as_bool(where)));
-    r.load_into(*ln, prefix);
+    const json::Value* bias = args.find("bias");  // nn.LayerNorm(bias=False), which LibTorch lacks: a zero shift
+    if (ln->options.elementwise_affine() && bias != nullptr && !bias->as_bool(where)) {
+      torch::NoGradGuard ng;
+      ln->bias.zero_();
+      const torch::Tensor w = r.tensor(prefix + "weight");
+      if (w.sizes() != ln->weight.sizes()) r.fail(fmt::format("{}: weight has the wrong shape", where));
+      ln->weight.copy_(w);
+    } else {
+      r.load_into(*ln, prefix);
+    }
     return torch::nn::AnyModule(ln);
   }
   if (type == "Linear") {

@@ -531,8 +531,8 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module],
         if why:
             gap.append(f"{where} is a {type(m).__name__} with {why}, which qatkit.load does not rebuild")
             return None
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            args["bias"] = m.bias is not None
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) or (isinstance(m, nn.LayerNorm) and m.weight is not None):
+            args["bias"] = m.bias is not None  # (LayerNorm(bias=False): its weight without a shift)
         return {"type": type(m).__name__, "args": args}
 
     tree = describe("", model)

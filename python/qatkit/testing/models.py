@@ -152,7 +152,8 @@ def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, small_input: bool 
 def leaf_zoo() -> List[tuple]:
     """``nn.Sequential`` models that hold every activation, pooling and float module
     ``qatkit.load`` / ``qatkit::nn::load`` rebuild, with non-default arguments (a ceil-mode max
-    pool, an average pool with ``divisor_override``, a float embedding with ``max_norm``):
+    pool, an average pool with ``divisor_override``, a float embedding with ``max_norm``, a LayerNorm
+    without bias):
     ``[(name, model, calibration batch, test batch)]``, seeded. The test batch differs from the
     calibration batch (an embedding's unseen rows are renormalized on first use)."""
     g = torch.Generator().manual_seed(0)
@@ -166,7 +167,10 @@ def leaf_zoo() -> List[tuple]:
     conv1d = nn.Sequential(
         nn.Conv1d(3, 8, 3, padding=1), nn.PReLU(), nn.MaxPool1d(2), nn.Conv1d(8, 8, 3), nn.SiLU(),
         nn.AvgPool1d(2, ceil_mode=True), nn.AdaptiveAvgPool1d(3), nn.Flatten(), nn.Linear(24, 10), nn.Softmax(dim=-1))
-    emb = nn.Sequential(nn.Embedding(50, 16, max_norm=1.0), nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 4))
+    emb = nn.Sequential(nn.Embedding(50, 16, max_norm=1.0), nn.Flatten(), nn.Linear(64, 32), nn.LayerNorm(32, bias=False),
+                        nn.GELU(), nn.Linear(32, 4))
+    with torch.no_grad():
+        emb[3].weight.uniform_(0.5, 1.5, generator=g)
     return [
         ("conv2d", conv.eval(), torch.randn(8, 3, 16, 16, generator=g), torch.randn(3, 3, 16, 16, generator=g)),
         ("conv1d", conv1d.eval(), torch.randn(8, 3, 20, generator=g), torch.randn(2, 3, 20, generator=g)),
