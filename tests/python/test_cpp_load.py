@@ -477,6 +477,15 @@ def test_cpp_loads_a_module_used_at_two_places_at_both(tmp_path):
     _assert_cpp_gives(path, x, tmp_path, want, want_int)
 
 
+def test_a_short_fuzz_run_over_random_models_finds_nothing(tmp_path):
+    """scripts/fuzz_models.py --cpp for 25 random nn.Sequential models (every module load rebuilds,
+    random arguments, nesting, shared modules, random presets): Python's loaded model gives the
+    converted model's bits in float and integer compute, and the C++ loader Python's."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz_models.py"), "--models", "25", "--seed", "7",
+                        "--cpp", "--exe", EXE], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0 and "loaded bit for bit" in r.stdout, r.stdout + r.stderr
+
+
 def test_cpp_grouped_xnor_convs_match_python(tmp_path):
     """Grouped and depthwise XNOR convs run on conv2d_w1a1's grouped form in C++ as in Python:
     Python's loaded outputs bit for bit. The first and last layers stay

@@ -1,0 +1,174 @@
+"""Fuzz the whole deployment path on random models: random ``nn.Sequential`` trees of Linear /
+Conv1d / Conv2d layers and every activation, pooling and float module ``qatkit.load`` rebuilds
+(random arguments, nested Sequentials, one activation object used at several places, one layer
+applied twice, BatchNorms, LayerNorms with and without bias), quantized by ``qatkit.ptq`` at a
+random preset (first and last layers kept float or not), then:
+
+- ``qatkit.load(path, compute="float")`` must give ``qatkit.convert(model)``'s outputs bit for bit,
+  and ``qatkit.load(path)`` (integer kernels) ``qatkit.convert(model, integer=True)``'s;
+- with ``--cpp``, the C++ loader (``build/py/qatkit_load_run``, qatkit::nn::load) must give
+  Python's loaded outputs bit for bit in both computes.
+
+The test input differs from the calibration batch (batch sizes 1-5). Models ptq refuses (every
+layer kept float) are skipped and counted.
+
+    python3 scripts/fuzz_models.py [--models 200] [--seed 0] [--cpp]
+
+Exits non-zero on the first mismatch, printing the seed that reproduces it (``--seed S --models 1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import qatkit
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
+from qat_models import number_arg  # noqa: E402
+
+PRESETS = ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8", "xnor_w1a1", "binaryconnect",
+           "int8_weight_only", "int4_weight_only"]
+ACTIVATIONS = [
+    lambda r, c: nn.ReLU(), lambda r, c: nn.ReLU6(), lambda r, c: nn.LeakyReLU(r.choice([0.01, 0.2])),
+    lambda r, c: nn.PReLU(r.choice([1, c])), lambda r, c: nn.ELU(r.choice([0.5, 1.0])),
+    lambda r, c: nn.Hardtanh(-r.random(), 1 + r.random()), lambda r, c: nn.Hardswish(), lambda r, c: nn.Hardsigmoid(),
+    lambda r, c: nn.GELU(r.choice(["none", "tanh"])), lambda r, c: nn.SiLU(), lambda r, c: nn.Mish(),
+    lambda r, c: nn.Tanh(), lambda r, c: nn.Sigmoid(), lambda r, c: nn.Identity(), lambda r, c: nn.Dropout(0.1),
+]
+
+
+def random_model(r: random.Random):
+    """(model in eval mode, input shape)."""
+    nd = r.choice([0, 1, 2])
+    shared_act = r.choice(ACTIVATIONS)(r, 1) if r.random() < 0.5 else None
+
+    def act(c):
+        return shared_act if shared_act is not None and r.random() < 0.5 else r.choice(ACTIVATIONS)(r, c)
+
+    layers = []
+    if nd == 0:
+        c = r.choice([8, 16])
+        shape = (r.randint(1, 5), c)
+        if r.random() < 0.3:
+            layers.append(nn.LayerNorm(c, bias=r.random() < 0.5))
+        for _ in range(r.randint(2, 4)):
+            o = r.choice([8, 16, 24])
+            lin = nn.Linear(c, o, bias=r.random() < 0.8)
+            layers += [lin, act(o)]
+            if r.random() < 0.2:
+                layers.append(nn.BatchNorm1d(o))
+            if c == o and r.random() < 0.3:
+                layers += [lin, nn.ReLU()]  # the same layer applied again
+            c = o
+        if r.random() < 0.3:
+            layers.append(r.choice([nn.Softmax(dim=-1), nn.LogSoftmax(dim=1)]))
+    else:
+        conv = nn.Conv1d if nd == 1 else nn.Conv2d
+        c, size = r.choice([1, 3, 4]), r.randint(12, 20)
+        shape = (r.randint(1, 4), c) + (size,) * nd
+        for _ in range(r.randint(2, 3)):
+            o, k, pad = r.choice([4, 8]), r.choice([1, 3]), 1 if r.random() < 0.7 else 0
+            groups = r.choice([1, 2]) if c % 2 == 0 else 1
+            layers.append(conv(c, o, k, padding=pad, groups=groups))
+            size = size - k + 1 + 2 * pad
+            if nd == 2 and r.random() < 0.4:
+                layers.append(nn.BatchNorm2d(o))
+            layers.append(act(o))
+            if r.random() < 0.3 and size >= 6:
+                size //= 2
+                ceil = r.random() < 0.5
+                layers.append(r.choice([nn.MaxPool1d(2, ceil_mode=ceil), nn.AvgPool1d(2, ceil_mode=ceil)]) if nd == 1 else
+                              r.choice([nn.MaxPool2d(2, ceil_mode=ceil), nn.AvgPool2d(2, divisor_override=r.choice([None, 3]))]))
+            c = o
+        layers += [nn.AdaptiveAvgPool1d(2) if nd == 1 else nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(c * 2**nd, 8)]
+    if r.random() < 0.4 and len(layers) > 3:  # a nested Sequential
+        k = r.randint(1, len(layers) - 2)
+        layers = layers[:k] + [nn.Sequential(*layers[k:k + 2])] + layers[k + 2:]
+    return nn.Sequential(*layers).eval(), shape
+
+
+def check_one(seed: int, tmp: str, exe) -> str:
+    """'ok', 'skip', or a description of the mismatch."""
+    from safetensors.torch import load_file, save_file
+
+    r = random.Random(seed)
+    torch.manual_seed(seed)
+    net, shape = random_model(r)
+    preset = r.choice(PRESETS)
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=r.choice([None, "float"]))
+    x, xt = torch.randn(shape), torch.randn(shape)
+    try:
+        q = qatkit.ptq(net, [x], cfg, verbose=False, progress=False)
+    except ValueError as e:
+        if "every supported layer was skipped" in str(e):
+            return "skip"
+        raise
+    path = os.path.join(tmp, "m.safetensors")
+    with torch.no_grad():
+        want = qatkit.convert(copy.deepcopy(q)).eval()(xt)
+        want_int = qatkit.convert(copy.deepcopy(q), integer=True).eval()(xt)
+        header = qatkit.export(q, path)
+        if header["structure"] is None:
+            return f"the file has no structure ({header.get('structure_gap')})"
+        got, got_int = qatkit.load(path, compute="float")(xt), qatkit.load(path)(xt)
+    what = f"seed {seed}, preset {preset}, model {net}"
+    if not torch.equal(got, want):
+        return f"load(compute='float') != convert(): max |diff| {float((got - want).abs().max())}; {what}"
+    if not torch.equal(got_int, want_int):
+        return f"load() != convert(integer=True): max |diff| {float((got_int - want_int).abs().max())}; {what}"
+    if exe is None:
+        return "ok"
+    xin, yout = os.path.join(tmp, "x.safetensors"), os.path.join(tmp, "y.safetensors")
+    save_file({"x": xt.contiguous()}, xin)
+    for flag, expected in (([], got_int), (["--float"], got)):
+        run = subprocess.run([exe, *flag, path, xin, yout], capture_output=True, text=True, timeout=120)
+        if run.returncode != 0:
+            return f"the C++ loader {flag} failed: {run.stderr[-400:]}; {what}"
+        y = load_file(yout)["y"].clone()
+        if not torch.equal(y, expected):
+            return f"C++ {flag or ['integer']} != Python: max |diff| {float((y - expected).abs().max())}; {what}"
+    return "ok"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", type=number_arg(int, 1), default=200)
+    ap.add_argument("--seed", type=int, default=0, help="the first model's seed (model i uses seed + i)")
+    ap.add_argument("--cpp", action="store_true", help="also run the C++ loader (build/py/qatkit_load_run)")
+    ap.add_argument("--exe", default=None, help="with --cpp: the qatkit_load_run to run (default build/py's)")
+    a = ap.parse_args()
+    exe = None
+    if a.cpp:
+        exe = a.exe or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "py",
+                                    "qatkit_load_run")
+        if not os.path.exists(exe):
+            sys.exit(f"{exe} is missing: the test build (scripts/setup.sh) makes it")
+    warnings.simplefilter("ignore")
+    counts = {"ok": 0, "skip": 0}
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in tqdm(range(a.models), desc="models", disable=not sys.stderr.isatty()):
+            res = check_one(a.seed + i, tmp, exe)
+            if res not in counts:
+                print(f"model {i}: {res}\n(replay: python3 scripts/fuzz_models.py --seed {a.seed + i} --models 1"
+                      f"{' --cpp' if a.cpp else ''})")
+                sys.exit(1)
+            counts[res] += 1
+    print(f"fuzz_models: {a.models} models in {time.time() - t0:.0f} s, seed {a.seed}: {counts['ok']} loaded bit for bit "
+          f"(Python float and integer{', C++ both' if a.cpp else ''}), {counts['skip']} skipped (every layer kept float)")
+
+
+if __name__ == "__main__":
+    main()
