@@ -505,10 +505,26 @@ def _float_module(g: _Graph, m: nn.Module, x: str, in_shape, out_shape, where: s
         if all(o == 1 for o in osz):
             return g.node("GlobalAveragePool", [x], where)
         ins = list(in_shape[2:])
-        if any(o is None or i % o for i, o in zip(ins, osz)):
-            raise ValueError(f"export_onnx: {where}: AdaptiveAvgPool to {tuple(osz)} from {tuple(ins)} (not a fixed window)")
-        k = [i // o for i, o in zip(ins, osz)]
-        return g.node("AveragePool", [x], where, kernel_shape=k, strides=k)
+        osz = [i if o is None else o for i, o in zip(ins, osz)]  # None keeps that size
+        if all(i % o == 0 for i, o in zip(ins, osz)):
+            k = [i // o for i, o in zip(ins, osz)]
+            return g.node("AveragePool", [x], where, kernel_shape=k, strides=k)
+        # windows of varying size (torch's: [floor(j * i / o), ceil((j + 1) * i / o)) for output j):
+        # a constant averaging matrix per spatial dim, applied along the last dim and, for 2-d, along
+        # the one before it through a transpose (the same means; float sums in another order)
+        def averaging(i: int, o: int) -> torch.Tensor:
+            m = torch.zeros(i, o)
+            for j in range(o):
+                lo, hi = (j * i) // o, -((-(j + 1) * i) // o)
+                m[lo:hi, j] = 1.0 / (hi - lo)
+            return m
+
+        y = g.node("MatMul", [x, g.const(averaging(ins[-1], osz[-1]), where + ".cols")], where + ".pool_cols")
+        if nd == 1:
+            return y
+        y = g.node("Transpose", [y], where + ".t", perm=[0, 1, 3, 2])
+        y = g.node("MatMul", [y, g.const(averaging(ins[0], osz[0]), where + ".rows")], where + ".pool_rows")
+        return g.node("Transpose", [y], where, perm=[0, 1, 3, 2])
     if t in (nn.BatchNorm1d, nn.BatchNorm2d):
         if not m.track_running_stats or m.running_mean is None:
             raise ValueError(f"export_onnx: {where}: BatchNorm without running statistics")

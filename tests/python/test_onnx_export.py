@@ -304,6 +304,32 @@ def test_a_module_used_at_two_places_is_emitted_at_both(tmp_path):
     assert float((exact - ref).abs().max()) <= 0.01 * float(ref.abs().max())
 
 
+@pytest.mark.parametrize("pool,shape", [(nn.AdaptiveAvgPool2d((3, 2)), (4, 3, 13, 11)),
+                                        (nn.AdaptiveAvgPool2d((None, 3)), (4, 3, 7, 10)),
+                                        (nn.AdaptiveAvgPool1d(5), (4, 3, 17))])
+def test_an_adaptive_pool_to_a_size_that_does_not_divide_exports(pool, shape, tmp_path):
+    """An adaptive average pool whose windows vary in size (13 rows to 3) had no ONNX form; it is
+    emitted as a constant averaging matrix per spatial dim (MatMul, through a transpose for rows):
+    torch's means up to float summation order."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1) if len(shape) == 4 else nn.Conv1d(3, 4, 3, padding=1)
+    net = nn.Sequential(conv, nn.ReLU(), pool).eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.w8a8(), first_last=None), verbose=False, progress=False)
+    c = qatkit.convert(q)
+    path = str(tmp_path / "pool.onnx")
+    qatkit.export_onnx(c, x[:1], path)
+    with torch.no_grad():
+        ref = c(x)
+    got = _run(path, x, "none")
+    assert got.shape == ref.shape
+    assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max())  # (the test file's float-order bound)
+
+
 def test_a_loaded_layer_whose_packed_bytes_were_edited_exports_the_edit(tmp_path):
     """A loaded layer computes with codes unpacked from its packed bytes. After an in-place write
     to those bytes (a fault-injection study), export_onnx read the codes unpacked at load, so
