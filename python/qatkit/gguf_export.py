@@ -134,6 +134,9 @@ def export_gguf(model: nn.Module, path: str, *, weights_only: bool = False, arch
     gguf = _need_gguf()
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_gguf: model must be an nn.Module, got {type(model).__name__}")
+    from .qat.prepare import unwrap_model
+
+    model = unwrap_model(model)  # (torch.compile's / DDP's wrapper: tensor names without its prefix)
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
     from .serialization import sync_loaded

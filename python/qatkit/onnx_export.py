@@ -629,6 +629,9 @@ def export_onnx(
         raise ValueError(f"export_onnx: int8_weights must be 'auto', 'int8' or 'uint8', got {int8_weights!r}")
     if example_input.dim() == 0:
         raise ValueError("export_onnx: example_input must have a batch dimension, got a 0-d tensor")
+    from .qat.prepare import unwrap_model
+
+    model = unwrap_model(model)  # (torch.compile's / DDP's wrapper)
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
     from .serialization import sync_loaded

@@ -397,6 +397,9 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
     if not isinstance(model, nn.Module):
         raise TypeError(f"export: model must be an nn.Module, got {type(model).__name__}")
     check_flags("export", base3=base3)
+    from .qat.prepare import unwrap_model
+
+    model = unwrap_model(model)  # (torch.compile's / DDP's wrapper: the model under its own names)
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
     layers, tensors = {}, {}

@@ -347,6 +347,37 @@ def test_loaded_float_layers_sit_on_64_byte_boundaries_and_give_the_converted_bi
             assert torch.equal(back(xt), c(xt)), n
 
 
+def test_a_compiled_or_data_parallel_model_exports_under_its_own_names(tmp_path):
+    """torch.compile (which the QAT docs recommend) wraps the model in an OptimizedModule whose
+    names start with '_orig_mod.', DataParallel / DDP in one whose names start with 'module.'.
+    export wrote those names, so the file fit no model: load refused the wrapper and load_into the
+    float model ("holds layer '_orig_mod.0', which the model does not have"). The exporters write the
+    wrapped model now."""
+    onnx = pytest.importorskip("onnx", reason="onnx is in scripts/requirements.txt; this environment lacks it")
+
+    torch.manual_seed(0)
+
+    def float_model():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    q = qatkit.prepare_qat(float_model(), dataclasses.replace(qatkit.w8a8(), first_last=None))
+    x = torch.randn(8, 8, generator=torch.Generator().manual_seed(1))
+    q(x)
+    q.eval()
+    with torch.no_grad():
+        want = qatkit.convert(copy.deepcopy(q), integer=True)(x)
+    for wrapped in (torch.compile(q), nn.DataParallel(q), torch.compile(nn.DataParallel(q))):
+        path = str(tmp_path / "m.safetensors")
+        header = qatkit.export(wrapped, path)
+        assert list(header["layers"]) == ["0", "2", "4"] and header["structure"] is not None
+        with torch.no_grad():
+            assert torch.equal(qatkit.load(path)(x), want)
+            assert torch.equal(qatkit.load_into(float_model(), path)(x), want)
+        qatkit.export_onnx(wrapped, x[:1], str(tmp_path / "m.onnx"))
+        assert not any(i.name.startswith(("_orig_mod", "module.")) for i in onnx.load(str(tmp_path / "m.onnx")).graph.initializer)
+
+
 def _oversized_files(tmp_path, n=2**26):
     """Files whose header names a size the file's tensors do not have: an unfolded BatchNorm1d
     with num_features = n, and a packed Linear whose in_features and weight shape say n (its

@@ -457,6 +457,21 @@ def clip_latent_weights(model: nn.Module) -> nn.Module:
 _DATA_RANGE_QUANTIZERS = (AffineStaticActQuantizer, AffineLearnedActQuantizer)
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``torch.compile``'s wrapper (``OptimizedModule._orig_mod``) and DDP /
+    DataParallel's (``.module``), at any depth: what the exporters write, under its own names (the
+    wrapper's prefixes, ``_orig_mod.`` / ``module.``, would fit no model a file is loaded into)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    while True:
+        if isinstance(model, OptimizedModule):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
 def call_on_batch(model: nn.Module, b):
     """``model`` on one batch without a ``forward``: a tensor; a tuple / list's first element (an
     (input, target) pair from a DataLoader); a mapping: its entries as keyword arguments where the
