@@ -494,9 +494,17 @@ def _float_module(g: _Graph, m: nn.Module, x: str, in_shape, out_shape, where: s
         return g.node("MaxPool", [x], where, **a)
     if t in (nn.AvgPool1d, nn.AvgPool2d):
         nd = 1 if t is nn.AvgPool1d else 2
-        if getattr(m, "divisor_override", None) is not None:
-            raise ValueError(f"export_onnx: {where}: AvgPool divisor_override has no ONNX form")
         a = _pool_attrs(m, nd)
+        d = getattr(m, "divisor_override", None)
+        if d is not None:
+            # every window's sum / d: the mean over the whole (padded) window times its size / d,
+            # where every window lies inside the padded input (ceil_mode off)
+            if m.ceil_mode:
+                raise ValueError(f"export_onnx: {where}: AvgPool divisor_override with ceil_mode has no ONNX form")
+            a["count_include_pad"] = 1
+            y = g.node("AveragePool", [x], where + ".mean", opset=19, **a)
+            size = math.prod(a["kernel_shape"])
+            return g.node("Mul", [y, g.const(torch.tensor(size / d), where + ".scale")], where)
         a["count_include_pad"] = int(m.count_include_pad)
         return g.node("AveragePool", [x], where, opset=19, **a)
     if t in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d):

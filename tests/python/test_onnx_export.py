@@ -306,11 +306,15 @@ def test_a_module_used_at_two_places_is_emitted_at_both(tmp_path):
 
 @pytest.mark.parametrize("pool,shape", [(nn.AdaptiveAvgPool2d((3, 2)), (4, 3, 13, 11)),
                                         (nn.AdaptiveAvgPool2d((None, 3)), (4, 3, 7, 10)),
-                                        (nn.AdaptiveAvgPool1d(5), (4, 3, 17))])
-def test_an_adaptive_pool_to_a_size_that_does_not_divide_exports(pool, shape, tmp_path):
+                                        (nn.AdaptiveAvgPool1d(5), (4, 3, 17)),
+                                        (nn.AvgPool2d(3, stride=2, padding=1, divisor_override=5), (4, 3, 11, 10)),
+                                        (nn.AvgPool2d((2, 3), padding=1, divisor_override=7, count_include_pad=False),
+                                         (4, 3, 11, 10))])
+def test_adaptive_pools_to_sizes_that_do_not_divide_and_divisor_overrides_export(pool, shape, tmp_path):
     """An adaptive average pool whose windows vary in size (13 rows to 3) had no ONNX form; it is
     emitted as a constant averaging matrix per spatial dim (MatMul, through a transpose for rows):
-    torch's means up to float summation order."""
+    torch's means up to float summation order. An average pool with divisor_override had none
+    either: the mean over the whole padded window times its size / divisor."""
     import dataclasses
 
     torch.manual_seed(0)
