@@ -875,11 +875,16 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
     if absent:
         raise ValueError(f"load: {path!r}: the header lists float tensors the file lacks: {absent[:8]}")
     # assign: the tensors just read become the model's (no second copy of every float weight).
-    # Those the file's layout leaves off a 64-byte boundary are copied to one first: MKL's sgemm
+    # Matrices the file's layout leaves off a 64-byte boundary are copied to one first: MKL's sgemm
     # takes another path for a misaligned operand, and a float Linear then gives other bits than
-    # the same layer in the converted model (seen at one row on Zen 4: 1 ulp).
+    # the same layer in the converted model (seen at one row on Zen 4: 1 ulp). Vectors (biases,
+    # norms: elementwise) and embedding tables (gathered rows) give the same bits anywhere.
+    tables = {f"{n}.weight" if n else "weight" for n, m in model.named_modules(remove_duplicate=False)
+              if isinstance(m, nn.Embedding)}
+    gemm = {k for k in have if tensors[k].dim() >= 2 and k not in tables}
     try:
-        model.load_state_dict({k: _aligned(tensors[k]) for k in have}, strict=False, assign=True)
+        model.load_state_dict({k: _aligned(tensors[k]) if k in gemm else tensors[k] for k in have}, strict=False,
+                              assign=True)
     except RuntimeError as e:  # shapes that do not fit the modules
         raise ValueError(f"load: {path!r}: the float tensors do not fit the model ({e})") from None
 

@@ -326,7 +326,8 @@ def test_loaded_float_layers_sit_on_64_byte_boundaries_and_give_the_converted_bi
     """The float tensors load() assigns come from the file's buffer, where safetensors' layout puts
     them anywhere; MKL's sgemm takes another path for a misaligned weight, so a float Linear (a
     first / last layer kept float) gave other bits than the converted model's at one row (1 ulp,
-    4 of 120 random models on Zen 4). They are copied onto a 64-byte boundary where they are off it."""
+    4 of 120 random models on Zen 4). Matrices off a 64-byte boundary are copied onto one (vectors and
+    embedding tables give the same bits anywhere and stay: MiniLM's 47 MB table would cost 50 ms)."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv1d(3, 4, 1, padding=1), nn.ReLU6(), nn.MaxPool1d(2, ceil_mode=True),
                         nn.Conv1d(4, 8, 3, padding=1), nn.Hardtanh(-0.5, 1.9), nn.Conv1d(8, 8, 1, padding=1), nn.Mish(),
@@ -338,7 +339,9 @@ def test_loaded_float_layers_sit_on_64_byte_boundaries_and_give_the_converted_bi
     back = qatkit.load(path, compute="float")
     header = S.read_header(path)
     floats = dict(back.state_dict(keep_vars=True))
-    for k in header["float_tensors"]:
+    mats = [k for k in header["float_tensors"] if floats[k].dim() >= 2]
+    assert mats  # the float convs' and Linear's weights (vectors are elementwise operands: left where they are)
+    for k in mats:
         assert floats[k].data_ptr() % 64 == 0, k
     c = qatkit.convert(q).eval()
     with torch.no_grad():
