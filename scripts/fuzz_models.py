@@ -1,11 +1,14 @@
 """Fuzz the whole deployment path on random models: random ``nn.Sequential`` trees of Linear /
-Conv1d / Conv2d layers and every activation, pooling and float module ``qatkit.load`` rebuilds
-(random arguments, nested Sequentials, one activation object used at several places, one layer
+Conv1d / Conv2d layers (strides, dilations, groups, every padding mode) and every activation,
+pooling and float module ``qatkit.load`` rebuilds (random arguments, nested Sequentials, one activation object used at several places, one layer
 applied twice, BatchNorms, LayerNorms with and without bias), quantized by ``qatkit.ptq`` at a
 random preset (first and last layers kept float or not), then:
 
+- ``qatkit.convert(model)`` must give the QAT model's outputs (eval mode) bit for bit;
 - ``qatkit.load(path, compute="float")`` must give ``qatkit.convert(model)``'s outputs bit for bit,
-  and ``qatkit.load(path)`` (integer kernels) ``qatkit.convert(model, integer=True)``'s;
+  and ``qatkit.load(path)`` (integer kernels) those of the converted model after
+  ``qatkit.qat.set_compute(..., "integer", kernels_only=True)`` (``convert(model, integer=True)``'s
+  where every layer has a kernel);
 - with ``--cpp``, the C++ loader (``build/py/qatkit_load_run``, qatkit::nn::load) must give
   Python's loaded outputs bit for bit in both computes.
 
@@ -81,8 +84,12 @@ def random_model(r: random.Random):
         for _ in range(r.randint(2, 3)):
             o, k, pad = r.choice([4, 8]), r.choice([1, 3]), 1 if r.random() < 0.7 else 0
             groups = r.choice([1, 2]) if c % 2 == 0 else 1
-            layers.append(conv(c, o, k, padding=pad, groups=groups))
-            size = size - k + 1 + 2 * pad
+            stride, dilation = r.choice([1, 1, 2]), r.choice([1, 1, 2])
+            if size + 2 * pad < dilation * (k - 1) + 1 + 2 or size < 4:  # the window must fit
+                k, dilation, stride = 1, 1, 1
+            mode = r.choice(["zeros", "zeros", "reflect", "replicate", "circular"]) if pad else "zeros"
+            layers.append(conv(c, o, k, stride=stride, padding=pad, dilation=dilation, groups=groups, padding_mode=mode))
+            size = (size + 2 * pad - dilation * (k - 1) - 1) // stride + 1
             if nd == 2 and r.random() < 0.4:
                 layers.append(nn.BatchNorm2d(o))
             layers.append(act(o))
@@ -118,16 +125,23 @@ def check_one(seed: int, tmp: str, exe) -> str:
     path = os.path.join(tmp, "m.safetensors")
     with torch.no_grad():
         want = qatkit.convert(copy.deepcopy(q)).eval()(xt)
-        want_int = qatkit.convert(copy.deepcopy(q), integer=True).eval()(xt)
+        qat = q.eval()(xt)
+        # what qatkit.load computes: integer where a kernel runs the layer, float math elsewhere
+        # (an XNOR conv with a reflect / replicate / circular padding mode has no kernel)
+        on_kernels = qatkit.convert(copy.deepcopy(q)).eval()
+        qatkit.qat.set_compute(on_kernels, "integer", warn=False, kernels_only=True)
+        want_int = on_kernels(xt)
         header = qatkit.export(q, path)
         if header["structure"] is None:
             return f"the file has no structure ({header.get('structure_gap')})"
         got, got_int = qatkit.load(path, compute="float")(xt), qatkit.load(path)(xt)
     what = f"seed {seed}, preset {preset}, model {net}"
+    if not torch.equal(want, qat):
+        return f"convert() != the QAT model: max |diff| {float((want - qat).abs().max())}; {what}"
     if not torch.equal(got, want):
         return f"load(compute='float') != convert(): max |diff| {float((got - want).abs().max())}; {what}"
     if not torch.equal(got_int, want_int):
-        return f"load() != convert(integer=True): max |diff| {float((got_int - want_int).abs().max())}; {what}"
+        return f"load() != the converted model on its kernels: max |diff| {float((got_int - want_int).abs().max())}; {what}"
     if exe is None:
         return "ok"
     xin, yout = os.path.join(tmp, "x.safetensors"), os.path.join(tmp, "y.safetensors")
