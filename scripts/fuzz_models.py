@@ -1,8 +1,9 @@
-"""Fuzz the whole deployment path on random models: random ``nn.Sequential`` trees of Linear /
-Conv1d / Conv2d layers (strides, dilations, groups, every padding mode) and every activation,
-pooling and float module ``qatkit.load`` rebuilds (random arguments, nested Sequentials, one activation object used at several places, one layer
-applied twice, BatchNorms, LayerNorms with and without bias), quantized by ``qatkit.ptq`` at a
-random preset (first and last layers kept float or not), then:
+"""Fuzz the whole deployment path on random models: random ``nn.Sequential`` trees of Linear / Conv1d /
+Conv2d layers (strides, dilations, groups, every padding mode) and every activation, pooling and
+float module ``qatkit.load`` rebuilds (random arguments, nested Sequentials, one activation object
+used at several places, one layer applied twice, BatchNorms, LayerNorms with and without bias),
+quantized at a random preset (first and last layers kept float or not) by ``qatkit.ptq`` or by
+``prepare_qat`` and three SGD steps, then:
 
 - ``qatkit.convert(model)`` must give the QAT model's outputs (eval mode) bit for bit;
 - ``qatkit.load(path, compute="float")`` must give ``qatkit.convert(model)``'s outputs bit for bit,
@@ -117,7 +118,21 @@ def check_one(seed: int, tmp: str, exe) -> str:
     cfg = dataclasses.replace(qatkit.preset(preset), first_last=r.choice([None, "float"]))
     x, xt = torch.randn(shape), torch.randn(shape)
     try:
-        q = qatkit.ptq(net, [x], cfg, verbose=False, progress=False)
+        if r.random() < 0.5:
+            q = qatkit.ptq(net, [x], cfg, verbose=False, progress=False)
+        else:  # QAT: a few SGD steps (BatchNorm folded with its batch statistics, learned scales move)
+            xb = torch.randn((max(shape[0], 4),) + tuple(shape[1:]))  # (BatchNorm trains on 2+ rows)
+            q = qatkit.prepare_qat(net, cfg, example_inputs=xb).train()
+            opt = torch.optim.SGD(q.parameters(), lr=1e-2)
+            for _ in range(3):
+                loss = q(xb).float().square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                qatkit.qat.clip_latent_weights(q)
+            qatkit.qat.disable_observer(q)
+            qatkit.qat.freeze_bn(q)
+            q.eval()
     except ValueError as e:
         if "every supported layer was skipped" in str(e):
             return "skip"

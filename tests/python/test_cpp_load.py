@@ -478,10 +478,11 @@ def test_cpp_loads_a_module_used_at_two_places_at_both(tmp_path):
 
 
 def test_a_short_fuzz_run_over_random_models_finds_nothing(tmp_path):
-    """scripts/fuzz_models.py --cpp for 25 random nn.Sequential models (every module load rebuilds,
-    random arguments, nesting, shared modules, random presets): Python's loaded model gives the
-    converted model's bits in float and integer compute, and the C++ loader Python's."""
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz_models.py"), "--models", "25", "--seed", "7",
+    """scripts/fuzz_models.py --cpp for 20 random nn.Sequential models (every module load rebuilds,
+    random arguments, nesting, shared modules, random presets, PTQ or three QAT steps): the
+    converted model gives the QAT model's bits, Python's loaded model the converted model's in
+    float and integer compute, and the C++ loader Python's."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz_models.py"), "--models", "20", "--seed", "7",
                         "--cpp", "--exe", EXE], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0 and "loaded bit for bit" in r.stdout, r.stdout + r.stderr
 
