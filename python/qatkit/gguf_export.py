@@ -124,7 +124,8 @@ def export_gguf(model: nn.Module, path: str, *, weights_only: bool = False, arch
         ``{"tensors": {name: type}, "dropped": [what weights_only left out]}``.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
+        TypeError: ``model`` is not an ``nn.Module``, ``path`` not a str or os.PathLike.
+        FileNotFoundError / IsADirectoryError: ``path``'s directory does not exist / it is one.
         ValueError: no quantized Linear layer; a quantized conv / embedding; a Linear whose spec
             no GGUF block type holds exactly (named, with what it needs).
     """
@@ -134,6 +135,9 @@ def export_gguf(model: nn.Module, path: str, *, weights_only: bool = False, arch
     gguf = _need_gguf()
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_gguf: model must be an nn.Module, got {type(model).__name__}")
+    from .serialization import check_out_path
+
+    path = check_out_path("export_gguf", path)
     from .qat.prepare import unwrap_model
 
     model = unwrap_model(model)  # (torch.compile's / DDP's wrapper: tensor names without its prefix)

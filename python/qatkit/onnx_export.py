@@ -620,7 +620,9 @@ def export_onnx(
         A report: ``{"opset", "layers": {name: {"type", "input", "weight": {...}}}}``.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module`` or ``example_input`` not a tensor.
+        TypeError: ``model`` is not an ``nn.Module``, ``example_input`` not a tensor or ``path``
+            not a str or os.PathLike.
+        FileNotFoundError / IsADirectoryError: ``path``'s directory does not exist / it is one.
         ValueError: a module with no ONNX form (named), a non-float32 model or input, an
             unknown ``lowbit`` or ``int8_weights``.
     """
@@ -629,6 +631,9 @@ def export_onnx(
     onnx = _need_onnx()
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_onnx: model must be an nn.Module, got {type(model).__name__}")
+    from .serialization import check_out_path
+
+    path = check_out_path("export_onnx", path)
     if not isinstance(example_input, torch.Tensor):
         raise TypeError(f"export_onnx: example_input must be a torch.Tensor, got {type(example_input).__name__}")
     if lowbit not in ("int2", "int4"):

@@ -369,6 +369,24 @@ def _export_layer(name: str, mod: _Quantized, base3: bool) -> Tuple[dict, Dict[s
 _SUBSTITUTES = {"Identity": nn.Identity, "ReLU": nn.ReLU}
 
 
+def check_out_path(who: str, path) -> str:
+    """``path`` as a str after the checks a writer needs: a str or os.PathLike (TypeError), whose
+    directory exists (FileNotFoundError) and which is not a directory itself (IsADirectoryError),
+    named with ``who`` — before any work, where the writers' own errors would come late or name
+    their own argument ('filename')."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{who}: path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{who}: the directory of path {path!r} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{who}: path {path!r} is a directory, not a file")
+    return path
+
+
 def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
     """Write ``model`` (converted, or a QAT / PTQ model, which is converted first on a copy) to one
     safetensors file at ``path``: the quantized layers' weights packed (docs/format.md), their
@@ -386,7 +404,8 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
         for ``nn.Sequential`` trees of known modules, the structure :func:`load` rebuilds).
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
+        TypeError: ``model`` is not an ``nn.Module``, ``path`` not a str or os.PathLike.
+        FileNotFoundError / IsADirectoryError: ``path``'s directory does not exist / it is one.
         ValueError: the model holds no quantized layer.
     """
     from safetensors.torch import save_file
@@ -396,6 +415,7 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"export: model must be an nn.Module, got {type(model).__name__}")
+    path = check_out_path("export", path)
     check_flags("export", base3=base3)
     from .qat.prepare import unwrap_model
 

@@ -107,6 +107,10 @@ def test_specs_gguf_cannot_hold_exactly_are_refused(tmp_path):
         qatkit.export_gguf(conv, path)
     with pytest.raises(TypeError, match="nn.Module"):
         qatkit.export_gguf("model", path)
+    with pytest.raises(TypeError, match="export_gguf: path must be a str or os.PathLike, got int"):
+        qatkit.export_gguf(w8a8, 5, weights_only=True)
+    with pytest.raises(IsADirectoryError, match="export_gguf: path .* is a directory"):
+        qatkit.export_gguf(w8a8, os.path.dirname(path), weights_only=True)
 
 
 def test_scale_dtype_rounds_weight_scales_and_is_refused_where_it_does_not_apply():

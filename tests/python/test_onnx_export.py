@@ -225,6 +225,10 @@ def test_bad_input_raises_naming_the_problem(digits, tmp_path):
         qatkit.export_onnx(c, [1, 2], path)
     with pytest.raises(ValueError, match="lowbit must be"):
         qatkit.export_onnx(c, digits["x"][:4], path, lowbit="int3")
+    with pytest.raises(TypeError, match="export_onnx: path must be a str or os.PathLike, got int"):
+        qatkit.export_onnx(c, digits["x"][:4], 7)
+    with pytest.raises(FileNotFoundError, match="export_onnx: the directory of path"):
+        qatkit.export_onnx(c, digits["x"][:4], str(tmp_path / "no" / "m.onnx"))
     with pytest.raises(ValueError, match="own forward"):  # custom forward: its as_sequential() form exports
         qatkit.export_onnx(digits["models"]["MLP"], digits["x"][:4], path)
 

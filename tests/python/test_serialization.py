@@ -204,6 +204,14 @@ def test_corrupt_and_foreign_files_raise_value_errors_naming_the_problem(data, t
         qatkit.load_into(m, path, inplace="no")
     with pytest.raises(TypeError, match="export: base3 must be True or False, got 'no'"):
         qatkit.export(m, bad, base3="no")
+    # the path: named with the writer, before any work (safetensors said "argument 'filename'" or
+    # raised its own SafetensorError for a missing directory)
+    with pytest.raises(TypeError, match="export: path must be a str or os.PathLike, got int"):
+        qatkit.export(m, 123)
+    with pytest.raises(FileNotFoundError, match="export: the directory of path .* does not exist"):
+        qatkit.export(m, str(tmp_path / "no" / "such" / "m.safetensors"))
+    with pytest.raises(IsADirectoryError, match="export: path .* is a directory"):
+        qatkit.export(m, str(tmp_path))
 
 
 def test_load_refuses_custom_forwards_and_load_into_refuses_other_architectures(data, tmp_path):
