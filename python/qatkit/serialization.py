@@ -515,6 +515,8 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module],
     """The module tree :func:`load` can rebuild, or None and why when the model is not an
     nn.Sequential tree of packed layers and known modules (custom forwards need :func:`load_into`):
     the first module load could not rebuild as it is, named."""
+    from .qat.prepare import _hooked_norm
+
     gap: List[str] = []
 
     def describe(name: str, m: nn.Module):
@@ -540,8 +542,6 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module],
                 " (a module with its own forward)" if list(m.children()) else ""))
             return None
         why = _UNREBUILDABLE.get(type(m).__name__, lambda m: None)(m)
-        from .qat.prepare import _hooked_norm
-
         hooked = _hooked_norm(m)
         if hooked:
             why = f"torch.nn.utils.{hooked} (load_into a model built with it)"

@@ -54,6 +54,17 @@ def _converted(d, arch, preset, qat_epochs=2):
         return d["oc"].quantized(seq, preset, d["x"][d["tr"]], d["y"][d["tr"]], qat_epochs)
 
 
+def _converted_all_quantized(net, x, preset="w8a8"):
+    """net quantized by qatkit.ptq on x at the preset with every layer quantized, converted."""
+    import dataclasses
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.preset(preset), first_last=None), verbose=False,
+                       progress=False)
+    return qatkit.convert(q)
+
+
 def _run(path, x, level="all", optimized=None):
     from_ort = _script("onnx_check").ort_session(path, optimized, level)
     return torch.from_numpy(from_ort.run(None, {"input": x.numpy()})[0])
@@ -249,8 +260,6 @@ def test_every_activation_load_rebuilds_exports_as_its_onnx_operator(preset, tmp
     dim 1), ELU, Hardswish, Hardsigmoid, Mish, Softmax and LogSoftmax between quantized layers:
     onnxruntime without graph rewrites computes the converted model's function (the criterion of
     test_onnxruntime_agrees_with_the_converted_model), and each module is its own operator."""
-    import dataclasses
-
     torch.manual_seed(0)
     net = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1), nn.PReLU(8), nn.MaxPool2d(2),
@@ -260,11 +269,7 @@ def test_every_activation_load_rebuilds_exports_as_its_onnx_operator(preset, tmp
         nn.Softmax(dim=1), nn.Linear(32, 10), nn.LogSoftmax(dim=-1)).eval()
     g = torch.Generator().manual_seed(1)
     x, xt = torch.randn(32, 3, 8, 8, generator=g), torch.randn(64, 3, 8, 8, generator=g)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.preset(preset), first_last=None), verbose=False,
-                       progress=False)
-    c = qatkit.convert(q)
+    c = _converted_all_quantized(net, x, preset)
     path = str(tmp_path / "acts.onnx")
     qatkit.export_onnx(c, x[:2], path)
     ops = [n.op_type for n in onnx.load(path).graph.node]
@@ -284,16 +289,11 @@ def test_a_module_used_at_two_places_is_emitted_at_both(tmp_path):
     """export_onnx walked named_children(), which yields a module once: a Tanh used twice in a
     Sequential was emitted once (onnxruntime off by 0.024), and a layer applied twice once. Each
     place is emitted now, with the shapes of its own call."""
-    import dataclasses
-
     torch.manual_seed(0)
     act, shared = nn.Tanh(), nn.Linear(16, 16)
     net = nn.Sequential(nn.Linear(8, 16), act, shared, act, shared, nn.ReLU(), nn.Linear(16, 4)).eval()
     x = torch.randn(256, 8, generator=torch.Generator().manual_seed(1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.w8a8(), first_last=None), verbose=False, progress=False)
-    c = qatkit.convert(q)
+    c = _converted_all_quantized(net, x)
     path = str(tmp_path / "shared.onnx")
     qatkit.export_onnx(c, x[:2], path)
     assert [n.op_type for n in onnx.load(path).graph.node].count("Tanh") == 2
@@ -319,16 +319,11 @@ def test_adaptive_pools_to_sizes_that_do_not_divide_and_divisor_overrides_export
     emitted as a constant averaging matrix per spatial dim (MatMul, through a transpose for rows):
     torch's means up to float summation order. An average pool with divisor_override had none
     either: the mean over the whole padded window times its size / divisor."""
-    import dataclasses
-
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3, padding=1) if len(shape) == 4 else nn.Conv1d(3, 4, 3, padding=1)
     net = nn.Sequential(conv, nn.ReLU(), pool).eval()
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.w8a8(), first_last=None), verbose=False, progress=False)
-    c = qatkit.convert(q)
+    c = _converted_all_quantized(net, x)
     path = str(tmp_path / "pool.onnx")
     qatkit.export_onnx(c, x[:1], path)
     with torch.no_grad():
