@@ -313,23 +313,20 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
   };
   if (auto p = as<torch::nn::MaxPool2dImpl>(m)) return max_pool(p->options, "MaxPool2d");
   if (auto p = as<torch::nn::MaxPool1dImpl>(m)) return max_pool(p->options, "MaxPool1d");
+  const auto avg_pool = [&](const auto& o, const char* type) {
+    a.set("kernel_size", ints(*o.kernel_size()));
+    a.set("stride", ints(*o.stride()));
+    a.set("padding", ints(*o.padding()));
+    a.set("ceil_mode", Value::of(o.ceil_mode()));
+    a.set("count_include_pad", Value::of(o.count_include_pad()));
+    return leaf(type, a);
+  };
   if (auto p = as<torch::nn::AvgPool2dImpl>(m)) {
-    a.set("kernel_size", ints(*p->options.kernel_size()));
-    a.set("stride", ints(*p->options.stride()));
-    a.set("padding", ints(*p->options.padding()));
-    a.set("ceil_mode", Value::of(p->options.ceil_mode()));
-    a.set("count_include_pad", Value::of(p->options.count_include_pad()));
-    a.set("divisor_override", p->options.divisor_override() ? Value::of(*p->options.divisor_override()) : Value::null());
-    return leaf("AvgPool2d", a);
+    const auto& d = p->options.divisor_override();
+    a.set("divisor_override", d ? Value::of(*d) : Value::null());
+    return avg_pool(p->options, "AvgPool2d");
   }
-  if (auto p = as<torch::nn::AvgPool1dImpl>(m)) {
-    a.set("kernel_size", ints(*p->options.kernel_size()));
-    a.set("stride", ints(*p->options.stride()));
-    a.set("padding", ints(*p->options.padding()));
-    a.set("ceil_mode", Value::of(p->options.ceil_mode()));
-    a.set("count_include_pad", Value::of(p->options.count_include_pad()));
-    return leaf("AvgPool1d", a);
-  }
+  if (auto p = as<torch::nn::AvgPool1dImpl>(m)) return avg_pool(p->options, "AvgPool1d");
   if (auto p = as<torch::nn::AdaptiveAvgPool2dImpl>(m)) {
     const auto& o = *p->options.output_size();
     TORCH_CHECK_VALUE(o[0].has_value() && o[1].has_value(), fmt::format("qatkit::nn::save: '{}': AdaptiveAvgPool2d with a None size", name));
