@@ -136,6 +136,7 @@ struct Walk {
   bool fold_bn;
   std::vector<Candidate> cands;
   std::vector<LayerReport> kept, floats;  ///< user-built qatkit layers; layers / BatchNorms left float
+  std::vector<LayerReport> unsupported;   ///< layers of kinds with no QAT form that own a weight matrix
   std::map<const torch::nn::Module*, std::string> folded_bns;
 
   void float_row(const std::string& name, const std::string& type, const std::string& reason) {
@@ -200,6 +201,26 @@ struct Walk {
                              "torch::nn::Sequential (it cannot trace a custom module's forward)"
                            : "not folded: qatkit folds Conv2d + BatchNorm2d only");
         continue;
+      }
+      // an LSTM, ConvTranspose2d, Conv3d, Bilinear, EmbeddingBag or a custom module multiplying by its own
+      // weight parameter: it owns a floating weight matrix (named *weight*, two or more dims) that no QAT
+      // layer replaces (Python: prepare._unsupported_weights)
+      std::string shapes;
+      int n_weights = 0;
+      for (const auto& p : child->named_parameters(/*recurse=*/false)) {
+        if (p.key().find("weight") == std::string::npos || p.value().dim() < 2 || !p.value().is_floating_point()) {
+          continue;
+        }
+        if (++n_weights <= 3) {
+          shapes += fmt::format("{}{} {}", shapes.empty() ? "" : ", ", p.key(), c10::str(p.value().sizes()));
+        }
+      }
+      if (n_weights > 0) {
+        std::string type = child->name();  // "torch::nn::LSTMImpl" -> "torch::nn::LSTM", as users spell it
+        if (type.size() > 4 && type.compare(type.size() - 4, 4, "Impl") == 0) type.resize(type.size() - 4);
+        unsupported.push_back({name, type, "", "float", "float", "",
+                               fmt::format("qatkit has no QAT form for {} ({}{})", type, shapes,
+                                           n_weights > 3 ? " ..." : "")});
       }
       visit(*child, name);
     }
@@ -346,7 +367,7 @@ QATReport prepare_qat_inplace(torch::nn::Module& model, const QATConfig& config)
                     "prepare_qat: the model is a bare layer, which cannot be swapped in place; put it in a "
                     "torch::nn::Sequential");
   if (!config.first_last.empty()) (void)QATConfig::first_last_spec(config.first_last);  // a rule of the table
-  Walk walk{config.fold_bn, {}, {}, {}, {}};
+  Walk walk{config.fold_bn, {}, {}, {}, {}, {}};
   walk.visit(model, "");
   TORCH_CHECK_VALUE(!walk.cands.empty() || !walk.kept.empty(),
                     "prepare_qat: the model has nothing to quantize: no torch::nn::Linear, Conv1d, Conv2d or Embedding "
@@ -404,6 +425,14 @@ QATReport prepare_qat_inplace(torch::nn::Module& model, const QATConfig& config)
       c->parent->replace_module(std::to_string(c->index + 1), ident.ptr());
     }
   }
+  std::vector<const LayerReport*> unnamed;  // unsupported layers no skip pattern names: warned about
+  for (const auto& r : walk.unsupported) {
+    bool hit = false;
+    for (const auto& pat : config.skip) {
+      if (fnmatch_case(r.name, pat)) ++used[pat], hit = true;
+    }
+    if (!hit) unnamed.push_back(&r);
+  }
   for (const auto& [pat, count] : used) {
     if (count == 0) TORCH_WARN("prepare_qat: pattern '", pat, "' matched no supported layer");
   }
@@ -419,6 +448,18 @@ QATReport prepare_qat_inplace(torch::nn::Module& model, const QATConfig& config)
   for (auto& r : walk.floats) {
     TORCH_WARN("prepare_qat: '", r.name, "' stays float: ", r.reason);
     report.layers.push_back(r);
+  }
+  for (auto& r : walk.unsupported) report.layers.push_back(r);
+  if (!unnamed.empty()) {
+    std::string list;
+    for (std::size_t i = 0; i < unnamed.size() && i < 8; ++i) {
+      list += fmt::format("{}'{}' ({})", i ? "; " : "", unnamed[i]->name, unnamed[i]->type);
+    }
+    if (unnamed.size() > 8) list += fmt::format(" and {} more", unnamed.size() - 8);
+    TORCH_WARN(fmt::format("prepare_qat: {} layer(s) with weights stay float, no QAT form exists for their kind: {}. "
+                           "qatkit quantizes torch::nn::Linear, Conv1d, Conv2d and Embedding layers; the report lists "
+                           "each (a skip pattern naming a layer silences this)",
+                           unnamed.size(), list));
   }
   return report;
 }

@@ -492,6 +492,39 @@ CATCH_TEST_CASE("prepare_qat walks a module tree: containers at any depth, typed
   CATCH_CHECK(y.sizes() == torch::IntArrayRef({2, 4}));
 }
 
+CATCH_TEST_CASE("layers of kinds with no QAT form stay float with one warning and a report row each", "[nn]") {
+  // an LSTM, a transposed conv and a custom module holding its own weight matrix: before, prepare_qat
+  // left them float without a word
+  struct Own : torch::nn::Module {
+    Own() : weight(register_parameter("weight", torch::randn({8, 8}))) {}
+    torch::Tensor forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight); }
+    torch::Tensor weight;
+  };
+  torch::nn::Sequential model(torch::nn::Linear(8, 8), torch::nn::ConvTranspose1d(8, 8, 1), torch::nn::LSTM(8, 8),
+                              std::make_shared<Own>(), torch::nn::LayerNorm(torch::nn::LayerNormOptions({8})),
+                              torch::nn::Linear(8, 4));
+  qnn::QATReport report;
+  const std::string warned = captured([&] { report = qnn::prepare_qat_inplace(*model, qnn::QATConfig::w8a8()); });
+  CATCH_CHECK_THAT(warned, Catch::Contains("3 layer(s) with weights stay float, no QAT form exists for their kind"));
+  CATCH_CHECK_THAT(warned, Catch::Contains("'2' (torch::nn::LSTM)"));
+  for (const std::string name : {"1", "2", "3"}) {
+    const qnn::LayerReport* row = report.find(name);
+    CATCH_REQUIRE(row != nullptr);
+    CATCH_CHECK(row->qat.empty());
+    CATCH_CHECK_THAT(row->reason, Catch::Contains("qatkit has no QAT form for"));
+  }
+  CATCH_CHECK_THAT(report.find("3")->reason, Catch::Contains("weight [8, 8]"));
+  CATCH_CHECK(report.find("4") == nullptr);  // a LayerNorm's 1-d weight is no weight matrix
+  CATCH_CHECK(model->ptr(0)->as<qnn::QuantLinear>() != nullptr);
+  // a skip pattern naming the layer is the user's choice: no warning, the pattern counts as used
+  torch::nn::Sequential again(torch::nn::Linear(8, 8), torch::nn::ConvTranspose1d(8, 8, 1), torch::nn::Linear(8, 4));
+  auto config = qnn::QATConfig::w8a8();
+  config.skip = {"1"};
+  const std::string quiet = captured([&] { report = qnn::prepare_qat_inplace(*again, config); });
+  CATCH_CHECK_THAT(quiet, !Catch::Contains("no QAT form") && !Catch::Contains("matched no supported layer"));
+  CATCH_CHECK(report.find("1") != nullptr);
+}
+
 CATCH_TEST_CASE("nothing to quantize leaves the model untouched and says why", "[nn]") {
   auto net = std::make_shared<torch::nn::Module>();
   net->register_module("fc", torch::nn::Linear(4, 4));

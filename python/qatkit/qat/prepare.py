@@ -112,6 +112,24 @@ def _unswappable_reason(mod: nn.Module) -> Optional[str]:
     return f"a subclass of {type(mod).__mro__[1].__name__} ({type(mod).__name__}) whose forward qatkit cannot know"
 
 
+def _unsupported_weights(mod: nn.Module) -> Optional[str]:
+    """Why a layer of a kind qatkit has no QAT form for (nn.LSTM, nn.ConvTranspose2d, nn.Conv3d,
+    nn.Bilinear, nn.EmbeddingBag, a custom module calling ``F.linear`` on its own parameter, ...)
+    stays float: it owns a floating weight matrix (a parameter named ``*weight*`` of two or more
+    dims) itself. None for supported kinds, QAT / converted layers, norms (1-d weights) and
+    parameters such as a position embedding or class token (not named weight)."""
+    if isinstance(mod, _SUPPORTED_BASES) or isinstance(mod, _QAT_TYPES) or isinstance(mod, BitLinear):
+        return None
+    names = [
+        n for n, p in mod.named_parameters(recurse=False)
+        if "weight" in n and p.dim() >= 2 and p.is_floating_point()
+    ]
+    if not names:
+        return None
+    shapes = ", ".join(f"{n} {list(getattr(mod, n).shape)}" for n in names[:3]) + (" ..." if len(names) > 3 else "")
+    return f"qatkit has no QAT form for {type(mod).__name__} ({shapes})"
+
+
 def _sequential_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     """Conv2d -> BatchNorm2d neighbours inside ``nn.Sequential`` containers (no tracing needed)."""
     pairs = []
@@ -184,6 +202,8 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
             reason = _unswappable_reason(mod)
             if reason is not None:
                 skipped.append({"name": name, "type": type(mod).__name__, "reason": reason})
+            elif (reason := _unsupported_weights(mod)) is not None:
+                skipped.append({"name": name, "type": type(mod).__name__, "reason": reason, "unsupported": True})
     for bn, reason in unfolded.items():
         skipped.append({"name": bn, "type": type(model.get_submodule(bn)).__name__, "reason": reason, "bn": True})
     return out, skipped
@@ -334,6 +354,14 @@ def prepare_qat(
                 UserWarning,
                 stacklevel=2,
             )
+    unsupported = []  # layers of kinds with no QAT form: warned about unless a skip pattern names them
+    for u in unswappable:
+        if u.get("unsupported"):
+            hit = [p for p in config.skip if fnmatch.fnmatchcase(u["name"], p)]
+            for p in hit:
+                used[p] += 1
+            if not hit:
+                unsupported.append(u)
     for pat, n in used.items():
         if n == 0:
             names = ", ".join(c["name"] for c in cands)
@@ -361,10 +389,20 @@ def prepare_qat(
             stacklevel=2,
         )
     for u in unswappable:
-        if not u.get("bn"):
+        if not u.get("bn") and not u.get("unsupported"):
             warnings.warn(f"prepare_qat: layer '{u['name']}' stays float: {u['reason']}", UserWarning, stacklevel=2)
         report.append({"name": u["name"], "type": u["type"], "qat": None, "weight": "float", "act": "float",
                        "reason": ("not folded: " if u.get("bn") else "") + u["reason"]})
+    if unsupported:
+        listing = "; ".join(f"'{u['name']}' ({u['type']})" for u in unsupported[:8])
+        more = f" and {len(unsupported) - 8} more" if len(unsupported) > 8 else ""
+        warnings.warn(
+            f"prepare_qat: {len(unsupported)} layer(s) with weights stay float, no QAT form exists for their kind: "
+            f"{listing}{more}. qatkit quantizes nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding and "
+            "nn.MultiheadAttention layers; the report lists each (a skip pattern naming a layer silences this)",
+            UserWarning,
+            stacklevel=2,
+        )
     model.qat_report = report
     model.qat_config = config
     tag_pretrained_configs(model, "qat", config)  # Hugging Face configs: float loaders refuse the checkpoint

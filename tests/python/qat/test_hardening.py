@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -341,6 +342,66 @@ def test_layers_that_cannot_be_swapped_are_reported_with_a_warning():
     reasons = {r["name"]: r.get("reason", "") for r in q.qat_report}
     assert "parametrized" in reasons["1"] and "Lazy" in reasons["2"] and "not folded" in reasons["5"]
     assert isinstance(q[4], qatkit.qat.QuantConv2d) and isinstance(q[5], nn.BatchNorm2d)
+
+
+class _OwnWeight(nn.Module):
+    """A custom layer multiplying by its own parameter (as Hugging Face's GPT-2 ``Conv1D``)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, n) / n**0.5)
+        self.pos_embed = nn.Parameter(torch.zeros(1, n))  # a parameter, but no weight matrix
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.weight) + self.pos_embed
+
+
+def test_layers_of_kinds_with_no_qat_form_are_named_in_one_warning_and_the_report():
+    """An LSTM, a GRU, a transposed conv, a Conv3d, a Bilinear, an EmbeddingBag or a custom module
+    calling F.linear on its own weight stays float: before, prepare_qat said nothing, so a user saw
+    a "quantized" model that ran those layers in float (torch.ao does the same)."""
+    model = nn.Sequential(
+        nn.Linear(8, 8),
+        nn.LSTM(8, 8, batch_first=True),
+        nn.ConvTranspose1d(8, 8, 1),
+        nn.Conv3d(8, 8, 1),
+        nn.Bilinear(8, 8, 8),
+        nn.EmbeddingBag(10, 8),
+        _OwnWeight(8),
+        nn.LayerNorm(8),
+        nn.Linear(8, 4),
+    )
+    with pytest.warns(UserWarning) as rec:
+        q = qatkit.prepare_qat(model, qatkit.w8a8())
+    text = "\n".join(str(w.message) for w in rec)
+    assert "6 layer(s) with weights stay float, no QAT form exists for their kind" in text
+    assert "'1' (LSTM); '2' (ConvTranspose1d); '3' (Conv3d); '4' (Bilinear); '5' (EmbeddingBag); '6' (_OwnWeight)" in text
+    reasons = {r["name"]: r.get("reason", "") for r in q.qat_report}
+    for name, kind in [("1", "LSTM"), ("2", "ConvTranspose1d"), ("3", "Conv3d"), ("4", "Bilinear"), ("5", "EmbeddingBag")]:
+        assert reasons[name].startswith(f"qatkit has no QAT form for {kind} ("), reasons[name]
+    assert reasons["6"] == "qatkit has no QAT form for _OwnWeight (weight [8, 8])"  # pos_embed is no weight
+    assert "weight_ih_l0 [32, 8]" in reasons["1"]
+    assert "7" not in reasons  # LayerNorm: a 1-d weight
+    assert isinstance(q[0], qatkit.qat.QuantLinear) and isinstance(q[8], qatkit.qat.QuantLinear)
+    # ptq's report carries the reason
+    small = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), _OwnWeight(8), nn.Linear(8, 4))
+    with pytest.warns(UserWarning, match="1 layer\\(s\\) with weights stay float"):
+        p = qatkit.ptq(small, [torch.randn(16, 8)], progress=False, verbose=False)
+    notes = {r["name"]: r["notes"] for r in p.ptq_report["layers"]}
+    assert notes["2"].startswith("qatkit has no QAT form for _OwnWeight")
+    # a skip pattern naming the layer is the user's choice: no warning, and the pattern is used
+    cfg = dataclasses.replace(qatkit.w8a8(), skip=("2",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = qatkit.prepare_qat(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), _OwnWeight(8), nn.Linear(8, 4)), cfg)
+    assert any(r["name"] == "2" and r["qat"] is None for r in q.qat_report)
+    # QAT and converted layers own their weights: nothing to report
+    q = qatkit.prepare_qat(nn.Sequential(nn.Embedding(4, 8), nn.Linear(8, 8), nn.Linear(8, 8)), qatkit.w8a8())
+    q(torch.randint(0, 4, (2, 3)))
+    c = qatkit.convert(q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qatkit.prepare_qat(nn.Sequential(q, c, nn.Linear(4, 4)), qatkit.w8a8())
 
 
 def test_layers_under_the_deprecated_hook_based_weight_and_spectral_norm_stay_float_and_copy(tmp_path):
