@@ -1,7 +1,9 @@
 // Fused observer + fake quantize (the FusedMovingAvgObsFakeQuantize pattern of Jacob et al.'s QAT
 // recipe, docs/papers.md §2-3): update running min/max in place (moving average with `momentum`, or
 // plain min/max), recompute scale / zero point into their buffers, fake-quantize. The on/off
-// switches are tensors read on the device, so toggling them neither syncs nor recompiles.
+// switches are tensors read on the device, so toggling them neither syncs nor recompiles. Inside a
+// backward pass (activation checkpointing recomputing a forward, eager or in a compiled backward
+// graph) the observer updates nothing: the batch was observed by the first forward.
 //   _observer_update: the mutable, non-differentiable half (CPU/CUDA/Meta: ATen ops on
 //                     statistic-sized tensors after one amin + amax pass over the input);
 //   fused_observe_fake_quantize: _observer_update, then _fake_quantize_with_mask with the
@@ -17,6 +19,7 @@
 #include <fmt/format.h>
 #include <ATen/ops/nonzero.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -88,6 +91,8 @@ void check_observer_update_args(const char* op, const at::Tensor& input, const a
   check_flag(op, "observer_on", observer_on, input);
 }
 
+bool recomputing_in_backward() { return torch::autograd::get_current_graph_task_id() != -1; }
+
 void observer_update_impl(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
                           at::Tensor& zero_point, const at::Tensor& observer_on, double momentum, bool moving_average,
                           std::int64_t quant_min, std::int64_t quant_max, bool symmetric, OptInt axis,
@@ -99,6 +104,7 @@ void observer_update_impl(const at::Tensor& input, at::Tensor& running_min, at::
   check_observer_update_args(op, input, running_min, running_max, scale, zero_point, observer_on, momentum,
                              quant_min, quant_max, axis);
   if (input.sym_numel() == 0) return;  // nothing observed
+  if (recomputing_in_backward()) return;  // activation checkpointing's second run of this forward
   const at::Tensor rows =
       axis.has_value() ? input.movedim(*axis, 0).reshape_symint({input.sym_size(*axis), -1}) : input.reshape({1, -1});
   auto [cur_min, cur_max] = ops::row_min_max(rows);

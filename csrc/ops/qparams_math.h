@@ -44,9 +44,15 @@ void check_observer_update_args(const char* op, const at::Tensor& input, const a
                                 const at::Tensor& observer_on, double momentum, std::int64_t quant_min,
                                 std::int64_t quant_max, std::optional<std::int64_t> axis);
 
+/// True while autograd's backward pass runs (this thread executes a graph task): activation
+/// checkpointing recomputes a forward there, eager or compiled, and an observer must not fold the
+/// batch in a second time (its first forward did); the recomputation then quantizes with the range
+/// that first forward left, which is the range that forward quantized with.
+bool recomputing_in_backward();
+
 /// _observer_update on any device: fold the batch min/max of `input` into the running range
 /// (moving average or min/max) and refresh scale / zero_point, rows whose batch is non-finite (or
-/// wider than float32) keeping their state; `check_finite` raises ValueError for such a batch
+/// wider than float32) keeping their state, nothing updated inside a backward pass; `check_finite` raises ValueError for such a batch
 /// instead (a host read: the CPU kernel asks for it, the composite does not).
 void observer_update_impl(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max, at::Tensor& scale,
                           at::Tensor& zero_point, const at::Tensor& observer_on, double momentum, bool moving_average,

@@ -268,6 +268,9 @@ def fused_observe_fake_quantize(
     place with :func:`choose_qparams`' formulas. Then the input is fake-quantized when
     ``fake_quant_on`` is set, else returned unchanged (as a new tensor). The flags are one-element
     tensors read on the device: toggling them neither syncs nor recompiles a compiled model.
+    While autograd's backward pass runs (activation checkpointing recomputing a forward, eager or
+    in a compiled backward graph) nothing is observed: that batch was observed by the first
+    forward, and the current qparams are the ones it quantized with.
 
     Args:
         running_min, running_max, scale: float32 buffers, one element per channel (``axis``) or one.

@@ -59,7 +59,7 @@ void observer_update_cpu(const at::Tensor& input, at::Tensor& running_min, at::T
   const at::NoGradGuard no_grad;
   check_observer_update_args(op, input, running_min, running_max, scale, zero_point, observer_on, momentum, quant_min,
                              quant_max, axis);
-  if (!flag_is_set(observer_on)) return;
+  if (!flag_is_set(observer_on) || recomputing_in_backward()) return;
   at::Tensor cmin, cmax;
   if (axis.has_value()) {
     auto [lo, hi] = row_min_max(input.movedim(*axis, 0).reshape({input.size(*axis), -1}));

@@ -183,6 +183,16 @@ class HistogramObserver(Observer):
             self.refresh()
         return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis)
 
+    def fake_quantize_again(self, x: torch.Tensor, fake_quant_on: torch.Tensor) -> torch.Tensor:
+        # an observing forward quantized over the running min / max (see fake_quantize), which
+        # include x already; not the clipped qparams
+        if not bool(fake_quant_on.item()):
+            return x
+        s = self.spec
+        ranges = torch.stack([self.min_val, self.max_val], dim=1)
+        sc, zp = ops.choose_qparams(ranges, s.quant_min, s.quant_max, s.symmetric, axis=0)
+        return ops.fake_quantize(x, sc, zp, s.quant_min, s.quant_max, self.axis)
+
 
 @register_observer("percentile")
 class PercentileObserver(HistogramObserver):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LayerSpec
-from .quantizers import ActFakeQuantizer, WeightFakeQuantizer
+from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, recomputing
 
 __all__ = [
     "QuantLinear",
@@ -276,18 +276,37 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
         if self._bn_frozen or not self.training:
             _, w, bias = self.folded()
             return self._conv_forward(x, self.quantized_weight(w), bias)
+        # activation checkpointing runs this forward again in the backward pass, after the first
+        # forward updated the running statistics: the recomputation folds with the statistics the
+        # first forward folded with and updates nothing
+        again = recomputing()
         if self._fold_invariant:
             # Q(W * f) / f == Q(W) in exact arithmetic for these quantizers (see _fold_invariant):
             # the fold and unfold passes over the weight, and their backward passes, are skipped
             wq_unfolded = self.quantized_weight(self.weight)
         else:
-            factor, w, _ = self.folded()
+            var = self.__dict__.get("_fold_var") if again else None
+            if var is None:
+                var = self.bn.running_var.detach().clone()
+                if not again:
+                    # for a recomputation (exact when it comes next). Under torch.compile inside a
+                    # checkpointed region this write is a side effect dynamo refuses there: the region
+                    # runs as an eager checkpoint, which recomputes through this code
+                    self.__dict__["_fold_var"] = var
+            factor = self.bn.weight / torch.sqrt(var + self.bn.eps)
+            w = self.weight * factor.reshape(-1, 1, 1, 1)
             # conv(x, Q(W f)) / f, with the division on the (small) weight: the conv is linear
             wq_unfolded = self.quantized_weight(w) / factor.reshape(-1, 1, 1, 1)
         y = self._conv_forward(x, wq_unfolded, None)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         bn = self.bn
+        if again:
+            # batch statistics, as the first forward; the running ones were updated then, so this
+            # call updates throwaway copies (the same op and saved tensors as the first forward:
+            # non-reentrant checkpointing compares them)
+            rm, rv = bn.running_mean.clone(), bn.running_var.clone()
+            return F.batch_norm(y, rm, rv, bn.weight, bn.bias, True, 0.0, bn.eps)
         momentum = 0.0 if bn.momentum is None else bn.momentum
         if bn.num_batches_tracked is not None:
             bn.num_batches_tracked.add_(1)

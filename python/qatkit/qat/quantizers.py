@@ -76,6 +76,18 @@ def _flag(on: bool) -> torch.Tensor:
     return torch.tensor([1 if on else 0], dtype=torch.uint8)
 
 
+def recomputing() -> bool:
+    """True while autograd's backward runs this forward again: activation checkpointing
+    (``torch.utils.checkpoint``, reentrant or not) recomputes the checkpointed forward inside the
+    backward pass. State updated by a training forward (observer ranges, BatchNorm running
+    statistics) must not be updated a second time there, and the recomputed outputs must be the
+    ones the first forward gave. False while torch.compile traces: a compiled graph applies its
+    buffer updates once, in the forward (functionalized), and its backward recomputes no update."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_graph_task_id() != -1
+
+
 def _dist_world() -> int:
     d = torch.distributed
     return d.get_world_size() if d.is_available() and d.is_initialized() else 1
@@ -203,6 +215,12 @@ class Observer(_ReplacedTensorsBump, nn.Module):
             return x
         s = self.spec
         return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis)
+
+    def fake_quantize_again(self, x: torch.Tensor, fake_quant_on: torch.Tensor) -> torch.Tensor:
+        """What :meth:`fake_quantize` gave for ``x`` when it observed ``x``, without observing it
+        again (activation checkpointing recomputes a forward in the backward pass). Here: the
+        qparams now, which that observation refreshed."""
+        return self.fake_quantize(x, torch.zeros_like(fake_quant_on), fake_quant_on)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Observe ``x`` and return it unchanged (calibration)."""
@@ -773,7 +791,6 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
             raise ValueError(f"QuantSpec.observer {spec.observer!r} is not registered; known: {sorted(OBSERVERS)}")
         self.observer = OBSERVERS[spec.observer](spec, channels, self.axis)
         self.register_buffer("observer_on", _flag(True))
-        self.register_buffer("_off", _flag(False), persistent=False)
         self._obs_enabled = True
         self._observed = False  # Python mirror of observer.has_observed (refreshed on load)
         self._warned_unobserved = False
@@ -823,9 +840,14 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
             # compiled graphs read only the tensor flags (no Python mirror: toggling never recompiles)
             return self.observer.fake_quantize(x, flag, self.fake_quant_on)
         observing = self._obs_enabled
+        # activation checkpointing recomputes this forward in the backward pass: the first forward
+        # observed this batch already (observing it again would move the range twice per step)
+        again = observing and recomputing()
         if self._observed is None:
             self._observed = self.observer.has_observed
         try:
+            if again:
+                return self.observer.fake_quantize_again(x, self.fake_quant_on)
             y = self.observer.fake_quantize(x, flag, self.fake_quant_on)
         except ValueError as e:  # name the layer (the op cannot know it)
             raise ValueError(f"{self._where()}: {e}") from e
