@@ -141,6 +141,9 @@ def export_gguf(model: nn.Module, path: str, *, weights_only: bool = False, arch
     from .qat.prepare import unwrap_model
 
     model = unwrap_model(model)  # (torch.compile's / DDP's wrapper: tensor names without its prefix)
+    from .qat.swap import warn_hooks
+
+    warn_hooks(model, "export_gguf", "A GGUF file holds tensors, not hooks")
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
     from .serialization import sync_loaded

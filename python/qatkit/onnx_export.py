@@ -645,6 +645,9 @@ def export_onnx(
     from .qat.prepare import unwrap_model
 
     model = unwrap_model(model)  # (torch.compile's / DDP's wrapper)
+    from .qat.swap import warn_hooks
+
+    warn_hooks(model, "export_onnx", "The ONNX graph holds each module's own computation, not what its hooks do")
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
     from .serialization import sync_loaded

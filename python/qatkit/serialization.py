@@ -29,7 +29,7 @@ from . import ops
 from .qat.config import QuantSpec, check_flags
 from .qat.convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, _Quantized, convert
 from .qat.quantizers import ActFakeQuantizer, tensor_version
-from .qat.swap import replace_module
+from .qat.swap import replace_module, warn_hooks
 
 __all__ = [
     "FORMAT_VERSION",
@@ -420,6 +420,8 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
     from .qat.prepare import unwrap_model
 
     model = unwrap_model(model)  # (torch.compile's / DDP's wrapper: the model under its own names)
+    warn_hooks(model, "export", "The file holds no hooks: qatkit.load rebuilds the model without them "
+               "(qatkit.load_into keeps the hooks of the model it loads into)")
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
     layers, tensors = {}, {}

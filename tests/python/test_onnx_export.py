@@ -360,3 +360,16 @@ def test_a_loaded_layer_whose_packed_bytes_were_edited_exports_the_edit(tmp_path
     y = torch.from_numpy(s.run(None, {s.get_inputs()[0].name: x.numpy()})[0])
     assert not torch.equal(edited, before)
     assert torch.equal(y, edited) or float((y - edited).abs().max()) < float((y - before).abs().max()) / 100
+
+
+def test_a_model_with_hooks_exports_with_a_warning_naming_them(tmp_path):
+    """The ONNX graph is built from each module's own computation: a forward hook that edits an
+    output is not in it, and export_onnx says so naming the module (the graph is still written)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    model[2].register_forward_hook(lambda mod, args, out: out * 0 + 1)
+    q = qatkit.prepare_qat(model, qatkit.w8a8())
+    q(torch.randn(16, 8))
+    with pytest.warns(UserWarning, match=r"export_onnx: 1 module\(s\) have forward hooks or pre-hooks: '2' \(1\)"):
+        qatkit.export_onnx(q, torch.randn(2, 8), str(tmp_path / "m.onnx"))
+    assert os.path.getsize(tmp_path / "m.onnx") > 0

@@ -32,6 +32,8 @@ from ..qat import graph
 from ..qat.config import LayerSpec, QATConfig, check_flags, w8a8
 from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear
 from ..qat.prepare import calibrate, call_on_batch, copy_model, enable_observer, prepare_qat
+from ..qat.swap import pruning_hooks
+from torch.nn.utils import prune
 from ..qat.quantizers import (ActFakeQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer,
                               AffineStaticWeightQuantizer)
 from . import transforms as T
@@ -461,6 +463,14 @@ def ptq(
         correct_bias = "analytic"  # no data: the data-free form (reported)
     work = copy_model(model).eval()  # (deprecated weight_norm layers too)
     report = {"config": config.name, "steps": [], "skipped_pairs": [], "unfolded_bns": [], "model_changes": []}
+    # torch.nn.utils.prune: the pruning becomes permanent in the copy (prune.remove: the pruned
+    # tensor, zeros included, is the Parameter again). Left live, its pre-hook would recompute the
+    # weight from weight_orig before every call, undoing the BatchNorm fold, equalization and
+    # rounding that write the weight; ptq trains nothing afterwards, so the mask has no more use.
+    for name, mod in work.named_modules():
+        for tensor in pruning_hooks(mod):
+            prune.remove(mod, tensor)
+            report["model_changes"].append(f"{name}: pruning of {tensor!r} made permanent (torch.nn.utils.prune.remove)")
 
     flow, how = _flow(work, forward, batches) if batches is not None or run is None else (None, "data is a callable: no traced graph")
     report["graph"] = how

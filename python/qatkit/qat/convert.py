@@ -24,7 +24,7 @@ from .. import ops
 from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, keep_float32, round_scale
 from .config import QATConfig, check_flags
 from .pretrained import tag_pretrained_configs
-from .swap import replace_module
+from .swap import move_hooks, refresh_pruned, replace_module
 from . import integer as _integer
 
 __all__ = ["convert", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "weight_codes"]
@@ -303,6 +303,7 @@ class QuantizedEmbedding(_Quantized):
 
 
 def _convert_one(qmod: nn.Module) -> nn.Module:
+    refresh_pruned(qmod)  # torch.nn.utils.prune: weight = weight_orig * weight_mask, as of now
     if isinstance(qmod, QuantConvBn2d):
         with torch.no_grad():
             _, w, bias = qmod.folded()
@@ -368,7 +369,9 @@ def convert(
                 f"convert: the model is a bare {type(model).__name__}, which cannot be replaced in place; "
                 "use the returned module (inplace=False)"
             )
-        out = _convert_one(copy.deepcopy(model)).eval()
+        src = copy.deepcopy(model)
+        out = _convert_one(src).eval()
+        move_hooks(src, out)
     elif not require_observed:
         with warnings.catch_warnings():  # eval-before-observation warnings: the qparams are loaded next
             warnings.simplefilter("ignore")

@@ -37,7 +37,7 @@ from .quantizers import (
     WeightFakeQuantizer,
 )
 from .pretrained import tag_pretrained_configs
-from .swap import replace_module
+from .swap import move_hooks, pruning_hooks, refresh_pruned, replace_module
 
 __all__ = [
     "prepare_qat",
@@ -77,8 +77,10 @@ def copy_model(model: nn.Module) -> nn.Module:
     ``torch.nn.utils.weight_norm`` / ``spectral_norm``: after a call with autograd on, their
     computed weight is a non-leaf tensor, which deepcopy refuses. It is recomputed without autograd
     first (spectral norm without a power iteration: its ``u`` / ``v`` stay as they are), which
-    changes nothing the model computes: the hook recomputes it before every call."""
+    changes nothing the model computes: the hook recomputes it before every call. Tensors pruned
+    with ``torch.nn.utils.prune`` likewise (``name_orig * name_mask``)."""
     for mod in model.modules():
+        refresh_pruned(mod)  # torch.nn.utils.prune: the same for a pruned tensor
         kind = _hooked_norm(mod)
         if kind is None:
             continue
@@ -91,6 +93,36 @@ def copy_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def _unpruned_view(mod: nn.Module) -> nn.Module:
+    """``mod`` itself, or for a layer pruned with ``torch.nn.utils.prune`` a shallow copy whose
+    pruned tensors are their ``*_orig`` Parameters again, for a ``from_float`` that shares the
+    layer's Parameters (the mask comes back with :func:`_keep_pruning`)."""
+    pruned = pruning_hooks(mod)
+    if not pruned:
+        return mod
+    view = copy.copy(mod)
+    view.__dict__["_parameters"] = dict(mod._parameters)
+    view.__dict__["_forward_pre_hooks"] = {}
+    for name in pruned:
+        view.__dict__.pop(name, None)  # the computed tensor (a plain attribute)
+        view._parameters[name] = mod._parameters[name + "_orig"]
+    return view
+
+
+def _keep_pruning(mod: nn.Module, new: nn.Module) -> None:
+    """Give the QAT layer ``new`` the pruning of ``mod``: the ``*_orig`` Parameter (shared, so the
+    optimizer trains it), the ``*_mask`` buffer and torch's pre-hook, which computes the pruned
+    tensor before every call: pruned weights stay zero through QAT (their gradient is masked), the
+    quantizers see the pruned weight, and the state dict keeps torch's keys."""
+    for name, (key, hook) in pruning_hooks(mod).items():
+        orig = new._parameters.pop(name)
+        new.register_parameter(name + "_orig", orig)
+        new.register_buffer(name + "_mask", getattr(mod, name + "_mask"))
+        new._forward_pre_hooks[key] = hook
+        with torch.no_grad():
+            setattr(new, name, hook.apply_mask(new))
+
+
 def _unswappable_reason(mod: nn.Module) -> Optional[str]:
     """Why a module that is a supported layer kind cannot be swapped (None if it can, or is none)."""
     hooked = _hooked_norm(mod) if isinstance(mod, _SUPPORTED_BASES) else None
@@ -98,6 +130,11 @@ def _unswappable_reason(mod: nn.Module) -> Optional[str]:
         return (
             f"a layer under torch.nn.utils.{hooked} (a hook recomputes its weight before every call; remove it "
             f"with torch.nn.utils.remove_{hooked} to quantize the layer)"
+        )
+    if isinstance(mod, nn.MultiheadAttention) and pruning_hooks(mod):
+        return (
+            "a pruned nn.MultiheadAttention (torch.nn.utils.prune; its QAT form splits in_proj_weight into q / k / v "
+            "projections, which would drop the mask; make the pruning permanent with prune.remove first)"
         )
     if type(mod) in QAT_MODULES or not isinstance(mod, _SUPPORTED_BASES) or isinstance(mod, _QAT_TYPES):
         return None
@@ -192,7 +229,9 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
     for name, mod in model.named_modules():
         if any(name.startswith(p) for p in inside):
             continue
-        if type(mod) in QAT_MODULES and _hooked_norm(mod) is None:
+        if type(mod) in QAT_MODULES and _hooked_norm(mod) is None and not (
+            type(mod) is nn.MultiheadAttention and pruning_hooks(mod)
+        ):
             bn = bn_of.get(name)  # (every name of the BatchNorm, the module)
             bn = None if bn is None else (names_of[id(bn[1])], bn[1])
             out.append({"name": name, "module": mod, "bn": bn, "aliases": names_of[id(mod)][1:]})
@@ -202,6 +241,8 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
             reason = _unswappable_reason(mod)
             if reason is not None:
                 skipped.append({"name": name, "type": type(mod).__name__, "reason": reason})
+                if isinstance(mod, nn.MultiheadAttention):
+                    inside.append(f"{name}." if name else "")  # its out_proj stays float with it
             elif (reason := _unsupported_weights(mod)) is not None:
                 skipped.append({"name": name, "type": type(mod).__name__, "reason": reason, "unsupported": True})
     for bn, reason in unfolded.items():
@@ -291,14 +332,16 @@ def prepare_qat(
             report.append({"name": name, "type": type(mod).__name__, "qat": None, "weight": "float", "act": "float"})
             continue
         rules.setdefault(rule + " (quantized)", []).append(name)
+        src = _unpruned_view(mod)
         if c["bn"] is not None:
-            new = QuantConvBn2d.from_float(mod, c["bn"][1], spec)
+            new = QuantConvBn2d.from_float(src, c["bn"][1], spec)
         elif config.bitlinear and type(mod) is nn.Linear:
-            new = BitLinear.from_float(mod, spec)
+            new = BitLinear.from_float(src, spec)
         elif type(mod) is nn.MultiheadAttention:
-            new = QuantMultiheadAttention.from_float(mod, spec, BitLinear if config.bitlinear else QuantLinear)
+            new = QuantMultiheadAttention.from_float(src, spec, BitLinear if config.bitlinear else QuantLinear)
         else:
-            new = QAT_MODULES[type(mod)].from_float(mod, spec)
+            new = QAT_MODULES[type(mod)].from_float(src, spec)
+        _keep_pruning(mod, new)
         dev = next(mod.parameters(), None)
         if dev is not None and dev.device.type != "cpu":
             new.to(device=dev.device)  # the quantizers' buffers where the layer lives (its shared parameters stay)
@@ -341,6 +384,7 @@ def prepare_qat(
             for bn_name in c["bn"][0]:
                 replace_module(model, bn_name, ident)
         if name == "":  # a bare layer: the QAT layer is the model
+            move_hooks(mod, new)
             model = new
             continue
         for alias in [name] + c["aliases"]:  # every name the layer is registered under
@@ -487,7 +531,10 @@ def clip_latent_weights(model: nn.Module) -> nn.Module:
     for m in model.modules():
         wfq = getattr(m, "weight_fake_quant", None)
         if isinstance(wfq, WeightFakeQuantizer) and wfq.spec.latent_clip is not None:
-            m.weight.clamp_(-wfq.spec.latent_clip, wfq.spec.latent_clip)
+            # a pruned layer's latent weight is weight_orig (its `weight` is recomputed from it)
+            latent = m.weight_orig if "weight" in pruning_hooks(m) else m.weight
+            with torch.no_grad():
+                latent.clamp_(-wfq.spec.latent_clip, wfq.spec.latent_clip)
     return model
 
 

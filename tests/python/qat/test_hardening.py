@@ -755,3 +755,160 @@ def test_first_last_counts_compute_layers_and_embeddings_are_an_explicit_choice(
         qatkit.prepare_qat(nn.Sequential(nn.Embedding(5, 4)), qatkit.w8a8())
     with pytest.raises(TypeError, match="QATConfig.embeddings must be a bool"):
         QATConfig(embeddings="yes")
+
+
+def test_hooks_on_float_layers_move_to_their_qat_converted_and_loaded_replacements(tmp_path):
+    """A forward hook, pre-hook or full backward hook registered on a float layer (feature
+    extraction, logging, a hook that edits the output) used to vanish when prepare_qat / convert /
+    load_into swapped the layer: a hook that edited the output left the "same" model computing
+    another function. The replacement now takes the hooks over (as torch.ao's swap does), and the
+    user's handle still removes them."""
+    torch.manual_seed(0)
+    seen = []
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU6(), nn.Linear(8, 4))
+    model[0].register_forward_pre_hook(lambda mod, args: seen.append(("pre", type(mod).__name__)))
+    h_fwd = model[0].register_forward_hook(lambda mod, args, out: seen.append(("fwd", type(mod).__name__)))
+    model[2].register_full_backward_hook(lambda mod, gi, go: seen.append(("bwd", type(mod).__name__)))
+    model[2].register_forward_hook(lambda mod, args, out: out * 0 + 1)  # edits the output
+    x = torch.randn(4, 8)
+    assert torch.equal(model(x), torch.ones(4, 4))
+    seen.clear()
+
+    q = qatkit.prepare_qat(model, qatkit.w8a8())
+    q(x).sum().backward()
+    assert seen == [("pre", "QuantLinear"), ("fwd", "QuantLinear"), ("bwd", "QuantLinear")]
+    assert torch.equal(q(x), torch.ones(4, 4))
+    q.eval()
+    c = qatkit.convert(q)
+    seen.clear()
+    assert torch.equal(c(x), torch.ones(4, 4))
+    assert seen == [("pre", "QuantizedLinear"), ("fwd", "QuantizedLinear")]
+
+    # ptq (its ReLU6 -> ReLU change for equalization included)
+    seen.clear()
+    p = qatkit.ptq(model, [torch.randn(16, 8)], progress=False, verbose=False)
+    assert type(p[1]) is nn.ReLU and torch.equal(p(x), torch.ones(4, 4))
+    assert ("fwd", "QuantLinear") in seen
+
+    # the file holds no hooks: export says so; load_into keeps the hooks of the model it loads into
+    with pytest.warns(UserWarning, match=r"export: 2 module\(s\) have forward hooks or pre-hooks: '0' \(2\), '2' \(1\)"):
+        qatkit.export(q, tmp_path / "m.safetensors")
+    fresh = nn.Sequential(nn.Linear(8, 8), nn.ReLU6(), nn.Linear(8, 4))
+    fresh[2].register_forward_hook(lambda mod, args, out: out * 0 + 2)
+    loaded = qatkit.load_into(fresh, tmp_path / "m.safetensors")
+    assert type(loaded[2]).__name__ == "PackedLinear" and torch.equal(loaded(x), torch.full((4, 4), 2.0))
+    plain = qatkit.load(tmp_path / "m.safetensors")
+    assert not torch.equal(plain(x), torch.full((4, 4), 2.0))
+
+    # in place: the user's handle removes the hook from the QAT layer
+    model2 = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    handle = model2[0].register_forward_hook(lambda mod, args, out: seen.append("in place"))
+    q2 = qatkit.prepare_qat(model2, qatkit.w8a8(), inplace=True)
+    seen.clear()
+    q2(x)
+    assert seen == ["in place"]
+    handle.remove()
+    seen.clear()
+    q2(x)
+    assert seen == []
+    # a bare layer as the model
+    lin = nn.Linear(8, 4)
+    lin.register_forward_hook(lambda mod, args, out: seen.append(type(mod).__name__))
+    qb = qatkit.prepare_qat(lin, qatkit.w8a8())
+    qb(x)
+    qb.eval()
+    qatkit.convert(qb)(x)
+    assert seen == ["QuantLinear", "QuantizedLinear"]
+    del h_fwd
+
+
+def _pruned_cnn():
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 36, 4),
+    )
+    prune.l1_unstructured(m[0], "weight", 0.5)
+    prune.l1_unstructured(m[3], "weight", 0.3)
+    prune.random_unstructured(m[6], "weight", 0.5)
+    prune.l1_unstructured(m[6], "weight", 0.2)  # pruned twice: one PruningContainer
+    return m
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a4_lsq"])
+def test_layers_pruned_with_torch_prune_keep_their_mask_through_qat_convert_and_export(preset, tmp_path):
+    """torch.nn.utils.prune keeps weight_orig (the Parameter), weight_mask and a pre-hook that
+    computes weight = weight_orig * weight_mask: the computed weight is a non-leaf, so prepare_qat /
+    ptq / convert raised in copy.deepcopy ("Only Tensors created explicitly by the user ..."). The
+    QAT layer now keeps the pruning: pruned weights stay zero through training, the codes hold
+    zeros there, and the state dict keeps torch's keys."""
+    model = _pruned_cnn()
+    zeros = [float((model[i].weight == 0).float().mean()) for i in (0, 3, 6)]
+    q = qatkit.prepare_qat(model, getattr(qatkit, preset)())
+    assert [type(q[i]).__name__ for i in (0, 3, 6)] == ["QuantConvBn2d", "QuantConv2d", "QuantLinear"]
+    assert {"0.weight_orig", "0.weight_mask", "6.weight_orig", "6.weight_mask"} <= set(q.state_dict())
+    opt = torch.optim.SGD(q.parameters(), 0.1)
+    for _ in range(3):
+        q(torch.randn(8, 3, 6, 6)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    q.eval()
+    x = torch.randn(4, 3, 6, 6)
+    y = q(x)
+    for i, z in zip((0, 3, 6), zeros):
+        assert torch.equal(q[i].weight == 0, q[i].weight_mask == 0) and float((q[i].weight == 0).float().mean()) == z
+    c = qatkit.convert(q)
+    assert torch.equal(c(x), y)
+    for i in (3, 6):  # codes are zero where the mask is (symmetric weights: zero point 0)
+        assert bool((c[i].weight_int[q[i].weight_mask == 0] == 0).all())
+    # a checkpoint resumes into a freshly prepared pruned model
+    fresh = qatkit.prepare_qat(_pruned_cnn(), getattr(qatkit, preset)())
+    fresh.load_state_dict(q.state_dict(), strict=True)
+    assert torch.equal(fresh.eval()(x), y)
+    # export; load_into a pruned float model (its pruning hook stays behind) and load agree
+    qatkit.export(q, tmp_path / "m.safetensors")
+    want = qatkit.convert(q, integer=True)(x)
+    assert torch.equal(qatkit.load_into(_pruned_cnn(), tmp_path / "m.safetensors")(x), want)
+    assert torch.equal(qatkit.load(tmp_path / "m.safetensors")(x), want)
+
+
+def test_ptq_makes_torch_pruning_permanent_and_reports_it():
+    """Left live, the pruning pre-hook would recompute weight from weight_orig before every call,
+    undoing what ptq writes into the weight (fold, equalization, rounding): measured 3.2e-3 off the
+    same ptq of the permanently pruned model, silently. ptq prunes permanently in its copy."""
+    from torch.nn.utils import prune
+
+    data = [torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    p = qatkit.ptq(_pruned_cnn(), data, progress=False, verbose=False)
+    permanent = _pruned_cnn()
+    for i in (0, 3, 6):
+        prune.remove(permanent[i], "weight")
+    want = qatkit.ptq(permanent, data, progress=False, verbose=False)
+    x = torch.randn(4, 3, 6, 6)
+    assert torch.equal(p(x), want(x))
+    assert "6: pruning of 'weight' made permanent (torch.nn.utils.prune.remove)" in p.ptq_report["model_changes"]
+
+
+def test_a_pruned_attention_stays_float_and_binaryconnect_clips_the_pruned_latent_weight():
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    prune.l1_unstructured(mha, "in_proj_weight", 0.5)
+    with pytest.warns(UserWarning) as rec:
+        q = qatkit.prepare_qat(nn.ModuleDict({"att": mha, "fc": nn.Linear(8, 8)}), qatkit.w8a8())
+    assert [str(w.message)[:60] for w in rec] == ["prepare_qat: layer 'att' stays float: a pruned nn.MultiheadA"]
+    assert type(q["att"]) is nn.MultiheadAttention
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    prune.l1_unstructured(model[2], "weight", 0.5)
+    q = qatkit.prepare_qat(model, qatkit.binaryconnect())
+    opt = torch.optim.SGD(q.parameters(), 10.0)
+    for _ in range(2):
+        q(torch.randn(8, 8)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        qatkit.qat.clip_latent_weights(q)
+    clip = q[2].weight_fake_quant.spec.latent_clip
+    assert float(q[2].weight_orig.detach().abs().max()) <= clip  # the latent Parameter, not the computed weight
