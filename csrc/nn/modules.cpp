@@ -1,6 +1,7 @@
 // C++ QAT modules (see qatkit/nn.h): the numerics of python/qatkit/qat/{quantizers,modules}.py,
 // call for call, so C++ and Python layers give identical outputs for the same weights (tested).
 #include <ATen/autocast_mode.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/amax.h>
 #include <ATen/ops/amin.h>
 #include <ATen/ops/batch_norm.h>
@@ -257,9 +258,12 @@ torch::Tensor WeightFakeQuantizerImpl::forward(const torch::Tensor& w) {
   if (s.kind == "binary") {
     std::optional<torch::Tensor> seed;
     if (s.stochastic && is_training()) {
-      torch::NoGradGuard ng;
-      step_.add_(1);
-      seed = step_;
+      // +1 per training call, except inside a backward pass (a recomputed forward draws the
+      // bits its first run drew): the op Python's quantizer calls too
+      static const auto advance = c10::Dispatcher::singleton()
+                                      .findSchemaOrThrow("qatkit::_advance_step", "")
+                                      .typed<at::Tensor(at::Tensor&)>();
+      seed = advance.call(step_);
     }
     const torch::Tensor y = qatkit::binarize(w, s.method, axis_, s.estimator, 1.0, seed);
     if (s.scale_dtype == "float32") return y;

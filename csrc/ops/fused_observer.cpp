@@ -43,6 +43,9 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
       "bool moving_average=True, int quant_min=-128, int quant_max=127, bool symmetric=False, int? axis=None) "
       "-> Tensor",
       tags);
+  // a stochastic quantizer's step counter (its Philox seed): +1 and the new value, except inside
+  // a backward pass, where the current value (the one the recomputed forward drew with)
+  m.def("_advance_step(Tensor(a!) step) -> Tensor", tags);
 }
 
 namespace qatkit {
@@ -149,6 +152,20 @@ void observer_update_impl(const at::Tensor& input, at::Tensor& running_min, at::
 
 namespace {
 
+/// `step` += 1 and a copy of it; inside a backward pass (activation checkpointing recomputing the
+/// forward, eager or in a compiled backward graph) only the copy: the first forward advanced the
+/// counter already, and the recomputation must draw the same bits it drew.
+at::Tensor advance_step_kernel(at::Tensor& step) {
+  TORCH_CHECK_TYPE(step.scalar_type() == at::kLong,
+                   fmt::format("_advance_step: step must be int64, got {}", c10::toString(step.scalar_type())));
+  TORCH_CHECK_VALUE(step.sym_numel() == 1,
+                    fmt::format("_advance_step: step must have 1 element, got {}",
+                                step.sym_numel().guard_int(__FILE__, __LINE__)));
+  const at::NoGradGuard no_grad;
+  if (!ops::recomputing_in_backward()) step.add_(1);
+  return step.clone();
+}
+
 void observer_update_kernel(const at::Tensor& input, at::Tensor& running_min, at::Tensor& running_max,
                             at::Tensor& scale, at::Tensor& zero_point, const at::Tensor& observer_on, double momentum,
                             bool moving_average, std::int64_t quant_min, std::int64_t quant_max, bool symmetric,
@@ -239,6 +256,7 @@ at::Tensor fused_observe_fake_quantize(const at::Tensor& input, at::Tensor& runn
 }
 
 TORCH_LIBRARY_IMPL(qatkit, CompositeExplicitAutograd, m) {
+  m.impl("_advance_step", &advance_step_kernel);
   m.impl("_observer_update", &observer_update_kernel);
   m.impl("fused_observe_fake_quantize", &fused_observe_fake_quantize_kernel);
 }

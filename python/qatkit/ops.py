@@ -29,6 +29,7 @@ __all__ = [
     "ternary_codes",
     "binary_codes",
     "observer_update",
+    "advance_step",
     "histogram_update",
     "pack_weights",
     "unpack_weights",
@@ -446,6 +447,14 @@ def observer_update(
         input, running_min, running_max, scale, zero_point, observer_on, momentum, moving_average, quant_min,
         quant_max, symmetric, axis,
     )
+
+
+def advance_step(step: torch.Tensor) -> torch.Tensor:
+    """A stochastic quantizer's step counter (its Philox seed; int64, one element): add 1 in place
+    and return a copy of the new value; inside a backward pass (activation checkpointing
+    recomputing a forward, eager or compiled) return the current value unchanged, so the
+    recomputation draws the bits its first run drew."""
+    return torch.ops.qatkit._advance_step(step)
 
 
 def histogram_update(rows: torch.Tensor, histogram: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:

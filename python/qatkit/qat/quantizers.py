@@ -711,8 +711,9 @@ class BinaryWeightQuantizer(WeightFakeQuantizer):
         s = self.spec
         seed = None
         if s.stochastic and self.training:
-            self.step.add_(1)
-            seed = self.step
+            # +1 per training call, except when activation checkpointing recomputes this forward
+            # inside the backward pass: then the same step, so the same bits (ops.advance_step)
+            seed = ops.advance_step(self.step)
         y = ops.binarize(w, s.method, self.axis, s.estimator, seed=seed)
         if s.scale_dtype == "float32":
             return y

@@ -189,3 +189,29 @@ def test_disabled_fake_quant_is_identity_with_full_mask(n):
         x, torch.tensor([0.5]), torch.zeros(1, dtype=torch.int32), 0, 255, None, None, ON
     )
     assert torch.equal(y_on, ops.fake_quantize(x, torch.tensor([0.5]), torch.zeros(1, dtype=torch.int32), 0, 255))
+
+
+def test_advance_step_counts_training_calls_but_not_a_recomputation_in_backward():
+    """The stochastic quantizers' seed counter: +1 per call, the current value inside a backward
+    pass (activation checkpointing recomputing the forward must draw the same bits)."""
+    step = torch.zeros(1, dtype=torch.int64)
+    assert int(torch.ops.qatkit._advance_step(step)) == 1 and int(step) == 1
+    seen = []
+
+    class Probe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            seen.append(int(torch.ops.qatkit._advance_step(step)))
+            return g
+
+    Probe.apply(torch.ones(2, requires_grad=True)).sum().backward()
+    assert seen == [1] and int(step) == 1
+    torch.library.opcheck(torch.ops.qatkit._advance_step.default, (torch.zeros(1, dtype=torch.int64),))
+    with pytest.raises(TypeError, match="step must be int64, got Int"):
+        torch.ops.qatkit._advance_step(torch.zeros(1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="step must have 1 element, got 2"):
+        torch.ops.qatkit._advance_step(torch.zeros(2, dtype=torch.int64))

@@ -115,6 +115,7 @@ NO_AUTOGRAD_KERNEL = {
     "qatkit::pack_binary_panel": "integer codes in and out",
     "qatkit::_observer_update": "returns nothing (running statistics)",
     "qatkit::_histogram_update": "returns nothing (running statistics)",
+    "qatkit::_advance_step": "an int64 step counter in and out",
 }
 
 

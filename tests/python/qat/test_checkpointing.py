@@ -4,7 +4,8 @@ BatchNorm's running statistics) was updated a second time there, and the recompu
 (hence the gradients) came from the twice-updated state: checkpointed QAT trained another model
 than the same loop without checkpointing (observer ranges 0.27 off after five steps, weights
 5.7e-4). Now the recomputation updates nothing and reproduces the first forward, so a
-checkpointed loop ends bit for bit where the plain loop ends."""
+checkpointed loop ends bit for bit where the plain loop ends. BinaryConnect's stochastic weights
+advanced their seed counter a second time in the recomputation and drew other bits there."""
 
 import dataclasses
 
@@ -39,6 +40,13 @@ class _Net(nn.Module):
         return self.head(h)
 
 
+def _stochastic_binaryconnect():
+    cfg = qatkit.binaryconnect()
+    return dataclasses.replace(
+        cfg, first_last=None, default=LayerSpec(dataclasses.replace(cfg.default.weight, stochastic=True), None)
+    )
+
+
 def _percentile_w8a8():
     cfg = qatkit.w8a8()
     act = dataclasses.replace(cfg.default.activation, observer="percentile")
@@ -49,6 +57,7 @@ CONFIGS = {
     "w8a8": qatkit.w8a8,  # moving-average observers; a fold-invariant BatchNorm fold
     "w4a4_lsq": qatkit.w4a4_lsq,  # learned scales; the fold takes the running variance
     "percentile": _percentile_w8a8,  # histogram observers
+    "binaryconnect": _stochastic_binaryconnect,  # stochastic binary weights: a step-counter seed
 }
 
 
@@ -72,8 +81,9 @@ def _train(mode, conv, config, steps=4):
 @pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad=True")
 @pytest.mark.parametrize(
     "config, conv",
-    [("w8a8", False), ("w4a4_lsq", False), ("percentile", False), ("w8a8", True), ("w4a4_lsq", True)],
-    ids=["mlp-w8a8", "mlp-w4a4_lsq", "mlp-percentile", "conv_bn-w8a8", "conv_bn-w4a4_lsq"],
+    [("w8a8", False), ("w4a4_lsq", False), ("percentile", False), ("binaryconnect", False), ("w8a8", True),
+     ("w4a4_lsq", True)],
+    ids=["mlp-w8a8", "mlp-w4a4_lsq", "mlp-percentile", "mlp-binaryconnect", "conv_bn-w8a8", "conv_bn-w4a4_lsq"],
 )
 def test_a_checkpointed_qat_loop_ends_where_the_plain_loop_ends(config, conv):
     ref = _train(None, conv, config)
@@ -104,17 +114,19 @@ def test_a_forward_outside_backward_still_observes():
     assert obs.running_max.item() > first.item()
 
 
-def test_a_compiled_checkpointed_region_recomputes_with_the_first_forwards_range():
+@pytest.mark.parametrize("config", ["w8a8", "binaryconnect"])
+def test_a_compiled_checkpointed_region_recomputes_with_the_first_forwards_range(config):
     """torch.compile turns a checkpointed region into a graph whose backward recomputes the
     observer from its buffers, which the forward has updated by then (PyTorch reads a mutated
     input after the mutation: pytorch/pytorch#197039). The observer op updates nothing inside a
     backward pass, so the recomputed range is the one the forward quantized with: before, the
-    gradients of the third step were 3.4e-3 off the uncheckpointed compiled model's."""
+    gradients of the third step were 3.4e-3 off the uncheckpointed compiled model's. The stochastic
+    binary weights' seed counter is advanced by the same rule (qatkit::_advance_step)."""
     torch._dynamo.reset()
 
     def grads(mode):
         torch.manual_seed(0)
-        q = qatkit.prepare_qat(_Net(mode, False), qatkit.w8a8())
+        q = qatkit.prepare_qat(_Net(mode, False), CONFIGS[config]())
         f = torch.compile(q)
         gen = torch.Generator().manual_seed(1)
         for i in range(3):
