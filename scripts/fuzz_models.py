@@ -1,8 +1,8 @@
 """Fuzz the whole deployment path on random models: random ``nn.Sequential`` trees of Linear / Conv1d /
 Conv2d layers (strides, dilations, groups, every padding mode) and every activation, pooling and
 float module ``qatkit.load`` rebuilds (random arguments, nested Sequentials, one activation object
-used at several places, one layer applied twice, BatchNorms, LayerNorms with and without bias),
-quantized at a random preset (first and last layers kept float or not) by ``qatkit.ptq`` or by
+used at several places, one layer applied twice, BatchNorms, LayerNorms with and without bias;
+in a third of them some layers pruned with ``torch.nn.utils.prune``), quantized at a random preset (first and last layers kept float or not) by ``qatkit.ptq`` or by
 ``prepare_qat`` and three SGD steps, then:
 
 - ``qatkit.convert(model)`` must give the QAT model's outputs (eval mode) bit for bit;
@@ -29,7 +29,6 @@ Exits non-zero on the first mismatch, printing the seed that reproduces it (``--
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import os
 import random
@@ -133,6 +132,25 @@ def check_onnx(c: nn.Module, x: torch.Tensor, shape, tmp: str, what: str) -> str
     return "ok"
 
 
+def prune_some(net: nn.Module, r: random.Random) -> list:
+    """In a third of the models, prune some Linear / Conv layers with ``torch.nn.utils.prune``
+    (L1 or random, 10-70 %; now and then twice): QAT keeps the mask, ptq makes it permanent.
+    Returns the pruned layers' names. A separate random stream: the models themselves do not
+    change with it."""
+    from torch.nn.utils import prune
+
+    if r.random() >= 1 / 3:
+        return []
+    names = []
+    for name, m in net.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and name not in names and r.random() < 0.5:
+            for _ in range(1 + (r.random() < 0.2)):
+                how = prune.l1_unstructured if r.random() < 0.7 else prune.random_unstructured
+                how(m, "weight", amount=r.uniform(0.1, 0.7))
+            names.append(name)
+    return names
+
+
 def check_one(seed: int, tmp: str, exe, onnx: bool = False) -> str:
     """'ok', 'skip', 'no onnx form', or a description of the mismatch."""
     from safetensors.torch import load_file, save_file
@@ -140,6 +158,7 @@ def check_one(seed: int, tmp: str, exe, onnx: bool = False) -> str:
     r = random.Random(seed)
     torch.manual_seed(seed)
     net, shape = random_model(r)
+    pruned = prune_some(net, random.Random(seed ^ 0x5EED))
     preset = r.choice(PRESETS)
     cfg = dataclasses.replace(qatkit.preset(preset), first_last=r.choice([None, "float"]))
     x, xt = torch.randn(shape), torch.randn(shape)
@@ -165,18 +184,18 @@ def check_one(seed: int, tmp: str, exe, onnx: bool = False) -> str:
         raise
     path = os.path.join(tmp, "m.safetensors")
     with torch.no_grad():
-        want = qatkit.convert(copy.deepcopy(q)).eval()(xt)
+        want = qatkit.convert(q).eval()(xt)
         qat = q.eval()(xt)
         # what qatkit.load computes: integer where a kernel runs the layer, float math elsewhere
         # (an XNOR conv with a reflect / replicate / circular padding mode has no kernel)
-        on_kernels = qatkit.convert(copy.deepcopy(q)).eval()
+        on_kernels = qatkit.convert(q).eval()
         qatkit.qat.set_compute(on_kernels, "integer", warn=False, kernels_only=True)
         want_int = on_kernels(xt)
         header = qatkit.export(q, path)
         if header["structure"] is None:
             return f"the file has no structure ({header.get('structure_gap')})"
         got, got_int = qatkit.load(path, compute="float")(xt), qatkit.load(path)(xt)
-    what = f"seed {seed}, preset {preset}, model {net}"
+    what = f"seed {seed}, preset {preset}, pruned {pruned or 'none'}, model {net}"
     if not torch.equal(want, qat):
         return f"convert() != the QAT model: max |diff| {float((want - qat).abs().max())}; {what}"
     if not torch.equal(got, want):
@@ -184,7 +203,7 @@ def check_one(seed: int, tmp: str, exe, onnx: bool = False) -> str:
     if not torch.equal(got_int, want_int):
         return f"load() != the converted model on its kernels: max |diff| {float((got_int - want_int).abs().max())}; {what}"
     if onnx:
-        res = check_onnx(qatkit.convert(copy.deepcopy(q)).eval(), xt, shape, tmp, what)
+        res = check_onnx(qatkit.convert(q).eval(), xt, shape, tmp, what)
         if res != "ok":
             return res
     if exe is None:
@@ -217,6 +236,7 @@ def main():
             sys.exit(f"{exe} is missing: the test build (scripts/setup.sh) makes it")
     warnings.simplefilter("ignore")
     counts = {"ok": 0, "skip": 0, "no onnx form": 0}
+    pruned = 0  # of the models loaded bit for bit, those with pruned layers
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         for i in tqdm(range(a.models), desc="models", disable=not sys.stderr.isatty()):
@@ -226,10 +246,12 @@ def main():
                       f"{' --cpp' if a.cpp else ''}{' --onnx' if a.onnx else ''})")
                 sys.exit(1)
             counts[res] += 1
+            pruned += res == "ok" and bool(prune_some(random_model(random.Random(a.seed + i))[0],
+                                                       random.Random((a.seed + i) ^ 0x5EED)))
     onnx = f", onnxruntime within 2 %; {counts['no onnx form']} with a module export_onnx has no form for" if a.onnx else ""
     print(f"fuzz_models: {a.models} models in {time.time() - t0:.0f} s, seed {a.seed}: {counts['ok']} loaded bit for bit "
-          f"(Python float and integer{', C++ both' if a.cpp else ''}{onnx}), {counts['skip']} skipped (every layer kept "
-          "float)")
+          f"({pruned} with pruned layers; Python float and integer{', C++ both' if a.cpp else ''}{onnx}), "
+          f"{counts['skip']} skipped (every layer kept float)")
 
 
 if __name__ == "__main__":

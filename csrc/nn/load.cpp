@@ -232,13 +232,16 @@ void set_weights(const Reader& r, const std::string& name, const json::Value& w,
   const std::string cd = w.at("codes_dtype", where).as_string(where);
   codes = codes.to(cd == "int32" ? torch::kInt : torch::kChar).reshape(shape);
   // scales in the spec's scale_dtype (float32, or float16 / bfloat16 widened exactly)
-  const std::string sdt = spec_of(w.at("spec", where), where + " spec").scale_dtype;
+  const QuantSpec wspec = spec_of(w.at("spec", where), where + " spec");
+  const std::string sdt = wspec.scale_dtype;
   const auto want = sdt == "float16" ? torch::kHalf : sdt == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
   const torch::Tensor raw_scale = r.tensor(name + ".weight_scale");
   if (raw_scale.scalar_type() != want) r.fail(fmt::format("{}: weight_scale must be {} (the spec's scale_dtype)", where, sdt));
   const torch::Tensor scale = raw_scale.to(torch::kFloat);
-  if (!torch::isfinite(scale).all().item<bool>() || !(scale > 0).all().item<bool>()) {
-    r.fail(fmt::format("{}: weight_scale must be finite and positive", where));
+  // binary codes are never 0: an all-zero channel (pruned, dead) has scale 0 (Python's weight_codes)
+  const bool binary = wspec.kind == "binary";
+  if (!torch::isfinite(scale).all().item<bool>() || !(binary ? scale >= 0 : scale > 0).all().item<bool>()) {
+    r.fail(fmt::format("{}: weight_scale must be finite and {}", where, binary ? "non-negative" : "positive"));
   }
   const std::optional<torch::Tensor> zp = r.maybe(name + ".weight_zero_point");
   torch::Tensor zero = zp ? zp->to(torch::kInt) : torch::zeros(scale.sizes(), torch::kInt);

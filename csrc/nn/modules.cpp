@@ -165,6 +165,17 @@ torch::Tensor ConvertedWeight::dequantized(const std::vector<std::int64_t>& shap
     const torch::Tensor c2 = codes.reshape({codes.size(0), -1});
     return qatkit::dequantize_affine(c2, scale, zero_point, std::nullopt, group_size, dtype).reshape(shape);
   }
+  if ((scale == 0).any().item<bool>()) {
+    // a binary channel with scale 0 (all its weights zero: pruned, dead; codes are +-1) is (+-)0, as
+    // the quantizer's sign * 0 (Python's convert._dequantize)
+    const torch::Tensor live = scale > 0;
+    const torch::Tensor w =
+        qatkit::dequantize_affine(codes, torch::where(live, scale, torch::ones_like(scale)), zero_point, axis,
+                                  std::nullopt, dtype);
+    std::vector<std::int64_t> view(static_cast<std::size_t>(codes.dim()), 1);
+    if (axis) view[static_cast<std::size_t>(*axis < 0 ? *axis + codes.dim() : *axis)] = -1;
+    return w * live.reshape(view).to(w.scalar_type());
+  }
   return qatkit::dequantize_affine(codes, scale, zero_point, axis, std::nullopt, dtype);
 }
 
@@ -292,8 +303,10 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> WeightFakeQuantizerImpl:
   if (s.kind == "ternary" || s.kind == "binary") {
     auto [c, scale] = s.kind == "ternary" ? qatkit::ternary_codes(wd, s.method, axis_)
                                           : qatkit::binary_codes(wd, s.method, axis_);
-    scale = round_scale(scale, s.scale_dtype);                         // what forward() computed with
-    scale = torch::where(scale > 0, scale, torch::ones_like(scale));  // an all-zero channel: scale 1
+    scale = round_scale(scale, s.scale_dtype);  // what forward() computed with
+    // an all-zero ternary channel (codes all 0) takes scale 1; an all-zero binary channel keeps 0:
+    // its codes are +-1, and forward() gave +-0 (Python's convert.weight_codes)
+    if (s.kind == "ternary") scale = torch::where(scale > 0, scale, torch::ones_like(scale));
     return {c, scale, torch::zeros(scale.sizes(), torch::kInt)};
   }
   torch::Tensor sc, zp;

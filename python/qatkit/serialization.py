@@ -29,7 +29,7 @@ from . import ops
 from .qat.config import QuantSpec, check_flags
 from .qat.convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, _Quantized, convert
 from .qat.quantizers import ActFakeQuantizer, tensor_version
-from .qat.swap import replace_module, warn_hooks
+from .qat.swap import pruning_hooks, replace_module, warn_hooks
 
 __all__ = [
     "FORMAT_VERSION",
@@ -440,7 +440,7 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
     aliases = {a: name for name, mod in quantized.items() for a in names_of[id(mod)][1:]}
     inside = tuple(n + "." for n in [*quantized, *aliases])
     float_keys = []
-    for k, v in model.state_dict().items():
+    for k, v in _effective_state(model).items():
         if k.startswith(inside):
             continue
         tensors[k] = v.detach().contiguous().clone()
@@ -462,6 +462,43 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
         header["structure_gap"] = gap  # what qatkit.load / qatkit::nn::load name when they refuse the file
     save_file(tensors, path, metadata={META_KEY: json.dumps(header)})
     return header
+
+
+def _effective_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``model.state_dict()`` with each tensor a float layer prunes with ``torch.nn.utils.prune``
+    as the tensor it computes with (``name = name_orig * name_mask``, under its own name) instead of
+    ``name_orig`` / ``name_mask``: the module ``qatkit.load`` builds is a plain one, as a quantized
+    layer's codes hold the pruned weight. (Before, such a file loaded nowhere: "missing
+    ['1.weight']".)"""
+    sd = model.state_dict()
+    for name, mod in model.named_modules(remove_duplicate=False):  # (a layer at two places: both keys)
+        for tensor, (_, hook) in pruning_hooks(mod).items():
+            key = f"{name}.{tensor}" if name else tensor
+            if key + "_orig" not in sd:
+                continue
+            with torch.no_grad():
+                fresh = hook.apply_mask(mod)
+            out = {}
+            for k, v in sd.items():  # the computed tensor where its parameter was (state-dict order)
+                if k == key + "_orig":
+                    out[key] = fresh
+                elif k != key + "_mask":
+                    out[k] = v
+            sd = out
+    return sd
+
+
+def _permanent_pruning(model: nn.Module, keys) -> None:
+    """Make ``torch.nn.utils.prune`` permanent (``prune.remove``) on the model's float layers whose
+    pruned tensors the file holds as plain tensors (:func:`_effective_state`): ``load_into`` a
+    pruned float model then loads them by name."""
+    from torch.nn.utils import prune
+
+    for name, mod in model.named_modules(remove_duplicate=False):
+        for tensor in list(pruning_hooks(mod)):
+            key = f"{name}.{tensor}" if name else tensor
+            if key in keys:
+                prune.remove(mod, tensor)  # (a module at two places: removed at the first)
 
 
 # ---------------------------------------------------------------- structure (qatkit.load)
@@ -717,7 +754,10 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
     s = t.get("weight_scale")
     need(s is not None and s.dtype == _DTYPES[spec.scale_dtype],
          f"weight_scale must be a {spec.scale_dtype} tensor (the spec's scale_dtype)")
-    need(bool(torch.isfinite(s).all()) and bool((s > 0).all()), "weight_scale must be finite and positive")
+    # binary codes are never 0: an all-zero channel (pruned, dead) has scale 0 (convert.weight_codes)
+    floor_ok = (s >= 0) if spec.kind == "binary" else (s > 0)
+    need(bool(torch.isfinite(s).all()) and bool(floor_ok.all()),
+         "weight_scale must be finite and " + ("non-negative" if spec.kind == "binary" else "positive"))
     gs, axis = w.get("group_size"), w.get("axis")
     if gs is not None:
         need(isinstance(gs, int) and gs > 0 and k % gs == 0, f"group_size {gs} must divide k = {k}")
@@ -882,6 +922,7 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
     names = header["float_tensors"]
     if not all(isinstance(k, str) for k in names):
         raise ValueError(f"load: {path!r}: float_tensors must be a list of tensor names")
+    _permanent_pruning(model, set(names))
     modules = dict(model.named_modules())
     packed_ids = {id(modules[n]) for n in header["layers"] if n in modules}
     packed = tuple(n + "." for n, m in model.named_modules(remove_duplicate=False) if id(m) in packed_ids)

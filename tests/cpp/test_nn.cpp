@@ -344,6 +344,29 @@ CATCH_TEST_CASE("presets and rules come from the table: binaryconnect, parameter
               bc.default_spec.weight->to_json());
 }
 
+CATCH_TEST_CASE("an all-zero binary channel converts to zeros, not +-1 (scale 0 kept)", "[nn]") {
+  // a dead or structurally pruned output channel: binarize gives sign * mean|w| = +-0; convert used
+  // to store scale 1 there, so the converted layer computed with +-1 weights
+  torch::manual_seed(8);
+  for (const auto& cfg : {qnn::QATConfig::binaryconnect(), qnn::QATConfig::binary_w1a8()}) {
+    auto seq = torch::nn::Sequential(torch::nn::Linear(16, 8), torch::nn::ReLU(), torch::nn::Linear(8, 4));
+    auto c = cfg;
+    c.first_last = "";
+    auto q = qnn::prepare_qat(seq, c);
+    {
+      torch::NoGradGuard ng;
+      q->ptr(0)->as<qnn::QuantLinear>()->weight[3].zero_();
+    }
+    q->train();
+    q->forward(torch::randn({16, 16}));
+    q->eval();
+    const torch::Tensor x = torch::randn({5, 16});
+    const torch::Tensor want = q->forward(x);
+    qnn::convert(*q);
+    CATCH_CHECK(torch::equal(q->forward(x), want));
+  }
+}
+
 CATCH_TEST_CASE("stochastic binary weights draw from a step counter; clip_latent_weights clips", "[nn]") {
   torch::manual_seed(6);
   torch::nn::Linear lin(32, 8);

@@ -479,12 +479,13 @@ def test_cpp_loads_a_module_used_at_two_places_at_both(tmp_path):
 
 def test_a_short_fuzz_run_over_random_models_finds_nothing(tmp_path):
     """scripts/fuzz_models.py --cpp for 20 random nn.Sequential models (every module load rebuilds,
-    random arguments, nesting, shared modules, random presets, PTQ or three QAT steps): the
-    converted model gives the QAT model's bits, Python's loaded model the converted model's in
-    float and integer compute, and the C++ loader Python's."""
+    random arguments, nesting, shared modules, torch.nn.utils.prune on some layers, random presets,
+    PTQ or three QAT steps): the converted model gives the QAT model's bits, Python's loaded model
+    the converted model's in float and integer compute, and the C++ loader Python's."""
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz_models.py"), "--models", "20", "--seed", "7",
                         "--cpp", "--exe", EXE], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0 and "loaded bit for bit" in r.stdout, r.stdout + r.stderr
+    assert re.search(r"\(([1-9]\d*) with pruned layers", r.stdout), r.stdout  # the seed covers pruning
 
 
 def test_cpp_grouped_xnor_convs_match_python(tmp_path):
@@ -790,3 +791,32 @@ def test_an_empty_batch_gives_an_empty_output_in_python_and_cpp(preset, tmp_path
         r, y = _run(path, empty, tmp_path)
         assert r.returncode == 0, r.stderr
         assert y.shape == (0, 10)
+
+
+@pytest.mark.parametrize("preset", ["binaryconnect", "binary_w1a8", "xnor_w1a1", "binary_weight_only"])
+def test_an_all_zero_binary_channel_is_zero_in_python_and_cpp(preset, tmp_path):
+    """A binary layer's output channel whose weights are all zero (structurally pruned, dead)
+    fake-quantizes to sign * mean|w| = +-0. convert stored scale 1 there (binary codes are never
+    0), so the converted layer computed with +-1 weights, 0.32 off the QAT model in a fuzzed model;
+    and the loaders refused scale 0. It is kept now: convert, load and qatkit::nn::load agree."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(16 * 16, 32), nn.ReLU(), nn.Linear(32, 4))
+    prune.ln_structured(net[2], "weight", amount=0.25, n=1, dim=0)  # 4 whole output channels
+    with torch.no_grad():
+        net[5].weight[7].zero_()  # a dead row
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    q = qatkit.prepare_qat(net, cfg)
+    q(torch.randn(16, 3, 4, 4))
+    q.eval()
+    x = torch.randn(5, 3, 4, 4)
+    c = qatkit.convert(q)
+    assert int((c[2].weight_scale == 0).sum()) == 4 and float(c[5].weight_scale[7]) == 0.0
+    assert torch.equal(c(x), q(x))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    want, want_int = qatkit.load(path, compute="float")(x), qatkit.load(path)(x)
+    assert torch.equal(want, c(x)) and torch.equal(want_int, qatkit.convert(q, integer=True)(x))
+    _assert_cpp_gives(path, x, tmp_path, want, want_int)

@@ -38,7 +38,7 @@ def weight_codes(wfq: WeightFakeQuantizer, w: torch.Tensor) -> Tuple[torch.Tenso
     The codes come from the op family that computed the fake-quantized weight: ``quantize_affine``
     with the quantizer's effective qparams (integer kinds; the same rounding as ``fake_quantize``),
     ``ternary_codes`` / ``binary_codes`` (their scale is the per-channel or per-tensor magnitude;
-    a channel whose codes are all 0 gets scale 1).
+    a ternary channel whose codes are all 0 gets scale 1, an all-zero binary channel keeps scale 0).
     """
     spec = wfq.spec
     axis = wfq.axis
@@ -48,7 +48,10 @@ def weight_codes(wfq: WeightFakeQuantizer, w: torch.Tensor) -> Tuple[torch.Tenso
         else:  # deterministic, as the quantizer in eval mode (BinaryConnect samples only in training)
             codes, scale = ops.binary_codes(w.detach(), spec.method, axis)
         scale = round_scale(scale, spec.scale_dtype)  # what the quantizer computed with
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        if spec.kind == "ternary":  # a channel whose codes are all 0: any scale gives 0
+            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        # binary codes are never 0: an all-zero channel (pruned, dead) keeps its scale 0, which the
+        # quantizer computed with (+-0); scale 1 made its weights +-1
         return codes, scale, torch.zeros_like(scale, dtype=torch.int32)
     s, z = wfq.qparams(w)
     # the effective qparams of the kernels: learned zero points are rounded and clamped into range
@@ -86,7 +89,16 @@ def _check_finite(name: str, m: nn.Module) -> None:
 
 def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis, group_size, dtype) -> torch.Tensor:
     """``(codes - zp) * scale`` in the weight's dtype through ``dequantize_affine``: bit for bit the
-    fake-quantized weight the QAT layer computed with (any float dtype)."""
+    fake-quantized weight the QAT layer computed with (any float dtype). A binary channel with
+    scale 0 (all its weights zero: pruned, dead; codes are +-1) dequantizes to (+-)0, as the
+    quantizer's sign * 0."""
+    if group_size is None and bool((scale == 0).any()):
+        live = scale > 0
+        w = _dequantize(codes, torch.where(live, scale, torch.ones_like(scale)), zp, axis, None, dtype)
+        shape = [1] * codes.dim()
+        if axis is not None:
+            shape[axis] = -1
+        return w * live.reshape(shape).to(w.dtype)
     if group_size is not None:  # groups run along the flattened input dim
         c2 = codes.reshape(codes.shape[0], -1)
         return ops.dequantize_affine(c2, scale, zp, group_size=group_size, output_dtype=dtype).reshape(codes.shape)

@@ -912,3 +912,29 @@ def test_a_pruned_attention_stays_float_and_binaryconnect_clips_the_pruned_laten
         qatkit.qat.clip_latent_weights(q)
     clip = q[2].weight_fake_quant.spec.latent_clip
     assert float(q[2].weight_orig.detach().abs().max()) <= clip  # the latent Parameter, not the computed weight
+
+
+def test_a_pruned_layer_left_float_exports_its_pruned_weight_and_loads(tmp_path):
+    """A pruned layer the config keeps float (first / last layer, a layer used twice) was exported
+    as weight_orig / weight_mask: qatkit.load builds a plain layer, so the file loaded nowhere
+    ("missing ['6.weight']", found by scripts/fuzz_models.py). The file holds the pruned weight."""
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    shared = nn.Linear(8, 8)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), shared, nn.ReLU(), shared)
+    prune.l1_unstructured(model[0], "weight", 0.5)
+    prune.l1_unstructured(shared, "weight", 0.4)
+    cfg = dataclasses.replace(qatkit.w8a8(), first_last="float")
+    q = qatkit.prepare_qat(model, cfg)
+    q(torch.randn(16, 8))
+    q.eval()
+    header = qatkit.export(q, tmp_path / "m.safetensors")
+    assert "0.weight" in header["float_tensors"] and not any(k.endswith(("_orig", "_mask")) for k in header["float_tensors"])
+    x = torch.randn(4, 8)
+    want = qatkit.convert(q, integer=True)(x)
+    assert torch.equal(qatkit.load(tmp_path / "m.safetensors")(x), want)
+    fresh = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU())
+    fresh.append(fresh[4])
+    prune.l1_unstructured(fresh[0], "weight", 0.5)  # a pruned float model of the architecture
+    assert torch.equal(qatkit.load_into(fresh, tmp_path / "m.safetensors")(x), want)
