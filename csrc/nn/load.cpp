@@ -267,6 +267,7 @@ void set_weights(const Reader& r, const std::string& name, const json::Value& w,
   replace(frozen.scale, scale);
   replace(frozen.zero_point, zero);
   frozen.float_weight = false;
+  frozen.binary = binary;
   const std::string dt = w.at("dtype", where).as_string(where);
   TORCH_CHECK_VALUE(dt == "float32", fmt::format("qatkit::nn::load: '{}': layer '{}' computes in {}; the C++ loader runs float32 models", r.path, name, dt));
   frozen.dtype = torch::kFloat;

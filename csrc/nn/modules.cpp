@@ -83,6 +83,7 @@ void convert_weight(torch::nn::Module& self, ConvertedWeight& frozen, WeightFake
     std::tie(frozen.codes, frozen.scale, frozen.zero_point) = wfq->codes(w);
     frozen.axis = wfq->axis();
     frozen.group_size = wfq->group_size;
+    frozen.binary = wfq->spec().kind == "binary";
   } else {
     frozen.float_weight = true;
     frozen.codes = w.detach().clone();
@@ -165,9 +166,10 @@ torch::Tensor ConvertedWeight::dequantized(const std::vector<std::int64_t>& shap
     const torch::Tensor c2 = codes.reshape({codes.size(0), -1});
     return qatkit::dequantize_affine(c2, scale, zero_point, std::nullopt, group_size, dtype).reshape(shape);
   }
-  if ((scale == 0).any().item<bool>()) {
+  if (binary && !group_size) {
     // a binary channel with scale 0 (all its weights zero: pruned, dead; codes are +-1) is (+-)0, as
-    // the quantizer's sign * 0 (Python's convert._dequantize)
+    // the quantizer's sign * 0 (Python's convert._dequantize); masked without a host read, and
+    // x * 1 leaves every other weight's bits
     const torch::Tensor live = scale > 0;
     const torch::Tensor w =
         qatkit::dequantize_affine(codes, torch::where(live, scale, torch::ones_like(scale)), zero_point, axis,

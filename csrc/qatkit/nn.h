@@ -251,6 +251,7 @@ struct QATKIT_API IntegerKernelPlan {
 struct QATKIT_API ConvertedWeight {
   bool converted = false;
   bool float_weight = false;  ///< no weight quantizer: weight_int holds the float weight
+  bool binary = false;        ///< binary codes (+-1): a channel with scale 0 is all zero (pruned, dead)
   std::optional<std::int64_t> axis, group_size;
   at::ScalarType dtype = at::kFloat;
   torch::Tensor codes, scale, zero_point;

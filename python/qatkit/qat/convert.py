@@ -87,14 +87,17 @@ def _check_finite(name: str, m: nn.Module) -> None:
                              "infinite; restore a finite checkpoint before convert")
 
 
-def _dequantize(codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis, group_size, dtype) -> torch.Tensor:
+def _dequantize(
+    codes: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, axis, group_size, dtype, binary: bool = False
+) -> torch.Tensor:
     """``(codes - zp) * scale`` in the weight's dtype through ``dequantize_affine``: bit for bit the
-    fake-quantized weight the QAT layer computed with (any float dtype). A binary channel with
-    scale 0 (all its weights zero: pruned, dead; codes are +-1) dequantizes to (+-)0, as the
-    quantizer's sign * 0."""
-    if group_size is None and bool((scale == 0).any()):
+    fake-quantized weight the QAT layer computed with (any float dtype). A ``binary`` layer's
+    channel with scale 0 (all its weights zero: pruned, dead; codes are +-1) dequantizes to (+-)0,
+    as the quantizer's sign * 0: the scale is masked without a data-dependent branch (torch.export
+    traces it), and x * 1 leaves every other weight's bits."""
+    if binary:
         live = scale > 0
-        w = _dequantize(codes, torch.where(live, scale, torch.ones_like(scale)), zp, axis, None, dtype)
+        w = _dequantize(codes, torch.where(live, scale, torch.ones_like(scale)), zp, axis, group_size, dtype)
         shape = [1] * codes.dim()
         if axis is not None:
             shape[axis] = -1
@@ -185,9 +188,10 @@ class _Quantized(nn.Module):
         """The float weight the layer computes with: ``(codes - zero_point) * scale``."""
         if self.float_weight:
             return self.weight_int
+        spec = self.weight_spec
         return _dequantize(
             self.weight_int, self.weight_scale, self.weight_zero_point, self.weight_axis, self.group_size,
-            self.weight_dtype,
+            self.weight_dtype, binary=spec is not None and spec.kind == "binary" and self.group_size is None,
         )
 
     def quantize_input(self, x):
