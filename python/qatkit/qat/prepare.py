@@ -304,6 +304,7 @@ def prepare_qat(
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
     check_flags("prepare_qat", inplace=inplace)
+    refuse_wrapped("prepare_qat", model)
     if not inplace:
         model = copy_model(model)
     if type(model) in QAT_MODULES and inplace:
@@ -555,6 +556,32 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def refuse_wrapped(where: str, model: nn.Module) -> None:
+    """Raise where ``model`` is (or holds) a DDP / DataParallel / FSDP wrapper: it registered the
+    float model's parameters when it was built, so QAT layers' new parameters (learned scales)
+    would never be synchronized across ranks, silently. Prepare first, then wrap."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    kinds = [DistributedDataParallel, nn.DataParallel]
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        kinds.append(FullyShardedDataParallel)
+        from torch.distributed.fsdp import FSDPModule  # FSDP2 (fully_shard)
+
+        kinds.append(FSDPModule)
+    except ImportError:  # (a torch built without distributed)
+        pass
+    for name, m in model.named_modules():
+        if isinstance(m, tuple(kinds)):
+            at = f"'{name}' is" if name else "the model is"
+            raise TypeError(
+                f"{where}: {at} wrapped in {type(m).__name__}, which registered the float model's parameters "
+                "when it was built; the QAT layers' new parameters (learned scales) would not be synchronized across "
+                f"ranks. Call {where} on the model itself (model.module), then wrap the result"
+            )
 
 
 def call_on_batch(model: nn.Module, b):

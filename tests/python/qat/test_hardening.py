@@ -938,3 +938,20 @@ def test_a_pruned_layer_left_float_exports_its_pruned_weight_and_loads(tmp_path)
     fresh.append(fresh[4])
     prune.l1_unstructured(fresh[0], "weight", 0.5)  # a pruned float model of the architecture
     assert torch.equal(qatkit.load_into(fresh, tmp_path / "m.safetensors")(x), want)
+
+
+def test_prepare_qat_and_ptq_refuse_a_model_wrapped_in_data_parallel():
+    """prepare_qat on a DistributedDataParallel / DataParallel model swapped the layers inside it
+    and returned the wrapper: its reducer knew only the float model's parameters, so the QAT
+    layers' new ones (learned scales) were never synchronized across ranks, silently. Prepare
+    first, then wrap (scripts/qat_finetune.py does)."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    for wrapped, where in ((nn.DataParallel(model), "the model is"), (nn.Sequential(nn.DataParallel(model)), "'0' is")):
+        for inplace in (False, True):
+            with pytest.raises(TypeError, match=f"prepare_qat: {where} wrapped in DataParallel.*model.module"):
+                qatkit.prepare_qat(wrapped, qatkit.w4a4_lsq(), inplace=inplace)
+        with pytest.raises(TypeError, match=f"ptq: {where} wrapped in DataParallel"):
+            qatkit.ptq(wrapped, [torch.randn(4, 8)], progress=False, verbose=False)
+    assert type(model[0]) is nn.Linear  # nothing swapped
+    q = qatkit.prepare_qat(model, qatkit.w4a4_lsq())  # the model itself: fine
+    assert isinstance(q[0], qatkit.qat.QuantLinear)
