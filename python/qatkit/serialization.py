@@ -470,22 +470,20 @@ def _effective_state(model: nn.Module) -> Dict[str, torch.Tensor]:
     ``name_orig`` / ``name_mask``: the module ``qatkit.load`` builds is a plain one, as a quantized
     layer's codes hold the pruned weight. (Before, such a file loaded nowhere: "missing
     ['1.weight']".)"""
-    sd = model.state_dict()
+    swap: Dict[str, Optional[Tuple[str, torch.Tensor]]] = {}  # "*_orig": (name, computed); "*_mask": dropped
     for name, mod in model.named_modules(remove_duplicate=False):  # (a layer at two places: both keys)
         for tensor, (_, hook) in pruning_hooks(mod).items():
             key = f"{name}.{tensor}" if name else tensor
-            if key + "_orig" not in sd:
-                continue
             with torch.no_grad():
-                fresh = hook.apply_mask(mod)
-            out = {}
-            for k, v in sd.items():  # the computed tensor where its parameter was (state-dict order)
-                if k == key + "_orig":
-                    out[key] = fresh
-                elif k != key + "_mask":
-                    out[k] = v
-            sd = out
-    return sd
+                swap[key + "_orig"] = (key, hook.apply_mask(mod))
+            swap[key + "_mask"] = None
+    out = {}
+    for k, v in model.state_dict().items():  # the computed tensor where its parameter was (state-dict order)
+        if k not in swap:
+            out[k] = v
+        elif swap[k] is not None:
+            out[swap[k][0]] = swap[k][1]
+    return out
 
 
 def _permanent_pruning(model: nn.Module, keys) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 
+import torch
 from torch import nn
 
 __all__ = ["replace_module", "move_hooks", "warn_hooks", "pruning_hooks", "refresh_pruned"]
@@ -48,8 +49,6 @@ def refresh_pruned(mod: nn.Module) -> None:
     """Recompute each pruned tensor of ``mod`` (``name = name_orig * name_mask``) without autograd:
     its attribute is whatever the pre-hook computed before the last call (a non-leaf that deepcopy
     refuses, and stale after an optimizer step)."""
-    import torch
-
     for name, (_, hook) in pruning_hooks(mod).items():
         with torch.no_grad():
             setattr(mod, name, hook.apply_mask(mod))
