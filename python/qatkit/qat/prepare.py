@@ -229,9 +229,7 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
     for name, mod in model.named_modules():
         if any(name.startswith(p) for p in inside):
             continue
-        if type(mod) in QAT_MODULES and _hooked_norm(mod) is None and not (
-            type(mod) is nn.MultiheadAttention and pruning_hooks(mod)
-        ):
+        if type(mod) in QAT_MODULES and _unswappable_reason(mod) is None:
             bn = bn_of.get(name)  # (every name of the BatchNorm, the module)
             bn = None if bn is None else (names_of[id(bn[1])], bn[1])
             out.append({"name": name, "module": mod, "bn": bn, "aliases": names_of[id(mod)][1:]})
