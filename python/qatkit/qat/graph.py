@@ -177,6 +177,9 @@ def fx_dataflow(model: nn.Module) -> Dataflow:
 
 #: the BatchNorm kinds whose folding is decided (and reported)
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+#: the kinds that fold into a Conv2d (QuantConvBn2d). A SyncBatchNorm (convert_sync_batchnorm, for
+#: DDP) is a BatchNorm2d whose batch statistics span the ranks: the fold keeps it and calls it
+FOLDABLE_BN = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 def find_conv_bn_pairs(model: nn.Module, flow: Dataflow) -> Tuple[List[Tuple[str, str]], Dict[str, str]]:
@@ -214,9 +217,9 @@ def find_conv_bn_pairs(model: nn.Module, flow: Dataflow) -> Tuple[List[Tuple[str
             unfolded[n] = f"its input comes from {src.describe()}, not a conv"
             continue
         conv = src.module
-        if type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d:
+        if type(conv) is not nn.Conv2d or type(bn) not in FOLDABLE_BN:
             unfolded[n] = (
-                f"qatkit folds Conv2d + BatchNorm2d only, this is {type(conv).__name__} '{src.name}' + "
+                f"qatkit folds Conv2d + BatchNorm2d / SyncBatchNorm only, this is {type(conv).__name__} '{src.name}' + "
                 f"{type(bn).__name__} (the conv is quantized on its own, the BatchNorm stays float)"
             )
             continue
@@ -230,7 +233,7 @@ def find_conv_bn_pairs(model: nn.Module, flow: Dataflow) -> Tuple[List[Tuple[str
             continue
         if not (bn.affine and bn.track_running_stats) or bn.num_features != conv.out_channels:
             unfolded[n] = (
-                f"not folded into conv '{src.name}': a BatchNorm2d without affine parameters or running "
+                f"not folded into conv '{src.name}': a {type(bn).__name__} without affine parameters or running "
                 "statistics (the conv is quantized on its own, the BatchNorm stays float)"
             )
             continue

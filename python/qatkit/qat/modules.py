@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LayerSpec
+from .graph import FOLDABLE_BN
 from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, recomputing
 
 __all__ = [
@@ -218,12 +219,14 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, layer_spec: LayerSpec) -> "QuantConvBn2d":
+        if type(bn) not in FOLDABLE_BN:
+            raise TypeError(f"QuantConvBn2d: bn must be an nn.BatchNorm2d or nn.SyncBatchNorm, got {type(bn).__name__}")
         if bn.num_features != conv.out_channels:
             raise ValueError(
                 f"QuantConvBn2d: bn.num_features ({bn.num_features}) must equal conv.out_channels ({conv.out_channels})"
             )
         if not (bn.affine and bn.track_running_stats):
-            raise ValueError("QuantConvBn2d: the BatchNorm2d must be affine and track running statistics")
+            raise ValueError(f"QuantConvBn2d: the {type(bn).__name__} must be affine and track running statistics")
         q = _conv_from_float(cls, nn.Conv2d, conv, layer_spec)
         q.bn = bn
         q.register_buffer("bn_frozen", torch.zeros(1, dtype=torch.uint8))
@@ -301,6 +304,8 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         bn = self.bn
+        if type(bn) is not nn.BatchNorm2d:
+            return self._bn_module_forward(y, again)
         if again:
             # batch statistics, as the first forward; the running ones were updated then, so this
             # call updates throwaway copies (the same op and saved tensors as the first forward:
@@ -313,6 +318,30 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
             if bn.momentum is None:
                 momentum = 1.0 / float(bn.num_batches_tracked)
         return F.batch_norm(y, bn.running_mean, bn.running_var, bn.weight, bn.bias, True, momentum, bn.eps)
+
+    def _bn_module_forward(self, y: torch.Tensor, again: bool) -> torch.Tensor:
+        """The batch-statistics step through the BatchNorm module's own forward: a SyncBatchNorm
+        (``nn.SyncBatchNorm.convert_sync_batchnorm`` before or after ``prepare_qat``, as torch.ao's
+        ConvBn2d calls its ``bn``) computes the statistics of the global batch across DDP ranks,
+        which ``F.batch_norm`` on this rank's batch would silently replace by the local ones."""
+        bn = self.bn
+        if not isinstance(bn, nn.SyncBatchNorm):
+            raise TypeError(
+                f"QuantConvBn2d: bn must be an nn.BatchNorm2d or nn.SyncBatchNorm (the BatchNorm it folds), got "
+                f"{type(bn).__name__}"
+            )
+        if not again:
+            return bn(y)
+        # a checkpointed recomputation: the module's own update goes to throwaway copies of the
+        # running statistics (the first forward updated them)
+        saved = bn.running_mean, bn.running_var, bn.num_batches_tracked
+        bn.running_mean, bn.running_var = saved[0].clone(), saved[1].clone()
+        if saved[2] is not None:
+            bn.num_batches_tracked = saved[2].clone()
+        try:
+            return bn(y)
+        finally:
+            bn.running_mean, bn.running_var, bn.num_batches_tracked = saved
 
 
 class QuantEmbedding(_QuantMixin, nn.Embedding):

@@ -174,7 +174,7 @@ def _sequential_pairs(model: nn.Module) -> List[Tuple[str, str]]:
         if isinstance(mod, nn.Sequential):
             kids = [(n, c) for n, c in mod._modules.items() if c is not None]  # (named_children() skips a repeat)
             for (n1, m1), (n2, m2) in zip(kids, kids[1:], strict=False):
-                if type(m1) is nn.Conv2d and type(m2) is nn.BatchNorm2d:
+                if type(m1) is nn.Conv2d and type(m2) in graph.FOLDABLE_BN:
                     prefix = f"{name}." if name else ""
                     pairs.append((prefix + n1, prefix + n2))
     return pairs
@@ -202,7 +202,7 @@ def _bn_folds(model: nn.Module, example_inputs, forward) -> Tuple[Dict[str, Tupl
                     pairs.append((conv, bn))
                 else:
                     unfolded[bn] = (
-                        f"not folded into conv '{conv}': a BatchNorm2d without affine parameters or running "
+                        f"not folded into conv '{conv}': a {type(m_bn).__name__} without affine parameters or running "
                         "statistics (the conv is quantized on its own, the BatchNorm stays float)"
                     )
             paired = {bn for _, bn in pairs} | set(unfolded)

@@ -85,7 +85,7 @@ def test_every_bn_left_unfolded_is_reported_with_its_reason(source):
     assert "runs 2 times" in reasons["b3"]
     assert "also used by the model's output" in reasons["b5"]
     assert "never ran" in reasons["idle"]
-    assert "Conv2d + BatchNorm2d only" in reasons["b6"] and "Linear 'fc'" in reasons["b6"]
+    assert "Conv2d + BatchNorm2d / SyncBatchNorm only" in reasons["b6"] and "Linear 'fc'" in reasons["b6"]
     assert "6 BatchNorm layer(s) stay unfolded" in text
     for n in ("b1", "b2", "b3", "b5", "idle"):
         assert isinstance(getattr(q, n), nn.BatchNorm2d) and f"'{n}':" in text
@@ -174,3 +174,92 @@ def test_exported_mobilenet_v2_eval_and_converted_graphs_mutate_no_buffers():
     q.eval()
     assert mutated(q) == {}
     assert mutated(qatkit.convert(q)) == {}
+
+
+class _Checkpointed(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.body, x, use_reentrant=False)
+
+
+def _conv_bn_net(sync):
+    torch.manual_seed(1)
+    m = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8, momentum=None), nn.ReLU(), nn.Flatten(), nn.Linear(128, 4),
+    )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(m) if sync == "before" else m
+
+
+def _train_bn(q, steps=3):
+    opt = torch.optim.SGD(q.parameters(), 0.05)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(steps):
+        q(torch.randn(8, 3, 8, 8, generator=gen)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+    return q
+
+
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
+@pytest.mark.parametrize("sync", ["before", "after"])
+@pytest.mark.parametrize("preset", ["w8a8", "w4a4_lsq"])
+def test_a_sync_batchnorm_folds_and_trains_as_the_batchnorm2d_it_replaces(preset, sync, checkpointed):
+    """DDP's recipe for BatchNorm, ``nn.SyncBatchNorm.convert_sync_batchnorm``, before or after
+    ``prepare_qat``. Before, the SyncBatchNorm stayed float after a quantized conv (warned); after,
+    QuantConvBn2d kept it but normalized with ``F.batch_norm`` over this rank's batch, so under
+    DDP the statistics were silently the local ones. Now it folds and its own forward runs: in one
+    process (no sync) the training equals the BatchNorm2d model's bit for bit, checkpointed too."""
+    cfg = getattr(qatkit, preset)()
+    wrap = _Checkpointed if checkpointed else (lambda m: m)
+    ref = _train_bn(qatkit.prepare_qat(wrap(_conv_bn_net(None)), cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left unfolded
+        q = qatkit.prepare_qat(wrap(_conv_bn_net(sync)), cfg)
+    if sync == "after":
+        q = nn.SyncBatchNorm.convert_sync_batchnorm(q)
+    body = q.body if checkpointed else q
+    assert [type(body[i]).__name__ + type(body[i].bn).__name__ for i in (0, 3)] == ["QuantConvBn2dSyncBatchNorm"] * 2
+    got = _train_bn(q)
+    want_sd, got_sd = ref.state_dict(), got.state_dict()
+    assert want_sd.keys() == got_sd.keys()
+    for k, v in want_sd.items():
+        assert torch.equal(got_sd[k], v), f"{k} differs by {(got_sd[k].double() - v.double()).abs().max()}"
+    assert int(body[3].bn.num_batches_tracked) == 3
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(qatkit.convert(got.eval(), integer=True)(x), qatkit.convert(ref.eval(), integer=True)(x))
+
+
+@pytest.mark.parametrize("sync", ["before", "after"])
+@pytest.mark.filterwarnings("ignore:activation quantizer .* runs before observing any data")
+def test_a_folded_sync_batchnorm_takes_the_synchronized_path_under_a_process_group(sync):
+    """With a process group initialized, a SyncBatchNorm in training synchronizes its batch
+    statistics (torch refuses that on CPU: its ValueError shows the sync path ran; before, the QAT
+    layer never reached it and normalized over the local batch). Eval folds the running statistics
+    and syncs nothing."""
+    import torch.distributed as dist
+
+    q = qatkit.prepare_qat(_conv_bn_net(sync), qatkit.w8a8())
+    if sync == "after":
+        q = nn.SyncBatchNorm.convert_sync_batchnorm(q)
+    x = torch.randn(2, 3, 8, 8)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with pytest.raises(ValueError, match="SyncBatchNorm expected input tensor to be on GPU"):
+            q(x)
+        q.eval()
+        q(x)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_folded_batchnorm_replaced_by_another_module_is_refused():
+    q = qatkit.prepare_qat(_conv_bn_net(None), qatkit.w8a8())
+    q[0].bn = nn.Identity()
+    with pytest.raises(TypeError, match="bn must be an nn.BatchNorm2d or nn.SyncBatchNorm.*got Identity"):
+        q(torch.randn(2, 3, 8, 8))
+    with pytest.raises(TypeError, match="got BatchNorm1d"):
+        qatkit.qat.QuantConvBn2d.from_float(nn.Conv2d(3, 4, 1), nn.BatchNorm1d(4), qatkit.w8a8().default)
