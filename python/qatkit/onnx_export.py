@@ -333,7 +333,7 @@ def _quantized(g: _Graph, mod, x: str, in_shape, where: str, lowbit: str) -> str
     if kind == "linear" and mod.smooth is not None:
         x = g.node("Div", [x, g.const(mod.smooth.detach().float(), where + ".smooth")], where + ".smoothed")
         info["smooth"] = True
-    if mod.input_fake_quant is not None and mod.input_fake_quant._fq_enabled:
+    if mod.input_fake_quant is not None and mod.input_fake_quant.fq_enabled:
         x, desc = _input_quant(g, mod.input_fake_quant, x, rank, where)
         info["input"] = desc
     else:
@@ -382,7 +382,7 @@ def _float_bias_after(mod) -> bool:
     from .qat.convert import _Quantized
 
     aq = getattr(mod, "input_fake_quant", None)
-    return (isinstance(mod, _Quantized) and mod.bias is not None and aq is not None and aq._fq_enabled
+    return (isinstance(mod, _Quantized) and mod.bias is not None and aq is not None and aq.fq_enabled
             and not _int32_bias(mod))
 
 

@@ -76,7 +76,7 @@ def _act_codes_spec(aq) -> Tuple[Optional[str], str]:
 
     if aq is None:
         return None, "float activations (no input quantizer): weight-only"
-    if not aq._fq_enabled:
+    if not aq.fq_enabled:
         return None, "the input quantizer's fake quant is disabled"
     if isinstance(aq, (AffineStaticActQuantizer, AffineLearnedActQuantizer)):
         if aq.axis is not None:

@@ -437,8 +437,45 @@ class _SpecModule(_ReplacedTensorsBump, nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs)
         self._sync_mirrors()
 
+    #: the flag buffers whose Python mirrors (``_fq_enabled``, ...) the eager forward branches on
+    _MIRRORED: Tuple[str, ...] = ("fake_quant_on",)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in self._MIRRORED:  # a flag buffer replaced: its mirror is synced on the next call
+            self.__dict__.pop("_mirror_version", None)
+
+    def _mirrors_current(self) -> None:
+        """Sync the Python mirrors with their flag buffers when one was written in place by
+        something other than the quantizer's own switches: ``AveragedModel`` / an EMA copying or
+        averaging buffers into a copy made earlier, a user's ``fake_quant_on.fill_(0)``. A stale
+        mirror made an EMA copy of an LSQ model re-initialize its averaged step sizes from the
+        first batch it evaluated. Eager calls compare the flags' versions (~0.3-0.5 us a call);
+        a compiled graph reads the tensor flags themselves or guards on the mirrors it was traced
+        with."""
+        b = self._buffers
+        try:
+            v = 0
+            for n in self._MIRRORED:
+                v += b[n]._version
+        except RuntimeError:  # an inference tensor (made under torch.inference_mode) keeps no version
+            v = sum(tensor_version(b[n]) for n in self._MIRRORED)
+        if v != self.__dict__.get("_mirror_version"):
+            # on an accelerator reading the flags is a host sync, and DDP's buffer broadcast writes
+            # them before every forward: there the mirrors follow the quantizer's own switches and
+            # load_state_dict only (an LSQ quantizer still reads its flag before initializing)
+            if b[self._MIRRORED[0]].device.type == "cpu":
+                self._sync_mirrors()
+            self.__dict__["_mirror_version"] = v
+
     def _sync_mirrors(self):
         self._fq_enabled = bool(self.fake_quant_on.item())
+
+    @property
+    def fq_enabled(self) -> bool:
+        """Whether fake quantization is on (the flag buffer, through its synced mirror)."""
+        self._mirrors_current()
+        return self._fq_enabled
 
     def enable_fake_quant(self, on: bool = True) -> None:
         """Turn fake quantization on or off (off: the tensor passes through unchanged)."""
@@ -499,6 +536,8 @@ class WeightFakeQuantizer(_SpecModule):
     _calibration_cache: Optional[dict] = None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            self._mirrors_current()
         if not self._fq_enabled:
             return w
         cache = self._calibration_cache
@@ -762,6 +801,8 @@ class ActFakeQuantizer(_SpecModule):
         """Turn the range observer on or off (static int activations; a no-op otherwise)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            self._mirrors_current()
         if not self._fq_enabled:
             return x
         if torch.compiler.is_compiling():
@@ -778,6 +819,8 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
     observed in training mode only). The observer's buffers are its state
     (``<prefix>.observer.running_min`` …); checkpoints written before observers were submodules
     (``<prefix>.running_min``) load too."""
+
+    _MIRRORED = ("fake_quant_on", "observer_on")
 
     def __init__(self, spec: QuantSpec, channels: int = 1):
         if spec.granularity == "per_group":
@@ -840,6 +883,7 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
         if torch.compiler.is_compiling():
             # compiled graphs read only the tensor flags (no Python mirror: toggling never recompiles)
             return self.observer.fake_quantize(x, flag, self.fake_quant_on)
+        self._mirrors_current()
         observing = self._obs_enabled
         # activation checkpointing recomputes this forward in the backward pass: the first forward
         # observed this batch already (observing it again would move the range twice per step)
@@ -860,7 +904,8 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
         """Eval mode never observes: a plain fake_quantize with the current qparams, so eval and
         exported graphs hold no buffer mutation (the fused op's outputs are mutable buffers)."""
         if not torch.compiler.is_compiling():
-            if self._observed is None:
+            self._mirrors_current()
+            if not self._observed:  # (None: unknown; False: perhaps its buffers were copied in since)
                 self._observed = self.observer.has_observed
             if not self._observed and self._fq_enabled:
                 self._warn_unobserved()
@@ -891,6 +936,8 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
     """LSQ / LSQ+ activations: trainable step size (and offset when asymmetric), initialized from
     the first batch's range (all-reduced across ranks)."""
 
+    _MIRRORED = ("fake_quant_on", "initialized")
+
     def __init__(self, spec: QuantSpec, channels: int = 1):
         super().__init__(spec, channels)
         n = self.channels
@@ -908,6 +955,7 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
 
     @property
     def has_observed(self) -> bool:
+        self._mirrors_current()
         return self._initialized
 
     @torch.no_grad()
@@ -942,6 +990,9 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
+        if not self._initialized and bool(self.initialized.item()):
+            # (a compiled call: the buffer was written since the mirror was taken, see _mirrors_current)
+            self._initialized = True
         if not self._initialized:
             if x.numel() == 0:  # an empty batch holds no range: initialize from the next one
                 return x.clone()

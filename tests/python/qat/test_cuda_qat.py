@@ -214,3 +214,28 @@ def test_a_loaded_cnn_on_cuda_gives_the_cpu_bits(preset, padding, tmp_path):
                 assert torch.equal(got, want)
     convs = [m for m in gpu.modules() if isinstance(m, PackedConv2d) and m._integer_form is not None]
     assert convs and all(m.__dict__["_int8_plan"]["device"].type == "cuda" for m in convs if m.__dict__.get("_int8_plan"))
+
+
+def test_an_ema_copy_on_cuda_keeps_its_lsq_step_sizes():
+    """tests/python/qat/test_ema.py on the GPU: the flag mirrors are not resynced there (a host
+    sync per call), but an LSQ quantizer reads its ``initialized`` flag before initializing, so an
+    AveragedModel copy made before training keeps the averaged step sizes when it evaluates."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).cuda()
+    q = qatkit.prepare_qat(m, qatkit.QATConfig(default=qatkit.preset("w4a4_lsq").default))
+    ema = AveragedModel(q, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    opt = torch.optim.SGD(q.parameters(), 0.01)
+    for i in range(3):
+        q(torch.randn(8, 12, device="cuda") * (1 + i)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        ema.update_parameters(q)
+    e = ema.module.eval()
+    before = {n: p.detach().clone() for n, p in e.named_parameters() if n.endswith("fake_quant.scale")}
+    e(torch.randn(4, 12, device="cuda") * 100)
+    assert len(before) == 6
+    for n, p in e.named_parameters():
+        if n in before:
+            assert torch.equal(p, before[n]), n
