@@ -385,7 +385,7 @@ void ActFakeQuantizerImpl::reset() {
 
 bool ActFakeQuantizerImpl::has_observed() const {
   if (running_min_.defined()) return (running_min_ <= running_max_).all().item<bool>();
-  if (initialized_.defined()) return initialized_flag_;
+  if (initialized_.defined()) return initialized_flag_ || initialized_.item<int>() != 0;  // (see forward)
   return true;  // dynamic / binary: nothing to observe
 }
 
@@ -442,6 +442,9 @@ torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
                                         : qatkit::quantize_per_tensor_dynamic(x, s.quant_max());
   }
   if (s.scale == "learned") {
+    // the buffer may have been written in place since the host copy was taken (an EMA / averaged
+    // copy of the model made before training, its buffers copied in): never re-initialize then
+    if (!initialized_flag_ && initialized_.item<int>() != 0) initialized_flag_ = true;
     if (!initialized_flag_ && x.numel() == 0) return x.clone();  // no range yet: the next batch initializes
     if (!initialized_flag_) {
       torch::NoGradGuard ng;

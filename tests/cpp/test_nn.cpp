@@ -436,6 +436,28 @@ CATCH_TEST_CASE("learned activation ranges refuse a non-finite first batch and s
   CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 1);
 }
 
+CATCH_TEST_CASE("a learned activation range copied into an earlier copy is not re-initialized (an EMA of the model)",
+                "[nn]") {
+  torch::manual_seed(8);
+  auto src = qnn::prepare_qat(mlp(), qnn::QATConfig::w4a4_lsq());
+  auto ema = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(src->clone());  // made before training
+  src->train();
+  src->forward(torch::randn({4, 16}));
+  {
+    torch::NoGradGuard ng;  // what a C++ EMA does: copy (or average) every parameter and buffer in place
+    auto from = src->named_parameters(), to = ema->named_parameters();
+    for (auto& kv : from) to[kv.key()].copy_(kv.value());
+    auto bfrom = src->named_buffers(), bto = ema->named_buffers();
+    for (auto& kv : bfrom) bto[kv.key()].copy_(kv.value());
+  }
+  auto* mid = ema->ptr(2)->as<qnn::QuantLinear>();
+  const torch::Tensor before = mid->input_fake_quant->named_parameters()["scale"].clone();
+  CATCH_CHECK(mid->input_fake_quant->has_observed());
+  ema->eval();
+  ema->forward(torch::randn({4, 16}) * 100);
+  CATCH_CHECK(torch::equal(mid->input_fake_quant->named_parameters()["scale"], before));
+}
+
 namespace {
 
 std::string captured(const std::function<void()>& f) {
