@@ -31,7 +31,15 @@ from torch import nn
 from ..qat import graph
 from ..qat.config import LayerSpec, QATConfig, check_flags, w8a8
 from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear
-from ..qat.prepare import calibrate, call_on_batch, copy_model, enable_observer, prepare_qat, refuse_wrapped
+from ..qat.prepare import (
+    calibrate,
+    call_on_batch,
+    copy_model,
+    enable_observer,
+    prepare_qat,
+    refuse_meta,
+    refuse_wrapped,
+)
 from ..qat.swap import pruning_hooks
 from torch.nn.utils import prune
 from ..qat.quantizers import (ActFakeQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer,
@@ -424,6 +432,7 @@ def ptq(
     check_flags("ptq", equalize=equalize, absorb_bias=absorb_bias, threshold_search=threshold_search,
                 inplace=inplace, progress=progress, verbose=verbose)
     refuse_wrapped("ptq", model)
+    refuse_meta("ptq", model)
     if isinstance(adaround_iters, bool) or not isinstance(adaround_iters, int) or adaround_iters < 1:
         raise ValueError(f"ptq: adaround_iters must be an integer >= 1, got {adaround_iters!r}")
     if gptq is not None:

@@ -303,6 +303,7 @@ def prepare_qat(
         raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
     check_flags("prepare_qat", inplace=inplace)
     refuse_wrapped("prepare_qat", model)
+    refuse_meta("prepare_qat", model)
     if not inplace:
         model = copy_model(model)
     if type(model) in QAT_MODULES and inplace:
@@ -554,6 +555,22 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def refuse_meta(where: str, model: nn.Module) -> None:
+    """Raise where ``model`` holds a parameter or buffer on the meta device (built under
+    ``torch.device("meta")`` for a later ``to_empty``): quantizer state (learned step sizes from the
+    weights, observer ranges, on/off flags) made from meta tensors becomes uninitialized memory at
+    ``to_empty``, which a float checkpoint does not overwrite: flags of 0 or 192, garbage ranges."""
+    for kind, named in (("parameter", model.named_parameters), ("buffer", model.named_buffers)):
+        for n, t in named():
+            if t.is_meta:
+                raise ValueError(
+                    f"{where}: {kind} '{n}' is on the meta device; qatkit initializes quantizer state (learned step "
+                    "sizes, observer ranges, on/off flags) from real tensors, and after to_empty() it would be "
+                    "uninitialized memory. Materialize the model and load its weights first "
+                    f"(model.to_empty(device=...); model.load_state_dict(...)), then call {where}"
+                )
 
 
 def refuse_wrapped(where: str, model: nn.Module) -> None:

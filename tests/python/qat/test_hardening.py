@@ -955,3 +955,21 @@ def test_prepare_qat_and_ptq_refuse_a_model_wrapped_in_data_parallel():
     assert type(model[0]) is nn.Linear  # nothing swapped
     q = qatkit.prepare_qat(model, qatkit.w4a4_lsq())  # the model itself: fine
     assert isinstance(q[0], qatkit.qat.QuantLinear)
+
+
+def test_prepare_qat_and_ptq_refuse_a_model_on_the_meta_device():
+    """A model built under torch.device("meta") (for a later to_empty) was prepared: its quantizer
+    state came from meta tensors and was uninitialized memory after to_empty(), which loading the
+    float weights does not overwrite (fake_quant_on 0 / 64 / 192, garbage ranges), silently. Now
+    both refuse, naming the tensor and the order that works; after materializing, prepare works."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    with pytest.raises(ValueError, match=r"prepare_qat: parameter '0.weight' is on the meta device.*to_empty"):
+        qatkit.prepare_qat(model, qatkit.w8a8())
+    with pytest.raises(ValueError, match=r"ptq: parameter '0.weight' is on the meta device"):
+        qatkit.ptq(model, [torch.randn(4, 8)], progress=False, verbose=False)
+    model.to_empty(device="cpu")
+    torch.manual_seed(0)
+    model.load_state_dict(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).state_dict())
+    q = qatkit.prepare_qat(model, qatkit.w8a8())
+    assert all(int(b) == 1 for n, b in q.named_buffers() if n.endswith("fake_quant_on"))
