@@ -57,6 +57,16 @@ class _QuantMixin:
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_fake_quant(x) if self.input_fake_quant is not None else x
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # a float checkpoint loaded into the prepared model (its weights, no step sizes): learned
+        # step sizes start from the loaded weights, not from the ones the layer was prepared with
+        # (5x too small in a probe: prepared from random weights, then given pretrained ones)
+        init = getattr(self._modules.get("weight_fake_quant"), "init_from_weight", None)
+        if (init is not None and prefix + "weight_fake_quant.scale" not in state_dict
+                and (prefix + "weight" in state_dict or prefix + "weight_orig" in state_dict)):
+            init(self.weight)
+
     def quantized_weight(self, w: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The weight the forward pass uses (fake-quantized shadow weight)."""
         w = self.weight if w is None else w
@@ -599,6 +609,27 @@ class QuantMultiheadAttention(nn.Module):
         q.bias_k, q.bias_v = mod.bias_k, mod.bias_v
         q.train(mod.training)
         return q
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a float nn.MultiheadAttention's checkpoint (``in_proj_weight`` / ``in_proj_bias``, or
+        # ``q/k/v_proj_weight``) loads into the projections, its rows split as from_float splits
+        # them; before, its keys were unexpected and the projections kept the weights they had
+        names = ("q_proj", "k_proj", "v_proj")
+        for packed, field in ((prefix + "in_proj_weight", "weight"), (prefix + "in_proj_bias", "bias")):
+            t = state_dict.pop(packed, None)
+            if t is not None:
+                if t.shape[0] != 3 * self.embed_dim:
+                    raise ValueError(
+                        f"QuantMultiheadAttention.load_state_dict: '{packed}' must have 3 * embed_dim = "
+                        f"{3 * self.embed_dim} rows, got shape {tuple(t.shape)}"
+                    )
+                for n, part in zip(names, t.chunk(3), strict=True):
+                    state_dict.setdefault(f"{prefix}{n}.{field}", part)
+        for n in names:
+            t = state_dict.pop(f"{prefix}{n}_weight", None)
+            if t is not None:
+                state_dict.setdefault(f"{prefix}{n}.weight", t)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def projections(self):
         """``(name, QuantLinear)`` for ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``."""

@@ -381,6 +381,9 @@ def prepare_qat(
                     getattr(layer, part).qualified_name = ".".join(x for x in (base, sub, part) if x)
         if c["bn"] is not None:
             ident = nn.Identity()
+            ident._register_load_state_dict_pre_hook(
+                _FoldedBatchNormLoad(c["bn"][1], c["bn"][0], [name] + c["aliases"]), with_module=True
+            )
             for bn_name in c["bn"][0]:
                 replace_module(model, bn_name, ident)
         if name == "":  # a bare layer: the QAT layer is the model
@@ -555,6 +558,32 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+class _FoldedBatchNormLoad:
+    """The load_state_dict pre-hook of the ``nn.Identity`` a folded BatchNorm leaves behind: a
+    float checkpoint's keys for the BatchNorm (``bn.weight``, ``bn.running_mean``, ...) load into
+    the BatchNorm the QuantConvBn2d holds (``conv.bn.*``), and those entries leave the missing keys.
+    Before, a float checkpoint loaded after ``prepare_qat`` (strict=False) left the folded BatchNorms
+    with the statistics they were prepared with, its keys listed as unexpected. A callable object
+    (not a closure), so copies of the model hook their own BatchNorm."""
+
+    def __init__(self, bn: nn.Module, bn_names: List[str], conv_names: List[str]):
+        self.bn, self.bn_names, self.conv_names = bn, list(bn_names), list(conv_names)
+
+    def __call__(self, module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        mine = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+        if not mine:
+            return
+        missing, unexpected = [], []
+        self.bn._load_from_state_dict(mine, prefix, local_metadata, True, missing, unexpected, error_msgs)
+        unexpected_keys.extend(unexpected)
+        for bn_name in self.bn_names:  # the load's root relative to the prepared model's
+            if prefix == bn_name + "." or prefix.endswith("." + bn_name + "."):
+                root = prefix[: len(prefix) - len(bn_name) - 1]
+                loaded = {f"{root}{c}.bn.{k[len(prefix):]}" for c in self.conv_names for k in mine}
+                missing_keys[:] = [k for k in missing_keys if k not in loaded]
+                break
 
 
 def refuse_meta(where: str, model: nn.Module) -> None:

@@ -699,13 +699,8 @@ class AffineLearnedWeightQuantizer(WeightFakeQuantizer):
         super().__init__(spec, weight)
         w = weight.detach().float()
         qp = spec.quant_max
-        if self.axis is None:
-            init = 2 * w.abs().mean().reshape(1) / math.sqrt(qp)
-        else:
-            init = 2 * w.abs().flatten(1).mean(1) / math.sqrt(qp)
-        # an empty weight (Linear(0, n)) has no mean: start such step sizes at 1
-        init = torch.where(torch.isfinite(init), init, torch.ones_like(init))
-        self.scale = nn.Parameter(init.clamp(min=1e-6))
+        init = self._initial_scale(w)
+        self.scale = nn.Parameter(init)
         zp = torch.zeros_like(init)
         if spec.symmetric:
             self.register_buffer("zero_point", zp)
@@ -713,6 +708,23 @@ class AffineLearnedWeightQuantizer(WeightFakeQuantizer):
             self.zero_point = nn.Parameter(zp)
         per_scale = max(w.numel() // max(init.numel(), 1), 1)  # (empty weights: any factor works)
         self.grad_factor = ops.lsq_grad_factor(per_scale, qp) if spec.lsq_grad_scale else 1.0
+
+    def _initial_scale(self, w: torch.Tensor) -> torch.Tensor:
+        qp = self.spec.quant_max
+        if self.axis is None:
+            init = 2 * w.abs().mean().reshape(1) / math.sqrt(qp)
+        else:
+            init = 2 * w.abs().flatten(1).mean(1) / math.sqrt(qp)
+        # an empty weight (Linear(0, n)) has no mean: start such step sizes at 1
+        init = torch.where(torch.isfinite(init), init, torch.ones_like(init))
+        return init.clamp(min=1e-6)
+
+    @torch.no_grad()
+    def init_from_weight(self, weight: torch.Tensor) -> None:
+        """Initialize the step sizes from ``weight`` again (LSQ's ``2 mean|w| / sqrt(Q_P)``): the
+        layer calls this when ``load_state_dict`` gives it new weights without step sizes (a float
+        checkpoint loaded into a prepared model), which were initialized from the weights it had."""
+        self.scale.copy_(self._initial_scale(weight.detach().float().to(self.scale.device)))
 
     def qparams(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero_point) the forward uses (the learned ones, scale at least float32 eps)."""

@@ -973,3 +973,53 @@ def test_prepare_qat_and_ptq_refuse_a_model_on_the_meta_device():
     model.load_state_dict(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).state_dict())
     q = qatkit.prepare_qat(model, qatkit.w8a8())
     assert all(int(b) == 1 for n, b in q.named_buffers() if n.endswith("fake_quant_on"))
+
+
+class _AttnNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3)
+        self.bn = nn.BatchNorm2d(16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.cross = nn.MultiheadAttention(16, 2, batch_first=True, kdim=8, vdim=8)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x, mem):
+        h = torch.relu(self.bn(self.conv(x))).flatten(2).transpose(1, 2)  # [B, 36, 16]
+        h = self.attn(h, h, h)[0]
+        h = self.cross(h, mem, mem)[0]
+        return self.head(h.mean(1))
+
+
+def test_a_float_checkpoint_loaded_after_prepare_is_the_model_prepared_after_loading():
+    """prepare_qat first, then load_state_dict(pretrained float weights, strict=False): LSQ weight
+    step sizes stayed initialized from the weights the layers were prepared with (5x too small for
+    weights 5x larger), and an nn.MultiheadAttention's in_proj_weight / q,k,v_proj_weight keys were
+    unexpected, so its projections kept their old weights. Now the load re-initializes step sizes
+    without a checkpoint entry from the loaded weights, and the attention splits its packed keys:
+    the model equals the one prepared after loading."""
+    cfg = dataclasses.replace(qatkit.w4a4_lsq(), first_last=None)
+    torch.manual_seed(1)
+    pre = _AttnNet()
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.mul_(5)
+    want = qatkit.prepare_qat(pre, cfg)
+    torch.manual_seed(2)
+    got = qatkit.prepare_qat(_AttnNet(), cfg)
+    r = got.load_state_dict(pre.state_dict(), strict=False)
+    # missing: QAT state only (quantizers, the fold's switch); before, bn.* / attn.in_proj_* were unexpected
+    assert r.unexpected_keys == [] and all("fake_quant" in k or k == "conv.bn_frozen" for k in r.missing_keys)
+    want_sd, got_sd = want.state_dict(), got.state_dict()
+    assert want_sd.keys() == got_sd.keys()
+    for k, v in want_sd.items():
+        assert torch.equal(got_sd[k], v), k
+    x, mem = torch.randn(2, 3, 8, 8), torch.randn(2, 5, 8)
+    assert torch.equal(got(x, mem), want(x, mem))  # (training mode: the activation ranges start here)
+    # a QAT checkpoint (step sizes included) keeps its step sizes
+    torch.manual_seed(3)
+    again = qatkit.prepare_qat(_AttnNet(), cfg)
+    with torch.no_grad():
+        got.head.weight_fake_quant.scale.mul_(3)
+    again.load_state_dict(got.state_dict())
+    assert torch.equal(again.head.weight_fake_quant.scale, got.head.weight_fake_quant.scale)
