@@ -610,26 +610,31 @@ class QuantMultiheadAttention(nn.Module):
         q.train(mod.training)
         return q
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         # a float nn.MultiheadAttention's checkpoint (``in_proj_weight`` / ``in_proj_bias``, or
         # ``q/k/v_proj_weight``) loads into the projections, its rows split as from_float splits
         # them; before, its keys were unexpected and the projections kept the weights they had
         names = ("q_proj", "k_proj", "v_proj")
         for packed, field in ((prefix + "in_proj_weight", "weight"), (prefix + "in_proj_bias", "bias")):
             t = state_dict.pop(packed, None)
-            if t is not None:
-                if t.shape[0] != 3 * self.embed_dim:
-                    raise ValueError(
-                        f"QuantMultiheadAttention.load_state_dict: '{packed}' must have 3 * embed_dim = "
-                        f"{3 * self.embed_dim} rows, got shape {tuple(t.shape)}"
-                    )
-                for n, part in zip(names, t.chunk(3), strict=True):
-                    state_dict.setdefault(f"{prefix}{n}.{field}", part)
+            if t is None:
+                continue
+            if t.dim() == 0 or t.shape[0] != 3 * self.embed_dim:  # (load_state_dict raises with the others)
+                error_msgs.append(
+                    f"size mismatch for {packed}: a float nn.MultiheadAttention's packed projections need 3 * "
+                    f"embed_dim = {3 * self.embed_dim} rows, got shape {tuple(t.shape)}"
+                )
+                continue
+            for n, part in zip(names, t.chunk(3), strict=True):
+                state_dict.setdefault(f"{prefix}{n}.{field}", part)
         for n in names:
             t = state_dict.pop(f"{prefix}{n}_weight", None)
             if t is not None:
                 state_dict.setdefault(f"{prefix}{n}.weight", t)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def projections(self):
         """``(name, QuantLinear)`` for ``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``."""

@@ -1023,3 +1023,11 @@ def test_a_float_checkpoint_loaded_after_prepare_is_the_model_prepared_after_loa
         got.head.weight_fake_quant.scale.mul_(3)
     again.load_state_dict(got.state_dict())
     assert torch.equal(again.head.weight_fake_quant.scale, got.head.weight_fake_quant.scale)
+
+
+def test_a_float_attention_checkpoint_of_another_size_is_refused_naming_the_key():
+    q = qatkit.prepare_qat(nn.Sequential(nn.MultiheadAttention(16, 2)), dataclasses.replace(qatkit.w8a8(), first_last=None))
+    sd = nn.Sequential(nn.MultiheadAttention(16, 2)).state_dict()
+    sd["0.in_proj_weight"] = torch.randn(40, 16)
+    with pytest.raises(RuntimeError, match=r"size mismatch for 0.in_proj_weight: .* 48 rows, got shape \(40, 16\)"):
+        q.load_state_dict(sd, strict=False)
