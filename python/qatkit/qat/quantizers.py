@@ -137,6 +137,31 @@ def _check_spec(spec) -> QuantSpec:
 # ---------------------------------------------------------------- observers
 
 
+def global_range(x: torch.Tensor, axis: Optional[int]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """This batch's (min, max) per tensor or per channel along ``axis`` (float32, 1-d), all-reduced
+    over the ranks; ``(None, None)`` when no rank's batch held an element. A rank with an empty
+    batch joins the collective with +inf / -inf (the identities of MIN / MAX): skipping it, or
+    reducing an empty tensor (torch raises), left the other ranks waiting in the all-reduce or
+    pairing it with the next collective (DDP's gradient buckets)."""
+    xd = x.detach()
+    ax = None if axis is None else axis % max(x.dim(), 1)
+    n = 1 if ax is None else (x.shape[ax] if x.dim() else 1)
+    if x.numel() == 0:
+        lo = torch.full((n,), float("inf"), device=x.device)
+        hi = torch.full((n,), float("-inf"), device=x.device)
+    elif ax is None:
+        lo, hi = xd.amin().reshape(1), xd.amax().reshape(1)
+    else:
+        dims = [d for d in range(x.dim()) if d != ax]
+        lo, hi = (xd.amin(dim=dims), xd.amax(dim=dims)) if dims else (xd, xd)
+    lo, hi = lo.float().reshape(-1).contiguous(), hi.float().reshape(-1).contiguous()
+    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    if bool((lo > hi).all()):
+        return None, None
+    return lo, hi
+
+
 def tensor_version(t: torch.Tensor) -> int:
     """``t``'s version (every in-place write bumps it); -1 for an inference tensor (made under
     torch.inference_mode), which keeps none and raises when asked."""
@@ -265,16 +290,9 @@ class MinMaxObserver(Observer):
 
     def _observe_global(self, x: torch.Tensor, flag: torch.Tensor) -> None:
         """All-reduce this batch's min/max over ranks, then update from them."""
-        xd = x.detach()
-        if self.axis is None:
-            lo, hi = xd.amin().reshape(1), xd.amax().reshape(1)
-        else:
-            ax = self.axis % x.dim()
-            dims = [d for d in range(x.dim()) if d != ax]
-            lo, hi = xd.amin(dim=dims), xd.amax(dim=dims)
-        lo, hi = lo.float().contiguous(), hi.float().contiguous()
-        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        lo, hi = global_range(x, self.axis)
+        if lo is None:  # no rank had data
+            return
         # a 2-column tensor whose min/max per row are the global min/max: the observer's own
         # update then gives exactly the single-process result on the global batch
         self._update(torch.stack([lo, hi], dim=-1), None if self.axis is None else 0, flag)
@@ -971,16 +989,19 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
         return self._initialized
 
     @torch.no_grad()
-    def _init_learned(self, x: torch.Tensor) -> None:
+    def _init_learned(self, x: torch.Tensor) -> bool:
+        """Initialize from this batch's range (all ranks' under DDP); False where no rank had data."""
         s = self.spec
-        xf = x.detach().float()
-        dims = [d for d in range(x.dim()) if d != (self.axis % x.dim() if self.axis is not None else -999)]
-        lo = xf.amin(dim=dims) if dims else xf
-        hi = xf.amax(dim=dims) if dims else xf
-        lo, hi = lo.reshape(-1), hi.reshape(-1)
         if _dist_world() > 1 and self.sync_distributed:
-            torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-            torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+            lo, hi = global_range(x, self.axis)  # (every rank joins, an empty batch too)
+            if lo is None:
+                return False
+        else:
+            xf = x.detach().float()
+            dims = [d for d in range(x.dim()) if d != (self.axis % x.dim() if self.axis is not None else -999)]
+            lo = xf.amin(dim=dims) if dims else xf
+            hi = xf.amax(dim=dims) if dims else xf
+            lo, hi = lo.reshape(-1), hi.reshape(-1)
         if not bool((torch.isfinite(lo) & torch.isfinite(hi) & torch.isfinite(hi - lo)).all()):
             raise ValueError(
                 f"activation quantizer {self._where()}: the first batch, which initializes the learned step size, "
@@ -999,6 +1020,7 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
         self.zero_point.copy_(zp.expand_as(self.zero_point))
         self.initialized.fill_(1)
         self._initialized = True
+        return True
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
@@ -1006,9 +1028,12 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
             # (a compiled call: the buffer was written since the mirror was taken, see _mirrors_current)
             self._initialized = True
         if not self._initialized:
-            if x.numel() == 0:  # an empty batch holds no range: initialize from the next one
+            # an empty batch holds no range: initialize from the next one (under DDP from the other
+            # ranks' batches, which this rank's all-reduce must join)
+            if x.numel() == 0 and not (_dist_world() > 1 and self.sync_distributed):
                 return x.clone()
-            self._init_learned(x)
+            if not self._init_learned(x):
+                return x.clone()
         grad_factor = 1.0
         if s.lsq_grad_scale:
             per_scale = x.numel() // self.scale.numel()
