@@ -72,25 +72,31 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     _compare("w4a4_lsq", a["presets"]["w4a4_lsq"], b["presets"]["w4a4_lsq"])
 
 
-def _empty_batch_rank(rank, port, out):
+def _empty_batch_model(preset):
     import dataclasses
-    import datetime
 
-    import torch.distributed as dist
     from torch import nn
 
     import qatkit
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    q = qatkit.prepare_qat(m, dataclasses.replace(getattr(qatkit, preset)(), first_last=None))
+    gen = torch.Generator().manual_seed(1)
+    return q, [torch.randn(4, 8, generator=gen), torch.randn(6, 8, generator=gen) * 3]
+
+
+def _empty_batch_rank(rank, port, out):
+    import datetime
+
+    import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
                             timeout=datetime.timedelta(seconds=60))
     try:
         state = {}
         for preset in ("w8a8", "w4a4_lsq"):
-            torch.manual_seed(0)
-            m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-            q = qatkit.prepare_qat(m, dataclasses.replace(getattr(qatkit, preset)(), first_last=None))
-            gen = torch.Generator().manual_seed(1)
-            batches = [torch.randn(4, 8, generator=gen), torch.randn(6, 8, generator=gen) * 3]
+            q, batches = _empty_batch_model(preset)
             # rank 0's first batch is empty: the other rank's batch gives the ranges
             q(batches[0][:0] if rank == 0 else batches[0]).sum().backward()
             q(batches[1][:3] if rank == 0 else batches[1][3:]).sum().backward()
@@ -111,18 +117,8 @@ def test_a_rank_with_an_empty_batch_joins_the_observers_all_reduce(tmp_path):
     out = str(tmp_path / "state")
     mp.start_processes(_empty_batch_rank, args=(_free_port(), out), nprocs=2, join=True, start_method="spawn")
     a, b = torch.load(f"{out}.0"), torch.load(f"{out}.1")
-    import dataclasses
-
-    from torch import nn
-
-    import qatkit
-
     for preset in ("w8a8", "w4a4_lsq"):
-        torch.manual_seed(0)
-        m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-        q = qatkit.prepare_qat(m, dataclasses.replace(getattr(qatkit, preset)(), first_last=None))
-        gen = torch.Generator().manual_seed(1)
-        batches = [torch.randn(4, 8, generator=gen), torch.randn(6, 8, generator=gen) * 3]
+        q, batches = _empty_batch_model(preset)
         for x in batches:  # the global batches in one process (no optimizer step: the weights stay)
             q(x).sum().backward()
         want = {k: v for k, v in q.state_dict().items() if "fake_quant" in k}
