@@ -18,7 +18,7 @@ import torch
 
 from .. import ops
 from .config import QuantSpec
-from .quantizers import Observer, register_observer
+from .quantizers import Observer, _dist_world, global_range, register_observer
 
 __all__ = ["HistogramObserver", "PercentileObserver", "KLObserver", "MSEObserver"]
 
@@ -54,19 +54,30 @@ class HistogramObserver(Observer):
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach().float()
-        if x.numel() == 0:
+        distributed = self.sync_distributed and _dist_world() > 1
+        if x.numel() == 0 and not distributed:
             return
         n = self.min_val.numel()
-        if self.axis is None:
+        if self.axis is None and not distributed:
             self._observe_tensor(x.reshape(1, -1))
             return
-        if x.dim() == 0 or x.shape[self.axis] != n:
+        if self.axis is not None and (x.dim() == 0 or x.shape[self.axis] != n):
             raise ValueError(
                 f"{type(self).__name__}: a per-channel observer of {n} channels along axis {self.axis} got a "
                 f"tensor of shape {tuple(x.shape)}"
             )
-        rows = x.movedim(self.axis, 0).reshape(n, -1)
-        lo_t, hi_t = torch.aminmax(rows, dim=1)
+        rows = x.reshape(1, -1) if self.axis is None else x.movedim(self.axis, 0).reshape(n, -1)
+        if distributed:
+            # the ranks' global range first (every rank rebins alike), then their counts summed:
+            # integer counts in float64, so every rank holds the single-process histogram
+            try:
+                lo_t, hi_t = global_range(rows, 0)
+            except ValueError as e:
+                raise ValueError(f"{type(self).__name__}: {e}") from e
+            if lo_t is None:
+                return
+        else:
+            lo_t, hi_t = torch.aminmax(rows, dim=1)
         bad = ~(torch.isfinite(lo_t) & torch.isfinite(hi_t))
         if bool(bad.any()):
             where = "" if self.axis is None else f" (channel {int(bad.nonzero()[0])})"
@@ -90,7 +101,13 @@ class HistogramObserver(Observer):
             hist[r] = rebinned
         self.min_val.copy_(new_lo)
         self.max_val.copy_(new_hi)
-        ops.histogram_update(rows, hist, new_lo, new_hi)
+        if distributed:
+            counts = torch.zeros_like(hist)
+            ops.histogram_update(rows, counts, new_lo, new_hi)
+            torch.distributed.all_reduce(counts)
+            hist += counts
+        else:
+            ops.histogram_update(rows, hist, new_lo, new_hi)
         self.dirty = True
         if not self._refreshed:  # the first batch gives qparams at once; later ones on demand
             self.refresh()

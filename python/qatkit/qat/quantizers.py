@@ -154,9 +154,20 @@ def global_range(x: torch.Tensor, axis: Optional[int]) -> Tuple[Optional[torch.T
     else:
         dims = [d for d in range(x.dim()) if d != ax]
         lo, hi = (xd.amin(dim=dims), xd.amax(dim=dims)) if dims else (xd, xd)
-    lo, hi = lo.float().reshape(-1).contiguous(), hi.float().reshape(-1).contiguous()
-    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+    lo, hi = lo.float().reshape(-1), hi.float().reshape(-1)
+    # NaN / Inf on any rank: every rank raises (one rank raising alone would leave the others in the
+    # collective); the flag rides in the same all-reduce, as -1 under MIN
+    bad = bool(x.numel()) and not bool((torch.isfinite(lo) & torch.isfinite(hi)).all())
+    if bad:
+        lo, hi = torch.full_like(lo, float("inf")), torch.full_like(hi, float("-inf"))
+    t = torch.cat([lo, -hi, torch.tensor([-1.0 if bad else 0.0], device=lo.device)])
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+    if float(t[-1]) < 0:
+        raise ValueError(
+            "the observed batch holds NaN or Inf on " + ("this rank" if bad else "another rank")
+            + "; the observer is left as it was on every rank"
+        )
+    lo, hi = t[:n].contiguous(), (-t[n : 2 * n]).contiguous()
     if bool((lo > hi).all()):
         return None, None
     return lo, hi

@@ -72,21 +72,36 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     _compare("w4a4_lsq", a["presets"]["w4a4_lsq"], b["presets"]["w4a4_lsq"])
 
 
-def _empty_batch_model(preset):
+#: presets of the uneven-batch test: moving-average min/max, LSQ, histogram observers per tensor and
+#: per channel
+UNEVEN = ("w8a8", "w4a4_lsq", "percentile", "mse_per_channel")
+
+
+def _uneven_model(preset):
     import dataclasses
 
     from torch import nn
 
     import qatkit
+    from qatkit.qat.config import LayerSpec
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
-    q = qatkit.prepare_qat(m, dataclasses.replace(getattr(qatkit, preset)(), first_last=None))
+    if preset in ("w8a8", "w4a4_lsq"):
+        cfg = getattr(qatkit, preset)()
+    else:
+        base = qatkit.w8a8()
+        act = dataclasses.replace(base.default.activation, observer=preset.split("_")[0])
+        if preset.endswith("per_channel"):
+            act = dataclasses.replace(act, granularity="per_channel", axis=-1)
+        cfg = dataclasses.replace(base, default=LayerSpec(base.default.weight, act))
+    q = qatkit.prepare_qat(m, dataclasses.replace(cfg, first_last=None))
     gen = torch.Generator().manual_seed(1)
-    return q, [torch.randn(4, 8, generator=gen), torch.randn(6, 8, generator=gen) * 3]
+    # growing ranges: the histograms re-bin their counts
+    return q, [torch.randn(4, 8, generator=gen), torch.randn(6, 8, generator=gen) * 3, torch.randn(6, 8, generator=gen) * 9]
 
 
-def _empty_batch_rank(rank, port, out):
+def _uneven_rank(rank, port, out):
     import datetime
 
     import torch.distributed as dist
@@ -95,30 +110,33 @@ def _empty_batch_rank(rank, port, out):
                             timeout=datetime.timedelta(seconds=60))
     try:
         state = {}
-        for preset in ("w8a8", "w4a4_lsq"):
-            q, batches = _empty_batch_model(preset)
-            # rank 0's first batch is empty: the other rank's batch gives the ranges
+        for preset in UNEVEN:
+            q, batches = _uneven_model(preset)
+            # rank 0's first batch is empty: the other rank's batch gives the ranges; then halves
             q(batches[0][:0] if rank == 0 else batches[0]).sum().backward()
-            q(batches[1][:3] if rank == 0 else batches[1][3:]).sum().backward()
+            for x in batches[1:]:
+                q(x[:2] if rank == 0 else x[2:]).sum().backward()
             state[preset] = {k: v.clone() for k, v in q.state_dict().items() if "fake_quant" in k}
         torch.save(state, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-def test_a_rank_with_an_empty_batch_joins_the_observers_all_reduce(tmp_path):
+def test_observers_under_ddp_hold_the_single_process_state_with_uneven_and_empty_batches(tmp_path):
     """Under DDP a rank whose batch is empty (detection heads with no boxes, uneven last batches):
     the static observers reduced the empty tensor (torch's amin error, the other rank then lost its
     peer), and an LSQ activation quantizer skipped its initializing all-reduce, which the other
-    ranks then paired with the next collective. Every rank joins now (with +inf / -inf), so all
-    ranks hold the single-process state of the global batches."""
+    ranks then paired with the next collective. Every rank joins now (with +inf / -inf). Histogram
+    observers (percentile, MSE, KL) synchronized nothing: each rank binned its own half, and DDP's
+    buffer broadcast then kept rank 0's. They all-reduce the range and sum the counts now. All
+    ranks hold the single-process state of the global batches, bit for bit."""
     import torch.multiprocessing as mp
 
     out = str(tmp_path / "state")
-    mp.start_processes(_empty_batch_rank, args=(_free_port(), out), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_uneven_rank, args=(_free_port(), out), nprocs=2, join=True, start_method="spawn")
     a, b = torch.load(f"{out}.0"), torch.load(f"{out}.1")
-    for preset in ("w8a8", "w4a4_lsq"):
-        q, batches = _empty_batch_model(preset)
+    for preset in UNEVEN:
+        q, batches = _uneven_model(preset)
         for x in batches:  # the global batches in one process (no optimizer step: the weights stay)
             q(x).sum().backward()
         want = {k: v for k, v in q.state_dict().items() if "fake_quant" in k}
