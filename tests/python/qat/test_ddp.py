@@ -144,3 +144,41 @@ def test_observers_under_ddp_hold_the_single_process_state_with_uneven_and_empty
             assert got.keys() == want.keys()
             for k, v in want.items():
                 assert torch.equal(got[k], v), f"{preset} {k}"
+
+
+def _nan_rank(rank, port, out):
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        said = {}
+        for preset in ("w8a8", "percentile"):
+            q, batches = _uneven_model(preset)
+            x = batches[0].clone()
+            if rank == 0:
+                x[0, 0] = float("nan")
+            try:
+                q(x)
+                said[preset] = "no error"
+            except ValueError as e:
+                said[preset] = str(e)
+            q(batches[1])  # the ranks still pair their collectives after the error
+        torch.save(said, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_raises_on_every_rank(tmp_path):
+    """One rank raising alone would leave the others waiting in the observers' all-reduce; the
+    NaN flag rides in the same collective, so every rank raises, naming where it came from."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "said")
+    mp.start_processes(_nan_rank, args=(_free_port(), out), nprocs=2, join=True, start_method="spawn")
+    for rank, where in ((0, "this rank"), (1, "another rank")):
+        said = torch.load(f"{out}.{rank}")
+        for preset in ("w8a8", "percentile"):
+            assert f"holds NaN or Inf on {where}" in said[preset] and "'0.input_fake_quant'" in said[preset], said
