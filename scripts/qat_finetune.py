@@ -421,6 +421,9 @@ def main():
         with open(args.json, "w") as fh:
             json.dump({"args": info, "world_size": world, **out}, fh, indent=2)
     if world > 1:
+        # every rank past its last collective first: tearing the group down while a peer still
+        # finishes one can make gloo's worker thread abort that peer
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 

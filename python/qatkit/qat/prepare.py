@@ -645,16 +645,23 @@ def call_on_batch(model: nn.Module, b):
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
+def calibrate(model: nn.Module, batches, forward=None, distributed: bool = False) -> nn.Module:
     """Run ``batches`` through ``model`` with only the activation observers in training mode (the
     rest, BatchNorm included, in eval mode), so the observers collect ranges and nothing else
     changes — post-training calibration of a prepared model, or a warm start before QAT.
+
+    Under ``torch.distributed`` (torchrun) the observers observe this process's batches alone, so
+    one rank can calibrate (or run :func:`qatkit.ptq`) while the others wait: before, they
+    all-reduced each batch's range as in training and that rank waited for the others forever.
 
     Args:
         model: a prepared model.
         batches: an iterable of inputs (tensors, tuples whose first element is the input, or
             mappings of keyword arguments: ``model(**batch)``).
         forward: optional ``forward(model, batch)`` for models that take other arguments.
+        distributed: all-reduce the ranges across the ranks, as training does (every rank must
+            then call ``calibrate`` with the same number of batches); the ranks' shards then give
+            the single-process ranges of all their batches.
 
     Returns:
         ``model``, with every module back in the training mode it had (also when this raises).
@@ -686,6 +693,11 @@ def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
         return forward
 
     own_forward = {id(m): m.__dict__["forward"] for m in acts if "forward" in m.__dict__}
+    check_flags("calibrate", distributed=distributed)
+    # the switch lives on the observers (a static quantizer's is its observer's) and LSQ quantizers
+    synced = [(m, m.__dict__["sync_distributed"]) for m in model.modules() if "sync_distributed" in m.__dict__]
+    for m, _ in synced:
+        m.__dict__["sync_distributed"] = m.__dict__["sync_distributed"] and distributed
     for m in acts:
         m.forward = counting(m)
     weights = [m for m in model.modules() if isinstance(m, WeightFakeQuantizer)]
@@ -710,6 +722,8 @@ def calibrate(model: nn.Module, batches, forward=None) -> nn.Module:
             m._calibration_cache = None
         for m, was in modes:
             m.training = was
+        for m, was in synced:
+            m.__dict__["sync_distributed"] = was
         for m in acts:  # histogram observers compute their final qparams once, here
             obs = getattr(m, "observer", None)
             if getattr(obs, "dirty", False):

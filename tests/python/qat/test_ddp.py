@@ -77,6 +77,13 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
 UNEVEN = ("w8a8", "w4a4_lsq", "percentile", "mse_per_channel")
 
 
+def _leave(dist):
+    # a barrier first: a rank tearing the group down while its peer still finishes the last
+    # collective makes gloo's worker thread call std::terminate (SIGABRT, now and then)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _uneven_model(preset):
     import dataclasses
 
@@ -119,7 +126,7 @@ def _uneven_rank(rank, port, out):
             state[preset] = {k: v.clone() for k, v in q.state_dict().items() if "fake_quant" in k}
         torch.save(state, f"{out}.{rank}")
     finally:
-        dist.destroy_process_group()
+        _leave(dist)
 
 
 def test_observers_under_ddp_hold_the_single_process_state_with_uneven_and_empty_batches(tmp_path):
@@ -168,7 +175,7 @@ def _nan_rank(rank, port, out):
             q(batches[1])  # the ranks still pair their collectives after the error
         torch.save(said, f"{out}.{rank}")
     finally:
-        dist.destroy_process_group()
+        _leave(dist)
 
 
 def test_a_nan_on_one_rank_raises_on_every_rank(tmp_path):
@@ -182,3 +189,51 @@ def test_a_nan_on_one_rank_raises_on_every_rank(tmp_path):
         said = torch.load(f"{out}.{rank}")
         for preset in ("w8a8", "percentile"):
             assert f"holds NaN or Inf on {where}" in said[preset] and "'0.input_fake_quant'" in said[preset], said
+
+
+def _calibrating_rank(rank, port, out):
+    import datetime
+
+    import torch.distributed as dist
+
+    import qatkit
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        said = {}
+        q, batches = _uneven_model("percentile")
+        if rank == 0:  # rank 0 alone calibrates and runs ptq while rank 1 waits at the barrier
+            qatkit.qat.calibrate(q, batches)
+            said["alone"] = {k: v.clone() for k, v in q.state_dict().items() if "fake_quant" in k}
+            float_model = q[0].to_float(), q[2].to_float()
+            qatkit.ptq(torch.nn.Sequential(float_model[0], torch.nn.ReLU(), float_model[1]), batches,
+                       progress=False, verbose=False)
+        dist.barrier()
+        q, batches = _uneven_model("percentile")
+        # every rank its share of each batch, synchronized: the single-process ranges of all of them
+        qatkit.qat.calibrate(q, [x[:2] if rank == 0 else x[2:] for x in batches], distributed=True)
+        said["shared"] = {k: v.clone() for k, v in q.state_dict().items() if "fake_quant" in k}
+        torch.save(said, f"{out}.{rank}")
+    finally:
+        _leave(dist)
+
+
+def test_one_rank_calibrates_alone_and_all_ranks_calibrate_together(tmp_path):
+    """calibrate / ptq on rank 0 alone (the others at a barrier) all-reduced each batch's range as
+    in training and waited for the other ranks until the timeout. They observe locally now;
+    ``calibrate(distributed=True)`` on every rank's share gives the single-process ranges."""
+    import torch.multiprocessing as mp
+
+    import qatkit
+
+    out = str(tmp_path / "cal")
+    mp.start_processes(_calibrating_rank, args=(_free_port(), out), nprocs=2, join=True, start_method="spawn")
+    q, batches = _uneven_model("percentile")
+    qatkit.qat.calibrate(q, batches)
+    want = {k: v for k, v in q.state_dict().items() if "fake_quant" in k}
+    a, b = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    for got in (a["alone"], a["shared"], b["shared"]):
+        assert got.keys() == want.keys()
+        for k, v in want.items():
+            assert torch.equal(got[k], v), k
