@@ -445,8 +445,15 @@ torch::Tensor ActFakeQuantizerImpl::forward(const torch::Tensor& x) {
     // the buffer may have been written in place since the host copy was taken (an EMA / averaged
     // copy of the model made before training, its buffers copied in): never re-initialize then
     if (!initialized_flag_ && initialized_.item<int>() != 0) initialized_flag_ = true;
-    if (!initialized_flag_ && x.numel() == 0) return x.clone();  // no range yet: the next batch initializes
-    if (!initialized_flag_) {
+    if (!initialized_flag_ && !training) {
+      // eval mode observes nothing (Python's rule): the initial step size, said once
+      TORCH_WARN_ONCE("activation quantizer '", qualified_name,
+                      "' runs before observing any data: its step size is the initial 1, not a learned range; "
+                      "train (or calibrate) in training mode first");
+    } else if (!initialized_flag_ && x.numel() == 0) {
+      return x.clone();  // no range yet: the next batch initializes
+    }
+    if (!initialized_flag_ && training) {
       torch::NoGradGuard ng;
       const torch::Tensor xf = x.detach().to(torch::kFloat);
       std::vector<std::int64_t> dims;

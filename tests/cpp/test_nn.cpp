@@ -436,6 +436,19 @@ CATCH_TEST_CASE("learned activation ranges refuse a non-finite first batch and s
   CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 1);
 }
 
+CATCH_TEST_CASE("a learned activation range is not initialized by an eval-mode forward", "[nn]") {
+  torch::manual_seed(9);
+  auto q = qnn::prepare_qat(mlp(), qnn::QATConfig::w4a4_lsq());
+  auto* mid = q->ptr(2)->as<qnn::QuantLinear>();
+  q->eval();
+  q->forward(torch::randn({4, 16}) * 100);  // eval observes nothing (a warning)
+  CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 0);
+  CATCH_CHECK(mid->input_fake_quant->named_parameters()["scale"].item<float>() == 1.0f);
+  q->train();
+  q->forward(torch::randn({4, 16}));
+  CATCH_CHECK(mid->input_fake_quant->named_buffers()["initialized"].item<int>() == 1);
+}
+
 CATCH_TEST_CASE("a learned activation range copied into an earlier copy is not re-initialized (an EMA of the model)",
                 "[nn]") {
   torch::manual_seed(8);

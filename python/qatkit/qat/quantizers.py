@@ -841,6 +841,18 @@ class ActFakeQuantizer(_SpecModule):
     def enable_observer(self, on: bool = True) -> None:
         """Turn the range observer on or off (static int activations; a no-op otherwise)."""
 
+    _warned_unobserved = False
+
+    def _warn_unobserved(self) -> None:
+        if not self._warned_unobserved:
+            self._warned_unobserved = True
+            warnings.warn(
+                f"activation quantizer {self._where()} runs before observing any data: its qparams are the "
+                "initial scale 1 / zero point 0, not a calibrated range; run training or qatkit.qat.calibrate first",
+                UserWarning,
+                stacklevel=3,
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling():
             self._mirrors_current()
@@ -957,16 +969,6 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
         s = self.spec
         return ops.fake_quantize(x, self.scale, self.zero_point, s.quant_min, s.quant_max, self.axis)
 
-    def _warn_unobserved(self) -> None:
-        if not self._warned_unobserved:
-            self._warned_unobserved = True
-            warnings.warn(
-                f"activation quantizer {self._where()} runs before observing any data: its qparams are the "
-                "initial scale 1 / zero point 0, not a calibrated range; run training or qatkit.qat.calibrate first",
-                UserWarning,
-                stacklevel=3,
-            )
-
     def frozen_qparams(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero_point) a converted model uses for this input."""
         return self.observer.calculate_qparams()
@@ -1038,7 +1040,12 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
         if not self._initialized and bool(self.initialized.item()):
             # (a compiled call: the buffer was written since the mirror was taken, see _mirrors_current)
             self._initialized = True
-        if not self._initialized:
+        if not self._initialized and not self.training:
+            # eval mode observes nothing (as the static observers): the initial step size, with a
+            # warning. Initializing here mutated an eval model, and under DDP a rank-0-only eval
+            # before training joined an all-reduce the other ranks never made
+            self._warn_unobserved()
+        elif not self._initialized:
             # an empty batch holds no range: initialize from the next one (under DDP from the other
             # ranks' batches, which this rank's all-reduce must join)
             if x.numel() == 0 and not (_dist_world() > 1 and self.sync_distributed):

@@ -1031,3 +1031,22 @@ def test_a_float_attention_checkpoint_of_another_size_is_refused_naming_the_key(
     sd["0.in_proj_weight"] = torch.randn(40, 16)
     with pytest.raises(RuntimeError, match=r"size mismatch for 0.in_proj_weight: .* 48 rows, got shape \(40, 16\)"):
         q.load_state_dict(sd, strict=False)
+
+
+def test_an_eval_forward_does_not_initialize_learned_activation_ranges():
+    """Eval mode observes nothing, for LSQ activation step sizes as for static observers: an eval
+    pass before training (a baseline evaluation) initialized them from that batch, mutating the
+    eval model; under DDP a rank-0-only evaluation then joined an all-reduce the other ranks never
+    made. Now it warns and uses the initial step size; the first training forward initializes."""
+    torch.manual_seed(0)
+    q = qatkit.prepare_qat(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)),
+                           dataclasses.replace(qatkit.w4a4_lsq(), first_last=None)).eval()
+    aq = q[2].input_fake_quant
+    x = torch.randn(4, 8) * 100
+    with pytest.warns(UserWarning, match="'2.input_fake_quant' runs before observing any data"):
+        y = q(x)
+    assert int(aq.initialized) == 0 and float(aq.scale) == 1.0
+    assert torch.equal(q(x), y)  # nothing changed in between
+    q.train()
+    q(torch.randn(4, 8))
+    assert int(aq.initialized) == 1 and float(aq.scale) != 1.0
