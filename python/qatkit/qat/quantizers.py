@@ -157,18 +157,21 @@ def global_range(x: torch.Tensor, axis: Optional[int]) -> Tuple[Optional[torch.T
     lo, hi = lo.float().reshape(-1), hi.float().reshape(-1)
     # NaN / Inf on any rank: every rank raises (one rank raising alone would leave the others in the
     # collective); the flag rides in the same all-reduce, as -1 under MIN
-    bad = bool(x.numel()) and not bool((torch.isfinite(lo) & torch.isfinite(hi)).all())
-    if bad:
-        lo, hi = torch.full_like(lo, float("inf")), torch.full_like(hi, float("-inf"))
-    t = torch.cat([lo, -hi, torch.tensor([-1.0 if bad else 0.0], device=lo.device)])
+    finite = torch.isfinite(lo).all() & torch.isfinite(hi).all()  # (empty: +inf / -inf, not "bad")
+    bad_t = (~finite).to(lo.dtype) if x.numel() else torch.zeros((), device=lo.device)
+    lo = torch.where(bad_t > 0, torch.full_like(lo, float("inf")), lo)
+    hi = torch.where(bad_t > 0, torch.full_like(hi, float("-inf")), hi)
+    t = torch.cat([lo, -hi, -bad_t.reshape(1)])
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-    if float(t[-1]) < 0:
+    lo, hi = t[:n].contiguous(), (-t[n : 2 * n]).contiguous()
+    # one host read for both decisions (on a GPU, one sync; the caller's flag read is another)
+    flag, empty = torch.stack([t[-1], (lo > hi).all().to(t.dtype)]).tolist()
+    if flag < 0:
         raise ValueError(
-            "the observed batch holds NaN or Inf on " + ("this rank" if bad else "another rank")
+            "the observed batch holds NaN or Inf on " + ("this rank" if bool(bad_t) else "another rank")
             + "; the observer is left as it was on every rank"
         )
-    lo, hi = t[:n].contiguous(), (-t[n : 2 * n]).contiguous()
-    if bool((lo > hi).all()):
+    if empty:
         return None, None
     return lo, hi
 
