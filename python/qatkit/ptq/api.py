@@ -719,12 +719,13 @@ def _data_aware_rounding(model, layers, run, method, gptq_opts, adaround_iters, 
                 layer.weight.copy_(wq.reshape(shape))
             wfq.store_qparams(scale=sc, zero_point=zp)
         else:
-            X = torch.cat([R.layer_matrix_input(layer, x) for x in xs])
+            # (float32 whatever the model's dtype: a float64 model's inputs met float32 weights here)
+            X = torch.cat([R.layer_matrix_input(layer, x) for x in xs]).float()
             target = None
             if float_ref is not None:  # reconstruct the float model's own output of this layer
                 flayer = float_ref.get_submodule(name)
                 fx = _float_layer_inputs(float_ref, name, run)
-                Xf = torch.cat([R.layer_matrix_input(flayer, x) for x in fx])
+                Xf = torch.cat([R.layer_matrix_input(flayer, x) for x in fx]).float()
                 if Xf.shape[0] == X.shape[0]:
                     target = Xf @ R.weight_rows(flayer).float().t()
             if X.shape[0] > 8192:

@@ -37,8 +37,8 @@ class HistogramObserver(Observer):
         # histograms existed load unchanged)
         shape = (self.bins,) if axis is None else (n, self.bins)
         self.register_buffer("histogram", torch.zeros(shape, dtype=torch.float64))
-        self.register_buffer("min_val", torch.full((n,), float("inf")))
-        self.register_buffer("max_val", torch.full((n,), float("-inf")))
+        self.register_buffer("min_val", torch.full((n,), float("inf"), dtype=torch.float32))
+        self.register_buffer("max_val", torch.full((n,), float("-inf"), dtype=torch.float32))
 
     @property
     def has_observed(self) -> bool:

@@ -147,8 +147,8 @@ def global_range(x: torch.Tensor, axis: Optional[int]) -> Tuple[Optional[torch.T
     ax = None if axis is None else axis % max(x.dim(), 1)
     n = 1 if ax is None else (x.shape[ax] if x.dim() else 1)
     if x.numel() == 0:
-        lo = torch.full((n,), float("inf"), device=x.device)
-        hi = torch.full((n,), float("-inf"), device=x.device)
+        lo = torch.full((n,), float("inf"), dtype=torch.float32, device=x.device)
+        hi = torch.full((n,), float("-inf"), dtype=torch.float32, device=x.device)
     elif ax is None:
         lo, hi = xd.amin().reshape(1), xd.amax().reshape(1)
     else:
@@ -158,7 +158,7 @@ def global_range(x: torch.Tensor, axis: Optional[int]) -> Tuple[Optional[torch.T
     # NaN / Inf on any rank: every rank raises (one rank raising alone would leave the others in the
     # collective); the flag rides in the same all-reduce, as -1 under MIN
     finite = torch.isfinite(lo).all() & torch.isfinite(hi).all()  # (empty: +inf / -inf, not "bad")
-    bad_t = (~finite).to(lo.dtype) if x.numel() else torch.zeros((), device=lo.device)
+    bad_t = (~finite).to(lo.dtype) if x.numel() else torch.zeros((), dtype=lo.dtype, device=lo.device)
     lo = torch.where(bad_t > 0, torch.full_like(lo, float("inf")), lo)
     hi = torch.where(bad_t > 0, torch.full_like(hi, float("-inf")), hi)
     t = torch.cat([lo, -hi, -bad_t.reshape(1)])
@@ -224,7 +224,7 @@ class Observer(_ReplacedTensorsBump, nn.Module):
         self.spec = _check_spec(spec)
         self.axis = axis
         n = channels if axis is not None else 1
-        self.register_buffer("scale", torch.ones(n))
+        self.register_buffer("scale", torch.ones(n, dtype=torch.float32))
         self.register_buffer("zero_point", torch.zeros(n, dtype=torch.int32))
         self.sync_distributed = True
 
@@ -277,8 +277,8 @@ class MinMaxObserver(Observer):
     def __init__(self, spec: QuantSpec, channels: int = 1, axis: Optional[int] = None):
         super().__init__(spec, channels, axis)
         n = self.scale.numel()
-        self.register_buffer("running_min", torch.full((n,), float("inf")))
-        self.register_buffer("running_max", torch.full((n,), float("-inf")))
+        self.register_buffer("running_min", torch.full((n,), float("inf"), dtype=torch.float32))
+        self.register_buffer("running_max", torch.full((n,), float("-inf"), dtype=torch.float32))
         self.register_buffer("_on", _flag(True), persistent=False)
 
     @property
@@ -987,11 +987,11 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
     def __init__(self, spec: QuantSpec, channels: int = 1):
         super().__init__(spec, channels)
         n = self.channels
-        self.scale = nn.Parameter(torch.ones(n))
+        self.scale = nn.Parameter(torch.ones(n, dtype=torch.float32))
         if spec.symmetric:
-            self.register_buffer("zero_point", torch.zeros(n))
+            self.register_buffer("zero_point", torch.zeros(n, dtype=torch.float32))
         else:
-            self.zero_point = nn.Parameter(torch.zeros(n))
+            self.zero_point = nn.Parameter(torch.zeros(n, dtype=torch.float32))
         self.register_buffer("initialized", _flag(False))
         self._initialized = False
 

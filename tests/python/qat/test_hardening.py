@@ -1050,3 +1050,39 @@ def test_an_eval_forward_does_not_initialize_learned_activation_ranges():
     q.train()
     q(torch.randn(4, 8))
     assert int(aq.initialized) == 1 and float(aq.scale) != 1.0
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a4_lsq", "ternary_twn", "percentile"])
+def test_qat_and_ptq_work_under_a_float64_default_dtype(preset, tmp_path):
+    """torch.set_default_dtype(torch.float64) (scientific code, some test setups): the quantizers
+    made their state in the default dtype, which the ops refuse ("running_min must be Float, got
+    Double", "scale must be float32"); AdaRound on a float64 model multiplied float64 inputs with
+    float32 weights. The state is float32 now, whatever the default."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(288, 16), nn.ReLU(),
+                          nn.Linear(16, 4))
+        if preset == "percentile":
+            base = qatkit.w8a8()
+            cfg = dataclasses.replace(base, default=qatkit.LayerSpec(
+                base.default.weight, dataclasses.replace(base.default.activation, observer="percentile")))
+        else:
+            cfg = getattr(qatkit, preset)()
+        cfg = dataclasses.replace(cfg, first_last=None)
+        q = qatkit.prepare_qat(m, cfg)
+        opt = torch.optim.SGD(q.parameters(), 0.01)
+        for _ in range(2):
+            q(torch.randn(8, 3, 8, 8)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        x = torch.randn(4, 3, 8, 8)
+        c = qatkit.convert(q.eval(), integer=True)
+        assert c(x).dtype == torch.float64
+        qatkit.export(c, tmp_path / "m.qat")
+        assert torch.equal(qatkit.load(tmp_path / "m.qat")(x), c(x))
+        p = qatkit.ptq(m.eval(), [torch.randn(8, 3, 8, 8)], cfg, rounding="adaround", adaround_iters=5,
+                       progress=False, verbose=False)
+        assert p(x).shape == (4, 4)
+    finally:
+        torch.set_default_dtype(torch.float32)
