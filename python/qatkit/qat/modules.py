@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import LayerSpec
 from .graph import FOLDABLE_BN
-from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, recomputing, tensor_version
+from .quantizers import ActFakeQuantizer, WeightFakeQuantizer, flags_written, recomputing
 
 __all__ = [
     "QuantLinear",
@@ -286,15 +286,9 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
         if x.dim() == 3:  # unbatched, as QuantConv2d
             return self.forward(x.unsqueeze(0)).squeeze(0)
         x = self.quantize_input(x)
-        if not torch.compiler.is_compiling():
-            # the bn_frozen buffer written in place by other code (an EMA / AveragedModel copying buffers)
-            # (on CPU: see _SpecModule._mirrors_current for accelerators)
-            flag = self._buffers["bn_frozen"]
-            v = tensor_version(flag)
-            if v != self.__dict__.get("_bn_frozen_version"):
-                if flag.device.type == "cpu":
-                    self._bn_frozen = bool(flag.item())
-                self.__dict__["_bn_frozen_version"] = v
+        # the bn_frozen buffer written in place by other code (an EMA / AveragedModel copying buffers)
+        if not torch.compiler.is_compiling() and flags_written(self, ("bn_frozen",), "_bn_frozen_version"):
+            self._bn_frozen = bool(self.bn_frozen.item())
         if self._bn_frozen or not self.training:
             _, w, bias = self.folded()
             return self._conv_forward(x, self.quantized_weight(w), bias)

@@ -176,6 +176,25 @@ def global_range(x: torch.Tensor, axis: Optional[int]) -> Tuple[Optional[torch.T
     return lo, hi
 
 
+def flags_written(owner: nn.Module, names: Tuple[str, ...], key: str) -> bool:
+    """Whether one of ``owner``'s flag buffers ``names`` was written since the last call (by
+    version; the versions seen are kept in ``owner.__dict__[key]``), so its Python mirror needs a
+    fresh read. Always False on an accelerator: reading a flag there is a host sync, and DDP's
+    buffer broadcast writes the flags before every forward; mirrors there follow the owner's own
+    switches and ``load_state_dict`` only."""
+    b = owner._buffers
+    try:
+        v = 0
+        for n in names:
+            v += b[n]._version
+    except RuntimeError:  # an inference tensor (made under torch.inference_mode) keeps no version
+        v = sum(tensor_version(b[n]) for n in names)
+    if v == owner.__dict__.get(key):
+        return False
+    owner.__dict__[key] = v
+    return b[names[0]].device.type == "cpu"
+
+
 def tensor_version(t: torch.Tensor) -> int:
     """``t``'s version (every in-place write bumps it); -1 for an inference tensor (made under
     torch.inference_mode), which keeps none and raises when asked."""
@@ -485,20 +504,8 @@ class _SpecModule(_ReplacedTensorsBump, nn.Module):
         first batch it evaluated. Eager calls compare the flags' versions (~0.3-0.5 us a call);
         a compiled graph reads the tensor flags themselves or guards on the mirrors it was traced
         with."""
-        b = self._buffers
-        try:
-            v = 0
-            for n in self._MIRRORED:
-                v += b[n]._version
-        except RuntimeError:  # an inference tensor (made under torch.inference_mode) keeps no version
-            v = sum(tensor_version(b[n]) for n in self._MIRRORED)
-        if v != self.__dict__.get("_mirror_version"):
-            # on an accelerator reading the flags is a host sync, and DDP's buffer broadcast writes
-            # them before every forward: there the mirrors follow the quantizer's own switches and
-            # load_state_dict only (an LSQ quantizer still reads its flag before initializing)
-            if b[self._MIRRORED[0]].device.type == "cpu":
-                self._sync_mirrors()
-            self.__dict__["_mirror_version"] = v
+        if flags_written(self, self._MIRRORED, "_mirror_version"):
+            self._sync_mirrors()
 
     def _sync_mirrors(self):
         self._fq_enabled = bool(self.fake_quant_on.item())
