@@ -358,6 +358,8 @@ def prepare_qat(
                 "act": "float" if aq is None else aq.spec.describe(),
                 "fell_back": fell_back,
                 "rule": rule,
+                # the BatchNorm folded into this layer (its output is the layer's now), else None
+                "folded_bn": c["bn"][0][0] if c["bn"] is not None else None,
             }
         )
     if not plan:
