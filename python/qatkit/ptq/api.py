@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Mapping
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -30,11 +31,13 @@ from torch import nn
 
 from ..qat import graph
 from ..qat.config import LayerSpec, QATConfig, check_flags, w8a8
-from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear
+from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear, QuantMultiheadAttention
 from ..qat.prepare import (
     calibrate,
     call_on_batch,
     copy_model,
+    disable_observer,
+    enable_fake_quant,
     enable_observer,
     prepare_qat,
     refuse_meta,
@@ -403,6 +406,9 @@ def ptq(
         scaling: None, ``"smoothquant"`` (W8A8: per-channel input scaling s = max|X|^a /
             max|W|^(1-a), a searched per layer) or ``"awq"`` (weight-only: s = mean|X|^a, a
             searched); Linear layers only, applied inside the layer (``QuantLinear.smooth``).
+            Quantized Linear layers it cannot cover (float activations under smoothquant, ternary
+            / binary weights, attention projections) are warned about and listed in
+            ``ptq_report["scaling_skipped"]``.
         observer: the observer for static activation ranges (``"minmax"``; ``None`` keeps the
             config's).
         n_sigma: data-free activation ranges are ``beta +- n_sigma * gamma`` (DFQ uses 6).
@@ -520,25 +526,52 @@ def ptq(
     float_ref = copy.deepcopy(work).eval() if rounding == "adaround" and run is not None else None
     qcfg = _with_observer(config, observer)
     work = prepare_qat(work, qcfg, inplace=True)
+    if float_ref is not None:
+        # the float reference prepared too, with quantization off: it computes the float function,
+        # and its layers carry the QAT model's names and see their inputs in the same row order
+        # (nn.MultiheadAttention has no q/k/v_proj modules, and its out_proj is not called as a
+        # module: AdaRound on an attention model raised "MultiheadAttention has no attribute q_proj")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # prepare_qat's warnings were given for `work`
+            float_ref = prepare_qat(float_ref, qcfg, inplace=True)
+        enable_fake_quant(float_ref, False)
+        disable_observer(float_ref)
+        float_ref.eval()
     float_weights = {n: m.weight.detach().clone() for n, m in work.named_modules() if isinstance(m, _QAT_WEIGHTED)}
     if scaling is not None:
         from .scaling import awq_scale, smoothquant_scale
 
-        chosen = {}
+        chosen, unscaled = {}, []
         for name, st in _progress(list(linear_stats.items()), len(linear_stats), scaling, progress):
             layer = work.get_submodule(name)
             if not isinstance(layer, QuantLinear) or layer.weight_fake_quant is None:
-                continue
+                continue  # kept float
             if scaling == "smoothquant" and layer.input_fake_quant is None:
-                continue  # nothing to smooth for float activations (use awq)
+                unscaled.append((name, "float activations: nothing to smooth (scaling='awq' scales weight-only layers)"))
+                continue
             if layer.weight_fake_quant.spec.kind != "int":
+                unscaled.append((name, f"{layer.weight_fake_quant.spec.describe()} weights: the search needs an integer grid"))
                 continue
             s, a = (smoothquant_scale if scaling == "smoothquant" else awq_scale)(layer, st)
             if a is not None:
                 layer.set_smoothing(s)
                 chosen[name] = a
+        # quantized projections of attention layers are Linear layers the scaling never sees
+        for n, m in work.named_modules():
+            if isinstance(m, QuantMultiheadAttention):
+                unscaled += [(f"{n}.{p}" if n else p, "an attention projection: scaling covers nn.Linear modules only")
+                             for p, lin in m.projections() if lin.weight_fake_quant is not None]
         report["steps"].append(f"{scaling} scaling of {len(chosen)} Linear layer(s)")
         report["scaling_alpha"] = chosen
+        report["scaling_skipped"] = unscaled
+        if unscaled:  # before, these layers were passed over without a word
+            listed = "; ".join(f"{n} ({why})" for n, why in unscaled[:6]) + ("; ..." if len(unscaled) > 6 else "")
+            warnings.warn(
+                f"ptq: scaling={scaling!r} left {len(unscaled)} quantized Linear layer(s) unscaled: {listed} "
+                "(model.ptq_report['scaling_skipped'])",
+                UserWarning,
+                stacklevel=2,
+            )
     acts = [m for m in work.modules() if isinstance(m, ActFakeQuantizer)]
     # learned ranges (LSQ / LSQ+: w4a4_lsq) start from their first batch in training mode, as in QAT:
     # calibration initializes them too (before, they stayed empty and convert refused the model)

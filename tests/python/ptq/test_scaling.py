@@ -89,3 +89,28 @@ def test_scaling_needs_data_and_a_known_name(outliers):
         qatkit.ptq(m, None, qatkit.int8_weight_only(), scaling="awq", verbose=False, progress=False)
     with pytest.raises(ValueError, match="scaling must be None, 'smoothquant' or 'awq'"):
         qatkit.ptq(m, calib, scaling="gptq", verbose=False, progress=False)
+
+
+def test_layers_a_scaling_cannot_cover_are_named():
+    # smoothquant on a weight-only preset, ternary layers and attention projections were passed
+    # over without a word (scaling_alpha just lacked them)
+    class A(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp, self.att, self.out = nn.Linear(16, 32), nn.MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8)
+
+        def forward(self, x):
+            h = self.inp(x)
+            return self.out(self.att(h, h, h)[0])
+
+    torch.manual_seed(0)
+    m = A().eval()
+    data = [torch.randn(4, 6, 16) for _ in range(3)]
+    kw = dict(correct_bias=None, verbose=False, progress=False)
+    with pytest.warns(UserWarning, match=r"scaling='smoothquant' left 6 quantized Linear layer\(s\) unscaled: inp \(float activations"):
+        q = qatkit.ptq(m, data, qatkit.int8_weight_only(), scaling="smoothquant", **kw)
+    assert q.ptq_report["scaling_alpha"] == {}
+    assert [n for n, _ in q.ptq_report["scaling_skipped"]] == ["inp", "out", "att.q_proj", "att.k_proj", "att.v_proj", "att.out_proj"]
+    with pytest.warns(UserWarning, match=r"left 4 quantized Linear layer\(s\) unscaled: att.q_proj \(an attention projection"):
+        q = qatkit.ptq(m, data, qatkit.int8_weight_only(), scaling="awq", **kw)
+    assert set(q.ptq_report["scaling_alpha"]) <= {"inp", "out"}
