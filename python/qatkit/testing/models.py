@@ -16,7 +16,7 @@ from typing import List
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "ResNet", "resnet18", "InvertedResidual", "MobileNetV2", "mobilenet_v2", "leaf_zoo"]
+__all__ = ["BasicBlock", "ResNet", "resnet18", "InvertedResidual", "MobileNetV2", "mobilenet_v2", "leaf_zoo", "TinyAttention"]
 
 
 def _c(channels: int, width: float) -> int:
@@ -147,6 +147,19 @@ class MobileNetV2(nn.Module):
 def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, small_input: bool = False) -> MobileNetV2:
     """MobileNetV2 (torchvision's layout; 52 BatchNorms, every one inside an ``nn.Sequential``)."""
     return MobileNetV2(num_classes, width, small_input)
+
+
+class TinyAttention(nn.Module):
+    """A Linear, an ``nn.MultiheadAttention`` (batch first, 4 heads) with a residual, a ReLU and a
+    Linear head: inputs [batch, tokens, 16], outputs [batch, tokens, 8]."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp, self.att, self.out = nn.Linear(16, 32), nn.MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        return self.out(torch.relu(self.att(h, h, h)[0] + h))
 
 
 def leaf_zoo() -> List[tuple]:

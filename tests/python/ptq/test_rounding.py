@@ -8,6 +8,7 @@ from torch import nn
 import qatkit
 from qatkit.ptq import rounding as R
 from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
+from qatkit.testing.models import TinyAttention
 
 
 @pytest.fixture(scope="module")
@@ -126,22 +127,12 @@ def test_layer_matrix_input_rows_times_the_weight_are_the_conv(conv):
     assert torch.allclose(got, y, rtol=0, atol=1e-12)
 
 
-class _Attention(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inp, self.att, self.out = nn.Linear(16, 32), nn.MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8)
-
-    def forward(self, x):
-        h = self.inp(x)
-        return self.out(torch.relu(self.att(h, h, h)[0] + h))
-
-
 def test_adaround_on_an_attention_model_reconstructs_each_projections_float_output(monkeypatch):
     # the float reference had no q/k/v_proj modules (nn.MultiheadAttention packs them) and raised
     # "MultiheadAttention has no attribute `q_proj`"; now every projection is rounded against its
     # float output (rows in the QAT layer's own order: the targets' shapes match its inputs')
     torch.manual_seed(0)
-    m = _Attention().eval()
+    m = TinyAttention().eval()
     data = [torch.randn(16, 6, 16) for _ in range(4)]
     x = torch.cat(data)
     seen = {}

@@ -8,6 +8,7 @@ from torch import nn
 import qatkit
 from qatkit.ptq import scaling as S
 from qatkit.qat import QuantLinear
+from qatkit.testing.models import TinyAttention
 
 
 def sqnr(a, b):
@@ -94,17 +95,8 @@ def test_scaling_needs_data_and_a_known_name(outliers):
 def test_layers_a_scaling_cannot_cover_are_named():
     # smoothquant on a weight-only preset, ternary layers and attention projections were passed
     # over without a word (scaling_alpha just lacked them)
-    class A(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp, self.att, self.out = nn.Linear(16, 32), nn.MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8)
-
-        def forward(self, x):
-            h = self.inp(x)
-            return self.out(self.att(h, h, h)[0])
-
     torch.manual_seed(0)
-    m = A().eval()
+    m = TinyAttention().eval()
     data = [torch.randn(4, 6, 16) for _ in range(3)]
     kw = dict(correct_bias=None, verbose=False, progress=False)
     with pytest.warns(UserWarning, match=r"scaling='smoothquant' left 6 quantized Linear layer\(s\) unscaled: inp \(float activations"):

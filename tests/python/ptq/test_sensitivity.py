@@ -14,6 +14,7 @@ from torch import nn
 
 import qatkit
 from qatkit.ptq import bits_per_weight
+from qatkit.testing.models import TinyAttention
 
 
 @pytest.fixture(scope="module")
@@ -147,17 +148,8 @@ def test_a_folded_layer_is_compared_with_its_batchnorms_output():
 def test_sensitivity_of_a_model_with_attention():
     # nn.MultiheadAttention returns (output, weights): the layer-output hook took the tuple and
     # raised "'tuple' object has no attribute 'detach'"
-    class A(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inp, self.att, self.out = nn.Linear(16, 32), nn.MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8)
-
-        def forward(self, x):
-            h = self.inp(x)
-            return self.out(self.att(h, h, h)[0])
-
     torch.manual_seed(0)
-    rep = qatkit.sensitivity(A(), [torch.randn(4, 6, 16) for _ in range(3)], qatkit.w8a8(), progress=False)
+    rep = qatkit.sensitivity(TinyAttention(), [torch.randn(4, 6, 16) for _ in range(3)], qatkit.w8a8(), progress=False)
     row = next(r for r in rep.rows if r["name"] == "att")
     assert row["type"] == "MultiheadAttention" and row["params"] == 4 * 32 * 32
     assert 15 < row["layer_output"]["sqnr_db"] < 80 and 15 < row["only_quantized"]["sqnr_db"] < 80
