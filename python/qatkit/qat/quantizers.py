@@ -88,6 +88,20 @@ def recomputing() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
+@torch._dynamo.assume_constant_result
+def _check_observed_at_trace(quantizer: nn.Module) -> bool:
+    """``quantizer._check_observed()`` run natively while ``torch.compile`` traces (outside the
+    graph: it reads flag buffers on the host and may warn), so an eval-mode graph traced before the
+    quantizer saw data warns as an eager call does. Before, a compiled static quantizer said
+    nothing, and a compiled unobserved LSQ quantizer broke a ``fullgraph=True`` trace ("Attempted to
+    call function marked as skipped": the warning)."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    if not is_fake(quantizer.fake_quant_on):  # (non-strict torch.export runs this on fake tensors: no values)
+        quantizer._check_observed(sync=False)
+    return True
+
+
 def _dist_world() -> int:
     d = torch.distributed
     return d.get_world_size() if d.is_available() and d.is_initialized() else 1
@@ -863,6 +877,11 @@ class ActFakeQuantizer(_SpecModule):
                 stacklevel=3,
             )
 
+    def _check_observed(self, sync: bool = True) -> None:
+        """Warn (once) when this quantizer computes with qparams no data has set yet. ``sync``:
+        bring the flag mirrors up to date first (not while a compiled graph is traced, which has
+        read them already: changing them there fails Dynamo's guards)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.compiler.is_compiling():
             self._mirrors_current()
@@ -963,15 +982,21 @@ class AffineStaticActQuantizer(ActFakeQuantizer):
             self._observed = True
         return y
 
+    def _check_observed(self, sync: bool = True) -> None:
+        if sync:
+            self._mirrors_current()
+        if not self._observed:  # (None: unknown; False: perhaps its buffers were copied in since)
+            self._observed = self.observer.has_observed
+        if not self._observed and (self._fq_enabled if sync else bool(self.fake_quant_on.item())):
+            self._warn_unobserved()
+
     def _eval_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Eval mode never observes: a plain fake_quantize with the current qparams, so eval and
         exported graphs hold no buffer mutation (the fused op's outputs are mutable buffers)."""
         if not torch.compiler.is_compiling():
-            self._mirrors_current()
-            if not self._observed:  # (None: unknown; False: perhaps its buffers were copied in since)
-                self._observed = self.observer.has_observed
-            if not self._observed and self._fq_enabled:
-                self._warn_unobserved()
+            self._check_observed()
+        else:
+            _check_observed_at_trace(self)
         if not self._fq_enabled:
             return x
         if getattr(self.observer, "dirty", False):  # histogram observers refresh their qparams lazily
@@ -1010,6 +1035,10 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
     def has_observed(self) -> bool:
         self._mirrors_current()
         return self._initialized
+
+    def _check_observed(self, sync: bool = True) -> None:
+        if not (self.has_observed if sync else bool(self.initialized.item())):
+            self._warn_unobserved()
 
     def _local_range(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """This batch's (min, max) per channel of ``self.axis`` (or of the whole tensor), flat."""
@@ -1088,7 +1117,10 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
             # eval mode observes nothing (as the static observers): the initial step size, with a
             # warning. Initializing here mutated an eval model, and under DDP a rank-0-only eval
             # before training joined an all-reduce the other ranks never made
-            self._warn_unobserved()
+            if not compiling:
+                self._warn_unobserved()
+            else:
+                _check_observed_at_trace(self)
         elif not self._initialized:
             # an empty batch holds no range: initialize from the next one (under DDP from the other
             # ranks' batches, which this rank's all-reduce must join)

@@ -4,6 +4,7 @@ b1.58 recipe for BitLinear; state_dict resume and torch.compile."""
 
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -277,6 +278,33 @@ def test_compiled_lsq_refuses_a_non_finite_first_batch_and_keeps_copied_step_siz
     torch.compile(ema)(x * 100)
     for (s, z, _), (s_ema, z_ema, _) in zip(_lsq_states(model), _lsq_states(ema)):
         assert torch.equal(s, s_ema) and torch.equal(z, z_ema)
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a4_lsq"])
+def test_a_compiled_eval_graph_warns_before_any_data_as_eager_does(preset):
+    # compiled, a static quantizer said nothing, and an LSQ one broke fullgraph=True ("Attempted to
+    # call function marked as skipped": its warning)
+    cfg = dataclasses.replace(getattr(qatkit, preset)(), first_last=None)
+    torch.manual_seed(10)
+    model = qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)), cfg).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(4, 16)
+    with pytest.warns(UserWarning, match=r"activation quantizer '0.input_fake_quant' runs before observing any data"):
+        y = compiled(x)
+    torch.testing.assert_close(y, model(x), rtol=0, atol=1e-6)
+    fresh = qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)), cfg).eval()
+    for strict in (False, True):  # export traces it too (non-strict on fake tensors, no values to read)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ep = torch.export.export(fresh, (x,), strict=strict)
+        assert torch.equal(ep.module()(x), fresh(x))
+    calibrated = qatkit.qat.calibrate(copy.deepcopy(model), [x]) if preset == "w8a8" else None
+    if calibrated is not None:  # an observed model traces without a word
+        torch._dynamo.reset()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            torch.compile(calibrated, fullgraph=True)(x)
 
 
 def test_compile_inductor_matches_eager():
