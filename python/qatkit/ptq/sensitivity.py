@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -144,8 +145,21 @@ def sensitivity(
     if batches is None:
         raise ValueError("sensitivity: data is required (a tensor, a list of batches or a DataLoader)")
     model = copy_model(model).eval()
-    ref = _outputs(model, batches, forward)
     q = _prepared(model, config, batches, forward)
+    # BitLinear normalizes its input (RMSNorm) whether it quantizes or not, so with BitLinear layers
+    # the reference is the prepared model with quantization off; before, every row measured that
+    # normalization as quantization noise against the float model (-10 dB for an 8-bit layer)
+    ref_model = q if config.bitlinear else model
+    if config.bitlinear:
+        warnings.warn(
+            "sensitivity: BitLinear layers normalize their inputs (RMSNorm), which the float model does not: "
+            "the reference is the prepared model with quantization off",
+            UserWarning,
+            stacklevel=2,
+        )
+        _set_all(q, False)
+    ref = _outputs(ref_model, batches, forward)
+    _set_all(q, True)
     rows_in = [r for r in q.qat_report if r.get("qat")]
     all_q = _metrics(_outputs(q, batches, forward), ref)
     rows = []
@@ -156,15 +170,21 @@ def sensitivity(
         # the BatchNorm's (before, the conv's, so a folded layer's "layer output SQNR" compared
         # normalized with unnormalized activations: -4 to -12 dB for an int8 layer)
         float_out = model.get_submodule(r["folded_bn"]) if r.get("folded_bn") else float_layer
+        if config.bitlinear:
+            float_out = layer  # hooked below while every quantizer is off
         _set_all(q, False, except_layer=layer)  # only this one on
         got, want = {}, {}
         h1 = layer.register_forward_hook(lambda m, a, o: got.setdefault("y", []).append(_first(o)))
-        h2 = float_out.register_forward_hook(lambda m, a, o: want.setdefault("y", []).append(_first(o)))
         try:
             only_q = _metrics(_outputs(q, batches, forward), ref)
-            _outputs(model, batches, forward)
         finally:
             h1.remove()
+        if config.bitlinear:
+            _set_all(q, False)
+        h2 = float_out.register_forward_hook(lambda m, a, o: want.setdefault("y", []).append(_first(o)))
+        try:
+            _outputs(ref_model, batches, forward)
+        finally:
             h2.remove()
         layer_out = _metrics(torch.cat(got["y"]), torch.cat(want["y"])) if got and want else {"sqnr_db": math.nan}
         _set_all(q, True, except_layer=layer)  # all but this one

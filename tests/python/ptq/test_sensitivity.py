@@ -221,3 +221,22 @@ def test_choose_bits_refuses_candidates_an_override_cannot_express(setup):
     with pytest.raises(ValueError, match="has per-layer overrides"):
         qatkit.choose_bits(m, data, [qatkit.w8a8(), dataclasses.replace(qatkit.w4a8(), overrides=(("0", qatkit.w8a8().default),))],
                            budget=6.0, progress=False)
+
+
+def test_bitlinear_sensitivity_is_measured_against_bitlinear_without_quantization():
+    # BitLinear's RMSNorm runs whether it quantizes or not: against the float model every row of an
+    # 8-bit BitLinear config read -8 dB (the normalization, not the quantization)
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(),
+                      nn.Linear(64, 10))
+    data = [torch.randn(16, 32) for _ in range(3)]
+    b = qatkit.bitnet_b158()
+    w8 = dataclasses.replace(qatkit.w8a8().default.weight, granularity="per_channel")
+    cfg = dataclasses.replace(b, default=qatkit.qat.config.LayerSpec(w8, b.default.activation))
+    with pytest.warns(UserWarning, match="the reference is the prepared model with quantization off"):
+        rep = qatkit.sensitivity(m, data, cfg, progress=False)
+    assert [r["name"] for r in rep.rows] == ["2", "4"]  # first_last="float"
+    for r in rep.rows:  # int8 weights, int8 per-token inputs
+        for key in ("only_quantized", "only_float", "layer_output"):
+            assert r[key]["sqnr_db"] > 30, (r["name"], key, r[key])
+    assert rep.all_quantized["sqnr_db"] > 30
