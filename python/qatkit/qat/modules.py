@@ -73,6 +73,19 @@ class _QuantMixin:
         return self.weight_fake_quant(w) if self.weight_fake_quant is not None else w
 
 
+def _given_spec(cls: type, layer_spec: Optional[LayerSpec]) -> LayerSpec:
+    """The spec of a QAT layer built directly (not by ``from_float`` / ``prepare_qat``): required.
+    Before, ``QuantLinear(16, 8)`` without one built a layer that quantized nothing, silently, and
+    ``QuantConv2d(3, 8, 3)`` / ``QuantEmbedding(100, 16)`` built layers whose first call raised
+    "object has no attribute 'input_fake_quant'" (they took no spec)."""
+    if layer_spec is None:
+        raise TypeError(
+            f"{cls.__name__}: layer_spec is required, e.g. {cls.__name__}(..., layer_spec=qatkit.w8a8().default) "
+            "(a LayerSpec: the weight and input specs; LayerSpec() quantizes nothing)"
+        )
+    return layer_spec
+
+
 def _share_params(dst: nn.Module, src: nn.Module, names=("weight", "bias")) -> None:
     for n in names:
         if hasattr(src, n):
@@ -121,7 +134,11 @@ class QuantLinear(_Smoothing, _QuantMixin, nn.Linear):
 
     def __init__(self, in_features, out_features, bias=True, layer_spec: Optional[LayerSpec] = None, **kw):
         super().__init__(in_features, out_features, bias, **kw)
-        self._attach_quantizers(layer_spec or LayerSpec(), self.weight, in_features)
+        self._attach_quantizers(self._default_spec(layer_spec), self.weight, in_features)
+
+    @classmethod
+    def _default_spec(cls, layer_spec: Optional[LayerSpec]) -> LayerSpec:
+        return _given_spec(cls, layer_spec)
 
     @classmethod
     def from_float(cls, mod: nn.Linear, layer_spec: LayerSpec) -> "QuantLinear":
@@ -185,6 +202,12 @@ class QuantConv1d(_QuantMixin, nn.Conv1d):
     """``nn.Conv1d`` with fake-quantized weight (per output channel / per group along
     ``in_channels / groups * k``) and input."""
 
+    def __init__(self, *args, layer_spec: Optional[LayerSpec] = None, **kw):
+        """``nn.Conv1d``'s arguments and a required ``layer_spec``."""
+        super().__init__(*args, **kw)
+        self._attach_quantizers(_given_spec(type(self), layer_spec), self.weight, self.in_channels,
+                                (1, -(self.weight.dim() - 1)))
+
     @classmethod
     def from_float(cls, mod: nn.Conv1d, layer_spec: LayerSpec) -> "QuantConv1d":
         return _conv_from_float(cls, nn.Conv1d, mod, layer_spec)
@@ -200,6 +223,12 @@ class QuantConv1d(_QuantMixin, nn.Conv1d):
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
     """``nn.Conv2d`` (grouped and depthwise included) with fake-quantized weight and input."""
+
+    def __init__(self, *args, layer_spec: Optional[LayerSpec] = None, **kw):
+        """``nn.Conv2d``'s arguments and a required ``layer_spec``."""
+        super().__init__(*args, **kw)
+        self._attach_quantizers(_given_spec(type(self), layer_spec), self.weight, self.in_channels,
+                                (1, -(self.weight.dim() - 1)))
 
     @classmethod
     def from_float(cls, mod: nn.Conv2d, layer_spec: LayerSpec) -> "QuantConv2d":
@@ -226,6 +255,12 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
     layer is ``conv(x, wq) + beta - gamma * mu / sigma``: the inference form, exactly what
     :func:`qatkit.convert` exports.
     """
+
+    def __init__(self, *args, **kw):
+        raise TypeError(
+            "QuantConvBn2d is built from a float pair: QuantConvBn2d.from_float(conv, bn, layer_spec), or by "
+            "qatkit.prepare_qat on a model with Conv2d -> BatchNorm2d"
+        )
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, bn: nn.BatchNorm2d, layer_spec: LayerSpec) -> "QuantConvBn2d":
@@ -361,6 +396,15 @@ class QuantEmbedding(_QuantMixin, nn.Embedding):
     """``nn.Embedding`` with a fake-quantized table (one scale per row, i.e. per token embedding,
     for per-channel specs); the input is indices, so no activation quantizer."""
 
+    def __init__(self, *args, layer_spec: Optional[LayerSpec] = None, **kw):
+        """``nn.Embedding``'s arguments and a required ``layer_spec`` (its weight spec is used)."""
+        spec = _given_spec(type(self), layer_spec)
+        super().__init__(*args, **kw)
+        if self.sparse and spec.weight is not None:
+            raise ValueError("QuantEmbedding: sparse=True gradients cannot flow through the weight's fake "
+                             "quantization; build it with sparse=False")
+        self._attach_quantizers(LayerSpec(spec.weight, None), self.weight)
+
     @classmethod
     def from_float(cls, mod: nn.Embedding, layer_spec: LayerSpec) -> "QuantEmbedding":
         q = cls.__new__(cls)
@@ -417,9 +461,18 @@ class BitLinear(QuantLinear):
     """BitNet b1.58's BitLinear (docs/papers.md §7.2): ``y = linear(Q_a(RMSNorm(x)), Q_w(W), b)``
     with a parameter-free RMSNorm, per-token absmax int8 activations and absmean ternary weights
     (per tensor), both through the STE. Other specs (e.g. binary weights, BitNet W1A8) can be
-    given through ``layer_spec``. ``from_float`` / ``to_float`` are QuantLinear's."""
+    given through ``layer_spec`` (built directly without one: b1.58's, ``qatkit.bitnet_b158()``'s
+    default). ``from_float`` / ``to_float`` are QuantLinear's."""
 
     eps: float = 1e-6
+
+    @classmethod
+    def _default_spec(cls, layer_spec: Optional[LayerSpec]) -> LayerSpec:
+        if layer_spec is not None:
+            return layer_spec
+        from .config import bitnet_b158
+
+        return bitnet_b158().default
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1:  # one row, as QuantLinear

@@ -2,6 +2,7 @@
 W8A8, the STE formula for gradients, float Conv2d + BatchNorm2d for QuantConvBn2d, the BitNet
 b1.58 recipe for BitLinear; state_dict resume and torch.compile."""
 
+import contextlib
 import copy
 import dataclasses
 import warnings
@@ -349,3 +350,44 @@ def test_conv_bn_training_path_quantizes_the_folded_weight(granularity):
     wq = q.weight_fake_quant(w.detach()) / factor.detach().reshape(-1, 1, 1, 1)
     ref = bn_ref(F.conv2d(x, wq, conv.bias, padding=1))
     torch.testing.assert_close(q(x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "conv2d", "embedding", "bitlinear"])
+def test_layers_built_directly_equal_layers_built_from_float(kind):
+    # QuantConv1d / QuantConv2d / QuantEmbedding took no spec and failed at their first call
+    # ("no attribute 'input_fake_quant'"); QuantLinear(16, 8) quantized nothing, silently
+    spec = qatkit.w4a8(8).default
+    torch.manual_seed(11)
+    if kind == "linear":
+        direct, base, x = QuantLinear(16, 8, layer_spec=spec), nn.Linear(16, 8), torch.randn(4, 16)
+    elif kind == "conv1d":
+        direct, base, x = QuantConv1d(4, 8, 3, padding=1, layer_spec=spec), nn.Conv1d(4, 8, 3, padding=1), torch.randn(2, 4, 9)
+    elif kind == "conv2d":
+        direct = QuantConv2d(4, 8, 3, stride=2, groups=2, padding_mode="reflect", padding=1, layer_spec=spec)
+        base, x = nn.Conv2d(4, 8, 3, stride=2, groups=2, padding_mode="reflect", padding=1), torch.randn(2, 4, 7, 7)
+    elif kind == "embedding":
+        direct, base, x = QuantEmbedding(20, 8, padding_idx=0, layer_spec=spec), nn.Embedding(20, 8, padding_idx=0), torch.randint(0, 20, (3, 5))
+    else:
+        spec = qatkit.bitnet_b158().default
+        direct, base, x = BitLinear(16, 8), nn.Linear(16, 8), torch.randn(4, 16)  # b1.58's spec by default
+    base.load_state_dict({k: v for k, v in direct.state_dict().items() if "fake_quant" not in k})
+    cls = type(direct)
+    via_float = cls.from_float(base, spec)
+    for m in (direct, via_float):
+        m(x).sum().backward()
+    assert torch.equal(direct(x), via_float(x))
+    assert torch.equal(direct.weight.grad, via_float.weight.grad)
+    assert direct.weight_fake_quant.spec == spec.weight
+    with pytest.raises(TypeError, match=rf"{cls.__name__}: layer_spec is required") if kind != "bitlinear" else contextlib.nullcontext():
+        args = {"linear": (16, 8), "conv1d": (4, 8, 3), "conv2d": (4, 8, 3), "embedding": (20, 8), "bitlinear": (16, 8)}[kind]
+        cls(*args)
+    direct.eval()
+    model = nn.Sequential(direct)
+    converted = qatkit.convert(model)
+    with torch.no_grad():
+        assert torch.equal(converted(x), direct(x))
+
+
+def test_a_conv_bn_pair_is_not_built_directly():
+    with pytest.raises(TypeError, match=r"QuantConvBn2d.from_float\(conv, bn, layer_spec\)"):
+        QuantConvBn2d(3, 8, 3)
