@@ -488,8 +488,24 @@ def _act_quantizers(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, ActFakeQuantizer)]
 
 
+def _switch_args(where: str, model, **flags) -> None:
+    """The switches' arguments: a module and bools (a truthy "no" or 1 turned a switch on, without
+    a word, and a float model was switched silently: nothing in it quantizes)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where}: model must be an nn.Module, got {type(model).__name__}")
+    check_flags(where, **flags)
+
+
+def _warn_unprepared(where: str, quantizers) -> None:
+    if not quantizers:
+        warnings.warn(f"{where}: the model has no fake quantizers, so this changes nothing (call qatkit.prepare_qat "
+                      "first)", UserWarning, stacklevel=3)
+
+
 def enable_observer(model: nn.Module, on: bool = True) -> nn.Module:
     """Turn every activation observer on (or off). Weight ranges follow the weights and need none."""
+    _switch_args("enable_observer", model, on=on)
+    _warn_unprepared("enable_observer", [m for m in model.modules() if isinstance(m, (WeightFakeQuantizer, ActFakeQuantizer))])
     for m in _act_quantizers(model):
         m.enable_observer(on)
     return model
@@ -506,8 +522,10 @@ def enable_fake_quant(model: nn.Module, on: bool = True, which: str = "all") -> 
     Jacob et al.'s recipe starts with activation quantization off (observers still collecting
     ranges): ``enable_fake_quant(model, False, "activations")`` for the first steps.
     """
+    _switch_args("enable_fake_quant", model, on=on)
     if which not in ("all", "weights", "activations"):
         raise ValueError(f"enable_fake_quant: which must be 'all', 'weights' or 'activations', got {which!r}")
+    _warn_unprepared("enable_fake_quant", [m for m in model.modules() if isinstance(m, (WeightFakeQuantizer, ActFakeQuantizer))])
     for m in model.modules():
         if isinstance(m, WeightFakeQuantizer) and which in ("all", "weights"):
             m.enable_fake_quant(on)
@@ -523,6 +541,7 @@ def disable_fake_quant(model: nn.Module, which: str = "all") -> nn.Module:
 
 def freeze_bn(model: nn.Module, on: bool = True) -> nn.Module:
     """Switch every :class:`QuantConvBn2d` to its running statistics (Krishnamoorthi's freeze)."""
+    _switch_args("freeze_bn", model, on=on)
     for m in model.modules():
         if isinstance(m, QuantConvBn2d):
             m.freeze_bn(on)
@@ -674,6 +693,14 @@ def calibrate(model: nn.Module, batches, forward=None, distributed: bool = False
             layers (a ``forward`` that switches the model to eval mode, such as
             sentence-transformers' ``encode()``, or one that never reaches them).
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"calibrate: model must be an nn.Module, got {type(model).__name__}")
+    if batches is None or isinstance(batches, (str, bytes)) or not hasattr(batches, "__iter__"):
+        raise TypeError(
+            f"calibrate: batches must be an iterable of inputs (a list of tensors, a DataLoader), got {type(batches).__name__}"
+        )
+    if forward is not None and not callable(forward):
+        raise TypeError(f"calibrate: forward must be a callable forward(model, batch), got {type(forward).__name__}")
     acts = _act_quantizers(model)
     if not acts:
         raise ValueError("calibrate: the model has no activation quantizers; call qatkit.prepare_qat first")

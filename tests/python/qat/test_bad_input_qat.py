@@ -168,6 +168,50 @@ CASES = [
         ValueError,
         "elements_per_scale and quant_max must be positive, got 0, 7",
     ),
+    # the switches read their flags by truthiness ("yes", 1, None) and took any object as a model;
+    # calibrate failed inside its loop on None batches and a non-callable forward
+    (
+        "enable_fake_quant: on not a bool",
+        lambda: qatkit.qat.enable_fake_quant(_prepared(), "yes"),
+        TypeError,
+        "enable_fake_quant: on must be True or False, got 'yes'",
+    ),
+    (
+        "enable_observer: on not a bool",
+        lambda: qatkit.qat.enable_observer(_prepared(), None),
+        TypeError,
+        "enable_observer: on must be True or False, got None",
+    ),
+    (
+        "freeze_bn: on not a bool",
+        lambda: qatkit.qat.freeze_bn(_prepared(), 1),
+        TypeError,
+        "freeze_bn: on must be True or False, got 1",
+    ),
+    (
+        "disable_fake_quant: model not a Module",
+        lambda: qatkit.qat.disable_fake_quant("model"),
+        TypeError,
+        "enable_fake_quant: model must be an nn.Module, got str",
+    ),
+    (
+        "calibrate: batches None",
+        lambda: qatkit.qat.calibrate(_prepared(), None),
+        TypeError,
+        "calibrate: batches must be an iterable of inputs (a list of tensors, a DataLoader), got NoneType",
+    ),
+    (
+        "calibrate: forward not callable",
+        lambda: qatkit.qat.calibrate(_prepared(), [torch.randn(2, 4)], forward=5),
+        TypeError,
+        "calibrate: forward must be a callable forward(model, batch), got int",
+    ),
+    (
+        "QuantLinear built without a spec",
+        lambda: QuantLinear(4, 8),
+        TypeError,
+        "QuantLinear: layer_spec is required",
+    ),
     (
         "QAT layer on a bad input: dtype",
         lambda: _prepared()(torch.randint(0, 3, (2, 4))),
@@ -182,3 +226,10 @@ def test_bad_input(name, call, exc, fragment):
     with pytest.raises(exc) as e:
         call()
     assert fragment in str(e.value), str(e.value)
+
+
+def test_a_switch_on_a_float_model_warns_that_it_changes_nothing():
+    for switch in (qatkit.qat.enable_fake_quant, qatkit.qat.disable_fake_quant, qatkit.qat.enable_observer,
+                   qatkit.qat.disable_observer):
+        with pytest.warns(UserWarning, match="the model has no fake quantizers, so this changes nothing"):
+            switch(_mlp())
