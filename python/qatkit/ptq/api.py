@@ -65,7 +65,7 @@ def _progress(it, total: Optional[int], desc: str, on: bool):
     return tqdm(it, total=total, desc=desc, leave=False)
 
 
-def _batches(data) -> Optional[List]:
+def _batches(data, where: str = "ptq") -> Optional[List]:
     """The calibration batches as a list (a DataLoader or any iterable is read once), ``[data]``
     for a single tensor, ``None`` for no data or a callable."""
     if data is None or callable(data) and not isinstance(data, (torch.Tensor, nn.Module)):
@@ -74,17 +74,17 @@ def _batches(data) -> Optional[List]:
         return [data]
     if isinstance(data, (str, bytes, dict)) or not isinstance(data, Iterable):
         raise TypeError(
-            f"ptq: data must be a DataLoader or iterable of batches, a tensor, a callable data(model) or None, got "
+            f"{where}: data must be a DataLoader or iterable of batches, a tensor, a callable data(model) or None, got "
             f"{type(data).__name__}"
         )
     out = list(data)
     if not out:
-        raise ValueError("ptq: data holds no batches (an empty or exhausted iterable); pass calibration batches or "
-                         "data=None for data-free PTQ")
+        raise ValueError(f"{where}: data holds no batches (an empty or exhausted iterable); pass calibration batches"
+                         + (" or data=None for data-free PTQ" if where == "ptq" else ""))
     for i, b in enumerate(out):
         first = b[0] if isinstance(b, (tuple, list)) and b else b
         if isinstance(first, torch.Tensor) and first.numel() == 0:
-            raise ValueError(f"ptq: calibration batch {i} is empty (shape {tuple(first.shape)})")
+            raise ValueError(f"{where}: calibration batch {i} is empty (shape {tuple(first.shape)})")
     return out
 
 

@@ -140,8 +140,10 @@ def sensitivity(
         ValueError: no data (sensitivity is measured); TypeError: outputs that are not tensors.
     """
     config = w8a8() if config is None else config
+    if not isinstance(config, QATConfig):
+        raise TypeError(f"sensitivity: config must be a QATConfig (e.g. qatkit.w8a8()), got {type(config).__name__}")
     check_flags("sensitivity", progress=progress)
-    batches = _batches(data)
+    batches = _batches(data, "sensitivity")
     if batches is None:
         raise ValueError("sensitivity: data is required (a tensor, a list of batches or a DataLoader)")
     model = copy_model(model).eval()
@@ -249,7 +251,12 @@ def choose_bits(
         raise TypeError("choose_bits: candidates must be QATConfig objects")
     _check_candidates(cands)
     cands = [dataclasses.replace(c, first_last=None) for c in cands]
-    reports = [sensitivity(model, data, c, forward=forward, progress=progress) for c in cands]
+    # read once: every candidate's sensitivity runs over the batches (a generator was exhausted by
+    # the first candidate, and the second raised "data holds no batches")
+    batches = _batches(data, "choose_bits")
+    if batches is None:
+        raise ValueError("choose_bits: data is required (a tensor, a list of batches or a DataLoader)")
+    reports = [sensitivity(model, batches, c, forward=forward, progress=progress) for c in cands]
     names = [r["name"] for r in reports[0].rows]
     params = {r["name"]: r["params"] for r in reports[0].rows}
     noise = {}  # (layer, candidate) -> relative output noise power

@@ -240,3 +240,18 @@ def test_bitlinear_sensitivity_is_measured_against_bitlinear_without_quantizatio
         for key in ("only_quantized", "only_float", "layer_output"):
             assert r[key]["sqnr_db"] > 30, (r["name"], key, r[key])
     assert rep.all_quantized["sqnr_db"] > 30
+
+
+def test_choose_bits_reads_a_generator_once(setup):
+    # every candidate's sensitivity iterated `data`: a generator was exhausted by the first, and the
+    # second raised "ptq: data holds no batches"
+    m, data = setup
+    got = qatkit.choose_bits(m, (x for x in data), budget=6.0, progress=False)
+    want = qatkit.choose_bits(m, data, budget=6.0, progress=False)
+    assert got == want
+    with pytest.raises(ValueError, match="choose_bits: data holds no batches"):
+        qatkit.choose_bits(m, iter([]), budget=6.0, progress=False)
+    with pytest.raises(TypeError, match="sensitivity: config must be a QATConfig"):
+        qatkit.sensitivity(m, data, "w8a8", progress=False)
+    with pytest.raises(ValueError, match="sensitivity: data holds no batches"):
+        qatkit.sensitivity(m, [], progress=False)
