@@ -1127,7 +1127,9 @@ class AffineLearnedActQuantizer(ActFakeQuantizer):
             distributed = _dist_world() > 1 and self.sync_distributed
             if x.numel() == 0 and not distributed:
                 return x.clone()
-            if compiling and not distributed:
+            if compiling and not distributed and x.device.type == "cpu":
+                # (on an accelerator the in-graph assert would be a device-side assert, which leaves
+                # the CUDA context unusable: there the initialization stays eager, a graph break)
                 self._init_traced(x)
             elif not self._init_learned(x):
                 return x.clone()
