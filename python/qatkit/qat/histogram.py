@@ -278,6 +278,11 @@ class KLObserver(HistogramObserver):
         ah = torch.zeros(nb, dtype=torch.float64).index_add_(0, idx, h)
         signed = lo_v < 0
         levels = (self.spec.quant_max - self.spec.quant_min + 1) // (2 if signed else 1)
+        if levels >= nb:
+            # more code levels than histogram bins (12 bits and up on 2048 bins): every bin is its
+            # own level, so no cut lowers the KL; the observed range (before, the candidates ran
+            # past the histogram: IndexError "index 2049 is out of bounds")
+            return lo_v, hi_v
         if not signed:
             # a post-ReLU tensor's spike at 0 is code 0 exactly; left in, it dominates P and drags
             # the threshold down (half the mass in one bin)

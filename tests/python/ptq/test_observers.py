@@ -174,3 +174,16 @@ def test_calibration_and_ptq_through_each_observer(observer):
     assert float(err) < 1e-3
     c = qatkit.convert(q)
     assert torch.equal(c(x), q(x))
+
+
+@pytest.mark.parametrize("bits,data", [(12, "relu"), (16, "relu"), (13, "signed"), (16, "signed")])
+def test_kl_with_more_code_levels_than_bins_keeps_the_observed_range(bits, data):
+    # 12-bit codes on post-ReLU data (4096 levels on 2048 bins), or 13 bits on signed data: the
+    # candidate cuts ran past the histogram (IndexError "index 2049 is out of bounds"); no cut of
+    # such a histogram lowers the KL, so the range is the observed one, as min/max gives it
+    x = torch.randn(100_000, generator=torch.Generator().manual_seed(bits))
+    x = x.clamp(min=0) if data == "relu" else x
+    o = KLObserver(QuantSpec(bits=bits, signed=data == "signed", symmetric=False))
+    o.observe(x)
+    lo, hi = o.clip_range()
+    assert (lo, hi) == (min(float(x.min()), 0.0), float(x.max()))
