@@ -208,7 +208,10 @@ std::shared_ptr<IntegerKernelPlan> make_plan_from(const ConvertedWeight& f, cons
     plan->act_quant_max = qmax;
     return plan;
   }
-  const torch::Tensor m = (sx * f.scale.to(torch::kFloat).reshape({-1})).contiguous();  // fp32(sx * sw[n])
+  torch::Tensor m = (sx * f.scale.to(torch::kFloat).reshape({-1})).contiguous();  // fp32(sx * sw[n])
+  // a per-tensor weight scale, one multiplier per output row (the kernels take [N]; a per-tensor
+  // ternary / binary layer with a static input range failed at its first call)
+  if (m.numel() == 1 && w.size(0) > 1) m = m.expand({w.size(0)}).contiguous();
   const bool int32_bias = wspec->kind == "int" && wspec->bits >= 8 && as.bits >= 8;
   torch::Tensor corr = (128 * (qmin >= 0 ? 1 : 0) - zx) * w.to(torch::kLong).sum(1);
   auto plan = std::make_shared<IntegerKernelPlan>();

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import qatkit
+from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
 from qatkit.testing.reference import same_bits
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -101,6 +102,37 @@ def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, t
             assert torch.equal(b[k], v), k
     with torch.no_grad():
         assert torch.equal(qatkit.load(again, compute="float")(x), want)
+
+
+@pytest.mark.parametrize("kind", ["ternary", "binary"])
+@pytest.mark.parametrize("arch", ["MLP", "CNN"])
+def test_per_tensor_lowbit_weights_with_static_inputs_run_on_their_kernels(kind, arch, tmp_path):
+    """A per-tensor ternary / binary weight scale with a static (or learned) input range: the
+    kernels take one S_x * S_w per output row, and the plan passed one for the tensor, so the first
+    integer call raised ("linear_w2a8: out_scale must have shape [N] = [64], got [1]") in Python and
+    C++. Both repeat it over the rows now: the converted model's integer simulation, Python's
+    kernels and C++'s agree bit for bit."""
+    from qatkit.qat.convert import _Quantized
+
+    w = QuantSpec(kind=kind, bits=2 if kind == "ternary" else 1, method="absmean" if kind == "ternary" else "none")
+    a = QuantSpec(kind="int", bits=8, signed=False, symmetric=False)
+    torch.manual_seed(0)
+    seq = getattr(_qat_models(), arch)().as_sequential().eval()
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(seq, list(x.split(8)), QATConfig(default=LayerSpec(w, a), name="pt"), correct_bias=None,
+                       verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    with torch.no_grad():
+        loaded = qatkit.load(path)
+        want_int = loaded(x)
+        assert torch.equal(want_int, qatkit.convert(q, integer=True)(x))
+        want = qatkit.load(path, compute="float")(x)
+    kernels = {qatkit.qat.integer.kernel_for(m) for m in loaded.modules() if isinstance(m, _Quantized)}
+    assert f"linear_w{2 if kind == 'ternary' else 1}a8" in kernels
+    _assert_cpp_gives(path, x, tmp_path, want, want_int)
 
 
 @pytest.mark.parametrize("preset", ["w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8",

@@ -184,8 +184,13 @@ def _act_bound(mod) -> int:
 
 
 def _multiplier(mod) -> torch.Tensor:
+    """S_x * S_w per output channel, float32: a per-tensor weight scale is repeated over the rows
+    (the kernels take one multiplier per output; a per-tensor ternary / binary layer with a static
+    input range failed at its first integer call: "linear_w2a8: out_scale must have shape [N]")."""
     sx, _ = _act_qparams(mod.input_fake_quant)
-    return (sx * mod.weight_scale.float().reshape(-1)).contiguous()  # float32 product per channel
+    m = (sx * mod.weight_scale.float().reshape(-1)).contiguous()  # float32 product per channel
+    rows = mod.weight_int.shape[0] if mod.weight_int.dim() > 0 else 1
+    return m.expand(rows).contiguous() if m.numel() == 1 and rows > 1 else m
 
 
 def int32_bias(mod) -> bool:
