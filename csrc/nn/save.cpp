@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <cfloat>
 #include <cmath>
 #include <map>
 
@@ -150,7 +151,12 @@ struct Writer {
         if (observed && (kObserver.count(key) || key == "scale" || key == "zero_point")) key = "observer." + key;
         put(name + ".input_fake_quant." + key, b.value());
       }
-      for (const auto& p : aq->named_parameters(false)) put(name + ".input_fake_quant." + p.key(), p.value());
+      for (const auto& p : aq->named_parameters(false)) {
+        // a learned step size as the op uses it (clamped at float32's epsilon): SGD can take a dead
+        // channel's below zero, and the raw value made a file the loaders refuse
+        const bool step = p.key() == "scale" && aq->spec().scale == "learned";
+        put(name + ".input_fake_quant." + p.key(), step ? p.value().detach().clamp_min(FLT_EPSILON) : p.value());
+      }
     } else {
       info.set("input", Value::null());
     }

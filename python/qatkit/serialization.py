@@ -359,6 +359,11 @@ def _export_layer(name: str, mod: _Quantized, base3: bool) -> Tuple[dict, Dict[s
         info["input"] = {"spec": dataclasses.asdict(aq.spec), "channels": aq.channels, "class": type(aq).__name__}
         for k, v in aq.state_dict().items():
             tensors[f"input_fake_quant.{k}"] = v.detach().contiguous().clone()
+        if type(aq).__name__ == "AffineLearnedActQuantizer":
+            # the step size the layer computes with (the op clamps it at float32's epsilon): SGD can
+            # take a learned step size of a dead channel below zero, and the raw value made a file
+            # qatkit.load refused ("the input's scale must be finite and positive")
+            tensors["input_fake_quant.scale"] = aq.frozen_qparams()[0].contiguous()
     else:
         info["input"] = None
     return info, {f"{name}.{k}": v for k, v in tensors.items()}
@@ -769,7 +774,10 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
     need(bool(w.get("zero_point")) == (z is not None), "weight_zero_point presence does not match the header")
     if z is not None:
         need(z.dtype in (torch.int8, torch.int32) and z.shape == s.shape, "weight_zero_point must match weight_scale")
-        need(bool(((z >= spec.quant_min) & (z <= spec.quant_max)).all()), "weight_zero_point outside the code range")
+        # (compared in int64: an int8 tensor against a Python int casts the int to int8, so a 10-bit
+        # range's -512 wrapped to 0 and every negative zero point of a valid file was refused)
+        zl = z.long()
+        need(bool(((zl >= spec.quant_min) & (zl <= spec.quant_max)).all()), "weight_zero_point outside the code range")
     need(("bias" in t) == bool(info.get("bias")), "bias presence does not match the header")
     for key, v in t.items():  # the input quantizer's qparams: a kernel would refuse them only at the first call
         leaf = key.rsplit(".", 1)[-1]

@@ -180,6 +180,31 @@ CATCH_TEST_CASE("qatkit::nn::save round trips a QAT model and refuses what it ca
   CATCH_CHECK_THAT(save_error(qo), Catch::Contains("has no file form"));
 }
 
+CATCH_TEST_CASE("a learned step size SGD took below zero is written as the layer uses it", "[save]") {
+  // the op clamps a learned step size at float32's epsilon; the raw negative value made a file
+  // the loaders refused ("the input's scale must be finite and positive")
+  namespace nn = torch::nn;
+  torch::manual_seed(0);
+  nn::Sequential model(nn::Linear(16, 8), nn::ReLU(), nn::Linear(8, 4));
+  auto cfg = qatkit::nn::QATConfig::preset("w4a4_lsq");
+  cfg.first_last = "";  // both layers LSQ
+  auto q = qatkit::nn::prepare_qat(model, cfg);
+  const torch::Tensor x = torch::randn({6, 16});
+  q->forward(x);  // initializes the step sizes
+  q->eval();
+  auto lin = q->ptr(2)->as<qatkit::nn::QuantLinearImpl>();
+  {
+    torch::NoGradGuard ng;
+    lin->input_fake_quant->named_parameters(false)["scale"].fill_(-2.5e-4);
+  }
+  const std::string path = "/tmp/qatkit_save_negative_step.safetensors";
+  qatkit::nn::save(q, path);
+  qatkit::nn::convert(*q);
+  torch::NoGradGuard ng;
+  CATCH_CHECK(torch::equal(qatkit::nn::load(path, "float")->forward(x), q->forward(x)));
+  std::remove(path.c_str());
+}
+
 CATCH_TEST_CASE("qatkit::nn::save and load keep 'same' / 'valid' padding and padding modes", "[save]") {
   namespace nn = torch::nn;
   torch::manual_seed(1);

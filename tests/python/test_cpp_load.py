@@ -104,6 +104,58 @@ def test_cpp_prints_the_python_outputs_of_exported_digits_models(arch, preset, t
         assert torch.equal(qatkit.load(again, compute="float")(x), want)
 
 
+@pytest.mark.parametrize("bits", [9, 10, 16])
+def test_wide_asymmetric_weights_with_negative_zero_points_load(bits, tmp_path):
+    """The loader compared an int8 zero-point tensor with the code range's Python ints, which torch
+    casts to int8: a 10-bit range's -512 wrapped to 0, and every negative zero point of a valid file
+    was "outside the code range". Compared in int64 now."""
+    cfg = qatkit.QATConfig(default=LayerSpec(QuantSpec(bits=bits, symmetric=False, granularity="per_channel"),
+                                             QuantSpec(bits=8, symmetric=False)), name=f"w{bits}")
+    torch.manual_seed(1)
+    q = qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)), cfg)
+    with torch.no_grad():
+        q[0].weight.add_(0.3)  # lopsided rows: zero points far from 0, negative ones among them
+    x = torch.randn(8, 16)
+    q(x)
+    q.eval()
+    zp = qatkit.convert(q)[0].weight_zero_point
+    assert int(zp.min()) < 0
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    with torch.no_grad():
+        want = qatkit.convert(q)(x)
+        assert torch.equal(qatkit.load(path, compute="float")(x), want)
+        want_int = qatkit.load(path)(x)
+    _assert_cpp_gives(path, x, tmp_path, want, want_int)
+
+
+def test_a_learned_step_size_below_zero_exports_as_the_layer_uses_it(tmp_path):
+    """SGD can take a dead channel's learned (LSQ) step size below zero; the op clamps it at float32's
+    epsilon, and export wrote the raw value, a file qatkit.load and the C++ loader refused ("the
+    input's scale must be finite and positive"). The file holds the clamped step size: Python and
+    C++ give the converted model's outputs."""
+    cfg = qatkit.QATConfig(
+        default=LayerSpec(QuantSpec(bits=8, granularity="per_channel"),
+                          QuantSpec(bits=8, symmetric=True, granularity="per_channel", axis=-1, scale="learned")),
+        name="lsq_pc")
+    torch.manual_seed(0)
+    q = qatkit.prepare_qat(nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)), cfg)
+    x = torch.randn(8, 16)
+    q(x)  # initializes the step sizes
+    with torch.no_grad():
+        q[2].input_fake_quant.scale[3] = -2.7e-4
+    q.eval()
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    with torch.no_grad():
+        want = qatkit.convert(q)(x)
+        assert torch.equal(q(x), want)
+        got = qatkit.load(path, compute="float")(x)
+        want_int = qatkit.load(path)(x)
+    assert torch.equal(got, want)
+    _assert_cpp_gives(path, x, tmp_path, want, want_int)
+
+
 @pytest.mark.parametrize("kind", ["ternary", "binary"])
 @pytest.mark.parametrize("arch", ["MLP", "CNN"])
 def test_per_tensor_lowbit_weights_with_static_inputs_run_on_their_kernels(kind, arch, tmp_path):
