@@ -572,6 +572,17 @@ def test_a_short_fuzz_run_over_random_models_finds_nothing(tmp_path):
     assert re.search(r"\(([1-9]\d*) with pruned layers", r.stdout), r.stdout  # the seed covers pruning
 
 
+def test_a_short_fuzz_run_over_random_specs_finds_nothing(tmp_path):
+    """scripts/fuzz_specs.py --cpp for 80 random weight / input QuantSpec draws on MLPs and conv
+    nets (three SGD steps each): convert gives the QAT model's bits, the float load convert's, the
+    integer load convert's kernels', and the C++ loader Python's integer bits."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz_specs.py"), "--models", "80", "--seed", "2",
+                        "--cpp", "--no-progress"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    n = int(re.search(r"(\d+) models bit for bit", r.stdout).group(1))
+    assert n >= 20, r.stdout  # the seed draws enough valid specs
+
+
 def test_cpp_grouped_xnor_convs_match_python(tmp_path):
     """Grouped and depthwise XNOR convs run on conv2d_w1a1's grouped form in C++ as in Python:
     Python's loaded outputs bit for bit. The first and last layers stay

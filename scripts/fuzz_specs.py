@@ -1,0 +1,177 @@
+"""Fuzz the deployment path over random QuantSpecs (where ``scripts/fuzz_models.py`` draws random
+models at the presets): a random weight spec and input spec per draw (int 2-16 bits, signed /
+unsigned, symmetric / affine, narrow range, per tensor / channel / group, static / learned /
+dynamic scales, every observer, float16 / bfloat16 weight scales; ternary absmean / TWN, binary
+with and without scales, stochastic; binary inputs), on an MLP or a conv net (grouped and
+depthwise convs), three SGD steps, then:
+
+- ``qatkit.convert(model)`` must give the QAT model's eval outputs bit for bit;
+- ``qatkit.load(path, compute="float")`` must give the converted model's outputs bit for bit, and
+  ``qatkit.load(path)`` (integer kernels) those of the converted model after
+  ``set_compute(..., "integer", kernels_only=True)``;
+- with ``--cpp``, the C++ loader (``build/py/qatkit_load_run``) must give Python's integer outputs
+  bit for bit, and its float outputs within 1e-4 of the largest (torch's CPU GEMM rounds by the
+  input buffer's alignment, which differs between the two programs).
+
+Specs ``QuantSpec`` / ``prepare_qat`` refuse are drawn again (counted). It found a per-tensor
+ternary / binary layer with a static input range that failed at its first integer call, the KL
+observer's IndexError at 12+ bits, refused 9/10-bit files with negative zero points, and learned
+step sizes below zero that were exported raw (docs/benchmarks.md, thirty-second session).
+
+    python3 scripts/fuzz_specs.py [--models 200] [--seed 0] [--cpp]
+
+Exits non-zero on the first mismatch, printing the seed and draw that reproduce it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+from torch import nn
+
+import qatkit
+from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
+
+EXE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "py", "qatkit_load_run")
+
+
+def weight_spec(r: random.Random) -> QuantSpec:
+    kind = r.choice(["int"] * 4 + ["ternary", "binary"])
+    if kind == "int":
+        return QuantSpec(kind="int", bits=r.choice([2, 3, 4, 5, 6, 8, 10, 16]), signed=r.random() < 0.8,
+                         symmetric=r.random() < 0.6, narrow_range=r.random() < 0.3,
+                         granularity=r.choice(["per_tensor", "per_channel", "per_group"]), axis=0,
+                         group_size=r.choice([8, 16, 32]), scale=r.choice(["static", "static", "learned"]),
+                         scale_dtype=r.choice(["float32", "float32", "float16", "bfloat16"]))
+    if kind == "ternary":
+        return QuantSpec(kind="ternary", bits=2, method=r.choice(["absmean", "twn"]),
+                         granularity=r.choice(["per_tensor", "per_channel"]), axis=0)
+    return QuantSpec(kind="binary", bits=1, method=r.choice(["none", "mean_abs"]),
+                     granularity=r.choice(["per_tensor", "per_channel"]), axis=0,
+                     estimator=r.choice(["identity", "clipped_ste"]), stochastic=r.random() < 0.2)
+
+
+def input_spec(r: random.Random, conv: bool):
+    kind = r.choice(["int"] * 5 + ["binary", None])
+    if kind is None:
+        return None
+    if kind == "binary":
+        return QuantSpec(kind="binary", bits=1, method="none", estimator=r.choice(["identity", "clipped_ste"]))
+    scale = r.choice(["static", "static", "dynamic", "learned"])
+    gran = r.choice(["per_tensor", "per_tensor", "per_channel"]) if scale != "dynamic" else r.choice(["per_tensor", "per_token"])
+    return QuantSpec(kind="int", bits=r.choice([4, 6, 8, 8, 12, 16]), signed=r.random() < 0.5,
+                     symmetric=r.random() < 0.4, narrow_range=r.random() < 0.2, granularity=gran,
+                     axis=(1 if conv else -1) if gran == "per_channel" else 0, scale=scale,
+                     observer=r.choice(["moving_average", "minmax", "percentile", "mse", "kl"]))
+
+
+def _cpp(path: str, x: torch.Tensor, tmp: str, compute: str):
+    from safetensors.torch import load_file, save_file
+
+    inp, out = os.path.join(tmp, "x.safetensors"), os.path.join(tmp, "y.safetensors")
+    save_file({"x": x.contiguous()}, inp)
+    flag = ["--float"] if compute == "float" else []
+    r = subprocess.run([EXE, *flag, path, inp, out], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        return r.stderr[-400:]
+    return load_file(out)["y"]
+
+
+def check(r: random.Random, draw: int, tmp: str, cpp: bool):
+    """None when the draw passes or its spec is refused ("refused"), else what differs."""
+    conv = r.random() < 0.5
+    groups = r.choice([1, 2, 16])
+    try:
+        spec = LayerSpec(weight_spec(r), input_spec(r, conv))
+    except (ValueError, TypeError):
+        return "refused"
+    torch.manual_seed(draw)
+    if conv:
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=groups),
+                              nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 5))
+        gen = lambda: torch.randn(4, 3, 4, 4)  # noqa: E731
+    else:
+        model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5))
+        gen = lambda: torch.randn(6, 32)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            q = qatkit.prepare_qat(model, QATConfig(default=spec, name="fuzz"))
+        except (ValueError, TypeError):
+            return "refused"
+        opt = torch.optim.SGD(q.parameters(), lr=0.01)
+        for _ in range(3):
+            loss = q(gen()).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        qatkit.qat.clip_latent_weights(q)
+        q.eval()
+        x = gen()
+        path = os.path.join(tmp, "m.safetensors")
+        with torch.no_grad():
+            y = q(x)
+            converted = qatkit.convert(q)
+            yc = converted(x)
+            qatkit.export(converted, path)
+            yl = qatkit.load(path, compute="float")(x)
+            on_kernels = qatkit.convert(q)
+            qatkit.qat.set_compute(on_kernels, "integer", warn=False, kernels_only=True)
+            yi, want_i = qatkit.load(path)(x), on_kernels(x)
+    if not torch.equal(y, yc):
+        return f"convert differs from the QAT model by {(y - yc).abs().max().item():.3g} ({spec})"
+    if not torch.equal(yl, yc):
+        return f"the float load differs from convert by {(yl - yc).abs().max().item():.3g} ({spec})"
+    if not torch.equal(yi, want_i):
+        return f"the integer load differs from convert's kernels by {(yi - want_i).abs().max().item():.3g} ({spec})"
+    if cpp:
+        got = _cpp(path, x, tmp, "integer")
+        if not isinstance(got, torch.Tensor) or not torch.equal(got, yi):
+            return f"C++ integer: {got if not isinstance(got, torch.Tensor) else (got - yi).abs().max().item()} ({spec})"
+        got = _cpp(path, x, tmp, "float")
+        if not isinstance(got, torch.Tensor) or not torch.allclose(got, yl, rtol=0, atol=1e-4 * float(yl.abs().max()) + 1e-30):
+            return f"C++ float: {got if not isinstance(got, torch.Tensor) else (got - yl).abs().max().item()} ({spec})"
+    return None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", type=int, default=200, help="draws (refused specs count)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpp", action="store_true", help="also run the C++ loader (build/py/qatkit_load_run)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.models < 1:
+        ap.error(f"--models must be >= 1, got {args.models}")
+    if args.cpp and not os.path.exists(EXE):
+        ap.error(f"--cpp needs {EXE} (built by scripts/setup.sh)")
+    from tqdm import tqdm
+
+    r = random.Random(args.seed)
+    t0, passed, refused = time.time(), 0, 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for draw in tqdm(range(args.models), desc="fuzz_specs", disable=args.no_progress):
+            res = check(r, draw, tmp, args.cpp)
+            if res == "refused":
+                refused += 1
+            elif res is not None:
+                print(f"fuzz_specs: draw {draw} of seed {args.seed}: {res}", file=sys.stderr)
+                return 1
+            else:
+                passed += 1
+    print(f"fuzz_specs: {args.models} draws in {time.time() - t0:.0f} s, seed {args.seed}: {passed} models bit for bit "
+          f"(QAT = convert = float load; integer load = convert's kernels{'; C++ integer equal, float within 1e-4' if args.cpp else ''}), "
+          f"{refused} specs refused")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
