@@ -126,12 +126,10 @@ def check(r: random.Random, draw: int, tmp: str, cpp: bool):
             on_kernels = qatkit.convert(q)
             qatkit.qat.set_compute(on_kernels, "integer", warn=False, kernels_only=True)
             yi, want_i = qatkit.load(path)(x), on_kernels(x)
-    if not torch.equal(y, yc):
-        return f"convert differs from the QAT model by {(y - yc).abs().max().item():.3g} ({spec})"
-    if not torch.equal(yl, yc):
-        return f"the float load differs from convert by {(yl - yc).abs().max().item():.3g} ({spec})"
-    if not torch.equal(yi, want_i):
-        return f"the integer load differs from convert's kernels by {(yi - want_i).abs().max().item():.3g} ({spec})"
+    for what, got, want in (("convert differs from the QAT model", yc, y), ("the float load differs from convert", yl, yc),
+                            ("the integer load differs from convert's kernels", yi, want_i)):
+        if not torch.equal(got, want):
+            return f"{what} by {(got - want).abs().max().item():.3g} ({spec})"
     if cpp:
         got = _cpp(path, x, tmp, "integer")
         if not isinstance(got, torch.Tensor) or not torch.equal(got, yi):
