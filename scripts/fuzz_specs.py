@@ -45,12 +45,14 @@ EXE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "p
 
 def weight_spec(r: random.Random) -> QuantSpec:
     kind = r.choice(["int"] * 4 + ["ternary", "binary"])
-    if kind == "int":
-        return QuantSpec(kind="int", bits=r.choice([2, 3, 4, 5, 6, 8, 10, 16]), signed=r.random() < 0.8,
-                         symmetric=r.random() < 0.6, narrow_range=r.random() < 0.3,
-                         granularity=r.choice(["per_tensor", "per_channel", "per_group"]), axis=0,
-                         group_size=r.choice([8, 16, 32]), scale=r.choice(["static", "static", "learned"]),
-                         scale_dtype=r.choice(["float32", "float32", "float16", "bfloat16"]))
+    if kind == "int":  # (mostly valid combinations; QuantSpec refuses the rest, counted)
+        signed, symmetric = r.random() < 0.8, r.random() < 0.6
+        gran, scale = r.choice(["per_tensor", "per_channel", "per_group"]), r.choice(["static", "static", "learned"])
+        return QuantSpec(kind="int", bits=r.choice([2, 3, 4, 5, 6, 8, 10, 16]), signed=signed, symmetric=symmetric,
+                         narrow_range=signed and symmetric and r.random() < 0.3, granularity=gran, axis=0,
+                         group_size=r.choice([8, 16, 32]) if gran == "per_group" else None,
+                         scale=scale if gran != "per_group" or r.random() < 0.1 else "static",
+                         scale_dtype=r.choice(["float32", "float32", "float16", "bfloat16"]) if scale == "static" else "float32")
     if kind == "ternary":
         return QuantSpec(kind="ternary", bits=2, method=r.choice(["absmean", "twn"]),
                          granularity=r.choice(["per_tensor", "per_channel"]), axis=0)
@@ -67,8 +69,10 @@ def input_spec(r: random.Random, conv: bool):
         return QuantSpec(kind="binary", bits=1, method="none", estimator=r.choice(["identity", "clipped_ste"]))
     scale = r.choice(["static", "static", "dynamic", "learned"])
     gran = r.choice(["per_tensor", "per_tensor", "per_channel"]) if scale != "dynamic" else r.choice(["per_tensor", "per_token"])
-    return QuantSpec(kind="int", bits=r.choice([4, 6, 8, 8, 12, 16]), signed=r.random() < 0.5,
-                     symmetric=r.random() < 0.4, narrow_range=r.random() < 0.2, granularity=gran,
+    signed = r.random() < 0.5 or scale == "dynamic"
+    symmetric = r.random() < 0.4 or scale == "dynamic"
+    return QuantSpec(kind="int", bits=r.choice([4, 6, 8, 8, 12, 16]), signed=signed,
+                     symmetric=symmetric, narrow_range=signed and symmetric and r.random() < 0.2, granularity=gran,
                      axis=(1 if conv else -1) if gran == "per_channel" else 0, scale=scale,
                      observer=r.choice(["moving_average", "minmax", "percentile", "mse", "kl"]))
 
