@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..qat.config import QATConfig, QuantSpec, check_flags, w8a8
-from ..qat.prepare import calibrate, call_on_batch, copy_model, prepare_qat
+from ..qat.prepare import calibrate, call_on_batch, copy_model, prepare_qat, unwrap_model
 from ..qat.quantizers import ActFakeQuantizer, WeightFakeQuantizer
 from .api import _batches, _progress
 
@@ -146,7 +146,10 @@ def sensitivity(
     batches = _batches(data, "sensitivity")
     if batches is None:
         raise ValueError("sensitivity: data is required (a tensor, a list of batches or a DataLoader)")
-    model = copy_model(model).eval()
+    # the model inside torch.compile's / DDP's wrapper: the rows name its own layers (not
+    # "_orig_mod.0"), and the layer-output hooks run (on a compiled model they never fired: the
+    # "layer output SQNR" column read nan), with the many per-layer switches not recompiling
+    model = copy_model(unwrap_model(model)).eval()
     q = _prepared(model, config, batches, forward)
     # BitLinear normalizes its input (RMSNorm) whether it quantizes or not, so with BitLinear layers
     # the reference is the prepared model with quantization off; before, every row measured that
