@@ -2,13 +2,17 @@
 models at the presets): a random weight spec and input spec per draw (int 2-16 bits, signed /
 unsigned, symmetric / affine, narrow range, per tensor / channel / group, static / learned /
 dynamic scales, every observer, float16 / bfloat16 weight scales; ternary absmean / TWN, binary
-with and without scales, stochastic; binary inputs), on an MLP or a conv net (grouped and
-depthwise convs), three SGD steps, then:
+with and without scales, stochastic; binary inputs), on an MLP (now and then with BitLinear), a
+conv net (grouped and depthwise convs) or an Embedding + Conv1d net over token ids (the table
+quantized or not), with ``first_last`` None / float / int8, three SGD steps, then:
 
 - ``qatkit.convert(model)`` must give the QAT model's eval outputs bit for bit;
 - ``qatkit.load(path, compute="float")`` must give the converted model's outputs bit for bit, and
   ``qatkit.load(path)`` (integer kernels) those of the converted model after
   ``set_compute(..., "integer", kernels_only=True)``;
+- with ``--onnx``, ``qatkit.export_onnx`` run in onnxruntime (graph optimizations off) on 32 rows
+  must give the converted model's outputs within 2 % of the largest (as in fuzz_models.py); it
+  found unsigned 16-bit static inputs refused ("fit no ONNX integer type");
 - with ``--cpp``, the C++ loader (``build/py/qatkit_load_run``) must give Python's integer outputs
   bit for bit, and its float outputs within 1e-4 of the largest (torch's CPU GEMM rounds by the
   input buffer's alignment, which differs between the two programs).
@@ -18,7 +22,7 @@ ternary / binary layer with a static input range that failed at its first intege
 observer's IndexError at 12+ bits, refused 9/10-bit files with negative zero points, and learned
 step sizes below zero that were exported raw (docs/benchmarks.md, thirty-second session).
 
-    python3 scripts/fuzz_specs.py [--models 200] [--seed 0] [--cpp]
+    python3 scripts/fuzz_specs.py [--models 200] [--seed 0] [--cpp] [--onnx]
 
 Exits non-zero on the first mismatch, printing the seed and draw that reproduce it.
 """
@@ -36,6 +40,8 @@ import warnings
 
 import torch
 from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers (onnx_check)
 
 import qatkit
 from qatkit.qat.config import LayerSpec, QATConfig, QuantSpec
@@ -89,26 +95,56 @@ def _cpp(path: str, x: torch.Tensor, tmp: str, compute: str):
     return load_file(out)["y"]
 
 
-def check(r: random.Random, draw: int, tmp: str, cpp: bool):
+def _onnx(converted: nn.Module, gen, tmp: str, spec) -> str | None:
+    """None, "no onnx form", or how onnxruntime's outputs differ from convert()'s (2 % of the largest,
+    as in fuzz_models.py: onnxruntime rounds x / scale where qatkit rounds x * (1 / scale))."""
+    from onnx_check import ort_session
+
+    path = os.path.join(tmp, "m.onnx")
+    try:
+        qatkit.export_onnx(converted, gen()[:1], path)
+    except ValueError as e:
+        if "no ONNX form" in str(e) or "fit no ONNX integer type" in str(e) or "no inference form" in str(e):
+            return "no onnx form"
+        return f"export_onnx raised {e} ({spec})"
+    x = torch.cat([gen() for _ in range(8)])
+    with torch.no_grad():
+        ref = converted(x)
+    got = torch.from_numpy(ort_session(path, None, "none").run(None, {"input": x.numpy()})[0])
+    big = float(ref.abs().max())
+    if got.shape != ref.shape or float((got - ref).abs().max()) > 0.02 * big + 1e-30:
+        return f"onnxruntime differs from convert() by {float((got - ref).abs().max()):.3g} of {big:.3g} ({spec})"
+    return None
+
+
+def check(r: random.Random, draw: int, tmp: str, cpp: bool, onnx: bool = False):
     """None when the draw passes or its spec is refused ("refused"), else what differs."""
-    conv = r.random() < 0.5
+    kind = r.choice(["mlp", "conv", "seq"])  # seq: an Embedding and a Conv1d over tokens
+    conv = kind != "mlp"
     groups = r.choice([1, 2, 16])
     try:
         spec = LayerSpec(weight_spec(r), input_spec(r, conv))
     except (ValueError, TypeError):
         return "refused"
+    extra = dict(first_last=r.choice([None, None, "float", "int8"]), bitlinear=kind == "mlp" and r.random() < 0.15,
+                 embeddings=kind == "seq" and r.random() < 0.7)
     torch.manual_seed(draw)
-    if conv:
+    if kind == "conv":
         model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=groups),
                               nn.ReLU(), nn.Flatten(), nn.Linear(16 * 4 * 4, 5))
         gen = lambda: torch.randn(4, 3, 4, 4)  # noqa: E731
+    elif kind == "seq":  # [B, 6] token ids -> [B, 6, 16]: a Conv1d with the 6 tokens as channels
+        model = nn.Sequential(nn.Embedding(40, 16, padding_idx=r.choice([None, 0])),
+                              nn.Conv1d(6, 16, 3, padding=1, groups=r.choice([1, 2])), nn.ReLU(),
+                              nn.Conv1d(16, 16, 3, padding=1, groups=groups), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 16, 5))
+        gen = lambda: torch.randint(0, 40, (4, 6))  # noqa: E731
     else:
         model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5))
         gen = lambda: torch.randn(6, 32)  # noqa: E731
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            q = qatkit.prepare_qat(model, QATConfig(default=spec, name="fuzz"))
+            q = qatkit.prepare_qat(model, QATConfig(default=spec, name="fuzz", **extra))
         except (ValueError, TypeError):
             return "refused"
         opt = torch.optim.SGD(q.parameters(), lr=0.01)
@@ -134,6 +170,12 @@ def check(r: random.Random, draw: int, tmp: str, cpp: bool):
                             ("the integer load differs from convert's kernels", yi, want_i)):
         if not torch.equal(got, want):
             return f"{what} by {(got - want).abs().max().item():.3g} ({spec})"
+    no_form = False
+    if onnx:
+        res = _onnx(converted, gen, tmp, spec)
+        if res is not None and res != "no onnx form":
+            return res
+        no_form = res == "no onnx form"
     if cpp:
         got = _cpp(path, x, tmp, "integer")
         if not isinstance(got, torch.Tensor) or not torch.equal(got, yi):
@@ -141,7 +183,7 @@ def check(r: random.Random, draw: int, tmp: str, cpp: bool):
         got = _cpp(path, x, tmp, "float")
         if not isinstance(got, torch.Tensor) or not torch.allclose(got, yl, rtol=0, atol=1e-4 * float(yl.abs().max()) + 1e-30):
             return f"C++ float: {got if not isinstance(got, torch.Tensor) else (got - yl).abs().max().item()} ({spec})"
-    return None
+    return "no onnx form" if no_form else None
 
 
 def main(argv=None) -> int:
@@ -149,6 +191,7 @@ def main(argv=None) -> int:
     ap.add_argument("--models", type=int, default=200, help="draws (refused specs count)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpp", action="store_true", help="also run the C++ loader (build/py/qatkit_load_run)")
+    ap.add_argument("--onnx", action="store_true", help="also run export_onnx in onnxruntime (within 2 %%)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.models < 1:
@@ -158,19 +201,22 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     r = random.Random(args.seed)
-    t0, passed, refused = time.time(), 0, 0
+    t0, passed, refused, no_form = time.time(), 0, 0, 0
     with tempfile.TemporaryDirectory() as tmp:
         for draw in tqdm(range(args.models), desc="fuzz_specs", disable=args.no_progress):
-            res = check(r, draw, tmp, args.cpp)
+            res = check(r, draw, tmp, args.cpp, args.onnx)
             if res == "refused":
                 refused += 1
+            elif res == "no onnx form":
+                passed, no_form = passed + 1, no_form + 1
             elif res is not None:
                 print(f"fuzz_specs: draw {draw} of seed {args.seed}: {res}", file=sys.stderr)
                 return 1
             else:
                 passed += 1
     print(f"fuzz_specs: {args.models} draws in {time.time() - t0:.0f} s, seed {args.seed}: {passed} models bit for bit "
-          f"(QAT = convert = float load; integer load = convert's kernels{'; C++ integer equal, float within 1e-4' if args.cpp else ''}), "
+          f"(QAT = convert = float load; integer load = convert's kernels{'; C++ integer equal, float within 1e-4' if args.cpp else ''}"
+          f"{f'; onnxruntime within 2 %, {no_form} with no ONNX form' if args.onnx else ''}), "
           f"{refused} specs refused")
     return 0
 

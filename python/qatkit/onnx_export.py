@@ -237,9 +237,11 @@ def _input_quant(g: _Graph, aq, x: str, rank: int, where: str) -> Tuple[str, str
             raise ValueError(f"export_onnx: {where}: the input quantizer's scale is not finite and positive")
         # 8 or 16-bit activation types, narrower ranges clamped after the DequantizeLinear:
         # onnxruntime 1.32 moves a 4-bit QuantizeLinear past MaxPool, which then refuses int4
-        qtype, tmin, tmax = _int_type(T, min(s.quant_min, -9), max(s.quant_max, 16))
+        # (unsigned codes take an unsigned type: uint16 codes fit no signed one)
         if s.quant_min >= 0:
             qtype, tmin, tmax = _int_type(T, 0, max(s.quant_max, 16))
+        else:
+            qtype, tmin, tmax = _int_type(T, min(s.quant_min, -9), max(s.quant_max, 16))
         per_channel = scale.numel() > 1
         attrs = {"axis": aq.axis % rank} if per_channel else {}
         sc = g.const(scale if per_channel else scale.reshape(()), where + ".input_scale")

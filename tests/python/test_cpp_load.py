@@ -573,11 +573,15 @@ def test_a_short_fuzz_run_over_random_models_finds_nothing(tmp_path):
 
 
 def test_a_short_fuzz_run_over_random_specs_finds_nothing(tmp_path):
-    """scripts/fuzz_specs.py --cpp for 40 random weight / input QuantSpec draws on MLPs and conv
-    nets (three SGD steps each): convert gives the QAT model's bits, the float load convert's, the
-    integer load convert's kernels', and the C++ loader Python's integer bits."""
+    """scripts/fuzz_specs.py --cpp for 40 random weight / input QuantSpec draws on MLPs, conv nets
+    and Embedding + Conv1d nets (three SGD steps each): convert gives the QAT model's bits, the
+    float load convert's, the integer load convert's kernels', and the C++ loader Python's integer
+    bits; with onnxruntime installed (--onnx), export_onnx's graph convert's outputs within 2 %."""
+    import importlib.util
+
+    onnx = ["--onnx"] if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx") else []
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz_specs.py"), "--models", "40", "--seed", "2",
-                        "--cpp", "--no-progress"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                        "--cpp", "--no-progress", *onnx], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     n = int(re.search(r"(\d+) models bit for bit", r.stdout).group(1))
     assert n >= 20, r.stdout  # the seed draws enough valid specs
