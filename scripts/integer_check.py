@@ -30,7 +30,7 @@ PRESETS = ["w8a8", "w4a8_g32", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=qm.number_arg(int, 2), default=5)
+    ap.add_argument("--folds", type=qm.number_arg(int, 1, hi=5), default=5, help="run the first N of the 5 folds")
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--archs", default="MLP,CNN,DSCNN")
     ap.add_argument("--qat-epochs", type=qm.number_arg(int, 1), default=5)

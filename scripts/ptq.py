@@ -356,7 +356,10 @@ def main():
               "script with .venv-peers/bin/python)")
     x, y = qat_models.load_digits()
     x = x.reshape(-1, 1, 8, 8)
-    folds = qat_models.stratified_folds(y, a.folds)
+    try:
+        folds = qat_models.stratified_folds(y, a.folds)
+    except ValueError as e:  # more folds than the smallest class holds
+        ap.error(f"--{e}")
     rows = {}
     t0 = time.time()
     it = range(a.folds) if tqdm is None else tqdm(range(a.folds), desc="folds")

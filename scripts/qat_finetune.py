@@ -367,7 +367,7 @@ def main():
     ap.add_argument("--model", default="mlp", choices=sorted(DIGITS_MODELS) + ["transformer"])
     ap.add_argument("--preset", default="w8a8", help="comma-separated presets, or 'all'")
     ap.add_argument("--folds", type=number_arg(int, 2), default=5)
-    ap.add_argument("--max-folds", type=number_arg(int, 0), default=0, help="run only the first N folds (quick checks)")
+    ap.add_argument("--max-folds", type=number_arg(int, 0), default=0, help="run only the first N folds (quick checks; 0: all)")
     ap.add_argument("--epochs", type=number_arg(int, 1), default=40)
     ap.add_argument("--qat-epochs", type=number_arg(int, 1), default=20)
     ap.add_argument("--lr", type=number_arg(float, 0, strict=True), default=1e-3)
@@ -401,6 +401,10 @@ def main():
             qatkit.preset(p)
         except ValueError as e:  # unknown names: the message lists the valid ones
             ap.error(f"--preset: {e}")
+    if args.model != "transformer":
+        smallest = int(torch.bincount(load_digits()[1]).min())
+        if args.folds > smallest:  # (stratified_folds: every fold tests every class)
+            ap.error(f"--folds: expected 2 to {smallest} (the digits' smallest class), got {args.folds}")
     if args.ckpt_dir:
         os.makedirs(args.ckpt_dir, exist_ok=True)
     rank, world = dist_info()

@@ -22,9 +22,10 @@ from torch import nn
 # the scripts' command lines
 
 
-def number_arg(kind, lo, strict=False):
-    """An argparse type: a number of ``kind`` (int / float) at least ``lo`` (above it if ``strict``);
-    a bad value is a usage error naming the option, not a traceback from deep inside the run."""
+def number_arg(kind, lo, strict=False, hi=None):
+    """An argparse type: a number of ``kind`` (int / float) at least ``lo`` (above it if ``strict``)
+    and at most ``hi``; a bad value is a usage error naming the option, not a traceback from deep
+    inside the run."""
     def parse(text):
         try:
             v = kind(text)
@@ -32,6 +33,8 @@ def number_arg(kind, lo, strict=False):
             raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
         if v < lo or (strict and v == lo) or v != v:
             raise argparse.ArgumentTypeError(f"expected a value {'>' if strict else '>='} {lo}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"expected a value <= {hi}, got {text}")
         return v
     return parse
 
@@ -47,7 +50,12 @@ def load_digits():
 
 
 def stratified_folds(y: torch.Tensor, k: int, seed: int = 0):
-    """k (train_idx, test_idx) pairs; every sample is a test sample exactly once."""
+    """k (train_idx, test_idx) pairs; every sample is a test sample exactly once, and every fold
+    holds every class (k above the smallest class's size raises ValueError: with --folds 2000 on
+    the 1797 digits, fold 0 tested one image and reported 100 %)."""
+    if not 2 <= k <= int(torch.bincount(y).min()):
+        raise ValueError(f"folds: expected 2 to {int(torch.bincount(y).min())} (the smallest class's size, so that every "
+                         f"fold tests every class), got {k}")
     g = torch.Generator().manual_seed(seed)
     fold_of = torch.empty_like(y)
     for c in y.unique():

@@ -65,7 +65,7 @@ def test_the_readme_demo_runs_end_to_end_on_a_small_budget(tmp_path):
 def test_bad_command_lines_are_usage_errors_naming_the_option():
     """--folds 1 ended in an UnboundLocalError, --batch 0 / --qat-epochs 0 in a ZeroDivisionError,
     --threads 0 in torch's RuntimeError, --epochs 0 trained nothing and printed a table, and an
-    unknown preset in a traceback: each is now argparse's usage error (exit 2) naming the option
+    unknown preset in a traceback, --folds 2000 scored one test image: each is now argparse's usage error (exit 2) naming the option
     and what it takes, before any work (qat_finetune.py, demo.py and ptq.py share the types)."""
     scripts = os.path.dirname(SCRIPT)
     cases = [("qat_finetune.py", ["--folds", "1"], "argument --folds: expected a value >= 2, got 1"),
@@ -74,7 +74,14 @@ def test_bad_command_lines_are_usage_errors_naming_the_option():
              ("qat_finetune.py", ["--threads", "two"], "argument --threads: expected an integer, got 'two'"),
              ("qat_finetune.py", ["--preset", "w9a9"], "--preset: unknown preset 'w9a9'; valid presets: binary_w1a8"),
              ("demo.py", ["--qat-epochs", "0"], "argument --qat-epochs: expected a value >= 1, got 0"),
-             ("ptq.py", ["--calib", "0"], "argument --calib: expected a value >= 1, got 0")]
+             ("ptq.py", ["--calib", "0"], "argument --calib: expected a value >= 1, got 0"),
+             # more folds than the smallest digit class (174 images): fold 0 of 2000 tested one image
+             # and reported 100 %; now a usage error
+             ("qat_finetune.py", ["--folds", "2000"], "--folds: expected 2 to 174 (the digits' smallest class), got 2000"),
+             ("ptq.py", ["--folds", "175"], "--folds: expected 2 to 174"),
+             # the first N of 5 folds: --folds 7 ran 5 without a word
+             ("onnx_check.py", ["--folds", "7"], "argument --folds: expected a value <= 5, got 7"),
+             ("integer_check.py", ["--folds", "6"], "argument --folds: expected a value <= 5, got 6")]
     for script, args, msg in cases:
         r = subprocess.run([sys.executable, os.path.join(scripts, script), *args], capture_output=True, text=True,
                            timeout=120)
