@@ -422,8 +422,17 @@ def main():
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
     print(f"# {steady_allocator()}")
     print(f"# {core_to_core()}")
-    names = a.variants.split(",")
-    res, llc = bench(names, a.n, a.k, [int(b) for b in a.batch.split(",")], a.rounds, a.hot, a.llc_factor, a.calls)
+    names = [v.strip() for v in a.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        ap.error(f"--variants: expected a comma-separated list of {', '.join(VARIANTS)}; got {unknown or a.variants!r}")
+    try:
+        batches = [int(b) for b in a.batch.split(",")]
+    except ValueError:
+        batches = []
+    if not batches or min(batches) < 1:
+        ap.error(f"--batch: expected a comma-separated list of integers >= 1, got {a.batch!r}")
+    res, llc = bench(names, a.n, a.k, batches, a.rounds, a.hot, a.llc_factor, a.calls)
     info = {"cpu": _cpu_model(), "isa": qatkit._C.cpu_isa(), "threads": a.threads, "torch": torch.__version__,
             "llc_mib": llc >> 20, "regime": "hot" if a.hot else f"DRAM (weights per cycle >= {a.llc_factor:g} x LLC)",
             "shape": f"{a.n} x {a.k}"}

@@ -24,6 +24,7 @@ import warnings
 import torch
 from tqdm import tqdm
 
+import qatkit
 from qatkit.testing.fuzz import CHECKS
 from qatkit.testing.fuzz_integer import INTEGER_CHECKS
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' shared helpers
@@ -42,6 +43,17 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     warnings.simplefilter("ignore")  # resize warnings of the out= checks are expected
+    try:
+        device = torch.device(a.device)
+    except RuntimeError:
+        ap.error(f"--device: expected cpu or a CUDA device (cuda, cuda:1), got {a.device!r}")
+    if device.type not in ("cpu", "cuda"):
+        ap.error(f"--device: expected cpu or a CUDA device (cuda, cuda:1), got {a.device!r}")
+    if device.type == "cuda" and not (torch.cuda.is_available() and qatkit.build_info()["cuda"]):
+        ap.error(f"--device {a.device}: this torch (CUDA available: {torch.cuda.is_available()}) and this qatkit build "
+                 f"(CUDA kernels: {qatkit.build_info()['cuda']}) cannot run CUDA")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        ap.error(f"--device: {a.device} does not exist ({torch.cuda.device_count()} CUDA device(s))")
     names = sorted(CHECKS) if a.device == "cpu" else sorted(INTEGER_CHECKS)
     if a.only:
         unknown = sorted(set(a.only.split(",")) - set(names))

@@ -81,7 +81,12 @@ def test_bad_command_lines_are_usage_errors_naming_the_option():
              ("ptq.py", ["--folds", "175"], "--folds: expected 2 to 174"),
              # the first N of 5 folds: --folds 7 ran 5 without a word
              ("onnx_check.py", ["--folds", "7"], "argument --folds: expected a value <= 5, got 7"),
-             ("integer_check.py", ["--folds", "6"], "argument --folds: expected a value <= 5, got 6")]
+             ("integer_check.py", ["--folds", "6"], "argument --folds: expected a value <= 5, got 6"),
+             # a KeyError traceback before
+             ("bench_inference.py", ["--variants", "qatkit w8a8,w9"], "--variants: expected a comma-separated list of"),
+             ("bench_inference.py", ["--batch", "0"], "--batch: expected a comma-separated list of integers >= 1")]
+    if not torch.cuda.is_available():  # an AssertionError reported as a failed check before
+        cases.append(("fuzz_ops.py", ["--device", "cuda"], "--device cuda: this torch (CUDA available: False)"))
     for script, args, msg in cases:
         r = subprocess.run([sys.executable, os.path.join(scripts, script), *args], capture_output=True, text=True,
                            timeout=120)
