@@ -379,6 +379,17 @@ def convert(
                 "empty), so its qparams are meaningless; run training or a few calibration batches in train mode "
                 "with observers enabled (qatkit.qat.enable_observer(model)) before convert"
             )
+    # a converted layer holds weight codes: a weight quantizer switched off (disable_fake_quant)
+    # made the QAT model compute with float weights that the converted model does not
+    off = [name for name, m in layers
+           if isinstance(getattr(m, "weight_fake_quant", None), WeightFakeQuantizer)
+           and not bool(m.weight_fake_quant.fake_quant_on.item())]
+    if off:
+        warnings.warn(
+            f"convert: weight fake quantization is switched off in {len(off)} layer(s) ({', '.join(repr(n) for n in off[:8])}"
+            f"{' ...' if len(off) > 8 else ''}); the converted layers quantize their weights anyway, so the converted "
+            "model's outputs differ from the QAT model's in this state (qatkit.qat.enable_fake_quant(model) before "
+            "convert; switched-off input quantizers stay off in the converted model)", UserWarning, stacklevel=2)
     if isinstance(model, QAT_TYPES):  # a bare QAT layer: its converted form is the model
         if inplace:
             raise ValueError(

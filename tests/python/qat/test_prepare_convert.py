@@ -221,3 +221,36 @@ def test_convert_keeps_the_model_dtype_bit_for_bit(name, dtype):
     assert out.dtype == dtype
     assert c[0].dequantized_weight().dtype == dtype
     assert torch.equal(out, q(x))
+
+
+def test_convert_warns_when_weight_fake_quant_is_switched_off():
+    """A converted layer stores weight codes, so it quantizes its weight whether or not the QAT
+    model's weight quantizer was switched off: after disable_fake_quant(model) the QAT model
+    computed with float weights and convert gave a different (quantized) model without a word. It
+    now warns naming the layers; switched-off input quantizers stay off in the converted model, so
+    activations-only leaves the outputs equal and says nothing."""
+    import warnings as w
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.randn(8, 16)
+    for which, differs in (("weights", True), ("all", True), ("activations", False)):
+        q = qatkit.prepare_qat(m, qatkit.w8a8())
+        q(x)
+        qatkit.qat.disable_fake_quant(q, which)
+        q.eval()
+        with w.catch_warnings(record=True) as rec:
+            w.simplefilter("always")
+            c = qatkit.convert(q)
+        msgs = [str(r.message) for r in rec if "weight fake quantization is switched off" in str(r.message)]
+        with torch.no_grad():
+            assert (not torch.equal(c(x), q(x))) == differs
+        assert bool(msgs) == differs, (which, msgs)
+        if differs:
+            assert "2 layer(s) ('0', '2')" in msgs[0]
+    qatkit.qat.enable_fake_quant(q)
+    with w.catch_warnings():
+        w.simplefilter("error", UserWarning)
+        c = qatkit.convert(q)  # switched back on: no warning, the QAT model's outputs
+    with torch.no_grad():
+        assert torch.equal(c(x), q(x))
