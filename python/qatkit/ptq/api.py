@@ -290,11 +290,16 @@ def _relu_inputs(model: nn.Module, flow: Optional[graph.Dataflow], stats: Dict[s
     for n, m in model.named_modules():
         names.setdefault(id(m), n)
 
+    flattened = []  # whether the last walk back passed a channel-major flatten
+
     def back(c):
         while c is not None and (
             (c.kind == "module" and isinstance(c.module, _RANGE_KEEPING_MODULES))
             or (c.kind == "op" and c.name in _RANGE_KEEPING_OPS)
         ):
+            if (c.kind == "module" and isinstance(c.module, nn.Flatten) and c.module.start_dim == 1) or (
+                    c.kind == "op" and c.name == "flatten"):
+                flattened.append(True)
             c = flow.producer(c)
         return c
 
@@ -302,12 +307,22 @@ def _relu_inputs(model: nn.Module, flow: Optional[graph.Dataflow], stats: Dict[s
     for call in flow.calls:
         if call.kind != "module" or not isinstance(call.module, T._WEIGHTED):
             continue
+        flattened.clear()
         src = back(flow.producer(call))
         if src is None or src.kind != "module" or not isinstance(src.module, (nn.ReLU, nn.ReLU6)):
             continue
         pre = back(flow.producer(src))
         if pre is not None and pre.kind == "module" and names.get(id(pre.module)) in stats:
-            out[names[id(call.module)]] = stats[names[id(pre.module)]]
+            st = stats[names[id(pre.module)]]
+            m = call.module
+            c, want = st.beta.numel(), (m.in_features if isinstance(m, nn.Linear) else m.in_channels)
+            if want != c:
+                # a Linear after Flatten of [N, C, *spatial]: C * k features, channel-major (each
+                # channel's statistics k times); any other mismatch has no per-channel reading
+                if not (isinstance(m, nn.Linear) and flattened and want % c == 0):
+                    continue
+                st = T.BNStats(st.beta.repeat_interleave(want // c), st.gamma.repeat_interleave(want // c))
+            out[names[id(call.module)]] = st
     return out
 
 

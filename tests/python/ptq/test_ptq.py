@@ -414,3 +414,37 @@ def test_ptq_with_bitlinear_says_what_the_rmsnorm_does_to_a_float_model():
         warnings.simplefilter("error", UserWarning)
         q = qatkit.ptq(PreNormed().eval(), data, qatkit.bitnet_b158(), progress=False, verbose=False)
     assert q.ptq_report["bitlinear_float_sqnr_db"] > 60
+
+
+def test_analytic_bias_correction_reads_a_flattened_conv_output_channel_major():
+    """A Linear after ReLU(BN(conv)) -> Flatten reads C * H * W features, channel c's statistics at
+    c * H * W ... (c + 1) * H * W - 1. Analytic bias correction multiplied the weight error
+    [N, C * H * W] with the C channel means and raised "size mismatch" (found by a random ptq
+    sweep); it now expands each channel's E[ReLU(x)] over its positions. Against the same shift
+    from the Linear's input mean measured on 20000 Gaussian samples (the distribution the
+    BatchNorm statistics describe; no padding, so every position has it): within 5 %, where a
+    spatial-major expansion is off by far."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 5))
+    with torch.no_grad():
+        m[1].weight.uniform_(0.5, 2.0)
+        m[1].bias.copy_(torch.linspace(-1.5, 1.5, 8))  # channel means far apart
+    m.train()
+    with torch.no_grad():
+        for _ in range(50):
+            m[1].momentum = None  # a cumulative average
+            m(torch.randn(400, 3, 6, 6))
+    m.eval()
+    calib = [torch.randn(64, 3, 6, 6)]
+    cfg = per_tensor(bits=3, act=False)
+    kw = dict(equalize=False, absorb_bias=False, verbose=False, progress=False)
+    plain = qatkit.ptq(m, calib, cfg, correct_bias=None, **kw)
+    corrected = qatkit.ptq(m, calib, cfg, correct_bias="analytic", **kw)
+    shift = plain[4].bias - corrected[4].bias
+    eps = corrected[4].quantized_weight() - m[4].weight
+    with torch.no_grad():
+        feats = m[:4](torch.randn(20000, 3, 6, 6)).double()
+    want = eps.double() @ feats.mean(0)
+    assert float((shift.double() - want).norm()) <= 0.05 * float(want.norm()), (shift, want)
+    wrong = eps.double() @ feats.mean(0).reshape(8, 16).t().reshape(-1)  # spatial-major: a different vector
+    assert float((wrong - want).norm()) > 0.2 * float(want.norm())
