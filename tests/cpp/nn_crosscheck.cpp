@@ -4,7 +4,9 @@
 // gradient, one eval forward), then converts it (integer codes, scale, zero point, the converted
 // eval forward) and saves the results with torch::pickle_save for comparison.
 //   qatkit_nn_crosscheck IN.pt OUT.pt {linear|bitlinear|conv2d|conv2d_dw|conv1d|convbn} PRESET [PARAMS_JSON [SCALE_DTYPE]]
-// (SCALE_DTYPE: the weight spec's QuantSpec.scale_dtype, e.g. float16)
+//   qatkit_nn_crosscheck IN.pt OUT.pt LAYER spec WEIGHT_JSON ACT_JSON
+// (SCALE_DTYPE: the weight spec's QuantSpec.scale_dtype, e.g. float16; spec: any QuantSpec pair as
+// Python's dataclasses.asdict JSON, or null for float)
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -38,8 +40,18 @@ int main(int argc, char** argv) {
     std::vector<torch::Tensor> xs;
     for (const c10::IValue& v : d.at("x").toListRef()) xs.push_back(v.toTensor());
     const std::string layer = argv[3];
-    qatkit::nn::LayerSpec spec = qatkit::nn::QATConfig::preset(argv[4], argc >= 6 ? argv[5] : "{}").default_spec;
-    if (argc == 7 && spec.weight) {
+    qatkit::nn::LayerSpec spec;
+    if (std::string(argv[4]) == "spec") {  // spec WEIGHT_JSON ACT_JSON: QuantSpec.to_json texts, or null
+      if (argc != 7) {
+        std::cerr << "usage: qatkit_nn_crosscheck IN.pt OUT.pt LAYER spec WEIGHT_JSON ACT_JSON\n";
+        return 2;
+      }
+      if (std::string(argv[5]) != "null") spec.weight = qatkit::nn::QuantSpec::from_json(argv[5]);
+      if (std::string(argv[6]) != "null") spec.activation = qatkit::nn::QuantSpec::from_json(argv[6]);
+    } else {
+      spec = qatkit::nn::QATConfig::preset(argv[4], argc >= 6 ? argv[5] : "{}").default_spec;
+    }
+    if (argc == 7 && spec.weight && std::string(argv[4]) != "spec") {
       spec.weight->scale_dtype = argv[6];
       spec.weight = spec.weight->validated();
     }

@@ -55,11 +55,14 @@ CASES = [
 
 
 def python_layer(layer, preset, w, b, params, bn_affine=None):
-    params = dict(params)
-    scale_dtype = params.pop("scale_dtype", None)
-    spec = qatkit.preset(preset, **params).default
-    if scale_dtype is not None:
-        spec = dataclasses.replace(spec, weight=dataclasses.replace(spec.weight, scale_dtype=scale_dtype))
+    if isinstance(preset, qatkit.LayerSpec):
+        spec = preset
+    else:
+        params = dict(params)
+        scale_dtype = params.pop("scale_dtype", None)
+        spec = qatkit.preset(preset, **params).default
+        if scale_dtype is not None:
+            spec = dataclasses.replace(spec, weight=dataclasses.replace(spec.weight, scale_dtype=scale_dtype))
     if layer == "conv1d":
         conv = nn.Conv1d(w.shape[1], w.shape[0], w.shape[2], padding=1)
         with torch.no_grad():
@@ -93,7 +96,15 @@ def python_layer(layer, preset, w, b, params, bn_affine=None):
 def test_cpp_and_python_layers_agree(tmp_path, case):
     layer, preset = case[:2]
     params = case[2] if len(case) > 2 else {}
-    g = torch.Generator().manual_seed(zlib.crc32(f"{layer}-{preset}-{params}".encode()) % 1000)
+    _crosscheck(tmp_path, layer, preset, params)
+
+
+def _crosscheck(tmp_path, layer, preset, params, seed=None):
+    """Run the layer on both sides (see the module docstring); ``preset`` a preset name or a
+    LayerSpec (passed to C++ as QuantSpec JSON)."""
+    if seed is None:
+        seed = zlib.crc32(f"{layer}-{preset}-{params}".encode()) % 1000
+    g = torch.Generator().manual_seed(seed)
     extra = {}
     if layer in ("linear", "bitlinear"):
         w, b = torch.randn(24, 64, generator=g) * 0.1, torch.randn(24, generator=g) * 0.1
@@ -108,13 +119,14 @@ def test_cpp_and_python_layers_agree(tmp_path, case):
     if layer == "convbn":  # gamma of both signs: the fold's factor flips some channels
         extra = {"bn_weight": torch.randn(8, generator=g), "bn_bias": torch.randn(8, generator=g) * 0.1}
     torch.save({"weight": w, "bias": b, "x": xs, **extra}, tmp_path / "in.pt")
-    preset_params = {k: v for k, v in params.items() if k != "scale_dtype"}
-    extra_args = [params["scale_dtype"]] if "scale_dtype" in params else []
-    r = subprocess.run(
-        [EXE, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), layer, preset, json.dumps(preset_params), *extra_args],
-        capture_output=True,
-        text=True,
-    )
+    if isinstance(preset, qatkit.LayerSpec):
+        args = ["spec"] + [json.dumps(dataclasses.asdict(s)) if s is not None else "null"
+                           for s in (preset.weight, preset.activation)]
+    else:
+        preset_params = {k: v for k, v in params.items() if k != "scale_dtype"}
+        args = [preset, json.dumps(preset_params)] + ([params["scale_dtype"]] if "scale_dtype" in params else [])
+    r = subprocess.run([EXE, str(tmp_path / "in.pt"), str(tmp_path / "out.pt"), layer, *args], capture_output=True,
+                       text=True)
     assert r.returncode == 0, r.stderr
     # torch::pickle_save tags the list's element type with a helper torch.load allows explicitly
     with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag]):
@@ -134,4 +146,46 @@ def test_cpp_and_python_layers_agree(tmp_path, case):
     py += [c.weight_int, c.weight_scale, c.weight_zero_point, c(xs[0]).detach()]
     assert len(cpp) == len(py)
     for k, (a, c) in enumerate(zip(py, cpp, strict=True)):
-        assert torch.equal(a, c), f"result {k} differs (max {(a - c).abs().max().item()})"
+        assert torch.equal(a, c), f"result {k} differs (max {(a - c).abs().max().item()}; {preset})"
+
+
+def _random_specs(n, seed):
+    """n (layer, LayerSpec) draws of scripts/fuzz_specs.py's random weight / input specs that
+    QuantSpec accepts (every bit width, sign, symmetry, granularity, scale kind; the min/max
+    observers)."""
+    import random
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import fuzz_specs
+
+    r, out = random.Random(seed), []
+    while len(out) < n:
+        layer = r.choice(["linear", "linear", "conv2d", "conv2d_dw", "conv1d", "convbn"])
+        try:
+            spec = qatkit.LayerSpec(fuzz_specs.weight_spec(r), fuzz_specs.input_spec(r, layer != "linear"))
+        except (ValueError, TypeError):
+            continue
+        if spec.activation is not None and spec.activation.granularity == "per_channel" and layer != "linear":
+            spec = dataclasses.replace(spec, activation=dataclasses.replace(spec.activation, axis=1))
+        if spec.activation is not None and spec.activation.observer not in ("minmax", "moving_average"):
+            # the histogram observers (percentile, mse, kl) are Python's; C++ refuses them by name
+            spec = dataclasses.replace(spec, activation=dataclasses.replace(
+                spec.activation, observer=r.choice(["minmax", "moving_average"])))
+        out.append((layer, spec))
+    return out
+
+
+@pytest.mark.parametrize("i,case", list(enumerate(_random_specs(24, seed=7))),
+                         ids=lambda c: str(c) if isinstance(c, int) else "")
+def test_cpp_and_python_layers_agree_on_random_specs(tmp_path, i, case):
+    """The crosscheck above for QuantSpec pairs outside the presets (passed to C++ as
+    QuantSpec JSON): training forwards, the weight gradient, the eval forward, convert's codes,
+    scales and zero points and its output, bit for bit."""
+    layer, spec = case
+    try:
+        shape = {"linear": (24, 64), "conv1d": (8, 6, 3), "conv2d_dw": (8, 1, 3, 3)}.get(layer, (8, 6, 3, 3))
+        python_layer(layer, spec, torch.zeros(shape), torch.zeros(shape[0]), {}, (torch.ones(8), torch.zeros(8)))
+    except (ValueError, TypeError) as e:  # specs a layer refuses (Python's message; C++ must refuse too)
+        pytest.skip(f"Python refuses this spec for {layer}: {e}")
+    _crosscheck(tmp_path, layer, spec, {}, seed=100 + i)
