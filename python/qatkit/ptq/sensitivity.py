@@ -105,7 +105,18 @@ class SensitivityReport:
         return "\n".join(lines)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, default=str)
+        """Strict JSON: a zero-noise layer's infinite SQNR is the string "inf" (json.dumps wrote
+        the bare Infinity that JSON parsers other than Python's refuse)."""
+        def strict(v):
+            if isinstance(v, float) and not math.isfinite(v):
+                return "nan" if v != v else ("inf" if v > 0 else "-inf")
+            if isinstance(v, dict):
+                return {k: strict(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [strict(x) for x in v]
+            return v
+
+        return json.dumps(strict(dataclasses.asdict(self)), indent=1, default=str, allow_nan=False)
 
     def plot(self, path: str) -> str:
         """A bar chart of the per-layer SQNR (only this layer quantized / all but this one)."""
@@ -117,14 +128,30 @@ class SensitivityReport:
         names = [r["name"] for r in self.rows]
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(names)), 4))
         xs = range(len(names))
-        ax.bar([i - 0.2 for i in xs], [r["only_quantized"]["sqnr_db"] for r in self.rows], 0.4, label="only this layer quantized")
-        ax.bar([i + 0.2 for i in xs], [r["only_float"]["sqnr_db"] for r in self.rows], 0.4, label="all but this layer")
-        ax.axhline(self.all_quantized["sqnr_db"], color="k", lw=0.8, ls="--", label="all quantized")
+        only_q = [r["only_quantized"]["sqnr_db"] for r in self.rows]
+        only_f = [r["only_float"]["sqnr_db"] for r in self.rows]
+        # a zero-noise configuration has an infinite SQNR, which matplotlib leaves out: drawn as a
+        # hatched bar 10 dB above the largest finite value, labelled "inf"
+        finite = [v for v in only_q + only_f + [self.all_quantized["sqnr_db"]] if math.isfinite(v)]
+        top = (max(finite) if finite else 50.0) + 10.0
+        from matplotlib.patches import Patch
+
+        handles = []
+        for off, vals, label, color in ((-0.2, only_q, "only this layer quantized", "C0"),
+                                        (0.2, only_f, "all but this layer", "C1")):
+            bars = ax.bar([i + off for i in xs], [top if v == math.inf else v for v in vals], 0.4, color=color)
+            handles.append(Patch(color=color, label=label))  # (a plain patch: the first bar may be hatched)
+            for b, v in zip(bars, vals):
+                if v == math.inf:
+                    b.set_hatch("//")
+                    ax.text(b.get_x() + b.get_width() / 2, top, "inf", ha="center", va="bottom", fontsize=7)
+        if math.isfinite(self.all_quantized["sqnr_db"]):
+            handles.insert(0, ax.axhline(self.all_quantized["sqnr_db"], color="k", lw=0.8, ls="--", label="all quantized"))
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names, rotation=90, fontsize=7)
         ax.set_ylabel("model output SQNR (dB)")
         ax.set_title(f"qatkit.sensitivity ({self.config})")
-        ax.legend(fontsize=7)
+        ax.legend(handles=handles, fontsize=7)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)

@@ -268,3 +268,31 @@ def test_a_compiled_model_is_measured_as_its_eager_self(setup):
     for a, b in zip(got.rows, want.rows):
         assert a["layer_output"] == b["layer_output"] and a["only_quantized"] == b["only_quantized"]
         assert math.isfinite(a["layer_output"]["sqnr_db"])
+
+
+def test_a_zero_noise_layer_is_strict_json_and_a_drawn_bar(tmp_path, monkeypatch):
+    """A layer whose weights lie on the int8 grid has no quantization noise: an infinite SQNR.
+    to_json wrote the bare ``Infinity`` that JSON parsers other than Python's refuse; it is now the
+    string "inf" (json.dumps with allow_nan=False accepts the text). plot() left infinite bars out
+    (matplotlib draws nothing), so the exact layer looked like missing data; they are drawn hatched
+    10 dB above the largest finite bar and labelled "inf"."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        m[0].weight.copy_(torch.randint(-127, 128, (16, 8)).float() / 64)
+        m[0].weight[:, 0] = 127 / 64  # every row's max |w| is 127 steps: its scale is exactly 1/64
+    rep = qatkit.sensitivity(m, [torch.randn(32, 8)], qatkit.int8_weight_only(), progress=False)
+    assert rep.rows[0]["only_quantized"]["sqnr_db"] == math.inf and math.isfinite(rep.rows[1]["only_quantized"]["sqnr_db"])
+    text = rep.to_json()
+    assert "Infinity" not in text
+    d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert d["rows"][0]["only_quantized"]["sqnr_db"] == "inf"
+    import matplotlib.axes
+
+    drawn = []
+    real_bar = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda self, x, h, *a, **k: drawn.append(list(h)) or real_bar(self, x, h, *a, **k))
+    rep.plot(str(tmp_path / "s.png"))
+    finite = max(v for bars in drawn for v in bars if v < max(max(b) for b in drawn))
+    assert all(math.isfinite(v) for bars in drawn for v in bars)
+    assert drawn[0][0] == drawn[1][1] and drawn[0][0] >= finite + 10 - 1e-9  # the two infinite bars, on top
