@@ -41,6 +41,7 @@ from ..qat.prepare import (
     enable_observer,
     prepare_qat,
     refuse_meta,
+    refuse_quantized,
     refuse_wrapped,
 )
 from ..qat.swap import pruning_hooks
@@ -453,6 +454,7 @@ def ptq(
     check_flags("ptq", equalize=equalize, absorb_bias=absorb_bias, threshold_search=threshold_search,
                 inplace=inplace, progress=progress, verbose=verbose)
     refuse_wrapped("ptq", model)
+    refuse_quantized("ptq", model)
     refuse_meta("ptq", model)
     if isinstance(adaround_iters, bool) or not isinstance(adaround_iters, int) or adaround_iters < 1:
         raise ValueError(f"ptq: adaround_iters must be an integer >= 1, got {adaround_iters!r}")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..qat.config import QATConfig, QuantSpec, check_flags, w8a8
-from ..qat.prepare import calibrate, call_on_batch, copy_model, prepare_qat, unwrap_model
+from ..qat.prepare import calibrate, call_on_batch, copy_model, prepare_qat, refuse_quantized, unwrap_model
 from ..qat.quantizers import ActFakeQuantizer, WeightFakeQuantizer
 from .api import _batches, _progress
 
@@ -176,6 +176,7 @@ def sensitivity(
     # the model inside torch.compile's / DDP's wrapper: the rows name its own layers (not
     # "_orig_mod.0"), and the layer-output hooks run (on a compiled model they never fired: the
     # "layer output SQNR" column read nan), with the many per-layer switches not recompiling
+    refuse_quantized("sensitivity", unwrap_model(model))
     model = copy_model(unwrap_model(model)).eval()
     q = _prepared(model, config, batches, forward)
     # BitLinear normalizes its input (RMSNorm) whether it quantizes or not, so with BitLinear layers
@@ -280,6 +281,7 @@ def choose_bits(
     if not all(isinstance(c, QATConfig) for c in cands):
         raise TypeError("choose_bits: candidates must be QATConfig objects")
     _check_candidates(cands)
+    refuse_quantized("choose_bits", unwrap_model(model))
     cands = [dataclasses.replace(c, first_last=None) for c in cands]
     # read once: every candidate's sensitivity runs over the batches (a generator was exhausted by
     # the first candidate, and the second raised "data holds no batches")

@@ -623,6 +623,20 @@ def refuse_meta(where: str, model: nn.Module) -> None:
                 )
 
 
+def refuse_quantized(where: str, model: nn.Module) -> None:
+    """Raise where ``model`` already holds QAT (prepared) or converted / loaded layers: ``where``
+    (ptq, sensitivity, choose_bits) starts from the float model. The error named prepare_qat
+    ("nothing to quantize") before, which the caller never called."""
+    from .convert import _Quantized
+
+    for name, m in model.named_modules():
+        if isinstance(m, _QAT_TYPES + (BitLinear,)) or isinstance(m, _Quantized):
+            state = "converted" if isinstance(m, _Quantized) else "prepared"
+            at = f"layer '{name}'" if name else "the model"
+            raise ValueError(f"{where}: the model is {state} already ({at} is a {type(m).__name__}); {where} takes the "
+                             "float model (keep a copy of it before prepare_qat / ptq)")
+
+
 def refuse_wrapped(where: str, model: nn.Module) -> None:
     """Raise where ``model`` is (or holds) a DDP / DataParallel / FSDP wrapper: it registered the
     float model's parameters when it was built, so QAT layers' new parameters (learned scales)

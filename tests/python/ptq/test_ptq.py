@@ -448,3 +448,21 @@ def test_analytic_bias_correction_reads_a_flattened_conv_output_channel_major():
     assert float((shift.double() - want).norm()) <= 0.05 * float(want.norm()), (shift, want)
     wrong = eps.double() @ feats.mean(0).reshape(8, 16).t().reshape(-1)  # spatial-major: a different vector
     assert float((wrong - want).norm()) > 0.2 * float(want.norm())
+
+
+def test_ptq_sensitivity_and_choose_bits_refuse_a_quantized_model_naming_themselves():
+    """Each starts from the float model. Given a prepared or converted one, the error came from
+    inside: "prepare_qat: the model has nothing to quantize", a function the caller never called.
+    It now names the caller, the state and the layer."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    q = qatkit.prepare_qat(m, qatkit.w8a8())
+    q(torch.randn(4, 8))
+    c = qatkit.convert(q.eval())
+    data = [torch.randn(4, 8)]
+    for model, state, kind in ((q, "prepared", "QuantLinear"), (c, "converted", "QuantizedLinear")):
+        for name, call in (("ptq", lambda mm: qatkit.ptq(mm, data, verbose=False, progress=False)),
+                           ("sensitivity", lambda mm: qatkit.sensitivity(mm, data, progress=False)),
+                           ("choose_bits", lambda mm: qatkit.choose_bits(mm, data, budget=4, progress=False))):
+            with pytest.raises(ValueError, match=rf"^{name}: the model is {state} already \(layer '0' is a {kind}\)"):
+                call(model)
