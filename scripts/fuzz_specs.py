@@ -4,15 +4,18 @@ unsigned, symmetric / affine, narrow range, per tensor / channel / group, static
 dynamic scales, every observer, float16 / bfloat16 weight scales; ternary absmean / TWN, binary
 with and without scales, stochastic; binary inputs), on an MLP (now and then with BitLinear), a
 conv net (grouped and depthwise convs) or an Embedding + Conv1d net over token ids (the table
-quantized or not), with ``first_last`` None / float / int8, three SGD steps, then:
+quantized or not), with ``first_last`` None / float / int8 and, in 40 % of the draws, random
+per-layer overrides (mixed precision, as ``choose_bits`` writes), three SGD steps, then:
 
 - ``qatkit.convert(model)`` must give the QAT model's eval outputs bit for bit;
 - ``qatkit.load(path, compute="float")`` must give the converted model's outputs bit for bit, and
   ``qatkit.load(path)`` (integer kernels) those of the converted model after
   ``set_compute(..., "integer", kernels_only=True)``;
 - with ``--onnx``, ``qatkit.export_onnx`` run in onnxruntime (graph optimizations off) on 32 rows
-  must give the converted model's outputs within 2 % of the largest (as in fuzz_models.py); it
-  found unsigned 16-bit static inputs refused ("fit no ONNX integer type");
+  must give the converted model's outputs within 2 % of the largest (as in fuzz_models.py), but for
+  rows where an input quantizer sees a value at a rounding tie (``_ties``: onnxruntime's float math
+  can put that code one step apart); it found unsigned 16-bit static inputs refused ("fit no ONNX
+  integer type");
 - with ``--cpp``, the C++ loader (``build/py/qatkit_load_run``) must give Python's integer outputs
   bit for bit, and its float outputs within 1e-4 of the largest (torch's CPU GEMM rounds by the
   input buffer's alignment, which differs between the two programs).
@@ -112,9 +115,61 @@ def _onnx(converted: nn.Module, gen, tmp: str, spec) -> str | None:
         ref = converted(x)
     got = torch.from_numpy(ort_session(path, None, "none").run(None, {"input": x.numpy()})[0])
     big = float(ref.abs().max())
-    if got.shape != ref.shape or float((got - ref).abs().max()) > 0.02 * big + 1e-30:
-        return f"onnxruntime differs from convert() by {float((got - ref).abs().max()):.3g} of {big:.3g} ({spec})"
+    if got.shape != ref.shape:
+        return f"onnxruntime's output has shape {tuple(got.shape)}, convert()'s {tuple(ref.shape)} ({spec})"
+    rows = ((got - ref).abs().reshape(len(x), -1).amax(1) > 0.02 * big + 1e-30).nonzero().reshape(-1)
+    if len(rows):
+        if not _ties(converted, x, rows):
+            return f"onnxruntime differs from convert() by {float((got - ref).abs().max()):.3g} of {big:.3g} ({spec})"
+        TIES[0] += 1
     return None
+
+
+TIES = [0]  # draws whose onnxruntime rows beyond 2 % all hold a rounding tie (counted in the summary)
+
+
+def _ties(converted: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Whether every differing row holds, at some input quantizer, a value at a rounding tie: a
+    binary input within 1e-4 of its largest from zero, or a static / learned / dynamic integer input
+    within 1e-4 code steps (plus 2e-5 of its size in steps) of a rounding boundary. onnxruntime's float
+    math differs from torch's there (its Gelu by 1e-5 relative; x / scale where qatkit takes
+    x * (1 / scale); summation order), so such a code can land one step apart and move the output
+    by a whole step (seed 32: a binary input 3.3e-6 from zero, output 16 % apart; seed 34: a
+    4-bit input 9e-6 steps from a boundary behind BitLinear's RMSNorm, 3 %)."""
+    from qatkit.qat.quantizers import (AffineDynamicActQuantizer, AffineLearnedActQuantizer, AffineStaticActQuantizer,
+                                       BinaryActQuantizer)
+
+    near = torch.zeros(len(x), dtype=torch.bool)
+
+    def check(mod, args):
+        v = args[0].detach().float()
+        if isinstance(mod, BinaryActQuantizer):
+            hit = v.abs() < 1e-4 * float(v.abs().max())
+        elif isinstance(mod, AffineDynamicActQuantizer):  # s = max(absmax, 1e-5) / qmax, per row or tensor
+            m = v.abs().amax(-1, keepdim=True) if mod.spec.granularity == "per_token" else v.abs().max()
+            t = v / (m.clamp(min=1e-5) / mod.spec.quant_max)
+            hit = ((t - t.floor()) - 0.5).abs() < 1e-4 + 2e-5 * t.abs()
+        else:
+            scale, _ = mod.frozen_qparams()
+            scale = scale.detach().float().reshape(-1)
+            if scale.numel() > 1:
+                shape = [1] * v.dim()
+                shape[mod.axis % v.dim()] = -1
+                scale = scale.reshape(shape)
+            t = v / scale
+            hit = ((t - t.floor()) - 0.5).abs() < 1e-4 + 2e-5 * t.abs()
+        near.__ior__(hit.reshape(len(x), -1).any(1))
+
+    hooks = [m.register_forward_pre_hook(check) for m in converted.modules()
+             if isinstance(m, (BinaryActQuantizer, AffineStaticActQuantizer, AffineLearnedActQuantizer,
+                               AffineDynamicActQuantizer))]
+    try:
+        with torch.no_grad():
+            converted(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return bool(near[rows].all())
 
 
 def check(r: random.Random, draw: int, tmp: str, cpp: bool, onnx: bool = False):
@@ -141,6 +196,15 @@ def check(r: random.Random, draw: int, tmp: str, cpp: bool, onnx: bool = False):
     else:
         model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5))
         gen = lambda: torch.randn(6, 32)  # noqa: E731
+    if r.random() < 0.4:  # mixed precision: some layers their own random spec (as choose_bits' configs)
+        overrides = []
+        for name, m in model.named_modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)) and r.random() < 0.5:
+                try:
+                    overrides.append((name, LayerSpec(weight_spec(r), input_spec(r, isinstance(m, (nn.Conv1d, nn.Conv2d))))))
+                except (ValueError, TypeError):
+                    pass
+        extra["overrides"] = tuple(overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -216,7 +280,7 @@ def main(argv=None) -> int:
                 passed += 1
     print(f"fuzz_specs: {args.models} draws in {time.time() - t0:.0f} s, seed {args.seed}: {passed} models bit for bit "
           f"(QAT = convert = float load; integer load = convert's kernels{'; C++ integer equal, float within 1e-4' if args.cpp else ''}"
-          f"{f'; onnxruntime within 2 %, {no_form} with no ONNX form' if args.onnx else ''}), "
+          f"{f'; onnxruntime within 2 % but {TIES[0]} at rounding ties, {no_form} with no ONNX form' if args.onnx else ''}), "
           f"{refused} specs refused")
     return 0
 
