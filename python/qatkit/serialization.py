@@ -145,7 +145,12 @@ class _Packed:
     def _resync_packed(self) -> None:
         """The packed bytes written in place (a bit flip in ``weight_packed``): unpack the codes the
         forward reads again (integer.refresh_layer calls it; so do the float forward's weight, export and
-        state_dict). Where both were written, the packed bytes win."""
+        state_dict). Where both were written, the packed bytes win. Not while torch.compile traces
+        (Dynamo cannot read a tensor's version; the graph reads the codes as the eager calls before
+        tracing left them, as the integer kernels' plans do): a weight-only conv's float forward
+        reaches here, and broke ``fullgraph=True`` with "tensor.is_inference() during tracing"."""
+        if torch.compiler.is_compiling():
+            return
         if self.packing is not None and tensor_version(self.weight_packed) != self.__dict__.get("_packed_version"):
             self._buffers["weight_int"] = self._unpacked().to(self.weight_int.device)
             self._int_version = tensor_version(self.weight_int)

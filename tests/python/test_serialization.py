@@ -614,6 +614,30 @@ def test_a_loaded_cnn_compiles_and_exports_to_its_conv_ops(tmp_path):
         assert ops_ == [f"qatkit.{k}.default" for k in convs] + ["qatkit.linear_int8.default"], ops_
 
 
+@pytest.mark.parametrize("preset", ["int8_weight_only", "int4_weight_only", "ternary_weight_only", "binary_weight_only"])
+def test_a_loaded_weight_only_cnn_compiles_with_fullgraph(tmp_path, preset):
+    """Weight-only convs compute in float with their dequantized weight, which first checked the
+    packed bytes' version (an in-place edit is unpacked again): Dynamo cannot read a version, and
+    torch.compile(fullgraph=True) of every loaded weight-only CNN raised "Encountered
+    tensor.is_inference() during tracing" (without fullgraph: a graph break per conv). The check
+    is left to eager calls now; the compiled model gives the eager outputs within Inductor's float
+    reordering, at every batch size with dynamic=True."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 16, 4)).eval()
+    q = _ptq(net, torch.randn(16, 3, 4, 4), qatkit.preset(preset))
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load(path)
+    torch._dynamo.reset()
+    compiled = torch.compile(loaded, fullgraph=True, dynamic=True)
+    with torch.no_grad():
+        for b in (1, 3, 7):
+            x = torch.randn(b, 3, 4, 4)
+            want = loaded(x)
+            torch.testing.assert_close(compiled(x), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("preset", ["int4_weight_only", "int4_weight_only asymmetric", "ternary_weight_only",
                                     "binary_weight_only", "int8_weight_only"])
 def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
