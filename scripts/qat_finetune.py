@@ -30,6 +30,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,13 @@ def dist_info():
 
 def wrap(model, world):
     if world > 1:
+        bns = [n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if bns and torch.distributed.get_rank() == 0 and not getattr(wrap, "_warned", False):
+            wrap._warned = True  # (once per run, not per fold and preset)
+            warnings.warn(f"{len(bns)} BatchNorm layer(s) ({', '.join(bns[:3])}{' ...' if len(bns) > 3 else ''}) normalize with "
+                          "each rank's own batch statistics under DDP (SyncBatchNorm needs CUDA): the run is not the "
+                          "single-process run on the same global batches (--model mlp_nobn / transformer are)",
+                          UserWarning, stacklevel=2)
         return torch.nn.parallel.DistributedDataParallel(model)
     return model
 

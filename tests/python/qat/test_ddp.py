@@ -61,6 +61,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
     r = subprocess.run(cmd + [SCRIPT, *ARGS, "--save-final", str(ddp)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "BatchNorm layer(s)" not in r.stderr  # mlp_nobn: no per-rank statistics to warn about
     r = subprocess.run([sys.executable, SCRIPT, *ARGS, "--save-final", str(single)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = torch.load(ddp, weights_only=False), torch.load(single, weights_only=False)
@@ -70,6 +71,20 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     _compare("fp", a["fp"], b["fp"])
     assert _compare("w8a8", a["presets"]["w8a8"], b["presets"]["w8a8"]) > 0
     _compare("w4a4_lsq", a["presets"]["w4a4_lsq"], b["presets"]["w4a4_lsq"])
+
+
+def test_ddp_with_batchnorm_warns_that_ranks_normalize_apart(tmp_path):
+    """Under DDP on CPU each rank's BatchNorm normalizes with its own batch statistics
+    (SyncBatchNorm needs CUDA), so a --model cnn run is not the single-process run the docstring
+    promises for models without BatchNorm; it ran without a word. Rank 0 now warns once, naming
+    the layers."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           SCRIPT, "--model", "cnn", "--preset", "w8a8", "--folds", "2", "--max-folds", "1", "--epochs", "1",
+           "--qat-epochs", "1", "--no-progress", "--threads", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("BatchNorm layer(s) (features.1, features.4, features.8) normalize with each rank's own") == 1, \
+        r.stderr[-3000:]
 
 
 #: presets of the uneven-batch test: moving-average min/max, LSQ, histogram observers per tensor and
