@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from deploy_demo import deploy  # noqa: E402
 from qat_finetune import plot, print_table, run_digits  # noqa: E402
-from qat_models import number_arg  # noqa: E402
+from qat_models import check_folds, number_arg  # noqa: E402
 
 import qatkit  # noqa: E402
 
@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--no-deploy", action="store_true",
                     help="skip the deployment table (export -> load on integer kernels -> C++)")
     a = ap.parse_args()
+    check_folds(ap, a.folds)
     torch.set_num_threads(2)
     # the experiment script's defaults: 40 FP32 epochs, 20 QAT epochs, Adam, batch 64
     args = argparse.Namespace(

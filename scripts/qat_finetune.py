@@ -43,6 +43,7 @@ from qat_models import (  # noqa: E402
     CharDataset,
     TinyLM,
     bits_per_char,
+    check_folds,
     load_digits,
     number_arg,
     stdlib_corpus,
@@ -410,9 +411,7 @@ def main():
         except ValueError as e:  # unknown names: the message lists the valid ones
             ap.error(f"--preset: {e}")
     if args.model != "transformer":
-        smallest = int(torch.bincount(load_digits()[1]).min())
-        if args.folds > smallest:  # (stratified_folds: every fold tests every class)
-            ap.error(f"--folds: expected 2 to {smallest} (the digits' smallest class), got {args.folds}")
+        check_folds(ap, args.folds)
     if args.ckpt_dir:
         os.makedirs(args.ckpt_dir, exist_ok=True)
     rank, world = dist_info()

@@ -39,6 +39,14 @@ def number_arg(kind, lo, strict=False, hi=None):
     return parse
 
 
+def check_folds(ap, folds: int) -> None:
+    """argparse's usage error where --folds exceeds the digits' smallest class (stratified_folds:
+    every fold tests every class)."""
+    smallest = int(torch.bincount(load_digits()[1]).min())
+    if folds > smallest:
+        ap.error(f"--folds: expected 2 to {smallest} (the digits' smallest class), got {folds}")
+
+
 def load_digits():
     """(x float32 [1797, 64] in [0, 1], y int64 [1797])."""
     from sklearn.datasets import load_digits as _load

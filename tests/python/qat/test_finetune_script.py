@@ -79,6 +79,7 @@ def test_bad_command_lines_are_usage_errors_naming_the_option():
              # and reported 100 %; now a usage error
              ("qat_finetune.py", ["--folds", "2000"], "--folds: expected 2 to 174 (the digits' smallest class), got 2000"),
              ("ptq.py", ["--folds", "175"], "--folds: expected 2 to 174"),
+             ("demo.py", ["--folds", "500"], "--folds: expected 2 to 174 (the digits' smallest class), got 500"),
              # the first N of 5 folds: --folds 7 ran 5 without a word
              ("onnx_check.py", ["--folds", "7"], "argument --folds: expected a value <= 5, got 7"),
              ("integer_check.py", ["--folds", "6"], "argument --folds: expected a value <= 5, got 6"),
