@@ -772,6 +772,19 @@ def calibrate(model: nn.Module, batches, forward=None, distributed: bool = False
             if getattr(obs, "dirty", False):
                 obs.refresh()
     names = {id(m): n for n, m in model.named_modules()}
+    # observers switched off (disable_observer, as QAT recipes do late in training) keep their
+    # ranges: calibrate ran the batches and changed nothing there, without a word
+    frozen = [names[id(m)] for m in acts if "observer_on" in m._buffers and not bool(m.observer_on.item())]
+    if frozen and len(frozen) == len(acts):
+        raise ValueError(
+            f"calibrate: every activation observer is switched off ({len(frozen)}: {', '.join(frozen[:8])}"
+            f"{' ...' if len(frozen) > 8 else ''}), so the batches changed no range; call "
+            "qatkit.qat.enable_observer(model) first")
+    if frozen:
+        warnings.warn(
+            f"calibrate: {len(frozen)} activation quantizer(s) have their observer switched off and kept their "
+            f"ranges: {', '.join(frozen[:8])}{' ...' if len(frozen) > 8 else ''} (qatkit.qat.enable_observer(model) "
+            "to calibrate them too)", UserWarning, stacklevel=2)
     idle = [names[id(m)] for m in acts if counts[id(m)] == 0 and isinstance(m, _DATA_RANGE_QUANTIZERS)]
     if idle:
         raise ValueError(

@@ -148,6 +148,30 @@ def test_calibrate_raises_naming_layers_that_observed_nothing():
         qatkit.qat.calibrate(q, [])  # no batches at all
 
 
+def test_calibrate_says_when_observers_are_switched_off():
+    """After disable_observer (QAT recipes freeze the observers late in training), calibrate ran
+    the batches and changed no range, without a word. Every observer off: ValueError; some off: a
+    warning naming them, while the others calibrate."""
+    q = qatkit.prepare_qat(_mlp(), qatkit.w8a8())
+    q(torch.randn(4, 8))
+    qatkit.qat.disable_observer(q)
+    before = {k: v.clone() for k, v in q.state_dict().items() if "running_" in k}
+    with pytest.raises(ValueError, match=r"every activation observer is switched off \(3: 0.input_fake_quant"):
+        qatkit.qat.calibrate(q, [torch.randn(4, 8) * 10])
+    assert all(torch.equal(v, q.state_dict()[k]) for k, v in before.items())
+    q[0].input_fake_quant.enable_observer(True)
+    with pytest.warns(UserWarning, match=r"2 activation quantizer\(s\) have their observer switched off and kept their "
+                                         r"ranges: 2.input_fake_quant, 4.input_fake_quant"):
+        qatkit.qat.calibrate(q, [torch.randn(4, 8) * 10])
+    after = q.state_dict()
+    assert not torch.equal(after["0.input_fake_quant.observer.running_max"], before["0.input_fake_quant.observer.running_max"])
+    assert torch.equal(after["2.input_fake_quant.observer.running_max"], before["2.input_fake_quant.observer.running_max"])
+    qatkit.qat.enable_observer(q)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        qatkit.qat.calibrate(q, [torch.randn(4, 8)])
+
+
 def test_out_aliasing_a_qparam_is_refused_before_anything_is_resized():
     x = torch.randn(4, 8)
     for name in ("scale", "zero_point"):
