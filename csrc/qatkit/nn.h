@@ -171,6 +171,9 @@ class QATKIT_API ActFakeQuantizerImpl : public torch::nn::Cloneable<ActFakeQuant
   void reset() override;
   torch::Tensor forward(const torch::Tensor& x);
   void enable_observer(bool on);
+  /// Whether a static range observer is switched on (false after enable_observer(false); true for
+  /// quantizers without one).
+  bool observer_enabled() const { return !observer_on_.defined() || observer_on_.ne(0).item<bool>(); }
   void enable_fake_quant(bool on);
   /// Writes the spec (key "spec", its JSON) next to the buffers, so a checkpoint records its config.
   void save(torch::serialize::OutputArchive& archive) const override;

@@ -245,6 +245,13 @@ CATCH_TEST_CASE("bad input to the C++ QAT API: a table of calls and message frag
          qnn::calibrate(*q, {torch::ones({1, 2})}, nullptr);
        },
        "forward must be a callable"},
+      {"calibrate with every observer off",
+       [] {
+         auto q = qnn::prepare_qat(torch::nn::Sequential(torch::nn::Linear(2, 2)), qnn::QATConfig::w8a8());
+         qnn::enable_observer(*q, false);
+         qnn::calibrate(*q, {torch::ones({1, 2})}, [&](const torch::Tensor& b) { q->forward(b); });
+       },
+       "every activation observer is switched off (1: "},
       {"convert without QAT layers",
        [] {
          auto seq = torch::nn::Sequential(torch::nn::Linear(2, 2));
@@ -1037,4 +1044,30 @@ CATCH_TEST_CASE("a converted layer's member assigned a new tensor is computed wi
     CATCH_CHECK(torch::equal(got, q->forward(x)));
     CATCH_CHECK(!torch::equal(got, before));
   }
+}
+
+CATCH_TEST_CASE("calibrate warns about observers switched off and calibrates the others", "[nn]") {
+  // After enable_observer(model, false) calibrate ran the batches and changed no range without a
+  // word; every observer off is a ValueError (the error table above), some off a warning naming them.
+  torch::manual_seed(0);
+  auto q = qnn::prepare_qat(torch::nn::Sequential(torch::nn::Linear(4, 4), torch::nn::ReLU(), torch::nn::Linear(4, 2)),
+                            qnn::QATConfig::w8a8());
+  q->train();
+  q->forward(torch::randn({8, 4}));
+  qnn::enable_observer(*q, false);
+  auto first = q->ptr(0)->as<qnn::QuantLinearImpl>()->input_fake_quant;
+  auto last = q->ptr(2)->as<qnn::QuantLinearImpl>()->input_fake_quant;
+  first->enable_observer(true);
+  const auto buffers = [](const std::shared_ptr<torch::nn::Module>& m) { return m->named_buffers()["running_max"].clone(); };
+  const torch::Tensor first_before = buffers(first.ptr()), last_before = buffers(last.ptr());
+  const std::string said = captured([&] {
+    qnn::calibrate(*q, {torch::randn({8, 4}) * 10}, [&](const torch::Tensor& b) { q->forward(b); });
+  });
+  CATCH_CHECK(said.find("1 activation quantizer(s) have their observer switched off") != std::string::npos);
+  CATCH_CHECK(!torch::equal(buffers(first.ptr()), first_before));
+  CATCH_CHECK(torch::equal(buffers(last.ptr()), last_before));
+  qnn::enable_observer(*q, true);
+  CATCH_CHECK(captured([&] {
+                qnn::calibrate(*q, {torch::randn({8, 4})}, [&](const torch::Tensor& b) { q->forward(b); });
+              }).find("switched off") == std::string::npos);
 }
