@@ -479,6 +479,20 @@ void calibrate(torch::nn::Module& model, const std::vector<torch::Tensor>& batch
   for_act_quantizers(model, [&](ActFakeQuantizerImpl& a) { acts.push_back(&a); });
   TORCH_CHECK_VALUE(!acts.empty(), "calibrate: the model has no activation quantizers; call qatkit::nn::prepare_qat first");
   TORCH_CHECK_VALUE(static_cast<bool>(forward), "calibrate: forward must be a callable, got an empty std::function");
+  // observers switched off (enable_observer(model, false), as QAT recipes do late in training)
+  // keep their ranges: the batches change nothing there (Python's calibrate says the same)
+  std::string frozen;
+  std::size_t n_frozen = 0;
+  for (auto* a : acts) {
+    if (!a->observer_enabled()) {
+      frozen += (frozen.empty() ? "" : ", ") + (a->qualified_name.empty() ? a->name() : a->qualified_name);
+      ++n_frozen;
+    }
+  }
+  TORCH_CHECK_VALUE(n_frozen < acts.size(),
+                    fmt::format("calibrate: every activation observer is switched off ({}: {}), so the batches "
+                                "would change no range; call qatkit::nn::enable_observer(model) first",
+                                n_frozen, frozen));
   std::vector<std::pair<std::shared_ptr<torch::nn::Module>, bool>> modes;
   const bool root_mode = model.is_training();
   for (const auto& m : model.modules(/*include_self=*/false)) modes.emplace_back(m, m->is_training());
@@ -497,20 +511,6 @@ void calibrate(torch::nn::Module& model, const std::vector<torch::Tensor>& batch
     throw;
   }
   restore();
-  // observers switched off (enable_observer(model, false), as QAT recipes do late in training)
-  // keep their ranges: the batches changed nothing there (Python's calibrate says the same)
-  std::string frozen;
-  std::size_t n_frozen = 0;
-  for (auto* a : acts) {
-    if (!a->observer_enabled()) {
-      frozen += (frozen.empty() ? "" : ", ") + (a->qualified_name.empty() ? a->name() : a->qualified_name);
-      ++n_frozen;
-    }
-  }
-  TORCH_CHECK_VALUE(n_frozen < acts.size(),
-                    fmt::format("calibrate: every activation observer is switched off ({}: {}), so the batches "
-                                "changed no range; call qatkit::nn::enable_observer(model) first",
-                                n_frozen, frozen));
   if (n_frozen > 0) {
     TORCH_WARN("calibrate: ", n_frozen, " activation quantizer(s) have their observer switched off and kept their "
                "ranges: ", frozen, " (qatkit::nn::enable_observer(model) to calibrate them too)");

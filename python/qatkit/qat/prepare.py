@@ -718,6 +718,16 @@ def calibrate(model: nn.Module, batches, forward=None, distributed: bool = False
     acts = _act_quantizers(model)
     if not acts:
         raise ValueError("calibrate: the model has no activation quantizers; call qatkit.prepare_qat first")
+    # observers switched off (disable_observer, as QAT recipes do late in training) keep their
+    # ranges: calibrate ran the batches and changed nothing there, without a word
+    act_ids = {id(m) for m in acts}
+    frozen = [n for n, m in model.named_modules() if id(m) in act_ids and "observer_on" in m._buffers
+              and not bool(m.observer_on.item())]
+    if frozen and len(frozen) == len(acts):
+        raise ValueError(
+            f"calibrate: every activation observer is switched off ({len(frozen)}: {', '.join(frozen[:8])}"
+            f"{' ...' if len(frozen) > 8 else ''}), so the batches would change no range; call "
+            "qatkit.qat.enable_observer(model) first")
     modes = [(m, m.training) for m in model.modules()]
     counts = {id(m): 0 for m in acts}
 
@@ -772,14 +782,6 @@ def calibrate(model: nn.Module, batches, forward=None, distributed: bool = False
             if getattr(obs, "dirty", False):
                 obs.refresh()
     names = {id(m): n for n, m in model.named_modules()}
-    # observers switched off (disable_observer, as QAT recipes do late in training) keep their
-    # ranges: calibrate ran the batches and changed nothing there, without a word
-    frozen = [names[id(m)] for m in acts if "observer_on" in m._buffers and not bool(m.observer_on.item())]
-    if frozen and len(frozen) == len(acts):
-        raise ValueError(
-            f"calibrate: every activation observer is switched off ({len(frozen)}: {', '.join(frozen[:8])}"
-            f"{' ...' if len(frozen) > 8 else ''}), so the batches changed no range; call "
-            "qatkit.qat.enable_observer(model) first")
     if frozen:
         warnings.warn(
             f"calibrate: {len(frozen)} activation quantizer(s) have their observer switched off and kept their "
