@@ -543,7 +543,14 @@ def ptq(
     float_ref = copy.deepcopy(work).eval() if rounding == "adaround" and run is not None else None
     qcfg = _with_observer(config, observer)
     y_float = _first_output(work, batches, forward) if config.bitlinear and batches else None
-    work = prepare_qat(work, qcfg, inplace=True)
+    # the BatchNorms left unfolded above are decided from the traced batch: prepare_qat traces the
+    # same batch (without it, an fx failure named the BatchNorm's reason as "torch.fx could not
+    # trace the model" in a ptq run that had traced its data)
+    traced = {}
+    if batches is not None:
+        traced = {"example_inputs": batches[0], "forward": forward} if forward is not None else {
+            "example_inputs": _first_input(batches)}
+    work = prepare_qat(work, qcfg, inplace=True, **traced)
     if config.bitlinear:
         _check_bitlinear_function(work, batches, forward, y_float, report)
     if float_ref is not None:

@@ -92,7 +92,8 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
         forward: ``forward(model, example_inputs)`` for models called another way.
 
     Queries that return no tensor (``x.size(0)``, ``x.dim()``) are not consumers: they read
-    metadata, not values.
+    metadata, not values. Writes that return nothing (``y[:, 0] = 0``, ``torch._foreach_mul_``)
+    and ``y.numpy()`` consume ``y`` and produce it again.
     """
     names = {}
     for n, m in model.named_modules():
@@ -118,8 +119,15 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
             out = func(*args, **(kwargs or {}))
             if depth[0] == 0:
                 outs = tensors(out)
+                name = _op_name(func)
+                if not outs and args and (name in ("setitem", "numpy") or name.endswith("_")):
+                    # an in-place write that returns nothing (y[:, 0] = 0, torch._foreach_mul_), or a
+                    # NumPy view that may be written: it consumes and re-produces the tensors it
+                    # (may) write, so a BatchNorm reading y after it does not read the conv's output
+                    # (folding across y[:, 0] = 0 computed another function)
+                    outs = tensors(args[0])
                 if outs:
-                    record("op", _op_name(func), None, tensors((args, kwargs)), outs)
+                    record("op", name, None, tensors((args, kwargs)), outs)
             return out
 
     def pre(mod, args, kwargs):
