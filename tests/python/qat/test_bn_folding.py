@@ -308,3 +308,18 @@ def test_a_folded_batchnorm_replaced_by_another_module_is_refused():
         q(torch.randn(2, 3, 8, 8))
     with pytest.raises(TypeError, match="got BatchNorm1d"):
         qatkit.qat.QuantConvBn2d.from_float(nn.Conv2d(3, 4, 1), nn.BatchNorm1d(4), qatkit.w8a8().default)
+
+
+def test_a_short_fuzz_run_over_random_conv_programs_finds_nothing():
+    """scripts/fuzz_graphs.py on 150 random programs: convs, BatchNorms, shared modules, residual
+    adds, concats and in-place writes between them; prepare_qat (traced and fx) and ptq's folding
+    and equalization must keep the float function (quantization off), in eval and training mode."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
+    r = subprocess.run([sys.executable, os.path.join(root, "scripts", "fuzz_graphs.py"), "--models", "150",
+                        "--seed", "1000", "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "150 programs" in r.stdout and "0 failed" in r.stdout
