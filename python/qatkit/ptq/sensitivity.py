@@ -61,7 +61,7 @@ def _outputs(model, batches, forward) -> torch.Tensor:
 def _first(o) -> torch.Tensor:
     """A layer output as one flat tensor: nn.MultiheadAttention returns (output, weights)."""
     o = o[0] if isinstance(o, (tuple, list)) else o
-    return o.detach().reshape(-1)
+    return o.detach().reshape(-1).clone()  # a copy: an in-place op after the layer (ReLU(inplace=True), `out += identity`) wrote into the view
 
 
 def _quantizers(layer: nn.Module):
