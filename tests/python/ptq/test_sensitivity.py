@@ -113,6 +113,27 @@ def _conv_bn_model():
     return m.eval(), [torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(4)]
 
 
+def _layer_alone_sqnr(q, name, m, float_name, data) -> float:
+    """SQNR of the QAT model's layer ``name`` (it alone quantized) against the float model's module
+    ``float_name``, each output copied in a hook."""
+    layer = q.get_submodule(name)
+    qatkit.qat.enable_fake_quant(q, False)
+    for mod in layer.modules():
+        if hasattr(mod, "enable_fake_quant") and mod is not layer:
+            mod.enable_fake_quant(True)
+    got, want = [], []
+    h1 = layer.register_forward_hook(lambda mod, a, o: got.append(o.clone()))
+    h2 = m.get_submodule(float_name).register_forward_hook(lambda mod, a, o: want.append(o.clone()))
+    with torch.no_grad():
+        for x in data:
+            q(x)
+            m(x)
+    h1.remove()
+    h2.remove()
+    y, ref = torch.cat(got).double(), torch.cat(want).double()
+    return float(10 * torch.log10(ref.pow(2).sum() / (y - ref).pow(2).sum()))
+
+
 def test_a_folded_layer_is_compared_with_its_batchnorms_output():
     # a folded QuantConvBn2d outputs conv + BatchNorm; its "layer output" SQNR compared that with the
     # float conv's output (before the BatchNorm): -4 / -12 dB for an int8 layer
@@ -126,21 +147,7 @@ def test_a_folded_layer_is_compared_with_its_batchnorms_output():
     qatkit.qat.calibrate(q, data)
     q.eval()
     assert q.qat_report[0]["folded_bn"] == "1" and q.qat_report[2]["folded_bn"] is None
-    qatkit.qat.enable_fake_quant(q, False)
-    for mod in q[0].modules():
-        if hasattr(mod, "enable_fake_quant") and mod is not q[0]:
-            mod.enable_fake_quant(True)
-    got, want = [], []
-    h1 = q[0].register_forward_hook(lambda mod, a, o: got.append(o))
-    h2 = m[1].register_forward_hook(lambda mod, a, o: want.append(o))
-    with torch.no_grad():
-        for x in data:
-            q(x)
-            m(x)
-    h1.remove()
-    h2.remove()
-    y, ref = torch.cat(got).double(), torch.cat(want).double()
-    sqnr = float(10 * torch.log10(ref.pow(2).sum() / (y - ref).pow(2).sum()))
+    sqnr = _layer_alone_sqnr(q, "0", m, "1", data)
     assert sqnr > 30  # int8 weights and inputs
     assert rows["0"]["layer_output"]["sqnr_db"] == pytest.approx(sqnr, abs=1e-6)
 
@@ -179,21 +186,7 @@ def test_a_layer_output_is_taken_before_in_place_ops_after_the_layer_write_into_
     qatkit.qat.calibrate(q, data)
     q.eval()
     for name in ("stem", "conv1", "conv2"):
-        qatkit.qat.enable_fake_quant(q, False)
-        for mod in q.get_submodule(name).modules():
-            if hasattr(mod, "enable_fake_quant") and mod is not q.get_submodule(name):
-                mod.enable_fake_quant(True)
-        got, want = [], []
-        h1 = q.get_submodule(name).register_forward_hook(lambda mod, a, o: got.append(o.clone()))
-        h2 = m.get_submodule(name).register_forward_hook(lambda mod, a, o: want.append(o.clone()))
-        with torch.no_grad():
-            for x in data:
-                q(x)
-                m(x)
-        h1.remove()
-        h2.remove()
-        y, ref = torch.cat(got).double(), torch.cat(want).double()
-        sqnr = float(10 * torch.log10(ref.pow(2).sum() / (y - ref).pow(2).sum()))
+        sqnr = _layer_alone_sqnr(q, name, m, name, data)
         assert rows[name]["layer_output"]["sqnr_db"] == pytest.approx(sqnr, abs=1e-4), name
 
 
