@@ -688,7 +688,10 @@ def _layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
     xs: List[torch.Tensor] = []
     def hook(mod, args):
         x = mod._smooth_input(args[0]) if hasattr(mod, "_smooth_input") else args[0]
-        xs.append(mod.quantize_input(x).detach())
+        # a copy: without an input quantizer this is the caller's tensor, which an in-place op after
+        # the layer (x[:, :k] = 0, ReLU(inplace=True)) overwrote before GPTQ read it (3-bit GPTQ
+        # then fitted the written values: 35x the nearest-rounding error)
+        xs.append(mod.quantize_input(x).detach().clone())
 
     h = layer.register_forward_pre_hook(hook)
     try:
@@ -702,7 +705,7 @@ def _layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
 def _float_layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
     """The inputs of a float layer over the calibration data."""
     xs: List[torch.Tensor] = []
-    h = model.get_submodule(name).register_forward_pre_hook(lambda mod, args: xs.append(args[0].detach()))
+    h = model.get_submodule(name).register_forward_pre_hook(lambda mod, args: xs.append(args[0].detach().clone()))
     try:
         run(model)
     finally:
