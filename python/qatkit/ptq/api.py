@@ -207,8 +207,8 @@ def _empirical_bias_correction(
     acc = {n: {"sum": None, "n": 0} for n in todo}
 
     def hook_for(name, w_float, linear):
-        def hook(mod, args):
-            x = args[0]
+        def hook(mod, args, kwargs):
+            x = graph.layer_input(args, kwargs)  # self.fc(input=x) too
             yq = mod.forward(x)  # forward, not __call__: no hook recursion
             yf = _float_op(mod, x, w_float)
             d = _channel_mean(yq - yf, linear).double()
@@ -223,7 +223,7 @@ def _empirical_bias_correction(
         for n in names:
             layer = model.get_submodule(n)
             hooks.append(layer.register_forward_pre_hook(
-                hook_for(n, float_weights.get(n, layer.weight), isinstance(layer, QuantLinear))))
+                hook_for(n, float_weights.get(n, layer.weight), isinstance(layer, QuantLinear)), with_kwargs=True))
         try:
             run(model)
         finally:
@@ -686,14 +686,15 @@ def _layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
     """The inputs the layer's weight multiplies (after its input quantizer) over the calibration data."""
     layer = model.get_submodule(name)
     xs: List[torch.Tensor] = []
-    def hook(mod, args):
-        x = mod._smooth_input(args[0]) if hasattr(mod, "_smooth_input") else args[0]
+    def hook(mod, args, kwargs):
+        x = graph.layer_input(args, kwargs)
+        x = mod._smooth_input(x) if hasattr(mod, "_smooth_input") else x
         # a copy: without an input quantizer this is the caller's tensor, which an in-place op after
         # the layer (x[:, :k] = 0, ReLU(inplace=True)) overwrote before GPTQ read it (3-bit GPTQ
         # then fitted the written values: 35x the nearest-rounding error)
         xs.append(mod.quantize_input(x).detach().clone())
 
-    h = layer.register_forward_pre_hook(hook)
+    h = layer.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         run(model)
     finally:
@@ -705,7 +706,8 @@ def _layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
 def _float_layer_inputs(model: nn.Module, name: str, run) -> List[torch.Tensor]:
     """The inputs of a float layer over the calibration data."""
     xs: List[torch.Tensor] = []
-    h = model.get_submodule(name).register_forward_pre_hook(lambda mod, args: xs.append(args[0].detach().clone()))
+    h = model.get_submodule(name).register_forward_pre_hook(
+        lambda mod, args, kwargs: xs.append(graph.layer_input(args, kwargs).detach().clone()), with_kwargs=True)
     try:
         run(model)
     finally:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from ..qat import graph
 from ..qat.config import QuantSpec
 from ..qat.quantizers import WeightFakeQuantizer
 
@@ -57,7 +58,8 @@ class LinearStats:
 def collect_linear_stats(model: nn.Module, names: Sequence[str], run, rows: int = 1024) -> Dict[str, LinearStats]:
     """One pass over the calibration data with hooks on the named Linear layers' inputs."""
     stats = {n: LinearStats(rows) for n in names}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: stats[n].add(a[0])) for n in names]
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda m, a, kw, n=n: stats[n].add(graph.layer_input(a, kw)), with_kwargs=True) for n in names]
     try:
         run(model)
     finally:

@@ -227,7 +227,8 @@ class QuantizedLinear(_Quantized):
             self.register_buffer("smooth", torch.ones_like(state_dict[key], dtype=torch.float32))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, x):
+    def forward(self, input):  # nn.Linear's argument name: callers pass input=
+        x = input
         try:
             # integer.bound_plan's test inlined (a Python call less per layer): a small model's layers are
             # dominated by per-call Python work (MiniLM's 37 Linears at one sentence)
@@ -264,8 +265,8 @@ class _QuantizedConv(_Quantized):
         self._rpt = getattr(qmod, "_reversed_padding_repeated_twice", None)
         self._set_weight(qmod, qmod.weight if w is None else w, qmod.bias if w is None else bias)
 
-    def forward(self, x):
-        nd = self._nd
+    def forward(self, input):  # nn.Conv1d / Conv2d's argument name
+        x, nd = input, self._nd
         try:
             # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
             plan, form = self.__dict__.get("_int8_plan"), self._integer_form
@@ -312,10 +313,10 @@ class QuantizedEmbedding(_Quantized):
         self.norm_type, self.scale_grad_by_freq, self.sparse = qmod.norm_type, qmod.scale_grad_by_freq, qmod.sparse
         self._set_weight(qmod, qmod.weight, None)
 
-    def forward(self, idx):
+    def forward(self, input):  # nn.Embedding's argument name
         # max_norm renormalizes rows of the (temporary) dequantized weight, as the QAT layer does with
         # its fake-quantized weight
-        return F.embedding(idx, self.dequantized_weight(), self.padding_idx, self.max_norm, self.norm_type)
+        return F.embedding(input, self.dequantized_weight(), self.padding_idx, self.max_norm, self.norm_type)
 
 
 def _convert_one(qmod: nn.Module) -> nn.Module:

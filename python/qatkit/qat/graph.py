@@ -27,7 +27,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
-__all__ = ["Call", "Dataflow", "trace_dataflow", "fx_dataflow", "find_conv_bn_pairs"]
+__all__ = ["Call", "Dataflow", "trace_dataflow", "fx_dataflow", "find_conv_bn_pairs", "layer_input"]
 
 #: producer index of a tensor that no traced call produced (a model input, a parameter, a constant)
 EXTERNAL = -1
@@ -76,6 +76,17 @@ class Dataflow:
         if len(ps) != 1 or EXTERNAL in ps:
             return None
         return self.calls[ps.pop()]
+
+
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """A layer call's input as a forward pre-hook registered ``with_kwargs=True`` sees it:
+    positional, or by torch's name ``input`` (``self.fc(input=x)``; a plain pre-hook's ``args`` is
+    empty then)."""
+    if args:
+        return args[0]
+    if "input" in kwargs:
+        return kwargs["input"]
+    return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
 
 
 def _op_name(func) -> str:

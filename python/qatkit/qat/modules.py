@@ -154,7 +154,8 @@ class QuantLinear(_Smoothing, _QuantMixin, nn.Linear):
         _share_params(m, self)
         return m
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.Linear's argument name: callers pass input=
+        x = input
         if x.dim() == 1:  # one row (nn.Linear takes it): its quantizer sees it as a batch of one
             return self.forward(x.unsqueeze(0)).squeeze(0)
         return F.linear(self.quantize_input(self._smooth_input(x)), self.quantized_weight(), self.bias)
@@ -215,7 +216,8 @@ class QuantConv1d(_QuantMixin, nn.Conv1d):
     def to_float(self) -> nn.Conv1d:
         return _conv_to_float(nn.Conv1d, self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input
         if x.dim() == 2:  # unbatched (nn.Conv1d takes it): per-sample / per-channel quantizers need the batch dim
             return self.forward(x.unsqueeze(0)).squeeze(0)
         return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
@@ -237,7 +239,8 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
     def to_float(self) -> nn.Conv2d:
         return _conv_to_float(nn.Conv2d, self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input
         if x.dim() == 3:  # unbatched (nn.Conv2d takes it): per-sample / per-channel quantizers need the batch dim
             return self.forward(x.unsqueeze(0)).squeeze(0)
         return self._conv_forward(self.quantize_input(x), self.quantized_weight(), self.bias)
@@ -317,7 +320,8 @@ class QuantConvBn2d(_QuantMixin, nn.Conv2d):
     def to_float(self) -> nn.Sequential:
         return nn.Sequential(_conv_to_float(nn.Conv2d, self), self.bn)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input
         if x.dim() == 3:  # unbatched, as QuantConv2d
             return self.forward(x.unsqueeze(0)).squeeze(0)
         x = self.quantize_input(x)
@@ -445,9 +449,9 @@ class QuantEmbedding(_QuantMixin, nn.Embedding):
         _share_params(m, self, ("weight",))
         return m
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.embedding(
-            idx,
+            input,
             self.quantized_weight(),
             self.padding_idx,
             self.max_norm,
@@ -474,7 +478,8 @@ class BitLinear(QuantLinear):
 
         return bitnet_b158().default
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = input
         if x.dim() == 1:  # one row, as QuantLinear
             return self.forward(x.unsqueeze(0)).squeeze(0)
         xn = F.rms_norm(x, (self.in_features,), eps=self.eps)

@@ -1110,3 +1110,59 @@ def test_qat_and_ptq_work_under_a_float64_default_dtype(preset, tmp_path):
         assert p(x).shape == (4, 4)
     finally:
         torch.set_default_dtype(torch.float32)
+
+
+# ---------------------------------------------------------------- layers called with input=
+
+
+class _Keywords(nn.Module):
+    """Calls every layer kind by torch's argument name (``self.fc(input=x)``) or positionally."""
+
+    def __init__(self, keyword: bool):
+        super().__init__()
+        self.keyword = keyword
+        self.conv, self.bn = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+        self.emb, self.c1 = nn.Embedding(10, 8), nn.Conv1d(8, 8, 3)
+        self.fc, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        call = (lambda m, t: m(input=t)) if self.keyword else (lambda m, t: m(t))
+        y = torch.relu(call(self.bn, call(self.conv, x))).mean((2, 3))
+        tokens = (x[:, 0, 0, :4].abs() * 3).long().clamp(max=9)
+        z = call(self.c1, call(self.emb, tokens).transpose(1, 2)).mean(2)
+        return call(self.fc2, torch.relu(call(self.fc, y + z)))
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "int4_weight_only", "bitnet_b158"])
+def test_layers_called_with_torchs_keyword_argument_work_everywhere(preset, tmp_path):
+    """nn.Linear / Conv / Embedding take ``input=``: the QAT, converted and loaded layers named it
+    ``x`` / ``idx`` (TypeError "unexpected keyword argument 'input'"), and ptq's, GPTQ's and
+    SmoothQuant's input hooks read ``args[0]`` (IndexError). Each path now gives the outputs of
+    the same model calling its layers positionally, bit for bit."""
+    torch.manual_seed(0)
+    pos, kw = _Keywords(False).eval(), _Keywords(True).eval()
+    kw.load_state_dict(pos.state_dict())
+    data = [torch.randn(8, 3, 6, 6) for _ in range(3)]
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    x = data[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for opts in ({}, {"rounding": "gptq"}, {"scaling": "smoothquant"}):
+            a = qatkit.ptq(pos, data, cfg, progress=False, verbose=False, **opts)
+            b = qatkit.ptq(kw, data, cfg, progress=False, verbose=False, **opts)
+            assert torch.equal(a(x), b(x)), opts
+        qa = qatkit.prepare_qat(pos, cfg, example_inputs=x)
+        qb = qatkit.prepare_qat(kw, cfg, example_inputs=x)
+        assert [r.get("folded_bn") for r in qb.qat_report] == [r.get("folded_bn") for r in qa.qat_report]
+        for q in (qa, qb):
+            q.train()
+            q(x).square().mean().backward()
+            q.eval()
+        assert torch.equal(qa(x), qb(x))
+        ca, cb = qatkit.convert(qa), qatkit.convert(qb)
+        assert torch.equal(ca(x), cb(x))
+        qatkit.export(cb, tmp_path / "kw.safetensors")
+        la = qatkit.load_into(_Keywords(False), tmp_path / "kw.safetensors")
+        lb = qatkit.load_into(_Keywords(True), tmp_path / "kw.safetensors")
+    with torch.no_grad():
+        assert torch.equal(la(x), lb(x))
