@@ -6,9 +6,12 @@ Each model runs 3-10 random steps over a growing list of [B, 6, 8, 8] tensors: a
 with or without bias), a conv followed by a BatchNorm2d with random statistics, a lone BatchNorm,
 ReLU (also ``inplace=True``), a module called a second time (a shared conv or BatchNorm), a residual
 add, a channel concat into a 1x1 conv, ``torch.where``, ``clone``, a scale; and in-place writes into
-an earlier tensor: ``+=``, ``y[:, 0] = c``, ``y[:, 1:3].mul_(2)``, ``y.narrow(...).fill_(c)``. A
-Linear head reads the last tensor; now and then the model also returns an intermediate. Steps
-read the newest tensor 60 % of the time, so a write often lands between a conv and its BatchNorm.
+an earlier tensor: ``+=``, ``y[:, 0] = c``, ``y[:, 1:3].mul_(2)``, ``y.narrow(...).fill_(c)``; and
+tensors the forward keeps (``self.kept.append(y)``, ``self.kept_3 = y``). A Linear head reads the
+last tensor; now and then the model also returns an intermediate (in a tuple or a dataclass), and a
+user's forward hook or pre-hook on a random module records what it sees. Steps read the newest
+tensor 60 % of the time, so a write often lands between a conv and its BatchNorm. What the model
+kept and the hook recorded are compared as outputs.
 
 For every model, with fake quantization switched off (so only the graph transforms remain):
 
@@ -21,7 +24,9 @@ For every model, with fake quantization switched off (so only the graph transfor
 
 It found ``y[:, 0] = c`` between a conv and its BatchNorm invisible to the traced graph (the write
 returns no tensor): the pair folded and equalized across the write, another function (2 of 150
-models; docs/benchmarks.md, thirty-fourth session).
+models), and a conv output returned in a dataclass, kept in an attribute or read by a user's hook
+folded too, handing the reader the BatchNorm's output (29 of 300 models; docs/benchmarks.md,
+thirty-fourth session).
 
     python3 scripts/fuzz_graphs.py [--models 500] [--seed 0]
 
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import io
 import os
 import random
@@ -60,7 +66,7 @@ class Program(nn.Module):
         self.steps = []
         n = 1  # tensors so far (the input's clone is tensor 0)
         ops = ["conv", "conv", "convbn", "convbn", "bn", "relu", "relu_", "reuse", "cat", "add", "mul", "clone",
-               "where", "iadd", "setitem", "slice_mul_", "narrow_fill_"]
+               "where", "iadd", "setitem", "slice_mul_", "narrow_fill_", "keep", "attr"]
         for _ in range(r.randint(3, 10)):
             op = r.choice(ops)
             i = n - 1 if r.random() < 0.6 else r.randrange(n)
@@ -97,17 +103,25 @@ class Program(nn.Module):
             elif op in ("add", "mul", "clone", "where"):
                 self.steps.append((op, i, j))
                 n += 1
+            elif op in ("keep", "attr"):  # the forward keeps tensor i: a list attribute, or one of its own
+                self.steps.append((op, i, j))
             else:  # an in-place write into tensor i (never the input's clone)
                 self.steps.append((op, i, j))
         self.return_intermediate = n > 2 and r.random() < 0.3
+        self.as_dataclass = r.random() < 0.5  # (logits, intermediate) in a dataclass, not a tuple
         self.head = nn.Linear(C, 4)
+        # a user's forward hook on a random module, keeping (a copy of) what it sees
+        self.hooked = r.random() < 0.3 and len(self.mods) > 0
+        self.hook_at = r.randrange(len(self.mods)) if self.hooked else None
+        self.hook_pre = r.random() < 0.3
 
     def describe(self) -> str:
         return " ; ".join(f"{s[0]}({','.join(map(str, s[1:]))})" for s in self.steps)
 
     def forward(self, x):
+        self.kept = []
         t = [x.clone()]
-        for s in self.steps:
+        for k, s in enumerate(self.steps):
             op, i, j = s[0], s[1], s[2]
             if op == "mod":
                 t.append(self.mods[j](t[i]))
@@ -121,6 +135,10 @@ class Program(nn.Module):
                 t.append(t[i].clone())
             elif op == "where":
                 t.append(torch.where(t[j] > 0, t[i], 0.1 * t[i]))
+            elif op == "keep":
+                self.kept.append(t[i])
+            elif op == "attr":
+                setattr(self, f"kept_{k}", t[i])
             elif i == 0:
                 continue
             elif op == "iadd":
@@ -132,12 +150,37 @@ class Program(nn.Module):
             elif op == "narrow_fill_":
                 t[i].narrow(1, 2, 1).fill_(-0.3)
         out = self.head(t[-1].mean((2, 3)))
-        return (out, t[-2]) if self.return_intermediate else out
+        if not self.return_intermediate:
+            return out
+        return Returned(out, t[-2]) if self.as_dataclass else (out, t[-2])
+
+
+@dataclasses.dataclass
+class Returned:
+    """A model output pytree does not know (torch.utils._pytree): a dataclass."""
+
+    logits: torch.Tensor
+    intermediate: torch.Tensor
+
+
+def _kept(model, record) -> list:
+    """What the forward kept, as copies: the list attribute, its own attributes, the user hook's record."""
+    out = [t.clone() for t in model.kept]
+    out += [v.clone() for k, v in sorted(vars(model).items()) if k.startswith("kept") and isinstance(v, torch.Tensor)]
+    return out + [t.clone() for t in record]
+
+
+#: what the user's hook of the program being checked saw (the copies prepare_qat and ptq make share
+#: the hook, so this one list)
+_RECORD: list = []
 
 
 def _outs(model, x):
+    """The model's outputs (returned or kept) for x."""
+    _RECORD.clear()
     y = model(x)
-    return y if isinstance(y, tuple) else (y,)
+    y = (y.logits, y.intermediate) if isinstance(y, Returned) else y
+    return (y if isinstance(y, tuple) else (y,)) + tuple(_kept(model, _RECORD))
 
 
 def _rel(got, want) -> float:
@@ -156,6 +199,13 @@ def check(seed: int, stats: dict) -> list:
     r = random.Random(seed)
     torch.manual_seed(seed)
     model = Program(r).eval()
+    record = _RECORD
+    if model.hooked:
+        m = model.mods[model.hook_at]
+        if model.hook_pre:
+            m.register_forward_pre_hook(lambda mod, args: record.append(args[0].clone()) and None)
+        else:
+            m.register_forward_hook(lambda mod, args, out: record.append(out.clone()) and None)
     x = torch.randn(4, C, 8, 8)
     with torch.no_grad():
         want = _outs(model, x)

@@ -148,6 +148,10 @@ def find_equalization_pairs(model: nn.Module, flow: graph.Dataflow) -> Tuple[Lis
             skipped.append((name, "the layer runs more than once per forward (a shared module)"))
             continue
         cons = flow.consumers[call.index]
+        escapes = [flow.calls[i].describe() for i in cons if flow.calls[i].kind == "escape"]
+        if escapes:  # equalization rescales this output's channels: what else reads it would see that
+            skipped.append((name, f"its output is also read by {', '.join(escapes)}"))
+            continue
         if len(cons) != 1:
             skipped.append((name, "its output has " + ("no consumer" if not cons else f"{len(cons)} consumers (a fork)")))
             continue

@@ -14,11 +14,19 @@ Two sources, one result (:class:`Dataflow`):
   data-dependent control flow, and then the caller says so).
 
 A tensor produced by one call and consumed by exactly one other call (and not returned by the
-model) is an intermediate that a fold may remove.
+model) is an intermediate that a fold may remove. What else reads a tensor counts as a consumer
+(``kind="escape"``): an in-place write that returns nothing (``y[:, 0] = c``), the model's return
+in any container (a dataclass, an object), a module attribute the forward keeps it in
+(``self.feats = y``, ``self.store.append(y)``), a user's forward hook on the module that produced
+it or a forward pre-hook on the module that reads it. Each of these, missed, let a fold hand the
+reader the BatchNorm's output instead of the conv's (docs/benchmarks.md, thirty-fourth session).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -50,6 +58,8 @@ class Call:
             return f"module '{self.name}' ({type(self.module).__name__})"
         if self.kind == "output":
             return "the model's output"
+        if self.kind == "escape":  # a user's hook on a module, or a module attribute keeping a tensor
+            return self.name
         return f"op '{self.name}'"
 
 
@@ -87,6 +97,72 @@ def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     if "input" in kwargs:
         return kwargs["input"]
     return next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+
+
+def _reachable(tree, kind=torch.Tensor, depth: int = 0, seen=None) -> list:
+    """Every ``kind`` object in ``tree``, also inside containers pytree does not know (a dataclass,
+    an object's attributes), four levels deep."""
+    seen = set() if seen is None else seen
+    out = []
+    for leaf in pytree.tree_leaves(tree):
+        if isinstance(leaf, kind):
+            out.append(leaf)
+        elif depth < 4 and id(leaf) not in seen and not isinstance(leaf, (nn.Module, type, torch.Tensor)):
+            seen.add(id(leaf))
+            if dataclasses.is_dataclass(leaf):  # slots=True ones have no __dict__
+                out += _reachable([getattr(leaf, f.name, None) for f in dataclasses.fields(leaf)], kind, depth + 1, seen)
+            elif hasattr(leaf, "__dict__") and not isinstance(leaf, _CODE):
+                out += _reachable(list(vars(leaf).values()), kind, depth + 1, seen)
+    return out
+
+
+#: functions and methods: no tensors of the forward's live in them
+_CODE = (types.FunctionType, types.MethodType, types.BuiltinFunctionType, functools.partial)
+
+#: nn.Module's own entries of a module's __dict__ (parameters, buffers, children, hook tables)
+_MODULE_INTERNALS = frozenset(vars(nn.Module()).keys())
+
+
+def _attributes(model: nn.Module):
+    """``(module name, attribute, value)`` for the plain attributes of every module (what a
+    ``forward`` may keep a tensor in: ``self.feats = y``, ``self.store.append(y)``)."""
+    for n, m in model.named_modules():
+        for k, v in vars(m).items():
+            if k not in _MODULE_INTERNALS and not isinstance(v, (nn.Module, type, *_CODE)):
+                yield n, k, v
+
+
+def _restore_attributes(model: nn.Module, before: Dict[int, dict]) -> None:
+    """Undo what a torch.fx trace left in the modules' plain attributes: attributes it set are
+    restored (or removed), and fx Proxies appended to lists / stored in dicts are taken out."""
+    import torch.fx
+
+    for m in model.modules():
+        old = before.get(id(m))
+        if old is None:
+            continue
+        for k in [k for k in vars(m) if k not in _MODULE_INTERNALS]:
+            if k not in old:
+                delattr(m, k)
+            elif vars(m)[k] is not old[k]:
+                m.__dict__[k] = old[k]
+        for k, v in vars(m).items():
+            if k in _MODULE_INTERNALS:
+                continue
+            if isinstance(v, list):
+                v[:] = [e for e in v if not isinstance(e, torch.fx.Proxy)]
+            elif isinstance(v, dict):
+                for key in [key for key, e in v.items() if isinstance(e, torch.fx.Proxy)]:
+                    del v[key]
+
+
+def user_hooks(mod: nn.Module) -> Tuple[bool, bool]:
+    """``(forward hooks, forward pre-hooks)`` a user registered on ``mod``: a forward hook reads the
+    module's output and a pre-hook its input, so a fold or an equalization that changes either
+    changes what the hook sees. ``torch.nn.utils.prune``'s pre-hooks recompute the weight only."""
+    from torch.nn.utils.prune import BasePruningMethod
+
+    return bool(mod._forward_hooks), any(not isinstance(h, BasePruningMethod) for h in mod._forward_pre_hooks.values())
 
 
 def _op_name(func) -> str:
@@ -149,9 +225,28 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
         if depth[0] == 0:
             record("module", names.get(id(mod), type(mod).__name__), mod, tensors((args, kwargs)), tensors(out))
 
+    def hooked(name, what):
+        """A user's hook on module ``name`` consumes its input (pre-hook) or output (hook)."""
+        def pre_hook(mod, args, kwargs):
+            if depth[0] == 0:
+                record("escape", f"a forward pre-hook on module '{name}'", None, tensors((args, kwargs)), [])
+
+        def post_hook(mod, args, kwargs, out):
+            if depth[0] == 0:
+                record("escape", f"a forward hook on module '{name}'", None, tensors(out), [])
+
+        return pre_hook if what == "pre" else post_hook
+
+    # the users' hooks, found before the trace adds its own
+    hooked_mods = [(n, m, user_hooks(m)) for n, m in model.named_modules()]
     leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
     hooks = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in leaves]
     hooks += [m.register_forward_hook(post, with_kwargs=True) for m in leaves]
+    for n, m, (post_h, pre_h) in hooked_mods:  # recorded outside the trace's own pre / post (depth 0)
+        if pre_h:
+            hooks.append(m.register_forward_pre_hook(hooked(n, "pre"), with_kwargs=True, prepend=True))
+        if post_h:
+            hooks.append(m.register_forward_hook(hooked(n, "post"), with_kwargs=True))
     modes = [(m, m.training) for m in model.modules()]
     try:
         model.eval()
@@ -162,7 +257,16 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
                 out = model(*example_inputs)
             else:
                 out = model(example_inputs)
-        record("output", "output", None, tensors(out), [])
+        # a conv output returned inside a dataclass or an object, or kept in a module attribute, is
+        # consumed by the caller: a fold would hand the caller the BatchNorm's output instead
+        record("output", "output", None, _reachable(out), [])
+        for n, k, v in _attributes(model):
+            try:
+                kept = [t for t in _reachable(v) if id(t) in producer]
+            except Exception:  # an exotic object pytree cannot flatten holds no traced tensor we can see
+                continue
+            if kept:
+                record("escape", f"attribute '{k}' of " + (f"module '{n}'" if n else "the model"), None, kept, [])
     finally:
         for h in hooks:
             h.remove()
@@ -176,7 +280,21 @@ def fx_dataflow(model: nn.Module) -> Dataflow:
     cannot trace)."""
     import torch.fx
 
-    gm = torch.fx.symbolic_trace(model)
+    before = {id(m): dict(vars(m)) for m in model.modules()}
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    finally:
+        # a forward that keeps a tensor (self.feats = y, self.store.append(y)) kept an fx Proxy in the
+        # model: found below, then the attributes restored and the Proxies taken out of lists / dicts
+        kept = []
+        for n, k, v in list(_attributes(model)):
+            try:
+                proxies = _reachable(v, torch.fx.Proxy)
+            except Exception:
+                continue
+            if proxies:
+                kept.append((f"attribute '{k}' of " + (f"module '{n}'" if n else "the model"), proxies))
+        _restore_attributes(model, before)
     index: Dict[torch.fx.Node, int] = {}
     calls: List[Call] = []
     for node in gm.graph.nodes:
@@ -184,13 +302,21 @@ def fx_dataflow(model: nn.Module) -> Dataflow:
             continue
         ins = [index.get(a, EXTERNAL) for a in node.all_input_nodes]
         if node.op == "call_module":
-            c = Call(len(calls), "module", node.target, model.get_submodule(node.target), ins)
+            mod = model.get_submodule(node.target)
+            post_h, pre_h = user_hooks(mod)
+            if pre_h:  # a user's hook reads the module's input
+                calls.append(Call(len(calls), "escape", f"a forward pre-hook on module '{node.target}'", None, ins))
+            c = Call(len(calls), "module", node.target, mod, ins)
         elif node.op == "output":
             c = Call(len(calls), "output", "output", None, ins)
         else:
             c = Call(len(calls), "op", _op_name(node.target), None, ins)
         index[node] = c.index
         calls.append(c)
+        if node.op == "call_module" and post_h:  # ... or its output
+            calls.append(Call(len(calls), "escape", f"a forward hook on module '{node.target}'", None, [c.index]))
+    for what, proxies in kept:
+        calls.append(Call(len(calls), "escape", what, None, [index.get(p.node, EXTERNAL) for p in proxies]))
     return Dataflow(calls, "fx")
 
 
@@ -206,8 +332,9 @@ def find_conv_bn_pairs(model: nn.Module, flow: Dataflow) -> Tuple[List[Tuple[str
     cannot.
 
     A pair folds when the BatchNorm's only input is the conv's output, nothing else consumes that
-    output (another op, the model's return), each module runs exactly once, and the BatchNorm is
-    affine with running statistics and matches the conv's channels.
+    output (another op, the model's return, a kept attribute, a user's hook: see the module
+    docstring), each module runs exactly once, and the BatchNorm is affine with running statistics
+    and matches the conv's channels.
 
     Returns:
         ``(pairs, unfolded)``: ``[(conv_name, bn_name)]`` and ``{bn_name: reason}`` for every other

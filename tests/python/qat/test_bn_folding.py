@@ -2,6 +2,7 @@
 pair whose intermediate has no other consumer folds, wherever the modules sit in the tree; every
 BatchNorm left unfolded is warned about and reported with the reason."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -155,6 +156,80 @@ def test_an_in_place_write_between_conv_and_bn_keeps_them_apart(write):
     qatkit.qat.enable_fake_quant(p, False)
     with torch.no_grad():
         torch.testing.assert_close(p(x), m(x), rtol=1e-4, atol=1e-4)
+
+
+@dataclasses.dataclass
+class _Out:
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class _Escapes(nn.Module):
+    """conv -> BN -> ReLU -> Linear, where the conv's output also leaves the forward another way."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 5)
+        self.how, self.store = how, []
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1), self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 2), self.bn.bias.uniform_(-1, 1)
+
+    def forward(self, x):
+        f = self.conv(x)
+        if self.how == "attribute":
+            self.features = f
+        elif self.how == "list":
+            self.store.append(f)
+        y = self.fc(torch.relu(self.bn(f)).mean((2, 3)))
+        return _Out(y, f) if self.how == "dataclass" else y
+
+
+def _seen(model, how, x, record):
+    """What the caller reads besides the logits: the conv's output as it leaves the forward."""
+    record.clear()
+    with torch.no_grad():
+        out = model(x)
+    if how == "dataclass":
+        return out.features
+    if how == "attribute":
+        return model.features
+    if how == "list":
+        return model.store[-1]
+    return record[-1]
+
+
+@pytest.mark.parametrize("source", ["trace", "fx"])
+@pytest.mark.parametrize("how", ["dataclass", "attribute", "list", "conv hook", "bn pre-hook"])
+def test_a_conv_output_read_outside_the_bn_keeps_the_pair_apart(how, source):
+    """The conv's output returned in a dataclass (pytree sees no tensor in it), kept in a module
+    attribute or a list attribute, or read by a user's forward hook on the conv or pre-hook on the
+    BatchNorm: the pair folded, and the reader got the BatchNorm's output (1.9 off here). Each now
+    keeps the pair apart with the reason, and the fx trace leaves no Proxy in the model."""
+    torch.manual_seed(0)
+    m = _Escapes(how).eval()
+    record = []
+    if how == "conv hook":
+        m.conv.register_forward_hook(lambda mod, a, o: record.append(o.clone()))
+    elif how == "bn pre-hook":
+        m.bn.register_forward_pre_hook(lambda mod, a: record.append(a[0].clone()))
+    x = torch.randn(2, 3, 6, 6)
+    q, text = _prepare(m, x if source == "trace" else None)
+    reason = {r["name"]: r.get("reason", "") for r in q.qat_report}["bn"]
+    assert isinstance(q.bn, nn.BatchNorm2d) and "so it cannot be replaced" in reason, reason
+    want = {"dataclass": "the model's output", "attribute": "attribute 'features' of the model",
+            "list": "attribute 'store' of the model", "conv hook": "a forward hook on module 'conv'",
+            "bn pre-hook": "a forward pre-hook on module 'bn'"}[how]
+    assert want in reason or (source == "fx" and "op '_Out'" in reason), reason  # fx sees the dataclass built
+    assert not any(isinstance(e, torch.fx.Proxy) for v in vars(q).values() for e in (v if isinstance(v, list) else [v]))
+    qatkit.qat.enable_fake_quant(q, False)
+    q.eval()
+    torch.testing.assert_close(_seen(q, how, x, record), _seen(m, how, x, record))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = qatkit.ptq(m, [x], qatkit.w8a8(), correct_bias=None, absorb_bias=False, progress=False, verbose=False)
+    qatkit.qat.enable_fake_quant(p, False)
+    torch.testing.assert_close(_seen(p, how, x, record), _seen(m, how, x, record))
 
 
 def test_the_neighbour_fallback_does_not_fold_across_a_module_used_twice():

@@ -808,10 +808,12 @@ def test_hooks_on_float_layers_move_to_their_qat_converted_and_loaded_replacemen
     assert torch.equal(c(x), torch.ones(4, 4))
     assert seen == [("pre", "QuantizedLinear"), ("fwd", "QuantizedLinear")]
 
-    # ptq (its ReLU6 -> ReLU change for equalization included)
+    # ptq: equalization would rescale the output channels layer 0's forward hook reads, so that
+    # pair is skipped (and its ReLU6 kept), saying why
     seen.clear()
     p = qatkit.ptq(model, [torch.randn(16, 8)], progress=False, verbose=False)
-    assert type(p[1]) is nn.ReLU and torch.equal(p(x), torch.ones(4, 4))
+    assert type(p[1]) is nn.ReLU6 and torch.equal(p(x), torch.ones(4, 4))
+    assert "0: its output is also read by a forward hook on module '0'" in p.ptq_report["skipped_pairs"]
     assert ("fwd", "QuantLinear") in seen
 
     # the file holds no hooks: export says so; load_into keeps the hooks of the model it loads into
