@@ -88,7 +88,14 @@ def test_bad_command_lines_are_usage_errors_naming_the_option():
              ("bench_inference.py", ["--batch", "0"], "--batch: expected a comma-separated list of integers >= 1")]
     if not torch.cuda.is_available():  # an AssertionError reported as a failed check before
         cases.append(("fuzz_ops.py", ["--device", "cuda"], "--device cuda: this torch (CUDA available: False)"))
-    for script, args, msg in cases:
-        r = subprocess.run([sys.executable, os.path.join(scripts, script), *args], capture_output=True, text=True,
-                           timeout=120)
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(case):  # each a fresh interpreter importing torch (~1.7 s): four at a time
+        script, args, _ = case
+        return subprocess.run([sys.executable, os.path.join(scripts, script), *args], capture_output=True, text=True,
+                              timeout=120)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, cases))
+    for (script, args, msg), r in zip(cases, results):
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (script, args, r.stderr[-2000:])
