@@ -69,6 +69,9 @@ class Dataflow:
 
     calls: List[Call]
     source: str  # "trace" or "fx"
+    #: layer name -> the ops that read its weight outside its own call (``F.linear(h, self.fc.weight)``,
+    #: a head tied as ``h @ self.wte.weight.t()``): a QAT layer there quantizes only its own calls
+    weight_reads: Dict[str, List[str]] = field(default_factory=dict)
 
     def __post_init__(self):
         self.consumers: Dict[int, List[int]] = {c.index: [] for c in self.calls}
@@ -156,6 +159,29 @@ def _restore_attributes(model: nn.Module, before: Dict[int, dict]) -> None:
                     del v[key]
 
 
+#: the layers whose weight a QAT layer replaces (their forward reads it; other code should not)
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+#: ops that read a tensor's metadata, not its values
+_METADATA_OPS = ("size", "dim", "numel", "stride", "element_size", "get_device", "data_ptr", "is_contiguous",
+                 "is_floating_point", "is_complex", "nelement", "ndimension", "storage_offset")
+
+
+def _weights_of_layers(model: nn.Module) -> Dict[int, str]:
+    """id(weight) -> layer name, for the layers a QAT layer would replace."""
+    out = {}
+    for n, m in model.named_modules():
+        w = m._parameters.get("weight") if isinstance(m, _WEIGHT_LAYERS) else None
+        if w is not None:
+            out.setdefault(id(w), n)
+    return out
+
+
+def _reads_values(name: str, args) -> bool:
+    """Whether an op reads its first tensor's values (not ``w.size()``, ``w.new_zeros``,
+    ``torch.zeros_like(w)``, or ``x.to(w)`` for w's dtype / device)."""
+    return not (name in _METADATA_OPS or name.startswith("new_") or name.endswith("_like"))
+
+
 def user_hooks(mod: nn.Module) -> Tuple[bool, bool]:
     """``(forward hooks, forward pre-hooks)`` a user registered on ``mod``: a forward hook reads the
     module's output and a pre-hook its input, so a fold or an equalization that changes either
@@ -201,12 +227,25 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
         keep.extend(ins)
         keep.extend(outs)
 
+    weights = _weights_of_layers(model)
+    weight_reads: Dict[str, List[str]] = {}
+    inside = []  # the non-leaf modules executing now (innermost last)
+
     class _Ops(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             if depth[0] == 0:
                 outs = tensors(out)
                 name = _op_name(func)
+                # a layer's weight read by code outside the layer (torch.nn's own containers excepted:
+                # qatkit swaps nn.MultiheadAttention whole and keeps TransformerEncoderLayer's fast path off)
+                if weights and not (inside and type(inside[-1]).__module__.startswith("torch.nn")):
+                    ins = tensors((args, kwargs))
+                    first = ins[0] if ins else None
+                    for t in ins:
+                        layer = weights.get(id(t))
+                        if layer is not None and (t is first or name != "to") and _reads_values(name, args):
+                            weight_reads.setdefault(layer, []).append(name)
                 if not outs and args and (name in ("setitem", "numpy") or name.endswith("_")):
                     # an in-place write that returns nothing (y[:, 0] = 0, torch._foreach_mul_), or a
                     # NumPy view that may be written: it consumes and re-produces the tensors it
@@ -242,6 +281,10 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
     leaves = [m for m in model.modules() if next(iter(m.children()), None) is None]
     hooks = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in leaves]
     hooks += [m.register_forward_hook(post, with_kwargs=True) for m in leaves]
+    for m in model.modules():
+        if next(iter(m.children()), None) is not None:  # a container: whose code runs the ops
+            hooks.append(m.register_forward_pre_hook(lambda mod, args: inside.append(mod)))
+            hooks.append(m.register_forward_hook(lambda mod, args, out: inside.pop() and None, always_call=True))
     for n, m, (post_h, pre_h) in hooked_mods:  # recorded outside the trace's own pre / post (depth 0)
         if pre_h:
             hooks.append(m.register_forward_pre_hook(hooked(n, "pre"), with_kwargs=True, prepend=True))
@@ -272,7 +315,7 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
             h.remove()
         for m, was in modes:
             m.training = was
-    return Dataflow(calls, "trace")
+    return Dataflow(calls, "trace", weight_reads)
 
 
 def fx_dataflow(model: nn.Module) -> Dataflow:
@@ -297,7 +340,16 @@ def fx_dataflow(model: nn.Module) -> Dataflow:
         _restore_attributes(model, before)
     index: Dict[torch.fx.Node, int] = {}
     calls: List[Call] = []
+    layers = set(_weights_of_layers(model).values())
+    weight_reads: Dict[str, List[str]] = {}
     for node in gm.graph.nodes:
+        # (a bare layer as the model: fx traces its own forward, which reads its own weight)
+        if node.op == "get_attr" and node.target.endswith("weight") and node.target.rpartition(".")[0] in layers - {""}:
+            owner = node.target.rpartition(".")[0]
+            readers = [_op_name(u.target) if u.op != "call_module" else u.target for u in node.users]
+            readers = [r for r in readers if _reads_values(r, ())]
+            if readers:
+                weight_reads.setdefault(owner, []).extend(readers)
         if node.op in ("placeholder", "get_attr"):
             continue
         ins = [index.get(a, EXTERNAL) for a in node.all_input_nodes]
@@ -317,7 +369,7 @@ def fx_dataflow(model: nn.Module) -> Dataflow:
             calls.append(Call(len(calls), "escape", f"a forward hook on module '{node.target}'", None, [c.index]))
     for what, proxies in kept:
         calls.append(Call(len(calls), "escape", what, None, [index.get(p.node, EXTERNAL) for p in proxies]))
-    return Dataflow(calls, "fx")
+    return Dataflow(calls, "fx", weight_reads)
 
 
 #: the BatchNorm kinds whose folding is decided (and reported)

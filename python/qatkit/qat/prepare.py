@@ -180,22 +180,29 @@ def _sequential_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     return pairs
 
 
-def _bn_folds(model: nn.Module, example_inputs, forward) -> Tuple[Dict[str, Tuple[str, nn.Module]], Dict[str, str]]:
-    """``({conv_name: (bn_name, bn)}, {bn_name: why it stays unfolded})`` from the model's
-    dataflow: a traced batch when ``example_inputs`` is given, else a torch.fx trace, else (fx
-    failed) neighbours in ``nn.Sequential`` only, every other BatchNorm reported with the reason."""
-    if not any(isinstance(m, graph.BN_TYPES) for m in model.modules()):
-        return {}, {}
+def _bn_folds(model: nn.Module, example_inputs, forward, fold_bn: bool = True
+              ) -> Tuple[Dict[str, Tuple[str, nn.Module]], Dict[str, str], Dict[str, List[str]]]:
+    """``({conv_name: (bn_name, bn)}, {bn_name: why it stays unfolded}, {layer: ops reading its
+    weight outside it})`` from the model's dataflow: a traced batch when ``example_inputs`` is
+    given, else a torch.fx trace, else (fx failed) neighbours in ``nn.Sequential`` only, every
+    other BatchNorm reported with the reason."""
+    has_bn = fold_bn and any(isinstance(m, graph.BN_TYPES) for m in model.modules())
     if example_inputs is not None:
         flow = graph.trace_dataflow(model, example_inputs, forward)
-        pairs, unfolded = graph.find_conv_bn_pairs(model, flow)
+        pairs, unfolded = graph.find_conv_bn_pairs(model, flow) if has_bn else ([], {})
+    elif not has_bn:  # the weight reads only: what fx can see, nothing said where it cannot trace
+        try:
+            flow = graph.fx_dataflow(model)
+        except Exception:
+            return {}, {}, {}
+        return {}, {}, flow.weight_reads
     else:
         try:
             flow = graph.fx_dataflow(model)
             pairs, unfolded = graph.find_conv_bn_pairs(model, flow)
         except Exception as e:  # fx refuses data-dependent control flow and many other things
             first = (str(e).strip().splitlines() or [""])[0][:200]
-            pairs, unfolded = [], {}
+            pairs, unfolded, flow = [], {}, None
             for conv, bn in _sequential_pairs(model):
                 m_bn, m_conv = model.get_submodule(bn), model.get_submodule(conv)
                 if graph.user_hooks(m_conv)[0] or graph.user_hooks(m_bn)[1]:
@@ -217,7 +224,8 @@ def _bn_folds(model: nn.Module, example_inputs, forward) -> Tuple[Dict[str, Tupl
                         f"nn.Sequential, and torch.fx could not trace the model ({type(e).__name__}: {first}); pass "
                         "prepare_qat(model, config, example_inputs=batch) to find the pairs from one real batch"
                     )
-    return {conv: (bn, model.get_submodule(bn)) for conv, bn in pairs}, unfolded
+    reads = flow.weight_reads if flow is not None else {}
+    return {conv: (bn, model.get_submodule(bn)) for conv, bn in pairs}, unfolded, reads
 
 
 def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=None) -> Tuple[List[dict], List[dict]]:
@@ -225,7 +233,7 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
     it; each entry lists every name its module is registered under), and the layers of a supported
     kind that cannot be swapped or BatchNorms that cannot be folded, with the reason."""
     out, skipped = [], []
-    bn_of, unfolded = _bn_folds(model, example_inputs, forward) if fold_bn else ({}, {})
+    bn_of, unfolded, reads = _bn_folds(model, example_inputs, forward, fold_bn)
     names_of: Dict[int, List[str]] = {}
     for name, mod in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(mod), []).append(name)
@@ -237,6 +245,13 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
             bn = bn_of.get(name)  # (every name of the BatchNorm, the module)
             bn = None if bn is None else (names_of[id(bn[1])], bn[1])
             out.append({"name": name, "module": mod, "bn": bn, "aliases": names_of[id(mod)][1:]})
+            if name in reads:
+                # F.linear(h, self.fc.weight) / h @ self.wte.weight.t() in some forward: a QAT layer would
+                # quantize its own calls only, and convert removes the float weight that code reads
+                ops = ", ".join(f"'{o}'" for o in dict.fromkeys(reads[name]))
+                out[-1]["weight_read"] = (
+                    f"its weight is also read outside the layer (by op {ops} in a forward): a QAT layer would "
+                    "quantize its own calls only, and the converted layer has no float weight for that code")
             if type(mod) is nn.MultiheadAttention:
                 inside.append(f"{name}." if name else "")
         else:
@@ -334,6 +349,12 @@ def prepare_qat(
         if spec is None or (spec.weight is None and spec.activation is None):
             rules.setdefault(rule, []).append(name)
             report.append({"name": name, "type": type(mod).__name__, "qat": None, "weight": "float", "act": "float"})
+            continue
+        if c.get("weight_read"):  # the config would quantize it, but code outside it reads its weight
+            warnings.warn(f"prepare_qat: layer '{name}' stays float: {c['weight_read']}", UserWarning, stacklevel=2)
+            report.append({"name": name, "type": type(mod).__name__, "qat": None, "weight": "float", "act": "float",
+                           "reason": c["weight_read"]})
+            rules.setdefault("weight read outside the layer", []).append(name)
             continue
         rules.setdefault(rule + " (quantized)", []).append(name)
         src = _unpruned_view(mod)

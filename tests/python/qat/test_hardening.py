@@ -1168,3 +1168,51 @@ def test_layers_called_with_torchs_keyword_argument_work_everywhere(preset, tmp_
         lb = qatkit.load_into(_Keywords(True), tmp_path / "kw.safetensors")
     with torch.no_grad():
         assert torch.equal(la(x), lb(x))
+
+
+# ---------------------------------------------------------------- a layer's weight read outside it
+
+
+class _ReadsWeights(nn.Module):
+    """A parent forward reading its children's weights: ``F.linear(h, self.proj.weight)`` (a merged
+    LoRA does this) and a head tied as ``h @ self.wte.weight.t()``."""
+
+    def __init__(self):
+        super().__init__()
+        self.wte, self.a = nn.Embedding(20, 16), nn.Linear(16, 16)
+        self.proj, self.head = nn.Linear(16, 16), nn.Linear(16, 8)
+
+    def forward(self, idx):
+        h = torch.relu(self.a(self.wte(idx)))
+        h = torch.nn.functional.linear(h, self.proj.weight, self.proj.bias)
+        return torch.cat([self.head(torch.relu(h)), h @ self.wte.weight.t()], -1)
+
+
+@pytest.mark.parametrize("source", ["trace", "fx"])
+def test_a_layer_whose_weight_code_outside_it_reads_stays_float_with_the_reason(source):
+    """A layer whose weight the parent's forward reads itself was swapped: the QAT layer never ran
+    (or ran for the lookups only) while that code read the float shadow weight, calibrate blamed an
+    eval-mode forward, and the converted model raised AttributeError "'QuantizedEmbedding' object
+    has no attribute 'weight'". Such a layer now stays float, warned about and reported; the rest
+    quantize, and convert / export / load_into work."""
+    m = _ReadsWeights().eval()
+    idx = torch.randint(0, 20, (2, 7))
+    cfg = dataclasses.replace(qatkit.w8a8(), embeddings=True, first_last=None)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        q = qatkit.prepare_qat(m, cfg, example_inputs=idx if source == "trace" else None)
+    rows = {r["name"]: r for r in q.qat_report}
+    assert rows["a"]["qat"] == "QuantLinear" and rows["head"]["qat"] == "QuantLinear"
+    assert rows["proj"]["qat"] is None and "read outside the layer (by op 'linear'" in rows["proj"]["reason"]
+    assert rows["wte"]["qat"] is None and "read outside the layer" in rows["wte"]["reason"]
+    text = "\n".join(str(w.message) for w in rec)
+    assert "layer 'proj' stays float" in text and "layer 'wte' stays float" in text
+    assert type(q.proj) is nn.Linear and type(q.wte) is nn.Embedding
+    qatkit.qat.calibrate(q, [idx])
+    c = qatkit.convert(q.eval())
+    assert torch.equal(c(idx), q(idx))
+    # the default keeps embeddings float: nothing to say about the table
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        qatkit.prepare_qat(m, dataclasses.replace(qatkit.w8a8(), first_last=None), example_inputs=idx)
+    assert "'wte'" not in "\n".join(str(w.message) for w in rec)
