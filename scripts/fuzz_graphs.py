@@ -4,7 +4,7 @@ real models have between them, then checks that the graph transforms kept the fu
 
 Each model runs 3-10 random steps over a growing list of [B, 6, 8, 8] tensors: a conv (1x1 or 3x3,
 with or without bias), a conv followed by a BatchNorm2d with random statistics, a lone BatchNorm,
-ReLU (also ``inplace=True``), a module called a second time (a shared conv or BatchNorm), a residual
+ReLU (also ``inplace=True``, ``F.relu``, ``x.relu()``, ``F.leaky_relu``), a module called a second time (a shared conv or BatchNorm), a residual
 add, a channel concat into a 1x1 conv, ``torch.where``, ``clone``, a scale; and in-place writes into
 an earlier tensor: ``+=``, ``y[:, 0] = c``, ``y[:, 1:3].mul_(2)``, ``y.narrow(...).fill_(c)``; and
 tensors the forward keeps (``self.kept.append(y)``, ``self.kept_3 = y``). A Linear head reads the
@@ -66,7 +66,7 @@ class Program(nn.Module):
         self.steps = []
         n = 1  # tensors so far (the input's clone is tensor 0)
         ops = ["conv", "conv", "convbn", "convbn", "bn", "relu", "relu_", "reuse", "cat", "add", "mul", "clone",
-               "where", "iadd", "setitem", "slice_mul_", "narrow_fill_", "keep", "attr"]
+               "where", "iadd", "setitem", "slice_mul_", "narrow_fill_", "keep", "attr", "frelu", "leaky"]
         for _ in range(r.randint(3, 10)):
             op = r.choice(ops)
             i = n - 1 if r.random() < 0.6 else r.randrange(n)
@@ -100,7 +100,7 @@ class Program(nn.Module):
                 self.mods.append(nn.Conv2d(2 * C, C, 1))
                 self.steps.append(("cat", i, j, len(self.mods) - 1))
                 n += 1
-            elif op in ("add", "mul", "clone", "where"):
+            elif op in ("add", "mul", "clone", "where", "frelu", "leaky"):
                 self.steps.append((op, i, j))
                 n += 1
             elif op in ("keep", "attr"):  # the forward keeps tensor i: a list attribute, or one of its own
@@ -135,6 +135,10 @@ class Program(nn.Module):
                 t.append(t[i].clone())
             elif op == "where":
                 t.append(torch.where(t[j] > 0, t[i], 0.1 * t[i]))
+            elif op == "frelu":  # functional ReLUs: equalization passes them as it passes nn.ReLU
+                t.append(torch.nn.functional.relu(t[i]) if j % 2 else t[i].relu())
+            elif op == "leaky":
+                t.append(torch.nn.functional.leaky_relu(t[i], 0.1))
             elif op == "keep":
                 self.kept.append(t[i])
             elif op == "attr":

@@ -310,7 +310,8 @@ def _relu_inputs(model: nn.Module, flow: Optional[graph.Dataflow], stats: Dict[s
             continue
         flattened.clear()
         src = back(flow.producer(call))
-        if src is None or src.kind != "module" or not isinstance(src.module, (nn.ReLU, nn.ReLU6)):
+        if src is None or not ((src.kind == "module" and isinstance(src.module, (nn.ReLU, nn.ReLU6)))
+                               or (src.kind == "op" and src.name in ("relu", "relu_", "relu6"))):  # F.relu too
             continue
         pre = back(flow.producer(src))
         if pre is not None and pre.kind == "module" and names.get(id(pre.module)) in stats:

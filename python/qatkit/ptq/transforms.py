@@ -32,6 +32,9 @@ __all__ = [
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
 #: activations f with f(s u) = s f(u) for s > 0 (what CLE's rescaling commutes with)
 _HOMOGENEOUS = (nn.ReLU, nn.LeakyReLU, nn.Identity)
+#: functional activations a forward calls between two layers that commute with a positive
+#: per-channel scale (op name as the dataflow records it -> the activation kind)
+_HOMOGENEOUS_OPS = {"relu": "relu", "relu_": "relu", "leaky_relu": "leakyrelu", "leaky_relu_": "leakyrelu"}
 
 
 @dataclass
@@ -160,7 +163,18 @@ def find_equalization_pairs(model: nn.Module, flow: graph.Dataflow) -> Tuple[Lis
             skipped.append((name, "its output forks after a folded BatchNorm"))
             continue
         act, act_kind = None, "identity"
-        if nxt.kind == "module" and isinstance(nxt.module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU)):
+        if nxt.kind == "op" and nxt.name in _HOMOGENEOUS_OPS and set(nxt.inputs) == {feeder}:
+            # F.relu / torch.relu / x.relu() / F.leaky_relu in a forward: as the modules
+            acons = flow.consumers[nxt.index]
+            if len(acons) != 1:
+                skipped.append((name, f"the output of op '{nxt.name}' has {len(acons)} consumers (a fork)"))
+                continue
+            act_kind = _HOMOGENEOUS_OPS[nxt.name]
+            nxt, feeder = through_identities(acons[0], nxt.index)
+            if nxt is None:
+                skipped.append((name, f"the output of op '{act_kind}' forks"))
+                continue
+        elif nxt.kind == "module" and isinstance(nxt.module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU)):
             m = nxt.module
             if isinstance(m, nn.PReLU) and m.num_parameters != 1:
                 skipped.append((name, f"PReLU '{nxt.name}' has one slope per channel (not positively homogeneous)"))

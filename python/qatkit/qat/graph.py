@@ -192,6 +192,8 @@ def user_hooks(mod: nn.Module) -> Tuple[bool, bool]:
 
 
 def _op_name(func) -> str:
+    if isinstance(func, str):  # an fx call_method node's target: x.flatten(1) -> "flatten"
+        return func
     name = getattr(func, "__name__", None) or repr(func)
     return name.replace("__", "") if name.startswith("__") else name
 
