@@ -341,7 +341,9 @@ class QATConfig:
             qualified name wins (``"features.0"``, ``"*.proj"``).
         skip: fnmatch patterns of layers to keep in float.
         first_last: ``"float"`` keeps the first and last supported layers in float, ``"int8"``
-            gives them W8A8 (per-channel weights), ``None`` treats them like the rest.
+            gives them W8A8 (per-channel weights), ``None`` treats them like the rest. First and
+            last in call order where ``prepare_qat`` has the dataflow (``example_inputs``, or a
+            torch.fx graph), else in registration order.
         bitlinear: replace ``nn.Linear`` by :class:`qatkit.qat.BitLinear` (BitNet b1.58) instead of
             :class:`QuantLinear`.
         fold_bn: fuse every ``Conv2d`` -> ``BatchNorm2d`` pair whose intermediate has no other

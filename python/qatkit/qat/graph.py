@@ -72,6 +72,8 @@ class Dataflow:
     #: layer name -> the ops that read its weight outside its own call (``F.linear(h, self.fc.weight)``,
     #: a head tied as ``h @ self.wte.weight.t()``): a QAT layer there quantizes only its own calls
     weight_reads: Dict[str, List[str]] = field(default_factory=dict)
+    #: id() of each module in the order of its first call (containers included in a trace)
+    order: List[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.consumers: Dict[int, List[int]] = {c.index: [] for c in self.calls}
@@ -258,7 +260,11 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
                     record("op", name, None, tensors((args, kwargs)), outs)
             return out
 
+    order: List[int] = []
+
     def pre(mod, args, kwargs):
+        if depth[0] == 0:
+            order.append(id(mod))
         depth[0] += 1
 
     def post(mod, args, kwargs, out):
@@ -285,7 +291,7 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
     hooks += [m.register_forward_hook(post, with_kwargs=True) for m in leaves]
     for m in model.modules():
         if next(iter(m.children()), None) is not None:  # a container: whose code runs the ops
-            hooks.append(m.register_forward_pre_hook(lambda mod, args: inside.append(mod)))
+            hooks.append(m.register_forward_pre_hook(lambda mod, args: (inside.append(mod), order.append(id(mod))) and None))
             hooks.append(m.register_forward_hook(lambda mod, args, out: inside.pop() and None, always_call=True))
     for n, m, (post_h, pre_h) in hooked_mods:  # recorded outside the trace's own pre / post (depth 0)
         if pre_h:
@@ -317,7 +323,7 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
             h.remove()
         for m, was in modes:
             m.training = was
-    return Dataflow(calls, "trace", weight_reads)
+    return Dataflow(calls, "trace", weight_reads, list(dict.fromkeys(order)))
 
 
 def fx_dataflow(model: nn.Module) -> Dataflow:
@@ -371,7 +377,8 @@ def fx_dataflow(model: nn.Module) -> Dataflow:
             calls.append(Call(len(calls), "escape", f"a forward hook on module '{node.target}'", None, [c.index]))
     for what, proxies in kept:
         calls.append(Call(len(calls), "escape", what, None, [index.get(p.node, EXTERNAL) for p in proxies]))
-    return Dataflow(calls, "fx", weight_reads)
+    order = [id(c.module) for c in calls if c.kind == "module"]
+    return Dataflow(calls, "fx", weight_reads, list(dict.fromkeys(order)))
 
 
 #: the BatchNorm kinds whose folding is decided (and reported)

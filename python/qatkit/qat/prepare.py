@@ -180,22 +180,21 @@ def _sequential_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     return pairs
 
 
-def _bn_folds(model: nn.Module, example_inputs, forward, fold_bn: bool = True
-              ) -> Tuple[Dict[str, Tuple[str, nn.Module]], Dict[str, str], Dict[str, List[str]]]:
+def _bn_folds(model: nn.Module, example_inputs, forward, fold_bn: bool = True):
     """``({conv_name: (bn_name, bn)}, {bn_name: why it stays unfolded}, {layer: ops reading its
-    weight outside it})`` from the model's dataflow: a traced batch when ``example_inputs`` is
-    given, else a torch.fx trace, else (fx failed) neighbours in ``nn.Sequential`` only, every
-    other BatchNorm reported with the reason."""
+    weight outside it}, module ids in call order or None)`` from the model's dataflow: a traced
+    batch when ``example_inputs`` is given, else a torch.fx trace, else (fx failed) neighbours in
+    ``nn.Sequential`` only, every other BatchNorm reported with the reason."""
     has_bn = fold_bn and any(isinstance(m, graph.BN_TYPES) for m in model.modules())
     if example_inputs is not None:
         flow = graph.trace_dataflow(model, example_inputs, forward)
         pairs, unfolded = graph.find_conv_bn_pairs(model, flow) if has_bn else ([], {})
-    elif not has_bn:  # the weight reads only: what fx can see, nothing said where it cannot trace
+    elif not has_bn:  # the weight reads and call order only: what fx can see, nothing said where it cannot trace
         try:
             flow = graph.fx_dataflow(model)
         except Exception:
-            return {}, {}, {}
-        return {}, {}, flow.weight_reads
+            return {}, {}, {}, None
+        return {}, {}, flow.weight_reads, flow.order
     else:
         try:
             flow = graph.fx_dataflow(model)
@@ -225,7 +224,8 @@ def _bn_folds(model: nn.Module, example_inputs, forward, fold_bn: bool = True
                         "prepare_qat(model, config, example_inputs=batch) to find the pairs from one real batch"
                     )
     reads = flow.weight_reads if flow is not None else {}
-    return {conv: (bn, model.get_submodule(bn)) for conv, bn in pairs}, unfolded, reads
+    order = flow.order if flow is not None else None
+    return {conv: (bn, model.get_submodule(bn)) for conv, bn in pairs}, unfolded, reads, order
 
 
 def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=None) -> Tuple[List[dict], List[dict]]:
@@ -233,7 +233,7 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
     it; each entry lists every name its module is registered under), and the layers of a supported
     kind that cannot be swapped or BatchNorms that cannot be folded, with the reason."""
     out, skipped = [], []
-    bn_of, unfolded, reads = _bn_folds(model, example_inputs, forward, fold_bn)
+    bn_of, unfolded, reads, order = _bn_folds(model, example_inputs, forward, fold_bn)
     names_of: Dict[int, List[str]] = {}
     for name, mod in model.named_modules(remove_duplicate=False):
         names_of.setdefault(id(mod), []).append(name)
@@ -264,6 +264,10 @@ def _candidates(model: nn.Module, fold_bn: bool, example_inputs=None, forward=No
                 skipped.append({"name": name, "type": type(mod).__name__, "reason": reason, "unsupported": True})
     for bn, reason in unfolded.items():
         skipped.append({"name": bn, "type": type(model.get_submodule(bn)).__name__, "reason": reason, "bn": True})
+    if order is not None:  # the dataflow's call order: first_last means the first / last layer that runs
+        at = {m: i for i, m in enumerate(order)}
+        for c in out:
+            c["called_at"] = at.get(id(c["module"]))
     return out, skipped
 
 
@@ -341,6 +345,10 @@ def prepare_qat(
     # an inplace model as it was), then swap
     plan, report, rules = [], [], {}
     compute = [c for c in cands if type(c["module"]) is not nn.Embedding]  # first/last count these
+    if any(c.get("called_at") is not None for c in compute):
+        # in call order (a head registered before the stem was "first" before); a layer that never
+        # ran in the traced batch / fx graph is neither first nor last
+        compute = sorted((c for c in compute if c.get("called_at") is not None), key=lambda c: c["called_at"])
     position = {id(c["module"]): i for i, c in enumerate(compute)}
     for c in cands:
         name, mod = c["name"], c["module"]

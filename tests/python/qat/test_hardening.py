@@ -1216,3 +1216,36 @@ def test_a_layer_whose_weight_code_outside_it_reads_stays_float_with_the_reason(
         warnings.simplefilter("always")
         qatkit.prepare_qat(m, dataclasses.replace(qatkit.w8a8(), first_last=None), example_inputs=idx)
     assert "'wte'" not in "\n".join(str(w.message) for w in rec)
+
+
+# ---------------------------------------------------------------- first_last in call order
+
+
+class _HeadFirst(nn.Module):
+    """The head registered before the stem (its forward runs the stem first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(32, 10)
+        self.stem, self.mid = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.mid(torch.relu(self.stem(x))))
+        return self.head(x.mean((2, 3)).repeat(1, 4))
+
+
+@pytest.mark.parametrize("source", ["trace", "fx", "ptq"])
+def test_first_last_picks_the_first_and_last_layers_that_run(source):
+    """first_last counted layers in registration order: a head registered before the stem made
+    the head and the middle conv "first" and "last", so the stem (the layer the rule protects) got
+    int4. With a traced batch or an fx graph the rule follows the call order."""
+    m, x = _HeadFirst().eval(), torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if source == "ptq":
+            q = qatkit.ptq(m, [x], qatkit.w4a8(), progress=False, verbose=False)
+        else:
+            q = qatkit.prepare_qat(m, qatkit.w4a8(), example_inputs=x if source == "trace" else None)
+    rules = {r["name"]: r["rule"] for r in q.qat_report}
+    assert rules == {"stem": "first_last", "mid": "default", "head": "first_last"}, rules
+    assert q.stem.weight_fake_quant.spec.bits == 8 and q.mid.weight_fake_quant.spec.bits == 4
