@@ -165,7 +165,8 @@ def _restore_attributes(model: nn.Module, before: Dict[int, dict]) -> None:
 _WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
 #: ops that read a tensor's metadata, not its values
 _METADATA_OPS = ("size", "dim", "numel", "stride", "element_size", "get_device", "data_ptr", "is_contiguous",
-                 "is_floating_point", "is_complex", "nelement", "ndimension", "storage_offset")
+                 "is_floating_point", "is_complex", "nelement", "ndimension", "storage_offset",
+                 "get", "getattr")  # w.dtype / w.shape / w.device (a property's __get__; fx's getattr)
 
 
 def _weights_of_layers(model: nn.Module) -> Dict[int, str]:
@@ -248,7 +249,8 @@ def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable]
                     first = ins[0] if ins else None
                     for t in ins:
                         layer = weights.get(id(t))
-                        if layer is not None and (t is first or name != "to") and _reads_values(name, args):
+                        # x.to(w) / x.type_as(w) take w's dtype and device only
+                        if layer is not None and (t is first or name not in ("to", "type_as")) and _reads_values(name, args):
                             weight_reads.setdefault(layer, []).append(name)
                 if not outs and args and (name in ("setitem", "numpy") or name.endswith("_")):
                     # an in-place write that returns nothing (y[:, 0] = 0, torch._foreach_mul_), or a
@@ -354,8 +356,11 @@ def fx_dataflow(model: nn.Module) -> Dataflow:
         # (a bare layer as the model: fx traces its own forward, which reads its own weight)
         if node.op == "get_attr" and node.target.endswith("weight") and node.target.rpartition(".")[0] in layers - {""}:
             owner = node.target.rpartition(".")[0]
-            readers = [_op_name(u.target) if u.op != "call_module" else u.target for u in node.users]
-            readers = [r for r in readers if _reads_values(r, ())]
+            readers = []
+            for u in node.users:
+                r = _op_name(u.target) if u.op != "call_module" else u.target
+                if _reads_values(r, ()) and not (r in ("to", "type_as") and u.args and u.args[0] is not node):
+                    readers.append(r)
             if readers:
                 weight_reads.setdefault(owner, []).extend(readers)
         if node.op in ("placeholder", "get_attr"):

@@ -1249,3 +1249,27 @@ def test_first_last_picks_the_first_and_last_layers_that_run(source):
     rules = {r["name"]: r["rule"] for r in q.qat_report}
     assert rules == {"stem": "first_last", "mid": "default", "head": "first_last"}, rules
     assert q.stem.weight_fake_quant.spec.bits == 8 and q.mid.weight_fake_quant.spec.bits == 4
+
+
+class _ReadsWeightMetadata(nn.Module):
+    """Code that takes a layer weight's dtype, device or shape only (not its values)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        w = self.fc.weight
+        x = x.to(w.dtype).type_as(w).to(w)
+        zeros = torch.zeros_like(w).sum() + w.new_zeros(1).sum() + w.size(0) + w.dim() + w.shape[1]
+        return self.fc2(torch.relu(self.fc(x))) + zeros * 0
+
+
+@pytest.mark.parametrize("source", ["trace", "fx"])
+def test_reading_a_weights_dtype_device_or_shape_is_not_reading_it(source):
+    m, x = _ReadsWeightMetadata().eval(), torch.randn(2, 8)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        q = qatkit.prepare_qat(m, qatkit.w8a8(), example_inputs=x if source == "trace" else None)
+    assert [r["qat"] for r in q.qat_report] == ["QuantLinear", "QuantLinear"]
+    assert not any("read outside" in str(w.message) for w in rec)
