@@ -201,7 +201,42 @@ def _op_name(func) -> str:
     return name.replace("__", "") if name.startswith("__") else name
 
 
+class _Opaque(nn.Module):
+    """A TorchScript submodule seen from Python during a trace: TorchScript modules take no Python
+    hooks and run their ops where no TorchFunctionMode sees them, so the trace records each call of
+    this stand-in as one opaque module call (its inputs consumed, its outputs produced)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.__dict__["inner"] = inner  # not a child: the stand-in is a leaf
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
 def trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable] = None) -> Dataflow:
+    """:func:`_trace_dataflow` with every TorchScript submodule behind an :class:`_Opaque` stand-in
+    for the trace (put back after)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError("a TorchScript model cannot be traced from Python; pass the eager model")
+    swapped = []
+    stack = [model]
+    while stack:
+        parent = stack.pop()
+        for key, child in list(parent._modules.items()):
+            if isinstance(child, torch.jit.ScriptModule):
+                parent._modules[key] = _Opaque(child)
+                swapped.append((parent, key, child))
+            elif child is not None:
+                stack.append(child)
+    try:
+        return _trace_dataflow(model, example_inputs, forward)
+    finally:
+        for parent, key, child in swapped:
+            parent._modules[key] = child
+
+
+def _trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable] = None) -> Dataflow:
     """Run ``example_inputs`` through ``model`` once (eval mode, no gradients; every module's
     training flag restored after) and record its dataflow.
 

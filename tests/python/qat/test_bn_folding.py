@@ -398,3 +398,38 @@ def test_a_short_fuzz_run_over_random_conv_programs_finds_nothing():
                         "--seed", "1000", "--no-progress"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "150 programs" in r.stdout and "0 failed" in r.stdout
+
+
+class _ScriptedTap(nn.Module):
+    def forward(self, x):
+        return x.mean()
+
+
+class _WithScripted(nn.Module):
+    """A TorchScript submodule reading the conv's output beside its BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 5)
+        self.tap = torch.jit.script(_ScriptedTap())
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1), self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        f = self.conv(x)
+        return self.fc(torch.relu(self.bn(f)).mean((2, 3))) + self.tap(f)
+
+
+def test_a_torchscript_submodule_is_one_opaque_call_in_the_trace():
+    """TorchScript modules take no Python hooks: tracing a model holding one raised "register_forward_pre_hook
+    is not supported on ScriptModules" (ptq always, prepare_qat with example_inputs). It is now one
+    opaque call: its inputs are consumed, so the conv it reads keeps its BatchNorm apart."""
+    m, x = _WithScripted().eval(), torch.randn(2, 3, 6, 6)
+    q, _ = _prepare(m, x)
+    assert isinstance(q.bn, nn.BatchNorm2d) and "module 'tap'" in {r["name"]: r.get("reason", "") for r in q.qat_report}["bn"]
+    assert isinstance(q.tap, torch.jit.ScriptModule)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = qatkit.ptq(m, [x], qatkit.w8a8(), progress=False, verbose=False)
+    with torch.no_grad():
+        torch.testing.assert_close(p(x), m(x), rtol=0.05, atol=0.05)
