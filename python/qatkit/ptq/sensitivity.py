@@ -76,7 +76,9 @@ def _set_all(model: nn.Module, on: bool, except_layer: Optional[nn.Module] = Non
 
 
 def _prepared(model, config, batches, forward):
-    q = prepare_qat(model, config)
+    # the first batch traced, as ptq does: the same folds, weight reads and first / last layers
+    # (without it, torch.fx or nn.Sequential neighbours decided, where ptq's traced batch did)
+    q = prepare_qat(model, config, example_inputs=batches[0], forward=forward or call_on_batch)
     if any(isinstance(m, ActFakeQuantizer) for m in q.modules()):
         calibrate(q, batches, forward)
     q.eval()
