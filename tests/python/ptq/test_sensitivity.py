@@ -341,3 +341,31 @@ def test_a_zero_noise_layer_is_strict_json_and_a_drawn_bar(tmp_path, monkeypatch
     finite = max(v for bars in drawn for v in bars if v < max(max(b) for b in drawn))
     assert all(math.isfinite(v) for bars in drawn for v in bars)
     assert drawn[0][0] == drawn[1][1] and drawn[0][0] >= finite + 10 - 1e-9  # the two infinite bars, on top
+
+
+class _HeadFirstUntraceable(nn.Module):
+    """The head registered before the stem, and a data-dependent branch torch.fx cannot trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(8, 4)
+        self.stem, self.mid = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        if h.sum() > -1e9:  # data-dependent control flow
+            h = torch.relu(self.mid(h))
+        return self.head(h)
+
+
+def test_sensitivity_prepares_with_the_traced_batch_as_ptq_does():
+    """sensitivity prepared without a batch: where fx fails it fell back to registration order
+    (first_last protected the head and the middle layer, not the stem), to Sequential neighbours
+    for BatchNorms, and saw no weight reads, while ptq decided from its traced batch."""
+    torch.manual_seed(0)
+    m = _HeadFirstUntraceable().eval()
+    data = [torch.randn(16, 8) for _ in range(2)]
+    cfg = dataclasses.replace(qatkit.w4a8(), first_last="int8")
+    rep = qatkit.sensitivity(m, data, cfg, progress=False)
+    bits = {r["name"]: r["weights"] for r in rep.rows}
+    assert bits["stem"].startswith("int8") and bits["head"].startswith("int8") and bits["mid"].startswith("int4"), bits
