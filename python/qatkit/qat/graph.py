@@ -179,9 +179,9 @@ def _weights_of_layers(model: nn.Module) -> Dict[int, str]:
     return out
 
 
-def _reads_values(name: str, args) -> bool:
-    """Whether an op reads its first tensor's values (not ``w.size()``, ``w.new_zeros``,
-    ``torch.zeros_like(w)``, or ``x.to(w)`` for w's dtype / device)."""
+def _reads_values(name: str) -> bool:
+    """Whether an op reads the values of the tensors it takes (not ``w.size()``, ``w.dtype``,
+    ``w.new_zeros(...)``, ``torch.zeros_like(w)``; the callers handle ``x.to(w)`` / ``x.type_as(w)``)."""
     return not (name in _METADATA_OPS or name.startswith("new_") or name.endswith("_like"))
 
 
@@ -285,7 +285,7 @@ def _trace_dataflow(model: nn.Module, example_inputs, forward: Optional[Callable
                     for t in ins:
                         layer = weights.get(id(t))
                         # x.to(w) / x.type_as(w) take w's dtype and device only
-                        if layer is not None and (t is first or name not in ("to", "type_as")) and _reads_values(name, args):
+                        if layer is not None and (t is first or name not in ("to", "type_as")) and _reads_values(name):
                             weight_reads.setdefault(layer, []).append(name)
                 if not outs and args and (name in ("setitem", "numpy") or name.endswith("_")):
                     # an in-place write that returns nothing (y[:, 0] = 0, torch._foreach_mul_), or a
@@ -394,7 +394,7 @@ def fx_dataflow(model: nn.Module) -> Dataflow:
             readers = []
             for u in node.users:
                 r = _op_name(u.target) if u.op != "call_module" else u.target
-                if _reads_values(r, ()) and not (r in ("to", "type_as") and u.args and u.args[0] is not node):
+                if _reads_values(r) and not (r in ("to", "type_as") and u.args and u.args[0] is not node):
                     readers.append(r)
             if readers:
                 weight_reads.setdefault(owner, []).extend(readers)
