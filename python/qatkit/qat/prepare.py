@@ -204,9 +204,9 @@ def _bn_folds(model: nn.Module, example_inputs, forward, fold_bn: bool = True):
             pairs, unfolded, flow = [], {}, None
             for conv, bn in _sequential_pairs(model):
                 m_bn, m_conv = model.get_submodule(bn), model.get_submodule(conv)
-                if graph.user_hooks(m_conv)[0] or graph.user_hooks(m_bn)[1]:
-                    hook = (f"a forward hook on module '{conv}'" if graph.user_hooks(m_conv)[0]
-                            else f"a forward pre-hook on module '{bn}'")
+                conv_hooked, bn_hooked = graph.user_hooks(m_conv)[0], graph.user_hooks(m_bn)[1]
+                if conv_hooked or bn_hooked:
+                    hook = f"a forward hook on module '{conv}'" if conv_hooked else f"a forward pre-hook on module '{bn}'"
                     unfolded[bn] = f"the output of conv '{conv}' is also used by {hook}, so it cannot be replaced"
                 elif m_bn.affine and m_bn.track_running_stats and m_bn.num_features == m_conv.out_channels:
                     pairs.append((conv, bn))

@@ -433,3 +433,18 @@ def test_a_torchscript_submodule_is_one_opaque_call_in_the_trace():
         p = qatkit.ptq(m, [x], qatkit.w8a8(), progress=False, verbose=False)
     with torch.no_grad():
         torch.testing.assert_close(p(x), m(x), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("which", ["conv hook", "bn pre-hook"])
+def test_the_neighbour_fallback_keeps_a_hooked_pair_apart(which):
+    """Where fx cannot trace, nn.Sequential neighbours fold: a user's forward hook on the conv (or
+    pre-hook on the BatchNorm) keeps them apart there too, with the reason."""
+    m = _DataDependent().eval()
+    if which == "conv hook":
+        m.head[0].register_forward_hook(lambda mod, a, o: None)
+    else:
+        m.head[1].register_forward_pre_hook(lambda mod, a: None)
+    q, _ = _prepare(m)
+    reason = {r["name"]: r.get("reason", "") for r in q.qat_report}["head.1"]
+    want = "a forward hook on module 'head.0'" if which == "conv hook" else "a forward pre-hook on module 'head.1'"
+    assert isinstance(q.head[1], nn.BatchNorm2d) and want in reason, reason
