@@ -20,6 +20,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -427,6 +428,13 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
         raise TypeError(f"export: model must be an nn.Module, got {type(model).__name__}")
     path = check_out_path("export", path)
     check_flags("export", base3=base3)
+    other = {".onnx": "qatkit.export_onnx(model, example_input, path)", ".gguf": "qatkit.export_gguf(model, path)"}
+    ext = os.path.splitext(str(path))[1].lower()
+    if ext in other:  # before: a safetensors file under that name, which onnxruntime / gguf readers refuse
+        article = "an" if ext == ".onnx" else "a"
+        warnings.warn(f"export: {str(path)!r} is named like {article} {ext[1:].upper()} file, but export writes qatkit's "
+                      f"safetensors format (qatkit.load, qatkit::nn::load); for {ext[1:].upper()} use {other[ext]}",
+                      UserWarning, stacklevel=2)
     from .qat.prepare import unwrap_model
 
     model = unwrap_model(model)  # (torch.compile's / DDP's wrapper: the model under its own names)
@@ -442,6 +450,7 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
         info, t = _export_layer(name, mod, base3)
         layers[name] = info
         tensors.update(t)
+    _warn_narrow_dtype("export", quantized, stacklevel=3)  # (the caller of export)
     # a layer used at several places (one module under two names): stored once, under its first
     # name; the others are aliases (the structure points them at it, load_into replaces them all)
     names_of: Dict[int, List[str]] = {}
@@ -875,14 +884,43 @@ def _packed_layers(path: str, header: dict, tensors: Dict[str, torch.Tensor]) ->
     return out
 
 
+def _warn_narrow_dtype(where: str, quantized: Dict[str, nn.Module], stacklevel: int = 3) -> None:
+    """Quantized layers of a bfloat16 / float16 (or float64) model: the integer kernels take float32
+    layers, so Python's loaded model runs them in float math in that dtype, and the C++ loader
+    refuses the file. ``qatkit.load`` said so in ``compute_report`` only: a model QAT-trained in
+    bfloat16, the usual dtype for language models, exported and loaded without an integer kernel
+    and without a word. Its float32 copy (``model.float()``) held the same weight codes in a probe
+    of 7 presets, except TWN's ternaries, whose thresholds move with the rounding."""
+    odd = {}
+    for name, mod in quantized.items():
+        dt = getattr(mod, "weight_dtype", torch.float32)
+        if dt != torch.float32 and not getattr(mod, "float_weight", False):
+            odd.setdefault(str(dt).replace("torch.", ""), []).append(name or type(mod).__name__)
+    if not odd:
+        return
+    what = "; ".join(f"{dt}: {', '.join(names[:6])}" + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+                     for dt, names in odd.items())
+    if where == "export":
+        tail = ("qatkit.load will run them in float math in that dtype (the integer kernels take float32 layers) "
+                "and the C++ loader refuses the file; export a float32 copy for the integer kernels and C++: "
+                "qatkit.export(model.float(), path)")
+    else:
+        tail = ("they keep float math in that dtype (the integer kernels take float32 layers; compute_report); "
+                "export a float32 copy of the model for the integer kernels: qatkit.export(model.float(), path)")
+    warnings.warn(f"{where}: quantized layers compute in a dtype other than float32 ({what}): {tail}", UserWarning,
+                  stacklevel=stacklevel)
+
+
 def _set_compute(model: nn.Module, compute: str, where: str) -> nn.Module:
     from .qat.integer import set_compute
 
     if compute not in ("integer", "float"):
         raise ValueError(f"{where}: compute must be 'integer' or 'float', got {compute!r}")
-    layers = [m for m in model.modules() if isinstance(m, _Quantized)]
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, _Quantized)}
     if layers:
         model.compute_report = set_compute(model, compute, warn=False, kernels_only=True)
+        if compute == "integer":
+            _warn_narrow_dtype(where, layers, stacklevel=4)  # (the caller of load / load_into)
     return model
 
 

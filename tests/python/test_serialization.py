@@ -1007,3 +1007,49 @@ def test_a_replaced_tensor_is_computed_with_and_refresh_covers_data_writes(prese
         ref = qatkit.load(path)
         ref.load_state_dict(loaded.state_dict())  # the packed bytes and the bias as they are now
         assert torch.equal(ref(x), got)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_narrow_dtype_model_is_warned_at_export_and_load_and_its_float32_copy_runs_on_the_kernels(dtype, tmp_path):
+    """A QAT model trained in bfloat16 (the usual dtype for language models) exported to a file whose
+    loaded layers kept float math in that dtype, naming it in compute_report only (and the C++
+    loader refuses the file): export and load now warn, naming the layers and the float32 copy that
+    runs on the integer kernels. That copy holds the same weight codes here (w8a8)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8))
+    q = qatkit.prepare_qat(m, dataclasses.replace(qatkit.w8a8(), first_last=None)).to(dtype)
+    x = torch.randn(16, 32)
+    q(x.to(dtype))
+    q.eval()
+    path = str(tmp_path / "narrow.safetensors")
+    with pytest.warns(UserWarning, match=r"export: quantized layers compute in a dtype other than float32 \(.*: 0, 2\)"
+                      r".*qatkit\.export\(model\.float\(\), path\)"):
+        qatkit.export(q, path)
+    with pytest.warns(UserWarning, match=r"load: quantized layers compute in a dtype other than float32"):
+        back = qatkit.load(path)
+    assert [f for _, f, _ in back.compute_report] == [None, None]
+    assert torch.equal(back(x.to(dtype)), q(x.to(dtype)))  # float math in that dtype, as the QAT model
+    path32 = str(tmp_path / "f32.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qatkit.export(copy.deepcopy(q).float(), path32)
+        back32 = qatkit.load(path32)
+    assert [f for _, f, _ in back32.compute_report] == ["static", "static"]
+    for a, b in ((back[0], back32[0]), (back[2], back32[2])):
+        assert torch.equal(a.weight_int, b.weight_int) and torch.equal(a.weight_scale, b.weight_scale)
+
+
+def test_export_to_an_onnx_or_gguf_name_warns_that_it_writes_safetensors(tmp_path):
+    """qatkit.export(model, "model.onnx") wrote qatkit's safetensors format under that name without
+    a word; onnxruntime then refused the file. Now it warns, naming export_onnx / export_gguf."""
+    torch.manual_seed(0)
+    q = qatkit.ptq(nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)), [torch.randn(8, 8)],
+                   dataclasses.replace(qatkit.w8a8(), first_last=None), verbose=False, progress=False)
+    with pytest.warns(UserWarning, match=r"named like an ONNX file.*qatkit\.export_onnx"):
+        qatkit.export(q, str(tmp_path / "m.onnx"))
+    with pytest.warns(UserWarning, match=r"named like a GGUF file.*qatkit\.export_gguf"):
+        qatkit.export(q, str(tmp_path / "m.GGUF"))
+    assert torch.equal(qatkit.load(str(tmp_path / "m.onnx"), compute="float")(torch.ones(2, 8)), q(torch.ones(2, 8)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qatkit.export(q, str(tmp_path / "m.safetensors"))
