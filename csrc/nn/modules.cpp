@@ -240,15 +240,13 @@ void WeightFakeQuantizerImpl::reset() {
   // BinaryConnect's sampling seed: a step counter, so a resumed run draws the same bits
   if (spec_.stochastic) step_ = register_buffer("step", torch::zeros({1}, torch::kLong));
   if (spec_.scale != "learned") return;
-  const double qp = static_cast<double>(spec_.quant_max());
   torch::Tensor init;
   if (weight_init_.defined()) {
-    const torch::Tensor w = weight_init_.to(torch::kFloat);
-    init = axis_ ? w.abs().reshape({w.size(0), -1}).mean(1) * 2 / std::sqrt(qp)
-                 : w.abs().mean().reshape({1}) * 2 / std::sqrt(qp);
-    init = init.clamp_min(1e-6);
+    init = initial_scale(weight_init_);
+    prepared_init_ = init.clone();
   } else {
     init = torch::ones({axis_ ? weight_shape_[0] : 1});
+    prepared_init_ = torch::Tensor();
   }
   scale_ = register_parameter("scale", init);
   if (spec_.symmetric) {
@@ -259,6 +257,25 @@ void WeightFakeQuantizerImpl::reset() {
   const std::int64_t numel =
       std::accumulate(weight_shape_.begin(), weight_shape_.end(), std::int64_t{1}, std::multiplies<>());
   grad_factor_ = spec_.lsq_grad_scale ? lsq_grad_factor(numel / init.numel(), spec_.quant_max()) : 1.0;
+}
+
+torch::Tensor WeightFakeQuantizerImpl::initial_scale(const torch::Tensor& weight) const {
+  const double qp = static_cast<double>(spec_.quant_max());
+  const torch::Tensor w = weight.detach().to(torch::kFloat);
+  const torch::Tensor init = axis_ ? w.abs().reshape({w.size(0), -1}).mean(1) * 2 / std::sqrt(qp)
+                                   : w.abs().mean().reshape({1}) * 2 / std::sqrt(qp);
+  return init.clamp_min(1e-6);
+}
+
+void WeightFakeQuantizerImpl::check_weight_since_prepare(const torch::Tensor& weight) {
+  if (!prepared_init_.defined() || spec_.scale != "learned") return;
+  const torch::Tensor ref = prepared_init_;
+  prepared_init_ = torch::Tensor();  // once
+  torch::NoGradGuard ng;
+  // set or trained since; frozen (requires_grad false) on purpose
+  if (!scale_.requires_grad() || !torch::equal(scale_.detach(), ref.to(scale_.device()))) return;
+  const torch::Tensor want = initial_scale(weight.to(scale_.device()));
+  if (!torch::equal(want, scale_.detach())) scale_.copy_(want);
 }
 
 torch::Tensor WeightFakeQuantizerImpl::forward(const torch::Tensor& w) {
@@ -565,6 +582,75 @@ torch::Tensor autocast_float32(const torch::Tensor& x) {
 
 }  // namespace
 
+namespace {
+
+// LearnedParamWatch (nn.h): the learned quantizer parameters of a layer's weight and input
+// quantizers (the only parameters a quantizer registers), checked in a training forward.
+void watch_learned(LearnedParamWatch& st, const torch::Tensor& weight, const WeightFakeQuantizer& wq,
+                   const ActFakeQuantizer& aq, bool training) {
+  if (st.warned || !training || !torch::GradMode::is_enabled() || !weight.defined() || !weight.requires_grad()) {
+    return;
+  }
+  const bool wl = wq && wq->spec().scale == "learned", al = aq && aq->spec().scale == "learned";
+  if (!wl && !al) return;
+  // (names only for the warning: this runs in every training forward of an LSQ layer)
+  std::vector<torch::Tensor> params;
+  auto add = [&](const torch::nn::Module& m) {
+    for (const auto& p : m.parameters(/*recurse=*/false)) {
+      if (p.requires_grad()) params.push_back(p);
+    }
+  };
+  if (wl) add(*wq);
+  if (al) add(*aq);
+  // an optimizer reset the weight's gradient since the last backward, and not theirs
+  bool suspect = !params.empty() && !weight.grad().defined();
+  for (const auto& p : params) suspect = suspect && p.grad().defined();
+  if (!suspect) {
+    st.stale = 0;
+    st.values.clear();
+    return;
+  }
+  bool unchanged = st.values.size() == params.size();
+  for (std::size_t i = 0; unchanged && i < params.size(); ++i) unchanged = torch::equal(params[i], st.values[i]);
+  st.stale = unchanged ? st.stale + 1 : 0;
+  st.values.clear();
+  {
+    torch::NoGradGuard ng;
+    for (const auto& p : params) st.values.push_back(p.detach().clone());
+  }
+  if (st.stale >= 3) {
+    std::string names;
+    auto name = [&](const torch::nn::Module& m, const std::string& qualified) {
+      for (const auto& item : m.named_parameters(/*recurse=*/false)) {
+        if (item.value().requires_grad()) {
+          names += (names.empty() ? "'" : ", '") + (qualified.empty() ? m.name() : qualified) + "." + item.key() + "'";
+        }
+      }
+    };
+    if (wl) name(*wq, wq->qualified_name);
+    if (al) name(*aq, aq->qualified_name);
+    TORCH_WARN(fmt::format(
+        "qatkit: the learned quantizer parameters {} kept their gradients and values over 3 optimizer steps that "
+        "reset their layer's weight gradient: the optimizer steps the weight but does not hold them (was it built "
+        "before prepare_qat?), so the step sizes stay as initialized. Build the optimizer from the prepared model's "
+        "parameters(), or add them; to keep them fixed on purpose, set requires_grad_(false) on them",
+        names));
+    st.warned = true;
+    st.values.clear();
+  }
+}
+
+// A QAT layer's training-forward checks of its learned step sizes: weights written since
+// prepare_qat (check_weight_since_prepare) and an optimizer that does not hold them (watch_learned).
+template <class Layer>
+void learned_checks(Layer& self, const ActFakeQuantizer& input_quantizer) {
+  if (self.frozen.converted) return;
+  if (self.weight_fake_quant && self.is_training()) self.weight_fake_quant->check_weight_since_prepare(self.weight);
+  watch_learned(self.learned_watch, self.weight, self.weight_fake_quant, input_quantizer, self.is_training());
+}
+
+}  // namespace
+
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   // one row (torch::nn::Linear takes it): the input quantizer sees it as a batch of one, as Python's
   if (x.dim() == 1) return forward(x.unsqueeze(0)).squeeze(0);
@@ -596,6 +682,7 @@ torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
                                "input: cast the input (x.to(torch::kFloat))",
                                options.in_features(), c10::toString(h.scalar_type())));
   if (smooth.defined()) h = h / smooth.to(h.device(), h.scalar_type());  // Python: x / smooth.to(x.dtype)
+  learned_checks(*this, input_fake_quant);
   if (input_fake_quant) h = input_fake_quant(h);
   return at::linear(h, quantized_weight(), bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
 }
@@ -733,6 +820,7 @@ torch::Tensor conv_forward_on(Layer& self, const torch::Tensor& x) {
                    fmt::format("conv (in_channels={}): computes in integer form from float32 inputs, got a {} "
                                "input: cast the input (x.to(torch::kFloat))",
                                self.options.in_channels(), c10::toString(x.scalar_type())));
+  learned_checks(self, self.input_fake_quant);
   const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;
   return conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);
 }
@@ -849,6 +937,7 @@ bool QuantConvBn2dImpl::fold_invariant() const {
 
 torch::Tensor QuantConvBn2dImpl::forward(const torch::Tensor& x) {
   if (x.dim() == 3) return forward(x.unsqueeze(0)).squeeze(0);  // unbatched, as QuantConv2d
+  learned_checks(*this, input_fake_quant);
   const torch::Tensor h = input_fake_quant ? input_fake_quant(x) : x;
   if (frozen.converted) return conv_nd<2>(h, frozen.dequantized(conv_weight_shape<2>(options)), bias, options);
   auto q = [this](const torch::Tensor& w) { return weight_fake_quant ? weight_fake_quant(w) : w; };
@@ -934,6 +1023,7 @@ void QuantEmbeddingImpl::convert() {
 torch::Tensor QuantEmbeddingImpl::forward(const torch::Tensor& indices) {
   // F.embedding: max_norm renormalizes the rows it looks up in place, here in the (temporary)
   // quantized table, as the Python layer does
+  learned_checks(*this, nullptr);
   torch::Tensor w = quantized_weight();
   if (options.max_norm()) {
     torch::NoGradGuard ng;

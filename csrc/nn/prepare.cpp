@@ -362,11 +362,64 @@ std::string QATReport::to_string() const {
   return os.str();
 }
 
+namespace {
+
+// Python's prepare._unused_fields: fields set away from their defaults that change nothing in the
+// spec's role (an MSE observer on weights, whose ranges are their own min / max at every forward).
+std::vector<std::string> unused_fields(const QuantSpec& spec, bool weight) {
+  const QuantSpec d;
+  std::vector<std::string> out;
+  const bool is_static = spec.kind == "int" && spec.scale == "static";
+  if (weight) {
+    if (spec.observer != d.observer) {
+      out.push_back(fmt::format("observer='{}' (weight ranges are {}; observers set activation ranges)", spec.observer,
+                                spec.scale == "learned" ? "trained (scale='learned')"
+                                                        : "the weight's own min / max at every forward"));
+    }
+    if (spec.momentum != d.momentum) {
+      out.push_back(fmt::format("momentum={} (the moving-average activation observer's)", spec.momentum));
+    }
+  } else {
+    if (spec.latent_clip) out.push_back(fmt::format("latent_clip={} (clips shadow weights; an input has none)", *spec.latent_clip));
+    if (!is_static && spec.observer != d.observer) {
+      out.push_back(fmt::format("observer='{}' (a static range's; this input is {} with scale='{}')", spec.observer,
+                                spec.kind, spec.scale));
+    }
+    if (spec.momentum != d.momentum && (!is_static || spec.observer != "moving_average")) {
+      out.push_back(fmt::format("momentum={} (the moving-average observer's; this input's is '{}')", spec.momentum,
+                                spec.observer));
+    }
+  }
+  if (spec.lsq_grad_scale != d.lsq_grad_scale && spec.scale != "learned") {
+    out.push_back("lsq_grad_scale=false (LSQ's step-size gradient scale; this scale is not learned)");
+  }
+  return out;
+}
+
+void warn_unused_fields(const QATConfig& config) {
+  std::string found;
+  auto scan = [&](const std::string& where, const LayerSpec& ls) {
+    for (const bool weight : {true, false}) {
+      const std::optional<QuantSpec>& spec = weight ? ls.weight : ls.activation;
+      if (!spec) continue;
+      for (const auto& u : unused_fields(*spec, weight)) {
+        found += (found.empty() ? "" : "; ") + where + (weight ? ".weight: " : ".activation: ") + u;
+      }
+    }
+  };
+  scan("default", config.default_spec);
+  for (const auto& [pattern, ls] : config.overrides) scan("override '" + pattern + "'", ls);
+  if (!found.empty()) TORCH_WARN("prepare_qat: spec fields that change nothing: ", found);
+}
+
+}  // namespace
+
 QATReport prepare_qat_inplace(torch::nn::Module& model, const QATConfig& config) {
   TORCH_CHECK_VALUE(!kind_of(std::shared_ptr<torch::nn::Module>(&model, [](torch::nn::Module*) {})),
                     "prepare_qat: the model is a bare layer, which cannot be swapped in place; put it in a "
                     "torch::nn::Sequential");
   if (!config.first_last.empty()) (void)QATConfig::first_last_spec(config.first_last);  // a rule of the table
+  warn_unused_fields(config);
   Walk walk{config.fold_bn, {}, {}, {}, {}, {}};
   walk.visit(model, "");
   TORCH_CHECK_VALUE(!walk.cands.empty() || !walk.kept.empty(),
@@ -659,10 +712,33 @@ QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tensor>& batche
 }
 
 void freeze_bn(torch::nn::Module& model, bool on) {
+  std::vector<const torch::nn::Module*> inside;  // the BatchNorms folded into QuantConvBn2d layers
   for (const auto& m : model.modules(/*include_self=*/false)) {
-    if (auto l = std::dynamic_pointer_cast<QuantConvBn2dImpl>(m)) l->freeze_bn(on);
+    if (auto l = std::dynamic_pointer_cast<QuantConvBn2dImpl>(m)) {
+      l->freeze_bn(on);
+      if (l->bn) inside.push_back(l->bn.get());
+    }
   }
-  if (auto* l = dynamic_cast<QuantConvBn2dImpl*>(&model)) l->freeze_bn(on);
+  if (auto* l = dynamic_cast<QuantConvBn2dImpl*>(&model)) {
+    l->freeze_bn(on);
+    if (l->bn) inside.push_back(l->bn.get());
+  }
+  if (!on) return;
+  // Python's freeze_bn: BatchNorms left unfolded keep batch statistics in training mode; name them
+  std::string loose;
+  std::size_t n = 0;
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
+    if (is_batchnorm(item.value()) &&
+        std::find(inside.begin(), inside.end(), item.value().get()) == inside.end()) {
+      if (n++ < 6) loose += (loose.empty() ? "" : ", ") + item.key();
+    }
+  }
+  if (n) {
+    TORCH_WARN(fmt::format("freeze_bn: {} BatchNorm layer(s) were not folded ({}{}; the prepare_qat report says why) "
+                           "and keep using batch statistics in training mode; freeze_bn switches folded conv + "
+                           "BatchNorm layers only (call ->eval() on these to freeze them)",
+                           n, loose, n > 6 ? fmt::format(" and {} more", n - 6) : ""));
+  }
 }
 
 std::int64_t clip_latent_weights(torch::nn::Module& model) {

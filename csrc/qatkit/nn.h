@@ -150,14 +150,21 @@ class QATKIT_API WeightFakeQuantizerImpl : public torch::nn::Cloneable<WeightFak
   /// Loads the buffers after checking the recorded spec: one saved with another spec raises
   /// ValueError naming the key and the fields that differ.
   void load(torch::serialize::InputArchive& archive) override;
+  /// LSQ: called by the layer at its first training forward with its weight. The step sizes
+  /// started from the weight the quantizer was built on (2 mean|w| / sqrt(Q_P)); a weight written
+  /// since in place (pretrained weights copied in, an init pass) left them stale. Where the weight
+  /// changed and the step sizes are still those, they start from the current weight now (Python:
+  /// check_weight_since_prepare); step sizes set or trained since are kept. Once; a no-op otherwise.
+  void check_weight_since_prepare(const torch::Tensor& weight);
   std::string granularity;  ///< effective (per-group falls back to per-channel when it does not divide)
   std::optional<std::int64_t> group_size;
   std::string qualified_name;  ///< set by prepare_qat ("0.weight_fake_quant"), for messages
 
  private:
+  torch::Tensor initial_scale(const torch::Tensor& w) const;
   QuantSpec spec_;
   std::vector<std::int64_t> weight_shape_;
-  torch::Tensor weight_init_;
+  torch::Tensor weight_init_, prepared_init_;
   std::optional<std::int64_t> axis_;
   torch::Tensor scale_, zero_point_, fake_quant_on_, step_;
   double grad_factor_ = 1.0;
@@ -267,6 +274,21 @@ struct QATKIT_API ConvertedWeight {
   torch::Tensor dequantized(const std::vector<std::int64_t>& shape) const;
 };
 
+/// The C++ side of Python's optimizer check (python/qatkit/qat/optimizer_check.py). An optimizer
+/// built before prepare_qat holds the float layers' weights, which the QAT layers share, but not the
+/// learned quantizer parameters (LSQ / LSQ+ step sizes and offsets) prepare_qat creates: they get
+/// gradients and never move, so learned-step-size training is silently fixed-scale training.
+/// LibTorch's optimizers update through `.data()`, which version counters do not see, so a QAT
+/// layer's training forward looks at the gradients: its weight's was reset (an optimizer's
+/// zero_grad) while its learned parameters' were not and their values stayed as they were. After 3
+/// such forwards in a row it warns once (TORCH_WARN) naming them. (zero_grad(false), which zeroes
+/// instead of resetting, is not seen.)
+struct QATKIT_API LearnedParamWatch {
+  std::vector<torch::Tensor> values;  ///< the learned parameters at the last such forward
+  int stale = 0;                      ///< such forwards in a row
+  bool warned = false;
+};
+
 /// nn.Linear with fake-quantized weight and input (Python: qatkit.qat.QuantLinear).
 class QATKIT_API QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> {
  public:
@@ -288,6 +310,7 @@ class QATKIT_API QuantLinearImpl : public torch::nn::Cloneable<QuantLinearImpl> 
   WeightFakeQuantizer weight_fake_quant{nullptr};
   ActFakeQuantizer input_fake_quant{nullptr};
   ConvertedWeight frozen;
+  LearnedParamWatch learned_watch;  ///< see LearnedParamWatch
   /// SmoothQuant / AWQ input scaling (Python: QuantizedLinear.smooth), float32 [in_features], or
   /// undefined: the layer computes on x / smooth (after BitLinear's RMSNorm). The loader sets it from
   /// a file's "<layer>.smooth"; linear_int8 layers divide inside the kernel (input_divisor, the same
@@ -330,6 +353,7 @@ class QATKIT_API QuantConv2dImpl : public torch::nn::Cloneable<QuantConv2dImpl> 
   WeightFakeQuantizer weight_fake_quant{nullptr};
   ActFakeQuantizer input_fake_quant{nullptr};
   ConvertedWeight frozen;
+  LearnedParamWatch learned_watch;  ///< see LearnedParamWatch
 
  private:
   void attach();
@@ -354,6 +378,7 @@ class QATKIT_API QuantConv1dImpl : public torch::nn::Cloneable<QuantConv1dImpl> 
   WeightFakeQuantizer weight_fake_quant{nullptr};
   ActFakeQuantizer input_fake_quant{nullptr};
   ConvertedWeight frozen;
+  LearnedParamWatch learned_watch;  ///< see LearnedParamWatch
 
  private:
   void attach();
@@ -386,6 +411,7 @@ class QATKIT_API QuantConvBn2dImpl : public torch::nn::Cloneable<QuantConvBn2dIm
   WeightFakeQuantizer weight_fake_quant{nullptr};
   ActFakeQuantizer input_fake_quant{nullptr};
   ConvertedWeight frozen;
+  LearnedParamWatch learned_watch;  ///< see LearnedParamWatch
 
  private:
   void attach();
@@ -414,6 +440,7 @@ class QATKIT_API QuantEmbeddingImpl : public torch::nn::Cloneable<QuantEmbedding
   WeightFakeQuantizer weight_fake_quant{nullptr};
   ActFakeQuantizer input_fake_quant{nullptr};  ///< always null (indices)
   ConvertedWeight frozen;
+  LearnedParamWatch learned_watch;  ///< see LearnedParamWatch
 
  private:
   void attach();

@@ -529,6 +529,132 @@ struct Net : torch::nn::Module {
 
 }  // namespace
 
+CATCH_TEST_CASE("freeze_bn names the BatchNorms it leaves training (unfolded)", "[nn]") {
+  // Python: freeze_bn. A BatchNorm after a ReLU is not folded; freeze_bn switched the folded layer
+  // only, and the recipe's freeze left that one on batch statistics without a word
+  torch::manual_seed(4);
+  auto model = torch::nn::Sequential(torch::nn::Conv2d(3, 8, 3), torch::nn::BatchNorm2d(8), torch::nn::ReLU(),
+                                     torch::nn::BatchNorm2d(8), torch::nn::Conv2d(8, 4, 3));
+  auto cfg = qnn::QATConfig::w8a8();
+  cfg.first_last = "";
+  std::shared_ptr<torch::nn::SequentialImpl> q;
+  (void)captured([&] { q = qnn::prepare_qat(model, cfg).ptr(); });
+  const std::string out = captured([&] { qnn::freeze_bn(*q); });
+  CATCH_CHECK_THAT(out, Catch::Contains("freeze_bn: 1 BatchNorm layer(s) were not folded (3;"));
+  CATCH_CHECK(captured([&] { qnn::freeze_bn(*q, false); }).empty());
+}
+
+CATCH_TEST_CASE("spec fields that change nothing in their role are named in a warning", "[nn]") {
+  // Python: prepare._unused_fields. An MSE observer on weights (whose ranges are their own min /
+  // max) was taken and ignored; a moving-average momentum on a dynamic input likewise
+  qnn::QATConfig cfg = qnn::QATConfig::w8a8();
+  cfg.first_last = "";
+  cfg.default_spec.weight->observer = "mse";
+  cfg.default_spec.activation->scale = "dynamic";
+  cfg.default_spec.activation->granularity = "per_token";
+  cfg.default_spec.activation->is_signed = true;
+  cfg.default_spec.activation->symmetric = true;
+  cfg.default_spec.activation->momentum = 0.5;
+  const std::string out = captured([&] { (void)qnn::prepare_qat(mlp(), cfg); });
+  CATCH_CHECK_THAT(out, Catch::Contains("prepare_qat: spec fields that change nothing: default.weight: observer='mse'"));
+  CATCH_CHECK_THAT(out, Catch::Contains("default.activation: momentum=0.5"));
+  CATCH_CHECK(captured([] { (void)qnn::prepare_qat(mlp(), qnn::QATConfig::w4a4_lsq()); }).find("change nothing") ==
+              std::string::npos);
+}
+
+CATCH_TEST_CASE("weights written in place after prepare_qat start the LSQ step sizes from them", "[nn]") {
+  // Python: check_weight_since_prepare. Pretrained weights copied in after prepare_qat left the step
+  // sizes initialized from the prepared ones (0.2x for weights 5x larger); the first training
+  // forward now starts them from the current weights, and keeps step sizes set since
+  auto cfg = qnn::QATConfig::w4a4_lsq();
+  cfg.first_last = "";
+  torch::manual_seed(1);
+  auto pre = mlp();
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : pre->parameters()) p.mul_(5);
+  }
+  auto want = qnn::prepare_qat(pre, cfg);
+  torch::manual_seed(2);
+  auto got = qnn::prepare_qat(mlp(), cfg);
+  auto src = want->named_parameters();
+  for (auto& kv : got->named_parameters()) {
+    if (kv.key().find("fake_quant") == std::string::npos) kv.value().data().copy_(src[kv.key()]);
+  }
+  auto* lw = want->ptr(0)->as<qnn::QuantLinear>();
+  auto* lg = got->ptr(0)->as<qnn::QuantLinear>();
+  const torch::Tensor s_want = lw->weight_fake_quant->named_parameters()["scale"];
+  CATCH_CHECK_FALSE(torch::equal(lg->weight_fake_quant->named_parameters()["scale"], s_want));  // stale until trained
+  got->train();
+  got->forward(torch::randn({4, 16}));
+  CATCH_CHECK(torch::equal(lg->weight_fake_quant->named_parameters()["scale"], s_want));
+  // set since prepare: kept
+  torch::manual_seed(3);
+  auto kept = qnn::prepare_qat(mlp(), cfg);
+  auto* lk = kept->ptr(0)->as<qnn::QuantLinear>();
+  {
+    torch::NoGradGuard ng;
+    lk->weight_fake_quant->named_parameters()["scale"].fill_(0.125);
+    lk->weight.mul_(5);
+  }
+  kept->train();
+  kept->forward(torch::randn({4, 16}));
+  CATCH_CHECK(torch::all(lk->weight_fake_quant->named_parameters()["scale"] == 0.125).item<bool>());
+}
+
+CATCH_TEST_CASE("an optimizer built before prepare_qat lacks the learned step sizes: warned once", "[nn]") {
+  // The float layers' weights are shared with the QAT layers, so such an optimizer trains them, but
+  // the LSQ step sizes prepare_qat creates get gradients and never move (python: optimizer_check.py)
+  auto x = torch::randn({32, 16});
+  auto run = [&](torch::nn::Sequential& model, torch::optim::Optimizer& opt, int steps) {
+    model->train();
+    for (int s = 0; s < steps; ++s) {
+      opt.zero_grad();
+      model->forward(x).pow(2).mean().backward();
+      opt.step();
+    }
+  };
+  for (const char* conv : {"linear", "conv_bn"}) {
+    CATCH_SECTION(conv) {
+      torch::manual_seed(3);
+      const bool is_conv = std::string(conv) == "conv_bn";
+      auto model = is_conv ? torch::nn::Sequential(torch::nn::Unflatten(1, std::vector<std::int64_t>{1, 4, 4}),
+                                                   torch::nn::Conv2d(1, 8, 3), torch::nn::BatchNorm2d(8),
+                                                   torch::nn::ReLU(), torch::nn::Flatten(), torch::nn::Linear(32, 4))
+                           : mlp();
+      torch::optim::SGD before(model->parameters(), 0.01);
+      auto cfg = qnn::QATConfig::w4a4_lsq();
+      cfg.first_last = "";
+      auto q = qnn::prepare_qat(model, cfg);
+      std::string out = captured([&] { run(q, before, 6); });
+      CATCH_CHECK_THAT(out, Catch::Contains("kept their gradients and values over 3 optimizer steps"));
+      CATCH_CHECK_THAT(out, Catch::Contains(is_conv ? "'1.weight_fake_quant.scale'" : "'0.weight_fake_quant.scale'"));
+      std::size_t warned = 0;  // once per layer over the 6 steps
+      for (std::size_t at = out.find("kept their gradients"); at != std::string::npos; at = out.find("kept their gradients", at + 1)) {
+        ++warned;
+      }
+      CATCH_CHECK(warned == (is_conv ? 2u : 3u));
+      // built after prepare_qat: no warning; step sizes kept fixed on purpose: none either
+      torch::manual_seed(3);
+      auto q2 = qnn::prepare_qat(is_conv ? torch::nn::Sequential(torch::nn::Unflatten(1, std::vector<std::int64_t>{1, 4, 4}),
+                                                                 torch::nn::Conv2d(1, 8, 3), torch::nn::BatchNorm2d(8),
+                                                                 torch::nn::ReLU(), torch::nn::Flatten(),
+                                                                 torch::nn::Linear(32, 4))
+                                         : mlp(),
+                                 cfg);
+      torch::optim::SGD after(q2->parameters(), 0.01);
+      CATCH_CHECK(captured([&] { run(q2, after, 6); }).find("kept their gradients") == std::string::npos);
+      std::vector<torch::Tensor> weights;
+      for (const auto& kv : q2->named_parameters()) {
+        if (kv.key().find("fake_quant") != std::string::npos) kv.value().requires_grad_(false);
+        else weights.push_back(kv.value());
+      }
+      torch::optim::SGD only_weights(weights, 0.01);
+      CATCH_CHECK(captured([&] { run(q2, only_weights, 6); }).find("kept their gradients") == std::string::npos);
+    }
+  }
+}
+
 CATCH_TEST_CASE("prepare_qat walks a module tree: containers at any depth, typed members warned", "[nn]") {
   torch::manual_seed(0);
   auto net = std::make_shared<Net>();

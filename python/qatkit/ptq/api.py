@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import nn
 
-from ..qat import graph
+from ..qat import graph, optimizer_check
 from ..qat.config import LayerSpec, QATConfig, check_flags, w8a8
 from ..qat.modules import BitLinear, QuantConv1d, QuantConv2d, QuantLinear, QuantMultiheadAttention
 from ..qat.prepare import (
@@ -127,6 +127,11 @@ def _flow(model: nn.Module, forward, batches) -> Tuple[Optional[graph.Dataflow],
         return graph.fx_dataflow(model), "torch.fx graph"
     except Exception as e:  # data-free and untraceable: no graph transforms, said in the report
         return None, f"no dataflow graph (no data, and torch.fx failed: {type(e).__name__}: {str(e).splitlines()[0][:120]})"
+
+
+def _listed(pairs: List[Tuple[str, str]], limit: int = 6) -> str:
+    """``"name (why); ..."`` for a warning: the first ``limit`` (layer, reason) pairs."""
+    return "; ".join(f"{n} ({why})" for n, why in pairs[:limit]) + ("; ..." if len(pairs) > limit else "")
 
 
 def _with_observer(config: QATConfig, observer: Optional[str]) -> QATConfig:
@@ -493,9 +498,23 @@ def ptq(
     if forward is None and batches and isinstance(batches[0], Mapping):
         forward = call_on_batch  # model(**batch): the graph trace takes it too
     run = _runner(batches, data, forward)
+    asked_analytic = correct_bias == "analytic"  # (not the data-free fallback below: that one says nothing)
+    # arguments that change nothing in this call (a forgotten rounding=, data-free options given data):
+    # before, ignored without a word
+    ignored = []
+    if gptq is not None and rounding != "gptq":
+        ignored.append(f"gptq (GPTQ's options; rounding is {rounding!r}, not 'gptq')")
+    if adaround_iters != 1000 and rounding != "adaround":
+        ignored.append(f"adaround_iters (AdaRound's steps; rounding is {rounding!r}, not 'adaround')")
+    if run is not None and input_range is not None:
+        ignored.append("input_range (the data-free range of the model input; the calibration data gives it here)")
+    if run is not None and n_sigma != 6.0:
+        ignored.append("n_sigma (data-free activation ranges; the calibration data gives them here)")
     if correct_bias in ("empirical", "empirical_one_pass") and run is None:
         correct_bias = "analytic"  # no data: the data-free form (reported)
+    src_params = list(model.parameters())
     work = copy_model(model).eval()  # (deprecated weight_norm layers too)
+    copies = list(zip(src_params, work.parameters()))  # for the optimizer check (qat/optimizer_check.py)
     report = {"config": config.name, "steps": [], "skipped_pairs": [], "unfolded_bns": [], "model_changes": []}
     # torch.nn.utils.prune: the pruning becomes permanent in the copy (prune.remove: the pruned
     # tensor, zeros included, is the Parameter again). Left live, its pre-hook would recompute the
@@ -583,6 +602,11 @@ def ptq(
             s, a = (smoothquant_scale if scaling == "smoothquant" else awq_scale)(layer, st)
             if a is not None:
                 layer.set_smoothing(s)
+                # LSQ step sizes start from the weights they quantize: the smoothed ones (before, they
+                # stayed those of the unsmoothed weights, and a later fine-tune re-initialized them)
+                init = getattr(layer.weight_fake_quant, "init_from_weight", None)
+                if init is not None:
+                    init(layer.weight)
                 chosen[name] = a
         # quantized projections of attention layers are Linear layers the scaling never sees
         for n, m in work.named_modules():
@@ -593,7 +617,7 @@ def ptq(
         report["scaling_alpha"] = chosen
         report["scaling_skipped"] = unscaled
         if unscaled:  # before, these layers were passed over without a word
-            listed = "; ".join(f"{n} ({why})" for n, why in unscaled[:6]) + ("; ..." if len(unscaled) > 6 else "")
+            listed = _listed(unscaled)
             warnings.warn(
                 f"ptq: scaling={scaling!r} left {len(unscaled)} quantized Linear layer(s) unscaled: {listed} "
                 "(model.ptq_report['scaling_skipped'])",
@@ -604,6 +628,15 @@ def ptq(
     # learned ranges (LSQ / LSQ+: w4a4_lsq) start from their first batch in training mode, as in QAT:
     # calibration initializes them too (before, they stayed empty and convert refused the model)
     data_range = [m for m in acts if isinstance(m, (AffineStaticActQuantizer, AffineLearnedActQuantizer))]
+    if observer not in (None, "minmax") and not any(isinstance(m, AffineStaticActQuantizer) for m in acts):
+        ignored.append(f"observer={observer!r} (no layer has a static activation range to observe)")
+    if run is None and not data_range:
+        if input_range is not None:
+            ignored.append("input_range (no layer has an activation range to set)")
+        if n_sigma != 6.0:
+            ignored.append("n_sigma (no layer has an activation range to set)")
+    if ignored:
+        warnings.warn("ptq: these arguments change nothing here: " + "; ".join(ignored), UserWarning, stacklevel=2)
     if data_range:
         learned = [n for n, m in work.named_modules()
                    if isinstance(getattr(m, "input_fake_quant", None), AffineLearnedActQuantizer)]
@@ -652,6 +685,14 @@ def ptq(
         )
         report["steps"].append(f"{rounding} rounding of {len(done)} layer(s)")
         report["rounding_skipped"] = kept
+        if kept:  # before, these layers kept round to nearest without a word (the report only)
+            listed = _listed(kept)
+            warnings.warn(
+                f"ptq: rounding={rounding!r} kept round to nearest for {len(kept)} of {len(kept) + len(done)} "
+                f"layer(s) with quantized weights: {listed} (model.ptq_report['rounding_skipped'])",
+                UserWarning,
+                stacklevel=2,
+            )
     else:
         report["steps"][-1] += " (round to nearest)"
     if correct_bias in ("empirical", "empirical_one_pass"):
@@ -667,6 +708,17 @@ def ptq(
         shifts = _analytic_bias_correction(work, relu_inputs, float_weights)
         report["steps"].append(f"analytic bias correction of {len(shifts)} layer(s)")
         report["bias_shift"] = shifts
+        quantized = [n for n in layers if getattr(work.get_submodule(n), "weight_fake_quant", None) is not None]
+        report["bias_correction_skipped"] = [n for n in quantized if n not in shifts]
+        if asked_analytic and quantized and not shifts:  # before: "analytic bias correction of 0 layer(s)", the report only
+            listed = ", ".join(quantized[:6]) + (", ..." if len(quantized) > 6 else "")
+            warnings.warn(
+                f"ptq: correct_bias='analytic' corrected no layer: it takes a layer's input mean from a folded "
+                f"BatchNorm + ReLU before it, and none of the {len(quantized)} quantized layer(s) ({listed}) has "
+                "one" + ("; with calibration data, correct_bias='empirical' measures it" if run is not None else ""),
+                UserWarning,
+                stacklevel=2,
+            )
     enable_observer(work, False)
     work.eval()
     report["layers"] = [
@@ -676,6 +728,7 @@ def ptq(
     work.ptq_report = report
     if verbose:
         print(_report_table(report))
+    optimizer_check.watch(work, copies)  # fine-tuning after ptq: an optimizer holding the float parameters
     if inplace:
         model.__dict__ = work.__dict__
         return model
@@ -760,8 +813,14 @@ def _data_aware_rounding(model, layers, run, method, gptq_opts, adaround_iters, 
     for name in _progress(layers, len(layers), method, progress):
         layer = model.get_submodule(name)
         wfq = layer.weight_fake_quant
+        if wfq is None:
+            continue  # float weights: nothing to round
         if not isinstance(wfq, AffineStaticWeightQuantizer):
-            kept.append((name, "not a static integer weight quantizer (learned, ternary, binary or none)"))
+            kind = wfq.spec.kind
+            why = ("learned (LSQ) step sizes, which training moves: the rounding fits a fixed grid"
+                   if kind == "int" else
+                   f"{kind} weights: no integer grid to round on")
+            kept.append((name, why))
             continue
         if isinstance(layer, BitLinear) or getattr(layer, "groups", 1) != 1:
             kept.append((name, "grouped conv or BitLinear: round to nearest"))

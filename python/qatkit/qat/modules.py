@@ -69,8 +69,11 @@ class _QuantMixin:
 
     def quantized_weight(self, w: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The weight the forward pass uses (fake-quantized shadow weight)."""
+        wfq = self.weight_fake_quant
+        if self.training and not torch.compiler.is_compiling() and wfq is not None and "_prepared_init" in wfq.__dict__:
+            wfq.check_weight_since_prepare(self.weight)  # LSQ: weights written since prepare_qat (once)
         w = self.weight if w is None else w
-        return self.weight_fake_quant(w) if self.weight_fake_quant is not None else w
+        return wfq(w) if wfq is not None else w
 
 
 def _given_spec(cls: type, layer_spec: Optional[LayerSpec]) -> LayerSpec:

@@ -9,6 +9,7 @@ what it did in ``model.qat_report``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import inspect
 import warnings
@@ -18,8 +19,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from . import graph
-from .config import LayerSpec, QATConfig, check_flags, first_last_spec
+from . import graph, optimizer_check
+from .config import LayerSpec, QATConfig, QuantSpec, check_flags, first_last_spec
 from .modules import (
     QAT_MODULES,
     BitLinear,
@@ -291,6 +292,44 @@ def _spec_for(
     return config.default, "default"
 
 
+_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(QuantSpec)}
+
+
+def _unused_fields(spec: QuantSpec, role: str) -> List[str]:
+    """Fields of ``spec`` set away from their defaults that change nothing in its role
+    (``"weight"`` or ``"activation"``): an MSE observer on weights, whose ranges are their own min /
+    max at every forward, was taken and ignored."""
+    d, out = _SPEC_DEFAULTS, []
+    static = spec.kind == "int" and spec.scale == "static"
+    if role == "weight":
+        if spec.observer != d["observer"]:
+            how = "trained (scale='learned')" if spec.scale == "learned" else "the weight's own min / max at every forward"
+            out.append(f"observer={spec.observer!r} (weight ranges are {how}; observers set activation ranges)")
+        if spec.momentum != d["momentum"]:
+            out.append(f"momentum={spec.momentum} (the moving-average activation observer's)")
+    else:
+        if spec.latent_clip is not None:
+            out.append(f"latent_clip={spec.latent_clip} (clips shadow weights; an input has none)")
+        if not static and spec.observer != d["observer"]:
+            out.append(f"observer={spec.observer!r} (a static range's; this input is {spec.kind} with scale={spec.scale!r})")
+        if spec.momentum != d["momentum"] and (not static or spec.observer != "moving_average"):
+            out.append(f"momentum={spec.momentum} (the moving-average observer's; this input's is {spec.observer!r})")
+    if spec.lsq_grad_scale != d["lsq_grad_scale"] and spec.scale != "learned":
+        out.append("lsq_grad_scale=False (LSQ's step-size gradient scale; this scale is not learned)")
+    return out
+
+
+def _warn_unused_fields(config: QATConfig) -> None:
+    found = []
+    for where, ls in [("default", config.default)] + [(f"override {p!r}", ls) for p, ls in config.overrides]:
+        for role in ("weight", "activation"):
+            spec = getattr(ls, role)
+            if spec is not None:
+                found += [f"{where}.{role}: {u}" for u in _unused_fields(spec, role)]
+    if found:
+        warnings.warn("prepare_qat: spec fields that change nothing: " + "; ".join(found), UserWarning, stacklevel=3)
+
+
 def prepare_qat(
     model: nn.Module, config: QATConfig, inplace: bool = False, example_inputs=None, forward=None
 ) -> nn.Module:
@@ -300,7 +339,10 @@ def prepare_qat(
         model: a float ``nn.Module``.
         config: a :class:`QATConfig` (e.g. ``qatkit.w8a8()``).
         inplace: modify ``model`` instead of a deep copy (the float parameters are shared with the
-            QAT layers either way, so an optimizer built afterwards trains them).
+            QAT layers either way, so an optimizer built afterwards trains them). Build the
+            optimizer from the returned model: one built from the float model steps the copy's
+            originals (inplace=False), and one built before lacks the learned step sizes; both are
+            warned about at their fourth step (:mod:`qatkit.qat.optimizer_check`).
         example_inputs: one real batch (a tensor or a tuple of arguments) to find Conv2d ->
             BatchNorm2d pairs from the model's execution (:mod:`qatkit.qat.graph`; run in eval
             mode, no gradients). Without it the pairs come from a torch.fx trace, and where fx
@@ -325,10 +367,21 @@ def prepare_qat(
     if not isinstance(model, nn.Module):
         raise TypeError(f"prepare_qat: model must be an nn.Module, got {type(model).__name__}")
     check_flags("prepare_qat", inplace=inplace)
+    _warn_unused_fields(config)
+    if forward is not None and example_inputs is None:  # before: ignored without a word
+        warnings.warn(
+            "prepare_qat: forward changes nothing without example_inputs (it runs the model on them to find "
+            "Conv2d -> BatchNorm2d pairs); pass example_inputs=(batch,) too",
+            UserWarning,
+            stacklevel=2,
+        )
     refuse_wrapped("prepare_qat", model)
     refuse_meta("prepare_qat", model)
+    copies = []  # (float parameter, its copy): the optimizer check (optimizer_check.py)
     if not inplace:
+        src_params = list(model.parameters())
         model = copy_model(model)
+        copies = list(zip(src_params, model.parameters()))
     if type(model) in QAT_MODULES and inplace:
         raise ValueError(
             f"prepare_qat: the model is a bare {type(model).__name__}, which cannot be swapped in place; "
@@ -488,6 +541,7 @@ def prepare_qat(
     model.qat_report = report
     model.qat_config = config
     tag_pretrained_configs(model, "qat", config)  # Hugging Face configs: float loaders refuse the checkpoint
+    optimizer_check.watch(model, copies)  # an optimizer holding the float parameters, or lacking the learned ones
     return model
 
 
@@ -573,11 +627,31 @@ def disable_fake_quant(model: nn.Module, which: str = "all") -> nn.Module:
 
 
 def freeze_bn(model: nn.Module, on: bool = True) -> nn.Module:
-    """Switch every :class:`QuantConvBn2d` to its running statistics (Krishnamoorthi's freeze)."""
+    """Switch every :class:`QuantConvBn2d` to its running statistics (Krishnamoorthi's freeze).
+
+    BatchNorm layers left unfolded (``qat_report`` says why) are plain torch modules: in training
+    mode they keep normalizing with batch statistics and updating their running ones, which this
+    switch does not change (as torch.ao's ``freeze_bn_stats``). Switching on warns, naming them
+    (before, the recipe's freeze silently left them training): ``bn.eval()`` freezes one until the
+    next ``model.train()``."""
     _switch_args("freeze_bn", model, on=on)
+    inside = set()
     for m in model.modules():
         if isinstance(m, QuantConvBn2d):
             m.freeze_bn(on)
+            inside.add(id(m.bn))
+    if on:
+        loose = [n or type(m).__name__ for n, m in model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in inside]
+        if loose:
+            listed = ", ".join(loose[:6]) + (f" and {len(loose) - 6} more" if len(loose) > 6 else "")
+            warnings.warn(
+                f"freeze_bn: {len(loose)} BatchNorm layer(s) were not folded ({listed}; qat_report says why) and "
+                "keep using batch statistics in training mode; freeze_bn switches folded conv + BatchNorm layers "
+                "only (call .eval() on these to freeze them)",
+                UserWarning,
+                stacklevel=2,
+            )
     return model
 
 

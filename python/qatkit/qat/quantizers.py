@@ -759,6 +759,9 @@ class AffineLearnedWeightQuantizer(WeightFakeQuantizer):
         qp = spec.quant_max
         init = self._initial_scale(w)
         self.scale = nn.Parameter(init)
+        # the step sizes prepare_qat computed, checked once at the layer's first training forward
+        # (check_weight_since_prepare); not state: a loaded checkpoint's step sizes differ from them
+        self.__dict__["_prepared_init"] = init.detach().clone()
         zp = torch.zeros_like(init)
         if spec.symmetric:
             self.register_buffer("zero_point", zp)
@@ -783,6 +786,26 @@ class AffineLearnedWeightQuantizer(WeightFakeQuantizer):
         layer calls this when ``load_state_dict`` gives it new weights without step sizes (a float
         checkpoint loaded into a prepared model), which were initialized from the weights it had."""
         self.scale.copy_(self._initial_scale(weight.detach().float().to(self.scale.device)))
+        self.__dict__["_prepared_init"] = self.scale.detach().clone()
+
+    @torch.no_grad()
+    def check_weight_since_prepare(self, weight: torch.Tensor) -> None:
+        """Called by the layer at its first training forward with its weight. LSQ starts the step
+        sizes from the weights (``2 mean|w| / sqrt(Q_P)``); ``prepare_qat`` computed them from the
+        weights the layer had then. Weights written since in place (pretrained weights copied in
+        with ``.data.copy_`` / ``copy_`` under ``no_grad``, an ``nn.init`` pass, a loader that
+        assigns tensors) left them stale, silently (``load_state_dict`` re-initialized them already,
+        :meth:`init_from_weight`). Where the weights changed and the step sizes are still the
+        prepared ones, they start from the current weights now; step sizes set or trained since
+        (a QAT checkpoint, a DDP broadcast, an EMA) are kept."""
+        ref = self.__dict__.pop("_prepared_init", None)
+        # (step sizes frozen with requires_grad_(False) are the user's: e.g. a SWA copy whose weights
+        # were averaged, in update_bn's training-mode forward)
+        if ref is None or not self.scale.requires_grad or not torch.equal(self.scale.detach(), ref.to(self.scale.device)):
+            return
+        want = self._initial_scale(weight.detach().float().to(self.scale.device))
+        if not torch.equal(want, self.scale.detach()):
+            self.scale.copy_(want)
 
     def qparams(self, w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero_point) the forward uses (the learned ones, scale at least float32 eps)."""

@@ -4,6 +4,7 @@ training (the accuracy tables live in scripts/ptq.py)."""
 
 import copy
 import dataclasses
+import re
 import warnings
 
 import pytest
@@ -517,3 +518,62 @@ def test_functional_relus_get_the_transforms_relu_modules_get(how):
     x = torch.randn(8, 3, 8, 8, generator=g)
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
+
+
+def test_analytic_bias_correction_that_corrects_no_layer_is_warned():
+    """correct_bias='analytic' takes a layer's input mean from a folded BatchNorm + ReLU before it.
+    On a model with none (an MLP without BatchNorm) it corrected nothing, and only the report's
+    "analytic bias correction of 0 layer(s)" said so. Asked for, it now warns; the data-free
+    fallback (no data: empirical becomes analytic) stays quiet, and a model with BatchNorms is
+    corrected without a word."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(16, 32, bias=False), nn.ReLU(), nn.Linear(32, 4, bias=False))
+    cal = [torch.randn(32, 16) for _ in range(2)]
+    with pytest.warns(UserWarning, match=r"correct_bias='analytic' corrected no layer.*\(0, 2\).*'empirical'"):
+        q = qatkit.ptq(mlp, cal, dataclasses.replace(qatkit.w4a8(), first_last=None), correct_bias="analytic",
+                       verbose=False, progress=False)
+    assert q.ptq_report["bias_correction_skipped"] == ["0", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qatkit.ptq(mlp, None, qatkit.int8_weight_only(), verbose=False, progress=False)
+        cnn = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3)).eval()
+        r = qatkit.ptq(cnn, [torch.randn(4, 3, 10, 10)], dataclasses.replace(qatkit.w8a8(), first_last=None),
+                       correct_bias="analytic", verbose=False, progress=False)
+    assert list(r.ptq_report["bias_shift"]) == ["3"]
+
+
+@pytest.mark.parametrize("kwargs,with_data,preset,named", [
+    (dict(gptq={"damp": 0.1}), True, "w8a8", "gptq (GPTQ's options; rounding is 'nearest'"),
+    (dict(adaround_iters=50, rounding="gptq"), True, "w8a8", "adaround_iters (AdaRound's steps; rounding is 'gptq'"),
+    (dict(input_range=(0.0, 1.0)), True, "w8a8", "input_range (the data-free range"),
+    (dict(n_sigma=3.0), True, "w8a8", "n_sigma (data-free activation ranges"),
+    (dict(observer="percentile"), True, "int8_weight_only", "observer='percentile' (no layer has a static"),
+    (dict(input_range=(0.0, 1.0)), False, "int8_weight_only", "input_range (no layer has an activation range"),
+])
+def test_arguments_that_change_nothing_are_named_in_a_warning(kwargs, with_data, preset, named):
+    """ptq ignored, without a word, options that do nothing in the call: GPTQ options without
+    rounding='gptq' (a forgotten rounding=), AdaRound steps without 'adaround', the data-free
+    input_range / n_sigma given calibration data, an observer where nothing is observed. The
+    options that do act stay quiet (last case of each pair below)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    data = [torch.randn(16, 16)] if with_data else None
+    cfg = dataclasses.replace(qatkit.preset(preset), first_last=None)
+    with pytest.warns(UserWarning, match=r"ptq: these arguments change nothing here: .*" + re.escape(named)):
+        qatkit.ptq(m, data, cfg, verbose=False, progress=False, **kwargs)
+    acting = dict(kwargs)
+    if "gptq" in acting:
+        acting["rounding"] = "gptq"
+    elif "adaround_iters" in acting:
+        acting["rounding"] = "adaround"
+    elif "observer" in acting:
+        cfg = dataclasses.replace(qatkit.w8a8(), first_last=None)
+    else:
+        data = None
+        cfg = dataclasses.replace(qatkit.w8a8(), first_last=None)
+        m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+        acting.setdefault("input_range", (0.0, 1.0))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        qatkit.ptq(m, data, cfg, verbose=False, progress=False, **acting)
+    assert not [w for w in rec if "change nothing" in str(w.message)], [str(w.message) for w in rec]

@@ -190,3 +190,20 @@ def test_gptq_sees_a_layers_inputs_as_the_layer_read_them():
         want = m.l2(h)
         err = {r: sqnr(run(m, calib, cfg(3), r).l2(h), want) for r in ("nearest", "gptq")}
     assert err["gptq"] > err["nearest"] + 1.0, err  # 20.0 against 17.0 dB (1.6 dB before)
+
+
+@pytest.mark.parametrize("preset", ["w4a4_lsq", "ternary_twn"])
+def test_rounding_a_layer_cannot_take_is_warned_naming_it(preset):
+    """rounding='gptq' / 'adaround' on layers they cannot round (LSQ step sizes, ternary / binary
+    weights) kept round to nearest with a report entry only: with verbose=False, nothing said that
+    the rounding asked for ran on none of them. Now a warning lists them, as scaling's does; the
+    first and last layers (int8 under first_last) are rounded."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(),
+                            torch.nn.Linear(32, 4))
+    cal = [torch.randn(32, 16) for _ in range(2)]
+    with pytest.warns(UserWarning, match=r"ptq: rounding='gptq' kept round to nearest for 1 of 3 layer\(s\) with "
+                                         r"quantized weights: 2 \((learned|ternary)"):
+        q = qatkit.ptq(m, cal, getattr(qatkit, preset)(), rounding="gptq", verbose=False, progress=False)
+    assert [n for n, _ in q.ptq_report["rounding_skipped"]] == ["2"]
+    assert "gptq rounding of 2 layer(s)" in q.ptq_report["steps"]

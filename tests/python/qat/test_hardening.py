@@ -1,5 +1,6 @@
 """Hardening (issue 10): classes of silent or confusing behaviour, one test per class."""
 
+import copy
 import dataclasses
 import re
 import warnings
@@ -1051,6 +1052,70 @@ def test_a_float_checkpoint_loaded_after_prepare_is_the_model_prepared_after_loa
     assert torch.equal(again.head.weight_fake_quant.scale, got.head.weight_fake_quant.scale)
 
 
+@pytest.mark.parametrize("how", ["data_copy", "no_grad_copy", "assign_data"])
+def test_weights_written_in_place_after_prepare_start_lsq_step_sizes_from_them(how):
+    """prepare_qat first, then pretrained weights written in without load_state_dict (``.data.copy_``,
+    ``copy_`` under no_grad, ``.data =``, as custom loaders do): the LSQ weight step sizes stayed
+    initialized from the weights the layers were prepared with, 0.20x those of the model prepared
+    after loading for weights 5x larger, silently. Now the first training forward starts them from
+    the current weights: three SGD steps equal the model prepared after loading, bit for bit. Step
+    sizes set or trained since (a QAT checkpoint, a DDP broadcast) are kept."""
+    cfg = dataclasses.replace(qatkit.w4a4_lsq(), first_last=None)
+
+    def net():
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(288, 16),
+                             nn.ReLU(), nn.Linear(16, 4))
+
+    torch.manual_seed(1)
+    pre = net()
+    with torch.no_grad():
+        for p in pre.parameters():
+            p.mul_(5)
+    want = qatkit.prepare_qat(copy.deepcopy(pre), cfg)
+    torch.manual_seed(2)
+    got = qatkit.prepare_qat(net(), cfg)
+    src = dict(pre.named_parameters())
+    names = {"0.weight": "0.weight", "0.bias": "0.bias", "0.bn.weight": "1.weight", "0.bn.bias": "1.bias",
+             "4.weight": "4.weight", "4.bias": "4.bias", "6.weight": "6.weight", "6.bias": "6.bias"}
+    params = dict(got.named_parameters())
+    for dst, s in names.items():
+        if how == "data_copy":
+            params[dst].data.copy_(src[s])
+        elif how == "no_grad_copy":
+            with torch.no_grad():
+                params[dst].copy_(src[s])
+        else:
+            params[dst].data = src[s].detach().clone()
+    for b in ("running_mean", "running_var"):
+        getattr(got[0].bn, b).copy_(getattr(pre[1], b))
+    xs = [torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    for model in (want, got):
+        opt = torch.optim.SGD(model.parameters(), 0.01)
+        for x in xs:
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for (k, v), (k2, v2) in zip(want.state_dict().items(), got.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    # step sizes set since prepare are kept (a QAT checkpoint loaded, a broadcast from rank 0)
+    torch.manual_seed(3)
+    kept = qatkit.prepare_qat(net(), cfg)
+    with torch.no_grad():
+        kept[4].weight_fake_quant.scale.fill_(0.125)
+        kept[4].weight.mul_(5)
+    kept(xs[0])
+    assert torch.all(kept[4].weight_fake_quant.scale == 0.125)
+    # frozen on purpose (requires_grad_(False)): kept too, e.g. a SWA copy's averaged weights in
+    # update_bn's training-mode forward
+    frozen = qatkit.prepare_qat(net(), cfg)
+    frozen[4].weight_fake_quant.scale.requires_grad_(False)
+    s0 = frozen[4].weight_fake_quant.scale.clone()
+    with torch.no_grad():
+        frozen[4].weight.mul_(5)
+    frozen(xs[0])
+    assert torch.equal(frozen[4].weight_fake_quant.scale, s0)
+
+
 def test_a_float_attention_checkpoint_of_another_size_is_refused_naming_the_key():
     q = qatkit.prepare_qat(nn.Sequential(nn.MultiheadAttention(16, 2)), dataclasses.replace(qatkit.w8a8(), first_last=None))
     sd = nn.Sequential(nn.MultiheadAttention(16, 2)).state_dict()
@@ -1273,3 +1338,80 @@ def test_reading_a_weights_dtype_device_or_shape_is_not_reading_it(source):
         q = qatkit.prepare_qat(m, qatkit.w8a8(), example_inputs=x if source == "trace" else None)
     assert [r["qat"] for r in q.qat_report] == ["QuantLinear", "QuantLinear"]
     assert not any("read outside" in str(w.message) for w in rec)
+
+
+def test_a_forward_without_example_inputs_is_named_as_changing_nothing():
+    """prepare_qat(model, config, forward=fn) without example_inputs ignored fn without a word (it
+    runs the model on example_inputs to find the conv -> BatchNorm pairs); now it warns. With
+    example_inputs it is used, quietly."""
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU())
+    with pytest.warns(UserWarning, match=r"prepare_qat: forward changes nothing without example_inputs"):
+        qatkit.prepare_qat(m, qatkit.w8a8(), forward=lambda model, b: model(b))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q = qatkit.prepare_qat(m, dataclasses.replace(qatkit.w8a8(), first_last=None),
+                               example_inputs=torch.randn(2, 3, 6, 6), forward=lambda model, b: model(b))
+    assert type(q[0]).__name__ == "QuantConvBn2d"
+
+
+@pytest.mark.parametrize("layer_spec,named", [
+    (qatkit.LayerSpec(qatkit.QuantSpec(bits=4, granularity="per_channel", observer="mse"), None),
+     "default.weight: observer='mse' (weight ranges are the weight's own min / max"),
+    (qatkit.LayerSpec(qatkit.QuantSpec(bits=4, momentum=0.1), None), "default.weight: momentum=0.1"),
+    (qatkit.LayerSpec(None, qatkit.QuantSpec(bits=8, latent_clip=1.0)), "default.activation: latent_clip=1.0"),
+    (qatkit.LayerSpec(None, qatkit.QuantSpec(bits=8, scale="dynamic", granularity="per_token", observer="percentile")),
+     "default.activation: observer='percentile' (a static range's"),
+    (qatkit.LayerSpec(None, qatkit.QuantSpec(bits=8, observer="minmax", momentum=0.5)),
+     "default.activation: momentum=0.5 (the moving-average observer's; this input's is 'minmax')"),
+    (qatkit.LayerSpec(qatkit.QuantSpec(bits=4, lsq_grad_scale=False), None), "default.weight: lsq_grad_scale=False"),
+])
+def test_spec_fields_that_change_nothing_in_their_role_are_named(layer_spec, named):
+    """A spec field set for a role where nothing reads it was taken and ignored: an MSE observer on
+    weights (their ranges are their own min / max at every forward, or learned), a moving-average
+    momentum on weights or a min/max / dynamic input, latent_clip on an input, lsq_grad_scale on a
+    static scale. prepare_qat (Python and C++) now names each; the presets and the fields that act
+    stay quiet."""
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    with pytest.warns(UserWarning, match=r"prepare_qat: spec fields that change nothing: " + re.escape(named)):
+        qatkit.prepare_qat(m, qatkit.QATConfig(default=layer_spec, first_last=None))
+    acting = [qatkit.LayerSpec(qatkit.QuantSpec(bits=4), qatkit.QuantSpec(bits=8, momentum=0.5)),
+              qatkit.LayerSpec(qatkit.QuantSpec(bits=4, scale="learned", lsq_grad_scale=False), None)]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for ls in acting:
+            qatkit.prepare_qat(m, qatkit.QATConfig(default=ls, first_last=None))
+        for name in ("w8a8", "w4a8", "w4a4_lsq", "ternary_twn", "bitnet_b158", "binary_w1a8", "xnor_w1a1",
+                     "binaryconnect", "int8_weight_only", "int4_weight_only"):
+            qatkit.prepare_qat(m, dataclasses.replace(qatkit.preset(name), first_last=None))
+    assert not [w for w in rec if "change nothing" in str(w.message)]
+
+
+def test_freeze_bn_names_the_batchnorms_it_leaves_training():
+    """freeze_bn switches folded conv + BatchNorm layers to running statistics. A BatchNorm left
+    unfolded (here: its conv's output is kept in an attribute) is a plain module that keeps batch
+    statistics in training mode; the recipe's freeze_bn left it so without a word. Now it is named
+    (as in C++); a model whose BatchNorms are all folded stays quiet."""
+
+    class Kept(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn1 = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)
+            self.c2, self.bn2 = nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            y = self.c1(x)
+            self.keep = y
+            return self.bn2(self.c2(torch.relu(self.bn1(y))))
+
+    x = torch.randn(2, 3, 10, 10)
+    cfg = dataclasses.replace(qatkit.w8a8(), first_last=None)
+    with pytest.warns(UserWarning, match="stay unfolded"):
+        q = qatkit.prepare_qat(Kept(), cfg, example_inputs=(x,))
+    with pytest.warns(UserWarning, match=r"freeze_bn: 1 BatchNorm layer\(s\) were not folded \(bn1; "):
+        qatkit.qat.freeze_bn(q)
+    assert bool(q.c2.bn_frozen)
+    folded = qatkit.prepare_qat(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()), cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        qatkit.qat.freeze_bn(folded)
+        qatkit.qat.freeze_bn(q, False)
