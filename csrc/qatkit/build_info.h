@@ -11,12 +11,12 @@ struct BuildInfo {
   std::string version;        ///< qatkit version
   std::string torch_version;  ///< torch version the library was compiled against
   bool cuda = false;          ///< CUDA kernels compiled into the library
-  std::string cpu_isa;        ///< CPU kernel implementation in use ("avx512", "avx2" or "baseline")
+  std::string cpu_isa;        ///< CPU kernel implementation in use ("amx", "avx512", "avx2" or "baseline")
 };
 
 QATKIT_API BuildInfo build_info();
 
-/// Selects the CPU kernel implementation ("avx512", "avx2" or "baseline"); returns false if unknown or
+/// Selects the CPU kernel implementation ("amx", "avx512", "avx2" or "baseline"); returns false if unknown or
 /// unsupported on this CPU. For tests and benchmarks; results are identical either way.
 QATKIT_API bool set_cpu_isa(const std::string& name);
 

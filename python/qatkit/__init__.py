@@ -38,8 +38,8 @@ def _check_isa_env() -> None:
     import warnings
 
     got = _C.cpu_isa()
-    if want not in ("baseline", "avx2", "avx512"):
-        warnings.warn(f"QATKIT_CPU_ISA={want!r} is not one of 'baseline', 'avx2', 'avx512': ignored, the {got!r} "
+    if want not in ("baseline", "avx2", "avx512", "amx"):
+        warnings.warn(f"QATKIT_CPU_ISA={want!r} is not one of 'baseline', 'avx2', 'avx512', 'amx': ignored, the {got!r} "
                       "kernels run", stacklevel=2)
     elif want != got:
         warnings.warn(f"QATKIT_CPU_ISA={want!r}: this CPU cannot run those kernels, the {got!r} kernels run",

@@ -74,7 +74,8 @@ CATCH_TEST_CASE("bad input raises errors that name the argument", "[api]") {
 CATCH_TEST_CASE("build info", "[api]") {
   const auto info = qatkit::build_info();
   CATCH_CHECK_FALSE(info.version.empty());
-  CATCH_CHECK((info.cpu_isa == "avx512" || info.cpu_isa == "avx2" || info.cpu_isa == "baseline"));
+  CATCH_CHECK((info.cpu_isa == "amx" || info.cpu_isa == "avx512" || info.cpu_isa == "avx2" ||
+               info.cpu_isa == "baseline"));
 }
 
 CATCH_TEST_CASE("fake_quantize_learnable: LSQ gradients from C++", "[api]") {

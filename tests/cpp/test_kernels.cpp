@@ -106,6 +106,16 @@ const Table* avx512_absent() {
   ++avx512_calls;
   return nullptr;
 }
+int amx_calls = 0;
+const Table* amx() {
+  ++amx_calls;
+  static const Table t{7};
+  return &t;
+}
+const Table* amx_absent() {
+  ++amx_calls;
+  return nullptr;
+}
 }  // namespace getter_probe
 
 CATCH_TEST_CASE("table_for calls only the getters of ISAs the CPU runs", "[isa]") {
@@ -129,6 +139,18 @@ CATCH_TEST_CASE("table_for calls only the getters of ISAs the CPU runs", "[isa]"
   CATCH_CHECK(id(cpu::table_for<g::Table>(cpu::Isa::kAvx512, g::kBase, &g::avx2, nullptr)) == (has512 ? 2 : -1));
   CATCH_CHECK(id(cpu::table_for(cpu::Isa::kAvx512, g::kBase, &g::avx2, &g::avx512_absent)) == (has512 ? 2 : -1));
   if (!has512) CATCH_WARN("ISA avx512 not run: this CPU lacks it (its getter was checked not to be called)");
+
+  // kAmx: the family's AMX table where it has one, else its AVX-512 table (every family but qgemm).
+  g::avx2_calls = g::avx512_calls = g::amx_calls = 0;
+  const bool has_amx = cpu::isa_supported(cpu::Isa::kAmx);
+  CATCH_CHECK((!has_amx || has512));
+  CATCH_CHECK(id(cpu::table_for(cpu::Isa::kAmx, g::kBase, &g::avx2, &g::avx512, &g::amx)) == (has_amx ? 7 : -1));
+  CATCH_CHECK(g::amx_calls == (has_amx ? 1 : 0));
+  CATCH_CHECK(g::avx512_calls + g::avx2_calls == 0);
+  CATCH_CHECK(id(cpu::table_for(cpu::Isa::kAmx, g::kBase, &g::avx2, &g::avx512)) == (has_amx ? 5 : -1));
+  CATCH_CHECK(id(cpu::table_for(cpu::Isa::kAmx, g::kBase, &g::avx2, &g::avx512, &g::amx_absent)) == (has_amx ? 5 : -1));
+  CATCH_CHECK(id(cpu::table_for<g::Table>(cpu::Isa::kAmx, g::kBase, &g::avx2, nullptr)) == (has_amx ? 2 : -1));
+  if (!has_amx) CATCH_WARN("ISA amx not run: this CPU (or its OS) lacks AMX tiles (its getter was checked not to be called)");
 }
 
 CATCH_TEST_CASE("round half to even on ties, both ISAs", "[kernels]") {

@@ -16,7 +16,7 @@ APP = os.path.join(os.path.dirname(__file__), "..", "cpp", "example_app")
 def test_build_info():
     info = qatkit.build_info()
     assert info["version"] == qatkit.__version__
-    assert info["cpu_isa"] in ("avx512", "avx2", "baseline")
+    assert info["cpu_isa"] in ("amx", "avx512", "avx2", "baseline")
     assert os.path.exists(info["library"])
     assert torch.__version__.startswith(info["torch_version"])
 

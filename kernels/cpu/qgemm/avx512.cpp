@@ -227,10 +227,56 @@ void s8p_rows(const std::int8_t* a, std::int64_t a_rs, const std::uint8_t* w0, s
   }
 }
 
+// The requantization of a tile group's sums: part holds rows [m0, m1) x np panels of 16 columns from
+// n0 ([row][64 columns] int32, sum_k a * (w + 128)); 16 columns per vector (masked at N's edge; the
+// scalar form's operations, so its bits), stored by the output's strides.
+inline void s8p_finish(const QGemmArgs& g, const std::int32_t* part, std::int64_t m0, std::int64_t m1, std::int64_t n0,
+                       int np, std::int64_t n_end) {
+  for (int j = 0; j < np; ++j) {
+    const std::int64_t n = n0 + 16 * j;
+    const __mmask16 mask = static_cast<__mmask16>((1u << std::min<std::int64_t>(16, n_end - n)) - 1);
+    const __m512i corr = _mm512_maskz_loadu_epi32(mask, g.corr + n);
+    const __m512 os = _mm512_maskz_loadu_ps(mask, g.out_scale + n);
+    const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
+    // row m's 16 outputs: sum a * w = sum a * (w + 128) - 128 * a_sum, modulo 2^32 as the scalar sums
+    const auto out = [&](std::int64_t m) {
+      const std::uint32_t off = 0u - 128u * static_cast<std::uint32_t>(g.a_sum[m]);
+      const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(part + (m - m0) * 64 + 16 * j),
+                                           _mm512_add_epi32(corr, _mm512_set1_epi32(static_cast<std::int32_t>(off))));
+      __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), os);
+      if (g.bias) y = _mm512_add_ps(y, bias);
+      return y;
+    };
+    if (g.y_cs == 1) {
+      for (std::int64_t m = m0; m < m1; ++m) _mm512_mask_storeu_ps(g.y + m * g.y_rs + n, mask, out(m));
+    } else if (g.y_rs == 1) {
+      // a conv's [N, L] output (column n at n * L, its rows consecutive): 16 rows' outputs
+      // transposed, each column's 16 rows one store (16-lane scatters ran ~85 % of this function's
+      // time on Zen 4, where they are microcoded: docs/benchmarks.md, 2026-12-04 fourteenth session)
+      for (std::int64_t mb = m0; mb < m1; mb += 16) {
+        const int mr = static_cast<int>(std::min<std::int64_t>(16, m1 - mb));
+        __m512i r[16];
+        #pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i) r[i] = i < mr ? _mm512_castps_si512(out(mb + i)) : _mm512_setzero_si512();
+        transpose16(r);
+        const __mmask16 rows = static_cast<__mmask16>((1u << mr) - 1);
+        const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+        for (int c = 0; c < nr; ++c) _mm512_mask_storeu_epi32(g.y + mb + (n + c) * g.y_cs, rows, r[c]);
+      }
+    } else {  // any other strides: the 16 columns y_cs apart, one by one
+      for (std::int64_t m = m0; m < m1; ++m) {
+        alignas(64) float t[16];
+        _mm512_store_ps(t, out(m));
+        const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+        for (int c = 0; c < nr; ++c) g.y[m * g.y_rs + (n + c) * g.y_cs] = t[c];
+      }
+    }
+  }
+}
+
 // The panel GEMM: per chunk of rows (their activations' K block stays in L2), per group of four
 // panels (64 columns), per K block (the group's slice, 4 x 96 steps x 64 bytes = 24 KiB, stays in
-// L1 while every row tile passes over it), then the requantization of 16 columns per vector
-// (masked at N's edge; the scalar form's operations, so its bits).
+// L1 while every row tile passes over it), then s8p_finish.
 void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   constexpr std::int64_t kSteps = 96, kRows = 192;
   const std::int64_t K4 = (g.K + 3) / 4, a_rs = 4 * K4, ps = 64 * K4;
@@ -252,48 +298,135 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
           default: s8p_rows<1>(g.a, a_rs, w0, ps, s0, s1, m0, m1, part.data()); break;
         }
       }
-      for (int j = 0; j < np; ++j) {
-        const std::int64_t n = n0 + 16 * j;
-        const __mmask16 mask = static_cast<__mmask16>((1u << std::min<std::int64_t>(16, n_end - n)) - 1);
-        const __m512i corr = _mm512_maskz_loadu_epi32(mask, g.corr + n);
-        const __m512 os = _mm512_maskz_loadu_ps(mask, g.out_scale + n);
-        const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
-        // row m's 16 outputs: sum a * w = sum a * (w + 128) - 128 * a_sum, modulo 2^32 as the scalar sums
-        const auto out = [&](std::int64_t m) {
-          const std::uint32_t off = 0u - 128u * static_cast<std::uint32_t>(g.a_sum[m]);
-          const __m512i acc = _mm512_add_epi32(_mm512_loadu_si512(part.data() + (m - m0) * 64 + 16 * j),
-                                               _mm512_add_epi32(corr, _mm512_set1_epi32(static_cast<std::int32_t>(off))));
-          __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), os);
-          if (g.bias) y = _mm512_add_ps(y, bias);
-          return y;
-        };
-        if (g.y_cs == 1) {
-          for (std::int64_t m = m0; m < m1; ++m) _mm512_mask_storeu_ps(g.y + m * g.y_rs + n, mask, out(m));
-        } else if (g.y_rs == 1) {
-          // a conv's [N, L] output (column n at n * L, its rows consecutive): 16 rows' outputs
-          // transposed, each column's 16 rows one store (16-lane scatters ran ~85 % of this function's
-          // time on Zen 4, where they are microcoded: docs/benchmarks.md, 2026-12-04 fourteenth session)
-          for (std::int64_t mb = m0; mb < m1; mb += 16) {
-            const int mr = static_cast<int>(std::min<std::int64_t>(16, m1 - mb));
-            __m512i r[16];
-            #pragma GCC unroll 16
-            for (int i = 0; i < 16; ++i) r[i] = i < mr ? _mm512_castps_si512(out(mb + i)) : _mm512_setzero_si512();
-            transpose16(r);
-            const __mmask16 rows = static_cast<__mmask16>((1u << mr) - 1);
-            const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
-            for (int c = 0; c < nr; ++c) _mm512_mask_storeu_epi32(g.y + mb + (n + c) * g.y_cs, rows, r[c]);
-          }
-        } else {  // any other strides: the 16 columns y_cs apart, one by one
-          for (std::int64_t m = m0; m < m1; ++m) {
-            alignas(64) float t[16];
-            _mm512_store_ps(t, out(m));
-            const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
-            for (int c = 0; c < nr; ++c) g.y[m * g.y_rs + (n + c) * g.y_cs] = t[c];
-          }
-        }
-      }
+      s8p_finish(g, part.data(), m0, m1, n0, np, n_end);
     }
   }
+}
+
+// ---------------------------------------------------------------- W8A8, panel layout, AMX
+
+// Intel AMX (AMX-TILE + AMX-INT8: Sapphire Rapids and later; the table "amx", isa.h): tdpbsud
+// multiplies a tile of 16 activation rows x 64 bytes (signed) by a tile of 16 rows x 64 bytes of
+// the weight (unsigned, four k per 32-bit lane: a panel's 16 steps as they lie, 1 KiB contiguous)
+// and adds the 16 x 16 int32 dot products into a third tile: 16 K-steps of a 16 x 16 output block
+// per instruction. Its sums are sum_k a * (w + 128), as vpdpbusd's (exact, modulo 2^32), so
+// s8p_finish gives the same bits from them. Compiled for AMX in this function alone (the target
+// attribute; the file's flags stay F/BW/VL/VNNI) and chosen at run time (isa.cpp: the CPU's cpuid,
+// the OS's XCR0 and Linux's permission for the tile data).
+struct alignas(64) AmxTileConfig {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+
+// Tiles: C 0-3 (row block r, panel p at 2 r + p), A 4-5 (row blocks), B 6-7 (panels). R row blocks
+// (ar[r]: 16 rows a_rs apart) x P panels (wp[p]: K16 whole chunks of 16 steps, 1 KiB each), then
+// the K tail from zero-padded copies (at[r]: 16 x 64 bytes; bt[p]: 1 KiB) when tail; the sums go to
+// part ([row][64 columns], 256 bytes per row).
+template <int R, int P>
+__attribute__((target("amx-tile,amx-int8"))) void s8p_amx_block(const std::int8_t* const ar[2], std::int64_t a_rs,
+                                                                  const std::uint8_t* const wp[2], std::int64_t K16,
+                                                                  const std::int8_t* const at[2],
+                                                                  const std::uint8_t* const bt[2], bool tail,
+                                                                  std::int32_t* part) {
+  _tile_zero(0);
+  if constexpr (P == 2) _tile_zero(1);
+  if constexpr (R == 2) _tile_zero(2);
+  if constexpr (R == 2 && P == 2) _tile_zero(3);
+  const auto step = [&](const std::int8_t* a0, const std::int8_t* a1, std::int64_t ars, const std::uint8_t* b0,
+                        const std::uint8_t* b1) {
+    _tile_loadd(4, a0, ars);
+    if constexpr (R == 2) _tile_loadd(5, a1, ars);
+    _tile_loadd(6, b0, 64);
+    if constexpr (P == 2) _tile_loadd(7, b1, 64);
+    _tile_dpbsud(0, 4, 6);
+    if constexpr (P == 2) _tile_dpbsud(1, 4, 7);
+    if constexpr (R == 2) _tile_dpbsud(2, 5, 6);
+    if constexpr (R == 2 && P == 2) _tile_dpbsud(3, 5, 7);
+  };
+  for (std::int64_t s = 0; s < K16; ++s) step(ar[0] + s * 64, ar[1] + s * 64, a_rs, wp[0] + s * 1024, wp[1] + s * 1024);
+  if (tail) step(at[0], at[1], 64, bt[0], bt[1]);
+  _tile_stored(0, part, 256);
+  if constexpr (P == 2) _tile_stored(1, part + 16, 256);
+  if constexpr (R == 2) _tile_stored(2, part + 16 * 64, 256);
+  if constexpr (R == 2 && P == 2) _tile_stored(3, part + 16 * 64 + 16, 256);
+}
+
+// The panel GEMM on AMX tiles: per chunk of rows (the last 16-row block zero padded in a copy when M
+// is not a multiple of 16), per group of four panels (64 columns), per pair of panels and pair of
+// 16-row blocks, the whole K (the pair's panels, 2 x 64 KiB at K = 4096, stay in L2 while the
+// chunk's row blocks pass over them), then s8p_finish. A K that is not a multiple of 64 ends in a
+// chunk of steps copied into zero-padded tiles (the padding's products are 0).
+__attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmArgs& g, std::int64_t n_begin,
+                                                                      std::int64_t n_end) {
+  constexpr std::int64_t kRows = 192;
+  const std::int64_t K4 = (g.K + 3) / 4, a_rs = 4 * K4, ps = 64 * K4, K16 = K4 / 16, kt = K4 % 16;
+  const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w);
+  const std::int64_t chunk_rows = std::min(g.M, kRows), padded = (chunk_rows + 15) / 16 * 16;
+  std::vector<std::int32_t> part(static_cast<std::size_t>(padded * 64));
+  std::vector<std::int8_t> apad(static_cast<std::size_t>(g.M % 16 != 0 ? 16 * a_rs : 0));
+  std::vector<std::int8_t> atail(static_cast<std::size_t>(kt ? padded * 64 : 0));  // [row][64]: the K tail
+  alignas(64) std::uint8_t btail[4][1024];  // the group's panels' K tails, zero padded
+  AmxTileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  for (std::int64_t m0 = 0; m0 < g.M; m0 += kRows) {
+    const std::int64_t m1 = std::min(g.M, m0 + kRows), nrb = (m1 - m0 + 15) / 16;
+    // the row blocks' first rows (the last block from apad where it is partial)
+    const auto block = [&](std::int64_t r) -> const std::int8_t* {
+      const std::int64_t m = m0 + 16 * r;
+      return m + 16 <= m1 ? g.a + m * a_rs : apad.data();
+    };
+    if ((m1 - m0) % 16 != 0) {
+      const std::int64_t m = m0 + 16 * (nrb - 1);
+      std::memset(apad.data(), 0, apad.size());
+      std::memcpy(apad.data(), g.a + m * a_rs, static_cast<std::size_t>((m1 - m) * a_rs));
+    }
+    if (kt) {
+      std::memset(atail.data(), 0, atail.size());
+      for (std::int64_t r = 0; r < nrb; ++r)
+        for (std::int64_t i = 0; i < 16; ++i)
+          std::memcpy(atail.data() + (16 * r + i) * 64, block(r) + i * a_rs + K16 * 64, static_cast<std::size_t>(4 * kt));
+    }
+    for (std::int64_t n0 = n_begin; n0 < n_end; n0 += 64) {
+      const int np = static_cast<int>(std::min<std::int64_t>(4, (n_end - n0 + 15) / 16));
+      const std::uint8_t* w0 = w + (n0 / 16) * ps;
+      if (kt) {
+        std::memset(btail, 0, sizeof(btail));
+        for (int p = 0; p < np; ++p) std::memcpy(btail[p], w0 + p * ps + K16 * 1024, static_cast<std::size_t>(kt * 64));
+      }
+      for (int p = 0; p < np; p += 2) {
+        const std::uint8_t* wp[2] = {w0 + p * ps, w0 + (p + 1) * ps};
+        const std::uint8_t* bt[2] = {btail[p], btail[std::min(p + 1, 3)]};
+        for (std::int64_t r = 0; r < nrb; r += 2) {
+          const std::int8_t* ar[2] = {block(r), r + 1 < nrb ? block(r + 1) : nullptr};
+          const std::int8_t* at[2] = {kt ? atail.data() + r * 16 * 64 : nullptr,
+                                      kt && r + 1 < nrb ? atail.data() + (r + 1) * 16 * 64 : nullptr};
+          std::int32_t* pp = part.data() + r * 16 * 64 + p * 16;
+          const bool two_r = r + 1 < nrb, two_p = p + 1 < np;
+          if (two_r && two_p) s8p_amx_block<2, 2>(ar, a_rs, wp, K16, at, bt, kt != 0, pp);
+          else if (two_r) s8p_amx_block<2, 1>(ar, a_rs, wp, K16, at, bt, kt != 0, pp);
+          else if (two_p) s8p_amx_block<1, 2>(ar, a_rs, wp, K16, at, bt, kt != 0, pp);
+          else s8p_amx_block<1, 1>(ar, a_rs, wp, K16, at, bt, kt != 0, pp);
+        }
+      }
+      s8p_finish(g, part.data(), m0, m1, n0, np, n_end);
+    }
+  }
+  _tile_release();
+}
+
+// The AMX table's W8A8: the tiles from kAmxRows activation rows on the panel layout, the AVX-512
+// kernels otherwise (a GEMV streams the weight once per row either way).
+constexpr std::int64_t kAmxRows = 16;
+void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end);
+void gemm_s8_amx(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  if (g.panel && g.M >= kAmxRows) return gemm_s8_panel_amx(g, n_begin, n_end);
+  gemm_s8(g, n_begin, n_end);
 }
 
 void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
@@ -1435,12 +1568,22 @@ const QGemmKernels* qgemm_avx512() {
   return &k;
 }
 
+const QGemmKernels* qgemm_amx() {
+  static const QGemmKernels k = [] {
+    QGemmKernels t = *qgemm_avx512();
+    t.gemm_s8 = &gemm_s8_amx;
+    return t;
+  }();
+  return &k;
+}
+
 }  // namespace qatkit::kernels::cpu
 
 #else
 
 namespace qatkit::kernels::cpu {
 const QGemmKernels* qgemm_avx512() { return nullptr; }
+const QGemmKernels* qgemm_amx() { return nullptr; }
 }  // namespace qatkit::kernels::cpu
 
 #endif

@@ -88,10 +88,15 @@ const QGemmKernels* qgemm_avx2();
 /// AVX-512 F/BW/VL + VNNI: vpdpbusd for W8A8 / ternary / binary, 512-bit XNOR popcount; the W4
 /// kernels are the AVX2 table's.
 const QGemmKernels* qgemm_avx512();
+/// AVX-512 plus Intel AMX tiles: the W8A8 GEMM on tdpbsud from 16 activation rows (panel layout);
+/// every other kernel the AVX-512 table's.
+const QGemmKernels* qgemm_amx();
 
 inline const QGemmKernels* qgemm_kernels(Isa isa) {
-  return table_for(isa, qgemm_baseline(), &qgemm_avx2, &qgemm_avx512);
+  return table_for(isa, qgemm_baseline(), &qgemm_avx2, &qgemm_avx512, &qgemm_amx);
 }
-inline const QGemmKernels& qgemm_kernels() { return active_table(qgemm_baseline(), &qgemm_avx2, &qgemm_avx512); }
+inline const QGemmKernels& qgemm_kernels() {
+  return active_table(qgemm_baseline(), &qgemm_avx2, &qgemm_avx512, &qgemm_amx);
+}
 
 }  // namespace qatkit::kernels::cpu

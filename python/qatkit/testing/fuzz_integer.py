@@ -31,7 +31,7 @@ def _isas() -> list:
     if _ISAS is None:
         old = _C.cpu_isa()
         try:
-            _ISAS = ["baseline"] + [i for i in ("avx2", "avx512") if _C.set_cpu_isa(i)]
+            _ISAS = ["baseline"] + [i for i in ("avx2", "avx512", "amx") if _C.set_cpu_isa(i)]
         finally:
             _C.set_cpu_isa(old)
     return _ISAS

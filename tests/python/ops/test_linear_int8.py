@@ -43,10 +43,10 @@ SHAPES = [(1, 4, 32), (1, 37, 133), (5, 16, 64), (7, 9, 1), (3, 64, 257), (0, 8,
 
 
 def _isas():
-    """Every ISA this machine runs (the qgemm family has baseline, AVX2 and AVX-512 VNNI tables)."""
+    """Every ISA this machine runs (the qgemm family has baseline, AVX2, AVX-512 VNNI and AMX tables)."""
     old = qatkit._C.cpu_isa()
     try:
-        return ["baseline"] + [i for i in ("avx2", "avx512") if qatkit._C.set_cpu_isa(i)]
+        return ["baseline"] + [i for i in ("avx2", "avx512", "amx") if qatkit._C.set_cpu_isa(i)]
     finally:
         qatkit._C.set_cpu_isa(old)
 
@@ -66,20 +66,24 @@ def _on_every_isa_and_thread_count(check, threads=(1, 2, 3)):
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("M,N,K", SHAPES)
-@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7), ((0, 15), 8), ((-127, 127), 0)])
-def test_equals_the_integer_reference_on_every_isa(M, N, K, qrange, zp):
-    x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
-    want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+def _equals_on_every_isa(want, x, *args):
+    """linear_int8(x, *args) equals want bit for bit on every ISA this machine runs."""
     old = qatkit._C.cpu_isa()
     try:
         for isa in _isas():
             assert qatkit._C.set_cpu_isa(isa)
-            got = ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax)
-            assert got.shape == (M, N) and torch.equal(got, want), isa
+            got = ops.linear_int8(x, *args)
+            assert got.shape == want.shape and torch.equal(got, want), isa
     finally:
         qatkit._C.set_cpu_isa(old)
-    missing = [i for i in ("avx2", "avx512") if i not in _isas()]
+
+
+@pytest.mark.parametrize("M,N,K", SHAPES)
+@pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7), ((0, 15), 8), ((-127, 127), 0)])
+def test_equals_the_integer_reference_on_every_isa(M, N, K, qrange, zp):
+    x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, qrange, zp)
+    _equals_on_every_isa(_reference(x, w, bias_q, scale, s, zp, qmin, qmax), x, w, corr, scale, s, zp, qmin, qmax)
+    missing = [i for i in ("avx2", "avx512", "amx") if i not in _isas()]
     print("ISAs compared:", _isas(), f"(not run on this CPU: {missing})" if missing else "")
 
 
@@ -311,6 +315,34 @@ def test_split_panel_at_the_extremes():
     x[1::2] = -1e9
     x[2::4, ::3] = 0.0
     _assert_corner_ranges(x, w, (ops.pack_int8_panel(w),))
+
+
+# AMX tiles (the "amx" table, W8A8 on the panel layout from 16 rows): 16-row blocks in pairs (a
+# partial last block from a zero-padded copy), panels in pairs of a 4-panel group (N's edge inside
+# a panel, one panel left over), K in chunks of 16 steps (a tail of 1-15 steps, K not a multiple of
+# 4), row chunks of 192; the other tables run the same shapes on their own kernels.
+@pytest.mark.parametrize("M,N,K", [(16, 16, 64), (17, 40, 100), (31, 70, 1), (32, 64, 4100), (33, 1, 65),
+                                   (48, 130, 260), (200, 33, 1027), (385, 20, 64)])
+def test_w8a8_panel_tiles_equal_the_reference_on_every_isa(M, N, K):
+    x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, (-128, 127), -7, seed=M + N + K)
+    want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+    assert want.shape == (M, N)
+    _equals_on_every_isa(want, x, ops.pack_int8_panel(w), corr, scale, s, zp, qmin, qmax)
+
+
+def test_w8a8_panel_tiles_at_the_int8_corners():
+    """-128 activation codes against +-127 weights over K = 4000 (sums of +-65 M, inside int32),
+    rows at both ends, NaN and Inf inputs: many-row tiles (AMX's, AVX-512's) on every ISA."""
+    M, N, K = 40, 36, 4000
+    x = torch.full((M, K), -1e9)
+    x[1::2] = 1e9
+    x[2, ::3] = float("nan")
+    x[5, 1::3] = float("inf")
+    x[7] = torch.linspace(-10, 10, K)
+    w = torch.full((N, K), 127, dtype=torch.int8)
+    w[::2] = -127
+    w[3, ::5] = 0
+    _assert_corner_ranges(x, w, (w, ops.pack_int8_panel(w)))
 
 
 def test_batched_input_keeps_leading_dims():
@@ -956,7 +988,7 @@ def test_an_isa_the_environment_names_that_cannot_run_warns():
     import sys
 
     code = "import qatkit; print(qatkit._C.cpu_isa())"
-    for value, warns in (("avx1024", "is not one of 'baseline', 'avx2', 'avx512'"), ("baseline", None)):
+    for value, warns in (("avx1024", "is not one of 'baseline', 'avx2', 'avx512', 'amx'"), ("baseline", None)):
         env = {**__import__("os").environ, "QATKIT_CPU_ISA": value}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
