@@ -321,23 +321,21 @@ struct alignas(64) AmxTileConfig {
 };
 
 // Tiles: C 0-3 (row block r, panel p at 2 r + p), A 4-5 (row blocks), B 6-7 (panels). R row blocks
-// (ar[r]: 16 rows a_rs apart) x P panels (wp[p]: K16 whole chunks of 16 steps, 1 KiB each), then
-// the K tail from zero-padded copies (at[r]: 16 x 64 bytes; bt[p]: 1 KiB) when tail; the sums go to
-// part ([row][64 columns], 256 bytes per row).
+// (ap[r]: the block's repacked chunks, 1 KiB each) x P panels (wp[p]: K16 whole chunks of 16 steps,
+// 1 KiB each; then bt[p], the K tail's zero-padded copy, when tail); the sums go to part ([row][64
+// columns], 256 bytes per row).
 template <int R, int P>
-__attribute__((target("amx-tile,amx-int8"))) void s8p_amx_block(const std::int8_t* const ar[2], std::int64_t a_rs,
+__attribute__((target("amx-tile,amx-int8"))) void s8p_amx_block(const std::int8_t* const ap[2],
                                                                   const std::uint8_t* const wp[2], std::int64_t K16,
-                                                                  const std::int8_t* const at[2],
                                                                   const std::uint8_t* const bt[2], bool tail,
                                                                   std::int32_t* part) {
   _tile_zero(0);
   if constexpr (P == 2) _tile_zero(1);
   if constexpr (R == 2) _tile_zero(2);
   if constexpr (R == 2 && P == 2) _tile_zero(3);
-  const auto step = [&](const std::int8_t* a0, const std::int8_t* a1, std::int64_t ars, const std::uint8_t* b0,
-                        const std::uint8_t* b1) {
-    _tile_loadd(4, a0, ars);
-    if constexpr (R == 2) _tile_loadd(5, a1, ars);
+  const auto step = [&](std::int64_t s, const std::uint8_t* b0, const std::uint8_t* b1) {
+    _tile_loadd(4, ap[0] + s * 1024, 64);
+    if constexpr (R == 2) _tile_loadd(5, ap[1] + s * 1024, 64);
     _tile_loadd(6, b0, 64);
     if constexpr (P == 2) _tile_loadd(7, b1, 64);
     _tile_dpbsud(0, 4, 6);
@@ -345,28 +343,30 @@ __attribute__((target("amx-tile,amx-int8"))) void s8p_amx_block(const std::int8_
     if constexpr (R == 2) _tile_dpbsud(2, 5, 6);
     if constexpr (R == 2 && P == 2) _tile_dpbsud(3, 5, 7);
   };
-  for (std::int64_t s = 0; s < K16; ++s) step(ar[0] + s * 64, ar[1] + s * 64, a_rs, wp[0] + s * 1024, wp[1] + s * 1024);
-  if (tail) step(at[0], at[1], 64, bt[0], bt[1]);
+  for (std::int64_t s = 0; s < K16; ++s) step(s, wp[0] + s * 1024, wp[1] + s * 1024);
+  if (tail) step(K16, bt[0], bt[1]);
   _tile_stored(0, part, 256);
   if constexpr (P == 2) _tile_stored(1, part + 16, 256);
   if constexpr (R == 2) _tile_stored(2, part + 16 * 64, 256);
   if constexpr (R == 2 && P == 2) _tile_stored(3, part + 16 * 64 + 16, 256);
 }
 
-// The panel GEMM on AMX tiles: per chunk of rows (the last 16-row block zero padded in a copy when M
-// is not a multiple of 16), per group of four panels (64 columns), per pair of panels and pair of
-// 16-row blocks, the whole K (the pair's panels, 2 x 64 KiB at K = 4096, stay in L2 while the
-// chunk's row blocks pass over them), then s8p_finish. A K that is not a multiple of 64 ends in a
-// chunk of steps copied into zero-padded tiles (the padding's products are 0).
+// The panel GEMM on AMX tiles: per chunk of rows, the activations repacked into A tiles (per
+// 16-row block, per chunk of 16 steps, 16 rows x 64 bytes contiguous; zeros past M and past K):
+// rows a_rs = 4 KiB apart at K = 4096 fall into one L1 set, so tiles loaded from the rows in place
+// kept missing L1 (measured slower). Then per group of four panels (64 columns), per pair of panels
+// and pair of 16-row blocks, the whole K (the pair's panels, 2 x 64 KiB at K = 4096, stay in L2
+// while the chunk's row blocks pass over them), then s8p_finish. A panel's K tail (K not a
+// multiple of 64) is copied into zero-padded tiles: past it lies the next panel.
 __attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmArgs& g, std::int64_t n_begin,
                                                                       std::int64_t n_end) {
   constexpr std::int64_t kRows = 192;
   const std::int64_t K4 = (g.K + 3) / 4, a_rs = 4 * K4, ps = 64 * K4, K16 = K4 / 16, kt = K4 % 16;
+  const std::int64_t chunks = K16 + (kt ? 1 : 0);
   const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w);
   const std::int64_t chunk_rows = std::min(g.M, kRows), padded = (chunk_rows + 15) / 16 * 16;
   std::vector<std::int32_t> part(static_cast<std::size_t>(padded * 64));
-  std::vector<std::int8_t> apad(static_cast<std::size_t>(g.M % 16 != 0 ? 16 * a_rs : 0));
-  std::vector<std::int8_t> atail(static_cast<std::size_t>(kt ? padded * 64 : 0));  // [row][64]: the K tail
+  std::vector<std::int8_t> apack(static_cast<std::size_t>(padded * chunks * 64));  // [block][chunk][16][64]
   alignas(64) std::uint8_t btail[4][1024];  // the group's panels' K tails, zero padded
   AmxTileConfig cfg;
   for (int t = 0; t < 8; ++t) {
@@ -376,21 +376,13 @@ __attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmA
   _tile_loadconfig(&cfg);
   for (std::int64_t m0 = 0; m0 < g.M; m0 += kRows) {
     const std::int64_t m1 = std::min(g.M, m0 + kRows), nrb = (m1 - m0 + 15) / 16;
-    // the row blocks' first rows (the last block from apad where it is partial)
-    const auto block = [&](std::int64_t r) -> const std::int8_t* {
-      const std::int64_t m = m0 + 16 * r;
-      return m + 16 <= m1 ? g.a + m * a_rs : apad.data();
-    };
-    if ((m1 - m0) % 16 != 0) {
-      const std::int64_t m = m0 + 16 * (nrb - 1);
-      std::memset(apad.data(), 0, apad.size());
-      std::memcpy(apad.data(), g.a + m * a_rs, static_cast<std::size_t>((m1 - m) * a_rs));
-    }
-    if (kt) {
-      std::memset(atail.data(), 0, atail.size());
-      for (std::int64_t r = 0; r < nrb; ++r)
-        for (std::int64_t i = 0; i < 16; ++i)
-          std::memcpy(atail.data() + (16 * r + i) * 64, block(r) + i * a_rs + K16 * 64, static_cast<std::size_t>(4 * kt));
+    if ((m1 - m0) % 16 != 0 || kt) std::memset(apack.data(), 0, apack.size());
+    for (std::int64_t m = m0; m < m1; ++m) {
+      const std::int64_t r = (m - m0) / 16, i = (m - m0) % 16;
+      const std::int8_t* src = g.a + m * a_rs;
+      std::int8_t* dst = apack.data() + (r * chunks * 16 + i) * 64;
+      for (std::int64_t c = 0; c < K16; ++c) std::memcpy(dst + c * 1024, src + c * 64, 64);
+      if (kt) std::memcpy(dst + K16 * 1024, src + K16 * 64, static_cast<std::size_t>(4 * kt));
     }
     for (std::int64_t n0 = n_begin; n0 < n_end; n0 += 64) {
       const int np = static_cast<int>(std::min<std::int64_t>(4, (n_end - n0 + 15) / 16));
@@ -402,16 +394,16 @@ __attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmA
       for (int p = 0; p < np; p += 2) {
         const std::uint8_t* wp[2] = {w0 + p * ps, w0 + (p + 1) * ps};
         const std::uint8_t* bt[2] = {btail[p], btail[std::min(p + 1, 3)]};
+        const bool two_p = p + 1 < np;
         for (std::int64_t r = 0; r < nrb; r += 2) {
-          const std::int8_t* ar[2] = {block(r), r + 1 < nrb ? block(r + 1) : nullptr};
-          const std::int8_t* at[2] = {kt ? atail.data() + r * 16 * 64 : nullptr,
-                                      kt && r + 1 < nrb ? atail.data() + (r + 1) * 16 * 64 : nullptr};
+          const std::int8_t* ap[2] = {apack.data() + r * chunks * 1024,
+                                      r + 1 < nrb ? apack.data() + (r + 1) * chunks * 1024 : nullptr};
           std::int32_t* pp = part.data() + r * 16 * 64 + p * 16;
-          const bool two_r = r + 1 < nrb, two_p = p + 1 < np;
-          if (two_r && two_p) s8p_amx_block<2, 2>(ar, a_rs, wp, K16, at, bt, kt != 0, pp);
-          else if (two_r) s8p_amx_block<2, 1>(ar, a_rs, wp, K16, at, bt, kt != 0, pp);
-          else if (two_p) s8p_amx_block<1, 2>(ar, a_rs, wp, K16, at, bt, kt != 0, pp);
-          else s8p_amx_block<1, 1>(ar, a_rs, wp, K16, at, bt, kt != 0, pp);
+          const bool two_r = r + 1 < nrb;
+          if (two_r && two_p) s8p_amx_block<2, 2>(ap, wp, K16, bt, kt != 0, pp);
+          else if (two_r) s8p_amx_block<2, 1>(ap, wp, K16, bt, kt != 0, pp);
+          else if (two_p) s8p_amx_block<1, 2>(ap, wp, K16, bt, kt != 0, pp);
+          else s8p_amx_block<1, 1>(ap, wp, K16, bt, kt != 0, pp);
         }
       }
       s8p_finish(g, part.data(), m0, m1, n0, np, n_end);
@@ -420,12 +412,18 @@ __attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmA
   _tile_release();
 }
 
-// The AMX table's W8A8: the tiles from kAmxRows activation rows on the panel layout, the AVX-512
-// kernels otherwise (a GEMV streams the weight once per row either way).
-constexpr std::int64_t kAmxRows = 16;
+// The AMX table's W8A8: the tiles from kAmxRows activation rows on the panel layout, for K and N
+// of at least 64, the AVX-512 kernels otherwise (a GEMV streams the weight once per row either
+// way). Hot, 2 threads, Intel Xeon model 167, AMX against AVX-512 VNNI on MobileNetV2-like shapes
+// (M, N, K): (8192, 16, 32) 0.86x, (8192, 96, 16) 0.75x, (2048, 144, 24) 0.78x, (512, 192, 32)
+// 0.82x, (8192, 32, 288) 0.93x, (2048, 24, 144) 0.94x, (8192, 64, 64) 0.90-1.00x: a tile of a short
+// K is mostly zeros, and a narrow N repacks the rows for little work; (512, 64, 192) 0.99-1.00x,
+// (2048, 64, 576) 1.08x, (512, 128, 1152) 1.27-1.33x, (128, 960, 160) 1.48-1.58x, (128, 1280, 320)
+// 1.94-2.04x (docs/benchmarks.md, thirty-sixth session).
+constexpr std::int64_t kAmxRows = 16, kAmxMinK = 128, kAmxMinN = 64;
 void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end);
 void gemm_s8_amx(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  if (g.panel && g.M >= kAmxRows) return gemm_s8_panel_amx(g, n_begin, n_end);
+  if (g.panel && g.M >= kAmxRows && g.K >= kAmxMinK && g.N >= kAmxMinN) return gemm_s8_panel_amx(g, n_begin, n_end);
   gemm_s8(g, n_begin, n_end);
 }
 

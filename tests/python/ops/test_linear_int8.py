@@ -317,12 +317,13 @@ def test_split_panel_at_the_extremes():
     _assert_corner_ranges(x, w, (ops.pack_int8_panel(w),))
 
 
-# AMX tiles (the "amx" table, W8A8 on the panel layout from 16 rows): 16-row blocks in pairs (a
-# partial last block from a zero-padded copy), panels in pairs of a 4-panel group (N's edge inside
-# a panel, one panel left over), K in chunks of 16 steps (a tail of 1-15 steps, K not a multiple of
-# 4), row chunks of 192; the other tables run the same shapes on their own kernels.
-@pytest.mark.parametrize("M,N,K", [(16, 16, 64), (17, 40, 100), (31, 70, 1), (32, 64, 4100), (33, 1, 65),
-                                   (48, 130, 260), (200, 33, 1027), (385, 20, 64)])
+# AMX tiles (the "amx" table, W8A8 on the panel layout from 16 rows, K >= 128, N >= 64): 16-row
+# blocks in pairs (a partial last block zero padded), panels in pairs of a 4-panel group (N's edge
+# inside a panel, one panel left over), K in chunks of 16 steps (a tail of 1-15 steps, K not a
+# multiple of 4), row chunks of 192; (31, 64, 100) and (16, 40, 200) below AMX's K / N; the other
+# tables run the same shapes on their own kernels.
+@pytest.mark.parametrize("M,N,K", [(16, 64, 128), (17, 70, 200), (31, 64, 100), (16, 40, 200), (32, 64, 4100),
+                                   (33, 65, 129), (48, 130, 260), (200, 100, 1027), (385, 80, 128)])
 def test_w8a8_panel_tiles_equal_the_reference_on_every_isa(M, N, K):
     x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, (-128, 127), -7, seed=M + N + K)
     want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
@@ -333,7 +334,7 @@ def test_w8a8_panel_tiles_equal_the_reference_on_every_isa(M, N, K):
 def test_w8a8_panel_tiles_at_the_int8_corners():
     """-128 activation codes against +-127 weights over K = 4000 (sums of +-65 M, inside int32),
     rows at both ends, NaN and Inf inputs: many-row tiles (AMX's, AVX-512's) on every ISA."""
-    M, N, K = 40, 36, 4000
+    M, N, K = 40, 72, 4000
     x = torch.full((M, K), -1e9)
     x[1::2] = 1e9
     x[2, ::3] = float("nan")
