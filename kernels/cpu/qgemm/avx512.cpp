@@ -305,6 +305,15 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
 
 // ---------------------------------------------------------------- W8A8, panel layout, AMX
 
+// The AMX kernels need a compiler with AMX intrinsics (GCC 11+, clang 12+); without them the table
+// "amx" is absent (qgemm_amx returns nullptr) and AMX CPUs run the AVX-512 table.
+#if defined(__has_include)
+#if __has_include(<amxtileintrin.h>) || __has_include(<amxintrin.h>)
+#define QATKIT_AMX_KERNELS 1
+#endif
+#endif
+
+#ifdef QATKIT_AMX_KERNELS
 // Intel AMX (AMX-TILE + AMX-INT8: Sapphire Rapids and later; the table "amx", isa.h): tdpbsud
 // multiplies a tile of 16 activation rows x 64 bytes (signed) by a tile of 16 rows x 64 bytes of
 // the weight (unsigned, four k per 32-bit lane: a panel's 16 steps as they lie, 1 KiB contiguous)
@@ -426,6 +435,7 @@ void gemm_s8_amx(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   if (g.panel && g.M >= kAmxRows && g.K >= kAmxMinK && g.N >= kAmxMinN) return gemm_s8_panel_amx(g, n_begin, n_end);
   gemm_s8(g, n_begin, n_end);
 }
+#endif  // QATKIT_AMX_KERNELS
 
 void gemm_s8(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   if (g.panel) return gemm_s8_panel(g, n_begin, n_end);
@@ -1567,12 +1577,16 @@ const QGemmKernels* qgemm_avx512() {
 }
 
 const QGemmKernels* qgemm_amx() {
+#ifdef QATKIT_AMX_KERNELS
   static const QGemmKernels k = [] {
     QGemmKernels t = *qgemm_avx512();
     t.gemm_s8 = &gemm_s8_amx;
     return t;
   }();
   return &k;
+#else
+  return nullptr;
+#endif
 }
 
 }  // namespace qatkit::kernels::cpu
