@@ -346,6 +346,27 @@ def test_w8a8_panel_tiles_at_the_int8_corners():
     _assert_corner_ranges(x, w, (w, ops.pack_int8_panel(w)))
 
 
+def test_w8a8_tiles_share_the_threads_with_onednn():
+    """The AMX kernel configures the tile state of its thread per call and releases it after; oneDNN
+    runs torch's bfloat16 matmuls on AMX tiles of its own on the same threads (where the CPU has
+    AMX), and torch._int_mm its own kernels. Interleaved, each keeps its results (concurrent Python
+    threads: test_threads.py's "linear_int8 panel"). On a CPU without AMX the same calls run the
+    other tables."""
+    N, K, M = 256, 512, 64
+    x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(M, N, K, (-128, 127), 0, seed=11)
+    panel = ops.pack_int8_panel(w)
+    want = _reference(x, w, bias_q, scale, s, zp, qmin, qmax)
+    g = torch.Generator().manual_seed(12)
+    xb, wb = torch.randn(M, K, generator=g).bfloat16(), torch.randn(N, K, generator=g).bfloat16()
+    a = torch.randint(-127, 128, (M, K), dtype=torch.int8, generator=g)
+    wt = w.t().contiguous()
+    yb, im = torch.nn.functional.linear(xb, wb), torch._int_mm(a, wt)
+    assert torch.equal(im, (a.long() @ wt.long()).int())
+    for _ in range(20):
+        assert torch.equal(ops.linear_int8(x, panel, corr, scale, s, zp, qmin, qmax), want)
+        assert torch.equal(torch.nn.functional.linear(xb, wb), yb) and torch.equal(torch._int_mm(a, wt), im)
+
+
 def test_batched_input_keeps_leading_dims():
     x, w, corr, scale, s, zp, qmin, qmax, bias_q = _case(0, 12, 40, shape=(2, 3, 40))
     got = ops.linear_int8(x, w, corr, scale, s, zp, qmin, qmax)

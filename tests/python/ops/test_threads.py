@@ -30,6 +30,9 @@ def _grad_of(fn, x, *params):
 def _cases():
     x, s, z = _inputs()
     sg, zg = ops.choose_qparams(x, -8, 7, True, group_size=43)
+    g = torch.Generator().manual_seed(1)
+    w8 = ops.pack_int8_panel(torch.randint(-127, 128, (80, 129), dtype=torch.int8, generator=g))
+    c8, s8 = torch.randint(-999, 999, (80,), dtype=torch.int32, generator=g), torch.rand(80, generator=g) * 1e-3
     return {
         "fake_quantize per-channel": lambda: _grad_of(lambda t: ops.fake_quantize(t, s, z, -128, 127, axis=0), x),
         "fake_quantize per-group": lambda: _grad_of(lambda t: ops.fake_quantize(t, sg, zg, -8, 7, group_size=43), x),
@@ -44,6 +47,9 @@ def _cases():
         "quantize_per_token": lambda: _grad_of(lambda t: ops.quantize_per_token(t), x),
         "choose_qparams": lambda: list(ops.choose_qparams(x, -128, 127, False, axis=0)),
         "fused observer": lambda: _fused(x),
+        # W8A8 from 16 rows with K >= 128, N >= 64: AMX tiles where the CPU has them (each thread
+        # configures its own tile state per call)
+        "linear_int8 panel": lambda: [ops.linear_int8(x[:m], w8, c8, s8, 0.05, 0, -128, 127) for m in (16, 40, 67)],
     }
 
 
