@@ -60,6 +60,20 @@ bool cpu_has_amx() {
 
 }  // namespace
 
+bool cpu_has_amx_bf16() {
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__linux__)
+  // AMX-BF16 (leaf 7 EDX bit 22), on top of cpu_has_amx's tile state and permission.
+  static const bool ok = [] {
+    if (!cpu_has_amx()) return false;
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 22) & 1u);
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
 bool cpu_is_amd() {
 #if defined(__x86_64__) || defined(__i386__)
   static const bool amd = __builtin_cpu_is("amd");

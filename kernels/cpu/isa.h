@@ -21,6 +21,10 @@ const char* isa_name(Isa isa);
 /// True on an AMD CPU (a table may take another kernel where one measured faster there).
 bool cpu_is_amd();
 
+/// True where the CPU has AMX-BF16 besides the tiles and permission of Isa::kAmx: the amx table's
+/// weight-only 4-bit kernel on bf16 tiles needs it (its other kernels do not).
+bool cpu_has_amx_bf16();
+
 /// True when this build contains `isa`'s kernels and this CPU can run them.
 bool isa_supported(Isa isa);
 

@@ -322,6 +322,14 @@ void gemm_s8_panel(const QGemmArgs& g, std::int64_t n_begin, std::int64_t n_end)
 // s8p_finish gives the same bits from them. Compiled for AMX in this function alone (the target
 // attribute; the file's flags stay F/BW/VL/VNNI) and chosen at run time (isa.cpp: the CPU's cpuid,
 // the OS's XCR0 and Linux's permission for the tile data).
+// This thread's scratch of n T, 64-byte aligned (a tile row that crosses a cache line costs two
+// accesses: tiles from a vector's 16-byte aligned storage ran 1.3-1.5x slower).
+template <class T, class Tag>
+T* amx_scratch(std::size_t n) {
+  const auto p = reinterpret_cast<std::uintptr_t>(detail::thread_scratch<T, Tag>(n + 64 / sizeof(T)));
+  return reinterpret_cast<T*>((p + 63) & ~std::uintptr_t{63});
+}
+
 struct alignas(64) AmxTileConfig {
   std::uint8_t palette = 1, start_row = 0;
   std::uint8_t reserved[14] = {};
@@ -374,8 +382,11 @@ __attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmA
   const std::int64_t chunks = K16 + (kt ? 1 : 0);
   const std::uint8_t* w = reinterpret_cast<const std::uint8_t*>(g.w);
   const std::int64_t chunk_rows = std::min(g.M, kRows), padded = (chunk_rows + 15) / 16 * 16;
-  std::vector<std::int32_t> part(static_cast<std::size_t>(padded * 64));
-  std::vector<std::int8_t> apack(static_cast<std::size_t>(padded * chunks * 64));  // [block][chunk][16][64]
+  // this thread's scratch, 64-byte aligned (kept between calls: every byte the tiles read is
+  // written below, zeros included where rows or K fall short)
+  const std::size_t npart = static_cast<std::size_t>(padded * 64), napack = static_cast<std::size_t>(padded * chunks * 64);
+  std::int32_t* part = amx_scratch<std::int32_t, struct S8AmxPart>(npart);
+  std::int8_t* apack = amx_scratch<std::int8_t, struct S8AmxA>(napack);  // [block][chunk][16][64]
   alignas(64) std::uint8_t btail[4][1024];  // the group's panels' K tails, zero padded
   AmxTileConfig cfg;
   for (int t = 0; t < 8; ++t) {
@@ -385,11 +396,11 @@ __attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmA
   _tile_loadconfig(&cfg);
   for (std::int64_t m0 = 0; m0 < g.M; m0 += kRows) {
     const std::int64_t m1 = std::min(g.M, m0 + kRows), nrb = (m1 - m0 + 15) / 16;
-    if ((m1 - m0) % 16 != 0 || kt) std::memset(apack.data(), 0, apack.size());
+    if ((m1 - m0) % 16 != 0 || kt) std::memset(apack, 0, napack);
     for (std::int64_t m = m0; m < m1; ++m) {
       const std::int64_t r = (m - m0) / 16, i = (m - m0) % 16;
       const std::int8_t* src = g.a + m * a_rs;
-      std::int8_t* dst = apack.data() + (r * chunks * 16 + i) * 64;
+      std::int8_t* dst = apack + (r * chunks * 16 + i) * 64;
       for (std::int64_t c = 0; c < K16; ++c) std::memcpy(dst + c * 1024, src + c * 64, 64);
       if (kt) std::memcpy(dst + K16 * 1024, src + K16 * 64, static_cast<std::size_t>(4 * kt));
     }
@@ -405,9 +416,8 @@ __attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmA
         const std::uint8_t* bt[2] = {btail[p], btail[std::min(p + 1, 3)]};
         const bool two_p = p + 1 < np;
         for (std::int64_t r = 0; r < nrb; r += 2) {
-          const std::int8_t* ap[2] = {apack.data() + r * chunks * 1024,
-                                      r + 1 < nrb ? apack.data() + (r + 1) * chunks * 1024 : nullptr};
-          std::int32_t* pp = part.data() + r * 16 * 64 + p * 16;
+          const std::int8_t* ap[2] = {apack + r * chunks * 1024, r + 1 < nrb ? apack + (r + 1) * chunks * 1024 : nullptr};
+          std::int32_t* pp = part + r * 16 * 64 + p * 16;
           const bool two_r = r + 1 < nrb;
           if (two_r && two_p) s8p_amx_block<2, 2>(ap, wp, K16, bt, kt != 0, pp);
           else if (two_r) s8p_amx_block<2, 1>(ap, wp, K16, bt, kt != 0, pp);
@@ -415,7 +425,7 @@ __attribute__((target("amx-tile,amx-int8"))) void gemm_s8_panel_amx(const QGemmA
           else s8p_amx_block<1, 1>(ap, wp, K16, bt, kt != 0, pp);
         }
       }
-      s8p_finish(g, part.data(), m0, m1, n0, np, n_end);
+      s8p_finish(g, part, m0, m1, n0, np, n_end);
     }
   }
   _tile_release();
@@ -1392,6 +1402,328 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
   }
 }
 
+#ifdef QATKIT_AMX_KERNELS
+// ---------------------------------------------------------------- weight-only W4 on AMX-BF16 tiles
+
+// linear_w4_weight_only on AMX-BF16 tiles (the amx table where the CPU has AMX-BF16,
+// cpu_has_amx_bf16). tdpbf16ps multiplies 16 rows x 32 bf16 of activations by 32 bf16 x 16 columns
+// of the weight (pairs of k per 32-bit lane) and adds the products into 16 x 16 float32 sums; every
+// product is rounded into the sum once, as an FMA chain's. The codes' values c - 8 are exact in bf16.
+// The activations are not: each float32 x is split into three bf16 parts, hi = x with its low 16
+// bits cleared, mid = (x - hi) the same way, lo = x - hi - mid, and hi + mid + lo == x exactly (each
+// difference is exact, and 24 significant bits fill three 8-bit significands; the parts truncate
+// towards zero, so they share x's sign). The three parts' tiles run against the same weight tile
+// into the same sums: a group's sum of x * (c - 8) over its 32-k steps with 3 x 32 roundings per
+// step instead of 32, then folded into the row's sum by one FMA with the group's scales, as the
+// register tiles do (w4f_direct). The tiles treat subnormal bf16 inputs as zero and flush subnormal
+// results, so w4f_amx_split refuses any row set holding 0 < |x| < 2^-100 (the smallest part of a
+// larger x is at least 2^-123, normal) or a non-finite value (x - hi would be NaN for Inf); the
+// thread then runs the register tiles (gemm_w4f) on its columns instead. (AMX's sums of the same
+// products come out within the bound of docs/integer.md in their own bits: the register tiles' and
+// the tiles' roundings differ.)
+//
+// The A tiles: per 16-row tile rt, per 32-k step ks, per part p, 16 rows x 16 words at
+// ((rt * KS + ks) * 3 + p) * 256; word r of a row holds the part of k = 32 ks + k_lo(r) in its low
+// half and of k + 2 in its high half, the pairs of the B tiles' row r (W4fAmxB), so both sides pair
+// the same k.
+bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K,
+                                                           std::uint32_t* a) {
+  const std::int64_t KS = K / 32;
+  const __m512i keep = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), absm = _mm512_set1_epi32(0x7FFFFFFF);
+  const __m512i tiny = _mm512_set1_epi32((27 << 23) - 1), inf = _mm512_set1_epi32(0x7F800000);
+  // word r's two values (W4fAmxB's pairing): k_lo(r) = 4 (r >> 2) + ((r & 3) >> 1) + 16 (r & 1), and k_lo(r) + 2
+  alignas(64) std::int32_t il[16], ih[16];
+  for (int r = 0; r < 16; ++r) {
+    il[r] = 4 * (r >> 2) + ((r & 3) >> 1) + 16 * (r & 1);
+    ih[r] = il[r] + 2;
+  }
+  const __m512i pair[2] = {_mm512_load_si512(il), _mm512_load_si512(ih)};
+  __mmask16 bad = 0;
+  for (std::int64_t m = 0; m < rows; ++m) {
+    const float* xr = x + m * K;
+    std::uint32_t* row = a + ((m / 16) * KS * 3 * 256) + (m % 16) * 16;
+    for (std::int64_t ks = 0; ks < KS; ++ks) {
+      __m512i v[2], part[3][2];
+      const __m512 x0 = _mm512_loadu_ps(xr + ks * 32), x1 = _mm512_loadu_ps(xr + ks * 32 + 16);
+      #pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        v[h] = _mm512_castps_si512(_mm512_permutex2var_ps(x0, pair[h], x1));
+        const __m512i ab = _mm512_and_si512(v[h], absm);
+        // 0 and 2^-100 <= |x| < Inf split exactly: |x| - 1 (unsigned) >= 2^-100's bits - 1, |x| < Inf
+        bad |= static_cast<__mmask16>(~(_mm512_cmpge_epu32_mask(_mm512_sub_epi32(ab, _mm512_set1_epi32(1)), tiny) &
+                                        _mm512_cmplt_epu32_mask(ab, inf)));
+        part[0][h] = _mm512_and_si512(v[h], keep);
+        const __m512 r1 = _mm512_sub_ps(_mm512_castsi512_ps(v[h]), _mm512_castsi512_ps(part[0][h]));
+        part[1][h] = _mm512_and_si512(_mm512_castps_si512(r1), keep);
+        part[2][h] = _mm512_castps_si512(_mm512_sub_ps(r1, _mm512_castsi512_ps(part[1][h])));
+      }
+      #pragma GCC unroll 3
+      for (int p = 0; p < 3; ++p) {
+        // low half: k_lo(r) (the part's high 16 bits), high half: k_lo(r) + 2
+        const __m512i w = _mm512_ternarylogic_epi32(_mm512_srli_epi32(part[p][0], 16), part[p][1], keep, 0xF8);
+        _mm512_storeu_si512(row + (ks * 3 + p) * 256, w);
+      }
+    }
+  }
+  // the last tile's rows past `rows` zero (w4f_amx_tile runs them, rounded up to 4 rows)
+  for (std::int64_t m = rows; m < (rows + 15) / 16 * 16; ++m) {
+    std::uint32_t* row = a + ((m / 16) * KS * 3 * 256) + (m % 16) * 16;
+    for (std::int64_t ks = 0; ks < KS * 3; ++ks) _mm512_storeu_si512(row + ks * 256, _mm512_setzero_si512());
+  }
+  return bad == 0;
+}
+
+// The B tiles' converter: a 16-column block's step (256 bytes of its panel, pack_int4_panel's layout
+// or the row layout's block in it) into 16 rows x 16 words. Row r = 4e + t reads the e-th vector of
+// the step shifted right by 4t bits: each 16-bit half of a lane then starts with the nibble at
+// position t (low half) or 4 + t (high half) of the lane's 8, and vpermw looks both up at once in a
+// 16-entry table written twice (an index's fifth bit, the next nibble's lowest, selects the same
+// entry). One shuffle per row: 1.3x faster than gathering each byte's two nibbles first
+// (vpermt2b, then vpermw). Position p of lane n holds column n's code at k = 4e + p / 2 (p even:
+// byte p / 2's low nibble) or k = 16 + 4e + (p - 1) / 2 (p odd), so row r pairs k_lo(r) = 4e +
+// (t >> 1) + 16 (t & 1) in its low halves with k_lo(r) + 2 in its high halves (w4f_amx_split
+// pairs the activations the same way).
+struct W4fAmxB {
+  __m512i lut;
+  W4fAmxB() {
+    alignas(64) std::uint16_t tbl[32];
+    for (int c = 0; c < 32; ++c) {
+      const float f = static_cast<float>((c & 15) - 8);
+      std::uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      tbl[c] = static_cast<std::uint16_t>(bits >> 16);
+    }
+    lut = _mm512_load_si512(tbl);
+  }
+  // step ks of a block's panel into dst (16 x 16 words)
+  void operator()(const std::int32_t* panel, std::int64_t ks, std::uint32_t* dst) const {
+    const std::int32_t* t = panel + ((ks / 4) * 16 + (ks % 4) * 4) * 16;
+    #pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) {
+      const __m512i v = _mm512_loadu_si512(t + e * 16);
+      _mm512_storeu_si512(dst + (4 * e) * 16, _mm512_permutexvar_epi16(v, lut));
+      _mm512_storeu_si512(dst + (4 * e + 1) * 16, _mm512_permutexvar_epi16(_mm512_srli_epi32(v, 4), lut));
+      _mm512_storeu_si512(dst + (4 * e + 2) * 16, _mm512_permutexvar_epi16(_mm512_srli_epi32(v, 8), lut));
+      _mm512_storeu_si512(dst + (4 * e + 3) * 16, _mm512_permutexvar_epi16(_mm512_srli_epi32(v, 12), lut));
+    }
+  }
+};
+
+// Tiles: A 0-2 (the parts lo, mid, hi of one 32-k step of up to 16 rows: MR rows in the tiles,
+// the split zero-fills the rows past M), B 3 (a block's step, reloaded per block: the tile unit
+// keeps up), C 4-7: NB (1 or 2) blocks' sums, the even groups' in 4 / 5, the odd groups' in 6 / 7,
+// so one group's tiles run while the other's sums are folded. Two blocks share each A tile (at K =
+// 1536 a row tile's A tiles, 144 KiB, come from L2). (The tile intrinsics take literal tile
+// numbers: P selects 4 / 5 or 6 / 7 through if constexpr.) One group: its steps' three parts into
+// the C tiles, the small parts first; B from the blocks' converted steps (bsrc(ks, b)), converting
+// ahead where conv says so.
+#define QATKIT_W4F_AMX_TDP3(c) \
+  _tile_dpbf16ps(c, 0, 3);     \
+  _tile_dpbf16ps(c, 1, 3);     \
+  _tile_dpbf16ps(c, 2, 3);
+template <int P, int NB, class BSrc, class Conv>
+__attribute__((target("amx-tile,amx-bf16"))) inline void w4f_amx_group(const std::uint32_t* at, std::int64_t gi,
+                                                                        std::int64_t gc, const BSrc& bsrc,
+                                                                        const Conv& conv) {
+  if constexpr (P == 0) {
+    _tile_zero(4);
+    if constexpr (NB == 2) _tile_zero(5);
+  } else {
+    _tile_zero(6);
+    if constexpr (NB == 2) _tile_zero(7);
+  }
+  for (std::int64_t ks = gi * gc; ks < (gi + 1) * gc; ++ks) {
+    const std::uint32_t* ap = at + ks * 3 * 256;
+    _tile_loadd(0, ap + 512, 64);
+    _tile_loadd(1, ap + 256, 64);
+    _tile_loadd(2, ap, 64);
+    _tile_loadd(3, bsrc(ks, 0), 64);
+    if constexpr (P == 0) {
+      QATKIT_W4F_AMX_TDP3(4)
+    } else {
+      QATKIT_W4F_AMX_TDP3(6)
+    }
+    if constexpr (NB == 2) {
+      _tile_loadd(3, bsrc(ks, 1), 64);
+      if constexpr (P == 0) {
+        QATKIT_W4F_AMX_TDP3(5)
+      } else {
+        QATKIT_W4F_AMX_TDP3(7)
+      }
+    }
+    conv(ks);
+  }
+}
+#undef QATKIT_W4F_AMX_TDP3
+
+// A group's sums folded into the row sums (registers): acc = sums * s for the first group, then
+// fma(sums, s, acc), w4f_direct's operations. The sums go through L1 (no tile-to-register move).
+template <int P, int NB, int MR>
+__attribute__((target("amx-tile,amx-bf16"))) inline void w4f_amx_fold(const float* const sc[2], std::int64_t gi,
+                                                                       float (*cbuf)[MR * 16], __m512 (&acc)[NB][MR]) {
+  if constexpr (P == 0) {
+    _tile_stored(4, cbuf[0], 64);
+    if constexpr (NB == 2) _tile_stored(5, cbuf[1], 64);
+  } else {
+    _tile_stored(6, cbuf[0], 64);
+    if constexpr (NB == 2) _tile_stored(7, cbuf[1], 64);
+  }
+  #pragma GCC unroll 2
+  for (int b = 0; b < NB; ++b) {
+    const __m512 s = _mm512_loadu_ps(sc[b] + gi * 16);
+    #pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      acc[b][i] = gi == 0 ? _mm512_mul_ps(_mm512_load_ps(cbuf[b] + i * 16), s)
+                          : _mm512_fmadd_ps(_mm512_load_ps(cbuf[b] + i * 16), s, acc[b][i]);
+    }
+  }
+}
+
+// One row tile (mr <= MR rows of A tiles at) against NB 16-column blocks: their B tiles from bt[b]
+// (every step converted, KS x 1 KiB) or, where bt[0] is null, converted from the blocks' panels two
+// steps ahead into a three-slot ring in L1 (a step's stores have retired and reached L1 before the
+// tile load that reads them); y rows [0, mr), block b's nr[b] columns at y + 16 b, plus the bias
+// after the sum.
+template <int MR, int NB>
+__attribute__((target("amx-tile,amx-bf16"))) void w4f_amx_tile(const W4fAmxB& cvt, const std::uint32_t* at,
+                                                               const std::int32_t* const panel[2],
+                                                               const std::uint32_t* const bt[2],
+                                                               const float* const sc[2], std::int64_t KS,
+                                                               std::int64_t gc, int mr, const int nr[2],
+                                                               const float* bias, float* y, std::int64_t ldy) {
+  alignas(64) std::uint32_t ring[3][NB][256];
+  alignas(64) float cbuf[2][NB][MR * 16];
+  __m512 acc[NB][MR];
+  const std::int64_t G = KS / gc;
+  const auto run = [&](const auto& bsrc, const auto& conv) {
+    for (std::int64_t gi = 0; gi < G; gi += 2) {
+      w4f_amx_group<0, NB>(at, gi, gc, bsrc, conv);
+      if (gi + 1 < G) w4f_amx_group<1, NB>(at, gi + 1, gc, bsrc, conv);
+      w4f_amx_fold<0, NB, MR>(sc, gi, cbuf[0], acc);
+      if (gi + 1 < G) w4f_amx_fold<1, NB, MR>(sc, gi + 1, cbuf[1], acc);
+    }
+  };
+  if (bt[0] != nullptr) {
+    run([&](std::int64_t ks, int b) { return bt[b] + ks * 256; }, [](std::int64_t) {});
+  } else {
+    for (std::int64_t ks = 0; ks < std::min<std::int64_t>(2, KS); ++ks) {
+      for (int b = 0; b < NB; ++b) cvt(panel[b], ks, ring[ks][b]);
+    }
+    run([&](std::int64_t ks, int b) { return ring[ks % 3][b]; },
+        [&](std::int64_t ks) {
+          if (ks + 2 < KS) {
+            for (int b = 0; b < NB; ++b) cvt(panel[b], ks + 2, ring[(ks + 2) % 3][b]);
+          }
+        });
+  }
+  #pragma GCC unroll 2
+  for (int b = 0; b < NB; ++b) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr[b]) - 1);
+    const __m512 bv = bias ? _mm512_maskz_loadu_ps(mask, bias + 16 * b) : _mm512_setzero_ps();
+    #pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      if (i < mr) _mm512_mask_storeu_ps(y + i * ldy + 16 * b, mask, bias ? _mm512_add_ps(acc[b][i], bv) : acc[b][i]);
+    }
+  }
+}
+
+// The tiles from this many activation rows (below, the register tiles), and the rows' A tiles per
+// chunk (their bytes at most kW4fAmxChunkBytes, at least one row tile): docs/benchmarks.md,
+// thirty-seventh session.
+constexpr std::int64_t kW4fAmxRows = 6, kW4fAmxChunkBytes = std::int64_t{1} << 20;
+
+// Output columns [n_begin, n_end) of every row. This thread splits the rows itself, chunk by chunk
+// (a line's round trip between the VM's vCPUs costs 60-400 ns: tiles another thread wrote ran
+// slower than the float rows read here), and, where a value has no exact split, runs the register
+// tiles (gemm_w4f) for its columns instead. Per chunk, per 16-column block: a chunk of one row tile
+// converts the block's steps as it goes; a chunk of more converts them first (KS KiB, reused by
+// each row tile).
+__attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArgs& g, std::int64_t n_begin,
+                                                                std::int64_t n_end) {
+  static const W4fAmxB cvt;
+  const std::int64_t KS = g.K / 32, G = g.K / g.group, gc = g.group / 32, KB = g.K / 2, steps = (KB + 63) / 64;
+  const std::int64_t chunk = std::max<std::int64_t>(1, kW4fAmxChunkBytes / (KS * 3 * 1024)) * 16;
+  const std::int64_t mc = std::min(g.M, chunk);
+  std::uint32_t* a = amx_scratch<std::uint32_t, struct W4fAmxA>(static_cast<std::size_t>((mc + 15) / 16 * KS * 3 * 256));
+  std::uint32_t* bt = g.M > 16 ? amx_scratch<std::uint32_t, struct W4fAmxBt>(static_cast<std::size_t>(2 * KS * 256)) : nullptr;
+  std::int32_t* buf = g.panel ? nullptr : detail::thread_scratch<std::int32_t, struct W4fAmxPanel>(static_cast<std::size_t>(2 * steps * 256));
+  float* scb = g.blocked_scales ? nullptr : detail::thread_scratch<float, struct W4fAmxScales>(static_cast<std::size_t>(2 * G * 16));
+  AmxTileConfig cfg;
+  int configured = 0;
+  for (std::int64_t m0 = 0; m0 < g.M; m0 += mc) {
+    const std::int64_t rows = std::min(mc, g.M - m0);
+    if (!w4f_amx_split(g.x + m0 * g.K, rows, g.K, a)) {
+      if (configured) _tile_release();
+      return gemm_w4f(g, n_begin, n_end);
+    }
+    for (std::int64_t n = n_begin; n < n_end; n += 32) {
+      const int nb = n + 16 < n_end ? 2 : 1;
+      const std::int32_t* panel[2] = {};
+      const float* sc[2] = {};
+      const std::uint32_t* bp[2] = {};
+      int nr[2] = {0, 0};
+      for (int b = 0; b < nb; ++b) {
+        const std::int64_t nn = n + 16 * b;
+        nr[b] = static_cast<int>(std::min<std::int64_t>(16, n_end - nn));
+        if (g.panel) {
+          panel[b] = reinterpret_cast<const std::int32_t*>(g.w + (nn / 16) * steps * 1024);
+        } else {
+          w4_pack_panel(g.w, g.K, nn, nr[b], buf + b * steps * 256);
+          panel[b] = buf + b * steps * 256;
+        }
+        if (g.blocked_scales) {
+          sc[b] = g.gscale + (nn / 16) * G * 16;
+        } else {
+          transpose_rows_f32(g.gscale, G, nn, nr[b], scb + b * G * 16);
+          sc[b] = scb + b * G * 16;
+        }
+        if (rows > 16) {  // the row tiles share the block's converted steps
+          for (std::int64_t ks = 0; ks < KS; ++ks) cvt(panel[b], ks, bt + (b * KS + ks) * 256);
+          bp[b] = bt + b * KS * 256;
+        }
+      }
+      for (std::int64_t m = 0; m < rows; m += 16) {
+        const int mr = static_cast<int>(std::min<std::int64_t>(16, rows - m)), tr = (mr + 3) / 4 * 4;
+        if (configured != tr) {
+          for (int t = 0; t < 8; ++t) {
+            cfg.rows[t] = static_cast<std::uint8_t>(t == 3 ? 16 : tr);
+            cfg.colsb[t] = 64;
+          }
+          _tile_loadconfig(&cfg);
+          configured = tr;
+        }
+        const std::uint32_t* at = a + (m / 16) * KS * 3 * 256;
+        const float* bias = g.bias ? g.bias + n : nullptr;
+        float* y = g.y + (m0 + m) * g.N + n;
+        // two blocks per A tile up to 12 rows (2 x 12 row sums in registers); 16 rows one block at a time
+        if (tr == 16) {
+          for (int b = 0; b < nb; ++b) {
+            const std::int32_t* p1[2] = {panel[b], nullptr};
+            const std::uint32_t* b1[2] = {bp[b], nullptr};
+            const float* s1[2] = {sc[b], nullptr};
+            const int n1[2] = {nr[b], 0};
+            w4f_amx_tile<16, 1>(cvt, at, p1, b1, s1, KS, gc, mr, n1, bias ? bias + 16 * b : nullptr, y + 16 * b, g.N);
+          }
+        } else if (nb == 2) {
+          switch (tr / 4) {
+            case 3: w4f_amx_tile<12, 2>(cvt, at, panel, bp, sc, KS, gc, mr, nr, bias, y, g.N); break;
+            case 2: w4f_amx_tile<8, 2>(cvt, at, panel, bp, sc, KS, gc, mr, nr, bias, y, g.N); break;
+            default: w4f_amx_tile<4, 2>(cvt, at, panel, bp, sc, KS, gc, mr, nr, bias, y, g.N); break;
+          }
+        } else {
+          switch (tr / 4) {
+            case 3: w4f_amx_tile<12, 1>(cvt, at, panel, bp, sc, KS, gc, mr, nr, bias, y, g.N); break;
+            case 2: w4f_amx_tile<8, 1>(cvt, at, panel, bp, sc, KS, gc, mr, nr, bias, y, g.N); break;
+            default: w4f_amx_tile<4, 1>(cvt, at, panel, bp, sc, KS, gc, mr, nr, bias, y, g.N); break;
+          }
+        }
+      }
+    }
+  }
+  if (configured) _tile_release();
+}
+#endif  // QATKIT_AMX_KERNELS
+
 // Channels-last depthwise conv (QDwConvArgs' nhwc form), 32 channels per step: the AVX2 table's
 // form at 512 bits (pairs of taps, their codes interleaved per 128-bit lane against the weights
 // interleaved the same way once per call) with vpdpwssd adding each pair's two products into the
@@ -1581,6 +1913,10 @@ const QGemmKernels* qgemm_amx() {
   static const QGemmKernels k = [] {
     QGemmKernels t = *qgemm_avx512();
     t.gemm_s8 = &gemm_s8_amx;
+    if (cpu_has_amx_bf16()) {
+      t.gemm_w4f_amx = &gemm_w4f_amx;
+      t.w4f_amx_rows = kW4fAmxRows;
+    }
     return t;
   }();
   return &k;
