@@ -4,6 +4,7 @@
 #include <torch/version.h>
 
 #include "../kernels/cpu/isa.h"
+#include "../kernels/cpu/qgemm/qgemm_cpu.h"
 
 #ifndef QATKIT_VERSION
 #define QATKIT_VERSION "0.0.0"
@@ -19,6 +20,8 @@ BuildInfo build_info() {
   info.cuda = true;
 #endif
   info.cpu_isa = kernels::cpu::isa_name(kernels::cpu::active_isa());
+  const kernels::cpu::QGemmKernels* amx = kernels::cpu::qgemm_kernels(kernels::cpu::Isa::kAmx);
+  info.amx_bf16 = kernels::cpu::isa_supported(kernels::cpu::Isa::kAmx) && amx != nullptr && amx->gemm_w4f_amx != nullptr;
   return info;
 }
 

@@ -113,6 +113,9 @@ PYBIND11_MODULE(_C, m) {
       "cuda_enabled", [] { return qatkit::build_info().cuda; }, "True if CUDA kernels were compiled in.");
   m.def(
       "cpu_isa", [] { return qatkit::build_info().cpu_isa; }, "CPU kernel implementation in use.");
+  m.def(
+      "amx_bf16", [] { return qatkit::build_info().amx_bf16; },
+      "True where the 'amx' table runs linear_w4_weight_only on AMX-BF16 tiles (its own bits, within the bound).");
   m.def("set_cpu_isa", &qatkit::set_cpu_isa, py::arg("name"),
         "Select the CPU kernel implementation ('avx2' or 'baseline'); False if unsupported.");
   m.def(

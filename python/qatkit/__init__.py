@@ -121,7 +121,9 @@ def build_info() -> dict:
     Returns:
         dict with ``version``, ``torch_version`` (compiled against), ``torch_runtime_version``,
         ``cuda`` (CUDA kernels compiled in), ``cpu_isa`` (CPU kernel implementation in use),
-        ``library`` (path of libqatkit.so) and ``cmake_prefix_path``.
+        ``amx_bf16`` (the ``"amx"`` table runs ``linear_w4_weight_only`` on AMX-BF16 tiles here: its
+        outputs keep the weight-only float bound in their own bits, docs/integer.md), ``library``
+        (path of libqatkit.so) and ``cmake_prefix_path``.
     """
     return {
         "version": _C.version(),
@@ -129,6 +131,7 @@ def build_info() -> dict:
         "torch_runtime_version": _torch.__version__,
         "cuda": _C.cuda_enabled(),
         "cpu_isa": _C.cpu_isa(),
+        "amx_bf16": _C.amx_bf16(),
         "library": _LIB,
         "cmake_prefix_path": cmake_prefix_path,
     }

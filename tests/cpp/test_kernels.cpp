@@ -151,6 +151,19 @@ CATCH_TEST_CASE("table_for calls only the getters of ISAs the CPU runs", "[isa]"
   CATCH_CHECK(id(cpu::table_for(cpu::Isa::kAmx, g::kBase, &g::avx2, &g::avx512, &g::amx_absent)) == (has_amx ? 5 : -1));
   CATCH_CHECK(id(cpu::table_for<g::Table>(cpu::Isa::kAmx, g::kBase, &g::avx2, nullptr)) == (has_amx ? 2 : -1));
   if (!has_amx) CATCH_WARN("ISA amx not run: this CPU (or its OS) lacks AMX tiles (its getter was checked not to be called)");
+
+  // The integer GEMM family's amx table: W8A8 on int8 tiles; the weight-only 4-bit kernel on bf16
+  // tiles only where the CPU has AMX-BF16 too (no other table has one).
+  CATCH_CHECK((!cpu::cpu_has_amx_bf16() || has_amx));
+  for (int i = 0; i < cpu::kIsaCount; ++i) {
+    const auto isa = static_cast<cpu::Isa>(i);
+    const cpu::QGemmKernels* t = cpu::qgemm_kernels(isa);
+    if (t == nullptr) continue;
+    CATCH_INFO(cpu::isa_name(isa));
+    // (qgemm_amx() is null in a build without AMX intrinsics; called only once the table is supported)
+    const bool tiles = isa == cpu::Isa::kAmx && cpu::cpu_has_amx_bf16() && cpu::qgemm_amx() != nullptr;
+    CATCH_CHECK((t->gemm_w4f_amx != nullptr) == tiles);
+  }
 }
 
 CATCH_TEST_CASE("round half to even on ties, both ISAs", "[kernels]") {

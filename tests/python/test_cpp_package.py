@@ -17,6 +17,13 @@ def test_build_info():
     info = qatkit.build_info()
     assert info["version"] == qatkit.__version__
     assert info["cpu_isa"] in ("amx", "avx512", "avx2", "baseline")
+    assert isinstance(info["amx_bf16"], bool)
+    if info["amx_bf16"]:  # the table it names runs here
+        old = qatkit._C.cpu_isa()
+        try:
+            assert qatkit._C.set_cpu_isa("amx")
+        finally:
+            qatkit._C.set_cpu_isa(old)
     assert os.path.exists(info["library"])
     assert torch.__version__.startswith(info["torch_version"])
 

@@ -33,6 +33,9 @@ def _cases():
     g = torch.Generator().manual_seed(1)
     w8 = ops.pack_int8_panel(torch.randint(-127, 128, (80, 129), dtype=torch.int8, generator=g))
     c8, s8 = torch.randint(-999, 999, (80,), dtype=torch.int32, generator=g), torch.rand(80, generator=g) * 1e-3
+    xw = torch.randn(40, 128, generator=g)
+    w4 = ops.pack_int4_panel(ops.pack_int4_w4(torch.randint(-8, 8, (48, 128), dtype=torch.int8, generator=g)))
+    s4, b4 = torch.rand(48, 4, generator=g) * 0.1 + 1e-3, torch.randn(48, generator=g)
     return {
         "fake_quantize per-channel": lambda: _grad_of(lambda t: ops.fake_quantize(t, s, z, -128, 127, axis=0), x),
         "fake_quantize per-group": lambda: _grad_of(lambda t: ops.fake_quantize(t, sg, zg, -8, 7, group_size=43), x),
@@ -50,6 +53,9 @@ def _cases():
         # W8A8 from 16 rows with K >= 128, N >= 64: AMX tiles where the CPU has them (each thread
         # configures its own tile state per call)
         "linear_int8 panel": lambda: [ops.linear_int8(x[:m], w8, c8, s8, 0.05, 0, -128, 127) for m in (16, 40, 67)],
+        # weight-only 4-bit from 6 rows: AMX-BF16 tiles where the CPU has them (each thread splits the
+        # rows into its own scratch and configures its own tiles)
+        "linear_w4_weight_only": lambda: [ops.linear_w4_weight_only(xw[:m], w4, s4, 32, None, b4) for m in (6, 12, 40)],
     }
 
 
@@ -91,7 +97,12 @@ def test_concurrent_python_threads_equal_serial(name):
         assert all(torch.equal(a, b) for a, b in zip(r, expected, strict=True))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# the weight-only kernels keep a float bound, each table in its own bits (test_linear_int8.py checks
+# them table by table); every other case gives the same bits on every table
+FLOAT_BOUND_CASES = {"linear_w4_weight_only"}
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - FLOAT_BOUND_CASES))
 def test_same_bits_across_thread_counts_isas_and_runs(name):
     fn = CASES[name]
     old_threads, old_isa = torch.get_num_threads(), qatkit.build_info()["cpu_isa"]
