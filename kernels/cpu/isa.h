@@ -10,8 +10,9 @@ namespace qatkit::kernels::cpu {
 /// F/BW/VL + VNNI, on top of AVX2) has tables only where a family has an AVX-512 file (the integer
 /// GEMMs); every other family runs its AVX2 table under it. kAmx is kAvx512 plus Intel AMX tiles
 /// (AMX-TILE + AMX-INT8, with the OS's permission for their state): the integer GEMM family's W8A8
-/// kernel on tiles, every other kernel the AVX-512 table's (every family without an AMX table runs
-/// its AVX-512 one under it).
+/// kernel on int8 tiles and, where the CPU has AMX-BF16 too, its weight-only 4-bit kernel on bf16
+/// tiles; every other kernel the AVX-512 table's (every family without an AMX table runs its
+/// AVX-512 one under it).
 enum class Isa : int { kBaseline = 0, kAvx2 = 1, kAvx512 = 2, kAmx = 3 };
 inline constexpr int kIsaCount = 4;
 

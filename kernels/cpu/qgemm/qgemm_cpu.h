@@ -96,8 +96,9 @@ const QGemmKernels* qgemm_avx2();
 /// AVX-512 F/BW/VL + VNNI: vpdpbusd for W8A8 / ternary / binary, 512-bit XNOR popcount; the W4
 /// kernels are the AVX2 table's.
 const QGemmKernels* qgemm_avx512();
-/// AVX-512 plus Intel AMX tiles: the W8A8 GEMM on tdpbsud from 16 activation rows (panel layout);
-/// every other kernel the AVX-512 table's.
+/// AVX-512 plus Intel AMX tiles: the W8A8 GEMM on tdpbsud from 16 activation rows (panel layout)
+/// and, with AMX-BF16, the weight-only 4-bit GEMM on tdpbf16ps from 6 rows (gemm_w4f_amx); every
+/// other kernel the AVX-512 table's.
 const QGemmKernels* qgemm_amx();
 
 inline const QGemmKernels* qgemm_kernels(Isa isa) {
