@@ -2022,7 +2022,7 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   kernels::QGemmW4FArgs g = w4f_args(x, w, gs, gz, b, y, group_size);
   const auto& k = kernels::cpu::qgemm_kernels();
   // the amx table's bf16 tiles (symmetric groups; every thread splits the rows itself)
-  if (k.gemm_w4f_amx != nullptr && !gz.defined() && g.M >= k.w4f_amx_rows && group_size % 32 == 0) {
+  if (k.gemm_w4f_amx != nullptr && !gz.defined() && g.M >= k.w4f_amx_rows && g.K > 0 && group_size % 32 == 0) {
     const std::int64_t N = g.N;
     at::parallel_for(0, (N + 31) / 32, 1, [&](std::int64_t b0, std::int64_t e0) {  // pairs of blocks
       k.gemm_w4f_amx(g, b0 * 32, std::min(N, e0 * 32));

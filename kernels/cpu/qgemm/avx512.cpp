@@ -1426,8 +1426,9 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 // ((rt * KS + ks) * 3 + p) * 256; word r of a row holds the part of k = 32 ks + k_lo(r) in its low
 // half and of k + 2 in its high half, the pairs of the B tiles' row r (W4fAmxB), so both sides pair
 // the same k.
-bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K,
-                                                           std::uint32_t* a) {
+// stacked (rows <= 5): one tile per step, part p of row m in tile row p * rows + m (rows 3 rows ..
+// 15 zero), the three parts' sums of a row then separate rows of the same C tile.
+bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K, std::uint32_t* a, bool stacked = false) {
   const std::int64_t KS = K / 32;
   const __m512i keep = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), absm = _mm512_set1_epi32(0x7FFFFFFF);
   const __m512i tiny = _mm512_set1_epi32((27 << 23) - 1), inf = _mm512_set1_epi32(0x7F800000);
@@ -1444,6 +1445,9 @@ bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K,
     std::uint32_t* row = a + ((m / 16) * KS * 3 * 256) + (m % 16) * 16;
     for (std::int64_t ks = 0; ks < KS; ++ks) {
       __m512i v[2], part[3][2];
+      std::uint32_t* const dst[3] = {stacked ? a + ks * 256 + m * 16 : row + (ks * 3) * 256,
+                                     stacked ? a + ks * 256 + (rows + m) * 16 : row + (ks * 3 + 1) * 256,
+                                     stacked ? a + ks * 256 + (2 * rows + m) * 16 : row + (ks * 3 + 2) * 256};
       const __m512 x0 = _mm512_loadu_ps(xr + ks * 32), x1 = _mm512_loadu_ps(xr + ks * 32 + 16);
       #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
@@ -1461,9 +1465,15 @@ bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K,
       for (int p = 0; p < 3; ++p) {
         // low half: k_lo(r) (the part's high 16 bits), high half: k_lo(r) + 2
         const __m512i w = _mm512_ternarylogic_epi32(_mm512_srli_epi32(part[p][0], 16), part[p][1], keep, 0xF8);
-        _mm512_storeu_si512(row + (ks * 3 + p) * 256, w);
+        _mm512_storeu_si512(dst[p], w);
       }
     }
+  }
+  if (stacked) {
+    for (std::int64_t ks = 0; ks < KS; ++ks) {
+      for (std::int64_t r = 3 * rows; r < 16; ++r) _mm512_storeu_si512(a + ks * 256 + r * 16, _mm512_setzero_si512());
+    }
+    return bad == 0;
   }
   // the last tile's rows past `rows` zero (w4f_amx_tile runs them, rounded up to 4 rows)
   for (std::int64_t m = rows; m < (rows + 15) / 16 * 16; ++m) {
@@ -1521,7 +1531,7 @@ struct W4fAmxB {
   _tile_dpbf16ps(c, 0, 3);     \
   _tile_dpbf16ps(c, 1, 3);     \
   _tile_dpbf16ps(c, 2, 3);
-template <int P, int NB, class BSrc, class Conv>
+template <int P, int NB, bool S, class BSrc, class Conv>
 __attribute__((target("amx-tile,amx-bf16"))) inline void w4f_amx_group(const std::uint32_t* at, std::int64_t gi,
                                                                         std::int64_t gc, const BSrc& bsrc,
                                                                         const Conv& conv) {
@@ -1533,6 +1543,19 @@ __attribute__((target("amx-tile,amx-bf16"))) inline void w4f_amx_group(const std
     if constexpr (NB == 2) _tile_zero(7);
   }
   for (std::int64_t ks = gi * gc; ks < (gi + 1) * gc; ++ks) {
+    if constexpr (S) {  // the stacked parts: one tile, one tdpbf16ps per block
+      _tile_loadd(0, at + ks * 256, 64);
+      _tile_loadd(3, bsrc(ks, 0), 64);
+      if constexpr (P == 0) _tile_dpbf16ps(4, 0, 3);
+      else _tile_dpbf16ps(6, 0, 3);
+      if constexpr (NB == 2) {
+        _tile_loadd(3, bsrc(ks, 1), 64);
+        if constexpr (P == 0) _tile_dpbf16ps(5, 0, 3);
+        else _tile_dpbf16ps(7, 0, 3);
+      }
+      conv(ks);
+      continue;
+    }
     const std::uint32_t* ap = at + ks * 3 * 256;
     _tile_loadd(0, ap + 512, 64);
     _tile_loadd(1, ap + 256, 64);
@@ -1558,9 +1581,9 @@ __attribute__((target("amx-tile,amx-bf16"))) inline void w4f_amx_group(const std
 
 // A group's sums folded into the row sums (registers): acc = sums * s for the first group, then
 // fma(sums, s, acc), w4f_direct's operations. The sums go through L1 (no tile-to-register move).
-template <int P, int NB, int MR>
+template <int P, int NB, int MR, bool S>
 __attribute__((target("amx-tile,amx-bf16"))) inline void w4f_amx_fold(const float* const sc[2], std::int64_t gi,
-                                                                       float (*cbuf)[MR * 16], __m512 (&acc)[NB][MR]) {
+                                                                       float (*cbuf)[256], __m512 (&acc)[NB][MR]) {
   if constexpr (P == 0) {
     _tile_stored(4, cbuf[0], 64);
     if constexpr (NB == 2) _tile_stored(5, cbuf[1], 64);
@@ -1573,8 +1596,11 @@ __attribute__((target("amx-tile,amx-bf16"))) inline void w4f_amx_fold(const floa
     const __m512 s = _mm512_loadu_ps(sc[b] + gi * 16);
     #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      acc[b][i] = gi == 0 ? _mm512_mul_ps(_mm512_load_ps(cbuf[b] + i * 16), s)
-                          : _mm512_fmadd_ps(_mm512_load_ps(cbuf[b] + i * 16), s, acc[b][i]);
+      __m512 t = _mm512_load_ps(cbuf[b] + i * 16);
+      if constexpr (S) {  // a row's three part sums, the small ones first: (lo + mid) + hi
+        t = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(cbuf[b] + (2 * MR + i) * 16), _mm512_load_ps(cbuf[b] + (MR + i) * 16)), t);
+      }
+      acc[b][i] = gi == 0 ? _mm512_mul_ps(t, s) : _mm512_fmadd_ps(t, s, acc[b][i]);
     }
   }
 }
@@ -1584,7 +1610,7 @@ __attribute__((target("amx-tile,amx-bf16"))) inline void w4f_amx_fold(const floa
 // steps ahead into a three-slot ring in L1 (a step's stores have retired and reached L1 before the
 // tile load that reads them); y rows [0, mr), block b's nr[b] columns at y + 16 b, plus the bias
 // after the sum.
-template <int MR, int NB>
+template <int MR, int NB, bool S = false>
 __attribute__((target("amx-tile,amx-bf16"))) void w4f_amx_tile(const W4fAmxB& cvt, const std::uint32_t* at,
                                                                const std::int32_t* const panel[2],
                                                                const std::uint32_t* const bt[2],
@@ -1592,15 +1618,15 @@ __attribute__((target("amx-tile,amx-bf16"))) void w4f_amx_tile(const W4fAmxB& cv
                                                                std::int64_t gc, int mr, const int nr[2],
                                                                const float* bias, float* y, std::int64_t ldy) {
   alignas(64) std::uint32_t ring[3][NB][256];
-  alignas(64) float cbuf[2][NB][MR * 16];
+  alignas(64) float cbuf[2][NB][256];
   __m512 acc[NB][MR];
   const std::int64_t G = KS / gc;
   const auto run = [&](const auto& bsrc, const auto& conv) {
     for (std::int64_t gi = 0; gi < G; gi += 2) {
-      w4f_amx_group<0, NB>(at, gi, gc, bsrc, conv);
-      if (gi + 1 < G) w4f_amx_group<1, NB>(at, gi + 1, gc, bsrc, conv);
-      w4f_amx_fold<0, NB, MR>(sc, gi, cbuf[0], acc);
-      if (gi + 1 < G) w4f_amx_fold<1, NB, MR>(sc, gi + 1, cbuf[1], acc);
+      w4f_amx_group<0, NB, S>(at, gi, gc, bsrc, conv);
+      if (gi + 1 < G) w4f_amx_group<1, NB, S>(at, gi + 1, gc, bsrc, conv);
+      w4f_amx_fold<0, NB, MR, S>(sc, gi, cbuf[0], acc);
+      if (gi + 1 < G) w4f_amx_fold<1, NB, MR, S>(sc, gi + 1, cbuf[1], acc);
     }
   };
   if (bt[0] != nullptr) {
@@ -1627,10 +1653,13 @@ __attribute__((target("amx-tile,amx-bf16"))) void w4f_amx_tile(const W4fAmxB& cv
   }
 }
 
-// The tiles from this many activation rows (below, the register tiles), and the rows' A tiles per
-// chunk (their bytes at most kW4fAmxChunkBytes, at least one row tile): docs/benchmarks.md,
-// thirty-seventh session.
-constexpr std::int64_t kW4fAmxRows = 6, kW4fAmxChunkBytes = std::int64_t{1} << 20;
+// The tiles run every row count (kW4fAmxRows); up to kW4fAmxStackRows rows the three parts stack
+// in one tile (3 x 5 = 15 rows: one tdpbf16ps per block and step instead of three; the parts' sums
+// are separate rows of C, added (lo + mid) + hi before the fold, so these batches' bits differ from
+// larger ones', within the same bound). A chunk of rows' A tiles take at most kW4fAmxChunkBytes
+// (at least one row tile). 4096 x 4096 in the DRAM regime at 1 / 2 / 3 rows ran 1.34-1.42x /
+// 1.17-1.27x / 1.59-1.72x the register tiles stacked (docs/benchmarks.md, thirty-seventh session).
+constexpr std::int64_t kW4fAmxRows = 1, kW4fAmxStackRows = 5, kW4fAmxChunkBytes = std::int64_t{1} << 20;
 
 // Output columns [n_begin, n_end) of every row. This thread splits the rows itself, chunk by chunk
 // (a line's round trip between the VM's vCPUs costs 60-400 ns: tiles another thread wrote ran
@@ -1641,6 +1670,7 @@ constexpr std::int64_t kW4fAmxRows = 6, kW4fAmxChunkBytes = std::int64_t{1} << 2
 __attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArgs& g, std::int64_t n_begin,
                                                                 std::int64_t n_end) {
   static const W4fAmxB cvt;
+  if (g.K < 32 || g.group % 32 != 0) return gemm_w4f(g, n_begin, n_end);  // (the op sends neither)
   const std::int64_t KS = g.K / 32, G = g.K / g.group, gc = g.group / 32, KB = g.K / 2, steps = (KB + 63) / 64;
   const std::int64_t chunk = std::max<std::int64_t>(1, kW4fAmxChunkBytes / (KS * 3 * 1024)) * 16;
   const std::int64_t mc = std::min(g.M, chunk);
@@ -1652,7 +1682,8 @@ __attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArg
   int configured = 0;
   for (std::int64_t m0 = 0; m0 < g.M; m0 += mc) {
     const std::int64_t rows = std::min(mc, g.M - m0);
-    if (!w4f_amx_split(g.x + m0 * g.K, rows, g.K, a)) {
+    const bool stacked = g.M <= kW4fAmxStackRows;  // one chunk: M rows x 3 parts in one tile
+    if (!w4f_amx_split(g.x + m0 * g.K, rows, g.K, a, stacked)) {
       if (configured) _tile_release();
       return gemm_w4f(g, n_begin, n_end);
     }
@@ -1683,7 +1714,8 @@ __attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArg
         }
       }
       for (std::int64_t m = 0; m < rows; m += 16) {
-        const int mr = static_cast<int>(std::min<std::int64_t>(16, rows - m)), tr = (mr + 3) / 4 * 4;
+        const int mr = static_cast<int>(std::min<std::int64_t>(16, rows - m));
+        const int tr = stacked ? (3 * mr + 3) / 4 * 4 : (mr + 3) / 4 * 4;  // the A and C tiles' rows
         if (configured != tr) {
           for (int t = 0; t < 8; ++t) {
             cfg.rows[t] = static_cast<std::uint8_t>(t == 3 ? 16 : tr);
@@ -1695,6 +1727,21 @@ __attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArg
         const std::uint32_t* at = a + (m / 16) * KS * 3 * 256;
         const float* bias = g.bias ? g.bias + n : nullptr;
         float* y = g.y + (m0 + m) * g.N + n;
+        if (stacked) {
+          const auto run = [&](auto rows_c) {
+            constexpr int R = decltype(rows_c)::value;
+            if (nb == 2) w4f_amx_tile<R, 2, true>(cvt, at, panel, bp, sc, KS, gc, mr, nr, bias, y, g.N);
+            else w4f_amx_tile<R, 1, true>(cvt, at, panel, bp, sc, KS, gc, mr, nr, bias, y, g.N);
+          };
+          switch (mr) {
+            case 1: run(std::integral_constant<int, 1>{}); break;
+            case 2: run(std::integral_constant<int, 2>{}); break;
+            case 3: run(std::integral_constant<int, 3>{}); break;
+            case 4: run(std::integral_constant<int, 4>{}); break;
+            default: run(std::integral_constant<int, 5>{}); break;
+          }
+          continue;
+        }
         // two blocks per A tile up to 12 rows (2 x 12 row sums in registers); 16 rows one block at a time
         if (tr == 16) {
           for (int b = 0; b < nb; ++b) {

@@ -2305,13 +2305,15 @@ def _on_isa(isa, f):
         qatkit._C.set_cpu_isa(old)
 
 
-@pytest.mark.parametrize("M,N,K,gs", [(6, 16, 32, 32), (7, 17, 64, 32), (12, 48, 384, 32), (13, 31, 96, 32),
+@pytest.mark.parametrize("M,N,K,gs", [(1, 16, 32, 32), (2, 33, 96, 32), (3, 48, 1536, 64), (4, 31, 256, 256),
+                                      (5, 17, 4096, 128), (6, 16, 32, 32), (7, 17, 64, 32), (12, 48, 384, 32), (13, 31, 96, 32),
                                       (16, 33, 128, 64), (17, 50, 160, 32), (31, 32, 256, 128), (33, 64, 96, 32),
                                       (100, 40, 1536, 64), (40, 24, 4096, 128), (70, 16, 8192, 256)])
 def test_w4_weight_only_amx_tiles_within_the_float_bound(M, N, K, gs):
-    """The amx table's bf16 tiles (symmetric groups, from 6 rows): each activation split into three
-    bf16 parts that sum to it exactly, the codes' values exact in bf16, so the sums keep the float
-    bound of the float64 product: row tiles of 6-16 rows (rounded up to 4 in the tiles), several row
+    """The amx table's bf16 tiles (symmetric groups, every row count): each activation split into
+    three bf16 parts that sum to it exactly, the codes' values exact in bf16, so the sums keep the
+    float bound of the float64 product: 1-5 rows with the parts stacked in one tile (3-15 tile rows),
+    row tiles of 6-16 rows (rounded up to 4 in the tiles), several row
     tiles (17-100 rows), chunks of rows (K = 4096: 32 rows per chunk; K = 8192: 16), pairs of
     16-column blocks and a lone last block, partial blocks (N = 17 / 31 / 33 / 50), group sizes 32 to
     256 (one to eight 32-k steps per group sum). Both weight layouts and both scale layouts give the
@@ -2329,16 +2331,19 @@ def test_w4_weight_only_amx_tiles_within_the_float_bound(M, N, K, gs):
     if N % 16 == 0:
         assert _on_isa("amx", lambda: torch.equal(ops.linear_w4_weight_only(x, panel, ops.block_w4_scales(s), gs, None,
                                                                             b), y))
-    eye = torch.eye(K)[: max(6, min(K, 64))]  # rows through the tiles (6 or more), each a single weight's read
-    assert _on_isa("amx", lambda: torch.equal(ops.linear_w4_weight_only(eye, rows, s, gs).t(), wd[:, : eye.shape[0]]))
+    for n_eye in (min(M, 5), max(6, min(K, 64))):  # one-hot rows, stacked (up to 5) and in row tiles
+        eye = torch.eye(K)[:n_eye]
+        assert _on_isa("amx", lambda: torch.equal(ops.linear_w4_weight_only(eye, rows, s, gs).t(), wd[:, :n_eye]))
     y512 = _on_isa("avx512", lambda: ops.linear_w4_weight_only(x, rows, s, gs, None, b))
     assert bool(((y512.double() - ref).abs() <= bound).all())
 
 
 def test_w4_weight_only_amx_rows_are_independent_of_the_batch_and_threads():
-    """A row's outputs on the tiles depend on that row alone: the same bits run in a batch of 75 (five
-    row tiles: 16 rows each, then 11 rounded up to 12), alone in batches of 6-16, at 1, 2 and 3
-    threads (each thread splits the rows itself and runs its own column blocks)."""
+    """A row's outputs on the tiles depend on that row alone within each of the two forms: the same
+    bits in a batch of 75 (five row tiles: 16 rows each, then 11 rounded up to 12) and alone in
+    batches of 6-16, at 1, 2 and 3 threads (each thread splits the rows itself and runs its own
+    column blocks); and among batches of 1-5 rows, whose parts stack in one tile (their own bits:
+    the parts' sums added before the fold)."""
     _amx_bf16_or_skip()
     x, q, s, _, b = w4_weight_only_case(75, 80, 384, 32, False, seed=41).values()
     panel = ops.pack_int4_panel(ops.pack_int4_w4(q))
@@ -2352,31 +2357,37 @@ def test_w4_weight_only_amx_rows_are_independent_of_the_batch_and_threads():
         for a, e in ((0, 6), (6, 22), (22, 38), (38, 50), (50, 75)):
             part = _on_isa("amx", lambda: ops.linear_w4_weight_only(x[a:e], panel, s, 32, None, b))
             assert torch.equal(part, outs[0][a:e]), (a, e)
+        five = _on_isa("amx", lambda: ops.linear_w4_weight_only(x[:5], panel, s, 32, None, b))
+        for a, e in ((0, 1), (1, 3), (3, 5)):
+            part = _on_isa("amx", lambda: ops.linear_w4_weight_only(x[a:e], panel, s, 32, None, b))
+            assert torch.equal(part, five[a:e]), (a, e)
     finally:
         torch.set_num_threads(before)
 
 
+@pytest.mark.parametrize("M", [3, 20])
 @pytest.mark.parametrize("bad", ["inf", "-inf", "nan", "tiny", "subnormal"])
-def test_w4_weight_only_amx_rows_it_cannot_split_run_on_the_register_tiles(bad):
+def test_w4_weight_only_amx_rows_it_cannot_split_run_on_the_register_tiles(bad, M):
     """A value with no exact split on the bf16 tiles (Inf, NaN; 0 < |x| < 2^-100, whose smallest part
     the tiles would flush to zero) sends the call to the AVX-512 register tiles: the amx table's
     outputs are then the avx512 table's bit for bit (Inf times a zero code gives NaN there, as the
     float product does), within the bound where finite; the same call without the value runs the
-    tiles (other bits)."""
+    tiles (other bits); in batches of up to 5 rows (stacked parts) and of more."""
     _amx_bf16_or_skip()
-    x, q, s, _, b = w4_weight_only_case(20, 48, 256, 32, False, seed=43).values()
+    x, q, s, _, b = w4_weight_only_case(M, 48, 256, 32, False, seed=43).values()
     q[5, 17] = 0
     value = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan"), "tiny": 3.0e-31,
              "subnormal": 1.0e-40}[bad]
     xb = x.clone()
-    xb[13, 17] = value
+    r = M - 1 if M < 13 else 13
+    xb[r, 17] = value
     rows = ops.pack_int4_w4(q)
     got = _on_isa("amx", lambda: ops.linear_w4_weight_only(xb, rows, s, 32, None, b))
     want = _on_isa("avx512", lambda: ops.linear_w4_weight_only(xb, rows, s, 32, None, b))
     assert torch.equal(got.isnan(), want.isnan()) and torch.equal(torch.nan_to_num(got), torch.nan_to_num(want))
     if bad in ("inf", "-inf"):  # Inf * 0 (column 5's code and any other zero code at k = 17): NaN; else +-Inf
         zero_code = q[:, 17] == 0
-        assert bool(zero_code[5]) and torch.equal(got[13].isnan(), zero_code) and bool(got[13][~zero_code].isinf().all())
+        assert bool(zero_code[5]) and torch.equal(got[r].isnan(), zero_code) and bool(got[r][~zero_code].isinf().all())
     if bad in ("tiny", "subnormal"):
         _, ref, bound = _w4_float_reference(xb, q, s, None, b, 32)
         assert bool(((got.double() - ref).abs() <= bound).all())
@@ -2385,17 +2396,16 @@ def test_w4_weight_only_amx_rows_it_cannot_split_run_on_the_register_tiles(bad):
 
 
 @pytest.mark.parametrize("M", [1, 5, 6, 12])
-def test_w4_weight_only_amx_leaves_zero_points_and_short_batches_to_the_register_tiles(M):
-    """Asymmetric groups (group_zero) and batches below 6 rows run the AVX-512 kernels on the amx
-    table too: its outputs are the avx512 table's bit for bit; symmetric groups from 6 rows run the
-    tiles."""
+def test_w4_weight_only_amx_leaves_zero_points_to_the_register_tiles(M):
+    """Asymmetric groups (group_zero) run the AVX-512 kernels on the amx table too: its outputs are
+    the avx512 table's bit for bit; symmetric groups run the tiles at every row count (other bits)."""
     _amx_bf16_or_skip()
     for zero in (True, False):
         x, q, s, z, b = w4_weight_only_case(M, 40, 256, 64, zero, seed=47).values()
         rows = ops.pack_int4_w4(q)
         got = _on_isa("amx", lambda: ops.linear_w4_weight_only(x, rows, s, 64, z, b))
         want = _on_isa("avx512", lambda: ops.linear_w4_weight_only(x, rows, s, 64, z, b))
-        assert torch.equal(got, want) == (zero or M < 6), (zero, M)
+        assert torch.equal(got, want) == zero, (zero, M)
 
 
 def test_w4_weight_only_blocked_scales_opcheck_and_errors():
