@@ -15,8 +15,8 @@ plain [N, K] codes),
 qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit activations) against
 torch._weight_int4pack_mm_for_cpu (4-bit weights, groups of 32, bf16 activations), qatkit w4
 weight-only g32 (ops.linear_w4_weight_only: the same 4-bit weights dequantized in registers, fp32
-activations and FMAs; on the "amx" table from 6 rows AMX-BF16 tiles, and then "avx512 table" runs the
-register tiles in the same process), qatkit w8 weight-only (ops.linear_w8_weight_only: int8 per-channel weights, fp32 activations, what
+activations and FMAs; on the "amx" table AMX-BF16 tiles, and then "avx512 table" runs the register
+tiles in the same process), qatkit w8 weight-only (ops.linear_w8_weight_only: int8 per-channel weights, fp32 activations, what
 qatkit.load gives int8_weight_only Linears) against torchao's Int8WeightOnlyConfig and
 torch._weight_int8pack_mm, qatkit ternary / binary weight-only (linear_w4_weight_only with one group per row:
 TWN / sign codes in its 4-bit layout with per-channel scales, what qatkit.load gives
@@ -205,8 +205,8 @@ def v_qatkit_w4_weight_only(w):
 
 def v_qatkit_w4_weight_only_avx512(w):
     """The same op and layout on the AVX-512 table's register tiles, where the active table is "amx"
-    (whose AMX-BF16 tiles run it from 6 rows): the table switched for each call and back, so both
-    run in one process, interleaved."""
+    (whose AMX-BF16 tiles run it): the table switched for each call and back, so both run in one
+    process, interleaved."""
     if qatkit._C.cpu_isa() != "amx" or not qatkit.build_info()["amx_bf16"]:
         raise NotImplementedError("the active table is not amx with AMX-BF16 tiles: the plain variant is this one")
     fn, nbytes = v_qatkit_w4_weight_only(w)

@@ -12,7 +12,7 @@ struct BuildInfo {
   std::string torch_version;  ///< torch version the library was compiled against
   bool cuda = false;          ///< CUDA kernels compiled into the library
   std::string cpu_isa;        ///< CPU kernel implementation in use ("amx", "avx512", "avx2" or "baseline")
-  /// The "amx" table runs linear_w4_weight_only (symmetric groups, from 6 rows) on AMX-BF16 tiles
+  /// The "amx" table runs linear_w4_weight_only (symmetric groups, every batch) on AMX-BF16 tiles
   /// on this CPU: its outputs then keep the weight-only float bound in their own bits
   /// (docs/integer.md), where the other tables share theirs.
   bool amx_bf16 = false;

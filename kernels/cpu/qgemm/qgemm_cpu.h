@@ -79,7 +79,7 @@ struct QGemmKernels {
   std::int64_t wop_panel_cols = 32;
   /// linear_w4_weight_only on AMX-BF16 tiles (the amx table, where cpu_has_amx_bf16(); null
   /// elsewhere), output columns [n_begin, n_end) (n_begin a multiple of 16) of every row, for
-  /// symmetric groups (no group_zero) from w4f_amx_rows activation rows. Each float32 activation is
+  /// symmetric groups (no group_zero) from w4f_amx_rows activation rows (1: every batch). Each float32 activation is
   /// split into three bf16 parts whose sum is exactly it; rows holding a value with no exact split
   /// on the tiles (Inf, NaN, 0 < |x| < 2^-100) run gemm_w4f instead. Within the weight-only float
   /// bound, in its own bits.
@@ -97,7 +97,7 @@ const QGemmKernels* qgemm_avx2();
 /// kernels are the AVX2 table's.
 const QGemmKernels* qgemm_avx512();
 /// AVX-512 plus Intel AMX tiles: the W8A8 GEMM on tdpbsud from 16 activation rows (panel layout)
-/// and, with AMX-BF16, the weight-only 4-bit GEMM on tdpbf16ps from 6 rows (gemm_w4f_amx); every
+/// and, with AMX-BF16, the weight-only 4-bit GEMM on tdpbf16ps at every batch (gemm_w4f_amx); every
 /// other kernel the AVX-512 table's.
 const QGemmKernels* qgemm_amx();
 

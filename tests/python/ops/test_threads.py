@@ -53,9 +53,9 @@ def _cases():
         # W8A8 from 16 rows with K >= 128, N >= 64: AMX tiles where the CPU has them (each thread
         # configures its own tile state per call)
         "linear_int8 panel": lambda: [ops.linear_int8(x[:m], w8, c8, s8, 0.05, 0, -128, 127) for m in (16, 40, 67)],
-        # weight-only 4-bit from 6 rows: AMX-BF16 tiles where the CPU has them (each thread splits the
-        # rows into its own scratch and configures its own tiles)
-        "linear_w4_weight_only": lambda: [ops.linear_w4_weight_only(xw[:m], w4, s4, 32, None, b4) for m in (6, 12, 40)],
+        # weight-only 4-bit: AMX-BF16 tiles where the CPU has them (each thread splits the rows into
+        # its own scratch and configures its own tiles; 3 rows: the stacked parts)
+        "linear_w4_weight_only": lambda: [ops.linear_w4_weight_only(xw[:m], w4, s4, 32, None, b4) for m in (3, 6, 12, 40)],
     }
 
 
