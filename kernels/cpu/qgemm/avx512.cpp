@@ -1414,7 +1414,7 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 // difference is exact, and 24 significant bits fill three 8-bit significands; the parts truncate
 // towards zero, so they share x's sign). The three parts' tiles run against the same weight tile
 // into the same sums: a group's sum of x * (c - 8) over its 32-k steps with 3 x 32 roundings per
-// step instead of 32, then folded into the row's sum by one FMA with the group's scales, as the
+// step instead of 32 (stacked batches: three sums of 32 each, added after), then folded into the row's sum by one FMA with the group's scales, as the
 // register tiles do (w4f_direct). The tiles treat subnormal bf16 inputs as zero and flush subnormal
 // results, so w4f_amx_split refuses any row set holding 0 < |x| < 2^-100 (the smallest part of a
 // larger x is at least 2^-123, normal) or a non-finite value (x - hi would be NaN for Inf); the
@@ -1426,8 +1426,8 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 // ((rt * KS + ks) * 3 + p) * 256; word r of a row holds the part of k = 32 ks + k_lo(r) in its low
 // half and of k + 2 in its high half, the pairs of the B tiles' row r (W4fAmxB), so both sides pair
 // the same k.
-// stacked (rows <= 5): one tile per step, part p of row m in tile row p * rows + m (rows 3 rows ..
-// 15 zero), the three parts' sums of a row then separate rows of the same C tile.
+// stacked (rows <= 5): one tile per step, part p of row m in tile row p * rows + m (tile rows
+// 3 * rows to 15 zero), the three parts' sums of a row then separate rows of the same C tile.
 bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K, std::uint32_t* a, bool stacked = false) {
   const std::int64_t KS = K / 32;
   const __m512i keep = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), absm = _mm512_set1_epi32(0x7FFFFFFF);
@@ -1488,8 +1488,8 @@ bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K, std::uint3
 // the step shifted right by 4t bits: each 16-bit half of a lane then starts with the nibble at
 // position t (low half) or 4 + t (high half) of the lane's 8, and vpermw looks both up at once in a
 // 16-entry table written twice (an index's fifth bit, the next nibble's lowest, selects the same
-// entry). One shuffle per row: 1.3x faster than gathering each byte's two nibbles first
-// (vpermt2b, then vpermw). Position p of lane n holds column n's code at k = 4e + p / 2 (p even:
+// entry). One shuffle per row: 1.3x faster in the kernel (2.1x alone, scripts/amx_throughput.sh)
+// than gathering each byte's two nibbles first (vpermt2b, then vpermw). Position p of lane n holds column n's code at k = 4e + p / 2 (p even:
 // byte p / 2's low nibble) or k = 16 + 4e + (p - 1) / 2 (p odd), so row r pairs k_lo(r) = 4e +
 // (t >> 1) + 16 (t & 1) in its low halves with k_lo(r) + 2 in its high halves (w4f_amx_split
 // pairs the activations the same way).
@@ -1664,9 +1664,9 @@ constexpr std::int64_t kW4fAmxRows = 1, kW4fAmxStackRows = 5, kW4fAmxChunkBytes 
 // Output columns [n_begin, n_end) of every row. This thread splits the rows itself, chunk by chunk
 // (a line's round trip between the VM's vCPUs costs 60-400 ns: tiles another thread wrote ran
 // slower than the float rows read here), and, where a value has no exact split, runs the register
-// tiles (gemm_w4f) for its columns instead. Per chunk, per 16-column block: a chunk of one row tile
-// converts the block's steps as it goes; a chunk of more converts them first (KS KiB, reused by
-// each row tile).
+// tiles (gemm_w4f) for its columns instead. Per chunk, per pair of 16-column blocks: a chunk of one
+// row tile converts the blocks' steps as it goes; a chunk of more converts them first (2 x KS KiB,
+// reused by each row tile).
 __attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArgs& g, std::int64_t n_begin,
                                                                 std::int64_t n_end) {
   static const W4fAmxB cvt;
