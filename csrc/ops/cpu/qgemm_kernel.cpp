@@ -2021,13 +2021,15 @@ at::Tensor linear_w4_weight_only_cpu(const at::Tensor& input, const at::Tensor& 
   if (y.numel() == 0) return y;
   kernels::QGemmW4FArgs g = w4f_args(x, w, gs, gz, b, y, group_size);
   const auto& k = kernels::cpu::qgemm_kernels();
-  // the amx table's bf16 tiles (symmetric groups; every thread splits the rows itself)
+  // the amx table's bf16 tiles (symmetric groups; every thread splits the rows itself). A value the
+  // tiles cannot take exactly makes every thread return false: then the float kernels below
   if (k.gemm_w4f_amx != nullptr && !gz.defined() && g.M >= k.w4f_amx_rows && g.K > 0 && group_size % 32 == 0) {
     const std::int64_t N = g.N;
+    std::atomic<bool> done{true};
     at::parallel_for(0, (N + 31) / 32, 1, [&](std::int64_t b0, std::int64_t e0) {  // pairs of blocks
-      k.gemm_w4f_amx(g, b0 * 32, std::min(N, e0 * 32));
+      if (!k.gemm_w4f_amx(g, b0 * 32, std::min(N, e0 * 32))) done.store(false, std::memory_order_relaxed);
     });
-    return y;
+    if (done.load()) return y;
   }
   // the panel layout: the packed GEMM from w4f_packed_rows; the row layout: the middle path from
   // there, the packed GEMM from w4f_gemm_rows (its panels read short runs of each row: docs/integer.md)

@@ -1418,7 +1418,7 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 // register tiles do (w4f_direct). The tiles treat subnormal bf16 inputs as zero and flush subnormal
 // results, so w4f_amx_split refuses any row set holding 0 < |x| < 2^-100 (the smallest part of a
 // larger x is at least 2^-123, normal) or a non-finite value (x - hi would be NaN for Inf); the
-// thread then runs the register tiles (gemm_w4f) on its columns instead. (AMX's sums of the same
+// op then runs the AVX-512 table's float kernels for the whole output instead (their bits). (AMX's sums of the same
 // products come out within the bound of docs/integer.md in their own bits: the register tiles' and
 // the tiles' roundings differ.)
 //
@@ -1663,14 +1663,14 @@ constexpr std::int64_t kW4fAmxRows = 1, kW4fAmxStackRows = 5, kW4fAmxChunkBytes 
 
 // Output columns [n_begin, n_end) of every row. This thread splits the rows itself, chunk by chunk
 // (a line's round trip between the VM's vCPUs costs 60-400 ns: tiles another thread wrote ran
-// slower than the float rows read here), and, where a value has no exact split, runs the register
-// tiles (gemm_w4f) for its columns instead. Per chunk, per pair of 16-column blocks: a chunk of one
+// slower than the float rows read here), and returns false where a value has no exact split (the op
+// then runs the float kernels). Per chunk, per pair of 16-column blocks: a chunk of one
 // row tile converts the blocks' steps as it goes; a chunk of more converts them first (2 x KS KiB,
 // reused by each row tile).
-__attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArgs& g, std::int64_t n_begin,
+__attribute__((target("amx-tile,amx-bf16"))) bool gemm_w4f_amx(const QGemmW4FArgs& g, std::int64_t n_begin,
                                                                 std::int64_t n_end) {
   static const W4fAmxB cvt;
-  if (g.K < 32 || g.group % 32 != 0) return gemm_w4f(g, n_begin, n_end);  // (the op sends neither)
+  if (g.K < 32 || g.group % 32 != 0) return false;  // (the op sends neither)
   const std::int64_t KS = g.K / 32, G = g.K / g.group, gc = g.group / 32, KB = g.K / 2, steps = (KB + 63) / 64;
   const std::int64_t chunk = std::max<std::int64_t>(1, kW4fAmxChunkBytes / (KS * 3 * 1024)) * 16;
   const std::int64_t mc = std::min(g.M, chunk);
@@ -1685,7 +1685,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArg
     const bool stacked = g.M <= kW4fAmxStackRows;  // one chunk: M rows x 3 parts in one tile
     if (!w4f_amx_split(g.x + m0 * g.K, rows, g.K, a, stacked)) {
       if (configured) _tile_release();
-      return gemm_w4f(g, n_begin, n_end);
+      return false;
     }
     for (std::int64_t n = n_begin; n < n_end; n += 32) {
       const int nb = n + 16 < n_end ? 2 : 1;
@@ -1768,6 +1768,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void gemm_w4f_amx(const QGemmW4FArg
     }
   }
   if (configured) _tile_release();
+  return true;
 }
 #endif  // QATKIT_AMX_KERNELS
 

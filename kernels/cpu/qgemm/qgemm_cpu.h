@@ -79,11 +79,13 @@ struct QGemmKernels {
   std::int64_t wop_panel_cols = 32;
   /// linear_w4_weight_only on AMX-BF16 tiles (the amx table, where cpu_has_amx_bf16(); null
   /// elsewhere), output columns [n_begin, n_end) (n_begin a multiple of 16) of every row, for
-  /// symmetric groups (no group_zero) from w4f_amx_rows activation rows (1: every batch). Each float32 activation is
-  /// split into three bf16 parts whose sum is exactly it; rows holding a value with no exact split
-  /// on the tiles (Inf, NaN, 0 < |x| < 2^-100) run gemm_w4f instead. Within the weight-only float
-  /// bound, in its own bits.
-  void (*gemm_w4f_amx)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end) = nullptr;
+  /// symmetric groups (no group_zero, group a multiple of 32, K > 0) from w4f_amx_rows activation
+  /// rows (1: every batch). Each float32 activation is split into three bf16 parts whose sum is
+  /// exactly it. Returns false, leaving y unfinished, where a value has no exact split on the tiles
+  /// (Inf, NaN, 0 < |x| < 2^-100): every thread sees the same rows, so every call returns false, and
+  /// the op then runs the table's float kernels for the whole output (their bits). Within the
+  /// weight-only float bound, in its own bits.
+  bool (*gemm_w4f_amx)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end) = nullptr;
   std::int64_t w4f_amx_rows = 0;
   /// quantize_rows' codes of n contiguous floats, widened to int16 as they are stored (the depthwise
   /// conv's padded pixel rows of a channels_last input: one pass instead of the int8 codes and a

@@ -2365,14 +2365,15 @@ def test_w4_weight_only_amx_rows_are_independent_of_the_batch_and_threads():
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("M", [3, 20])
+@pytest.mark.parametrize("M", [3, 20, 400])
 @pytest.mark.parametrize("bad", ["inf", "-inf", "nan", "tiny", "subnormal"])
-def test_w4_weight_only_amx_rows_it_cannot_split_run_on_the_register_tiles(bad, M):
+def test_w4_weight_only_amx_rows_it_cannot_split_run_on_the_float_kernels(bad, M):
     """A value with no exact split on the bf16 tiles (Inf, NaN; 0 < |x| < 2^-100, whose smallest part
-    the tiles would flush to zero) sends the call to the AVX-512 register tiles: the amx table's
-    outputs are then the avx512 table's bit for bit (Inf times a zero code gives NaN there, as the
-    float product does), within the bound where finite; the same call without the value runs the
-    tiles (other bits); in batches of up to 5 rows (stacked parts) and of more."""
+    the tiles would flush to zero) sends the call to the AVX-512 table's float kernels: the amx
+    table's outputs are then the avx512 table's bit for bit (its register tiles; from 384 rows the
+    dequantized weight's MKL GEMM), Inf times a zero code giving NaN there as the float product does,
+    within the bound where finite; the same call without the value runs the tiles (other bits); in
+    batches of up to 5 rows (stacked parts) and of more."""
     _amx_bf16_or_skip()
     x, q, s, _, b = w4_weight_only_case(M, 48, 256, 32, False, seed=43).values()
     q[5, 17] = 0
