@@ -1431,7 +1431,7 @@ void gemm_w4f(const QGemmW4FArgs& g, std::int64_t n_begin, std::int64_t n_end) {
 bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K, std::uint32_t* a, bool stacked = false) {
   const std::int64_t KS = K / 32;
   const __m512i keep = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u)), absm = _mm512_set1_epi32(0x7FFFFFFF);
-  const __m512i tiny = _mm512_set1_epi32((27 << 23) - 1), inf = _mm512_set1_epi32(0x7F800000);
+  const __m512i one = _mm512_set1_epi32(1);
   // word r's two values (W4fAmxB's pairing): k_lo(r) = 4 (r >> 2) + ((r & 3) >> 1) + 16 (r & 1), and k_lo(r) + 2
   alignas(64) std::int32_t il[16], ih[16];
   for (int r = 0; r < 16; ++r) {
@@ -1439,25 +1439,27 @@ bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K, std::uint3
     ih[r] = il[r] + 2;
   }
   const __m512i pair[2] = {_mm512_load_si512(il), _mm512_load_si512(ih)};
-  __mmask16 bad = 0;
+  // the range check as two vector accumulators (one unsigned min / max per vector; the masks are
+  // compared once at the end): 0 and 2^-100 <= |x| < Inf split exactly, i.e. |x| - 1 (unsigned,
+  // 0 wraps) >= 2^-100's bits - 1 and |x| < Inf's bits
+  __m512i lo_acc = _mm512_set1_epi32(-1), hi_acc = _mm512_setzero_si512();
   for (std::int64_t m = 0; m < rows; ++m) {
     const float* xr = x + m * K;
     std::uint32_t* row = a + ((m / 16) * KS * 3 * 256) + (m % 16) * 16;
     for (std::int64_t ks = 0; ks < KS; ++ks) {
-      __m512i v[2], part[3][2];
+      __m512i part[3][2];
       std::uint32_t* const dst[3] = {stacked ? a + ks * 256 + m * 16 : row + (ks * 3) * 256,
                                      stacked ? a + ks * 256 + (rows + m) * 16 : row + (ks * 3 + 1) * 256,
                                      stacked ? a + ks * 256 + (2 * rows + m) * 16 : row + (ks * 3 + 2) * 256};
       const __m512 x0 = _mm512_loadu_ps(xr + ks * 32), x1 = _mm512_loadu_ps(xr + ks * 32 + 16);
       #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
-        v[h] = _mm512_castps_si512(_mm512_permutex2var_ps(x0, pair[h], x1));
-        const __m512i ab = _mm512_and_si512(v[h], absm);
-        // 0 and 2^-100 <= |x| < Inf split exactly: |x| - 1 (unsigned) >= 2^-100's bits - 1, |x| < Inf
-        bad |= static_cast<__mmask16>(~(_mm512_cmpge_epu32_mask(_mm512_sub_epi32(ab, _mm512_set1_epi32(1)), tiny) &
-                                        _mm512_cmplt_epu32_mask(ab, inf)));
-        part[0][h] = _mm512_and_si512(v[h], keep);
-        const __m512 r1 = _mm512_sub_ps(_mm512_castsi512_ps(v[h]), _mm512_castsi512_ps(part[0][h]));
+        const __m512i v = _mm512_castps_si512(_mm512_permutex2var_ps(x0, pair[h], x1));
+        const __m512i ab = _mm512_and_si512(v, absm);
+        lo_acc = _mm512_min_epu32(lo_acc, _mm512_sub_epi32(ab, one));
+        hi_acc = _mm512_max_epu32(hi_acc, ab);
+        part[0][h] = _mm512_and_si512(v, keep);
+        const __m512 r1 = _mm512_sub_ps(_mm512_castsi512_ps(v), _mm512_castsi512_ps(part[0][h]));
         part[1][h] = _mm512_and_si512(_mm512_castps_si512(r1), keep);
         part[2][h] = _mm512_castps_si512(_mm512_sub_ps(r1, _mm512_castsi512_ps(part[1][h])));
       }
@@ -1465,22 +1467,26 @@ bool w4f_amx_split(const float* x, std::int64_t rows, std::int64_t K, std::uint3
       for (int p = 0; p < 3; ++p) {
         // low half: k_lo(r) (the part's high 16 bits), high half: k_lo(r) + 2
         const __m512i w = _mm512_ternarylogic_epi32(_mm512_srli_epi32(part[p][0], 16), part[p][1], keep, 0xF8);
-        _mm512_storeu_si512(dst[p], w);
+        _mm512_store_si512(dst[p], w);
       }
     }
   }
+  const bool ok = _mm512_cmplt_epu32_mask(lo_acc, _mm512_set1_epi32((27 << 23) - 1)) == 0 &&
+                  _mm512_cmpge_epu32_mask(hi_acc, _mm512_set1_epi32(0x7F800000)) == 0;
+  // the tiles' rows past `rows` zero: rows [rows, tr) of the last tile, tr the tiles' row count
+  // (gemm_w4f_amx's tr: rows rounded up to 4; stacked: 3 rows rounded up to 4); rows from tr on are
+  // not loaded
   if (stacked) {
     for (std::int64_t ks = 0; ks < KS; ++ks) {
-      for (std::int64_t r = 3 * rows; r < 16; ++r) _mm512_storeu_si512(a + ks * 256 + r * 16, _mm512_setzero_si512());
+      for (std::int64_t r = 3 * rows; r < (3 * rows + 3) / 4 * 4; ++r) _mm512_store_si512(a + ks * 256 + r * 16, _mm512_setzero_si512());
     }
-    return bad == 0;
+    return ok;
   }
-  // the last tile's rows past `rows` zero (w4f_amx_tile runs them, rounded up to 4 rows)
-  for (std::int64_t m = rows; m < (rows + 15) / 16 * 16; ++m) {
+  for (std::int64_t m = rows; m < (rows + 3) / 4 * 4; ++m) {
     std::uint32_t* row = a + ((m / 16) * KS * 3 * 256) + (m % 16) * 16;
-    for (std::int64_t ks = 0; ks < KS * 3; ++ks) _mm512_storeu_si512(row + ks * 256, _mm512_setzero_si512());
+    for (std::int64_t ks = 0; ks < KS * 3; ++ks) _mm512_store_si512(row + ks * 256, _mm512_setzero_si512());
   }
-  return bad == 0;
+  return ok;
 }
 
 // The B tiles' converter: a 16-column block's step (256 bytes of its panel, pack_int4_panel's layout
