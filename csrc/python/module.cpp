@@ -1,5 +1,6 @@
-// qatkit._C: pybind11 module for what is not an op (build information, CPU ISA selection).
-// Tensors reach Python through torch.ops.qatkit, never through this module.
+// qatkit._C: pybind11 module for what is not an op (build information, CPU ISA selection), and
+// BoundOp (bound_op.cpp): a loaded layer's call of its torch.ops.qatkit op through the dispatcher,
+// its operands converted once. Ops are registered in libqatkit only (torch.ops.qatkit.*).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -18,6 +19,8 @@
 #include "qatkit/build_info.h"
 #include "qatkit/nn.h"
 #include "qatkit/weight_cache.h"
+
+#include "bound_op.h"
 
 namespace py = pybind11;
 
@@ -167,4 +170,5 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "nn_preset_table", [] { return qatkit::nn::QATConfig::table_json(); },
       "The preset table text compiled into libqatkit.");
+  qatkit::python::register_bound_op(m);
 }

@@ -1,0 +1,97 @@
+// qatkit._C.BoundOp: a loaded layer's op with its operands bound, called with the layer's input
+// alone (qatkit/qat/integer.py's _bound). The call still goes through the dispatcher
+// (OperatorHandle::callBoxed: autograd, autocast, profiler, TorchDispatchMode, the tracer as for
+// torch.ops.qatkit.*); what it skips is the generic Python-to-IValue conversion of every operand per
+// call (torch::jit::toIValue against the schema, ~0.8 us for linear_w4_weight_only's six operands on
+// the project's VMs: docs/benchmarks.md, thirty-eighth session): the bound operands are converted
+// once, here, and the input is unpacked directly. It takes only what it can call exactly as
+// OpOverload._op would: a plain torch.Tensor (no subclass, so no __torch_function__ of its own) while
+// no TorchFunctionMode is active, whose features dim has the layer's size; anything else returns
+// None and the caller runs OpOverload._op (the same op; its errors, with the layer named by the caller).
+#include <pybind11/pybind11.h>
+
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/python/pybind_utils.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bound_op.h"
+
+namespace py = pybind11;
+
+namespace qatkit::python {
+namespace {
+
+class BoundOp {
+ public:
+  // name "qatkit::op", overload "" for .default; args: the operands after the input, in schema
+  // order (trailing ones may be left out: the schema's defaults); features: (dim, size) or None
+  BoundOp(const std::string& name, const std::string& overload, const py::tuple& args, const py::object& features)
+      : op_(c10::Dispatcher::singleton().findSchemaOrThrow(name.c_str(), overload.c_str())) {
+    const auto& arguments = op_.schema().arguments();
+    TORCH_CHECK_VALUE(!arguments.empty() && args.size() < arguments.size(),
+                      "BoundOp: ", name, " takes ", arguments.size(), " operands, got the input and ", args.size(),
+                      " more");
+    for (std::size_t i = 0; i < args.size(); ++i)
+      rest_.push_back(torch::jit::toIValue(args[i], arguments[i + 1].real_type()));
+    for (std::size_t i = args.size() + 1; i < arguments.size(); ++i) {
+      TORCH_CHECK_VALUE(arguments[i].default_value().has_value(), "BoundOp: ", name, "'s operand ",
+                        arguments[i].name(), " has no default and was not given");
+      rest_.push_back(*arguments[i].default_value());
+    }
+    TORCH_CHECK_VALUE(op_.schema().returns().size() == 1, "BoundOp: ", name, " must return one tensor");
+    if (!features.is_none()) {
+      const auto f = features.cast<std::pair<std::int64_t, std::int64_t>>();
+      check_features_ = true;
+      dim_ = f.first;
+      size_ = f.second;
+    }
+  }
+
+  // The op's output, or None where OpOverload._op must take the call (see the file's comment).
+  py::object operator()(const py::handle& x) const {
+    if (!THPVariable_CheckExact(x.ptr()) || at::impl::torch_function_mode_enabled()) return py::none();
+    const at::Tensor& t = THPVariable_Unpack(x.ptr());
+    if (check_features_) {
+      const std::int64_t nd = t.dim();
+      if (nd == 0 || dim_ >= nd || dim_ < -nd || t.sym_size(dim_ < 0 ? dim_ + nd : dim_) != size_) return py::none();
+    }
+    std::vector<c10::IValue> stack;
+    stack.reserve(1 + rest_.size());
+    stack.emplace_back(t);
+    for (const auto& v : rest_) stack.push_back(v);
+    try {
+      py::gil_scoped_release no_gil;
+      op_.callBoxed(stack);
+    } catch (const c10::Error&) {
+      // the op's own check failed: OpOverload._op runs it again and raises torch's exception for it
+      return py::none();
+    }
+    return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(stack[0]).toTensor()));
+  }
+
+ private:
+  c10::OperatorHandle op_;
+  std::vector<c10::IValue> rest_;
+  bool check_features_ = false;
+  std::int64_t dim_ = 0, size_ = 0;
+};
+
+}  // namespace
+
+void register_bound_op(py::module_& m) {
+  py::class_<BoundOp>(m, "BoundOp",
+                      "BoundOp(name, overload, args, features): x -> the op on (x, *args) through the "
+                      "dispatcher, or None where OpOverload._op must take the call (a tensor subclass, an "
+                      "active TorchFunctionMode, x's features dim not `size`, an error the op raised).")
+      .def(py::init<const std::string&, const std::string&, const py::tuple&, const py::object&>(),
+           py::arg("name"), py::arg("overload"), py::arg("args"), py::arg("features") = py::none())
+      .def("__call__", &BoundOp::operator(), py::arg("x"));
+}
+
+}  // namespace qatkit::python

@@ -1,0 +1,158 @@
+"""qatkit._C.BoundOp (csrc/python/bound_op.cpp): a loaded layer's kernel call with its operands
+bound once. It must compute what ``OpOverload._op`` computes, stay inside the dispatcher (dispatch
+modes and the profiler see the op), and hand every call it cannot make exactly as ``_op`` would (a
+tensor subclass, an active TorchFunctionMode, a wrong features dim, an error the op raises) back to
+``_op``, which then behaves as before."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import qatkit
+from qatkit import _C
+from qatkit import serialization as S
+from qatkit.qat import integer
+
+PRESETS = ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "int4_weight_only", "int8_weight_only"]
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, 10)).eval()
+
+
+def _loaded(preset, tmp_path):
+    g = torch.Generator().manual_seed(1)
+    data = torch.randn(32, 1, 8, 8, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(_model(), list(data.split(16)), qatkit.preset(preset), verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    loaded = qatkit.load(path)
+    with torch.no_grad():
+        loaded(data)  # the plans are built at the first call
+    return loaded, data
+
+
+def _bound_layers(loaded):
+    """[(layer, its plan's bare call, the BoundOp inside it)] of every layer on a kernel."""
+    out = []
+    for m in loaded.modules():
+        plan = m.__dict__.get("_int8_plan")
+        if plan and plan.get("bare") is not None:
+            cells = dict(zip(plan["bare"].__code__.co_freevars, (c.cell_contents for c in plan["bare"].__closure__)))
+            out.append((m, plan["bare"], cells.get("fast"), cells["slow"]))
+    return out
+
+
+def _inputs(loaded, data):
+    """Each kernel layer's input in the model's forward."""
+    seen, hooks = {}, []
+    for m in loaded.modules():
+        if m.__dict__.get("_int8_plan"):
+            hooks.append(m.register_forward_pre_hook(lambda mod, a: seen.setdefault(mod, a[0])))
+    with torch.no_grad():
+        loaded(data)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def _recorder(base, method):
+    """A TorchFunctionMode / TorchDispatchMode class recording the functions it sees (``calls``)."""
+
+    def hook(self, func, types, args=(), kwargs=None):
+        self.calls.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+    def init(self):
+        base.__init__(self)
+        self.calls = []
+
+    return type("Recorder", (base,), {"__init__": init, method: hook})
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_bound_calls_give_the_op_overloads_bits(preset, tmp_path):
+    """Every kernel layer (Linear, dense and depthwise conv) calls through a BoundOp, which gives
+    the bits of the same op called through OpOverload._op on the same operands."""
+    loaded, data = _loaded(preset, tmp_path)
+    layers, xs = _bound_layers(loaded), _inputs(loaded, data)
+    assert layers and all(fast is not None for _, _, fast, _ in layers)
+    with torch.no_grad():
+        for m, bare, fast, slow in layers:
+            x = xs[m]
+            y = fast(x)
+            assert isinstance(y, torch.Tensor) and type(y) is torch.Tensor
+            assert torch.equal(y, slow(x)), type(m).__name__
+            assert torch.equal(bare(x), y)
+
+
+def test_the_dispatcher_sees_bound_calls(tmp_path):
+    """A BoundOp call is a dispatcher call: a TorchDispatchMode sees each layer's op, the profiler
+    records it, and under the no-grad / grad modes the output is what _op gives."""
+    loaded, data = _loaded("int4_weight_only", tmp_path)
+
+    layers, xs = _bound_layers(loaded), _inputs(loaded, data)
+    m, _, fast, slow = next(t for t in layers if isinstance(t[0], S.PackedLinear))
+    with torch.no_grad(), _recorder(TorchDispatchMode, "__torch_dispatch__")() as seen:
+        y = fast(xs[m])
+    assert isinstance(y, torch.Tensor) and "qatkit.linear_w4_weight_only.default" in seen.calls
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fast(xs[m])
+    assert any(e.name == "qatkit::linear_w4_weight_only" for e in prof.events())
+    assert torch.equal(fast(xs[m]), slow(xs[m]))  # grad mode on (no input needs grad)
+
+
+def test_what_a_bound_op_cannot_call_goes_back_to_the_op_overload(tmp_path):
+    """None (the caller then runs OpOverload._op) for a tensor subclass, under a TorchFunctionMode,
+    for a wrong features dim or a 0-d input, and for an error the op raises; the layer then behaves
+    as before: the mode sees the op, the subclass's output, the named errors."""
+    loaded, data = _loaded("w8a8", tmp_path)
+    layers, xs = _bound_layers(loaded), _inputs(loaded, data)
+    m, bare, fast, slow = next(t for t in layers if isinstance(t[0], S.PackedLinear))
+    x = xs[m]
+
+    class Sub(torch.Tensor):
+        pass
+
+    sub = x.as_subclass(Sub)
+    assert fast(sub) is None
+    with torch.no_grad():
+        assert torch.equal(bare(sub).as_subclass(torch.Tensor), slow(x))
+
+    with torch.no_grad(), _recorder(TorchFunctionMode, "__torch_function__")() as mode:
+        assert fast(x) is None
+        y = bare(x)
+    assert any("linear_int8" in f for f in mode.calls) and torch.equal(y, slow(x))
+    k = x.shape[-1]
+    for bad in (x[..., : k - 1], torch.zeros(())):
+        assert fast(bad) is None
+    with pytest.raises(ValueError, match=f"the layer takes {k}"):
+        bare(x[..., : k - 1])
+    assert fast(x.double()) is None  # the op's own TypeError, raised again by _op
+    with pytest.raises(TypeError, match="float32"):
+        bare(x.double())
+
+
+def test_a_bound_op_checks_its_operands_at_binding():
+    """A wrong operand count or an operand the schema does not take is an error at binding (the
+    integer module then keeps the OpOverload path: _bound_op gives None)."""
+    op = torch.ops.qatkit.linear_w4_weight_only.default
+    with pytest.raises(ValueError, match="operands"):
+        _C.BoundOp("qatkit::linear_w4_weight_only", "", tuple(range(9)))
+    with pytest.raises(ValueError, match="no default"):
+        _C.BoundOp("qatkit::linear_w4_weight_only", "", ())
+    with pytest.raises(RuntimeError):
+        _C.BoundOp("qatkit::no_such_op", "", ())
+    assert integer._bound_op(op, ("not a tensor", None, 32), None) is None
+    w = torch.zeros(16, 16, dtype=torch.uint8)
+    good = integer._bound_op(op, (w, torch.ones(16, 1), 32), (-1, 32, "layer"))
+    assert good is not None and good(torch.ones(2, 32)).shape == (2, 16)
