@@ -4,9 +4,11 @@ static per-tensor int8 inputs; Linear layers on ``ops.linear_int8``) and int4_we
 of 32; Linear layers on ``ops.linear_w4_weight_only``), each exported and loaded back with
 ``qatkit.load_into``, encoding a batch of 32 sentences and one short sentence, and the Linear layers
 of that one-sentence call alone; same process, interleaved, medians (and the quartiles of the
-per-round FP32 / variant ratios); fidelity as cosine to the FP32 embeddings.
+per-round FP32 / variant ratios); fidelity as cosine to the FP32 embeddings. With
+``--op-overload-calls``, each variant also loaded with its layers calling ``OpOverload._op`` (the
+binding before ``qatkit._C.BoundOp``), in the same rounds.
 
-    python3 scripts/bench_minilm.py [--rounds 9]
+    python3 scripts/bench_minilm.py [--rounds 9] [--op-overload-calls]
 """
 
 from __future__ import annotations
@@ -52,6 +54,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=number_arg(int, 1), default=9)
     ap.add_argument("--threads", type=number_arg(int, 1), default=2)
+    ap.add_argument("--op-overload-calls", action="store_true",
+                    help="also time each variant loaded with its layers calling OpOverload._op instead of "
+                         "qatkit._C.BoundOp (the binding before the thirty-eighth session), same process, "
+                         "interleaved")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
@@ -72,6 +78,14 @@ def main():
         qatkit.export(q, path)
         loaded = qatkit.load_into(copy.deepcopy(st), path)  # compute="integer": Linear layers on the kernels
         variants[key] = (q, loaded)
+        if a.op_overload_calls:  # the same file, its layers' plans bound without BoundOp
+            bound_op, integer._bound_op = integer._bound_op, lambda *args: None
+            try:
+                slow = qatkit.load_into(copy.deepcopy(st), path)
+                slow(dict(feats[0]))  # the plans are built at the first call
+            finally:
+                integer._bound_op = bound_op
+            variants[key + " (_op calls)"] = (q, slow)
 
     batch = held_s[:32]
     one = ["the old sailor repaired the small boat before dinner."]
