@@ -16,6 +16,7 @@
 #include <torch/csrc/jit/python/pybind_utils.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,10 +54,38 @@ class BoundOp {
     }
   }
 
+  // A copy that also checks what a converted layer's forward checks before its bound kernel
+  // (convert.py's QuantizedLinear / QuantizedConv2d.forward): the sum of the plan's sources'
+  // versions still `version` (no in-place edit since the plan was built), a float32 input on the
+  // plan's device (None: any CPU device; else that device), with min_dim..max_dim dims. The forward
+  // calls it first and takes its general path (the checks in Python, a rebuilt plan) where it
+  // returns None.
+  BoundOp guarded(const py::tuple& sources, std::int64_t version, const py::object& device, std::int64_t min_dim,
+                  std::int64_t max_dim) const {
+    BoundOp b = *this;
+    b.guard_ = true;
+    for (const auto& s : sources) {
+      TORCH_CHECK_TYPE(THPVariable_Check(s.ptr()), "BoundOp.guarded: sources must be tensors");
+      b.sources_.push_back(THPVariable_Unpack(s.ptr()));
+    }
+    b.version_ = version;
+    if (!device.is_none()) b.device_ = c10::Device(device.cast<std::string>());
+    b.min_dim_ = min_dim;
+    b.max_dim_ = max_dim;
+    return b;
+  }
+
   // The op's output, or None where OpOverload._op must take the call (see the file's comment).
   py::object operator()(const py::handle& x) const {
     if (!THPVariable_CheckExact(x.ptr()) || at::impl::torch_function_mode_enabled()) return py::none();
     const at::Tensor& t = THPVariable_Unpack(x.ptr());
+    if (guard_) {
+      if (t.scalar_type() != at::kFloat || t.dim() < min_dim_ || t.dim() > max_dim_) return py::none();
+      if (device_ ? t.device() != *device_ : !t.is_cpu()) return py::none();
+      std::int64_t v = 0;
+      for (const auto& s : sources_) v += static_cast<std::int64_t>(s._version());
+      if (v != version_) return py::none();
+    }
     if (check_features_) {
       const std::int64_t nd = t.dim();
       if (nd == 0 || dim_ >= nd || dim_ < -nd || t.sym_size(dim_ < 0 ? dim_ + nd : dim_) != size_) return py::none();
@@ -80,6 +109,11 @@ class BoundOp {
   std::vector<c10::IValue> rest_;
   bool check_features_ = false;
   std::int64_t dim_ = 0, size_ = 0;
+  // guarded(): the forward's checks
+  bool guard_ = false;
+  std::vector<at::Tensor> sources_;
+  std::int64_t version_ = 0, min_dim_ = 0, max_dim_ = 0;
+  std::optional<c10::Device> device_;
 };
 
 }  // namespace
@@ -91,7 +125,12 @@ void register_bound_op(py::module_& m) {
                       "active TorchFunctionMode, x's features dim not `size`, an error the op raised).")
       .def(py::init<const std::string&, const std::string&, const py::tuple&, const py::object&>(),
            py::arg("name"), py::arg("overload"), py::arg("args"), py::arg("features") = py::none())
-      .def("__call__", &BoundOp::operator(), py::arg("x"));
+      .def("__call__", &BoundOp::operator(), py::arg("x"))
+      .def("guarded", &BoundOp::guarded, py::arg("sources"), py::arg("version"), py::arg("device"),
+           py::arg("min_dim"), py::arg("max_dim"),
+           "A copy that also returns None unless the sources' versions still sum to `version` and x is "
+           "float32 on `device` (None: any CPU device) with min_dim..max_dim dims (a converted layer's "
+           "forward's checks before its bound kernel).");
 }
 
 }  // namespace qatkit::python

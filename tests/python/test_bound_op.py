@@ -38,6 +38,7 @@ def _loaded(preset, tmp_path):
     loaded = qatkit.load(path)
     with torch.no_grad():
         loaded(data)  # the plans are built at the first call
+    loaded.path = path
     return loaded, data
 
 
@@ -93,6 +94,9 @@ def test_bound_calls_give_the_op_overloads_bits(preset, tmp_path):
             assert isinstance(y, torch.Tensor) and type(y) is torch.Tensor
             assert torch.equal(y, slow(x)), type(m).__name__
             assert torch.equal(bare(x), y)
+            # the forward's guarded copy (integer._plan): the same call while nothing changed
+            guarded = m.__dict__["_int8_plan"]["fast"]
+            assert isinstance(guarded, _C.BoundOp) and torch.equal(guarded(x), y) and torch.equal(m(x), y)
 
 
 def test_the_dispatcher_sees_bound_calls(tmp_path):
@@ -156,3 +160,32 @@ def test_a_bound_op_checks_its_operands_at_binding():
     w = torch.zeros(16, 16, dtype=torch.uint8)
     good = integer._bound_op(op, (w, torch.ones(16, 1), 32), (-1, 32, "layer"))
     assert good is not None and good(torch.ones(2, 32)).shape == (2, 16)
+
+
+def test_the_forwards_guarded_call_leaves_what_it_cannot_check_to_the_general_path(tmp_path):
+    """The forward's guarded BoundOp (plan["fast"]) returns None after an in-place edit of a source,
+    for an input of another dtype or with too few dims, and the forward's general path then does
+    what it did before BoundOp: the edited layer's outputs, the named dtype error, the unbatched conv;
+    a layer switched to float compute after its plan was built computes its float form."""
+    loaded, data = _loaded("w8a8", tmp_path)
+    xs = _inputs(loaded, data)
+    lin = next(m for m in xs if isinstance(m, S.PackedLinear))
+    conv = next(m for m in xs if isinstance(m, S.PackedConv2d))
+    fast = lin.__dict__["_int8_plan"]["fast"]
+    x = xs[lin]
+    with torch.no_grad():
+        y = lin(x)
+        assert fast(x.double()) is None
+        with pytest.raises(TypeError, match="computes in integer form from float32 inputs"):
+            lin(x.double())
+        lin.bias.add_(1.0)  # in place: the plan is stale
+        assert fast(x) is None
+        assert torch.allclose(lin(x), y + 1.0, rtol=0, atol=1e-5)
+        assert lin.__dict__["_int8_plan"]["fast"] is not fast  # rebuilt by the general path
+        c = xs[conv]
+        cfast = conv.__dict__["_int8_plan"]["fast"]
+        assert cfast(c[0]) is None and torch.equal(conv(c[0]), conv(c[:1])[0])  # unbatched (C, H, W)
+        fresh, want = qatkit.load(loaded.path), qatkit.load(loaded.path, compute="float")(data)
+        assert not torch.equal(fresh(data), want)  # the plans built, on the kernels
+        integer.set_compute(fresh, "float", warn=False)
+        assert torch.equal(fresh(data), want)

@@ -27,6 +27,12 @@ from .pretrained import tag_pretrained_configs
 from .swap import move_hooks, refresh_pruned, replace_module
 from . import integer as _integer
 
+#: a constant False outside Dynamo (27 ns): the forwards' BoundOp call is eager-only (Dynamo traces
+#: their general path, which holds the OpOverload)
+_dynamo_compiling = torch.compiler.is_dynamo_compiling
+#: the integer forms a conv runs on its bound kernel
+_CONV_FORMS = ("static", "static_group", "row")
+
 __all__ = ["convert", "QuantizedLinear", "QuantizedConv1d", "QuantizedConv2d", "QuantizedEmbedding", "weight_codes"]
 
 
@@ -228,6 +234,14 @@ class QuantizedLinear(_Quantized):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, input):  # nn.Linear's argument name: callers pass input=
+        plan = self.__dict__.get("_int8_plan")
+        if plan and self._integer_form is not None and not _dynamo_compiling():
+            # the bound kernel's guarded BoundOp: None unless no source was written in place and the
+            # input is float32 on the plan's device with the dims below (integer._plan), as tested below
+            fast = plan["fast"]
+            y = None if fast is None else fast(input)
+            if y is not None:
+                return y
         x = input
         try:
             # integer.bound_plan's test inlined (a Python call less per layer): a small model's layers are
@@ -266,13 +280,19 @@ class _QuantizedConv(_Quantized):
         self._set_weight(qmod, qmod.weight if w is None else w, qmod.bias if w is None else bias)
 
     def forward(self, input):  # nn.Conv1d / Conv2d's argument name
+        plan = self.__dict__.get("_int8_plan")
+        if plan and self._integer_form in _CONV_FORMS and not _dynamo_compiling():
+            fast = plan["fast"]  # as QuantizedLinear.forward's
+            y = None if fast is None else fast(input)
+            if y is not None:
+                return y
         x, nd = input, self._nd
         try:
             # the bound kernel straight away (integer.conv's tests inlined, as QuantizedLinear.forward's)
             plan, form = self.__dict__.get("_int8_plan"), self._integer_form
             if plan and plan["changed"]():  # a source written in place: a new plan (integer.refresh_layer)
                 plan, form = _integer.refresh_layer(self), self._integer_form
-            if (plan and plan["bare"] and form in ("static", "static_group", "row") and x.dtype is torch.float32
+            if (plan and plan["bare"] and form in _CONV_FORMS and x.dtype is torch.float32
                     and x.dim() == nd + 2 and (x.is_cpu if plan["cpu"] else x.device == plan["device"])):
                 return plan["bare"](x)
             if form is not None and x.dtype is not torch.float32:

@@ -568,6 +568,7 @@ def _bound(op, args: tuple, features: Optional[Tuple[int, int, str]] = None):
             y = fast(x)
             return slow(x) if y is None else y
 
+    call.bound_op = fast  # _plan's guarded copy for the layer's forward (plan["fast"])
     return call
 
 
@@ -772,6 +773,7 @@ def _plan(mod):
         if resync is not None:
             resync()
         sources = _sources(mod)
+        version = sum(t._version for t in sources)
         plan = _int8_plan(mod) or False
         if plan:
             plan["device"] = mod.weight_int.device
@@ -780,8 +782,7 @@ def _plan(mod):
             # torch.compile / export take its result (False) as a constant: the graph they trace holds
             # the plan's kernel, as its operands are constants (a compiled model after an in-place edit:
             # recompile, as for any constant a graph was traced with)
-            plan["changed"] = torch.compiler.assume_constant_result(
-                _CHANGED[len(sources)](sum(t._version for t in sources), *sources))
+            plan["changed"] = torch.compiler.assume_constant_result(_CHANGED[len(sources)](version, *sources))
         if plan and _is_conv(mod):
             # what QuantizedConv2d / 1d.forward may call on a float32 4-d / 3-d input on the plan's device
             plan["bare"] = _bind_conv(mod, plan)
@@ -801,6 +802,15 @@ def _plan(mod):
                 plan["bare"] = _bind(plan, smooth.detach().to(torch.float32).contiguous(), _features(mod))
             else:
                 plan["bare"] = None
+        if plan:
+            # what the forward calls first (convert.py): the bare kernel's BoundOp, also checking the
+            # sources' versions and the input's dtype, device and dims in C++ (None: the forward's
+            # general path, which checks them in Python as before)
+            bound = getattr(plan.get("bare"), "bound_op", None)
+            nd = mod._nd + 2 if _is_conv(mod) else None
+            dims = (nd, nd) if nd else (2 if mod._integer_form == "row" else 1, 64)
+            plan["fast"] = None if bound is None else bound.guarded(
+                sources, version, None if plan["cpu"] else str(plan["device"]), *dims)
         mod.__dict__["_int8_plan"] = plan
     return plan
 
