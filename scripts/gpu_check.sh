@@ -57,7 +57,7 @@ step build_info 5 60 "$PY" -c "import qatkit, json; i = qatkit.build_info(); pri
 export QATKIT_LOAD_RUN="$PWD/build/gpu/qatkit_load_run"  # the C++ loader on CUDA (test_cuda_qat.py)
 # 4 xdist workers share the GPU where pytest-xdist is installed (the tests are small; minutes are lent)
 XDIST=(); "$PY" -c "import xdist" 2>/dev/null && XDIST=(-n 4)
-step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py -q -p no:cacheprovider -rs "${XDIST[@]}"
+step test_cuda 20 150 "$PY" -m pytest tests/python/ops/test_cuda.py tests/python/qat/test_cuda_qat.py tests/python/test_bound_op.py -q -p no:cacheprovider -rs "${XDIST[@]}"
 step bench_gpu 20 200 "$PY" scripts/bench_gpu.py --json "$LOG/bench_gpu.json"
 cat "$LOG/bench_gpu.log"
 # the integer kernels on random shapes at their tile / block edges, every weight layout, NaN / Inf

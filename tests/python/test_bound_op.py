@@ -189,3 +189,24 @@ def test_the_forwards_guarded_call_leaves_what_it_cannot_check_to_the_general_pa
         assert not torch.equal(fresh(data), want)  # the plans built, on the kernels
         integer.set_compute(fresh, "float", warn=False)
         assert torch.equal(fresh(data), want)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (scripts/gpu_check.sh runs it)")
+def test_a_cuda_layers_guarded_call_takes_inputs_on_its_device_only(tmp_path):
+    """A loaded model moved to CUDA builds its plans there: each guarded BoundOp compares the input's
+    device with the plan's (cuda:N), returns None for a CPU input (the forward's general path then
+    says so) and gives the CPU's bits for a CUDA one (docs/integer.md, "Models on CUDA")."""
+    loaded, data = _loaded("w8a8", tmp_path)
+    with torch.no_grad():
+        want = loaded(data)
+        gpu = loaded.cuda()
+        got = gpu(data.cuda())
+    assert torch.equal(got.cpu(), want)
+    lin = next(m for m in gpu.modules() if isinstance(m, S.PackedLinear) and m.__dict__.get("_int8_plan"))
+    fast = lin.__dict__["_int8_plan"]["fast"]
+    assert isinstance(fast, _C.BoundOp)
+    x = torch.randn(4, lin.in_features)
+    with torch.no_grad():
+        assert fast(x) is None
+        y = fast(x.cuda())
+        assert y is not None and y.is_cuda and torch.equal(y, lin(x.cuda()))
