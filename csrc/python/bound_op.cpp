@@ -12,6 +12,7 @@
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/jit/python/pybind_utils.h>
 
@@ -94,13 +95,24 @@ class BoundOp {
     stack.reserve(1 + rest_.size());
     stack.emplace_back(t);
     for (const auto& v : rest_) stack.push_back(v);
+    bool failed = false;
     try {
-      py::gil_scoped_release no_gil;
-      op_.callBoxed(stack);
-    } catch (const c10::Error&) {
-      // the op's own check failed: OpOverload._op runs it again and raises torch's exception for it
-      return py::none();
+      // the op's TORCH_WARNs become Python warnings when the handler goes, as torch's own bindings
+      // give them (OpOverload._op included)
+      torch::PyWarningHandler warnings;
+      try {
+        py::gil_scoped_release no_gil;
+        op_.callBoxed(stack);
+      } catch (const c10::Error&) {
+        // the op's own check failed: OpOverload._op runs it again and raises torch's exception for it
+        warnings.set_in_exception();
+        failed = true;
+      }
+    } catch (python_error& e) {  // a warning the filters made an error: raised as it is
+      e.restore();
+      throw py::error_already_set();
     }
+    if (failed) return py::none();
     return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(stack[0]).toTensor()));
   }
 

@@ -210,3 +210,53 @@ def test_a_cuda_layers_guarded_call_takes_inputs_on_its_device_only(tmp_path):
         assert fast(x) is None
         y = fast(x.cuda())
         assert y is not None and y.is_cuda and torch.equal(y, lin(x.cuda()))
+
+
+_WARN_SCRIPT = r"""
+import sys, warnings
+import torch
+import qatkit
+from qatkit import _C
+from qatkit.qat import integer
+layer = qatkit.load(sys.argv[2])[0]
+data = torch.randn(5, 8, 6, 6, generator=torch.Generator().manual_seed(0))
+integer._plan(layer)  # the plan built without a kernel call: the forward's first call is its BoundOp's
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always" if sys.argv[1] == "record" else "error")
+    try:
+        with torch.no_grad():
+            layer(data)  # the conv's derived weight form goes into the cache, whose capacity is read from the env
+    except UserWarning as e:
+        print("raised:", e)
+print("python warnings:", [str(w.message) for w in seen if "QATKIT_WEIGHT_CACHE_MB" in str(w.message)])
+print("bound:", isinstance(layer.__dict__["_int8_plan"]["fast"], _C.BoundOp))
+"""
+
+
+@pytest.mark.parametrize("mode", ["record", "error"])
+def test_an_ops_warning_through_a_bound_call_is_a_python_warning(mode, tmp_path):
+    """A TORCH_WARN inside the op (here: a QATKIT_WEIGHT_CACHE_MB that is not a number, read when the
+    derived-weight cache is first used, by a loaded conv's first call in a new process) reaches
+    Python's warnings as through OpOverload._op: recorded by catch_warnings, raised where the
+    filters make it an error."""
+    import os
+    import subprocess
+    import sys
+
+    torch.manual_seed(0)
+    data = torch.randn(5, 8, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(nn.Sequential(nn.Conv2d(8, 20, 3, padding=1)).eval(), [data], qatkit.preset("w8a8"),
+                       verbose=False, progress=False)
+    path = str(tmp_path / "t.safetensors")
+    qatkit.export(q, path)
+    env = {**os.environ, "QATKIT_WEIGHT_CACHE_MB": "abc"}
+    out = subprocess.run([sys.executable, "-c", _WARN_SCRIPT, mode, path], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "bound: True" in out.stdout
+    if mode == "record":
+        assert "python warnings: [\"QATKIT_WEIGHT_CACHE_MB='abc' is not a whole number" in out.stdout, out.stdout
+    else:
+        assert "raised: QATKIT_WEIGHT_CACHE_MB='abc' is not a whole number" in out.stdout, out.stdout
