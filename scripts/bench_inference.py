@@ -189,8 +189,9 @@ def _int4_groups(w, gs=32):
 def v_qatkit_w4a8(w):
     q, s = _int4_groups(w)
     sx, zp = 4.0 / 255, 128
-    packed = ops.pack_int4_panel(ops.pack_int4_w4(q))  # the layout qatkit.load gives its W4A8 layers
+    packed = ops.pack_int4_panel(ops.pack_int4_w4(q))  # the layout qatkit.load gives its W4A8 Linears
     s = s.float().contiguous()
+    s = ops.block_w4_scales(s) if s.shape[0] % 16 == 0 else s  # and their scales in the panel's blocks
     return (lambda x: ops.linear_w4a8(x, packed, s, 32, sx, zp, 0, 255)), packed.numel() + 4 * s.numel()
 
 

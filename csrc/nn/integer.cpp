@@ -201,6 +201,9 @@ std::shared_ptr<IntegerKernelPlan> make_plan_from(const ConvertedWeight& f, cons
     plan->weight = rows || plan->groups > 1 ? pack_w4(w) : qatkit::pack_int4_panel(pack_w4(w));
     plan->group_size = gs;
     plan->group_scale = f.scale.to(torch::kFloat).reshape({n, k / gs}).contiguous();
+    if (n % 16 == 0 && !rows && !conv) {  // a Linear's scales in the panel's blocks, as Python's _w4_plan
+      plan->group_scale = plan->group_scale.reshape({n / 16, 16, k / gs}).transpose(1, 2).contiguous();
+    }
     if (bias.defined()) plan->bias = bias.detach().to(torch::kFloat).contiguous();
     plan->act_scale = static_cast<double>(sx.item<float>());
     plan->act_zero_point = zx;

@@ -402,14 +402,20 @@ static std::pair<std::int64_t, std::int64_t> check_w4_weight(const char* op, con
   const std::int64_t K = static_dim(input, -1);
   TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
                     fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
+  // a 3-D group_scale: the panel's blocked scales [N / 16, G, 16] (block_w4_scales), with a panel
+  // weight of N / 16 blocks
+  const bool blocked = gscale != nullptr && gscale->dim() == 3;
+  TORCH_CHECK_VALUE(!blocked || weight.dim() == 3,
+                    fmt::format("{}: a 3-D group_scale (blocked [N / 16, K / group_size, 16]) needs a panel weight "
+                                "(pack_int4_panel), got a {}-D weight", op, weight.dim()));
   if (gscale != nullptr && weight.dim() == 3) {
-    TORCH_CHECK_VALUE(gscale->dim() == 2, fmt::format("{}: group_scale must be 2-D [N, K / group_size], got {} dims", op,
-                                                      gscale->dim()));
-    const std::int64_t N = gscale->size(0);
+    TORCH_CHECK_VALUE(blocked || gscale->dim() == 2,
+                      fmt::format("{}: group_scale must be 2-D [N, K / group_size], got {} dims", op, gscale->dim()));
+    const std::int64_t N = blocked ? gscale->size(0) * 16 : gscale->size(0);
     TORCH_CHECK_VALUE(weight.size(0) == (N + 15) / 16 && weight.size(1) == (K + 127) / 128 && weight.size(2) == 1024,
-                      fmt::format("{}: a panel weight (pack_int4_panel) for N = {} (group_scale's rows), K = {} must "
-                                  "have shape [{}, {}, 1024], got {}", op, N, K, (N + 15) / 16, (K + 127) / 128,
-                                  shape_str(weight.sizes())));
+                      fmt::format("{}: a panel weight (pack_int4_panel) for N = {} ({}), K = {} must have shape [{}, "
+                                  "{}, 1024], got {}", op, N, blocked ? "16 x group_scale's blocks" : "group_scale's rows",
+                                  K, (N + 15) / 16, (K + 127) / 128, shape_str(weight.sizes())));
     return {N, K / group};
   }
   TORCH_CHECK_VALUE(weight.dim() == 2, fmt::format("{}: weight must be 2-D [N, K / 2]{}, got {} dims", op,
@@ -472,6 +478,8 @@ at::Tensor s8_panel_operand(const at::Tensor& weight, std::int64_t N, std::int64
 
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                             std::int64_t group, const std::optional<at::Tensor>& bias, const char* op) {
+  // the panel's blocked scales [N / 16, G, 16] (block_w4_scales) go with a panel weight of N / 16 blocks
+  const bool blocked = gscale.dim() == 3;
   const auto [N, G] = check_w4_weight(op, input, weight, group, &gscale);
   // |acc_g| <= 2040 * group_size (|code - zero_point| <= 255, |q| <= 8): every int32 partial sum
   // fits and the float64 product acc_g * scale is exact (< 2^53) for groups up to 2^17
@@ -480,8 +488,15 @@ void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, c
                                 kMaxW4A8Group, group));
   TORCH_CHECK_TYPE(gscale.scalar_type() == at::kFloat,
                    fmt::format("{}: group_scale must be float32, got {}", op, c10::toString(gscale.scalar_type())));
-  TORCH_CHECK_VALUE(gscale.dim() == 2 && gscale.size(0) == N && gscale.size(1) == G,
-                    fmt::format("{}: group_scale must have shape [{}, {}], got {}", op, N, G, shape_str(gscale.sizes())));
+  if (blocked) {
+    TORCH_CHECK_VALUE(gscale.size(1) == G && gscale.size(2) == 16,
+                      fmt::format("{}: group_scale must have the blocked shape [{}, {}, 16], got {}", op, N / 16, G,
+                                  shape_str(gscale.sizes())));
+  } else {
+    TORCH_CHECK_VALUE(gscale.dim() == 2 && gscale.size(0) == N && gscale.size(1) == G,
+                      fmt::format("{}: group_scale must have shape [{}, {}], got {}", op, N, G,
+                                  shape_str(gscale.sizes())));
+  }
   check_devices_and_bias(op, input, {&weight, &gscale}, bias, N);
 }
 
@@ -539,25 +554,9 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
   constexpr const char* op = "linear_w4_weight_only";
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat,
                    fmt::format("{}: input must be float32, got {}", op, c10::toString(input.scalar_type())));
-  // the panel's blocked scales [N / 16, G, 16] (w4_block_scales) go with a panel weight of N / 16 blocks
+  // the panel's blocked scales [N / 16, G, 16] (block_w4_scales) go with a panel weight of N / 16 blocks
   const bool blocked = gscale.dim() == 3;
-  TORCH_CHECK_VALUE(!blocked || weight.dim() == 3,
-                    fmt::format("{}: a 3-D group_scale (blocked [N / 16, K / group_size, 16]) needs a panel weight "
-                                "(pack_int4_panel), got a {}-D weight", op, weight.dim()));
-  std::int64_t N = 0, G = 0;
-  if (blocked) {
-    const std::int64_t K = static_dim(input, -1);
-    TORCH_CHECK_VALUE(group >= 32 && group % 32 == 0 && K % group == 0,
-                      fmt::format("{}: group_size must be a multiple of 32 that divides K = {}, got {}", op, K, group));
-    N = gscale.size(0) * 16;
-    G = K / group;
-    TORCH_CHECK_VALUE(weight.size(0) == N / 16 && weight.size(1) == (K + 127) / 128 && weight.size(2) == 1024,
-                      fmt::format("{}: a panel weight (pack_int4_panel) for N = {} (16 x group_scale's blocks), K = {} "
-                                  "must have shape [{}, {}, 1024], got {}", op, N, K, N / 16, (K + 127) / 128,
-                                  shape_str(weight.sizes())));
-  } else {
-    std::tie(N, G) = check_w4_weight(op, input, weight, group, &gscale);
-  }
+  const auto [N, G] = check_w4_weight(op, input, weight, group, &gscale);
   for (auto [name, t] : {std::pair<const char*, const at::Tensor*>{"group_scale", &gscale},
                          {"group_zero", gzero.has_value() ? &*gzero : nullptr}}) {
     if (!t) continue;

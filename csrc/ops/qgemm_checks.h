@@ -86,7 +86,8 @@ std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, cons
                                                   std::int64_t groups = 1);
 
 /// linear_w4a8's weight / group checks (the input dtype and activation range are
-/// check_linear_int8_args', called on an int8-shaped stand-in).
+/// check_linear_int8_args', called on an int8-shaped stand-in). With a panel weight group_scale may
+/// come in the panel's blocks [N / 16, K / group_size, 16], as linear_w4_weight_only's.
 void check_linear_w4a8_args(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& gscale,
                             std::int64_t group, const std::optional<at::Tensor>& bias,
                             const char* op = "linear_w4a8");
@@ -153,7 +154,7 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
                                       std::int64_t group, const std::optional<at::Tensor>& gzero,
                                       const std::optional<at::Tensor>& bias);
 
-/// linear_w4_weight_only's N: group_scale's rows, or 16 per block of blocked scales.
+/// linear_w4_weight_only's and linear_w4a8's N: group_scale's rows, or 16 per block of blocked scales.
 std::int64_t w4_weight_only_rows(const at::Tensor& group_scale);
 
 /// Whether conv2d_int8 reads its input as NHWC and gives a channels_last output: an input whose

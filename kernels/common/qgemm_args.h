@@ -119,17 +119,27 @@ struct QGemmW4Args {
   const std::int8_t* a = nullptr;       ///< [M, K]
   const std::int32_t* a_gsum = nullptr; ///< [M, G]
   const std::uint8_t* w = nullptr;      ///< [N, K / 2], or the panel layout below
-  const float* gscale = nullptr;        ///< [N, G]
+  const float* gscale = nullptr;        ///< [N, G], or the panel's blocks (blocked_scales)
   std::int32_t act_offset = 0;          ///< shift - zero_point
   /// The panel layout (pack_int4_panel): blocks of 16 rows (zero rows past N), K / 2 bytes in steps
   /// of 64 (zero bytes past K / 2); per block and step 1024 bytes, byte e * 64 + r * 4 + j holding
   /// row r's byte 4e + j of that step: one row per 32-bit lane, K's chunks in order (dword e is
   /// chunk e / 4, k = 4 (e % 4) + j in its low nibbles and k + 16 in its high nibbles).
   bool panel = false;
+  /// gscale in the panel's blocks [N / 16, G, 16] (element [n / 16, g, n % 16]; N a multiple of 16,
+  /// with the panel layout): a block's 16 rows' scales of a group are one vector, read without a
+  /// transpose (QGemmW4FArgs::blocked_scales)
+  bool blocked_scales = false;
   const float* bias = nullptr;
   double act_scale = 1.0;
   float* y = nullptr;                   ///< [M, N]
   std::int64_t M = 0, N = 0, K = 0, group = 32;
+
+  /// The index of row n's group gi in gscale, in either layout.
+  QATKIT_HD std::int64_t scale_index(std::int64_t n, std::int64_t gi) const {
+    const std::int64_t G = K / group;
+    return blocked_scales ? ((n / 16) * G + gi) * 16 + n % 16 : n * G + gi;
+  }
 };
 
 /// XNOR-Net W1A1 (docs/integer.md, "row" form, binary inputs): activation and weight codes in

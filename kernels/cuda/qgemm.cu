@@ -153,7 +153,7 @@ __global__ void gemm_w4_kernel(QGemmW4Args g) {
         acc += static_cast<std::uint32_t>((static_cast<std::int32_t>(a[k]) + g.act_offset) * w4_code(g.w, g.panel, KB, n, k));
       }
       acc = warp_sum(acc);
-      if (lane == 0) t = t + static_cast<double>(static_cast<std::int32_t>(acc)) * static_cast<double>(g.gscale[n * G + gi]);
+      if (lane == 0) t = t + static_cast<double>(static_cast<std::int32_t>(acc)) * static_cast<double>(g.gscale[g.scale_index(n, gi)]);
     }
     if (lane == 0) {
       const float y = static_cast<float>(t * g.act_scale);
@@ -343,7 +343,7 @@ template <int MT>
 __global__ void gemm_w4_vec_kernel(QGemmW4Args g) {
   QATKIT_TILE_LOOP(MT) {
     const auto [m0, n, rows] = row_tile_of<MT>(o, g.M, g.N);
-    const std::int64_t KB = g.K / 2, C = g.K / 32, G = g.K / g.group;
+    const std::int64_t KB = g.K / 2, C = g.K / 32;
     const int gc = static_cast<int>(g.group / 32);
     const int4* w = reinterpret_cast<const int4*>(g.w + n * KB);
     double t[MT] = {};
@@ -357,7 +357,7 @@ __global__ void gemm_w4_vec_kernel(QGemmW4Args g) {
       const int4 one4 = make_int4(ones, ones, ones, ones);
       const std::uint32_t sum_c = static_cast<std::uint32_t>(dp4a_int4(hi, one4, dp4a_int4(lo, one4, 0)));
       const bool leader = (lane % gc) == 0;
-      const double gs = valid && leader ? static_cast<double>(g.gscale[n * G + c / gc]) : 0.0;
+      const double gs = valid && leader ? static_cast<double>(g.gscale[g.scale_index(n, c / gc)]) : 0.0;
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
         if (i < rows) {  // uniform across the warp
@@ -449,7 +449,7 @@ __global__ void gemm_w4_mma_kernel(QGemmW4Args g) {
         if (col < g.N) {
           const std::uint32_t sg = static_cast<std::uint32_t>(acc[e]) +
                                    static_cast<std::uint32_t>(g.act_offset) * static_cast<std::uint32_t>(qs[e]);
-          t[e] = t[e] + static_cast<double>(static_cast<std::int32_t>(sg)) * static_cast<double>(g.gscale[col * G + gi]);
+          t[e] = t[e] + static_cast<double>(static_cast<std::int32_t>(sg)) * static_cast<double>(g.gscale[g.scale_index(col, gi)]);
         }
       }
     }

@@ -726,9 +726,11 @@ def linear_w4a8(
     reads), combined in float64 in group order with ``group_scale`` (float32 ``[N, K / group_size]``),
     times ``act_scale``, then ``+ bias`` (float32). ``weight``: uint8 ``[N, K / 2]`` from
     :func:`pack_int4_w4`, or its :func:`pack_int4_panel` layout (the same bits, faster: the row
-    layout is transposed in 16-row blocks on every call); K and ``group_size`` multiples of 32,
-    ``group_size <= 2**17``. A row holding a NaN gives a NaN output row (docs/integer.md, "NaN
-    inputs"). Inference only."""
+    layout is transposed in 16-row blocks on every call), with which ``group_scale`` may come in the
+    panel's blocks (:func:`block_w4_scales`, ``[N / 16, K / group_size, 16]``, N a multiple of 16: the
+    same bits, no per-call transpose of the scales; what ``qatkit.load`` gives a W4A8 Linear); K and
+    ``group_size`` multiples of 32, ``group_size <= 2**17``. A row holding a NaN gives a NaN output
+    row (docs/integer.md, "NaN inputs"). Inference only."""
     return torch.ops.qatkit.linear_w4a8(input, weight, group_scale, group_size, act_scale, act_zero_point,
                                         act_quant_min, act_quant_max, bias)
 
@@ -799,7 +801,8 @@ def pack_int4_panel(weight: torch.Tensor) -> torch.Tensor:
 def block_w4_scales(scale: torch.Tensor) -> torch.Tensor:
     """Per-group scales (or zero points) ``[N, G]`` of a :func:`pack_int4_panel` weight in the panel's
     blocks, ``[N / 16, G, 16]`` (element ``[n // 16, g, n % 16]`` is ``scale[n, g]``), as
-    :func:`linear_w4_weight_only` takes them: one 16-lane vector per block and group, read as it is.
+    :func:`linear_w4_weight_only` and :func:`linear_w4a8` take them: one 16-lane vector per block
+    and group, read as it is.
 
     Raises:
         ValueError: not 2-D, or N not a multiple of 16.

@@ -195,7 +195,8 @@ at::Tensor linear_w4a8_cuda(const at::Tensor& input, const at::Tensor& weight, c
                             std::int64_t act_quant_min, std::int64_t act_quant_max,
                             const std::optional<at::Tensor>& bias) {
   check_linear_w4a8_args(input, weight, group_scale, group_size, bias);
-  const std::int64_t K = input.size(-1), N = group_scale.size(0);
+  // N: group_scale's rows, or 16 per block of blocked scales
+  const std::int64_t K = input.size(-1), N = w4_weight_only_rows(group_scale);
   const std::int32_t shift = check_linear_int8_args(input, at::empty({N, K}, weight.options().dtype(at::kChar)),
                                                     at::empty({N}, group_scale.options().dtype(at::kInt)),
                                                     at::empty({N}, group_scale.options()), act_scale, act_zero_point,
@@ -218,6 +219,7 @@ at::Tensor linear_w4a8_cuda(const at::Tensor& input, const at::Tensor& weight, c
   g.gscale = gs.data_ptr<float>();
   g.act_offset = shift - static_cast<std::int32_t>(act_zero_point);
   g.panel = w.dim() == 3;
+  g.blocked_scales = gs.dim() == 3;
   g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
   g.act_scale = static_cast<double>(static_cast<float>(act_scale));
   g.y = y.data_ptr<float>();

@@ -85,12 +85,12 @@ at::Tensor linear_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, c
                             std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                             const std::optional<at::Tensor>& bias) {
   check_linear_w4a8_args(input, weight, group_scale, group_size, bias);
-  const std::int64_t N = group_scale.size(0), K = static_dim(input, -1);
+  const std::int64_t N = w4_weight_only_rows(group_scale), K = static_dim(input, -1);  // or 16 per block
   check_linear_int8_args(input, at::empty({N, K}, weight.options().dtype(at::kChar)),
                          at::empty({N}, group_scale.options().dtype(at::kInt)), at::empty({N}, group_scale.options()), act_scale,
                          act_zero_point, act_quant_min, act_quant_max, bias);
   std::vector<c10::SymInt> shape(input.sym_sizes().begin(), input.sym_sizes().end());
-  shape.back() = group_scale.sym_size(0);
+  shape.back() = group_scale.dim() == 3 ? group_scale.sym_size(0) * 16 : group_scale.sym_size(0);
   return at::empty_symint(shape, input.options());
 }
 

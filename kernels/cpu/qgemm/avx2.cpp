@@ -784,7 +784,12 @@ void gemm_w4_panel(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_en
     const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
     const std::uint8_t* codes = g.w + (n / 16) * steps * 1024;
     const detail::NextBlockScales next(g.gscale, G, n, n_end);
-    scales_f64_by_group(g.gscale, G, n, nr, scale.data());
+    if (g.blocked_scales) {  // the block's [G][16] as they are, widened
+      const float* sb = g.gscale + (n / 16) * G * 16;
+      for (std::int64_t i = 0; i < G * 16; i += 4) _mm256_storeu_pd(scale.data() + i, _mm256_cvtps_pd(_mm_loadu_ps(sb + i)));
+    } else {
+      scales_f64_by_group(g.gscale, G, n, nr, scale.data());
+    }
     if (g.act_offset != 0) {  // act_offset * sum q per group and row
       __m256i zs[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
       for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk

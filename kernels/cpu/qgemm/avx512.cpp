@@ -1070,7 +1070,8 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
 struct W4Panel {
   const std::int32_t* codes = nullptr;  // [steps][16][16]: the block's panel (the weight's or buf's)
   std::vector<std::int32_t> buf;        // the row layout's block, transposed
-  std::vector<float> scale;             // [G][16]: the 16 rows' group scales (lane r: row r)
+  const float* scale = nullptr;         // [G][16]: the 16 rows' group scales (lane r: row r): the
+  std::vector<float> scale_buf;         // blocked scales' block, or their rows transposed here
   std::vector<std::int32_t> zero;       // [G][16]: the rows' zero-point terms (when act_offset != 0)
   detail::NextBlockScales next;         // the next block's scales, a line per group by the first row
 };
@@ -1174,7 +1175,7 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
       left = gc;
       const std::int64_t gi = gdone++;
       if (m == 0) p.next.at_group(gi);
-      const __m512 sf = _mm512_loadu_ps(p.scale.data() + gi * 16);  // as float64 (exact), rows 0-7 / 8-15
+      const __m512 sf = _mm512_loadu_ps(p.scale + gi * 16);  // as float64 (exact), rows 0-7 / 8-15
       const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
       const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
       #pragma GCC unroll 8
@@ -1203,13 +1204,141 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
   }
 }
 
+// One or a few activation rows against kW4Streams 16-row blocks of the panel at once (the GEMV of a
+// batch-1 call). One block at a time reads one sequential stream of 32 KiB per block, which the L2
+// streamer follows one page at a time: 21-25 GB/s on two threads of the model 167 Xeon, where four
+// blocks read in turn, four streams in flight, reach 30-32 GB/s (docs/benchmarks.md, 2026-12-06,
+// thirty-ninth session). The blocks share each broadcast activation quad; block j keeps two vpdpbusd
+// chains (low / high nibbles), and, where act_offset != 0, a third that sums its codes (the nibble
+// pair's sum, at most 30, against ones), so the zero-point terms cost no second pass over the codes.
+// Per group and block, the int32 sum is the same as w4_panel_rows' (integer addition, exact), and
+// the float64 combination runs in the same order: the same bits.
+constexpr int kW4Streams = 4;
+#ifndef W4_GEMV_PREFETCH
+#define W4_GEMV_PREFETCH 2048
+#endif
+
+template <bool ZT>
+void w4_gemv_blocks(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr_last, const std::int32_t* const* codes,
+                    const float* const* scale, const detail::NextBlockScales& next) {
+  constexpr int NB = kW4Streams;
+  const std::int64_t G = g.K / g.group, chunks = g.K / 32, gc = g.group / 32;
+  const __m512i high4 = _mm512_set1_epi8(static_cast<char>(0xF0)), ones = _mm512_set1_epi8(1);
+  const __m512i group_codes = _mm512_set1_epi32(static_cast<std::int32_t>(8 * g.group));
+  const __m512i offset = _mm512_set1_epi32(g.act_offset);
+  __m512i c0[NB], c1[NB], cs[NB];
+  __m512d tlo[NB], thi[NB];
+  const std::int8_t* a = g.a + m * g.K;
+  const std::int32_t* ag = g.a_gsum + m * G;
+  __m512i start = _mm512_set1_epi32(G > 0 ? -8 * ag[0] : 0);  // the codes' offset of 8, as w4_panel_rows
+  #pragma GCC unroll 4
+  for (int j = 0; j < NB; ++j) {
+    c0[j] = start;
+    c1[j] = cs[j] = _mm512_setzero_si512();
+    tlo[j] = thi[j] = _mm512_setzero_pd();
+  }
+  for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {
+    const std::int64_t off = ((ci / 4) * 16 + (ci % 4) * 4) * 16, k = ci * 32;
+    #pragma GCC unroll 4
+    for (int j = 0; j < NB; ++j) {  // each stream W4_GEMV_PREFETCH bytes ahead (L2): 1-4 KiB all gave
+      #pragma GCC unroll 4          // 4.96-5.18x at 4096 x 4096, none 4.72x, 8 KiB 4.87x
+      for (int l = 0; l < 4; ++l) {
+        _mm_prefetch(reinterpret_cast<const char*>(codes[j] + off) + W4_GEMV_PREFETCH + 64 * l, _MM_HINT_T2);
+      }
+    }
+    #pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) {
+      std::int32_t alo, ahi;
+      std::memcpy(&alo, a + k + 4 * e, 4);
+      std::memcpy(&ahi, a + k + 16 + 4 * e, 4);
+      const __m512i blo = _mm512_set1_epi32(alo), bhi = _mm512_set1_epi32(ahi);
+      #pragma GCC unroll 4
+      for (int j = 0; j < NB; ++j) {
+        const __m512i v = _mm512_loadu_si512(codes[j] + off + e * 16);
+        const __m512i hi16 = _mm512_and_si512(v, high4), lo = _mm512_xor_si512(v, hi16);  // 16 c_hi, c_lo
+        c0[j] = _mm512_dpbusd_epi32(c0[j], lo, blo);
+        c1[j] = _mm512_dpbusd_epi32(c1[j], hi16, bhi);  // 16 x the high nibbles' sum
+        if (ZT) cs[j] = _mm512_dpbusd_epi32(cs[j], _mm512_add_epi8(lo, _mm512_srli_epi16(hi16, 4)), ones);
+      }
+    }
+    if (--left == 0) {
+      left = gc;
+      const std::int64_t gi = gdone++;
+      if (m == 0) next.at_group(gi);
+      start = _mm512_set1_epi32(gi + 1 < G ? -8 * ag[gi + 1] : 0);
+      #pragma GCC unroll 4
+      for (int j = 0; j < NB; ++j) {
+        __m512i v = _mm512_add_epi32(c0[j], _mm512_srai_epi32(c1[j], 4));  // a multiple of 16: exact
+        if (ZT) v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_sub_epi32(cs[j], group_codes), offset));
+        const __m512 sf = _mm512_loadu_ps(scale[j] + gi * 16);
+        const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
+        const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
+        tlo[j] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(v)), slo, tlo[j]);
+        thi[j] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)), shi, thi[j]);
+        c0[j] = start;
+        c1[j] = cs[j] = _mm512_setzero_si512();
+      }
+    }
+  }
+  const __m512d as = _mm512_set1_pd(g.act_scale);
+  #pragma GCC unroll 4
+  for (int j = 0; j < NB; ++j) {
+    const int nr = j + 1 < NB ? 16 : nr_last;
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    const std::int64_t nj = n + 16 * j;
+    const __m256 ylo = _mm512_cvtpd_ps(_mm512_mul_pd(tlo[j], as)), yhi = _mm512_cvtpd_ps(_mm512_mul_pd(thi[j], as));
+    __m512 y = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
+    if (g.bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, g.bias + nj));
+    _mm512_mask_storeu_ps(g.y + m * g.N + nj, mask, y);
+  }
+}
+
+// Batches of 1-3 rows on the panel layout: kW4Streams blocks at a time through w4_gemv_blocks; the
+// last blocks (fewer than kW4Streams) through w4_panel_rows. Returns the first row it left.
+std::int64_t gemm_w4_gemv(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  constexpr int NB = kW4Streams;
+  const std::int64_t steps = (g.K / 2 + 63) / 64, G = g.K / g.group;
+  // the blocks' scales: blocked ones as they are, else their rows transposed here (at batch 1 that
+  // transpose took a fifth of the kernel's instructions: docs/benchmarks.md, thirty-ninth session)
+  std::vector<float> buf(static_cast<std::size_t>(g.blocked_scales ? 0 : NB * G * 16));
+  std::int64_t n = n_begin;
+  for (; n + 16 * (NB - 1) < n_end; n += 16 * NB) {  // NB blocks, the last one possibly partial
+    const std::int32_t* codes[NB];
+    const float* scale[NB];
+    int nr_last = 16;
+    for (int j = 0; j < NB; ++j) {
+      const std::int64_t nj = n + 16 * j;
+      const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - nj));
+      codes[j] = reinterpret_cast<const std::int32_t*>(g.w + (nj / 16) * steps * 1024);
+      if (g.blocked_scales) {
+        scale[j] = g.gscale + (nj / 16) * G * 16;
+      } else {
+        transpose_rows_f32(g.gscale, G, nj, nr, buf.data() + j * G * 16);
+        scale[j] = buf.data() + j * G * 16;
+      }
+      nr_last = nr;
+    }
+    const detail::NextBlockScales next(g.gscale, G, n, n_end, 16 * NB);
+    for (std::int64_t m = 0; m < g.M; ++m) {
+      if (g.act_offset != 0) {
+        w4_gemv_blocks<true>(g, m, n, nr_last, codes, scale, next);
+      } else {
+        w4_gemv_blocks<false>(g, m, n, nr_last, codes, scale, next);
+      }
+    }
+  }
+  return n;
+}
+
 void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
   const std::int64_t steps = (g.K / 2 + 63) / 64, G = g.K / g.group;
   W4Panel p;
   if (!g.panel) p.buf.resize(static_cast<std::size_t>(steps * 256));
-  p.scale.resize(static_cast<std::size_t>(G * 16));
+  if (!g.blocked_scales) p.scale_buf.resize(static_cast<std::size_t>(G * 16));
   p.zero.resize(static_cast<std::size_t>(G * 16));
-  for (std::int64_t n = n_begin; n < n_end; n += 16) {  // n_begin is a multiple of 16
+  std::int64_t n = n_begin;
+  if (g.panel && g.M < 4) n = gemm_w4_gemv(g, n_begin, n_end);  // one stream per block at a time below
+  for (; n < n_end; n += 16) {  // n_begin is a multiple of 16
     const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
     if (g.panel) {
       p.codes = reinterpret_cast<const std::int32_t*>(g.w + (n / 16) * steps * 1024);
@@ -1219,7 +1348,12 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
     }
     p.next = detail::NextBlockScales(g.gscale, G, n, n_end);
     if (g.act_offset != 0) w4_zero_terms(g, p.codes, p.zero.data());
-    transpose_rows_f32(g.gscale, G, n, nr, p.scale.data());
+    if (g.blocked_scales) {
+      p.scale = g.gscale + (n / 16) * G * 16;
+    } else {
+      transpose_rows_f32(g.gscale, G, n, nr, p.scale_buf.data());
+      p.scale = p.scale_buf.data();
+    }
     std::int64_t m = 0;
     for (; m + 8 <= g.M; m += 8) w4_panel_rows<8>(g, m, n, nr, p);
     for (; m + 4 <= g.M; m += 4) w4_panel_rows<4>(g, m, n, nr, p);

@@ -64,7 +64,7 @@ void w4_gemm_blocks(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_e
     }
     for (std::int64_t gi = 0; gi < G; ++gi) {
       for (int r = 0; r < 4; ++r) {
-        tg[static_cast<std::size_t>(4 * gi + r)] = g.gscale[(n + r) * G + gi];
+        tg[static_cast<std::size_t>(4 * gi + r)] = g.gscale[g.scale_index(n + r, gi)];
         tc[static_cast<std::size_t>(4 * gi + r)] = g.act_offset != 0 ? w4_zero_term(g, sums[static_cast<std::size_t>(r * G + gi)]) : 0;
       }
     }

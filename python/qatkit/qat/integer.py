@@ -493,8 +493,12 @@ def _w4_plan(mod, w, sx, zx, shift, qmin, qmax, rows=False) -> Optional[dict]:
     n, g = w.shape[0], k // gs
     w4 = ops.pack_int4_w4(w)
     rows = rows or (_is_conv(mod) and mod.groups > 1)  # the panel layout holds one GEMM's rows
-    return {"kernel": "linear_w4a8", "weight": w4 if rows else ops.pack_int4_panel(w4),
-            "gscale": mod.weight_scale.float().reshape(n, g).contiguous(),
+    sc = mod.weight_scale.float().reshape(n, g).contiguous()
+    if n % 16 == 0 and not rows and not _is_conv(mod):
+        # a Linear's scales in the panel's blocks: no per-call transpose of them (at batch 1 that
+        # transpose was a fifth of the kernel's work; docs/benchmarks.md, thirty-ninth session)
+        sc = ops.block_w4_scales(sc)
+    return {"kernel": "linear_w4a8", "weight": w4 if rows else ops.pack_int4_panel(w4), "gscale": sc,
             "group_size": gs, "bias": None if mod.bias is None else mod.bias.detach().float().contiguous(),
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 

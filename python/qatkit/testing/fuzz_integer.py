@@ -251,7 +251,8 @@ def check_linear_w2a8_w1a8(r: random.Random, device: str = "cpu") -> int:
 
 
 def check_linear_w4a8(r: random.Random, device: str = "cpu") -> int:
-    """linear_w4a8 (rows or panel) against per-group exact sums combined in float64 in group order."""
+    """linear_w4a8 (rows, panel, or panel with blocked scales) against per-group exact sums combined
+    in float64 in group order."""
     m, n, k = _mnk(r, 32, [32, 64, 96, 128, 160, 256, 384, 512, 1024, 2048])
     gs = r.choice([d for d in (32, 64, 96, 128, 256, 512, 1024) if k % d == 0])
     g = torch.Generator().manual_seed(r.randrange(2**31))
@@ -266,13 +267,14 @@ def check_linear_w4a8(r: random.Random, device: str = "cpu") -> int:
         t = t + (q[:, j * gs:(j + 1) * gs] @ w[:, j * gs:(j + 1) * gs].double().t()) * gscale[:, j].double()
     want = (t * s).float()
     want = (want if fb is None else want + fb).reshape(*x.shape[:-1], n)
-    wl = ops.pack_int4_w4(w)
-    panel = r.random() < 0.5
-    if panel:
-        wl = ops.pack_int4_panel(wl)
+    wl, scl, form = ops.pack_int4_w4(w), gscale, "rows"
+    if r.random() < 0.5:
+        wl, form = ops.pack_int4_panel(wl), "panel"
+        if n % 16 == 0 and r.random() < 0.5:
+            scl, form = ops.block_w4_scales(gscale), "panel blocked"
     with _Machine(r, device) as m:
-        got = m.back(ops.linear_w4a8(m(x), m(wl), m(gscale), gs, s, zp, qmin, qmax, m(fb)))
-    _equal_or_raise(got, want, f"w4a8 {'panel' if panel else 'rows'} x{tuple(x.shape)} w[{n}, {k}] gs={gs} "
+        got = m.back(ops.linear_w4a8(m(x), m(wl), m(scl), gs, s, zp, qmin, qmax, m(fb)))
+    _equal_or_raise(got, want, f"w4a8 {form} x{tuple(x.shape)} w[{n}, {k}] gs={gs} "
                                f"act=({s}, {zp}, {qmin}, {qmax}) {m}")
     return 1
 

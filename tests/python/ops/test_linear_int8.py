@@ -1227,10 +1227,14 @@ def _w4_reference(x, w, gscale, gs, s, zp, qmin, qmax, bias):
 
 
 # shapes cover the AVX-512 kernel's 16-row blocks (N % 16 tails), its 4-row activation tiles (M % 4
-# tails) and its masked 64-byte K steps (K / 2 % 64 tails); zp = 128 on [0, 255] has no zero-point term
+# tails) and its masked 64-byte K steps (K / 2 % 64 tails); zp = 128 on [0, 255] has no zero-point term.
+# Batches of 1-3 rows on the panel run four blocks at a time (w4_gemv_blocks) where a thread has four
+# or more: 130 and 250 rows end in a partial block inside such a run, 200 in a run's leftover blocks;
+# where N is a multiple of 16 the panel also runs with its blocked scales (block_w4_scales).
 @pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (3, 9, 96, 32), (2, 64, 1024, 128), (3, 7, 320, 32),
                                       (0, 8, 32, 32), (4, 5, 512, 256), (2, 3, 1024, 512), (9, 33, 224, 32),
-                                      (6, 48, 384, 96)])
+                                      (6, 48, 384, 96), (1, 130, 128, 64), (3, 250, 160, 32), (2, 200, 64, 32),
+                                      (1, 192, 64, 32), (3, 128, 96, 32)])
 @pytest.mark.parametrize("qrange,zp", [((0, 255), 3), ((-128, 127), -7), ((0, 255), 128), ((0, 15), 0)])
 def test_w4a8_equals_the_group_reference_on_every_isa(M, N, K, gs, qrange, zp):
     g = torch.Generator().manual_seed(8)
@@ -1241,15 +1245,16 @@ def test_w4a8_equals_the_group_reference_on_every_isa(M, N, K, gs, qrange, zp):
     shift = 128 if qmin >= 0 else 0
     packed = ops.pack_int4_w4(w)
     panel = ops.pack_int4_panel(packed)
+    layouts = [(packed, gscale), (panel, gscale)] + ([(panel, ops.block_w4_scales(gscale))] if N % 16 == 0 else [])
     for bias in (None, torch.randn(N, generator=g)):
         want = _w4_reference(x, w, gscale, gs, 0.05, zp, qmin, qmax, bias)
         old = qatkit._C.cpu_isa()
         try:
             for isa in _isas():
                 qatkit._C.set_cpu_isa(isa)
-                for layout in (packed, panel):
-                    got = ops.linear_w4a8(x, layout, gscale, gs, 0.05, zp, qmin, qmax, bias)
-                    assert torch.equal(got, want), (isa, layout.dim())
+                for layout, scales in layouts:
+                    got = ops.linear_w4a8(x, layout, scales, gs, 0.05, zp, qmin, qmax, bias)
+                    assert torch.equal(got, want), (isa, layout.dim(), scales.dim())
         finally:
             qatkit._C.set_cpu_isa(old)
 
@@ -1277,6 +1282,20 @@ def test_w4a8_packing_opcheck_and_errors():
     torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, panel, gs, 32, 0.1, 0, -128, 127))
     with pytest.raises(ValueError, match=r"panel weight .* must have shape \[1, 1, 1024\]"):
         ops.linear_w4a8(x, panel[:, :, :512], gs, 32, 0.1, 0, -128, 127)
+    # the panel's blocked scales [N / 16, G, 16]: 16 rows, their output 16 wide (rows past 4 are zero
+    # codes with the scales given), the same outputs for the first 4
+    gs16 = torch.cat([gs, torch.rand(12, 2)])
+    blocked = ops.block_w4_scales(gs16)
+    assert blocked.shape == (1, 2, 16) and torch.equal(blocked[0, 1], gs16[:, 1])
+    torch.library.opcheck(torch.ops.qatkit.linear_w4a8.default, (x, panel, blocked, 32, 0.1, 0, -128, 127))
+    yb = ops.linear_w4a8(x, panel, blocked, 32, 0.1, 0, -128, 127)
+    assert yb.shape == (3, 16) and torch.equal(yb[:, :4], ops.linear_w4a8(x, panel, gs, 32, 0.1, 0, -128, 127))
+    with pytest.raises(ValueError, match="a 3-D group_scale .* needs a panel weight .* got a 2-D weight"):
+        ops.linear_w4a8(x, p, blocked, 32, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match=r"group_scale must have the blocked shape \[1, 2, 16\], got \[1, 1, 16\]"):
+        ops.linear_w4a8(x, panel, blocked[:, :1], 32, 0.1, 0, -128, 127)
+    with pytest.raises(ValueError, match=r"panel weight .* for N = 32 .* must have shape \[2, 1, 1024\]"):
+        ops.linear_w4a8(x, panel, torch.cat([blocked, blocked]), 32, 0.1, 0, -128, 127)
     with pytest.raises(ValueError, match="K a multiple of 32"):
         ops.pack_int4_panel(p[:, :8])
     big = 2**18  # beyond the exact int32 group sums
