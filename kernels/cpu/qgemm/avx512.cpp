@@ -1205,10 +1205,12 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
 }
 
 // One or a few activation rows against kW4Streams 16-row blocks of the panel at once (the GEMV of a
-// batch-1 call). One block at a time reads one sequential stream of 32 KiB per block, which the L2
-// streamer follows one page at a time: 21-25 GB/s on two threads of the model 167 Xeon, where four
-// blocks read in turn, four streams in flight, reach 30-32 GB/s (docs/benchmarks.md, 2026-12-06,
-// thirty-ninth session). The blocks share each broadcast activation quad; block j keeps two vpdpbusd
+// batch-1 call). One block at a time reads one sequential stream, which the L2 streamer follows one
+// 4 KiB page at a time: a plain read of 10 MiB on the model 167 Xeon's two threads reached 23-26 GB/s
+// that way and 29-32 GB/s reading four 32 KiB blocks in turn. Each stream is prefetched
+// W4_GEMV_PREFETCH bytes ahead into L1 and each block's scales 4 groups ahead (the T0 hint ran ~6 %
+// faster than T2 here; docs/benchmarks.md, 2026-12-06, thirty-ninth session).
+// The blocks share each broadcast activation quad; block j keeps two vpdpbusd
 // chains (low / high nibbles), and, where act_offset != 0, a third that sums its codes (the nibble
 // pair's sum, at most 30, against ones), so the zero-point terms cost no second pass over the codes.
 // Per group and block, the int32 sum is the same as w4_panel_rows' (integer addition, exact), and
@@ -1220,7 +1222,7 @@ constexpr int kW4Streams = 4;
 
 template <bool ZT>
 void w4_gemv_blocks(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr_last, const std::int32_t* const* codes,
-                    const float* const* scale, const detail::NextBlockScales& next) {
+                    const float* const* scale) {
   constexpr int NB = kW4Streams;
   const std::int64_t G = g.K / g.group, chunks = g.K / 32, gc = g.group / 32;
   const __m512i high4 = _mm512_set1_epi8(static_cast<char>(0xF0)), ones = _mm512_set1_epi8(1);
@@ -1240,10 +1242,10 @@ void w4_gemv_blocks(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr
   for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {
     const std::int64_t off = ((ci / 4) * 16 + (ci % 4) * 4) * 16, k = ci * 32;
     #pragma GCC unroll 4
-    for (int j = 0; j < NB; ++j) {  // each stream W4_GEMV_PREFETCH bytes ahead (L2): 1-4 KiB all gave
-      #pragma GCC unroll 4          // 4.96-5.18x at 4096 x 4096, none 4.72x, 8 KiB 4.87x
+    for (int j = 0; j < NB; ++j) {  // each stream W4_GEMV_PREFETCH bytes ahead, into L1
+      #pragma GCC unroll 4
       for (int l = 0; l < 4; ++l) {
-        _mm_prefetch(reinterpret_cast<const char*>(codes[j] + off) + W4_GEMV_PREFETCH + 64 * l, _MM_HINT_T2);
+        _mm_prefetch(reinterpret_cast<const char*>(codes[j] + off) + W4_GEMV_PREFETCH + 64 * l, _MM_HINT_T0);
       }
     }
     #pragma GCC unroll 4
@@ -1264,7 +1266,10 @@ void w4_gemv_blocks(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr
     if (--left == 0) {
       left = gc;
       const std::int64_t gi = gdone++;
-      if (m == 0) next.at_group(gi);
+      if (m == 0) {  // each block's scales ([G][16]: a line per group), 4 groups ahead
+        #pragma GCC unroll 4
+        for (int j = 0; j < NB; ++j) _mm_prefetch(reinterpret_cast<const char*>(scale[j] + (gi + 4) * 16), _MM_HINT_T0);
+      }
       start = _mm512_set1_epi32(gi + 1 < G ? -8 * ag[gi + 1] : 0);
       #pragma GCC unroll 4
       for (int j = 0; j < NB; ++j) {
@@ -1318,12 +1323,11 @@ std::int64_t gemm_w4_gemv(const QGemmW4Args& g, std::int64_t n_begin, std::int64
       }
       nr_last = nr;
     }
-    const detail::NextBlockScales next(g.gscale, G, n, n_end, 16 * NB);
     for (std::int64_t m = 0; m < g.M; ++m) {
       if (g.act_offset != 0) {
-        w4_gemv_blocks<true>(g, m, n, nr_last, codes, scale, next);
+        w4_gemv_blocks<true>(g, m, n, nr_last, codes, scale);
       } else {
-        w4_gemv_blocks<false>(g, m, n, nr_last, codes, scale, next);
+        w4_gemv_blocks<false>(g, m, n, nr_last, codes, scale);
       }
     }
   }

@@ -178,22 +178,18 @@ inline void prefetch_rows(const std::uint8_t* w, std::int64_t n, std::int64_t co
 /// most G lines), prefetched by the kernels one line per group, at each group's end in the first
 /// activation row: the hardware prefetcher does not follow 16 short rows, and a burst of G
 /// prefetches at the block's start stalled on full fill buffers (docs/benchmarks.md, 2026-12-03).
-/// A kernel that runs several blocks at once passes their rows and gets as many lines per group.
 struct NextBlockScales {
   const char* p = nullptr;
   std::int64_t bytes = 0;
   NextBlockScales() = default;
-  std::int64_t per_group = 1;  // lines per group: the blocks' bytes over G groups, rounded up
-  /// rows: the block's rows (16, or 16 * the blocks a GEMV kernel runs at once).
-  NextBlockScales(const float* scale, std::int64_t G, std::int64_t n, std::int64_t n_end, std::int64_t rows = 16) {
-    if (n + rows < n_end) {
-      p = reinterpret_cast<const char*>(scale + (n + rows) * G);
-      bytes = std::min<std::int64_t>(rows, n_end - n - rows) * G * 4;
-      per_group = std::max<std::int64_t>(1, (bytes / 64 + G - 1) / std::max<std::int64_t>(G, 1));
+  NextBlockScales(const float* scale, std::int64_t G, std::int64_t n, std::int64_t n_end) {
+    if (n + 16 < n_end) {
+      p = reinterpret_cast<const char*>(scale + (n + 16) * G);
+      bytes = std::min<std::int64_t>(16, n_end - n - 16) * G * 4;
     }
   }
   void at_group(std::int64_t gi) const {
-    for (std::int64_t l = gi * per_group; l < (gi + 1) * per_group && l * 64 < bytes; ++l) __builtin_prefetch(p + l * 64, 0, 3);
+    if (gi * 64 < bytes) __builtin_prefetch(p + gi * 64, 0, 3);
   }
 };
 
