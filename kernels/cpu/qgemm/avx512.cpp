@@ -715,48 +715,58 @@ void blocked(const Args& g, std::int64_t n_begin, std::int64_t n_end) {
 
 // The ternary GEMV. One activation row laid out once per call as the steps read it (re: 64 bytes
 // per code shift s of each 256-weight step, the two matching 32-byte runs, zeros past an odd last
-// block), then 16 weight rows in two passes of eight accumulators (vpdpbusd in place), the stream
-// 64 rows ahead prefetched into L2 a few lines per step, one 16-lane reduction, the requantization
-// in vectors (finish_t2's operations).
+// block), then 16 weight rows in four passes of four rows x four code shifts (t2_dot4; vpdpbusd in
+// place), the stream 64 rows ahead prefetched into L2 a few lines per step, one 16-lane reduction,
+// the requantization in vectors (finish_t2's operations).
 inline void t2_layout_row(const std::int8_t* a, std::int64_t K_pad, std::int8_t* re) {  // re: K_pad rounded up to 256
   for (std::int64_t b = 0; b < K_pad; b += 256)
     for (int s = 0; s < 4; ++s) _mm512_storeu_si512(re + b + 64 * s, t2_act(a, b, s, b + 256 <= K_pad));
 }
 
-inline void t2_dot8(const std::uint8_t* w, std::int64_t KB, const std::int8_t* re, std::int64_t K_pad, const char* pf,
+// 4 weight rows, the codes of shift s masked in place (w & (3 << 2s): 4^s times the code) into an
+// accumulator of their own: no shift per product, where vpsrlw and vpdpbusd share one port (the
+// shift form ran at ~8 cycles per 64 weight bytes on the model 167 Xeon: 4 of each on port 0). A
+// lane's sum of shift s is a multiple of 4^s, so the >> 2s that combines them is exact (|sum| <=
+// 256 K_pad: int32 for K_pad < 2^23, as the shift form's). pf: 4 rows further on (K_pad bytes).
+inline void t2_dot4(const std::uint8_t* w, std::int64_t KB, const std::int8_t* re, std::int64_t K_pad, const char* pf,
                     __m512i* out) {
-  const __m512i mask3 = _mm512_set1_epi8(3);
-  __m512i c[8];
-  #pragma GCC unroll 8
-  for (int r = 0; r < 8; ++r) c[r] = _mm512_setzero_si512();
+  __m512i c[4][4];
+  #pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r)
+    #pragma GCC unroll 4
+    for (int s = 0; s < 4; ++s) c[r][s] = _mm512_setzero_si512();
   for (std::int64_t b = 0; b < K_pad; b += 256) {
     const bool two = b + 256 <= K_pad;
-    if (pf) {  // 8 rows' worth of the stream ahead (8 x KB = 2 K_pad bytes): 512 bytes per step
-      #pragma GCC unroll 8
-      for (int l = 0; l < 8; ++l) _mm_prefetch(pf + 2 * b + 64 * l, _MM_HINT_T1);
+    if (pf) {  // 4 rows' worth of the stream ahead (4 x KB = K_pad bytes): 256 bytes per step
+      #pragma GCC unroll 4
+      for (int l = 0; l < 4; ++l) _mm_prefetch(pf + b + 64 * l, _MM_HINT_T1);
     }
-    __m512i wv[8];
-    #pragma GCC unroll 8
-    for (int r = 0; r < 8; ++r) {
+    __m512i wv[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
       const std::uint8_t* p = w + r * KB + b / 4;
       wv[r] = two ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(0xFFFFFFFFull, p);
     }
     #pragma GCC unroll 4
     for (int s = 0; s < 4; ++s) {
       const __m512i av = _mm512_loadu_si512(re + b + 64 * s);
-      #pragma GCC unroll 8
-      for (int r = 0; r < 8; ++r) dpbusd_inplace(c[r], _mm512_and_si512(_mm512_srli_epi16(wv[r], 2 * s), mask3), av);
+      const __m512i mask = _mm512_set1_epi8(static_cast<char>(3 << (2 * s)));
+      #pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) dpbusd_inplace(c[r][s], _mm512_and_si512(wv[r], mask), av);
     }
   }
-  #pragma GCC unroll 8
-  for (int r = 0; r < 8; ++r) out[r] = c[r];
+  #pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) {
+    out[r] = _mm512_add_epi32(_mm512_add_epi32(c[r][0], _mm512_srai_epi32(c[r][1], 2)),
+                              _mm512_add_epi32(_mm512_srai_epi32(c[r][2], 4), _mm512_srai_epi32(c[r][3], 6)));
+  }
 }
 
 void t2_gemv16(const QGemmPackedArgs& g, std::int64_t m, std::int64_t n, const std::int8_t* re, const char* pf) {
   const std::int64_t KB = g.K_pad / 4;
   __m512i acc[16];
-  t2_dot8(g.w + n * KB, KB, re, g.K_pad, pf, acc);
-  t2_dot8(g.w + (n + 8) * KB, KB, re, g.K_pad, pf ? pf + 8 * KB : nullptr, acc + 8);
+  #pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) t2_dot4(g.w + (n + 4 * i) * KB, KB, re, g.K_pad, pf ? pf + 4 * i * KB : nullptr, acc + 4 * i);
   // finish_t2: sum_ac - a_sum + corr, then requantize
   const __m512i s = _mm512_add_epi32(_mm512_sub_epi32(reduce16(acc), _mm512_set1_epi32(g.a_sum[m])),
                                      _mm512_loadu_si512(g.corr + n));
