@@ -331,25 +331,43 @@ def test_meta_and_fake_tensors_give_shapes_without_data():
 
 
 def test_large_tensor_over_2_31_elements():
-    """64-bit indexing: a float16 tensor of 2^31 + 24 elements (4 GiB in, 4 GiB out)."""
+    """64-bit indexing: a float16 tensor of 2^31 + 24 elements (4 GiB in, 4 GiB out).
+
+    The input lies in an untouched private anonymous mapping, so its pages read as the kernel's
+    shared zero page and cost no memory: only the pages written below (values at the start, the
+    middle and across element 2^31) are backed. On this project's VMs memory a process touches for
+    the first time costs ~9 s per GiB (docs/benchmarks.md, 2026-12-06 fortieth session), so the
+    test backs the output and mask alone, not the input too (51.6 s -> see the table there)."""
+    import mmap
+
     try:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):
         avail = 0
-    if avail < 14 * 2**30:
-        pytest.skip(f"needs ~10 GiB free memory for 2^31-element tensors; {avail / 2**30:.1f} GiB available")
+    if avail < 7 * 2**30:
+        pytest.skip(f"needs ~5 GiB free memory for the 2^31-element output and mask; {avail / 2**30:.1f} GiB available")
     n = 2**31 + 24
-    x = torch.empty(n, dtype=torch.float16)
-    x[:-64].fill_(0.3)
-    tail = torch.linspace(-3, 3, 64).half()
+    buf = mmap.mmap(-1, 2 * n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    x = torch.frombuffer(buf, dtype=torch.float16, count=n)
+    mid = n // 2
+    x[:64] = 0.3
+    x[mid : mid + 64] = -0.55
+    tail = torch.linspace(-3, 3, 64).half()  # elements 2^31 - 40 .. 2^31 + 23
     x[-64:] = tail
     s, z = torch.tensor([0.05]), torch.tensor([1], dtype=torch.int32)
     y, mask = torch.ops.qatkit._fake_quantize_with_mask(x, s, z, -16, 15, None, None)
+    assert y.shape == (n,) and mask.shape == ((n + 7) // 8,)
     ref, ref_mask = fake_quantize_ref(tail, s, z, -16, 15)
     assert torch.equal(y[-64:], ref)
-    assert y[0].item() == y[n // 2].item() == pytest.approx(0.3, abs=0.03)
+    for lo, v in ((0, 0.3), (mid, -0.55)):
+        want, _ = fake_quantize_ref(torch.full((64,), v, dtype=torch.float16), s, z, -16, 15)
+        assert torch.equal(y[lo : lo + 64], want)
+    for i in (64, 2**30, mid - 1, mid + 64, 2**31 - 41):  # zeros in, zeros out
+        assert y[i].item() == 0.0
     bits = torch.stack([(mask[-8:] >> k) & 1 for k in range(8)], dim=1).flatten().bool()
     assert torch.equal(bits, ref_mask[-64:])
+    del x
+    buf.close()
 
 
 @pytest.mark.xfail(
