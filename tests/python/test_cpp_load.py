@@ -53,11 +53,17 @@ def _ptq_exported(net, x, cfg, path):
 
 
 def _assert_cpp_gives(path, x, tmp_path, want, want_int):
-    """The C++ program's outputs in float and (its default) integer compute equal Python's."""
-    for compute, expected in (("float", want), ("integer", want_int)):
-        r, y = _run(path, x, tmp_path, compute)
-        assert r.returncode == 0, r.stderr
-        assert torch.equal(y, expected), compute
+    """The C++ program's outputs in float and (its default) integer compute equal Python's (one
+    run of load_run --both: the file loaded in each compute, y and y_float)."""
+    from safetensors.torch import load_file, save_file
+
+    inp, out = str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")
+    save_file({"x": x.contiguous()}, inp)
+    r = subprocess.run([EXE, "--both", path, inp, out], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    y = load_file(out)
+    assert torch.equal(y["y_float"], want), "float"
+    assert torch.equal(y["y"], want_int), "integer"
 
 
 def _assert_cpp_resaves(path, x, tmp_path, want, want_int):
