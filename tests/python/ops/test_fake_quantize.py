@@ -336,8 +336,9 @@ def test_large_tensor_over_2_31_elements():
     The input lies in an untouched private anonymous mapping, so its pages read as the kernel's
     shared zero page and cost no memory: only the pages written below (values at the start, the
     middle and across element 2^31) are backed. On this project's VMs memory a process touches for
-    the first time costs ~9 s per GiB (docs/benchmarks.md, 2026-12-06 fortieth session), so the
-    test backs the output and mask alone, not the input too (51.6 s -> see the table there)."""
+    the first time past what the host has backed costs up to ~18 s per GiB, so the test backs the
+    output and mask alone, not the input too: 51.6 s -> ~36 s (docs/benchmarks.md, fortieth
+    session)."""
     import mmap
 
     try:
