@@ -34,13 +34,16 @@ def _qat_models():
 
 
 def _run(model_path, x, tmp_path, compute="integer"):
+    """load_run on x: (result, y), or with compute="both" (result, {"y": integer, "y_float": float})."""
     from safetensors.torch import load_file, save_file
 
     inp, out = str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")
     save_file({"x": x.contiguous()}, inp)
-    flag = ["--float"] if compute == "float" else []
+    flag = {"float": ["--float"], "both": ["--both"]}.get(compute, [])
     r = subprocess.run([EXE, *flag, model_path, inp, out], capture_output=True, text=True, timeout=120)
-    return r, (load_file(out)["y"] if r.returncode == 0 else None)
+    if r.returncode != 0:
+        return r, None
+    return r, (load_file(out) if compute == "both" else load_file(out)["y"])
 
 
 def _ptq_exported(net, x, cfg, path):
@@ -55,13 +58,8 @@ def _ptq_exported(net, x, cfg, path):
 def _assert_cpp_gives(path, x, tmp_path, want, want_int):
     """The C++ program's outputs in float and (its default) integer compute equal Python's (one
     run of load_run --both: the file loaded in each compute, y and y_float)."""
-    from safetensors.torch import load_file, save_file
-
-    inp, out = str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")
-    save_file({"x": x.contiguous()}, inp)
-    r = subprocess.run([EXE, "--both", path, inp, out], capture_output=True, text=True, timeout=120)
+    r, y = _run(path, x, tmp_path, "both")
     assert r.returncode == 0, r.stderr
-    y = load_file(out)
     assert torch.equal(y["y_float"], want), "float"
     assert torch.equal(y["y"], want_int), "integer"
 
