@@ -52,19 +52,19 @@ def consumer_builds(tmp_path_factory):
         configure = ["cmake", "-S", src, "-B", str(out), *gen, f"-DCMAKE_PREFIX_PATH={prefix}",
                      "-DCMAKE_BUILD_TYPE=Release", *extra]
         script = f"{shlex.join(configure)} && {shlex.join(['cmake', '--build', str(out)])}"
-        builds[name] = (out, subprocess.Popen(["bash", "-c", script], stdout=subprocess.PIPE,
-                                              stderr=subprocess.STDOUT, text=True))
+        with open(out / "build.log", "w") as log:  # a file, not a pipe: neither build waits on a reader
+            builds[name] = (out, subprocess.Popen(["bash", "-c", script], stdout=log, stderr=subprocess.STDOUT))
     yield builds
     for _, proc in builds.values():
         if proc.poll() is None:
             proc.kill()
-        proc.communicate()
+        proc.wait()
 
 
 def _built(builds, name):
     out, proc = builds[name]
-    log, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, log[-4000:]
+    proc.wait(timeout=900)
+    assert proc.returncode == 0, (out / "build.log").read_text()[-4000:]
     return out
 
 

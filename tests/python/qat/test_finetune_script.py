@@ -34,10 +34,15 @@ def test_interrupted_run_resumes_bit_identically(tmp_path):
     full, resumed = tmp_path / "full.pt", tmp_path / "resumed.pt"
     # The uninterrupted run and the interrupted one (3 FP32 epochs + 4 (w8a8) + 2 of binary_w1a8's 4,
     # then "crash") side by side: one thread each, two cores.
-    procs = [subprocess.Popen(BASE + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for args in (["--ckpt-dir", str(tmp_path / "a"), "--save-final", str(full)],
-                          ["--ckpt-dir", str(tmp_path / "b"), "--stop-after", "9"])]
-    (_, err_full), (_, err) = (p.communicate(timeout=600) for p in procs)
+    runs = (("a", ["--ckpt-dir", str(tmp_path / "a"), "--save-final", str(full)]),
+            ("b", ["--ckpt-dir", str(tmp_path / "b"), "--stop-after", "9"]))
+    procs = []
+    for tag, args in runs:  # output to files, not pipes: neither run waits on a reader
+        with open(tmp_path / f"{tag}.out", "w") as out, open(tmp_path / f"{tag}.err", "w") as err:
+            procs.append(subprocess.Popen(BASE + args, stdout=out, stderr=err))
+    for p in procs:
+        p.wait(timeout=600)
+    err_full, err = ((tmp_path / f"{tag}.err").read_text() for tag, _ in runs)
     assert procs[0].returncode == 0, err_full[-3000:]
     assert procs[1].returncode != 0 and "stopping as an interruption would" in err, err[-3000:]
     assert not resumed.exists()
