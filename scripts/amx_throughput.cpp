@@ -1,4 +1,4 @@
-// Intel AMX-BF16 costs behind linear_w4_weight_only's tiles (kernels/cpu/qgemm/avx512.cpp,
+// Intel AMX-BF16 costs behind linear_w4_weight_only's tiles (kernels/cpu/qgemm/avx512_w4f.cpp,
 // "weight-only W4 on AMX-BF16 tiles"; docs/benchmarks.md, thirty-seventh session), per step of one
 // row tile against four 16-column blocks (what 4 x 512 weights cost at 12 rows):
 //   tdp     12 tdpbf16ps (three activation parts x four blocks), the A tiles reloaded per step and

@@ -65,7 +65,9 @@ cat "$LOG/bench_gpu.log"
 step fuzz_cuda 15 35 "$PY" scripts/fuzz_ops.py --device cuda --calls 1000000 --seconds 20 --json
 # the integer ops' error paths under this machine's compiler (their messages crashed a GCC 13 build
 # until they formatted with fmt: docs/gpu.md, 2026-12-04, sixteenth session)
-step test_cpu_errors 20 90 "$PY" -m pytest tests/python/ops/test_linear_int8.py tests/python/ops/test_bad_input.py -q \
+INT_TESTS=(tests/python/ops/test_linear_int8.py tests/python/ops/test_linear_lowbit.py tests/python/ops/test_conv_int8.py
+           tests/python/ops/test_w4a8.py tests/python/ops/test_weight_only.py tests/python/ops/test_linear_dynamic.py)
+step test_cpu_errors 20 90 "$PY" -m pytest "${INT_TESTS[@]}" tests/python/ops/test_bad_input.py -q \
   -p no:cacheprovider -n 8
 # compute-sanitizer over the CUDA op tests (memcheck: out-of-bounds and misaligned accesses;
 # racecheck: shared-memory races; initcheck: reads of uninitialized device memory). Each fails its
@@ -93,7 +95,7 @@ print('torch._int_mm M = 20:', tuple(c.shape))"
 # in the same worker: run that sequence alone under cuda-gdb (it debugs host code; gdb is not
 # installed there) so a crash leaves a native backtrace in the log.
 CGDB=$(command -v cuda-gdb || echo /usr/local/cuda/bin/cuda-gdb)
-step crash_probe 15 60 "$CGDB" -batch -ex run -ex bt --args "$PY" -X faulthandler -m pytest tests/python/ops/test_linear_int8.py \
+step crash_probe 15 60 "$CGDB" -batch -ex run -ex bt --args "$PY" -X faulthandler -m pytest "${INT_TESTS[@]}" \
   -q -p no:cacheprovider -p no:xdist -k "opcheck_and_compile or bad_arguments or opcheck_and_errors or packing_and_errors"
 # every CPU op test under this machine's torch and compiler (test_cuda.py ran above)
 step test_cpu_ops 30 150 "$PY" -m pytest tests/python/ops -q -p no:cacheprovider -n 8 --ignore tests/python/ops/test_cuda.py \

@@ -797,7 +797,7 @@ inline void gemm_w4f_xt(const QGemmW4FArgs& g, const WofXtArgs& c, std::int64_t 
 
 // ---------------------------------------------------------------------------------------------
 // The AVX2 table's packed GEMM for linear_w4_weight_only (from its w4f_packed_rows; AVX-512's
-// register tiles, avx512.cpp's gemm_w4f, outran it at every row count measured on that ISA: its
+// register tiles, avx512_w4f.cpp's gemm_w4f, outran it at every row count measured on that ISA: its
 // 12 x 32 tile was 2026-12-03's seventh session's, removed in the eighth). Goto-style
 // blocking with the dequantization in the weight packing. Per block of kWopMc activation rows and
 // kWopKc of K: the rows' slice packed into tiles of kWopMR rows ([k][MR], in L2), then per panel of

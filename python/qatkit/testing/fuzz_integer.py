@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _C, ops
+from .integer import isas
 
 _ISAS = None
 
@@ -29,11 +30,7 @@ _ISAS = None
 def _isas() -> list:
     global _ISAS
     if _ISAS is None:
-        old = _C.cpu_isa()
-        try:
-            _ISAS = ["baseline"] + [i for i in ("avx2", "avx512", "amx") if _C.set_cpu_isa(i)]
-        finally:
-            _C.set_cpu_isa(old)
+        _ISAS = isas()
     return _ISAS
 
 
@@ -73,7 +70,7 @@ class _Machine:
         return f"isa={self.isa} threads={self.threads}" if self.cpu else str(self.device)
 
 
-# sizes at and around the kernels' edges (the comment of each shape list in test_linear_int8.py)
+# sizes at and around the kernels' edges (the comments of the shape lists in tests/python/ops/test_*.py)
 _M = [0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 16, 17, 23, 24, 25, 31, 32, 33, 48, 64, 65, 96, 97, 193]
 _N = [1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 31, 32, 33, 37, 48, 63, 64, 65, 70, 96, 129]
 _K = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 95, 96, 97, 127, 128, 129, 255, 256, 257, 383,

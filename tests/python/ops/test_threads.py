@@ -97,7 +97,7 @@ def test_concurrent_python_threads_equal_serial(name):
         assert all(torch.equal(a, b) for a, b in zip(r, expected, strict=True))
 
 
-# the weight-only kernels keep a float bound, each table in its own bits (test_linear_int8.py checks
+# the weight-only kernels keep a float bound, each table in its own bits (test_weight_only.py checks
 # them table by table); every other case gives the same bits on every table
 FLOAT_BOUND_CASES = {"linear_w4_weight_only"}
 

@@ -1,0 +1,152 @@
+// The channels-last int8 depthwise conv on AVX-512 (vpdpwssd).
+#include "avx512_common.h"
+
+#ifdef QATKIT_AVX512_KERNELS
+namespace qatkit::kernels::cpu::avx512 {
+namespace {
+
+
+// Channels-last depthwise conv (QDwConvArgs' nhwc form), 32 channels per step: the AVX2 table's
+// form at 512 bits (pairs of taps, their codes interleaved per 128-bit lane against the weights
+// interleaved the same way once per call) with vpdpwssd adding each pair's two products into the
+// int32 lanes (the same exact sums: |x| <= 128, |w| <= 127), the two accumulators' lanes (channels
+// 0-3, 8-11, 16-19, 24-27 and 4-7, 12-15, ...) put back in order by two vpermt2d, then requantize's
+// operations on 16 lanes; a last block of fewer than 32 channels under masks (no scalar tail). Any
+// kernel size (pairs at run time); 3 x 3 kernels take dwconv_nhwc_rows3x3 below.
+void dwconv_nhwc_rows(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end, const std::int64_t* off,
+                      const std::int16_t* wi, std::int64_t pairs) {
+  const std::int64_t C = g.C, blocks = (C + 31) / 32;
+  const std::int64_t Wo = g.Wo, Wp = g.Wp, sh = g.sh, sw = g.sw;
+  const std::int16_t* const x = g.x;
+  const std::int32_t* const corr = g.corr;
+  const float* const out_scale = g.out_scale;
+  const float* const bias = g.bias;
+  float* const yall = g.y;
+  const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (std::int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    for (std::int64_t ow = 0; ow < Wo; ++ow) {
+      const std::int16_t* xp = x + ((oh * sh) * Wp + ow * sw) * C;  // tap (0, 0)
+      float* y = yall + (oh * Wo + ow) * C;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        const std::int64_t c0 = b * 32, nc = std::min<std::int64_t>(32, C - c0);
+        const __mmask32 m = nc == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nc) - 1);
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+        const std::int16_t* w = wi + b * 64;
+        const std::int16_t* xb = xp + c0;
+        #pragma GCC unroll 8
+        for (std::int64_t p = 0; p < pairs; ++p) {
+          const __m512i x0 = _mm512_maskz_loadu_epi16(m, xb + off[2 * p]);
+          const __m512i x1 = _mm512_maskz_loadu_epi16(m, xb + off[2 * p + 1]);
+          const __m512i wl = _mm512_loadu_si512(w + p * blocks * 64);
+          const __m512i wh = _mm512_loadu_si512(w + p * blocks * 64 + 32);
+          lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(x0, x1), wl);
+          hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(x0, x1), wh);
+        }
+        const __m512i s[2] = {_mm512_permutex2var_epi32(lo, idx0, hi), _mm512_permutex2var_epi32(lo, idx1, hi)};
+        for (int h = 0; h < 2 && 16 * h < nc; ++h) {
+          const std::int64_t c = c0 + 16 * h, nh = std::min<std::int64_t>(16, nc - 16 * h);
+          const __mmask16 mh = nh == 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << nh) - 1);
+          const __m512i acc = _mm512_add_epi32(s[h], _mm512_maskz_loadu_epi32(mh, corr + c));
+          __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(mh, out_scale + c));
+          if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mh, bias + c));
+          _mm512_mask_storeu_ps(y + c, mh, v);
+        }
+      }
+    }
+  }
+}
+
+// A 3 x 3 kernel (5 pairs) with the loops swapped: per output row and block of 32 channels, the
+// block's 10 interleaved weight vectors and its requantization constants stay in registers across
+// the row's pixels (per pixel and block: 10 code loads, where the per-pixel form, dwconv_nhwc_rows,
+// also loads 10 weight vectors and 6 constants: its loads, one 512-bit load a cycle on Zen 4, bounded
+// it; 1.02-1.36x on MobileNetV2's shapes, docs/benchmarks.md, nineteenth session). The same
+// operations per output: the same bits.
+void dwconv_nhwc_rows3x3(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end, const std::int64_t* off,
+                         const std::int16_t* wi) {
+  constexpr int P = 5;
+  const std::int64_t C = g.C, blocks = (C + 31) / 32;
+  const std::int64_t Wo = g.Wo, Wp = g.Wp, sh = g.sh, step = g.sw * C;
+  const std::int16_t* const x = g.x;
+  const std::int32_t* const corr = g.corr;
+  const float* const out_scale = g.out_scale;
+  const float* const bias = g.bias;
+  float* const yall = g.y;
+  std::int64_t o[2 * P];
+  for (int t = 0; t < 2 * P; ++t) o[t] = off[t];
+  const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  for (std::int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t c0 = b * 32, nc = std::min<std::int64_t>(32, C - c0);
+      const __mmask32 m = nc == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nc) - 1);
+      const std::int64_t n1 = std::max<std::int64_t>(0, std::min<std::int64_t>(16, nc - 16));
+      const __mmask16 m0 = nc >= 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << nc) - 1);
+      const __mmask16 m1 = n1 == 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << n1) - 1);
+      __m512i wl[P], wh[P];
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) {
+        wl[p] = _mm512_loadu_si512(wi + (p * blocks + b) * 64);
+        wh[p] = _mm512_loadu_si512(wi + (p * blocks + b) * 64 + 32);
+      }
+      const __m512i cr0 = _mm512_maskz_loadu_epi32(m0, corr + c0), cr1 = _mm512_maskz_loadu_epi32(m1, corr + c0 + 16);
+      const __m512 os0 = _mm512_maskz_loadu_ps(m0, out_scale + c0), os1 = _mm512_maskz_loadu_ps(m1, out_scale + c0 + 16);
+      const __m512 bs0 = bias ? _mm512_maskz_loadu_ps(m0, bias + c0) : _mm512_setzero_ps();
+      const __m512 bs1 = bias ? _mm512_maskz_loadu_ps(m1, bias + c0 + 16) : _mm512_setzero_ps();
+      const std::int16_t* xb = x + (oh * sh) * Wp * C + c0;  // pixel (oh, 0)'s tap (0, 0)
+      float* y = yall + oh * Wo * C + c0;
+      for (std::int64_t ow = 0; ow < Wo; ++ow, xb += step, y += C) {
+        __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p) {
+          const __m512i x0 = _mm512_maskz_loadu_epi16(m, xb + o[2 * p]);
+          const __m512i x1 = _mm512_maskz_loadu_epi16(m, xb + o[2 * p + 1]);
+          lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(x0, x1), wl[p]);
+          hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(x0, x1), wh[p]);
+        }
+        const __m512i s0 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, idx0, hi), cr0);
+        __m512 v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(s0), os0);
+        if (bias) v0 = _mm512_add_ps(v0, bs0);
+        _mm512_mask_storeu_ps(y, m0, v0);
+        if (n1 > 0) {
+          const __m512i s1 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, idx1, hi), cr1);
+          __m512 v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(s1), os1);
+          if (bias) v1 = _mm512_add_ps(v1, bs1);
+          _mm512_mask_storeu_ps(y + 16, m1, v1);
+        }
+      }
+    }
+  }
+}
+
+void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end) {
+  const std::int64_t C = g.C, taps = g.kh * g.kw, pairs = (taps + 1) / 2, blocks = (C + 31) / 32;
+  const std::vector<std::int64_t> off = detail::dwconv_pair_offsets(g);
+  std::vector<std::int16_t> wi(static_cast<std::size_t>(pairs * blocks * 64));  // [pair][block][2][32]
+  for (std::int64_t p = 0; p < pairs; ++p) {
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      const std::int64_t c0 = b * 32, nc = std::min<std::int64_t>(32, C - c0);
+      const __mmask32 m = nc == 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << nc) - 1);
+      const __m512i w0 = _mm512_maskz_loadu_epi16(m, g.w + 2 * p * C + c0);
+      const __m512i w1 = 2 * p + 1 < taps ? _mm512_maskz_loadu_epi16(m, g.w + (2 * p + 1) * C + c0)
+                                          : _mm512_setzero_si512();
+      std::int16_t* d = wi.data() + (p * blocks + b) * 64;
+      _mm512_storeu_si512(d, _mm512_unpacklo_epi16(w0, w1));
+      _mm512_storeu_si512(d + 32, _mm512_unpackhi_epi16(w0, w1));
+    }
+  }
+  if (pairs == 5) {
+    dwconv_nhwc_rows3x3(g, oh_begin, oh_end, off.data(), wi.data());
+  } else {
+    dwconv_nhwc_rows(g, oh_begin, oh_end, off.data(), wi.data(), pairs);
+  }
+}
+
+
+}  // namespace
+
+void add_dwconv(QGemmKernels& t) { t.dwconv_nhwc = &dwconv_nhwc; }
+
+}  // namespace qatkit::kernels::cpu::avx512
+#endif
