@@ -1,6 +1,9 @@
 """Fuzz the Python loader (issue 12 robustness): mutations of valid exported files through
 qatkit.load and qatkit.load_into must raise ValueError (or load a model that runs) — never another
-exception type, a hang or a crash.
+exception type, a hang or a crash. A model that loads may still refuse the fuzz input in its forward
+the way torch refuses it for the module the edited header describes (RuntimeError, ValueError, or
+IndexError "Dimension out of range" for a Flatten / Unflatten dim past the input's rank, as
+nn.Flatten(1, 2**26) does): counted apart, as the C++ loader's run counts its refused forwards.
 
 Seeds: files qatkit.export wrote for a small CNN at several presets (one with SmoothQuant), and one
 with float modules that hold tensors (BatchNorm, PReLU, LayerNorm, float Conv / Linear).
@@ -265,25 +268,31 @@ def main():
                     counts["ValueError"] += 1
                     continue
                 except Exception as e:  # noqa: BLE001  (anything else is a finding)
-                    with open(os.path.join(os.getcwd(), f"fuzz_crash_{i}.safetensors"), "wb") as f:
-                        f.write(data)
-                    print(f"input {i}: {type(e).__name__}: {e}\n(saved as fuzz_crash_{i}.safetensors)")
-                    sys.exit(1)
+                    _finding(i, data, e)
                 try:  # a consistent file may describe a model that does not take this input: torch says so
                     with torch.no_grad():
                         m(x)
                     counts["loaded"] += 1
                 except (RuntimeError, ValueError):
                     counts["forward refused"] += 1
+                except IndexError as e:  # torch's own error for a Flatten / Unflatten dim past the input's
+                    if not str(e).startswith("Dimension out of range"):  # rank (an edited start_dim / end_dim)
+                        _finding(i, data, e)
+                    counts["forward refused"] += 1
                 except Exception as e:  # noqa: BLE001  (anything else is a finding)
-                    with open(os.path.join(os.getcwd(), f"fuzz_crash_{i}.safetensors"), "wb") as f:
-                        f.write(data)
-                    print(f"input {i}: {type(e).__name__}: {e}\n(saved as fuzz_crash_{i}.safetensors)")
-                    sys.exit(1)
+                    _finding(i, data, e)
     rss = _peak_rss_mb(a, children=False)
     print(f"fuzz_load: {a.inputs} inputs x 2 loaders in {time.time() - t0:.0f} s, seed {a.seed}: "
           f"{counts['ValueError']} ValueError, {counts['loaded']} loaded and ran, {counts['forward refused']} loaded but "
           f"torch refused the input (a shape the edited header describes), 0 other exceptions, peak RSS {rss} MB")
+
+
+def _finding(i: int, data: bytes, e: BaseException) -> None:
+    """Saves the input that raised e (./fuzz_crash_<i>.safetensors), says so and exits 1."""
+    with open(os.path.join(os.getcwd(), f"fuzz_crash_{i}.safetensors"), "wb") as f:
+        f.write(data)
+    print(f"input {i}: {type(e).__name__}: {e}\n(saved as fuzz_crash_{i}.safetensors)")
+    sys.exit(1)
 
 
 if __name__ == "__main__":
