@@ -1,0 +1,1392 @@
+// CPU kernels of the integer GEMM family's convs: conv2d_int8 (8-, 2- and 1-bit weights: im2col
+// patch rows, grouped GEMMs, direct depthwise kernels), conv2d_w4a8 and conv2d_w1a1 (XNOR), each on
+// the ISA table's GEMMs; a NaN input gives NaN windows (nan_outputs.h). The Linears: qgemm_kernel.cpp.
+#include "qgemm_kernel_common.h"
+
+namespace qatkit::ops {
+namespace {
+
+// NaN inputs (nan_outputs.h). The Linears learn of a NaN from their row quantization
+// (ActQuantArgs::nan_seen, no second pass) and then mask the rows of x (or of x / d with
+// linear_int8's input_divisor d [K], where 0 / 0 and Inf / Inf are NaN too). The convs, whose inputs
+// reach the codes by several routes (planes, patch rows, channels-last pixels), make one pass over
+// the input (the ISA's absmax, threaded beyond one chunk) and build the masks only where it finds one.
+bool holds_nan(const at::Tensor& x) {
+  if (!x.is_non_overlapping_and_dense()) return at::isnan(x).any().item<bool>();
+  const float* p = x.const_data_ptr<float>();
+  std::atomic<bool> found{false};
+  const auto scan = [&](std::int64_t b, std::int64_t e) {
+    // the absmax pass clears `finite` on NaN or +-Inf; only then look for a NaN
+    bool finite = true;
+    kernels::cpu::reduce_kernels().absmax(p + b, kernels::DType::kFloat32, e - b, &finite);
+    int bad = 0;
+    for (std::int64_t i = b; !finite && i < e; ++i) bad |= static_cast<int>(p[i] != p[i]);
+    if (bad) found.store(true, std::memory_order_relaxed);
+  };
+  constexpr std::int64_t kGrain = std::int64_t{1} << 17;
+  if (x.numel() <= kGrain) {
+    scan(0, x.numel());  // small inputs: no parallel region
+  } else {
+    at::parallel_for(0, x.numel(), kGrain, scan);
+  }
+  return found.load();
+}
+
+void nan_windows(const at::Tensor& x, at::Tensor& y, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                 at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t groups) {
+  if (y.numel() > 0 && holds_nan(x)) fill_nan_windows(x, y, kernel_size, stride, padding, dilation, groups);
+}
+
+// Small maps (several images' patch rows in one GEMM) with an image for every thread: each thread runs
+// that batched form on its own images (quantization, patch rows, the GEMM over every output column,
+// the transpose into NCHW) in one parallel region, reading the whole weight (<= 8 MiB) itself;
+// otherwise the images' rows are shared by every thread (a region per step, tiles of rows x 64
+// columns). Same process on Zen 4 (docs/benchmarks.md, twenty-third session): loaded MobileNetV2
+// w8a8 / ternary 1.06-1.14x, channels_last 1.10-1.16x, XNOR 1.02-1.10x; ResNet-18 w8a8 1.08x in the
+// 400 ns mode (its 2.36 MB layer4 weights included), equal in the 60 ns one.
+bool images_by_thread(bool per_image, const at::Tensor& weight) {
+  return per_image && at::get_num_threads() > 1 && weight.numel() * weight.element_size() <= (std::int64_t{8} << 20);
+}
+
+// conv2d_w4a8 (the "static_group" form of a conv): linear_w4a8's group GEMM (the table's gemm_w4) on
+// patch rows in PyTorch's (c, i, j) order. conv2d_int8's channels-last (i, j, c) rows do not serve
+// here: their sums are exact in any order, but a group of K spans channels and taps in the weight's
+// order, and each group's sum is one run of the row. The input is quantized once into padded planes
+// [B, C, Hp, Wp] (the padding's code in place: zero point - shift, a centred 0, as the simulation pads);
+// each thread builds the patch rows of its share of the output pixels, at most 4 MiB of codes at a
+// time, and their group sums, then runs gemm_w4 on them for the output channels of each conv group.
+// A channels_last input is quantized by image rows, each row's [W, C] codes transposed into the
+// planes; a pointwise conv (1 x 1, stride 1, no padding) of one with groups 1 quantizes its pixels
+// straight into the patch rows instead, a grouped one transposes each image's [Cg, pixels] codes
+// from the planes into them (the table's 16 x 16 byte tiles), and an NCHW pointwise conv has no
+// planes: each thread quantizes its pixels' [Cg, pixels] floats and transposes the codes into its
+// rows. The GEMM writes an NHWC output in
+// place; an NCHW output takes each image's [pixels, N] block through the table's float transpose.
+at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
+                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                            const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  const ops::Conv2dW4A8Shape shp =
+      ops::check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
+                                  act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+  const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const std::int64_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1], ph = padding[0],
+                     pw = padding[1], dh = dilation[0], dw = dilation[1];
+  const std::int64_t ho = shp.ho, wo = shp.wo, Cg = C / groups, K = Cg * kh * kw, N = group_scale.size(0),
+                     Ng = N / groups, G = K / group_size, L = ho * wo, M = B * L, Hp = H + 2 * ph, Wp = W + 2 * pw;
+  const bool nhwc = ops::conv_channels_last_io(input);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor y = at::empty({B, N, ho, wo}, input.options().memory_format(format));
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  if (y.numel() == 0) return y;
+  if (K == 0) {  // no input channels: an empty sum, y = the bias
+    y.zero_();
+    if (b.defined()) y.add_(b.reshape({1, N, 1, 1}));
+    return y;
+  }
+  const at::Tensor x = input.contiguous(format);
+  const at::Tensor w = weight.contiguous(), gs = group_scale.contiguous();
+  const std::int32_t shift = shp.shift;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const bool pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+  const bool pixel_rows = nhwc && pointwise && groups == 1;
+  // an NCHW pointwise conv: each thread quantizes its pixels' [Cg, pixels] floats itself and
+  // transposes the codes into its rows (no shared planes, no parallel region before the GEMM's)
+  const bool pointwise_nchw = pointwise && !nhwc;
+  // a grouped pointwise conv of a channels_last input: its planes hold L = H * W codes each
+  const bool pointwise_planes = pointwise && !pixel_rows && !pointwise_nchw;
+  const bool planes = !pixel_rows && !pointwise_nchw;
+  // the padded planes (the calling thread's scratch, kept between calls up to 16 MiB: a fresh buffer
+  // cost page faults and a fill on every call), with slack past the last one for the rows' 8-byte
+  // copies; the padding's code written around each plane
+  const std::size_t xc_n = static_cast<std::size_t>(planes ? B * C * Hp * Wp + 64 : 0);
+  struct TagPlanes {};
+  const kernels::BoundedScratch<std::int8_t, TagPlanes> xc_buf(planes ? xc_n : 0);
+  std::int8_t* xc = planes ? xc_buf.get() : nullptr;
+  const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
+  if (xc != nullptr) std::memset(xc + xc_n - 64, pad_code, 64);
+  const auto pad_planes = [&](std::int64_t p0, std::int64_t p1) {  // planes [p0, p1): their padding
+    if (ph == 0 && pw == 0) return;
+    const std::int64_t h_n = H, w_n = W, wp_n = Wp, ph_n = ph, pw_n = pw;  // locals (int8 stores alias)
+    const std::int8_t code = pad_code;
+    if (Hp * Wp <= 1024) {  // small planes: one fill each (the codes are written over it afterwards)
+      std::memset(xc + p0 * Hp * Wp, code, static_cast<std::size_t>((p1 - p0) * Hp * Wp));
+      return;
+    }
+    for (std::int64_t p = p0; p < p1; ++p) {
+      std::int8_t* pl = xc + p * Hp * Wp;
+      std::memset(pl, code, static_cast<std::size_t>(ph_n * wp_n));
+      std::memset(pl + (ph_n + h_n) * wp_n, code, static_cast<std::size_t>(ph_n * wp_n));
+      for (std::int64_t h = ph_n; h < ph_n + h_n; ++h) {
+        for (std::int64_t e = 0; e < pw_n; ++e) pl[h * wp_n + e] = pl[h * wp_n + pw_n + w_n + e] = code;
+      }
+    }
+  };
+  const float* xp = x.data_ptr<float>();
+  if (!planes) {
+    // no planes: the pixels' codes go straight into the rows (pixel_rows, pointwise_nchw)
+  } else if (nhwc) {  // each image row's [W, C] codes, transposed into the C planes
+    at::parallel_for(0, B * C, 16, pad_planes);  // first: a small plane's fill covers its codes' places
+    at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
+      struct TagRow {};
+      const kernels::BoundedScratch<std::int8_t, TagRow> row_buf(static_cast<std::size_t>(W * C));
+      std::int8_t* row = row_buf.get();
+      for (std::int64_t p = p0; p < p1; ++p) {
+        const std::int64_t bi = p / H, h = p % H;
+        k.quantize_rows(xp + p * W * C, row, W * C, q, 0, 1);
+        k.transpose_s8(row, W, C, C, xc + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
+      }
+    });
+  } else {
+    at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
+      pad_planes(p0, p1);
+      if (W >= 64) {  // each image row straight into its plane
+        for (std::int64_t p = p0; p < p1; ++p)
+          for (std::int64_t h = 0; h < H; ++h)
+            k.quantize_rows(xp + (p * H + h) * W, xc + p * Hp * Wp + (h + ph) * Wp + pw, W, q, 0, 1);
+        return;
+      }
+      // narrow rows: a plane's codes in one call, then copied into the padded rows (a call per row of
+      // 4-8 codes was a tenth of a 4 x 4 map's conv)
+      struct TagPlane {};
+      const kernels::BoundedScratch<std::int8_t, TagPlane> t_buf(static_cast<std::size_t>(H * W));
+      std::int8_t* t = t_buf.get();
+      const std::int64_t h_n = H, w_n = W, wp_n = Wp;  // locals: int8 stores may alias captured values
+      for (std::int64_t p = p0; p < p1; ++p) {
+        k.quantize_rows(xp + p * H * W, t, H * W, q, 0, 1);
+        std::int8_t* d = xc + p * Hp * Wp + ph * Wp + pw;
+        for (std::int64_t h = 0; h < h_n; ++h, d += wp_n)
+          for (std::int64_t e = 0; e < w_n; ++e) d[e] = t[h * w_n + e];
+      }
+    });
+  }
+  const bool panel = w.dim() == 3;
+  const auto* wp = w.data_ptr<std::uint8_t>();
+  const float* gsp = gs.data_ptr<float>();
+  const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  // kw codes at a time as one 8-byte copy (the next copy overwrites the rest; rows are built in order)
+  const bool short_runs = dw == 1 && kw <= 8;
+  // the per-row patches' (c, i) runs: their offsets in an image's planes (no multiplies per run)
+  std::vector<std::int64_t> run_off(static_cast<std::size_t>(Cg * kh));
+  for (std::int64_t u = 0; u < Cg * kh; ++u) run_off[static_cast<std::size_t>(u)] = u / kh * Hp * Wp + u % kh * dh * Wp;
+  const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{4} << 20) / K);
+  at::parallel_for(0, M, 16, [&](std::int64_t m0, std::int64_t m1) {
+    // rows per block: at most 4 MiB of codes, and at most 16 MiB of float outputs where they go
+    // through yg (within BoundedScratch's bound)
+    const bool via_yg = groups > 1 || !nhwc;
+    const std::int64_t rows_max = std::min({cap, m1 - m0, via_yg ? std::max<std::int64_t>(16, (std::int64_t{4} << 20) / Ng) : cap});
+    // per-thread scratch kept between calls up to 16 MiB each (fresh buffers: page faults and zero fills on every call)
+    struct TagA {};
+    struct TagGsum {};
+    struct TagY {};
+    const kernels::BoundedScratch<std::int8_t, TagA> a_buf(static_cast<std::size_t>(rows_max * K + 8));
+    const kernels::BoundedScratch<std::int32_t, TagGsum> gsum_buf(static_cast<std::size_t>(rows_max * G));
+    const kernels::BoundedScratch<float, TagY> yg_buf(static_cast<std::size_t>(via_yg ? rows_max * Ng : 1));
+    std::int8_t* const a = a_buf.get();
+    std::int32_t* const gsum = gsum_buf.get();
+    float* const yg = yg_buf.get();
+    struct TagQ {};
+    const kernels::BoundedScratch<std::int8_t, TagQ> tq_buf(
+        static_cast<std::size_t>(pointwise_nchw ? Cg * std::min(rows_max, L) : 1));
+    std::int8_t* const tq = tq_buf.get();
+    for (std::int64_t r0 = m0; r0 < m1; r0 += rows_max) {
+      const std::int64_t rows = std::min(rows_max, m1 - r0);
+      for (std::int64_t gi = 0; gi < groups; ++gi) {
+        if (pixel_rows) k.quantize_rows(xp + r0 * K, a, K, q, 0, rows);
+        // NCHW pointwise: per image segment, the group's [Cg, len] floats quantized (one call for a
+        // whole image, whose group planes are one run) and transposed into the rows
+        for (std::int64_t r = 0; r < rows && pointwise_nchw;) {
+          const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
+          const float* src = xp + (bi * C + gi * Cg) * L + l;
+          if (len == L) {
+            k.quantize_rows(src, tq, Cg * L, q, 0, 1);
+          } else {
+            for (std::int64_t c = 0; c < Cg; ++c) k.quantize_rows(src + c * L, tq + c * len, len, q, 0, 1);
+          }
+          k.transpose_s8(tq, Cg, len, len, a + r * K, K);
+          r += len;
+        }
+        // a pointwise conv of planes: each image's [Cg, pixels] codes transposed into the rows
+        for (std::int64_t r = 0; r < rows && pointwise_planes;) {
+          const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
+          k.transpose_s8(xc + (bi * C + gi * Cg) * L + l, Cg, len, L, a + r * K, K);
+          r += len;
+        }
+        for (std::int64_t r = 0; r < rows && !pointwise; ++r) {  // pixel m's patch, (c, i, j)
+          const std::int64_t m = r0 + r, bi = m / L, oh = m % L / wo, ow = m % L % wo;
+          std::int8_t* dst = a + r * K;
+          const std::int8_t* base = xc + (bi * C + gi * Cg) * Hp * Wp + oh * sh * Wp + ow * sw;
+          // the runs' offsets and sizes in locals: a store through int8_t* may alias anything, so
+          // captured values would be reloaded per run (the 8-byte copies ran about half as fast)
+          const std::int64_t nu = Cg * kh, step = kw, dil = dw;
+          const std::int64_t* off = run_off.data();
+          if (short_runs) {  // one 8-byte copy per (c, i) run
+            for (std::int64_t u = 0; u < nu; ++u, dst += step) std::memcpy(dst, base + off[u], 8);
+            continue;
+          }
+          for (std::int64_t u = 0; u < nu; ++u) {
+            const std::int8_t* src = base + off[u];
+            for (std::int64_t j = 0; j < step; ++j) *dst++ = src[j * dil];
+          }
+        }
+        for (std::int64_t r = 0; r < rows; ++r) row_group_sums(a + r * K, G, group_size, gsum + r * G);
+        kernels::QGemmW4Args g;
+        g.a = a;
+        g.a_gsum = gsum;
+        g.w = panel ? wp : wp + gi * Ng * (K / 2);
+        g.gscale = gsp + gi * Ng * G;
+        g.act_offset = shift - static_cast<std::int32_t>(act_zero_point);
+        g.panel = panel;
+        g.bias = bp ? bp + gi * Ng : nullptr;
+        g.act_scale = static_cast<double>(static_cast<float>(act_scale));
+        g.y = groups == 1 && nhwc ? yp + r0 * N : yg;
+        g.M = rows;
+        g.N = Ng;
+        g.K = K;
+        g.group = group_size;
+        k.gemm_w4(g, 0, Ng);
+        if (nhwc && groups > 1) {  // the group's columns of the NHWC rows
+          for (std::int64_t r = 0; r < rows; ++r)
+            std::memcpy(yp + (r0 + r) * N + gi * Ng, yg + r * Ng, sizeof(float) * static_cast<std::size_t>(Ng));
+        } else if (!nhwc) {  // NCHW: each image's [pixels, Ng] outputs transposed into its channels' planes
+          for (std::int64_t r = 0; r < rows;) {
+            const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
+            k.transpose_f32(yg + r * Ng, len, Ng, Ng, yp + (bi * N + gi * Ng) * L + l, L);
+            r += len;
+          }
+        }
+      }
+    }
+  });
+  return y;
+}
+
+// f(n0, n1) over [n0, n1): across the threads (at::parallel_for with this grain) where inner, else
+// on the calling thread.
+template <class F>
+void maybe_parallel(bool inner, std::int64_t n0, std::int64_t n1, std::int64_t grain, const F& f) {
+  if (inner) {
+    at::parallel_for(n0, n1, grain, f);
+  } else {
+    f(n0, n1);
+  }
+}
+
+// The output columns [0, N) in one call (inside a parallel region) or in blocks of 16 across threads.
+template <class F>
+void gemm_columns(bool inside_parallel, std::int64_t N, const F& f) {
+  if (inside_parallel) {
+    f(0, N);
+  } else {
+    at::parallel_for(0, (N + 15) / 16, 1, [&](std::int64_t b0, std::int64_t b1) { f(b0 * 16, std::min(N, b1 * 16)); });
+  }
+}
+
+// ---------------------------------------------------------------- im2col Convs build their patch rows from the
+// image's codes padded once (the padding's code in place), channels-last: each row in (i, j, c) order, so a row is kh
+// runs of kw * C contiguous codes (groups 1, dilation 1 along the width) or kh * kw runs of C / groups codes, copied
+// from the codes laid out [Hp, Wp, C], with the row sums from per-pixel sums; the weight rows (PyTorch's (c, i, j)
+// order) are reordered to match once per weight (N * K code moves, held by cached_weight_form). An integer sum does
+// not depend on its order, so the rows give the bits of PyTorch's order (docs/integer.md, "Convolutions"). Until the
+// reorder was held, deep layers of small maps (B * L < 2 N) ran planar (c, i, j) rows against the weight as it is;
+// with it, channels-last ran them 1.4-1.8x faster (docs/benchmarks.md, nineteenth session) and the planar form went.
+
+// A depthwise conv's weight codes (rows of `taps` codes in any conv2d_int8 layout) as int16, [N, taps]
+// or (transposed) [taps, N]: weight_code with the layout's width and form constant, so each form's loop
+// is its own (the 8-bit rows a plain widening copy; a per-code call cost 15 % of a 384-channel 4 x 4
+// depthwise conv's time).
+template <int Bits, bool Panel>
+void depthwise_codes_of(const std::uint8_t* wp, std::int64_t rb, std::int64_t N, std::int64_t taps, bool transposed,
+                        std::int16_t* out) {
+  if (transposed) {  // contiguous stores (the codes' rows are short: their reads stay in a few lines)
+    for (std::int64_t t = 0; t < taps; ++t)
+      for (std::int64_t n = 0; n < N; ++n) out[t * N + n] = static_cast<std::int16_t>(weight_code(wp, Bits, Panel, rb, n, t));
+    return;
+  }
+  for (std::int64_t n = 0; n < N; ++n)
+    for (std::int64_t t = 0; t < taps; ++t) out[n * taps + t] = static_cast<std::int16_t>(weight_code(wp, Bits, Panel, rb, n, t));
+}
+
+void depthwise_codes(const std::uint8_t* wp, int bits, bool panel, std::int64_t rb, std::int64_t N, std::int64_t taps,
+                     bool transposed, std::int16_t* out) {
+  if (panel) return depthwise_codes_of<8, true>(wp, rb, N, taps, transposed, out);
+  if (bits == 8) return depthwise_codes_of<8, false>(wp, rb, N, taps, transposed, out);
+  if (bits == 2) return depthwise_codes_of<2, false>(wp, rb, N, taps, transposed, out);
+  depthwise_codes_of<1, false>(wp, rb, N, taps, transposed, out);
+}
+
+// depthwise_codes of a conv's constant weight (w: weight made contiguous), held between calls
+// (cached_weight_form): unpacking them each call, into a zero-filled vector, took 8 % of a 1-bit
+// 8 x 960 x 2 x 2 depthwise conv's time (docs/benchmarks.md, twenty-first session).
+at::Tensor depthwise_weight_codes(const at::Tensor& weight, const at::Tensor& w, std::int64_t bits, bool panel,
+                                  std::int64_t rb, std::int64_t N, std::int64_t taps, bool transposed) {
+  return cached_weight_form(weight, {4, bits, panel, transposed, N, taps, rb, 0}, [&] {
+    at::Tensor out = at::empty({transposed ? taps : N, transposed ? N : taps}, w.options().dtype(at::kShort));
+    depthwise_codes(static_cast<const std::uint8_t*>(w.const_data_ptr()), static_cast<int>(bits), panel, rb, N, taps,
+                    transposed, out.data_ptr<std::int16_t>());
+    return out;
+  });
+}
+
+// The weight (any conv2d_int8 / conv2d_w1a1 layout) with each row's K = Cg * kh * kw codes moved
+// from (c, i, j) to (i, j, c) order; the padding as it was.
+at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::int64_t N, std::int64_t Cg,
+                                std::int64_t kh, std::int64_t kw) {
+  const std::int64_t taps = kh * kw, K = Cg * taps;
+  const std::int64_t rb = w.size(1), NB = (N + 15) / 16;
+  // byte layouts: every byte is written below (the padding copied as it is); bit layouts start from a
+  // copy; a panel gets the split records of its reordered codes (QGemmArgs: they list pairs of
+  // consecutive k, which the reorder moves)
+  const std::int64_t X = panel ? kernels::s8_tail_blocks(NB, rb) : 0;
+  at::Tensor out = panel ? at::empty({NB + X, rb, 64}, w.options()) : bits == 8 ? at::empty_like(w) : w.clone();
+  const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
+  auto* dst = static_cast<std::uint8_t*>(out.mutable_data_ptr());
+  if (panel) {  // 16 rows per panel, 4 consecutive k of a row per 32-bit lane: 16 byte moves per code pair
+    std::fill(dst + NB * rb * 64, dst + (NB + X) * rb * 64, std::uint8_t{0});
+    auto* tail = reinterpret_cast<std::int32_t*>(dst + NB * rb * 64);
+    at::parallel_for(0, NB, 1, [&](std::int64_t p0, std::int64_t p1) {
+      SplitEntries ent;
+      for (std::int64_t p = p0; p < p1; ++p) {
+        const std::uint8_t* sp = src + p * rb * 64;
+        std::uint8_t* dp = dst + p * rb * 64;
+        for (std::int64_t t = K; t < rb * 4; ++t)  // the padding past K (all 16 lanes)
+          for (int r = 0; r < 16; ++r) dp[(t >> 2) * 64 + 4 * r + (t & 3)] = sp[(t >> 2) * 64 + 4 * r + (t & 3)];
+        for (std::int64_t tap = 0; tap < taps; ++tap) {
+          for (std::int64_t c = 0; c < Cg; ++c) {
+            const std::int64_t to = tap * Cg + c, from = c * taps + tap;
+            const std::uint8_t* f = sp + (from >> 2) * 64 + (from & 3);
+            std::uint8_t* d = dp + (to >> 2) * 64 + (to & 3);
+            for (int r = 0; r < 16; ++r) d[4 * r] = f[4 * r];
+          }
+        }
+        split_record(dp, rb, tail + p * kernels::s8_tail_words(rb), ent);
+      }
+    });
+    return out;
+  }
+  at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) {
+      if (bits == 8) {  // int8 rows (zero-padded past K)
+        for (std::int64_t tap = 0; tap < taps; ++tap)
+          for (std::int64_t c = 0; c < Cg; ++c) dst[n * rb + tap * Cg + c] = src[n * rb + c * taps + tap];
+        std::memcpy(dst + n * rb + K, src + n * rb + K, static_cast<std::size_t>(rb - K));
+        continue;
+      }
+      for (std::int64_t tap = 0; tap < taps; ++tap) {
+        for (std::int64_t c = 0; c < Cg; ++c) {
+          const CodeField from = code_field(bits, panel, rb, n, c * taps + tap);
+          const CodeField to = code_field(bits, panel, rb, n, tap * Cg + c);
+          const unsigned v = (src[from.byte] >> from.shift) & from.mask;
+          dst[to.byte] = static_cast<std::uint8_t>((dst[to.byte] & ~(to.mask << to.shift)) | (v << to.shift));
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// A 2- or 1-bit conv weight (conv2d_int8's packed layouts) as int8 codes in the patch rows'
+// channels-last (i, j, c) order: pack_int8_panel's layout (panel), or rows [N, K] zero-padded to a
+// multiple of 32.
+at::Tensor widened_channels_last_weight(const at::Tensor& w, int bits, std::int64_t N, std::int64_t Cg,
+                                        std::int64_t kh, std::int64_t kw, bool panel) {
+  const std::int64_t taps = kh * kw, K = Cg * taps, rb = w.size(1), K32 = (K + 31) / 32 * 32;
+  at::Tensor codes = at::zeros({N, panel ? K : K32}, w.options().dtype(at::kChar));
+  const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
+  auto* dst = codes.data_ptr<std::int8_t>();
+  const std::int64_t rs = codes.size(1);
+  at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
+    for (std::int64_t n = n0; n < n1; ++n) {
+      for (std::int64_t c = 0; c < Cg; ++c)
+        for (std::int64_t tap = 0; tap < taps; ++tap)
+          dst[n * rs + tap * Cg + c] = static_cast<std::int8_t>(weight_code(src, bits, false, rb, n, c * taps + tap));
+    }
+  });
+  return panel ? qatkit::pack_int8_panel(codes) : codes;
+}
+
+// The border of one padded plane of Hp x Wp pixels of `pix` codes each, holding an H x W image at
+// (ph, pw): the rows above and below it and the columns beside it set to `pad`.
+template <typename T>
+void fill_border_plane(T* plane, std::int64_t Hp, std::int64_t Wp, std::int64_t H, std::int64_t W, std::int64_t ph,
+                       std::int64_t pw, std::int64_t pix, T pad) {
+  for (std::int64_t r = 0; r < Hp; ++r) {
+    T* row = plane + r * Wp * pix;
+    if (r < ph || r >= ph + H) {
+      std::fill(row, row + Wp * pix, pad);
+    } else {
+      std::fill(row, row + pw * pix, pad);
+      std::fill(row + (pw + W) * pix, row + Wp * pix, pad);
+    }
+  }
+}
+
+// The patch rows of a conv: the image's padded code layout and its rows (channels-last, above).
+struct ConvPatches {
+  std::int64_t C, Cg, H, W, ph, pw, Hp, Wp, kh, kw, sh, sw, dh, dw, wo;
+
+  ConvPatches(std::int64_t C_, std::int64_t groups, std::int64_t H_, std::int64_t W_, at::IntArrayRef kernel,
+              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t wo_)
+      : C(C_), Cg(C_ / groups), H(H_), W(W_), ph(padding[0]), pw(padding[1]), Hp(H_ + 2 * ph),
+        Wp(W_ + 2 * pw), kh(kernel[0]), kw(kernel[1]), sh(stride[0]), sw(stride[1]), dh(dilation[0]),
+        dw(dilation[1]), wo(wo_) {}
+
+  std::int64_t image_size() const { return Hp * Wp * C; }
+  std::int64_t sums_size() const { return (C / Cg) * Hp * Wp; }
+
+  /// One image's codes xq [C, H, W] (or [H, W, C] with src_nhwc: a channels_last input) -> xc,
+  /// padded with pad_code: [Hp, Wp, C] (by the kernel table's transpose, or row copies from NHWC;
+  /// with ps not null also the sums of each group's channels per padded pixel, ps [groups, Hp * Wp]).
+  void layout(const kernels::cpu::QGemmKernels& k, const std::int8_t* xq, bool src_nhwc, std::int8_t pad_code,
+              std::int8_t* xc, std::int32_t* ps) const {
+    fill_border(xc, pad_code);
+    if (!src_nhwc && ph == 0 && pw == 0) {
+      k.transpose_s8(xq, C, H * W, H * W, xc, C);  // unpadded: the whole image [C, H * W] -> [H * W, C]
+    } else if (!src_nhwc && W < 16) {
+      // rows narrower than the transpose's 16-column blocks (a row's transpose would run scalar):
+      // the whole image at once, then each image row's W pixels into its padded row
+      struct TagT;
+      const kernels::BoundedScratch<std::int8_t, TagT> t_buf(static_cast<std::size_t>(C * H * W));
+      std::int8_t* t = t_buf.get();
+      k.transpose_s8(xq, C, H * W, H * W, t, C);
+      for (std::int64_t h = 0; h < H; ++h)
+        std::memcpy(xc + ((h + ph) * Wp + pw) * C, t + h * W * C, static_cast<std::size_t>(W * C));
+    } else {
+      for (std::int64_t h = 0; h < H; ++h) {
+        std::int8_t* dst = xc + ((h + ph) * Wp + pw) * C;
+        if (src_nhwc) {
+          std::memcpy(dst, xq + h * W * C, static_cast<std::size_t>(W * C));
+        } else {
+          k.transpose_s8(xq + h * W, C, W, H * W, dst, C);
+        }
+      }
+    }
+    if (ps != nullptr) pixel_sums(xc, ps);
+  }
+
+  /// Whether an NHWC input's codes are the channels-last layout itself (no padding): the caller
+  /// quantizes straight into xc and calls pixel_sums, no layout pass.
+  bool direct(bool src_nhwc) const { return src_nhwc && ph == 0 && pw == 0; }
+
+  /// A 1x1, stride-1 conv on such a layout with one group and rows of exactly K codes: the layout's
+  /// pixels are the GEMM's patch rows and their sums its row sums (no im2col).
+  bool rows_are_pixels(bool src_nhwc, std::int64_t K_row) const {
+    return direct(src_nhwc) && kh == 1 && kw == 1 && sh == 1 && sw == 1 && Cg == C && K_row == C;
+  }
+
+  /// The padding of a layout: the rows above and below the image and the columns beside it (the
+  /// image's pixels are written by layout, or by the quantization with direct).
+  void fill_border(std::int8_t* xc, std::int8_t pad_code) const {
+    if (ph == 0 && pw == 0) return;
+    fill_border_plane(xc, Hp, Wp, H, W, ph, pw, C, pad_code);  // one plane of C-code pixels
+  }
+
+  /// The sums of each group's channels per padded pixel, ps [groups, Hp * Wp].
+  void pixel_sums(const std::int8_t* xc, std::int32_t* ps) const {
+    for (std::int64_t gi = 0; gi < C / Cg; ++gi) {
+      for (std::int64_t p = 0; p < Hp * Wp; ++p) {
+        const std::int8_t* px = xc + p * C + gi * Cg;
+        std::int32_t s = 0;
+        for (std::int64_t ci = 0; ci < Cg; ++ci) s += px[ci];
+        ps[gi * Hp * Wp + p] = s;
+      }
+    }
+  }
+
+  /// Patch row l = (oh, ow) of group gi from an image's layout and its pixel sums: its Cg * kh * kw
+  /// codes into dst; returns their sum.
+  /// Writes the K = kh * kw * Cg codes of patch row l of group gi to dst and zeroes dst[K, K_row);
+  /// returns their sum.
+  std::int32_t row(const std::int8_t* xc, const std::int32_t* ps, std::int64_t gi, std::int64_t l,
+                   std::int8_t* dst, std::int64_t K_row) const {
+    if (K_row > kh * kw * Cg) std::memset(dst + kh * kw * Cg, 0, static_cast<std::size_t>(K_row - kh * kw * Cg));
+    const std::int64_t oh = l / wo, ow = l % wo;
+    std::int32_t s = 0;
+    ps += gi * Hp * Wp;  // the group's pixel sums
+    const bool runs = dw == 1 && Cg == C;  // the kw pixels of a kernel row: one run of kw * C codes
+    for (std::int64_t i = 0; i < kh; ++i) {
+      const std::int64_t p = (oh * sh + i * dh) * Wp + ow * sw;  // the padded pixel of tap (i, 0)
+      if (runs) {
+        std::memcpy(dst, xc + p * C, static_cast<std::size_t>(kw * C));
+        dst += kw * C;
+        for (std::int64_t j = 0; j < kw; ++j) s += ps[p + j];
+        continue;
+      }
+      for (std::int64_t j = 0; j < kw; ++j) {
+        std::memcpy(dst, xc + (p + j * dw) * C + gi * Cg, static_cast<std::size_t>(Cg));
+        dst += Cg;
+        s += ps[p + j * dw];
+      }
+    }
+    return s;
+  }
+};
+
+// Convs with fewer output positions per image than this run several images' patch rows as one GEMM.
+constexpr std::int64_t kConvBatchRows = 256;
+
+// Convs with 2- or 1-bit weights and at least this many patch rows run on the weight widened to int8.
+constexpr std::int64_t kConvWidenRows = 16;
+
+// One image per task: its codes (int8, quantized once, laid out channels-last with the padding), then
+// per group its patches [L, K_row] in the GEMM's row layout (the channels-last im2col above on the
+// group's channels, against the weight rows in the same order), their sums, and the GEMM of
+// the group's weight rows written into its [N / groups, L] slice of the NCHW output (y_rs = 1,
+// y_cs = L). A zero-padded position holds the code of 0 (zero point - shift): exactly what the float
+// conv's zero padding quantizes to, so corr's zero-point term holds.
+//
+// given (depthwise convs only: conv2d_w1a1's grouped form): the images' int8 codes (NCHW, or NHWC
+// with nhwc: a channels_last input's), in place of the input's quantization, and each image's output
+// scales ([B, N], in place of out_scale).
+struct GivenCodes {
+  const std::int8_t* codes = nullptr;
+  const float* image_scale = nullptr;
+  bool nhwc = false;
+};
+
+at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
+                            double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
+                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups,
+                            const GivenCodes& given = {}) {
+  const auto [ho, wo] =
+      ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
+  const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const std::int64_t Cg = C / groups, kh = kernel_size[0], kw = kernel_size[1], K = Cg * kh * kw;
+  const bool panel = weight.dim() == 3;  // pack_int8_panel (groups 1): N from corr, patch rows of ceil(K / 4) * 4
+  const std::int32_t shift = check_linear_int8_args(
+      at::empty({1, weight_bits == 8 && !panel ? weight.size(1) : K}, input.options()), weight, corr, out_scale,
+      act_scale, act_zero_point, act_quant_min, act_quant_max, bias, static_cast<int>(weight_bits));
+  // a channels_last input (ops::conv_channels_last_io) is read as NHWC and the output written
+  // channels_last: the layout passes (transposes into and out of NCHW) drop out
+  const bool nhwc = ops::conv_channels_last_io(input);
+  const auto format = nhwc ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor x = input.contiguous(format);
+  const at::Tensor w = weight.contiguous(), c = corr.contiguous(), os = out_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = panel ? c.size(0) : w.size(0), Ng = N / groups, L = ho * wo;
+  at::Tensor y = at::empty({B, N, ho, wo}, input.options().memory_format(format));
+  if (y.numel() == 0) return y;
+  const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const float* xp = x.data_ptr<float>();
+  const std::int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1], dh = dilation[0],
+                     dw = dilation[1];
+  // images in parallel; with fewer images than threads, one image at a time with the GEMM's output
+  // channels in parallel
+  const bool per_image = B >= at::get_num_threads();
+  TORCH_INTERNAL_ASSERT(given.codes == nullptr || Cg == 1, "conv2d_int8: given codes are for depthwise convs");
+  if (Cg == 1) {  // depthwise (N / C outputs per input channel): the direct kernel, no im2col
+    const std::int64_t taps = kh * kw, rb = w.size(1), Hp = H + 2 * ph, Wp = W + 2 * pw;
+    kernels::QDwConvArgs g;
+    g.corr = c.data_ptr<std::int32_t>();
+    g.out_scale = os.data_ptr<float>();
+    g.bias = b.defined() ? b.data_ptr<float>() : nullptr;
+    g.Hp = Hp;
+    g.Wp = Wp;
+    g.Ng = N / C;
+    g.kh = kh;
+    g.kw = kw;
+    g.sh = sh;
+    g.sw = sw;
+    g.dh = dh;
+    g.dw = dw;
+    g.Ho = ho;
+    g.Wo = wo;
+    const std::int64_t mult = N / C;
+    // the codes' layout: the input's, or the given codes' (the output keeps the input's format)
+    const bool in_nhwc = given.codes == nullptr ? nhwc : given.nhwc;
+    TORCH_INTERNAL_ASSERT(!in_nhwc || nhwc, "conv2d_int8: NHWC codes come with a channels_last input");
+    // an NHWC input with one output per channel, where the table quantizes into int16: each image
+    // row's codes straight into its padded pixels (no int8 codes, no widening copy)
+    const bool fused_quantize = given.codes == nullptr && in_nhwc && mult == 1 && k.quantize_s16 != nullptr;
+    // Channels-last (dwconv_nhwc) vectorizes over the output channels whatever the map's size or
+    // stride; the planar form (dwconv_channels) along each output row, which pays with several
+    // outputs per input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md,
+    // seventeenth session: 364 x 8 x 8 x 8 -> 16 and 1 x 3 x 32 x 32 -> 48 ran 0.75x channels-last;
+    // a 1-channel input, maps under 8 pixels and stride 2 ran 1.1-2.3x faster channels-last).
+    if (nhwc || N == C || C == 1 || W < 8 || sw > 1) {
+      // with mult = N / C outputs per input channel each pixel's C codes are repeated mult times
+      // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
+      // transposed into NCHW, or is the channels_last output's image as it is (an NHWC input always
+      // takes this form)
+      // the codes as int16, [taps, N]
+      const at::Tensor wt = depthwise_weight_codes(weight, w, weight_bits, panel, rb, N, taps, true);
+      kernels::QDwConvArgs gn = g;
+      gn.w = wt.const_data_ptr<std::int16_t>();
+      gn.C = N;  // the channels-last pixels hold N codes (C when mult is 1)
+      // rows_in_parallel (fewer images than threads): every step of the image split across the
+      // threads (with only the conv's rows in parallel, 1 x 256 x 28 x 28 ran 0.5x oneDNN's fp32,
+      // the second thread waiting through the serial quantization and transposes)
+      const auto image = [&](std::int64_t bi, std::int8_t* xq, std::int16_t* xc, std::int16_t* xt, float* yt,
+                             bool rows_in_parallel) {
+        const auto steps = [&](std::int64_t n, std::int64_t grain, const auto& f) {
+          if (rows_in_parallel) {
+            at::parallel_for(0, n, grain, f);
+          } else {
+            f(0, n);
+          }
+        };
+        // the image's int8 codes read below: the given ones, or the scratch the quantization writes
+        const std::int8_t* codes = given.codes != nullptr ? given.codes + bi * C * H * W : xq;
+        if (given.codes != nullptr) {
+          // given codes: nothing to quantize
+        } else if (fused_quantize) {
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+            for (std::int64_t h = h0; h < h1; ++h)
+              k.quantize_s16(xp + (bi * H + h) * W * C, xc + ((h + ph) * Wp + pw) * C, W * C, q);
+          });
+        } else if (nhwc) {
+          steps(H * W, std::max<std::int64_t>(1, 4096 / C), [&](std::int64_t p0, std::int64_t p1) {
+            k.quantize_rows(xp + bi * C * H * W, xq, C, q, p0, p1);  // pixels [p0, p1)
+          });
+        } else {
+          const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(H * W, 1));
+          steps(C, grain, [&](std::int64_t c0, std::int64_t c1) {
+            k.quantize_rows(xp + bi * C * H * W, xq, H * W, q, c0, c1);  // channel rows [c0, c1)
+          });
+        }
+        // the padding's pixels hold the zero point's code (the image rows' pixels are written below)
+        fill_border_plane(xc, Hp, Wp, H, W, ph, pw, N, static_cast<std::int16_t>(pad_code));
+        if (mult > 1) {
+          // the whole image [C, H * W] -> [H * W, C] (an NHWC input's codes are that already), then
+          // each pixel's codes repeated mult times into its padded place
+          const auto repeat = [&](const auto* pixels) {
+            steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+              for (std::int64_t h = h0; h < h1; ++h) {
+                for (std::int64_t iw = 0; iw < W; ++iw) {
+                  const auto* src = pixels + (h * W + iw) * C;
+                  std::int16_t* dst = xc + ((h + ph) * Wp + pw + iw) * N;
+                  for (std::int64_t ci = 0; ci < C; ++ci)
+                    std::fill(dst + ci * mult, dst + (ci + 1) * mult, static_cast<std::int16_t>(src[ci]));
+                }
+              }
+            });
+          };
+          if (in_nhwc) {
+            repeat(codes);
+          } else {
+            steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
+              k.transpose_s8_s16(codes + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
+            });
+            repeat(xt);
+          }
+        } else if (in_nhwc) {
+          if (!fused_quantize) {  // each image row's W * C codes, widened, into its padded row
+            steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+              for (std::int64_t h = h0; h < h1; ++h)
+                std::copy(codes + h * W * C, codes + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
+            });
+          }
+        } else if (W < 8) {
+          // rows narrower than the transposes' 8-column blocks (each row's transpose would run
+          // scalar): the whole image [C, H * W] -> [H * W, C] at once, then each row's W pixels
+          // copied into its padded row
+          steps(C, 8, [&](std::int64_t c0, std::int64_t c1) {
+            k.transpose_s8_s16(codes + c0 * H * W, c1 - c0, H * W, H * W, xt + c0, C);
+          });
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+            for (std::int64_t h = h0; h < h1; ++h)
+              std::copy(xt + h * W * C, xt + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
+          });
+        } else {
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
+            for (std::int64_t h = h0; h < h1; ++h)  // image row h: [C, W] -> [W, C] into its padded pixels
+              k.transpose_s8_s16(codes + h * W, C, W, H * W, xc + ((h + ph) * Wp + pw) * C, C);
+          });
+        }
+        kernels::QDwConvArgs gi = gn;
+        gi.x = xc;
+        if (given.image_scale != nullptr) gi.out_scale = given.image_scale + bi * N;
+        float* yb = y.data_ptr<float>() + bi * N * L;
+        gi.y = nhwc ? yb : yt;  // [L, N]: the channels_last output's image as it is
+        steps(ho, 1, [&](std::int64_t r0, std::int64_t r1) { k.dwconv_nhwc(gi, r0, r1); });
+        if (!nhwc) {
+          steps(L, 64, [&](std::int64_t l0, std::int64_t l1) {  // [L, N] -> [N, L], rows [l0, l1)
+            k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L);
+          });
+        }
+      };
+      // each thread's image buffers (every element written before it is read: the codes by
+      // quantize_rows, the padded pixels by the border fill and the transposes (narrow rows: the
+      // whole image's transpose, then copies), the output by dwconv_nhwc)
+      struct TagQ;
+      struct TagC;
+      struct TagT;
+      struct TagY;
+      // (each sized 1 where its form does not use it: the int8 codes when quantize_s16 writes the
+      // pixels, the transposed image with an NHWC input, the [L, N] output with a channels_last one)
+      // (BoundedScratch: kept by the thread up to 16 MiB each, a call's own buffer above)
+      struct Buffers {
+        kernels::BoundedScratch<std::int8_t, TagQ> xq;
+        kernels::BoundedScratch<std::int16_t, TagC> xc;
+        kernels::BoundedScratch<std::int16_t, TagT> xt;
+        kernels::BoundedScratch<float, TagY> yt;
+      };
+      const auto buffers = [&] {
+        return Buffers{kernels::BoundedScratch<std::int8_t, TagQ>(
+                           static_cast<std::size_t>(fused_quantize || given.codes != nullptr ? 1 : C * H * W)),
+                       kernels::BoundedScratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * N)),
+                       kernels::BoundedScratch<std::int16_t, TagT>(
+                           static_cast<std::size_t>(!in_nhwc && (W < 8 || mult > 1) ? H * W * C : 1)),
+                       kernels::BoundedScratch<float, TagY>(static_cast<std::size_t>(nhwc ? 1 : L * N))};
+      };
+      if (per_image) {
+        at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+          const Buffers bufs = buffers();
+          for (std::int64_t bi = b0; bi < b1; ++bi) image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), false);
+        });
+      } else {
+        const Buffers bufs = buffers();
+        for (std::int64_t bi = 0; bi < B; ++bi) image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), true);
+      }
+      return y;
+    }
+    // the planar form (dwconv_channels): the codes as int16, [N, taps]
+    const at::Tensor wd = depthwise_weight_codes(weight, w, weight_bits, panel, rb, N, taps, false);
+    g.w = wd.const_data_ptr<std::int16_t>();
+    // one image's codes, zero-point padded into [C, Hp, Wp] (int16)
+    const auto pad_codes = [&](std::int64_t bi, std::vector<std::int8_t>& xq, std::vector<std::int16_t>& xpad) {
+      const std::int8_t* codes = given.codes != nullptr ? given.codes + bi * C * H * W : xq.data();
+      if (given.codes == nullptr) k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+      std::fill(xpad.begin(), xpad.end(), static_cast<std::int16_t>(pad_code));
+      for (std::int64_t ci = 0; ci < C; ++ci) {
+        for (std::int64_t ih = 0; ih < H; ++ih) {
+          std::int16_t* dst = xpad.data() + (ci * Hp + ih + ph) * Wp + pw;
+          const std::int8_t* src = codes + (ci * H + ih) * W;
+          for (std::int64_t iw = 0; iw < W; ++iw) dst[iw] = src[iw];
+        }
+      }
+    };
+    const auto buffers = [&] {
+      return std::make_pair(std::vector<std::int8_t>(static_cast<std::size_t>(given.codes != nullptr ? 0 : C * H * W)),
+                            // + the slack dwconv's stride-1 plane runs read past the last plane
+                            std::vector<std::int16_t>(static_cast<std::size_t>(C * Hp * Wp + (kw - 1) * dw)));
+    };
+    if (per_image) {
+      at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+        auto [xq, xpad] = buffers();
+        for (std::int64_t bi = b0; bi < b1; ++bi) {
+          pad_codes(bi, xq, xpad);
+          kernels::QDwConvArgs gi = g;
+          gi.x = xpad.data();
+          gi.y = y.data_ptr<float>() + bi * N * L;
+          if (given.image_scale != nullptr) gi.out_scale = given.image_scale + bi * N;
+          k.dwconv(gi, 0, N);
+        }
+      });
+    } else {  // fewer images than threads: the channels in parallel
+      auto [xq, xpad] = buffers();
+      for (std::int64_t bi = 0; bi < B; ++bi) {
+        pad_codes(bi, xq, xpad);
+        kernels::QDwConvArgs gi = g;
+        gi.x = xpad.data();
+        gi.y = y.data_ptr<float>() + bi * N * L;
+        if (given.image_scale != nullptr) gi.out_scale = given.image_scale + bi * N;
+        at::parallel_for(0, N, 1, [&](std::int64_t n0, std::int64_t n1) { k.dwconv(gi, n0, n1); });
+      }
+    }
+    return y;
+  }
+  // the patch rows (channels-last), and the weight rows in their order
+  const ConvPatches cp(C, groups, H, W, kernel_size, stride, padding, dilation, wo);
+  // Convs with 2- or 1-bit weights run the int8 GEMM on the codes widened to int8 (the panel layout
+  // for groups 1, the row layout otherwise; in the same pass as the reorder, held with it) from
+  // kConvWidenRows patch rows: the same sums (the packed kernels equal linear_int8 on the unpacked
+  // codes), at the int8 GEMM's speed. Below, the packed kernels read a quarter / an eighth of the
+  // bytes (one patch row: 1.3-1.6x the widened form's speed; from 16 rows the widened form ran
+  // 1.07-1.7x faster, docs/benchmarks.md, nineteenth session).
+  const bool widen = weight_bits != 8 && B * L >= kConvWidenRows;
+  const int wbits = widen ? 8 : static_cast<int>(weight_bits);
+  const bool wpanel = widen ? groups == 1 : panel;
+  // (both derived from the constant weight alone: held between calls, cached_weight_form)
+  const at::Tensor wr =
+      widen ? cached_weight_form(weight, {1, weight_bits, panel, wpanel, N, Cg, kh, kw},
+                                 [&] { return widened_channels_last_weight(w, static_cast<int>(weight_bits), N, Cg, kh, kw, wpanel); })
+      : kh * kw > 1 && Cg > 1
+          ? cached_weight_form(weight, {2, weight_bits, panel, 0, N, Cg, kh, kw},
+                               [&] { return channels_last_weight(w, static_cast<int>(weight_bits), panel, N, Cg, kh, kw); })
+          : w;
+  const std::int32_t* wtail = nullptr;  // a split panel's records (QGemmArgs::tail)
+  const at::Tensor wl = wpanel ? s8_panel_operand(wr, N, K, &wtail) : wr;
+  // the patch rows' length, >= K: the padded tail of each row stays 0
+  const std::int64_t K_row = wpanel ? (K + 3) / 4 * 4 : wl.size(1) * (8 / wbits);
+  // Group gi's GEMM of M patch rows (a, their sums a_sum) into yo (rows y_rs apart, columns y_cs
+  // apart), its output columns [c0, c1) of the group's Ng.
+  const auto gemm = [&](const std::int8_t* a, const std::int32_t* a_sum, std::int64_t M, std::int64_t gi, float* yo,
+                        std::int64_t y_rs, std::int64_t y_cs, std::int64_t c0, std::int64_t c1) {
+    const std::int64_t n0 = gi * Ng;  // the group's output channels [n0, n0 + Ng)
+    const float* bp = b.defined() ? b.data_ptr<float>() + n0 : nullptr;
+    if (wbits == 8) {
+      kernels::QGemmArgs g;
+      g.a = a;
+      g.w = wpanel ? static_cast<const std::int8_t*>(wl.const_data_ptr())
+                   : static_cast<const std::int8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
+      g.a_sum = a_sum;
+      g.panel = wpanel;
+      g.tail = wtail;
+      g.corr = c.data_ptr<std::int32_t>() + n0;
+      g.out_scale = os.data_ptr<float>() + n0;
+      g.bias = bp;
+      g.y = yo;
+      g.M = M;
+      g.N = Ng;
+      g.K = wpanel ? K : K_row;  // the weight's (zero-padded) row length; a panel's true K
+      g.y_rs = y_rs;
+      g.y_cs = y_cs;
+      k.gemm_s8(g, c0, c1);
+    } else {
+      kernels::QGemmPackedArgs g;
+      g.a = a;
+      g.a_sum = a_sum;
+      g.w = static_cast<const std::uint8_t*>(wl.const_data_ptr()) + n0 * wl.size(1);
+      g.corr = c.data_ptr<std::int32_t>() + n0;
+      g.out_scale = os.data_ptr<float>() + n0;
+      g.bias = bp;
+      g.y = yo;
+      g.M = M;
+      g.N = Ng;
+      g.K_pad = K_row;
+      g.y_rs = y_rs;
+      g.y_cs = y_cs;
+      (wbits == 2 ? k.gemm_t2 : k.gemm_b1)(g, c0, c1);
+    }
+  };
+  // An NCHW int8-weight conv with an image per thread and patch rows of at most 128 codes (a 1x1
+  // conv from up to 128 channels) takes the per-image path below at any size: MobileNetV2's 8 x 8 and
+  // 4 x 4 expand convs ran 1.33-1.59x faster there (one parallel region, the panel kernels' in-register
+  // NCHW stores) than batched; 2- and 1-bit weights were not measured there and stay batched
+  // (docs/benchmarks.md, twenty-second session).
+  if (L < kConvBatchRows && (nhwc || !per_image || K_row > 128 || weight_bits != 8)) {
+    // Few positions per image: the patch rows of several images form one GEMM, so each weight block
+    // is read once for all of them (one image of a 4 x 4 map would stream the whole weight for 16
+    // rows), into [rows, Ng], and each image's slice is transposed into the NCHW output: images
+    // [bb0, bb1), each step's work across the threads (inner: the GEMM in tiles of 64 output
+    // columns x row ranges), or all on the calling thread (images_by_thread).
+    const auto batched = [&](std::int64_t bb0, std::int64_t bb1, bool inner) {
+      const std::int64_t chunk = std::min(bb1 - bb0, (2 * kConvBatchRows + L - 1) / L), HWC = cp.image_size(),
+                         PS = cp.sums_size();
+      // NHWC without padding: quantized straight into the layout; a 1x1 stride-1 conv then runs its
+      // GEMM on the layout's pixels and their sums (ConvPatches::direct / rows_are_pixels)
+      const bool direct = cp.direct(nhwc), pixel_rows = cp.rows_are_pixels(nhwc, K_row);
+      std::vector<std::int8_t> xcs(static_cast<std::size_t>(chunk * HWC));
+      std::vector<std::int32_t> pss(static_cast<std::size_t>(chunk * PS));
+      std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : chunk * L));
+      // each row's positions K..K_row zeroed where the row is written (a zero fill of the whole buffer
+      // was a serial memset of up to chunk * L * K_row bytes, 18 % of a 8 x 256 x 8 x 8 3x3 conv)
+      std::unique_ptr<std::int8_t[]> cols(pixel_rows ? nullptr : new std::int8_t[static_cast<std::size_t>(chunk * L * K_row)]);
+      // every row of a chunk's [Mc, Ng] is written by the GEMM before it is read: no zero fill
+      std::unique_ptr<float[]> yt(nhwc ? nullptr : new float[static_cast<std::size_t>(chunk * L * Ng)]);
+      const std::int64_t threads = at::get_num_threads(), nt = (Ng + 63) / 64;
+      for (std::int64_t b0 = bb0; b0 < bb1; b0 += chunk) {
+        const std::int64_t nb = std::min(chunk, bb1 - b0), Mc = nb * L;
+        maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+          std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
+          for (std::int64_t i = i0; i < i1; ++i) {
+            if (direct) {
+              k.quantize_rows(xp + (b0 + i) * C * H * W, xcs.data() + i * HWC, C * H * W, q, 0, 1);
+              cp.pixel_sums(xcs.data() + i * HWC, pss.data() + i * PS);
+            } else {
+              k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
+              cp.layout(k, xq.data(), nhwc, pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
+            }
+          }
+        });
+        // the patch rows: the layout's pixels themselves (rows L * C apart per image: r * K_row), or
+        // copied into cols
+        const std::int8_t* rows_a = pixel_rows ? xcs.data() : cols.get();
+        const std::int32_t* rows_sum = pixel_rows ? pss.data() : a_sum.data();
+        for (std::int64_t gi = 0; gi < groups; ++gi) {
+          if (!pixel_rows) {
+            maybe_parallel(inner, 0, Mc, 64, [&](std::int64_t r0, std::int64_t r1) {
+              for (std::int64_t r = r0; r < r1; ++r) {
+                const std::int64_t i = r / L;
+                a_sum[static_cast<std::size_t>(r)] =
+                    cp.row(xcs.data() + i * HWC, pss.data() + i * PS, gi, r % L, cols.get() + r * K_row, K_row);
+              }
+            });
+          }
+          // into [rows, Ng]; channels_last: straight into the output (row r of the chunk is pixel
+          // (b0 + r / L, r % L), N floats apart), no transpose
+          float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.get();
+          const std::int64_t yo_rs = nhwc ? N : Ng;
+          if (!inner) {
+            gemm(rows_a, rows_sum, Mc, gi, yo, yo_rs, 1, 0, Ng);
+          } else {
+            // row ranges: enough tiles for two per thread; consecutive tasks share their columns
+            const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
+            const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
+            at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
+              for (std::int64_t t = t0; t < t1; ++t) {
+                const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
+                if (r0 >= Mc) continue;
+                gemm(rows_a + r0 * K_row, rows_sum + r0, std::min(mt, Mc - r0), gi, yo + r0 * yo_rs, yo_rs, 1, c0,
+                     std::min(Ng, c0 + 64));
+              }
+            });
+          }
+          if (nhwc) continue;
+          maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+            for (std::int64_t i = i0; i < i1; ++i)  // [L, Ng] -> the group's [Ng, L] of image b0 + i
+              k.transpose_f32(yt.get() + i * L * Ng, L, Ng, Ng, y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L, L);
+          });
+        }
+      }
+    };
+    if (images_by_thread(per_image, wl)) {
+      at::parallel_for(0, B, 1, [&](std::int64_t i0, std::int64_t i1) { batched(i0, i1, false); });
+    } else {
+      batched(0, B, true);
+    }
+    return y;
+  }
+  const bool direct = cp.direct(nhwc), pixel_rows = cp.rows_are_pixels(nhwc, K_row);
+  const auto run = [&](std::int64_t b0, std::int64_t b1) {
+    std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
+    std::vector<std::int8_t> xc(static_cast<std::size_t>(cp.image_size()));
+    std::vector<std::int32_t> ps(static_cast<std::size_t>(cp.sums_size()));
+    // each row's positions K..K_row zeroed where the row is written
+    std::unique_ptr<std::int8_t[]> cols(pixel_rows ? nullptr : new std::int8_t[static_cast<std::size_t>(L * K_row)]);
+    std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : L));
+    for (std::int64_t bi = b0; bi < b1; ++bi) {
+      if (direct) {
+        k.quantize_rows(xp + bi * C * H * W, xc.data(), C * H * W, q, 0, 1);
+        cp.pixel_sums(xc.data(), ps.data());
+      } else {
+        k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+        cp.layout(k, xq.data(), nhwc, pad_code, xc.data(), ps.data());
+      }
+      for (std::int64_t gi = 0; gi < groups; ++gi) {
+        const auto rows = [&](std::int64_t l0, std::int64_t l1) {
+          for (std::int64_t l = l0; l < l1; ++l)
+            a_sum[static_cast<std::size_t>(l)] = cp.row(xc.data(), ps.data(), gi, l, cols.get() + l * K_row, K_row);
+        };
+        if (!pixel_rows && per_image) {
+          rows(0, L);
+        } else if (!pixel_rows) {  // one image at a time: its patch rows in parallel too
+          at::parallel_for(0, L, 64, rows);
+        }
+        // NCHW: the group's [Ng, L] slice (rows 1 apart, columns L); channels_last: [L, N] pixels
+        float* yb = y.data_ptr<float>() + (nhwc ? bi * L * N + gi * Ng : (bi * N + gi * Ng) * L);
+        const std::int8_t* a = pixel_rows ? xc.data() : cols.get();
+        const std::int32_t* a_rows = pixel_rows ? ps.data() : a_sum.data();
+        gemm_columns(per_image, Ng, [&](std::int64_t c0, std::int64_t c1) {
+          gemm(a, a_rows, L, gi, yb, nhwc ? N : 1, nhwc ? 1 : L, c0, c1);
+        });
+      }
+    }
+  };
+  if (per_image) {
+    at::parallel_for(0, B, 1, run);
+  } else {
+    run(0, B);
+  }
+  return y;
+}
+
+// binary_codes(input, "bitnet", 0) of a channels_last input ([B, C, H, W], channels_last), the codes
+// channels_last too. The statistics are _mean_and_mean_abs's on the NCHW images (binarize's order, so
+// the centre and alpha bits are binary_codes' of input.contiguous(): a channels_last model binarizes
+// as an NCHW one). With an image per thread, each image's channels are transposed 8 at a time by the
+// kernel table's transpose_f32 into a small buffer ([8, H * W]: a multiple of 8 elements, so the
+// image's lanes run on as in one pass over its NCHW copy) and summed from there; with fewer images
+// than threads, the whole NCHW copy in parallel, then the op. (ATen's channels_last -> contiguous copy
+// took 84 of the 155 us of binary_codes on 8 x 32 x 32 x 32; a full transposed copy then a second
+// pass, 12 % of a loaded channels_last XNOR MobileNetV2: docs/benchmarks.md, twentieth and
+// twenty-first sessions.) Then the codes pass on the input's own memory (a sample is one run of
+// C * H * W elements in either format: the same per-sample centre, the same code per element).
+std::pair<at::Tensor, at::Tensor> bitnet_codes_channels_last(const at::Tensor& input) {
+  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+  const std::int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const float* src = x.const_data_ptr<float>();
+  const auto& k = kernels::cpu::qgemm_kernels();
+  at::Tensor center, alpha;
+  if (B >= at::get_num_threads()) {
+    center = at::empty({B}, x.options());
+    alpha = at::empty({B}, x.options());
+    float* cp = center.data_ptr<float>();
+    float* ap = alpha.data_ptr<float>();
+    const auto& r = kernels::cpu::reduce_kernels();
+    at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+      struct TagStats;
+      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(8 * HW));
+      float* buf = stats_buf.get();
+      for (std::int64_t b = b0; b < b1; ++b) {
+        kernels::cpu::SumAbsLanes lanes;
+        for (std::int64_t c0 = 0; c0 < C; c0 += 8) {
+          const std::int64_t cb = std::min<std::int64_t>(8, C - c0);
+          k.transpose_f32(src + b * HW * C + c0, HW, cb, C, buf, HW);  // [HW, cb] -> [cb, HW]
+          r.sum_abssum(buf, kernels::DType::kFloat32, cb * HW, &lanes);
+        }
+        const double n = static_cast<double>(C * HW);
+        cp[b] = static_cast<float>(lanes.sum() / n);  // _mean_and_mean_abs's division
+        ap[b] = static_cast<float>(lanes.abssum() / n);
+      }
+    });
+  } else {
+    at::Tensor xn = at::empty(x.sizes(), x.options());
+    float* dst = xn.data_ptr<float>();
+    const std::int64_t chunks = (HW + 63) / 64;  // 64 pixels of an image: [64, C] -> [C, 64]
+    at::parallel_for(0, B * chunks, std::max<std::int64_t>(1, 2048 / std::max<std::int64_t>(C, 1)),
+                     [&](std::int64_t t0, std::int64_t t1) {
+                       for (std::int64_t t = t0; t < t1; ++t) {
+                         const std::int64_t b = t / chunks, l0 = (t % chunks) * 64, l1 = std::min(HW, l0 + 64);
+                         k.transpose_f32(src + (b * HW + l0) * C, l1 - l0, C, C, dst + b * C * HW + l0, HW);
+                       }
+                     });
+    const ops::BinaryStats st = ops::binary_stats(xn, ops::BinaryScaling::kBitNet, 0);
+    center = st.center.contiguous();
+    alpha = ops::binary_codes_scale(xn, st, 0);
+  }
+  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar).memory_format(at::MemoryFormat::ChannelsLast));
+  kernels::BinarizeArgs a;
+  a.input = src;
+  a.output = codes.data_ptr();
+  a.center = center.const_data_ptr<float>();
+  a.numel = x.numel();
+  a.inner = C * HW;
+  a.channels = B;
+  a.zero_negative = true;  // the bitnet rule's codes (as binary_codes' prepare_binarize)
+  a.dtype = kernels::DType::kFloat32;
+  at::parallel_for(0, a.numel, std::int64_t{1} << 15,
+                   [&](std::int64_t b0, std::int64_t b1) { kernels::cpu::sign_kernels().binary_codes(a, b0, b1); });
+  return {codes, alpha};
+}
+
+// The per-sample codes and alphas of conv2d_w1a1's input: binary_codes(input, "bitnet", 0), NCHW, or
+// with a channels_last input NHWC (bitnet_codes_channels_last: the same codes).
+std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool channels_last) {
+  if (channels_last) return bitnet_codes_channels_last(input);
+  const auto [codes, alpha] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
+  return {codes.contiguous(), alpha.contiguous()};
+}
+
+// One image per task (or the output channels, and the patch rows, in parallel when there are fewer
+// images than threads): the image's codes, its patch rows channels-last against the weight bits in
+// the same (i, j, c) order (a padded position is code 0: no sign bit, a zero-mask bit; with C a
+// multiple of 8 each pixel's bits are packed once and a row is kh * kw copies of C / 8 bytes), the
+// popcount GEMM written into the output: a channels_last input's output is channels_last, each image
+// the GEMM's [L, N] rows as they are; otherwise NCHW (each image's rows transposed).
+at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
+  const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const std::int64_t kh = kernel_size[0], kw = kernel_size[1], K = C * kh * kw;
+  const std::int64_t KB = check_w1a1_args("conv2d_w1a1", input, K, weight, weight_scale, bias);
+  const at::Tensor w = weight.contiguous(), ws = weight_scale.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const std::int64_t N = w.size(0), L = ho * wo;
+  const bool cl = ops::conv_channels_last_io(input);
+  at::Tensor y = at::empty({B, N, ho, wo},
+                           input.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  if (y.numel() == 0) return y;
+  const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
+  const std::int8_t* cp = codes.data_ptr<std::int8_t>();
+  const float* ap = alpha.data_ptr<float>();
+  const std::int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
+  const auto& k = kernels::cpu::qgemm_kernels();
+  const bool per_image = B >= at::get_num_threads();
+  // the patch rows (channels-last, as conv2d_int8's), and the weight bits in their order (held)
+  const ConvPatches cpt(C, 1, H, W, kernel_size, stride, padding, dilation, wo);
+  const at::Tensor wl = kh * kw > 1 && C > 1
+                           ? cached_weight_form(weight, {3, 1, 0, 0, N, C, kh, kw},
+                                                [&] { return channels_last_weight(w, 1, false, N, C, kh, kw); })
+                           : w;
+  const std::int64_t Hp = cpt.Hp, Wp = cpt.Wp;
+  // channels-last with each pixel's C sign / zero bits whole bytes: rows of byte copies
+  const bool byte_runs = C % 8 == 0;
+  const std::int64_t CB = C / 8;
+  // One thread's image buffers: the codes' layout, and with byte runs each padded pixel's sign bits
+  // and zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word.
+  struct Image {
+    std::vector<std::int8_t> xc, patch;
+    std::vector<std::int32_t> ps, pz;
+    std::vector<std::uint8_t> sb, zb;
+  };
+  const auto image_buffers = [&] {
+    Image im;
+    im.xc.resize(static_cast<std::size_t>(Hp * Wp * C));
+    im.patch.resize(static_cast<std::size_t>(byte_runs ? 0 : K));
+    im.ps.resize(static_cast<std::size_t>(byte_runs ? 0 : cpt.sums_size()));
+    im.sb.resize(static_cast<std::size_t>(byte_runs ? Hp * Wp * CB : 0));
+    im.zb.resize(im.sb.size());
+    im.pz.resize(static_cast<std::size_t>(byte_runs ? Hp * Wp : 0));
+    return im;
+  };
+  const auto prepare = [&](Image& im, std::int64_t bi) {
+    const std::int8_t* xq = cp + bi * C * H * W;
+    if (!byte_runs) {
+      cpt.layout(k, xq, cl, std::int8_t{0}, im.xc.data(), im.ps.data());
+      return;
+    }
+    cpt.layout(k, xq, cl, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
+    for (std::int64_t p = 0; p < Hp * Wp; ++p) {
+      std::int32_t zeros = 0;
+      for (std::int64_t cb = 0; cb < CB; ++cb)
+        zeros += pack_codes8(im.xc.data() + p * C + cb * 8, im.sb.data() + p * CB + cb, im.zb.data() + p * CB + cb);
+      im.pz[static_cast<std::size_t>(p)] = zeros;
+    }
+  };
+  // image bi's patch row l into row R of r (patch: a K-code buffer of the calling thread's)
+  const auto fill_row = [&](const Image& im, std::int64_t bi, std::int64_t l, XnorRows& r, std::int64_t R,
+                            std::int8_t* patch) {
+    if (!byte_runs) {
+      cpt.row(im.xc.data(), im.ps.data(), 0, l, patch, K);
+      r.set_row(R, KB, K, ap[bi], patch);
+      return;
+    }
+    const std::int64_t oh = l / wo, ow = l % wo;
+    std::uint8_t* ar = r.a.data() + R * KB;
+    std::uint8_t* zr = r.z.data() + R * KB;
+    std::int32_t zeros = 0;
+    for (std::int64_t i = 0; i < kh; ++i) {
+      const std::int64_t p0 = (oh * sh + i * dh) * Wp + ow * sw;
+      for (std::int64_t j = 0; j < kw; ++j) {  // tap (i, j): bits (i * kw + j) * C .. + C, whole bytes
+        const std::int64_t p = p0 + j * dw;
+        std::memcpy(ar, im.sb.data() + p * CB, static_cast<std::size_t>(CB));
+        std::memcpy(zr, im.zb.data() + p * CB, static_cast<std::size_t>(CB));
+        ar += CB;
+        zr += CB;
+        zeros += im.pz[static_cast<std::size_t>(p)];
+      }
+    }
+    r.pad_row(R, KB, K / 8);
+    r.has_zero[static_cast<std::size_t>(R)] = zeros > 0;
+    r.a_k[static_cast<std::size_t>(R)] = static_cast<std::int32_t>(K) - zeros;
+    r.scale[static_cast<std::size_t>(R)] = ap[bi];
+  };
+  // the popcount GEMM of Mc rows into g.y ([Mc, N] rows), in tiles of 64 output columns x row ranges
+  const std::int64_t threads = at::get_num_threads(), nt = (N + 63) / 64;
+  const auto gemm_row_tiles = [&](const kernels::QGemmXnorArgs& g, std::int64_t Mc) {
+    const std::int64_t mtiles = std::min((Mc + 3) / 4, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
+    const std::int64_t mt = (Mc + mtiles - 1) / mtiles;
+    at::parallel_for(0, nt * mtiles, 1, [&](std::int64_t t0, std::int64_t t1) {
+      for (std::int64_t t = t0; t < t1; ++t) {
+        const std::int64_t r0 = (t % mtiles) * mt, c0 = (t / mtiles) * 64;
+        if (r0 < Mc) k.gemm_xnor(rows_of(g, r0, std::min(Mc, r0 + mt)), c0, std::min(N, c0 + 64));
+      }
+    });
+  };
+  if (cl && kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0) {
+    // a 1 x 1, stride-1, unpadded conv on channels_last codes: its patch rows are the pixels' C codes
+    // as they lie (linear_w1a1's rows, each with its image's alpha) and the GEMM's [B * L, N] rows
+    // its output (no image layout, no per-pixel bit buffers, no row copies: the per-pixel work took
+    // 28 % of 8 x 32 x 32 x 32 -> 16, docs/benchmarks.md, twentieth session)
+    // in passes of up to 2^16 rows (the packed rows' buffer stays bounded whatever B * H * W is)
+    constexpr std::int64_t kPass = std::int64_t{1} << 16;
+    const std::int64_t M = B * L;
+    XnorRows r(std::min(M, kPass), KB);
+    for (std::int64_t p0 = 0; p0 < M; p0 += kPass) {
+      const std::int64_t Mp = std::min(kPass, M - p0);
+      at::parallel_for(0, Mp, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
+                       [&](std::int64_t m0, std::int64_t m1) {
+                         for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, ap[(p0 + m) / L], cp + (p0 + m) * C);
+                       });
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>() + p0 * N, Mp, N, KB);
+      g.y_rs = N;
+      g.y_cs = 1;
+      if (Mp < 512) {  // few rows: tiles of 64 columns (chunks of all columns re-read the weight per chunk)
+        gemm_row_tiles(g, Mp);
+        continue;
+      }
+      // many rows: chunks of 256 rows x every column (64-column tiles ran 0.83-0.85x on 8 x 24 x 16 x
+      // 16 -> 144 and 8 x 16 x 32 x 32 -> 96; docs/benchmarks.md, twentieth session)
+      constexpr std::int64_t rc = 256;
+      at::parallel_for(0, (Mp + rc - 1) / rc, 1, [&](std::int64_t t0, std::int64_t t1) {
+        k.gemm_xnor(rows_of(g, t0 * rc, std::min(Mp, t1 * rc)), 0, N);
+      });
+    }
+    return y;
+  }
+  // An NCHW input with an image per thread and rows of at most 16 bytes (K <= 128: a 1x1 conv from
+  // up to 128 channels) takes the per-image path below at any L: rows, the GEMM over every column
+  // and the transpose of each image in one parallel region on the thread's own buffers. Through the
+  // batched path (three regions, a shared [rows, N] buffer) these output-bound layers ran 1.1-2.5x
+  // slower and did not scale past one thread (8 x 32 x 8 x 8 -> 192: 61 us on 1 thread and on 2);
+  // with longer rows the per-image GEMM (16-64 rows) loses to the batched one (8 x 256 x 4 x 4 ->
+  // 256, 3x3: 0.57x), docs/benchmarks.md, twenty-second session.
+  if (L < kConvBatchRows && (cl || !per_image || KB > 16)) {
+    // few positions per image: several images' rows in one popcount GEMM (as conv2d_int8's) into
+    // [rows, N], each image's slice transposed into NCHW: images [bb0, bb1), each step across the
+    // threads (inner: the GEMM in tiles of 64 output columns x row ranges), or all on the calling
+    // thread (images_by_thread)
+    const auto batched = [&](std::int64_t bb0, std::int64_t bb1, bool inner) {
+      const std::int64_t chunk = std::min(bb1 - bb0, (2 * kConvBatchRows + L - 1) / L);
+      XnorRows r(chunk * L, KB);
+      // every row of a chunk's [Mc, N] is written by the GEMM before it is read: no zero fill
+      std::unique_ptr<float[]> yt(cl ? nullptr : new float[static_cast<std::size_t>(chunk * L * N)]);
+      for (std::int64_t b0 = bb0; b0 < bb1; b0 += chunk) {
+        const std::int64_t nb = std::min(chunk, bb1 - b0), Mc = nb * L;
+        maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+          Image im = image_buffers();
+          std::vector<std::int8_t> patch(static_cast<std::size_t>(K));
+          for (std::int64_t i = i0; i < i1; ++i) {
+            prepare(im, b0 + i);
+            for (std::int64_t l = 0; l < L; ++l) fill_row(im, b0 + i, l, r, i * L + l, patch.data());
+          }
+        });
+        kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.get(), Mc, N, KB);
+        g.y_rs = N;
+        g.y_cs = 1;
+        if (inner) {
+          gemm_row_tiles(g, Mc);
+        } else {
+          k.gemm_xnor(g, 0, N);
+        }
+        if (cl) continue;  // the rows were the output's
+        maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
+          for (std::int64_t i = i0; i < i1; ++i)
+            k.transpose_f32(yt.get() + i * L * N, L, N, N, y.data_ptr<float>() + (b0 + i) * N * L, L);
+        });
+      }
+    };
+    if (images_by_thread(per_image, wl)) {
+      at::parallel_for(0, B, 1, [&](std::int64_t i0, std::int64_t i1) { batched(i0, i1, false); });
+    } else {
+      batched(0, B, true);
+    }
+    return y;
+  }
+  const auto run = [&](std::int64_t b0, std::int64_t b1) {
+    Image im = image_buffers();
+    XnorRows r(L, KB);
+    for (std::int64_t bi = b0; bi < b1; ++bi) {
+      prepare(im, bi);
+      const auto rows = [&](std::int64_t l0, std::int64_t l1) {
+        std::vector<std::int8_t> patch(static_cast<std::size_t>(byte_runs ? 0 : K));  // the thread's patch
+        for (std::int64_t l = l0; l < l1; ++l) fill_row(im, bi, l, r, l, patch.data());
+      };
+      if (per_image) {
+        rows(0, L);
+      } else {
+        at::parallel_for(0, L, 64, rows);
+      }
+      // into the thread's [L, N] rows, then transposed into the image's NCHW planes in 8 x 8 blocks:
+      // written L apart, each output row's 16 columns went to 16 planes one float at a time (planes
+      // 4 KiB apart at L = 1024 share an L1 set; 8 x 16 x 32 x 32 -> 96 ran 0.24x fp32, 2.5x slower
+      // than through the buffer: docs/benchmarks.md, nineteenth session)
+      float* yb = y.data_ptr<float>() + bi * N * L;
+      struct TagY;
+      const kernels::BoundedScratch<float, TagY> yt_buf(static_cast<std::size_t>(cl ? 1 : L * N));
+      float* yt = cl ? yb : yt_buf.get();
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt, L, N, KB);
+      g.y_rs = N;
+      g.y_cs = 1;
+      gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_xnor(g, n0, n1); });
+      if (cl) continue;  // the image's [L, N] rows were its channels_last output
+      const auto out = [&](std::int64_t l0, std::int64_t l1) { k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L); };
+      if (per_image) {
+        out(0, L);
+      } else {
+        at::parallel_for(0, L, 64, out);
+      }
+    }
+  };
+  if (per_image) {
+    at::parallel_for(0, B, 1, run);
+  } else {
+    run(0, B);
+  }
+  return y;
+}
+
+// Runs a conv's kernel f(). Its per-image buffers are std::vectors sized from the geometry: a
+// geometry that passes the checks but does not fit in memory (a corrupt file's padding against a
+// large stride) is an out-of-memory error (torch.OutOfMemoryError naming the op and the geometry),
+// not a std::bad_alloc through the dispatcher.
+template <class F>
+at::Tensor oom_as_error(const char* op, const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                        at::IntArrayRef padding, const F& f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false,
+                     fmt::format("{}: out of memory for the buffers of a {} input, kernel {}, padding {}, stride {}", op,
+                                 shape_str(input.sizes()), shape_str(kernel_size), shape_str(padding), shape_str(stride)));
+  }
+}
+
+at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
+                           at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
+                           double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
+                           std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  return oom_as_error("conv2d_int8", input, kernel_size, stride, padding, [&] {
+    at::Tensor y = conv2d_int8_impl(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr,
+                                    out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+    nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
+    return y;
+  });
+}
+
+at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
+                           std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
+                           const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  return oom_as_error("conv2d_w4a8", input, kernel_size, stride, padding, [&] {
+    at::Tensor y = conv2d_w4a8_impl(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
+                                    act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
+    nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
+    return y;
+  });
+}
+
+// conv2d_w1a1 with groups > 1: the per-sample codes and alphas of the groups == 1 form
+// (binary_codes(input, "bitnet", 0)) and per-image output scales fp32(alpha[b] * ws[n]). Depthwise
+// convs (one input channel per group) run conv2d_int8's direct kernels on the codes as given (exact
+// int32 sums; zero padding holds code 0), whose fp32(acc + 0) * scale, then + bias, is the row
+// form's requantization (two roundings). Other grouped convs: conv2d_int8's grouped GEMMs on the
+// codes as float inputs of scale 1 (each quantizes to itself), then the same multiply and add as
+// ATen ops. Before this form the Python and C++ layers ran that composite for depthwise convs too:
+// 0.25-0.9x FP32 per MobileNetV2 layer (docs/benchmarks.md, twentieth session).
+at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                               at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                               const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                               std::int64_t groups) {
+  const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation, groups);
+  const std::int64_t B = input.size(0), C = input.size(1), Cg = C / groups;
+  check_w1a1_args("conv2d_w1a1", input, Cg * kernel_size[0] * kernel_size[1], weight, weight_scale, bias);
+  const std::int64_t N = weight.size(0);
+  const auto format = ops::conv_channels_last_io(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (B * N * ho * wo == 0) return at::empty({B, N, ho, wo}, input.options().memory_format(format));
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
+  const at::Tensor scales = at::mul(alpha.reshape({B, 1}), weight_scale.reshape({1, N})).contiguous();
+  const at::Tensor corr = at::zeros({N}, input.options().dtype(at::kInt)), ones = at::ones({N}, input.options());
+  if (Cg == 1) {
+    return conv2d_int8_impl(input, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127,
+                            bias, groups, GivenCodes{codes.data_ptr<std::int8_t>(), scales.data_ptr<float>(), cl});
+  }
+  at::Tensor y = conv2d_int8_impl(codes.to(at::kFloat).contiguous(format), weight, 1, kernel_size, stride, padding,
+                                  dilation, corr, ones, 1.0, 0, -128, 127, std::nullopt, groups);
+  y.mul_(scales.reshape({B, N, 1, 1}));
+  if (bias.has_value()) y.add_(bias->reshape({1, N, 1, 1}));
+  return y;
+}
+
+at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+  return oom_as_error("conv2d_w1a1", input, kernel_size, stride, padding, [&] {
+    if (groups != 1)
+      return conv2d_w1a1_grouped(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups);
+    return conv2d_w1a1_impl(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qatkit, CPU, m) {
+  m.impl("conv2d_w1a1", &conv2d_w1a1_cpu);
+  m.impl("conv2d_int8", &conv2d_int8_cpu);
+  m.impl("conv2d_w4a8", &conv2d_w4a8_cpu);
+}
+
+}  // namespace qatkit::ops
