@@ -50,7 +50,8 @@
 //                whole input, s = fp32(max(max |x|, 1e-5) / act_quant_max) (quantize_per_tensor_dynamic's).
 //   conv2d_w4a8: a Conv2d on linear_w4a8's arithmetic (the "static_group" form of a conv): patch rows
 //                of the input's codes in PyTorch's (c, i, j) order, the order of the weight's groups.
-// Schema, checks and the C++ API live here; kernels in ops/{cpu,meta}/qgemm_kernel.cpp.
+// Schema, checks and the C++ API live here; kernels in ops/{cpu,meta,cuda}/qgemm_kernel.cpp (the CPU
+// convs in ops/cpu/qgemm_conv_kernel.cpp).
 #include "qgemm_checks.h"
 
 #include <ATen/core/Tensor.h>

@@ -289,7 +289,7 @@ def _non_contiguous_copy(t):
 # Small maps (8 x 8: 64 patch rows per image, chunks of 8 images) with an image for every thread:
 # each thread runs the batched GEMM on its own images (20 images at 2 threads: 10 each, chunks of 8
 # and 2); with fewer images than threads every step is split across the threads instead
-# (csrc/ops/cpu/qgemm_kernel.cpp, images_by_thread).
+# (csrc/ops/cpu/qgemm_conv_kernel.cpp, images_by_thread).
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("B", [1, 3, 20])
 @pytest.mark.parametrize("groups", [1, 2])
