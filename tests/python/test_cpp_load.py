@@ -258,7 +258,6 @@ def test_a_nan_input_gives_the_python_nan_pattern_in_the_cpp_program(tmp_path):
     """A NaN pixel: the C++ loader's integer layers give NaN exactly where Python's loaded model
     does (and where the QAT model does: that one image's logits), the other outputs bit for bit
     (docs/integer.md, "NaN inputs"); a reflect-padded depthwise conv and a strided conv on the way."""
-    from safetensors.torch import load_file, save_file
 
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
                         nn.Conv2d(16, 16, 3, padding=1, groups=16, padding_mode="reflect"), nn.ReLU(),

@@ -4,7 +4,6 @@ turn back into the converted layers' weights bit for bit; specs no block type ho
 refused, never re-quantized."""
 
 import os
-import warnings
 
 import numpy as np
 import pytest

@@ -2,8 +2,6 @@
 written from the format's definition, round trips are exact for every width, wrong input is
 refused with its name, and the ops pass opcheck."""
 
-import itertools
-
 import pytest
 import torch
 

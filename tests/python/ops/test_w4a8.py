@@ -34,7 +34,6 @@ def test_w4a8_equals_the_group_reference_on_every_isa(M, N, K, gs, qrange, zp):
     w = torch.randint(-8, 8, (N, K), dtype=torch.int8, generator=g)
     gscale = torch.rand(N, K // gs, generator=g) * 0.1
     qmin, qmax = qrange
-    shift = 128 if qmin >= 0 else 0
     packed = ops.pack_int4_w4(w)
     panel = ops.pack_int4_panel(packed)
     layouts = [(packed, gscale), (panel, gscale)] + ([(panel, ops.block_w4_scales(gscale))] if N % 16 == 0 else [])

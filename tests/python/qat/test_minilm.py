@@ -5,7 +5,6 @@ calibrate, convert and every save/load path. One model is loaded for the whole m
 import copy
 import dataclasses
 import json
-import os
 import warnings
 
 import pytest
