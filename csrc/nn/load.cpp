@@ -103,6 +103,19 @@ torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, co
                .dilation(expand<D>(p.at("dilation", where), where))
                .groups(p.at("groups", where).as_int(where))
                .bias(bias);
+  // Python's bounds (serialization.py, _check_params): kernel_size, stride and dilation >= 1,
+  // numeric padding >= 0, each below 2^31. (LibTorch's own conv refuses larger ones only in the
+  // forward, some by oneDNN's dnnl::error rather than a c10::Error.)
+  const auto bounded = [&](const torch::ExpandingArray<D>& v, std::int64_t lo, const char* what) {
+    for (std::size_t d = 0; d < D; ++d) {
+      if ((*v)[d] < lo || (*v)[d] >= (std::int64_t{1} << 31)) {
+        r.fail(fmt::format("{}: {} must be {} int(s) >= {} and below 2^31, got {}", where, what, D, lo, ops::shape_str(*v)));
+      }
+    }
+  };
+  bounded(o.kernel_size(), 1, "kernel_size");
+  bounded(o.stride(), 1, "stride");
+  bounded(o.dilation(), 1, "dilation");
   const json::Value& pad = p.at("padding", where);
   if (pad.type == json::Value::Type::kString) {
     const std::string s = pad.as_string(where + ".padding");
@@ -119,7 +132,9 @@ torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, co
       r.fail(fmt::format("{}.padding: expected numbers, 'same' or 'valid', got '{}'", where, s));
     }
   } else {
-    o.padding(expand<D>(pad, where + ".padding"));
+    const torch::ExpandingArray<D> numbers = expand<D>(pad, where + ".padding");
+    bounded(numbers, 0, "padding");
+    o.padding(numbers);
   }
   const std::string pm = p.at("padding_mode", where).as_string(where + ".padding_mode");
   if (pm == "zeros") {

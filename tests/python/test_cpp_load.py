@@ -536,6 +536,44 @@ def test_cpp_refuses_a_size_in_a_corrupt_header_before_it_allocates(tmp_path):
         assert rss < 600, f"peak RSS {rss} MB: something of the header's size was allocated"
 
 
+def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_path):
+    """A header edited to a conv padding of 2^40, or a stride of 0, is refused by both loaders
+    naming the parameter (Python's bounds: kernel_size, stride and dilation >= 1, padding >= 0,
+    each below 2^31; the C++ loader took any int until 2026-12-07, scripts/fuzz_load.py --cpp
+    seed 4141). Inside the bounds a padding of 2^28 loads in both, and LibTorch's float conv
+    (a weight-only layer's) refuses the forward: a RuntimeError in Python, exit 1 with oneDNN's
+    message in the C++ program, where its dnnl::error (no c10::Error) had ended the program."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_serialization import _rewrite_header
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], qatkit.preset("int8_weight_only"), correct_bias=None, verbose=False, progress=False)
+    path, bad = str(tmp_path / "ok.safetensors"), str(tmp_path / "bad.safetensors")
+    qatkit.export(q, path)
+
+    def conv_param(key, value):
+        _rewrite_header(path, bad, lambda meta, head: meta["layers"]["0"]["params"].__setitem__(key, value))
+
+    for key, value, msg in [("padding", [2**40, 2**40], "padding must be 2 int(s) >= 0"),
+                            ("stride", [0, 1], "stride must be 2 int(s) >= 1"),
+                            ("dilation", [1, 2**31], "dilation must be 2 int(s) >= 1")]:
+        conv_param(key, value)
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            qatkit.load(bad)
+        r, _ = _run(bad, x, tmp_path)
+        assert r.returncode == 1 and f"layer '0': {msg}" in r.stderr, (r.returncode, r.stderr)
+    conv_param("padding", [2**28, 2**28])
+    loaded = qatkit.load(bad)
+    with pytest.raises(RuntimeError):
+        loaded(x)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and r.stderr.strip(), (r.returncode, r.stderr)
+
+
 def test_a_short_fuzz_run_of_the_cpp_loader_finds_nothing(tmp_path):
     """scripts/fuzz_load.py --cpp --many (byte flips, truncations, header edits, sizes every range
     check admits) for 2,000 inputs through qatkit::nn::load and a forward in 4 processes: each
