@@ -674,6 +674,9 @@ def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
     for k, v in args.items():
         if not (_arg_ok(k, v) or (k == "padding" and t in ("Conv1d", "Conv2d") and v in ("same", "valid"))):
             raise ValueError(f"load: {t} argument {k}={v!r} has the wrong type or is out of range")
+        if t in ("Conv1d", "Conv2d") and k in ("kernel_size", "stride", "dilation"):
+            if min(v if isinstance(v, list) else [v]) < 1:  # the bounds of _check_params and the C++ loader
+                raise ValueError(f"load: {t} argument {k}={v!r} must be >= 1")
         if isinstance(v, list):
             args[k] = tuple(v)
     if not set(args) <= set(names) | {"bias"}:

@@ -537,8 +537,8 @@ def test_cpp_refuses_a_size_in_a_corrupt_header_before_it_allocates(tmp_path):
 
 
 def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_path):
-    """A header edited to a conv padding of 2^40, or a stride of 0, is refused by both loaders
-    naming the parameter (Python's bounds: kernel_size, stride and dilation >= 1, padding >= 0,
+    """A header edited to a conv padding of 2^40, or a stride of 0 (of a packed conv or a float one
+    of the structure), is refused by both loaders naming the parameter (Python's bounds: kernel_size, stride and dilation >= 1, padding >= 0,
     each below 2^31; the C++ loader took any int until 2026-12-07, scripts/fuzz_load.py --cpp
     seed 4141). Inside the bounds a padding of 2^28 loads in both, and LibTorch's float conv
     (a weight-only layer's) refuses the forward: a RuntimeError in Python, exit 1 with oneDNN's
@@ -572,6 +572,20 @@ def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_
         loaded(x)
     r, _ = _run(bad, x, tmp_path)
     assert r.returncode == 1 and r.stderr.strip(), (r.returncode, r.stderr)
+
+    # a float conv of the structure (first_last="float"): a stride of 0 refused by both as well
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.w8a8(), first_last="float"), correct_bias=None,
+                       verbose=False, progress=False)
+    qatkit.export(q, path)
+    _rewrite_header(path, bad, lambda meta, head: meta["structure"]["children"][0][1]["args"].__setitem__("stride", [1, 0]))
+    with pytest.raises(ValueError, match=re.escape("Conv2d argument stride=[1, 0] must be >= 1")):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "stride must be 2 int(s) >= 1" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_a_short_fuzz_run_of_the_cpp_loader_finds_nothing(tmp_path):
