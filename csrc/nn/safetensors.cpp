@@ -2,9 +2,10 @@
 // loads exported weights from. The input is untrusted: every length, shape and offset is checked
 // before it is used (header length inside the file and at most 100 MB; dtype known; each dimension
 // non-negative and the element count free of overflow; offsets inside the data section, ordered,
-// non-overlapping, and exactly as long as dtype x shape); any violation is a ValueError naming the
-// file and the tensor, never a read out of bounds (tests/cpp/test_safetensors.cpp feeds it
-// truncated, oversized and hostile headers; scripts/sanitize.sh runs it under ASan/UBSan).
+// non-overlapping, covering it without a gap or trailing bytes, and exactly as long as dtype x
+// shape); any violation is a ValueError naming the file and the tensor, never a read out of bounds
+// (tests/cpp/test_safetensors.cpp feeds it truncated, oversized and hostile headers;
+// scripts/sanitize.sh runs it under ASan/UBSan).
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -120,6 +121,18 @@ TensorFile parse_safetensors(const std::uint8_t* data, std::size_t size, const s
     if (spans[i].begin < spans[i - 1].end) {
       fail(fmt::format("tensors '{}' and '{}' overlap", spans[i - 1].name, spans[i].name));
     }
+  }
+  // The tensors cover the data section exactly, one after another from byte 0, as the format
+  // requires (the safetensors library Python's loader reads with refuses a gap or trailing bytes:
+  // "file not fully covered")
+  std::uint64_t at = 0;
+  for (const Span& sp : spans) {
+    if (sp.begin != at) break;
+    at = sp.end;
+  }
+  if (at != body_size) {
+    fail(fmt::format("the tensors' data does not cover the data section of {} bytes exactly (a gap or trailing "
+                     "bytes from byte {})", body_size, at));
   }
   return out;
 }

@@ -5,9 +5,11 @@
 // qatkit.load; --float: the QAT model's float math), runs it on the tensor "x" of the input file
 // and writes the result as tensor "y" (and prints the first row). --cuda: model and input moved to
 // the GPU first (the Linear layers' CUDA kernels; tests/python/qat/test_cuda_qat.py).
-//     qatkit_load_run --many input.safetensors model1 model2 ...
+//     qatkit_load_run --many [--each] input.safetensors model1 model2 ...
 // loads and runs each model file in this one process (the fuzzer's mode under ASan/UBSan:
-// scripts/fuzz_load.py --cpp --many) and prints "loaded N refused M"; exit 0 unless it crashes.
+// scripts/fuzz_load.py --cpp --many) and prints "loaded N refused M forward_refused K"; exit 0
+// unless it crashes. --each: first a line per file, "<outcome> <path> [<the error's first line>]"
+// (scripts/fuzz_load.py --cpp --many N --agree compares them with Python's loader).
 //     qatkit_load_run --resave model.safetensors out.safetensors
 // loads a file and writes it again with qatkit::nn::save.
 //     qatkit_load_run --qat-save PRESET input.safetensors out.safetensors output.safetensors
@@ -31,7 +33,10 @@ torch::Tensor input_x(const char* path) {
   return {};
 }
 
-int many(int argc, char** argv) {
+// An error's first line (the outcome lines of --many --each are one line per file).
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+int many(int argc, char** argv, bool each) {
   const torch::Tensor x = input_x(argv[2]);
   if (!x.defined()) return 2;
   long loaded = 0, refused = 0, forward_refused = 0;
@@ -40,15 +45,18 @@ int many(int argc, char** argv) {
     torch::nn::Sequential model;
     try {
       model = qatkit::nn::load(argv[i]);
-    } catch (const c10::Error&) {
+    } catch (const c10::Error& e) {
       ++refused;
+      if (each) std::cout << "refused " << argv[i] << " " << first_line(e.what_without_backtrace()) << "\n";
       continue;
     }
     try {  // a consistent file may describe a model that does not take this input
       model->forward(x);
       ++loaded;
-    } catch (const std::exception&) {  // a c10::Error, or LibTorch's oneDNN's dnnl::error (below)
+      if (each) std::cout << "loaded " << argv[i] << "\n";
+    } catch (const std::exception& e) {  // a c10::Error, or LibTorch's oneDNN's dnnl::error (below)
       ++forward_refused;
+      if (each) std::cout << "forward_refused " << argv[i] << " " << first_line(e.what()) << "\n";
     }
   }
   std::cout << "loaded " << loaded << " refused " << refused << " forward_refused " << forward_refused << "\n";
@@ -82,7 +90,10 @@ int qat_save(char** argv) {
 }
 
 int main(int argc, char** argv) {
-  if (argc >= 3 && std::string(argv[1]) == "--many") return many(argc, argv);
+  if (argc >= 3 && std::string(argv[1]) == "--many") {
+    const bool each = argc >= 4 && std::string(argv[2]) == "--each";
+    return each ? many(argc - 1, argv + 1, true) : many(argc, argv, false);
+  }
   std::string compute = "integer";
   bool cuda = false;
   for (;;) {  // leading flags of the run mode

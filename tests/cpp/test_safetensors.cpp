@@ -104,6 +104,15 @@ CATCH_TEST_CASE("hostile safetensors files raise ValueError naming the problem",
       {"missing offsets", file_bytes(one(R"({"dtype": "U8", "shape": [4]})"), body), "data_offsets"},
       {"too many dims", file_bytes(one(R"({"dtype": "U8", "shape": [1,1,1,1,1,1,1,1,1], "data_offsets": [0, 1]})"), body),
        "at most 8 dims"},
+      // the format's rule (Python's safetensors: "file not fully covered"): no trailing bytes, no gap
+      {"trailing bytes", file_bytes(one(R"({"dtype": "U8", "shape": [8], "data_offsets": [0, 8]})"), body),
+       "does not cover the data section of 16 bytes exactly (a gap or trailing bytes from byte 8)"},
+      {"a gap",
+       file_bytes(R"({"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+                     "b": {"dtype": "U8", "shape": [8], "data_offsets": [8, 16]}})",
+                  body),
+       "(a gap or trailing bytes from byte 4)"},
+      {"a body and no tensors", file_bytes("{}", body), "(a gap or trailing bytes from byte 0)"},
   };
   for (const auto& c : cases) {
     CATCH_INFO(c.what);

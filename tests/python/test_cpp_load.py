@@ -588,6 +588,30 @@ def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_
     assert r.returncode == 1 and "stride must be 2 int(s) >= 1" in r.stderr, (r.returncode, r.stderr)
 
 
+def test_many_each_prints_every_files_outcome(tmp_path):
+    """qatkit_load_run --many --each (what scripts/fuzz_load.py --cpp --many N --agree reads): a line
+    per file, "<outcome> <path> [<the error's first line>]", then the counts."""
+    from safetensors.torch import save_file
+
+    net = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+    x = torch.randn(5, 8)
+    ok, short, wide, xin = (str(tmp_path / n) for n in ("ok.safetensors", "short.safetensors", "wide.safetensors",
+                                                        "x.safetensors"))
+    _ptq_exported(net, x, dataclasses.replace(qatkit.w8a8(), first_last=None), ok)
+    raw = open(ok, "rb").read()
+    open(short, "wb").write(raw[:100])
+    _ptq_exported(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)).eval(), torch.randn(5, 6),
+                  dataclasses.replace(qatkit.w8a8(), first_last=None), wide)
+    save_file({"x": x}, xin)
+    r = subprocess.run([EXE, "--many", "--each", xin, ok, short, wide], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().split("\n")
+    assert lines[0] == f"loaded {ok}"
+    assert lines[1].startswith(f"refused {short} ") and "header length" in lines[1], lines[1]
+    assert lines[2].startswith(f"forward_refused {wide} ") and "last dim" in lines[2], lines[2]
+    assert lines[3] == "loaded 1 refused 1 forward_refused 1"
+
+
 def test_a_short_fuzz_run_of_the_cpp_loader_finds_nothing(tmp_path):
     """scripts/fuzz_load.py --cpp --many (byte flips, truncations, header edits, sizes every range
     check admits) for 2,000 inputs through qatkit::nn::load and a forward in 4 processes: each
