@@ -18,6 +18,7 @@
 #include "../ops/checks.h"
 #include "json.h"
 #include "module_access.h"
+#include "packing.h"
 #include "qatkit/nn.h"
 #include "qatkit/ops.h"
 
@@ -241,13 +242,36 @@ void set_weights(const Reader& r, const std::string& name, const json::Value& w,
   std::int64_t numel = 1;
   for (auto d : shape) numel *= d;
   if (shape.empty() || rows != shape[0] || rows * k != numel) r.fail(fmt::format("{}: rows x k = {} x {} does not match the shape", where, rows, k));
-  const torch::Tensor packed = r.tensor(name + ".weight_packed");
-  torch::Tensor codes = qatkit::unpack_weights(packed, w.at("bits", where).as_int(where), k,
-                                               w.at("offset", where).as_int(where), w.at("packing", where).as_string(where));
-  const std::string cd = w.at("codes_dtype", where).as_string(where);
-  codes = codes.to(cd == "int32" ? torch::kInt : torch::kChar).reshape(shape);
-  // scales in the spec's scale_dtype (float32, or float16 / bfloat16 widened exactly)
   const QuantSpec wspec = spec_of(w.at("spec", where), where + " spec");
+  // the codes' file form must be the one the spec implies (packing.h, as Python's check): another
+  // width or offset would decode other codes than the layer was exported with
+  const std::int64_t bits = w.at("bits", where).as_int(where), offset = w.at("offset", where).as_int(where);
+  const std::string packing = w.at("packing", where).as_string(where);
+  const auto [want_bits, want_offset, want_packing] = detail::packing_for(wspec);
+  const bool base3 = wspec.kind == "ternary" && bits == 2 && offset == 1 && packing == "base3";
+  if (!base3 && (bits != want_bits || offset != want_offset || packing != want_packing)) {
+    r.fail(fmt::format("{}: packing '{}' with {} bit(s) and offset {} does not match the spec (packing '{}' with {} "
+                       "bit(s) and offset {})", where, packing, bits, offset, want_packing, want_bits, want_offset));
+  }
+  const torch::Tensor packed = r.tensor(name + ".weight_packed");
+  torch::Tensor codes = qatkit::unpack_weights(packed, bits, k, offset, packing);
+  const std::int64_t lo = wspec.quant_min(), hi = wspec.quant_max();
+  if (codes.numel() > 0) {
+    // a stored value the width holds but the spec does not (a ternary 3, a narrow range's -128):
+    // the kernels would compute with it (Python's loader refuses it the same way)
+    const std::int64_t cmin = codes.min().item<std::int64_t>(), cmax = codes.max().item<std::int64_t>();
+    if (cmin < lo || cmax > hi) {
+      r.fail(fmt::format("{}: weight codes must lie in [{}, {}] (the spec's range), got [{}, {}]", where, lo, hi, cmin, cmax));
+    }
+  }
+  const std::string cd = w.at("codes_dtype", where).as_string(where);
+  const std::int64_t cd_lo = cd == "int8" ? -128 : cd == "int16" ? -32768 : std::numeric_limits<std::int32_t>::min();
+  const std::int64_t cd_hi = cd == "int8" ? 127 : cd == "int16" ? 32767 : std::numeric_limits<std::int32_t>::max();
+  if ((cd != "int8" && cd != "int16" && cd != "int32") || lo < cd_lo || hi > cd_hi) {
+    r.fail(fmt::format("{}: codes dtype {} does not hold the spec's range [{}, {}]", where, cd, lo, hi));
+  }
+  codes = codes.to(cd == "int8" ? torch::kChar : torch::kInt).reshape(shape);  // (int16 codes widened: the layers take int8 / int32)
+  // scales in the spec's scale_dtype (float32, or float16 / bfloat16 widened exactly)
   const std::string sdt = wspec.scale_dtype;
   const auto want = sdt == "float16" ? torch::kHalf : sdt == "bfloat16" ? torch::kBFloat16 : torch::kFloat;
   const torch::Tensor raw_scale = r.tensor(name + ".weight_scale");
@@ -259,10 +283,20 @@ void set_weights(const Reader& r, const std::string& name, const json::Value& w,
     r.fail(fmt::format("{}: weight_scale must be finite and {}", where, binary ? "non-negative" : "positive"));
   }
   const std::optional<torch::Tensor> zp = r.maybe(name + ".weight_zero_point");
+  const json::Value* zp_flag = w.find("zero_point");  // (Python: absent or null reads as false)
+  const bool has_zp = zp_flag != nullptr && !zp_flag->is_null() && zp_flag->as_bool(where + ".zero_point");
+  if (has_zp != zp.has_value()) r.fail(fmt::format("{}: weight_zero_point presence does not match the header", where));
   torch::Tensor zero = zp ? zp->to(torch::kInt) : torch::zeros(scale.sizes(), torch::kInt);
   if (zero.sizes() != scale.sizes()) r.fail(fmt::format("{}: weight_zero_point must match weight_scale", where));
+  if (zp && !((zero >= wspec.quant_min()) & (zero <= wspec.quant_max())).all().item<bool>()) {
+    r.fail(fmt::format("{}: weight_zero_point outside the code range [{}, {}]", where, wspec.quant_min(), wspec.quant_max()));
+  }
   const json::Value& gs = w.at("group_size", where);
   const json::Value& axis = w.at("axis", where);
+  const auto dims = static_cast<std::int64_t>(shape.size());
+  if (!axis.is_null() && (axis.as_int(where) < -dims || axis.as_int(where) >= dims)) {
+    r.fail(fmt::format("{}: bad axis {} for a {}-d weight", where, axis.as_int(where), dims));
+  }
   frozen.group_size = gs.is_null() ? std::nullopt : std::optional<std::int64_t>(gs.as_int(where));
   frozen.axis = axis.is_null() ? std::nullopt : std::optional<std::int64_t>(axis.as_int(where));
   if (frozen.group_size && (*frozen.group_size <= 0 || k % *frozen.group_size != 0 || scale.numel() != rows * (k / *frozen.group_size))) {
@@ -360,7 +394,15 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
   if (type == "linear") {
     const auto opts = torch::nn::LinearOptions(p.at("in_features", where).as_int(where), p.at("out_features", where).as_int(where)).bias(bias);
     check_packed_geometry(r, name, w, shape, {opts.out_features(), opts.in_features()});
+    // BitLinear's RMSNorm eps: the C++ layer computes with 1e-6 (modules.cpp), the one qatkit
+    // writes; a file with another (a Python BitLinear whose eps was set) is refused, not run
+    // with the wrong one. Python checks eps the same way for every Linear.
+    const double eps = p.at("eps", where).as_number(where);
+    if (!std::isfinite(eps) || eps < 0) r.fail(fmt::format("{}: bad eps {} (a finite number >= 0)", where, eps));
     if (p.at("rms_norm", where).as_bool(where)) {
+      if (eps != 1e-6) {
+        r.fail(fmt::format("{}: a BitLinear with RMSNorm eps {}; the C++ BitLinear computes with 1e-6", where, eps));
+      }
       BitLinear layer(opts, spec);
       QuantLinear base(std::static_pointer_cast<QuantLinearImpl>(layer.ptr()));
       finish_layer(r, name, info, base, shape);

@@ -12,6 +12,7 @@
 
 #include "integer.h"
 #include "json.h"
+#include "packing.h"
 #include "qatkit/build_info.h"
 #include "qatkit/nn.h"
 #include "qatkit/ops.h"
@@ -57,15 +58,6 @@ const char* dtype_name(at::ScalarType t) {
   }
 }
 
-/// (bits, offset, packing) of a weight spec's codes (Python's serialization.packing_for).
-std::tuple<std::int64_t, std::int64_t, std::string> packing_for(const QuantSpec& spec) {
-  if (spec.kind == "binary") return {1, 0, "sign"};
-  if (spec.kind == "ternary") return {2, 1, "offset"};
-  const std::int64_t lo = spec.quant_min(), hi = spec.quant_max();
-  const auto bits = std::max<std::int64_t>(1, static_cast<std::int64_t>(std::ceil(std::log2(static_cast<double>(hi - lo + 1)))));
-  return {bits, -lo, "offset"};
-}
-
 const char* act_class(const QuantSpec& s) {
   if (s.kind == "binary") return "BinaryActQuantizer";
   if (s.scale == "dynamic") return "AffineDynamicActQuantizer";
@@ -105,7 +97,7 @@ struct Writer {
     const torch::Tensor codes = w.codes;
     const std::int64_t rows = codes.dim() > 0 ? codes.size(0) : 1;
     const std::int64_t k = rows > 0 ? codes.numel() / rows : 0;
-    auto [bits, offset, packing] = packing_for(ws);
+    auto [bits, offset, packing] = detail::packing_for(ws);
     put(name + ".weight_packed", qatkit::pack_weights(codes.reshape({rows, k}), bits, offset, packing));
     // scales in the dtype the fake quant used (QuantSpec.scale_dtype; exact, they are rounded to it)
     const auto sdt = ws.scale_dtype == "float16" ? torch::kHalf : ws.scale_dtype == "bfloat16" ? torch::kBFloat16 : torch::kFloat;

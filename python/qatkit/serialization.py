@@ -110,7 +110,13 @@ class _Packed:
         else:
             self.register_buffer("weight_packed", tensors["weight_packed"])
             self._unpack = (w["k"], _DTYPES[w["codes_dtype"]], shape)
-            self.register_buffer("weight_int", self._unpacked(), persistent=False)
+            codes = self._unpacked()
+            if codes.numel() and (int(codes.min()) < spec.quant_min or int(codes.max()) > spec.quant_max):
+                # a stored value the width holds but the spec does not (a ternary 3, a narrow range's
+                # -128): the kernels would compute with it (the C++ loader refuses it the same way)
+                raise ValueError(f"weight codes must lie in [{spec.quant_min}, {spec.quant_max}] (the spec's range), "
+                                 f"got [{int(codes.min())}, {int(codes.max())}]")
+            self.register_buffer("weight_int", codes, persistent=False)
             self._int_version = tensor_version(self.weight_int)
         # float16 / bfloat16 scales (QuantSpec.scale_dtype) widen exactly to the float32 the ops take
         self.register_buffer("weight_scale", tensors.get("weight_scale", torch.ones(1)).float())
@@ -771,6 +777,9 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
     row_bytes = (k + 4) // 5 if packing == "base3" else (2 * k if bits > 8 else (k * bits + 7) // 8)
     need(tuple(p.shape) == (rows, row_bytes), f"weight_packed must be [{rows}, {row_bytes}], got {list(p.shape)}")
     need(w.get("codes_dtype") in ("int8", "int16", "int32"), f"bad codes dtype {w.get('codes_dtype')!r}")
+    info_c = torch.iinfo(_DTYPES[w["codes_dtype"]])
+    need(info_c.min <= spec.quant_min and spec.quant_max <= info_c.max,
+         f"codes dtype {w['codes_dtype']} does not hold the spec's range [{spec.quant_min}, {spec.quant_max}]")
     s = t.get("weight_scale")
     need(s is not None and s.dtype == _DTYPES[spec.scale_dtype],
          f"weight_scale must be a {spec.scale_dtype} tensor (the spec's scale_dtype)")
@@ -884,6 +893,10 @@ def _packed_layers(path: str, header: dict, tensors: Dict[str, torch.Tensor]) ->
                 aq.qualified_name = f"{name}.input_fake_quant"
         except _MALFORMED as e:
             raise ValueError(f"load: {path!r}, layer {name!r}: malformed ({type(e).__name__}: {e})") from None
+        except ValueError as e:  # a layer's own check (the weight codes' range): name the file and layer
+            if str(e).startswith("load:"):
+                raise
+            raise ValueError(f"load: {path!r}, layer {name!r}: {e}") from None
     return out
 
 

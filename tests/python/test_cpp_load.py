@@ -588,6 +588,58 @@ def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_
     assert r.returncode == 1 and "stride must be 2 int(s) >= 1" in r.stderr, (r.returncode, r.stderr)
 
 
+def test_corrupt_weight_entries_are_refused_alike_in_python_and_cpp(tmp_path):
+    """Header and code edits that scripts/fuzz_load.py --cpp --many N --agree found the C++ loader
+    running (2026-12-07) while Python refused them: a ternary code of 2 (a 2-bit 3), an offset or
+    width the spec does not imply, a zero point the header does not announce, an axis past the
+    weight's dims. Both loaders now refuse each with the same words. A BitLinear whose RMSNorm eps
+    is not the 1e-6 the C++ layer computes with loads in Python (which honours it) and is refused in
+    C++, not run with another eps."""
+    import json
+    import struct
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_serialization import _rewrite_header
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = torch.randn(4, 64)
+    tern, w8, bad = (str(tmp_path / n) for n in ("t.safetensors", "w8.safetensors", "bad.safetensors"))
+    _ptq_exported(net, x, dataclasses.replace(qatkit.preset("ternary_twn"), first_last=None), tern)
+    _ptq_exported(net, x, dataclasses.replace(qatkit.w8a8(), first_last=None), w8)
+
+    def refused_alike(msg):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            qatkit.load(bad)
+        r, _ = _run(bad, x, tmp_path)
+        assert r.returncode == 1 and msg in r.stderr, (r.returncode, r.stderr)
+
+    raw = bytearray(open(tern, "rb").read())
+    n = struct.unpack("<Q", raw[:8])[0]
+    begin = json.loads(raw[8:8 + n])["0.weight_packed"]["data_offsets"][0]
+    raw[8 + n + begin] = 0xFF  # four 2-bit 3s: code 2
+    open(bad, "wb").write(raw)
+    refused_alike("weight codes must lie in [-1, 1] (the spec's range), got [-1, 2]")
+
+    def weight(key, value, src=w8):
+        _rewrite_header(src, bad, lambda meta, head: meta["layers"]["0"]["weight"].__setitem__(key, value))
+
+    weight("offset", 100)
+    refused_alike("packing 'offset' with 8 bit(s) and offset 100 does not match the spec")
+    weight("zero_point", True)
+    refused_alike("weight_zero_point presence does not match the header")
+    weight("axis", 5)
+    refused_alike("bad axis 5")
+
+    bit_path = str(tmp_path / "bit.safetensors")  # bitnet_b158 makes the Linears BitLinears
+    _ptq_exported(net, x, dataclasses.replace(qatkit.bitnet_b158(), first_last=None), bit_path)
+    _rewrite_header(bit_path, bad, lambda meta, head: meta["layers"]["0"]["params"].__setitem__("eps", 1e-5))
+    assert qatkit.load(bad)[0].eps == 1e-5
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "a BitLinear with RMSNorm eps 1e-05; the C++ BitLinear computes with 1e-6" in r.stderr, \
+        r.stderr
+
+
 def test_many_each_prints_every_files_outcome(tmp_path):
     """qatkit_load_run --many --each (what scripts/fuzz_load.py --cpp --many N --agree reads): a line
     per file, "<outcome> <path> [<the error's first line>]", then the counts."""
