@@ -59,8 +59,10 @@ def seeds(tmp):
     x = torch.randn(16, 1, 8, 8)
     out = []
     # (w8a8 with SmoothQuant: the Linear layers carry a "smooth" tensor the loaders check)
+    # (bitnet_b158: BitLinear layers, RMSNorm and per-token dynamic inputs; w4a4_lsq: learned scales)
     for preset, scaling in (("w8a8", None), ("w4a8", None), ("ternary_twn", None), ("xnor_w1a1", None),
-                            ("int4_weight_only", None), ("w8a8", "smoothquant")):
+                            ("int4_weight_only", None), ("w8a8", "smoothquant"), ("bitnet_b158", None),
+                            ("binary_w1a8", None), ("w4a4_lsq", None), ("int8_weight_only", None)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             q = qatkit.ptq(model, [x], qatkit.preset(preset), scaling=scaling, correct_bias=None, verbose=False,

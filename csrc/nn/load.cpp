@@ -117,6 +117,17 @@ torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, co
   bounded(o.kernel_size(), 1, "kernel_size");
   bounded(o.stride(), 1, "stride");
   bounded(o.dilation(), 1, "dilation");
+  // a packed conv's reversed_padding (nn.ConvNd's _reversed_padding_repeated_twice, which Python's
+  // layer reads): null or 2 x D ints in [0, 2^31), as Python checks; this loader derives its own
+  if (const json::Value* rp = p.find("reversed_padding"); rp != nullptr && !rp->is_null()) {
+    bool ok = rp->type == json::Value::Type::kArray && rp->array.size() == 2 * D;
+    for (std::size_t i = 0; ok && i < rp->array.size(); ++i) {
+      const json::Value& v = rp->array[i];
+      ok = v.type == json::Value::Type::kNumber && v.number == std::floor(v.number) && v.number >= 0 &&
+           v.number < 2147483648.0;
+    }
+    if (!ok) r.fail(fmt::format("{}: bad reversed_padding (null or {} ints >= 0)", where, 2 * D));
+  }
   const json::Value& pad = p.at("padding", where);
   if (pad.type == json::Value::Type::kString) {
     const std::string s = pad.as_string(where + ".padding");
@@ -651,6 +662,16 @@ torch::nn::Sequential load(const std::string& path, const std::string& compute) 
   const std::int64_t version = r.header.at("format_version", "header").as_int("format_version");
   if (version < 1 || version > kFormatVersion) {
     r.fail(fmt::format("format version {}; this qatkit reads up to {} (upgrade qatkit)", version, kFormatVersion));
+  }
+  // Python's reader needs both (read_header); this one reads the float tensors by module instead
+  const json::Value* layers = r.header.find("layers");
+  const json::Value* floats = r.header.find("float_tensors");
+  if (layers == nullptr || layers->type != json::Value::Type::kObject || floats == nullptr ||
+      floats->type != json::Value::Type::kArray) {
+    r.fail("the header needs 'layers' (object) and 'float_tensors' (list)");
+  }
+  for (const json::Value& f : floats->array) {
+    if (f.type != json::Value::Type::kString) r.fail("float_tensors must be a list of tensor names");
   }
   const json::Value* structure = r.header.find("structure");
   if (structure == nullptr || structure->is_null()) {

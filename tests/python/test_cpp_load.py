@@ -560,7 +560,8 @@ def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_
 
     for key, value, msg in [("padding", [2**40, 2**40], "padding must be 2 int(s) >= 0"),
                             ("stride", [0, 1], "stride must be 2 int(s) >= 1"),
-                            ("dilation", [1, 2**31], "dilation must be 2 int(s) >= 1")]:
+                            ("dilation", [1, 2**31], "dilation must be 2 int(s) >= 1"),
+                            ("reversed_padding", [1], "bad reversed_padding")]:
         conv_param(key, value)
         with pytest.raises(ValueError, match=re.escape(msg)):
             qatkit.load(bad)
@@ -630,6 +631,10 @@ def test_corrupt_weight_entries_are_refused_alike_in_python_and_cpp(tmp_path):
     refused_alike("weight_zero_point presence does not match the header")
     weight("axis", 5)
     refused_alike("bad axis 5")
+    _rewrite_header(w8, bad, lambda meta, head: meta.__setitem__("float_tensors", "0.bias"))
+    refused_alike("the header needs 'layers' (object) and 'float_tensors' (list)")
+    _rewrite_header(w8, bad, lambda meta, head: meta.__setitem__("float_tensors", [1]))
+    refused_alike("float_tensors must be a list of tensor names")
 
     bit_path = str(tmp_path / "bit.safetensors")  # bitnet_b158 makes the Linears BitLinears
     _ptq_exported(net, x, dataclasses.replace(qatkit.bitnet_b158(), first_last=None), bit_path)
