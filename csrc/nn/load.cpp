@@ -299,8 +299,8 @@ void set_weights(const Reader& r, const std::string& name, const json::Value& w,
   if (has_zp != zp.has_value()) r.fail(fmt::format("{}: weight_zero_point presence does not match the header", where));
   torch::Tensor zero = zp ? zp->to(torch::kInt) : torch::zeros(scale.sizes(), torch::kInt);
   if (zero.sizes() != scale.sizes()) r.fail(fmt::format("{}: weight_zero_point must match weight_scale", where));
-  if (zp && !((zero >= wspec.quant_min()) & (zero <= wspec.quant_max())).all().item<bool>()) {
-    r.fail(fmt::format("{}: weight_zero_point outside the code range [{}, {}]", where, wspec.quant_min(), wspec.quant_max()));
+  if (zp && !((zero >= lo) & (zero <= hi)).all().item<bool>()) {
+    r.fail(fmt::format("{}: weight_zero_point outside the code range [{}, {}]", where, lo, hi));
   }
   const json::Value& gs = w.at("group_size", where);
   const json::Value& axis = w.at("axis", where);

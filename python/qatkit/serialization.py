@@ -111,11 +111,12 @@ class _Packed:
             self.register_buffer("weight_packed", tensors["weight_packed"])
             self._unpack = (w["k"], _DTYPES[w["codes_dtype"]], shape)
             codes = self._unpacked()
-            if codes.numel() and (int(codes.min()) < spec.quant_min or int(codes.max()) > spec.quant_max):
+            cmin, cmax = (int(v) for v in torch.aminmax(codes)) if codes.numel() else (0, 0)
+            if codes.numel() and (cmin < spec.quant_min or cmax > spec.quant_max):
                 # a stored value the width holds but the spec does not (a ternary 3, a narrow range's
                 # -128): the kernels would compute with it (the C++ loader refuses it the same way)
                 raise ValueError(f"weight codes must lie in [{spec.quant_min}, {spec.quant_max}] (the spec's range), "
-                                 f"got [{int(codes.min())}, {int(codes.max())}]")
+                                 f"got [{cmin}, {cmax}]")
             self.register_buffer("weight_int", codes, persistent=False)
             self._int_version = tensor_version(self.weight_int)
         # float16 / bfloat16 scales (QuantSpec.scale_dtype) widen exactly to the float32 the ops take
