@@ -208,9 +208,43 @@ QuantSpec spec_of(const json::Value& v, const std::string& where) {
 /// The input quantizer of a packed layer from the file: Python's buffer names mapped to C++'s
 /// (the observer's state sits under `observer.` in Python). Histogram observers (Python-only)
 /// load as min/max ones: a loaded quantizer is frozen, only its scale and zero point matter.
-void load_input_quantizer(const Reader& r, const std::string& layer, ActFakeQuantizer& aq) {
+void load_input_quantizer(const Reader& r, const std::string& layer, ActFakeQuantizer& aq, const json::Value& spec) {
   const std::string p = layer + ".input_fake_quant.";
   torch::NoGradGuard ng;
+  // Python's quantizers record the spec they were saved with (get_extra_state: a uint8 JSON tensor);
+  // Python's load_state_dict refuses a file whose record differs from the header's input spec (a
+  // field the record lacks takes QuantSpec's default), and so does this loader
+  if (const std::optional<torch::Tensor> rec = r.maybe(p + "_extra_state")) {
+    const std::string key = p + "_extra_state";
+    if (rec->scalar_type() != torch::kByte || rec->dim() != 1) {
+      r.fail(fmt::format("load_state_dict: key '{}' must hold a qatkit quantizer record (a uint8 JSON tensor)", key));
+    }
+    const torch::Tensor bytes = rec->contiguous();
+    json::Value v;
+    try {
+      v = json::parse(std::string_view(reinterpret_cast<const char*>(bytes.const_data_ptr<std::uint8_t>()),
+                                       static_cast<std::size_t>(bytes.numel())), key);
+    } catch (const c10::Error&) {
+      r.fail(fmt::format("load_state_dict: key '{}' is not a qatkit quantizer record", key));
+    }
+    if (v.type != json::Value::Type::kObject) {
+      r.fail(fmt::format("load_state_dict: key '{}' must hold a qatkit quantizer record (a JSON object)", key));
+    }
+    const json::Value* saved = v.find("spec");
+    const json::Value defaults = json::parse(QuantSpec{}.to_json(), "QuantSpec defaults");
+    // the header's spec with its defaults filled in (Python: dataclasses.asdict of the quantizer's spec)
+    const json::Value header_spec = json::parse(QuantSpec::from_json(json::dump(spec)).to_json(), "input spec");
+    std::string diff;
+    for (const auto& [k, mine] : header_spec.object) {
+      const json::Value* s = saved != nullptr && saved->type == json::Value::Type::kObject ? saved->find(k) : nullptr;
+      if (s == nullptr && saved != nullptr && saved->type == json::Value::Type::kObject) s = defaults.find(k);
+      if (s == nullptr || json::dump(*s) != json::dump(mine)) diff += (diff.empty() ? "'" : ", '") + k + "'";
+    }
+    if (!diff.empty()) {
+      r.fail(fmt::format("load_state_dict: key '{}' holds a quantizer saved with another spec (fields [{}] differ)", key,
+                         diff));
+    }
+  }
   for (auto& b : aq->named_buffers(false)) {
     const std::string& key = b.key();
     std::optional<torch::Tensor> t = r.maybe(p + key);
@@ -338,7 +372,9 @@ void finish_layer(const Reader& r, const std::string& name, const json::Value& i
                   const std::vector<std::int64_t>& shape) {
   const std::string where = fmt::format("layer '{}'", name);
   const json::Value& w = info.at("weight", where);
-  if (layer->input_fake_quant) load_input_quantizer(r, name, layer->input_fake_quant);
+  if (layer->input_fake_quant) {
+    load_input_quantizer(r, name, layer->input_fake_quant, info.at("input", where).at("spec", where));
+  }
   layer->convert();  // drops the float weight and quantizer, freezes the input quantizer
   set_weights(r, name, w, layer, shape);
   if constexpr (!std::is_same_v<Layer, QuantEmbedding>) {  // (embeddings have no bias)

@@ -593,7 +593,7 @@ def test_corrupt_weight_entries_are_refused_alike_in_python_and_cpp(tmp_path):
     """Header and code edits that scripts/fuzz_load.py --cpp --many N --agree found the C++ loader
     running (2026-12-07) while Python refused them: a ternary code of 2 (a 2-bit 3), an offset or
     width the spec does not imply, a zero point the header does not announce, an axis past the
-    weight's dims. Both loaders now refuse each with the same words. A BitLinear whose RMSNorm eps
+    weight's dims, an input spec its quantizer's record was not saved with, a malformed header. Both loaders now refuse each with the same words. A BitLinear whose RMSNorm eps
     is not the 1e-6 the C++ layer computes with loads in Python (which honours it) and is refused in
     C++, not run with another eps."""
     import json
@@ -631,6 +631,9 @@ def test_corrupt_weight_entries_are_refused_alike_in_python_and_cpp(tmp_path):
     refused_alike("weight_zero_point presence does not match the header")
     weight("axis", 5)
     refused_alike("bad axis 5")
+    # the header's input spec no longer the one the quantizer's record (its _extra_state) was saved with
+    _rewrite_header(w8, bad, lambda meta, head: meta["layers"]["0"]["input"]["spec"].__setitem__("symmetric", True))
+    refused_alike("holds a quantizer saved with another spec (fields ['symmetric']")
     _rewrite_header(w8, bad, lambda meta, head: meta.__setitem__("float_tensors", "0.bias"))
     refused_alike("the header needs 'layers' (object) and 'float_tensors' (list)")
     _rewrite_header(w8, bad, lambda meta, head: meta.__setitem__("float_tensors", [1]))
