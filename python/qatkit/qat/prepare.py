@@ -389,6 +389,13 @@ def prepare_qat(
         )
     cands, unswappable = _candidates(model, config.fold_bn, example_inputs, forward)
     if not cands:
+        layers = [u for u in unswappable if not u.get("bn")]
+        if layers:  # before: "no nn.Linear" for a model whose only Linear was parametrized or Lazy
+            found = "; ".join(f"{repr(u['name']) if u['name'] else 'the model itself'} ({u['type']}): {u['reason']}"
+                              for u in layers[:8])
+            more = f"; and {len(layers) - 8} more" if len(layers) > 8 else ""
+            raise ValueError(f"prepare_qat: the model has nothing to quantize: no layer qatkit can swap; the layers "
+                             f"with weights stay float: {found}{more}")
         raise ValueError(
             "prepare_qat: the model has nothing to quantize: no nn.Linear, nn.Conv1d, nn.Conv2d or nn.Embedding "
             "layers (already prepared models hold Quant* layers)"

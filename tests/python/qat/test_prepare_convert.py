@@ -79,6 +79,17 @@ def test_patterns_that_match_nothing_warn_and_fallback_is_reported():
 def test_bad_input():
     with pytest.raises(ValueError, match="nothing to quantize: no nn.Linear"):
         qatkit.prepare_qat(nn.Sequential(nn.ReLU(), nn.Tanh()), qatkit.w8a8())
+    # a model whose only layers qatkit cannot swap: the error names them and why (it used to say
+    # "no nn.Linear" of a model whose Linear was parametrized or Lazy)
+    cases = [
+        (nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 4))), r"'0' \(ParametrizedLinear\): a parametrized"),
+        (nn.Sequential(nn.LazyLinear(4)), r"'0' \(LazyLinear\): a Lazy layer whose shape is not known"),
+        (nn.Sequential(nn.ReLU(), nn.Conv3d(2, 2, 1)), r"'1' \(Conv3d\): qatkit has no QAT form for Conv3d \(weight \[2, 2, 1, 1, 1\]\)"),
+        (nn.LSTM(2, 3), r"the model itself \(LSTM\): qatkit has no QAT form for LSTM \(weight_ih_l0 \[12, 2\]"),
+    ]
+    for model, msg in cases:
+        with pytest.raises(ValueError, match="nothing to quantize: no layer qatkit can swap; the layers with weights stay float: " + msg):
+            qatkit.prepare_qat(model, qatkit.w8a8())
     with pytest.raises(ValueError, match="every supported layer was skipped"):
         qatkit.prepare_qat(cnn(), QATConfig(default=qatkit.w8a8().default, skip=("*",)))
     with pytest.raises(TypeError, match="config must be a QATConfig"):
