@@ -211,7 +211,12 @@ def check_one(seed: int, tmp: str, exe, onnx: bool = False) -> str:
     xin, yout = os.path.join(tmp, "x.safetensors"), os.path.join(tmp, "y.safetensors")
     save_file({"x": xt.contiguous()}, xin)
     for flag, expected in (([], got_int), (["--float"], got)):
-        run = subprocess.run([exe, *flag, path, xin, yout], capture_output=True, text=True, timeout=120)
+        # MKL_DYNAMIC=FALSE: with MKL's dynamic threading an MKL GEMM in the C++ program's float
+        # forward split over 1 or 2 threads by the timing of the OpenMP pool (a 361 x 8 x 4 conv
+        # GEMM came out an ulp apart in ~1 run in 8; Python's own forward, with more time between
+        # its ops, did not): the float compute is bit for bit at a fixed thread count
+        run = subprocess.run([exe, *flag, path, xin, yout], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "MKL_DYNAMIC": "FALSE"})
         if run.returncode != 0:
             return f"the C++ loader {flag} failed: {run.stderr[-400:]}; {what}"
         y = load_file(yout)["y"].clone()

@@ -81,6 +81,8 @@ void assign_fields(QuantSpec& s, const json::Value& fields, const json::Value& p
       s.granularity = v.as_string(w);
     } else if (key == "axis") {
       s.axis = v.as_int(w);
+      TORCH_CHECK_VALUE(s.axis >= -(std::int64_t{1} << 31) && s.axis < (std::int64_t{1} << 31),
+                        fmt::format("QuantSpec.axis must be in [-2^31, 2^31), got {}", s.axis));
     } else if (key == "group_size") {
       s.group_size = v.is_null() ? std::nullopt : std::optional<std::int64_t>(v.as_int(w));
     } else if (key == "scale") {

@@ -331,7 +331,46 @@ Value& Value::set(const std::string& key, Value v) {
   return *this;
 }
 
-Value parse(std::string_view text, std::string_view source) { return Parser(text, source).document(); }
+std::size_t invalid_utf8_at(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  std::size_t i = 0;
+  while (i < n) {
+    const unsigned c = p[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    unsigned lo = 0x80, hi = 0xBF;  // the allowed range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+      len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;  // overlong
+      if (c == 0xED) hi = 0x9F;  // surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;  // overlong
+      if (c == 0xF4) hi = 0x8F;  // past U+10FFFF
+    } else {
+      return i;
+    }
+    if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return i;
+    for (std::size_t k = 2; k < len; ++k) {
+      if (p[i + k] < 0x80 || p[i + k] > 0xBF) return i;
+    }
+    i += len;
+  }
+  return std::string_view::npos;
+}
+
+Value parse(std::string_view text, std::string_view source) {
+  if (const std::size_t bad = invalid_utf8_at(text); bad != std::string_view::npos) {
+    TORCH_CHECK_VALUE(false, fmt::format("{}: malformed JSON at byte {}: not valid UTF-8", source, bad));
+  }
+  return Parser(text, source).document();
+}
 
 std::string dump(const Value& v) {
   std::string out;

@@ -1,6 +1,6 @@
 // A small JSON reader / writer for qatkit's own tables and records (the preset table compiled into
-// libqatkit, the spec a C++ checkpoint records). Not a general-purpose library: UTF-8 passes
-// through as bytes, \u escapes outside ASCII are rejected, numbers are doubles.
+// libqatkit, the spec a C++ checkpoint records). Not a general-purpose library: UTF-8 is checked
+// and passes through as bytes, \u escapes outside ASCII are rejected, numbers are doubles.
 #pragma once
 
 #include <cstdint>
@@ -41,8 +41,13 @@ struct Value {
   Value& set(const std::string& key, Value v);
 };
 
-/// Parses `text`; ValueError naming `source` and the byte offset on malformed input.
+/// Parses `text`; ValueError naming `source` and the byte offset on malformed input (text that is
+/// not well-formed UTF-8 among it: JSON is UTF-8, and Python's readers refuse it too).
 Value parse(std::string_view text, std::string_view source);
+
+/// The offset of the first byte of `s` that is not well-formed UTF-8 (overlong forms, surrogates and
+/// code points past U+10FFFF are not), or std::string_view::npos.
+std::size_t invalid_utf8_at(std::string_view s);
 
 /// Compact JSON with members in insertion order; integral numbers print without a fraction.
 std::string dump(const Value& v);

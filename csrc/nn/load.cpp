@@ -10,9 +10,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
+#include <set>
 #include <type_traits>
 
 #include "../ops/checks.h"
@@ -38,6 +40,10 @@ struct Reader {
   std::string path;
   std::map<std::string, torch::Tensor> tensors;
   json::Value header;
+  /// The layers the structure places at their own names and the tensors the float modules read
+  /// (load() checks both against the header: a layer the structure does not place, a float_tensors
+  /// list that is not what the modules read)
+  mutable std::set<std::string> placed, float_read;
 
   [[noreturn]] void fail(const std::string& msg) const {
     TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::load: '{}': {}", path, msg));
@@ -65,6 +71,7 @@ struct Reader {
     torch::NoGradGuard ng;
     const auto copy_in = [&](const std::string& key, torch::Tensor& dst) {
       const torch::Tensor t = tensor(prefix + key);
+      float_read.insert(prefix + key);
       if (t.sizes() != dst.sizes()) {
         fail(fmt::format("tensor '{}{}' has shape {}, the module needs {}", prefix, key, ops::shape_str(t.sizes()),
                          ops::shape_str(dst.sizes())));
@@ -235,32 +242,67 @@ void load_input_quantizer(const Reader& r, const std::string& layer, ActFakeQuan
     // the header's spec with its defaults filled in (Python: dataclasses.asdict of the quantizer's spec)
     const json::Value header_spec = json::parse(QuantSpec::from_json(json::dump(spec)).to_json(), "input spec");
     std::string diff;
+    std::set<std::string> fields;  // (sorted, as Python lists them)
     for (const auto& [k, mine] : header_spec.object) {
       const json::Value* s = saved != nullptr && saved->type == json::Value::Type::kObject ? saved->find(k) : nullptr;
       if (s == nullptr && saved != nullptr && saved->type == json::Value::Type::kObject) s = defaults.find(k);
-      if (s == nullptr || json::dump(*s) != json::dump(mine)) diff += (diff.empty() ? "'" : ", '") + k + "'";
+      if (s == nullptr || json::dump(*s) != json::dump(mine)) fields.insert(k);
     }
+    if (saved != nullptr && saved->type == json::Value::Type::kObject) {  // a key QuantSpec does not have
+      for (const auto& [k, v] : saved->object) {
+        if (header_spec.find(k) == nullptr) fields.insert(k);
+      }
+    }
+    for (const auto& k : fields) diff += (diff.empty() ? "'" : ", '") + k + "'";
     if (!diff.empty()) {
       r.fail(fmt::format("load_state_dict: key '{}' holds a quantizer saved with another spec (fields [{}] differ)", key,
                          diff));
     }
   }
+  std::set<std::string> taken{p + "_extra_state"};  // the file's keys this quantizer reads
+  // a histogram observer's bins (Python's percentile / kl / mse observers): not needed to compute
+  const json::Value* obs = spec.find("observer");
+  if (obs != nullptr && obs->type == json::Value::Type::kString &&
+      (obs->string == "percentile" || obs->string == "kl" || obs->string == "mse")) {
+    taken.insert(p + "observer.histogram");
+  }
+  std::string found;                                  // the last one
+  const auto take = [&](const std::string& name) {
+    std::optional<torch::Tensor> t = r.maybe(name);
+    if (t) taken.insert(found = name);
+    return t;
+  };
   for (auto& b : aq->named_buffers(false)) {
     const std::string& key = b.key();
-    std::optional<torch::Tensor> t = r.maybe(p + key);
-    if (!t) t = r.maybe(p + "observer." + key);
-    if (!t && key == "running_min") t = r.maybe(p + "observer.min_val");
-    if (!t && key == "running_max") t = r.maybe(p + "observer.max_val");
+    std::optional<torch::Tensor> t = take(p + key);
+    if (!t) t = take(p + "observer." + key);
+    if (!t && key == "running_min") t = take(p + "observer.min_val");
+    if (!t && key == "running_max") t = take(p + "observer.max_val");
     if (!t) r.fail(fmt::format("tensor '{}{}' (or '{}observer.{}') is missing", p, key, p, key));
-    if (t->numel() != b.value().numel()) {
-      r.fail(fmt::format("tensor '{}{}' holds {} values, the quantizer needs {}", p, key, t->numel(), b.value().numel()));
+    // the shape Python's load_state_dict requires (a [1] for a [] was reshaped here and refused there)
+    if (t->sizes() != b.value().sizes()) {
+      r.fail(fmt::format("tensor '{}' has shape {}, the quantizer needs {}", found, ops::shape_str(t->sizes()),
+                         ops::shape_str(b.value().sizes())));
     }
     b.value().copy_(t->reshape(b.value().sizes()).to(b.value().scalar_type()));
   }
   for (auto& q : aq->named_parameters(false)) {  // LSQ's learned step size and offset
     const torch::Tensor t = r.tensor(p + q.key());
-    if (t.numel() != q.value().numel()) r.fail(fmt::format("tensor '{}{}' has the wrong size", p, q.key()));
+    taken.insert(p + q.key());
+    if (t.sizes() != q.value().sizes()) {
+      r.fail(fmt::format("tensor '{}{}' has shape {}, the quantizer needs {}", p, q.key(), ops::shape_str(t.sizes()),
+                         ops::shape_str(q.value().sizes())));
+    }
     q.value().copy_(t.reshape(q.value().sizes()));
+  }
+  // a key the quantizer does not read (Python's load_state_dict(strict=True) refuses it: a record
+  // renamed by corruption, a buffer of another observer)
+  std::string extra;
+  for (auto it = r.tensors.lower_bound(p); it != r.tensors.end() && it->first.rfind(p, 0) == 0; ++it) {
+    if (taken.count(it->first) == 0) extra += fmt::format("{}'{}'", extra.empty() ? "" : ", ", it->first.substr(p.size()));
+  }
+  if (!extra.empty()) {
+    r.fail(fmt::format("layer '{}': the input quantizer's state has unexpected key(s) [{}]", layer, extra));
   }
   // the qparams a kernel would refuse only at the first call (Python's loader checks them too)
   const auto check = [&](const std::string& key, const torch::Tensor& v) {
@@ -432,12 +474,40 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
   LayerSpec spec{spec_of(w.at("spec", where), where + " weight spec"), std::nullopt};
   const json::Value& in = info.at("input", where);
   if (!in.is_null()) {
+    if (in.type != json::Value::Type::kObject) r.fail(fmt::format("{}: input must be null or an object with a spec", where));
+    const json::Value* ch = in.find("channels");  // (Python builds its quantizer with it)
+    if (ch == nullptr || ch->type != json::Value::Type::kNumber || ch->number != std::floor(ch->number) || ch->number < 1 ||
+        ch->number >= 2147483648.0) {
+      r.fail(fmt::format("{}: the input's channels must be a positive int, got {}", where,
+                         ch == nullptr ? std::string("None") : json::dump(*ch).substr(0, 40)));
+    }
+  }
+  // the layer's tensors: one the header does not describe (an input quantizer's, where the header
+  // has none) is refused, as Python refuses it, rather than dropped
+  {
+    const std::string prefix = name + ".";
+    std::string extra;
+    int n_extra = 0;
+    for (auto it = r.tensors.lower_bound(prefix); it != r.tensors.end() && it->first.rfind(prefix, 0) == 0; ++it) {
+      const std::string key = it->first.substr(prefix.size());
+      const bool takes = key == "weight_packed" || key == "weight_scale" || key == "weight_zero_point" || key == "bias" ||
+                         key == "smooth" || (!in.is_null() && key.rfind("input_fake_quant.", 0) == 0);
+      if (!takes && n_extra++ < 4) extra += fmt::format("{}'{}'", extra.empty() ? "" : ", ", it->first);
+    }
+    if (n_extra > 0) r.fail(fmt::format("{}: tensors [{}] are not the layer's (the header does not describe them)", where, extra));
+  }
+  if (!in.is_null()) {
     QuantSpec a = spec_of(in.at("spec", where), where + " input spec");
     if (a.kind == "int" && a.scale == "static" && a.observer != "minmax" && a.observer != "moving_average") a.observer = "minmax";
     spec.activation = a;
   }
   const std::vector<std::int64_t> shape = shape_of(w, where);
-  const bool bias = info.at("bias", where).as_bool(where);
+  const json::Value* bias_flag = info.find("bias");
+  if (bias_flag == nullptr || bias_flag->type != json::Value::Type::kBool) {
+    r.fail(fmt::format("{}: the bias flag must be a bool, got {}", where,
+                       bias_flag == nullptr ? std::string("None") : json::dump(*bias_flag).substr(0, 40)));
+  }
+  const bool bias = bias_flag->boolean;
   if (type == "linear") {
     const auto opts = torch::nn::LinearOptions(p.at("in_features", where).as_int(where), p.at("out_features", where).as_int(where)).bias(bias);
     check_packed_geometry(r, name, w, shape, {opts.out_features(), opts.in_features()});
@@ -490,8 +560,79 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
 torch::nn::AnyModule build(const Reader& r, const json::Value& node, const std::string& qname, int depth);
 void fill(const Reader& r, const json::Value& node, const std::string& qname, int depth, torch::nn::SequentialImpl& seq);
 
+/// The constructor arguments each module kind's structure entry carries (Python's _LEAVES in
+/// serialization.py, the writer's list, and its bias flag), and the ones files written before
+/// 2026-12-05 lack. Both loaders refuse an entry that misses one of the others or has one more: a
+/// missing argument would take LibTorch's default, which the file may not have been written with.
+struct LeafArgs {
+  std::string_view type;
+  std::vector<std::string_view> required, optional;
+};
+
+const std::vector<LeafArgs>& leaf_args() {
+  static const std::vector<LeafArgs> table = {
+      {"ReLU", {}, {}},
+      {"ReLU6", {}, {}},
+      {"LeakyReLU", {"negative_slope"}, {}},
+      {"PReLU", {"num_parameters"}, {}},
+      {"ELU", {"alpha"}, {}},
+      {"Hardtanh", {"min_val", "max_val"}, {}},
+      {"Hardswish", {}, {}},
+      {"Hardsigmoid", {}, {}},
+      {"GELU", {"approximate"}, {}},
+      {"SiLU", {}, {}},
+      {"Mish", {}, {}},
+      {"Tanh", {}, {}},
+      {"Sigmoid", {}, {}},
+      {"Softmax", {"dim"}, {}},
+      {"LogSoftmax", {"dim"}, {}},
+      {"Identity", {}, {}},
+      {"Flatten", {"start_dim", "end_dim"}, {}},
+      {"Unflatten", {"dim", "unflattened_size"}, {}},
+      {"Dropout", {"p"}, {}},
+      {"MaxPool1d", {"kernel_size", "stride", "padding", "dilation", "ceil_mode"}, {}},
+      {"MaxPool2d", {"kernel_size", "stride", "padding", "dilation", "ceil_mode"}, {}},
+      {"AvgPool1d", {"kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"}, {}},
+      {"AvgPool2d", {"kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"}, {"divisor_override"}},
+      {"AdaptiveAvgPool1d", {"output_size"}, {}},
+      {"AdaptiveAvgPool2d", {"output_size"}, {}},
+      {"BatchNorm1d", {"num_features", "eps", "momentum", "affine", "track_running_stats"}, {}},
+      {"BatchNorm2d", {"num_features", "eps", "momentum", "affine", "track_running_stats"}, {}},
+      {"LayerNorm", {"normalized_shape", "eps", "elementwise_affine"}, {"bias"}},
+      {"Linear", {"in_features", "out_features", "bias"}, {}},
+      {"Conv1d",
+       {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "bias"},
+       {}},
+      {"Conv2d",
+       {"in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "padding_mode", "bias"},
+       {}},
+      {"Embedding", {"num_embeddings", "embedding_dim", "padding_idx"}, {"max_norm", "norm_type"}},
+  };
+  return table;
+}
+
+/// Python's message for a missing or unexpected argument (serialization.py, _build).
+void check_leaf_args(const Reader& r, const std::string& type, const json::Value& args) {
+  const auto& table = leaf_args();
+  const auto it = std::find_if(table.begin(), table.end(), [&](const LeafArgs& l) { return l.type == type; });
+  if (it == table.end()) return;  // (leaf() names the unknown type)
+  const auto has = [](const std::vector<std::string_view>& v, std::string_view k) {
+    return std::find(v.begin(), v.end(), k) != v.end();
+  };
+  std::string missing, extra;
+  for (std::string_view k : it->required) {
+    if (args.find(k) == nullptr) missing += fmt::format("{}'{}'", missing.empty() ? "" : ", ", k);
+  }
+  for (const auto& [k, v] : args.object) {
+    if (!has(it->required, k) && !has(it->optional, k)) extra += fmt::format("{}'{}'", extra.empty() ? "" : ", ", k);
+  }
+  if (!missing.empty()) r.fail(fmt::format("{} arguments [{}] are missing", type, missing));
+  if (!extra.empty()) r.fail(fmt::format("unexpected arguments [{}] for {}", extra, type));
+}
+
 torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::Value& args, const std::string& qname) {
   const std::string where = fmt::format("module '{}' ({})", qname, type);
+  check_leaf_args(r, type, args);
   const auto arg = [&](const char* k) -> const json::Value& { return args.at(k, where); };
   const std::string prefix = qname.empty() ? "" : qname + ".";
   // a number argument Python's structure check let through (finite); a corrupt file fails here
@@ -596,6 +737,7 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
     const std::int64_t n = arg("num_features").as_int(where);
     const double eps = arg("eps").as_number(where);
     const bool affine = arg("affine").as_bool(where), track = arg("track_running_stats").as_bool(where);
+    if (!arg("momentum").is_null() && !(number("momentum") >= 0.0)) r.fail(fmt::format("{}: momentum must be >= 0", where));
     if (n < 1) r.fail(fmt::format("{}: num_features must be positive, got {}", where, n));
     if (affine) r.expect(prefix + "weight", {n});
     if (track) r.expect(prefix + "running_mean", {n});
@@ -619,6 +761,7 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
       torch::NoGradGuard ng;
       ln->bias.zero_();
       const torch::Tensor w = r.tensor(prefix + "weight");
+      r.float_read.insert(prefix + "weight");
       if (w.sizes() != ln->weight.sizes()) r.fail(fmt::format("{}: weight has the wrong shape", where));
       ln->weight.copy_(w);
     } else {
@@ -664,13 +807,20 @@ torch::nn::AnyModule build(const Reader& r, const json::Value& node, const std::
   if (depth > 64) r.fail("the structure nests deeper than 64 levels");
   const std::string where = fmt::format("structure at '{}'", qname);
   const std::string type = node.at("type", where).as_string(where);
-  if (type == "packed") return packed_layer(r, node.at("name", where).as_string(where));
+  if (type == "packed") {
+    // a layer sits at the name its tensors carry, and may sit at other places too (a module used
+    // twice: the structure points its aliases at it); load() checks each sits at its own name
+    const std::string& name = node.at("name", where).as_string(where);
+    if (name == qname) r.placed.insert(name);
+    return packed_layer(r, name);
+  }
   if (type == "Sequential") {
     Nested seq;
     fill(r, node, qname, depth, *seq);
     return torch::nn::AnyModule(seq);
   }
   const json::Value* args = node.find("args");
+  if (args != nullptr && args->type != json::Value::Type::kObject) r.fail(fmt::format("{}: {} arguments must be an object", where, type));
   static const json::Value kNone = [] {
     json::Value v;
     v.type = json::Value::Type::kObject;
@@ -721,6 +871,24 @@ torch::nn::Sequential load(const std::string& path, const std::string& compute) 
     fill(r, *structure, "", 0, *seq);
   } else {
     seq->push_back(build(r, *structure, "", 0));
+  }
+  // every layer the header lists sits in the structure at its own name (Python checks them all,
+  // placed or not, and counts a layer placed elsewhere only: its tensors fit no module)
+  for (const auto& [name, info] : layers->object) {
+    if (r.placed.count(name) == 0) r.fail(fmt::format("layer '{}' is not in the structure at its own name", name));
+  }
+  // the float tensors the modules read are the header's list (Python's "does not fit the model")
+  std::set<std::string> listed;
+  for (const json::Value& f : floats->array) listed.insert(f.string);
+  std::string missing, extra;
+  for (const auto& k : r.float_read) {
+    if (listed.count(k) == 0) missing += fmt::format("{}'{}'", missing.empty() ? "" : ", ", k);
+  }
+  for (const auto& k : listed) {
+    if (r.float_read.count(k) == 0) extra += fmt::format("{}'{}'", extra.empty() ? "" : ", ", k);
+  }
+  if (!missing.empty() || !extra.empty()) {
+    r.fail(fmt::format("does not fit the model: missing [{}], unexpected [{}] (float_tensors)", missing, extra));
   }
   seq->eval();
   set_compute(*seq, compute);  // integer kernels where they run the layer (Python's qatkit.load default)

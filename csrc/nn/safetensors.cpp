@@ -1,6 +1,6 @@
 // A safetensors reader for qatkit's model files (docs/format.md): the container a LibTorch program
 // loads exported weights from. The input is untrusted: every length, shape and offset is checked
-// before it is used (header length inside the file and at most 100 MB; dtype known; each dimension
+// before it is used (header length inside the file and at most 100 MB, valid UTF-8; dtype known; each dimension
 // non-negative and the element count free of overflow; offsets inside the data section, ordered,
 // non-overlapping, covering it without a gap or trailing bytes, and exactly as long as dtype x
 // shape); any violation is a ValueError naming the file and the tensor, never a read out of bounds
@@ -63,6 +63,9 @@ TensorFile parse_safetensors(const std::uint8_t* data, std::size_t size, const s
   if (n > kMaxHeader) fail(fmt::format("header length {} exceeds the 100 MB limit", n));
   if (n > size - 8) fail(fmt::format("header length {} runs past the end of the file ({} bytes)", n, size));
   const std::string_view text(reinterpret_cast<const char*>(data + 8), static_cast<std::size_t>(n));
+  if (const std::size_t bad = json::invalid_utf8_at(text); bad != std::string_view::npos) {
+    fail(fmt::format("the header is not valid UTF-8 (byte {} of the header)", bad));
+  }
   const json::Value header = json::parse(text, source);
   if (header.type != json::Value::Type::kObject) fail("the header must be a JSON object");
   const std::uint8_t* body = data + 8 + n;

@@ -564,6 +564,11 @@ _LEAVES = {
     "Embedding": (nn.Embedding, ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type")),
 }
 
+#: leaf arguments files written before 2026-12-05 lack (the module's default applies; docs/format.md)
+_OPTIONAL_ARGS = {"AvgPool2d": ("divisor_override",), "Embedding": ("max_norm", "norm_type"), "LayerNorm": ("bias",)}
+#: the bias flag the writer adds (LayerNorm's: optional, files before nn.LayerNorm(bias=False) lack it)
+_BIAS_ARG = {"Linear": ("bias",), "Conv1d": ("bias",), "Conv2d": ("bias",)}
+
 #: what a leaf would need that its structure entry cannot carry (load would rebuild another function)
 _UNREBUILDABLE = {
     "MaxPool1d": lambda m: m.return_indices and "return_indices=True",
@@ -672,12 +677,25 @@ def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
     if t == "Sequential":
         seq = nn.Sequential()
         for n, d in desc["children"]:
-            seq.add_module(str(n), _build(d, layers))
+            if not isinstance(n, str):  # (str() made a number a name; the C++ loader refuses it)
+                raise ValueError(f"load: a Sequential child's name must be a string, got {n!r}")
+            seq.add_module(n, _build(d, layers))
         return seq
     if t not in _LEAVES:
         raise ValueError(f"load: the file's structure names module type {t!r}, not one qatkit rebuilds")
     cls, names = _LEAVES[t]
-    args = dict(desc.get("args", {}))
+    args = desc.get("args", {})
+    if not isinstance(args, dict):
+        raise ValueError(f"load: {t} arguments must be an object, got {args!r:.80}")
+    # every argument the writer writes (a missing one took the module's default, which the file may
+    # not have been written with; the C++ loader requires them too), but the ones older files lack
+    missing = [k for k in names + _BIAS_ARG.get(t, ()) if k not in args and k not in _OPTIONAL_ARGS.get(t, ())]
+    if missing:
+        raise ValueError(f"load: {t} arguments {missing} are missing")
+    args = dict(args)
+    takes = set(names) | set(_BIAS_ARG.get(t, ())) | set(_OPTIONAL_ARGS.get(t, ()))
+    if not set(args) <= takes:
+        raise ValueError(f"load: unexpected arguments {sorted(set(args) - takes)} for {t}")
     for k, v in args.items():
         if not (_arg_ok(k, v) or (k == "padding" and t in ("Conv1d", "Conv2d") and v in ("same", "valid"))):
             raise ValueError(f"load: {t} argument {k}={v!r} has the wrong type or is out of range")
@@ -686,8 +704,6 @@ def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
                 raise ValueError(f"load: {t} argument {k}={v!r} must be >= 1")
         if isinstance(v, list):
             args[k] = tuple(v)
-    if not set(args) <= set(names) | {"bias"}:
-        raise ValueError(f"load: unexpected arguments {sorted(set(args) - set(names))} for {t}")
     # on the meta device: a leaf's tensors come from the file (_load_floats assigns them after
     # checking every name and shape), so a corrupt size in the header allocates nothing
     with torch.device("meta"):
@@ -760,6 +776,22 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
     shape = w["shape"]
     need(all(isinstance(d, int) and 0 <= d < 2**31 for d in shape) and len(shape) <= 5, f"bad weight shape {shape}")
     need(w.get("dtype") in ("float32", "float64", "float16", "bfloat16"), f"bad weight dtype {w.get('dtype')!r}")
+    # the input quantizer's entry (null: none) and the layer's tensors: a tensor the header does not
+    # describe was dropped without a word (an 'input' key lost to corruption left its quantizer's
+    # tensors unread and the layer computing on float inputs); the C++ loader refuses the same
+    need("input" in info, "missing key 'input'")
+    aq = info["input"]
+    need(aq is None or (isinstance(aq, dict) and isinstance(aq.get("spec"), dict)),
+         f"input must be null or an object with a spec, got {aq!r:.60}")
+    if aq is not None:
+        ch = aq.get("channels")
+        need(_is_int(ch) and 1 <= ch < 2**31, f"the input's channels must be a positive int, got {ch!r:.40}")
+    need(isinstance(info.get("bias"), bool), f"the bias flag must be a bool, got {info.get('bias')!r:.40}")
+    need(("bias" in t) == info["bias"], "bias presence does not match the header")
+    takes = {"bias", "smooth"} | ({"weight"} if w.get("spec") is None else {"weight_packed", "weight_scale",
+                                                                             "weight_zero_point"})
+    extra = sorted(k for k in t if k not in takes and not (aq is not None and k.startswith("input_fake_quant.")))
+    need(not extra, f"tensors {[f'{name}.{k}' for k in extra[:4]]} are not the layer's (the header does not describe them)")
     if w.get("spec") is None:
         need("weight" in t and list(t["weight"].shape) == shape, "the float weight is missing or has another shape")
         return
@@ -789,23 +821,25 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
     need(bool(torch.isfinite(s).all()) and bool(floor_ok.all()),
          "weight_scale must be finite and " + ("non-negative" if spec.kind == "binary" else "positive"))
     gs, axis = w.get("group_size"), w.get("axis")
+    # (checked whether or not the layout reads it, as the C++ loader does)
+    need(axis is None or (_is_int(axis) and -len(shape) <= axis < len(shape)), f"bad axis {axis}")
     if gs is not None:
-        need(isinstance(gs, int) and gs > 0 and k % gs == 0, f"group_size {gs} must divide k = {k}")
+        need(_is_int(gs) and gs > 0 and k % gs == 0, f"group_size {gs} must divide k = {k}")
         need(s.numel() == rows * (k // gs), f"weight_scale must hold {rows * (k // gs)} values (one per group)")
     elif axis is not None:
-        need(isinstance(axis, int) and -len(shape) <= axis < len(shape), f"bad axis {axis}")
         need(s.numel() == shape[axis], f"weight_scale must hold {shape[axis]} values (one per channel)")
     else:
         need(s.numel() == 1, "weight_scale must hold 1 value (per tensor)")
     z = t.get("weight_zero_point")
-    need(bool(w.get("zero_point")) == (z is not None), "weight_zero_point presence does not match the header")
+    zp_flag = w.get("zero_point")  # (absent or null: false, as in files before the flag)
+    need(zp_flag is None or isinstance(zp_flag, bool), f"the weight's zero_point flag must be a bool, got {zp_flag!r:.40}")
+    need(bool(zp_flag) == (z is not None), "weight_zero_point presence does not match the header")
     if z is not None:
         need(z.dtype in (torch.int8, torch.int32) and z.shape == s.shape, "weight_zero_point must match weight_scale")
         # (compared in int64: an int8 tensor against a Python int casts the int to int8, so a 10-bit
         # range's -512 wrapped to 0 and every negative zero point of a valid file was refused)
         zl = z.long()
         need(bool(((zl >= spec.quant_min) & (zl <= spec.quant_max)).all()), "weight_zero_point outside the code range")
-    need(("bias" in t) == bool(info.get("bias")), "bias presence does not match the header")
     for key, v in t.items():  # the input quantizer's qparams: a kernel would refuse them only at the first call
         leaf = key.rsplit(".", 1)[-1]
         if not key.startswith("input_fake_quant.") or leaf not in ("scale", "zero_point") or not v.is_floating_point():
@@ -865,7 +899,7 @@ def _check_params(info: dict, shape: list, need) -> None:
             _ints(p.get("padding"), d, 0, "padding", need)
         need(p.get("padding_mode") in ("zeros", "reflect", "replicate", "circular"), "bad padding_mode")
         rp = p.get("reversed_padding")
-        need(rp is None or (isinstance(rp, list) and len(rp) == 2 * d and all(isinstance(x, int) and 0 <= x < 2**31 for x in rp)),
+        need(rp is None or (isinstance(rp, list) and len(rp) == 2 * d and all(_is_int(x) and 0 <= x < 2**31 for x in rp)),
              "bad reversed_padding")
     else:
         need(len(shape) == 2, f"an embedding weight is 2-d, got {shape}")
@@ -968,6 +1002,12 @@ def load(path: str, compute: str = "integer") -> nn.Module:
         model = _build(header["structure"], layers)
     except _MALFORMED as e:
         raise ValueError(f"load: {path!r}: malformed structure ({type(e).__name__}: {e})") from None
+    # each layer sits at its own name (aliases elsewhere may point at it): one the structure leaves
+    # out, or puts only under another name, has tensors no module takes (the C++ loader refuses it too)
+    at = dict(model.named_modules(remove_duplicate=False))
+    for name, layer in layers.items():
+        if at.get(name) is not layer:
+            raise ValueError(f"load: {path!r}: layer {name!r} is not in the structure at its own name")
     _load_floats(path, model, header, tensors)
     return _set_compute(model.eval(), compute, "load")
 

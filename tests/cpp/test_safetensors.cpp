@@ -113,12 +113,26 @@ CATCH_TEST_CASE("hostile safetensors files raise ValueError naming the problem",
                   body),
        "(a gap or trailing bytes from byte 4)"},
       {"a body and no tensors", file_bytes("{}", body), "(a gap or trailing bytes from byte 0)"},
+      // the header is UTF-8 JSON (Python's safetensors refuses any other bytes): a lone continuation
+      // byte, an overlong '/', a surrogate, a code point past U+10FFFF, a sequence cut short
+      {"lone continuation byte", file_bytes("{\"__metadata__\": {\"k\": \"a\x84\"}}", {}),
+       "the header is not valid UTF-8 (byte 25 of the header)"},
+      {"overlong", file_bytes("{\"__metadata__\": {\"k\": \"\xC0\xAF\"}}", {}), "not valid UTF-8 (byte 24 of"},
+      {"surrogate", file_bytes("{\"__metadata__\": {\"k\": \"\xED\xA0\x80\"}}", {}), "not valid UTF-8 (byte 24 of"},
+      {"past U+10FFFF", file_bytes("{\"__metadata__\": {\"k\": \"\xF4\x90\x80\x80\"}}", {}),
+       "not valid UTF-8 (byte 24 of"},
+      {"cut short", file_bytes("{\"__metadata__\": {\"k\": \"\xE2\x82\"}}", {}), "not valid UTF-8 (byte 24 of"},
   };
   for (const auto& c : cases) {
     CATCH_INFO(c.what);
     CATCH_CHECK_THROWS_WITH(parse(c.bytes), Catch::Contains(c.message));
   }
   CATCH_CHECK_THROWS_WITH(qnn::read_safetensors("/nonexistent/dir/file.safetensors"), Catch::Contains("cannot open"));
+  // well-formed UTF-8 of every length passes through as bytes: e-acute, the euro sign, an emoji
+  const std::string text = "\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80";
+  const qnn::TensorFile ok = parse(file_bytes("{\"__metadata__\": {\"k\": \"" + text + "\"}}", {}));
+  CATCH_REQUIRE(ok.metadata.size() == 1);
+  CATCH_CHECK(ok.metadata[0].second == text);
 }
 
 CATCH_TEST_CASE("every truncation of a valid file is refused cleanly", "[safetensors]") {

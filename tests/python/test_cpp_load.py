@@ -40,7 +40,10 @@ def _run(model_path, x, tmp_path, compute="integer"):
     inp, out = str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")
     save_file({"x": x.contiguous()}, inp)
     flag = {"float": ["--float"], "both": ["--both"]}.get(compute, [])
-    r = subprocess.run([EXE, *flag, model_path, inp, out], capture_output=True, text=True, timeout=120)
+    # a fixed MKL thread count: with MKL's dynamic threading a float GEMM's split (and bits) can vary
+    # from run to run (scripts/fuzz_models.py)
+    r = subprocess.run([EXE, *flag, model_path, inp, out], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "MKL_DYNAMIC": "FALSE"})
     if r.returncode != 0:
         return r, None
     return r, (load_file(out) if compute == "both" else load_file(out)["y"])
@@ -561,7 +564,8 @@ def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_
     for key, value, msg in [("padding", [2**40, 2**40], "padding must be 2 int(s) >= 0"),
                             ("stride", [0, 1], "stride must be 2 int(s) >= 1"),
                             ("dilation", [1, 2**31], "dilation must be 2 int(s) >= 1"),
-                            ("reversed_padding", [1], "bad reversed_padding")]:
+                            ("reversed_padding", [1], "bad reversed_padding"),
+                            ("reversed_padding", [1, 1, 1, True], "bad reversed_padding")]:  # (a bool is no int)
         conv_param(key, value)
         with pytest.raises(ValueError, match=re.escape(msg)):
             qatkit.load(bad)
@@ -646,6 +650,73 @@ def test_corrupt_weight_entries_are_refused_alike_in_python_and_cpp(tmp_path):
     r, _ = _run(bad, x, tmp_path)
     assert r.returncode == 1 and "a BitLinear with RMSNorm eps 1e-05; the C++ BitLinear computes with 1e-6" in r.stderr, \
         r.stderr
+
+
+def test_header_edits_one_loader_took_are_refused_by_both(tmp_path):
+    """What scripts/fuzz_load.py --cpp --many N --agree found one loader taking and the other
+    refusing (2026-12-07, seed 42): an 'input' key lost to corruption (Python dropped the input
+    quantizer and its tensors without a word: the layer computed on float inputs), tensors the
+    header does not describe, a bias flag of 1, an input quantizer without its channels or with a
+    tensor of another shape, a structure's child named by a number, arguments that are not an
+    object, missing or unexpected, and a header that is not UTF-8. Both loaders refuse each."""
+    import struct
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_serialization import _rewrite_header
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x = torch.randn(4, 64)
+    w8, bad = str(tmp_path / "w8.safetensors"), str(tmp_path / "bad.safetensors")
+    _ptq_exported(net, x, dataclasses.replace(qatkit.w8a8(), first_last=None), w8)
+
+    def refused(edit, py_msg, cpp_msg=None):
+        _rewrite_header(w8, bad, edit)
+        with pytest.raises(ValueError, match=re.escape(py_msg)):
+            qatkit.load(bad)
+        r, _ = _run(bad, x, tmp_path)
+        assert r.returncode == 1 and (cpp_msg or py_msg) in r.stderr, (py_msg, r.returncode, r.stderr)
+
+    layer = lambda meta: meta["layers"]["0"]  # noqa: E731
+    refused(lambda meta, head: layer(meta).__setitem__("junk", layer(meta).pop("input")), "missing key 'input'")
+    refused(lambda meta, head: layer(meta).__setitem__("input", None),
+            "tensors ['0.input_fake_quant._extra_state', '0.input_fake_quant.fake_quant_on'")
+    refused(lambda meta, head: layer(meta).__setitem__("bias", 1), "the bias flag must be a bool, got 1")
+    refused(lambda meta, head: layer(meta)["input"].pop("channels"), "the input's channels must be a positive int, got None")
+    refused(lambda meta, head: head["0.input_fake_quant.observer.running_max"].__setitem__("shape", []),
+            "size mismatch for observer.running_max", "tensor '0.input_fake_quant.observer.running_max' has shape []")
+    refused(lambda meta, head: meta["structure"]["children"][1].__setitem__(0, 1), "must be a string")
+    refused(lambda meta, head: meta["structure"]["children"][1][1].__setitem__("args", [8]),
+            "ReLU arguments must be an object")
+    refused(lambda meta, head: meta["structure"]["children"][1].__setitem__(1, {"type": "Flatten", "args": {"end_dim": -1}}),
+            "Flatten arguments ['start_dim'] are missing")
+    refused(lambda meta, head: meta["structure"]["children"][1][1].__setitem__("args", {"inplace": False}),
+            "unexpected arguments ['inplace'] for ReLU")
+    # a weight axis the layout does not read (per group), out of range; a quantizer record holding
+    # a field QuantSpec does not have (Python's message listed "[] differ")
+    g4 = str(tmp_path / "g4.safetensors")
+    _ptq_exported(net, x, dataclasses.replace(qatkit.w4a8(), first_last=None), g4)
+    _rewrite_header(g4, bad, lambda meta, head: meta["layers"]["0"]["weight"].__setitem__("axis", -(2**40)))
+    with pytest.raises(ValueError, match=re.escape(f"bad axis {-(2**40)}")):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and f"bad axis {-(2**40)} for a 2-d weight" in r.stderr, r.stderr
+    raw = bytearray(open(w8, "rb").read())
+    at = raw.index(b'"granularity"', 8 + struct.unpack("<Q", raw[:8])[0])  # in the record's bytes
+    raw[at + 6] = ord("s")  # "granusarity", the same length
+    open(bad, "wb").write(raw)
+    with pytest.raises(ValueError, match=re.escape("holds a quantizer saved with another spec (fields ['granusarity'] differ")):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "(fields ['granusarity'] differ)" in r.stderr, r.stderr
+    raw = bytearray(open(w8, "rb").read())
+    at = raw.index(b"AffineStaticActQuantizer", 8, 8 + struct.unpack("<Q", raw[:8])[0])
+    raw[at + 1] = 0x84  # a continuation byte with no lead byte
+    open(bad, "wb").write(raw)
+    with pytest.raises(ValueError, match="invalid UTF-8"):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "the header is not valid UTF-8 (byte " in r.stderr, r.stderr
 
 
 def test_many_each_prints_every_files_outcome(tmp_path):

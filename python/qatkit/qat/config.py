@@ -98,6 +98,8 @@ def _check_types(spec) -> None:
     for name in _STR_FIELDS:
         if not isinstance(getattr(spec, name), str):
             bad(name, "a str")
+    if not -(2**31) <= spec.axis < 2**31:  # (a tensor dim; the C++ QuantSpec takes the same range)
+        raise ValueError(f"QuantSpec.axis must be in [-2^31, 2^31), got {spec.axis}")
     if spec.method is not None and not isinstance(spec.method, str):
         bad("method", "a str or None")
     gs = spec.group_size

@@ -498,11 +498,13 @@ class _SpecModule(_ReplacedTensorsBump, nn.Module):
                 saved = {**{f.name: f.default for f in dataclasses.fields(QuantSpec) if f.name not in saved}, **saved}
             mine = dataclasses.asdict(self.spec)
             if saved != mine:
-                diff = sorted(k for k in mine if saved is None or saved.get(k) != mine.get(k))
+                # (a key the spec does not have counts: a field renamed by corruption read as "[] differ")
+                diff = sorted({k for k in mine if saved is None or saved.get(k) != mine.get(k)}
+                              | (set(saved) - set(mine) if isinstance(saved, dict) else set()))
                 raise ValueError(
                     f"load_state_dict: key '{key}' holds a quantizer saved with another spec "
                     f"(fields {diff} differ: saved {saved and {k: saved.get(k) for k in diff}}, "
-                    f"model { ({k: mine[k] for k in diff}) }); prepare the model with the checkpoint's config"
+                    f"model { ({k: mine.get(k) for k in diff}) }); prepare the model with the checkpoint's config"
                 )
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs)
         self._sync_mirrors()
