@@ -101,14 +101,23 @@ torch::ExpandingArray<D> expand(const json::Value& v, const std::string& where) 
   return torch::ExpandingArray<D>(full);
 }
 
+/// A conv's geometry: an int (every dim) or exactly D ints, as Python's loader takes it (a list of
+/// one for a 2-d conv is refused there).
+template <std::size_t D>
+torch::ExpandingArray<D> conv_dims(const json::Value& v, const std::string& where) {
+  TORCH_CHECK_VALUE(v.type == json::Value::Type::kNumber || (v.type == json::Value::Type::kArray && v.array.size() == D),
+                    fmt::format("{} must be {} int(s)", where, D));
+  return expand<D>(v, where);
+}
+
 /// Conv options from a file's conv parameters (packed and float layers alike): padding as numbers
 /// or nn.ConvNd's strings ('same' / 'valid'), any of nn.ConvNd's padding modes.
 template <size_t D>
 torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, const std::string& where, bool bias) {
   auto o = torch::nn::ConvOptions<D>(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
-                                     expand<D>(p.at("kernel_size", where), where))
-               .stride(expand<D>(p.at("stride", where), where))
-               .dilation(expand<D>(p.at("dilation", where), where))
+                                     conv_dims<D>(p.at("kernel_size", where), where + ": kernel_size"))
+               .stride(conv_dims<D>(p.at("stride", where), where + ": stride"))
+               .dilation(conv_dims<D>(p.at("dilation", where), where + ": dilation"))
                .groups(p.at("groups", where).as_int(where))
                .bias(bias);
   // Python's bounds (serialization.py, _check_params): kernel_size, stride and dilation >= 1,
@@ -151,7 +160,7 @@ torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, co
       r.fail(fmt::format("{}.padding: expected numbers, 'same' or 'valid', got '{}'", where, s));
     }
   } else {
-    const torch::ExpandingArray<D> numbers = expand<D>(pad, where + ".padding");
+    const torch::ExpandingArray<D> numbers = conv_dims<D>(pad, where + ": padding");
     bounded(numbers, 0, "padding");
     o.padding(numbers);
   }
@@ -502,6 +511,9 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
     spec.activation = a;
   }
   const std::vector<std::int64_t> shape = shape_of(w, where);
+  if ((type == "conv1d" || type == "conv2d") && p.find("reversed_padding") == nullptr) {
+    r.fail(fmt::format("{}: missing key 'reversed_padding'", where));  // (null or the pads: Python reads it)
+  }
   const json::Value* bias_flag = info.find("bias");
   if (bias_flag == nullptr || bias_flag->type != json::Value::Type::kBool) {
     r.fail(fmt::format("{}: the bias flag must be a bool, got {}", where,

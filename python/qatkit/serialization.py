@@ -243,9 +243,11 @@ class _PackedConv(_Packed):
         p = info["params"]
         for k in ("in_channels", "out_channels", "groups", "padding_mode"):
             setattr(self, k, p[k])
+        d = 1 if info["type"] == "conv1d" else 2  # (an int stands for every dim, as nn.ConvNd takes it)
         for k in ("kernel_size", "stride", "dilation"):
-            setattr(self, k, tuple(p[k]))
-        self.padding = p["padding"] if isinstance(p["padding"], str) else tuple(p["padding"])
+            setattr(self, k, tuple(p[k]) if isinstance(p[k], list) else (p[k],) * d)
+        pad = p["padding"]
+        self.padding = pad if isinstance(pad, str) else tuple(pad) if isinstance(pad, list) else (pad,) * d
         self._rpt = None if p["reversed_padding"] is None else tuple(p["reversed_padding"])
         self._init_packed(info, tensors)
 
@@ -898,6 +900,7 @@ def _check_params(info: dict, shape: list, need) -> None:
         if not isinstance(p.get("padding"), str):
             _ints(p.get("padding"), d, 0, "padding", need)
         need(p.get("padding_mode") in ("zeros", "reflect", "replicate", "circular"), "bad padding_mode")
+        need("reversed_padding" in p, "missing key 'reversed_padding'")
         rp = p.get("reversed_padding")
         need(rp is None or (isinstance(rp, list) and len(rp) == 2 * d and all(_is_int(x) and 0 <= x < 2**31 for x in rp)),
              "bad reversed_padding")

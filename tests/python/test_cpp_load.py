@@ -571,6 +571,23 @@ def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_
             qatkit.load(bad)
         r, _ = _run(bad, x, tmp_path)
         assert r.returncode == 1 and f"layer '0': {msg}" in r.stderr, (r.returncode, r.stderr)
+    # an int for every dim, as nn.Conv2d takes it: both loaders compute what [1, 1] computes (Python's
+    # raised a TypeError on it; a list of one for a 2-d conv is refused by both; fuzz_load --agree)
+    conv_param("padding", 1)
+    want = qatkit.load(path)(x)
+    assert torch.equal(qatkit.load(bad)(x), want)
+    r, y = _run(bad, x, tmp_path)
+    assert r.returncode == 0 and torch.equal(y, want), r.stderr
+    conv_param("stride", [1])
+    with pytest.raises(ValueError, match=re.escape("stride must be 2 int(s)")):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "layer '0': stride must be 2 int(s)" in r.stderr, (r.returncode, r.stderr)
+    _rewrite_header(path, bad, lambda meta, head: meta["layers"]["0"]["params"].pop("reversed_padding"))
+    with pytest.raises(ValueError, match=re.escape("missing key 'reversed_padding'")):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "layer '0': missing key 'reversed_padding'" in r.stderr, (r.returncode, r.stderr)
     conv_param("padding", [2**28, 2**28])
     loaded = qatkit.load(bad)
     with pytest.raises(RuntimeError):
