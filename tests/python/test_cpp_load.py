@@ -764,10 +764,12 @@ def test_a_short_fuzz_run_of_the_cpp_loader_finds_nothing(tmp_path):
     """scripts/fuzz_load.py --cpp --many (byte flips, truncations, header edits, sizes every range
     check admits) for 2,000 inputs through qatkit::nn::load and a forward in 4 processes: each
     input loads and runs or is refused with a ValueError, no process crashes, and the peak RSS
-    stays under 1 GiB (no size from a corrupt header was allocated)."""
+    stays under 1 GiB (no size from a corrupt header was allocated). With --agree: each file's
+    outcome (refused, loaded and ran, forward refused) is Python's (qatkit.load and a forward), as
+    on 21,000 files at seeds 5, 7, 11, 13, 17, 19 and 42 on 2026-12-07."""
     r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz_load.py"), "--cpp", "--many", "500",
-                        "--inputs", "2000", "--seed", "2", "--exe", EXE], capture_output=True, text=True, timeout=600,
-                       cwd=tmp_path)
+                        "--inputs", "2000", "--seed", "2", "--agree", "--exe", EXE], capture_output=True, text=True,
+                       timeout=600, cwd=tmp_path)
     assert r.returncode == 0 and "no crash" in r.stdout, r.stdout + r.stderr
 
 
