@@ -157,7 +157,7 @@ torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, co
     } else if (s == "valid") {
       o.padding(torch::kValid);
     } else {
-      r.fail(fmt::format("{}.padding: expected numbers, 'same' or 'valid', got '{}'", where, s));
+      r.fail(fmt::format("{}: padding: expected numbers, 'same' or 'valid', got '{}'", where, s));
     }
   } else {
     const torch::ExpandingArray<D> numbers = conv_dims<D>(pad, where + ": padding");
@@ -640,6 +640,50 @@ void check_leaf_args(const Reader& r, const std::string& type, const json::Value
   }
   if (!missing.empty()) r.fail(fmt::format("{} arguments [{}] are missing", type, missing));
   if (!extra.empty()) r.fail(fmt::format("unexpected arguments [{}] for {}", extra, type));
+  // each argument's type and range, by its name (Python's _arg_ok; JSON numbers carry no int / float
+  // distinction here, so an integral float passes as an int)
+  using T = json::Value::Type;
+  const auto small = [](const json::Value& v, double lo) {
+    return v.type == T::kNumber && v.number == std::floor(v.number) && v.number >= lo && v.number < 2147483648.0;
+  };
+  const auto number = [](const json::Value& v) {
+    return v.type == T::kNumber && std::isfinite(v.number) && std::fabs(v.number) < 2147483648.0;
+  };
+  const auto small_list = [&](const json::Value& v, double lo) {
+    if (v.type != T::kArray || v.array.empty() || v.array.size() > 8) return false;
+    return std::all_of(v.array.begin(), v.array.end(), [&](const json::Value& e) { return small(e, lo); });
+  };
+  const auto in = [](std::string_view k, std::initializer_list<std::string_view> names) {
+    return std::find(names.begin(), names.end(), k) != names.end();
+  };
+  for (const auto& [k, v] : args.object) {
+    bool ok = false;
+    if (in(k, {"start_dim", "end_dim", "dim", "num_features", "in_features", "out_features", "in_channels", "out_channels",
+               "groups", "num_embeddings", "embedding_dim"})) {
+      ok = small(v, -2147483648.0);
+    } else if (k == "unflattened_size") {  // one -1 (inferred) allowed, as nn.Unflatten takes it
+      ok = small_list(v, -1) && std::count_if(v.array.begin(), v.array.end(), [](const json::Value& e) {
+                                  return e.number == -1;
+                                }) <= 1;
+    } else if (in(k, {"kernel_size", "stride", "padding", "dilation", "output_size", "normalized_shape"})) {
+      ok = small(v, 0) || small_list(v, 0) ||
+           (k == "padding" && (type == "Conv1d" || type == "Conv2d") && v.type == T::kString &&
+            (v.string == "same" || v.string == "valid"));
+    } else if (in(k, {"num_parameters", "divisor_override"})) {
+      ok = (v.is_null() && k == "divisor_override") || small(v, 1);
+    } else if (in(k, {"p", "eps", "momentum", "max_norm", "norm_type"})) {
+      ok = (v.is_null() && (k == "momentum" || k == "max_norm")) || (number(v) && v.number >= 0);
+    } else if (in(k, {"negative_slope", "alpha", "min_val", "max_val"})) {
+      ok = number(v);
+    } else if (in(k, {"affine", "track_running_stats", "elementwise_affine", "ceil_mode", "count_include_pad", "bias"})) {
+      ok = v.type == T::kBool;
+    } else if (in(k, {"approximate", "padding_mode"})) {
+      ok = v.type == T::kString && v.string.size() < 64;
+    } else if (k == "padding_idx") {
+      ok = v.is_null() || small(v, -2147483648.0);
+    }
+    if (!ok) r.fail(fmt::format("{} argument {}={} has the wrong type or is out of range", type, k, json::dump(v).substr(0, 60)));
+  }
 }
 
 torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::Value& args, const std::string& qname) {

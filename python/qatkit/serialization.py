@@ -895,10 +895,14 @@ def _check_params(info: dict, shape: list, need) -> None:
              "in/out channels must be ints divisible by groups")
         need(shape[:2] == [cout, cin // groups], f"channels do not match the weight {shape}")
         need(_ints(p.get("kernel_size"), d, 1, "kernel_size", need) == shape[2:], "kernel_size does not match the weight")
-        _ints(p.get("stride"), d, 1, "stride", need)
+        stride = _ints(p.get("stride"), d, 1, "stride", need)
         _ints(p.get("dilation"), d, 1, "dilation", need)
-        if not isinstance(p.get("padding"), str):
-            _ints(p.get("padding"), d, 0, "padding", need)
+        pad = p.get("padding")
+        if not isinstance(pad, str):
+            _ints(pad, d, 0, "padding", need)
+        else:  # (nn.ConvNd's strings; any other was taken, and the kernels padded by reversed_padding)
+            need(pad in ("same", "valid"), f"padding: expected numbers, 'same' or 'valid', got {pad!r}")
+            need(pad != "same" or all(v == 1 for v in stride), f"padding 'same' needs stride 1, got stride {stride}")
         need(p.get("padding_mode") in ("zeros", "reflect", "replicate", "circular"), "bad padding_mode")
         need("reversed_padding" in p, "missing key 'reversed_padding'")
         rp = p.get("reversed_padding")

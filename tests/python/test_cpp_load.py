@@ -565,7 +565,9 @@ def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_
                             ("stride", [0, 1], "stride must be 2 int(s) >= 1"),
                             ("dilation", [1, 2**31], "dilation must be 2 int(s) >= 1"),
                             ("reversed_padding", [1], "bad reversed_padding"),
-                            ("reversed_padding", [1, 1, 1, True], "bad reversed_padding")]:  # (a bool is no int)
+                            ("reversed_padding", [1, 1, 1, True], "bad reversed_padding"),  # (a bool is no int)
+                            # (Python took any string: its kernels padded by reversed_padding)
+                            ("padding", "nan", "padding: expected numbers, 'same' or 'valid', got 'nan'")]:
         conv_param(key, value)
         with pytest.raises(ValueError, match=re.escape(msg)):
             qatkit.load(bad)
@@ -578,6 +580,14 @@ def test_conv_geometry_past_the_loaders_bounds_is_refused_in_python_and_cpp(tmp_
     assert torch.equal(qatkit.load(bad)(x), want)
     r, y = _run(bad, x, tmp_path)
     assert r.returncode == 0 and torch.equal(y, want), r.stderr
+    def same_strided(meta, head):
+        meta["layers"]["0"]["params"].update(padding="same", stride=[1, 2])
+
+    _rewrite_header(path, bad, same_strided)
+    with pytest.raises(ValueError, match=re.escape("padding 'same' needs stride 1, got stride [1, 2]")):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "layer '0': padding 'same' needs stride 1, got stride [1, 2]" in r.stderr, r.stderr
     conv_param("stride", [1])
     with pytest.raises(ValueError, match=re.escape("stride must be 2 int(s)")):
         qatkit.load(bad)
@@ -709,6 +719,11 @@ def test_header_edits_one_loader_took_are_refused_by_both(tmp_path):
             "Flatten arguments ['start_dim'] are missing")
     refused(lambda meta, head: meta["structure"]["children"][1][1].__setitem__("args", {"inplace": False}),
             "unexpected arguments ['inplace'] for ReLU")
+    # an argument of the wrong type: Python's check by name, mirrored in C++ (which took an int for
+    # Unflatten's sizes and failed only in the forward)
+    refused(lambda meta, head: meta["structure"]["children"][1].__setitem__(
+        1, {"type": "Unflatten", "args": {"dim": 1, "unflattened_size": 0}}),
+        "Unflatten argument unflattened_size=0 has the wrong type or is out of range")
     # a weight axis the layout does not read (per group), out of range; a quantizer record holding
     # a field QuantSpec does not have (Python's message listed "[] differ")
     g4 = str(tmp_path / "g4.safetensors")
