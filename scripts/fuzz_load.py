@@ -49,7 +49,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' s
 from qat_models import number_arg  # noqa: E402
 
 # 2**26: a size every range check admits, which a loader that builds before it checks would allocate
-WEIRD = [None, "x", -1, 0, 2**62, -(2**62), 1.5, [], [1, 2], {}, True, "nan", [2**40, 2**40], 2**26, [8, 2**26]]
+# (NaN / inf: written as Python's json extension NaN / Infinity, which JSON lacks)
+WEIRD = [None, "x", -1, 0, 2**62, -(2**62), 1.5, [], [1, 2], {}, True, "nan", [2**40, 2**40], 2**26, [8, 2**26],
+         float("nan"), float("-inf")]
 
 
 def seeds(tmp):
@@ -137,6 +139,8 @@ def mutate(raw, rng):
                 obj.pop(key, None)
             elif isinstance(obj, dict) and rng.random() < 0.2:
                 obj[str(rng.random())] = obj.pop(key, None)
+            elif type(obj[key]) is int and rng.random() < 0.3:  # the same value written as a float (8.0)
+                obj[key] = float(obj[key])
             else:
                 try:
                     obj[key] = copy.deepcopy(rng.choice(WEIRD))  # a fresh value: no shared (cyclic) lists

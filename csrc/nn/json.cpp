@@ -166,21 +166,42 @@ class Parser {
     }
   }
 
+  // JSON's number grammar, -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, as Python's json reads it
+  // (strtod also took "+1", "01", ".5", "1." and hex, which Python refuses)
   Value number() {
     const std::size_t start = pos_;
-    if (pos_ < s_.size() && (s_[pos_] == '-' || s_[pos_] == '+')) ++pos_;
-    while (pos_ < s_.size() && (std::isdigit(static_cast<unsigned char>(s_[pos_])) || s_[pos_] == '.' ||
-                                s_[pos_] == 'e' || s_[pos_] == 'E' || s_[pos_] == '-' || s_[pos_] == '+')) {
+    const auto digits = [&] {
+      const std::size_t from = pos_;
+      while (pos_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[pos_]))) ++pos_;
+      return pos_ - from;
+    };
+    const auto bad = [&] {
+      pos_ = start;
+      fail("expected a value");
+    };
+    if (pos_ < s_.size() && s_[pos_] == '-') ++pos_;
+    const bool zero = pos_ < s_.size() && s_[pos_] == '0';
+    const std::size_t int_digits = digits();
+    if (int_digits == 0 || (zero && int_digits > 1)) bad();
+    bool is_float = false;
+    if (pos_ < s_.size() && s_[pos_] == '.') {
       ++pos_;
+      if (digits() == 0) bad();
+      is_float = true;
+    }
+    if (pos_ < s_.size() && (s_[pos_] == 'e' || s_[pos_] == 'E')) {
+      ++pos_;
+      if (pos_ < s_.size() && (s_[pos_] == '+' || s_[pos_] == '-')) ++pos_;
+      if (digits() == 0) bad();
+      is_float = true;
     }
     const std::string text(s_.substr(start, pos_ - start));
     char* end = nullptr;
-    const double d = text.empty() ? 0.0 : std::strtod(text.c_str(), &end);
-    if (text.empty() || end != text.c_str() + text.size() || !std::isfinite(d)) {
-      pos_ = start;
-      fail("expected a value");
-    }
-    return Value::of(d);
+    const double d = std::strtod(text.c_str(), &end);
+    if (end != text.c_str() + text.size() || !std::isfinite(d)) bad();  // (1e999: Python reads inf)
+    Value v = Value::of(d);
+    v.float_literal = is_float;
+    return v;
   }
 
   std::string_view s_;
@@ -228,7 +249,8 @@ void dump_into(const Value& v, std::string& out) {
       return;
     case Value::Type::kNumber:
       if (std::nearbyint(v.number) == v.number && std::fabs(v.number) < 9.0e15) {
-        out += fmt::format("{}", static_cast<std::int64_t>(v.number));
+        // (a float literal stays one: 8.0 read from a file and dumped is no int to a reader after)
+        out += fmt::format(v.float_literal ? "{}.0" : "{}", static_cast<std::int64_t>(v.number));
       } else {
         out += fmt::format("{}", v.number);  // shortest round-trip form
       }
@@ -278,6 +300,10 @@ const std::string& Value::as_string(std::string_view where) const {
   return string;
 }
 
+bool Value::is_int() const {
+  return type == Type::kNumber && !float_literal && std::fabs(number) < 9.0e15 && std::nearbyint(number) == number;
+}
+
 double Value::as_number(std::string_view where) const {
   TORCH_CHECK_VALUE(type == Type::kNumber, fmt::format("{} must be a number, got {}", where, type_name(type)));
   return number;
@@ -285,8 +311,9 @@ double Value::as_number(std::string_view where) const {
 
 std::int64_t Value::as_int(std::string_view where) const {
   const double d = as_number(where);
-  TORCH_CHECK_VALUE(std::nearbyint(d) == d && std::fabs(d) < 9.0e15,
-                    fmt::format("{} must be an integer, got {}", where, d));
+  TORCH_CHECK_VALUE(!float_literal && std::nearbyint(d) == d && std::fabs(d) < 9.0e15,
+                    fmt::format("{} must be an integer, got {}{}", where, d,
+                                float_literal && std::nearbyint(d) == d ? " (written as a float)" : ""));
   return static_cast<std::int64_t>(d);
 }
 

@@ -1,6 +1,8 @@
 // A small JSON reader / writer for qatkit's own tables and records (the preset table compiled into
 // libqatkit, the spec a C++ checkpoint records). Not a general-purpose library: UTF-8 is checked
-// and passes through as bytes, \u escapes outside ASCII are rejected, numbers are doubles.
+// and passes through as bytes, \u escapes outside ASCII are rejected, numbers are doubles (a number
+// written with a fraction or an exponent, as Python's json reads to a float, is no integer: as_int
+// refuses 8.0 and 1e3 as Python's loader does).
 #pragma once
 
 #include <cstdint>
@@ -16,11 +18,15 @@ struct Value {
   Type type = Type::kNull;
   bool boolean = false;
   double number = 0.0;
+  bool float_literal = false;  ///< parsed from a number with a '.' or an exponent (Python reads a float)
   std::string string;
   std::vector<Value> array;
   std::vector<std::pair<std::string, Value>> object;  ///< in file order
 
   bool is_null() const { return type == Type::kNull; }
+  /// A number written as an integer (no fraction, no exponent) with an integral value: what Python's
+  /// json reads to an int.
+  bool is_int() const;
   /// The member `key` of an object, or nullptr (also for non-objects).
   const Value* find(std::string_view key) const;
   /// The member `key`; ValueError naming `where` and the key when it is missing.
@@ -49,7 +55,8 @@ Value parse(std::string_view text, std::string_view source);
 /// code points past U+10FFFF are not), or std::string_view::npos.
 std::size_t invalid_utf8_at(std::string_view s);
 
-/// Compact JSON with members in insertion order; integral numbers print without a fraction.
+/// Compact JSON with members in insertion order; integral numbers print without a fraction (but a
+/// parsed float literal as "8.0").
 std::string dump(const Value& v);
 
 }  // namespace qatkit::nn::json

@@ -83,6 +83,14 @@ struct Reader {
   }
 };
 
+/// obj[key] as an int / a number, a mismatch naming the key ("layer 'fc' in_features must be an integer").
+std::int64_t int_at(const json::Value& obj, std::string_view key, const std::string& where) {
+  return obj.at(key, where).as_int(fmt::format("{} {}", where, key));
+}
+double number_at(const json::Value& obj, std::string_view key, const std::string& where) {
+  return obj.at(key, where).as_number(fmt::format("{} {}", where, key));
+}
+
 std::vector<std::int64_t> int_list(const json::Value& v, const std::string& where) {
   if (v.type == json::Value::Type::kNumber) return {v.as_int(where)};
   TORCH_CHECK_VALUE(v.type == json::Value::Type::kArray && v.array.size() <= 8,
@@ -114,11 +122,11 @@ torch::ExpandingArray<D> conv_dims(const json::Value& v, const std::string& wher
 /// or nn.ConvNd's strings ('same' / 'valid'), any of nn.ConvNd's padding modes.
 template <size_t D>
 torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, const std::string& where, bool bias) {
-  auto o = torch::nn::ConvOptions<D>(p.at("in_channels", where).as_int(where), p.at("out_channels", where).as_int(where),
+  auto o = torch::nn::ConvOptions<D>(int_at(p, "in_channels", where), int_at(p, "out_channels", where),
                                      conv_dims<D>(p.at("kernel_size", where), where + ": kernel_size"))
                .stride(conv_dims<D>(p.at("stride", where), where + ": stride"))
                .dilation(conv_dims<D>(p.at("dilation", where), where + ": dilation"))
-               .groups(p.at("groups", where).as_int(where))
+               .groups(int_at(p, "groups", where))
                .bias(bias);
   // Python's bounds (serialization.py, _check_params): kernel_size, stride and dilation >= 1,
   // numeric padding >= 0, each below 2^31. (LibTorch's own conv refuses larger ones only in the
@@ -139,8 +147,7 @@ torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, co
     bool ok = rp->type == json::Value::Type::kArray && rp->array.size() == 2 * D;
     for (std::size_t i = 0; ok && i < rp->array.size(); ++i) {
       const json::Value& v = rp->array[i];
-      ok = v.type == json::Value::Type::kNumber && v.number == std::floor(v.number) && v.number >= 0 &&
-           v.number < 2147483648.0;
+      ok = v.is_int() && v.number >= 0 && v.number < 2147483648.0;
     }
     if (!ok) r.fail(fmt::format("{}: bad reversed_padding (null or {} ints >= 0)", where, 2 * D));
   }
@@ -202,8 +209,8 @@ void check_packed_geometry(const Reader& r, const std::string& name, const json:
     r.fail(fmt::format("{}: the shape {} does not match the layer's parameters ({})", where, ops::shape_str(shape),
                        ops::shape_str(implied)));
   }
-  const std::int64_t rows = w.at("rows", where).as_int(where), k = w.at("k", where).as_int(where);
-  const std::int64_t bits = w.at("bits", where).as_int(where);
+  const std::int64_t rows = int_at(w, "rows", where), k = int_at(w, "k", where);
+  const std::int64_t bits = int_at(w, "bits", where);
   std::int64_t numel = 1;
   for (auto d : shape) numel *= d;  // shape_of bounds each dim below 2^31 and the product below 2^40
   if (shape.empty() || rows != shape[0] || k < 0 || k >= (std::int64_t{1} << 40) || rows * k != numel) {
@@ -219,6 +226,19 @@ void check_packed_geometry(const Reader& r, const std::string& name, const json:
 QuantSpec spec_of(const json::Value& v, const std::string& where) {
   TORCH_CHECK_VALUE(v.type == json::Value::Type::kObject, fmt::format("{} must be a QuantSpec object", where));
   return QuantSpec::from_json(json::dump(v));
+}
+
+/// A quantizer record's spec field against the header's, as Python compares them (quantizers.py,
+/// _same_value): numbers by value (a momentum of 1.0 recorded as 1.0 against the header's spec,
+/// which prints 1, is the same), a float literal in an int field (8.0 for bits) is not; anything else
+/// by its JSON text (true is no 1).
+bool same_field(const std::string& key, const json::Value& saved, const json::Value& mine) {
+  using T = json::Value::Type;
+  if (saved.type == T::kNumber && mine.type == T::kNumber) {
+    const bool int_field = key == "bits" || key == "axis" || key == "group_size";
+    return saved.number == mine.number && !(int_field && saved.float_literal);
+  }
+  return json::dump(saved) == json::dump(mine);
 }
 
 /// The input quantizer of a packed layer from the file: Python's buffer names mapped to C++'s
@@ -255,7 +275,7 @@ void load_input_quantizer(const Reader& r, const std::string& layer, ActFakeQuan
     for (const auto& [k, mine] : header_spec.object) {
       const json::Value* s = saved != nullptr && saved->type == json::Value::Type::kObject ? saved->find(k) : nullptr;
       if (s == nullptr && saved != nullptr && saved->type == json::Value::Type::kObject) s = defaults.find(k);
-      if (s == nullptr || json::dump(*s) != json::dump(mine)) fields.insert(k);
+      if (s == nullptr || !same_field(k, *s, mine)) fields.insert(k);
     }
     if (saved != nullptr && saved->type == json::Value::Type::kObject) {  // a key QuantSpec does not have
       for (const auto& [k, v] : saved->object) {
@@ -334,14 +354,14 @@ void set_weights(const Reader& r, const std::string& name, const json::Value& w,
                  const std::vector<std::int64_t>& shape) {
   const std::string where = fmt::format("layer '{}' weight", name);
   auto& frozen = layer->frozen;
-  const std::int64_t rows = w.at("rows", where).as_int(where), k = w.at("k", where).as_int(where);
+  const std::int64_t rows = int_at(w, "rows", where), k = int_at(w, "k", where);
   std::int64_t numel = 1;
   for (auto d : shape) numel *= d;
   if (shape.empty() || rows != shape[0] || rows * k != numel) r.fail(fmt::format("{}: rows x k = {} x {} does not match the shape", where, rows, k));
   const QuantSpec wspec = spec_of(w.at("spec", where), where + " spec");
   // the codes' file form must be the one the spec implies (packing.h, as Python's check): another
   // width or offset would decode other codes than the layer was exported with
-  const std::int64_t bits = w.at("bits", where).as_int(where), offset = w.at("offset", where).as_int(where);
+  const std::int64_t bits = int_at(w, "bits", where), offset = int_at(w, "offset", where);
   const std::string packing = w.at("packing", where).as_string(where);
   const auto [want_bits, want_offset, want_packing] = detail::packing_for(wspec);
   const bool base3 = wspec.kind == "ternary" && bits == 2 && offset == 1 && packing == "base3";
@@ -461,7 +481,7 @@ std::vector<std::int64_t> shape_of(const json::Value& w, const std::string& wher
   std::vector<std::int64_t> out;
   std::int64_t numel = 1;
   for (const auto& d : s.array) {
-    const std::int64_t v = d.as_int(where);
+    const std::int64_t v = d.as_int(where + " weight shape");
     TORCH_CHECK_VALUE(v >= 0 && v < (std::int64_t{1} << 31), fmt::format("{}: bad dimension {}", where, v));
     numel = v == 0 ? 0 : numel * v;
     TORCH_CHECK_VALUE(numel < (std::int64_t{1} << 40), fmt::format("{}: the shape holds 2^40 elements or more", where));
@@ -485,8 +505,7 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
   if (!in.is_null()) {
     if (in.type != json::Value::Type::kObject) r.fail(fmt::format("{}: input must be null or an object with a spec", where));
     const json::Value* ch = in.find("channels");  // (Python builds its quantizer with it)
-    if (ch == nullptr || ch->type != json::Value::Type::kNumber || ch->number != std::floor(ch->number) || ch->number < 1 ||
-        ch->number >= 2147483648.0) {
+    if (ch == nullptr || !ch->is_int() || ch->number < 1 || ch->number >= 2147483648.0) {
       r.fail(fmt::format("{}: the input's channels must be a positive int, got {}", where,
                          ch == nullptr ? std::string("None") : json::dump(*ch).substr(0, 40)));
     }
@@ -521,12 +540,13 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
   }
   const bool bias = bias_flag->boolean;
   if (type == "linear") {
-    const auto opts = torch::nn::LinearOptions(p.at("in_features", where).as_int(where), p.at("out_features", where).as_int(where)).bias(bias);
+    const auto opts =
+        torch::nn::LinearOptions(int_at(p, "in_features", where), int_at(p, "out_features", where)).bias(bias);
     check_packed_geometry(r, name, w, shape, {opts.out_features(), opts.in_features()});
     // BitLinear's RMSNorm eps: the C++ layer computes with 1e-6 (modules.cpp), the one qatkit
     // writes; a file with another (a Python BitLinear whose eps was set) is refused, not run
     // with the wrong one. Python checks eps the same way for every Linear.
-    const double eps = p.at("eps", where).as_number(where);
+    const double eps = number_at(p, "eps", where);
     if (!std::isfinite(eps) || eps < 0) r.fail(fmt::format("{}: bad eps {} (a finite number >= 0)", where, eps));
     if (p.at("rms_norm", where).as_bool(where)) {
       if (eps != 1e-6) {
@@ -560,8 +580,13 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
     check_packed_geometry(r, name, w, shape, shape);
     auto opts = torch::nn::EmbeddingOptions(shape[0], shape[1]);
     const json::Value& pad = p.at("padding_idx", where);
-    if (!pad.is_null()) opts.padding_idx(pad.as_int(where));
+    if (!pad.is_null()) {  // (Python's _check_params: a row index, negative from the end)
+      const std::int64_t v = pad.as_int(where + " padding_idx");
+      if (v < -shape[0] || v >= shape[0]) r.fail(fmt::format("{}: bad padding_idx", where));
+      opts.padding_idx(v);
+    }
     if (!p.at("max_norm", where).is_null()) r.fail(fmt::format("{}: max_norm is not supported in C++", where));
+    if (p.at("norm_type", where).type != json::Value::Type::kNumber) r.fail(fmt::format("{}: bad norm_type", where));
     QuantEmbedding layer(opts, spec);
     finish_layer(r, name, info, layer, shape);
     return torch::nn::AnyModule(layer);
@@ -640,11 +665,11 @@ void check_leaf_args(const Reader& r, const std::string& type, const json::Value
   }
   if (!missing.empty()) r.fail(fmt::format("{} arguments [{}] are missing", type, missing));
   if (!extra.empty()) r.fail(fmt::format("unexpected arguments [{}] for {}", extra, type));
-  // each argument's type and range, by its name (Python's _arg_ok; JSON numbers carry no int / float
-  // distinction here, so an integral float passes as an int)
+  // each argument's type and range, by its name (Python's _arg_ok; an int is a number written without
+  // a fraction or exponent, as Python's json reads it)
   using T = json::Value::Type;
   const auto small = [](const json::Value& v, double lo) {
-    return v.type == T::kNumber && v.number == std::floor(v.number) && v.number >= lo && v.number < 2147483648.0;
+    return v.is_int() && v.number >= lo && v.number < 2147483648.0;
   };
   const auto number = [](const json::Value& v) {
     return v.type == T::kNumber && std::isfinite(v.number) && std::fabs(v.number) < 2147483648.0;

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from . import ops
+from . import _json, ops
 from .qat.config import QuantSpec, check_flags
 from .qat.convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, _Quantized, convert
 from .qat.quantizers import ActFakeQuantizer, tensor_version
@@ -715,6 +715,23 @@ def _build(desc: dict, layers: Dict[str, nn.Module]) -> nn.Module:
 # ---------------------------------------------------------------- reading
 
 
+def _check_table(path: str) -> None:
+    """The safetensors header's JSON read strictly (_json.loads): safetensors' own reader (serde)
+    keeps the last of two entries for one tensor name, where the C++ reader refuses the file.
+    Called after safe_open took the file, so the size prefix is within the file and the header is
+    UTF-8."""
+    import struct
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        text = f.read(n)
+    try:
+        _json.loads(text.decode("utf-8"))
+    except ValueError as e:
+        raise ValueError(
+            f"load: cannot read {path!r} as a safetensors file: its header is not valid JSON ({e})") from None
+
+
 def read_header(path: str) -> dict:
     """The JSON header of an exported file, checked for what a reader needs (format version,
     layers, float tensors).
@@ -735,16 +752,17 @@ def read_header(path: str) -> dict:
             meta = f.metadata() or {}
     except Exception as e:  # noqa: BLE001  (safetensors raises its own error types)
         raise ValueError(f"load: cannot read {path!r} as a safetensors file: {e}") from None
+    _check_table(path)
     if META_KEY not in meta:
         raise ValueError(f"load: {path!r} has no qatkit header (not written by qatkit.export)")
     try:
-        header = json.loads(meta[META_KEY])
-    except json.JSONDecodeError as e:
+        header = _json.loads(meta[META_KEY])
+    except ValueError as e:  # (json.JSONDecodeError is one)
         raise ValueError(f"load: {path!r}: the qatkit header is not valid JSON ({e})") from None
     if not isinstance(header, dict):
         raise ValueError(f"load: {path!r}: the qatkit header must be a JSON object")
     version = header.get("format_version")
-    if not isinstance(version, int) or version < 1:
+    if not _is_int(version) or version < 1:  # (a bool is no version: True passed as 1)
         raise ValueError(f"load: {path!r}: format_version must be a positive int, got {version!r}")
     if version > FORMAT_VERSION:
         raise ValueError(
@@ -776,7 +794,7 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
     w = info.get("weight")
     need(isinstance(w, dict) and isinstance(w.get("shape"), list), "the weight entry needs a shape")
     shape = w["shape"]
-    need(all(isinstance(d, int) and 0 <= d < 2**31 for d in shape) and len(shape) <= 5, f"bad weight shape {shape}")
+    need(all(_is_int(d) and 0 <= d < 2**31 for d in shape) and len(shape) <= 5, f"bad weight shape {shape}")
     need(w.get("dtype") in ("float32", "float64", "float16", "bfloat16"), f"bad weight dtype {w.get('dtype')!r}")
     # the input quantizer's entry (null: none) and the layer's tensors: a tensor the header does not
     # describe was dropped without a word (an 'input' key lost to corruption left its quantizer's
@@ -802,10 +820,10 @@ def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where}: bad weight spec ({e})") from None
     bits, offset, packing = w.get("bits"), w.get("offset"), w.get("packing")
-    need((bits, offset, packing) in (packing_for(spec), packing_for(spec, True)),
+    need(_is_int(bits) and _is_int(offset) and (bits, offset, packing) in (packing_for(spec), packing_for(spec, True)),
          f"packing {packing!r} with {bits} bit(s) and offset {offset} does not match the spec {spec.describe()!r}")
     rows, k = w.get("rows"), w.get("k")
-    need(isinstance(rows, int) and isinstance(k, int) and rows * k == math.prod(shape) and (rows == shape[0] if shape else True),
+    need(_is_int(rows) and _is_int(k) and rows * k == math.prod(shape) and (rows == shape[0] if shape else True),
          f"rows x k = {rows} x {k} does not match the weight shape {shape}")
     p = t.get("weight_packed")
     need(p is not None and p.dtype == torch.uint8 and p.dim() == 2, "weight_packed must be a 2-d uint8 tensor")
@@ -874,6 +892,11 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+def _is_number(x) -> bool:
+    """An int or float, not a bool (the C++ reader's as_number refuses true)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def _check_params(info: dict, shape: list, need) -> None:
     """A layer's constructor parameters against its weight shape (a hostile header could
     describe a conv its weight cannot run)."""
@@ -881,6 +904,8 @@ def _check_params(info: dict, shape: list, need) -> None:
     need(isinstance(p, dict), "params must be an object")
     kind = info["type"]
     if kind == "linear":
+        need(_is_int(p.get("out_features")) and _is_int(p.get("in_features")),
+             f"in/out features must be ints, got {p.get('in_features')!r:.20} / {p.get('out_features')!r:.20}")
         need(shape == [p.get("out_features"), p.get("in_features")], f"in/out features do not match the weight {shape}")
         eps = p.get("eps")
         need(isinstance(p.get("rms_norm"), bool) and (_is_int(eps) or isinstance(eps, float)) and math.isfinite(eps)
@@ -912,8 +937,8 @@ def _check_params(info: dict, shape: list, need) -> None:
         need(len(shape) == 2, f"an embedding weight is 2-d, got {shape}")
         pad = p.get("padding_idx")
         need(pad is None or (_is_int(pad) and -shape[0] <= pad < shape[0]), "bad padding_idx")
-        need(p.get("max_norm") is None or isinstance(p.get("max_norm"), (int, float)), "bad max_norm")
-        need(isinstance(p.get("norm_type"), (int, float)), "bad norm_type")
+        need(p.get("max_norm") is None or _is_number(p.get("max_norm")), "bad max_norm")
+        need(_is_number(p.get("norm_type")), "bad norm_type")
 
 
 #: what building modules from a malformed (hostile) header entry raises: reported as ValueError

@@ -347,6 +347,22 @@ CATCH_TEST_CASE("presets and rules come from the table: binaryconnect, parameter
   CATCH_CHECK_THROWS_WITH(qnn::QATConfig::preset("w8a8", "{\"group_size\": 8}"),
                           Catch::Contains("preset 'w8a8' has no parameter 'group_size'"));
   CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json("{\"bits\": 4,"), Catch::Contains("malformed JSON at byte"));
+  // JSON's number grammar, as Python's json reads it: "+4", "04", ".5", "4.", hex, NaN and 1e999 are
+  // not numbers (strtod took the first five); 4.0 and 4e0 are floats (Python: float 4.0), no int
+  for (const char* bad :
+       {"+4", "04", "-04", ".5", "4.", "0x4", "4e", "4e+", "NaN", "Infinity", "-Infinity", "1e999", "-"}) {
+    CATCH_INFO(bad);
+    CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json(std::string("{\"bits\": ") + bad + "}"),
+                            Catch::Contains("QuantSpec::from_json: malformed JSON at byte"));
+  }
+  for (const char* as_float : {"4.0", "4e0", "0.4e1", "4E+0"}) {
+    CATCH_INFO(as_float);
+    CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json(std::string("{\"bits\": ") + as_float + "}"),
+                            Catch::Contains("QuantSpec.bits must be an integer, got 4 (written as a float)"));
+  }
+  CATCH_CHECK(qnn::QuantSpec::from_json("{\"bits\": 4}").bits == 4);
+  CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 5e-2}").momentum == 0.05);
+  CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 1}").momentum == 1.0);  // an int where a float goes
   CATCH_CHECK(qnn::QuantSpec::from_json(bc.default_spec.weight->to_json()).to_json() ==
               bc.default_spec.weight->to_json());
 }

@@ -5,6 +5,7 @@ C++ layers cannot honour is refused naming the reason."""
 
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -724,6 +725,53 @@ def test_header_edits_one_loader_took_are_refused_by_both(tmp_path):
     refused(lambda meta, head: meta["structure"]["children"][1].__setitem__(
         1, {"type": "Unflatten", "args": {"dim": 1, "unflattened_size": 0}}),
         "Unflatten argument unflattened_size=0 has the wrong type or is out of range")
+    # numbers as Python's json reads them (2026-12-07): an int written as a float (64.0) was taken
+    # by C++ everywhere and by Python where it compared with == (in_features: loaded; a weight's
+    # bits: a RuntimeError from the unpacking op); NaN / Infinity, Python's json extension, reached
+    # Python's field checks while C++ refused the JSON
+    refused(lambda meta, head: layer(meta)["params"].__setitem__("in_features", 64.0),
+            "in/out features must be ints, got 64.0",
+            "layer '0' in_features must be an integer, got 64 (written as a float)")
+    refused(lambda meta, head: layer(meta)["weight"].__setitem__("bits", 8.0), "packing 'offset' with 8.0 bit(s)",
+            "layer '0' weight bits must be an integer, got 8 (written as a float)")
+    refused(lambda meta, head: layer(meta)["weight"]["spec"].__setitem__("bits", 8.0),
+            "QuantSpec.bits must be an int, got float 8.0",
+            "QuantSpec.bits must be an integer, got 8 (written as a float)")
+    refused(lambda meta, head: layer(meta)["params"].__setitem__("eps", float("nan")),
+            "the qatkit header is not valid JSON (NaN is not JSON", "qatkit header: malformed JSON at byte")
+    refused(lambda meta, head: layer(meta)["input"]["spec"].__setitem__("momentum", float("-inf")),
+            "the qatkit header is not valid JSON (-Infinity is not JSON", "qatkit header: malformed JSON at byte")
+    # a bool where a number belongs (Python's isinstance(True, int) held): a shape's dim of 1 given as
+    # true (the layer loaded), a format_version of true (read as version 1)
+    refused(lambda meta, head: layer(meta)["weight"]["shape"].__setitem__(0, True), "bad weight shape [True, 64]",
+            "layer '0' weight shape must be a number, got a bool")
+    refused(lambda meta, head: meta.__setitem__("format_version", True),
+            "format_version must be a positive int, got True",
+            "format_version must be a number, got a bool")
+    # a key twice in an object (Python's json and safetensors' reader kept the last; C++ refused):
+    # in the qatkit header, and in the safetensors tensor table
+    raw = open(w8, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    head = raw[8 : 8 + n].decode()
+
+    def with_header(text):
+        b = text.encode()
+        b += b" " * (-len(b) % 8)
+        open(bad, "wb").write(struct.pack("<Q", len(b)) + b + raw[8 + n :])
+
+    def both_refuse(py_msg, cpp_msg):
+        with pytest.raises(ValueError, match=re.escape(py_msg)):
+            qatkit.load(bad)
+        r, _ = _run(bad, x, tmp_path)
+        assert r.returncode == 1 and cpp_msg in r.stderr, (cpp_msg, r.stderr)
+
+    flag = '\\"bias\\": true'
+    with_header(head.replace(flag, flag + ", " + flag, 1))
+    both_refuse("the qatkit header is not valid JSON (duplicate key 'bias')", "duplicate key 'bias'")
+    table = json.loads(head)
+    name = next(k for k in table if k != "__metadata__")
+    with_header(head.replace("{", "{" + json.dumps(name) + ": " + json.dumps(table[name]) + ", ", 1))
+    both_refuse(f"its header is not valid JSON (duplicate key '{name}')", f"duplicate key '{name}'")
     # a weight axis the layout does not read (per group), out of range; a quantizer record holding
     # a field QuantSpec does not have (Python's message listed "[] differ")
     g4 = str(tmp_path / "g4.safetensors")
@@ -741,6 +789,16 @@ def test_header_edits_one_loader_took_are_refused_by_both(tmp_path):
         qatkit.load(bad)
     r, _ = _run(bad, x, tmp_path)
     assert r.returncode == 1 and "(fields ['granusarity'] differ)" in r.stderr, r.stderr
+    # an int field of the record written as a float (same length: two spaces dropped): Python's ==
+    # took 8.0 for 8, C++ compared the record's text (2026-12-07)
+    raw = bytearray(open(w8, "rb").read())
+    at = raw.index(b'"axis": 0, "bits": 8', 8 + struct.unpack("<Q", raw[:8])[0])
+    raw[at : at + 20] = b'"axis":0, "bits":8.0'
+    open(bad, "wb").write(raw)
+    with pytest.raises(ValueError, match=re.escape("(fields ['bits'] differ")):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "(fields ['bits'] differ)" in r.stderr, r.stderr
     raw = bytearray(open(w8, "rb").read())
     at = raw.index(b"AffineStaticActQuantizer", 8, 8 + struct.unpack("<Q", raw[:8])[0])
     raw[at + 1] = 0x84  # a continuation byte with no lead byte
@@ -749,6 +807,59 @@ def test_header_edits_one_loader_took_are_refused_by_both(tmp_path):
         qatkit.load(bad)
     r, _ = _run(bad, x, tmp_path)
     assert r.returncode == 1 and "the header is not valid UTF-8 (byte " in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0])
+def test_an_integral_float_in_the_input_spec_loads_in_python_and_cpp(momentum, tmp_path):
+    """An input quantizer spec with momentum 0.0 or 1.0: its record holds "1.0", the header's spec as
+    C++ rewrites it prints 1; the two are the same field (the record's comparison is by value; only
+    an int field written as a float, 8.0 for bits, differs)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(6, 16)
+    base = qatkit.w8a8()
+    act = dataclasses.replace(base.default.activation, momentum=momentum)
+    cfg = dataclasses.replace(base, first_last=None, default=dataclasses.replace(base.default, activation=act))
+    path = str(tmp_path / "m.safetensors")
+    loaded = _ptq_exported(net, x, cfg, path)
+    assert b'"momentum": ' + str(momentum).encode() in open(path, "rb").read()  # the record's float literal
+    r, y = _run(path, x, tmp_path)
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        assert torch.equal(y, loaded(x))
+
+
+def test_packed_embedding_header_edits_are_refused_by_both(tmp_path):
+    """A packed Embedding's params (a seed pool of embedding models, 2026-12-07): a norm_type missing
+    (the C++ loader did not read it and loaded) or true (both took it), a padding_idx past the table
+    or written as a float. The file itself loads in both, with Python's outputs."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_serialization import _rewrite_header
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Embedding(20, 8, padding_idx=0), nn.Flatten(), nn.Linear(48, 10)).eval()
+    xi = torch.randint(0, 20, (16, 6))
+    path, bad = str(tmp_path / "e.safetensors"), str(tmp_path / "bad.safetensors")
+    loaded = _ptq_exported(net, xi, dataclasses.replace(qatkit.w8a8(), embeddings=True, first_last=None), path)
+    assert type(loaded[0]).__name__ == "PackedEmbedding"
+    r, y = _run(path, xi, tmp_path)
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        assert torch.equal(y, loaded(xi))
+
+    def refused(edit, py_msg, cpp_msg=None):
+        _rewrite_header(path, bad, lambda meta, head: edit(meta["layers"]["0"]["params"]))
+        with pytest.raises(ValueError, match=re.escape(py_msg)):
+            qatkit.load(bad)
+        r, _ = _run(bad, xi, tmp_path)
+        assert r.returncode == 1 and (cpp_msg or py_msg) in r.stderr, (py_msg, r.returncode, r.stderr)
+
+    refused(lambda p: p.pop("norm_type"), "bad norm_type", "missing key 'norm_type'")
+    refused(lambda p: p.__setitem__("norm_type", True), "bad norm_type")
+    refused(lambda p: p.__setitem__("padding_idx", 20), "bad padding_idx")
+    refused(lambda p: p.__setitem__("padding_idx", -21), "bad padding_idx")
+    refused(lambda p: p.__setitem__("padding_idx", 2.0), "bad padding_idx",
+            "padding_idx must be an integer, got 2 (written as a float)")
 
 
 def test_many_each_prints_every_files_outcome(tmp_path):

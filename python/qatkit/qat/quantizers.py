@@ -34,7 +34,7 @@ from typing import Callable, Dict, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from .. import ops
+from .. import _json, ops
 from .config import PerAxis, PerGroup, PerTensor, QuantSpec
 
 __all__ = [
@@ -130,14 +130,26 @@ def _encode_extra(extra: dict) -> torch.Tensor:
     return torch.tensor(list(json.dumps(extra, sort_keys=True).encode("utf-8")), dtype=torch.uint8)
 
 
+def _same_value(saved, mine) -> bool:
+    """A recorded spec field against the model's, as the C++ reader compares them: == and also no
+    bool for a number (True == 1) and no float for an int field (8.0 == 8; JSON keeps the two apart,
+    and C++'s as_int refuses 8.0)."""
+    return (saved == mine and isinstance(saved, bool) == isinstance(mine, bool)
+            and not (type(mine) is int and type(saved) is float))
+
+
+def _same_fields(saved, mine: dict) -> bool:
+    return isinstance(saved, dict) and saved.keys() == mine.keys() and all(_same_value(saved[k], mine[k]) for k in mine)
+
+
 def _decode_extra(state, key: str) -> dict:
     """The recorded extra state: a uint8 JSON tensor, or the dict older checkpoints held."""
     if isinstance(state, dict):
         return state
     if isinstance(state, torch.Tensor) and state.dtype == torch.uint8 and state.dim() == 1:
         try:
-            out = json.loads(bytes(state.tolist()).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            out = _json.loads(bytes(state.tolist()).decode("utf-8"))
+        except ValueError as e:  # (UnicodeDecodeError and json.JSONDecodeError are ValueErrors)
             raise ValueError(f"load_state_dict: key '{key}' is not a qatkit quantizer record ({e})") from e
         if isinstance(out, dict):
             return out
@@ -497,9 +509,9 @@ class _SpecModule(_ReplacedTensorsBump, nn.Module):
             if isinstance(saved, dict):  # fields added since the checkpoint was written take their defaults
                 saved = {**{f.name: f.default for f in dataclasses.fields(QuantSpec) if f.name not in saved}, **saved}
             mine = dataclasses.asdict(self.spec)
-            if saved != mine:
+            if not _same_fields(saved, mine):
                 # (a key the spec does not have counts: a field renamed by corruption read as "[] differ")
-                diff = sorted({k for k in mine if saved is None or saved.get(k) != mine.get(k)}
+                diff = sorted({k for k in mine if saved is None or not _same_value(saved.get(k), mine.get(k))}
                               | (set(saved) - set(mine) if isinstance(saved, dict) else set()))
                 raise ValueError(
                     f"load_state_dict: key '{key}' holds a quantizer saved with another spec "
