@@ -5,8 +5,10 @@ the way torch refuses it for the module the edited header describes (RuntimeErro
 IndexError "Dimension out of range" for a Flatten / Unflatten dim past the input's rank, as
 nn.Flatten(1, 2**26) does): counted apart, as the C++ loader's run counts its refused forwards.
 
-Seeds: files qatkit.export wrote for a small CNN at several presets (one with SmoothQuant), and one
-with float modules that hold tensors (BatchNorm, PReLU, LayerNorm, float Conv / Linear).
+Seeds (--pool): files qatkit.export wrote for a small CNN at several presets (one with SmoothQuant),
+and one with float modules that hold tensors (BatchNorm, PReLU, LayerNorm, float Conv / Linear)
+(cnn, the default); a model of the other leaf kinds at four presets (layers); Embedding models,
+packed and float, with and without padding_idx (embedding).
 Mutations (seeded, one or more per input): byte flips anywhere, truncation, appended junk,
 header-length edits, and structure-aware edits of the qatkit JSON header (a field deleted, set to
 null / a string / a huge or negative number / a list, a layer renamed, a type changed) and of the
@@ -25,13 +27,16 @@ process of its own: it must exit 0 (loaded and ran) or 1 (a ValueError, printed)
 forward refused) must be Python's (qatkit.load, then a forward on the same input); the first file
 where they differ is saved and reported. Since the forty-second session (docs/benchmarks.md,
 2026-12-07) the two agreed on every one of 3,000 files at each of seeds 5, 7, 11, 13, 17, 19 and
-42; tests/python/test_cpp_load.py runs --agree on 2,000 files at seed 2.
+42; since the forty-third session also on 2,000-3,000 files per seed of the layers (seeds 1-4) and
+embedding (seeds 1-3) pools. tests/python/test_cpp_load.py runs --agree on 2,000 files of the cnn
+pool at seed 2 and 500 of each other pool.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -54,7 +59,53 @@ WEIRD = [None, "x", -1, 0, 2**62, -(2**62), 1.5, [], [1, 2], {}, True, "nan", [2
          float("nan"), float("-inf")]
 
 
-def seeds(tmp):
+def seeds(tmp, pool: str = "cnn"):
+    """(a float model for load_into, the input, the seed files' bytes) of one pool: "cnn" (a small
+    CNN at ten presets and a model of float leaves with tensors), "layers" (the other leaf kinds:
+    string padding and padding modes, depthwise and 1-d convs, pooling, Unflatten, activations with
+    arguments), "embedding" (packed and float Embedding tables with padding_idx, int64 inputs)."""
+    return {"cnn": _cnn_seeds, "layers": _layers_seeds, "embedding": _embedding_seeds}[pool](tmp)
+
+
+def _exported(model, x, tmp, name, preset, **cfg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(model, [x], dataclasses.replace(qatkit.preset(preset), **cfg), correct_bias=None, verbose=False,
+                       progress=False)
+    path = os.path.join(tmp, f"seed_{name}.safetensors")
+    header = qatkit.export(q, path)
+    assert header["structure"] is not None, header.get("structure_gap")  # (the C++ loader needs it)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _layers_seeds(tmp):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding="same", padding_mode="reflect"), nn.Hardtanh(-2, 2),
+                          nn.MaxPool2d(2), nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ELU(0.5),
+                          nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.1), nn.Linear(16, 12), nn.GELU("tanh"), nn.Unflatten(1, (3, 4)),
+                          nn.Conv1d(3, 4, 3, padding=1), nn.BatchNorm1d(4), nn.SiLU(), nn.Flatten(),
+                          nn.Linear(16, 10), nn.Softmax(1)).eval()
+    x = torch.randn(16, 1, 8, 8)
+    out = [_exported(model, x, tmp, f"layers_{preset}", preset, first_last=first_last)
+           for preset, first_last in (("w8a8", "float"), ("ternary_twn", None), ("w4a8", None), ("xnor_w1a1", "float"))]
+    return model, x, out
+
+
+def _embedding_seeds(tmp):
+    torch.manual_seed(0)
+    x = torch.randint(0, 20, (16, 6))
+    out = []
+    for preset, pad, tables in (("w8a8", 0, True), ("int4_weight_only", None, True), ("int8_weight_only", -2, True),
+                                ("w8a8", 3, False), ("ternary_twn", 1, True)):
+        model = nn.Sequential(nn.Embedding(20, 8, padding_idx=pad), nn.Flatten(), nn.Linear(48, 16), nn.ReLU(),
+                              nn.Linear(16, 10)).eval()
+        out.append(_exported(model, x, tmp, f"embedding_{preset}_{pad}_{tables}", preset, embeddings=tables,
+                             first_last=None))
+    return model, x, out
+
+
+def _cnn_seeds(tmp):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 8 * 8, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
@@ -193,7 +244,7 @@ def fuzz_cpp(a):
     codes = {}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        _, x, pool = seeds(tmp)
+        _, x, pool = seeds(tmp, a.pool)
         xin, yout, path = (os.path.join(tmp, n) for n in ("x.safetensors", "y.safetensors", "f.safetensors"))
         save_file({"x": x.contiguous()}, xin)
         if a.many:
@@ -222,6 +273,18 @@ def fuzz_cpp_many(a, exe, rng, pool, xin, tmp, t0):
     counts = {"loaded": 0, "refused": 0, "forward_refused": 0}
     done = 0
     batch = max(1, a.many)
+    if a.agree:  # the seed files themselves load and run in both
+        paths = []
+        for j, data in enumerate(pool):
+            paths.append(os.path.join(tmp, f"seed{j}.safetensors"))
+            with open(paths[-1], "wb") as f:
+                f.write(data)
+        r = subprocess.run([exe, "--many", "--each", xin, *paths], capture_output=True, timeout=3600)
+        lines = [ln for ln in r.stdout.decode("utf-8", "replace").split("\n") if ln]
+        bad = [ln for ln in lines[:-1] if not ln.startswith("loaded ")]
+        bad += [f"Python: {p} {out}" for p in paths if (out := _python_outcome(p, _input(xin)))[0] != "loaded"]
+        if r.returncode != 0 or len(lines) != len(paths) + 1 or bad:
+            sys.exit(f"a seed file does not load and run in both loaders (exit {r.returncode}): {bad[:3]}")
     while done < a.inputs:
         n = min(batch, a.inputs - done)
         paths = []
@@ -274,12 +337,16 @@ def _python_outcome(path: str, x: torch.Tensor):
     return "loaded", ""
 
 
+def _input(xin: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(xin)["x"]
+
+
 def _agree(lines, paths, done, xin):
     """--agree: each file's C++ outcome (qatkit_load_run --many --each) against Python's; a file one
     loader refuses and the other loads (or runs where the other's forward refuses) is a finding."""
-    from safetensors.torch import load_file
-
-    x = load_file(xin)["x"]
+    x = _input(xin)
     cpp = {}
     for ln in lines:
         outcome, path, *msg = ln.split(" ", 2)
@@ -298,6 +365,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=number_arg(int, 1), default=20000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pool", choices=("cnn", "layers", "embedding"), default="cnn",
+                    help="the seed files mutated: a CNN at ten presets and float leaves with tensors (cnn), the other "
+                         "leaf kinds (layers), packed and float Embedding tables on int64 inputs (embedding)")
     ap.add_argument("--cpp", action="store_true", help="fuzz the C++ loader program instead")
     ap.add_argument("--exe", default=None, help="with --cpp: the qatkit_load_run to run (default build/py's)")
     ap.add_argument("--many", type=number_arg(int, 0), default=0, help="with --cpp: inputs per process (0: one process each)")
@@ -317,7 +387,7 @@ def main():
     counts = {"ValueError": 0, "loaded": 0, "forward refused": 0}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        model, x, pool = seeds(tmp)
+        model, x, pool = seeds(tmp, a.pool)
         path = os.path.join(tmp, "fuzz.safetensors")
         for i in range(a.inputs):
             data = mutate(rng.choice(pool), rng)

@@ -585,8 +585,16 @@ torch::nn::AnyModule packed_layer(const Reader& r, const std::string& name) {
       if (v < -shape[0] || v >= shape[0]) r.fail(fmt::format("{}: bad padding_idx", where));
       opts.padding_idx(v);
     }
-    if (!p.at("max_norm", where).is_null()) r.fail(fmt::format("{}: max_norm is not supported in C++", where));
-    if (p.at("norm_type", where).type != json::Value::Type::kNumber) r.fail(fmt::format("{}: bad norm_type", where));
+    // max_norm: QuantEmbedding renormalizes the rows it looks up in its (temporary) dequantized
+    // table, as Python's PackedEmbedding does through F.embedding (the same ATen ops)
+    const json::Value& max_norm = p.at("max_norm", where);
+    if (!max_norm.is_null() && max_norm.type != json::Value::Type::kNumber) {
+      r.fail(fmt::format("{}: bad max_norm", where));
+    }
+    const json::Value& norm_type = p.at("norm_type", where);
+    if (norm_type.type != json::Value::Type::kNumber) r.fail(fmt::format("{}: bad norm_type", where));
+    if (!max_norm.is_null()) opts.max_norm(max_norm.number);
+    opts.norm_type(norm_type.number);
     QuantEmbedding layer(opts, spec);
     finish_layer(r, name, info, layer, shape);
     return torch::nn::AnyModule(layer);

@@ -240,10 +240,9 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
     return layer(name, "conv1d", conv_params<1>(c->options), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
   }
   if (auto e = as<QuantEmbeddingImpl>(m)) {
-    TORCH_CHECK_VALUE(!e->options.max_norm(), fmt::format("qatkit::nn::save: layer '{}': max_norm has no C++ file form", name));
     Value p = object();
     p.set("padding_idx", e->options.padding_idx() ? Value::of(*e->options.padding_idx()) : Value::null());
-    p.set("max_norm", Value::null());
+    p.set("max_norm", e->options.max_norm() ? Value::of(*e->options.max_norm()) : Value::null());
     p.set("norm_type", Value::of(e->options.norm_type()));
     return layer(name, "embedding", std::move(p), e->frozen, e->layer_spec, torch::Tensor(), e->input_fake_quant);
   }

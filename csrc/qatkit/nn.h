@@ -422,7 +422,9 @@ class QATKIT_API QuantConvBn2dImpl : public torch::nn::Cloneable<QuantConvBn2dIm
 TORCH_MODULE(QuantConvBn2d);
 
 /// nn.Embedding with a fake-quantized table (one scale per row for per-channel specs); the input
-/// is indices, so no activation quantizer (Python: QuantEmbedding). max_norm / sparse are refused.
+/// is indices, so no activation quantizer (Python: QuantEmbedding). max_norm renormalizes the rows
+/// looked up in the (temporary) quantized table, as Python's layer does; sparse gradients cannot flow
+/// through the fake quantization (a warning; the gradients are dense).
 class QATKIT_API QuantEmbeddingImpl : public torch::nn::Cloneable<QuantEmbeddingImpl> {
  public:
   QuantEmbeddingImpl(torch::nn::EmbeddingOptions options, LayerSpec spec);

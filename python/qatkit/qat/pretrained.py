@@ -84,25 +84,60 @@ def read_quantization_config(path: str) -> dict:
     return info
 
 
+def _read_index(path: str, index: str) -> Dict[str, str]:
+    """A sharded checkpoint's ``model.safetensors.index.json``: its ``weight_map`` (tensor name ->
+    shard file, made a path in ``path``), checked: a JSON object with a ``weight_map`` object of
+    strings, each shard a file name inside ``path`` (no ``..`` or absolute path out of it)."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"load_pretrained: {index} is not a readable JSON file ({e})") from None
+    wm = doc.get("weight_map") if isinstance(doc, dict) else None
+    if not isinstance(wm, dict) or not wm:
+        raise ValueError(f"load_pretrained: {index} needs a 'weight_map' object of tensor names to shard files, "
+                         f"got {type(wm).__name__ if wm is not None else 'none'}")
+    # (lexically: the Hugging Face cache's snapshot directories hold symlinks into a blob store)
+    root = os.path.normpath(path)
+    out = {}
+    for k, n in wm.items():
+        if not isinstance(n, str) or not n or os.path.isabs(n):
+            raise ValueError(
+                f"load_pretrained: {index}: the shard of {k!r} must be a file name in the directory, got {n!r}")
+        fn = os.path.normpath(os.path.join(root, n))
+        if not fn.startswith(root + os.sep):
+            raise ValueError(f"load_pretrained: {index}: the shard of {k!r} ({n!r}) lies outside {path!r}")
+        out[k] = fn
+    return out
+
+
 def _load_tensors(path: str) -> Dict[str, torch.Tensor]:
-    """The state dict a ``save_pretrained`` directory holds (safetensors, sharded or not, else
-    ``pytorch_model.bin`` loaded with ``weights_only=True``)."""
+    """The state dict a ``save_pretrained`` directory holds (safetensors, sharded (the index checked
+    against the shards) or not, else ``pytorch_model.bin`` loaded with ``weights_only=True``)."""
     single = os.path.join(path, "model.safetensors")
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(single) or os.path.isfile(index):
         from safetensors.torch import load_file
 
-        if os.path.isfile(single):
-            files = [single]
-        else:
-            with open(index, encoding="utf-8") as f:
-                files = [os.path.join(path, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
+        weight_map = None if os.path.isfile(single) else _read_index(path, index)
+        files = [single] if weight_map is None else sorted(set(weight_map.values()))
         state = {}
         for fn in files:
             try:
-                state.update(load_file(fn))
+                part = load_file(fn)
             except Exception as e:  # a truncated or corrupt file: say which, never crash
                 raise ValueError(f"load_pretrained: cannot read {fn}: {e}") from None
+            if weight_map is not None:  # each tensor where the index says, and only there
+                for k in part:
+                    if weight_map.get(k) != fn:
+                        raise ValueError(
+                            f"load_pretrained: {fn} holds {k!r}, which {index} "
+                            + ("does not list" if k not in weight_map else f"places in {weight_map[k]}")
+                        )
+            state.update(part)
+        if weight_map is not None and weight_map.keys() != state.keys():
+            lost = sorted(weight_map.keys() - state.keys())
+            raise ValueError(f"load_pretrained: {index} lists {len(lost)} tensor(s) no shard holds: {lost[:4]}")
         return state
     binary = os.path.join(path, "pytorch_model.bin")
     if os.path.isfile(binary):

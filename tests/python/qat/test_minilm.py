@@ -5,6 +5,7 @@ calibrate, convert and every save/load path. One model is loaded for the whole m
 import copy
 import dataclasses
 import json
+import re
 import warnings
 
 import pytest
@@ -161,6 +162,42 @@ def test_load_pretrained_refuses_float_and_damaged_checkpoints(models, tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable JSON file"):
         qatkit.qat.load_pretrained(st[0].model, str(tmp_path))
+
+
+def test_a_sharded_checkpoint_reloads_and_a_damaged_index_is_refused(models, tmp_path):
+    """save_pretrained(max_shard_size=...) writes shards and model.safetensors.index.json: the
+    converted encoder reloads bit for bit. A damaged index raised KeyError / AttributeError /
+    TypeError, a shard named '../x' was read from outside the directory, and a tensor the index
+    does not list (or places in another shard) loaded anyway; each is a ValueError naming it."""
+    import os
+
+    st, _, c, _ = models
+    c[0].model.save_pretrained(tmp_path, max_shard_size="20MB")
+    index = tmp_path / "model.safetensors.index.json"
+    shards = sorted(n for n in os.listdir(tmp_path) if n.startswith("model-"))
+    assert len(shards) >= 2 and not (tmp_path / "model.safetensors").exists(), shards
+    fresh = copy.deepcopy(st)
+    fresh[0].model = qatkit.qat.load_pretrained(fresh[0].model, str(tmp_path))
+    assert torch.equal(_encode(fresh.eval()), _encode(c.eval()))
+    good = json.loads(index.read_text())
+    wm = good["weight_map"]
+    first = next(iter(wm))
+    other = next(n for n in shards if n != wm[first])
+    for doc, msg in [
+        ("{", "is not a readable JSON file"),
+        ({"metadata": {}}, "needs a 'weight_map' object of tensor names to shard files, got none"),
+        ({"weight_map": []}, "got list"),
+        ({"weight_map": {**wm, first: 3}}, f"the shard of '{first}' must be a file name in the directory, got 3"),
+        ({"weight_map": {**wm, first: "/etc/" + wm[first]}}, "must be a file name in the directory"),
+        ({"weight_map": {**wm, first: "../" + wm[first]}},
+         re.escape(f"the shard of '{first}' ('../{wm[first]}') lies outside")),
+        ({"weight_map": {k: v for k, v in wm.items() if k != first}}, f"holds '{first}', which .* does not list"),
+        ({"weight_map": {**wm, first: other}}, f"holds '{first}', which .* places in .*{other}"),
+        ({"weight_map": {**wm, "extra.weight": wm[first]}}, r"lists 1 tensor\(s\) no shard holds: \['extra.weight'\]"),
+    ]:
+        index.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+        with pytest.raises(ValueError, match=msg):
+            qatkit.qat.load_pretrained(copy.deepcopy(st)[0].model, str(tmp_path))
 
 
 def test_the_float_model_is_left_untouched(models):
