@@ -53,6 +53,14 @@ def tag_pretrained_configs(model: nn.Module, stage: str, config: QATConfig) -> N
         cfg.quantization_config = info
 
 
+def _read_json(file: str):
+    try:
+        with open(file, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"load_pretrained: {file} is not a readable JSON file ({e})") from None
+
+
 def read_quantization_config(path: str) -> dict:
     """The qatkit ``quantization_config`` of a saved checkpoint directory (its ``config.json``).
 
@@ -64,11 +72,7 @@ def read_quantization_config(path: str) -> dict:
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
         raise FileNotFoundError(f"load_pretrained: {path!r} has no config.json (expected a save_pretrained directory)")
-    try:
-        with open(cfg_file, encoding="utf-8") as f:
-            cfg = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"load_pretrained: {cfg_file} is not a readable JSON file ({e})") from None
+    cfg = _read_json(cfg_file)
     info = cfg.get("quantization_config") if isinstance(cfg, dict) else None
     if not isinstance(info, dict) or info.get("quant_method") != QUANT_METHOD:
         found = "none" if info is None else repr(info.get("quant_method") if isinstance(info, dict) else info)
@@ -88,11 +92,7 @@ def _read_index(path: str, index: str) -> Dict[str, str]:
     """A sharded checkpoint's ``model.safetensors.index.json``: its ``weight_map`` (tensor name ->
     shard file, made a path in ``path``), checked: a JSON object with a ``weight_map`` object of
     strings, each shard a file name inside ``path`` (no ``..`` or absolute path out of it)."""
-    try:
-        with open(index, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"load_pretrained: {index} is not a readable JSON file ({e})") from None
+    doc = _read_json(index)
     wm = doc.get("weight_map") if isinstance(doc, dict) else None
     if not isinstance(wm, dict) or not wm:
         raise ValueError(f"load_pretrained: {index} needs a 'weight_map' object of tensor names to shard files, "
