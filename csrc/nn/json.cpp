@@ -115,6 +115,41 @@ class Parser {
     return number();
   }
 
+  /// The four hex digits of a \u escape (exactly four; strtol also took a sign or spaces).
+  std::uint32_t hex4() {
+    if (pos_ + 4 > s_.size()) fail("short \\u escape");
+    std::uint32_t code = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char h = s_[pos_ + i];
+      const int d = h >= '0' && h <= '9'   ? h - '0'
+                    : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                    : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                           : -1;
+      if (d < 0) fail("bad \\u escape");
+      code = code * 16 + static_cast<std::uint32_t>(d);
+    }
+    pos_ += 4;
+    return code;
+  }
+
+  static void append_utf8(std::uint32_t code, std::string& out) {
+    if (code < 0x80) {
+      out.push_back(static_cast<char>(code));
+    } else if (code < 0x800) {
+      out.push_back(static_cast<char>(0xC0 | (code >> 6)));
+      out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+    } else if (code < 0x10000) {
+      out.push_back(static_cast<char>(0xE0 | (code >> 12)));
+      out.push_back(static_cast<char>(0x80 | ((code >> 6) & 0x3F)));
+      out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+    } else {
+      out.push_back(static_cast<char>(0xF0 | (code >> 18)));
+      out.push_back(static_cast<char>(0x80 | ((code >> 12) & 0x3F)));
+      out.push_back(static_cast<char>(0x80 | ((code >> 6) & 0x3F)));
+      out.push_back(static_cast<char>(0x80 | (code & 0x3F)));
+    }
+  }
+
   std::string string() {
     ++pos_;  // opening quote
     std::string out;
@@ -151,13 +186,19 @@ class Parser {
           out.push_back('\f');
           break;
         case 'u': {
-          if (pos_ + 4 > s_.size()) fail("short \\u escape");
-          const std::string hex(s_.substr(pos_, 4));
-          char* end = nullptr;
-          const long code = std::strtol(hex.c_str(), &end, 16);
-          if (end != hex.c_str() + 4 || code > 0x7f) fail("only ASCII \\u escapes are supported");
-          out.push_back(static_cast<char>(code));
-          pos_ += 4;
+          // any code point, as UTF-8: Python's json.dumps escapes every non-ASCII character
+          // (ensure_ascii), so a layer named "capa_ñ" arrives as "capa_\u00f1" (refused here before
+          // 2026-12-07); one outside the BMP as a surrogate pair; a lone surrogate is no character
+          std::uint32_t code = hex4();
+          if (code >= 0xDC00 && code <= 0xDFFF) fail("a lone surrogate \\u escape");
+          if (code >= 0xD800 && code <= 0xDBFF) {
+            if (s_.substr(pos_, 2) != "\\u") fail("a lone surrogate \\u escape");
+            pos_ += 2;
+            const std::uint32_t low = hex4();
+            if (low < 0xDC00 || low > 0xDFFF) fail("a lone surrogate \\u escape");
+            code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+          }
+          append_utf8(code, out);
           break;
         }
         default:

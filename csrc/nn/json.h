@@ -1,8 +1,8 @@
 // A small JSON reader / writer for qatkit's own tables and records (the preset table compiled into
 // libqatkit, the spec a C++ checkpoint records). Not a general-purpose library: UTF-8 is checked
-// and passes through as bytes, \u escapes outside ASCII are rejected, numbers are doubles (a number
-// written with a fraction or an exponent, as Python's json reads to a float, is no integer: as_int
-// refuses 8.0 and 1e3 as Python's loader does).
+// and passes through as bytes, \u escapes become UTF-8 (a lone surrogate is refused), numbers are
+// doubles (a number written with a fraction or an exponent, as Python's json reads to a float, is no
+// integer: as_int refuses 8.0 and 1e3 as Python's loader does).
 #pragma once
 
 #include <cstdint>

@@ -119,7 +119,10 @@ TensorFile parse_safetensors(const std::uint8_t* data, std::size_t size, const s
     if (numel > 0) std::memcpy(t.data_ptr(), body + b, static_cast<std::size_t>(e - b));
     out.tensors.emplace_back(name, std::move(t));
   }
-  std::sort(spans.begin(), spans.end(), [](const Span& x, const Span& y) { return x.begin < y.begin; });
+  // (by begin, then end: an empty tensor at [k, k] comes before the tensor starting at k, as
+  // safetensors' own reader orders them; sorted by begin alone it read as an overlap)
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& x, const Span& y) { return x.begin != y.begin ? x.begin < y.begin : x.end < y.end; });
   for (std::size_t i = 1; i < spans.size(); ++i) {
     if (spans[i].begin < spans[i - 1].end) {
       fail(fmt::format("tensors '{}' and '{}' overlap", spans[i - 1].name, spans[i].name));

@@ -361,6 +361,18 @@ CATCH_TEST_CASE("presets and rules come from the table: binaryconnect, parameter
                             Catch::Contains("QuantSpec.bits must be an integer, got 4 (written as a float)"));
   }
   CATCH_CHECK(qnn::QuantSpec::from_json("{\"bits\": 4}").bits == 4);
+  // \u escapes: any code point as UTF-8 (Python's json.dumps escapes every non-ASCII character, so a
+  // layer named "capa_\u00f1" arrives escaped), a pair for one outside the BMP; no lone surrogate
+  CATCH_CHECK(qnn::QuantSpec::from_json("{\"kind\": \"\\u0069nt\"}").kind == "int");
+  CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json("{\"kind\": \"\\u00f1\\u20AC\\ud83d\\ude00\"}"),
+                          Catch::Contains("got '\xC3\xB1\xE2\x82\xAC\xF0\x9F\x98\x80'"));
+  for (const char* bad : {"\\ud83d", "\\ud83dx", "\\ude00", "\\ud83d\\u0041", "\\ud83d\\n"}) {
+    CATCH_INFO(bad);
+    CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json(std::string("{\"kind\": \"") + bad + "\"}"),
+                            Catch::Contains("a lone surrogate \\u escape"));
+  }
+  CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json("{\"kind\": \"\\u+041\"}"), Catch::Contains("bad \\u escape"));
+  CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json("{\"kind\": \"\\u04"), Catch::Contains("short \\u escape"));
   CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 5e-2}").momentum == 0.05);
   CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 1}").momentum == 1.0);  // an int where a float goes
   CATCH_CHECK(qnn::QuantSpec::from_json(bc.default_spec.weight->to_json()).to_json() ==

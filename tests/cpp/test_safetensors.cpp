@@ -135,6 +135,28 @@ CATCH_TEST_CASE("hostile safetensors files raise ValueError naming the problem",
   CATCH_CHECK(ok.metadata[0].second == text);
 }
 
+CATCH_TEST_CASE("empty tensors sit at any boundary of the data section", "[safetensors]") {
+  // Python's safetensors writes an empty tensor at [k, k], k the next tensor's start, and reads it
+  // back; sorted by start alone, [0, 0] after [0, 16] read as an overlap here (2026-12-07)
+  const std::vector<std::uint8_t> body(16, 7);
+  for (const char* names : {R"("a", "z")", R"("z", "a")"}) {
+    CATCH_INFO(names);
+    const std::string empty = std::string(names).substr(0, 3), full = std::string(names).substr(5, 3);
+    for (const char* at : {"0, 0", "8, 8", "16, 16"}) {
+      CATCH_INFO(at);
+      const std::string header = "{" + full + R"(: {"dtype": "U8", "shape": [8], "data_offsets": [0, 8]}, "mid": )" +
+                                 R"({"dtype": "U8", "shape": [8], "data_offsets": [8, 16]}, )" + empty +
+                                 R"(: {"dtype": "F32", "shape": [0, 3], "data_offsets": [)" + at + "]}}";
+      const qnn::TensorFile f = parse(file_bytes(header, body));
+      CATCH_REQUIRE(f.tensors.size() == 3);
+    }
+    // an empty tensor inside another's bytes is still refused
+    const std::string inside = "{" + full + R"(: {"dtype": "U8", "shape": [16], "data_offsets": [0, 16]}, )" + empty +
+                               R"(: {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}})";
+    CATCH_CHECK_THROWS_WITH(parse(file_bytes(inside, body)), Catch::Contains("overlap"));
+  }
+}
+
 CATCH_TEST_CASE("every truncation of a valid file is refused cleanly", "[safetensors]") {
   qnn::TensorFile f;
   f.tensors = {{"w", torch::randn({4, 4})}, {"p", torch::randint(0, 255, {3, 5}, torch::kByte)}};

@@ -748,6 +748,31 @@ def test_header_edits_one_loader_took_are_refused_by_both(tmp_path):
     refused(lambda meta, head: meta.__setitem__("format_version", True),
             "format_version must be a positive int, got True",
             "format_version must be a number, got a bool")
+    # nesting: C++ refuses a value inside more than 64 arrays / objects; Python loaded a header with
+    # an unknown key nested 100 deep and raised RecursionError (no ValueError) from ~1,000
+    def nested(depth):
+        v = []
+        for _ in range(depth - 1):
+            v = [v]
+        return v
+
+    _rewrite_header(w8, bad, lambda meta, head: meta.__setitem__("junk", nested(64)))  # (unknown keys: ignored)
+    qatkit.load(bad)
+    assert _run(bad, x, tmp_path)[0].returncode == 0
+    refused(lambda meta, head: meta.__setitem__("junk", nested(65)),
+            "the qatkit header is not valid JSON (nesting deeper than 64 levels)", "nesting deeper than 64 levels")
+    raw = open(w8, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    table = json.loads(raw[8 : 8 + n])
+    deep = "[" * 5000 + "]" * 5000
+    table["__metadata__"]["qatkit"] = table["__metadata__"]["qatkit"][:-1] + ', "junk": ' + deep + "}"
+    blob = json.dumps(table).encode()
+    blob += b" " * (-len(blob) % 8)
+    open(bad, "wb").write(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+    with pytest.raises(ValueError, match=re.escape("the qatkit header is not valid JSON (nesting deeper than 64")):
+        qatkit.load(bad)
+    r, _ = _run(bad, x, tmp_path)
+    assert r.returncode == 1 and "nesting deeper than 64 levels" in r.stderr, r.stderr
     # a key twice in an object (Python's json and safetensors' reader kept the last; C++ refused):
     # in the qatkit header, and in the safetensors tensor table
     raw = open(w8, "rb").read()
@@ -882,6 +907,28 @@ def test_packed_embedding_header_edits_are_refused_by_both(tmp_path):
             assert not torch.equal(qatkit.load(bad)(xi), want_int)  # (the rows looked up are renormalized)
         _assert_cpp_gives(path, xi, tmp_path, want, want_int)
         _assert_cpp_resaves(path, xi, tmp_path, want, want_int)
+
+
+def test_layers_named_outside_ascii_load_in_cpp(tmp_path):
+    """Module names outside ASCII ("capa_\u00f1", CJK and an emoji): Python's header escapes them
+    (json.dumps' ensure_ascii: "capa_\\u00f1", a surrogate pair for the emoji), which the C++ JSON
+    reader refused ("only ASCII \\u escapes are supported") before 2026-12-07. The C++ program gives
+    Python's outputs bit for bit, and qatkit::nn::save writes the names back (as UTF-8) for Python."""
+    import collections
+
+    torch.manual_seed(0)
+    names = ("capa_\u00f1", "relu", "\u51fa\u529b\U0001F600")
+    layers = (nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    net = nn.Sequential(collections.OrderedDict(zip(names, layers, strict=True)))
+    x = torch.randn(6, 16)
+    path = str(tmp_path / "names.safetensors")
+    loaded = _ptq_exported(net.eval(), x, dataclasses.replace(qatkit.w8a8(), first_last=None), path)
+    assert list(qatkit.serialization.read_header(path)["layers"]) == [names[0], names[2]]
+    assert b"capa_\\\\u00f1" in open(path, "rb").read()  # (escaped inside the escaped metadata string)
+    with torch.no_grad():
+        want, want_int = qatkit.load(path, compute="float")(x), loaded(x)
+    _assert_cpp_gives(path, x, tmp_path, want, want_int)
+    _assert_cpp_resaves(path, x, tmp_path, want, want_int)
 
 
 def test_many_each_prints_every_files_outcome(tmp_path):
