@@ -46,6 +46,13 @@ ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1" $PY s
   --inputs "${QATKIT_SANITIZE_FUZZ:-20000}" --seed 5 --exe "$BUILD/qatkit_load_run" --max-rss-mb 4096 >"$LOG/fuzz_cpp.log" 2>&1 \
   || { tail -60 "$LOG/fuzz_cpp.log"; exit 1; }
 tail -1 "$LOG/fuzz_cpp.log"
+# the other seed pools (fuzz_load.py --pool): the other structure leaf kinds; Embedding tables
+for pool in layers embedding; do
+  ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1" $PY scripts/fuzz_load.py --cpp --many 500 \
+    --inputs "$(( ${QATKIT_SANITIZE_FUZZ:-20000} / 4 ))" --seed 5 --pool "$pool" --exe "$BUILD/qatkit_load_run" \
+    --max-rss-mb 4096 >"$LOG/fuzz_cpp_$pool.log" 2>&1 || { tail -60 "$LOG/fuzz_cpp_$pool.log"; exit 1; }
+  tail -1 "$LOG/fuzz_cpp_$pool.log"
+done
 
 echo "sanitize: Python op + QAT tests under the sanitized build"
 ASAN_RT="$(gcc -print-file-name=libasan.so)"
