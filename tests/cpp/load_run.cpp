@@ -16,10 +16,17 @@
 // builds a small CNN in C++ (conv-BN-ReLU, depthwise conv, pooling, Linear), prepares it with the
 // preset, calibrates it on "x", saves it with qatkit::nn::save and writes the C++ converted
 // model's outputs on "x" as "y" (tests/python/test_cpp_load.py loads the file in Python).
+//     qatkit_load_run --threads N model.safetensors input.safetensors
+// one loaded model shared by N threads (a server's pattern): each runs the forward 20 times on
+// slices of "x" of 1, half and all its rows, and every output must equal the one computed first on
+// one thread; prints "threads N: M forwards equal" (exit 0) or the first mismatch (exit 3).
 #include <torch/torch.h>
 
+#include <atomic>
 #include <iostream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "qatkit/nn.h"
 
@@ -89,7 +96,52 @@ int qat_save(char** argv) {
   return 0;
 }
 
+int threads(int n, const char* model_path, const char* input_path) {
+  torch::nn::Sequential model = qatkit::nn::load(model_path);
+  const torch::Tensor x = input_x(input_path);
+  const std::int64_t rows = x.size(0);
+  const std::vector<std::int64_t> sizes = {1, std::max<std::int64_t>(1, rows / 2), rows};
+  std::vector<torch::Tensor> want;
+  {
+    torch::InferenceMode guard;
+    for (const std::int64_t r : sizes) want.push_back(model->forward(x.narrow(0, 0, r)));
+  }
+  std::atomic<int> done{0}, bad{0};
+  std::string first_bad;
+  std::vector<std::thread> pool;
+  for (int t = 0; t < n; ++t) {
+    pool.emplace_back([&, t] {
+      torch::InferenceMode guard;  // (grad mode is per thread)
+      for (int i = 0; i < 20; ++i) {
+        const std::size_t k = static_cast<std::size_t>(t + i) % sizes.size();
+        const torch::Tensor y = model->forward(x.narrow(0, 0, sizes[k]));
+        if (!torch::equal(y, want[k]) && bad++ == 0) {
+          first_bad = "thread " + std::to_string(t) + ", forward " + std::to_string(i) + ", " +
+                      std::to_string(sizes[k]) + " rows: max |diff| " +
+                      std::to_string((y - want[k]).abs().max().item<double>());
+        }
+        ++done;
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  if (bad > 0) {
+    std::cout << "threads " << n << ": " << bad << " of " << done << " forwards differ; first: " << first_bad << "\n";
+    return 3;
+  }
+  std::cout << "threads " << n << ": " << done << " forwards equal\n";
+  return 0;
+}
+
 int main(int argc, char** argv) {
+  if (argc == 5 && std::string(argv[1]) == "--threads") {
+    try {
+      return threads(std::stoi(argv[2]), argv[3], argv[4]);
+    } catch (const c10::Error& e) {
+      std::cerr << e.what_without_backtrace() << "\n";
+      return 1;
+    }
+  }
   if (argc >= 3 && std::string(argv[1]) == "--many") {
     const bool each = argc >= 4 && std::string(argv[2]) == "--each";
     return each ? many(argc - 1, argv + 1, true) : many(argc, argv, false);

@@ -931,6 +931,25 @@ def test_layers_named_outside_ascii_load_in_cpp(tmp_path):
     _assert_cpp_resaves(path, x, tmp_path, want, want_int)
 
 
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "int4_weight_only", "ternary_twn", "xnor_w1a1", "bitnet_b158"])
+def test_one_loaded_model_serves_many_threads_in_cpp(preset, tmp_path):
+    """A server's pattern: one qatkit::nn::load model, 8 threads each running 20 forwards on 1, 8
+    and 16 rows (the GEMV, register-tile and panel paths) at once; every output equals the one
+    computed first on one thread (load_run --threads). The forward keeps no state a concurrent
+    call could race on: the plans are built at load, per-thread scratch (Python threads: the same,
+    by a /tmp script, 2026-12-07)."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    seq = _qat_models().CNN().as_sequential().eval()
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(3))
+    path, inp = str(tmp_path / "m.safetensors"), str(tmp_path / "x.safetensors")
+    _ptq_exported(seq, x, qatkit.preset(preset), path)
+    save_file({"x": x}, inp)
+    r = subprocess.run([EXE, "--threads", "8", path, inp], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "threads 8: 160 forwards equal" in r.stdout, r.stdout + r.stderr
+
+
 def test_many_each_prints_every_files_outcome(tmp_path):
     """qatkit_load_run --many --each (what scripts/fuzz_load.py --cpp --many N --agree reads): a line
     per file, "<outcome> <path> [<the error's first line>]", then the counts."""
