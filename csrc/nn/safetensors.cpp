@@ -8,8 +8,12 @@
 // scripts/sanitize.sh runs it under ASan/UBSan).
 #include <torch/torch.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fmt/format.h>
 #include <fstream>
 #include <limits>
@@ -186,17 +190,41 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
   }
   std::string text = json::dump(header);
   text.append((8 - text.size() % 8) % 8, ' ');  // the data section starts 8-byte aligned
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  TORCH_CHECK_VALUE(f.good(), fmt::format("write_safetensors: cannot open '{}' for writing", path));
-  std::uint8_t len[8];
-  std::uint64_t n = text.size();
-  for (int i = 0; i < 8; ++i, n >>= 8) len[i] = static_cast<std::uint8_t>(n & 255u);
-  f.write(reinterpret_cast<const char*>(len), 8);
-  f.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const auto& t : data) {
-    f.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
+  // written beside the file, then moved over it in one step (std::rename: POSIX rename(2)), as
+  // Python's writers do (serialization.replacing): a failed or interrupted write leaves the file
+  // that was there, not a truncated one; a symlink at `path` is written through
+  std::error_code ec;
+  std::string real = path;
+  if (std::filesystem::is_symlink(path, ec)) {
+    const std::filesystem::path target = std::filesystem::canonical(path, ec);
+    if (!ec) real = target.string();
   }
-  TORCH_CHECK_VALUE(f.good(), fmt::format("write_safetensors: writing '{}' failed", path));
+  const bool existed = std::filesystem::exists(real, ec);
+  const std::string tmp = fmt::format("{}.{}.tmp", real, static_cast<long>(::getpid()));
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    TORCH_CHECK_VALUE(f.good(), fmt::format("write_safetensors: cannot open '{}' for writing", path));
+    std::uint8_t len[8];
+    std::uint64_t n = text.size();
+    for (int i = 0; i < 8; ++i, n >>= 8) len[i] = static_cast<std::uint8_t>(n & 255u);
+    f.write(reinterpret_cast<const char*>(len), 8);
+    f.write(text.data(), static_cast<std::streamsize>(text.size()));
+    for (const auto& t : data) {
+      f.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
+    }
+    f.close();
+    if (!f.good()) {
+      std::remove(tmp.c_str());
+      TORCH_CHECK_VALUE(false, fmt::format("write_safetensors: writing '{}' failed", path));
+    }
+  }
+  if (existed) {  // keep the replaced file's mode
+    std::filesystem::permissions(tmp, std::filesystem::status(real, ec).permissions(), ec);
+  }
+  if (std::rename(tmp.c_str(), real.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    TORCH_CHECK_VALUE(false, fmt::format("write_safetensors: cannot replace '{}'", path));
+  }
 }
 
 }  // namespace qatkit::nn

@@ -135,7 +135,7 @@ def export_gguf(model: nn.Module, path: str, *, weights_only: bool = False, arch
     gguf = _need_gguf()
     if not isinstance(model, nn.Module):
         raise TypeError(f"export_gguf: model must be an nn.Module, got {type(model).__name__}")
-    from .serialization import check_out_path
+    from .serialization import check_out_path, replacing
 
     path = check_out_path("export_gguf", path)
     from .qat.prepare import unwrap_model
@@ -183,41 +183,42 @@ def export_gguf(model: nn.Module, path: str, *, weights_only: bool = False, arch
     if dropped:
         warnings.warn("export_gguf: weights only; left out: " + "; ".join(dropped), UserWarning, stacklevel=2)
 
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_name(type(model).__name__)
-    writer.add_string("qatkit.version", __version__)
-    layers_meta = {}
-    types: Dict[str, str] = {}
-    for name, mod in quantized.items():
-        kind, block = plan[name]
-        wname = f"{name}.weight"
-        if kind == "F32":
-            writer.add_tensor(wname, mod.weight_int.detach().float().contiguous().numpy())
-        else:
-            codes = mod.weight_int.detach().reshape(mod.out_features, mod.in_features)
-            d = _block_scales(mod, mod.out_features, mod.in_features, block, name)
-            if not torch.equal(d.half().float(), d):
-                raise ValueError(f"export_gguf: layer '{name}': scales not exactly representable in float16")
-            raw = {"Q8_0": _q8_0, "Q4_0": _q4_0, "TQ2_0": _tq2_0}[kind](codes, d)
-            # the byte shape [rows, bytes]: gguf derives the element shape from the block type
-            writer.add_tensor(wname, raw.numpy(), raw_dtype=getattr(gguf.GGMLQuantizationType, kind))
-        types[wname] = kind
-        layers_meta[name] = {"type": kind, "spec": None if mod.float_weight else mod.weight_spec.describe()}
-        if mod.bias is not None:
-            writer.add_tensor(f"{name}.bias", mod.bias.detach().contiguous().float().numpy())
-            types[f"{name}.bias"] = "F32"
-    inside = tuple(n + "." for n in quantized)
-    for key, t in model.state_dict().items():
-        if key.startswith(inside):
-            continue
-        t = t.detach().contiguous()
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        writer.add_tensor(key, t.numpy())
-        types[key] = str(t.dtype).replace("torch.", "")
-    writer.add_string("qatkit.layers", json.dumps(layers_meta))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    with replacing(path) as tmp:  # (a failed write leaves the file that was there)
+        writer = gguf.GGUFWriter(tmp, arch)
+        writer.add_name(type(model).__name__)
+        writer.add_string("qatkit.version", __version__)
+        layers_meta = {}
+        types: Dict[str, str] = {}
+        for name, mod in quantized.items():
+            kind, block = plan[name]
+            wname = f"{name}.weight"
+            if kind == "F32":
+                writer.add_tensor(wname, mod.weight_int.detach().float().contiguous().numpy())
+            else:
+                codes = mod.weight_int.detach().reshape(mod.out_features, mod.in_features)
+                d = _block_scales(mod, mod.out_features, mod.in_features, block, name)
+                if not torch.equal(d.half().float(), d):
+                    raise ValueError(f"export_gguf: layer '{name}': scales not exactly representable in float16")
+                raw = {"Q8_0": _q8_0, "Q4_0": _q4_0, "TQ2_0": _tq2_0}[kind](codes, d)
+                # the byte shape [rows, bytes]: gguf derives the element shape from the block type
+                writer.add_tensor(wname, raw.numpy(), raw_dtype=getattr(gguf.GGMLQuantizationType, kind))
+            types[wname] = kind
+            layers_meta[name] = {"type": kind, "spec": None if mod.float_weight else mod.weight_spec.describe()}
+            if mod.bias is not None:
+                writer.add_tensor(f"{name}.bias", mod.bias.detach().contiguous().float().numpy())
+                types[f"{name}.bias"] = "F32"
+        inside = tuple(n + "." for n in quantized)
+        for key, t in model.state_dict().items():
+            if key.startswith(inside):
+                continue
+            t = t.detach().contiguous()
+            if t.dtype == torch.bfloat16:
+                t = t.float()
+            writer.add_tensor(key, t.numpy())
+            types[key] = str(t.dtype).replace("torch.", "")
+        writer.add_string("qatkit.layers", json.dumps(layers_meta))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
     return {"tensors": types, "dropped": dropped}

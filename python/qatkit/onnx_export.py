@@ -732,5 +732,8 @@ def _export(onnx, model, example_input, path, lowbit, opset, _Quantized, int8_we
                          producer_version=__version__)
     proto.ir_version = 11 if opset >= 25 else 10
     onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, path)
+    from .serialization import replacing
+
+    with replacing(path) as tmp:  # (a failed write leaves the file that was there)
+        onnx.save(proto, tmp)
     return {"opset": opset, "layers": g.layers, "output": y}

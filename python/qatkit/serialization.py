@@ -16,10 +16,13 @@ integer kernels).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -407,6 +410,34 @@ def check_out_path(who: str, path) -> str:
     return path
 
 
+@contextlib.contextmanager
+def replacing(path: str):
+    """A temporary file beside ``path`` to write, moved over ``path`` only once the writer is done
+    (``os.replace``: one step on POSIX): a failed or interrupted write (a full disk, an error, a
+    kill) leaves the file that was there, not a truncated one, and no temporary behind. A symlink
+    at ``path`` is written through (the file it points to is replaced)."""
+    real = os.path.realpath(path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(real) + ".", suffix=".tmp", dir=os.path.dirname(real))
+    os.close(fd)
+    try:
+        yield tmp
+        if os.path.exists(real):  # (mkstemp's file is 0600: keep the mode of the file replaced)
+            shutil.copymode(real, tmp)
+        else:
+            os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
     """Write ``model`` (converted, or a QAT / PTQ model, which is converted first on a copy) to one
     safetensors file at ``path``: the quantized layers' weights packed (docs/format.md), their
@@ -416,7 +447,7 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
 
     Args:
         model: the model to export.
-        path: the file to write (overwritten).
+        path: the file to write (replaced only once the new file is complete).
         base3: ternary weights at 1.6 bits (five per byte) instead of 2.
 
     Returns:
@@ -488,7 +519,8 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
     }
     if gap is not None:
         header["structure_gap"] = gap  # what qatkit.load / qatkit::nn::load name when they refuse the file
-    save_file(tensors, path, metadata={META_KEY: json.dumps(header)})
+    with replacing(path) as tmp:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(header)})
     return header
 
 

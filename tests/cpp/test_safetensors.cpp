@@ -4,7 +4,11 @@
 #include <torch/torch.h>
 
 #include "catch.h"
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -155,6 +159,33 @@ CATCH_TEST_CASE("empty tensors sit at any boundary of the data section", "[safet
                                R"(: {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}})";
     CATCH_CHECK_THROWS_WITH(parse(file_bytes(inside, body)), Catch::Contains("overlap"));
   }
+}
+
+CATCH_TEST_CASE("write_safetensors replaces a file in one step, through a symlink, keeping its mode", "[safetensors]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("qatkit_replace_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  qnn::TensorFile a, b;
+  a.tensors = {{"w", torch::arange(8, torch::kFloat)}};
+  b.tensors = {{"w", torch::arange(16, torch::kFloat)}};
+  const std::string file = (dir / "m.safetensors").string(), link = (dir / "link.safetensors").string();
+  qnn::write_safetensors(file, a);
+  fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  fs::create_symlink("m.safetensors", link);
+  qnn::write_safetensors(link, b);
+  CATCH_CHECK(fs::is_symlink(link));
+  CATCH_CHECK(qnn::read_safetensors(file).tensors[0].second.numel() == 16);
+  CATCH_CHECK((fs::status(file).permissions() & fs::perms::all) ==
+              (fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read));
+  // a directory that does not exist: refused, and nothing written
+  CATCH_CHECK_THROWS_WITH(qnn::write_safetensors((dir / "no" / "m.safetensors").string(), a),
+                          Catch::Contains("cannot open"));
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  CATCH_CHECK(names == std::vector<std::string>{"link.safetensors", "m.safetensors"});  // no temporary left
+  fs::remove_all(dir);
 }
 
 CATCH_TEST_CASE("every truncation of a valid file is refused cleanly", "[safetensors]") {

@@ -76,6 +76,25 @@ def test_gguf_blocks_dequantize_to_the_converted_weights_bit_for_bit(name, tmp_p
     assert os.path.getsize(path) < 4 * sum(p.numel() for p in _mlp().parameters())
 
 
+def test_a_failed_gguf_export_leaves_the_file_that_was_there(tmp_path, monkeypatch):
+    """export_gguf writes beside the file and moves it over once complete (serialization.replacing):
+    a write that fails after the header (a full disk, simulated) leaves the old file as it was and
+    no temporary."""
+    spec, _ = next(iter(SPECS.values()))
+    q = _qat(spec, steps=1)
+    path = str(tmp_path / "m.gguf")
+    qatkit.export_gguf(q, path)
+    before = open(path, "rb").read()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        qatkit.export_gguf(q, path)
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["m.gguf"]
+
+
 def test_specs_gguf_cannot_hold_exactly_are_refused(tmp_path):
     path = str(tmp_path / "m.gguf")
     fp32 = _qat(QuantSpec(bits=8, granularity="per_group", group_size=32), steps=0)

@@ -65,6 +65,30 @@ def _converted_all_quantized(net, x, preset="w8a8"):
     return qatkit.convert(q)
 
 
+def test_a_failed_onnx_export_leaves_the_file_that_was_there(tmp_path, monkeypatch):
+    """export_onnx writes beside the file and moves it over once complete (serialization.replacing):
+    a write that fails halfway (a full disk, simulated) leaves the old file and no temporary."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(6, 16)
+    c = _converted_all_quantized(net, x)
+    path = str(tmp_path / "m.onnx")
+    qatkit.export_onnx(c, x, path)
+    before = open(path, "rb").read()
+    real_save = onnx.save
+
+    def full_disk(proto, f, *args, **kwargs):
+        real_save(proto, f, *args, **kwargs)
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        qatkit.export_onnx(c, x, path)
+    assert open(path, "rb").read() == before and os.listdir(tmp_path) == ["m.onnx"]
+
+
 def _run(path, x, level="all", optimized=None):
     from_ort = _script("onnx_check").ort_session(path, optimized, level)
     return torch.from_numpy(from_ort.run(None, {"input": x.numpy()})[0])

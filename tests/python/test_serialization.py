@@ -135,6 +135,39 @@ def _export_small(tmp_path, data):
     return m, path
 
 
+def test_a_failed_export_leaves_the_file_that_was_there(data, tmp_path, monkeypatch):
+    """export writes beside the file and moves the result over it once complete: a write that fails
+    halfway (here a full disk, simulated after half the bytes) used to leave a truncated file where
+    a good one was. The old file stays byte for byte, no temporary is left, and the error is the
+    writer's. A symlink is written through, and the file's mode kept."""
+    import safetensors.torch
+
+    m, path = _export_small(tmp_path, data)
+    q = _ptq(m, data, qatkit.w8a8(), correct_bias=None)
+    before = open(path, "rb").read()
+    real_save = safetensors.torch.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        real_save(tensors, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        qatkit.export(q, path)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    assert open(path, "rb").read() == before
+    assert sorted(os.listdir(tmp_path)) == ["ok.safetensors"]
+    os.chmod(path, 0o640)
+    os.symlink("ok.safetensors", tmp_path / "link.safetensors")
+    qatkit.export(q, str(tmp_path / "link.safetensors"))
+    assert os.path.islink(tmp_path / "link.safetensors") and open(path, "rb").read() != before
+    assert os.stat(path).st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(tmp_path)) == ["link.safetensors", "ok.safetensors"]
+    qatkit.load(path)
+
+
 def _rewrite_header(path, out, edit):
     raw = open(path, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
