@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -200,7 +201,8 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
     if (!ec) real = target.string();
   }
   const bool existed = std::filesystem::exists(real, ec);
-  const std::string tmp = fmt::format("{}.{}.tmp", real, static_cast<long>(::getpid()));
+  static std::atomic<std::uint64_t> writes{0};  // (two threads of one process writing one path)
+  const std::string tmp = fmt::format("{}.{}-{}.tmp", real, static_cast<long>(::getpid()), writes++);
   {
     std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
     TORCH_CHECK_VALUE(f.good(), fmt::format("write_safetensors: cannot open '{}' for writing", path));
