@@ -149,6 +149,12 @@ TensorFile parse_safetensors(const std::uint8_t* data, std::size_t size, const s
 }
 
 TensorFile read_safetensors(const std::string& path) {
+  // a regular file (or a symlink to one): a directory opened as a stream reports a size near 2^63
+  // at its end, and the buffer for it threw std::bad_alloc, which ended the program (2026-12-07)
+  std::error_code ec;
+  const bool exists = std::filesystem::exists(path, ec);
+  TORCH_CHECK_VALUE(!exists || std::filesystem::is_regular_file(path, ec),
+                    fmt::format("read_safetensors: '{}' is not a file", path));
   std::ifstream f(path, std::ios::binary | std::ios::ate);
   TORCH_CHECK_VALUE(f.good(), fmt::format("read_safetensors: cannot open '{}'", path));
   const std::streamoff size = f.tellg();

@@ -132,6 +132,11 @@ CATCH_TEST_CASE("hostile safetensors files raise ValueError naming the problem",
     CATCH_CHECK_THROWS_WITH(parse(c.bytes), Catch::Contains(c.message));
   }
   CATCH_CHECK_THROWS_WITH(qnn::read_safetensors("/nonexistent/dir/file.safetensors"), Catch::Contains("cannot open"));
+  // a directory (std::bad_alloc ended the program: the stream reported a size near 2^63) or a
+  // device is no file
+  CATCH_CHECK_THROWS_WITH(qnn::read_safetensors(std::filesystem::temp_directory_path().string()),
+                          Catch::Contains("is not a file"));
+  CATCH_CHECK_THROWS_WITH(qnn::read_safetensors("/dev/null"), Catch::Contains("is not a file"));
   // well-formed UTF-8 of every length passes through as bytes: e-acute, the euro sign, an emoji
   const std::string text = "\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80";
   const qnn::TensorFile ok = parse(file_bytes("{\"__metadata__\": {\"k\": \"" + text + "\"}}", {}));

@@ -950,6 +950,17 @@ def test_one_loaded_model_serves_many_threads_in_cpp(preset, tmp_path):
     assert r.returncode == 0 and "threads 8: 160 forwards equal" in r.stdout, r.stdout + r.stderr
 
 
+def test_a_directory_or_device_given_as_the_file_is_refused_not_a_crash(tmp_path):
+    """qatkit::nn::load of a directory ended the program (std::bad_alloc: the stream reported a
+    size near 2^63, exit -6); like Python's loader it refuses it, and a device, as no file."""
+    x = torch.randn(2, 4)
+    for path in (str(tmp_path), "/dev/null"):
+        with pytest.raises(ValueError, match="is not a file"):
+            qatkit.load(path)
+        r, _ = _run(path, x, tmp_path)
+        assert r.returncode == 1 and f"read_safetensors: '{path}' is not a file" in r.stderr, (r.returncode, r.stderr)
+
+
 def test_many_each_prints_every_files_outcome(tmp_path):
     """qatkit_load_run --many --each (what scripts/fuzz_load.py --cpp --many N --agree reads): a line
     per file, "<outcome> <path> [<the error's first line>]", then the counts."""
