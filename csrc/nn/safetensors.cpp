@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -230,8 +231,9 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
     std::filesystem::permissions(tmp, std::filesystem::status(real, ec).permissions(), ec);
   }
   if (std::rename(tmp.c_str(), real.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
     std::remove(tmp.c_str());
-    TORCH_CHECK_VALUE(false, fmt::format("write_safetensors: cannot replace '{}'", path));
+    TORCH_CHECK_VALUE(false, fmt::format("write_safetensors: cannot replace '{}' ({})", path, why));
   }
 }
 

@@ -186,6 +186,10 @@ CATCH_TEST_CASE("write_safetensors replaces a file in one step, through a symlin
   // a directory that does not exist: refused, and nothing written
   CATCH_CHECK_THROWS_WITH(qnn::write_safetensors((dir / "no" / "m.safetensors").string(), a),
                           Catch::Contains("cannot open"));
+  // a directory at the path: refused, naming why (Python's check_out_path refuses it up front)
+  fs::create_directories(dir / "sub");
+  CATCH_CHECK_THROWS_WITH(qnn::write_safetensors((dir / "sub").string(), a), Catch::Contains("Is a directory"));
+  fs::remove(dir / "sub");
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
