@@ -54,9 +54,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' s
 from qat_models import number_arg  # noqa: E402
 
 # 2**26: a size every range check admits, which a loader that builds before it checks would allocate
-# (NaN / inf: written as Python's json extension NaN / Infinity, which JSON lacks)
+# (NaN / inf: written as Python's json extension NaN / Infinity, which JSON lacks; "\u00f1" and a
+# lone surrogate: written as \u escapes, which JSON's readers decode to UTF-8 or refuse)
 WEIRD = [None, "x", -1, 0, 2**62, -(2**62), 1.5, [], [1, 2], {}, True, "nan", [2**40, 2**40], 2**26, [8, 2**26],
-         float("nan"), float("-inf")]
+         float("nan"), float("-inf"), "\u00f1", "\ud800"]
 
 
 def seeds(tmp, pool: str = "cnn"):

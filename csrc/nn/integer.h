@@ -47,8 +47,8 @@ struct ConvPads {
   bool symmetric() const { return left == right; }
 };
 
-template <std::size_t D>
-ConvPads conv_pads(const torch::nn::detail::ConvNdOptions<D>& o) {
+template <std::size_t D, class Options>  // (ConvNdOptions<D>, or ConvOptions<D> as the loader reads them)
+ConvPads conv_pads(const Options& o) {
   ConvPads p{std::vector<std::int64_t>(D, 0), std::vector<std::int64_t>(D, 0)};
   if (const auto* n = std::get_if<torch::ExpandingArray<D>>(&o.padding())) {
     for (std::size_t d = 0; d < D; ++d) p.left[d] = p.right[d] = (*n)->at(d);

@@ -183,6 +183,21 @@ torch::nn::ConvOptions<D> conv_options(const Reader& r, const json::Value& p, co
   } else {
     r.fail(fmt::format("{}.padding_mode: expected 'zeros', 'reflect', 'replicate' or 'circular', got '{}'", where, pm));
   }
+  // a padding mode other than zeros pads by reversed_padding in Python's layer and by the pads this
+  // loader derives from padding (detail::conv_pads): a packed conv's pair must agree, as nn.ConvNd
+  // derives one from the other (a header whose reversed_padding alone was edited ran here and
+  // failed or padded otherwise in Python, 2026-12-07)
+  if (const json::Value* rp = p.find("reversed_padding"); rp != nullptr && pm != "zeros") {
+    const detail::ConvPads cp = detail::conv_pads<D>(o);
+    std::vector<std::int64_t> want;
+    for (std::size_t d = D; d-- > 0;) want.insert(want.end(), {cp.left[d], cp.right[d]});
+    bool same = !rp->is_null() && rp->array.size() == want.size();
+    for (std::size_t i = 0; same && i < want.size(); ++i) same = rp->array[i].number == static_cast<double>(want[i]);
+    if (!same) {
+      r.fail(fmt::format("{}: reversed_padding {} is not what padding {} gives with padding_mode '{}' ({})", where,
+                         json::dump(*rp), json::dump(pad), pm, ops::shape_str(want)));
+    }
+  }
   return o;
 }
 

@@ -307,6 +307,13 @@ def _layer_params(kind: str, mod: _Quantized) -> dict:
         }
     if kind in ("conv1d", "conv2d"):
         pad = mod.padding if isinstance(mod.padding, str) else list(mod.padding)
+        if mod.padding_mode != "zeros":  # (the loaders refuse a pair that disagrees: _check_params)
+            want = reversed_padding(pad, list(mod.kernel_size), list(mod.dilation))
+            if mod._rpt is None or list(mod._rpt) != want:
+                raise ValueError(
+                    f"export: {type(mod).__name__}(padding={pad}, padding_mode={mod.padding_mode!r}) pads by "
+                    f"{mod._rpt} (nn.ConvNd's _reversed_padding_repeated_twice, set at construction), not the {want} "
+                    "its padding gives: was .padding changed after the conv was built? Rebuild the conv (or set both)")
         return {
             "in_channels": mod.in_channels,
             "out_channels": mod.out_channels,
@@ -920,6 +927,22 @@ def _ints(v, n, lo, where, need):
     return vals
 
 
+def reversed_padding(padding, kernel_size, dilation) -> List[int]:
+    """nn.ConvNd's _reversed_padding_repeated_twice for this padding: (left, right) per spatial dim,
+    the last dim first; 'same' puts dilation * (k - 1) // 2 left and the rest right."""
+    if padding == "valid":
+        return [0] * (2 * len(kernel_size))
+    out = []
+    for i in reversed(range(len(kernel_size))):
+        if padding == "same":
+            total = dilation[i] * (kernel_size[i] - 1)
+            out += [total // 2, total - total // 2]
+        else:
+            p = padding if isinstance(padding, int) else padding[i]
+            out += [p, p]
+    return out
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -965,6 +988,10 @@ def _check_params(info: dict, shape: list, need) -> None:
         rp = p.get("reversed_padding")
         need(rp is None or (isinstance(rp, list) and len(rp) == 2 * d and all(_is_int(x) and 0 <= x < 2**31 for x in rp)),
              "bad reversed_padding")
+        if p["padding_mode"] != "zeros":  # the layer pads by it; the C++ loader by what padding gives
+            want = reversed_padding(pad, shape[2:], _ints(p.get("dilation"), d, 1, "dilation", need))
+            need(rp == want, f"reversed_padding {rp} is not what padding {json.dumps(pad)} gives with padding_mode "
+                             f"'{p['padding_mode']}' ({want})")
     else:
         need(len(shape) == 2, f"an embedding weight is 2-d, got {shape}")
         pad = p.get("padding_idx")

@@ -482,6 +482,41 @@ def test_cpp_loads_string_padding_and_padding_modes(preset, tmp_path):
         _assert_cpp_resaves(path, x, tmp_path, want, want_int)
 
 
+def test_a_reversed_padding_its_padding_does_not_give_is_refused(tmp_path):
+    """A reflect / replicate / circular conv pads by reversed_padding in Python's layer and by the
+    pads its padding gives in the C++ loader: a header whose reversed_padding alone was edited
+    (fuzz_load.py --pool layers, seed 45: 'same' with [1, 1, 1, 2^26]) loaded and ran in C++ and
+    failed in Python's forward. Both loaders refuse the pair, and export refuses a conv whose
+    padding was changed after it was built (nn.ConvNd keeps the pads of its construction)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_serialization import _rewrite_header
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 8, 3, padding="same", padding_mode="reflect"), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=(1, 2), padding_mode="circular"), nn.Flatten(),
+                        nn.Linear(8 * 6 * 8, 4)).eval()
+    x = torch.randn(4, 2, 6, 6)
+    path, bad = str(tmp_path / "p.safetensors"), str(tmp_path / "bad.safetensors")
+    _ptq_exported(net, x, dataclasses.replace(qatkit.w8a8(), first_last=None), path)
+    cases = (("0", [1, 1, 1, 2**26], 'reversed_padding [1, 1, 1, 67108864] is not what padding "same" gives'),
+             ("2", [1, 1, 2, 2], "reversed_padding [1, 1, 2, 2] is not what padding [1, 2] gives"),
+             ("2", None, "reversed_padding None is not what padding [1, 2] gives"))
+    for layer, rp, msg in cases:
+        _rewrite_header(path, bad,
+                        lambda meta, head: meta["layers"][layer]["params"].__setitem__("reversed_padding", rp))
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            qatkit.load(bad)
+        r, _ = _run(bad, x, tmp_path)
+        assert r.returncode == 1 and "reversed_padding" in r.stderr and "is not what padding" in r.stderr, r.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net, [x], dataclasses.replace(qatkit.w8a8(), first_last=None), correct_bias=None, verbose=False,
+                       progress=False)
+    q[2].padding = (2, 1)  # its _reversed_padding_repeated_twice stays (2, 2, 1, 1), as nn.Conv2d's would
+    with pytest.raises(ValueError, match=re.escape("not the [1, 1, 2, 2] its padding gives: was .padding changed")):
+        qatkit.export(q, path)
+
+
 @pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "int8_weight_only"])
 def test_cpp_loads_and_saves_every_activation_pooling_and_float_module_python_does(preset, tmp_path):
     """qatkit.testing.models.leaf_zoo (ReLU6, LeakyReLU, PReLU, ELU, Hardtanh, Hardswish,
