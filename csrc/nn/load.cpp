@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "../ops/checks.h"
+#include "integer.h"  // detail::conv_pads
 #include "json.h"
 #include "module_access.h"
 #include "packing.h"
