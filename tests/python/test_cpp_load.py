@@ -841,32 +841,22 @@ def test_header_edits_one_loader_took_are_refused_by_both(tmp_path):
         qatkit.load(bad)
     r, _ = _run(bad, x, tmp_path)
     assert r.returncode == 1 and f"bad axis {-(2**40)} for a 2-d weight" in r.stderr, r.stderr
-    raw = bytearray(open(w8, "rb").read())
-    at = raw.index(b'"granularity"', 8 + struct.unpack("<Q", raw[:8])[0])  # in the record's bytes
-    raw[at + 6] = ord("s")  # "granusarity", the same length
-    open(bad, "wb").write(raw)
-    with pytest.raises(ValueError, match=re.escape("holds a quantizer saved with another spec (fields ['granusarity'] differ")):
-        qatkit.load(bad)
-    r, _ = _run(bad, x, tmp_path)
-    assert r.returncode == 1 and "(fields ['granusarity'] differ)" in r.stderr, r.stderr
+    def patched(find, new, in_header=False):  # w8's bytes with `new` over the first `find` (same length)
+        raw = bytearray(open(w8, "rb").read())
+        n = struct.unpack("<Q", raw[:8])[0]
+        at = raw.index(find, 8, 8 + n) if in_header else raw.index(find, 8 + n)  # (else: a record's bytes)
+        raw[at : at + len(new)] = new
+        open(bad, "wb").write(raw)
+
+    patched(b'"granularity"', b'"granusarity"')
+    both_refuse("holds a quantizer saved with another spec (fields ['granusarity'] differ",
+                "(fields ['granusarity'] differ)")
     # an int field of the record written as a float (same length: two spaces dropped): Python's ==
     # took 8.0 for 8, C++ compared the record's text (2026-12-07)
-    raw = bytearray(open(w8, "rb").read())
-    at = raw.index(b'"axis": 0, "bits": 8', 8 + struct.unpack("<Q", raw[:8])[0])
-    raw[at : at + 20] = b'"axis":0, "bits":8.0'
-    open(bad, "wb").write(raw)
-    with pytest.raises(ValueError, match=re.escape("(fields ['bits'] differ")):
-        qatkit.load(bad)
-    r, _ = _run(bad, x, tmp_path)
-    assert r.returncode == 1 and "(fields ['bits'] differ)" in r.stderr, r.stderr
-    raw = bytearray(open(w8, "rb").read())
-    at = raw.index(b"AffineStaticActQuantizer", 8, 8 + struct.unpack("<Q", raw[:8])[0])
-    raw[at + 1] = 0x84  # a continuation byte with no lead byte
-    open(bad, "wb").write(raw)
-    with pytest.raises(ValueError, match="invalid UTF-8"):
-        qatkit.load(bad)
-    r, _ = _run(bad, x, tmp_path)
-    assert r.returncode == 1 and "the header is not valid UTF-8 (byte " in r.stderr, r.stderr
+    patched(b'"axis": 0, "bits": 8', b'"axis":0, "bits":8.0')
+    both_refuse("(fields ['bits'] differ", "(fields ['bits'] differ)")
+    patched(b"AffineStaticActQuantizer", b"A\x84", in_header=True)  # a continuation byte with no lead byte
+    both_refuse("invalid UTF-8", "the header is not valid UTF-8 (byte ")
 
 
 @pytest.mark.parametrize("momentum", [0.0, 1.0])
