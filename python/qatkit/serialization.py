@@ -22,7 +22,7 @@ import json
 import math
 import os
 import shutil
-import tempfile
+import uuid
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -424,25 +424,25 @@ def replacing(path: str):
     kill) leaves the file that was there, not a truncated one, and no temporary behind. A symlink
     at ``path`` is written through (the file it points to is replaced)."""
     real = os.path.realpath(path)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(real) + ".", suffix=".tmp", dir=os.path.dirname(real))
-    os.close(fd)
+    while True:  # (created 0666 less the umask, as open() would create the file itself)
+        tmp = f"{real}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
+    mode = os.stat(tmp).st_mode & 0o777  # (a writer may recreate the file with a mode of its own)
     try:
         yield tmp
-        if os.path.exists(real):  # (mkstemp's file is 0600: keep the mode of the file replaced)
+        if os.path.exists(real):  # keep the mode of the file replaced
             shutil.copymode(real, tmp)
         else:
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, mode)
         os.replace(tmp, real)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:

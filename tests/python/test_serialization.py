@@ -166,6 +166,12 @@ def test_a_failed_export_leaves_the_file_that_was_there(data, tmp_path, monkeypa
     assert os.stat(path).st_mode & 0o777 == 0o640
     assert sorted(os.listdir(tmp_path)) == ["link.safetensors", "ok.safetensors"]
     qatkit.load(path)
+    old = os.umask(0o027)  # a new file: 0666 less the umask, as the writer alone made it
+    try:
+        qatkit.export(q, str(tmp_path / "new.safetensors"))
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "new.safetensors").st_mode & 0o777 == 0o640
 
 
 def _rewrite_header(path, out, edit):
