@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <cctype>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 
@@ -236,10 +237,17 @@ class Parser {
       if (digits() == 0) bad();
       is_float = true;
     }
-    const std::string text(s_.substr(start, pos_ - start));
-    char* end = nullptr;
-    const double d = std::strtod(text.c_str(), &end);
-    if (end != text.c_str() + text.size() || !std::isfinite(d)) bad();  // (1e999: Python reads inf)
+    // std::from_chars: the C locale's '.' whatever locale the program set (strtod read "0.01" as 0
+    // and stopped under a locale with a decimal comma), correctly rounded
+    const std::string_view text = s_.substr(start, pos_ - start);
+    double d = 0.0;
+    auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), d);
+    if (err == std::errc::result_out_of_range && text.find_first_of("eE") != std::string_view::npos &&
+        text[text.find_first_of("eE") + 1] == '-') {
+      d = text[0] == '-' ? -0.0 : 0.0;  // an underflow (1e-400) is 0, as Python's json reads it
+      err = std::errc();
+    }
+    if (err != std::errc() || end != text.data() + text.size() || !std::isfinite(d)) bad();  // (1e999: inf in Python)
     Value v = Value::of(d);
     v.float_literal = is_float;
     return v;

@@ -23,6 +23,7 @@
 #include <torch/torch.h>
 
 #include <atomic>
+#include <clocale>
 #include <iostream>
 #include <string>
 #include <thread>
@@ -134,6 +135,9 @@ int threads(int n, const char* model_path, const char* input_path) {
 }
 
 int main(int argc, char** argv) {
+  // the user's locale, as a program that prints numbers for people sets it (a decimal comma made
+  // strtod read the header's 0.01 as 0 and the loader refuse every file before 2026-12-07)
+  std::setlocale(LC_ALL, "");
   if (argc == 5 && std::string(argv[1]) == "--threads") {
     try {
       return threads(std::stoi(argv[2]), argv[3], argv[4]);

@@ -374,6 +374,9 @@ CATCH_TEST_CASE("presets and rules come from the table: binaryconnect, parameter
   CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json("{\"kind\": \"\\u+041\"}"), Catch::Contains("bad \\u escape"));
   CATCH_CHECK_THROWS_WITH(qnn::QuantSpec::from_json("{\"kind\": \"\\u04"), Catch::Contains("short \\u escape"));
   CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 5e-2}").momentum == 0.05);
+  CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 0.1}").momentum == 0.1);  // correctly rounded
+  CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 1e-400}").momentum == 0.0);  // underflow: 0, as in Python
+  CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 4.9e-324}").momentum == 4.9e-324);  // the least subnormal
   CATCH_CHECK(qnn::QuantSpec::from_json("{\"momentum\": 1}").momentum == 1.0);  // an int where a float goes
   CATCH_CHECK(qnn::QuantSpec::from_json(bc.default_spec.weight->to_json()).to_json() ==
               bc.default_spec.weight->to_json());

@@ -975,6 +975,41 @@ def test_one_loaded_model_serves_many_threads_in_cpp(preset, tmp_path):
     assert r.returncode == 0 and "threads 8: 160 forwards equal" in r.stdout, r.stdout + r.stderr
 
 
+def test_a_program_under_a_decimal_comma_locale_loads_the_file(tmp_path):
+    """A LibTorch program that sets the user's locale (load_run calls setlocale(LC_ALL, "")) under
+    de_DE: the C++ JSON reader parsed numbers with strtod, which read the header's "momentum": 0.01
+    as 0 and stopped at the '.', so every file was "malformed JSON". std::from_chars reads JSON's
+    '.' in any locale; the outputs are Python's bit for bit."""
+    import shutil
+
+    if shutil.which("localedef") is None:
+        pytest.skip("localedef (glibc's locale compiler, in Debian's libc-bin) is missing: no de_DE locale to build")
+    loc = tmp_path / "locales"
+    loc.mkdir()
+    made = subprocess.run(["localedef", "-i", "de_DE", "-f", "UTF-8", str(loc / "de_DE.UTF-8")], capture_output=True,
+                          text=True, timeout=60)
+    if made.returncode != 0 or not (loc / "de_DE.UTF-8").exists():
+        pytest.skip(f"localedef could not build de_DE.UTF-8 here (no locale sources?): {made.stderr[-200:]}")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(6, 16)
+    path = str(tmp_path / "m.safetensors")
+    loaded = _ptq_exported(net, x, dataclasses.replace(qatkit.w8a8(), first_last=None), path)
+    from safetensors.torch import load_file, save_file
+
+    save_file({"x": x}, str(tmp_path / "x.safetensors"))
+    env = {**os.environ, "LOCPATH": str(loc), "LC_ALL": "de_DE.UTF-8", "MKL_DYNAMIC": "FALSE"}
+    # (the locale takes in a process with this environment: setlocale(LC_ALL, "") gives a decimal comma)
+    point = subprocess.run([sys.executable, "-c", "import locale; locale.setlocale(locale.LC_ALL, ''); "
+                            "print(locale.localeconv()['decimal_point'])"], capture_output=True, text=True, env=env)
+    assert point.stdout.strip() == ",", point.stdout + point.stderr
+    r = subprocess.run([EXE, path, str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    with torch.no_grad():
+        assert torch.equal(load_file(str(tmp_path / "y.safetensors"))["y"], loaded(x))
+
+
 def test_a_directory_or_device_given_as_the_file_is_refused_not_a_crash(tmp_path):
     """qatkit::nn::load of a directory ended the program (std::bad_alloc: the stream reported a
     size near 2^63, exit -6); like Python's loader it refuses it, and a device, as no file."""
