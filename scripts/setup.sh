@@ -14,6 +14,8 @@ command -v ninja >/dev/null || missing+=(ninja-build)
 command -v ccache >/dev/null || missing+=(ccache)
 command -v g++ >/dev/null || missing+=(g++)
 [ -f /usr/include/catch2/catch.hpp ] || missing+=(catch2)
+# glibc's locale sources: tests/python/test_cpp_load.py builds de_DE with localedef (a decimal comma)
+[ -f /usr/share/i18n/locales/de_DE ] || missing+=(locales)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -qq
