@@ -242,8 +242,8 @@ class Parser {
     const std::string_view text = s_.substr(start, pos_ - start);
     double d = 0.0;
     auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), d);
-    if (err == std::errc::result_out_of_range && text.find_first_of("eE") != std::string_view::npos &&
-        text[text.find_first_of("eE") + 1] == '-') {
+    const std::size_t e = text.find_first_of("eE");  // (the grammar put a digit or sign after it)
+    if (err == std::errc::result_out_of_range && e != std::string_view::npos && text[e + 1] == '-') {
       d = text[0] == '-' ? -0.0 : 0.0;  // an underflow (1e-400) is 0, as Python's json reads it
       err = std::errc();
     }
