@@ -9,7 +9,8 @@ stays in cache as far as it fits).
 
     python3 scripts/bench_inference.py [--n 4096 --k 4096] [--batch 1,64] [--rounds 7] [--hot] [--json]
 
-Variants: fp32 (F.linear, MKL), qatkit w8a8 (ops.linear_int8 on the pack_int8_panel layout, as
+Variants: fp32 (F.linear, MKL; and oneDNN's Linear through torch.utils.mkldnn, the faster of the two
+on AMD CPUs, where MKL takes its AVX2 path: "vs best fp32" divides by the faster), qatkit w8a8 (ops.linear_int8 on the pack_int8_panel layout, as
 qatkit.load gives a Linear: quantize + int8 GEMM + requantize; "row layout": the same op on the
 plain [N, K] codes),
 qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit activations) against
@@ -88,6 +89,23 @@ def _cpu_model() -> str:
 def v_fp32(w):
     w = w.clone()
     return (lambda x: F.linear(x, w)), w.numel() * 4
+
+
+def v_fp32_onednn(w):
+    # torch's other fp32 Linear: oneDNN (torch.utils.mkldnn), the kernel torch.compile's freezing
+    # picks for Linear on CPU. On AMD CPUs MKL's sgemm takes its AVX2 path (Zen 5: ~220 GFLOPS on
+    # 2 cores against oneDNN's ~450 at 416 x 1536 x 384; docs/benchmarks.md, forty-fourth session),
+    # so "vs best fp32" divides by the faster of the two.
+    from torch.utils import mkldnn as mkldnn_utils
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    m = mkldnn_utils.to_mkldnn(lin.eval())
+
+    def f(x):
+        with torch.no_grad():
+            return m(x)
+    return f, w.numel() * 4
 
 
 def _int8_weight(w):
@@ -355,6 +373,7 @@ def v_ort_nbits_int8(w):
 
 VARIANTS = {
     "fp32 F.linear": v_fp32,
+    "fp32 oneDNN Linear (torch.utils.mkldnn)": v_fp32_onednn,
     "qatkit w8a8": v_qatkit_w8a8,
     "qatkit w8a8 (row layout)": v_qatkit_w8a8_rows,
     "qatkit w4a8 g32": v_qatkit_w4a8,
@@ -419,9 +438,11 @@ def bench(names, n, k, batches, rounds, hot, llc_factor, calls):
                     copies[i % len(copies)](x)
                 times[name].append((time.perf_counter() - t0) / reps)
         base = statistics.median(times[names[0]])
+        best_fp32 = min((statistics.median(times[name]) for name in layers if name.startswith("fp32")), default=base)
         for name in layers:
             med = statistics.median(times[name])
             results[(name, b)] = {"variant": name, "batch": b, "us": med * 1e6, "ratio": base / med,
+                                  "ratio_best_fp32": best_fp32 / med,
                                   "gbs": layers[name][1] / med / 1e9, "copies": len(layers[name][0])}
     return results, llc
 
@@ -462,10 +483,13 @@ def main():
         return
     print(f"# {info['shape']} Linear, {info['regime']}, {info['threads']} threads, {info['cpu']} (qatkit ISA "
           f"{info['isa']}), torch {info['torch']}, medians of {a.rounds} interleaved rounds")
-    print("| variant | batch | us / call | weight GB/s | vs fp32 | copies |")
-    print("|---|---|---|---|---|---|")
+    # "vs fp32": against the first variant (fp32 F.linear by default); "vs best fp32": against the
+    # fastest fp32 variant in the run (F.linear or oneDNN), per batch
+    print(f"| variant | batch | us / call | weight GB/s | vs {names[0]} | vs best fp32 | copies |")
+    print("|---|---|---|---|---|---|---|")
     for r in res.values():
-        print(f"| {r['variant']} | {r['batch']} | {r['us']:.0f} | {r['gbs']:.1f} | {r['ratio']:.2f}x | {r['copies']} |")
+        print(f"| {r['variant']} | {r['batch']} | {r['us']:.0f} | {r['gbs']:.1f} | {r['ratio']:.2f}x | "
+              f"{r['ratio_best_fp32']:.2f}x | {r['copies']} |")
     print(f"# at the end: {core_to_core()}")
 
 

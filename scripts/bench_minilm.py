@@ -4,7 +4,9 @@ static per-tensor int8 inputs; Linear layers on ``ops.linear_int8``) and int4_we
 of 32; Linear layers on ``ops.linear_w4_weight_only``), each exported and loaded back with
 ``qatkit.load_into``, encoding a batch of 32 sentences and one short sentence, and the Linear layers
 of that one-sentence call alone; same process, interleaved, medians (and the quartiles of the
-per-round FP32 / variant ratios); fidelity as cosine to the FP32 embeddings. With
+per-round FP32 / variant ratios); fidelity as cosine to the FP32 embeddings. FP32 runs twice: as
+torch gives it (MKL's sgemm) and with its Linear layers on oneDNN (``torch.utils.mkldnn``), faster on
+AMD CPUs; "vs best FP32" divides by the faster. With
 ``--op-overload-calls``, each variant also loaded with its layers calling ``OpOverload._op`` (the
 binding before ``qatkit._C.BoundOp``), in the same rounds.
 
@@ -48,6 +50,20 @@ def _linear_inputs(model, sentences):
     for h in hooks:
         h.remove()
     return rec
+
+
+def _onednn_linears(model):
+    """A copy of ``model`` whose nn.Linear layers run on oneDNN (torch.utils.mkldnn.MkldnnLinear): torch's
+    other fp32 Linear, faster than MKL's sgemm on AMD CPUs (MKL takes its AVX2 path there; Zen 5:
+    docs/benchmarks.md, forty-fourth session). The "vs best FP32" columns divide by the faster model."""
+    from torch.utils import mkldnn as mkldnn_utils
+
+    m = copy.deepcopy(model)
+    for mod in list(m.modules()):
+        for cn, c in list(mod.named_children()):
+            if type(c) is torch.nn.Linear:
+                setattr(mod, cn, mkldnn_utils.MkldnnLinear(c, torch.float32))
+    return m
 
 
 def main():
@@ -95,7 +111,8 @@ def main():
             return m.encode(s, convert_to_tensor=True, batch_size=len(s))
 
     ref = enc(st, held_s)
-    models = [("fp32", st)] + [(k, v[1]) for k, v in variants.items()]
+    fp32s = [("fp32", st), ("fp32 oneDNN", _onednn_linears(st))]
+    models = fp32s + [(k, v[1]) for k, v in variants.items()]
     times = {(k, n): [] for k, _ in models for n in ("batch32", "one", "linear")}
     # the Linear layers alone: every Linear of one encode call of the short sentence, in call order,
     # on the FP32 model's inputs (FP32 nn.Linear against the loaded layers of each variant)
@@ -119,6 +136,8 @@ def main():
                     run_layers(k) if n == "linear" else enc(m, batch if n == "batch32" else one)
                 times[k, n].append((time.perf_counter() - t0) / reps)
     med = {k: statistics.median(v) for k, v in times.items()}
+    best = {n: min(med[k, n] for k, _ in fp32s) for n in ("batch32", "one", "linear")}
+    cos_onednn = float(F.cosine_similarity(enc(fp32s[1][1], held_s), ref).mean())
     print(f"MiniLM (all-MiniLM-L6-v2) exported and loaded on the integer kernels; {a.threads} threads, medians of "
           f"{a.rounds} interleaved rounds")
     for key, (q, loaded) in variants.items():
@@ -135,14 +154,16 @@ def main():
         q = statistics.quantiles(r, n=4) if len(r) > 1 else [r[0]] * 3
         return f"{q[0]:.2f}-{q[2]:.2f}x"
 
-    print("| workload | FP32 ms | " + " | ".join(f"{k} loaded ms | {k} speed-up | {k} per-round quartiles" for k in variants)
-          + " |")
-    print("|---|---|" + "---|---|---|" * len(variants))
+    print(f"FP32 (MKL's sgemm under nn.Linear) and FP32 with its Linear layers on oneDNN (cosine between them "
+          f"{cos_onednn:.7f}); speed-ups are against FP32, \"vs best\" against the faster FP32 per workload")
+    print("| workload | FP32 ms | FP32 oneDNN ms | " + " | ".join(
+        f"{k} loaded ms | {k} speed-up | {k} per-round quartiles | {k} vs best FP32" for k in variants) + " |")
+    print("|---|---|---|" + "---|---|---|---|" * len(variants))
     for n, label in (("batch32", "32 sentences"), ("one", f"1 sentence ({tokens} tokens)"),
                      ("linear", f"its {len(inputs)} Linear layers alone (1 sentence)")):
-        cells = " | ".join(f"{med[k, n] * 1e3:.2f} | {med['fp32', n] / med[k, n]:.2f}x | {quartiles(k, n)}"
-                           for k in variants)
-        print(f"| {label} | {med['fp32', n] * 1e3:.2f} | {cells} |")
+        cells = " | ".join(f"{med[k, n] * 1e3:.2f} | {med['fp32', n] / med[k, n]:.2f}x | {quartiles(k, n)} | "
+                           f"{best[n] / med[k, n]:.2f}x" for k in variants)
+        print(f"| {label} | {med['fp32', n] * 1e3:.2f} | {med['fp32 oneDNN', n] * 1e3:.2f} | {cells} |")
     print(f"# at the end: {core_to_core()}")
 
 
