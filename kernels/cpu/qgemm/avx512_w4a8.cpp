@@ -127,6 +127,106 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
   }
 }
 
+// MR activation rows against NP consecutive packed blocks at once: y[m + i, n .. n + 16 NP) (the
+// last block's nr_last rows). w4_panel_rows keeps one block's float64 group sums in registers (two
+// per row), which leaves room for one block: every broadcast activation quad feeds one block's
+// vpdpbusd pair. Here the float64 sums live in a small scratch (a load and a store per group and 8
+// lanes) and the registers hold MR x NP int32 chains, each broadcast feeding NP blocks. The int32
+// group sums and the float64 combination (exact products, added in group order from 0) are
+// w4_panel_rows' own: the same bits. On Zen 5 (6 rows x 2 blocks) this ran 10-14 % faster than
+// w4_panel_rows<8> at 64-6272 rows; what is left between W4A8 and W8A8 there is the per-group
+// float64 step itself (vcvtdq2pd and the FMA, which shares vpdpbusd's two pipes): with one group per
+// row the two ran at the same speed, with groups of 32 W4A8 took ~1.45x W8A8's time
+// (docs/benchmarks.md, forty-fourth session).
+template <int MR, int NP>
+void w4_panel_tile(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr_last, const W4Panel* const* p) {
+  const std::int64_t G = g.K / g.group, chunks = g.K / 32, gc = g.group / 32;
+  const __m512i low4 = _mm512_set1_epi8(15);
+  __m512i acc[MR][NP];
+  alignas(64) double t[MR][NP][16];
+  const std::int8_t* a[MR];
+  const std::int32_t* ag[MR];
+  #pragma GCC unroll 8
+  for (int i = 0; i < MR; ++i) {
+    a[i] = g.a + (m + i) * g.K;
+    ag[i] = g.a_gsum + (m + i) * G;
+    const __m512i start = _mm512_set1_epi32(G > 0 ? -8 * ag[i][0] : 0);  // the codes' offset of 8
+    #pragma GCC unroll 4
+    for (int j = 0; j < NP; ++j) {
+      acc[i][j] = start;
+      _mm512_store_pd(t[i][j], _mm512_setzero_pd());
+      _mm512_store_pd(t[i][j] + 8, _mm512_setzero_pd());
+    }
+  }
+  for (std::int64_t ci = 0, gdone = 0, left = gc; ci < chunks; ++ci) {  // no division per chunk
+    const std::int64_t off = ((ci / 4) * 16 + (ci % 4) * 4) * 16, k = ci * 32;
+    #pragma GCC unroll 4
+    for (int e = 0; e < 4; ++e) {
+      __m512i lo[NP], hi[NP];
+      #pragma GCC unroll 4
+      for (int j = 0; j < NP; ++j) {
+        const __m512i v = _mm512_loadu_si512(p[j]->codes + off + e * 16);
+        lo[j] = _mm512_and_si512(v, low4);
+        hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      }
+      #pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        std::int32_t alo, ahi;
+        std::memcpy(&alo, a[i] + k + 4 * e, 4);
+        std::memcpy(&ahi, a[i] + k + 16 + 4 * e, 4);
+        const __m512i blo = _mm512_set1_epi32(alo), bhi = _mm512_set1_epi32(ahi);
+        #pragma GCC unroll 4
+        for (int j = 0; j < NP; ++j) {
+          acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], lo[j], blo);
+          acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], hi[j], bhi);
+        }
+      }
+    }
+    if (--left == 0) {
+      left = gc;
+      const std::int64_t gi = gdone++;
+      if (m == 0) p[NP - 1]->next.at_group(gi);
+      __m512d slo[NP], shi[NP];
+      #pragma GCC unroll 4
+      for (int j = 0; j < NP; ++j) {  // as float64 (exact), rows 0-7 / 8-15
+        const __m512 sf = _mm512_loadu_ps(p[j]->scale + gi * 16);
+        slo[j] = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
+        shi[j] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
+      }
+      #pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) {
+        const __m512i next = _mm512_set1_epi32(gi + 1 < G ? -8 * ag[i][gi + 1] : 0);
+        #pragma GCC unroll 4
+        for (int j = 0; j < NP; ++j) {
+          __m512i v = acc[i][j];
+          if (g.act_offset != 0) v = _mm512_add_epi32(v, _mm512_loadu_si512(p[j]->zero.data() + gi * 16));
+          _mm512_store_pd(t[i][j], _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(v)), slo[j],
+                                                   _mm512_load_pd(t[i][j])));
+          _mm512_store_pd(t[i][j] + 8, _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)), shi[j],
+                                                       _mm512_load_pd(t[i][j] + 8)));
+          acc[i][j] = next;
+        }
+      }
+    }
+  }
+  const __m512d as = _mm512_set1_pd(g.act_scale);
+  #pragma GCC unroll 4
+  for (int j = 0; j < NP; ++j) {
+    const int nr = j + 1 < NP ? 16 : nr_last;
+    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+    const std::int64_t nj = n + 16 * j;
+    const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + nj) : _mm512_setzero_ps();
+    #pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) {
+      const __m256 ylo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_load_pd(t[i][j]), as));
+      const __m256 yhi = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_load_pd(t[i][j] + 8), as));
+      __m512 y = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
+      if (g.bias) y = _mm512_add_ps(y, b);
+      _mm512_mask_storeu_ps(g.y + (m + i) * g.N + nj, mask, y);
+    }
+  }
+}
+
 // One or a few activation rows against kW4Streams 16-row blocks of the panel at once (the GEMV of a
 // batch-1 call). One block at a time reads one sequential stream, which the L2 streamer follows one
 // 4 KiB page at a time: a plain read of 10 MiB on the model 167 Xeon's two threads reached 23-26 GB/s
@@ -257,16 +357,23 @@ std::int64_t gemm_w4_gemv(const QGemmW4Args& g, std::int64_t n_begin, std::int64
   return n;
 }
 
+#ifndef W4_TILE_PANELS  // w4_panel_tile's shape (Zen 5: 6 x 2 ran 2-5 % faster than 8 x 2 and 4 x 4)
+#define W4_TILE_PANELS 2
+#endif
+#ifndef W4_TILE_ROWS
+#define W4_TILE_ROWS 6
+#endif
+
 void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
+  constexpr int NP = W4_TILE_PANELS, MR = W4_TILE_ROWS;
   const std::int64_t steps = (g.K / 2 + 63) / 64, G = g.K / g.group;
-  W4Panel p;
-  if (!g.panel) p.buf.resize(static_cast<std::size_t>(steps * 256));
-  if (!g.blocked_scales) p.scale_buf.resize(static_cast<std::size_t>(G * 16));
-  p.zero.resize(static_cast<std::size_t>(G * 16));
-  std::int64_t n = n_begin;
-  if (g.panel && g.M < 4) n = gemm_w4_gemv(g, n_begin, n_end);  // one stream per block at a time below
-  for (; n < n_end; n += 16) {  // n_begin is a multiple of 16
-    const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+  W4Panel panels[NP];
+  for (W4Panel& p : panels) {
+    if (!g.panel) p.buf.resize(static_cast<std::size_t>(steps * 256));
+    if (!g.blocked_scales) p.scale_buf.resize(static_cast<std::size_t>(G * 16));
+    p.zero.resize(static_cast<std::size_t>(G * 16));
+  }
+  const auto prepare = [&](W4Panel& p, std::int64_t n, int nr) {
     if (g.panel) {
       p.codes = reinterpret_cast<const std::int32_t*>(g.w + (n / 16) * steps * 1024);
     } else {
@@ -281,6 +388,30 @@ void gemm_w4(const QGemmW4Args& g, std::int64_t n_begin, std::int64_t n_end) {
       transpose_rows_f32(g.gscale, G, n, nr, p.scale_buf.data());
       p.scale = p.scale_buf.data();
     }
+  };
+  std::int64_t n = n_begin;
+  if (g.panel && g.M < 4) n = gemm_w4_gemv(g, n_begin, n_end);  // one stream per block at a time below
+  // NP blocks at a time where there are NP and 4 rows or more (w4_panel_tile), else one (n_begin is
+  // a multiple of 16)
+  for (; g.M >= 4 && n + 16 * (NP - 1) < n_end; n += 16 * NP) {
+    const W4Panel* ps[NP];
+    int nr_last = 16;
+    for (int j = 0; j < NP; ++j) {
+      nr_last = static_cast<int>(std::min<std::int64_t>(16, n_end - n - 16 * j));
+      prepare(panels[j], n + 16 * j, nr_last);
+      ps[j] = &panels[j];
+    }
+    std::int64_t m = 0;
+    for (; m + MR <= g.M; m += MR) w4_panel_tile<MR, NP>(g, m, n, nr_last, ps);
+    for (; m + 4 <= g.M; m += 4) w4_panel_tile<4, NP>(g, m, n, nr_last, ps);
+    for (; m < g.M; ++m) {
+      for (int j = 0; j < NP; ++j) w4_panel_rows<1>(g, m, n + 16 * j, j + 1 < NP ? 16 : nr_last, panels[j]);
+    }
+  }
+  for (; n < n_end; n += 16) {
+    const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
+    W4Panel& p = panels[0];
+    prepare(p, n, nr);
     std::int64_t m = 0;
     for (; m + 8 <= g.M; m += 8) w4_panel_rows<8>(g, m, n, nr, p);
     for (; m + 4 <= g.M; m += 4) w4_panel_rows<4>(g, m, n, nr, p);

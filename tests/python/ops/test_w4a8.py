@@ -22,8 +22,11 @@ from qatkit.testing.reference import same_bits
 # tails) and its masked 64-byte K steps (K / 2 % 64 tails); zp = 128 on [0, 255] has no zero-point term.
 # Batches of 1-3 rows on the panel run four blocks at a time (w4_gemv_blocks) where a thread has four
 # or more: 130 and 250 rows end in a partial block inside such a run, 200 in a run's leftover blocks;
-# where N is a multiple of 16 the panel also runs with its blocked scales (block_w4_scales).
-@pytest.mark.parametrize("M,N,K,gs", [(1, 37, 128, 32), (5, 16, 64, 64), (3, 9, 96, 32), (2, 64, 1024, 128), (3, 7, 320, 32),
+# where N is a multiple of 16 the panel also runs with its blocked scales (block_w4_scales). From 4
+# rows, two blocks run at once (w4_panel_tile: 6- and 4-row tiles, a partial second block at N = 24 and
+# 40, a single block left at 40 and 48, single rows left at 7 and 13).
+@pytest.mark.parametrize("M,N,K,gs", [(7, 24, 96, 32), (13, 48, 256, 64), (10, 40, 128, 32), (16, 64, 192, 96),
+                                      (1, 37, 128, 32), (5, 16, 64, 64), (3, 9, 96, 32), (2, 64, 1024, 128), (3, 7, 320, 32),
                                       (0, 8, 32, 32), (4, 5, 512, 256), (2, 3, 1024, 512), (9, 33, 224, 32),
                                       (6, 48, 384, 96), (1, 130, 128, 64), (3, 250, 160, 32), (2, 200, 64, 32),
                                       (1, 192, 64, 32), (3, 128, 96, 32)])
