@@ -51,6 +51,20 @@ inline void w4_zero_terms(const QGemmW4Args& g, const std::int32_t* codes, std::
 }
 
 
+// A block's 16 group scales (lane r: row r) as float64, exactly: rows 0-7 in lo, 8-15 in hi.
+inline void w4_scales_f64(const float* scale, __m512d& lo, __m512d& hi) {
+  const __m512 sf = _mm512_loadu_ps(scale);
+  lo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
+  hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
+}
+
+// The 16 rows' outputs from their float64 sums (rows 0-7 in lo, 8-15 in hi): sum * act_scale, rounded
+// to float32 once.
+inline __m512 w4_outputs(__m512d lo, __m512d hi, __m512d act_scale) {
+  const __m256 ylo = _mm512_cvtpd_ps(_mm512_mul_pd(lo, act_scale)), yhi = _mm512_cvtpd_ps(_mm512_mul_pd(hi, act_scale));
+  return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
+}
+
 // MR activation rows against one packed block: y[m + i, n .. n + nr).
 template <int MR>
 void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr, const W4Panel& p) {
@@ -98,9 +112,8 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
       left = gc;
       const std::int64_t gi = gdone++;
       if (m == 0) p.next.at_group(gi);
-      const __m512 sf = _mm512_loadu_ps(p.scale + gi * 16);  // as float64 (exact), rows 0-7 / 8-15
-      const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
-      const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
+      __m512d slo, shi;
+      w4_scales_f64(p.scale + gi * 16, slo, shi);
       #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         __m512i v = acc[i][0];
@@ -120,8 +133,7 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
   const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
   #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
-    const __m256 ylo = _mm512_cvtpd_ps(_mm512_mul_pd(tlo[i], as)), yhi = _mm512_cvtpd_ps(_mm512_mul_pd(thi[i], as));
-    __m512 y = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
+    __m512 y = w4_outputs(tlo[i], thi[i], as);
     if (g.bias) y = _mm512_add_ps(y, b);
     _mm512_mask_storeu_ps(g.y + (m + i) * g.N + n, mask, y);
   }
@@ -188,11 +200,7 @@ void w4_panel_tile(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr_
       if (m == 0) p[NP - 1]->next.at_group(gi);
       __m512d slo[NP], shi[NP];
       #pragma GCC unroll 4
-      for (int j = 0; j < NP; ++j) {  // as float64 (exact), rows 0-7 / 8-15
-        const __m512 sf = _mm512_loadu_ps(p[j]->scale + gi * 16);
-        slo[j] = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
-        shi[j] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
-      }
+      for (int j = 0; j < NP; ++j) w4_scales_f64(p[j]->scale + gi * 16, slo[j], shi[j]);
       #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         const __m512i next = _mm512_set1_epi32(gi + 1 < G ? -8 * ag[i][gi + 1] : 0);
@@ -218,9 +226,7 @@ void w4_panel_tile(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr_
     const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + nj) : _mm512_setzero_ps();
     #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      const __m256 ylo = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_load_pd(t[i][j]), as));
-      const __m256 yhi = _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_load_pd(t[i][j] + 8), as));
-      __m512 y = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
+      __m512 y = w4_outputs(_mm512_load_pd(t[i][j]), _mm512_load_pd(t[i][j] + 8), as);
       if (g.bias) y = _mm512_add_ps(y, b);
       _mm512_mask_storeu_ps(g.y + (m + i) * g.N + nj, mask, y);
     }
@@ -298,9 +304,8 @@ void w4_gemv_blocks(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr
       for (int j = 0; j < NB; ++j) {
         __m512i v = _mm512_add_epi32(c0[j], _mm512_srai_epi32(c1[j], 4));  // a multiple of 16: exact
         if (ZT) v = _mm512_add_epi32(v, _mm512_mullo_epi32(_mm512_sub_epi32(cs[j], group_codes), offset));
-        const __m512 sf = _mm512_loadu_ps(scale[j] + gi * 16);
-        const __m512d slo = _mm512_cvtps_pd(_mm512_castps512_ps256(sf));
-        const __m512d shi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sf), 1)));
+        __m512d slo, shi;
+        w4_scales_f64(scale[j] + gi * 16, slo, shi);
         tlo[j] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(v)), slo, tlo[j]);
         thi[j] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(v, 1)), shi, thi[j]);
         c0[j] = start;
@@ -314,8 +319,7 @@ void w4_gemv_blocks(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr
     const int nr = j + 1 < NB ? 16 : nr_last;
     const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
     const std::int64_t nj = n + 16 * j;
-    const __m256 ylo = _mm512_cvtpd_ps(_mm512_mul_pd(tlo[j], as)), yhi = _mm512_cvtpd_ps(_mm512_mul_pd(thi[j], as));
-    __m512 y = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
+    __m512 y = w4_outputs(tlo[j], thi[j], as);
     if (g.bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, g.bias + nj));
     _mm512_mask_storeu_ps(g.y + m * g.N + nj, mask, y);
   }
