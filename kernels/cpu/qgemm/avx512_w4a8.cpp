@@ -65,6 +65,13 @@ inline __m512 w4_outputs(__m512d lo, __m512d hi, __m512d act_scale) {
   return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(ylo)), _mm256_castps_pd(yhi), 1));
 }
 
+// One row's outputs of the block at column nj (its first nr): + bias, stored under a mask.
+inline void w4_store(const QGemmW4Args& g, float* y_row, std::int64_t nj, int nr, __m512 y) {
+  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
+  if (g.bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, g.bias + nj));
+  _mm512_mask_storeu_ps(y_row + nj, mask, y);
+}
+
 // MR activation rows against one packed block: y[m + i, n .. n + nr).
 template <int MR>
 void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr, const W4Panel& p) {
@@ -129,14 +136,8 @@ void w4_panel_rows(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr,
     }
   }
   const __m512d as = _mm512_set1_pd(g.act_scale);
-  const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-  const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
   #pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-    __m512 y = w4_outputs(tlo[i], thi[i], as);
-    if (g.bias) y = _mm512_add_ps(y, b);
-    _mm512_mask_storeu_ps(g.y + (m + i) * g.N + n, mask, y);
-  }
+  for (int i = 0; i < MR; ++i) w4_store(g, g.y + (m + i) * g.N, n, nr, w4_outputs(tlo[i], thi[i], as));
 }
 
 // MR activation rows against NP consecutive packed blocks at once: y[m + i, n .. n + 16 NP) (the
@@ -220,15 +221,10 @@ void w4_panel_tile(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr_
   const __m512d as = _mm512_set1_pd(g.act_scale);
   #pragma GCC unroll 4
   for (int j = 0; j < NP; ++j) {
-    const int nr = j + 1 < NP ? 16 : nr_last;
-    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-    const std::int64_t nj = n + 16 * j;
-    const __m512 b = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + nj) : _mm512_setzero_ps();
     #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) {
-      __m512 y = w4_outputs(_mm512_load_pd(t[i][j]), _mm512_load_pd(t[i][j] + 8), as);
-      if (g.bias) y = _mm512_add_ps(y, b);
-      _mm512_mask_storeu_ps(g.y + (m + i) * g.N + nj, mask, y);
+      w4_store(g, g.y + (m + i) * g.N, n + 16 * j, j + 1 < NP ? 16 : nr_last,
+               w4_outputs(_mm512_load_pd(t[i][j]), _mm512_load_pd(t[i][j] + 8), as));
     }
   }
 }
@@ -315,14 +311,7 @@ void w4_gemv_blocks(const QGemmW4Args& g, std::int64_t m, std::int64_t n, int nr
   }
   const __m512d as = _mm512_set1_pd(g.act_scale);
   #pragma GCC unroll 4
-  for (int j = 0; j < NB; ++j) {
-    const int nr = j + 1 < NB ? 16 : nr_last;
-    const __mmask16 mask = static_cast<__mmask16>((1u << nr) - 1);
-    const std::int64_t nj = n + 16 * j;
-    __m512 y = w4_outputs(tlo[j], thi[j], as);
-    if (g.bias) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, g.bias + nj));
-    _mm512_mask_storeu_ps(g.y + m * g.N + nj, mask, y);
-  }
+  for (int j = 0; j < NB; ++j) w4_store(g, g.y + m * g.N, n + 16 * j, j + 1 < NB ? 16 : nr_last, w4_outputs(tlo[j], thi[j], as));
 }
 
 // Batches of 1-3 rows on the panel layout: kW4Streams blocks at a time through w4_gemv_blocks; the
