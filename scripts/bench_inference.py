@@ -10,7 +10,7 @@ stays in cache as far as it fits).
     python3 scripts/bench_inference.py [--n 4096 --k 4096] [--batch 1,64] [--rounds 7] [--hot] [--json]
 
 Variants: fp32 (F.linear, MKL; and oneDNN's Linear through torch.utils.mkldnn, the faster of the two
-on AMD CPUs, where MKL takes its AVX2 path: "vs best fp32" divides by the faster), qatkit w8a8 (ops.linear_int8 on the pack_int8_panel layout, as
+on AMD CPUs, where MKL's sgemm runs at 256-bit FMA rates: "vs best fp32" divides by the faster), qatkit w8a8 (ops.linear_int8 on the pack_int8_panel layout, as
 qatkit.load gives a Linear: quantize + int8 GEMM + requantize; "row layout": the same op on the
 plain [N, K] codes),
 qatkit w4a8 g32 (ops.linear_w4a8: 4-bit weights, a scale per group of 32, 8-bit activations) against
@@ -93,7 +93,7 @@ def v_fp32(w):
 
 def v_fp32_onednn(w):
     # torch's other fp32 Linear: oneDNN (torch.utils.mkldnn), the kernel torch.compile's freezing
-    # picks for Linear on CPU. On AMD CPUs MKL's sgemm takes its AVX2 path (Zen 5: ~220 GFLOPS on
+    # picks for Linear on CPU. On AMD CPUs MKL's sgemm runs at 256-bit FMA rates (Zen 5: ~220 GFLOPS on
     # 2 cores against oneDNN's ~450 at 416 x 1536 x 384; docs/benchmarks.md, forty-fourth session),
     # so "vs best fp32" divides by the faster of the two.
     from torch.utils import mkldnn as mkldnn_utils

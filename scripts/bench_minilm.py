@@ -54,7 +54,7 @@ def _linear_inputs(model, sentences):
 
 def _onednn_linears(model):
     """A copy of ``model`` whose nn.Linear layers run on oneDNN (torch.utils.mkldnn.MkldnnLinear): torch's
-    other fp32 Linear, faster than MKL's sgemm on AMD CPUs (MKL takes its AVX2 path there; Zen 5:
+    other fp32 Linear, faster than MKL's sgemm on AMD CPUs (~2x on Zen 5:
     docs/benchmarks.md, forty-fourth session). The "vs best FP32" columns divide by the faster model."""
     from torch.utils import mkldnn as mkldnn_utils
 
