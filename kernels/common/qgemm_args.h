@@ -21,7 +21,7 @@ struct ActQuantArgs {
   /// [K] per-column divisors applied first, x[k] / divisor[k] (IEEE division, as torch's x / d:
   /// SmoothQuant's input smoothing fused into the quantization), or nullptr
   const float* divisor = nullptr;
-  /// When set, the CPU quantize_rows stores 1 here (a relaxed atomic store; never 0) if any value
+  /// When set, the CPU quantize_rows (and quantize_s16) stores 1 here (a relaxed atomic store; never 0) if any value
   /// it quantized (after the divisor) was NaN: the static ops' NaN rule (docs/integer.md, "NaN
   /// inputs") without a second pass over the input
   std::int32_t* nan_seen = nullptr;

@@ -547,12 +547,20 @@ struct GivenCodes {
   bool nhwc = false;
 };
 
+// What conv2d_int8_impl's quantization learned of NaN inputs: complete when every input element went
+// through a quantization that records a NaN in seen (ActQuantArgs::nan_seen; the depthwise forms),
+// so the caller needs no second pass over the input (holds_nan) unless seen.
+struct NanReport {
+  std::int32_t seen = 0;
+  bool complete = false;
+};
+
 at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                             double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
                             std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups,
-                            const GivenCodes& given = {}) {
+                            const GivenCodes& given = {}, NanReport* nan = nullptr) {
   const auto [ho, wo] =
       ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
@@ -572,6 +580,13 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   at::Tensor y = at::empty({B, N, ho, wo}, input.options().memory_format(format));
   if (y.numel() == 0) return y;
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  // every path below quantizes the whole input (unless given codes: the depthwise forms of
+  // conv2d_w1a1), recording a NaN (NanReport)
+  kernels::ActQuantArgs qn = q;
+  if (nan != nullptr && given.codes == nullptr) {
+    qn.nan_seen = &nan->seen;
+    nan->complete = true;
+  }
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
@@ -606,11 +621,15 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     // row's codes straight into its padded pixels (no int8 codes, no widening copy)
     const bool fused_quantize = given.codes == nullptr && in_nhwc && mult == 1 && k.quantize_s16 != nullptr;
     // Channels-last (dwconv_nhwc) vectorizes over the output channels whatever the map's size or
-    // stride; the planar form (dwconv_channels) along each output row, which pays with several
-    // outputs per input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md,
-    // seventeenth session: 364 x 8 x 8 x 8 -> 16 and 1 x 3 x 32 x 32 -> 48 ran 0.75x channels-last;
-    // a 1-channel input, maps under 8 pixels and stride 2 ran 1.1-2.3x faster channels-last).
-    if (nhwc || N == C || C == 1 || W < 8 || sw > 1) {
+    // stride; the planar form (dwconv) along each output row, which pays with several outputs per
+    // input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md, seventeenth session:
+    // 364 x 8 x 8 x 8 -> 16 and 1 x 3 x 32 x 32 -> 48 ran 0.75x channels-last; a 1-channel input,
+    // maps under 8 pixels and stride 2 ran 1.1-2.3x faster channels-last). With one output per
+    // channel the planar form needs the table's flat stride-1 planes (dwconv_flat) and pays from 16
+    // pixels a row, or from 8 with fewer images than threads (no steps split across the threads):
+    // docs/benchmarks.md, forty-fifth session.
+    const bool planar_one = k.dwconv_flat && sh == 1 && (W >= 16 || !per_image);
+    if (nhwc || C == 1 || W < 8 || sw > 1 || (mult == 1 && !planar_one)) {
       // with mult = N / C outputs per input channel each pixel's C codes are repeated mult times
       // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
       // transposed into NCHW, or is the channels_last output's image as it is (an NHWC input always
@@ -639,16 +658,16 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         } else if (fused_quantize) {
           steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
             for (std::int64_t h = h0; h < h1; ++h)
-              k.quantize_s16(xp + (bi * H + h) * W * C, xc + ((h + ph) * Wp + pw) * C, W * C, q);
+              k.quantize_s16(xp + (bi * H + h) * W * C, xc + ((h + ph) * Wp + pw) * C, W * C, qn);
           });
         } else if (nhwc) {
           steps(H * W, std::max<std::int64_t>(1, 4096 / C), [&](std::int64_t p0, std::int64_t p1) {
-            k.quantize_rows(xp + bi * C * H * W, xq, C, q, p0, p1);  // pixels [p0, p1)
+            k.quantize_rows(xp + bi * C * H * W, xq, C, qn, p0, p1);  // pixels [p0, p1)
           });
         } else {
           const std::int64_t grain = std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(H * W, 1));
           steps(C, grain, [&](std::int64_t c0, std::int64_t c1) {
-            k.quantize_rows(xp + bi * C * H * W, xq, H * W, q, c0, c1);  // channel rows [c0, c1)
+            k.quantize_rows(xp + bi * C * H * W, xq, H * W, qn, c0, c1);  // channel rows [c0, c1)
           });
         }
         // the padding's pixels hold the zero point's code (the image rows' pixels are written below)
@@ -747,50 +766,46 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       }
       return y;
     }
-    // the planar form (dwconv_channels): the codes as int16, [N, taps]
+    // the planar form (the table's dwconv): the codes as int16, [N, taps]
     const at::Tensor wd = depthwise_weight_codes(weight, w, weight_bits, panel, rb, N, taps, false);
     g.w = wd.const_data_ptr<std::int16_t>();
-    // one image's codes, zero-point padded into [C, Hp, Wp] (int16)
-    const auto pad_codes = [&](std::int64_t bi, std::vector<std::int8_t>& xq, std::vector<std::int16_t>& xpad) {
-      const std::int8_t* codes = given.codes != nullptr ? given.codes + bi * C * H * W : xq.data();
-      if (given.codes == nullptr) k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
-      std::fill(xpad.begin(), xpad.end(), static_cast<std::int16_t>(pad_code));
-      for (std::int64_t ci = 0; ci < C; ++ci) {
-        for (std::int64_t ih = 0; ih < H; ++ih) {
-          std::int16_t* dst = xpad.data() + (ci * Hp + ih + ph) * Wp + pw;
-          const std::int8_t* src = codes + (ci * H + ih) * W;
-          for (std::int64_t iw = 0; iw < W; ++iw) dst[iw] = src[iw];
+    // plane by plane (in parallel over every image's planes), in runs of an image's consecutive
+    // planes: their codes (quantized here, or given) widened into zero-point padded [Hp, Wp] planes of
+    // a per-thread buffer (its borders written once), then the run's mult output channels per plane
+    // by one dwconv call, written in place in the NCHW output. A run holds at most kDwPlaneCodes codes:
+    // the planes stay in L1 / L2 (the whole image's [C, Hp, Wp] planes did not), and small maps share
+    // the call's setup.
+    constexpr std::int64_t kDwPlaneCodes = 32 * 1024;
+    const std::int64_t HW = H * W, plane = Hp * Wp, run_cap = std::max<std::int64_t>(1, kDwPlaneCodes / plane);
+    at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
+      const std::int64_t cap = std::min(run_cap, p1 - p0);
+      std::vector<std::int8_t> xq(static_cast<std::size_t>(given.codes != nullptr || k.quantize_s16 ? 0 : cap * HW));
+      // + the slack dwconv's stride-1 plane runs read past the last plane (any values)
+      std::vector<std::int16_t> xpad(static_cast<std::size_t>(cap * plane + (kw - 1) * dw),
+                                     static_cast<std::int16_t>(pad_code));
+      for (std::int64_t pi = p0; pi < p1;) {
+        const std::int64_t bi = pi / C, ci = pi % C, np = std::min({cap, p1 - pi, C - ci});
+        const auto row = [&](std::int64_t r) {  // the run's row r: row r % H of plane r / H
+          return xpad.data() + (r / H) * plane + (r % H + ph) * Wp + pw;
+        };
+        if (given.codes == nullptr && k.quantize_s16 != nullptr) {  // each row's codes straight into its place
+          for (std::int64_t r = 0; r < np * H; ++r) k.quantize_s16(xp + (pi * H + r) * W, row(r), W, qn);
+        } else {  // the run's int8 codes, then each row widened into its place
+          const std::int8_t* codes = given.codes != nullptr ? given.codes + pi * HW : xq.data();
+          if (given.codes == nullptr) k.quantize_rows(xp + pi * HW, xq.data(), np * HW, qn, 0, 1);
+          for (std::int64_t r = 0; r < np * H; ++r) std::copy(codes + r * W, codes + (r + 1) * W, row(r));
         }
-      }
-    };
-    const auto buffers = [&] {
-      return std::make_pair(std::vector<std::int8_t>(static_cast<std::size_t>(given.codes != nullptr ? 0 : C * H * W)),
-                            // + the slack dwconv's stride-1 plane runs read past the last plane
-                            std::vector<std::int16_t>(static_cast<std::size_t>(C * Hp * Wp + (kw - 1) * dw)));
-    };
-    if (per_image) {
-      at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-        auto [xq, xpad] = buffers();
-        for (std::int64_t bi = b0; bi < b1; ++bi) {
-          pad_codes(bi, xq, xpad);
-          kernels::QDwConvArgs gi = g;
-          gi.x = xpad.data();
-          gi.y = y.data_ptr<float>() + bi * N * L;
-          if (given.image_scale != nullptr) gi.out_scale = given.image_scale + bi * N;
-          k.dwconv(gi, 0, N);
-        }
-      });
-    } else {  // fewer images than threads: the channels in parallel
-      auto [xq, xpad] = buffers();
-      for (std::int64_t bi = 0; bi < B; ++bi) {
-        pad_codes(bi, xq, xpad);
-        kernels::QDwConvArgs gi = g;
+        kernels::QDwConvArgs gi = g;  // the run's planes alone: output n reads plane n / mult
         gi.x = xpad.data();
-        gi.y = y.data_ptr<float>() + bi * N * L;
-        if (given.image_scale != nullptr) gi.out_scale = given.image_scale + bi * N;
-        at::parallel_for(0, N, 1, [&](std::int64_t n0, std::int64_t n1) { k.dwconv(gi, n0, n1); });
+        gi.w = g.w + ci * mult * taps;
+        gi.corr = g.corr + ci * mult;
+        gi.out_scale = (given.image_scale != nullptr ? given.image_scale + bi * N : g.out_scale) + ci * mult;
+        gi.bias = g.bias != nullptr ? g.bias + ci * mult : nullptr;
+        gi.y = y.data_ptr<float>() + (bi * N + ci * mult) * L;
+        k.dwconv(gi, 0, np * mult);
+        pi += np;
       }
-    }
+    });
     return y;
   }
   // the patch rows (channels-last), and the weight rows in their order
@@ -889,10 +904,10 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
           for (std::int64_t i = i0; i < i1; ++i) {
             if (direct) {
-              k.quantize_rows(xp + (b0 + i) * C * H * W, xcs.data() + i * HWC, C * H * W, q, 0, 1);
+              k.quantize_rows(xp + (b0 + i) * C * H * W, xcs.data() + i * HWC, C * H * W, qn, 0, 1);
               cp.pixel_sums(xcs.data() + i * HWC, pss.data() + i * PS);
             } else {
-              k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, q, 0, 1);
+              k.quantize_rows(xp + (b0 + i) * C * H * W, xq.data(), C * H * W, qn, 0, 1);
               cp.layout(k, xq.data(), nhwc, pad_code, xcs.data() + i * HWC, pss.data() + i * PS);
             }
           }
@@ -955,10 +970,10 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     std::vector<std::int32_t> a_sum(static_cast<std::size_t>(pixel_rows ? 0 : L));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       if (direct) {
-        k.quantize_rows(xp + bi * C * H * W, xc.data(), C * H * W, q, 0, 1);
+        k.quantize_rows(xp + bi * C * H * W, xc.data(), C * H * W, qn, 0, 1);
         cp.pixel_sums(xc.data(), ps.data());
       } else {
-        k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, q, 0, 1);
+        k.quantize_rows(xp + bi * C * H * W, xq.data(), C * H * W, qn, 0, 1);
         cp.layout(k, xq.data(), nhwc, pad_code, xc.data(), ps.data());
       }
       for (std::int64_t gi = 0; gi < groups; ++gi) {
@@ -1318,9 +1333,15 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
                            double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
   return oom_as_error("conv2d_int8", input, kernel_size, stride, padding, [&] {
+    NanReport nan;
     at::Tensor y = conv2d_int8_impl(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr,
-                                    out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
-    nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
+                                    out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups,
+                                    {}, &nan);
+    if (!nan.complete) {
+      nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
+    } else if (nan.seen != 0 && y.numel() > 0) {
+      fill_nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
+    }
     return y;
   });
 }

@@ -91,16 +91,31 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
   if ((nan1 || _mm256_movemask_ps(nan8)) && q.nan_seen) __atomic_store_n(q.nan_seen, 1, __ATOMIC_RELAXED);
 }
 
-// quantize_rows' codes (Codes8) of n contiguous floats, stored as int16.
+// quantize_rows' codes (Codes8) of n contiguous floats, stored as int16 (a tail too: one masked step,
+// so short rows, a depthwise plane's, stay vectorized); q.nan_seen as quantize_rows.
 void quantize_s16(const float* x, std::int16_t* a, std::int64_t n, const ActQuantArgs& q) {
   const Codes8 codes(q);
+  __m256 nan8 = _mm256_setzero_ps();
   std::int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m256i c = codes(_mm256_loadu_ps(x + i));
+    const __m256 v = _mm256_loadu_ps(x + i);
+    nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    const __m256i c = codes(v);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(a + i),
                      _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
   }
-  for (; i < n; ++i) a[i] = static_cast<std::int16_t>(codes.one(x[i]));
+  if (i < n) {  // the last n - i < 8 floats through a masked load (zeros past n), their codes copied out
+    const std::int64_t rem = n - i;
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 v = _mm256_maskload_ps(x + i, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), lanes));
+    nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    const __m256i c = codes(v);
+    alignas(16) std::int16_t tail[8];
+    _mm_store_si128(reinterpret_cast<__m128i*>(tail),
+                    _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
+    std::memcpy(a + i, tail, static_cast<std::size_t>(rem) * sizeof(std::int16_t));
+  }
+  if (_mm256_movemask_ps(nan8) && q.nan_seen) __atomic_store_n(q.nan_seen, 1, __ATOMIC_RELAXED);
 }
 
 // The panel layout (QGemmArgs): one 16-row panel's step is two vectors of 8 rows x 4 k, and

@@ -38,7 +38,7 @@ void add_w8a8(QGemmKernels& t);    // gemm_s8: the row and panel layouts (avx512
 void add_lowbit(QGemmKernels& t);  // gemm_t2, gemm_b1, gemm_xnor (avx512_lowbit.cpp)
 void add_w4a8(QGemmKernels& t);    // gemm_w4 (avx512_w4a8.cpp)
 void add_w4f(QGemmKernels& t);     // gemm_w4f and its row thresholds (avx512_w4f.cpp)
-void add_dwconv(QGemmKernels& t);  // dwconv_nhwc (avx512_dwconv.cpp)
+void add_dwconv(QGemmKernels& t);  // dwconv_nhwc, dwconv (avx512_dwconv.cpp)
 #ifdef QATKIT_AMX_KERNELS
 // ... and into the AMX one (qgemm_amx), on top of the AVX-512 table's.
 void add_w8a8_amx(QGemmKernels& t);  // gemm_s8 on AMX-INT8 tiles (avx512_w8a8.cpp)

@@ -1,9 +1,18 @@
-// The channels-last int8 depthwise conv on AVX-512 (vpdpwssd).
+// The int8 depthwise convs on AVX-512 (vpdpwssd): channels-last pixels, and stride-1 planes.
 #include "avx512_common.h"
 
 #ifdef QATKIT_AVX512_KERNELS
 namespace qatkit::kernels::cpu::avx512 {
 namespace {
+
+// One pair of taps: the 32 codes at a and at b (lanes under m), interleaved per 128-bit lane, against
+// the pair's weights (wl for the lanes unpacklo gathers, wh for unpackhi's) into lo and hi (vpdpwssd).
+inline void dw_pair(__m512i& lo, __m512i& hi, __mmask32 m, const std::int16_t* a, const std::int16_t* b, __m512i wl,
+                    __m512i wh) {
+  const __m512i x0 = _mm512_maskz_loadu_epi16(m, a), x1 = _mm512_maskz_loadu_epi16(m, b);
+  lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(x0, x1), wl);
+  hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(x0, x1), wh);
+}
 
 
 // Channels-last depthwise conv (QDwConvArgs' nhwc form), 32 channels per step: the AVX2 table's
@@ -36,12 +45,8 @@ void dwconv_nhwc_rows(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t 
         const std::int16_t* xb = xp + c0;
         #pragma GCC unroll 8
         for (std::int64_t p = 0; p < pairs; ++p) {
-          const __m512i x0 = _mm512_maskz_loadu_epi16(m, xb + off[2 * p]);
-          const __m512i x1 = _mm512_maskz_loadu_epi16(m, xb + off[2 * p + 1]);
-          const __m512i wl = _mm512_loadu_si512(w + p * blocks * 64);
-          const __m512i wh = _mm512_loadu_si512(w + p * blocks * 64 + 32);
-          lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(x0, x1), wl);
-          hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(x0, x1), wh);
+          dw_pair(lo, hi, m, xb + off[2 * p], xb + off[2 * p + 1], _mm512_loadu_si512(w + p * blocks * 64),
+                  _mm512_loadu_si512(w + p * blocks * 64 + 32));
         }
         const __m512i s[2] = {_mm512_permutex2var_epi32(lo, idx0, hi), _mm512_permutex2var_epi32(lo, idx1, hi)};
         for (int h = 0; h < 2 && 16 * h < nc; ++h) {
@@ -100,10 +105,7 @@ void dwconv_nhwc_rows3x3(const QDwConvArgs& g, std::int64_t oh_begin, std::int64
         __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
 #pragma GCC unroll 8
         for (int p = 0; p < P; ++p) {
-          const __m512i x0 = _mm512_maskz_loadu_epi16(m, xb + o[2 * p]);
-          const __m512i x1 = _mm512_maskz_loadu_epi16(m, xb + o[2 * p + 1]);
-          lo = _mm512_dpwssd_epi32(lo, _mm512_unpacklo_epi16(x0, x1), wl[p]);
-          hi = _mm512_dpwssd_epi32(hi, _mm512_unpackhi_epi16(x0, x1), wh[p]);
+          dw_pair(lo, hi, m, xb + o[2 * p], xb + o[2 * p + 1], wl[p], wh[p]);
         }
         const __m512i s0 = _mm512_add_epi32(_mm512_permutex2var_epi32(lo, idx0, hi), cr0);
         __m512 v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(s0), os0);
@@ -144,9 +146,108 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
 }
 
 
+// The planar form (QDwConvArgs' [C, Hp, Wp] planes, output channels [n_begin, n_end)) at stride 1:
+// dwconv_channels' flat run (acc[oh * Wp + ow] over the padded grid, so each tap is one shifted run
+// of codes) 32 positions a step, in registers: per pair of taps two shifted 32-code loads,
+// interleaved per 128-bit lane (dwconv_nhwc_rows' form along the run instead of the channels) against
+// the pair's two weights broadcast as one int32, vpdpwssd into two accumulators, put back in order by
+// two vpermt2d; requantize's operations on 16 lanes, then only the lanes of real columns (ow < Wo;
+// the run's Wp - Wo padding columns are computed and dropped) packed by vcompressps (the register
+// form) and stored at the plane's next output, so the [Ho, Wo] plane is written in order. Each
+// position's column is kept in an int16 lane vector stepped by 32 mod Wp. The same exact sums and
+// requantization as dwconv_channels: the same bits. P: the pairs (5 for 3 x 3), 0 at run time.
+// Other strides: dwconv_channels.
+constexpr std::int64_t kFlatPairs = 64;  // kernels of up to 128 taps (larger: dwconv_channels)
+
+template <int P>
+void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end, std::int64_t pairs) {
+  const std::int64_t taps = g.kh * g.kw, Wp = g.Wp, Wo = g.Wo, run = g.Ho * Wp, plane = g.Hp * Wp;
+  const std::int64_t np = P > 0 ? P : pairs;  // <= kFlatPairs
+  std::int64_t off[2 * kFlatPairs];
+  for (std::int64_t t = 0; t < 2 * np; ++t) off[t] = t < taps ? (t / g.kw) * g.dh * Wp + (t % g.kw) * g.dw : 0;
+  std::int32_t wpair[kFlatPairs];
+  const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+  const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+  // the first step's columns (lane % Wp), the step's advance (32 % Wp), Wp and Wo as int16 lanes
+  alignas(64) std::int16_t col0[32];
+  for (std::int16_t e = 0, c = 0; e < 32; ++e, c = static_cast<std::int16_t>(c + 1 == Wp ? 0 : c + 1)) col0[e] = c;
+  const __m512i adv = _mm512_set1_epi16(static_cast<std::int16_t>(32 % Wp));
+  const __m512i wp16 = _mm512_set1_epi16(static_cast<std::int16_t>(Wp));
+  const __m512i wo16 = _mm512_set1_epi16(static_cast<std::int16_t>(Wo));
+  for (std::int64_t n = n_begin; n < n_end; ++n) {
+    const std::int16_t* xc = g.x + (n / g.Ng) * plane;
+    const std::int16_t* wn = g.w + n * taps;
+    for (std::int64_t p = 0; p < np; ++p) {
+      const std::int64_t t0 = 2 * p, t1 = 2 * p + 1;
+      const std::uint32_t lo16 = static_cast<std::uint16_t>(wn[t0]);
+      const std::uint32_t hi16 = t1 < taps ? static_cast<std::uint16_t>(wn[t1]) : 0u;
+      wpair[p] = static_cast<std::int32_t>(lo16 | (hi16 << 16));
+    }
+    __m512i wv[P > 0 ? P : 1];
+    if constexpr (P > 0) {
+#pragma GCC unroll 8
+      for (int p = 0; p < P; ++p) wv[p] = _mm512_set1_epi32(wpair[p]);
+    }
+    const __m512i cr = _mm512_set1_epi32(g.corr[n]);
+    const __m512 os = _mm512_set1_ps(g.out_scale[n]);
+    const __m512 bs = _mm512_set1_ps(g.bias ? g.bias[n] : 0.f);
+    float* y = g.y + n * g.Ho * Wo;
+    __m512i col = _mm512_load_si512(col0);
+    for (std::int64_t t = 0; t < run; t += 32) {
+      const std::int64_t left = run - t;
+      const __mmask32 lm = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1);
+      __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+      const std::int16_t* xb = xc + t;
+      if constexpr (P > 0) {
+#pragma GCC unroll 8
+        for (int p = 0; p < P; ++p) {
+          dw_pair(lo, hi, lm, xb + off[2 * p], xb + off[2 * p + 1], wv[p], wv[p]);
+        }
+      } else {
+        for (std::int64_t p = 0; p < np; ++p) {
+          const __m512i w = _mm512_set1_epi32(wpair[p]);
+          dw_pair(lo, hi, lm, xb + off[2 * p], xb + off[2 * p + 1], w, w);
+        }
+      }
+      // the lanes of real columns among the run's positions
+      const __mmask32 keep = _mm512_mask_cmplt_epi16_mask(lm, col, wo16);
+      col = _mm512_add_epi16(col, adv);
+      col = _mm512_mask_sub_epi16(col, _mm512_cmpge_epi16_mask(col, wp16), col, wp16);
+      const __m512i s[2] = {_mm512_add_epi32(_mm512_permutex2var_epi32(lo, idx0, hi), cr),
+                            _mm512_add_epi32(_mm512_permutex2var_epi32(lo, idx1, hi), cr)};
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const __mmask16 mk = static_cast<__mmask16>(keep >> (16 * h));
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(s[h]), os);
+        if (g.bias) v = _mm512_add_ps(v, bs);
+        const int cnt = __builtin_popcount(static_cast<unsigned>(mk));
+        _mm512_mask_storeu_ps(y, static_cast<__mmask16>((1u << cnt) - 1), _mm512_maskz_compress_ps(mk, v));
+        y += cnt;
+      }
+    }
+  }
+}
+
+void dwconv_planes(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t pairs = (g.kh * g.kw + 1) / 2;
+  // the int16 column lanes hold Wp (and 32 + Wp)
+  if (g.sh != 1 || g.sw != 1 || g.Wp > 16384 || pairs > kFlatPairs) {
+    detail::dwconv_channels(g, n_begin, n_end);
+  } else if (pairs == 5) {
+    dwconv_planes_flat<5>(g, n_begin, n_end, pairs);
+  } else {
+    dwconv_planes_flat<0>(g, n_begin, n_end, pairs);
+  }
+}
+
+
 }  // namespace
 
-void add_dwconv(QGemmKernels& t) { t.dwconv_nhwc = &dwconv_nhwc; }
+void add_dwconv(QGemmKernels& t) {
+  t.dwconv_nhwc = &dwconv_nhwc;
+  t.dwconv = &dwconv_planes;
+  t.dwconv_flat = true;
+}
 
 }  // namespace qatkit::kernels::cpu::avx512
 #endif

@@ -89,8 +89,13 @@ struct QGemmKernels {
   std::int64_t w4f_amx_rows = 0;
   /// quantize_rows' codes of n contiguous floats, widened to int16 as they are stored (the depthwise
   /// conv's padded pixel rows of a channels_last input: one pass instead of the int8 codes and a
-  /// widening copy); the same codes. Null where the table has none (baseline: the two passes).
+  /// widening copy); the same codes, and q.nan_seen as quantize_rows. Null where the table has none
+  /// (baseline: the two passes).
   void (*quantize_s16)(const float* x, std::int16_t* a, std::int64_t n, const ActQuantArgs& q) = nullptr;
+  /// dwconv runs stride-1 planes in vector registers along the plane (AVX-512): an NCHW depthwise
+  /// conv with one output per input channel then takes the planar form, plane by plane, rather than
+  /// transposes into and out of channels-last pixels.
+  bool dwconv_flat = false;
 };
 
 const QGemmKernels& qgemm_baseline();

@@ -481,7 +481,8 @@ def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N
 def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C, geom, H, W):
     """Depthwise convs with one output per input channel run channels-last (16 channels per step,
     taps in pairs; the last C % 16 channels apart; the [Ho, Wo, C] output transposed into NCHW in
-    8 x 8 blocks and edges): each channel equals linear_int8 over its unfolded patches, on every ISA,
+    8 x 8 blocks and edges; at stride 1, one image on a table with flat planes runs planar, as in
+    test_depthwise_planes_at_stride_1_equal_the_unfolded_gemm): each channel equals linear_int8 over its unfolded patches, on every ISA,
     with strides, dilations, asymmetric padding and maps whose sizes are not multiples of 8. One
     image with more threads than images splits every step across the threads (1 x 96: the
     quantization in three blocks of channels, the transposes by rows). Rows narrower than 8 pixels
@@ -513,6 +514,51 @@ def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C
                                       bias, C)
                 ref = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), bias, C, k, *geo)
                 assert torch.equal(got.reshape(B, C, -1), ref), (isa, bias is None)
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("k,p,d,H,W", [
+    ((3, 3), (1, 1), (1, 1), 9, 11),   # 3 x 3 (five pairs of taps): a 32-position step spans rows
+    ((3, 3), (1, 1), (1, 1), 6, 17),   # the same, rows of 16+ pixels: planar with one image per thread too
+    ((3, 3), (1, 1), (1, 1), 5, 30),   # padded rows of exactly 32 codes
+    ((3, 3), (1, 1), (1, 1), 4, 45),   # rows longer than a step: steps within and across rows
+    ((5, 5), (2, 2), (1, 1), 6, 16),   # 25 taps: pairs at run time, the odd last tap against a zero weight
+    ((1, 1), (0, 0), (1, 1), 3, 20),   # one tap, no padding: the run is the plane
+    ((2, 3), (1, 0), (2, 1), 8, 16),   # dilated rows, asymmetric padding, an even tap count
+    ((3, 3), (0, 2), (1, 2), 5, 18),   # dilated columns
+])
+@pytest.mark.parametrize("mult", [1, 2])
+def test_depthwise_planes_at_stride_1_equal_the_unfolded_gemm(bits, k, p, d, H, W, mult):
+    """NCHW depthwise convs at stride 1 on rows of 16+ pixels (8+ with fewer images than threads; with
+    several outputs per channel, on every table) run plane by plane (runs of planes padded in a
+    per-thread buffer; on AVX-512 one flat run of the padded grid, 32 positions a step, the padding
+    columns' lanes dropped as the output is stored), the others channels-last: every output channel equals
+    linear_int8 over its unfolded patches, on every ISA, with and without a bias, one image and
+    three. A NaN input makes exactly the outputs whose window reads it NaN: the planes'
+    quantization reports it (no second pass over the input), in NCHW and channels_last alike."""
+    g = torch.Generator().manual_seed(33 + W + mult)
+    C = 5
+    N = C * mult
+    x = torch.randn(3, C, H, W, generator=g) * 2
+    x[2, C - 1, H // 2, W // 2] = float("nan")
+    case = conv_int8_case(bits, N, k[0] * k[1], C, g)
+    w, packed, corr, scale, fb = case["w"], case["layouts"][0], case["corr"], case["scale"], case["bias"]
+    act = case["act"]
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in isas():
+            qatkit._C.set_cpu_isa(isa)
+            for bias in (fb, None):
+                want = _unfolded_conv_reference(x, w, corr, scale, act, bias, C, k, (1, 1), p, d)
+                assert bool(want.isnan().any()) and not bool(want[:2].isnan().any())
+                for xb, wb in ((x, want), (x[:1].contiguous(), want[:1])):
+                    got = ops.conv2d_int8(xb, packed, bits, k, (1, 1), p, d, corr, scale, *act, bias, C)
+                    assert same_bits(got.reshape(wb.shape), wb), (isa, bias is None, xb.shape[0])
+                xc = x.contiguous(memory_format=torch.channels_last)  # the NHWC form's quantization
+                got = ops.conv2d_int8(xc, packed, bits, k, (1, 1), p, d, corr, scale, *act, bias, C)
+                assert same_bits(got.reshape(want.shape), want), (isa, bias is None, "channels_last")
     finally:
         qatkit._C.set_cpu_isa(old)
 
