@@ -172,7 +172,7 @@ struct QGemmXnorArgs {
 /// Channels-last (dwconv_nhwc, one output channel per input channel, N = C): x [Hp, Wp, C], w
 /// [kh * kw, C], y [Ho, Wo, C]; the same sums and requantization.
 struct QDwConvArgs {
-  const std::int16_t* x = nullptr;  ///< [C, Hp, Wp], then (kw - 1) * dw codes of slack (any values)
+  const std::int16_t* x = nullptr;  ///< [C, Hp, Wp], then (kw - 1) * dw + 16 codes of slack (any values)
   const std::int16_t* w = nullptr;  ///< [N, kh * kw]
   const std::int32_t* corr = nullptr;
   const float* out_scale = nullptr;

@@ -780,8 +780,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
       const std::int64_t cap = std::min(run_cap, p1 - p0);
       std::vector<std::int8_t> xq(static_cast<std::size_t>(given.codes != nullptr || k.quantize_s16 ? 0 : cap * HW));
-      // + the slack dwconv's stride-1 plane runs read past the last plane (any values)
-      std::vector<std::int16_t> xpad(static_cast<std::size_t>(cap * plane + (kw - 1) * dw),
+      // + the slack dwconv's stride-1 plane runs read past the last plane (any values; QDwConvArgs)
+      std::vector<std::int16_t> xpad(static_cast<std::size_t>(cap * plane + (kw - 1) * dw + 16),
                                      static_cast<std::int16_t>(pad_code));
       for (std::int64_t pi = p0; pi < p1;) {
         const std::int64_t bi = pi / C, ci = pi % C, np = std::min({cap, p1 - pi, C - ci});

@@ -1400,6 +1400,114 @@ void dwconv_nhwc_rows(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t 
   }
 }
 
+// The AVX-512 table's stride-1 planes (avx512_dwconv.cpp) at 256 bits, 16 positions a step: the
+// taps in pairs (two shifted 16-code loads interleaved per 128-bit lane against the pair's two
+// weights broadcast as one int32, vpmaddwd: exact, |x| <= 128, |w| <= 127), the accumulators' lanes
+// (positions 0-3 / 8-11 and 4-7 / 12-15) put back in order by one 128-bit permute each, then
+// requantize's operations on 8 lanes. Output rows of 16+ pixels run row by row, the last step of a
+// row moved back to end at Wo (its overlap with the step before recomputes the same outputs): whole
+// loads and stores, nothing dropped. Narrower rows run dwconv_channels' flat run over the padded
+// grid, keeping only the lanes of real columns (ow < Wo; each position's column in an int16 lane,
+// stepped by 16 mod Wp), packed to the front by vpermps with an index from a 256-entry table (AVX2
+// has no compress) and stored at the plane's next output (8 lanes while 8 more outputs remain, the
+// next store overwriting the lanes past the count; under a mask of the count at the plane's end);
+// its loads are whole (x carries 16 codes of slack past QDwConvArgs' own), the lanes past the run
+// dropped. The same sums and requantization as dwconv_channels: the same bits. P: the pairs (5 for
+// 3 x 3), 0 at run time (detail::dwconv_flat_fits; larger kernels and other strides: dwconv_channels).
+struct LeftPack8 {  // idx[m]: the set bits of the 8-bit mask m in order, as 8 byte indices (zeros after)
+  alignas(64) std::uint8_t idx[256][8];
+  LeftPack8() : idx{} {
+    for (int m = 0; m < 256; ++m)
+      for (int e = 0, c = 0; e < 8; ++e)
+        if (m >> e & 1) idx[m][c++] = static_cast<std::uint8_t>(e);
+  }
+};
+
+template <int P>
+void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end, std::int64_t pairs) {
+  static const LeftPack8 pack;
+  const std::int64_t Wp = g.Wp, Wo = g.Wo, Ho = g.Ho, run = Ho * Wp;
+  const std::int64_t np = P > 0 ? P : pairs;
+  std::int64_t off[2 * detail::kDwFlatPairs];
+  detail::dwconv_plane_offsets(g, np, off);
+  std::int32_t wpair[detail::kDwFlatPairs];
+  alignas(32) std::int16_t col0[16];
+  detail::dwconv_lane_columns(Wp, 16, col0);
+  for (std::int64_t n = n_begin; n < n_end; ++n) {
+    const detail::DwPlaneChannel ch = detail::dwconv_plane_channel(g, n, np, wpair);
+    const std::int16_t* xc = ch.x;
+    const __m256i cr = _mm256_set1_epi32(ch.corr);
+    const __m256 os = _mm256_set1_ps(ch.scale), bs = _mm256_set1_ps(ch.bias);
+    // positions xb .. xb + 15's outputs, in order (8 + 8 lanes)
+    const auto step = [&](const std::int16_t* xb, __m256 v[2]) {
+      __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
+      const auto pair = [&](std::int64_t p, __m256i w) {
+        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off[2 * p]));
+        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off[2 * p + 1]));
+        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), w));
+        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), w));
+      };
+#pragma GCC unroll 8
+      for (std::int64_t p = 0; p < np; ++p) pair(p, _mm256_set1_epi32(wpair[p]));  // (P: np a constant, unrolled)
+      const __m256i s[2] = {_mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), cr),
+                            _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x31), cr)};
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        v[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(s[h]), os);
+        if (g.bias) v[h] = _mm256_add_ps(v[h], bs);
+      }
+    };
+    float* y = ch.y;
+    __m256 v[2];
+    if (Wo >= 16) {
+      for (std::int64_t oh = 0; oh < Ho; ++oh) {
+        for (std::int64_t ow = 0;; ow += 16) {
+          ow = std::min(ow, Wo - 16);
+          step(xc + oh * Wp + ow, v);
+          _mm256_storeu_ps(y + oh * Wo + ow, v[0]);
+          _mm256_storeu_ps(y + oh * Wo + ow + 8, v[1]);
+          if (ow + 16 >= Wo) break;
+        }
+      }
+      continue;
+    }
+    float* const yend = y + Ho * Wo;
+    const __m256i adv = _mm256_set1_epi16(static_cast<std::int16_t>(16 % Wp));
+    const __m256i wp16 = _mm256_set1_epi16(static_cast<std::int16_t>(Wp));
+    const __m256i wo16 = _mm256_set1_epi16(static_cast<std::int16_t>(Wo));
+    const __m256i lanes = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __m256i col = _mm256_load_si256(reinterpret_cast<const __m256i*>(col0));
+    for (std::int64_t t = 0; t < run; t += 16) {
+      step(xc + t, v);
+      // the lanes of real columns among the run's positions (as int16 lanes; then one byte each)
+      const __m256i left = _mm256_set1_epi16(static_cast<std::int16_t>(std::min<std::int64_t>(16, run - t)));
+      const __m256i keep16 = _mm256_and_si256(_mm256_cmpgt_epi16(wo16, col), _mm256_cmpgt_epi16(left, lanes));
+      const std::uint32_t keep = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_packs_epi16(keep16, keep16)));
+      col = _mm256_add_epi16(col, adv);
+      col = _mm256_sub_epi16(col, _mm256_andnot_si256(_mm256_cmpgt_epi16(wp16, col), wp16));
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const std::uint32_t mk = (keep >> (16 * h)) & 0xFFu;  // packs: positions 0-7 in bits 0-7, 8-15 in 16-23
+        const int cnt = __builtin_popcount(mk);
+        std::int64_t ix;
+        std::memcpy(&ix, pack.idx[mk], sizeof ix);
+        const __m256 packed = _mm256_permutevar8x32_ps(v[h], _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(ix)));
+        if (yend - y >= 8) {  // a whole store: the lanes past cnt are overwritten by the next store
+          _mm256_storeu_ps(y, packed);
+        } else {  // the plane's last outputs: vmaskmovps (slow on AMD), never past the plane
+          _mm256_maskstore_ps(y, _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                              packed);
+        }
+        y += cnt;
+      }
+    }
+  }
+}
+
+void dwconv_planes(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  detail::dwconv_planes_with<&dwconv_planes_flat<5>, &dwconv_planes_flat<0>>(g, n_begin, n_end);
+}
+
 void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end) {
   const std::int64_t C = g.C, taps = g.kh * g.kw, pairs = (taps + 1) / 2, blocks = C / 16;
   const std::vector<std::int64_t> off = detail::dwconv_pair_offsets(g);
@@ -1519,11 +1627,12 @@ void transpose_s8(const std::int8_t* src, std::int64_t rows, std::int64_t cols, 
 constexpr std::int64_t kW8fGemmRows = 96;
 
 const QGemmKernels* qgemm_avx2() {
-  // dwconv: loops.h's loop, vectorized by the compiler here (AVX2); dwconv_nhwc above
+  // dwconv: dwconv_planes above (other strides: loops.h's loop, vectorized by the compiler here);
+  // dwconv_nhwc above
   // the weight-only GEMM path from 64 rows: at 48 rows it ran 1.02-1.10x gemm_w4f's time, at 64 rows 0.87-0.97x
   static const QGemmKernels k = [] {
     QGemmKernels t{&quantize_rows, &gemm_s8, &gemm_t2, &gemm_b1, &gemm_w4, &gemm_xnor, &gemm_w4f,
-                   &detail::dwconv_channels, &dwconv_nhwc, &transpose_f32,
+                   &dwconv_planes, &dwconv_nhwc, &transpose_f32,
                    &transpose_s8_s16, &transpose_s8, &dequant_w4f, kW4fGemmRows,
                    &detail::gemm_w8f_loop, &detail::dequant_w8f_rows, kW8fGemmRows};
     t.gemm_w8f_xt = &detail::gemm_w8f_xt;  // loops.h's tiles at 256 bits
@@ -1555,6 +1664,7 @@ const QGemmKernels* qgemm_avx2() {
     t.gemm_w4f_xt = &detail::gemm_w4f_xt;  // the row layout's middle path, up to kW4fGemmRows
     t.wop_panel_cols = detail::kWopNC;
     t.quantize_s16 = &quantize_s16;
+    t.dwconv_flat = true;
     return t;
   }();
   return &k;

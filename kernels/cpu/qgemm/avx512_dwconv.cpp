@@ -157,57 +157,37 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
 // position's column is kept in an int16 lane vector stepped by 32 mod Wp. The same exact sums and
 // requantization as dwconv_channels: the same bits. P: the pairs (5 for 3 x 3), 0 at run time.
 // Other strides: dwconv_channels.
-constexpr std::int64_t kFlatPairs = 64;  // kernels of up to 128 taps (larger: dwconv_channels)
-
 template <int P>
 void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end, std::int64_t pairs) {
-  const std::int64_t taps = g.kh * g.kw, Wp = g.Wp, Wo = g.Wo, run = g.Ho * Wp, plane = g.Hp * Wp;
-  const std::int64_t np = P > 0 ? P : pairs;  // <= kFlatPairs
-  std::int64_t off[2 * kFlatPairs];
-  for (std::int64_t t = 0; t < 2 * np; ++t) off[t] = t < taps ? (t / g.kw) * g.dh * Wp + (t % g.kw) * g.dw : 0;
-  std::int32_t wpair[kFlatPairs];
+  const std::int64_t Wp = g.Wp, Wo = g.Wo, run = g.Ho * Wp;
+  const std::int64_t np = P > 0 ? P : pairs;
+  std::int64_t off[2 * detail::kDwFlatPairs];
+  detail::dwconv_plane_offsets(g, np, off);
+  std::int32_t wpair[detail::kDwFlatPairs];
   const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
   // the first step's columns (lane % Wp), the step's advance (32 % Wp), Wp and Wo as int16 lanes
   alignas(64) std::int16_t col0[32];
-  for (std::int16_t e = 0, c = 0; e < 32; ++e, c = static_cast<std::int16_t>(c + 1 == Wp ? 0 : c + 1)) col0[e] = c;
+  detail::dwconv_lane_columns(Wp, 32, col0);
   const __m512i adv = _mm512_set1_epi16(static_cast<std::int16_t>(32 % Wp));
   const __m512i wp16 = _mm512_set1_epi16(static_cast<std::int16_t>(Wp));
   const __m512i wo16 = _mm512_set1_epi16(static_cast<std::int16_t>(Wo));
   for (std::int64_t n = n_begin; n < n_end; ++n) {
-    const std::int16_t* xc = g.x + (n / g.Ng) * plane;
-    const std::int16_t* wn = g.w + n * taps;
-    for (std::int64_t p = 0; p < np; ++p) {
-      const std::int64_t t0 = 2 * p, t1 = 2 * p + 1;
-      const std::uint32_t lo16 = static_cast<std::uint16_t>(wn[t0]);
-      const std::uint32_t hi16 = t1 < taps ? static_cast<std::uint16_t>(wn[t1]) : 0u;
-      wpair[p] = static_cast<std::int32_t>(lo16 | (hi16 << 16));
-    }
-    __m512i wv[P > 0 ? P : 1];
-    if constexpr (P > 0) {
-#pragma GCC unroll 8
-      for (int p = 0; p < P; ++p) wv[p] = _mm512_set1_epi32(wpair[p]);
-    }
-    const __m512i cr = _mm512_set1_epi32(g.corr[n]);
-    const __m512 os = _mm512_set1_ps(g.out_scale[n]);
-    const __m512 bs = _mm512_set1_ps(g.bias ? g.bias[n] : 0.f);
-    float* y = g.y + n * g.Ho * Wo;
+    const detail::DwPlaneChannel ch = detail::dwconv_plane_channel(g, n, np, wpair);
+    const __m512i cr = _mm512_set1_epi32(ch.corr);
+    const __m512 os = _mm512_set1_ps(ch.scale), bs = _mm512_set1_ps(ch.bias);
+    const std::int16_t* xc = ch.x;
+    float* y = ch.y;
     __m512i col = _mm512_load_si512(col0);
     for (std::int64_t t = 0; t < run; t += 32) {
       const std::int64_t left = run - t;
       const __mmask32 lm = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1);
       __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
       const std::int16_t* xb = xc + t;
-      if constexpr (P > 0) {
 #pragma GCC unroll 8
-        for (int p = 0; p < P; ++p) {
-          dw_pair(lo, hi, lm, xb + off[2 * p], xb + off[2 * p + 1], wv[p], wv[p]);
-        }
-      } else {
-        for (std::int64_t p = 0; p < np; ++p) {
-          const __m512i w = _mm512_set1_epi32(wpair[p]);
-          dw_pair(lo, hi, lm, xb + off[2 * p], xb + off[2 * p + 1], w, w);
-        }
+      for (std::int64_t p = 0; p < np; ++p) {  // (P: np a constant, the pairs unrolled)
+        const __m512i w = _mm512_set1_epi32(wpair[p]);
+        dw_pair(lo, hi, lm, xb + off[2 * p], xb + off[2 * p + 1], w, w);
       }
       // the lanes of real columns among the run's positions
       const __mmask32 keep = _mm512_mask_cmplt_epi16_mask(lm, col, wo16);
@@ -229,15 +209,7 @@ void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t
 }
 
 void dwconv_planes(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  const std::int64_t pairs = (g.kh * g.kw + 1) / 2;
-  // the int16 column lanes hold Wp (and 32 + Wp)
-  if (g.sh != 1 || g.sw != 1 || g.Wp > 16384 || pairs > kFlatPairs) {
-    detail::dwconv_channels(g, n_begin, n_end);
-  } else if (pairs == 5) {
-    dwconv_planes_flat<5>(g, n_begin, n_end, pairs);
-  } else {
-    dwconv_planes_flat<0>(g, n_begin, n_end, pairs);
-  }
+  detail::dwconv_planes_with<&dwconv_planes_flat<5>, &dwconv_planes_flat<0>>(g, n_begin, n_end);
 }
 
 

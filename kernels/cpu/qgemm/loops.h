@@ -278,6 +278,64 @@ inline void dwconv_channels(const QDwConvArgs& g, std::int64_t n_begin, std::int
   }
 }
 
+/// The SIMD stride-1 plane kernels (the AVX2 and AVX-512 tables' dwconv): at most this many pairs of
+/// taps (kernels of up to 128 taps), their column lanes int16.
+constexpr std::int64_t kDwFlatPairs = 64;
+
+/// Whether those kernels take g; otherwise dwconv_channels does.
+inline bool dwconv_flat_fits(const QDwConvArgs& g) {
+  return g.sh == 1 && g.sw == 1 && g.Wp <= 16384 && (g.kh * g.kw + 1) / 2 <= kDwFlatPairs;
+}
+
+/// Their tap offsets along a padded plane (2 * np entries, an odd last tap paired with offset 0,
+/// which its zero weight cancels) and (dwconv_plane_channel) an output channel's pairs of weights,
+/// each pair one int32 (tap 2p in the low 16 bits, 2p + 1 in the high: vpmaddwd / vpdpwssd against
+/// codes interleaved the same way). np = ceil(taps / 2) <= kDwFlatPairs.
+inline void dwconv_plane_offsets(const QDwConvArgs& g, std::int64_t np, std::int64_t* off) {
+  const std::int64_t taps = g.kh * g.kw;
+  for (std::int64_t t = 0; t < 2 * np; ++t) off[t] = t < taps ? (t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw : 0;
+}
+
+/// Output channel n of those kernels: its plane, output plane and requantization constants (bias 0
+/// when there is none; added only when g.bias is set), its pairs of weights written to wpair.
+struct DwPlaneChannel {
+  const std::int16_t* x;
+  float* y;
+  std::int32_t corr;
+  float scale, bias;
+};
+
+inline DwPlaneChannel dwconv_plane_channel(const QDwConvArgs& g, std::int64_t n, std::int64_t np,
+                                           std::int32_t* wpair) {
+  const std::int64_t taps = g.kh * g.kw;
+  const std::int16_t* wn = g.w + n * taps;
+  for (std::int64_t p = 0; p < np; ++p) {
+    const std::uint32_t lo16 = static_cast<std::uint16_t>(wn[2 * p]);
+    const std::uint32_t hi16 = 2 * p + 1 < taps ? static_cast<std::uint16_t>(wn[2 * p + 1]) : 0u;
+    wpair[p] = static_cast<std::int32_t>(lo16 | (hi16 << 16));
+  }
+  return {g.x + (n / g.Ng) * g.Hp * g.Wp, g.y + n * g.Ho * g.Wo, g.corr[n], g.out_scale[n],
+          g.bias ? g.bias[n] : 0.f};
+}
+
+/// The first step's column of each of its `lanes` positions (lane % Wp), as int16.
+inline void dwconv_lane_columns(std::int64_t Wp, int lanes, std::int16_t* col) {
+  for (std::int16_t e = 0, c = 0; e < lanes; ++e, c = static_cast<std::int16_t>(c + 1 == Wp ? 0 : c + 1)) col[e] = c;
+}
+
+/// A table's dwconv on its flat kernels: F5 for 3 x 3 kernels (five pairs), F0 with the pairs at run
+/// time, dwconv_channels where they do not fit (dwconv_flat_fits).
+using DwFlatKernel = void (*)(const QDwConvArgs&, std::int64_t, std::int64_t, std::int64_t);
+template <DwFlatKernel F5, DwFlatKernel F0>
+void dwconv_planes_with(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end) {
+  const std::int64_t pairs = (g.kh * g.kw + 1) / 2;
+  if (!dwconv_flat_fits(g)) {
+    dwconv_channels(g, n_begin, n_end);
+  } else {
+    (pairs == 5 ? F5 : F0)(g, n_begin, n_end, pairs);
+  }
+}
+
 /// The SIMD dwconv_nhwc kernels' tap offsets (codes from a pixel's tap (0, 0)), in pairs: 2 *
 /// ceil(taps / 2) entries, an odd last tap paired with tap 0 (which its zero weight cancels).
 inline std::vector<std::int64_t> dwconv_pair_offsets(const QDwConvArgs& g) {
