@@ -13,8 +13,9 @@
 // (float activations): the same panel, dequantized in registers into float32 FMAs.
 // The table (qgemm_avx512, and qgemm_amx on top of it) is put together here from the family files:
 // avx512_w8a8.cpp (W8A8, and AMX-INT8 tiles), avx512_lowbit.cpp (ternary, binary, XNOR),
-// avx512_w4a8.cpp, avx512_w4f.cpp (weight-only W4, and AMX-BF16 tiles), avx512_dwconv.cpp; the
-// weight-only int8 kernels are loops.h's, instantiated here at 512 bits.
+// avx512_w4a8.cpp, avx512_w4f.cpp (weight-only W4, and AMX-BF16 tiles), avx512_dwconv.cpp,
+// avx512_quantize.cpp (the activations' codes); the weight-only int8 kernels are loops.h's,
+// instantiated here at 512 bits.
 #include "avx512_common.h"
 
 #ifdef QATKIT_AVX512_KERNELS
@@ -22,7 +23,8 @@ namespace qatkit::kernels::cpu {
 
 const QGemmKernels* qgemm_avx512() {
   static const QGemmKernels k = [] {
-    QGemmKernels t = *qgemm_avx2();  // activation quantization
+    QGemmKernels t = *qgemm_avx2();
+    avx512::add_quantize(t);
     avx512::add_w8a8(t);
     avx512::add_lowbit(t);
     avx512::add_w4a8(t);

@@ -1,7 +1,7 @@
 // What the AVX-512 files of the integer GEMM family share (avx512.cpp's table, avx512_w8a8.cpp,
-// avx512_lowbit.cpp, avx512_w4a8.cpp, avx512_w4f.cpp, avx512_dwconv.cpp; each compiled with
-// AVX-512 F/BW/VL + VNNI): the table fillers each file defines, and small helpers of internal
-// linkage (each file compiles its own copy, as loops.h's).
+// avx512_lowbit.cpp, avx512_w4a8.cpp, avx512_w4f.cpp, avx512_dwconv.cpp, avx512_quantize.cpp; each
+// compiled with AVX-512 F/BW/VL + VNNI): the table fillers each file defines, and small helpers of
+// internal linkage (each file compiles its own copy, as loops.h's).
 #pragma once
 
 #include "qgemm_cpu.h"
@@ -39,6 +39,7 @@ void add_lowbit(QGemmKernels& t);  // gemm_t2, gemm_b1, gemm_xnor (avx512_lowbit
 void add_w4a8(QGemmKernels& t);    // gemm_w4 (avx512_w4a8.cpp)
 void add_w4f(QGemmKernels& t);     // gemm_w4f and its row thresholds (avx512_w4f.cpp)
 void add_dwconv(QGemmKernels& t);  // dwconv_nhwc, dwconv (avx512_dwconv.cpp)
+void add_quantize(QGemmKernels& t);  // quantize_rows, quantize_s16 (avx512_quantize.cpp)
 #ifdef QATKIT_AMX_KERNELS
 // ... and into the AMX one (qgemm_amx), on top of the AVX-512 table's.
 void add_w8a8_amx(QGemmKernels& t);  // gemm_s8 on AMX-INT8 tiles (avx512_w8a8.cpp)

@@ -1,0 +1,79 @@
+// The integer kernels' activation quantization on AVX-512 (quantize_rows, quantize_s16): the AVX2
+// table's Codes8 at 16 lanes, the tails under masks (no scalar loop). quantize_code's bits
+// (fake_quant_scalar.h): round-half-even of x * inv_s, clamped to [qmin - z, qmax - z], NaN as z;
+// a NaN product needs a NaN x (act_scale is a normal float32, so inv_s is finite), which the blend
+// catches, so every lane equals the scalar form and the AVX2 table's codes.
+#include "avx512_common.h"
+
+#ifdef QATKIT_AVX512_KERNELS
+namespace qatkit::kernels::cpu::avx512 {
+namespace {
+
+struct Codes16 {
+  __m512 inv, lo, hi;
+  __m512i off;
+
+  explicit Codes16(const ActQuantArgs& q)
+      : inv(_mm512_set1_ps(q.inv_scale)), lo(_mm512_set1_ps(static_cast<float>(q.quant_min - q.zero_point))),
+        hi(_mm512_set1_ps(static_cast<float>(q.quant_max - q.zero_point))),
+        off(_mm512_set1_epi32(q.zero_point - q.shift)) {}
+
+  // v's codes (int32 lanes); nan collects the lanes where v is NaN
+  __m512i operator()(__m512 v, __mmask16& nan) const {
+    const __mmask16 isnan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    nan = static_cast<__mmask16>(nan | isnan);
+    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+    r = _mm512_mask_blend_ps(isnan, r, _mm512_setzero_ps());  // NaN -> code z
+    return _mm512_add_epi32(_mm512_cvtps_epi32(r), off);
+  }
+};
+
+inline void report_nan(__mmask16 nan, const ActQuantArgs& q) {
+  if (nan != 0 && q.nan_seen) __atomic_store_n(q.nan_seen, 1, __ATOMIC_RELAXED);
+}
+
+// Rows [begin, end) of K floats (with q.divisor, x / d first: IEEE division, row by row), as int8.
+void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuantArgs& q, std::int64_t begin,
+                   std::int64_t end) {
+  const Codes16 codes(q);
+  __mmask16 nan = 0;
+  // the floats [i, i + len) (len <= 16), divided by d[0 .. len) when d is set, into a[i ..)
+  const auto step = [&](const float* xs, const float* d, std::int8_t* out, std::int64_t len) {
+    const __mmask16 m = len == 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << len) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(m, xs);
+    if (d) v = _mm512_div_ps(v, _mm512_mask_loadu_ps(_mm512_set1_ps(1.f), m, d));
+    _mm_mask_storeu_epi8(out, m, _mm512_cvtsepi32_epi8(codes(v, nan)));
+  };
+  if (q.divisor) {
+    for (std::int64_t r = begin; r < end; ++r) {
+      for (std::int64_t k = 0; k < K; k += 16) step(x + r * K + k, q.divisor + k, a + r * K + k, std::min<std::int64_t>(16, K - k));
+    }
+  } else {
+    const std::int64_t n1 = end * K;
+    for (std::int64_t i = begin * K; i < n1; i += 16) step(x + i, nullptr, a + i, std::min<std::int64_t>(16, n1 - i));
+  }
+  report_nan(nan, q);
+}
+
+// quantize_rows' codes of n contiguous floats, stored as int16.
+void quantize_s16(const float* x, std::int16_t* a, std::int64_t n, const ActQuantArgs& q) {
+  const Codes16 codes(q);
+  __mmask16 nan = 0;
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const std::int64_t len = std::min<std::int64_t>(16, n - i);
+    const __mmask16 m = len == 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << len) - 1);
+    _mm256_mask_storeu_epi16(a + i, m, _mm512_cvtsepi32_epi16(codes(_mm512_maskz_loadu_ps(m, x + i), nan)));
+  }
+  report_nan(nan, q);
+}
+
+}  // namespace
+
+void add_quantize(QGemmKernels& t) {
+  t.quantize_rows = &quantize_rows;
+  t.quantize_s16 = &quantize_s16;
+}
+
+}  // namespace qatkit::kernels::cpu::avx512
+#endif
