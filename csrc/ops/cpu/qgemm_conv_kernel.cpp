@@ -1282,19 +1282,22 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       } else {
         at::parallel_for(0, L, 64, rows);
       }
-      // into the thread's [L, N] rows, then transposed into the image's NCHW planes in 8 x 8 blocks:
-      // written L apart, each output row's 16 columns went to 16 planes one float at a time (planes
-      // 4 KiB apart at L = 1024 share an L1 set; 8 x 16 x 32 x 32 -> 96 ran 0.24x fp32, 2.5x slower
-      // than through the buffer: docs/benchmarks.md, nineteenth session)
+      // Where the table writes column-major outputs itself (xnor_cols_rows: 16-row blocks transposed
+      // in registers), the GEMM writes the NCHW planes directly (no buffer, no pass: 8 x 16 x 32 x 32
+      // -> 96 ran 1.75x faster; docs/benchmarks.md, forty-fifth session); otherwise into the
+      // thread's [L, N] rows, then transposed into the planes in 8 x 8 blocks (written L apart one
+      // float at a time, planes 4 KiB apart at L = 1024 share an L1 set: that layer ran 0.24x fp32,
+      // 2.5x slower than through the buffer; nineteenth session).
       float* yb = y.data_ptr<float>() + bi * N * L;
+      const bool direct = cl || (k.xnor_cols_rows > 0 && L >= k.xnor_cols_rows);
       struct TagY;
-      const kernels::BoundedScratch<float, TagY> yt_buf(static_cast<std::size_t>(cl ? 1 : L * N));
-      float* yt = cl ? yb : yt_buf.get();
+      const kernels::BoundedScratch<float, TagY> yt_buf(static_cast<std::size_t>(direct ? 1 : L * N));
+      float* yt = direct ? yb : yt_buf.get();
       kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt, L, N, KB);
-      g.y_rs = N;
-      g.y_cs = 1;
+      g.y_rs = cl || !direct ? N : 1;
+      g.y_cs = cl || !direct ? 1 : L;
       gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_xnor(g, n0, n1); });
-      if (cl) continue;  // the image's [L, N] rows were its channels_last output
+      if (direct) continue;  // the GEMM wrote the image's output: channels_last rows, or NCHW planes
       const auto out = [&](std::int64_t l0, std::int64_t l1) { k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L); };
       if (per_image) {
         out(0, L);

@@ -459,9 +459,11 @@ __attribute__((target("avx512vpopcntdq"))) inline void xnor_pass_t(const QGemmXn
   }
 }
 
+// Outputs (m + i, n + j) go to y0[i * y_rs + j * y_cs] (xnor_rows_d as well).
 template <int MR>
 __attribute__((target("avx512vpopcntdq"))) void xnor_rows_t(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n,
-                                                            int nr, const std::uint64_t* wt, std::int64_t Q) {
+                                                            int nr, const std::uint64_t* wt, std::int64_t Q,
+                                                            float* y0, std::int64_t y_rs, std::int64_t y_cs) {
   __m512i acc[MR][2];
   #pragma GCC unroll 4
   for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
@@ -481,12 +483,12 @@ __attribute__((target("avx512vpopcntdq"))) void xnor_rows_t(const QGemmXnorArgs&
       const __m256 sc = _mm256_mul_ps(rs, _mm256_maskz_loadu_ps(mask, g.col_scale + n + 8 * h));
       __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(v), sc);
       if (g.bias) y = _mm256_add_ps(y, _mm256_maskz_loadu_ps(mask, g.bias + n + 8 * h));
-      if (g.y_cs == 1) {
-        _mm256_mask_storeu_ps(g.y + (m + i) * g.y_rs + n + 8 * h, mask, y);
+      if (y_cs == 1) {
+        _mm256_mask_storeu_ps(y0 + i * y_rs + 8 * h, mask, y);
       } else {
         alignas(32) float t[8];
         _mm256_store_ps(t, y);
-        for (int j = 0; j < 8 && 8 * h + j < nr; ++j) g.y[(m + i) * g.y_rs + (n + 8 * h + j) * g.y_cs] = t[j];
+        for (int j = 0; j < 8 && 8 * h + j < nr; ++j) y0[i * y_rs + (8 * h + j) * y_cs] = t[j];
       }
     }
   }
@@ -500,7 +502,8 @@ __attribute__((target("avx512vpopcntdq"))) void xnor_rows_t(const QGemmXnorArgs&
 // (docs/benchmarks.md, twentieth session).
 template <int MR>
 __attribute__((target("avx512vpopcntdq"))) void xnor_rows_d(const QGemmXnorArgs& g, std::int64_t m, std::int64_t n,
-                                                            int nr, __m512i w) {
+                                                            int nr, __m512i w, float* y0, std::int64_t y_rs,
+                                                            std::int64_t y_cs) {
   const __mmask16 mask = static_cast<__mmask16>(nr >= 16 ? 0xFFFF : (1u << nr) - 1);
   const __m512 cs = _mm512_maskz_loadu_ps(mask, g.col_scale + n);
   const __m512 bias = g.bias ? _mm512_maskz_loadu_ps(mask, g.bias + n) : _mm512_setzero_ps();
@@ -517,25 +520,50 @@ __attribute__((target("avx512vpopcntdq"))) void xnor_rows_d(const QGemmXnorArgs&
     const __m512i d = _mm512_sub_epi32(_mm512_set1_epi32(g.a_k[m + i]), _mm512_add_epi32(cnt, cnt));
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(_mm512_set1_ps(g.row_scale[m + i]), cs));
     if (g.bias) y = _mm512_add_ps(y, bias);
-    if (g.y_cs == 1) {
-      _mm512_mask_storeu_ps(g.y + (m + i) * g.y_rs + n, mask, y);
+    if (y_cs == 1) {
+      _mm512_mask_storeu_ps(y0 + i * y_rs, mask, y);
     } else {
       alignas(64) float t[16];
       _mm512_store_ps(t, y);
-      for (int j = 0; j < nr; ++j) g.y[(m + i) * g.y_rs + (n + j) * g.y_cs] = t[j];
+      for (int j = 0; j < nr; ++j) y0[i * y_rs + j * y_cs] = t[j];
     }
   }
 }
 
+// Column-major outputs (y_rs == 1: a conv's NCHW image, each output channel's rows contiguous):
+// rows(i0, y0, y_rs, y_cs) computes rows m + i0 .. m + i0 + 3 of a 16-row block into a 16 x 16 tile
+// (row-major, y_cs 1), then the tile is transposed in registers and each of its nr columns stored
+// as 16 contiguous floats (a separate [L, N] -> [N, L] pass took 60 % of 8 x 16 x 32 x 32 -> 96's
+// kernel time; docs/benchmarks.md, forty-fifth session).
+template <class Rows>
+__attribute__((target("avx512vpopcntdq"))) void xnor_cols_block(const QGemmXnorArgs& g, std::int64_t m,
+                                                                std::int64_t n, int nr, const Rows& rows) {
+  alignas(64) float tile[16 * 16];
+  for (int i0 = 0; i0 < 16; i0 += 4) rows(i0, tile + i0 * 16, 16, 1);
+  __m512i r[16];
+  #pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(tile + i * 16);
+  transpose16(r);
+  for (int j = 0; j < nr; ++j) _mm512_storeu_si512(g.y + m + (n + j) * g.y_cs, r[j]);
+}
+
 __attribute__((target("avx512vpopcntdq"))) void gemm_xnor_t(const QGemmXnorArgs& g, std::int64_t n_begin,
                                                             std::int64_t n_end) {
+  // column-major outputs: blocks of 16 rows through xnor_cols_block, the last M % 16 rows as they are
+  const std::int64_t m_cols = g.y_rs == 1 && g.y_cs != 1 ? g.M / 16 * 16 : 0;
+  const auto out = [&](std::int64_t m, std::int64_t n) { return g.y + m * g.y_rs + n * g.y_cs; };
   if (g.KB == 4) {
     for (std::int64_t n = n_begin; n < n_end; n += 16) {
       const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
       const __m512i w = _mm512_maskz_loadu_epi32(static_cast<__mmask16>(nr >= 16 ? 0xFFFF : (1u << nr) - 1), g.w + n * 4);
       std::int64_t m = 0;
-      for (; m + 4 <= g.M; m += 4) xnor_rows_d<4>(g, m, n, nr, w);
-      for (; m < g.M; ++m) xnor_rows_d<1>(g, m, n, nr, w);
+      for (; m < m_cols; m += 16) {
+        xnor_cols_block(g, m, n, nr, [&](int i0, float* y0, std::int64_t rs, std::int64_t cs) {
+          xnor_rows_d<4>(g, m + i0, n, nr, w, y0, rs, cs);
+        });
+      }
+      for (; m + 4 <= g.M; m += 4) xnor_rows_d<4>(g, m, n, nr, w, out(m, n), g.y_rs, g.y_cs);
+      for (; m < g.M; ++m) xnor_rows_d<1>(g, m, n, nr, w, out(m, n), g.y_rs, g.y_cs);
     }
     return;
   }
@@ -549,8 +577,13 @@ __attribute__((target("avx512vpopcntdq"))) void gemm_xnor_t(const QGemmXnorArgs&
         std::memcpy(&wt[static_cast<std::size_t>(q * 16 + r)], g.w + (n + r) * g.KB + q * 8,
                     static_cast<std::size_t>(std::min<std::int64_t>(8, g.KB - q * 8)));
     std::int64_t m = 0;
-    for (; m + 4 <= g.M; m += 4) xnor_rows_t<4>(g, m, n, nr, wt.data(), Q);
-    for (; m < g.M; ++m) xnor_rows_t<1>(g, m, n, nr, wt.data(), Q);
+    for (; m < m_cols; m += 16) {
+      xnor_cols_block(g, m, n, nr, [&](int i0, float* y0, std::int64_t rs, std::int64_t cs) {
+        xnor_rows_t<4>(g, m + i0, n, nr, wt.data(), Q, y0, rs, cs);
+      });
+    }
+    for (; m + 4 <= g.M; m += 4) xnor_rows_t<4>(g, m, n, nr, wt.data(), Q, out(m, n), g.y_rs, g.y_cs);
+    for (; m < g.M; ++m) xnor_rows_t<1>(g, m, n, nr, wt.data(), Q, out(m, n), g.y_rs, g.y_cs);
   }
 }
 
@@ -568,7 +601,26 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
     gemm_xnor_t(g, n_begin, n_end);
     return;
   }
-  blocked<QGemmXnorArgs, 8, xnor_block<4, 4>, xnor_block<4, 1>, xnor_block<1, 4>, xnor_block<1, 1>>(g, n_begin, n_end);
+  const auto blocks = [](const QGemmXnorArgs& a, std::int64_t n0, std::int64_t n1) {
+    blocked<QGemmXnorArgs, 8, xnor_block<4, 4>, xnor_block<4, 1>, xnor_block<1, 4>, xnor_block<1, 1>>(a, n0, n1);
+  };
+  if (g.y_rs != 1 || g.y_cs == 1 || g.M < 16) {
+    blocks(g, n_begin, n_end);
+    return;
+  }
+  // column-major outputs (xnor_cols_rows) here too: the columns' rows row-major, then transposed
+  const std::int64_t nn = n_end - n_begin;
+  std::vector<float> rows(static_cast<std::size_t>(g.M * nn));
+  QGemmXnorArgs r = g;
+  r.w = g.w + n_begin * g.KB;
+  r.col_scale = g.col_scale + n_begin;
+  r.bias = g.bias ? g.bias + n_begin : nullptr;
+  r.N = nn;
+  r.y = rows.data();
+  r.y_rs = nn;
+  r.y_cs = 1;
+  blocks(r, 0, nn);
+  detail::transpose_tiled(rows.data(), g.M, nn, nn, g.y + n_begin * g.y_cs, g.y_cs);
 }
 
 }  // namespace
@@ -577,7 +629,10 @@ void add_lowbit(QGemmKernels& t) {
   t.gemm_t2 = &gemm_t2;
   t.gemm_b1 = &gemm_b1;
   // XNOR: vpopcntq where the CPU has it, else the AVX2 table's kernel (t's already)
-  if (__builtin_cpu_supports("avx512vpopcntdq")) t.gemm_xnor = &gemm_xnor;
+  if (__builtin_cpu_supports("avx512vpopcntdq")) {
+    t.gemm_xnor = &gemm_xnor;
+    t.xnor_cols_rows = 16;
+  }
 }
 
 }  // namespace qatkit::kernels::cpu::avx512

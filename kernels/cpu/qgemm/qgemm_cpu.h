@@ -96,6 +96,10 @@ struct QGemmKernels {
   /// conv with one output per input channel then takes the planar form, plane by plane, rather than
   /// transposes into and out of channels-last pixels.
   bool dwconv_flat = false;
+  /// gemm_xnor writes column-major outputs (y_rs 1: a conv's NCHW image) without a scalar scatter
+  /// from this many rows (0: never; an NCHW conv then transposes a row-major buffer itself). The
+  /// AVX-512 table with VPOPCNTDQ: 16 (blocks of 16 rows transposed in registers).
+  std::int64_t xnor_cols_rows = 0;
 };
 
 const QGemmKernels& qgemm_baseline();

@@ -473,6 +473,37 @@ def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("B,C,HW,N,k", [
+    (2, 16, 17, 40, 1),   # rows of 4 bytes (a 1x1 conv from 16 channels): 18 blocks of 16 rows, a 1-row tail
+    (1, 16, 17, 40, 1),   # one image: its columns split across the threads
+    (2, 16, 6, 24, 1),    # 36 rows per image (under the batched form's 256: per image as K <= 128)
+    (2, 16, 17, 20, 3),   # 3 x 3, rows of 20 bytes: the transposed kernel
+    (2, 512, 16, 20, 3),  # rows of 576 bytes (K = 4608): the blocked kernel's rows, transposed after
+])
+def test_conv2d_w1a1_writes_nchw_planes_directly(B, C, HW, N, k):
+    """An NCHW XNOR conv of 16+ positions per image whose table writes column-major outputs
+    (AVX-512 with VPOPCNTDQ: 16-row blocks transposed in registers) takes the GEMM's output
+    straight into the image's planes, with no [L, N] buffer; every table and form equals the
+    float64 conv of the codes, as does the channels_last input's (row-major) output."""
+    g = torch.Generator().manual_seed(C + HW + N)
+    x = torch.randn(B, C, HW, HW, generator=g)
+    w = (torch.randint(0, 2, (N, C, k, k), generator=g) * 2 - 1).to(torch.int8)
+    ws, fb = torch.rand(N, generator=g) + 0.1, torch.randn(N, generator=g)
+    p = (k // 2, k // 2)
+    want = xnor_conv_reference(x, w, ws, fb, (1, 1), p, (1, 1))
+    packed = ops.pack_binary_b1(w.reshape(N, -1))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in isas():
+            qatkit._C.set_cpu_isa(isa)
+            got = ops.conv2d_w1a1(x, packed, (k, k), (1, 1), p, (1, 1), ws, fb)
+            assert got.is_contiguous() and torch.equal(got, want), isa
+            assert torch.equal(ops.conv2d_w1a1(xc, packed, (k, k), (1, 1), p, (1, 1), ws, fb), want), isa
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("B,C", [(3, 40), (1, 40), (2, 16), (1, 7), (1, 96)])
 @pytest.mark.parametrize("geom", [dict(s=(1, 1), p=(1, 1), d=(1, 1)), dict(s=(2, 2), p=(1, 1), d=(1, 1)),
