@@ -548,8 +548,9 @@ struct GivenCodes {
 };
 
 // What conv2d_int8_impl's quantization learned of NaN inputs: complete when every input element went
-// through a quantization that records a NaN in seen (ActQuantArgs::nan_seen; the depthwise forms),
-// so the caller needs no second pass over the input (holds_nan) unless seen.
+// through a quantization that records a NaN in seen (ActQuantArgs::nan_seen: every form quantizes the
+// whole input; not with given codes), so the caller needs no second pass over the input (holds_nan)
+// unless seen.
 struct NanReport {
   std::int32_t seen = 0;
   bool complete = false;
