@@ -8,9 +8,10 @@ namespace {
 
 // NaN inputs (nan_outputs.h). The Linears learn of a NaN from their row quantization
 // (ActQuantArgs::nan_seen, no second pass) and then mask the rows of x (or of x / d with
-// linear_int8's input_divisor d [K], where 0 / 0 and Inf / Inf are NaN too). The convs, whose inputs
-// reach the codes by several routes (planes, patch rows, channels-last pixels), make one pass over
-// the input (the ISA's absmax, threaded beyond one chunk) and build the masks only where it finds one.
+// linear_int8's input_divisor d [K], where 0 / 0 and Inf / Inf are NaN too), and so does
+// conv2d_int8, each of whose routes quantizes the whole input (NanReport). conv2d_w4a8 makes one
+// pass over the input (the ISA's absmax, threaded beyond one chunk) and builds the masks only where
+// it finds one.
 bool holds_nan(const at::Tensor& x) {
   if (!x.is_non_overlapping_and_dense()) return at::isnan(x).any().item<bool>();
   const float* p = x.const_data_ptr<float>();
