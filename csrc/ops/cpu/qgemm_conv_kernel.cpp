@@ -8,10 +8,11 @@ namespace {
 
 // NaN inputs (nan_outputs.h). The Linears learn of a NaN from their row quantization
 // (ActQuantArgs::nan_seen, no second pass) and then mask the rows of x (or of x / d with
-// linear_int8's input_divisor d [K], where 0 / 0 and Inf / Inf are NaN too), and so does
-// conv2d_int8, each of whose routes quantizes the whole input (NanReport). conv2d_w4a8 makes one
-// pass over the input (the ISA's absmax, threaded beyond one chunk) and builds the masks only where
-// it finds one.
+// linear_int8's input_divisor d [K], where 0 / 0 and Inf / Inf are NaN too), and so do the convs
+// (since the forty-fifth session), each of whose routes quantizes the whole input (NanReport);
+// conv2d_int8 on given codes (conv2d_w1a1's depthwise form, whose sample scale carries a NaN) is not
+// checked. holds_nan (the ISA's absmax, threaded beyond one chunk) is the pass over the input where a
+// conv returned without a complete report.
 bool holds_nan(const at::Tensor& x) {
   if (!x.is_non_overlapping_and_dense()) return at::isnan(x).any().item<bool>();
   const float* p = x.const_data_ptr<float>();
@@ -33,9 +34,29 @@ bool holds_nan(const at::Tensor& x) {
   return found.load();
 }
 
-void nan_windows(const at::Tensor& x, at::Tensor& y, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                 at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t groups) {
-  if (y.numel() > 0 && holds_nan(x)) fill_nan_windows(x, y, kernel_size, stride, padding, dilation, groups);
+// What a conv's quantization learned of NaN inputs: complete when every input element went through a
+// quantization that records a NaN in seen (ActQuantArgs::nan_seen: every route of conv2d_int8 and
+// conv2d_w4a8 quantizes the whole input; not conv2d_int8 on given codes), so no second pass over the
+// input (holds_nan) is needed.
+struct NanReport {
+  std::int32_t seen = 0;
+  bool complete = false;
+
+  // the quantization's arguments recording into this report (nan: null for none), marked complete
+  static kernels::ActQuantArgs recording(const kernels::ActQuantArgs& q, NanReport* nan) {
+    kernels::ActQuantArgs qn = q;
+    if (nan != nullptr) {
+      qn.nan_seen = &nan->seen;
+      nan->complete = true;
+    }
+    return qn;
+  }
+};
+
+void nan_windows(const NanReport& nan, const at::Tensor& x, at::Tensor& y, at::IntArrayRef kernel_size,
+                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, std::int64_t groups) {
+  if (y.numel() > 0 && (nan.complete ? nan.seen != 0 : holds_nan(x)))
+    fill_nan_windows(x, y, kernel_size, stride, padding, dilation, groups);
 }
 
 // Small maps (several images' patch rows in one GEMM) with an image for every thread: each thread runs
@@ -67,7 +88,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                             std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                            const std::optional<at::Tensor>& bias, std::int64_t groups) {
+                            const std::optional<at::Tensor>& bias, std::int64_t groups, NanReport* nan) {
   const ops::Conv2dW4A8Shape shp =
       ops::check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
                                   act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
@@ -90,6 +111,8 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const at::Tensor w = weight.contiguous(), gs = group_scale.contiguous();
   const std::int32_t shift = shp.shift;
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
+  // every route below quantizes the whole input, recording a NaN (NanReport)
+  const kernels::ActQuantArgs qn = NanReport::recording(q, nan);
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
   const bool pixel_rows = nhwc && pointwise && groups == 1;
@@ -136,7 +159,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
       std::int8_t* row = row_buf.get();
       for (std::int64_t p = p0; p < p1; ++p) {
         const std::int64_t bi = p / H, h = p % H;
-        k.quantize_rows(xp + p * W * C, row, W * C, q, 0, 1);
+        k.quantize_rows(xp + p * W * C, row, W * C, qn, 0, 1);
         k.transpose_s8(row, W, C, C, xc + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
       }
     });
@@ -146,7 +169,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
       if (W >= 64) {  // each image row straight into its plane
         for (std::int64_t p = p0; p < p1; ++p)
           for (std::int64_t h = 0; h < H; ++h)
-            k.quantize_rows(xp + (p * H + h) * W, xc + p * Hp * Wp + (h + ph) * Wp + pw, W, q, 0, 1);
+            k.quantize_rows(xp + (p * H + h) * W, xc + p * Hp * Wp + (h + ph) * Wp + pw, W, qn, 0, 1);
         return;
       }
       // narrow rows: a plane's codes in one call, then copied into the padded rows (a call per row of
@@ -156,7 +179,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
       std::int8_t* t = t_buf.get();
       const std::int64_t h_n = H, w_n = W, wp_n = Wp;  // locals: int8 stores may alias captured values
       for (std::int64_t p = p0; p < p1; ++p) {
-        k.quantize_rows(xp + p * H * W, t, H * W, q, 0, 1);
+        k.quantize_rows(xp + p * H * W, t, H * W, qn, 0, 1);
         std::int8_t* d = xc + p * Hp * Wp + ph * Wp + pw;
         for (std::int64_t h = 0; h < h_n; ++h, d += wp_n)
           for (std::int64_t e = 0; e < w_n; ++e) d[e] = t[h * w_n + e];
@@ -196,16 +219,16 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     for (std::int64_t r0 = m0; r0 < m1; r0 += rows_max) {
       const std::int64_t rows = std::min(rows_max, m1 - r0);
       for (std::int64_t gi = 0; gi < groups; ++gi) {
-        if (pixel_rows) k.quantize_rows(xp + r0 * K, a, K, q, 0, rows);
+        if (pixel_rows) k.quantize_rows(xp + r0 * K, a, K, qn, 0, rows);
         // NCHW pointwise: per image segment, the group's [Cg, len] floats quantized (one call for a
         // whole image, whose group planes are one run) and transposed into the rows
         for (std::int64_t r = 0; r < rows && pointwise_nchw;) {
           const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
           const float* src = xp + (bi * C + gi * Cg) * L + l;
           if (len == L) {
-            k.quantize_rows(src, tq, Cg * L, q, 0, 1);
+            k.quantize_rows(src, tq, Cg * L, qn, 0, 1);
           } else {
-            for (std::int64_t c = 0; c < Cg; ++c) k.quantize_rows(src + c * L, tq + c * len, len, q, 0, 1);
+            for (std::int64_t c = 0; c < Cg; ++c) k.quantize_rows(src + c * L, tq + c * len, len, qn, 0, 1);
           }
           k.transpose_s8(tq, Cg, len, len, a + r * K, K);
           r += len;
@@ -548,15 +571,6 @@ struct GivenCodes {
   bool nhwc = false;
 };
 
-// What conv2d_int8_impl's quantization learned of NaN inputs: complete when every input element went
-// through a quantization that records a NaN in seen (ActQuantArgs::nan_seen: every form quantizes the
-// whole input; not with given codes), so the caller needs no second pass over the input (holds_nan)
-// unless seen.
-struct NanReport {
-  std::int32_t seen = 0;
-  bool complete = false;
-};
-
 at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
@@ -584,11 +598,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   // every path below quantizes the whole input (unless given codes: the depthwise forms of
   // conv2d_w1a1), recording a NaN (NanReport)
-  kernels::ActQuantArgs qn = q;
-  if (nan != nullptr && given.codes == nullptr) {
-    qn.nan_seen = &nan->seen;
-    nan->complete = true;
-  }
+  const kernels::ActQuantArgs qn = NanReport::recording(q, given.codes == nullptr ? nan : nullptr);
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
@@ -1342,11 +1352,7 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
     at::Tensor y = conv2d_int8_impl(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr,
                                     out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups,
                                     {}, &nan);
-    if (!nan.complete) {
-      nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
-    } else if (nan.seen != 0 && y.numel() > 0) {
-      fill_nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
-    }
+    nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);
     return y;
   });
 }
@@ -1357,9 +1363,10 @@ at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at
                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                            const std::optional<at::Tensor>& bias, std::int64_t groups) {
   return oom_as_error("conv2d_w4a8", input, kernel_size, stride, padding, [&] {
+    NanReport nan;
     at::Tensor y = conv2d_w4a8_impl(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
-                                    act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
-    nan_windows(input, y, kernel_size, stride, padding, dilation, groups);
+                                    act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups, &nan);
+    nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);
     return y;
   });
 }
