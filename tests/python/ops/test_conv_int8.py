@@ -559,6 +559,8 @@ def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C
     ((1, 1), (0, 0), (1, 1), 3, 20),   # one tap, no padding: the run is the plane
     ((2, 3), (1, 0), (2, 1), 8, 16),   # dilated rows, asymmetric padding, an even tap count
     ((3, 3), (0, 2), (1, 2), 5, 18),   # dilated columns
+    ((13, 11), (6, 5), (1, 1), 14, 17),  # 143 taps: past the flat kernels' 64 pairs, the loop instead
+    ((3, 3), (1, 1), (1, 1), 2, 16400),  # padded rows over 16384 codes (the flat kernels' int16 columns): the loop
 ])
 @pytest.mark.parametrize("mult", [1, 2])
 def test_depthwise_planes_at_stride_1_equal_the_unfolded_gemm(bits, k, p, d, H, W, mult):
