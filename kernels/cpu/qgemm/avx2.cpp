@@ -1431,8 +1431,14 @@ void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t
   std::int64_t off[2 * detail::kDwFlatPairs];
   detail::dwconv_plane_offsets(g, np, off);
   std::int32_t wpair[detail::kDwFlatPairs];
+  // the narrow rows' flat run: the first step's columns, the step's advance (16 % Wp), Wp and Wo as
+  // int16 lanes, and the lane numbers
   alignas(32) std::int16_t col0[16];
   detail::dwconv_lane_columns(Wp, 16, col0);
+  const __m256i adv = _mm256_set1_epi16(static_cast<std::int16_t>(16 % Wp));
+  const __m256i wp16 = _mm256_set1_epi16(static_cast<std::int16_t>(Wp));
+  const __m256i wo16 = _mm256_set1_epi16(static_cast<std::int16_t>(Wo));
+  const __m256i lanes = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (std::int64_t n = n_begin; n < n_end; ++n) {
     const detail::DwPlaneChannel ch = detail::dwconv_plane_channel(g, n, np, wpair);
     const std::int16_t* xc = ch.x;
@@ -1472,10 +1478,6 @@ void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t
       continue;
     }
     float* const yend = y + Ho * Wo;
-    const __m256i adv = _mm256_set1_epi16(static_cast<std::int16_t>(16 % Wp));
-    const __m256i wp16 = _mm256_set1_epi16(static_cast<std::int16_t>(Wp));
-    const __m256i wo16 = _mm256_set1_epi16(static_cast<std::int16_t>(Wo));
-    const __m256i lanes = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     __m256i col = _mm256_load_si256(reinterpret_cast<const __m256i*>(col0));
     for (std::int64_t t = 0; t < run; t += 16) {
       step(xc + t, v);
