@@ -4,7 +4,7 @@ layout; ternary and binary W1A8 weights on their packed layouts), ``ops.conv2d_w
 ``ops.conv2d_w4a8`` (W4A8, groups of 32 along PyTorch's (c, i, j) order)
 against ``F.conv2d`` (oneDNN fp32) on the same input, 3x3, padding 1, groups 1, in the same
 process, interleaved, medians; ratios to fp32. A second table: depthwise 3x3 convs (groups = C) on
-``ops.conv2d_int8`` against oneDNN's fp32 depthwise conv. A third: whole CNNs (ResNet-18 and
+``ops.conv2d_int8`` against oneDNN's fp32 depthwise conv, NCHW and channels_last inputs. A third: whole CNNs (ResNet-18 and
 MobileNetV2 in torchvision's layout, CIFAR stems, 32 x 32 inputs, batch 8; random weights,
 calibrated on random batches: speed only) FP32 against the same model PTQ'd, exported and loaded
 back on the integer kernels (``qatkit.load_into``) at w8a8, w4a8, ternary_twn, binary_w1a8 and xnor_w1a1,
@@ -33,7 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the scripts' s
 from qat_models import number_arg  # noqa: E402
 
 SHAPES = [(364, 1, 8, 32), (364, 32, 8, 64), (364, 64, 4, 64), (8, 256, 28, 256), (1, 256, 28, 256)]
-DEPTHWISE = [(364, 32, 8), (364, 64, 4), (8, 256, 28), (1, 256, 28)]
+# (B, C, H=W, stride): NCHW inputs of 16+ pixels a row at stride 1 (8+ for one image) run planar,
+# the others channels-last (docs/integer.md)
+DEPTHWISE = [(364, 32, 8, 1), (364, 64, 4, 1), (8, 256, 28, 1), (1, 256, 28, 1), (8, 144, 32, 1), (8, 96, 32, 2)]
 
 
 def _medians(fns: dict, rounds: int) -> dict:
@@ -96,20 +98,23 @@ def main():
         print(f"| {b}, {c}, {hw} -> {n} | {med['fp32']:.2f} | {med['int8']:.2f} | {r['int8']:.2f}x | "
               f"{r['int8 rows']:.2f}x | {r['ternary']:.2f}x | {r['binary']:.2f}x | {med['xnor']:.2f} | "
               f"{r['xnor']:.2f}x | {w4} |")
-    print("\n| depthwise input (B, C, H=W) | fp32 ms | int8 ms | int8 vs fp32 |")
-    print("|---|---|---|---|")
-    for b, c, hw in DEPTHWISE:
+    print("\n| depthwise input (B, C, H=W), stride | fp32 ms | int8 ms | int8 vs fp32 | "
+          "channels_last: fp32 ms | int8 ms | int8 vs fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for b, c, hw, st in DEPTHWISE:
         x = torch.randn(b, c, hw, hw)
+        xc = x.contiguous(memory_format=torch.channels_last)
         w = torch.randn(c, 1, 3, 3)
         q = F.pad(torch.randint(-127, 128, (c, 9), dtype=torch.int8), (0, 23)).contiguous()
         corr, scale = torch.zeros(c, dtype=torch.int32), torch.rand(c) * 1e-3
-        fns = {
-            "fp32": lambda: F.conv2d(x, w, None, 1, 1, 1, c),
-            "int8": lambda: ops.conv2d_int8(x, q, 8, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.02, 128, 0, 255,
-                                            None, c),
-        }
+        fns = {}
+        for key, xi in (("", x), (" cl", xc)):  # NCHW (planar or channels-last form), then NHWC
+            fns["fp32" + key] = lambda xi=xi: F.conv2d(xi, w, None, st, 1, 1, c)
+            fns["int8" + key] = lambda xi=xi: ops.conv2d_int8(xi, q, 8, (3, 3), (st, st), (1, 1), (1, 1), corr, scale,
+                                                              0.02, 128, 0, 255, None, c)
         med = _medians(fns, a.rounds)
-        print(f"| {b}, {c}, {hw} | {med['fp32']:.2f} | {med['int8']:.2f} | {med['fp32'] / med['int8']:.2f}x |")
+        print(f"| {b}, {c}, {hw}, {st} | {med['fp32']:.2f} | {med['int8']:.2f} | {med['fp32'] / med['int8']:.2f}x | "
+              f"{med['fp32 cl']:.2f} | {med['int8 cl']:.2f} | {med['fp32 cl'] / med['int8 cl']:.2f}x |")
     if not a.no_models:
         _models(a.rounds)
     print(f"# at the end: {core_to_core()}")
