@@ -1512,33 +1512,38 @@ void dwconv_planes(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_en
 
 void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end) {
   const std::int64_t C = g.C, taps = g.kh * g.kw, pairs = (taps + 1) / 2, blocks = C / 16;
-  const std::vector<std::int64_t> off = detail::dwconv_pair_offsets(g);
-  std::vector<std::int16_t> wi(static_cast<std::size_t>(pairs * blocks * 32));  // [pair][block][2][16]
+  const std::int64_t* off = detail::dwconv_pair_offsets(g);
+  struct TagW;  // the interleaved weights, [pair][block][2][16] (every element written below)
+  const BoundedScratch<std::int16_t, TagW> wi_buf(static_cast<std::size_t>(pairs * blocks * 32));
+  std::int16_t* const wi = wi_buf.get();
   for (std::int64_t p = 0; p < pairs; ++p) {
     for (std::int64_t b = 0; b < blocks; ++b) {
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.w + 2 * p * C + b * 16));
       const __m256i w1 = 2 * p + 1 < taps
                              ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.w + (2 * p + 1) * C + b * 16))
                              : _mm256_setzero_si256();
-      std::int16_t* d = wi.data() + (p * blocks + b) * 32;
+      std::int16_t* d = wi + (p * blocks + b) * 32;
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_unpacklo_epi16(w0, w1));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_unpackhi_epi16(w0, w1));
     }
   }
-  std::vector<std::int16_t> wi8(static_cast<std::size_t>(C % 16 >= 8 ? pairs * 16 : 0));  // [pair][2][8]
-  for (std::int64_t p = 0; p < static_cast<std::int64_t>(wi8.size()) / 16; ++p) {
+  struct TagW8;  // the 8 channels past the blocks, when there are: [pair][2][8]
+  const std::int64_t n8 = C % 16 >= 8 ? pairs : 0;
+  const BoundedScratch<std::int16_t, TagW8> wi8_buf(static_cast<std::size_t>(n8 * 16));
+  std::int16_t* const wi8 = wi8_buf.get();
+  for (std::int64_t p = 0; p < n8; ++p) {
     const std::int64_t c8 = blocks * 16;
     const __m128i w0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g.w + 2 * p * C + c8));
     const __m128i w1 = 2 * p + 1 < taps ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(g.w + (2 * p + 1) * C + c8))
                                         : _mm_setzero_si128();
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(wi8.data() + p * 16), _mm_unpacklo_epi16(w0, w1));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(wi8.data() + p * 16 + 8), _mm_unpackhi_epi16(w0, w1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(wi8 + p * 16), _mm_unpacklo_epi16(w0, w1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(wi8 + p * 16 + 8), _mm_unpackhi_epi16(w0, w1));
   }
-  const std::int16_t* w8 = wi8.empty() ? nullptr : wi8.data();
+  const std::int16_t* w8 = n8 > 0 ? wi8 : nullptr;
   if (pairs == 5) {
-    dwconv_nhwc_rows<5>(g, oh_begin, oh_end, off.data(), wi.data(), w8, pairs);
+    dwconv_nhwc_rows<5>(g, oh_begin, oh_end, off, wi, w8, pairs);
   } else {
-    dwconv_nhwc_rows<0>(g, oh_begin, oh_end, off.data(), wi.data(), w8, pairs);
+    dwconv_nhwc_rows<0>(g, oh_begin, oh_end, off, wi, w8, pairs);
   }
 }
 

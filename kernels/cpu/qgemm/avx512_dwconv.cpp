@@ -124,8 +124,10 @@ void dwconv_nhwc_rows3x3(const QDwConvArgs& g, std::int64_t oh_begin, std::int64
 
 void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_end) {
   const std::int64_t C = g.C, taps = g.kh * g.kw, pairs = (taps + 1) / 2, blocks = (C + 31) / 32;
-  const std::vector<std::int64_t> off = detail::dwconv_pair_offsets(g);
-  std::vector<std::int16_t> wi(static_cast<std::size_t>(pairs * blocks * 64));  // [pair][block][2][32]
+  const std::int64_t* off = detail::dwconv_pair_offsets(g);
+  struct TagW;  // the interleaved weights, [pair][block][2][32] (every element written below)
+  const BoundedScratch<std::int16_t, TagW> wi_buf(static_cast<std::size_t>(pairs * blocks * 64));
+  std::int16_t* const wi = wi_buf.get();
   for (std::int64_t p = 0; p < pairs; ++p) {
     for (std::int64_t b = 0; b < blocks; ++b) {
       const std::int64_t c0 = b * 32, nc = std::min<std::int64_t>(32, C - c0);
@@ -133,15 +135,15 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
       const __m512i w0 = _mm512_maskz_loadu_epi16(m, g.w + 2 * p * C + c0);
       const __m512i w1 = 2 * p + 1 < taps ? _mm512_maskz_loadu_epi16(m, g.w + (2 * p + 1) * C + c0)
                                           : _mm512_setzero_si512();
-      std::int16_t* d = wi.data() + (p * blocks + b) * 64;
+      std::int16_t* d = wi + (p * blocks + b) * 64;
       _mm512_storeu_si512(d, _mm512_unpacklo_epi16(w0, w1));
       _mm512_storeu_si512(d + 32, _mm512_unpackhi_epi16(w0, w1));
     }
   }
   if (pairs == 5) {
-    dwconv_nhwc_rows3x3(g, oh_begin, oh_end, off.data(), wi.data());
+    dwconv_nhwc_rows3x3(g, oh_begin, oh_end, off, wi);
   } else {
-    dwconv_nhwc_rows(g, oh_begin, oh_end, off.data(), wi.data(), pairs);
+    dwconv_nhwc_rows(g, oh_begin, oh_end, off, wi, pairs);
   }
 }
 

@@ -337,12 +337,13 @@ void dwconv_planes_with(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t
 }
 
 /// The SIMD dwconv_nhwc kernels' tap offsets (codes from a pixel's tap (0, 0)), in pairs: 2 *
-/// ceil(taps / 2) entries, an odd last tap paired with tap 0 (which its zero weight cancels).
-inline std::vector<std::int64_t> dwconv_pair_offsets(const QDwConvArgs& g) {
+/// ceil(taps / 2) entries, an odd last tap paired with tap 0 (which its zero weight cancels), in the
+/// calling thread's scratch (kept between calls: a per-call vector was a malloc and free per image).
+inline const std::int64_t* dwconv_pair_offsets(const QDwConvArgs& g) {
+  struct Tag;
   const std::int64_t taps = g.kh * g.kw, pairs = (taps + 1) / 2;
-  std::vector<std::int64_t> off(static_cast<std::size_t>(pairs * 2));
-  for (std::int64_t t = 0; t < pairs * 2; ++t)
-    off[static_cast<std::size_t>(t)] = t < taps ? ((t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw) * g.C : 0;
+  std::int64_t* off = thread_scratch<std::int64_t, Tag>(static_cast<std::size_t>(pairs * 2));
+  for (std::int64_t t = 0; t < pairs * 2; ++t) off[t] = t < taps ? ((t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw) * g.C : 0;
   return off;
 }
 
