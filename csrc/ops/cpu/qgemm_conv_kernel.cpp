@@ -635,13 +635,16 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     // Channels-last (dwconv_nhwc) vectorizes over the output channels whatever the map's size or
     // stride; the planar form (dwconv) along each output row, which pays with several outputs per
     // input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md, seventeenth session:
-    // 364 x 8 x 8 x 8 -> 16 and 1 x 3 x 32 x 32 -> 48 ran 0.75x channels-last; a 1-channel input,
-    // maps under 8 pixels and stride 2 ran 1.1-2.3x faster channels-last). With one output per
-    // channel the planar form needs the table's flat stride-1 planes (dwconv_flat) and pays from 16
-    // pixels a row, or from 8 with fewer images than threads (no steps split across the threads):
-    // docs/benchmarks.md, forty-fifth session.
+    // 364 x 8 x 8 x 8 -> 16 and 1 x 3 x 32 x 32 -> 48 ran 0.75x channels-last; maps under 8 pixels
+    // and stride 2 ran 1.1-2.3x faster channels-last), a 1-channel input too where the table has flat
+    // stride-1 planes (dwconv_flat: a plane's codes read once for up to 4 output planes; 364 x 1 x 8 x
+    // 8 -> 32 ran 1.1-1.5x and 1 x 1 x 224 x 224 -> 32 1.7-2.8x faster than channels-last,
+    // docs/benchmarks.md, forty-sixth session). With one output per channel the planar form needs the flat planes and
+    // pays from 16 pixels a row, or from 8 with fewer images than threads (no steps split across the
+    // threads): docs/benchmarks.md, forty-fifth session.
     const bool planar_one = k.dwconv_flat && sh == 1 && (W >= 16 || !per_image);
-    if (nhwc || C == 1 || W < 8 || sw > 1 || (mult == 1 && !planar_one)) {
+    const bool planar_many = W >= 8 && sw == 1 && (C > 1 || (k.dwconv_flat && sh == 1));
+    if (nhwc || (mult > 1 && !planar_many) || (mult == 1 && !planar_one)) {
       // with mult = N / C outputs per input channel each pixel's C codes are repeated mult times
       // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
       // transposed into NCHW, or is the channels_last output's image as it is (an NHWC input always

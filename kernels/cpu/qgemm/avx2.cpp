@@ -1423,87 +1423,103 @@ struct LeftPack8 {  // idx[m]: the set bits of the 8-bit mask m in order, as 8 b
   }
 };
 
-template <int P>
-void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end, std::int64_t pairs) {
-  static const LeftPack8 pack;
-  const std::int64_t Wp = g.Wp, Wo = g.Wo, Ho = g.Ho, run = Ho * Wp;
-  const std::int64_t np = P > 0 ? P : pairs;
-  std::int64_t off[2 * detail::kDwFlatPairs];
-  detail::dwconv_plane_offsets(g, np, off);
-  std::int32_t wpair[detail::kDwFlatPairs];
-  // the narrow rows' flat run: the first step's columns, the step's advance (16 % Wp), Wp and Wo as
-  // int16 lanes, and the lane numbers
-  alignas(32) std::int16_t col0[16];
-  detail::dwconv_lane_columns(Wp, 16, col0);
+// With several outputs per input channel (QDwConvArgs' Ng > 1) the consecutive output channels of a
+// plane run G at a time (G <= 4): each pair's two loads and interleaves once, against the G
+// channels' weights; the lanes to keep and their permute index once per step. The same operations
+// per output: the same bits.
+template <int P, int G>
+void dwconv_planes_flat_group(const QDwConvArgs& g, std::int64_t n, std::int64_t np, const std::int64_t* off,
+                              const std::int16_t* col0, const LeftPack8& pack) {
+  const std::int64_t Wp = g.Wp, Wo = g.Wo, Ho = g.Ho, run = Ho * Wp, plane = Ho * Wo;
+  std::int32_t wpair[G][detail::kDwFlatPairs];
+  detail::DwPlaneChannel ch[G];
+  for (int j = 0; j < G; ++j) ch[j] = detail::dwconv_plane_channel(g, n + j, np, wpair[j]);
+  const std::int16_t* xc = ch[0].x;  // the G channels' plane
+  // positions xb .. xb + 15's outputs of each channel, in order (8 + 8 lanes)
+  const auto step = [&](const std::int16_t* xb, __m256 v[G][2]) {
+    __m256i lo[G], hi[G];
+    for (int j = 0; j < G; ++j) lo[j] = hi[j] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (std::int64_t p = 0; p < np; ++p) {  // (P: np a constant, unrolled)
+      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off[2 * p]));
+      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off[2 * p + 1]));
+      const __m256i ul = _mm256_unpacklo_epi16(x0, x1), uh = _mm256_unpackhi_epi16(x0, x1);
+      for (int j = 0; j < G; ++j) {
+        const __m256i w = _mm256_set1_epi32(wpair[j][p]);
+        lo[j] = _mm256_add_epi32(lo[j], _mm256_madd_epi16(ul, w));
+        hi[j] = _mm256_add_epi32(hi[j], _mm256_madd_epi16(uh, w));
+      }
+    }
+    for (int j = 0; j < G; ++j) {
+      const __m256i cr = _mm256_set1_epi32(ch[j].corr);
+      const __m256 os = _mm256_set1_ps(ch[j].scale);
+      const __m256i s[2] = {_mm256_add_epi32(_mm256_permute2x128_si256(lo[j], hi[j], 0x20), cr),
+                            _mm256_add_epi32(_mm256_permute2x128_si256(lo[j], hi[j], 0x31), cr)};
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        v[j][h] = _mm256_mul_ps(_mm256_cvtepi32_ps(s[h]), os);
+        if (g.bias) v[j][h] = _mm256_add_ps(v[j][h], _mm256_set1_ps(ch[j].bias));
+      }
+    }
+  };
+  __m256 v[G][2];
+  if (Wo >= 16) {
+    for (std::int64_t oh = 0; oh < Ho; ++oh) {
+      for (std::int64_t ow = 0;; ow += 16) {
+        ow = std::min(ow, Wo - 16);
+        step(xc + oh * Wp + ow, v);
+        for (int j = 0; j < G; ++j) {
+          _mm256_storeu_ps(ch[j].y + oh * Wo + ow, v[j][0]);
+          _mm256_storeu_ps(ch[j].y + oh * Wo + ow + 8, v[j][1]);
+        }
+        if (ow + 16 >= Wo) break;
+      }
+    }
+    return;
+  }
+  // the narrow rows' flat run: the step's advance (16 % Wp), Wp and Wo as int16 lanes, and the lane
+  // numbers; o: the planes' next output
   const __m256i adv = _mm256_set1_epi16(static_cast<std::int16_t>(16 % Wp));
   const __m256i wp16 = _mm256_set1_epi16(static_cast<std::int16_t>(Wp));
   const __m256i wo16 = _mm256_set1_epi16(static_cast<std::int16_t>(Wo));
   const __m256i lanes = _mm256_setr_epi16(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  for (std::int64_t n = n_begin; n < n_end; ++n) {
-    const detail::DwPlaneChannel ch = detail::dwconv_plane_channel(g, n, np, wpair);
-    const std::int16_t* xc = ch.x;
-    const __m256i cr = _mm256_set1_epi32(ch.corr);
-    const __m256 os = _mm256_set1_ps(ch.scale), bs = _mm256_set1_ps(ch.bias);
-    // positions xb .. xb + 15's outputs, in order (8 + 8 lanes)
-    const auto step = [&](const std::int16_t* xb, __m256 v[2]) {
-      __m256i lo = _mm256_setzero_si256(), hi = _mm256_setzero_si256();
-      const auto pair = [&](std::int64_t p, __m256i w) {
-        const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off[2 * p]));
-        const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + off[2 * p + 1]));
-        lo = _mm256_add_epi32(lo, _mm256_madd_epi16(_mm256_unpacklo_epi16(x0, x1), w));
-        hi = _mm256_add_epi32(hi, _mm256_madd_epi16(_mm256_unpackhi_epi16(x0, x1), w));
-      };
-#pragma GCC unroll 8
-      for (std::int64_t p = 0; p < np; ++p) pair(p, _mm256_set1_epi32(wpair[p]));  // (P: np a constant, unrolled)
-      const __m256i s[2] = {_mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), cr),
-                            _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x31), cr)};
+  std::int64_t o = 0;
+  __m256i col = _mm256_load_si256(reinterpret_cast<const __m256i*>(col0));
+  for (std::int64_t t = 0; t < run; t += 16) {
+    step(xc + t, v);
+    // the lanes of real columns among the run's positions (as int16 lanes; then one byte each)
+    const __m256i left = _mm256_set1_epi16(static_cast<std::int16_t>(std::min<std::int64_t>(16, run - t)));
+    const __m256i keep16 = _mm256_and_si256(_mm256_cmpgt_epi16(wo16, col), _mm256_cmpgt_epi16(left, lanes));
+    const std::uint32_t keep = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_packs_epi16(keep16, keep16)));
+    col = _mm256_add_epi16(col, adv);
+    col = _mm256_sub_epi16(col, _mm256_andnot_si256(_mm256_cmpgt_epi16(wp16, col), wp16));
 #pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        v[h] = _mm256_mul_ps(_mm256_cvtepi32_ps(s[h]), os);
-        if (g.bias) v[h] = _mm256_add_ps(v[h], bs);
+    for (int h = 0; h < 2; ++h) {
+      const std::uint32_t mk = (keep >> (16 * h)) & 0xFFu;  // packs: positions 0-7 in bits 0-7, 8-15 in 16-23
+      const int cnt = __builtin_popcount(mk);
+      std::int64_t ix;
+      std::memcpy(&ix, pack.idx[mk], sizeof ix);
+      const __m256i perm = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(ix));
+      if (plane - o >= 8) {  // whole stores: the lanes past cnt are overwritten by the next store
+        for (int j = 0; j < G; ++j) _mm256_storeu_ps(ch[j].y + o, _mm256_permutevar8x32_ps(v[j][h], perm));
+      } else {  // the planes' last outputs: vmaskmovps (slow on AMD), never past a plane
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        for (int j = 0; j < G; ++j) _mm256_maskstore_ps(ch[j].y + o, m, _mm256_permutevar8x32_ps(v[j][h], perm));
       }
-    };
-    float* y = ch.y;
-    __m256 v[2];
-    if (Wo >= 16) {
-      for (std::int64_t oh = 0; oh < Ho; ++oh) {
-        for (std::int64_t ow = 0;; ow += 16) {
-          ow = std::min(ow, Wo - 16);
-          step(xc + oh * Wp + ow, v);
-          _mm256_storeu_ps(y + oh * Wo + ow, v[0]);
-          _mm256_storeu_ps(y + oh * Wo + ow + 8, v[1]);
-          if (ow + 16 >= Wo) break;
-        }
-      }
-      continue;
-    }
-    float* const yend = y + Ho * Wo;
-    __m256i col = _mm256_load_si256(reinterpret_cast<const __m256i*>(col0));
-    for (std::int64_t t = 0; t < run; t += 16) {
-      step(xc + t, v);
-      // the lanes of real columns among the run's positions (as int16 lanes; then one byte each)
-      const __m256i left = _mm256_set1_epi16(static_cast<std::int16_t>(std::min<std::int64_t>(16, run - t)));
-      const __m256i keep16 = _mm256_and_si256(_mm256_cmpgt_epi16(wo16, col), _mm256_cmpgt_epi16(left, lanes));
-      const std::uint32_t keep = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_packs_epi16(keep16, keep16)));
-      col = _mm256_add_epi16(col, adv);
-      col = _mm256_sub_epi16(col, _mm256_andnot_si256(_mm256_cmpgt_epi16(wp16, col), wp16));
-#pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {
-        const std::uint32_t mk = (keep >> (16 * h)) & 0xFFu;  // packs: positions 0-7 in bits 0-7, 8-15 in 16-23
-        const int cnt = __builtin_popcount(mk);
-        std::int64_t ix;
-        std::memcpy(&ix, pack.idx[mk], sizeof ix);
-        const __m256 packed = _mm256_permutevar8x32_ps(v[h], _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(ix)));
-        if (yend - y >= 8) {  // a whole store: the lanes past cnt are overwritten by the next store
-          _mm256_storeu_ps(y, packed);
-        } else {  // the plane's last outputs: vmaskmovps (slow on AMD), never past the plane
-          _mm256_maskstore_ps(y, _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
-                              packed);
-        }
-        y += cnt;
-      }
+      o += cnt;
     }
   }
+}
+
+template <int P>
+void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end, std::int64_t pairs) {
+  static const LeftPack8 pack;
+  const std::int64_t np = P > 0 ? P : pairs;
+  detail::dwconv_plane_groups<16>(g, n_begin, n_end, np, [&](std::int64_t n, auto gc, const std::int64_t* off,
+                                                          const std::int16_t* col0) {
+    constexpr int G = decltype(gc)::value;
+    dwconv_planes_flat_group<P, G>(g, n, np, off, col0, pack);
+  });
 }
 
 void dwconv_planes(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end) {

@@ -159,55 +159,73 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
 // position's column is kept in an int16 lane vector stepped by 32 mod Wp. The same exact sums and
 // requantization as dwconv_channels: the same bits. P: the pairs (5 for 3 x 3), 0 at run time.
 // Other strides: dwconv_channels.
-template <int P>
-void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end, std::int64_t pairs) {
+// With several outputs per input channel (QDwConvArgs' Ng > 1) the consecutive output channels of a
+// plane run G at a time (G <= 4): each pair's two loads and interleaves once, against the G
+// channels' weights (G accumulator pairs); the lanes to keep once, then each channel's
+// requantization and store as with one. The same operations per output: the same bits.
+template <int P, int G>
+void dwconv_planes_flat_group(const QDwConvArgs& g, std::int64_t n, std::int64_t np, const std::int64_t* off,
+                              const std::int16_t* col0) {
   const std::int64_t Wp = g.Wp, Wo = g.Wo, run = g.Ho * Wp;
-  const std::int64_t np = P > 0 ? P : pairs;
-  std::int64_t off[2 * detail::kDwFlatPairs];
-  detail::dwconv_plane_offsets(g, np, off);
-  std::int32_t wpair[detail::kDwFlatPairs];
+  std::int32_t wpair[G][detail::kDwFlatPairs];
+  detail::DwPlaneChannel ch[G];
+  for (int j = 0; j < G; ++j) ch[j] = detail::dwconv_plane_channel(g, n + j, np, wpair[j]);
   const __m512i idx0 = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
   const __m512i idx1 = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-  // the first step's columns (lane % Wp), the step's advance (32 % Wp), Wp and Wo as int16 lanes
-  alignas(64) std::int16_t col0[32];
-  detail::dwconv_lane_columns(Wp, 32, col0);
   const __m512i adv = _mm512_set1_epi16(static_cast<std::int16_t>(32 % Wp));
   const __m512i wp16 = _mm512_set1_epi16(static_cast<std::int16_t>(Wp));
   const __m512i wo16 = _mm512_set1_epi16(static_cast<std::int16_t>(Wo));
-  for (std::int64_t n = n_begin; n < n_end; ++n) {
-    const detail::DwPlaneChannel ch = detail::dwconv_plane_channel(g, n, np, wpair);
-    const __m512i cr = _mm512_set1_epi32(ch.corr);
-    const __m512 os = _mm512_set1_ps(ch.scale), bs = _mm512_set1_ps(ch.bias);
-    const std::int16_t* xc = ch.x;
-    float* y = ch.y;
-    __m512i col = _mm512_load_si512(col0);
-    for (std::int64_t t = 0; t < run; t += 32) {
-      const std::int64_t left = run - t;
-      const __mmask32 lm = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1);
-      __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-      const std::int16_t* xb = xc + t;
+  const std::int16_t* xc = ch[0].x;  // the G channels' plane
+  float* y[G];
+  for (int j = 0; j < G; ++j) y[j] = ch[j].y;
+  __m512i col = _mm512_load_si512(col0);
+  for (std::int64_t t = 0; t < run; t += 32) {
+    const std::int64_t left = run - t;
+    const __mmask32 lm = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1);
+    __m512i lo[G], hi[G];
+    for (int j = 0; j < G; ++j) lo[j] = hi[j] = _mm512_setzero_si512();
+    const std::int16_t* xb = xc + t;
 #pragma GCC unroll 8
-      for (std::int64_t p = 0; p < np; ++p) {  // (P: np a constant, the pairs unrolled)
-        const __m512i w = _mm512_set1_epi32(wpair[p]);
-        dw_pair(lo, hi, lm, xb + off[2 * p], xb + off[2 * p + 1], w, w);
+    for (std::int64_t p = 0; p < np; ++p) {  // (P: np a constant, the pairs unrolled)
+      const __m512i x0 = _mm512_maskz_loadu_epi16(lm, xb + off[2 * p]);
+      const __m512i x1 = _mm512_maskz_loadu_epi16(lm, xb + off[2 * p + 1]);
+      const __m512i ul = _mm512_unpacklo_epi16(x0, x1), uh = _mm512_unpackhi_epi16(x0, x1);
+      for (int j = 0; j < G; ++j) {
+        const __m512i w = _mm512_set1_epi32(wpair[j][p]);
+        lo[j] = _mm512_dpwssd_epi32(lo[j], ul, w);
+        hi[j] = _mm512_dpwssd_epi32(hi[j], uh, w);
       }
-      // the lanes of real columns among the run's positions
-      const __mmask32 keep = _mm512_mask_cmplt_epi16_mask(lm, col, wo16);
-      col = _mm512_add_epi16(col, adv);
-      col = _mm512_mask_sub_epi16(col, _mm512_cmpge_epi16_mask(col, wp16), col, wp16);
-      const __m512i s[2] = {_mm512_add_epi32(_mm512_permutex2var_epi32(lo, idx0, hi), cr),
-                            _mm512_add_epi32(_mm512_permutex2var_epi32(lo, idx1, hi), cr)};
+    }
+    // the lanes of real columns among the run's positions
+    const __mmask32 keep = _mm512_mask_cmplt_epi16_mask(lm, col, wo16);
+    col = _mm512_add_epi16(col, adv);
+    col = _mm512_mask_sub_epi16(col, _mm512_cmpge_epi16_mask(col, wp16), col, wp16);
+    const __mmask16 mk[2] = {static_cast<__mmask16>(keep), static_cast<__mmask16>(keep >> 16)};
+    const int cnt[2] = {__builtin_popcount(static_cast<unsigned>(mk[0])), __builtin_popcount(static_cast<unsigned>(mk[1]))};
+    for (int j = 0; j < G; ++j) {
+      const __m512i cr = _mm512_set1_epi32(ch[j].corr);
+      const __m512 os = _mm512_set1_ps(ch[j].scale);
+      const __m512i s[2] = {_mm512_add_epi32(_mm512_permutex2var_epi32(lo[j], idx0, hi[j]), cr),
+                            _mm512_add_epi32(_mm512_permutex2var_epi32(lo[j], idx1, hi[j]), cr)};
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
-        const __mmask16 mk = static_cast<__mmask16>(keep >> (16 * h));
         __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(s[h]), os);
-        if (g.bias) v = _mm512_add_ps(v, bs);
-        const int cnt = __builtin_popcount(static_cast<unsigned>(mk));
-        _mm512_mask_storeu_ps(y, static_cast<__mmask16>((1u << cnt) - 1), _mm512_maskz_compress_ps(mk, v));
-        y += cnt;
+        if (g.bias) v = _mm512_add_ps(v, _mm512_set1_ps(ch[j].bias));
+        _mm512_mask_storeu_ps(y[j], static_cast<__mmask16>((1u << cnt[h]) - 1), _mm512_maskz_compress_ps(mk[h], v));
+        y[j] += cnt[h];
       }
     }
   }
+}
+
+template <int P>
+void dwconv_planes_flat(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end, std::int64_t pairs) {
+  const std::int64_t np = P > 0 ? P : pairs;
+  detail::dwconv_plane_groups<32>(g, n_begin, n_end, np, [&](std::int64_t n, auto gc, const std::int64_t* off,
+                                                          const std::int16_t* col0) {
+    constexpr int G = decltype(gc)::value;
+    dwconv_planes_flat_group<P, G>(g, n, np, off, col0);
+  });
 }
 
 void dwconv_planes(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end) {

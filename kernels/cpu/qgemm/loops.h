@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -321,6 +322,32 @@ inline DwPlaneChannel dwconv_plane_channel(const QDwConvArgs& g, std::int64_t n,
 /// The first step's column of each of its `lanes` positions (lane % Wp), as int16.
 inline void dwconv_lane_columns(std::int64_t Wp, int lanes, std::int16_t* col) {
   for (std::int16_t e = 0, c = 0; e < lanes; ++e, c = static_cast<std::int16_t>(c + 1 == Wp ? 0 : c + 1)) col[e] = c;
+}
+
+/// Output channels [n_begin, n_end) of a flat kernel of `Lanes` positions a step, np pairs of taps, in
+/// groups that share an input plane (QDwConvArgs' Ng outputs per plane): f(n, std::integral_constant<
+/// int, G>{}, off, col0) for groups of G = 4, then 2, then 1 of the channels left on n's plane, with
+/// the tap offsets (dwconv_plane_offsets) and the first step's columns (dwconv_lane_columns).
+template <int Lanes, typename F>
+void dwconv_plane_groups(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_end, std::int64_t np,
+                         const F& f) {
+  std::int64_t off[2 * kDwFlatPairs];
+  dwconv_plane_offsets(g, np, off);
+  alignas(64) std::int16_t col0[Lanes];
+  dwconv_lane_columns(g.Wp, Lanes, col0);
+  for (std::int64_t n = n_begin; n < n_end;) {
+    const std::int64_t same = std::min(n_end - n, g.Ng - n % g.Ng);
+    if (same >= 4) {
+      f(n, std::integral_constant<int, 4>{}, off, col0);
+      n += 4;
+    } else if (same >= 2) {
+      f(n, std::integral_constant<int, 2>{}, off, col0);
+      n += 2;
+    } else {
+      f(n, std::integral_constant<int, 1>{}, off, col0);
+      n += 1;
+    }
+  }
 }
 
 /// A table's dwconv on its flat kernels: F5 for 3 x 3 kernels (five pairs), F0 with the pairs at run

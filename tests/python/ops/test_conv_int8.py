@@ -201,16 +201,21 @@ def test_grouped_conv2d_int8_equals_one_gemm_per_group(bits, C, N, groups, geom)
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("C,N,groups,W,stride", [
-    (1, 8, 1, 10, (1, 1)),   # a 1-channel input, 8 outputs: channels-last, the codes repeated 8 times
+    (1, 8, 1, 10, (1, 1)),   # a 1-channel input, 8 outputs: planar, 4 output planes a step (SIMD tables)
+    (1, 8, 1, 6, (1, 1)),    # the same, rows under 8 pixels: channels-last, the codes repeated 8 times
+    (1, 8, 1, 10, (2, 1)),   # a 1-channel input at row stride 2: channels-last on the SIMD tables
     (4, 8, 4, 10, (1, 1)),   # multiplier 2, rows of 8+ pixels, stride 1: the planar form
+    (2, 6, 2, 9, (1, 1)),    # multiplier 3: output planes 2 then 1 at a time
+    (3, 21, 3, 17, (1, 1)),  # multiplier 7 (4, 2, 1 at a time), rows of 16+ pixels (AVX2: row by row)
     (3, 12, 3, 9, (2, 1)),   # multiplier 4, row stride 2: planar, one output row at a time
     (4, 8, 4, 6, (1, 1)),    # rows under 8 pixels: channels-last
     (4, 8, 4, 10, (1, 2)),   # column stride 2: channels-last
 ])
 def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups, W, stride):
     """Depthwise convs with several outputs per input channel (and 1-channel inputs) run channels-last
-    (each pixel's codes repeated per output) or planar by the map's shape; either equals linear_int8
-    over each group's unfolded patches, on every ISA, batched and one image alone."""
+    (each pixel's codes repeated per output) or planar by the map's shape (up to 4 output planes of
+    one input plane at a time); either equals linear_int8 over each group's unfolded patches, on every
+    ISA, batched and one image alone, with and without a bias."""
     g = torch.Generator().manual_seed(18)
     B, H, k = 3, 7, (3, 3)
     x = torch.randn(B, C, H, W, generator=g) * 2
@@ -218,6 +223,7 @@ def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups,
     w, packed, corr, scale, fb = case["w"], case["layouts"][0], case["corr"], case["scale"], case["bias"]
     s, zp, qmin, qmax = case["act"]
     want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, groups, k, stride, (1, 1), (1, 1))
+    want_nb = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), None, groups, k, stride, (1, 1), (1, 1))
     old = qatkit._C.cpu_isa()
     try:
         for isa in isas():
@@ -227,6 +233,8 @@ def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups,
             one = ops.conv2d_int8(x[:1].contiguous(), packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin,
                                   qmax, fb, groups)
             assert torch.equal(one.reshape(1, N, -1), want[:1]), isa
+            nb = ops.conv2d_int8(x, packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, None, groups)
+            assert torch.equal(nb.reshape(B, N, -1), want_nb), isa  # no bias
     finally:
         qatkit._C.set_cpu_isa(old)
 
