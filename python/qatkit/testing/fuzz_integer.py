@@ -369,7 +369,7 @@ def _conv_shape(r: random.Random, k, stride, padding, dilation, depthwise_ok=Tru
         c, n = groups * r.choice([1, 2, 3, 5]), groups * r.choice([1, 2, 3, 8])
     else:
         c = r.choice([1, 2, 3, 8, 16, 24, 33, 64])
-        groups, n = c, c * r.choice([1, 1, 1, 2, 3])
+        groups, n = c, c * r.choice([1, 1, 1, 2, 3, 4, 5])
     while b * c * h * w * n * k[0] * k[1] // groups > _BUDGET:
         if b > 1:
             b //= 2
