@@ -1193,8 +1193,8 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       const std::int64_t p0 = (oh * sh + i * dh) * Wp + ow * sw;
       for (std::int64_t j = 0; j < kw; ++j) {  // tap (i, j): bits (i * kw + j) * C .. + C, whole bytes
         const std::int64_t p = p0 + j * dw;
-        std::memcpy(ar, im.sb.data() + p * CB, static_cast<std::size_t>(CB));
-        std::memcpy(zr, im.zb.data() + p * CB, static_cast<std::size_t>(CB));
+        copy_run(ar, im.sb.data() + p * CB, CB);
+        copy_run(zr, im.zb.data() + p * CB, CB);
         ar += CB;
         zr += CB;
         zeros += im.pz[static_cast<std::size_t>(p)];

@@ -24,6 +24,7 @@
 #include <array>
 #include <atomic>
 #include <cstring>
+#include <type_traits>
 #include <memory>
 #include <functional>
 #include <limits>
@@ -132,6 +133,37 @@ inline void split_record(const std::uint8_t* blk, std::int64_t K4, std::int32_t*
   rec[33] = off;
 }
 
+// Copies n bytes (n >= 1) with at most two fixed-size copies the compiler inlines (overlapping for n
+// not a power of two; never past d + n), a library call only above 16: the XNOR rows' per-pixel
+// runs of C / 8 bytes (a memcpy call per run was 10 % of a 3 x 3 XNOR conv over 64 channels;
+// docs/benchmarks.md, forty-sixth session). src == nullptr: zeros.
+inline void copy_run(std::uint8_t* d, const std::uint8_t* s, std::int64_t n) {
+  const auto part = [&](std::int64_t at, auto width) {
+    constexpr std::size_t w = decltype(width)::value;
+    std::uint8_t t[w] = {};
+    if (s != nullptr) std::memcpy(t, s + at, w);
+    std::memcpy(d + at, t, w);
+  };
+  if (n > 16) {
+    if (s != nullptr) {
+      std::memcpy(d, s, static_cast<std::size_t>(n));
+    } else {
+      std::memset(d, 0, static_cast<std::size_t>(n));
+    }
+  } else if (n >= 8) {
+    part(0, std::integral_constant<std::size_t, 8>{});
+    part(n - 8, std::integral_constant<std::size_t, 8>{});
+  } else if (n >= 4) {
+    part(0, std::integral_constant<std::size_t, 4>{});
+    part(n - 4, std::integral_constant<std::size_t, 4>{});
+  } else if (n >= 2) {
+    part(0, std::integral_constant<std::size_t, 2>{});
+    part(n - 2, std::integral_constant<std::size_t, 2>{});
+  } else if (n == 1) {
+    *d = s != nullptr ? *s : 0;
+  }
+}
+
 // 8 codes in {-1, 0, 1} (bytes 0xFF, 0x00, 0x01) -> their sign bits (code e > 0: bit e) and zero
 // bits (code e == 0) in one byte each; returns the number of zeros. Bit 0 of each byte holds the
 // flag, and a multiply gathers the 8 flags into the top byte (one bit per byte: no carries).
@@ -166,8 +198,8 @@ struct XnorRows {
   /// Zeroes row m's bytes past the first `written` (bits past K are 0 in both operands).
   void pad_row(std::int64_t m, std::int64_t KB, std::int64_t written) {
     if (written == KB) return;  // K a multiple of 32 (most layers): no padding, no calls per row
-    std::memset(a.data() + m * KB + written, 0, static_cast<std::size_t>(KB - written));
-    std::memset(z.data() + m * KB + written, 0, static_cast<std::size_t>(KB - written));
+    copy_run(a.data() + m * KB + written, nullptr, KB - written);
+    copy_run(z.data() + m * KB + written, nullptr, KB - written);
   }
   /// Row m from K contiguous codes in {-1, 0, 1}: whole bytes of bits 8 codes per 64-bit word
   /// (pack_codes8), the last K % 8 one by one; bits past K are 0.
