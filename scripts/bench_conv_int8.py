@@ -35,7 +35,8 @@ from qat_models import number_arg  # noqa: E402
 SHAPES = [(364, 1, 8, 32), (8, 1, 28, 32), (364, 32, 8, 64), (364, 64, 4, 64), (8, 256, 28, 256), (1, 256, 28, 256)]
 # (B, C, H=W, stride): NCHW inputs of 16+ pixels a row at stride 1 (8+ for one image) run planar,
 # the others channels-last (docs/integer.md)
-DEPTHWISE = [(364, 32, 8, 1), (364, 64, 4, 1), (8, 256, 28, 1), (1, 256, 28, 1), (8, 144, 32, 1), (8, 96, 32, 2)]
+DEPTHWISE = [(364, 32, 8, 1), (364, 64, 4, 1), (8, 256, 28, 1), (1, 256, 28, 1), (8, 144, 32, 1), (8, 96, 32, 2),
+             (8, 96, 112, 2)]
 
 
 def _medians(fns: dict, rounds: int) -> dict:
