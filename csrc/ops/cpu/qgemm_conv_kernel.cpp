@@ -798,7 +798,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     // (1 x 1 x 224 x 224 -> 32 ran 1.7-1.8x faster; docs/benchmarks.md, forty-sixth session).
     const std::int64_t threads = at::get_num_threads(), planes = B * C;
     std::int64_t splits = 1, chunk = mult;
-    if (mult > 4 && planes < 2 * threads) {
+    if (threads > 1 && mult > 4 && planes < 2 * threads) {
       const std::int64_t want = std::min((mult + 3) / 4, (2 * threads + planes - 1) / planes);
       chunk = ((mult + want - 1) / want + 3) / 4 * 4;
       splits = (mult + chunk - 1) / chunk;

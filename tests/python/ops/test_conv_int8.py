@@ -215,7 +215,7 @@ def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups,
     """Depthwise convs with several outputs per input channel (and 1-channel inputs) run channels-last
     (each pixel's codes repeated per output) or planar by the map's shape (up to 4 output planes of
     one input plane at a time); either equals linear_int8 over each group's unfolded patches, on every
-    ISA, batched and one image alone, with and without a bias."""
+    ISA and at 1-3 threads, batched and one image alone, with and without a bias."""
     g = torch.Generator().manual_seed(18)
     B, H, k = 3, 7, (3, 3)
     x = torch.randn(B, C, H, W, generator=g) * 2
@@ -224,19 +224,17 @@ def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups,
     s, zp, qmin, qmax = case["act"]
     want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, groups, k, stride, (1, 1), (1, 1))
     want_nb = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), None, groups, k, stride, (1, 1), (1, 1))
-    old = qatkit._C.cpu_isa()
-    try:
-        for isa in isas():
-            qatkit._C.set_cpu_isa(isa)
-            got = ops.conv2d_int8(x, packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, groups)
-            assert torch.equal(got.reshape(B, N, -1), want), isa
-            one = ops.conv2d_int8(x[:1].contiguous(), packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin,
-                                  qmax, fb, groups)
-            assert torch.equal(one.reshape(1, N, -1), want[:1]), isa
-            nb = ops.conv2d_int8(x, packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, None, groups)
-            assert torch.equal(nb.reshape(B, N, -1), want_nb), isa  # no bias
-    finally:
-        qatkit._C.set_cpu_isa(old)
+
+    def check(isa, t):  # (one image's few planes split their outputs across 2+ threads)
+        got = ops.conv2d_int8(x, packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, fb, groups)
+        assert torch.equal(got.reshape(B, N, -1), want), (isa, t)
+        one = ops.conv2d_int8(x[:1].contiguous(), packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin,
+                              qmax, fb, groups)
+        assert torch.equal(one.reshape(1, N, -1), want[:1]), (isa, t)
+        nb = ops.conv2d_int8(x, packed, bits, k, stride, (1, 1), (1, 1), corr, scale, s, zp, qmin, qmax, None, groups)
+        assert torch.equal(nb.reshape(B, N, -1), want_nb), (isa, t)  # no bias
+
+    on_every_isa_and_thread_count(check)
 
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
