@@ -62,8 +62,17 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
     _mm_mask_storeu_epi8(out, m, _mm512_cvtsepi32_epi8(codes(v, nan)));
   };
   if (q.divisor) {
+    const float* d = q.divisor;
+    const auto div = [&](const float* xs, std::int64_t k) {
+      return codes(_mm512_div_ps(_mm512_loadu_ps(xs + k), _mm512_loadu_ps(d + k)), nan);
+    };
     for (std::int64_t r = begin; r < end; ++r) {
-      for (std::int64_t k = 0; k < K; k += 16) step(x + r * K + k, q.divisor + k, a + r * K + k, std::min<std::int64_t>(16, K - k));
+      const float* xr = x + r * K;
+      std::int8_t* ar = a + r * K;
+      std::int64_t k = 0;
+      for (; k + 64 <= K; k += 64)
+        _mm512_storeu_si512(ar + k, pack64_s8(div(xr, k), div(xr, k + 16), div(xr, k + 32), div(xr, k + 48)));
+      for (; k < K; k += 16) step(xr + k, d + k, ar + k, std::min<std::int64_t>(16, K - k));
     }
   } else {
     const std::int64_t n1 = end * K;
