@@ -639,9 +639,9 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     // and stride 2 ran 1.1-2.3x faster channels-last), a 1-channel input too where the table has flat
     // stride-1 planes (dwconv_flat: a plane's codes read once for up to 4 output planes; 364 x 1 x 8 x
     // 8 -> 32 ran 1.1-1.5x and 1 x 1 x 224 x 224 -> 32 1.7-2.8x faster than channels-last,
-    // docs/benchmarks.md, forty-sixth session). With one output per channel the planar form needs the flat planes and
-    // pays from 16 pixels a row, or from 8 with fewer images than threads (no steps split across the
-    // threads): docs/benchmarks.md, forty-fifth session.
+    // docs/benchmarks.md, forty-sixth session). With one output per channel the planar form needs the
+    // flat planes and pays from 16 pixels a row, or from 8 with fewer images than threads (no steps
+    // split across the threads): docs/benchmarks.md, forty-fifth session.
     const bool planar_one = k.dwconv_flat && sh == 1 && (W >= 16 || !per_image);
     const bool planar_many = W >= 8 && sw == 1 && (C > 1 || (k.dwconv_flat && sh == 1));
     if (nhwc || (mult > 1 && !planar_many) || (mult == 1 && !planar_one)) {
