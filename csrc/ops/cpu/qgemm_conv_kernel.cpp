@@ -1425,7 +1425,10 @@ at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups) {
   return oom_as_error("conv2d_w1a1", input, kernel_size, stride, padding, [&] {
-    if (groups != 1)
+    // a 1-channel input is a depthwise conv with N outputs per channel: the direct kernels on its
+    // codes (the planar form's 4 outputs per pass), the same bits as the popcount GEMM on its
+    // K = kh * kw bits (364 x 1 x 8 x 8 -> 32: 323 -> 118-130 us; docs/benchmarks.md, forty-sixth session)
+    if (groups != 1 || (input.dim() == 4 && input.size(1) == 1))
       return conv2d_w1a1_grouped(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups);
     return conv2d_w1a1_impl(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias);
   });

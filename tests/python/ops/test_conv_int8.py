@@ -460,10 +460,12 @@ def test_an_isa_the_environment_names_that_cannot_run_warns():
 @pytest.mark.parametrize("B,C,HW,N", [(1, 16, 3, 40), (2, 16, 17, 8), (1, 16, 17, 8), (5, 8, 6, 20), (1, 5, 3, 40),
                                      (1, 5, 17, 8),
                                      # byte runs of 3, 5, 6, 12 and 17 bytes (copy_run's overlapping copies)
-                                     (2, 24, 5, 8), (2, 40, 5, 8), (1, 48, 4, 8), (2, 96, 4, 8), (1, 136, 3, 8)])
+                                     (2, 24, 5, 8), (2, 40, 5, 8), (1, 48, 4, 8), (2, 96, 4, 8), (1, 136, 3, 8),
+                                     # a 1-channel input: the depthwise kernels on its codes
+                                     (3, 1, 9, 8), (1, 1, 17, 12), (2, 1, 6, 8)])
 def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N):
     """conv2d_w1a1's channels-last patch rows as byte copies (C a multiple of 8: runs of C / 8 bytes
-    per tap) or code by code (C = 5), 9 rows against 40 outputs or more; one GEMM per image of 289
+    per tap) or code by code (C = 5; C = 1 takes the depthwise kernels), 9 rows against 40 outputs or more; one GEMM per image of 289
     positions (images in parallel, or one image's rows and columns), or several small images' rows
     in one GEMM; against the float64 conv of the codes, on every ISA."""
     g = torch.Generator().manual_seed(29)
