@@ -182,6 +182,29 @@ struct QDwConvArgs {
   std::int64_t C = 0;  ///< the channels (dwconv_nhwc)
 };
 
+/// A W4A8 conv (conv2d_w4a8's "static_group" form) computed directly on its input's padded planes,
+/// output pixels in vector lanes (QGemmKernels::conv_w4): no patch rows. Pixel m = b * L + l of the
+/// batch (l = oh * wo + ow) reads tap k = (c, i, j) of the conv group's planes at
+/// x[b * img + oh * row + ow * col + koff[k]]. Each output is finish_w4's: acc[g] =
+/// sum_{k in g} (code - zp) * q as init[n, g] + sum_{k in g} (x + 128) * q (the stored code x =
+/// code - shift read as the unsigned x + 128, so init = (act_offset - 128) * sum_{k in g} q: the same
+/// integer), t = sum_g f64(acc[g]) * f64(gscale[n, g]) in group order, y = fp32(t * act_scale) + bias.
+struct QConvW4Args {
+  const std::int8_t* x = nullptr;       ///< the conv group's first plane of image 0 (codes - shift)
+  const std::int64_t* koff = nullptr;   ///< [K]: tap k's offset from its pixel's base
+  std::int64_t img = 0, row = 0, col = 1, L = 0, wo = 1;
+  const std::int8_t* w = nullptr;       ///< [N, K] codes q in [-8, 7], PyTorch's (c, i, j) order
+  const std::int32_t* init = nullptr;  ///< [N, G]
+  const float* gscale = nullptr;        ///< [N, G]
+  const float* bias = nullptr;
+  double act_scale = 1.0;
+  /// output pixel m = b * L + l, channel n at y[b * y_img + l * y_ps + n * y_cs] (NCHW: y_ps 1,
+  /// y_cs L; NHWC: y_ps N_total, y_cs 1)
+  float* y = nullptr;
+  std::int64_t y_img = 0, y_ps = 1, y_cs = 0;
+  std::int64_t M = 0, N = 0, K = 0, group = 32;
+};
+
 /// Weight-only 4-bit (float activations): the W4 layout of QGemmW4Args (c = q + 8), each weight
 /// dequantized as w = (float(q) - zero[n, g]) * scale[n, g] (float32; zero 0 when gzero is null:
 /// the bits of dequantize_affine), y[m, n] = sum_k x[m, k] * w[n, k] in float32 (the ISA's own

@@ -70,6 +70,39 @@ bool images_by_thread(bool per_image, const at::Tensor& weight) {
   return per_image && at::get_num_threads() > 1 && weight.numel() * weight.element_size() <= (std::int64_t{8} << 20);
 }
 
+// A W4 conv weight (pack_int4_w4's rows or pack_int4_panel's layout) as int8 codes q [N, K] in
+// PyTorch's (c, i, j) order, then each row's group sums of q [N, K / group] as int32: the table's direct
+// conv (QConvW4Args) reads them; held between calls (cached_weight_form).
+at::Tensor w4_conv_codes(const at::Tensor& weight, const at::Tensor& w, bool panel, std::int64_t N, std::int64_t K,
+                         std::int64_t group) {
+  return cached_weight_form(weight, {6, panel, N, K, group, 0, 0, 0}, [&] {
+    const std::int64_t G = K / group, KB = K / 2;
+    at::Tensor out = at::empty({N * K + 4 * N * G}, w.options().dtype(at::kChar));
+    const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
+    std::int8_t* q = out.mutable_data_ptr<std::int8_t>();
+    auto* qsum = reinterpret_cast<std::int32_t*>(q + N * K);
+    at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n) {
+        std::int8_t* row = q + n * K;
+        for (std::int64_t b = 0; b < KB; ++b) {  // chunk of 32: byte j holds k = j (low) and j + 16 (high), c = q + 8
+          const std::int64_t off = panel ? (n / 16) * ((KB + 63) / 64) * 1024 + (n % 16) * 4 + (b / 64) * 1024 +
+                                               (b % 64 / 4) * 64 + b % 4
+                                         : n * KB + b;
+          const std::int64_t k0 = b / 16 * 32 + b % 16;
+          row[k0] = static_cast<std::int8_t>((src[off] & 15) - 8);
+          row[k0 + 16] = static_cast<std::int8_t>((src[off] >> 4) - 8);
+        }
+        for (std::int64_t gi = 0; gi < G; ++gi) {
+          std::int32_t sum = 0;
+          for (std::int64_t e = gi * group; e < (gi + 1) * group; ++e) sum += row[e];
+          std::memcpy(qsum + n * G + gi, &sum, sizeof sum);
+        }
+      }
+    });
+    return out;
+  });
+}
+
 // conv2d_w4a8 (the "static_group" form of a conv): linear_w4a8's group GEMM (the table's gemm_w4) on
 // patch rows in PyTorch's (c, i, j) order. conv2d_int8's channels-last (i, j, c) rows do not serve
 // here: their sums are exact in any order, but a group of K spans channels and taps in the weight's
@@ -191,6 +224,49 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const float* gsp = gs.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
+  if (planes && !pointwise && k.conv_w4 != nullptr && sw <= 2) {
+    // the table's direct conv on the planes (QConvW4Args): output pixels in vector lanes, no patch rows
+    const at::Tensor codes = w4_conv_codes(weight, w, panel, N, K, group_size);
+    const auto* qp = codes.const_data_ptr<std::int8_t>();
+    const auto* qsum = reinterpret_cast<const std::int32_t*>(qp + N * K);  // [N, G]
+    // each group's init: (act_offset - 128) * sum q (the lanes read the codes + 128)
+    const std::int32_t mult = shift - static_cast<std::int32_t>(act_zero_point) - 128;
+    std::vector<std::int32_t> init(static_cast<std::size_t>(N * G));
+    for (std::int64_t e = 0; e < N * G; ++e) init[static_cast<std::size_t>(e)] = mult * qsum[e];
+    std::vector<std::int64_t> koff(static_cast<std::size_t>(K));
+    for (std::int64_t c = 0, e = 0; c < Cg; ++c)
+      for (std::int64_t i = 0; i < kh; ++i)
+        for (std::int64_t j = 0; j < kw; ++j) koff[static_cast<std::size_t>(e++)] = c * Hp * Wp + i * dh * Wp + j * dw;
+    kernels::QConvW4Args cg;
+    cg.koff = koff.data();
+    cg.img = C * Hp * Wp;
+    cg.row = sh * Wp;
+    cg.col = sw;
+    cg.L = L;
+    cg.wo = wo;
+    cg.act_scale = static_cast<double>(static_cast<float>(act_scale));
+    cg.y_img = N * L;
+    cg.y_ps = nhwc ? N : 1;
+    cg.y_cs = nhwc ? 1 : L;
+    cg.M = M;
+    cg.N = Ng;
+    cg.K = K;
+    cg.group = group_size;
+    // tiles of 16 output pixels across the threads, each thread every output channel
+    at::parallel_for(0, (M + 15) / 16, 1, [&](std::int64_t t0, std::int64_t t1) {
+      for (std::int64_t gi = 0; gi < groups; ++gi) {
+        kernels::QConvW4Args a = cg;
+        a.x = xc + gi * Cg * Hp * Wp;
+        a.w = qp + gi * Ng * K;
+        a.init = init.data() + gi * Ng * G;
+        a.gscale = gsp + gi * Ng * G;
+        a.bias = bp ? bp + gi * Ng : nullptr;
+        a.y = yp + gi * Ng * (nhwc ? 1 : L);
+        k.conv_w4(a, t0 * 16, std::min(M, t1 * 16));
+      }
+    });
+    return y;
+  }
   // kw codes at a time as one 8-byte copy (the next copy overwrites the rest; rows are built in order)
   const bool short_runs = dw == 1 && kw <= 8;
   // the per-row patches' (c, i) runs: their offsets in an image's planes (no multiplies per run)

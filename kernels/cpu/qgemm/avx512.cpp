@@ -28,6 +28,7 @@ const QGemmKernels* qgemm_avx512() {
     avx512::add_w8a8(t);
     avx512::add_lowbit(t);
     avx512::add_w4a8(t);
+    avx512::add_w4conv(t);
     avx512::add_w4f(t);
     avx512::add_dwconv(t);
     t.gemm_w8f = &detail::gemm_w8f_loop;  // loops.h's loop at 512 bits
