@@ -238,30 +238,31 @@ inline void store_tile(const QConvW4Args& g, const Tile& t, std::int64_t n, __m5
   }
 }
 
+// TL tiles from tile t against NB channels from n, stored.
+template <int TL, int NB>
+inline void tiles_pass(const QConvW4Args& g, const std::uint8_t* A, const Tile* tiles, std::int64_t t, std::int64_t n) {
+  const std::int64_t tile_bytes = g.K * 16;
+  __m512 out[TL][NB];
+  if (g.group == 32) {  // groups of 32: the quads of a group unrolled
+    tiles_outputs<TL, NB, 8>(g, A + t * tile_bytes, tile_bytes, n, out);
+  } else {
+    tiles_outputs<TL, NB, 0>(g, A + t * tile_bytes, tile_bytes, n, out);
+  }
+  #pragma GCC unroll 4
+  for (int i = 0; i < TL; ++i) store_tile<NB>(g, tiles[t + i], n, out[i]);
+}
+
+#ifndef CW4_TL
+#define CW4_TL 2
+#endif
+#ifndef CW4_NB
+#define CW4_NB 4
+#endif
 template <int NB>
 void channels_pass(const QConvW4Args& g, const std::uint8_t* A, const Tile* tiles, std::int64_t nt, std::int64_t n) {
-  const std::int64_t tile_bytes = g.K * 16;
   std::int64_t t = 0;
-  const bool g32 = g.group == 32;  // groups of 32: the quads of a group unrolled
-  for (; t + 2 <= nt; t += 2) {
-    __m512 out[2][NB];
-    if (g32) {
-      tiles_outputs<2, NB, 8>(g, A + t * tile_bytes, tile_bytes, n, out);
-    } else {
-      tiles_outputs<2, NB, 0>(g, A + t * tile_bytes, tile_bytes, n, out);
-    }
-    store_tile<NB>(g, tiles[t], n, out[0]);
-    store_tile<NB>(g, tiles[t + 1], n, out[1]);
-  }
-  if (t < nt) {
-    __m512 out[1][NB];
-    if (g32) {
-      tiles_outputs<1, NB, 8>(g, A + t * tile_bytes, tile_bytes, n, out);
-    } else {
-      tiles_outputs<1, NB, 0>(g, A + t * tile_bytes, tile_bytes, n, out);
-    }
-    store_tile<NB>(g, tiles[t], n, out[0]);
-  }
+  for (; t + CW4_TL <= nt; t += CW4_TL) tiles_pass<CW4_TL, NB>(g, A, tiles, t, n);
+  for (; t < nt; ++t) tiles_pass<1, NB>(g, A, tiles, t, n);
 }
 
 void conv_w4(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end) {
@@ -284,7 +285,7 @@ void conv_w4(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end) {
                  tiles[t]);
     }
     std::int64_t n = 0;
-    for (; n + 4 <= g.N; n += 4) channels_pass<4>(g, A, tiles, nt, n);
+    for (; n + CW4_NB <= g.N; n += CW4_NB) channels_pass<CW4_NB>(g, A, tiles, nt, n);
     for (; n < g.N; ++n) channels_pass<1>(g, A, tiles, nt, n);
   }
 }

@@ -171,6 +171,45 @@ def test_conv2d_w4a8_equals_the_group_reference_on_every_isa(geom, chans, qrange
     on_every_isa_and_thread_count(check)
 
 
+# The AVX-512 table's direct route (conv_w4: the planes read straight into tiles of 16 output pixels,
+# one per vector lane; other tables build patch rows): (input H = W, stride, C, N, group size). Tiles
+# along one output row (16 and 18 wide: 16 contiguous codes per tap, then a tile over two rows and a
+# tail), over 2 or 4 rows of an 8- or 4-wide output (two 8-byte or four 4-byte loads), across images
+# (5 wide, 3 images); at column stride 2 the even bytes of 32 (16, 8 and 4 wide outputs) or byte by
+# byte (5 wide); stride 3 takes the patch rows. N = 13 leaves a channel tail past blocks of 4 (N = 16:
+# none; channels_last outputs then go as 4 channels per pixel), K = 2304 fills more than one chunk of
+# tiles on one thread, groups of 64 run the quads of a group in a loop.
+W4_DIRECT_CASES = [(16, 1, 32, 13, 32), (18, 1, 32, 16, 32), (8, 1, 64, 16, 32), (4, 1, 32, 13, 32),
+                   (5, 1, 64, 16, 64), (32, 2, 32, 13, 32), (16, 2, 32, 16, 32), (8, 2, 64, 13, 32),
+                   (10, 2, 32, 16, 32), (17, 3, 32, 13, 32), (8, 1, 256, 16, 32)]
+
+
+@pytest.mark.parametrize("hw,stride,C,N,gs", W4_DIRECT_CASES)
+def test_conv2d_w4a8_direct_tiles_on_every_isa(hw, stride, C, N, gs):
+    """conv2d_w4a8 3 x 3 convs (padding 1, 3 images) give the float64 group reference's bits on every
+    ISA at 1, 2 and 3 threads, in both weight layouts and memory formats, whichever form each tile of
+    output pixels takes."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(3, C, hw, hw, generator=g) * 2
+    K = C * 9
+    codes = torch.randint(-8, 8, (N, C, 3, 3), dtype=torch.int8, generator=g)
+    gscale = torch.rand(N, K // gs, generator=g) * 0.1
+    bias = torch.randn(N, generator=g)
+    w4 = ops.pack_int4_w4(codes.reshape(N, K))
+    st = (stride, stride)
+    want = _w4_conv_reference(x, codes, gscale, gs, 0.05, 9, 0, 255, bias, st, (1, 1), (1, 1), 1)
+
+    def check(isa, t):
+        for w in (w4, ops.pack_int4_panel(w4)):
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                got = ops.conv2d_w4a8(x.contiguous(memory_format=fmt), w, (3, 3), st, (1, 1), (1, 1), gscale, gs, 0.05,
+                                      9, 0, 255, bias)
+                assert got.is_contiguous(memory_format=fmt), (isa, t, fmt)
+                assert same_bits(got, want), (isa, t, w.dim(), fmt)
+
+    on_every_isa_and_thread_count(check)
+
+
 def test_conv2d_w4a8_blocks_of_rows_empty_inputs_and_no_channels():
     """More patch rows per thread than one block (4 MiB of codes: 16384 rows of K = 288 here; a
     channels_last pointwise conv's 133120 rows of K = 32; planes past the kept scratch's 16 MiB)
