@@ -224,7 +224,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const float* gsp = gs.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  if (planes && !pointwise && k.conv_w4 != nullptr && sw <= 2) {
+  if (planes && !pointwise && k.conv_w4 != nullptr && sw <= 2 && (k.conv_w4_max_k == 0 || K <= k.conv_w4_max_k)) {
     // the table's direct conv on the planes (QConvW4Args): output pixels in vector lanes, no patch rows
     const at::Tensor codes = w4_conv_codes(weight, w, panel, N, K, group_size);
     const auto* qp = codes.const_data_ptr<std::int8_t>();

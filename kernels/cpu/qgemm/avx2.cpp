@@ -16,6 +16,9 @@
 #include "w4_finish4.h"
 
 namespace qatkit::kernels::cpu {
+namespace avx2 {
+void conv_w4(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end);  // avx2_w4conv.cpp
+}  // namespace avx2
 namespace {
 
 inline __m256i madd_s8(__m256i ua, __m256i sa, __m256i w, __m256i ones) {
@@ -1688,6 +1691,12 @@ const QGemmKernels* qgemm_avx2() {
     t.wop_panel_cols = detail::kWopNC;
     t.quantize_s16 = &quantize_s16;
     t.dwconv_flat = true;
+    // W4A8 convs direct on their planes up to K = 1152 (3 x 3 from 128 channels). This table on Zen 5,
+    // 3 x 3 convs against the patch rows and gemm_w4 (2 threads, docs/benchmarks.md, forty-seventh
+    // session): K = 288 / 576 / 1152 0.79 / 0.81 / 0.94x the time, K = 2304 1.00-1.06x, 4608 1.08x.
+    // (To be measured on an AVX2-only CPU, whose ports differ.)
+    t.conv_w4 = &avx2::conv_w4;
+    t.conv_w4_max_k = 1152;
     return t;
   }();
   return &k;

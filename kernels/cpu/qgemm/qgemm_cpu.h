@@ -100,6 +100,8 @@ struct QGemmKernels {
   /// batch, every output channel; null where the table has none (conv2d_w4a8 then builds patch rows
   /// for gemm_w4). The same bits as gemm_w4 on the patch rows.
   void (*conv_w4)(const QConvW4Args& args, std::int64_t m_begin, std::int64_t m_end) = nullptr;
+  /// conv_w4 runs convs of K up to this (0: any K); above it, the patch rows and gemm_w4.
+  std::int64_t conv_w4_max_k = 0;
   /// gemm_xnor writes column-major outputs (y_rs 1: a conv's NCHW image) without a scalar scatter
   /// from this many rows (0: never; an NCHW conv then transposes a row-major buffer itself). The
   /// AVX-512 table with VPOPCNTDQ: 16 (blocks of 16 rows transposed in registers).
