@@ -151,7 +151,9 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const bool pixel_rows = nhwc && pointwise && groups == 1;
   // an NCHW pointwise conv: each thread quantizes its pixels' [Cg, pixels] floats itself and
   // transposes the codes into its rows (no shared planes, no parallel region before the GEMM's)
-  const bool pointwise_nchw = pointwise && !nhwc;
+  // the table's direct conv on the planes (conv_w4): column strides 1 and 2, K within the table's bound
+  const bool direct = k.conv_w4 != nullptr && sw <= 2 && (k.conv_w4_max_k == 0 || K <= k.conv_w4_max_k) && !pixel_rows;
+  const bool pointwise_nchw = pointwise && !nhwc && !direct;
   // a grouped pointwise conv of a channels_last input: its planes hold L = H * W codes each
   const bool pointwise_planes = pointwise && !pixel_rows && !pointwise_nchw;
   const bool planes = !pixel_rows && !pointwise_nchw;
@@ -196,6 +198,12 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
         k.transpose_s8(row, W, C, C, xc + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
       }
     });
+  } else if (ph == 0 && pw == 0) {  // no padding: the planes are the input's layout, quantized as one run
+    const std::int64_t total = B * C * H * W;
+    at::parallel_for(0, (total + 4095) / 4096, 16, [&](std::int64_t c0, std::int64_t c1) {
+      const std::int64_t e0 = c0 * 4096, e1 = std::min(total, c1 * 4096);
+      k.quantize_rows(xp + e0, xc + e0, e1 - e0, qn, 0, 1);
+    });
   } else {
     at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
       pad_planes(p0, p1);
@@ -224,7 +232,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const float* gsp = gs.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  if (planes && !pointwise && k.conv_w4 != nullptr && sw <= 2 && (k.conv_w4_max_k == 0 || K <= k.conv_w4_max_k)) {
+  if (planes && direct) {
     // the table's direct conv on the planes (QConvW4Args): output pixels in vector lanes, no patch rows
     const at::Tensor codes = w4_conv_codes(weight, w, panel, N, K, group_size);
     const auto* qp = codes.const_data_ptr<std::int8_t>();
