@@ -166,7 +166,10 @@ void conv_w4(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end) {
 
 }  // namespace
 
-void add_w4conv(QGemmKernels& t) { t.conv_w4 = &conv_w4; }
+void add_w4conv(QGemmKernels& t) {
+  t.conv_w4 = &conv_w4;
+  t.conv_w4_max_k = 0;  // every K (the table starts as a copy of the AVX2 one, which bounds it)
+}
 
 }  // namespace qatkit::kernels::cpu::avx512
 #endif
