@@ -182,22 +182,27 @@ struct QDwConvArgs {
   std::int64_t C = 0;  ///< the channels (dwconv_nhwc)
 };
 
-/// A W4A8 conv (conv2d_w4a8's "static_group" form) computed directly on its input's padded planes,
-/// output pixels in vector lanes (QGemmKernels::conv_w4): no patch rows. Pixel m = b * L + l of the
-/// batch (l = oh * wo + ow) reads tap k = (c, i, j) of the conv group's planes at
-/// x[b * img + oh * row + ow * col + koff[k]]. Each output is finish_w4's: acc[g] =
-/// sum_{k in g} (code - zp) * q as init[n, g] + sum_{k in g} (x + 128) * q (the stored code x =
-/// code - shift read as the unsigned x + 128, so init = (act_offset - 128) * sum_{k in g} q: the same
-/// integer), t = sum_g f64(acc[g]) * f64(gscale[n, g]) in group order, y = fp32(t * act_scale) + bias.
-struct QConvW4Args {
+/// A conv computed directly on its input's padded planes, output pixels in vector lanes
+/// (QGemmKernels::conv_w4, conv_s8): no patch rows. Pixel m = b * L + l of the batch (l = oh * wo +
+/// ow) reads tap k = (c, i, j) of the conv group's planes at x[b * img + oh * row + ow * col +
+/// koff[k]]; the stored code x = code - shift is read as the unsigned x + 128.
+/// conv_w4 (conv2d_w4a8's "static_group" form): each output is finish_w4's: acc[g] =
+/// sum_{k in g} (code - zp) * q as init[n, g] + sum_{k in g} (x + 128) * q (init = (act_offset -
+/// 128) * sum_{k in g} q: the same integer), t = sum_g f64(acc[g]) * f64(gscale[n, g]) in group
+/// order, y = fp32(t * act_scale) + bias.
+/// conv_s8 (conv2d_int8's "static" form; group = K, G = 1): acc = init[n] + sum_k (x + 128) * w
+/// modulo 2^32 with init[n] = corr[n] - 128 * sum_k w[n, k], i.e. QGemmArgs' sum_k x * w + corr[n];
+/// y = fp32(acc) * out_scale[n] (+ bias[n]).
+struct QConvDirectArgs {
   const std::int8_t* x = nullptr;       ///< the conv group's first plane of image 0 (codes - shift)
   const std::int64_t* koff = nullptr;   ///< [K]: tap k's offset from its pixel's base
   std::int64_t img = 0, row = 0, col = 1, L = 0, wo = 1;
-  const std::int8_t* w = nullptr;       ///< [N, K] codes q in [-8, 7], PyTorch's (c, i, j) order
+  const std::int8_t* w = nullptr;       ///< [N, K] codes (conv_w4: q in [-8, 7]), PyTorch's (c, i, j) order
   const std::int32_t* init = nullptr;  ///< [N, G]
-  const float* gscale = nullptr;        ///< [N, G]
+  const float* gscale = nullptr;        ///< [N, G] (conv_w4)
+  const float* out_scale = nullptr;     ///< [N] (conv_s8)
   const float* bias = nullptr;
-  double act_scale = 1.0;
+  double act_scale = 1.0;               ///< conv_w4
   /// output pixel m = b * L + l, channel n at y[b * y_img + l * y_ps + n * y_cs] (NCHW: y_ps 1,
   /// y_cs L; NHWC: y_ps N_total, y_cs 1)
   float* y = nullptr;

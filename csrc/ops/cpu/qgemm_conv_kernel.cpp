@@ -70,9 +70,152 @@ bool images_by_thread(bool per_image, const at::Tensor& weight) {
   return per_image && at::get_num_threads() > 1 && weight.numel() * weight.element_size() <= (std::int64_t{8} << 20);
 }
 
+// The input's codes (quantize_rows with qn) in padded planes xc [B, C, Hp, Wp], Hp = H + 2 ph, Wp =
+// W + 2 pw, the padding's code pad_code around each plane (only the padding written besides the
+// codes), then 64 bytes of slack (pad_code) for reads past the last plane: planes narrower than 64
+// quantized as one run each, then copied into their rows; an NCHW input's unpadded planes, which are
+// its own layout, as one run in 4 Ki-code chunks across the threads; a channels_last input by image
+// rows, each row's [W, C] codes transposed into the planes by the table's byte transpose.
+// conv2d_w4a8's planes and the direct routes' (conv_w4, conv_s8).
+void quantize_planes(const float* xp, bool nhwc, std::int64_t B, std::int64_t C, std::int64_t H, std::int64_t W,
+                     std::int64_t ph, std::int64_t pw, const kernels::ActQuantArgs& qn, std::int8_t pad_code,
+                     std::int8_t* xc) {
+  const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+  const auto& k = kernels::cpu::qgemm_kernels();
+  std::memset(xc + B * C * Hp * Wp, pad_code, 64);
+  const auto pad_planes = [&](std::int64_t p0, std::int64_t p1) {  // planes [p0, p1): their padding
+    if (ph == 0 && pw == 0) return;
+    const std::int64_t h_n = H, w_n = W, wp_n = Wp, ph_n = ph, pw_n = pw;  // locals (int8 stores alias)
+    const std::int8_t code = pad_code;
+    if (Hp * Wp <= 1024) {  // small planes: one fill each (the codes are written over it afterwards)
+      std::memset(xc + p0 * Hp * Wp, code, static_cast<std::size_t>((p1 - p0) * Hp * Wp));
+      return;
+    }
+    for (std::int64_t p = p0; p < p1; ++p) {
+      std::int8_t* pl = xc + p * Hp * Wp;
+      std::memset(pl, code, static_cast<std::size_t>(ph_n * wp_n));
+      std::memset(pl + (ph_n + h_n) * wp_n, code, static_cast<std::size_t>(ph_n * wp_n));
+      for (std::int64_t h = ph_n; h < ph_n + h_n; ++h) {
+        for (std::int64_t e = 0; e < pw_n; ++e) pl[h * wp_n + e] = pl[h * wp_n + pw_n + w_n + e] = code;
+      }
+    }
+  };
+  if (nhwc) {  // each image row's [W, C] codes, transposed into the C planes
+    at::parallel_for(0, B * C, 16, pad_planes);  // first: a small plane's fill covers its codes' places
+    at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
+      struct TagRow {};
+      const kernels::BoundedScratch<std::int8_t, TagRow> row_buf(static_cast<std::size_t>(W * C));
+      std::int8_t* row = row_buf.get();
+      for (std::int64_t p = p0; p < p1; ++p) {
+        const std::int64_t bi = p / H, h = p % H;
+        k.quantize_rows(xp + p * W * C, row, W * C, qn, 0, 1);
+        k.transpose_s8(row, W, C, C, xc + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
+      }
+    });
+  } else if (ph == 0 && pw == 0) {  // no padding: the planes are the input's layout, quantized as one run
+    const std::int64_t total = B * C * H * W;
+    at::parallel_for(0, (total + 4095) / 4096, 16, [&](std::int64_t c0, std::int64_t c1) {
+      const std::int64_t e0 = c0 * 4096, e1 = std::min(total, c1 * 4096);
+      k.quantize_rows(xp + e0, xc + e0, e1 - e0, qn, 0, 1);
+    });
+  } else {
+    at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
+      pad_planes(p0, p1);
+      if (W >= 64) {  // each image row straight into its plane
+        for (std::int64_t p = p0; p < p1; ++p)
+          for (std::int64_t h = 0; h < H; ++h)
+            k.quantize_rows(xp + (p * H + h) * W, xc + p * Hp * Wp + (h + ph) * Wp + pw, W, qn, 0, 1);
+        return;
+      }
+      // narrow rows: a plane's codes in one call, then copied into the padded rows (a call per row of
+      // 4-8 codes was a tenth of a 4 x 4 map's conv)
+      struct TagPlane {};
+      const kernels::BoundedScratch<std::int8_t, TagPlane> t_buf(static_cast<std::size_t>(H * W));
+      std::int8_t* t = t_buf.get();
+      const std::int64_t h_n = H, w_n = W, wp_n = Wp;  // locals: int8 stores may alias captured values
+      for (std::int64_t p = p0; p < p1; ++p) {
+        k.quantize_rows(xp + p * H * W, t, H * W, qn, 0, 1);
+        std::int8_t* d = xc + p * Hp * Wp + ph * Wp + pw;
+        for (std::int64_t h = 0; h < h_n; ++h, d += wp_n)
+          for (std::int64_t e = 0; e < w_n; ++e) d[e] = t[h * w_n + e];
+      }
+    });
+  }
+}
+
+// The direct routes' arguments common to conv_w4 and conv_s8: the geometry of pixels and taps (koff:
+// K rounded up to a multiple of 4, the taps past K pointing at tap 0, whose weights are zero), the
+// output's layout. The caller sets the weights, inits, scales and bias per conv group.
+kernels::QConvDirectArgs direct_conv_args(std::vector<std::int64_t>& koff, std::int64_t B, std::int64_t C,
+                                          std::int64_t Cg, std::int64_t Hp, std::int64_t Wp, std::int64_t kh,
+                                          std::int64_t kw, std::int64_t sh, std::int64_t sw, std::int64_t dh,
+                                          std::int64_t dw, std::int64_t ho, std::int64_t wo, std::int64_t N,
+                                          bool nhwc) {
+  const std::int64_t K = Cg * kh * kw, K4 = (K + 3) / 4 * 4, L = ho * wo;
+  koff.assign(static_cast<std::size_t>(K4), 0);
+  for (std::int64_t c = 0, e = 0; c < Cg; ++c)
+    for (std::int64_t i = 0; i < kh; ++i)
+      for (std::int64_t j = 0; j < kw; ++j) koff[static_cast<std::size_t>(e++)] = c * Hp * Wp + i * dh * Wp + j * dw;
+  kernels::QConvDirectArgs a;
+  a.koff = koff.data();
+  a.img = C * Hp * Wp;
+  a.row = sh * Wp;
+  a.col = sw;
+  a.L = L;
+  a.wo = wo;
+  a.y_img = N * L;
+  a.y_ps = nhwc ? N : 1;
+  a.y_cs = nhwc ? 1 : L;
+  a.M = B * L;
+  a.K = K4;
+  return a;
+}
+
+// fn (the table's conv_w4 or conv_s8) over every output pixel, tiles of 16 across the threads, each
+// thread every conv group (group(gi, a) sets a's per-group fields) and output channel.
+template <class Group>
+void run_direct_conv(void (*fn)(const kernels::QConvDirectArgs&, std::int64_t, std::int64_t),
+                     const kernels::QConvDirectArgs& cg, std::int64_t groups, const Group& group) {
+  const std::int64_t M = cg.M;
+  at::parallel_for(0, (M + 15) / 16, 1, [&](std::int64_t t0, std::int64_t t1) {
+    for (std::int64_t gi = 0; gi < groups; ++gi) {
+      kernels::QConvDirectArgs a = cg;
+      group(gi, a);
+      fn(a, t0 * 16, std::min(M, t1 * 16));
+    }
+  });
+}
+
+// A conv2d_int8 weight (any of its layouts and bits) as int8 codes [N, K4] in PyTorch's (c, i, j)
+// order (K4 = K rounded up to a multiple of 4, zeros past K), then each row's sum of codes as int32
+// [N]: the table's direct conv (conv_s8) reads them; held between calls (cached_weight_form).
+at::Tensor s8_conv_codes(const at::Tensor& weight, const at::Tensor& w, int bits, bool panel, std::int64_t N,
+                         std::int64_t K) {
+  const std::int64_t rb = w.size(1), K4 = (K + 3) / 4 * 4;
+  return cached_weight_form(weight, {8, bits, panel, N, K, rb, 0, 0}, [&] {
+    at::Tensor out = at::empty({N * K4 + 4 * N}, w.options().dtype(at::kChar));
+    const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
+    std::int8_t* q = out.mutable_data_ptr<std::int8_t>();
+    auto* wsum = reinterpret_cast<std::int32_t*>(q + N * K4);
+    at::parallel_for(0, N, 16, [&](std::int64_t n0, std::int64_t n1) {
+      for (std::int64_t n = n0; n < n1; ++n) {
+        std::int8_t* row = q + n * K4;
+        std::int32_t sum = 0;
+        for (std::int64_t t = 0; t < K4; ++t) {
+          const int v = t < K ? weight_code(src, bits, panel, rb, n, t) : 0;
+          row[t] = static_cast<std::int8_t>(v);
+          sum += v;
+        }
+        std::memcpy(wsum + n, &sum, sizeof sum);
+      }
+    });
+    return out;
+  });
+}
+
 // A W4 conv weight (pack_int4_w4's rows or pack_int4_panel's layout) as int8 codes q [N, K] in
 // PyTorch's (c, i, j) order, then each row's group sums of q [N, K / group] as int32: the table's direct
-// conv (QConvW4Args) reads them; held between calls (cached_weight_form).
+// conv (QConvDirectArgs) reads them; held between calls (cached_weight_form).
 at::Tensor w4_conv_codes(const at::Tensor& weight, const at::Tensor& w, bool panel, std::int64_t N, std::int64_t K,
                          std::int64_t group) {
   return cached_weight_form(weight, {6, panel, N, K, group, 0, 0, 0}, [&] {
@@ -165,75 +308,15 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   const kernels::BoundedScratch<std::int8_t, TagPlanes> xc_buf(planes ? xc_n : 0);
   std::int8_t* xc = planes ? xc_buf.get() : nullptr;
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
-  if (xc != nullptr) std::memset(xc + xc_n - 64, pad_code, 64);
-  const auto pad_planes = [&](std::int64_t p0, std::int64_t p1) {  // planes [p0, p1): their padding
-    if (ph == 0 && pw == 0) return;
-    const std::int64_t h_n = H, w_n = W, wp_n = Wp, ph_n = ph, pw_n = pw;  // locals (int8 stores alias)
-    const std::int8_t code = pad_code;
-    if (Hp * Wp <= 1024) {  // small planes: one fill each (the codes are written over it afterwards)
-      std::memset(xc + p0 * Hp * Wp, code, static_cast<std::size_t>((p1 - p0) * Hp * Wp));
-      return;
-    }
-    for (std::int64_t p = p0; p < p1; ++p) {
-      std::int8_t* pl = xc + p * Hp * Wp;
-      std::memset(pl, code, static_cast<std::size_t>(ph_n * wp_n));
-      std::memset(pl + (ph_n + h_n) * wp_n, code, static_cast<std::size_t>(ph_n * wp_n));
-      for (std::int64_t h = ph_n; h < ph_n + h_n; ++h) {
-        for (std::int64_t e = 0; e < pw_n; ++e) pl[h * wp_n + e] = pl[h * wp_n + pw_n + w_n + e] = code;
-      }
-    }
-  };
   const float* xp = x.data_ptr<float>();
-  if (!planes) {
-    // no planes: the pixels' codes go straight into the rows (pixel_rows, pointwise_nchw)
-  } else if (nhwc) {  // each image row's [W, C] codes, transposed into the C planes
-    at::parallel_for(0, B * C, 16, pad_planes);  // first: a small plane's fill covers its codes' places
-    at::parallel_for(0, B * H, 1, [&](std::int64_t p0, std::int64_t p1) {
-      struct TagRow {};
-      const kernels::BoundedScratch<std::int8_t, TagRow> row_buf(static_cast<std::size_t>(W * C));
-      std::int8_t* row = row_buf.get();
-      for (std::int64_t p = p0; p < p1; ++p) {
-        const std::int64_t bi = p / H, h = p % H;
-        k.quantize_rows(xp + p * W * C, row, W * C, qn, 0, 1);
-        k.transpose_s8(row, W, C, C, xc + bi * C * Hp * Wp + (h + ph) * Wp + pw, Hp * Wp);
-      }
-    });
-  } else if (ph == 0 && pw == 0) {  // no padding: the planes are the input's layout, quantized as one run
-    const std::int64_t total = B * C * H * W;
-    at::parallel_for(0, (total + 4095) / 4096, 16, [&](std::int64_t c0, std::int64_t c1) {
-      const std::int64_t e0 = c0 * 4096, e1 = std::min(total, c1 * 4096);
-      k.quantize_rows(xp + e0, xc + e0, e1 - e0, qn, 0, 1);
-    });
-  } else {
-    at::parallel_for(0, B * C, 1, [&](std::int64_t p0, std::int64_t p1) {
-      pad_planes(p0, p1);
-      if (W >= 64) {  // each image row straight into its plane
-        for (std::int64_t p = p0; p < p1; ++p)
-          for (std::int64_t h = 0; h < H; ++h)
-            k.quantize_rows(xp + (p * H + h) * W, xc + p * Hp * Wp + (h + ph) * Wp + pw, W, qn, 0, 1);
-        return;
-      }
-      // narrow rows: a plane's codes in one call, then copied into the padded rows (a call per row of
-      // 4-8 codes was a tenth of a 4 x 4 map's conv)
-      struct TagPlane {};
-      const kernels::BoundedScratch<std::int8_t, TagPlane> t_buf(static_cast<std::size_t>(H * W));
-      std::int8_t* t = t_buf.get();
-      const std::int64_t h_n = H, w_n = W, wp_n = Wp;  // locals: int8 stores may alias captured values
-      for (std::int64_t p = p0; p < p1; ++p) {
-        k.quantize_rows(xp + p * H * W, t, H * W, qn, 0, 1);
-        std::int8_t* d = xc + p * Hp * Wp + ph * Wp + pw;
-        for (std::int64_t h = 0; h < h_n; ++h, d += wp_n)
-          for (std::int64_t e = 0; e < w_n; ++e) d[e] = t[h * w_n + e];
-      }
-    });
-  }
+  if (planes) quantize_planes(xp, nhwc, B, C, H, W, ph, pw, qn, pad_code, xc);
   const bool panel = w.dim() == 3;
   const auto* wp = w.data_ptr<std::uint8_t>();
   const float* gsp = gs.data_ptr<float>();
   const float* bp = b.defined() ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   if (planes && direct) {
-    // the table's direct conv on the planes (QConvW4Args): output pixels in vector lanes, no patch rows
+    // the table's direct conv on the planes (QConvDirectArgs): output pixels in vector lanes, no patch rows
     const at::Tensor codes = w4_conv_codes(weight, w, panel, N, K, group_size);
     const auto* qp = codes.const_data_ptr<std::int8_t>();
     const auto* qsum = reinterpret_cast<const std::int32_t*>(qp + N * K);  // [N, G]
@@ -241,37 +324,18 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     const std::int32_t mult = shift - static_cast<std::int32_t>(act_zero_point) - 128;
     std::vector<std::int32_t> init(static_cast<std::size_t>(N * G));
     for (std::int64_t e = 0; e < N * G; ++e) init[static_cast<std::size_t>(e)] = mult * qsum[e];
-    std::vector<std::int64_t> koff(static_cast<std::size_t>(K));
-    for (std::int64_t c = 0, e = 0; c < Cg; ++c)
-      for (std::int64_t i = 0; i < kh; ++i)
-        for (std::int64_t j = 0; j < kw; ++j) koff[static_cast<std::size_t>(e++)] = c * Hp * Wp + i * dh * Wp + j * dw;
-    kernels::QConvW4Args cg;
-    cg.koff = koff.data();
-    cg.img = C * Hp * Wp;
-    cg.row = sh * Wp;
-    cg.col = sw;
-    cg.L = L;
-    cg.wo = wo;
+    std::vector<std::int64_t> koff;
+    kernels::QConvDirectArgs cg = direct_conv_args(koff, B, C, Cg, Hp, Wp, kh, kw, sh, sw, dh, dw, ho, wo, N, nhwc);
     cg.act_scale = static_cast<double>(static_cast<float>(act_scale));
-    cg.y_img = N * L;
-    cg.y_ps = nhwc ? N : 1;
-    cg.y_cs = nhwc ? 1 : L;
-    cg.M = M;
     cg.N = Ng;
-    cg.K = K;
     cg.group = group_size;
-    // tiles of 16 output pixels across the threads, each thread every output channel
-    at::parallel_for(0, (M + 15) / 16, 1, [&](std::int64_t t0, std::int64_t t1) {
-      for (std::int64_t gi = 0; gi < groups; ++gi) {
-        kernels::QConvW4Args a = cg;
-        a.x = xc + gi * Cg * Hp * Wp;
-        a.w = qp + gi * Ng * K;
-        a.init = init.data() + gi * Ng * G;
-        a.gscale = gsp + gi * Ng * G;
-        a.bias = bp ? bp + gi * Ng : nullptr;
-        a.y = yp + gi * Ng * (nhwc ? 1 : L);
-        k.conv_w4(a, t0 * 16, std::min(M, t1 * 16));
-      }
+    run_direct_conv(k.conv_w4, cg, groups, [&](std::int64_t gi, kernels::QConvDirectArgs& a) {
+      a.x = xc + gi * Cg * Hp * Wp;
+      a.w = qp + gi * Ng * K;
+      a.init = init.data() + gi * Ng * G;
+      a.gscale = gsp + gi * Ng * G;
+      a.bias = bp ? bp + gi * Ng : nullptr;
+      a.y = yp + gi * Ng * (nhwc ? 1 : L);
     });
     return y;
   }
@@ -918,6 +982,41 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         k.dwconv(gi, n0, n1);
         t += splits > 1 ? 1 : np;
       }
+    });
+    return y;
+  }
+  if (k.conv_s8 != nullptr && given.codes == nullptr && sw <= 2 && K <= k.conv_s8_max_k) {
+    // the table's direct conv on padded planes (QConvDirectArgs): output pixels in vector lanes, no
+    // patch rows and no output transpose (docs/benchmarks.md, forty-seventh session)
+    const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, K4 = (K + 3) / 4 * 4;
+    struct TagPlanesS8 {};
+    const kernels::BoundedScratch<std::int8_t, TagPlanesS8> xc_buf(static_cast<std::size_t>(B * C * Hp * Wp + 64));
+    std::int8_t* xc = xc_buf.get();
+    quantize_planes(xp, nhwc, B, C, H, W, ph, pw, qn, pad_code, xc);
+    const at::Tensor codes = s8_conv_codes(weight, w, static_cast<int>(weight_bits), panel, N, K);
+    const auto* qp = codes.const_data_ptr<std::int8_t>();
+    const auto* wsum = reinterpret_cast<const std::int32_t*>(qp + N * K4);  // [N]
+    // each output channel's init: corr - 128 * sum w (the lanes read the codes + 128), modulo 2^32
+    const std::int32_t* cp_ = c.const_data_ptr<std::int32_t>();
+    std::vector<std::int32_t> init(static_cast<std::size_t>(N));
+    for (std::int64_t n = 0; n < N; ++n) {
+      init[static_cast<std::size_t>(n)] = static_cast<std::int32_t>(static_cast<std::uint32_t>(cp_[n]) -
+                                                                    128u * static_cast<std::uint32_t>(wsum[n]));
+    }
+    std::vector<std::int64_t> koff;
+    kernels::QConvDirectArgs cg = direct_conv_args(koff, B, C, Cg, Hp, Wp, kh, kw, sh, sw, dh, dw, ho, wo, N, nhwc);
+    cg.N = Ng;
+    cg.group = K4;
+    const float* osp = os.const_data_ptr<float>();
+    const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+    float* yp = y.data_ptr<float>();
+    run_direct_conv(k.conv_s8, cg, groups, [&](std::int64_t gi, kernels::QConvDirectArgs& a) {
+      a.x = xc + gi * Cg * Hp * Wp;
+      a.w = qp + gi * Ng * K4;
+      a.init = init.data() + gi * Ng;
+      a.out_scale = osp + gi * Ng;
+      a.bias = bp ? bp + gi * Ng : nullptr;
+      a.y = yp + gi * Ng * (nhwc ? 1 : L);
     });
     return y;
   }

@@ -17,7 +17,7 @@
 
 namespace qatkit::kernels::cpu {
 namespace avx2 {
-void conv_w4(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end);  // avx2_w4conv.cpp
+void conv_w4(const QConvDirectArgs& g, std::int64_t m_begin, std::int64_t m_end);  // avx2_w4conv.cpp
 }  // namespace avx2
 namespace {
 

@@ -1,5 +1,5 @@
-// W4A8 convs directly on their padded planes (QConvW4Args) on AVX2: output pixels in the vector
-// lanes, no patch rows (w4conv_tiles.h: the tiles).
+// W4A8 convs directly on their padded planes (QConvDirectArgs) on AVX2: output pixels in the vector
+// lanes, no patch rows (conv_tiles.h: the tiles).
 #include "qgemm_cpu.h"
 
 #if defined(__AVX2__)
@@ -13,13 +13,13 @@
 namespace qatkit::kernels::cpu::avx2 {
 namespace {
 
-#include "w4conv_tiles.h"
+#include "conv_tiles.h"
 
 // A tile's 16 pixels as two 8-lane halves: vpmaddubsw of a half's dwords (unsigned: the stored code
 // + 128, at most 255) and a weight row's four codes in [-8, 7], broadcast, gives each pixel two pair
 // sums of |.| <= 2 * 255 * 8 = 4080 (no saturation); a chunk of 32 codes adds its eight quads' pairs
 // in int16 (|.| <= 32640 < 2^15), vpmaddwd against ones then gives each lane's int32 chunk sum, and
-// each group adds its chunks and its init (QConvW4Args): finish_w4's integer per lane. The float64
+// each group adds its chunks and its init (QConvDirectArgs): finish_w4's integer per lane. The float64
 // sums live in a stack array (16 ymm registers hold the int16 sums of 2 halves x 4 channels).
 
 inline void store4_256(std::uint8_t* dst, __m128i a, __m128i b, __m128i c, __m128i d) {
@@ -30,7 +30,7 @@ inline void store4_256(std::uint8_t* dst, __m128i a, __m128i b, __m128i c, __m12
 
 // One tile (A) x NB output channels from n: each half's 8 outputs before the bias.
 template <int NB, int GC>
-inline void tile_outputs(const QConvW4Args& g, const std::uint8_t* A, std::int64_t n, __m256 out[2][NB]) {
+inline void tile_outputs(const QConvDirectArgs& g, const std::uint8_t* A, std::int64_t n, __m256 out[2][NB]) {
   const std::int64_t G = g.K / g.group, gc = GC > 0 ? GC : g.group / 32;
   const __m256i ones = _mm256_set1_epi16(1);
   const std::int8_t* wr[NB];
@@ -89,7 +89,7 @@ inline void tile_outputs(const QConvW4Args& g, const std::uint8_t* A, std::int64
 
 // One tile's outputs of NB channels from n (+ bias) into y.
 template <int NB>
-inline void store_tile(const QConvW4Args& g, const Tile& t, std::int64_t n, __m256 v[2][NB]) {
+inline void store_tile(const QConvDirectArgs& g, const Tile& t, std::int64_t n, __m256 v[2][NB]) {
   #pragma GCC unroll 8
   for (int j = 0; j < NB; ++j) {
     if (g.bias) {
@@ -138,7 +138,7 @@ inline void store_tile(const QConvW4Args& g, const Tile& t, std::int64_t n, __m2
 }
 
 template <int NB>
-void channels_pass(const QConvW4Args& g, const std::uint8_t* A, const Tile* tiles, std::int64_t nt, std::int64_t n) {
+void channels_pass(const QConvDirectArgs& g, const std::uint8_t* A, const Tile* tiles, std::int64_t nt, std::int64_t n) {
   const std::int64_t tile_bytes = g.K * 16;
   for (std::int64_t t = 0; t < nt; ++t) {
     __m256 out[2][NB];
@@ -153,8 +153,8 @@ void channels_pass(const QConvW4Args& g, const std::uint8_t* A, const Tile* tile
 
 }  // namespace
 
-void conv_w4(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end) {
-  conv_w4_chunks(g, m_begin, m_end, store4_256, [&](const std::uint8_t* A, const Tile* tiles, std::int64_t nt) {
+void conv_w4(const QConvDirectArgs& g, std::int64_t m_begin, std::int64_t m_end) {
+  conv_tiles_chunks(g, m_begin, m_end, store4_256, [&](const std::uint8_t* A, const Tile* tiles, std::int64_t nt) {
     std::int64_t n = 0;
     for (; n + 4 <= g.N; n += 4) channels_pass<4>(g, A, tiles, nt, n);
     for (; n < g.N; ++n) channels_pass<1>(g, A, tiles, nt, n);

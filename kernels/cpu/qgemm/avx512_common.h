@@ -1,5 +1,5 @@
 // What the AVX-512 files of the integer GEMM family share (avx512.cpp's table, avx512_w8a8.cpp,
-// avx512_lowbit.cpp, avx512_w4a8.cpp, avx512_w4conv.cpp, avx512_w4f.cpp, avx512_dwconv.cpp, avx512_quantize.cpp; each
+// avx512_lowbit.cpp, avx512_w4a8.cpp, avx512_dconv.cpp, avx512_w4f.cpp, avx512_dwconv.cpp, avx512_quantize.cpp; each
 // compiled with AVX-512 F/BW/VL + VNNI): the table fillers each file defines, and small helpers of
 // internal linkage (each file compiles its own copy, as loops.h's).
 #pragma once
@@ -37,7 +37,7 @@ namespace qatkit::kernels::cpu::avx512 {
 void add_w8a8(QGemmKernels& t);    // gemm_s8: the row and panel layouts (avx512_w8a8.cpp)
 void add_lowbit(QGemmKernels& t);  // gemm_t2, gemm_b1, gemm_xnor (avx512_lowbit.cpp)
 void add_w4a8(QGemmKernels& t);    // gemm_w4 (avx512_w4a8.cpp)
-void add_w4conv(QGemmKernels& t);  // conv_w4 (avx512_w4conv.cpp)
+void add_dconv(QGemmKernels& t);  // conv_w4, conv_s8 (avx512_dconv.cpp)
 void add_w4f(QGemmKernels& t);     // gemm_w4f and its row thresholds (avx512_w4f.cpp)
 void add_dwconv(QGemmKernels& t);  // dwconv_nhwc, dwconv (avx512_dwconv.cpp)
 void add_quantize(QGemmKernels& t);  // quantize_rows, quantize_s16 (avx512_quantize.cpp)

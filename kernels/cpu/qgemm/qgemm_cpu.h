@@ -96,12 +96,18 @@ struct QGemmKernels {
   /// conv with one output per input channel then takes the planar form, plane by plane, rather than
   /// transposes into and out of channels-last pixels.
   bool dwconv_flat = false;
-  /// A W4A8 conv directly on its padded planes (QConvW4Args), output pixels [m_begin, m_end) of the
+  /// A W4A8 conv directly on its padded planes (QConvDirectArgs), output pixels [m_begin, m_end) of the
   /// batch, every output channel; null where the table has none (conv2d_w4a8 then builds patch rows
   /// for gemm_w4). The same bits as gemm_w4 on the patch rows.
-  void (*conv_w4)(const QConvW4Args& args, std::int64_t m_begin, std::int64_t m_end) = nullptr;
+  void (*conv_w4)(const QConvDirectArgs& args, std::int64_t m_begin, std::int64_t m_end) = nullptr;
   /// conv_w4 runs convs of K up to this (0: any K); above it, the patch rows and gemm_w4.
   std::int64_t conv_w4_max_k = 0;
+  /// An int8 conv (conv2d_int8's "static" form, any weight bits as int8 codes) directly on its padded
+  /// planes (QConvDirectArgs), output pixels [m_begin, m_end), every output channel; null where the
+  /// table has none (the channels-last patch rows and the GEMMs).
+  void (*conv_s8)(const QConvDirectArgs& args, std::int64_t m_begin, std::int64_t m_end) = nullptr;
+  /// conv_s8 runs convs of K up to this; above it, the patch rows and the GEMMs.
+  std::int64_t conv_s8_max_k = 0;
   /// gemm_xnor writes column-major outputs (y_rs 1: a conv's NCHW image) without a scalar scatter
   /// from this many rows (0: never; an NCHW conv then transposes a row-major buffer itself). The
   /// AVX-512 table with VPOPCNTDQ: 16 (blocks of 16 rows transposed in registers).

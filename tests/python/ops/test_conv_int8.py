@@ -246,6 +246,8 @@ def test_depthwise_multiplier_forms_equal_one_gemm_per_group(bits, C, N, groups,
     (1, 8, 3, 40, 2),   # the same per group
     (3, 8, 5, 24, 2),   # channels-last per group, several images per GEMM; 2 / 1 bits widened (75 rows)
     (6, 8, 6, 16, 2),   # 2 / 1 bits widened to int8 rows, channels-last, per group
+    # K = 288: past the AVX-512 table's direct route (conv_s8, K <= 256), the patch rows there too
+    (2, 32, 9, 20, 1), (5, 64, 6, 24, 2), (1, 32, 3, 40, 1),
 ])
 def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, groups):
     """Each way conv2d_int8 runs its channels-last patch rows against the reordered weight (one
@@ -271,6 +273,44 @@ def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, gro
                 assert got.shape == (B, N, HW, HW) and torch.equal(got.reshape(B, N, -1), want), (isa, packed.shape)
     finally:
         qatkit._C.set_cpu_isa(old)
+
+
+# The AVX-512 table's direct route for K <= 256 (conv_s8: the planes read straight into tiles of 16
+# output pixels, one per vector lane; other tables and larger K take the patch rows): (B, C, H = W,
+# N, kernel, stride, groups). Tiles along one output row (16 and 18 wide: then a tile over two rows
+# and a tail), over 2 or 4 rows (8- and 4-wide outputs), across images (5 wide); column stride 2 (even
+# bytes; a 7 x 7 stem over 3 channels), stride 3 (patch rows); K not a multiple of 4 (27, 147: the
+# taps padded with zero weights); N = 13 leaves a channel tail past blocks of 4; grouped.
+S8_DIRECT_CASES = [(3, 3, 16, 13, 3, 1, 1), (2, 16, 18, 16, 3, 1, 1), (3, 8, 8, 16, 3, 1, 1), (5, 16, 4, 13, 3, 1, 1),
+                   (3, 24, 5, 16, 3, 1, 1), (2, 3, 32, 13, 3, 2, 1), (2, 3, 23, 16, 7, 2, 1), (3, 16, 16, 16, 3, 2, 2),
+                   (2, 8, 17, 13, 3, 3, 1), (4, 28, 8, 24, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("B,C,HW,N,k,stride,groups", S8_DIRECT_CASES)
+def test_conv2d_int8_direct_tiles_equal_the_unfolded_gemm(bits, B, C, HW, N, k, stride, groups):
+    """conv2d_int8 (padding k // 2) equals linear_int8 over F.unfold's patches, group by group, on
+    every ISA at 1, 2 and 3 threads, in every weight layout and both memory formats, whichever form
+    each tile of output pixels takes."""
+    g = torch.Generator().manual_seed(29)
+    x = torch.randn(B, C, HW, HW, generator=g) * 2
+    K = C // groups * k * k
+    case = conv_int8_case(bits, N, K, groups, g)
+    w, layouts, corr, scale, fb = case["w"], case["layouts"], case["corr"], case["scale"], case["bias"]
+    s, zp, qmin, qmax = case["act"]
+    st, pad = (stride, stride), (k // 2, k // 2)
+    want = _unfolded_conv_reference(x, w, corr, scale, (s, zp, qmin, qmax), fb, groups, (k, k), st, pad)
+    ho = (HW + 2 * (k // 2) - k) // stride + 1
+
+    def check(isa, t):
+        for packed in layouts:
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                got = ops.conv2d_int8(x.contiguous(memory_format=fmt), packed, bits, (k, k), st, pad, (1, 1), corr,
+                                      scale, s, zp, qmin, qmax, fb, groups)
+                assert got.shape == (B, N, ho, ho) and got.is_contiguous(memory_format=fmt), (isa, t, fmt)
+                assert torch.equal(got.reshape(B, N, -1), want), (isa, t, packed.shape, fmt)
+
+    on_every_isa_and_thread_count(check)
 
 
 def _layout_like(bits, w, panel):

@@ -1,5 +1,5 @@
-// W4A8 convs directly on their padded planes (QConvW4Args) on AVX-512 VNNI: output pixels in the
-// vector lanes, no patch rows (w4conv_tiles.h: the tiles).
+// W4A8 convs directly on their padded planes (QConvDirectArgs) on AVX-512 VNNI: output pixels in the
+// vector lanes, no patch rows (conv_tiles.h: the tiles).
 #include "avx512_common.h"
 
 #ifdef QATKIT_AVX512_KERNELS
@@ -8,10 +8,10 @@
 namespace qatkit::kernels::cpu::avx512 {
 namespace {
 
-#include "w4conv_tiles.h"
+#include "conv_tiles.h"
 
 // vpdpbusd of a tile's dwords (unsigned: the stored code + 128) and a weight row's four codes,
-// broadcast, sums a group's products of 16 pixels in 16 lanes; the group's init (QConvW4Args) takes
+// broadcast, sums a group's products of 16 pixels in 16 lanes; the group's init (QConvDirectArgs) takes
 // out the 128 and the zero point, so each lane's acc[g] is finish_w4's integer, and the float64
 // combination is the same exact products summed in group order.
 
@@ -24,9 +24,27 @@ inline void store4_512(std::uint8_t* dst, __m128i a, __m128i b, __m128i c, __m12
   _mm512_storeu_si512(dst, _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80))));
 }
 
+// One quad of TL tiles (the quad's dwords at a + i * tile_bytes) against NB weight rows' four codes
+// at wr[j] + wo, broadcast: acc[i][j] += their products, pixel by pixel.
+template <int TL, int NB>
+inline void dpbusd_quad(__m512i acc[TL][NB], const std::uint8_t* a, std::int64_t tile_bytes,
+                        const std::int8_t* const wr[NB], std::int64_t wo) {
+  __m512i v[TL];
+  #pragma GCC unroll 8
+  for (int i = 0; i < TL; ++i) v[i] = _mm512_loadu_si512(a + i * tile_bytes);
+  #pragma GCC unroll 8
+  for (int j = 0; j < NB; ++j) {
+    std::int32_t four;
+    std::memcpy(&four, wr[j] + wo, 4);
+    const __m512i b = _mm512_set1_epi32(four);
+    #pragma GCC unroll 8
+    for (int i = 0; i < TL; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], v[i], b);
+  }
+}
+
 // TL tiles (A, tile_bytes apart) x NB output channels from n: the 16 lanes' outputs before the bias.
 template <int TL, int NB, int GQ>
-inline void tiles_outputs(const QConvW4Args& g, const std::uint8_t* A, std::int64_t tile_bytes, std::int64_t n,
+inline void tiles_outputs(const QConvDirectArgs& g, const std::uint8_t* A, std::int64_t tile_bytes, std::int64_t n,
                           __m512 out[TL][NB]) {
   const std::int64_t G = g.K / g.group, gq = GQ > 0 ? GQ : g.group / 4;
   const std::int8_t* wr[NB];
@@ -48,19 +66,7 @@ inline void tiles_outputs(const QConvW4Args& g, const std::uint8_t* A, std::int6
     }
     const std::uint8_t* ag = A + gi * gq * 64;
     const std::int64_t wg = gi * gq * 4;
-    const auto quad = [&](std::int64_t u) {
-      __m512i a[TL];
-      #pragma GCC unroll 8
-      for (int i = 0; i < TL; ++i) a[i] = _mm512_loadu_si512(ag + i * tile_bytes + u * 64);
-      #pragma GCC unroll 8
-      for (int j = 0; j < NB; ++j) {
-        std::int32_t wv;
-        std::memcpy(&wv, wr[j] + wg + 4 * u, 4);
-        const __m512i wb = _mm512_set1_epi32(wv);
-        #pragma GCC unroll 8
-        for (int i = 0; i < TL; ++i) acc[i][j] = _mm512_dpbusd_epi32(acc[i][j], a[i], wb);
-      }
-    };
+    const auto quad = [&](std::int64_t u) { dpbusd_quad<TL, NB>(acc, ag + u * 64, tile_bytes, wr, wg + 4 * u); };
     if constexpr (GQ > 0) {
       #pragma GCC unroll 16
       for (int u = 0; u < GQ; ++u) quad(u);
@@ -91,7 +97,7 @@ inline void tiles_outputs(const QConvW4Args& g, const std::uint8_t* A, std::int6
 
 // One tile's outputs of NB channels from n (+ bias) into y.
 template <int NB>
-inline void store_tile(const QConvW4Args& g, const Tile& t, std::int64_t n, __m512 v[NB]) {
+inline void store_tile(const QConvDirectArgs& g, const Tile& t, std::int64_t n, __m512 v[NB]) {
   #pragma GCC unroll 8
   for (int j = 0; j < NB; ++j) {
     if (g.bias) v[j] = _mm512_add_ps(v[j], _mm512_set1_ps(g.bias[n + j]));
@@ -131,7 +137,7 @@ inline void store_tile(const QConvW4Args& g, const Tile& t, std::int64_t n, __m5
 
 // TL tiles from tile t against NB channels from n, stored.
 template <int TL, int NB>
-inline void tiles_pass(const QConvW4Args& g, const std::uint8_t* A, const Tile* tiles, std::int64_t t, std::int64_t n) {
+inline void tiles_pass(const QConvDirectArgs& g, const std::uint8_t* A, const Tile* tiles, std::int64_t t, std::int64_t n) {
   const std::int64_t tile_bytes = g.K * 16;
   __m512 out[TL][NB];
   if (g.group == 32) {  // groups of 32: the quads of a group unrolled
@@ -150,14 +156,68 @@ inline void tiles_pass(const QConvW4Args& g, const std::uint8_t* A, const Tile* 
 #define CW4_NB 4
 #endif
 template <int NB>
-void channels_pass(const QConvW4Args& g, const std::uint8_t* A, const Tile* tiles, std::int64_t nt, std::int64_t n) {
+void channels_pass(const QConvDirectArgs& g, const std::uint8_t* A, const Tile* tiles, std::int64_t nt, std::int64_t n) {
   std::int64_t t = 0;
   for (; t + CW4_TL <= nt; t += CW4_TL) tiles_pass<CW4_TL, NB>(g, A, tiles, t, n);
   for (; t < nt; ++t) tiles_pass<1, NB>(g, A, tiles, t, n);
 }
 
-void conv_w4(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end) {
-  conv_w4_chunks(g, m_begin, m_end, store4_512, [&](const std::uint8_t* A, const Tile* tiles, std::int64_t nt) {
+// conv_s8: TL tiles (A, tile_bytes apart) x NB output channels from n, int32 sums over every quad
+// (no groups), then fp32(acc) * out_scale: the 16 lanes' outputs before the bias.
+template <int TL, int NB>
+inline void s8_tiles_outputs(const QConvDirectArgs& g, const std::uint8_t* A, std::int64_t tile_bytes, std::int64_t n,
+                             __m512 out[TL][NB]) {
+  const std::int64_t quads = g.K / 4;
+  const std::int8_t* wr[NB];
+  __m512i acc[TL][NB];
+  #pragma GCC unroll 8
+  for (int j = 0; j < NB; ++j) {
+    wr[j] = g.w + (n + j) * g.K;
+    const __m512i init = _mm512_set1_epi32(g.init[n + j]);
+    #pragma GCC unroll 8
+    for (int i = 0; i < TL; ++i) acc[i][j] = init;
+  }
+  #pragma GCC unroll 4
+  for (std::int64_t q = 0; q < quads; ++q) dpbusd_quad<TL, NB>(acc, A + q * 64, tile_bytes, wr, 4 * q);
+  #pragma GCC unroll 8
+  for (int j = 0; j < NB; ++j) {  // the one requantization: int32 -> float32, times the scale
+    const __m512 sc = _mm512_set1_ps(g.out_scale[n + j]);
+    #pragma GCC unroll 8
+    for (int i = 0; i < TL; ++i) out[i][j] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[i][j]), sc);
+  }
+}
+
+template <int TL, int NB>
+inline void s8_tiles_pass(const QConvDirectArgs& g, const std::uint8_t* A, const Tile* tiles, std::int64_t t,
+                          std::int64_t n) {
+  const std::int64_t tile_bytes = g.K * 16;
+  __m512 out[TL][NB];
+  s8_tiles_outputs<TL, NB>(g, A + t * tile_bytes, tile_bytes, n, out);
+  #pragma GCC unroll 4
+  for (int i = 0; i < TL; ++i) store_tile<NB>(g, tiles[t + i], n, out[i]);
+}
+
+#ifndef CS8_TL  // conv_s8's tile shape
+#define CS8_TL 4
+#endif
+template <int NB>
+void s8_channels_pass(const QConvDirectArgs& g, const std::uint8_t* A, const Tile* tiles, std::int64_t nt,
+                      std::int64_t n) {
+  std::int64_t t = 0;
+  for (; t + CS8_TL <= nt; t += CS8_TL) s8_tiles_pass<CS8_TL, NB>(g, A, tiles, t, n);
+  for (; t < nt; ++t) s8_tiles_pass<1, NB>(g, A, tiles, t, n);
+}
+
+void conv_s8(const QConvDirectArgs& g, std::int64_t m_begin, std::int64_t m_end) {
+  conv_tiles_chunks(g, m_begin, m_end, store4_512, [&](const std::uint8_t* A, const Tile* tiles, std::int64_t nt) {
+    std::int64_t n = 0;
+    for (; n + 4 <= g.N; n += 4) s8_channels_pass<4>(g, A, tiles, nt, n);
+    for (; n < g.N; ++n) s8_channels_pass<1>(g, A, tiles, nt, n);
+  });
+}
+
+void conv_w4(const QConvDirectArgs& g, std::int64_t m_begin, std::int64_t m_end) {
+  conv_tiles_chunks(g, m_begin, m_end, store4_512, [&](const std::uint8_t* A, const Tile* tiles, std::int64_t nt) {
     std::int64_t n = 0;
     for (; n + CW4_NB <= g.N; n += CW4_NB) channels_pass<CW4_NB>(g, A, tiles, nt, n);
     for (; n < g.N; ++n) channels_pass<1>(g, A, tiles, nt, n);
@@ -166,9 +226,16 @@ void conv_w4(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end) {
 
 }  // namespace
 
-void add_w4conv(QGemmKernels& t) {
+void add_dconv(QGemmKernels& t) {
   t.conv_w4 = &conv_w4;
   t.conv_w4_max_k = 0;  // every K (the table starts as a copy of the AVX2 one, which bounds it)
+  // int8 convs direct up to K = 256: stems and narrow inputs. On Zen 5 (2 threads, against the patch
+  // rows and the panel GEMM, docs/benchmarks.md, forty-seventh session): K = 27 (3 x 3 over 3
+  // channels) 2.0-2.2x faster, 147 (7 x 7 over 3, stride 2) 1.9-2.0x, 144 1.2-1.4x, 216 1.2x; K =
+  // 288 within the noise (0.75-0.94 against 0.78-0.98 ms), 576 0.9-1.0x, 2304-4608 0.85-0.95x: the
+  // panel GEMM's 6 x 4 tiles of 16 channels run the larger ones faster than 4 tiles x 4 channels here.
+  t.conv_s8 = &conv_s8;
+  t.conv_s8_max_k = 256;
 }
 
 }  // namespace qatkit::kernels::cpu::avx512

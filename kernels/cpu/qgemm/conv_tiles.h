@@ -1,4 +1,4 @@
-// W4A8 convs directly on their padded planes (QConvW4Args), what the ISA files share: the tiles of
+// W4A8 convs directly on their padded planes (QConvDirectArgs), what the ISA files share: the tiles of
 // 16 output pixels (one per 32-bit lane) built from the planes with SSE2 loads and byte unpacks, and
 // the chunks of tiles. Included inside each ISA file's own anonymous namespace (internal linkage:
 // each file compiles its own copy with its own instruction set, as loops.h).
@@ -11,7 +11,7 @@
 // (where 16 pixels run along one output row at stride 1, 16 consecutive bytes per tap) and
 // interleaved by byte unpacks, once per tile for every output channel: the stored code + 128, the
 // unsigned operand of vpdpbusd (AVX-512) or vpmaddubsw (AVX2) against a weight row's four codes,
-// broadcast, so each lane sums one pixel's products; the group's init (QConvW4Args) takes out the 128
+// broadcast, so each lane sums one pixel's products; the group's init (QConvDirectArgs) takes out the 128
 // and the zero point, so each lane's acc[g] is finish_w4's integer, and the float64 combination is
 // the same exact products summed in group order. Outputs go straight into the NCHW planes (or, for
 // NHWC, 4 channels of each pixel as one 16-byte store).
@@ -60,7 +60,7 @@ inline __m128i even_bytes(__m128i a, __m128i b) {
 // The tile of pixels [m0, m0 + nv) into A (K / 4 dwords of 16 lanes); lanes past nv repeat the last
 // pixel (their outputs are not stored). vt: K * 16 + 16 bytes of scratch.
 template <class Store4>
-void build_tile(const QConvW4Args& g, std::int64_t m0, int nv, std::uint8_t* A, std::int8_t* vt, Tile& tile,
+void build_tile(const QConvDirectArgs& g, std::int64_t m0, int nv, std::uint8_t* A, std::int8_t* vt, Tile& tile,
                 const Store4& store4) {
   std::int64_t xo[16];
   for (int p = 0; p < 16; ++p) {
@@ -135,7 +135,7 @@ void build_tile(const QConvW4Args& g, std::int64_t m0, int nv, std::uint8_t* A, 
 // Pixels [m_begin, m_end) in chunks of tiles (each tile built by build_tile with the ISA's store4),
 // then pass(A, tiles, nt) computes every output channel of a chunk's nt tiles.
 template <class Store4, class Pass>
-void conv_w4_chunks(const QConvW4Args& g, std::int64_t m_begin, std::int64_t m_end, const Store4& store4,
+void conv_tiles_chunks(const QConvDirectArgs& g, std::int64_t m_begin, std::int64_t m_end, const Store4& store4,
                     const Pass& pass) {
   if (m_end <= m_begin || g.N <= 0) return;
   const std::int64_t tile_bytes = g.K * 16;
