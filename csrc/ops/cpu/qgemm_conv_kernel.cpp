@@ -985,9 +985,12 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     });
     return y;
   }
-  if (k.conv_s8 != nullptr && given.codes == nullptr && sw <= 2 && K <= k.conv_s8_max_k) {
-    // the table's direct conv on padded planes (QConvDirectArgs): output pixels in vector lanes, no
-    // patch rows and no output transpose (docs/benchmarks.md, forty-seventh session)
+  // the table's direct conv on padded planes (QConvDirectArgs): output pixels in vector lanes, no
+  // patch rows and no output transpose, with two tiles of 16 output pixels or more per thread (each
+  // thread reads the whole weight; with fewer, the GEMMs split the output channels: 8 x 160 x 2 x 2
+  // -> 960 ran 1.6x slower direct; docs/benchmarks.md, forty-seventh session)
+  if (k.conv_s8 != nullptr && given.codes == nullptr && sw <= 2 && K <= k.conv_s8_max_k &&
+      (B * L + 15) / 16 >= 2 * at::get_num_threads()) {
     const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, K4 = (K + 3) / 4 * 4;
     struct TagPlanesS8 {};
     const kernels::BoundedScratch<std::int8_t, TagPlanesS8> xc_buf(static_cast<std::size_t>(B * C * Hp * Wp + 64));
