@@ -988,9 +988,12 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   // the table's direct conv on padded planes (QConvDirectArgs): output pixels in vector lanes, no
   // patch rows and no output transpose, with two tiles of 16 output pixels or more per thread (each
   // thread reads the whole weight; with fewer, the GEMMs split the output channels: 8 x 160 x 2 x 2
-  // -> 960 ran 1.6x slower direct; docs/benchmarks.md, forty-seventh session)
+  // -> 960 ran 1.6x slower direct), and for a channels_last input only with kh * kw > 1 (a 1 x 1
+  // conv's patch rows are its NHWC pixels' codes, written by the quantization itself, where the
+  // planes cost a transpose: MobileNetV2's channels_last pointwise convs ran 1.1-1.6x slower direct;
+  // docs/benchmarks.md, forty-seventh session)
   if (k.conv_s8 != nullptr && given.codes == nullptr && sw <= 2 && K <= k.conv_s8_max_k &&
-      (B * L + 15) / 16 >= 2 * at::get_num_threads()) {
+      (B * L + 15) / 16 >= 2 * at::get_num_threads() && (!nhwc || kh * kw > 1)) {
     const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, K4 = (K + 3) / 4 * 4;
     struct TagPlanesS8 {};
     const kernels::BoundedScratch<std::int8_t, TagPlanesS8> xc_buf(static_cast<std::size_t>(B * C * Hp * Wp + 64));
