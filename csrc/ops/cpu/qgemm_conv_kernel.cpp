@@ -743,6 +743,22 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   const std::int64_t N = panel ? c.size(0) : w.size(0), Ng = N / groups, L = ho * wo;
   at::Tensor y = at::empty({B, N, ho, wo}, input.options().memory_format(format));
   if (y.numel() == 0) return y;
+  if (K == 0) {  // no input channels: an empty sum, y = fp32(corr[n]) * out_scale[n] (+ bias[n]), as linear_int8's
+    // (every route below divided by K or read a zero-length row: SIGFPE or SIGSEGV before 2026-12-07)
+    const std::int32_t* cp = c.const_data_ptr<std::int32_t>();
+    const float* sp = os.const_data_ptr<float>();
+    const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
+    std::vector<float> v(static_cast<std::size_t>(N));
+    for (std::int64_t n = 0; n < N; ++n) {
+      const float r = static_cast<float>(cp[n]) * sp[n];  // the one requantization, then + bias: two roundings
+      v[static_cast<std::size_t>(n)] = bp ? r + bp[n] : r;
+    }
+    float* yp = y.data_ptr<float>();
+    for (std::int64_t bi = 0; bi < B; ++bi)
+      for (std::int64_t n = 0; n < N; ++n)
+        for (std::int64_t l = 0; l < L; ++l) yp[nhwc ? (bi * L + l) * N + n : (bi * N + n) * L + l] = v[static_cast<std::size_t>(n)];
+    return y;
+  }
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   // every path below quantizes the whole input (unless given codes: the depthwise forms of
   // conv2d_w1a1), recording a NaN (NanReport)

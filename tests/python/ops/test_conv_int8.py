@@ -313,6 +313,28 @@ def test_conv2d_int8_direct_tiles_equal_the_unfolded_gemm(bits, B, C, HW, N, k, 
     on_every_isa_and_thread_count(check)
 
 
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_conv2d_int8_of_no_input_channels_is_the_requantized_corr(bits, groups):
+    """C = 0 (K = 0: an empty sum) gives linear_int8's output on an empty K, fp32(corr[n]) *
+    out_scale[n] + bias[n], at every output position, on every ISA and thread count (it raised
+    SIGFPE or SIGSEGV on every table before 2026-12-07)."""
+    g = torch.Generator().manual_seed(31)
+    N = 6
+    corr = torch.randint(-300, 300, (N,), dtype=torch.int32, generator=g)
+    scale, bias = torch.rand(N, generator=g), torch.randn(N, generator=g)
+    w = torch.zeros(N, 0, dtype=torch.int8 if bits == 8 else torch.uint8)
+    want = ops.linear_int8(torch.zeros(1, 0), torch.zeros(N, 0, dtype=torch.int8), corr, scale, 0.02, 9, 0, 255, bias)
+    x = torch.randn(3, 0, 5, 4)
+
+    def check(isa, t):
+        y = ops.conv2d_int8(x, w, bits, (3, 3), (1, 1), (1, 1), (1, 1), corr, scale, 0.02, 9, 0, 255, bias, groups)
+        assert y.shape == (3, N, 5, 4), (isa, t)
+        assert torch.equal(y, want.reshape(1, N, 1, 1).expand(3, N, 5, 4)), (isa, t)
+
+    on_every_isa_and_thread_count(check)
+
+
 def _layout_like(bits, w, panel):
     """w's codes in one of conv_int8_case's layouts: int8 rows padded to 32 or (panel) the panel,
     pack_ternary_t2, pack_binary_b1."""
