@@ -142,6 +142,11 @@ struct QGemmW4Args {
   }
 };
 
+/// Offset of byte b of W4 row n (KB = K / 2 bytes per row) in the panel layout (QGemmW4Args::panel).
+QATKIT_HD constexpr std::int64_t w4_panel_offset(std::int64_t KB, std::int64_t n, std::int64_t b) {
+  return (n / 16) * ((KB + 63) / 64) * 1024 + (n % 16) * 4 + (b / 64) * 1024 + (b % 64 / 4) * 64 + b % 4;
+}
+
 /// XNOR-Net W1A1 (docs/integer.md, "row" form, binary inputs): activation and weight codes in
 /// {-1, +1} as bits (1 = +1; bit k % 8 of byte k / 8, the file's 1-bit packing), rows of KB bytes
 /// (K padded to a multiple of 32 with 0 bits in both). An activation code 0 (a NaN input, or a conv's

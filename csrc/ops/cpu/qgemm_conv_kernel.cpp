@@ -228,9 +228,7 @@ at::Tensor w4_conv_codes(const at::Tensor& weight, const at::Tensor& w, bool pan
       for (std::int64_t n = n0; n < n1; ++n) {
         std::int8_t* row = q + n * K;
         for (std::int64_t b = 0; b < KB; ++b) {  // chunk of 32: byte j holds k = j (low) and j + 16 (high), c = q + 8
-          const std::int64_t off = panel ? (n / 16) * ((KB + 63) / 64) * 1024 + (n % 16) * 4 + (b / 64) * 1024 +
-                                               (b % 64 / 4) * 64 + b % 4
-                                         : n * KB + b;
+          const std::int64_t off = panel ? kernels::w4_panel_offset(KB, n, b) : n * KB + b;
           const std::int64_t k0 = b / 16 * 32 + b % 16;
           row[k0] = static_cast<std::int8_t>((src[off] & 15) - 8);
           row[k0 + 16] = static_cast<std::int8_t>((src[off] >> 4) - 8);
@@ -1008,7 +1006,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   // conv's patch rows are its NHWC pixels' codes, written by the quantization itself, where the
   // planes cost a transpose: MobileNetV2's channels_last pointwise convs ran 1.1-1.6x slower direct;
   // docs/benchmarks.md, forty-seventh session)
-  if (k.conv_s8 != nullptr && given.codes == nullptr && sw <= 2 && K <= k.conv_s8_max_k &&
+  if (k.conv_s8 != nullptr && given.codes == nullptr && sw <= 2 && (k.conv_s8_max_k == 0 || K <= k.conv_s8_max_k) &&
       (B * L + 15) / 16 >= 2 * at::get_num_threads() && (!nhwc || kh * kw > 1)) {
     const std::int64_t Hp = H + 2 * ph, Wp = W + 2 * pw, K4 = (K + 3) / 4 * 4;
     struct TagPlanesS8 {};

@@ -104,10 +104,7 @@ inline std::int32_t w4_code_sum(const std::uint8_t* w, std::int64_t k0, std::int
   return s;
 }
 
-/// Offset of byte b of W4 row n (KB bytes per row) in the panel layout (QGemmW4Args::panel).
-inline std::int64_t w4_panel_offset(std::int64_t KB, std::int64_t n, std::int64_t b) {
-  return (n / 16) * ((KB + 63) / 64) * 1024 + (n % 16) * 4 + (b / 64) * 1024 + (b % 64 / 4) * 64 + b % 4;
-}
+using ::qatkit::kernels::w4_panel_offset;  // qgemm_args.h: the panel layout's byte offsets
 
 /// Row n of a W4 weight (K / 2 bytes) in the row layout: the weight's own row, or (panel layout,
 /// QGemmW4Args::panel) its bytes gathered into buf, a dword at a time.

@@ -106,7 +106,7 @@ struct QGemmKernels {
   /// planes (QConvDirectArgs), output pixels [m_begin, m_end), every output channel; null where the
   /// table has none (the channels-last patch rows and the GEMMs).
   void (*conv_s8)(const QConvDirectArgs& args, std::int64_t m_begin, std::int64_t m_end) = nullptr;
-  /// conv_s8 runs convs of K up to this; above it, the patch rows and the GEMMs.
+  /// conv_s8 runs convs of K up to this (0: any K); above it, the patch rows and the GEMMs.
   std::int64_t conv_s8_max_k = 0;
   /// gemm_xnor writes column-major outputs (y_rs 1: a conv's NCHW image) without a scalar scatter
   /// from this many rows (0: never; an NCHW conv then transposes a row-major buffer itself). The
