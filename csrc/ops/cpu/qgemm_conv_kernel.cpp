@@ -833,9 +833,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         if (given.codes != nullptr) {
           // given codes: nothing to quantize
         } else if (fused_quantize) {
-          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
-            for (std::int64_t h = h0; h < h1; ++h)
-              k.quantize_s16(xp + (bi * H + h) * W * C, xc + ((h + ph) * Wp + pw) * C, W * C, qn);
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {  // image rows [h0, h1), one call
+            k.quantize_s16(xp + (bi * H + h0) * W * C, h1 - h0, W * C, xc + ((h0 + ph) * Wp + pw) * C, Wp * C, qn);
           });
         } else if (nhwc) {
           steps(H * W, std::max<std::int64_t>(1, 4096 / C), [&](std::int64_t p0, std::int64_t p1) {
@@ -979,8 +978,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         const auto row = [&](std::int64_t r) {  // the run's row r: row r % H of plane r / H
           return xpad.data() + (r / H) * plane + (r % H + ph) * Wp + pw;
         };
-        if (given.codes == nullptr && k.quantize_s16 != nullptr) {  // each row's codes straight into its place
-          for (std::int64_t r = 0; r < np * H; ++r) k.quantize_s16(xp + (pi * H + r) * W, row(r), W, qn);
+        if (given.codes == nullptr && k.quantize_s16 != nullptr) {  // each plane's codes straight into place
+          for (std::int64_t p = 0; p < np; ++p) k.quantize_s16(xp + (pi + p) * HW, H, W, row(p * H), Wp, qn);
         } else {  // the run's int8 codes, then each row widened into its place
           const std::int8_t* codes = given.codes != nullptr ? given.codes + pi * HW : xq.data();
           if (given.codes == nullptr) k.quantize_rows(xp + pi * HW, xq.data(), np * HW, qn, 0, 1);

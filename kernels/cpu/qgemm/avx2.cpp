@@ -94,29 +94,50 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
   if ((nan1 || _mm256_movemask_ps(nan8)) && q.nan_seen) __atomic_store_n(q.nan_seen, 1, __ATOMIC_RELAXED);
 }
 
-// quantize_rows' codes (Codes8) of n contiguous floats, stored as int16 (a tail too: one masked step,
-// so short rows, a depthwise plane's, stay vectorized); q.nan_seen as quantize_rows.
-void quantize_s16(const float* x, std::int16_t* a, std::int64_t n, const ActQuantArgs& q) {
+// quantize_rows' codes (Codes8) of rows of n floats (row r at x + r * n), stored as int16 at a + r *
+// a_rs. A row's tail (n - i < 8 floats, so short rows, a depthwise plane's, stay vectorized) loads a
+// whole vector that reads on into the next rows where the rows continue (the last row's through a
+// masked load, zeros past its end), counts NaNs only in its own lanes and copies its codes out;
+// q.nan_seen as quantize_rows. One call per plane or image (the call's setup once).
+void quantize_s16(const float* x, std::int64_t rows, std::int64_t n, std::int16_t* a, std::int64_t a_rs,
+                  const ActQuantArgs& q) {
   const Codes8 codes(q);
   __m256 nan8 = _mm256_setzero_ps();
-  std::int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 v = _mm256_loadu_ps(x + i);
-    nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    const __m256i c = codes(v);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(a + i),
-                     _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
-  }
-  if (i < n) {  // the last n - i < 8 floats through a masked load (zeros past n), their codes copied out
-    const std::int64_t rem = n - i;
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256 v = _mm256_maskload_ps(x + i, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), lanes));
-    nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    const __m256i c = codes(v);
-    alignas(16) std::int16_t tail[8];
-    _mm_store_si128(reinterpret_cast<__m128i*>(tail),
-                    _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
-    std::memcpy(a + i, tail, static_cast<std::size_t>(rem) * sizeof(std::int16_t));
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const std::int64_t total = rows * n;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    std::int16_t* ar = a + r * a_rs;
+    std::int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + i);
+      nan8 = _mm256_or_ps(nan8, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      const __m256i c = codes(v);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(ar + i),
+                       _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1)));
+    }
+    if (i < n) {
+      const std::int64_t rem = n - i;
+      const __m256i own = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rem)), lanes);
+      const __m256 v = total - (r * n + i) >= 8 ? _mm256_loadu_ps(xr + i) : _mm256_maskload_ps(xr + i, own);
+      nan8 = _mm256_or_ps(nan8, _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q), _mm256_castsi256_ps(own)));
+      const __m256i c = codes(v);
+      // the rem < 8 codes stored as 4, 2 and 1 of them (no call to memcpy)
+      __m128i t = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+      std::int16_t* d = ar + i;
+      if (rem & 4) {
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(d), t);
+        t = _mm_srli_si128(t, 8);
+        d += 4;
+      }
+      if (rem & 2) {
+        const std::int32_t two = _mm_cvtsi128_si32(t);
+        std::memcpy(d, &two, 4);
+        t = _mm_srli_si128(t, 4);
+        d += 2;
+      }
+      if (rem & 1) *d = static_cast<std::int16_t>(_mm_cvtsi128_si32(t));
+    }
   }
   if (_mm256_movemask_ps(nan8) && q.nan_seen) __atomic_store_n(q.nan_seen, 1, __ATOMIC_RELAXED);
 }

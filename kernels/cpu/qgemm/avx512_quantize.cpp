@@ -87,19 +87,42 @@ void quantize_rows(const float* x, std::int8_t* a, std::int64_t K, const ActQuan
   report_nan(nan, q);
 }
 
-// quantize_rows' codes of n contiguous floats, stored as int16.
-void quantize_s16(const float* x, std::int16_t* a, std::int64_t n, const ActQuantArgs& q) {
+// quantize_rows' codes of rows of n floats (row r at x + r * n), stored as int16 at a + r * a_rs.
+// 32 floats a step, one 64-byte store; a row's last step (n not a multiple of 32: a depthwise plane's
+// 28-float rows) loads whole vectors that read on into the next rows where the rows continue (only
+// the last row's loads are masked), counts NaNs only in its own lanes and stores under a mask. One
+// call per plane: per-row calls with two masked 16-float steps each were 28 % of an 8 x 256 x 28 x
+// 28 NCHW depthwise conv's time on Zen 5 (docs/benchmarks.md, forty-eighth session).
+void quantize_s16(const float* x, std::int64_t rows, std::int64_t n, std::int16_t* a, std::int64_t a_rs,
+                  const ActQuantArgs& q) {
   const Codes16 codes(q);
   __mmask16 nan = 0;
-  std::int64_t i = 0;
-  for (; i + 32 <= n; i += 32) {  // whole vectors: 32 floats, one 64-byte store
-    const __m512i c0 = codes(_mm512_loadu_ps(x + i), nan), c1 = codes(_mm512_loadu_ps(x + i + 16), nan);
-    _mm512_storeu_si512(a + i, pack32_s16(c0, c1));
-  }
-  for (; i < n; i += 16) {
-    const std::int64_t len = std::min<std::int64_t>(16, n - i);
-    const __mmask16 m = len == 16 ? __mmask16{0xFFFF} : static_cast<__mmask16>((1u << len) - 1);
-    _mm256_mask_storeu_epi16(a + i, m, _mm512_cvtsepi32_epi16(codes(_mm512_maskz_loadu_ps(m, x + i), nan)));
+  const std::int64_t total = rows * n;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    std::int16_t* ar = a + r * a_rs;
+    std::int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {  // whole vectors: 32 floats, one 64-byte store
+      const __m512i c0 = codes(_mm512_loadu_ps(xr + i), nan), c1 = codes(_mm512_loadu_ps(xr + i + 16), nan);
+      _mm512_storeu_si512(ar + i, pack32_s16(c0, c1));
+    }
+    if (i < n) {  // the row's last len < 32 floats
+      const std::int64_t len = n - i, ahead = total - (r * n + i);  // floats readable from xr + i
+      const __mmask32 keep = static_cast<__mmask32>((std::uint64_t{1} << len) - 1);
+      const __mmask16 k0 = static_cast<__mmask16>(keep), k1 = static_cast<__mmask16>(keep >> 16);
+      __m512 v0, v1;
+      if (ahead >= 32) {
+        v0 = _mm512_loadu_ps(xr + i);
+        v1 = _mm512_loadu_ps(xr + i + 16);
+      } else {
+        v0 = _mm512_maskz_loadu_ps(k0, xr + i);
+        v1 = _mm512_maskz_loadu_ps(k1, xr + i + 16);
+      }
+      __mmask16 n0 = 0, n1 = 0;
+      const __m512i c0 = codes(v0, n0), c1 = codes(v1, n1);
+      nan = static_cast<__mmask16>(nan | (n0 & k0) | (n1 & k1));
+      _mm512_mask_storeu_epi16(ar + i, keep, pack32_s16(c0, c1));
+    }
   }
   report_nan(nan, q);
 }

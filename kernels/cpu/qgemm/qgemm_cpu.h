@@ -87,11 +87,14 @@ struct QGemmKernels {
   /// weight-only float bound, in its own bits.
   bool (*gemm_w4f_amx)(const QGemmW4FArgs& args, std::int64_t n_begin, std::int64_t n_end) = nullptr;
   std::int64_t w4f_amx_rows = 0;
-  /// quantize_rows' codes of n contiguous floats, widened to int16 as they are stored (the depthwise
-  /// conv's padded pixel rows of a channels_last input: one pass instead of the int8 codes and a
-  /// widening copy); the same codes, and q.nan_seen as quantize_rows. Null where the table has none
-  /// (baseline: the two passes).
-  void (*quantize_s16)(const float* x, std::int16_t* a, std::int64_t n, const ActQuantArgs& q) = nullptr;
+  /// quantize_rows' codes of `rows` rows of n floats, row r at x + r * n (contiguous), widened to
+  /// int16 as they are stored at a + r * a_rs (a_rs >= n; nothing else of a is written): a depthwise
+  /// conv's padded planes (an NCHW plane's rows) or padded pixel rows (a channels_last image's rows),
+  /// one pass instead of the int8 codes and a widening copy, one call per plane or image; the same
+  /// codes, and q.nan_seen as quantize_rows (only the rows' own values count). Null where the table
+  /// has none (baseline: the two passes).
+  void (*quantize_s16)(const float* x, std::int64_t rows, std::int64_t n, std::int16_t* a, std::int64_t a_rs,
+                       const ActQuantArgs& q) = nullptr;
   /// dwconv runs stride-1 planes in vector registers along the plane (AVX-512): an NCHW depthwise
   /// conv with one output per input channel then takes the planar form, plane by plane, rather than
   /// transposes into and out of channels-last pixels.
