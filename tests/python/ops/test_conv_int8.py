@@ -280,10 +280,11 @@ def test_conv2d_int8_im2col_paths_equal_the_unfolded_gemm(bits, B, C, HW, N, gro
 # N, kernel, stride, groups). Tiles along one output row (16 and 18 wide: then a tile over two rows
 # and a tail), over 2 or 4 rows (8- and 4-wide outputs), across images (5 wide); column stride 2 (even
 # bytes; a 7 x 7 stem over 3 channels), stride 3 (patch rows); K not a multiple of 4 (27, 147: the
-# taps padded with zero weights); N = 13 leaves a channel tail past blocks of 4; grouped.
+# taps padded with zero weights); N = 13 leaves a channel tail past blocks of 4; grouped; 70-wide rows
+# (rows of 64+ codes: quantized row by row straight into the planes).
 S8_DIRECT_CASES = [(3, 3, 16, 13, 3, 1, 1), (2, 16, 18, 16, 3, 1, 1), (3, 8, 8, 16, 3, 1, 1), (5, 16, 4, 13, 3, 1, 1),
                    (3, 24, 5, 16, 3, 1, 1), (2, 3, 32, 13, 3, 2, 1), (2, 3, 23, 16, 7, 2, 1), (3, 16, 16, 16, 3, 2, 2),
-                   (2, 8, 17, 13, 3, 3, 1), (4, 28, 8, 24, 3, 1, 1)]
+                   (2, 8, 17, 13, 3, 3, 1), (4, 28, 8, 24, 3, 1, 1), (2, 3, 70, 13, 3, 1, 1)]
 
 
 @pytest.mark.parametrize("bits", [8, 2, 1])

@@ -178,10 +178,11 @@ def test_conv2d_w4a8_equals_the_group_reference_on_every_isa(geom, chans, qrange
 # (5 wide, 3 images); at column stride 2 the even bytes of 32 (16, 8 and 4 wide outputs) or byte by
 # byte (5 wide); stride 3 takes the patch rows. N = 13 leaves a channel tail past blocks of 4 (N = 16:
 # none; channels_last outputs then go as 4 channels per pixel), K = 2304 fills more than one chunk of
-# tiles on one thread, groups of 64 run the quads of a group in a loop.
+# tiles on one thread, groups of 64 run the quads of a group in a loop; 66-wide rows (64+ codes)
+# are quantized row by row straight into the planes.
 W4_DIRECT_CASES = [(16, 1, 32, 13, 32), (18, 1, 32, 16, 32), (8, 1, 64, 16, 32), (4, 1, 32, 13, 32),
                    (5, 1, 64, 16, 64), (32, 2, 32, 13, 32), (16, 2, 32, 16, 32), (8, 2, 64, 13, 32),
-                   (10, 2, 32, 16, 32), (17, 3, 32, 13, 32), (8, 1, 256, 16, 32)]
+                   (10, 2, 32, 16, 32), (17, 3, 32, 13, 32), (8, 1, 256, 16, 32), (66, 1, 32, 13, 32)]
 
 
 @pytest.mark.parametrize("hw,stride,C,N,gs", W4_DIRECT_CASES)
