@@ -142,6 +142,30 @@ void quantize_s16(const float* x, std::int64_t rows, std::int64_t n, std::int16_
   if (_mm256_movemask_ps(nan8) && q.nan_seen) __atomic_store_n(q.nan_seen, 1, __ATOMIC_RELAXED);
 }
 
+// QGemmKernels::pack_sign_zero: 32 codes a step, vpcmpgtb / vpcmpeqb against zero and vpmovmskb
+// give the 32 sign and zero bits at once (bit e of byte j: code 8 j + e, little-endian), the last
+// 8-code steps at 128 bits. pack_codes8's bits for codes in {-1, 0, 1}.
+std::int64_t pack_sign_zero(const std::int8_t* codes, std::int64_t n, std::uint8_t* sign, std::uint8_t* zero) {
+  std::int64_t zeros = 0, i = 0;
+  const __m256i z = _mm256_setzero_si256();
+  for (; i + 32 <= n; i += 32) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + i));
+    const auto pos = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_cmpgt_epi8(v, z)));
+    const auto zer = static_cast<std::uint32_t>(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, z)));
+    std::memcpy(sign + i / 8, &pos, 4);
+    std::memcpy(zero + i / 8, &zer, 4);
+    zeros += __builtin_popcount(zer);
+  }
+  for (; i < n; i += 8) {
+    const __m128i v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + i));
+    const auto zer = static_cast<std::uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()))) & 0xFFu;
+    sign[i / 8] = static_cast<std::uint8_t>(_mm_movemask_epi8(_mm_cmpgt_epi8(v, _mm_setzero_si128())));
+    zero[i / 8] = static_cast<std::uint8_t>(zer);
+    zeros += __builtin_popcount(zer);
+  }
+  return zeros;
+}
+
 // The panel layout (QGemmArgs): one 16-row panel's step is two vectors of 8 rows x 4 k, and
 // vpmaddwd's int32 lanes are the rows' sums: MR activation rows x NR panels in 2 * MR * NR
 // accumulators, no horizontal sums (4 x 1; one row: 1 x 4, four weight streams sharing the
@@ -1711,6 +1735,7 @@ const QGemmKernels* qgemm_avx2() {
     t.gemm_w4f_xt = &detail::gemm_w4f_xt;  // the row layout's middle path, up to kW4fGemmRows
     t.wop_panel_cols = detail::kWopNC;
     t.quantize_s16 = &quantize_s16;
+    t.pack_sign_zero = &pack_sign_zero;
     t.dwconv_flat = true;
     // W4A8 convs direct on their planes up to K = 1152 (3 x 3 from 128 channels). This table on Zen 5,
     // 3 x 3 convs against the patch rows and gemm_w4 (2 threads, docs/benchmarks.md, forty-seventh

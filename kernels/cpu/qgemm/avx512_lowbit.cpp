@@ -625,7 +625,34 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
 
 }  // namespace
 
+namespace {
+// QGemmKernels::pack_sign_zero at 64 codes a step (vpcmpgtb / vpcmpeqb into mask registers, each
+// stored as 8 bytes), the tail under a byte mask.
+std::int64_t pack_sign_zero(const std::int8_t* codes, std::int64_t n, std::uint8_t* sign, std::uint8_t* zero) {
+  std::int64_t zeros = 0, i = 0;
+  const __m512i z = _mm512_setzero_si512();
+  for (; i + 64 <= n; i += 64) {
+    const __m512i v = _mm512_loadu_si512(codes + i);
+    const std::uint64_t pos = _mm512_cmpgt_epi8_mask(v, z), zer = _mm512_cmpeq_epi8_mask(v, z);
+    std::memcpy(sign + i / 8, &pos, 8);
+    std::memcpy(zero + i / 8, &zer, 8);
+    zeros += __builtin_popcountll(zer);
+  }
+  if (i < n) {  // n - i < 64, a multiple of 8
+    const std::int64_t len = n - i;
+    const __mmask64 m = (__mmask64{1} << len) - 1;
+    const __m512i v = _mm512_maskz_loadu_epi8(m, codes + i);
+    const std::uint64_t pos = _mm512_mask_cmpgt_epi8_mask(m, v, z), zer = _mm512_mask_cmpeq_epi8_mask(m, v, z);
+    std::memcpy(sign + i / 8, &pos, static_cast<std::size_t>(len / 8));
+    std::memcpy(zero + i / 8, &zer, static_cast<std::size_t>(len / 8));
+    zeros += __builtin_popcountll(zer);
+  }
+  return zeros;
+}
+}  // namespace
+
 void add_lowbit(QGemmKernels& t) {
+  t.pack_sign_zero = &pack_sign_zero;
   t.gemm_t2 = &gemm_t2;
   t.gemm_b1 = &gemm_b1;
   // XNOR: vpopcntq where the CPU has it, else the AVX2 table's kernel (t's already)
