@@ -1374,11 +1374,10 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     cpt.layout(k, xq, cl, std::int8_t{0}, im.xc.data(), nullptr);  // code 0 in the padding
     if (k.pack_sign_zero != nullptr) {
       // the whole padded image's bits in one call (its pixels' codes, and so their bytes of bits,
-      // are consecutive), then each pixel's zero count from its CB zero bytes: the scalar loop
+      // are consecutive), with each pixel's zero count from its CB zero bytes: the scalar loop
       // below was 20-35 % of a small pointwise conv (8 x 32 x 32 x 32 -> 16, docs/benchmarks.md,
       // forty-eighth session)
-      k.pack_sign_zero(im.xc.data(), Hp * Wp * C, im.sb.data(), im.zb.data());
-      for (std::int64_t p = 0; p < Hp * Wp; ++p) im.pz[static_cast<std::size_t>(p)] = popcount_bytes(im.zb.data() + p * CB, CB);
+      k.pack_sign_zero(im.xc.data(), Hp * Wp * C, im.sb.data(), im.zb.data(), im.pz.data(), C);
       return;
     }
     for (std::int64_t p = 0; p < Hp * Wp; ++p) {

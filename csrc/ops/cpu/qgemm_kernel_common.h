@@ -177,25 +177,6 @@ inline std::int32_t pack_codes8(const std::int8_t* codes, std::uint8_t* sign, st
   return static_cast<std::int32_t>((zer * low) >> 56);  // the sum of the 8 flag bytes
 }
 
-// The set bits of n bytes (a pixel's zero-code bits), 8 bytes per 64-bit popcount.
-inline std::int32_t popcount_bytes(const std::uint8_t* p, std::int64_t n) {
-  std::int32_t c = 0;
-  std::int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    std::uint64_t v;
-    std::memcpy(&v, p + i, 8);
-    c += __builtin_popcountll(v);
-  }
-  if (i + 4 <= n) {
-    std::uint32_t v;
-    std::memcpy(&v, p + i, 4);
-    c += __builtin_popcount(v);
-    i += 4;
-  }
-  for (; i < n; ++i) c += __builtin_popcount(p[i]);
-  return c;
-}
-
 // XNOR rows (QGemmXnorArgs): sign bits, zero masks, K - |zeros| and the row's scale per row.
 struct XnorRows {
   /// [M, KB] bytes left uninitialized (set_row / finish_row write each row whole, its padding
@@ -210,7 +191,7 @@ struct XnorRows {
   std::vector<std::int32_t> a_k;
   std::vector<float> scale;
   /// the table's SIMD packing of whole bytes of codes (null: pack_codes8)
-  std::int64_t (*pack)(const std::int8_t*, std::int64_t, std::uint8_t*, std::uint8_t*) =
+  std::int64_t (*pack)(const std::int8_t*, std::int64_t, std::uint8_t*, std::uint8_t*, std::int32_t*, std::int64_t) =
       kernels::cpu::qgemm_kernels().pack_sign_zero;
   XnorRows(std::int64_t M, std::int64_t KB)
       : a{std::unique_ptr<std::uint8_t[]>(new std::uint8_t[static_cast<std::size_t>(M * KB)])},
@@ -231,7 +212,7 @@ struct XnorRows {
     std::int32_t zeros = 0;
     const std::int64_t K8 = K / 8 * 8;
     if (pack != nullptr) {
-      zeros = static_cast<std::int32_t>(pack(codes, K8, ar, zr));
+      zeros = static_cast<std::int32_t>(pack(codes, K8, ar, zr, nullptr, 8));
     } else {
       for (std::int64_t k0 = 0; k0 < K8; k0 += 8) zeros += pack_codes8(codes + k0, ar + k0 / 8, zr + k0 / 8);
     }

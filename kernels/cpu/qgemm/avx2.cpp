@@ -145,7 +145,8 @@ void quantize_s16(const float* x, std::int64_t rows, std::int64_t n, std::int16_
 // QGemmKernels::pack_sign_zero: 32 codes a step, vpcmpgtb / vpcmpeqb against zero and vpmovmskb
 // give the 32 sign and zero bits at once (bit e of byte j: code 8 j + e, little-endian), the last
 // 8-code steps at 128 bits. pack_codes8's bits for codes in {-1, 0, 1}.
-std::int64_t pack_sign_zero(const std::int8_t* codes, std::int64_t n, std::uint8_t* sign, std::uint8_t* zero) {
+std::int64_t pack_sign_zero(const std::int8_t* codes, std::int64_t n, std::uint8_t* sign, std::uint8_t* zero,
+                            std::int32_t* counts, std::int64_t group) {
   std::int64_t zeros = 0, i = 0;
   const __m256i z = _mm256_setzero_si256();
   for (; i + 32 <= n; i += 32) {
@@ -163,6 +164,7 @@ std::int64_t pack_sign_zero(const std::int8_t* codes, std::int64_t n, std::uint8
     zero[i / 8] = static_cast<std::uint8_t>(zer);
     zeros += __builtin_popcount(zer);
   }
+  if (counts != nullptr) detail::zero_counts(zero, n, group, counts);
   return zeros;
 }
 

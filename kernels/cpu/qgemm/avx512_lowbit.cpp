@@ -628,7 +628,8 @@ void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end)
 namespace {
 // QGemmKernels::pack_sign_zero at 64 codes a step (vpcmpgtb / vpcmpeqb into mask registers, each
 // stored as 8 bytes), the tail under a byte mask.
-std::int64_t pack_sign_zero(const std::int8_t* codes, std::int64_t n, std::uint8_t* sign, std::uint8_t* zero) {
+std::int64_t pack_sign_zero(const std::int8_t* codes, std::int64_t n, std::uint8_t* sign, std::uint8_t* zero,
+                            std::int32_t* counts, std::int64_t group) {
   std::int64_t zeros = 0, i = 0;
   const __m512i z = _mm512_setzero_si512();
   for (; i + 64 <= n; i += 64) {
@@ -647,6 +648,7 @@ std::int64_t pack_sign_zero(const std::int8_t* codes, std::int64_t n, std::uint8
     std::memcpy(zero + i / 8, &zer, static_cast<std::size_t>(len / 8));
     zeros += __builtin_popcountll(zer);
   }
+  if (counts != nullptr) detail::zero_counts(zero, n, group, counts);
   return zeros;
 }
 }  // namespace

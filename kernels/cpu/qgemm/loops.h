@@ -360,6 +360,24 @@ void dwconv_planes_with(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t
   }
 }
 
+/// pack_sign_zero's counts: counts[j] = the set bits of zero bytes [j * group / 8, (j + 1) * group /
+/// 8), j < n / group (the kernel files' popcnt: csrc's host code is built without it).
+inline void zero_counts(const std::uint8_t* zero, std::int64_t n, std::int64_t group, std::int32_t* counts) {
+  const std::int64_t gb = group / 8;
+  for (std::int64_t j = 0; j < n / group; ++j) {
+    const std::uint8_t* z = zero + j * gb;
+    std::int32_t c = 0;
+    std::int64_t i = 0;
+    for (; i + 8 <= gb; i += 8) {
+      std::uint64_t v;
+      std::memcpy(&v, z + i, 8);
+      c += __builtin_popcountll(v);
+    }
+    for (; i < gb; ++i) c += __builtin_popcount(z[i]);
+    counts[j] = c;
+  }
+}
+
 /// The SIMD dwconv_nhwc kernels' tap offsets (codes from a pixel's tap (0, 0)), in pairs: 2 *
 /// ceil(taps / 2) entries, an odd last tap paired with tap 0 (which its zero weight cancels), in the
 /// calling thread's scratch (kept between calls: a per-call vector was a malloc and free per image).

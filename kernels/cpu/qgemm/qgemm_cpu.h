@@ -96,10 +96,12 @@ struct QGemmKernels {
   void (*quantize_s16)(const float* x, std::int64_t rows, std::int64_t n, std::int16_t* a, std::int64_t a_rs,
                        const ActQuantArgs& q) = nullptr;
   /// XNOR rows' bits of n codes in {-1, 0, 1} (n a multiple of 8): bit e of sign[i / 8] set where
-  /// code i = 8 (i / 8) + e is 1, of zero[i / 8] where it is 0; returns how many are 0 (the scalar
-  /// form: csrc's pack_codes8, 8 codes per 64-bit word, where the table has none: baseline).
-  std::int64_t (*pack_sign_zero)(const std::int8_t* codes, std::int64_t n, std::uint8_t* sign,
-                                 std::uint8_t* zero) = nullptr;
+  /// code i = 8 (i / 8) + e is 1, of zero[i / 8] where it is 0; returns how many are 0, and with
+  /// counts set, counts[j] = the zeros among codes [j * group, (j + 1) * group) (group a multiple of
+  /// 8 dividing n: a conv's pixels). The scalar form (csrc's pack_codes8, 8 codes per 64-bit word)
+  /// where the table has none: baseline.
+  std::int64_t (*pack_sign_zero)(const std::int8_t* codes, std::int64_t n, std::uint8_t* sign, std::uint8_t* zero,
+                                 std::int32_t* counts, std::int64_t group) = nullptr;
   /// dwconv runs stride-1 planes in vector registers along the plane (AVX-512): an NCHW depthwise
   /// conv with one output per input channel then takes the planar form, plane by plane, rather than
   /// transposes into and out of channels-last pixels.
