@@ -1507,19 +1507,38 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     }
     return y;
   }
+  // A 1 x 1, stride-1, unpadded conv whose pixels' C bits fill the rows exactly (KB == C / 8: C a
+  // multiple of 32): the image's channels-last codes are packed straight into the rows, one call,
+  // each row's zero count beside them, with no per-pixel bit buffers and no row copies (fill_row's
+  // per-row work was ~20 % of 8 x 32 x 32 x 32 -> 16 after the packing went SIMD; docs/benchmarks.md,
+  // forty-eighth session)
+  const bool pixel_rows = byte_runs && kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0 &&
+                          KB * 8 == C && k.pack_sign_zero != nullptr;
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
     Image im = image_buffers();
     XnorRows r(L, KB);
+    std::vector<std::int32_t> zeros(static_cast<std::size_t>(pixel_rows ? L : 0));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
-      prepare(im, bi);
-      const auto rows = [&](std::int64_t l0, std::int64_t l1) {
-        std::vector<std::int8_t> patch(static_cast<std::size_t>(byte_runs ? 0 : K));  // the thread's patch
-        for (std::int64_t l = l0; l < l1; ++l) fill_row(im, bi, l, r, l, patch.data());
-      };
-      if (per_image) {
-        rows(0, L);
+      if (pixel_rows) {
+        cpt.layout(k, cp + bi * C * H * W, cl, std::int8_t{0}, im.xc.data(), nullptr);  // [L, C] codes
+        k.pack_sign_zero(im.xc.data(), L * C, r.a.data(), r.z.data(), zeros.data(), C);
+        for (std::int64_t l = 0; l < L; ++l) {
+          const std::int32_t zl = zeros[static_cast<std::size_t>(l)];
+          r.has_zero[static_cast<std::size_t>(l)] = zl > 0;
+          r.a_k[static_cast<std::size_t>(l)] = static_cast<std::int32_t>(K) - zl;
+          r.scale[static_cast<std::size_t>(l)] = ap[bi];
+        }
       } else {
-        at::parallel_for(0, L, 64, rows);
+        prepare(im, bi);
+        const auto rows = [&](std::int64_t l0, std::int64_t l1) {
+          std::vector<std::int8_t> patch(static_cast<std::size_t>(byte_runs ? 0 : K));  // the thread's patch
+          for (std::int64_t l = l0; l < l1; ++l) fill_row(im, bi, l, r, l, patch.data());
+        };
+        if (per_image) {
+          rows(0, L);
+        } else {
+          at::parallel_for(0, L, 64, rows);
+        }
       }
       // Where the table writes column-major outputs itself (xnor_cols_rows: 16-row blocks transposed
       // in registers), the GEMM writes the NCHW planes directly (no buffer, no pass: 8 x 16 x 32 x 32

@@ -552,6 +552,10 @@ def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N
     (2, 16, 6, 24, 1),    # 36 rows per image (under the batched form's 256: per image as K <= 128)
     (2, 16, 17, 20, 3),   # 3 x 3, rows of 20 bytes: the transposed kernel
     (2, 512, 16, 20, 3),  # rows of 576 bytes (K = 4608): the blocked kernel's rows, transposed after
+    # 1 x 1 from C a multiple of 32: the pixels' bits packed straight into the rows (no row copies)
+    (2, 32, 17, 40, 1),   # an image per thread
+    (1, 64, 16, 24, 1),   # one image on the calling thread
+    (3, 96, 6, 24, 1),    # 36 positions an image, per image as K <= 128
 ])
 def test_conv2d_w1a1_writes_nchw_planes_directly(B, C, HW, N, k):
     """An NCHW XNOR conv of 16+ positions per image whose table writes column-major outputs
