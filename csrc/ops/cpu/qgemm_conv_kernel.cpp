@@ -1348,6 +1348,13 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   // channels-last with each pixel's C sign / zero bits whole bytes: rows of byte copies
   const bool byte_runs = C % 8 == 0;
   const std::int64_t CB = C / 8;
+  // A 1 x 1, stride-1, unpadded conv whose pixels' C bits fill the rows exactly (KB == C / 8: C a
+  // multiple of 32): on the per-image path below, the image's channels-last codes are packed straight
+  // into the rows, each row's zero count beside them, with no row copies (fill_row's per-row work was
+  // ~20 % of 8 x 32 x 32 x 32 -> 16 after the packing went SIMD; docs/benchmarks.md, forty-eighth
+  // session). The batched path above still prepares its images' bit buffers (image_buffers).
+  const bool pixel_rows = byte_runs && kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0 &&
+                          KB * 8 == C && k.pack_sign_zero != nullptr;
   // One thread's image buffers: the codes' layout, and with byte runs each padded pixel's sign bits
   // and zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word.
   struct Image {
@@ -1507,13 +1514,6 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     }
     return y;
   }
-  // A 1 x 1, stride-1, unpadded conv whose pixels' C bits fill the rows exactly (KB == C / 8: C a
-  // multiple of 32): the image's channels-last codes are packed straight into the rows, one call,
-  // each row's zero count beside them, with no per-pixel bit buffers and no row copies (fill_row's
-  // per-row work was ~20 % of 8 x 32 x 32 x 32 -> 16 after the packing went SIMD; docs/benchmarks.md,
-  // forty-eighth session)
-  const bool pixel_rows = byte_runs && kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0 &&
-                          KB * 8 == C && k.pack_sign_zero != nullptr;
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
     Image im = image_buffers();
     XnorRows r(L, KB);
@@ -1521,12 +1521,20 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     for (std::int64_t bi = b0; bi < b1; ++bi) {
       if (pixel_rows) {
         cpt.layout(k, cp + bi * C * H * W, cl, std::int8_t{0}, im.xc.data(), nullptr);  // [L, C] codes
-        k.pack_sign_zero(im.xc.data(), L * C, r.a.data(), r.z.data(), zeros.data(), C);
-        for (std::int64_t l = 0; l < L; ++l) {
-          const std::int32_t zl = zeros[static_cast<std::size_t>(l)];
-          r.has_zero[static_cast<std::size_t>(l)] = zl > 0;
-          r.a_k[static_cast<std::size_t>(l)] = static_cast<std::int32_t>(K) - zl;
-          r.scale[static_cast<std::size_t>(l)] = ap[bi];
+        const auto pack_rows = [&](std::int64_t l0, std::int64_t l1) {  // rows [l0, l1): KB bytes each
+          k.pack_sign_zero(im.xc.data() + l0 * C, (l1 - l0) * C, r.a.data() + l0 * KB, r.z.data() + l0 * KB,
+                           zeros.data() + l0, C);
+          for (std::int64_t l = l0; l < l1; ++l) {
+            const std::int32_t zl = zeros[static_cast<std::size_t>(l)];
+            r.has_zero[static_cast<std::size_t>(l)] = zl > 0;
+            r.a_k[static_cast<std::size_t>(l)] = static_cast<std::int32_t>(K) - zl;
+            r.scale[static_cast<std::size_t>(l)] = ap[bi];
+          }
+        };
+        if (per_image) {
+          pack_rows(0, L);
+        } else {
+          at::parallel_for(0, L, 256, pack_rows);
         }
       } else {
         prepare(im, bi);

@@ -556,6 +556,7 @@ def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N
     (2, 32, 17, 40, 1),   # an image per thread
     (1, 64, 16, 24, 1),   # one image on the calling thread
     (3, 96, 6, 24, 1),    # 36 positions an image, per image as K <= 128
+    (1, 32, 8, 24, 1),    # one image of 64 positions: the batched form's rows (byte copies) instead
 ])
 def test_conv2d_w1a1_writes_nchw_planes_directly(B, C, HW, N, k):
     """An NCHW XNOR conv of 16+ positions per image whose table writes column-major outputs
