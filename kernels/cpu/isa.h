@@ -8,7 +8,7 @@ namespace qatkit::kernels::cpu {
 /// Instruction sets with their own kernel builds. kBaseline is portable C++ (always available);
 /// kAvx2 is compiled with -mavx2 -mfma -mf16c -mpopcnt and needs all four at run time; kAvx512 (AVX-512
 /// F/BW/VL + VNNI, on top of AVX2) has tables only where a family has an AVX-512 file (the integer
-/// GEMMs); every other family runs its AVX2 table under it. kAmx is kAvx512 plus Intel AMX tiles
+/// GEMMs; the sign family's binary_codes); every other family runs its AVX2 table under it. kAmx is kAvx512 plus Intel AMX tiles
 /// (AMX-TILE + AMX-INT8, with the OS's permission for their state): the integer GEMM family's W8A8
 /// kernel on int8 tiles and, where the CPU has AMX-BF16 too, its weight-only 4-bit kernel on bf16
 /// tiles; every other kernel the AVX-512 table's (every family without an AMX table runs its

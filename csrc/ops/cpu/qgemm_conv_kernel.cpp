@@ -1235,81 +1235,91 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   return y;
 }
 
-// binary_codes(input, "bitnet", 0) of a channels_last input ([B, C, H, W], channels_last), the codes
-// channels_last too. The statistics are _mean_and_mean_abs's on the NCHW images (binarize's order, so
-// the centre and alpha bits are binary_codes' of input.contiguous(): a channels_last model binarizes
-// as an NCHW one). With an image per thread, each image's channels are transposed 8 at a time by the
+// binary_codes(input, "bitnet", 0) for conv2d_w1a1 (a float32 [B, C, H, W] input, NCHW or with a
+// channels_last input NHWC codes): the same codes and alphas bit for bit. The statistics are
+// _mean_and_mean_abs's on the NCHW images (binarize's order: float64 sums, element j of a sample in
+// lane j % 8, so a channels_last model binarizes as an NCHW one). With an image per thread, one
+// parallel region does each image's statistics and then its codes while the image is in the
+// thread's cache (the op's two passes were two regions, the codes pass splitting the batch by
+// elements, not by image: it re-read each image from the shared cache; docs/benchmarks.md,
+// forty-ninth session). A channels_last image is summed 8 channels at a time, transposed by the
 // kernel table's transpose_f32 into a small buffer ([8, H * W]: a multiple of 8 elements, so the
-// image's lanes run on as in one pass over its NCHW copy) and summed from there; with fewer images
-// than threads, the whole NCHW copy in parallel, then the op. (ATen's channels_last -> contiguous copy
+// image's lanes run on as in one pass over its NCHW copy). (ATen's channels_last -> contiguous copy
 // took 84 of the 155 us of binary_codes on 8 x 32 x 32 x 32; a full transposed copy then a second
 // pass, 12 % of a loaded channels_last XNOR MobileNetV2: docs/benchmarks.md, twentieth and
-// twenty-first sessions.) Then the codes pass on the input's own memory (a sample is one run of
-// C * H * W elements in either format: the same per-sample centre, the same code per element).
-std::pair<at::Tensor, at::Tensor> bitnet_codes_channels_last(const at::Tensor& input) {
-  const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+// twenty-first sessions.) With fewer images than threads: NCHW, the op; channels_last, the whole
+// NCHW copy in parallel, its statistics, then the codes pass on the input's own memory (a sample is
+// one run of C * H * W elements in either format: the same per-sample centre, the same code per
+// element).
+std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool channels_last) {
+  const at::Tensor x = input.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const std::int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  const bool per_image = B >= at::get_num_threads() && x.scalar_type() == at::kFloat;
+  if (!channels_last && !per_image) {
+    const auto [codes, alpha] = qatkit::binary_codes(x, "bitnet", 0);
+    return {codes.contiguous(), alpha.contiguous()};
+  }
   const float* src = x.const_data_ptr<float>();
   const auto& k = kernels::cpu::qgemm_kernels();
-  at::Tensor center, alpha;
-  if (B >= at::get_num_threads()) {
-    center = at::empty({B}, x.options());
-    alpha = at::empty({B}, x.options());
-    float* cp = center.data_ptr<float>();
-    float* ap = alpha.data_ptr<float>();
-    const auto& r = kernels::cpu::reduce_kernels();
-    at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-      struct TagStats;
-      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(8 * HW));
-      float* buf = stats_buf.get();
-      for (std::int64_t b = b0; b < b1; ++b) {
-        kernels::cpu::SumAbsLanes lanes;
-        for (std::int64_t c0 = 0; c0 < C; c0 += 8) {
-          const std::int64_t cb = std::min<std::int64_t>(8, C - c0);
-          k.transpose_f32(src + b * HW * C + c0, HW, cb, C, buf, HW);  // [HW, cb] -> [cb, HW]
-          r.sum_abssum(buf, kernels::DType::kFloat32, cb * HW, &lanes);
-        }
-        const double n = static_cast<double>(C * HW);
-        cp[b] = static_cast<float>(lanes.sum() / n);  // _mean_and_mean_abs's division
-        ap[b] = static_cast<float>(lanes.abssum() / n);
-      }
-    });
-  } else {
-    at::Tensor xn = at::empty(x.sizes(), x.options());
-    float* dst = xn.data_ptr<float>();
-    const std::int64_t chunks = (HW + 63) / 64;  // 64 pixels of an image: [64, C] -> [C, 64]
-    at::parallel_for(0, B * chunks, std::max<std::int64_t>(1, 2048 / std::max<std::int64_t>(C, 1)),
-                     [&](std::int64_t t0, std::int64_t t1) {
-                       for (std::int64_t t = t0; t < t1; ++t) {
-                         const std::int64_t b = t / chunks, l0 = (t % chunks) * 64, l1 = std::min(HW, l0 + 64);
-                         k.transpose_f32(src + (b * HW + l0) * C, l1 - l0, C, C, dst + b * C * HW + l0, HW);
-                       }
-                     });
-    const ops::BinaryStats st = ops::binary_stats(xn, ops::BinaryScaling::kBitNet, 0);
-    center = st.center.contiguous();
-    alpha = ops::binary_codes_scale(xn, st, 0);
-  }
-  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar).memory_format(at::MemoryFormat::ChannelsLast));
+  const auto& sign = kernels::cpu::sign_kernels();
+  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar).memory_format(
+                                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   kernels::BinarizeArgs a;
   a.input = src;
   a.output = codes.data_ptr();
-  a.center = center.const_data_ptr<float>();
   a.numel = x.numel();
   a.inner = C * HW;
   a.channels = B;
   a.zero_negative = true;  // the bitnet rule's codes (as binary_codes' prepare_binarize)
   a.dtype = kernels::DType::kFloat32;
+  at::Tensor center, alpha;
+  if (per_image) {
+    center = at::empty({B}, x.options());
+    alpha = at::empty({B}, x.options());
+    float* cp = center.data_ptr<float>();
+    float* ap = alpha.data_ptr<float>();
+    a.center = cp;
+    const auto& r = kernels::cpu::reduce_kernels();
+    at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+      struct TagStats;
+      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(channels_last ? 8 * HW : 1));
+      float* buf = stats_buf.get();
+      for (std::int64_t b = b0; b < b1; ++b) {
+        kernels::cpu::SumAbsLanes lanes;
+        if (channels_last) {
+          for (std::int64_t c0 = 0; c0 < C; c0 += 8) {
+            const std::int64_t cb = std::min<std::int64_t>(8, C - c0);
+            k.transpose_f32(src + b * HW * C + c0, HW, cb, C, buf, HW);  // [HW, cb] -> [cb, HW]
+            r.sum_abssum(buf, kernels::DType::kFloat32, cb * HW, &lanes);
+          }
+        } else {
+          r.sum_abssum(src + b * C * HW, kernels::DType::kFloat32, C * HW, &lanes);
+        }
+        const double n = static_cast<double>(C * HW);
+        cp[b] = static_cast<float>(lanes.sum() / n);  // _mean_and_mean_abs's division
+        ap[b] = static_cast<float>(lanes.abssum() / n);
+        sign.binary_codes(a, b * C * HW, (b + 1) * C * HW);  // the image's codes, its centre now set
+      }
+    });
+    return {codes, alpha};
+  }
+  at::Tensor xn = at::empty(x.sizes(), x.options());
+  float* dst = xn.data_ptr<float>();
+  const std::int64_t chunks = (HW + 63) / 64;  // 64 pixels of an image: [64, C] -> [C, 64]
+  at::parallel_for(0, B * chunks, std::max<std::int64_t>(1, 2048 / std::max<std::int64_t>(C, 1)),
+                   [&](std::int64_t t0, std::int64_t t1) {
+                     for (std::int64_t t = t0; t < t1; ++t) {
+                       const std::int64_t b = t / chunks, l0 = (t % chunks) * 64, l1 = std::min(HW, l0 + 64);
+                       k.transpose_f32(src + (b * HW + l0) * C, l1 - l0, C, C, dst + b * C * HW + l0, HW);
+                     }
+                   });
+  const ops::BinaryStats st = ops::binary_stats(xn, ops::BinaryScaling::kBitNet, 0);
+  center = st.center.contiguous();
+  alpha = ops::binary_codes_scale(xn, st, 0);
+  a.center = center.const_data_ptr<float>();
   at::parallel_for(0, a.numel, std::int64_t{1} << 15,
-                   [&](std::int64_t b0, std::int64_t b1) { kernels::cpu::sign_kernels().binary_codes(a, b0, b1); });
+                   [&](std::int64_t b0, std::int64_t b1) { sign.binary_codes(a, b0, b1); });
   return {codes, alpha};
-}
-
-// The per-sample codes and alphas of conv2d_w1a1's input: binary_codes(input, "bitnet", 0), NCHW, or
-// with a channels_last input NHWC (bitnet_codes_channels_last: the same codes).
-std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool channels_last) {
-  if (channels_last) return bitnet_codes_channels_last(input);
-  const auto [codes, alpha] = qatkit::binary_codes(input.contiguous(), "bitnet", 0);
-  return {codes.contiguous(), alpha.contiguous()};
 }
 
 // One image per task (or the output channels, and the patch rows, in parallel when there are fewer
@@ -1440,14 +1450,29 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     // its output (no image layout, no per-pixel bit buffers, no row copies: the per-pixel work took
     // 28 % of 8 x 32 x 32 x 32 -> 16, docs/benchmarks.md, twentieth session)
     // in passes of up to 2^16 rows (the packed rows' buffer stays bounded whatever B * H * W is)
+    // With C a multiple of 32 (the rows' bytes exactly the pixels' bits) each task packs its rows in
+    // one pack_sign_zero call, each row's zero count beside them (as the NCHW pixel rows below; the
+    // per-row calls were ~17 % of 8 x 32 x 32 x 32 -> 16: docs/benchmarks.md, forty-ninth session).
     constexpr std::int64_t kPass = std::int64_t{1} << 16;
     const std::int64_t M = B * L;
     XnorRows r(std::min(M, kPass), KB);
+    std::vector<std::int32_t> zeros(static_cast<std::size_t>(pixel_rows ? std::min(M, kPass) : 0));
     for (std::int64_t p0 = 0; p0 < M; p0 += kPass) {
       const std::int64_t Mp = std::min(kPass, M - p0);
       at::parallel_for(0, Mp, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
                        [&](std::int64_t m0, std::int64_t m1) {
-                         for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, ap[(p0 + m) / L], cp + (p0 + m) * C);
+                         if (!pixel_rows) {
+                           for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, ap[(p0 + m) / L], cp + (p0 + m) * C);
+                           return;
+                         }
+                         k.pack_sign_zero(cp + (p0 + m0) * C, (m1 - m0) * C, r.a.data() + m0 * KB, r.z.data() + m0 * KB,
+                                          zeros.data() + m0, C);
+                         for (std::int64_t m = m0; m < m1; ++m) {
+                           const std::int32_t zm = zeros[static_cast<std::size_t>(m)];
+                           r.has_zero[static_cast<std::size_t>(m)] = zm > 0;
+                           r.a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zm;
+                           r.scale[static_cast<std::size_t>(m)] = ap[(p0 + m) / L];
+                         }
                        });
       kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>() + p0 * N, Mp, N, KB);
       g.y_rs = N;

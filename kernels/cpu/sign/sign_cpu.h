@@ -21,8 +21,10 @@ struct SignKernels {
 
 const SignKernels& sign_baseline();
 const SignKernels* sign_avx2();
+/// The AVX2 table with binary_codes' float32 runs in AVX-512 (kernels/cpu/sign/avx512.cpp).
+const SignKernels* sign_avx512();
 
-inline const SignKernels* sign_kernels(Isa isa) { return table_for(isa, sign_baseline(), &sign_avx2); }
-inline const SignKernels& sign_kernels() { return active_table(sign_baseline(), &sign_avx2); }
+inline const SignKernels* sign_kernels(Isa isa) { return table_for(isa, sign_baseline(), &sign_avx2, &sign_avx512); }
+inline const SignKernels& sign_kernels() { return active_table(sign_baseline(), &sign_avx2, &sign_avx512); }
 
 }  // namespace qatkit::kernels::cpu
