@@ -185,6 +185,11 @@ struct QDwConvArgs {
   float* y = nullptr;               ///< [N, Ho, Wo]
   std::int64_t Hp = 0, Wp = 0, Ng = 1, kh = 1, kw = 1, sh = 1, sw = 1, dh = 1, dw = 1, Ho = 0, Wo = 0;
   std::int64_t C = 0;  ///< the channels (dwconv_nhwc)
+  /// dwconv at stride 1 only: tap t = i * kw + j read at offset tap_off[t] from an output's position
+  /// on the flat run (null: i * dh * Wp + j * dw). A stride-2 conv's planes split into their four
+  /// row / column parity planes (QGemmKernels::split_planes_s16) are a stride-1 run over them: tap
+  /// (i, j) reads parity plane (i % 2, j % 2) at row + i / 2, column + j / 2.
+  const std::int64_t* tap_off = nullptr;
 };
 
 /// A conv computed directly on its input's padded planes, output pixels in vector lanes

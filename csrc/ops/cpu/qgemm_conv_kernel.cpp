@@ -806,7 +806,18 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     // split across the threads): docs/benchmarks.md, forty-fifth session.
     const bool planar_one = k.dwconv_flat && sh == 1 && (W >= 16 || !per_image);
     const bool planar_many = W >= 8 && sw == 1 && (C > 1 || (k.dwconv_flat && sh == 1));
-    if (nhwc || (mult > 1 && !planar_many) || (mult == 1 && !planar_one)) {
+    // Stride 2 (undilated), where the table splits planes (split_planes_s16): each padded plane's
+    // four row / column parity planes, over which the conv is a stride-1 flat run (tap (i, j) reads
+    // parity plane (i % 2, j % 2) at row + i / 2, column + j / 2). With one output per channel from
+    // rows of 48+ pixels (8 x 96 x 64 x 64 ran 1.6x, 8 x 96 x 112 x 112 1.1-1.3x faster than the
+    // channels-last form, 8 x 96 x 32 x 32 0.9-1.0x: a plane's fixed costs against a quarter of the
+    // outputs); with several, from 16 (their codes were repeated per output in the channels-last
+    // pixels: 8 x 32 x 16 x 16 -> 64 and 1 x 3 x 224 x 224 -> 24 ran 3x and 10x faster;
+    // docs/benchmarks.md, forty-ninth session).
+    const std::int64_t Hq = (Hp + 1) / 2, Wq = (Wp + 1) / 2;
+    const bool parity = k.split_planes_s16 != nullptr && k.dwconv_flat && sh == 2 && sw == 2 && dh == 1 && dw == 1 &&
+                        W >= (mult > 1 ? 16 : 48) && (taps + 1) / 2 <= 64 && Wq <= 16384;
+    if (nhwc || (!parity && ((mult > 1 && !planar_many) || (mult == 1 && !planar_one)))) {
       // with mult = N / C outputs per input channel each pixel's C codes are repeated mult times
       // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
       // transposed into NCHW, or is the channels_last output's image as it is (an NHWC input always
@@ -953,6 +964,13 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     // the call's setup.
     constexpr std::int64_t kDwPlaneCodes = 32 * 1024;
     const std::int64_t HW = H * W, plane = Hp * Wp, run_cap = std::max<std::int64_t>(1, kDwPlaneCodes / plane);
+    // stride 2: each plane's parity planes (4 Hq Wq codes a plane) and the taps' offsets on them
+    const std::int64_t qplane = parity ? 4 * Hq * Wq : 0;
+    std::vector<std::int64_t> toff(static_cast<std::size_t>(parity ? taps : 0));
+    for (std::int64_t t = 0; t < static_cast<std::int64_t>(toff.size()); ++t) {
+      const std::int64_t i = t / kw, j = t % kw;
+      toff[static_cast<std::size_t>(t)] = ((i % 2) * 2 + j % 2) * Hq * Wq + (i / 2) * Wq + j / 2;
+    }
     // Fewer planes than twice the threads with several outputs each (one image of a 1-channel or
     // 3-channel input): each plane's outputs in `splits` chunks of `chunk` (a multiple of the kernels'
     // 4 channels at a time), each task quantizing its plane itself, so every thread has work
@@ -970,6 +988,9 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       // + the slack dwconv's stride-1 plane runs read past the last plane (any values; QDwConvArgs)
       std::vector<std::int16_t> xpad(static_cast<std::size_t>(cap * plane + (kw - 1) * dw + 16),
                                      static_cast<std::int16_t>(pad_code));
+      // the run's parity planes (+ the slack the flat run reads past the last: (kw - 1) / 2 + 16)
+      std::vector<std::int16_t> xq2(static_cast<std::size_t>(parity ? cap * qplane + kw + 16 : 0),
+                                    static_cast<std::int16_t>(pad_code));
       for (std::int64_t t = t0; t < t1;) {
         // task t: plane pi's output chunk t % splits, or (splits 1) a run of np planes from pi
         const std::int64_t pi = t / splits, bi = pi / C, ci = pi % C;
@@ -987,6 +1008,14 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         }
         kernels::QDwConvArgs gi = g;  // the run's planes alone: output n reads plane n / mult
         gi.x = xpad.data();
+        if (parity) {  // a stride-1 run over each plane's parity planes
+          for (std::int64_t p = 0; p < np; ++p) k.split_planes_s16(xpad.data() + p * plane, Hp, Wp, xq2.data() + p * qplane, Hq, Wq);
+          gi.x = xq2.data();
+          gi.Hp = 4 * Hq;
+          gi.Wp = Wq;
+          gi.sh = gi.sw = gi.dh = gi.dw = 1;
+          gi.tap_off = toff.data();
+        }
         gi.w = g.w + ci * mult * taps;
         gi.corr = g.corr + ci * mult;
         gi.out_scale = (given.image_scale != nullptr ? given.image_scale + bi * N : g.out_scale) + ci * mult;

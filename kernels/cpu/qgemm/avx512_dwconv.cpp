@@ -1,4 +1,5 @@
-// The int8 depthwise convs on AVX-512 (vpdpwssd): channels-last pixels, and stride-1 planes.
+// The int8 depthwise convs on AVX-512 (vpdpwssd): channels-last pixels, and stride-1 planes (a
+// stride-2 conv's planes split into their parity planes: split_planes_s16).
 #include "avx512_common.h"
 
 #ifdef QATKIT_AVX512_KERNELS
@@ -233,12 +234,44 @@ void dwconv_planes(const QDwConvArgs& g, std::int64_t n_begin, std::int64_t n_en
 }
 
 
+// QGemmKernels::split_planes_s16: each row of the padded plane deinterleaved by vpermt2w, 64 codes
+// (32 even-column, 32 odd-column) a step, the row's last step under masks (the same for every row,
+// so computed once); row r into parity planes (r % 2, 0) and (r % 2, 1) at row r / 2.
+void split_planes_s16(const std::int16_t* p, std::int64_t Hp, std::int64_t Wp, std::int16_t* q, std::int64_t Hq,
+                      std::int64_t Wq) {
+  const __m512i even = _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26,
+                                        24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi16(even, _mm512_set1_epi16(1));
+  const auto low = [](std::int64_t n) {  // the first n (0..32) of 32 lanes
+    return n >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << n) - 1);
+  };
+  const std::int64_t plane = Hq * Wq, full = Wp / 64 * 64, left = Wp - full;
+  // the last step's masks: its loads (left codes over two vectors), its even and odd stores
+  const __mmask32 l0 = low(left), l1 = low(left > 32 ? left - 32 : 0), se = low((left + 1) / 2), so = low(left / 2);
+  for (std::int64_t r = 0; r < Hp; ++r) {
+    const std::int16_t* src = p + r * Wp;
+    std::int16_t* qe = q + (2 * (r % 2)) * plane + (r / 2) * Wq;  // parity plane (r % 2, 0)
+    std::int16_t* qo = qe + plane;                                // (r % 2, 1)
+    for (std::int64_t c = 0; c < full; c += 64) {
+      const __m512i a = _mm512_loadu_si512(src + c), b = _mm512_loadu_si512(src + c + 32);
+      _mm512_storeu_si512(qe + c / 2, _mm512_permutex2var_epi16(a, even, b));
+      _mm512_storeu_si512(qo + c / 2, _mm512_permutex2var_epi16(a, odd, b));
+    }
+    if (left > 0) {
+      const __m512i a = _mm512_maskz_loadu_epi16(l0, src + full), b = _mm512_maskz_loadu_epi16(l1, src + full + 32);
+      _mm512_mask_storeu_epi16(qe + full / 2, se, _mm512_permutex2var_epi16(a, even, b));
+      _mm512_mask_storeu_epi16(qo + full / 2, so, _mm512_permutex2var_epi16(a, odd, b));
+    }
+  }
+}
+
 }  // namespace
 
 void add_dwconv(QGemmKernels& t) {
   t.dwconv_nhwc = &dwconv_nhwc;
   t.dwconv = &dwconv_planes;
   t.dwconv_flat = true;
+  t.split_planes_s16 = &split_planes_s16;
 }
 
 }  // namespace qatkit::kernels::cpu::avx512

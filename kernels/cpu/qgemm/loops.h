@@ -250,7 +250,8 @@ inline void dwconv_channels(const QDwConvArgs& g, std::int64_t n_begin, std::int
         const std::int16_t* row = xc + (oh * g.sh + i * g.dh) * g.Wp;
         for (std::int64_t j = 0; j < g.kw; ++j) {
           const std::int32_t wv = wn[i * g.kw + j];
-          const std::int16_t* r = row + j * g.dw;
+          // (tap_off: the parity planes' offsets, given with stride 1 only)
+          const std::int16_t* r = g.tap_off != nullptr ? xc + g.tap_off[i * g.kw + j] : row + j * g.dw;
           if (g.sw == 1) {
             for (std::int64_t t = 0; t < run; ++t) a[t] += static_cast<std::int32_t>(r[t]) * wv;
           } else {
@@ -291,7 +292,8 @@ inline bool dwconv_flat_fits(const QDwConvArgs& g) {
 /// codes interleaved the same way). np = ceil(taps / 2) <= kDwFlatPairs.
 inline void dwconv_plane_offsets(const QDwConvArgs& g, std::int64_t np, std::int64_t* off) {
   const std::int64_t taps = g.kh * g.kw;
-  for (std::int64_t t = 0; t < 2 * np; ++t) off[t] = t < taps ? (t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw : 0;
+  for (std::int64_t t = 0; t < 2 * np; ++t)
+    off[t] = t >= taps ? 0 : g.tap_off != nullptr ? g.tap_off[t] : (t / g.kw) * g.dh * g.Wp + (t % g.kw) * g.dw;
 }
 
 /// Output channel n of those kernels: its plane, output plane and requantization constants (bias 0

@@ -106,6 +106,13 @@ struct QGemmKernels {
   /// conv with one output per input channel then takes the planar form, plane by plane, rather than
   /// transposes into and out of channels-last pixels.
   bool dwconv_flat = false;
+  /// A padded int16 plane p [Hp, Wp] split into its four row / column parity planes, each [Hq, Wq]
+  /// (Hq = ceil(Hp / 2), Wq = ceil(Wp / 2)) at q + (2a + b) Hq Wq: q_ab[r][c] = p[2r + a][2c + b]
+  /// wherever 2r + a < Hp and 2c + b < Wp (the other entries are left as they are). A stride-2
+  /// depthwise conv is then a stride-1 flat run over them (QDwConvArgs::tap_off); null where the
+  /// table has none (those convs take the channels-last form).
+  void (*split_planes_s16)(const std::int16_t* p, std::int64_t Hp, std::int64_t Wp, std::int16_t* q, std::int64_t Hq,
+                           std::int64_t Wq) = nullptr;
   /// A W4A8 conv directly on its padded planes (QConvDirectArgs), output pixels [m_begin, m_end) of the
   /// batch, every output channel; null where the table has none (conv2d_w4a8 then builds patch rows
   /// for gemm_w4). The same bits as gemm_w4 on the patch rows.

@@ -674,6 +674,51 @@ def test_depthwise_planes_at_stride_1_equal_the_unfolded_gemm(bits, k, p, d, H, 
         qatkit._C.set_cpu_isa(old)
 
 
+@pytest.mark.parametrize("bits", [8, 2, 1])
+@pytest.mark.parametrize("k,p,H,W", [
+    ((3, 3), (1, 1), 9, 16),    # padded rows of 18 codes: parity planes 9 wide (several outputs a channel)
+    ((3, 3), (1, 1), 5, 48),    # rows of 48 pixels: one output a channel too
+    ((3, 3), (1, 1), 4, 49),    # an odd padded width (51): the odd-column planes a column shorter
+    ((3, 3), (0, 0), 7, 50),    # no padding, an odd row count
+    ((3, 3), (0, 0), 4, 49),    # no padding, an odd width: the last even column is the input's
+    ((5, 5), (2, 2), 6, 49),    # 25 taps: pairs at run time, taps two rows / columns into a plane
+    ((3, 3), (1, 1), 3, 70),    # padded rows over 64 codes: the split's second step, under masks
+    ((2, 3), (1, 0), 5, 48),    # an even tap count, asymmetric padding
+])
+@pytest.mark.parametrize("mult", [1, 2])
+def test_depthwise_planes_at_stride_2_equal_the_unfolded_gemm(bits, k, p, H, W, mult):
+    """NCHW depthwise convs at stride 2 (undilated) on rows of 48+ pixels (16+ with several outputs
+    per channel), on a table that splits planes (AVX-512): each padded plane split into its four row /
+    column parity planes, over which the conv is the stride-1 flat run (tap (i, j) reads parity plane
+    (i % 2, j % 2) at row + i / 2, column + j / 2); narrower rows and the other tables channels-last.
+    Every output channel equals linear_int8 over its unfolded patches, on every ISA, with and without
+    a bias, one image and three, NCHW and channels_last; a NaN input makes exactly the outputs whose
+    window reads it NaN."""
+    g = torch.Generator().manual_seed(41 + W + mult)
+    C = 5
+    N = C * mult
+    x = torch.randn(3, C, H, W, generator=g) * 2
+    x[2, C - 1, H // 2, W // 2] = float("nan")
+    case = conv_int8_case(bits, N, k[0] * k[1], C, g)
+    w, packed, corr, scale, fb = case["w"], case["layouts"][0], case["corr"], case["scale"], case["bias"]
+    act = case["act"]
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in isas():
+            qatkit._C.set_cpu_isa(isa)
+            for bias in (fb, None):
+                want = _unfolded_conv_reference(x, w, corr, scale, act, bias, C, k, (2, 2), p, (1, 1))
+                assert bool(want.isnan().any()) and not bool(want[:2].isnan().any())
+                for xb, wb in ((x, want), (x[:1].contiguous(), want[:1])):
+                    got = ops.conv2d_int8(xb, packed, bits, k, (2, 2), p, (1, 1), corr, scale, *act, bias, C)
+                    assert same_bits(got.reshape(wb.shape), wb), (isa, bias is None, xb.shape[0])
+                xc = x.contiguous(memory_format=torch.channels_last)
+                got = ops.conv2d_int8(xc, packed, bits, k, (2, 2), p, (1, 1), corr, scale, *act, bias, C)
+                assert same_bits(got.reshape(want.shape), want), (isa, bias is None, "channels_last")
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 @pytest.mark.parametrize("B", [1, 3])
 def test_depthwise_conv2d_int8_reused_buffers_hold_each_calls_padding(B):
     """The channels-last depthwise path keeps its image buffers per thread between calls and writes

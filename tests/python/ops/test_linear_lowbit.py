@@ -315,13 +315,14 @@ def _grouped_xnor_conv_reference(x, w, ws, bias, stride, padding, dilation, grou
 
 @pytest.mark.parametrize("geom", [dict(k=(3, 3), s=(1, 1), p=(1, 1), d=(1, 1)), dict(k=(3, 3), s=(2, 2), p=(2, 2), d=(2, 2)),
                                   dict(k=(3, 2), s=(2, 1), p=(0, 2), d=(1, 2)), dict(k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1)),
-                                  dict(k=(5, 5), s=(1, 1), p=(2, 2), d=(1, 1))])
+                                  dict(k=(5, 5), s=(1, 1), p=(2, 2), d=(1, 1)), dict(k=(3, 3), s=(2, 2), p=(1, 1), d=(1, 1))])
 @pytest.mark.parametrize("C,N,groups,HW", [(24, 24, 24, (9, 7)), (40, 40, 40, (4, 4)), (16, 32, 16, (9, 12)),
-                                           (12, 18, 6, (9, 7)), (8, 8, 8, (3, 3))])
+                                           (12, 18, 6, (9, 7)), (8, 8, 8, (3, 3)), (8, 8, 8, (5, 48))])
 def test_grouped_conv2d_w1a1_equals_the_direct_conv_of_the_codes(geom, C, N, groups, HW):
     """conv2d_w1a1 with groups: depthwise (one input channel per group; 32+ channels: a partial
     block of the AVX-512 kernel's 32; two outputs per channel on rows of 12: the planar kernel) on
-    conv2d_int8's direct kernels with the codes given and per-image scales, other grouped convs
+    conv2d_int8's direct kernels with the codes given and per-image scales (at stride 2 on rows of
+    12 or 48 pixels, AVX-512: the planes' parity planes), other grouped convs
     (2 channels per group) through conv2d_int8's grouped GEMMs on the codes. Equal to the float64
     grouped conv of the codes, requantized by the "row" rule, on every ISA, NCHW and channels_last
     (whose output is channels_last), one image and several (the threads split an image or take
