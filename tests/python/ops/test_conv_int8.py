@@ -627,6 +627,35 @@ def test_depthwise_conv2d_int8_channels_last_equals_the_unfolded_gemm(bits, B, C
         qatkit._C.set_cpu_isa(old)
 
 
+def _check_depthwise_planes(bits, k, stride, p, d, H, W, mult, seed):
+    """Every output channel of a 5-channel NCHW depthwise conv (mult outputs each, a NaN in the last
+    image) equals linear_int8 over its unfolded patches, on every ISA, with and without a bias, three
+    images and one, NCHW and channels_last; the NaN makes exactly the outputs whose window reads it NaN."""
+    g = torch.Generator().manual_seed(seed)
+    C = 5
+    N = C * mult
+    x = torch.randn(3, C, H, W, generator=g) * 2
+    x[2, C - 1, H // 2, W // 2] = float("nan")
+    case = conv_int8_case(bits, N, k[0] * k[1], C, g)
+    w, packed, corr, scale, fb = case["w"], case["layouts"][0], case["corr"], case["scale"], case["bias"]
+    act = case["act"]
+    old = qatkit._C.cpu_isa()
+    try:
+        for isa in isas():
+            qatkit._C.set_cpu_isa(isa)
+            for bias in (fb, None):
+                want = _unfolded_conv_reference(x, w, corr, scale, act, bias, C, k, stride, p, d)
+                assert bool(want.isnan().any()) and not bool(want[:2].isnan().any())
+                for xb, wb in ((x, want), (x[:1].contiguous(), want[:1])):
+                    got = ops.conv2d_int8(xb, packed, bits, k, stride, p, d, corr, scale, *act, bias, C)
+                    assert same_bits(got.reshape(wb.shape), wb), (isa, bias is None, xb.shape[0])
+                xc = x.contiguous(memory_format=torch.channels_last)  # the NHWC form's quantization
+                got = ops.conv2d_int8(xc, packed, bits, k, stride, p, d, corr, scale, *act, bias, C)
+                assert same_bits(got.reshape(want.shape), want), (isa, bias is None, "channels_last")
+    finally:
+        qatkit._C.set_cpu_isa(old)
+
+
 @pytest.mark.parametrize("bits", [8, 2, 1])
 @pytest.mark.parametrize("k,p,d,H,W", [
     ((3, 3), (1, 1), (1, 1), 9, 11),   # 3 x 3 (five pairs of taps): a 32-position step spans rows
@@ -649,29 +678,7 @@ def test_depthwise_planes_at_stride_1_equal_the_unfolded_gemm(bits, k, p, d, H, 
     linear_int8 over its unfolded patches, on every ISA, with and without a bias, one image and
     three. A NaN input makes exactly the outputs whose window reads it NaN: the planes'
     quantization reports it (no second pass over the input), in NCHW and channels_last alike."""
-    g = torch.Generator().manual_seed(33 + W + mult)
-    C = 5
-    N = C * mult
-    x = torch.randn(3, C, H, W, generator=g) * 2
-    x[2, C - 1, H // 2, W // 2] = float("nan")
-    case = conv_int8_case(bits, N, k[0] * k[1], C, g)
-    w, packed, corr, scale, fb = case["w"], case["layouts"][0], case["corr"], case["scale"], case["bias"]
-    act = case["act"]
-    old = qatkit._C.cpu_isa()
-    try:
-        for isa in isas():
-            qatkit._C.set_cpu_isa(isa)
-            for bias in (fb, None):
-                want = _unfolded_conv_reference(x, w, corr, scale, act, bias, C, k, (1, 1), p, d)
-                assert bool(want.isnan().any()) and not bool(want[:2].isnan().any())
-                for xb, wb in ((x, want), (x[:1].contiguous(), want[:1])):
-                    got = ops.conv2d_int8(xb, packed, bits, k, (1, 1), p, d, corr, scale, *act, bias, C)
-                    assert same_bits(got.reshape(wb.shape), wb), (isa, bias is None, xb.shape[0])
-                xc = x.contiguous(memory_format=torch.channels_last)  # the NHWC form's quantization
-                got = ops.conv2d_int8(xc, packed, bits, k, (1, 1), p, d, corr, scale, *act, bias, C)
-                assert same_bits(got.reshape(want.shape), want), (isa, bias is None, "channels_last")
-    finally:
-        qatkit._C.set_cpu_isa(old)
+    _check_depthwise_planes(bits, k, (1, 1), p, d, H, W, mult, 33 + W + mult)
 
 
 @pytest.mark.parametrize("bits", [8, 2, 1])
@@ -694,29 +701,7 @@ def test_depthwise_planes_at_stride_2_equal_the_unfolded_gemm(bits, k, p, H, W, 
     Every output channel equals linear_int8 over its unfolded patches, on every ISA, with and without
     a bias, one image and three, NCHW and channels_last; a NaN input makes exactly the outputs whose
     window reads it NaN."""
-    g = torch.Generator().manual_seed(41 + W + mult)
-    C = 5
-    N = C * mult
-    x = torch.randn(3, C, H, W, generator=g) * 2
-    x[2, C - 1, H // 2, W // 2] = float("nan")
-    case = conv_int8_case(bits, N, k[0] * k[1], C, g)
-    w, packed, corr, scale, fb = case["w"], case["layouts"][0], case["corr"], case["scale"], case["bias"]
-    act = case["act"]
-    old = qatkit._C.cpu_isa()
-    try:
-        for isa in isas():
-            qatkit._C.set_cpu_isa(isa)
-            for bias in (fb, None):
-                want = _unfolded_conv_reference(x, w, corr, scale, act, bias, C, k, (2, 2), p, (1, 1))
-                assert bool(want.isnan().any()) and not bool(want[:2].isnan().any())
-                for xb, wb in ((x, want), (x[:1].contiguous(), want[:1])):
-                    got = ops.conv2d_int8(xb, packed, bits, k, (2, 2), p, (1, 1), corr, scale, *act, bias, C)
-                    assert same_bits(got.reshape(wb.shape), wb), (isa, bias is None, xb.shape[0])
-                xc = x.contiguous(memory_format=torch.channels_last)
-                got = ops.conv2d_int8(xc, packed, bits, k, (2, 2), p, (1, 1), corr, scale, *act, bias, C)
-                assert same_bits(got.reshape(want.shape), want), (isa, bias is None, "channels_last")
-    finally:
-        qatkit._C.set_cpu_isa(old)
+    _check_depthwise_planes(bits, k, (2, 2), p, (1, 1), H, W, mult, 41 + W + mult)
 
 
 @pytest.mark.parametrize("B", [1, 3])
