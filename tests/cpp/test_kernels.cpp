@@ -522,6 +522,23 @@ CATCH_TEST_CASE("binary codes: the sign formula and identical codes on every ISA
       CATCH_INFO(isa << " zero_negative " << zero_negative);
       CATCH_CHECK(codes(*k) == want);
     }
+    // codes_s16: the formula's codes (one centre) as int16, rows of 37 (16-element steps and a
+    // tail) written 41 apart, the 4 codes between rows left as they were
+    const std::int64_t rows = 27, len = 37, rs = 41;
+    for (auto [isa, k] : sign_isas()) {
+      CATCH_INFO(isa << " codes_s16 zero_negative " << zero_negative);
+      std::vector<std::int16_t> y(static_cast<std::size_t>(rows * rs), 77);
+      k->codes_s16(x.data(), rows, len, y.data(), rs, center[0], zero_negative);
+      std::int64_t wrong = 0;
+      for (std::int64_t r = 0; r < rows; ++r) {
+        for (std::int64_t e = 0; e < rs; ++e) {
+          const float v = x[r * len + e] - center[0];
+          const int expect = e >= len ? 77 : std::isnan(v) ? 0 : v > 0.f ? 1 : v < 0.f ? -1 : (zero_negative ? -1 : 1);
+          wrong += y[r * rs + e] != expect;
+        }
+      }
+      CATCH_CHECK(wrong == 0);
+    }
   }
 }
 

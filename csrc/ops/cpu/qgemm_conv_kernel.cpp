@@ -710,11 +710,15 @@ constexpr std::int64_t kConvWidenRows = 16;
 //
 // given (depthwise convs only: conv2d_w1a1's grouped form): the images' int8 codes (NCHW, or NHWC
 // with nhwc: a channels_last input's), in place of the input's quantization, and each image's output
-// scales ([B, N], in place of out_scale).
+// scales ([B, N], in place of out_scale). Or, in place of the codes, each image's bitnet centre: the
+// codes of sign(x - centre[b]) (binary_codes' rule, zero_negative) computed from the input where the
+// quantization would run, straight into the int16 pixels / planes where it would write them (no int8
+// codes tensor, no widening copy: docs/benchmarks.md, forty-ninth session).
 struct GivenCodes {
   const std::int8_t* codes = nullptr;
   const float* image_scale = nullptr;
   bool nhwc = false;
+  const float* center = nullptr;
 };
 
 at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
@@ -760,7 +764,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   const kernels::ActQuantArgs q = act_quant_args(act_scale, act_zero_point, act_quant_min, act_quant_max, shift);
   // every path below quantizes the whole input (unless given codes: the depthwise forms of
   // conv2d_w1a1), recording a NaN (NanReport)
-  const kernels::ActQuantArgs qn = NanReport::recording(q, given.codes == nullptr ? nan : nullptr);
+  const bool given_any = given.codes != nullptr || given.center != nullptr;
+  const kernels::ActQuantArgs qn = NanReport::recording(q, given_any ? nullptr : nan);
   const std::int8_t pad_code = static_cast<std::int8_t>(q.zero_point - shift);
   const auto& k = kernels::cpu::qgemm_kernels();
   const float* xp = x.data_ptr<float>();
@@ -769,7 +774,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   // images in parallel; with fewer images than threads, one image at a time with the GEMM's output
   // channels in parallel
   const bool per_image = B >= at::get_num_threads();
-  TORCH_INTERNAL_ASSERT(given.codes == nullptr || Cg == 1, "conv2d_int8: given codes are for depthwise convs");
+  TORCH_INTERNAL_ASSERT(!given_any || Cg == 1, "conv2d_int8: given codes are for depthwise convs");
+  const auto& sign = kernels::cpu::sign_kernels();
   if (Cg == 1) {  // depthwise (N / C outputs per input channel): the direct kernel, no im2col
     const std::int64_t taps = kh * kw, rb = w.size(1), Hp = H + 2 * ph, Wp = W + 2 * pw;
     kernels::QDwConvArgs g;
@@ -789,11 +795,13 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     g.Wo = wo;
     const std::int64_t mult = N / C;
     // the codes' layout: the input's, or the given codes' (the output keeps the input's format)
-    const bool in_nhwc = given.codes == nullptr ? nhwc : given.nhwc;
+    const bool in_nhwc = given.codes != nullptr ? given.nhwc : nhwc;
     TORCH_INTERNAL_ASSERT(!in_nhwc || nhwc, "conv2d_int8: NHWC codes come with a channels_last input");
     // an NHWC input with one output per channel, where the table quantizes into int16: each image
     // row's codes straight into its padded pixels (no int8 codes, no widening copy)
-    const bool fused_quantize = given.codes == nullptr && in_nhwc && mult == 1 && k.quantize_s16 != nullptr;
+    const bool fused_quantize = !given_any && in_nhwc && mult == 1 && k.quantize_s16 != nullptr;
+    // (given centres: each image row's codes straight into its padded pixels alike)
+    const bool fused_codes = given.center != nullptr && in_nhwc && mult == 1;
     // Channels-last (dwconv_nhwc) vectorizes over the output channels whatever the map's size or
     // stride; the planar form (dwconv) along each output row, which pays with several outputs per
     // input channel on rows of 8+ pixels at column stride 1 (docs/benchmarks.md, seventeenth session:
@@ -843,6 +851,22 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         const std::int8_t* codes = given.codes != nullptr ? given.codes + bi * C * H * W : xq;
         if (given.codes != nullptr) {
           // given codes: nothing to quantize
+        } else if (fused_codes) {
+          steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {  // image rows [h0, h1): their codes, one call
+            sign.codes_s16(xp + (bi * H + h0) * W * C, h1 - h0, W * C, xc + ((h0 + ph) * Wp + pw) * C, Wp * C,
+                           given.center[bi], true);
+          });
+        } else if (given.center != nullptr) {  // the image's int8 codes (binary_codes' kernel on its run)
+          kernels::BinarizeArgs a;
+          a.input = xp + bi * C * H * W;
+          a.output = xq;
+          a.center = given.center + bi;
+          a.numel = C * H * W;
+          a.inner = C * H * W;
+          a.channels = 1;
+          a.zero_negative = true;
+          a.dtype = kernels::DType::kFloat32;
+          steps(C * H * W, 4096, [&](std::int64_t e0, std::int64_t e1) { sign.binary_codes(a, e0, e1); });
         } else if (fused_quantize) {
           steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {  // image rows [h0, h1), one call
             k.quantize_s16(xp + (bi * H + h0) * W * C, h1 - h0, W * C, xc + ((h0 + ph) * Wp + pw) * C, Wp * C, qn);
@@ -883,7 +907,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             repeat(xt);
           }
         } else if (in_nhwc) {
-          if (!fused_quantize) {  // each image row's W * C codes, widened, into its padded row
+          if (!fused_quantize && !fused_codes) {  // each image row's W * C codes, widened, into its padded row
             steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {
               for (std::int64_t h = h0; h < h1; ++h)
                 std::copy(codes + h * W * C, codes + (h + 1) * W * C, xc + ((h + ph) * Wp + pw) * C);
@@ -936,7 +960,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       };
       const auto buffers = [&] {
         return Buffers{kernels::BoundedScratch<std::int8_t, TagQ>(
-                           static_cast<std::size_t>(fused_quantize || given.codes != nullptr ? 1 : C * H * W)),
+                           static_cast<std::size_t>(fused_quantize || fused_codes || given.codes != nullptr ? 1 : C * H * W)),
                        kernels::BoundedScratch<std::int16_t, TagC>(static_cast<std::size_t>(Hp * Wp * N)),
                        kernels::BoundedScratch<std::int16_t, TagT>(
                            static_cast<std::size_t>(!in_nhwc && (W < 8 || mult > 1) ? H * W * C : 1)),
@@ -984,7 +1008,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     }
     at::parallel_for(0, planes * splits, 1, [&](std::int64_t t0, std::int64_t t1) {
       const std::int64_t cap = splits > 1 ? 1 : std::min(run_cap, t1 - t0);
-      std::vector<std::int8_t> xq(static_cast<std::size_t>(given.codes != nullptr || k.quantize_s16 ? 0 : cap * HW));
+      std::vector<std::int8_t> xq(static_cast<std::size_t>(given_any || k.quantize_s16 ? 0 : cap * HW));
       // + the slack dwconv's stride-1 plane runs read past the last plane (any values; QDwConvArgs)
       std::vector<std::int16_t> xpad(static_cast<std::size_t>(cap * plane + (kw - 1) * dw + 16),
                                      static_cast<std::int16_t>(pad_code));
@@ -999,7 +1023,10 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         const auto row = [&](std::int64_t r) {  // the run's row r: row r % H of plane r / H
           return xpad.data() + (r / H) * plane + (r % H + ph) * Wp + pw;
         };
-        if (given.codes == nullptr && k.quantize_s16 != nullptr) {  // each plane's codes straight into place
+        if (given.center != nullptr) {  // each plane's codes of its image's centre straight into place
+          for (std::int64_t p = 0; p < np; ++p)
+            sign.codes_s16(xp + (pi + p) * HW, H, W, row(p * H), Wp, given.center[bi], true);
+        } else if (given.codes == nullptr && k.quantize_s16 != nullptr) {  // each plane's codes straight into place
           for (std::int64_t p = 0; p < np; ++p) k.quantize_s16(xp + (pi + p) * HW, H, W, row(p * H), Wp, qn);
         } else {  // the run's int8 codes, then each row widened into its place
           const std::int8_t* codes = given.codes != nullptr ? given.codes + pi * HW : xq.data();
@@ -1280,22 +1307,32 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
 // NCHW copy in parallel, its statistics, then the codes pass on the input's own memory (a sample is
 // one run of C * H * W elements in either format: the same per-sample centre, the same code per
 // element).
-std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool channels_last) {
+// With `center` (conv2d_w1a1's depthwise form, which computes the codes in the conv): the statistics
+// alone, the codes left undefined and each image's centre written to *center.
+std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool channels_last,
+                                                  at::Tensor* center_out = nullptr) {
   const at::Tensor x = input.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const std::int64_t B = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
   const bool per_image = B >= at::get_num_threads() && x.scalar_type() == at::kFloat;
+  const bool with_codes = center_out == nullptr;
   if (!channels_last && !per_image) {
+    if (!with_codes) {
+      const ops::BinaryStats st = ops::binary_stats(x, ops::BinaryScaling::kBitNet, 0);
+      *center_out = st.center.contiguous();
+      return {at::Tensor(), ops::binary_codes_scale(x, st, 0).contiguous()};
+    }
     const auto [codes, alpha] = qatkit::binary_codes(x, "bitnet", 0);
     return {codes.contiguous(), alpha.contiguous()};
   }
   const float* src = x.const_data_ptr<float>();
   const auto& k = kernels::cpu::qgemm_kernels();
   const auto& sign = kernels::cpu::sign_kernels();
-  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(at::kChar).memory_format(
-                                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+  at::Tensor codes = with_codes ? at::empty(x.sizes(), x.options().dtype(at::kChar).memory_format(
+                                                  channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous))
+                                : at::Tensor();
   kernels::BinarizeArgs a;
   a.input = src;
-  a.output = codes.data_ptr();
+  a.output = with_codes ? codes.data_ptr() : nullptr;
   a.numel = x.numel();
   a.inner = C * HW;
   a.channels = B;
@@ -1327,9 +1364,10 @@ std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool 
         const double n = static_cast<double>(C * HW);
         cp[b] = static_cast<float>(lanes.sum() / n);  // _mean_and_mean_abs's division
         ap[b] = static_cast<float>(lanes.abssum() / n);
-        sign.binary_codes(a, b * C * HW, (b + 1) * C * HW);  // the image's codes, its centre now set
+        if (with_codes) sign.binary_codes(a, b * C * HW, (b + 1) * C * HW);  // the image's codes, its centre now set
       }
     });
+    if (!with_codes) *center_out = center;
     return {codes, alpha};
   }
   at::Tensor xn = at::empty(x.sizes(), x.options());
@@ -1345,6 +1383,10 @@ std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool 
   const ops::BinaryStats st = ops::binary_stats(xn, ops::BinaryScaling::kBitNet, 0);
   center = st.center.contiguous();
   alpha = ops::binary_codes_scale(xn, st, 0);
+  if (!with_codes) {
+    *center_out = center;
+    return {codes, alpha};
+  }
   a.center = center.const_data_ptr<float>();
   at::parallel_for(0, a.numel, std::int64_t{1} << 15,
                    [&](std::int64_t b0, std::int64_t b1) { sign.binary_codes(a, b0, b1); });
@@ -1698,13 +1740,19 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
   const auto format = ops::conv_channels_last_io(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (B * N * ho * wo == 0) return at::empty({B, N, ho, wo}, input.options().memory_format(format));
   const bool cl = format == at::MemoryFormat::ChannelsLast;
+  const at::Tensor corr = at::zeros({N}, input.options().dtype(at::kInt)), ones = at::ones({N}, input.options());
+  if (Cg == 1) {  // the statistics here, the codes in the conv (GivenCodes::center)
+    at::Tensor center;
+    const at::Tensor alpha = xnor_conv_codes(input, cl, &center).second;
+    const at::Tensor scales = at::mul(alpha.reshape({B, 1}), weight_scale.reshape({1, N})).contiguous();
+    GivenCodes given;
+    given.image_scale = scales.data_ptr<float>();
+    given.center = center.const_data_ptr<float>();
+    return conv2d_int8_impl(input, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127,
+                            bias, groups, given);
+  }
   const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
   const at::Tensor scales = at::mul(alpha.reshape({B, 1}), weight_scale.reshape({1, N})).contiguous();
-  const at::Tensor corr = at::zeros({N}, input.options().dtype(at::kInt)), ones = at::ones({N}, input.options());
-  if (Cg == 1) {
-    return conv2d_int8_impl(input, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127,
-                            bias, groups, GivenCodes{codes.data_ptr<std::int8_t>(), scales.data_ptr<float>(), cl});
-  }
   at::Tensor y = conv2d_int8_impl(codes.to(at::kFloat).contiguous(format), weight, 1, kernel_size, stride, padding,
                                   dilation, corr, ones, 1.0, 0, -128, 127, std::nullopt, groups);
   y.mul_(scales.reshape({B, N, 1, 1}));

@@ -1,9 +1,9 @@
 // The sign family's AVX-512 table (F/BW, the same build flags as the integer GEMMs' files): the AVX2
-// table with binary_codes' float32 runs 64 elements a step. The compare masks select the int32
-// codes, which pack to bytes: 4 compares per 16 elements against the AVX2 loop's 12 per 8 x 4 (the
-// AVX2 loop was compare-bound at ~3.5 elements a cycle on Zen 5, 17 % of a channels_last XNOR
-// depthwise conv; docs/benchmarks.md, forty-ninth session). The same codes: the same subtraction and
-// comparisons per element.
+// table with binary_codes' float32 runs 64 elements a step, and codes_s16 32 a step. The compare
+// masks select the int32 codes, which pack to bytes: 2 compares per 16 elements against the AVX2
+// loop's 3 per 8 (the AVX2 loop was compare-bound at ~3.5 elements a cycle on Zen 5, 17 % of a
+// channels_last XNOR depthwise conv; docs/benchmarks.md, forty-ninth session). The same codes: the
+// same subtraction and comparisons per element.
 #include "sign_cpu.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -49,6 +49,38 @@ void code_run_f32(const float* x, std::int8_t* y, std::int64_t n, float center) 
   }
 }
 
+template <bool kZeroNegative>
+void codes_rows_s16(const float* x, std::int64_t rows, std::int64_t n, std::int16_t* y, std::int64_t y_rs, float center) {
+  const __m512 c = _mm512_set1_ps(center);
+  // after packs_epi32(a, b), 128-bit lane i holds a's codes 4i .. 4i + 3 then b's: qwords 0, 2, 4, 6
+  // are a's 16 codes in order, 1, 3, 5, 7 b's
+  const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+  const std::int64_t n32 = n / 32 * 32;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    std::int16_t* yr = y + r * y_rs;
+    for (std::int64_t k = 0; k < n32; k += 32) {
+      const __m512i ab = _mm512_packs_epi32(codes16<kZeroNegative>(_mm512_loadu_ps(xr + k), c),
+                                            codes16<kZeroNegative>(_mm512_loadu_ps(xr + k + 16), c));
+      _mm512_storeu_si512(yr + k, _mm512_permutexvar_epi64(order, ab));
+    }
+    for (std::int64_t k = n32; k < n; k += 16) {  // the last 31 or fewer, 16 at a time (vpmovdw), under a mask
+      const __mmask16 m = n - k >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << (n - k)) - 1u);
+      _mm256_mask_storeu_epi16(yr + k, m, _mm512_cvtepi32_epi16(codes16<kZeroNegative>(_mm512_maskz_loadu_ps(m, xr + k), c)));
+    }
+  }
+}
+
+/// SignKernels::codes_s16: codes16's int32 codes packed to int16, 32 a step (vpackssdw, vpermq).
+void codes_s16_avx512(const float* x, std::int64_t rows, std::int64_t n, std::int16_t* y, std::int64_t y_rs,
+                      float center, bool zero_negative) {
+  if (zero_negative) {
+    codes_rows_s16<true>(x, rows, n, y, y_rs, center);
+  } else {
+    codes_rows_s16<false>(x, rows, n, y, y_rs, center);
+  }
+}
+
 void binary_codes_avx512(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) {
   if (a.dtype != DType::kFloat32) return detail::binary_codes_impl(a, begin, end);
   const auto* x = static_cast<const float*>(a.input);
@@ -71,6 +103,7 @@ const SignKernels* sign_avx512() {
     if (avx2 == nullptr) return nullptr;
     static SignKernels t = *avx2;
     t.binary_codes = &binary_codes_avx512;
+    t.codes_s16 = &codes_s16_avx512;
     return &t;
   }();
   return k;

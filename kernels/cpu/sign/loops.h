@@ -141,6 +141,22 @@ void codes_typed(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) {
   });
 }
 
+/// SignKernels::codes_s16: code_run's codes of float32 rows, as int16.
+inline void code_rows_s16(const float* x, std::int64_t rows, std::int64_t n, std::int16_t* y, std::int64_t y_rs,
+                          float center, bool zero_negative) {
+  const std::int16_t at_zero = zero_negative ? -1 : 1;
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    std::int16_t* yr = y + r * y_rs;
+    for (std::int64_t k = 0; k < n; ++k) {
+      const float v = xr[k] - center;
+      const std::int16_t sgn = v > 0.f ? 1 : -1;
+      const std::int16_t fixed = v == 0.f ? at_zero : sgn;
+      yr[k] = v == v ? fixed : 0;
+    }
+  }
+}
+
 /// binary_codes' codes: BinarizeArgs with an int8 output (alpha and seed unused: deterministic).
 inline void binary_codes_impl(const BinarizeArgs& a, std::int64_t begin, std::int64_t end) {
   with_storage(a.dtype, [&](auto s) { codes_typed<decltype(s)>(a, begin, end); });

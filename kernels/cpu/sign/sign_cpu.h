@@ -17,6 +17,10 @@ struct SignKernels {
   /// binary_codes: int8 codes of sign(x - center) (the deterministic binarize's signs, NaN -> 0) into
   /// args.output (int8; alpha and seed unused).
   void (*binary_codes)(const BinarizeArgs& args, std::int64_t begin, std::int64_t end);
+  /// binary_codes' codes of float32 rows as int16 (the depthwise XNOR conv's padded pixels or
+  /// planes): row r's n elements at x + r * n, its codes at y + r * y_rs.
+  void (*codes_s16)(const float* x, std::int64_t rows, std::int64_t n, std::int16_t* y, std::int64_t y_rs,
+                    float center, bool zero_negative);
 };
 
 const SignKernels& sign_baseline();
