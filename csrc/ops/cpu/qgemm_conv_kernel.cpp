@@ -1436,6 +1436,30 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   // session). The batched path above still prepares its images' bit buffers (image_buffers).
   const bool pixel_rows = byte_runs && kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0 &&
                           KB * 8 == C && k.pack_sign_zero != nullptr;
+  // The same convs from 8, 16 or 24 channels (rows of 4 bytes, the pixel's 1-3 then zeros): the
+  // pixels' bits packed in one call, then each row widened from them (fill_row's byte copies, zero
+  // padding and bookkeeping per row were ~20 % of 8 x 16 x 32 x 32 -> 96: docs/benchmarks.md,
+  // forty-ninth session).
+  const bool narrow_rows = byte_runs && kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0 &&
+                           KB == 4 && CB < 4 && k.pack_sign_zero != nullptr;
+  // rows [m0, m1) of r from their pixels' packed bits (CB bytes each at sb / zb from row m0, zero
+  // counts zc from row m0), each row the pixel's CB bytes then zeros; row m's scale scale_of(m)
+  const auto widen_rows = [&](const std::uint8_t* sb, const std::uint8_t* zb, const std::int32_t* zc, XnorRows& r,
+                              std::int64_t m0, std::int64_t m1, const auto& scale_of) {
+    for (std::int64_t m = m0; m < m1; ++m) {
+      const std::int64_t i = m - m0;
+      std::uint8_t* ar = r.a.data() + m * 4;
+      std::uint8_t* zr = r.z.data() + m * 4;
+      for (std::int64_t e = 0; e < 4; ++e) {
+        ar[e] = e < CB ? sb[i * CB + e] : std::uint8_t{0};
+        zr[e] = e < CB ? zb[i * CB + e] : std::uint8_t{0};
+      }
+      const std::int32_t zm = zc[i];
+      r.has_zero[static_cast<std::size_t>(m)] = zm > 0;
+      r.a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zm;
+      r.scale[static_cast<std::size_t>(m)] = scale_of(m);
+    }
+  };
   // One thread's image buffers: the codes' layout, and with byte runs each padded pixel's sign bits
   // and zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word.
   struct Image {
@@ -1532,6 +1556,15 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       const std::int64_t Mp = std::min(kPass, M - p0);
       at::parallel_for(0, Mp, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
                        [&](std::int64_t m0, std::int64_t m1) {
+                         if (narrow_rows) {  // the task's pixels' bits, then each row widened from them
+                           const std::int64_t n = m1 - m0;
+                           std::vector<std::uint8_t> sb(static_cast<std::size_t>(n * CB)), zb(sb.size());
+                           std::vector<std::int32_t> zc(static_cast<std::size_t>(n));
+                           k.pack_sign_zero(cp + (p0 + m0) * C, n * C, sb.data(), zb.data(), zc.data(), C);
+                           widen_rows(sb.data(), zb.data(), zc.data(), r, m0, m1,
+                                      [&](std::int64_t m) { return ap[(p0 + m) / L]; });
+                           return;
+                         }
                          if (!pixel_rows) {
                            for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, ap[(p0 + m) / L], cp + (p0 + m) * C);
                            return;
@@ -1631,6 +1664,19 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
           pack_rows(0, L);
         } else {
           at::parallel_for(0, L, 256, pack_rows);
+        }
+      } else if (narrow_rows) {
+        cpt.layout(k, cp + bi * C * H * W, cl, std::int8_t{0}, im.xc.data(), nullptr);  // [L, C] codes
+        const auto widen = [&](std::int64_t l0, std::int64_t l1) {  // rows [l0, l1) from their pixels' bits
+          k.pack_sign_zero(im.xc.data() + l0 * C, (l1 - l0) * C, im.sb.data() + l0 * CB, im.zb.data() + l0 * CB,
+                           im.pz.data() + l0, C);
+          widen_rows(im.sb.data() + l0 * CB, im.zb.data() + l0 * CB, im.pz.data() + l0, r, l0, l1,
+                     [&](std::int64_t) { return ap[bi]; });
+        };
+        if (per_image) {
+          widen(0, L);
+        } else {
+          at::parallel_for(0, L, 256, widen);
         }
       } else {
         prepare(im, bi);

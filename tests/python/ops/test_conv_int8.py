@@ -557,6 +557,10 @@ def test_conv2d_w1a1_im2col_paths_equal_the_direct_conv_of_the_codes(B, C, HW, N
     (1, 64, 16, 24, 1),   # one image on the calling thread
     (3, 96, 6, 24, 1),    # 36 positions an image, per image as K <= 128
     (1, 32, 8, 24, 1),    # one image of 64 positions: the batched form's rows (byte copies) instead
+    # 1 x 1 from 8 or 24 channels (rows of 4 bytes, the pixel's 1 or 3 then zeros): the pixels' bits
+    # packed in one call, each row widened from them
+    (2, 8, 17, 40, 1),    # an image per thread
+    (1, 24, 16, 24, 1),   # one image: its rows split across the threads
 ])
 def test_conv2d_w1a1_writes_nchw_planes_directly(B, C, HW, N, k):
     """An NCHW XNOR conv of 16+ positions per image whose table writes column-major outputs
