@@ -1307,8 +1307,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
 // NCHW copy in parallel, its statistics, then the codes pass on the input's own memory (a sample is
 // one run of C * H * W elements in either format: the same per-sample centre, the same code per
 // element).
-// With `center` (conv2d_w1a1's depthwise form, which computes the codes in the conv): the statistics
-// alone, the codes left undefined and each image's centre written to *center.
+// With center_out (conv2d_w1a1's depthwise form, which computes the codes in the conv): the statistics
+// alone, the codes left undefined and each image's centre written to *center_out.
 std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool channels_last,
                                                   at::Tensor* center_out = nullptr) {
   const at::Tensor x = input.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
