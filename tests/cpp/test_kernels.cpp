@@ -477,6 +477,99 @@ CATCH_TEST_CASE("absmax and abssum: every ISA and dtype, identical sums", "[kern
   }
 }
 
+namespace {
+/// The same float64 value bit for bit (any NaN matches any NaN: the sums' NaN payloads are not part
+/// of the contract).
+bool same_bits(double x, double y) {
+  return (std::isnan(x) && std::isnan(y)) || std::memcmp(&x, &y, sizeof x) == 0;
+}
+}  // namespace
+
+// The float64 chains of sum x and sum |x| on runs that stress them (sums that round in every step,
+// subnormals, signed zeros, NaN and Inf in the vector body, the 8-element steps and the tail,
+// lanes continued across calls at cuts off any vector width, lanes that start far from zero):
+// every ISA's lanes against the baseline's bit for bit. (An AVX-512 form that summed blocks in any
+// order when no addition could round was tried: a float64 sum of ~10^5 float32 activations does
+// round, and it fell back on ~40 % of blocks; docs/benchmarks.md, fiftieth session.)
+CATCH_TEST_CASE("sum_abssum and abssum: the chain's bits on every ISA for adversarial runs", "[kernels]") {
+  std::mt19937 gen(23);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::uniform_int_distribution<int> pos(0, 1 << 30);
+  const std::int64_t n = 3 * 2048 + 32 * 5 + 13;  // 8-element steps and a tail of 5
+  auto gaussian = [&](float scale) {
+    std::vector<float> x(n);
+    for (auto& v : x) v = normal(gen) * scale;
+    return x;
+  };
+  std::vector<std::pair<const char*, std::vector<float>>> runs;
+  runs.emplace_back("gaussian", gaussian(1.f));
+  runs.emplace_back("large sums", gaussian(3e4f));
+  {
+    auto x = gaussian(1.f);
+    for (int t = 0; t < 6; ++t) x[pos(gen) % n] = 1e-30f * normal(gen);  // below every sum's last bit
+    runs.emplace_back("tiny elements", x);
+  }
+  {
+    auto x = gaussian(1.f);
+    for (std::int64_t i = 0; i < n; i += 3) x[i] *= 1e30f;  // sums that round at most steps
+    runs.emplace_back("wide range", x);
+  }
+  {
+    auto x = gaussian(1.f);
+    for (auto& v : x) v = v < 0.f ? 0.f : v;  // ReLU: half zeros
+    x[5] = -0.f;
+    runs.emplace_back("relu", x);
+  }
+  runs.emplace_back("zeros", std::vector<float>(n, 0.f));
+  runs.emplace_back("negative zeros", std::vector<float>(n, -0.f));
+  {
+    auto x = gaussian(1e-40f);  // subnormals
+    runs.emplace_back("subnormals", x);
+  }
+  {
+    std::vector<float> x(n);
+    for (std::int64_t i = 0; i < n; ++i) x[i] = 1.f + static_cast<float>(i % 7) * 0x1p-23f;  // sums past 2^29
+    runs.emplace_back("ones", x);
+  }
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity()}) {
+    for (const std::int64_t at : {std::int64_t{40}, std::int64_t{2048 + 9}, n - 3}) {
+      auto x = gaussian(1.f);
+      x[at] = bad;
+      runs.emplace_back("non-finite", x);
+    }
+  }
+  const auto& base = cpu::reduce_baseline();
+  for (auto [isa, k] : reduce_isas()) {
+    for (const auto& [what, x] : runs) {
+      CATCH_INFO(isa << ", " << what);
+      // one run; the same run in pieces on the same lanes (cuts at multiples of 8 off the 16- and
+      // 32-element steps); a run continuing lanes that start far from zero
+      for (const std::int64_t cut : {std::int64_t{0}, std::int64_t{8}, std::int64_t{2056}, n / 16 * 8}) {
+        cpu::SumAbsLanes l, bl;
+        k->sum_abssum(x.data(), DType::kFloat32, cut, &l);
+        k->sum_abssum(x.data() + cut, DType::kFloat32, n - cut, &l);
+        base.sum_abssum(x.data(), DType::kFloat32, cut, &bl);
+        base.sum_abssum(x.data() + cut, DType::kFloat32, n - cut, &bl);
+        for (int j = 0; j < 8; ++j) {
+          CATCH_CHECK(same_bits(l.s[j], bl.s[j]));
+          CATCH_CHECK(same_bits(l.a[j], bl.a[j]));
+        }
+      }
+      cpu::SumAbsLanes l, bl;
+      for (int j = 0; j < 8; ++j) l.s[j] = bl.s[j] = 1e15 + j * 0.375, l.a[j] = bl.a[j] = 0x1p-60 * (j + 1);
+      k->sum_abssum(x.data(), DType::kFloat32, n, &l);
+      base.sum_abssum(x.data(), DType::kFloat32, n, &bl);
+      for (int j = 0; j < 8; ++j) {
+        CATCH_CHECK(same_bits(l.s[j], bl.s[j]));
+        CATCH_CHECK(same_bits(l.a[j], bl.a[j]));
+      }
+      for (const std::int64_t m : {n, std::int64_t{2048}, std::int64_t{77}})
+        CATCH_CHECK(same_bits(k->abssum(x.data(), DType::kFloat32, m), base.abssum(x.data(), DType::kFloat32, m)));
+    }
+  }
+}
+
 CATCH_TEST_CASE("binary codes: the sign formula and identical codes on every ISA", "[kernels]") {
   using qatkit::kernels::BinarizeArgs;
   const std::int64_t n = 1003;  // 32-element steps, a tail, runs of 2 channels cut at odd places
@@ -719,7 +812,7 @@ CATCH_TEST_CASE("the qgemm tables' transposes equal the definition on every ISA 
   std::mt19937 gen(41);
   std::uniform_int_distribution<int> byte(-128, 127);
   // 4-7 and 12-15 rows: AVX2's 4-row blocks (alone, and after an 8-row block), with and without a tail
-  const std::int64_t sizes[] = {1, 3, 4, 5, 7, 8, 12, 15, 16, 17, 31, 32, 33, 40};
+  const std::int64_t sizes[] = {1, 2, 3, 4, 5, 7, 8, 12, 15, 16, 17, 31, 32, 33, 40};
   for (const kc::Isa isa : {kc::Isa::kBaseline, kc::Isa::kAvx2, kc::Isa::kAvx512}) {
     const kc::QGemmKernels* k = kc::qgemm_kernels(isa);
     if (k == nullptr) {
@@ -728,33 +821,36 @@ CATCH_TEST_CASE("the qgemm tables' transposes equal the definition on every ISA 
     }
     for (const std::int64_t rows : sizes) {
       for (const std::int64_t cols : sizes) {
-        // source rows 5 elements longer than cols, destination rows 3 longer than rows (strided)
-        const std::int64_t src_rs = cols + 5, dst_rs = rows + 3;
-        std::vector<std::int8_t> s8(static_cast<std::size_t>(rows * src_rs));
-        std::vector<float> f32(s8.size());
-        for (std::size_t i = 0; i < s8.size(); ++i) {
-          s8[i] = static_cast<std::int8_t>(byte(gen));
-          f32[i] = static_cast<float>(byte(gen)) * 0.37f;
-        }
-        std::vector<std::int8_t> d8(static_cast<std::size_t>(cols * dst_rs), 99);
-        std::vector<std::int16_t> d16(d8.size(), 999);
-        std::vector<float> df(d8.size(), -1.5f);
-        k->transpose_s8(s8.data(), rows, cols, src_rs, d8.data(), dst_rs);
-        k->transpose_s8_s16(s8.data(), rows, cols, src_rs, d16.data(), dst_rs);
-        k->transpose_f32(f32.data(), rows, cols, src_rs, df.data(), dst_rs);
-        bool ok = true;
-        for (std::int64_t c = 0; c < cols; ++c) {
-          for (std::int64_t r = 0; r < dst_rs; ++r) {
-            const std::size_t d = static_cast<std::size_t>(c * dst_rs + r), src = static_cast<std::size_t>(r * src_rs + c);
-            if (r < rows) {
-              ok = ok && d8[d] == s8[src] && d16[d] == s8[src] && df[d] == f32[src];
-            } else {  // past each destination row's rows: untouched
-              ok = ok && d8[d] == 99 && d16[d] == 999 && df[d] == -1.5f;
+        for (const bool packed : {false, true}) {
+          // source rows 5 elements longer than cols, destination rows 3 longer than rows (strided);
+          // or both packed (the contiguous forms of 1, 2 and 4 columns)
+          const std::int64_t src_rs = packed ? cols : cols + 5, dst_rs = packed ? rows : rows + 3;
+          std::vector<std::int8_t> s8(static_cast<std::size_t>(rows * src_rs));
+          std::vector<float> f32(s8.size());
+          for (std::size_t i = 0; i < s8.size(); ++i) {
+            s8[i] = static_cast<std::int8_t>(byte(gen));
+            f32[i] = static_cast<float>(byte(gen)) * 0.37f;
+          }
+          std::vector<std::int8_t> d8(static_cast<std::size_t>(cols * dst_rs), 99);
+          std::vector<std::int16_t> d16(d8.size(), 999);
+          std::vector<float> df(d8.size(), -1.5f);
+          k->transpose_s8(s8.data(), rows, cols, src_rs, d8.data(), dst_rs);
+          k->transpose_s8_s16(s8.data(), rows, cols, src_rs, d16.data(), dst_rs);
+          k->transpose_f32(f32.data(), rows, cols, src_rs, df.data(), dst_rs);
+          bool ok = true;
+          for (std::int64_t c = 0; c < cols; ++c) {
+            for (std::int64_t r = 0; r < dst_rs; ++r) {
+              const std::size_t d = static_cast<std::size_t>(c * dst_rs + r), src = static_cast<std::size_t>(r * src_rs + c);
+              if (r < rows) {
+                ok = ok && d8[d] == s8[src] && d16[d] == s8[src] && df[d] == f32[src];
+              } else {  // past each destination row's rows: untouched
+                ok = ok && d8[d] == 99 && d16[d] == 999 && df[d] == -1.5f;
+              }
             }
           }
+          CATCH_INFO("isa " << static_cast<int>(isa) << " rows " << rows << " cols " << cols << " packed " << packed);
+          CATCH_CHECK(ok);
         }
-        CATCH_INFO("isa " << static_cast<int>(isa) << " rows " << rows << " cols " << cols);
-        CATCH_CHECK(ok);
       }
     }
   }

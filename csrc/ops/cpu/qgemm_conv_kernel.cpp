@@ -1298,9 +1298,10 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
 // parallel region does each image's statistics and then its codes while the image is in the
 // thread's cache (the op's two passes were two regions, the codes pass splitting the batch by
 // elements, not by image: it re-read each image from the shared cache; docs/benchmarks.md,
-// forty-ninth session). A channels_last image is summed 8 channels at a time, transposed by the
-// kernel table's transpose_f32 into a small buffer ([8, H * W]: a multiple of 8 elements, so the
-// image's lanes run on as in one pass over its NCHW copy). (ATen's channels_last -> contiguous copy
+// forty-ninth session). A channels_last image is summed a block of channels at a time (8, or as
+// many multiples of 8 as ~8192 floats hold), transposed by the kernel table's transpose_f32 into a
+// small buffer ([cb, H * W]: a multiple of 8 elements, so the image's lanes run on as in one pass
+// over its NCHW copy). (ATen's channels_last -> contiguous copy
 // took 84 of the 155 us of binary_codes on 8 x 32 x 32 x 32; a full transposed copy then a second
 // pass, 12 % of a loaded channels_last XNOR MobileNetV2: docs/benchmarks.md, twentieth and
 // twenty-first sessions.) With fewer images than threads: NCHW, the op; channels_last, the whole
@@ -1346,15 +1347,19 @@ std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool 
     float* ap = alpha.data_ptr<float>();
     a.center = cp;
     const auto& r = kernels::cpu::reduce_kernels();
+    // channels_last: blocks of a multiple of 8 channels, ~8192 floats (32 KiB) at most, transposed
+    // at a time: on small maps one call for many channels (a 2 x 2 image's 8-channel blocks were
+    // 4 x 8 transposes and 32-element sums, a call each; docs/benchmarks.md, fiftieth session)
+    const std::int64_t cblock = std::max<std::int64_t>(8, 8192 / std::max<std::int64_t>(HW, 1) / 8 * 8);
     at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
       struct TagStats;
-      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(channels_last ? 8 * HW : 1));
+      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(channels_last ? cblock * HW : 1));
       float* buf = stats_buf.get();
       for (std::int64_t b = b0; b < b1; ++b) {
         kernels::cpu::SumAbsLanes lanes;
         if (channels_last) {
-          for (std::int64_t c0 = 0; c0 < C; c0 += 8) {
-            const std::int64_t cb = std::min<std::int64_t>(8, C - c0);
+          for (std::int64_t c0 = 0; c0 < C; c0 += cblock) {
+            const std::int64_t cb = std::min<std::int64_t>(cblock, C - c0);
             k.transpose_f32(src + b * HW * C + c0, HW, cb, C, buf, HW);  // [HW, cb] -> [cb, HW]
             r.sum_abssum(buf, kernels::DType::kFloat32, cb * HW, &lanes);
           }

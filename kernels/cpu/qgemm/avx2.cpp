@@ -1614,7 +1614,8 @@ void dwconv_nhwc(const QDwConvArgs& g, std::int64_t oh_begin, std::int64_t oh_en
 }
 
 // 8 x 8 blocks transposed in registers (floats: unpack, shuffle, 128-bit permute; int8 codes: widened
-// to int16 by pmovsxbw, then unpacks of 16 / 32 / 64 bits); the edges by the tiled loop.
+// to int16 by pmovsxbw, then unpacks of 16 / 32 / 64 bits, the last 1-7 columns in partial blocks);
+// the other edges by the tiled loop.
 void transpose_f32(const float* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, float* dst,
                    std::int64_t dst_rs) {
   transpose_blocks(src, rows, cols, src_rs, dst, dst_rs, [](const float* p) { return _mm256_loadu_ps(p); });
@@ -1623,73 +1624,164 @@ void transpose_f32(const float* src, std::int64_t rows, std::int64_t cols, std::
 void transpose_s8_s16(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs,
                       std::int16_t* dst, std::int64_t dst_rs) {
   const std::int64_t R = rows / 8 * 8, Cc = cols / 8 * 8;
-  for (std::int64_t r0 = 0; r0 < R; r0 += 8) {
-    for (std::int64_t c0 = 0; c0 < Cc; c0 += 8) {
-      __m128i v[8];
-      for (int i = 0; i < 8; ++i) {
+  if (src_rs == cols && (cols == 1 || cols == 2 || cols == 4) && R > 0) {
+    // contiguous rows of 1, 2 or 4 codes (an NCHW map of 1, 2 or 4 pixels, [C, H * W] -> [H * W, C]):
+    // 8 rows' 8-32 bytes loaded at once, grouped by column with pshufb, each column's 8 codes widened
+    // and stored
+    const __m128i by4 = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m128i by2 = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const auto put = [&](std::int64_t c, std::int64_t r0, __m128i eight) {  // the low 8 codes: column c's rows r0..r0 + 7
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c * dst_rs + r0), _mm_cvtepi8_epi16(eight));
+    };
+    for (std::int64_t r0 = 0; r0 < R; r0 += 8) {
+      const std::int8_t* p = src + r0 * cols;
+      if (cols == 4) {  // [c0 of rows 0-3 | c1 | c2 | c3] for rows 0-3 and 4-7, then by column
+        const __m128i a = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), by4);
+        const __m128i b = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)), by4);
+        const __m128i c01 = _mm_unpacklo_epi32(a, b), c23 = _mm_unpackhi_epi32(a, b);
+        put(0, r0, c01);
+        put(1, r0, _mm_srli_si128(c01, 8));
+        put(2, r0, c23);
+        put(3, r0, _mm_srli_si128(c23, 8));
+      } else if (cols == 2) {
+        const __m128i a = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), by2);
+        put(0, r0, a);
+        put(1, r0, _mm_srli_si128(a, 8));
+      } else {
         std::int64_t b;
-        std::memcpy(&b, src + (r0 + i) * src_rs + c0, 8);
-        v[i] = _mm_cvtepi8_epi16(_mm_cvtsi64_si128(b));
-      }
-      __m128i a[8], c[8];
-      for (int i = 0; i < 4; ++i) {
-        a[2 * i] = _mm_unpacklo_epi16(v[2 * i], v[2 * i + 1]);
-        a[2 * i + 1] = _mm_unpackhi_epi16(v[2 * i], v[2 * i + 1]);
-      }
-      for (int i = 0; i < 2; ++i) {
-        c[4 * i] = _mm_unpacklo_epi32(a[4 * i], a[4 * i + 2]);
-        c[4 * i + 1] = _mm_unpackhi_epi32(a[4 * i], a[4 * i + 2]);
-        c[4 * i + 2] = _mm_unpacklo_epi32(a[4 * i + 1], a[4 * i + 3]);
-        c[4 * i + 3] = _mm_unpackhi_epi32(a[4 * i + 1], a[4 * i + 3]);
-      }
-      for (int i = 0; i < 4; ++i) {
-        std::int16_t* d0 = dst + (c0 + 2 * i) * dst_rs + r0;
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(d0), _mm_unpacklo_epi64(c[i], c[4 + i]));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(d0 + dst_rs), _mm_unpackhi_epi64(c[i], c[4 + i]));
+        std::memcpy(&b, p, 8);
+        put(0, r0, _mm_cvtsi64_si128(b));
       }
     }
+    if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
+    return;
   }
-  if (Cc < cols) detail::transpose_tiled(src + Cc, R, cols - Cc, src_rs, dst + Cc * dst_rs, dst_rs);
+  const std::int64_t extent = (rows - 1) * src_rs + cols;  // the source's elements past src: [0, extent)
+  // the 8 x 8 block at (r0, c0) of which the first cw columns exist (cw < 8: 8 bytes read where the
+  // source goes on that far, the bytes past cw landing in transposed rows that are not stored; else
+  // byte by byte)
+  const auto block = [&](std::int64_t r0, std::int64_t c0, std::int64_t cw) {
+    __m128i v[8];
+    for (int i = 0; i < 8; ++i) {
+      const std::int64_t o = (r0 + i) * src_rs + c0;
+      std::int64_t b = 0;
+      if (cw == 8 || o + 8 <= extent) {
+        std::memcpy(&b, src + o, 8);
+      } else {
+        for (std::int64_t j = 0; j < cw; ++j) b |= static_cast<std::int64_t>(static_cast<std::uint8_t>(src[o + j])) << (8 * j);
+      }
+      v[i] = _mm_cvtepi8_epi16(_mm_cvtsi64_si128(b));
+    }
+    __m128i a[8], c[8];
+    for (int i = 0; i < 4; ++i) {
+      a[2 * i] = _mm_unpacklo_epi16(v[2 * i], v[2 * i + 1]);
+      a[2 * i + 1] = _mm_unpackhi_epi16(v[2 * i], v[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+      c[4 * i] = _mm_unpacklo_epi32(a[4 * i], a[4 * i + 2]);
+      c[4 * i + 1] = _mm_unpackhi_epi32(a[4 * i], a[4 * i + 2]);
+      c[4 * i + 2] = _mm_unpacklo_epi32(a[4 * i + 1], a[4 * i + 3]);
+      c[4 * i + 3] = _mm_unpackhi_epi32(a[4 * i + 1], a[4 * i + 3]);
+    }
+    for (int i = 0; i < 4 && 2 * i < cw; ++i) {
+      std::int16_t* d0 = dst + (c0 + 2 * i) * dst_rs + r0;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(d0), _mm_unpacklo_epi64(c[i], c[4 + i]));
+      if (2 * i + 1 < cw) _mm_storeu_si128(reinterpret_cast<__m128i*>(d0 + dst_rs), _mm_unpackhi_epi64(c[i], c[4 + i]));
+    }
+  };
+  for (std::int64_t r0 = 0; r0 < R; r0 += 8) {
+    for (std::int64_t c0 = 0; c0 < Cc; c0 += 8) block(r0, c0, 8);
+    // the last 1-7 columns in the same blocks: a channels-last image of C codes from an NCHW map of
+    // under 8 pixels (MobileNetV2's 2 x 2 maps: [C, 4] -> [4, C]) took the scalar loop, 23 % of a
+    // depthwise XNOR conv on 8 x 960 x 2 x 2 (docs/benchmarks.md, fiftieth session)
+    if (Cc < cols) block(r0, Cc, cols - Cc);
+  }
   if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
 }
 
 // int8 codes: 16 x 16 blocks in SSE registers (unpacks of 8, 16, 32 and 64 bits: 64 per block, 16
-// loads and 16 stores); the edges by the tiled loop (the convs' NCHW codes into channels-last pixels).
+// loads and 16 stores), the last 1-15 columns in partial blocks; the last 1-15 rows by the tiled loop
+// (the convs' NCHW codes into channels-last pixels).
 void transpose_s8(const std::int8_t* src, std::int64_t rows, std::int64_t cols, std::int64_t src_rs, std::int8_t* dst,
                   std::int64_t dst_rs) {
   const std::int64_t R = rows / 16 * 16, Cc = cols / 16 * 16;
-  for (std::int64_t r0 = 0; r0 < R; r0 += 16) {
-    for (std::int64_t c0 = 0; c0 < Cc; c0 += 16) {
-      __m128i r[16], a[16], b[16], c[16];
-      for (int i = 0; i < 16; ++i)
-        r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + (r0 + i) * src_rs + c0));
-      for (int k = 0; k < 8; ++k) {  // a[h * 8 + k]: rows 2k, 2k + 1, columns 8h..8h + 7, in pairs
-        a[k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
-        a[k + 8] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
-      }
-      for (int h = 0; h < 2; ++h) {  // b[g * 4 + k]: rows 4k..4k + 3, columns 4g..4g + 3 (g = 2h + q)
-        for (int k = 0; k < 4; ++k) {
-          b[h * 8 + k] = _mm_unpacklo_epi16(a[h * 8 + 2 * k], a[h * 8 + 2 * k + 1]);
-          b[h * 8 + 4 + k] = _mm_unpackhi_epi16(a[h * 8 + 2 * k], a[h * 8 + 2 * k + 1]);
-        }
-      }
-      for (int g = 0; g < 4; ++g) {  // c[g * 4 + p * 2 + k]: rows 8k..8k + 7, columns 4g + 2p, 4g + 2p + 1
-        for (int k = 0; k < 2; ++k) {
-          c[g * 4 + k] = _mm_unpacklo_epi32(b[g * 4 + 2 * k], b[g * 4 + 2 * k + 1]);
-          c[g * 4 + 2 + k] = _mm_unpackhi_epi32(b[g * 4 + 2 * k], b[g * 4 + 2 * k + 1]);
-        }
-      }
-      for (int g = 0; g < 4; ++g) {
-        for (int p = 0; p < 2; ++p) {  // columns 4g + 2p and 4g + 2p + 1: their 16 rows each
-          std::int8_t* d = dst + (c0 + g * 4 + p * 2) * dst_rs + r0;
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi64(c[g * 4 + p * 2], c[g * 4 + p * 2 + 1]));
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + dst_rs),
-                           _mm_unpackhi_epi64(c[g * 4 + p * 2], c[g * 4 + p * 2 + 1]));
-        }
+  if (src_rs == cols && (cols == 1 || cols == 2 || cols == 4) && R > 0) {
+    // contiguous rows of 1, 2 or 4 codes (transpose_s8_s16's form): 16 rows' 16-64 bytes, grouped by
+    // column with pshufb, each column's 16 codes stored
+    const __m128i by4 = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m128i by2 = _mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const auto put = [&](std::int64_t c, std::int64_t r0, __m128i v) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + c * dst_rs + r0), v);
+    };
+    const auto load = [](const std::int8_t* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); };
+    for (std::int64_t r0 = 0; r0 < R; r0 += 16) {
+      const std::int8_t* p = src + r0 * cols;
+      if (cols == 4) {  // rows 4g..4g + 3 by column (a[g]), then each column's four 4-row pieces
+        __m128i a[4];
+        for (int g = 0; g < 4; ++g) a[g] = _mm_shuffle_epi8(load(p + 16 * g), by4);
+        const __m128i u0 = _mm_unpacklo_epi32(a[0], a[1]), u1 = _mm_unpacklo_epi32(a[2], a[3]);
+        const __m128i v0 = _mm_unpackhi_epi32(a[0], a[1]), v1 = _mm_unpackhi_epi32(a[2], a[3]);
+        put(0, r0, _mm_unpacklo_epi64(u0, u1));
+        put(1, r0, _mm_unpackhi_epi64(u0, u1));
+        put(2, r0, _mm_unpacklo_epi64(v0, v1));
+        put(3, r0, _mm_unpackhi_epi64(v0, v1));
+      } else if (cols == 2) {
+        const __m128i a = _mm_shuffle_epi8(load(p), by2), b = _mm_shuffle_epi8(load(p + 16), by2);
+        put(0, r0, _mm_unpacklo_epi64(a, b));
+        put(1, r0, _mm_unpackhi_epi64(a, b));
+      } else {
+        put(0, r0, load(p));
       }
     }
+    if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
+    return;
   }
-  if (Cc < cols) detail::transpose_tiled(src + Cc, R, cols - Cc, src_rs, dst + Cc * dst_rs, dst_rs);
+  const std::int64_t extent = (rows - 1) * src_rs + cols;  // the source's elements past src: [0, extent)
+  // the 16 x 16 block at (r0, c0) of which the first cw columns exist (cw < 16: 16 bytes read where
+  // the source goes on that far, the bytes past cw landing in transposed rows that are not stored;
+  // else byte by byte)
+  const auto block = [&](std::int64_t r0, std::int64_t c0, std::int64_t cw) {
+    __m128i r[16], a[16], b[16], c[16];
+    for (int i = 0; i < 16; ++i) {
+      const std::int64_t o = (r0 + i) * src_rs + c0;
+      if (cw == 16 || o + 16 <= extent) {
+        r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + o));
+      } else {
+        alignas(16) std::int8_t row[16] = {};
+        for (std::int64_t j = 0; j < cw; ++j) row[j] = src[o + j];
+        r[i] = _mm_load_si128(reinterpret_cast<const __m128i*>(row));
+      }
+    }
+    for (int k = 0; k < 8; ++k) {  // a[h * 8 + k]: rows 2k, 2k + 1, columns 8h..8h + 7, in pairs
+      a[k] = _mm_unpacklo_epi8(r[2 * k], r[2 * k + 1]);
+      a[k + 8] = _mm_unpackhi_epi8(r[2 * k], r[2 * k + 1]);
+    }
+    for (int h = 0; h < 2; ++h) {  // b[g * 4 + k]: rows 4k..4k + 3, columns 4g..4g + 3 (g = 2h + q)
+      for (int k = 0; k < 4; ++k) {
+        b[h * 8 + k] = _mm_unpacklo_epi16(a[h * 8 + 2 * k], a[h * 8 + 2 * k + 1]);
+        b[h * 8 + 4 + k] = _mm_unpackhi_epi16(a[h * 8 + 2 * k], a[h * 8 + 2 * k + 1]);
+      }
+    }
+    for (int g = 0; g < 4; ++g) {  // c[g * 4 + p * 2 + k]: rows 8k..8k + 7, columns 4g + 2p, 4g + 2p + 1
+      for (int k = 0; k < 2; ++k) {
+        c[g * 4 + k] = _mm_unpacklo_epi32(b[g * 4 + 2 * k], b[g * 4 + 2 * k + 1]);
+        c[g * 4 + 2 + k] = _mm_unpackhi_epi32(b[g * 4 + 2 * k], b[g * 4 + 2 * k + 1]);
+      }
+    }
+    for (int g = 0; g < 4; ++g) {
+      for (int p = 0; p < 2; ++p) {  // columns 4g + 2p and 4g + 2p + 1: their 16 rows each
+        const std::int64_t col = g * 4 + p * 2;
+        std::int8_t* d = dst + (c0 + col) * dst_rs + r0;
+        if (col < cw) _mm_storeu_si128(reinterpret_cast<__m128i*>(d), _mm_unpacklo_epi64(c[g * 4 + p * 2], c[g * 4 + p * 2 + 1]));
+        if (col + 1 < cw)
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(d + dst_rs), _mm_unpackhi_epi64(c[g * 4 + p * 2], c[g * 4 + p * 2 + 1]));
+      }
+    }
+  };
+  for (std::int64_t r0 = 0; r0 < R; r0 += 16) {
+    for (std::int64_t c0 = 0; c0 < Cc; c0 += 16) block(r0, c0, 16);
+    if (Cc < cols) block(r0, Cc, cols - Cc);  // the last 1-15 columns (NCHW maps of 2 x 2, 3 x 3 pixels)
+  }
   if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
 }
 
