@@ -160,6 +160,11 @@ struct QGemmXnorArgs {
   const std::uint8_t* has_zero = nullptr;  ///< [M]
   const std::int32_t* a_k = nullptr;     ///< [M]
   const std::uint8_t* w = nullptr;       ///< [N, KB] weight sign bits
+  /// Optional: w's rows in blocks of 16 (block n / 16, its Q = ceil(KB / 8) 8-byte words each in
+  /// 16 row lanes, rows past N and bytes past KB zero: [ceil(N / 16), Q, 16] words), the layout the
+  /// table's gemm_xnor builds per call otherwise; read only where QGemmKernels::xnor_blocks_max_kb
+  /// covers KB and with column ranges that start at a multiple of 16.
+  const std::uint64_t* wt = nullptr;
   const float* row_scale = nullptr;      ///< [M] the activation scale of row m (its sample's alpha)
   const float* col_scale = nullptr;      ///< [N] the weight scale of channel n
   const float* bias = nullptr;

@@ -73,11 +73,14 @@ Cache& cache() {
 
 }  // namespace
 
+bool weight_form_holdable(const at::Tensor& w) {
+  return w.is_contiguous() && !w.is_inference() && w.dim() <= 4 && w.has_storage() && cache().capacity > 0;
+}
+
 at::Tensor cached_weight_form(const at::Tensor& w, const std::array<std::int64_t, 8>& form,
                               const std::function<at::Tensor()>& make) {
-  if (!w.is_contiguous() || w.is_inference() || w.dim() > 4 || !w.has_storage()) return make();
+  if (!weight_form_holdable(w)) return make();
   Cache& c = cache();
-  if (c.capacity == 0) return make();
   const c10::StorageImpl* st = w.storage().unsafeGetStorageImpl();
   const void* data = w.const_data_ptr();
   const std::uint32_t version = w.unsafeGetTensorImpl()->version_counter().current_version();

@@ -17,4 +17,9 @@ namespace qatkit::ops {
 at::Tensor cached_weight_form(const at::Tensor& w, const std::array<std::int64_t, 8>& form,
                               const std::function<at::Tensor()>& make);
 
+/// Whether cached_weight_form can hold forms of w (contiguous, not an inference tensor, at most 4
+/// dims, with storage, and a cache of nonzero capacity): where it cannot, a caller may prefer not
+/// to derive an optional form every call.
+bool weight_form_holdable(const at::Tensor& w);
+
 }  // namespace qatkit::ops

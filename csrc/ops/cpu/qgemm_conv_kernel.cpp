@@ -1426,10 +1426,13 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   const bool per_image = B >= at::get_num_threads();
   // the patch rows (channels-last, as conv2d_int8's), and the weight bits in their order (held)
   const ConvPatches cpt(C, 1, H, W, kernel_size, stride, padding, dilation, wo);
-  const at::Tensor wl = kh * kw > 1 && C > 1
-                           ? cached_weight_form(weight, {3, 1, 0, 0, N, C, kh, kw},
-                                                [&] { return channels_last_weight(w, 1, false, N, C, kh, kw); })
-                           : w;
+  const bool reordered = kh * kw > 1 && C > 1;
+  const at::Tensor wl = reordered ? cached_weight_form(weight, {3, 1, 0, 0, N, C, kh, kw},
+                                                       [&] { return channels_last_weight(w, 1, false, N, C, kh, kw); })
+                                  : w;
+  // its 16-row blocks where the table's GEMM reads them (held too)
+  const at::Tensor wt = xnor_weight_blocks(weight, wl, N, KB, reordered ? std::array<std::int64_t, 4>{3, C, kh, kw}
+                                                                        : std::array<std::int64_t, 4>{});
   const std::int64_t Hp = cpt.Hp, Wp = cpt.Wp;
   // channels-last with each pixel's C sign / zero bits whole bytes: rows of byte copies
   const bool byte_runs = C % 8 == 0;
@@ -1583,7 +1586,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
                            r.scale[static_cast<std::size_t>(m)] = ap[(p0 + m) / L];
                          }
                        });
-      kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>() + p0 * N, Mp, N, KB);
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>() + p0 * N, Mp, N, KB, wt);
       g.y_rs = N;
       g.y_cs = 1;
       if (Mp < 512) {  // few rows: tiles of 64 columns (chunks of all columns re-read the weight per chunk)
@@ -1626,7 +1629,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
             for (std::int64_t l = 0; l < L; ++l) fill_row(im, b0 + i, l, r, i * L + l, patch.data());
           }
         });
-        kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.get(), Mc, N, KB);
+        kernels::QGemmXnorArgs g = r.args(wl, ws, b, cl ? y.data_ptr<float>() + b0 * L * N : yt.get(), Mc, N, KB, wt);
         g.y_rs = N;
         g.y_cs = 1;
         if (inner) {
@@ -1706,7 +1709,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       struct TagY;
       const kernels::BoundedScratch<float, TagY> yt_buf(static_cast<std::size_t>(direct ? 1 : L * N));
       float* yt = direct ? yb : yt_buf.get();
-      kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt, L, N, KB);
+      kernels::QGemmXnorArgs g = r.args(wl, ws, b, yt, L, N, KB, wt);
       g.y_rs = cl || !direct ? N : 1;
       g.y_cs = cl || !direct ? 1 : L;
       gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_xnor(g, n0, n1); });

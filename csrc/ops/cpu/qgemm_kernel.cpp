@@ -398,7 +398,8 @@ at::Tensor linear_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, co
   const auto set_rows = [&](std::int64_t b0, std::int64_t e0) {
     for (std::int64_t m = b0; m < e0; ++m) r.set_row(m, KB, K, ap[m / per_sample], cp + m * K);
   };
-  kernels::QGemmXnorArgs g = r.args(w, ws, b, y.data_ptr<float>(), M, N, KB);
+  const at::Tensor wt = xnor_weight_blocks(weight, w, N, KB);  // the GEMM's weight blocks, held
+  kernels::QGemmXnorArgs g = r.args(w, ws, b, y.data_ptr<float>(), M, N, KB, wt);
   g.y_rs = N;
   const auto& k = kernels::cpu::qgemm_kernels();
   // row chunks per thread (row_chunk; the work counted in weight bytes: a popcount covers 64 pairs)

@@ -178,6 +178,30 @@ inline std::int32_t pack_codes8(const std::int8_t* codes, std::uint8_t* sign, st
 }
 
 // XNOR rows (QGemmXnorArgs): sign bits, zero masks, K - |zeros| and the row's scale per row.
+/// The XNOR weight rows w [N, KB] (weight itself, or a derivation of weight that `derivation`
+/// names, all zero for none: the cache's key) in the table's gemm_xnor blocks (QGemmXnorArgs::wt),
+/// held per weight by cached_weight_form; undefined where the table does not read them
+/// (QGemmKernels::xnor_blocks_max_kb) or where they could not be held (an inference tensor, a
+/// cache of capacity 0: the kernel then builds each block as it goes, in its threads, rather than
+/// this serial pass over the whole weight every call).
+inline at::Tensor xnor_weight_blocks(const at::Tensor& weight, const at::Tensor& w, std::int64_t N, std::int64_t KB,
+                                     const std::array<std::int64_t, 4>& derivation = {}) {
+  if (KB <= 4 || KB > kernels::cpu::qgemm_kernels().xnor_blocks_max_kb || !weight_form_holdable(weight))
+    return at::Tensor();
+  const auto& d = derivation;
+  return cached_weight_form(weight, {12, N, KB, d[0], d[1], d[2], d[3], 0}, [&] {
+    const std::int64_t Q = (KB + 7) / 8, NB = (N + 15) / 16;
+    at::Tensor out = at::zeros({NB * Q * 16}, w.options().dtype(at::kLong));
+    auto* o = reinterpret_cast<std::uint64_t*>(out.data_ptr<std::int64_t>());
+    const auto* src = static_cast<const std::uint8_t*>(w.const_data_ptr());
+    for (std::int64_t n = 0; n < N; ++n)
+      for (std::int64_t q = 0; q < Q; ++q)
+        std::memcpy(o + (n / 16 * Q + q) * 16 + n % 16, src + n * KB + q * 8,
+                    static_cast<std::size_t>(std::min<std::int64_t>(8, KB - q * 8)));
+    return out;
+  });
+}
+
 struct XnorRows {
   /// [M, KB] bytes left uninitialized (set_row / finish_row write each row whole, its padding
   /// zeroed there: zero-filling every call's buffer up front was a serial memset in front of each
@@ -231,14 +255,17 @@ struct XnorRows {
     a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zeros;
     scale[static_cast<std::size_t>(m)] = s;
   }
+  /// The args, with the held 16-row blocks of the weight rows w where the table reads them
+  /// (xnor_weight_blocks: pass its result, or an undefined tensor).
   kernels::QGemmXnorArgs args(const at::Tensor& w, const at::Tensor& ws, const at::Tensor& b, float* y, std::int64_t M,
-                              std::int64_t N, std::int64_t KB) const {
+                              std::int64_t N, std::int64_t KB, const at::Tensor& wt = at::Tensor()) const {
     kernels::QGemmXnorArgs g;
     g.a = a.data();
     g.z = z.data();
     g.has_zero = has_zero.data();
     g.a_k = a_k.data();
     g.w = static_cast<const std::uint8_t*>(w.const_data_ptr());
+    g.wt = wt.defined() ? reinterpret_cast<const std::uint64_t*>(wt.const_data_ptr()) : nullptr;
     g.row_scale = scale.data();
     g.col_scale = ws.data_ptr<float>();
     g.bias = b.defined() ? b.data_ptr<float>() : nullptr;

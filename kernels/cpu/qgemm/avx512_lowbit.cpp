@@ -568,22 +568,29 @@ __attribute__((target("avx512vpopcntdq"))) void gemm_xnor_t(const QGemmXnorArgs&
     return;
   }
   const std::int64_t Q = (g.KB + 7) / 8;
-  std::vector<std::uint64_t> wt(static_cast<std::size_t>(Q * 16));
+  // the 16 weight rows' blocks: the caller's held ones (QGemmXnorArgs::wt), else built per block
+  // here (with 4 activation rows an image, a 1 x 1 conv on a 2 x 2 map, the build was as much work
+  // as the popcounts; docs/benchmarks.md, fiftieth session)
+  const bool held = g.wt != nullptr && n_begin % 16 == 0;
+  std::vector<std::uint64_t> built(held ? 0 : static_cast<std::size_t>(Q * 16));
   for (std::int64_t n = n_begin; n < n_end; n += 16) {
     const int nr = static_cast<int>(std::min<std::int64_t>(16, n_end - n));
-    std::fill(wt.begin(), wt.end(), std::uint64_t{0});
-    for (int r = 0; r < nr; ++r)
-      for (std::int64_t q = 0; q < Q; ++q)
-        std::memcpy(&wt[static_cast<std::size_t>(q * 16 + r)], g.w + (n + r) * g.KB + q * 8,
-                    static_cast<std::size_t>(std::min<std::int64_t>(8, g.KB - q * 8)));
+    const std::uint64_t* wt = held ? g.wt + n / 16 * Q * 16 : built.data();
+    if (!held) {
+      std::fill(built.begin(), built.end(), std::uint64_t{0});
+      for (int r = 0; r < nr; ++r)
+        for (std::int64_t q = 0; q < Q; ++q)
+          std::memcpy(&built[static_cast<std::size_t>(q * 16 + r)], g.w + (n + r) * g.KB + q * 8,
+                      static_cast<std::size_t>(std::min<std::int64_t>(8, g.KB - q * 8)));
+    }
     std::int64_t m = 0;
     for (; m < m_cols; m += 16) {
       xnor_cols_block(g, m, n, nr, [&](int i0, float* y0, std::int64_t rs, std::int64_t cs) {
-        xnor_rows_t<4>(g, m + i0, n, nr, wt.data(), Q, y0, rs, cs);
+        xnor_rows_t<4>(g, m + i0, n, nr, wt, Q, y0, rs, cs);
       });
     }
-    for (; m + 4 <= g.M; m += 4) xnor_rows_t<4>(g, m, n, nr, wt.data(), Q, out(m, n), g.y_rs, g.y_cs);
-    for (; m < g.M; ++m) xnor_rows_t<1>(g, m, n, nr, wt.data(), Q, out(m, n), g.y_rs, g.y_cs);
+    for (; m + 4 <= g.M; m += 4) xnor_rows_t<4>(g, m, n, nr, wt, Q, out(m, n), g.y_rs, g.y_cs);
+    for (; m < g.M; ++m) xnor_rows_t<1>(g, m, n, nr, wt, Q, out(m, n), g.y_rs, g.y_cs);
   }
 }
 
@@ -592,12 +599,17 @@ __attribute__((target("avx512vpopcntdq"))) void gemm_xnor_t(const QGemmXnorArgs&
 // otherwise. One process, A/B on 4096-column weights (docs/benchmarks.md, 2026-12-03 third
 // session): transposed / blocks time 0.81 at K = 4096 with 64 rows, 0.84 with 32, 1.14 with 16,
 // 1.0 at K = 8192 and 16384; 0.83-0.90 at K = 288 with 8-256 rows.
+// With the weight's 16-row blocks held by the caller (QGemmXnorArgs::wt) the transposed kernel runs
+// from 1 row, on rows of up to XNOR_HELD_MAX_KB bytes.
+#ifndef XNOR_HELD_MAX_KB
+#define XNOR_HELD_MAX_KB 2048
+#endif
 #ifndef XNOR_T_MAX_KB
 #define XNOR_T_MAX_KB 512
 #endif
 
 void gemm_xnor(const QGemmXnorArgs& g, std::int64_t n_begin, std::int64_t n_end) {
-  if (g.M >= 4 && g.KB <= XNOR_T_MAX_KB && (g.M >= 32 || g.KB <= 64)) {
+  if ((g.wt != nullptr && g.KB <= XNOR_HELD_MAX_KB) || (g.M >= 4 && g.KB <= XNOR_T_MAX_KB && (g.M >= 32 || g.KB <= 64))) {
     gemm_xnor_t(g, n_begin, n_end);
     return;
   }
@@ -661,6 +673,7 @@ void add_lowbit(QGemmKernels& t) {
   if (__builtin_cpu_supports("avx512vpopcntdq")) {
     t.gemm_xnor = &gemm_xnor;
     t.xnor_cols_rows = 16;
+    t.xnor_blocks_max_kb = XNOR_HELD_MAX_KB;
   }
 }
 

@@ -129,6 +129,10 @@ struct QGemmKernels {
   /// from this many rows (0: never; an NCHW conv then transposes a row-major buffer itself). The
   /// AVX-512 table with VPOPCNTDQ: 16 (blocks of 16 rows transposed in registers).
   std::int64_t xnor_cols_rows = 0;
+  /// gemm_xnor reads QGemmXnorArgs::wt (the weight's 16-row blocks, held per weight by the caller)
+  /// for rows of KB bytes, 4 < KB <= this (0: never reads it). The AVX-512 table with VPOPCNTDQ:
+  /// its transposed kernel's range, 512.
+  std::int64_t xnor_blocks_max_kb = 0;
 };
 
 const QGemmKernels& qgemm_baseline();

@@ -174,12 +174,13 @@ def _xnor_reference(x, w, wscale, bias):
 
 @pytest.mark.parametrize("shape,N", [((1, 32), 4), ((1, 133), 37), ((5, 64), 16), ((3, 1), 9), ((2, 600), 64),
                                      ((0, 16), 8), ((4, 2048), 5), ((3, 4, 96), 7), ((2, 1055), 3),
-                                     ((40, 270), 37), ((33, 1100), 20), ((48, 4200), 3)])
+                                     ((40, 270), 37), ((33, 1100), 20), ((48, 4200), 3), ((3, 16500), 5),
+                                     ((34, 16500), 3)])
 def test_w1a1_equals_the_integer_reference_on_every_isa(shape, N):
-    """Every ISA against the formula. AVX-512's kernels: the qword-transposed one from 4 rows with
-    short rows ((3, 4, 96), (40, 270): rows of 12 and 36 bytes, a 4-byte tail) and from 32 rows
-    with rows up to 512 bytes ((33, 1100): a partial 16-row block), the 64-byte-step blocks past
-    that ((48, 4200)) and below 4 rows."""
+    """Every ISA against the formula. AVX-512's kernels (VPOPCNTDQ): the qword-transposed one on the
+    weight's held 16-row blocks for rows of up to 2048 bytes from 1 row (rows of 12 and 36 bytes with
+    a 4-byte tail: (3, 4, 96), (40, 270); a partial 16-row block: (33, 1100)), the 64-byte-step
+    blocks past that ((3, 16500), (34, 16500): 2063 bytes)."""
     g = torch.Generator().manual_seed(11)
     x = torch.randn(shape, generator=g) + 0.3
     K = shape[-1]
@@ -221,6 +222,43 @@ def test_w1a1_row_chunks_across_threads_equal_the_reference(shape, N):
         assert torch.equal(ops.linear_w1a1(x, packed, ws, fb), want), (isa, t)
 
     on_every_isa_and_thread_count(check)
+
+
+@pytest.mark.parametrize("shape,N", [((33, 1100), 20), ((40, 270), 37), ((6, 96), 16)])
+def test_w1a1_held_weight_blocks_follow_in_place_writes(shape, N):
+    """Where the table's XNOR GEMM reads the weight in 16-row blocks (QGemmKernels::xnor_blocks_max_kb:
+    AVX-512 with VPOPCNTDQ), linear_w1a1 and conv2d_w1a1 hold them per weight: the second call derives
+    nothing new, and an in-place write to the packed weight gives the new weight's result (a partial
+    last block: N = 20, 37; rows of 138, 36 and 12 bytes); an inference tensor is not held. Against
+    the formula on every ISA."""
+    g = torch.Generator().manual_seed(14)
+    x, w, ws, fb, packed = _xnor_linear_case(shape, N, g, 0.3)
+    qatkit._C.clear_derived_weight_cache()
+    seen = []
+    for _ in range(2):
+        assert torch.equal(ops.linear_w1a1(x, packed, ws, fb), _xnor_reference(x, w, ws, fb))
+        seen.append(qatkit._C.derived_weight_cache_info())
+    assert seen[1]["misses"] == seen[0]["misses"] and seen[1]["entries"] == seen[0]["entries"]
+    w2 = w.flip(0)
+    packed.copy_(ops.pack_binary_b1(w2))
+
+    def check(isa, t):
+        assert torch.equal(ops.linear_w1a1(x, packed, ws, fb), _xnor_reference(x, w2, ws, fb)), (isa, t)
+
+    on_every_isa_and_thread_count(check)
+    # an inference tensor is never held: the kernels build the blocks as they go, the same bits
+    n_entries = qatkit._C.derived_weight_cache_info()["entries"]
+    with torch.inference_mode():
+        inf = packed.clone()
+    assert torch.equal(ops.linear_w1a1(x, inf, ws, fb), _xnor_reference(x, w2, ws, fb))
+    assert qatkit._C.derived_weight_cache_info()["entries"] == n_entries
+    # a 1 x 1 conv on 2 x 2 maps (4 rows an image) on the same weight, NCHW and channels_last
+    xc = torch.randn(3, shape[-1], 2, 2, generator=g)
+    want = xnor_conv_reference(xc, w2.reshape(N, -1, 1, 1), ws, fb, (1, 1), (0, 0), (1, 1))
+    for xi in (xc, xc.contiguous(memory_format=torch.channels_last)):
+        for _ in range(2):
+            assert torch.equal(ops.conv2d_w1a1(xi, packed, (1, 1), (1, 1), (0, 0), (1, 1), ws, fb), want)
+    qatkit._C.clear_derived_weight_cache()
 
 
 def test_w1a1_nan_codes_are_left_out_of_the_sum():
