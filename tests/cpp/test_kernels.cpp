@@ -488,10 +488,11 @@ bool same_bits(double x, double y) {
 // The float64 chains of sum x and sum |x| on runs that stress them (sums that round in every step,
 // subnormals, signed zeros, NaN and Inf in the vector body, the 8-element steps and the tail,
 // lanes continued across calls at cuts off any vector width, lanes that start far from zero):
-// every ISA's lanes against the baseline's bit for bit. (An AVX-512 form that summed blocks in any
-// order when no addition could round was tried: a float64 sum of ~10^5 float32 activations does
-// round, and it fell back on ~40 % of blocks; docs/benchmarks.md, fiftieth session.)
-CATCH_TEST_CASE("sum_abssum and abssum: the chain's bits on every ISA for adversarial runs", "[kernels]") {
+// every ISA's lanes against the baseline's bit for bit; and sum_abssum_runs' runs side by side
+// against single calls. (An AVX-512 form that summed blocks in any order when no addition could
+// round was tried: a float64 sum of ~10^5 float32 activations does round, and it fell back on ~40 %
+// of blocks; docs/benchmarks.md, fiftieth session.)
+CATCH_TEST_CASE("the sum_abssum_runs / sum_abssum / abssum chains: the baseline's bits on every ISA for adversarial runs", "[kernels]") {
   std::mt19937 gen(23);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::uniform_int_distribution<int> pos(0, 1 << 30);
@@ -566,6 +567,43 @@ CATCH_TEST_CASE("sum_abssum and abssum: the chain's bits on every ISA for advers
       }
       for (const std::int64_t m : {n, std::int64_t{2048}, std::int64_t{77}})
         CATCH_CHECK(same_bits(k->abssum(x.data(), DType::kFloat32, m), base.abssum(x.data(), DType::kFloat32, m)));
+    }
+    // sum_abssum_runs: 1-6 of the runs side by side (each run's lanes starting where a first piece
+    // left them), lengths with and without a tail, every run's lanes the single calls' bits
+    for (const std::int64_t m : {std::int64_t{n}, std::int64_t{5}, std::int64_t{0}, std::int64_t{64}}) {
+      for (int count = 1; count <= 6; ++count) {
+        std::vector<const void*> ptrs;
+        std::vector<cpu::SumAbsLanes> got(static_cast<std::size_t>(count)), want(got.size());
+        std::vector<cpu::SumAbsLanes*> lanes;
+        for (int r = 0; r < count; ++r) {
+          const auto& x = runs[static_cast<std::size_t>((r * 5 + count) % static_cast<int>(runs.size()))].second;
+          k->sum_abssum(x.data(), DType::kFloat32, 16, &got[static_cast<std::size_t>(r)]);
+          base.sum_abssum(x.data(), DType::kFloat32, 16, &want[static_cast<std::size_t>(r)]);
+          base.sum_abssum(x.data() + 16, DType::kFloat32, std::min<std::int64_t>(m, n - 16), &want[static_cast<std::size_t>(r)]);
+          ptrs.push_back(x.data() + 16);
+          lanes.push_back(&got[static_cast<std::size_t>(r)]);
+        }
+        k->sum_abssum_runs(ptrs.data(), DType::kFloat32, std::min<std::int64_t>(m, n - 16), lanes.data(), count);
+        for (int r = 0; r < count; ++r) {
+          CATCH_INFO(isa << ", " << count << " runs of " << m << ", run " << r);
+          for (int j = 0; j < 8; ++j) {
+            CATCH_CHECK(same_bits(got[static_cast<std::size_t>(r)].s[j], want[static_cast<std::size_t>(r)].s[j]));
+            CATCH_CHECK(same_bits(got[static_cast<std::size_t>(r)].a[j], want[static_cast<std::size_t>(r)].a[j]));
+          }
+        }
+      }
+    }
+    // other dtypes: the single calls' bits too
+    std::vector<std::uint16_t> xb(static_cast<std::size_t>(n));
+    for (std::int64_t i = 0; i < n; ++i) xb[static_cast<std::size_t>(i)] = qatkit::kernels::float_to_bf16(runs[0].second[static_cast<std::size_t>(i)]);
+    const void* bp[3] = {xb.data(), xb.data() + 8, xb.data() + 24};
+    cpu::SumAbsLanes g3[3], w3[3];
+    cpu::SumAbsLanes* gl[3] = {&g3[0], &g3[1], &g3[2]};
+    k->sum_abssum_runs(bp, DType::kBFloat16, n - 40, gl, 3);
+    for (int r = 0; r < 3; ++r) {
+      base.sum_abssum(bp[r], DType::kBFloat16, n - 40, &w3[r]);
+      CATCH_CHECK(g3[r].sum() == w3[r].sum());
+      CATCH_CHECK(g3[r].abssum() == w3[r].abssum());
     }
   }
 }

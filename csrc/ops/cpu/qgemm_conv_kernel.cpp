@@ -1351,25 +1351,44 @@ std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool 
     // at a time: on small maps one call for many channels (a 2 x 2 image's 8-channel blocks were
     // 4 x 8 transposes and 32-element sums, a call each; docs/benchmarks.md, fiftieth session)
     const std::int64_t cblock = std::max<std::int64_t>(8, 8192 / std::max<std::int64_t>(HW, 1) / 8 * 8);
+    // a thread's images G at a time (the table's sum_runs, at most 8): their statistics side by side
+    // (sum_abssum_runs: each image's chains wait on the add's latency, G images' keep G times as
+    // many adds in flight; 8 x 96 x 32 x 32 stride 2 ran 104-110 -> 98 us, 8 x 96 x 64 x 64 648-670
+    // -> 545-578 with G = 2 although two of its images overflow L2 before their codes pass; docs/
+    // benchmarks.md, fiftieth session), then each one's codes
+    // (channels_last: while the G transposed blocks stay within 64 KiB; 8 x 96 x 64 x 64's two 128 KiB
+    // blocks ran 777-1043 -> 940-956 us)
+    const int G = channels_last && 2 * std::min(cblock, C) * HW > 16384 ? 1 : std::clamp(r.sum_runs, 1, 8);
     at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
       struct TagStats;
-      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(channels_last ? cblock * HW : 1));
-      float* buf = stats_buf.get();
-      for (std::int64_t b = b0; b < b1; ++b) {
-        kernels::cpu::SumAbsLanes lanes;
+      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(channels_last ? G * cblock * HW : 1));
+      for (std::int64_t b = b0; b < b1; b += G) {
+        const int g = static_cast<int>(std::min<std::int64_t>(G, b1 - b));
+        kernels::cpu::SumAbsLanes lanes[8];
+        kernels::cpu::SumAbsLanes* lp[8];
+        const void* xp[8];
+        for (int j = 0; j < g; ++j) lp[j] = &lanes[j];
         if (channels_last) {
           for (std::int64_t c0 = 0; c0 < C; c0 += cblock) {
             const std::int64_t cb = std::min<std::int64_t>(cblock, C - c0);
-            k.transpose_f32(src + b * HW * C + c0, HW, cb, C, buf, HW);  // [HW, cb] -> [cb, HW]
-            r.sum_abssum(buf, kernels::DType::kFloat32, cb * HW, &lanes);
+            for (int j = 0; j < g; ++j) {
+              float* buf = stats_buf.get() + j * cblock * HW;
+              k.transpose_f32(src + (b + j) * HW * C + c0, HW, cb, C, buf, HW);  // [HW, cb] -> [cb, HW]
+              xp[j] = buf;
+            }
+            r.sum_abssum_runs(xp, kernels::DType::kFloat32, cb * HW, lp, g);
           }
         } else {
-          r.sum_abssum(src + b * C * HW, kernels::DType::kFloat32, C * HW, &lanes);
+          for (int j = 0; j < g; ++j) xp[j] = src + (b + j) * C * HW;
+          r.sum_abssum_runs(xp, kernels::DType::kFloat32, C * HW, lp, g);
         }
         const double n = static_cast<double>(C * HW);
-        cp[b] = static_cast<float>(lanes.sum() / n);  // _mean_and_mean_abs's division
-        ap[b] = static_cast<float>(lanes.abssum() / n);
-        if (with_codes) sign.binary_codes(a, b * C * HW, (b + 1) * C * HW);  // the image's codes, its centre now set
+        for (int j = 0; j < g; ++j) {
+          cp[b + j] = static_cast<float>(lanes[j].sum() / n);  // _mean_and_mean_abs's division
+          ap[b + j] = static_cast<float>(lanes[j].abssum() / n);
+          // the image's codes, its centre now set
+          if (with_codes) sign.binary_codes(a, (b + j) * C * HW, (b + j + 1) * C * HW);
+        }
       }
     });
     if (!with_codes) *center_out = center;

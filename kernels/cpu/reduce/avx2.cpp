@@ -129,6 +129,13 @@ void sum_abssum_avx2(const void* x, DType dt, std::int64_t n, SumAbsLanes* l) {
   detail::sum_abssum_scalar(x, dt, n, l);
 }
 
+/// sum_abssum_runs (see ReduceKernels): one run at a time. (Two runs side by side, eight chains in
+/// flight, ran at the same 10.4 G elements a second as one on Zen 5: this loop is bound by its
+/// conversions and adds, not the chains' latency; docs/benchmarks.md, fiftieth session.)
+void sum_abssum_runs_avx2(const void* const* x, DType dt, std::int64_t n, SumAbsLanes* const* l, int runs) {
+  detail::sum_abssum_runs_each(&sum_abssum_avx2, x, dt, n, l, runs);
+}
+
 /// TWN statistic (see ReduceKernels::twn_stats): |x| > delta selects by mask, then the same
 /// lane split and fixed combination as the portable loop (so the same bits).
 template <typename S>
@@ -180,7 +187,7 @@ void twn_stats_avx2(const void* x, DType dt, std::int64_t n, float delta, double
 }  // namespace
 
 const ReduceKernels* reduce_avx2() {
-  static const ReduceKernels k{&absmax_avx2, &abssum_avx2, &sum_abssum_avx2, &twn_stats_avx2};
+  static const ReduceKernels k{&absmax_avx2, &abssum_avx2, &sum_abssum_avx2, &sum_abssum_runs_avx2, 1, &twn_stats_avx2};
   return &k;
 }
 

@@ -6,7 +6,7 @@ namespace qatkit::kernels::cpu {
 
 const ReduceKernels& reduce_baseline() {
   static const ReduceKernels k{&detail::absmax_scalar, &detail::abssum_scalar, &detail::sum_abssum_scalar,
-                                &detail::twn_stats_scalar};
+                                &detail::sum_abssum_runs_scalar, 1, &detail::twn_stats_scalar};
   return k;
 }
 

@@ -114,6 +114,17 @@ inline void sum_abssum_scalar(const void* x, DType dt, std::int64_t n, SumAbsLan
   }
 }
 
+/// sum_abssum_runs as separate sum_abssum calls (the portable table, and any runs a table's
+/// vector form does not take).
+inline void sum_abssum_runs_each(void (*one)(const void*, DType, std::int64_t, SumAbsLanes*), const void* const* x,
+                                 DType dt, std::int64_t n, SumAbsLanes* const* l, int runs) {
+  for (int r = 0; r < runs; ++r) one(x[r], dt, n, l[r]);
+}
+
+inline void sum_abssum_runs_scalar(const void* const* x, DType dt, std::int64_t n, SumAbsLanes* const* l, int runs) {
+  sum_abssum_runs_each(&sum_abssum_scalar, x, dt, n, l, runs);
+}
+
 /// TWN statistic over n elements: sum of |x| over |x| > delta and how many, in float64 over
 /// 8 lanes (element j into lane j % 8) combined in a fixed order, so every ISA and thread split of
 /// whole runs gives the same bits.

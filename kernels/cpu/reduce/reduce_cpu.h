@@ -32,6 +32,12 @@ struct ReduceKernels {
   /// both, so from zeroed lanes `lanes->abssum()` is abssum's result, and both are the same bits on
   /// every ISA. The centre and the scale of the 'bitnet' binarization.
   void (*sum_abssum)(const void* x, DType dtype, std::int64_t n, SumAbsLanes* lanes);
+  /// sum_abssum of `runs` separate runs of n elements each (x[r] into lanes[r]) in one pass: the
+  /// same bits as `runs` sum_abssum calls. A run's chains wait on the add's latency (one float64 add
+  /// per lane every 8 elements); runs side by side keep more adds in flight.
+  void (*sum_abssum_runs)(const void* const* x, DType dtype, std::int64_t n, SumAbsLanes* const* lanes, int runs);
+  /// How many runs sum_abssum_runs takes side by side to best effect (1: no gain over single calls).
+  int sum_runs = 1;
   /// TWN statistic over n elements of `dtype`: *sum = sum of |x| over |x| > delta (float64, 8
   /// lanes combined in a fixed order: the same bits on every ISA), *count = how many.
   void (*twn_stats)(const void* x, DType dtype, std::int64_t n, float delta, double* sum, std::int64_t* count);
@@ -39,8 +45,13 @@ struct ReduceKernels {
 
 const ReduceKernels& reduce_baseline();
 const ReduceKernels* reduce_avx2();
+/// The AVX2 table with sum_abssum and sum_abssum_runs of float32 runs in 512-bit registers, two
+/// runs side by side (kernels/cpu/reduce/avx512.cpp).
+const ReduceKernels* reduce_avx512();
 
-inline const ReduceKernels* reduce_kernels(Isa isa) { return table_for(isa, reduce_baseline(), &reduce_avx2); }
-inline const ReduceKernels& reduce_kernels() { return active_table(reduce_baseline(), &reduce_avx2); }
+inline const ReduceKernels* reduce_kernels(Isa isa) {
+  return table_for(isa, reduce_baseline(), &reduce_avx2, &reduce_avx512);
+}
+inline const ReduceKernels& reduce_kernels() { return active_table(reduce_baseline(), &reduce_avx2, &reduce_avx512); }
 
 }  // namespace qatkit::kernels::cpu

@@ -294,10 +294,13 @@ def test_backward_out_variant(estimator, axis):
 
 
 def test_both_isas_give_identical_bits():
-    """The binarize loops are built per ISA (baseline SSE2 / AVX2 blends): same bits from both."""
+    """The binarize loops are built per ISA (baseline SSE2 / AVX2 blends / AVX-512): the same bits
+    from each; the statistics' float64 chains too (AVX-512: rows, and a whole tensor's 2^15-element
+    blocks, two side by side: 33 rows, 3 blocks)."""
     x, g = _x((33, 70), seed=8), _x((33, 70), seed=9)
+    big = _x((3, 33000), seed=10) * 3 + 0.25
     old = qatkit.build_info()["cpu_isa"]
-    isas = ["baseline"] + (["avx2"] if qatkit._C.set_cpu_isa("avx2") else [])
+    isas = ["baseline"] + [i for i in ("avx2", "avx512") if qatkit._C.set_cpu_isa(i)]
     try:
         results = []
         for isa in isas:
@@ -306,6 +309,7 @@ def test_both_isas_give_identical_bits():
                 [ops.binarize(x, s, 0) for s in ("none", "mean_abs", "bitnet")]
                 + [torch.ops.qatkit._binarize_backward(g, x, None, None, e, 1.0) for e in ESTIMATORS]
                 + [ops.ternarize(x, "twn", a) for a in (None, 0)]
+                + [t for a in (None, 0, 1) for t in torch.ops.qatkit._mean_and_mean_abs(big, a)]
             )
     finally:
         qatkit._C.set_cpu_isa(old)
