@@ -1794,6 +1794,15 @@ at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at
   });
 }
 
+// [N] int32 zeros and float32 ones: a requantization with no correction and a unit scale (empty
+// tensors filled by loops: at::zeros / at::ones dispatch a fill each)
+std::pair<at::Tensor, at::Tensor> unit_requantization(std::int64_t N, const at::TensorOptions& options) {
+  at::Tensor corr = at::empty({N}, options.dtype(at::kInt)), ones = at::empty({N}, options.dtype(at::kFloat));
+  std::fill_n(corr.data_ptr<std::int32_t>(), N, 0);
+  std::fill_n(ones.data_ptr<float>(), N, 1.f);
+  return {corr, ones};
+}
+
 // conv2d_w1a1 with groups > 1: the per-sample codes and alphas of the groups == 1 form
 // (binary_codes(input, "bitnet", 0)) and per-image output scales fp32(alpha[b] * ws[n]). Depthwise
 // convs (one input channel per group) run conv2d_int8's direct kernels on the codes as given (exact
@@ -1813,11 +1822,23 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
   const auto format = ops::conv_channels_last_io(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (B * N * ho * wo == 0) return at::empty({B, N, ho, wo}, input.options().memory_format(format));
   const bool cl = format == at::MemoryFormat::ChannelsLast;
-  const at::Tensor corr = at::zeros({N}, input.options().dtype(at::kInt)), ones = at::ones({N}, input.options());
   if (Cg == 1) {  // the statistics here, the codes in the conv (GivenCodes::center)
     at::Tensor center;
     const at::Tensor alpha = xnor_conv_codes(input, cl, &center).second;
-    const at::Tensor scales = at::mul(alpha.reshape({B, 1}), weight_scale.reshape({1, N})).contiguous();
+    // fp32(alpha[b] * ws[n]) by a loop (at::mul's single rounding, without its dispatch; with the
+    // filled empties below, 0.3-0.5 us less a call on 8 x 960 x 2 x 2: docs/benchmarks.md, fiftieth
+    // session)
+    at::Tensor scales = at::empty({B, N}, input.options());
+    {
+      const at::Tensor wsc = weight_scale.contiguous(), al = alpha.to(at::kFloat).contiguous();
+      const float* a = al.const_data_ptr<float>();
+      const float* w = wsc.const_data_ptr<float>();
+      float* o = scales.data_ptr<float>();
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t n = 0; n < N; ++n) o[b * N + n] = a[b] * w[n];
+    }
+    // the requantization's correction (0) and scale (1, replaced by the images' scales)
+    const auto [corr, ones] = unit_requantization(N, input.options());
     GivenCodes given;
     given.image_scale = scales.data_ptr<float>();
     given.center = center.const_data_ptr<float>();
@@ -1826,6 +1847,7 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
   }
   const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
   const at::Tensor scales = at::mul(alpha.reshape({B, 1}), weight_scale.reshape({1, N})).contiguous();
+  const auto [corr, ones] = unit_requantization(N, input.options());
   at::Tensor y = conv2d_int8_impl(codes.to(at::kFloat).contiguous(format), weight, 1, kernel_size, stride, padding,
                                   dilation, corr, ones, 1.0, 0, -128, 127, std::nullopt, groups);
   y.mul_(scales.reshape({B, N, 1, 1}));
