@@ -1,6 +1,8 @@
 // CPU kernels of the integer GEMM family's convs: conv2d_int8 (8-, 2- and 1-bit weights: im2col
 // patch rows, grouped GEMMs, direct depthwise kernels), conv2d_w4a8 and conv2d_w1a1 (XNOR), each on
 // the ISA table's GEMMs; a NaN input gives NaN windows (nan_outputs.h). The Linears: qgemm_kernel.cpp.
+#include <functional>
+
 #include "qgemm_kernel_common.h"
 
 namespace qatkit::ops {
@@ -714,11 +716,17 @@ constexpr std::int64_t kConvWidenRows = 16;
 // codes of sign(x - centre[b]) (binary_codes' rule, zero_negative) computed from the input where the
 // quantization would run, straight into the int16 pixels / planes where it would write them (no int8
 // codes tensor, no widening copy: docs/benchmarks.md, forty-ninth session).
+// With prepare (and centres): the conv computes the images' centres and scales itself, calling
+// (*prepare)(b, g) for images [b, b + g) (g <= prepare_group) before it reads them: on the image's
+// own thread just before its codes where images run in parallel through the channels-last pixels
+// (one parallel region, the image still in L2 for its codes), otherwise for every image first.
 struct GivenCodes {
   const std::int8_t* codes = nullptr;
   const float* image_scale = nullptr;
   bool nhwc = false;
   const float* center = nullptr;
+  const std::function<void(std::int64_t, int)>* prepare = nullptr;
+  int prepare_group = 1;
 };
 
 at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
@@ -825,7 +833,14 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     const std::int64_t Hq = (Hp + 1) / 2, Wq = (Wp + 1) / 2;
     const bool parity = k.split_planes_s16 != nullptr && k.dwconv_flat && sh == 2 && sw == 2 && dh == 1 && dw == 1 &&
                         W >= (mult > 1 ? 16 : 48) && (taps + 1) / 2 <= 64 && Wq <= 16384;
-    if (nhwc || (!parity && ((mult > 1 && !planar_many) || (mult == 1 && !planar_one)))) {
+    const bool pixels = nhwc || (!parity && ((mult > 1 && !planar_many) || (mult == 1 && !planar_one)));
+    const std::int64_t pg = std::max(1, given.prepare_group);
+    if (given.prepare != nullptr && !(pixels && per_image)) {  // every image's centre and scales first
+      at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+        for (std::int64_t bi = b0; bi < b1; bi += pg) (*given.prepare)(bi, static_cast<int>(std::min(pg, b1 - bi)));
+      });
+    }
+    if (pixels) {
       // with mult = N / C outputs per input channel each pixel's C codes are repeated mult times
       // (output channel n reads input channel n / mult); each image's [Ho, Wo, N] output is
       // transposed into NCHW, or is the channels_last output's image as it is (an NHWC input always
@@ -969,7 +984,11 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       if (per_image) {
         at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
           const Buffers bufs = buffers();
-          for (std::int64_t bi = b0; bi < b1; ++bi) image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), false);
+          for (std::int64_t bi = b0; bi < b1; ++bi) {
+            if (given.prepare != nullptr && (bi - b0) % pg == 0)  // the next images' centres and scales
+              (*given.prepare)(bi, static_cast<int>(std::min(pg, b1 - bi)));
+            image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), false);
+          }
         });
       } else {
         const Buffers bufs = buffers();
@@ -1291,6 +1310,63 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   return y;
 }
 
+// The bitnet statistics of float32 images (xnor_conv_codes' per-image form): each image's centre
+// (mean) and mean |x| over its C * H * W elements, summed in the NCHW order of the reduce table's
+// sum_abssum_runs whatever the layout (the stats lane-order contract below), `group` images at a
+// call.
+struct XnorImageStats {
+  const float* src;
+  std::int64_t C, HW;
+  bool channels_last;
+  std::int64_t cblock;  // channels_last: channels transposed at a time
+  int group;            // images summed side by side (at most 8)
+  XnorImageStats(const float* src_, std::int64_t C_, std::int64_t HW_, bool channels_last_)
+      : src(src_), C(C_), HW(HW_), channels_last(channels_last_) {
+    // channels_last: blocks of a multiple of 8 channels, ~8192 floats (32 KiB) at most, transposed
+    // at a time: on small maps one call for many channels (a 2 x 2 image's 8-channel blocks were
+    // 4 x 8 transposes and 32-element sums, a call each; docs/benchmarks.md, fiftieth session)
+    cblock = std::max<std::int64_t>(8, 8192 / std::max<std::int64_t>(HW, 1) / 8 * 8);
+    // G images side by side (the table's sum_runs, at most 8): each image's chains wait on the
+    // add's latency, G images' keep G times as many adds in flight (8 x 96 x 32 x 32 stride 2 ran
+    // 104-110 -> 98 us, 8 x 96 x 64 x 64 648-670 -> 545-578 with G = 2 although two of its images
+    // overflow L2 before their codes pass; docs/benchmarks.md, fiftieth session); channels_last
+    // while the G transposed blocks stay within 64 KiB (8 x 96 x 64 x 64's two 128 KiB blocks ran
+    // 777-1043 -> 940-956 us)
+    const auto& r = kernels::cpu::reduce_kernels();
+    group = channels_last && 2 * std::min(cblock, C) * HW > 16384 ? 1 : std::clamp(r.sum_runs, 1, 8);
+  }
+  /// Images [b, b + g) (g <= group): centres into cp[b + j], mean |x| into ap[b + j].
+  void operator()(std::int64_t b, int g, float* cp, float* ap) const {
+    const auto& k = kernels::cpu::qgemm_kernels();
+    const auto& r = kernels::cpu::reduce_kernels();
+    struct TagStats;
+    const kernels::BoundedScratch<float, TagStats> buf(static_cast<std::size_t>(channels_last ? g * cblock * HW : 1));
+    kernels::cpu::SumAbsLanes lanes[8];
+    kernels::cpu::SumAbsLanes* lp[8];
+    const void* xp[8];
+    for (int j = 0; j < g; ++j) lp[j] = &lanes[j];
+    if (channels_last) {
+      for (std::int64_t c0 = 0; c0 < C; c0 += cblock) {
+        const std::int64_t cb = std::min<std::int64_t>(cblock, C - c0);
+        for (int j = 0; j < g; ++j) {
+          float* bj = buf.get() + j * cblock * HW;
+          k.transpose_f32(src + (b + j) * HW * C + c0, HW, cb, C, bj, HW);  // [HW, cb] -> [cb, HW]
+          xp[j] = bj;
+        }
+        r.sum_abssum_runs(xp, kernels::DType::kFloat32, cb * HW, lp, g);
+      }
+    } else {
+      for (int j = 0; j < g; ++j) xp[j] = src + (b + j) * C * HW;
+      r.sum_abssum_runs(xp, kernels::DType::kFloat32, C * HW, lp, g);
+    }
+    const double n = static_cast<double>(C * HW);
+    for (int j = 0; j < g; ++j) {
+      cp[b + j] = static_cast<float>(lanes[j].sum() / n);  // _mean_and_mean_abs's division
+      ap[b + j] = static_cast<float>(lanes[j].abssum() / n);
+    }
+  }
+};
+
 // binary_codes(input, "bitnet", 0) for conv2d_w1a1 (a float32 [B, C, H, W] input, NCHW or with a
 // channels_last input NHWC codes): the same codes and alphas bit for bit. The statistics are
 // _mean_and_mean_abs's on the NCHW images (binarize's order: float64 sums, element j of a sample in
@@ -1308,7 +1384,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
 // NCHW copy in parallel, its statistics, then the codes pass on the input's own memory (a sample is
 // one run of C * H * W elements in either format: the same per-sample centre, the same code per
 // element).
-// With center_out (conv2d_w1a1's depthwise form, which computes the codes in the conv): the statistics
+// With center_out (conv2d_w1a1's depthwise form with fewer images than threads, which computes the
+// codes in the conv; with more, the conv computes each image's statistics too): the statistics
 // alone, the codes left undefined and each image's centre written to *center_out.
 std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool channels_last,
                                                   at::Tensor* center_out = nullptr) {
@@ -1346,49 +1423,14 @@ std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool 
     float* cp = center.data_ptr<float>();
     float* ap = alpha.data_ptr<float>();
     a.center = cp;
-    const auto& r = kernels::cpu::reduce_kernels();
-    // channels_last: blocks of a multiple of 8 channels, ~8192 floats (32 KiB) at most, transposed
-    // at a time: on small maps one call for many channels (a 2 x 2 image's 8-channel blocks were
-    // 4 x 8 transposes and 32-element sums, a call each; docs/benchmarks.md, fiftieth session)
-    const std::int64_t cblock = std::max<std::int64_t>(8, 8192 / std::max<std::int64_t>(HW, 1) / 8 * 8);
-    // a thread's images G at a time (the table's sum_runs, at most 8): their statistics side by side
-    // (sum_abssum_runs: each image's chains wait on the add's latency, G images' keep G times as
-    // many adds in flight; 8 x 96 x 32 x 32 stride 2 ran 104-110 -> 98 us, 8 x 96 x 64 x 64 648-670
-    // -> 545-578 with G = 2 although two of its images overflow L2 before their codes pass; docs/
-    // benchmarks.md, fiftieth session), then each one's codes
-    // (channels_last: while the G transposed blocks stay within 64 KiB; 8 x 96 x 64 x 64's two 128 KiB
-    // blocks ran 777-1043 -> 940-956 us)
-    const int G = channels_last && 2 * std::min(cblock, C) * HW > 16384 ? 1 : std::clamp(r.sum_runs, 1, 8);
+    const XnorImageStats stats(src, C, HW, channels_last);
     at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
-      struct TagStats;
-      const kernels::BoundedScratch<float, TagStats> stats_buf(static_cast<std::size_t>(channels_last ? G * cblock * HW : 1));
-      for (std::int64_t b = b0; b < b1; b += G) {
-        const int g = static_cast<int>(std::min<std::int64_t>(G, b1 - b));
-        kernels::cpu::SumAbsLanes lanes[8];
-        kernels::cpu::SumAbsLanes* lp[8];
-        const void* xp[8];
-        for (int j = 0; j < g; ++j) lp[j] = &lanes[j];
-        if (channels_last) {
-          for (std::int64_t c0 = 0; c0 < C; c0 += cblock) {
-            const std::int64_t cb = std::min<std::int64_t>(cblock, C - c0);
-            for (int j = 0; j < g; ++j) {
-              float* buf = stats_buf.get() + j * cblock * HW;
-              k.transpose_f32(src + (b + j) * HW * C + c0, HW, cb, C, buf, HW);  // [HW, cb] -> [cb, HW]
-              xp[j] = buf;
-            }
-            r.sum_abssum_runs(xp, kernels::DType::kFloat32, cb * HW, lp, g);
-          }
-        } else {
-          for (int j = 0; j < g; ++j) xp[j] = src + (b + j) * C * HW;
-          r.sum_abssum_runs(xp, kernels::DType::kFloat32, C * HW, lp, g);
-        }
-        const double n = static_cast<double>(C * HW);
-        for (int j = 0; j < g; ++j) {
-          cp[b + j] = static_cast<float>(lanes[j].sum() / n);  // _mean_and_mean_abs's division
-          ap[b + j] = static_cast<float>(lanes[j].abssum() / n);
-          // the image's codes, its centre now set
-          if (with_codes) sign.binary_codes(a, (b + j) * C * HW, (b + j + 1) * C * HW);
-        }
+      for (std::int64_t b = b0; b < b1; b += stats.group) {
+        const int g = static_cast<int>(std::min<std::int64_t>(stats.group, b1 - b));
+        stats(b, g, cp, ap);
+        // each image's codes, its centre now set
+        if (with_codes)
+          for (int j = 0; j < g; ++j) sign.binary_codes(a, (b + j) * C * HW, (b + j + 1) * C * HW);
       }
     });
     if (!with_codes) *center_out = center;
@@ -1822,6 +1864,31 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
   const auto format = ops::conv_channels_last_io(input) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   if (B * N * ho * wo == 0) return at::empty({B, N, ho, wo}, input.options().memory_format(format));
   const bool cl = format == at::MemoryFormat::ChannelsLast;
+  if (Cg == 1 && B >= at::get_num_threads() && input.scalar_type() == at::kFloat) {
+    // images in parallel: each image's statistics and scales computed by the conv's thread just
+    // before the image's codes (GivenCodes::prepare), not in a parallel pass of their own
+    const at::Tensor x = input.contiguous(format), wsc = weight_scale.contiguous();
+    at::Tensor center = at::empty({B}, x.options()), alpha = at::empty({B}, x.options()),
+               scales = at::empty({B, N}, x.options());
+    const XnorImageStats stats(x.const_data_ptr<float>(), C, x.size(2) * x.size(3), cl);
+    float* cp = center.data_ptr<float>();
+    float* ap = alpha.data_ptr<float>();
+    float* sp = scales.data_ptr<float>();
+    const float* w = wsc.const_data_ptr<float>();
+    const std::function<void(std::int64_t, int)> prepare = [&](std::int64_t b, int g) {
+      stats(b, g, cp, ap);
+      for (std::int64_t j = b; j < b + g; ++j)  // fp32(alpha[b] * ws[n]): at::mul's single rounding
+        for (std::int64_t n = 0; n < N; ++n) sp[j * N + n] = ap[j] * w[n];
+    };
+    const auto [corr, ones] = unit_requantization(N, input.options());
+    GivenCodes given;
+    given.image_scale = sp;
+    given.center = cp;
+    given.prepare = &prepare;
+    given.prepare_group = stats.group;
+    return conv2d_int8_impl(x, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127, bias,
+                            groups, given);
+  }
   if (Cg == 1) {  // the statistics here, the codes in the conv (GivenCodes::center)
     at::Tensor center;
     const at::Tensor alpha = xnor_conv_codes(input, cl, &center).second;
