@@ -1479,9 +1479,11 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   at::Tensor y = at::empty({B, N, ho, wo},
                            input.options().memory_format(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   if (y.numel() == 0) return y;
-  const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
-  const std::int8_t* cp = codes.data_ptr<std::int8_t>();
-  const float* ap = alpha.data_ptr<float>();
+  // the input's codes (NHWC for a channels_last input) and alphas: xnor_conv_codes' below, after the
+  // pointwise per-image form (which computes its own)
+  at::Tensor codes, alpha;
+  const std::int8_t* cp = nullptr;
+  const float* ap = nullptr;
   const std::int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool per_image = B >= at::get_num_threads();
@@ -1529,6 +1531,79 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       r.scale[static_cast<std::size_t>(m)] = scale_of(m);
     }
   };
+  // rows [m0, m1) of r from their pixels' channels-last codes (row m's C codes at codes + (m - m0) * C),
+  // row m's scale scale_of(m) (zeros: pixel_rows' zero counts, [rows of r])
+  const auto pixel_rows_of = [&](XnorRows& r, std::int32_t* zeros, const std::int8_t* codes, std::int64_t m0,
+                                 std::int64_t m1, const auto& scale_of) {
+    if (narrow_rows) {  // the rows' pixels' bits, then each row widened from them
+      const std::int64_t n = m1 - m0;
+      std::vector<std::uint8_t> sb(static_cast<std::size_t>(n * CB)), zb(sb.size());
+      std::vector<std::int32_t> zc(static_cast<std::size_t>(n));
+      k.pack_sign_zero(codes, n * C, sb.data(), zb.data(), zc.data(), C);
+      widen_rows(sb.data(), zb.data(), zc.data(), r, m0, m1, scale_of);
+      return;
+    }
+    if (!pixel_rows) {
+      for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, scale_of(m), codes + (m - m0) * C);
+      return;
+    }
+    k.pack_sign_zero(codes, (m1 - m0) * C, r.a.data() + m0 * KB, r.z.data() + m0 * KB, zeros + m0, C);
+    for (std::int64_t m = m0; m < m1; ++m) {
+      const std::int32_t zm = zeros[m];
+      r.has_zero[static_cast<std::size_t>(m)] = zm > 0;
+      r.a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zm;
+      r.scale[static_cast<std::size_t>(m)] = scale_of(m);
+    }
+  };
+  const bool pointwise = kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0;
+  constexpr std::int64_t kPass = std::int64_t{1} << 16;
+  if (cl && pointwise && per_image && B * L <= kPass && input.scalar_type() == at::kFloat) {
+    // A channels_last pointwise conv with an image per thread: one parallel region in which each
+    // thread takes its images one at a time (their statistics G at a time: XnorImageStats), each
+    // image's codes into a buffer of the thread's, its rows and their popcount GEMM over every
+    // column into its own output rows, while the image is in the thread's cache. (The pass below
+    // ran the statistics and codes, the rows, and the GEMM as three regions over the batch, the
+    // threads waiting at each: 25 % of 8 x 144 x 16 x 16 -> 24 in libgomp; docs/benchmarks.md,
+    // fifty-first session.)
+    const at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+    const std::int64_t M = B * L;
+    XnorRows r(M, KB);
+    std::vector<std::int32_t> zeros(static_cast<std::size_t>(pixel_rows ? M : 0));
+    at::Tensor center = at::empty({B}, x.options()), alphas = at::empty({B}, x.options());
+    float* cen = center.data_ptr<float>();
+    float* alp = alphas.data_ptr<float>();
+    const float* xp = x.const_data_ptr<float>();
+    const XnorImageStats stats(xp, C, H * W, true);
+    kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>(), M, N, KB, wt);
+    g.y_rs = N;
+    g.y_cs = 1;
+    const auto& sign = kernels::cpu::sign_kernels();
+    at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
+      struct TagCodes;
+      const kernels::BoundedScratch<std::int8_t, TagCodes> xq(static_cast<std::size_t>(L * C));
+      for (std::int64_t bi = b0; bi < b1; ++bi) {
+        if ((bi - b0) % stats.group == 0)
+          stats(bi, static_cast<int>(std::min<std::int64_t>(stats.group, b1 - bi)), cen, alp);
+        kernels::BinarizeArgs a;  // binary_codes' rule (bitnet, zero_negative) on the image's run
+        a.input = xp + bi * L * C;
+        a.output = xq.get();
+        a.center = cen + bi;
+        a.numel = L * C;
+        a.inner = L * C;
+        a.channels = 1;
+        a.zero_negative = true;
+        a.dtype = kernels::DType::kFloat32;
+        sign.binary_codes(a, 0, L * C);
+        const float s = alp[bi];
+        pixel_rows_of(r, zeros.data(), xq.get(), bi * L, (bi + 1) * L, [s](std::int64_t) { return s; });
+        k.gemm_xnor(rows_of(g, bi * L, (bi + 1) * L), 0, N);
+      }
+    });
+    return y;
+  }
+  std::tie(codes, alpha) = xnor_conv_codes(input, cl);
+  cp = codes.data_ptr<std::int8_t>();
+  ap = alpha.data_ptr<float>();
   // One thread's image buffers: the codes' layout, and with byte runs each padded pixel's sign bits
   // and zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word.
   struct Image {
@@ -1608,7 +1683,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       }
     });
   };
-  if (cl && kh == 1 && kw == 1 && sh == 1 && sw == 1 && cpt.ph == 0 && cpt.pw == 0) {
+  if (cl && pointwise) {
     // a 1 x 1, stride-1, unpadded conv on channels_last codes: its patch rows are the pixels' C codes
     // as they lie (linear_w1a1's rows, each with its image's alpha) and the GEMM's [B * L, N] rows
     // its output (no image layout, no per-pixel bit buffers, no row copies: the per-pixel work took
@@ -1617,7 +1692,6 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     // With C a multiple of 32 (the rows' bytes exactly the pixels' bits) each task packs its rows in
     // one pack_sign_zero call, each row's zero count beside them (as the NCHW pixel rows below; the
     // per-row calls were ~17 % of 8 x 32 x 32 x 32 -> 16: docs/benchmarks.md, forty-ninth session).
-    constexpr std::int64_t kPass = std::int64_t{1} << 16;
     const std::int64_t M = B * L;
     XnorRows r(std::min(M, kPass), KB);
     std::vector<std::int32_t> zeros(static_cast<std::size_t>(pixel_rows ? std::min(M, kPass) : 0));
@@ -1625,27 +1699,8 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       const std::int64_t Mp = std::min(kPass, M - p0);
       at::parallel_for(0, Mp, std::max<std::int64_t>(1, 16384 / std::max<std::int64_t>(K, 1)),
                        [&](std::int64_t m0, std::int64_t m1) {
-                         if (narrow_rows) {  // the task's pixels' bits, then each row widened from them
-                           const std::int64_t n = m1 - m0;
-                           std::vector<std::uint8_t> sb(static_cast<std::size_t>(n * CB)), zb(sb.size());
-                           std::vector<std::int32_t> zc(static_cast<std::size_t>(n));
-                           k.pack_sign_zero(cp + (p0 + m0) * C, n * C, sb.data(), zb.data(), zc.data(), C);
-                           widen_rows(sb.data(), zb.data(), zc.data(), r, m0, m1,
-                                      [&](std::int64_t m) { return ap[(p0 + m) / L]; });
-                           return;
-                         }
-                         if (!pixel_rows) {
-                           for (std::int64_t m = m0; m < m1; ++m) r.set_row(m, KB, K, ap[(p0 + m) / L], cp + (p0 + m) * C);
-                           return;
-                         }
-                         k.pack_sign_zero(cp + (p0 + m0) * C, (m1 - m0) * C, r.a.data() + m0 * KB, r.z.data() + m0 * KB,
-                                          zeros.data() + m0, C);
-                         for (std::int64_t m = m0; m < m1; ++m) {
-                           const std::int32_t zm = zeros[static_cast<std::size_t>(m)];
-                           r.has_zero[static_cast<std::size_t>(m)] = zm > 0;
-                           r.a_k[static_cast<std::size_t>(m)] = static_cast<std::int32_t>(K) - zm;
-                           r.scale[static_cast<std::size_t>(m)] = ap[(p0 + m) / L];
-                         }
+                         pixel_rows_of(r, zeros.data(), cp + (p0 + m0) * C, m0, m1,
+                                       [&](std::int64_t m) { return ap[(p0 + m) / L]; });
                        });
       kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>() + p0 * N, Mp, N, KB, wt);
       g.y_rs = N;
