@@ -700,6 +700,21 @@ struct ConvPatches {
 // Convs with fewer output positions per image than this run several images' patch rows as one GEMM.
 constexpr std::int64_t kConvBatchRows = 256;
 
+// binary_codes' rule (the bitnet centre, zero_negative) on one float32 image's n elements x into
+// out: sign_kernels().binary_codes(args, e0, e1) writes the codes of elements [e0, e1).
+kernels::BinarizeArgs image_codes_args(const float* x, std::int8_t* out, const float* center, std::int64_t n) {
+  kernels::BinarizeArgs a;
+  a.input = x;
+  a.output = out;
+  a.center = center;
+  a.numel = n;
+  a.inner = n;
+  a.channels = 1;
+  a.zero_negative = true;
+  a.dtype = kernels::DType::kFloat32;
+  return a;
+}
+
 // Convs with 2- or 1-bit weights and at least this many patch rows run on the weight widened to int8.
 constexpr std::int64_t kConvWidenRows = 16;
 
@@ -872,15 +887,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
                            given.center[bi], true);
           });
         } else if (given.center != nullptr) {  // the image's int8 codes (binary_codes' kernel on its run)
-          kernels::BinarizeArgs a;
-          a.input = xp + bi * C * H * W;
-          a.output = xq;
-          a.center = given.center + bi;
-          a.numel = C * H * W;
-          a.inner = C * H * W;
-          a.channels = 1;
-          a.zero_negative = true;
-          a.dtype = kernels::DType::kFloat32;
+          const kernels::BinarizeArgs a = image_codes_args(xp + bi * C * H * W, xq, given.center + bi, C * H * W);
           steps(C * H * W, 4096, [&](std::int64_t e0, std::int64_t e1) { sign.binary_codes(a, e0, e1); });
         } else if (fused_quantize) {
           steps(H, 1, [&](std::int64_t h0, std::int64_t h1) {  // image rows [h0, h1), one call
@@ -1584,16 +1591,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       for (std::int64_t bi = b0; bi < b1; ++bi) {
         if ((bi - b0) % stats.group == 0)
           stats(bi, static_cast<int>(std::min<std::int64_t>(stats.group, b1 - bi)), cen, alp);
-        kernels::BinarizeArgs a;  // binary_codes' rule (bitnet, zero_negative) on the image's run
-        a.input = xp + bi * L * C;
-        a.output = xq.get();
-        a.center = cen + bi;
-        a.numel = L * C;
-        a.inner = L * C;
-        a.channels = 1;
-        a.zero_negative = true;
-        a.dtype = kernels::DType::kFloat32;
-        sign.binary_codes(a, 0, L * C);
+        sign.binary_codes(image_codes_args(xp + bi * L * C, xq.get(), cen + bi, L * C), 0, L * C);
         const float s = alp[bi];
         pixel_rows_of(r, zeros.data(), xq.get(), bi * L, (bi + 1) * L, [s](std::int64_t) { return s; });
         k.gemm_xnor(rows_of(g, bi * L, (bi + 1) * L), 0, N);
@@ -1601,8 +1599,24 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     });
     return y;
   }
-  std::tie(codes, alpha) = xnor_conv_codes(input, cl);
-  cp = codes.data_ptr<std::int8_t>();
+  // The per-image form at the end (an image per thread, rows of many positions or of at most 16
+  // bytes from NCHW) computes each image's statistics and codes on its thread too, into the
+  // thread's buffer, just before the image's rows (xnor_conv_codes' region before it was a second
+  // region over the batch; docs/benchmarks.md, fifty-first session).
+  const bool batched_form = L < kConvBatchRows && (cl || !per_image || KB > 16);
+  const bool own_codes = per_image && !(cl && pointwise) && !batched_form && input.scalar_type() == at::kFloat;
+  const at::Tensor xf = own_codes ? input.contiguous(cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous)
+                                  : at::Tensor();
+  std::optional<XnorImageStats> own_stats;
+  at::Tensor own_center;
+  if (own_codes) {
+    own_stats.emplace(xf.const_data_ptr<float>(), C, H * W, cl);
+    own_center = at::empty({B}, xf.options());
+    alpha = at::empty({B}, xf.options());
+  } else {
+    std::tie(codes, alpha) = xnor_conv_codes(input, cl);
+    cp = codes.data_ptr<std::int8_t>();
+  }
   ap = alpha.data_ptr<float>();
   // One thread's image buffers: the codes' layout, and with byte runs each padded pixel's sign bits
   // and zero-code bits (bit c % 8 of byte c / 8) and its zero count, 8 codes per 64-bit word.
@@ -1621,8 +1635,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     im.pz.resize(static_cast<std::size_t>(byte_runs ? Hp * Wp : 0));
     return im;
   };
-  const auto prepare = [&](Image& im, std::int64_t bi) {
-    const std::int8_t* xq = cp + bi * C * H * W;
+  const auto prepare = [&](Image& im, const std::int8_t* xq) {  // xq: the image's codes
     if (!byte_runs) {
       cpt.layout(k, xq, cl, std::int8_t{0}, im.xc.data(), im.ps.data());
       return;
@@ -1725,7 +1738,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   // slower and did not scale past one thread (8 x 32 x 8 x 8 -> 192: 61 us on 1 thread and on 2);
   // with longer rows the per-image GEMM (16-64 rows) loses to the batched one (8 x 256 x 4 x 4 ->
   // 256, 3x3: 0.57x), docs/benchmarks.md, twenty-second session.
-  if (L < kConvBatchRows && (cl || !per_image || KB > 16)) {
+  if (batched_form) {
     // few positions per image: several images' rows in one popcount GEMM (as conv2d_int8's) into
     // [rows, N], each image's slice transposed into NCHW: images [bb0, bb1), each step across the
     // threads (inner: the GEMM in tiles of 64 output columns x row ranges), or all on the calling
@@ -1741,7 +1754,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
           Image im = image_buffers();
           std::vector<std::int8_t> patch(static_cast<std::size_t>(K));
           for (std::int64_t i = i0; i < i1; ++i) {
-            prepare(im, b0 + i);
+            prepare(im, cp + (b0 + i) * C * H * W);
             for (std::int64_t l = 0; l < L; ++l) fill_row(im, b0 + i, l, r, i * L + l, patch.data());
           }
         });
@@ -1771,9 +1784,20 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     Image im = image_buffers();
     XnorRows r(L, KB);
     std::vector<std::int32_t> zeros(static_cast<std::size_t>(pixel_rows ? L : 0));
+    struct TagCodes;
+    const kernels::BoundedScratch<std::int8_t, TagCodes> own(static_cast<std::size_t>(own_codes ? C * H * W : 1));
     for (std::int64_t bi = b0; bi < b1; ++bi) {
+      const std::int8_t* xq = own_codes ? own.get() : cp + bi * C * H * W;  // the image's codes
+      if (own_codes) {  // its statistics (G images at a time), then its codes (binary_codes' rule)
+        float* cen = own_center.data_ptr<float>();
+        if ((bi - b0) % own_stats->group == 0)
+          (*own_stats)(bi, static_cast<int>(std::min<std::int64_t>(own_stats->group, b1 - bi)), cen,
+                       alpha.data_ptr<float>());
+        kernels::cpu::sign_kernels().binary_codes(
+            image_codes_args(xf.const_data_ptr<float>() + bi * C * H * W, own.get(), cen + bi, C * H * W), 0, C * H * W);
+      }
       if (pixel_rows) {
-        cpt.layout(k, cp + bi * C * H * W, cl, std::int8_t{0}, im.xc.data(), nullptr);  // [L, C] codes
+        cpt.layout(k, xq, cl, std::int8_t{0}, im.xc.data(), nullptr);  // [L, C] codes
         const auto pack_rows = [&](std::int64_t l0, std::int64_t l1) {  // rows [l0, l1): KB bytes each
           k.pack_sign_zero(im.xc.data() + l0 * C, (l1 - l0) * C, r.a.data() + l0 * KB, r.z.data() + l0 * KB,
                            zeros.data() + l0, C);
@@ -1790,7 +1814,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
           at::parallel_for(0, L, 256, pack_rows);
         }
       } else if (narrow_rows) {
-        cpt.layout(k, cp + bi * C * H * W, cl, std::int8_t{0}, im.xc.data(), nullptr);  // [L, C] codes
+        cpt.layout(k, xq, cl, std::int8_t{0}, im.xc.data(), nullptr);  // [L, C] codes
         const auto widen = [&](std::int64_t l0, std::int64_t l1) {  // rows [l0, l1) from their pixels' bits
           k.pack_sign_zero(im.xc.data() + l0 * C, (l1 - l0) * C, im.sb.data() + l0 * CB, im.zb.data() + l0 * CB,
                            im.pz.data() + l0, C);
@@ -1803,7 +1827,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
           at::parallel_for(0, L, 256, widen);
         }
       } else {
-        prepare(im, bi);
+        prepare(im, xq);
         const auto rows = [&](std::int64_t l0, std::int64_t l1) {
           std::vector<std::int8_t> patch(static_cast<std::size_t>(byte_runs ? 0 : K));  // the thread's patch
           for (std::int64_t l = l0; l < l1; ++l) fill_row(im, bi, l, r, l, patch.data());
