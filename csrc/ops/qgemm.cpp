@@ -79,7 +79,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "conv2d_int8(Tensor input, Tensor weight, int weight_bits, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, int act_quant_min, "
-      "int act_quant_max, Tensor? bias=None, int groups=1) -> Tensor",
+      "int act_quant_max, Tensor? bias=None, int groups=1, bool relu=False) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w4a8(Tensor input, Tensor weight, Tensor group_scale, int group_size, "
@@ -88,7 +88,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "conv2d_w4a8(Tensor input, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
       "Tensor group_scale, int group_size, float act_scale, int act_zero_point, int act_quant_min, int act_quant_max, "
-      "Tensor? bias=None, int groups=1) -> Tensor",
+      "Tensor? bias=None, int groups=1, bool relu=False) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def("pack_int4_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("pack_int8_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
@@ -105,7 +105,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
         {at::Tag::pt2_compliant_tag});
   m.def(
       "conv2d_w1a1(Tensor input, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-      "Tensor weight_scale, Tensor? bias=None, int groups=1) -> Tensor",
+      "Tensor weight_scale, Tensor? bias=None, int groups=1, bool relu=False) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def("linear_w8_weight_only(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias=None) -> Tensor",
         {at::Tag::pt2_compliant_tag});
@@ -599,9 +599,10 @@ at::Tensor linear_w1a1(const at::Tensor& input, const at::Tensor& weight, const 
 
 at::Tensor conv2d_w1a1(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+                       const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups,
+                       bool relu) {
   static auto op = ops::op_handle<decltype(conv2d_w1a1)>("qatkit::conv2d_w1a1");
-  return op.call(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups);
+  return op.call(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups, relu);
 }
 
 at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
@@ -617,20 +618,20 @@ at::Tensor conv2d_w4a8(const at::Tensor& input, const at::Tensor& weight, at::In
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                        const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                        std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                       const std::optional<at::Tensor>& bias, std::int64_t groups) {
+                       const std::optional<at::Tensor>& bias, std::int64_t groups, bool relu) {
   static auto op = ops::op_handle<decltype(conv2d_w4a8)>("qatkit::conv2d_w4a8");
   return op.call(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size, act_scale,
-                 act_zero_point, act_quant_min, act_quant_max, bias, groups);
+                 act_zero_point, act_quant_min, act_quant_max, bias, groups, relu);
 }
 
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                        at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double act_scale,
                        std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                       const std::optional<at::Tensor>& bias, std::int64_t groups) {
+                       const std::optional<at::Tensor>& bias, std::int64_t groups, bool relu) {
   static auto op = ops::op_handle<decltype(conv2d_int8)>("qatkit::conv2d_int8");
   return op.call(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr, out_scale, act_scale,
-                 act_zero_point, act_quant_min, act_quant_max, bias, groups);
+                 act_zero_point, act_quant_min, act_quant_max, bias, groups, relu);
 }
 
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,

@@ -446,7 +446,11 @@ def _pool_attrs(m, nd: int) -> dict:
 
 
 def _float_module(g: _Graph, m: nn.Module, x: str, in_shape, out_shape, where: str) -> str:
+    from .qat.fuse import FusedReLU
+
     t = type(m)
+    if t is FusedReLU:  # the ReLU qatkit.fuse_relu fused into the conv before it (exported without it)
+        return g.node("Relu", [x], where)
     if t in (nn.Identity, nn.Dropout):
         return x
     if t is nn.ReLU:

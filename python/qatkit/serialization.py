@@ -225,7 +225,8 @@ class _Packed:
         if self.packing is None:
             return "weight=float"
         bits, _, packing = self.packing
-        return f"weight={self.weight_spec.describe()}, packed={tuple(self.weight_packed.shape)} ({bits} bit, {packing})"
+        relu = ", relu=True" if getattr(self, "relu", False) else ""  # a fused ReLU (qatkit.fuse_relu)
+        return f"weight={self.weight_spec.describe()}, packed={tuple(self.weight_packed.shape)} ({bits} bit, {packing}){relu}"
 
 
 class PackedLinear(_Packed, QuantizedLinear):
@@ -624,6 +625,7 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module],
     """The module tree :func:`load` can rebuild, or None and why when the model is not an
     nn.Sequential tree of packed layers and known modules (custom forwards need :func:`load_into`):
     the first module load could not rebuild as it is, named."""
+    from .qat.fuse import FusedReLU
     from .qat.prepare import _hooked_norm
 
     gap: List[str] = []
@@ -634,6 +636,8 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module],
             return {"type": "packed", "name": name}
         if aliases and name in aliases:  # the same layer again: load puts the same module there
             return {"type": "packed", "name": aliases[name]}
+        if type(m) is FusedReLU:  # a ReLU fused into the conv before it (whose layer is written without it)
+            return {"type": "ReLU", "args": {}}
         if type(m) is nn.Sequential:
             kids = []
             for n, c in m._modules.items():  # (named_children() would skip a module used twice)
@@ -1053,7 +1057,8 @@ def _warn_narrow_dtype(where: str, quantized: Dict[str, nn.Module], stacklevel: 
                   stacklevel=stacklevel)
 
 
-def _set_compute(model: nn.Module, compute: str, where: str) -> nn.Module:
+def _set_compute(model: nn.Module, compute: str, where: str, fuse: bool) -> nn.Module:
+    from .qat.fuse import fuse_relu
     from .qat.integer import set_compute
 
     if compute not in ("integer", "float"):
@@ -1063,10 +1068,12 @@ def _set_compute(model: nn.Module, compute: str, where: str) -> nn.Module:
         model.compute_report = set_compute(model, compute, warn=False, kernels_only=True)
         if compute == "integer":
             _warn_narrow_dtype(where, layers, stacklevel=4)  # (the caller of load / load_into)
+            if fuse:  # the ReLUs after convs into the convs' kernels (qatkit.fuse_relu)
+                model.fusion_report = fuse_relu(model)
     return model
 
 
-def load(path: str, compute: str = "integer") -> nn.Module:
+def load(path: str, compute: str = "integer", fuse_relu: bool = True) -> nn.Module:
     """Rebuild the model an exported file describes: an ``nn.Sequential`` tree of packed layers
     and known modules (activations, pooling, Flatten, Dropout, BatchNorm, LayerNorm, and float
     Linear / Conv1d / Conv2d / Embedding layers left unquantized).
@@ -1076,11 +1083,16 @@ def load(path: str, compute: str = "integer") -> nn.Module:
             ``qatkit.convert(model, integer=True)`` (docs/integer.md); the others keep float math,
             bit for bit ``qatkit.convert(model)``, and ``model.compute_report`` lists them with the
             reason. ``"float"``: every layer computes what the QAT model computed.
+        fuse_relu: with integer compute, each ``nn.ReLU`` that follows a conv in an ``nn.Sequential``
+            runs in the conv's kernel (:func:`qatkit.fuse_relu`: the same values, one pass less);
+            ``model.fusion_report`` lists the fused and skipped pairs. False keeps the modules as
+            the file describes them.
 
     Raises:
         ValueError: a corrupt or foreign file, or one whose model is not such a tree (load it with
             :func:`load_into` into a model you build).
     """
+    check_flags("load", fuse_relu=fuse_relu)
     header = read_header(path)
     if header.get("structure") is None:
         raise ValueError(
@@ -1100,7 +1112,7 @@ def load(path: str, compute: str = "integer") -> nn.Module:
         if at.get(name) is not layer:
             raise ValueError(f"load: {path!r}: layer {name!r} is not in the structure at its own name")
     _load_floats(path, model, header, tensors)
-    return _set_compute(model.eval(), compute, "load")
+    return _set_compute(model.eval(), compute, "load", fuse_relu)
 
 
 def _gap(header: dict) -> str:
@@ -1162,12 +1174,14 @@ def _split_attention(model: nn.Module, layers: Dict[str, nn.Module]) -> None:
             replace_module(model, name, QuantMultiheadAttention.from_float(m, LayerSpec(None, None)))
 
 
-def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str = "integer") -> nn.Module:
+def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str = "integer",
+              fuse_relu: bool = True) -> nn.Module:
     """Load an exported file into a model of the same architecture (a float model, e.g. a Hugging
     Face model built from its float checkpoint or config, or one already prepared / converted):
     every quantized layer the file holds replaces the module at its name with a packed layer,
-    folded BatchNorms become Identity, and every other tensor loads by name. ``compute`` as for
-    :func:`load`.
+    folded BatchNorms become Identity, and every other tensor loads by name. ``compute`` and
+    ``fuse_relu`` as for :func:`load` (a model's own forward keeps its ReLUs: only ``nn.Sequential``
+    children are fused).
 
     Raises:
         ValueError: a corrupt or foreign file, or one that does not fit the model (a layer name the
@@ -1175,7 +1189,7 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_into: model must be an nn.Module, got {type(model).__name__}")
-    check_flags("load_into", inplace=inplace)
+    check_flags("load_into", inplace=inplace, fuse_relu=fuse_relu)
     header = read_header(path)
     tensors = _tensors(path)
     layers = _packed_layers(path, header, tensors)
@@ -1221,4 +1235,4 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
                    else _SUBSTITUTES[kind]())
             replace_module(model, name, sub)
     _load_floats(path, model, header, tensors)
-    return _set_compute(model.eval(), compute, "load_into")
+    return _set_compute(model.eval(), compute, "load_into", fuse_relu)

@@ -731,6 +731,30 @@ constexpr std::int64_t kConvWidenRows = 16;
 // codes of sign(x - centre[b]) (binary_codes' rule, zero_negative) computed from the input where the
 // quantization would run, straight into the int16 pixels / planes where it would write them (no int8
 // codes tensor, no widening copy: docs/benchmarks.md, forty-ninth session).
+// A fused ReLU (the convs' relu argument): torch.relu's values in place on n floats, y < 0 -> 0
+// (NaN and -0.0 kept): the table's relu_f32, or the loop.
+void relu_span(float* y, std::int64_t n) {
+  const auto& k = kernels::cpu::qgemm_kernels();
+  if (k.relu_f32 != nullptr) return k.relu_f32(y, n);
+  for (std::int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];
+}
+
+// The same on a whole (contiguous in its memory format) float32 output, in parallel: the convs'
+// paths that do not apply it image by image while the image's output is in cache (FusedRelu).
+void relu_inplace(const at::Tensor& y) {
+  float* p = y.data_ptr<float>();
+  at::parallel_for(0, y.numel(), std::int64_t{1} << 14,
+                   [&](std::int64_t i0, std::int64_t i1) { relu_span(p + i0, i1 - i0); });
+}
+
+// A conv's fused ReLU: `pending` until a path applies it to every image's output as it finishes
+// the image (relu_span, in the image's parallel task); the op applies what is still pending to the
+// whole output (relu_inplace). One pass over the output in the op instead of the nn.ReLU module's
+// dispatch and its second op (docs/benchmarks.md, fifty-first session).
+struct FusedRelu {
+  bool pending = false;
+};
+
 // With prepare (and centres): the conv computes the images' centres and scales itself, calling
 // (*prepare)(b, g) for images [b, b + g) (g <= prepare_group) before it reads them: on the image's
 // own thread just before its codes where images run in parallel through the channels-last pixels
@@ -749,7 +773,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                             double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
                             std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups,
-                            const GivenCodes& given = {}, NanReport* nan = nullptr) {
+                            const GivenCodes& given = {}, NanReport* nan = nullptr, FusedRelu* relu = nullptr) {
   const auto [ho, wo] =
       ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
@@ -868,6 +892,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       // rows_in_parallel (fewer images than threads): every step of the image split across the
       // threads (with only the conv's rows in parallel, 1 x 256 x 28 x 28 ran 0.5x oneDNN's fp32,
       // the second thread waiting through the serial quantization and transposes)
+      bool relu_images = false;  // the fused ReLU image by image (an image per thread)
       const auto image = [&](std::int64_t bi, std::int8_t* xq, std::int16_t* xc, std::int16_t* xt, float* yt,
                              bool rows_in_parallel) {
         const auto steps = [&](std::int64_t n, std::int64_t grain, const auto& f) {
@@ -963,6 +988,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L);
           });
         }
+        if (relu_images) relu_span(yb, N * L);  // the image's output, in cache
       };
       // each thread's image buffers (every element written before it is read: the codes by
       // quantize_rows, the padded pixels by the border fill and the transposes (narrow rows: the
@@ -989,6 +1015,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
                        kernels::BoundedScratch<float, TagY>(static_cast<std::size_t>(nhwc ? 1 : L * N))};
       };
       if (per_image) {
+        relu_images = relu != nullptr && relu->pending;
         at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
           const Buffers bufs = buffers();
           for (std::int64_t bi = b0; bi < b1; ++bi) {
@@ -997,6 +1024,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), false);
           }
         });
+        if (relu_images) relu->pending = false;
       } else {
         const Buffers bufs = buffers();
         for (std::int64_t bi = 0; bi < B; ++bi) image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), true);
@@ -1474,7 +1502,8 @@ std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool 
 // the GEMM's [L, N] rows as they are; otherwise NCHW (each image's rows transposed).
 at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                            FusedRelu* relu = nullptr) {
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const std::int64_t kh = kernel_size[0], kw = kernel_size[1], K = C * kh * kw;
@@ -1494,6 +1523,8 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   const std::int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool per_image = B >= at::get_num_threads();
+  // the fused ReLU image by image where the images run in parallel (the per-image forms below)
+  const bool relu_images = relu != nullptr && relu->pending && per_image;
   // the patch rows (channels-last, as conv2d_int8's), and the weight bits in their order (held)
   const ConvPatches cpt(C, 1, H, W, kernel_size, stride, padding, dilation, wo);
   const bool reordered = kh * kw > 1 && C > 1;
@@ -1595,8 +1626,10 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
         const float s = alp[bi];
         pixel_rows_of(r, zeros.data(), xq.get(), bi * L, (bi + 1) * L, [s](std::int64_t) { return s; });
         k.gemm_xnor(rows_of(g, bi * L, (bi + 1) * L), 0, N);
+        if (relu_images) relu_span(y.data_ptr<float>() + bi * L * N, L * N);  // the image's output, in cache
       }
     });
+    if (relu_images) relu->pending = false;
     return y;
   }
   // The per-image form at the end (an image per thread, rows of many positions or of at most 16
@@ -1853,13 +1886,17 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
       g.y_rs = cl || !direct ? N : 1;
       g.y_cs = cl || !direct ? 1 : L;
       gemm_columns(per_image, N, [&](std::int64_t n0, std::int64_t n1) { k.gemm_xnor(g, n0, n1); });
-      if (direct) continue;  // the GEMM wrote the image's output: channels_last rows, or NCHW planes
-      const auto out = [&](std::int64_t l0, std::int64_t l1) { k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L); };
-      if (per_image) {
-        out(0, L);
-      } else {
-        at::parallel_for(0, L, 64, out);
+      if (!direct) {  // (direct: the GEMM wrote the image's output, channels_last rows or NCHW planes)
+        const auto out = [&](std::int64_t l0, std::int64_t l1) {
+          k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L);
+        };
+        if (per_image) {
+          out(0, L);
+        } else {
+          at::parallel_for(0, L, 64, out);
+        }
       }
+      if (relu_images) relu_span(yb, N * L);  // the image's output, in cache
     }
   };
   if (per_image) {
@@ -1867,6 +1904,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   } else {
     run(0, B);
   }
+  if (relu_images) relu->pending = false;
   return y;
 }
 
@@ -1890,13 +1928,16 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                            double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
-                           std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+                           std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups,
+                           bool relu) {
   return oom_as_error("conv2d_int8", input, kernel_size, stride, padding, [&] {
     NanReport nan;
+    FusedRelu fr{relu};
     at::Tensor y = conv2d_int8_impl(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr,
                                     out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups,
-                                    {}, &nan);
-    nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);
+                                    {}, &nan, &fr);
+    nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);  // (relu(NaN) is NaN: either order)
+    if (fr.pending) relu_inplace(y);
     return y;
   });
 }
@@ -1905,12 +1946,13 @@ at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                            const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                           const std::optional<at::Tensor>& bias, std::int64_t groups) {
+                           const std::optional<at::Tensor>& bias, std::int64_t groups, bool relu) {
   return oom_as_error("conv2d_w4a8", input, kernel_size, stride, padding, [&] {
     NanReport nan;
     at::Tensor y = conv2d_w4a8_impl(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
                                     act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups, &nan);
     nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);
+    if (relu) relu_inplace(y);
     return y;
   });
 }
@@ -1935,7 +1977,7 @@ std::pair<at::Tensor, at::Tensor> unit_requantization(std::int64_t N, const at::
 at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
-                               std::int64_t groups) {
+                               std::int64_t groups, FusedRelu* relu) {
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), Cg = C / groups;
   check_w1a1_args("conv2d_w1a1", input, Cg * kernel_size[0] * kernel_size[1], weight, weight_scale, bias);
@@ -1966,7 +2008,7 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
     given.prepare = &prepare;
     given.prepare_group = stats.group;
     return conv2d_int8_impl(x, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127, bias,
-                            groups, given);
+                            groups, given, nullptr, relu);
   }
   if (Cg == 1) {  // the statistics here, the codes in the conv (GivenCodes::center)
     at::Tensor center;
@@ -1989,7 +2031,7 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
     given.image_scale = scales.data_ptr<float>();
     given.center = center.const_data_ptr<float>();
     return conv2d_int8_impl(input, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127,
-                            bias, groups, given);
+                            bias, groups, given, nullptr, relu);
   }
   const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
   const at::Tensor scales = at::mul(alpha.reshape({B, 1}), weight_scale.reshape({1, N})).contiguous();
@@ -2003,14 +2045,19 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
 
 at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups) {
+                           const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups,
+                           bool relu) {
   return oom_as_error("conv2d_w1a1", input, kernel_size, stride, padding, [&] {
     // a 1-channel input is a depthwise conv with N outputs per channel: the direct kernels on its
     // codes (the planar form's 4 outputs per pass), the same bits as the popcount GEMM on its
     // K = kh * kw bits (364 x 1 x 8 x 8 -> 32: 323 -> 118-130 us; docs/benchmarks.md, forty-sixth session)
-    if (groups != 1 || (input.dim() == 4 && input.size(1) == 1))
-      return conv2d_w1a1_grouped(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups);
-    return conv2d_w1a1_impl(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias);
+    FusedRelu fr{relu};
+    at::Tensor y =
+        groups != 1 || (input.dim() == 4 && input.size(1) == 1)
+            ? conv2d_w1a1_grouped(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups, &fr)
+            : conv2d_w1a1_impl(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, &fr);
+    if (fr.pending) relu_inplace(y);
+    return y;
   });
 }
 

@@ -270,6 +270,17 @@ class QuantizedLinear(_Quantized):
 class _QuantizedConv(_Quantized):
     #: spatial dims: 1 (QuantizedConv1d) or 2 (QuantizedConv2d)
     _nd = 2
+    #: a fused ReLU (:func:`qatkit.fuse_relu`): the layer's output is ``torch.relu`` of the conv's, the
+    #: integer kernels writing it (their ``relu`` argument); set through :meth:`set_relu`
+    relu = False
+
+    def set_relu(self, relu: bool) -> None:
+        """Fuse (or unfuse) a ReLU into the layer's output; the kernel plan binds it, so it is rebuilt."""
+        self.__dict__["relu"] = bool(relu)
+        self.__dict__.pop("_int8_plan", None)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")
 
     def __init__(self, qmod, w=None, bias=None):
         super().__init__()
@@ -300,14 +311,16 @@ class _QuantizedConv(_Quantized):
             if x.dim() == nd + 1:  # unbatched (C, L) / (C, H, W), as QuantConv1d / 2d
                 return self.forward(x.unsqueeze(0)).squeeze(0)
             if form is not None:
-                return _integer.conv(self, x, nd)
+                return _integer.conv(self, x, nd)  # (the fused ReLU applied there)
             x = self.quantize_input(x)
             w = self.dequantized_weight()
             fn = F.conv1d if nd == 1 else F.conv2d
             if self.padding_mode != "zeros":
                 x = F.pad(x, self._rpt, mode=self.padding_mode)
-                return fn(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
-            return fn(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+                y = fn(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+            else:
+                y = fn(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return torch.relu(y) if self.relu else y
         except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
             _integer.reraise_named(self, e)
 
