@@ -173,18 +173,47 @@ kernels::QConvDirectArgs direct_conv_args(std::vector<std::int64_t>& koff, std::
   return a;
 }
 
+// A fused ReLU (the convs' relu argument): torch.relu's values in place on n floats, y < 0 -> 0
+// (NaN and -0.0 kept): the table's relu_f32, or the loop.
+void relu_span(float* y, std::int64_t n) {
+  const auto& k = kernels::cpu::qgemm_kernels();
+  if (k.relu_f32 != nullptr) return k.relu_f32(y, n);
+  for (std::int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];
+}
+
+// The same on a whole (contiguous in its memory format) float32 output, in parallel: the convs'
+// paths that do not apply it image by image while the image's output is in cache (FusedRelu).
+void relu_inplace(const at::Tensor& y) {
+  float* p = y.data_ptr<float>();
+  at::parallel_for(0, y.numel(), std::int64_t{1} << 14,
+                   [&](std::int64_t i0, std::int64_t i1) { relu_span(p + i0, i1 - i0); });
+}
+
+// A conv's fused ReLU: `pending` until a path applies it to every image's output as it finishes
+// the image (relu_span, in the image's parallel task); the op applies what is still pending to the
+// whole output (relu_inplace). One pass over the output in the op instead of the nn.ReLU module's
+// dispatch and its second op (docs/benchmarks.md, fifty-first session).
+struct FusedRelu {
+  bool pending = false;
+};
+
 // fn (the table's conv_w4 or conv_s8) over every output pixel, tiles of 16 across the threads, each
-// thread every conv group (group(gi, a) sets a's per-group fields) and output channel.
+// thread every conv group (group(gi, a) sets a's per-group fields) and output channel. With
+// relu_pixels (a channels_last output, N floats a pixel): the fused ReLU on each task's pixels once
+// every group wrote them.
 template <class Group>
 void run_direct_conv(void (*fn)(const kernels::QConvDirectArgs&, std::int64_t, std::int64_t),
-                     const kernels::QConvDirectArgs& cg, std::int64_t groups, const Group& group) {
+                     const kernels::QConvDirectArgs& cg, std::int64_t groups, const Group& group,
+                     float* relu_pixels = nullptr, std::int64_t N = 0) {
   const std::int64_t M = cg.M;
   at::parallel_for(0, (M + 15) / 16, 1, [&](std::int64_t t0, std::int64_t t1) {
+    const std::int64_t m0 = t0 * 16, m1 = std::min(M, t1 * 16);
     for (std::int64_t gi = 0; gi < groups; ++gi) {
       kernels::QConvDirectArgs a = cg;
       group(gi, a);
-      fn(a, t0 * 16, std::min(M, t1 * 16));
+      fn(a, m0, m1);
     }
+    if (relu_pixels != nullptr) relu_span(relu_pixels + m0 * N, (m1 - m0) * N);
   });
 }
 
@@ -731,30 +760,6 @@ constexpr std::int64_t kConvWidenRows = 16;
 // codes of sign(x - centre[b]) (binary_codes' rule, zero_negative) computed from the input where the
 // quantization would run, straight into the int16 pixels / planes where it would write them (no int8
 // codes tensor, no widening copy: docs/benchmarks.md, forty-ninth session).
-// A fused ReLU (the convs' relu argument): torch.relu's values in place on n floats, y < 0 -> 0
-// (NaN and -0.0 kept): the table's relu_f32, or the loop.
-void relu_span(float* y, std::int64_t n) {
-  const auto& k = kernels::cpu::qgemm_kernels();
-  if (k.relu_f32 != nullptr) return k.relu_f32(y, n);
-  for (std::int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];
-}
-
-// The same on a whole (contiguous in its memory format) float32 output, in parallel: the convs'
-// paths that do not apply it image by image while the image's output is in cache (FusedRelu).
-void relu_inplace(const at::Tensor& y) {
-  float* p = y.data_ptr<float>();
-  at::parallel_for(0, y.numel(), std::int64_t{1} << 14,
-                   [&](std::int64_t i0, std::int64_t i1) { relu_span(p + i0, i1 - i0); });
-}
-
-// A conv's fused ReLU: `pending` until a path applies it to every image's output as it finishes
-// the image (relu_span, in the image's parallel task); the op applies what is still pending to the
-// whole output (relu_inplace). One pass over the output in the op instead of the nn.ReLU module's
-// dispatch and its second op (docs/benchmarks.md, fifty-first session).
-struct FusedRelu {
-  bool pending = false;
-};
-
 // With prepare (and centres): the conv computes the images' centres and scales itself, calling
 // (*prepare)(b, g) for images [b, b + g) (g <= prepare_group) before it reads them: on the image's
 // own thread just before its codes where images run in parallel through the channels-last pixels
@@ -1060,6 +1065,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       chunk = ((mult + want - 1) / want + 3) / 4 * 4;
       splits = (mult + chunk - 1) / chunk;
     }
+    const bool relu_planes = relu != nullptr && relu->pending;
     at::parallel_for(0, planes * splits, 1, [&](std::int64_t t0, std::int64_t t1) {
       const std::int64_t cap = splits > 1 ? 1 : std::min(run_cap, t1 - t0);
       std::vector<std::int8_t> xq(static_cast<std::size_t>(given_any || k.quantize_s16 ? 0 : cap * HW));
@@ -1103,9 +1109,11 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         gi.bias = g.bias != nullptr ? g.bias + ci * mult : nullptr;
         gi.y = y.data_ptr<float>() + (bi * N + ci * mult) * L;
         k.dwconv(gi, n0, n1);
+        if (relu_planes) relu_span(gi.y + n0 * L, (n1 - n0) * L);  // the task's output planes, in cache
         t += splits > 1 ? 1 : np;
       }
     });
+    if (relu_planes) relu->pending = false;
     return y;
   }
   // the table's direct conv on padded planes (QConvDirectArgs): output pixels in vector lanes, no
@@ -1139,14 +1147,19 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     const float* osp = os.const_data_ptr<float>();
     const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
     float* yp = y.data_ptr<float>();
-    run_direct_conv(k.conv_s8, cg, groups, [&](std::int64_t gi, kernels::QConvDirectArgs& a) {
-      a.x = xc + gi * Cg * Hp * Wp;
-      a.w = qp + gi * Ng * K4;
-      a.init = init.data() + gi * Ng;
-      a.out_scale = osp + gi * Ng;
-      a.bias = bp ? bp + gi * Ng : nullptr;
-      a.y = yp + gi * Ng * (nhwc ? 1 : L);
-    });
+    const bool relu_pixels = nhwc && relu != nullptr && relu->pending;  // (NCHW: the op's pass)
+    run_direct_conv(
+        k.conv_s8, cg, groups,
+        [&](std::int64_t gi, kernels::QConvDirectArgs& a) {
+          a.x = xc + gi * Cg * Hp * Wp;
+          a.w = qp + gi * Ng * K4;
+          a.init = init.data() + gi * Ng;
+          a.out_scale = osp + gi * Ng;
+          a.bias = bp ? bp + gi * Ng : nullptr;
+          a.y = yp + gi * Ng * (nhwc ? 1 : L);
+        },
+        relu_pixels ? yp : nullptr, N);
+    if (relu_pixels) relu->pending = false;
     return y;
   }
   // the patch rows (channels-last), and the weight rows in their order
@@ -1224,6 +1237,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     // rows), into [rows, Ng], and each image's slice is transposed into the NCHW output: images
     // [bb0, bb1), each step's work across the threads (inner: the GEMM in tiles of 64 output
     // columns x row ranges), or all on the calling thread (images_by_thread).
+    const bool relu_here = relu != nullptr && relu->pending;  // the fused ReLU as the outputs are written
     const auto batched = [&](std::int64_t bb0, std::int64_t bb1, bool inner) {
       const std::int64_t chunk = std::min(bb1 - bb0, (2 * kConvBatchRows + L - 1) / L), HWC = cp.image_size(),
                          PS = cp.sums_size();
@@ -1271,8 +1285,15 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           // (b0 + r / L, r % L), N floats apart), no transpose
           float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.get();
           const std::int64_t yo_rs = nhwc ? N : Ng;
+          // the fused ReLU on rows [r0, r1) x columns [c0, c1) of a channels_last output as the GEMM
+          // writes them (NCHW: each image's planes after their transpose, below)
+          const auto relu_block = [&](std::int64_t r0, std::int64_t r1, std::int64_t c0, std::int64_t c1) {
+            if (!relu_here || !nhwc) return;
+            for (std::int64_t r = r0; r < r1; ++r) relu_span(yo + r * yo_rs + c0, c1 - c0);
+          };
           if (!inner) {
             gemm(rows_a, rows_sum, Mc, gi, yo, yo_rs, 1, 0, Ng);
+            relu_block(0, Mc, 0, Ng);
           } else {
             // row ranges: enough tiles for two per thread; consecutive tasks share their columns
             const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
@@ -1283,13 +1304,17 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
                 if (r0 >= Mc) continue;
                 gemm(rows_a + r0 * K_row, rows_sum + r0, std::min(mt, Mc - r0), gi, yo + r0 * yo_rs, yo_rs, 1, c0,
                      std::min(Ng, c0 + 64));
+                relu_block(r0, std::min(Mc, r0 + mt), c0, std::min(Ng, c0 + 64));
               }
             });
           }
           if (nhwc) continue;
           maybe_parallel(inner, 0, nb, 1, [&](std::int64_t i0, std::int64_t i1) {
-            for (std::int64_t i = i0; i < i1; ++i)  // [L, Ng] -> the group's [Ng, L] of image b0 + i
-              k.transpose_f32(yt.get() + i * L * Ng, L, Ng, Ng, y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L, L);
+            for (std::int64_t i = i0; i < i1; ++i) {  // [L, Ng] -> the group's [Ng, L] of image b0 + i
+              float* planes = y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L;
+              k.transpose_f32(yt.get() + i * L * Ng, L, Ng, Ng, planes, L);
+              if (relu_here) relu_span(planes, Ng * L);  // the fused ReLU, in cache
+            }
           });
         }
       }
@@ -1299,9 +1324,11 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     } else {
       batched(0, B, true);
     }
+    if (relu_here) relu->pending = false;
     return y;
   }
   const bool direct = cp.direct(nhwc), pixel_rows = cp.rows_are_pixels(nhwc, K_row);
+  const bool relu_images = relu != nullptr && relu->pending && per_image;  // image by image
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
     std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
     std::vector<std::int8_t> xc(static_cast<std::size_t>(cp.image_size()));
@@ -1335,10 +1362,12 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           gemm(a, a_rows, L, gi, yb, nhwc ? N : 1, nhwc ? 1 : L, c0, c1);
         });
       }
+      if (relu_images) relu_span(y.data_ptr<float>() + bi * N * L, N * L);  // the image's output, in cache
     }
   };
   if (per_image) {
     at::parallel_for(0, B, 1, run);
+    if (relu_images) relu->pending = false;
   } else {
     run(0, B);
   }
