@@ -184,6 +184,22 @@ CATCH_TEST_CASE("linear_dynamic_int8 from C++: BitLinear's per-token integer for
                           Catch::Contains("weight_scale must have shape [N] = [20]"));
 }
 
+CATCH_TEST_CASE("the convs' fused ReLU from C++: relu(conv) bit for bit, the default unfused", "[api]") {
+  torch::manual_seed(6);
+  const torch::Tensor x = torch::randn({3, 8, 9, 7}) * 2;
+  const torch::Tensor w = torch::randint(-127, 128, {16, 72}).to(torch::kChar);
+  const torch::Tensor corr = torch::randint(-300, 300, {16}).to(torch::kInt), scale = torch::rand({16}) * 0.01;
+  const torch::Tensor b = torch::randn({16}) - 1;
+  for (const torch::Tensor& xi : {x, x.contiguous(at::MemoryFormat::ChannelsLast)}) {
+    const torch::Tensor plain = qatkit::conv2d_int8(xi, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0, 255, b);
+    const torch::Tensor fused =
+        qatkit::conv2d_int8(xi, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0, 255, b, 1, true);
+    CATCH_CHECK(torch::equal(fused, torch::relu(plain)));
+    CATCH_CHECK(plain.lt(0).any().item<bool>());  // the ReLU had work: negative outputs unfused
+    CATCH_CHECK(fused.strides() == plain.strides());
+  }
+}
+
 CATCH_TEST_CASE("integer kernels from C++: a backward through them raises, naming the op", "[api]") {
   torch::manual_seed(6);
   const torch::Tensor x = (torch::randn({3, 70}) * 3).requires_grad_(), w = torch::randint(-1, 2, {20, 70}).to(torch::kChar);
