@@ -10,7 +10,10 @@ calibrated on random batches: speed only) FP32 against the same model PTQ'd, exp
 back on the integer kernels (``qatkit.load_into``) at w8a8, w4a8, ternary_twn, binary_w1a8 and xnor_w1a1,
 with the layers' kernels and the cosine of the loaded model's logits to the PTQ (fake-quant) model's;
 each also with channels_last inputs (FP32 converted with ``.to(memory_format=torch.channels_last)``;
-the integer convs follow their input's format).
+the integer convs follow their input's format). ``load_into`` fuses each ReLU after a conv in an
+``nn.Sequential`` into the conv's kernel (``qatkit.fuse_relu``: MobileNetV2's 34; ResNet-18's blocks
+have their own forward): where it fused any, the same file loaded with ``fuse_relu=False`` is timed
+too, in the same rounds, and the table gives the fusion's gain.
 
     python3 scripts/bench_conv_int8.py [--rounds 9] [--threads 2] [--no-models]
 """
@@ -156,10 +159,13 @@ def _models(rounds: int) -> None:
                 path = os.path.join(tmp, f"{name}_{preset}.safetensors")
                 qatkit.export(q, path)
                 loaded = qatkit.load_into(make().eval(), path)
+                if loaded.fusion_report["fused"]:  # the same file with its ReLUs as modules
+                    fns[f"{preset} unfused"] = qatkit.load_into(make().eval(), path, fuse_relu=False)
             kernels = Counter(integer.kernel_for(m) or "float" for m in loaded.modules() if isinstance(m, _Quantized))
             with torch.no_grad():
                 cos = float(F.cosine_similarity(loaded(x).flatten(), q.eval()(x).flatten(), 0))
-            notes[preset] = (", ".join(f"{k_} {n_}" for k_, n_ in sorted(kernels.items())), cos)
+            notes[preset] = (", ".join(f"{k_} {n_}" for k_, n_ in sorted(kernels.items())), cos,
+                             len(loaded.fusion_report["fused"]))
             fns[preset] = loaded
             bar.update()
         # channels_last (model.to(memory_format=torch.channels_last) for FP32; the loaded model's
@@ -172,14 +178,17 @@ def _models(rounds: int) -> None:
         with torch.no_grad():
             med = _medians(calls, rounds)
         for preset in MODEL_PRESETS:
+            un = f"{preset} unfused"
+            gain = (f"{med[un] / med[preset]:.2f}x / {med[un + ' cl'] / med[preset + ' cl']:.2f}x" if un in med
+                    else "-")
             lines.append(f"| {name} | {preset} | {med['fp32']:.2f} | {med[preset]:.2f} | "
                          f"{med['fp32'] / med[preset]:.2f}x | {med['fp32 cl']:.2f} | {med[preset + ' cl']:.2f} | "
-                         f"{med['fp32 cl'] / med[preset + ' cl']:.2f}x | "
+                         f"{med['fp32 cl'] / med[preset + ' cl']:.2f}x | {notes[preset][2]} | {gain} | "
                          f"{notes[preset][0]} | {notes[preset][1]:.5f} |")
     bar.close()
     print("\n| model (batch 8, 32 x 32) | preset | fp32 ms | loaded ms | vs fp32 | channels_last: fp32 ms | "
-          "loaded ms | vs fp32 | layers on | cosine to the PTQ model |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "loaded ms | vs fp32 | ReLUs fused | fused vs unfused (NCHW / cl) | layers on | cosine to the PTQ model |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
 
 

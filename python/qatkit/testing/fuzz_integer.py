@@ -409,15 +409,17 @@ def check_conv2d_int8(r: random.Random, device: str = "cpu") -> int:
     if fb is not None:
         y = y + fb.reshape(1, -1, 1)
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    relu = r.random() < 0.3  # the fused ReLU: torch.relu of the reference
     with _Machine(r, device) as m:
         got = m.back(ops.conv2d_int8(m(x), m(wl), bits, k, stride, padding, dilation, m(corr), m(scale), s, zp, qmin,
-                                     qmax, m(fb), groups))
+                                     qmax, m(fb), groups, relu))
     ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
     what = (f"conv2d_int8 bits={bits} layout{tuple(wl.shape)} x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} "
             f"groups={groups} k={k} stride={stride} padding={padding} dilation={dilation} "
-            f"act=({s}, {zp}, {qmin}, {qmax}) {m}")
-    _equal_or_raise(got, y.reshape(b, n, ho, wo), what)
+            f"act=({s}, {zp}, {qmin}, {qmax}) relu={relu} {m}")
+    y = y.reshape(b, n, ho, wo)
+    _equal_or_raise(got, torch.relu(y) if relu else y, what)
     if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
         raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
     return 1
@@ -442,12 +444,13 @@ def check_conv2d_w1a1(r: random.Random, device: str = "cpu") -> int:
     if fb is not None:
         want = want + fb.reshape(1, -1, 1, 1)
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    relu = r.random() < 0.3  # the fused ReLU: torch.relu of the reference
     with _Machine(r, device) as m:
         got = m.back(ops.conv2d_w1a1(m(x), m(ops.pack_binary_b1(wc.reshape(n, -1))), k, stride, padding, dilation,
-                                     m(ws), m(fb), groups))
+                                     m(ws), m(fb), groups, relu))
     what = (f"conv2d_w1a1 x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} groups={groups} k={k} stride={stride} "
-            f"padding={padding} dilation={dilation} {m}")
-    _equal_or_raise(got, want, what)
+            f"padding={padding} dilation={dilation} relu={relu} {m}")
+    _equal_or_raise(got, torch.relu(want) if relu else want, what)
     if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
         raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
     return 1
@@ -493,14 +496,17 @@ def check_conv2d_w4a8(r: random.Random, device: str = "cpu") -> int:
     if groups == 1 and r.random() < 0.5:
         wl = ops.pack_int4_panel(wl)
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    relu = r.random() < 0.3  # the fused ReLU: torch.relu of the reference
     with _Machine(r, device) as m:
         got = m.back(ops.conv2d_w4a8(m(x), m(wl), k, stride, padding, dilation, m(gscale), gs, s, zp, qmin, qmax, m(fb),
-                                     groups))
+                                     groups, relu))
     ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
     what = (f"conv2d_w4a8 layout{tuple(wl.shape)} x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} groups={groups} "
-            f"gs={gs} k={k} stride={stride} padding={padding} dilation={dilation} act=({s}, {zp}, {qmin}, {qmax}) {m}")
-    _equal_or_raise(got, y.reshape(b, n, ho, wo), what)
+            f"gs={gs} k={k} stride={stride} padding={padding} dilation={dilation} act=({s}, {zp}, {qmin}, {qmax}) "
+            f"relu={relu} {m}")
+    y = y.reshape(b, n, ho, wo)
+    _equal_or_raise(got, torch.relu(y) if relu else y, what)
     if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
         raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
     return 1
