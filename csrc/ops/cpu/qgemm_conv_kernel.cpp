@@ -293,7 +293,8 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                             std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                            const std::optional<at::Tensor>& bias, std::int64_t groups, NanReport* nan) {
+                            const std::optional<at::Tensor>& bias, std::int64_t groups, NanReport* nan,
+                            FusedRelu* relu = nullptr) {
   const ops::Conv2dW4A8Shape shp =
       ops::check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
                                   act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
@@ -358,14 +359,19 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     cg.act_scale = static_cast<double>(static_cast<float>(act_scale));
     cg.N = Ng;
     cg.group = group_size;
-    run_direct_conv(k.conv_w4, cg, groups, [&](std::int64_t gi, kernels::QConvDirectArgs& a) {
-      a.x = xc + gi * Cg * Hp * Wp;
-      a.w = qp + gi * Ng * K;
-      a.init = init.data() + gi * Ng * G;
-      a.gscale = gsp + gi * Ng * G;
-      a.bias = bp ? bp + gi * Ng : nullptr;
-      a.y = yp + gi * Ng * (nhwc ? 1 : L);
-    });
+    const bool relu_pixels = nhwc && relu != nullptr && relu->pending;  // (NCHW: the op's pass)
+    run_direct_conv(
+        k.conv_w4, cg, groups,
+        [&](std::int64_t gi, kernels::QConvDirectArgs& a) {
+          a.x = xc + gi * Cg * Hp * Wp;
+          a.w = qp + gi * Ng * K;
+          a.init = init.data() + gi * Ng * G;
+          a.gscale = gsp + gi * Ng * G;
+          a.bias = bp ? bp + gi * Ng : nullptr;
+          a.y = yp + gi * Ng * (nhwc ? 1 : L);
+        },
+        relu_pixels ? yp : nullptr, N);
+    if (relu_pixels) relu->pending = false;
     return y;
   }
   // kw codes at a time as one 8-byte copy (the next copy overwrites the rest; rows are built in order)
@@ -374,6 +380,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   std::vector<std::int64_t> run_off(static_cast<std::size_t>(Cg * kh));
   for (std::int64_t u = 0; u < Cg * kh; ++u) run_off[static_cast<std::size_t>(u)] = u / kh * Hp * Wp + u % kh * dh * Wp;
   const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{4} << 20) / K);
+  const bool relu_rows = relu != nullptr && relu->pending;  // the fused ReLU on each block's outputs
   at::parallel_for(0, M, 16, [&](std::int64_t m0, std::int64_t m1) {
     // rows per block: at most 4 MiB of codes, and at most 16 MiB of float outputs where they go
     // through yg (within BoundedScratch's bound)
@@ -460,8 +467,19 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
           }
         }
       }
+      if (!relu_rows) continue;
+      if (nhwc) {  // the block's pixels, every group written
+        relu_span(yp + r0 * N, rows * N);
+        continue;
+      }
+      for (std::int64_t r = 0; r < rows;) {  // NCHW: each image segment's run in every channel's plane
+        const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
+        for (std::int64_t n = 0; n < N; ++n) relu_span(yp + (bi * N + n) * L + l, len);
+        r += len;
+      }
     }
   });
+  if (relu_rows) relu->pending = false;
   return y;
 }
 
@@ -1978,10 +1996,11 @@ at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at
                            const std::optional<at::Tensor>& bias, std::int64_t groups, bool relu) {
   return oom_as_error("conv2d_w4a8", input, kernel_size, stride, padding, [&] {
     NanReport nan;
+    FusedRelu fr{relu};
     at::Tensor y = conv2d_w4a8_impl(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
-                                    act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups, &nan);
+                                    act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups, &nan, &fr);
     nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);
-    if (relu) relu_inplace(y);
+    if (fr.pending) relu_inplace(y);
     return y;
   });
 }
