@@ -14,7 +14,8 @@ Only an ``nn.Sequential`` whose forward is ``nn.Sequential.forward`` is fused (i
 after the other, each output feeding only the next); a model's own forward (a ResNet block's
 ``relu(bn(conv(x)) + identity)``) is left as it is. A pair is skipped, and named in the result's
 ``skipped`` with the reason, where fusing would change what some code sees: hooks on the conv, the
-ReLU or a module between them, a conv or ReLU module that appears in the model more than once.
+ReLU or a module between them (or global module forward hooks, which see every module), a conv or
+ReLU module that appears in the model more than once.
 
 :func:`qatkit.export` and :func:`qatkit.export_onnx` write a :class:`FusedReLU` as the ReLU it
 replaced (and the conv without it), so a fused model's file is the unfused model's file.
@@ -44,6 +45,14 @@ class FusedReLU(nn.Identity):
 
 def _has_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks or getattr(m, "_forward_hooks_with_kwargs", None))
+
+
+def _global_hooks() -> bool:
+    """torch.nn.modules.module.register_module_forward_(pre_)hook's hooks: they see every module's
+    output, the conv's included."""
+    from torch.nn.modules import module as _m
+
+    return bool(getattr(_m, "_global_forward_hooks", None) or getattr(_m, "_global_forward_pre_hooks", None))
 
 
 def _plain_sequential(m: nn.Module) -> bool:
@@ -78,7 +87,9 @@ def fuse_relu(model: nn.Module) -> Dict[str, List]:
             full = lambda k: f"{seq_name}.{k}" if seq_name else k  # noqa: E731
             between = [seq._modules[names[k]] for k in range(i + 1, j)]
             why = None
-            if any(_has_hooks(m) for m in [conv, relu, *between]):
+            if _global_hooks():
+                why = "a global module forward hook (register_module_forward_hook) would see other values"
+            elif any(_has_hooks(m) for m in [conv, relu, *between]):
                 why = "a hook on the conv, the ReLU or a module between them would see other values"
             elif uses[id(conv)] > 1 or uses[id(relu)] > 1:
                 why = "the conv or the ReLU module is used more than once in the model"

@@ -92,6 +92,15 @@ def test_hooks_and_shared_modules_are_not_fused(tmp_path):
     assert [s[:2] for s in report["skipped"]] == [("0", "2"), ("3", "4")]
     assert "hook" in report["skipped"][0][2] and "more than once" in report["skipped"][1][2]
     assert type(m[2]) is nn.ReLU and m[4] is shared and not m[0].relu and not m[3].relu
+    fresh = qatkit.load_into(_net().eval(), path, fuse_relu=False)
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda mod, i, o: None)
+    try:  # a global hook sees every module's output: nothing fused
+        report = qatkit.fuse_relu(fresh)
+    finally:
+        handle.remove()
+    assert report["fused"] == [] and all("global module forward hook" in s[2] for s in report["skipped"])
+    assert len(report["skipped"]) == 2 and type(fresh[2]) is nn.ReLU
+    assert len(qatkit.fuse_relu(fresh)["fused"]) == 2  # once it is gone
     with pytest.raises(TypeError, match="fuse_relu: model must be a torch.nn.Module"):
         qatkit.fuse_relu("model")
     with pytest.raises(TypeError, match="fuse_relu must be True or False"):
