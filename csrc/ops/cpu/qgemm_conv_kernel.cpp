@@ -2,6 +2,7 @@
 // patch rows, grouped GEMMs, direct depthwise kernels), conv2d_w4a8 and conv2d_w1a1 (XNOR), each on
 // the ISA table's GEMMs; a NaN input gives NaN windows (nan_outputs.h). The Linears: qgemm_kernel.cpp.
 #include <functional>
+#include <unordered_map>
 
 #include "qgemm_kernel_common.h"
 
@@ -1654,9 +1655,9 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
     const std::int64_t M = B * L;
     XnorRows r(M, KB);
     std::vector<std::int32_t> zeros(static_cast<std::size_t>(pixel_rows ? M : 0));
-    at::Tensor center = at::empty({B}, x.options()), alphas = at::empty({B}, x.options());
-    float* cen = center.data_ptr<float>();
-    float* alp = alphas.data_ptr<float>();
+    const at::Tensor held = at::empty({2 * B}, x.options());  // the images' centres, then alphas
+    float* cen = held.data_ptr<float>();
+    float* alp = cen + B;
     const float* xp = x.const_data_ptr<float>();
     const XnorImageStats stats(xp, C, H * W, true);
     kernels::QGemmXnorArgs g = r.args(wl, ws, b, y.data_ptr<float>(), M, N, KB, wt);
@@ -2006,11 +2007,16 @@ at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at
 }
 
 // [N] int32 zeros and float32 ones: a requantization with no correction and a unit scale (empty
-// tensors filled by loops: at::zeros / at::ones dispatch a fill each)
+// tensors filled by loops: at::zeros / at::ones dispatch a fill each). Held per thread and length
+// (up to 64 lengths): the callers only read them, and a small XNOR conv allocated them on every call.
 std::pair<at::Tensor, at::Tensor> unit_requantization(std::int64_t N, const at::TensorOptions& options) {
+  thread_local std::unordered_map<std::int64_t, std::pair<at::Tensor, at::Tensor>> held;
+  const auto it = held.find(N);
+  if (it != held.end()) return it->second;
   at::Tensor corr = at::empty({N}, options.dtype(at::kInt)), ones = at::empty({N}, options.dtype(at::kFloat));
   std::fill_n(corr.data_ptr<std::int32_t>(), N, 0);
   std::fill_n(ones.data_ptr<float>(), N, 1.f);
+  if (held.size() < 64) held.emplace(N, std::make_pair(corr, ones));
   return {corr, ones};
 }
 
@@ -2037,12 +2043,12 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
     // images in parallel: each image's statistics and scales computed by the conv's thread just
     // before the image's codes (GivenCodes::prepare), not in a parallel pass of their own
     const at::Tensor x = input.contiguous(format), wsc = weight_scale.contiguous();
-    at::Tensor center = at::empty({B}, x.options()), alpha = at::empty({B}, x.options()),
-               scales = at::empty({B, N}, x.options());
+    // the images' centres, alphas and [B, N] scales in one buffer
+    const at::Tensor held = at::empty({2 * B + B * N}, x.options());
     const XnorImageStats stats(x.const_data_ptr<float>(), C, x.size(2) * x.size(3), cl);
-    float* cp = center.data_ptr<float>();
-    float* ap = alpha.data_ptr<float>();
-    float* sp = scales.data_ptr<float>();
+    float* cp = held.data_ptr<float>();
+    float* ap = cp + B;
+    float* sp = ap + B;
     const float* w = wsc.const_data_ptr<float>();
     const std::function<void(std::int64_t, int)> prepare = [&](std::int64_t b, int g) {
       stats(b, g, cp, ap);
