@@ -10,10 +10,10 @@ calibrated on random batches: speed only) FP32 against the same model PTQ'd, exp
 back on the integer kernels (``qatkit.load_into``) at w8a8, w4a8, ternary_twn, binary_w1a8 and xnor_w1a1,
 with the layers' kernels and the cosine of the loaded model's logits to the PTQ (fake-quant) model's;
 each also with channels_last inputs (FP32 converted with ``.to(memory_format=torch.channels_last)``;
-the integer convs follow their input's format). ``load_into`` fuses each ReLU after a conv in an
-``nn.Sequential`` into the conv's kernel (``qatkit.fuse_relu``: MobileNetV2's 34; ResNet-18's blocks
-have their own forward): where it fused any, the same file loaded with ``fuse_relu=False`` is timed
-too, in the same rounds, and the table gives the fusion's gain.
+the integer convs follow their input's format). ``load_into`` fuses each ReLU / ReLU6 after a conv in
+an ``nn.Sequential`` into the conv's kernel (``qatkit.fuse_activations``: MobileNetV2's 35; ResNet-18's
+blocks have their own forward): where it fused any, the same file loaded with
+``fuse_activations=False`` is timed too, in the same rounds, and the table gives the fusion's gain.
 
     python3 scripts/bench_conv_int8.py [--rounds 9] [--threads 2] [--no-models]
 """
@@ -159,8 +159,8 @@ def _models(rounds: int) -> None:
                 path = os.path.join(tmp, f"{name}_{preset}.safetensors")
                 qatkit.export(q, path)
                 loaded = qatkit.load_into(make().eval(), path)
-                if loaded.fusion_report["fused"]:  # the same file with its ReLUs as modules
-                    fns[f"{preset} unfused"] = qatkit.load_into(make().eval(), path, fuse_relu=False)
+                if loaded.fusion_report["fused"]:  # the same file with its activations as modules
+                    fns[f"{preset} unfused"] = qatkit.load_into(make().eval(), path, fuse_activations=False)
             kernels = Counter(integer.kernel_for(m) or "float" for m in loaded.modules() if isinstance(m, _Quantized))
             with torch.no_grad():
                 cos = float(F.cosine_similarity(loaded(x).flatten(), q.eval()(x).flatten(), 0))
@@ -187,7 +187,7 @@ def _models(rounds: int) -> None:
                          f"{notes[preset][0]} | {notes[preset][1]:.5f} |")
     bar.close()
     print("\n| model (batch 8, 32 x 32) | preset | fp32 ms | loaded ms | vs fp32 | channels_last: fp32 ms | "
-          "loaded ms | vs fp32 | ReLUs fused | fused vs unfused (NCHW / cl) | layers on | cosine to the PTQ model |")
+          "loaded ms | vs fp32 | activations fused | fused vs unfused (NCHW / cl) | layers on | cosine to the PTQ model |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
 

@@ -79,7 +79,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "conv2d_int8(Tensor input, Tensor weight, int weight_bits, int[2] kernel_size, int[2] stride, int[2] padding, "
       "int[2] dilation, Tensor corr, Tensor out_scale, float act_scale, int act_zero_point, int act_quant_min, "
-      "int act_quant_max, Tensor? bias=None, int groups=1, bool relu=False) -> Tensor",
+      "int act_quant_max, Tensor? bias=None, int groups=1, float? clamp_min=None, float? clamp_max=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "linear_w4a8(Tensor input, Tensor weight, Tensor group_scale, int group_size, "
@@ -88,7 +88,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
   m.def(
       "conv2d_w4a8(Tensor input, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
       "Tensor group_scale, int group_size, float act_scale, int act_zero_point, int act_quant_min, int act_quant_max, "
-      "Tensor? bias=None, int groups=1, bool relu=False) -> Tensor",
+      "Tensor? bias=None, int groups=1, float? clamp_min=None, float? clamp_max=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def("pack_int4_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("pack_int8_panel(Tensor weight) -> Tensor", {at::Tag::pt2_compliant_tag});
@@ -105,7 +105,7 @@ TORCH_LIBRARY_FRAGMENT(qatkit, m) {
         {at::Tag::pt2_compliant_tag});
   m.def(
       "conv2d_w1a1(Tensor input, Tensor weight, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
-      "Tensor weight_scale, Tensor? bias=None, int groups=1, bool relu=False) -> Tensor",
+      "Tensor weight_scale, Tensor? bias=None, int groups=1, float? clamp_min=None, float? clamp_max=None) -> Tensor",
       {at::Tag::pt2_compliant_tag});
   m.def("linear_w8_weight_only(Tensor input, Tensor weight, Tensor weight_scale, Tensor? bias=None) -> Tensor",
         {at::Tag::pt2_compliant_tag});
@@ -323,6 +323,19 @@ std::array<std::int64_t, 2> check_conv2d_geometry(const char* op, const at::Tens
                     fmt::format("{}: the padded input ({} x {} pixels of {} channels) is larger than 2^40 codes", op,
                                 Hp, Wp, C));
   return {ho, wo};
+}
+
+std::pair<float, float> check_output_clamp(const char* op, std::optional<double> clamp_min,
+                                           std::optional<double> clamp_max) {
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  TORCH_CHECK_VALUE(!(clamp_min && std::isnan(*clamp_min)) && !(clamp_max && std::isnan(*clamp_max)),
+                    fmt::format("{}: clamp_min and clamp_max must not be NaN, got {} and {}", op,
+                                clamp_min ? fmt::format("{}", *clamp_min) : "None",
+                                clamp_max ? fmt::format("{}", *clamp_max) : "None"));
+  const float lo = clamp_min ? static_cast<float>(*clamp_min) : -inf;
+  const float hi = clamp_max ? static_cast<float>(*clamp_max) : inf;
+  TORCH_CHECK_VALUE(lo <= hi, fmt::format("{}: clamp_min ({}) must be at most clamp_max ({})", op, lo, hi));
+  return {lo, hi};
 }
 
 std::array<std::int64_t, 2> check_conv2d_int8_args(const at::Tensor& input, const at::Tensor& weight, std::int64_t bits,
@@ -600,9 +613,10 @@ at::Tensor linear_w1a1(const at::Tensor& input, const at::Tensor& weight, const 
 at::Tensor conv2d_w1a1(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                        const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups,
-                       bool relu) {
+                       std::optional<double> clamp_min, std::optional<double> clamp_max) {
   static auto op = ops::op_handle<decltype(conv2d_w1a1)>("qatkit::conv2d_w1a1");
-  return op.call(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups, relu);
+  return op.call(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups, clamp_min,
+                 clamp_max);
 }
 
 at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& group_scale,
@@ -618,20 +632,22 @@ at::Tensor conv2d_w4a8(const at::Tensor& input, const at::Tensor& weight, at::In
                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                        const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                        std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                       const std::optional<at::Tensor>& bias, std::int64_t groups, bool relu) {
+                       const std::optional<at::Tensor>& bias, std::int64_t groups, std::optional<double> clamp_min,
+                       std::optional<double> clamp_max) {
   static auto op = ops::op_handle<decltype(conv2d_w4a8)>("qatkit::conv2d_w4a8");
   return op.call(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size, act_scale,
-                 act_zero_point, act_quant_min, act_quant_max, bias, groups, relu);
+                 act_zero_point, act_quant_min, act_quant_max, bias, groups, clamp_min, clamp_max);
 }
 
 at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                        at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double act_scale,
                        std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                       const std::optional<at::Tensor>& bias, std::int64_t groups, bool relu) {
+                       const std::optional<at::Tensor>& bias, std::int64_t groups, std::optional<double> clamp_min,
+                       std::optional<double> clamp_max) {
   static auto op = ops::op_handle<decltype(conv2d_int8)>("qatkit::conv2d_int8");
   return op.call(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr, out_scale, act_scale,
-                 act_zero_point, act_quant_min, act_quant_max, bias, groups, relu);
+                 act_zero_point, act_quant_min, act_quant_max, bias, groups, clamp_min, clamp_max);
 }
 
 at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& corr,

@@ -157,6 +157,12 @@ void check_linear_w4_weight_only_args(const at::Tensor& input, const at::Tensor&
 /// linear_w4_weight_only's and linear_w4a8's N: group_scale's rows, or 16 per block of blocked scales.
 std::int64_t w4_weight_only_rows(const at::Tensor& group_scale);
 
+/// The convs' fused clamp (clamp_min / clamp_max: a ReLU, ReLU6 or Hardtanh after the conv) as
+/// float32 bounds (torch.clamp casts its scalars to the tensor's dtype), -inf / +inf where absent.
+/// NaN bounds and clamp_min > clamp_max are errors naming `op`.
+std::pair<float, float> check_output_clamp(const char* op, std::optional<double> clamp_min,
+                                           std::optional<double> clamp_max);
+
 /// Whether conv2d_int8 reads its input as NHWC and gives a channels_last output: an input whose
 /// strides suggest channels_last (torch's rule for its own convs' outputs,
 /// Tensor::suggest_memory_format). Every device and Meta give the output this format, so a

@@ -132,14 +132,17 @@ QATKIT_API at::Tensor linear_int8(const at::Tensor& input, const at::Tensor& wei
 /// code of 0) times the weight flattened to [N, C/groups*kh*kw] — int8 for weight_bits 8 (groups 1: or
 /// pack_int8_panel's layout, N then corr's length), packed as
 /// for linear_w2a8 / linear_w1a8 for 2 / 1 — with linear_int8's corr / requantization / bias;
-/// returns float32 [B, N, Ho, Wo]; with relu, max(y, 0) (torch.relu's values: NaN and -0.0 kept) in
-/// the op (a fused Conv2d + ReLU). Not differentiable.
+/// returns float32 [B, N, Ho, Wo]. clamp_min / clamp_max (absent: no bound): the op writes
+/// torch.clamp(y, clamp_min, clamp_max)'s values (y < min -> min, y > max -> max; NaN and -0.0 kept),
+/// a fused Conv2d + ReLU (min 0), ReLU6 (0, 6) or Hardtanh; NaN bounds or min > max are errors.
+/// Not differentiable.
 QATKIT_API at::Tensor conv2d_int8(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                                   at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                                   double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
                                   std::int64_t act_quant_max, const std::optional<at::Tensor>& bias = std::nullopt,
-                                  std::int64_t groups = 1, bool relu = false);
+                                  std::int64_t groups = 1, std::optional<double> clamp_min = std::nullopt,
+                                  std::optional<double> clamp_max = std::nullopt);
 
 /// W4A8 Linear with a float32 weight scale per group of K (docs/integer.md, "static_group"): per
 /// group exact int32 code sums (with the input zero-point term, formed from the codes), combined in float64 in
@@ -157,13 +160,14 @@ QATKIT_API at::Tensor linear_w4a8(const at::Tensor& input, const at::Tensor& wei
 /// * kw (a zero-padded position holds the code of 0) — times the weight flattened to [N, K] and
 /// packed as for linear_w4a8 (groups 1: or its panel layout), group_scale [N, K / group_size];
 /// returns float32 [B, N, Ho, Wo] (channels_last for a channels_last input). The integer-exact
-/// simulation's bits (qatkit.qat.integer); relu as conv2d_int8's. Not differentiable.
+/// simulation's bits (qatkit.qat.integer); clamp_min / clamp_max as conv2d_int8's. Not differentiable.
 QATKIT_API at::Tensor conv2d_w4a8(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                   const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                                   std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                                   const std::optional<at::Tensor>& bias = std::nullopt, std::int64_t groups = 1,
-                                  bool relu = false);
+                                  std::optional<double> clamp_min = std::nullopt,
+                                  std::optional<double> clamp_max = std::nullopt);
 
 /// linear_w4a8's panel layout (kernels/common/qgemm_args.h, QGemmW4Args::panel) from the W4 row
 /// layout (uint8 [N, K / 2], pack_int4_w4): uint8 [ceil(N / 16), ceil(K / 128), 1024], 16 rows
@@ -202,11 +206,12 @@ QATKIT_API at::Tensor linear_w1a1(const at::Tensor& input, const at::Tensor& wei
 /// A Conv2d (float32 [B, C, H, W], NCHW or channels_last) on linear_w1a1's arithmetic: the input
 /// binarized per image, its code patches (zero padding: code 0, kept out of the sums) against the
 /// weight flattened to [N, C/groups*kh*kw] and packed as for linear_w1a1. Returns float32
-/// [B, N, Ho, Wo] in the input's memory format; relu as conv2d_int8's. Not differentiable.
+/// [B, N, Ho, Wo] in the input's memory format; clamp_min / clamp_max as conv2d_int8's. Not differentiable.
 QATKIT_API at::Tensor conv2d_w1a1(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                   const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias = std::nullopt,
-                                  std::int64_t groups = 1, bool relu = false);
+                                  std::int64_t groups = 1, std::optional<double> clamp_min = std::nullopt,
+                                  std::optional<double> clamp_max = std::nullopt);
 
 /// Weight-only int4 Linear (float activations): weights in the W4 kernel layout (uint8 [N, K / 2],
 /// pack_int4_w4) dequantized in registers as (q - group_zero) * group_scale (float32, the bits of

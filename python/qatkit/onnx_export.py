@@ -446,11 +446,11 @@ def _pool_attrs(m, nd: int) -> dict:
 
 
 def _float_module(g: _Graph, m: nn.Module, x: str, in_shape, out_shape, where: str) -> str:
-    from .qat.fuse import FusedReLU
+    from .qat.fuse import FusedActivation
 
+    if type(m) is FusedActivation:  # fused into the conv before it (exported without it): the activation
+        m = m.unfused()
     t = type(m)
-    if t is FusedReLU:  # the ReLU qatkit.fuse_relu fused into the conv before it (exported without it)
-        return g.node("Relu", [x], where)
     if t in (nn.Identity, nn.Dropout):
         return x
     if t is nn.ReLU:
@@ -656,8 +656,10 @@ def export_onnx(
     warn_hooks(model, "export_onnx", "The ONNX graph holds each module's own computation, not what its hooks do")
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
+    from .qat.fuse import check_fused
     from .serialization import sync_loaded
 
+    check_fused(model, "export_onnx")  # a fused activation the graph would drop
     sync_loaded(model)  # a loaded layer's packed bytes written in place: its codes follow
     was_training = model.training
     model.eval()

@@ -556,7 +556,8 @@ def conv2d_int8(
     act_quant_max: int,
     bias: Optional[torch.Tensor] = None,
     groups: int = 1,
-    relu: bool = False,
+    clamp_min: Optional[float] = None,
+    clamp_max: Optional[float] = None,
 ) -> torch.Tensor:
     """A Conv2d on the integer kernels (docs/integer.md, "static" form; grouped and depthwise convs
     too: one GEMM per group): the NCHW float32 input quantized once per image, int8 patches (a
@@ -568,12 +569,15 @@ def conv2d_int8(
     group's input channels) reads a NaN input are NaN, as in the float conv (docs/integer.md, "NaN
     inputs"). Inference only. The packed layouts
     pad ``C/groups*kh*kw`` (to 4, 128 or 32 codes), so the op checks the input's channels only to
-    that: the caller checks them itself (the loaded layers do). ``relu``: a fused ReLU, ``torch.relu``'s
-    values (NaN and -0.0 kept) written by the op (what :func:`qatkit.fuse_relu` sets on a loaded conv
-    that an ``nn.ReLU`` follows)."""
+    that: the caller checks them itself (the loaded layers do). ``clamp_min`` / ``clamp_max`` (``None``:
+    no bound): a fused activation, ``torch.clamp(y, clamp_min, clamp_max)``'s values (NaN and -0.0
+    kept) written by the op, as each image's output is still in cache: what
+    :func:`qatkit.fuse_activations` sets on a loaded conv that an ``nn.ReLU`` (``clamp_min=0``),
+    ``nn.ReLU6`` (0, 6) or ``nn.Hardtanh`` follows. The bounds are cast to float32 as
+    ``torch.clamp`` casts them; NaN bounds or ``clamp_min > clamp_max`` raise ``ValueError``."""
     return torch.ops.qatkit.conv2d_int8(input, weight, weight_bits, list(kernel_size), list(stride), list(padding),
                                         list(dilation), corr, out_scale, act_scale, act_zero_point, act_quant_min,
-                                        act_quant_max, bias, groups, relu)
+                                        act_quant_max, bias, groups, clamp_min, clamp_max)
 
 
 def linear_w1a8(
@@ -698,7 +702,8 @@ def conv2d_w1a1(
     weight_scale: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     groups: int = 1,
-    relu: bool = False,
+    clamp_min: Optional[float] = None,
+    clamp_max: Optional[float] = None,
 ) -> torch.Tensor:
     """A Conv2d (float32 ``[B, C, H, W]``, NCHW or channels_last) on :func:`linear_w1a1`'s
     arithmetic: the input binarized per image, patches of its codes against the weight flattened to
@@ -708,9 +713,9 @@ def conv2d_w1a1(
     on the codes: the same exact sums and requantization. Returns float32 ``[B, N, Ho, Wo]`` in the
     input's memory format. Inference only. The packing pads ``C/groups*kh*kw`` to a multiple of 32,
     so the op checks the input's channels only to that: the caller checks them itself (the loaded
-    layers do). ``relu``: a fused ReLU, as :func:`conv2d_int8`'s."""
+    layers do). ``clamp_min`` / ``clamp_max``: a fused activation, as :func:`conv2d_int8`'s."""
     return torch.ops.qatkit.conv2d_w1a1(input, weight, list(kernel_size), list(stride), list(padding), list(dilation),
-                                        weight_scale, bias, groups, relu)
+                                        weight_scale, bias, groups, clamp_min, clamp_max)
 
 
 def linear_w4a8(
@@ -754,7 +759,8 @@ def conv2d_w4a8(
     act_quant_max: int,
     bias: Optional[torch.Tensor] = None,
     groups: int = 1,
-    relu: bool = False,
+    clamp_min: Optional[float] = None,
+    clamp_max: Optional[float] = None,
 ) -> torch.Tensor:
     """A Conv2d (float32 ``[B, C, H, W]``, NCHW or channels_last) on :func:`linear_w4a8`'s
     arithmetic (the "static_group" form of a conv): the input quantized once, its patch rows in
@@ -763,14 +769,15 @@ def conv2d_w4a8(
     flattened to ``[N, K]`` and packed by :func:`pack_int4_w4` (``groups == 1``: or
     :func:`pack_int4_panel`), ``group_scale`` float32 ``[N, K / group_size]``. Returns float32 ``[B,
     N, Ho, Wo]`` in the input's memory format; outputs whose window reads a NaN input are NaN
-    (docs/integer.md, "NaN inputs"); ``relu``: a fused ReLU, as :func:`conv2d_int8`'s. Inference only.
+    (docs/integer.md, "NaN inputs"); ``clamp_min`` / ``clamp_max``: a fused activation, as
+    :func:`conv2d_int8`'s. Inference only.
 
     Raises:
         TypeError / ValueError: dtypes, shapes, the geometry, groups, the activation range.
     """
     return torch.ops.qatkit.conv2d_w4a8(input, weight, list(kernel_size), list(stride), list(padding), list(dilation),
                                         group_scale, group_size, act_scale, act_zero_point, act_quant_min,
-                                        act_quant_max, bias, groups, relu)
+                                        act_quant_max, bias, groups, clamp_min, clamp_max)
 
 
 def pack_int4_w4(codes: torch.Tensor) -> torch.Tensor:

@@ -225,8 +225,9 @@ class _Packed:
         if self.packing is None:
             return "weight=float"
         bits, _, packing = self.packing
-        relu = ", relu=True" if getattr(self, "relu", False) else ""  # a fused ReLU (qatkit.fuse_relu)
-        return f"weight={self.weight_spec.describe()}, packed={tuple(self.weight_packed.shape)} ({bits} bit, {packing}){relu}"
+        c = getattr(self, "output_clamp", None)  # a fused activation (qatkit.fuse_activations)
+        act = "" if c is None else f", output_clamp={c}"
+        return f"weight={self.weight_spec.describe()}, packed={tuple(self.weight_packed.shape)} ({bits} bit, {packing}){act}"
 
 
 class PackedLinear(_Packed, QuantizedLinear):
@@ -471,6 +472,7 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
 
     from . import __version__
     from .qat.convert import QAT_TYPES
+    from .qat.fuse import check_fused
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"export: model must be an nn.Module, got {type(model).__name__}")
@@ -490,6 +492,7 @@ def export(model: nn.Module, path: str, *, base3: bool = False) -> dict:
                "(qatkit.load_into keeps the hooks of the model it loads into)")
     if any(isinstance(m, QAT_TYPES) for m in model.modules()):
         model = convert(model)
+    check_fused(model, "export")  # a fused activation the file would drop
     layers, tensors = {}, {}
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, _Quantized)}
     if not quantized:
@@ -625,7 +628,7 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module],
     """The module tree :func:`load` can rebuild, or None and why when the model is not an
     nn.Sequential tree of packed layers and known modules (custom forwards need :func:`load_into`):
     the first module load could not rebuild as it is, named."""
-    from .qat.fuse import FusedReLU
+    from .qat.fuse import FusedActivation
     from .qat.prepare import _hooked_norm
 
     gap: List[str] = []
@@ -636,8 +639,8 @@ def _structure(model: nn.Module, quantized: Dict[str, nn.Module],
             return {"type": "packed", "name": name}
         if aliases and name in aliases:  # the same layer again: load puts the same module there
             return {"type": "packed", "name": aliases[name]}
-        if type(m) is FusedReLU:  # a ReLU fused into the conv before it (whose layer is written without it)
-            return {"type": "ReLU", "args": {}}
+        if type(m) is FusedActivation:  # fused into the conv before it (whose layer is written without it)
+            m = m.unfused()
         if type(m) is nn.Sequential:
             kids = []
             for n, c in m._modules.items():  # (named_children() would skip a module used twice)
@@ -1058,7 +1061,7 @@ def _warn_narrow_dtype(where: str, quantized: Dict[str, nn.Module], stacklevel: 
 
 
 def _set_compute(model: nn.Module, compute: str, where: str, fuse: bool) -> nn.Module:
-    from .qat.fuse import fuse_relu
+    from .qat.fuse import fuse_activations
     from .qat.integer import set_compute
 
     if compute not in ("integer", "float"):
@@ -1068,12 +1071,12 @@ def _set_compute(model: nn.Module, compute: str, where: str, fuse: bool) -> nn.M
         model.compute_report = set_compute(model, compute, warn=False, kernels_only=True)
         if compute == "integer":
             _warn_narrow_dtype(where, layers, stacklevel=4)  # (the caller of load / load_into)
-            if fuse:  # the ReLUs after convs into the convs' kernels (qatkit.fuse_relu)
-                model.fusion_report = fuse_relu(model)
+            if fuse:  # the ReLUs / ReLU6s / Hardtanhs after convs into the convs' kernels
+                model.fusion_report = fuse_activations(model)
     return model
 
 
-def load(path: str, compute: str = "integer", fuse_relu: bool = True) -> nn.Module:
+def load(path: str, compute: str = "integer", fuse_activations: bool = True) -> nn.Module:
     """Rebuild the model an exported file describes: an ``nn.Sequential`` tree of packed layers
     and known modules (activations, pooling, Flatten, Dropout, BatchNorm, LayerNorm, and float
     Linear / Conv1d / Conv2d / Embedding layers left unquantized).
@@ -1083,8 +1086,9 @@ def load(path: str, compute: str = "integer", fuse_relu: bool = True) -> nn.Modu
             ``qatkit.convert(model, integer=True)`` (docs/integer.md); the others keep float math,
             bit for bit ``qatkit.convert(model)``, and ``model.compute_report`` lists them with the
             reason. ``"float"``: every layer computes what the QAT model computed.
-        fuse_relu: with integer compute, each ``nn.ReLU`` that follows a conv in an ``nn.Sequential``
-            runs in the conv's kernel (:func:`qatkit.fuse_relu`: the same values, one pass less);
+        fuse_activations: with integer compute, each ``nn.ReLU``, ``nn.ReLU6`` or ``nn.Hardtanh``
+            that follows a conv in an ``nn.Sequential`` runs in the conv's kernel
+            (:func:`qatkit.fuse_activations`: the same values, one pass less);
             ``model.fusion_report`` lists the fused and skipped pairs. False keeps the modules as
             the file describes them.
 
@@ -1092,7 +1096,7 @@ def load(path: str, compute: str = "integer", fuse_relu: bool = True) -> nn.Modu
         ValueError: a corrupt or foreign file, or one whose model is not such a tree (load it with
             :func:`load_into` into a model you build).
     """
-    check_flags("load", fuse_relu=fuse_relu)
+    check_flags("load", fuse_activations=fuse_activations)
     header = read_header(path)
     if header.get("structure") is None:
         raise ValueError(
@@ -1112,7 +1116,7 @@ def load(path: str, compute: str = "integer", fuse_relu: bool = True) -> nn.Modu
         if at.get(name) is not layer:
             raise ValueError(f"load: {path!r}: layer {name!r} is not in the structure at its own name")
     _load_floats(path, model, header, tensors)
-    return _set_compute(model.eval(), compute, "load", fuse_relu)
+    return _set_compute(model.eval(), compute, "load", fuse_activations)
 
 
 def _gap(header: dict) -> str:
@@ -1175,13 +1179,13 @@ def _split_attention(model: nn.Module, layers: Dict[str, nn.Module]) -> None:
 
 
 def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str = "integer",
-              fuse_relu: bool = True) -> nn.Module:
+              fuse_activations: bool = True) -> nn.Module:
     """Load an exported file into a model of the same architecture (a float model, e.g. a Hugging
     Face model built from its float checkpoint or config, or one already prepared / converted):
     every quantized layer the file holds replaces the module at its name with a packed layer,
     folded BatchNorms become Identity, and every other tensor loads by name. ``compute`` and
-    ``fuse_relu`` as for :func:`load` (a model's own forward keeps its ReLUs: only ``nn.Sequential``
-    children are fused).
+    ``fuse_activations`` as for :func:`load` (a model's own forward keeps its activations: only
+    ``nn.Sequential`` children are fused).
 
     Raises:
         ValueError: a corrupt or foreign file, or one that does not fit the model (a layer name the
@@ -1189,7 +1193,7 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_into: model must be an nn.Module, got {type(model).__name__}")
-    check_flags("load_into", inplace=inplace, fuse_relu=fuse_relu)
+    check_flags("load_into", inplace=inplace, fuse_activations=fuse_activations)
     header = read_header(path)
     tensors = _tensors(path)
     layers = _packed_layers(path, header, tensors)
@@ -1235,4 +1239,4 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
                    else _SUBSTITUTES[kind]())
             replace_module(model, name, sub)
     _load_floats(path, model, header, tensors)
-    return _set_compute(model.eval(), compute, "load_into", fuse_relu)
+    return _set_compute(model.eval(), compute, "load_into", fuse_activations)

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 #include "catch.h"
 
+#include <cmath>
 #include <functional>
 #include <thread>
 #include <vector>
@@ -184,7 +185,8 @@ CATCH_TEST_CASE("linear_dynamic_int8 from C++: BitLinear's per-token integer for
                           Catch::Contains("weight_scale must have shape [N] = [20]"));
 }
 
-CATCH_TEST_CASE("the convs' fused ReLU from C++: relu(conv) bit for bit, the default unfused", "[api]") {
+CATCH_TEST_CASE("the convs' fused clamp from C++: ReLU / ReLU6 / Hardtanh of the conv bit for bit, the default unclamped",
+                "[api]") {
   torch::manual_seed(6);
   const torch::Tensor x = torch::randn({3, 8, 9, 7}) * 2;
   const torch::Tensor w = torch::randint(-127, 128, {16, 72}).to(torch::kChar);
@@ -192,12 +194,25 @@ CATCH_TEST_CASE("the convs' fused ReLU from C++: relu(conv) bit for bit, the def
   const torch::Tensor b = torch::randn({16}) - 1;
   for (const torch::Tensor& xi : {x, x.contiguous(at::MemoryFormat::ChannelsLast)}) {
     const torch::Tensor plain = qatkit::conv2d_int8(xi, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0, 255, b);
-    const torch::Tensor fused =
-        qatkit::conv2d_int8(xi, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0, 255, b, 1, true);
-    CATCH_CHECK(torch::equal(fused, torch::relu(plain)));
-    CATCH_CHECK(plain.lt(0).any().item<bool>());  // the ReLU had work: negative outputs unfused
-    CATCH_CHECK(fused.strides() == plain.strides());
+    const torch::Tensor relu =
+        qatkit::conv2d_int8(xi, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0, 255, b, 1, 0.0);
+    CATCH_CHECK(torch::equal(relu, torch::relu(plain)));
+    CATCH_CHECK(plain.lt(0).any().item<bool>());  // the clamp had work: negative outputs unfused
+    CATCH_CHECK(relu.strides() == plain.strides());
+    const torch::Tensor hardtanh =
+        qatkit::conv2d_int8(xi, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0, 255, b, 1, -0.5, 0.25);
+    CATCH_CHECK(torch::equal(hardtanh, torch::hardtanh(plain, -0.5, 0.25)));
+    CATCH_CHECK(plain.gt(0.25).any().item<bool>());
+    const torch::Tensor below = qatkit::conv2d_int8(xi, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0,
+                                                    255, b, 1, std::nullopt, 0.1);
+    CATCH_CHECK(torch::equal(below, torch::clamp_max(plain, 0.1)));
   }
+  CATCH_CHECK_THROWS_WITH(qatkit::conv2d_int8(x, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0, 255, b,
+                                              1, 1.0, 0.5),
+                          Catch::Contains("conv2d_int8: clamp_min (1) must be at most clamp_max (0.5)"));
+  CATCH_CHECK_THROWS_WITH(qatkit::conv2d_int8(x, w, 8, {3, 3}, {1, 1}, {1, 1}, {1, 1}, corr, scale, 0.04, 9, 0, 255, b,
+                                              1, std::nan("")),
+                          Catch::Contains("clamp_min and clamp_max must not be NaN"));
 }
 
 CATCH_TEST_CASE("integer kernels from C++: a backward through them raises, naming the op", "[api]") {

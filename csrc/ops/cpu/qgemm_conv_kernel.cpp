@@ -3,6 +3,8 @@
 // the ISA table's GEMMs; a NaN input gives NaN windows (nan_outputs.h). The Linears: qgemm_kernel.cpp.
 #include <functional>
 #include <unordered_map>
+#include <limits>
+#include <utility>
 
 #include "qgemm_kernel_common.h"
 
@@ -174,38 +176,42 @@ kernels::QConvDirectArgs direct_conv_args(std::vector<std::int64_t>& koff, std::
   return a;
 }
 
-// A fused ReLU (the convs' relu argument): torch.relu's values in place on n floats, y < 0 -> 0
-// (NaN and -0.0 kept): the table's relu_f32, or the loop.
-void relu_span(float* y, std::int64_t n) {
-  const auto& k = kernels::cpu::qgemm_kernels();
-  if (k.relu_f32 != nullptr) return k.relu_f32(y, n);
-  for (std::int64_t i = 0; i < n; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];
-}
-
-// The same on a whole (contiguous in its memory format) float32 output, in parallel: the convs'
-// paths that do not apply it image by image while the image's output is in cache (FusedRelu).
-void relu_inplace(const at::Tensor& y) {
-  float* p = y.data_ptr<float>();
-  at::parallel_for(0, y.numel(), std::int64_t{1} << 14,
-                   [&](std::int64_t i0, std::int64_t i1) { relu_span(p + i0, i1 - i0); });
-}
-
-// A conv's fused ReLU: `pending` until a path applies it to every image's output as it finishes
-// the image (relu_span, in the image's parallel task); the op applies what is still pending to the
-// whole output (relu_inplace). One pass over the output in the op instead of the nn.ReLU module's
-// dispatch and its second op (docs/benchmarks.md, fifty-first session).
-struct FusedRelu {
+// A conv's fused clamp (its clamp_min / clamp_max: a ReLU, ReLU6 or Hardtanh after the conv):
+// torch.clamp's values, y < lo -> lo and y > hi -> hi (NaN and -0.0 kept). `pending` until a path
+// applies it (span) to every image's output as it finishes the image, in the image's parallel task
+// while the output is in cache; the op applies what is still pending to the whole output (apply).
+// One pass over the output in the op instead of the activation module's dispatch and its second
+// op (docs/benchmarks.md, fifty-first session).
+struct FusedClamp {
   bool pending = false;
+  float lo = -std::numeric_limits<float>::infinity(), hi = std::numeric_limits<float>::infinity();
+  FusedClamp() = default;
+  explicit FusedClamp(std::pair<float, float> bounds)
+      : pending(bounds.first > -std::numeric_limits<float>::infinity() ||
+                bounds.second < std::numeric_limits<float>::infinity()),
+        lo(bounds.first), hi(bounds.second) {}
+  // in place on n floats: the table's clamp_f32, or the loop
+  void span(float* y, std::int64_t n) const {
+    const auto& k = kernels::cpu::qgemm_kernels();
+    if (k.clamp_f32 != nullptr) return k.clamp_f32(y, n, lo, hi);
+    for (std::int64_t i = 0; i < n; ++i) y[i] = y[i] < lo ? lo : (y[i] > hi ? hi : y[i]);
+  }
+  // on a whole (contiguous in its memory format) float32 output, in parallel: the paths that do
+  // not apply it image by image
+  void apply(const at::Tensor& y) const {
+    float* p = y.data_ptr<float>();
+    at::parallel_for(0, y.numel(), std::int64_t{1} << 14, [&](std::int64_t i0, std::int64_t i1) { span(p + i0, i1 - i0); });
+  }
 };
 
 // fn (the table's conv_w4 or conv_s8) over every output pixel, tiles of 16 across the threads, each
 // thread every conv group (group(gi, a) sets a's per-group fields) and output channel. With
-// relu_pixels (a channels_last output, N floats a pixel): the fused ReLU on each task's pixels once
+// clamp_pixels (a channels_last output, N floats a pixel): the fused clamp on each task's pixels once
 // every group wrote them.
 template <class Group>
 void run_direct_conv(void (*fn)(const kernels::QConvDirectArgs&, std::int64_t, std::int64_t),
                      const kernels::QConvDirectArgs& cg, std::int64_t groups, const Group& group,
-                     float* relu_pixels = nullptr, std::int64_t N = 0) {
+                     float* clamp_pixels = nullptr, std::int64_t N = 0, const FusedClamp* clamp = nullptr) {
   const std::int64_t M = cg.M;
   at::parallel_for(0, (M + 15) / 16, 1, [&](std::int64_t t0, std::int64_t t1) {
     const std::int64_t m0 = t0 * 16, m1 = std::min(M, t1 * 16);
@@ -214,7 +220,7 @@ void run_direct_conv(void (*fn)(const kernels::QConvDirectArgs&, std::int64_t, s
       group(gi, a);
       fn(a, m0, m1);
     }
-    if (relu_pixels != nullptr) relu_span(relu_pixels + m0 * N, (m1 - m0) * N);
+    if (clamp_pixels != nullptr) clamp->span(clamp_pixels + m0 * N, (m1 - m0) * N);
   });
 }
 
@@ -295,7 +301,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
                             const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                             std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
                             const std::optional<at::Tensor>& bias, std::int64_t groups, NanReport* nan,
-                            FusedRelu* relu = nullptr) {
+                            FusedClamp* clamp = nullptr) {
   const ops::Conv2dW4A8Shape shp =
       ops::check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
                                   act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
@@ -360,7 +366,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
     cg.act_scale = static_cast<double>(static_cast<float>(act_scale));
     cg.N = Ng;
     cg.group = group_size;
-    const bool relu_pixels = nhwc && relu != nullptr && relu->pending;  // (NCHW: the op's pass)
+    const bool clamp_pixels = nhwc && clamp != nullptr && clamp->pending;  // (NCHW: the op's pass)
     run_direct_conv(
         k.conv_w4, cg, groups,
         [&](std::int64_t gi, kernels::QConvDirectArgs& a) {
@@ -371,8 +377,8 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
           a.bias = bp ? bp + gi * Ng : nullptr;
           a.y = yp + gi * Ng * (nhwc ? 1 : L);
         },
-        relu_pixels ? yp : nullptr, N);
-    if (relu_pixels) relu->pending = false;
+        clamp_pixels ? yp : nullptr, N, clamp);
+    if (clamp_pixels) clamp->pending = false;
     return y;
   }
   // kw codes at a time as one 8-byte copy (the next copy overwrites the rest; rows are built in order)
@@ -381,7 +387,7 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
   std::vector<std::int64_t> run_off(static_cast<std::size_t>(Cg * kh));
   for (std::int64_t u = 0; u < Cg * kh; ++u) run_off[static_cast<std::size_t>(u)] = u / kh * Hp * Wp + u % kh * dh * Wp;
   const std::int64_t cap = std::max<std::int64_t>(16, (std::int64_t{4} << 20) / K);
-  const bool relu_rows = relu != nullptr && relu->pending;  // the fused ReLU on each block's outputs
+  const bool clamp_rows = clamp != nullptr && clamp->pending;  // the fused clamp on each block's outputs
   at::parallel_for(0, M, 16, [&](std::int64_t m0, std::int64_t m1) {
     // rows per block: at most 4 MiB of codes, and at most 16 MiB of float outputs where they go
     // through yg (within BoundedScratch's bound)
@@ -468,19 +474,19 @@ at::Tensor conv2d_w4a8_impl(const at::Tensor& input, const at::Tensor& weight, a
           }
         }
       }
-      if (!relu_rows) continue;
+      if (!clamp_rows) continue;
       if (nhwc) {  // the block's pixels, every group written
-        relu_span(yp + r0 * N, rows * N);
+        clamp->span(yp + r0 * N, rows * N);
         continue;
       }
       for (std::int64_t r = 0; r < rows;) {  // NCHW: each image segment's run in every channel's plane
         const std::int64_t m = r0 + r, bi = m / L, l = m % L, len = std::min(rows - r, L - l);
-        for (std::int64_t n = 0; n < N; ++n) relu_span(yp + (bi * N + n) * L + l, len);
+        for (std::int64_t n = 0; n < N; ++n) clamp->span(yp + (bi * N + n) * L + l, len);
         r += len;
       }
     }
   });
-  if (relu_rows) relu->pending = false;
+  if (clamp_rows) clamp->pending = false;
   return y;
 }
 
@@ -797,7 +803,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                             double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
                             std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups,
-                            const GivenCodes& given = {}, NanReport* nan = nullptr, FusedRelu* relu = nullptr) {
+                            const GivenCodes& given = {}, NanReport* nan = nullptr, FusedClamp* clamp = nullptr) {
   const auto [ho, wo] =
       ops::check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
@@ -916,7 +922,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       // rows_in_parallel (fewer images than threads): every step of the image split across the
       // threads (with only the conv's rows in parallel, 1 x 256 x 28 x 28 ran 0.5x oneDNN's fp32,
       // the second thread waiting through the serial quantization and transposes)
-      bool relu_images = false;  // the fused ReLU image by image (an image per thread)
+      bool clamp_images = false;  // the fused clamp image by image (an image per thread)
       const auto image = [&](std::int64_t bi, std::int8_t* xq, std::int16_t* xc, std::int16_t* xt, float* yt,
                              bool rows_in_parallel) {
         const auto steps = [&](std::int64_t n, std::int64_t grain, const auto& f) {
@@ -1012,7 +1018,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             k.transpose_f32(yt + l0 * N, l1 - l0, N, N, yb + l0, L);
           });
         }
-        if (relu_images) relu_span(yb, N * L);  // the image's output, in cache
+        if (clamp_images) clamp->span(yb, N * L);  // the image's output, in cache
       };
       // each thread's image buffers (every element written before it is read: the codes by
       // quantize_rows, the padded pixels by the border fill and the transposes (narrow rows: the
@@ -1039,7 +1045,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
                        kernels::BoundedScratch<float, TagY>(static_cast<std::size_t>(nhwc ? 1 : L * N))};
       };
       if (per_image) {
-        relu_images = relu != nullptr && relu->pending;
+        clamp_images = clamp != nullptr && clamp->pending;
         at::parallel_for(0, B, 1, [&](std::int64_t b0, std::int64_t b1) {
           const Buffers bufs = buffers();
           for (std::int64_t bi = b0; bi < b1; ++bi) {
@@ -1048,7 +1054,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), false);
           }
         });
-        if (relu_images) relu->pending = false;
+        if (clamp_images) clamp->pending = false;
       } else {
         const Buffers bufs = buffers();
         for (std::int64_t bi = 0; bi < B; ++bi) image(bi, bufs.xq.get(), bufs.xc.get(), bufs.xt.get(), bufs.yt.get(), true);
@@ -1084,7 +1090,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
       chunk = ((mult + want - 1) / want + 3) / 4 * 4;
       splits = (mult + chunk - 1) / chunk;
     }
-    const bool relu_planes = relu != nullptr && relu->pending;
+    const bool clamp_planes = clamp != nullptr && clamp->pending;
     at::parallel_for(0, planes * splits, 1, [&](std::int64_t t0, std::int64_t t1) {
       const std::int64_t cap = splits > 1 ? 1 : std::min(run_cap, t1 - t0);
       std::vector<std::int8_t> xq(static_cast<std::size_t>(given_any || k.quantize_s16 ? 0 : cap * HW));
@@ -1128,11 +1134,11 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
         gi.bias = g.bias != nullptr ? g.bias + ci * mult : nullptr;
         gi.y = y.data_ptr<float>() + (bi * N + ci * mult) * L;
         k.dwconv(gi, n0, n1);
-        if (relu_planes) relu_span(gi.y + n0 * L, (n1 - n0) * L);  // the task's output planes, in cache
+        if (clamp_planes) clamp->span(gi.y + n0 * L, (n1 - n0) * L);  // the task's output planes, in cache
         t += splits > 1 ? 1 : np;
       }
     });
-    if (relu_planes) relu->pending = false;
+    if (clamp_planes) clamp->pending = false;
     return y;
   }
   // the table's direct conv on padded planes (QConvDirectArgs): output pixels in vector lanes, no
@@ -1166,7 +1172,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     const float* osp = os.const_data_ptr<float>();
     const float* bp = b.defined() ? b.const_data_ptr<float>() : nullptr;
     float* yp = y.data_ptr<float>();
-    const bool relu_pixels = nhwc && relu != nullptr && relu->pending;  // (NCHW: the op's pass)
+    const bool clamp_pixels = nhwc && clamp != nullptr && clamp->pending;  // (NCHW: the op's pass)
     run_direct_conv(
         k.conv_s8, cg, groups,
         [&](std::int64_t gi, kernels::QConvDirectArgs& a) {
@@ -1177,8 +1183,8 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           a.bias = bp ? bp + gi * Ng : nullptr;
           a.y = yp + gi * Ng * (nhwc ? 1 : L);
         },
-        relu_pixels ? yp : nullptr, N);
-    if (relu_pixels) relu->pending = false;
+        clamp_pixels ? yp : nullptr, N, clamp);
+    if (clamp_pixels) clamp->pending = false;
     return y;
   }
   // the patch rows (channels-last), and the weight rows in their order
@@ -1256,7 +1262,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     // rows), into [rows, Ng], and each image's slice is transposed into the NCHW output: images
     // [bb0, bb1), each step's work across the threads (inner: the GEMM in tiles of 64 output
     // columns x row ranges), or all on the calling thread (images_by_thread).
-    const bool relu_here = relu != nullptr && relu->pending;  // the fused ReLU as the outputs are written
+    const bool clamp_here = clamp != nullptr && clamp->pending;  // the fused clamp as the outputs are written
     const auto batched = [&](std::int64_t bb0, std::int64_t bb1, bool inner) {
       const std::int64_t chunk = std::min(bb1 - bb0, (2 * kConvBatchRows + L - 1) / L), HWC = cp.image_size(),
                          PS = cp.sums_size();
@@ -1304,15 +1310,15 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           // (b0 + r / L, r % L), N floats apart), no transpose
           float* yo = nhwc ? y.data_ptr<float>() + b0 * L * N + gi * Ng : yt.get();
           const std::int64_t yo_rs = nhwc ? N : Ng;
-          // the fused ReLU on rows [r0, r1) x columns [c0, c1) of a channels_last output as the GEMM
+          // the fused clamp on rows [r0, r1) x columns [c0, c1) of a channels_last output as the GEMM
           // writes them (NCHW: each image's planes after their transpose, below)
-          const auto relu_block = [&](std::int64_t r0, std::int64_t r1, std::int64_t c0, std::int64_t c1) {
-            if (!relu_here || !nhwc) return;
-            for (std::int64_t r = r0; r < r1; ++r) relu_span(yo + r * yo_rs + c0, c1 - c0);
+          const auto clamp_block = [&](std::int64_t r0, std::int64_t r1, std::int64_t c0, std::int64_t c1) {
+            if (!clamp_here || !nhwc) return;
+            for (std::int64_t r = r0; r < r1; ++r) clamp->span(yo + r * yo_rs + c0, c1 - c0);
           };
           if (!inner) {
             gemm(rows_a, rows_sum, Mc, gi, yo, yo_rs, 1, 0, Ng);
-            relu_block(0, Mc, 0, Ng);
+            clamp_block(0, Mc, 0, Ng);
           } else {
             // row ranges: enough tiles for two per thread; consecutive tasks share their columns
             const std::int64_t mtiles = std::min((Mc + 11) / 12, std::max<std::int64_t>(1, (2 * threads + nt - 1) / nt));
@@ -1323,7 +1329,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
                 if (r0 >= Mc) continue;
                 gemm(rows_a + r0 * K_row, rows_sum + r0, std::min(mt, Mc - r0), gi, yo + r0 * yo_rs, yo_rs, 1, c0,
                      std::min(Ng, c0 + 64));
-                relu_block(r0, std::min(Mc, r0 + mt), c0, std::min(Ng, c0 + 64));
+                clamp_block(r0, std::min(Mc, r0 + mt), c0, std::min(Ng, c0 + 64));
               }
             });
           }
@@ -1332,7 +1338,7 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
             for (std::int64_t i = i0; i < i1; ++i) {  // [L, Ng] -> the group's [Ng, L] of image b0 + i
               float* planes = y.data_ptr<float>() + ((b0 + i) * N + gi * Ng) * L;
               k.transpose_f32(yt.get() + i * L * Ng, L, Ng, Ng, planes, L);
-              if (relu_here) relu_span(planes, Ng * L);  // the fused ReLU, in cache
+              if (clamp_here) clamp->span(planes, Ng * L);  // the fused clamp, in cache
             }
           });
         }
@@ -1343,11 +1349,11 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
     } else {
       batched(0, B, true);
     }
-    if (relu_here) relu->pending = false;
+    if (clamp_here) clamp->pending = false;
     return y;
   }
   const bool direct = cp.direct(nhwc), pixel_rows = cp.rows_are_pixels(nhwc, K_row);
-  const bool relu_images = relu != nullptr && relu->pending && per_image;  // image by image
+  const bool clamp_images = clamp != nullptr && clamp->pending && per_image;  // image by image
   const auto run = [&](std::int64_t b0, std::int64_t b1) {
     std::vector<std::int8_t> xq(static_cast<std::size_t>(direct ? 0 : C * H * W));
     std::vector<std::int8_t> xc(static_cast<std::size_t>(cp.image_size()));
@@ -1381,12 +1387,12 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
           gemm(a, a_rows, L, gi, yb, nhwc ? N : 1, nhwc ? 1 : L, c0, c1);
         });
       }
-      if (relu_images) relu_span(y.data_ptr<float>() + bi * N * L, N * L);  // the image's output, in cache
+      if (clamp_images) clamp->span(y.data_ptr<float>() + bi * N * L, N * L);  // the image's output, in cache
     }
   };
   if (per_image) {
     at::parallel_for(0, B, 1, run);
-    if (relu_images) relu->pending = false;
+    if (clamp_images) clamp->pending = false;
   } else {
     run(0, B);
   }
@@ -1551,7 +1557,7 @@ std::pair<at::Tensor, at::Tensor> xnor_conv_codes(const at::Tensor& input, bool 
 at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
-                            FusedRelu* relu = nullptr) {
+                            FusedClamp* clamp = nullptr) {
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation);
   const std::int64_t B = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const std::int64_t kh = kernel_size[0], kw = kernel_size[1], K = C * kh * kw;
@@ -1571,8 +1577,8 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   const std::int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
   const auto& k = kernels::cpu::qgemm_kernels();
   const bool per_image = B >= at::get_num_threads();
-  // the fused ReLU image by image where the images run in parallel (the per-image forms below)
-  const bool relu_images = relu != nullptr && relu->pending && per_image;
+  // the fused clamp image by image where the images run in parallel (the per-image forms below)
+  const bool clamp_images = clamp != nullptr && clamp->pending && per_image;
   // the patch rows (channels-last, as conv2d_int8's), and the weight bits in their order (held)
   const ConvPatches cpt(C, 1, H, W, kernel_size, stride, padding, dilation, wo);
   const bool reordered = kh * kw > 1 && C > 1;
@@ -1674,10 +1680,10 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
         const float s = alp[bi];
         pixel_rows_of(r, zeros.data(), xq.get(), bi * L, (bi + 1) * L, [s](std::int64_t) { return s; });
         k.gemm_xnor(rows_of(g, bi * L, (bi + 1) * L), 0, N);
-        if (relu_images) relu_span(y.data_ptr<float>() + bi * L * N, L * N);  // the image's output, in cache
+        if (clamp_images) clamp->span(y.data_ptr<float>() + bi * L * N, L * N);  // the image's output, in cache
       }
     });
-    if (relu_images) relu->pending = false;
+    if (clamp_images) clamp->pending = false;
     return y;
   }
   // The per-image form at the end (an image per thread, rows of many positions or of at most 16
@@ -1944,7 +1950,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
           at::parallel_for(0, L, 64, out);
         }
       }
-      if (relu_images) relu_span(yb, N * L);  // the image's output, in cache
+      if (clamp_images) clamp->span(yb, N * L);  // the image's output, in cache
     }
   };
   if (per_image) {
@@ -1952,7 +1958,7 @@ at::Tensor conv2d_w1a1_impl(const at::Tensor& input, const at::Tensor& weight, a
   } else {
     run(0, B);
   }
-  if (relu_images) relu->pending = false;
+  if (clamp_images) clamp->pending = false;
   return y;
 }
 
@@ -1977,15 +1983,15 @@ at::Tensor conv2d_int8_cpu(const at::Tensor& input, const at::Tensor& weight, st
                            at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                            double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
                            std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups,
-                           bool relu) {
+                           std::optional<double> clamp_min, std::optional<double> clamp_max) {
   return oom_as_error("conv2d_int8", input, kernel_size, stride, padding, [&] {
     NanReport nan;
-    FusedRelu fr{relu};
+    FusedClamp fr(check_output_clamp("conv2d_int8", clamp_min, clamp_max));
     at::Tensor y = conv2d_int8_impl(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr,
                                     out_scale, act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups,
                                     {}, &nan, &fr);
-    nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);  // (relu(NaN) is NaN: either order)
-    if (fr.pending) relu_inplace(y);
+    nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);  // (clamp(NaN) is NaN: either order)
+    if (fr.pending) fr.apply(y);
     return y;
   });
 }
@@ -1994,14 +2000,15 @@ at::Tensor conv2d_w4a8_cpu(const at::Tensor& input, const at::Tensor& weight, at
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                            const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                            std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                           const std::optional<at::Tensor>& bias, std::int64_t groups, bool relu) {
+                           const std::optional<at::Tensor>& bias, std::int64_t groups, std::optional<double> clamp_min,
+                           std::optional<double> clamp_max) {
   return oom_as_error("conv2d_w4a8", input, kernel_size, stride, padding, [&] {
     NanReport nan;
-    FusedRelu fr{relu};
+    FusedClamp fr(check_output_clamp("conv2d_w4a8", clamp_min, clamp_max));
     at::Tensor y = conv2d_w4a8_impl(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
                                     act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups, &nan, &fr);
     nan_windows(nan, input, y, kernel_size, stride, padding, dilation, groups);
-    if (fr.pending) relu_inplace(y);
+    if (fr.pending) fr.apply(y);
     return y;
   });
 }
@@ -2031,7 +2038,7 @@ std::pair<at::Tensor, at::Tensor> unit_requantization(std::int64_t N, const at::
 at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
-                               std::int64_t groups, FusedRelu* relu) {
+                               std::int64_t groups, FusedClamp* clamp) {
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1), Cg = C / groups;
   check_w1a1_args("conv2d_w1a1", input, Cg * kernel_size[0] * kernel_size[1], weight, weight_scale, bias);
@@ -2062,7 +2069,7 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
     given.prepare = &prepare;
     given.prepare_group = stats.group;
     return conv2d_int8_impl(x, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127, bias,
-                            groups, given, nullptr, relu);
+                            groups, given, nullptr, clamp);
   }
   if (Cg == 1) {  // the statistics here, the codes in the conv (GivenCodes::center)
     at::Tensor center;
@@ -2085,7 +2092,7 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
     given.image_scale = scales.data_ptr<float>();
     given.center = center.const_data_ptr<float>();
     return conv2d_int8_impl(input, weight, 1, kernel_size, stride, padding, dilation, corr, ones, 1.0, 0, -128, 127,
-                            bias, groups, given, nullptr, relu);
+                            bias, groups, given, nullptr, clamp);
   }
   const auto [codes, alpha] = xnor_conv_codes(input, cl);  // NHWC codes for a channels_last input
   const at::Tensor scales = at::mul(alpha.reshape({B, 1}), weight_scale.reshape({1, N})).contiguous();
@@ -2100,17 +2107,17 @@ at::Tensor conv2d_w1a1_grouped(const at::Tensor& input, const at::Tensor& weight
 at::Tensor conv2d_w1a1_cpu(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                            const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias, std::int64_t groups,
-                           bool relu) {
+                           std::optional<double> clamp_min, std::optional<double> clamp_max) {
   return oom_as_error("conv2d_w1a1", input, kernel_size, stride, padding, [&] {
     // a 1-channel input is a depthwise conv with N outputs per channel: the direct kernels on its
     // codes (the planar form's 4 outputs per pass), the same bits as the popcount GEMM on its
     // K = kh * kw bits (364 x 1 x 8 x 8 -> 32: 323 -> 118-130 us; docs/benchmarks.md, forty-sixth session)
-    FusedRelu fr{relu};
+    FusedClamp fr(check_output_clamp("conv2d_w1a1", clamp_min, clamp_max));
     at::Tensor y =
         groups != 1 || (input.dim() == 4 && input.size(1) == 1)
             ? conv2d_w1a1_grouped(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, groups, &fr)
             : conv2d_w1a1_impl(input, weight, kernel_size, stride, padding, dilation, weight_scale, bias, &fr);
-    if (fr.pending) relu_inplace(y);
+    if (fr.pending) fr.apply(y);
     return y;
   });
 }

@@ -19,12 +19,17 @@
 #include <ATen/ops/_int_mm.h>
 #include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/im2col.h>
+#include <ATen/ops/gt.h>
+#include <ATen/ops/lt.h>
+#include <ATen/ops/masked_fill.h>
 #include <ATen/ops/mm.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "../../../kernels/cuda/qgemm_cuda.h"
@@ -354,17 +359,27 @@ at::Tensor conv2d_int8_cuda_nchw(const at::Tensor& input, const at::Tensor& weig
   return y;
 }
 
-// conv2d_int8 in the input's memory format (ops::conv_channels_last_io: every device's rule); relu:
-// torch.relu's values in place (a fused Conv2d + ReLU, as on the CPU)
+// The convs' fused clamp (clamp_min / clamp_max, checked by check_output_clamp): torch.clamp's
+// values in place as two masked fills, y < lo -> lo and y > hi -> hi (false for NaN and for -0.0
+// against 0, which stay as they are: the CPU's bits).
+void clamp_output(at::Tensor& y, std::pair<float, float> bounds) {
+  if (bounds.first > -std::numeric_limits<float>::infinity()) y.masked_fill_(y.lt(bounds.first), bounds.first);
+  if (bounds.second < std::numeric_limits<float>::infinity()) y.masked_fill_(y.gt(bounds.second), bounds.second);
+}
+
+// conv2d_int8 in the input's memory format (ops::conv_channels_last_io: every device's rule), with
+// the fused clamp (a Conv2d + ReLU / ReLU6 / Hardtanh, as on the CPU)
 at::Tensor conv2d_int8_cuda(const at::Tensor& input, const at::Tensor& weight, std::int64_t weight_bits,
                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale, double s,
                             std::int64_t z, std::int64_t lo, std::int64_t hi, const std::optional<at::Tensor>& bias,
-                            std::int64_t groups, bool relu) {
+                            std::int64_t groups, std::optional<double> clamp_min,
+                            std::optional<double> clamp_max) {
+  const auto bounds = check_output_clamp("conv2d_int8", clamp_min, clamp_max);
   const at::Tensor y = conv2d_int8_cuda_nchw(input, weight, weight_bits, kernel_size, stride, padding, dilation, corr,
                                              out_scale, s, z, lo, hi, bias, groups);
   at::Tensor out = conv_channels_last_io(input) ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
-  if (relu) out.relu_();
+  clamp_output(out, bounds);
   return out;
 }
 
@@ -375,7 +390,9 @@ at::Tensor conv2d_w4a8_cuda(const at::Tensor& input, const at::Tensor& weight, a
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& group_scale, std::int64_t group_size, double s, std::int64_t z,
                             std::int64_t lo, std::int64_t hi, const std::optional<at::Tensor>& bias,
-                            std::int64_t groups, bool relu) {
+                            std::int64_t groups, std::optional<double> clamp_min,
+                            std::optional<double> clamp_max) {
+  const auto bounds = check_output_clamp("conv2d_w4a8", clamp_min, clamp_max);
   const Conv2dW4A8Shape shp = check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale,
                                                      group_size, s, z, lo, hi, bias, groups);
   const c10::cuda::CUDAGuard guard(input.device());
@@ -397,7 +414,7 @@ at::Tensor conv2d_w4a8_cuda(const at::Tensor& input, const at::Tensor& weight, a
       y.narrow(1, g * Ng, Ng).copy_(yg.view({B, L, Ng}).permute({0, 2, 1}).reshape({B, Ng, shp.ho, shp.wo}));
     }
   }
-  if (relu) y.relu_();
+  clamp_output(y, bounds);
   return conv_channels_last_io(input) ? y.contiguous(at::MemoryFormat::ChannelsLast) : y;
 }
 
@@ -443,7 +460,9 @@ at::Tensor linear_w1a1_cuda(const at::Tensor& input, const at::Tensor& weight, c
 at::Tensor conv2d_w1a1_cuda(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
-                            std::int64_t groups, bool relu) {
+                            std::int64_t groups, std::optional<double> clamp_min,
+                            std::optional<double> clamp_max) {
+  const auto bounds = check_output_clamp("conv2d_w1a1", clamp_min, clamp_max);
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation, groups);
   const std::int64_t B = input.size(0), C = input.size(1);
   const std::int64_t K = C / groups * kernel_size[0] * kernel_size[1];
@@ -457,11 +476,12 @@ at::Tensor conv2d_w1a1_cuda(const at::Tensor& input, const at::Tensor& weight, a
   // the codes in the input's format: conv2d_int8_cuda gives its output in that format
   at::Tensor y = conv2d_int8_cuda(codes.to(at::kFloat).contiguous(format), weight, 1, kernel_size, stride, padding,
                                   dilation, at::zeros({N}, input.options().dtype(at::kInt)),
-                                  at::ones({N}, input.options()), 1.0, 0, -128, 127, std::nullopt, groups, false);
+                                  at::ones({N}, input.options()), 1.0, 0, -128, 127, std::nullopt, groups, std::nullopt,
+                                  std::nullopt);
   const at::Tensor m = at::mul(alpha.reshape({B, 1, 1, 1}), ws.reshape({1, N, 1, 1}));  // fp32(alpha[b] * ws[n])
   y.mul_(m);
   if (bias.has_value()) y.add_(bias->reshape({1, N, 1, 1}));
-  if (relu) y.relu_();
+  clamp_output(y, bounds);
   return y;
 }
 

@@ -69,7 +69,8 @@ at::Tensor conv2d_int8_meta(const at::Tensor& input, const at::Tensor& weight, s
                             at::IntArrayRef dilation, const at::Tensor& corr, const at::Tensor& out_scale,
                             double act_scale, std::int64_t act_zero_point, std::int64_t act_quant_min,
                             std::int64_t act_quant_max, const std::optional<at::Tensor>& bias, std::int64_t groups,
-                            bool /*relu*/) {
+                            std::optional<double> clamp_min, std::optional<double> clamp_max) {
+  check_output_clamp("conv2d_int8", clamp_min, clamp_max);
   const auto [ho, wo] =
       check_conv2d_int8_args(input, weight, weight_bits, kernel_size, stride, padding, dilation, groups);
   const std::int64_t K = static_dim(input, 1) / groups * kernel_size[0] * kernel_size[1];
@@ -99,7 +100,9 @@ at::Tensor conv2d_w4a8_meta(const at::Tensor& input, const at::Tensor& weight, a
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& group_scale, std::int64_t group_size, double act_scale,
                             std::int64_t act_zero_point, std::int64_t act_quant_min, std::int64_t act_quant_max,
-                            const std::optional<at::Tensor>& bias, std::int64_t groups, bool /*relu*/) {
+                            const std::optional<at::Tensor>& bias, std::int64_t groups,
+                            std::optional<double> clamp_min, std::optional<double> clamp_max) {
+  check_output_clamp("conv2d_w4a8", clamp_min, clamp_max);
   const auto shp = check_conv2d_w4a8_args(input, weight, kernel_size, stride, padding, dilation, group_scale, group_size,
                                           act_scale, act_zero_point, act_quant_min, act_quant_max, bias, groups);
   at::Tensor y = conv_output(input, group_scale.size(0), shp.ho, shp.wo);
@@ -115,7 +118,8 @@ at::Tensor linear_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, c
 at::Tensor conv2d_w1a1_meta(const at::Tensor& input, const at::Tensor& weight, at::IntArrayRef kernel_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                             const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
-                            std::int64_t groups, bool /*relu*/) {
+                            std::int64_t groups, std::optional<double> clamp_min, std::optional<double> clamp_max) {
+  check_output_clamp("conv2d_w1a1", clamp_min, clamp_max);
   const auto [ho, wo] = check_conv2d_int8_args(input, weight, 1, kernel_size, stride, padding, dilation, groups);
   check_w1a1_args("conv2d_w1a1", input, static_dim(input, 1) / groups * kernel_size[0] * kernel_size[1], weight,
                   weight_scale, bias);

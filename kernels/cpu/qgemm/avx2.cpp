@@ -1785,15 +1785,17 @@ void transpose_s8(const std::int8_t* src, std::int64_t rows, std::int64_t cols, 
   if (R < rows) detail::transpose_tiled(src + R * src_rs, rows - R, cols, src_rs, dst + R, dst_rs);
 }
 
-// QGemmKernels::relu_f32: max(0, y), y second (vmaxps returns it for a NaN and for two zeros)
-void relu_f32(float* y, std::int64_t n) {
-  const __m256 z = _mm256_setzero_ps();
+// QGemmKernels::clamp_f32: min(hi, max(lo, y)), y second (vmaxps / vminps return it for a NaN and
+// for two zeros)
+void clamp_f32(float* y, std::int64_t n, float lo, float hi) {
+  const __m256 l = _mm256_set1_ps(lo), h = _mm256_set1_ps(hi);
+  const auto clamp8 = [&](float* p) { _mm256_storeu_ps(p, _mm256_min_ps(h, _mm256_max_ps(l, _mm256_loadu_ps(p)))); };
   std::int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
-    for (int j = 0; j < 4; ++j) _mm256_storeu_ps(y + i + 8 * j, _mm256_max_ps(z, _mm256_loadu_ps(y + i + 8 * j)));
+    for (int j = 0; j < 4; ++j) clamp8(y + i + 8 * j);
   }
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_max_ps(z, _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] = y[i] < 0.f ? 0.f : y[i];
+  for (; i + 8 <= n; i += 8) clamp8(y + i);
+  for (; i < n; ++i) y[i] = y[i] < lo ? lo : (y[i] > hi ? hi : y[i]);
 }
 
 }  // namespace
@@ -1839,7 +1841,7 @@ const QGemmKernels* qgemm_avx2() {
     t.w4f_packed_rows = 9;
     t.gemm_w4f_xt = &detail::gemm_w4f_xt;  // the row layout's middle path, up to kW4fGemmRows
     t.wop_panel_cols = detail::kWopNC;
-    t.relu_f32 = &relu_f32;
+    t.clamp_f32 = &clamp_f32;
     t.quantize_s16 = &quantize_s16;
     t.pack_sign_zero = &pack_sign_zero;
     t.dwconv_flat = true;

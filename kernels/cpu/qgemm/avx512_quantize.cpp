@@ -127,18 +127,20 @@ void quantize_s16(const float* x, std::int64_t rows, std::int64_t n, std::int16_
   report_nan(nan, q);
 }
 
-// QGemmKernels::relu_f32: max(0, y), y second (vmaxps returns it for a NaN and for two zeros)
-void relu_f32(float* y, std::int64_t n) {
-  const __m512 z = _mm512_setzero_ps();
+// QGemmKernels::clamp_f32: min(hi, max(lo, y)), y second (vmaxps / vminps return it for a NaN and
+// for two zeros)
+void clamp_f32(float* y, std::int64_t n, float lo, float hi) {
+  const __m512 l = _mm512_set1_ps(lo), h = _mm512_set1_ps(hi);
   std::int64_t i = 0;
   for (; i + 64 <= n; i += 64) {
-    for (int j = 0; j < 4; ++j)
-      _mm512_storeu_ps(y + i + 16 * j, _mm512_max_ps(z, _mm512_loadu_ps(y + i + 16 * j)));
+    for (int j = 0; j < 4; ++j) {
+      _mm512_storeu_ps(y + i + 16 * j, _mm512_min_ps(h, _mm512_max_ps(l, _mm512_loadu_ps(y + i + 16 * j))));
+    }
   }
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_max_ps(z, _mm512_loadu_ps(y + i)));
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_min_ps(h, _mm512_max_ps(l, _mm512_loadu_ps(y + i))));
   if (i < n) {
     const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_max_ps(z, _mm512_maskz_loadu_ps(m, y + i)));
+    _mm512_mask_storeu_ps(y + i, m, _mm512_min_ps(h, _mm512_max_ps(l, _mm512_maskz_loadu_ps(m, y + i))));
   }
 }
 
@@ -147,7 +149,7 @@ void relu_f32(float* y, std::int64_t n) {
 void add_quantize(QGemmKernels& t) {
   t.quantize_rows = &quantize_rows;
   t.quantize_s16 = &quantize_s16;
-  t.relu_f32 = &relu_f32;
+  t.clamp_f32 = &clamp_f32;
 }
 
 }  // namespace qatkit::kernels::cpu::avx512

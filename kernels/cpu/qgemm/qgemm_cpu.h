@@ -133,11 +133,11 @@ struct QGemmKernels {
   /// for rows of KB bytes, 4 < KB <= this (0: never reads it). The AVX-512 table with VPOPCNTDQ:
   /// its transposed kernel's range, 512.
   std::int64_t xnor_blocks_max_kb = 0;
-  /// torch.relu's values in place on n floats (a conv's fused ReLU, on an image's output while it
-  /// is in cache): y < 0 -> 0, NaN and -0.0 kept (max(0, y) with y the second operand, which
-  /// maxps returns for a NaN and for two zeros). Null where the table has none (baseline: the
-  /// caller's loop).
-  void (*relu_f32)(float* y, std::int64_t n) = nullptr;
+  /// torch.clamp(y, lo, hi)'s values in place on n floats (a conv's fused ReLU / ReLU6 / Hardtanh,
+  /// on an image's output while it is in cache; lo <= hi, either infinite): y < lo -> lo, y > hi ->
+  /// hi, NaN and -0.0 kept (min(hi, max(lo, y)) with y the second operand, which maxps / minps
+  /// return for a NaN and for two zeros). Null where the table has none (baseline: the caller's loop).
+  void (*clamp_f32)(float* y, std::int64_t n, float lo, float hi) = nullptr;
 };
 
 const QGemmKernels& qgemm_baseline();

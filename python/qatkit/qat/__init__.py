@@ -28,7 +28,7 @@ from .config import (
     xnor_w1a1,
 )
 from .convert import QuantizedConv1d, QuantizedConv2d, QuantizedEmbedding, QuantizedLinear, convert, weight_codes
-from .fuse import FusedReLU, fuse_relu
+from .fuse import FusedActivation, fuse_activations
 from .integer import IntegerReport, integer_form, refresh, set_compute
 from .modules import (
     BitLinear,
@@ -64,8 +64,8 @@ from .pretrained import load_pretrained
 from .swap import replace_module
 
 __all__ = [
-    "FusedReLU",
-    "fuse_relu",
+    "FusedActivation",
+    "fuse_activations",
     "IntegerReport",
     "integer_form",
     "refresh",

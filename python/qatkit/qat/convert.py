@@ -12,6 +12,7 @@ return what the fake-quant kernels computed instead of recovering it from their 
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from typing import Tuple
 
@@ -270,17 +271,38 @@ class QuantizedLinear(_Quantized):
 class _QuantizedConv(_Quantized):
     #: spatial dims: 1 (QuantizedConv1d) or 2 (QuantizedConv2d)
     _nd = 2
-    #: a fused ReLU (:func:`qatkit.fuse_relu`): the layer's output is ``torch.relu`` of the conv's, the
-    #: integer kernels writing it (their ``relu`` argument); set through :meth:`set_relu`
-    relu = False
+    #: a fused activation (:func:`qatkit.fuse_activations`): ``(clamp_min, clamp_max)``, either
+    #: ``None`` for no bound (ReLU: ``(0.0, None)``, ReLU6: ``(0.0, 6.0)``, Hardtanh: its bounds), and
+    #: the layer's output is ``torch.clamp`` of the conv's, the integer kernels writing it (their
+    #: ``clamp_min`` / ``clamp_max`` arguments); ``None``: no activation. Set through
+    #: :meth:`set_output_clamp`.
+    output_clamp = None
 
-    def set_relu(self, relu: bool) -> None:
-        """Fuse (or unfuse) a ReLU into the layer's output; the kernel plan binds it, so it is rebuilt."""
-        self.__dict__["relu"] = bool(relu)
+    def set_output_clamp(self, clamp_min=None, clamp_max=None) -> None:
+        """Fuse an activation ``torch.clamp(y, clamp_min, clamp_max)`` into the layer's output (both
+        ``None``: unfuse); the kernel plan binds it, so it is rebuilt.
+
+        Raises:
+            ValueError: a NaN bound, or ``clamp_min > clamp_max``.
+        """
+        bounds = []
+        for name, v in (("clamp_min", clamp_min), ("clamp_max", clamp_max)):
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise TypeError(f"set_output_clamp: {name} must be a float or None, got {type(v).__name__}")
+                if math.isnan(v):
+                    raise ValueError(f"set_output_clamp: {name} must not be NaN")
+                v = float(v)
+            bounds.append(v)
+        lo, hi = bounds
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"set_output_clamp: clamp_min ({lo}) must be at most clamp_max ({hi})")
+        self.__dict__["output_clamp"] = None if lo is None and hi is None else (lo, hi)
         self.__dict__.pop("_int8_plan", None)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", relu=True" if self.relu else "")
+        c = self.output_clamp
+        return super().extra_repr() + ("" if c is None else f", output_clamp={c}")
 
     def __init__(self, qmod, w=None, bias=None):
         super().__init__()
@@ -311,7 +333,7 @@ class _QuantizedConv(_Quantized):
             if x.dim() == nd + 1:  # unbatched (C, L) / (C, H, W), as QuantConv1d / 2d
                 return self.forward(x.unsqueeze(0)).squeeze(0)
             if form is not None:
-                return _integer.conv(self, x, nd)  # (the fused ReLU applied there)
+                return _integer.conv(self, x, nd)  # (the fused activation applied there)
             x = self.quantize_input(x)
             w = self.dequantized_weight()
             fn = F.conv1d if nd == 1 else F.conv2d
@@ -320,7 +342,7 @@ class _QuantizedConv(_Quantized):
                 y = fn(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
             else:
                 y = fn(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
-            return torch.relu(y) if self.relu else y
+            return _integer.clamp_output(y, self.output_clamp)
         except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
             _integer.reraise_named(self, e)
 

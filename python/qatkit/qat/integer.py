@@ -648,17 +648,17 @@ def _bind_conv(mod, plan: dict):
         return None
     k, p = plan["kernel"], plan
     geom = tuple(list(v) for v in _geometry_2d(mod, padding))
-    relu = bool(mod.relu)  # a fused ReLU (qatkit.fuse_relu): the op writes relu(y)
+    lo, hi = mod.output_clamp or (None, None)  # a fused activation (qatkit.fuse_activations): the op clamps y
     if k == "linear_w1a1":
-        name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"], mod.groups, relu)
+        name, args = "conv2d_w1a1", (p["weight"], *geom, p["weight_scale"], p["bias"], mod.groups, lo, hi)
     elif k in _CONV_BITS:
         name = "conv2d_int8"
         args = (p["weight"], _CONV_BITS[k], *geom, p["corr"], p["out_scale"], p["act_scale"], p["zp"], p["qmin"],
-                p["qmax"], p["bias"], mod.groups, relu)
+                p["qmax"], p["bias"], mod.groups, lo, hi)
     elif k == "linear_w4a8":
         name = "conv2d_w4a8"
         args = (p["weight"], *geom, p["gscale"], p["group_size"], p["act_scale"], p["zp"], p["qmin"], p["qmax"],
-                p["bias"], mod.groups, relu)
+                p["bias"], mod.groups, lo, hi)
     else:
         return None
     call = _bound(getattr(torch.ops.qatkit, name).default, args, _features(mod))  # the overload, resolved once
@@ -721,8 +721,8 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
     """Integer-exact convolution of a converted Conv1d / Conv2d. Zero padding pads the centred codes
     with 0 (the code of x = 0 is the zero point exactly; binary codes have no 0, and 0 is what the
     float layer pads its binarized input with); other padding modes copy codes, as the float layer
-    pads its quantized input. A fused ReLU (``mod.relu``): the kernels write relu(y); the simulation
-    applies torch.relu after (the same values)."""
+    pads its quantized input. A fused activation (``mod.output_clamp``): the kernels write
+    torch.clamp(y, lo, hi); the simulation clamps after (:func:`clamp_output`: the same values)."""
     w = mod.weight_int
     if (mod._integer_form in ("static", "static_group", "row") and x.dtype == torch.float32 and x.dim() == nd + 2
             and (w.is_cpu if x.is_cpu else x.is_cuda and x.device == w.device)):
@@ -736,7 +736,14 @@ def conv(mod, x: torch.Tensor, nd: int) -> torch.Tensor:
         padding = 0
         pad = lambda q: F.pad(q, mod._rpt, mode=mod.padding_mode)  # noqa: E731
     y = _apply(mod, x, lambda xq, w: fn(xq, w, None, mod.stride, padding, mod.dilation, mod.groups), pad)
-    return torch.relu(y) if mod.relu else y
+    return clamp_output(y, mod.output_clamp)
+
+
+def clamp_output(y: torch.Tensor, bounds) -> torch.Tensor:
+    """A converted conv's fused activation outside the kernels (the float and simulated paths):
+    ``torch.clamp(y, *bounds)`` (``bounds`` None: y), the values the ops' ``clamp_min`` /
+    ``clamp_max`` write (y < min -> min, y > max -> max, NaN and -0.0 kept)."""
+    return y if bounds is None else torch.clamp(y, bounds[0], bounds[1])
 
 
 def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
@@ -755,17 +762,18 @@ def _conv_on_kernel(mod, x: torch.Tensor, nd: int, plan: dict) -> torch.Tensor:
             x = F.pad(x, extra)
     x4 = x.unsqueeze(2) if nd == 1 else x
     k, st, pad, dil = _geometry_2d(mod, padding)
-    relu = bool(mod.relu)
+    lo, hi = mod.output_clamp or (None, None)
     if plan["kernel"] == "linear_w1a1":  # zero padding only (_xnor_plan): codes of 0 at padded positions
-        y = ops.conv2d_w1a1(x4, plan["weight"], k, st, pad, dil, plan["weight_scale"], plan["bias"], mod.groups, relu)
+        y = ops.conv2d_w1a1(x4, plan["weight"], k, st, pad, dil, plan["weight_scale"], plan["bias"], mod.groups, lo,
+                            hi)
         return y.squeeze(2) if nd == 1 else y
     if plan["kernel"] == "linear_w4a8":  # per-group weights: (c, i, j) patch rows, the groups' order
         y = ops.conv2d_w4a8(x4, plan["weight"], k, st, pad, dil, plan["gscale"], plan["group_size"], plan["act_scale"],
-                            plan["zp"], plan["qmin"], plan["qmax"], plan["bias"], mod.groups, relu)
+                            plan["zp"], plan["qmin"], plan["qmax"], plan["bias"], mod.groups, lo, hi)
         return y.squeeze(2) if nd == 1 else y
     y = ops.conv2d_int8(x4, plan["weight"], _CONV_BITS[plan["kernel"]], k, st, pad, dil, plan["corr"],
                         plan["out_scale"], plan["act_scale"], plan["zp"], plan["qmin"], plan["qmax"], plan["bias"],
-                        mod.groups, relu)
+                        mod.groups, lo, hi)
     return y.squeeze(2) if nd == 1 else y
 
 

@@ -177,6 +177,30 @@ def _weights(r: random.Random, bits: int, n: int, k: int, g: torch.Generator, pa
     return w, [b1] + ([ops.pack_binary_panel(b1)] if panel else [])
 
 
+def _draw_clamp(r):
+    """The convs' fused activation (clamp_min, clamp_max) for one check: none (half the draws),
+    ReLU (0, None), ReLU6 (0, 6), a Hardtanh's two bounds around 0, an upper bound only, or equal
+    bounds (a constant output)."""
+    u = r.random()
+    if u < 0.5:
+        return (None, None)
+    if u < 0.65:
+        return (0.0, None)
+    if u < 0.75:
+        return (0.0, 6.0)
+    if u < 0.88:
+        return (-r.uniform(0, 2), r.uniform(0, 2))
+    if u < 0.95:
+        return (None, r.uniform(-1, 1))
+    v = r.uniform(-1, 1)
+    return (v, v)
+
+
+def _clamped(y, clamp):
+    """torch.clamp(y, *clamp): what the ops write for clamp_min / clamp_max (no bound: y)."""
+    return y if clamp == (None, None) else torch.clamp(y, *clamp)
+
+
 def _static_terms(r: random.Random, w: torch.Tensor, zp: int, qmin: int, g: torch.Generator):
     """(bias_q, float bias or None, corr, out_scale) of the static form: the integer bias inside
     corr, or (half the draws) a float bias added after the requantization."""
@@ -409,17 +433,17 @@ def check_conv2d_int8(r: random.Random, device: str = "cpu") -> int:
     if fb is not None:
         y = y + fb.reshape(1, -1, 1)
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    relu = r.random() < 0.3  # the fused ReLU: torch.relu of the reference
+    clamp = _draw_clamp(r)  # the fused activation: torch.clamp of the reference
     with _Machine(r, device) as m:
         got = m.back(ops.conv2d_int8(m(x), m(wl), bits, k, stride, padding, dilation, m(corr), m(scale), s, zp, qmin,
-                                     qmax, m(fb), groups, relu))
+                                     qmax, m(fb), groups, *clamp))
     ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
     what = (f"conv2d_int8 bits={bits} layout{tuple(wl.shape)} x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} "
             f"groups={groups} k={k} stride={stride} padding={padding} dilation={dilation} "
-            f"act=({s}, {zp}, {qmin}, {qmax}) relu={relu} {m}")
+            f"act=({s}, {zp}, {qmin}, {qmax}) clamp={clamp} {m}")
     y = y.reshape(b, n, ho, wo)
-    _equal_or_raise(got, torch.relu(y) if relu else y, what)
+    _equal_or_raise(got, _clamped(y, clamp), what)
     if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
         raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
     return 1
@@ -444,13 +468,13 @@ def check_conv2d_w1a1(r: random.Random, device: str = "cpu") -> int:
     if fb is not None:
         want = want + fb.reshape(1, -1, 1, 1)
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    relu = r.random() < 0.3  # the fused ReLU: torch.relu of the reference
+    clamp = _draw_clamp(r)  # the fused activation: torch.clamp of the reference
     with _Machine(r, device) as m:
         got = m.back(ops.conv2d_w1a1(m(x), m(ops.pack_binary_b1(wc.reshape(n, -1))), k, stride, padding, dilation,
-                                     m(ws), m(fb), groups, relu))
+                                     m(ws), m(fb), groups, *clamp))
     what = (f"conv2d_w1a1 x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} groups={groups} k={k} stride={stride} "
-            f"padding={padding} dilation={dilation} relu={relu} {m}")
-    _equal_or_raise(got, torch.relu(want) if relu else want, what)
+            f"padding={padding} dilation={dilation} clamp={clamp} {m}")
+    _equal_or_raise(got, _clamped(want, clamp), what)
     if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
         raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
     return 1
@@ -496,17 +520,17 @@ def check_conv2d_w4a8(r: random.Random, device: str = "cpu") -> int:
     if groups == 1 and r.random() < 0.5:
         wl = ops.pack_int4_panel(wl)
     nhwc = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    relu = r.random() < 0.3  # the fused ReLU: torch.relu of the reference
+    clamp = _draw_clamp(r)  # the fused activation: torch.clamp of the reference
     with _Machine(r, device) as m:
         got = m.back(ops.conv2d_w4a8(m(x), m(wl), k, stride, padding, dilation, m(gscale), gs, s, zp, qmin, qmax, m(fb),
-                                     groups, relu))
+                                     groups, *clamp))
     ho = (h + 2 * padding[0] - dilation[0] * (k[0] - 1) - 1) // stride[0] + 1
     wo = (w + 2 * padding[1] - dilation[1] * (k[1] - 1) - 1) // stride[1] + 1
     what = (f"conv2d_w4a8 layout{tuple(wl.shape)} x{tuple(x.shape)}{'nhwc' if nhwc else ''} N={n} groups={groups} "
             f"gs={gs} k={k} stride={stride} padding={padding} dilation={dilation} act=({s}, {zp}, {qmin}, {qmax}) "
-            f"relu={relu} {m}")
+            f"clamp={clamp} {m}")
     y = y.reshape(b, n, ho, wo)
-    _equal_or_raise(got, torch.relu(y) if relu else y, what)
+    _equal_or_raise(got, _clamped(y, clamp), what)
     if nhwc and not got.is_contiguous(memory_format=torch.channels_last):
         raise AssertionError(f"{what}: a channels_last input gave strides {got.stride()}")
     return 1

@@ -693,32 +693,36 @@ def test_integer_kernels_on_cuda_raise_at_backward():
 
 
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
-def test_fused_relu_cuda_equals_cpu(fmt):
-    """The convs' relu=True on CUDA (relu_ on the output) equals the CPU's fused ReLU bit for bit:
-    conv2d_int8 (dense and depthwise), conv2d_w4a8 and conv2d_w1a1, NaN windows kept."""
+def test_fused_clamp_cuda_equals_cpu(fmt):
+    """The convs' clamp_min / clamp_max on CUDA (two masked fills on the output) equal the CPU's
+    fused clamp bit for bit (ReLU, ReLU6, a Hardtanh): conv2d_int8 (dense and depthwise),
+    conv2d_w4a8 and conv2d_w1a1, NaN windows kept."""
     g = torch.Generator().manual_seed(31)
     x = (torch.randn(3, 32, 9, 7, generator=g) * 2)
     x[0, 0, 0, ::3] = float("nan")
     x = x.contiguous(memory_format=fmt)
+    clamps = [(0.0, None), (0.0, 6.0), (-0.5, 0.5)]
     for groups in (1, 32):
         case = conv_int8_case(8, 32, 32 // groups * 9, groups, g)
         args = ([3, 3], [1, 1], [1, 1], [1, 1])
-        want = ops.conv2d_int8(x, case["layouts"][0], 8, *args, case["corr"], case["scale"], *case["act"], case["bias"],
-                               groups, relu=True)
-        got = ops.conv2d_int8(x.cuda(), case["layouts"][0].cuda(), 8, *args, case["corr"].cuda(), case["scale"].cuda(),
-                              *case["act"], case["bias"].cuda(), groups, relu=True)
-        assert got.is_contiguous(memory_format=fmt)
-        _bits_equal(got.cpu(), want)
-        assert bool((want.nan_to_num(0) >= 0).all())
+        for lo, hi in clamps:
+            want = ops.conv2d_int8(x, case["layouts"][0], 8, *args, case["corr"], case["scale"], *case["act"],
+                                   case["bias"], groups, lo, hi)
+            got = ops.conv2d_int8(x.cuda(), case["layouts"][0].cuda(), 8, *args, case["corr"].cuda(),
+                                  case["scale"].cuda(), *case["act"], case["bias"].cuda(), groups, lo, hi)
+            assert got.is_contiguous(memory_format=fmt)
+            _bits_equal(got.cpu(), want)
+            assert bool((want.nan_to_num(0) >= lo).all())
     w4 = ops.pack_int4_w4(torch.randint(-8, 8, (16, 288), dtype=torch.int8, generator=g))
     gscale, bias = torch.rand(16, 9, generator=g) * 0.1, torch.randn(16, generator=g)
-    want = ops.conv2d_w4a8(x, w4, (3, 3), (1, 1), (1, 1), (1, 1), gscale, 32, 0.05, 3, 0, 255, bias, 1, relu=True)
-    got = ops.conv2d_w4a8(x.cuda(), w4.cuda(), (3, 3), (1, 1), (1, 1), (1, 1), gscale.cuda(), 32, 0.05, 3, 0, 255,
-                          bias.cuda(), 1, relu=True)
-    _bits_equal(got.cpu(), want)
     wb = ops.pack_binary_b1((torch.randint(0, 2, (16, 288), generator=g) * 2 - 1).to(torch.int8))
     ws = torch.rand(16, generator=g) + 0.1
-    # XNOR: its CUDA codes may differ from the CPU's at rare centre ties (the test above): against
-    # torch.relu of the unfused CUDA conv
     xa = (x.cuda(), wb.cuda(), (3, 3), (1, 1), (1, 1), (1, 1), ws.cuda(), bias.cuda(), 1)
-    _bits_equal(ops.conv2d_w1a1(*xa, relu=True).cpu(), torch.relu(ops.conv2d_w1a1(*xa)).cpu())
+    for lo, hi in clamps:
+        want = ops.conv2d_w4a8(x, w4, (3, 3), (1, 1), (1, 1), (1, 1), gscale, 32, 0.05, 3, 0, 255, bias, 1, lo, hi)
+        got = ops.conv2d_w4a8(x.cuda(), w4.cuda(), (3, 3), (1, 1), (1, 1), (1, 1), gscale.cuda(), 32, 0.05, 3, 0, 255,
+                              bias.cuda(), 1, lo, hi)
+        _bits_equal(got.cpu(), want)
+        # XNOR: its CUDA codes may differ from the CPU's at rare centre ties (the test above): against
+        # torch.clamp of the unfused CUDA conv
+        _bits_equal(ops.conv2d_w1a1(*xa, lo, hi).cpu(), torch.clamp(ops.conv2d_w1a1(*xa), lo, hi).cpu())

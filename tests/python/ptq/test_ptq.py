@@ -200,20 +200,20 @@ def test_load_into_gives_the_replacing_relu_the_relu6s_inplace(data, tmp_path, i
     """qatkit.load_into swaps a ReLU that PTQ put in a ReLU6's place (the file's module_changes) into
     the caller's float model with that ReLU6's own inplace flag (in place where the model allowed
     it: no output allocation), with the same outputs as a copy of the other flag; fused into the convs
-    before them by default (qatkit.fuse_relu), their places keep the flag."""
-    from qatkit.qat.fuse import FusedReLU
+    before them by default (qatkit.fuse_activations), their places keep the flag."""
+    from qatkit.qat.fuse import FusedActivation
 
     m = _with_stats(dscnn(lambda: nn.ReLU6(inplace=inplace)))
     q = qatkit.ptq(m, data[0], qatkit.w8a8(), verbose=False, progress=False)
     path = str(tmp_path / "dscnn.safetensors")
     qatkit.export(q, path)
-    loaded = qatkit.load_into(dscnn(lambda: nn.ReLU6(inplace=inplace)).eval(), path, fuse_relu=False)
+    loaded = qatkit.load_into(dscnn(lambda: nn.ReLU6(inplace=inplace)).eval(), path, fuse_activations=False)
     relus = [mod for mod in loaded.modules() if type(mod) is nn.ReLU]
     assert len(relus) == 4 and all(mod.inplace == inplace for mod in relus)
-    other = qatkit.load_into(dscnn(lambda: nn.ReLU6(inplace=not inplace)).eval(), path, fuse_relu=False)
+    other = qatkit.load_into(dscnn(lambda: nn.ReLU6(inplace=not inplace)).eval(), path, fuse_activations=False)
     assert all(mod.inplace != inplace for mod in other.modules() if type(mod) is nn.ReLU)
     fused = qatkit.load_into(dscnn(lambda: nn.ReLU6(inplace=inplace)).eval(), path)
-    places = [mod for mod in fused.modules() if type(mod) is FusedReLU]
+    places = [mod for mod in fused.modules() if type(mod) is FusedActivation]
     assert len(places) == len(fused.fusion_report["fused"]) > 0 and all(mod.inplace == inplace for mod in places)
     with torch.no_grad():
         assert torch.equal(loaded(data[1]), other(data[1]))
