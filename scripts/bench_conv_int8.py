@@ -61,6 +61,12 @@ def main():
     ap.add_argument("--rounds", type=number_arg(int, 1), default=9)
     ap.add_argument("--threads", type=number_arg(int, 1), default=2)
     ap.add_argument("--no-models", action="store_true", help="skip the whole-model table (PTQ + export + load)")
+    ap.add_argument("--no-equalize", action="store_true",
+                    help="PTQ without cross-layer equalization, which keeps MobileNetV2's ReLU6s as a QAT model "
+                         "keeps them (equalization turns 34 of its 35 into ReLUs); both fuse into the convs")
+    ap.add_argument("--model", choices=["all", "resnet18", "mobilenet_v2"], default="all",
+                    help="the whole-model table's models")
+    ap.add_argument("--no-shapes", action="store_true", help="skip the per-shape table")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     # large outputs from the heap, as in a warmed process (qatkit.testing.timing)
@@ -69,6 +75,8 @@ def main():
     torch.manual_seed(0)
     print(f"# 3x3 convs, padding 1, {a.threads} threads, qatkit ISA {qatkit._C.cpu_isa()}, torch {torch.__version__}, "
           f"medians of {a.rounds} interleaved rounds")
+    if a.no_shapes:
+        return None if a.no_models else _models(a.rounds, a.no_equalize, a.model)
     print("| input (B, C, H=W) -> N | fp32 ms | int8 ms | int8 vs fp32 | int8 row layout vs fp32 | ternary vs fp32 | "
           "binary W1A8 vs fp32 | xnor ms | xnor vs fp32 | w4a8 g32 vs fp32 |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -120,14 +128,14 @@ def main():
         print(f"| {b}, {c}, {hw}, {st} | {med['fp32']:.2f} | {med['int8']:.2f} | {med['fp32'] / med['int8']:.2f}x | "
               f"{med['fp32 cl']:.2f} | {med['int8 cl']:.2f} | {med['fp32 cl'] / med['int8 cl']:.2f}x |")
     if not a.no_models:
-        _models(a.rounds)
+        _models(a.rounds, a.no_equalize, a.model)
     print(f"# at the end: {core_to_core()}")
 
 
 MODEL_PRESETS = ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"]
 
 
-def _models(rounds: int) -> None:
+def _models(rounds: int, no_equalize: bool = False, which: str = "all") -> None:
     """Whole CNNs: FP32 against each preset's exported file loaded back on the integer kernels."""
     import copy
     import os
@@ -145,6 +153,7 @@ def _models(rounds: int) -> None:
     lines = []
     models = [("ResNet-18", lambda: resnet18(10, small_input=True)),
               ("MobileNetV2", lambda: mobilenet_v2(10, small_input=True))]
+    models = [m for m in models if which == "all" or m[0].lower().replace("-", "") == which.replace("_", "")]
     bar = tqdm(total=len(models) * len(MODEL_PRESETS), desc="PTQ + export + load", leave=False)
     for name, make in models:
         torch.manual_seed(0)
@@ -155,7 +164,8 @@ def _models(rounds: int) -> None:
         for preset in MODEL_PRESETS:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                q = qatkit.ptq(copy.deepcopy(fp), calib, qatkit.preset(preset), verbose=False, progress=False)
+                q = qatkit.ptq(copy.deepcopy(fp), calib, qatkit.preset(preset), verbose=False, progress=False,
+                               equalize=not no_equalize)
                 path = os.path.join(tmp, f"{name}_{preset}.safetensors")
                 qatkit.export(q, path)
                 loaded = qatkit.load_into(make().eval(), path)
@@ -186,6 +196,8 @@ def _models(rounds: int) -> None:
                          f"{med['fp32 cl'] / med[preset + ' cl']:.2f}x | {notes[preset][2]} | {gain} | "
                          f"{notes[preset][0]} | {notes[preset][1]:.5f} |")
     bar.close()
+    eq = "without cross-layer equalization (ReLU6s kept)" if no_equalize else "with cross-layer equalization"
+    print(f"\n# PTQ {eq}")
     print("\n| model (batch 8, 32 x 32) | preset | fp32 ms | loaded ms | vs fp32 | channels_last: fp32 ms | "
           "loaded ms | vs fp32 | activations fused | fused vs unfused (NCHW / cl) | layers on | cosine to the PTQ model |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")

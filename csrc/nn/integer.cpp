@@ -413,14 +413,18 @@ torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& in
 }
 
 torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k, at::IntArrayRef st,
-                           at::IntArrayRef pad, at::IntArrayRef dil) {
-  if (p.binary_input) return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias, p.groups);
+                           at::IntArrayRef pad, at::IntArrayRef dil, std::optional<double> clamp_min,
+                           std::optional<double> clamp_max) {
+  if (p.binary_input) {
+    return qatkit::conv2d_w1a1(x4, p.weight, k, st, pad, dil, p.out_scale, p.bias, p.groups, clamp_min, clamp_max);
+  }
   if (p.weight_bits == 4) {
     return qatkit::conv2d_w4a8(x4, p.weight, k, st, pad, dil, p.group_scale, p.group_size, p.act_scale,
-                               p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups);
+                               p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups, clamp_min,
+                               clamp_max);
   }
   return qatkit::conv2d_int8(x4, p.weight, p.weight_bits, k, st, pad, dil, p.corr, p.out_scale, p.act_scale,
-                             p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups);
+                             p.act_zero_point, p.act_quant_min, p.act_quant_max, p.bias, p.groups, clamp_min, clamp_max);
 }
 
 }  // namespace detail

@@ -62,8 +62,11 @@ ConvPads conv_pads(const Options& o) {
   return p;
 }
 
-/// conv2d_int8 with the plan's operands on an NCHW input (Conv1d: a 1 x k Conv2d).
+/// conv2d_int8 with the plan's operands on an NCHW input (Conv1d: a 1 x k Conv2d), with the layer's
+/// fused clamp (ConvertedWeight::clamp_min / clamp_max).
 QATKIT_API torch::Tensor integer_conv(const IntegerKernelPlan& p, const torch::Tensor& x4, at::IntArrayRef k,
-                                      at::IntArrayRef st, at::IntArrayRef pad, at::IntArrayRef dil);
+                                      at::IntArrayRef st, at::IntArrayRef pad, at::IntArrayRef dil,
+                                      std::optional<double> clamp_min = std::nullopt,
+                                      std::optional<double> clamp_max = std::nullopt);
 
 }  // namespace qatkit::nn::detail

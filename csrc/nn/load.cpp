@@ -45,6 +45,11 @@ struct Reader {
   /// (load() checks both against the header: a layer the structure does not place, a float_tensors
   /// list that is not what the modules read)
   mutable std::set<std::string> placed, float_read;
+  /// Fuse each ReLU / ReLU6 / Hardtanh after a packed conv into it (load's fuse_activations, integer
+  /// compute), and how many places the structure gives each packed layer (a layer placed twice is
+  /// not fused: Python's rule for a module used twice)
+  bool fuse = false;
+  std::map<std::string, int> packed_uses;
 
   [[noreturn]] void fail(const std::string& msg) const {
     TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::load: '{}': {}", path, msg));
@@ -897,14 +902,81 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
   r.fail(fmt::format("{}: a module type the C++ loader does not build", where));
 }
 
+/// The converted weight of a packed conv (its clamp is the fused activation's), or null.
+ConvertedWeight* packed_conv(torch::nn::AnyModule& m) {
+  const auto p = m.ptr();
+  if (auto c = std::dynamic_pointer_cast<QuantConv2dImpl>(p)) return &c->frozen;
+  if (auto c = std::dynamic_pointer_cast<QuantConv1dImpl>(p)) return &c->frozen;
+  return nullptr;
+}
+
+/// The bounds and kind of a ReLU / ReLU6 / Hardtanh (the activations that are clamps), or nullopt.
+struct Clamp {
+  std::string kind;
+  double lo;
+  std::optional<double> hi;
+};
+std::optional<Clamp> clamp_of(torch::nn::AnyModule& m) {
+  const auto p = m.ptr();
+  if (std::dynamic_pointer_cast<torch::nn::ReLUImpl>(p)) return Clamp{"ReLU", 0.0, std::nullopt};
+  if (std::dynamic_pointer_cast<torch::nn::ReLU6Impl>(p)) return Clamp{"ReLU6", 0.0, 6.0};
+  if (auto h = std::dynamic_pointer_cast<torch::nn::HardtanhImpl>(p)) {
+    return Clamp{"Hardtanh", h->options.min_val(), h->options.max_val()};
+  }
+  return std::nullopt;
+}
+
+/// load's activation fusion on one Sequential's children (Python's qatkit.fuse_activations): a
+/// packed conv placed once in the structure, then only Identity modules, then a ReLU / ReLU6 /
+/// Hardtanh (no -0.0 bound, ordered bounds): the conv takes the clamp, the activation's place a
+/// FusedActivation.
+void fuse_children(const Reader& r, std::vector<std::pair<std::string, torch::nn::AnyModule>>& kids,
+                   const json::Value& children) {
+  for (std::size_t i = 0; i < kids.size(); ++i) {
+    ConvertedWeight* conv = packed_conv(kids[i].second);
+    const json::Value& node = children.array[i].array[1];
+    if (conv == nullptr || conv->clamped() || node.find("name") == nullptr) continue;
+    const auto uses = r.packed_uses.find(node.at("name", "structure").as_string("structure"));
+    if (uses == r.packed_uses.end() || uses->second != 1) continue;
+    std::size_t j = i + 1;
+    while (j < kids.size() && std::dynamic_pointer_cast<torch::nn::IdentityImpl>(kids[j].second.ptr())) ++j;
+    if (j == kids.size()) continue;
+    const std::optional<Clamp> c = clamp_of(kids[j].second);
+    const auto negative_zero = [](double v) { return v == 0.0 && std::signbit(v); };
+    if (!c || negative_zero(c->lo) || (c->hi && (negative_zero(*c->hi) || !(c->lo <= *c->hi)))) continue;
+    conv->clamp_min = c->lo;
+    conv->clamp_max = c->hi;
+    kids[j].second = torch::nn::AnyModule(FusedActivation(c->kind, c->lo, c->hi));
+  }
+}
+
 void fill(const Reader& r, const json::Value& node, const std::string& qname, int depth, torch::nn::SequentialImpl& seq) {
   const std::string where = fmt::format("structure at '{}'", qname);
   const json::Value& kids = node.at("children", where);
   if (kids.type != json::Value::Type::kArray) r.fail(where + ": children must be a list");
+  std::vector<std::pair<std::string, torch::nn::AnyModule>> built;
   for (const auto& kid : kids.array) {
     if (kid.type != json::Value::Type::kArray || kid.array.size() != 2) r.fail(where + ": each child is [name, node]");
     const std::string n = kid.array[0].as_string(where);
-    seq.push_back(n, build(r, kid.array[1], qname.empty() ? n : qname + "." + n, depth + 1));
+    built.emplace_back(n, build(r, kid.array[1], qname.empty() ? n : qname + "." + n, depth + 1));
+  }
+  if (r.fuse) fuse_children(r, built, kids);
+  for (auto& [n, m] : built) seq.push_back(n, std::move(m));
+}
+
+/// How many places the structure gives each packed layer (its own name and its aliases).
+void count_packed(const json::Value& node, std::map<std::string, int>& uses, int depth) {
+  if (depth > 64 || node.type != json::Value::Type::kObject) return;  // (build() refuses such a structure)
+  const json::Value* type = node.find("type");
+  const json::Value* name = node.find("name");
+  if (type != nullptr && type->type == json::Value::Type::kString && type->string == "packed" && name != nullptr &&
+      name->type == json::Value::Type::kString) {
+    ++uses[name->string];
+  }
+  const json::Value* kids = node.find("children");
+  if (kids == nullptr || kids->type != json::Value::Type::kArray) return;
+  for (const json::Value& kid : kids->array) {
+    if (kid.type == json::Value::Type::kArray && kid.array.size() == 2) count_packed(kid.array[1], uses, depth + 1);
   }
 }
 
@@ -936,7 +1008,7 @@ torch::nn::AnyModule build(const Reader& r, const json::Value& node, const std::
 
 }  // namespace
 
-torch::nn::Sequential load(const std::string& path, const std::string& compute) {
+torch::nn::Sequential load(const std::string& path, const std::string& compute, bool fuse_activations) {
   TORCH_CHECK_VALUE(compute == "integer" || compute == "float",
                     fmt::format("load: compute must be 'integer' or 'float', got '{}'", compute));
   Reader r;
@@ -970,6 +1042,8 @@ torch::nn::Sequential load(const std::string& path, const std::string& compute) 
     const std::string why = gap != nullptr && gap->type == json::Value::Type::kString ? ": " + gap->as_string("structure_gap").substr(0, 300) : "";
     r.fail(fmt::format("the model is not an nn.Sequential tree of modules qatkit knows{}; load it in Python with qatkit.load_into", why));
   }
+  r.fuse = fuse_activations && compute == "integer";  // (Python fuses with integer compute only)
+  if (r.fuse) count_packed(*structure, r.packed_uses, 0);
   torch::nn::Sequential seq;
   if (structure->type == json::Value::Type::kObject &&
       structure->at("type", "structure").as_string("structure") == "Sequential") {

@@ -796,12 +796,14 @@ torch::Tensor integer_conv_forward(Layer& self, torch::Tensor x, const IntegerKe
       x = torch::nn::functional::pad(x, torch::nn::functional::PadFuncOptions(extra));
     }
   }
+  const auto& f = self.frozen;  // (a fused activation: the kernels clamp)
   if constexpr (D == 1) {
     const torch::Tensor y = detail::integer_conv(plan, x.unsqueeze(2), {1, o.kernel_size()->at(0)},
-                                                 {1, o.stride()->at(0)}, {0, pad[0]}, {1, o.dilation()->at(0)});
+                                                 {1, o.stride()->at(0)}, {0, pad[0]}, {1, o.dilation()->at(0)},
+                                                 f.clamp_min, f.clamp_max);
     return y.squeeze(2);
   } else {
-    return detail::integer_conv(plan, x, *o.kernel_size(), *o.stride(), pad, *o.dilation());
+    return detail::integer_conv(plan, x, *o.kernel_size(), *o.stride(), pad, *o.dilation(), f.clamp_min, f.clamp_max);
   }
 }
 
@@ -822,7 +824,9 @@ torch::Tensor conv_forward_on(Layer& self, const torch::Tensor& x) {
                                self.options.in_channels(), c10::toString(x.scalar_type())));
   learned_checks(self, self.input_fake_quant);
   const torch::Tensor h = self.input_fake_quant ? self.input_fake_quant(x) : x;
-  return conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);
+  const torch::Tensor y = conv_nd<D>(h, conv_quantized_weight<D>(self), self.bias, self.options);
+  // a fused activation in float math: torch.clamp, the kernels' values
+  return self.frozen.clamped() ? torch::clamp(y, self.frozen.clamp_min, self.frozen.clamp_max) : y;
 }
 
 
@@ -1037,5 +1041,14 @@ torch::Tensor HardswishImpl::forward(const torch::Tensor& x) { return at::hardsw
 void HardswishImpl::pretty_print(std::ostream& stream) const { stream << "qatkit::nn::Hardswish()"; }
 torch::Tensor HardsigmoidImpl::forward(const torch::Tensor& x) { return at::hardsigmoid(x); }
 void HardsigmoidImpl::pretty_print(std::ostream& stream) const { stream << "qatkit::nn::Hardsigmoid()"; }
+
+FusedActivationImpl::FusedActivationImpl(std::string kind_, double min_val_, std::optional<double> max_val_)
+    : kind(std::move(kind_)), min_val(min_val_), max_val(max_val_) {
+  TORCH_CHECK_VALUE(kind == "ReLU" || kind == "ReLU6" || kind == "Hardtanh",
+                    fmt::format("FusedActivation: kind must be 'ReLU', 'ReLU6' or 'Hardtanh', got '{}'", kind));
+}
+void FusedActivationImpl::pretty_print(std::ostream& stream) const {
+  stream << "qatkit::nn::FusedActivation(" << kind << ", fused into the conv before it)";
+}
 
 }  // namespace qatkit::nn

@@ -9,6 +9,7 @@
 #include <cfloat>
 #include <cmath>
 #include <map>
+#include <set>
 
 #include "integer.h"
 #include "json.h"
@@ -69,6 +70,9 @@ struct Writer {
   TensorFile file;
   Value layers = object();
   Value float_tensors = array();
+  /// Convs with a fused activation and the FusedActivation after each (load's fusion), paired in
+  /// their Sequential: written as the unfused pair (the conv without its clamp, the activation)
+  std::set<const torch::nn::Module*> paired;
 
   void put(const std::string& name, const torch::Tensor& t) {
     file.tensors.emplace_back(name, t.detach().to(torch::kCPU).contiguous().clone());
@@ -199,6 +203,35 @@ struct Writer {
   }
 
   Value module(const std::shared_ptr<torch::nn::Module>& m, const std::string& name, int depth);
+
+  /// Each conv of `seq` with a fused clamp whose next module past Identity ones is the
+  /// FusedActivation of the same bounds: both into `paired`.
+  void pair_fused(const torch::nn::SequentialImpl& seq) {
+    const auto kids = seq.children();
+    for (std::size_t i = 0; i < kids.size(); ++i) {
+      const ConvertedWeight* w = nullptr;
+      if (auto c = std::dynamic_pointer_cast<QuantConv2dImpl>(kids[i])) w = &c->frozen;
+      if (auto c = std::dynamic_pointer_cast<QuantConv1dImpl>(kids[i])) w = &c->frozen;
+      if (w == nullptr || !w->clamped()) continue;
+      std::size_t j = i + 1;
+      while (j < kids.size() && std::dynamic_pointer_cast<torch::nn::IdentityImpl>(kids[j])) ++j;
+      if (j == kids.size()) continue;
+      auto f = std::dynamic_pointer_cast<FusedActivationImpl>(kids[j]);
+      if (f && w->clamp_min == std::optional<double>(f->min_val) && w->clamp_max == f->max_val) {
+        paired.insert(kids[i].get());
+        paired.insert(f.get());
+      }
+    }
+  }
+
+  /// A conv whose clamp has no FusedActivation after it: the file would drop the activation.
+  void check_paired(const torch::nn::Module& conv, const ConvertedWeight& w, const std::string& name) const {
+    TORCH_CHECK_VALUE(!w.clamped() || paired.count(&conv) != 0,
+                      fmt::format("qatkit::nn::save: layer '{}' has a fused activation (clamp_min / clamp_max) with no "
+                                  "FusedActivation of the same bounds after it in a Sequential: the file would not hold "
+                                  "the activation. Reset frozen.clamp_min / clamp_max and put the activation module after it",
+                                  name));
+  }
 };
 
 template <typename T>
@@ -210,6 +243,7 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
   TORCH_CHECK_VALUE(depth <= 64, "qatkit::nn::save: the model nests deeper than 64 levels");
   const std::string prefix = name.empty() ? "" : name + ".";
   if (auto seq = as<torch::nn::SequentialImpl>(m)) {
+    pair_fused(*seq);
     Value kids = array();
     for (const auto& c : seq->named_children()) {
       Value pair = array();
@@ -231,12 +265,14 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
     return layer(name, "linear", std::move(p), l->frozen, l->layer_spec, l->bias, l->input_fake_quant, l->smooth);
   }
   if (auto c = as<QuantConv2dImpl>(m)) {
+    check_paired(*c, c->frozen, name);
     return layer(name, "conv2d", conv_params<2>(c->options), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
   }
   if (auto c = as<QuantConvBn2dImpl>(m)) {  // converted: a conv with the folded weight and bias
     return layer(name, "conv2d", conv_params<2>(c->options), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
   }
   if (auto c = as<QuantConv1dImpl>(m)) {
+    check_paired(*c, c->frozen, name);
     return layer(name, "conv1d", conv_params<1>(c->options), c->frozen, c->layer_spec, c->bias, c->input_fake_quant);
   }
   if (auto e = as<QuantEmbeddingImpl>(m)) {
@@ -247,6 +283,17 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
     return layer(name, "embedding", std::move(p), e->frozen, e->layer_spec, torch::Tensor(), e->input_fake_quant);
   }
   Value a = object();
+  if (auto f = as<FusedActivationImpl>(m)) {  // the activation fused into the conv before it
+    TORCH_CHECK_VALUE(paired.count(f.get()) != 0,
+                      fmt::format("qatkit::nn::save: '{}' is a FusedActivation ({}) with no conv before it that applies it: "
+                                  "the file would hold a {} the model does not compute",
+                                  name, f->kind, f->kind));
+    if (f->kind == "Hardtanh") {
+      a.set("min_val", Value::of(f->min_val));
+      a.set("max_val", Value::of(*f->max_val));
+    }
+    return leaf(f->kind, a);
+  }
   if (as<torch::nn::ReLUImpl>(m)) return leaf("ReLU", a);
   if (as<torch::nn::ReLU6Impl>(m)) return leaf("ReLU6", a);
   if (auto l = as<torch::nn::LeakyReLUImpl>(m)) {

@@ -272,6 +272,12 @@ struct QATKIT_API ConvertedWeight {
   std::shared_ptr<IntegerKernelPlan> integer_rows;
   /// The float weight the converted layer computes with.
   torch::Tensor dequantized(const std::vector<std::int64_t>& shape) const;
+  /// Convs: a fused activation (load fuses a ReLU / ReLU6 / Hardtanh after a converted conv into it,
+  /// Python's qatkit.fuse_activations): the layer's output is torch.clamp(y, clamp_min, clamp_max),
+  /// which the integer kernels write (their clamp_min / clamp_max) and the float forward applies
+  /// after the conv. Both empty: none. The FusedActivation after the layer records it for save().
+  std::optional<double> clamp_min, clamp_max;
+  bool clamped() const { return clamp_min.has_value() || clamp_max.has_value(); }
 };
 
 /// The C++ side of Python's optimizer check (python/qatkit/qat/optimizer_check.py). An optimizer
@@ -384,6 +390,24 @@ class QATKIT_API QuantConv1dImpl : public torch::nn::Cloneable<QuantConv1dImpl> 
   void attach();
 };
 TORCH_MODULE(QuantConv1d);
+
+/// The place of a ReLU / ReLU6 / Hardtanh that load() fused into the conv before it (Python's
+/// qatkit.qat.FusedActivation): the identity, since the conv's output is already clamped. `kind`
+/// ("ReLU", "ReLU6" or "Hardtanh") and the bounds are the activation's; save() writes it as that
+/// activation (and the conv without its clamp), so a fused model's file is the unfused model's.
+class QATKIT_API FusedActivationImpl : public torch::nn::Cloneable<FusedActivationImpl> {
+ public:
+  explicit FusedActivationImpl(std::string kind = "ReLU", double min_val = 0.0,
+                               std::optional<double> max_val = std::nullopt);
+  void reset() override {}
+  torch::Tensor forward(torch::Tensor x) { return x; }
+  void pretty_print(std::ostream& stream) const override;
+
+  std::string kind;
+  double min_val;
+  std::optional<double> max_val;
+};
+TORCH_MODULE(FusedActivation);
 
 /// Conv2d + BatchNorm2d folded for QAT with Krishnamoorthi's correction (Python: QuantConvBn2d):
 /// the quantized weight is Q(W * gamma / sigma) from the running statistics; in training (before
@@ -554,8 +578,13 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 /// (set_compute), bit for bit Python's loaded model; "float" the QAT model's float math. ValueError
 /// naming the file and the layer for anything the file or the C++ layers cannot honour (a newer
 /// format version, a smoothing that is not finite and positive, non-float32 models, an unknown module
-/// type).
-QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string& compute = "integer");
+/// type). `fuse_activations` (with integer compute, as Python's qatkit.load): each ReLU / ReLU6 /
+/// Hardtanh that follows a packed conv in a Sequential (only Identity modules between: a folded
+/// BatchNorm's place) runs in the conv's kernel as a clamp (ConvertedWeight::clamp_min / clamp_max),
+/// its place a FusedActivation: the same bits, one pass over the output less. A conv the structure
+/// places twice, or a Hardtanh bound of -0.0, is left unfused (as Python leaves it).
+QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string& compute = "integer",
+                                      bool fuse_activations = true);
 
 /// Switch the converted layers of `model` between "float" (the QAT model's function, bit for bit)
 /// and "integer": layers an integer kernel runs compute on it, bit for bit Python's

@@ -1,9 +1,10 @@
 // The C++ side of tests/python/test_cpp_load.py, and the example of loading a Python-exported
 // model in a LibTorch program:
-//     qatkit_load_run [--float] [--cuda] model.safetensors input.safetensors output.safetensors
+//     qatkit_load_run [--float] [--unfused] [--cuda] model.safetensors input.safetensors output.safetensors
 // loads the model with qatkit::nn::load (integer kernels where they run a layer, as Python's
-// qatkit.load; --float: the QAT model's float math), runs it on the tensor "x" of the input file
-// and writes the result as tensor "y" (and prints the first row). --cuda: model and input moved to
+// qatkit.load; --float: the QAT model's float math; --unfused: fuse_activations=false), runs it on
+// the tensor "x" of the input file and writes the result as tensor "y" (and prints how many
+// activations load fused, "fused N", and the first row). --cuda: model and input moved to
 // the GPU first (the Linear layers' CUDA kernels; tests/python/qat/test_cuda_qat.py).
 //     qatkit_load_run --many [--each] input.safetensors model1 model2 ...
 // loads and runs each model file in this one process (the fuzzer's mode under ASan/UBSan:
@@ -151,7 +152,7 @@ int main(int argc, char** argv) {
     return each ? many(argc - 1, argv + 1, true) : many(argc, argv, false);
   }
   std::string compute = "integer";
-  bool cuda = false;
+  bool cuda = false, fuse = true;
   for (;;) {  // leading flags of the run mode
     if (argc >= 5 && std::string(argv[1]) == "--float") {
       compute = "float";
@@ -159,6 +160,8 @@ int main(int argc, char** argv) {
       compute = "both";
     } else if (argc >= 5 && std::string(argv[1]) == "--cuda") {
       cuda = true;
+    } else if (argc >= 5 && std::string(argv[1]) == "--unfused") {
+      fuse = false;
     } else {
       break;
     }
@@ -182,8 +185,11 @@ int main(int argc, char** argv) {
   bool loaded = false;
   try {
     const bool both = compute == "both";
-    torch::nn::Sequential model = qatkit::nn::load(argv[1], both ? "integer" : compute);
+    torch::nn::Sequential model = qatkit::nn::load(argv[1], both ? "integer" : compute, fuse);
     loaded = true;
+    int fused = 0;
+    for (const auto& m : model->modules()) fused += std::dynamic_pointer_cast<qatkit::nn::FusedActivationImpl>(m) != nullptr;
+    std::cout << "fused " << fused << "\n";
     const qatkit::nn::TensorFile in = qatkit::nn::read_safetensors(argv[2]);
     torch::Tensor x;
     for (const auto& [name, t] : in.tensors) {

@@ -345,3 +345,45 @@ CATCH_TEST_CASE("qatkit::nn::save and load keep activations, pooling and float m
   CATCH_CHECK(torch::equal(qatkit::nn::Hardswish()->forward(t), torch::hardswish(t)));
   CATCH_CHECK(torch::equal(qatkit::nn::Hardsigmoid()->forward(t), torch::hardsigmoid(t)));
 }
+
+CATCH_TEST_CASE("load fuses conv activations; save writes them back and refuses a clamp it would drop", "[save]") {
+  namespace nn = torch::nn;
+  torch::manual_seed(2);
+  nn::Sequential model(nn::Conv2d(nn::Conv2dOptions(3, 8, 3).padding(1)), nn::ReLU(),
+                       nn::Conv2d(nn::Conv2dOptions(8, 8, 1)), nn::Hardtanh(nn::HardtanhOptions().min_val(-0.5).max_val(0.5)),
+                       nn::Conv2d(nn::Conv2dOptions(8, 4, 1)), nn::LeakyReLU(), nn::Flatten());
+  model->eval();
+  auto q = qatkit::nn::prepare_qat(model, qatkit::nn::QATConfig::preset("w8a8"));
+  const torch::Tensor x = torch::randn({3, 3, 6, 6}) * 2;
+  qatkit::nn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+  const std::string path = "/tmp/qatkit_save_fused.safetensors", again = "/tmp/qatkit_save_fused_again.safetensors";
+  qatkit::nn::save(q, path);
+  torch::NoGradGuard ng;
+  auto fused = qatkit::nn::load(path), plain = qatkit::nn::load(path, "integer", false);
+  int places = 0;
+  for (const auto& m : fused->modules(false)) places += std::dynamic_pointer_cast<qatkit::nn::FusedActivationImpl>(m) != nullptr;
+  CATCH_CHECK(places == 2);  // the ReLU and the Hardtanh; the LeakyReLU is no clamp
+  CATCH_CHECK(std::dynamic_pointer_cast<nn::LeakyReLUImpl>(fused->ptr(5)) != nullptr);
+  const auto conv0 = fused->ptr(0)->as<qatkit::nn::QuantConv2dImpl>();
+  CATCH_CHECK((conv0->frozen.clamp_min == 0.0 && !conv0->frozen.clamp_max));
+  CATCH_CHECK(torch::equal(fused->forward(x), plain->forward(x)));
+  for (const auto& m : qatkit::nn::load(path, "float")->modules(false)) {  // float compute: not fused
+    CATCH_CHECK(std::dynamic_pointer_cast<qatkit::nn::FusedActivationImpl>(m) == nullptr);
+  }
+  // the fused conv alone in float compute clamps after its conv
+  qatkit::nn::set_compute(*fused, "float");
+  CATCH_CHECK(torch::equal(fused->forward(x), qatkit::nn::load(path, "float")->forward(x)));
+  qatkit::nn::set_compute(*fused, "integer");
+  qatkit::nn::save(fused, again);  // the activations written back: the file loads as the first
+  CATCH_CHECK(torch::equal(qatkit::nn::load(again, "integer", false)->forward(x), plain->forward(x)));
+  // a clamp with no FusedActivation after it, a FusedActivation whose conv has none: refused
+  fused->ptr(4)->as<qatkit::nn::QuantConv2dImpl>()->frozen.clamp_max = 1.0;
+  CATCH_CHECK_THAT(save_error(fused), Catch::Contains("layer '4' has a fused activation"));
+  fused->ptr(4)->as<qatkit::nn::QuantConv2dImpl>()->frozen.clamp_max.reset();
+  fused->ptr(2)->as<qatkit::nn::QuantConv2dImpl>()->frozen.clamp_min.reset();
+  fused->ptr(2)->as<qatkit::nn::QuantConv2dImpl>()->frozen.clamp_max.reset();
+  CATCH_CHECK_THAT(save_error(fused), Catch::Contains("'3' is a FusedActivation (Hardtanh) with no conv before it"));
+  CATCH_CHECK_THROWS_WITH(qatkit::nn::FusedActivation("GELU"), Catch::Contains("kind must be 'ReLU', 'ReLU6' or 'Hardtanh'"));
+  std::remove(path.c_str());
+  std::remove(again.c_str());
+}

@@ -35,12 +35,13 @@ def _qat_models():
 
 
 def _run(model_path, x, tmp_path, compute="integer"):
-    """load_run on x: (result, y), or with compute="both" (result, {"y": integer, "y_float": float})."""
+    """load_run on x: (result, y), or with compute="both" (result, {"y": integer, "y_float": float});
+    compute="unfused": integer compute with fuse_activations=false."""
     from safetensors.torch import load_file, save_file
 
     inp, out = str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")
     save_file({"x": x.contiguous()}, inp)
-    flag = {"float": ["--float"], "both": ["--both"]}.get(compute, [])
+    flag = {"float": ["--float"], "both": ["--both"], "unfused": ["--unfused"]}.get(compute, [])
     # a fixed MKL thread count: with MKL's dynamic threading a float GEMM's split (and bits) can vary
     # from run to run (scripts/fuzz_models.py)
     r = subprocess.run([EXE, *flag, model_path, inp, out], capture_output=True, text=True, timeout=120,
@@ -1435,3 +1436,46 @@ def test_an_all_zero_binary_channel_is_zero_in_python_and_cpp(preset, tmp_path):
     want, want_int = qatkit.load(path, compute="float")(x), qatkit.load(path)(x)
     assert torch.equal(want, c(x)) and torch.equal(want_int, qatkit.convert(q, integer=True)(x))
     _assert_cpp_gives(path, x, tmp_path, want, want_int)
+
+
+def test_cpp_load_fuses_conv_activations_as_python_does(tmp_path):
+    """qatkit::nn::load fuses each ReLU / ReLU6 / Hardtanh after a packed conv into it (integer
+    compute, fuse_activations=true, as Python's qatkit.load): the same pairs as Python (a LeakyReLU,
+    a conv placed twice and a Hardtanh with a -0.0 bound left alone), the outputs Python's fused and
+    unfused loads' bits, NCHW and channels_last; --unfused keeps the modules; save writes the
+    activations back (the file Python's export of the same model writes)."""
+    torch.manual_seed(7)
+    shared = nn.Conv2d(8, 8, 1)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6(),
+        nn.Conv2d(8, 8, 1), nn.Hardtanh(-0.5, 0.75),
+        nn.Conv2d(8, 8, 1), nn.LeakyReLU(0.1),
+        shared, nn.ReLU(), shared,  # placed twice: not fused
+        nn.Conv2d(8, 8, 1), nn.Hardtanh(-1.0, -0.0),  # a -0.0 bound: not fused
+        nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+    x = torch.randn(4, 3, 6, 6) * 2
+    path = str(tmp_path / "m.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(net.eval(), [x], qatkit.preset("w8a8"), equalize=False, verbose=False, progress=False)
+    qatkit.export(q, path)
+    py = qatkit.load(path)
+    assert py.fusion_report["fused"] == [("0", "2"), ("3", "4"), ("5", "6")]
+    for xi in (x, x.contiguous(memory_format=torch.channels_last)):
+        r, y = _run(path, xi, tmp_path)
+        assert r.returncode == 0 and "fused 3" in r.stdout, r.stdout + r.stderr
+        ru, yu = _run(path, xi, tmp_path, compute="unfused")
+        assert ru.returncode == 0 and "fused 0" in ru.stdout, ru.stdout + ru.stderr
+        with torch.no_grad():
+            want = py(xi)
+            assert same_bits(y, want) and same_bits(yu, want)
+            assert same_bits(want, qatkit.load(path, fuse_activations=False)(xi))
+    again = str(tmp_path / "again.safetensors")
+    r = subprocess.run([EXE, "--resave", path, again], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    kinds = lambda p: [(c[1]["type"], c[1].get("args")) for c in  # noqa: E731
+                       qatkit.serialization.read_header(p)["structure"]["children"]]
+    assert kinds(again) == kinds(path)
+    assert [k for k, _ in kinds(again)][:9] == ["packed", "Identity", "ReLU", "packed", "ReLU6", "packed", "Hardtanh",
+                                                "packed", "LeakyReLU"]
