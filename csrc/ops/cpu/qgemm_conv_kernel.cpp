@@ -614,9 +614,9 @@ at::Tensor channels_last_weight(const at::Tensor& w, int bits, bool panel, std::
   return out;
 }
 
-// A 2- or 1-bit conv weight (conv2d_int8's packed layouts) as int8 codes in the patch rows'
-// channels-last (i, j, c) order: pack_int8_panel's layout (panel), or rows [N, K] zero-padded to a
-// multiple of 32.
+// A conv weight in conv2d_int8's row layouts (2- or 1-bit packed, or int8 rows) as int8 codes in
+// the patch rows' channels-last (i, j, c) order: pack_int8_panel's layout (panel), or rows [N, K]
+// zero-padded to a multiple of 32.
 at::Tensor widened_channels_last_weight(const at::Tensor& w, int bits, std::int64_t N, std::int64_t Cg,
                                         std::int64_t kh, std::int64_t kw, bool panel) {
   const std::int64_t taps = kh * kw, K = Cg * taps, rb = w.size(1), K32 = (K + 31) / 32 * 32;
@@ -1194,8 +1194,12 @@ at::Tensor conv2d_int8_impl(const at::Tensor& input, const at::Tensor& weight, s
   // kConvWidenRows patch rows: the same sums (the packed kernels equal linear_int8 on the unpacked
   // codes), at the int8 GEMM's speed. Below, the packed kernels read a quarter / an eighth of the
   // bytes (one patch row: 1.3-1.6x the widened form's speed; from 16 rows the widened form ran
-  // 1.07-1.7x faster, docs/benchmarks.md, nineteenth session).
-  const bool widen = weight_bits != 8 && B * L >= kConvWidenRows;
+  // 1.07-1.7x faster, docs/benchmarks.md, nineteenth session). int8 weight rows of a groups-1 conv
+  // take the same reorder into the panel layout (narrow-range codes, the rows' precondition): the
+  // row kernel sums each output horizontally, 3-12x slower than the panel from 16 patch rows
+  // (8 x 32 x 32 x 32 -> 96 channels_last: 1078 us against the panel's 102; docs/benchmarks.md,
+  // fifty-second session).
+  const bool widen = (weight_bits != 8 || (groups == 1 && !panel)) && B * L >= kConvWidenRows;
   const int wbits = widen ? 8 : static_cast<int>(weight_bits);
   const bool wpanel = widen ? groups == 1 : panel;
   // (both derived from the constant weight alone: held between calls, cached_weight_form)
