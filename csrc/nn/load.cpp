@@ -902,11 +902,12 @@ torch::nn::AnyModule leaf(const Reader& r, const std::string& type, const json::
   r.fail(fmt::format("{}: a module type the C++ loader does not build", where));
 }
 
-/// The converted weight of a packed conv (its clamp is the fused activation's), or null.
-ConvertedWeight* packed_conv(torch::nn::AnyModule& m) {
+/// The converted weight of a packed conv or Linear (its clamp is the fused activation's), or null.
+ConvertedWeight* packed_clampable(torch::nn::AnyModule& m) {
   const auto p = m.ptr();
   if (auto c = std::dynamic_pointer_cast<QuantConv2dImpl>(p)) return &c->frozen;
   if (auto c = std::dynamic_pointer_cast<QuantConv1dImpl>(p)) return &c->frozen;
+  if (auto l = std::dynamic_pointer_cast<QuantLinearImpl>(p)) return &l->frozen;  // BitLinear too
   return nullptr;
 }
 
@@ -927,13 +928,13 @@ std::optional<Clamp> clamp_of(torch::nn::AnyModule& m) {
 }
 
 /// load's activation fusion on one Sequential's children (Python's qatkit.fuse_activations): a
-/// packed conv placed once in the structure, then only Identity modules, then a ReLU / ReLU6 /
-/// Hardtanh (no -0.0 bound, ordered bounds): the conv takes the clamp, the activation's place a
-/// FusedActivation.
+/// packed conv or Linear placed once in the structure, then only Identity modules, then a ReLU /
+/// ReLU6 / Hardtanh (no -0.0 bound, ordered bounds): the layer takes the clamp, the activation's
+/// place a FusedActivation.
 void fuse_children(const Reader& r, std::vector<std::pair<std::string, torch::nn::AnyModule>>& kids,
                    const json::Value& children) {
   for (std::size_t i = 0; i < kids.size(); ++i) {
-    ConvertedWeight* conv = packed_conv(kids[i].second);
+    ConvertedWeight* conv = packed_clampable(kids[i].second);
     const json::Value& node = children.array[i].array[1];
     if (conv == nullptr || conv->clamped() || node.find("name") == nullptr) continue;
     const auto uses = r.packed_uses.find(node.at("name", "structure").as_string("structure"));

@@ -654,37 +654,43 @@ void learned_checks(Layer& self, const ActFakeQuantizer& input_quantizer) {
 torch::Tensor QuantLinearImpl::forward(const torch::Tensor& x) {
   // one row (torch::nn::Linear takes it): the input quantizer sees it as a batch of one, as Python's
   if (x.dim() == 1) return forward(x.unsqueeze(0)).squeeze(0);
-  if (frozen.integer && detail::plan_stale(*frozen.integer, frozen, bias, input_fake_quant)) {
-    detail::replan(*this);  // an in-place edit, or a member assigned a new tensor
-  }
-  // in integer compute the layer (BitLinear's RMSNorm included) is a float32 layer
-  const torch::Tensor x32 = frozen.integer ? autocast_float32(x) : x;
-  torch::Tensor h = rms_norm_ ? at::rms_norm(x32, {options.in_features()}, std::nullopt, 1e-6) : x32;
-  if (frozen.integer && h.scalar_type() == torch::kFloat && (!frozen.integer->binary_input || h.dim() >= 2)) {
-    // the kernel quantizes the input itself (and divides it by the smoothing, if any); the packed
-    // layouts pad K, so the ops alone take an input a few features short or long
-    TORCH_CHECK_VALUE(h.dim() == 0 || h.size(-1) == options.in_features(),
-                      fmt::format("linear (in_features={}): the input's last dim (features) is {}, the layer takes {}",
-                                  options.in_features(), h.size(-1), options.in_features()));
-    const torch::Tensor divisor = smooth.defined() ? smooth.to(h.device(), torch::kFloat) : smooth;
-    if (h.device().is_cpu() && frozen.integer->weight.device().is_cpu()) {
-      return detail::integer_linear(*frozen.integer, h, divisor);
+  torch::Tensor y = [&]() -> torch::Tensor {
+    if (frozen.integer && detail::plan_stale(*frozen.integer, frozen, bias, input_fake_quant)) {
+      detail::replan(*this);  // an in-place edit, or a member assigned a new tensor
     }
-    if (h.device().is_cuda() && h.device() == frozen.codes.device()) {
-      // CUDA: the plan in the row layouts on the GPU (the same bits as the CPU kernels)
-      if (const IntegerKernelPlan* p = detail::cuda_linear_plan(*this)) return detail::integer_linear(*p, h, divisor);
+    // in integer compute the layer (BitLinear's RMSNorm included) is a float32 layer
+    const torch::Tensor x32 = frozen.integer ? autocast_float32(x) : x;
+    torch::Tensor h = rms_norm_ ? at::rms_norm(x32, {options.in_features()}, std::nullopt, 1e-6) : x32;
+    if (frozen.integer && h.scalar_type() == torch::kFloat && (!frozen.integer->binary_input || h.dim() >= 2)) {
+      // the kernel quantizes the input itself (and divides it by the smoothing, if any); the packed
+      // layouts pad K, so the ops alone take an input a few features short or long
+      TORCH_CHECK_VALUE(h.dim() == 0 || h.size(-1) == options.in_features(),
+                        fmt::format("linear (in_features={}): the input's last dim (features) is {}, the layer takes {}",
+                                    options.in_features(), h.size(-1), options.in_features()));
+      const torch::Tensor divisor = smooth.defined() ? smooth.to(h.device(), torch::kFloat) : smooth;
+      if (h.device().is_cpu() && frozen.integer->weight.device().is_cpu()) {
+        return detail::integer_linear(*frozen.integer, h, divisor);
+      }
+      if (h.device().is_cuda() && h.device() == frozen.codes.device()) {
+        // CUDA: the plan in the row layouts on the GPU (the same bits as the CPU kernels)
+        if (const IntegerKernelPlan* p = detail::cuda_linear_plan(*this)) return detail::integer_linear(*p, h, divisor);
+      }
     }
-  }
-  // Python's QuantizedLinear: a float32 layer in integer compute raises on another dtype (the float
-  // layer's at::linear raises too) rather than quantizing it as if it were float32
-  TORCH_CHECK_TYPE(!frozen.integer || h.scalar_type() == torch::kFloat,
-                   fmt::format("linear (in_features={}): computes in integer form from float32 inputs, got a {} "
-                               "input: cast the input (x.to(torch::kFloat))",
-                               options.in_features(), c10::toString(h.scalar_type())));
-  if (smooth.defined()) h = h / smooth.to(h.device(), h.scalar_type());  // Python: x / smooth.to(x.dtype)
-  learned_checks(*this, input_fake_quant);
-  if (input_fake_quant) h = input_fake_quant(h);
-  return at::linear(h, quantized_weight(), bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
+    // Python's QuantizedLinear: a float32 layer in integer compute raises on another dtype (the float
+    // layer's at::linear raises too) rather than quantizing it as if it were float32
+    TORCH_CHECK_TYPE(!frozen.integer || h.scalar_type() == torch::kFloat,
+                     fmt::format("linear (in_features={}): computes in integer form from float32 inputs, got a {} "
+                                 "input: cast the input (x.to(torch::kFloat))",
+                                 options.in_features(), c10::toString(h.scalar_type())));
+    if (smooth.defined()) h = h / smooth.to(h.device(), h.scalar_type());  // Python: x / smooth.to(x.dtype)
+    learned_checks(*this, input_fake_quant);
+    if (input_fake_quant) h = input_fake_quant(h);
+    return at::linear(h, quantized_weight(), bias.defined() ? std::optional<torch::Tensor>(bias) : std::nullopt);
+  }();
+  // a fused activation (load fuses a ReLU / ReLU6 / Hardtanh after a packed Linear into it):
+  // torch.clamp's values, in place on the layer's fresh output (Python's BoundOp.clamped)
+  if (frozen.clamped()) y.clamp_(frozen.clamp_min, frozen.clamp_max);
+  return y;
 }
 
 BitLinearImpl::BitLinearImpl(torch::nn::LinearOptions opts, LayerSpec spec)
@@ -1048,7 +1054,7 @@ FusedActivationImpl::FusedActivationImpl(std::string kind_, double min_val_, std
                     fmt::format("FusedActivation: kind must be 'ReLU', 'ReLU6' or 'Hardtanh', got '{}'", kind));
 }
 void FusedActivationImpl::pretty_print(std::ostream& stream) const {
-  stream << "qatkit::nn::FusedActivation(" << kind << ", fused into the conv before it)";
+  stream << "qatkit::nn::FusedActivation(" << kind << ", fused into the layer before it)";
 }
 
 }  // namespace qatkit::nn

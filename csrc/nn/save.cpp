@@ -70,8 +70,9 @@ struct Writer {
   TensorFile file;
   Value layers = object();
   Value float_tensors = array();
-  /// Convs with a fused activation and the FusedActivation after each (load's fusion), paired in
-  /// their Sequential: written as the unfused pair (the conv without its clamp, the activation)
+  /// Convs and Linears with a fused activation and the FusedActivation after each (load's fusion),
+  /// paired in their Sequential: written as the unfused pair (the layer without its clamp, the
+  /// activation)
   std::set<const torch::nn::Module*> paired;
 
   void put(const std::string& name, const torch::Tensor& t) {
@@ -204,7 +205,7 @@ struct Writer {
 
   Value module(const std::shared_ptr<torch::nn::Module>& m, const std::string& name, int depth);
 
-  /// Each conv of `seq` with a fused clamp whose next module past Identity ones is the
+  /// Each conv or Linear of `seq` with a fused clamp whose next module past Identity ones is the
   /// FusedActivation of the same bounds: both into `paired`.
   void pair_fused(const torch::nn::SequentialImpl& seq) {
     const auto kids = seq.children();
@@ -212,6 +213,7 @@ struct Writer {
       const ConvertedWeight* w = nullptr;
       if (auto c = std::dynamic_pointer_cast<QuantConv2dImpl>(kids[i])) w = &c->frozen;
       if (auto c = std::dynamic_pointer_cast<QuantConv1dImpl>(kids[i])) w = &c->frozen;
+      if (auto l = std::dynamic_pointer_cast<QuantLinearImpl>(kids[i])) w = &l->frozen;
       if (w == nullptr || !w->clamped()) continue;
       std::size_t j = i + 1;
       while (j < kids.size() && std::dynamic_pointer_cast<torch::nn::IdentityImpl>(kids[j])) ++j;
@@ -224,9 +226,9 @@ struct Writer {
     }
   }
 
-  /// A conv whose clamp has no FusedActivation after it: the file would drop the activation.
-  void check_paired(const torch::nn::Module& conv, const ConvertedWeight& w, const std::string& name) const {
-    TORCH_CHECK_VALUE(!w.clamped() || paired.count(&conv) != 0,
+  /// A layer whose clamp has no FusedActivation after it: the file would drop the activation.
+  void check_paired(const torch::nn::Module& layer, const ConvertedWeight& w, const std::string& name) const {
+    TORCH_CHECK_VALUE(!w.clamped() || paired.count(&layer) != 0,
                       fmt::format("qatkit::nn::save: layer '{}' has a fused activation (clamp_min / clamp_max) with no "
                                   "FusedActivation of the same bounds after it in a Sequential: the file would not hold "
                                   "the activation. Reset frozen.clamp_min / clamp_max and put the activation module after it",
@@ -257,6 +259,7 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
     return v;
   }
   if (auto l = as<QuantLinearImpl>(m)) {
+    check_paired(*l, l->frozen, name);
     Value p = object();
     p.set("in_features", Value::of(l->options.in_features()));
     p.set("out_features", Value::of(l->options.out_features()));
@@ -285,7 +288,7 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
   Value a = object();
   if (auto f = as<FusedActivationImpl>(m)) {  // the activation fused into the conv before it
     TORCH_CHECK_VALUE(paired.count(f.get()) != 0,
-                      fmt::format("qatkit::nn::save: '{}' is a FusedActivation ({}) with no conv before it that applies it: "
+                      fmt::format("qatkit::nn::save: '{}' is a FusedActivation ({}) with no layer before it that applies it: "
                                   "the file would hold a {} the model does not compute",
                                   name, f->kind, f->kind));
     if (f->kind == "Hardtanh") {

@@ -76,6 +76,16 @@ class BoundOp {
     return b;
   }
 
+  // A copy whose call clamps the op's output in place, torch.clamp's values (a Linear's fused
+  // activation: qatkit.fuse_activations; a ReLU / ReLU6 / Hardtanh module's dispatch less per call).
+  // lo / hi: a float or None (no bound).
+  BoundOp clamped(const py::object& lo, const py::object& hi) const {
+    BoundOp b = *this;
+    if (!lo.is_none()) b.clamp_min_ = lo.cast<double>();
+    if (!hi.is_none()) b.clamp_max_ = hi.cast<double>();
+    return b;
+  }
+
   // The op's output, or None where OpOverload._op must take the call (see the file's comment).
   py::object operator()(const py::handle& x) const {
     if (!THPVariable_CheckExact(x.ptr()) || at::impl::torch_function_mode_enabled()) return py::none();
@@ -103,6 +113,12 @@ class BoundOp {
       try {
         py::gil_scoped_release no_gil;
         op_.callBoxed(stack);
+        if (clamp_min_ || clamp_max_) {
+          std::optional<at::Scalar> lo, hi;
+          if (clamp_min_) lo = *clamp_min_;
+          if (clamp_max_) hi = *clamp_max_;
+          stack[0].toTensor().clamp_(lo, hi);
+        }
       } catch (const c10::Error&) {
         // the op's own check failed: OpOverload._op runs it again and raises torch's exception for it
         warnings.set_in_exception();
@@ -126,6 +142,8 @@ class BoundOp {
   std::vector<at::Tensor> sources_;
   std::int64_t version_ = 0, min_dim_ = 0, max_dim_ = 0;
   std::optional<c10::Device> device_;
+  // clamped(): the fused activation's bounds
+  std::optional<double> clamp_min_, clamp_max_;
 };
 
 }  // namespace
@@ -142,7 +160,10 @@ void register_bound_op(py::module_& m) {
            py::arg("min_dim"), py::arg("max_dim"),
            "A copy that also returns None unless the sources' versions still sum to `version` and x is "
            "float32 on `device` (None: any CPU device) with min_dim..max_dim dims (a converted layer's "
-           "forward's checks before its bound kernel).");
+           "forward's checks before its bound kernel).")
+      .def("clamped", &BoundOp::clamped, py::arg("lo"), py::arg("hi"),
+           "A copy that clamps the op's output in place (lo / hi: a float or None), torch.clamp's values: "
+           "a converted Linear's fused activation.");
 }
 
 }  // namespace qatkit::python

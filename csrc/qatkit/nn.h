@@ -272,10 +272,11 @@ struct QATKIT_API ConvertedWeight {
   std::shared_ptr<IntegerKernelPlan> integer_rows;
   /// The float weight the converted layer computes with.
   torch::Tensor dequantized(const std::vector<std::int64_t>& shape) const;
-  /// Convs: a fused activation (load fuses a ReLU / ReLU6 / Hardtanh after a converted conv into it,
-  /// Python's qatkit.fuse_activations): the layer's output is torch.clamp(y, clamp_min, clamp_max),
-  /// which the integer kernels write (their clamp_min / clamp_max) and the float forward applies
-  /// after the conv. Both empty: none. The FusedActivation after the layer records it for save().
+  /// Convs and Linears: a fused activation (load fuses a ReLU / ReLU6 / Hardtanh after a converted
+  /// conv or Linear into it, Python's qatkit.fuse_activations): the layer's output is
+  /// torch.clamp(y, clamp_min, clamp_max), which a conv's integer kernels write (their clamp_min /
+  /// clamp_max) and the other paths apply after the layer. Both empty: none. The FusedActivation
+  /// after the layer records it for save().
   std::optional<double> clamp_min, clamp_max;
   bool clamped() const { return clamp_min.has_value() || clamp_max.has_value(); }
 };
@@ -391,10 +392,11 @@ class QATKIT_API QuantConv1dImpl : public torch::nn::Cloneable<QuantConv1dImpl> 
 };
 TORCH_MODULE(QuantConv1d);
 
-/// The place of a ReLU / ReLU6 / Hardtanh that load() fused into the conv before it (Python's
-/// qatkit.qat.FusedActivation): the identity, since the conv's output is already clamped. `kind`
-/// ("ReLU", "ReLU6" or "Hardtanh") and the bounds are the activation's; save() writes it as that
-/// activation (and the conv without its clamp), so a fused model's file is the unfused model's.
+/// The place of a ReLU / ReLU6 / Hardtanh that load() fused into the conv or Linear before it
+/// (Python's qatkit.qat.FusedActivation): the identity, since that layer's output is already
+/// clamped. `kind` ("ReLU", "ReLU6" or "Hardtanh") and the bounds are the activation's; save() writes
+/// it as that activation (and the layer without its clamp), so a fused model's file is the unfused
+/// model's.
 class QATKIT_API FusedActivationImpl : public torch::nn::Cloneable<FusedActivationImpl> {
  public:
   explicit FusedActivationImpl(std::string kind = "ReLU", double min_val = 0.0,
@@ -579,10 +581,11 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 /// naming the file and the layer for anything the file or the C++ layers cannot honour (a newer
 /// format version, a smoothing that is not finite and positive, non-float32 models, an unknown module
 /// type). `fuse_activations` (with integer compute, as Python's qatkit.load): each ReLU / ReLU6 /
-/// Hardtanh that follows a packed conv in a Sequential (only Identity modules between: a folded
-/// BatchNorm's place) runs in the conv's kernel as a clamp (ConvertedWeight::clamp_min / clamp_max),
-/// its place a FusedActivation: the same bits, one pass over the output less. A conv the structure
-/// places twice, or a Hardtanh bound of -0.0, is left unfused (as Python leaves it).
+/// Hardtanh that follows a packed conv or Linear in a Sequential (only Identity modules between: a
+/// folded BatchNorm's place) runs in the layer as a clamp (ConvertedWeight::clamp_min / clamp_max:
+/// in a conv's kernel, in place on a Linear's output), its place a FusedActivation: the same bits,
+/// one pass over the output less. A layer the structure places twice, or a Hardtanh bound of -0.0,
+/// is left unfused (as Python leaves it).
 QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string& compute = "integer",
                                       bool fuse_activations = true);
 

@@ -346,12 +346,14 @@ CATCH_TEST_CASE("qatkit::nn::save and load keep activations, pooling and float m
   CATCH_CHECK(torch::equal(qatkit::nn::Hardsigmoid()->forward(t), torch::hardsigmoid(t)));
 }
 
-CATCH_TEST_CASE("load fuses conv activations; save writes them back and refuses a clamp it would drop", "[save]") {
+CATCH_TEST_CASE("load fuses conv and Linear activations; save writes them back and refuses a clamp it would drop",
+                "[save]") {
   namespace nn = torch::nn;
   torch::manual_seed(2);
   nn::Sequential model(nn::Conv2d(nn::Conv2dOptions(3, 8, 3).padding(1)), nn::ReLU(),
                        nn::Conv2d(nn::Conv2dOptions(8, 8, 1)), nn::Hardtanh(nn::HardtanhOptions().min_val(-0.5).max_val(0.5)),
-                       nn::Conv2d(nn::Conv2dOptions(8, 4, 1)), nn::LeakyReLU(), nn::Flatten());
+                       nn::Conv2d(nn::Conv2dOptions(8, 4, 1)), nn::LeakyReLU(), nn::Flatten(), nn::Linear(4 * 6 * 6, 16),
+                       nn::ReLU6(), nn::Linear(16, 3));
   model->eval();
   auto q = qatkit::nn::prepare_qat(model, qatkit::nn::QATConfig::preset("w8a8"));
   const torch::Tensor x = torch::randn({3, 3, 6, 6}) * 2;
@@ -362,7 +364,9 @@ CATCH_TEST_CASE("load fuses conv activations; save writes them back and refuses 
   auto fused = qatkit::nn::load(path), plain = qatkit::nn::load(path, "integer", false);
   int places = 0;
   for (const auto& m : fused->modules(false)) places += std::dynamic_pointer_cast<qatkit::nn::FusedActivationImpl>(m) != nullptr;
-  CATCH_CHECK(places == 2);  // the ReLU and the Hardtanh; the LeakyReLU is no clamp
+  CATCH_CHECK(places == 3);  // the ReLU, the Hardtanh and the Linear's ReLU6; the LeakyReLU is no clamp
+  const auto lin = fused->ptr(7)->as<qatkit::nn::QuantLinearImpl>();
+  CATCH_CHECK((lin->frozen.clamp_min == 0.0 && lin->frozen.clamp_max == 6.0));
   CATCH_CHECK(std::dynamic_pointer_cast<nn::LeakyReLUImpl>(fused->ptr(5)) != nullptr);
   const auto conv0 = fused->ptr(0)->as<qatkit::nn::QuantConv2dImpl>();
   CATCH_CHECK((conv0->frozen.clamp_min == 0.0 && !conv0->frozen.clamp_max));
@@ -382,7 +386,7 @@ CATCH_TEST_CASE("load fuses conv activations; save writes them back and refuses 
   fused->ptr(4)->as<qatkit::nn::QuantConv2dImpl>()->frozen.clamp_max.reset();
   fused->ptr(2)->as<qatkit::nn::QuantConv2dImpl>()->frozen.clamp_min.reset();
   fused->ptr(2)->as<qatkit::nn::QuantConv2dImpl>()->frozen.clamp_max.reset();
-  CATCH_CHECK_THAT(save_error(fused), Catch::Contains("'3' is a FusedActivation (Hardtanh) with no conv before it"));
+  CATCH_CHECK_THAT(save_error(fused), Catch::Contains("'3' is a FusedActivation (Hardtanh) with no layer before it"));
   CATCH_CHECK_THROWS_WITH(qatkit::nn::FusedActivation("GELU"), Catch::Contains("kind must be 'ReLU', 'ReLU6' or 'Hardtanh'"));
   std::remove(path.c_str());
   std::remove(again.c_str());

@@ -1438,9 +1438,9 @@ def test_an_all_zero_binary_channel_is_zero_in_python_and_cpp(preset, tmp_path):
     _assert_cpp_gives(path, x, tmp_path, want, want_int)
 
 
-def test_cpp_load_fuses_conv_activations_as_python_does(tmp_path):
-    """qatkit::nn::load fuses each ReLU / ReLU6 / Hardtanh after a packed conv into it (integer
-    compute, fuse_activations=true, as Python's qatkit.load): the same pairs as Python (a LeakyReLU,
+def test_cpp_load_fuses_conv_and_linear_activations_as_python_does(tmp_path):
+    """qatkit::nn::load fuses each ReLU / ReLU6 / Hardtanh after a packed conv or Linear into it
+    (integer compute, fuse_activations=true, as Python's qatkit.load): the same pairs as Python (a LeakyReLU,
     a conv placed twice and a Hardtanh with a -0.0 bound left alone), the outputs Python's fused and
     unfused loads' bits, NCHW and channels_last; --unfused keeps the modules; save writes the
     activations back (the file Python's export of the same model writes)."""
@@ -1453,7 +1453,7 @@ def test_cpp_load_fuses_conv_activations_as_python_does(tmp_path):
         nn.Conv2d(8, 8, 1), nn.LeakyReLU(0.1),
         shared, nn.ReLU(), shared,  # placed twice: not fused
         nn.Conv2d(8, 8, 1), nn.Hardtanh(-1.0, -0.0),  # a -0.0 bound: not fused
-        nn.Flatten(), nn.Linear(8 * 6 * 6, 5))
+        nn.Flatten(), nn.Linear(8 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 5))  # a Linear's ReLU: fused too
     x = torch.randn(4, 3, 6, 6) * 2
     path = str(tmp_path / "m.safetensors")
     with warnings.catch_warnings():
@@ -1461,10 +1461,10 @@ def test_cpp_load_fuses_conv_activations_as_python_does(tmp_path):
         q = qatkit.ptq(net.eval(), [x], qatkit.preset("w8a8"), equalize=False, verbose=False, progress=False)
     qatkit.export(q, path)
     py = qatkit.load(path)
-    assert py.fusion_report["fused"] == [("0", "2"), ("3", "4"), ("5", "6")]
+    assert py.fusion_report["fused"] == [("0", "2"), ("3", "4"), ("5", "6"), ("15", "16")]
     for xi in (x, x.contiguous(memory_format=torch.channels_last)):
         r, y = _run(path, xi, tmp_path)
-        assert r.returncode == 0 and "fused 3" in r.stdout, r.stdout + r.stderr
+        assert r.returncode == 0 and "fused 4" in r.stdout, r.stdout + r.stderr
         ru, yu = _run(path, xi, tmp_path, compute="unfused")
         assert ru.returncode == 0 and "fused 0" in ru.stdout, ru.stdout + ru.stderr
         with torch.no_grad():

@@ -690,7 +690,7 @@ def test_loaded_weight_only_layers_run_on_the_w4_kernel(data, tmp_path, preset):
     q = _ptq(mlp, data, qatkit.preset(name, symmetric=not asym) if name == "int4_weight_only" else qatkit.preset(name))
     path = str(tmp_path / "w4.safetensors")
     qatkit.export(q, path)
-    loaded = qatkit.load(path)
+    loaded = qatkit.load(path, fuse_activations=False)  # (layer by layer against the converted model's)
     from qatkit.qat import integer
 
     lin = [m for m in loaded.modules() if isinstance(m, S.PackedLinear)]
@@ -974,7 +974,8 @@ def test_an_edit_that_takes_a_layer_off_its_kernel_warns_and_computes_the_float_
     q = _ptq(net, x, dataclasses.replace(qatkit.w8a8(), first_last=None))
     path = str(tmp_path / "m.safetensors")
     qatkit.export(q, path)
-    loaded, as_float = qatkit.load(path), qatkit.load(path, compute="float")
+    # (unfused: the layers are compared one by one with the float load's, which fuses nothing)
+    loaded, as_float = qatkit.load(path, fuse_activations=False), qatkit.load(path, compute="float")
     with torch.no_grad():
         loaded(x)
         for m in (loaded, as_float):

@@ -215,8 +215,48 @@ class _Quantized(nn.Module):
         return f"weight={spec}, codes={tuple(self.weight_int.shape)} {self.weight_int.dtype}"
 
 
-class QuantizedLinear(_Quantized):
+class _OutputClamp:
+    """A converted Linear's or conv's fused activation (:func:`qatkit.fuse_activations`)."""
+
+    #: a fused activation (:func:`qatkit.fuse_activations`): ``(clamp_min, clamp_max)``, either
+    #: ``None`` for no bound (ReLU: ``(0.0, None)``, ReLU6: ``(0.0, 6.0)``, Hardtanh: its bounds), and
+    #: the layer's output is ``torch.clamp`` of the layer's (a conv's integer kernels write it, their
+    #: ``clamp_min`` / ``clamp_max`` arguments; a Linear's bound kernel clamps its output in place);
+    #: ``None``: no activation. Set through :meth:`set_output_clamp`.
+    output_clamp = None
+
+    def set_output_clamp(self, clamp_min=None, clamp_max=None) -> None:
+        """Fuse an activation ``torch.clamp(y, clamp_min, clamp_max)`` into the layer's output (both
+        ``None``: unfuse); the kernel plan binds it, so it is rebuilt.
+
+        Raises:
+            ValueError: a NaN bound, or ``clamp_min > clamp_max``.
+        """
+        bounds = []
+        for name, v in (("clamp_min", clamp_min), ("clamp_max", clamp_max)):
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise TypeError(f"set_output_clamp: {name} must be a float or None, got {type(v).__name__}")
+                if math.isnan(v):
+                    raise ValueError(f"set_output_clamp: {name} must not be NaN")
+                v = float(v)
+            bounds.append(v)
+        lo, hi = bounds
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"set_output_clamp: clamp_min ({lo}) must be at most clamp_max ({hi})")
+        self.__dict__["output_clamp"] = None if lo is None and hi is None else (lo, hi)
+        self.__dict__.pop("_int8_plan", None)
+
+    def _clamp_repr(self) -> str:
+        c = self.output_clamp
+        return "" if c is None else f", output_clamp={c}"
+
+
+class QuantizedLinear(_OutputClamp, _Quantized):
     """Converted :class:`QuantLinear` / :class:`BitLinear`."""
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._clamp_repr()
 
     def __init__(self, qmod: QuantLinear):
         super().__init__()
@@ -262,47 +302,19 @@ class QuantizedLinear(_Quantized):
             if self.smooth is not None:
                 x = x / self.smooth.to(x.dtype)
             if self._integer_form is not None:
-                return _integer.linear(self, x)
-            return F.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
+                y = _integer.linear(self, x)
+            else:
+                y = F.linear(self.quantize_input(x), self.dequantized_weight(), self.bias)
+            return _integer.clamp_output(y, self.output_clamp)  # a fused activation (the bound kernel's inside)
         except ValueError as e:  # an op's or a check's: name the layer (the ops cannot)
             _integer.reraise_named(self, e)
 
 
-class _QuantizedConv(_Quantized):
+class _QuantizedConv(_OutputClamp, _Quantized):
     #: spatial dims: 1 (QuantizedConv1d) or 2 (QuantizedConv2d)
     _nd = 2
-    #: a fused activation (:func:`qatkit.fuse_activations`): ``(clamp_min, clamp_max)``, either
-    #: ``None`` for no bound (ReLU: ``(0.0, None)``, ReLU6: ``(0.0, 6.0)``, Hardtanh: its bounds), and
-    #: the layer's output is ``torch.clamp`` of the conv's, the integer kernels writing it (their
-    #: ``clamp_min`` / ``clamp_max`` arguments); ``None``: no activation. Set through
-    #: :meth:`set_output_clamp`.
-    output_clamp = None
-
-    def set_output_clamp(self, clamp_min=None, clamp_max=None) -> None:
-        """Fuse an activation ``torch.clamp(y, clamp_min, clamp_max)`` into the layer's output (both
-        ``None``: unfuse); the kernel plan binds it, so it is rebuilt.
-
-        Raises:
-            ValueError: a NaN bound, or ``clamp_min > clamp_max``.
-        """
-        bounds = []
-        for name, v in (("clamp_min", clamp_min), ("clamp_max", clamp_max)):
-            if v is not None:
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    raise TypeError(f"set_output_clamp: {name} must be a float or None, got {type(v).__name__}")
-                if math.isnan(v):
-                    raise ValueError(f"set_output_clamp: {name} must not be NaN")
-                v = float(v)
-            bounds.append(v)
-        lo, hi = bounds
-        if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"set_output_clamp: clamp_min ({lo}) must be at most clamp_max ({hi})")
-        self.__dict__["output_clamp"] = None if lo is None and hi is None else (lo, hi)
-        self.__dict__.pop("_int8_plan", None)
-
     def extra_repr(self) -> str:
-        c = self.output_clamp
-        return super().extra_repr() + ("" if c is None else f", output_clamp={c}")
+        return super().extra_repr() + self._clamp_repr()
 
     def __init__(self, qmod, w=None, bias=None):
         super().__init__()

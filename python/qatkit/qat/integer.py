@@ -503,14 +503,16 @@ def _w4_plan(mod, w, sx, zx, shift, qmin, qmax, rows=False) -> Optional[dict]:
             "act_scale": float(sx.item()), "zp": int(zx.item()), "qmin": qmin, "qmax": qmax}
 
 
-def _bind(plan: dict, divisor: Optional[torch.Tensor] = None, features: Optional[Tuple[int, int, str]] = None):
+def _bind(plan: dict, divisor: Optional[torch.Tensor] = None, features: Optional[Tuple[int, int, str]] = None,
+          clamp=None):
     """A Linear plan's kernel with its operands bound (x -> y): the op resolved once, so a loaded
     layer's per-call Python work is one closure call (the layers of a small model are otherwise
     dominated by that work: MiniLM's 37 Linears at one sentence). Eager calls go to the overload's
     C++ entry (``OpOverload._op``, the same dispatcher call without the Python frame: ~2 us less per
     call) with trailing ``None`` operands left to the schema's defaults; under torch.compile /
     export the OpOverload itself, which Dynamo traces. ``divisor``: linear_int8's input_divisor
-    (a SmoothQuant layer's ``x / smooth`` inside the kernel's quantization pass, the same bits)."""
+    (a SmoothQuant layer's ``x / smooth`` inside the kernel's quantization pass, the same bits).
+    ``clamp``: a fused activation's ``(clamp_min, clamp_max)`` (:func:`_bound`)."""
     k, p = plan["kernel"], plan
     op = getattr(torch.ops.qatkit, k).default
     if k == "linear_w1a1":
@@ -529,10 +531,10 @@ def _bind(plan: dict, divisor: Optional[torch.Tensor] = None, features: Optional
             args = args + (divisor,)
     while args[-1] is None:
         args = args[:-1]
-    return _bound(op, args, features)
+    return _bound(op, args, features, clamp)
 
 
-def _bound(op, args: tuple, features: Optional[Tuple[int, int, str]] = None):
+def _bound(op, args: tuple, features: Optional[Tuple[int, int, str]] = None, clamp=None):
     """x -> op(x, *args): eager calls through qatkit._C.BoundOp (the dispatcher's call of the op with
     the operands converted to IValues once, at binding: ~0.8 us less per call than
     ``OpOverload._op``, which converts all of them on every call; csrc/python/bound_op.cpp), falling
@@ -544,9 +546,16 @@ def _bound(op, args: tuple, features: Optional[Tuple[int, int, str]] = None):
     are tensor subclasses, so ``_op`` records the dispatcher call). ``features``: (dim, size, layer)
     — x's dim ``dim`` must be ``size`` (a Linear's in_features, a conv's in_channels): the packed
     layouts pad K (to 4, 32 or 128 codes), so the ops alone take an input a few features short or
-    long."""
+    long. ``clamp``: ``(clamp_min, clamp_max)``, a converted Linear's fused activation: the output
+    is ``torch.clamp``'d in place (BoundOp.clamped: in C++, after the op), None: as the op gives it."""
     raw, compiling = getattr(op, "_op", op), torch.compiler.is_dynamo_compiling
     fast = _bound_op(op, args, features)
+    if clamp is not None:
+        lo, hi = clamp
+        fast = None if fast is None else fast.clamped(lo, hi)
+        unclamped, traced = raw, op
+        raw = lambda x, *a: unclamped(x, *a).clamp_(lo, hi)  # noqa: E731
+        op = lambda x, *a: torch.clamp(traced(x, *a), lo, hi)  # noqa: E731 (what Dynamo traces)
     if features is None:
         def slow(x):
             return raw(x, *args)
@@ -808,14 +817,16 @@ def _plan(mod):
             plan["call"] = _bind(plan, features=_features(mod))  # on the input after the layer's RMSNorm / smoothing
             # what QuantizedLinear.forward may call on its own input, or None (an RMSNorm first): the
             # same kernel, or linear_int8 dividing by the smoothing itself (x / smooth in float32,
-            # as forward divides, fused into the quantization pass: one tensor pass less per layer)
+            # as forward divides, fused into the quantization pass: one tensor pass less per layer);
+            # with the layer's fused activation (output_clamp) clamping the output in place
             smooth = getattr(mod, "smooth", None)
+            clamp = getattr(mod, "output_clamp", None)
             if getattr(mod, "rms_norm", False):
                 plan["bare"] = None
             elif smooth is None:
-                plan["bare"] = plan["call"]
+                plan["bare"] = plan["call"] if clamp is None else _bind(plan, features=_features(mod), clamp=clamp)
             elif plan["kernel"] == "linear_int8":
-                plan["bare"] = _bind(plan, smooth.detach().to(torch.float32).contiguous(), _features(mod))
+                plan["bare"] = _bind(plan, smooth.detach().to(torch.float32).contiguous(), _features(mod), clamp)
             else:
                 plan["bare"] = None
         if plan:

@@ -40,7 +40,7 @@ def _net():
         nn.Conv2d(8, 8, 1), nn.LeakyReLU(0.1),  # not a clamp: kept
         _Block(),
         nn.Conv2d(8, 8, 1),  # last: nothing after it
-        nn.Flatten(), nn.Linear(8 * 8 * 8, 10), nn.ReLU())  # a Linear's ReLU: not a conv
+        nn.Flatten(), nn.Linear(8 * 8 * 8, 10), nn.ReLU())  # a Linear's ReLU: fused too
 
 
 def _exported(tmp_path, preset="w8a8", net=None, equalize=True):
@@ -62,7 +62,8 @@ def test_load_fuses_the_sequential_clamps_and_keeps_the_bits(tmp_path, preset, e
         warnings.simplefilter("ignore")
         plain = qatkit.load_into(_net().eval(), path, fuse_activations=False)
         fused = qatkit.load_into(_net().eval(), path)
-    assert fused.fusion_report == {"fused": [("0", "2"), ("3", "4"), ("5", "6"), ("7", "8")], "skipped": []}
+    assert fused.fusion_report == {"fused": [("0", "2"), ("3", "4"), ("5", "6"), ("7", "8"), ("14", "15")],
+                                   "skipped": []}
     assert not hasattr(plain, "fusion_report")
     places = [fused[i] for i in (2, 4, 6, 8)]
     assert all(type(p) is FusedActivation for p in places) and places[0].inplace and not places[1].inplace
@@ -71,7 +72,8 @@ def test_load_fuses_the_sequential_clamps_and_keeps_the_bits(tmp_path, preset, e
     assert [fused[i].output_clamp for i in (0, 3, 5, 7)] == [(0.0, None), (0.0, None),
                                                              (0.0, None) if equalize else (0.0, 6.0), (-0.5, 0.5)]
     assert fused[9].output_clamp is None and fused[11].conv.output_clamp is None
-    assert type(fused[10]) is nn.LeakyReLU and type(fused[11].relu) is nn.ReLU and type(fused[15]) is nn.ReLU
+    assert type(fused[10]) is nn.LeakyReLU and type(fused[11].relu) is nn.ReLU and type(fused[15]) is FusedActivation
+    assert fused[14].output_clamp == (0.0, None) and "output_clamp=(0.0, None)" in repr(fused[14])
     assert "output_clamp=(-0.5, 0.5)" in repr(fused[7]) and "Hardtanh, fused" in repr(fused[8])
     x = torch.randn(5, 3, 8, 8) * 2
     x[1, 0, 2, 2] = float("nan")
@@ -126,7 +128,7 @@ def test_hooks_and_shared_modules_are_not_fused(tmp_path):
     m.add_module("again", nn.Sequential(shared))  # the same ReLU twice in the model
     m[8] = nn.Hardtanh(-0.0, 0.5)  # a -0.0 bound: the zero's sign could differ
     report = qatkit.fuse_activations(m)
-    assert report["fused"] == []
+    assert report["fused"] == [("14", "15")]
     assert [s[:2] for s in report["skipped"]] == [("0", "2"), ("3", "4"), ("5", "6"), ("7", "8")]
     assert "hook" in report["skipped"][0][2] and "more than once" in report["skipped"][1][2]
     assert "hook" in report["skipped"][2][2] and "-0.0" in report["skipped"][3][2]
@@ -139,8 +141,8 @@ def test_hooks_and_shared_modules_are_not_fused(tmp_path):
     finally:
         handle.remove()
     assert report["fused"] == [] and all("global module forward hook" in s[2] for s in report["skipped"])
-    assert len(report["skipped"]) == 4 and type(fresh[2]) is nn.ReLU
-    assert len(qatkit.fuse_activations(fresh)["fused"]) == 4  # once it is gone
+    assert len(report["skipped"]) == 5 and type(fresh[2]) is nn.ReLU
+    assert len(qatkit.fuse_activations(fresh)["fused"]) == 5  # once it is gone
     with pytest.raises(TypeError, match="fuse_activations: model must be a torch.nn.Module"):
         qatkit.fuse_activations("model")
     with pytest.raises(TypeError, match="fuse_activations must be True or False"):
@@ -230,7 +232,7 @@ def test_export_refuses_a_clamp_the_file_would_drop(tmp_path):
         qatkit.export_onnx(m, torch.randn(1, 3, 6, 6), str(tmp_path / "out.onnx"))
     m[2].set_output_clamp()
     m[0].set_output_clamp()  # its place stays a FusedActivation
-    with pytest.raises(ValueError, match="export: '1' is a FusedActivation \\(ReLU\\) with no conv before it"):
+    with pytest.raises(ValueError, match="export: '1' is a FusedActivation \\(ReLU\\) with no layer before it"):
         qatkit.export(m, out)
     m[0].set_output_clamp(0.0, None)
     qatkit.export(m, out)  # the pair again: the file is the unfused model's
@@ -244,3 +246,59 @@ def test_export_refuses_a_clamp_the_file_would_drop(tmp_path):
         m[2].set_output_clamp(torch.tensor(0.0))
     with pytest.raises(ValueError, match="FusedActivation: kind must be"):
         FusedActivation("GELU")
+
+
+def _mlp():
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(64, 96), nn.ReLU(), nn.Linear(96, 96), nn.BatchNorm1d(96), nn.ReLU6(),
+                         nn.Linear(96, 64), nn.Hardtanh(-0.5, 0.5), nn.Linear(64, 10))
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "int4_weight_only",
+                                    "bitnet_b158"])
+def test_linear_activations_fuse_with_the_same_bits(tmp_path, preset):
+    """A loaded MLP's ReLU / ReLU6 / Hardtanh after each Linear (a folded BatchNorm1d's Identity
+    between) clamp the Linear's output in place (BoundOp.clamped) on every Linear kernel: the
+    unfused model's bits at batch 1 and 17, a 3-d input, one row, under a TorchFunctionMode (the
+    op's slow path) and torch.compile (two presets); export writes the activations back."""
+    net = _mlp().eval()
+    x = torch.randn(64, 64) * 2
+    path = str(tmp_path / f"{preset}.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(copy.deepcopy(net), [x], qatkit.preset(preset), equalize=False, verbose=False, progress=False)
+        qatkit.export(q, path)
+        fused, plain = qatkit.load(path), qatkit.load(path, fuse_activations=False)
+    from qatkit.qat.convert import QuantizedLinear
+
+    # every pair whose Linear is quantized (bitnet_b158 keeps its first layer float: not fused)
+    pairs = [("0", "1"), ("2", "4"), ("5", "6")]
+    want = [p for p in pairs if isinstance(fused[int(p[0])], QuantizedLinear)]
+    assert fused.fusion_report["fused"] == want and len(want) >= 2
+    bounds = {"0": (0.0, None), "2": (0.0, 6.0), "5": (-0.5, 0.5)}
+    assert all(fused[int(i)].output_clamp == bounds[i] for i, _ in want)
+    assert getattr(fused[7], "output_clamp", None) is None
+    with torch.no_grad():
+        for xi in (x[:1], x[:17], x[:12].reshape(3, 4, 64), x[0]):
+            assert same_bits(fused(xi), plain(xi)), xi.shape
+        from torch.overrides import TorchFunctionMode
+
+        class Passthrough(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                return func(*args, **(kwargs or {}))
+
+        with Passthrough():
+            assert same_bits(fused(x[:5]), plain(x[:5]))
+        if preset in ("w8a8", "bitnet_b158"):  # (the op's traced form; two presets: compiling takes seconds)
+            # compiled against compiled: inductor's own code for a float layer (bitnet_b158's first
+            # and last) need not give eager's bits
+            torch._dynamo.reset()  # (Sequential.forward's recompile limit across the parameters)
+            assert same_bits(torch.compile(fused, fullgraph=True)(x[:5]), torch.compile(plain, fullgraph=True)(x[:5]))
+    again = str(tmp_path / "again.safetensors")
+    qatkit.export(fused, again)
+    kinds = [c[1]["type"] for c in qatkit.serialization.read_header(again)["structure"]["children"]]
+    assert kinds[1:7] == ["ReLU", "packed", "Identity", "ReLU6", "packed", "Hardtanh"]
+    last = want[-1][0]
+    fused[int(last)].set_output_clamp(None, 1.0)  # by hand: the place after it holds other bounds
+    with pytest.raises(ValueError, match=rf"export: layer '{last}' has a fused activation \(output_clamp=\(None, 1.0\)\)"):
+        qatkit.export(fused, again)
