@@ -94,7 +94,9 @@ def test_bad_command_lines_are_usage_errors_naming_the_option():
              ("integer_check.py", ["--folds", "6"], "argument --folds: expected a value <= 5, got 6"),
              # a KeyError traceback before
              ("bench_inference.py", ["--variants", "qatkit w8a8,w9"], "--variants: expected a comma-separated list of"),
-             ("bench_inference.py", ["--batch", "0"], "--batch: expected a comma-separated list of integers >= 1")]
+             ("bench_inference.py", ["--batch", "0"], "--batch: expected a comma-separated list of integers >= 1"),
+             ("bench_fusion.py", ["--rounds", "0"], "argument --rounds: expected a value >= 1, got 0"),
+             ("bench_conv_int8.py", ["--model", "vgg"], "argument --model: invalid choice: 'vgg'")]
     if not torch.cuda.is_available():  # an AssertionError reported as a failed check before
         cases.append(("fuzz_ops.py", ["--device", "cuda"], "--device cuda: this torch (CUDA available: False)"))
     # The first case in a fresh interpreter, as a user runs it; the rest in this process through
