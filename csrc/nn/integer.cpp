@@ -306,7 +306,10 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
                     fmt::format("set_compute: compute must be 'integer' or 'float', got '{}'", compute));
   const bool on = compute == "integer";
   std::int64_t n = 0;
-  for (const auto& m : model.modules(/*include_self=*/true)) {
+  // the model itself first (not through modules(include_self), which needs it held by a shared_ptr)
+  std::vector<torch::nn::Module*> all{&model};
+  for (const auto& m : model.modules(/*include_self=*/false)) all.push_back(m.get());
+  for (torch::nn::Module* m : all) {
     if (auto* l = m->as<QuantLinearImpl>()) {
       l->frozen.integer = l->frozen.integer_rows = nullptr;
       // BitLinear: its RMSNorm runs first (QuantLinearImpl::forward), then linear_dynamic_int8

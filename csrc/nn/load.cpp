@@ -11,11 +11,15 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <type_traits>
+#include <variant>
 
 #include "../ops/checks.h"
 #include "integer.h"  // detail::conv_pads
@@ -39,6 +43,7 @@ TORCH_MODULE(Nested);
 
 struct Reader {
   std::string path;
+  std::string who = "qatkit::nn::load";  ///< the function named in messages
   std::map<std::string, torch::Tensor> tensors;
   json::Value header;
   /// The layers the structure places at their own names and the tensors the float modules read
@@ -52,7 +57,7 @@ struct Reader {
   std::map<std::string, int> packed_uses;
 
   [[noreturn]] void fail(const std::string& msg) const {
-    TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::load: '{}': {}", path, msg));
+    TORCH_CHECK_VALUE(false, fmt::format("{}: '{}': {}", who, path, msg));
   }
   torch::Tensor tensor(const std::string& name) const {
     const auto it = tensors.find(name);
@@ -1009,10 +1014,11 @@ torch::nn::AnyModule build(const Reader& r, const json::Value& node, const std::
 
 }  // namespace
 
-torch::nn::Sequential load(const std::string& path, const std::string& compute, bool fuse_activations) {
-  TORCH_CHECK_VALUE(compute == "integer" || compute == "float",
-                    fmt::format("load: compute must be 'integer' or 'float', got '{}'", compute));
-  Reader r;
+namespace {
+
+/// The file's container and header, checked (load and load_into): the tensors, the qatkit header
+/// of a version this reader reads, with 'layers' (an object) and 'float_tensors' (a list of names).
+void open_file(Reader& r, const std::string& path) {
   r.path = path;
   const TensorFile file = read_safetensors(path);
   for (const auto& [name, t] : file.tensors) r.tensors.emplace(name, t);
@@ -1037,11 +1043,23 @@ torch::nn::Sequential load(const std::string& path, const std::string& compute, 
   for (const json::Value& f : floats->array) {
     if (f.type != json::Value::Type::kString) r.fail("float_tensors must be a list of tensor names");
   }
+}
+
+}  // namespace
+
+torch::nn::Sequential load(const std::string& path, const std::string& compute, bool fuse_activations) {
+  TORCH_CHECK_VALUE(compute == "integer" || compute == "float",
+                    fmt::format("load: compute must be 'integer' or 'float', got '{}'", compute));
+  Reader r;
+  open_file(r, path);
+  const json::Value* layers = r.header.find("layers");
+  const json::Value* floats = r.header.find("float_tensors");
   const json::Value* structure = r.header.find("structure");
   if (structure == nullptr || structure->is_null()) {
     const json::Value* gap = r.header.find("structure_gap");  // the first module load cannot rebuild (since 2026-12-05)
     const std::string why = gap != nullptr && gap->type == json::Value::Type::kString ? ": " + gap->as_string("structure_gap").substr(0, 300) : "";
-    r.fail(fmt::format("the model is not an nn.Sequential tree of modules qatkit knows{}; load it in Python with qatkit.load_into", why));
+    r.fail(fmt::format("the model is not an nn.Sequential tree of modules qatkit knows{}; load it into a model built "
+                       "with its architecture: qatkit::nn::load_into (C++), qatkit.load_into (Python)", why));
   }
   r.fuse = fuse_activations && compute == "integer";  // (Python fuses with integer compute only)
   if (r.fuse) count_packed(*structure, r.packed_uses, 0);
@@ -1073,6 +1091,199 @@ torch::nn::Sequential load(const std::string& path, const std::string& compute, 
   seq->eval();
   set_compute(*seq, compute);  // integer kernels where they run the layer (Python's qatkit.load default)
   return seq;
+}
+
+namespace {
+
+template <std::size_t D>
+std::string padding_str(const torch::nn::detail::conv_padding_t<D>& p) {
+  if (const auto* a = std::get_if<torch::ExpandingArray<D>>(&p)) return ops::shape_str(**a);
+  return std::holds_alternative<torch::enumtype::kSame>(p) ? "'same'" : "'valid'";
+}
+
+/// The options load_into compares, as text (the message shows both sides).
+std::string options_str(const torch::nn::LinearOptions& o) {
+  return fmt::format("in_features={}, out_features={}, bias={}", o.in_features(), o.out_features(), o.bias());
+}
+template <std::size_t D>
+std::string options_str(const torch::nn::detail::ConvNdOptions<D>& o) {
+  std::string mode = torch::enumtype::get_enum_name(o.padding_mode()).substr(1);  // "kZeros" -> "zeros" (Python's)
+  mode[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(mode[0])));
+  return fmt::format("in_channels={}, out_channels={}, kernel_size={}, stride={}, padding={}, dilation={}, groups={}, "
+                     "bias={}, padding_mode={}",
+                     o.in_channels(), o.out_channels(), ops::shape_str(*o.kernel_size()), ops::shape_str(*o.stride()),
+                     padding_str<D>(o.padding()), ops::shape_str(*o.dilation()), o.groups(), o.bias(),
+                     mode);
+}
+std::string options_str(const torch::nn::EmbeddingOptions& o) {
+  const auto n = o.num_embeddings();
+  const auto pad = o.padding_idx() ? std::to_string(*o.padding_idx() < 0 ? *o.padding_idx() + n : *o.padding_idx())
+                                   : std::string("None");
+  return fmt::format("num_embeddings={}, embedding_dim={}, padding_idx={}, max_norm={}, norm_type={}", n,
+                     o.embedding_dim(), pad, o.max_norm() ? fmt::format("{}", *o.max_norm()) : std::string("None"),
+                     o.norm_type());
+}
+
+/// One packed layer of the file and the model's module at its name, checked to fit: `assign`
+/// gives the module the built layer's state (load_into's second pass, after every check).
+struct Placement {
+  std::string name;
+  std::shared_ptr<torch::nn::Module> target;
+  std::function<void()> assign;
+};
+
+template <typename Impl>
+std::optional<Placement> place_as(const Reader& r, const std::string& name, const std::shared_ptr<torch::nn::Module>& built,
+                                  const std::shared_ptr<torch::nn::Module>& target, const char* kind) {
+  auto b = std::dynamic_pointer_cast<Impl>(built);
+  if (!b) return std::nullopt;
+  auto t = std::dynamic_pointer_cast<Impl>(target);
+  // a QuantLinear where the file's Linear is a BitLinear (RMSNorm first), or the other way round
+  const bool bit_b = std::dynamic_pointer_cast<BitLinearImpl>(built) != nullptr;
+  const bool bit_t = std::dynamic_pointer_cast<BitLinearImpl>(target) != nullptr;
+  if (!t || bit_b != bit_t) {
+    r.fail(fmt::format("layer '{}' is a {} in the model, where the file holds a packed {}: build it as {} (a typed "
+                       "member cannot be swapped for another module)", name, target->name(), bit_b ? "BitLinear" : kind,
+                       bit_b ? "qatkit::nn::BitLinear" : fmt::format("qatkit::nn::{}", kind)));
+  }
+  const std::string want = options_str(b->options), have = options_str(t->options);
+  if (want != have) {
+    r.fail(fmt::format("layer '{}': the model's {} has {}; the file's layer has {}", name, kind, have, want));
+  }
+  return Placement{name, target, [b, t] {
+                     // the file's layer, state and all, into the model's module (its identity kept:
+                     // the parents and typed members that hold it now hold the loaded layer)
+                     static_cast<Impl&>(*t) = std::move(static_cast<Impl&>(*b));
+                   }};
+}
+
+bool is_qatkit_layer(const std::shared_ptr<torch::nn::Module>& m) {
+  return std::dynamic_pointer_cast<QuantLinearImpl>(m) || std::dynamic_pointer_cast<QuantConv2dImpl>(m) ||
+         std::dynamic_pointer_cast<QuantConv1dImpl>(m) || std::dynamic_pointer_cast<QuantEmbeddingImpl>(m) ||
+         std::dynamic_pointer_cast<QuantConvBn2dImpl>(m);
+}
+
+std::string names_str(const std::vector<std::string>& v) {
+  std::string out;
+  for (std::size_t i = 0; i < v.size() && i < 8; ++i) out += fmt::format("{}'{}'", i ? ", " : "", v[i]);
+  if (v.size() > 8) out += fmt::format(", ... ({} in all)", v.size());
+  return out;
+}
+
+}  // namespace
+
+std::int64_t load_into(torch::nn::Module& model, const std::string& path, const std::string& compute) {
+  TORCH_CHECK_VALUE(compute == "integer" || compute == "float",
+                    fmt::format("load_into: compute must be 'integer' or 'float', got '{}'", compute));
+  Reader r;
+  r.who = "qatkit::nn::load_into";
+  open_file(r, path);
+  const json::Value& layers = *r.header.find("layers");
+  const json::Value& floats = *r.header.find("float_tensors");
+  // the model's modules by qualified name; a module registered at several places is listed at each
+  // (the model itself through a pointer that does not own it: named_modules(include_self) needs the
+  // model held by a shared_ptr, which a module on the stack is not)
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> all{
+      {"", std::shared_ptr<torch::nn::Module>(std::shared_ptr<torch::nn::Module>(), &model)}};
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) all.emplace_back(item.key(), item.value());
+  std::map<std::string, std::shared_ptr<torch::nn::Module>> by_name(all.begin(), all.end());
+
+  // 1. every check first: the model is changed only once the whole file fits it
+  std::vector<Placement> placed;
+  std::set<const torch::nn::Module*> loaded;
+  for (const auto& [name, info] : layers.object) {
+    const auto it = by_name.find(name);
+    if (it == by_name.end()) r.fail(fmt::format("the file holds layer '{}', which the model does not have", name));
+    torch::nn::AnyModule built = packed_layer(r, name);  // every check of the file's layer (load's)
+    const auto b = built.ptr();
+    std::optional<Placement> p = place_as<QuantLinearImpl>(r, name, b, it->second, "QuantLinear");
+    if (!p) p = place_as<QuantConv2dImpl>(r, name, b, it->second, "QuantConv2d");
+    if (!p) p = place_as<QuantConv1dImpl>(r, name, b, it->second, "QuantConv1d");
+    if (!p) p = place_as<QuantEmbeddingImpl>(r, name, b, it->second, "QuantEmbedding");
+    if (!p) r.fail(fmt::format("layer '{}': a packed layer of a kind load_into does not place", name));
+    if (!loaded.insert(it->second.get()).second) {
+      r.fail(fmt::format("layer '{}' is the model's module at another of the file's layers too", name));
+    }
+    placed.push_back(std::move(*p));
+  }
+  // a qatkit layer the file does not hold packed (the file's model keeps it float) would keep the
+  // model's own state: refused, as Python's load_into leaves no QAT layer unloaded
+  std::vector<std::string> unloaded;
+  for (const auto& [n, m] : all) {
+    if (is_qatkit_layer(m) && loaded.count(m.get()) == 0) unloaded.push_back(n.empty() ? std::string("(the model)") : n);
+  }
+  if (!unloaded.empty()) {
+    r.fail(fmt::format("the model's qatkit layers [{}] are not packed layers of the file (it keeps them float, or "
+                       "it is another model's): build them as torch::nn modules", names_str(unloaded)));
+  }
+  // the file's Identity and ReLU modules (a folded BatchNorm's place, cross-layer equalization's
+  // ReLU for a ReLU6): the model has that module there or none (a typed member cannot be swapped)
+  if (const json::Value* changes = r.header.find("module_changes"); changes != nullptr && !changes->is_null()) {
+    if (changes->type != json::Value::Type::kObject) r.fail("module_changes must map module names to module type names");
+    for (const auto& [name, kind_v] : changes->object) {
+      const std::string kind = kind_v.as_string("module_changes");
+      if (kind != "Identity" && kind != "ReLU") r.fail(fmt::format("unknown module change '{}' at '{}'", kind, name));
+      const auto it = by_name.find(name);
+      if (it == by_name.end()) continue;
+      const bool ok = kind == "Identity" ? std::dynamic_pointer_cast<torch::nn::IdentityImpl>(it->second) != nullptr
+                                         : std::dynamic_pointer_cast<torch::nn::ReLUImpl>(it->second) != nullptr;
+      if (!ok) {
+        r.fail(fmt::format("the file's model has {} at '{}' ({}), the model a {}: build it as torch::nn::{} or leave it "
+                           "out", kind, name,
+                           kind == "Identity" ? "a BatchNorm folded into the layer before it, or an Identity"
+                                              : "cross-layer equalization makes a ReLU6 a ReLU",
+                           it->second->name(), kind));
+      }
+    }
+  }
+  // the float tensors: every parameter and buffer outside the packed layers, by name
+  std::vector<std::string> inside;
+  for (const auto& [n, m] : all) {
+    if (loaded.count(m.get())) inside.push_back(n.empty() ? std::string() : n + ".");
+  }
+  const auto in_packed = [&](const std::string& key) {
+    return std::any_of(inside.begin(), inside.end(), [&](const std::string& pre) { return key.rfind(pre, 0) == 0; });
+  };
+  std::vector<std::pair<std::string, torch::Tensor>> want;
+  for (const auto& p : model.named_parameters(true)) {
+    if (!in_packed(p.key())) want.emplace_back(p.key(), p.value());
+  }
+  for (const auto& b : model.named_buffers(true)) {
+    if (!in_packed(b.key())) want.emplace_back(b.key(), b.value());
+  }
+  std::set<std::string> listed;
+  for (const json::Value& f : floats.array) listed.insert(f.string);
+  std::vector<std::string> missing, extra;
+  std::set<std::string> wanted;
+  for (const auto& [k, t] : want) {
+    wanted.insert(k);
+    if (listed.count(k) == 0) missing.push_back(k);
+  }
+  for (const auto& k : listed) {
+    if (wanted.count(k) == 0) extra.push_back(k);
+  }
+  if (!missing.empty() || !extra.empty()) {
+    r.fail(fmt::format("does not fit the model: the model's tensors [{}] are not in the file, the file's float tensors "
+                       "[{}] are not in the model", names_str(missing), names_str(extra)));
+  }
+  for (const auto& [k, t] : want) {
+    const torch::Tensor f = r.tensor(k);
+    if (f.sizes() != t.sizes()) {
+      r.fail(fmt::format("tensor '{}' has shape {}, the model's {}", k, ops::shape_str(f.sizes()), ops::shape_str(t.sizes())));
+    }
+    if (!f.is_floating_point() && f.scalar_type() != t.scalar_type()) {
+      r.fail(fmt::format("tensor '{}' is {}, the model's {}", k, c10::toString(f.scalar_type()), c10::toString(t.scalar_type())));
+    }
+  }
+  // 2. the model takes the file's state
+  {
+    torch::NoGradGuard ng;
+    for (auto& p : placed) p.assign();
+    for (auto& [k, t] : want) t.copy_(r.tensor(k));
+  }
+  model.eval();
+  set_compute(model, compute);
+  return static_cast<std::int64_t>(placed.size());
 }
 
 }  // namespace qatkit::nn

@@ -479,7 +479,15 @@ void save(const torch::nn::Sequential& model, const std::string& path) {
   header.set("qatkit_version", Value::of(build_info().version));
   header.set("layers", std::move(w.layers));
   header.set("float_tensors", std::move(w.float_tensors));
-  header.set("module_changes", object());
+  // Python's module_changes: every Identity (a folded BatchNorm's place) and ReLU module by name, which
+  // qatkit.load_into and qatkit::nn::load_into apply to / check against a model built with the float
+  // architecture (the C++ loader rebuilds the structure and needs none)
+  Value changes = object();
+  for (const auto& item : copy->named_modules("", /*include_self=*/false)) {
+    if (as<torch::nn::IdentityImpl>(item.value())) changes.set(item.key(), Value::of(std::string("Identity")));
+    if (as<torch::nn::ReLUImpl>(item.value())) changes.set(item.key(), Value::of(std::string("ReLU")));
+  }
+  header.set("module_changes", std::move(changes));
   header.set("structure", std::move(structure));
   w.file.metadata.emplace_back("qatkit", json::dump(header));
   write_safetensors(path, w.file);

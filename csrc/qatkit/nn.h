@@ -575,7 +575,8 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 /// Sequential in eval mode: the packed layers are converted QuantLinear / QuantConv* /
 /// QuantEmbedding holding the file's codes (and a Linear's SmoothQuant / AWQ input scaling, its
 /// `smooth`), so the outputs equal Python's. Models with custom
-/// forwards (Hugging Face ones) load in Python only (qatkit.load_into). `compute` as Python's
+/// forwards (a ResNet, Hugging Face ones) load into the architecture built in C++ (load_into below),
+/// as in Python (qatkit.load_into). `compute` as Python's
 /// qatkit.load: "integer" (default) runs the layers an integer kernel exists for on it
 /// (set_compute), bit for bit Python's loaded model; "float" the QAT model's float math. ValueError
 /// naming the file and the layer for anything the file or the C++ layers cannot honour (a newer
@@ -588,6 +589,30 @@ QATKIT_API QATReport ptq(torch::nn::Module& model, const std::vector<torch::Tens
 /// is left unfused (as Python leaves it).
 QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string& compute = "integer",
                                       bool fuse_activations = true);
+
+/// Loads a model file (Python's qatkit.export, docs/format.md; any architecture, custom forwards
+/// included) into `model`, a module tree built in C++ with the file's architecture: Python's
+/// qatkit.load_into for LibTorch, where typed members (`qatkit::nn::QuantConv2d conv1;`) cannot be
+/// swapped for other modules, so the model is built as the file's model computes (tests/cpp/load_run.cpp,
+/// `--resnet`, is a ResNet-18 written so):
+///   - each layer the file holds packed is a qatkit layer at the same qualified name ("layer1.0.conv1")
+///     of the file's kind — QuantLinear (BitLinear where the file's Linear has RMSNorm), QuantConv1d,
+///     QuantConv2d, QuantEmbedding — with the file's options (features / channels, kernel, stride,
+///     padding, dilation, groups, padding mode, bias; its LayerSpec may be any: the file's spec,
+///     codes, scales, zero points, bias, input quantizer and SmoothQuant / AWQ scaling replace the
+///     layer's state in place, which keeps its identity, so the typed members hold the loaded layer);
+///   - every other parameter and buffer of the model is one of the file's float tensors (BatchNorms
+///     the file keeps, float layers, ...), and the file has none the model lacks;
+///   - where the file's model has an Identity (a BatchNorm folded into the conv before it) or a ReLU
+///     (cross-layer equalization turns ReLU6 into ReLU), the model has that module or none.
+/// Then the model goes to eval mode and `compute` as load's ("integer": integer kernels where they
+/// run a layer, bit for bit Python's loaded model; "float"). Activations stay in the model's forward
+/// (none is fused). Returns the number of packed layers loaded. ValueError naming the file and what
+/// does not fit (a layer the model lacks or holds as another module, options that differ, a qatkit
+/// layer the file keeps float, tensors missing or left over, a BatchNorm where the file folded it)
+/// before the model is changed, and for anything load refuses in the file.
+QATKIT_API std::int64_t load_into(torch::nn::Module& model, const std::string& path,
+                                  const std::string& compute = "integer");
 
 /// Switch the converted layers of `model` between "float" (the QAT model's function, bit for bit)
 /// and "integer": layers an integer kernel runs compute on it, bit for bit Python's

@@ -570,6 +570,24 @@ def _permanent_pruning(model: nn.Module, keys) -> None:
                 prune.remove(mod, tensor)  # (a module at two places: removed at the first)
 
 
+def _folded_biases(model: nn.Module, keys, changes) -> None:
+    """A float conv or Linear that a BatchNorm was folded into (PTQ folds a BatchNorm into the conv
+    before it whether or not that conv is quantized: the bitnet_b158 preset keeps the stem conv
+    float) has a bias in the file where the float model's layer has none (``bias=False``): the layer
+    gets a bias parameter, which the file's tensor then fills. Only where the file's model has an
+    ``nn.Identity`` in place of a module (its ``module_changes``), so a layer's bias is never added
+    to a model whose file does not come from a fold."""
+    if not any(kind == "Identity" for kind in changes.values()):
+        return
+    for name, mod in model.named_modules():
+        key = f"{name}.bias" if name else "bias"
+        if (type(mod) in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.bias is None and key in keys
+                and (f"{name}.weight" if name else "weight") in keys):
+            w = mod.weight
+            mod.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device),
+                                    requires_grad=w.requires_grad)
+
+
 # ---------------------------------------------------------------- structure (qatkit.load)
 
 _LEAVES = {
@@ -1136,6 +1154,7 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
     if not all(isinstance(k, str) for k in names):
         raise ValueError(f"load: {path!r}: float_tensors must be a list of tensor names")
     _permanent_pruning(model, set(names))
+    _folded_biases(model, set(names), header.get("module_changes", {}))
     modules = dict(model.named_modules())
     packed_ids = {id(modules[n]) for n in header["layers"] if n in modules}
     packed = tuple(n + "." for n, m in model.named_modules(remove_duplicate=False) if id(m) in packed_ids)

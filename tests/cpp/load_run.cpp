@@ -17,17 +17,30 @@
 // builds a small CNN in C++ (conv-BN-ReLU, depthwise conv, pooling, Linear), prepares it with the
 // preset, calibrates it on "x", saves it with qatkit::nn::save and writes the C++ converted
 // model's outputs on "x" as "y" (tests/python/test_cpp_load.py loads the file in Python).
+//     qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--bench ROUNDS] model.safetensors input.safetensors output.safetensors
+// a model with its own forward: the CIFAR ResNet-18 of python/qatkit/testing/models.py
+// (resnet18(10, width=WIDTH, small_input=True)) written in C++ with qatkit layers, the way a
+// LibTorch program writes it to run a file exported after PTQ or QAT, filled by
+// qatkit::nn::load_into; runs "x" and writes "y" (tests/python/test_cpp_load_into.py). --bench
+// ROUNDS: then times it against its FP32 twin in this process (docs/benchmarks.md).
 //     qatkit_load_run --threads N model.safetensors input.safetensors
 // one loaded model shared by N threads (a server's pattern): each runs the forward 20 times on
 // slices of "x" of 1, half and all its rows, and every output must equal the one computed first on
 // one thread; prints "threads N: M forwards equal" (exit 0) or the first mismatch (exit 3).
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <cmath>
 #include <clocale>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "qatkit/nn.h"
@@ -73,6 +86,169 @@ int many(int argc, char** argv, bool each) {
 }
 
 }  // namespace
+
+// The CIFAR ResNet-18 of python/qatkit/testing/models.py as a LibTorch program writes it to load a
+// file exported from that model after PTQ or QAT: the modules at the Python model's names, qatkit
+// layers where the file holds packed ones (their LayerSpec does not matter: load_into gives them the
+// file's), and the file's model as it computes — its BatchNorms folded into the convs, so the convs
+// have biases and no BatchNorm follows them. float_ends: the stem conv and the classifier stay float
+// layers (torch::nn::Conv2d / Linear), as the bitnet_b158 preset keeps them.
+namespace resnet {
+namespace nn = torch::nn;
+using qatkit::nn::QuantConv2d;
+
+// python/qatkit/testing/models.py's _c: max(8, round(channels * width / 8) * 8), round half even
+std::int64_t width_of(std::int64_t channels, double width) {
+  return std::max<std::int64_t>(8, static_cast<std::int64_t>(std::nearbyint(channels * width / 8)) * 8);
+}
+
+// Conv: qatkit::nn::QuantConv2d (what load_into fills) or torch::nn::Conv2d (--bench's FP32 twin)
+template <class Conv>
+Conv make_conv(const nn::Conv2dOptions& o, const qatkit::nn::LayerSpec& s) {
+  if constexpr (std::is_same_v<Conv, QuantConv2d>) {
+    return QuantConv2d(o, s);
+  } else {
+    return nn::Conv2d(o);
+  }
+}
+
+template <class Conv>
+struct BlockImpl : nn::Module {
+  BlockImpl(std::int64_t cin, std::int64_t cout, std::int64_t stride, const qatkit::nn::LayerSpec& s)
+      : conv1(register_module("conv1", make_conv<Conv>(nn::Conv2dOptions(cin, cout, 3).stride(stride).padding(1), s))),
+        relu(register_module("relu", nn::ReLU(nn::ReLUOptions(true)))),
+        conv2(register_module("conv2", make_conv<Conv>(nn::Conv2dOptions(cout, cout, 3).padding(1), s))) {
+    if (stride != 1 || cin != cout) {
+      downsample = register_module("downsample", nn::Sequential(make_conv<Conv>(nn::Conv2dOptions(cin, cout, 1).stride(stride), s)));
+    }
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    torch::Tensor out = conv2(relu(conv1(x)));
+    out += downsample ? downsample->forward(x) : x;
+    return relu(out);
+  }
+  Conv conv1{nullptr};
+  nn::ReLU relu{nullptr};
+  Conv conv2{nullptr};
+  nn::Sequential downsample{nullptr};
+};
+template <class Conv>
+using Block = nn::ModuleHolder<BlockImpl<Conv>>;
+
+struct ResNetImpl : nn::Module {
+  /// float_ends: the stem conv and the classifier float; all_float: every layer (the FP32 twin)
+  ResNetImpl(double width, bool float_ends, bool all_float = false, std::int64_t classes = 10) {
+    const qatkit::nn::LayerSpec s = qatkit::nn::QATConfig::w8a8().default_spec;
+    float_ends = float_ends || all_float;
+    std::int64_t c = width_of(64, width);
+    const auto stem = nn::Conv2dOptions(3, c, 3).padding(1);  // (bias: the folded BatchNorm's)
+    conv1 = float_ends ? nn::AnyModule(nn::Conv2d(stem)) : nn::AnyModule(QuantConv2d(stem, s));
+    register_module("conv1", conv1.ptr());
+    relu = register_module("relu", nn::ReLU(nn::ReLUOptions(true)));
+    const std::int64_t planes[4] = {64, 128, 256, 512};
+    for (int i = 0; i < 4; ++i) {
+      const std::int64_t p = width_of(planes[i], width);
+      const std::int64_t stride = i == 0 ? 1 : 2;
+      nn::Sequential layer = all_float ? nn::Sequential(Block<nn::Conv2d>(c, p, stride, s), Block<nn::Conv2d>(p, p, 1, s))
+                                       : nn::Sequential(Block<QuantConv2d>(c, p, stride, s), Block<QuantConv2d>(p, p, 1, s));
+      layers.push_back(register_module("layer" + std::to_string(i + 1), layer));
+      c = p;
+    }
+    fc = float_ends ? nn::AnyModule(nn::Linear(c, classes)) : nn::AnyModule(qatkit::nn::QuantLinear(nn::LinearOptions(c, classes), s));
+    register_module("fc", fc.ptr());
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    x = relu(conv1.forward(x));
+    for (auto& layer : layers) x = layer->forward(x);
+    return fc.forward(torch::flatten(torch::adaptive_avg_pool2d(x, {1, 1}), 1));
+  }
+  nn::AnyModule conv1, fc;
+  nn::ReLU relu{nullptr};
+  std::vector<nn::Sequential> layers;
+};
+TORCH_MODULE(ResNet);
+
+// --bench: the loaded model against its FP32 twin (the same architecture, every layer torch's float
+// Conv2d / Linear) in this process, interleaved: per round 5 calls of each, in NCHW and
+// channels_last; medians of the rounds' per-call times. Prints a table row per format.
+void bench(ResNet& model, const torch::Tensor& x, double width, int rounds) {
+  ResNet fp(width, true, true);
+  fp->eval();
+  torch::NoGradGuard ng;
+  const torch::Tensor xc = x.contiguous(torch::MemoryFormat::ChannelsLast);
+  ResNet fpc(width, true, true);
+  fpc->eval();
+  for (auto& p : fpc->parameters()) p.set_data(p.contiguous(p.dim() == 4 ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous));
+  const auto per_call = [](const std::function<void()>& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 5; ++i) f();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / 5;
+  };
+  std::vector<std::function<void()>> fns = {[&] { fp->forward(x); }, [&] { model->forward(x); },
+                                            [&] { fpc->forward(xc); }, [&] { model->forward(xc); }};
+  std::vector<std::vector<double>> ms(fns.size());
+  for (auto& f : fns) f();  // warm-up: the integer plans' caches, oneDNN's primitives
+  for (int r = 0; r < rounds; ++r) {
+    for (std::size_t i = 0; i < fns.size(); ++i) ms[i].push_back(per_call(fns[i]));
+  }
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::printf("| format | batch | fp32 ms | loaded ms | vs fp32 |\n|---|---|---|---|---|\n");
+  for (int f = 0; f < 2; ++f) {
+    const double a = median(ms[2 * f]), b = median(ms[2 * f + 1]);
+    std::printf("| %s | %lld | %.2f | %.2f | %.2fx |\n", f ? "channels_last" : "NCHW", static_cast<long long>(x.size(0)),
+                a, b, a / b);
+  }
+}
+
+// qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--bench ROUNDS] model input output
+int run(int argc, char** argv) {
+  bool float_ends = false;
+  int rounds = 0;
+  std::string compute = "integer";
+  std::vector<std::string> rest;
+  for (int i = 3; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--float-ends") {
+      float_ends = true;
+    } else if (a == "--float") {
+      compute = "float";
+    } else if (a == "--bench" && i + 1 < argc) {
+      rounds = std::atoi(argv[++i]);
+      if (rounds < 1 || rounds > 1000) {
+        std::cerr << "--bench: ROUNDS must be 1 to 1000, got '" << argv[i] << "'\n";
+        return 2;
+      }
+    } else {
+      rest.push_back(a);
+    }
+  }
+  if (rest.size() != 3) {
+    std::cerr << "usage: qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--bench ROUNDS] model input output\n";
+    return 2;
+  }
+  char* end = nullptr;
+  const double width = std::strtod(argv[2], &end);
+  if (end == argv[2] || *end != '\0' || !(width > 0 && width <= 4)) {
+    std::cerr << "--resnet: WIDTH must be a number in (0, 4], got '" << argv[2] << "'\n";
+    return 2;
+  }
+  ResNet model(width, float_ends);
+  const std::int64_t n = qatkit::nn::load_into(*model, rest[0], compute);
+  std::cout << "loaded " << n << " layers\n";
+  const torch::Tensor x = input_x(rest[1].c_str());
+  if (!x.defined()) return 2;
+  torch::NoGradGuard ng;
+  qatkit::nn::TensorFile out;
+  out.tensors = {{"y", model->forward(x).contiguous()}};
+  qatkit::nn::write_safetensors(rest[2], out);
+  if (rounds > 0) bench(model, x, width, rounds);
+  return 0;
+}
+
+}  // namespace resnet
 
 int qat_save(char** argv) {
   namespace nn = torch::nn;
@@ -167,6 +343,15 @@ int main(int argc, char** argv) {
     }
     ++argv;
     --argc;
+  }
+  if (argc >= 3 && std::string(argv[1]) == "--resnet") {
+    try {
+      return resnet::run(argc, argv);
+    } catch (const std::exception& e) {  // c10::Error (the loader's refusals)
+      const auto* c10e = dynamic_cast<const c10::Error*>(&e);
+      std::cerr << (c10e ? c10e->what_without_backtrace() : e.what()) << "\n";
+      return 1;
+    }
   }
   try {
     if (argc == 4 && std::string(argv[1]) == "--resave") {

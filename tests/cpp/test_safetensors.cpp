@@ -391,3 +391,116 @@ CATCH_TEST_CASE("load fuses conv and Linear activations; save writes them back a
   std::remove(path.c_str());
   std::remove(again.c_str());
 }
+
+namespace {
+
+// A custom module (its own forward, its layers typed members) built as the Sequential below computes
+// after C++'s PTQ (the BatchNorm folded into the conv): load_into's target. The variants break one
+// thing each.
+struct IntoNetImpl : torch::nn::Module {
+  struct Variant {
+    std::int64_t hidden = 16;
+    bool batch_norm = false, layer_norm = true, last = true, extra = false;
+  };
+  explicit IntoNetImpl(const Variant& v) {
+    namespace nn = torch::nn;
+    const qatkit::nn::LayerSpec s = qatkit::nn::QATConfig::w8a8().default_spec;  // any: load_into sets the file's
+    conv = register_module("0", qatkit::nn::QuantConv2d(nn::Conv2dOptions(3, 8, 3).padding(1), s));
+    if (v.batch_norm) bn = register_module("1", nn::BatchNorm2d(8));
+    relu = register_module("2", nn::ReLU());
+    fc1 = register_module("4", qatkit::nn::QuantLinear(nn::LinearOptions(8 * 6 * 6, v.hidden), s));
+    if (v.layer_norm) ln = register_module("5", nn::LayerNorm(nn::LayerNormOptions({v.hidden})));
+    if (v.last) fc2 = register_module("6", qatkit::nn::QuantLinear(nn::LinearOptions(v.hidden, 3), s));
+    if (v.extra) head = register_module("7", qatkit::nn::QuantLinear(nn::LinearOptions(3, 3), s));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    x = conv(x);
+    if (bn) x = bn(x);
+    x = fc1(torch::flatten(relu(x), 1));
+    if (ln) x = ln(x);
+    return fc2 ? fc2(x) : x;
+  }
+  qatkit::nn::QuantConv2d conv{nullptr};
+  torch::nn::BatchNorm2d bn{nullptr};
+  torch::nn::ReLU relu{nullptr};
+  qatkit::nn::QuantLinear fc1{nullptr}, fc2{nullptr}, head{nullptr};
+  torch::nn::LayerNorm ln{nullptr};
+};
+TORCH_MODULE(IntoNet);
+
+std::string load_into_error(IntoNet& net, const std::string& path, const std::string& compute = "integer") {
+  try {
+    qatkit::nn::load_into(*net, path, compute);
+  } catch (const c10::ValueError& e) {
+    return e.what_without_backtrace();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+CATCH_TEST_CASE("load_into fills a custom module's typed qatkit layers with a file's and refuses one that does not fit",
+                "[save]") {
+  namespace nn = torch::nn;
+  torch::manual_seed(3);
+  nn::Sequential model(nn::Conv2d(nn::Conv2dOptions(3, 8, 3).padding(1)), nn::BatchNorm2d(8), nn::ReLU(), nn::Flatten(),
+                       nn::Linear(8 * 6 * 6, 16), nn::LayerNorm(nn::LayerNormOptions({16})), nn::Linear(16, 3));
+  model->eval();
+  {  // a LayerNorm that is not the identity (the float tensors load by name)
+    torch::NoGradGuard ng;
+    model->ptr(5)->as<nn::LayerNormImpl>()->weight.uniform_(0.5, 1.5);
+    model->ptr(5)->as<nn::LayerNormImpl>()->bias.uniform_(-0.5, 0.5);
+  }
+  const torch::Tensor x = torch::randn({4, 3, 6, 6});
+  const std::string path = "/tmp/qatkit_load_into.safetensors";
+  for (const char* preset : {"w8a8", "w4a8", "ternary_twn", "xnor_w1a1", "int8_weight_only"}) {
+    CATCH_INFO(preset);
+    nn::Sequential m(std::dynamic_pointer_cast<nn::SequentialImpl>(model->clone()));
+    qatkit::nn::ptq(*m, {x}, [&](const torch::Tensor& b) { m->forward(b); }, qatkit::nn::QATConfig::preset(preset));
+    qatkit::nn::save(m, path);
+    torch::NoGradGuard ng;
+    for (const char* compute : {"integer", "float"}) {
+      IntoNet net(IntoNetImpl::Variant{});
+      CATCH_CHECK(qatkit::nn::load_into(*net, path, compute) == 4 - 1);  // the two Linears and the conv
+      CATCH_CHECK(!net->is_training());
+      CATCH_CHECK(net->conv->converted());
+      // the file's function bit for bit: the Sequential loader's on the same file
+      CATCH_CHECK(torch::equal(net->forward(x), qatkit::nn::load(path, compute, false)->forward(x)));
+    }
+  }
+  {  // a model no shared_ptr holds (on the stack): load_into and set_compute walk it too (set_compute
+     // threw LibTorch's "top-level module as a shared_ptr" error before 2026-12-08)
+    IntoNetImpl on_stack(IntoNetImpl::Variant{});
+    CATCH_CHECK(qatkit::nn::load_into(on_stack, path) == 3);
+    auto seq = qatkit::nn::load(path, "integer", false);
+    CATCH_CHECK(qatkit::nn::set_compute(on_stack, "integer") == qatkit::nn::set_compute(*seq, "integer"));
+    torch::NoGradGuard ng;
+    CATCH_CHECK(torch::equal(on_stack.forward(x), seq->forward(x)));
+  }
+  IntoNet fine(IntoNetImpl::Variant{});
+  CATCH_CHECK_THAT(load_into_error(fine, path, "int8"), Catch::Contains("compute must be 'integer' or 'float'"));
+  // what does not fit is named, and the model is left as it was
+  IntoNet wide(IntoNetImpl::Variant{20});
+  CATCH_CHECK_THAT(load_into_error(wide, path),
+                   Catch::Contains("layer '4': the model's QuantLinear has in_features=288, out_features=20, bias=true; "
+                                   "the file's layer has in_features=288, out_features=16"));
+  CATCH_CHECK(!wide->conv->converted());  // (conv '0' fit: checked, not yet changed)
+  IntoNet with_bn(IntoNetImpl::Variant{16, true});
+  CATCH_CHECK_THAT(load_into_error(with_bn, path), Catch::Contains("has Identity at '1'"));
+  CATCH_CHECK_THAT(load_into_error(with_bn, path), Catch::Contains("BatchNorm2d"));
+  IntoNet no_ln(IntoNetImpl::Variant{16, false, false});
+  CATCH_CHECK_THAT(load_into_error(no_ln, path), Catch::Contains("the file's float tensors ['5.bias', '5.weight'] are not in the model"));
+  IntoNet no_last(IntoNetImpl::Variant{16, false, true, false});
+  CATCH_CHECK_THAT(load_into_error(no_last, path), Catch::Contains("the file holds layer '6', which the model does not have"));
+  IntoNet extra(IntoNetImpl::Variant{16, false, true, true, true});
+  CATCH_CHECK_THAT(load_into_error(extra, path), Catch::Contains("the model's qatkit layers ['7'] are not packed layers"));
+  CATCH_CHECK(!extra->fc1->converted());
+  // a float layer where the file holds a packed one
+  struct FloatFirst : nn::Module {
+    FloatFirst() { register_module("0", nn::Conv2d(nn::Conv2dOptions(3, 8, 3).padding(1))); }
+  } float_first;
+  CATCH_CHECK_THROWS_WITH(qatkit::nn::load_into(float_first, path),
+                          Catch::Contains("layer '0' is a torch::nn::Conv2dImpl in the model, where the file holds a "
+                                          "packed QuantConv2d: build it as qatkit::nn::QuantConv2d"));
+  std::remove(path.c_str());
+}

@@ -373,7 +373,7 @@ def test_cpp_refuses_what_it_cannot_honour(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         custom = qatkit.ptq(Custom(), [x], qatkit.w8a8(), correct_bias=None, verbose=False, progress=False)
-    cases = [(custom, "load it in Python with qatkit.load_into")]
+    cases = [(custom, "load it into a model built with its architecture: qatkit::nn::load_into (C++), qatkit.load_into (Python)")]
     for model, msg in cases:
         path = str(tmp_path / "r.safetensors")
         qatkit.export(model, path)

@@ -1093,3 +1093,46 @@ def test_export_to_an_onnx_or_gguf_name_warns_that_it_writes_safetensors(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         qatkit.export(q, str(tmp_path / "m.safetensors"))
+
+
+def test_load_into_gives_a_float_conv_the_bias_its_folded_batchnorm_left(tmp_path):
+    """PTQ folds a BatchNorm into the conv before it even where the preset keeps that conv float
+    (bitnet_b158's first layer), so the file's float conv has a bias the float model's (bias=False)
+    lacks: load_into gives the layer one and loads it (before 2026-12-08 it refused the file,
+    "unexpected ['0.bias']"). A model whose file comes from no fold gets no bias added."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 36, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        for bn in (net[1], net[4]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(4, 3, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(copy.deepcopy(net), [x], qatkit.preset("bitnet_b158"), verbose=False, progress=False)
+    path = str(tmp_path / "m.safetensors")
+    qatkit.export(q, path)
+    header = S.read_header(path)
+    assert "0" not in header["layers"] and "0.bias" in header["float_tensors"]  # float, with the fold's bias
+    m = qatkit.load_into(copy.deepcopy(net), path)
+    assert isinstance(m[0].bias, nn.Parameter) and type(m[1]) is nn.Identity
+    with torch.no_grad():
+        assert torch.equal(m[0].bias, q[0].bias)
+        assert torch.equal(m(x), qatkit.load(path)(x))
+        mf = qatkit.load_into(copy.deepcopy(net), path, compute="float")
+        assert torch.equal(mf(x), qatkit.load(path, compute="float")(x))
+    # no fold behind the file (no Identity in its model): a bias the file holds and the model lacks is
+    # still refused, as any tensor the model does not have
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 16), nn.ReLU(),
+                          nn.Linear(16, 4)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qp = qatkit.ptq(copy.deepcopy(plain), [x], qatkit.preset("bitnet_b158"), verbose=False, progress=False)
+    qatkit.export(qp, path)
+    assert not any(v == "Identity" for v in S.read_header(path)["module_changes"].values())
+    no_bias = copy.deepcopy(plain)
+    no_bias[0] = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    with pytest.raises(ValueError, match=r"unexpected \['0.bias'\]"):
+        qatkit.load_into(no_bias, path)

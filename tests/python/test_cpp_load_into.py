@@ -1,0 +1,131 @@
+"""qatkit::nn::load_into (csrc/nn/load.cpp): a file Python exported from a model with its own forward
+(the repo's CIFAR ResNet-18: residual adds, BatchNorms folded into the convs) runs in a LibTorch
+program that writes the same architecture with qatkit layers (tests/cpp/load_run.cpp, --resnet) and
+gives Python's loaded model's outputs bit for bit at every preset; what does not fit is refused
+naming the layer. And the way back: a file C++ wrote (qatkit::nn::save) loads into Python's float
+model with qatkit.load_into (module_changes: the folded BatchNorm's place)."""
+
+import copy
+import os
+import subprocess
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import qatkit
+from qatkit.testing.models import resnet18
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXE = os.path.join(ROOT, "build", "py", "qatkit_load_run")
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(EXE), reason="qatkit_load_run is built only by the test build (scripts/setup.sh)"
+)
+WIDTH = 0.25  # channels 16 / 32 / 64 / 128: every kernel family at small cost
+# bitnet_b158 keeps the stem conv and the classifier float (its first / last rule): the C++ model
+# builds them as torch::nn::Conv2d / Linear (--float-ends), and the stem's folded BatchNorm gives
+# that float conv a bias the float model's lacks (qatkit.load_into adds it: _folded_biases)
+PRESETS = ["w8a8", "w4a8", "ternary_twn", "binary_w1a8", "xnor_w1a1", "int4_weight_only", "bitnet_b158"]
+FLOAT_ENDS = {"bitnet_b158"}
+
+
+def _resnet():
+    return resnet18(10, width=WIDTH, small_input=True).eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Each preset's PTQ'd ResNet-18 exported: {preset: path}, and the input."""
+    torch.manual_seed(0)
+    fp = _resnet()
+    calib = [torch.randn(4, 3, 32, 32) for _ in range(2)]
+    d = tmp_path_factory.mktemp("into")
+    out = {}
+    for preset in PRESETS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.ptq(copy.deepcopy(fp), calib, qatkit.preset(preset), verbose=False, progress=False)
+        out[preset] = str(d / f"{preset}.safetensors")
+        qatkit.export(q, out[preset])
+    return out, torch.randn(3, 3, 32, 32)
+
+
+def _run_resnet(path, x, tmp_path, *flags, width=WIDTH):
+    from safetensors.torch import load_file, save_file
+
+    inp, out = str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")
+    save_file({"x": x.contiguous()}, inp)
+    r = subprocess.run([EXE, "--resnet", str(width), *flags, path, inp, out], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "MKL_DYNAMIC": "FALSE"})
+    return r, (load_file(out)["y"] if r.returncode == 0 else None)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cpp_resnet_gives_python_bits(files, preset, tmp_path):
+    paths, x = files
+    ends = ["--float-ends"] if preset in FLOAT_ENDS else []
+    computes = ["integer", "float"] if preset in ("w8a8", "xnor_w1a1", "bitnet_b158") else ["integer"]
+    for compute in computes:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = qatkit.load_into(_resnet(), paths[preset], compute=compute)
+        with torch.no_grad():
+            want = m(x)
+        r, y = _run_resnet(paths[preset], x, tmp_path, *ends, *(["--float"] if compute == "float" else []))
+        assert r.returncode == 0, r.stderr
+        n = 19 if preset in FLOAT_ENDS else 21  # convs (17 + 3 shortcuts) and the classifier
+        assert f"loaded {n} layers" in r.stdout
+        assert torch.equal(y, want), (compute, float((y - want).abs().max()))
+
+
+def test_cpp_load_into_refuses_what_does_not_fit(files, tmp_path):
+    paths, x = files
+    r, _ = _run_resnet(paths["w8a8"], x, tmp_path, width=0.5)  # another width: the first layer differs
+    assert r.returncode == 1
+    assert ("layer 'conv1': the model's QuantConv2d has in_channels=3, out_channels=32, kernel_size=[3, 3], stride=[1, 1], "
+            "padding=[1, 1], dilation=[1, 1], groups=1, bias=true, padding_mode=zeros; the file's layer has in_channels=3, "
+            "out_channels=16") in r.stderr
+    # float stem and classifier where the file holds them packed, and packed ones where it keeps them float
+    r, _ = _run_resnet(paths["w8a8"], x, tmp_path, "--float-ends")
+    assert r.returncode == 1
+    assert "layer 'conv1' is a torch::nn::Conv2dImpl in the model, where the file holds a packed QuantConv2d" in r.stderr
+    r, _ = _run_resnet(paths["bitnet_b158"], x, tmp_path)
+    assert r.returncode == 1
+    assert "the model's qatkit layers ['conv1', 'fc'] are not packed layers of the file" in r.stderr
+    # another model's file: the first layer it holds that the ResNet lacks
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(mlp, [torch.randn(8, 8)], qatkit.w8a8(), verbose=False, progress=False)
+    other = str(tmp_path / "mlp.safetensors")
+    qatkit.export(q, other)
+    r, _ = _run_resnet(other, x, tmp_path)
+    assert r.returncode == 1 and "the file holds layer '0', which the model does not have" in r.stderr
+    r, _ = _run_resnet(paths["w8a8"], x, tmp_path, width="wide")
+    assert r.returncode == 2 and "WIDTH must be a number" in r.stderr
+
+
+def test_python_load_into_a_cpp_file(tmp_path):
+    """A model C++ prepared, calibrated and saved (load_run --qat-save: conv-BatchNorm-ReLU folded,
+    depthwise conv, pooling, Linears) loads into Python's float twin of it with qatkit.load_into: the
+    file's module_changes put an Identity where the BatchNorm was, and the outputs are Python's
+    qatkit.load of the same file bit for bit."""
+    from safetensors.torch import load_file, save_file
+
+    x = torch.randn(6, 64)
+    inp, path, out = (str(tmp_path / n) for n in ("x.safetensors", "m.safetensors", "y.safetensors"))
+    save_file({"x": x}, inp)
+    r = subprocess.run([EXE, "--qat-save", "w8a8", inp, path, out], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    twin = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 16, 32), nn.GELU(), nn.Dropout(0.1), nn.Linear(32, 10)).eval()
+    header = qatkit.serialization.read_header(path)
+    assert header["module_changes"]["2"] == "Identity"  # the folded BatchNorm's place
+    m = qatkit.load_into(twin, path)
+    assert type(m[2]) is nn.Identity
+    with torch.no_grad():
+        assert torch.equal(m(x), qatkit.load(path)(x))
+        # the C++ converted model computed in float (no set_compute): the float load of the same file
+        assert torch.equal(qatkit.load_into(twin, path, compute="float")(x), load_file(out)["y"])
