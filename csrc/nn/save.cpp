@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <map>
@@ -445,25 +446,32 @@ Value Writer::module(const std::shared_ptr<torch::nn::Module>& m, const std::str
                                        name, m->name()));
 }
 
-}  // namespace
-
-void save(const torch::nn::Sequential& model, const std::string& path) {
-  TORCH_CHECK_VALUE(model, "qatkit::nn::save: model is an empty Sequential holder");
-  // convert a copy: the caller's QAT model keeps training (an all-converted model, e.g. one
-  // qatkit::nn::load returned, is written as it is: LibTorch cannot clone converted layers, whose
-  // state differs from what reset() registers)
+/// The QAT layers of `model`'s tree (itself included) not yet converted.
+std::int64_t pending_layers(const torch::nn::Module& model) {
+  std::vector<std::shared_ptr<torch::nn::Module>> all = model.modules(/*include_self=*/false);
   std::int64_t pending = 0;
-  for (const auto& m : model->modules(false)) {
-    if (auto l = as<QuantLinearImpl>(m)) pending += !l->converted();
-    if (auto c = as<QuantConv2dImpl>(m)) pending += !c->converted();
-    if (auto c = as<QuantConv1dImpl>(m)) pending += !c->converted();
-    if (auto c = as<QuantConvBn2dImpl>(m)) pending += !c->converted();
-    if (auto e = as<QuantEmbeddingImpl>(m)) pending += !e->converted();
-  }
-  std::shared_ptr<torch::nn::SequentialImpl> copy = model.ptr();
-  if (pending > 0) {
+  const auto count = [&](const torch::nn::Module* m) {
+    if (auto l = dynamic_cast<const QuantLinearImpl*>(m)) pending += !l->converted();
+    if (auto c = dynamic_cast<const QuantConv2dImpl*>(m)) pending += !c->converted();
+    if (auto c = dynamic_cast<const QuantConv1dImpl*>(m)) pending += !c->converted();
+    if (auto c = dynamic_cast<const QuantConvBn2dImpl*>(m)) pending += !c->converted();
+    if (auto e = dynamic_cast<const QuantEmbeddingImpl*>(m)) pending += !e->converted();
+  };
+  count(&model);
+  for (const auto& m : all) count(m.get());
+  return pending;
+}
+
+/// `model` itself, or a converted copy where QAT layers are pending (the caller's model keeps
+/// training). An all-converted model (one qatkit::nn::load / load_into filled) is written as it is:
+/// LibTorch cannot clone converted layers, whose state differs from what reset() registers.
+std::shared_ptr<torch::nn::Module> converted_model(const torch::nn::Module& model) {
+  // (a pointer that does not own the model: it may live on the stack)
+  std::shared_ptr<torch::nn::Module> copy(std::shared_ptr<torch::nn::Module>(),
+                                          const_cast<torch::nn::Module*>(&model));
+  if (pending_layers(model) > 0) {
     try {
-      copy = std::dynamic_pointer_cast<torch::nn::SequentialImpl>(model->clone());
+      copy = model.clone();
     } catch (const c10::Error& e) {
       TORCH_CHECK_VALUE(false, fmt::format("qatkit::nn::save: the model could not be copied to convert it ({}); call "
                                            "qatkit::nn::convert on it first, then save", e.what_without_backtrace()));
@@ -471,8 +479,12 @@ void save(const torch::nn::Sequential& model, const std::string& path) {
     TORCH_CHECK_VALUE(copy, "qatkit::nn::save: the model could not be copied");
     convert(*copy);
   }
-  Writer w;
-  Value structure = w.module(copy, "", 0);
+  return copy;
+}
+
+/// The header around the writer's layers and tensors, and the file.
+void write_file(Writer& w, const torch::nn::Module& model, Value structure, const std::string& gap,
+                const std::string& path) {
   TORCH_CHECK_VALUE(!w.layers.object.empty(), "qatkit::nn::save: the model holds no quantized layer (prepare_qat / ptq first)");
   Value header = object();
   header.set("format_version", Value::of(std::int64_t{1}));
@@ -483,14 +495,77 @@ void save(const torch::nn::Sequential& model, const std::string& path) {
   // qatkit.load_into and qatkit::nn::load_into apply to / check against a model built with the float
   // architecture (the C++ loader rebuilds the structure and needs none)
   Value changes = object();
-  for (const auto& item : copy->named_modules("", /*include_self=*/false)) {
+  for (const auto& item : model.named_modules("", /*include_self=*/false)) {
     if (as<torch::nn::IdentityImpl>(item.value())) changes.set(item.key(), Value::of(std::string("Identity")));
     if (as<torch::nn::ReLUImpl>(item.value())) changes.set(item.key(), Value::of(std::string("ReLU")));
   }
   header.set("module_changes", std::move(changes));
   header.set("structure", std::move(structure));
+  if (!gap.empty()) header.set("structure_gap", Value::of(gap));
   w.file.metadata.emplace_back("qatkit", json::dump(header));
   write_safetensors(path, w.file);
+}
+
+bool is_qat_layer(const torch::nn::Module* m) {
+  return dynamic_cast<const QuantLinearImpl*>(m) || dynamic_cast<const QuantConv2dImpl*>(m) ||
+         dynamic_cast<const QuantConv1dImpl*>(m) || dynamic_cast<const QuantConvBn2dImpl*>(m) ||
+         dynamic_cast<const QuantEmbeddingImpl*>(m);
+}
+
+}  // namespace
+
+void save(const torch::nn::Sequential& model, const std::string& path) {
+  TORCH_CHECK_VALUE(model, "qatkit::nn::save: model is an empty Sequential holder");
+  const std::shared_ptr<torch::nn::Module> copy = converted_model(*model);
+  Writer w;
+  Value structure = w.module(copy, "", 0);
+  write_file(w, *copy, std::move(structure), "", path);
+}
+
+void save(const torch::nn::Module& model, const std::string& path) {
+  if (auto* seq = dynamic_cast<const torch::nn::SequentialImpl*>(&model)) {  // the structure, as above
+    save(torch::nn::Sequential(std::shared_ptr<torch::nn::SequentialImpl>(
+             std::shared_ptr<torch::nn::SequentialImpl>(), const_cast<torch::nn::SequentialImpl*>(seq))),
+         path);
+    return;
+  }
+  const std::shared_ptr<torch::nn::Module> copy = converted_model(model);
+  Writer w;
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> all{{"", copy}};
+  for (const auto& item : copy->named_modules("", /*include_self=*/false)) all.emplace_back(item.key(), item.value());
+  for (const auto& [n, m] : all) {  // (fused activations pair up inside the Sequentials)
+    if (auto seq = as<torch::nn::SequentialImpl>(m)) w.pair_fused(*seq);
+  }
+  // pre-order: a QAT layer's tensors are its entry's; a layer at a second name (one module registered
+  // twice) is written once, under its first, as Python's export writes it
+  std::set<const torch::nn::Module*> written;
+  std::vector<std::string> inside;
+  for (const auto& [n, m] : all) {
+    const std::string prefix = n.empty() ? "" : n + ".";
+    if (std::any_of(inside.begin(), inside.end(), [&](const std::string& p) { return prefix.rfind(p, 0) == 0; })) continue;
+    if (is_qat_layer(m.get())) {
+      if (written.insert(m.get()).second) w.module(m, n, 0);  // the layer's entry and tensors
+      inside.push_back(prefix);
+      continue;
+    }
+    if (auto f = as<FusedActivationImpl>(m)) {  // a FusedActivation with no layer before it in a Sequential
+      TORCH_CHECK_VALUE(w.paired.count(f.get()) != 0,
+                        fmt::format("qatkit::nn::save: '{}' is a FusedActivation ({}) with no layer before it in a "
+                                    "Sequential that applies it", n, f->kind));
+    }
+    for (const auto& p : m->named_parameters(/*recurse=*/false)) {
+      w.put(prefix + p.key(), p.value());
+      w.float_tensors.array.push_back(Value::of(prefix + p.key()));
+    }
+    for (const auto& b : m->named_buffers(/*recurse=*/false)) {
+      w.put(prefix + b.key(), b.value());
+      w.float_tensors.array.push_back(Value::of(prefix + b.key()));
+    }
+  }
+  write_file(w, *copy, Value::null(),
+             fmt::format("the model is a {} (its own forward), which qatkit.load and qatkit::nn::load do not rebuild",
+                         copy->name()),
+             path);
 }
 
 }  // namespace qatkit::nn

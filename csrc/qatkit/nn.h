@@ -634,6 +634,17 @@ QATKIT_API std::int64_t set_compute(torch::nn::Module& model, const std::string&
 /// ValueError naming the module.
 QATKIT_API void save(const torch::nn::Sequential& model, const std::string& path);
 
+/// Writes a model with its own forward (a custom module with qatkit layers as typed members, README
+/// "C++ custom modules") as Python's qatkit.export writes such a model: each QAT layer converted and
+/// packed under its qualified name (a layer registered at two names once, under the first), every
+/// other parameter and buffer as a float tensor by name, the Identity / ReLU modules as
+/// module_changes, and no structure (qatkit::nn::load and qatkit.load refuse the file naming the
+/// model's type; qatkit::nn::load_into and Python's qatkit.load_into load it into the architecture).
+/// QAT layers not yet converted are converted on a copy where the model can be cloned
+/// (torch::nn::Cloneable); otherwise ValueError asking for qatkit::nn::convert(model) first. A
+/// Sequential is written by the overload above (with its structure).
+QATKIT_API void save(const torch::nn::Module& model, const std::string& path);
+
 /// The tensors and string metadata of a safetensors file, in file order.
 struct QATKIT_API TensorFile {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;

@@ -17,12 +17,14 @@
 // builds a small CNN in C++ (conv-BN-ReLU, depthwise conv, pooling, Linear), prepares it with the
 // preset, calibrates it on "x", saves it with qatkit::nn::save and writes the C++ converted
 // model's outputs on "x" as "y" (tests/python/test_cpp_load.py loads the file in Python).
-//     qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--bench ROUNDS] model.safetensors input.safetensors output.safetensors
+//     qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--save PRESET] [--bench ROUNDS] model.safetensors input.safetensors output.safetensors
 // a model with its own forward: the CIFAR ResNet-18 of python/qatkit/testing/models.py
 // (resnet18(10, width=WIDTH, small_input=True)) written in C++ with qatkit layers, the way a
 // LibTorch program writes it to run a file exported after PTQ or QAT, filled by
 // qatkit::nn::load_into; runs "x" and writes "y" (tests/python/test_cpp_load_into.py). --bench
-// ROUNDS: then times it against its FP32 twin in this process (docs/benchmarks.md).
+// ROUNDS: then times it against its FP32 twin in this process (docs/benchmarks.md). --save PRESET:
+// the other way, the C++ model built with the preset's QAT layers, calibrated on "x", converted and
+// written to model.safetensors by qatkit::nn::save (Python's qatkit.load_into reads it).
 //     qatkit_load_run --threads N model.safetensors input.safetensors
 // one loaded model shared by N threads (a server's pattern): each runs the forward 20 times on
 // slices of "x" of 1, half and all its rows, and every output must equal the one computed first on
@@ -137,8 +139,9 @@ using Block = nn::ModuleHolder<BlockImpl<Conv>>;
 
 struct ResNetImpl : nn::Module {
   /// float_ends: the stem conv and the classifier float; all_float: every layer (the FP32 twin)
-  ResNetImpl(double width, bool float_ends, bool all_float = false, std::int64_t classes = 10) {
-    const qatkit::nn::LayerSpec s = qatkit::nn::QATConfig::w8a8().default_spec;
+  /// spec: the qatkit layers' (a QAT model's; load_into replaces it with the file's)
+  ResNetImpl(double width, bool float_ends, bool all_float = false,
+             const qatkit::nn::LayerSpec& s = qatkit::nn::QATConfig::w8a8().default_spec, std::int64_t classes = 10) {
     float_ends = float_ends || all_float;
     std::int64_t c = width_of(64, width);
     const auto stem = nn::Conv2dOptions(3, c, 3).padding(1);  // (bias: the folded BatchNorm's)
@@ -203,10 +206,11 @@ void bench(ResNet& model, const torch::Tensor& x, double width, int rounds) {
   }
 }
 
-// qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--bench ROUNDS] model input output
+// qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--save PRESET] [--bench ROUNDS] model input output
 int run(int argc, char** argv) {
   bool float_ends = false;
   int rounds = 0;
+  std::string save_preset;
   std::string compute = "integer";
   std::vector<std::string> rest;
   for (int i = 3; i < argc; ++i) {
@@ -215,6 +219,8 @@ int run(int argc, char** argv) {
       float_ends = true;
     } else if (a == "--float") {
       compute = "float";
+    } else if (a == "--save" && i + 1 < argc) {
+      save_preset = argv[++i];
     } else if (a == "--bench" && i + 1 < argc) {
       rounds = std::atoi(argv[++i]);
       if (rounds < 1 || rounds > 1000) {
@@ -226,7 +232,8 @@ int run(int argc, char** argv) {
     }
   }
   if (rest.size() != 3) {
-    std::cerr << "usage: qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--bench ROUNDS] model input output\n";
+    std::cerr << "usage: qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--save PRESET] [--bench ROUNDS] model "
+                 "input output\n";
     return 2;
   }
   char* end = nullptr;
@@ -235,11 +242,22 @@ int run(int argc, char** argv) {
     std::cerr << "--resnet: WIDTH must be a number in (0, 4], got '" << argv[2] << "'\n";
     return 2;
   }
-  ResNet model(width, float_ends);
-  const std::int64_t n = qatkit::nn::load_into(*model, rest[0], compute);
-  std::cout << "loaded " << n << " layers\n";
   const torch::Tensor x = input_x(rest[1].c_str());
   if (!x.defined()) return 2;
+  ResNet model(width, float_ends);
+  if (!save_preset.empty()) {
+    // the other way: the C++ model with QAT layers of the preset, calibrated on x, converted, written
+    // by qatkit::nn::save (a custom module: no structure), then run in `compute` as if loaded
+    model = ResNet(width, float_ends, false, qatkit::nn::QATConfig::preset(save_preset).default_spec);
+    qatkit::nn::calibrate(*model, {x}, [&](const torch::Tensor& b) { model->forward(b); });
+    qatkit::nn::convert(*model);
+    qatkit::nn::save(*model, rest[0]);
+    qatkit::nn::set_compute(*model, compute);
+    std::cout << "saved\n";
+  } else {
+    const std::int64_t n = qatkit::nn::load_into(*model, rest[0], compute);
+    std::cout << "loaded " << n << " layers\n";
+  }
   torch::NoGradGuard ng;
   qatkit::nn::TensorFile out;
   out.tensors = {{"y", model->forward(x).contiguous()}};

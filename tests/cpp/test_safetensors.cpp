@@ -477,6 +477,28 @@ CATCH_TEST_CASE("load_into fills a custom module's typed qatkit layers with a fi
     torch::NoGradGuard ng;
     CATCH_CHECK(torch::equal(on_stack.forward(x), seq->forward(x)));
   }
+  {  // a custom module written by save: no structure (load refuses it naming the type); load_into reads it
+    IntoNet src(IntoNetImpl::Variant{});
+    {
+      torch::NoGradGuard g;
+      src->ln->weight.uniform_(0.5, 1.5);
+    }
+    qatkit::nn::calibrate(*src, {x}, [&](const torch::Tensor& b) { src->forward(b); });
+    const std::string custom = "/tmp/qatkit_save_custom.safetensors";
+    // not a Cloneable: its QAT layers cannot be converted on a copy
+    CATCH_CHECK_THROWS_WITH(qatkit::nn::save(*src, custom), Catch::Contains("call qatkit::nn::convert on it first"));
+    qatkit::nn::convert(*src);
+    qatkit::nn::save(*src, custom);
+    CATCH_CHECK_THROWS_WITH(qatkit::nn::load(custom), Catch::Contains("IntoNetImpl (its own forward)"));
+    IntoNet dst(IntoNetImpl::Variant{});
+    CATCH_CHECK(qatkit::nn::load_into(*dst, custom) == 3);
+    CATCH_CHECK(qatkit::nn::set_compute(*src, "integer") == 3);
+    torch::NoGradGuard ng;
+    CATCH_CHECK(torch::equal(dst->forward(x), src->forward(x)));
+    // the LayerNorm's tensors travel by name
+    CATCH_CHECK(torch::equal(dst->ln->weight, src->ln->weight));
+    std::remove(custom.c_str());
+  }
   IntoNet fine(IntoNetImpl::Variant{});
   CATCH_CHECK_THAT(load_into_error(fine, path, "int8"), Catch::Contains("compute must be 'integer' or 'float'"));
   // what does not fit is named, and the model is left as it was

@@ -129,3 +129,28 @@ def test_python_load_into_a_cpp_file(tmp_path):
         assert torch.equal(m(x), qatkit.load(path)(x))
         # the C++ converted model computed in float (no set_compute): the float load of the same file
         assert torch.equal(qatkit.load_into(twin, path, compute="float")(x), load_file(out)["y"])
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "xnor_w1a1"])
+def test_python_load_into_a_cpp_custom_module(preset, tmp_path):
+    """The other way: the C++ ResNet-18 built with the preset's QAT layers, calibrated, converted and
+    written by qatkit::nn::save (a custom module: no structure, which qatkit.load refuses naming the
+    type) loads into Python's ResNet-18 with its BatchNorms as Identity (the C++ model has none) and
+    gives the C++ model's outputs in integer compute bit for bit."""
+    x = torch.randn(2, 3, 32, 32)
+    path = str(tmp_path / "cpp.safetensors")
+    r, y = _run_resnet(path, x, tmp_path, "--save", preset)
+    assert r.returncode == 0, r.stderr
+    header = qatkit.serialization.read_header(path)
+    assert header["structure"] is None and "its own forward" in header["structure_gap"]
+    assert len(header["layers"]) == 21
+    with pytest.raises(ValueError, match="its own forward"):
+        qatkit.load(path)
+    twin = _resnet()
+    for name, m in list(twin.named_modules()):
+        if isinstance(m, nn.BatchNorm2d):
+            parent, _, leaf = name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, leaf, nn.Identity())
+    m = qatkit.load_into(twin, path)
+    with torch.no_grad():
+        assert torch.equal(m(x), y)
