@@ -8,7 +8,9 @@ nn.Flatten(1, 2**26) does): counted apart, as the C++ loader's run counts its re
 Seeds (--pool): files qatkit.export wrote for a small CNN at several presets (one with SmoothQuant),
 and one with float modules that hold tensors (BatchNorm, PReLU, LayerNorm, float Conv / Linear)
 (cnn, the default); a model of the other leaf kinds at four presets (layers); Embedding models,
-packed and float, with and without padding_idx (embedding).
+packed and float, with and without padding_idx (embedding); a ResNet-18 with its own forward at five
+presets, which only load_into loads (resnet; with --cpp, qatkit::nn::load_into into the C++ program's
+ResNet-18).
 Mutations (seeded, one or more per input): byte flips anywhere, truncation, appended junk,
 header-length edits, and structure-aware edits of the qatkit JSON header (a field deleted, set to
 null / a string / a huge or negative number / a list, a layer renamed, a type changed) and of the
@@ -17,6 +19,7 @@ safetensors tensor table (dtype, shape, offsets).
     python3 scripts/fuzz_load.py [--inputs 20000] [--seed 0]
     python3 scripts/fuzz_load.py --cpp --inputs 3000   # the C++ loader (build/py/qatkit_load_run) instead
     python3 scripts/fuzz_load.py --cpp --many 500 --inputs 20000 [--exe build/asan/qatkit_load_run]
+    python3 scripts/fuzz_load.py --cpp --many 250 --pool resnet --inputs 2000   # qatkit::nn::load_into
 
 With --cpp every input runs through tests/cpp/load_run.cpp (qatkit::nn::load, then a forward) in a
 process of its own: it must exit 0 (loaded and ran) or 1 (a ValueError, printed), never crash.
@@ -65,7 +68,31 @@ def seeds(tmp, pool: str = "cnn"):
     CNN at ten presets and a model of float leaves with tensors), "layers" (the other leaf kinds:
     string padding and padding modes, depthwise and 1-d convs, pooling, Unflatten, activations with
     arguments), "embedding" (packed and float Embedding tables with padding_idx, int64 inputs)."""
-    return {"cnn": _cnn_seeds, "layers": _layers_seeds, "embedding": _embedding_seeds}[pool](tmp)
+    return {"cnn": _cnn_seeds, "layers": _layers_seeds, "embedding": _embedding_seeds, "resnet": _resnet_seeds}[pool](tmp)
+
+
+RESNET_WIDTH = 0.125  # the resnet pool's ResNet-18: 8 / 16 / 32 / 64 channels (small files, quick loads)
+
+
+def _resnet_seeds(tmp):
+    """A model with its own forward (the CIFAR ResNet-18 of qatkit.testing.models: residual blocks,
+    BatchNorms folded into the convs), which only load_into loads (qatkit::nn::load_into in the C++
+    program's --resnet model), at five presets whose stem and classifier are packed."""
+    from qatkit.testing.models import resnet18
+
+    torch.manual_seed(0)
+    model = resnet18(10, width=RESNET_WIDTH, small_input=True).eval()
+    x = torch.randn(2, 3, 16, 16)
+    out = []
+    for preset in ("w8a8", "w4a8", "ternary_twn", "xnor_w1a1", "int4_weight_only"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = qatkit.ptq(copy.deepcopy(model), [x], qatkit.preset(preset), correct_bias=None, verbose=False,
+                           progress=False)
+        path = os.path.join(tmp, f"seed_resnet_{preset}.safetensors")
+        qatkit.export(q, path)
+        out.append(open(path, "rb").read())
+    return model, x, out
 
 
 def _exported(model, x, tmp, name, preset, **cfg):
@@ -254,7 +281,8 @@ def fuzz_cpp(a):
             data = mutate(rng.choice(pool), rng)
             with open(path, "wb") as f:
                 f.write(data)
-            r = subprocess.run([exe, path, xin, yout], capture_output=True, timeout=60)
+            into = ["--resnet", str(RESNET_WIDTH)] if a.pool == "resnet" else []
+            r = subprocess.run([exe, *into, path, xin, yout], capture_output=True, timeout=60)
             codes[r.returncode] = codes.get(r.returncode, 0) + 1
             if r.returncode not in (0, 1):
                 with open(os.path.join(os.getcwd(), f"fuzz_cpp_crash_{i}.safetensors"), "wb") as f:
@@ -267,6 +295,7 @@ def fuzz_cpp(a):
 
 
 def fuzz_cpp_many(a, exe, rng, pool, xin, tmp, t0):
+    pool_name = a.pool
     """Batches of inputs through one process each (``qatkit_load_run --many``): what a sanitized
     build (scripts/sanitize.sh) can afford, since each process start loads LibTorch."""
     import subprocess
@@ -294,7 +323,8 @@ def fuzz_cpp_many(a, exe, rng, pool, xin, tmp, t0):
             with open(p, "wb") as f:
                 f.write(mutate(rng.choice(pool), rng))
             paths.append(p)
-        r = subprocess.run([exe, "--many", *(["--each"] if a.agree else []), xin, *paths], capture_output=True,
+        into = ["--resnet", str(RESNET_WIDTH)] if pool_name == "resnet" else []
+        r = subprocess.run([exe, "--many", *(["--each"] if a.agree else []), *into, xin, *paths], capture_output=True,
                            timeout=3600)
         if r.returncode != 0:
             keep = os.path.join(os.getcwd(), f"fuzz_cpp_crash_batch_{done}")
@@ -366,9 +396,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--inputs", type=number_arg(int, 1), default=20000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pool", choices=("cnn", "layers", "embedding"), default="cnn",
+    ap.add_argument("--pool", choices=("cnn", "layers", "embedding", "resnet"), default="cnn",
                     help="the seed files mutated: a CNN at ten presets and float leaves with tensors (cnn), the other "
-                         "leaf kinds (layers), packed and float Embedding tables on int64 inputs (embedding)")
+                         "leaf kinds (layers), packed and float Embedding tables on int64 inputs (embedding), a ResNet-18 "
+                         "with its own forward through load_into only (resnet; with --cpp: qatkit::nn::load_into)")
     ap.add_argument("--cpp", action="store_true", help="fuzz the C++ loader program instead")
     ap.add_argument("--exe", default=None, help="with --cpp: the qatkit_load_run to run (default build/py's)")
     ap.add_argument("--many", type=number_arg(int, 0), default=0, help="with --cpp: inputs per process (0: one process each)")
@@ -380,6 +411,11 @@ def main():
     a = ap.parse_args()
     if a.agree and not (a.cpp and a.many):
         ap.error("--agree: expected with --cpp --many N (N >= 1), got " + ("no --cpp" if not a.cpp else "no --many"))
+    if a.agree and a.pool == "resnet":
+        # Python's load_into replaces each module with the file's layer (options and all), C++'s fills the
+        # typed members it finds and refuses other options: an edited stride loads in one and not the other
+        ap.error("--agree: expected the cnn, layers or embedding pool (qatkit.load against qatkit::nn::load), got "
+                 "--pool resnet (load_into's two forms differ by design: C++ checks the model's options)")
     if a.cpp:
         return fuzz_cpp(a)
     torch.set_num_threads(1)

@@ -176,25 +176,41 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
     for (const auto& [k, v] : file.metadata) meta.set(k, json::Value::of(v));
     header.set("__metadata__", meta);
   }
+  // The data in order of element size, largest first (stable), as the safetensors library lays it
+  // out: from the 8-byte aligned data section every tensor then starts at a multiple of its element
+  // size, so a reader that maps the file (Python's safetensors) hands out aligned float pointers.
+  // Written in the tensors' order before 2026-12-08, a float32 scale after an odd-sized uint8 weight
+  // sat misaligned (UBSan: "load of misaligned address" in a kernel reading it). The header keeps
+  // the tensors' order; the format requires no gaps, so ordering is the only way to align.
+  std::vector<std::size_t> order(file.tensors.size());
+  std::vector<torch::Tensor> data(file.tensors.size());
+  std::vector<const DtypeInfo*> dts(file.tensors.size());
+  for (std::size_t i = 0; i < file.tensors.size(); ++i) {
+    const auto& [name, tensor] = file.tensors[i];
+    dts[i] = &dtype_of(tensor.scalar_type(), fmt::format("write_safetensors: tensor '{}'", name));
+    data[i] = tensor.detach().to(torch::kCPU).contiguous();
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return dts[a]->size > dts[b]->size; });
+  std::vector<std::uint64_t> begin(file.tensors.size());
   std::uint64_t offset = 0;
-  std::vector<torch::Tensor> data;
-  for (const auto& [name, tensor] : file.tensors) {
-    const std::string where = fmt::format("write_safetensors: tensor '{}'", name);
-    const DtypeInfo& dt = dtype_of(tensor.scalar_type(), where);
-    torch::Tensor t = tensor.detach().to(torch::kCPU).contiguous();
+  for (const std::size_t i : order) {
+    begin[i] = offset;
+    offset += static_cast<std::uint64_t>(data[i].numel()) * dts[i]->size;
+  }
+  for (std::size_t i = 0; i < file.tensors.size(); ++i) {
+    const torch::Tensor& t = data[i];
     json::Value entry, shape, offs;
     entry.type = json::Value::Type::kObject;
     shape.type = offs.type = json::Value::Type::kArray;
     for (const auto d : t.sizes()) shape.array.push_back(json::Value::of(static_cast<std::int64_t>(d)));
-    const std::uint64_t nbytes = static_cast<std::uint64_t>(t.numel()) * dt.size;
-    offs.array = {json::Value::of(static_cast<std::int64_t>(offset)),
-                  json::Value::of(static_cast<std::int64_t>(offset + nbytes))};
-    entry.set("dtype", json::Value::of(dt.name));
+    const std::uint64_t nbytes = static_cast<std::uint64_t>(t.numel()) * dts[i]->size;
+    offs.array = {json::Value::of(static_cast<std::int64_t>(begin[i])),
+                  json::Value::of(static_cast<std::int64_t>(begin[i] + nbytes))};
+    entry.set("dtype", json::Value::of(dts[i]->name));
     entry.set("shape", shape);
     entry.set("data_offsets", offs);
-    header.set(name, entry);
-    offset += nbytes;
-    data.push_back(t);
+    header.set(file.tensors[i].first, entry);
   }
   std::string text = json::dump(header);
   text.append((8 - text.size() % 8) % 8, ' ');  // the data section starts 8-byte aligned
@@ -218,7 +234,8 @@ void write_safetensors(const std::string& path, const TensorFile& file) {
     for (int i = 0; i < 8; ++i, n >>= 8) len[i] = static_cast<std::uint8_t>(n & 255u);
     f.write(reinterpret_cast<const char*>(len), 8);
     f.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const auto& t : data) {
+    for (const std::size_t i : order) {
+      const torch::Tensor& t = data[i];
       f.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.numel() * t.element_size()));
     }
     f.close();

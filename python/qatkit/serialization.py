@@ -841,9 +841,14 @@ def _tensors(path: str) -> Dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(path)
+        tensors = load_file(path)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"load: cannot read the tensors of {path!r}: {e}") from None
+    # a tensor at an offset that is no multiple of its element size (a writer that does not order the
+    # data by dtype, as qatkit::nn::save did before 2026-12-08) comes back at a misaligned address,
+    # which the kernels read as float* / int32_t*: copied to an aligned one
+    return {k: v.clone() if v.element_size() > 1 and v.data_ptr() % v.element_size() else v
+            for k, v in tensors.items()}
 
 
 def _check_layer(path: str, name: str, info: dict, t: Dict[str, torch.Tensor]) -> None:

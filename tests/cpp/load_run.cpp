@@ -6,8 +6,8 @@
 // the tensor "x" of the input file and writes the result as tensor "y" (and prints how many
 // activations load fused, "fused N", and the first row). --cuda: model and input moved to
 // the GPU first (the Linear layers' CUDA kernels; tests/python/qat/test_cuda_qat.py).
-//     qatkit_load_run --many [--each] input.safetensors model1 model2 ...
-// loads and runs each model file in this one process (the fuzzer's mode under ASan/UBSan:
+//     qatkit_load_run --many [--each] [--resnet WIDTH] input.safetensors model1 model2 ...
+// loads (--resnet: load_into the ResNet-18 below) and runs each model file in this one process (the fuzzer's mode under ASan/UBSan:
 // scripts/fuzz_load.py --cpp --many) and prints "loaded N refused M forward_refused K"; exit 0
 // unless it crashes. --each: first a line per file, "<outcome> <path> [<the error's first line>]"
 // (scripts/fuzz_load.py --cpp --many N --agree compares them with Python's loader).
@@ -59,33 +59,6 @@ torch::Tensor input_x(const char* path) {
 
 // An error's first line (the outcome lines of --many --each are one line per file).
 std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
-
-int many(int argc, char** argv, bool each) {
-  const torch::Tensor x = input_x(argv[2]);
-  if (!x.defined()) return 2;
-  long loaded = 0, refused = 0, forward_refused = 0;
-  torch::NoGradGuard ng;
-  for (int i = 3; i < argc; ++i) {
-    torch::nn::Sequential model;
-    try {
-      model = qatkit::nn::load(argv[i]);
-    } catch (const c10::Error& e) {
-      ++refused;
-      if (each) std::cout << "refused " << argv[i] << " " << first_line(e.what_without_backtrace()) << "\n";
-      continue;
-    }
-    try {  // a consistent file may describe a model that does not take this input
-      model->forward(x);
-      ++loaded;
-      if (each) std::cout << "loaded " << argv[i] << "\n";
-    } catch (const std::exception& e) {  // a c10::Error, or LibTorch's oneDNN's dnnl::error (below)
-      ++forward_refused;
-      if (each) std::cout << "forward_refused " << argv[i] << " " << first_line(e.what()) << "\n";
-    }
-  }
-  std::cout << "loaded " << loaded << " refused " << refused << " forward_refused " << forward_refused << "\n";
-  return 0;
-}
 
 }  // namespace
 
@@ -268,6 +241,46 @@ int run(int argc, char** argv) {
 
 }  // namespace resnet
 
+namespace {
+
+// --many [--each] [--resnet WIDTH] input files...: each file loaded (qatkit::nn::load; with --resnet,
+// qatkit::nn::load_into a fresh resnet::ResNet of that width) and run on "x" in this process.
+int many(int argc, char** argv, bool each, double resnet_width) {
+  const torch::Tensor x = input_x(argv[2]);
+  if (!x.defined()) return 2;
+  long loaded = 0, refused = 0, forward_refused = 0;
+  torch::NoGradGuard ng;
+  for (int i = 3; i < argc; ++i) {
+    std::function<torch::Tensor(const torch::Tensor&)> forward;
+    try {
+      if (resnet_width > 0) {
+        resnet::ResNet net(resnet_width, false);
+        qatkit::nn::load_into(*net, argv[i]);
+        forward = [net](const torch::Tensor& t) mutable { return net->forward(t); };
+      } else {
+        torch::nn::Sequential model = qatkit::nn::load(argv[i]);
+        forward = [model](const torch::Tensor& t) mutable { return model->forward(t); };
+      }
+    } catch (const c10::Error& e) {
+      ++refused;
+      if (each) std::cout << "refused " << argv[i] << " " << first_line(e.what_without_backtrace()) << "\n";
+      continue;
+    }
+    try {  // a consistent file may describe a model that does not take this input
+      forward(x);
+      ++loaded;
+      if (each) std::cout << "loaded " << argv[i] << "\n";
+    } catch (const std::exception& e) {  // a c10::Error, or LibTorch's oneDNN's dnnl::error (below)
+      ++forward_refused;
+      if (each) std::cout << "forward_refused " << argv[i] << " " << first_line(e.what()) << "\n";
+    }
+  }
+  std::cout << "loaded " << loaded << " refused " << refused << " forward_refused " << forward_refused << "\n";
+  return 0;
+}
+
+}  // namespace
+
 int qat_save(char** argv) {
   namespace nn = torch::nn;
   torch::manual_seed(0);
@@ -343,7 +356,21 @@ int main(int argc, char** argv) {
   }
   if (argc >= 3 && std::string(argv[1]) == "--many") {
     const bool each = argc >= 4 && std::string(argv[2]) == "--each";
-    return each ? many(argc - 1, argv + 1, true) : many(argc, argv, false);
+    if (each) {
+      ++argv;
+      --argc;
+    }
+    double width = 0;
+    if (argc >= 4 && std::string(argv[2]) == "--resnet") {
+      width = std::strtod(argv[3], nullptr);
+      if (!(width > 0 && width <= 4)) {
+        std::cerr << "--many --resnet: WIDTH must be a number in (0, 4]\n";
+        return 2;
+      }
+      argv += 2;
+      argc -= 2;
+    }
+    return many(argc, argv, each, width);
   }
   std::string compute = "integer";
   bool cuda = false, fuse = true;

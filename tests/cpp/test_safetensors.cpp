@@ -448,8 +448,10 @@ CATCH_TEST_CASE("load_into fills a custom module's typed qatkit layers with a fi
   model->eval();
   {  // a LayerNorm that is not the identity (the float tensors load by name)
     torch::NoGradGuard ng;
-    model->ptr(5)->as<nn::LayerNormImpl>()->weight.uniform_(0.5, 1.5);
-    model->ptr(5)->as<nn::LayerNormImpl>()->bias.uniform_(-0.5, 0.5);
+    // (torch::rand, not uniform_: GCC's -O2 sanitizer build warns maybe-uninitialized in uniform_'s
+    // std::optional<Generator>)
+    model->ptr(5)->as<nn::LayerNormImpl>()->weight.copy_(torch::rand({16}) + 0.5);
+    model->ptr(5)->as<nn::LayerNormImpl>()->bias.copy_(torch::rand({16}) - 0.5);
   }
   const torch::Tensor x = torch::randn({4, 3, 6, 6});
   const std::string path = "/tmp/qatkit_load_into.safetensors";
@@ -481,7 +483,7 @@ CATCH_TEST_CASE("load_into fills a custom module's typed qatkit layers with a fi
     IntoNet src(IntoNetImpl::Variant{});
     {
       torch::NoGradGuard g;
-      src->ln->weight.uniform_(0.5, 1.5);
+      src->ln->weight.copy_(torch::rand({16}) + 0.5);
     }
     qatkit::nn::calibrate(*src, {x}, [&](const torch::Tensor& b) { src->forward(b); });
     const std::string custom = "/tmp/qatkit_save_custom.safetensors";

@@ -154,3 +154,49 @@ def test_python_load_into_a_cpp_custom_module(preset, tmp_path):
     m = qatkit.load_into(twin, path)
     with torch.no_grad():
         assert torch.equal(m(x), y)
+
+
+def test_files_lay_tensors_out_aligned(tmp_path):
+    """qatkit::nn::save lays the data out by element size (largest first, as the safetensors library
+    does), so every tensor of a C++ file starts at a multiple of its element size and a reader that
+    maps the file gets aligned pointers; a file that is not so laid out (C++'s before 2026-12-08, or
+    another writer's) still loads in Python with aligned tensors (copied), the same outputs."""
+    import json
+    import struct
+
+    from safetensors.torch import save_file
+
+    x = torch.randn(6, 64)
+    inp, path, out = (str(tmp_path / n) for n in ("x.safetensors", "m.safetensors", "y.safetensors"))
+    save_file({"x": x}, inp)
+    r = subprocess.run([EXE, "--qat-save", "w4a8", inp, path, out], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    raw = open(path, "rb").read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    table = json.loads(raw[8:8 + n])
+    size = {"F32": 4, "F64": 8, "I32": 4, "I64": 8, "F16": 2, "BF16": 2, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+    entries = {k: v for k, v in table.items() if k != "__metadata__"}
+    assert any(v["dtype"] == "U8" and (v["data_offsets"][1] - v["data_offsets"][0]) % 4 for v in entries.values()), \
+        "the test needs an odd-sized byte tensor (the case that misaligned the floats after it)"
+    assert (8 + n) % 8 == 0
+    for k, v in entries.items():
+        assert v["data_offsets"][0] % size[v["dtype"]] == 0, (k, v)
+    # the same tensors laid out in the header's order (the old layout: floats after odd byte tensors)
+    body = raw[8 + n:]
+    pieces, at = [], 0
+    for k, v in entries.items():
+        b, e = v["data_offsets"]
+        pieces.append(body[b:e])
+        v["data_offsets"] = [at, at + e - b]
+        at += e - b
+    assert any(v["data_offsets"][0] % size[v["dtype"]] for v in entries.values())  # misaligned now
+    text = json.dumps({"__metadata__": table["__metadata__"], **entries}).encode()
+    text += b" " * (-len(text) % 8)
+    old = str(tmp_path / "old.safetensors")
+    with open(old, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(pieces))
+    from qatkit import serialization as S
+
+    assert all(t.data_ptr() % t.element_size() == 0 for t in S._tensors(old).values())
+    with torch.no_grad():
+        assert torch.equal(qatkit.load(old)(x), qatkit.load(path)(x))
