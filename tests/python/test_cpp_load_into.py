@@ -8,6 +8,7 @@ model with qatkit.load_into (module_changes: the folded BatchNorm's place)."""
 import copy
 import os
 import subprocess
+import sys
 import warnings
 
 import pytest
@@ -200,3 +201,21 @@ def test_files_lay_tensors_out_aligned(tmp_path):
     assert all(t.data_ptr() % t.element_size() == 0 for t in S._tensors(old).values())
     with torch.no_grad():
         assert torch.equal(qatkit.load(old)(x), qatkit.load(path)(x))
+
+
+def test_a_short_fuzz_run_of_load_into_finds_nothing(tmp_path):
+    """scripts/fuzz_load.py --pool resnet (byte flips, truncations, header and tensor-table edits of the
+    ResNet-18 files) through qatkit::nn::load_into into the C++ program's ResNet and a forward, 600
+    inputs in 2 processes, and through Python's load / load_into, 300 inputs: each input loads and
+    runs or is refused with a ValueError; no crash, no other exception. (No --agree: Python's
+    load_into takes the file's options, C++'s checks them against the model it fills.)"""
+    fuzz = os.path.join(ROOT, "scripts", "fuzz_load.py")
+    r = subprocess.run([sys.executable, fuzz, "--cpp", "--many", "300", "--inputs", "600", "--seed", "6", "--pool",
+                        "resnet", "--exe", EXE], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0 and "no crash" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, fuzz, "--inputs", "300", "--seed", "6", "--pool", "resnet"], capture_output=True,
+                       text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0 and "0 other exceptions" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, fuzz, "--cpp", "--many", "10", "--agree", "--pool", "resnet"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "--pool resnet" in r.stderr
