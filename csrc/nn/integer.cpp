@@ -317,6 +317,10 @@ std::int64_t set_compute(torch::nn::Module& model, const std::string& compute) {
       n += l->frozen.integer != nullptr;
     } else if (auto* c2 = m->as<QuantConv2dImpl>()) {
       n += plan_conv<2>(*c2, on);
+    } else if (auto* cb = m->as<QuantConvBn2dImpl>()) {
+      // converted, a conv with the folded weight and bias (Python's convert makes it a
+      // QuantizedConv2d): the same kernels; before 2026-12-08 it kept float math here
+      n += plan_conv<2>(*cb, on && cb->converted());
     } else if (auto* c1 = m->as<QuantConv1dImpl>()) {
       n += plan_conv<1>(*c1, on);
     }
@@ -367,6 +371,10 @@ void replan(QuantConv2dImpl& l) {
   if (!plan_conv<2>(l, true)) warn_off_kernel("conv2d", l.options.in_channels());
 }
 
+void replan(QuantConvBn2dImpl& l) {
+  if (!plan_conv<2>(l, l.converted())) warn_off_kernel("conv2d", l.options.in_channels());
+}
+
 void replan(QuantConv1dImpl& l) {
   if (!plan_conv<1>(l, true)) warn_off_kernel("conv1d", l.options.in_channels());
 }
@@ -383,6 +391,7 @@ const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l) {
 
 const IntegerKernelPlan* cuda_conv_plan(QuantConv2dImpl& l) { return cuda_conv_plan_of<2>(l); }
 const IntegerKernelPlan* cuda_conv_plan(QuantConv1dImpl& l) { return cuda_conv_plan_of<1>(l); }
+const IntegerKernelPlan* cuda_conv_plan(QuantConvBn2dImpl& l) { return cuda_conv_plan_of<2>(l); }
 
 torch::Tensor integer_linear(const IntegerKernelPlan& p, const torch::Tensor& input, const torch::Tensor& divisor) {
   const bool int8 = !p.binary_input && !p.dynamic_input && !p.float_input && p.weight_bits == 8;

@@ -28,6 +28,7 @@ QATKIT_API bool plan_stale(const IntegerKernelPlan& p, const ConvertedWeight& f,
 /// layer): its forward calls it when IntegerKernelPlan::sources_changed() (an in-place edit).
 QATKIT_API void replan(QuantLinearImpl& l);
 QATKIT_API void replan(QuantConv2dImpl& l);
+QATKIT_API void replan(QuantConvBn2dImpl& l);  ///< (converted: a conv with the folded weight and bias)
 QATKIT_API void replan(QuantConv1dImpl& l);
 
 /// The plan a CUDA input of a Linear in integer compute runs on: its plan in the row layouts on the
@@ -37,6 +38,7 @@ QATKIT_API const IntegerKernelPlan* cuda_linear_plan(QuantLinearImpl& l);
 
 /// The same for a conv (conv2d_int8 / conv2d_w1a1 on CUDA).
 QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConv2dImpl& l);
+QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConvBn2dImpl& l);
 QATKIT_API const IntegerKernelPlan* cuda_conv_plan(QuantConv1dImpl& l);
 
 /// A conv's padding per spatial dim as nn.ConvNd resolves it: numbers as given (both sides), 'valid'

@@ -946,10 +946,12 @@ bool QuantConvBn2dImpl::fold_invariant() const {
 }
 
 torch::Tensor QuantConvBn2dImpl::forward(const torch::Tensor& x) {
+  // converted: a conv with the folded weight and bias, QuantConv2d's forward (set_compute's integer
+  // kernels, or the float math of the dequantized weight)
+  if (frozen.converted) return conv_forward<2>(*this, x);
   if (x.dim() == 3) return forward(x.unsqueeze(0)).squeeze(0);  // unbatched, as QuantConv2d
   learned_checks(*this, input_fake_quant);
   const torch::Tensor h = input_fake_quant ? input_fake_quant(x) : x;
-  if (frozen.converted) return conv_nd<2>(h, frozen.dequantized(conv_weight_shape<2>(options)), bias, options);
   auto q = [this](const torch::Tensor& w) { return weight_fake_quant ? weight_fake_quant(w) : w; };
   if (bn_frozen_flag_ || !is_training()) {
     auto [factor, w, b] = folded();

@@ -415,6 +415,7 @@ TORCH_MODULE(FusedActivation);
 /// the quantized weight is Q(W * gamma / sigma) from the running statistics; in training (before
 /// freeze_bn) the output is batch-normalized with the batch statistics, after freeze_bn / in eval
 /// it is conv(x, Q(W_fold)) + b_fold, what convert exports (as a conv with the folded bias).
+/// Converted, it is that conv: QuantConv2d's forward, on the integer kernels under set_compute.
 class QATKIT_API QuantConvBn2dImpl : public torch::nn::Cloneable<QuantConvBn2dImpl> {
  public:
   /// Shares `conv`'s and `bn`'s parameters and buffers. bn must be affine with running statistics
@@ -617,7 +618,8 @@ QATKIT_API std::int64_t load_into(torch::nn::Module& model, const std::string& p
 /// Switch the converted layers of `model` between "float" (the QAT model's function, bit for bit)
 /// and "integer": layers an integer kernel runs compute on it, bit for bit Python's
 /// qatkit.load(path) / set_compute(model, "integer", kernels_only=True); the others keep float math.
-/// Those are (docs/integer.md) Linear and Conv1d / Conv2d, grouped too, whose input is a static /
+/// Those are (docs/integer.md) Linear and Conv1d / Conv2d (a converted QuantConvBn2d too; grouped
+/// convs too) whose input is a static /
 /// learned per-tensor 8-bit affine quantizer and whose weight codes are int8 / ternary / binary or
 /// 4-bit per group (linear_w4a8 / conv2d_w4a8); XNOR layers (binarized inputs, linear_w1a1 /
 /// conv2d_w1a1); Linears with dynamic per-token / per-tensor int8 inputs (BitLinear included,

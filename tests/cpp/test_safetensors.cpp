@@ -528,3 +528,48 @@ CATCH_TEST_CASE("load_into fills a custom module's typed qatkit layers with a fi
                                           "packed QuantConv2d: build it as qatkit::nn::QuantConv2d"));
   std::remove(path.c_str());
 }
+
+CATCH_TEST_CASE("a converted QuantConvBn2d runs on the integer kernels as the loaded conv does", "[save]") {
+  // prepare_qat folds Conv2d + BatchNorm2d into QuantConvBn2d; converted in place it is a conv with
+  // the folded weight and bias (Python's convert makes it a QuantizedConv2d), and set_compute puts it
+  // on conv2d_int8 / conv2d_w1a1 / conv2d_w4a8: the file's Sequential loader's bits (before
+  // 2026-12-08 it kept float math: set_compute counted the Linear alone)
+  namespace nn = torch::nn;
+  torch::manual_seed(4);
+  nn::Sequential model(nn::Conv2d(nn::Conv2dOptions(3, 8, 3).padding(1)), nn::BatchNorm2d(8), nn::ReLU(),
+                       nn::Conv2d(nn::Conv2dOptions(8, 8, 3).padding(1).groups(8)), nn::BatchNorm2d(8), nn::Flatten(),
+                       nn::Linear(8 * 5 * 5, 4));
+  model->eval();
+  {
+    torch::NoGradGuard ng;
+    for (int i : {1, 4}) {
+      model->ptr(i)->as<nn::BatchNorm2dImpl>()->running_mean.copy_(torch::rand({8}) - 0.5);
+      model->ptr(i)->as<nn::BatchNorm2dImpl>()->running_var.copy_(torch::rand({8}) + 0.5);
+    }
+  }
+  const torch::Tensor x = torch::randn({3, 3, 5, 5});
+  const std::string path = "/tmp/qatkit_convbn_integer.safetensors";
+  for (const char* preset : {"w8a8", "w4a8", "xnor_w1a1"}) {
+    CATCH_INFO(preset);
+    nn::Sequential q = qatkit::nn::prepare_qat(model, qatkit::nn::QATConfig::preset(preset));
+    int convbn = 0;
+    for (const auto& m : q->modules(false)) convbn += std::dynamic_pointer_cast<qatkit::nn::QuantConvBn2dImpl>(m) != nullptr;
+    CATCH_REQUIRE(convbn == 2);
+    qatkit::nn::calibrate(*q, {x}, [&](const torch::Tensor& b) { q->forward(b); });
+    qatkit::nn::save(q, path);
+    qatkit::nn::convert(*q);
+    torch::NoGradGuard ng;
+    const torch::Tensor y_float = q->forward(x);
+    auto loaded = qatkit::nn::load(path, "integer", false);
+    const std::int64_t on_kernels = qatkit::nn::set_compute(*loaded, "integer");
+    CATCH_CHECK(qatkit::nn::set_compute(*q, "integer") == on_kernels);
+    CATCH_CHECK(on_kernels == 3);
+    CATCH_CHECK(q->ptr(0)->as<qatkit::nn::QuantConvBn2dImpl>()->frozen.integer != nullptr);
+    CATCH_CHECK(torch::equal(q->forward(x), loaded->forward(x)));
+    CATCH_CHECK(torch::equal(q->ptr(0)->as<qatkit::nn::QuantConvBn2dImpl>()->forward(x[0]),  // unbatched
+                             loaded->ptr(0)->as<qatkit::nn::QuantConv2dImpl>()->forward(x[0])));
+    CATCH_CHECK(qatkit::nn::set_compute(*q, "float") == 0);
+    CATCH_CHECK(torch::equal(q->forward(x), y_float));
+  }
+  std::remove(path.c_str());
+}
