@@ -574,15 +574,19 @@ def _folded_biases(model: nn.Module, keys, changes) -> None:
     """A float conv or Linear that a BatchNorm was folded into (PTQ folds a BatchNorm into the conv
     before it whether or not that conv is quantized: the bitnet_b158 preset keeps the stem conv
     float) has a bias in the file where the float model's layer has none (``bias=False``): the layer
-    gets a bias parameter, which the file's tensor then fills. Only where the file's model has an
-    ``nn.Identity`` in place of a module (its ``module_changes``), so a layer's bias is never added
-    to a model whose file does not come from a fold."""
-    if not any(kind == "Identity" for kind in changes.values()):
+    gets a bias parameter, which the file's tensor then fills. Only where the file comes from a fold:
+    some BatchNorm of the model is an ``nn.Identity`` in the file's model (its ``module_changes``;
+    called before load_into applies them). Which conv a BatchNorm followed is the model's forward's
+    business (PTQ traces it; a ResNet registers its stem's pool between them), so the layer is known
+    by the file's tensors alone: a bias the file holds for a layer that has none."""
+    folded = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and changes.get(n) == "Identity"
+                 for n, m in model.named_modules())
+    if not folded:
         return
     for name, mod in model.named_modules():
-        key = f"{name}.bias" if name else "bias"
-        if (type(mod) in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.bias is None and key in keys
-                and (f"{name}.weight" if name else "weight") in keys):
+        pre = f"{name}." if name else ""
+        if (type(mod) in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d) and mod.bias is None
+                and f"{pre}bias" in keys and f"{pre}weight" in keys):
             w = mod.weight
             mod.bias = nn.Parameter(torch.zeros(w.shape[0], dtype=w.dtype, device=w.device),
                                     requires_grad=w.requires_grad)
@@ -1159,7 +1163,6 @@ def _load_floats(path: str, model: nn.Module, header: dict, tensors: Dict[str, t
     if not all(isinstance(k, str) for k in names):
         raise ValueError(f"load: {path!r}: float_tensors must be a list of tensor names")
     _permanent_pruning(model, set(names))
-    _folded_biases(model, set(names), header.get("module_changes", {}))
     modules = dict(model.named_modules())
     packed_ids = {id(modules[n]) for n in header["layers"] if n in modules}
     packed = tuple(n + "." for n, m in model.named_modules(remove_duplicate=False) if id(m) in packed_ids)
@@ -1248,6 +1251,9 @@ def load_into(model: nn.Module, path: str, inplace: bool = False, compute: str =
     changes = header.get("module_changes", {})
     if not isinstance(changes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in changes.items()):
         raise ValueError(f"load_into: {path!r}: module_changes must map module names to module type names")
+    floats = header.get("float_tensors")
+    if isinstance(floats, list) and all(isinstance(k, str) for k in floats):  # (_load_floats refuses other lists)
+        _folded_biases(model, set(floats), changes)  # (before the changes: it looks for the folded BatchNorm)
     for name, kind in changes.items():
         if kind not in _SUBSTITUTES:
             raise ValueError(f"load_into: {path!r}: unknown module change {kind!r} at {name!r}")
