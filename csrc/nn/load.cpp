@@ -1157,6 +1157,47 @@ std::optional<Placement> place_as(const Reader& r, const std::string& name, cons
                    }};
 }
 
+/// A file's conv into a model's QuantConvBn2d (a C++ QAT model's Conv2d + BatchNorm2d, which save
+/// writes as the conv with the folded weight and bias, and which computes as that conv once
+/// converted): the options but the bias flag agree (the fold gives the conv a bias), and the layer is
+/// not converted yet. Its weight, bias, BatchNorm and quantizers then give way to the loaded conv's
+/// state (codes, scales, zero points and bias buffers, the input quantizer), as convert leaves it (its
+/// one-byte freeze_bn flag stays: LibTorch cannot remove a buffer, and a converted layer ignores it).
+std::optional<Placement> place_conv_bn(const Reader& r, const std::string& name, const std::shared_ptr<torch::nn::Module>& built,
+                                       const std::shared_ptr<torch::nn::Module>& target) {
+  auto b = std::dynamic_pointer_cast<QuantConv2dImpl>(built);
+  auto t = std::dynamic_pointer_cast<QuantConvBn2dImpl>(target);
+  if (!b || !t) return std::nullopt;
+  if (t->converted()) {
+    r.fail(fmt::format("layer '{}' is a converted QuantConvBn2d: load into a model whose QuantConvBn2d layers are not "
+                       "converted (a new one)", name));
+  }
+  auto mine = t->options;
+  mine.bias(b->options.bias());
+  const std::string want = options_str(b->options), have = options_str(mine);
+  if (want != have) r.fail(fmt::format("layer '{}': the model's QuantConvBn2d has {}; the file's layer has {}", name, have, want));
+  return Placement{name, target, [b, t] {
+                     torch::nn::Module& m = *t;
+                     std::vector<std::string> kids, params;
+                     for (const auto& c : m.named_children()) kids.push_back(c.key());
+                     for (const auto& p : m.named_parameters(false)) params.push_back(p.key());
+                     for (const auto& k : kids) m.unregister_module(k);
+                     for (const auto& k : params) detail::ModuleAccess::erase_parameter(m, k);
+                     for (const auto& q : b->named_buffers(false)) m.register_buffer(q.key(), q.value());
+                     for (const auto& c : b->named_children()) m.register_module(c.key(), c.value());
+                     t->options = b->options;
+                     t->layer_spec = b->layer_spec;
+                     t->weight = torch::Tensor();
+                     t->bias = b->bias;
+                     t->bn = nullptr;
+                     t->weight_fake_quant = nullptr;
+                     t->input_fake_quant = b->input_fake_quant;
+                     t->frozen = b->frozen;
+                     t->learned_watch = LearnedParamWatch();
+                     m.eval();
+                   }};
+}
+
 bool is_qatkit_layer(const std::shared_ptr<torch::nn::Module>& m) {
   return std::dynamic_pointer_cast<QuantLinearImpl>(m) || std::dynamic_pointer_cast<QuantConv2dImpl>(m) ||
          std::dynamic_pointer_cast<QuantConv1dImpl>(m) || std::dynamic_pointer_cast<QuantEmbeddingImpl>(m) ||
@@ -1197,6 +1238,7 @@ std::int64_t load_into(torch::nn::Module& model, const std::string& path, const 
     torch::nn::AnyModule built = packed_layer(r, name);  // every check of the file's layer (load's)
     const auto b = built.ptr();
     std::optional<Placement> p = place_as<QuantLinearImpl>(r, name, b, it->second, "QuantLinear");
+    if (!p) p = place_conv_bn(r, name, b, it->second);  // (a QuantConvBn2d takes a file's conv)
     if (!p) p = place_as<QuantConv2dImpl>(r, name, b, it->second, "QuantConv2d");
     if (!p) p = place_as<QuantConv1dImpl>(r, name, b, it->second, "QuantConv1d");
     if (!p) p = place_as<QuantEmbeddingImpl>(r, name, b, it->second, "QuantEmbedding");

@@ -598,7 +598,8 @@ QATKIT_API torch::nn::Sequential load(const std::string& path, const std::string
 /// `--resnet`, is a ResNet-18 written so):
 ///   - each layer the file holds packed is a qatkit layer at the same qualified name ("layer1.0.conv1")
 ///     of the file's kind — QuantLinear (BitLinear where the file's Linear has RMSNorm), QuantConv1d,
-///     QuantConv2d, QuantEmbedding — with the file's options (features / channels, kernel, stride,
+///     QuantConv2d (or a QuantConvBn2d not yet converted, which takes the conv the fold left: the same
+///     class for QAT and deployment), QuantEmbedding — with the file's options (features / channels, kernel, stride,
 ///     padding, dilation, groups, padding mode, bias; its LayerSpec may be any: the file's spec,
 ///     codes, scales, zero points, bias, input quantizer and SmoothQuant / AWQ scaling replace the
 ///     layer's state in place, which keeps its identity, so the typed members hold the loaded layer);

@@ -529,6 +529,29 @@ CATCH_TEST_CASE("load_into fills a custom module's typed qatkit layers with a fi
   std::remove(path.c_str());
 }
 
+namespace {
+
+// A custom module that trains with Conv2d + BatchNorm2d folded (QuantConvBn2d members) at the names of
+// the Sequential below (whose BatchNorms at '1' and '4' the fold removes): load_into fills it from
+// that Sequential's file, and from its own (save of the module), the same class for QAT and deployment.
+struct BnNetImpl : torch::nn::Module {
+  explicit BnNetImpl(const qatkit::nn::LayerSpec& s) {
+    namespace nn = torch::nn;
+    c0 = register_module("0", qatkit::nn::QuantConvBn2d(nn::Conv2d(nn::Conv2dOptions(3, 8, 3).padding(1)), nn::BatchNorm2d(8), s));
+    relu = register_module("2", nn::ReLU());
+    c3 = register_module("3", qatkit::nn::QuantConvBn2d(nn::Conv2d(nn::Conv2dOptions(8, 8, 3).padding(1).groups(8)),
+                                                        nn::BatchNorm2d(8), s));
+    fc = register_module("6", qatkit::nn::QuantLinear(nn::LinearOptions(8 * 5 * 5, 4), s));
+  }
+  torch::Tensor forward(torch::Tensor x) { return fc(torch::flatten(c3(relu(c0(x))), 1)); }
+  qatkit::nn::QuantConvBn2d c0{nullptr}, c3{nullptr};
+  torch::nn::ReLU relu{nullptr};
+  qatkit::nn::QuantLinear fc{nullptr};
+};
+TORCH_MODULE(BnNet);
+
+}  // namespace
+
 CATCH_TEST_CASE("a converted QuantConvBn2d runs on the integer kernels as the loaded conv does", "[save]") {
   // prepare_qat folds Conv2d + BatchNorm2d into QuantConvBn2d; converted in place it is a conv with
   // the folded weight and bias (Python's convert makes it a QuantizedConv2d), and set_compute puts it
@@ -570,6 +593,30 @@ CATCH_TEST_CASE("a converted QuantConvBn2d runs on the integer kernels as the lo
                              loaded->ptr(0)->as<qatkit::nn::QuantConv2dImpl>()->forward(x[0])));
     CATCH_CHECK(qatkit::nn::set_compute(*q, "float") == 0);
     CATCH_CHECK(torch::equal(q->forward(x), y_float));
+    // load_into a custom module whose QuantConvBn2d layers take the file's convs
+    const qatkit::nn::LayerSpec s = qatkit::nn::QATConfig::w8a8().default_spec;
+    BnNet net(s);
+    CATCH_CHECK(qatkit::nn::load_into(*net, path) == 3);
+    CATCH_CHECK(net->c0->converted());
+    CATCH_CHECK(net->c0->frozen.integer != nullptr);
+    CATCH_CHECK(torch::equal(net->forward(x), loaded->forward(x)));
+    // ... and the same class the other way: trained (calibrated) with its BatchNorms, saved, loaded
+    BnNet src(qatkit::nn::QATConfig::preset(preset).default_spec);
+    src->train();
+    {
+      torch::NoGradGuard g;
+      src->c0->bn->running_var.copy_(torch::rand({8}) + 0.5);
+    }
+    qatkit::nn::calibrate(*src, {x}, [&](const torch::Tensor& b) { src->forward(b); });
+    qatkit::nn::convert(*src);
+    const std::string own = "/tmp/qatkit_convbn_own.safetensors";
+    qatkit::nn::save(*src, own);
+    BnNet dst(s);
+    CATCH_CHECK(qatkit::nn::load_into(*dst, own) == 3);
+    qatkit::nn::set_compute(*src, "integer");
+    CATCH_CHECK(torch::equal(dst->forward(x), src->forward(x)));
+    CATCH_CHECK_THROWS_WITH(qatkit::nn::load_into(*dst, own), Catch::Contains("layer '0' is a converted QuantConvBn2d"));
+    std::remove(own.c_str());
   }
   std::remove(path.c_str());
 }
