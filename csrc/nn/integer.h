@@ -13,6 +13,14 @@
 
 namespace qatkit::nn::detail {
 
+/// A qatkit layer (QuantLinear and BitLinear, QuantConv1d / 2d, QuantConvBn2d, QuantEmbedding), QAT or
+/// converted: what save packs and load_into fills.
+inline bool is_qat_layer(const torch::nn::Module& m) {
+  return dynamic_cast<const QuantLinearImpl*>(&m) || dynamic_cast<const QuantConv2dImpl*>(&m) ||
+         dynamic_cast<const QuantConv1dImpl*>(&m) || dynamic_cast<const QuantConvBn2dImpl*>(&m) ||
+         dynamic_cast<const QuantEmbeddingImpl*>(&m);
+}
+
 /// The plan's kernel (linear_int8 / w4a8 / w2a8 / w1a8 / w1a1, dynamic or weight-only) on x.
 /// divisor (SmoothQuant's smoothing, float32 [K]): x / divisor first — inside linear_int8's
 /// quantization pass (input_divisor) where the plan runs that kernel, else as a division.

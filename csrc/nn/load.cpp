@@ -1124,13 +1124,9 @@ std::string options_str(const torch::nn::EmbeddingOptions& o) {
                      o.norm_type());
 }
 
-/// One packed layer of the file and the model's module at its name, checked to fit: `assign`
-/// gives the module the built layer's state (load_into's second pass, after every check).
-struct Placement {
-  std::string name;
-  std::shared_ptr<torch::nn::Module> target;
-  std::function<void()> assign;
-};
+/// One packed layer of the file and the model's module at its name, checked to fit: the call gives
+/// the module the built layer's state (load_into's second pass, after every check).
+using Placement = std::function<void()>;
 
 template <typename Impl>
 std::optional<Placement> place_as(const Reader& r, const std::string& name, const std::shared_ptr<torch::nn::Module>& built,
@@ -1150,11 +1146,11 @@ std::optional<Placement> place_as(const Reader& r, const std::string& name, cons
   if (want != have) {
     r.fail(fmt::format("layer '{}': the model's {} has {}; the file's layer has {}", name, kind, have, want));
   }
-  return Placement{name, target, [b, t] {
+  return Placement([b, t] {
                      // the file's layer, state and all, into the model's module (its identity kept:
                      // the parents and typed members that hold it now hold the loaded layer)
                      static_cast<Impl&>(*t) = std::move(static_cast<Impl&>(*b));
-                   }};
+                   });
 }
 
 /// A file's conv into a model's QuantConvBn2d (a C++ QAT model's Conv2d + BatchNorm2d, which save
@@ -1176,7 +1172,7 @@ std::optional<Placement> place_conv_bn(const Reader& r, const std::string& name,
   mine.bias(b->options.bias());
   const std::string want = options_str(b->options), have = options_str(mine);
   if (want != have) r.fail(fmt::format("layer '{}': the model's QuantConvBn2d has {}; the file's layer has {}", name, have, want));
-  return Placement{name, target, [b, t] {
+  return Placement([b, t] {
                      torch::nn::Module& m = *t;
                      std::vector<std::string> kids, params;
                      for (const auto& c : m.named_children()) kids.push_back(c.key());
@@ -1195,13 +1191,7 @@ std::optional<Placement> place_conv_bn(const Reader& r, const std::string& name,
                      t->frozen = b->frozen;
                      t->learned_watch = LearnedParamWatch();
                      m.eval();
-                   }};
-}
-
-bool is_qatkit_layer(const std::shared_ptr<torch::nn::Module>& m) {
-  return std::dynamic_pointer_cast<QuantLinearImpl>(m) || std::dynamic_pointer_cast<QuantConv2dImpl>(m) ||
-         std::dynamic_pointer_cast<QuantConv1dImpl>(m) || std::dynamic_pointer_cast<QuantEmbeddingImpl>(m) ||
-         std::dynamic_pointer_cast<QuantConvBn2dImpl>(m);
+                   });
 }
 
 std::string names_str(const std::vector<std::string>& v) {
@@ -1252,7 +1242,7 @@ std::int64_t load_into(torch::nn::Module& model, const std::string& path, const 
   // model's own state: refused, as Python's load_into leaves no QAT layer unloaded
   std::vector<std::string> unloaded;
   for (const auto& [n, m] : all) {
-    if (is_qatkit_layer(m) && loaded.count(m.get()) == 0) unloaded.push_back(n.empty() ? std::string("(the model)") : n);
+    if (detail::is_qat_layer(*m) && loaded.count(m.get()) == 0) unloaded.push_back(n.empty() ? std::string("(the model)") : n);
   }
   if (!unloaded.empty()) {
     r.fail(fmt::format("the model's qatkit layers [{}] are not packed layers of the file (it keeps them float, or "
@@ -1320,7 +1310,7 @@ std::int64_t load_into(torch::nn::Module& model, const std::string& path, const 
   // 2. the model takes the file's state
   {
     torch::NoGradGuard ng;
-    for (auto& p : placed) p.assign();
+    for (auto& assign : placed) assign();
     for (auto& [k, t] : want) t.copy_(r.tensor(k));
   }
   model.eval();

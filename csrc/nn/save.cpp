@@ -506,12 +506,6 @@ void write_file(Writer& w, const torch::nn::Module& model, Value structure, cons
   write_safetensors(path, w.file);
 }
 
-bool is_qat_layer(const torch::nn::Module* m) {
-  return dynamic_cast<const QuantLinearImpl*>(m) || dynamic_cast<const QuantConv2dImpl*>(m) ||
-         dynamic_cast<const QuantConv1dImpl*>(m) || dynamic_cast<const QuantConvBn2dImpl*>(m) ||
-         dynamic_cast<const QuantEmbeddingImpl*>(m);
-}
-
 }  // namespace
 
 void save(const torch::nn::Sequential& model, const std::string& path) {
@@ -543,7 +537,7 @@ void save(const torch::nn::Module& model, const std::string& path) {
   for (const auto& [n, m] : all) {
     const std::string prefix = n.empty() ? "" : n + ".";
     if (std::any_of(inside.begin(), inside.end(), [&](const std::string& p) { return prefix.rfind(p, 0) == 0; })) continue;
-    if (is_qat_layer(m.get())) {
+    if (detail::is_qat_layer(*m)) {
       if (written.insert(m.get()).second) w.module(m, n, 0);  // the layer's entry and tensors
       inside.push_back(prefix);
       continue;
