@@ -17,14 +17,16 @@
 // builds a small CNN in C++ (conv-BN-ReLU, depthwise conv, pooling, Linear), prepares it with the
 // preset, calibrates it on "x", saves it with qatkit::nn::save and writes the C++ converted
 // model's outputs on "x" as "y" (tests/python/test_cpp_load.py loads the file in Python).
-//     qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--save PRESET] [--bench ROUNDS] model.safetensors input.safetensors output.safetensors
+//     qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--cuda] [--save PRESET] [--bench ROUNDS]
+//                     model.safetensors input.safetensors output.safetensors
 // a model with its own forward: the CIFAR ResNet-18 of python/qatkit/testing/models.py
 // (resnet18(10, width=WIDTH, small_input=True)) written in C++ with qatkit layers, the way a
 // LibTorch program writes it to run a file exported after PTQ or QAT, filled by
 // qatkit::nn::load_into; runs "x" and writes "y" (tests/python/test_cpp_load_into.py). --bench
 // ROUNDS: then times it against its FP32 twin in this process (docs/benchmarks.md). --save PRESET:
 // the other way, the C++ model built with the preset's QAT layers, calibrated on "x", converted and
-// written to model.safetensors by qatkit::nn::save (Python's qatkit.load_into reads it).
+// written to model.safetensors by qatkit::nn::save (Python's qatkit.load_into reads it). --cuda: the
+// loaded model and "x" moved to the GPU first (tests/python/qat/test_cuda_qat.py).
 //     qatkit_load_run --threads N model.safetensors input.safetensors
 // one loaded model shared by N threads (a server's pattern): each runs the forward 20 times on
 // slices of "x" of 1, half and all its rows, and every output must equal the one computed first on
@@ -179,9 +181,9 @@ void bench(ResNet& model, const torch::Tensor& x, double width, int rounds) {
   }
 }
 
-// qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--save PRESET] [--bench ROUNDS] model input output
+// qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--cuda] [--save PRESET] [--bench ROUNDS] model input output
 int run(int argc, char** argv) {
-  bool float_ends = false;
+  bool float_ends = false, cuda = false;
   int rounds = 0;
   std::string save_preset;
   std::string compute = "integer";
@@ -192,6 +194,8 @@ int run(int argc, char** argv) {
       float_ends = true;
     } else if (a == "--float") {
       compute = "float";
+    } else if (a == "--cuda") {
+      cuda = true;
     } else if (a == "--save" && i + 1 < argc) {
       save_preset = argv[++i];
     } else if (a == "--bench" && i + 1 < argc) {
@@ -205,8 +209,8 @@ int run(int argc, char** argv) {
     }
   }
   if (rest.size() != 3) {
-    std::cerr << "usage: qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--save PRESET] [--bench ROUNDS] model "
-                 "input output\n";
+    std::cerr << "usage: qatkit_load_run --resnet WIDTH [--float-ends] [--float] [--cuda] [--save PRESET] "
+                 "[--bench ROUNDS] model input output\n";
     return 2;
   }
   char* end = nullptr;
@@ -215,7 +219,7 @@ int run(int argc, char** argv) {
     std::cerr << "--resnet: WIDTH must be a number in (0, 4], got '" << argv[2] << "'\n";
     return 2;
   }
-  const torch::Tensor x = input_x(rest[1].c_str());
+  torch::Tensor x = input_x(rest[1].c_str());
   if (!x.defined()) return 2;
   ResNet model(width, float_ends);
   if (!save_preset.empty()) {
@@ -232,8 +236,12 @@ int run(int argc, char** argv) {
     std::cout << "loaded " << n << " layers\n";
   }
   torch::NoGradGuard ng;
+  if (cuda) {  // the loaded layers' CUDA plans (built at the first call there), as load's --cuda
+    model->to(torch::kCUDA);
+    x = x.to(torch::kCUDA);
+  }
   qatkit::nn::TensorFile out;
-  out.tensors = {{"y", model->forward(x).contiguous()}};
+  out.tensors = {{"y", model->forward(x).cpu().contiguous()}};
   qatkit::nn::write_safetensors(rest[2], out);
   if (rounds > 0) bench(model, x, width, rounds);
   return 0;

@@ -239,3 +239,36 @@ def test_an_ema_copy_on_cuda_keeps_its_lsq_step_sizes():
     for n, p in e.named_parameters():
         if n in before:
             assert torch.equal(p, before[n]), n
+
+
+@pytest.mark.parametrize("preset", ["w8a8", "ternary_twn", "binary_w1a8", "xnor_w1a1"])
+def test_the_cpp_load_into_resnet_on_cuda_gives_pythons_cuda_bits(preset, tmp_path):
+    """qatkit::nn::load_into on CUDA (qatkit_load_run --resnet --cuda): the C++ ResNet-18 filled from a
+    Python export and moved to the GPU runs its convs' and classifier's CUDA plans (built at the first
+    call there, cuda_conv_plan) and gives Python's load_into model on CUDA bit for bit; on the CPU as
+    tests/python/test_cpp_load_into.py checks."""
+    import subprocess
+
+    from safetensors.torch import load_file, save_file
+
+    from qatkit.testing.models import resnet18
+
+    exe = _load_run()
+    torch.manual_seed(0)
+    fp = resnet18(10, width=0.25, small_input=True).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = qatkit.ptq(fp, [torch.randn(4, 3, 32, 32) for _ in range(2)], qatkit.preset(preset), verbose=False,
+                       progress=False)
+    path, inp, out = (str(tmp_path / n) for n in ("m.safetensors", "x.safetensors", "y.safetensors"))
+    qatkit.export(q, path)
+    x = torch.randn(3, 3, 32, 32)
+    save_file({"x": x}, inp)
+    r = subprocess.run([exe, "--resnet", "0.25", "--cuda", path, inp, out], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = qatkit.load_into(resnet18(10, width=0.25, small_input=True).eval(), path).cuda()
+    with torch.no_grad():
+        want = m(x.cuda()).cpu()
+    assert torch.equal(load_file(out)["y"], want) and "no CUDA kernel" not in r.stderr
